@@ -1,0 +1,219 @@
+"""Client side of selective knowledge distillation, after FedGEMS (Cheng et al., 2021, arXiv:2110.11027).
+
+A client trains its own (small, tier-specific) model on private data, answers the server's query with logits
+on transfer samples, and then distils the server's broadcast logits back into its model. Only logits cross the
+wire, so client architectures may differ from each other and from the server's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numpy.typing import ArrayLike, DTypeLike, NDArray
+from torch import Tensor, nn
+
+from fl_kd.kd.losses import distillation_loss
+from fl_kd.kd.seeding import derive_seed, seeded_torch, torch_generator
+from fl_kd.kd.training import (
+    accuracy,
+    check_logits,
+    check_positions,
+    minibatches,
+    predict_logits,
+    sgd,
+    to_wire,
+)
+
+
+@dataclass
+class ClientTrainConfig:
+    """Per-client (usually per device tier) training settings.
+
+    Attributes
+    ----------
+    local_epochs : int
+        Epochs of cross-entropy on private data per round (E_loc).
+    batch_size : int
+        Mini-batch size, for private data and transfer set alike.
+    lr : float
+        SGD learning rate; the optimiser is recreated in each phase.
+    momentum, weight_decay : float (default: 0.9, 5e-4)
+        SGD settings.
+    distill_epochs : int (default: 1)
+        Epochs over the transfer set distilling the server's logits (E_pub).
+    epsilon : float (default: 0.75)
+        Weight of cross-entropy in ``eps * CE + (1 - eps) * KD``.
+    temperature : float (default: 1.0)
+        KD temperature.
+    """
+
+    local_epochs: int
+    batch_size: int
+    lr: float
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    distill_epochs: int = 1
+    epsilon: float = 0.75
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.local_epochs < 0 or self.distill_epochs < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError(f"need epochs >= 0, batch_size >= 1 and lr > 0; got {self}")
+        if not 0.0 <= self.epsilon <= 1.0 or self.temperature <= 0:
+            raise ValueError(f"need epsilon in [0, 1] and temperature > 0; got {self}")
+
+
+class DistillClient:
+    """One client's model, private data and view of the transfer set.
+
+    Parameters
+    ----------
+    client_id : int
+        Stable id; seeds this client's streams together with ``seed`` and the round.
+    model : nn.Module
+        Client model mapping ``(B, *input_shape)`` to logits ``(B, C)``.
+    train_x, train_y : Tensor
+        Private data ``(n, *input_shape)`` and int64 labels ``(n,)``.
+    transfer_x, transfer_y : Tensor
+        The shared labelled transfer set ``(N, *input_shape)``, ``(N,)``, in the server's order.
+    config : ClientTrainConfig
+        Training settings (from the client's device tier).
+    seed : int (default: 0)
+        Base seed of the run.
+    device : torch.device | str (default: "cpu")
+        Where the model trains.
+    """
+
+    def __init__(
+        self,
+        client_id: int,
+        model: nn.Module,
+        train_x: Tensor,
+        train_y: Tensor,
+        transfer_x: Tensor,
+        transfer_y: Tensor,
+        config: ClientTrainConfig,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if train_x.shape[0] != train_y.shape[0] or transfer_x.shape[0] != transfer_y.shape[0]:
+            raise ValueError("inputs and labels disagree on the number of samples")
+        if train_x.shape[0] == 0:
+            raise ValueError(f"client {client_id} has no private training data")
+        if transfer_x.shape[0] == 0:
+            raise ValueError("the transfer set is empty")
+        self.client_id = int(client_id)
+        self.config = config
+        self.seed = seed
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.train_x, self.train_y = train_x.cpu(), train_y.cpu().long()
+        self.transfer_x, self.transfer_y = transfer_x.cpu(), transfer_y.cpu().long()
+        self.num_classes = int(predict_logits(self.model, self.transfer_x[:1], device=self.device).shape[1])
+
+    @property
+    def num_examples(self) -> int:
+        """Private training set size (the weight a strategy may give this client)."""
+        return int(self.train_x.shape[0])
+
+    def local_train(self, round: int) -> dict[str, float]:
+        """E_loc epochs of cross-entropy on private data; gives last epoch's ``loss`` and ``num_examples``."""
+        cfg = self.config
+        loss = self._run_epochs(
+            round,
+            "local_train",
+            cfg.local_epochs,
+            self.train_x,
+            self.train_y,
+            lambda logits, y, _index: F.cross_entropy(logits, y),
+        )
+        return {"loss": loss, "num_examples": float(self.num_examples)}
+
+    def logits(self, positions: ArrayLike, dtype: DTypeLike = np.float32) -> NDArray[np.floating[Any]]:
+        """Eval-mode logits ``(n, C)`` on transfer ``positions`` ``(n,)``: the answer to a server query.
+
+        ``dtype`` is the wire format (float32, or float16 to halve the uplink).
+        """
+        index = check_positions(positions, int(self.transfer_x.shape[0]))
+        if index.size == 0:
+            return to_wire(torch.zeros(0, self.num_classes), dtype)
+        return to_wire(
+            predict_logits(self.model, self.transfer_x[torch.from_numpy(index)], device=self.device), dtype
+        )
+
+    def distill(self, round: int, server_logits: ArrayLike) -> dict[str, float]:
+        """E_pub epochs of ``eps * CE + (1 - eps) * KD(server -> client)`` over the transfer set.
+
+        Parameters
+        ----------
+        round : int
+            Federated round.
+        server_logits : ndarray
+            ``(N, C)`` server logits on the whole transfer set (float32 or float16).
+
+        Raises
+        ------
+        ValueError
+            If the logits are mis-shaped or non-finite; the model is left untouched.
+        """
+        teacher = check_logits(
+            "server logits", server_logits, (int(self.transfer_x.shape[0]), self.num_classes)
+        )
+        cfg = self.config
+        loss = self._run_epochs(
+            round,
+            "distill",
+            cfg.distill_epochs,
+            self.transfer_x,
+            self.transfer_y,
+            lambda logits, y, index: distillation_loss(
+                logits, teacher[index].to(self.device), y, cfg.epsilon, cfg.temperature
+            ),
+        )
+        return {"loss": loss, "num_examples": float(self.transfer_x.shape[0])}
+
+    def _run_epochs(
+        self,
+        round: int,
+        phase: str,
+        epochs: int,
+        x: Tensor,
+        y: Tensor,
+        loss_fn: Callable[[Tensor, Tensor, Tensor], Tensor],
+    ) -> float:
+        """Shared SGD loop; shuffling and dropout are seeded by ``(seed, client_id, round, phase)``."""
+        cfg = self.config
+        generator = torch_generator(derive_seed(self.seed, self.client_id, round, phase, "shuffle"))
+        optimizer = sgd(self.model, cfg.lr, cfg.momentum, cfg.weight_decay)
+        self.model.train()
+        loss_sum = 0.0
+        with seeded_torch(derive_seed(self.seed, self.client_id, round, phase, "rng"), self.device):
+            for _ in range(epochs):
+                loss_sum = 0.0
+                for index in minibatches(x.shape[0], cfg.batch_size, generator):
+                    logits = self.model(x[index].to(self.device))
+                    loss = loss_fn(logits, y[index].to(self.device), index)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()  # type: ignore[no-untyped-call]
+                    optimizer.step()
+                    loss_sum += float(loss.detach()) * index.numel()
+        return loss_sum / x.shape[0]
+
+    def evaluate(self, x: Tensor, y: Tensor, batch_size: int = 256) -> float:
+        """Top-1 accuracy of the client model on ``(x, y)``."""
+        return accuracy(self.model, x, y, batch_size, self.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Model weights as CPU tensors: what a Flower client keeps in its context state between rounds."""
+        return {
+            "model": {name: value.detach().cpu().clone() for name, value in self.model.state_dict().items()}
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore from :meth:`state_dict`."""
+        self.model.load_state_dict(state["model"])

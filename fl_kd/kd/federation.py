@@ -1,0 +1,192 @@
+"""Build a selective-distillation federation from a :class:`~fl_kd.kd.config.ReferenceConfig`.
+
+Data flow, one way: dataset -> transfer set (from the training split) -> partition of the private remainder
+-> device tiers -> models. The reference runner and the Flower server and client apps all call these
+functions, so the parties they build are the same by construction: same split, same tiers, same initial
+weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import Tensor
+
+from fl_kd.data import DatasetSplits, load_dataset, personalised_test_indices, split_transfer_set
+from fl_kd.kd.client import DistillClient
+from fl_kd.kd.config import ReferenceConfig
+from fl_kd.kd.seeding import SERVER_ID, derive_seed, use_deterministic_algorithms
+from fl_kd.kd.server import SelectiveDistillServer
+from fl_kd.models import DeviceTier, assign_tiers, build_model
+from fl_kd.partition import partition
+
+
+@dataclass(frozen=True)
+class Federation:
+    """Who holds which data and which device tier.
+
+    Attributes
+    ----------
+    data : DatasetSplits
+        The loaded dataset.
+    transfer_idx : ndarray
+        ``(N_transfer,)`` training-split indices of the shared, labelled transfer set, in the order all
+        parties use for positions.
+    client_idx : list[ndarray]
+        Per client, its training-split indices (disjoint from each other and from ``transfer_idx``).
+    tiers : list[DeviceTier]
+        Per client, its device tier.
+    personalised_test_idx : list[ndarray]
+        Per client, test-split indices following its label distribution.
+    """
+
+    data: DatasetSplits
+    transfer_idx: NDArray[np.int64]
+    client_idx: list[NDArray[np.int64]]
+    tiers: list[DeviceTier]
+    personalised_test_idx: list[NDArray[np.int64]]
+
+    @property
+    def num_clients(self) -> int:
+        """Number of clients."""
+        return len(self.client_idx)
+
+    @property
+    def transfer_x(self) -> Tensor:
+        """``(N_transfer, *input_shape)`` transfer inputs."""
+        return self.data.x_train[torch.from_numpy(self.transfer_idx)]
+
+    @property
+    def transfer_y(self) -> Tensor:
+        """``(N_transfer,)`` transfer labels."""
+        return self.data.y_train[torch.from_numpy(self.transfer_idx)]
+
+    def client_data(self, client_id: int) -> tuple[Tensor, Tensor]:
+        """Private ``(x, y)`` of ``client_id``."""
+        index = torch.from_numpy(self.client_idx[client_id])
+        return self.data.x_train[index], self.data.y_train[index]
+
+    def personalised_test(self, client_id: int) -> tuple[Tensor, Tensor]:
+        """Personalised test ``(x, y)`` of ``client_id``."""
+        index = torch.from_numpy(self.personalised_test_idx[client_id])
+        return self.data.x_test[index], self.data.y_test[index]
+
+    def tier_names(self) -> dict[int, str]:
+        """Client id -> tier name."""
+        return {client_id: tier.name for client_id, tier in enumerate(self.tiers)}
+
+
+def build_federation(cfg: ReferenceConfig, data: DatasetSplits | None = None) -> Federation:
+    """Load the dataset and split it among transfer set and clients, and assign device tiers.
+
+    Parameters
+    ----------
+    cfg : ReferenceConfig
+        The run's configuration.
+    data : DatasetSplits | None (default: None)
+        An already loaded dataset (saves reloading it in every Flower client process); loaded from
+        ``cfg.dataset`` when None.
+    """
+    if data is None:
+        data = load_dataset(cfg.dataset, root=cfg.dataset_root)
+    elif data.name != cfg.dataset:
+        raise ValueError(f"given dataset {data.name!r} but the config names {cfg.dataset!r}")
+    labels = data.y_train.numpy()
+    transfer_idx, private_idx = split_transfer_set(
+        labels, cfg.transfer_size, seed=derive_seed(cfg.seed, "transfer")
+    )
+    parts = partition(
+        labels[private_idx],
+        cfg.partition,
+        num_clients=cfg.num_clients,
+        seed=derive_seed(cfg.seed, "partition"),
+        min_size=cfg.min_partition_size,
+        **cfg.partition_params,
+    )
+    client_idx = [private_idx[part].astype(np.int64) for part in parts]
+    tiers = assign_tiers(cfg.device_profile, cfg.num_clients, seed=derive_seed(cfg.seed, "tiers"))
+    test_labels = data.y_test.numpy()
+    personalised = [
+        personalised_test_indices(
+            test_labels,
+            np.bincount(labels[idx], minlength=data.num_classes),
+            cfg.personalised_test_size,
+            seed=derive_seed(cfg.seed, client_id, "personalised_test"),
+        )
+        for client_id, idx in enumerate(client_idx)
+    ]
+    return Federation(data, transfer_idx.astype(np.int64), client_idx, tiers, personalised)
+
+
+def build_server(cfg: ReferenceConfig, federation: Federation) -> SelectiveDistillServer:
+    """The server with its freshly seeded model, restored from ``cfg.checkpoint`` when one is given."""
+    _prepare_device(cfg)
+    data = federation.data
+    model = build_model(
+        cfg.device_profile.server_model,
+        data.input_shape,
+        data.num_classes,
+        seed=derive_seed(cfg.seed, SERVER_ID, "model_init"),
+    )
+    server = SelectiveDistillServer(
+        model,
+        federation.transfer_x,
+        federation.transfer_y,
+        cfg.server_config(),
+        seed=cfg.seed,
+        device=cfg.device,
+    )
+    if cfg.checkpoint is not None:
+        server.load(cfg.checkpoint)
+    return server
+
+
+def build_client(cfg: ReferenceConfig, federation: Federation, client_id: int) -> DistillClient:
+    """Client ``client_id`` with its tier's model (seeded by ``(seed, client_id)``), data and settings."""
+    _prepare_device(cfg)
+    if not 0 <= client_id < federation.num_clients:
+        raise ValueError(f"client_id must lie in [0, {federation.num_clients}), got {client_id}")
+    tier = federation.tiers[client_id]
+    data = federation.data
+    model = build_model(
+        tier.model, data.input_shape, data.num_classes, seed=derive_seed(cfg.seed, client_id, "model_init")
+    )
+    train_x, train_y = federation.client_data(client_id)
+    return DistillClient(
+        client_id,
+        model,
+        train_x,
+        train_y,
+        federation.transfer_x,
+        federation.transfer_y,
+        cfg.client_config(tier),
+        seed=cfg.seed,
+        device=cfg.device,
+    )
+
+
+def _prepare_device(cfg: ReferenceConfig) -> None:
+    # Every process that builds a party goes through here, runner and Flower apps alike.
+    if cfg.deterministic and torch.device(cfg.device).type == "cuda":
+        use_deterministic_algorithms()
+
+
+def sample_clients(num_clients: int, fraction: float, seed: int, round: int) -> list[int]:
+    """Client ids selected in ``round``: ``max(1, round(fraction * num_clients))`` of them, sorted.
+
+    Drawn from ``(seed, round)`` only, so a Flower strategy and the runner select the same clients whatever
+    happened before.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must lie in (0, 1], got {fraction}")
+    count = max(1, min(num_clients, _round_half_up(fraction * num_clients)))
+    rng = np.random.default_rng(derive_seed(seed, "sample_clients", round))
+    return sorted(int(c) for c in rng.choice(num_clients, size=count, replace=False))
+
+
+def _round_half_up(value: float) -> int:
+    """Round to the nearest integer, halves up (``round`` goes to even, surprising for 2.5 clients)."""
+    return int(np.floor(value + 0.5))

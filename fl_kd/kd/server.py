@@ -1,0 +1,342 @@
+"""Server side of selective knowledge distillation, after FedGEMS (Cheng et al., 2021, arXiv:2110.11027).
+
+A large server model learns on a labelled transfer set from three sources, chosen per sample and per step:
+
+* the label alone, when it is already right (its logits then go into the knowledge cache);
+* its own cached logits, when it is wrong on a sample it once got right (self-distillation);
+* a fused teacher of the clients that are right on the sample (:func:`~fl_kd.kd.selection.select_teacher`),
+  when it is wrong and has no cached knowledge; with no correct client it falls back to cross-entropy.
+
+Clients are asked only for samples the server gets wrong and has not cached, so the uplink shrinks over
+rounds. The class holds no Flower code: a strategy moves arrays in and out, and the reference runner calls it
+directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numpy.typing import DTypeLike, NDArray
+from torch import Tensor, nn
+
+from fl_kd.kd.cache import KnowledgeCache
+from fl_kd.kd.losses import kd_loss
+from fl_kd.kd.seeding import SERVER_ID, derive_seed, seeded_torch, torch_generator
+from fl_kd.kd.selection import WEIGHTINGS, Weighting, select_teacher
+from fl_kd.kd.training import (
+    accuracy,
+    check_logits,
+    check_positions,
+    minibatches,
+    predict_logits,
+    sgd,
+    to_wire,
+)
+
+
+@dataclass
+class ServerDistillConfig:
+    """Hyperparameters of the server's distillation phase.
+
+    Attributes
+    ----------
+    epochs : int (default: 1)
+        Passes over the transfer set per round (E_srv).
+    batch_size : int (default: 64)
+        Mini-batch size on the transfer set.
+    lr, momentum, weight_decay : float (default: 0.05, 0.9, 5e-4)
+        SGD settings; the optimiser is recreated each round.
+    epsilon : float (default: 0.75)
+        Weight of cross-entropy in ``eps * CE + (1 - eps) * KD``.
+    temperature : float (default: 1.0)
+        KD temperature.
+    weighting : {"inverse_entropy", "aijack_softmax"} (default: "inverse_entropy")
+        Client fusion rule, see :func:`~fl_kd.kd.selection.select_teacher`.
+    """
+
+    epochs: int = 1
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    epsilon: float = 0.75
+    temperature: float = 1.0
+    weighting: Weighting = "inverse_entropy"
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError(f"need epochs >= 0, batch_size >= 1, lr > 0; got {self}")
+        if not 0.0 <= self.epsilon <= 1.0 or self.temperature <= 0:
+            raise ValueError(f"need epsilon in [0, 1] and temperature > 0; got {self}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
+
+
+@dataclass
+class SelectionStats:
+    """What the server learnt from in one distillation phase (counts from its final epoch).
+
+    Attributes
+    ----------
+    round : int
+        Federated round.
+    n_self : int
+        Samples the server got right, trained on the label and cached.
+    n_cache : int
+        Wrong samples distilled from the knowledge cache.
+    n_clients : int
+        Wrong, uncached samples distilled from the fused client teacher.
+    n_ce_only : int
+        Wrong samples with neither cache nor a correct client: cross-entropy only.
+    loss : float
+        Mean per-sample loss of the final epoch.
+    num_answered : int
+        Transfer samples for which at least one client sent logits.
+    num_teacher : int
+        Of those, samples with at least one qualifying client teacher.
+    cache_size : int
+        Filled entries of the knowledge cache after the phase.
+    nonzero_weight_fraction : dict[int, float]
+        Per client, the share of its answered samples on which it got a non-zero teacher weight (how much of a
+        possibly malicious client's knowledge got through).
+    """
+
+    round: int
+    n_self: int = 0
+    n_cache: int = 0
+    n_clients: int = 0
+    n_ce_only: int = 0
+    loss: float = 0.0
+    num_answered: int = 0
+    num_teacher: int = 0
+    cache_size: int = 0
+    nonzero_weight_fraction: dict[int, float] = field(default_factory=dict)
+
+    def as_metrics(self) -> dict[str, float]:
+        """Flat scalar metrics (per-client fractions left out) for logging."""
+        values = asdict(self)
+        values.pop("nonzero_weight_fraction")
+        return {key: float(value) for key, value in values.items()}
+
+
+class SelectiveDistillServer:
+    """The server model, its knowledge cache and the selective distillation step.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Server model mapping ``(B, *input_shape)`` to logits ``(B, C)``.
+    transfer_x : Tensor
+        ``(N, *input_shape)`` inputs of the labelled transfer set, in the order all parties share.
+    transfer_y : Tensor
+        ``(N,)`` int64 labels of the transfer set.
+    config : ServerDistillConfig (default: ServerDistillConfig())
+        Distillation hyperparameters.
+    seed : int (default: 0)
+        Base seed; each round's shuffling and dropout derive from ``(seed, round)``.
+    device : torch.device | str (default: "cpu")
+        Where the model trains; data stay on CPU and move per batch.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        transfer_x: Tensor,
+        transfer_y: Tensor,
+        config: ServerDistillConfig | None = None,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if transfer_x.shape[0] != transfer_y.shape[0] or transfer_y.dim() != 1:
+            raise ValueError(
+                f"transfer_x (N, ...) and transfer_y (N,) disagree: {tuple(transfer_x.shape)} "
+                f"vs {tuple(transfer_y.shape)}"
+            )
+        if transfer_x.shape[0] == 0:
+            raise ValueError("the transfer set is empty")
+        self.config = config if config is not None else ServerDistillConfig()
+        self.seed = seed
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.transfer_x = transfer_x.cpu()
+        self.transfer_y = transfer_y.cpu().long()
+        self.num_classes = int(predict_logits(self.model, self.transfer_x[:1], device=self.device).shape[1])
+        self.knowledge_cache = KnowledgeCache(self.num_transfer, self.num_classes)
+
+    @property
+    def num_transfer(self) -> int:
+        """Size N of the transfer set."""
+        return int(self.transfer_x.shape[0])
+
+    def needed_positions(self) -> NDArray[np.int64]:
+        """Positions ``(n,)`` of transfer samples the server gets wrong and has not cached (the query)."""
+        predictions = self._transfer_predictions().argmax(dim=1)
+        needed = (predictions != self.transfer_y) & ~self.knowledge_cache.filled
+        return np.flatnonzero(needed.numpy()).astype(np.int64)
+
+    def distill(
+        self, round: int, client_logits: Mapping[int, tuple[NDArray[Any], NDArray[Any]]]
+    ) -> SelectionStats:
+        """Run the server's selective distillation for one round.
+
+        Parameters
+        ----------
+        round : int
+            Federated round; seeds this phase's shuffling and dropout.
+        client_logits : Mapping[int, tuple[ndarray, ndarray]]
+            Client id -> (positions ``(n_k,)``, logits ``(n_k, C)``) on transfer positions, usually the
+            answer to :meth:`needed_positions`. Clients may answer different positions; float16 is accepted.
+
+        Returns
+        -------
+        SelectionStats
+            Counts of each learning case in the final epoch, plus per-client teacher shares.
+
+        Raises
+        ------
+        ValueError
+            On mis-shaped, non-integer, duplicate, out-of-range or non-finite inputs, before the model
+            changes.
+        """
+        teacher, has_teacher, stats = self._fuse_clients(round, client_logits)
+        cfg = self.config
+        generator = torch_generator(derive_seed(self.seed, SERVER_ID, round, "server_distill_shuffle"))
+        optimizer = sgd(self.model, cfg.lr, cfg.momentum, cfg.weight_decay)
+        self.model.train()
+        with seeded_torch(derive_seed(self.seed, SERVER_ID, round, "server_distill_rng"), self.device):
+            for _ in range(cfg.epochs):
+                counts = torch.zeros(4, dtype=torch.long)
+                loss_sum = 0.0
+                for index in minibatches(self.num_transfer, cfg.batch_size, generator):
+                    batch_loss, batch_counts = self._step(optimizer, index, teacher, has_teacher)
+                    counts += batch_counts
+                    loss_sum += batch_loss * index.numel()
+                stats.n_self, stats.n_cache, stats.n_clients, stats.n_ce_only = (int(c) for c in counts)
+                stats.loss = loss_sum / self.num_transfer
+        stats.cache_size = self.knowledge_cache.num_filled
+        return stats
+
+    def _step(
+        self, optimizer: torch.optim.Optimizer, index: Tensor, teacher: Tensor, has_teacher: Tensor
+    ) -> tuple[float, Tensor]:
+        cfg = self.config
+        x = self.transfer_x[index].to(self.device)
+        y = self.transfer_y[index].to(self.device)
+        logits = self.model(x)
+        correct = (logits.argmax(dim=1) == y).cpu()
+        cached_logits, filled = self.knowledge_cache.lookup(index)
+        use_cache = ~correct & filled
+        use_clients = ~correct & ~filled & has_teacher[index]
+        ce_only = ~(correct | use_cache | use_clients)
+
+        soft = (use_cache | use_clients).to(self.device)
+        targets = torch.where(use_cache.unsqueeze(1), cached_logits, teacher[index]).to(self.device)
+        cross_entropy = F.cross_entropy(logits, y, reduction="none")
+        kd = kd_loss(logits, targets, cfg.temperature, reduction="none")
+        # Samples without soft targets still get a (finite) kd value; where() drops it and its gradient.
+        per_sample = torch.where(soft, cfg.epsilon * cross_entropy + (1.0 - cfg.epsilon) * kd, cross_entropy)
+        loss = per_sample.mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+        # Cache the logits that were right at this step, before the update (as the server "knew" them).
+        self.knowledge_cache.update(index[correct], logits.detach()[correct.to(self.device)])
+        counts = torch.stack([correct.sum(), use_cache.sum(), use_clients.sum(), ce_only.sum()])
+        return float(loss.detach()), counts
+
+    @torch.no_grad()
+    def _fuse_clients(
+        self, round: int, client_logits: Mapping[int, tuple[NDArray[Any], NDArray[Any]]]
+    ) -> tuple[Tensor, Tensor, SelectionStats]:
+        """Validate all client answers, then fuse them into a teacher ``(N, C)`` and a mask ``(N,)``."""
+        answers: list[tuple[int, NDArray[np.int64], Tensor]] = []
+        for client_id in sorted(client_logits):  # fixed order keeps floating-point sums reproducible
+            positions, logits = client_logits[client_id]
+            pos = check_positions(positions, self.num_transfer)
+            values = check_logits(f"logits of client {client_id}", logits, (pos.size, self.num_classes))
+            answers.append((int(client_id), pos, values))
+
+        teacher = torch.zeros(self.num_transfer, self.num_classes)
+        has_teacher = torch.zeros(self.num_transfer, dtype=torch.bool)
+        stats = SelectionStats(round=round)
+        union = (
+            np.unique(np.concatenate([pos for _, pos, _ in answers])) if answers else np.zeros(0, np.int64)
+        )
+        if union.size == 0:
+            stats.nonzero_weight_fraction = {client_id: 0.0 for client_id, _, _ in answers}
+            return teacher, has_teacher, stats
+
+        stacked = torch.zeros(len(answers), union.size, self.num_classes)
+        available = torch.zeros(len(answers), union.size, dtype=torch.bool)
+        for k, (_, pos, values) in enumerate(answers):
+            slots = torch.from_numpy(np.searchsorted(union, pos))
+            stacked[k, slots] = values
+            available[k, slots] = True
+        union_index = torch.from_numpy(union)
+        selected = select_teacher(stacked, self.transfer_y[union_index], self.config.weighting, available)
+        teacher[union_index] = selected.logits
+        has_teacher[union_index] = selected.has_teacher
+
+        stats.num_answered = int(union.size)
+        stats.num_teacher = int(selected.has_teacher.sum())
+        for k, (client_id, pos, _) in enumerate(answers):
+            answered = available[k]
+            share = (selected.weights[k][answered] > 0).double().mean() if pos.size else torch.tensor(0.0)
+            stats.nonzero_weight_fraction[client_id] = float(share)
+        return teacher, has_teacher, stats
+
+    def _transfer_predictions(self) -> Tensor:
+        return predict_logits(self.model, self.transfer_x, device=self.device)
+
+    def transfer_logits(self, dtype: DTypeLike = np.float32) -> NDArray[np.floating[Any]]:
+        """Eval-mode server logits ``(N, C)`` on the whole transfer set: the broadcast to clients.
+
+        ``dtype=np.float16`` halves the downlink (values clipped to float16's range).
+        """
+        return to_wire(self._transfer_predictions(), dtype)
+
+    def evaluate(self, x: Tensor, y: Tensor, batch_size: int = 256) -> float:
+        """Top-1 accuracy of the server model on ``(x, y)``."""
+        return accuracy(self.model, x, y, batch_size, self.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Model weights (CPU tensors) and knowledge cache (NumPy arrays): all that persists across rounds."""
+        model_state = {name: value.detach().cpu().clone() for name, value in self.model.state_dict().items()}
+        return {"model": model_state, "knowledge_cache": self.knowledge_cache.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore from :meth:`state_dict`."""
+        self.model.load_state_dict(state["model"])
+        self.knowledge_cache.load_state_dict(state["knowledge_cache"])
+
+    def save(self, path: str | Path) -> None:
+        """Write a checkpoint (model + knowledge cache) loadable with ``torch.load(weights_only=True)``."""
+        state = self.state_dict()
+        cache = {key: torch.from_numpy(value) for key, value in state["knowledge_cache"].items()}
+        torch.save({"model": state["model"], "knowledge_cache": cache}, Path(path))
+
+    def load(self, path: str | Path, load_cache: bool = True) -> None:
+        """Start from a checkpoint: a file from :meth:`save`, or a bare model ``state_dict`` (pretrained).
+
+        Parameters
+        ----------
+        path : str | Path
+            Checkpoint file.
+        load_cache : bool (default: True)
+            Also restore the knowledge cache when the file has one. Pass False when the earlier federation
+            used a different transfer set, whose cached positions would mean other samples here.
+        """
+        checkpoint = torch.load(Path(path), map_location="cpu", weights_only=True)
+        if "model" in checkpoint and isinstance(checkpoint["model"], Mapping):
+            self.model.load_state_dict(checkpoint["model"])
+            if load_cache and "knowledge_cache" in checkpoint:
+                cache = {key: value.numpy() for key, value in checkpoint["knowledge_cache"].items()}
+                self.knowledge_cache.load_state_dict(cache)
+        else:
+            self.model.load_state_dict(checkpoint)

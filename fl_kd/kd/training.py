@@ -1,0 +1,112 @@
+"""Small training utilities shared by the distillation server and clients.
+
+They exist so that both sides shuffle, batch, predict and validate in exactly the same way; a Flower client
+and the reference runner then reach identical numbers because they run the same few lines.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import ArrayLike, DTypeLike, NDArray
+from torch import Tensor, nn
+
+
+def minibatches(num_samples: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:
+    """Shuffled index batches ``(b,)`` covering ``range(num_samples)`` once.
+
+    A trailing batch of one sample is merged into the previous batch: BatchNorm layers cannot train on a
+    single sample, and tier models may contain them.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = torch.randperm(num_samples, generator=generator)
+    batches = list(torch.split(order, batch_size))
+    if len(batches) > 1 and batches[-1].numel() == 1:
+        batches[-2] = torch.cat([batches[-2], batches.pop()])
+    return batches
+
+
+def sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+    """A fresh SGD optimiser; created per phase so no optimiser state has to survive between rounds."""
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module, x: Tensor, batch_size: int = 256, device: torch.device | str = "cpu"
+) -> Tensor:
+    """Eval-mode logits ``(N, C)`` (float32, on CPU) of ``model`` on inputs ``x`` ``(N, ...)``."""
+    model.eval()
+    outputs = [
+        model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, x.shape[0], batch_size)
+    ]
+    if not outputs:
+        raise ValueError("cannot predict on an empty input")
+    return torch.cat(outputs)
+
+
+def accuracy(
+    model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 256, device: torch.device | str = "cpu"
+) -> float:
+    """Top-1 accuracy of ``model`` on ``(x, y)``; ``x`` ``(N, ...)``, ``y`` ``(N,)``."""
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x and y disagree on N: {x.shape[0]} vs {y.shape[0]}")
+    if x.shape[0] == 0:
+        raise ValueError("cannot evaluate on an empty set")
+    predictions = predict_logits(model, x, batch_size, device).argmax(dim=1)
+    return float((predictions == y.cpu()).double().mean())
+
+
+def check_positions(positions: ArrayLike, num_samples: int) -> NDArray[np.int64]:
+    """Validate transfer positions: 1-D, integer, unique, in ``[0, num_samples)``; returns int64 ``(n,)``."""
+    array = np.asarray(positions)
+    if array.ndim != 1:
+        raise ValueError(f"positions must be 1-D, got shape {array.shape}")
+    if array.size and not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"positions must be integers, got dtype {array.dtype}")
+    array = array.astype(np.int64)
+    if array.size and (array.min() < 0 or array.max() >= num_samples):
+        raise ValueError(
+            f"positions must lie in [0, {num_samples}), got range [{array.min()}, {array.max()}]"
+        )
+    if np.unique(array).size != array.size:
+        raise ValueError("positions must be unique")
+    return array
+
+
+def check_logits(name: str, logits: ArrayLike, shape: tuple[int, int]) -> Tensor:
+    """Validate logits of the expected ``shape`` and finiteness; returns a float32 CPU tensor.
+
+    Knowledge from another party is the one input that can silently ruin a model (a NaN reaches every weight
+    in one step), so it is checked before any training step uses it.
+    """
+    array = np.asarray(logits)
+    if array.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {array.shape}")
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"{name} must be floating point, got dtype {array.dtype}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+    return torch.from_numpy(array.astype(np.float32, copy=True))
+
+
+LOGITS_DTYPES: tuple[str, ...] = ("float32", "float16")
+
+
+def to_wire(logits: Tensor, dtype: DTypeLike = np.float32) -> NDArray[np.floating[Any]]:
+    """Logits ``(n, C)`` as a NumPy array of the wire ``dtype`` (float32, or float16 to halve the payload).
+
+    float16 tops out at 65504; larger logits are clipped to it, since an inf would make the receiver reject
+    the whole message.
+    """
+    wire = np.dtype(dtype)
+    if wire.name not in LOGITS_DTYPES:
+        raise ValueError(f"logits dtype must be one of {LOGITS_DTYPES}, got {wire.name}")
+    array = logits.detach().cpu().float().numpy()
+    if wire == np.float16:
+        limit = float(np.finfo(np.float16).max)
+        array = np.clip(array, -limit, limit)
+    return array.astype(wire)

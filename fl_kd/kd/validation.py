@@ -1,0 +1,71 @@
+"""Screening of client answers before any of their values reach the server model.
+
+A client may be buggy, stale or malicious. Every answer is checked against what the server asked for; an answer
+that fails is dropped for the round with a reason, and the reason is counted, so bad input never crashes the server
+and never silently reaches a weight.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+ALLOWED_LOGITS_DTYPES: tuple[str, ...] = ("float16", "float32")
+
+
+def check_client_answer(asked: NDArray[np.int64], positions: Any, logits: Any, num_classes: int) -> str | None:
+    """Return why an answer must be rejected, or None when it is usable.
+
+    Parameters
+    ----------
+    asked : ndarray
+        ``(n,)`` transfer positions the server asked this client for.
+    positions : Any
+        ``(n,)`` positions the client says it answered; must equal ``asked`` exactly.
+    logits : Any
+        ``(n, C)`` logits, float16 or float32, all finite.
+    num_classes : int
+        C.
+    """
+    if not isinstance(positions, np.ndarray) or not isinstance(logits, np.ndarray):
+        return "missing positions or logits"
+    if positions.ndim != 1 or not np.issubdtype(positions.dtype, np.integer):
+        return f"positions must be a 1-D integer array, got {positions.dtype} {positions.shape}"
+    if positions.shape != asked.shape or not np.array_equal(positions, asked):
+        return "positions differ from the positions asked for"
+    if logits.dtype.name not in ALLOWED_LOGITS_DTYPES:
+        return f"logits dtype {logits.dtype} is not one of {', '.join(ALLOWED_LOGITS_DTYPES)}"
+    if logits.shape != (asked.size, num_classes):
+        return f"logits shape {logits.shape} != expected {(asked.size, num_classes)}"
+    if not np.isfinite(logits).all():
+        return "logits contain NaN or inf"
+    return None
+
+
+@dataclass
+class ScreeningReport:
+    """Which answers were kept and why the others were dropped, for one round."""
+
+    accepted: list[int] = field(default_factory=list)
+    rejected: Counter[str] = field(default_factory=Counter)
+    missing: list[int] = field(default_factory=list)
+
+    @property
+    def num_rejected(self) -> int:
+        """Answers dropped for any reason (missing clients not included)."""
+        return sum(self.rejected.values())
+
+    def reject(self, reason: str) -> None:
+        """Count one dropped answer."""
+        self.rejected[reason] += 1
+
+
+def find_duplicates(client_ids: Iterable[int]) -> set[int]:
+    """Client ids that answered more than once: all their answers are dropped, since none can be trusted."""
+    counts = Counter(client_ids)
+    return {client_id for client_id, count in counts.items() if count > 1}

@@ -1,0 +1,142 @@
+"""Distillation client: local training, logit answers, distillation from server logits, determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fl_kd.kd.client import ClientTrainConfig, DistillClient
+from fl_kd.kd.losses import kd_loss
+
+
+def _data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=generator)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).long()
+    return x, y
+
+
+def _client(model: nn.Module | None = None, seed: int = 0, **config: object) -> DistillClient:
+    torch.manual_seed(0)
+    model = model if model is not None else nn.Linear(4, 2)
+    settings = {"local_epochs": 2, "batch_size": 8, "lr": 0.1} | config
+    train_x, train_y = _data(40, seed=1)
+    transfer_x, transfer_y = _data(24, seed=2)
+    return DistillClient(
+        3,
+        model,
+        train_x,
+        train_y,
+        transfer_x,
+        transfer_y,
+        ClientTrainConfig(**settings),
+        seed=seed,  # type: ignore[arg-type]
+    )
+
+
+def test_local_train_lowers_private_cross_entropy() -> None:
+    client = _client()
+    before = nn.functional.cross_entropy(client.model(client.train_x), client.train_y).item()
+    metrics = client.local_train(round=1)
+    after = nn.functional.cross_entropy(client.model(client.train_x), client.train_y).item()
+    assert after < before
+    assert metrics["num_examples"] == 40.0 and metrics["loss"] > 0
+
+
+def test_logits_answer_a_query() -> None:
+    client = _client()
+    answer = client.logits(np.array([5, 0, 7]))
+    assert answer.dtype == np.float32 and answer.shape == (3, 2)
+    expected = client.model(client.transfer_x[[5, 0, 7]]).detach().numpy()
+    np.testing.assert_allclose(answer, expected, rtol=1e-6)
+    assert client.logits(np.zeros(0, np.int64)).shape == (0, 2)
+    with pytest.raises(ValueError, match="unique"):
+        client.logits(np.array([1, 1]))
+
+
+def test_distill_lowers_kd_loss_to_server_logits() -> None:
+    client = _client(epsilon=0.0, distill_epochs=5)
+    generator = torch.Generator().manual_seed(9)
+    server_logits = (3 * torch.randn(24, 2, generator=generator)).numpy()
+    teacher = torch.from_numpy(server_logits)
+
+    def kd() -> float:
+        with torch.no_grad():
+            return kd_loss(client.model(client.transfer_x), teacher).item()
+
+    before = kd()
+    metrics = client.distill(round=1, server_logits=server_logits)
+    assert kd() < before
+    assert metrics["num_examples"] == 24.0
+    # float16 broadcasts are accepted as well.
+    client.distill(round=2, server_logits=server_logits.astype(np.float16))
+
+
+@pytest.mark.parametrize(
+    ("logits", "match"),
+    [
+        (np.full((24, 2), np.nan, np.float32), "non-finite"),
+        (np.zeros((23, 2), np.float32), "shape"),
+        (np.zeros((24, 3), np.float32), "shape"),
+    ],
+)
+def test_distill_rejects_bad_server_logits(logits: np.ndarray, match: str) -> None:
+    client = _client()
+    before = {k: v.clone() for k, v in client.model.state_dict().items()}
+    with pytest.raises(ValueError, match=match):
+        client.distill(1, logits)
+    for key, value in client.model.state_dict().items():
+        assert torch.equal(value, before[key])
+
+
+def _dropout_model() -> nn.Module:
+    torch.manual_seed(0)  # same initial weights for every run
+    return nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 2))
+
+
+def test_same_seed_same_weights_including_dropout() -> None:
+    def run(seed: int, global_draws: int = 0) -> dict[str, torch.Tensor]:
+        client = _client(_dropout_model(), seed=seed)
+        torch.rand(global_draws)  # whatever else the process drew must not matter
+        client.local_train(1)
+        client.distill(1, np.zeros((24, 2), np.float32))
+        return client.state_dict()["model"]
+
+    first, second, other = run(0), run(0, global_draws=7), run(1)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+def test_phases_leave_the_global_rng_alone() -> None:
+    client = _client(_dropout_model())
+    state = torch.get_rng_state()
+    client.local_train(1)
+    client.distill(1, np.zeros((24, 2), np.float32))
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_state_dict_round_trip_and_evaluate() -> None:
+    client = _client()
+    client.local_train(1)
+    other = _client(seed=5)
+    other.load_state_dict(client.state_dict())
+    x, y = _data(30, seed=4)
+    assert other.evaluate(x, y) == client.evaluate(x, y)
+    assert 0.0 <= client.evaluate(x, y) <= 1.0
+
+
+def test_invalid_construction() -> None:
+    with pytest.raises(ValueError, match="lr"):
+        ClientTrainConfig(local_epochs=1, batch_size=8, lr=0.0)
+    with pytest.raises(ValueError, match="no private"):
+        DistillClient(
+            0,
+            nn.Linear(4, 2),
+            torch.zeros(0, 4),
+            torch.zeros(0, dtype=torch.long),
+            torch.zeros(3, 4),
+            torch.zeros(3, dtype=torch.long),
+            ClientTrainConfig(1, 8, 0.1),
+        )
