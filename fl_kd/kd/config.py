@@ -148,7 +148,8 @@ class ReferenceConfig:
         """A JSON string of every field: how the config travels to Flower apps (run config holds scalars only)."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values["device_profile"] = self.device_profile.to_dict()
-        return json.dumps(values, sort_keys=True)
+        # Key order is kept: the order of device tiers decides which clients get which tier.
+        return json.dumps(values)
 
     @classmethod
     def from_json(cls, text: str) -> ReferenceConfig:

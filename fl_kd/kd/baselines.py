@@ -1,0 +1,131 @@
+"""Baselines against which selective distillation (FedGEMS, Cheng et al., 2021, arXiv:2110.11027) is judged.
+
+FedGEMS argues that clients gain from the server's distilled knowledge, and that sending logits costs far less
+than sending weights. Both claims need a reference point built from the *same* federation:
+
+* :func:`run_local_only`: every client trains alone. It uses the parties of :mod:`fl_kd.kd.federation` (same
+  split, tiers, initial weights) and the same sampled clients, local epochs and shuffling seeds as the reference
+  runner, then stops: no transfer-set query, no server, no distillation. Any gap to the runner's client accuracy
+  is therefore what the exchange of knowledge adds.
+* :func:`model_weight_nbytes`: the upload of FedAvg-style weight sharing (McMahan et al., 2017), i.e. each
+  client's model parameters in float32, to set against the logits it sends.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from fl_kd.data import DatasetSplits
+from fl_kd.kd.client import DistillClient
+from fl_kd.kd.config import ReferenceConfig
+from fl_kd.kd.federation import Federation, build_client, build_federation, sample_clients
+from fl_kd.kd.metrics import Metrics, accuracy_summary
+from fl_kd.models import build_model, count_parameters
+
+FLOAT32_NBYTES = int(np.dtype(np.float32).itemsize)
+"""Bytes per parameter when weights travel as float32, the usual FedAvg wire format."""
+
+
+def local_only_round(cfg: ReferenceConfig, round: int, federation: Federation, clients: list[DistillClient]) -> Metrics:
+    """One round of the local-only baseline on already built clients; returns its metric dict.
+
+    The selected clients are exactly those :func:`fl_kd.kd.runner.run_round` picks, and
+    :meth:`DistillClient.local_train` seeds its shuffling by ``(seed, client_id, round)``, so round 1 ends with
+    the very models the distillation run has before its first query: the two runs part only where knowledge
+    starts to move.
+
+    Returns
+    -------
+    dict[str, float | int]
+        ``round``, ``client_acc_*`` and ``client_pacc_*`` (see :func:`fl_kd.kd.metrics.accuracy_summary`),
+        ``uplink_bytes`` and ``downlink_bytes`` (both 0: nothing is sent) and ``wall_seconds``.
+    """
+    start = time.perf_counter()
+    for client_id in sample_clients(federation.num_clients, cfg.fraction_fit, cfg.seed, round):
+        clients[client_id].local_train(round)
+    data = federation.data
+    tiers = federation.tier_names()
+    client_acc = {client.client_id: client.evaluate(data.x_test, data.y_test) for client in clients}
+    client_pacc = {
+        client.client_id: client.evaluate(*federation.personalised_test(client.client_id)) for client in clients
+    }
+    metrics: Metrics = {"round": int(round)}
+    metrics |= accuracy_summary(client_acc, tiers, "client_acc")
+    metrics |= accuracy_summary(client_pacc, tiers, "client_pacc")
+    metrics |= {"uplink_bytes": 0, "downlink_bytes": 0, "wall_seconds": time.perf_counter() - start}
+    return metrics
+
+
+def run_local_only(
+    cfg: ReferenceConfig,
+    data: DatasetSplits | None = None,
+    on_round: Callable[[Metrics], None] | None = None,
+) -> list[Metrics]:
+    """Run ``cfg.rounds`` rounds in which each sampled client only trains on its private data.
+
+    Parameters
+    ----------
+    cfg : ReferenceConfig
+        The same config as the distillation run it is compared with; the server, transfer-set and
+        distillation settings are simply not used.
+    data : DatasetSplits | None (default: None)
+        Preloaded dataset; loaded from ``cfg.dataset`` when None.
+    on_round : Callable[[dict], None] | None (default: None)
+        Called with each round's metrics as soon as they exist (progress logging).
+
+    Returns
+    -------
+    list[dict[str, float | int]]
+        One metric dict per round (see :func:`local_only_round`); apart from ``wall_seconds``, the same config
+        gives the same numbers.
+    """
+    federation = build_federation(cfg, data)
+    clients = [build_client(cfg, federation, client_id) for client_id in range(federation.num_clients)]
+    rounds: list[Metrics] = []
+    for round in range(1, cfg.rounds + 1):
+        metrics = local_only_round(cfg, round, federation, clients)
+        rounds.append(metrics)
+        if on_round is not None:
+            on_round(metrics)
+    return rounds
+
+
+def model_weight_nbytes(cfg: ReferenceConfig, federation: Federation) -> dict[int, int]:
+    """Per client, the float32 bytes of its model's parameters: its upload per round under weight sharing.
+
+    Only parameters count. The image models normalise with GroupNorm and the MLPs not at all, so no model in the
+    zoo has buffers (running statistics) that FedAvg would also have to send.
+
+    Parameters
+    ----------
+    cfg : ReferenceConfig
+        The run's configuration; must describe ``federation`` (same number of clients).
+    federation : Federation
+        Gives each client's device tier and the data's input shape and number of classes.
+
+    Returns
+    -------
+    dict[int, int]
+        Client id -> ``4 * number of parameters`` of its tier's model.
+
+    Raises
+    ------
+    ValueError
+        If ``cfg`` and ``federation`` disagree on the number of clients.
+    """
+    if cfg.num_clients != federation.num_clients:
+        raise ValueError(
+            f"config has {cfg.num_clients} clients but the federation has {federation.num_clients}; "
+            "build the federation from this config"
+        )
+    data = federation.data
+    nbytes_by_model: dict[str, int] = {}
+    for tier in federation.tiers:
+        if tier.model not in nbytes_by_model:
+            # The count does not depend on the weights; a fixed seed keeps torch's global generator untouched.
+            model = build_model(tier.model, data.input_shape, data.num_classes, seed=0)
+            nbytes_by_model[tier.model] = FLOAT32_NBYTES * count_parameters(model)
+    return {client_id: nbytes_by_model[tier.model] for client_id, tier in enumerate(federation.tiers)}

@@ -1,0 +1,174 @@
+"""Run outputs: per-round metrics (JSONL and CSV), a summary JSON, plots and a terminal table.
+
+Both runtimes (the Flower simulation and the in-process reference runner) write through this module, so a run
+folder looks the same whichever produced it, and sweeps can be tabulated without knowing the runtime.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+METRICS_JSONL = "metrics.jsonl"
+METRICS_CSV = "metrics.csv"
+SUMMARY_JSON = "summary.json"
+
+
+class RoundRecorder:
+    """Append one flat dict of metrics per round to ``metrics.jsonl`` as the run goes.
+
+    Appending line by line means a run that is stopped half-way still leaves every finished round on disk.
+    """
+
+    def __init__(self, out_dir: Path | str) -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.out_dir / METRICS_JSONL
+        self.path.write_text("")
+        self.rows: list[dict[str, Any]] = []
+
+    def record(self, row: Mapping[str, Any]) -> None:
+        """Append one round's metrics (JSON scalars only)."""
+        clean = {key: _json_scalar(value) for key, value in row.items()}
+        self.rows.append(clean)
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(clean, sort_keys=True) + "\n")
+
+
+def _json_scalar(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy / torch scalars
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def read_metrics(out_dir: Path | str) -> list[dict[str, Any]]:
+    """Rows of ``metrics.jsonl`` in a run folder, in round order."""
+    path = Path(out_dir) / METRICS_JSONL
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return sorted(rows, key=lambda row: row.get("round", 0))
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], path: Path | str) -> None:
+    """Write rows to CSV with the union of their keys as columns (``round`` first)."""
+    keys: list[str] = []
+    for row in rows:
+        keys.extend(key for key in row if key not in keys)
+    if "round" in keys:
+        keys.remove("round")
+        keys.insert(0, "round")
+    with Path(path).open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_outputs(out_dir: Path | str, rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any]) -> None:
+    """CSV, summary JSON and plots for a finished run."""
+    out = Path(out_dir)
+    write_csv(rows, out / METRICS_CSV)
+    (out / SUMMARY_JSON).write_text(
+        json.dumps({k: _json_scalar(v) for k, v in summary.items()}, indent=2, sort_keys=True)
+    )
+    if rows:
+        plot_run(rows, out)
+
+
+def plot_run(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]:
+    """PNG plots of accuracy and cumulative bytes over rounds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [row["round"] for row in rows]
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    accuracy_keys = ["server_acc"] + sorted(
+        key for key in rows[-1] if key.startswith("client_acc_") and key.endswith("_mean")
+    )
+    for key in accuracy_keys:
+        if key in rows[-1]:
+            ax.plot(rounds, [row.get(key) for row in rows], marker="o", label=key)
+    ax.set_xlabel("round")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(out_dir / "accuracy.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in ("uplink_bytes", "downlink_bytes"):
+        if key in rows[-1]:
+            total = 0.0
+            cumulative = []
+            for row in rows:
+                total += row.get(key) or 0
+                cumulative.append(total / 1e6)
+            ax.plot(rounds, cumulative, marker="o", label=key.replace("_bytes", ""))
+    ax.set_xlabel("round")
+    ax.set_ylabel("cumulative MB")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    paths.append(out_dir / "bytes.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def format_round_line(row: Mapping[str, Any]) -> str:
+    """One terminal line per round."""
+    parts = [f"round {row.get('round')}"]
+    for key, label in (
+        ("server_acc", "server"),
+        ("client_acc_mean", "clients"),
+        ("uplink_bytes", "up"),
+        ("downlink_bytes", "down"),
+        ("wall_seconds", "s"),
+    ):
+        value = row.get(key)
+        if value is None:
+            continue
+        if key.endswith("_bytes"):
+            parts.append(f"{label} {value / 1e3:.1f} kB")
+        elif key == "wall_seconds":
+            parts.append(f"{value:.2f} {label}")
+        else:
+            parts.append(f"{label} {value:.4f}")
+    return " | ".join(parts)
+
+
+def print_summary_table(rows: Sequence[Mapping[str, Any]], title: str = "fl-kd run") -> None:
+    """A final table of per-round accuracy and traffic (rich)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    columns = [
+        key
+        for key in ("round", "server_acc", "client_acc_mean", "client_pacc_mean", "uplink_bytes", "downlink_bytes")
+        if rows and key in rows[-1]
+    ]
+    counts = ("n_self", "n_cache", "n_clients", "n_ce_only", "n_rejected")
+    columns += [key for key in counts if rows and key in rows[-1]]
+    for key in columns:
+        table.add_column(key, justify="right")
+    for row in rows:
+        cells = []
+        for key in columns:
+            value = row.get(key)
+            if isinstance(value, float):
+                cells.append(f"{value:.4f}")
+            else:
+                cells.append("" if value is None else str(value))
+        table.add_row(*cells)
+    Console().print(table)

@@ -1,0 +1,178 @@
+"""The FedGEMS strategy and ClientApp over Flower messages (in-process grid): agreement with the reference
+runner, and screening of every kind of bad client answer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, Error, Message, RecordDict
+
+from fl_kd.clients.fedgems_app import app as client_app
+from fl_kd.kd.config import ReferenceConfig
+from fl_kd.kd.runner import run_reference
+from fl_kd.strategies.fedgems_app import CONFIG_KEY, make_strategy
+from tests.flower_loopback import LoopbackGrid
+
+PROFILE: dict[str, Any] = {
+    "name": "tiny_two_tier",
+    "server_model": "cnn_small",
+    "tiers": {
+        "low": {"model": "cnn_tiny", "share": 0.5, "local_epochs": 1, "batch_size": 32, "lr": 0.05},
+        "high": {"model": "cnn_tiny", "share": 0.5, "local_epochs": 2, "batch_size": 32, "lr": 0.05},
+    },
+}
+
+
+def _config(**overrides: Any) -> ReferenceConfig:
+    settings: dict[str, Any] = {
+        "device_profile": PROFILE,
+        "num_clients": 4,
+        "transfer_size": 60,
+        "personalised_test_size": 40,
+        "rounds": 2,
+        "server_epochs": 1,
+        "server_batch_size": 32,
+        "seed": 5,
+    } | overrides
+    return ReferenceConfig(**settings)
+
+
+def _run(cfg: ReferenceConfig, tamper: Callable[[Message, Message], list[Message]] | None = None):  # noqa: ANN202
+    strategy = make_strategy(cfg)
+    grid = LoopbackGrid(client_app, cfg.num_clients, {CONFIG_KEY: cfg.to_json()}, tamper)
+    strategy.start(grid=grid, initial_arrays=ArrayRecord(), num_rounds=cfg.rounds)
+    return strategy
+
+
+def _without_time(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in row.items() if k != "wall_seconds"} for row in rows]
+
+
+@pytest.mark.parametrize("overrides", [{}, {"fraction_fit": 0.5, "logits_dtype": "float16"}])
+def test_flower_messages_reproduce_the_reference_runner(overrides: dict[str, Any]) -> None:
+    cfg = _config(**overrides)
+    strategy = _run(cfg)
+    reference = run_reference(cfg)
+    assert _without_time(strategy.history) == _without_time(reference.rounds)
+    assert all(row["n_rejected"] == 0 and row["n_missing"] == 0 for row in strategy.history)
+
+
+# -- bad input from client 0 in round 1 ------------------------------------------------------------------------------
+def _replace_logits(make: Callable[[np.ndarray], np.ndarray]) -> Callable[[Message, Message], list[Message]]:
+    def tamper(message: Message, reply: Message) -> list[Message]:
+        if not _is_first_train_of_client0(message, reply):
+            return [reply]
+        arrays = reply.content["arrays"]
+        positions, logits = arrays["positions"].numpy(), arrays["logits"].numpy()
+        bad = RecordDict(
+            {
+                "arrays": ArrayRecord({"positions": Array(positions), "logits": Array(make(logits))}),
+                "metrics": reply.content["metrics"],
+            }
+        )
+        return [Message(bad, reply_to=message)]
+
+    return tamper
+
+
+def _replace_positions(make: Callable[[np.ndarray], np.ndarray]) -> Callable[[Message, Message], list[Message]]:
+    def tamper(message: Message, reply: Message) -> list[Message]:
+        if not _is_first_train_of_client0(message, reply):
+            return [reply]
+        arrays = reply.content["arrays"]
+        content = RecordDict(
+            {
+                "arrays": ArrayRecord(
+                    {"positions": Array(make(arrays["positions"].numpy())), "logits": arrays["logits"]}
+                ),
+                "metrics": reply.content["metrics"],
+            }
+        )
+        return [Message(content, reply_to=message)]
+
+    return tamper
+
+
+def _is_first_train_of_client0(message: Message, reply: Message) -> bool:
+    return (
+        message.metadata.message_type == "train"
+        and int(message.content["config"]["server-round"]) == 1
+        and not reply.has_error()
+        and int(reply.content["metrics"]["partition-id"]) == 0
+    )
+
+
+def _drop(message: Message, reply: Message) -> list[Message]:
+    return [] if _is_first_train_of_client0(message, reply) else [reply]
+
+
+def _duplicate(message: Message, reply: Message) -> list[Message]:
+    return [reply, reply] if _is_first_train_of_client0(message, reply) else [reply]
+
+
+def _error(message: Message, reply: Message) -> list[Message]:
+    if _is_first_train_of_client0(message, reply):
+        return [Message(Error(code=1, reason="client crashed"), reply_to=message)]
+    return [reply]
+
+
+def _nan(logits: np.ndarray) -> np.ndarray:
+    out = logits.copy()
+    out[0, 0] = np.nan
+    return out
+
+
+def _inf(logits: np.ndarray) -> np.ndarray:
+    out = logits.copy()
+    out[-1, -1] = np.inf
+    return out
+
+
+def _shift(positions: np.ndarray) -> np.ndarray:
+    return positions + 1  # positions that were not asked for (the last one may even be out of range)
+
+
+BAD_ANSWERS = {
+    "nan logits": (_replace_logits(_nan), 1),
+    "inf logits": (_replace_logits(_inf), 1),
+    "wrong shape": (_replace_logits(lambda x: x[:, :-1].copy()), 1),
+    "wrong dtype": (_replace_logits(lambda x: x.astype(np.float64)), 1),
+    "integer logits": (_replace_logits(lambda x: x.astype(np.int32)), 1),
+    "positions not asked": (_replace_positions(_shift), 1),
+    "positions reordered": (_replace_positions(lambda p: p[::-1].copy()), 1),
+    "duplicate replies": (_duplicate, 2),
+    "error reply": (_error, 1),
+}
+
+
+@pytest.fixture(scope="module")
+def without_client0() -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
+    """The run in which client 0's first answer never arrives: what every rejected answer must reduce to."""
+    strategy = _run(_config(rounds=1), _drop)
+    return strategy.history, strategy.server.state_dict()["model"]
+
+
+def test_missing_reply_is_counted(without_client0: tuple[list[dict[str, Any]], dict[str, torch.Tensor]]) -> None:
+    history, _ = without_client0
+    assert history[0]["n_missing"] == 1
+    assert history[0]["n_rejected"] == 0
+
+
+@pytest.mark.parametrize("case", sorted(BAD_ANSWERS))
+def test_bad_answer_is_dropped_and_never_reaches_the_server_model(
+    case: str, without_client0: tuple[list[dict[str, Any]], dict[str, torch.Tensor]]
+) -> None:
+    tamper, rejected = BAD_ANSWERS[case]
+    strategy = _run(_config(rounds=1), tamper)
+    row = strategy.history[0]
+    assert row["n_rejected"] == rejected
+    assert np.isfinite(row["server_acc"])
+    # The server learnt exactly what it learns when client 0 is absent: nothing of the bad answer got in.
+    reference_history, reference_model = without_client0
+    model = strategy.server.state_dict()["model"]
+    assert all(torch.equal(model[name], reference_model[name]) for name in reference_model)
+    assert row["server_acc"] == reference_history[0]["server_acc"]

@@ -1,0 +1,32 @@
+"""The installed layout: every core sub-package is shipped, and adapters install under the fl_kd namespace."""
+
+import sys
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _declared() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+
+
+def test_every_core_package_is_declared() -> None:
+    declared = set(_declared()["packages"])
+    found = {
+        ".".join(path.parent.relative_to(ROOT).parts)
+        for path in (ROOT / "fl_kd").rglob("__init__.py")
+        if "__pycache__" not in path.parts
+    }
+    assert found - declared == set(), f"packages missing from pyproject.toml: {sorted(found - declared)}"
+
+
+def test_adapters_install_under_the_fl_kd_namespace() -> None:
+    package_dir = _declared()["package-dir"]
+    assert package_dir["fl_kd.strategies"] == "strategies"
+    assert package_dir["fl_kd.clients"] == "clients"
+    assert all(name == "fl_kd" or name.startswith("fl_kd.") for name in _declared()["packages"])

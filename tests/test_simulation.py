@@ -1,0 +1,103 @@
+"""Hydra configs, the report entry point, and a real Flower simulation (`flwr run`) against the reference runner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
+
+from fl_kd.simulations.config import ConfigError, validate_config
+from fl_kd.simulations.flower_launcher import _superlink_pids
+from fl_kd.simulations.report import write_reports
+from fl_kd.simulations.run import run_experiment
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def _compose(*overrides: str) -> DictConfig:
+    with initialize_config_module(config_module="fl_kd.conf", version_base=None):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def test_default_config_validates() -> None:
+    cfg = validate_config(_compose())
+    assert cfg.dataset.name == "digits"
+    assert cfg.partition.name == "dirichlet" and cfg.partition.alpha == 0.5
+    assert set(cfg.device_profile.tiers) == {"low", "mid", "high"}
+
+
+@pytest.mark.parametrize("group", ["dataset", "partition", "device_profile", "strategy", "simulation"])
+def test_every_group_option_composes_and_validates(group: str) -> None:
+    for option in sorted(path.stem for path in (CONF / group).glob("*.yaml")):
+        validate_config(_compose(f"{group}={option}"))
+
+
+@pytest.mark.parametrize(
+    ("raw_change", "message"),
+    [
+        (lambda c: c["partition"].update(alhpa=0.1), "alhpa"),  # misspelt key inside a group file
+        (lambda c: c["strategy"].update(rounds="many"), "rounds"),  # wrong type
+        (lambda c: c["device_profile"]["tiers"]["low"].update(shares=0.2), "shares"),
+        (lambda c: c["strategy"].update(weighting="softmax"), "weighting"),
+        (lambda c: c["strategy"].update(fraction_fit=0.0), "fraction_fit"),
+        (lambda c: c["device_profile"]["tiers"]["low"].update(share=0.9), "device_profile"),
+    ],
+)
+def test_config_mistakes_are_errors(raw_change, message: str) -> None:  # noqa: ANN001
+    from omegaconf import OmegaConf
+
+    raw = OmegaConf.to_container(_compose(), resolve=True)
+    raw_change(raw)
+    with pytest.raises(ConfigError, match=message):
+        validate_config(raw)
+
+
+def test_misspelt_command_line_override_is_rejected_by_hydra() -> None:
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException):
+        _compose("partition.alhpa=0.1")
+
+
+def test_report_shows_skew_and_models(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    skewed = write_reports(validate_config(_compose("partition.alpha=0.1")), tmp_path / "skewed")
+    near_iid = write_reports(validate_config(_compose("partition.alpha=100")), tmp_path / "iid")
+    assert skewed["label_skew"] > 3 * near_iid["label_skew"]
+    printed = capsys.readouterr().out
+    assert "resnet_server" in printed and "cnn_tiny" in printed
+    saved = json.loads((tmp_path / "skewed" / "partition_report.json").read_text())
+    assert saved["label_skew"] == pytest.approx(skewed["label_skew"])
+
+
+TINY = (
+    "num_clients=3",
+    "transfer_size=60",
+    "device_profile=homogeneous",
+    "device_profile.server_model=cnn_small",
+    "strategy.rounds=2",
+    "strategy.server_epochs=1",
+    "partition.min_size=20",
+    "seed=3",
+)
+
+
+def test_flower_simulation_matches_the_in_process_runner(tmp_path: Path) -> None:
+    flower_rows = run_experiment(validate_config(_compose(*TINY)), tmp_path / "flower")
+    inprocess_rows = run_experiment(
+        validate_config(_compose(*TINY, "simulation.backend=inprocess")), tmp_path / "inprocess"
+    )
+
+    def strip(rows: list[dict]) -> list[dict]:
+        return [{k: v for k, v in row.items() if k != "wall_seconds"} for row in rows]
+
+    assert len(flower_rows) == 2
+    assert strip(flower_rows) == strip(inprocess_rows)
+    for run in ("flower", "inprocess"):
+        folder = tmp_path / run
+        for name in ("config.yaml", "metrics.jsonl", "metrics.csv", "summary.json", "accuracy.png", "bytes.png"):
+            assert (folder / name).is_file(), f"{run}: {name} missing"
+    # The launcher stops the local SuperLink it started.
+    assert _superlink_pids(tmp_path / "flower" / ".flwr") == []
