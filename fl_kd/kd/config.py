@@ -7,8 +7,8 @@ Hydra config maps onto it one key at a time. Both runtimes derive every per-part
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
