@@ -1,0 +1,75 @@
+"""Label defences for vertical FL, each a ``LabelDefence`` on the fixed hooks, and a registry by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fl_kd.vfl.defences.coae import (
+    CoAEDefence,
+    ConfusionalAutoencoder,
+    check_autoencoder,
+    load_autoencoder,
+    load_or_train_autoencoder,
+    save_autoencoder,
+    train_autoencoder,
+)
+from fl_kd.vfl.defences.dcae import DCAEDefence, DiscreteSGDDefence, GradientDiscretiser, discretise
+from fl_kd.vfl.defences.mid import MIDDefence, VariationalBottleneck
+from fl_kd.vfl.defences.noise import GaussianNoiseDefence, LaplaceNoiseDefence
+from fl_kd.vfl.defences.sparsification import GradientSparsificationDefence, sparsify_rows
+from fl_kd.vfl.hooks import LabelDefence
+
+DEFENCES: dict[str, type[LabelDefence]] = {
+    "none": LabelDefence,
+    "coae": CoAEDefence,
+    "cae": CoAEDefence,
+    "dcae": DCAEDefence,
+    "discrete_sgd": DiscreteSGDDefence,
+    "gaussian": GaussianNoiseDefence,
+    "laplace": LaplaceNoiseDefence,
+    "sparsification": GradientSparsificationDefence,
+    "mid": MIDDefence,
+}
+"""Defence classes by config name (``"cae"`` is the paper's other name for CoAE)."""
+
+
+def available_defences() -> list[str]:
+    """Names accepted by ``build_defence``."""
+    return sorted(DEFENCES)
+
+
+def build_defence(name: str, **params: Any) -> LabelDefence:
+    """Build a defence from its config name and keyword parameters.
+
+    Example: ``build_defence("gaussian", scale=0.1)``. Unknown names and parameters raise ``ValueError``.
+    """
+    if name not in DEFENCES:
+        raise ValueError(f"unknown defence {name!r}; known: {', '.join(available_defences())}")
+    try:
+        return DEFENCES[name](**params)
+    except TypeError as error:
+        raise ValueError(f"bad parameters for defence {name!r}: {error}") from error
+
+
+__all__ = [
+    "DEFENCES",
+    "CoAEDefence",
+    "ConfusionalAutoencoder",
+    "DCAEDefence",
+    "DiscreteSGDDefence",
+    "GaussianNoiseDefence",
+    "GradientDiscretiser",
+    "GradientSparsificationDefence",
+    "LaplaceNoiseDefence",
+    "MIDDefence",
+    "VariationalBottleneck",
+    "available_defences",
+    "build_defence",
+    "check_autoencoder",
+    "discretise",
+    "load_autoencoder",
+    "load_or_train_autoencoder",
+    "save_autoencoder",
+    "sparsify_rows",
+    "train_autoencoder",
+]

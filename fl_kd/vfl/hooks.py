@@ -1,0 +1,75 @@
+"""Fixed hook points of split (vertical) training where defences and attacks plug in.
+
+The training loop calls these hooks and nothing else, so adding a defence or an attack never touches the loop.
+Defences run on the label party (the active party, which holds the labels); attacks run on a feature party
+(a passive party) and only see what that party legitimately receives.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+class LabelDefence:
+    """A defence run by the label party. The base class is the identity (no defence).
+
+    Hook order per mini-batch on the label party:
+    1. ``transform_embedding(party, h)`` on each received embedding before the top model (e.g. MID bottleneck);
+    2. ``encode_targets(labels)`` gives the training targets (e.g. CoAE's confused soft labels);
+    3. ``extra_loss()`` adds any regulariser produced in step 1;
+    4. ``protect_gradient(party, grad)`` on each gradient before it is sent back (noise, sparsification, ...).
+    At inference the label party applies ``decode_probabilities`` to the top model's softmax output.
+    """
+
+    name: str = "none"
+
+    def setup(self, num_classes: int, embedding_dims: list[int], seed: int) -> None:
+        """Prepare state once the task is known (train or load an autoencoder, build a bottleneck)."""
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """Trainable parameters the label party's optimiser must also update."""
+        return []
+
+    def transform_embedding(self, party: int, embedding: Tensor) -> Tensor:
+        """Map a feature party's embedding ``(B, D)`` before the top model."""
+        return embedding
+
+    def extra_loss(self) -> Tensor | None:
+        """A regulariser computed during ``transform_embedding`` (None when there is none)."""
+        return None
+
+    def encode_targets(self, labels: Tensor, num_classes: int) -> Tensor:
+        """Training targets ``(B, C)`` for integer labels ``(B,)``; one-hot by default."""
+        return torch.nn.functional.one_hot(labels, num_classes).to(torch.float32)
+
+    def decode_probabilities(self, probabilities: Tensor) -> Tensor:
+        """Map the top model's class probabilities ``(B, C)`` to predictions of the true labels."""
+        return probabilities
+
+    def protect_gradient(self, party: int, gradient: Tensor) -> Tensor:
+        """Transform the gradient ``(B, D)`` sent to feature party ``party``."""
+        return gradient
+
+
+class FeaturePartyAttack:
+    """A label-inference attack run by one feature party. The base class observes nothing.
+
+    The attacker sees, per mini-batch, the sample ids, its own embedding and the gradient it receives; after
+    training it may use its own bottom model (model completion). ``result`` scores the attack against the
+    true labels, which only the evaluation harness passes in.
+    """
+
+    name: str = "none"
+
+    def on_gradient(self, sample_ids: Tensor, embedding: Tensor, gradient: Tensor) -> None:
+        """Observe one mini-batch: ids ``(B,)``, embedding ``(B, D)`` and received gradient ``(B, D)``."""
+
+    def after_training(self, bottom_model: torch.nn.Module, features: Tensor) -> None:
+        """Called once with the attacker's trained bottom model and its feature columns."""
+
+    def result(self, labels: Tensor) -> dict[str, Any]:
+        """Attack performance against the true labels of the training samples (indexed by sample id)."""
+        return {}
