@@ -147,28 +147,39 @@ def format_round_line(row: Mapping[str, Any]) -> str:
     return " | ".join(parts)
 
 
+_TABLE_COLUMNS = {
+    "round": "round",
+    "server_acc": "server acc",
+    "client_acc_mean": "client acc",
+    "client_pacc_mean": "client acc (own)",
+    "uplink_bytes": "up kB",
+    "downlink_bytes": "down kB",
+    "n_self": "self",
+    "n_cache": "cache",
+    "n_clients": "clients",
+    "n_ce_only": "CE only",
+    "n_rejected": "rejected",
+}
+
+
 def print_summary_table(rows: Sequence[Mapping[str, Any]], title: str = "fl-kd run") -> None:
-    """A final table of per-round accuracy and traffic (rich)."""
+    """A final table of per-round accuracy, traffic and where the server's knowledge came from (rich)."""
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title)
-    columns = [
-        key
-        for key in ("round", "server_acc", "client_acc_mean", "client_pacc_mean", "uplink_bytes", "downlink_bytes")
-        if rows and key in rows[-1]
-    ]
-    counts = ("n_self", "n_cache", "n_clients", "n_ce_only", "n_rejected")
-    columns += [key for key in counts if rows and key in rows[-1]]
+    columns = [key for key in _TABLE_COLUMNS if rows and key in rows[-1]]
     for key in columns:
-        table.add_column(key, justify="right")
+        table.add_column(_TABLE_COLUMNS[key], justify="right")
     for row in rows:
         cells = []
         for key in columns:
             value = row.get(key)
-            if isinstance(value, float):
+            if key.endswith("_bytes") and value is not None:
+                cells.append(f"{value / 1e3:.1f}")
+            elif isinstance(value, float):
                 cells.append(f"{value:.4f}")
             else:
                 cells.append("" if value is None else str(value))
         table.add_row(*cells)
-    Console().print(table)
+    Console(width=140).print(table)

@@ -1,0 +1,115 @@
+"""`fl-kd-table`: turn the run folders of a Hydra multirun sweep into one table and one plot.
+
+Each job folder of ``fl-kd-sim --multirun ...`` holds ``.hydra/overrides.yaml``, ``summary.json`` and
+``metrics.jsonl``. This collects them, groups jobs that differ only in ``seed``, and writes ``sweep.md`` (mean and
+standard deviation of the final figures) and ``sweep.png`` (server accuracy over rounds per group).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fl_kd.results import read_metrics
+
+FIGURES = ("final_server_acc", "final_client_acc_mean", "final_client_pacc_mean", "total_uplink_bytes")
+
+
+def collect(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One record per finished job: its overrides (without seed), seed, summary and per-round metrics."""
+    jobs = []
+    for summary_path in sorted(sweep_dir.rglob("summary.json")):
+        job_dir = summary_path.parent
+        overrides_path = job_dir / ".hydra" / "overrides.yaml"
+        overrides = yaml.safe_load(overrides_path.read_text()) if overrides_path.exists() else []
+        seed = next((o.split("=", 1)[1] for o in overrides if o.startswith("seed=")), "0")
+        jobs.append(
+            {
+                "overrides": [o for o in overrides if not o.startswith("seed=")],
+                "seed": seed,
+                "summary": json.loads(summary_path.read_text()),
+                "rounds": read_metrics(job_dir),
+            }
+        )
+    # Name each job by what varies across the sweep; what all jobs share goes in the table's caption.
+    shared = set.intersection(*(set(job["overrides"]) for job in jobs)) if jobs else set()
+    for job in jobs:
+        job["setting"] = " ".join(sorted(set(job["overrides"]) - shared)) or "(defaults)"
+        job["shared"] = " ".join(sorted(shared))
+    return jobs
+
+
+def table(jobs: Sequence[dict[str, Any]]) -> str:
+    """Markdown table: one row per setting, mean ± std over seeds of the final figures."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for job in jobs:
+        groups[job["setting"]].append(job)
+    shared = jobs[0]["shared"] if jobs else ""
+    lines = [
+        f"All jobs: `{shared or '(defaults)'}`",
+        "",
+        "| setting | seeds | " + " | ".join(FIGURES) + " |",
+        "|---|---|" + "---|" * len(FIGURES),
+    ]
+    for setting, members in sorted(groups.items()):
+        cells = []
+        for figure in FIGURES:
+            values = [float(m["summary"][figure]) for m in members if figure in m["summary"]]
+            if not values:
+                cells.append("–")
+            elif len(values) == 1:
+                cells.append(f"{values[0]:.4g}")
+            else:
+                cells.append(f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.2g}")
+        lines.append(f"| {setting} | {len(members)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(jobs: Sequence[dict[str, Any]], path: Path) -> None:
+    """Server accuracy over rounds, mean over seeds, one line per setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[str, list[list[float]]] = defaultdict(list)
+    for job in jobs:
+        groups[job["setting"]].append([row["server_acc"] for row in job["rounds"]])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for setting, curves in sorted(groups.items()):
+        length = min(len(curve) for curve in curves)
+        mean = [statistics.mean(curve[i] for curve in curves) for i in range(length)]
+        ax.plot(range(1, length + 1), mean, marker="o", label=setting)
+    ax.set_xlabel("round")
+    ax.set_ylabel("server test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: ``fl-kd-table multirun/2026-11-27/12-00-00``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path, help="folder of a Hydra multirun sweep")
+    args = parser.parse_args(argv)
+    jobs = collect(args.sweep_dir)
+    if not jobs:
+        raise SystemExit(f"no finished runs (summary.json) under {args.sweep_dir}")
+    markdown = table(jobs)
+    (args.sweep_dir / "sweep.md").write_text(markdown)
+    plot(jobs, args.sweep_dir / "sweep.png")
+    print(markdown)
+    print(f"wrote {args.sweep_dir / 'sweep.md'} and {args.sweep_dir / 'sweep.png'}")
+
+
+if __name__ == "__main__":
+    main()
