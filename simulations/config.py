@@ -61,7 +61,7 @@ class StrategyConfig:
     epsilon: float = 0.75
     temperature: float = 1.0
     weighting: str = "inverse_entropy"
-    server_epochs: int = 2
+    server_epochs: int = 4
     server_batch_size: int = 64
     server_lr: float = 0.05
     client_distill_epochs: int = 1

@@ -6,7 +6,12 @@ than sending weights. Both claims need a reference point built from the *same* f
 * :func:`run_local_only`: every client trains alone. It uses the parties of :mod:`fl_kd.kd.federation` (same
   split, tiers, initial weights) and the same sampled clients, local epochs and shuffling seeds as the reference
   runner, then stops: no transfer-set query, no server, no distillation. Any gap to the runner's client accuracy
-  is therefore what the exchange of knowledge adds.
+  is therefore what the exchange of knowledge adds, together with the labelled transfer set that carries it
+  (distilling clients also take a cross-entropy step on its labels).
+* :func:`run_transfer_only_server`: the server alone, trained round after round on the labelled transfer set
+  with the same seeds and settings but no client answers. FedGEMS' server learns only on the transfer set, and
+  client knowledge enters solely as soft targets on the samples it gets wrong, so the gap to this baseline is
+  what the clients add to the server.
 * :func:`model_weight_nbytes`: the upload of FedAvg-style weight sharing (McMahan et al., 2017), i.e. each
   client's model parameters in float32, to set against the logits it sends.
 """
@@ -21,7 +26,7 @@ import numpy as np
 from fl_kd.data import DatasetSplits
 from fl_kd.kd.client import DistillClient
 from fl_kd.kd.config import ReferenceConfig
-from fl_kd.kd.federation import Federation, build_client, build_federation, sample_clients
+from fl_kd.kd.federation import Federation, build_client, build_federation, build_server, sample_clients
 from fl_kd.kd.metrics import Metrics, accuracy_summary
 from fl_kd.models import build_model, count_parameters
 
@@ -87,6 +92,58 @@ def run_local_only(
     rounds: list[Metrics] = []
     for round in range(1, cfg.rounds + 1):
         metrics = local_only_round(cfg, round, federation, clients)
+        rounds.append(metrics)
+        if on_round is not None:
+            on_round(metrics)
+    return rounds
+
+
+def run_transfer_only_server(
+    cfg: ReferenceConfig,
+    data: DatasetSplits | None = None,
+    on_round: Callable[[Metrics], None] | None = None,
+) -> list[Metrics]:
+    """Run ``cfg.rounds`` server distillation phases in which no client answers.
+
+    The server is built exactly as in the reference runner (same model, initial weights, transfer set and
+    per-round shuffling seeds); with no client logits, a sample it gets wrong is learnt from its knowledge cache
+    if it once got it right, else from the label alone. ``cfg.checkpoint`` is honoured like in the runner.
+
+    Parameters
+    ----------
+    cfg : ReferenceConfig
+        The same config as the distillation run it is compared with; client settings are not used.
+    data : DatasetSplits | None (default: None)
+        Preloaded dataset; loaded from ``cfg.dataset`` when None.
+    on_round : Callable[[dict], None] | None (default: None)
+        Called with each round's metrics as soon as they exist (progress logging).
+
+    Returns
+    -------
+    list[dict[str, float | int]]
+        Per round: ``round, server_acc, server_loss, n_self, n_cache, n_clients`` (always 0) ``, n_ce_only,
+        cache_size, uplink_bytes, downlink_bytes`` (both 0) ``, wall_seconds``.
+    """
+    federation = build_federation(cfg, data)
+    server = build_server(cfg, federation)
+    test_x, test_y = federation.data.x_test, federation.data.y_test
+    rounds: list[Metrics] = []
+    for round in range(1, cfg.rounds + 1):
+        start = time.perf_counter()
+        stats = server.distill(round, {})
+        metrics: Metrics = {
+            "round": int(round),
+            "server_acc": server.evaluate(test_x, test_y),
+            "server_loss": float(stats.loss),
+            "n_self": stats.n_self,
+            "n_cache": stats.n_cache,
+            "n_clients": stats.n_clients,
+            "n_ce_only": stats.n_ce_only,
+            "cache_size": stats.cache_size,
+            "uplink_bytes": 0,
+            "downlink_bytes": 0,
+            "wall_seconds": time.perf_counter() - start,
+        }
         rounds.append(metrics)
         if on_round is not None:
             on_round(metrics)

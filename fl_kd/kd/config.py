@@ -51,7 +51,7 @@ class ReferenceConfig:
         ``eps * CE + (1 - eps) * KD`` weight and KD temperature, for server and clients alike.
     weighting : str (default: "inverse_entropy")
         Client fusion rule on the server.
-    server_epochs, server_batch_size, server_lr : (default: 2, 64, 0.05)
+    server_epochs, server_batch_size, server_lr : (default: 4, 64, 0.05)
         Server distillation settings (E_srv, batch, SGD lr).
     client_distill_epochs : int (default: 1)
         Client distillation epochs on the transfer set (E_pub); local epochs, batch and lr come from the tier.
@@ -84,7 +84,7 @@ class ReferenceConfig:
     epsilon: float = 0.75
     temperature: float = 1.0
     weighting: Weighting = "inverse_entropy"
-    server_epochs: int = 2
+    server_epochs: int = 4
     server_batch_size: int = 64
     server_lr: float = 0.05
     client_distill_epochs: int = 1

@@ -1,0 +1,122 @@
+"""Local-only clients, transfer-only server and weight-sharing payload sizes on a tiny digits federation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fl_kd.data import DatasetSplits, load_dataset
+from fl_kd.kd.baselines import local_only_round, model_weight_nbytes, run_local_only, run_transfer_only_server
+from fl_kd.kd.config import ReferenceConfig
+from fl_kd.kd.federation import build_client, build_federation, sample_clients
+from fl_kd.kd.runner import run_reference
+
+PROFILE: dict[str, Any] = {
+    "name": "tiny_two_tier",
+    "server_model": "cnn_small",
+    "tiers": {
+        "low": {"model": "cnn_tiny", "share": 0.5, "local_epochs": 1, "batch_size": 32, "lr": 0.05},
+        "high": {"model": "cnn_small", "share": 0.5, "local_epochs": 2, "batch_size": 32, "lr": 0.05},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def digits() -> DatasetSplits:
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def distilled(digits: DatasetSplits) -> list[dict[str, Any]]:
+    """Rounds of the reference runner (selective distillation) on the default test config."""
+    return run_reference(_config(), data=digits).rounds
+
+
+def _config(**overrides: Any) -> ReferenceConfig:
+    settings: dict[str, Any] = {
+        "device_profile": PROFILE,
+        "num_clients": 4,
+        "transfer_size": 60,
+        "personalised_test_size": 40,
+        "rounds": 2,
+        "server_epochs": 1,
+        "server_batch_size": 32,
+        "seed": 11,
+    } | overrides
+    return ReferenceConfig(**settings)
+
+
+def _without_time(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if k != "wall_seconds"} for r in rounds]
+
+
+def test_local_only_is_deterministic_and_seed_dependent(digits: DatasetSplits) -> None:
+    first = run_local_only(_config(), data=digits)
+    second = run_local_only(_config(), data=digits)
+    assert [r["round"] for r in first] == [1, 2]
+    assert _without_time(first) == _without_time(second)
+    assert _without_time(first) != _without_time(run_local_only(_config(seed=12), data=digits))
+
+
+def test_local_only_reports_the_runners_client_keys_and_sends_nothing(
+    digits: DatasetSplits, distilled: list[dict[str, Any]]
+) -> None:
+    seen: list[dict[str, Any]] = []
+    local = run_local_only(_config(rounds=1), data=digits, on_round=seen.append)
+    assert seen == local
+    runner_keys = set(distilled[0])
+    client_keys = {k for k in runner_keys if k.startswith(("client_acc", "client_pacc"))}
+    assert {k for k in local[0] if k.startswith(("client_acc", "client_pacc"))} == client_keys
+    # Per tier and overall, for both test sets: 2 x 3 x 3 keys.
+    assert len(client_keys) == 18
+    assert set(local[0]) == client_keys | {"round", "uplink_bytes", "downlink_bytes", "wall_seconds"}
+    assert local[0]["uplink_bytes"] == local[0]["downlink_bytes"] == 0
+    for prefix in ("client_acc", "client_pacc"):
+        for tier in ("", "_low", "_high"):
+            assert 0.0 <= local[0][f"{prefix}{tier}_min"] <= local[0][f"{prefix}{tier}_max"] <= 1.0
+
+
+def test_only_sampled_clients_train(digits: DatasetSplits) -> None:
+    cfg = _config(fraction_fit=0.5)
+    federation = build_federation(cfg, digits)
+    clients = [build_client(cfg, federation, k) for k in range(federation.num_clients)]
+    before = [client.state_dict()["model"] for client in clients]
+    selected = sample_clients(federation.num_clients, cfg.fraction_fit, cfg.seed, round=1)
+    assert len(selected) == 2
+    local_only_round(cfg, 1, federation, clients)
+    for client, weights in zip(clients, before, strict=True):
+        after = client.state_dict()["model"]
+        unchanged = all(np.array_equal(weights[k].numpy(), after[k].numpy()) for k in weights)
+        assert unchanged == (client.client_id not in selected)
+
+
+def test_transfer_only_server_learns_from_labels_alone(digits: DatasetSplits, distilled: list[dict[str, Any]]) -> None:
+    cfg = _config()
+    alone = run_transfer_only_server(cfg, data=digits)
+    assert _without_time(alone) == _without_time(run_transfer_only_server(cfg, data=digits))
+    for metrics in alone:
+        assert metrics["n_clients"] == 0 and metrics["uplink_bytes"] == metrics["downlink_bytes"] == 0
+        assert metrics["n_self"] + metrics["n_cache"] + metrics["n_ce_only"] == 60
+        assert 0.0 <= metrics["server_acc"] <= 1.0
+    assert alone[-1]["cache_size"] >= alone[0]["cache_size"] > 0
+    # Same server, seeds and transfer set: wherever clients taught some samples, the server's loss must differ.
+    assert distilled[0]["n_clients"] > 0
+    assert distilled[0]["server_loss"] != alone[0]["server_loss"]
+
+
+def test_model_weight_nbytes_by_hand(digits: DatasetSplits) -> None:
+    cfg = _config()
+    federation = build_federation(cfg, digits)
+    # Digits are (1, 8, 8) with 10 classes. cnn_tiny = Conv(1->8, 3x3, no bias) + GroupNorm(8) + Conv(8->16) +
+    # GroupNorm(16) + Linear(16 * 2 * 2 -> 10):
+    tiny = (1 * 8 * 9) + 2 * 8 + (8 * 16 * 9) + 2 * 16 + (16 * 4 * 10 + 10)
+    # cnn_small: the same with widths 16 and 32.
+    small = (1 * 16 * 9) + 2 * 16 + (16 * 32 * 9) + 2 * 32 + (32 * 4 * 10 + 10)
+    assert (tiny, small) == (1922, 6138)
+    expected = {k: 4 * (tiny if tier.name == "low" else small) for k, tier in enumerate(federation.tiers)}
+    assert model_weight_nbytes(cfg, federation) == expected
+    assert sorted(expected.values()) == [4 * tiny, 4 * tiny, 4 * small, 4 * small]
+    with pytest.raises(ValueError, match="clients"):
+        model_weight_nbytes(_config(num_clients=5), federation)
