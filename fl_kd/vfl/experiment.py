@@ -82,6 +82,8 @@ class VFLConfig:
         Seeded subsamples, to keep large datasets (Fashion-MNIST) quick.
     attacker_party : int (default: 0)
         Feature party that runs the attacks.
+    batches_per_message : int (default: 1)
+        Mini-batches exchanged per round of messages (see ``fl_kd.vfl.trainer``); 1 is plain split training.
     """
 
     dataset: str = "breast_cancer"
@@ -103,6 +105,7 @@ class VFLConfig:
     max_train_samples: int | None = None
     max_test_samples: int | None = None
     attacker_party: int = 0
+    batches_per_message: int = 1
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> VFLConfig:
@@ -161,6 +164,7 @@ class VFLExperiment:
             self.config.seed,
             attacks=attacks,
             attacker_party=self.config.attacker_party,
+            batches_per_message=self.config.batches_per_message,
         )
 
     def evaluate(self) -> dict[str, Any]:
@@ -174,15 +178,58 @@ class VFLExperiment:
         )
 
 
-def _subsample(x: Tensor, y: Tensor, limit: int | None, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
+@dataclass(frozen=True)
+class VFLData:
+    """The samples of one run cut into the columns each party holds, before any party is built.
+
+    A Flower ClientApp builds only its own party from this, so it is split from ``build_experiment``.
+
+    Attributes
+    ----------
+    split : VerticalSplit
+        Columns of every feature-holding party (feature parties first, then the label party if it holds any).
+    train_ids, test_ids : np.ndarray
+        Sorted int64 row ids ``(N,)`` and ``(N_test,)`` of the kept samples in the dataset's train and test
+        splits: the sample ids the parties align on.
+    train_columns, test_columns : list[Tensor]
+        One ``(N, F_k)`` / ``(N_test, F_k)`` matrix per feature-holding party.
+    train_labels, test_labels : Tensor
+        int64 ``(N,)`` and ``(N_test,)``.
+    num_classes : int
+    """
+
+    split: VerticalSplit
+    train_ids: np.ndarray
+    test_ids: np.ndarray
+    train_columns: list[Tensor]
+    test_columns: list[Tensor]
+    train_labels: Tensor
+    test_labels: Tensor
+    num_classes: int
+
+
+def num_feature_parties(config: VFLConfig) -> int:
+    """Number of passive parties: every feature-holding party except the label party when it holds features."""
+    return config.num_parties - 1 if config.label_party_features else config.num_parties
+
+
+def embedding_size(config: VFLConfig, num_classes: int) -> int:
+    """Bottom-model output size: the configured one, else the class count for a sum top and 16 otherwise."""
+    if config.embedding_dim is not None:
+        return config.embedding_dim
+    return num_classes if config.top == "sum" else 16
+
+
+def _subsample(x: Tensor, y: Tensor, limit: int | None, rng: np.random.Generator) -> tuple[np.ndarray, Tensor, Tensor]:
     if limit is None or limit >= len(y):
-        return x, y
-    index = torch.from_numpy(np.sort(rng.choice(len(y), size=limit, replace=False)))
-    return x[index], y[index]
+        return np.arange(len(y), dtype=np.int64), x, y
+    index = np.sort(rng.choice(len(y), size=limit, replace=False)).astype(np.int64)
+    rows = torch.from_numpy(index)
+    return index, x[rows], y[rows]
 
 
-def build_experiment(config: VFLConfig | Mapping[str, Any], data: Dataset | None = None) -> VFLExperiment:
-    """Build all parties for ``config``.
+def prepare_data(config: VFLConfig | Mapping[str, Any], data: Dataset | None = None) -> VFLData:
+    """Load (or take) the data, subsample it as configured and cut it into per-party columns.
 
     ``data`` replaces loading ``config.dataset`` (tests pass synthetic tensors); anything with the fields of
     ``fl_kd.data.DatasetSplits`` used here will do.
@@ -201,27 +248,59 @@ def build_experiment(config: VFLConfig | Mapping[str, Any], data: Dataset | None
             f"when label_party_features={config.label_party_features}"
         )
     rng = np.random.default_rng(config.seed)
-    x_train, y_train = _subsample(data.x_train, data.y_train, config.max_train_samples, rng)
-    x_test, y_test = _subsample(data.x_test, data.y_test, config.max_test_samples, rng)
-
+    train_ids, x_train, y_train = _subsample(data.x_train, data.y_train, config.max_train_samples, rng)
+    test_ids, x_test, y_test = _subsample(data.x_test, data.y_test, config.max_test_samples, rng)
     split = make_split(data.input_shape, config.split, config.num_parties)
     if split.num_parties != config.num_parties:
         raise ValueError(f"split {config.split!r} gives {split.num_parties} parties, config says {config.num_parties}")
-    train_columns, test_columns = split.apply(x_train), split.apply(x_test)
-    num_feature_parties = config.num_parties - 1 if config.label_party_features else config.num_parties
+    return VFLData(
+        split=split,
+        train_ids=train_ids,
+        test_ids=test_ids,
+        train_columns=split.apply(x_train),
+        test_columns=split.apply(x_test),
+        train_labels=y_train.to(torch.int64),
+        test_labels=y_test.to(torch.int64),
+        num_classes=int(data.num_classes),
+    )
 
-    num_classes = int(data.num_classes)
-    embedding_dim = config.embedding_dim
-    if embedding_dim is None:
-        embedding_dim = num_classes if config.top == "sum" else 16
-    bottoms = [
-        BottomMLP(columns.shape[1], embedding_dim, hidden=tuple(config.bottom_hidden), seed=config.seed + party)
-        for party, columns in enumerate(train_columns)
-    ]
-    feature_parties = [
-        FeatureParty(party, bottoms[party], train_columns[party], config.lr, config.seed + party, config.optimizer)
-        for party in range(num_feature_parties)
-    ]
+
+def build_feature_party(config: VFLConfig, party: int, features: Tensor, num_classes: int) -> FeatureParty:
+    """Feature party ``party`` with its freshly initialised bottom model over ``features`` ``(N, F)``.
+
+    Initialisation depends on ``config.seed`` and ``party`` only, so every runtime builds the same party.
+    """
+    bottom = BottomMLP(
+        features.shape[1],
+        embedding_size(config, num_classes),
+        hidden=tuple(config.bottom_hidden),
+        seed=config.seed + party,
+    )
+    return FeatureParty(party, bottom, features, config.lr, config.seed + party, config.optimizer)
+
+
+def build_label_party(
+    config: VFLConfig,
+    features: Tensor | None,
+    labels: Tensor,
+    num_classes: int,
+    defence_state: Mapping[str, Any] | None = None,
+) -> LabelParty:
+    """The label party over its own features ``(N, F_a)`` (``None`` when it holds labels only) and labels ``(N,)``.
+
+    ``defence_state`` restores a saved defence instead of setting it up afresh (see ``LabelParty``).
+    """
+    embedding_dim = embedding_size(config, num_classes)
+    if config.label_party_features != (features is not None):
+        raise ValueError(f"label_party_features={config.label_party_features} but features are {features is not None}")
+    own_bottom = None
+    if features is not None:
+        own_bottom = BottomMLP(
+            features.shape[1],
+            embedding_dim,
+            hidden=tuple(config.bottom_hidden),
+            seed=config.seed + config.num_parties - 1,
+        )
     top = build_top_model(
         config.top,
         [embedding_dim] * config.num_parties,
@@ -229,27 +308,44 @@ def build_experiment(config: VFLConfig | Mapping[str, Any], data: Dataset | None
         hidden=tuple(config.top_hidden),
         seed=config.seed + 1000,
     )
-    own_bottom = bottoms[-1] if config.label_party_features else None
-    own_features = train_columns[-1] if config.label_party_features else None
-    label_party = LabelParty(
+    return LabelParty(
         own_bottom,
-        own_features,
+        features,
         top,
-        y_train,
+        labels,
         defence=build_defence(config.defence, **dict(config.defence_params)),
         lr=config.lr,
         seed=config.seed,
         optimizer=config.optimizer,
+        defence_state=defence_state,
     )
+
+
+def build_experiment(config: VFLConfig | Mapping[str, Any], data: Dataset | None = None) -> VFLExperiment:
+    """Build all parties for ``config``.
+
+    ``data`` replaces loading ``config.dataset`` (tests pass synthetic tensors); anything with the fields of
+    ``fl_kd.data.DatasetSplits`` used here will do.
+    """
+    if not isinstance(config, VFLConfig):
+        config = VFLConfig.from_mapping(config)
+    prepared = prepare_data(config, data)
+    count = num_feature_parties(config)
+    feature_parties = [
+        build_feature_party(config, party, prepared.train_columns[party], prepared.num_classes)
+        for party in range(count)
+    ]
+    own_features = prepared.train_columns[-1] if config.label_party_features else None
+    label_party = build_label_party(config, own_features, prepared.train_labels, prepared.num_classes)
     return VFLExperiment(
         config=config,
-        split=split,
+        split=prepared.split,
         feature_parties=feature_parties,
         label_party=label_party,
-        train_labels=y_train.to(torch.int64),
-        test_party_features=test_columns[:num_feature_parties],
-        test_label_features=test_columns[-1] if config.label_party_features else None,
-        test_labels=y_test.to(torch.int64),
+        train_labels=prepared.train_labels,
+        test_party_features=prepared.test_columns[:count],
+        test_label_features=prepared.test_columns[-1] if config.label_party_features else None,
+        test_labels=prepared.test_labels,
     )
 
 
@@ -264,8 +360,8 @@ def run_vfl(
     -------
     dict[str, Any]
         ``mp`` (main-task test accuracy), the other ``evaluate_vfl`` metrics, ``train_loss`` per epoch,
-        ``skipped_batches``, ``attacks`` (``attack.name`` -> ``attack.result(train_labels)``), ``seconds`` and
-        the resolved ``config``.
+        ``skipped_batches``, ``failed_updates``, ``attacks`` (``attack.name`` -> ``attack.result(train_labels)``),
+        ``seconds`` and the resolved ``config``.
     """
     start = time.perf_counter()
     experiment = build_experiment(config, data)
@@ -280,6 +376,7 @@ def run_vfl(
         **metrics,
         "train_loss": history.epoch_losses,
         "skipped_batches": len(history.skipped_batches),
+        "failed_updates": len(history.failed_updates),
         "attacks": attack_results,
         "seconds": time.perf_counter() - start,
         "config": asdict(experiment.config),

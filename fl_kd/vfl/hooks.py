@@ -7,6 +7,7 @@ Defences run on the label party (the active party, which holds the labels); atta
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -52,6 +53,23 @@ class LabelDefence:
     def protect_gradient(self, party: int, gradient: Tensor) -> Tensor:
         """Transform the gradient ``(B, D)`` sent to feature party ``party``."""
         return gradient
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything ``setup`` built and training changed (weights, random generators, cached scales).
+
+        A label party that is rebuilt for every message (a Flower ClientApp) restores it to continue exactly where
+        it stopped. Values must load with ``torch.load(..., weights_only=True)``: tensors, numbers, strings,
+        ``None``, and lists or dicts of those.
+        """
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore ``state_dict()``, either after ``setup`` or *instead of* it.
+
+        Skipping ``setup`` is what makes a restore cheap (CoAE would otherwise retrain its autoencoder), so this
+        must rebuild whatever ``setup`` builds. When called after ``setup`` it must keep the existing parameter
+        objects, which the label party's optimiser already holds.
+        """
 
 
 class FeaturePartyAttack:

@@ -14,7 +14,7 @@ corrupt a model.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 
@@ -215,6 +215,10 @@ class LabelParty:
         Embedding size of each feature party; read from ``top_model.input_dims`` when omitted.
     num_classes : int or None (default: None)
         Read from ``top_model.num_classes`` when omitted.
+    defence_state : Mapping or None (default: None)
+        A defence state saved by ``state_dict()["defence_state"]``: restored instead of running ``defence.setup``,
+        which can be expensive (CoAE trains an autoencoder), when the party is rebuilt for every message. An empty
+        state (a defence that keeps none) runs ``setup`` as usual.
     """
 
     def __init__(
@@ -229,6 +233,7 @@ class LabelParty:
         optimizer: str = "sgd",
         embedding_dims: Sequence[int] | None = None,
         num_classes: int | None = None,
+        defence_state: Mapping[str, Any] | None = None,
     ) -> None:
         if (bottom_model is None) != (features is None):
             raise ValueError("the label party needs both a bottom model and features, or neither")
@@ -251,7 +256,10 @@ class LabelParty:
             raise ValueError("split training needs at least one feature party")
         self.defence = defence if defence is not None else LabelDefence()
         self.seed = seed
-        self.defence.setup(self.num_classes, list(self.embedding_dims), seed)
+        if defence_state:
+            self.defence.load_state_dict(defence_state)
+        else:  # nothing saved (or a defence that keeps no state): set up as usual
+            self.defence.setup(self.num_classes, list(self.embedding_dims), seed)
         params = list(top_model.parameters()) + list(self.defence.parameters())
         if bottom_model is not None:
             params += list(bottom_model.parameters())
@@ -363,12 +371,13 @@ class LabelParty:
         return self.defence.decode_probabilities(F.softmax(logits, dim=1))
 
     def state_dict(self) -> dict[str, Any]:
-        """Top model, own bottom model, optimiser, the defence's trainable parameters and the step counter."""
+        """Top model, own bottom model, optimiser, the defence's parameters and state, and the step counter."""
         return {
             "top": self.top_model.state_dict(),
             "bottom": None if self.bottom_model is None else self.bottom_model.state_dict(),
             "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
             "defence": [p.detach().clone() for p in self.defence.parameters()],
+            "defence_state": self.defence.state_dict(),
             "step": self._step,
         }
 
@@ -379,6 +388,8 @@ class LabelParty:
             self.bottom_model.load_state_dict(state["bottom"])
         if self.optimizer is not None and state["optimizer"] is not None:
             self.optimizer.load_state_dict(state["optimizer"])
+        if "defence_state" in state:
+            self.defence.load_state_dict(state["defence_state"])
         params = self.defence.parameters()
         if len(params) != len(state["defence"]):
             raise ValueError("saved defence parameters do not match this party's defence")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -302,6 +303,26 @@ class CoAEDefence(LabelDefence):
         if self.autoencoder is None:
             raise RuntimeError("CoAEDefence.setup must run before training")
         return self.autoencoder
+
+    def state_dict(self) -> dict[str, Any]:
+        """The trained autoencoder's shape and weights, so a restored label party never retrains it."""
+        autoencoder = self._trained()
+        return {
+            "num_classes": autoencoder.num_classes,
+            "encode_dim": autoencoder.encode_dim,
+            "autoencoder": autoencoder.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the autoencoder from ``state_dict()`` (in place when the shapes match), frozen as in ``setup``."""
+        num_classes, encode_dim = int(state["num_classes"]), int(state["encode_dim"])
+        current = self.autoencoder
+        if current is None or (current.num_classes, current.encode_dim) != (num_classes, encode_dim):
+            current = ConfusionalAutoencoder(num_classes, encode_dim=encode_dim)
+        current.load_state_dict(state["autoencoder"])
+        current.eval()
+        current.requires_grad_(False)
+        self.autoencoder = current
 
     @torch.no_grad()
     def encode_targets(self, labels: Tensor, num_classes: int) -> Tensor:

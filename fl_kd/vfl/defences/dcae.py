@@ -12,6 +12,9 @@ distinct values; without the clip a rare large entry would escape the grid.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -58,6 +61,17 @@ class GradientDiscretiser:
             self.bin_sizes[party] = 2.0 * sigma / (self.num_levels // 2)
         return discretise(gradient, self.bin_sizes[party], self.num_levels)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The bin width fixed for each party so far (lists, so that ``torch.load(weights_only=True)`` reads them)."""
+        parties = sorted(self.bin_sizes)
+        return {"parties": parties, "bin_sizes": [self.bin_sizes[party] for party in parties]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the bin widths of ``state_dict()``."""
+        self.bin_sizes = {
+            int(party): float(size) for party, size in zip(state["parties"], state["bin_sizes"], strict=True)
+        }
+
 
 class DiscreteSGDDefence(LabelDefence):
     """Discrete SGD alone: one-hot targets, discretised gradients (VFLAIR's "DiscreteSGD")."""
@@ -70,6 +84,14 @@ class DiscreteSGDDefence(LabelDefence):
     def protect_gradient(self, party: int, gradient: Tensor) -> Tensor:
         """Gradient ``(B, D)`` rounded to at most ``bin_numbers + 1`` levels."""
         return self.discretiser(party, gradient)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The bin widths fixed so far."""
+        return {"discretiser": self.discretiser.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the bin widths."""
+        self.discretiser.load_state_dict(state["discretiser"])
 
 
 class DCAEDefence(CoAEDefence):
@@ -100,3 +122,12 @@ class DCAEDefence(CoAEDefence):
     def protect_gradient(self, party: int, gradient: Tensor) -> Tensor:
         """Gradient ``(B, D)`` rounded to at most ``bin_numbers + 1`` levels."""
         return self.discretiser(party, gradient)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The autoencoder (see ``CoAEDefence.state_dict``) and the bin widths fixed so far."""
+        return {**super().state_dict(), "discretiser": self.discretiser.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the autoencoder and the bin widths."""
+        super().load_state_dict(state)
+        self.discretiser.load_state_dict(state["discretiser"])

@@ -13,6 +13,9 @@ instead of a sample, which keeps predictions deterministic.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -102,6 +105,34 @@ class MIDDefence(LabelDefence):
     def parameters(self) -> list[nn.Parameter]:
         """Bottleneck weights, trained by the label party's optimiser."""
         return list(self.bottlenecks.parameters())
+
+    def _shapes(self) -> list[tuple[int, int, int]]:
+        """``(D, K, hidden)`` of each party's bottleneck."""
+        shapes = []
+        for module in self.bottlenecks:
+            bottleneck = cast(VariationalBottleneck, module)
+            hidden = cast(nn.Linear, bottleneck.decoder[0]).out_features
+            shapes.append((bottleneck.encoder.in_features, bottleneck.bottleneck_dim, hidden))
+        return shapes
+
+    def state_dict(self) -> dict[str, Any]:
+        """Bottleneck shapes and weights, and the sampling generator's state."""
+        return {
+            "shapes": [list(shape) for shape in self._shapes()],
+            "bottlenecks": self.bottlenecks.state_dict(),
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore ``state_dict()``; bottlenecks are rebuilt only when ``setup`` has not built them to that shape."""
+        shapes = [(int(d), int(k), int(h)) for d, k, h in state["shapes"]]
+        if self._shapes() != shapes:
+            init = torch.Generator()  # any initialisation: the saved weights overwrite it
+            self.bottlenecks = nn.ModuleList([VariationalBottleneck(d, k, h, init) for d, k, h in shapes])
+            self.code_dims = [k for _, k, _ in shapes]
+        self.bottlenecks.load_state_dict(state["bottlenecks"])
+        self.generator.set_state(state["generator"])
+        self._kl = {}
 
     def transform_embedding(self, party: int, embedding: Tensor) -> Tensor:
         """Pass the embedding ``(B, D)`` through party ``party``'s bottleneck.

@@ -11,6 +11,9 @@ and per row (``clip_norm``), the usual DP form, so that the noise scale alone se
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -42,6 +45,14 @@ class _NoiseDefence(LabelDefence):
 
     def _noise(self, shape: torch.Size) -> Tensor:
         raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """The noise generator's state: a restored label party must draw the noise it would have drawn next."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the noise generator."""
+        self.generator.set_state(state["generator"])
 
     def protect_gradient(self, party: int, gradient: Tensor) -> Tensor:
         """``clip(gradient) + noise`` for a gradient ``(B, D)``."""
