@@ -33,10 +33,26 @@ FLOWER_ENV = {
 }
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (the OS picks it; another process could still take it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    """Environment for a Flower process of this run: :data:`FLOWER_ENV`, its own ``FLWR_HOME``, and this venv first.
+
+    Flower starts its helpers (``flower-superlink``, ``flower-superexec``, ``flwr-serverapp``, ``flwr-clientapp``)
+    by name, so the venv's ``bin`` goes first on ``PATH``.
+    """
+    bin_dir = str(Path(sys.executable).parent)
+    return {
+        **os.environ,
+        **FLOWER_ENV,
+        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+        "FLWR_HOME": str(flwr_home),
+    }
 
 
 def _toml_value(value: Scalar) -> str:
@@ -133,14 +149,10 @@ def run_flower_simulation(
     flwr_home.mkdir(parents=True, exist_ok=True)
     (flwr_home / "config.toml").write_text('[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n')
     app_dir = write_app(run_dir / "flower_app", serverapp, clientapp, run_config)
-    bin_dir = str(Path(sys.executable).parent)  # flwr starts `flower-superlink` by name: find the venv's
     env = {
-        **os.environ,
-        **FLOWER_ENV,
-        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
-        "FLWR_HOME": str(flwr_home),
-        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
-        "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()),
+        **flower_env(flwr_home),
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
     }
     federation_config = (
         f"num_supernodes={num_supernodes} client_resources_num_cpus={num_cpus_per_client} init_args_num_cpus={num_cpus}"
