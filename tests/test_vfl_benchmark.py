@@ -1,0 +1,150 @@
+"""Table-building functions of ``benchmarks/vfl_benchmark.py`` on hand-made records (no training)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import torch
+
+
+def _load_benchmark() -> ModuleType:
+    # benchmarks/ is a folder of scripts, not a package: load the file by path.
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "vfl_benchmark.py"
+    spec = importlib.util.spec_from_file_location("vfl_benchmark", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["vfl_benchmark"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load_benchmark()
+
+
+def record(
+    defence: str, seed: int, mp: float, aps: dict[str, float], params: dict[str, Any] | None = None, classes: int = 10
+) -> dict[str, Any]:
+    """One training's record as ``run_one`` writes it, for a multi-class task (adaptive AP = raw AP)."""
+    spec = bench.DefenceSpec(defence, tuple((params or {}).items()))
+    return {
+        "setting": "toy/sum",
+        "defence": defence,
+        "label": spec.label,
+        "params": params or {},
+        "seed": seed,
+        "num_classes": classes,
+        "mp": mp,
+        "accuracy": mp,
+        "attacks": {
+            name: {"ap": ap, "ap_adaptive": ap, "below_chance": max(0.0, 1 / classes - ap)} for name, ap in aps.items()
+        },
+    }
+
+
+def test_summarise_scores_dcs_against_the_same_seed_no_defence_mp() -> None:
+    records = [
+        record("none", 0, 0.80, {"DLI": 1.0}),
+        record("none", 1, 0.90, {"DLI": 1.0}),
+        record("coae", 0, 0.78, {"DLI": 0.0}),
+        record("coae", 1, 0.86, {"DLI": 0.2}),
+    ]
+    rows = bench.summarise(records)["toy/sum"]
+    coae = rows[1]
+    assert coae["label"] == "coae λ=2"
+    # MP* - MP per seed: 0.02 and 0.04.
+    assert coae["mp_loss"][0] == pytest.approx(0.03)
+    assert coae["ap"]["DLI"] == pytest.approx((0.1, math.sqrt(0.02)))
+    # DCS = 1 / (1 + sqrt(0.5 AP^2 + 0.5 loss^2)): seed 0 -> 1/(1 + sqrt(0.0002)), seed 1 -> 1/(1 + sqrt(0.0208)).
+    expected = [1 / (1 + math.sqrt(0.0002)), 1 / (1 + math.sqrt(0.0208))]
+    assert coae["dcs"]["DLI"][0] == pytest.approx(sum(expected) / 2)
+    assert coae["t_dcs"][0] == pytest.approx(sum(expected) / 2)
+    assert coae["below_chance"]["DLI"][0] == pytest.approx(0.05)
+    # The no-defence row loses nothing and its DCS only pays for the AP of 1: 1 / (1 + sqrt(0.5)).
+    assert rows[0]["dcs"]["DLI"][0] == pytest.approx(1 / (1 + math.sqrt(0.5)))
+
+
+def test_summarise_needs_a_no_defence_run_per_seed() -> None:
+    records = [record("none", 0, 0.8, {"DLI": 1.0}), record("coae", 1, 0.8, {"DLI": 0.0})]
+    with pytest.raises(ValueError, match="no 'none' run for toy/sum seed 1"):
+        bench.summarise(records)
+
+
+def test_setting_table_shows_mean_and_std_cells() -> None:
+    records = [record("none", s, 0.8, {"DLI": 1.0, "PMC": 0.6}) for s in (0, 1)]
+    records += [record("coae", 0, 0.78, {"DLI": 0.0, "PMC": 0.5}), record("coae", 1, 0.78, {"DLI": 0.2, "PMC": 0.5})]
+    text = bench.setting_tables(bench.summarise(records)["toy/sum"])
+    assert "| Defence | MP (acc) | MP loss | AP DLI | AP PMC |" in text
+    assert "| coae λ=2 | 0.780±0.000 | +2.0 pt | 0.100±0.141 | 0.500±0.000 |" in text
+    with pytest.raises(ValueError, match="cells"):
+        bench.markdown_table(["a", "b"], [["1"]])
+
+
+def _sweep(coae_ap: float, coae_mp: float, noise: list[tuple[float, float, float]]) -> list[dict[str, Any]]:
+    records = [record("none", s, 0.90, {"DLI": 1.0}) for s in (0, 1)]
+    records += [record("coae", s, coae_mp, {"DLI": coae_ap}) for s in (0, 1)]
+    for scale, ap, mp in noise:
+        records += [record("gaussian", s, mp, {"DLI": ap}, {"scale": scale}) for s in (0, 1)]
+    return bench.summarise(records)["toy/sum"]
+
+
+def test_dp_versus_compares_the_cheapest_noise_scale_at_matched_ap() -> None:
+    # CoAE at AP 0.05 (floored to chance 0.1) for 1 pt; the only noise at that AP costs 8 pt -> holds.
+    rows = _sweep(0.05, 0.89, [(0.01, 0.5, 0.90), (0.1, 0.11, 0.82)])
+    found = bench.dp_versus(rows, "coae", "gaussian", None)
+    assert found.verdict == "holds"
+    assert "gaussian σ=0.1" in found.noise
+    # Noise that reaches the same AP for less MP: does not hold.
+    rows = _sweep(0.05, 0.85, [(0.1, 0.11, 0.89)])
+    assert bench.dp_versus(rows, "coae", "gaussian", None).verdict == "does not hold"
+    # A difference inside half a point is no difference.
+    rows = _sweep(0.05, 0.89, [(0.1, 0.11, 0.888)])
+    assert bench.dp_versus(rows, "coae", "gaussian", None).verdict == "no clear difference"
+    # No scale reaches CoAE's AP, and the largest already costs more: holds within the sweep.
+    rows = _sweep(0.05, 0.89, [(0.1, 0.5, 0.80)])
+    assert bench.dp_versus(rows, "coae", "gaussian", None).verdict == "holds (no scale reaches it)"
+    # CoAE that does not lower the AP leaves nothing to compare.
+    rows = _sweep(1.0, 0.89, [(0.1, 0.5, 0.80)])
+    assert bench.dp_versus(rows, "coae", "gaussian", None).verdict.startswith("not applicable")
+
+
+def test_effective_ap_floors_at_chance_and_counts_relabelling() -> None:
+    records = [record("none", 0, 0.9, {"DLI": 1.0}), record("coae", 0, 0.9, {"DLI": 0.0})]
+    records[1]["attacks"]["DLI"]["relabelled"] = 0.85
+    coae = bench.summarise(records)["toy/sum"][1]
+    assert bench.effective_ap(coae, "DLI") == pytest.approx(0.1)
+    assert bench.effective_ap(coae, "DLI", "relabelled") == pytest.approx(0.85)
+    assert bench.unstopped_attacks(coae) == ["DLI (raw AP 0.000, but 0.850 after relabelling)"]
+    with pytest.raises(ValueError, match="view"):
+        bench.effective_ap(coae, "DLI", "oracle")
+
+
+def test_relabelled_recovery_undoes_a_class_renaming() -> None:
+    truth = torch.tensor([0, 1, 2, 2, 0])
+    renamed = torch.tensor([1, 2, 0, 0, 1])  # every class sent to the next one: raw recovery 0
+    assert bench.relabelled_recovery(renamed, truth, 3) == pytest.approx(1.0)
+    # Two classes merged into one guess: the best one-to-one renaming recovers only one of them.
+    merged = torch.tensor([1, 1, 0, 0, 1])
+    assert bench.relabelled_recovery(merged, truth, 3) == pytest.approx(4 / 5)
+    with pytest.raises(ValueError, match="shape"):
+        bench.relabelled_recovery(merged[:3], truth, 3)
+
+
+def test_defence_grid_and_attack_names() -> None:
+    specs = bench.defence_grid(["coae", "gaussian"], [0.01, 0.1])
+    assert [s.label for s in specs] == ["none", "coae λ=2", "gaussian σ=0.01", "gaussian σ=0.1"]
+    with pytest.raises(ValueError, match="unknown defences"):
+        bench.defence_grid(["dp"])
+    assert bench.attack_names(2, "sum") == [
+        "direct_label_inference",
+        "norm_scoring",
+        "direction_scoring",
+        "batch_label_inference",
+        "passive_model_completion",
+    ]
+    assert bench.attack_names(10, "mlp") == ["batch_label_inference", "passive_model_completion"]
