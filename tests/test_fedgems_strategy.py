@@ -16,29 +16,7 @@ from fl_kd.kd.config import ReferenceConfig
 from fl_kd.kd.runner import run_reference
 from fl_kd.strategies.fedgems_app import CONFIG_KEY, make_strategy
 from tests.flower_loopback import LoopbackGrid
-
-PROFILE: dict[str, Any] = {
-    "name": "tiny_two_tier",
-    "server_model": "cnn_small",
-    "tiers": {
-        "low": {"model": "cnn_tiny", "share": 0.5, "local_epochs": 1, "batch_size": 32, "lr": 0.05},
-        "high": {"model": "cnn_tiny", "share": 0.5, "local_epochs": 2, "batch_size": 32, "lr": 0.05},
-    },
-}
-
-
-def _config(**overrides: Any) -> ReferenceConfig:
-    settings: dict[str, Any] = {
-        "device_profile": PROFILE,
-        "num_clients": 4,
-        "transfer_size": 60,
-        "personalised_test_size": 40,
-        "rounds": 2,
-        "server_epochs": 1,
-        "server_batch_size": 32,
-        "seed": 5,
-    } | overrides
-    return ReferenceConfig(**settings)
+from tests.kd_configs import tiny_config as _config
 
 
 def _run(cfg: ReferenceConfig, tamper: Callable[[Message, Message], list[Message]] | None = None):  # noqa: ANN202

@@ -12,6 +12,7 @@ from fl_kd.kd.baselines import local_only_round, model_weight_nbytes, run_local_
 from fl_kd.kd.config import ReferenceConfig
 from fl_kd.kd.federation import build_client, build_federation, sample_clients
 from fl_kd.kd.runner import run_reference
+from tests.kd_configs import tiny_config
 
 PROFILE: dict[str, Any] = {
     "name": "tiny_two_tier",
@@ -32,20 +33,6 @@ def digits() -> DatasetSplits:
 def distilled(digits: DatasetSplits) -> list[dict[str, Any]]:
     """Rounds of the reference runner (selective distillation) on the default test config."""
     return run_reference(_config(), data=digits).rounds
-
-
-def _config(**overrides: Any) -> ReferenceConfig:
-    settings: dict[str, Any] = {
-        "device_profile": PROFILE,
-        "num_clients": 4,
-        "transfer_size": 60,
-        "personalised_test_size": 40,
-        "rounds": 2,
-        "server_epochs": 1,
-        "server_batch_size": 32,
-        "seed": 11,
-    } | overrides
-    return ReferenceConfig(**settings)
 
 
 def _without_time(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -120,3 +107,7 @@ def test_model_weight_nbytes_by_hand(digits: DatasetSplits) -> None:
     assert sorted(expected.values()) == [4 * tiny, 4 * tiny, 4 * small, 4 * small]
     with pytest.raises(ValueError, match="clients"):
         model_weight_nbytes(_config(num_clients=5), federation)
+
+
+def _config(**overrides: Any) -> ReferenceConfig:
+    return tiny_config(**({"device_profile": PROFILE} | overrides))

@@ -12,39 +12,15 @@ import pytest
 import torch
 
 from fl_kd.data import DatasetSplits, load_dataset
-from fl_kd.kd.config import ReferenceConfig
 from fl_kd.kd.federation import build_client, build_federation, build_server, sample_clients
 from fl_kd.kd.metrics import accuracy_summary, downlink_nbytes, uplink_nbytes
 from fl_kd.kd.runner import run_reference, run_round, summarise
-
-PROFILE: dict[str, Any] = {
-    "name": "tiny_two_tier",
-    "server_model": "cnn_small",
-    "tiers": {
-        "low": {"model": "cnn_tiny", "share": 0.5, "local_epochs": 1, "batch_size": 32, "lr": 0.05},
-        "high": {"model": "cnn_tiny", "share": 0.5, "local_epochs": 2, "batch_size": 32, "lr": 0.05},
-    },
-}
+from tests.kd_configs import tiny_config as _config
 
 
 @pytest.fixture(scope="module")
 def digits() -> DatasetSplits:
     return load_dataset("digits")
-
-
-def _config(**overrides: Any) -> ReferenceConfig:
-    settings: dict[str, Any] = {
-        "device_profile": PROFILE,
-        "num_clients": 4,
-        "transfer_size": 60,
-        "personalised_test_size": 40,
-        "rounds": 2,
-        "server_epochs": 1,
-        "server_batch_size": 32,
-        "partition_params": {"alpha": 0.5},
-        "seed": 11,
-    } | overrides
-    return ReferenceConfig(**settings)
 
 
 def _without_time(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -73,9 +49,7 @@ def test_round_bookkeeping(digits: DatasetSplits) -> None:
         for prefix in ("client_acc", "client_pacc"):
             for tier in ("", "_low", "_high"):
                 assert (
-                    metrics[f"{prefix}{tier}_min"]
-                    <= metrics[f"{prefix}{tier}_mean"]
-                    <= metrics[f"{prefix}{tier}_max"]
+                    metrics[f"{prefix}{tier}_min"] <= metrics[f"{prefix}{tier}_mean"] <= metrics[f"{prefix}{tier}_max"]
                 )
     # Once the server caches what it got right, it asks for less.
     assert result.rounds[-1]["cache_size"] >= result.rounds[0]["cache_size"]
@@ -83,9 +57,7 @@ def test_round_bookkeeping(digits: DatasetSplits) -> None:
     assert result.summary["final_server_acc"] == result.rounds[-1]["server_acc"]
 
 
-def test_flower_style_rebuild_each_round_gives_the_same_metrics(
-    digits: DatasetSplits, tmp_path: Path
-) -> None:
+def test_flower_style_rebuild_each_round_gives_the_same_metrics(digits: DatasetSplits, tmp_path: Path) -> None:
     """A Flower ClientApp rebuilds its client each round and restores the state kept in context.state; the
     strategy may checkpoint the server. Both must give exactly the runner's numbers."""
     cfg = _config(fraction_fit=0.75)
