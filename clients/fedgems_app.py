@@ -11,10 +11,12 @@ ClientApp object itself does not persist. Message handlers:
 from __future__ import annotations
 
 import functools
+from typing import cast
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app.typing import MetricRecordValues
 from flwr.clientapp import ClientApp
 
 from fl_kd.kd.client import DistillClient
@@ -40,7 +42,7 @@ def _client(context: Context) -> tuple[ReferenceConfig, Federation, DistillClien
     cfg, federation = _federation(str(context.run_config[CONFIG_KEY]))
     client = build_client(cfg, federation, _partition_id(context))
     if STATE_KEY in context.state:
-        client.load_state_dict({"model": context.state[STATE_KEY].to_torch_state_dict()})
+        client.load_state_dict({"model": context.state.array_records[STATE_KEY].to_torch_state_dict()})
     return cfg, federation, client
 
 
@@ -67,10 +69,11 @@ def hello(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     """Local training on private data, then logits on the transfer positions the server asked for."""
     _, _, client = _client(context)
-    server_round = int(msg.content["config"]["server-round"])
-    dtype = str(msg.content["config"]["logits-dtype"])
+    config = msg.content.config_records["config"]
+    server_round = int(cast(int, config["server-round"]))
+    dtype = str(config["logits-dtype"])
     result = client.local_train(server_round)
-    positions = msg.content["arrays"]["positions"].numpy().astype(np.int64)
+    positions = msg.content.array_records["arrays"]["positions"].numpy().astype(np.int64)
     logits = client.logits(positions, dtype)
     _save(context, client)
     content = RecordDict(
@@ -92,11 +95,12 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Distil from the server's transfer-set logits (if selected this round), then test on global and own data."""
     _, federation, client = _client(context)
-    config = msg.content["config"]
-    metrics: dict[str, float | int] = {"partition-id": _partition_id(context)}
+    config = msg.content.config_records["config"]
+    metrics: dict[str, MetricRecordValues] = {"partition-id": _partition_id(context)}
     if bool(config["distill"]):
-        server_logits = msg.content["arrays"]["server-logits"].numpy()
-        metrics["distill-loss"] = float(client.distill(int(config["server-round"]), server_logits)["loss"])
+        server_logits = msg.content.array_records["arrays"]["server-logits"].numpy()
+        result = client.distill(int(cast(int, config["server-round"])), server_logits)
+        metrics["distill-loss"] = float(result["loss"])
         _save(context, client)
     data = federation.data
     metrics["acc"] = client.evaluate(data.x_test, data.y_test)

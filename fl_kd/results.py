@@ -95,7 +95,8 @@ def plot_run(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]:
     )
     for key in accuracy_keys:
         if key in rows[-1]:
-            ax.plot(rounds, [row.get(key) for row in rows], marker="o", label=key)
+            values = [float("nan") if row.get(key) is None else float(row[key]) for row in rows]
+            ax.plot(rounds, values, marker="o", label=key)
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy")
     ax.grid(alpha=0.3)

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app.typing import MetricRecordValues
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
@@ -120,10 +121,11 @@ class FedGEMS(Strategy):
             )
             for node_id in node_ids
         ]
-        for reply in grid.send_and_receive(messages, timeout=self.timeout):
-            partition_id = None if reply.has_error() else _partition_id(reply)
-            if partition_id is None:
-                log(WARNING, "Node %s did not identify itself; it is left out", reply.metadata.src_node_id)
+        replies = grid.send_and_receive(messages, timeout=self.timeout)
+        for reply in sorted(replies, key=lambda m: m.metadata.src_node_id):
+            partition_id = _partition_id(reply)
+            if partition_id is None or not 0 <= partition_id < self.num_clients:
+                log(WARNING, "Node %s did not identify a valid partition; it is left out", reply.metadata.src_node_id)
             elif partition_id in self._nodes:
                 log(WARNING, "Two nodes claim partition %d; keeping the first", partition_id)
             else:
@@ -164,7 +166,7 @@ class FedGEMS(Strategy):
             log(WARNING, "Round %d: no answer from clients %s", server_round, self._screening.missing)
         self._stats = self.server.distill(server_round, self._answers)
         self._broadcast = self.server.transfer_logits(self.logits_dtype)
-        return ArrayRecord({"server-logits": Array(self._broadcast)}), MetricRecord(self._stats.as_metrics())
+        return ArrayRecord({"server-logits": Array(self._broadcast)}), MetricRecord(_floats(self._stats.as_metrics()))
 
     def _screen(self, replies: list[Message]) -> tuple[dict[int, tuple[NDArray[Any], NDArray[Any]]], ScreeningReport]:
         """Keep answers that are exactly what was asked; drop and count the rest."""
@@ -215,12 +217,11 @@ class FedGEMS(Strategy):
         """Combine client accuracies per tier, add the server's test accuracy, and record the round."""
         client_acc: dict[int, float] = {}
         client_pacc: dict[int, float] = {}
-        for reply in sorted(replies, key=lambda m: _partition_id(m) if not m.has_error() else -1):
-            partition_id = None if reply.has_error() else _partition_id(reply)
-            if partition_id is None or partition_id in client_acc:
+        for reply in replies:
+            partition_id = _partition_id(reply)
+            acc, pacc = _metric(reply, "acc"), _metric(reply, "pacc")
+            if partition_id is None or partition_id in client_acc or acc is None or pacc is None:
                 continue
-            metrics = reply.content["metrics"]
-            acc, pacc = float(metrics.get("acc", np.nan)), float(metrics.get("pacc", np.nan))
             if np.isfinite(acc) and np.isfinite(pacc):
                 client_acc[partition_id], client_pacc[partition_id] = acc, pacc
         row = round_metrics(
@@ -239,19 +240,32 @@ class FedGEMS(Strategy):
         self.history.append(row)
         if self.on_round_end is not None:
             self.on_round_end(row)
-        return MetricRecord({key: float(value) for key, value in row.items()})
+        return MetricRecord(_floats(row))
+
+
+def _floats(values: Mapping[str, float | int]) -> dict[str, MetricRecordValues]:
+    return {key: float(value) for key, value in values.items()}
+
+
+def _metric(reply: Message, key: str) -> float | None:
+    """A scalar metric of a reply, or None when absent or not a number (a client may send anything)."""
+    record = reply.content.metric_records.get("metrics")
+    value = None if record is None else record.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
 
 
 def _partition_id(reply: Message) -> int | None:
-    if "metrics" not in reply.content or PARTITION_ID not in reply.content["metrics"]:
-        return None
-    return int(reply.content["metrics"][PARTITION_ID])
+    value = None if reply.has_error() else _metric(reply, PARTITION_ID)
+    return int(value) if value is not None and value.is_integer() else None
 
 
 def _array(reply: Message, key: str) -> NDArray[Any] | None:
-    if "arrays" not in reply.content or key not in reply.content["arrays"]:
+    record = reply.content.array_records.get("arrays")
+    if record is None or key not in record:
         return None
-    return reply.content["arrays"][key].numpy()
+    return record[key].numpy()
 
 
 def _payload_nbytes(reply: Message) -> int:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, Error, Message, RecordDict
+from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
 
 from fl_kd.clients.fedgems_app import app as client_app
 from fl_kd.kd.config import ReferenceConfig
@@ -98,6 +98,14 @@ def _error(message: Message, reply: Message) -> list[Message]:
     return [reply]
 
 
+def _unidentified(message: Message, reply: Message) -> list[Message]:
+    """The answer arrives, but its metrics do not say which client sent it (a list where a number belongs)."""
+    if not _is_first_train_of_client0(message, reply):
+        return [reply]
+    content = RecordDict({"arrays": reply.content["arrays"], "metrics": MetricRecord({"partition-id": [0.0]})})
+    return [Message(content, reply_to=message)]
+
+
 def _nan(logits: np.ndarray) -> np.ndarray:
     out = logits.copy()
     out[0, 0] = np.nan
@@ -124,6 +132,7 @@ BAD_ANSWERS = {
     "positions reordered": (_replace_positions(lambda p: p[::-1].copy()), 1),
     "duplicate replies": (_duplicate, 2),
     "error reply": (_error, 1),
+    "unidentified reply": (_unidentified, 1),
 }
 
 
