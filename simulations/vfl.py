@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fl_kd.data import available_datasets
-from fl_kd.simulations.config import ConfigError, SimulationConfig
+from fl_kd.simulations.config import ConfigError, DatasetConfig, SimulationConfig
 from fl_kd.simulations.flower_launcher import run_flower_simulation
 from fl_kd.strategies.vfl import CONFIG_KEY, OUTPUT_KEY, RESULTS_FILE, VFLAppConfig, score_attacks
 from fl_kd.strategies.vfl_app import write_results
@@ -37,13 +37,6 @@ CLIENTAPP = "fl_kd.clients.vfl_app:app"
 
 
 # -- schema --------------------------------------------------------------------------------------------------------
-@dataclass
-class VFLDatasetConfig:
-    name: str = "breast_cancer"
-    root: str | None = None
-    download: bool = False
-
-
 @dataclass
 class VFLSplitConfig:
     scheme: str = "halves"
@@ -89,7 +82,7 @@ class ScoringConfig:
 class VFLRunConfig:
     seed: int = 0
     attacker_party: int = 0
-    dataset: VFLDatasetConfig = field(default_factory=VFLDatasetConfig)
+    dataset: DatasetConfig = field(default_factory=lambda: DatasetConfig(name="breast_cancer"))
     vfl_split: VFLSplitConfig = field(default_factory=VFLSplitConfig)
     vfl_model: VFLModelConfig = field(default_factory=VFLModelConfig)
     defence: DefenceConfig = field(default_factory=DefenceConfig)
