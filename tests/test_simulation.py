@@ -9,10 +9,11 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
+from fl_kd.kd.federation import build_federation
 from fl_kd.simulations.config import ConfigError, validate_config
 from fl_kd.simulations.flower_launcher import _superlink_pids
 from fl_kd.simulations.report import write_reports
-from fl_kd.simulations.run import run_experiment
+from fl_kd.simulations.run import reference_config, run_experiment
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -70,6 +71,10 @@ def test_report_shows_skew_and_models(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "resnet_server" in printed and "cnn_tiny" in printed
     saved = json.loads((tmp_path / "skewed" / "partition_report.json").read_text())
     assert saved["label_skew"] == pytest.approx(skewed["label_skew"])
+    # The report shows the federation a run would build, not a look-alike.
+    federation = build_federation(reference_config(validate_config(_compose("partition.alpha=0.1"))))
+    assert saved["sizes"] == [int(idx.size) for idx in federation.client_idx]
+    assert skewed["client_tiers"] == [tier.name for tier in federation.tiers]
 
 
 TINY = (
