@@ -97,8 +97,8 @@ _CHOICES = {
 }
 
 
-def validate_config(cfg: DictConfig | dict[str, Any]) -> DictConfig:
-    """Return ``cfg`` merged into the schema; raise :class:`ConfigError` on unknown keys, types or values.
+def merge_into_schema(schema: type, cfg: DictConfig | dict[str, Any]) -> DictConfig:
+    """``cfg`` merged into the structured ``schema``; unknown keys and wrong types raise :class:`ConfigError`.
 
     The ``hydra`` node is dropped first: it belongs to the launcher, not to the experiment.
     """
@@ -106,10 +106,16 @@ def validate_config(cfg: DictConfig | dict[str, Any]) -> DictConfig:
     assert isinstance(raw, dict)
     raw.pop("hydra", None)
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(Config), raw)
+        merged = OmegaConf.merge(OmegaConf.structured(schema), raw)
     except OmegaConfBaseException as err:
         raise ConfigError(f"invalid config: {err}") from err
     assert isinstance(merged, DictConfig)
+    return merged
+
+
+def validate_config(cfg: DictConfig | dict[str, Any]) -> DictConfig:
+    """Return ``cfg`` merged into the schema; raise :class:`ConfigError` on unknown keys, types or values."""
+    merged = merge_into_schema(Config, cfg)
     for key, allowed in _CHOICES.items():
         value = OmegaConf.select(merged, key)
         if value not in allowed:

@@ -19,10 +19,9 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from fl_kd.data import available_datasets
-from fl_kd.simulations.config import ConfigError, DatasetConfig, SimulationConfig
+from fl_kd.simulations.config import ConfigError, DatasetConfig, SimulationConfig, merge_into_schema
 from fl_kd.simulations.flower_launcher import run_flower_simulation
 from fl_kd.strategies.vfl import CONFIG_KEY, OUTPUT_KEY, RESULTS_FILE, VFLAppConfig, score_attacks
 from fl_kd.strategies.vfl_app import write_results
@@ -102,14 +101,7 @@ def validate_vfl_config(cfg: DictConfig | dict[str, Any]) -> DictConfig:
 
     Defence and attack parameters are checked by building them (cheap: nothing trains before a run starts).
     """
-    raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    assert isinstance(raw, dict)
-    raw.pop("hydra", None)
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(VFLRunConfig), raw)
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"invalid config: {err}") from err
-    assert isinstance(merged, DictConfig)
+    merged = merge_into_schema(VFLRunConfig, cfg)
     _check(
         merged.dataset.name in available_datasets(),
         f"dataset.name={merged.dataset.name!r} is not one of {available_datasets()}",
