@@ -28,6 +28,7 @@ from fl_kd.kd.client import DistillClient
 from fl_kd.kd.config import ReferenceConfig
 from fl_kd.kd.federation import Federation, build_client, build_federation, build_server, sample_clients
 from fl_kd.kd.metrics import Metrics, accuracy_summary
+from fl_kd.kd.runner import evaluate_clients
 from fl_kd.models import build_model, count_parameters
 
 FLOAT32_NBYTES = int(np.dtype(np.float32).itemsize)
@@ -51,12 +52,8 @@ def local_only_round(cfg: ReferenceConfig, round: int, federation: Federation, c
     start = time.perf_counter()
     for client_id in sample_clients(federation.num_clients, cfg.fraction_fit, cfg.seed, round):
         clients[client_id].local_train(round)
-    data = federation.data
     tiers = federation.tier_names()
-    client_acc = {client.client_id: client.evaluate(data.x_test, data.y_test) for client in clients}
-    client_pacc = {
-        client.client_id: client.evaluate(*federation.personalised_test(client.client_id)) for client in clients
-    }
+    client_acc, client_pacc = evaluate_clients(federation, clients)
     metrics: Metrics = {"round": int(round)}
     metrics |= accuracy_summary(client_acc, tiers, "client_acc")
     metrics |= accuracy_summary(client_pacc, tiers, "client_pacc")

@@ -66,11 +66,7 @@ def run_round(
         clients[client_id].distill(round, broadcast)
 
     data = federation.data
-    client_acc = {client.client_id: client.evaluate(data.x_test, data.y_test) for client in clients}
-    client_pacc = {
-        client.client_id: client.evaluate(*federation.personalised_test(client.client_id))
-        for client in clients
-    }
+    client_acc, client_pacc = evaluate_clients(federation, clients)
     return round_metrics(
         round=round,
         server_acc=server.evaluate(data.x_test, data.y_test),
@@ -82,6 +78,18 @@ def run_round(
         downlink_bytes=downlink_nbytes(query, broadcast, len(selected)),
         wall_seconds=time.perf_counter() - start,
     )
+
+
+def evaluate_clients(
+    federation: Federation, clients: list[DistillClient]
+) -> tuple[dict[int, float], dict[int, float]]:
+    """Each client's accuracy on the global test set and on its personalised test set, by client id."""
+    data = federation.data
+    client_acc = {client.client_id: client.evaluate(data.x_test, data.y_test) for client in clients}
+    client_pacc = {
+        client.client_id: client.evaluate(*federation.personalised_test(client.client_id)) for client in clients
+    }
+    return client_acc, client_pacc
 
 
 def run_reference(
