@@ -14,18 +14,18 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from fl_kd.config import to_mapping
+from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.federation import build_federation
 from fl_kd.models import format_model_report, model_report
 from fl_kd.partition import PartitionReport
-from fl_kd.simulations.config import validate_config
-from fl_kd.simulations.run import reference_config
+from fl_kd.simulations.config import experiment_config
 
 log = logging.getLogger(__name__)
 
 
-def write_reports(cfg: DictConfig, out_dir: Path) -> dict[str, object]:
+def write_reports(experiment: ExperimentConfig, out_dir: Path) -> dict[str, object]:
     """Build the federation exactly as a run would; print both reports and save them in ``out_dir``."""
-    experiment = reference_config(cfg)
     federation = build_federation(experiment)
     data = federation.data
     labels = data.y_train.numpy()
@@ -35,7 +35,7 @@ def write_reports(cfg: DictConfig, out_dir: Path) -> dict[str, object]:
     out_dir.mkdir(parents=True, exist_ok=True)
     report.save(out_dir / "partition_report.json")
     (out_dir / "model_report.txt").write_text(format_model_report(rows) + "\n")
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(to_mapping(experiment)))
     private = sum(int(idx.size) for idx in federation.client_idx)
     print(
         f"dataset {data.name}: {len(labels)} training samples, transfer set {federation.transfer_idx.size}, "
@@ -52,8 +52,7 @@ def write_reports(cfg: DictConfig, out_dir: Path) -> dict[str, object]:
 @hydra.main(version_base=None, config_path="pkg://fl_kd.conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: compose, validate, report."""
-    validated = validate_config(cfg)
-    write_reports(validated, Path(HydraConfig.get().runtime.output_dir))
+    write_reports(experiment_config(cfg), Path(HydraConfig.get().runtime.output_dir))
 
 
 if __name__ == "__main__":

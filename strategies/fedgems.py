@@ -27,12 +27,12 @@ from flwr.serverapp.strategy import Strategy
 from numpy.typing import NDArray
 from torch import Tensor
 
+from fl_kd.kd import protocol as kd
 from fl_kd.kd.federation import sample_clients
+from fl_kd.kd.fedgems.server import SelectionStats, SelectiveDistillServer
 from fl_kd.kd.metrics import downlink_nbytes, round_metrics
-from fl_kd.kd.server import SelectionStats, SelectiveDistillServer
 from fl_kd.kd.validation import ScreeningReport, check_client_answer, find_duplicates
-
-PARTITION_ID = "partition-id"
+from fl_kd.protocol import ProtocolError, array_of, int_of, number_of, payload_nbytes
 
 
 class FedGEMS(Strategy):
@@ -115,7 +115,7 @@ class FedGEMS(Strategy):
         node_ids = sorted(grid.get_node_ids())
         messages = [
             Message(
-                RecordDict({"config": ConfigRecord({"action": "hello"})}),
+                RecordDict({kd.CONFIG: ConfigRecord({kd.ACTION: kd.HELLO})}),
                 message_type=MessageType.QUERY,
                 dst_node_id=node_id,
             )
@@ -145,8 +145,8 @@ class FedGEMS(Strategy):
         self._query = self.server.needed_positions()
         content = RecordDict(
             {
-                "arrays": ArrayRecord({"positions": Array(self._query)}),
-                "config": ConfigRecord({"server-round": server_round, "logits-dtype": self.logits_dtype.name}),
+                kd.ARRAYS: ArrayRecord({kd.POSITIONS: Array(self._query)}),
+                kd.CONFIG: ConfigRecord({kd.SERVER_ROUND: server_round, kd.LOGITS_DTYPE: self.logits_dtype.name}),
             }
         )
         return [
@@ -158,7 +158,8 @@ class FedGEMS(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Screen the answers, distil selectively, and return the server's logits for the broadcast."""
         replies = list(replies)
-        self._uplink = sum(_payload_nbytes(reply) for reply in replies)  # rejected answers crossed the wire too
+        # Rejected answers crossed the wire too, so they count.
+        self._uplink = sum(payload_nbytes(reply.content) for reply in replies if not reply.has_error())
         self._answers, self._screening = self._screen(replies)
         for reason, count in self._screening.rejected.items():
             log(WARNING, "Round %d: dropped %d answer(s): %s", server_round, count, reason)
@@ -166,7 +167,7 @@ class FedGEMS(Strategy):
             log(WARNING, "Round %d: no answer from clients %s", server_round, self._screening.missing)
         self._stats = self.server.distill(server_round, self._answers)
         self._broadcast = self.server.transfer_logits(self.logits_dtype)
-        return ArrayRecord({"server-logits": Array(self._broadcast)}), MetricRecord(_floats(self._stats.as_metrics()))
+        return ArrayRecord({kd.SERVER_LOGITS: Array(self._broadcast)}), MetricRecord(_floats(self._stats.as_metrics()))
 
     def _screen(self, replies: list[Message]) -> tuple[dict[int, tuple[NDArray[Any], NDArray[Any]]], ScreeningReport]:
         """Keep answers that are exactly what was asked; drop and count the rest."""
@@ -187,7 +188,12 @@ class FedGEMS(Strategy):
             if partition_id in duplicates:
                 report.reject("duplicate replies from one client")
                 continue
-            positions, logits = _array(reply, "positions"), _array(reply, "logits")
+            try:
+                positions = array_of(reply.content, kd.ARRAYS, kd.POSITIONS)
+                logits = array_of(reply.content, kd.ARRAYS, kd.LOGITS)
+            except ProtocolError as err:
+                report.reject(f"client {partition_id}: {err}")
+                continue
             reason = check_client_answer(self._query, positions, logits, self.server.num_classes)
             if reason is not None:
                 report.reject(f"client {partition_id}: {reason}")
@@ -207,9 +213,9 @@ class FedGEMS(Strategy):
         messages = []
         for partition_id, node_id in sorted(self._nodes.items()):
             selected = partition_id in self._selected
-            records: dict[str, Any] = {"config": ConfigRecord({"server-round": server_round, "distill": selected})}
+            records: dict[str, Any] = {kd.CONFIG: ConfigRecord({kd.SERVER_ROUND: server_round, kd.DISTILL: selected})}
             if selected:
-                records["arrays"] = arrays
+                records[kd.ARRAYS] = arrays
             messages.append(Message(RecordDict(records), message_type=MessageType.EVALUATE, dst_node_id=node_id))
         return messages
 
@@ -219,7 +225,7 @@ class FedGEMS(Strategy):
         client_pacc: dict[int, float] = {}
         for reply in replies:
             partition_id = _partition_id(reply)
-            acc, pacc = _metric(reply, "acc"), _metric(reply, "pacc")
+            acc, pacc = _metric(reply, kd.ACCURACY), _metric(reply, kd.PERSONALISED_ACCURACY)
             if partition_id is None or partition_id in client_acc or acc is None or pacc is None:
                 continue
             if np.isfinite(acc) and np.isfinite(pacc):
@@ -230,7 +236,7 @@ class FedGEMS(Strategy):
             client_acc=client_acc,
             client_pacc=client_pacc,
             tiers=self.client_tiers,
-            stats=self._stats,
+            server_stats=self._stats.round_metrics(),
             uplink_bytes=self._uplink,
             downlink_bytes=downlink_nbytes(self._query, self._broadcast, len(self._selected)),
             wall_seconds=time.perf_counter() - self._start,
@@ -248,32 +254,9 @@ def _floats(values: Mapping[str, float | int]) -> dict[str, MetricRecordValues]:
 
 
 def _metric(reply: Message, key: str) -> float | None:
-    """A scalar metric of a reply, or None when absent or not a number (a client may send anything)."""
-    record = reply.content.metric_records.get("metrics")
-    value = None if record is None else record.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
+    """A finite scalar metric of a reply, or None (error reply, absent, or not a number: a client may send anything)."""
+    return None if reply.has_error() else number_of(reply.content, kd.METRICS, key)
 
 
 def _partition_id(reply: Message) -> int | None:
-    value = None if reply.has_error() else _metric(reply, PARTITION_ID)
-    return int(value) if value is not None and value.is_integer() else None
-
-
-def _array(reply: Message, key: str) -> NDArray[Any] | None:
-    record = reply.content.array_records.get("arrays")
-    if record is None or key not in record:
-        return None
-    return record[key].numpy()
-
-
-def _payload_nbytes(reply: Message) -> int:
-    """Raw array bytes of a reply (``nbytes``, no serialisation headers), counted alike by both runtimes."""
-    if reply.has_error():
-        return 0
-    return sum(
-        int(np.prod(array.shape)) * np.dtype(array.dtype).itemsize
-        for record in reply.content.array_records.values()
-        for array in record.values()
-    )
+    return None if reply.has_error() else int_of(reply.content, kd.METRICS, kd.PARTITION_ID)

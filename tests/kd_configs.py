@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
-from fl_kd.kd.config import ReferenceConfig
+from fl_kd.config import from_mapping
+from fl_kd.kd.config import ExperimentConfig
+from fl_kd.kd.fedgems import FedGEMSConfig
 
 TINY_PROFILE: dict[str, Any] = {
     "name": "tiny_two_tier",
@@ -15,17 +18,23 @@ TINY_PROFILE: dict[str, Any] = {
     },
 }
 
+_STRATEGY_KEYS = {f.name for f in fields(FedGEMSConfig)}
 
-def tiny_config(**overrides: Any) -> ReferenceConfig:
-    """Digits, 4 clients, a 60-sample transfer set, 2 rounds of one server epoch; ``overrides`` replace fields."""
-    settings: dict[str, Any] = {
+
+def tiny_config(**overrides: Any) -> ExperimentConfig:
+    """Digits, 4 clients, a 60-sample transfer set, 2 rounds of one server epoch.
+
+    ``overrides`` replace settings by name: top-level fields (``seed``, ``num_clients``, a whole group such as
+    ``partition={...}``) or, for brevity, fields of the strategy (``rounds``, ``weighting``, ...).
+    """
+    top: dict[str, Any] = {
         "device_profile": TINY_PROFILE,
         "num_clients": 4,
         "transfer_size": 60,
         "personalised_test_size": 40,
-        "rounds": 2,
-        "server_epochs": 1,
-        "server_batch_size": 32,
         "seed": 11,
-    } | overrides
-    return ReferenceConfig(**settings)
+    }
+    strategy: dict[str, Any] = {"rounds": 2, "server_epochs": 1, "server_batch_size": 32}
+    for key, value in overrides.items():
+        (strategy if key in _STRATEGY_KEYS else top)[key] = value
+    return from_mapping(ExperimentConfig, top | {"strategy": strategy})

@@ -12,17 +12,18 @@ import torch
 from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
 
 from fl_kd.clients.fedgems_app import app as client_app
-from fl_kd.kd.config import ReferenceConfig
-from fl_kd.kd.runner import run_reference
-from fl_kd.strategies.fedgems_app import CONFIG_KEY, make_strategy
+from fl_kd.kd.config import ExperimentConfig
+from fl_kd.kd.fedgems.runner import run_reference
+from fl_kd.kd.protocol import RUN_CONFIG_KEY
+from fl_kd.strategies.fedgems_app import make_strategy
 from tests.flower_loopback import LoopbackGrid
 from tests.kd_configs import tiny_config as _config
 
 
-def _run(cfg: ReferenceConfig, tamper: Callable[[Message, Message], list[Message]] | None = None):  # noqa: ANN202
+def _run(cfg: ExperimentConfig, tamper: Callable[[Message, Message], list[Message]] | None = None):  # noqa: ANN202
     strategy = make_strategy(cfg)
-    grid = LoopbackGrid(client_app, cfg.num_clients, {CONFIG_KEY: cfg.to_json()}, tamper)
-    strategy.start(grid=grid, initial_arrays=ArrayRecord(), num_rounds=cfg.rounds)
+    grid = LoopbackGrid(client_app, cfg.num_clients, {RUN_CONFIG_KEY: cfg.to_json()}, tamper)
+    strategy.start(grid=grid, initial_arrays=ArrayRecord(), num_rounds=cfg.strategy.rounds)
     return strategy
 
 

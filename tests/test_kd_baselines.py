@@ -9,9 +9,9 @@ import pytest
 
 from fl_kd.data import DatasetSplits, load_dataset
 from fl_kd.kd.baselines import local_only_round, model_weight_nbytes, run_local_only, run_transfer_only_server
-from fl_kd.kd.config import ReferenceConfig
+from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.federation import build_client, build_federation, sample_clients
-from fl_kd.kd.runner import run_reference
+from fl_kd.kd.fedgems.runner import run_reference
 from tests.kd_configs import tiny_config
 
 PROFILE: dict[str, Any] = {
@@ -70,7 +70,7 @@ def test_only_sampled_clients_train(digits: DatasetSplits) -> None:
     federation = build_federation(cfg, digits)
     clients = [build_client(cfg, federation, k) for k in range(federation.num_clients)]
     before = [client.state_dict()["model"] for client in clients]
-    selected = sample_clients(federation.num_clients, cfg.fraction_fit, cfg.seed, round=1)
+    selected = sample_clients(federation.num_clients, cfg.strategy.fraction_fit, cfg.seed, round=1)
     assert len(selected) == 2
     local_only_round(cfg, 1, federation, clients)
     for client, weights in zip(clients, before, strict=True):
@@ -109,5 +109,5 @@ def test_model_weight_nbytes_by_hand(digits: DatasetSplits) -> None:
         model_weight_nbytes(_config(num_clients=5), federation)
 
 
-def _config(**overrides: Any) -> ReferenceConfig:
+def _config(**overrides: Any) -> ExperimentConfig:
     return tiny_config(**({"device_profile": PROFILE} | overrides))

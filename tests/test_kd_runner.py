@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from fl_kd.data import DatasetSplits, load_dataset
-from fl_kd.kd.federation import build_client, build_federation, build_server, sample_clients
+from fl_kd.kd.federation import build_client, build_federation, sample_clients
+from fl_kd.kd.fedgems.runner import build_server, run_reference, run_round
 from fl_kd.kd.metrics import accuracy_summary, downlink_nbytes, uplink_nbytes
-from fl_kd.kd.runner import run_reference, run_round, summarise
+from fl_kd.kd.runner import summarise
 from tests.kd_configs import tiny_config as _config
 
 
@@ -68,7 +69,7 @@ def test_flower_style_rebuild_each_round_gives_the_same_metrics(digits: DatasetS
     server_path = tmp_path / "server.pt"
     build_server(cfg, federation).save(server_path)
     observed = []
-    for round_ in range(1, cfg.rounds + 1):
+    for round_ in range(1, cfg.strategy.rounds + 1):
         server = build_server(cfg, federation)
         server.load(server_path)
         clients = [build_client(cfg, federation, k) for k in range(federation.num_clients)]
@@ -145,4 +146,4 @@ def test_summary_and_config_validation() -> None:
         _config(fraction_fit=0.0)
     with pytest.raises(ValueError, match="epsilon"):
         _config(epsilon=-0.1)
-    assert math.isclose(_config().server_config().epsilon, 0.75)
+    assert math.isclose(_config().strategy.server_config().epsilon, 0.75)

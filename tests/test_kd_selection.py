@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from fl_kd.kd.selection import entropy, select_teacher
+from fl_kd.kd.fedgems.selection import entropy, select_teacher
 
 
 def _h(probabilities: list[float]) -> float:
@@ -94,7 +94,7 @@ def test_bad_inputs_raise() -> None:
         select_teacher(
             torch.zeros(2, 3, 4), torch.zeros(3, dtype=torch.long), available=torch.ones(3, 2).bool()
         )
-    with pytest.raises(ValueError, match="weighting"):
+    with pytest.raises(ValueError, match="fusion rule .mean."):
         select_teacher(torch.zeros(2, 3, 4), torch.zeros(3, dtype=torch.long), weighting="mean")  # type: ignore[arg-type]
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from fl_kd.kd.server import SelectiveDistillServer, ServerDistillConfig
+from fl_kd.kd.fedgems.server import SelectiveDistillServer, ServerDistillConfig
 
 RIGHT, WRONG = [2.0, 0.0], [0.0, 2.0]
 

@@ -25,8 +25,9 @@ import numpy as np
 
 from fl_kd.data import DatasetSplits
 from fl_kd.kd.client import DistillClient
-from fl_kd.kd.config import ReferenceConfig
-from fl_kd.kd.federation import Federation, build_client, build_federation, build_server, sample_clients
+from fl_kd.kd.config import ExperimentConfig
+from fl_kd.kd.federation import Federation, build_client, build_federation, sample_clients
+from fl_kd.kd.fedgems.runner import build_server
 from fl_kd.kd.metrics import Metrics, accuracy_summary
 from fl_kd.kd.runner import evaluate_clients
 from fl_kd.models import build_model, count_parameters
@@ -35,10 +36,12 @@ FLOAT32_NBYTES = int(np.dtype(np.float32).itemsize)
 """Bytes per parameter when weights travel as float32, the usual FedAvg wire format."""
 
 
-def local_only_round(cfg: ReferenceConfig, round: int, federation: Federation, clients: list[DistillClient]) -> Metrics:
+def local_only_round(
+    cfg: ExperimentConfig, round: int, federation: Federation, clients: list[DistillClient]
+) -> Metrics:
     """One round of the local-only baseline on already built clients; returns its metric dict.
 
-    The selected clients are exactly those :func:`fl_kd.kd.runner.run_round` picks, and
+    The selected clients are exactly those :func:`fl_kd.kd.fedgems.runner.run_round` picks, and
     :meth:`DistillClient.local_train` seeds its shuffling by ``(seed, client_id, round)``, so round 1 ends with
     the very models the distillation run has before its first query: the two runs part only where knowledge
     starts to move.
@@ -50,7 +53,7 @@ def local_only_round(cfg: ReferenceConfig, round: int, federation: Federation, c
         ``uplink_bytes`` and ``downlink_bytes`` (both 0: nothing is sent) and ``wall_seconds``.
     """
     start = time.perf_counter()
-    for client_id in sample_clients(federation.num_clients, cfg.fraction_fit, cfg.seed, round):
+    for client_id in sample_clients(federation.num_clients, cfg.strategy.fraction_fit, cfg.seed, round):
         clients[client_id].local_train(round)
     tiers = federation.tier_names()
     client_acc, client_pacc = evaluate_clients(federation, clients)
@@ -62,19 +65,19 @@ def local_only_round(cfg: ReferenceConfig, round: int, federation: Federation, c
 
 
 def run_local_only(
-    cfg: ReferenceConfig,
+    cfg: ExperimentConfig,
     data: DatasetSplits | None = None,
     on_round: Callable[[Metrics], None] | None = None,
 ) -> list[Metrics]:
-    """Run ``cfg.rounds`` rounds in which each sampled client only trains on its private data.
+    """Run ``cfg.strategy.rounds`` rounds in which each sampled client only trains on its private data.
 
     Parameters
     ----------
-    cfg : ReferenceConfig
+    cfg : ExperimentConfig
         The same config as the distillation run it is compared with; the server, transfer-set and
         distillation settings are simply not used.
     data : DatasetSplits | None (default: None)
-        Preloaded dataset; loaded from ``cfg.dataset`` when None.
+        Preloaded dataset; loaded from ``cfg.dataset.name`` when None.
     on_round : Callable[[dict], None] | None (default: None)
         Called with each round's metrics as soon as they exist (progress logging).
 
@@ -87,7 +90,7 @@ def run_local_only(
     federation = build_federation(cfg, data)
     clients = [build_client(cfg, federation, client_id) for client_id in range(federation.num_clients)]
     rounds: list[Metrics] = []
-    for round in range(1, cfg.rounds + 1):
+    for round in range(1, cfg.strategy.rounds + 1):
         metrics = local_only_round(cfg, round, federation, clients)
         rounds.append(metrics)
         if on_round is not None:
@@ -96,22 +99,22 @@ def run_local_only(
 
 
 def run_transfer_only_server(
-    cfg: ReferenceConfig,
+    cfg: ExperimentConfig,
     data: DatasetSplits | None = None,
     on_round: Callable[[Metrics], None] | None = None,
 ) -> list[Metrics]:
-    """Run ``cfg.rounds`` server distillation phases in which no client answers.
+    """Run ``cfg.strategy.rounds`` server distillation phases in which no client answers.
 
     The server is built exactly as in the reference runner (same model, initial weights, transfer set and
     per-round shuffling seeds); with no client logits, a sample it gets wrong is learnt from its knowledge cache
-    if it once got it right, else from the label alone. ``cfg.checkpoint`` is honoured like in the runner.
+    if it once got it right, else from the label alone. ``strategy.checkpoint`` is honoured like in the runner.
 
     Parameters
     ----------
-    cfg : ReferenceConfig
+    cfg : ExperimentConfig
         The same config as the distillation run it is compared with; client settings are not used.
     data : DatasetSplits | None (default: None)
-        Preloaded dataset; loaded from ``cfg.dataset`` when None.
+        Preloaded dataset; loaded from ``cfg.dataset.name`` when None.
     on_round : Callable[[dict], None] | None (default: None)
         Called with each round's metrics as soon as they exist (progress logging).
 
@@ -125,7 +128,7 @@ def run_transfer_only_server(
     server = build_server(cfg, federation)
     test_x, test_y = federation.data.x_test, federation.data.y_test
     rounds: list[Metrics] = []
-    for round in range(1, cfg.rounds + 1):
+    for round in range(1, cfg.strategy.rounds + 1):
         start = time.perf_counter()
         stats = server.distill(round, {})
         metrics: Metrics = {
@@ -147,7 +150,7 @@ def run_transfer_only_server(
     return rounds
 
 
-def model_weight_nbytes(cfg: ReferenceConfig, federation: Federation) -> dict[int, int]:
+def model_weight_nbytes(cfg: ExperimentConfig, federation: Federation) -> dict[int, int]:
     """Per client, the float32 bytes of its model's parameters: its upload per round under weight sharing.
 
     Only parameters count. The image models normalise with GroupNorm and the MLPs not at all, so no model in the
@@ -155,7 +158,7 @@ def model_weight_nbytes(cfg: ReferenceConfig, federation: Federation) -> dict[in
 
     Parameters
     ----------
-    cfg : ReferenceConfig
+    cfg : ExperimentConfig
         The run's configuration; must describe ``federation`` (same number of clients).
     federation : Federation
         Gives each client's device tier and the data's input shape and number of classes.

@@ -1,4 +1,4 @@
-"""Build a selective-distillation federation from a :class:`~fl_kd.kd.config.ReferenceConfig`.
+"""Build a knowledge-distillation federation from an :class:`~fl_kd.kd.config.ExperimentConfig`.
 
 Data flow, one way: dataset -> transfer set (from the training split) -> partition of the private remainder
 -> device tiers -> models. The reference runner and the Flower server and client apps all call these
@@ -9,6 +9,7 @@ weights.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -16,10 +17,9 @@ from numpy.typing import NDArray
 from torch import Tensor
 
 from fl_kd.data import DatasetSplits, load_dataset, personalised_test_indices, split_transfer_set
-from fl_kd.kd.client import DistillClient
-from fl_kd.kd.config import ReferenceConfig
-from fl_kd.kd.seeding import SERVER_ID, derive_seed, use_deterministic_algorithms
-from fl_kd.kd.server import SelectiveDistillServer
+from fl_kd.kd.client import ClientTrainConfig, DistillClient
+from fl_kd.kd.config import ExperimentConfig
+from fl_kd.kd.seeding import derive_seed, use_deterministic_algorithms
 from fl_kd.models import DeviceTier, assign_tiers, build_model
 from fl_kd.partition import partition
 
@@ -79,32 +79,32 @@ class Federation:
         return {client_id: tier.name for client_id, tier in enumerate(self.tiers)}
 
 
-def build_federation(cfg: ReferenceConfig, data: DatasetSplits | None = None) -> Federation:
+def build_federation(cfg: ExperimentConfig, data: DatasetSplits | None = None) -> Federation:
     """Load the dataset and split it among transfer set and clients, and assign device tiers.
 
     Parameters
     ----------
-    cfg : ReferenceConfig
+    cfg : ExperimentConfig
         The run's configuration.
     data : DatasetSplits | None (default: None)
         An already loaded dataset (saves reloading it in every Flower client process); loaded from
         ``cfg.dataset`` when None.
     """
     if data is None:
-        data = load_dataset(cfg.dataset, root=cfg.dataset_root)
-    elif data.name != cfg.dataset:
-        raise ValueError(f"given dataset {data.name!r} but the config names {cfg.dataset!r}")
+        data = load_dataset(cfg.dataset.name, root=cfg.dataset.root, download=cfg.dataset.download)
+    elif data.name != cfg.dataset.name:
+        raise ValueError(f"given dataset {data.name!r} but the config names {cfg.dataset.name!r}")
     labels = data.y_train.numpy()
     transfer_idx, private_idx = split_transfer_set(
         labels, cfg.transfer_size, seed=derive_seed(cfg.seed, "transfer")
     )
     parts = partition(
         labels[private_idx],
-        cfg.partition,
+        cfg.partition.name,
         num_clients=cfg.num_clients,
         seed=derive_seed(cfg.seed, "partition"),
-        min_size=cfg.min_partition_size,
-        **cfg.partition_params,
+        min_size=cfg.partition.min_size,
+        **cfg.partition.params(),
     )
     client_idx = [private_idx[part].astype(np.int64) for part in parts]
     tiers = assign_tiers(cfg.device_profile, cfg.num_clients, seed=derive_seed(cfg.seed, "tiers"))
@@ -121,32 +121,9 @@ def build_federation(cfg: ReferenceConfig, data: DatasetSplits | None = None) ->
     return Federation(data, transfer_idx.astype(np.int64), client_idx, tiers, personalised)
 
 
-def build_server(cfg: ReferenceConfig, federation: Federation) -> SelectiveDistillServer:
-    """The server with its freshly seeded model, restored from ``cfg.checkpoint`` when one is given."""
-    _prepare_device(cfg)
-    data = federation.data
-    model = build_model(
-        cfg.device_profile.server_model,
-        data.input_shape,
-        data.num_classes,
-        seed=derive_seed(cfg.seed, SERVER_ID, "model_init"),
-    )
-    server = SelectiveDistillServer(
-        model,
-        federation.transfer_x,
-        federation.transfer_y,
-        cfg.server_config(),
-        seed=cfg.seed,
-        device=cfg.device,
-    )
-    if cfg.checkpoint is not None:
-        server.load(cfg.checkpoint)
-    return server
-
-
-def build_client(cfg: ReferenceConfig, federation: Federation, client_id: int) -> DistillClient:
+def build_client(cfg: ExperimentConfig, federation: Federation, client_id: int) -> DistillClient:
     """Client ``client_id`` with its tier's model (seeded by ``(seed, client_id)``), data and settings."""
-    _prepare_device(cfg)
+    prepare_device(cfg)
     if not 0 <= client_id < federation.num_clients:
         raise ValueError(f"client_id must lie in [0, {federation.num_clients}), got {client_id}")
     tier = federation.tiers[client_id]
@@ -162,13 +139,21 @@ def build_client(cfg: ReferenceConfig, federation: Federation, client_id: int) -
         train_y,
         federation.transfer_x,
         federation.transfer_y,
-        cfg.client_config(tier),
+        client_train_config(cfg, tier),
         seed=cfg.seed,
         device=cfg.device,
     )
 
 
-def _prepare_device(cfg: ReferenceConfig) -> None:
+def client_train_config(cfg: ExperimentConfig, tier: DeviceTier) -> ClientTrainConfig:
+    """Training settings of a client in ``tier`` under the run's strategy (which must define them)."""
+    client_config = getattr(cfg.strategy, "client_config", None)
+    if client_config is None:
+        raise ValueError(f"strategy {cfg.strategy.name!r} defines no client training settings")
+    return cast(ClientTrainConfig, client_config(tier))
+
+
+def prepare_device(cfg: ExperimentConfig) -> None:
     # Every process that builds a party goes through here, runner and Flower apps alike.
     if cfg.deterministic and torch.device(cfg.device).type == "cuda":
         use_deterministic_algorithms()

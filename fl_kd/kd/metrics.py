@@ -1,4 +1,4 @@
-"""Per-round metrics of selective distillation, shared by the reference runner and the Flower strategy.
+"""Per-round metrics of KD strategies, shared by the reference runners and the Flower strategies.
 
 Both runtimes build their metric dicts with these functions, so the keys (flat, snake_case, ready for a Flower
 ``MetricRecord`` or a CSV row) and the arithmetic behind them cannot drift apart.
@@ -12,8 +12,6 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-
-from fl_kd.kd.server import SelectionStats
 
 Metrics = dict[str, float | int]
 
@@ -74,7 +72,7 @@ def round_metrics(
     client_acc: Mapping[int, float],
     client_pacc: Mapping[int, float],
     tiers: Mapping[int, str],
-    stats: SelectionStats,
+    server_stats: Mapping[str, float | int],
     uplink_bytes: int,
     downlink_bytes: int,
     wall_seconds: float,
@@ -93,8 +91,9 @@ def round_metrics(
         Client id -> accuracy on the global test set / on its personalised test set.
     tiers : Mapping[int, str]
         Client id -> device tier name.
-    stats : SelectionStats
-        The server's distillation statistics of the round.
+    server_stats : Mapping[str, float | int]
+        The strategy's own figures of the round's server step (FedGEMS: where each sample's knowledge came
+        from, cache size, server loss), in the order they should appear.
     uplink_bytes, downlink_bytes : int
         Logits payloads of the round (see :func:`uplink_nbytes`, :func:`downlink_nbytes`).
     wall_seconds : float
@@ -114,13 +113,7 @@ def round_metrics(
     metrics |= {
         "uplink_bytes": int(uplink_bytes),
         "downlink_bytes": int(downlink_bytes),
-        "n_self": stats.n_self,
-        "n_cache": stats.n_cache,
-        "n_clients": stats.n_clients,
-        "n_ce_only": stats.n_ce_only,
-        "num_answered": stats.num_answered,
-        "cache_size": stats.cache_size,
-        "server_loss": float(stats.loss),
+        **server_stats,
         "n_rejected": int(n_rejected),
         "n_missing": int(n_missing),
         "wall_seconds": float(wall_seconds),

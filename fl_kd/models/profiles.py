@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from fl_kd.config import ConfigError
 from fl_kd.models.zoo import Modality, get_model_spec
 
 SHARE_TOLERANCE = 1e-6
@@ -152,6 +153,14 @@ class DeviceProfile:
                 return tier
         names = [tier.name for tier in self.tiers]
         raise ValueError(f"device profile {self.name!r} has no tier {name!r}; tiers: {names}")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[Any, Any], key: str = "device_profile") -> DeviceProfile:
+        """:meth:`from_dict` for the config layer: every mistake is a ``ConfigError`` naming ``key``."""
+        try:
+            return cls.from_dict(values)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{key}: {err}") from err
 
     @classmethod
     def from_dict(cls, d: Mapping[Any, Any]) -> DeviceProfile:

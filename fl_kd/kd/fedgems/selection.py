@@ -5,22 +5,19 @@ confidence ``1 / H`` (H the entropy of its softmax). A client that is wrong on a
 that flipped labels or uploads poisoned logits, gets weight exactly zero; if no client is correct there is no
 teacher and the server falls back to plain cross-entropy.
 
-``weighting="aijack_softmax"`` reproduces the AIJack reimplementation for ablations: it applies a softmax
-over clients to ``correct / H``, so wrong clients keep weight ``e**0`` and every answered sample has a
-teacher.
+How clients are weighted is a fusion rule from :data:`fl_kd.kd.fusion.FUSION_RULES`, chosen by name
+(``inverse_entropy``, FedGEMS's rule, by default; ``aijack_softmax`` for ablations).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-Weighting = Literal["inverse_entropy", "aijack_softmax"]
-WEIGHTINGS: tuple[str, ...] = ("inverse_entropy", "aijack_softmax")
+from fl_kd.kd.fusion import FUSION_RULES
 
 # Entropies this small mean a one-hot softmax; clamping keeps 1/H finite without changing who dominates.
 _MIN_ENTROPY = 1e-12
@@ -54,7 +51,7 @@ def entropy(logits: Tensor) -> Tensor:
 def select_teacher(
     client_logits: Tensor,
     labels: Tensor,
-    weighting: Weighting = "inverse_entropy",
+    weighting: str = "inverse_entropy",
     available: Tensor | None = None,
 ) -> SelectedTeacher:
     """Fuse client logits into one teacher per sample, trusting only clients that are right.
@@ -66,9 +63,8 @@ def select_teacher(
         (client, sample) pairs are ignored, whatever they hold.
     labels : Tensor
         ``(N,)`` int64 labels of those samples.
-    weighting : {"inverse_entropy", "aijack_softmax"} (default: "inverse_entropy")
-        ``"inverse_entropy"``: ``w_k = (1/H_k) / sum_{k' correct} (1/H_k')`` over correct clients only.
-        ``"aijack_softmax"``: ``w = softmax_k(correct_k / H_k)`` over all answering clients (ablation).
+    weighting : str (default: "inverse_entropy")
+        Name of a fusion rule in :data:`fl_kd.kd.fusion.FUSION_RULES`.
     available : Tensor | None (default: None)
         ``(K, N)`` bool, which client answered which sample; None means all answered.
 
@@ -86,22 +82,13 @@ def select_teacher(
         available = torch.ones(num_clients, num_samples, dtype=torch.bool, device=client_logits.device)
     elif available.shape != (num_clients, num_samples) or available.dtype != torch.bool:
         raise ValueError(f"available must be a bool (K, N) = ({num_clients}, {num_samples}) mask")
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    rule = FUSION_RULES.get(weighting)
 
     # Zero out what was not sent so that garbage (even NaN) in unused slots cannot leak into the sums.
     logits = torch.where(available.unsqueeze(-1), client_logits, torch.zeros_like(client_logits))
     correct = (logits.argmax(dim=-1) == labels.unsqueeze(0)) & available
     client_entropy = entropy(logits).clamp_min(_MIN_ENTROPY)
-    minus_inf = torch.full_like(client_entropy, float("-inf"))
-
-    if weighting == "inverse_entropy":
-        has_teacher = correct.any(dim=0)
-        # softmax of -log H over correct clients is exactly (1/H_k) / sum(1/H_k'), computed stably.
-        scores = torch.where(correct, -client_entropy.log(), minus_inf)
-    else:
-        has_teacher = available.any(dim=0)
-        scores = torch.where(available, correct.to(client_entropy.dtype) / client_entropy, minus_inf)
+    scores, has_teacher = rule(correct, available, client_entropy)
 
     if num_clients == 0:
         weights = scores

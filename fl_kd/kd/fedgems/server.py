@@ -4,7 +4,7 @@ A large server model learns on a labelled transfer set from three sources, chose
 
 * the label alone, when it is already right (its logits then go into the knowledge cache);
 * its own cached logits, when it is wrong on a sample it once got right (self-distillation);
-* a fused teacher of the clients that are right on the sample (:func:`~fl_kd.kd.selection.select_teacher`),
+* a fused teacher of the clients that are right on the sample (:func:`~fl_kd.kd.fedgems.selection.select_teacher`),
   when it is wrong and has no cached knowledge; with no correct client it falls back to cross-entropy.
 
 Clients are asked only for samples the server gets wrong and has not cached, so the uplink shrinks over
@@ -25,10 +25,12 @@ import torch.nn.functional as F
 from numpy.typing import DTypeLike, NDArray
 from torch import Tensor, nn
 
+from fl_kd.config import check_choice
 from fl_kd.kd.cache import KnowledgeCache
+from fl_kd.kd.fedgems.selection import select_teacher
+from fl_kd.kd.fusion import FUSION_RULES
 from fl_kd.kd.losses import kd_loss
 from fl_kd.kd.seeding import SERVER_ID, derive_seed, seeded_torch, torch_generator
-from fl_kd.kd.selection import WEIGHTINGS, Weighting, select_teacher
 from fl_kd.kd.training import (
     accuracy,
     check_logits,
@@ -56,8 +58,8 @@ class ServerDistillConfig:
         Weight of cross-entropy in ``eps * CE + (1 - eps) * KD``.
     temperature : float (default: 1.0)
         KD temperature.
-    weighting : {"inverse_entropy", "aijack_softmax"} (default: "inverse_entropy")
-        Client fusion rule, see :func:`~fl_kd.kd.selection.select_teacher`.
+    weighting : str (default: "inverse_entropy")
+        Client fusion rule, a name in :data:`fl_kd.kd.fusion.FUSION_RULES`.
     """
 
     epochs: int = 1
@@ -67,15 +69,14 @@ class ServerDistillConfig:
     weight_decay: float = 5e-4
     epsilon: float = 0.75
     temperature: float = 1.0
-    weighting: Weighting = "inverse_entropy"
+    weighting: str = "inverse_entropy"
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError(f"need epochs >= 0, batch_size >= 1, lr > 0; got {self}")
         if not 0.0 <= self.epsilon <= 1.0 or self.temperature <= 0:
             raise ValueError(f"need epsilon in [0, 1] and temperature > 0; got {self}")
-        if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
+        check_choice("weighting", self.weighting, FUSION_RULES.names())
 
 
 @dataclass
@@ -117,6 +118,18 @@ class SelectionStats:
     num_teacher: int = 0
     cache_size: int = 0
     nonzero_weight_fraction: dict[int, float] = field(default_factory=dict)
+
+    def round_metrics(self) -> dict[str, float | int]:
+        """The figures a round's metric row reports (see :func:`fl_kd.kd.metrics.round_metrics`)."""
+        return {
+            "n_self": self.n_self,
+            "n_cache": self.n_cache,
+            "n_clients": self.n_clients,
+            "n_ce_only": self.n_ce_only,
+            "num_answered": self.num_answered,
+            "cache_size": self.cache_size,
+            "server_loss": float(self.loss),
+        }
 
     def as_metrics(self) -> dict[str, float]:
         """Flat scalar metrics (per-client fractions left out) for logging."""

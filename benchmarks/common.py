@@ -1,0 +1,69 @@
+"""What every benchmark report shares: where the numbers came from, mean ± std over seeds, markdown tables."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def machine_info() -> dict[str, str]:
+    """CPU, core count, platform and library versions of this machine."""
+    cpu = platform.processor() or "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    try:
+        import flwr
+
+        flwr_version = flwr.__version__
+    except ImportError:  # pragma: no cover - flwr is a dependency
+        flwr_version = "not installed"
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": cpu,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "flwr": flwr_version,
+        "torch threads per process": str(torch.get_num_threads()),
+    }
+
+
+def machine_line() -> str:
+    """:func:`machine_info` as one line for a report header."""
+    info = machine_info()
+    return (
+        f"{info['nproc']} CPUs (nproc), {info['cpu']}, {info['platform']}, Python {info['python']}, "
+        f"torch {info['torch']}, flwr {info['flwr']} ({info['torch threads per process']} torch thread)"
+    )
+
+
+def mean(values: Sequence[float]) -> float:
+    """Arithmetic mean (nan for no values)."""
+    return math.fsum(values) / len(values) if values else float("nan")
+
+
+def std(values: Sequence[float]) -> float:
+    """Sample standard deviation over seeds (0 for a single value)."""
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub markdown table; every row must have as many cells as the header."""
+    for row in rows:
+        if len(row) != len(header):
+            raise ValueError(f"row {list(row)} has {len(row)} cells, the header {len(header)}")
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,90 @@
+"""Settings of FedGEMS-like selective distillation (``conf/strategy/fedgems.yaml`` is derived from them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fl_kd.config import check_choice, check_range
+from fl_kd.kd.algorithm import StrategyConfig
+from fl_kd.kd.client import ClientTrainConfig
+from fl_kd.kd.fedgems.server import ServerDistillConfig
+from fl_kd.kd.fusion import FUSION_RULES
+from fl_kd.kd.training import LOGITS_DTYPES
+from fl_kd.models import DeviceTier
+
+
+@dataclass
+class FedGEMSConfig(StrategyConfig):
+    """Selective distillation into a large server model.
+
+    Attributes
+    ----------
+    name, rounds, fraction_fit
+        See :class:`~fl_kd.kd.algorithm.StrategyConfig`.
+    epsilon, temperature : float (default: 0.75, 1.0)
+        ``eps * CE + (1 - eps) * KD`` weight and KD temperature, for server and clients alike.
+    weighting : str (default: "inverse_entropy")
+        Client fusion rule on the server (a name from :data:`fl_kd.kd.fedgems.fusion.FUSION_RULES`).
+    server_epochs, server_batch_size, server_lr : (default: 4, 64, 0.05)
+        Server distillation settings (E_srv, batch, SGD lr).
+    client_distill_epochs : int (default: 1)
+        Client distillation epochs on the transfer set (E_pub); local epochs, batch and lr come from the tier.
+    momentum, weight_decay : float (default: 0.9, 5e-4)
+        SGD settings of all parties.
+    logits_dtype : str (default: "float32")
+        Wire format of logits in both directions ("float32" or "float16").
+    checkpoint : str | None (default: None)
+        Server checkpoint to start from (pretrained model or an earlier federation's ``server.pt``).
+    """
+
+    name: str = "fedgems"
+    epsilon: float = 0.75
+    temperature: float = 1.0
+    weighting: str = "inverse_entropy"
+    server_epochs: int = 4
+    server_batch_size: int = 64
+    server_lr: float = 0.05
+    client_distill_epochs: int = 1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    logits_dtype: str = "float32"
+    checkpoint: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range("strategy.epsilon", self.epsilon, low=0.0, high=1.0)
+        check_range("strategy.temperature", self.temperature, low=0.0, low_open=True)
+        check_choice("strategy.weighting", self.weighting, FUSION_RULES.names())
+        check_range("strategy.server_epochs", self.server_epochs, low=0)
+        check_range("strategy.server_batch_size", self.server_batch_size, low=1)
+        check_range("strategy.server_lr", self.server_lr, low=0.0, low_open=True)
+        check_range("strategy.client_distill_epochs", self.client_distill_epochs, low=0)
+        check_range("strategy.momentum", self.momentum, low=0.0, high=1.0, high_open=True)
+        check_range("strategy.weight_decay", self.weight_decay, low=0.0)
+        check_choice("strategy.logits_dtype", self.logits_dtype, LOGITS_DTYPES)
+
+    def server_config(self) -> ServerDistillConfig:
+        """Settings of the server's distillation phase."""
+        return ServerDistillConfig(
+            epochs=self.server_epochs,
+            batch_size=self.server_batch_size,
+            lr=self.server_lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            epsilon=self.epsilon,
+            temperature=self.temperature,
+            weighting=self.weighting,
+        )
+
+    def client_config(self, tier: DeviceTier) -> ClientTrainConfig:
+        """Training settings of a client in device ``tier``."""
+        return ClientTrainConfig(
+            local_epochs=tier.local_epochs,
+            batch_size=tier.batch_size,
+            lr=tier.lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            distill_epochs=self.client_distill_epochs,
+            epsilon=self.epsilon,
+            temperature=self.temperature,
+        )

@@ -1,0 +1,46 @@
+"""The knowledge-distillation message protocol: what the ServerApp and the ClientApps of a KD strategy exchange.
+
+Both sides import these names (``strategies/`` and ``clients/`` never import each other). Every round is a train
+exchange (local training, then the clients' logits on the transfer positions the server asks for) and an evaluate
+exchange (the selected clients distil from the server's logits; every client reports its accuracy). A ``query``
+message with ``action=hello`` lets the server learn each node's partition id once.
+
+Run config (scalars only, as Flower requires):
+
+* :data:`RUN_CONFIG_KEY`: the experiment as JSON (:meth:`fl_kd.kd.config.ExperimentConfig.to_json`);
+* :data:`OUTPUT_DIR_KEY`: the run folder (metrics, summary, plots, ``server.pt``).
+"""
+
+from __future__ import annotations
+
+RUN_CONFIG_KEY = "fl-kd-config"
+OUTPUT_DIR_KEY = "output-dir"
+CHECKPOINT_FILE = "server.pt"
+
+# Records of a message's RecordDict.
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+
+# config record
+ACTION = "action"
+HELLO = "hello"
+SERVER_ROUND = "server-round"
+LOGITS_DTYPE = "logits-dtype"
+DISTILL = "distill"
+
+# arrays record
+POSITIONS = "positions"
+LOGITS = "logits"
+SERVER_LOGITS = "server-logits"
+
+# metrics record
+PARTITION_ID = "partition-id"
+NUM_EXAMPLES = "num-examples"
+TRAIN_LOSS = "train-loss"
+DISTILL_LOSS = "distill-loss"
+ACCURACY = "acc"
+PERSONALISED_ACCURACY = "pacc"
+
+#: ClientApp state key of the client model's weights (kept in ``context.state`` between rounds).
+CLIENT_STATE = "client-model"

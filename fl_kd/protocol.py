@@ -1,0 +1,115 @@
+"""Reading what a Flower message carries, without trusting it: shared by the server and the client side.
+
+Record contents come from another party, so every read here is defensive: a missing record or key gives ``None``
+(or an empty mapping), an array is decoded only after its declared dtype and shape agree with its bytes and a
+size cap, and scalars are type-checked. The functions read Flower's ``RecordDict``/``Array`` by attribute
+(``array_records``, ``dtype``, ``shape``, ``data``), so the core never imports Flower; ``strategies/`` and
+``clients/`` call them instead of writing readers of their own. The names of each protocol's messages and
+records live beside it (:mod:`fl_kd.kd.protocol`, :mod:`fl_kd.vfl.protocol`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+#: Largest array a message may carry (bytes); anything bigger is refused before it is decoded.
+MAX_ARRAY_BYTES = 256 * 2**20
+
+#: dtypes a numeric array may declare; object and structured dtypes never decode.
+NUMERIC_DTYPES = frozenset(
+    {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32", "float64"}
+)
+
+
+class ProtocolError(ValueError):
+    """A message does not follow the protocol; the message says how."""
+
+
+def record(content: Any, name: str) -> Mapping[str, Any]:
+    """The record ``name`` of a message's content (or of ``context.state``) as a mapping; empty when absent."""
+    try:
+        found = content[name] if name in content else None
+    except (TypeError, KeyError):
+        found = None
+    return found if isinstance(found, Mapping) else {}
+
+
+def decode_array(array: Any, max_bytes: int = MAX_ARRAY_BYTES) -> NDArray[Any]:
+    """A Flower ``Array`` as a numpy array, after checking its declared dtype and shape against its bytes.
+
+    Raises
+    ------
+    ProtocolError
+        Not numpy-serialised, an unknown or non-numeric dtype, a negative or oversized shape, or bytes that do
+        not decode to exactly the declared dtype and shape.
+    """
+    stype = getattr(array, "stype", None)
+    dtype_name = getattr(array, "dtype", None)
+    shape = getattr(array, "shape", None)
+    data = getattr(array, "data", None)
+    if stype != "numpy.ndarray":
+        raise ProtocolError(f"array is serialised as {stype!r}, expected 'numpy.ndarray'")
+    if not isinstance(dtype_name, str) or dtype_name not in NUMERIC_DTYPES:
+        raise ProtocolError(f"array declares dtype {dtype_name!r}")
+    if not isinstance(shape, (list, tuple)) or not all(isinstance(n, int) and n >= 0 for n in shape):
+        raise ProtocolError(f"array declares shape {shape!r}")
+    itemsize = np.dtype(dtype_name).itemsize
+    size = math.prod(shape) * itemsize
+    if size > max_bytes:
+        raise ProtocolError(f"array of shape {tuple(shape)} and dtype {dtype_name} exceeds {max_bytes} bytes")
+    if not isinstance(data, bytes) or len(data) > max_bytes + 4096:
+        raise ProtocolError("array bytes are missing or oversized")
+    try:
+        decoded = array.numpy()
+    except Exception as err:  # noqa: BLE001 - any decoding failure of foreign bytes is a protocol error
+        raise ProtocolError(f"array bytes do not decode: {type(err).__name__}") from None
+    if not isinstance(decoded, np.ndarray) or decoded.dtype != np.dtype(dtype_name) or decoded.shape != tuple(shape):
+        raise ProtocolError(f"array bytes do not match the declared dtype {dtype_name} and shape {tuple(shape)}")
+    return decoded
+
+
+def array_of(content: Any, record_name: str, key: str) -> NDArray[Any] | None:
+    """Array ``key`` of record ``record_name``, decoded with :func:`decode_array`; ``None`` when absent."""
+    found = record(content, record_name).get(key)
+    return None if found is None else decode_array(found)
+
+
+def scalar_of(content: Any, record_name: str, key: str) -> Any:
+    """Scalar ``key`` of record ``record_name`` as sent (``None`` when absent); check its type where used."""
+    return record(content, record_name).get(key)
+
+
+def number_of(content: Any, record_name: str, key: str) -> float | None:
+    """A finite real number ``key`` of record ``record_name``; ``None`` when absent or not a finite number."""
+    value = scalar_of(content, record_name, key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def int_of(content: Any, record_name: str, key: str) -> int | None:
+    """A whole number ``key`` of record ``record_name`` (an int, or a float with no fraction); else ``None``."""
+    value = number_of(content, record_name, key)
+    return int(value) if value is not None and value.is_integer() else None
+
+
+def payload_nbytes(content: Any) -> int:
+    """Array bytes a message carries (``nbytes`` of each decoded array, no serialisation headers).
+
+    Both runtimes count alike this way. An array that does not decode counts with the raw bytes it sent, so a
+    header that lies about its shape cannot inflate the figure.
+    """
+    total = 0
+    for found in getattr(content, "array_records", {}).values():
+        for array in found.values():
+            try:
+                total += int(decode_array(array).nbytes)
+            except ProtocolError:
+                data = getattr(array, "data", b"")
+                total += len(data) if isinstance(data, bytes) else 0
+    return total

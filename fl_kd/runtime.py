@@ -1,0 +1,36 @@
+"""How a run executes on this machine: the ``simulation`` config group, shared by every entry point."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fl_kd.config import check_choice, check_range
+
+#: ``flwr_run``: a Flower simulation through ``flwr run`` (the supported path); ``inprocess``: the core's own
+#: loop, without Flower (the reference the Flower run must match bit for bit).
+BACKENDS = ("flwr_run", "inprocess")
+
+
+@dataclass
+class SimulationConfig:
+    """Runtime of a simulated federation.
+
+    Attributes
+    ----------
+    backend : str (default: "flwr_run")
+        One of :data:`BACKENDS`.
+    num_cpus_per_client : int (default: 1)
+        Ray CPUs per ClientApp; with ``num_cpus=2`` two ClientApps run at a time.
+    num_cpus : int (default: 2)
+        Ray CPUs in all.
+    """
+
+    backend: str = "flwr_run"
+    num_cpus_per_client: int = 1
+    num_cpus: int = 2
+
+    def __post_init__(self) -> None:
+        check_choice("simulation.backend", self.backend, BACKENDS)
+        check_range("simulation.num_cpus_per_client", self.num_cpus_per_client, low=1)
+        check_range("simulation.num_cpus", self.num_cpus, low=1)
+        check_range("simulation.num_cpus_per_client", self.num_cpus_per_client, high=self.num_cpus)

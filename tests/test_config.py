@@ -1,0 +1,85 @@
+"""The core config is the one schema: strict conversion from plain mappings, JSON round trip, clear errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+
+from fl_kd.config import ConfigError, from_mapping, to_mapping
+from fl_kd.kd.config import ExperimentConfig
+from fl_kd.kd.fedgems import FedGEMSConfig
+
+PROFILE = {
+    "name": "two",
+    "server_model": "cnn_small",
+    "tiers": {
+        "zeta": {"model": "cnn_tiny", "share": 0.25, "local_epochs": 1},
+        "alpha": {"model": "cnn_small", "share": 0.75, "local_epochs": 2},
+    },
+}
+
+
+def _config(**values: Any) -> ExperimentConfig:
+    return from_mapping(ExperimentConfig, {"device_profile": PROFILE} | values)
+
+
+def test_json_round_trip_keeps_every_field_and_the_tier_order() -> None:
+    config = _config(num_clients=6, partition={"name": "dirichlet", "alpha": 0.3}, seed=3)
+    restored = ExperimentConfig.from_json(config.to_json())
+    assert restored == config
+    assert [tier.name for tier in restored.device_profile.tiers] == ["zeta", "alpha"]
+    assert isinstance(restored.strategy, FedGEMSConfig)
+    assert to_mapping(restored) == json.loads(config.to_json())
+
+
+def test_unknown_keys_are_an_error_naming_the_key() -> None:
+    text = _config().to_json().replace('"rounds"', '"roundz"')
+    with pytest.raises(ConfigError, match="roundz in strategy"):
+        ExperimentConfig.from_json(text)
+    with pytest.raises(ConfigError, match="unknown key colour"):
+        _config(colour="blue")
+
+
+@pytest.mark.parametrize(
+    ("values", "key"),
+    [
+        ({"transfer_size": 0}, "transfer_size"),
+        ({"num_clients": 0}, "num_clients"),
+        ({"num_clients": "3"}, "num_clients must be an integer"),
+        ({"num_clients": 2.5}, "num_clients must be an integer"),
+        ({"strategy": {"server_lr": math.nan}}, "strategy.server_lr must be a finite number"),
+        ({"strategy": {"server_lr": 0.0}}, "strategy.server_lr"),
+        ({"strategy": {"fraction_fit": 0.0}}, "strategy.fraction_fit"),
+        ({"strategy": {"epsilon": 1.5}}, "strategy.epsilon"),
+        ({"strategy": {"weighting": "median"}}, "strategy.weighting='median' is not one of inverse_entropy"),
+        ({"strategy": {"logits_dtype": "int8"}}, "strategy.logits_dtype"),
+        ({"strategy": {"name": "fedsgd"}}, "unknown strategy 'fedsgd'"),
+        ({"strategy": {"checkpoint": 3}}, "strategy.checkpoint must be a string"),
+        ({"simulation": {"num_cpus": 0}}, "simulation.num_cpus"),
+        ({"simulation": {"num_cpus_per_client": 3}}, "simulation.num_cpus_per_client"),
+        ({"simulation": {"backend": "ray"}}, "simulation.backend='ray'"),
+        ({"partition": {"name": "pathological"}}, "partition.classes_per_client is required"),
+        ({"partition": {"alpha": -1.0}}, "partition.alpha"),
+        ({"dataset": {"name": "imagenet"}}, "dataset.name='imagenet'"),
+        ({"device_profile": {"name": "x", "server_model": "cnn_small", "tiers": {}}}, "device_profile"),
+        ({"device_profile": PROFILE | {"tiers": {"a": {"model": "cnn_tiny", "share": 0.5}}}}, "sum to 1"),
+        ({"strategy": {"rounds": True}}, "strategy.rounds must be an integer"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_key(values: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace("(", r"\(").replace("[", r"\[")):
+        _config(**values)
+
+
+def test_defaults_come_from_the_dataclasses() -> None:
+    config = _config()
+    assert config.strategy == FedGEMSConfig()
+    assert (config.num_clients, config.transfer_size, config.seed) == (10, 300, 0)
+    assert config.partition.params() == {"alpha": 0.5}
+    assert _config(partition={"name": "iid"}).partition.params() == {}
+    assert _config(partition={"name": "pathological", "classes_per_client": 2}).partition.params() == {
+        "classes_per_client": 2
+    }
