@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
+
+from fl_kd.simulations.processes import Proc, find_processes, stop_processes
 
 log = logging.getLogger(__name__)
 
@@ -85,38 +85,19 @@ def write_app(app_dir: Path, serverapp: str, clientapp: str, run_config: Mapping
     return app_dir
 
 
+def superlink_processes(flwr_home: Path) -> list[Proc]:
+    """Local SuperLinks of this run, by the ``FLWR_HOME`` on their command line; ``flwr run`` leaves them running."""
+    return find_processes("flower-superlink", str(flwr_home))
+
+
 def _superlink_pids(flwr_home: Path) -> list[int]:
-    """PIDs of SuperLinks started for this run (their command line names this run's FLWR_HOME)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if "flower-superlink" in cmdline and str(flwr_home) in cmdline:
-            pids.append(int(proc.name))
-    return pids
+    # Kept for tests/test_simulation.py and tests/test_vfl_flower.py, until they call superlink_processes.
+    return [proc.pid for proc in superlink_processes(flwr_home)]
 
 
 def stop_superlink(flwr_home: Path, timeout: float = 15.0) -> None:
     """Stop the local SuperLink (and with it its SuperExec) that this run started."""
-    pids = _superlink_pids(flwr_home)
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + timeout
-    while _superlink_pids(flwr_home) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    for pid in _superlink_pids(flwr_home):
-        log.warning("SuperLink %d did not stop on SIGTERM; killing it", pid)
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    stop_processes(lambda: superlink_processes(flwr_home), grace_s=timeout)
 
 
 def run_flower_simulation(
