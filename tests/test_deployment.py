@@ -1,40 +1,32 @@
 """A real Flower deployment on loopback (SuperLink + SuperNodes over TLS) against the in-process runner.
 
-Besides the end-to-end run, the pieces that make it safe are tested on their own: the throwaway certificates in a
-real TLS handshake, the deploy settings, the command lines, and the supervisor that stops every process it started.
+Besides the end-to-end run, the command lines and the per-round console output are tested on their own; the
+certificates, the settings and the process supervision have their own test modules (``test_deploy_*``,
+``test_processes``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import http.client
+import json
 import socket
 import ssl
-import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
-from fl_kd.simulations.config import ConfigError
-from fl_kd.simulations.deploy import (
-    DeploySettings,
+from fl_kd.simulations.deploy import RoundTail, run_deployment, split_deploy_settings
+from fl_kd.simulations.loopback import (
     Endpoints,
-    ProcessSupervisor,
-    TlsFiles,
-    generate_certificates,
-    load_certificates,
     probe,
-    run_deployment,
     running_processes,
-    split_deploy_settings,
     superlink_command,
     supernode_command,
     write_connection,
 )
+from fl_kd.simulations.processes import identify, is_running
 from fl_kd.simulations.run import run_experiment
 
 
@@ -43,81 +35,7 @@ def _compose(*overrides: str) -> DictConfig:
         return compose(config_name="deploy", overrides=list(overrides))
 
 
-# -- certificates ---------------------------------------------------------------------------------------------------
-def _handshake(tls: TlsFiles, trusted_ca: Path, server_hostname: str) -> str:
-    """Serve one TLS connection with ``tls``'s server certificate; connect trusting ``trusted_ca``; return the reply."""
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(tls.server_cert, tls.server_key)
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-
-    def serve() -> None:
-        conn, _ = listener.accept()
-        # The server side fails on purpose when the client rejects its certificate.
-        with contextlib.suppress(OSError), server_ctx.wrap_socket(conn, server_side=True) as tls_conn:
-            tls_conn.sendall(b"hello over tls")
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        client_ctx = ssl.create_default_context(cafile=str(trusted_ca))
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-            with client_ctx.wrap_socket(raw, server_hostname=server_hostname) as tls_conn:
-                return tls_conn.recv(64).decode()
-    finally:
-        thread.join(timeout=5)
-        listener.close()
-
-
-def test_throwaway_certificates_pass_strict_verification_for_ip_and_name(tmp_path: Path) -> None:
-    tls = generate_certificates(tmp_path / "certs")
-    assert _handshake(tls, tls.ca_cert, "127.0.0.1") == "hello over tls"
-    assert _handshake(tls, tls.ca_cert, "localhost") == "hello over tls"
-    assert tls.server_key.stat().st_mode & 0o077 == 0, "the private key must be readable by its owner only"
-
-
-def test_certificates_from_another_ca_or_for_another_host_are_rejected(tmp_path: Path) -> None:
-    tls = generate_certificates(tmp_path / "ours")
-    other = generate_certificates(tmp_path / "theirs")
-    with pytest.raises(ssl.SSLCertVerificationError):
-        _handshake(tls, other.ca_cert, "127.0.0.1")
-    with pytest.raises(ssl.SSLCertVerificationError, match="mismatch"):
-        _handshake(tls, tls.ca_cert, "example.org")
-
-
-def test_load_certificates_names_the_missing_file(tmp_path: Path) -> None:
-    generate_certificates(tmp_path)
-    assert load_certificates(tmp_path).ca_cert == (tmp_path / "ca.crt").resolve()
-    (tmp_path / "server.key").unlink()
-    with pytest.raises(ValueError, match=r"lacks server\.key"):
-        load_certificates(tmp_path)
-
-
-# -- settings and command lines ---------------------------------------------------------------------------------------
-def test_deploy_settings_default_and_from_plus_overrides() -> None:
-    experiment, settings = split_deploy_settings(_compose("num_clients=3"))
-    assert settings == DeploySettings() and settings.tls and settings.supernodes is None
-    assert "deploy" not in experiment and experiment.num_clients == 3
-    _, settings = split_deploy_settings(_compose("num_clients=3", "deploy.supernodes=2", "deploy.tls=false"))
-    assert settings.supernodes == 2 and settings.tls is False
-
-
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        (("+deploy.tsl=false",), "tsl"),  # misspelt key
-        (("deploy.supernodes=4",), "supernodes"),  # more SuperNodes than clients
-        (("deploy.supernodes=0",), "supernodes"),
-        (("deploy.tls=false", "deploy.certificates=/etc/certs"), "certificates"),
-        (("deploy.startup_timeout_s=0",), "startup_timeout_s"),
-        (("strategy.rounds=0",), "rounds"),  # the experiment config is still validated
-    ],
-)
-def test_deploy_setting_mistakes_are_errors(overrides: tuple[str, ...], message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        split_deploy_settings(_compose("num_clients=3", *overrides))
-
-
+# -- command lines and console ----------------------------------------------------------------------------------------
 def test_insecure_mode_is_explicit_everywhere(tmp_path: Path) -> None:
     link = superlink_command(9093, None, tmp_path / "db")
     node = supernode_command("127.0.0.1:9093", 9100, 1, 3, None)
@@ -127,40 +45,19 @@ def test_insecure_mode_is_explicit_everywhere(tmp_path: Path) -> None:
     assert "insecure = true" in write_connection(tmp_path / "home", "127.0.0.1:9093", None).read_text()
 
 
-# -- process supervision ----------------------------------------------------------------------------------------------
-# A parent that stops on SIGTERM, with a child in a session of its own that ignores SIGTERM (as a hung app would).
-IGNORE_SIGTERM = (
-    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(1, flush=True); time.sleep(60)"
-)
-STUBBORN_CHILD = f"""
-import signal, subprocess, sys, time
-child = subprocess.Popen([sys.executable, "-c", {IGNORE_SIGTERM!r}], start_new_session=True, stdout=subprocess.PIPE)
-child.stdout.readline()
-print(child.pid, flush=True)
-time.sleep(60)
-"""
-
-
-def test_supervisor_stops_children_that_left_the_session_and_ignore_sigterm(tmp_path: Path) -> None:
-    supervisor = ProcessSupervisor()
-    parent = supervisor.start("parent", [sys.executable, "-c", STUBBORN_CHILD], {}, tmp_path / "parent.log", tmp_path)
-    deadline = time.monotonic() + 20
-    while not (tmp_path / "parent.log").read_text().strip() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    child = int((tmp_path / "parent.log").read_text().split()[0])
-    assert set(supervisor.running()) == {parent.pid, child}
-    killed = supervisor.stop(grace_s=1.0)
-    assert killed == [child]  # the parent stopped on SIGTERM; the child needed SIGKILL
-    assert supervisor.running() == []
-    assert not _alive(child)
-
-
-def _alive(pid: int) -> bool:
-    """Running, as opposed to gone or a zombie (which nothing here may reap: its parent was killed)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
+def test_round_tail_prints_each_finished_round_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "metrics.jsonl"
+    rounds = RoundTail(path)
+    rounds.poll()  # no file yet
+    row = {"round": 1, "server_acc": 0.5, "client_acc_mean": 0.25, "uplink_bytes": 2000, "wall_seconds": 3.0}
+    path.write_text(json.dumps(row) + "\n" + '{"round": 2, "serv')  # round 2 is still being written
+    rounds.poll()
+    rounds.poll()
+    assert capsys.readouterr().out == "round 1 | server 0.5000 | clients 0.2500 | up 2.0 kB | 3.00 s\n"
+    path.write_text(json.dumps(row) + "\n" + json.dumps({**row, "round": 2}) + "\n")
+    rounds.poll()
+    assert capsys.readouterr().out.startswith("round 2 | server 0.5000")
+    assert [row["round"] for row in rounds.rows] == [1, 2]
 
 
 # -- the deployment --------------------------------------------------------------------------------------------------
@@ -225,5 +122,5 @@ def test_loopback_deployment_over_tls_matches_the_in_process_runner(tmp_path: Pa
     # SuperLink, 2 SuperNodes and their SuperExecs were running; none of them, nor anything else, is left.
     started = seen["processes"]
     assert isinstance(started, list) and len(started) >= 6
-    assert [pid for pid in started if _alive(pid)] == []
+    assert [pid for pid in started if (proc := identify(pid)) is not None and is_running(proc)] == []
     assert running_processes(run_dir) == []

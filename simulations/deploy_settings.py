@@ -1,0 +1,85 @@
+"""The ``deploy`` node of ``fl-kd-deploy``'s config: how the loopback deployment runs, next to the experiment.
+
+:class:`DeploySettings` is the schema: importing this module stores its defaults as ``/schema/deploy`` (see
+:mod:`fl_kd.simulations.schema`), which ``conf/deploy.yaml`` extends, and :func:`split_deploy_settings` checks the
+composed node with :func:`fl_kd.config.from_mapping`, so a mistake is one :class:`~fl_kd.config.ConfigError`
+naming the ``deploy.*`` key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig
+
+from fl_kd.config import ConfigError, check_range, from_mapping, require
+from fl_kd.kd.config import ExperimentConfig
+from fl_kd.simulations.config import experiment_config
+from fl_kd.simulations.schema import plain, store_schema
+
+DEPLOY_KEY = "deploy"
+
+
+@dataclass
+class DeploySettings:
+    """How the loopback deployment runs.
+
+    Attributes
+    ----------
+    supernodes : int | None (default: None)
+        SuperNodes this launcher starts, for partitions ``0 .. supernodes-1``; ``None`` starts one per client. With
+        fewer, the launcher prints the command for each missing partition and waits for it to join.
+    tls : bool (default: True)
+        Serve every API (SuperLink, SuperNode runtime APIs) over TLS; ``False`` runs them all insecure.
+    certificates : str | None (default: None)
+        Folder holding ``ca.crt``, ``server.pem`` and ``server.key`` (a certificate valid for 127.0.0.1). ``None``
+        makes a throwaway CA and server certificate in the run folder.
+    startup_timeout_s : float (default: 180.0)
+        Seconds to wait for the SuperLink to answer and for all ``num_clients`` SuperNodes to be online.
+    run_timeout_s : float | None (default: None)
+        Stop ``flwr run`` after this many seconds; ``None`` waits for the run to end.
+    """
+
+    supernodes: int | None = None
+    tls: bool = True
+    certificates: str | None = None
+    startup_timeout_s: float = 180.0
+    run_timeout_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.supernodes is not None:
+            check_range("deploy.supernodes", self.supernodes, low=1)
+        check_range("deploy.startup_timeout_s", self.startup_timeout_s, low=0.0, low_open=True)
+        if self.run_timeout_s is not None:
+            check_range("deploy.run_timeout_s", self.run_timeout_s, low=0.0, low_open=True)
+        require(
+            self.tls or self.certificates is None,
+            "deploy.certificates is set but deploy.tls=false; drop one of them",
+        )
+
+    def local_supernodes(self, num_clients: int) -> int:
+        """SuperNodes to start on this machine for a federation of ``num_clients``."""
+        return num_clients if self.supernodes is None else self.supernodes
+
+
+def split_deploy_settings(cfg: DictConfig | dict[str, Any]) -> tuple[ExperimentConfig, DeploySettings]:
+    """Separate the ``deploy`` node from a composed config; check both.
+
+    Raises
+    ------
+    ConfigError
+        An unknown, mistyped or out-of-range ``deploy`` key, an experiment config mistake (see
+        :func:`~fl_kd.simulations.config.experiment_config`), or more SuperNodes than clients.
+    """
+    raw = plain(cfg)
+    settings = from_mapping(DeploySettings, raw.pop(DEPLOY_KEY, None) or {}, key=DEPLOY_KEY)
+    experiment = experiment_config(raw)
+    if settings.supernodes is not None and settings.supernodes > experiment.num_clients:
+        raise ConfigError(
+            f"deploy.supernodes must be at most num_clients={experiment.num_clients}, got {settings.supernodes}"
+        )
+    return experiment, settings
+
+
+store_schema(DEPLOY_KEY, DeploySettings())

@@ -1,0 +1,300 @@
+"""One SuperLink and its SuperNodes on 127.0.0.1, as separate processes talking HTTPS, and ``flwr run`` on them.
+
+Each component gets its own ``FLWR_HOME`` and log file in the deployment folder; the Flower CLI gets a connection
+``config.toml`` naming the SuperLink (and its CA). The :class:`~fl_kd.simulations.processes.ProcessSupervisor`
+stops everything that was started, whatever happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fl_kd.simulations.deploy_settings import DeploySettings
+from fl_kd.simulations.flower_launcher import flower_env, free_port
+from fl_kd.simulations.processes import ProcessSupervisor, find_processes, tail, uninterruptible
+from fl_kd.simulations.tls import TlsFiles, generate_certificates, load_certificates
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = "127.0.0.1"
+CONNECTION = "fl-kd-deploy"
+
+
+class DeploymentError(RuntimeError):
+    """A component of the deployment failed to start, or the run did not finish all its rounds."""
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where the running deployment listens, handed to ``on_ready`` before the run is submitted."""
+
+    superlink: str
+    supernodes: tuple[str, ...]
+    tls: TlsFiles | None
+    flwr_home: Path
+    connection: str = CONNECTION
+    node_ids: tuple[int, ...] = field(default_factory=tuple)
+
+
+def write_connection(flwr_home: Path, address: str, tls: TlsFiles | None) -> Path:
+    """Write the Flower CLI's ``config.toml`` with one default SuperLink connection to ``address``.
+
+    With TLS the CLI verifies the SuperLink against ``root-certificates`` (an absolute path, as flwr requires);
+    without, the connection says ``insecure = true`` explicitly, since flwr defaults to TLS.
+    """
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    security = f"root-certificates = {json.dumps(str(tls.ca_cert))}" if tls else "insecure = true"
+    path = flwr_home / "config.toml"
+    path.write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "{address}"\n{security}\n'
+    )
+    return path
+
+
+def superlink_command(port: int, tls: TlsFiles | None, database: Path) -> list[str]:
+    """``flower-superlink`` serving its HTTP API (Fleet, Control, ServerAppIo) on 127.0.0.1:``port``."""
+    command = ["flower-superlink", "--host", LOOPBACK, "--port", str(port), "--database", str(database)]
+    # The app's dependencies are this venv's; a per-run `uv sync` would build a fresh environment.
+    command.append("--disable-runtime-dependency-installation")
+    if tls is None:
+        return [*command, "--insecure"]
+    return [
+        *command,
+        "--ssl-ca-certfile", str(tls.ca_cert),
+        "--ssl-certfile", str(tls.server_cert),
+        "--ssl-keyfile", str(tls.server_key),
+    ]  # fmt: skip
+
+
+def supernode_command(
+    superlink: str, port: int, partition_id: int, num_partitions: int, tls: TlsFiles | None
+) -> list[str]:
+    """``flower-supernode`` for one partition; its runtime API (for its ClientApp processes) on 127.0.0.1:``port``.
+
+    With TLS the SuperNode verifies the SuperLink against the CA, and its own runtime API is served with the same
+    server certificate, so no traffic of the deployment is in clear text, not even on loopback.
+    """
+    command = [
+        "flower-supernode",
+        "--superlink", superlink,
+        "--host", LOOPBACK,
+        "--port", str(port),
+        "--node-config", f"partition-id={partition_id} num-partitions={num_partitions}",
+    ]  # fmt: skip
+    if tls is None:
+        return [*command, "--insecure"]
+    return [
+        *command,
+        "--root-certificates", str(tls.ca_cert),
+        "--ssl-certfile", str(tls.server_cert),
+        "--ssl-keyfile", str(tls.server_key),
+        "--ssl-ca-certfile", str(tls.ca_cert),
+    ]  # fmt: skip
+
+
+def probe(address: str, tls: TlsFiles | None, path: str = "/health", timeout: float = 2.0) -> int:
+    """HTTP status of ``GET path`` on ``address``, over TLS verified against the CA when ``tls`` is given.
+
+    Raises ``OSError`` (``URLError``, ``ssl.SSLError``, ``ConnectionError``) when no such answer comes, e.g. plain
+    HTTP to a TLS server. Proxies are bypassed: this is loopback.
+    """
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+    if tls is not None:
+        handlers.append(urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=str(tls.ca_cert))))
+    opener = urllib.request.build_opener(*handlers)
+    scheme = "https" if tls is not None else "http"
+    try:
+        with opener.open(f"{scheme}://{address}{path}", timeout=timeout) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as err:  # an answer all the same
+        return int(err.code)
+
+
+def online_nodes(env: dict[str, str], cwd: Path) -> list[int]:
+    """Node ids the SuperLink reports online, through ``flwr supernode list`` on the default connection."""
+    result = subprocess.run(
+        ["flwr", "supernode", "list", "--format", "json"],
+        env=env, cwd=cwd, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    start = result.stdout.find("{")
+    if result.returncode != 0 or start < 0:
+        return []
+    with contextlib.suppress(json.JSONDecodeError):
+        nodes = json.loads(result.stdout[start:]).get("nodes", [])
+        return [int(node["node-id"]) for node in nodes if node.get("status") == "online"]
+    return []
+
+
+_ACTIVATED = re.compile(rb"Activated node_id=(\d+)")
+
+
+def _activated_nodes(superlink_log: Path) -> int:
+    try:
+        return len(set(_ACTIVATED.findall(superlink_log.read_bytes())))
+    except OSError:
+        return 0
+
+
+def _wait(condition: Callable[[], bool], deadline: float, what: str, check: Callable[[], None]) -> None:
+    while not condition():
+        check()
+        if time.monotonic() > deadline:
+            raise DeploymentError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+class LoopbackDeployment:
+    """One SuperLink and its SuperNodes on 127.0.0.1, started and stopped as a unit.
+
+    Parameters
+    ----------
+    deploy_dir : Path
+        Folder for certificates, the SuperLink database, one log and one ``FLWR_HOME`` per component.
+    cli_home : Path
+        ``FLWR_HOME`` of the Flower CLI, where the connection ``config.toml`` goes.
+    num_partitions : int
+        Partitions of the federation; the run waits for one online SuperNode per partition.
+    settings : DeploySettings
+        How many SuperNodes to start here, TLS, timeouts.
+    """
+
+    def __init__(self, deploy_dir: Path, cli_home: Path, num_partitions: int, settings: DeploySettings) -> None:
+        self.deploy_dir = deploy_dir
+        self.cli_home = cli_home
+        self.num_partitions = num_partitions
+        self.settings = settings
+        self.local = settings.local_supernodes(num_partitions)
+        self.tls: TlsFiles | None = None
+        if settings.tls:
+            self.tls = (
+                load_certificates(settings.certificates)
+                if settings.certificates
+                else generate_certificates(deploy_dir / "certs")
+            )
+        self.superlink = f"{LOOPBACK}:{free_port()}"
+        self.supernodes = tuple(f"{LOOPBACK}:{free_port()}" for _ in range(self.local))
+        self.superlink_log = deploy_dir / "superlink.log"
+        self.run_log = deploy_dir / "flwr-run.log"
+        self.supervisor = ProcessSupervisor()
+        write_connection(cli_home, self.superlink, self.tls)
+
+    def env(self, home: Path) -> dict[str, str]:
+        """A component's environment: its own ``FLWR_HOME``, and no proxy between it and loopback."""
+        home.mkdir(parents=True, exist_ok=True)
+        no_proxy = ",".join(filter(None, [os.environ.get("NO_PROXY", ""), LOOPBACK, "localhost"]))
+        return {**flower_env(home), "NO_PROXY": no_proxy, "no_proxy": no_proxy}
+
+    def start(self) -> Endpoints:
+        """Start the SuperLink and the local SuperNodes; return once all partitions' SuperNodes are online."""
+        started = time.monotonic()
+        deadline = started + self.settings.startup_timeout_s
+        port = int(self.superlink.rsplit(":", 1)[1])
+        self.supervisor.start(
+            "superlink",
+            superlink_command(port, self.tls, self.deploy_dir / "superlink.db"),
+            self.env(self.deploy_dir / "superlink"),
+            self.superlink_log,
+            self.deploy_dir,
+        )
+        # SuperNodes start at the same time: both sides need seconds to import, and a SuperNode retries until the
+        # SuperLink answers.
+        for partition_id, address in enumerate(self.supernodes):
+            name = f"supernode-{partition_id}"
+            self.supervisor.start(
+                name,
+                supernode_command(
+                    self.superlink, int(address.rsplit(":", 1)[1]), partition_id, self.num_partitions, self.tls
+                ),
+                self.env(self.deploy_dir / name),
+                self.deploy_dir / f"{name}.log",
+                self.deploy_dir,
+            )
+        for partition_id in range(self.local, self.num_partitions):
+            command = supernode_command(self.superlink, free_port(), partition_id, self.num_partitions, self.tls)
+            shown = " ".join(f"'{arg}'" if " " in arg else arg for arg in command)
+            print(f"Waiting for partition {partition_id}; start its SuperNode with:\n  {shown}", flush=True)
+
+        def superlink_up() -> bool:
+            with contextlib.suppress(OSError):
+                return probe(self.superlink, self.tls) == 200
+            return False
+
+        _wait(superlink_up, deadline, f"the SuperLink on {self.superlink}", self.check)
+        node_ids: list[int] = []
+        last_listed = time.monotonic()
+
+        def all_online() -> bool:
+            # The SuperLink logs each activation, which is cheap to watch; `flwr supernode list` (a CLI process,
+            # ~2 s of CPU that the starting nodes need) confirms once the log agrees, or every 10 s regardless.
+            nonlocal last_listed
+            if _activated_nodes(self.superlink_log) < self.num_partitions and time.monotonic() - last_listed < 10.0:
+                return False
+            last_listed = time.monotonic()
+            node_ids[:] = online_nodes(self.env(self.cli_home), self.cli_home)
+            return len(node_ids) >= self.num_partitions
+
+        _wait(all_online, deadline, f"{self.num_partitions} SuperNodes to come online", self.check)
+        log.info("SuperLink and %d SuperNodes online after %.1f s", self.num_partitions, time.monotonic() - started)
+        return Endpoints(self.superlink, self.supernodes, self.tls, self.cli_home, node_ids=tuple(node_ids))
+
+    def check(self) -> None:
+        """Raise :class:`DeploymentError` if the SuperLink or a local SuperNode has exited; note new children."""
+        for name in ("superlink", *(f"supernode-{partition_id}" for partition_id in range(self.local))):
+            code = self.supervisor.exit_code(name)
+            if code is not None:
+                log_path = self.deploy_dir / f"{name}.log"
+                raise DeploymentError(f"{name} exited with code {code}; end of {log_path}:\n{tail(log_path)}")
+        self.supervisor.track()
+
+    def submit(self, app_dir: Path, on_poll: Callable[[], None] | None = None) -> int:
+        """``flwr run`` the app on this deployment, its output to ``flwr-run.log``; return the CLI's exit code.
+
+        ``on_poll`` is called about twice a second while the run goes on, and once after it ends.
+        """
+        run = self.supervisor.start(
+            "flwr-run",
+            ["flwr", "run", str(app_dir), CONNECTION, "--stream"],
+            self.env(self.cli_home),
+            self.run_log,
+            self.cli_home,
+        )
+        timeout = self.settings.run_timeout_s
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while run.poll() is None:
+            self.check()
+            if on_poll is not None:
+                on_poll()
+            if deadline is not None and time.monotonic() > deadline:
+                raise DeploymentError(f"the run did not finish within {timeout} s")
+            time.sleep(0.5)
+        if on_poll is not None:
+            on_poll()
+        return int(run.returncode)
+
+    def stop(self) -> None:
+        """Stop every process of the deployment (see :meth:`ProcessSupervisor.stop`), immune to a second Ctrl-C."""
+        with uninterruptible():
+            killed = self.supervisor.stop()
+        if killed:
+            log.warning("Killed %d process(es) that ignored SIGTERM: %s", len(killed), [proc.pid for proc in killed])
+
+
+def running_processes(run_dir: Path) -> list[int]:
+    """Live processes whose command line or environment names ``run_dir``: what a deployment left behind there.
+
+    Every Flower process of a deployment inherits an ``FLWR_HOME`` inside the run folder (and, with TLS, has
+    certificate paths there on its command line), so this finds them independently of the launcher's bookkeeping.
+    """
+    return [proc.pid for proc in find_processes(str(run_dir.resolve()), where=("cmdline", "environ"))]

@@ -1,0 +1,62 @@
+"""The throwaway certificates of a loopback deployment, in a real TLS handshake, and a user's certificate folder."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import threading
+from pathlib import Path
+
+import pytest
+
+from fl_kd.simulations.tls import TlsFiles, generate_certificates, load_certificates
+
+
+def _handshake(tls: TlsFiles, trusted_ca: Path, server_hostname: str) -> str:
+    """Serve one TLS connection with ``tls``'s server certificate; connect trusting ``trusted_ca``; return the reply."""
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(tls.server_cert, tls.server_key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        # The server side fails on purpose when the client rejects its certificate.
+        with contextlib.suppress(OSError), server_ctx.wrap_socket(conn, server_side=True) as tls_conn:
+            tls_conn.sendall(b"hello over tls")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        client_ctx = ssl.create_default_context(cafile=str(trusted_ca))
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            with client_ctx.wrap_socket(raw, server_hostname=server_hostname) as tls_conn:
+                return tls_conn.recv(64).decode()
+    finally:
+        thread.join(timeout=5)
+        listener.close()
+
+
+def test_throwaway_certificates_pass_strict_verification_for_ip_and_name(tmp_path: Path) -> None:
+    tls = generate_certificates(tmp_path / "certs")
+    assert _handshake(tls, tls.ca_cert, "127.0.0.1") == "hello over tls"
+    assert _handshake(tls, tls.ca_cert, "localhost") == "hello over tls"
+    assert tls.server_key.stat().st_mode & 0o077 == 0, "the private key must be readable by its owner only"
+
+
+def test_certificates_from_another_ca_or_for_another_host_are_rejected(tmp_path: Path) -> None:
+    tls = generate_certificates(tmp_path / "ours")
+    other = generate_certificates(tmp_path / "theirs")
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _handshake(tls, other.ca_cert, "127.0.0.1")
+    with pytest.raises(ssl.SSLCertVerificationError, match="mismatch"):
+        _handshake(tls, tls.ca_cert, "example.org")
+
+
+def test_load_certificates_names_the_missing_file(tmp_path: Path) -> None:
+    generate_certificates(tmp_path)
+    assert load_certificates(tmp_path).ca_cert == (tmp_path / "ca.crt").resolve()
+    (tmp_path / "server.key").unlink()
+    with pytest.raises(ValueError, match=r"lacks server\.key"):
+        load_certificates(tmp_path)
