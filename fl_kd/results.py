@@ -1,4 +1,4 @@
-"""Run outputs: per-round metrics (JSONL and CSV), a summary JSON, plots and a terminal table.
+"""Run outputs: per-round metrics (JSONL and CSV), a summary JSON, plots (drawn by `fl_kd.plots`) and a terminal table.
 
 Both runtimes (the Flower simulation and the in-process reference runner) write through this module, so a run
 folder looks the same whichever produced it, and sweeps can be tabulated without knowing the runtime.
@@ -12,6 +12,8 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from fl_kd.plots import plot_run
 
 METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
@@ -68,62 +70,29 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: Path | str) -> None:
         writer.writerows(rows)
 
 
-def write_outputs(out_dir: Path | str, rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any]) -> None:
-    """CSV, summary JSON and plots for a finished run."""
+def write_outputs(
+    out_dir: Path | str, rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], title: str | None = None
+) -> None:
+    """CSV, summary JSON and plots for a finished run.
+
+    Parameters
+    ----------
+    out_dir : Path | str
+        The run folder.
+    rows : Sequence[Mapping[str, Any]]
+        One flat dict of metrics per round.
+    summary : Mapping[str, Any]
+        Final figures of the run (non-finite floats are written as ``null``).
+    title : str | None (default: None)
+        What ran, shown above the plots: ``fl_kd.plots.run_title(to_mapping(experiment))``.
+    """
     out = Path(out_dir)
     write_csv(rows, out / METRICS_CSV)
     (out / SUMMARY_JSON).write_text(
         json.dumps({k: _json_scalar(v) for k, v in summary.items()}, indent=2, sort_keys=True)
     )
     if rows:
-        plot_run(rows, out)
-
-
-def plot_run(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]:
-    """PNG plots of accuracy and cumulative bytes over rounds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rounds = [row["round"] for row in rows]
-    paths = []
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    accuracy_keys = ["server_acc"] + sorted(
-        key for key in rows[-1] if key.startswith("client_acc_") and key.endswith("_mean")
-    )
-    for key in accuracy_keys:
-        if key in rows[-1]:
-            values = [float("nan") if row.get(key) is None else float(row[key]) for row in rows]
-            ax.plot(rounds, values, marker="o", label=key)
-    ax.set_xlabel("round")
-    ax.set_ylabel("test accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(out_dir / "accuracy.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key in ("uplink_bytes", "downlink_bytes"):
-        if key in rows[-1]:
-            total = 0.0
-            cumulative = []
-            for row in rows:
-                total += row.get(key) or 0
-                cumulative.append(total / 1e6)
-            ax.plot(rounds, cumulative, marker="o", label=key.replace("_bytes", ""))
-    ax.set_xlabel("round")
-    ax.set_ylabel("cumulative MB")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    paths.append(out_dir / "bytes.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
-    return paths
+        plot_run(rows, out, title=title)
 
 
 def format_round_line(row: Mapping[str, Any]) -> str:
