@@ -19,6 +19,7 @@ from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.federation import build_federation
 from fl_kd.models import format_model_report, model_report
 from fl_kd.partition import PartitionReport
+from fl_kd.simulations.cli import user_errors_exit
 from fl_kd.simulations.config import experiment_config
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ def write_reports(experiment: ExperimentConfig, out_dir: Path) -> dict[str, obje
 
 
 @hydra.main(version_base=None, config_path="pkg://fl_kd.conf", config_name="config")
+@user_errors_exit
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: compose, validate, report."""
     write_reports(experiment_config(cfg), Path(HydraConfig.get().runtime.output_dir))

@@ -23,6 +23,7 @@ from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.protocol import CHECKPOINT_FILE, OUTPUT_DIR_KEY, RUN_CONFIG_KEY
 from fl_kd.kd.runner import summarise
 from fl_kd.results import RoundRecorder, format_round_line, print_summary_table, read_metrics, write_outputs
+from fl_kd.simulations.cli import user_errors_exit
 from fl_kd.simulations.config import experiment_config
 from fl_kd.simulations.flower_launcher import run_flower_simulation
 
@@ -47,6 +48,8 @@ def run_experiment(experiment: ExperimentConfig, out_dir: Path) -> list[dict[str
         write_outputs(out_dir, result.rounds, result.summary)
         return list(result.rounds)
 
+    if algorithm.preflight is not None:
+        algorithm.preflight(experiment)
     code = run_flower_simulation(
         out_dir,
         algorithm.server_app,
@@ -67,6 +70,7 @@ def run_experiment(experiment: ExperimentConfig, out_dir: Path) -> list[dict[str
 
 
 @hydra.main(version_base=None, config_path="pkg://fl_kd.conf", config_name="config")
+@user_errors_exit
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: compose, validate, run, summarise."""
     experiment = experiment_config(cfg)

@@ -72,6 +72,9 @@ class Algorithm:
     run_inprocess : Callable
         The reference runner: ``run_inprocess(config, on_round=None, checkpoint_out=None) -> RunResult``; the
         Flower apps must reproduce its metrics bit for bit.
+    preflight : Callable | None (default: None)
+        ``preflight(config)`` builds what the ServerApp would build (data, server model, checkpoint) in the
+        launching process, so a missing dataset or a bad checkpoint is one clear error before Flower starts.
     """
 
     name: str
@@ -79,6 +82,7 @@ class Algorithm:
     server_app: str
     client_app: str
     run_inprocess: Callable[..., RunResult]
+    preflight: Callable[[ExperimentConfig], None] | None = None
 
 
 STRATEGIES: Registry[Algorithm] = Registry("strategy")

@@ -92,8 +92,8 @@ class KnowledgeCache:
         """NumPy copies of the cache, so a Flower client or server can keep it in its record state."""
         return {"logits": self._logits.numpy().copy(), "filled": self._filled.numpy().copy()}
 
-    def load_state_dict(self, state: dict[str, NDArray[np.generic]]) -> None:
-        """Restore from :meth:`state_dict`; shapes must match this cache."""
+    def check_state_dict(self, state: dict[str, NDArray[np.generic]]) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+        """``state`` as arrays if it fits this cache (shapes, finite logits); else ``ValueError`` saying why."""
         logits = np.asarray(state["logits"], dtype=np.float32)
         filled = np.asarray(state["filled"], dtype=bool)
         if logits.shape != (self.num_samples, self.num_classes) or filled.shape != (self.num_samples,):
@@ -101,5 +101,12 @@ class KnowledgeCache:
                 f"cache state has shapes {logits.shape} and {filled.shape}, expected "
                 f"({self.num_samples}, {self.num_classes}) and ({self.num_samples},)"
             )
+        if not np.isfinite(logits[filled]).all():
+            raise ValueError("cached logits hold NaN or inf")
+        return logits, filled
+
+    def load_state_dict(self, state: dict[str, NDArray[np.generic]]) -> None:
+        """Restore from :meth:`state_dict`; shapes must match this cache."""
+        logits, filled = self.check_state_dict(state)
         self._logits = torch.from_numpy(logits.copy())
         self._filled = torch.from_numpy(filled.copy())

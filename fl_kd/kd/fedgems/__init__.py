@@ -8,7 +8,7 @@ the correct clients fused by a fusion rule; clients distil the server's broadcas
 
 from fl_kd.kd.algorithm import STRATEGIES, Algorithm
 from fl_kd.kd.fedgems.config import FedGEMSConfig
-from fl_kd.kd.fedgems.runner import build_server, fedgems_config, run_reference, run_round
+from fl_kd.kd.fedgems.runner import build_server, fedgems_config, preflight, run_reference, run_round
 from fl_kd.kd.fedgems.selection import SelectedTeacher, entropy, select_teacher
 from fl_kd.kd.fedgems.server import SelectionStats, SelectiveDistillServer, ServerDistillConfig
 
@@ -21,6 +21,7 @@ if "fedgems" not in STRATEGIES:
             server_app="fl_kd.strategies.fedgems_app:app",
             client_app="fl_kd.clients.fedgems_app:app",
             run_inprocess=run_reference,
+            preflight=preflight,
         ),
     )
 

@@ -36,6 +36,11 @@ def fedgems_config(cfg: ExperimentConfig) -> FedGEMSConfig:
     return cfg.strategy
 
 
+def preflight(cfg: ExperimentConfig) -> None:
+    """Load the data and build the server as the ServerApp will (a bad dataset or checkpoint fails here)."""
+    build_server(cfg, build_federation(cfg))
+
+
 def build_server(cfg: ExperimentConfig, federation: Federation) -> SelectiveDistillServer:
     """The server with its freshly seeded model, restored from ``strategy.checkpoint`` when one is given."""
     prepare_device(cfg)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from numpy.typing import DTypeLike, NDArray
 from torch import Tensor, nn
 
+from fl_kd.checkpoint import CheckpointError, check_state_dict, read_checkpoint
 from fl_kd.config import check_choice
 from fl_kd.kd.cache import KnowledgeCache
 from fl_kd.kd.fedgems.selection import select_teacher
@@ -345,11 +346,17 @@ class SelectiveDistillServer:
             Also restore the knowledge cache when the file has one. Pass False when the earlier federation
             used a different transfer set, whose cached positions would mean other samples here.
         """
-        checkpoint = torch.load(Path(path), map_location="cpu", weights_only=True)
-        if "model" in checkpoint and isinstance(checkpoint["model"], Mapping):
-            self.model.load_state_dict(checkpoint["model"])
-            if load_cache and "knowledge_cache" in checkpoint:
+        checkpoint = read_checkpoint(path)
+        has_cache = isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("model"), Mapping)
+        model_state = check_state_dict(self.model, checkpoint["model"] if has_cache else checkpoint, path)
+        cache = None
+        if has_cache and load_cache and "knowledge_cache" in checkpoint:
+            try:
                 cache = {key: value.numpy() for key, value in checkpoint["knowledge_cache"].items()}
-                self.knowledge_cache.load_state_dict(cache)
-        else:
-            self.model.load_state_dict(checkpoint)
+                self.knowledge_cache.check_state_dict(cache)
+            except (AttributeError, KeyError, TypeError, ValueError) as err:
+                raise CheckpointError(f"checkpoint {path}: unusable knowledge cache ({err})") from None
+        # Both parts are checked before either is loaded: a bad file never leaves a half-restored server.
+        self.model.load_state_dict(model_state)
+        if cache is not None:
+            self.knowledge_cache.load_state_dict(cache)

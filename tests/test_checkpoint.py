@@ -1,0 +1,80 @@
+"""A checkpoint a user points to fails with one clear CheckpointError, and a bad one never half-loads a server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from fl_kd.checkpoint import CheckpointError
+from fl_kd.kd.federation import build_federation
+from fl_kd.kd.fedgems.runner import build_server
+from fl_kd.models import build_model
+from tests.kd_configs import tiny_config
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cfg = tiny_config()
+    path = tmp_path_factory.mktemp("ckpt") / "server.pt"
+    build_server(cfg, build_federation(cfg)).save(path)
+    return path
+
+
+def _server():  # noqa: ANN202
+    cfg = tiny_config()
+    return build_server(cfg, build_federation(cfg))
+
+
+def _weights(server) -> dict[str, torch.Tensor]:  # noqa: ANN001
+    return {key: value.clone() for key, value in server.model.state_dict().items()}
+
+
+def test_a_good_checkpoint_round_trips(saved: Path) -> None:
+    server = build_server(tiny_config(checkpoint=str(saved)), build_federation(tiny_config()))
+    reference = torch.load(saved, weights_only=True)["model"]
+    assert all(torch.equal(server.model.state_dict()[key], value) for key, value in reference.items())
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda path, good: path.write_bytes(good.read_bytes()[:100]), "not a readable torch checkpoint"),
+        (lambda path, good: path.write_bytes(b""), "not a readable torch checkpoint"),
+        (lambda path, good: path.write_text("hello"), "not a readable torch checkpoint"),
+        (
+            lambda path, good: torch.save(build_model("resnet_server", (1, 8, 8), 10, seed=0).state_dict(), path),
+            "another architecture",
+        ),
+        (
+            lambda path, good: torch.save(build_model("cnn_small", (1, 8, 8), 7, seed=0).state_dict(), path),
+            "has shape",
+        ),
+        (lambda path, good: torch.save(_with_nan(good), path), "NaN or inf"),
+        (lambda path, good: torch.save({"model": {"w": 1}}, path), "no model state_dict"),
+    ],
+)
+def test_bad_checkpoints_name_the_file_and_leave_the_server_untouched(
+    tmp_path: Path, saved: Path, make, message: str  # noqa: ANN001
+) -> None:
+    bad = tmp_path / "bad.pt"
+    make(bad, saved)
+    server = _server()
+    before = _weights(server)
+    with pytest.raises(CheckpointError, match=message) as info:
+        server.load(bad)
+    assert str(bad) in str(info.value)
+    assert all(torch.equal(server.model.state_dict()[key], value) for key, value in before.items())
+
+
+def test_a_missing_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="no such file"):
+        _server().load(tmp_path / "nope.pt")
+
+
+def _with_nan(good: Path) -> dict:
+    checkpoint = torch.load(good, weights_only=True)
+    key = next(iter(checkpoint["model"]))
+    checkpoint["model"][key] = torch.full_like(checkpoint["model"][key], float("nan"))
+    return checkpoint

@@ -1,0 +1,51 @@
+"""A user's mistake ends ``fl-kd-sim`` with one line naming the key or file and exit code 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fl_kd.models import build_model
+
+
+def _fl_kd_sim(tmp_path: Path, *overrides: str, full_error: bool = False) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    if full_error:
+        env["HYDRA_FULL_ERROR"] = "1"
+    command = [sys.executable, "-m", "fl_kd.simulations.run", *overrides, f"hydra.run.dir={tmp_path / 'run'}"]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False)
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("transfer_size=0", "error: transfer_size must be in [1, inf], got 0"),
+        ("strategy.server_lr=nan", "error: strategy.server_lr must be a finite number, got nan"),
+        ("strategy.weighting=median", "error: strategy.weighting='median' is not one of inverse_entropy"),
+    ],
+)
+def test_bad_values_give_one_line_and_exit_2(tmp_path: Path, override: str, expected: str) -> None:
+    result = _fl_kd_sim(tmp_path, override)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expected), result.stderr
+
+
+def test_a_checkpoint_of_another_architecture_is_named(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "other.pt"
+    torch.save(build_model("cnn_small", (1, 8, 8), 10, seed=0).state_dict(), checkpoint)
+    result = _fl_kd_sim(tmp_path, f"strategy.checkpoint={checkpoint}")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(checkpoint) in lines[0] and "another architecture" in lines[0]
+
+
+def test_hydra_full_error_still_shows_the_traceback(tmp_path: Path) -> None:
+    result = _fl_kd_sim(tmp_path, "transfer_size=0", full_error=True)
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr and "ConfigError" in result.stderr
