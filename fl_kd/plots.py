@@ -268,10 +268,12 @@ def sweep_figure(
         _integer_rounds(ax)
         ax.set_ylim(0.0, 1.02)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("accuracy (mean over seeds)")
+    axes[0][0].set_ylabel("accuracy")
     if handles:
         fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(len(handles), 3), frameon=False)
-    title = "sweep" + (f" (all jobs: {readable_setting(shared)})" if shared else "")
+    title = "accuracy per setting, mean over seeds (band: ± one standard deviation)"
+    if shared:
+        title += f"\nall jobs: {readable_setting(shared)}"
     _finish(fig, title, legend_rows=math.ceil(len(handles) / 3))
     return fig
 

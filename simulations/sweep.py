@@ -2,7 +2,7 @@
 
 Each job folder of ``fl-kd-sim --multirun ...`` holds ``.hydra/overrides.yaml``, ``summary.json`` and
 ``metrics.jsonl``. This collects them, groups jobs that differ only in ``seed``, and writes ``sweep.md`` (mean and
-standard deviation of the final figures) and ``sweep.png`` (server accuracy over rounds per group).
+standard deviation of the final figures) and ``sweep.png`` (server and mean client accuracy over rounds per group).
 """
 
 from __future__ import annotations
@@ -13,11 +13,15 @@ import statistics
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from fl_kd.plots import save_figure, sweep_figure
 from fl_kd.results import read_metrics
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 FIGURES = ("final_server_acc", "final_client_acc_mean", "final_client_pacc_mean", "total_uplink_bytes")
 
@@ -73,27 +77,16 @@ def table(jobs: Sequence[dict[str, Any]]) -> str:
 
 
 def plot(jobs: Sequence[dict[str, Any]], path: Path) -> None:
-    """Server accuracy over rounds, mean over seeds, one line per setting."""
-    import matplotlib
+    """``sweep.png``: server and mean client accuracy over rounds, mean over seeds, one line per setting."""
+    save_figure(sweep_figure_of(jobs), path)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    groups: dict[str, list[list[float]]] = defaultdict(list)
+def sweep_figure_of(jobs: Sequence[dict[str, Any]]) -> Figure:
+    """The sweep figure of collected jobs, before it is saved (for tests and notebooks)."""
+    groups: dict[str, list[list[dict[str, Any]]]] = defaultdict(list)
     for job in jobs:
-        groups[job["setting"]].append([row["server_acc"] for row in job["rounds"]])
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for setting, curves in sorted(groups.items()):
-        length = min(len(curve) for curve in curves)
-        mean = [statistics.mean(curve[i] for curve in curves) for i in range(length)]
-        ax.plot(range(1, length + 1), mean, marker="o", label=setting)
-    ax.set_xlabel("round")
-    ax.set_ylabel("server test accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        groups[job["setting"]].append(job["rounds"])
+    return sweep_figure(groups, shared=jobs[0]["shared"] if jobs else "")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
