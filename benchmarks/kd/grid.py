@@ -1,0 +1,34 @@
+"""What the KD benchmark runs: the runtimes and baselines, and the config of one seed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from hydra import compose, initialize_config_module
+
+from fl_kd.kd.config import ExperimentConfig
+from fl_kd.simulations.config import experiment_config
+
+#: Each runtime and baseline of a seed, by the name its rows are kept under, with its label in the report.
+RUNTIMES = {
+    "flower": "Flower simulation",
+    "inprocess": "in-process runner",
+    "local_only": "local-only",
+    "server_only": "transfer-only server",
+}
+
+
+def compose_config(seed: int, rounds: int, backend: str, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """The default Hydra config with the seed, rounds and backend set, checked by the core config.
+
+    Raises
+    ------
+    fl_kd.config.ConfigError
+        When an override names an unknown key or a bad value.
+    """
+    with initialize_config_module(config_module="fl_kd.conf", version_base=None):
+        cfg = compose(
+            config_name="config",
+            overrides=[f"seed={seed}", f"strategy.rounds={rounds}", f"simulation.backend={backend}", *overrides],
+        )
+    return experiment_config(cfg)
