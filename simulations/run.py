@@ -22,6 +22,7 @@ from fl_kd.kd.algorithm import get_algorithm, run_inprocess
 from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.protocol import CHECKPOINT_FILE, OUTPUT_DIR_KEY, RUN_CONFIG_KEY
 from fl_kd.kd.runner import summarise
+from fl_kd.plots import run_title
 from fl_kd.results import RoundRecorder, format_round_line, print_summary_table, read_metrics, write_outputs
 from fl_kd.simulations.cli import user_errors_exit
 from fl_kd.simulations.config import experiment_config
@@ -45,7 +46,7 @@ def run_experiment(experiment: ExperimentConfig, out_dir: Path) -> list[dict[str
             print(format_round_line(row), flush=True)
 
         result = run_inprocess(experiment, on_round=on_round, checkpoint_out=out_dir / CHECKPOINT_FILE)
-        write_outputs(out_dir, result.rounds, result.summary)
+        write_outputs(out_dir, result.rounds, result.summary, title=run_title(to_mapping(experiment)))
         return list(result.rounds)
 
     if algorithm.preflight is not None:

@@ -17,13 +17,19 @@ from flwr.app import ArrayRecord, Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
+from fl_kd.config import to_mapping
 from fl_kd.kd import protocol as kd
 from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.federation import build_federation
 from fl_kd.kd.fedgems.runner import build_server, fedgems_config
 from fl_kd.kd.runner import summarise
+from fl_kd.plots import run_title
 from fl_kd.results import RoundRecorder, format_round_line, write_outputs
+from fl_kd.strategies.console import quiet_flower_console
 from fl_kd.strategies.fedgems import FedGEMS
+
+#: Flower's own per-round log of the ServerApp, in the run folder.
+SERVER_LOG = "server.log"
 
 app = ServerApp()
 
@@ -55,11 +61,12 @@ def main(grid: Grid, context: Context) -> None:
 
     def on_round_end(row: dict[str, Any]) -> None:
         recorder.record(row)
-        log(INFO, "%s", format_round_line(row))
+        print(format_round_line(row), flush=True)  # the one console line per round
 
-    strategy = make_strategy(cfg, on_round_end)
-    strategy.start(grid=grid, initial_arrays=ArrayRecord(), num_rounds=cfg.strategy.rounds)
-    strategy.server.save(out_dir / kd.CHECKPOINT_FILE)
-    summary = summarise(strategy.history, wall_seconds=sum(float(r["wall_seconds"]) for r in strategy.history))
-    write_outputs(out_dir, strategy.history, summary)
-    log(INFO, "Summary: %s", json.dumps(summary, sort_keys=True))
+    with quiet_flower_console(out_dir / SERVER_LOG):
+        strategy = make_strategy(cfg, on_round_end)
+        strategy.start(grid=grid, initial_arrays=ArrayRecord(), num_rounds=cfg.strategy.rounds)
+        strategy.server.save(out_dir / kd.CHECKPOINT_FILE)
+        summary = summarise(strategy.history, wall_seconds=sum(float(r["wall_seconds"]) for r in strategy.history))
+        write_outputs(out_dir, strategy.history, summary, title=run_title(to_mapping(cfg)))
+        log(INFO, "Summary: %s", json.dumps(summary, sort_keys=True))

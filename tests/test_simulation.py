@@ -90,8 +90,16 @@ TINY = (
 )
 
 
-def test_flower_simulation_matches_the_in_process_runner(tmp_path: Path) -> None:
+def test_flower_simulation_matches_the_in_process_runner(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     flower_rows = run_experiment(experiment_config(_compose(*TINY)), tmp_path / "flower")
+    console = capfd.readouterr().out
+    # The console gets one line per round; Flower's metric dumps go to the run folder's server.log.
+    assert [line for line in console.splitlines() if line.startswith("round ")] == [
+        line for line in console.splitlines() if line.startswith("round ") and "| server " in line
+    ]
+    assert sum(line.startswith("round ") for line in console.splitlines()) == 2
+    assert "Aggregated MetricRecord" not in console
+    assert "Aggregated MetricRecord" in (tmp_path / "flower" / "server.log").read_text()
     inprocess_rows = run_experiment(
         experiment_config(_compose(*TINY, "simulation.backend=inprocess")), tmp_path / "inprocess"
     )
