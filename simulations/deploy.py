@@ -33,6 +33,7 @@ from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.protocol import OUTPUT_DIR_KEY, RUN_CONFIG_KEY
 from fl_kd.kd.runner import summarise
 from fl_kd.results import METRICS_JSONL, format_round_line, print_summary_table, read_metrics
+from fl_kd.simulations.cli import user_errors_exit
 from fl_kd.simulations.deploy_settings import DeploySettings, split_deploy_settings
 from fl_kd.simulations.flower_launcher import write_app
 from fl_kd.simulations.loopback import DeploymentError, Endpoints, LoopbackDeployment
@@ -142,6 +143,7 @@ def run_deployment(
 
 
 @hydra.main(version_base=None, config_path="pkg://fl_kd.conf", config_name="deploy")
+@user_errors_exit
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: compose, validate, deploy on loopback, summarise."""
     experiment, settings = split_deploy_settings(cfg)
@@ -151,6 +153,9 @@ def main(cfg: DictConfig) -> None:
     except KeyboardInterrupt as err:
         print(f"Interrupted ({err or 'Ctrl-C'}); every process of the deployment was stopped.", file=sys.stderr)
         raise SystemExit(130) from None
+    except DeploymentError as err:  # the message names the log files; a traceback would add nothing
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
     print_summary_table(rows, title=f"fl-kd {experiment.strategy.name} on {experiment.dataset.name} (deployment)")
     summary = summarise(rows, wall_seconds=sum(float(row["wall_seconds"]) for row in rows))
     print(f"server accuracy {summary.get('final_server_acc', float('nan')):.4f}; run folder: {out_dir}")

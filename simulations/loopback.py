@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fl_kd.config import ConfigError
 from fl_kd.simulations.deploy_settings import DeploySettings
 from fl_kd.simulations.flower_launcher import flower_env, free_port
 from fl_kd.simulations.processes import ProcessSupervisor, find_processes, tail, uninterruptible
@@ -177,12 +178,13 @@ class LoopbackDeployment:
         self.settings = settings
         self.local = settings.local_supernodes(num_partitions)
         self.tls: TlsFiles | None = None
-        if settings.tls:
-            self.tls = (
-                load_certificates(settings.certificates)
-                if settings.certificates
-                else generate_certificates(deploy_dir / "certs")
-            )
+        if settings.tls and settings.certificates:
+            try:
+                self.tls = load_certificates(settings.certificates)
+            except ValueError as err:
+                raise ConfigError(f"deploy.certificates: {err}") from err
+        elif settings.tls:
+            self.tls = generate_certificates(deploy_dir / "certs")
         self.superlink = f"{LOOPBACK}:{free_port()}"
         self.supernodes = tuple(f"{LOOPBACK}:{free_port()}" for _ in range(self.local))
         self.superlink_log = deploy_dir / "superlink.log"
