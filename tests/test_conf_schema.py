@@ -1,0 +1,82 @@
+"""``conf/`` declares no setting of its own: every key maps to exactly one core dataclass field, and a group file
+sets only what differs from the core default (the default lives once, in the dataclass)."""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from fl_kd.config import to_mapping
+from fl_kd.data.config import DatasetConfig
+from fl_kd.kd.algorithm import get_algorithm
+from fl_kd.kd.config import ExperimentConfig
+from fl_kd.models import DeviceTier
+from fl_kd.partition.config import PartitionConfig
+from fl_kd.runtime import SimulationConfig
+from fl_kd.simulations.config import GROUPS, experiment_config
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+SCHEMA_GROUPS = {"dataset": DatasetConfig, "partition": PartitionConfig, "simulation": SimulationConfig}
+
+
+def _settings(path: Path) -> dict[str, Any]:
+    values = yaml.safe_load(path.read_text()) or {}
+    values.pop("defaults", None)
+    values.pop("hydra", None)
+    return values
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    assert is_dataclass(cls)
+    out = {}
+    for field in fields(cls):
+        if field.default is not MISSING:
+            out[field.name] = field.default
+        elif field.default_factory is not MISSING:
+            out[field.name] = to_mapping(field.default_factory())
+    return out
+
+
+def _group_files() -> list[tuple[str, Path]]:
+    return [(group, path) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
+
+
+@pytest.mark.parametrize(("group", "path"), _group_files(), ids=lambda v: v if isinstance(v, str) else v.stem)
+def test_every_key_is_a_core_field_and_no_default_is_repeated(group: str, path: Path) -> None:
+    settings = _settings(path)
+    if group == "device_profile":
+        # A profile is data (which tiers exist), not defaults: its keys must still be core fields.
+        assert set(settings) == {"name", "server_model", "tiers"}
+        tier_fields = {f.name for f in fields(DeviceTier)} - {"name"}
+        for tier, values in settings["tiers"].items():
+            assert set(values) <= tier_fields, f"{path.name}: tier {tier} has keys {set(values) - tier_fields}"
+        return
+    cls = get_algorithm(path.stem).config_class if group == "strategy" else SCHEMA_GROUPS[group]
+    defaults = _defaults(cls)
+    unknown = set(settings) - set(defaults)
+    assert not unknown, f"{path.name}: {unknown} are not fields of {cls.__name__}"
+    repeated = {key for key, value in settings.items() if value == defaults[key] and key != "name"}
+    assert not repeated, f"{path.name} repeats the core defaults of {repeated}; they live in {cls.__name__}"
+    assert "defaults" in yaml.safe_load(path.read_text()), f"{path.name} must extend its schema node"
+
+
+def test_the_top_level_config_repeats_no_default() -> None:
+    top = _settings(CONF / "config.yaml")
+    assert not top, f"config.yaml sets {set(top)}; top-level defaults live in ExperimentConfig"
+
+
+def test_the_composed_default_config_is_the_core_default() -> None:
+    with initialize_config_module(config_module="fl_kd.conf", version_base=None):
+        composed = OmegaConf.to_container(compose(config_name="config"), resolve=True)
+    assert isinstance(composed, dict)
+    core = experiment_config(composed)
+    assert to_mapping(core) == composed
+    expected = _defaults(ExperimentConfig) | {"device_profile": composed["device_profile"]}
+    expected["strategy"] = to_mapping(get_algorithm("fedgems").config_class())
+    assert composed == expected
