@@ -156,7 +156,7 @@ def accuracy_figure(rows: Sequence[Mapping[str, Any]], title: str | None = None)
             handles.setdefault(label, line)
         ax.set_title(panel_title)
         ax.set_xlabel("round")
-        _integer_rounds(ax)
+        _integer_rounds(ax, rounds)
         ax.set_ylim(0.0, 1.02)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("accuracy")
@@ -206,7 +206,7 @@ def bytes_figure(rows: Sequence[Mapping[str, Any]], title: str | None = None) ->
 
     for ax in (per_round, cumulative):
         ax.set_xlabel("round")
-        _integer_rounds(ax)
+        _integer_rounds(ax, rounds)
         ax.grid(alpha=0.3, axis="y")
         if not directions:
             ax.text(0.5, 0.5, "no traffic recorded", ha="center", va="center", transform=ax.transAxes)
@@ -243,11 +243,13 @@ def sweep_figure(
     fig, axes = plt.subplots(1, len(present), figsize=(5 * len(present) + 1, 4.4), sharey=True, squeeze=False)
     handles: dict[str, Any] = {}
     for ax, (key, panel_title) in zip(axes[0], present, strict=True):
+        all_rounds: list[int] = []
         for index, (setting, runs) in enumerate(sorted(groups.items())):
             length = min((len(run) for run in runs), default=0)
             if length == 0:
                 continue
             rounds = _rounds(runs[0][:length])
+            all_rounds += rounds
             curves = [_values(run[:length], key) for run in runs]
             mean = [_nanmean([curve[i] for curve in curves]) for i in range(length)]
             label = f"{readable_setting(setting)} ({len(runs)} seed{'s' if len(runs) != 1 else ''})"
@@ -265,7 +267,7 @@ def sweep_figure(
             handles.setdefault(label, line)
         ax.set_title(f"{panel_title}, {GLOBAL_PANEL}")
         ax.set_xlabel("round")
-        _integer_rounds(ax)
+        _integer_rounds(ax, all_rounds)
         ax.set_ylim(0.0, 1.02)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("accuracy")
@@ -348,10 +350,13 @@ def _nanstd(values: Sequence[float]) -> float:
     return math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1))
 
 
-def _integer_rounds(ax: Axes) -> None:
+def _integer_rounds(ax: Axes, rounds: Sequence[int]) -> None:
+    """Whole-number round ticks, half a round of room either side (so one round alone still gets tick 1)."""
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if rounds:
+        ax.set_xlim(min(rounds) - 0.5, max(rounds) + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
 
 
 def _finish(fig: Figure, title: str | None, legend_rows: int = 0) -> None:
