@@ -71,8 +71,12 @@ def superlink_command(port: int, tls: TlsFiles | None, database: Path) -> list[s
     command.append("--disable-runtime-dependency-installation")
     if tls is None:
         return [*command, "--insecure"]
+    return [*command, *_serve_tls(tls)]
+
+
+def _serve_tls(tls: TlsFiles) -> list[str]:
+    """Arguments of a Flower server (SuperLink, or a SuperNode's runtime API) that serves HTTPS."""
     return [
-        *command,
         "--ssl-ca-certfile", str(tls.ca_cert),
         "--ssl-certfile", str(tls.server_cert),
         "--ssl-keyfile", str(tls.server_key),
@@ -96,13 +100,7 @@ def supernode_command(
     ]  # fmt: skip
     if tls is None:
         return [*command, "--insecure"]
-    return [
-        *command,
-        "--root-certificates", str(tls.ca_cert),
-        "--ssl-certfile", str(tls.server_cert),
-        "--ssl-keyfile", str(tls.server_key),
-        "--ssl-ca-certfile", str(tls.ca_cert),
-    ]  # fmt: skip
+    return [*command, "--root-certificates", str(tls.ca_cert), *_serve_tls(tls)]
 
 
 def probe(address: str, tls: TlsFiles | None, path: str = "/health", timeout: float = 2.0) -> int:

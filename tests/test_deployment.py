@@ -28,6 +28,7 @@ from fl_kd.simulations.loopback import (
 )
 from fl_kd.simulations.processes import identify, is_running
 from fl_kd.simulations.run import run_experiment
+from fl_kd.simulations.tls import TlsFiles
 
 
 def _compose(*overrides: str) -> DictConfig:
@@ -43,6 +44,19 @@ def test_insecure_mode_is_explicit_everywhere(tmp_path: Path) -> None:
     assert "--insecure" in node and "--root-certificates" not in node
     assert node[node.index("--node-config") + 1] == "partition-id=1 num-partitions=3"
     assert "insecure = true" in write_connection(tmp_path / "home", "127.0.0.1:9093", None).read_text()
+
+
+def test_with_tls_every_server_serves_https_and_every_client_trusts_the_ca(tmp_path: Path) -> None:
+    tls = TlsFiles(tmp_path / "ca.crt", tmp_path / "server.pem", tmp_path / "server.key")
+    link = superlink_command(9093, tls, tmp_path / "db")
+    node = supernode_command("127.0.0.1:9093", 9100, 1, 3, tls)
+    for command in (link, node):
+        assert "--insecure" not in command
+        assert command[command.index("--ssl-certfile") + 1] == str(tls.server_cert)
+        assert command[command.index("--ssl-keyfile") + 1] == str(tls.server_key)
+    assert node[node.index("--root-certificates") + 1] == str(tls.ca_cert)  # the SuperNode verifies the SuperLink
+    connection = write_connection(tmp_path / "home", "127.0.0.1:9093", tls).read_text()
+    assert f'root-certificates = "{tls.ca_cert}"' in connection and "insecure" not in connection
 
 
 def test_round_tail_prints_each_finished_round_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
