@@ -25,7 +25,7 @@ from fl_kd.config import ConfigError
 from fl_kd.simulations.deploy_settings import DeploySettings
 from fl_kd.simulations.flower_launcher import flower_env, free_port
 from fl_kd.simulations.processes import ProcessSupervisor, find_processes, tail, uninterruptible
-from fl_kd.simulations.tls import TlsFiles, generate_certificates, load_certificates
+from fl_kd.simulations.tls import LOOPBACK_HOSTS, TlsFiles, generate_certificates, load_certificates
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ class LoopbackDeployment:
     def env(self, home: Path) -> dict[str, str]:
         """A component's environment: its own ``FLWR_HOME``, and no proxy between it and loopback."""
         home.mkdir(parents=True, exist_ok=True)
-        no_proxy = ",".join(filter(None, [os.environ.get("NO_PROXY", ""), LOOPBACK, "localhost"]))
+        no_proxy = ",".join(filter(None, [os.environ.get("NO_PROXY", ""), *LOOPBACK_HOSTS]))
         return {**flower_env(home), "NO_PROXY": no_proxy, "no_proxy": no_proxy}
 
     def start(self) -> Endpoints:
