@@ -176,7 +176,7 @@ def _handlers(signals: Sequence[signal.Signals], handler: Callable[[int, object]
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield
         return
-    previous = {sig: signal.signal(sig, handler) for sig in signals}  # type: ignore[arg-type]
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
     try:
         yield
     finally:
