@@ -18,10 +18,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from fl_kd.config import to_mapping
-from fl_kd.kd.algorithm import get_algorithm, run_inprocess
+from fl_kd.kd.algorithm import get_algorithm
 from fl_kd.kd.config import ExperimentConfig
+from fl_kd.kd.federation import build_federation
 from fl_kd.kd.protocol import CHECKPOINT_FILE, OUTPUT_DIR_KEY, RUN_CONFIG_KEY
-from fl_kd.kd.runner import summarise
+from fl_kd.kd.runner import run_inprocess, summarise
 from fl_kd.plots import run_title
 from fl_kd.results import RoundRecorder, format_round_line, print_summary_table, read_metrics, write_outputs
 from fl_kd.simulations.cli import user_errors_exit
@@ -49,8 +50,8 @@ def run_experiment(experiment: ExperimentConfig, out_dir: Path) -> list[dict[str
         write_outputs(out_dir, result.rounds, result.summary, title=run_title(to_mapping(experiment)))
         return list(result.rounds)
 
-    if algorithm.preflight is not None:
-        algorithm.preflight(experiment)
+    # Build what the ServerApp will build, here: a missing dataset or a bad checkpoint is one clear error now.
+    algorithm.build_server(experiment, build_federation(experiment))
     code = run_flower_simulation(
         out_dir,
         algorithm.server_app,

@@ -9,7 +9,7 @@ import torch
 
 from fl_kd.checkpoint import CheckpointError
 from fl_kd.kd.federation import build_federation
-from fl_kd.kd.fedgems.runner import build_server
+from fl_kd.kd.fedgems.parties import build_server
 from fl_kd.models import build_model
 from tests.kd_configs import tiny_config
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
 
-from fl_kd.clients.fedgems_app import app as client_app
+from fl_kd.clients.kd_app import app as client_app
 from fl_kd.kd.config import ExperimentConfig
-from fl_kd.kd.fedgems.runner import run_reference
 from fl_kd.kd.protocol import RUN_CONFIG_KEY
-from fl_kd.strategies.fedgems_app import make_strategy
+from fl_kd.kd.runner import run_inprocess
+from fl_kd.strategies.kd_app import make_strategy
 from tests.flower_loopback import LoopbackGrid
 from tests.kd_configs import tiny_config as _config
 
@@ -27,6 +27,15 @@ def _run(cfg: ExperimentConfig, tamper: Callable[[Message, Message], list[Messag
     return strategy
 
 
+NODE_OF_CLIENT0 = 1000  # LoopbackGrid gives partition p the node id 1000 + 7 p
+
+
+def test_a_payload_claiming_another_identity_changes_nothing() -> None:
+    cfg = _config(rounds=1)
+    honest, lying = _run(cfg), _run(cfg, _claims_another_client)
+    assert _without_time(lying.history) == _without_time(honest.history)
+
+
 def _without_time(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in row.items() if k != "wall_seconds"} for row in rows]
 
@@ -35,7 +44,7 @@ def _without_time(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def test_flower_messages_reproduce_the_reference_runner(overrides: dict[str, Any]) -> None:
     cfg = _config(**overrides)
     strategy = _run(cfg)
-    reference = run_reference(cfg)
+    reference = run_inprocess(cfg)
     assert _without_time(strategy.history) == _without_time(reference.rounds)
     assert all(row["n_rejected"] == 0 and row["n_missing"] == 0 for row in strategy.history)
 
@@ -80,8 +89,7 @@ def _is_first_train_of_client0(message: Message, reply: Message) -> bool:
     return (
         message.metadata.message_type == "train"
         and int(message.content["config"]["server-round"]) == 1
-        and not reply.has_error()
-        and int(reply.content["metrics"]["partition-id"]) == 0
+        and message.metadata.dst_node_id == NODE_OF_CLIENT0
     )
 
 
@@ -99,11 +107,20 @@ def _error(message: Message, reply: Message) -> list[Message]:
     return [reply]
 
 
-def _unidentified(message: Message, reply: Message) -> list[Message]:
-    """The answer arrives, but its metrics do not say which client sent it (a list where a number belongs)."""
+def _from_unknown_node(message: Message, reply: Message) -> list[Message]:
+    """The answer arrives from a node that was never discovered (Flower's metadata says who sent it)."""
     if not _is_first_train_of_client0(message, reply):
         return [reply]
-    content = RecordDict({"arrays": reply.content["arrays"], "metrics": MetricRecord({"partition-id": [0.0]})})
+    # What a SuperLink would record for a message from another node (the Metadata class has no setter for it).
+    reply.metadata.__dict__["_src_node_id"] = 999_999
+    return [reply]
+
+
+def _claims_another_client(message: Message, reply: Message) -> list[Message]:
+    """Client 0's answer says it is client 1: the payload's claim is ignored, the metadata decides."""
+    if not _is_first_train_of_client0(message, reply):
+        return [reply]
+    content = RecordDict({"arrays": reply.content["arrays"], "metrics": MetricRecord({"partition-id": 1})})
     return [Message(content, reply_to=message)]
 
 
@@ -133,7 +150,7 @@ BAD_ANSWERS = {
     "positions reordered": (_replace_positions(lambda p: p[::-1].copy()), 1),
     "duplicate replies": (_duplicate, 2),
     "error reply": (_error, 1),
-    "unidentified reply": (_unidentified, 1),
+    "reply from an unknown node": (_from_unknown_node, 1),
 }
 
 
@@ -141,7 +158,7 @@ BAD_ANSWERS = {
 def without_client0() -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
     """The run in which client 0's first answer never arrives: what every rejected answer must reduce to."""
     strategy = _run(_config(rounds=1), _drop)
-    return strategy.history, strategy.server.state_dict()["model"]
+    return strategy.history, strategy.server.server.state_dict()["model"]
 
 
 def test_missing_reply_is_counted(without_client0: tuple[list[dict[str, Any]], dict[str, torch.Tensor]]) -> None:
@@ -161,6 +178,6 @@ def test_bad_answer_is_dropped_and_never_reaches_the_server_model(
     assert np.isfinite(row["server_acc"])
     # The server learnt exactly what it learns when client 0 is absent: nothing of the bad answer got in.
     reference_history, reference_model = without_client0
-    model = strategy.server.state_dict()["model"]
+    model = strategy.server.server.state_dict()["model"]
     assert all(torch.equal(model[name], reference_model[name]) for name in reference_model)
     assert row["server_acc"] == reference_history[0]["server_acc"]

@@ -11,7 +11,7 @@ from fl_kd.data import DatasetSplits, load_dataset
 from fl_kd.kd.baselines import local_only_round, model_weight_nbytes, run_local_only, run_transfer_only_server
 from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.federation import build_client, build_federation, sample_clients
-from fl_kd.kd.fedgems.runner import run_reference
+from fl_kd.kd.runner import run_inprocess
 from tests.kd_configs import tiny_config
 
 PROFILE: dict[str, Any] = {
@@ -32,7 +32,7 @@ def digits() -> DatasetSplits:
 @pytest.fixture(scope="module")
 def distilled(digits: DatasetSplits) -> list[dict[str, Any]]:
     """Rounds of the reference runner (selective distillation) on the default test config."""
-    return run_reference(_config(), data=digits).rounds
+    return run_inprocess(_config(), data=digits).rounds
 
 
 def _without_time(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:

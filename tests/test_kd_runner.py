@@ -13,9 +13,9 @@ import torch
 
 from fl_kd.data import DatasetSplits, load_dataset
 from fl_kd.kd.federation import build_client, build_federation, sample_clients
-from fl_kd.kd.fedgems.runner import build_server, run_reference, run_round
+from fl_kd.kd.fedgems.parties import build_client_role, build_server_role
 from fl_kd.kd.metrics import accuracy_summary, downlink_nbytes, uplink_nbytes
-from fl_kd.kd.runner import summarise
+from fl_kd.kd.runner import run_inprocess, run_round, summarise
 from tests.kd_configs import tiny_config as _config
 
 
@@ -29,17 +29,17 @@ def _without_time(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def test_two_rounds_are_bit_identical_across_runs(digits: DatasetSplits) -> None:
-    first = run_reference(_config(), data=digits)
-    second = run_reference(_config(), data=digits)
+    first = run_inprocess(_config(), data=digits)
+    second = run_inprocess(_config(), data=digits)
     assert len(first.rounds) == 2
     assert _without_time(first.rounds) == _without_time(second.rounds)
-    other_seed = run_reference(_config(seed=12), data=digits)
+    other_seed = run_inprocess(_config(seed=12), data=digits)
     assert _without_time(first.rounds) != _without_time(other_seed.rounds)
 
 
 def test_round_bookkeeping(digits: DatasetSplits) -> None:
     cfg = _config(fraction_fit=0.5, logits_dtype="float16")
-    result = run_reference(cfg, data=digits)
+    result = run_inprocess(cfg, data=digits)
     for metrics in result.rounds:
         assert metrics["n_self"] + metrics["n_cache"] + metrics["n_clients"] + metrics["n_ce_only"] == 60
         # To each of 2 clients: the query (int64 positions) and N x C float16 logits.
@@ -62,17 +62,17 @@ def test_flower_style_rebuild_each_round_gives_the_same_metrics(digits: DatasetS
     """A Flower ClientApp rebuilds its client each round and restores the state kept in context.state; the
     strategy may checkpoint the server. Both must give exactly the runner's numbers."""
     cfg = _config(fraction_fit=0.75)
-    expected = run_reference(cfg, data=digits)
+    expected = run_inprocess(cfg, data=digits)
 
     federation = build_federation(cfg, digits)
-    client_states = {k: build_client(cfg, federation, k).state_dict() for k in range(federation.num_clients)}
+    client_states = {k: build_client_role(cfg, federation, k).state_dict() for k in range(federation.num_clients)}
     server_path = tmp_path / "server.pt"
-    build_server(cfg, federation).save(server_path)
+    build_server_role(cfg, federation).save(server_path)
     observed = []
     for round_ in range(1, cfg.strategy.rounds + 1):
-        server = build_server(cfg, federation)
-        server.load(server_path)
-        clients = [build_client(cfg, federation, k) for k in range(federation.num_clients)]
+        server = build_server_role(cfg, federation)
+        server.server.load(server_path)
+        clients = [build_client_role(cfg, federation, k) for k in range(federation.num_clients)]
         for client in clients:
             client.load_state_dict(client_states[client.client_id])
         observed.append(run_round(cfg, round_, federation, server, clients))

@@ -17,7 +17,8 @@ from fl_kd.registry import Registry
 
 if TYPE_CHECKING:
     from fl_kd.kd.config import ExperimentConfig
-    from fl_kd.kd.runner import RunResult
+    from fl_kd.kd.federation import Federation
+    from fl_kd.kd.roles import ClientRole, ServerRole
 
 
 @dataclass
@@ -57,6 +58,11 @@ class StrategyConfig:
         return build_dataclass(algorithm.config_class, values, key)
 
 
+#: The generic Flower apps: they carry any registered algorithm's instructions and answers as records.
+GENERIC_SERVER_APP = "fl_kd.strategies.kd_app:app"
+GENERIC_CLIENT_APP = "fl_kd.clients.kd_app:app"
+
+
 @dataclass(frozen=True)
 class Algorithm:
     """One registered KD algorithm.
@@ -67,22 +73,21 @@ class Algorithm:
         Its ``strategy=<name>``.
     config_class : type[StrategyConfig]
         Its settings (the Hydra schema of ``conf/strategy/<name>.yaml`` is derived from it).
+    build_server : Callable
+        ``build_server(config, federation) -> ServerRole``: the server half, freshly seeded (or from a checkpoint).
+    build_client : Callable
+        ``build_client(config, federation, client_id) -> ClientRole``: one client half, freshly seeded.
     server_app, client_app : str
-        Import references of its Flower ServerApp and ClientApp.
-    run_inprocess : Callable
-        The reference runner: ``run_inprocess(config, on_round=None, checkpoint_out=None) -> RunResult``; the
-        Flower apps must reproduce its metrics bit for bit.
-    preflight : Callable | None (default: None)
-        ``preflight(config)`` builds what the ServerApp would build (data, server model, checkpoint) in the
-        launching process, so a missing dataset or a bad checkpoint is one clear error before Flower starts.
+        Import references of its Flower ServerApp and ClientApp (by default the generic ones, which drive the two
+        halves over messages; the in-process runner drives them directly, with identical results).
     """
 
     name: str
     config_class: type[StrategyConfig]
-    server_app: str
-    client_app: str
-    run_inprocess: Callable[..., RunResult]
-    preflight: Callable[[ExperimentConfig], None] | None = None
+    build_server: Callable[[ExperimentConfig, Federation], ServerRole]
+    build_client: Callable[[ExperimentConfig, Federation, int], ClientRole]
+    server_app: str = GENERIC_SERVER_APP
+    client_app: str = GENERIC_CLIENT_APP
 
 
 STRATEGIES: Registry[Algorithm] = Registry("strategy")
@@ -106,8 +111,3 @@ def available_strategies() -> tuple[str, ...]:
     """Names of every registered algorithm."""
     _load_builtin()
     return STRATEGIES.names()
-
-
-def run_inprocess(config: ExperimentConfig, **kwargs: Any) -> RunResult:
-    """Run ``config`` with its algorithm's reference runner (no Flower)."""
-    return get_algorithm(config.strategy.name).run_inprocess(config, **kwargs)

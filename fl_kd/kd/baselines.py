@@ -27,7 +27,7 @@ from fl_kd.data import DatasetSplits
 from fl_kd.kd.client import DistillClient
 from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.federation import Federation, build_client, build_federation, sample_clients
-from fl_kd.kd.fedgems.runner import build_server
+from fl_kd.kd.fedgems.parties import build_server
 from fl_kd.kd.metrics import Metrics, accuracy_summary
 from fl_kd.kd.runner import evaluate_clients
 from fl_kd.models import build_model, count_parameters
@@ -41,7 +41,7 @@ def local_only_round(
 ) -> Metrics:
     """One round of the local-only baseline on already built clients; returns its metric dict.
 
-    The selected clients are exactly those :func:`fl_kd.kd.fedgems.runner.run_round` picks, and
+    The selected clients are exactly those :func:`fl_kd.kd.fedgems.parties.run_round` picks, and
     :meth:`DistillClient.local_train` seeds its shuffling by ``(seed, client_id, round)``, so round 1 ends with
     the very models the distillation run has before its first query: the two runs part only where knowledge
     starts to move.

@@ -1,16 +1,28 @@
-"""What every KD strategy's reference runner shares: the run result, client evaluation and the run summary.
+"""The in-process runner of every KD algorithm: its two halves driven round by round, without Flower.
 
-Each algorithm's in-process runner (``fl_kd/kd/<name>/runner.py``) drives its parties with these, and the Flower
-strategies report through the same :func:`summarise`, so run folders look alike whatever produced them.
+The generic Flower apps (``strategies/kd*.py``, ``clients/kd_app.py``) drive the same :class:`ServerRole` and
+:class:`ClientRole` objects in the same order over messages, so a Flower simulation of a config reproduces this
+runner's metrics bit for bit. Per round (see :mod:`fl_kd.kd.roles`):
+
+1. sample clients by ``(seed, round)``; each gets its train instruction, trains and answers;
+2. the server checks each answer and aggregates the accepted ones;
+3. the sampled clients receive the server's knowledge;
+4. the server and every client are evaluated, and the round's metric row is built.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from fl_kd.kd.client import DistillClient
-from fl_kd.kd.federation import Federation
-from fl_kd.kd.metrics import Metrics
+from fl_kd.data import DatasetSplits
+from fl_kd.kd.algorithm import get_algorithm
+from fl_kd.kd.config import ExperimentConfig
+from fl_kd.kd.federation import Federation, build_federation, sample_clients
+from fl_kd.kd.metrics import Metrics, round_metrics
+from fl_kd.kd.roles import Arrays, ClientRole, ServerRole
 
 
 @dataclass
@@ -29,8 +41,47 @@ class RunResult:
     summary: Metrics = field(default_factory=dict)
 
 
+def build_parties(cfg: ExperimentConfig, federation: Federation) -> tuple[ServerRole, list[ClientRole]]:
+    """The server half and every client half of ``cfg``'s algorithm, freshly built."""
+    algorithm = get_algorithm(cfg.strategy.name)
+    server = algorithm.build_server(cfg, federation)
+    return server, [algorithm.build_client(cfg, federation, cid) for cid in range(federation.num_clients)]
+
+
+def run_round(
+    cfg: ExperimentConfig, round: int, federation: Federation, server: ServerRole, clients: Sequence[ClientRole]
+) -> Metrics:
+    """One federated round on already built parties; returns its metric row."""
+    start = time.perf_counter()
+    selected = sample_clients(federation.num_clients, cfg.strategy.fraction_fit, cfg.seed, round)
+    instructions = {cid: server.train_instruction(round, cid) for cid in selected}
+    answers = {cid: clients[cid].train(round, instructions[cid]) for cid in selected}
+    accepted: dict[int, Arrays] = {}
+    for cid, answer in answers.items():
+        if server.check_answer(round, cid, answer.arrays) is None:
+            accepted[cid] = answer.arrays
+    server_stats = server.aggregate(round, accepted)
+    knowledge = {cid: server.evaluate_instruction(round, cid) for cid in selected}
+    for cid in selected:
+        clients[cid].receive(round, knowledge[cid])
+    client_acc, client_pacc = evaluate_clients(federation, clients)
+    data = federation.data
+    return round_metrics(
+        round=round,
+        server_acc=server.evaluate(data.x_test, data.y_test),
+        client_acc=client_acc,
+        client_pacc=client_pacc,
+        tiers=federation.tier_names(),
+        server_stats=server_stats,
+        uplink_bytes=sum(answer.nbytes for answer in answers.values()),
+        downlink_bytes=sum(i.nbytes for i in instructions.values()) + sum(k.nbytes for k in knowledge.values()),
+        wall_seconds=time.perf_counter() - start,
+        n_rejected=len(answers) - len(accepted),
+    )
+
+
 def evaluate_clients(
-    federation: Federation, clients: list[DistillClient]
+    federation: Federation, clients: Sequence[ClientRole]
 ) -> tuple[dict[int, float], dict[int, float]]:
     """Each client's accuracy on the global test set and on its personalised test set, by client id."""
     data = federation.data
@@ -39,6 +90,40 @@ def evaluate_clients(
         client.client_id: client.evaluate(*federation.personalised_test(client.client_id)) for client in clients
     }
     return client_acc, client_pacc
+
+
+def run_inprocess(
+    cfg: ExperimentConfig,
+    data: DatasetSplits | None = None,
+    on_round: Callable[[Metrics], None] | None = None,
+    checkpoint_out: str | Path | None = None,
+) -> RunResult:
+    """Run ``cfg.strategy.rounds`` rounds of ``cfg``'s algorithm without Flower.
+
+    Parameters
+    ----------
+    cfg : ExperimentConfig
+        The run's configuration.
+    data : DatasetSplits | None (default: None)
+        Preloaded dataset; loaded from ``cfg.dataset`` when None.
+    on_round : Callable[[dict], None] | None (default: None)
+        Called with each round's metrics as soon as they exist (progress logging).
+    checkpoint_out : str | Path | None (default: None)
+        Where to save the final server state, e.g. to start a later federation from it.
+    """
+    start = time.perf_counter()
+    federation = build_federation(cfg, data)
+    server, clients = build_parties(cfg, federation)
+    result = RunResult()
+    for round in range(1, cfg.strategy.rounds + 1):
+        metrics = run_round(cfg, round, federation, server, clients)
+        result.rounds.append(metrics)
+        if on_round is not None:
+            on_round(metrics)
+    if checkpoint_out is not None:
+        server.save(checkpoint_out)
+    result.summary = summarise(result.rounds, wall_seconds=time.perf_counter() - start)
+    return result
 
 
 def summarise(rounds: list[Metrics], wall_seconds: float) -> Metrics:

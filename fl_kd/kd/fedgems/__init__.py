@@ -8,7 +8,8 @@ the correct clients fused by a fusion rule; clients distil the server's broadcas
 
 from fl_kd.kd.algorithm import STRATEGIES, Algorithm
 from fl_kd.kd.fedgems.config import FedGEMSConfig
-from fl_kd.kd.fedgems.runner import build_server, fedgems_config, preflight, run_reference, run_round
+from fl_kd.kd.fedgems.parties import build_client_role, build_server, build_server_role, fedgems_config
+from fl_kd.kd.fedgems.roles import FedGEMSClient, FedGEMSServer
 from fl_kd.kd.fedgems.selection import SelectedTeacher, entropy, select_teacher
 from fl_kd.kd.fedgems.server import SelectionStats, SelectiveDistillServer, ServerDistillConfig
 
@@ -18,10 +19,8 @@ if "fedgems" not in STRATEGIES:
         Algorithm(
             name="fedgems",
             config_class=FedGEMSConfig,
-            server_app="fl_kd.strategies.fedgems_app:app",
-            client_app="fl_kd.clients.fedgems_app:app",
-            run_inprocess=run_reference,
-            preflight=preflight,
+            build_server=build_server_role,
+            build_client=build_client_role,
         ),
     )
 
@@ -34,7 +33,9 @@ __all__ = [
     "build_server",
     "entropy",
     "fedgems_config",
-    "run_reference",
-    "run_round",
+    "FedGEMSClient",
+    "FedGEMSServer",
+    "build_client_role",
+    "build_server_role",
     "select_teacher",
 ]

@@ -1,7 +1,7 @@
-"""ServerApp of selective knowledge distillation: builds the server from the run config and runs the strategy.
+"""The ServerApp of every KD algorithm: builds the registered server half from the run config and runs the rounds.
 
-Run config keys (scalars, as Flower requires) are those of :mod:`fl_kd.kd.protocol`: the experiment as JSON
-and the folder for per-round metrics, summary, plots and the final server checkpoint.
+Run config keys (scalars, as Flower requires) are those of :mod:`fl_kd.kd.protocol`: the experiment as JSON and the
+run folder for per-round metrics, summary, plots and the final server state.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from flwr.serverapp import Grid, ServerApp
 
 from fl_kd.config import to_mapping
 from fl_kd.kd import protocol as kd
+from fl_kd.kd.algorithm import get_algorithm
 from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.federation import build_federation
-from fl_kd.kd.fedgems.runner import build_server, fedgems_config
 from fl_kd.kd.runner import summarise
 from fl_kd.plots import run_title
 from fl_kd.results import RoundRecorder, format_round_line, write_outputs
 from fl_kd.strategies.console import quiet_flower_console
-from fl_kd.strategies.fedgems import FedGEMS
+from fl_kd.strategies.kd import KDStrategy
 
 #: Flower's own per-round log of the ServerApp, in the run folder.
 SERVER_LOG = "server.log"
@@ -34,19 +34,17 @@ SERVER_LOG = "server.log"
 app = ServerApp()
 
 
-def make_strategy(cfg: ExperimentConfig, on_round_end: Callable[[dict[str, Any]], None] | None = None) -> FedGEMS:
-    """The strategy with a freshly built (or checkpoint-restored) server for ``cfg``."""
+def make_strategy(cfg: ExperimentConfig, on_round_end: Callable[[dict[str, Any]], None] | None = None) -> KDStrategy:
+    """The strategy around a freshly built (or checkpoint-restored) server half of ``cfg``'s algorithm."""
     federation = build_federation(cfg)
-    settings = fedgems_config(cfg)
-    return FedGEMS(
-        build_server(cfg, federation),
+    return KDStrategy(
+        get_algorithm(cfg.strategy.name).build_server(cfg, federation),
         federation.data.x_test,
         federation.data.y_test,
         client_tiers=federation.tier_names(),
         num_clients=federation.num_clients,
-        fraction_train=settings.fraction_fit,
+        fraction_train=cfg.strategy.fraction_fit,
         seed=cfg.seed,
-        logits_dtype=settings.logits_dtype,
         on_round_end=on_round_end,
     )
 

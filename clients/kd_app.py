@@ -1,0 +1,112 @@
+"""The ClientApp of every KD algorithm: it carries the registered client half's instructions and answers.
+
+The client's model comes from its device tier; everything it keeps between rounds lives in ``context.state``,
+since the ClientApp object itself does not persist. Message names are those of :mod:`fl_kd.kd.protocol`. Handlers:
+
+* ``query`` (``action=hello``): say which partition this node holds, so the server can sample by partition id;
+* ``train``: train on private data as instructed and answer (logits or weights, as the algorithm says);
+* ``evaluate``: take in the server's knowledge (when sampled this round), then report test accuracy.
+
+Every incoming array is decoded only after its declared dtype and shape agree with its bytes; scalars are
+type-checked; a malformed message raises a clear error, which Flower returns to the server as an error reply.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app.typing import MetricRecordValues
+from flwr.clientapp import ClientApp
+
+from fl_kd.kd import protocol as kd
+from fl_kd.kd.algorithm import get_algorithm
+from fl_kd.kd.config import ExperimentConfig
+from fl_kd.kd.federation import Federation, build_federation
+from fl_kd.kd.roles import ClientRole, Instruction
+from fl_kd.protocol import decode_array, int_of, record
+
+app = ClientApp()
+
+
+@functools.lru_cache(maxsize=2)
+def _federation(config_json: str) -> tuple[ExperimentConfig, Federation]:
+    # Simulation actors are reused across clients and rounds: load and split the data once per process.
+    cfg = ExperimentConfig.from_json(config_json)
+    return cfg, build_federation(cfg)
+
+
+def _client(context: Context) -> tuple[Federation, ClientRole]:
+    """This node's client half, with the state it left in ``context.state`` last time."""
+    torch.set_num_threads(1)  # several ClientApps share the machine's cores in simulation
+    cfg, federation = _federation(str(context.run_config[kd.RUN_CONFIG_KEY]))
+    client = get_algorithm(cfg.strategy.name).build_client(cfg, federation, _partition_id(context))
+    if kd.CLIENT_STATE in context.state:
+        client.load_state_dict(context.state.array_records[kd.CLIENT_STATE].to_torch_state_dict())
+    return federation, client
+
+
+def _partition_id(context: Context) -> int:
+    return int(context.node_config["partition-id"])
+
+
+def _save(context: Context, client: ClientRole) -> None:
+    context.state[kd.CLIENT_STATE] = ArrayRecord(client.state_dict())
+
+
+def _instruction(msg: Message) -> tuple[int, Instruction]:
+    """The server round and the instruction a message carries, checked before use."""
+    server_round = int_of(msg.content, kd.CONFIG, kd.SERVER_ROUND)
+    if server_round is None or server_round < 1:
+        raise ValueError(f"message has no positive integer {kd.SERVER_ROUND}")
+    arrays = {name: decode_array(array) for name, array in record(msg.content, kd.ARRAYS).items()}
+    scalars = record(msg.content, kd.CONFIG).items()
+    config = {key: value for key, value in scalars if isinstance(value, (bool, int, float, str))}
+    return server_round, Instruction(arrays, config)
+
+
+@app.query()
+def hello(msg: Message, context: Context) -> Message:
+    """Identify this node's partition (and its private set size)."""
+    federation, _ = _client(context)
+    partition_id = _partition_id(context)
+    metrics = MetricRecord(
+        {kd.PARTITION_ID: partition_id, kd.NUM_EXAMPLES: int(federation.client_idx[partition_id].size)}
+    )
+    return Message(RecordDict({kd.METRICS: metrics}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train as instructed and answer the server."""
+    _, client = _client(context)
+    server_round, instruction = _instruction(msg)
+    answer = client.train(server_round, instruction)
+    _save(context, client)
+    metrics: dict[str, MetricRecordValues] = {kd.PARTITION_ID: _partition_id(context), **answer.metrics}
+    content = RecordDict(
+        {
+            kd.ARRAYS: ArrayRecord({name: Array(value) for name, value in answer.arrays.items()}),
+            kd.METRICS: MetricRecord(metrics),
+        }
+    )
+    return Message(content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Take in the server's knowledge (if sampled this round), then test on the global and the own test set."""
+    federation, client = _client(context)
+    server_round, instruction = _instruction(msg)
+    distill = instruction.config.get(kd.DISTILL)
+    if not isinstance(distill, bool):
+        raise ValueError(f"{kd.DISTILL} must be a bool, got {distill!r}")
+    metrics: dict[str, MetricRecordValues] = {kd.PARTITION_ID: _partition_id(context)}
+    if distill:
+        metrics |= client.receive(server_round, instruction)
+        _save(context, client)
+    data = federation.data
+    metrics[kd.ACCURACY] = client.evaluate(data.x_test, data.y_test)
+    metrics[kd.PERSONALISED_ACCURACY] = client.evaluate(*federation.personalised_test(_partition_id(context)))
+    return Message(RecordDict({kd.METRICS: MetricRecord(metrics)}), reply_to=msg)

@@ -1,0 +1,110 @@
+"""FedGEMS' two halves for the generic runtimes: the selective-distillation server and the distilling client.
+
+Train: the server asks each sampled client for logits on the transfer positions it still needs (wrong and not
+cached); the client trains on private data, then answers. Evaluate: the server broadcasts its logits on the whole
+transfer set and the client distils them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from torch import Tensor
+
+from fl_kd.kd import protocol as kd
+from fl_kd.kd.client import DistillClient
+from fl_kd.kd.fedgems.server import SelectiveDistillServer
+from fl_kd.kd.roles import Answer, Arrays, ClientRole, Instruction, ServerRole
+from fl_kd.kd.validation import check_client_answer
+
+
+class FedGEMSServer(ServerRole):
+    """The selective-distillation server: query on demand, screen, distil, broadcast."""
+
+    def __init__(self, server: SelectiveDistillServer, logits_dtype: str = "float32") -> None:
+        self.server = server
+        self.logits_dtype = np.dtype(logits_dtype)
+        self._round = -1
+        self._query: NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+        self._broadcast: NDArray[Any] = np.zeros((0, 0), dtype=self.logits_dtype)
+
+    def _query_of(self, round: int) -> NDArray[np.int64]:
+        # Asked once per round: the server does not change while the clients train.
+        if round != self._round:
+            self._round, self._query = round, self.server.needed_positions()
+        return self._query
+
+    def train_instruction(self, round: int, client_id: int) -> Instruction:
+        """The transfer positions the server still needs, and the logits' wire dtype."""
+        return Instruction({kd.POSITIONS: self._query_of(round)}, {kd.LOGITS_DTYPE: self.logits_dtype.name})
+
+    def check_answer(self, round: int, client_id: int, arrays: Mapping[str, Any]) -> str | None:
+        """Positions exactly as asked, logits ``(n, C)`` float16/32 and finite."""
+        return check_client_answer(
+            self._query_of(round), arrays.get(kd.POSITIONS), arrays.get(kd.LOGITS), self.server.num_classes
+        )
+
+    def aggregate(self, round: int, answers: Mapping[int, Arrays]) -> dict[str, float | int]:
+        """Selective distillation from the accepted answers; then the broadcast logits are ready."""
+        stats = self.server.distill(
+            round, {cid: (arrays[kd.POSITIONS], arrays[kd.LOGITS]) for cid, arrays in answers.items()}
+        )
+        self._broadcast = self.server.transfer_logits(self.logits_dtype)
+        return stats.round_metrics()
+
+    def evaluate_instruction(self, round: int, client_id: int) -> Instruction:
+        """The server's logits on the whole transfer set."""
+        return Instruction({kd.SERVER_LOGITS: self._broadcast})
+
+    def evaluate(self, x: Tensor, y: Tensor) -> float:
+        """The server model's accuracy."""
+        return self.server.evaluate(x, y)
+
+    def save(self, path: str | Path) -> None:
+        """Server model and knowledge cache, for a later federation to start from."""
+        self.server.save(path)
+
+
+class FedGEMSClient(ClientRole):
+    """A client that trains locally, answers queries with logits and distils the server's broadcast."""
+
+    def __init__(self, client: DistillClient) -> None:
+        self.client = client
+        self.client_id = client.client_id
+
+    def train(self, round: int, instruction: Instruction) -> Answer:
+        """Local training, then logits on the asked positions."""
+        positions = instruction.arrays.get(kd.POSITIONS)
+        integer = isinstance(positions, np.ndarray) and np.issubdtype(positions.dtype, np.integer)
+        if not integer or positions.ndim != 1:
+            raise ValueError("the server's query has no 1-D integer positions")
+        result = self.client.local_train(round)
+        positions = positions.astype(np.int64)
+        logits = self.client.logits(positions, str(instruction.config.get(kd.LOGITS_DTYPE, "float32")))
+        return Answer(
+            {kd.POSITIONS: positions, kd.LOGITS: logits},
+            {kd.TRAIN_LOSS: float(result["loss"]), kd.NUM_EXAMPLES: float(result["num_examples"])},
+        )
+
+    def receive(self, round: int, instruction: Instruction) -> dict[str, float]:
+        """Distil the server's logits."""
+        server_logits = instruction.arrays.get(kd.SERVER_LOGITS)
+        if server_logits is None:
+            raise ValueError(f"asked to distil but the message has no {kd.SERVER_LOGITS}")
+        return {kd.DISTILL_LOSS: float(self.client.distill(round, server_logits)["loss"])}
+
+    def evaluate(self, x: Tensor, y: Tensor) -> float:
+        """The client model's accuracy."""
+        return self.client.evaluate(x, y)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The client model's weights."""
+        return dict(self.client.state_dict()["model"])
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """Restore the client model's weights."""
+        self.client.load_state_dict({"model": state})

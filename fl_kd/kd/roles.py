@@ -1,0 +1,108 @@
+"""The two halves of every KD algorithm, as the generic runtimes drive them.
+
+A round is the same for every algorithm, in both runtimes (the in-process runner and the Flower apps):
+
+1. *train*: the server gives each sampled client an :class:`Instruction` (arrays + scalars: FedGEMS' query,
+   FedAvg's global weights, ...); the client trains on its private data and returns an :class:`Answer`
+   (logits on the transfer set, or its weights); the server checks every answer (:meth:`ServerRole.check_answer`)
+   and aggregates the accepted ones (:meth:`ServerRole.aggregate`);
+2. *evaluate*: the server gives the sampled clients a second instruction (its knowledge: logits or weights), they
+   take it in (:meth:`ClientRole.receive`), and every client reports its accuracy on the global and on its
+   personalised test set; the server reports its own.
+
+Only arrays and scalars cross between the halves, so a Flower strategy and a ClientApp can carry them as records
+without knowing the algorithm, and the bytes on the wire are counted the same way for every algorithm.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from numpy.typing import NDArray
+from torch import Tensor
+
+Arrays = dict[str, NDArray[Any]]
+Scalars = dict[str, bool | int | float | str]
+
+
+@dataclass
+class Instruction:
+    """What the server sends one client in one phase: named arrays and scalars."""
+
+    arrays: Arrays = field(default_factory=dict)
+    config: Scalars = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        """Array bytes on the wire (``nbytes``, no serialisation headers)."""
+        return sum(int(array.nbytes) for array in self.arrays.values())
+
+
+@dataclass
+class Answer:
+    """What a client returns from training: named arrays for the server and scalar figures for the log."""
+
+    arrays: Arrays = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        """Array bytes on the wire (``nbytes``, no serialisation headers)."""
+        return sum(int(array.nbytes) for array in self.arrays.values())
+
+
+class ServerRole(ABC):
+    """The server half of a KD algorithm (it may hold a server model, or only aggregate)."""
+
+    @abstractmethod
+    def train_instruction(self, round: int, client_id: int) -> Instruction:
+        """What client ``client_id`` gets with its train message in ``round``."""
+
+    @abstractmethod
+    def check_answer(self, round: int, client_id: int, arrays: Mapping[str, Any]) -> str | None:
+        """Why a decoded answer must be dropped (wrong names, shapes, dtypes, values), or None when usable."""
+
+    @abstractmethod
+    def aggregate(self, round: int, answers: Mapping[int, Arrays]) -> dict[str, float | int]:
+        """Learn from the accepted answers (client id -> arrays); returns the round's server figures."""
+
+    @abstractmethod
+    def evaluate_instruction(self, round: int, client_id: int) -> Instruction:
+        """What a sampled client gets with its evaluate message: the server's knowledge for it."""
+
+    @abstractmethod
+    def evaluate(self, x: Tensor, y: Tensor) -> float:
+        """Accuracy of the server's model on ``(x, y)`` (NaN for an algorithm without one)."""
+
+    def save(self, path: str | Path) -> None:  # noqa: B027 - optional: algorithms without a server model skip it
+        """Write the server's state for a later run (``server.pt``); nothing to write by default."""
+
+
+class ClientRole(ABC):
+    """The client half of a KD algorithm: one client's model, private data and transfer-set view."""
+
+    client_id: int
+
+    @abstractmethod
+    def train(self, round: int, instruction: Instruction) -> Answer:
+        """Train on private data as instructed and answer the server."""
+
+    @abstractmethod
+    def receive(self, round: int, instruction: Instruction) -> dict[str, float]:
+        """Take in the server's knowledge (distil its logits, load its weights); returns figures for the log."""
+
+    @abstractmethod
+    def evaluate(self, x: Tensor, y: Tensor) -> float:
+        """Accuracy of the client's model on ``(x, y)``."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Tensor]:
+        """Everything the client keeps between rounds (a ClientApp stores it in ``context.state``)."""
+
+    @abstractmethod
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """Restore :meth:`state_dict`."""

@@ -1,0 +1,239 @@
+"""One Message-API strategy for every registered KD algorithm: it moves the algorithm's arrays, nothing more.
+
+The algorithm lives in its :class:`~fl_kd.kd.roles.ServerRole` (FedGEMS, FedMD, FedDF, ...). A round is Flower's
+train phase (each sampled client gets its train instruction and answers) and evaluate phase (the sampled clients get
+the server's knowledge; every client reports its accuracy), in the order of the in-process runner
+(:mod:`fl_kd.kd.runner`), so both give the same metrics for the same seed.
+
+Every reply is checked before it can touch the server: its sender comes from Flower's metadata (the node that
+answered, mapped to a partition once at discovery), never from the payload; its arrays are decoded only after their
+declared dtype and shape agree with their bytes; then the algorithm checks names, shapes and values. A rejected
+answer is logged, counted and left out, exactly as if that client had not answered.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from logging import INFO, WARNING
+from typing import Any
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from torch import Tensor
+
+from fl_kd.kd import protocol as kd
+from fl_kd.kd.federation import sample_clients
+from fl_kd.kd.metrics import round_metrics
+from fl_kd.kd.roles import Arrays, Instruction, ServerRole
+from fl_kd.kd.validation import ScreeningReport
+from fl_kd.protocol import ProtocolError, decode_array, int_of, number_of, payload_nbytes, record
+
+
+class KDStrategy(Strategy):
+    """Drive a KD algorithm's server half over Flower messages.
+
+    Parameters
+    ----------
+    server : ServerRole
+        The algorithm's server half.
+    test_x, test_y : Tensor
+        Global test set for the server's accuracy.
+    client_tiers : Mapping[int, str]
+        Device-tier name of each partition id (for per-tier client metrics).
+    num_clients : int
+        Size of the federation (partition ids ``0..num_clients-1``).
+    fraction_train : float (default: 1.0)
+        Share of clients sampled per round, as in the in-process runner.
+    seed : int (default: 0)
+        Seeds client sampling.
+    timeout : float (default: 600.0)
+        Seconds to wait for replies; a client that has not answered by then counts as missing for the round.
+    on_round_end : Callable[[dict], None], optional
+        Receives each round's flat metrics (e.g. a :class:`~fl_kd.results.RoundRecorder`).
+    """
+
+    def __init__(
+        self,
+        server: ServerRole,
+        test_x: Tensor,
+        test_y: Tensor,
+        client_tiers: Mapping[int, str],
+        num_clients: int,
+        fraction_train: float = 1.0,
+        seed: int = 0,
+        timeout: float = 600.0,
+        on_round_end: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.server = server
+        self.test_x, self.test_y = test_x, test_y
+        self.client_tiers = dict(client_tiers)
+        self.num_clients = num_clients
+        self.fraction_train = fraction_train
+        self.seed = seed
+        self.timeout = timeout
+        self.on_round_end = on_round_end
+        self.history: list[dict[str, Any]] = []
+        self._nodes: dict[int, int] = {}  # partition id -> node id
+        self._partitions: dict[int, int] = {}  # node id -> partition id
+        # State of the round in progress.
+        self._start = 0.0
+        self._selected: list[int] = []
+        self._uplink = 0
+        self._downlink = 0
+        self._screening = ScreeningReport()
+        self._server_stats: dict[str, float | int] = {}
+
+    def summary(self) -> None:
+        """Log the strategy's settings."""
+        log(INFO, "\t├── Algorithm: %s", type(self.server).__name__)
+        log(INFO, "\t└── Clients: %d, fraction per round %.2f", self.num_clients, self.fraction_train)
+
+    # -- discovery ---------------------------------------------------------------------------------------------
+    def _discover(self, grid: Grid) -> None:
+        """Learn each node's partition id once, so sampling and reductions follow partition ids, not node ids."""
+        node_ids = sorted(grid.get_node_ids())
+        hello = RecordDict({kd.CONFIG: ConfigRecord({kd.ACTION: kd.HELLO})})
+        messages = [Message(hello, message_type=MessageType.QUERY, dst_node_id=node_id) for node_id in node_ids]
+        replies = grid.send_and_receive(messages, timeout=self.timeout)
+        for reply in sorted(replies, key=lambda m: m.metadata.src_node_id):
+            node_id = reply.metadata.src_node_id
+            partition_id = None if reply.has_error() else int_of(reply.content, kd.METRICS, kd.PARTITION_ID)
+            if node_id not in node_ids or partition_id is None or not 0 <= partition_id < self.num_clients:
+                log(WARNING, "Node %s did not identify a valid partition; it is left out", node_id)
+            elif partition_id in self._nodes or node_id in self._partitions:
+                log(WARNING, "Node %s claims partition %d, already taken; it is left out", node_id, partition_id)
+            else:
+                self._nodes[partition_id], self._partitions[node_id] = node_id, partition_id
+        log(INFO, "Discovered %d of %d clients", len(self._nodes), self.num_clients)
+
+    def _message(self, instruction: Instruction, message_type: str, node_id: int, **config: Any) -> Message:
+        self._downlink += instruction.nbytes
+        records: dict[str, Any] = {kd.CONFIG: ConfigRecord({**instruction.config, **config})}
+        if instruction.arrays:
+            records[kd.ARRAYS] = ArrayRecord({name: Array(value) for name, value in instruction.arrays.items()})
+        return Message(RecordDict(records), message_type=message_type, dst_node_id=node_id)
+
+    # -- train -------------------------------------------------------------------------------------------------
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Give each sampled client its train instruction."""
+        if not self._nodes:
+            self._discover(grid)
+        self._start = time.perf_counter()
+        self._uplink = self._downlink = 0
+        sampled = sample_clients(self.num_clients, self.fraction_train, self.seed, server_round)
+        self._selected = [pid for pid in sampled if pid in self._nodes]
+        return [
+            self._message(
+                self.server.train_instruction(server_round, pid),
+                MessageType.TRAIN,
+                self._nodes[pid],
+                **{kd.SERVER_ROUND: server_round},
+            )
+            for pid in self._selected
+        ]
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Check every answer, then let the algorithm aggregate the accepted ones."""
+        replies = list(replies)
+        # Rejected answers crossed the wire too, so they count.
+        self._uplink = sum(payload_nbytes(reply.content) for reply in replies if not reply.has_error())
+        answers, self._screening = self._screen(server_round, replies)
+        for reason, count in self._screening.rejected.items():
+            log(WARNING, "Round %d: dropped %d answer(s): %s", server_round, count, reason)
+        if self._screening.missing:
+            log(WARNING, "Round %d: no answer from clients %s", server_round, self._screening.missing)
+        self._server_stats = self.server.aggregate(server_round, answers)
+        return None, MetricRecord({key: float(value) for key, value in self._server_stats.items()})
+
+    def _screen(self, server_round: int, replies: list[Message]) -> tuple[dict[int, Arrays], ScreeningReport]:
+        """Keep answers that are exactly what was asked; drop and count the rest."""
+        report = ScreeningReport()
+        by_client: dict[int, list[Message]] = {}
+        for reply in replies:
+            partition_id = self._partitions.get(reply.metadata.src_node_id)
+            if reply.has_error():
+                report.reject(f"client error: {reply.error.reason}")
+            elif partition_id is None or partition_id not in self._selected:
+                report.reject("reply from a client that was not asked")
+            else:
+                by_client.setdefault(partition_id, []).append(reply)
+        answers: dict[int, Arrays] = {}
+        for partition_id, client_replies in sorted(by_client.items()):
+            if len(client_replies) > 1:
+                for _ in client_replies:
+                    report.reject("duplicate replies from one client")
+                continue
+            try:
+                arrays = {
+                    name: decode_array(array)
+                    for name, array in record(client_replies[0].content, kd.ARRAYS).items()
+                }
+            except ProtocolError as err:
+                report.reject(f"client {partition_id}: {err}")
+                continue
+            reason = self.server.check_answer(server_round, partition_id, arrays)
+            if reason is not None:
+                report.reject(f"client {partition_id}: {reason}")
+                continue
+            answers[partition_id] = arrays
+            report.accepted.append(partition_id)
+        report.missing = [pid for pid in self._selected if pid not in by_client]
+        return answers, report
+
+    # -- evaluate ----------------------------------------------------------------------------------------------
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """The sampled clients take in the server's knowledge; every client reports its test accuracy."""
+        messages = []
+        for partition_id, node_id in sorted(self._nodes.items()):
+            selected = partition_id in self._selected
+            instruction = self.server.evaluate_instruction(server_round, partition_id) if selected else Instruction()
+            messages.append(
+                self._message(
+                    instruction,
+                    MessageType.EVALUATE,
+                    node_id,
+                    **{kd.SERVER_ROUND: server_round, kd.DISTILL: selected},
+                )
+            )
+        return messages
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Combine client accuracies per tier, add the server's test accuracy, and record the round."""
+        client_acc: dict[int, float] = {}
+        client_pacc: dict[int, float] = {}
+        seen: set[int] = set()
+        for reply in replies:
+            partition_id = self._partitions.get(reply.metadata.src_node_id)
+            if reply.has_error() or partition_id is None or partition_id in seen:
+                continue
+            seen.add(partition_id)
+            acc = number_of(reply.content, kd.METRICS, kd.ACCURACY)
+            pacc = number_of(reply.content, kd.METRICS, kd.PERSONALISED_ACCURACY)
+            if acc is not None and pacc is not None and 0.0 <= acc <= 1.0 and 0.0 <= pacc <= 1.0:
+                client_acc[partition_id], client_pacc[partition_id] = acc, pacc
+        row = round_metrics(
+            round=server_round,
+            server_acc=self.server.evaluate(self.test_x, self.test_y),
+            client_acc=client_acc,
+            client_pacc=client_pacc,
+            tiers=self.client_tiers,
+            server_stats=self._server_stats,
+            uplink_bytes=self._uplink,
+            downlink_bytes=self._downlink,
+            wall_seconds=time.perf_counter() - self._start,
+            n_rejected=self._screening.num_rejected,
+            n_missing=len(self._screening.missing),
+        )
+        self.history.append(row)
+        if self.on_round_end is not None:
+            self.on_round_end(row)
+        return MetricRecord({key: float(value) for key, value in row.items()})
