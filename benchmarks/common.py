@@ -59,6 +59,13 @@ def std(values: Sequence[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """:func:`mean` and :func:`std` of at least one value."""
+    if len(values) == 0:
+        raise ValueError("mean_std needs at least one value")
+    return mean(values), std(values)
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A GitHub markdown table; every row must have as many cells as the header."""
     for row in rows:

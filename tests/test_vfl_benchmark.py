@@ -1,37 +1,24 @@
-"""Table-building functions of ``benchmarks/vfl_benchmark.py`` on hand-made records (no training)."""
+"""Table-building functions of the VFL benchmark (``benchmarks/vfl``) on hand-made records (no training)."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
-import torch
 
-
-def _load_benchmark() -> ModuleType:
-    # benchmarks/ is a folder of scripts, not a package: load the file by path.
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "vfl_benchmark.py"
-    spec = importlib.util.spec_from_file_location("vfl_benchmark", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["vfl_benchmark"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_benchmark()
+from benchmarks.common import markdown_table
+from benchmarks.vfl.expectations import dp_versus, unstopped_attacks
+from benchmarks.vfl.grid import DefenceSpec, attack_names, defence_grid
+from benchmarks.vfl.statistics import effective_ap, summarise
+from benchmarks.vfl.tables import setting_tables
 
 
 def record(
     defence: str, seed: int, mp: float, aps: dict[str, float], params: dict[str, Any] | None = None, classes: int = 10
 ) -> dict[str, Any]:
     """One training's record as ``run_one`` writes it, for a multi-class task (adaptive AP = raw AP)."""
-    spec = bench.DefenceSpec(defence, tuple((params or {}).items()))
+    spec = DefenceSpec(defence, tuple((params or {}).items()))
     return {
         "setting": "toy/sum",
         "defence": defence,
@@ -54,7 +41,7 @@ def test_summarise_scores_dcs_against_the_same_seed_no_defence_mp() -> None:
         record("coae", 0, 0.78, {"DLI": 0.0}),
         record("coae", 1, 0.86, {"DLI": 0.2}),
     ]
-    rows = bench.summarise(records)["toy/sum"]
+    rows = summarise(records)["toy/sum"]
     coae = rows[1]
     assert coae["label"] == "coae λ=2"
     # MP* - MP per seed: 0.02 and 0.04.
@@ -72,17 +59,17 @@ def test_summarise_scores_dcs_against_the_same_seed_no_defence_mp() -> None:
 def test_summarise_needs_a_no_defence_run_per_seed() -> None:
     records = [record("none", 0, 0.8, {"DLI": 1.0}), record("coae", 1, 0.8, {"DLI": 0.0})]
     with pytest.raises(ValueError, match="no 'none' run for toy/sum seed 1"):
-        bench.summarise(records)
+        summarise(records)
 
 
 def test_setting_table_shows_mean_and_std_cells() -> None:
     records = [record("none", s, 0.8, {"DLI": 1.0, "PMC": 0.6}) for s in (0, 1)]
     records += [record("coae", 0, 0.78, {"DLI": 0.0, "PMC": 0.5}), record("coae", 1, 0.78, {"DLI": 0.2, "PMC": 0.5})]
-    text = bench.setting_tables(bench.summarise(records)["toy/sum"])
+    text = setting_tables(summarise(records)["toy/sum"])
     assert "| Defence | MP (acc) | MP loss | AP DLI | AP PMC |" in text
     assert "| coae λ=2 | 0.780±0.000 | +2.0 pt | 0.100±0.141 | 0.500±0.000 |" in text
     with pytest.raises(ValueError, match="cells"):
-        bench.markdown_table(["a", "b"], [["1"]])
+        markdown_table(["a", "b"], [["1"]])
 
 
 def _sweep(coae_ap: float, coae_mp: float, noise: list[tuple[float, float, float]]) -> list[dict[str, Any]]:
@@ -90,61 +77,50 @@ def _sweep(coae_ap: float, coae_mp: float, noise: list[tuple[float, float, float
     records += [record("coae", s, coae_mp, {"DLI": coae_ap}) for s in (0, 1)]
     for scale, ap, mp in noise:
         records += [record("gaussian", s, mp, {"DLI": ap}, {"scale": scale}) for s in (0, 1)]
-    return bench.summarise(records)["toy/sum"]
+    return summarise(records)["toy/sum"]
 
 
 def test_dp_versus_compares_the_cheapest_noise_scale_at_matched_ap() -> None:
     # CoAE at AP 0.05 (floored to chance 0.1) for 1 pt; the only noise at that AP costs 8 pt -> holds.
     rows = _sweep(0.05, 0.89, [(0.01, 0.5, 0.90), (0.1, 0.11, 0.82)])
-    found = bench.dp_versus(rows, "coae", "gaussian", None)
+    found = dp_versus(rows, "coae", "gaussian", None)
     assert found.verdict == "holds"
     assert "gaussian σ=0.1" in found.noise
     # Noise that reaches the same AP for less MP: does not hold.
     rows = _sweep(0.05, 0.85, [(0.1, 0.11, 0.89)])
-    assert bench.dp_versus(rows, "coae", "gaussian", None).verdict == "does not hold"
+    assert dp_versus(rows, "coae", "gaussian", None).verdict == "does not hold"
     # A difference inside half a point is no difference.
     rows = _sweep(0.05, 0.89, [(0.1, 0.11, 0.888)])
-    assert bench.dp_versus(rows, "coae", "gaussian", None).verdict == "no clear difference"
+    assert dp_versus(rows, "coae", "gaussian", None).verdict == "no clear difference"
     # No scale reaches CoAE's AP, and the largest already costs more: holds within the sweep.
     rows = _sweep(0.05, 0.89, [(0.1, 0.5, 0.80)])
-    assert bench.dp_versus(rows, "coae", "gaussian", None).verdict == "holds (no scale reaches it)"
+    assert dp_versus(rows, "coae", "gaussian", None).verdict == "holds (no scale reaches it)"
     # CoAE that does not lower the AP leaves nothing to compare.
     rows = _sweep(1.0, 0.89, [(0.1, 0.5, 0.80)])
-    assert bench.dp_versus(rows, "coae", "gaussian", None).verdict.startswith("not applicable")
+    assert dp_versus(rows, "coae", "gaussian", None).verdict.startswith("not applicable")
 
 
 def test_effective_ap_floors_at_chance_and_counts_relabelling() -> None:
     records = [record("none", 0, 0.9, {"DLI": 1.0}), record("coae", 0, 0.9, {"DLI": 0.0})]
     records[1]["attacks"]["DLI"]["relabelled"] = 0.85
-    coae = bench.summarise(records)["toy/sum"][1]
-    assert bench.effective_ap(coae, "DLI") == pytest.approx(0.1)
-    assert bench.effective_ap(coae, "DLI", "relabelled") == pytest.approx(0.85)
-    assert bench.unstopped_attacks(coae) == ["DLI (raw AP 0.000, but 0.850 after relabelling)"]
+    coae = summarise(records)["toy/sum"][1]
+    assert effective_ap(coae, "DLI") == pytest.approx(0.1)
+    assert effective_ap(coae, "DLI", "relabelled") == pytest.approx(0.85)
+    assert unstopped_attacks(coae) == ["DLI (raw AP 0.000, but 0.850 after relabelling)"]
     with pytest.raises(ValueError, match="view"):
-        bench.effective_ap(coae, "DLI", "oracle")
-
-
-def test_relabelled_recovery_undoes_a_class_renaming() -> None:
-    truth = torch.tensor([0, 1, 2, 2, 0])
-    renamed = torch.tensor([1, 2, 0, 0, 1])  # every class sent to the next one: raw recovery 0
-    assert bench.relabelled_recovery(renamed, truth, 3) == pytest.approx(1.0)
-    # Two classes merged into one guess: the best one-to-one renaming recovers only one of them.
-    merged = torch.tensor([1, 1, 0, 0, 1])
-    assert bench.relabelled_recovery(merged, truth, 3) == pytest.approx(4 / 5)
-    with pytest.raises(ValueError, match="shape"):
-        bench.relabelled_recovery(merged[:3], truth, 3)
+        effective_ap(coae, "DLI", "oracle")
 
 
 def test_defence_grid_and_attack_names() -> None:
-    specs = bench.defence_grid(["coae", "gaussian"], [0.01, 0.1])
+    specs = defence_grid(["coae", "gaussian"], [0.01, 0.1])
     assert [s.label for s in specs] == ["none", "coae λ=2", "gaussian σ=0.01", "gaussian σ=0.1"]
     with pytest.raises(ValueError, match="unknown defences"):
-        bench.defence_grid(["dp"])
-    assert bench.attack_names(2, "sum") == [
+        defence_grid(["dp"])
+    assert attack_names(2, "sum") == [
         "direct_label_inference",
         "norm_scoring",
         "direction_scoring",
         "batch_label_inference",
         "passive_model_completion",
     ]
-    assert bench.attack_names(10, "mlp") == ["batch_label_inference", "passive_model_completion"]
+    assert attack_names(10, "mlp") == ["batch_label_inference", "passive_model_completion"]

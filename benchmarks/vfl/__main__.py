@@ -1,0 +1,194 @@
+"""``python -m benchmarks.vfl``: train every (setting, defence, seed), score the attacks, write the report.
+
+It writes ``records.jsonl`` (one line per training), ``summary.json`` and ``vfl_tradeoff.png`` under ``--out`` and
+a markdown report (``BENCHMARKS.md`` at the repo root, or under ``--out`` for ``--quick``). The full grid may be
+split across processes sharing ``--out`` (e.g. ``--datasets fashion_mnist --resume`` in one, the binary datasets
+in another); a last ``--resume`` invocation over all datasets then only renders the report from ``records.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.common import REPO_ROOT
+from benchmarks.vfl.grid import (
+    CONFUSION_DEFENCES,
+    DEFAULT_NOISE_SCALES,
+    DEFENCE_NAMES,
+    FULL_SETTINGS,
+    DefenceSpec,
+    Setting,
+    defence_grid,
+    quick_settings,
+)
+from benchmarks.vfl.plot import plot_tradeoff
+from benchmarks.vfl.records import RECORDS_NAME, append_record, load_records, run_start
+from benchmarks.vfl.report import ENTRY, RunInfo, render_report
+from benchmarks.vfl.run import autoencoder_epochs, load_setting_data, prepare_autoencoder, run_one
+from benchmarks.vfl.statistics import summarise
+
+REPORT_NAME = "BENCHMARKS.md"
+PLOT_NAME = "vfl_tradeoff.png"
+COMMITTED_PLOT = REPO_ROOT / "docs" / "img" / PLOT_NAME
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(prog=ENTRY, description="Vertical-FL label-protection benchmark.")
+    datasets = sorted({s.dataset for s in FULL_SETTINGS})
+    parser.add_argument("--datasets", nargs="+", default=datasets, choices=datasets)
+    parser.add_argument("--tops", nargs="+", default=["sum", "mlp"], choices=["sum", "mlp"])
+    parser.add_argument("--defences", nargs="+", default=list(DEFENCE_NAMES), choices=list(DEFENCE_NAMES))
+    parser.add_argument("--noise-scales", nargs="+", type=float, default=list(DEFAULT_NOISE_SCALES))
+    parser.add_argument("--exclude", nargs="*", default=[], metavar="DATASET/TOP", help="settings to leave out")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--quick", action="store_true", help="tiny data, <= 2 epochs, 2-epoch autoencoders, seed 0")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results/vfl[_quick])")
+    parser.add_argument("--report", type=Path, default=None, help="report path (default BENCHMARKS.md, or under --out)")
+    parser.add_argument("--resume", action="store_true", help="reuse finished trainings in <out>/records.jsonl")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
+    parser.add_argument(
+        "--shared-autoencoder-for",
+        nargs="*",
+        type=int,
+        default=[],
+        metavar="C",
+        help="class counts for which one CoAE autoencoder (first seed) serves every seed, to save time",
+    )
+    return parser.parse_args(argv)
+
+
+def plan(args: argparse.Namespace) -> tuple[list[Setting], list[int]]:
+    """The settings and seeds to run; a quick run shrinks the settings and, by default, keeps seed 0 only."""
+    unknown = sorted(set(args.exclude) - {s.key for s in FULL_SETTINGS})
+    if unknown:
+        raise SystemExit(f"unknown settings {unknown} in --exclude; known: {[s.key for s in FULL_SETTINGS]}")
+    settings = [
+        s for s in FULL_SETTINGS if s.dataset in args.datasets and s.top in args.tops and s.key not in args.exclude
+    ]
+    seeds = [0] if args.quick and args.seeds == [0, 1, 2] else list(args.seeds)
+    if args.quick:
+        settings = quick_settings(settings)
+    if not settings:
+        raise SystemExit("no setting left: check --datasets and --tops")
+    return settings, seeds
+
+
+def run_setting(
+    setting: Setting,
+    data: Any,
+    specs: Sequence[DefenceSpec],
+    args: argparse.Namespace,
+    info: RunInfo,
+    done: dict[tuple[str, str, int], dict[str, Any]],
+    records_path: Path,
+    progress: Callable[[str, dict[str, Any]], None],
+) -> list[dict[str, Any]]:
+    """Every (defence, seed) of one setting, read back from ``done`` where an earlier run finished it."""
+    out = records_path.parent
+    num_classes = int(data.num_classes)
+    ae_epochs = autoencoder_epochs(num_classes, args.quick)
+    shared = num_classes in args.shared_autoencoder_for
+    autoencoders = {}
+    if any(spec.name in CONFUSION_DEFENCES for spec in specs):
+        for seed in info.seeds[:1] if shared else info.seeds:
+            autoencoders[seed], check = prepare_autoencoder(out, num_classes, seed, ae_epochs)
+            if not any(c["num_classes"] == num_classes and c["seed"] == seed for c in info.ae_checks):
+                info.ae_checks.append({**check, "shared": shared})
+                print(
+                    f"CoAE C={num_classes} seed={seed}: acc p {check['acc_p']:.4f}, acc n {check['acc_n']:.4f}, "
+                    f"{check['seconds']:.0f} s",
+                    flush=True,
+                )
+    first = info.seeds[0]
+    pair = (first, autoencoders[first]) if shared and autoencoders else None
+    records = []
+    for spec in specs:
+        for seed in info.seeds:
+            key = (setting.key, spec.label, seed)
+            if key in done:
+                record = done[key]
+            else:
+                record = run_one(setting, spec, seed, data, out, ae_epochs, pair)
+                append_record(records_path, record)
+            records.append(record)
+            progress(f"{setting.key} {spec.label} seed {seed}", record)
+    return records
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the planned trainings (or read them back with ``--resume``), then write plot, report and summary."""
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    given = [a for a in (sys.argv[1:] if argv is None else list(argv)) if a != "--resume"]
+    settings, seeds = plan(args)
+    out = (args.out or REPO_ROOT / "benchmarks" / "results" / ("vfl_quick" if args.quick else "vfl")).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    start_unix, started = run_start(out, fresh=not args.resume)
+    specs = defence_grid(args.defences, args.noise_scales)
+    # Through JSON, so that tuples compare equal to the lists read back from records.jsonl.
+    planned = {s.key: json.loads(json.dumps(asdict(s))) for s in settings}
+    records_path = out / RECORDS_NAME
+    done = load_records(records_path, lambda r: planned.get(r["setting"]) == r["setting_params"]) if args.resume else {}
+    if not args.resume and records_path.exists():
+        records_path.unlink()
+
+    command = f"{ENTRY} " + shlex.join(given)
+    info = RunInfo(command=command, started=started, settings=settings, seeds=seeds, defences=specs, quick=args.quick)
+    info.excluded = list(args.exclude)
+    records: list[dict[str, Any]] = []
+    data_cache: dict[str, Any] = {}
+    wall_start = time.perf_counter()
+    total = len(settings) * len(specs) * len(seeds)
+    count = itertools.count(1)
+
+    def progress(what: str, record: dict[str, Any]) -> None:
+        aps = ", ".join(f"{a} {v['ap_adaptive']:.3f}" for a, v in record["attacks"].items())
+        minutes = (time.perf_counter() - wall_start) / 60
+        print(
+            f"[{next(count)}/{total}] {what}: MP {record['mp']:.4f}; {aps} "
+            f"({record['seconds']:.1f} s, {minutes:.1f} min)",
+            flush=True,
+        )
+
+    for setting in settings:
+        if setting.dataset not in data_cache:
+            data_cache[setting.dataset], info.dataset_info[setting.dataset] = load_setting_data(setting)
+        data = data_cache[setting.dataset]
+        records += run_setting(setting, data, specs, args, info, done, records_path, progress)
+
+    summary = summarise(records)
+    info.train_seconds = sum(r["seconds"] for r in records)
+    info.resumed = len(done)
+    # Up to the last finished training (the file's last append), so re-rendering a report does not add time.
+    info.wall_seconds = records_path.stat().st_mtime - start_unix
+    plot_path = out / PLOT_NAME
+    plot_tradeoff(summary, plot_path)
+    report_path = (args.report or (out / REPORT_NAME if args.quick else REPO_ROOT / REPORT_NAME)).resolve()
+    if args.quick:
+        linked = plot_path
+    else:
+        COMMITTED_PLOT.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(plot_path, COMMITTED_PLOT)
+        linked = COMMITTED_PLOT
+    report_path.write_text(render_report(summary, info, os.path.relpath(linked, report_path.parent)))
+    (out / "summary.json").write_text(json.dumps({"info": asdict(info), "summary": summary}, indent=1, default=str))
+    print(f"report: {report_path}; plot: {plot_path}; records: {records_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""Verdicts on the CoAE claim, from the numbers: where confused labels beat DP noise, and where they do not."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from benchmarks.common import markdown_table
+from benchmarks.vfl.grid import CONFUSION_DEFENCES, GRADIENT_ATTACKS, NOISE_DEFENCES
+from benchmarks.vfl.statistics import chance, row_by_defence, strongest_effective
+from benchmarks.vfl.tables import pm
+
+CHANCE_MARGIN = 0.05
+"""AP within this of chance counts as "at chance level"."""
+STOP_MARGIN = 0.10
+"""An attack whose AP stays more than this above chance under a defence is "not stopped"."""
+AP_MATCH_TOLERANCE = 0.02
+"""A DP scale "matches" a reference AP if its AP is at most the reference plus this."""
+MP_TIE = 0.005
+"""Smallest MP-loss difference (half a point) that counts as one defence costing more than another."""
+MAX_MP_LOSS = 0.02
+"""The MP loss CoAE may cost on Fashion-MNIST for the first expectation to hold (2 points)."""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Noise sweep against one confusion defence at matched AP (see ``dp_versus``)."""
+
+    verdict: str
+    reference: str
+    noise: str
+
+
+def describe(row: Mapping[str, Any], among: Sequence[str] | None, view: str) -> str:
+    """``label: AP a (attack), MP loss l pt`` for the strongest attack of ``row``."""
+    attack, ap = strongest_effective(row, among, view)
+    return f"{row['label']}: AP {ap:.3f} ({attack}), MP loss {100 * row['mp_loss'][0]:+.1f} pt"
+
+
+def dp_versus(
+    rows: Sequence[Mapping[str, Any]],
+    reference: str,
+    noise: str,
+    among: Sequence[str] | None,
+    view: str = "adaptive",
+) -> Comparison | None:
+    """Does ``noise`` need a larger MP loss than ``reference`` for the same AP of the strongest attack?
+
+    A noise scale matches when its ``effective_ap`` is at most the reference's plus ``AP_MATCH_TOLERANCE``;
+    the cheapest match (smallest mean MP loss) is compared with the reference. The difference in MP loss counts
+    only beyond ``max(MP_TIE, sqrt(std_ref^2 + std_noise^2))``; otherwise the verdict is "no clear difference".
+    Verdicts: ``holds``, ``does not hold``, ``no clear difference``, ``inconclusive`` (no scale reaches the
+    reference AP and the largest costs no more MP) and ``not applicable`` (the reference does not lower the AP
+    below the no-defence AP). None when the rows lack the reference, the sweep or ``none``.
+    """
+    ref = row_by_defence(rows, reference)
+    base = row_by_defence(rows, "none")
+    sweep = [r for r in rows if r["defence"] == noise]
+    if ref is None or base is None or not sweep:
+        return None
+    _, ref_ap = strongest_effective(ref, among, view)
+    ref_loss, ref_std = ref["mp_loss"]
+    point = describe(ref, among, view)
+    if ref_ap > strongest_effective(base, among, view)[1] - AP_MATCH_TOLERANCE:
+        return Comparison(f"not applicable ({reference} does not lower this AP)", point, "–")
+    matching = [r for r in sweep if strongest_effective(r, among, view)[1] <= ref_ap + AP_MATCH_TOLERANCE]
+    other = min(matching, key=lambda r: r["mp_loss"][0]) if matching else max(sweep, key=lambda r: r["params"]["scale"])
+    loss, std = other["mp_loss"]
+    margin = max(MP_TIE, math.sqrt(ref_std**2 + std**2))
+    if not matching:
+        verdict = "holds (no scale reaches it)" if loss - ref_loss > margin else "inconclusive (no scale reaches it)"
+        return Comparison(verdict, point, "largest scale " + describe(other, among, view))
+    if loss - ref_loss > margin:
+        verdict = "holds"
+    elif ref_loss - loss > margin:
+        verdict = "does not hold"
+    else:
+        verdict = "no clear difference"
+    return Comparison(verdict, point, describe(other, among, view))
+
+
+def unstopped_attacks(row: Mapping[str, Any]) -> list[str]:
+    """Attacks whose adaptive AP (or relabelled AP) stays more than ``STOP_MARGIN`` above chance."""
+    level = chance(row["num_classes"])
+    found = []
+    for attack in row["attacks"]:
+        ap = row["ap"][attack][0]
+        relabelled = row["relabelled"].get(attack, (float("nan"), 0.0))[0]
+        if ap > level + STOP_MARGIN:
+            found.append(f"{attack} (AP {ap:.3f})")
+        elif relabelled > level + STOP_MARGIN:
+            found.append(f"{attack} (raw AP {ap:.3f}, but {relabelled:.3f} after relabelling)")
+    return found
+
+
+def expectations(summary: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[str]:
+    """Markdown bullets stating, from the numbers, where the expectations hold and where they do not."""
+    lines = _at_chance_lines(summary)
+    table = _dp_table(summary)
+    if table:
+        lines += [
+            "",
+            'DP noise against CoAE at matched AP ("DP noise needs a larger MP loss for the same AP"):',
+            "",
+            markdown_table(
+                ["Setting", "strongest attack", "noise", "CoAE", "cheapest noise scale with AP ≤ CoAE's", "verdict"],
+                table,
+            ),
+            "",
+        ]
+    return lines + _unstopped_lines(summary)
+
+
+def _at_chance_lines(summary: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[str]:
+    """Multi-class settings: do the confusion defences push DLI/BLI to chance for at most ``MAX_MP_LOSS``?"""
+    lines: list[str] = []
+    for setting, rows in summary.items():
+        if rows[0]["num_classes"] <= 2:
+            continue
+        level = chance(rows[0]["num_classes"])
+        for reference in CONFUSION_DEFENCES:
+            row = row_by_defence(rows, reference)
+            if row is None:
+                continue
+            loss = row["mp_loss"][0]
+            parts, at_chance = [], []
+            for attack in ("DLI", "BLI"):
+                if attack not in row["ap"]:
+                    continue
+                ap = row["ap"][attack][0]
+                if ap <= level + CHANCE_MARGIN:
+                    at_chance.append(attack)
+                relabelled = row["relabelled"].get(attack, (float("nan"), 0.0))[0]
+                parts.append(
+                    f"{attack} AP {pm(row['ap'][attack])} (below chance by {row['below_chance'][attack][0]:.3f}; "
+                    f"{relabelled:.3f} after relabelling)"
+                )
+            holds = bool(at_chance) and loss <= MAX_MP_LOSS
+            verdict = "**holds**" if holds else "**does not hold**"
+            lines.append(
+                f"- {setting}, {row['label']}: gradient label inference at chance (≤ {level + CHANCE_MARGIN:.2f}) at "
+                f"≤ {100 * MAX_MP_LOSS:.0f} pt MP loss — {verdict} for the raw attacks: MP loss "
+                f"{100 * loss:+.1f} pt, " + "; ".join(parts) + "."
+            )
+    return lines
+
+
+def _dp_table(summary: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[list[str]]:
+    """Rows of the DP-against-CoAE table: per setting, attacker view and noise, the verdict of ``dp_versus``."""
+    table = []
+    for setting, rows in summary.items():
+        views = [(GRADIENT_ATTACKS, "adaptive", "gradient (DLI/NS/DS/BLI)"), (None, "adaptive", "all LI (with PMC)")]
+        if rows[0]["num_classes"] > 2:
+            views.append((GRADIENT_ATTACKS, "relabelled", "gradient, renaming attacker"))
+        else:
+            views.append((GRADIENT_ATTACKS, "raw", "gradient, naive attacker (no flip)"))
+        for among, view, scope in views:
+            for noise in NOISE_DEFENCES:
+                found = dp_versus(rows, "coae", noise, among, view)
+                if found is not None:
+                    table.append([setting, scope, noise, found.reference, found.noise, f"**{found.verdict}**"])
+    return table
+
+
+def _unstopped_lines(summary: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[str]:
+    """Per setting and confusion defence: the attacks it does not stop, and binary guesses the attacker flips."""
+    lines = []
+    for setting, rows in summary.items():
+        for reference in CONFUSION_DEFENCES:
+            row = row_by_defence(rows, reference)
+            if row is None:
+                continue
+            unstopped = unstopped_attacks(row)
+            flipped = [
+                a
+                for a in row["attacks"]
+                if row["num_classes"] == 2
+                and row["raw_ap"][a][0] < 0.5 - STOP_MARGIN
+                and row["ap"][a][0] > 0.5 + STOP_MARGIN
+            ]
+            text = ", ".join(unstopped) if unstopped else "none"
+            extra = f" The adaptive attacker inverts the flipped guesses of {', '.join(flipped)}." if flipped else ""
+            lines.append(
+                f"- {setting}, {row['label']}: attacks not stopped (AP > chance + {STOP_MARGIN}): {text}.{extra}"
+            )
+    return lines

@@ -1,0 +1,145 @@
+"""What the VFL benchmark runs: settings (dataset x top model), defences with their parameters, attacks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+ATTACK_ABBREVIATIONS: dict[str, str] = {
+    "direct_label_inference": "DLI",
+    "norm_scoring": "NS",
+    "direction_scoring": "DS",
+    "batch_label_inference": "BLI",
+    "passive_model_completion": "PMC",
+}
+GRADIENT_ATTACKS = ("DLI", "NS", "DS", "BLI")
+"""Attacks that read the gradients sent during training; PMC reads the trained bottom model instead."""
+
+NOISE_DEFENCES = ("gaussian", "laplace")
+CONFUSION_DEFENCES = ("coae", "dcae")
+DEFENCE_NAMES = ("none", "coae", "dcae", "gaussian", "laplace", "sparsification", "mid")
+DEFAULT_NOISE_SCALES = (0.001, 0.003, 0.01, 0.03, 0.1)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One dataset with one top model and the training settings shared by every defence on it.
+
+    Attributes
+    ----------
+    dataset : str
+        Name for ``fl_kd.data.load_dataset``.
+    top : str
+        ``"sum"`` (non-trainable sum of party logits; needed by direct label inference) or ``"mlp"``
+        (trainable linear head over 16-dim embeddings).
+    epochs, batch_size : int
+    lr : float
+        Adam learning rate of every party.
+    bottom_hidden : tuple[int, ...]
+        Hidden widths of both bottom MLPs.
+    max_train_samples, max_test_samples : int or None
+        Seeded subsamples (None: the whole split).
+    """
+
+    dataset: str
+    top: str
+    epochs: int
+    batch_size: int
+    lr: float
+    bottom_hidden: tuple[int, ...] = (64,)
+    max_train_samples: int | None = None
+    max_test_samples: int | None = None
+
+    @property
+    def key(self) -> str:
+        """``dataset/top``, the name of the setting in records and tables."""
+        return f"{self.dataset}/{self.top}"
+
+
+FULL_SETTINGS: tuple[Setting, ...] = (
+    Setting("breast_cancer", "sum", epochs=15, batch_size=32, lr=1e-3),
+    Setting("breast_cancer", "mlp", epochs=15, batch_size=32, lr=1e-3),
+    Setting("credit", "sum", epochs=10, batch_size=64, lr=1e-3),
+    Setting("credit", "mlp", epochs=10, batch_size=64, lr=1e-3),
+    Setting("fashion_mnist", "sum", epochs=10, batch_size=128, lr=1e-3, bottom_hidden=(128,), max_train_samples=10_000),
+)
+
+
+def quick_settings(settings: Iterable[Setting]) -> list[Setting]:
+    """The same settings, shrunk to one or two epochs on at most 2000/1000 samples (an end-to-end check)."""
+    return [
+        Setting(
+            s.dataset,
+            s.top,
+            epochs=min(s.epochs, 2),
+            batch_size=s.batch_size,
+            lr=s.lr,
+            bottom_hidden=s.bottom_hidden,
+            max_train_samples=2000,
+            max_test_samples=1000,
+        )
+        for s in settings
+    ]
+
+
+COAE_ENTROPY_WEIGHT = 2.0
+"""λ of every CoAE/DCAE autoencoder (the weight of the confusion term)."""
+COAE_NUM_TRAIN = 30_000
+"""Synthetic labels each autoencoder trains on."""
+
+_LABELS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "gaussian": lambda p: f"gaussian σ={p['scale']:g}",
+    "laplace": lambda p: f"laplace b={p['scale']:g}",
+    "sparsification": lambda p: f"sparsification {100 * p.get('fraction', 0.9):g}%",
+    "mid": lambda p: f"mid λ={p.get('weight', 0.01):g}",
+    "coae": lambda p: f"coae λ={p.get('entropy_weight', COAE_ENTROPY_WEIGHT):g}",
+    "dcae": lambda p: f"dcae λ={p.get('entropy_weight', COAE_ENTROPY_WEIGHT):g}, {p.get('bin_numbers', 12) + 1} levels",
+}
+"""How a defence's parameters show in its label; a defence without an entry shows its name alone."""
+
+
+@dataclass(frozen=True)
+class DefenceSpec:
+    """A defence name with its parameters, as passed to ``fl_kd.vfl.defences.build_defence``."""
+
+    name: str
+    params: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def label(self) -> str:
+        """Row label in tables and plots, e.g. ``gaussian σ=0.01``."""
+        label = _LABELS.get(self.name)
+        return label(dict(self.params)) if label is not None else self.name
+
+
+def defence_grid(
+    names: Sequence[str] = DEFENCE_NAMES, noise_scales: Sequence[float] = DEFAULT_NOISE_SCALES
+) -> list[DefenceSpec]:
+    """Defences in report order; ``none`` is always first because DCS needs MP* from it.
+
+    Every defence keeps its library defaults (no tuning per dataset); only the DP noise gets a sweep of scales,
+    so that the MP-vs-AP curve of noise can be compared with the single CoAE point.
+    """
+    unknown = sorted(set(names) - set(DEFENCE_NAMES))
+    if unknown:
+        raise ValueError(f"unknown defences {unknown}; choose from {list(DEFENCE_NAMES)}")
+    specs: list[DefenceSpec] = [DefenceSpec("none")]
+    for name in DEFENCE_NAMES[1:]:
+        if name not in names:
+            continue
+        if name in NOISE_DEFENCES:
+            specs.extend(DefenceSpec(name, (("scale", float(s)),)) for s in noise_scales)
+        elif name in CONFUSION_DEFENCES:
+            specs.append(DefenceSpec(name, (("entropy_weight", COAE_ENTROPY_WEIGHT),)))
+        else:
+            specs.append(DefenceSpec(name))
+    return specs
+
+
+def attack_names(num_classes: int, top: str) -> list[str]:
+    """Attacks that apply to a setting: DLI needs a sum top, NS and DS a binary task."""
+    names = ["direct_label_inference"] if top == "sum" else []
+    if num_classes == 2:
+        names += ["norm_scoring", "direction_scoring"]
+    return names + ["batch_label_inference", "passive_model_completion"]
