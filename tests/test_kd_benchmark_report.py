@@ -9,8 +9,7 @@ import pytest
 
 from benchmarks.kd.expectations import expectations_section, verdict_text
 from benchmarks.kd.report import bytes_section, render_report
-from benchmarks.kd.run import SeedRun
-from benchmarks.kd.statistics import compare_runtimes, final, kd_rows, pm
+from benchmarks.kd.statistics import SeedRun, compare_runtimes, final, kd_rows, pm
 from tests.kd_configs import tiny_config
 
 TIERS = {0: "low", 1: "low", 2: "high", 3: "high"}

@@ -8,9 +8,10 @@ which must give the same numbers, (c) the local-only baseline and (d) the transf
 
 Modules, one job each:
 
-- :mod:`.grid`: what is run (the runtimes and baselines, the composed config of one seed);
-- :mod:`.run`: run everything for one seed (:class:`~.run.SeedRun`);
-- :mod:`.statistics`: numbers over seeds (final values, ``mean ± std``, runtime comparison);
+- :mod:`.grid`: what is run (the composed config of one seed and backend);
+- :mod:`.run`: run both runtimes and both baselines for one seed;
+- :mod:`.statistics`: what a seed produced (:class:`~.statistics.SeedRun`) and numbers over seeds (final values,
+  ``mean ± std``, runtime comparison);
 - :mod:`.report` and :mod:`.expectations`: the markdown report and its verdicts;
 - :mod:`.__main__`: the command line.
 """

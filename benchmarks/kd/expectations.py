@@ -6,8 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from benchmarks.common import mean
-from benchmarks.kd.run import SeedRun
-from benchmarks.kd.statistics import final, kd_rows, pm, tier_names
+from benchmarks.kd.statistics import SeedRun, final, kd_rows, pm, tier_names
 
 NOTE = [
     "Note: the KD clients also train on the labelled transfer set (weight epsilon on its cross-entropy), which",

@@ -1,4 +1,4 @@
-"""What the KD benchmark runs: the runtimes and baselines, and the config of one seed."""
+"""What the KD benchmark runs: the composed config of one seed and backend."""
 
 from __future__ import annotations
 
@@ -8,14 +8,6 @@ from hydra import compose, initialize_config_module
 
 from fl_kd.kd.config import ExperimentConfig
 from fl_kd.simulations.config import experiment_config
-
-#: Each runtime and baseline of a seed, by the name its rows are kept under, with its label in the report.
-RUNTIMES = {
-    "flower": "Flower simulation",
-    "inprocess": "in-process runner",
-    "local_only": "local-only",
-    "server_only": "transfer-only server",
-}
 
 
 def compose_config(seed: int, rounds: int, backend: str, overrides: Sequence[str] = ()) -> ExperimentConfig:

@@ -5,15 +5,15 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmarks.common import machine_info, machine_line, markdown_table, mean
 from benchmarks.kd.expectations import expectations_section
-from benchmarks.kd.grid import RUNTIMES
-from benchmarks.kd.run import SeedRun
-from benchmarks.kd.statistics import TIMING_KEYS, compare_runtimes, final, kd_rows, pm, tier_names
+from benchmarks.kd.statistics import RUNTIMES, TIMING_KEYS, SeedRun, compare_runtimes, final, kd_rows, pm, tier_names
 from fl_kd.config import to_mapping
-from fl_kd.kd.config import ExperimentConfig
+
+if TYPE_CHECKING:
+    from fl_kd.kd.config import ExperimentConfig
 
 #: A report section: its markdown lines and its numbers.
 Section = tuple[list[str], dict[str, Any]]

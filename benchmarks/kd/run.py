@@ -4,54 +4,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from benchmarks.kd.grid import compose_config
+from benchmarks.kd.statistics import Row, SeedRun
 from fl_kd.kd.baselines import model_weight_nbytes, run_local_only, run_transfer_only_server
 from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.federation import build_federation, sample_clients
 from fl_kd.results import RoundRecorder, format_round_line, read_metrics, write_csv
 from fl_kd.simulations.run import run_experiment
-
-Row = dict[str, Any]
-
-
-@dataclass
-class SeedRun:
-    """Everything one seed produced.
-
-    Attributes
-    ----------
-    seed : int
-        The run's seed.
-    flower, inprocess, local_only, server_only : list[dict]
-        Per-round metric rows of each runtime and baseline (``flower`` is empty with ``--skip-flower``).
-    total_seconds : dict[str, float]
-        Wall-clock seconds of each whole run, start-up (Ray, data loading, model building) included.
-    tiers : dict[int, str]
-        Client id -> tier name.
-    tier_models : dict[str, str]
-        Tier name -> model name, in the order of the device profile.
-    weight_nbytes : dict[int, int]
-        Client id -> float32 parameter bytes of its model.
-    num_selected : list[int]
-        Clients sampled in each round.
-    """
-
-    seed: int
-    flower: list[Row] = field(default_factory=list)
-    inprocess: list[Row] = field(default_factory=list)
-    local_only: list[Row] = field(default_factory=list)
-    server_only: list[Row] = field(default_factory=list)
-    total_seconds: dict[str, float] = field(default_factory=dict)
-    tiers: dict[int, str] = field(default_factory=dict)
-    tier_models: dict[str, str] = field(default_factory=dict)
-    weight_nbytes: dict[int, int] = field(default_factory=dict)
-    num_selected: list[int] = field(default_factory=list)
 
 
 def run_seed(seed: int, rounds: int, out: Path, overrides: Sequence[str], skip_flower: bool) -> SeedRun:

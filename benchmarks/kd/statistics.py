@@ -1,15 +1,59 @@
-"""Numbers over seeds for the KD report: final values per seed, ``mean ± std`` text, runtime comparison."""
+"""What each seed of the KD benchmark produced, and numbers over seeds: final values, ``mean ± std``, runtimes."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from benchmarks.common import mean, std
-from benchmarks.kd.run import SeedRun
+
+Row = dict[str, Any]
+
+#: Each runtime and baseline of a seed, by the name its rows are kept under, with its label in the report.
+RUNTIMES = {
+    "flower": "Flower simulation",
+    "inprocess": "in-process runner",
+    "local_only": "local-only",
+    "server_only": "transfer-only server",
+}
 
 #: Keys that measure the machine, not the algorithm: left out when the two runtimes are compared.
 TIMING_KEYS = frozenset({"wall_seconds"})
+
+
+@dataclass
+class SeedRun:
+    """Everything one seed produced.
+
+    Attributes
+    ----------
+    seed : int
+        The run's seed.
+    flower, inprocess, local_only, server_only : list[dict]
+        Per-round metric rows of each runtime and baseline (``flower`` is empty with ``--skip-flower``).
+    total_seconds : dict[str, float]
+        Wall-clock seconds of each whole run, start-up (Ray, data loading, model building) included.
+    tiers : dict[int, str]
+        Client id -> tier name.
+    tier_models : dict[str, str]
+        Tier name -> model name, in the order of the device profile.
+    weight_nbytes : dict[int, int]
+        Client id -> float32 parameter bytes of its model.
+    num_selected : list[int]
+        Clients sampled in each round.
+    """
+
+    seed: int
+    flower: list[Row] = field(default_factory=list)
+    inprocess: list[Row] = field(default_factory=list)
+    local_only: list[Row] = field(default_factory=list)
+    server_only: list[Row] = field(default_factory=list)
+    total_seconds: dict[str, float] = field(default_factory=dict)
+    tiers: dict[int, str] = field(default_factory=dict)
+    tier_models: dict[str, str] = field(default_factory=dict)
+    weight_nbytes: dict[int, int] = field(default_factory=dict)
+    num_selected: list[int] = field(default_factory=list)
 
 
 def pm(values: Sequence[float], digits: int = 4) -> str:
