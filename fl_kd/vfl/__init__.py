@@ -5,7 +5,8 @@ The core is framework-free; every protocol message is a method on a party that t
 them over messages while ``train_vfl`` runs the same steps in-process.
 """
 
-from fl_kd.vfl.experiment import VFLConfig, VFLExperiment, build_experiment, run_vfl
+from fl_kd.vfl.config import VFLRunConfig
+from fl_kd.vfl.experiment import VFLExperiment, build_experiment, run_vfl
 from fl_kd.vfl.hooks import FeaturePartyAttack, LabelDefence
 from fl_kd.vfl.models import BottomMLP, MLPTop, SumTop, build_top_model
 from fl_kd.vfl.parties import FeatureParty, LabelParty, soft_cross_entropy
@@ -21,8 +22,8 @@ __all__ = [
     "MLPTop",
     "SumTop",
     "TrainingHistory",
-    "VFLConfig",
     "VFLExperiment",
+    "VFLRunConfig",
     "VerticalSplit",
     "align_samples",
     "batch_order",

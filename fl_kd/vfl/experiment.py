@@ -1,29 +1,39 @@
-"""Build and run a whole vertical-FL experiment from one plain config.
+"""Build and run a whole vertical-FL experiment from one config.
 
-``VFLConfig`` is the single description of a run (dataset, column split, models, defence, training settings);
-``build_experiment`` turns it into parties, ``run_vfl`` trains, evaluates and scores attacks. A Hydra entry
-point passes its composed config as a dict; a Flower ServerApp can call ``build_experiment`` and drive the
-same parties batch by batch through ``FeatureParty.embed`` / ``LabelParty.train_step`` /
-``FeatureParty.apply_gradient``.
+:class:`~fl_kd.vfl.config.VFLRunConfig` is the single description of a run (dataset, column split, models,
+defence, attacks, training settings); ``build_experiment`` turns it into parties, ``run_vfl`` trains, evaluates
+and scores attacks. A Flower ClientApp builds only its own party from the same config
+(``prepare_data``, ``build_feature_party``, ``build_label_party``) and drives it message by message through
+``FeatureParty.embed`` / ``LabelParty.train_step`` / ``FeatureParty.apply_gradient``.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from fl_kd.config import from_mapping
+from fl_kd.vfl.attacks import build_attacks, score_attacks
+from fl_kd.vfl.config import DefenceConfig, VFLRunConfig
 from fl_kd.vfl.defences import build_defence
 from fl_kd.vfl.hooks import FeaturePartyAttack
+from fl_kd.vfl.metrics import defence_scores
 from fl_kd.vfl.models import BottomMLP, build_top_model
 from fl_kd.vfl.parties import FeatureParty, LabelParty
+from fl_kd.vfl.results import build_results
 from fl_kd.vfl.split import VerticalSplit, make_split
-from fl_kd.vfl.trainer import TrainingHistory, evaluate_vfl, train_vfl
+from fl_kd.vfl.trainer import EpochReport, TrainingHistory, evaluate_vfl, evaluation_due, train_vfl
+
+
+def as_config(config: VFLRunConfig | Mapping[str, Any]) -> VFLRunConfig:
+    """``config`` itself, or the run config built strictly from a plain (nested) mapping."""
+    return from_mapping(VFLRunConfig, config)
 
 
 class Dataset(Protocol):
@@ -44,86 +54,12 @@ class Dataset(Protocol):
 
 
 @dataclass
-class VFLConfig:
-    """Everything that defines one vertical-FL run.
-
-    Attributes
-    ----------
-    dataset : str (default: "breast_cancer")
-        Name for ``fl_kd.data.load_dataset``.
-    data_root : str or None (default: None)
-        Folder of datasets that are not bundled.
-    num_parties : int (default: 2)
-        Parties that hold features, the label party included when ``label_party_features``.
-    label_party_features : bool (default: True)
-        The label party also holds the last column block and a bottom model (the usual two-party setting,
-        where the active party has features too); otherwise it holds labels only.
-    split : str or list of index lists (default: "halves")
-        Column split scheme, see ``fl_kd.vfl.split.make_split``.
-    embedding_dim : int or None (default: None)
-        Bottom-model output size; 16 for an ``"mlp"`` top, the number of classes for a ``"sum"`` top.
-    bottom_hidden : Sequence[int] (default: (64,))
-        Hidden widths of every bottom MLP.
-    top : str (default: "mlp")
-        ``"mlp"`` (trainable head) or ``"sum"`` (non-trainable sum of party logits).
-    top_hidden : Sequence[int] (default: ())
-        Hidden widths of a trainable top.
-    defence : str (default: "none")
-        Name for ``fl_kd.vfl.defences.build_defence``.
-    defence_params : dict (default: {})
-        Keyword parameters of the defence.
-    epochs, batch_size : int (default: 5, 64)
-    lr : float (default: 0.01)
-    optimizer : str (default: "adam")
-        ``"adam"`` or ``"sgd"`` for every party.
-    seed : int (default: 0)
-        Seeds models, shuffling, subsampling and the defence.
-    max_train_samples, max_test_samples : int or None (default: None)
-        Seeded subsamples, to keep large datasets (Fashion-MNIST) quick.
-    attacker_party : int (default: 0)
-        Feature party that runs the attacks.
-    batches_per_message : int (default: 1)
-        Mini-batches exchanged per round of messages (see ``fl_kd.vfl.trainer``); 1 is plain split training.
-    """
-
-    dataset: str = "breast_cancer"
-    data_root: str | None = None
-    num_parties: int = 2
-    label_party_features: bool = True
-    split: str | list[list[int]] = "halves"
-    embedding_dim: int | None = None
-    bottom_hidden: Sequence[int] = (64,)
-    top: str = "mlp"
-    top_hidden: Sequence[int] = ()
-    defence: str = "none"
-    defence_params: dict[str, Any] = field(default_factory=dict)
-    epochs: int = 5
-    batch_size: int = 64
-    lr: float = 0.01
-    optimizer: str = "adam"
-    seed: int = 0
-    max_train_samples: int | None = None
-    max_test_samples: int | None = None
-    attacker_party: int = 0
-    batches_per_message: int = 1
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> VFLConfig:
-        """Build from a plain mapping (e.g. a resolved Hydra config); unknown keys raise ``ValueError``."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown VFL config keys {unknown}; known keys: {sorted(known)}")
-        return cls(**dict(values))
-
-
-@dataclass
 class VFLExperiment:
     """The built parties of one run plus the held-out data each party would hold.
 
     Attributes
     ----------
-    config : VFLConfig
+    config : VFLRunConfig
     split : VerticalSplit
         Columns of every feature-holding party (feature parties first, then the label party if it holds any).
     feature_parties : list[FeatureParty]
@@ -139,7 +75,7 @@ class VFLExperiment:
         ``(N_test,)``.
     """
 
-    config: VFLConfig
+    config: VFLRunConfig
     split: VerticalSplit
     feature_parties: list[FeatureParty]
     label_party: LabelParty
@@ -153,18 +89,27 @@ class VFLExperiment:
         """Number of aligned training samples."""
         return int(self.train_labels.shape[0])
 
-    def train(self, attacks: Sequence[FeaturePartyAttack] = ()) -> TrainingHistory:
-        """Run ``train_vfl`` with the config's epochs, batch size, seed and attacker."""
+    def train(self, attacks: Sequence[FeaturePartyAttack] = (), report: EpochReport | None = None) -> TrainingHistory:
+        """Run ``train_vfl`` with the config's settings, evaluating MP every ``training.evaluate_every`` epochs."""
+        training = self.config.training
+
+        def evaluate(epoch: int) -> float | None:
+            if evaluation_due(epoch, training.evaluate_every, training.epochs):
+                return float(self.evaluate()["accuracy"])
+            return None
+
         return train_vfl(
             self.feature_parties,
             self.label_party,
             self.num_train,
-            self.config.epochs,
-            self.config.batch_size,
+            training.epochs,
+            training.batch_size,
             self.config.seed,
             attacks=attacks,
             attacker_party=self.config.attacker_party,
-            batches_per_message=self.config.batches_per_message,
+            batches_per_message=training.batches_per_message,
+            evaluate=evaluate,
+            report=report,
         )
 
     def evaluate(self) -> dict[str, Any]:
@@ -208,18 +153,6 @@ class VFLData:
     num_classes: int
 
 
-def num_feature_parties(config: VFLConfig) -> int:
-    """Number of passive parties: every feature-holding party except the label party when it holds features."""
-    return config.num_parties - 1 if config.label_party_features else config.num_parties
-
-
-def embedding_size(config: VFLConfig, num_classes: int) -> int:
-    """Bottom-model output size: the configured one, else the class count for a sum top and 16 otherwise."""
-    if config.embedding_dim is not None:
-        return config.embedding_dim
-    return num_classes if config.top == "sum" else 16
-
-
 def _subsample(x: Tensor, y: Tensor, limit: int | None, rng: np.random.Generator) -> tuple[np.ndarray, Tensor, Tensor]:
     if limit is None or limit >= len(y):
         return np.arange(len(y), dtype=np.int64), x, y
@@ -228,31 +161,27 @@ def _subsample(x: Tensor, y: Tensor, limit: int | None, rng: np.random.Generator
     return index, x[rows], y[rows]
 
 
-def prepare_data(config: VFLConfig | Mapping[str, Any], data: Dataset | None = None) -> VFLData:
+def prepare_data(config: VFLRunConfig | Mapping[str, Any], data: Dataset | None = None) -> VFLData:
     """Load (or take) the data, subsample it as configured and cut it into per-party columns.
 
     ``data`` replaces loading ``config.dataset`` (tests pass synthetic tensors); anything with the fields of
     ``fl_kd.data.DatasetSplits`` used here will do.
     """
-    if not isinstance(config, VFLConfig):
-        config = VFLConfig.from_mapping(config)
+    config = as_config(config)
     if data is None:
         # Imported here so that the VFL core runs on given tensors without the data package's loaders.
         from fl_kd.data import load_dataset
 
-        data = cast(Dataset, load_dataset(config.dataset, root=config.data_root))
-    min_parties = 2 if config.label_party_features else 1
-    if config.num_parties < min_parties:
-        raise ValueError(
-            f"num_parties={config.num_parties} leaves no feature party; need at least {min_parties} "
-            f"when label_party_features={config.label_party_features}"
-        )
+        data = cast(Dataset, load_dataset(config.dataset.name, root=config.dataset.root))
     rng = np.random.default_rng(config.seed)
-    train_ids, x_train, y_train = _subsample(data.x_train, data.y_train, config.max_train_samples, rng)
-    test_ids, x_test, y_test = _subsample(data.x_test, data.y_test, config.max_test_samples, rng)
-    split = make_split(data.input_shape, config.split, config.num_parties)
-    if split.num_parties != config.num_parties:
-        raise ValueError(f"split {config.split!r} gives {split.num_parties} parties, config says {config.num_parties}")
+    training, split_config = config.training, config.vfl_split
+    train_ids, x_train, y_train = _subsample(data.x_train, data.y_train, training.max_train_samples, rng)
+    test_ids, x_test, y_test = _subsample(data.x_test, data.y_test, training.max_test_samples, rng)
+    split = make_split(data.input_shape, split_config.scheme, split_config.num_parties)
+    if split.num_parties != split_config.num_parties:
+        raise ValueError(
+            f"split {split_config.scheme!r} gives {split.num_parties} parties, config says {split_config.num_parties}"
+        )
     return VFLData(
         split=split,
         train_ids=train_ids,
@@ -265,22 +194,23 @@ def prepare_data(config: VFLConfig | Mapping[str, Any], data: Dataset | None = N
     )
 
 
-def build_feature_party(config: VFLConfig, party: int, features: Tensor, num_classes: int) -> FeatureParty:
+def build_feature_party(config: VFLRunConfig, party: int, features: Tensor, num_classes: int) -> FeatureParty:
     """Feature party ``party`` with its freshly initialised bottom model over ``features`` ``(N, F)``.
 
     Initialisation depends on ``config.seed`` and ``party`` only, so every runtime builds the same party.
     """
     bottom = BottomMLP(
         features.shape[1],
-        embedding_size(config, num_classes),
-        hidden=tuple(config.bottom_hidden),
+        config.vfl_model.embedding_size(num_classes),
+        hidden=tuple(config.vfl_model.bottom_hidden),
         seed=config.seed + party,
     )
-    return FeatureParty(party, bottom, features, config.lr, config.seed + party, config.optimizer)
+    training = config.training
+    return FeatureParty(party, bottom, features, training.lr, config.seed + party, training.optimizer)
 
 
 def build_label_party(
-    config: VFLConfig,
+    config: VFLRunConfig,
     features: Tensor | None,
     labels: Tensor,
     num_classes: int,
@@ -290,22 +220,23 @@ def build_label_party(
 
     ``defence_state`` restores a saved defence instead of setting it up afresh (see ``LabelParty``).
     """
-    embedding_dim = embedding_size(config, num_classes)
-    if config.label_party_features != (features is not None):
-        raise ValueError(f"label_party_features={config.label_party_features} but features are {features is not None}")
+    model, split = config.vfl_model, config.vfl_split
+    embedding_dim = model.embedding_size(num_classes)
+    if split.label_party_features != (features is not None):
+        raise ValueError(f"label_party_features={split.label_party_features} but features are {features is not None}")
     own_bottom = None
     if features is not None:
         own_bottom = BottomMLP(
             features.shape[1],
             embedding_dim,
-            hidden=tuple(config.bottom_hidden),
-            seed=config.seed + config.num_parties - 1,
+            hidden=tuple(model.bottom_hidden),
+            seed=config.seed + split.num_parties - 1,
         )
     top = build_top_model(
-        config.top,
-        [embedding_dim] * config.num_parties,
+        model.top,
+        [embedding_dim] * split.num_parties,
         num_classes,
-        hidden=tuple(config.top_hidden),
+        hidden=tuple(model.top_hidden),
         seed=config.seed + 1000,
     )
     return LabelParty(
@@ -313,30 +244,31 @@ def build_label_party(
         features,
         top,
         labels,
-        defence=build_defence(config.defence, **dict(config.defence_params)),
-        lr=config.lr,
+        defence=build_defence(config.defence.name, **config.defence.params),
+        lr=config.training.lr,
         seed=config.seed,
-        optimizer=config.optimizer,
+        optimizer=config.training.optimizer,
         defence_state=defence_state,
     )
 
 
-def build_experiment(config: VFLConfig | Mapping[str, Any], data: Dataset | None = None) -> VFLExperiment:
+def build_experiment(config: VFLRunConfig | Mapping[str, Any], data: Dataset | None = None) -> VFLExperiment:
     """Build all parties for ``config``.
 
     ``data`` replaces loading ``config.dataset`` (tests pass synthetic tensors); anything with the fields of
     ``fl_kd.data.DatasetSplits`` used here will do.
     """
-    if not isinstance(config, VFLConfig):
-        config = VFLConfig.from_mapping(config)
+    config = as_config(config)
     prepared = prepare_data(config, data)
-    count = num_feature_parties(config)
+    count = config.num_feature_parties
     feature_parties = [
         build_feature_party(config, party, prepared.train_columns[party], prepared.num_classes)
         for party in range(count)
     ]
-    own_features = prepared.train_columns[-1] if config.label_party_features else None
-    label_party = build_label_party(config, own_features, prepared.train_labels, prepared.num_classes)
+    own = config.vfl_split.label_party_features
+    label_party = build_label_party(
+        config, prepared.train_columns[-1] if own else None, prepared.train_labels, prepared.num_classes
+    )
     return VFLExperiment(
         config=config,
         split=prepared.split,
@@ -344,40 +276,69 @@ def build_experiment(config: VFLConfig | Mapping[str, Any], data: Dataset | None
         label_party=label_party,
         train_labels=prepared.train_labels,
         test_party_features=prepared.test_columns[:count],
-        test_label_features=prepared.test_columns[-1] if config.label_party_features else None,
+        test_label_features=prepared.test_columns[-1] if own else None,
         test_labels=prepared.test_labels,
     )
 
 
 def run_vfl(
-    config: VFLConfig | Mapping[str, Any],
-    attacks: Sequence[FeaturePartyAttack] = (),
+    config: VFLRunConfig | Mapping[str, Any],
+    attacks: Sequence[FeaturePartyAttack] | None = None,
     data: Dataset | None = None,
+    report: EpochReport | None = None,
 ) -> dict[str, Any]:
-    """Build, train and evaluate one run; score each attack against the true training labels.
+    """Build, train and evaluate one run in-process; score each attack against the true training labels.
+
+    Parameters
+    ----------
+    config : VFLRunConfig | Mapping[str, Any]
+    attacks : Sequence[FeaturePartyAttack] | None (default: None)
+        Attack objects to run instead of the config's ``attack`` (results are keyed by ``attack.name``).
+    data : Dataset | None (default: None)
+        Tensors to use instead of loading ``config.dataset``.
+    report : EpochReport | None (default: None)
+        Receives each epoch's row.
 
     Returns
     -------
     dict[str, Any]
-        ``mp`` (main-task test accuracy), the other ``evaluate_vfl`` metrics, ``train_loss`` per epoch,
-        ``skipped_batches``, ``failed_updates``, ``attacks`` (``attack.name`` -> ``attack.result(train_labels)``),
-        ``seconds`` and the resolved ``config``.
+        The results of :func:`fl_kd.vfl.results.build_results`, as the Flower server returns them.
     """
     start = time.perf_counter()
     experiment = build_experiment(config, data)
-    history = experiment.train(attacks)
-    metrics = experiment.evaluate()
-    attack_results: dict[str, Any] = {}
-    for index, attack in enumerate(attacks):
-        key = attack.name if attack.name not in attack_results else f"{attack.name}_{index}"
-        attack_results[key] = attack.result(experiment.train_labels)
-    return {
-        "mp": metrics["accuracy"],
-        **metrics,
-        "train_loss": history.epoch_losses,
-        "skipped_batches": len(history.skipped_batches),
-        "failed_updates": len(history.failed_updates),
-        "attacks": attack_results,
-        "seconds": time.perf_counter() - start,
-        "config": asdict(experiment.config),
-    }
+    if attacks is None:
+        by_name = build_attacks(experiment.config.attack)
+    else:
+        by_name = {}
+        for index, attack in enumerate(attacks):
+            by_name[attack.name if attack.name not in by_name else f"{attack.name}_{index}"] = attack
+    history = experiment.train(list(by_name.values()), report)
+    return build_results(
+        experiment.config,
+        history,
+        experiment.evaluate(),
+        score_attacks(by_name, experiment.train_labels),
+        num_train=experiment.num_train,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def mp_star_of(config: VFLRunConfig, mp: float) -> tuple[float | None, str]:
+    """MP* for DCS and where it came from: given, this run (no defence), a baseline run, or unavailable."""
+    if config.scoring.mp_star is not None:
+        return config.scoring.mp_star, "given"
+    if config.defence.name == "none":
+        return mp, "this run (no defence)"
+    if config.scoring.baseline:
+        vanilla = replace(config, defence=DefenceConfig(), attack={})
+        return float(run_vfl(vanilla)["mp"]), "baseline run without defence (in-process)"
+    return None, "unavailable: set scoring.mp_star or scoring.baseline=true"
+
+
+def add_defence_scores(results: dict[str, Any], config: VFLRunConfig) -> dict[str, Any]:
+    """Add ``mp_star``, ``mp_star_source`` and, when MP* is known, ``dcs`` (VFLAIR) to a run's results."""
+    mp_star, source = mp_star_of(config, float(results["mp"]))
+    results["mp_star"], results["mp_star_source"] = mp_star, source
+    if mp_star is not None:
+        results["dcs"] = defence_scores(results, mp_star, config.scoring.beta)
+    return results

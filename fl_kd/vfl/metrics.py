@@ -104,6 +104,26 @@ def c_dcs(t_dcs_by_type: Mapping[str, float], weights: Mapping[str, float] | Non
     return float(sum(weights[kind] * value for kind, value in t_dcs_by_type.items()))
 
 
+def defence_scores(results: Mapping[str, Any], mp_star: float, beta: float = 0.5) -> dict[str, Any]:
+    """DCS of every scored attack of a run's results (raw and adaptive AP), T-DCS per attack type and C-DCS.
+
+    ``results`` holds ``mp`` and ``attacks`` (name -> result); an attack that reported an ``error`` instead of
+    an ``ap`` is left out.
+    """
+    per_attack = {}
+    for name, result in results["attacks"].items():
+        if "ap" in result:
+            per_attack[name] = {
+                "dcs": dcs(result["ap"], results["mp"], mp_star, beta=beta),
+                "dcs_adaptive": dcs(result["ap_adaptive"], results["mp"], mp_star, beta=beta),
+            }
+    scores: dict[str, Any] = {"per_attack": per_attack}
+    if per_attack:
+        by_type = t_dcs_by_type({name: value["dcs"] for name, value in per_attack.items()})
+        scores.update(t_dcs=by_type, c_dcs=c_dcs(by_type))
+    return scores
+
+
 def adaptive_ap(ap: float, num_classes: int) -> float:
     """Attack performance of an attacker who knows the defence and may invert its guesses.
 

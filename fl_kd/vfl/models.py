@@ -14,10 +14,12 @@ All weights are initialised from an explicit ``torch.Generator`` so that a seed 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
+
+from fl_kd.registry import Registry
 
 
 def init_linear_(layer: nn.Linear, generator: torch.Generator) -> None:
@@ -132,12 +134,21 @@ def _check_top_args(input_dims: Sequence[int], num_classes: int) -> None:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
 
 
+TopModelFactory = Callable[[Sequence[int], int, Sequence[int], int], "MLPTop | SumTop"]
+
+#: Top models of the label party, by config name (``vfl_model.top``): ``mlp`` is trainable, ``sum`` is not.
+TOP_MODELS: Registry[TopModelFactory] = Registry("top model")
+TOP_MODELS.add("mlp", lambda dims, classes, hidden, seed: MLPTop(dims, classes, hidden=hidden, seed=seed))
+TOP_MODELS.add("sum", lambda dims, classes, hidden, seed: SumTop(dims, classes))
+
+
+def available_top_models() -> tuple[str, ...]:
+    """Names accepted by :func:`build_top_model`."""
+    return TOP_MODELS.names()
+
+
 def build_top_model(
     kind: str, input_dims: Sequence[int], num_classes: int, hidden: Sequence[int] = (), seed: int = 0
 ) -> MLPTop | SumTop:
-    """Build a top model by name: ``"mlp"`` (trainable) or ``"sum"`` (non-trainable)."""
-    if kind == "mlp":
-        return MLPTop(input_dims, num_classes, hidden=hidden, seed=seed)
-    if kind == "sum":
-        return SumTop(input_dims, num_classes)
-    raise ValueError(f"unknown top model {kind!r}; choose 'mlp' or 'sum'")
+    """Build a top model by registered name: ``"mlp"`` (trainable) or ``"sum"`` (non-trainable)."""
+    return TOP_MODELS.get(kind)(input_dims, num_classes, hidden, seed)

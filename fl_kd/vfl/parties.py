@@ -24,23 +24,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fl_kd.vfl.hooks import LabelDefence
+from fl_kd.vfl.optimizers import make_optimizer
 
 SampleIds = Tensor | np.ndarray | Sequence[int]
-
-OPTIMIZERS = ("sgd", "adam")
-
-
-def make_optimizer(params: list[nn.Parameter], name: str, lr: float) -> torch.optim.Optimizer | None:
-    """An optimiser over ``params`` (``None`` when there is nothing to train, e.g. a sum top alone)."""
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
-    if lr <= 0:
-        raise ValueError(f"lr must be positive, got {lr}")
-    if not params:
-        return None
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
-    return torch.optim.SGD(params, lr=lr)
 
 
 def as_sample_ids(sample_ids: SampleIds, num_samples: int) -> Tensor:

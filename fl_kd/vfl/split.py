@@ -8,12 +8,14 @@ changes who learns the intersection, not the result.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from fl_kd.registry import Registry
 
 SplitScheme = str | Sequence[Sequence[int]]
 
@@ -52,6 +54,38 @@ class VerticalSplit:
         return [flat[:, torch.from_numpy(cols)] for cols in self.columns]
 
 
+def _halves(shape: tuple[int, ...], num_parties: int) -> VerticalSplit:
+    return _blocks(shape, 2)
+
+
+def _blocks(shape: tuple[int, ...], num_parties: int) -> VerticalSplit:
+    if len(shape) == 3:
+        return _image_stripes(shape, num_parties)
+    if len(shape) != 1:
+        raise ValueError(f"input_shape must be (F,) or (C, H, W), got {shape}")
+    num_features = shape[0]
+    if not 1 <= num_parties <= num_features:
+        raise ValueError(f"cannot split {num_features} features across {num_parties} parties")
+    blocks = np.array_split(np.arange(num_features, dtype=np.int64), num_parties)
+    return VerticalSplit(tuple(blocks), num_features)
+
+
+#: Named column split schemes (``vfl_split.scheme``): ``halves`` always gives two parties (for images the left
+#: and right halves of every row, as in the usual 2-party MNIST split); ``blocks`` gives ``num_parties``
+#: contiguous blocks of nearly equal size (for images: vertical stripes of whole pixel columns).
+SPLIT_SCHEMES: Registry[Callable[[tuple[int, ...], int], VerticalSplit]] = Registry("split scheme")
+SPLIT_SCHEMES.add("halves", _halves)
+SPLIT_SCHEMES.add("blocks", _blocks)
+
+#: Schemes that fix the number of parties themselves.
+FIXED_PARTIES = {"halves": 2}
+
+
+def available_split_schemes() -> tuple[str, ...]:
+    """Names accepted as ``scheme`` by :func:`make_split`."""
+    return SPLIT_SCHEMES.names()
+
+
 def make_split(input_shape: Sequence[int], scheme: SplitScheme = "halves", num_parties: int = 2) -> VerticalSplit:
     """Build the per-party columns for samples of ``input_shape``.
 
@@ -60,29 +94,15 @@ def make_split(input_shape: Sequence[int], scheme: SplitScheme = "halves", num_p
     input_shape : Sequence[int]
         Shape of one sample: ``(F,)`` for tabular data, ``(C, H, W)`` for images.
     scheme : str or Sequence[Sequence[int]] (default: "halves")
-        ``"halves"``: two parties (for images the left and right halves of every row, as in the usual 2-party
-        MNIST split); ``"blocks"``: ``num_parties`` contiguous blocks of nearly equal size (for images:
-        vertical stripes of whole pixel columns); or explicit flat index lists, one per party (disjoint, in
-        range, non-empty).
+        A name of :data:`SPLIT_SCHEMES`, or explicit flat index lists, one per party (disjoint, in range,
+        non-empty).
     num_parties : int (default: 2)
         Number of parties for ``"blocks"``; ignored otherwise.
     """
     shape = tuple(int(s) for s in input_shape)
-    num_features = int(np.prod(shape))
     if not isinstance(scheme, str):
-        return _explicit_split(scheme, num_features)
-    if scheme == "halves":
-        num_parties = 2
-    elif scheme != "blocks":
-        raise ValueError(f"unknown split scheme {scheme!r}; use 'halves', 'blocks' or explicit index lists")
-    if len(shape) == 3:
-        return _image_stripes(shape, num_parties)
-    if len(shape) != 1:
-        raise ValueError(f"input_shape must be (F,) or (C, H, W), got {shape}")
-    if not 1 <= num_parties <= num_features:
-        raise ValueError(f"cannot split {num_features} features across {num_parties} parties")
-    blocks = np.array_split(np.arange(num_features, dtype=np.int64), num_parties)
-    return VerticalSplit(tuple(blocks), num_features)
+        return _explicit_split(scheme, int(np.prod(shape)))
+    return SPLIT_SCHEMES.get(scheme)(shape, num_parties)
 
 
 def split_features(x: Tensor, scheme: SplitScheme = "halves", num_parties: int = 2) -> list[Tensor]:

@@ -15,7 +15,8 @@ Communication-Efficient Collaborative Learning Framework for Distributed Feature
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,25 +36,78 @@ PREDICT_BATCH_SIZE = 1024
 
 @dataclass
 class TrainingHistory:
-    """What happened during ``train_vfl``.
+    """What happened during training, in the same shape from the in-process loop and the Flower server.
 
     Attributes
     ----------
     epoch_losses : list[float]
         Mean training loss of the batches completed in each epoch (NaN for an epoch with none).
-    skipped_batches : list[tuple[int, int]]
-        ``(epoch, batch)`` of every batch skipped because a party failed or sent malformed data.
-    failed_updates : list[tuple[int, int, int]]
-        ``(epoch, batch, party_id)`` of every gradient a feature party refused or failed to apply; the label
-        party had already stepped on that batch.
+    skipped_batches : list[dict[str, Any]]
+        ``{"epoch", "batch", "reason"}`` of every batch skipped because a party failed or sent malformed data.
+    failed_updates : list[dict[str, Any]]
+        ``{"epoch", "batch", "party", "reason"}`` of every gradient a feature party refused or failed to apply;
+        the label party had already stepped on that batch.
     num_batches : int
         Number of batches attempted.
+    epoch_seconds : list[float]
+        Wall seconds of each epoch.
+    evaluations : list[dict[str, Any]]
+        The rows of the epochs after which MP was evaluated (see :meth:`epoch_row`).
     """
 
     epoch_losses: list[float] = field(default_factory=list)
-    skipped_batches: list[tuple[int, int]] = field(default_factory=list)
-    failed_updates: list[tuple[int, int, int]] = field(default_factory=list)
+    skipped_batches: list[dict[str, Any]] = field(default_factory=list)
+    failed_updates: list[dict[str, Any]] = field(default_factory=list)
     num_batches: int = 0
+    epoch_seconds: list[float] = field(default_factory=list)
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
+
+    def skip(self, epoch: int, batch: int, reason: str) -> None:
+        """Record (and log) a batch that no party updated on."""
+        logger.warning("epoch %d batch %d skipped: %s", epoch, batch, reason)
+        self.skipped_batches.append({"epoch": epoch, "batch": batch, "reason": reason})
+
+    def fail_update(self, epoch: int, batch: int, party: int, reason: str) -> None:
+        """Record (and log) a gradient that feature party ``party`` did not apply."""
+        logger.warning(
+            "epoch %d batch %d: feature party %d did not apply its gradient: %s", epoch, batch, party, reason
+        )
+        self.failed_updates.append({"epoch": epoch, "batch": batch, "party": party, "reason": reason})
+
+    def end_epoch(self, epoch: int, losses: Sequence[float], seconds: float, mp: float | None = None) -> dict[str, Any]:
+        """Close epoch ``epoch``: record its mean loss and time; returns its row (and keeps it when evaluated).
+
+        The row, ``{"epoch", "loss", "skipped_batches", "seconds"}`` plus ``"mp"`` when MP was evaluated, is what
+        a run reports per epoch, whichever runtime trains.
+        """
+        self.epoch_losses.append(float(np.mean(losses)) if len(losses) else float("nan"))
+        self.epoch_seconds.append(seconds)
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "loss": self.epoch_losses[-1],
+            "skipped_batches": sum(1 for skipped in self.skipped_batches if skipped["epoch"] == epoch),
+            "seconds": seconds,
+        }
+        if mp is not None:
+            row["mp"] = mp
+            self.evaluations.append(row)
+        logger.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
+        return row
+
+
+def evaluation_due(epoch: int, every: int, epochs: int) -> bool:
+    """Whether MP is evaluated after ``epoch`` (0-based) when asked for every ``every`` epochs (0: never).
+
+    Never after the last epoch: the final evaluation reports that one.
+    """
+    return every > 0 and (epoch + 1) % every == 0 and epoch + 1 < epochs
+
+
+Evaluator = Callable[[int], "float | None"]
+"""Called after each epoch with its index; returns MP when it evaluated the model then, else ``None``."""
+
+EpochReport = Callable[[dict[str, Any]], None]
+"""Receives each epoch's row (see :meth:`TrainingHistory.end_epoch`), e.g. to print it."""
 
 
 def batch_order(num_samples: int, batch_size: int, seed: int, epoch: int) -> list[Tensor]:
@@ -79,6 +133,8 @@ def train_vfl(
     attacks: Sequence[FeaturePartyAttack] = (),
     attacker_party: int = 0,
     batches_per_message: int = 1,
+    evaluate: Evaluator | None = None,
+    report: EpochReport | None = None,
 ) -> TrainingHistory:
     """Train all parties for ``epochs`` over ``num_samples`` aligned samples.
 
@@ -99,6 +155,10 @@ def train_vfl(
         Index of the attacking feature party.
     batches_per_message : int (default: 1)
         Mini-batches exchanged per round of messages (see the module docstring); 1 is plain split training.
+    evaluate : Evaluator | None (default: None)
+        Called after each epoch, may evaluate MP; the epoch's time includes it, as it does on Flower.
+    report : EpochReport | None (default: None)
+        Receives each epoch's row.
 
     Returns
     -------
@@ -126,6 +186,7 @@ def train_vfl(
 
     history = TrainingHistory()
     for epoch in range(epochs):
+        start_time = time.perf_counter()
         losses: list[float] = []
         batches = list(enumerate(batch_order(num_samples, batch_size, seed, epoch)))
         for start in range(0, len(batches), batches_per_message):
@@ -133,19 +194,17 @@ def train_vfl(
             history.num_batches += len(chunk)
             embedded = []
             for batch, ids in chunk:
-                embeddings = _embed_all(feature_parties, ids, epoch, batch)
+                embeddings, problem = _embed_all(feature_parties, ids)
                 if embeddings is None:
-                    history.skipped_batches.append((epoch, batch))
+                    history.skip(epoch, batch, problem)
                 else:
                     embedded.append((batch, ids, embeddings))
             stepped = []
             for batch, ids, embeddings in embedded:
                 try:
                     loss, grads = label_party.train_step(ids, embeddings)
-                except ValueError:
-                    message = "epoch %d batch %d skipped: the label party rejected the embeddings"
-                    logger.warning(message, epoch, batch, exc_info=True)
-                    history.skipped_batches.append((epoch, batch))
+                except ValueError as err:
+                    history.skip(epoch, batch, f"label party rejected the embeddings: {err}")
                     continue
                 for attack in attacks:
                     attack.on_gradient(ids, embeddings[attacker_party].detach(), grads[attacker_party])
@@ -155,12 +214,12 @@ def train_vfl(
                 for batch, ids, grads in stepped:
                     try:
                         party.apply_gradient(ids, grads[index])
-                    except Exception:
-                        message = "epoch %d batch %d: feature party %d failed to apply its gradient"
-                        logger.warning(message, epoch, batch, party.party_id, exc_info=True)
-                        history.failed_updates.append((epoch, batch, party.party_id))
-        history.epoch_losses.append(float(np.mean(losses)) if losses else float("nan"))
-        logger.info("epoch %d: loss %.4f", epoch, history.epoch_losses[-1])
+                    except Exception as err:  # noqa: BLE001 - a party's failure must not stop the others
+                        history.fail_update(epoch, batch, party.party_id, f"{type(err).__name__}: {err}")
+        mp = None if evaluate is None else evaluate(epoch)
+        row = history.end_epoch(epoch, losses, time.perf_counter() - start_time, mp)
+        if report is not None:
+            report(row)
 
     attacker = feature_parties[attacker_party]
     for attack in attacks:
@@ -168,21 +227,19 @@ def train_vfl(
     return history
 
 
-def _embed_all(feature_parties: Sequence[FeatureParty], ids: Tensor, epoch: int, batch: int) -> list[Tensor] | None:
-    """Every party's embedding of ``ids``, or ``None`` (logged) if any party failed.
+def _embed_all(feature_parties: Sequence[FeatureParty], ids: Tensor) -> tuple[list[Tensor] | None, str]:
+    """Every party's embedding of ``ids``, or ``None`` and why when any party failed.
 
     All parties are asked even after one fails, as they would be by one broadcast message, so their step
     counters do not depend on which party failed.
     """
-    embeddings, failed = [], False
+    embeddings, problems = [], []
     for party in feature_parties:
         try:
             embeddings.append(party.embed(ids))
-        except Exception:
-            message = "epoch %d batch %d skipped: feature party %d failed to embed"
-            logger.warning(message, epoch, batch, party.party_id, exc_info=True)
-            failed = True
-    return None if failed else embeddings
+        except Exception as err:  # noqa: BLE001 - a party's failure skips the batch, not the run
+            problems.append(f"feature party {party.party_id} failed to embed: {type(err).__name__}: {err}")
+    return (None, "; ".join(problems)) if problems else (embeddings, "")
 
 
 def predict_vfl(

@@ -6,13 +6,18 @@ name through :func:`build_attack`. All of them are label inference ("LI") attack
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from torch import Tensor
+
+from fl_kd.registry import Registry
 from fl_kd.vfl.attacks.batch_label_inference import BatchLabelInference
 from fl_kd.vfl.attacks.direct_label_inference import DirectLabelInference
 from fl_kd.vfl.attacks.direction_scoring import DirectionScoring
 from fl_kd.vfl.attacks.model_completion import PassiveModelCompletion
 from fl_kd.vfl.attacks.norm_scoring import NormScoring
+from fl_kd.vfl.attacks.observation import ObservationLog
 from fl_kd.vfl.hooks import FeaturePartyAttack
 
 __all__ = [
@@ -23,33 +28,34 @@ __all__ = [
     "PassiveModelCompletion",
     "attack_class",
     "available_attacks",
+    "ATTACKS",
+    "ObservationLog",
     "build_attack",
+    "build_attacks",
+    "score_attacks",
 ]
 
-_ATTACKS: dict[str, type[FeaturePartyAttack]] = {
-    cls.name: cls
-    for cls in (
-        FeaturePartyAttack,
-        DirectLabelInference,
-        NormScoring,
-        DirectionScoring,
-        BatchLabelInference,
-        PassiveModelCompletion,
-    )
-}
+ATTACKS: Registry[type[FeaturePartyAttack]] = Registry("attack")
+"""Attack classes by config name (each class's ``name``)."""
+for _cls in (
+    FeaturePartyAttack,
+    DirectLabelInference,
+    NormScoring,
+    DirectionScoring,
+    BatchLabelInference,
+    PassiveModelCompletion,
+):
+    ATTACKS.add(_cls.name, _cls)
 
 
 def available_attacks() -> list[str]:
     """Names accepted by :func:`build_attack` (``"none"`` observes nothing)."""
-    return sorted(_ATTACKS)
+    return sorted(ATTACKS)
 
 
 def attack_class(name: str) -> type[FeaturePartyAttack]:
     """The attack class registered under ``name``; ``ValueError`` listing the known names otherwise."""
-    try:
-        return _ATTACKS[name]
-    except KeyError:
-        raise ValueError(f"unknown attack {name!r}; known attacks: {available_attacks()}") from None
+    return ATTACKS.get(name)
 
 
 def build_attack(name: str, **params: Any) -> FeaturePartyAttack:
@@ -62,3 +68,23 @@ def build_attack(name: str, **params: Any) -> FeaturePartyAttack:
         return cls(**params)
     except TypeError as error:
         raise ValueError(f"bad parameters for attack {name!r}: {error}") from error
+
+
+def build_attacks(params_by_name: Mapping[str, Mapping[str, Any]]) -> dict[str, FeaturePartyAttack]:
+    """Fresh attacks ``{name: attack}`` from a config's ``attack`` mapping (name -> parameters), in its order."""
+    return {name: build_attack(name, **dict(params)) for name, params in params_by_name.items()}
+
+
+def score_attacks(attacks: Mapping[str, FeaturePartyAttack], labels: Tensor) -> dict[str, Any]:
+    """Each attack's result against the true training labels ``(N,)``, by the name it runs under.
+
+    An attack that does not apply to the run (e.g. a binary-only scoring attack on ten classes) reports its
+    reason under ``error`` instead of stopping the others.
+    """
+    results: dict[str, Any] = {}
+    for name, attack in attacks.items():
+        try:
+            results[name] = attack.result(labels)
+        except ValueError as err:
+            results[name] = {"attack": name, "error": str(err)}
+    return results

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fl_kd.registry import Registry
 from fl_kd.vfl.defences.coae import (
     CoAEDefence,
     ConfusionalAutoencoder,
@@ -19,18 +20,20 @@ from fl_kd.vfl.defences.noise import GaussianNoiseDefence, LaplaceNoiseDefence
 from fl_kd.vfl.defences.sparsification import GradientSparsificationDefence, sparsify_rows
 from fl_kd.vfl.hooks import LabelDefence
 
-DEFENCES: dict[str, type[LabelDefence]] = {
-    "none": LabelDefence,
-    "coae": CoAEDefence,
-    "cae": CoAEDefence,
-    "dcae": DCAEDefence,
-    "discrete_sgd": DiscreteSGDDefence,
-    "gaussian": GaussianNoiseDefence,
-    "laplace": LaplaceNoiseDefence,
-    "sparsification": GradientSparsificationDefence,
-    "mid": MIDDefence,
-}
+DEFENCES: Registry[type[LabelDefence]] = Registry("defence")
 """Defence classes by config name (``"cae"`` is the paper's other name for CoAE)."""
+for _name, _cls in (
+    ("none", LabelDefence),
+    ("coae", CoAEDefence),
+    ("cae", CoAEDefence),
+    ("dcae", DCAEDefence),
+    ("discrete_sgd", DiscreteSGDDefence),
+    ("gaussian", GaussianNoiseDefence),
+    ("laplace", LaplaceNoiseDefence),
+    ("sparsification", GradientSparsificationDefence),
+    ("mid", MIDDefence),
+):
+    DEFENCES.add(_name, _cls)
 
 
 def available_defences() -> list[str]:
@@ -38,15 +41,19 @@ def available_defences() -> list[str]:
     return sorted(DEFENCES)
 
 
+def defence_class(name: str) -> type[LabelDefence]:
+    """The defence class registered under ``name``; ``ValueError`` listing the known names otherwise."""
+    return DEFENCES.get(name)
+
+
 def build_defence(name: str, **params: Any) -> LabelDefence:
     """Build a defence from its config name and keyword parameters.
 
     Example: ``build_defence("gaussian", scale=0.1)``. Unknown names and parameters raise ``ValueError``.
     """
-    if name not in DEFENCES:
-        raise ValueError(f"unknown defence {name!r}; known: {', '.join(available_defences())}")
+    cls = defence_class(name)
     try:
-        return DEFENCES[name](**params)
+        return cls(**params)
     except TypeError as error:
         raise ValueError(f"bad parameters for defence {name!r}: {error}") from error
 
@@ -65,6 +72,7 @@ __all__ = [
     "VariationalBottleneck",
     "available_defences",
     "build_defence",
+    "defence_class",
     "check_autoencoder",
     "discretise",
     "load_autoencoder",

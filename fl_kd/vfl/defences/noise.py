@@ -29,7 +29,7 @@ def clip_rows(gradient: Tensor, max_norm: float) -> Tensor:
 class _NoiseDefence(LabelDefence):
     """Shared parts: parameter checks, optional clipping and a private seeded generator."""
 
-    def __init__(self, scale: float, clip_norm: float | None = None, seed: int | None = None) -> None:
+    def __init__(self, scale: float = 0.01, clip_norm: float | None = None, seed: int | None = None) -> None:
         if scale < 0:
             raise ValueError(f"noise scale must be non-negative, got {scale}")
         if clip_norm is not None and clip_norm <= 0:
@@ -68,7 +68,7 @@ class GaussianNoiseDefence(_NoiseDefence):
 
     Parameters
     ----------
-    scale : float
+    scale : float (default: 0.01)
         Standard deviation of the noise.
     clip_norm : float or None (default: None)
         Per-row L2 clipping before the noise; none when omitted.
