@@ -1,53 +1,44 @@
 """ServerApp of vertical (split) federated learning: reads the run from the run config and drives the parties.
 
-Run config keys (scalars, as Flower requires):
+Run config keys (scalars, as Flower requires; see :mod:`fl_kd.vfl.protocol`):
 
-* ``fl-kd-vfl-config``: the run as JSON (:meth:`fl_kd.strategies.vfl.VFLAppConfig.to_json`);
-* ``output-dir``: folder that receives ``results.json`` (MP, AP per attack, losses, skipped batches, timings).
+* ``fl-kd-vfl-config``: the run as JSON (:func:`fl_kd.vfl.protocol.encode_config`);
+* ``output-dir``: folder that receives ``results.json`` (MP, AP per attack, losses, skipped batches, timings)
+  and ``epochs.jsonl`` (one line per epoch, written as training goes, for the console to follow).
 """
 
 from __future__ import annotations
 
-import json
-import math
+import logging
 from logging import INFO
 from pathlib import Path
-from typing import Any
 
 import torch
 from flwr.app import Context
-from flwr.common.logger import log
+from flwr.common.logger import FLOWER_LOGGER, log
 from flwr.serverapp import Grid, ServerApp
 
-from fl_kd.strategies.vfl import CONFIG_KEY, OUTPUT_KEY, RESULTS_FILE, VFLAppConfig, VFLServer
+from fl_kd.strategies.vfl import VFLServer
+from fl_kd.vfl import protocol as vp
+from fl_kd.vfl.results import progress_writer, write_results
 
 app = ServerApp()
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with every non-finite float replaced by ``None``, so the file is strict JSON."""
-    if isinstance(value, dict):
-        return {str(key): json_safe(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(item) for item in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def write_results(path: Path, results: dict[str, Any]) -> None:
-    """Write the results as indented, strict JSON."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(json_safe(results), indent=2))
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run one VFL experiment over the grid and write its results."""
     torch.set_num_threads(1)
-    cfg = VFLAppConfig.from_json(str(context.run_config[CONFIG_KEY]))
-    results = VFLServer(cfg).run(grid)
-    write_results(Path(str(context.run_config[OUTPUT_KEY])) / RESULTS_FILE, results)
+    # The core logs through `logging` (epoch rows, skipped batches); let those lines join Flower's log stream.
+    core_logger = logging.getLogger("fl_kd")
+    core_logger.setLevel(INFO)
+    for handler in FLOWER_LOGGER.handlers:
+        if handler not in core_logger.handlers:
+            core_logger.addHandler(handler)
+    cfg = vp.decode_config(str(context.run_config[vp.CONFIG_KEY]))
+    out_dir = Path(str(context.run_config[vp.OUTPUT_KEY]))
+    results = VFLServer(cfg, report=progress_writer(out_dir / vp.PROGRESS_FILE)).run(grid)
+    write_results(out_dir / vp.RESULTS_FILE, results)
     log(
         INFO,
         "VFL done: MP %.4f, %d batches skipped, attacks %s",

@@ -1,0 +1,154 @@
+"""What a VFL node holds and how its party survives between messages.
+
+A ClientApp does not persist, so the party object is rebuilt for every message: its models live in
+``context.state`` as ``ArrayRecord``\\ s, and its optimiser, step counter and defence state (random generators,
+CoAE's autoencoder, ...) as a ``torch.save`` blob next to them, so a rebuilt party continues exactly where it
+stopped. The attacking feature party also keeps its :class:`~fl_kd.vfl.attacks.ObservationLog` there.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context
+from numpy.typing import NDArray
+from torch import Tensor
+
+from fl_kd.protocol import decode_array, record
+from fl_kd.vfl import protocol as vp
+from fl_kd.vfl.attacks import ObservationLog
+from fl_kd.vfl.config import VFLRunConfig
+from fl_kd.vfl.experiment import VFLData, build_feature_party, build_label_party, prepare_data
+from fl_kd.vfl.parties import FeatureParty, LabelParty
+
+# Records of context.state, all prefixed "vfl-" so that a new run on the node can clear them.
+ALIGNMENT = "vfl-alignment"
+PARTY_STATE = "vfl-party"
+MODEL_PREFIX = "vfl-model-"
+OBSERVATIONS = "vfl-observations"
+_MODELS = ("model", "top", "bottom")
+
+
+@functools.lru_cache(maxsize=4)
+def _run(config_json: str) -> tuple[VFLRunConfig, VFLData]:
+    # Simulation actors are reused across nodes and messages: load and cut the data once per process. Each node
+    # keeps only its own columns below; a deployment would load just those.
+    cfg = vp.decode_config(config_json)
+    return cfg, prepare_data(cfg)
+
+
+@dataclass
+class Node:
+    """This node in the run: the config, its role and what it holds (its sample ids and, before alignment, rows)."""
+
+    cfg: VFLRunConfig
+    num_classes: int
+    role: vp.PartyRole
+    train_ids: NDArray[np.int64]
+    test_ids: NDArray[np.int64]
+    train_features: Tensor | None
+    test_features: Tensor | None
+    train_labels: Tensor | None
+    test_labels: Tensor | None
+
+    @property
+    def is_attacker(self) -> bool:
+        """Whether this node is the feature party that runs the attacks."""
+        return bool(self.cfg.attack) and not self.role.is_label and self.role.party_id == self.cfg.attacker_party
+
+
+def node_of(context: Context) -> Node:
+    """This node's config, role and holdings, from the run config and the node config."""
+    torch.set_num_threads(1)  # several ClientApps share the machine's cores in simulation
+    cfg, data = _run(str(context.run_config[vp.CONFIG_KEY]))
+    role = vp.party_role(context.node_config, cfg.num_feature_parties)
+    node = Node(cfg, data.num_classes, role, data.train_ids, data.test_ids, None, None, None, None)
+    if not role.is_label:
+        node.train_features, node.test_features = data.train_columns[role.party_id], data.test_columns[role.party_id]
+        return node
+    if cfg.vfl_split.label_party_features:
+        node.train_features, node.test_features = data.train_columns[-1], data.test_columns[-1]
+    node.train_labels, node.test_labels = data.train_labels, data.test_labels
+    return node
+
+
+# -- alignment --------------------------------------------------------------------------------------------------------
+def save_alignment(context: Context, positions: Mapping[str, NDArray[np.int64]]) -> None:
+    """Start this node's run afresh on the aligned rows ``{"train": positions, "test": positions}``."""
+    for key in [key for key in context.state if key.startswith("vfl-")]:
+        del context.state[key]
+    context.state[ALIGNMENT] = ArrayRecord({split: Array(p) for split, p in positions.items()})
+
+
+def positions(context: Context, split: str) -> NDArray[np.int64]:
+    """Positions in this node's own rows of the aligned ``split`` samples (``"train"`` or ``"test"``)."""
+    if ALIGNMENT not in context.state:
+        raise RuntimeError("this party has not been set up: train.setup must come first")
+    return decode_array(context.state.array_records[ALIGNMENT][split]).astype(np.int64)
+
+
+def rows(tensor: Tensor | None, at: NDArray[np.int64]) -> Tensor | None:
+    """Rows ``at`` of ``tensor`` (``None`` stays ``None``)."""
+    return None if tensor is None else tensor[torch.from_numpy(at)]
+
+
+# -- the party --------------------------------------------------------------------------------------------------------
+def _to_bytes(state: Mapping[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(dict(state), buffer)
+    return buffer.getvalue()
+
+
+def load_party(context: Context, node: Node | None = None) -> FeatureParty | LabelParty:
+    """This node's party on its aligned training rows, restored from ``context.state`` when it was saved there."""
+    node = node_of(context) if node is None else node
+    at = positions(context, "train")
+    saved = None
+    if PARTY_STATE in context.state:
+        saved = dict(torch.load(io.BytesIO(bytes(record(context.state, PARTY_STATE)["state"])), weights_only=True))
+        for name in _MODELS:
+            if MODEL_PREFIX + name in context.state:
+                saved[name] = context.state.array_records[MODEL_PREFIX + name].to_torch_state_dict()
+    party: FeatureParty | LabelParty
+    if node.role.is_label:
+        labels = rows(node.train_labels, at)
+        assert labels is not None
+        defence_state = None if saved is None else saved["defence_state"]
+        features = rows(node.train_features, at)
+        party = build_label_party(node.cfg, features, labels, node.num_classes, defence_state=defence_state)
+    else:
+        features = rows(node.train_features, at)
+        assert features is not None
+        party = build_feature_party(node.cfg, node.role.party_id, features, node.num_classes)
+    if saved is not None:
+        party.load_state_dict(saved)
+    return party
+
+
+def save_party(context: Context, party: FeatureParty | LabelParty) -> None:
+    """Keep the party's models and the rest of its state in ``context.state`` for the next message."""
+    state = party.state_dict()
+    for name in _MODELS:
+        weights = state.pop(name, None)
+        if weights is not None:
+            context.state[MODEL_PREFIX + name] = ArrayRecord(weights)
+    context.state[PARTY_STATE] = ConfigRecord({"state": _to_bytes(state)})
+
+
+# -- the attacker's observations --------------------------------------------------------------------------------------
+def observation_log(context: Context) -> ObservationLog:
+    """The attacking party's log as kept in ``context.state`` (entries are decoded only when read)."""
+    entries = context.state.array_records[OBSERVATIONS] if OBSERVATIONS in context.state else {}
+    return ObservationLog(dict(entries), decode=decode_array)
+
+
+def save_observation_log(context: Context, log: ObservationLog) -> None:
+    """Keep the log in ``context.state``; entries already stored are not encoded again."""
+    entries = {key: entry if isinstance(entry, Array) else Array(entry) for key, entry in log.entries().items()}
+    context.state[OBSERVATIONS] = ArrayRecord(entries)
