@@ -1,4 +1,4 @@
-"""The `fl-kd-vfl` Hydra entry point: composition, schema validation, the in-process backend, outputs and DCS."""
+"""The `fl-kd-vfl` config: one schema in the core, Hydra files derived from it, strict checks, outputs and DCS."""
 
 from __future__ import annotations
 
@@ -11,15 +11,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf
 
-from fl_kd.simulations.config import ConfigError
-from fl_kd.simulations.vfl import app_config, print_vfl_summary, run_experiment, validate_vfl_config
+from fl_kd.config import ConfigError, from_mapping, to_mapping
+from fl_kd.simulations.vfl import run_experiment
+from fl_kd.simulations.vfl_console import print_vfl_summary
+from fl_kd.simulations.vfl_schema import load_config
+from fl_kd.vfl.attacks import attack_class, available_attacks
+from fl_kd.vfl.config import DefenceConfig, TrainingConfig, VFLRunConfig, default_params
+from fl_kd.vfl.defences import available_defences
 from fl_kd.vfl.metrics import dcs
+from fl_kd.vfl.protocol import decode_config, encode_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
+VFL_GROUPS = ("vfl_split", "vfl_model", "defence", "attack")
 TINY = ["training.epochs=2", "training.batch_size=128", "simulation.backend=inprocess", "seed=1"]
 
 
@@ -28,68 +36,119 @@ def _compose(*overrides: str) -> DictConfig:
         return compose(config_name="vfl", overrides=list(overrides))
 
 
-def test_default_config_validates_and_maps_onto_the_core_config() -> None:
-    cfg = validate_vfl_config(_compose())
-    assert cfg.dataset.name == "breast_cancer"
-    assert cfg.defence.name == "none"
-    assert cfg.simulation.backend == "flwr_run"
-    assert list(cfg.attack) == ["direct_label_inference", "passive_model_completion"]
-    app = app_config(validate_vfl_config(_compose("defence=gaussian", "defence.params.scale=0.2", "vfl_split=blocks3")))
-    assert (app.vfl.defence, app.vfl.defence_params["scale"]) == ("gaussian", 0.2)
-    assert (app.vfl.split, app.vfl.num_parties, app.num_feature_parties) == ("blocks", 3, 2)
-    assert app.vfl.top == "sum" and app.vfl.max_train_samples == 5000
-    assert app.attacks["passive_model_completion"]["num_known"] == 40
-
-
-@pytest.mark.parametrize("group", ["vfl_split", "vfl_model", "defence"])
-def test_every_group_option_composes_and_validates(group: str) -> None:
-    options = sorted(path.stem for path in (CONF / group).glob("*.yaml"))
-    assert options
-    for option in options:
-        validate_vfl_config(_compose(f"{group}={option}"))
-
-
-def test_attacks_and_datasets_compose() -> None:
-    every_attack = sorted(path.stem for path in (CONF / "attack").glob("*.yaml"))
-    cfg = validate_vfl_config(_compose(f"attack=[{','.join(every_attack)}]"))
-    assert sorted(cfg.attack) == every_attack
-    assert validate_vfl_config(_compose("attack=[]")).attack == {}
-    for dataset in ("breast_cancer", "credit", "fashion_mnist"):
-        assert validate_vfl_config(_compose(f"dataset={dataset}", "defence=coae")).dataset.name == dataset
-
-
-def _raw(*overrides: str) -> dict[str, Any]:
-    raw = OmegaConf.to_container(_compose(*overrides), resolve=True)
+def _plain(cfg: DictConfig) -> dict[str, Any]:
+    raw = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(raw, dict)
     return raw
 
 
-MISTAKES: list[tuple[Callable[[dict[str, Any]], None], str]] = [
-    (lambda c: c["training"].update(epoch=3), "epoch"),  # misspelt key
+# -- one schema ----------------------------------------------------------------------------------------------------
+def test_the_default_composition_is_the_core_default() -> None:
+    # Every key Hydra composes is a core field, and every default is the core's: fl-kd-vfl runs VFLRunConfig().
+    assert _plain(_compose()) == to_mapping(VFLRunConfig())
+    assert load_config(_compose()) == VFLRunConfig()
+
+
+@pytest.mark.parametrize("group", VFL_GROUPS)
+def test_each_option_file_extends_the_core_schema_and_sets_only_what_differs(group: str) -> None:
+    options = sorted(path.stem for path in (CONF / group).glob("*.yaml"))
+    assert options
+    for option in options:
+        text = yaml.safe_load((CONF / group / f"{option}.yaml").read_text())
+        schema = f"/schema/{group}" if group in ("vfl_split", "vfl_model") else f"/schema/{group}/{option}"
+        assert text.pop("defaults") == [f"{schema}@_here_", "_self_"], option
+        composed = _plain(_compose(f"{group}={option}" if group != "attack" else f"attack=[{option}]"))
+        node = composed[group]
+        base = _schema_node(group, option)
+        for key, value in _flatten(text).items():
+            assert _flatten(base).get(key, object()) != value, f"{group}/{option}.yaml restates the default {key}"
+            assert _flatten(node)[key] == value
+        load_config(composed)  # and the composed option passes the core's checks
+
+
+def _schema_node(group: str, option: str) -> dict[str, Any]:
+    defaults = VFLRunConfig()
+    if group == "defence":
+        return dict(to_mapping(DefenceConfig.defaults(option)))
+    if group == "attack":
+        return {option: default_params(attack_class(option))}
+    return dict(to_mapping(getattr(defaults, group)))
+
+
+def _flatten(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def test_every_registered_defence_and_attack_has_an_option_file() -> None:
+    assert set(available_defences()) - {"cae"} == {p.stem for p in (CONF / "defence").glob("*.yaml")}
+    assert set(available_attacks()) - {"none"} == {p.stem for p in (CONF / "attack").glob("*.yaml")}
+
+
+def test_group_choices_map_onto_the_core_config() -> None:
+    config = load_config(_compose("defence=gaussian", "defence.params.scale=0.2", "vfl_split=blocks3"))
+    assert (config.defence.name, config.defence.params["scale"]) == ("gaussian", 0.2)
+    assert (config.vfl_split.scheme, config.vfl_split.num_parties, config.num_feature_parties) == ("blocks", 3, 2)
+    assert config.vfl_model.top == "sum" and config.training.max_train_samples == 5000
+    assert config.attack["passive_model_completion"]["num_known"] == 40
+    every_attack = sorted(path.stem for path in (CONF / "attack").glob("*.yaml"))
+    assert sorted(load_config(_compose(f"attack=[{','.join(every_attack)}]")).attack) == every_attack
+    assert load_config(_compose("attack=[]")).attack == {}
+    for dataset in ("breast_cancer", "credit", "fashion_mnist"):
+        assert load_config(_compose(f"dataset={dataset}", "defence=coae")).dataset.name == dataset
+
+
+def test_the_config_travels_as_json_unchanged() -> None:
+    config = load_config(_compose("defence=dcae", "vfl_model=mlp_top", "attack=[batch_label_inference]"))
+    assert decode_config(encode_config(config)) == config
+
+
+Mistake = Callable[[dict[str, Any]], None]
+MISTAKES: list[tuple[Mistake, str]] = [
+    (lambda c: c["training"].update(epoch=3), "unknown key epoch in training"),  # misspelt key
     (lambda c: c["defence"].update(parmas={}), "parmas"),  # misspelt key inside a group file
-    (lambda c: c["training"].update(epochs="many"), "epochs"),  # wrong type
-    (lambda c: c["vfl_model"].update(bottom_hidden=["wide"]), "bottom_hidden"),
-    (lambda c: c["defence"].update(name="tinfoil"), "tinfoil"),
-    (lambda c: c["defence"].update(name="gaussian", params={"sigma": 0.1}), "sigma"),  # unknown defence param
+    (lambda c: c["training"].update(epochs="many"), "training.epochs must be an integer"),  # wrong type
+    (lambda c: c["vfl_model"].update(bottom_hidden=["wide"]), r"vfl_model.bottom_hidden\[0\]"),
+    (lambda c: c["defence"].update(name="tinfoil"), "defence.name='tinfoil'"),
+    (lambda c: c["defence"].update(name="gaussian", params={"sigma": 0.1}), "sigma in defence.params"),
+    (lambda c: c["defence"].update(name="gaussian", params={"scale": "loud"}), "defence.params.scale"),
+    (lambda c: c["defence"].update(name="gaussian", params={"scale": -1.0}), "non-negative"),
     (lambda c: c["attack"].update(label_guessing={}), "label_guessing"),
     (lambda c: c["attack"]["passive_model_completion"].update(num_know=3), "num_know"),
     (lambda c: c["vfl_split"].update(num_parties=3), "halves needs num_parties=2"),
     (lambda c: c.update(attacker_party=1), "attacker_party"),
-    (lambda c: c["simulation"].update(backend="ray"), "backend"),
-    (lambda c: c["vfl_model"].update(top="attention"), "top"),
-    (lambda c: c["training"].update(optimizer="lbfgs"), "optimizer"),
-    (lambda c: c["training"].update(lr=0.0), "lr"),
+    (lambda c: c["simulation"].update(backend="ray"), "simulation.backend"),
+    (lambda c: c["simulation"].update(num_cpus=0), "simulation.num_cpus"),
+    (lambda c: c["vfl_model"].update(top="attention"), "vfl_model.top"),
+    (lambda c: c["training"].update(optimizer="lbfgs"), "training.optimizer"),
+    (lambda c: c["training"].update(lr=0.0), r"training.lr must be in \(0, inf\], got 0.0"),
+    (lambda c: c["training"].update(lr=float("nan")), "training.lr must be a finite number"),
     (lambda c: c["dataset"].update(name="imagenet"), "imagenet"),
-    (lambda c: c["scoring"].update(beta=2.0), "beta"),
+    (lambda c: c["dataset"].update(download=True), "dataset.download"),
+    (lambda c: c["scoring"].update(beta=2.0), "scoring.beta"),
 ]
 
 
 @pytest.mark.parametrize(("change", "message"), MISTAKES)
-def test_config_mistakes_are_config_errors(change: Callable[[dict[str, Any]], None], message: str) -> None:
-    raw = _raw()
+def test_config_mistakes_are_config_errors_naming_the_key(
+    change: Callable[[dict[str, Any]], None], message: str
+) -> None:
+    raw = _plain(_compose())
     change(raw)
     with pytest.raises(ConfigError, match=message):
-        validate_vfl_config(raw)
+        load_config(raw)
+
+
+def test_python_callers_get_the_same_checks() -> None:
+    with pytest.raises(ConfigError, match=r"training.lr must be in \(0, inf\], got nan"):
+        TrainingConfig(lr=float("nan"))
+    with pytest.raises(ConfigError, match="vfl_split.scheme lists 3 parties"):
+        from_mapping(VFLRunConfig, {"vfl_split": {"scheme": [[0], [1], [2]], "num_parties": 2}})
 
 
 def test_misspelt_command_line_override_is_rejected_by_hydra() -> None:
@@ -97,6 +156,7 @@ def test_misspelt_command_line_override_is_rejected_by_hydra() -> None:
         _compose("training.epoch=3")
 
 
+# -- running -------------------------------------------------------------------------------------------------------
 def _strict_json(path: Path) -> dict[str, Any]:
     def reject(constant: str) -> None:
         raise AssertionError(f"{path} holds {constant}, which is not JSON")
@@ -105,10 +165,11 @@ def _strict_json(path: Path) -> dict[str, Any]:
 
 
 def test_inprocess_run_writes_config_results_and_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cfg = validate_vfl_config(_compose(*TINY))
-    results = run_experiment(cfg, tmp_path)
+    rows: list[dict[str, Any]] = []
+    results = run_experiment(load_config(_compose(*TINY)), tmp_path, report=rows.append)
     assert results["mp"] > 0.85 and results["auc"] > 0.9
     assert len(results["train_loss"]) == 2 and results["skipped_batches"] == 0
+    assert [row["loss"] for row in rows] == results["train_loss"]
     dli = results["attacks"]["direct_label_inference"]
     assert dli["ap"] == 1.0  # the sum top leaks every label without a defence
     # No defence: the run is its own MP*, so DCS only charges the attack performance.
@@ -117,7 +178,9 @@ def test_inprocess_run_writes_config_results_and_summary(tmp_path: Path, capsys:
     assert set(results["dcs"]["t_dcs"]) == {"LI"}
     saved = _strict_json(tmp_path / "results.json")
     assert saved["mp"] == results["mp"] and saved["config"]["defence"]["name"] == "none"
-    assert OmegaConf.load(tmp_path / "config.yaml").training.epochs == 2
+    assert load_config(OmegaConf.load(tmp_path / "config.yaml")).training.epochs == 2
+    progress = [json.loads(line) for line in (tmp_path / "epochs.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in progress] == [0, 1]
     print_vfl_summary(results, "tiny")
     printed = capsys.readouterr().out
     assert "MP (test accuracy)" in printed and "direct_label_inference" in printed
@@ -125,19 +188,20 @@ def test_inprocess_run_writes_config_results_and_summary(tmp_path: Path, capsys:
 
 def test_dcs_against_a_baseline_run_and_given_mp_star(tmp_path: Path) -> None:
     defended = [*TINY, "defence=gaussian", "defence.params.scale=0.5", "attack=[direct_label_inference]"]
-    without_mp_star = run_experiment(validate_vfl_config(_compose(*defended)), tmp_path / "none")
+    without_mp_star = run_experiment(load_config(_compose(*defended)), tmp_path / "none")
     assert without_mp_star["mp_star"] is None and "dcs" not in without_mp_star
-    baseline = run_experiment(validate_vfl_config(_compose(*defended, "scoring.baseline=true")), tmp_path / "baseline")
-    vanilla = run_experiment(validate_vfl_config(_compose(*TINY)), tmp_path / "vanilla")
+    baseline = run_experiment(load_config(_compose(*defended, "scoring.baseline=true")), tmp_path / "baseline")
+    vanilla = run_experiment(load_config(_compose(*TINY)), tmp_path / "vanilla")
     assert baseline["mp_star"] == vanilla["mp"]
-    given = run_experiment(validate_vfl_config(_compose(*defended, "scoring.mp_star=1.0")), tmp_path / "given")
+    given = run_experiment(load_config(_compose(*defended, "scoring.mp_star=1.0")), tmp_path / "given")
     ap = given["attacks"]["direct_label_inference"]["ap"]
     assert ap < 1.0  # noise of scale 0.5 hides labels from the attack
     assert given["dcs"]["per_attack"]["direct_label_inference"]["dcs"] == dcs(ap, given["mp"], 1.0)
 
 
+@pytest.mark.requires_fashion_mnist
 def test_fashion_mnist_with_coae_runs_on_a_training_subset(tmp_path: Path) -> None:
-    cfg = validate_vfl_config(
+    config = load_config(
         _compose(
             "dataset=fashion_mnist",
             "defence=coae",
@@ -151,22 +215,26 @@ def test_fashion_mnist_with_coae_runs_on_a_training_subset(tmp_path: Path) -> No
             "simulation.backend=inprocess",
         )
     )
-    results = run_experiment(cfg, tmp_path)
+    results = run_experiment(config, tmp_path)
     assert results["num_train"] == 300 and results["num_samples"] == 200
     assert "auc" not in results  # ten classes
     assert 0.0 <= results["attacks"]["direct_label_inference"]["ap"] <= 1.0
     assert "binary" in results["attacks"]["norm_scoring"]["error"]
 
 
-def test_console_script_runs_hydra_main(tmp_path: Path) -> None:
+def test_console_shows_one_line_per_epoch_and_the_table(tmp_path: Path) -> None:
     script = Path(sys.executable).parent / "fl-kd-vfl"
     completed = subprocess.run(
-        [str(script), *TINY, "training.epochs=1", "attack=[]", f"hydra.run.dir={tmp_path}"],
+        [str(script), *TINY, "training.epochs=3", "attack=[]", f"hydra.run.dir={tmp_path}"],
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
     assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.splitlines()
+    assert [line.split()[:2] for line in lines[:3]] == [["epoch", "1/3"], ["epoch", "2/3"], ["epoch", "3/3"]]
     assert "MP (test accuracy)" in completed.stdout
+    assert "INFO" not in completed.stdout + completed.stderr  # log lines go to the run folder's log file
+    assert "epoch 0:" in (tmp_path / "vfl.log").read_text()
     assert _strict_json(tmp_path / "results.json")["backend"] == "inprocess"

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
+from fl_kd.config import ConfigError
 from fl_kd.vfl import (
     BottomMLP,
     FeatureParty,
@@ -23,7 +24,6 @@ from fl_kd.vfl import (
     LabelParty,
     MLPTop,
     SumTop,
-    VFLConfig,
     align_samples,
     batch_order,
     build_experiment,
@@ -332,7 +332,7 @@ def test_failing_feature_party_skips_the_batch_and_logs(caplog: pytest.LogCaptur
     flaky = Flaky(1, parties[1].bottom_model, parties[1].features, lr=0.1, seed=1)
     with caplog.at_level(logging.WARNING, logger="fl_kd.vfl.trainer"):
         history = train_vfl([parties[0], flaky], label_party, 40, epochs=1, batch_size=16, seed=0)
-    assert history.skipped_batches == [(0, 1)]
+    assert [(s["epoch"], s["batch"]) for s in history.skipped_batches] == [(0, 1)]
     assert history.num_batches == 3
     assert "epoch 0 batch 1 skipped" in caplog.text
     assert "party 1 went away" in caplog.text
@@ -417,7 +417,7 @@ def test_attack_hook_sees_exactly_the_attackers_messages(attacker: int) -> None:
 
 
 def test_breast_cancer_two_parties_learn_in_a_few_epochs() -> None:
-    result = run_vfl({"dataset": "breast_cancer", "epochs": 5, "seed": 0})
+    result = run_vfl({"dataset": {"name": "breast_cancer"}, "vfl_model": {"top": "mlp"}, "attack": {}})
     assert result["auc"] > 0.9
     assert result["mp"] > 0.85
     assert result["skipped_batches"] == 0
@@ -426,7 +426,7 @@ def test_breast_cancer_two_parties_learn_in_a_few_epochs() -> None:
 
 def test_same_seed_same_metrics_other_seed_differs() -> None:
     data = synthetic()
-    config = {"epochs": 2, "batch_size": 32, "seed": 7, "split": "halves"}
+    config: dict[str, Any] = {"training": {"epochs": 2, "batch_size": 32}, "seed": 7, "attack": {}}
     first, second = run_vfl(config, data=data), run_vfl(config, data=data)
     for key in ("mp", "auc", "train_loss"):
         assert first[key] == second[key]
@@ -436,24 +436,25 @@ def test_same_seed_same_metrics_other_seed_differs() -> None:
 
 def test_build_experiment_wires_label_party_features_and_sum_top() -> None:
     data = synthetic()
-    with_features = build_experiment({"top": "sum", "num_parties": 3, "split": "blocks"}, data=data)
+    with_features = build_experiment({"vfl_split": {"scheme": "blocks", "num_parties": 3}}, data=data)
     assert len(with_features.feature_parties) == 2
     assert with_features.label_party.features is not None
     assert with_features.label_party.features.shape == (160, 2)
     assert with_features.label_party.embedding_dims == [2, 2]
-    labels_only = build_experiment({"label_party_features": False, "split": "halves"}, data=data)
+    labels_only = build_experiment({"vfl_split": {"label_party_features": False}}, data=data)
     assert len(labels_only.feature_parties) == 2
     assert labels_only.label_party.features is None
-    result = run_vfl({"label_party_features": False, "epochs": 3, "top": "sum"}, data=data)
+    result = run_vfl({"vfl_split": {"label_party_features": False}, "training": {"epochs": 3}, "attack": {}}, data=data)
     assert result["mp"] > 0.7
 
 
 def test_config_errors_are_explicit() -> None:
-    with pytest.raises(ValueError, match="unknown VFL config keys"):
-        VFLConfig.from_mapping({"epoch": 3})
-    with pytest.raises(ValueError, match="no feature party"):
-        build_experiment({"num_parties": 1}, data=synthetic())
-    with pytest.raises(ValueError, match="unknown defence"):
-        build_experiment({"defence": "tinfoil"}, data=synthetic())
+    with pytest.raises(ConfigError, match="unknown key epoch in training"):
+        build_experiment({"training": {"epoch": 3}}, data=synthetic())
+    with pytest.raises(ConfigError, match="no feature party"):
+        build_experiment({"vfl_split": {"scheme": "blocks", "num_parties": 1}}, data=synthetic())
+    with pytest.raises(ConfigError, match="defence.name='tinfoil' is not one of"):
+        build_experiment({"defence": {"name": "tinfoil"}}, data=synthetic())
+    # Only the data tells the class count, so this one surfaces when the label party is built.
     with pytest.raises(ValueError, match="num_classes"):
-        build_experiment({"top": "sum", "embedding_dim": 4}, data=synthetic())
+        build_experiment({"vfl_model": {"embedding_dim": 4}}, data=synthetic())

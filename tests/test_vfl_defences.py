@@ -222,7 +222,13 @@ def test_mid_adds_a_positive_kl_and_is_deterministic_at_inference() -> None:
 
 def test_mid_trains_its_bottleneck_inside_a_run() -> None:
     data = tiny_task()
-    result = run_vfl({"defence": "mid", "defence_params": {"weight": 0.01}, "epochs": 3}, data=data)
+    config = {
+        "defence": {"name": "mid", "params": {"weight": 0.01}},
+        "vfl_model": {"top": "mlp"},
+        "training": {"epochs": 3},
+        "attack": {},
+    }
+    result = run_vfl(config, data=data)
     assert all(math.isfinite(loss) and loss > 0 for loss in result["train_loss"])
     assert result["mp"] > 0.7
 
@@ -278,11 +284,10 @@ def test_each_defence_runs_in_short_two_party_training(name: str, top: str, cae_
         # same settings as the cached autoencoder (the label party's seed is the run seed, 0), so it is reused
         params.update(path=str(cae_cache), epochs=CAE_SETTINGS["epochs"], num_train=CAE_SETTINGS["num_train"])
     config = {
-        "defence": name,
-        "defence_params": params,
-        "top": top,
-        "epochs": 2,
-        "batch_size": 32,
+        "defence": {"name": name, "params": params},
+        "vfl_model": {"top": top},
+        "training": {"epochs": 2, "batch_size": 32},
+        "attack": {},
     }
     result = run_vfl(config, data=tiny_task())
     assert result["skipped_batches"] == 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,29 +16,39 @@ from hydra import compose, initialize_config_module
 from torch import Tensor
 
 from fl_kd.clients.vfl_app import app as client_app
-from fl_kd.clients.vfl_app import load_party, party_role
+from fl_kd.clients.vfl_app import load_party
+from fl_kd.config import from_mapping
 from fl_kd.simulations.flower_launcher import _superlink_pids
-from fl_kd.simulations.vfl import run_experiment, validate_vfl_config
-from fl_kd.strategies.vfl import (
-    CONFIG_KEY,
-    EMBED,
-    LOSS_AND_GRADIENTS,
-    SAMPLE_IDS,
-    VFLAppConfig,
-    VFLServer,
-)
-from fl_kd.vfl import VFLConfig, build_experiment, run_vfl
+from fl_kd.simulations.vfl import run_experiment
+from fl_kd.simulations.vfl_schema import load_config
+from fl_kd.strategies.vfl import VFLServer
+from fl_kd.vfl import build_experiment, run_vfl
+from fl_kd.vfl.config import VFLRunConfig
 from fl_kd.vfl.experiment import prepare_data
+from fl_kd.vfl.protocol import CONFIG_KEY, EMBED, LOSS_AND_GRADIENTS, SAMPLE_IDS, encode_config, party_role
 from tests.flower_loopback import LoopbackGrid
 
 Tamper = Callable[[Message, Message], list[Message]]
 
-# breast_cancer: 455 training samples, so batches of 128 give 4 batches per epoch.
-BASE = VFLConfig(dataset="breast_cancer", top="sum", epochs=2, batch_size=128, seed=3)
+
+def vfl_config(
+    attacks: dict[str, dict[str, Any]] | None = None, attacker_party: int = 0, **groups: dict[str, Any]
+) -> VFLRunConfig:
+    """breast_cancer with 455 training samples: batches of 128 give 4 batches per epoch; 2 epochs, seed 3.
+
+    ``groups`` replace whole config groups (``defence={"name": "gaussian", ...}``), except ``training``, which
+    changes single keys.
+    """
+    training = {"epochs": 2, "batch_size": 128, **groups.pop("training", {})}
+    config = {"seed": 3, "attacker_party": attacker_party, "training": training, "attack": attacks or {}, **groups}
+    return from_mapping(VFLRunConfig, config)
 
 
-def _flower(cfg: VFLAppConfig, tamper: Tamper | None = None) -> tuple[dict[str, Any], LoopbackGrid]:
-    grid = LoopbackGrid(client_app, cfg.num_feature_parties + 1, {CONFIG_KEY: cfg.to_json()}, tamper)
+BASE = vfl_config()
+
+
+def _flower(cfg: VFLRunConfig, tamper: Tamper | None = None) -> tuple[dict[str, Any], LoopbackGrid]:
+    grid = LoopbackGrid(client_app, cfg.num_feature_parties + 1, {CONFIG_KEY: encode_config(cfg)}, tamper)
     return VFLServer(cfg).run(grid), grid
 
 
@@ -68,39 +77,33 @@ def _assert_same_state(left: Any, right: Any, path: str = "state") -> None:
 
 
 # -- equivalence with the in-process loop ---------------------------------------------------------------------------
+DLI = {"direct_label_inference": {}}
 CASES = {
-    "no defence, three attacks": (
-        BASE,
-        {"direct_label_inference": {}, "norm_scoring": {}, "passive_model_completion": {"steps": 50}},
+    "no defence, three attacks": vfl_config(
+        {"direct_label_inference": {}, "norm_scoring": {}, "passive_model_completion": {"steps": 50}}
     ),
-    "Gaussian noise": (
-        replace(BASE, defence="gaussian", defence_params={"scale": 0.01}),
-        {"direct_label_inference": {}},
+    "Gaussian noise": vfl_config(DLI, defence={"name": "gaussian", "params": {"scale": 0.01}}),
+    "Laplace noise, clipped": vfl_config(
+        DLI, defence={"name": "laplace", "params": {"scale": 0.01, "clip_norm": 0.05}}
     ),
-    "Laplace noise, clipped": (
-        replace(BASE, defence="laplace", defence_params={"scale": 0.01, "clip_norm": 0.05}),
-        {"direct_label_inference": {}},
-    ),
-    "discrete SGD": (replace(BASE, defence="discrete_sgd", defence_params={"bin_numbers": 6}), {"norm_scoring": {}}),
-    "MID bottleneck": (replace(BASE, defence="mid", defence_params={"weight": 0.01}), {"direct_label_inference": {}}),
-    "DCAE": (
-        replace(BASE, defence="dcae", defence_params={"bin_numbers": 8, "epochs": 1, "num_train": 30_000}),
-        {"direct_label_inference": {}},
-    ),
-    "three batches per message": (replace(BASE, batches_per_message=3), {"direct_label_inference": {}}),
-    "two feature parties, label party without features": (
-        replace(BASE, label_party_features=False, top="mlp", attacker_party=1),
+    "discrete SGD": vfl_config({"norm_scoring": {}}, defence={"name": "discrete_sgd", "params": {"bin_numbers": 6}}),
+    "MID bottleneck": vfl_config(DLI, defence={"name": "mid", "params": {"weight": 0.01}}),
+    "DCAE": vfl_config(DLI, defence={"name": "dcae", "params": {"bin_numbers": 8, "epochs": 1, "num_train": 30_000}}),
+    "three batches per message": vfl_config(DLI, training={"batches_per_message": 3}),
+    "two feature parties, label party without features": vfl_config(
         {"norm_scoring": {}, "passive_model_completion": {"steps": 50}},
+        vfl_split={"label_party_features": False},
+        vfl_model={"top": "mlp"},
+        attacker_party=1,
     ),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_flower_run_reproduces_run_vfl(case: str) -> None:
-    vfl, attacks = CASES[case]
-    cfg = VFLAppConfig(vfl=vfl, attacks=attacks)
+    cfg = CASES[case]
     flower, _ = _flower(cfg)
-    reference = run_vfl(vfl, attacks=cfg.build_attacks())
+    reference = run_vfl(cfg)
     assert flower["mp"] == reference["mp"]
     assert flower["auc"] == reference["auc"]
     assert flower["train_loss"] == reference["train_loss"]
@@ -110,8 +113,8 @@ def test_flower_run_reproduces_run_vfl(case: str) -> None:
 
 
 def test_evaluating_every_epoch_reports_mp_and_changes_nothing() -> None:
-    plain, _ = _flower(VFLAppConfig(vfl=BASE))
-    evaluated, _ = _flower(VFLAppConfig(vfl=BASE, evaluate_every=1))
+    plain, _ = _flower(BASE)
+    evaluated, _ = _flower(vfl_config(training={"evaluate_every": 1}))
     assert [row["epoch"] for row in evaluated["evaluations"]] == [0]  # the last epoch's MP is the final one
     assert 0.5 < evaluated["evaluations"][0]["mp"] <= 1.0
     assert evaluated["mp"] == plain["mp"] and evaluated["train_loss"] == plain["train_loss"]
@@ -214,7 +217,7 @@ def test_bad_or_missing_embedding_skips_the_batch_and_corrupts_nothing(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     tamper, reason = BAD_EMBEDDINGS[case]
-    results, grid = _flower(VFLAppConfig(vfl=BASE), tamper)
+    results, grid = _flower(BASE, tamper)
     assert results["skipped_batches"] == 1 and results["failed_updates"] == 0
     assert results["skipped"][0]["epoch"] == 0 and results["skipped"][0]["batch"] == 1
     assert reason in results["skipped"][0]["reason"]
@@ -227,7 +230,7 @@ def test_bad_or_missing_embedding_skips_the_batch_and_corrupts_nothing(
 
 def test_nan_gradient_is_refused_by_the_feature_party() -> None:
     tamper = _replace_array(LOSS_AND_GRADIENTS, "grad.0.1", _with_nan)
-    results, grid = _flower(VFLAppConfig(vfl=BASE), tamper)
+    results, grid = _flower(BASE, tamper)
     assert results["skipped_batches"] == 0
     assert results["failed_updates"] == 1
     failure = results["failed"][0]
@@ -272,8 +275,8 @@ def test_parties_train_on_the_shared_samples_only() -> None:
         )
         return [Message(content, reply_to=message)]
 
-    vfl = replace(BASE, epochs=1)
-    results, grid = _flower(VFLAppConfig(vfl=vfl), drop_first_ids)
+    vfl = vfl_config(training={"epochs": 1})
+    results, grid = _flower(vfl, drop_first_ids)
     assert results["num_train"] == 445 and results["skipped_batches"] == 0
     data = prepare_data(vfl)
     for context in grid.contexts.values():
@@ -286,8 +289,8 @@ def test_parties_train_on_the_shared_samples_only() -> None:
 
 
 def test_a_federation_of_the_wrong_size_is_refused() -> None:
-    cfg = VFLAppConfig(vfl=BASE, timeout=0.1)
-    grid = LoopbackGrid(client_app, 3, {CONFIG_KEY: cfg.to_json()})
+    cfg = vfl_config(training={"timeout": 0.1})
+    grid = LoopbackGrid(client_app, 3, {CONFIG_KEY: encode_config(cfg)})
     with pytest.raises(RuntimeError, match="needs 2 nodes"):
         VFLServer(cfg).run(grid)
 
@@ -302,10 +305,8 @@ def test_flwr_run_simulation_matches_the_in_process_backend(tmp_path: Path) -> N
         "simulation.num_cpus=1",  # one Ray actor serves both parties: fewer processes to start
     ]
     with initialize_config_module(config_module="fl_kd.conf", version_base=None):
-        flower_cfg = validate_vfl_config(compose(config_name="vfl", overrides=overrides))
-        inprocess_cfg = validate_vfl_config(
-            compose(config_name="vfl", overrides=[*overrides, "simulation.backend=inprocess"])
-        )
+        flower_cfg = load_config(compose(config_name="vfl", overrides=overrides))
+        inprocess_cfg = load_config(compose(config_name="vfl", overrides=[*overrides, "simulation.backend=inprocess"]))
     flower = run_experiment(flower_cfg, tmp_path / "flower")
     inprocess = run_experiment(inprocess_cfg, tmp_path / "inprocess")
     for key in ("mp", "auc", "train_loss", "attacks", "skipped_batches", "num_train"):
