@@ -30,9 +30,10 @@ def config_lines(cfg: ExperimentConfig) -> list[str]:
     strategy = ", ".join(
         f"{k} {v}" for k, v in to_mapping(cfg.strategy).items() if k not in ("name", "rounds") and v is not None
     )
+    transfer = f"transfer set {cfg.transfer.labelled} labelled"
+    transfer += f" + {cfg.transfer.unlabelled} unlabelled samples" if cfg.transfer.unlabelled else " samples"
     return [
-        f"- dataset `{cfg.dataset.name}`, {cfg.num_clients} clients, partition ({partition}), "
-        f"transfer set {cfg.transfer_size} labelled samples",
+        f"- dataset `{cfg.dataset.name}`, {cfg.num_clients} clients, partition ({partition}), {transfer}",
         f"- device profile `{cfg.device_profile.name}`: server `{cfg.device_profile.server_model}`; tiers {tiers}",
         f"- strategy `{cfg.strategy.name}`: {strategy}",
     ]
@@ -213,7 +214,7 @@ def render_report(
         header_section(runs, cfg, command, started, entry),
         (server_lines, server_results),
         client_section(runs),
-        bytes_section(runs, cfg.transfer_size),
+        bytes_section(runs, cfg.transfer.labelled),
         wall_section(runs),
         expectations_section(runs, server_results["runtimes_match"]),
     )
