@@ -329,3 +329,32 @@ def test_attacks_during_split_training_without_defence() -> None:
     assert dli["recovery"] == 1.0
     assert bli["recovery"] >= 0.9
     assert completion["auc"] > 0.8
+
+
+# --- the attacker's observation log -------------------------------------------------------------------------
+
+
+def test_observation_log_replays_what_the_party_saw_and_survives_storage() -> None:
+    import numpy as np
+
+    from fl_kd.vfl.attacks import ObservationLog
+
+    gen = torch.Generator().manual_seed(0)
+    batches = [
+        (torch.arange(4) + 4 * b, torch.randn(4, 2, generator=gen), torch.randn(4, 2, generator=gen)) for b in range(3)
+    ]
+    live = DirectLabelInference(seed=1)
+    log = ObservationLog()
+    for b, (ids, embedding, gradient) in enumerate(batches):
+        live.on_gradient(ids, embedding, gradient)
+        assert not log.observe(b, ids.numpy(), gradient.numpy())  # nothing was sent for this batch yet
+        log.sent({b: embedding.numpy()})
+        assert not log.observe(b, ids.numpy(), gradient[:, :1].numpy())  # not the gradient of what was sent
+        assert not log.observe(b, ids.numpy(), np.full((4, 2), np.nan, dtype=np.float32))
+        assert log.observe(b, ids.numpy(), gradient.numpy())
+    stored = ObservationLog(log.entries())  # as a ClientApp keeps it between messages
+    assert len(stored) == 3
+    replayed = DirectLabelInference(seed=1)
+    stored.replay([replayed])
+    labels = torch.randint(0, 2, (12,), generator=gen)
+    assert replayed.result(labels) == live.result(labels)

@@ -156,7 +156,9 @@ class TrainingConfig:
     Attributes
     ----------
     epochs : int (default: 5)
+        Passes over the aligned training samples.
     batch_size : int (default: 64)
+        Samples per mini-batch (the last batch of an epoch may be smaller).
     lr : float (default: 0.01)
         Learning rate of every party.
     optimizer : str (default: "adam")
@@ -233,14 +235,20 @@ class VFLRunConfig:
     attacker_party : int (default: 0)
         Feature party (0-based) that runs the attacks on the gradients it receives.
     dataset : DatasetConfig (default: breast_cancer)
+        The samples the parties split by columns.
     vfl_split : SplitConfig
+        Which columns each party holds.
     vfl_model : ModelConfig
+        Bottom and top models.
     defence : DefenceConfig (default: none)
+        The label party's defence.
     attack : dict[str, dict[str, Any]] (default: direct_label_inference and passive_model_completion)
         Attack name -> keyword arguments of the attack class (:func:`fl_kd.vfl.attacks.available_attacks`);
         the order is the order of the results.
     training : TrainingConfig
+        Split training and the message exchange.
     scoring : ScoringConfig
+        How the defence is scored (DCS).
     simulation : SimulationConfig
         How the run executes: a Flower simulation or the in-process loop.
     """
