@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from fl_kd.config import ConfigError
+from fl_kd.config import ConfigError, to_mapping
 from fl_kd.data.config import DatasetConfig
 from fl_kd.kd.algorithm import available_strategies, get_algorithm
 from fl_kd.kd.config import ExperimentConfig
@@ -28,7 +28,14 @@ GROUPS = ("dataset", "partition", "device_profile", "strategy", "simulation")
 
 def register_schemas() -> None:
     """Store the schema nodes ``conf/`` extends: top-level settings, dataset, partition, simulation, strategies."""
-    top = {f.name: f.default for f in fields(ExperimentConfig) if f.name not in GROUPS and f.default is not MISSING}
+    top: dict[str, Any] = {}
+    for f in fields(ExperimentConfig):
+        if f.name in GROUPS:
+            continue
+        if f.default is not MISSING:
+            top[f.name] = f.default
+        elif f.default_factory is not MISSING:
+            top[f.name] = to_mapping(f.default_factory())
     store_schema("experiment", top)
     store_schema("dataset", DatasetConfig())
     store_schema("partition", PartitionConfig())

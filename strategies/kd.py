@@ -14,7 +14,7 @@ answer is logged, counted and left out, exactly as if that client had not answer
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
 from typing import Any
 
@@ -22,12 +22,13 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
-from torch import Tensor
 
 from fl_kd.kd import protocol as kd
-from fl_kd.kd.federation import sample_clients
+from fl_kd.kd.cost import ClientCost
+from fl_kd.kd.federation import Federation, sample_clients
 from fl_kd.kd.metrics import round_metrics
 from fl_kd.kd.roles import Arrays, Instruction, ServerRole
+from fl_kd.kd.runner import round_cost
 from fl_kd.kd.validation import ScreeningReport
 from fl_kd.protocol import ProtocolError, decode_array, int_of, number_of, payload_nbytes, record
 
@@ -39,12 +40,8 @@ class KDStrategy(Strategy):
     ----------
     server : ServerRole
         The algorithm's server half.
-    test_x, test_y : Tensor
-        Global test set for the server's accuracy.
-    client_tiers : Mapping[int, str]
-        Device-tier name of each partition id (for per-tier client metrics).
-    num_clients : int
-        Size of the federation (partition ids ``0..num_clients-1``).
+    federation : Federation
+        Test set, device tiers and size of the federation (partition ids ``0..num_clients-1``).
     fraction_train : float (default: 1.0)
         Share of clients sampled per round, as in the in-process runner.
     seed : int (default: 0)
@@ -58,19 +55,15 @@ class KDStrategy(Strategy):
     def __init__(
         self,
         server: ServerRole,
-        test_x: Tensor,
-        test_y: Tensor,
-        client_tiers: Mapping[int, str],
-        num_clients: int,
+        federation: Federation,
         fraction_train: float = 1.0,
         seed: int = 0,
         timeout: float = 600.0,
         on_round_end: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.server = server
-        self.test_x, self.test_y = test_x, test_y
-        self.client_tiers = dict(client_tiers)
-        self.num_clients = num_clients
+        self.federation = federation
+        self.num_clients = federation.num_clients
         self.fraction_train = fraction_train
         self.seed = seed
         self.timeout = timeout
@@ -85,6 +78,7 @@ class KDStrategy(Strategy):
         self._downlink = 0
         self._screening = ScreeningReport()
         self._server_stats: dict[str, float | int] = {}
+        self._costs: dict[int, ClientCost] = {}
 
     def summary(self) -> None:
         """Log the strategy's settings."""
@@ -111,6 +105,9 @@ class KDStrategy(Strategy):
 
     def _message(self, instruction: Instruction, message_type: str, node_id: int, **config: Any) -> Message:
         self._downlink += instruction.nbytes
+        partition_id = self._partitions[node_id]
+        if partition_id in self._costs:
+            self._costs[partition_id].downlink_bytes += instruction.nbytes
         records: dict[str, Any] = {kd.CONFIG: ConfigRecord({**instruction.config, **config})}
         if instruction.arrays:
             records[kd.ARRAYS] = ArrayRecord({name: Array(value) for name, value in instruction.arrays.items()})
@@ -127,6 +124,7 @@ class KDStrategy(Strategy):
         self._uplink = self._downlink = 0
         sampled = sample_clients(self.num_clients, self.fraction_train, self.seed, server_round)
         self._selected = [pid for pid in sampled if pid in self._nodes]
+        self._costs = {pid: ClientCost() for pid in self._selected}
         return [
             self._message(
                 self.server.train_instruction(server_round, pid),
@@ -143,7 +141,13 @@ class KDStrategy(Strategy):
         """Check every answer, then let the algorithm aggregate the accepted ones."""
         replies = list(replies)
         # Rejected answers crossed the wire too, so they count.
-        self._uplink = sum(payload_nbytes(reply.content) for reply in replies if not reply.has_error())
+        self._uplink = 0
+        for reply in replies:
+            if reply.has_error():
+                continue
+            nbytes = payload_nbytes(reply.content)
+            self._uplink += nbytes
+            self._add_cost(reply, uplink_bytes=nbytes)
         answers, self._screening = self._screen(server_round, replies)
         for reason, count in self._screening.rejected.items():
             log(WARNING, "Round %d: dropped %d answer(s): %s", server_round, count, reason)
@@ -151,6 +155,15 @@ class KDStrategy(Strategy):
             log(WARNING, "Round %d: no answer from clients %s", server_round, self._screening.missing)
         self._server_stats = self.server.aggregate(server_round, answers)
         return None, MetricRecord({key: float(value) for key, value in self._server_stats.items()})
+
+    def _add_cost(self, reply: Message, uplink_bytes: int = 0) -> None:
+        """Book a sampled client's reported training samples (a cost figure only: never trusted for learning)."""
+        cost = self._costs.get(self._partitions.get(reply.metadata.src_node_id, -1))
+        if cost is None:
+            return
+        samples = number_of(reply.content, kd.METRICS, kd.TRAIN_SAMPLES)
+        cost.train_samples += max(samples, 0.0) if samples is not None else 0.0
+        cost.uplink_bytes += uplink_bytes
 
     def _screen(self, server_round: int, replies: list[Message]) -> tuple[dict[int, Arrays], ScreeningReport]:
         """Keep answers that are exactly what was asked; drop and count the rest."""
@@ -216,22 +229,24 @@ class KDStrategy(Strategy):
             if reply.has_error() or partition_id is None or partition_id in seen:
                 continue
             seen.add(partition_id)
+            self._add_cost(reply)
             acc = number_of(reply.content, kd.METRICS, kd.ACCURACY)
             pacc = number_of(reply.content, kd.METRICS, kd.PERSONALISED_ACCURACY)
             if acc is not None and pacc is not None and 0.0 <= acc <= 1.0 and 0.0 <= pacc <= 1.0:
                 client_acc[partition_id], client_pacc[partition_id] = acc, pacc
         row = round_metrics(
             round=server_round,
-            server_acc=self.server.evaluate(self.test_x, self.test_y),
+            server_acc=self.server.evaluate(self.federation.data.x_test, self.federation.data.y_test),
             client_acc=client_acc,
             client_pacc=client_pacc,
-            tiers=self.client_tiers,
+            tiers=self.federation.tier_names(),
             server_stats=self._server_stats,
             uplink_bytes=self._uplink,
             downlink_bytes=self._downlink,
             wall_seconds=time.perf_counter() - self._start,
             n_rejected=self._screening.num_rejected,
             n_missing=len(self._screening.missing),
+            cost=round_cost(self.federation, self.server, self._costs),
         )
         self.history.append(row)
         if self.on_round_end is not None:

@@ -39,10 +39,7 @@ def make_strategy(cfg: ExperimentConfig, on_round_end: Callable[[dict[str, Any]]
     federation = build_federation(cfg)
     return KDStrategy(
         get_algorithm(cfg.strategy.name).build_server(cfg, federation),
-        federation.data.x_test,
-        federation.data.y_test,
-        client_tiers=federation.tier_names(),
-        num_clients=federation.num_clients,
+        federation,
         fraction_train=cfg.strategy.fraction_fit,
         seed=cfg.seed,
         on_round_end=on_round_end,

@@ -30,7 +30,7 @@ def tiny_config(**overrides: Any) -> ExperimentConfig:
     top: dict[str, Any] = {
         "device_profile": TINY_PROFILE,
         "num_clients": 4,
-        "transfer_size": 60,
+        "transfer": {"labelled": 60},
         "personalised_test_size": 40,
         "seed": 11,
     }

@@ -24,7 +24,7 @@ def _fl_kd_sim(tmp_path: Path, *overrides: str, full_error: bool = False) -> sub
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("transfer_size=0", "error: transfer_size must be in [1, inf], got 0"),
+        ("transfer.labelled=-3", "error: transfer.labelled must be in [0, inf], got -3"),
         ("strategy.server_lr=nan", "error: strategy.server_lr must be a finite number, got nan"),
         ("strategy.weighting=median", "error: strategy.weighting='median' is not one of inverse_entropy"),
     ],
@@ -46,6 +46,6 @@ def test_a_checkpoint_of_another_architecture_is_named(tmp_path: Path) -> None:
 
 
 def test_hydra_full_error_still_shows_the_traceback(tmp_path: Path) -> None:
-    result = _fl_kd_sim(tmp_path, "transfer_size=0", full_error=True)
+    result = _fl_kd_sim(tmp_path, "transfer.labelled=-3", full_error=True)
     assert result.returncode != 0
     assert "Traceback" in result.stderr and "ConfigError" in result.stderr

@@ -46,7 +46,9 @@ def test_unknown_keys_are_an_error_naming_the_key() -> None:
 @pytest.mark.parametrize(
     ("values", "key"),
     [
-        ({"transfer_size": 0}, "transfer_size"),
+        ({"transfer": {"labelled": 0, "unlabelled": 50}}, "fedgems judges clients by labels"),
+        ({"transfer": {"labelled": 0, "unlabelled": 0}}, "the transfer set is empty"),
+        ({"transfer": {"unlabelled": -1}}, "transfer.unlabelled"),
         ({"num_clients": 0}, "num_clients"),
         ({"num_clients": "3"}, "num_clients must be an integer"),
         ({"num_clients": 2.5}, "num_clients must be an integer"),
@@ -77,7 +79,7 @@ def test_bad_values_are_refused_naming_the_key(values: dict[str, Any], key: str)
 def test_defaults_come_from_the_dataclasses() -> None:
     config = _config()
     assert config.strategy == FedGEMSConfig()
-    assert (config.num_clients, config.transfer_size, config.seed) == (10, 300, 0)
+    assert (config.num_clients, config.transfer.labelled, config.transfer.unlabelled, config.seed) == (10, 300, 0, 0)
     assert config.partition.params() == {"alpha": 0.5}
     assert _config(partition={"name": "iid"}).partition.params() == {}
     assert _config(partition={"name": "pathological", "classes_per_client": 2}).partition.params() == {

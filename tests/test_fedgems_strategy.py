@@ -120,7 +120,8 @@ def _claims_another_client(message: Message, reply: Message) -> list[Message]:
     """Client 0's answer says it is client 1: the payload's claim is ignored, the metadata decides."""
     if not _is_first_train_of_client0(message, reply):
         return [reply]
-    content = RecordDict({"arrays": reply.content["arrays"], "metrics": MetricRecord({"partition-id": 1})})
+    metrics = MetricRecord(dict(reply.content["metrics"]) | {"partition-id": 1})
+    content = RecordDict({"arrays": reply.content["arrays"], "metrics": metrics})
     return [Message(content, reply_to=message)]
 
 

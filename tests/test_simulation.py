@@ -80,7 +80,7 @@ def test_report_shows_skew_and_models(tmp_path: Path, capsys: pytest.CaptureFixt
 
 TINY = (
     "num_clients=3",
-    "transfer_size=60",
+    "transfer.labelled=60",
     "device_profile=homogeneous",
     "device_profile.server_model=cnn_small",
     "strategy.rounds=2",

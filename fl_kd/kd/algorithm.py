@@ -43,6 +43,10 @@ class StrategyConfig:
         check_range("strategy.rounds", self.rounds, low=1)
         check_range("strategy.fraction_fit", self.fraction_fit, low=0.0, high=1.0, low_open=True)
 
+    def required_transfer(self) -> str | None:
+        """``"labelled"`` if the algorithm cannot run without labelled transfer samples, else None."""
+        return None
+
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], key: str = "strategy") -> StrategyConfig:
         """The registered config class of ``values["name"]``, built strictly from ``values``."""

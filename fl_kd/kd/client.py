@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 from torch import Tensor, nn
 
-from fl_kd.kd.losses import distillation_loss
+from fl_kd.kd.losses import distillation_loss, kd_loss
 from fl_kd.kd.seeding import derive_seed, seeded_torch, torch_generator
 from fl_kd.kd.training import (
     accuracy,
@@ -80,13 +80,17 @@ class DistillClient:
     train_x, train_y : Tensor
         Private data ``(n, *input_shape)`` and int64 labels ``(n,)``.
     transfer_x, transfer_y : Tensor
-        The shared labelled transfer set ``(N, *input_shape)``, ``(N,)``, in the server's order.
+        The labelled part of the transfer set ``(N, *input_shape)``, ``(N,)``, in the server's order (may be empty
+        for strategies that use inputs only).
     config : ClientTrainConfig
         Training settings (from the client's device tier).
     seed : int (default: 0)
         Base seed of the run.
     device : torch.device | str (default: "cpu")
         Where the model trains.
+    public_x : Tensor | None (default: None)
+        Inputs of the whole transfer set, labelled part first then the unlabelled part (``transfer_x`` when None):
+        what *public positions* index.
     """
 
     def __init__(
@@ -100,12 +104,14 @@ class DistillClient:
         config: ClientTrainConfig,
         seed: int = 0,
         device: torch.device | str = "cpu",
+        public_x: Tensor | None = None,
     ) -> None:
         if train_x.shape[0] != train_y.shape[0] or transfer_x.shape[0] != transfer_y.shape[0]:
             raise ValueError("inputs and labels disagree on the number of samples")
         if train_x.shape[0] == 0:
             raise ValueError(f"client {client_id} has no private training data")
-        if transfer_x.shape[0] == 0:
+        public_x = transfer_x if public_x is None else public_x
+        if public_x.shape[0] == 0:
             raise ValueError("the transfer set is empty")
         self.client_id = int(client_id)
         self.config = config
@@ -114,7 +120,8 @@ class DistillClient:
         self.model = model.to(self.device)
         self.train_x, self.train_y = train_x.cpu(), train_y.cpu().long()
         self.transfer_x, self.transfer_y = transfer_x.cpu(), transfer_y.cpu().long()
-        self.num_classes = int(predict_logits(self.model, self.transfer_x[:1], device=self.device).shape[1])
+        self.public_x = public_x.cpu()
+        self.num_classes = int(predict_logits(self.model, self.public_x[:1], device=self.device).shape[1])
 
     @property
     def num_examples(self) -> int:
@@ -132,7 +139,11 @@ class DistillClient:
             self.train_y,
             lambda logits, y, _index: F.cross_entropy(logits, y),
         )
-        return {"loss": loss, "num_examples": float(self.num_examples)}
+        return {
+            "loss": loss,
+            "num_examples": float(self.num_examples),
+            "train_samples": float(cfg.local_epochs * self.num_examples),
+        }
 
     def logits(self, positions: ArrayLike, dtype: DTypeLike = np.float32) -> NDArray[np.floating[Any]]:
         """Eval-mode logits ``(n, C)`` on transfer ``positions`` ``(n,)``: the answer to a server query.
@@ -175,7 +186,45 @@ class DistillClient:
                 logits, teacher[index].to(self.device), y, cfg.epsilon, cfg.temperature
             ),
         )
-        return {"loss": loss, "num_examples": float(self.transfer_x.shape[0])}
+        num = int(self.transfer_x.shape[0])
+        return {"loss": loss, "num_examples": float(num), "train_samples": float(cfg.distill_epochs * num)}
+
+    def public_logits(self, positions: ArrayLike, dtype: DTypeLike = np.float32) -> NDArray[np.floating[Any]]:
+        """Eval-mode logits ``(n, C)`` on public ``positions`` (labelled part first, then unlabelled)."""
+        index = check_positions(positions, int(self.public_x.shape[0]))
+        if index.size == 0:
+            return to_wire(torch.zeros(0, self.num_classes), dtype)
+        return to_wire(predict_logits(self.model, self.public_x[torch.from_numpy(index)], device=self.device), dtype)
+
+    def distill_on(
+        self,
+        round: int,
+        phase: str,
+        positions: ArrayLike,
+        teacher_logits: ArrayLike,
+        epochs: int,
+        temperature: float | None = None,
+    ) -> dict[str, float]:
+        """``epochs`` of pure KD (no labels) towards ``teacher_logits`` ``(n, C)`` on public ``positions`` ``(n,)``.
+
+        How logit-sharing peers (FedMD's digest, DS-FL) take in a consensus: shuffling is seeded by
+        ``(seed, client, round, phase)`` like every other phase.
+        """
+        index = torch.from_numpy(check_positions(positions, int(self.public_x.shape[0])))
+        teacher = check_logits("teacher logits", teacher_logits, (int(index.numel()), self.num_classes))
+        temp = self.config.temperature if temperature is None else temperature
+        if index.numel() == 0 or epochs == 0:
+            return {"loss": 0.0, "train_samples": 0.0}
+        dummy = torch.zeros(int(index.numel()), dtype=torch.long)
+        loss = self._run_epochs(
+            round,
+            phase,
+            epochs,
+            self.public_x[index],
+            dummy,
+            lambda logits, _y, batch: kd_loss(logits, teacher[batch].to(self.device), temp),
+        )
+        return {"loss": loss, "train_samples": float(epochs * index.numel())}
 
     def _run_epochs(
         self,

@@ -20,6 +20,36 @@ from fl_kd.runtime import SimulationConfig
 
 
 @dataclass
+class TransferConfig:
+    """The transfer set: shared data on which knowledge moves, taken from the training split.
+
+    Both parts are drawn deterministically from the seed, disjoint from each other and from every client's private
+    data. Strategies that judge clients by labels (FedGEMS) use the labelled part; strategies that only need inputs
+    (DS-FL, FedDF, Fed-ET) use both parts' inputs and never read a label.
+
+    Attributes
+    ----------
+    labelled : int (default: 300)
+        Samples whose labels the server and the clients may use.
+    unlabelled : int (default: 0)
+        Samples whose labels nobody sees (inputs only).
+    """
+
+    labelled: int = 300
+    unlabelled: int = 0
+
+    def __post_init__(self) -> None:
+        check_range("transfer.labelled", self.labelled, low=0)
+        check_range("transfer.unlabelled", self.unlabelled, low=0)
+        require(self.size > 0, "the transfer set is empty: set transfer.labelled or transfer.unlabelled")
+
+    @property
+    def size(self) -> int:
+        """Both parts together."""
+        return self.labelled + self.unlabelled
+
+
+@dataclass
 class ExperimentConfig:
     """Everything that defines a knowledge-distillation run.
 
@@ -29,13 +59,12 @@ class ExperimentConfig:
         Server model and client tiers (``conf/device_profile/*.yaml``).
     dataset, partition, strategy, simulation
         The config groups of the same names.
+    transfer : TransferConfig
+        Sizes of the labelled and unlabelled parts of the transfer set.
     seed : int (default: 0)
         Base seed of everything: splits, tiers, model inits, sampling, shuffling.
     num_clients : int (default: 10)
         Federation size.
-    transfer_size : int (default: 300)
-        Labelled transfer-set size: the shared data on which knowledge moves, taken from the training split and
-        disjoint from every client's private data.
     personalised_test_size : int (default: 200)
         Size of each client's personalised test set (drawn to follow its own label distribution).
     device : str (default: "cpu")
@@ -50,9 +79,9 @@ class ExperimentConfig:
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     strategy: StrategyConfig = field(default_factory=lambda: get_algorithm(StrategyConfig.name).config_class())
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
     seed: int = 0
     num_clients: int = 10
-    transfer_size: int = 300
     personalised_test_size: int = 200
     device: str = "cpu"
     deterministic: bool = True
@@ -61,7 +90,12 @@ class ExperimentConfig:
         require(isinstance(self.device_profile, DeviceProfile), "device_profile must be a DeviceProfile")
         require(isinstance(self.strategy, StrategyConfig), "strategy must be a StrategyConfig")
         check_range("num_clients", self.num_clients, low=1)
-        check_range("transfer_size", self.transfer_size, low=1)
+        needs = self.strategy.required_transfer()
+        if needs == "labelled":
+            require(
+                self.transfer.labelled > 0,
+                f"strategy {self.strategy.name} judges clients by labels: it needs transfer.labelled > 0",
+            )
         check_range("personalised_test_size", self.personalised_test_size, low=1)
         check_range("seed", self.seed, low=0)
 

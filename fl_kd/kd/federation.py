@@ -8,7 +8,7 @@ weights.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 import numpy as np
@@ -33,7 +33,7 @@ class Federation:
     data : DatasetSplits
         The loaded dataset.
     transfer_idx : ndarray
-        ``(N_transfer,)`` training-split indices of the shared, labelled transfer set, in the order all
+        ``(N_transfer,)`` training-split indices of the labelled part of the transfer set, in the order all
         parties use for positions.
     client_idx : list[ndarray]
         Per client, its training-split indices (disjoint from each other and from ``transfer_idx``).
@@ -41,6 +41,9 @@ class Federation:
         Per client, its device tier.
     personalised_test_idx : list[ndarray]
         Per client, test-split indices following its label distribution.
+    unlabelled_idx : ndarray
+        ``(N_unlabelled,)`` training-split indices of the unlabelled part of the transfer set (its labels are never
+        read by a party); public positions ``N_transfer..`` refer to it.
     """
 
     data: DatasetSplits
@@ -48,6 +51,7 @@ class Federation:
     client_idx: list[NDArray[np.int64]]
     tiers: list[DeviceTier]
     personalised_test_idx: list[NDArray[np.int64]]
+    unlabelled_idx: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def num_clients(self) -> int:
@@ -63,6 +67,19 @@ class Federation:
     def transfer_y(self) -> Tensor:
         """``(N_transfer,)`` transfer labels."""
         return self.data.y_train[torch.from_numpy(self.transfer_idx)]
+
+    @property
+    def public_x(self) -> Tensor:
+        """``(N_transfer + N_unlabelled, *input_shape)``: the inputs of the whole transfer set, labelled part first.
+
+        Positions into it are the *public positions* that logit-sharing strategies use on the wire.
+        """
+        return self.data.x_train[torch.from_numpy(np.concatenate([self.transfer_idx, self.unlabelled_idx]))]
+
+    @property
+    def num_labelled(self) -> int:
+        """Size of the labelled part (public positions ``0..num_labelled-1`` have labels)."""
+        return int(self.transfer_idx.size)
 
     def client_data(self, client_id: int) -> tuple[Tensor, Tensor]:
         """Private ``(x, y)`` of ``client_id``."""
@@ -96,8 +113,15 @@ def build_federation(cfg: ExperimentConfig, data: DatasetSplits | None = None) -
         raise ValueError(f"given dataset {data.name!r} but the config names {cfg.dataset.name!r}")
     labels = data.y_train.numpy()
     transfer_idx, private_idx = split_transfer_set(
-        labels, cfg.transfer_size, seed=derive_seed(cfg.seed, "transfer")
+        labels, cfg.transfer.labelled, seed=derive_seed(cfg.seed, "transfer")
     )
+    unlabelled_idx = np.zeros(0, dtype=np.int64)
+    if cfg.transfer.unlabelled > 0:
+        # Drawn after the labelled part and only when asked, so a run without it splits exactly as before.
+        picked, rest = split_transfer_set(
+            labels[private_idx], cfg.transfer.unlabelled, seed=derive_seed(cfg.seed, "unlabelled_transfer")
+        )
+        unlabelled_idx, private_idx = private_idx[picked], private_idx[rest]
     parts = partition(
         labels[private_idx],
         cfg.partition.name,
@@ -118,7 +142,9 @@ def build_federation(cfg: ExperimentConfig, data: DatasetSplits | None = None) -
         )
         for client_id, idx in enumerate(client_idx)
     ]
-    return Federation(data, transfer_idx.astype(np.int64), client_idx, tiers, personalised)
+    return Federation(
+        data, transfer_idx.astype(np.int64), client_idx, tiers, personalised, unlabelled_idx.astype(np.int64)
+    )
 
 
 def build_client(cfg: ExperimentConfig, federation: Federation, client_id: int) -> DistillClient:
@@ -142,6 +168,7 @@ def build_client(cfg: ExperimentConfig, federation: Federation, client_id: int) 
         client_train_config(cfg, tier),
         seed=cfg.seed,
         device=cfg.device,
+        public_x=federation.public_x,
     )
 
 

@@ -78,6 +78,7 @@ def round_metrics(
     wall_seconds: float,
     n_rejected: int = 0,
     n_missing: int = 0,
+    cost: Mapping[str, float | int] | None = None,
 ) -> Metrics:
     """The flat metric dict of one round.
 
@@ -100,6 +101,8 @@ def round_metrics(
         Wall-clock time of the round.
     n_rejected, n_missing : int (default: 0)
         Client answers dropped by screening, and selected clients that did not answer.
+    cost : Mapping | None (default: None)
+        Device cost of the round (:func:`fl_kd.kd.cost.cost_metrics`), appended as they are.
 
     Returns
     -------
@@ -118,4 +121,4 @@ def round_metrics(
         "n_missing": int(n_missing),
         "wall_seconds": float(wall_seconds),
     }
-    return metrics
+    return metrics | dict(cost or {})

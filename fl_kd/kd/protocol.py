@@ -41,6 +41,8 @@ TRAIN_LOSS = "train-loss"
 DISTILL_LOSS = "distill-loss"
 ACCURACY = "acc"
 PERSONALISED_ACCURACY = "pacc"
+#: Samples a client pushed through forward and backward passes in a phase (its compute cost).
+TRAIN_SAMPLES = "train-samples"
 
 #: ClientApp state key of the client model's weights (kept in ``context.state`` between rounds).
 CLIENT_STATE = "client-model"

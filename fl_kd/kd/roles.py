@@ -78,12 +78,20 @@ class ServerRole(ABC):
     def evaluate(self, x: Tensor, y: Tensor) -> float:
         """Accuracy of the server's model on ``(x, y)`` (NaN for an algorithm without one)."""
 
+    def client_model(self, client_id: int) -> str | None:
+        """The model client ``client_id`` trains, when it is not its device tier's (it decides its compute cost)."""
+        return None
+
     def save(self, path: str | Path) -> None:  # noqa: B027 - optional: algorithms without a server model skip it
         """Write the server's state for a later run (``server.pt``); nothing to write by default."""
 
 
 class ClientRole(ABC):
-    """The client half of a KD algorithm: one client's model, private data and transfer-set view."""
+    """The client half of a KD algorithm: one client's model, private data and transfer-set view.
+
+    :meth:`train`'s answer metrics and :meth:`receive`'s figures include ``protocol.TRAIN_SAMPLES``, the samples
+    pushed through forward and backward passes, from which the round's compute cost per device is counted.
+    """
 
     client_id: int
 

@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fl_kd.data import DatasetSplits
+from fl_kd.kd import protocol as kd
 from fl_kd.kd.algorithm import get_algorithm
 from fl_kd.kd.config import ExperimentConfig
+from fl_kd.kd.cost import ClientCost, cost_metrics
 from fl_kd.kd.federation import Federation, build_federation, sample_clients
 from fl_kd.kd.metrics import Metrics, round_metrics
 from fl_kd.kd.roles import Arrays, ClientRole, ServerRole
@@ -62,8 +64,14 @@ def run_round(
             accepted[cid] = answer.arrays
     server_stats = server.aggregate(round, accepted)
     knowledge = {cid: server.evaluate_instruction(round, cid) for cid in selected}
+    costs = {}
     for cid in selected:
-        clients[cid].receive(round, knowledge[cid])
+        received = clients[cid].receive(round, knowledge[cid])
+        costs[cid] = ClientCost(
+            train_samples=answers[cid].metrics.get(kd.TRAIN_SAMPLES, 0.0) + received.get(kd.TRAIN_SAMPLES, 0.0),
+            uplink_bytes=answers[cid].nbytes,
+            downlink_bytes=instructions[cid].nbytes + knowledge[cid].nbytes,
+        )
     client_acc, client_pacc = evaluate_clients(federation, clients)
     data = federation.data
     return round_metrics(
@@ -77,7 +85,15 @@ def run_round(
         downlink_bytes=sum(i.nbytes for i in instructions.values()) + sum(k.nbytes for k in knowledge.values()),
         wall_seconds=time.perf_counter() - start,
         n_rejected=len(answers) - len(accepted),
+        cost=round_cost(federation, server, costs),
     )
+
+
+def round_cost(federation: Federation, server: ServerRole, costs: dict[int, ClientCost]) -> Metrics:
+    """The round's device cost per tier (both runtimes count it here)."""
+    data = federation.data
+    models = {cid: server.client_model(cid) for cid in costs}
+    return cost_metrics(costs, federation.tiers, tuple(data.input_shape), data.num_classes, models)
 
 
 def evaluate_clients(

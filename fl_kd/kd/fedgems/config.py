@@ -63,6 +63,10 @@ class FedGEMSConfig(StrategyConfig):
         check_range("strategy.weight_decay", self.weight_decay, low=0.0)
         check_choice("strategy.logits_dtype", self.logits_dtype, LOGITS_DTYPES)
 
+    def required_transfer(self) -> str | None:
+        """FedGEMS trusts a client on a sample when it is right: it needs the labelled part."""
+        return "labelled"
+
     def server_config(self) -> ServerDistillConfig:
         """Settings of the server's distillation phase."""
         return ServerDistillConfig(

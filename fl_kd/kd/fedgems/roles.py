@@ -87,7 +87,11 @@ class FedGEMSClient(ClientRole):
         logits = self.client.logits(positions, str(instruction.config.get(kd.LOGITS_DTYPE, "float32")))
         return Answer(
             {kd.POSITIONS: positions, kd.LOGITS: logits},
-            {kd.TRAIN_LOSS: float(result["loss"]), kd.NUM_EXAMPLES: float(result["num_examples"])},
+            {
+                kd.TRAIN_LOSS: float(result["loss"]),
+                kd.NUM_EXAMPLES: float(result["num_examples"]),
+                kd.TRAIN_SAMPLES: float(result["train_samples"]),
+            },
         )
 
     def receive(self, round: int, instruction: Instruction) -> dict[str, float]:
@@ -95,7 +99,8 @@ class FedGEMSClient(ClientRole):
         server_logits = instruction.arrays.get(kd.SERVER_LOGITS)
         if server_logits is None:
             raise ValueError(f"asked to distil but the message has no {kd.SERVER_LOGITS}")
-        return {kd.DISTILL_LOSS: float(self.client.distill(round, server_logits)["loss"])}
+        result = self.client.distill(round, server_logits)
+        return {kd.DISTILL_LOSS: float(result["loss"]), kd.TRAIN_SAMPLES: float(result["train_samples"])}
 
     def evaluate(self, x: Tensor, y: Tensor) -> float:
         """The client model's accuracy."""
