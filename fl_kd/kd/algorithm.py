@@ -1,6 +1,7 @@
 """The strategy registry: ``strategy=<name>`` picks an algorithm's config class, ServerApp and ClientApp.
 
-An algorithm is one folder of :mod:`fl_kd.kd` (``fl_kd/kd/fedgems/``) that registers an :class:`Algorithm`. The
+An algorithm is one folder of :mod:`fl_kd.kd` (``fl_kd/kd/fedgems/``) whose ``__init__`` registers an
+:class:`Algorithm`; every such folder is found and imported the first time the registry is read. The
 core names the Flower apps by import reference (``"module:attribute"``, the form Flower's own app config uses),
 so it stays free of Flower while the launchers, the deployment and the Hydra groups all read one table.
 """
@@ -8,6 +9,7 @@ so it stays free of Flower while the launchers, the deployment and the Hydra gro
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -43,9 +45,12 @@ class StrategyConfig:
         check_range("strategy.rounds", self.rounds, low=1)
         check_range("strategy.fraction_fit", self.fraction_fit, low=0.0, high=1.0, low_open=True)
 
-    def required_transfer(self) -> str | None:
-        """``"labelled"`` if the algorithm cannot run without labelled transfer samples, else None."""
-        return None
+    def check_experiment(self, experiment: ExperimentConfig) -> None:
+        """Refuse, with a ``ConfigError`` naming the key, an experiment this algorithm cannot run.
+
+        For example a strategy that judges clients by labels needs ``transfer.labelled > 0``, and FedAvg needs one
+        client architecture. Called by :class:`~fl_kd.kd.config.ExperimentConfig` once every group is built.
+        """
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], key: str = "strategy") -> StrategyConfig:
@@ -96,13 +101,13 @@ class Algorithm:
 
 STRATEGIES: Registry[Algorithm] = Registry("strategy")
 
-#: Packages that register the built-in algorithms when imported.
-_BUILTIN = ("fl_kd.kd.fedgems",)
-
-
 def _load_builtin() -> None:
-    for module in _BUILTIN:
-        importlib.import_module(module)
+    """Import every algorithm folder of :mod:`fl_kd.kd` (each sub-package registers itself when imported)."""
+    import fl_kd.kd
+
+    for module in pkgutil.iter_modules(fl_kd.kd.__path__):
+        if module.ispkg:
+            importlib.import_module(f"fl_kd.kd.{module.name}")
 
 
 def get_algorithm(name: str) -> Algorithm:

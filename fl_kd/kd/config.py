@@ -90,12 +90,7 @@ class ExperimentConfig:
         require(isinstance(self.device_profile, DeviceProfile), "device_profile must be a DeviceProfile")
         require(isinstance(self.strategy, StrategyConfig), "strategy must be a StrategyConfig")
         check_range("num_clients", self.num_clients, low=1)
-        needs = self.strategy.required_transfer()
-        if needs == "labelled":
-            require(
-                self.transfer.labelled > 0,
-                f"strategy {self.strategy.name} judges clients by labels: it needs transfer.labelled > 0",
-            )
+        self.strategy.check_experiment(self)
         check_range("personalised_test_size", self.personalised_test_size, low=1)
         check_range("seed", self.seed, low=0)
 

@@ -12,6 +12,7 @@ runner's metrics bit for bit. Per round (see :mod:`fl_kd.kd.roles`):
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -148,9 +149,11 @@ def summarise(rounds: list[Metrics], wall_seconds: float) -> Metrics:
     if not rounds:
         return summary
     last = rounds[-1]
+    # An algorithm without a server model (FedMD's consensus only) reports NaN server accuracy.
+    server_accs = [float(r["server_acc"]) for r in rounds if math.isfinite(float(r["server_acc"]))]
     summary |= {
         "final_server_acc": last["server_acc"],
-        "best_server_acc": max(r["server_acc"] for r in rounds),
+        "best_server_acc": max(server_accs) if server_accs else float("nan"),
         "final_client_acc_mean": last.get("client_acc_mean", float("nan")),
         "final_client_pacc_mean": last.get("client_pacc_mean", float("nan")),
         "total_uplink_bytes": int(sum(r["uplink_bytes"] for r in rounds)),

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from fl_kd.config import check_choice, check_range
+from fl_kd.config import check_choice, check_range, require
 from fl_kd.kd.algorithm import StrategyConfig
 from fl_kd.kd.client import ClientTrainConfig
 from fl_kd.kd.fedgems.server import ServerDistillConfig
 from fl_kd.kd.fusion import FUSION_RULES
 from fl_kd.kd.training import LOGITS_DTYPES
 from fl_kd.models import DeviceTier
+
+if TYPE_CHECKING:
+    from fl_kd.kd.config import ExperimentConfig
 
 
 @dataclass
@@ -63,9 +67,12 @@ class FedGEMSConfig(StrategyConfig):
         check_range("strategy.weight_decay", self.weight_decay, low=0.0)
         check_choice("strategy.logits_dtype", self.logits_dtype, LOGITS_DTYPES)
 
-    def required_transfer(self) -> str | None:
-        """FedGEMS trusts a client on a sample when it is right: it needs the labelled part."""
-        return "labelled"
+    def check_experiment(self, experiment: ExperimentConfig) -> None:
+        """FedGEMS trusts a client on a sample when it is right there: it needs the labelled part."""
+        require(
+            experiment.transfer.labelled > 0,
+            "strategy fedgems judges clients by labels: it needs transfer.labelled > 0",
+        )
 
     def server_config(self) -> ServerDistillConfig:
         """Settings of the server's distillation phase."""
