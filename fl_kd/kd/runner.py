@@ -17,6 +17,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
+
+from torch import Tensor
 
 from fl_kd.data import DatasetSplits
 from fl_kd.kd import protocol as kd
@@ -97,8 +100,14 @@ def round_cost(federation: Federation, server: ServerRole, costs: dict[int, Clie
     return cost_metrics(costs, federation.tiers, tuple(data.input_shape), data.num_classes, models)
 
 
+class _Evaluable(Protocol):
+    client_id: int
+
+    def evaluate(self, x: Tensor, y: Tensor) -> float: ...
+
+
 def evaluate_clients(
-    federation: Federation, clients: Sequence[ClientRole]
+    federation: Federation, clients: Sequence[_Evaluable]
 ) -> tuple[dict[int, float], dict[int, float]]:
     """Each client's accuracy on the global test set and on its personalised test set, by client id."""
     data = federation.data

@@ -79,8 +79,7 @@ class FedGEMSClient(ClientRole):
     def train(self, round: int, instruction: Instruction) -> Answer:
         """Local training, then logits on the asked positions."""
         positions = instruction.arrays.get(kd.POSITIONS)
-        integer = isinstance(positions, np.ndarray) and np.issubdtype(positions.dtype, np.integer)
-        if not integer or positions.ndim != 1:
+        if not isinstance(positions, np.ndarray) or positions.ndim != 1 or positions.dtype.kind not in "iu":
             raise ValueError("the server's query has no 1-D integer positions")
         result = self.client.local_train(round)
         positions = positions.astype(np.int64)
