@@ -80,7 +80,7 @@ def test_round_tail_prints_each_finished_round_once(tmp_path: Path, capsys: pyte
 # 3 clients and 2 rounds would take ~4 min there).
 TINY = (
     "num_clients=2",
-    "transfer_size=60",
+    "transfer.labelled=60",
     "device_profile=homogeneous",
     "device_profile.server_model=cnn_small",
     "strategy.rounds=1",
