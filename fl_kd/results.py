@@ -56,6 +56,13 @@ def read_metrics(out_dir: Path | str) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda row: row.get("round", 0))
 
 
+def finished_rounds(out_dir: Path | str, exit_code: int, rounds: int) -> list[dict[str, Any]] | None:
+    """The rows of a Flower run that exited with 0 and left every one of its ``rounds`` on disk; else None."""
+    path = Path(out_dir) / METRICS_JSONL
+    rows = read_metrics(out_dir) if path.exists() else []
+    return rows if exit_code == 0 and len(rows) == rounds else None
+
+
 def write_csv(rows: Sequence[Mapping[str, Any]], path: Path | str) -> None:
     """Write rows to CSV with the union of their keys as columns (``round`` first)."""
     keys: list[str] = []

@@ -13,12 +13,10 @@ from typing import Any
 from omegaconf import DictConfig
 
 from fl_kd.config import ConfigError, to_mapping
-from fl_kd.data.config import DatasetConfig
 from fl_kd.kd.algorithm import available_strategies, get_algorithm
 from fl_kd.kd.config import ExperimentConfig
 from fl_kd.partition.config import PartitionConfig
-from fl_kd.runtime import SimulationConfig
-from fl_kd.simulations.schema import store_schema, to_core
+from fl_kd.simulations.schema import store_schema, store_shared_schemas, to_core
 
 __all__ = ["GROUPS", "ConfigError", "experiment_config", "register_schemas"]
 
@@ -37,9 +35,8 @@ def register_schemas() -> None:
         elif f.default_factory is not MISSING:
             top[f.name] = to_mapping(f.default_factory())
     store_schema("experiment", top)
-    store_schema("dataset", DatasetConfig())
+    store_shared_schemas()
     store_schema("partition", PartitionConfig())
-    store_schema("simulation", SimulationConfig())
     for name in available_strategies():
         store_schema("strategy", get_algorithm(name).config_class(name=name), name=name)
 

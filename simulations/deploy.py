@@ -32,7 +32,7 @@ from fl_kd.kd.algorithm import get_algorithm
 from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.protocol import OUTPUT_DIR_KEY, RUN_CONFIG_KEY
 from fl_kd.kd.runner import summarise
-from fl_kd.results import METRICS_JSONL, format_round_line, print_summary_table, read_metrics
+from fl_kd.results import METRICS_JSONL, finished_rounds, format_round_line, print_summary_table
 from fl_kd.simulations.cli import user_errors_exit
 from fl_kd.simulations.deploy_settings import DeploySettings, split_deploy_settings
 from fl_kd.simulations.flower_launcher import write_app
@@ -132,10 +132,10 @@ def run_deployment(
             deployment.stop()
     say(f"Deployment finished in {time.monotonic() - started:.1f} s")
 
-    rows = read_metrics(out_dir) if (out_dir / METRICS_JSONL).exists() else []
-    if code != 0 or len(rows) != experiment.strategy.rounds:
+    rows = finished_rounds(out_dir, code, experiment.strategy.rounds)
+    if rows is None:
         raise DeploymentError(
-            f"`flwr run` ended with exit code {code} after {len(rows)} of {experiment.strategy.rounds} rounds; "
+            f"`flwr run` ended with exit code {code} before {experiment.strategy.rounds} rounds; "
             f"see {deployment.run_log} and {deployment.superlink_log}. End of {deployment.run_log.name}:\n"
             f"{tail(deployment.run_log)}"
         )

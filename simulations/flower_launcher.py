@@ -90,11 +90,6 @@ def superlink_processes(flwr_home: Path) -> list[Proc]:
     return find_processes("flower-superlink", str(flwr_home))
 
 
-def _superlink_pids(flwr_home: Path) -> list[int]:
-    # Kept for tests/test_simulation.py and tests/test_vfl_flower.py, until they call superlink_processes.
-    return [proc.pid for proc in superlink_processes(flwr_home)]
-
-
 def stop_superlink(flwr_home: Path, timeout: float = 15.0) -> None:
     """Stop the local SuperLink (and with it its SuperExec) that this run started."""
     stop_processes(lambda: superlink_processes(flwr_home), grace_s=timeout)

@@ -24,10 +24,12 @@ from fl_kd.kd.federation import build_federation
 from fl_kd.kd.protocol import CHECKPOINT_FILE, OUTPUT_DIR_KEY, RUN_CONFIG_KEY
 from fl_kd.kd.runner import run_inprocess, summarise
 from fl_kd.plots import run_title
-from fl_kd.results import RoundRecorder, format_round_line, print_summary_table, read_metrics, write_outputs
+from fl_kd.results import RoundRecorder, finished_rounds, format_round_line, print_summary_table, write_outputs
 from fl_kd.simulations.cli import user_errors_exit
 from fl_kd.simulations.config import experiment_config
 from fl_kd.simulations.flower_launcher import run_flower_simulation
+from fl_kd.simulations.jobs import finish_sweep, sweep_job
+from fl_kd.strategies.kd_app import SERVER_LOG
 
 log = logging.getLogger(__name__)
 
@@ -61,26 +63,32 @@ def run_experiment(experiment: ExperimentConfig, out_dir: Path) -> list[dict[str
         num_cpus_per_client=experiment.simulation.num_cpus_per_client,
         num_cpus=experiment.simulation.num_cpus,
     )
-    rows = read_metrics(out_dir) if (out_dir / "metrics.jsonl").exists() else []
-    if code != 0 or len(rows) != experiment.strategy.rounds:
+    rows = finished_rounds(out_dir, code, experiment.strategy.rounds)
+    if rows is None:
         raise RuntimeError(
-            f"the Flower simulation ended with exit code {code} after {len(rows)} of "
-            f"{experiment.strategy.rounds} rounds; "
-            f"see {out_dir / '.flwr' / 'local-superlink' / 'superlink.log'}"
+            f"the Flower simulation ended with exit code {code} before {experiment.strategy.rounds} rounds; "
+            f"see {out_dir / SERVER_LOG} and {out_dir / '.flwr' / 'local-superlink' / 'superlink.log'}"
         )
     return rows
 
 
 @hydra.main(version_base=None, config_path="pkg://fl_kd.conf", config_name="config")
 @user_errors_exit
-def main(cfg: DictConfig) -> None:
-    """Hydra entry point: compose, validate, run, summarise."""
+@sweep_job
+def run_job(cfg: DictConfig) -> None:
+    """Hydra task: compose, validate, run, summarise (one job of a multirun: see :mod:`fl_kd.simulations.jobs`)."""
     experiment = experiment_config(cfg)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     rows = run_experiment(experiment, out_dir)
     print_summary_table(rows, title=f"fl-kd {experiment.strategy.name} on {experiment.dataset.name}")
     summary = summarise(rows, wall_seconds=sum(float(row["wall_seconds"]) for row in rows))
     print(f"server accuracy {summary.get('final_server_acc', float('nan')):.4f}; run folder: {out_dir}")
+
+
+def main() -> None:
+    """``fl-kd-sim``: one run, or with ``--multirun`` every job of a sweep even if some fail (then exit code 1)."""
+    run_job()
+    finish_sweep()
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from fl_kd.config import ConfigError, from_mapping, to_mapping
+from fl_kd.data.config import DatasetConfig
+from fl_kd.runtime import SimulationConfig
 
 T = TypeVar("T")
 
@@ -32,6 +34,12 @@ def store_schema(group: str, defaults: Any, name: str | None = None, drop: tuple
         ConfigStore.instance().store(group=SCHEMA_GROUP, name=group, node=node)
     else:
         ConfigStore.instance().store(group=f"{SCHEMA_GROUP}/{group}", name=name, node=node)
+
+
+def store_shared_schemas() -> None:
+    """Schema nodes of the groups every entry point composes: ``dataset`` and ``simulation``."""
+    store_schema("dataset", DatasetConfig())
+    store_schema("simulation", SimulationConfig())
 
 
 def plain(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:

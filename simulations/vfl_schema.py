@@ -13,9 +13,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from fl_kd.config import to_mapping
-from fl_kd.data.config import DatasetConfig
-from fl_kd.runtime import SimulationConfig
-from fl_kd.simulations.schema import store_schema, to_core
+from fl_kd.simulations.schema import store_schema, store_shared_schemas, to_core
 from fl_kd.vfl.attacks import attack_class, available_attacks
 from fl_kd.vfl.config import DefenceConfig, VFLRunConfig, default_params
 from fl_kd.vfl.defences import available_defences
@@ -29,8 +27,7 @@ def register_vfl_schema() -> None:
     defaults = VFLRunConfig()
     # The attack group is a list of options merged into `attack`; starting from {} lets `attack=[]` mean none.
     store_schema("vfl", {**to_mapping(defaults), "attack": {}}, drop=tuple(g for g in GROUPS if g != "attack"))
-    store_schema("dataset", DatasetConfig())
-    store_schema("simulation", SimulationConfig())
+    store_shared_schemas()
     store_schema("vfl_split", defaults.vfl_split)
     store_schema("vfl_model", defaults.vfl_model)
     for name in available_defences():

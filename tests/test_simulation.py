@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from fl_kd.config import ConfigError
 from fl_kd.kd.federation import build_federation
 from fl_kd.simulations.config import experiment_config
-from fl_kd.simulations.flower_launcher import _superlink_pids
+from fl_kd.simulations.flower_launcher import superlink_processes
 from fl_kd.simulations.report import write_reports
 from fl_kd.simulations.run import run_experiment
 
@@ -114,4 +114,4 @@ def test_flower_simulation_matches_the_in_process_runner(tmp_path: Path, capfd: 
         for name in ("config.yaml", "metrics.jsonl", "metrics.csv", "summary.json", "accuracy.png", "bytes.png"):
             assert (folder / name).is_file(), f"{run}: {name} missing"
     # The launcher stops the local SuperLink it started.
-    assert _superlink_pids(tmp_path / "flower" / ".flwr") == []
+    assert superlink_processes(tmp_path / "flower" / ".flwr") == []

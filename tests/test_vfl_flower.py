@@ -18,7 +18,7 @@ from torch import Tensor
 from fl_kd.clients.vfl_app import app as client_app
 from fl_kd.clients.vfl_app import load_party
 from fl_kd.config import from_mapping
-from fl_kd.simulations.flower_launcher import _superlink_pids
+from fl_kd.simulations.flower_launcher import superlink_processes
 from fl_kd.simulations.vfl import run_experiment
 from fl_kd.simulations.vfl_schema import load_config
 from fl_kd.strategies.vfl import VFLServer
@@ -316,4 +316,4 @@ def test_flwr_run_simulation_matches_the_in_process_backend(tmp_path: Path) -> N
     saved = json.loads((tmp_path / "flower" / "results.json").read_text())
     assert saved["mp"] == flower["mp"] and saved["backend"] == "flwr_run"
     assert (tmp_path / "flower" / "config.yaml").is_file()
-    assert _superlink_pids(tmp_path / "flower" / ".flwr") == []
+    assert superlink_processes(tmp_path / "flower" / ".flwr") == []
