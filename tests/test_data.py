@@ -15,7 +15,6 @@ from fl_kd.data import DatasetNotAvailableError, DatasetSplits, available_datase
 from fl_kd.data.idx import read_idx
 from fl_kd.data.splits import standardise, stratified_split
 
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
 def _idx_bytes(array: np.ndarray) -> bytes:
@@ -137,7 +136,7 @@ def test_fashion_mnist_missing_root_explains(tmp_path: Path) -> None:
         load_dataset("fashion_mnist", root=tmp_path)
 
 
-@pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
+@pytest.mark.requires_fashion_mnist
 def test_fashion_mnist_real_files() -> None:
     data = load_dataset("fashion_mnist")
     assert data.x_train.shape == (60000, 1, 28, 28) and data.x_test.shape == (10000, 1, 28, 28)
