@@ -1,92 +1,257 @@
-"""`fl-kd-table`: turn the run folders of a Hydra multirun sweep into one table and one plot.
+"""`fl-kd-table`: turn the run folders of a Hydra multirun sweep into one table (``sweep.md``) and one figure.
 
-Each job folder of ``fl-kd-sim --multirun ...`` holds ``.hydra/overrides.yaml``, ``summary.json`` and
-``metrics.jsonl``. This collects them, groups jobs that differ only in ``seed``, and writes ``sweep.md`` (mean and
-standard deviation of the final figures) and ``sweep.png`` (server and mean client accuracy over rounds per group).
+Each job folder of ``fl-kd-sim --multirun ...`` holds ``.hydra/overrides.yaml`` and ``config.yaml``, and then either
+``summary.json`` and ``metrics.jsonl`` (it finished) or ``failed.json`` (it failed; see
+:mod:`fl_kd.simulations.jobs`). Jobs are grouped by every overridden key except ``seed``; per group the table gives
+the mean ± standard deviation over seeds of the final and best server accuracy and the final client accuracy
+(global and personalised test set), the mean per round of what a client sends and receives, the simulated seconds
+and a client's training FLOPs, and the wall time. Failed and unfinished jobs are listed below the table.
+``sweep.png`` plots accuracy over rounds and against cumulative uplink bytes, simulated seconds and client FLOPs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import statistics
-from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from fl_kd.plots import save_figure, sweep_figure
+from fl_kd.models.profiles import DeviceProfile, tier_counts
+from fl_kd.plots import _format_bytes, save_figure
 from fl_kd.results import read_metrics
+from fl_kd.simulations.jobs import FAILED_FILE
+from fl_kd.sweep_plots import CLIENT_FLOPS, SWEEP_PNG, sweep_overview_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-FIGURES = ("final_server_acc", "final_client_acc_mean", "final_client_pacc_mean", "total_uplink_bytes")
+SWEEP_MD = "sweep.md"
+FINISHED, FAILED, UNFINISHED = "finished", "failed", "did not finish"
+#: The setting of jobs that differ in nothing but the seed.
+ALL_JOBS = "(all jobs)"
 
 
-def collect(sweep_dir: Path) -> list[dict[str, Any]]:
-    """One record per finished job: its overrides (without seed), seed, summary and per-round metrics."""
-    jobs = []
-    for summary_path in sorted(sweep_dir.rglob("summary.json")):
-        job_dir = summary_path.parent
-        overrides_path = job_dir / ".hydra" / "overrides.yaml"
-        overrides = yaml.safe_load(overrides_path.read_text()) if overrides_path.exists() else []
-        seed = next((o.split("=", 1)[1] for o in overrides if o.startswith("seed=")), "0")
-        jobs.append(
-            {
-                "overrides": [o for o in overrides if not o.startswith("seed=")],
-                "seed": seed,
-                "summary": json.loads(summary_path.read_text()),
-                "rounds": read_metrics(job_dir),
-            }
-        )
-    # Name each job by what varies across the sweep; what all jobs share goes in the table's caption.
-    shared = set.intersection(*(set(job["overrides"]) for job in jobs)) if jobs else set()
+@dataclass
+class Job:
+    """One job folder of a sweep."""
+
+    name: str
+    overrides: list[str]
+    seed: str
+    status: str
+    error: str = ""
+    summary: dict[str, Any] = field(default_factory=dict)
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    setting: str = ""
+
+
+def collect(sweep_dir: Path) -> list[Job]:
+    """Every job folder under ``sweep_dir`` (those with ``.hydra/overrides.yaml``), in job order, with its status,
+    summary and per-round rows; ``setting`` names what the job's overrides differ in, seed left out."""
+    jobs = [_job(path.parent.parent, sweep_dir) for path in sweep_dir.rglob(".hydra/overrides.yaml")]
+    jobs.sort(key=lambda job: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", job.name)])
+    shared = set(shared_overrides(jobs))
     for job in jobs:
-        job["setting"] = " ".join(sorted(set(job["overrides"]) - shared)) or "(defaults)"
-        job["shared"] = " ".join(sorted(shared))
+        job.setting = " ".join(o for o in job.overrides if o not in shared) or ALL_JOBS
     return jobs
 
 
-def table(jobs: Sequence[dict[str, Any]]) -> str:
-    """Markdown table: one row per setting, mean ± std over seeds of the final figures."""
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+def shared_overrides(jobs: Sequence[Job]) -> list[str]:
+    """The overrides (seed left out) every job has, in the first job's order."""
+    if not jobs:
+        return []
+    common = set.intersection(*(set(job.overrides) for job in jobs))
+    return [o for o in jobs[0].overrides if o in common]
+
+
+def _job(folder: Path, sweep_dir: Path) -> Job:
+    overrides = [str(o) for o in yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text()) or []]
+    config = _read_yaml(folder / "config.yaml")
+    seed = next((o.split("=", 1)[1] for o in overrides if o.startswith("seed=")), str(config.get("seed", "?")))
+    job = Job(
+        name=str(folder.relative_to(sweep_dir)),
+        overrides=[o for o in overrides if not o.startswith("seed=")],
+        seed=seed,
+        status=UNFINISHED,
+        error="no summary.json and no failed.json (stopped, or still running)",
+    )
+    if (folder / "summary.json").is_file():
+        job.status, job.error = FINISHED, ""
+        job.summary = json.loads((folder / "summary.json").read_text())
+        weights = tier_weights(config)
+        job.rounds = [derived_row(row, weights) for row in read_metrics(folder)]
+    elif (folder / FAILED_FILE).is_file():
+        failure = json.loads((folder / FAILED_FILE).read_text())
+        first = (str(failure.get("message", "")).strip().splitlines() or [""])[0]
+        job.status, job.error = FAILED, f"{failure.get('error_type', 'error')}: {first}"
+    return job
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def tier_weights(config: Mapping[str, Any]) -> dict[str, int]:
+    """Clients per device tier of a run's ``config.yaml`` ({} when it names no usable profile: equal weights)."""
+    try:
+        profile = DeviceProfile.from_dict(config["device_profile"])
+        return tier_counts(profile, int(config["num_clients"]))
+    except (KeyError, TypeError, ValueError):
+        return {}
+
+
+def per_client(row: Mapping[str, Any], prefix: str, weights: Mapping[str, int]) -> float:
+    """Mean over the tiers in ``row`` of ``<prefix>_<tier>`` (itself a mean over the tier's sampled clients),
+    weighted by the tier's clients; NaN when the row has none."""
+    values = {key[len(prefix) + 1 :]: float(v) for key, v in row.items() if key.startswith(prefix + "_")}
+    total = sum(weights.get(tier, 1) if weights else 1 for tier in values)
+    if not values or total == 0:
+        return math.nan
+    return math.fsum(v * (weights.get(tier, 1) if weights else 1) for tier, v in values.items()) / total
+
+
+def derived_row(row: Mapping[str, Any], weights: Mapping[str, int]) -> dict[str, Any]:
+    """A metrics row plus what a client does per round: ``client_flops``, ``client_uplink_bytes`` and
+    ``client_downlink_bytes`` (means over tiers weighted by clients)."""
+    return {
+        **row,
+        CLIENT_FLOPS: per_client(row, "client_flops", weights),
+        "client_uplink_bytes": per_client(row, "client_uplink_bytes", weights),
+        "client_downlink_bytes": per_client(row, "client_downlink_bytes", weights),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------- table
+
+
+def _mean_over_rounds(key: str) -> Callable[[Job], float]:
+    def figure(job: Job) -> float:
+        values = [float(row[key]) for row in job.rounds if row.get(key) is not None and math.isfinite(row[key])]
+        return statistics.fmean(values) if values else math.nan
+
+    return figure
+
+
+def _summary(key: str, fallback: Callable[[Job], float]) -> Callable[[Job], float]:
+    def figure(job: Job) -> float:
+        value = job.summary.get(key)
+        return float(value) if value is not None else fallback(job)
+
+    return figure
+
+
+def _last(key: str) -> Callable[[Job], float]:
+    return lambda job: float(job.rounds[-1].get(key, math.nan)) if job.rounds else math.nan
+
+
+def _best_server(job: Job) -> float:
+    values = [float(r["server_acc"]) for r in job.rounds if r.get("server_acc") is not None]
+    finite = [v for v in values if math.isfinite(v)]
+    return max(finite) if finite else math.nan
+
+
+def _accuracy(mean: float, std: float | None) -> str:
+    return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
+
+
+def _seconds(mean: float, std: float | None) -> str:
+    return f"{mean:.3g} s" if std is None else f"{mean:.3g} ± {std:.2g} s"
+
+
+def _flops(mean: float, _std: float | None) -> str:
+    for unit, scale in (("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6), ("kFLOP", 1e3)):
+        if mean >= scale:
+            return f"{mean / scale:.3g} {unit}"
+    return f"{mean:.3g} FLOP"
+
+
+#: Column header, per-job figure, and cell format of mean (and std over seeds, None for a single seed).
+COLUMNS: tuple[tuple[str, Callable[[Job], float], Callable[[float, float | None], str]], ...] = (
+    ("server acc, final", _summary("final_server_acc", _last("server_acc")), _accuracy),
+    ("server acc, best", _summary("best_server_acc", _best_server), _accuracy),
+    ("client acc, final", _summary("final_client_acc_mean", _last("client_acc_mean")), _accuracy),
+    ("client acc (own test set), final", _summary("final_client_pacc_mean", _last("client_pacc_mean")), _accuracy),
+    ("up / client / round", _mean_over_rounds("client_uplink_bytes"), lambda m, _s: _format_bytes(m)),
+    ("down / client / round", _mean_over_rounds("client_downlink_bytes"), lambda m, _s: _format_bytes(m)),
+    ("sim. s / round", _mean_over_rounds("sim_seconds"), lambda m, _s: _seconds(m, None)),
+    ("client FLOPs / round", _mean_over_rounds(CLIENT_FLOPS), _flops),
+    ("wall s", _summary("wall_seconds", lambda job: math.nan), _seconds),
+)
+
+NOTES = (
+    "Mean ± standard deviation over seeds. Up/down: bytes one sampled client sends/receives per round; client "
+    "FLOPs: its training FLOPs per round (means over rounds and device tiers, tiers weighted by their clients). "
+    "Sim. s: simulated seconds of a round (its slowest sampled client, from the tiers' compute speed and "
+    "bandwidth). Wall s: the run's rounds on this machine."
+)
+
+
+def cell(values: Sequence[float], fmt: Callable[[float, float | None], str]) -> str:
+    """Mean (± std for several finite values) of one column in one group; "–" when none is finite."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return "–"
+    return fmt(statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else None)
+
+
+def groups_of(jobs: Sequence[Job]) -> dict[str, list[Job]]:
+    """Jobs by setting, in the order the sweep first ran each setting."""
+    groups: dict[str, list[Job]] = {}
     for job in jobs:
-        groups[job["setting"]].append(job)
-    shared = jobs[0]["shared"] if jobs else ""
+        groups.setdefault(job.setting, []).append(job)
+    return groups
+
+
+def table(jobs: Sequence[Job]) -> str:
+    """Markdown: the shared overrides, one row per setting (finished seeds), then the jobs without results."""
+    shared = " ".join(shared_overrides(jobs))
     lines = [
         f"All jobs: `{shared or '(defaults)'}`",
         "",
-        "| setting | seeds | " + " | ".join(FIGURES) + " |",
-        "|---|---|" + "---|" * len(FIGURES),
+        "| setting | seeds | " + " | ".join(header for header, _, _ in COLUMNS) + " |",
+        "|---|---|" + "---|" * len(COLUMNS),
     ]
-    for setting, members in sorted(groups.items()):
-        cells = []
-        for figure in FIGURES:
-            values = [float(m["summary"][figure]) for m in members if figure in m["summary"]]
-            if not values:
-                cells.append("–")
-            elif len(values) == 1:
-                cells.append(f"{values[0]:.4g}")
-            else:
-                cells.append(f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.2g}")
-        lines.append(f"| {setting} | {len(members)} | " + " | ".join(cells) + " |")
+    for setting, members in groups_of(jobs).items():
+        done = [job for job in members if job.status == FINISHED]
+        seeds = str(len(done)) if len(done) == len(members) else f"{len(done)} of {len(members)}"
+        cells = [cell([figure(job) for job in done], fmt) for _, figure, fmt in COLUMNS]
+        lines.append(f"| {setting} | {seeds} | " + " | ".join(cells) + " |")
+    lines += ["", NOTES]
+    missing = [job for job in jobs if job.status != FINISHED]
+    if missing:
+        lines += ["", f"Jobs without results ({len(missing)} of {len(jobs)}):", ""]
+        lines += ["| job | setting | seed | status | error |", "|---|---|---|---|---|"]
+        for job in missing:
+            error = job.error.replace("|", "\\|")
+            lines.append(f"| {job.name} | {job.setting} | {job.seed} | {job.status} | {error} |")
     return "\n".join(lines) + "\n"
 
 
-def plot(jobs: Sequence[dict[str, Any]], path: Path) -> None:
-    """``sweep.png``: server and mean client accuracy over rounds, mean over seeds, one line per setting."""
-    save_figure(sweep_figure_of(jobs), path)
+def plot(jobs: Sequence[Job], path: Path) -> None:
+    """``sweep.png``: accuracy over rounds and against cumulative uplink, simulated seconds and client FLOPs."""
+    save_figure(figure(jobs), path)
 
 
-def sweep_figure_of(jobs: Sequence[dict[str, Any]]) -> Figure:
-    """The sweep figure of collected jobs, before it is saved (for tests and notebooks)."""
-    groups: dict[str, list[list[dict[str, Any]]]] = defaultdict(list)
-    for job in jobs:
-        groups[job["setting"]].append(job["rounds"])
-    return sweep_figure(groups, shared=jobs[0]["shared"] if jobs else "")
+def figure(jobs: Sequence[Job]) -> Figure:
+    """The sweep figure of collected jobs (finished ones; the others are counted in the title), before saving."""
+    groups = {
+        setting: [job.rounds for job in members if job.status == FINISHED]
+        for setting, members in groups_of(jobs).items()
+    }
+    missing = sum(job.status != FINISHED for job in jobs)
+    shared = " ".join(shared_overrides(jobs))
+    return sweep_overview_figure({s: runs for s, runs in groups.items() if runs}, shared=shared, missing=missing)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -96,12 +261,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     jobs = collect(args.sweep_dir)
     if not jobs:
-        raise SystemExit(f"no finished runs (summary.json) under {args.sweep_dir}")
+        raise SystemExit(f"no job folders (.hydra/overrides.yaml) under {args.sweep_dir}")
     markdown = table(jobs)
-    (args.sweep_dir / "sweep.md").write_text(markdown)
-    plot(jobs, args.sweep_dir / "sweep.png")
+    (args.sweep_dir / SWEEP_MD).write_text(markdown)
     print(markdown)
-    print(f"wrote {args.sweep_dir / 'sweep.md'} and {args.sweep_dir / 'sweep.png'}")
+    if any(job.status == FINISHED for job in jobs):
+        plot(jobs, args.sweep_dir / SWEEP_PNG)
+        print(f"wrote {args.sweep_dir / SWEEP_MD} and {args.sweep_dir / SWEEP_PNG}")
+    else:
+        print(f"wrote {args.sweep_dir / SWEEP_MD} (no job finished: no plot)")
 
 
 if __name__ == "__main__":

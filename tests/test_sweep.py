@@ -1,0 +1,274 @@
+"""Sweeps: every job of a multirun runs even when one fails, and `fl-kd-table` turns hand-made job folders (no
+training) into the expected table and figure."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from fl_kd.kd.runner import summarise
+from fl_kd.results import RoundRecorder
+from fl_kd.simulations.jobs import FAILED_FILE, JobFailure, record_failure
+from fl_kd.simulations.sweep import collect, figure, main, table
+from fl_kd.sweep_plots import sweep_overview_figure
+
+PROFILE = {
+    "name": "three_tier",
+    "server_model": "resnet_server",
+    "tiers": {
+        "low": {"model": "cnn_tiny", "share": 0.4},
+        "mid": {"model": "cnn_small", "share": 0.4},
+        "high": {"model": "cnn_medium", "share": 0.2},
+    },
+}  # 10 clients: 4 low, 4 mid, 2 high
+
+
+def _row(round_: int, server: float, client: float, uplink: float, sim: float) -> dict[str, Any]:
+    return {
+        "round": round_,
+        "server_acc": server,
+        "client_acc_mean": client,
+        "client_pacc_mean": client + 0.1,
+        "uplink_bytes": uplink,
+        "downlink_bytes": 2 * uplink,
+        "wall_seconds": 1.5,
+        "sim_seconds": sim,
+        # per sampled client of each tier; weighted 4:4:2 -> (4*1 + 4*2 + 2*6) / 10 = 2.4 (x scale)
+        "client_flops_low": 1e6,
+        "client_flops_mid": 2e6,
+        "client_flops_high": 6e6,
+        "client_uplink_bytes_low": uplink / 10 * 0.5,
+        "client_uplink_bytes_mid": uplink / 10 * 1.0,
+        "client_uplink_bytes_high": uplink / 10 * 2.0,  # weighted: uplink / 10
+        "client_downlink_bytes_low": uplink / 5,
+        "client_downlink_bytes_mid": uplink / 5,
+        "client_downlink_bytes_high": uplink / 5,
+    }
+
+
+def _folder(sweep: Path, name: str, overrides: list[str]) -> Path:
+    folder = sweep / name
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    seed = next((int(o.split("=")[1]) for o in overrides if o.startswith("seed=")), 0)
+    config = {"seed": seed, "num_clients": 10, "device_profile": PROFILE}
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    return folder
+
+
+def _finished(sweep: Path, name: str, overrides: list[str], rows: list[dict[str, Any]]) -> None:
+    folder = _folder(sweep, name, overrides)
+    recorder = RoundRecorder(folder)
+    for row in rows:
+        recorder.record(row)
+    summary = summarise(rows, wall_seconds=sum(row["wall_seconds"] for row in rows))
+    (folder / "summary.json").write_text(json.dumps(summary))
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    """fedgems with two seeds, fedavg_server_model with one finished and one failed seed, dsfl unfinished."""
+    _finished(
+        tmp_path,
+        "0",
+        ["strategy=fedgems", "strategy.rounds=2", "seed=0"],
+        [_row(1, 0.65, 0.3, 1000, 3.0), _row(2, 0.6, 0.4, 1000, 5.0)],
+    )
+    _finished(
+        tmp_path,
+        "1",
+        ["strategy=fedgems", "strategy.rounds=2", "seed=1"],
+        [_row(1, 0.5, 0.2, 1000, 3.0), _row(2, 0.8, 0.6, 1000, 5.0)],
+    )
+    _finished(
+        tmp_path,
+        "2",
+        ["strategy=fedavg_server_model", "strategy.rounds=2", "seed=0"],
+        [_row(1, 0.7, 0.7, 1e8, 20.0), _row(2, 0.9, 0.8, 1e8, 30.0)],
+    )
+    failed = _folder(tmp_path, "3", ["strategy=fedavg_server_model", "strategy.rounds=2", "seed=1"])
+    record_failure(failed, JobFailure(3, ["strategy=fedavg_server_model"], "RuntimeError", "boom\ndetail", False))
+    _folder(tmp_path, "10", ["strategy=dsfl", "strategy.rounds=2", "seed=0"])
+    return tmp_path
+
+
+def test_jobs_are_grouped_by_everything_but_the_seed_in_sweep_order(sweep: Path) -> None:
+    jobs = collect(sweep)
+    assert [job.name for job in jobs] == ["0", "1", "2", "3", "10"]
+    assert [job.setting for job in jobs] == ["strategy=fedgems"] * 2 + ["strategy=fedavg_server_model"] * 2 + [
+        "strategy=dsfl"
+    ]
+    assert [job.status for job in jobs] == ["finished"] * 3 + ["failed", "did not finish"]
+    assert jobs[1].seed == "1" and jobs[3].error == "RuntimeError: boom"
+
+
+def test_table_gives_accuracy_mean_and_std_over_seeds_and_device_cost(sweep: Path) -> None:
+    markdown = table(collect(sweep))
+    assert markdown.startswith("All jobs: `strategy.rounds=2`\n")
+    lines = markdown.splitlines()
+    header = lines[2].split(" | ")
+    assert header[1:4] == ["seeds", "server acc, final", "server acc, best"]
+    fedgems = next(line for line in lines if line.startswith("| strategy=fedgems |"))
+    assert fedgems.split(" | ")[1:] == [
+        "2",
+        "0.7000 ± 0.1414",  # final server accuracy 0.6 and 0.8
+        "0.7250 ± 0.1061",  # best: 0.65 and 0.8
+        "0.5000 ± 0.1414",  # final client accuracy 0.4 and 0.6
+        "0.6000 ± 0.1414",  # personalised
+        "100 B",  # per client per round: tiers weighted 4:4:2
+        "200 B",
+        "4 s",  # mean of the rounds' sim_seconds 3 and 5
+        "2.4 MFLOP",
+        "3 ± 0 s |",  # two rounds of 1.5 s
+    ]
+    fedavg = next(line for line in lines if line.startswith("| strategy=fedavg_server_model |"))
+    assert fedavg.split(" | ")[1:4] == ["1 of 2", "0.9000", "0.9000"]
+    assert "| 10 MB | 20 MB | 25 s |" in fedavg
+    assert "| strategy=dsfl | 0 of 1 | – | – |" in markdown
+    # Failed and unfinished jobs are listed, not dropped.
+    assert "Jobs without results (2 of 5):" in markdown
+    assert "| 3 | strategy=fedavg_server_model | 1 | failed | RuntimeError: boom |" in markdown
+    assert "| 10 | strategy=dsfl | 0 | did not finish |" in markdown
+
+
+def _legend(fig: Any) -> list[str]:
+    return [text.get_text() for legend in fig.legends for text in legend.get_texts()]
+
+
+def _whole_ticks(ax: Any) -> list[float]:
+    low, high = ax.get_xlim()
+    ticks = [float(t) for t in ax.get_xticks() if low <= t <= high]
+    assert all(t == int(t) for t in ticks)
+    return ticks
+
+
+def test_figure_plots_accuracy_over_rounds_and_against_cost(sweep: Path) -> None:
+    fig = figure(collect(sweep))
+    axes = fig.axes
+    assert len(axes) == 8  # server and client accuracy x rounds, uplink, simulated time, client FLOPs
+    assert [ax.get_title() for ax in axes[:4]] == [
+        "over rounds",
+        "against uplink traffic",
+        "against simulated time",
+        "against client compute",
+    ]
+    assert [ax.get_xlabel() for ax in axes[4:]] == [
+        "round",
+        "cumulative uplink, all clients (MB)",
+        "cumulative simulated time (s)",
+        "cumulative training FLOPs per client (MFLOP)",
+    ]
+    assert [axes[0].get_ylabel(), axes[4].get_ylabel()] == ["server accuracy", "client accuracy (mean)"]
+    assert _legend(fig) == ["strategy=fedgems (2 seeds)", "strategy=fedavg_server_model (1 seed)"]
+    assert "all jobs: rounds=2" in fig._suptitle.get_text()
+    assert "2 jobs without results not shown" in fig._suptitle.get_text()
+    assert _whole_ticks(axes[0]) == [1.0, 2.0] and _whole_ticks(axes[4]) == [1.0, 2.0]
+    fedgems = axes[0].get_lines()[0]
+    assert list(fedgems.get_ydata()) == pytest.approx([0.575, 0.7])  # mean over the two seeds
+    assert list(axes[2].get_lines()[0].get_xdata()) == pytest.approx([3.0, 8.0])  # cumulative simulated seconds
+    assert list(axes[3].get_lines()[0].get_xdata()) == pytest.approx([2.4, 4.8])  # MFLOP per client, cumulative
+    assert axes[1].get_xscale() == "log"  # weights (100 MB a round) beside logits (1 kB a round)
+    assert axes[2].get_xscale() == "linear"
+
+
+def test_a_metric_no_run_recorded_gets_no_panel() -> None:
+    runs = [[{"round": r, "server_acc": 0.1 * r, "uplink_bytes": 10.0} for r in (1, 2, 3)]]
+    fig = sweep_overview_figure({"partition.alpha=0.1": runs})
+    assert [ax.get_title() for ax in fig.axes] == ["over rounds", "against uplink traffic"]
+    assert fig.axes[1].get_xlabel() == "cumulative uplink, all clients (B)"
+    assert _legend(fig) == ["alpha=0.1 (1 seed)"]
+
+
+def test_fl_kd_table_writes_markdown_and_png(sweep: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main([str(sweep)])
+    markdown = (sweep / "sweep.md").read_text()
+    assert markdown == table(collect(sweep))
+    assert (sweep / "sweep.png").stat().st_size > 0
+    assert "| strategy=fedgems | 2 |" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------- jobs of a multirun
+
+APP = """
+    from pathlib import Path
+
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from fl_kd.config import ConfigError
+    from fl_kd.simulations.cli import user_errors_exit
+    from fl_kd.simulations.jobs import finish_sweep, sweep_job
+
+
+    @hydra.main(version_base=None, config_path=None)
+    @user_errors_exit
+    @sweep_job
+    def task(cfg):
+        if cfg.x == 2:
+            raise ConfigError("x: 2 is not allowed")
+        if cfg.x == 3:
+            raise RuntimeError("boom\\nsecond line")
+        (Path(HydraConfig.get().runtime.output_dir) / "done").write_text("ok")
+
+
+    if __name__ == "__main__":
+        task()
+        finish_sweep()
+"""
+
+
+def _app(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "app.py").write_text(textwrap.dedent(APP))
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    command = [sys.executable, str(tmp_path / "app.py"), *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False, cwd=tmp_path)
+
+
+def test_a_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    result = _app(tmp_path, "-m", "+x=1,2,3,4", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 1, result.stderr
+    assert [(sweep / str(i) / "done").is_file() for i in range(4)] == [True, False, False, True]
+    user = json.loads((sweep / "1" / FAILED_FILE).read_text())
+    assert user["error_type"] == "ConfigError" and user["user_error"] and user["overrides"] == ["+x=2"]
+    crash = json.loads((sweep / "2" / FAILED_FILE).read_text())
+    assert crash["message"] == "boom\nsecond line" and "Traceback" in crash["traceback"]
+    lines = result.stderr.strip().splitlines()
+    assert lines == [
+        f"job #1 (+x=2) failed: ConfigError: x: 2 is not allowed; see {sweep / '1' / FAILED_FILE}",
+        f"job #2 (+x=3) failed: RuntimeError: boom; see {sweep / '2' / FAILED_FILE}",
+        f"sweep: 2 of 4 jobs failed (#1, #2), 2 finished; each failed job's folder has {FAILED_FILE}",
+    ]
+    assert "all 4 jobs" not in result.stdout
+
+
+def test_a_sweep_without_failures_exits_0_and_a_single_run_keeps_exit_2(tmp_path: Path) -> None:
+    result = _app(tmp_path, "-m", "+x=1,4", f"hydra.sweep.dir={tmp_path / 'ok'}")
+    assert result.returncode == 0 and "sweep: all 2 jobs finished" in result.stdout
+    result = _app(tmp_path, "+x=2", f"hydra.run.dir={tmp_path / 'single'}")
+    assert result.returncode == 2 and result.stderr.strip() == "error: x: 2 is not allowed"
+    assert not (tmp_path / "single" / FAILED_FILE).exists()
+
+
+def test_fl_kd_sim_sweep_of_bad_checkpoints_fails_job_by_job(tmp_path: Path) -> None:
+    """Both jobs fail before training (no such checkpoint): each is recorded, and fl-kd-table lists them."""
+    sweep = tmp_path / "sweep"
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    overrides = ["strategy.checkpoint=/nonexistent/a.pt,/nonexistent/b.pt", f"hydra.sweep.dir={sweep}"]
+    command = [sys.executable, "-m", "fl_kd.simulations.run", "-m", *overrides]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(p.parent.name for p in sweep.glob(f"*/{FAILED_FILE}")) == ["0", "1"]
+    main([str(sweep)])
+    markdown = (sweep / "sweep.md").read_text()
+    assert "| 1 | strategy.checkpoint=/nonexistent/b.pt | 0 | failed | CheckpointError:" in markdown
+    assert not (sweep / "sweep.png").exists()
