@@ -16,7 +16,6 @@ from fl_kd.data.idx import read_idx
 from fl_kd.data.splits import standardise, stratified_split
 
 
-
 def _idx_bytes(array: np.ndarray) -> bytes:
     """Encode a uint8 array as IDX by hand: magic 0,0,0x08,ndim then big-endian dims."""
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
