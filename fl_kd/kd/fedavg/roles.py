@@ -1,0 +1,190 @@
+"""Weight sharing for the generic runtimes: FedAvg's server and the client every weight-sharing peer uses.
+
+Train: the server sends each sampled client the global weights of its architecture; the client loads them, trains
+on its private data and answers with its weights and its number of examples (a 1-element int64 array, so the
+server can weight by it and screen it). The server averages the accepted answers per architecture, weighted by
+sample count (FedAvg's rule, :func:`fl_kd.kd.weights.weighted_average`). Evaluate: the sampled clients receive the
+new global weights, so a client's accuracy is the global model's on its test sets.
+
+FedAvg has one architecture; :class:`WeightSharingServer` keeps one global model per architecture because FedDF
+(:mod:`fl_kd.kd.feddf`) averages the same way before it distils.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from fl_kd.kd import protocol as kd
+from fl_kd.kd.client import DistillClient
+from fl_kd.kd.roles import Answer, Arrays, ClientRole, Instruction, ServerRole
+from fl_kd.kd.training import accuracy
+from fl_kd.kd.weights import check_weights, load_arrays, model_arrays, weighted_average
+
+#: Answer array holding the client's private training set size, ``(1,)`` int64.
+NUM_EXAMPLES = kd.NUM_EXAMPLES
+
+
+def split_answer(arrays: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
+    """An answer's weights (every array but the sample count) and its sample count array (None when absent)."""
+    return {name: value for name, value in arrays.items() if name != NUM_EXAMPLES}, arrays.get(NUM_EXAMPLES)
+
+
+def check_num_examples(value: Any, max_examples: int) -> str | None:
+    """Why ``value`` is no usable sample count: it must be an int64 array ``(1,)`` in ``[1, max_examples]``."""
+    if not isinstance(value, np.ndarray) or value.dtype != np.int64 or value.shape != (1,):
+        return f"{NUM_EXAMPLES} must be an int64 array of shape (1,)"
+    if not 1 <= int(value[0]) <= max_examples:
+        return f"{NUM_EXAMPLES} must lie in [1, {max_examples}], got {int(value[0])}"
+    return None
+
+
+class WeightSharingServer(ServerRole):
+    """One global model per client architecture, averaged from the clients' weights by sample count.
+
+    Parameters
+    ----------
+    models : Mapping[str, nn.Module]
+        Architecture name -> its global model (freshly seeded).
+    architecture_of : Sequence[str]
+        Per client id, the architecture it trains (a key of ``models``).
+    max_examples : int
+        Largest sample count a client may claim (the training split's size); a larger claim is rejected.
+    device : torch.device | str (default: "cpu")
+        Where the server's models live.
+    """
+
+    def __init__(
+        self,
+        models: Mapping[str, nn.Module],
+        architecture_of: Sequence[str],
+        max_examples: int,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        unknown = sorted(set(architecture_of) - set(models))
+        if unknown:
+            raise ValueError(f"clients train architectures without a global model: {unknown}")
+        self.device = torch.device(device)
+        self.models = {name: model.to(self.device) for name, model in sorted(models.items())}
+        self.architecture_of = list(architecture_of)
+        self.max_examples = int(max_examples)
+        # What goes on the wire, refreshed whenever a global model changes (one copy shared by every message).
+        self.published: dict[str, Arrays] = {name: model_arrays(model) for name, model in self.models.items()}
+
+    def train_instruction(self, round: int, client_id: int) -> Instruction:
+        """The global weights of the client's architecture."""
+        return Instruction(self.published[self.architecture_of[client_id]])
+
+    def check_answer(self, round: int, client_id: int, arrays: Mapping[str, Any]) -> str | None:
+        """Weights shaped like the client's architecture (float32, finite) and a plausible sample count."""
+        if not 0 <= client_id < len(self.architecture_of):
+            return f"unknown client {client_id}"
+        weights, num_examples = split_answer(arrays)
+        reason = check_num_examples(num_examples, self.max_examples)
+        if reason is None:
+            reason = check_weights(weights, self.published[self.architecture_of[client_id]])
+        return reason
+
+    def average(self, answers: Mapping[int, Arrays]) -> dict[str, list[int]]:
+        """Replace each answered architecture's global model by its clients' sample-weighted average.
+
+        Returns architecture -> the client ids averaged into it (sorted); architectures nobody answered for keep
+        their model. Clients are summed in id order, so both runtimes give the same bits.
+        """
+        members: dict[str, list[int]] = {}
+        for client_id in sorted(answers):
+            members.setdefault(self.architecture_of[client_id], []).append(client_id)
+        for name, client_ids in sorted(members.items()):
+            weights = [split_answer(answers[cid])[0] for cid in client_ids]
+            counts = [float(answers[cid][NUM_EXAMPLES][0]) for cid in client_ids]
+            load_arrays(self.models[name], weighted_average(weights, counts))
+            self.published[name] = model_arrays(self.models[name])
+        return members
+
+    def aggregate(self, round: int, answers: Mapping[int, Arrays]) -> dict[str, float | int]:
+        """FedAvg per architecture; the round's figure is how many answers were averaged."""
+        self.average(answers)
+        return {"num_answered": len(answers)}
+
+    def evaluate_instruction(self, round: int, client_id: int) -> Instruction:
+        """The new global weights of the client's architecture."""
+        return Instruction(self.published[self.architecture_of[client_id]])
+
+    @property
+    @abstractmethod
+    def server_model(self) -> nn.Module:
+        """The model whose accuracy the server reports and whose weights :meth:`save` writes."""
+
+    def evaluate(self, x: Tensor, y: Tensor) -> float:
+        """The server model's accuracy."""
+        return accuracy(self.server_model, x, y, device=self.device)
+
+    def save(self, path: str | Path) -> None:
+        """The server model's ``state_dict`` (``torch.save``)."""
+        torch.save({k: v.detach().cpu() for k, v in self.server_model.state_dict().items()}, Path(path))
+
+
+class FedAvgServer(WeightSharingServer):
+    """FedAvg (McMahan et al., 2017): one architecture, whose global model is the server's model."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        architecture: str,
+        num_clients: int,
+        max_examples: int,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        super().__init__({architecture: model}, [architecture] * num_clients, max_examples, device)
+        self.architecture = architecture
+
+    @property
+    def server_model(self) -> nn.Module:
+        """The global model."""
+        return self.models[self.architecture]
+
+
+class WeightSharingClient(ClientRole):
+    """A client that loads the server's weights, trains on private data and answers with its weights."""
+
+    def __init__(self, client: DistillClient) -> None:
+        self.client = client
+        self.client_id = client.client_id
+
+    def train(self, round: int, instruction: Instruction) -> Answer:
+        """Load the global weights, train ``local_epochs``, answer with weights and sample count."""
+        load_arrays(self.client.model, instruction.arrays)
+        result = self.client.local_train(round)
+        arrays = model_arrays(self.client.model)
+        arrays[NUM_EXAMPLES] = np.array([self.client.num_examples], dtype=np.int64)
+        return Answer(
+            arrays,
+            {
+                kd.TRAIN_LOSS: float(result["loss"]),
+                kd.NUM_EXAMPLES: float(result["num_examples"]),
+                kd.TRAIN_SAMPLES: float(result["train_samples"]),
+            },
+        )
+
+    def receive(self, round: int, instruction: Instruction) -> dict[str, float]:
+        """Load the server's new weights (no training)."""
+        load_arrays(self.client.model, instruction.arrays)
+        return {kd.TRAIN_SAMPLES: 0.0}
+
+    def evaluate(self, x: Tensor, y: Tensor) -> float:
+        """The client model's accuracy."""
+        return self.client.evaluate(x, y)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The client model's weights."""
+        return dict(self.client.state_dict()["model"])
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """Restore the client model's weights."""
+        self.client.load_state_dict({"model": state})
