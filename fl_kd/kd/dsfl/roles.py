@@ -1,0 +1,89 @@
+"""DS-FL's two halves for the generic runtimes: the entropy-reducing aggregator and the distilling client.
+
+Train: each sampled client trains on its private data, then answers its logits on every public position (the
+server's softmax of them is the client's softmax output: the same bytes, and what DS-FL aggregates). Aggregate:
+entropy reduction aggregation of the accepted answers. Evaluate: each sampled client distils the aggregated soft
+labels on the public inputs. No party reads a public label.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from fl_kd.kd import protocol as kd
+from fl_kd.kd.client import DistillClient
+from fl_kd.kd.dsfl.config import DSFLConfig
+from fl_kd.kd.fedmd.public_logits import Figures, PublicLogitsClient, PublicLogitsServer
+from fl_kd.kd.roles import Answer, Instruction
+
+#: The aggregated soft labels travel as log-probabilities and are distilled at temperature 1: exactly those labels.
+SOFT_LABEL_TEMPERATURE = 1.0
+
+
+def entropy_reduction(logits: NDArray[np.float64], temperature: float) -> NDArray[np.float64]:
+    """Entropy reduction aggregation: ``softmax(log(mean_k softmax(z_k)) / T)``, as log-probabilities.
+
+    Parameters
+    ----------
+    logits : ndarray
+        ``(K, n, C)`` client logits, clients first.
+    temperature : float
+        Sharpening temperature ``T`` in (0, 1]; 1 gives the plain average of probabilities.
+
+    Returns
+    -------
+    ndarray
+        ``(n, C)`` float64 log of the sharpened soft labels (computed in log space, so finite where a probability
+        underflows).
+    """
+    if logits.ndim != 3 or logits.shape[0] == 0:
+        raise ValueError(f"need logits (K >= 1, n, C), got shape {logits.shape}")
+    if not 0.0 < temperature <= 1.0:
+        raise ValueError(f"temperature must lie in (0, 1], got {temperature}")
+    values = torch.from_numpy(np.asarray(logits, dtype=np.float64))
+    log_average = torch.logsumexp(torch.log_softmax(values, dim=2), dim=0) - math.log(values.shape[0])
+    return torch.log_softmax(log_average / temperature, dim=1).numpy()
+
+
+def mean_entropy(log_probs: NDArray[np.float64]) -> float:
+    """Mean over samples of the entropy (nats) of soft labels given as log-probabilities ``(n, C)``."""
+    return float(-(np.exp(log_probs) * log_probs).sum(axis=1).mean())
+
+
+class DSFLServer(PublicLogitsServer):
+    """Entropy reduction aggregation of the accepted clients' soft labels on the whole public set."""
+
+    def __init__(self, server_model: DistillClient, strategy: DSFLConfig, seed: int) -> None:
+        super().__init__(server_model, strategy, seed, per_round=None, temperature=SOFT_LABEL_TEMPERATURE)
+        self.era_temperature = strategy.era_temperature
+
+    def soft_targets(self, logits: NDArray[np.float64]) -> tuple[NDArray[np.float64], Figures]:
+        """The sharpened average, and the mean entropy before and after sharpening."""
+        sharpened = entropy_reduction(logits, self.era_temperature)
+        average = entropy_reduction(logits, 1.0)
+        return sharpened, {"entropy_average": mean_entropy(average), "entropy_sharpened": mean_entropy(sharpened)}
+
+    def no_answer_figures(self) -> Figures:
+        """Same keys as :meth:`soft_targets`."""
+        return {"entropy_average": 0.0, "entropy_sharpened": 0.0}
+
+
+class DSFLClient(PublicLogitsClient):
+    """A client that trains on private data, answers logits on the public set and distils the soft labels."""
+
+    def __init__(self, client: DistillClient, strategy: DSFLConfig) -> None:
+        super().__init__(client)
+        self.distill_epochs = strategy.distill_epochs
+
+    def train(self, round: int, instruction: Instruction) -> Answer:
+        """Local epochs on private data, then logits on the asked public positions."""
+        return self.answer(instruction, self.client.local_train(round))
+
+    def receive(self, round: int, instruction: Instruction) -> dict[str, float]:
+        """Distil the aggregated soft labels."""
+        result = self.distil(round, instruction, "distill", self.distill_epochs, SOFT_LABEL_TEMPERATURE)
+        return {kd.DISTILL_LOSS: float(result["loss"]), kd.TRAIN_SAMPLES: float(result["train_samples"])}

@@ -1,0 +1,278 @@
+"""What the logit-sharing peers (FedMD, DS-FL) share: logits on public positions up, soft targets down.
+
+Per round the server names the public positions in play (labelled part first, then the unlabelled part; see
+:attr:`~fl_kd.kd.federation.Federation.public_x`); each sampled client answers its logits there; the server screens
+the answers, turns the accepted ones into soft targets (FedMD's consensus, DS-FL's entropy-reduced average: the one
+place where the two differ, :meth:`PublicLogitsServer.soft_targets`), distils them into its own model and sends them
+back for the clients to distil. The soft targets travel as logits (DS-FL's as log-probabilities), so every party
+takes them in through the same pure-KD loop, :meth:`~fl_kd.kd.client.DistillClient.distill_on`; no label is read.
+
+The server model is fl-kd's addition for comparison (neither paper has one): the device profile's large
+``server_model``, distilled each round from the same soft targets the clients get.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import Tensor
+
+from fl_kd.config import check_choice, check_range
+from fl_kd.kd import protocol as kd
+from fl_kd.kd.algorithm import StrategyConfig
+from fl_kd.kd.client import ClientTrainConfig, DistillClient
+from fl_kd.kd.federation import prepare_device
+from fl_kd.kd.roles import Answer, Arrays, ClientRole, Instruction, ServerRole
+from fl_kd.kd.seeding import SERVER_ID, derive_seed
+from fl_kd.kd.training import LOGITS_DTYPES, to_wire
+from fl_kd.kd.validation import check_client_answer
+from fl_kd.models import DeviceTier, build_model
+
+if TYPE_CHECKING:
+    from fl_kd.kd.config import ExperimentConfig
+    from fl_kd.kd.federation import Federation
+
+Figures = dict[str, float | int]
+C = TypeVar("C", bound="PublicLogitsConfig")
+
+
+@dataclass
+class PublicLogitsConfig(StrategyConfig):
+    """Settings every logit-sharing peer has (FedMD, DS-FL add their own).
+
+    Attributes
+    ----------
+    name, rounds, fraction_fit
+        See :class:`~fl_kd.kd.algorithm.StrategyConfig`.
+    server_epochs, server_batch_size, server_lr : (default: 2, 64, 0.05)
+        Distillation of the soft targets into the server model (fl-kd's addition): epochs over the round's public
+        positions, mini-batch size, SGD learning rate.
+    momentum, weight_decay : float (default: 0.9, 5e-4)
+        SGD settings of all parties (local epochs, batch size and learning rate of clients come from their tier).
+    logits_dtype : str (default: "float32")
+        Wire format of logits and soft targets in both directions ("float32" or "float16").
+    """
+
+    server_epochs: int = 2
+    server_batch_size: int = 64
+    server_lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    logits_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range("strategy.server_epochs", self.server_epochs, low=0)
+        check_range("strategy.server_batch_size", self.server_batch_size, low=1)
+        check_range("strategy.server_lr", self.server_lr, low=0.0, low_open=True)
+        check_range("strategy.momentum", self.momentum, low=0.0, high=1.0, high_open=True)
+        check_range("strategy.weight_decay", self.weight_decay, low=0.0)
+        check_choice("strategy.logits_dtype", self.logits_dtype, LOGITS_DTYPES)
+
+    def client_config(self, tier: DeviceTier) -> ClientTrainConfig:
+        """Training settings of a client in device ``tier`` (KD epochs and temperature are passed per call)."""
+        return ClientTrainConfig(
+            local_epochs=tier.local_epochs,
+            batch_size=tier.batch_size,
+            lr=tier.lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+        )
+
+
+def strategy_config(cfg: ExperimentConfig, cls: type[C]) -> C:
+    """The run's strategy settings, which must be of class ``cls``."""
+    if not isinstance(cfg.strategy, cls):
+        raise TypeError(f"strategy {cfg.strategy.name!r} has no {cls.__name__} settings")
+    return cfg.strategy
+
+
+def build_server_model(cfg: ExperimentConfig, federation: Federation, strategy: PublicLogitsConfig) -> DistillClient:
+    """The server model, freshly seeded, as a :class:`DistillClient` of id ``SERVER_ID`` on the public inputs.
+
+    It reuses the clients' KD loop (``distill_on``) and nothing else: the server has no private data, and
+    :class:`DistillClient` insists on some, so its private slot holds the public inputs under placeholder labels
+    that no call ever trains on (only ``distill_on``, ``evaluate`` and ``state_dict`` are used).
+    """
+    prepare_device(cfg)
+    data = federation.data
+    model = build_model(
+        cfg.device_profile.server_model,
+        data.input_shape,
+        data.num_classes,
+        seed=derive_seed(cfg.seed, SERVER_ID, "model_init"),
+    )
+    public_x = federation.public_x
+    no_labels = torch.zeros(0, dtype=torch.long)
+    settings = ClientTrainConfig(
+        local_epochs=0,
+        batch_size=strategy.server_batch_size,
+        lr=strategy.server_lr,
+        momentum=strategy.momentum,
+        weight_decay=strategy.weight_decay,
+        distill_epochs=strategy.server_epochs,
+    )
+    placeholder = torch.zeros(public_x.shape[0], dtype=torch.long)
+    return DistillClient(
+        SERVER_ID, model, public_x, placeholder, public_x[:0], no_labels, settings, cfg.seed, cfg.device, public_x
+    )
+
+
+def round_positions(num_public: int, per_round: int | None, seed: int, round: int) -> NDArray[np.int64]:
+    """Sorted public positions ``(n,)`` in play in ``round``: all, or a sample of ``per_round`` seeded by the round."""
+    if per_round is None or per_round >= num_public:
+        return np.arange(num_public, dtype=np.int64)
+    rng = np.random.default_rng(derive_seed(seed, SERVER_ID, round, "public_sample"))
+    return np.sort(rng.choice(num_public, size=per_round, replace=False)).astype(np.int64)
+
+
+class PublicLogitsServer(ServerRole):
+    """Server half: ask for logits on the round's public positions, make soft targets, distil, send them back.
+
+    Parameters
+    ----------
+    server_model : DistillClient
+        The server model (see :func:`build_server_model`).
+    strategy : PublicLogitsConfig
+        The run's settings.
+    seed : int
+        Base seed of the run (seeds the sample of public positions).
+    per_round : int | None (default: None)
+        Public positions per round (a seeded sample); all of them when None.
+    temperature : float (default: 1.0)
+        KD temperature of the server's distillation.
+    """
+
+    def __init__(
+        self,
+        server_model: DistillClient,
+        strategy: PublicLogitsConfig,
+        seed: int,
+        per_round: int | None = None,
+        temperature: float = 1.0,
+    ) -> None:
+        self.server_model = server_model
+        self.num_classes = server_model.num_classes
+        self.num_public = int(server_model.public_x.shape[0])
+        self.strategy = strategy
+        self.seed = seed
+        self.per_round = per_round
+        self.temperature = temperature
+        self.logits_dtype = np.dtype(strategy.logits_dtype)
+        self._round, self._positions = -1, np.zeros(0, dtype=np.int64)
+        self._sent_positions = np.zeros(0, dtype=np.int64)
+        self._targets: NDArray[Any] = np.zeros((0, self.num_classes), dtype=self.logits_dtype)
+
+    @abstractmethod
+    def soft_targets(self, logits: NDArray[np.float64]) -> tuple[NDArray[np.float64], Figures]:
+        """The algorithm's aggregation: client logits ``(K, n, C)`` (sorted by client id) -> targets ``(n, C)``.
+
+        Returns the targets as logits (``softmax(targets)`` is the soft label) and the round's figures.
+        """
+
+    def no_answer_figures(self) -> Figures:
+        """Figures of a round without an accepted answer (the same keys as :meth:`soft_targets` gives)."""
+        return {}
+
+    def positions(self, round: int) -> NDArray[np.int64]:
+        """Public positions in play in ``round`` (drawn once per round)."""
+        if round != self._round:
+            self._round, self._positions = round, round_positions(self.num_public, self.per_round, self.seed, round)
+        return self._positions
+
+    def train_instruction(self, round: int, client_id: int) -> Instruction:
+        """The round's public positions and the logits' wire dtype."""
+        return Instruction({kd.POSITIONS: self.positions(round)}, {kd.LOGITS_DTYPE: self.logits_dtype.name})
+
+    def check_answer(self, round: int, client_id: int, arrays: Mapping[str, Any]) -> str | None:
+        """Exactly ``positions`` (as asked) and ``logits`` ``(n, C)``, float16/32, finite."""
+        if set(arrays) != {kd.POSITIONS, kd.LOGITS}:
+            return f"arrays {sorted(arrays)} are not [{kd.LOGITS!r}, {kd.POSITIONS!r}]"
+        return check_client_answer(self.positions(round), arrays[kd.POSITIONS], arrays[kd.LOGITS], self.num_classes)
+
+    def aggregate(self, round: int, answers: Mapping[int, Arrays]) -> Figures:
+        """Soft targets from the accepted answers, distilled into the server model; they are then sent back."""
+        positions = self.positions(round)
+        figures: Figures = {"num_answers": len(answers), "num_positions": int(positions.size)}
+        if not answers:
+            self._sent_positions = np.zeros(0, dtype=np.int64)
+            self._targets = np.zeros((0, self.num_classes), dtype=self.logits_dtype)
+            return figures | self.no_answer_figures() | {"server_loss": 0.0}
+        # A fixed client order keeps floating-point sums the same in every runtime.
+        stacked = np.stack([answers[cid][kd.LOGITS].astype(np.float64) for cid in sorted(answers)])
+        targets, own = self.soft_targets(stacked)
+        self._sent_positions, self._targets = positions, to_wire(torch.from_numpy(targets), self.logits_dtype)
+        # The server learns from exactly what the clients get (after the wire's rounding).
+        result = self.server_model.distill_on(
+            round, "server_distill", positions, self._targets, self.strategy.server_epochs, self.temperature
+        )
+        return figures | own | {"server_loss": float(result["loss"])}
+
+    def evaluate_instruction(self, round: int, client_id: int) -> Instruction:
+        """The soft targets (as logits) and the public positions they belong to."""
+        return Instruction({kd.POSITIONS: self._sent_positions, kd.SERVER_LOGITS: self._targets})
+
+    def evaluate(self, x: Tensor, y: Tensor) -> float:
+        """The server model's accuracy."""
+        return self.server_model.evaluate(x, y)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The server model's weights (CPU tensors)."""
+        return dict(self.server_model.state_dict()["model"])
+
+    def save(self, path: str | Path) -> None:
+        """The server model's ``state_dict`` (``torch.load(weights_only=True)`` reads it)."""
+        torch.save(self.state_dict(), Path(path))
+
+
+class PublicLogitsClient(ClientRole):
+    """Client half: answer logits on the asked public positions; distil soft targets sent back."""
+
+    def __init__(self, client: DistillClient) -> None:
+        self.client = client
+        self.client_id = client.client_id
+
+    def answer(self, instruction: Instruction, trained: Mapping[str, float]) -> Answer:
+        """Logits on the instruction's public positions, with the figures of the training that came before."""
+        asked = instruction.arrays.get(kd.POSITIONS)
+        if not isinstance(asked, np.ndarray) or not np.issubdtype(asked.dtype, np.integer) or asked.ndim != 1:
+            raise ValueError("the server's instruction has no 1-D integer positions")
+        positions = asked.astype(np.int64)
+        logits = self.client.public_logits(positions, str(instruction.config.get(kd.LOGITS_DTYPE, "float32")))
+        return Answer(
+            {kd.POSITIONS: positions, kd.LOGITS: logits},
+            {
+                kd.TRAIN_LOSS: float(trained.get("loss", 0.0)),
+                kd.NUM_EXAMPLES: float(self.client.num_examples),
+                kd.TRAIN_SAMPLES: float(trained.get("train_samples", 0.0)),
+            },
+        )
+
+    def distil(
+        self, round: int, instruction: Instruction, phase: str, epochs: int, temperature: float
+    ) -> dict[str, float]:
+        """``epochs`` of pure KD towards the sent soft targets: the last epoch's ``loss``, and ``train_samples``."""
+        positions = instruction.arrays.get(kd.POSITIONS)
+        targets = instruction.arrays.get(kd.SERVER_LOGITS)
+        if positions is None or targets is None:
+            raise ValueError(f"asked to distil but the message lacks {kd.POSITIONS} or {kd.SERVER_LOGITS}")
+        return self.client.distill_on(round, phase, positions, targets, epochs, temperature)
+
+    def evaluate(self, x: Tensor, y: Tensor) -> float:
+        """The client model's accuracy."""
+        return self.client.evaluate(x, y)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The client model's weights."""
+        return dict(self.client.state_dict()["model"])
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """Restore the client model's weights."""
+        self.client.load_state_dict({"model": state})
