@@ -86,12 +86,12 @@ def sweep_overview_figure(
         for column_index, axis in enumerate(columns):
             ax = axes[row_index][column_index]
             curves = [_curve(labels[setting], runs, axis.key, y_key) for setting, runs in groups.items()]
-            for index, curve in enumerate(curves):
-                if curve is None or not curve.x:
-                    continue
-                (line,) = ax.plot(curve.x, curve.y, color=f"C{index % 10}", marker="o", markersize=4, label=curve.label)
+            drawn = [(index, curve) for index, curve in enumerate(curves) if curve is not None and curve.x]
+            scale = _x_axis(ax, axis, [curve for _, curve in drawn])
+            for index, curve in drawn:
+                x = [value / scale for value in curve.x]
+                (line,) = ax.plot(x, curve.y, color=f"C{index % 10}", marker="o", markersize=4, label=curve.label)
                 handles.setdefault(curve.label, line)
-            _x_axis(ax, axis, [c for c in curves if c is not None and c.x])
             ax.set_ylim(0.0, 1.02)
             ax.grid(alpha=0.3)
             if row_index == 0:
@@ -146,22 +146,22 @@ def _cumulative(values: Sequence[float]) -> list[float]:
     return out
 
 
-def _x_axis(ax: Axes, axis: XAxis, curves: Sequence[Curve]) -> None:
-    """Label with a unit that suits the largest value, scale the plotted x, and go logarithmic for wide spans."""
+def _x_axis(ax: Axes, axis: XAxis, curves: Sequence[Curve]) -> float:
+    """Label the x axis with a unit that suits the largest value, logarithmic for a wide span; returns the unit's
+    scale (what to divide x by)."""
     if axis.key == ROUND:
         ax.set_xlabel(axis.label)
         _integer_rounds(ax, [int(x) for curve in curves for x in curve.x])
-        return
+        return 1.0
     largest = max((max(curve.x) for curve in curves), default=0.0)
     unit, scale = _unit(axis, largest)
-    for line in ax.get_lines():
-        line.set_xdata([float(x) / scale for x in line.get_xdata()])
     ax.set_xlabel(axis.label.format(unit=unit))
-    finals = [curve.x[-1] for curve in curves if curve.x and curve.x[-1] > 0]
+    finals = [curve.x[-1] for curve in curves if curve.x[-1] > 0]
     if finals and max(finals) / min(finals) > LOG_RATIO:
         ax.set_xscale("log")
-    else:
-        ax.set_xlim(left=0.0, right=largest / scale * 1.05 if largest > 0 else None)
+    elif largest > 0:
+        ax.set_xlim(0.0, largest / scale * 1.05)
+    return scale
 
 
 def _unit(axis: XAxis, largest: float) -> tuple[str, float]:

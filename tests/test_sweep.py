@@ -16,7 +16,7 @@ import yaml
 
 from fl_kd.kd.runner import summarise
 from fl_kd.results import RoundRecorder
-from fl_kd.simulations.jobs import FAILED_FILE, JobFailure, record_failure
+from fl_kd.simulations.jobs import FAILED_FILE, JobFailure, record_failure, stop_leftovers
 from fl_kd.simulations.sweep import collect, figure, main, table
 from fl_kd.sweep_plots import sweep_overview_figure
 
@@ -176,6 +176,10 @@ def test_figure_plots_accuracy_over_rounds_and_against_cost(sweep: Path) -> None
     assert list(axes[2].get_lines()[0].get_xdata()) == pytest.approx([3.0, 8.0])  # cumulative simulated seconds
     assert list(axes[3].get_lines()[0].get_xdata()) == pytest.approx([2.4, 4.8])  # MFLOP per client, cumulative
     assert axes[1].get_xscale() == "log"  # weights (100 MB a round) beside logits (1 kB a round)
+    uplink = [list(line.get_xdata()) for line in axes[1].get_lines()]
+    assert uplink == [pytest.approx([0.001, 0.002]), pytest.approx([100.0, 200.0])]  # MB
+    low, high = axes[1].get_xlim()
+    assert low <= 0.001 and high >= 200.0  # every line inside the drawn range
     assert axes[2].get_xscale() == "linear"
 
 
@@ -243,8 +247,8 @@ def test_a_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
     assert crash["message"] == "boom\nsecond line" and "Traceback" in crash["traceback"]
     lines = result.stderr.strip().splitlines()
     assert lines == [
-        f"job #1 (+x=2) failed: ConfigError: x: 2 is not allowed; see {sweep / '1' / FAILED_FILE}",
-        f"job #2 (+x=3) failed: RuntimeError: boom; see {sweep / '2' / FAILED_FILE}",
+        f"job #1 (+x=2) failed: ConfigError: x: 2 is not allowed [{sweep / '1' / FAILED_FILE}]",
+        f"job #2 (+x=3) failed: RuntimeError: boom [{sweep / '2' / FAILED_FILE}]",
         f"sweep: 2 of 4 jobs failed (#1, #2), 2 finished; each failed job's folder has {FAILED_FILE}",
     ]
     assert "all 4 jobs" not in result.stdout
@@ -272,3 +276,20 @@ def test_fl_kd_sim_sweep_of_bad_checkpoints_fails_job_by_job(tmp_path: Path) -> 
     markdown = (sweep / "sweep.md").read_text()
     assert "| 1 | strategy.checkpoint=/nonexistent/b.pt | 0 | failed | CheckpointError:" in markdown
     assert not (sweep / "sweep.png").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="processes are found through /proc")
+def test_stop_leftovers_stops_the_jobs_flower_processes_only(tmp_path: Path) -> None:
+    def sleeper(flwr_home: Path) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "FLWR_HOME": str(flwr_home)}
+        return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env)
+
+    ours, job_10 = sleeper(tmp_path / "1" / ".flwr"), sleeper(tmp_path / "10" / ".flwr")
+    try:
+        assert stop_leftovers(tmp_path / "1") == 1
+        assert ours.wait(timeout=10) != 0
+        assert job_10.poll() is None  # job 10's folder starts with job 1's name, but is another job
+    finally:
+        for process in (ours, job_10):
+            process.kill()
+            process.wait()
