@@ -1,10 +1,10 @@
-"""Plots of a run folder and of a sweep, written for a person rather than for the metric keys.
+"""Plots of a run folder, written for a person rather than for the metric keys (a sweep's: :mod:`fl_kd.sweep_plots`).
 
 A run gets ``accuracy.png`` (server and client accuracy per round, on the global test set and, beside it, on each
-client's own test set) and ``bytes.png`` (uplink and downlink traffic per round and cumulative); ``fl-kd-table`` gets
-one sweep figure. The builders (:func:`accuracy_figure`, :func:`bytes_figure`, :func:`sweep_figure`) return
-matplotlib figures before anything is saved, so tests can read titles, legends and ticks. Matplotlib is imported
-lazily with the Agg backend: importing this module costs nothing and needs no display.
+client's own test set) and ``bytes.png`` (uplink and downlink traffic per round and cumulative). The builders
+(:func:`accuracy_figure`, :func:`bytes_figure`) return matplotlib figures before anything is saved, so tests can read
+titles, legends and ticks. Matplotlib is imported lazily with the Agg backend: importing this module costs nothing and
+needs no display.
 """
 
 from __future__ import annotations
@@ -219,67 +219,6 @@ def bytes_figure(rows: Sequence[Mapping[str, Any]], title: str | None = None) ->
 # ---------------------------------------------------------------------------------------------------------- a sweep
 
 
-def sweep_figure(
-    groups: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]],
-    shared: str = "",
-    metrics: Sequence[tuple[str, str]] = (("server_acc", "server"), ("client_acc_mean", "clients, mean")),
-) -> Figure:
-    """Accuracy over rounds per setting of a sweep, mean over seeds (± one standard deviation shaded).
-
-    Parameters
-    ----------
-    groups : Mapping[str, Sequence[Sequence[Mapping[str, Any]]]]
-        Per setting (e.g. ``"partition.alpha=0.1"``), the per-round metric rows of each seed's run.
-    shared : str (default: "")
-        The overrides all jobs share, shown under the title.
-    metrics : Sequence[tuple[str, str]]
-        Metric key and panel title; a metric no run recorded gets no panel.
-    """
-    plt = _pyplot()
-    present = [
-        (k, t) for k, t in metrics if any(row.get(k) is not None for runs in groups.values() for r in runs for row in r)
-    ]
-    present = present or list(metrics[:1])
-    fig, axes = plt.subplots(1, len(present), figsize=(5 * len(present) + 1, 4.4), sharey=True, squeeze=False)
-    handles: dict[str, Any] = {}
-    for ax, (key, panel_title) in zip(axes[0], present, strict=True):
-        all_rounds: list[int] = []
-        for index, (setting, runs) in enumerate(sorted(groups.items())):
-            length = min((len(run) for run in runs), default=0)
-            if length == 0:
-                continue
-            rounds = _rounds(runs[0][:length])
-            all_rounds += rounds
-            curves = [_values(run[:length], key) for run in runs]
-            mean = [_nanmean([curve[i] for curve in curves]) for i in range(length)]
-            label = f"{readable_setting(setting)} ({len(runs)} seed{'s' if len(runs) != 1 else ''})"
-            (line,) = ax.plot(rounds, mean, color=f"C{index % 10}", marker="o", label=label)
-            if len(runs) > 1:
-                spread = [_nanstd([curve[i] for curve in curves]) for i in range(length)]
-                ax.fill_between(
-                    rounds,
-                    [m - s for m, s in zip(mean, spread, strict=True)],
-                    [m + s for m, s in zip(mean, spread, strict=True)],
-                    color=line.get_color(),
-                    alpha=0.15,
-                    linewidth=0,
-                )
-            handles.setdefault(label, line)
-        ax.set_title(f"{panel_title}, {GLOBAL_PANEL}")
-        ax.set_xlabel("round")
-        _integer_rounds(ax, all_rounds)
-        ax.set_ylim(0.0, 1.02)
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("accuracy")
-    if handles:
-        fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(len(handles), 3), frameon=False)
-    title = "accuracy per setting, mean over seeds (band: ± one standard deviation)"
-    if shared:
-        title += f"\nall jobs: {readable_setting(shared)}"
-    _finish(fig, title, legend_rows=math.ceil(len(handles) / 3))
-    return fig
-
-
 def readable_setting(setting: str) -> str:
     """Hydra overrides with each key cut to its last part: ``"partition.alpha=0.1 seed=0"`` -> ``"alpha=0.1, seed=0"``.
 
@@ -340,14 +279,6 @@ def _format_bytes(value: float) -> str:
 def _nanmean(values: Sequence[float]) -> float:
     finite = [v for v in values if not math.isnan(v)]
     return sum(finite) / len(finite) if finite else float("nan")
-
-
-def _nanstd(values: Sequence[float]) -> float:
-    finite = [v for v in values if not math.isnan(v)]
-    if len(finite) < 2:
-        return 0.0
-    mean = sum(finite) / len(finite)
-    return math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1))
 
 
 def _integer_rounds(ax: Axes, rounds: Sequence[int]) -> None:

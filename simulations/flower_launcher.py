@@ -16,7 +16,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from fl_kd.simulations.processes import Proc, find_processes, stop_processes
+from fl_kd.simulations.processes import PROC, Proc, descendants, find_processes, stop_processes
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,38 @@ def stop_superlink(flwr_home: Path, timeout: float = 15.0) -> None:
     stop_processes(lambda: superlink_processes(flwr_home), grace_s=timeout)
 
 
+def stop_leftovers(flwr_home: Path) -> int:
+    """Stop every process a run started that still runs; returns how many there were.
+
+    Stopping the SuperLink does not stop its SuperExec, ``flwr-simulation`` and Ray's processes at once; a run (or the
+    next job of a sweep) must not end or start beside them. They are found by the run's ``FLWR_HOME`` in their
+    environment, and by descent from those.
+    """
+    # The NUL ends the environment entry, so job 1's folder does not match job 10's.
+    needle = f"FLWR_HOME={flwr_home.resolve()}\0"
+
+    def running() -> list[Proc]:
+        found = find_processes(needle, where=("environ",))
+        return list(dict.fromkeys(found + descendants([proc.pid for proc in found])))
+
+    leftovers = running()
+    if leftovers:
+        names = ", ".join(f"{proc.pid} {_command_name(proc.pid)}" for proc in leftovers)
+        log.info("stopping %d process(es) of the Flower run still running: %s", len(leftovers), names)
+        stop_processes(running, grace_s=10.0)
+    return len(leftovers)
+
+
+def _command_name(pid: int) -> str:
+    """The program a process runs (``flwr-simulation``, ``raylet``, ...), for the log."""
+    try:
+        argv = (PROC / str(pid) / "cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    words = [Path(arg.decode(errors="replace")).name for arg in argv[:2] if arg]
+    return words[1] if len(words) > 1 and words[0].startswith("python") else (words[0] if words else "?")
+
+
 def run_flower_simulation(
     run_dir: Path,
     serverapp: str,
@@ -141,3 +173,4 @@ def run_flower_simulation(
         return subprocess.run(command, env=env, cwd=run_dir, check=False).returncode
     finally:
         stop_superlink(flwr_home)
+        stop_leftovers(flwr_home)

@@ -8,10 +8,10 @@ as a traceback with exit code 1. A ``SystemExit``, however, is no ``Exception``:
 
 Here, in a multirun only (a single run is left as it is), :func:`sweep_job` catches whatever a job raises, except
 ``KeyboardInterrupt`` (Ctrl-C still stops the sweep): the job's folder gets ``failed.json`` (error, overrides,
-traceback), the console one line, and Hydra a normal return, so the next job starts. After each job, what is
-left of its Flower run is stopped (:func:`stop_leftovers`: the launcher stops the SuperLink, but its SuperExec,
-``flwr-simulation`` and Ray actors are often still up then) and garbage is collected, so no job starts beside the
-last one's processes and the command's memory stays flat from job to job.
+traceback), the console one line, and Hydra a normal return, so the next job starts. After each job, whatever
+is left of its Flower run is stopped once more (:func:`~fl_kd.simulations.flower_launcher.stop_leftovers`, also
+called by the launcher itself) and garbage is collected, so no job starts beside the last one's processes and the
+command's memory stays flat from job to job.
 When the sweep is over, :func:`finish_sweep` prints one line and, if any job failed, ends the command with
 exit code 1 (:data:`EXIT_JOB_FAILED`): the sweep as a whole did not do what was asked, but every other job's
 results are in place for ``fl-kd-table``, which lists the failed jobs.
@@ -36,7 +36,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from fl_kd.simulations.cli import USER_ERRORS
-from fl_kd.simulations.processes import PROC, Proc, descendants, find_processes, stop_processes
+from fl_kd.simulations.flower_launcher import stop_leftovers
 
 log = logging.getLogger(__name__)
 
@@ -106,38 +106,6 @@ def record_failure(out_dir: Path, failure: JobFailure) -> Path:
     return path
 
 
-def stop_leftovers(out_dir: Path) -> int:
-    """Stop what of this job's Flower run still runs; returns how many processes there were.
-
-    :func:`~fl_kd.simulations.flower_launcher.run_flower_simulation` stops the job's SuperLink, but its SuperExec,
-    ``flwr-simulation`` and Ray's processes below it may take a while to follow; the next job must not start beside
-    them. They are found by this job's ``FLWR_HOME`` in their environment, and by descent from those.
-    """
-    # The NUL ends the environment entry, so job 1's folder does not match job 10's.
-    needle = f"FLWR_HOME={(out_dir / '.flwr').resolve()}\0"
-
-    def running() -> list[Proc]:
-        found = find_processes(needle, where=("environ",))
-        return list(dict.fromkeys(found + descendants([proc.pid for proc in found])))
-
-    leftovers = running()
-    if leftovers:
-        names = ", ".join(f"{proc.pid} {_command_name(proc.pid)}" for proc in leftovers)
-        log.info("stopping %d process(es) of the job's Flower run still running: %s", len(leftovers), names)
-        stop_processes(running, grace_s=10.0)
-    return len(leftovers)
-
-
-def _command_name(pid: int) -> str:
-    """The program a process runs (``flwr-simulation``, ``raylet``, ...), for the log."""
-    try:
-        argv = (PROC / str(pid) / "cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return "?"
-    words = [Path(arg.decode(errors="replace")).name for arg in argv[:2] if arg]
-    return words[1] if len(words) > 1 and words[0].startswith("python") else (words[0] if words else "?")
-
-
 def resident_mb() -> float:
     """This process's resident memory in MB (NaN where ``/proc`` is missing)."""
     try:
@@ -177,7 +145,7 @@ def sweep_job(task: F) -> F:
             print(failure.line(out_dir), file=sys.stderr, flush=True)
             return None
         finally:
-            stop_leftovers(out_dir)
+            stop_leftovers(out_dir / ".flwr")
             gc.collect()
             log.info(
                 "job #%d ended after %.0f s; fl-kd-sim resident memory %.0f MB",

@@ -27,8 +27,6 @@ from fl_kd.plots import (
     plot_run,
     readable_setting,
     run_title,
-    save_figure,
-    sweep_figure,
 )
 from fl_kd.results import write_outputs
 
@@ -210,23 +208,6 @@ def test_readable_setting_shortens_override_keys() -> None:
     assert readable_setting("partition.alpha=0.1 seed=0") == "alpha=0.1, seed=0"
     assert readable_setting("strategy.lr=0.1 device_profile.lr=0.2") == "strategy.lr=0.1, device_profile.lr=0.2"
     assert readable_setting("(defaults)") == "(defaults)"
-
-
-def test_sweep_figure_labels_settings_and_counts_seeds(tmp_path: Path) -> None:
-    def run(final: float) -> list[dict[str, Any]]:
-        return [{"round": r, "server_acc": final * r / 3, "client_acc_mean": final * r / 4} for r in (1, 2, 3)]
-
-    groups = {"partition.alpha=0.1": [run(0.6), run(0.8)], "partition.alpha=10": [run(0.9)]}
-    fig = sweep_figure(groups, shared="strategy.rounds=3 simulation.backend=inprocess")
-    assert [ax.get_title() for ax in fig.axes] == ["server, global test set", "clients, mean, global test set"]
-    assert fig.axes[0].get_ylabel() == "accuracy"
-    assert _legend(fig) == ["alpha=0.1 (2 seeds)", "alpha=10 (1 seed)"]
-    assert "all jobs: rounds=3, backend=inprocess" in _suptitle(fig)
-    assert _ydata(fig.axes[0], 0) == pytest.approx([0.7 / 3, 1.4 / 3, 0.7])  # mean of two seeds
-    for ax in fig.axes:
-        assert _whole_rounds(ax) == [1.0, 2.0, 3.0]
-    save_figure(fig, tmp_path / "sweep.png")
-    assert (tmp_path / "sweep.png").stat().st_size > 0
 
 
 def test_importing_results_does_not_import_matplotlib() -> None:

@@ -16,7 +16,8 @@ import yaml
 
 from fl_kd.kd.runner import summarise
 from fl_kd.results import RoundRecorder
-from fl_kd.simulations.jobs import FAILED_FILE, JobFailure, record_failure, stop_leftovers
+from fl_kd.simulations.flower_launcher import stop_leftovers
+from fl_kd.simulations.jobs import FAILED_FILE, JobFailure, record_failure
 from fl_kd.simulations.sweep import collect, figure, main, table
 from fl_kd.sweep_plots import sweep_overview_figure
 
@@ -286,7 +287,7 @@ def test_stop_leftovers_stops_the_jobs_flower_processes_only(tmp_path: Path) -> 
 
     ours, job_10 = sleeper(tmp_path / "1" / ".flwr"), sleeper(tmp_path / "10" / ".flwr")
     try:
-        assert stop_leftovers(tmp_path / "1") == 1
+        assert stop_leftovers(tmp_path / "1" / ".flwr") == 1
         assert ours.wait(timeout=10) != 0
         assert job_10.poll() is None  # job 10's folder starts with job 1's name, but is another job
     finally:
