@@ -31,8 +31,9 @@ class FedDFConfig(WeightSharingConfig):
         Mini-batch size of every server-side distillation.
     distill_lr : float (default: 0.001)
         Adam learning rate of the prototypes' distillation (the paper's Adam, 1e-3).
-    server_epochs : int (default: 5)
-        Epochs distilling the same ensemble into the large server model, whose accuracy the server reports.
+    server_epochs : int (default: 20)
+        Epochs distilling the same ensemble into the large server model, whose accuracy the server reports (it
+        learns from nothing else, so it gets more epochs than the prototypes, which also train on the clients).
     server_lr : float (default: 0.001)
         Adam learning rate of the server model's distillation.
     """
@@ -43,7 +44,7 @@ class FedDFConfig(WeightSharingConfig):
     distill_epochs: int = 5
     distill_batch_size: int = 64
     distill_lr: float = 1e-3
-    server_epochs: int = 5
+    server_epochs: int = 20
     server_lr: float = 1e-3
 
     def __post_init__(self) -> None:
