@@ -13,8 +13,9 @@ from flwr.app import Array, ArrayRecord, Error, Message, RecordDict
 from fl_kd.clients.kd_app import app as client_app
 from fl_kd.config import ConfigError, from_mapping, to_mapping
 from fl_kd.kd.config import ExperimentConfig
+from fl_kd.kd.fedavg.roles import NUM_EXAMPLES as EXAMPLES
 from fl_kd.kd.federation import build_federation
-from fl_kd.kd.fedet import EXAMPLES, FedETServer, build_server_role, ensemble_targets
+from fl_kd.kd.fedet import FedETServer, build_server_role, ensemble_targets
 from fl_kd.kd.protocol import RUN_CONFIG_KEY
 from fl_kd.kd.runner import run_inprocess
 from fl_kd.strategies.kd_app import make_strategy

@@ -12,7 +12,7 @@ import importlib
 import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fl_kd.config import ConfigError, build_dataclass, check_range
 from fl_kd.registry import Registry
@@ -100,6 +100,15 @@ class Algorithm:
 
 
 STRATEGIES: Registry[Algorithm] = Registry("strategy")
+
+C = TypeVar("C", bound=StrategyConfig)
+
+
+def settings_of(cfg: ExperimentConfig, cls: type[C]) -> C:
+    """The run's strategy settings, which must be of class ``cls`` (an algorithm's builders ask for their own)."""
+    if not isinstance(cfg.strategy, cls):
+        raise TypeError(f"strategy {cfg.strategy.name!r} has no {cls.__name__} settings")
+    return cfg.strategy
 
 def _load_builtin() -> None:
     """Import every algorithm folder of :mod:`fl_kd.kd` (each sub-package registers itself when imported)."""

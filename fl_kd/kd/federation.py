@@ -14,12 +14,12 @@ from typing import cast
 import numpy as np
 import torch
 from numpy.typing import NDArray
-from torch import Tensor
+from torch import Tensor, nn
 
 from fl_kd.data import DatasetSplits, load_dataset, personalised_test_indices, split_transfer_set
 from fl_kd.kd.client import ClientTrainConfig, DistillClient
 from fl_kd.kd.config import ExperimentConfig
-from fl_kd.kd.seeding import derive_seed, use_deterministic_algorithms
+from fl_kd.kd.seeding import SERVER_ID, derive_seed, use_deterministic_algorithms
 from fl_kd.models import DeviceTier, assign_tiers, build_model
 from fl_kd.partition import partition
 
@@ -144,6 +144,18 @@ def build_federation(cfg: ExperimentConfig, data: DatasetSplits | None = None) -
     ]
     return Federation(
         data, transfer_idx.astype(np.int64), client_idx, tiers, personalised, unlabelled_idx.astype(np.int64)
+    )
+
+
+def build_server_model(cfg: ExperimentConfig, federation: Federation) -> nn.Module:
+    """The large server model of the device profile, freshly seeded by ``(seed, SERVER_ID)`` as in every strategy."""
+    prepare_device(cfg)
+    data = federation.data
+    return build_model(
+        cfg.device_profile.server_model,
+        data.input_shape,
+        data.num_classes,
+        seed=derive_seed(cfg.seed, SERVER_ID, "model_init"),
     )
 
 

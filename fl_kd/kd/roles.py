@@ -25,6 +25,8 @@ from typing import Any
 from numpy.typing import NDArray
 from torch import Tensor
 
+from fl_kd.kd.client import DistillClient
+
 Arrays = dict[str, NDArray[Any]]
 Scalars = dict[str, bool | int | float | str]
 
@@ -114,3 +116,23 @@ class ClientRole(ABC):
     @abstractmethod
     def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
         """Restore :meth:`state_dict`."""
+
+
+class DistillClientRole(ClientRole):
+    """A client half around a :class:`~fl_kd.kd.client.DistillClient`: its model, evaluation and state."""
+
+    def __init__(self, client: DistillClient) -> None:
+        self.client = client
+        self.client_id = client.client_id
+
+    def evaluate(self, x: Tensor, y: Tensor) -> float:
+        """The client model's accuracy."""
+        return self.client.evaluate(x, y)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The client model's weights."""
+        return dict(self.client.state_dict()["model"])
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """Restore the client model's weights."""
+        self.client.load_state_dict({"model": state})

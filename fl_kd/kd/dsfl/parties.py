@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+from fl_kd.kd.algorithm import settings_of
 from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.dsfl.config import DSFLConfig
 from fl_kd.kd.dsfl.roles import DSFLClient, DSFLServer
 from fl_kd.kd.federation import Federation, build_client
-from fl_kd.kd.fedmd.public_logits import build_server_model, strategy_config
+from fl_kd.kd.fedmd.public_logits import build_server_learner
 
 
 def build_server_role(cfg: ExperimentConfig, federation: Federation) -> DSFLServer:
     """The server half for the generic runtimes."""
-    strategy = strategy_config(cfg, DSFLConfig)
-    return DSFLServer(build_server_model(cfg, federation, strategy), strategy, cfg.seed)
+    strategy = settings_of(cfg, DSFLConfig)
+    return DSFLServer(build_server_learner(cfg, federation, strategy), strategy, cfg.seed)
 
 
 def build_client_role(cfg: ExperimentConfig, federation: Federation, client_id: int) -> DSFLClient:
     """Client ``client_id``'s half for the generic runtimes."""
-    return DSFLClient(build_client(cfg, federation, client_id), strategy_config(cfg, DSFLConfig))
+    return DSFLClient(build_client(cfg, federation, client_id), settings_of(cfg, DSFLConfig))

@@ -7,6 +7,7 @@ from typing import TypeVar
 
 from torch import nn
 
+from fl_kd.kd.algorithm import settings_of
 from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.fedavg.config import WeightSharingConfig
 from fl_kd.kd.fedavg.roles import FedAvgServer, WeightSharingClient
@@ -19,9 +20,7 @@ Server = TypeVar("Server", bound=FedAvgServer)
 
 def weight_sharing_config(cfg: ExperimentConfig) -> WeightSharingConfig:
     """The run's strategy settings, which must be a weight-sharing strategy's."""
-    if not isinstance(cfg.strategy, WeightSharingConfig):
-        raise TypeError(f"strategy {cfg.strategy.name!r} does not share model weights")
-    return cfg.strategy
+    return settings_of(cfg, WeightSharingConfig)
 
 
 def global_model(cfg: ExperimentConfig, federation: Federation, architecture: str) -> nn.Module:

@@ -22,8 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from fl_kd.kd import protocol as kd
-from fl_kd.kd.client import DistillClient
-from fl_kd.kd.roles import Answer, Arrays, ClientRole, Instruction, ServerRole
+from fl_kd.kd.roles import Answer, Arrays, DistillClientRole, Instruction, ServerRole
 from fl_kd.kd.training import accuracy
 from fl_kd.kd.weights import check_weights, load_arrays, model_arrays, weighted_average
 
@@ -150,12 +149,9 @@ class FedAvgServer(WeightSharingServer):
         return self.models[self.architecture]
 
 
-class WeightSharingClient(ClientRole):
+class WeightSharingClient(DistillClientRole):
     """A client that loads the server's weights, trains on private data and answers with its weights."""
 
-    def __init__(self, client: DistillClient) -> None:
-        self.client = client
-        self.client_id = client.client_id
 
     def train(self, round: int, instruction: Instruction) -> Answer:
         """Load the global weights, train ``local_epochs``, answer with weights and sample count."""
@@ -177,14 +173,3 @@ class WeightSharingClient(ClientRole):
         load_arrays(self.client.model, instruction.arrays)
         return {kd.TRAIN_SAMPLES: 0.0}
 
-    def evaluate(self, x: Tensor, y: Tensor) -> float:
-        """The client model's accuracy."""
-        return self.client.evaluate(x, y)
-
-    def state_dict(self) -> dict[str, Tensor]:
-        """The client model's weights."""
-        return dict(self.client.state_dict()["model"])
-
-    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
-        """Restore the client model's weights."""
-        self.client.load_state_dict({"model": state})

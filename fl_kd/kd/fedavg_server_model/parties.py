@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fl_kd.kd.algorithm import settings_of
 from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.fedavg import WeightSharingClient, fedavg_server, weight_sharing_client
 from fl_kd.kd.fedavg_server_model.config import FedAvgServerModelConfig
@@ -11,8 +12,7 @@ from fl_kd.kd.federation import Federation
 
 def build_server_role(cfg: ExperimentConfig, federation: Federation) -> ServerModelFedAvgServer:
     """The server: the global server model, freshly seeded."""
-    if not isinstance(cfg.strategy, FedAvgServerModelConfig):
-        raise TypeError(f"strategy {cfg.strategy.name!r} is not fedavg_server_model")
+    settings_of(cfg, FedAvgServerModelConfig)
     return fedavg_server(cfg, federation, cfg.device_profile.server_model, ServerModelFedAvgServer)
 
 

@@ -35,7 +35,7 @@ from fl_kd.kd.algorithm import STRATEGIES, Algorithm
 from fl_kd.kd.fedet.config import CONSENSUS_LOSSES, FedETConfig
 from fl_kd.kd.fedet.ensemble import EnsembleTargets, confidence, ensemble_targets
 from fl_kd.kd.fedet.parties import build_client_role, build_server, build_server_role, fedet_config
-from fl_kd.kd.fedet.roles import EXAMPLES, FedETClient, FedETServer
+from fl_kd.kd.fedet.roles import FedETServer
 from fl_kd.kd.fedet.server import ClientModel, EnsembleTransferServer
 
 if "fedet" not in STRATEGIES:
@@ -51,11 +51,9 @@ if "fedet" not in STRATEGIES:
 
 __all__ = [
     "CONSENSUS_LOSSES",
-    "EXAMPLES",
     "ClientModel",
     "EnsembleTargets",
     "EnsembleTransferServer",
-    "FedETClient",
     "FedETConfig",
     "FedETServer",
     "build_client_role",

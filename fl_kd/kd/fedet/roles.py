@@ -1,4 +1,4 @@
-"""Fed-ET's two halves for the generic runtimes: the ensemble-transfer server and the weight-sharing client.
+"""Fed-ET's server half for the generic runtimes (its clients are FedAvg's weight-sharing clients).
 
 Train: each sampled client receives its architecture's small model, trains it on private data and returns its
 weights and sample count. Evaluate: the server has averaged, trained its large model on the ensemble and distilled
@@ -11,26 +11,22 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from fl_kd.kd import protocol as kd
-from fl_kd.kd.client import DistillClient
-from fl_kd.kd.fedet.server import ClientModel, EnsembleTransferServer, examples_of
-from fl_kd.kd.roles import Answer, Arrays, ClientRole, Instruction, ServerRole
-from fl_kd.kd.weights import check_weights, load_arrays, model_arrays
-
-#: Array of a client's answer beside its weights: its private sample count, ``(1,)`` int64 (FedAvg's weight).
-EXAMPLES = "num-examples"
+from fl_kd.kd.fedavg.roles import check_num_examples, split_answer
+from fl_kd.kd.fedet.server import ClientModel, EnsembleTransferServer
+from fl_kd.kd.roles import Arrays, Instruction, ServerRole
+from fl_kd.kd.weights import check_weights
 
 
 class FedETServer(ServerRole):
     """Send small models, screen returned ones, transfer their ensemble into the server model and back."""
 
-    def __init__(self, server: EnsembleTransferServer, architectures: Mapping[int, str]) -> None:
+    def __init__(self, server: EnsembleTransferServer, architectures: Mapping[int, str], max_examples: int) -> None:
         self.server = server
         self.architectures = dict(architectures)  # client id -> architecture (its device tier's model)
+        self.max_examples = int(max_examples)
         self._published: dict[str, Arrays] = {}
         # Client id -> (the answer's arrays, its public logits), computed while screening, reused by aggregate.
         self._logits: dict[int, tuple[Mapping[str, Any], Tensor]] = {}
@@ -50,10 +46,11 @@ class FedETServer(ServerRole):
         """Weights of the client's architecture (float32, finite) giving finite public logits, and a count >= 1."""
         if client_id not in self.architectures:
             return f"unknown client {client_id}"
-        if examples_of(arrays.get(EXAMPLES)) is None:
-            return f"{EXAMPLES} must be a (1,) integer array >= 1"
+        weights, num_examples = split_answer(arrays)
+        reason = check_num_examples(num_examples, self.max_examples)
+        if reason is not None:
+            return reason
         name = self.architectures[client_id]
-        weights = {key: value for key, value in arrays.items() if key != EXAMPLES}
         reason = check_weights(weights, self.server.reference(name))
         if reason is not None:
             return reason
@@ -69,11 +66,11 @@ class FedETServer(ServerRole):
         for client_id in sorted(answers):  # fixed order keeps floating-point sums reproducible
             arrays = answers[client_id]
             name = self.architectures[client_id]
-            weights = {key: value for key, value in arrays.items() if key != EXAMPLES}
+            weights, num_examples = split_answer(arrays)
             cached = self._logits.get(client_id)
             public = cached[1] if cached is not None and cached[0] is arrays else None
             logits.append(public if public is not None else self.server.client_logits(name, weights))
-            models.append(ClientModel(client_id, name, weights, int(examples_of(arrays[EXAMPLES]) or 1)))
+            models.append(ClientModel(client_id, name, weights, int(num_examples[0])))
         self._logits.clear()
         stats = self.server.step(round, models, logits)
         self._published.clear()
@@ -90,43 +87,3 @@ class FedETServer(ServerRole):
     def save(self, path: str | Path) -> None:
         """Server model and small models."""
         self.server.save(path)
-
-
-class FedETClient(ClientRole):
-    """A client that trains the small model it is sent and returns it; it loads the server's transferred model."""
-
-    def __init__(self, client: DistillClient) -> None:
-        self.client = client
-        self.client_id = client.client_id
-
-    def train(self, round: int, instruction: Instruction) -> Answer:
-        """Load the sent small model, train it on private data, return its weights and the sample count."""
-        load_arrays(self.client.model, instruction.arrays)
-        result = self.client.local_train(round)
-        arrays = model_arrays(self.client.model)
-        arrays[EXAMPLES] = np.array([self.client.num_examples], dtype=np.int64)
-        return Answer(
-            arrays,
-            {
-                kd.TRAIN_LOSS: float(result["loss"]),
-                kd.NUM_EXAMPLES: float(result["num_examples"]),
-                kd.TRAIN_SAMPLES: float(result["train_samples"]),
-            },
-        )
-
-    def receive(self, round: int, instruction: Instruction) -> dict[str, float]:
-        """Load the server's small model (no training)."""
-        load_arrays(self.client.model, instruction.arrays)
-        return {kd.TRAIN_SAMPLES: 0.0}
-
-    def evaluate(self, x: Tensor, y: Tensor) -> float:
-        """The client model's accuracy."""
-        return self.client.evaluate(x, y)
-
-    def state_dict(self) -> dict[str, Tensor]:
-        """The client model's weights."""
-        return dict(self.client.state_dict()["model"])
-
-    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
-        """Restore the client model's weights."""
-        self.client.load_state_dict({"model": state})

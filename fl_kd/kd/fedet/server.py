@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from numpy.typing import NDArray
@@ -212,11 +211,3 @@ class EnsembleTransferServer:
 
 def _cpu_state(net: nn.Module) -> dict[str, Tensor]:
     return {name: value.detach().cpu().clone() for name, value in net.state_dict().items()}
-
-
-def examples_of(array: Any) -> int | None:
-    """The positive sample count an answer's ``(1,)`` integer array states, or None when it is not one."""
-    if not isinstance(array, np.ndarray) or array.shape != (1,) or not np.issubdtype(array.dtype, np.integer):
-        return None
-    value = int(array[0])
-    return value if value >= 1 else None

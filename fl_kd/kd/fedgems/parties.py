@@ -2,33 +2,23 @@
 
 from __future__ import annotations
 
+from fl_kd.kd.algorithm import settings_of
 from fl_kd.kd.config import ExperimentConfig
-from fl_kd.kd.federation import Federation, build_client, prepare_device
+from fl_kd.kd.federation import Federation, build_client, build_server_model
 from fl_kd.kd.fedgems.config import FedGEMSConfig
 from fl_kd.kd.fedgems.roles import FedGEMSClient, FedGEMSServer
 from fl_kd.kd.fedgems.server import SelectiveDistillServer
-from fl_kd.kd.seeding import SERVER_ID, derive_seed
-from fl_kd.models import build_model
 
 
 def fedgems_config(cfg: ExperimentConfig) -> FedGEMSConfig:
     """The run's strategy settings, which must be FedGEMS's."""
-    if not isinstance(cfg.strategy, FedGEMSConfig):
-        raise TypeError(f"strategy {cfg.strategy.name!r} is not FedGEMS-like selective distillation")
-    return cfg.strategy
+    return settings_of(cfg, FedGEMSConfig)
 
 
 def build_server(cfg: ExperimentConfig, federation: Federation) -> SelectiveDistillServer:
     """The server with its freshly seeded model, restored from ``strategy.checkpoint`` when one is given."""
-    prepare_device(cfg)
     strategy = fedgems_config(cfg)
-    data = federation.data
-    model = build_model(
-        cfg.device_profile.server_model,
-        data.input_shape,
-        data.num_classes,
-        seed=derive_seed(cfg.seed, SERVER_ID, "model_init"),
-    )
+    model = build_server_model(cfg, federation)
     server = SelectiveDistillServer(
         model,
         federation.transfer_x,

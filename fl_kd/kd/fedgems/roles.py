@@ -16,9 +16,8 @@ from numpy.typing import NDArray
 from torch import Tensor
 
 from fl_kd.kd import protocol as kd
-from fl_kd.kd.client import DistillClient
 from fl_kd.kd.fedgems.server import SelectiveDistillServer
-from fl_kd.kd.roles import Answer, Arrays, ClientRole, Instruction, ServerRole
+from fl_kd.kd.roles import Answer, Arrays, DistillClientRole, Instruction, ServerRole
 from fl_kd.kd.validation import check_client_answer
 
 
@@ -69,12 +68,9 @@ class FedGEMSServer(ServerRole):
         self.server.save(path)
 
 
-class FedGEMSClient(ClientRole):
+class FedGEMSClient(DistillClientRole):
     """A client that trains locally, answers queries with logits and distils the server's broadcast."""
 
-    def __init__(self, client: DistillClient) -> None:
-        self.client = client
-        self.client_id = client.client_id
 
     def train(self, round: int, instruction: Instruction) -> Answer:
         """Local training, then logits on the asked positions."""
@@ -101,14 +97,3 @@ class FedGEMSClient(ClientRole):
         result = self.client.distill(round, server_logits)
         return {kd.DISTILL_LOSS: float(result["loss"]), kd.TRAIN_SAMPLES: float(result["train_samples"])}
 
-    def evaluate(self, x: Tensor, y: Tensor) -> float:
-        """The client model's accuracy."""
-        return self.client.evaluate(x, y)
-
-    def state_dict(self) -> dict[str, Tensor]:
-        """The client model's weights."""
-        return dict(self.client.state_dict()["model"])
-
-    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
-        """Restore the client model's weights."""
-        self.client.load_state_dict({"model": state})

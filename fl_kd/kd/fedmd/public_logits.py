@@ -28,12 +28,12 @@ from fl_kd.config import check_choice, check_range
 from fl_kd.kd import protocol as kd
 from fl_kd.kd.algorithm import StrategyConfig
 from fl_kd.kd.client import ClientTrainConfig, DistillClient
-from fl_kd.kd.federation import prepare_device
-from fl_kd.kd.roles import Answer, Arrays, ClientRole, Instruction, ServerRole
+from fl_kd.kd.federation import build_server_model
+from fl_kd.kd.roles import Answer, Arrays, DistillClientRole, Instruction, ServerRole
 from fl_kd.kd.seeding import SERVER_ID, derive_seed
 from fl_kd.kd.training import LOGITS_DTYPES, to_wire
 from fl_kd.kd.validation import check_client_answer
-from fl_kd.models import DeviceTier, build_model
+from fl_kd.models import DeviceTier
 
 if TYPE_CHECKING:
     from fl_kd.kd.config import ExperimentConfig
@@ -87,28 +87,16 @@ class PublicLogitsConfig(StrategyConfig):
         )
 
 
-def strategy_config(cfg: ExperimentConfig, cls: type[C]) -> C:
-    """The run's strategy settings, which must be of class ``cls``."""
-    if not isinstance(cfg.strategy, cls):
-        raise TypeError(f"strategy {cfg.strategy.name!r} has no {cls.__name__} settings")
-    return cfg.strategy
-
-
-def build_server_model(cfg: ExperimentConfig, federation: Federation, strategy: PublicLogitsConfig) -> DistillClient:
+def build_server_learner(
+    cfg: ExperimentConfig, federation: Federation, strategy: PublicLogitsConfig
+) -> DistillClient:
     """The server model, freshly seeded, as a :class:`DistillClient` of id ``SERVER_ID`` on the public inputs.
 
     It reuses the clients' KD loop (``distill_on``) and nothing else: the server has no private data, and
     :class:`DistillClient` insists on some, so its private slot holds the public inputs under placeholder labels
     that no call ever trains on (only ``distill_on``, ``evaluate`` and ``state_dict`` are used).
     """
-    prepare_device(cfg)
-    data = federation.data
-    model = build_model(
-        cfg.device_profile.server_model,
-        data.input_shape,
-        data.num_classes,
-        seed=derive_seed(cfg.seed, SERVER_ID, "model_init"),
-    )
+    model = build_server_model(cfg, federation)
     public_x = federation.public_x
     no_labels = torch.zeros(0, dtype=torch.long)
     settings = ClientTrainConfig(
@@ -139,7 +127,7 @@ class PublicLogitsServer(ServerRole):
     Parameters
     ----------
     server_model : DistillClient
-        The server model (see :func:`build_server_model`).
+        The server model (see :func:`build_server_learner`).
     strategy : PublicLogitsConfig
         The run's settings.
     seed : int
@@ -232,12 +220,9 @@ class PublicLogitsServer(ServerRole):
         torch.save(self.state_dict(), Path(path))
 
 
-class PublicLogitsClient(ClientRole):
+class PublicLogitsClient(DistillClientRole):
     """Client half: answer logits on the asked public positions; distil soft targets sent back."""
 
-    def __init__(self, client: DistillClient) -> None:
-        self.client = client
-        self.client_id = client.client_id
 
     def answer(self, instruction: Instruction, trained: Mapping[str, float]) -> Answer:
         """Logits on the instruction's public positions, with the figures of the training that came before."""
@@ -265,14 +250,3 @@ class PublicLogitsClient(ClientRole):
             raise ValueError(f"asked to distil but the message lacks {kd.POSITIONS} or {kd.SERVER_LOGITS}")
         return self.client.distill_on(round, phase, positions, targets, epochs, temperature)
 
-    def evaluate(self, x: Tensor, y: Tensor) -> float:
-        """The client model's accuracy."""
-        return self.client.evaluate(x, y)
-
-    def state_dict(self) -> dict[str, Tensor]:
-        """The client model's weights."""
-        return dict(self.client.state_dict()["model"])
-
-    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
-        """Restore the client model's weights."""
-        self.client.load_state_dict({"model": state})
