@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.app.typing import MetricRecordValues
@@ -25,7 +26,8 @@ from fl_kd.kd.algorithm import get_algorithm
 from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.federation import Federation, build_federation
 from fl_kd.kd.roles import ClientRole, Instruction
-from fl_kd.protocol import decode_array, int_of, record
+from fl_kd.kd.validation import check_bounded
+from fl_kd.protocol import decode_array, record, scalar_of
 
 app = ClientApp()
 
@@ -55,12 +57,25 @@ def _save(context: Context, client: ClientRole) -> None:
     context.state[kd.CLIENT_STATE] = ArrayRecord(client.state_dict())
 
 
-def _instruction(msg: Message) -> tuple[int, Instruction]:
-    """The server round and the instruction a message carries, checked before use."""
-    server_round = int_of(msg.content, kd.CONFIG, kd.SERVER_ROUND)
-    if server_round is None or server_round < 1:
-        raise ValueError(f"message has no positive integer {kd.SERVER_ROUND}")
+def _instruction(msg: Message, context: Context) -> tuple[int, Instruction]:
+    """The server round and the instruction a message carries, checked before use.
+
+    Raises ``ValueError`` saying why on a missing or non-integer round, an array that does not decode, positions
+    that are not a 1-D integer array (floats are not cast), or a float array with NaN, inf or a value beyond
+    ``max_abs_value``; Flower returns it to the server as an error reply.
+    """
+    server_round = scalar_of(msg.content, kd.CONFIG, kd.SERVER_ROUND)
+    if isinstance(server_round, bool) or not isinstance(server_round, int) or server_round < 1:
+        raise ValueError(f"message has no positive int {kd.SERVER_ROUND}, got {server_round!r}")
     arrays = {name: decode_array(array) for name, array in record(msg.content, kd.ARRAYS).items()}
+    positions = arrays.get(kd.POSITIONS)
+    if positions is not None and (positions.ndim != 1 or not np.issubdtype(positions.dtype, np.integer)):
+        raise ValueError(f"{kd.POSITIONS} must be a 1-D integer array, got {positions.dtype} {positions.shape}")
+    if positions is not None and positions.size and int(positions.min()) < 0:
+        raise ValueError(f"{kd.POSITIONS} must not be negative")
+    reason = check_bounded(arrays, _federation(str(context.run_config[kd.RUN_CONFIG_KEY]))[0].max_abs_value)
+    if reason is not None:
+        raise ValueError(f"instruction refused: {reason}")
     scalars = record(msg.content, kd.CONFIG).items()
     config = {key: value for key, value in scalars if isinstance(value, (bool, int, float, str))}
     return server_round, Instruction(arrays, config)
@@ -81,7 +96,7 @@ def hello(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     """Train as instructed and answer the server."""
     _, client = _client(context)
-    server_round, instruction = _instruction(msg)
+    server_round, instruction = _instruction(msg, context)
     answer = client.train(server_round, instruction)
     _save(context, client)
     metrics: dict[str, MetricRecordValues] = {kd.PARTITION_ID: _partition_id(context), **answer.metrics}
@@ -98,7 +113,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Take in the server's knowledge (if sampled this round), then test on the global and the own test set."""
     federation, client = _client(context)
-    server_round, instruction = _instruction(msg)
+    server_round, instruction = _instruction(msg, context)
     distill = instruction.config.get(kd.DISTILL)
     if not isinstance(distill, bool):
         raise ValueError(f"{kd.DISTILL} must be a bool, got {distill!r}")

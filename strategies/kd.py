@@ -7,8 +7,10 @@ the server's knowledge; every client reports its accuracy), in the order of the 
 
 Every reply is checked before it can touch the server: its sender comes from Flower's metadata (the node that
 answered, mapped to a partition once at discovery), never from the payload; its arrays are decoded only after their
-declared dtype and shape agree with their bytes; then the algorithm checks names, shapes and values. A rejected
-answer is logged, counted and left out, exactly as if that client had not answered.
+declared dtype and shape agree with their bytes; it must answer the very message the server sent that node this
+round (``reply_to_message_id``), so a stale reply or one to another client's message is refused; every float in it
+must be finite and within ``max_abs_value``; then the algorithm checks names, shapes and values. A rejected answer is
+logged, counted and left out, exactly as if that client had not answered.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from fl_kd.kd.federation import Federation, sample_clients
 from fl_kd.kd.metrics import round_metrics
 from fl_kd.kd.roles import Arrays, Instruction, ServerRole
 from fl_kd.kd.runner import round_cost
-from fl_kd.kd.validation import ScreeningReport
+from fl_kd.kd.validation import DEFAULT_MAX_ABS_VALUE, ScreeningReport, check_bounded
 from fl_kd.protocol import ProtocolError, decode_array, int_of, number_of, payload_nbytes, record
 
 
@@ -50,6 +52,8 @@ class KDStrategy(Strategy):
         Seconds to wait for replies; a client that has not answered by then counts as missing for the round.
     on_round_end : Callable[[dict], None], optional
         Receives each round's flat metrics (e.g. a :class:`~fl_kd.results.RoundRecorder`).
+    max_abs_value : float (default: 1e4)
+        Bound on the absolute value of every float in an answer (``ExperimentConfig.max_abs_value``).
     """
 
     def __init__(
@@ -60,6 +64,7 @@ class KDStrategy(Strategy):
         seed: int = 0,
         timeout: float = 600.0,
         on_round_end: Callable[[dict[str, Any]], None] | None = None,
+        max_abs_value: float = DEFAULT_MAX_ABS_VALUE,
     ) -> None:
         self.server = server
         self.federation = federation
@@ -68,6 +73,7 @@ class KDStrategy(Strategy):
         self.seed = seed
         self.timeout = timeout
         self.on_round_end = on_round_end
+        self.max_abs_value = max_abs_value
         self.history: list[dict[str, Any]] = []
         self._nodes: dict[int, int] = {}  # partition id -> node id
         self._partitions: dict[int, int] = {}  # node id -> partition id
@@ -79,6 +85,8 @@ class KDStrategy(Strategy):
         self._screening = ScreeningReport()
         self._server_stats: dict[str, float | int] = {}
         self._costs: dict[int, ClientCost] = {}
+        # The messages of the phase in progress, by node id: the grid gives each its id when it sends it.
+        self._sent: dict[int, Message] = {}
 
     def summary(self) -> None:
         """Log the strategy's settings."""
@@ -125,7 +133,7 @@ class KDStrategy(Strategy):
         sampled = sample_clients(self.num_clients, self.fraction_train, self.seed, server_round)
         self._selected = [pid for pid in sampled if pid in self._nodes]
         self._costs = {pid: ClientCost() for pid in self._selected}
-        return [
+        messages = [
             self._message(
                 self.server.train_instruction(server_round, pid),
                 MessageType.TRAIN,
@@ -134,6 +142,13 @@ class KDStrategy(Strategy):
             )
             for pid in self._selected
         ]
+        self._sent = {message.metadata.dst_node_id: message for message in messages}
+        return messages
+
+    def _answers_ours(self, reply: Message) -> bool:
+        """Whether ``reply`` answers the message this phase sent its node (not a stale or someone else's one)."""
+        sent = self._sent.get(reply.metadata.src_node_id)
+        return sent is not None and reply.metadata.reply_to_message_id == sent.metadata.message_id
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -175,6 +190,8 @@ class KDStrategy(Strategy):
                 report.reject(f"client error: {reply.error.reason}")
             elif partition_id is None or partition_id not in self._selected:
                 report.reject("reply from a client that was not asked")
+            elif not self._answers_ours(reply):
+                report.reject("reply to a message the server did not send this client this round")
             else:
                 by_client.setdefault(partition_id, []).append(reply)
         answers: dict[int, Arrays] = {}
@@ -185,13 +202,14 @@ class KDStrategy(Strategy):
                 continue
             try:
                 arrays = {
-                    name: decode_array(array)
-                    for name, array in record(client_replies[0].content, kd.ARRAYS).items()
+                    name: decode_array(array) for name, array in record(client_replies[0].content, kd.ARRAYS).items()
                 }
             except ProtocolError as err:
                 report.reject(f"client {partition_id}: {err}")
                 continue
-            reason = self.server.check_answer(server_round, partition_id, arrays)
+            reason = check_bounded(arrays, self.max_abs_value) or self.server.check_answer(
+                server_round, partition_id, arrays
+            )
             if reason is not None:
                 report.reject(f"client {partition_id}: {reason}")
                 continue
@@ -217,6 +235,7 @@ class KDStrategy(Strategy):
                     **{kd.SERVER_ROUND: server_round, kd.DISTILL: selected},
                 )
             )
+        self._sent = {message.metadata.dst_node_id: message for message in messages}
         return messages
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -226,7 +245,7 @@ class KDStrategy(Strategy):
         seen: set[int] = set()
         for reply in replies:
             partition_id = self._partitions.get(reply.metadata.src_node_id)
-            if reply.has_error() or partition_id is None or partition_id in seen:
+            if reply.has_error() or partition_id is None or partition_id in seen or not self._answers_ours(reply):
                 continue
             seen.add(partition_id)
             self._add_cost(reply)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from fl_kd.config import check_range, from_mapping, require, to_mapping
 from fl_kd.data.config import DatasetConfig
 from fl_kd.kd.algorithm import StrategyConfig, get_algorithm
+from fl_kd.kd.validation import DEFAULT_MAX_ABS_VALUE
 from fl_kd.models import DeviceProfile
 from fl_kd.partition.config import PartitionConfig
 from fl_kd.runtime import SimulationConfig
@@ -72,6 +73,9 @@ class ExperimentConfig:
     deterministic : bool (default: True)
         On a CUDA device, switch torch to deterministic kernels (process-wide) so that reruns, and the Flower
         simulation against the reference runner, agree bit for bit; CPU runs are deterministic without it.
+    max_abs_value : float (default: 1e4)
+        Largest absolute value of any float a client may send (logits, weights); an answer with a larger one is
+        rejected for the round, like one with NaN or inf.
     """
 
     device_profile: DeviceProfile
@@ -85,6 +89,7 @@ class ExperimentConfig:
     personalised_test_size: int = 200
     device: str = "cpu"
     deterministic: bool = True
+    max_abs_value: float = DEFAULT_MAX_ABS_VALUE
 
     def __post_init__(self) -> None:
         require(isinstance(self.device_profile, DeviceProfile), "device_profile must be a DeviceProfile")
@@ -93,6 +98,7 @@ class ExperimentConfig:
         self.strategy.check_experiment(self)
         check_range("personalised_test_size", self.personalised_test_size, low=1)
         check_range("seed", self.seed, low=0)
+        check_range("max_abs_value", self.max_abs_value, low=0, low_open=True)
 
     def to_json(self) -> str:
         """Every setting as JSON: how the config travels to Flower apps (their run config holds scalars only).

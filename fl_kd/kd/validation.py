@@ -8,7 +8,7 @@ and never silently reaches a weight.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,8 +17,39 @@ from numpy.typing import NDArray
 
 ALLOWED_LOGITS_DTYPES: tuple[str, ...] = ("float16", "float32")
 
+#: Default bound on the absolute value of every float a client sends (logits, weights): far above anything a
+#: trained model produces, far below what overflows a softmax, an entropy or a float32 average.
+DEFAULT_MAX_ABS_VALUE = 1e4
 
-def check_client_answer(asked: NDArray[np.int64], positions: Any, logits: Any, num_classes: int) -> str | None:
+
+def check_bounded(arrays: Mapping[str, Any], max_abs: float = DEFAULT_MAX_ABS_VALUE) -> str | None:
+    """Why an answer's float arrays cannot be used (NaN, inf, or a value beyond ``max_abs``), or None.
+
+    Non-float arrays (positions, counts) are the algorithm's to check.
+    """
+    for name, value in arrays.items():
+        if isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.floating):
+            reason = _bound_problem(value, max_abs)
+            if reason is not None:
+                return f"{name} {reason}"
+    return None
+
+
+def _bound_problem(value: NDArray[Any], max_abs: float) -> str | None:
+    if not np.isfinite(value).all():
+        return "contains NaN or inf"
+    if value.size and float(np.abs(value.astype(np.float64)).max()) > max_abs:
+        return f"has a value beyond the bound {max_abs:g}"
+    return None
+
+
+def check_client_answer(
+    asked: NDArray[np.int64],
+    positions: Any,
+    logits: Any,
+    num_classes: int,
+    max_abs: float = DEFAULT_MAX_ABS_VALUE,
+) -> str | None:
     """Return why an answer must be rejected, or None when it is usable.
 
     Parameters
@@ -28,9 +59,11 @@ def check_client_answer(asked: NDArray[np.int64], positions: Any, logits: Any, n
     positions : Any
         ``(n,)`` positions the client says it answered; must equal ``asked`` exactly.
     logits : Any
-        ``(n, C)`` logits, float16 or float32, all finite.
+        ``(n, C)`` logits, float16 or float32, all finite and at most ``max_abs`` in absolute value.
     num_classes : int
         C.
+    max_abs : float (default: :data:`DEFAULT_MAX_ABS_VALUE`)
+        Bound on every logit's absolute value.
     """
     if not isinstance(positions, np.ndarray) or not isinstance(logits, np.ndarray):
         return "missing positions or logits"
@@ -42,9 +75,8 @@ def check_client_answer(asked: NDArray[np.int64], positions: Any, logits: Any, n
         return f"logits dtype {logits.dtype} is not one of {', '.join(ALLOWED_LOGITS_DTYPES)}"
     if logits.shape != (asked.size, num_classes):
         return f"logits shape {logits.shape} != expected {(asked.size, num_classes)}"
-    if not np.isfinite(logits).all():
-        return "logits contain NaN or inf"
-    return None
+    reason = _bound_problem(logits, max_abs)
+    return None if reason is None else f"logits {reason}"
 
 
 @dataclass

@@ -16,6 +16,8 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from fl_kd.kd.validation import DEFAULT_MAX_ABS_VALUE, check_bounded
+
 Arrays = dict[str, NDArray[Any]]
 
 
@@ -35,8 +37,14 @@ def load_arrays(model: nn.Module, arrays: Mapping[str, NDArray[Any]]) -> None:
     model.load_state_dict(state)
 
 
-def check_weights(arrays: Mapping[str, Any], reference: Mapping[str, NDArray[Any]]) -> str | None:
-    """Why ``arrays`` cannot stand for a model shaped like ``reference``, or None when they can."""
+def check_weights(
+    arrays: Mapping[str, Any], reference: Mapping[str, NDArray[Any]], max_abs: float = DEFAULT_MAX_ABS_VALUE
+) -> str | None:
+    """Why ``arrays`` cannot stand for a model shaped like ``reference``, or None when they can.
+
+    Each weight must be a finite float32 array of the reference's shape, no entry beyond ``max_abs`` in absolute
+    value (an honest model is far inside it; a scaled or overflowing update is not).
+    """
     missing = [name for name in reference if name not in arrays]
     unexpected = [name for name in arrays if name not in reference]
     if missing or unexpected:
@@ -47,8 +55,9 @@ def check_weights(arrays: Mapping[str, Any], reference: Mapping[str, NDArray[Any
             return f"weight {name} must be a float32 array, got {getattr(value, 'dtype', type(value).__name__)}"
         if value.shape != expected.shape:
             return f"weight {name} has shape {value.shape}, expected {expected.shape}"
-        if not np.isfinite(value).all():
-            return f"weight {name} contains NaN or inf"
+        reason = check_bounded({f"weight {name}": value}, max_abs)
+        if reason is not None:
+            return reason
     return None
 
 

@@ -1,0 +1,235 @@
+"""Property-based fuzzing of the KD server's screen and of the KD ClientApp: malformed replies never crash or count.
+
+The server state is built once (a tiny FedGEMS federation after one round of honest training answers); each example
+replaces, duplicates or adds one reply (wrong dtype, shape or stype, a lying header, NaN, inf or huge values, a
+wrong identity or ``reply_to``, missing records, an error reply) and screens it with the honest ones. It must not
+raise, its reason must be counted, and what reaches the algorithm must be bit for bit the honest answers without
+the clients concerned: exactly a round in which they did not answer.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+from typing import Any
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fl_kd.clients.kd_app import app as client_app
+from fl_kd.kd import protocol as kd
+from fl_kd.strategies.kd import KDStrategy
+from fl_kd.strategies.kd_app import make_strategy
+from tests.flower_loopback import LoopbackGrid
+from tests.kd_configs import tiny_config
+
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+class Round:
+    """One round's state: the strategy after ``configure_train``, what it sent, and the honest replies."""
+
+    def __init__(self) -> None:
+        cfg = tiny_config(rounds=1)
+        self.cfg = cfg
+        self.strategy: KDStrategy = make_strategy(cfg)
+        self.grid = LoopbackGrid(client_app, cfg.num_clients, {kd.RUN_CONFIG_KEY: cfg.to_json()})
+        self.sent = list(self.strategy.configure_train(1, ArrayRecord(), ConfigRecord(), self.grid))
+        for message in self.sent:  # ids as a SuperLink gives them, so that reply_to means something
+            message.metadata.__dict__["_message_id"] = f"train-{message.metadata.dst_node_id}"
+        self.replies = list(self.grid.send_and_receive(self.sent))
+        self.honest, report = self.strategy._screen(1, self.replies)
+        assert sorted(self.honest) == list(range(cfg.num_clients)) and report.num_rejected == 0
+        self.partition_of = dict(self.strategy._partitions)
+
+
+@pytest.fixture(scope="module")
+def state() -> Round:
+    return Round()
+
+
+def _arrays(reply: Message) -> dict[str, np.ndarray]:
+    return {name: array.numpy() for name, array in reply.content.array_records[kd.ARRAYS].items()}
+
+
+def _reply(sent: Message, arrays: dict[str, Array] | None, **records: Any) -> Message:
+    content = RecordDict({kd.METRICS: MetricRecord({kd.TRAIN_SAMPLES: 1.0})} | records)
+    if arrays is not None:
+        content[kd.ARRAYS] = ArrayRecord(arrays)
+    return Message(content, reply_to=sent)
+
+
+def _raw(dtype: str, shape: tuple[int, ...], data: bytes, stype: str = "numpy.ndarray") -> Array:
+    """An Array whose header says whatever it is told, whatever its bytes are."""
+    return Array(dtype=dtype, shape=shape, stype=stype, data=data)
+
+
+def _npy(value: Any) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, value, allow_pickle=True)
+    return buffer.getvalue()
+
+
+# -- mutations of one honest answer: each returns arrays that must be rejected -----------------------------------
+HUGE = st.floats(min_value=2e4, max_value=3.4e38) | st.sampled_from([np.nan, np.inf, -np.inf])
+
+
+@st.composite
+def bad_arrays(draw: st.DrawFn, positions: np.ndarray, logits: np.ndarray) -> dict[str, Array]:
+    kind = draw(st.sampled_from(["dtype", "shape", "value", "positions", "header", "missing"]))
+    pos, lg = positions.copy(), logits.copy()
+    if kind == "dtype":
+        if draw(st.booleans()):
+            lg = lg.astype(draw(st.sampled_from(["float64", "int32", "int64", "bool", "uint8", "complex64"])))
+        else:
+            pos = pos.astype(draw(st.sampled_from(["float32", "float64", "bool"])))
+    elif kind == "shape":
+        shapes = [lg[:-1], lg[:, :-1], lg[None], lg.ravel(), np.concatenate([lg, lg[:1]]), lg[:, :, None]]
+        lg = shapes[draw(st.integers(0, len(shapes) - 1))]
+    elif kind == "value":
+        sign = draw(st.sampled_from([1.0, -1.0]))
+        lg[draw(st.integers(0, lg.shape[0] - 1)), draw(st.integers(0, lg.shape[1] - 1))] = sign * draw(HUGE)
+        if np.isfinite(lg).all() and np.abs(lg).max() <= 1e4:  # float32 rounding cannot bring 2e4 below the bound
+            raise AssertionError("mutation did not leave the bound")
+    elif kind == "positions":
+        at = draw(st.integers(0, pos.size - 1))
+        pos[at] = draw(st.integers(-(2**40), 2**40).filter(lambda v: v != positions[at]))
+    elif kind == "header":
+        name = draw(st.sampled_from([kd.POSITIONS, kd.LOGITS]))
+        value = pos if name == kd.POSITIONS else lg
+        lie = draw(st.sampled_from(["stype", "dtype", "shape", "garbage", "truncated", "pickle"]))
+        dtype, shape, data, stype = value.dtype.name, tuple(value.shape), _npy(value), "numpy.ndarray"
+        if lie == "stype":
+            stype = draw(st.sampled_from(["torch.Tensor", "", "numpy.ndarray "]) | st.text(max_size=8))
+            stype = stype if stype != "numpy.ndarray" else "x"
+        elif lie == "dtype":
+            dtype = draw(st.sampled_from(["nosuch", "object", "O", "float128", "<f4", "int16", "uint64"]))
+        elif lie == "shape":
+            shape = draw(
+                st.sampled_from([(10**9, 10**9), (-1, 10), (value.size + 1,), (), (1,) * 5])
+                | st.lists(st.integers(0, 50), max_size=3).map(tuple).filter(lambda s: s != value.shape)
+            )
+        elif lie == "garbage":
+            data = draw(st.binary(max_size=64))
+        elif lie == "truncated":
+            data = data[: draw(st.integers(0, len(data) - 1))]
+        else:
+            data = _npy(np.array([{"a": 1}, [2, 3]], dtype=object)) if draw(st.booleans()) else pickle.dumps(value)
+        raw = _raw(dtype, shape, data, stype)
+        return {kd.POSITIONS: Array(pos), kd.LOGITS: Array(lg)} | {name: raw}
+    else:
+        return {} if draw(st.booleans()) else {draw(st.sampled_from([kd.POSITIONS, kd.LOGITS])): Array(pos)}
+    return {kd.POSITIONS: Array(pos), kd.LOGITS: Array(lg)}
+
+
+def _check(state: Round, replies: list[Message], dropped: set[int]) -> None:
+    answers, report = state.strategy._screen(1, replies)
+    assert report.num_rejected >= 1 and all(count > 0 for count in report.rejected.values())
+    assert sorted(answers) == sorted(set(state.honest) - dropped)
+    for pid, arrays in answers.items():
+        assert arrays.keys() == state.honest[pid].keys()
+        for name, value in arrays.items():
+            expected = state.honest[pid][name]
+            assert value.dtype == expected.dtype and value.tobytes() == expected.tobytes()
+
+
+@FUZZ
+@given(data=st.data())
+def test_a_malformed_answer_is_rejected_and_counted(state: Round, data: st.DataObject) -> None:
+    victim = data.draw(st.integers(0, len(state.sent) - 1))
+    honest = _arrays(state.replies[victim])
+    arrays = data.draw(bad_arrays(honest[kd.POSITIONS], honest[kd.LOGITS]))
+    replies = list(state.replies)
+    replies[victim] = _reply(state.sent[victim], arrays)
+    _check(state, replies, {state.partition_of[state.sent[victim].metadata.dst_node_id]})
+
+
+@FUZZ
+@given(data=st.data())
+def test_a_reply_with_a_wrong_identity_is_rejected_and_counted(state: Round, data: st.DataObject) -> None:
+    victim = data.draw(st.integers(0, len(state.sent) - 1))
+    pid = state.partition_of[state.sent[victim].metadata.dst_node_id]
+    kind = data.draw(st.sampled_from(["unknown node", "reply_to", "other's message", "duplicate", "error", "extra"]))
+    replies, dropped = list(state.replies), {pid}
+    forged = _reply(state.sent[victim], {name: Array(v) for name, v in _arrays(state.replies[victim]).items()})
+    if kind == "unknown node":
+        node = data.draw(st.integers(0, 2**63 - 1).filter(lambda n: n not in state.partition_of))
+        forged.metadata.__dict__["_src_node_id"] = node
+        replies[victim] = forged
+    elif kind == "reply_to":
+        stale = data.draw(st.sampled_from(["", "train-0", "old"]) | st.text(max_size=12))
+        forged.metadata.__dict__["_reply_to_message_id"] = stale
+        replies[victim] = forged
+    elif kind == "other's message":
+        other = data.draw(st.integers(0, len(state.sent) - 1).filter(lambda i: i != victim))
+        forged.metadata.__dict__["_reply_to_message_id"] = state.sent[other].metadata.message_id
+        replies[victim] = forged
+    elif kind == "duplicate":
+        replies.insert(data.draw(st.integers(0, len(replies))), replies[victim])
+    elif kind == "error":
+        replies[victim] = Message(Error(code=0, reason=data.draw(st.text(max_size=20))), reply_to=state.sent[victim])
+    else:  # another node's honest answer, sent again as if from the victim: both the victim's answers are dropped
+        other = data.draw(st.integers(0, len(state.sent) - 1).filter(lambda i: i != victim))
+        copied = _reply(state.sent[victim], {n: Array(v) for n, v in _arrays(state.replies[other]).items()})
+        replies.append(copied)
+    _check(state, replies, dropped)
+
+
+def test_extreme_logits_leave_the_server_as_if_the_client_had_not_answered(state: Round) -> None:
+    honest = _arrays(state.replies[0])
+    extreme = np.full_like(honest[kd.LOGITS], 2e38)
+    extreme[:, 0] = -2e38
+    bad = _reply(state.sent[0], {kd.POSITIONS: Array(honest[kd.POSITIONS]), kd.LOGITS: Array(extreme)})
+    without, poisoned = copy.deepcopy(state.strategy), copy.deepcopy(state.strategy)
+    without.aggregate_train(1, state.replies[1:])
+    poisoned.aggregate_train(1, [bad, *state.replies[1:]])
+    assert poisoned._screening.num_rejected == 1
+    for pid in range(state.cfg.num_clients):
+        left = poisoned.server.evaluate_instruction(1, pid).arrays
+        right = without.server.evaluate_instruction(1, pid).arrays
+        assert all(np.isfinite(v).all() and v.tobytes() == right[k].tobytes() for k, v in left.items())
+
+
+# -- the ClientApp: a malformed instruction is a clear ValueError (Flower's error reply), never a coercion ---------
+@st.composite
+def bad_instructions(draw: st.DrawFn) -> tuple[str, RecordDict]:
+    message_type = draw(st.sampled_from(["train", "evaluate"]))
+    config: dict[str, Any] = {kd.SERVER_ROUND: 1, kd.LOGITS_DTYPE: "float32", kd.DISTILL: False}
+    arrays: dict[str, Array] = {kd.POSITIONS: Array(np.arange(5, dtype=np.int64))}
+    kind = draw(st.sampled_from(["round", "distill", "positions", "header", "values", "missing"]))
+    if kind == "round":
+        config[kd.SERVER_ROUND] = draw(st.sampled_from(["1", 1.0, 0, -3, True, 2.5]))
+    elif kind == "distill":
+        message_type = "evaluate"
+        config[kd.DISTILL] = draw(st.sampled_from(["false", "true", 0, 1, 1.0, "", b"\x00"]))
+    elif kind == "positions":
+        wrong = [np.arange(5.0), np.ones(5, dtype=bool), np.arange(6).reshape(2, 3), -np.ones(3, dtype=np.int64)]
+        arrays[kd.POSITIONS] = Array(wrong[draw(st.integers(0, len(wrong) - 1))])
+    elif kind == "header":
+        arrays[kd.POSITIONS] = _raw(draw(st.sampled_from(["nosuch", "int64"])), (10**9,), draw(st.binary(max_size=16)))
+    elif kind == "values":
+        message_type = "evaluate"
+        config[kd.DISTILL] = True
+        logits = np.zeros((5, 10), dtype=np.float32)
+        logits[0, 0] = draw(HUGE)
+        arrays[kd.SERVER_LOGITS] = Array(logits)
+    else:
+        keys = [kd.SERVER_ROUND, kd.DISTILL] if message_type == "evaluate" else [kd.SERVER_ROUND]
+        config.pop(draw(st.sampled_from(keys)))
+    return message_type, RecordDict({kd.CONFIG: ConfigRecord(config), kd.ARRAYS: ArrayRecord(arrays)})
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=bad_instructions())
+def test_a_malformed_instruction_raises_a_clear_value_error(state: Round, case: tuple[str, RecordDict]) -> None:
+    message_type, content = case
+    context: Context = state.grid.contexts[state.sent[0].metadata.dst_node_id]
+    before = copy.deepcopy(context.state)
+    message = Message(content, dst_node_id=context.node_id, message_type=message_type)
+    with pytest.raises(ValueError, match=r"\S"):
+        client_app(message, context)
+    assert context.state == before
