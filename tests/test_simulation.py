@@ -31,10 +31,19 @@ def test_default_config_validates() -> None:
     assert [tier.name for tier in cfg.device_profile.tiers] == ["low", "mid", "high"]
 
 
+#: Options that cannot run with the default of another group, and what they need instead.
+NEEDS = {("strategy", "fedavg"): ("device_profile=homogeneous",)}
+
+
 @pytest.mark.parametrize("group", ["dataset", "partition", "device_profile", "strategy", "simulation"])
 def test_every_group_option_composes_and_validates(group: str) -> None:
     for option in sorted(path.stem for path in (CONF / group).glob("*.yaml")):
-        experiment_config(_compose(f"{group}={option}"))
+        experiment_config(_compose(f"{group}={option}", *NEEDS.get((group, option), ())))
+
+
+def test_fedavg_refuses_several_architectures() -> None:
+    with pytest.raises(ConfigError, match="device_profile=homogeneous"):
+        experiment_config(_compose("strategy=fedavg"))
 
 
 @pytest.mark.parametrize(
