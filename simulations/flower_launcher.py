@@ -2,7 +2,8 @@
 
 The launcher writes a minimal Flower app (a ``pyproject.toml`` naming the installed ServerApp and ClientApp) into
 the run folder, points ``FLWR_HOME`` at that folder so the run never touches the user's own Flower config, starts
-the local SuperLink on free ports, and always stops that SuperLink when the run ends.
+the local SuperLink on free ports, and always stops that SuperLink and everything the run started when the run
+ends, also when it is interrupted (Ctrl-C, SIGTERM, SIGHUP: then the ``KeyboardInterrupt`` goes on to the caller).
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from fl_kd.simulations.processes import PROC, Proc, descendants, find_processes, stop_processes
+from fl_kd.simulations.processes import (
+    PROC,
+    Proc,
+    descendants,
+    find_processes,
+    stop_processes,
+    termination_as_interrupt,
+    uninterruptible,
+)
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +178,10 @@ def run_flower_simulation(
     if stream:
         command.append("--stream")
     log.info("Running: %s", " ".join(command))
-    try:
-        return subprocess.run(command, env=env, cwd=run_dir, check=False).returncode
-    finally:
-        stop_superlink(flwr_home)
-        stop_leftovers(flwr_home)
+    with termination_as_interrupt():  # SIGTERM, too, must reach the `finally` below
+        try:
+            return subprocess.run(command, env=env, cwd=run_dir, check=False).returncode
+        finally:
+            with uninterruptible():  # a second Ctrl-C must not leave half the run behind
+                stop_superlink(flwr_home)
+                stop_leftovers(flwr_home)

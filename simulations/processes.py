@@ -153,12 +153,26 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
+class Terminated(KeyboardInterrupt):
+    """The ``KeyboardInterrupt`` that :func:`termination_as_interrupt` raises for SIGTERM or SIGHUP."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"received signal {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+def interrupt_exit_code(interrupt: KeyboardInterrupt) -> int:
+    """The shell's code for a command ended by ``interrupt``'s signal: 128 + its number (130 for Ctrl-C)."""
+    return 128 + (interrupt.signum if isinstance(interrupt, Terminated) else int(signal.SIGINT))
+
+
 @contextlib.contextmanager
 def termination_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM/SIGHUP into ``KeyboardInterrupt`` meanwhile, so ``finally`` blocks stop the processes."""
+    """Turn SIGTERM/SIGHUP into :class:`Terminated` (a ``KeyboardInterrupt``) meanwhile, so ``finally`` blocks
+    stop the processes: Python's default SIGTERM ends the process at once and runs no ``finally`` at all."""
 
     def interrupt(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"received signal {signal.Signals(signum).name}")
+        raise Terminated(signum)
 
     with _handlers((signal.SIGTERM, signal.SIGHUP), interrupt):
         yield

@@ -9,6 +9,7 @@ Either way the Hydra run folder gets the resolved config, ``metrics.jsonl``/``me
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +25,56 @@ from fl_kd.kd.federation import build_federation
 from fl_kd.kd.protocol import CHECKPOINT_FILE, OUTPUT_DIR_KEY, RUN_CONFIG_KEY
 from fl_kd.kd.runner import run_inprocess, summarise
 from fl_kd.plots import run_title
-from fl_kd.results import RoundRecorder, finished_rounds, format_round_line, print_summary_table, write_outputs
+from fl_kd.results import (
+    METRICS_JSONL,
+    RoundRecorder,
+    finished_rounds,
+    format_round_line,
+    print_summary_table,
+    read_metrics,
+    write_outputs,
+)
 from fl_kd.simulations.cli import user_errors_exit
 from fl_kd.simulations.config import experiment_config
 from fl_kd.simulations.flower_launcher import run_flower_simulation
-from fl_kd.simulations.jobs import finish_sweep, sweep_job
+from fl_kd.simulations.jobs import finish_sweep, in_multirun, sweep_job
+from fl_kd.simulations.processes import interrupt_exit_code, termination_as_interrupt
 from fl_kd.strategies.kd_app import SERVER_LOG
 
 log = logging.getLogger(__name__)
 
 
 def run_experiment(experiment: ExperimentConfig, out_dir: Path) -> list[dict[str, Any]]:
-    """Run one experiment into ``out_dir`` with its strategy and backend; returns its per-round metrics."""
+    """Run one experiment into ``out_dir`` with its strategy and backend; returns its per-round metrics.
+
+    Interrupted (Ctrl-C, SIGTERM, SIGHUP), it stops every process it started, says in one line where the finished
+    rounds are, and ends a single ``fl-kd-sim`` run with exit code 128 + the signal's number; elsewhere (a sweep, a
+    caller of its own) the ``KeyboardInterrupt`` goes on.
+    """
+    try:
+        with termination_as_interrupt():
+            return _run(experiment, out_dir)
+    except KeyboardInterrupt as interrupt:
+        print(interrupted_line(out_dir, interrupt), file=sys.stderr, flush=True)
+        if HydraConfig.initialized() and not in_multirun():
+            raise SystemExit(interrupt_exit_code(interrupt)) from None
+        raise
+
+
+def interrupted_line(out_dir: Path, interrupt: KeyboardInterrupt) -> str:
+    """The one line an interrupted run prints: why, how many rounds finished, and where they are."""
+    path = out_dir / METRICS_JSONL
+    try:
+        rounds = len(read_metrics(out_dir)) if path.exists() else 0
+    except ValueError:  # a line cut short by the interrupt
+        rounds = 0
+    return (
+        f"interrupted ({interrupt or 'Ctrl-C'}); every process of the run was stopped; partial results "
+        f"({rounds} finished round{'s' if rounds != 1 else ''}) in {path}"
+    )
+
+
+def _run(experiment: ExperimentConfig, out_dir: Path) -> list[dict[str, Any]]:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(to_mapping(experiment)))
     algorithm = get_algorithm(experiment.strategy.name)

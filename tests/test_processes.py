@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,11 +16,15 @@ from fl_kd.simulations.flower_launcher import stop_superlink, superlink_processe
 from fl_kd.simulations.processes import (
     Proc,
     ProcessSupervisor,
+    Terminated,
     descendants,
     find_processes,
     identify,
+    interrupt_exit_code,
     is_running,
     stop_processes,
+    termination_as_interrupt,
+    uninterruptible,
 )
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -133,3 +138,21 @@ def test_supervisor_stops_children_that_left_the_session_and_ignore_sigterm(tmp_
     assert [proc.pid for proc in killed] == [child]  # the parent stopped on SIGTERM; the child needed SIGKILL
     assert supervisor.running() == []
     assert not _alive(child)
+
+
+def test_sigterm_becomes_an_interrupt_with_the_shells_exit_code_and_the_old_handler_comes_back() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt) as caught, termination_as_interrupt():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler runs before this ends
+    assert isinstance(caught.value, Terminated) and caught.value.signum == signal.SIGTERM
+    assert str(caught.value) == "received signal SIGTERM"
+    assert interrupt_exit_code(caught.value) == 143 and interrupt_exit_code(KeyboardInterrupt()) == 130
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_nothing_interrupts_the_stopping() -> None:
+    with termination_as_interrupt(), uninterruptible():
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)  # would raise here if either signal were still handled

@@ -1,0 +1,101 @@
+"""An interrupted ``fl-kd-sim`` stops every process of its Flower run and says where its partial results are.
+
+The run is a real one (SuperLink, SuperExec, ``flwr-simulation``, Ray), small enough to reach round 1 quickly and
+long enough (50 rounds) to be still running when the signal comes. Its processes are found as the launcher finds
+them: by the run's ``FLWR_HOME`` in their environment.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fl_kd.results import METRICS_JSONL
+from fl_kd.simulations.flower_launcher import stop_leftovers
+from fl_kd.simulations.processes import PROC, Proc, find_processes
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+SMALL_RUN = [
+    "num_clients=3",
+    "transfer.labelled=60",
+    "device_profile=homogeneous",
+    "device_profile.server_model=cnn_small",
+    "strategy.rounds=50",
+    "strategy.server_epochs=1",
+    "partition.min_size=20",
+]
+ROUND_ONE_TIMEOUT_S = 300.0  # start-up alone takes 20-60 s on a busy 2-core machine
+STOP_TIMEOUT_S = 90.0  # the launcher gives the SuperLink 15 s and the rest 10 s, then kills
+
+
+def run_processes(flwr_home: Path) -> list[Proc]:
+    """Processes whose environment names this run's ``FLWR_HOME`` (the finder of ``stop_leftovers``)."""
+    return find_processes(f"FLWR_HOME={flwr_home}\0", where=("environ",))
+
+
+def command_lines(procs: list[Proc]) -> str:
+    lines = []
+    for proc in procs:
+        try:
+            lines.append((PROC / str(proc.pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:
+            continue
+    return "\n".join(lines)
+
+
+def finished_rounds(run_dir: Path) -> int:
+    """Complete rows of ``metrics.jsonl`` (a line still being written does not count)."""
+    try:
+        lines = (run_dir / METRICS_JSONL).read_text().splitlines()
+    except OSError:
+        return 0
+    count = 0
+    for line in lines:
+        try:
+            count += isinstance(json.loads(line), dict)
+        except ValueError:
+            pass
+    return count
+
+
+def test_sigterm_stops_every_process_and_points_at_the_finished_rounds(tmp_path: Path) -> None:
+    run_dir = (tmp_path / "run").resolve()
+    flwr_home = run_dir / ".flwr"
+    log_path = tmp_path / "fl-kd-sim.log"
+    command = [str(Path(sys.executable).parent / "fl-kd-sim"), *SMALL_RUN, f"hydra.run.dir={run_dir}"]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + ROUND_ONE_TIMEOUT_S
+        while finished_rounds(run_dir) < 1 and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        output = log_path.read_text(errors="replace")
+        assert process.poll() is None, f"fl-kd-sim ended before round 1:\n{output[-3000:]}"
+        assert finished_rounds(run_dir) >= 1, f"no round within {ROUND_ONE_TIMEOUT_S:.0f} s:\n{output[-3000:]}"
+        running = command_lines(run_processes(flwr_home))
+        for part in ("flower-superlink", "flwr-simulation", "raylet", "gcs_server"):
+            assert part in running, f"{part} not found by FLWR_HOME; the check below would prove nothing:\n{running}"
+
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=STOP_TIMEOUT_S)
+
+        left = run_processes(flwr_home)
+        assert left == [], f"still running after fl-kd-sim exited:\n{command_lines(left)}"
+        assert code == 128 + signal.SIGTERM
+        output = log_path.read_text(errors="replace")
+        lines = [line for line in output.splitlines() if line.startswith("interrupted (received signal SIGTERM)")]
+        assert len(lines) == 1, output[-3000:]
+        assert "partial results" in lines[0] and str(run_dir / METRICS_JSONL) in lines[0]
+        assert finished_rounds(run_dir) >= 1
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        stop_leftovers(flwr_home)
