@@ -30,7 +30,11 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "device_profile"
 IMAGE_SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
 CNN_CLIENTS = ["cnn_tiny", "cnn_small", "cnn_medium"]
 MLP_CLIENTS = ["mlp_tiny", "mlp_small", "mlp_medium"]
-FAMILIES = [(CNN_CLIENTS, "resnet_server", IMAGE_SHAPES), (MLP_CLIENTS, "mlp_server", [(30,), (13,)])]
+FAMILIES = [
+    (CNN_CLIENTS, "resnet_server", IMAGE_SHAPES),
+    (CNN_CLIENTS, "cnn_server", IMAGE_SHAPES),
+    (MLP_CLIENTS, "mlp_server", [(30,), (13,)]),
+]
 
 
 def three_tier(**overrides: float) -> DeviceProfile:
@@ -55,16 +59,14 @@ def load_yaml(path: Path) -> DictConfig:
 
 
 def test_registry_lists_every_tier_and_server() -> None:
-    assert available_models() == sorted(CNN_CLIENTS + MLP_CLIENTS + ["resnet_server", "mlp_server"])
+    assert available_models() == sorted(CNN_CLIENTS + MLP_CLIENTS + ["resnet_server", "cnn_server", "mlp_server"])
     assert available_models("tabular") == sorted(MLP_CLIENTS + ["mlp_server"])
 
 
 @pytest.mark.parametrize("num_classes", [10, 100])
 @pytest.mark.parametrize("shape", IMAGE_SHAPES)
-@pytest.mark.parametrize("name", CNN_CLIENTS + ["resnet_server"])
-def test_image_models_map_any_dataset_shape_to_logits(
-    name: str, shape: tuple[int, ...], num_classes: int
-) -> None:
+@pytest.mark.parametrize("name", CNN_CLIENTS + ["resnet_server", "cnn_server"])
+def test_image_models_map_any_dataset_shape_to_logits(name: str, shape: tuple[int, ...], num_classes: int) -> None:
     model = build_model(name, shape, num_classes, seed=0)
     logits = model(torch.rand(3, *shape))
     assert logits.shape == (3, num_classes)
@@ -72,7 +74,7 @@ def test_image_models_map_any_dataset_shape_to_logits(
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1), (1, 7, 5), (2, 3, 9)])
-@pytest.mark.parametrize("name", CNN_CLIENTS + ["resnet_server"])
+@pytest.mark.parametrize("name", CNN_CLIENTS + ["resnet_server", "cnn_server"])
 def test_image_models_accept_odd_and_tiny_images(name: str, shape: tuple[int, ...]) -> None:
     assert build_model(name, shape, 4, seed=0)(torch.rand(2, *shape)).shape == (2, 4)
 
@@ -91,13 +93,11 @@ def test_server_has_ten_times_the_largest_client(
 ) -> None:
     for shape in shapes:
         sizes = [count_parameters(build_model(name, shape, num_classes, seed=0)) for name in clients]
-        assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes), (
-            "tiers must grow tiny < small < medium"
-        )
+        assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes), "tiers must grow tiny < small < medium"
         assert count_parameters(build_model(server, shape, num_classes, seed=0)) >= 10 * sizes[-1]
 
 
-@pytest.mark.parametrize("name", ["cnn_small", "resnet_server", "mlp_medium"])
+@pytest.mark.parametrize("name", ["cnn_small", "resnet_server", "cnn_server", "mlp_medium"])
 def test_init_is_deterministic_given_the_seed(name: str) -> None:
     shape = (30,) if name.startswith("mlp") else (1, 8, 8)
 
@@ -142,15 +142,35 @@ def test_every_server_kernel_tap_gets_gradient(shape: tuple[int, ...]) -> None:
             assert (module.weight.grad.abs().sum(dim=(0, 1)) > 0).all()
 
 
+@pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28)])
+def test_wide_cnn_server_is_the_fmnist_profiles_server_and_dwarfs_its_tiers(shape: tuple[int, ...]) -> None:
+    profile = DeviceProfile.from_dict(load_yaml(CONF_DIR / "three_tier_fmnist.yaml"))
+    assert profile.server_model == "cnn_server"
+    assert [t.model for t in profile.tiers] == CNN_CLIENTS
+    server = build_model("cnn_server", shape, 10, seed=0)
+    largest = max(count_parameters(build_model(t.model, shape, 10, seed=0)) for t in profile.tiers)
+    assert count_parameters(server) >= 15 * largest
+    # Dropout is active in training mode only: eval is deterministic, train is not.
+    x = torch.rand(4, *shape)
+    server.eval()
+    torch.testing.assert_close(server(x), server(x))
+    torch.testing.assert_close(server(x)[:1], server(x[:1]))  # GroupNorm: no batch statistics
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in server.modules())
+    server.train()
+    torch.manual_seed(0)
+    first = server(x)
+    assert not torch.equal(first, server(x))
+    first.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in server.parameters())
+
+
 def test_unknown_model_name_lists_the_known_names() -> None:
     with pytest.raises(ValueError, match=r"unknown model 'resnet50'.*cnn_tiny.*mlp_server"):
         build_model("resnet50", (1, 8, 8), 10)
 
 
 def test_image_model_on_tabular_shape_says_so() -> None:
-    with pytest.raises(
-        ValueError, match=r"'cnn_tiny' is for image data.*\(C, H, W\).*tabular shape.*mlp_tiny"
-    ):
+    with pytest.raises(ValueError, match=r"'cnn_tiny' is for image data.*\(C, H, W\).*tabular shape.*mlp_tiny"):
         build_model("cnn_tiny", (30,), 2)
 
 
@@ -206,9 +226,7 @@ def test_model_report_rows_and_table() -> None:
     ]
     expected = count_parameters(build_model("cnn_medium", (1, 8, 8), 10))
     assert rows[3].parameters == expected and rows[3].share == pytest.approx(0.2)
-    assert rows[0].mflops == pytest.approx(
-        count_flops(build_model("resnet_server", (1, 8, 8), 10), (1, 8, 8)) / 1e6
-    )
+    assert rows[0].mflops == pytest.approx(count_flops(build_model("resnet_server", (1, 8, 8), 10), (1, 8, 8)) / 1e6)
     assert server_to_client_ratio(rows) == rows[0].parameters / expected >= 10
     table = format_model_report(rows)
     lines = table.splitlines()
@@ -265,9 +283,7 @@ def test_bad_profile_structure_raises() -> None:
     with pytest.raises(ValueError, match="missing 'server_model'"):
         DeviceProfile.from_dict({"name": "x", "tiers": {}})
     with pytest.raises(ValueError, match="tier names must be unique"):
-        DeviceProfile(
-            "x", "mlp_server", (DeviceTier("a", "mlp_tiny", 0.5), DeviceTier("a", "mlp_small", 0.5))
-        )
+        DeviceProfile("x", "mlp_server", (DeviceTier("a", "mlp_tiny", 0.5), DeviceTier("a", "mlp_small", 0.5)))
     with pytest.raises(ValueError, match="unknown keys"):
         DeviceProfile.from_dict({"name": "x", "server_model": "mlp_server", "tiers": {}, "seed": 1})
 
@@ -337,9 +353,7 @@ def test_assign_tiers_is_deterministic_and_shuffled() -> None:
     assert first == assign_tiers(profile, 20, seed=1)
     assert [t.name for t in first] != [t.name for t in assign_tiers(profile, 20, seed=2)]
     assert [t.name for t in first] != sorted((t.name for t in first), key=["low", "mid", "high"].index)
-    assert {name: [t.name for t in first].count(name) for name in ("low", "mid", "high")} == tier_counts(
-        profile, 20
-    )
+    assert {name: [t.name for t in first].count(name) for name in ("low", "mid", "high")} == tier_counts(profile, 20)
 
 
 @settings(max_examples=60, deadline=None)

@@ -18,6 +18,7 @@ from torch import nn
 from fl_kd.models.cnn import ClientCNN
 from fl_kd.models.mlp import MLP
 from fl_kd.models.resnet import ResNet
+from fl_kd.models.wide_cnn import WideCNN
 
 Modality = Literal["image", "tabular"]
 Role = Literal["client", "server"]
@@ -155,6 +156,13 @@ for _spec in (
         "server",
         lambda shape, num_classes: ResNet(shape[0], num_classes, input_size=(shape[1], shape[2])),
         "ResNet-10-style, basic blocks 16/32/64/128, GroupNorm",
+    ),
+    ModelSpec(
+        "cnn_server",
+        "image",
+        "server",
+        lambda shape, num_classes: WideCNN(shape[0], num_classes),
+        "wide 3-stage CNN, 32/64/128, 3x3 grid, hidden 256, dropout 0.25",
     ),
     ModelSpec("mlp_tiny", "tabular", "client", _mlp((16,)), "MLP, hidden 16"),
     ModelSpec("mlp_small", "tabular", "client", _mlp((32, 32)), "MLP, hidden 32/32"),
