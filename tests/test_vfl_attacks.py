@@ -288,6 +288,8 @@ def test_registry_builds_attacks_by_name() -> None:
         "direction_scoring",
         "batch_label_inference",
         "passive_model_completion",
+        "adaptive_label_inference",
+        "gradient_clustering",
         "none",
     } == set(available_attacks())
     attack = build_attack("batch_label_inference", steps=5, top="linear")

@@ -124,6 +124,34 @@ def defence_scores(results: Mapping[str, Any], mp_star: float, beta: float = 0.5
     return scores
 
 
+def worst_case_ap(attack_results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The AP that counts for a defence: the worst case (highest adaptive AP) over an attack suite.
+
+    Parameters
+    ----------
+    attack_results : Mapping[str, Mapping[str, Any]]
+        Each attack's result by name (:func:`fl_kd.vfl.attacks.score_attacks`); an attack that reported an
+        ``error`` instead of an AP is left out.
+
+    Returns
+    -------
+    dict[str, Any]
+        ``ap_worst_case`` (the highest ``ap_adaptive``, or ``ap`` where an attack reports no adaptive figure) and
+        ``ap_worst_case_attack`` (the attack that reached it, the first in order on a tie); both None when no
+        attack was scored.
+    """
+    worst: tuple[float, str] | None = None
+    for name, result in attack_results.items():
+        ap = result.get("ap_adaptive", result.get("ap"))
+        if ap is None or not math.isfinite(float(ap)):
+            continue
+        if worst is None or float(ap) > worst[0]:
+            worst = (float(ap), name)
+    if worst is None:
+        return {"ap_worst_case": None, "ap_worst_case_attack": None}
+    return {"ap_worst_case": worst[0], "ap_worst_case_attack": worst[1]}
+
+
 def adaptive_ap(ap: float, num_classes: int) -> float:
     """Attack performance of an attacker who knows the defence and may invert its guesses.
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fl_kd.config import to_mapping
+from fl_kd.vfl.metrics import worst_case_ap
 
 if TYPE_CHECKING:
     from fl_kd.vfl.config import VFLRunConfig
@@ -53,7 +54,8 @@ def build_results(
     -------
     dict[str, Any]
         ``mp`` (main-task test accuracy), the ``metrics``, ``train_loss`` per epoch, ``skipped_batches`` and
-        ``failed_updates`` (counts) with their details in ``skipped`` and ``failed``, ``attacks``, ``num_train``,
+        ``failed_updates`` (counts) with their details in ``skipped`` and ``failed``, ``attacks`` with the worst case
+        over them (``ap_worst_case``, ``ap_worst_case_attack``: :func:`fl_kd.vfl.metrics.worst_case_ap`), ``num_train``,
         ``epoch_seconds``, ``train_seconds``, ``evaluations``, ``exchanges``, ``seconds`` and the ``config``.
     """
     return {
@@ -65,6 +67,7 @@ def build_results(
         "skipped": list(history.skipped_batches),
         "failed": list(history.failed_updates),
         "attacks": dict(attacks),
+        **worst_case_ap(attacks),
         "num_train": num_train,
         "epoch_seconds": list(history.epoch_seconds),
         "train_seconds": float(sum(history.epoch_seconds)),

@@ -12,18 +12,22 @@ from typing import Any
 from torch import Tensor
 
 from fl_kd.registry import Registry
+from fl_kd.vfl.attacks.adaptive_label_inference import AdaptiveLabelInference
 from fl_kd.vfl.attacks.batch_label_inference import BatchLabelInference
 from fl_kd.vfl.attacks.direct_label_inference import DirectLabelInference
 from fl_kd.vfl.attacks.direction_scoring import DirectionScoring
+from fl_kd.vfl.attacks.gradient_clustering import GradientClustering
 from fl_kd.vfl.attacks.model_completion import PassiveModelCompletion
 from fl_kd.vfl.attacks.norm_scoring import NormScoring
 from fl_kd.vfl.attacks.observation import ObservationLog
 from fl_kd.vfl.hooks import FeaturePartyAttack
 
 __all__ = [
+    "AdaptiveLabelInference",
     "BatchLabelInference",
     "DirectLabelInference",
     "DirectionScoring",
+    "GradientClustering",
     "NormScoring",
     "PassiveModelCompletion",
     "attack_class",
@@ -44,6 +48,8 @@ for _cls in (
     DirectionScoring,
     BatchLabelInference,
     PassiveModelCompletion,
+    AdaptiveLabelInference,
+    GradientClustering,
 ):
     ATTACKS.add(_cls.name, _cls)
 
