@@ -25,12 +25,15 @@ from torch import Tensor
 
 from fl_kd.clients.vfl_party import (
     Node,
+    embedded_ids,
+    forget_embedded,
     load_party,
     node_of,
     observation_log,
     positions,
     rows,
     save_alignment,
+    save_embedded,
     save_observation_log,
     save_party,
 )
@@ -80,6 +83,24 @@ def _tensors(msg: Message, *keys: str) -> list[Tensor]:
     return [tensor for tensor in found if tensor is not None]
 
 
+def _ids(msg: Message, key: str) -> Tensor:
+    """Sample ids ``key``: a 1-D integer array (``ProtocolError``, a ``ValueError``, otherwise)."""
+    return torch.from_numpy(vp.ids_of(msg.content, key))
+
+
+def _blocks(msg: Message, node: Node, rows: int | None, *keys: str) -> list[Tensor]:
+    """Embeddings or gradients ``keys``: float32 ``(rows, D)``, finite, each row's norm within ``training.max_norm``.
+
+    Anything else (another dtype, shape, a value out of bound) raises ``ValueError`` before any state changes.
+    """
+    found = _tensors(msg, *keys)
+    for key, tensor in zip(keys, found, strict=True):
+        problem = vp.float_block_problem(tensor.numpy(), rows, node.cfg.training.max_norm)
+        if problem is not None:
+            raise ValueError(f"{key} has {problem}")
+    return found
+
+
 def _reply(msg: Message, **records: ArrayRecord | MetricRecord | ConfigRecord) -> Message:
     return Message(RecordDict(dict(records)), reply_to=msg)
 
@@ -126,8 +147,10 @@ def setup(msg: Message, context: Context) -> Message:
 def embed(msg: Message, context: Context) -> Message:
     """Embeddings ``(B, D)`` of each asked batch, all from the bottom model as it is now."""
     node, party = _feature_party(msg, context)
-    embeddings = {b: party.embed(*_tensors(msg, vp.ids_key(b))).detach().numpy() for b in vp.batches_of(msg.content)}
+    ids = {b: _ids(msg, vp.ids_key(b)) for b in vp.batches_of(msg.content)}
+    embeddings = {b: party.embed(batch).detach().numpy() for b, batch in ids.items()}
     save_party(context, party)  # the step counter seeds the next forward pass
+    save_embedded(context, {b: batch.numpy() for b, batch in ids.items()})
     if node.is_attacker:
         observations = observation_log(context)
         observations.sent(embeddings)
@@ -145,7 +168,8 @@ def loss_and_gradients(msg: Message, context: Context) -> Message:
     for b in vp.batches_of(msg.content):
         keys = [vp.ids_key(b)] + [vp.embedding_key(b, k) for k in range(node.cfg.num_feature_parties)]
         try:
-            ids, *embeddings = _tensors(msg, *keys)
+            ids = _ids(msg, keys[0])
+            embeddings = _blocks(msg, node, len(ids), *keys[1:])
             loss, party_grads = party.train_step(ids, embeddings)
         except ValueError as err:  # raised before any update: the batch is skipped, nothing else changes
             log(WARNING, "label party: batch %d rejected: %s", b, err)
@@ -165,10 +189,15 @@ def apply_gradients(msg: Message, context: Context) -> Message:
     rejected: dict[str, ConfigRecordValues] = {}
     for b in vp.batches_of(msg.content):
         try:
-            ids, gradient = _tensors(msg, vp.ids_key(b), vp.gradient_key(b))
+            ids = _ids(msg, vp.ids_key(b))
+            embedded = embedded_ids(context, b)
+            if embedded is None or not np.array_equal(embedded, ids.numpy()):
+                raise ValueError(f"batch {b}: these are not the sample ids this party embedded")
+            (gradient,) = _blocks(msg, node, len(ids), vp.gradient_key(b))
             if observations is not None:
                 observations.observe(b, ids.numpy(), gradient.numpy())
             party.apply_gradient(ids, gradient)
+            forget_embedded(context, b)
         except ValueError as err:
             log(WARNING, "feature party %d: gradient of batch %d refused: %s", node.role.party_id, b, err)
             rejected[vp.rejected_key(b)] = str(err)
@@ -196,7 +225,7 @@ def predict(msg: Message, context: Context) -> Message:
     own, labels = rows(node.test_features, at), rows(node.test_labels, at)
     assert labels is not None
     keys = [vp.evaluation_embedding_key(k) for k in range(node.cfg.num_feature_parties)]
-    embeddings = _tensors(msg, *keys)
+    embeddings = _blocks(msg, node, len(labels), *keys)
     chunks = []
     for s in range(0, len(labels), PREDICT_BATCH_SIZE):
         own_chunk = None if own is None else own[s : s + PREDICT_BATCH_SIZE]

@@ -157,7 +157,9 @@ class VFLServer:
         replies = messenger.require(vp.EMBED_TEST, contents, "test embedding")
         arrays = {}
         for party, dim in zip(self.features, self.embedding_dims, strict=True):
-            embedding, problem = embedding_problem(replies[party.node_id], vp.TEST_EMBEDDING, (self.num_test, dim))
+            embedding, problem = embedding_problem(
+                replies[party.node_id], vp.TEST_EMBEDDING, (self.num_test, dim), self.config.training.max_norm
+            )
             if embedding is None:
                 raise RuntimeError(f"evaluation failed: feature party {party.party_id}: {problem}")
             arrays[vp.evaluation_embedding_key(party.party_id)] = embedding
@@ -196,7 +198,9 @@ class VFLServer:
         messenger = Messenger(grid, self.config.training.timeout)
         train_ids, test_ids = self.discover(messenger)
         self.setup(messenger, train_ids, test_ids)
-        batches = BatchExchange(messenger, self.features, self.label, self.embedding_dims, self.history)
+        batches = BatchExchange(
+            messenger, self.features, self.label, self.embedding_dims, self.history, self.config.training.max_norm
+        )
         training = self.config.training
         for epoch in range(training.epochs):
             epoch_start = time.perf_counter()

@@ -3,12 +3,15 @@
 :class:`Messenger` sends one message per node over a Flower ``Grid`` and says, per node, what came back or why
 nothing usable did. :class:`BatchExchange` runs split training's per-batch protocol on top of it (feature parties
 embed, the label party steps, feature parties apply their gradients) and screens every reply: a batch with a
-missing, mis-shaped or non-finite embedding, or that the label party rejects, is skipped; a gradient a feature
-party refuses is recorded. Names and keys come from :mod:`fl_kd.vfl.protocol`.
+missing, mis-shaped, non-float32, non-finite or out-of-bound embedding, or that the label party rejects, is skipped;
+a gradient that fails the same checks is not forwarded, and it, or one a feature party refuses, is recorded. Names
+and keys come from :mod:`fl_kd.vfl.protocol`.
 """
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from logging import WARNING
@@ -23,6 +26,7 @@ from torch import Tensor
 
 from fl_kd.protocol import ProtocolError, array_of, scalar_of
 from fl_kd.vfl import protocol as vp
+from fl_kd.vfl.config import DEFAULT_MAX_NORM
 from fl_kd.vfl.trainer import TrainingHistory
 
 
@@ -58,6 +62,8 @@ class Messenger:
         self.grid = grid
         self.timeout = timeout
         self.exchanges = 0
+        #: Replies refused before any party could use them, by reason.
+        self.rejected: Counter[str] = Counter()
 
     def exchange(
         self, message_type: str, contents: Mapping[int, RecordDict], timeout: float | None = None
@@ -66,14 +72,23 @@ class Messenger:
         self.exchanges += 1
         messages = [Message(content, dst_node_id=node, message_type=message_type) for node, content in contents.items()]
         outcomes: dict[int, Outcome] = {}
+        sent = {message.metadata.dst_node_id: message for message in messages}
         for reply in self.grid.send_and_receive(messages, timeout=timeout or self.timeout):
             node_id = reply.metadata.src_node_id
             if node_id not in contents:
                 log(WARNING, "%s: ignored a reply from node %s, which was not asked", message_type, node_id)
+                self.rejected["reply from a node that was not asked"] += 1
+            elif reply.metadata.reply_to_message_id != sent[node_id].metadata.message_id:
+                log(WARNING, "%s: ignored a reply from node %s to a message it was not sent now", message_type, node_id)
+                self.rejected["reply to a message the node was not sent now"] += 1
             elif node_id in outcomes:
-                log(WARNING, "%s: ignored a second reply from node %s", message_type, node_id)
+                # Two replies to one message: neither can be trusted, so the node counts as not answering.
+                log(WARNING, "%s: node %s replied more than once; all its replies are dropped", message_type, node_id)
+                outcomes[node_id] = Outcome(None, "more than one reply")
+                self.rejected["more than one reply"] += 1
             elif reply.has_error():
                 outcomes[node_id] = Outcome(None, f"error reply ({reply.error.reason})")
+                self.rejected["error reply"] += 1
             else:
                 outcomes[node_id] = Outcome(reply.content)
         for node_id in contents:
@@ -99,23 +114,23 @@ def request(arrays: Mapping[str, NDArray[Any]], **config: Any) -> RecordDict:
     return content
 
 
-def embedding_problem(content: RecordDict | None, key: str, shape: tuple[int, int]) -> tuple[NDArray[Any] | None, str]:
-    """The embedding ``key`` of a reply and ``""``, or ``None`` and why it cannot be used.
+def embedding_problem(
+    content: RecordDict | None, key: str, shape: tuple[int, int], max_norm: float = DEFAULT_MAX_NORM, what: str = ""
+) -> tuple[NDArray[Any] | None, str]:
+    """The embedding (or gradient: ``what``) ``key`` of a reply and ``""``, or ``None`` and why it cannot be used.
 
-    Usable means a finite float32 array of ``shape``.
+    Usable means a finite float32 array of ``shape`` whose rows have L2 norms of at most ``max_norm``.
     """
+    what = what or "embedding"
     try:
         array = None if content is None else array_of(content, vp.ARRAYS, key)
     except ProtocolError as err:
-        return None, f"embedding does not decode: {err}"
+        return None, f"{what} does not decode: {err}"
     if array is None:
-        return None, "sent no embedding"
-    if array.dtype != np.float32:
-        return None, f"embedding has dtype {array.dtype}, expected float32"
-    if array.shape != shape:
-        return None, f"embedding has shape {array.shape}, expected {shape}"
-    if not np.isfinite(array).all():
-        return None, "embedding contains NaN or inf"
+        return None, f"sent no {what}"
+    problem = vp.float_block_problem(array, shape[0], max_norm, shape[1])
+    if problem is not None:
+        return None, f"{what} has {problem}"
     return array, ""
 
 
@@ -133,6 +148,8 @@ class BatchExchange:
         The embedding size of each feature party, as the label party expects it.
     history : TrainingHistory
         Where skipped batches and refused gradients are recorded.
+    max_norm : float (default: 1e4)
+        Bound on the L2 norm of one sample's embedding or gradient (``training.max_norm``).
     """
 
     def __init__(
@@ -142,12 +159,14 @@ class BatchExchange:
         label: Party,
         embedding_dims: Sequence[int],
         history: TrainingHistory,
+        max_norm: float = DEFAULT_MAX_NORM,
     ) -> None:
         self.messenger = messenger
         self.features = list(features)
         self.label = label
         self.embedding_dims = list(embedding_dims)
         self.history = history
+        self.max_norm = max_norm
 
     def train(self, epoch: int, chunk: Mapping[int, Tensor]) -> list[float]:
         """Train on the batches ``{index: ids (B,)}``; returns the losses of the batches stepped on, in order."""
@@ -170,7 +189,8 @@ class BatchExchange:
             embeddings = []
             for party, dim in zip(self.features, self.embedding_dims, strict=True):
                 outcome = replies[party.node_id]
-                array, problem = embedding_problem(outcome.content, vp.embedding_key(b), (len(batch), dim))
+                shape = (len(batch), dim)
+                array, problem = embedding_problem(outcome.content, vp.embedding_key(b), shape, self.max_norm)
                 if array is None:
                     self.history.skip(epoch, b, f"feature party {party.party_id}: {outcome.problem or problem}")
                     break
@@ -198,30 +218,46 @@ class BatchExchange:
         for b in embeddings:
             reason = scalar_of(outcome.content, vp.CONFIG, vp.rejected_key(b))
             loss = scalar_of(outcome.content, vp.METRICS, vp.loss_key(b))
-            if reason is not None or isinstance(loss, bool) or not isinstance(loss, int | float):
+            if (
+                reason is not None
+                or isinstance(loss, bool)
+                or not isinstance(loss, int | float)
+                or not math.isfinite(loss)
+            ):
                 self.history.skip(epoch, b, f"label party rejected the embeddings: {reason or 'no loss reported'}")
             else:
                 losses[b] = float(loss)
         return losses, outcome.content
 
     def _apply(self, epoch: int, ids: Mapping[int, NDArray[np.int64]], stepped: list[int], reply: RecordDict) -> None:
-        """Send each feature party its gradients of the stepped batches; record every one it refuses."""
+        """Send each feature party its usable gradients of the stepped batches; record every one not applied.
+
+        A gradient that is missing, mis-shaped, not float32, not finite or out of bound is not forwarded: the
+        feature party is not asked to apply it and keeps its model, and the reason is recorded.
+        """
         contents = {}
-        for party in self.features:
+        sent: dict[int, list[int]] = {}
+        for party, dim in zip(self.features, self.embedding_dims, strict=True):
             arrays: dict[str, NDArray[Any]] = {}
+            sent[party.node_id] = []
             for b in stepped:
-                arrays[vp.ids_key(b)] = ids[b]
-                try:
-                    gradient = array_of(reply, vp.ARRAYS, vp.gradient_key(b, party.party_id))
-                except ProtocolError:
-                    gradient = None
-                if gradient is not None:  # a missing gradient is the feature party's to refuse, and to report
-                    arrays[vp.gradient_key(b)] = gradient
-            contents[party.node_id] = request(arrays, epoch=epoch, batches=stepped)
+                key = vp.gradient_key(b, party.party_id)
+                gradient, problem = embedding_problem(reply, key, (len(ids[b]), dim), self.max_norm, "gradient")
+                if gradient is None:
+                    self.history.fail_update(epoch, b, party.party_id, f"label party: {problem}")
+                    continue
+                arrays[vp.ids_key(b)], arrays[vp.gradient_key(b)] = ids[b], gradient
+                sent[party.node_id].append(b)
+            if sent[party.node_id]:
+                contents[party.node_id] = request(arrays, epoch=epoch, batches=sent[party.node_id])
+        if not contents:
+            return
         replies = self.messenger.exchange(vp.APPLY_GRADIENTS, contents)
         for party in self.features:
+            if party.node_id not in replies:
+                continue
             outcome = replies[party.node_id]
-            for b in stepped:
+            for b in sent[party.node_id]:
                 if outcome.content is None:
                     reason = outcome.problem
                 else:

@@ -149,6 +149,10 @@ class DefenceConfig:
         return cls(name, default_params(defence_class(name)))
 
 
+#: Default bound on the L2 norm of one sample's embedding or gradient in a VFL message.
+DEFAULT_MAX_NORM = 1e4
+
+
 @dataclass
 class TrainingConfig:
     """Split training and the message exchange (no group file: set keys as ``training.<key>``).
@@ -175,6 +179,9 @@ class TrainingConfig:
         Also evaluate MP every this many epochs (0: only after training).
     timeout : float (default: 600.0)
         Seconds to wait for one exchange of messages before a party counts as missing.
+    max_norm : float (default: 1e4)
+        Largest L2 norm of one sample's embedding or gradient in a message; a batch whose embedding exceeds it is
+        skipped and a gradient that exceeds it is refused (both counted), as for NaN or inf.
     """
 
     epochs: int = 5
@@ -186,6 +193,7 @@ class TrainingConfig:
     max_test_samples: int | None = 2000
     evaluate_every: int = 0
     timeout: float = 600.0
+    max_norm: float = DEFAULT_MAX_NORM
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "batches_per_message"):
@@ -197,6 +205,7 @@ class TrainingConfig:
                 check_range(f"training.{key}", getattr(self, key), low=1)
         check_range("training.evaluate_every", self.evaluate_every, low=0)
         check_range("training.timeout", self.timeout, low=0, low_open=True)
+        check_range("training.max_norm", self.max_norm, low=0, low_open=True)
 
 
 @dataclass

@@ -192,6 +192,24 @@ def tensor_of(content: Any, key: str) -> Tensor | None:
     return None if array is None else torch.from_numpy(np.array(array, copy=True))
 
 
+def float_block_problem(array: Any, rows: int | None, max_norm: float, cols: int | None = None) -> str | None:
+    """Why ``array`` is no usable embedding or gradient, or None: a finite float32 ``(rows, cols)`` block whose
+    rows each have an L2 norm of at most ``max_norm`` (``None`` leaves a dimension free).
+
+    Integer, bool, complex and float64 arrays are refused, not cast: the protocol moves float32.
+    """
+    if not isinstance(array, np.ndarray) or array.dtype != np.float32:
+        return f"dtype {getattr(array, 'dtype', type(array).__name__)}, expected float32"
+    wanted = (array.ndim == 2, rows is None or array.shape[0] == rows, cols is None or array.shape[-1] == cols)
+    if not all(wanted):
+        return f"shape {array.shape}, expected ({'B' if rows is None else rows}, {'D' if cols is None else cols})"
+    if not np.isfinite(array).all():
+        return "NaN or inf"
+    if array.size and float(np.linalg.norm(array.astype(np.float64), axis=1).max()) > max_norm:
+        return f"a row's norm is beyond the bound {max_norm:g}"
+    return None
+
+
 def ids_of(content: Any, key: str) -> np.ndarray:
     """The sample ids ``key`` (a 1-D integer array) of the ``arrays`` record as int64.
 

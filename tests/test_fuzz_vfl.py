@@ -1,0 +1,300 @@
+"""Property-based fuzzing of VFL messages: malformed embeddings, gradients and replies never crash, never count.
+
+A tiny run (breast_cancer, two feature parties) is discovered and set up once, and one chunk of two batches is
+embedded and stepped on by the real ClientApps; the honest replies are kept. Each example then mutates one reply
+(wrong dtype, shape or stype, a lying header, NaN, inf or a huge norm, a wrong identity or ``reply_to``, a
+duplicate, a missing record) and runs the server's screening step on it with the honest ones, or sends a bad
+request to a party's real ClientApp. Nothing may raise; the reason must be counted; what passes must be bit for bit
+what passes when that message is simply absent, and a refused request must leave the party's state unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+from collections.abc import Callable, Iterable
+from typing import Any, cast
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, RecordDict
+from flwr.serverapp import Grid
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fl_kd.clients.vfl_app import app as client_app
+from fl_kd.clients.vfl_party import load_party
+from fl_kd.config import from_mapping
+from fl_kd.strategies.vfl import VFLServer
+from fl_kd.strategies.vfl_exchange import BatchExchange, Messenger, request
+from fl_kd.vfl import protocol as vp
+from fl_kd.vfl.config import VFLRunConfig
+from fl_kd.vfl.trainer import TrainingHistory
+from tests.flower_loopback import LoopbackGrid
+
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+BATCHES = (0, 1)
+
+
+class ScriptedGrid:
+    """A grid whose replies a test writes: ``answer(messages) -> replies``; messages get ids as from a SuperLink."""
+
+    def __init__(self, answer: Callable[[list[Message]], list[Message]]) -> None:
+        self.answer = answer
+        self.sent: list[Message] = []
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        self.sent = list(messages)
+        for index, message in enumerate(self.sent):
+            message.metadata.__dict__["_message_id"] = f"m{index}-{message.metadata.dst_node_id}"
+        return self.answer(self.sent)
+
+
+class Run:
+    """Parties discovered and set up; the honest embed and loss-and-gradients replies of one chunk."""
+
+    def __init__(self) -> None:
+        self.cfg = from_mapping(VFLRunConfig, {"seed": 3, "attack": {}, "training": {"epochs": 1, "batch_size": 16}})
+        self.grid = LoopbackGrid(
+            client_app, self.cfg.num_feature_parties + 1, {vp.CONFIG_KEY: vp.encode_config(self.cfg)}
+        )
+        self.server = VFLServer(self.cfg)
+        messenger = Messenger(self.grid, 60.0)
+        self.server.setup(messenger, *self.server.discover(messenger))
+        self.ids = {b: np.arange(16 * b, 16 * b + 16, dtype=np.int64) for b in BATCHES}
+        ids_arrays = {vp.ids_key(b): batch for b, batch in self.ids.items()}
+        contents = {p.node_id: request(ids_arrays, epoch=0, batches=list(BATCHES)) for p in self.server.features}
+        self.embed = {node: outcome.content for node, outcome in messenger.exchange(vp.EMBED, contents).items()}
+        history = TrainingHistory()
+        exchange = self.exchange(messenger, history)
+        accepted = exchange._embed(0, self.ids)  # noqa: SLF001 - replays the real exchange on the real grid
+        self.embeddings = accepted
+        self.losses, self.step_reply = exchange._step(0, self.ids, accepted)
+        assert sorted(self.losses) == list(BATCHES) and not history.skipped_batches
+
+    def exchange(self, messenger: Messenger, history: TrainingHistory) -> BatchExchange:
+        server = self.server
+        max_norm = self.cfg.training.max_norm
+        return BatchExchange(messenger, server.features, server.label, server.embedding_dims, history, max_norm)
+
+
+@pytest.fixture(scope="module")
+def run() -> Run:
+    return Run()
+
+
+def _npy(value: Any) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, value, allow_pickle=True)
+    return buffer.getvalue()
+
+
+@st.composite
+def bad_block(draw: st.DrawFn, honest: np.ndarray) -> Array | None:
+    """An embedding or gradient that must be refused (None: left out)."""
+    kind = draw(st.sampled_from(["dtype", "shape", "value", "header", "missing"]))
+    value = honest.copy()
+    if kind == "dtype":
+        dtype = draw(st.sampled_from(["float64", "float16", "int32", "int64", "bool", "uint8", "complex64"]))
+        return Array(value.astype(dtype))
+    if kind == "shape":
+        shapes = [value[:-1], value[:, :-1], value[None], value.ravel(), np.concatenate([value, value[:1]])]
+        return Array(np.ascontiguousarray(shapes[draw(st.integers(0, len(shapes) - 1))]))
+    if kind == "value":
+        row, col = draw(st.integers(0, value.shape[0] - 1)), draw(st.integers(0, value.shape[1] - 1))
+        bad = draw(st.floats(min_value=2e4, max_value=3.4e38) | st.sampled_from([np.nan, np.inf]))
+        value[row, col] = draw(st.sampled_from([1.0, -1.0])) * bad
+        return Array(value)
+    if kind == "header":
+        dtype, shape, data, stype = "float32", tuple(value.shape), _npy(value), "numpy.ndarray"
+        lie = draw(st.sampled_from(["stype", "dtype", "shape", "garbage", "truncated", "pickle"]))
+        if lie == "stype":
+            stype = draw(st.sampled_from(["torch.Tensor", "", "pickle"]))
+        elif lie == "dtype":
+            dtype = draw(st.sampled_from(["nosuch", "object", "float64", "int32", "complex64"]))
+        elif lie == "shape":
+            shape = draw(st.sampled_from([(10**9, 10**9), (-1, 2), (value.size + 1,), (), (value.shape[0], 1)]))
+        elif lie == "garbage":
+            data = draw(st.binary(max_size=64))
+        elif lie == "truncated":
+            data = data[: draw(st.integers(0, len(data) - 1))]
+        else:
+            data = _npy(np.array([{"a": 1}, [2]], dtype=object))
+        return Array(dtype=dtype, shape=shape, stype=stype, data=data)
+    return None
+
+
+def _copy_with(content: RecordDict, key: str, array: Array | None) -> RecordDict:
+    arrays = dict(content.array_records[vp.ARRAYS])
+    if array is None:
+        arrays.pop(key)
+    else:
+        arrays[key] = array
+    out = RecordDict({vp.ARRAYS: ArrayRecord(arrays)})
+    for name in (vp.CONFIG, vp.METRICS):
+        if name in content:
+            out[name] = copy.deepcopy(content[name])
+    return out
+
+
+def _same(left: np.ndarray, right: np.ndarray) -> bool:
+    return left.dtype == right.dtype and left.shape == right.shape and left.tobytes() == right.tobytes()
+
+
+# -- the server: embeddings ---------------------------------------------------------------------------------------
+@FUZZ
+@given(data=st.data())
+def test_a_bad_embedding_reply_skips_only_what_it_touches(run: Run, data: st.DataObject) -> None:
+    party = data.draw(st.integers(0, len(run.server.features) - 1))
+    victim = run.server.features[party].node_id
+    batch = data.draw(st.sampled_from(BATCHES))
+    kind = data.draw(st.sampled_from(["array"] * 4 + ["error", "reply_to", "unknown node", "duplicate", "no arrays"]))
+    block = data.draw(bad_block(run.embed[victim].array_records[vp.ARRAYS][vp.embedding_key(batch)].numpy()))
+
+    def answer(messages: list[Message]) -> list[Message]:
+        replies = []
+        for message in messages:
+            node = message.metadata.dst_node_id
+            content = run.embed[node]
+            if node == victim and kind == "array":
+                content = _copy_with(content, vp.embedding_key(batch), block)
+            elif node == victim and kind == "no arrays":
+                content = RecordDict()
+            reply = Message(content, reply_to=message)
+            if node == victim and kind == "error":
+                reply = Message(Error(code=0, reason="boom"), reply_to=message)
+            elif node == victim and kind == "reply_to":
+                reply.metadata.__dict__["_reply_to_message_id"] = data.draw(st.text(max_size=8))
+            elif node == victim and kind == "unknown node":
+                reply.metadata.__dict__["_src_node_id"] = data.draw(st.integers(1, 999))
+            replies.extend([reply, reply] if node == victim and kind == "duplicate" else [reply])
+        return replies
+
+    history = TrainingHistory()
+    messenger = Messenger(cast(Grid, ScriptedGrid(answer)), 1.0)
+    accepted = run.exchange(messenger, history)._embed(0, run.ids)  # noqa: SLF001
+    dropped = {batch} if kind == "array" else set(BATCHES)
+    assert sorted(accepted) == sorted(set(BATCHES) - dropped)
+    assert len(history.skipped_batches) == len(dropped)
+    if kind in ("error", "reply_to", "unknown node", "duplicate"):
+        assert sum(messenger.rejected.values()) >= 1
+    for b, embeddings in accepted.items():
+        assert all(_same(e, h) for e, h in zip(embeddings, run.embeddings[b], strict=True))
+
+
+# -- the server: the label party's gradients and losses ----------------------------------------------------------
+@FUZZ
+@given(data=st.data())
+def test_a_bad_gradient_is_not_forwarded_and_is_counted(run: Run, data: st.DataObject) -> None:
+    party = data.draw(st.integers(0, len(run.server.features) - 1))
+    batch = data.draw(st.sampled_from(BATCHES))
+    key = vp.gradient_key(batch, party)
+    block = data.draw(bad_block(run.step_reply.array_records[vp.ARRAYS][key].numpy()))
+    reply = _copy_with(run.step_reply, key, block)
+    grid = ScriptedGrid(lambda messages: [Message(RecordDict(), reply_to=m) for m in messages])
+    history = TrainingHistory()
+    run.exchange(Messenger(cast(Grid, grid), 1.0), history)._apply(0, run.ids, list(BATCHES), reply)  # noqa: SLF001
+    assert [(u["party"], u["batch"]) for u in history.failed_updates] == [(party, batch)]
+    for sent in grid.sent:
+        k = next(p.party_id for p in run.server.features if p.node_id == sent.metadata.dst_node_id)
+        expected = [b for b in BATCHES if (k, b) != (party, batch)]
+        assert vp.batches_of(sent.content) == expected
+        for b in expected:
+            honest = run.step_reply.array_records[vp.ARRAYS][vp.gradient_key(b, k)].numpy()
+            assert _same(sent.content.array_records[vp.ARRAYS][vp.gradient_key(b)].numpy(), honest)
+            assert _same(sent.content.array_records[vp.ARRAYS][vp.ids_key(b)].numpy(), run.ids[b])
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch=st.sampled_from(BATCHES), loss=st.sampled_from([np.nan, np.inf, -np.inf, "0.5", True, None, "rejected"]))
+def test_a_bad_loss_skips_its_batch(run: Run, batch: int, loss: Any) -> None:
+    metrics: dict[str, Any] = dict(run.step_reply.metric_records[vp.METRICS])
+    config: dict[str, Any] = {}
+    if loss is None:
+        metrics.pop(vp.loss_key(batch))
+    elif loss == "rejected":
+        config[vp.rejected_key(batch)] = "the label party says no"
+    else:
+        metrics[vp.loss_key(batch)] = loss
+    # Any record type may arrive under any name: the server reads scalars from whichever it finds.
+    content = RecordDict(
+        {
+            vp.ARRAYS: run.step_reply.array_records[vp.ARRAYS],
+            vp.METRICS: ConfigRecord(metrics),
+            vp.CONFIG: ConfigRecord(config),
+        }
+    )
+    grid = ScriptedGrid(lambda messages: [Message(content, reply_to=m) for m in messages])
+    history = TrainingHistory()
+    losses, _ = run.exchange(Messenger(cast(Grid, grid), 1.0), history)._step(0, run.ids, run.embeddings)  # noqa: SLF001
+    assert sorted(losses) == [b for b in BATCHES if b != batch]
+    assert [s["batch"] for s in history.skipped_batches] == [batch]
+
+
+# -- the parties' ClientApps ---------------------------------------------------------------------------------------
+def _state(context: Any) -> dict[str, Any]:
+    """What the party is (its decoded state: models, optimiser, step, defence) and every other record's bytes."""
+    out: dict[str, Any] = {"party": load_party(context).state_dict()}
+    for name, found in context.state.items():
+        if isinstance(found, ArrayRecord):
+            out[name] = {key: array.data for key, array in found.items()}
+    return out
+
+
+def _assert_same(left: Any, right: Any, path: str = "state") -> None:
+    if isinstance(left, dict):
+        assert sorted(left, key=str) == sorted(right, key=str), path
+        for key in left:
+            _assert_same(left[key], right[key], f"{path}.{key}")
+    elif isinstance(left, list | tuple):
+        assert len(left) == len(right), path
+        for index, (a, b) in enumerate(zip(left, right, strict=True)):
+            _assert_same(a, b, f"{path}[{index}]")
+    elif isinstance(left, torch.Tensor):
+        assert left.dtype == right.dtype and torch.equal(left, right), path
+    else:
+        assert left == right, path
+
+
+@FUZZ
+@given(data=st.data())
+def test_a_party_refuses_a_bad_request_and_keeps_its_state(run: Run, data: st.DataObject) -> None:
+    batch = data.draw(st.sampled_from(BATCHES))
+    target = data.draw(st.sampled_from(["feature", "label"]))
+    if target == "feature":
+        party = run.server.features[data.draw(st.integers(0, len(run.server.features) - 1))]
+        ids = run.ids[batch]
+        honest = run.step_reply.array_records[vp.ARRAYS][vp.gradient_key(batch, party.party_id)].numpy()
+        arrays: dict[str, Any] = {vp.ids_key(batch): Array(ids), vp.gradient_key(batch): Array(honest)}
+        if data.draw(st.booleans()):
+            block = data.draw(bad_block(honest))
+            arrays = _with(arrays, vp.gradient_key(batch), block)
+        else:  # honest values for samples it did not embed, or ids that are no ids
+            wrong = data.draw(
+                st.sampled_from([ids[::-1].copy(), ids + 1, ids.astype(np.float32), ids.astype(bool), ids[:-1]])
+            )
+            arrays[vp.ids_key(batch)] = Array(np.ascontiguousarray(wrong))
+        message_type, node = "train.apply_gradients", party.node_id
+    else:
+        arrays = {vp.ids_key(batch): Array(run.ids[batch])}
+        for k, embedding in enumerate(run.embeddings[batch]):
+            arrays[vp.embedding_key(batch, k)] = Array(embedding)
+        k = data.draw(st.integers(0, len(run.server.features) - 1))
+        arrays = _with(arrays, vp.embedding_key(batch, k), data.draw(bad_block(run.embeddings[batch][k])))
+        message_type, node = "train.loss_and_gradients", run.server.label.node_id
+    context = run.grid.contexts[node]
+    before = _state(context)
+    content = RecordDict({vp.ARRAYS: ArrayRecord(arrays), vp.CONFIG: ConfigRecord({vp.EPOCH: 0, vp.BATCHES: [batch]})})
+    reply = client_app(Message(content, dst_node_id=node, message_type=message_type), context)
+    assert vp.rejected_key(batch) in reply.content.config_records[vp.CONFIG]
+    _assert_same(_state(context), before)
+
+
+def _with(arrays: dict[str, Any], key: str, block: Array | None) -> dict[str, Any]:
+    out = dict(arrays)
+    if block is None:
+        out.pop(key)
+    else:
+        out[key] = block
+    return out
