@@ -233,3 +233,51 @@ def test_a_malformed_instruction_raises_a_clear_value_error(state: Round, case: 
     with pytest.raises(ValueError, match=r"\S"):
         client_app(message, context)
     assert context.state == before
+
+
+# -- the evaluate phase: error replies, lies about identity or accuracy, stale replies --------------------------
+def test_bad_evaluate_replies_count_as_no_reply(state: Round) -> None:
+    strategy = copy.deepcopy(state.strategy)
+    strategy.aggregate_train(1, state.replies)
+    sent = list(strategy.configure_evaluate(1, ArrayRecord(), ConfigRecord(), state.grid))
+    for message in sent:
+        message.metadata.__dict__["_message_id"] = f"evaluate-{message.metadata.dst_node_id}"
+    honest = list(state.grid.send_and_receive(sent))
+    without = copy.deepcopy(strategy)
+    without.aggregate_evaluate(1, honest[1:])
+
+    def lying(metrics: dict[str, Any], to: Message = sent[0]) -> Message:
+        return Message(RecordDict({kd.METRICS: MetricRecord(metrics)}), reply_to=to)
+
+    stale = lying({kd.PARTITION_ID: 0, kd.ACCURACY: 0.5, kd.PERSONALISED_ACCURACY: 0.5})
+    stale.metadata.__dict__["_reply_to_message_id"] = "train-1000"
+    unknown = lying({kd.PARTITION_ID: 7, kd.ACCURACY: 0.5, kd.PERSONALISED_ACCURACY: 0.5})
+    unknown.metadata.__dict__["_src_node_id"] = 12345
+    others = lying({kd.PARTITION_ID: 0, kd.ACCURACY: 0.5, kd.PERSONALISED_ACCURACY: 0.5}, to=sent[1])
+    others.metadata.__dict__["_src_node_id"] = sent[0].metadata.dst_node_id
+    bad = [
+        Message(Error(code=0, reason="ValueError: boom"), reply_to=sent[0]),
+        lying({kd.PARTITION_ID: 7, kd.ACCURACY: 100.0, kd.PERSONALISED_ACCURACY: 0.5}),
+        lying({kd.PARTITION_ID: 0, kd.ACCURACY: -1.0, kd.PERSONALISED_ACCURACY: 2.0}),
+        Message(RecordDict({kd.ARRAYS: ArrayRecord({kd.ACCURACY: Array(np.ones(3))})}), reply_to=sent[0]),
+        stale,
+        unknown,
+        others,
+    ]
+    for reply in bad:
+        poisoned = copy.deepcopy(strategy)
+        poisoned.aggregate_evaluate(1, [reply, *honest[1:]])
+        left, right = poisoned.history[-1], without.history[-1]
+        assert {k: v for k, v in left.items() if k != "wall_seconds"} == {
+            k: v for k, v in right.items() if k != "wall_seconds"
+        }
+
+
+def test_weights_beyond_the_bound_are_refused() -> None:
+    from fl_kd.kd.weights import check_weights
+
+    reference = {"w": np.zeros((2, 3), dtype=np.float32)}
+    assert check_weights({"w": np.ones((2, 3), dtype=np.float32)}, reference) is None
+    for value in (2e38, -1e20, 1.5e4):
+        assert "bound" in str(check_weights({"w": np.full((2, 3), value, dtype=np.float32)}, reference))
+    assert check_weights({"w": np.full((2, 3), 1.5e4, dtype=np.float32)}, reference, max_abs=2e4) is None
