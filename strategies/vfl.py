@@ -10,17 +10,19 @@ VFL is not round-shaped, so :class:`VFLServer` drives the :class:`~flwr.serverap
 implementing ``Strategy``: discovery, sample alignment and setup, epochs of mini-batches, evaluation, and attack
 scoring for the evaluation harness.
 
-A batch whose embeddings are missing, mis-shaped or not finite, or that the label party rejects, is skipped and
-logged, and no party updates for it. A feature party that refuses its gradient (mis-shaped or not finite) keeps
-its model; the label party has already stepped on that batch, as in a real deployment. Both are counted in the
-results, next to the main-task performance (MP) and each attack's performance (AP).
+A batch whose embeddings are missing, mis-shaped, not float32, not finite or beyond ``training.max_norm``, or that
+the label party rejects, is skipped and logged, and no party updates for it. A gradient that fails the same checks
+is not forwarded, and a feature party refuses one that does or that is not for the samples it embedded; either way it
+keeps its model, while the label party has already stepped on that batch, as in a real deployment. Both are counted
+in the results, next to the main-task performance (MP) and each attack's performance (AP). An evaluation whose test
+embeddings or prediction are unusable gives NaN MP and its reason (``evaluation_error``) instead of ending the run.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from logging import INFO
+from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
@@ -174,6 +176,14 @@ class VFLServer:
             out["auc"] = auc  # NaN when the test labels hold one class, as in-process
         return out
 
+    def _evaluate_or_nan(self, messenger: Messenger) -> dict[str, Any]:
+        """:meth:`evaluate`, or NaN MP and the reason when a party's reply is unusable: the run keeps its results."""
+        try:
+            return self.evaluate(messenger)
+        except RuntimeError as err:
+            log(WARNING, "%s", err)
+            return {"accuracy": float("nan"), "num_samples": 0, "evaluation_error": str(err)}
+
     def attack_results(self, messenger: Messenger) -> dict[str, Any]:
         """Ask the attacking party to score its attacks; the harness passes it the true training labels."""
         reply = messenger.require(vp.TRAIN_LABELS, {self.label.node_id: RecordDict()}, "reading the training labels")
@@ -207,11 +217,11 @@ class VFLServer:
             losses = self.train_epoch(batches, epoch)
             mp = None
             if evaluation_due(epoch, training.evaluate_every, training.epochs):
-                mp = self.evaluate(messenger)["accuracy"]
+                mp = self._evaluate_or_nan(messenger)["accuracy"]
             row = self.history.end_epoch(epoch, losses, time.perf_counter() - epoch_start, mp)
             if self.report is not None:
                 self.report(row)
-        metrics = self.evaluate(messenger)
+        metrics = self._evaluate_or_nan(messenger)
         attacks = self.attack_results(messenger) if self.config.attack else {}
         return build_results(
             self.config,

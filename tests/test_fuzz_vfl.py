@@ -66,6 +66,8 @@ class Run:
         ids_arrays = {vp.ids_key(b): batch for b, batch in self.ids.items()}
         contents = {p.node_id: request(ids_arrays, epoch=0, batches=list(BATCHES)) for p in self.server.features}
         self.embed = {node: outcome.content for node, outcome in messenger.exchange(vp.EMBED, contents).items()}
+        test_contents = {p.node_id: RecordDict() for p in self.server.features}
+        self.test_embed = {n: o.content for n, o in messenger.exchange(vp.EMBED_TEST, test_contents).items()}
         history = TrainingHistory()
         exchange = self.exchange(messenger, history)
         accepted = exchange._embed(0, self.ids)  # noqa: SLF001 - replays the real exchange on the real grid
@@ -230,6 +232,26 @@ def test_a_bad_loss_skips_its_batch(run: Run, batch: int, loss: Any) -> None:
     losses, _ = run.exchange(Messenger(cast(Grid, grid), 1.0), history)._step(0, run.ids, run.embeddings)  # noqa: SLF001
     assert sorted(losses) == [b for b in BATCHES if b != batch]
     assert [s["batch"] for s in history.skipped_batches] == [batch]
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_a_bad_test_embedding_gives_nan_mp_and_its_reason(run: Run, data: st.DataObject) -> None:
+    victim = run.server.features[data.draw(st.integers(0, len(run.server.features) - 1))].node_id
+    block = data.draw(bad_block(run.test_embed[victim].array_records[vp.ARRAYS][vp.TEST_EMBEDDING].numpy()))
+
+    def answer(messages: list[Message]) -> list[Message]:
+        replies = []
+        for message in messages:
+            node = message.metadata.dst_node_id
+            content = run.test_embed[node]
+            replies.append(
+                Message(_copy_with(content, vp.TEST_EMBEDDING, block) if node == victim else content, reply_to=message)
+            )
+        return replies
+
+    result = run.server._evaluate_or_nan(Messenger(cast(Grid, ScriptedGrid(answer)), 1.0))  # noqa: SLF001
+    assert np.isnan(result["accuracy"]) and "feature party" in result["evaluation_error"]
 
 
 # -- the parties' ClientApps ---------------------------------------------------------------------------------------
