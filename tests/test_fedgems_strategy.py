@@ -40,7 +40,21 @@ def _without_time(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in row.items() if k != "wall_seconds"} for row in rows]
 
 
-@pytest.mark.parametrize("overrides", [{}, {"fraction_fit": 0.5, "logits_dtype": "float16"}])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"fraction_fit": 0.5, "logits_dtype": "float16"},
+        {"correctness": "held_out", "distill_correct": True, "client_finetune_epochs": 1},
+        {
+            "transfer": {"labelled": 60, "unlabelled": 40},
+            "unlabelled_trust": "class_reliability",
+            "unlabelled_per_round": 25,
+            "fraction_fit": 0.5,
+            "logits_dtype": "float16",
+        },
+    ],
+)
 def test_flower_messages_reproduce_the_reference_runner(overrides: dict[str, Any]) -> None:
     cfg = _config(**overrides)
     strategy = _run(cfg)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from fl_kd.config import check_choice, check_range, require
 from fl_kd.kd.algorithm import StrategyConfig
 from fl_kd.kd.client import ClientTrainConfig
-from fl_kd.kd.fedgems.server import ServerDistillConfig
+from fl_kd.kd.fedgems.server import CORRECTNESS, UNLABELLED_TRUST, ServerDistillConfig
 from fl_kd.kd.fusion import FUSION_RULES
 from fl_kd.kd.training import LOGITS_DTYPES
 from fl_kd.models import DeviceTier
@@ -39,6 +39,27 @@ class FedGEMSConfig(StrategyConfig):
         Wire format of logits in both directions ("float32" or "float16").
     checkpoint : str | None (default: None)
         Server checkpoint to start from (pretrained model or an earlier federation's ``server.pt``).
+    correctness : {"train", "held_out"} (default: "train")
+        Where the server's correctness is judged. "train" (FedGEMS): on the samples it trains on, so memorising
+        them closes the query. "held_out": a seeded ``held_out_fraction`` of the labelled part is never trained on
+        by label nor cached; there the server asks the clients wherever it is wrong and distils their soft
+        targets alone.
+    held_out_fraction : float (default: 0.2)
+        Share of the labelled part held out with ``correctness="held_out"``.
+    distill_correct : bool (default: False)
+        Also distil the clients' fused soft targets where the server is right (their dark knowledge); the query
+        then covers the trained samples the server gets right too.
+    unlabelled_trust : {"none", "class_reliability"} (default: "none")
+        "class_reliability": clients answer on the whole labelled part and on the unlabelled part too; on each
+        unlabelled sample the server distils the clients' softmax outputs weighted by their precision, measured on
+        the labelled part, for the class they predict (raised to ``reliability_power``).
+    reliability_power : float (default: 4.0)
+        Sharpness of that trust (0: plain average).
+    unlabelled_per_round : int (default: 0)
+        Unlabelled samples asked per round (a seeded subset); 0 asks all of them.
+    client_finetune_epochs : int (default: 0)
+        After distilling the server's logits, a client trains this many epochs on its private data, to keep its
+        accuracy on its own distribution.
     """
 
     name: str = "fedgems"
@@ -53,6 +74,13 @@ class FedGEMSConfig(StrategyConfig):
     weight_decay: float = 5e-4
     logits_dtype: str = "float32"
     checkpoint: str | None = None
+    correctness: str = "train"
+    held_out_fraction: float = 0.2
+    distill_correct: bool = False
+    unlabelled_trust: str = "none"
+    reliability_power: float = 4.0
+    unlabelled_per_round: int = 0
+    client_finetune_epochs: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -66,12 +94,28 @@ class FedGEMSConfig(StrategyConfig):
         check_range("strategy.momentum", self.momentum, low=0.0, high=1.0, high_open=True)
         check_range("strategy.weight_decay", self.weight_decay, low=0.0)
         check_choice("strategy.logits_dtype", self.logits_dtype, LOGITS_DTYPES)
+        check_choice("strategy.correctness", self.correctness, CORRECTNESS)
+        check_range(
+            "strategy.held_out_fraction", self.held_out_fraction, low=0.0, high=1.0, low_open=True, high_open=True
+        )
+        check_choice("strategy.unlabelled_trust", self.unlabelled_trust, UNLABELLED_TRUST)
+        check_range("strategy.reliability_power", self.reliability_power, low=0.0)
+        check_range("strategy.unlabelled_per_round", self.unlabelled_per_round, low=0)
+        check_range("strategy.client_finetune_epochs", self.client_finetune_epochs, low=0)
 
     def check_experiment(self, experiment: ExperimentConfig) -> None:
         """FedGEMS trusts a client on a sample when it is right there: it needs the labelled part."""
         require(
             experiment.transfer.labelled > 0,
             "strategy fedgems judges clients by labels: it needs transfer.labelled > 0",
+        )
+        require(
+            self.unlabelled_trust == "none" or experiment.transfer.unlabelled > 0,
+            f"strategy.unlabelled_trust={self.unlabelled_trust} needs an unlabelled part: set transfer.unlabelled > 0",
+        )
+        require(
+            self.correctness == "train" or experiment.transfer.labelled >= 2,
+            "strategy.correctness=held_out needs transfer.labelled >= 2",
         )
 
     def server_config(self) -> ServerDistillConfig:
@@ -85,6 +129,12 @@ class FedGEMSConfig(StrategyConfig):
             epsilon=self.epsilon,
             temperature=self.temperature,
             weighting=self.weighting,
+            correctness=self.correctness,
+            held_out_fraction=self.held_out_fraction,
+            distill_correct=self.distill_correct,
+            unlabelled_trust=self.unlabelled_trust,
+            reliability_power=self.reliability_power,
+            unlabelled_per_round=self.unlabelled_per_round,
         )
 
     def client_config(self, tier: DeviceTier) -> ClientTrainConfig:

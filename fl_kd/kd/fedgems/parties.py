@@ -26,6 +26,7 @@ def build_server(cfg: ExperimentConfig, federation: Federation) -> SelectiveDist
         strategy.server_config(),
         seed=cfg.seed,
         device=cfg.device,
+        unlabelled_x=federation.public_x[federation.num_labelled :] if strategy.unlabelled_trust != "none" else None,
     )
     if strategy.checkpoint is not None:
         server.load(strategy.checkpoint)
@@ -39,4 +40,4 @@ def build_server_role(cfg: ExperimentConfig, federation: Federation) -> FedGEMSS
 
 def build_client_role(cfg: ExperimentConfig, federation: Federation, client_id: int) -> FedGEMSClient:
     """Client ``client_id``'s half for the generic runtimes."""
-    return FedGEMSClient(build_client(cfg, federation, client_id))
+    return FedGEMSClient(build_client(cfg, federation, client_id), fedgems_config(cfg).client_finetune_epochs)

@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch.nn.functional as F
 from numpy.typing import NDArray
 from torch import Tensor
 
 from fl_kd.kd import protocol as kd
+from fl_kd.kd.client import DistillClient
 from fl_kd.kd.fedgems.server import SelectiveDistillServer
 from fl_kd.kd.roles import Answer, Arrays, DistillClientRole, Instruction, ServerRole
 from fl_kd.kd.validation import check_client_answer
@@ -34,7 +36,7 @@ class FedGEMSServer(ServerRole):
     def _query_of(self, round: int) -> NDArray[np.int64]:
         # Asked once per round: the server does not change while the clients train.
         if round != self._round:
-            self._round, self._query = round, self.server.needed_positions()
+            self._round, self._query = round, self.server.needed_positions(round)
         return self._query
 
     def train_instruction(self, round: int, client_id: int) -> Instruction:
@@ -69,8 +71,21 @@ class FedGEMSServer(ServerRole):
 
 
 class FedGEMSClient(DistillClientRole):
-    """A client that trains locally, answers queries with logits and distils the server's broadcast."""
+    """A client that trains locally, answers queries with logits and distils the server's broadcast.
 
+    Parameters
+    ----------
+    client : DistillClient
+        The client's model, data and settings.
+    finetune_epochs : int (default: 0)
+        Epochs on private data after each distillation (0: FedGEMS, none).
+    """
+
+    def __init__(self, client: DistillClient, finetune_epochs: int = 0) -> None:
+        super().__init__(client)
+        if finetune_epochs < 0:
+            raise ValueError(f"finetune_epochs must be >= 0, got {finetune_epochs}")
+        self.finetune_epochs = finetune_epochs
 
     def train(self, round: int, instruction: Instruction) -> Answer:
         """Local training, then logits on the asked positions."""
@@ -79,7 +94,11 @@ class FedGEMSClient(DistillClientRole):
             raise ValueError("the server's query has no 1-D integer positions")
         result = self.client.local_train(round)
         positions = positions.astype(np.int64)
-        logits = self.client.logits(positions, str(instruction.config.get(kd.LOGITS_DTYPE, "float32")))
+        dtype = str(instruction.config.get(kd.LOGITS_DTYPE, "float32"))
+        if positions.size and positions.max() >= self.client.transfer_x.shape[0]:
+            logits = self.client.public_logits(positions, dtype)  # the query reaches into the unlabelled part
+        else:
+            logits = self.client.logits(positions, dtype)
         return Answer(
             {kd.POSITIONS: positions, kd.LOGITS: logits},
             {
@@ -95,5 +114,22 @@ class FedGEMSClient(DistillClientRole):
         if server_logits is None:
             raise ValueError(f"asked to distil but the message has no {kd.SERVER_LOGITS}")
         result = self.client.distill(round, server_logits)
-        return {kd.DISTILL_LOSS: float(result["loss"]), kd.TRAIN_SAMPLES: float(result["train_samples"])}
+        metrics = {kd.DISTILL_LOSS: float(result["loss"]), kd.TRAIN_SAMPLES: float(result["train_samples"])}
+        if self.finetune_epochs:
+            metrics[kd.TRAIN_SAMPLES] += self._finetune(round)
+        return metrics
 
+    def _finetune(self, round: int) -> float:
+        """Cross-entropy on private data after distillation; the number of samples trained on."""
+        client = self.client
+        # DistillClient has no public "train n epochs under phase p" call yet; its shared loop is the one to use
+        # (seeded by (seed, client, round, "finetune") like every other phase).
+        client._run_epochs(  # noqa: SLF001
+            round,
+            "finetune",
+            self.finetune_epochs,
+            client.train_x,
+            client.train_y,
+            lambda logits, y, _index: F.cross_entropy(logits, y),
+        )
+        return float(self.finetune_epochs * client.num_examples)

@@ -15,7 +15,7 @@ directly.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,9 @@ from torch import Tensor, nn
 from fl_kd.checkpoint import CheckpointError, check_state_dict, read_checkpoint
 from fl_kd.config import check_choice
 from fl_kd.kd.cache import KnowledgeCache
+from fl_kd.kd.fedgems.options import ServerOptions
 from fl_kd.kd.fedgems.selection import select_teacher
+from fl_kd.kd.fedgems.stats import SelectionStats
 from fl_kd.kd.fusion import FUSION_RULES
 from fl_kd.kd.losses import kd_loss
 from fl_kd.kd.seeding import SERVER_ID, derive_seed, seeded_torch, torch_generator
@@ -41,6 +43,12 @@ from fl_kd.kd.training import (
     sgd,
     to_wire,
 )
+
+CORRECTNESS = ("train", "held_out")
+"""Where the server's correctness is judged: on the samples it trains on (FedGEMS), or on a held-out slice."""
+
+UNLABELLED_TRUST = ("none", "class_reliability")
+"""How the unlabelled part of the transfer set is used: not at all (FedGEMS), or clients weighted per class."""
 
 
 @dataclass
@@ -61,6 +69,8 @@ class ServerDistillConfig:
         KD temperature.
     weighting : str (default: "inverse_entropy")
         Client fusion rule, a name in :data:`fl_kd.kd.fusion.FUSION_RULES`.
+    correctness, held_out_fraction, distill_correct, unlabelled_trust, reliability_power, unlabelled_per_round
+        The optional extensions; see :class:`~fl_kd.kd.fedgems.config.FedGEMSConfig`. The defaults are FedGEMS.
     """
 
     epochs: int = 1
@@ -71,72 +81,25 @@ class ServerDistillConfig:
     epsilon: float = 0.75
     temperature: float = 1.0
     weighting: str = "inverse_entropy"
+    correctness: str = "train"
+    held_out_fraction: float = 0.2
+    distill_correct: bool = False
+    unlabelled_trust: str = "none"
+    reliability_power: float = 4.0
+    unlabelled_per_round: int = 0
 
     def __post_init__(self) -> None:
+        check_choice("correctness", self.correctness, CORRECTNESS)
+        check_choice("unlabelled_trust", self.unlabelled_trust, UNLABELLED_TRUST)
+        if not 0.0 < self.held_out_fraction < 1.0 or self.reliability_power < 0 or self.unlabelled_per_round < 0:
+            raise ValueError(
+                f"need held_out_fraction in (0, 1), reliability_power >= 0, unlabelled_per_round >= 0: {self}"
+            )
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError(f"need epochs >= 0, batch_size >= 1, lr > 0; got {self}")
         if not 0.0 <= self.epsilon <= 1.0 or self.temperature <= 0:
             raise ValueError(f"need epsilon in [0, 1] and temperature > 0; got {self}")
         check_choice("weighting", self.weighting, FUSION_RULES.names())
-
-
-@dataclass
-class SelectionStats:
-    """What the server learnt from in one distillation phase (counts from its final epoch).
-
-    Attributes
-    ----------
-    round : int
-        Federated round.
-    n_self : int
-        Samples the server got right, trained on the label and cached.
-    n_cache : int
-        Wrong samples distilled from the knowledge cache.
-    n_clients : int
-        Wrong, uncached samples distilled from the fused client teacher.
-    n_ce_only : int
-        Wrong samples with neither cache nor a correct client: cross-entropy only.
-    loss : float
-        Mean per-sample loss of the final epoch.
-    num_answered : int
-        Transfer samples for which at least one client sent logits.
-    num_teacher : int
-        Of those, samples with at least one qualifying client teacher.
-    cache_size : int
-        Filled entries of the knowledge cache after the phase.
-    nonzero_weight_fraction : dict[int, float]
-        Per client, the share of its answered samples on which it got a non-zero teacher weight (how much of a
-        possibly malicious client's knowledge got through).
-    """
-
-    round: int
-    n_self: int = 0
-    n_cache: int = 0
-    n_clients: int = 0
-    n_ce_only: int = 0
-    loss: float = 0.0
-    num_answered: int = 0
-    num_teacher: int = 0
-    cache_size: int = 0
-    nonzero_weight_fraction: dict[int, float] = field(default_factory=dict)
-
-    def round_metrics(self) -> dict[str, float | int]:
-        """The figures a round's metric row reports (see :func:`fl_kd.kd.metrics.round_metrics`)."""
-        return {
-            "n_self": self.n_self,
-            "n_cache": self.n_cache,
-            "n_clients": self.n_clients,
-            "n_ce_only": self.n_ce_only,
-            "num_answered": self.num_answered,
-            "cache_size": self.cache_size,
-            "server_loss": float(self.loss),
-        }
-
-    def as_metrics(self) -> dict[str, float]:
-        """Flat scalar metrics (per-client fractions left out) for logging."""
-        values = asdict(self)
-        values.pop("nonzero_weight_fraction")
-        return {key: float(value) for key, value in values.items()}
 
 
 class SelectiveDistillServer:
@@ -156,6 +119,9 @@ class SelectiveDistillServer:
         Base seed; each round's shuffling and dropout derive from ``(seed, round)``.
     device : torch.device | str (default: "cpu")
         Where the model trains; data stay on CPU and move per batch.
+    unlabelled_x : Tensor | None (default: None)
+        ``(M, *input_shape)`` unlabelled transfer inputs, public positions ``N..N+M-1``; used only with
+        ``config.unlabelled_trust != "none"``.
     """
 
     def __init__(
@@ -166,6 +132,7 @@ class SelectiveDistillServer:
         config: ServerDistillConfig | None = None,
         seed: int = 0,
         device: torch.device | str = "cpu",
+        unlabelled_x: Tensor | None = None,
     ) -> None:
         if transfer_x.shape[0] != transfer_y.shape[0] or transfer_y.dim() != 1:
             raise ValueError(
@@ -182,21 +149,25 @@ class SelectiveDistillServer:
         self.transfer_y = transfer_y.cpu().long()
         self.num_classes = int(predict_logits(self.model, self.transfer_x[:1], device=self.device).shape[1])
         self.knowledge_cache = KnowledgeCache(self.num_transfer, self.num_classes)
+        self.options = ServerOptions(self.config, self.transfer_y, seed, unlabelled_x)
 
     @property
     def num_transfer(self) -> int:
         """Size N of the transfer set."""
         return int(self.transfer_x.shape[0])
 
-    def needed_positions(self) -> NDArray[np.int64]:
-        """Positions ``(n,)`` of transfer samples the server gets wrong and has not cached (the query)."""
+    def needed_positions(self, round: int = 0) -> NDArray[np.int64]:
+        """Positions ``(n,)`` of transfer samples the server gets wrong and has not cached (the query).
+
+        The extensions widen it: ``distill_correct`` adds the trained samples the server gets right,
+        ``unlabelled_trust`` asks for the whole labelled part (to measure reliability) and the round's unlabelled
+        positions (``N + j``).
+        """
         predictions = self._transfer_predictions().argmax(dim=1)
         needed = (predictions != self.transfer_y) & ~self.knowledge_cache.filled
-        return np.flatnonzero(needed.numpy()).astype(np.int64)
+        return self.options.widen_query(round, needed, predictions == self.transfer_y)
 
-    def distill(
-        self, round: int, client_logits: Mapping[int, tuple[NDArray[Any], NDArray[Any]]]
-    ) -> SelectionStats:
+    def distill(self, round: int, client_logits: Mapping[int, tuple[NDArray[Any], NDArray[Any]]]) -> SelectionStats:
         """Run the server's selective distillation for one round.
 
         Parameters
@@ -218,21 +189,31 @@ class SelectiveDistillServer:
             On mis-shaped, non-integer, duplicate, out-of-range or non-finite inputs, before the model
             changes.
         """
-        teacher, has_teacher, stats = self._fuse_clients(round, client_logits)
+        labelled, unlabelled = self.options.split_answers(client_logits, self.num_transfer, self.num_classes)
+        teacher, has_teacher, stats = self._fuse_clients(round, labelled)
+        if self.options.held_out is not None:
+            held = torch.from_numpy(self.options.held_out_positions)
+            predictions = predict_logits(self.model, self.transfer_x[held], device=self.device).argmax(dim=1)
+            stats.extra["held_out_accuracy"] = float((predictions == self.transfer_y[held]).double().mean())
+        unlabelled_teacher = self.options.unlabelled_teacher(labelled, unlabelled, self.num_classes, stats)
         cfg = self.config
         generator = torch_generator(derive_seed(self.seed, SERVER_ID, round, "server_distill_shuffle"))
         optimizer = sgd(self.model, cfg.lr, cfg.momentum, cfg.weight_decay)
         self.model.train()
         with seeded_torch(derive_seed(self.seed, SERVER_ID, round, "server_distill_rng"), self.device):
             for _ in range(cfg.epochs):
-                counts = torch.zeros(4, dtype=torch.long)
+                counts = torch.zeros(5, dtype=torch.long)
                 loss_sum = 0.0
                 for index in minibatches(self.num_transfer, cfg.batch_size, generator):
                     batch_loss, batch_counts = self._step(optimizer, index, teacher, has_teacher)
                     counts += batch_counts
                     loss_sum += batch_loss * index.numel()
-                stats.n_self, stats.n_cache, stats.n_clients, stats.n_ce_only = (int(c) for c in counts)
+                stats.n_self, stats.n_cache, stats.n_clients, stats.n_ce_only = (int(c) for c in counts[:4])
                 stats.loss = loss_sum / self.num_transfer
+                if cfg.distill_correct:
+                    stats.extra["n_dark"] = int(counts[4])
+                if unlabelled_teacher is not None:
+                    stats.extra["unlabelled_loss"] = self._unlabelled_epoch(optimizer, generator, *unlabelled_teacher)
         stats.cache_size = self.knowledge_cache.num_filled
         return stats
 
@@ -244,25 +225,49 @@ class SelectiveDistillServer:
         y = self.transfer_y[index].to(self.device)
         logits = self.model(x)
         correct = (logits.argmax(dim=1) == y).cpu()
+        held = self.options.held_out[index] if self.options.held_out is not None else None
+        if held is not None:
+            correct &= ~held  # never trained on its label, never cached: its correctness stays honest
         cached_logits, filled = self.knowledge_cache.lookup(index)
         use_cache = ~correct & filled
         use_clients = ~correct & ~filled & has_teacher[index]
         ce_only = ~(correct | use_cache | use_clients)
+        dark = correct & has_teacher[index] if cfg.distill_correct else torch.zeros_like(correct)
+        if held is not None:
+            ce_only &= ~held
 
-        soft = (use_cache | use_clients).to(self.device)
+        soft = (use_cache | use_clients | dark).to(self.device)
         targets = torch.where(use_cache.unsqueeze(1), cached_logits, teacher[index]).to(self.device)
         cross_entropy = F.cross_entropy(logits, y, reduction="none")
         kd = kd_loss(logits, targets, cfg.temperature, reduction="none")
         # Samples without soft targets still get a (finite) kd value; where() drops it and its gradient.
         per_sample = torch.where(soft, cfg.epsilon * cross_entropy + (1.0 - cfg.epsilon) * kd, cross_entropy)
+        if held is not None:
+            # A held-out sample learns only from the clients' soft targets, never from its label.
+            held_loss = torch.where(soft, kd, torch.zeros_like(kd))
+            per_sample = torch.where(held.to(self.device), held_loss, per_sample)
         loss = per_sample.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
         # Cache the logits that were right at this step, before the update (as the server "knew" them).
         self.knowledge_cache.update(index[correct], logits.detach()[correct.to(self.device)])
-        counts = torch.stack([correct.sum(), use_cache.sum(), use_clients.sum(), ce_only.sum()])
+        counts = torch.stack([correct.sum(), use_cache.sum(), use_clients.sum(), ce_only.sum(), dark.sum()])
         return float(loss.detach()), counts
+
+    def _unlabelled_epoch(
+        self, optimizer: torch.optim.Optimizer, generator: torch.Generator, x: Tensor, teacher: Tensor
+    ) -> float:
+        """One pass of pure KD towards the reliability-weighted client teacher on the unlabelled samples."""
+        loss_sum = 0.0
+        for index in minibatches(int(x.shape[0]), self.config.batch_size, generator):
+            logits = self.model(x[index].to(self.device))
+            loss = kd_loss(logits, teacher[index].to(self.device), self.config.temperature)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+            loss_sum += float(loss.detach()) * index.numel()
+        return loss_sum / max(1, int(x.shape[0]))
 
     @torch.no_grad()
     def _fuse_clients(
@@ -279,9 +284,7 @@ class SelectiveDistillServer:
         teacher = torch.zeros(self.num_transfer, self.num_classes)
         has_teacher = torch.zeros(self.num_transfer, dtype=torch.bool)
         stats = SelectionStats(round=round)
-        union = (
-            np.unique(np.concatenate([pos for _, pos, _ in answers])) if answers else np.zeros(0, np.int64)
-        )
+        union = np.unique(np.concatenate([pos for _, pos, _ in answers])) if answers else np.zeros(0, np.int64)
         if union.size == 0:
             stats.nonzero_weight_fraction = {client_id: 0.0 for client_id, _, _ in answers}
             return teacher, has_teacher, stats

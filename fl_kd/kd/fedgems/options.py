@@ -1,0 +1,143 @@
+"""The optional extensions of the FedGEMS server that keep knowledge moving (``methods.md`` 2.4).
+
+Today's FedGEMS judges the server's correctness on the samples it trains on, so once it has memorised the
+labelled transfer set it asks no client again. The options here, all off by default, change that:
+
+* ``correctness="held_out"``: a seeded slice of the labelled part is never trained on by label and never cached;
+  the server's correctness there is honest, so it keeps asking the clients where it is wrong and learns from their
+  soft targets alone on those samples;
+* ``distill_correct``: the clients' fused soft targets are distilled also where the server is right (dark
+  knowledge), so the query covers the samples it gets right as well;
+* ``unlabelled_trust="class_reliability"``: clients answer on the unlabelled part too, and the server distils a
+  teacher that weights each client by its per-class precision on the labelled part
+  (:mod:`fl_kd.kd.fedgems.reliability`).
+
+:class:`ServerOptions` holds what they need (the held-out mask, the unlabelled inputs) and widens the query and
+splits the answers; the distillation steps themselves live in :mod:`fl_kd.kd.fedgems.server`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import Tensor
+
+from fl_kd.kd.fedgems.reliability import class_precision, confusion_matrix, fuse_by_reliability
+from fl_kd.kd.fedgems.stats import SelectionStats
+from fl_kd.kd.seeding import SERVER_ID, derive_seed, torch_generator
+from fl_kd.kd.training import check_logits, check_positions
+
+if TYPE_CHECKING:
+    from fl_kd.kd.fedgems.server import ServerDistillConfig
+
+Answers = Mapping[int, tuple[NDArray[Any], NDArray[Any]]]
+
+
+class ServerOptions:
+    """State and bookkeeping of the optional extensions for one server.
+
+    Parameters
+    ----------
+    config : ServerDistillConfig
+        The server's settings.
+    transfer_y : Tensor
+        ``(N,)`` labels of the labelled transfer part.
+    seed : int
+        Base seed of the run: the held-out slice and each round's unlabelled subset derive from it.
+    unlabelled_x : Tensor | None
+        ``(M, ...)`` unlabelled inputs (public positions ``N..N+M-1``); needed when ``unlabelled_trust`` is on.
+    """
+
+    def __init__(self, config: ServerDistillConfig, transfer_y: Tensor, seed: int, unlabelled_x: Tensor | None) -> None:
+        self.config = config
+        self.transfer_y = transfer_y
+        self.seed = seed
+        num = int(transfer_y.shape[0])
+        self.held_out: Tensor | None = None
+        self.held_out_positions = np.zeros(0, dtype=np.int64)
+        if config.correctness == "held_out":
+            size = min(num - 1, max(1, round(config.held_out_fraction * num)))
+            if size < 1:
+                raise ValueError("correctness='held_out' needs at least two labelled transfer samples")
+            order = torch.randperm(num, generator=torch_generator(derive_seed(seed, SERVER_ID, "held_out")))
+            self.held_out_positions = np.sort(order[:size].numpy()).astype(np.int64)
+            self.held_out = torch.zeros(num, dtype=torch.bool)
+            self.held_out[torch.from_numpy(self.held_out_positions)] = True
+        self.unlabelled_x: Tensor | None = None
+        if config.unlabelled_trust != "none":
+            if unlabelled_x is None or unlabelled_x.shape[0] == 0:
+                raise ValueError(f"unlabelled_trust={config.unlabelled_trust!r} needs unlabelled transfer samples")
+            self.unlabelled_x = unlabelled_x.cpu()
+
+    @property
+    def num_unlabelled(self) -> int:
+        """Size M of the unlabelled part the server uses (0 when the option is off)."""
+        return 0 if self.unlabelled_x is None else int(self.unlabelled_x.shape[0])
+
+    def unlabelled_positions(self, round: int) -> NDArray[np.int64]:
+        """Unlabelled indices ``j`` (public position ``N + j``) asked in ``round``: all, or a seeded subset."""
+        total, per_round = self.num_unlabelled, self.config.unlabelled_per_round
+        if per_round == 0 or per_round >= total:
+            return np.arange(total, dtype=np.int64)
+        order = torch.randperm(total, generator=torch_generator(derive_seed(self.seed, SERVER_ID, round, "unlabelled")))
+        return np.sort(order[:per_round].numpy()).astype(np.int64)
+
+    def widen_query(self, round: int, needed: Tensor, correct: Tensor) -> NDArray[np.int64]:
+        """The query from the ``(N,)`` masks of needed and correctly classified labelled samples."""
+        if self.config.distill_correct:
+            trained_correct = correct if self.held_out is None else correct & ~self.held_out
+            needed = needed | trained_correct
+        if self.unlabelled_x is not None:
+            needed = torch.ones_like(needed)  # reliability is measured on the whole labelled part
+        labelled = np.flatnonzero(needed.numpy()).astype(np.int64)
+        if self.unlabelled_x is None:
+            return labelled
+        return np.concatenate([labelled, needed.numel() + self.unlabelled_positions(round)])
+
+    def split_answers(self, answers: Answers, num_labelled: int, num_classes: int) -> tuple[Answers, Answers]:
+        """Validate answers over public positions, then split them into labelled and unlabelled (``j = p - N``)."""
+        if self.unlabelled_x is None:
+            return answers, {}
+        labelled: dict[int, tuple[NDArray[Any], NDArray[Any]]] = {}
+        unlabelled: dict[int, tuple[NDArray[Any], NDArray[Any]]] = {}
+        for client_id in sorted(answers):
+            positions, logits = answers[client_id]
+            pos = check_positions(positions, num_labelled + self.num_unlabelled)
+            values = check_logits(f"logits of client {client_id}", logits, (pos.size, num_classes)).numpy()
+            low = pos < num_labelled
+            labelled[client_id] = (pos[low], values[low])
+            unlabelled[client_id] = (pos[~low] - num_labelled, values[~low])
+        return labelled, unlabelled
+
+    def unlabelled_teacher(
+        self, labelled: Answers, unlabelled: Answers, num_classes: int, stats: SelectionStats
+    ) -> tuple[Tensor, Tensor] | None:
+        """``(x, teacher logits)`` on the unlabelled samples some client answered; None when the option is off."""
+        if self.unlabelled_x is None:
+            return None
+        clients = sorted(unlabelled)
+        union = np.unique(np.concatenate([unlabelled[c][0] for c in clients])) if clients else np.zeros(0, np.int64)
+        stats.extra["n_unlabelled"] = 0
+        if union.size == 0:
+            return None
+        precision = torch.zeros(len(clients), num_classes)
+        stacked = torch.zeros(len(clients), union.size, num_classes)
+        available = torch.zeros(len(clients), union.size, dtype=torch.bool)
+        for k, client_id in enumerate(clients):
+            pos, values = labelled.get(client_id, (np.zeros(0, np.int64), np.zeros((0, num_classes), np.float32)))
+            labels = self.transfer_y[torch.from_numpy(np.asarray(pos, dtype=np.int64))]
+            confusion = confusion_matrix(torch.from_numpy(np.asarray(values, dtype=np.float32)), labels, num_classes)
+            precision[k] = class_precision(confusion)
+            u_pos, u_values = unlabelled[client_id]
+            slots = torch.from_numpy(np.searchsorted(union, u_pos))
+            stacked[k, slots] = torch.from_numpy(np.asarray(u_values, dtype=np.float32))
+            available[k, slots] = True
+        fused = fuse_by_reliability(stacked, available, precision, self.config.reliability_power)
+        keep = fused.has_teacher
+        stats.extra["n_unlabelled"] = int(keep.sum())
+        index = torch.from_numpy(union)[keep]
+        return self.unlabelled_x[index], fused.logits[keep]

@@ -1,0 +1,198 @@
+"""The optional FedGEMS extensions (fl_kd.kd.fedgems.options, reliability): each changes what it promises, and
+the defaults are today's FedGEMS."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fl_kd.config import ConfigError
+from fl_kd.kd.client import ClientTrainConfig, DistillClient
+from fl_kd.kd.fedgems import FedGEMSClient, FedGEMSConfig, SelectiveDistillServer, ServerDistillConfig
+from fl_kd.kd.fedgems.reliability import class_precision, confusion_matrix, fuse_by_reliability
+from fl_kd.kd.runner import run_inprocess
+from fl_kd.models import build_model
+from tests.kd_configs import tiny_config
+
+SHAPE = (1, 8, 8)
+C = 4
+
+
+def _data(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(n, *SHAPE, generator=generator), torch.randint(0, C, (n,), generator=generator)
+
+
+def _server(n: int = 40, unlabelled: int = 0, **options: Any) -> SelectiveDistillServer:
+    x, y = _data(n)
+    config = ServerDistillConfig(epochs=1, batch_size=8, lr=0.05, **options)
+    u = _data(unlabelled, seed=1)[0] if unlabelled else None
+    return SelectiveDistillServer(build_model("cnn_small", SHAPE, C, seed=0), x, y, config, seed=3, unlabelled_x=u)
+
+
+def _memorise(server: SelectiveDistillServer, rounds: int = 40) -> None:
+    for round in range(rounds):
+        server.distill(round, {})
+
+
+def test_defaults_are_todays_fedgems() -> None:
+    defaults = {f.name: f.default for f in fields(FedGEMSConfig)}
+    assert defaults["correctness"] == "train" and defaults["distill_correct"] is False
+    assert defaults["unlabelled_trust"] == "none" and defaults["client_finetune_epochs"] == 0
+    stats = _server().distill(0, {})
+    assert set(stats.round_metrics()) == {
+        "n_self", "n_cache", "n_clients", "n_ce_only", "num_answered", "cache_size", "server_loss"
+    }  # fmt: skip
+
+
+def test_held_out_correctness_keeps_the_query_open_after_memorisation() -> None:
+    # Random labels can only be memorised: judged on its training samples the server soon asks nothing, judged on
+    # a held-out slice it keeps asking wherever it is wrong there.
+    plain, held = _server(), _server(correctness="held_out", held_out_fraction=0.25)
+    _memorise(plain)
+    _memorise(held)
+    assert plain.needed_positions().size == 0
+    held_positions = held.options.held_out_positions
+    assert held_positions.size == 10
+    query = held.needed_positions()
+    assert query.size > 0 and set(query) <= set(held_positions)
+    assert not held.knowledge_cache.filled[torch.from_numpy(held_positions)].any()  # never cached
+    stats = held.distill(99, {})
+    assert stats.extra["held_out_accuracy"] < 0.8  # not memorised: it never saw those labels
+    assert stats.n_self + stats.n_cache + stats.n_clients + stats.n_ce_only == 40 - held_positions.size
+
+
+def test_held_out_samples_learn_from_the_clients_alone() -> None:
+    server = _server(correctness="held_out", held_out_fraction=0.25)
+    _memorise(server, 10)
+    positions = server.needed_positions()
+    labels = server.transfer_y[torch.from_numpy(positions)]
+    teacher = (F.one_hot(labels, C) * 8.0).numpy()  # a client that is right there, confidently
+    for round in range(10, 30):
+        server.distill(round, {0: (positions, teacher)})
+    assert server.needed_positions().size < positions.size  # the clients' knowledge reached the held-out samples
+
+
+def test_distill_correct_asks_and_distils_where_the_server_is_right() -> None:
+    plain, dark = _server(), _server(distill_correct=True)
+    _memorise(plain)
+    _memorise(dark)
+    assert plain.needed_positions().size == 0
+    query = dark.needed_positions()
+    np.testing.assert_array_equal(query, np.arange(40))
+    # A client that agrees with the label but is unsure (dark knowledge on the other classes).
+    soft = torch.full((40, C), 0.0)
+    soft[torch.arange(40), dark.transfer_y] = 1.0
+    before = F.softmax(dark._transfer_predictions(), dim=1).max(dim=1).values.mean()
+    stats = dark.distill(50, {0: (query, soft.numpy())})
+    assert stats.extra["n_dark"] == stats.n_self > 30
+    after = F.softmax(dark._transfer_predictions(), dim=1).max(dim=1).values.mean()
+    assert after < before  # pulled from its memorised one-hot towards the clients' softer view
+    assert "n_dark" not in plain.distill(50, {}).round_metrics()
+
+
+def test_confusion_matrix_and_precision_by_hand() -> None:
+    logits = F.one_hot(torch.tensor([0, 0, 1, 2, 2, 2]), 3).float()
+    labels = torch.tensor([0, 1, 1, 2, 2, 0])
+    confusion = confusion_matrix(logits, labels, 3)
+    assert confusion.tolist() == [[1, 0, 1], [1, 1, 0], [0, 0, 2]]
+    torch.testing.assert_close(class_precision(confusion), torch.tensor([2 / 4, 2 / 3, 3 / 5]))
+
+
+def test_reliable_clients_dominate_and_silent_ones_count_for_nothing() -> None:
+    logits = torch.stack([F.one_hot(torch.tensor([0, 0]), 2).float() * 5, F.one_hot(torch.tensor([1, 1]), 2) * 5.0])
+    logits = torch.cat([logits, torch.full((1, 2, 2), float("nan"))])  # client 2 sent nothing (garbage slots)
+    available = torch.tensor([[True, True], [True, True], [False, False]])
+    precision = torch.tensor([[0.9, 0.9], [0.3, 0.3], [1.0, 1.0]])
+    fused = fuse_by_reliability(logits, available, precision, power=4.0)
+    assert fused.has_teacher.all() and torch.isfinite(fused.logits).all()
+    assert (fused.logits.argmax(dim=1) == 0).all()
+    torch.testing.assert_close(fused.weights.sum(dim=0), torch.ones(2))
+    assert (fused.weights[2] == 0).all() and (fused.weights[0] > 0.98).all()
+    equal = fuse_by_reliability(logits, available, precision, power=0.0)
+    torch.testing.assert_close(equal.weights[:2], torch.full((2, 2), 0.5))
+
+
+def test_unlabelled_trust_asks_everything_and_distils_the_reliable_client() -> None:
+    server = _server(n=40, unlabelled=30, unlabelled_trust="class_reliability", unlabelled_per_round=20)
+    query = server.needed_positions(round=0)
+    assert set(range(40)) <= set(query) and query.size == 60 and query.max() < 70
+    assert not np.array_equal(query, server.needed_positions(round=1))  # another unlabelled subset each round
+    labels = server.transfer_y
+    good = F.one_hot(labels, C).float() * 6  # right on every labelled sample
+    bad = F.one_hot((labels + 1) % C, C).float() * 6  # always wrong
+    u_positions = query[query >= 40]
+    u_good = F.one_hot(torch.zeros(u_positions.size, dtype=torch.long), C).float() * 6  # says class 0
+    u_bad = F.one_hot(torch.ones(u_positions.size, dtype=torch.long), C).float() * 6  # says class 1
+    answers = {
+        0: (query, torch.cat([good, u_good]).numpy()),
+        1: (query, torch.cat([bad, u_bad]).numpy()),
+    }
+    for round in range(8):
+        stats = server.distill(round, answers)
+    assert stats.extra["n_unlabelled"] == 20
+    assert server.options.unlabelled_x is not None
+    u_x = server.options.unlabelled_x[torch.from_numpy(u_positions - 40)]
+    predictions = server.model.eval()(u_x).argmax(dim=1)
+    assert (predictions == 0).float().mean() > 0.9  # the reliable client's answer, not the unreliable one's
+
+
+def test_unlabelled_answers_out_of_range_are_refused() -> None:
+    server = _server(n=40, unlabelled=5, unlabelled_trust="class_reliability")
+    with pytest.raises(ValueError, match="positions"):
+        server.distill(0, {0: (np.array([45]), np.zeros((1, C), np.float32))})
+
+
+def _client() -> DistillClient:
+    x, y = _data(64, seed=5)
+    tx, ty = _data(20, seed=6)
+    config = ClientTrainConfig(local_epochs=1, batch_size=16, lr=0.05, distill_epochs=1)
+    return DistillClient(0, build_model("cnn_tiny", SHAPE, C, seed=0), x, y, tx, ty, config, seed=1)
+
+
+def test_client_finetune_trains_on_private_data_after_distilling() -> None:
+    from fl_kd.kd import protocol as kd
+    from fl_kd.kd.roles import Instruction
+
+    wrong = np.tile(np.eye(C, dtype=np.float32)[0] * 8, (20, 1))  # a server that says class 0 everywhere
+    results = {}
+    for epochs in (0, 3):
+        role = FedGEMSClient(_client(), finetune_epochs=epochs)
+        metrics = role.receive(0, Instruction({kd.SERVER_LOGITS: wrong}))
+        with torch.no_grad():
+            private = F.cross_entropy(role.client.model.eval()(role.client.train_x), role.client.train_y)
+        results[epochs] = (metrics[kd.TRAIN_SAMPLES], float(private))
+    assert results[3][0] == results[0][0] + 3 * 64
+    assert results[3][1] < results[0][1]  # closer to its own data than right after distillation
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"unlabelled_trust": "class_reliability"}, "unlabelled"),
+        ({"correctness": "memorised"}, "correctness"),
+        ({"held_out_fraction": 1.0}, "held_out_fraction"),
+        ({"client_finetune_epochs": -1}, "client_finetune_epochs"),
+    ],
+)
+def test_bad_option_settings_are_refused(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        tiny_config(**overrides)
+
+
+def test_all_options_run_end_to_end() -> None:
+    cfg = tiny_config(
+        rounds=2,
+        transfer={"labelled": 60, "unlabelled": 40},
+        correctness="held_out",
+        distill_correct=True,
+        unlabelled_trust="class_reliability",
+        client_finetune_epochs=1,
+    )
+    rows = run_inprocess(cfg).rounds
+    assert all(row["n_unlabelled"] == 40 and "held_out_accuracy" in row and "n_dark" in row for row in rows)
