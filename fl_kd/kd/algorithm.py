@@ -120,8 +120,19 @@ def _load_builtin() -> None:
 
 
 def get_algorithm(name: str) -> Algorithm:
-    """The registered algorithm called ``name``."""
-    _load_builtin()
+    """The registered algorithm called ``name``.
+
+    Only the folder of that name is imported when it registers itself (the usual case), so one algorithm's import
+    error cannot stop a run of another; every folder is imported only if the name is still unknown.
+    """
+    if name not in STRATEGIES and name.isidentifier():
+        try:
+            importlib.import_module(f"fl_kd.kd.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"fl_kd.kd.{name}":
+                raise
+    if name not in STRATEGIES:
+        _load_builtin()
     return STRATEGIES.get(name)
 
 
