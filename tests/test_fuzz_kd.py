@@ -21,7 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fl_kd.clients.kd_app import app as client_app
+from fl_kd.config import from_mapping, to_mapping
 from fl_kd.kd import protocol as kd
+from fl_kd.kd.config import ExperimentConfig
 from fl_kd.strategies.kd import KDStrategy
 from fl_kd.strategies.kd_app import make_strategy
 from tests.flower_loopback import LoopbackGrid
@@ -33,8 +35,7 @@ FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCh
 class Round:
     """One round's state: the strategy after ``configure_train``, what it sent, and the honest replies."""
 
-    def __init__(self) -> None:
-        cfg = tiny_config(rounds=1)
+    def __init__(self, cfg: ExperimentConfig) -> None:
         self.cfg = cfg
         self.strategy: KDStrategy = make_strategy(cfg)
         self.grid = LoopbackGrid(client_app, cfg.num_clients, {kd.RUN_CONFIG_KEY: cfg.to_json()})
@@ -49,7 +50,15 @@ class Round:
 
 @pytest.fixture(scope="module")
 def state() -> Round:
-    return Round()
+    return Round(tiny_config(rounds=1))
+
+
+@pytest.fixture(scope="module")
+def weights_state() -> Round:
+    """FedAvg: answers are model weights (and an int64 sample count)."""
+    strategy = {"name": "fedavg", "rounds": 1}
+    cfg = tiny_config()
+    return Round(from_mapping(ExperimentConfig, to_mapping(cfg) | {"strategy": strategy}))
 
 
 def _arrays(reply: Message) -> dict[str, np.ndarray]:
@@ -177,6 +186,34 @@ def test_a_reply_with_a_wrong_identity_is_rejected_and_counted(state: Round, dat
         copied = _reply(state.sent[victim], {n: Array(v) for n, v in _arrays(state.replies[other]).items()})
         replies.append(copied)
     _check(state, replies, dropped)
+
+
+@FUZZ
+@given(data=st.data())
+def test_malformed_weights_are_rejected_and_counted(weights_state: Round, data: st.DataObject) -> None:
+    state = weights_state
+    victim = data.draw(st.integers(0, len(state.sent) - 1))
+    honest = _arrays(state.replies[victim])
+    name = data.draw(st.sampled_from(sorted(n for n in honest if n != kd.NUM_EXAMPLES)))
+    value = honest[name].copy()
+    kind = data.draw(st.sampled_from(["dtype", "shape", "value", "header", "missing"]))
+    arrays = {n: Array(v) for n, v in honest.items()}
+    if kind == "dtype":
+        arrays[name] = Array(value.astype(data.draw(st.sampled_from(["float64", "float16", "int32", "bool"]))))
+    elif kind == "shape":
+        arrays[name] = Array(np.ascontiguousarray(data.draw(st.sampled_from([value[None], value.ravel()[:-1]]))))
+    elif kind == "value":
+        flat = value.reshape(-1)
+        flat[data.draw(st.integers(0, flat.size - 1))] = data.draw(st.sampled_from([1.0, -1.0])) * data.draw(HUGE)
+        arrays[name] = Array(value)
+    elif kind == "header":
+        dtype = data.draw(st.sampled_from(["float64", "nosuch", "object"]))
+        arrays[name] = _raw(dtype, tuple(value.shape), _npy(value))
+    else:
+        arrays.pop(name)
+    replies = list(state.replies)
+    replies[victim] = _reply(state.sent[victim], arrays)
+    _check(state, replies, {state.partition_of[state.sent[victim].metadata.dst_node_id]})
 
 
 def test_extreme_logits_leave_the_server_as_if_the_client_had_not_answered(state: Round) -> None:
