@@ -124,3 +124,20 @@ def test_flower_simulation_matches_the_in_process_runner(tmp_path: Path, capfd: 
             assert (folder / name).is_file(), f"{run}: {name} missing"
     # The launcher stops the local SuperLink it started.
     assert superlink_processes(tmp_path / "flower" / ".flwr") == []
+
+
+PEERS = ("fedavg", "fedavg_server_model", "feddf", "fedmd", "dsfl", "fedet")
+
+
+@pytest.mark.parametrize("strategy", PEERS)
+def test_every_peer_runs_through_flwr_run_as_in_process(strategy: str, tmp_path: Path) -> None:
+    """Each registered peer, 2 rounds of a tiny federation through `flwr run`, equals the in-process runner."""
+    overrides = (*(o for o in TINY if not o.startswith("strategy.")), f"strategy={strategy}", "strategy.rounds=2")
+    flower_rows = run_experiment(experiment_config(_compose(*overrides)), tmp_path / "flower")
+    inprocess_rows = run_experiment(
+        experiment_config(_compose(*overrides, "simulation.backend=inprocess")), tmp_path / "inprocess"
+    )
+    strip = [{k: v for k, v in row.items() if k != "wall_seconds"} for row in flower_rows]
+    assert len(flower_rows) == 2 and all(row["n_rejected"] == 0 and row["n_missing"] == 0 for row in flower_rows)
+    assert strip == [{k: v for k, v in row.items() if k != "wall_seconds"} for row in inprocess_rows]
+    assert superlink_processes(tmp_path / "flower" / ".flwr") == []
