@@ -39,7 +39,6 @@ from fl_kd.simulations.config import experiment_config
 from fl_kd.simulations.flower_launcher import run_flower_simulation
 from fl_kd.simulations.jobs import finish_sweep, in_multirun, sweep_job
 from fl_kd.simulations.processes import interrupt_exit_code, termination_as_interrupt
-from fl_kd.strategies.kd_app import SERVER_LOG
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +90,6 @@ def _run(experiment: ExperimentConfig, out_dir: Path) -> list[dict[str, Any]]:
         write_outputs(out_dir, result.rounds, result.summary, title=run_title(to_mapping(experiment)))
         return list(result.rounds)
 
-    # Build what the ServerApp will build, here: a missing dataset or a bad checkpoint is one clear error now.
-    algorithm.build_server(experiment, build_federation(experiment))
     code = run_flower_simulation(
         out_dir,
         algorithm.server_app,
@@ -101,9 +98,14 @@ def _run(experiment: ExperimentConfig, out_dir: Path) -> list[dict[str, Any]]:
         num_supernodes=experiment.num_clients,
         num_cpus_per_client=experiment.simulation.num_cpus_per_client,
         num_cpus=experiment.simulation.num_cpus,
+        # Build what the ServerApp will build, here, while Flower starts: a missing dataset or a bad checkpoint is
+        # one clear error, and the check overlaps Flower's start-up instead of delaying it.
+        preflight=lambda: algorithm.build_server(experiment, build_federation(experiment)),
     )
     rows = finished_rounds(out_dir, code, experiment.strategy.rounds)
     if rows is None:
+        from fl_kd.strategies.kd_app import SERVER_LOG  # the ServerApp's module imports Flower: only when needed
+
         raise RuntimeError(
             f"the Flower simulation ended with exit code {code} before {experiment.strategy.rounds} rounds; "
             f"see {out_dir / SERVER_LOG} and {out_dir / '.flwr' / 'local-superlink' / 'superlink.log'}"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from fl_kd.results import METRICS_JSONL
-from fl_kd.simulations.flower_launcher import stop_leftovers
+from fl_kd.simulations.flower_launcher import run_flower_simulation, stop_leftovers, superlink_processes
 from fl_kd.simulations.processes import PROC, Proc, find_processes
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -98,4 +98,27 @@ def test_sigterm_stops_every_process_and_points_at_the_finished_rounds(tmp_path:
         if process.poll() is None:
             process.kill()
             process.wait()
+        stop_leftovers(flwr_home)
+
+
+def test_a_failing_preflight_stops_what_flower_started_meanwhile(tmp_path: Path) -> None:
+    flwr_home = tmp_path.resolve() / ".flwr"
+    seen: list[Proc] = []
+
+    def preflight() -> None:  # runs while Flower starts; fails once there is a SuperLink to stop
+        deadline = time.monotonic() + 120
+        while not seen and time.monotonic() < deadline:
+            seen.extend(superlink_processes(flwr_home))
+            time.sleep(0.1)
+        raise FileNotFoundError("no such checkpoint")
+
+    try:
+        with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+            run_flower_simulation(
+                tmp_path, "fl_kd.strategies.kd_app:app", "fl_kd.clients.kd_app:app", {}, 2, preflight=preflight
+            )
+        assert seen, "the SuperLink never started"
+        left = run_processes(flwr_home)
+        assert left == [], f"still running after the failed check:\n{command_lines(left)}"
+    finally:
         stop_leftovers(flwr_home)
