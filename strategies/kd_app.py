@@ -42,6 +42,7 @@ def make_strategy(cfg: ExperimentConfig, on_round_end: Callable[[dict[str, Any]]
         federation,
         fraction_train=cfg.strategy.fraction_fit,
         seed=cfg.seed,
+        max_abs_value=cfg.max_abs_value,
         on_round_end=on_round_end,
     )
 

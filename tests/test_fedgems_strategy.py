@@ -196,3 +196,10 @@ def test_bad_answer_is_dropped_and_never_reaches_the_server_model(
     model = strategy.server.server.state_dict()["model"]
     assert all(torch.equal(model[name], reference_model[name]) for name in reference_model)
     assert row["server_acc"] == reference_history[0]["server_acc"]
+
+
+def test_the_configured_value_bound_screens_answers_in_both_runtimes() -> None:
+    cfg = _config(rounds=1, max_abs_value=1e-6)  # every honest logit is beyond it
+    flower, inprocess = _run(cfg).history, run_inprocess(cfg).rounds
+    assert flower[0]["n_rejected"] == inprocess[0]["n_rejected"] == cfg.num_clients
+    assert _without_time(flower) == _without_time(inprocess)

@@ -12,12 +12,13 @@ runner's metrics bit for bit. Per round (see :mod:`fl_kd.kd.roles`):
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from torch import Tensor
 
@@ -28,7 +29,11 @@ from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.cost import ClientCost, cost_metrics
 from fl_kd.kd.federation import Federation, build_federation, sample_clients
 from fl_kd.kd.metrics import Metrics, round_metrics
-from fl_kd.kd.roles import Arrays, ClientRole, ServerRole
+from fl_kd.kd.roles import Arrays, ClientRole, Instruction, ServerRole
+from fl_kd.kd.validation import check_bounded
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -61,22 +66,33 @@ def run_round(
     start = time.perf_counter()
     selected = sample_clients(federation.num_clients, cfg.strategy.fraction_fit, cfg.seed, round)
     instructions = {cid: server.train_instruction(round, cid) for cid in selected}
-    answers = {cid: clients[cid].train(round, instructions[cid]) for cid in selected}
+    # A client that raises (or refuses an instruction beyond the bound) is what Flower reports as an error reply:
+    # it never stops the run, its answer is rejected, and in the evaluate phase its accuracy is left out.
+    answers = {
+        cid: answer
+        for cid in selected
+        if (answer := _client_step(cid, clients[cid].train, round, instructions[cid], cfg.max_abs_value))
+    }
     accepted: dict[int, Arrays] = {}
     for cid, answer in answers.items():
-        if server.check_answer(round, cid, answer.arrays) is None:
+        # The same screen as the Flower strategy's: the generic bound first, then the algorithm's own checks.
+        if (check_bounded(answer.arrays, cfg.max_abs_value) or server.check_answer(round, cid, answer.arrays)) is None:
             accepted[cid] = answer.arrays
     server_stats = server.aggregate(round, accepted)
     knowledge = {cid: server.evaluate_instruction(round, cid) for cid in selected}
-    costs = {}
+    costs, failed = {}, set()
     for cid in selected:
-        received = clients[cid].receive(round, knowledge[cid])
+        received = _client_step(cid, clients[cid].receive, round, knowledge[cid], cfg.max_abs_value)
+        if received is None:
+            failed.add(cid)
+        answer = answers.get(cid)
         costs[cid] = ClientCost(
-            train_samples=answers[cid].metrics.get(kd.TRAIN_SAMPLES, 0.0) + received.get(kd.TRAIN_SAMPLES, 0.0),
-            uplink_bytes=answers[cid].nbytes,
+            train_samples=(answer.metrics.get(kd.TRAIN_SAMPLES, 0.0) if answer else 0.0)
+            + (received or {}).get(kd.TRAIN_SAMPLES, 0.0),
+            uplink_bytes=answer.nbytes if answer else 0,
             downlink_bytes=instructions[cid].nbytes + knowledge[cid].nbytes,
         )
-    client_acc, client_pacc = evaluate_clients(federation, clients)
+    client_acc, client_pacc = evaluate_clients(federation, [c for c in clients if c.client_id not in failed])
     data = federation.data
     return round_metrics(
         round=round,
@@ -88,9 +104,30 @@ def run_round(
         uplink_bytes=sum(answer.nbytes for answer in answers.values()),
         downlink_bytes=sum(i.nbytes for i in instructions.values()) + sum(k.nbytes for k in knowledge.values()),
         wall_seconds=time.perf_counter() - start,
-        n_rejected=len(answers) - len(accepted),
+        n_rejected=len(selected) - len(accepted),
         cost=round_cost(federation, server, costs),
     )
+
+
+def _client_step(
+    client_id: int,
+    phase: Callable[[int, Instruction], T],
+    round: int,
+    instruction: Instruction,
+    max_abs_value: float,
+) -> T | None:
+    """One client's phase on an instruction it first checks, as the ClientApp does (finite, within the bound).
+
+    A client that refuses the instruction or raises is logged and gives None, as a Flower error reply would.
+    """
+    try:
+        reason = check_bounded(instruction.arrays, max_abs_value)
+        if reason is not None:
+            raise ValueError(f"instruction refused: {reason}")
+        return phase(round, instruction)
+    except Exception as err:  # noqa: BLE001 - any client failure must not stop the run
+        log.warning("client %d failed: %s: %s", client_id, type(err).__name__, err)
+        return None
 
 
 def round_cost(federation: Federation, server: ServerRole, costs: dict[int, ClientCost]) -> Metrics:
