@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fl_kd.config import ConfigError, build_dataclass, check_range
+from fl_kd.kd.client import ClientTrainConfig
+from fl_kd.models import DeviceTier
 from fl_kd.registry import Registry
 
 if TYPE_CHECKING:
@@ -72,6 +74,40 @@ GENERIC_SERVER_APP = "fl_kd.strategies.kd_app:app"
 GENERIC_CLIENT_APP = "fl_kd.clients.kd_app:app"
 
 
+@dataclass
+class SGDStrategyConfig(StrategyConfig):
+    """A strategy whose parties train with SGD: the settings every such strategy shares.
+
+    Attributes
+    ----------
+    momentum, weight_decay : float (default: 0.9, 5e-4)
+        SGD settings of all parties; a client takes its epochs, batch size and learning rate from its device tier.
+    """
+
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range("strategy.momentum", self.momentum, low=0.0, high=1.0, high_open=True)
+        check_range("strategy.weight_decay", self.weight_decay, low=0.0)
+
+    def client_config(self, tier: DeviceTier) -> ClientTrainConfig:
+        """Training settings of a client in device ``tier``."""
+        return self.sgd_client_config(tier)
+
+    def sgd_client_config(self, tier: DeviceTier, **settings: Any) -> ClientTrainConfig:
+        """The tier's epochs, batch and lr with these SGD settings; ``settings`` add a strategy's own (KD epochs...)."""
+        return ClientTrainConfig(
+            local_epochs=tier.local_epochs,
+            batch_size=tier.batch_size,
+            lr=tier.lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            **settings,
+        )
+
+
 @dataclass(frozen=True)
 class Algorithm:
     """One registered KD algorithm.
@@ -109,6 +145,7 @@ def settings_of(cfg: ExperimentConfig, cls: type[C]) -> C:
     if not isinstance(cfg.strategy, cls):
         raise TypeError(f"strategy {cfg.strategy.name!r} has no {cls.__name__} settings")
     return cfg.strategy
+
 
 def _load_builtin() -> None:
     """Import every algorithm folder of :mod:`fl_kd.kd` (each sub-package registers itself when imported)."""

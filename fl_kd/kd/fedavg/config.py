@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fl_kd.config import check_range, require
-from fl_kd.kd.algorithm import StrategyConfig
+from fl_kd.config import require
+from fl_kd.kd.algorithm import SGDStrategyConfig
 from fl_kd.kd.client import ClientTrainConfig
 from fl_kd.models import DeviceTier
 
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class WeightSharingConfig(StrategyConfig):
+class WeightSharingConfig(SGDStrategyConfig):
     """What every strategy that moves model weights (FedAvg, FedAvg of the server model, FedDF) sets.
 
     Local epochs, batch size and learning rate come from each client's device tier, as for every other strategy,
@@ -30,24 +30,12 @@ class WeightSharingConfig(StrategyConfig):
         optimiser is recreated each round, so no momentum survives between rounds).
     """
 
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_range("strategy.momentum", self.momentum, low=0.0, high=1.0, high_open=True)
-        check_range("strategy.weight_decay", self.weight_decay, low=0.0)
 
     def client_config(self, tier: DeviceTier) -> ClientTrainConfig:
         """Training settings of a client in device ``tier`` (local training only: no client distillation)."""
-        return ClientTrainConfig(
-            local_epochs=tier.local_epochs,
-            batch_size=tier.batch_size,
-            lr=tier.lr,
-            momentum=self.momentum,
-            weight_decay=self.weight_decay,
-            distill_epochs=0,
-        )
+        return self.sgd_client_config(tier, distill_epochs=0)
 
 
 def client_architectures(experiment: ExperimentConfig) -> list[str]:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fl_kd.config import check_choice, check_range, require
-from fl_kd.kd.algorithm import StrategyConfig
+from fl_kd.kd.algorithm import SGDStrategyConfig
 from fl_kd.kd.client import ClientTrainConfig
 from fl_kd.models import DeviceTier
 
@@ -19,7 +19,7 @@ CONSENSUS_LOSSES: tuple[str, ...] = ("hard", "soft")
 
 
 @dataclass
-class FedETConfig(StrategyConfig):
+class FedETConfig(SGDStrategyConfig):
     """Fed-ET: small models per architecture on the clients, a large server model trained from their ensemble.
 
     Attributes
@@ -54,8 +54,6 @@ class FedETConfig(StrategyConfig):
     server_lr: float = 0.05
     transfer_epochs: int = 1
     transfer_lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -67,8 +65,6 @@ class FedETConfig(StrategyConfig):
         check_range("strategy.server_lr", self.server_lr, low=0.0, low_open=True)
         check_range("strategy.transfer_epochs", self.transfer_epochs, low=0)
         check_range("strategy.transfer_lr", self.transfer_lr, low=0.0, low_open=True)
-        check_range("strategy.momentum", self.momentum, low=0.0, high=1.0, high_open=True)
-        check_range("strategy.weight_decay", self.weight_decay, low=0.0)
 
     def check_experiment(self, experiment: ExperimentConfig) -> None:
         """A consensus and its dissenters need an ensemble: at least two clients sampled per round."""
@@ -81,12 +77,4 @@ class FedETConfig(StrategyConfig):
 
     def client_config(self, tier: DeviceTier) -> ClientTrainConfig:
         """Local training settings of a client in device ``tier`` (Fed-ET clients do not distil)."""
-        return ClientTrainConfig(
-            local_epochs=tier.local_epochs,
-            batch_size=tier.batch_size,
-            lr=tier.lr,
-            momentum=self.momentum,
-            weight_decay=self.weight_decay,
-            distill_epochs=0,
-            temperature=self.temperature,
-        )
+        return self.sgd_client_config(tier, distill_epochs=0, temperature=self.temperature)

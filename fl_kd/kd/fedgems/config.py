@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fl_kd.config import check_choice, check_range, require
-from fl_kd.kd.algorithm import StrategyConfig
+from fl_kd.kd.algorithm import SGDStrategyConfig
 from fl_kd.kd.client import ClientTrainConfig
 from fl_kd.kd.fedgems.server import CORRECTNESS, UNLABELLED_TRUST, ServerDistillConfig
 from fl_kd.kd.fusion import FUSION_RULES
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class FedGEMSConfig(StrategyConfig):
+class FedGEMSConfig(SGDStrategyConfig):
     """Selective distillation into a large server model.
 
     Attributes
@@ -70,8 +70,6 @@ class FedGEMSConfig(StrategyConfig):
     server_batch_size: int = 64
     server_lr: float = 0.05
     client_distill_epochs: int = 1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
     logits_dtype: str = "float32"
     checkpoint: str | None = None
     correctness: str = "train"
@@ -91,8 +89,6 @@ class FedGEMSConfig(StrategyConfig):
         check_range("strategy.server_batch_size", self.server_batch_size, low=1)
         check_range("strategy.server_lr", self.server_lr, low=0.0, low_open=True)
         check_range("strategy.client_distill_epochs", self.client_distill_epochs, low=0)
-        check_range("strategy.momentum", self.momentum, low=0.0, high=1.0, high_open=True)
-        check_range("strategy.weight_decay", self.weight_decay, low=0.0)
         check_choice("strategy.logits_dtype", self.logits_dtype, LOGITS_DTYPES)
         check_choice("strategy.correctness", self.correctness, CORRECTNESS)
         check_range(
@@ -139,13 +135,6 @@ class FedGEMSConfig(StrategyConfig):
 
     def client_config(self, tier: DeviceTier) -> ClientTrainConfig:
         """Training settings of a client in device ``tier``."""
-        return ClientTrainConfig(
-            local_epochs=tier.local_epochs,
-            batch_size=tier.batch_size,
-            lr=tier.lr,
-            momentum=self.momentum,
-            weight_decay=self.weight_decay,
-            distill_epochs=self.client_distill_epochs,
-            epsilon=self.epsilon,
-            temperature=self.temperature,
+        return self.sgd_client_config(
+            tier, distill_epochs=self.client_distill_epochs, epsilon=self.epsilon, temperature=self.temperature
         )

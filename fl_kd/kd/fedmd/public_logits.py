@@ -26,14 +26,13 @@ from torch import Tensor
 
 from fl_kd.config import check_choice, check_range
 from fl_kd.kd import protocol as kd
-from fl_kd.kd.algorithm import StrategyConfig
+from fl_kd.kd.algorithm import SGDStrategyConfig
 from fl_kd.kd.client import ClientTrainConfig, DistillClient
 from fl_kd.kd.federation import build_server_model
 from fl_kd.kd.roles import Answer, Arrays, DistillClientRole, Instruction, ServerRole
 from fl_kd.kd.seeding import SERVER_ID, derive_seed
 from fl_kd.kd.training import LOGITS_DTYPES, to_wire
 from fl_kd.kd.validation import check_client_answer
-from fl_kd.models import DeviceTier
 
 if TYPE_CHECKING:
     from fl_kd.kd.config import ExperimentConfig
@@ -44,7 +43,7 @@ C = TypeVar("C", bound="PublicLogitsConfig")
 
 
 @dataclass
-class PublicLogitsConfig(StrategyConfig):
+class PublicLogitsConfig(SGDStrategyConfig):
     """Settings every logit-sharing peer has (FedMD, DS-FL add their own).
 
     Attributes
@@ -63,8 +62,6 @@ class PublicLogitsConfig(StrategyConfig):
     server_epochs: int = 2
     server_batch_size: int = 64
     server_lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
     logits_dtype: str = "float32"
 
     def __post_init__(self) -> None:
@@ -72,24 +69,10 @@ class PublicLogitsConfig(StrategyConfig):
         check_range("strategy.server_epochs", self.server_epochs, low=0)
         check_range("strategy.server_batch_size", self.server_batch_size, low=1)
         check_range("strategy.server_lr", self.server_lr, low=0.0, low_open=True)
-        check_range("strategy.momentum", self.momentum, low=0.0, high=1.0, high_open=True)
-        check_range("strategy.weight_decay", self.weight_decay, low=0.0)
         check_choice("strategy.logits_dtype", self.logits_dtype, LOGITS_DTYPES)
 
-    def client_config(self, tier: DeviceTier) -> ClientTrainConfig:
-        """Training settings of a client in device ``tier`` (KD epochs and temperature are passed per call)."""
-        return ClientTrainConfig(
-            local_epochs=tier.local_epochs,
-            batch_size=tier.batch_size,
-            lr=tier.lr,
-            momentum=self.momentum,
-            weight_decay=self.weight_decay,
-        )
 
-
-def build_server_learner(
-    cfg: ExperimentConfig, federation: Federation, strategy: PublicLogitsConfig
-) -> DistillClient:
+def build_server_learner(cfg: ExperimentConfig, federation: Federation, strategy: PublicLogitsConfig) -> DistillClient:
     """The server model, freshly seeded, as a :class:`DistillClient` of id ``SERVER_ID`` on the public inputs.
 
     It reuses the clients' KD loop (``distill_on``) and nothing else: the server has no private data, and
@@ -223,7 +206,6 @@ class PublicLogitsServer(ServerRole):
 class PublicLogitsClient(DistillClientRole):
     """Client half: answer logits on the asked public positions; distil soft targets sent back."""
 
-
     def answer(self, instruction: Instruction, trained: Mapping[str, float]) -> Answer:
         """Logits on the instruction's public positions, with the figures of the training that came before."""
         asked = instruction.arrays.get(kd.POSITIONS)
@@ -249,4 +231,3 @@ class PublicLogitsClient(DistillClientRole):
         if positions is None or targets is None:
             raise ValueError(f"asked to distil but the message lacks {kd.POSITIONS} or {kd.SERVER_LOGITS}")
         return self.client.distill_on(round, phase, positions, targets, epochs, temperature)
-
