@@ -130,20 +130,26 @@ class DistillClient:
 
     def local_train(self, round: int) -> dict[str, float]:
         """E_loc epochs of cross-entropy on private data; gives last epoch's ``loss`` and ``num_examples``."""
-        cfg = self.config
-        loss = self._run_epochs(
-            round,
-            "local_train",
-            cfg.local_epochs,
-            self.train_x,
-            self.train_y,
-            lambda logits, y, _index: F.cross_entropy(logits, y),
-        )
+        result = self.train_supervised(round, "local_train", self.config.local_epochs)
         return {
-            "loss": loss,
+            "loss": result["loss"],
             "num_examples": float(self.num_examples),
-            "train_samples": float(cfg.local_epochs * self.num_examples),
+            "train_samples": result["train_samples"],
         }
+
+    def train_supervised(
+        self, round: int, phase: str, epochs: int, x: Tensor | None = None, y: Tensor | None = None
+    ) -> dict[str, float]:
+        """``epochs`` of cross-entropy on ``(x, y)`` (the private data when None), seeded under ``phase``.
+
+        The one supervised loop of a client: local training, FedMD's revisit and public pre-training, fine-tuning
+        after distillation. Gives the last epoch's ``loss`` and ``train_samples``.
+        """
+        x, y = (self.train_x, self.train_y) if x is None or y is None else (x, y)
+        loss = self._run_epochs(
+            round, phase, epochs, x, y, lambda logits, labels, _index: F.cross_entropy(logits, labels)
+        )
+        return {"loss": loss, "train_samples": float(epochs * x.shape[0])}
 
     def logits(self, positions: ArrayLike, dtype: DTypeLike = np.float32) -> NDArray[np.floating[Any]]:
         """Eval-mode logits ``(n, C)`` on transfer ``positions`` ``(n,)``: the answer to a server query.
@@ -153,9 +159,7 @@ class DistillClient:
         index = check_positions(positions, int(self.transfer_x.shape[0]))
         if index.size == 0:
             return to_wire(torch.zeros(0, self.num_classes), dtype)
-        return to_wire(
-            predict_logits(self.model, self.transfer_x[torch.from_numpy(index)], device=self.device), dtype
-        )
+        return to_wire(predict_logits(self.model, self.transfer_x[torch.from_numpy(index)], device=self.device), dtype)
 
     def distill(self, round: int, server_logits: ArrayLike) -> dict[str, float]:
         """E_pub epochs of ``eps * CE + (1 - eps) * KD(server -> client)`` over the transfer set.
@@ -172,9 +176,7 @@ class DistillClient:
         ValueError
             If the logits are mis-shaped or non-finite; the model is left untouched.
         """
-        teacher = check_logits(
-            "server logits", server_logits, (int(self.transfer_x.shape[0]), self.num_classes)
-        )
+        teacher = check_logits("server logits", server_logits, (int(self.transfer_x.shape[0]), self.num_classes))
         cfg = self.config
         loss = self._run_epochs(
             round,
@@ -259,9 +261,7 @@ class DistillClient:
 
     def state_dict(self) -> dict[str, Any]:
         """Model weights as CPU tensors: what a Flower client keeps in its context state between rounds."""
-        return {
-            "model": {name: value.detach().cpu().clone() for name, value in self.model.state_dict().items()}
-        }
+        return {"model": {name: value.detach().cpu().clone() for name, value in self.model.state_dict().items()}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore from :meth:`state_dict`."""

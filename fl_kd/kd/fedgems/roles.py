@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch.nn.functional as F
 from numpy.typing import NDArray
 from torch import Tensor
 
@@ -121,15 +120,4 @@ class FedGEMSClient(DistillClientRole):
 
     def _finetune(self, round: int) -> float:
         """Cross-entropy on private data after distillation; the number of samples trained on."""
-        client = self.client
-        # DistillClient has no public "train n epochs under phase p" call yet; its shared loop is the one to use
-        # (seeded by (seed, client, round, "finetune") like every other phase).
-        client._run_epochs(  # noqa: SLF001
-            round,
-            "finetune",
-            self.finetune_epochs,
-            client.train_x,
-            client.train_y,
-            lambda logits, y, _index: F.cross_entropy(logits, y),
-        )
-        return float(self.finetune_epochs * client.num_examples)
+        return self.client.train_supervised(round, "finetune", self.finetune_epochs)["train_samples"]

@@ -12,7 +12,6 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from numpy.typing import NDArray
 from torch import Tensor
 
@@ -49,20 +48,6 @@ class FedMDServer(PublicLogitsServer):
         return {"client_deviation": 0.0}
 
 
-def cross_entropy_epochs(
-    client: DistillClient, round: int, phase: str, epochs: int, x: Tensor, y: Tensor
-) -> dict[str, float]:
-    """``epochs`` of cross-entropy on ``(x, y)`` through the client's own seeded SGD loop, under ``phase``.
-
-    ``DistillClient.local_train`` fixes both the epochs (the tier's) and the phase name; FedMD's revisit and public
-    pre-training need their own, so this calls the loop behind it.
-    """
-    loss = client._run_epochs(  # the one SGD loop of clients; its public forms fix epochs and phase
-        round, phase, epochs, x, y, lambda logits, labels, _index: F.cross_entropy(logits, labels)
-    )
-    return {"loss": loss, "train_samples": float(epochs * x.shape[0])}
-
-
 class FedMDClient(PublicLogitsClient):
     """A client that starts on its own data, scores the public set, digests the consensus and revisits."""
 
@@ -83,8 +68,8 @@ class FedMDClient(PublicLogitsClient):
         samples = 0.0
         if self.strategy.pretrain_public:
             client = self.client
-            pretrained = cross_entropy_epochs(
-                client, round, "pretrain_public", self.strategy.pretrain_epochs, client.transfer_x, client.transfer_y
+            pretrained = client.train_supervised(
+                round, "pretrain_public", self.strategy.pretrain_epochs, client.transfer_x, client.transfer_y
             )
             samples = pretrained["train_samples"]
         local = self.client.local_train(round)
@@ -96,7 +81,7 @@ class FedMDClient(PublicLogitsClient):
         digest = self.distil(round, instruction, "digest", strategy.digest_epochs, strategy.temperature)
         client = self.client
         epochs = client.config.local_epochs if strategy.revisit_epochs is None else strategy.revisit_epochs
-        revisit = cross_entropy_epochs(client, round, "revisit", epochs, client.train_x, client.train_y)
+        revisit = client.train_supervised(round, "revisit", epochs)
         return {
             kd.DISTILL_LOSS: float(digest["loss"]),
             kd.TRAIN_LOSS: revisit["loss"],
