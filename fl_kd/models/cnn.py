@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from fl_kd.models.layers import ConvUnit
+from fl_kd.models.layers import conv_stages
 
 
 class ClientCNN(nn.Module):
@@ -45,14 +45,7 @@ class ClientCNN(nn.Module):
         super().__init__()
         if not widths:
             raise ValueError("ClientCNN needs at least one stage width")
-        stages: list[nn.Module] = []
-        channels = in_channels
-        for index, width in enumerate(widths):
-            stages.append(ConvUnit(channels, width))
-            if index < len(widths) - 1:
-                stages.append(nn.MaxPool2d(kernel_size=2, ceil_mode=True))
-            channels = width
-        self.features = nn.Sequential(*stages)
+        self.features, channels = conv_stages(in_channels, widths)
         self.pool = nn.AdaptiveAvgPool2d(head_grid)
         self.classifier = nn.Linear(channels * head_grid * head_grid, num_classes)
 

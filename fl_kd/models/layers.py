@@ -11,6 +11,7 @@ batch size, even one.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from torch import nn
 
@@ -59,3 +60,19 @@ class ConvUnit(nn.Sequential):
             group_norm(out_channels),
             nn.ReLU(inplace=True),
         )
+
+
+def conv_stages(in_channels: int, widths: Sequence[int]) -> tuple[nn.Sequential, int]:
+    """The feature extractor of the CNN models: a :class:`ConvUnit` per width, 2x2 max-pooling between stages.
+
+    Returns the stack and its output channels. Modules are created in stage order, so a seeded build gives the same
+    initial weights wherever it is used.
+    """
+    stages: list[nn.Module] = []
+    channels = in_channels
+    for index, width in enumerate(widths):
+        stages.append(ConvUnit(channels, width))
+        if index < len(widths) - 1:
+            stages.append(nn.MaxPool2d(kernel_size=2, ceil_mode=True))
+        channels = width
+    return nn.Sequential(*stages), channels

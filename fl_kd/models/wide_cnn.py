@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from fl_kd.models.layers import ConvUnit
+from fl_kd.models.layers import conv_stages
 
 
 class WideCNN(nn.Module):
@@ -51,14 +51,7 @@ class WideCNN(nn.Module):
         super().__init__()
         if not widths or hidden < 1:
             raise ValueError("WideCNN needs at least one stage width and a positive hidden size")
-        stages: list[nn.Module] = []
-        channels = in_channels
-        for index, width in enumerate(widths):
-            stages.append(ConvUnit(channels, width))
-            if index < len(widths) - 1:
-                stages.append(nn.MaxPool2d(kernel_size=2, ceil_mode=True))
-            channels = width
-        self.features = nn.Sequential(*stages)
+        self.features, channels = conv_stages(in_channels, widths)
         self.pool = nn.AdaptiveAvgPool2d(head_grid)
         self.classifier = nn.Sequential(
             nn.Dropout(dropout),
