@@ -39,6 +39,10 @@ def _federation(config_json: str) -> tuple[ExperimentConfig, Federation]:
     return cfg, build_federation(cfg)
 
 
+def _config(context: Context) -> ExperimentConfig:
+    return _federation(str(context.run_config[kd.RUN_CONFIG_KEY]))[0]
+
+
 def _client(context: Context) -> tuple[Federation, ClientRole]:
     """This node's client half, with the state it left in ``context.state`` last time."""
     torch.set_num_threads(1)  # several ClientApps share the machine's cores in simulation
@@ -73,7 +77,7 @@ def _instruction(msg: Message, context: Context) -> tuple[int, Instruction]:
         raise ValueError(f"{kd.POSITIONS} must be a 1-D integer array, got {positions.dtype} {positions.shape}")
     if positions is not None and positions.size and int(positions.min()) < 0:
         raise ValueError(f"{kd.POSITIONS} must not be negative")
-    reason = check_bounded(arrays, _federation(str(context.run_config[kd.RUN_CONFIG_KEY]))[0].max_abs_value)
+    reason = check_bounded(arrays, _config(context).max_abs_value)
     if reason is not None:
         raise ValueError(f"instruction refused: {reason}")
     scalars = record(msg.content, kd.CONFIG).items()
@@ -121,7 +125,6 @@ def evaluate(msg: Message, context: Context) -> Message:
     if distill:
         metrics |= client.receive(server_round, instruction)
         _save(context, client)
-    data = federation.data
-    metrics[kd.ACCURACY] = client.evaluate(data.x_test, data.y_test)
+    metrics[kd.ACCURACY] = client.evaluate(*federation.test_set(_config(context), server_round))
     metrics[kd.PERSONALISED_ACCURACY] = client.evaluate(*federation.personalised_test(_partition_id(context)))
     return Message(RecordDict({kd.METRICS: MetricRecord(metrics)}), reply_to=msg)

@@ -24,6 +24,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
+from torch import Tensor
 
 from fl_kd.kd import protocol as kd
 from fl_kd.kd.cost import ClientCost
@@ -54,6 +55,8 @@ class KDStrategy(Strategy):
         Receives each round's flat metrics (e.g. a :class:`~fl_kd.results.RoundRecorder`).
     max_abs_value : float (default: 1e4)
         Bound on the absolute value of every float in an answer (``ExperimentConfig.max_abs_value``).
+    test_set : Callable[[int], tuple[Tensor, Tensor]] | None (default: None)
+        The test ``(x, y)`` of a round (``Federation.test_set``); the whole test set every round when None.
     """
 
     def __init__(
@@ -65,6 +68,7 @@ class KDStrategy(Strategy):
         timeout: float = 600.0,
         on_round_end: Callable[[dict[str, Any]], None] | None = None,
         max_abs_value: float = DEFAULT_MAX_ABS_VALUE,
+        test_set: Callable[[int], tuple[Tensor, Tensor]] | None = None,
     ) -> None:
         self.server = server
         self.federation = federation
@@ -74,6 +78,7 @@ class KDStrategy(Strategy):
         self.timeout = timeout
         self.on_round_end = on_round_end
         self.max_abs_value = max_abs_value
+        self.test_set = test_set or (lambda _round: (federation.data.x_test, federation.data.y_test))
         self.history: list[dict[str, Any]] = []
         self._nodes: dict[int, int] = {}  # partition id -> node id
         self._partitions: dict[int, int] = {}  # node id -> partition id
@@ -255,7 +260,7 @@ class KDStrategy(Strategy):
                 client_acc[partition_id], client_pacc[partition_id] = acc, pacc
         row = round_metrics(
             round=server_round,
-            server_acc=self.server.evaluate(self.federation.data.x_test, self.federation.data.y_test),
+            server_acc=self.server.evaluate(*self.test_set(server_round)),
             client_acc=client_acc,
             client_pacc=client_pacc,
             tiers=self.federation.tier_names(),

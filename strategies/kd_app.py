@@ -44,6 +44,7 @@ def make_strategy(cfg: ExperimentConfig, on_round_end: Callable[[dict[str, Any]]
         seed=cfg.seed,
         max_abs_value=cfg.max_abs_value,
         on_round_end=on_round_end,
+        test_set=lambda server_round: federation.test_set(cfg, server_round),
     )
 
 

@@ -56,7 +56,7 @@ def local_only_round(
     for client_id in sample_clients(federation.num_clients, cfg.strategy.fraction_fit, cfg.seed, round):
         clients[client_id].local_train(round)
     tiers = federation.tier_names()
-    client_acc, client_pacc = evaluate_clients(federation, clients)
+    client_acc, client_pacc = evaluate_clients(federation, clients, federation.test_set(cfg, round))
     metrics: Metrics = {"round": int(round)}
     metrics |= accuracy_summary(client_acc, tiers, "client_acc")
     metrics |= accuracy_summary(client_pacc, tiers, "client_pacc")
@@ -126,14 +126,13 @@ def run_transfer_only_server(
     """
     federation = build_federation(cfg, data)
     server = build_server(cfg, federation)
-    test_x, test_y = federation.data.x_test, federation.data.y_test
     rounds: list[Metrics] = []
     for round in range(1, cfg.strategy.rounds + 1):
         start = time.perf_counter()
         stats = server.distill(round, {})
         metrics: Metrics = {
             "round": int(round),
-            "server_acc": server.evaluate(test_x, test_y),
+            "server_acc": server.evaluate(*federation.test_set(cfg, round)),
             "server_loss": float(stats.loss),
             "n_self": stats.n_self,
             "n_cache": stats.n_cache,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from fl_kd.config import check_range, from_mapping, require, to_mapping
 from fl_kd.data.config import DatasetConfig
 from fl_kd.kd.algorithm import StrategyConfig, get_algorithm
+from fl_kd.kd.evaluation import EvaluationConfig
 from fl_kd.kd.validation import DEFAULT_MAX_ABS_VALUE
 from fl_kd.models import DeviceProfile
 from fl_kd.partition.config import PartitionConfig
@@ -62,6 +63,8 @@ class ExperimentConfig:
         The config groups of the same names.
     transfer : TransferConfig
         Sizes of the labelled and unlabelled parts of the transfer set.
+    evaluation : EvaluationConfig
+        The test subset of the rounds before the last (the last always uses the whole test set).
     seed : int (default: 0)
         Base seed of everything: splits, tiers, model inits, sampling, shuffling.
     num_clients : int (default: 10)
@@ -84,6 +87,7 @@ class ExperimentConfig:
     strategy: StrategyConfig = field(default_factory=lambda: get_algorithm(StrategyConfig.name).config_class())
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     seed: int = 0
     num_clients: int = 10
     personalised_test_size: int = 200

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from fl_kd.data import DatasetSplits, load_dataset, personalised_test_indices, split_transfer_set
 from fl_kd.kd.client import ClientTrainConfig, DistillClient
 from fl_kd.kd.config import ExperimentConfig
+from fl_kd.kd.evaluation import round_test_indices
 from fl_kd.kd.seeding import SERVER_ID, derive_seed, use_deterministic_algorithms
 from fl_kd.models import DeviceTier, assign_tiers, build_model
 from fl_kd.partition import partition
@@ -90,6 +91,14 @@ class Federation:
         """Personalised test ``(x, y)`` of ``client_id``."""
         index = torch.from_numpy(self.personalised_test_idx[client_id])
         return self.data.x_test[index], self.data.y_test[index]
+
+    def test_set(self, cfg: ExperimentConfig, round: int) -> tuple[Tensor, Tensor]:
+        """Test ``(x, y)`` that ``round`` is evaluated on: ``cfg.evaluation``'s subset, the whole set in the last."""
+        index = round_test_indices(self.data.y_test.numpy(), cfg.evaluation, cfg.seed, round, cfg.strategy.rounds)
+        if index is None:
+            return self.data.x_test, self.data.y_test
+        selected = torch.from_numpy(index)
+        return self.data.x_test[selected], self.data.y_test[selected]
 
     def tier_names(self) -> dict[int, str]:
         """Client id -> tier name."""

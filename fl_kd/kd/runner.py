@@ -92,11 +92,13 @@ def run_round(
             uplink_bytes=answer.nbytes if answer else 0,
             downlink_bytes=instructions[cid].nbytes + knowledge[cid].nbytes,
         )
-    client_acc, client_pacc = evaluate_clients(federation, [c for c in clients if c.client_id not in failed])
-    data = federation.data
+    test_x, test_y = federation.test_set(cfg, round)
+    client_acc, client_pacc = evaluate_clients(
+        federation, [c for c in clients if c.client_id not in failed], (test_x, test_y)
+    )
     return round_metrics(
         round=round,
-        server_acc=server.evaluate(data.x_test, data.y_test),
+        server_acc=server.evaluate(test_x, test_y),
         client_acc=client_acc,
         client_pacc=client_pacc,
         tiers=federation.tier_names(),
@@ -144,11 +146,12 @@ class _Evaluable(Protocol):
 
 
 def evaluate_clients(
-    federation: Federation, clients: Sequence[_Evaluable]
+    federation: Federation, clients: Sequence[_Evaluable], test_set: tuple[Tensor, Tensor] | None = None
 ) -> tuple[dict[int, float], dict[int, float]]:
-    """Each client's accuracy on the global test set and on its personalised test set, by client id."""
-    data = federation.data
-    client_acc = {client.client_id: client.evaluate(data.x_test, data.y_test) for client in clients}
+    """Each client's accuracy on the global test set (or ``test_set``, the round's subset of it) and on its
+    personalised test set, by client id."""
+    test_x, test_y = test_set if test_set is not None else (federation.data.x_test, federation.data.y_test)
+    client_acc = {client.client_id: client.evaluate(test_x, test_y) for client in clients}
     client_pacc = {
         client.client_id: client.evaluate(*federation.personalised_test(client.client_id)) for client in clients
     }
