@@ -44,10 +44,14 @@ def test_defaults_are_todays_fedgems() -> None:
     defaults = {f.name: f.default for f in fields(FedGEMSConfig)}
     assert defaults["correctness"] == "train" and defaults["distill_correct"] is False
     assert defaults["unlabelled_trust"] == "none" and defaults["client_finetune_epochs"] == 0
+    assert defaults["client_unlabelled"] is False
     stats = _server().distill(0, {})
     assert set(stats.round_metrics()) == {
-        "n_self", "n_cache", "n_clients", "n_ce_only", "num_answered", "cache_size", "server_loss"
+        "n_self", "n_cache", "n_clients", "n_ce_only", "num_answered", "cache_size", "server_loss",
+        "n_untrusted", "untrusted_accuracy",
     }  # fmt: skip
+    # No client answered, so every labelled sample is untrusted and the figure is the plain transfer accuracy.
+    assert stats.extra["n_untrusted"] == 40
 
 
 def test_held_out_correctness_keeps_the_query_open_after_memorisation() -> None:
@@ -178,6 +182,7 @@ def test_client_finetune_trains_on_private_data_after_distilling() -> None:
         ({"correctness": "memorised"}, "correctness"),
         ({"held_out_fraction": 1.0}, "held_out_fraction"),
         ({"client_finetune_epochs": -1}, "client_finetune_epochs"),
+        ({"transfer": {"labelled": 60, "unlabelled": 40}, "client_unlabelled": True}, "client_unlabelled"),
     ],
 )
 def test_bad_option_settings_are_refused(overrides: dict[str, Any], message: str) -> None:
@@ -196,3 +201,38 @@ def test_all_options_run_end_to_end() -> None:
     )
     rows = run_inprocess(cfg).rounds
     assert all(row["n_unlabelled"] == 40 and "held_out_accuracy" in row and "n_dark" in row for row in rows)
+
+
+def test_clients_distil_the_servers_logits_on_the_rounds_unlabelled_subset() -> None:
+    from fl_kd.kd import protocol as kd
+    from fl_kd.kd.fedgems import FedGEMSServer
+    from fl_kd.kd.roles import Instruction
+
+    server = _server(n=40, unlabelled=30, unlabelled_trust="class_reliability", unlabelled_per_round=12)
+    role = FedGEMSServer(server, client_unlabelled=True)
+    role.aggregate(1, {})
+    instruction = role.evaluate_instruction(1, 0)
+    positions = instruction.arrays[kd.UNLABELLED_POSITIONS]
+    assert positions.shape == (12,) and positions.min() >= 40
+    np.testing.assert_array_equal(positions - 40, server.options.unlabelled_positions(1))
+    assert instruction.arrays[kd.UNLABELLED_LOGITS].shape == (12, C)
+
+    x, y = _data(64, seed=5)
+    tx, ty = _data(20, seed=6)
+    public = torch.cat([tx, _data(30, seed=7)[0]])
+    config = ClientTrainConfig(local_epochs=1, batch_size=16, lr=0.05, distill_epochs=1)
+    client = FedGEMSClient(
+        DistillClient(0, build_model("cnn_tiny", SHAPE, C, seed=0), x, y, tx, ty, config, seed=1, public_x=public)
+    )
+    logits = np.tile(np.eye(C, dtype=np.float32)[3] * 8, (12, 1))  # the server says class 3 on all of them
+    server_logits = np.zeros((20, C), np.float32)
+    unl = {kd.UNLABELLED_POSITIONS: np.arange(20, 32), kd.UNLABELLED_LOGITS: logits}
+    before = client.client.model.eval()(public[20:32]).argmax(dim=1)
+    metrics = client.receive(1, Instruction({kd.SERVER_LOGITS: server_logits, **unl}))
+    assert metrics[kd.TRAIN_SAMPLES] == 20 + 12
+    after = client.client.model.eval()(public[20:32]).argmax(dim=1)
+    assert (after == 3).sum() > (before == 3).sum()
+    with pytest.raises(ValueError, match="unlabelled part"):
+        client.receive(1, Instruction({kd.SERVER_LOGITS: server_logits, **unl, kd.UNLABELLED_POSITIONS: np.arange(12)}))
+    with pytest.raises(ValueError, match="together"):
+        client.receive(1, Instruction({kd.SERVER_LOGITS: server_logits, kd.UNLABELLED_LOGITS: logits}))

@@ -53,6 +53,14 @@ def _without_time(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "fraction_fit": 0.5,
             "logits_dtype": "float16",
         },
+        {
+            "transfer": {"labelled": 60, "unlabelled": 40},
+            "unlabelled_trust": "class_reliability",
+            "unlabelled_per_round": 20,
+            "client_unlabelled": True,
+            "evaluation": {"test_samples": 100},
+            "rounds": 3,
+        },
     ],
 )
 def test_flower_messages_reproduce_the_reference_runner(overrides: dict[str, Any]) -> None:

@@ -33,6 +33,9 @@ DISTILL = "distill"
 POSITIONS = "positions"
 LOGITS = "logits"
 SERVER_LOGITS = "server-logits"
+#: Public positions of the round's unlabelled samples and the server's logits there (FedGEMS ``client_unlabelled``).
+UNLABELLED_POSITIONS = "unlabelled-positions"
+UNLABELLED_LOGITS = "unlabelled-logits"
 
 # metrics record
 PARTITION_ID = "partition-id"

@@ -57,6 +57,10 @@ class FedGEMSConfig(SGDStrategyConfig):
         Sharpness of that trust (0: plain average).
     unlabelled_per_round : int (default: 0)
         Unlabelled samples asked per round (a seeded subset); 0 asks all of them.
+    client_unlabelled : bool (default: False)
+        Also broadcast the server's logits on the round's unlabelled subset, which clients distil (pure KD, after
+        the labelled part): what the server learnt from every client reaches each client on inputs beyond the
+        labelled part. Needs ``unlabelled_trust`` (the server then holds the unlabelled inputs).
     client_finetune_epochs : int (default: 0)
         After distilling the server's logits, a client trains this many epochs on its private data, to keep its
         accuracy on its own distribution.
@@ -78,6 +82,7 @@ class FedGEMSConfig(SGDStrategyConfig):
     unlabelled_trust: str = "none"
     reliability_power: float = 4.0
     unlabelled_per_round: int = 0
+    client_unlabelled: bool = False
     client_finetune_epochs: int = 0
 
     def __post_init__(self) -> None:
@@ -108,6 +113,10 @@ class FedGEMSConfig(SGDStrategyConfig):
         require(
             self.unlabelled_trust == "none" or experiment.transfer.unlabelled > 0,
             f"strategy.unlabelled_trust={self.unlabelled_trust} needs an unlabelled part: set transfer.unlabelled > 0",
+        )
+        require(
+            not self.client_unlabelled or self.unlabelled_trust != "none",
+            "strategy.client_unlabelled needs strategy.unlabelled_trust=class_reliability",
         )
         require(
             self.correctness == "train" or experiment.transfer.labelled >= 2,

@@ -35,7 +35,8 @@ def build_server(cfg: ExperimentConfig, federation: Federation) -> SelectiveDist
 
 def build_server_role(cfg: ExperimentConfig, federation: Federation) -> FedGEMSServer:
     """The server half for the generic runtimes."""
-    return FedGEMSServer(build_server(cfg, federation), fedgems_config(cfg).logits_dtype)
+    strategy = fedgems_config(cfg)
+    return FedGEMSServer(build_server(cfg, federation), strategy.logits_dtype, strategy.client_unlabelled)
 
 
 def build_client_role(cfg: ExperimentConfig, federation: Federation, client_id: int) -> FedGEMSClient:

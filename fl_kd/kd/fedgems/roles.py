@@ -25,9 +25,13 @@ from fl_kd.kd.validation import check_client_answer
 class FedGEMSServer(ServerRole):
     """The selective-distillation server: query on demand, screen, distil, broadcast."""
 
-    def __init__(self, server: SelectiveDistillServer, logits_dtype: str = "float32") -> None:
+    def __init__(
+        self, server: SelectiveDistillServer, logits_dtype: str = "float32", client_unlabelled: bool = False
+    ) -> None:
         self.server = server
         self.logits_dtype = np.dtype(logits_dtype)
+        self.client_unlabelled = client_unlabelled
+        self._unlabelled: Arrays = {}
         self._round = -1
         self._query: NDArray[np.int64] = np.zeros(0, dtype=np.int64)
         self._broadcast: NDArray[Any] = np.zeros((0, 0), dtype=self.logits_dtype)
@@ -54,11 +58,14 @@ class FedGEMSServer(ServerRole):
             round, {cid: (arrays[kd.POSITIONS], arrays[kd.LOGITS]) for cid, arrays in answers.items()}
         )
         self._broadcast = self.server.transfer_logits(self.logits_dtype)
+        if self.client_unlabelled:
+            positions, logits = self.server.unlabelled_logits(round, self.logits_dtype)
+            self._unlabelled = {kd.UNLABELLED_POSITIONS: positions, kd.UNLABELLED_LOGITS: logits}
         return stats.round_metrics()
 
     def evaluate_instruction(self, round: int, client_id: int) -> Instruction:
-        """The server's logits on the whole transfer set."""
-        return Instruction({kd.SERVER_LOGITS: self._broadcast})
+        """The server's logits on the whole labelled part (and on the round's unlabelled subset, if asked)."""
+        return Instruction({kd.SERVER_LOGITS: self._broadcast, **self._unlabelled})
 
     def evaluate(self, x: Tensor, y: Tensor) -> float:
         """The server model's accuracy."""
@@ -114,9 +121,22 @@ class FedGEMSClient(DistillClientRole):
             raise ValueError(f"asked to distil but the message has no {kd.SERVER_LOGITS}")
         result = self.client.distill(round, server_logits)
         metrics = {kd.DISTILL_LOSS: float(result["loss"]), kd.TRAIN_SAMPLES: float(result["train_samples"])}
+        if kd.UNLABELLED_POSITIONS in instruction.arrays or kd.UNLABELLED_LOGITS in instruction.arrays:
+            metrics[kd.TRAIN_SAMPLES] += self._distill_unlabelled(round, instruction)
         if self.finetune_epochs:
             metrics[kd.TRAIN_SAMPLES] += self._finetune(round)
         return metrics
+
+    def _distill_unlabelled(self, round: int, instruction: Instruction) -> float:
+        """Pure KD towards the server's logits on the unlabelled positions it sent; the samples trained on."""
+        positions = instruction.arrays.get(kd.UNLABELLED_POSITIONS)
+        logits = instruction.arrays.get(kd.UNLABELLED_LOGITS)
+        if positions is None or logits is None:
+            raise ValueError(f"{kd.UNLABELLED_POSITIONS} and {kd.UNLABELLED_LOGITS} must come together")
+        if positions.size and int(positions.min()) < self.client.transfer_x.shape[0]:
+            raise ValueError(f"{kd.UNLABELLED_POSITIONS} must lie in the unlabelled part")
+        epochs = self.client.config.distill_epochs
+        return self.client.distill_on(round, "distill_unlabelled", positions, logits, epochs)["train_samples"]
 
     def _finetune(self, round: int) -> float:
         """Cross-entropy on private data after distillation; the number of samples trained on."""

@@ -191,10 +191,7 @@ class SelectiveDistillServer:
         """
         labelled, unlabelled = self.options.split_answers(client_logits, self.num_transfer, self.num_classes)
         teacher, has_teacher, stats = self._fuse_clients(round, labelled)
-        if self.options.held_out is not None:
-            held = torch.from_numpy(self.options.held_out_positions)
-            predictions = predict_logits(self.model, self.transfer_x[held], device=self.device).argmax(dim=1)
-            stats.extra["held_out_accuracy"] = float((predictions == self.transfer_y[held]).double().mean())
+        self._knowledge_stats(teacher_mask=has_teacher, stats=stats)
         unlabelled_teacher = self.options.unlabelled_teacher(labelled, unlabelled, self.num_classes, stats)
         cfg = self.config
         generator = torch_generator(derive_seed(self.seed, SERVER_ID, round, "server_distill_shuffle"))
@@ -216,6 +213,23 @@ class SelectiveDistillServer:
                     stats.extra["unlabelled_loss"] = self._unlabelled_epoch(optimizer, generator, *unlabelled_teacher)
         stats.cache_size = self.knowledge_cache.num_filled
         return stats
+
+    @torch.no_grad()
+    def _knowledge_stats(self, teacher_mask: Tensor, stats: SelectionStats) -> None:
+        """Before training: accuracy on the held-out slice, and on the samples no client was trusted on.
+
+        The latter is measured where it is honest: on the held-out slice when there is one (never trained on by
+        label), else on the whole labelled part.
+        """
+        predictions = self._transfer_predictions().argmax(dim=1)
+        correct = predictions == self.transfer_y
+        honest = self.options.held_out if self.options.held_out is not None else torch.ones_like(correct)
+        if self.options.held_out is not None:
+            stats.extra["held_out_accuracy"] = float(correct[honest].double().mean())
+        untrusted = honest & ~teacher_mask
+        stats.extra["n_untrusted"] = int(untrusted.sum())
+        if untrusted.any():
+            stats.extra["untrusted_accuracy"] = float(correct[untrusted].double().mean())
 
     def _step(
         self, optimizer: torch.optim.Optimizer, index: Tensor, teacher: Tensor, has_teacher: Tensor
@@ -317,6 +331,14 @@ class SelectiveDistillServer:
         ``dtype=np.float16`` halves the downlink (values clipped to float16's range).
         """
         return to_wire(self._transfer_predictions(), dtype)
+
+    def unlabelled_logits(self, round: int, dtype: DTypeLike = np.float32) -> tuple[NDArray[np.int64], NDArray[Any]]:
+        """Public positions ``(m,)`` of ``round``'s unlabelled subset and the server's logits ``(m, C)`` there."""
+        if self.options.unlabelled_x is None:
+            raise ValueError("the server holds no unlabelled inputs (unlabelled_trust is off)")
+        index = self.options.unlabelled_positions(round)
+        logits = predict_logits(self.model, self.options.unlabelled_x[torch.from_numpy(index)], device=self.device)
+        return self.num_transfer + index, to_wire(logits, dtype)
 
     def evaluate(self, x: Tensor, y: Tensor, batch_size: int = 256) -> float:
         """Top-1 accuracy of the server model on ``(x, y)``."""

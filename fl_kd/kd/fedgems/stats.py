@@ -33,8 +33,10 @@ class SelectionStats:
         Per client, the share of its answered samples on which it got a non-zero teacher weight (how much of a
         possibly malicious client's knowledge got through).
     extra : dict[str, float | int]
-        Figures of the optional FedGEMS extensions; empty with today's settings, so a default run reports exactly
-        the figures it always did. ``held_out_accuracy``: the server's accuracy on the held-out slice at the start
+        Figures beyond FedGEMS' counts. Always: ``n_untrusted``, the honest samples (the held-out slice, else the
+        labelled part) on which no client was trusted this round, and ``untrusted_accuracy``, the server's accuracy
+        there at the start of the round (what it knows that no client does). With the extensions:
+        ``held_out_accuracy``: the server's accuracy on the held-out slice at the start
         of the round (before it distils); ``n_dark``: samples the server got right and still distilled from the
         clients (final epoch); ``n_unlabelled``: unlabelled samples with a client teacher; ``unlabelled_loss``:
         mean KD loss on them in the final epoch.
