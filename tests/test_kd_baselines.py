@@ -111,3 +111,19 @@ def test_model_weight_nbytes_by_hand(digits: DatasetSplits) -> None:
 
 def _config(**overrides: Any) -> ExperimentConfig:
     return tiny_config(**({"device_profile": PROFILE} | overrides))
+
+
+def test_pseudo_label_server_trains_on_its_confident_guesses(digits: DatasetSplits) -> None:
+    from fl_kd.kd.baselines import run_pseudo_label_server
+
+    cfg = tiny_config(rounds=3, transfer={"labelled": 60, "unlabelled": 80}, unlabelled_per_round=50)
+    everything = run_pseudo_label_server(cfg, digits, threshold=0.0)
+    assert [row["n_pseudo"] for row in everything] == [50, 50, 50]  # threshold 0 takes every guess
+    assert all(0.0 <= row["pseudo_label_accuracy"] <= 1.0 for row in everything)
+    none = run_pseudo_label_server(cfg, digits, threshold=1.0)
+    assert all(row["n_pseudo"] == 0 for row in none)
+    assert _without_time(run_pseudo_label_server(cfg, digits, threshold=0.0)) == _without_time(everything)
+    # Guesses change what the server learns, so the two thresholds part after the first round.
+    assert everything[-1]["server_loss"] != none[-1]["server_loss"]
+    with pytest.raises(ValueError, match="threshold"):
+        run_pseudo_label_server(cfg, digits, threshold=1.5)

@@ -12,6 +12,9 @@ than sending weights. Both claims need a reference point built from the *same* f
   with the same seeds and settings but no client answers. FedGEMS' server learns only on the transfer set, and
   client knowledge enters solely as soft targets on the samples it gets wrong, so the gap to this baseline is
   what the clients add to the server.
+* :func:`run_pseudo_label_server`: the same server trained on the labelled transfer set plus the round's
+  unlabelled subset pseudo-labelled by itself (self-training, where it is confident): what the unlabelled part is
+  worth without any client, the reference for the clients' knowledge on it.
 * :func:`model_weight_nbytes`: the upload of FedAvg-style weight sharing (McMahan et al., 2017), i.e. each
   client's model parameters in float32, to set against the logits it sends.
 """
@@ -22,14 +25,19 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from fl_kd.data import DatasetSplits
 from fl_kd.kd.client import DistillClient
 from fl_kd.kd.config import ExperimentConfig
-from fl_kd.kd.federation import Federation, build_client, build_federation, sample_clients
-from fl_kd.kd.fedgems.parties import build_server
+from fl_kd.kd.federation import Federation, build_client, build_federation, build_server_model, sample_clients
+from fl_kd.kd.fedgems.options import unlabelled_subset
+from fl_kd.kd.fedgems.parties import build_server, fedgems_config
 from fl_kd.kd.metrics import Metrics, accuracy_summary
 from fl_kd.kd.runner import evaluate_clients
+from fl_kd.kd.seeding import SERVER_ID, derive_seed, seeded_torch, torch_generator
+from fl_kd.kd.training import accuracy, minibatches, predict_logits, sgd
 from fl_kd.models import build_model, count_parameters
 
 FLOAT32_NBYTES = int(np.dtype(np.float32).itemsize)
@@ -147,6 +155,79 @@ def run_transfer_only_server(
         if on_round is not None:
             on_round(metrics)
     return rounds
+
+
+def run_pseudo_label_server(
+    cfg: ExperimentConfig,
+    data: DatasetSplits | None = None,
+    on_round: Callable[[Metrics], None] | None = None,
+    threshold: float = 0.9,
+) -> list[Metrics]:
+    """Run ``cfg.strategy.rounds`` rounds of self-training of the server model, no client involved.
+
+    Each round the server labels the round's unlabelled subset (``strategy.unlabelled_per_round``, drawn as in
+    FedGEMS) with its own predictions, keeps those whose softmax confidence reaches ``threshold``, and trains
+    ``server_epochs`` of cross-entropy on them together with the labelled transfer set, with FedGEMS' server
+    settings. The true labels of the unlabelled part are read only to report ``pseudo_label_accuracy``.
+
+    Returns
+    -------
+    list[dict[str, float | int]]
+        Per round: ``round, server_acc, server_loss, n_pseudo, pseudo_label_accuracy, uplink_bytes,
+        downlink_bytes`` (both 0) ``, wall_seconds``.
+    """
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
+    federation = build_federation(cfg, data)
+    settings = fedgems_config(cfg)
+    server_cfg = settings.server_config()
+    model = build_server_model(cfg, federation)
+    labelled_x, labelled_y = federation.transfer_x, federation.transfer_y
+    unlabelled_idx = federation.unlabelled_idx
+    rounds: list[Metrics] = []
+    for round in range(1, cfg.strategy.rounds + 1):
+        start = time.perf_counter()
+        subset = unlabelled_subset(unlabelled_idx.size, settings.unlabelled_per_round, cfg.seed, round)
+        picked = torch.from_numpy(unlabelled_idx[subset])
+        u_x, u_y = federation.data.x_train[picked], federation.data.y_train[picked]
+        keep, pseudo = _pseudo_labels(model, u_x, threshold)
+        x, y = torch.cat([labelled_x, u_x[keep]]), torch.cat([labelled_y, pseudo[keep]])
+        generator = torch_generator(derive_seed(cfg.seed, SERVER_ID, round, "pseudo_label_shuffle"))
+        optimizer = sgd(model, server_cfg.lr, server_cfg.momentum, server_cfg.weight_decay)
+        model.train()
+        loss_sum = 0.0
+        with seeded_torch(derive_seed(cfg.seed, SERVER_ID, round, "pseudo_label_rng"), cfg.device):
+            for _ in range(server_cfg.epochs):
+                loss_sum = 0.0
+                for index in minibatches(int(x.shape[0]), server_cfg.batch_size, generator):
+                    loss = F.cross_entropy(model(x[index].to(cfg.device)), y[index].to(cfg.device))
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()  # type: ignore[no-untyped-call]
+                    optimizer.step()
+                    loss_sum += float(loss.detach()) * index.numel()
+        test_x, test_y = federation.test_set(cfg, round)
+        metrics: Metrics = {
+            "round": int(round),
+            "server_acc": accuracy(model, test_x, test_y),
+            "server_loss": loss_sum / int(x.shape[0]),
+            "n_pseudo": int(keep.sum()),
+            "pseudo_label_accuracy": float((pseudo[keep] == u_y[keep]).double().mean()) if keep.any() else 0.0,
+            "uplink_bytes": 0,
+            "downlink_bytes": 0,
+            "wall_seconds": time.perf_counter() - start,
+        }
+        rounds.append(metrics)
+        if on_round is not None:
+            on_round(metrics)
+    return rounds
+
+
+def _pseudo_labels(model: torch.nn.Module, x: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(keep, labels)``: the model's own predictions on ``x`` and where its confidence reaches ``threshold``."""
+    if x.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.long)
+    confidence, labels = torch.softmax(predict_logits(model, x), dim=1).max(dim=1)
+    return confidence >= threshold, labels
 
 
 def model_weight_nbytes(cfg: ExperimentConfig, federation: Federation) -> dict[int, int]:

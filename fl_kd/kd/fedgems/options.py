@@ -80,11 +80,7 @@ class ServerOptions:
 
     def unlabelled_positions(self, round: int) -> NDArray[np.int64]:
         """Unlabelled indices ``j`` (public position ``N + j``) asked in ``round``: all, or a seeded subset."""
-        total, per_round = self.num_unlabelled, self.config.unlabelled_per_round
-        if per_round == 0 or per_round >= total:
-            return np.arange(total, dtype=np.int64)
-        order = torch.randperm(total, generator=torch_generator(derive_seed(self.seed, SERVER_ID, round, "unlabelled")))
-        return np.sort(order[:per_round].numpy()).astype(np.int64)
+        return unlabelled_subset(self.num_unlabelled, self.config.unlabelled_per_round, self.seed, round)
 
     def widen_query(self, round: int, needed: Tensor, correct: Tensor) -> NDArray[np.int64]:
         """The query from the ``(N,)`` masks of needed and correctly classified labelled samples."""
@@ -141,3 +137,12 @@ class ServerOptions:
         stats.extra["n_unlabelled"] = int(keep.sum())
         index = torch.from_numpy(union)[keep]
         return self.unlabelled_x[index], fused.logits[keep]
+
+
+def unlabelled_subset(total: int, per_round: int, seed: int, round: int) -> NDArray[np.int64]:
+    """Sorted indices of ``round``'s unlabelled subset: ``per_round`` of ``total`` drawn from ``(seed, round)``;
+    all of them when ``per_round`` is 0 or not smaller than ``total``."""
+    if per_round == 0 or per_round >= total:
+        return np.arange(total, dtype=np.int64)
+    order = torch.randperm(total, generator=torch_generator(derive_seed(seed, SERVER_ID, round, "unlabelled")))
+    return np.sort(order[:per_round].numpy()).astype(np.int64)
