@@ -37,6 +37,7 @@ from fl_kd.simulations.cli import user_errors_exit
 from fl_kd.simulations.deploy_settings import DeploySettings, split_deploy_settings
 from fl_kd.simulations.flower_launcher import write_app
 from fl_kd.simulations.loopback import DeploymentError, Endpoints, LoopbackDeployment
+from fl_kd.simulations.node_data import dataset_node_configs, write_partition_folders
 from fl_kd.simulations.processes import tail, termination_as_interrupt
 
 __all__ = ["DeploySettings", "DeploymentError", "Endpoints", "main", "run_deployment", "split_deploy_settings"]
@@ -114,8 +115,14 @@ def run_deployment(
     rounds = RoundTail(out_dir / METRICS_JSONL, echo)
 
     started = time.monotonic()
-    deployment = LoopbackDeployment(deploy_dir, out_dir / ".flwr", experiment.num_clients, settings)
+    if settings.node_data == "folder":
+        node_configs = write_partition_folders(experiment, deploy_dir / "data")
+    else:
+        node_configs = dataset_node_configs(experiment)
+    deployment = LoopbackDeployment(deploy_dir, out_dir / ".flwr", experiment.num_clients, settings, node_configs)
     security = "insecure" if deployment.tls is None else f"TLS, CA {deployment.tls.ca_cert}"
+    if deployment.auth:
+        security += ", SuperNode authentication"
     say(
         f"Deploying {experiment.strategy.name} on {experiment.dataset.name}: {experiment.num_clients} clients, "
         f"{experiment.strategy.rounds} rounds; SuperLink on {deployment.superlink} ({security})"

@@ -13,12 +13,17 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from fl_kd.config import ConfigError, check_range, from_mapping, require
+from fl_kd.config import ConfigError, check_choice, check_range, from_mapping, require
 from fl_kd.kd.config import ExperimentConfig
 from fl_kd.simulations.config import experiment_config
 from fl_kd.simulations.schema import plain, store_schema
 
 DEPLOY_KEY = "deploy"
+
+#: Where the SuperNodes this launcher starts get their private data (see :mod:`fl_kd.data.node_local`):
+#: ``folder``: each client's partition is written to ``deploy/data/client-<i>/`` and named by ``data-dir``;
+#: ``dataset``: each node is named the public dataset and its partition id, and splits it itself (demos).
+NODE_DATA = ("folder", "dataset")
 
 
 @dataclass
@@ -39,6 +44,12 @@ class DeploySettings:
         Seconds to wait for the SuperLink to answer and for all ``num_clients`` SuperNodes to be online.
     run_timeout_s : float | None (default: None)
         Stop ``flwr run`` after this many seconds; ``None`` waits for the run to end.
+    auth : bool | None (default: None)
+        SuperNode authentication: the SuperLink accepts only SuperNodes whose public key was registered (one key
+        pair per partition is made in ``deploy/keys/``). ``None``: on with TLS, off without (Flower requires TLS
+        for it).
+    node_data : str (default: "folder")
+        How each SuperNode started here names its private data, one of :data:`NODE_DATA`.
     """
 
     supernodes: int | None = None
@@ -46,6 +57,8 @@ class DeploySettings:
     certificates: str | None = None
     startup_timeout_s: float = 180.0
     run_timeout_s: float | None = None
+    auth: bool | None = None
+    node_data: str = "folder"
 
     def __post_init__(self) -> None:
         if self.supernodes is not None:
@@ -57,6 +70,15 @@ class DeploySettings:
             self.tls or self.certificates is None,
             "deploy.certificates is set but deploy.tls=false; drop one of them",
         )
+        require(
+            self.tls or not self.auth, "deploy.auth=true needs TLS (Flower refuses it without); drop deploy.tls=false"
+        )
+        check_choice("deploy.node_data", self.node_data, NODE_DATA)
+
+    @property
+    def authenticate(self) -> bool:
+        """Whether SuperNode authentication is on (``auth``, or TLS when ``auth`` is None)."""
+        return self.tls if self.auth is None else self.auth
 
     def local_supernodes(self, num_clients: int) -> int:
         """SuperNodes to start on this machine for a federation of ``num_clients``."""
