@@ -19,7 +19,8 @@ class LabelDefence:
 
     Hook order per mini-batch on the label party:
     1. ``transform_embedding(party, h)`` on each received embedding before the top model (e.g. MID bottleneck);
-    2. ``encode_targets(labels)`` gives the training targets (e.g. CoAE's confused soft labels);
+    2. ``encode_batch_targets(sample_ids, labels)`` gives the training targets (by default ``encode_targets(labels)``,
+       e.g. CoAE's confused soft labels; a defence whose fake label depends on the sample overrides the former);
     3. ``extra_loss()`` adds any regulariser produced in step 1;
     4. ``protect_gradient(party, grad)`` on each gradient before it is sent back (noise, sparsification, ...).
     At inference the label party applies ``decode_probabilities`` to the top model's softmax output.
@@ -45,6 +46,14 @@ class LabelDefence:
     def encode_targets(self, labels: Tensor, num_classes: int) -> Tensor:
         """Training targets ``(B, C)`` for integer labels ``(B,)``; one-hot by default."""
         return torch.nn.functional.one_hot(labels, num_classes).to(torch.float32)
+
+    def encode_batch_targets(self, sample_ids: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+        """Training targets ``(B, C)`` of the samples ``sample_ids`` ``(B,)`` with integer labels ``(B,)``.
+
+        The label party calls this one; it defers to ``encode_targets``, so only a defence whose targets depend on
+        the sample itself (a per-sample secret key) needs the ids.
+        """
+        return self.encode_targets(labels, num_classes)
 
     def decode_probabilities(self, probabilities: Tensor) -> Tensor:
         """Map the top model's class probabilities ``(B, C)`` to predictions of the true labels."""

@@ -286,7 +286,7 @@ class LabelParty:
     def train_step(self, sample_ids: SampleIds, embeddings: Sequence[Tensor]) -> tuple[float, list[Tensor]]:
         """One training step on a mini-batch; returns the loss and the gradient to send to each feature party.
 
-        Hook order (see ``LabelDefence``): ``transform_embedding`` -> top model -> ``encode_targets`` ->
+        Hook order (see ``LabelDefence``): ``transform_embedding`` -> top model -> ``encode_batch_targets`` ->
         ``extra_loss`` -> update -> ``protect_gradient``.
 
         Parameters
@@ -318,7 +318,7 @@ class LabelParty:
         own = None if self.features is None else self.features[ids]
         with _forked_rng(self.seed * 1_000_003 + self._step):
             logits = self._logits(received, own)
-        targets = self.defence.encode_targets(self.labels[ids], self.num_classes)
+        targets = self.defence.encode_batch_targets(ids, self.labels[ids], self.num_classes)
         loss = soft_cross_entropy(logits, targets)
         extra = self.defence.extra_loss()
         if extra is not None:

@@ -14,9 +14,12 @@ from fl_kd.vfl.defences.coae import (
     save_autoencoder,
     train_autoencoder,
 )
+from fl_kd.vfl.defences.coae_noise import CoAENoiseDefence
 from fl_kd.vfl.defences.dcae import DCAEDefence, DiscreteSGDDefence, GradientDiscretiser, discretise
+from fl_kd.vfl.defences.marvell import MarvellDefence
 from fl_kd.vfl.defences.mid import MIDDefence, VariationalBottleneck
 from fl_kd.vfl.defences.noise import GaussianNoiseDefence, LaplaceNoiseDefence
+from fl_kd.vfl.defences.randomised_label import RandomisedLabelDefence
 from fl_kd.vfl.defences.sparsification import GradientSparsificationDefence, sparsify_rows
 from fl_kd.vfl.hooks import LabelDefence
 
@@ -32,6 +35,9 @@ for _name, _cls in (
     ("laplace", LaplaceNoiseDefence),
     ("sparsification", GradientSparsificationDefence),
     ("mid", MIDDefence),
+    ("coae_noise", CoAENoiseDefence),
+    ("randomised_label", RandomisedLabelDefence),
+    ("marvell", MarvellDefence),
 ):
     DEFENCES.add(_name, _cls)
 
@@ -61,6 +67,7 @@ def build_defence(name: str, **params: Any) -> LabelDefence:
 __all__ = [
     "DEFENCES",
     "CoAEDefence",
+    "CoAENoiseDefence",
     "ConfusionalAutoencoder",
     "DCAEDefence",
     "DiscreteSGDDefence",
@@ -68,7 +75,9 @@ __all__ = [
     "GradientDiscretiser",
     "GradientSparsificationDefence",
     "LaplaceNoiseDefence",
+    "MarvellDefence",
     "MIDDefence",
+    "RandomisedLabelDefence",
     "VariationalBottleneck",
     "available_defences",
     "build_defence",
