@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import re
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -74,3 +75,15 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def kept_sections(text: str) -> list[str]:
+    """Blocks ``<!-- name:begin --> ... <!-- name:end -->`` of a report that another command writes.
+
+    A benchmark that regenerates a whole report file appends these unchanged, so one report can hold the
+    sections of several benchmarks (and hand-measured ones) without either command erasing the others'.
+    """
+    sections = []
+    for match in re.finditer(r"<!-- ([\w-]+):begin -->.*?<!-- \1:end -->", text, flags=re.DOTALL):
+        sections.append(match.group(0))
+    return sections

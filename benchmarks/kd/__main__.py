@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks.common import REPO_ROOT
+from benchmarks.common import REPO_ROOT, kept_sections
 from benchmarks.kd.grid import compose_config
 from benchmarks.kd.report import render_report
 from benchmarks.kd.run import run_seed
@@ -62,7 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = [run_seed(seed, args.rounds, out, args.override, args.skip_flower) for seed in args.seeds]
     report, results = render_report(runs, cfg, command, started, ENTRY)
     report_path = args.report or (out / REPORT_NAME if args.skip_flower else REPO_ROOT / REPORT_NAME)
-    report_path.write_text(report)
+    previous = report_path.read_text() if report_path.exists() else ""
+    report_path.write_text("\n\n".join([report.rstrip("\n"), *kept_sections(previous)]) + "\n")
     (out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True, default=str))
     print("\n" + report)
     print(f"report: {report_path}; run folders and results.json: {out}")

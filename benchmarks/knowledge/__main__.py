@@ -1,0 +1,108 @@
+"""``python -m benchmarks.knowledge``: run the knowledge benchmark (resuming) and write its section of the report.
+
+Jobs run two at a time (one torch thread each, the machine's two cores), most important first; a finished job's
+``result.json`` is never recomputed, so an interrupted benchmark resumes where it stopped. The report section
+covers whatever has finished and lists what has not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import math
+import multiprocessing
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from pathlib import Path
+
+from benchmarks.common import REPO_ROOT
+from benchmarks.knowledge.grid import PEERS, SETTINGS, Job, choose_best_peer, federated, plan, select
+from benchmarks.knowledge.report import write_report
+from benchmarks.knowledge.run import read_result, run_job
+
+ENTRY = "python -m benchmarks.knowledge"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(prog=ENTRY, description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=10, help="federated rounds of every job (default: 10)")
+    parser.add_argument("--workers", type=int, default=2, help="jobs run at once (default: 2)")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "knowledge")
+    parser.add_argument("--report", type=Path, default=REPO_ROOT / "BENCHMARKS_KD.md")
+    parser.add_argument("--only", nargs="*", default=[], help="run only jobs whose name contains one of these")
+    parser.add_argument("--budget-minutes", type=float, default=math.inf, help="start no job after this")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the report from finished jobs")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.workers < 1:
+        parser.error("need --rounds >= 1 and --workers >= 1")
+    return args
+
+
+def best_peers(out: Path) -> dict[str, str]:
+    """Per setting, the peer with the best final server accuracy at seed 0, once every peer has finished there."""
+    chosen = {}
+    for setting in SETTINGS:
+        results = {peer: read_result(out, federated(peer, setting, 0)) for peer in PEERS}
+        if all(results.values()):
+            finals = {peer: float(r["rounds"][-1]["server_acc"]) for peer, r in results.items() if r}
+            best = choose_best_peer(finals)
+            if best is not None:
+                chosen[setting] = best
+    return chosen
+
+
+def pending(out: Path, only: Sequence[str], running: set[Job]) -> list[Job]:
+    """Jobs of the current plan that have neither finished nor started."""
+    return [job for job in select(plan(best_peers(out)), only) if job not in running and not read_result(out, job)]
+
+
+def run_all(args: argparse.Namespace) -> list[str]:
+    """Run pending jobs until none is left (or the budget is spent); the failures, as lines."""
+    started = time.monotonic()
+    failures: list[str] = []
+    failed: set[Job] = set()
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.workers, mp_context=context, max_tasks_per_child=1) as pool:
+        running: dict[Future[object], Job] = {}
+        while True:
+            within_budget = (time.monotonic() - started) / 60 < args.budget_minutes
+            queue = [job for job in pending(args.out, args.only, set(running.values())) if job not in failed]
+            while within_budget and queue and len(running) < args.workers:
+                job = queue.pop(0)
+                print(f"[{_clock()}] start {job.name}", flush=True)
+                running[pool.submit(run_job, job, args.rounds, args.out)] = job
+            if not running:
+                return failures
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                job = running.pop(future)
+                error = future.exception()
+                if error is None:
+                    print(f"[{_clock()}] done  {job.name}", flush=True)
+                else:
+                    failed.add(job)
+                    failures.append(f"{job.name}: {type(error).__name__}: {error}")
+                    print(f"[{_clock()}] FAILED {failures[-1]}", flush=True)
+
+
+def _clock() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%H:%M:%S")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark, then write the report section; exit 1 if a job failed."""
+    args = parse_args(argv)
+    args.out = args.out.resolve()
+    command = f"{ENTRY} " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    failures = [] if args.report_only else run_all(args)
+    write_report(args.out, args.report, args.rounds, command, plan(best_peers(args.out)), failures)
+    print(f"report section written to {args.report}; run folders under {args.out}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""What the knowledge benchmark runs: settings, methods and seeds, as Hydra overrides of ``fl-kd-sim``'s config."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+#: Every federated job shares these: Fashion-MNIST, 20 clients in three tiers, 1,000 labelled + 10,000 unlabelled
+#: transfer samples, rounds before the last evaluated on a fixed 2,000-image test subset (the last on all 10,000).
+COMMON: tuple[str, ...] = (
+    "dataset=fashion_mnist",
+    "num_clients=20",
+    "device_profile=three_tier_fmnist",
+    "transfer.labelled=1000",
+    "transfer.unlabelled=10000",
+    "evaluation.test_samples=2000",
+)
+
+#: Label skew of the private data.
+SETTINGS: dict[str, tuple[str, ...]] = {
+    "alpha0.5": ("partition=dirichlet", "partition.alpha=0.5"),
+    "alpha0.1": ("partition=dirichlet", "partition.alpha=0.1"),
+    "pathological": ("partition=pathological", "partition.classes_per_client=2"),
+}
+
+#: The FedGEMS extensions, cumulatively: each step adds one to the previous (the ablation); the last is fl-kd's
+#: selective distillation as benchmarked. The first is the FedGEMS of the paper.
+ABLATION: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("fedgems_paper", ("strategy=fedgems",)),
+    ("+held_out", ("strategy.correctness=held_out",)),
+    ("+distill_correct", ("strategy.distill_correct=true",)),
+    (
+        "+unlabelled_trust",
+        (
+            "strategy.unlabelled_trust=class_reliability",
+            "strategy.unlabelled_per_round=1000",
+            "strategy.logits_dtype=float16",
+        ),
+    ),
+    ("+client_unlabelled", ("strategy.client_unlabelled=true",)),
+    ("+client_finetune", ("strategy.client_finetune_epochs=1",)),
+)
+FEDGEMS = "fedgems"
+FEDGEMS_OVERRIDES: tuple[str, ...] = tuple(o for _, step in ABLATION for o in step)
+
+#: Peers, with their paper's mechanism and the defaults of ``conf/strategy``; FedAvg needs one architecture, so it
+#: averages the server model on every client (``fedavg_server_model``).
+PEERS: tuple[str, ...] = ("feddf", "dsfl", "fedet", "fedmd", "fedavg_server_model")
+
+SEEDS: tuple[int, ...] = (0, 1, 2)
+EXTRA_SEEDS: tuple[int, ...] = SEEDS[1:]
+
+#: Baselines that need no client and so no partition: run once per seed, reported under every setting.
+SHARED_SETTING = "any"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run of the benchmark.
+
+    Attributes
+    ----------
+    method : str
+        ``fedgems``, a peer, an ablation step, or a baseline (``local_only``, ``transfer_only``, ``pseudo_label``,
+        ``ceiling``).
+    kind : str
+        How to run it: ``federated``, or the baseline's name.
+    setting : str
+        A key of :data:`SETTINGS`, or :data:`SHARED_SETTING`.
+    seed : int
+    overrides : tuple[str, ...]
+        Hydra overrides on top of :data:`COMMON`, the setting and the seed (rounds come from the command line).
+    """
+
+    method: str
+    kind: str
+    setting: str
+    seed: int
+    overrides: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        """Folder name, unique in the grid."""
+        return f"{self.setting}/{self.method}/seed{self.seed}".replace("+", "plus_")
+
+    def hydra_overrides(self) -> list[str]:
+        """Every override of this job, setting included (a shared baseline takes the first setting's split)."""
+        setting = SETTINGS[self.setting] if self.setting in SETTINGS else SETTINGS[next(iter(SETTINGS))]
+        return [*COMMON, *setting, *self.overrides]
+
+
+def federated(method: str, setting: str, seed: int) -> Job:
+    """FedGEMS with every extension, or a peer with its defaults."""
+    overrides = FEDGEMS_OVERRIDES if method == FEDGEMS else (f"strategy={method}",)
+    return Job(method, "federated", setting, seed, overrides)
+
+
+def ablation_jobs(setting: str = "alpha0.5", seed: int = 0) -> list[Job]:
+    """Every cumulative step of :data:`ABLATION` but the last (which is :func:`federated` ``fedgems``)."""
+    jobs, overrides = [], ()
+    for name, step in ABLATION[:-1]:
+        overrides = (*overrides, *step)
+        jobs.append(Job(name, "federated", setting, seed, overrides))
+    return jobs
+
+
+def baseline_jobs(seed: int) -> list[Job]:
+    """The server alone (labelled part; labelled part plus self-pseudo-labels) and clients alone per setting."""
+    jobs = [
+        Job("transfer_only", "transfer_only", SHARED_SETTING, seed, ("strategy=fedgems",)),
+        Job("pseudo_label", "pseudo_label", SHARED_SETTING, seed, FEDGEMS_OVERRIDES),
+    ]
+    return jobs + [Job("local_only", "local_only", setting, seed, FEDGEMS_OVERRIDES) for setting in SETTINGS]
+
+
+def plan(best_peer: Mapping[str, str]) -> list[Job]:
+    """Every job, most important first; ``best_peer`` (setting -> peer) adds that peer's extra seeds once known.
+
+    Order: seed 0 of FedGEMS, every baseline and every peer in every setting; FedGEMS' extra seeds; the centralised
+    ceiling; the ablation; the best peer's extra seeds. A cut run therefore loses the least important results.
+    """
+    jobs = [*baseline_jobs(0)]
+    for setting in SETTINGS:
+        jobs += [federated(FEDGEMS, setting, 0), *(federated(peer, setting, 0) for peer in PEERS)]
+    for seed in EXTRA_SEEDS:
+        jobs += [federated(FEDGEMS, setting, seed) for setting in SETTINGS]
+        jobs += [Job("local_only", "local_only", setting, seed, FEDGEMS_OVERRIDES) for setting in SETTINGS]
+        jobs += baseline_jobs(seed)[:2]
+    jobs.append(Job("ceiling", "ceiling", SHARED_SETTING, 0))
+    jobs += ablation_jobs()
+    for setting, peer in best_peer.items():
+        jobs += [federated(peer, setting, seed) for seed in EXTRA_SEEDS]
+    return list(dict.fromkeys(jobs))
+
+
+def choose_best_peer(final_server_acc: Mapping[str, float]) -> str | None:
+    """The peer with the highest final server accuracy among those that have one (FedMD has no server model)."""
+    finite = {peer: acc for peer, acc in final_server_acc.items() if math.isfinite(acc)}
+    return max(finite, key=lambda peer: (finite[peer], peer)) if finite else None
+
+
+def select(jobs: Sequence[Job], only: Sequence[str]) -> list[Job]:
+    """Jobs whose name contains any of ``only`` (all when empty)."""
+    return [job for job in jobs if not only or any(part in job.name for part in only)]

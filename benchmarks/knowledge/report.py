@@ -1,0 +1,228 @@
+"""The knowledge benchmark's section of ``BENCHMARKS_KD.md``, built from the finished jobs' ``result.json``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import machine_line, markdown_table, mean, std
+from benchmarks.knowledge.grid import ABLATION, FEDGEMS, PEERS, SETTINGS, SHARED_SETTING, Job, ablation_jobs
+from benchmarks.knowledge.run import read_result
+from benchmarks.knowledge.verdicts import Figures, verdict_lines
+
+BEGIN, END = (
+    "<!-- knowledge-benchmark:begin -->",
+    "<!-- knowledge-benchmark:end -->",
+)  # see benchmarks.common.kept_sections
+TIERS = ("low", "mid", "high")
+BASELINES = ("transfer_only", "pseudo_label", "local_only")
+
+
+def write_report(
+    out: Path, report: Path, rounds: int, command: str, jobs: Sequence[Job], failures: Sequence[str]
+) -> None:
+    """Replace (or append) the benchmark's section of ``report`` with one built from what finished under ``out``."""
+    section = render(out, rounds, command, jobs, failures)
+    text = report.read_text() if report.exists() else ""
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + section + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    report.write_text(text)
+
+
+def render(out: Path, rounds: int, command: str, jobs: Sequence[Job], failures: Sequence[str]) -> str:
+    """The section, markers included."""
+    results = {job: read_result(out, job) for job in jobs}
+    done = {job: r for job, r in results.items() if r is not None}
+    figures = Figures(out)
+    lines = [
+        BEGIN,
+        "## Knowledge benchmark: Fashion-MNIST, 20 clients, three tiers",
+        "",
+        f"`{command}` ({rounds} rounds per run; {len(done)} of {len(jobs)} jobs finished, "
+        f"{sum(r['seconds'] for r in done.values()) / 60:.0f} CPU-minutes of jobs; written "
+        f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {machine_line()}).",
+        "",
+        *_setup_lines(done),
+        *_ceiling_lines(done),
+    ]
+    for setting in SETTINGS:
+        lines += _setting_lines(setting, done, figures)
+    lines += _ablation_lines(done, figures)
+    lines += verdict_lines(done, figures)
+    missing = [job.name for job in jobs if job not in done]
+    if missing or failures:
+        lines += ["### Not finished", ""]
+        lines += [f"- failed: {line}" for line in failures]
+        lines += [f"- not run (time): `{name}`" for name in missing]
+        lines.append("")
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def _setup_lines(done: dict[Job, dict[str, Any]]) -> list[str]:
+    config = next((r["config"] for r in done.values() if "config" in r), None)
+    if config is None:
+        return []
+    tiers = config["device_profile"]["tiers"]
+    tier_text = ", ".join(f"{name} `{t['model']}` ({t['share']:.0%})" for name, t in tiers.items())
+    return [
+        "- Data: Fashion-MNIST; transfer set 1,000 labelled + 10,000 unlabelled images taken from the training split;",
+        "  the other 49,000 split among 20 clients by the setting's partitioner. Clients: "
+        f"{tier_text}; server `{config['device_profile']['server_model']}`.",
+        "- FedGEMS here is fl-kd's selective distillation with every extension of the ablation below (the last row);",
+        "  peers run their paper's mechanism with the defaults of `conf/strategy/`, untuned, on the same transfer set.",
+        "- Cut, stated plainly: rounds before the last are evaluated on a fixed, class-stratified 2,000-image",
+        "  subset of the test set (`evaluation.test_samples=2000`); the last round, so every final figure, on all",
+        "  10,000.",
+        "- Per-client bytes are per round and per sampled client (all 20 are sampled every round).",
+        "",
+    ]
+
+
+def _ceiling_lines(done: dict[Job, dict[str, Any]]) -> list[str]:
+    ceiling = next((r["ceiling"] for j, r in done.items() if j.kind == "ceiling"), None)
+    if ceiling is None:
+        return ["Centralised ceiling: not finished.", ""]
+    seconds = sum(e["train_seconds"] for e in ceiling["epochs"])
+    return [
+        f"Centralised ceiling: `{ceiling['model']}` ({ceiling['parameters']:,} parameters) trained on all 60,000 "
+        f"training images for {len(ceiling['epochs'])} epochs (`{ceiling['command']}`): test accuracy "
+        f"**{ceiling['final_test_accuracy']:.4f}** (best epoch {ceiling['best_test_accuracy']:.4f}), "
+        f"{seconds / 60:.0f} minutes of training.",
+        "",
+    ]
+
+
+def runs_of(done: dict[Job, dict[str, Any]], method: str, setting: str) -> list[dict[str, Any]]:
+    """Finished runs of ``method`` in ``setting`` (shared baselines count for every setting), by seed."""
+    found = [
+        r for j, r in done.items() if j.method == method and j.setting in (setting, SHARED_SETTING) and "rounds" in r
+    ]
+    return sorted(found, key=lambda r: int(r["job"]["seed"]))
+
+
+def _pm(values: Sequence[float]) -> str:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return "–"
+    return f"{mean(values):.4f}" if len(values) == 1 else f"{mean(values):.4f} ± {std(values):.4f}"
+
+
+def _setting_lines(setting: str, done: dict[Job, dict[str, Any]], figures: Figures) -> list[str]:
+    header = [
+        "method", "seeds", "server final", "server best", "drop after best",
+        *(f"{t} global" for t in TIERS), *(f"{t} own" for t in TIERS), "up kB/client", "down kB/client",
+    ]  # fmt: skip
+    rows = []
+    for method in (FEDGEMS, *PEERS, *BASELINES):
+        runs = runs_of(done, method, setting)
+        if not runs:
+            continue
+        stats = [figures.run_figures(r) for r in runs]
+        rows.append(
+            [
+                f"**{method}**" if method == FEDGEMS else method,
+                str(len(runs)),
+                _pm([s["server_final"] for s in stats]),
+                _pm([s["server_best"] for s in stats]),
+                _pm([s["drop_after_best"] for s in stats]),
+                *(_pm([s.get(f"client_acc_{t}") for s in stats]) for t in TIERS),
+                *(_pm([s.get(f"client_pacc_{t}") for s in stats]) for t in TIERS),
+                _pm([s["uplink_kb"] for s in stats]).replace(".0000", ""),
+                _pm([s["downlink_kb"] for s in stats]).replace(".0000", ""),
+            ]
+        )
+    if not rows:
+        return [f"### {setting}: nothing finished", ""]
+    lines = [f"### {setting} ({' '.join(SETTINGS[setting])})", "", markdown_table(header, rows), ""]
+    lines += [
+        "Final round on the whole test set; mean ± standard deviation over seeds; *global*: a tier's mean client",
+        "accuracy on the global test set, *own*: on each client's personalised test set (its own label mix);",
+        "`transfer_only` and `pseudo_label` are the server model alone, `local_only` the clients alone.",
+        "",
+    ]
+    return lines + _per_round_lines(setting, done, figures)
+
+
+def _per_round_lines(setting: str, done: dict[Job, dict[str, Any]], figures: Figures) -> list[str]:
+    runs = runs_of(done, FEDGEMS, setting)
+    if not runs:
+        return []
+    run = runs[0]
+    header = [
+        "round", "server", *(f"{t} global" for t in TIERS), *(f"{t} own" for t in TIERS),
+        "from clients", "up kB/client", "down kB/client", "server acc where no client trusted",
+    ]  # fmt: skip
+    rows = []
+    for row in figures.round_figures(run):
+        rows.append(
+            [
+                str(row["round"]),
+                f"{row['server_acc']:.4f}",
+                *(f"{row.get(f'client_acc_{t}', math.nan):.4f}" for t in TIERS),
+                *(f"{row.get(f'client_pacc_{t}', math.nan):.4f}" for t in TIERS),
+                f"{row['client_share']:.2f}",
+                f"{row['uplink_kb']:.1f}",
+                f"{row['downlink_kb']:.1f}",
+                "–"
+                if row.get("untrusted_accuracy") is None
+                else f"{row['untrusted_accuracy']:.3f} (n={row['n_untrusted']})",
+            ]
+        )
+    return [
+        f"Per round, FedGEMS seed {run['job']['seed']} in {setting} (rounds before the last on the test subset):",
+        "",
+        markdown_table(header, rows),
+        "",
+        "*from clients*: share of the round's distillation targets (labelled part plus the unlabelled subset asked)",
+        "that came from client knowledge; *no client trusted*: the server's accuracy, before the round's training,",
+        "on the held-out labelled samples on which no client was right.",
+        "",
+    ]
+
+
+def _untrusted(row: dict[str, Any]) -> str:
+    if row.get("untrusted_accuracy") is None:
+        return "–"
+    return f"{row['untrusted_accuracy']:.3f} (n={row['n_untrusted']})"
+
+
+def _ablation_lines(done: dict[Job, dict[str, Any]], figures: Figures) -> list[str]:
+    steps = [*ablation_jobs(), None]
+    rows = []
+    for (name, overrides), job in zip(ABLATION, steps, strict=True):
+        result = (
+            done.get(job)
+            if job is not None
+            else next(
+                (r for j, r in done.items() if j.method == FEDGEMS and j.setting == "alpha0.5" and j.seed == 0), None
+            )
+        )
+        if result is None:
+            rows.append([name, " ".join(overrides), "not run", "", "", "", ""])
+            continue
+        s = figures.run_figures(result)
+        rows.append(
+            [
+                name,
+                "`" + " ".join(overrides) + "`",
+                f"{s['server_final']:.4f}",
+                f"{s['server_best']:.4f}",
+                f"{s['client_acc_mean']:.4f}",
+                f"{s['client_pacc_mean']:.4f}",
+                f"{s['uplink_kb']:.1f}",
+            ]
+        )
+    header = ["step", "adds", "server final", "server best", "clients global", "clients own", "up kB/client"]
+    return [
+        "### Ablation (alpha0.5, seed 0): each row adds one extension to the row above",
+        "",
+        markdown_table(header, rows),
+        "",
+    ]

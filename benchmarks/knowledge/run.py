@@ -1,0 +1,79 @@
+"""Run one job of the knowledge benchmark into its own folder, in a worker process of its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.kd.grid import compose_config
+from benchmarks.knowledge.grid import Job
+from fl_kd.kd.baselines import run_local_only, run_pseudo_label_server, run_transfer_only_server
+from fl_kd.kd.metrics import Metrics
+from fl_kd.kd.runner import run_inprocess
+from fl_kd.results import RoundRecorder
+
+RESULT_FILE = "result.json"
+
+#: Centralised training of the server model on all 60,000 training images (the ceiling).
+CEILING_EPOCHS = 10
+
+
+def result_path(out: Path, job: Job) -> Path:
+    """Where a finished job's record lives; its existence means the job is done."""
+    return out / job.name / RESULT_FILE
+
+
+def read_result(out: Path, job: Job) -> dict[str, Any] | None:
+    """The job's record, or None when it has not finished."""
+    path = result_path(out, job)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def run_job(job: Job, rounds: int, out: Path) -> dict[str, Any]:
+    """Run ``job`` with one torch thread; write ``metrics.jsonl`` as rounds end and ``result.json`` at the end."""
+    torch.set_num_threads(1)
+    folder = out / job.name
+    folder.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    record: dict[str, Any] = {
+        "job": {"method": job.method, "kind": job.kind, "setting": job.setting, "seed": job.seed},
+        "overrides": job.hydra_overrides(),
+    }
+    if job.kind == "ceiling":
+        record |= _ceiling(job.seed)
+    else:
+        cfg = compose_config(job.seed, rounds, "inprocess", job.hydra_overrides())
+        recorder = RoundRecorder(folder)
+
+        def on_round(row: Metrics) -> None:
+            recorder.record(row)
+
+        if job.kind == "federated":
+            rows = run_inprocess(cfg, on_round=on_round).rounds
+        else:
+            runner = {
+                "local_only": run_local_only,
+                "transfer_only": run_transfer_only_server,
+                "pseudo_label": run_pseudo_label_server,
+            }[job.kind]
+            rows = runner(cfg, on_round=on_round)
+        record |= {"rounds": rows, "config": json.loads(cfg.to_json())}
+    record["seconds"] = time.perf_counter() - start
+    path = result_path(out, job)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(record, indent=1, default=float))
+    os.replace(temporary, path)  # a killed job leaves no half-written result that would count as done
+    return record
+
+
+def _ceiling(seed: int) -> dict[str, Any]:
+    from benchmarks.kd.ceiling import parse_args, run_ceiling
+
+    args: argparse.Namespace = parse_args(["--epochs", str(CEILING_EPOCHS), "--seed", str(seed)])
+    return {"ceiling": run_ceiling(args)}

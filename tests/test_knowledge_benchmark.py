@@ -1,0 +1,89 @@
+"""The knowledge benchmark's plan, resumption and report (its runs are long; these check the bookkeeping)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from benchmarks.knowledge.grid import PEERS, SETTINGS, Job, choose_best_peer, federated, plan
+from benchmarks.knowledge.report import BEGIN, END, write_report
+from benchmarks.knowledge.run import read_result, result_path
+from benchmarks.knowledge.verdicts import Figures
+
+
+def test_plan_puts_seed0_first_and_adds_the_best_peers_seeds_once_known() -> None:
+    jobs = plan({})
+    assert len(jobs) == len(set(jobs))
+    first_extra = next(i for i, job in enumerate(jobs) if job.seed > 0)
+    assert all(job.seed == 0 for job in jobs[:first_extra])
+    assert {federated(peer, s, 0) for peer in PEERS for s in SETTINGS} <= set(jobs[:first_extra])
+    with_best = plan({"alpha0.1": "dsfl"})
+    assert with_best[-2:] == [federated("dsfl", "alpha0.1", 1), federated("dsfl", "alpha0.1", 2)]
+    assert len({job.name for job in with_best}) == len(with_best)
+
+
+def test_best_peer_ignores_peers_without_a_server_model() -> None:
+    assert choose_best_peer({"fedmd": math.nan, "dsfl": 0.7, "feddf": 0.72}) == "feddf"
+    assert choose_best_peer({"fedmd": math.nan}) is None
+
+
+def _row(round: int, server: float, client: float, **extra: Any) -> dict[str, Any]:
+    tiers = {f"client_{k}_{t}_mean": client for k in ("acc", "pacc") for t in ("low", "mid", "high")}
+    return {"round": round, "server_acc": server, "client_acc_mean": client, "client_pacc_mean": client,
+            "uplink_bytes": 20 * 50_000, "downlink_bytes": 20 * 30_000, **tiers, **extra}  # fmt: skip
+
+
+def _write(out: Path, job: Job, rows: list[dict[str, Any]]) -> None:
+    config = {
+        "num_clients": 20,
+        "strategy": {"fraction_fit": 1.0, "unlabelled_trust": "class_reliability", "unlabelled_per_round": 1000},
+        "transfer": {"labelled": 1000, "unlabelled": 10000},
+        "device_profile": {"server_model": "cnn_server", "tiers": {"low": {"model": "cnn_tiny", "share": 0.4}}},
+    }
+    path = result_path(out, job)
+    path.parent.mkdir(parents=True)
+    record = {"job": {"method": job.method, "seed": job.seed}, "rounds": rows, "config": config, "seconds": 60.0}
+    path.write_text(json.dumps(record))
+
+
+def test_report_section_has_the_figures_and_honest_verdicts(tmp_path: Path) -> None:
+    ours = federated("fedgems", "alpha0.5", 0)
+    # Best round 2 then a fall of 3 points: the fall verdict must say MISSED.
+    _write(tmp_path, ours, [_row(1, 0.70, 0.6, n_clients=300, n_dark=200, n_unlabelled=500),
+                            _row(2, 0.83, 0.8, n_clients=100), _row(3, 0.80, 0.8)])  # fmt: skip
+    others = [
+        Job("transfer_only", "transfer_only", "any", 0),
+        federated("dsfl", "alpha0.5", 0),
+        Job("local_only", "local_only", "alpha0.5", 0),
+    ]
+    for job, row in zip(others, [_row(3, 0.72, math.nan), _row(3, 0.79, 0.7), _row(3, math.nan, 0.74)], strict=True):
+        _write(tmp_path, job, [row])
+    assert read_result(tmp_path, ours) is not None and read_result(tmp_path, federated("feddf", "alpha0.5", 0)) is None
+    report = tmp_path / "REPORT.md"
+    report.write_text(f"# Top\n\n{BEGIN}\nold\n{END}\n\n## Kept\n")
+    jobs = [ours, *others, federated("feddf", "alpha0.5", 0)]
+    write_report(tmp_path, report, 3, "python -m benchmarks.knowledge", jobs, ["x: boom"])
+    text = report.read_text()
+    assert text.startswith("# Top") and text.rstrip().endswith("## Kept") and "\nold\n" not in text
+    assert "4 of 5 jobs finished" in text and "not run (time): `alpha0.5/feddf/seed0`" in text
+    assert "failed: x: boom" in text
+    assert "+8.0 points (expected >= +5): **holds**" in text  # 0.80 vs 0.72
+    assert "dsfl 0.7900 (server, +1.0)" in text and "every peer by >= 2 points: **MISSED**" in text
+    assert "fall after the best round <= 1 point: **MISSED** (largest 3.0 points" in text
+    assert "above local-only by >= 5 points (global test): **holds**" in text  # 0.80 vs 0.74
+    # Round 1 of the per-round table: (300 + 200 + 500) of 1,000 labelled + 1,000 unlabelled came from clients.
+    assert "| 1 | 0.7000 |" in text and "| 0.50 | 50.0 | 30.0 |" in text
+    assert f"{Figures(tmp_path).server_model_nbytes / 1000 / 50:.1f}x" in text
+    # Rewriting replaces the section instead of adding a second one.
+    write_report(tmp_path, report, 3, "python -m benchmarks.knowledge", jobs, [])
+    assert report.read_text().count(BEGIN) == 1
+
+
+def test_sections_written_by_other_commands_are_found_for_keeping() -> None:
+    from benchmarks.common import kept_sections
+
+    text = f"# KD\n\ntable\n\n{BEGIN}\nours\n{END}\n\n<!-- start-up:begin -->\nS\n<!-- start-up:end -->\ntail"
+    assert kept_sections(text) == [f"{BEGIN}\nours\n{END}", "<!-- start-up:begin -->\nS\n<!-- start-up:end -->"]
+    assert kept_sections("<!-- a:begin -->\nno end") == []
