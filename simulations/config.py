@@ -13,6 +13,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from fl_kd.config import ConfigError, to_mapping
+from fl_kd.kd.adversary import ADVERSARIES, AdversaryConfig
 from fl_kd.kd.algorithm import available_strategies, get_algorithm
 from fl_kd.kd.config import ExperimentConfig
 from fl_kd.partition.config import PartitionConfig
@@ -23,12 +24,16 @@ __all__ = ["GROUPS", "ConfigError", "experiment_config", "register_schemas"]
 #: Fields of :class:`ExperimentConfig` that are Hydra config groups of their own.
 GROUPS = ("dataset", "partition", "device_profile", "strategy", "simulation")
 
+#: Further groups, one schema node per registered name (``/schema/adversary/<name>``).
+ADVERSARY_GROUP = "adversary"
+
 
 def register_schemas() -> None:
-    """Store the schema nodes ``conf/`` extends: top-level settings, dataset, partition, simulation, strategies."""
+    """Store the schema nodes ``conf/`` extends: top-level settings, dataset, partition, simulation, strategies,
+    adversaries."""
     top: dict[str, Any] = {}
     for f in fields(ExperimentConfig):
-        if f.name in GROUPS:
+        if f.name in GROUPS or f.name == ADVERSARY_GROUP:
             continue
         if f.default is not MISSING:
             top[f.name] = f.default
@@ -39,6 +44,8 @@ def register_schemas() -> None:
     store_schema("partition", PartitionConfig())
     for name in available_strategies():
         store_schema("strategy", get_algorithm(name).config_class(name=name), name=name)
+    for name in ADVERSARIES.names():
+        store_schema(ADVERSARY_GROUP, AdversaryConfig(name=name), name=name)
 
 
 def experiment_config(cfg: DictConfig | dict[str, Any]) -> ExperimentConfig:

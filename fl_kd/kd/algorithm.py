@@ -12,9 +12,10 @@ import importlib
 import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from fl_kd.config import ConfigError, build_dataclass, check_range
+from fl_kd.kd.adversary import adversarial_client, measured_server
 from fl_kd.kd.client import ClientTrainConfig
 from fl_kd.models import DeviceTier
 from fl_kd.registry import Registry
@@ -37,7 +38,11 @@ class StrategyConfig:
         Federated rounds.
     fraction_fit : float (default: 1.0)
         Share of clients selected each round, in (0, 1].
+    shares : ClassVar[str]
+        What its clients send, "logits" or "weights" (not a setting: which adversaries apply to it).
     """
+
+    shares: ClassVar[str] = "logits"
 
     name: str = "fedgems"
     rounds: int = 5
@@ -133,6 +138,12 @@ class Algorithm:
     build_client: Callable[[ExperimentConfig, Federation, int], ClientRole]
     server_app: str = GENERIC_SERVER_APP
     client_app: str = GENERIC_CLIENT_APP
+
+    def __post_init__(self) -> None:
+        # The one place every runtime builds parties from: malicious clients wrap their honest half here, and the
+        # attack's figures are measured beside the server, so no algorithm and no runtime knows about either.
+        object.__setattr__(self, "build_client", adversarial_client(self.build_client))
+        object.__setattr__(self, "build_server", measured_server(self.build_server))
 
 
 STRATEGIES: Registry[Algorithm] = Registry("strategy")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from fl_kd.config import check_range, from_mapping, require, to_mapping
 from fl_kd.data.config import DatasetConfig
+from fl_kd.kd.adversary.config import AdversaryConfig
 from fl_kd.kd.algorithm import StrategyConfig, get_algorithm
 from fl_kd.kd.evaluation import EvaluationConfig
 from fl_kd.kd.validation import DEFAULT_MAX_ABS_VALUE
@@ -65,6 +66,8 @@ class ExperimentConfig:
         Sizes of the labelled and unlabelled parts of the transfer set.
     evaluation : EvaluationConfig
         The test subset of the rounds before the last (the last always uses the whole test set).
+    adversary : AdversaryConfig
+        Malicious clients: their behaviour and share (``conf/adversary/*.yaml``; "none" by default).
     seed : int (default: 0)
         Base seed of everything: splits, tiers, model inits, sampling, shuffling.
     num_clients : int (default: 10)
@@ -88,6 +91,7 @@ class ExperimentConfig:
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    adversary: AdversaryConfig = field(default_factory=AdversaryConfig)
     seed: int = 0
     num_clients: int = 10
     personalised_test_size: int = 200
@@ -100,6 +104,7 @@ class ExperimentConfig:
         require(isinstance(self.strategy, StrategyConfig), "strategy must be a StrategyConfig")
         check_range("num_clients", self.num_clients, low=1)
         self.strategy.check_experiment(self)
+        self.adversary.check_experiment(self)
         check_range("personalised_test_size", self.personalised_test_size, low=1)
         check_range("seed", self.seed, low=0)
         check_range("max_abs_value", self.max_abs_value, low=0, low_open=True)

@@ -3,8 +3,12 @@
 A rule sees, for K clients and N samples, which client answered (``available``), which was right
 (``correct``) and how unsure each was (``entropy`` of its softmax), and returns a score per (client, sample)
 (``-inf`` for a client that must get no weight) plus which samples have a teacher at all. The weights are the
-softmax of the scores over clients. New rules (robust ones, for instance) register here and become choosable as
-``strategy.weighting=<name>``.
+softmax of the scores over clients. New rules register here and become choosable as ``strategy.weighting=<name>``.
+
+Strategies that fuse whole answers rather than per-sample scores (FedMD, DS-FL) pick a logit aggregation from
+:data:`LOGIT_AGGREGATIONS` as ``strategy.aggregation=<name>``: the plain mean, the robust rules of
+:mod:`fl_kd.kd.robust` (coordinate-wise median, trimmed mean, Krum, Multi-Krum) on the flattened logits, and
+``trust``, per-client per-class trust measured on the server's labelled transfer samples.
 """
 
 from __future__ import annotations
@@ -12,9 +16,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
+import numpy as np
 import torch
+from numpy.typing import NDArray
 from torch import Tensor
 
+from fl_kd.kd.robust import ROBUST_RULES, RobustSettings
 from fl_kd.registry import Registry
 
 
@@ -50,3 +57,68 @@ def aijack_softmax(correct: Tensor, available: Tensor, entropy: Tensor) -> Fusio
     """
     minus_inf = torch.full_like(entropy, float("-inf"))
     return FusionScores(torch.where(available, correct.to(entropy.dtype) / entropy, minus_inf), available.any(dim=0))
+
+
+# Logit aggregation: how the logits of K clients on the same public samples become one teacher, for strategies
+# that fuse whole answers (FedMD's consensus, DS-FL's average of soft labels), chosen as ``strategy.aggregation``.
+
+
+class FusedLogits(NamedTuple):
+    """``logits`` ``(N, C)`` fused, and ``client_weights`` ``(K,)``: each client's share of the fusion weight."""
+
+    logits: NDArray[np.float64]
+    client_weights: NDArray[np.float64]
+
+
+LogitAggregation = Callable[[NDArray[np.float64], NDArray[np.int64], RobustSettings], FusedLogits]
+"""``rule(values (K, N, C), labels (N,) with -1 where unknown, settings) -> FusedLogits``."""
+
+LOGIT_AGGREGATIONS: Registry[LogitAggregation] = Registry("logit aggregation")
+
+
+def _coordinate_rule(name: str) -> LogitAggregation:
+    rule = ROBUST_RULES.get(name)
+
+    def aggregate(values: NDArray[np.float64], labels: NDArray[np.int64], settings: RobustSettings) -> FusedLogits:
+        num_clients, num_samples, num_classes = _check_logits(values, labels)
+        fused = rule(values.reshape(num_clients, -1), np.ones(num_clients), settings)
+        return FusedLogits(fused.value.reshape(num_samples, num_classes), fused.client_weights)
+
+    aggregate.__doc__ = f"The {name} rule of :data:`fl_kd.kd.robust.ROBUST_RULES` on the flattened ``(N * C)`` values."
+    return aggregate
+
+
+def _check_logits(values: NDArray[np.float64], labels: NDArray[np.int64]) -> tuple[int, int, int]:
+    if values.ndim != 3 or values.shape[0] == 0:
+        raise ValueError(f"need values (K >= 1, N, C), got shape {values.shape}")
+    if labels.shape != values.shape[1:2]:
+        raise ValueError(f"labels must be (N,) = ({values.shape[1]},), got {labels.shape}")
+    return values.shape[0], values.shape[1], values.shape[2]
+
+
+for _name in ROBUST_RULES:
+    LOGIT_AGGREGATIONS.add(_name, _coordinate_rule(_name))
+
+
+@LOGIT_AGGREGATIONS.register("trust")
+def trust(values: NDArray[np.float64], labels: NDArray[np.int64], settings: RobustSettings) -> FusedLogits:
+    """Trust from the server's labelled samples, per client and per class, as selective KD judges clients.
+
+    Client ``k``'s trust in class ``c`` is its smoothed precision on this round's labelled samples,
+    ``(M_k[c, c] + 1) / (sum_y M_k[y, c] + 2)`` (``M_k`` its confusion matrix); its weight on a sample is that
+    trust for the class it predicts there, raised to ``trust_power``. On a labelled sample where some client is
+    right only those clients count (FedGEMS' rule); elsewhere (unlabelled, or nobody right) every client counts by
+    its trust. The fused logits are the weighted mean.
+    """
+    num_clients, num_samples, num_classes = _check_logits(values, labels)
+    predicted = values.argmax(axis=2)  # (K, N)
+    known = labels >= 0
+    confusion = np.zeros((num_clients, num_classes, num_classes))
+    for k in range(num_clients):
+        np.add.at(confusion[k], (labels[known], predicted[k, known]), 1.0)
+    precision = (np.einsum("kcc->kc", confusion) + 1.0) / (confusion.sum(axis=1) + 2.0)  # (K, C), in (0, 1)
+    weights = np.take_along_axis(precision, predicted, axis=1) ** settings.trust_power  # (K, N), > 0
+    correct = known[None, :] & (predicted == labels[None, :])
+    weights = np.where(correct.any(axis=0)[None, :], weights * correct, weights)
+    weights = weights / weights.sum(axis=0, keepdims=True)
+    return FusedLogits(np.einsum("kn,knc->nc", weights, values), weights.mean(axis=1))

@@ -13,7 +13,9 @@ from fl_kd.kd.fedmd.public_logits import build_server_learner
 def build_server_role(cfg: ExperimentConfig, federation: Federation) -> DSFLServer:
     """The server half for the generic runtimes."""
     strategy = settings_of(cfg, DSFLConfig)
-    return DSFLServer(build_server_learner(cfg, federation, strategy), strategy, cfg.seed)
+    server = DSFLServer(build_server_learner(cfg, federation, strategy), strategy, cfg.seed)
+    server.public_labels = federation.transfer_y.numpy()
+    return server
 
 
 def build_client_role(cfg: ExperimentConfig, federation: Federation, client_id: int) -> DSFLClient:

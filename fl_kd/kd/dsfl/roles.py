@@ -49,6 +49,17 @@ def entropy_reduction(logits: NDArray[np.float64], temperature: float) -> NDArra
     return torch.log_softmax(log_average / temperature, dim=1).numpy()
 
 
+def softmax(logits: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Softmax over the last axis, in float64."""
+    return torch.softmax(torch.from_numpy(np.asarray(logits, dtype=np.float64)), dim=-1).numpy()
+
+
+def log_normalise(probs: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Log of ``probs`` ``(n, C)`` clipped to [1e-12, inf) and renormalised per row (a fused row may not sum to 1)."""
+    clipped = np.clip(probs, 1e-12, None)
+    return np.log(clipped / clipped.sum(axis=1, keepdims=True))
+
+
 def mean_entropy(log_probs: NDArray[np.float64]) -> float:
     """Mean over samples of the entropy (nats) of soft labels given as log-probabilities ``(n, C)``."""
     return float(-(np.exp(log_probs) * log_probs).sum(axis=1).mean())
@@ -63,8 +74,13 @@ class DSFLServer(PublicLogitsServer):
 
     def soft_targets(self, logits: NDArray[np.float64]) -> tuple[NDArray[np.float64], Figures]:
         """The sharpened average, and the mean entropy before and after sharpening."""
-        sharpened = entropy_reduction(logits, self.era_temperature)
-        average = entropy_reduction(logits, 1.0)
+        fused = self.fuse(softmax(logits))
+        if fused is None:
+            sharpened = entropy_reduction(logits, self.era_temperature)
+            average = entropy_reduction(logits, 1.0)
+        else:  # a robust rule fused the probabilities; ERA sharpens their renormalised log
+            average = log_normalise(fused)
+            sharpened = torch.log_softmax(torch.from_numpy(average) / self.era_temperature, dim=1).numpy()
         return sharpened, {"entropy_average": mean_entropy(average), "entropy_sharpened": mean_entropy(sharpened)}
 
     def no_answer_figures(self) -> Figures:

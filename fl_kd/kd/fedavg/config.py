@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
-from fl_kd.config import require
+from fl_kd.config import check_choice, check_range, require
 from fl_kd.kd.algorithm import SGDStrategyConfig
 from fl_kd.kd.client import ClientTrainConfig
+from fl_kd.kd.robust import ROBUST_RULES, RobustSettings
 from fl_kd.models import DeviceTier
 
 if TYPE_CHECKING:
@@ -28,10 +29,30 @@ class WeightSharingConfig(SGDStrategyConfig):
     momentum, weight_decay : float (default: 0.9, 5e-4)
         Client SGD settings (the same as FedGEMS' clients, so local training is identical across strategies; the
         optimiser is recreated each round, so no momentum survives between rounds).
+    aggregation : str (default: "mean")
+        How the server fuses the clients' weights (per architecture): "mean" (FedAvg's sample-weighted average),
+        or a robust rule of :data:`fl_kd.kd.robust.ROBUST_RULES`: "median", "trimmed_mean", "krum", "multi_krum".
+    trim_fraction, num_malicious, num_selected : (default: 0.2, 0, 0)
+        Parameters of those rules (:class:`fl_kd.kd.robust.RobustSettings`).
     """
+
+    shares: ClassVar[str] = "weights"
+
+    aggregation: str = "mean"
+    trim_fraction: float = 0.2
+    num_malicious: int = 0
+    num_selected: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_choice("strategy.aggregation", self.aggregation, ROBUST_RULES.names())
+        check_range("strategy.trim_fraction", self.trim_fraction, low=0.0, high=0.5, high_open=True)
+        check_range("strategy.num_malicious", self.num_malicious, low=0)
+        check_range("strategy.num_selected", self.num_selected, low=0)
+
+    def robust_settings(self) -> RobustSettings:
+        """The parameters of ``aggregation``."""
+        return RobustSettings(self.trim_fraction, self.num_malicious, self.num_selected)
 
     def client_config(self, tier: DeviceTier) -> ClientTrainConfig:
         """Training settings of a client in device ``tier`` (local training only: no client distillation)."""

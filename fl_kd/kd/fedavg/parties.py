@@ -56,14 +56,16 @@ def fedavg_server(
 ) -> Server:
     """A FedAvg server (``server_class``) whose every client trains ``architecture``, freshly seeded."""
     prepare_device(cfg)
-    weight_sharing_config(cfg)
-    return server_class(
+    settings = weight_sharing_config(cfg)
+    server = server_class(
         global_model(cfg, federation, architecture),
         architecture,
         federation.num_clients,
         max_examples(federation),
         device=cfg.device,
     )
+    server.use_aggregation(settings.aggregation, settings.robust_settings())
+    return server
 
 
 def build_server_role(cfg: ExperimentConfig, federation: Federation) -> FedAvgServer:

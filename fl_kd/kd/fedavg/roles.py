@@ -12,6 +12,7 @@ FedAvg has one architecture; :class:`WeightSharingServer` keeps one global model
 
 from __future__ import annotations
 
+import math
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,6 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from fl_kd.kd import protocol as kd
+from fl_kd.kd.robust import ROBUST_RULES, RobustSettings
+from fl_kd.kd.robust_weights import robust_average
 from fl_kd.kd.roles import Answer, Arrays, DistillClientRole, Instruction, ServerRole
 from fl_kd.kd.training import accuracy
 from fl_kd.kd.weights import check_weights, load_arrays, model_arrays, weighted_average
@@ -75,6 +78,19 @@ class WeightSharingServer(ServerRole):
         self.max_examples = int(max_examples)
         # What goes on the wire, refreshed whenever a global model changes (one copy shared by every message).
         self.published: dict[str, Arrays] = {name: model_arrays(model) for name, model in self.models.items()}
+        #: How answers are fused ("mean": FedAvg's; robust rules by :meth:`use_aggregation`).
+        self.aggregation = "mean"
+        self.robust = RobustSettings()
+        self._shares: dict[int, float] = {}
+
+    def use_aggregation(self, aggregation: str, settings: RobustSettings) -> None:
+        """Fuse answers by ``aggregation`` (a name in :data:`fl_kd.kd.robust.ROBUST_RULES`) from now on."""
+        ROBUST_RULES.get(aggregation)
+        self.aggregation, self.robust = aggregation, settings
+
+    def fusion_weights(self) -> dict[int, float]:
+        """Client id -> its share of the last round's fusion weight (each architecture counts equally)."""
+        return dict(self._shares)
 
     def train_instruction(self, round: int, client_id: int) -> Instruction:
         """The global weights of the client's architecture."""
@@ -99,11 +115,17 @@ class WeightSharingServer(ServerRole):
         members: dict[str, list[int]] = {}
         for client_id in sorted(answers):
             members.setdefault(self.architecture_of[client_id], []).append(client_id)
+        self._shares = {}
         for name, client_ids in sorted(members.items()):
             weights = [split_answer(answers[cid])[0] for cid in client_ids]
             counts = [float(answers[cid][NUM_EXAMPLES][0]) for cid in client_ids]
-            load_arrays(self.models[name], weighted_average(weights, counts))
+            if self.aggregation == "mean":
+                fused, shares = weighted_average(weights, counts), np.asarray(counts) / math.fsum(counts)
+            else:
+                fused, shares = robust_average(weights, counts, self.aggregation, self.robust)
+            load_arrays(self.models[name], fused)
             self.published[name] = model_arrays(self.models[name])
+            self._shares |= {cid: float(share) / len(members) for cid, share in zip(client_ids, shares, strict=True)}
         return members
 
     def aggregate(self, round: int, answers: Mapping[int, Arrays]) -> dict[str, float | int]:
@@ -152,7 +174,6 @@ class FedAvgServer(WeightSharingServer):
 class WeightSharingClient(DistillClientRole):
     """A client that loads the server's weights, trains on private data and answers with its weights."""
 
-
     def train(self, round: int, instruction: Instruction) -> Answer:
         """Load the global weights, train ``local_epochs``, answer with weights and sample count."""
         load_arrays(self.client.model, instruction.arrays)
@@ -172,4 +193,3 @@ class WeightSharingClient(DistillClientRole):
         """Load the server's new weights (no training)."""
         load_arrays(self.client.model, instruction.arrays)
         return {kd.TRAIN_SAMPLES: 0.0}
-

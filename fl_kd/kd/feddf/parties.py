@@ -14,7 +14,7 @@ def build_server_role(cfg: ExperimentConfig, federation: Federation) -> FedDFSer
     """The server: freshly seeded prototypes of the clients' architectures and the server model."""
     settings = settings_of(cfg, FedDFConfig)
     architecture_of = [tier.model for tier in federation.tiers]
-    return FedDFServer(
+    server = FedDFServer(
         {name: global_model(cfg, federation, name) for name in sorted(set(architecture_of))},
         architecture_of,
         max_examples(federation),
@@ -24,3 +24,5 @@ def build_server_role(cfg: ExperimentConfig, federation: Federation) -> FedDFSer
         seed=cfg.seed,
         device=cfg.device,
     )
+    server.use_aggregation(settings.aggregation, settings.robust_settings())
+    return server

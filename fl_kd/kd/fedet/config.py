@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from fl_kd.config import check_choice, check_range, require
 from fl_kd.kd.algorithm import SGDStrategyConfig
@@ -44,6 +44,8 @@ class FedETConfig(SGDStrategyConfig):
     momentum, weight_decay : float (default: 0.9, 5e-4)
         SGD settings of all parties; clients take epochs, batch and lr from their device tier.
     """
+
+    shares: ClassVar[str] = "weights"
 
     name: str = "fedet"
     diversity_weight: float = 0.05

@@ -14,7 +14,9 @@ def build_server_role(cfg: ExperimentConfig, federation: Federation) -> FedMDSer
     """The server half for the generic runtimes."""
     strategy = settings_of(cfg, FedMDConfig)
     model = build_server_learner(cfg, federation, strategy)
-    return FedMDServer(model, strategy, cfg.seed, strategy.public_per_round, strategy.temperature)
+    server = FedMDServer(model, strategy, cfg.seed, strategy.public_per_round, strategy.temperature)
+    server.public_labels = federation.transfer_y.numpy()
+    return server
 
 
 def build_client_role(cfg: ExperimentConfig, federation: Federation, client_id: int) -> FedMDClient:

@@ -29,6 +29,8 @@ from fl_kd.kd import protocol as kd
 from fl_kd.kd.algorithm import SGDStrategyConfig
 from fl_kd.kd.client import ClientTrainConfig, DistillClient
 from fl_kd.kd.federation import build_server_model
+from fl_kd.kd.fusion import LOGIT_AGGREGATIONS
+from fl_kd.kd.robust import RobustSettings
 from fl_kd.kd.roles import Answer, Arrays, DistillClientRole, Instruction, ServerRole
 from fl_kd.kd.seeding import SERVER_ID, derive_seed
 from fl_kd.kd.training import LOGITS_DTYPES, to_wire
@@ -57,12 +59,23 @@ class PublicLogitsConfig(SGDStrategyConfig):
         SGD settings of all parties (local epochs, batch size and learning rate of clients come from their tier).
     logits_dtype : str (default: "float32")
         Wire format of logits and soft targets in both directions ("float32" or "float16").
+    aggregation : str (default: "mean")
+        How the clients' answers are fused (:data:`fl_kd.kd.fusion.LOGIT_AGGREGATIONS`): "mean" is the algorithm's
+        own; "median", "trimmed_mean", "krum", "multi_krum" are robust to outlying clients; "trust" weights each
+        client per class by its precision on the round's labelled public samples (it reads their labels).
+    trim_fraction, num_malicious, num_selected, trust_power : (default: 0.2, 0, 0, 4.0)
+        Parameters of those rules (:class:`fl_kd.kd.robust.RobustSettings`).
     """
 
     server_epochs: int = 2
     server_batch_size: int = 64
     server_lr: float = 0.05
     logits_dtype: str = "float32"
+    aggregation: str = "mean"
+    trim_fraction: float = 0.2
+    num_malicious: int = 0
+    num_selected: int = 0
+    trust_power: float = 4.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -70,6 +83,15 @@ class PublicLogitsConfig(SGDStrategyConfig):
         check_range("strategy.server_batch_size", self.server_batch_size, low=1)
         check_range("strategy.server_lr", self.server_lr, low=0.0, low_open=True)
         check_choice("strategy.logits_dtype", self.logits_dtype, LOGITS_DTYPES)
+        check_choice("strategy.aggregation", self.aggregation, LOGIT_AGGREGATIONS.names())
+        check_range("strategy.trim_fraction", self.trim_fraction, low=0.0, high=0.5, high_open=True)
+        check_range("strategy.num_malicious", self.num_malicious, low=0)
+        check_range("strategy.num_selected", self.num_selected, low=0)
+        check_range("strategy.trust_power", self.trust_power, low=0.0)
+
+    def robust_settings(self) -> RobustSettings:
+        """The parameters of ``aggregation``."""
+        return RobustSettings(self.trim_fraction, self.num_malicious, self.num_selected, self.trust_power)
 
 
 def build_server_learner(cfg: ExperimentConfig, federation: Federation, strategy: PublicLogitsConfig) -> DistillClient:
@@ -140,6 +162,34 @@ class PublicLogitsServer(ServerRole):
         self._round, self._positions = -1, np.zeros(0, dtype=np.int64)
         self._sent_positions = np.zeros(0, dtype=np.int64)
         self._targets: NDArray[Any] = np.zeros((0, self.num_classes), dtype=self.logits_dtype)
+        #: Labels of the labelled public part, for the "trust" aggregation (set by the builder; None: unknown).
+        self.public_labels: NDArray[np.int64] | None = None
+        self._answered: list[int] = []
+        self._shares: NDArray[np.float64] = np.zeros(0)
+
+    def fuse(self, values: NDArray[np.float64]) -> NDArray[np.float64] | None:
+        """``strategy.aggregation`` of ``(K, n, C)`` values on the round's positions, or None for "mean".
+
+        None leaves the algorithm's own averaging (bit for bit as before); either way the clients' shares of the
+        fusion weight are kept for :meth:`fusion_weights`.
+        """
+        num_clients = values.shape[0]
+        if self.strategy.aggregation == "mean":
+            self._shares = np.full(num_clients, 1.0 / num_clients)
+            return None
+        positions = self._positions
+        labels = np.full(positions.shape, -1, dtype=np.int64)
+        if self.public_labels is not None:
+            known = positions < self.public_labels.size
+            labels[known] = self.public_labels[positions[known]]
+        rule = LOGIT_AGGREGATIONS.get(self.strategy.aggregation)
+        fused = rule(values, labels, self.strategy.robust_settings())
+        self._shares = fused.client_weights
+        return fused.logits
+
+    def fusion_weights(self) -> dict[int, float]:
+        """Client id -> its share of the last round's fusion weight."""
+        return {cid: float(share) for cid, share in zip(self._answered, self._shares, strict=True)}
 
     @abstractmethod
     def soft_targets(self, logits: NDArray[np.float64]) -> tuple[NDArray[np.float64], Figures]:
@@ -175,9 +225,11 @@ class PublicLogitsServer(ServerRole):
         if not answers:
             self._sent_positions = np.zeros(0, dtype=np.int64)
             self._targets = np.zeros((0, self.num_classes), dtype=self.logits_dtype)
+            self._answered, self._shares = [], np.zeros(0)
             return figures | self.no_answer_figures() | {"server_loss": 0.0}
         # A fixed client order keeps floating-point sums the same in every runtime.
         stacked = np.stack([answers[cid][kd.LOGITS].astype(np.float64) for cid in sorted(answers)])
+        self._answered = sorted(answers)
         targets, own = self.soft_targets(stacked)
         self._sent_positions, self._targets = positions, to_wire(torch.from_numpy(targets), self.logits_dtype)
         # The server learns from exactly what the clients get (after the wire's rounding).

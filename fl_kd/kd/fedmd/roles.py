@@ -40,7 +40,8 @@ class FedMDServer(PublicLogitsServer):
 
     def soft_targets(self, logits: NDArray[np.float64]) -> tuple[NDArray[np.float64], Figures]:
         """The consensus, and how far the clients are from it (mean absolute deviation of logits)."""
-        average = consensus(logits)
+        fused = self.fuse(logits)
+        average = consensus(logits) if fused is None else fused
         return average, {"client_deviation": float(np.abs(logits - average).mean())}
 
     def no_answer_figures(self) -> Figures:

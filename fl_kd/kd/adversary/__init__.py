@@ -1,0 +1,71 @@
+"""Malicious clients (group ``adversary``): behaviours that wrap the honest client half of any algorithm.
+
+The strategy registry applies :func:`with_adversary` to every algorithm's builders, the one place from which the
+in-process runner and the Flower apps build parties: a malicious client id gets a :class:`MaliciousClient` around
+its honest half, and the server half gets the attack's figures measured beside it (:class:`AttackMetricsServer`).
+No strategy knows about either; with ``adversary.name=none`` nothing is wrapped and a run is bit-identical to one
+without this group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from fl_kd.kd.adversary.behaviours import ADVERSARIES, Behaviour
+from fl_kd.kd.adversary.client import MaliciousClient
+from fl_kd.kd.adversary.config import NONE, AdversaryConfig, malicious_clients, malicious_of
+from fl_kd.kd.adversary.metrics import AttackMetricsServer, ReportsFusionWeights, attack_success_rate
+
+if TYPE_CHECKING:
+    from fl_kd.kd.config import ExperimentConfig
+    from fl_kd.kd.federation import Federation
+    from fl_kd.kd.roles import ClientRole, ServerRole
+
+ClientBuilder = Callable[["ExperimentConfig", "Federation", int], "ClientRole"]
+ServerBuilder = Callable[["ExperimentConfig", "Federation"], "ServerRole"]
+
+
+def adversarial_client(build_client: ClientBuilder) -> ClientBuilder:
+    """``build_client``, whose malicious client ids come wrapped in their behaviour."""
+
+    def build(cfg: ExperimentConfig, federation: Federation, client_id: int) -> ClientRole:
+        role = build_client(cfg, federation, client_id)
+        if client_id not in malicious_of(cfg):
+            return role
+        behaviour = ADVERSARIES.get(cfg.adversary.name)(
+            cfg.adversary, federation.data.num_classes, federation.transfer_y
+        )
+        return MaliciousClient(role, behaviour, cfg.seed)
+
+    return build
+
+
+def measured_server(build_server: ServerBuilder) -> ServerBuilder:
+    """``build_server``, whose server half reports the attack's figures when the run has an adversary."""
+
+    def build(cfg: ExperimentConfig, federation: Federation) -> ServerRole:
+        server = build_server(cfg, federation)
+        adversary = cfg.adversary
+        if adversary.name == NONE:
+            return server
+        test_set = (lambda round: federation.test_set(cfg, round)) if adversary.name == "targeted" else None
+        return AttackMetricsServer(server, frozenset(malicious_of(cfg)), test_set, adversary.source, adversary.target)
+
+    return build
+
+
+__all__ = [
+    "ADVERSARIES",
+    "NONE",
+    "AdversaryConfig",
+    "AttackMetricsServer",
+    "Behaviour",
+    "MaliciousClient",
+    "ReportsFusionWeights",
+    "adversarial_client",
+    "attack_success_rate",
+    "malicious_clients",
+    "malicious_of",
+    "measured_server",
+]

@@ -1,0 +1,259 @@
+"""What a malicious client does to the honest client's data or answer, one registered class per behaviour.
+
+Logit attacks rewrite the logits an answer carries (``logits``, and ``unlabelled-logits`` where a strategy asks for
+them), keeping their positions, shape and wire dtype so the answer still passes the protocol checks: the server
+must tell it apart by its content alone. Weight attacks rewrite the update ``w_local - w_global`` of a
+weight-sharing answer. Data attacks (``label_flip``, ``targeted``) relabel the private set once, when the client is
+built, and train honestly on the lie. Attacks follow Fang et al. (USENIX Security 2020) and Blanchard et al.
+(NeurIPS 2017) for weights, and the logit attacks studied for FedMD/DS-FL/FedGEMS-style distillation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+from numpy.typing import NDArray
+from torch import Tensor
+
+from fl_kd.kd import protocol as kd
+from fl_kd.kd.adversary.config import AdversaryConfig
+from fl_kd.kd.roles import Answer, Arrays, Instruction
+from fl_kd.registry import Registry
+
+#: (logits name, positions name) pairs an answer may carry.
+LOGIT_ARRAYS: tuple[tuple[str, str], ...] = ((kd.LOGITS, kd.POSITIONS), (kd.UNLABELLED_LOGITS, kd.UNLABELLED_POSITIONS))
+
+#: Normalisation statistics, not learnt weights: an attack leaves them alone (a negative variance is no attack).
+_BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+
+
+class Behaviour:
+    """The honest client's behaviour (``none``); subclasses override what they corrupt.
+
+    Attributes
+    ----------
+    kind : str
+        What it corrupts: "logits", "weights" or "any" (checked against ``StrategyConfig.shares``).
+    trains : bool
+        Whether the client trains locally before answering (a free rider does not).
+    """
+
+    kind: ClassVar[str] = "any"
+    trains: ClassVar[bool] = True
+
+    def __init__(self, config: AdversaryConfig, num_classes: int, transfer_y: Tensor) -> None:
+        for key in ("source", "target"):
+            if getattr(config, key) >= num_classes:
+                raise ValueError(f"adversary.{key}={getattr(config, key)} is no class of a {num_classes}-class dataset")
+        self.config = config
+        self.num_classes = num_classes
+        self.transfer_y = transfer_y.numpy().astype(np.int64)
+
+    def poison_labels(self, labels: Tensor) -> Tensor:
+        """The private labels the client trains on (``(n,)`` int64)."""
+        return labels
+
+    def corrupt(self, answer: Answer, instruction: Instruction, rng: np.random.Generator) -> Answer:
+        """The answer the server gets instead of the honest ``answer`` (to ``instruction``)."""
+        arrays = dict(answer.arrays)
+        for logits_name, positions_name in LOGIT_ARRAYS:
+            if logits_name in arrays and _overrides(type(self), "corrupt_logits"):
+                logits = arrays[logits_name]
+                positions = np.asarray(arrays.get(positions_name, np.zeros(0, dtype=np.int64)))
+                corrupted = self.corrupt_logits(logits.astype(np.float64), positions, rng)
+                arrays[logits_name] = corrupted.astype(logits.dtype)
+        if kd.LOGITS not in arrays and _overrides(type(self), "corrupt_update"):
+            arrays = self._corrupt_weights(arrays, instruction, rng)
+        return Answer(arrays, dict(answer.metrics))
+
+    def corrupt_logits(
+        self, logits: NDArray[np.float64], positions: NDArray[Any], rng: np.random.Generator
+    ) -> NDArray[np.float64]:
+        """Logits ``(n, C)`` the client sends for public ``positions`` ``(n,)``."""
+        return logits
+
+    def corrupt_update(self, update: NDArray[np.float64], rng: np.random.Generator) -> NDArray[np.float64]:
+        """The update ``w_local - w_global`` of one weight array that the client sends instead."""
+        return update
+
+    def _corrupt_weights(self, arrays: Arrays, instruction: Instruction, rng: np.random.Generator) -> Arrays:
+        out = dict(arrays)
+        for name in sorted(arrays):
+            value, reference = arrays[name], instruction.arrays.get(name)
+            if (
+                value.dtype != np.float32
+                or reference is None
+                or reference.shape != value.shape
+                or name.endswith(_BUFFER_SUFFIXES)
+            ):
+                continue
+            base = reference.astype(np.float64)
+            out[name] = (base + self.corrupt_update(value.astype(np.float64) - base, rng)).astype(np.float32)
+        return out
+
+    def labels_or_predictions(self, logits: NDArray[np.float64], positions: NDArray[Any]) -> NDArray[np.int64]:
+        """Per row, the true class where the client knows it (labelled transfer part), else its own prediction."""
+        known = positions < self.transfer_y.size
+        labels = logits.argmax(axis=1).astype(np.int64)
+        labels[known] = self.transfer_y[positions[known]]
+        return labels
+
+
+def _overrides(cls: type[Behaviour], method: str) -> bool:
+    # An honest step is skipped rather than recomputed, so what it does not attack leaves the answer's bytes alone.
+    return getattr(cls, method) is not getattr(Behaviour, method)
+
+
+ADVERSARIES: Registry[type[Behaviour]] = Registry("adversary")
+ADVERSARIES.add("none", Behaviour)
+
+
+def random_like(logits: NDArray[np.float64], rng: np.random.Generator) -> NDArray[np.float64]:
+    """Gaussian logits with the answer's own mean and standard deviation (no information, plausible scale)."""
+    if logits.size == 0:
+        return logits
+    return rng.normal(float(logits.mean()), float(logits.std()) or 1.0, size=logits.shape)
+
+
+@ADVERSARIES.register("label_flip")
+class LabelFlip(Behaviour):
+    """Trains on flipped private labels ``y -> C - 1 - y`` and answers honestly from that model."""
+
+    def poison_labels(self, labels: Tensor) -> Tensor:
+        """Every label flipped."""
+        return self.num_classes - 1 - labels
+
+
+@ADVERSARIES.register("random_logits")
+class RandomLogits(Behaviour):
+    """Trains, then answers Gaussian noise shaped and scaled like its real logits."""
+
+    kind = "logits"
+
+    def corrupt_logits(
+        self, logits: NDArray[np.float64], positions: NDArray[Any], rng: np.random.Generator
+    ) -> NDArray[np.float64]:
+        """Noise instead of the logits."""
+        return random_like(logits, rng)
+
+
+@ADVERSARIES.register("negated_logits")
+class NegatedLogits(Behaviour):
+    """Answers ``-logits``: its most likely class becomes its least likely."""
+
+    kind = "logits"
+
+    def corrupt_logits(
+        self, logits: NDArray[np.float64], positions: NDArray[Any], rng: np.random.Generator
+    ) -> NDArray[np.float64]:
+        """The negated logits."""
+        return -logits
+
+
+@ADVERSARIES.register("scaled_logits")
+class ScaledLogits(Behaviour):
+    """Answers ``lambda * logits`` (``adversary.scale``): the right classes, with outsized weight in a mean."""
+
+    kind = "logits"
+
+    def corrupt_logits(
+        self, logits: NDArray[np.float64], positions: NDArray[Any], rng: np.random.Generator
+    ) -> NDArray[np.float64]:
+        """The scaled logits."""
+        return self.config.scale * logits
+
+
+@ADVERSARIES.register("confident_wrong")
+class ConfidentWrong(Behaviour):
+    """Answers a one-hot logit (``adversary.confidence``) on a wrong class: right where it knows the label, wrong.
+
+    The wrong class is drawn per row among the classes other than the true one (labelled transfer part) or than its
+    own prediction (elsewhere): low entropy, so a confidence-weighted fusion that does not check labels trusts it.
+    """
+
+    kind = "logits"
+
+    def corrupt_logits(
+        self, logits: NDArray[np.float64], positions: NDArray[Any], rng: np.random.Generator
+    ) -> NDArray[np.float64]:
+        """One-hot on a wrong class."""
+        rows = logits.shape[0]
+        truth = self.labels_or_predictions(logits, positions)
+        wrong = (truth + 1 + rng.integers(0, self.num_classes - 1, size=rows)) % self.num_classes
+        out = np.zeros_like(logits)
+        out[np.arange(rows), wrong] = self.config.confidence
+        return out
+
+
+@ADVERSARIES.register("free_rider")
+class FreeRider(Behaviour):
+    """Skips local training; answers its stale model (mode "stale") or random values (mode "random")."""
+
+    trains = False
+
+    def corrupt_logits(
+        self, logits: NDArray[np.float64], positions: NDArray[Any], rng: np.random.Generator
+    ) -> NDArray[np.float64]:
+        """The untrained model's logits, or noise."""
+        return random_like(logits, rng) if self.config.free_rider_mode == "random" else logits
+
+    def corrupt_update(self, update: NDArray[np.float64], rng: np.random.Generator) -> NDArray[np.float64]:
+        """No update (the global weights echoed), or noise."""
+        if self.config.free_rider_mode == "random":
+            return rng.normal(0.0, self.config.noise_std, size=update.shape)
+        return update
+
+
+@ADVERSARIES.register("targeted")
+class Targeted(Behaviour):
+    """Backdoor-free targeted poisoning: ``source`` is learnt and answered as ``target``, all else honest."""
+
+    def poison_labels(self, labels: Tensor) -> Tensor:
+        """Source-class labels become the target class."""
+        out = labels.clone()
+        out[labels == self.config.source] = self.config.target
+        return out
+
+    def corrupt_logits(
+        self, logits: NDArray[np.float64], positions: NDArray[Any], rng: np.random.Generator
+    ) -> NDArray[np.float64]:
+        """Rows that say ``source`` (or are labelled so) swap their source and target logits."""
+        source, target = self.config.source, self.config.target
+        rows = (logits.argmax(axis=1) == source) | (self.labels_or_predictions(logits, positions) == source)
+        out = logits.copy()
+        out[rows, source], out[rows, target] = logits[rows, target], logits[rows, source]
+        return out
+
+
+@ADVERSARIES.register("sign_flip")
+class SignFlip(Behaviour):
+    """Sends ``w_global - lambda * update``: its training pulls the global model backwards."""
+
+    kind = "weights"
+
+    def corrupt_update(self, update: NDArray[np.float64], rng: np.random.Generator) -> NDArray[np.float64]:
+        """The reversed update."""
+        return -self.config.scale * update
+
+
+@ADVERSARIES.register("scaled_update")
+class ScaledUpdate(Behaviour):
+    """Sends ``w_global + lambda * update``: a boosted update that dominates a plain average."""
+
+    kind = "weights"
+
+    def corrupt_update(self, update: NDArray[np.float64], rng: np.random.Generator) -> NDArray[np.float64]:
+        """The boosted update."""
+        return self.config.scale * update
+
+
+@ADVERSARIES.register("gaussian_update")
+class GaussianUpdate(Behaviour):
+    """Sends ``w_global + N(0, noise_std^2)``: an update of pure noise."""
+
+    kind = "weights"
+
+    def corrupt_update(self, update: NDArray[np.float64], rng: np.random.Generator) -> NDArray[np.float64]:
+        """Noise instead of the update."""
+        return rng.normal(0.0, self.config.noise_std, size=update.shape)

@@ -1,0 +1,108 @@
+"""Settings of the malicious clients (group ``adversary``) and who they are.
+
+Which clients misbehave is drawn from the run's seed alone, so every runtime (the in-process runner, each Flower
+ClientApp process, the metric side) names the same clients without being told; the server's fusion never is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from fl_kd.config import check_choice, check_range, require
+from fl_kd.kd.seeding import derive_seed
+
+if TYPE_CHECKING:
+    from fl_kd.kd.config import ExperimentConfig
+
+NONE = "none"
+"""The honest federation: no client is wrapped, every run is bit-identical to one without this group."""
+
+FREE_RIDER_MODES: tuple[str, ...] = ("stale", "random")
+
+
+@dataclass
+class AdversaryConfig:
+    """What the malicious clients do, and how many there are.
+
+    Attributes
+    ----------
+    name : str (default: "none")
+        A registered behaviour (:data:`fl_kd.kd.adversary.ADVERSARIES`).
+    fraction : float (default: 0.0)
+        Share of the clients that misbehave, in [0, 1]; ``round(fraction * num_clients)`` (halves up) of them,
+        drawn from the seed (:func:`malicious_clients`).
+    scale : float (default: 10.0)
+        lambda of ``scaled_logits`` (logits * lambda), ``scaled_update`` (global + lambda * update) and
+        ``sign_flip`` (global - lambda * update).
+    noise_std : float (default: 1.0)
+        Standard deviation of ``gaussian_update``'s noise and of a ``free_rider``'s random weights.
+    confidence : float (default: 10.0)
+        The logit ``confident_wrong`` puts on its wrong class (every other logit is 0).
+    source, target : int (default: 0, 1)
+        ``targeted``: private samples of class ``source`` are trained as ``target``, and answers that say
+        ``source`` say ``target`` instead.
+    free_rider_mode : str (default: "stale")
+        ``free_rider`` skips local training; "stale" answers with its untrained model as it stands (for weight
+        sharing: the global weights echoed), "random" with random logits (or global weights plus noise).
+    """
+
+    name: str = NONE
+    fraction: float = 0.0
+    scale: float = 10.0
+    noise_std: float = 1.0
+    confidence: float = 10.0
+    source: int = 0
+    target: int = 1
+    free_rider_mode: str = "stale"
+
+    def __post_init__(self) -> None:
+        from fl_kd.kd.adversary.behaviours import ADVERSARIES
+
+        check_choice("adversary.name", self.name, ADVERSARIES.names())
+        check_range("adversary.fraction", self.fraction, low=0.0, high=1.0)
+        require(
+            self.name != NONE or self.fraction == 0.0,
+            f"adversary.fraction={self.fraction} needs a behaviour: choose adversary.name (none has no attackers)",
+        )
+        check_range("adversary.scale", self.scale, low=0.0, low_open=True)
+        check_range("adversary.noise_std", self.noise_std, low=0.0)
+        check_range("adversary.confidence", self.confidence, low=0.0, low_open=True)
+        check_range("adversary.source", self.source, low=0)
+        check_range("adversary.target", self.target, low=0)
+        require(self.source != self.target, "adversary.source and adversary.target must be different classes")
+        check_choice("adversary.free_rider_mode", self.free_rider_mode, FREE_RIDER_MODES)
+
+    def check_experiment(self, experiment: ExperimentConfig) -> None:
+        """A behaviour that corrupts logits needs a strategy whose clients send logits, and likewise for weights."""
+        from fl_kd.kd.adversary.behaviours import ADVERSARIES
+
+        kind = ADVERSARIES.get(self.name).kind
+        shares = experiment.strategy.shares
+        require(
+            kind in ("any", shares),
+            f"adversary {self.name} corrupts {kind}, but the clients of strategy {experiment.strategy.name} send "
+            f"{shares}",
+        )
+
+
+def malicious_clients(seed: int, num_clients: int, fraction: float) -> tuple[int, ...]:
+    """The malicious client ids, sorted: ``round(fraction * num_clients)`` (halves up) drawn by ``(seed, "adversary")``.
+
+    The draw does not depend on the behaviour, so runs of different attacks at one fraction corrupt the same clients.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must lie in [0, 1], got {fraction}")
+    count = min(num_clients, int(np.floor(fraction * num_clients + 0.5)))
+    rng = np.random.default_rng(derive_seed(seed, "adversary"))
+    return tuple(sorted(int(c) for c in rng.choice(num_clients, size=count, replace=False)))
+
+
+def malicious_of(cfg: ExperimentConfig) -> tuple[int, ...]:
+    """The malicious client ids of a run (none when ``adversary.name`` is "none")."""
+    adversary = cfg.adversary
+    if adversary.name == NONE:
+        return ()
+    return malicious_clients(cfg.seed, cfg.num_clients, adversary.fraction)

@@ -1,0 +1,222 @@
+"""Malicious clients (``adversary`` group): who they are, what each behaviour does to an answer, and that the
+default leaves every run as it was."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from hydra import compose, initialize_config_module
+
+from fl_kd.config import ConfigError, from_mapping, to_mapping
+from fl_kd.kd import protocol as kd
+from fl_kd.kd.adversary import (
+    ADVERSARIES,
+    AdversaryConfig,
+    AttackMetricsServer,
+    MaliciousClient,
+    malicious_clients,
+    malicious_of,
+)
+from fl_kd.kd.algorithm import get_algorithm
+from fl_kd.kd.config import ExperimentConfig
+from fl_kd.kd.federation import Federation, build_federation
+from fl_kd.kd.roles import Answer
+from fl_kd.kd.runner import run_inprocess
+from fl_kd.simulations.config import experiment_config
+from tests.kd_configs import TINY_PROFILE
+
+ONE_TIER = {
+    "name": "tiny_one_tier",
+    "server_model": "cnn_tiny",
+    "tiers": {"only": {"model": "cnn_tiny", "share": 1.0, "local_epochs": 1, "batch_size": 32, "lr": 0.05}},
+}
+
+
+def config(strategy: str = "dsfl", adversary: dict[str, Any] | None = None, **settings: Any) -> ExperimentConfig:
+    """4 digits clients, a 60-sample labelled transfer set; weight-sharing strategies get one architecture."""
+    profile = ONE_TIER if strategy in ("fedavg", "fedavg_server_model") else TINY_PROFILE
+    top = {
+        "device_profile": profile,
+        "num_clients": 4,
+        "transfer": {"labelled": 60},
+        "personalised_test_size": 40,
+        "seed": 11,
+        "adversary": adversary or {},
+    }
+    return from_mapping(ExperimentConfig, top | {"strategy": {"name": strategy, "rounds": 1, **settings}})
+
+
+@cache
+def federation(strategy: str = "dsfl") -> Federation:
+    return build_federation(config(strategy))
+
+
+def answers(name: str, strategy: str = "dsfl", client_id: int = 0, **params: Any) -> tuple[Answer, Answer, Any]:
+    """Client ``client_id``'s honest answer and, from a fresh client, the answer when every client is ``name``."""
+    honest_cfg = config(strategy)
+    attack_cfg = config(strategy, {"name": name, "fraction": 1.0, **params})
+    algorithm = get_algorithm(strategy)
+    fed = federation(strategy)
+    instruction = algorithm.build_server(honest_cfg, fed).train_instruction(1, client_id)
+    honest = algorithm.build_client(honest_cfg, fed, client_id).train(1, instruction)
+    malicious = algorithm.build_client(attack_cfg, fed, client_id)
+    assert isinstance(malicious, MaliciousClient)
+    return honest, malicious.train(1, instruction), instruction
+
+
+def test_malicious_ids_are_drawn_from_the_seed_alone() -> None:
+    assert malicious_clients(0, 20, 0.3) == malicious_clients(0, 20, 0.3)
+    assert len(malicious_clients(0, 20, 0.3)) == 6 and len(malicious_clients(0, 20, 0.1)) == 2
+    assert len(malicious_clients(0, 4, 0.125)) == 1  # halves round up
+    assert malicious_clients(0, 20, 0.0) == () and malicious_clients(0, 20, 1.0) == tuple(range(20))
+    assert malicious_clients(0, 20, 0.3) != malicious_clients(1, 20, 0.3)
+    # The behaviour does not move the draw: attacks at one fraction corrupt the same clients.
+    ids = {malicious_of(config(adversary={"name": name, "fraction": 0.5})) for name in ("label_flip", "free_rider")}
+    assert len(ids) == 1 and len(ids.pop()) == 2
+    assert malicious_of(config()) == ()
+
+
+def test_negated_and_scaled_logits_rewrite_the_honest_logits() -> None:
+    honest, negated, _ = answers("negated_logits")
+    np.testing.assert_array_equal(negated.arrays[kd.LOGITS], -honest.arrays[kd.LOGITS])
+    np.testing.assert_array_equal(negated.arrays[kd.POSITIONS], honest.arrays[kd.POSITIONS])
+    honest, scaled, _ = answers("scaled_logits", scale=7.0)
+    np.testing.assert_allclose(scaled.arrays[kd.LOGITS], 7.0 * honest.arrays[kd.LOGITS], rtol=1e-6)
+    assert scaled.arrays[kd.LOGITS].dtype == honest.arrays[kd.LOGITS].dtype == np.float32
+    assert scaled.metrics == honest.metrics
+
+
+def test_random_logits_carry_no_information_at_the_honest_scale() -> None:
+    honest, noise, _ = answers("random_logits")
+    real, fake = honest.arrays[kd.LOGITS], noise.arrays[kd.LOGITS]
+    assert fake.shape == real.shape and fake.dtype == real.dtype
+    assert np.mean(fake.argmax(1) == real.argmax(1)) < 0.5
+    assert abs(fake.std() - real.std()) < 0.2 * real.std()
+    # Seeded by (seed, client, round): the same lie every time.
+    np.testing.assert_array_equal(answers("random_logits")[1].arrays[kd.LOGITS], fake)
+
+
+def test_confident_wrong_is_one_hot_on_a_wrong_class() -> None:
+    _, wrong, _ = answers("confident_wrong", confidence=9.0)
+    logits, positions = wrong.arrays[kd.LOGITS], wrong.arrays[kd.POSITIONS]
+    labels = federation().transfer_y.numpy()[positions]
+    assert np.all(logits.max(axis=1) == 9.0) and np.all((logits != 0).sum(axis=1) == 1)
+    assert not np.any(logits.argmax(axis=1) == labels)
+
+
+def test_targeted_relabels_source_as_target_and_swaps_its_answers() -> None:
+    cfg = config(adversary={"name": "targeted", "fraction": 1.0, "source": 3, "target": 8})
+    client = get_algorithm("dsfl").build_client(cfg, federation(), 0)
+    assert isinstance(client, MaliciousClient)
+    honest_y = federation().client_data(0)[1]
+    poisoned_y = client.honest.client.train_y
+    assert torch.equal(poisoned_y[honest_y != 3], honest_y[honest_y != 3]) and not (poisoned_y == 3).any()
+    assert (poisoned_y[honest_y == 3] == 8).all() and (honest_y == 3).any()
+    logits = np.eye(10)[[3, 3, 5]] * 4.0
+    out = client.behaviour.corrupt_logits(logits, np.array([10**6] * 3), np.random.default_rng(0))
+    assert out.argmax(axis=1).tolist() == [8, 8, 5]
+
+
+def test_label_flip_trains_on_flipped_labels() -> None:
+    cfg = config(adversary={"name": "label_flip", "fraction": 1.0})
+    client = get_algorithm("dsfl").build_client(cfg, federation(), 2)
+    assert isinstance(client, MaliciousClient)
+    assert torch.equal(client.honest.client.train_y, 9 - federation().client_data(2)[1])
+
+
+def test_free_rider_answers_without_training() -> None:
+    cfg = config()
+    fresh = get_algorithm("dsfl").build_client(cfg, federation(), 1)
+    honest, stale, instruction = answers("free_rider", client_id=1)
+    untrained = fresh.client.public_logits(instruction.arrays[kd.POSITIONS])
+    np.testing.assert_array_equal(stale.arrays[kd.LOGITS], untrained)
+    assert stale.metrics[kd.TRAIN_SAMPLES] == 0.0 < honest.metrics[kd.TRAIN_SAMPLES]
+    _, random, _ = answers("free_rider", client_id=1, free_rider_mode="random")
+    assert not np.array_equal(random.arrays[kd.LOGITS], untrained)
+
+
+@pytest.mark.parametrize("name", ["sign_flip", "scaled_update", "gaussian_update", "free_rider"])
+def test_weight_attacks_rewrite_the_update(name: str) -> None:
+    honest, attacked, instruction = answers(name, "fedavg", scale=3.0, noise_std=0.5)
+    sent = [key for key in honest.arrays if key != kd.NUM_EXAMPLES]
+    np.testing.assert_array_equal(attacked.arrays[kd.NUM_EXAMPLES], honest.arrays[kd.NUM_EXAMPLES])
+    for key in sent:
+        base = instruction.arrays[key].astype(np.float64)
+        update, sent_update = honest.arrays[key] - base, attacked.arrays[key] - base
+        expected = {"sign_flip": -3.0 * update, "scaled_update": 3.0 * update, "free_rider": 0.0 * update}
+        if name in expected:
+            np.testing.assert_allclose(sent_update, expected[name], atol=1e-5)
+        elif sent_update.size > 100:
+            assert abs(sent_update.std() - 0.5) < 0.1
+
+
+def test_behaviours_that_do_not_fit_the_strategy_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="sign_flip corrupts weights"):
+        config("dsfl", {"name": "sign_flip", "fraction": 0.5})
+    with pytest.raises(ConfigError, match="negated_logits corrupts logits"):
+        config("fedavg", {"name": "negated_logits", "fraction": 0.5})
+    with pytest.raises(ConfigError, match="adversary.fraction"):
+        config(adversary={"name": "none", "fraction": 0.5})
+    with pytest.raises(ConfigError, match="adversary.name"):
+        config(adversary={"name": "nosuch"})
+    with pytest.raises(ConfigError, match="different classes"):
+        config(adversary={"name": "targeted", "source": 2, "target": 2})
+    with pytest.raises(ValueError, match="no class"):
+        get_algorithm("dsfl").build_client(
+            config(adversary={"name": "targeted", "fraction": 1.0, "target": 10}), federation(), 0
+        )
+
+
+def test_none_wraps_nothing_and_an_empty_attack_changes_no_number() -> None:
+    cfg = config()
+    algorithm = get_algorithm("dsfl")
+    assert not isinstance(algorithm.build_client(cfg, federation(), 0), MaliciousClient)
+    assert not isinstance(algorithm.build_server(cfg, federation()), AttackMetricsServer)
+    honest = run_inprocess(cfg, federation().data).rounds
+    empty = run_inprocess(config(adversary={"name": "negated_logits", "fraction": 0.0}), federation().data).rounds
+    extra = {"n_malicious_accepted", "malicious_weight_share", "wall_seconds"}
+    assert [{k: v for k, v in r.items() if k not in extra} for r in empty] == [
+        {k: v for k, v in r.items() if k != "wall_seconds"} for r in honest
+    ]
+    assert empty[0]["n_malicious_accepted"] == 0 and empty[0]["malicious_weight_share"] == 0.0
+
+
+def test_every_behaviour_is_registered() -> None:
+    assert set(ADVERSARIES.names()) == {
+        "none",
+        "label_flip",
+        "random_logits",
+        "negated_logits",
+        "scaled_logits",
+        "confident_wrong",
+        "free_rider",
+        "targeted",
+        "sign_flip",
+        "scaled_update",
+        "gaussian_update",
+    }
+
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "adversary"
+
+
+@pytest.mark.parametrize("name", ADVERSARIES.names())
+def test_each_behaviour_has_a_group_file_that_sets_only_what_differs(name: str) -> None:
+    path = CONF / f"{name}.yaml"
+    settings = yaml.safe_load(path.read_text())
+    assert settings.pop("defaults") == [f"/schema/adversary/{name}@_here_", "_self_"]
+    defaults = to_mapping(AdversaryConfig())
+    assert set(settings) <= set(defaults), f"{path.name}: {set(settings) - set(defaults)} are no AdversaryConfig fields"
+    assert not {key for key, value in settings.items() if value == defaults[key]}, f"{path.name} repeats a default"
+    strategy = "fedavg" if ADVERSARIES.get(name).kind == "weights" else "fedgems"
+    overrides = [f"adversary={name}", f"strategy={strategy}"] + ["device_profile=homogeneous"] * (strategy == "fedavg")
+    with initialize_config_module(config_module="fl_kd.conf", version_base=None):
+        composed = experiment_config(compose(config_name="config", overrides=overrides))
+    assert composed.adversary.name == name and (composed.adversary.fraction > 0) == (name != "none")
+    assert sorted(p.stem for p in CONF.glob("*.yaml")) == sorted(ADVERSARIES.names())

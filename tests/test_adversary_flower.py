@@ -1,0 +1,42 @@
+"""Malicious clients through `flwr run`: the ClientApp builds the same liar as the in-process runner, and the attack's
+figures are the same in both runtimes (one tiny case: it pays Flower's start-up)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_module
+
+from fl_kd.simulations.config import experiment_config
+from fl_kd.simulations.flower_launcher import superlink_processes
+from fl_kd.simulations.run import run_experiment
+
+TINY = (
+    "num_clients=3",
+    "transfer.labelled=60",
+    "device_profile=homogeneous",
+    "device_profile.server_model=cnn_small",
+    "strategy=dsfl",
+    "strategy.rounds=2",
+    "strategy.server_epochs=1",
+    "strategy.aggregation=trust",
+    "partition.min_size=20",
+    "seed=3",
+    "adversary=targeted",
+    "adversary.fraction=0.34",
+)
+
+
+def _rows(tmp_path: Path, *overrides: str) -> list[dict]:
+    with initialize_config_module(config_module="fl_kd.conf", version_base=None):
+        cfg = experiment_config(compose(config_name="config", overrides=[*TINY, *overrides]))
+    return [{k: v for k, v in row.items() if k != "wall_seconds"} for row in run_experiment(cfg, tmp_path)]
+
+
+def test_a_targeted_attack_gives_the_same_metrics_in_both_runtimes(tmp_path: Path) -> None:
+    flower = _rows(tmp_path / "flower")
+    inprocess = _rows(tmp_path / "inprocess", "simulation.backend=inprocess")
+    assert len(flower) == 2 and flower == inprocess
+    assert all(row["n_malicious_accepted"] == 1 and "attack_success_rate" in row for row in flower)
+    assert 0.0 < flower[-1]["malicious_weight_share"] < 1.0
+    assert superlink_processes(tmp_path / "flower" / ".flwr") == []

@@ -1,0 +1,110 @@
+"""Robust fusion: median, trimmed mean, Krum and Multi-Krum resist an outlier the mean follows; the same arithmetic
+as Flower's robust strategies; logit trust from labels; the strategies that pick them by config."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.server.strategy.aggregate import aggregate_krum, aggregate_median, aggregate_trimmed_avg
+
+from fl_kd.config import ConfigError
+from fl_kd.kd.fusion import LOGIT_AGGREGATIONS
+from fl_kd.kd.robust import ROBUST_RULES, RobustSettings
+from fl_kd.kd.robust_weights import robust_average
+from fl_kd.kd.runner import run_inprocess
+from tests.test_adversary import config, federation
+
+RNG = np.random.default_rng(7)
+HONEST = 1.0 + 0.01 * RNG.standard_normal((4, 50))
+WITH_OUTLIER = np.vstack([HONEST, np.full((1, 50), 1e3)])
+COUNTS = np.array([10.0, 20.0, 30.0, 40.0, 50.0])
+ROBUST = ("median", "trimmed_mean", "krum", "multi_krum")
+
+
+def test_mean_follows_one_outlier() -> None:
+    fused = ROBUST_RULES.get("mean")(WITH_OUTLIER, np.ones(5), RobustSettings())
+    assert fused.value.min() > 100
+    assert fused.client_weights[4] == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("rule", ROBUST)
+def test_robust_rules_resist_one_outlier(rule: str) -> None:
+    fused = ROBUST_RULES.get(rule)(WITH_OUTLIER, COUNTS, RobustSettings(num_malicious=1))
+    assert np.abs(fused.value - 1.0).max() < 0.05
+    assert fused.client_weights.sum() == pytest.approx(1.0)
+    assert fused.client_weights[4] == 0.0
+
+
+def test_the_rules_compute_what_flowers_robust_strategies_compute() -> None:
+    results = [([row[:20].reshape(4, 5), row[20:]], int(n)) for row, n in zip(WITH_OUTLIER, COUNTS, strict=True)]
+
+    def flat(arrays: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate([a.ravel() for a in arrays])
+
+    settings = RobustSettings(trim_fraction=0.2, num_malicious=1)
+    np.testing.assert_allclose(
+        ROBUST_RULES.get("median")(WITH_OUTLIER, COUNTS, settings).value, flat(aggregate_median(results))
+    )
+    np.testing.assert_allclose(
+        ROBUST_RULES.get("trimmed_mean")(WITH_OUTLIER, COUNTS, settings).value,
+        flat(aggregate_trimmed_avg(results, 0.2)),
+    )
+    np.testing.assert_allclose(
+        ROBUST_RULES.get("krum")(WITH_OUTLIER, COUNTS, settings).value, flat(aggregate_krum(results, 1, 0))
+    )
+    multi = RobustSettings(num_malicious=1, num_selected=3)
+    np.testing.assert_allclose(
+        ROBUST_RULES.get("multi_krum")(WITH_OUTLIER, COUNTS, multi).value, flat(aggregate_krum(results, 1, 3))
+    )
+
+
+def test_robust_average_keeps_names_shapes_and_dtype() -> None:
+    models = [
+        {"w": row[:20].reshape(4, 5).astype(np.float32), "b": row[20:].astype(np.float32)} for row in WITH_OUTLIER
+    ]
+    fused, shares = robust_average(models, COUNTS.tolist(), "median")
+    assert list(fused) == ["w", "b"] and fused["w"].shape == (4, 5) and fused["w"].dtype == np.float32
+    np.testing.assert_allclose(fused["w"], np.median(np.stack([m["w"] for m in models]), axis=0), rtol=1e-6)
+    assert shares[4] == 0.0
+
+
+def test_logit_rules_resist_an_outlying_client_and_trust_ignores_a_confident_liar() -> None:
+    labels = RNG.integers(0, 3, size=40)
+    honest = np.stack([np.eye(3)[labels] * 2.0 + 0.1 * RNG.standard_normal((40, 3)) for _ in range(4)])
+    liar = np.eye(3)[(labels + 1) % 3] * 50.0  # confident and always wrong
+    values = np.concatenate([honest, liar[None]])
+    mean = LOGIT_AGGREGATIONS.get("mean")(values, labels, RobustSettings())
+    assert np.mean(mean.logits.argmax(1) == labels) < 0.1
+    for rule in (*ROBUST, "trust"):
+        fused = LOGIT_AGGREGATIONS.get(rule)(values, labels, RobustSettings(num_malicious=1))
+        assert np.mean(fused.logits.argmax(1) == labels) == 1.0, rule
+        # Coordinate-wise rules still take the liar's value where it is typical (a zero logit), never its lie.
+        assert fused.client_weights[4] < (0.2 if rule in ("median", "trimmed_mean") else 1e-12), rule
+    # Without labels trust falls back on the precision measured nowhere: every client counts the same.
+    unknown = LOGIT_AGGREGATIONS.get("trust")(values, np.full(40, -1), RobustSettings())
+    np.testing.assert_allclose(unknown.client_weights.sum(), 1.0)
+
+
+def test_aggregation_is_a_checked_strategy_setting() -> None:
+    with pytest.raises(ConfigError, match="strategy.aggregation"):
+        config("fedmd", aggregation="nosuch")
+    with pytest.raises(ConfigError, match="strategy.aggregation"):
+        config("fedavg", aggregation="trust")  # no labels in weight space
+    with pytest.raises(ConfigError, match="strategy.trim_fraction"):
+        config("fedavg", aggregation="trimmed_mean", trim_fraction=0.5)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "attack", "aggregation"),
+    [("fedavg", "scaled_update", "median"), ("dsfl", "scaled_logits", "krum"), ("fedmd", "confident_wrong", "trust")],
+)
+def test_strategies_pick_a_robust_rule_by_config(strategy: str, attack: str, aggregation: str) -> None:
+    adversary = {"name": attack, "fraction": 0.25, "scale": 100.0}
+    settings = {"server_epochs": 1} if strategy != "fedavg" else {}
+    plain = run_inprocess(config(strategy, adversary, **settings), federation(strategy).data).rounds[-1]
+    robust = run_inprocess(
+        config(strategy, adversary, aggregation=aggregation, num_malicious=1, **settings), federation(strategy).data
+    ).rounds[-1]
+    assert plain["n_malicious_accepted"] == robust["n_malicious_accepted"] == 1
+    assert plain["malicious_weight_share"] > 0.2
+    assert robust["malicious_weight_share"] < plain["malicious_weight_share"]
