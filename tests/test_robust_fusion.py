@@ -96,11 +96,17 @@ def test_aggregation_is_a_checked_strategy_setting() -> None:
 
 @pytest.mark.parametrize(
     ("strategy", "attack", "aggregation"),
-    [("fedavg", "scaled_update", "median"), ("dsfl", "scaled_logits", "krum"), ("fedmd", "confident_wrong", "trust")],
+    [
+        ("fedavg", "scaled_update", "median"),
+        ("feddf", "scaled_update", "trimmed_mean"),
+        ("dsfl", "scaled_logits", "krum"),
+        ("fedmd", "confident_wrong", "trust"),
+    ],
 )
 def test_strategies_pick_a_robust_rule_by_config(strategy: str, attack: str, aggregation: str) -> None:
     adversary = {"name": attack, "fraction": 0.25, "scale": 100.0}
     settings = {"server_epochs": 1} if strategy != "fedavg" else {}
+    settings |= {"distill_epochs": 1} if strategy == "feddf" else {}
     plain = run_inprocess(config(strategy, adversary, **settings), federation(strategy).data).rounds[-1]
     robust = run_inprocess(
         config(strategy, adversary, aggregation=aggregation, num_malicious=1, **settings), federation(strategy).data

@@ -31,7 +31,8 @@ class WeightSharingConfig(SGDStrategyConfig):
         optimiser is recreated each round, so no momentum survives between rounds).
     aggregation : str (default: "mean")
         How the server fuses the clients' weights (per architecture): "mean" (FedAvg's sample-weighted average),
-        or a robust rule of :data:`fl_kd.kd.robust.ROBUST_RULES`: "median", "trimmed_mean", "krum", "multi_krum".
+        or a robust rule of :data:`fl_kd.kd.robust.ROBUST_RULES`: "median", "trimmed_mean", "krum", "multi_krum"
+        (FedDF fuses its ensemble teacher's logits by the same rule).
     trim_fraction, num_malicious, num_selected : (default: 0.2, 0, 0)
         Parameters of those rules (:class:`fl_kd.kd.robust.RobustSettings`).
     """

@@ -4,7 +4,8 @@ Train is FedAvg's (:mod:`fl_kd.kd.fedavg.roles`): each sampled client gets its a
 locally and answers with weights and sample count; the client half is FedAvg's :class:`WeightSharingClient`.
 The server averages per architecture, forms the ensemble teacher on the transfer set's inputs (labels never read),
 distils it into every architecture prototype and into the large server model. Evaluate: each sampled client
-receives its architecture's distilled weights.
+receives its architecture's distilled weights. A robust ``strategy.aggregation`` (median, trimmed mean, Krum) fuses
+both the weights of each architecture and the members' logits into the teacher.
 """
 
 from __future__ import annotations
@@ -13,14 +14,17 @@ import copy
 import math
 from collections.abc import Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from fl_kd.kd.fedavg.roles import WeightSharingServer, split_answer
 from fl_kd.kd.feddf.config import FedDFConfig
 from fl_kd.kd.feddf.distill import distill_into, ensemble_logits
+from fl_kd.kd.fusion import LOGIT_AGGREGATIONS
 from fl_kd.kd.roles import Arrays
 from fl_kd.kd.seeding import SERVER_ID, derive_seed
+from fl_kd.kd.training import predict_logits
 from fl_kd.kd.weights import load_arrays, model_arrays
 
 #: Distillation phase of the server model (architecture prototypes use ``feddf_distill_<architecture>``).
@@ -81,7 +85,7 @@ class FedDFServer(WeightSharingServer):
         stats: dict[str, float | int] = {"num_answered": len(answers), "distill_loss": 0.0, "server_loss": 0.0}
         if not answers:
             return stats
-        teacher = ensemble_logits(self._teachers(answers, members), self.public_x, self.device)
+        teacher = self._ensemble(self._teachers(answers, members))
         cfg = self.config
         losses = []
         for name, model in self.models.items():
@@ -92,6 +96,16 @@ class FedDFServer(WeightSharingServer):
         stats["distill_loss"] = math.fsum(losses) / len(losses)
         stats["server_loss"] = self._distill(self.server_model, teacher, cfg.server_epochs, cfg.server_lr, phase_seed)
         return stats
+
+    def _ensemble(self, teachers: Iterator[nn.Module]) -> Tensor:
+        """The teacher: the members' mean logits, or their robust fusion (``strategy.aggregation``, no label read)."""
+        if self.aggregation == "mean":
+            return ensemble_logits(teachers, self.public_x, self.device)
+        # Each member's logits are taken at once: the scratch models are reloaded for the next member.
+        stacked = np.stack([predict_logits(m, self.public_x, device=self.device).double().numpy() for m in teachers])
+        unknown = np.full(stacked.shape[1], -1, dtype=np.int64)
+        fused = LOGIT_AGGREGATIONS.get(self.aggregation)(stacked, unknown, self.robust)
+        return torch.from_numpy(fused.logits).float()
 
     def _teachers(self, answers: Mapping[int, Arrays], members: Mapping[str, list[int]]) -> Iterator[nn.Module]:
         """The ensemble's members, one at a time: each accepted client's model, or each answered architecture's
