@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from benchmarks.knowledge.grid import PEERS, SETTINGS, Job, choose_best_peer, federated, plan
+from benchmarks.knowledge.grid import COSTLY_PEER, PEERS, SETTINGS, Job, choose_best_peer, federated, plan
 from benchmarks.knowledge.report import BEGIN, END, write_report
 from benchmarks.knowledge.run import read_result, result_path
 from benchmarks.knowledge.verdicts import Figures
@@ -18,9 +18,12 @@ def test_plan_puts_seed0_first_and_adds_the_best_peers_seeds_once_known() -> Non
     assert len(jobs) == len(set(jobs))
     first_extra = next(i for i, job in enumerate(jobs) if job.seed > 0)
     assert all(job.seed == 0 for job in jobs[:first_extra])
-    assert {federated(peer, s, 0) for peer in PEERS for s in SETTINGS} <= set(jobs[:first_extra])
+    cheap = [peer for peer in PEERS if peer != COSTLY_PEER]
+    assert {federated(peer, s, 0) for peer in cheap for s in SETTINGS} <= set(jobs[:first_extra])
+    assert jobs[-1].kind == "ceiling" and jobs[-2] == federated(COSTLY_PEER, "pathological", 0)
     with_best = plan({"alpha0.1": "dsfl"})
-    assert with_best[-2:] == [federated("dsfl", "alpha0.1", 1), federated("dsfl", "alpha0.1", 2)]
+    extra = [federated("dsfl", "alpha0.1", 1), federated("dsfl", "alpha0.1", 2)]
+    assert with_best[-6:-4] == extra and extra[0] not in jobs
     assert len({job.name for job in with_best}) == len(with_best)
 
 

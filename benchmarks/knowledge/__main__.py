@@ -19,7 +19,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from pathlib import Path
 
 from benchmarks.common import REPO_ROOT
-from benchmarks.knowledge.grid import PEERS, SETTINGS, Job, choose_best_peer, federated, plan, select
+from benchmarks.knowledge.grid import COSTLY_PEER, PEERS, SETTINGS, Job, choose_best_peer, federated, plan, select
 from benchmarks.knowledge.report import write_report
 from benchmarks.knowledge.run import read_result, run_job
 
@@ -46,7 +46,7 @@ def best_peers(out: Path) -> dict[str, str]:
     """Per setting, the peer with the best final server accuracy at seed 0, once every peer has finished there."""
     chosen = {}
     for setting in SETTINGS:
-        results = {peer: read_result(out, federated(peer, setting, 0)) for peer in PEERS}
+        results = {peer: read_result(out, federated(peer, setting, 0)) for peer in PEERS if peer != COSTLY_PEER}
         if all(results.values()):
             finals = {peer: float(r["rounds"][-1]["server_acc"]) for peer, r in results.items() if r}
             best = choose_best_peer(finals)

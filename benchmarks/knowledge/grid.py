@@ -47,6 +47,7 @@ FEDGEMS_OVERRIDES: tuple[str, ...] = tuple(o for _, step in ABLATION for o in st
 #: Peers, with their paper's mechanism and the defaults of ``conf/strategy``; FedAvg needs one architecture, so it
 #: averages the server model on every client (``fedavg_server_model``).
 PEERS: tuple[str, ...] = ("feddf", "dsfl", "fedet", "fedmd", "fedavg_server_model")
+COSTLY_PEER = "fedavg_server_model"
 
 SEEDS: tuple[int, ...] = (0, 1, 2)
 EXTRA_SEEDS: tuple[int, ...] = SEEDS[1:]
@@ -117,20 +118,28 @@ def baseline_jobs(seed: int) -> list[Job]:
 def plan(best_peer: Mapping[str, str]) -> list[Job]:
     """Every job, most important first; ``best_peer`` (setting -> peer) adds that peer's extra seeds once known.
 
-    Order: seed 0 of FedGEMS, every baseline and every peer in every setting; FedGEMS' extra seeds; the centralised
-    ceiling; the ablation; the best peer's extra seeds. A cut run therefore loses the least important results.
+    Order: per setting (alpha 0.5, alpha 0.1, pathological), seed 0 of FedGEMS, the baselines and the peers but
+    FedAvg of the server model (by far the dearest run, and its uplink is known without running it); then the
+    ablation; FedGEMS' extra seeds with their local-only baselines; the best peer's extra seeds; FedAvg of the server
+    model; the centralised ceiling. A cut run therefore loses the least important results.
     """
-    jobs = [*baseline_jobs(0)]
-    for setting in SETTINGS:
-        jobs += [federated(FEDGEMS, setting, 0), *(federated(peer, setting, 0) for peer in PEERS)]
+    shared, local = baseline_jobs(0)[:2], baseline_jobs(0)[2:]
+    jobs: list[Job] = []
+    for setting, local_job in zip(SETTINGS, local, strict=True):
+        jobs += [federated(FEDGEMS, setting, 0), *shared, local_job]
+        jobs += [federated(peer, setting, 0) for peer in PEERS if peer != COSTLY_PEER]
     for seed in EXTRA_SEEDS:
-        jobs += [federated(FEDGEMS, setting, seed) for setting in SETTINGS]
-        jobs += [Job("local_only", "local_only", setting, seed, FEDGEMS_OVERRIDES) for setting in SETTINGS]
+        for setting in SETTINGS:
+            jobs += [
+                federated(FEDGEMS, setting, seed),
+                Job("local_only", "local_only", setting, seed, FEDGEMS_OVERRIDES),
+            ]
         jobs += baseline_jobs(seed)[:2]
-    jobs.append(Job("ceiling", "ceiling", SHARED_SETTING, 0))
     jobs += ablation_jobs()
     for setting, peer in best_peer.items():
         jobs += [federated(peer, setting, seed) for seed in EXTRA_SEEDS]
+    jobs += [federated(COSTLY_PEER, setting, 0) for setting in SETTINGS]
+    jobs.append(Job("ceiling", "ceiling", SHARED_SETTING, 0))
     return list(dict.fromkeys(jobs))
 
 
