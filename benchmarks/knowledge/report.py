@@ -9,7 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import machine_line, markdown_table, mean, std
-from benchmarks.knowledge.grid import ABLATION, FEDGEMS, PEERS, SETTINGS, SHARED_SETTING, Job, ablation_jobs
+from benchmarks.knowledge.grid import (
+    ABLATION,
+    FEDGEMS,
+    PEER_OVERRIDES,
+    PEERS,
+    SETTINGS,
+    SHARED_SETTING,
+    Job,
+    ablation_jobs,
+)
 from benchmarks.knowledge.run import read_result
 from benchmarks.knowledge.verdicts import Figures, verdict_lines
 
@@ -76,7 +85,10 @@ def _setup_lines(done: dict[Job, dict[str, Any]]) -> list[str]:
         "  the other 49,000 split among 20 clients by the setting's partitioner. Clients: "
         f"{tier_text}; server `{config['device_profile']['server_model']}`.",
         "- FedGEMS here is fl-kd's selective distillation with every extension of the ablation below (the last row);",
-        "  peers run their paper's mechanism with the defaults of `conf/strategy/`, untuned, on the same transfer set.",
+        "  peers run their paper's mechanism with the defaults of `conf/strategy/`, untuned, on the same transfer set,",
+        "  except these compute cuts (their defaults were set for a 300-sample transfer set): "
+        + "; ".join(f"{peer} `{' '.join(o)}`" for peer, o in PEER_OVERRIDES.items())
+        + ".",
         "- Cut, stated plainly: rounds before the last are evaluated on a fixed, class-stratified 2,000-image",
         "  subset of the test set (`evaluation.test_samples=2000`); the last round, so every final figure, on all",
         "  10,000.",
