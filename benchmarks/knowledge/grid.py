@@ -109,7 +109,8 @@ def federated(method: str, setting: str, seed: int) -> Job:
 
 def ablation_jobs(setting: str = "alpha0.5", seed: int = 0) -> list[Job]:
     """Every cumulative step of :data:`ABLATION` but the last (which is :func:`federated` ``fedgems``)."""
-    jobs, overrides = [], ()
+    jobs: list[Job] = []
+    overrides: tuple[str, ...] = ()
     for name, step in ABLATION[:-1]:
         overrides = (*overrides, *step)
         jobs.append(Job(name, "federated", setting, seed, overrides))

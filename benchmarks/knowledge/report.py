@@ -119,11 +119,11 @@ def runs_of(done: dict[Job, dict[str, Any]], method: str, setting: str) -> list[
     return sorted(found, key=lambda r: int(r["job"]["seed"]))
 
 
-def _pm(values: Sequence[float]) -> str:
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    if not values:
+def _pm(values: Sequence[float | None]) -> str:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
         return "–"
-    return f"{mean(values):.4f}" if len(values) == 1 else f"{mean(values):.4f} ± {std(values):.4f}"
+    return f"{mean(finite):.4f}" if len(finite) == 1 else f"{mean(finite):.4f} ± {std(finite):.4f}"
 
 
 def _setting_lines(setting: str, done: dict[Job, dict[str, Any]], figures: Figures) -> list[str]:
