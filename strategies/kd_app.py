@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, Context
+from flwr.app import Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
@@ -22,11 +22,14 @@ from fl_kd.kd import protocol as kd
 from fl_kd.kd.algorithm import get_algorithm
 from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.federation import build_federation
+from fl_kd.kd.progress import load_progress
+from fl_kd.kd.round_policy import RoundPolicy
 from fl_kd.kd.runner import summarise
 from fl_kd.plots import run_title
 from fl_kd.results import RoundRecorder, format_round_line, write_outputs
 from fl_kd.strategies.console import quiet_flower_console
 from fl_kd.strategies.kd import KDStrategy
+from fl_kd.strategies.kd_rounds import resume_config, run_rounds
 
 #: Flower's own per-round log of the ServerApp, in the run folder.
 SERVER_LOG = "server.log"
@@ -34,7 +37,9 @@ SERVER_LOG = "server.log"
 app = ServerApp()
 
 
-def make_strategy(cfg: ExperimentConfig, on_round_end: Callable[[dict[str, Any]], None] | None = None) -> KDStrategy:
+def make_strategy(
+    cfg: ExperimentConfig, on_round_end: Callable[[dict[str, Any]], None] | None = None, timeout: float = 600.0
+) -> KDStrategy:
     """The strategy around a freshly built (or checkpoint-restored) server half of ``cfg``'s algorithm."""
     federation = build_federation(cfg)
     return KDStrategy(
@@ -44,7 +49,9 @@ def make_strategy(cfg: ExperimentConfig, on_round_end: Callable[[dict[str, Any]]
         seed=cfg.seed,
         max_abs_value=cfg.max_abs_value,
         on_round_end=on_round_end,
+        timeout=timeout,
         test_set=lambda server_round: federation.test_set(cfg, server_round),
+        evaluated=lambda server_round: federation.evaluated_clients(cfg, server_round),
     )
 
 
@@ -52,17 +59,24 @@ def make_strategy(cfg: ExperimentConfig, on_round_end: Callable[[dict[str, Any]]
 def main(grid: Grid, context: Context) -> None:
     """Build the federation's server side, run the rounds, and write the run folder."""
     torch.set_num_threads(1)
-    cfg = ExperimentConfig.from_json(str(context.run_config[kd.RUN_CONFIG_KEY]))
+    experiment_json = str(context.run_config[kd.RUN_CONFIG_KEY])
+    cfg = ExperimentConfig.from_json(experiment_json)
     out_dir = Path(str(context.run_config[kd.OUTPUT_DIR_KEY]))
+    policy = RoundPolicy.from_run_config(context.run_config)
+    resumed = load_progress(out_dir, experiment_json) if policy.resume else None
+    if resumed is not None:
+        cfg = resume_config(cfg, resumed)
     recorder = RoundRecorder(out_dir)
+    for row in resumed.history if resumed is not None else []:
+        recorder.record(row)
 
     def on_round_end(row: dict[str, Any]) -> None:
         recorder.record(row)
         print(format_round_line(row), flush=True)  # the one console line per round
 
     with quiet_flower_console(out_dir / SERVER_LOG):
-        strategy = make_strategy(cfg, on_round_end)
-        strategy.start(grid=grid, initial_arrays=ArrayRecord(), num_rounds=cfg.strategy.rounds)
+        strategy = make_strategy(cfg, on_round_end, timeout=policy.round_timeout_s)
+        run_rounds(strategy, grid, cfg.strategy.rounds, policy, out_dir, experiment_json, resumed)
         strategy.server.save(out_dir / kd.CHECKPOINT_FILE)
         summary = summarise(strategy.history, wall_seconds=sum(float(r["wall_seconds"]) for r in strategy.history))
         write_outputs(out_dir, strategy.history, summary, title=run_title(to_mapping(cfg)))

@@ -1,0 +1,112 @@
+"""The ServerApp's round loop under faults, on the in-process loopback grid (the real strategy and ClientApp).
+
+A node that never answers plays a SuperNode that died; the loop must log it, finish the round with the others,
+stop below the quorum before the server learns from the round, and write progress after every round from which a
+restarted server resumes to the same final metrics. The same on a real deployment: ``test_deployment_faults.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from flwr.app import Message
+
+from fl_kd.clients.kd_app import app as client_app
+from fl_kd.config import ConfigError
+from fl_kd.kd.progress import PROGRESS_DIR, PROGRESS_FILE, ProgressError, load_progress, save_progress
+from fl_kd.kd.protocol import RUN_CONFIG_KEY
+from fl_kd.kd.round_policy import QuorumError, RoundPolicy
+from fl_kd.strategies.kd_app import make_strategy
+from fl_kd.strategies.kd_rounds import resume_config, run_rounds
+from tests.flower_loopback import LoopbackGrid
+from tests.kd_configs import tiny_config
+
+DEAD_NODE = 1000 + 7 * 3  # LoopbackGrid gives partition p the node id 1000 + 7 p
+
+
+def _dead_after_hello(message: Message, reply: Message) -> list[Message]:
+    """Client 3 said hello, then its SuperNode died: no more replies from it."""
+    return [reply] if message.metadata.dst_node_id != DEAD_NODE or message.metadata.message_type == "query" else []
+
+
+def _rows(rows: list[dict]) -> list[dict]:
+    return [{key: value for key, value in row.items() if key != "wall_seconds"} for row in rows]
+
+
+def test_policy_from_run_config() -> None:
+    assert RoundPolicy.from_run_config({}) == RoundPolicy()
+    policy = RoundPolicy(min_clients=2, round_timeout_s=30.0, resume=True)
+    assert RoundPolicy.from_run_config(policy.to_run_config()) == policy
+    assert RoundPolicy.from_run_config({"round-timeout": 30}).round_timeout_s == 30.0
+    for bad, message in (
+        ({"min-clients": 0}, "min_clients must be an int >= 1"),
+        ({"min-clients": 1.5}, "min_clients must be an int >= 1"),
+        ({"round-timeout": -1.0}, "round_timeout_s must be > 0"),
+        ({"round-timeout": "soon"}, "round_timeout_s must be a finite number"),
+        ({"resume": "yes"}, "resume must be true or false"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            RoundPolicy.from_run_config(bad)
+
+
+def test_a_dead_node_is_logged_and_the_round_completes_with_the_others(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = tiny_config()
+    strategy = make_strategy(cfg)
+    grid = LoopbackGrid(client_app, cfg.num_clients, {RUN_CONFIG_KEY: cfg.to_json()}, _dead_after_hello)
+    with caplog.at_level("WARNING", logger="flwr"):
+        run_rounds(strategy, grid, 2, RoundPolicy(min_clients=3), tmp_path, cfg.to_json())
+    assert [row["round"] for row in strategy.history] == [1, 2]
+    assert all(row["n_missing"] == 1 for row in strategy.history)
+    assert "no train answer from node(s) [1021]" in caplog.text
+    assert load_progress(tmp_path, cfg.to_json()).round == 2  # type: ignore[union-attr]
+
+
+def test_below_the_quorum_the_run_stops_before_the_server_learns_from_the_round(tmp_path: Path) -> None:
+    cfg = tiny_config()
+    strategy = make_strategy(cfg)
+    grid = LoopbackGrid(client_app, cfg.num_clients, {RUN_CONFIG_KEY: cfg.to_json()}, _dead_after_hello)
+    with pytest.raises(QuorumError, match="round 1: 3 of 4 asked clients answered .* fewer than min_clients=4"):
+        run_rounds(strategy, grid, 2, RoundPolicy(min_clients=4), tmp_path, cfg.to_json())
+    assert strategy.history == [] and not (tmp_path / PROGRESS_DIR / PROGRESS_FILE).exists()
+
+
+def test_a_restarted_server_resumes_after_the_last_saved_round_to_the_same_end(tmp_path: Path) -> None:
+    cfg = tiny_config(rounds=3)
+    uninterrupted = make_strategy(cfg)
+    grid = LoopbackGrid(client_app, cfg.num_clients, {RUN_CONFIG_KEY: cfg.to_json()})
+    run_rounds(uninterrupted, grid, 3, RoundPolicy(), tmp_path / "whole", cfg.to_json())
+
+    # The server dies after round 1; the clients (their SuperNodes) live on and keep their state.
+    grid = LoopbackGrid(client_app, cfg.num_clients, {RUN_CONFIG_KEY: cfg.to_json()})
+    first = make_strategy(cfg)
+    run_rounds(first, grid, 1, RoundPolicy(), tmp_path / "cut", cfg.to_json())
+    resumed = load_progress(tmp_path / "cut", cfg.to_json())
+    assert resumed is not None and resumed.round == 1
+    second = make_strategy(resume_config(cfg, resumed))
+    run_rounds(second, grid, 3, RoundPolicy(resume=True), tmp_path / "cut", cfg.to_json(), resumed)
+    assert _rows(second.history) == _rows(uninterrupted.history)
+    assert sorted(p.name for p in (tmp_path / "cut" / PROGRESS_DIR).iterdir()) == [PROGRESS_FILE, "round-3.pt"]
+
+
+def test_saved_progress_is_refused_when_it_cannot_be_resumed(tmp_path: Path) -> None:
+    cfg = tiny_config()
+    strategy = make_strategy(cfg)
+    path = save_progress(tmp_path, 1, strategy.server, [{"round": 1}], cfg.to_json())
+    with pytest.raises(ProgressError, match="saved by another experiment config"):
+        load_progress(tmp_path, tiny_config(seed=12).to_json())
+    state = json.loads(path.read_text())
+    path.write_text(json.dumps({**state, "history": []}))
+    with pytest.raises(ProgressError, match="0 metric rows for round 1"):
+        load_progress(tmp_path, cfg.to_json())
+    path.write_text("{not json")
+    with pytest.raises(ProgressError, match="unreadable progress"):
+        load_progress(tmp_path, cfg.to_json())
+    path.write_text(json.dumps(state))
+    (tmp_path / PROGRESS_DIR / "round-1.pt").unlink()
+    with pytest.raises(ProgressError, match="round-1.pt is missing"):
+        load_progress(tmp_path, cfg.to_json())
+    assert load_progress(tmp_path / "elsewhere", cfg.to_json()) is None
