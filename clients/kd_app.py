@@ -121,10 +121,15 @@ def evaluate(msg: Message, context: Context) -> Message:
     distill = instruction.config.get(kd.DISTILL)
     if not isinstance(distill, bool):
         raise ValueError(f"{kd.DISTILL} must be a bool, got {distill!r}")
+    report = instruction.config.get(kd.EVALUATE, True)
+    if not isinstance(report, bool):
+        raise ValueError(f"{kd.EVALUATE} must be a bool, got {report!r}")
     metrics: dict[str, MetricRecordValues] = {kd.PARTITION_ID: _partition_id(context)}
     if distill:
         metrics |= client.receive(server_round, instruction)
         _save(context, client)
+    if not report:
+        return Message(RecordDict({kd.METRICS: MetricRecord(metrics)}), reply_to=msg)
     metrics[kd.ACCURACY] = client.evaluate(*federation.test_set(_config(context), server_round))
     metrics[kd.PERSONALISED_ACCURACY] = client.evaluate(*federation.personalised_test(_partition_id(context)))
     return Message(RecordDict({kd.METRICS: MetricRecord(metrics)}), reply_to=msg)

@@ -57,6 +57,8 @@ class KDStrategy(Strategy):
         Bound on the absolute value of every float in an answer (``ExperimentConfig.max_abs_value``).
     test_set : Callable[[int], tuple[Tensor, Tensor]] | None (default: None)
         The test ``(x, y)`` of a round (``Federation.test_set``); the whole test set every round when None.
+    evaluated : Callable[[int], list[int]] | None (default: None)
+        The partition ids evaluated in a round (``Federation.evaluated_clients``); every client when None.
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class KDStrategy(Strategy):
         on_round_end: Callable[[dict[str, Any]], None] | None = None,
         max_abs_value: float = DEFAULT_MAX_ABS_VALUE,
         test_set: Callable[[int], tuple[Tensor, Tensor]] | None = None,
+        evaluated: Callable[[int], list[int]] | None = None,
     ) -> None:
         self.server = server
         self.federation = federation
@@ -79,6 +82,7 @@ class KDStrategy(Strategy):
         self.on_round_end = on_round_end
         self.max_abs_value = max_abs_value
         self.test_set = test_set or (lambda _round: (federation.data.x_test, federation.data.y_test))
+        self.evaluated = evaluated or (lambda _round: list(range(federation.num_clients)))
         self.history: list[dict[str, Any]] = []
         self._nodes: dict[int, int] = {}  # partition id -> node id
         self._partitions: dict[int, int] = {}  # node id -> partition id
@@ -227,19 +231,19 @@ class KDStrategy(Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """The sampled clients take in the server's knowledge; every client reports its test accuracy."""
+        """The sampled clients take in the server's knowledge; the evaluated ones report their test accuracy.
+
+        Only those two groups get a message, so a round costs what its sampled clients cost, not the federation.
+        """
         messages = []
+        evaluated = set(self.evaluated(server_round))
         for partition_id, node_id in sorted(self._nodes.items()):
             selected = partition_id in self._selected
+            if not selected and partition_id not in evaluated:
+                continue
             instruction = self.server.evaluate_instruction(server_round, partition_id) if selected else Instruction()
-            messages.append(
-                self._message(
-                    instruction,
-                    MessageType.EVALUATE,
-                    node_id,
-                    **{kd.SERVER_ROUND: server_round, kd.DISTILL: selected},
-                )
-            )
+            flags = {kd.SERVER_ROUND: server_round, kd.DISTILL: selected, kd.EVALUATE: partition_id in evaluated}
+            messages.append(self._message(instruction, MessageType.EVALUATE, node_id, **flags))
         self._sent = {message.metadata.dst_node_id: message for message in messages}
         return messages
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fl_kd.config import ConfigError
-from fl_kd.kd.evaluation import EvaluationConfig, round_test_indices
+from fl_kd.kd.evaluation import EvaluationConfig, evaluated_clients, round_test_indices
 from fl_kd.kd.runner import run_inprocess
 from tests.kd_configs import tiny_config
 
@@ -28,9 +28,32 @@ def test_whole_test_set_when_off_in_the_last_round_or_too_large(samples: int, ro
     assert round_test_indices(LABELS, EvaluationConfig(test_samples=samples), seed=0, round=round, last_round=5) is None
 
 
-def test_negative_size_is_refused() -> None:
+def test_negative_size_and_empty_client_share_are_refused() -> None:
     with pytest.raises(ConfigError, match="evaluation.test_samples"):
         tiny_config(evaluation={"test_samples": -1})
+    with pytest.raises(ConfigError, match="evaluation.fraction_clients"):
+        tiny_config(evaluation={"fraction_clients": 0.0})
+
+
+def test_evaluated_clients_are_a_seeded_sample_before_the_last_round() -> None:
+    config = EvaluationConfig(fraction_clients=0.1)
+    first = evaluated_clients(1000, config, seed=0, round=1, last_round=3)
+    assert len(first) == 100 and first == sorted(set(first))
+    assert first == evaluated_clients(1000, config, seed=0, round=1, last_round=3)
+    assert first != evaluated_clients(1000, config, seed=0, round=2, last_round=3)
+    assert evaluated_clients(1000, config, seed=0, round=3, last_round=3) == list(range(1000))
+    assert evaluated_clients(3, EvaluationConfig(fraction_clients=0.01), 0, 1, 3) != []
+
+
+def test_only_the_sampled_clients_are_evaluated_and_training_is_unchanged() -> None:
+    full = run_inprocess(tiny_config(rounds=2)).rounds
+    sampled = run_inprocess(tiny_config(rounds=2, evaluation={"fraction_clients": 0.25})).rounds
+    # 1 of 4 clients evaluated in round 1: min = max; the last round evaluates all four exactly as before.
+    assert sampled[0]["client_acc_min"] == sampled[0]["client_acc_max"]
+    assert full[0]["client_acc_min"] != full[0]["client_acc_max"]
+    assert {k: v for k, v in sampled[1].items() if k != "wall_seconds"} == {
+        k: v for k, v in full[1].items() if k != "wall_seconds"
+    }
 
 
 def test_rounds_before_the_last_use_the_subset_and_the_last_is_exact() -> None:

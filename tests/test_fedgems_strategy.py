@@ -58,7 +58,7 @@ def _without_time(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "unlabelled_trust": "class_reliability",
             "unlabelled_per_round": 20,
             "client_unlabelled": True,
-            "evaluation": {"test_samples": 100},
+            "evaluation": {"test_samples": 100, "fraction_clients": 0.5},
             "rounds": 3,
         },
     ],

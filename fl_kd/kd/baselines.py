@@ -64,7 +64,8 @@ def local_only_round(
     for client_id in sample_clients(federation.num_clients, cfg.strategy.fraction_fit, cfg.seed, round):
         clients[client_id].local_train(round)
     tiers = federation.tier_names()
-    client_acc, client_pacc = evaluate_clients(federation, clients, federation.test_set(cfg, round))
+    evaluated = [clients[cid] for cid in federation.evaluated_clients(cfg, round)]
+    client_acc, client_pacc = evaluate_clients(federation, evaluated, federation.test_set(cfg, round))
     metrics: Metrics = {"round": int(round)}
     metrics |= accuracy_summary(client_acc, tiers, "client_acc")
     metrics |= accuracy_summary(client_pacc, tiers, "client_pacc")

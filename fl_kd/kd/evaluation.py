@@ -1,9 +1,11 @@
-"""Which test samples a round is evaluated on.
+"""Which clients and which test samples a round is evaluated on.
 
 Evaluating every client on the whole test set every round costs ``O(clients x test set)`` per round, more than
-the training of a small federation. The rounds in between only show a trend, so they may use a fixed, seeded
-subset of the test set; the last round always uses all of it, so every final figure is exact. Both runtimes
-(the in-process runner and the Flower apps) ask :func:`round_test_indices` for the same round and get the same subset.
+the training of a small federation, and in a federation of a thousand clients far more than the few that train.
+The rounds in between only show a trend, so they may evaluate a seeded sample of the clients on a fixed, seeded
+subset of the test set; the last round always evaluates every client on all of it, so every final figure is exact.
+Both runtimes (the in-process runner and the Flower apps) ask :func:`round_test_indices` and
+:func:`evaluated_clients` for the same round and get the same answer.
 """
 
 from __future__ import annotations
@@ -26,12 +28,26 @@ class EvaluationConfig:
     test_samples : int (default: 0)
         Size of the fixed, seeded, class-stratified test subset used by the server and every client in the rounds
         before the last; 0 (or at least the test set's size) evaluates on the whole test set every round.
+    fraction_clients : float (default: 1.0)
+        Share of the clients evaluated in the rounds before the last, drawn from ``(seed, round)`` apart from the
+        clients sampled for training (at least one); the sampled clients still receive the server's knowledge.
     """
 
     test_samples: int = 0
+    fraction_clients: float = 1.0
 
     def __post_init__(self) -> None:
         check_range("evaluation.test_samples", self.test_samples, low=0)
+        check_range("evaluation.fraction_clients", self.fraction_clients, low=0.0, high=1.0, low_open=True)
+
+
+def evaluated_clients(num_clients: int, config: EvaluationConfig, seed: int, round: int, last_round: int) -> list[int]:
+    """Sorted ids of the clients evaluated in ``round``: a seeded sample before the last round, all in the last."""
+    if config.fraction_clients >= 1.0 or round >= last_round:
+        return list(range(num_clients))
+    count = max(1, min(num_clients, int(np.floor(config.fraction_clients * num_clients + 0.5))))
+    rng = np.random.default_rng(derive_seed(seed, "eval_clients", round))
+    return sorted(int(c) for c in rng.choice(num_clients, size=count, replace=False))
 
 
 def round_test_indices(

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from fl_kd.data import DatasetSplits, load_dataset, personalised_test_indices, split_transfer_set
 from fl_kd.kd.client import ClientTrainConfig, DistillClient
 from fl_kd.kd.config import ExperimentConfig
-from fl_kd.kd.evaluation import round_test_indices
+from fl_kd.kd.evaluation import evaluated_clients, round_test_indices
 from fl_kd.kd.seeding import SERVER_ID, derive_seed, use_deterministic_algorithms
 from fl_kd.models import DeviceTier, assign_tiers, build_model
 from fl_kd.partition import partition
@@ -99,6 +99,10 @@ class Federation:
             return self.data.x_test, self.data.y_test
         selected = torch.from_numpy(index)
         return self.data.x_test[selected], self.data.y_test[selected]
+
+    def evaluated_clients(self, cfg: ExperimentConfig, round: int) -> list[int]:
+        """Client ids evaluated in ``round`` (``cfg.evaluation``'s sample; all of them in the last round)."""
+        return evaluated_clients(self.num_clients, cfg.evaluation, cfg.seed, round, cfg.strategy.rounds)
 
     def tier_names(self) -> dict[int, str]:
         """Client id -> tier name."""

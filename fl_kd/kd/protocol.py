@@ -28,6 +28,8 @@ HELLO = "hello"
 SERVER_ROUND = "server-round"
 LOGITS_DTYPE = "logits-dtype"
 DISTILL = "distill"
+#: Whether a client reports its accuracies this round (``evaluation.fraction_clients``); absent means yes.
+EVALUATE = "evaluate"
 
 # arrays record
 POSITIONS = "positions"

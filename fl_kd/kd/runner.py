@@ -93,8 +93,9 @@ def run_round(
             downlink_bytes=instructions[cid].nbytes + knowledge[cid].nbytes,
         )
     test_x, test_y = federation.test_set(cfg, round)
+    evaluated = set(federation.evaluated_clients(cfg, round)) - failed
     client_acc, client_pacc = evaluate_clients(
-        federation, [c for c in clients if c.client_id not in failed], (test_x, test_y)
+        federation, [c for c in clients if c.client_id in evaluated], (test_x, test_y)
     )
     return round_metrics(
         round=round,
