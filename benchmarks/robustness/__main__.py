@@ -1,0 +1,83 @@
+"""``python -m benchmarks.robustness``: malicious clients against every strategy and fusion rule, resuming.
+
+Jobs run ``--workers`` at a time (one torch thread each); a finished job's ``result.json`` is never recomputed, so an
+interrupted benchmark resumes where it stopped, and ``--budget-minutes`` starts no job past the budget. The
+markdown table covers whatever has finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import multiprocessing
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from pathlib import Path
+
+from benchmarks.common import REPO_ROOT, machine_line
+from benchmarks.robustness.grid import FRACTIONS, METHODS, plan
+from benchmarks.robustness.report import table
+from benchmarks.robustness.run import read_result, run_job
+from fl_kd.kd.adversary import ADVERSARIES
+
+ENTRY = "python -m benchmarks.robustness"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(prog=ENTRY, description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--adversaries", nargs="+", default=list(ADVERSARIES.names()), choices=ADVERSARIES.names())
+    parser.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--budget-minutes", type=float, default=math.inf, help="start no job after this")
+    parser.add_argument("--quick", action="store_true", help="digits, 6 clients, tiny models: an end-to-end check")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "robustness")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.workers < 1 or not all(0 < f <= 1 for f in args.fractions):
+        parser.error("need --rounds >= 1, --workers >= 1 and fractions in (0, 1]")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the pending jobs, then write ``report.md`` under ``--out``; exit 1 if a job failed."""
+    args = parse_args(argv)
+    out = args.out.resolve()
+    jobs = plan(args.methods, args.adversaries, args.fractions, args.seeds)
+    todo = [job for job in jobs if read_result(out, job, args.rounds, args.quick) is None]
+    started, failures = time.monotonic(), []
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.workers, mp_context=context, max_tasks_per_child=1) as pool:
+        running: dict[Future[object], str] = {}
+        while todo or running:
+            while todo and len(running) < args.workers and (time.monotonic() - started) / 60 < args.budget_minutes:
+                job = todo.pop(0)
+                running[pool.submit(run_job, job, args.rounds, out, args.quick)] = job.name
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                name = running.pop(future)
+                error = future.exception()
+                print(f"{'FAILED' if error else 'done'} {name}" + (f": {error}" if error else ""), flush=True)
+                if error:
+                    failures.append(name)
+    records = [r for job in jobs if (r := read_result(out, job, args.rounds, args.quick)) is not None]
+    command = f"{ENTRY} " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    text = (
+        f"# Robustness to malicious clients\n\n`{command}` ({len(records)} of {len(jobs)} jobs finished, "
+        f"{args.rounds} rounds, seeds {args.seeds}; {machine_line()})\n\n{table(records)}\n"
+    )
+    (out / "report.md").parent.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(text)
+    print(text)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""What the robustness benchmark runs: methods x adversaries x fractions x seeds, as Hydra overrides of ``fl-kd-sim``.
+
+Logit attacks go to the strategies whose clients send logits, weight attacks to those that send weights, and the
+data attacks (``label_flip``, ``targeted``) and ``free_rider`` to every one (``AdversaryConfig.check_experiment``
+decides, so the grid cannot list a pair the config would refuse). Fraction 0 is one honest run per method and seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fl_kd.kd.adversary import ADVERSARIES, NONE
+from fl_kd.kd.algorithm import get_algorithm
+
+#: Fashion-MNIST, 20 clients in three tiers, 1,000 labelled transfer samples, rounds before the last evaluated on a
+#: fixed 2,000-image test subset.
+COMMON: tuple[str, ...] = (
+    "dataset=fashion_mnist",
+    "num_clients=20",
+    "device_profile=three_tier_fmnist",
+    "transfer.labelled=1000",
+    "evaluation.test_samples=2000",
+)
+
+#: A seconds-long end-to-end check (``--quick``): digits, 6 clients, tiny models.
+QUICK: tuple[str, ...] = (
+    "dataset=digits",
+    "num_clients=6",
+    "device_profile=homogeneous",
+    "device_profile.server_model=cnn_small",
+    "transfer.labelled=100",
+    "partition.min_size=20",
+)
+
+#: Method name -> its strategy overrides. FedAvg averages one architecture, so it runs the homogeneous profile.
+METHODS: dict[str, tuple[str, ...]] = {
+    "fedgems": ("strategy=fedgems",),
+    "fedmd": ("strategy=fedmd",),
+    "fedmd_trust": ("strategy=fedmd", "strategy.aggregation=trust"),
+    "dsfl": ("strategy=dsfl",),
+    "dsfl_median": ("strategy=dsfl", "strategy.aggregation=median"),
+    "feddf": ("strategy=feddf",),
+    "fedavg_mean": ("strategy=fedavg", "device_profile=homogeneous"),
+    "fedavg_median": ("strategy=fedavg", "device_profile=homogeneous", "strategy.aggregation=median"),
+    "fedavg_trimmed_mean": ("strategy=fedavg", "device_profile=homogeneous", "strategy.aggregation=trimmed_mean"),
+    "fedavg_krum": ("strategy=fedavg", "device_profile=homogeneous", "strategy.aggregation=krum"),
+}
+
+FRACTIONS: tuple[float, ...] = (0.1, 0.3, 0.5)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run: ``method`` under ``adversary`` at ``fraction`` (``none`` at 0: the honest run), one seed."""
+
+    method: str
+    adversary: str
+    fraction: float
+    seed: int
+
+    @property
+    def name(self) -> str:
+        """Its folder name."""
+        return f"{self.method}__{self.adversary}__{self.fraction:g}__seed{self.seed}"
+
+    def overrides(self, quick: bool = False) -> list[str]:
+        """Hydra overrides of this job (before seed and rounds)."""
+        method = [o for o in METHODS[self.method] if not (quick and o.startswith("device_profile="))]
+        extra = [f"adversary={self.adversary}", f"adversary.fraction={self.fraction}"]
+        return [*(QUICK if quick else COMMON), *method, *extra]
+
+
+def fits(method: str, adversary: str) -> bool:
+    """Whether ``adversary`` applies to the clients of ``method``'s strategy (logits, weights, or any)."""
+    strategy = next(o.split("=", 1)[1] for o in METHODS[method] if o.startswith("strategy="))
+    return ADVERSARIES.get(adversary).kind in ("any", get_algorithm(strategy).config_class.shares)
+
+
+def plan(methods: list[str], adversaries: list[str], fractions: list[float], seeds: list[int]) -> list[Job]:
+    """Every job, seed by seed (so an interrupted benchmark has whole seeds first), honest runs first."""
+    unknown = sorted(set(methods) - set(METHODS)) + sorted(set(adversaries) - set(ADVERSARIES.names()))
+    if unknown:
+        raise ValueError(f"unknown methods or adversaries: {unknown}")
+    jobs = []
+    for seed in seeds:
+        jobs += [Job(method, NONE, 0.0, seed) for method in methods]
+        jobs += [
+            Job(method, adversary, fraction, seed)
+            for fraction in fractions
+            for adversary in adversaries
+            for method in methods
+            if adversary != NONE and fraction > 0 and fits(method, adversary)
+        ]
+    return jobs

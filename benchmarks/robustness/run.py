@@ -1,0 +1,48 @@
+"""Run one job of the robustness benchmark in-process into its own folder; its ``result.json`` marks it done."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.kd.grid import compose_config
+from benchmarks.robustness.grid import Job
+from fl_kd.kd.runner import run_inprocess
+
+RESULT_FILE = "result.json"
+
+
+def read_result(out: Path, job: Job, rounds: int, quick: bool = False) -> dict[str, Any] | None:
+    """The job's record, or None when it has not finished with these ``rounds`` and data (then it is rerun)."""
+    path = out / job.name / RESULT_FILE
+    if not path.exists():
+        return None
+    record: dict[str, Any] = json.loads(path.read_text())
+    same = len(record["rounds"]) == rounds and record.get("quick", False) == quick
+    return record if same else None
+
+
+def run_job(job: Job, rounds: int, out: Path, quick: bool = False) -> dict[str, Any]:
+    """Run ``job`` with one torch thread; the record holds every round's metrics and the config."""
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    cfg = compose_config(job.seed, rounds, "inprocess", job.overrides(quick))
+    rows = run_inprocess(cfg).rounds
+    record = {
+        "job": {"method": job.method, "adversary": job.adversary, "fraction": job.fraction, "seed": job.seed},
+        "rounds": rows,
+        "config": json.loads(cfg.to_json()),
+        "seconds": time.perf_counter() - start,
+        "quick": quick,
+    }
+    path = out / job.name / RESULT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(record, indent=1, default=float))
+    os.replace(temporary, path)  # a killed job leaves nothing that would count as done
+    return record
