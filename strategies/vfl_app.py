@@ -19,6 +19,7 @@ from flwr.common.logger import FLOWER_LOGGER, log
 from flwr.serverapp import Grid, ServerApp
 
 from fl_kd.strategies.vfl import VFLServer
+from fl_kd.strategies.vfl_grid import QuickPollGrid
 from fl_kd.vfl import protocol as vp
 from fl_kd.vfl.results import progress_writer, write_results
 
@@ -37,7 +38,7 @@ def main(grid: Grid, context: Context) -> None:
             core_logger.addHandler(handler)
     cfg = vp.decode_config(str(context.run_config[vp.CONFIG_KEY]))
     out_dir = Path(str(context.run_config[vp.OUTPUT_KEY]))
-    results = VFLServer(cfg, report=progress_writer(out_dir / vp.PROGRESS_FILE)).run(grid)
+    results = VFLServer(cfg, report=progress_writer(out_dir / vp.PROGRESS_FILE)).run(QuickPollGrid(grid))
     write_results(out_dir / vp.RESULTS_FILE, results)
     log(
         INFO,

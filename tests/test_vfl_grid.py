@@ -1,0 +1,62 @@
+"""QuickPollGrid: replies are pulled after short pauses, all of them, and never past the timeout."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from flwr.app import Message, RecordDict
+
+from fl_kd.strategies.vfl_grid import LAST_PULL_PAUSE, QuickPollGrid
+from tests.flower_loopback import set_task_identity
+
+
+class SlowGrid:
+    """Replies to each pushed message on the ``ready_after``-th pull that asks for it; records the pulls."""
+
+    def __init__(self, ready_after: int) -> None:
+        self.ready_after = ready_after
+        self.pulls = 0
+        self.pushed: dict[str, Message] = {}
+
+    def get_node_ids(self) -> Iterable[int]:
+        return [3, 5]
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for index, message in enumerate(messages):
+            message.metadata.__dict__["_message_id"] = f"m{index}"
+            self.pushed[f"m{index}"] = message
+            ids.append(f"m{index}")
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        self.pulls += 1
+        if self.pulls < self.ready_after:
+            return []
+        return [Message(RecordDict(), reply_to=self.pushed[message_id]) for message_id in message_ids]
+
+
+def _messages() -> list[Message]:
+    set_task_identity()  # a Message needs the run it belongs to
+    return [Message(RecordDict(), dst_node_id=node, message_type="query.embed") for node in (3, 5)]
+
+
+def test_every_reply_comes_back_soon_after_it_is_ready() -> None:
+    slow = SlowGrid(ready_after=4)
+    grid = QuickPollGrid(slow)  # type: ignore[arg-type]
+    start = time.monotonic()
+    replies = list(grid.send_and_receive(_messages(), timeout=10.0))
+    assert sorted(reply.metadata.reply_to_message_id for reply in replies) == ["m0", "m1"]
+    assert slow.pulls == 4
+    assert time.monotonic() - start < 0.05  # three short pauses, not Flower's fixed 0.1 s each
+    assert list(grid.get_node_ids()) == [3, 5]
+
+
+def test_missing_replies_end_at_the_timeout() -> None:
+    slow = SlowGrid(ready_after=10**9)
+    start = time.monotonic()
+    assert list(QuickPollGrid(slow).send_and_receive(_messages(), timeout=0.3)) == []  # type: ignore[arg-type]
+    waited = time.monotonic() - start
+    assert 0.3 <= waited < 0.3 + LAST_PULL_PAUSE + 0.1
+    assert slow.pulls < 40  # the pauses grow: a slow exchange is not polled in a busy loop
