@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from benchmarks.common import markdown_table
 from benchmarks.vfl.expectations import dp_versus, unstopped_attacks
-from benchmarks.vfl.grid import DefenceSpec, attack_names, defence_grid
-from benchmarks.vfl.statistics import effective_ap, summarise
-from benchmarks.vfl.tables import setting_tables
+from benchmarks.vfl.grid import FULL_SETTINGS, DefenceSpec, applies, attack_names, defence_grid
+from benchmarks.vfl.plot import plot_pareto
+from benchmarks.vfl.statistics import effective_ap, pareto_front, summarise
+from benchmarks.vfl.tables import setting_tables, worst_case_table
 
 
 def record(
@@ -122,5 +124,41 @@ def test_defence_grid_and_attack_names() -> None:
         "direction_scoring",
         "batch_label_inference",
         "passive_model_completion",
+        "adaptive_label_inference",
+        "gradient_clustering",
     ]
-    assert attack_names(10, "mlp") == ["batch_label_inference", "passive_model_completion"]
+    assert attack_names(10, "mlp") == ["batch_label_inference", "passive_model_completion", "gradient_clustering"]
+    tuned = defence_grid(["randomised_label", "marvell", "coae_noise"], [])
+    assert [s.label for s in tuned] == [
+        "none",
+        "coae_noise σ=0.01",
+        "randomised_label ε=0.3",
+        "randomised_label ε=0.5",
+        "randomised_label ε=0.8",
+        "marvell s=4",
+        "marvell s=16",
+    ]
+    fmnist, binary_mlp = FULL_SETTINGS[-1], FULL_SETTINGS[1]
+    assert not applies(tuned[-1], fmnist, 10) and applies(tuned[-1], binary_mlp, 2)  # Marvell: binary only
+    assert applies(tuned[2], fmnist, 10) and not applies(tuned[2], binary_mlp, 2)  # randomised labels: sum top
+
+
+def test_worst_case_and_pareto_front(tmp_path: Path) -> None:
+    records = [
+        record("none", 0, 0.85, {"DLI": 1.0, "PMC": 0.7}),
+        record("coae", 0, 0.80, {"DLI": 0.0, "GC": 0.95, "PMC": 0.6}),
+        record("gaussian", 0, 0.84, {"DLI": 0.2, "GC": 0.25, "PMC": 0.5}, {"scale": 0.01}),
+        record("randomised_label", 0, 0.83, {"DLI": 0.15, "GC": 0.12, "PMC": 0.3}, {"epsilon": 0.5}),
+    ]
+    for entry in records[:1]:
+        entry["attacks"]["GC"] = {"ap": 1.0, "ap_adaptive": 1.0, "below_chance": 0.0}
+    rows = summarise(records)["toy/sum"]
+    worst = {r["label"]: r["worst_case"][0] for r in rows}
+    assert worst == {"none": 1.0, "coae λ=2": 0.95, "gaussian σ=0.01": 0.5, "randomised_label ε=0.5": 0.3}
+    assert rows[2]["worst_case_gradient"][0] == pytest.approx(0.25)  # PMC left out
+    # CoAE loses to gaussian on both axes; the others each win one.
+    assert pareto_front(rows) == ["randomised_label ε=0.5", "gaussian σ=0.01", "none"]
+    table = worst_case_table(rows)
+    assert "0.950±0.000 (GC)" in table and table.count("| yes |") == 3
+    plot_pareto({"toy/sum": rows}, tmp_path / "pareto.png")
+    assert (tmp_path / "pareto.png").stat().st_size > 0

@@ -25,16 +25,17 @@ import torch
 
 from benchmarks.common import REPO_ROOT
 from benchmarks.vfl.grid import (
-    CONFUSION_DEFENCES,
+    AUTOENCODER_DEFENCES,
     DEFAULT_NOISE_SCALES,
     DEFENCE_NAMES,
     FULL_SETTINGS,
     DefenceSpec,
     Setting,
+    applies,
     defence_grid,
     quick_settings,
 )
-from benchmarks.vfl.plot import plot_tradeoff
+from benchmarks.vfl.plot import plot_pareto, plot_tradeoff
 from benchmarks.vfl.records import RECORDS_NAME, append_record, load_records, run_start
 from benchmarks.vfl.report import ENTRY, RunInfo, render_report
 from benchmarks.vfl.run import autoencoder_epochs, load_setting_data, prepare_autoencoder, run_one
@@ -42,7 +43,9 @@ from benchmarks.vfl.statistics import summarise
 
 REPORT_NAME = "BENCHMARKS.md"
 PLOT_NAME = "vfl_tradeoff.png"
+PARETO_NAME = "vfl_pareto.png"
 COMMITTED_PLOT = REPO_ROOT / "docs" / "img" / PLOT_NAME
+COMMITTED_PARETO = REPO_ROOT / "docs" / "img" / PARETO_NAME
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -103,7 +106,8 @@ def run_setting(
     ae_epochs = autoencoder_epochs(num_classes, args.quick)
     shared = num_classes in args.shared_autoencoder_for
     autoencoders = {}
-    if any(spec.name in CONFUSION_DEFENCES for spec in specs):
+    specs = [spec for spec in specs if applies(spec, setting, num_classes)]
+    if any(spec.name in AUTOENCODER_DEFENCES for spec in specs):
         for seed in info.seeds[:1] if shared else info.seeds:
             autoencoders[seed], check = prepare_autoencoder(out, num_classes, seed, ae_epochs)
             if not any(c["num_classes"] == num_classes and c["seed"] == seed for c in info.ae_checks):
@@ -177,14 +181,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     info.wall_seconds = records_path.stat().st_mtime - start_unix
     plot_path = out / PLOT_NAME
     plot_tradeoff(summary, plot_path)
+    pareto_path = out / PARETO_NAME
+    plot_pareto(summary, pareto_path)
     report_path = (args.report or (out / REPORT_NAME if args.quick else REPO_ROOT / REPORT_NAME)).resolve()
     if args.quick:
-        linked = plot_path
+        linked, linked_pareto = plot_path, pareto_path
     else:
         COMMITTED_PLOT.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(plot_path, COMMITTED_PLOT)
-        linked = COMMITTED_PLOT
-    report_path.write_text(render_report(summary, info, os.path.relpath(linked, report_path.parent)))
+        shutil.copyfile(pareto_path, COMMITTED_PARETO)
+        linked, linked_pareto = COMMITTED_PLOT, COMMITTED_PARETO
+    links = (os.path.relpath(linked, report_path.parent), os.path.relpath(linked_pareto, report_path.parent))
+    report_path.write_text(render_report(summary, info, *links))
     (out / "summary.json").write_text(json.dumps({"info": asdict(info), "summary": summary}, indent=1, default=str))
     print(f"report: {report_path}; plot: {plot_path}; records: {records_path}")
     return 0

@@ -12,13 +12,28 @@ ATTACK_ABBREVIATIONS: dict[str, str] = {
     "direction_scoring": "DS",
     "batch_label_inference": "BLI",
     "passive_model_completion": "PMC",
+    "adaptive_label_inference": "ALI",
+    "gradient_clustering": "GC",
 }
-GRADIENT_ATTACKS = ("DLI", "NS", "DS", "BLI")
+GRADIENT_ATTACKS = ("DLI", "NS", "DS", "BLI", "ALI", "GC")
 """Attacks that read the gradients sent during training; PMC reads the trained bottom model instead."""
 
 NOISE_DEFENCES = ("gaussian", "laplace")
 CONFUSION_DEFENCES = ("coae", "dcae")
-DEFENCE_NAMES = ("none", "coae", "dcae", "gaussian", "laplace", "sparsification", "mid")
+AUTOENCODER_DEFENCES = (*CONFUSION_DEFENCES, "coae_noise")
+"""Defences that load the shared CoAE autoencoder of ``(C, seed)``."""
+DEFENCE_NAMES = (
+    "none",
+    "coae",
+    "dcae",
+    "gaussian",
+    "laplace",
+    "sparsification",
+    "mid",
+    "coae_noise",
+    "randomised_label",
+    "marvell",
+)
 DEFAULT_NOISE_SCALES = (0.001, 0.003, 0.01, 0.03, 0.1)
 
 
@@ -95,6 +110,9 @@ _LABELS: dict[str, Callable[[dict[str, Any]], str]] = {
     "mid": lambda p: f"mid λ={p.get('weight', 0.01):g}",
     "coae": lambda p: f"coae λ={p.get('entropy_weight', COAE_ENTROPY_WEIGHT):g}",
     "dcae": lambda p: f"dcae λ={p.get('entropy_weight', COAE_ENTROPY_WEIGHT):g}, {p.get('bin_numbers', 12) + 1} levels",
+    "coae_noise": lambda p: f"coae_noise σ={p.get('scale', 0.01):g}",
+    "randomised_label": lambda p: f"randomised_label ε={p.get('epsilon', 0.5):g}",
+    "marvell": lambda p: f"marvell s={p.get('power_ratio', 4.0):g}",
 }
 """How a defence's parameters show in its label; a defence without an entry shows its name alone."""
 
@@ -130,16 +148,39 @@ def defence_grid(
             continue
         if name in NOISE_DEFENCES:
             specs.extend(DefenceSpec(name, (("scale", float(s)),)) for s in noise_scales)
-        elif name in CONFUSION_DEFENCES:
+        elif name in AUTOENCODER_DEFENCES:
             specs.append(DefenceSpec(name, (("entropy_weight", COAE_ENTROPY_WEIGHT),)))
+        elif name in TUNED:
+            specs.extend(DefenceSpec(name, ((key, value),)) for key, value in TUNED[name])
         else:
             specs.append(DefenceSpec(name))
     return specs
 
 
+TUNED: dict[str, tuple[tuple[str, float], ...]] = {
+    "randomised_label": (("epsilon", 0.3), ("epsilon", 0.5), ("epsilon", 0.8)),
+    "marvell": (("power_ratio", 4.0), ("power_ratio", 16.0)),
+}
+"""Defences against the adaptive attacker, each at a few strengths (the Pareto plot shows which pays off)."""
+
+
+def applies(spec: DefenceSpec, setting: Setting, num_classes: int) -> bool:
+    """Whether ``spec`` can run on ``setting``: Marvell is for binary tasks, randomised labels need a sum top."""
+    if spec.name == "marvell":
+        return num_classes == 2
+    if spec.name == "randomised_label":
+        return setting.top == "sum"
+    return True
+
+
 def attack_names(num_classes: int, top: str) -> list[str]:
-    """Attacks that apply to a setting: DLI needs a sum top, NS and DS a binary task."""
+    """Attacks that apply to a setting: DLI and ALI need a sum top, NS and DS a binary task.
+
+    The adaptive pair (ALI, GC) knows the defence and a few labels; the worst case over every attack is the AP that
+    counts.
+    """
     names = ["direct_label_inference"] if top == "sum" else []
     if num_classes == 2:
         names += ["norm_scoring", "direction_scoring"]
-    return names + ["batch_label_inference", "passive_model_completion"]
+    names += ["batch_label_inference", "passive_model_completion"]
+    return names + (["adaptive_label_inference"] if top == "sum" else []) + ["gradient_clustering"]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.vfl.grid import CONFUSION_DEFENCES, GRADIENT_ATTACKS, NOISE_DEFENCES
-from benchmarks.vfl.statistics import chance, row_by_defence, strongest, strongest_effective
+from benchmarks.vfl.statistics import chance, pareto_front, row_by_defence, strongest, strongest_effective
 
 PLOT_MP_RANGE = 0.12
 """Plots show MP down to this far below the no-defence MP; lower points sit on the floor, labelled."""
@@ -97,3 +97,39 @@ def _panel(ax: Any, rows: Sequence[Mapping[str, Any]], among: Sequence[str] | No
                 x = strongest_effective(r, among, view="relabelled")[1]
                 ax.plot(x, r["mp"][0], marker, mfc="none", color=colour, ms=7, label=f"{r['defence']} relabelled")
     ax.axvline(chance(rows[0]["num_classes"]), color="grey", ls=":", lw=0.8)
+
+
+def plot_pareto(summary: Mapping[str, Sequence[Mapping[str, Any]]], path: Path) -> None:
+    """MP against the worst-case AP over the attack suite, one panel per setting, the Pareto front as a line.
+
+    Filled markers: the worst case over every attack; hollow ones: over the gradient attacks alone (what a defence
+    of the messages can hope to change; PMC reads the attacker's own trained model).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = list(summary)
+    fig, axes = plt.subplots(1, len(settings), figsize=(3.6 * len(settings), 3.6), squeeze=False)
+    for ax, setting in zip(axes[0], settings, strict=True):
+        rows = summary[setting]
+        by_label = {r["label"]: r for r in rows}
+        front = [by_label[label] for label in pareto_front(rows)]
+        ax.plot([r["worst_case"][0] for r in front], [r["mp"][0] for r in front], "-", color="grey", lw=1)
+        for index, r in enumerate(rows):
+            colour = f"C{index % 10}"
+            ax.errorbar(r["worst_case"][0], r["mp"][0], xerr=r["worst_case"][1], fmt="o", color=colour, ms=4, lw=0.6)
+            if "worst_case_gradient" in r:
+                ax.plot(r["worst_case_gradient"][0], r["mp"][0], "o", mfc="none", color=colour, ms=6)
+            ax.annotate(r["label"], (r["worst_case"][0], r["mp"][0]), fontsize=5, color=colour)
+        level = 0.5 if rows[0]["num_classes"] == 2 else chance(rows[0]["num_classes"])
+        ax.axvline(level, color="grey", ls=":", lw=0.8)
+        ax.set_title(f"{setting}: MP vs worst-case AP", fontsize=7)
+        ax.set_xlabel("worst-case adaptive AP (hollow: gradient attacks only)", fontsize=6)
+        ax.set_ylabel("MP (AUC)" if rows[0]["num_classes"] == 2 else "MP (accuracy)", fontsize=7)
+        ax.tick_params(labelsize=6)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=72)
+    plt.close(fig)

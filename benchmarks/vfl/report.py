@@ -11,7 +11,7 @@ from benchmarks.common import machine_line, markdown_table
 from benchmarks.vfl.expectations import AP_MATCH_TOLERANCE, CHANCE_MARGIN, MP_TIE, STOP_MARGIN, expectations
 from benchmarks.vfl.grid import COAE_ENTROPY_WEIGHT, COAE_NUM_TRAIN, NOISE_DEFENCES, DefenceSpec, Setting
 from benchmarks.vfl.statistics import chance
-from benchmarks.vfl.tables import setting_tables
+from benchmarks.vfl.tables import setting_tables, worst_case_table
 
 ENTRY = "python -m benchmarks.vfl"
 
@@ -34,7 +34,9 @@ class RunInfo:
     excluded: list[str] = field(default_factory=list)
 
 
-def render_report(summary: Mapping[str, Sequence[Mapping[str, Any]]], info: RunInfo, plot_link: str) -> str:
+def render_report(
+    summary: Mapping[str, Sequence[Mapping[str, Any]]], info: RunInfo, plot_link: str, pareto_link: str | None = None
+) -> str:
     """The whole markdown report."""
     out = [*_header(info), *_setup(info), "## Results", ""]
     for setting, rows in summary.items():
@@ -51,6 +53,7 @@ def render_report(summary: Mapping[str, Sequence[Mapping[str, Any]]], info: RunI
         "",
         f"![MP vs AP]({plot_link})",
         "",
+        *_worst_case_section(summary, pareto_link),
         "## Expectations, checked against the numbers above",
         "",
         f"Rules (on means over seeds): 'at chance' = AP ≤ 1/C + {CHANCE_MARGIN}. For DP against CoAE each point "
@@ -65,6 +68,24 @@ def render_report(summary: Mapping[str, Sequence[Mapping[str, Any]]], info: RunI
         "",
     ]
     return "\n".join(out)
+
+
+def _worst_case_section(summary: Mapping[str, Sequence[Mapping[str, Any]]], pareto_link: str | None) -> list[str]:
+    """Per setting, the worst case over the attack suite (the adaptive attacks included) and the Pareto front."""
+    out = [
+        "## Worst case over the attack suite",
+        "",
+        "The AP that counts for a defence is the highest adaptive AP over every attack, the adaptive ones included "
+        "(ALI: either sign of every epoch's gradients, renamed by a few known labels; GC: k-means of normalised "
+        "gradients named by them), per seed, then averaged. 'Pareto front': no other defence has both a higher MP "
+        "and a lower worst-case AP.",
+        "",
+    ]
+    for setting, rows in summary.items():
+        out += [f"### {setting}", "", worst_case_table(rows), ""]
+    if pareto_link is not None:
+        out += [f"![MP vs worst-case AP]({pareto_link})", ""]
+    return out
 
 
 def _header(info: RunInfo) -> list[str]:

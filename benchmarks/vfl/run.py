@@ -14,9 +14,9 @@ from typing import Any
 
 from benchmarks.vfl.grid import (
     ATTACK_ABBREVIATIONS,
+    AUTOENCODER_DEFENCES,
     COAE_ENTROPY_WEIGHT,
     COAE_NUM_TRAIN,
-    CONFUSION_DEFENCES,
     DefenceSpec,
     Setting,
     attack_names,
@@ -62,7 +62,7 @@ def build_attacks(names: list[str], top: str, num_classes: int, seed: int) -> li
             attacks.append(
                 BatchLabelInference(top="sum" if top == "sum" else "linear", num_classes=num_classes, seed=seed)
             )
-        elif name == "passive_model_completion":
+        elif name in ("passive_model_completion", "adaptive_label_inference", "gradient_clustering"):
             attacks.append(build_attack(name, num_classes=num_classes, seed=seed))
         elif name == "direction_scoring":
             attacks.append(build_attack(name, seed=seed))
@@ -151,7 +151,7 @@ def run_one(
     num_classes = int(data.num_classes)
     params = dict(spec.params)
     autoencoder_seed = None
-    if spec.name in CONFUSION_DEFENCES:
+    if spec.name in AUTOENCODER_DEFENCES:
         if shared_autoencoder is not None:
             autoencoder_seed, params["autoencoder"] = shared_autoencoder
         else:

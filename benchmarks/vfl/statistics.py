@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from benchmarks.common import mean, mean_std
+from benchmarks.vfl.grid import GRADIENT_ATTACKS
 from benchmarks.vfl.run import dcs
 
 Stat = tuple[float, float]
@@ -75,7 +76,26 @@ def _summarise_defence(setting: str, runs: Sequence[Mapping[str, Any]], stars: S
             per_seed_dcs[index].append(score)
         row["dcs"][attack] = mean_std(scores)
     row["t_dcs"] = mean_std([mean(v) for v in per_seed_dcs])
+    # The AP that counts: per seed the highest adaptive AP over the suite, then its mean and std over seeds.
+    row["worst_case"] = mean_std([max(v["ap_adaptive"] for v in r["attacks"].values()) for r in runs])
+    gradient = [a for a in attacks if a in GRADIENT_ATTACKS]
+    if gradient:
+        row["worst_case_gradient"] = mean_std([max(r["attacks"][a]["ap_adaptive"] for a in gradient) for r in runs])
     return row
+
+
+def pareto_front(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Labels of the rows no other row beats on both mean MP (higher) and mean worst-case AP (lower), by AP."""
+    front = []
+    for row in rows:
+        ap, mp = row["worst_case"][0], row["mp"][0]
+        beaten = any(
+            o["worst_case"][0] <= ap and o["mp"][0] >= mp and (o["worst_case"][0] < ap or o["mp"][0] > mp)
+            for o in rows
+        )
+        if not beaten:
+            front.append(row)
+    return [r["label"] for r in sorted(front, key=lambda r: r["worst_case"][0])]
 
 
 def chance(num_classes: int) -> float:

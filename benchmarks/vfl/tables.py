@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from benchmarks.common import markdown_table
-from benchmarks.vfl.statistics import Stat
+from benchmarks.vfl.statistics import Stat, pareto_front, strongest
 
 
 def pm(stat: Stat, digits: int = 3) -> str:
@@ -60,3 +60,23 @@ def setting_tables(rows: Sequence[Mapping[str, Any]]) -> str:
         [[r["label"], *[pm(r["dcs"][a]) for a in attacks], pm(r["t_dcs"])] for r in rows],
     )
     return "\n\n".join([first, second_title, second, "DCS (adaptive AP; MP* = no-defence MP, same seed):", third])
+
+
+def worst_case_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """MP, MP loss and the worst case over the attack suite (and over the gradient attacks alone) per defence."""
+    front = set(pareto_front(rows))
+    mp_name = "MP (AUC)" if rows[0]["num_classes"] == 2 else "MP (acc)"
+    return markdown_table(
+        ["Defence", mp_name, "MP loss", "worst-case AP (strongest)", "worst gradient AP", "Pareto front"],
+        [
+            [
+                r["label"],
+                pm(r["mp"]),
+                f"{100 * r['mp_loss'][0]:+.1f} pt",
+                f"{pm(r['worst_case'])} ({strongest(r)[0]})",
+                pm(r["worst_case_gradient"]) if "worst_case_gradient" in r else "–",
+                "yes" if r["label"] in front else "",
+            ]
+            for r in rows
+        ],
+    )
