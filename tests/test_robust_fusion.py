@@ -99,6 +99,7 @@ def test_aggregation_is_a_checked_strategy_setting() -> None:
     [
         ("fedavg", "scaled_update", "median"),
         ("feddf", "scaled_update", "trimmed_mean"),
+        ("fedet", "gaussian_update", "krum"),
         ("dsfl", "scaled_logits", "krum"),
         ("fedmd", "confident_wrong", "trust"),
     ],

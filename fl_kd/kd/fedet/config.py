@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, ClassVar
 from fl_kd.config import check_choice, check_range, require
 from fl_kd.kd.algorithm import SGDStrategyConfig
 from fl_kd.kd.client import ClientTrainConfig
+from fl_kd.kd.robust import ROBUST_RULES, RobustSettings
 from fl_kd.models import DeviceTier
 
 if TYPE_CHECKING:
@@ -43,6 +44,12 @@ class FedETConfig(SGDStrategyConfig):
         small models know (measured on digits, 5 rounds: 2 epochs at lr 0.05 left every model at chance).
     momentum, weight_decay : float (default: 0.9, 5e-4)
         SGD settings of all parties; clients take epochs, batch and lr from their device tier.
+    aggregation : str (default: "mean")
+        How each architecture's small model is fused from its clients' weights: "mean" (sample-weighted, the
+        paper's), or a robust rule of :data:`fl_kd.kd.robust.ROBUST_RULES` ("median", "trimmed_mean", "krum",
+        "multi_krum"); the ensemble on the public inputs still hears every accepted client.
+    trim_fraction, num_malicious, num_selected : (default: 0.2, 0, 0)
+        Parameters of those rules (:class:`fl_kd.kd.robust.RobustSettings`).
     """
 
     shares: ClassVar[str] = "weights"
@@ -56,6 +63,10 @@ class FedETConfig(SGDStrategyConfig):
     server_lr: float = 0.05
     transfer_epochs: int = 1
     transfer_lr: float = 0.01
+    aggregation: str = "mean"
+    trim_fraction: float = 0.2
+    num_malicious: int = 0
+    num_selected: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -67,6 +78,14 @@ class FedETConfig(SGDStrategyConfig):
         check_range("strategy.server_lr", self.server_lr, low=0.0, low_open=True)
         check_range("strategy.transfer_epochs", self.transfer_epochs, low=0)
         check_range("strategy.transfer_lr", self.transfer_lr, low=0.0, low_open=True)
+        check_choice("strategy.aggregation", self.aggregation, ROBUST_RULES.names())
+        check_range("strategy.trim_fraction", self.trim_fraction, low=0.0, high=0.5, high_open=True)
+        check_range("strategy.num_malicious", self.num_malicious, low=0)
+        check_range("strategy.num_selected", self.num_selected, low=0)
+
+    def robust_settings(self) -> RobustSettings:
+        """The parameters of ``aggregation``."""
+        return RobustSettings(self.trim_fraction, self.num_malicious, self.num_selected)
 
     def check_experiment(self, experiment: ExperimentConfig) -> None:
         """A consensus and its dissenters need an ensemble: at least two clients sampled per round."""

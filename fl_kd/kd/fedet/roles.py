@@ -76,6 +76,10 @@ class FedETServer(ServerRole):
         self._published.clear()
         return stats
 
+    def fusion_weights(self) -> dict[int, float]:
+        """Client id -> its share of the last round's weight averaging."""
+        return self.server.fusion_weights()
+
     def evaluate_instruction(self, round: int, client_id: int) -> Instruction:
         """The client's architecture's small model after the transfer back."""
         return Instruction(self._small_model(client_id))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from numpy.typing import NDArray
@@ -26,6 +27,7 @@ from torch import Tensor, nn
 from fl_kd.kd.fedet.config import FedETConfig
 from fl_kd.kd.fedet.ensemble import EnsembleTargets, ensemble_targets
 from fl_kd.kd.losses import kd_loss
+from fl_kd.kd.robust_weights import robust_average
 from fl_kd.kd.seeding import SERVER_ID, derive_seed, seeded_torch, torch_generator
 from fl_kd.kd.training import accuracy, minibatches, predict_logits, sgd
 from fl_kd.kd.weights import Arrays, load_arrays, model_arrays, weighted_average
@@ -82,6 +84,7 @@ class EnsembleTransferServer:
         self._scratch = {name: copy.deepcopy(net) for name, net in self.small_models.items()}
         self._reference = {name: model_arrays(net) for name, net in self.small_models.items()}
         self.public_x = public_x.cpu()
+        self._shares: dict[int, float] = {}
 
     @property
     def num_public(self) -> int:
@@ -123,12 +126,23 @@ class EnsembleTransferServer:
         return stats
 
     def _average(self, answers: list[ClientModel]) -> None:
-        """Each architecture with answers becomes the sample-weighted average of them."""
-        for name, net in self.small_models.items():
-            members = [answer for answer in answers if answer.architecture == name]
-            if members:
-                average = weighted_average([a.weights for a in members], [float(a.num_examples) for a in members])
-                load_arrays(net, average)
+        """Each architecture with answers becomes the sample-weighted average of them (or their robust fusion)."""
+        groups = {name: [a for a in answers if a.architecture == name] for name in self.small_models}
+        groups = {name: members for name, members in groups.items() if members}
+        self._shares = {}
+        rule, settings = self.config.aggregation, self.config.robust_settings()
+        for name, members in groups.items():
+            weights, counts = [a.weights for a in members], [float(a.num_examples) for a in members]
+            if self.config.aggregation == "mean":
+                average, shares = weighted_average(weights, counts), np.asarray(counts) / math.fsum(counts)
+            else:
+                average, shares = robust_average(weights, counts, rule, settings)
+            load_arrays(self.small_models[name], average)
+            self._shares |= {a.client_id: float(w) / len(groups) for a, w in zip(members, shares, strict=True)}
+
+    def fusion_weights(self) -> dict[int, float]:
+        """Client id -> its share of the last averaging's weight (each architecture counts equally)."""
+        return dict(self._shares)
 
     def _train_server(self, round: int, targets: EnsembleTargets) -> float:
         """``server_epochs`` over the public inputs: consensus loss + ``diversity_weight`` x diversity KD."""
