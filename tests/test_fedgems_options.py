@@ -236,3 +236,54 @@ def test_clients_distil_the_servers_logits_on_the_rounds_unlabelled_subset() -> 
         client.receive(1, Instruction({kd.SERVER_LOGITS: server_logits, **unl, kd.UNLABELLED_POSITIONS: np.arange(12)}))
     with pytest.raises(ValueError, match="together"):
         client.receive(1, Instruction({kd.SERVER_LOGITS: server_logits, kd.UNLABELLED_LOGITS: logits}))
+
+
+def test_held_out_reliability_hides_the_slice_from_clients_and_reports_teacher_figures() -> None:
+    from fl_kd.kd import protocol as kd
+    from fl_kd.kd.fedgems import FedGEMSServer
+
+    u_x, u_y = _data(30, seed=1)
+    server = SelectiveDistillServer(
+        build_model("cnn_small", SHAPE, C, seed=0),
+        *_data(40),
+        ServerDistillConfig(
+            epochs=1, batch_size=8, correctness="held_out", held_out_fraction=0.25,
+            unlabelled_trust="class_reliability", reliability_on="held_out",
+        ),
+        seed=3, unlabelled_x=u_x, unlabelled_y=u_y,
+    )  # fmt: skip
+    held = server.options.held_out_positions
+    np.testing.assert_array_equal(server.options.label_free_positions(), held)
+    # A client right on the held-out slice only is the reliable one; its answers elsewhere do not count.
+    positions = np.arange(70)
+    labels = np.concatenate([server.transfer_y.numpy(), u_y.numpy()])
+    right = np.eye(C, dtype=np.float32)[labels] * 6
+    wrong = np.eye(C, dtype=np.float32)[(labels + 1) % C] * 6
+    honest = right.copy()
+    honest[:40][~np.isin(np.arange(40), held)] = wrong[:40][~np.isin(np.arange(40), held)]
+    stats = server.distill(
+        1, {0: (positions, honest), 1: (positions, np.where(np.isin(np.arange(70), held)[:, None], wrong, right))}
+    )
+    assert stats.extra["teacher_unlabelled_accuracy"] == 1.0  # client 0, right on the slice, decides
+    assert 0.0 <= stats.extra["server_unlabelled_accuracy"] <= 1.0
+    instruction = FedGEMSServer(server).evaluate_instruction(1, 0)
+    np.testing.assert_array_equal(instruction.arrays[kd.LABEL_FREE_POSITIONS], held)
+
+
+def test_a_client_never_learns_the_labels_of_label_free_positions() -> None:
+    uniform = np.zeros((20, C), np.float32)
+    results = {}
+    for name, label_free in (("labels", None), ("label_free", np.arange(20))):
+        client = _client()
+        client.config = ClientTrainConfig(local_epochs=1, batch_size=16, lr=0.05, distill_epochs=5, epsilon=1.0)
+        client.distill(0, uniform, label_free)
+        with torch.no_grad():
+            results[name] = float(F.cross_entropy(client.model.eval()(client.transfer_x), client.transfer_y))
+    assert results["labels"] < results["label_free"]  # with eps=1 the labelled run is pure CE; the other pure KD
+
+
+def test_held_out_reliability_needs_held_out_correctness() -> None:
+    with pytest.raises(ConfigError, match="reliability_on"):
+        tiny_config(
+            transfer={"labelled": 60, "unlabelled": 40}, unlabelled_trust="class_reliability", reliability_on="held_out"
+        )

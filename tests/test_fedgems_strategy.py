@@ -58,6 +58,8 @@ def _without_time(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "unlabelled_trust": "class_reliability",
             "unlabelled_per_round": 20,
             "client_unlabelled": True,
+            "correctness": "held_out",
+            "reliability_on": "held_out",
             "evaluation": {"test_samples": 100, "fraction_clients": 0.5},
             "rounds": 3,
         },

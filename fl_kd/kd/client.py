@@ -161,7 +161,7 @@ class DistillClient:
             return to_wire(torch.zeros(0, self.num_classes), dtype)
         return to_wire(predict_logits(self.model, self.transfer_x[torch.from_numpy(index)], device=self.device), dtype)
 
-    def distill(self, round: int, server_logits: ArrayLike) -> dict[str, float]:
+    def distill(self, round: int, server_logits: ArrayLike, label_free: ArrayLike | None = None) -> dict[str, float]:
         """E_pub epochs of ``eps * CE + (1 - eps) * KD(server -> client)`` over the transfer set.
 
         Parameters
@@ -170,25 +170,31 @@ class DistillClient:
             Federated round.
         server_logits : ndarray
             ``(N, C)`` server logits on the whole transfer set (float32 or float16).
+        label_free : ndarray | None (default: None)
+            Transfer positions whose labels the client must not learn: pure KD there (the server measures the
+            clients' reliability on them, which memorised labels would inflate).
 
         Raises
         ------
         ValueError
             If the logits are mis-shaped or non-finite; the model is left untouched.
         """
-        teacher = check_logits("server logits", server_logits, (int(self.transfer_x.shape[0]), self.num_classes))
-        cfg = self.config
-        loss = self._run_epochs(
-            round,
-            "distill",
-            cfg.distill_epochs,
-            self.transfer_x,
-            self.transfer_y,
-            lambda logits, y, index: distillation_loss(
-                logits, teacher[index].to(self.device), y, cfg.epsilon, cfg.temperature
-            ),
-        )
         num = int(self.transfer_x.shape[0])
+        teacher = check_logits("server logits", server_logits, (num, self.num_classes))
+        cfg = self.config
+        hidden = torch.zeros(num, dtype=torch.bool)
+        if label_free is not None:
+            hidden[torch.from_numpy(check_positions(label_free, num))] = True
+
+        def loss_fn(logits: Tensor, y: Tensor, index: Tensor) -> Tensor:
+            target = teacher[index].to(self.device)
+            if not hidden.any():
+                return distillation_loss(logits, target, y, cfg.epsilon, cfg.temperature)
+            mixed = distillation_loss(logits, target, y, cfg.epsilon, cfg.temperature, reduction="none")
+            pure = kd_loss(logits, target, cfg.temperature, reduction="none")
+            return torch.where(hidden[index].to(self.device), pure, mixed).mean()
+
+        loss = self._run_epochs(round, "distill", cfg.distill_epochs, self.transfer_x, self.transfer_y, loss_fn)
         return {"loss": loss, "num_examples": float(num), "train_samples": float(cfg.distill_epochs * num)}
 
     def public_logits(self, positions: ArrayLike, dtype: DTypeLike = np.float32) -> NDArray[np.floating[Any]]:

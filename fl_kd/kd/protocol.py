@@ -38,6 +38,8 @@ SERVER_LOGITS = "server-logits"
 #: Public positions of the round's unlabelled samples and the server's logits there (FedGEMS ``client_unlabelled``).
 UNLABELLED_POSITIONS = "unlabelled-positions"
 UNLABELLED_LOGITS = "unlabelled-logits"
+#: Labelled positions whose labels a client must not train on (FedGEMS ``reliability_on=held_out``).
+LABEL_FREE_POSITIONS = "label-free-positions"
 
 # metrics record
 PARTITION_ID = "partition-id"

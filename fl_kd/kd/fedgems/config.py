@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from fl_kd.config import check_choice, check_range, require
 from fl_kd.kd.algorithm import SGDStrategyConfig
 from fl_kd.kd.client import ClientTrainConfig
-from fl_kd.kd.fedgems.server import CORRECTNESS, UNLABELLED_TRUST, ServerDistillConfig
+from fl_kd.kd.fedgems.server import CORRECTNESS, RELIABILITY_ON, UNLABELLED_TRUST, ServerDistillConfig
 from fl_kd.kd.fusion import FUSION_RULES
 from fl_kd.kd.training import LOGITS_DTYPES
 from fl_kd.models import DeviceTier
@@ -55,6 +55,11 @@ class FedGEMSConfig(SGDStrategyConfig):
         the labelled part, for the class they predict (raised to ``reliability_power``).
     reliability_power : float (default: 4.0)
         Sharpness of that trust (0: plain average).
+    reliability_on : {"labelled", "held_out"} (default: "labelled")
+        Where that precision is measured. Clients distil on the labelled part with its labels, so after a few
+        rounds every client looks precise there in every class. "held_out" (needs ``correctness=held_out``)
+        measures it on the held-out slice only, whose labels the clients are then never given: they distil the
+        server's logits there without cross-entropy.
     unlabelled_per_round : int (default: 0)
         Unlabelled samples asked per round (a seeded subset); 0 asks all of them.
     client_unlabelled : bool (default: False)
@@ -81,6 +86,7 @@ class FedGEMSConfig(SGDStrategyConfig):
     distill_correct: bool = False
     unlabelled_trust: str = "none"
     reliability_power: float = 4.0
+    reliability_on: str = "labelled"
     unlabelled_per_round: int = 0
     client_unlabelled: bool = False
     client_finetune_epochs: int = 0
@@ -101,6 +107,7 @@ class FedGEMSConfig(SGDStrategyConfig):
         )
         check_choice("strategy.unlabelled_trust", self.unlabelled_trust, UNLABELLED_TRUST)
         check_range("strategy.reliability_power", self.reliability_power, low=0.0)
+        check_choice("strategy.reliability_on", self.reliability_on, RELIABILITY_ON)
         check_range("strategy.unlabelled_per_round", self.unlabelled_per_round, low=0)
         check_range("strategy.client_finetune_epochs", self.client_finetune_epochs, low=0)
 
@@ -113,6 +120,10 @@ class FedGEMSConfig(SGDStrategyConfig):
         require(
             self.unlabelled_trust == "none" or experiment.transfer.unlabelled > 0,
             f"strategy.unlabelled_trust={self.unlabelled_trust} needs an unlabelled part: set transfer.unlabelled > 0",
+        )
+        require(
+            self.reliability_on == "labelled" or self.correctness == "held_out",
+            "strategy.reliability_on=held_out needs strategy.correctness=held_out",
         )
         require(
             not self.client_unlabelled or self.unlabelled_trust != "none",
@@ -139,6 +150,7 @@ class FedGEMSConfig(SGDStrategyConfig):
             distill_correct=self.distill_correct,
             unlabelled_trust=self.unlabelled_trust,
             reliability_power=self.reliability_power,
+            reliability_on=self.reliability_on,
             unlabelled_per_round=self.unlabelled_per_round,
         )
 

@@ -18,7 +18,7 @@ splits the answers; the distillation steps themselves live in :mod:`fl_kd.kd.fed
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -52,7 +52,14 @@ class ServerOptions:
         ``(M, ...)`` unlabelled inputs (public positions ``N..N+M-1``); needed when ``unlabelled_trust`` is on.
     """
 
-    def __init__(self, config: ServerDistillConfig, transfer_y: Tensor, seed: int, unlabelled_x: Tensor | None) -> None:
+    def __init__(
+        self,
+        config: ServerDistillConfig,
+        transfer_y: Tensor,
+        seed: int,
+        unlabelled_x: Tensor | None,
+        unlabelled_y: Tensor | None = None,
+    ) -> None:
         self.config = config
         self.transfer_y = transfer_y
         self.seed = seed
@@ -72,6 +79,8 @@ class ServerOptions:
             if unlabelled_x is None or unlabelled_x.shape[0] == 0:
                 raise ValueError(f"unlabelled_trust={config.unlabelled_trust!r} needs unlabelled transfer samples")
             self.unlabelled_x = unlabelled_x.cpu()
+        self.unlabelled_y = None if unlabelled_y is None or self.unlabelled_x is None else unlabelled_y.cpu().long()
+        self._used: Tensor | None = None  # unlabelled indices of the last teacher (for its diagnostic figures)
 
     @property
     def num_unlabelled(self) -> int:
@@ -125,7 +134,8 @@ class ServerOptions:
         available = torch.zeros(len(clients), union.size, dtype=torch.bool)
         for k, client_id in enumerate(clients):
             pos, values = labelled.get(client_id, (np.zeros(0, np.int64), np.zeros((0, num_classes), np.float32)))
-            labels = self.transfer_y[torch.from_numpy(np.asarray(pos, dtype=np.int64))]
+            pos, values = self._reliability_slice(np.asarray(pos, dtype=np.int64), np.asarray(values))
+            labels = self.transfer_y[torch.from_numpy(pos)]
             confusion = confusion_matrix(torch.from_numpy(np.asarray(values, dtype=np.float32)), labels, num_classes)
             precision[k] = class_precision(confusion)
             u_pos, u_values = unlabelled[client_id]
@@ -136,7 +146,38 @@ class ServerOptions:
         keep = fused.has_teacher
         stats.extra["n_unlabelled"] = int(keep.sum())
         index = torch.from_numpy(union)[keep]
+        self._used = index
         return self.unlabelled_x[index], fused.logits[keep]
+
+    def _reliability_slice(self, positions: NDArray[np.int64], values: NDArray[Any]) -> tuple[NDArray[np.int64], Any]:
+        """A client's labelled answers its reliability is measured on: all, or those on the held-out slice."""
+        if self.config.reliability_on != "held_out" or self.held_out is None:
+            return positions, values
+        keep = self.held_out.numpy()[positions]
+        return positions[keep], values[keep]
+
+    def label_free_positions(self) -> NDArray[np.int64]:
+        """Labelled positions whose labels the clients must not train on (the held-out slice, with
+        ``reliability_on="held_out"``), so that their precision there stays honest."""
+        if self.config.reliability_on != "held_out":
+            return np.zeros(0, dtype=np.int64)
+        return self.held_out_positions
+
+    @torch.no_grad()
+    def teacher_figures(
+        self, teacher: tuple[Tensor, Tensor], predict: Callable[[Tensor], Tensor], stats: SelectionStats
+    ) -> None:
+        """Simulation-only diagnostics: the teacher's and the server's accuracy where the teacher is used.
+
+        They say whether the clients know something the server does not; the true labels behind them never reach
+        a loss.
+        """
+        if self.unlabelled_y is None or self._used is None or self._used.numel() == 0:
+            return
+        x, logits = teacher
+        labels = self.unlabelled_y[self._used]
+        stats.extra["teacher_unlabelled_accuracy"] = float((logits.argmax(dim=1) == labels).double().mean())
+        stats.extra["server_unlabelled_accuracy"] = float((predict(x).argmax(dim=1) == labels).double().mean())
 
 
 def unlabelled_subset(total: int, per_round: int, seed: int, round: int) -> NDArray[np.int64]:

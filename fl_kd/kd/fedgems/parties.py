@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from fl_kd.kd.algorithm import settings_of
 from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.federation import Federation, build_client, build_server_model
@@ -27,6 +29,8 @@ def build_server(cfg: ExperimentConfig, federation: Federation) -> SelectiveDist
         seed=cfg.seed,
         device=cfg.device,
         unlabelled_x=federation.public_x[federation.num_labelled :] if strategy.unlabelled_trust != "none" else None,
+        # Simulation diagnostics only (the teacher's accuracy figures); never trained on.
+        unlabelled_y=federation.data.y_train[torch.from_numpy(federation.unlabelled_idx)],
     )
     if strategy.checkpoint is not None:
         server.load(strategy.checkpoint)

@@ -65,7 +65,9 @@ class FedGEMSServer(ServerRole):
 
     def evaluate_instruction(self, round: int, client_id: int) -> Instruction:
         """The server's logits on the whole labelled part (and on the round's unlabelled subset, if asked)."""
-        return Instruction({kd.SERVER_LOGITS: self._broadcast, **self._unlabelled})
+        label_free = self.server.options.label_free_positions()
+        extra = {kd.LABEL_FREE_POSITIONS: label_free} if label_free.size else {}
+        return Instruction({kd.SERVER_LOGITS: self._broadcast, **self._unlabelled, **extra})
 
     def evaluate(self, x: Tensor, y: Tensor) -> float:
         """The server model's accuracy."""
@@ -119,7 +121,7 @@ class FedGEMSClient(DistillClientRole):
         server_logits = instruction.arrays.get(kd.SERVER_LOGITS)
         if server_logits is None:
             raise ValueError(f"asked to distil but the message has no {kd.SERVER_LOGITS}")
-        result = self.client.distill(round, server_logits)
+        result = self.client.distill(round, server_logits, instruction.arrays.get(kd.LABEL_FREE_POSITIONS))
         metrics = {kd.DISTILL_LOSS: float(result["loss"]), kd.TRAIN_SAMPLES: float(result["train_samples"])}
         if kd.UNLABELLED_POSITIONS in instruction.arrays or kd.UNLABELLED_LOGITS in instruction.arrays:
             metrics[kd.TRAIN_SAMPLES] += self._distill_unlabelled(round, instruction)

@@ -50,6 +50,9 @@ CORRECTNESS = ("train", "held_out")
 UNLABELLED_TRUST = ("none", "class_reliability")
 """How the unlabelled part of the transfer set is used: not at all (FedGEMS), or clients weighted per class."""
 
+RELIABILITY_ON = ("labelled", "held_out")
+"""Where a client's per-class precision is measured: the whole labelled part, or the held-out slice only."""
+
 
 @dataclass
 class ServerDistillConfig:
@@ -69,7 +72,8 @@ class ServerDistillConfig:
         KD temperature.
     weighting : str (default: "inverse_entropy")
         Client fusion rule, a name in :data:`fl_kd.kd.fusion.FUSION_RULES`.
-    correctness, held_out_fraction, distill_correct, unlabelled_trust, reliability_power, unlabelled_per_round
+    correctness, held_out_fraction, distill_correct, unlabelled_trust, reliability_power, reliability_on,
+    unlabelled_per_round
         The optional extensions; see :class:`~fl_kd.kd.fedgems.config.FedGEMSConfig`. The defaults are FedGEMS.
     """
 
@@ -86,10 +90,14 @@ class ServerDistillConfig:
     distill_correct: bool = False
     unlabelled_trust: str = "none"
     reliability_power: float = 4.0
+    reliability_on: str = "labelled"
     unlabelled_per_round: int = 0
 
     def __post_init__(self) -> None:
         check_choice("correctness", self.correctness, CORRECTNESS)
+        check_choice("reliability_on", self.reliability_on, RELIABILITY_ON)
+        if self.reliability_on == "held_out" and self.correctness != "held_out":
+            raise ValueError("reliability_on='held_out' needs correctness='held_out'")
         check_choice("unlabelled_trust", self.unlabelled_trust, UNLABELLED_TRUST)
         if not 0.0 < self.held_out_fraction < 1.0 or self.reliability_power < 0 or self.unlabelled_per_round < 0:
             raise ValueError(
@@ -122,6 +130,9 @@ class SelectiveDistillServer:
     unlabelled_x : Tensor | None (default: None)
         ``(M, *input_shape)`` unlabelled transfer inputs, public positions ``N..N+M-1``; used only with
         ``config.unlabelled_trust != "none"``.
+    unlabelled_y : Tensor | None (default: None)
+        ``(M,)`` their true labels, known in simulation only: read for two diagnostic figures (the client teacher's
+        and the server's accuracy where the teacher is used), never for training.
     """
 
     def __init__(
@@ -133,6 +144,7 @@ class SelectiveDistillServer:
         seed: int = 0,
         device: torch.device | str = "cpu",
         unlabelled_x: Tensor | None = None,
+        unlabelled_y: Tensor | None = None,
     ) -> None:
         if transfer_x.shape[0] != transfer_y.shape[0] or transfer_y.dim() != 1:
             raise ValueError(
@@ -149,7 +161,7 @@ class SelectiveDistillServer:
         self.transfer_y = transfer_y.cpu().long()
         self.num_classes = int(predict_logits(self.model, self.transfer_x[:1], device=self.device).shape[1])
         self.knowledge_cache = KnowledgeCache(self.num_transfer, self.num_classes)
-        self.options = ServerOptions(self.config, self.transfer_y, seed, unlabelled_x)
+        self.options = ServerOptions(self.config, self.transfer_y, seed, unlabelled_x, unlabelled_y)
 
     @property
     def num_transfer(self) -> int:
@@ -193,6 +205,8 @@ class SelectiveDistillServer:
         teacher, has_teacher, stats = self._fuse_clients(round, labelled)
         self._knowledge_stats(teacher_mask=has_teacher, stats=stats)
         unlabelled_teacher = self.options.unlabelled_teacher(labelled, unlabelled, self.num_classes, stats)
+        if unlabelled_teacher is not None:
+            self.options.teacher_figures(unlabelled_teacher, self._predict, stats)
         cfg = self.config
         generator = torch_generator(derive_seed(self.seed, SERVER_ID, round, "server_distill_shuffle"))
         optimizer = sgd(self.model, cfg.lr, cfg.momentum, cfg.weight_decay)
@@ -321,6 +335,9 @@ class SelectiveDistillServer:
             share = (selected.weights[k][answered] > 0).double().mean() if pos.size else torch.tensor(0.0)
             stats.nonzero_weight_fraction[client_id] = float(share)
         return teacher, has_teacher, stats
+
+    def _predict(self, x: Tensor) -> Tensor:
+        return predict_logits(self.model, x, device=self.device)
 
     def _transfer_predictions(self) -> Tensor:
         return predict_logits(self.model, self.transfer_x, device=self.device)
