@@ -170,6 +170,7 @@ def _per_round_lines(setting: str, done: dict[Job, dict[str, Any]], figures: Fig
     header = [
         "round", "server", *(f"{t} global" for t in TIERS), *(f"{t} own" for t in TIERS),
         "from clients", "up kB/client", "down kB/client", "server acc where no client trusted",
+        "teacher / server on unlabelled",
     ]  # fmt: skip
     rows = []
     for row in figures.round_figures(run):
@@ -182,9 +183,8 @@ def _per_round_lines(setting: str, done: dict[Job, dict[str, Any]], figures: Fig
                 f"{row['client_share']:.2f}",
                 f"{row['uplink_kb']:.1f}",
                 f"{row['downlink_kb']:.1f}",
-                "–"
-                if row.get("untrusted_accuracy") is None
-                else f"{row['untrusted_accuracy']:.3f} (n={row['n_untrusted']})",
+                _untrusted(row),
+                _teacher(row),
             ]
         )
     return [
@@ -194,7 +194,10 @@ def _per_round_lines(setting: str, done: dict[Job, dict[str, Any]], figures: Fig
         "",
         "*from clients*: share of the round's distillation targets (labelled part plus the unlabelled subset asked)",
         "that came from client knowledge; *no client trusted*: the server's accuracy, before the round's training,",
-        "on the held-out labelled samples on which no client was right.",
+        "on the held-out labelled samples on which no client was right; *teacher / server on unlabelled*: accuracy",
+        "of the clients' fused teacher and of the server (before the round's training) on the unlabelled samples the",
+        "server distils, against their true labels (a simulation-only diagnostic: do the clients know what the server",
+        "does not?).",
         "",
     ]
 
@@ -203,6 +206,12 @@ def _untrusted(row: dict[str, Any]) -> str:
     if row.get("untrusted_accuracy") is None:
         return "–"
     return f"{row['untrusted_accuracy']:.3f} (n={row['n_untrusted']})"
+
+
+def _teacher(row: dict[str, Any]) -> str:
+    if row.get("teacher_unlabelled_accuracy") is None:
+        return "–"
+    return f"{row['teacher_unlabelled_accuracy']:.3f} / {row['server_unlabelled_accuracy']:.3f}"
 
 
 def _ablation_lines(done: dict[Job, dict[str, Any]], figures: Figures) -> list[str]:

@@ -61,6 +61,8 @@ class Figures:
                     "uplink_kb": float(row.get("uplink_bytes", 0)) / self.sampled(result) / 1000,
                     "downlink_kb": float(row.get("downlink_bytes", 0)) / self.sampled(result) / 1000,
                     "untrusted_accuracy": row.get("untrusted_accuracy"),
+                    "teacher_unlabelled_accuracy": row.get("teacher_unlabelled_accuracy"),
+                    "server_unlabelled_accuracy": row.get("server_unlabelled_accuracy"),
                     "n_untrusted": row.get("n_untrusted"),
                 }
             )
