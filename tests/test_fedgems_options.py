@@ -287,3 +287,23 @@ def test_held_out_reliability_needs_held_out_correctness() -> None:
         tiny_config(
             transfer={"labelled": 60, "unlabelled": 40}, unlabelled_trust="class_reliability", reliability_on="held_out"
         )
+
+
+def test_teacher_confidence_gate_keeps_only_what_the_clients_are_sure_of() -> None:
+    counts = {}
+    for gate in (0.0, 0.9):
+        server = _server(n=40, unlabelled=20, unlabelled_trust="class_reliability", teacher_min_confidence=gate)
+        labels = server.transfer_y.numpy()
+        sure = np.eye(C, dtype=np.float32)[np.zeros(20, dtype=np.int64)] * 10  # softmax ~1 on class 0
+        unsure = np.zeros((20, C), np.float32)  # uniform: top probability 1/C
+        answers = np.concatenate(
+            [np.eye(C, dtype=np.float32)[labels] * 10, np.where(np.arange(20)[:, None] < 5, sure, unsure)]
+        )
+        counts[gate] = server.distill(1, {0: (np.arange(60), answers)}).extra["n_unlabelled"]
+    assert counts == {0.0: 20, 0.9: 5}
+    with pytest.raises(ConfigError, match="teacher_min_confidence"):
+        tiny_config(
+            transfer={"labelled": 60, "unlabelled": 40},
+            unlabelled_trust="class_reliability",
+            teacher_min_confidence=1.5,
+        )

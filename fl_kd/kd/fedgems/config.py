@@ -60,6 +60,9 @@ class FedGEMSConfig(SGDStrategyConfig):
         rounds every client looks precise there in every class. "held_out" (needs ``correctness=held_out``)
         measures it on the held-out slice only, whose labels the clients are then never given: they distil the
         server's logits there without cross-entropy.
+    teacher_min_confidence : float (default: 0.0)
+        The server distils an unlabelled sample only where the clients' fused teacher gives its top class at least
+        this probability (calibrated confidence as a second selection; 0 keeps every answered sample).
     unlabelled_per_round : int (default: 0)
         Unlabelled samples asked per round (a seeded subset); 0 asks all of them.
     client_unlabelled : bool (default: False)
@@ -87,6 +90,7 @@ class FedGEMSConfig(SGDStrategyConfig):
     unlabelled_trust: str = "none"
     reliability_power: float = 4.0
     reliability_on: str = "labelled"
+    teacher_min_confidence: float = 0.0
     unlabelled_per_round: int = 0
     client_unlabelled: bool = False
     client_finetune_epochs: int = 0
@@ -108,6 +112,7 @@ class FedGEMSConfig(SGDStrategyConfig):
         check_choice("strategy.unlabelled_trust", self.unlabelled_trust, UNLABELLED_TRUST)
         check_range("strategy.reliability_power", self.reliability_power, low=0.0)
         check_choice("strategy.reliability_on", self.reliability_on, RELIABILITY_ON)
+        check_range("strategy.teacher_min_confidence", self.teacher_min_confidence, low=0.0, high=1.0)
         check_range("strategy.unlabelled_per_round", self.unlabelled_per_round, low=0)
         check_range("strategy.client_finetune_epochs", self.client_finetune_epochs, low=0)
 
@@ -151,6 +156,7 @@ class FedGEMSConfig(SGDStrategyConfig):
             unlabelled_trust=self.unlabelled_trust,
             reliability_power=self.reliability_power,
             reliability_on=self.reliability_on,
+            teacher_min_confidence=self.teacher_min_confidence,
             unlabelled_per_round=self.unlabelled_per_round,
         )
 

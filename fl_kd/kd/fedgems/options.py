@@ -143,7 +143,9 @@ class ServerOptions:
             stacked[k, slots] = torch.from_numpy(np.asarray(u_values, dtype=np.float32))
             available[k, slots] = True
         fused = fuse_by_reliability(stacked, available, precision, self.config.reliability_power)
-        keep = fused.has_teacher
+        # The fused logits are log-probabilities: a gate on the teacher's own confidence keeps only what it is sure of.
+        confident = fused.logits.exp().max(dim=1).values >= self.config.teacher_min_confidence
+        keep = fused.has_teacher & confident
         stats.extra["n_unlabelled"] = int(keep.sum())
         index = torch.from_numpy(union)[keep]
         self._used = index

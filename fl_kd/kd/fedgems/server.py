@@ -73,7 +73,7 @@ class ServerDistillConfig:
     weighting : str (default: "inverse_entropy")
         Client fusion rule, a name in :data:`fl_kd.kd.fusion.FUSION_RULES`.
     correctness, held_out_fraction, distill_correct, unlabelled_trust, reliability_power, reliability_on,
-    unlabelled_per_round
+    teacher_min_confidence, unlabelled_per_round
         The optional extensions; see :class:`~fl_kd.kd.fedgems.config.FedGEMSConfig`. The defaults are FedGEMS.
     """
 
@@ -91,6 +91,7 @@ class ServerDistillConfig:
     unlabelled_trust: str = "none"
     reliability_power: float = 4.0
     reliability_on: str = "labelled"
+    teacher_min_confidence: float = 0.0
     unlabelled_per_round: int = 0
 
     def __post_init__(self) -> None:
@@ -98,6 +99,8 @@ class ServerDistillConfig:
         check_choice("reliability_on", self.reliability_on, RELIABILITY_ON)
         if self.reliability_on == "held_out" and self.correctness != "held_out":
             raise ValueError("reliability_on='held_out' needs correctness='held_out'")
+        if not 0.0 <= self.teacher_min_confidence <= 1.0:
+            raise ValueError(f"teacher_min_confidence must lie in [0, 1], got {self.teacher_min_confidence}")
         check_choice("unlabelled_trust", self.unlabelled_trust, UNLABELLED_TRUST)
         if not 0.0 < self.held_out_fraction < 1.0 or self.reliability_power < 0 or self.unlabelled_per_round < 0:
             raise ValueError(
