@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from flwr.server.strategy.aggregate import aggregate_krum, aggregate_median, aggregate_trimmed_avg
 
 from fl_kd.config import ConfigError
@@ -115,3 +116,21 @@ def test_strategies_pick_a_robust_rule_by_config(strategy: str, attack: str, agg
     assert plain["n_malicious_accepted"] == robust["n_malicious_accepted"] == 1
     assert plain["malicious_weight_share"] > 0.2
     assert robust["malicious_weight_share"] < plain["malicious_weight_share"]
+
+
+def test_fedgems_weightings_that_confidence_cannot_buy() -> None:
+    from fl_kd.kd.fedgems.selection import select_teacher
+
+    labels = torch.tensor([0, 1, 2, 0])
+    honest = torch.eye(3)[labels] * 2.0
+    inflated = torch.eye(3)[labels] * 200.0  # right, but scaled: entropy ~ 0
+    sometimes = torch.eye(3)[torch.tensor([0, 2, 0, 1])] * 2.0  # right on the first sample only
+    logits = torch.stack([honest, inflated, sometimes])
+    fedgems = select_teacher(logits, labels, "inverse_entropy").weights
+    uniform = select_teacher(logits, labels, "correct_uniform").weights
+    trusted = select_teacher(logits, labels, "trusted_inverse_entropy").weights
+    assert fedgems[1].min() > 0.99  # the inflated client takes (almost) all the weight
+    torch.testing.assert_close(uniform[:, 1:], torch.tensor([[0.5] * 3, [0.5] * 3, [0.0] * 3]))
+    assert uniform[:, 0].tolist() == pytest.approx([1 / 3] * 3)
+    assert trusted[2, 0] < trusted[0, 0] and trusted[2, 1:].sum() == 0
+    assert config("fedgems", weighting="correct_uniform").strategy.weighting == "correct_uniform"

@@ -59,6 +59,30 @@ def aijack_softmax(correct: Tensor, available: Tensor, entropy: Tensor) -> Fusio
     return FusionScores(torch.where(available, correct.to(entropy.dtype) / entropy, minus_inf), available.any(dim=0))
 
 
+@FUSION_RULES.register("correct_uniform")
+def correct_uniform(correct: Tensor, available: Tensor, entropy: Tensor) -> FusionScores:
+    """Equal weights over the correct clients: FedGEMS' selection without its confidence weighting.
+
+    Inverse entropy lets a client that inflates its logits (``scaled_logits``) dominate every sample it gets right;
+    here confidence buys no weight.
+    """
+    minus_inf = torch.full_like(entropy, float("-inf"))
+    return FusionScores(torch.where(correct, torch.zeros_like(entropy), minus_inf), correct.any(dim=0))
+
+
+@FUSION_RULES.register("trusted_inverse_entropy")
+def trusted_inverse_entropy(correct: Tensor, available: Tensor, entropy: Tensor) -> FusionScores:
+    """FedGEMS' rule times each client's accuracy on the round's answered samples: ``w_k ~ acc_k / H_k``.
+
+    A client that is right here but wrong on most samples (a targeted or noisy attacker) counts for less than one
+    that is right almost everywhere.
+    """
+    accuracy = correct.sum(dim=1, keepdim=True).to(entropy.dtype) / available.sum(dim=1, keepdim=True).clamp_min(1)
+    minus_inf = torch.full_like(entropy, float("-inf"))
+    scores = accuracy.clamp_min(1e-12).log() - entropy.log()
+    return FusionScores(torch.where(correct, scores, minus_inf), correct.any(dim=0))
+
+
 # Logit aggregation: how the logits of K clients on the same public samples become one teacher, for strategies
 # that fuse whole answers (FedMD's consensus, DS-FL's average of soft labels), chosen as ``strategy.aggregation``.
 
