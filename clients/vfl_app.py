@@ -143,19 +143,50 @@ def setup(msg: Message, context: Context) -> Message:
     return _reply(msg, metrics=MetricRecord(metrics))
 
 
-@app.query("embed")
-def embed(msg: Message, context: Context) -> Message:
-    """Embeddings ``(B, D)`` of each asked batch, all from the bottom model as it is now."""
-    node, party = _feature_party(msg, context)
+def _embed_batches(msg: Message, context: Context, node: Node, party: FeatureParty) -> dict[str, Any]:
+    """Embeddings ``(B, D)`` of each batch the request names, all from the bottom model as it is now, by key."""
     ids = {b: _ids(msg, vp.ids_key(b)) for b in vp.batches_of(msg.content)}
     embeddings = {b: party.embed(batch).detach().numpy() for b, batch in ids.items()}
-    save_party(context, party)  # the step counter seeds the next forward pass
     save_embedded(context, {b: batch.numpy() for b, batch in ids.items()})
     if node.is_attacker:
         observations = observation_log(context)
         observations.sent(embeddings)
         save_observation_log(context, observations)
-    return _reply(msg, arrays=_arrays({vp.embedding_key(b): e for b, e in embeddings.items()}))
+    return {vp.embedding_key(b): e for b, e in embeddings.items()}
+
+
+def _apply_batches(
+    msg: Message, context: Context, node: Node, party: FeatureParty, batches: list[int]
+) -> dict[str, ConfigRecordValues]:
+    """Back-propagate each gradient of ``batches`` in order; why each refused one was refused, by key."""
+    observations = observation_log(context) if node.is_attacker else None
+    rejected: dict[str, ConfigRecordValues] = {}
+    for b in batches:
+        try:
+            ids = _ids(msg, vp.ids_key(b))
+            embedded = embedded_ids(context, b)
+            if embedded is None or not np.array_equal(embedded, ids.numpy()):
+                raise ValueError(f"batch {b}: these are not the sample ids this party embedded")
+            (gradient,) = _blocks(msg, node, len(ids), vp.gradient_key(b))
+            if observations is not None:
+                observations.observe(b, ids.numpy(), gradient.numpy())
+            party.apply_gradient(ids, gradient)
+            forget_embedded(context, b)
+        except ValueError as err:
+            log(WARNING, "feature party %d: gradient of batch %d refused: %s", node.role.party_id, b, err)
+            rejected[vp.rejected_key(b)] = str(err)
+    if observations is not None:
+        save_observation_log(context, observations)
+    return rejected
+
+
+@app.query("embed")
+def embed(msg: Message, context: Context) -> Message:
+    """Embeddings ``(B, D)`` of each asked batch, all from the bottom model as it is now."""
+    node, party = _feature_party(msg, context)
+    embeddings = _embed_batches(msg, context, node, party)
+    save_party(context, party)  # the step counter seeds the next forward pass
+    return _reply(msg, arrays=_arrays(embeddings))
 
 
 @app.train("loss_and_gradients")
@@ -185,26 +216,23 @@ def loss_and_gradients(msg: Message, context: Context) -> Message:
 def apply_gradients(msg: Message, context: Context) -> Message:
     """Back-propagate each received gradient in order; a malformed one is refused and leaves the model untouched."""
     node, party = _feature_party(msg, context)
-    observations = observation_log(context) if node.is_attacker else None
-    rejected: dict[str, ConfigRecordValues] = {}
-    for b in vp.batches_of(msg.content):
-        try:
-            ids = _ids(msg, vp.ids_key(b))
-            embedded = embedded_ids(context, b)
-            if embedded is None or not np.array_equal(embedded, ids.numpy()):
-                raise ValueError(f"batch {b}: these are not the sample ids this party embedded")
-            (gradient,) = _blocks(msg, node, len(ids), vp.gradient_key(b))
-            if observations is not None:
-                observations.observe(b, ids.numpy(), gradient.numpy())
-            party.apply_gradient(ids, gradient)
-            forget_embedded(context, b)
-        except ValueError as err:
-            log(WARNING, "feature party %d: gradient of batch %d refused: %s", node.role.party_id, b, err)
-            rejected[vp.rejected_key(b)] = str(err)
+    rejected = _apply_batches(msg, context, node, party, vp.batches_of(msg.content))
     save_party(context, party)
-    if observations is not None:
-        save_observation_log(context, observations)
     return _reply(msg, config=ConfigRecord(rejected))
+
+
+@app.train("apply_and_embed")
+def apply_and_embed(msg: Message, context: Context) -> Message:
+    """The previous round's gradients (``config.apply``), then the embeddings of this round's batches.
+
+    Plain split training's order in one message, so a mini-batch costs two exchanges instead of three. A party
+    that fails to embed answers with an error, and the server counts those gradients as not applied.
+    """
+    node, party = _feature_party(msg, context)
+    rejected = _apply_batches(msg, context, node, party, vp.batches_of(msg.content, vp.APPLY, optional=True))
+    embeddings = _embed_batches(msg, context, node, party)
+    save_party(context, party)
+    return _reply(msg, arrays=_arrays(embeddings), config=ConfigRecord(rejected))
 
 
 @app.evaluate("embed_test")

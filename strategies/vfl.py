@@ -150,6 +150,7 @@ class VFLServer:
         for start in range(0, len(order), training.batches_per_message):
             chunk = {b: order[b] for b in range(start, min(start + training.batches_per_message, len(order)))}
             losses.extend(batches.train(epoch, chunk))
+        batches.flush()
         return losses
 
     # -- evaluation ------------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
-"""The server's side of VFL messages: one exchange with a set of nodes, and the three exchanges of a mini-batch.
+"""The server's side of VFL messages: one exchange with a set of nodes, and the exchanges of a round of mini-batches.
 
 :class:`Messenger` sends one message per node over a Flower ``Grid`` and says, per node, what came back or why
 nothing usable did. :class:`BatchExchange` runs split training's per-batch protocol on top of it (feature parties
-embed, the label party steps, feature parties apply their gradients) and screens every reply: a batch with a
+embed, the label party steps, feature parties apply their gradients, the last step riding with the next round's
+embedding request) and screens every reply: a batch with a
 missing, mis-shaped, non-float32, non-finite or out-of-bound embedding, or that the label party rejects, is skipped;
 a gradient that fails the same checks is not forwarded, and it, or one a feature party refuses, is recorded. Names
 and keys come from :mod:`fl_kd.vfl.protocol`.
@@ -134,8 +135,24 @@ def embedding_problem(
     return array, ""
 
 
+@dataclass
+class DeferredGradients:
+    """Screened gradients of one round, to be sent with the feature parties' next embedding request."""
+
+    epoch: int
+    arrays: dict[int, dict[str, NDArray[Any]]]
+    """Per feature node: ``ids.<b>`` and ``grad.<b>`` of each batch it is sent."""
+    sent: dict[int, list[int]]
+    """Per feature node: the batches whose gradients it is sent, in order."""
+
+
 class BatchExchange:
-    """Split training's three exchanges for the mini-batches of one round of messages.
+    """Split training's exchanges for the mini-batches of one round of messages.
+
+    Plain split training asks the feature parties to embed, the label party to step and the feature parties to apply
+    their gradients: three exchanges. The third is deferred and travels with the next round's embedding request
+    (``train.apply_and_embed``: apply, then embed, the same order), so a round costs two exchanges and trains exactly
+    as before; :meth:`flush` sends what is left at the end of an epoch.
 
     Parameters
     ----------
@@ -167,23 +184,49 @@ class BatchExchange:
         self.embedding_dims = list(embedding_dims)
         self.history = history
         self.max_norm = max_norm
+        self._deferred: DeferredGradients | None = None
 
     def train(self, epoch: int, chunk: Mapping[int, Tensor]) -> list[float]:
-        """Train on the batches ``{index: ids (B,)}``; returns the losses of the batches stepped on, in order."""
+        """Train on the batches ``{index: ids (B,)}``; returns the losses of the batches stepped on, in order.
+
+        The gradients of these batches reach the feature parties with the next call's embedding request or at
+        :meth:`flush`.
+        """
         ids = {b: chunk[b].numpy().astype(np.int64) for b in sorted(chunk)}
         embeddings = self._embed(epoch, ids)
         if not embeddings:
             return []
         losses, reply = self._step(epoch, ids, embeddings)
         if losses:
-            self._apply(epoch, ids, list(losses), reply)
+            self._deferred = self._screen(epoch, ids, list(losses), reply)
         return list(losses.values())
 
+    def flush(self) -> None:
+        """Send the feature parties the gradients still deferred (end of an epoch, before any evaluation)."""
+        deferred, self._deferred = self._deferred, None
+        if deferred is not None and deferred.arrays:
+            self._settle(deferred, self.messenger.exchange(vp.APPLY_GRADIENTS, self._apply_contents(deferred)))
+
     def _embed(self, epoch: int, ids: Mapping[int, NDArray[np.int64]]) -> dict[int, list[NDArray[Any]]]:
-        """Every feature party's embedding of each batch; batches with a missing or unusable one are skipped."""
+        """Every feature party's embedding of each batch; batches with a missing or unusable one are skipped.
+
+        Deferred gradients of the same epoch travel with the request and are applied first.
+        """
+        deferred = self._deferred
+        if deferred is not None and (deferred.epoch != epoch or any(set(b) & set(ids) for b in deferred.sent.values())):
+            self.flush()  # keys would clash: batch indices are unique within an epoch only
+            deferred = None
+        self._deferred = None
         arrays = {vp.ids_key(b): batch for b, batch in ids.items()}
-        contents = {p.node_id: request(arrays, epoch=epoch, batches=list(ids)) for p in self.features}
-        replies = self.messenger.exchange(vp.EMBED, contents)
+        contents = {}
+        for party in self.features:
+            applied = [] if deferred is None else deferred.sent.get(party.node_id, [])
+            extra = {vp.APPLY: applied} if applied else {}
+            both = {**arrays, **(deferred.arrays.get(party.node_id, {}) if deferred is not None else {})}
+            contents[party.node_id] = request(both, epoch=epoch, batches=list(ids), **extra)
+        replies = self.messenger.exchange(vp.EMBED if deferred is None else vp.APPLY_AND_EMBED, contents)
+        if deferred is not None:
+            self._settle(deferred, replies)
         accepted: dict[int, list[NDArray[Any]]] = {}
         for b, batch in ids.items():
             embeddings = []
@@ -230,16 +273,22 @@ class BatchExchange:
         return losses, outcome.content
 
     def _apply(self, epoch: int, ids: Mapping[int, NDArray[np.int64]], stepped: list[int], reply: RecordDict) -> None:
-        """Send each feature party its usable gradients of the stepped batches; record every one not applied.
+        """Send each feature party its usable gradients of the stepped batches now; record every one not applied."""
+        self._deferred = self._screen(epoch, ids, stepped, reply)
+        self.flush()
+
+    def _screen(
+        self, epoch: int, ids: Mapping[int, NDArray[np.int64]], stepped: list[int], reply: RecordDict
+    ) -> DeferredGradients:
+        """Each feature party's usable gradients of the stepped batches; every unusable one is recorded.
 
         A gradient that is missing, mis-shaped, not float32, not finite or out of bound is not forwarded: the
         feature party is not asked to apply it and keeps its model, and the reason is recorded.
         """
-        contents = {}
-        sent: dict[int, list[int]] = {}
+        deferred = DeferredGradients(epoch, {}, {})
         for party, dim in zip(self.features, self.embedding_dims, strict=True):
             arrays: dict[str, NDArray[Any]] = {}
-            sent[party.node_id] = []
+            sent: list[int] = []
             for b in stepped:
                 key = vp.gradient_key(b, party.party_id)
                 gradient, problem = embedding_problem(reply, key, (len(ids[b]), dim), self.max_norm, "gradient")
@@ -247,20 +296,28 @@ class BatchExchange:
                     self.history.fail_update(epoch, b, party.party_id, f"label party: {problem}")
                     continue
                 arrays[vp.ids_key(b)], arrays[vp.gradient_key(b)] = ids[b], gradient
-                sent[party.node_id].append(b)
-            if sent[party.node_id]:
-                contents[party.node_id] = request(arrays, epoch=epoch, batches=sent[party.node_id])
-        if not contents:
-            return
-        replies = self.messenger.exchange(vp.APPLY_GRADIENTS, contents)
+                sent.append(b)
+            if sent:
+                deferred.arrays[party.node_id], deferred.sent[party.node_id] = arrays, sent
+        return deferred
+
+    def _apply_contents(self, deferred: DeferredGradients) -> dict[int, RecordDict]:
+        """``train.apply_gradients`` requests of the deferred gradients, for the nodes that have any."""
+        return {
+            node: request(arrays, epoch=deferred.epoch, batches=deferred.sent[node])
+            for node, arrays in deferred.arrays.items()
+        }
+
+    def _settle(self, deferred: DeferredGradients, replies: Mapping[int, Outcome]) -> None:
+        """Record every deferred gradient a feature party refused, or did not answer for."""
         for party in self.features:
             if party.node_id not in replies:
                 continue
             outcome = replies[party.node_id]
-            for b in sent[party.node_id]:
+            for b in deferred.sent.get(party.node_id, []):
                 if outcome.content is None:
                     reason = outcome.problem
                 else:
                     reason = scalar_of(outcome.content, vp.CONFIG, vp.rejected_key(b))
                 if reason is not None:
-                    self.history.fail_update(epoch, b, party.party_id, str(reason))
+                    self.history.fail_update(deferred.epoch, b, party.party_id, str(reason))

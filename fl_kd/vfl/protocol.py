@@ -12,11 +12,16 @@ message type                   sent to             carries                      
 ``query.embed``                feature parties     ``ids.<b>``                      ``emb.<b>``
 ``train.loss_and_gradients``   label party         ``ids.<b>``, ``emb.<k>.<b>``     ``loss.<b>``, ``grad.<k>.<b>``
 ``train.apply_gradients``      each feature party  ``ids.<b>``, its ``grad.<b>``    ``rejected.<b>`` if refused
+``train.apply_and_embed``      each feature party  both of the above                both of the above
 ``evaluate.embed_test``        feature parties     -                                ``emb`` of the test samples
 ``evaluate.predict``           label party         ``emb.<k>``                      MP: accuracy (and AUC)
 ``evaluate.train_labels``      label party         -                                aligned training labels
 ``evaluate.attack_results``    attacking party     training labels                  attack results (JSON)
 =============================  ==================  ===============================  ================================
+
+``train.apply_and_embed`` applies the gradients of the batches in ``config.apply`` (the previous round), then embeds
+those in ``config.batches``: the order of plain split training in one round trip instead of two, so a mini-batch
+costs two exchanges, not three, and the results are the same.
 
 Arrays travel in the record ``arrays``, scalars in ``config`` (and losses and MP in ``metrics``). The last two
 messages exist only for the evaluation harness: scoring a label-inference attack needs the true labels. Like
@@ -53,6 +58,7 @@ SETUP = "train.setup"
 EMBED = "query.embed"
 LOSS_AND_GRADIENTS = "train.loss_and_gradients"
 APPLY_GRADIENTS = "train.apply_gradients"
+APPLY_AND_EMBED = "train.apply_and_embed"
 EMBED_TEST = "evaluate.embed_test"
 PREDICT = "evaluate.predict"
 TRAIN_LABELS = "evaluate.train_labels"
@@ -74,6 +80,8 @@ TRAIN_IDS = "train-ids"
 TEST_IDS = "test-ids"
 EPOCH = "epoch"
 BATCHES = "batches"
+#: Batches whose gradients a ``train.apply_and_embed`` request carries, applied before it embeds ``batches``.
+APPLY = "apply"
 NUM_TRAIN = "num-train"
 NUM_TEST = "num-test"
 EMBEDDING_DIM = "embedding-dim"
@@ -224,11 +232,13 @@ def ids_of(content: Any, key: str) -> np.ndarray:
     return array.astype(np.int64)
 
 
-def batches_of(content: Any) -> list[int]:
-    """The batch indices a request names (``config.batches``)."""
-    batches = scalar_of(content, CONFIG, BATCHES)
+def batches_of(content: Any, key: str = BATCHES, optional: bool = False) -> list[int]:
+    """The batch indices a request names (``config.batches``, or ``key``; none when ``optional`` and absent)."""
+    batches = scalar_of(content, CONFIG, key)
+    if batches is None and optional:
+        return []
     if not isinstance(batches, list) or not all(isinstance(b, int) and not isinstance(b, bool) for b in batches):
-        raise ProtocolError(f"a request names no valid {BATCHES}: {batches!r}")
+        raise ProtocolError(f"a request names no valid {key}: {batches!r}")
     return list(batches)
 
 
