@@ -35,6 +35,7 @@ QUICK: tuple[str, ...] = (
 #: Method name -> its strategy overrides. FedAvg averages one architecture, so it runs the homogeneous profile.
 METHODS: dict[str, tuple[str, ...]] = {
     "fedgems": ("strategy=fedgems",),
+    "fedgems_uniform": ("strategy=fedgems", "strategy.weighting=correct_uniform"),
     "fedmd": ("strategy=fedmd",),
     "fedmd_trust": ("strategy=fedmd", "strategy.aggregation=trust"),
     "dsfl": ("strategy=dsfl",),

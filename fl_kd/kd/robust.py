@@ -125,7 +125,8 @@ def krum_scores(values: Matrix, num_malicious: int) -> Matrix:
     distances = np.maximum(norms[:, None] + norms[None, :] - 2.0 * values @ values.T, 0.0)
     np.fill_diagonal(distances, np.inf)
     nearest = min(num_clients - 1, max(1, num_clients - num_malicious - 2))
-    return np.sort(distances, axis=1)[:, :nearest].sum(axis=1)
+    scores: Matrix = np.sort(distances, axis=1)[:, :nearest].sum(axis=1)
+    return scores
 
 
 def _krum(values: Matrix, sample_weights: Matrix, num_malicious: int, num_selected: int) -> Aggregate:

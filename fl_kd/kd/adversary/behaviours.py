@@ -95,7 +95,7 @@ class Behaviour:
     def labels_or_predictions(self, logits: NDArray[np.float64], positions: NDArray[Any]) -> NDArray[np.int64]:
         """Per row, the true class where the client knows it (labelled transfer part), else its own prediction."""
         known = positions < self.transfer_y.size
-        labels = logits.argmax(axis=1).astype(np.int64)
+        labels: NDArray[np.int64] = logits.argmax(axis=1).astype(np.int64)
         labels[known] = self.transfer_y[positions[known]]
         return labels
 
