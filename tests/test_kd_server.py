@@ -14,7 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from fl_kd.kd.fedgems.server import SelectiveDistillServer, ServerDistillConfig
+from fl_kd.kd.fedgems.server import SelectiveDistillServer
+from fl_kd.kd.fedgems.server_config import ServerDistillConfig
 
 RIGHT, WRONG = [2.0, 0.0], [0.0, 2.0]
 
@@ -115,9 +116,7 @@ def test_distill_moves_server_towards_the_label() -> None:
         ((np.array([2, 3]), np.zeros((2, 2), dtype=np.int64)), "floating"),
     ],
 )
-def test_bad_client_logits_raise_before_touching_the_model(
-    answer: tuple[np.ndarray, np.ndarray], match: str
-) -> None:
+def test_bad_client_logits_raise_before_touching_the_model(answer: tuple[np.ndarray, np.ndarray], match: str) -> None:
     server = _four_case_server()
     before = server.state_dict()
     good = CLIENT_ANSWERS[0]

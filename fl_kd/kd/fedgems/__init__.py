@@ -11,7 +11,8 @@ from fl_kd.kd.fedgems.config import FedGEMSConfig
 from fl_kd.kd.fedgems.parties import build_client_role, build_server, build_server_role, fedgems_config
 from fl_kd.kd.fedgems.roles import FedGEMSClient, FedGEMSServer
 from fl_kd.kd.fedgems.selection import SelectedTeacher, entropy, select_teacher
-from fl_kd.kd.fedgems.server import SelectionStats, SelectiveDistillServer, ServerDistillConfig
+from fl_kd.kd.fedgems.server import SelectionStats, SelectiveDistillServer
+from fl_kd.kd.fedgems.server_config import ServerDistillConfig
 
 if "fedgems" not in STRATEGIES:
     STRATEGIES.add(

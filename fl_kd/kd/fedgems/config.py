@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from fl_kd.config import check_choice, check_range, require
 from fl_kd.kd.algorithm import SGDStrategyConfig
 from fl_kd.kd.client import ClientTrainConfig
-from fl_kd.kd.fedgems.server import CORRECTNESS, RELIABILITY_ON, UNLABELLED_TRUST, ServerDistillConfig
+from fl_kd.kd.fedgems.server_config import CORRECTNESS, RELIABILITY_ON, UNLABELLED_TRUST, ServerDistillConfig
 from fl_kd.kd.fusion import FUSION_RULES
 from fl_kd.kd.training import LOGITS_DTYPES
 from fl_kd.models import DeviceTier

@@ -32,7 +32,7 @@ from fl_kd.kd.seeding import SERVER_ID, derive_seed, torch_generator
 from fl_kd.kd.training import check_logits, check_positions
 
 if TYPE_CHECKING:
-    from fl_kd.kd.fedgems.server import ServerDistillConfig
+    from fl_kd.kd.fedgems.server_config import ServerDistillConfig
 
 Answers = Mapping[int, tuple[NDArray[Any], NDArray[Any]]]
 

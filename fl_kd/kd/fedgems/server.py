@@ -15,7 +15,6 @@ directly.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +25,11 @@ from numpy.typing import DTypeLike, NDArray
 from torch import Tensor, nn
 
 from fl_kd.checkpoint import CheckpointError, check_state_dict, read_checkpoint
-from fl_kd.config import check_choice
 from fl_kd.kd.cache import KnowledgeCache
 from fl_kd.kd.fedgems.options import ServerOptions
 from fl_kd.kd.fedgems.selection import select_teacher
+from fl_kd.kd.fedgems.server_config import ServerDistillConfig
 from fl_kd.kd.fedgems.stats import SelectionStats
-from fl_kd.kd.fusion import FUSION_RULES
 from fl_kd.kd.losses import kd_loss
 from fl_kd.kd.seeding import SERVER_ID, derive_seed, seeded_torch, torch_generator
 from fl_kd.kd.training import (
@@ -43,74 +41,6 @@ from fl_kd.kd.training import (
     sgd,
     to_wire,
 )
-
-CORRECTNESS = ("train", "held_out")
-"""Where the server's correctness is judged: on the samples it trains on (FedGEMS), or on a held-out slice."""
-
-UNLABELLED_TRUST = ("none", "class_reliability")
-"""How the unlabelled part of the transfer set is used: not at all (FedGEMS), or clients weighted per class."""
-
-RELIABILITY_ON = ("labelled", "held_out")
-"""Where a client's per-class precision is measured: the whole labelled part, or the held-out slice only."""
-
-
-@dataclass
-class ServerDistillConfig:
-    """Hyperparameters of the server's distillation phase.
-
-    Attributes
-    ----------
-    epochs : int (default: 1)
-        Passes over the transfer set per round (E_srv).
-    batch_size : int (default: 64)
-        Mini-batch size on the transfer set.
-    lr, momentum, weight_decay : float (default: 0.05, 0.9, 5e-4)
-        SGD settings; the optimiser is recreated each round.
-    epsilon : float (default: 0.75)
-        Weight of cross-entropy in ``eps * CE + (1 - eps) * KD``.
-    temperature : float (default: 1.0)
-        KD temperature.
-    weighting : str (default: "inverse_entropy")
-        Client fusion rule, a name in :data:`fl_kd.kd.fusion.FUSION_RULES`.
-    correctness, held_out_fraction, distill_correct, unlabelled_trust, reliability_power, reliability_on,
-    teacher_min_confidence, unlabelled_per_round
-        The optional extensions; see :class:`~fl_kd.kd.fedgems.config.FedGEMSConfig`. The defaults are FedGEMS.
-    """
-
-    epochs: int = 1
-    batch_size: int = 64
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    epsilon: float = 0.75
-    temperature: float = 1.0
-    weighting: str = "inverse_entropy"
-    correctness: str = "train"
-    held_out_fraction: float = 0.2
-    distill_correct: bool = False
-    unlabelled_trust: str = "none"
-    reliability_power: float = 4.0
-    reliability_on: str = "labelled"
-    teacher_min_confidence: float = 0.0
-    unlabelled_per_round: int = 0
-
-    def __post_init__(self) -> None:
-        check_choice("correctness", self.correctness, CORRECTNESS)
-        check_choice("reliability_on", self.reliability_on, RELIABILITY_ON)
-        if self.reliability_on == "held_out" and self.correctness != "held_out":
-            raise ValueError("reliability_on='held_out' needs correctness='held_out'")
-        if not 0.0 <= self.teacher_min_confidence <= 1.0:
-            raise ValueError(f"teacher_min_confidence must lie in [0, 1], got {self.teacher_min_confidence}")
-        check_choice("unlabelled_trust", self.unlabelled_trust, UNLABELLED_TRUST)
-        if not 0.0 < self.held_out_fraction < 1.0 or self.reliability_power < 0 or self.unlabelled_per_round < 0:
-            raise ValueError(
-                f"need held_out_fraction in (0, 1), reliability_power >= 0, unlabelled_per_round >= 0: {self}"
-            )
-        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError(f"need epochs >= 0, batch_size >= 1, lr > 0; got {self}")
-        if not 0.0 <= self.epsilon <= 1.0 or self.temperature <= 0:
-            raise ValueError(f"need epsilon in [0, 1] and temperature > 0; got {self}")
-        check_choice("weighting", self.weighting, FUSION_RULES.names())
 
 
 class SelectiveDistillServer:
