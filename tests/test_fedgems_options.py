@@ -307,3 +307,20 @@ def test_teacher_confidence_gate_keeps_only_what_the_clients_are_sure_of() -> No
             unlabelled_trust="class_reliability",
             teacher_min_confidence=1.5,
         )
+
+
+def test_fusion_weights_follow_the_clients_that_taught() -> None:
+    from fl_kd.kd.fedgems import FedGEMSServer
+
+    server = _server(n=40, unlabelled=20, unlabelled_trust="class_reliability")
+    labels = server.transfer_y.numpy()
+    right = np.eye(C, dtype=np.float32)[labels] * 6
+    wrong = np.eye(C, dtype=np.float32)[(labels + 1) % C] * 6
+    guesses = np.eye(C, dtype=np.float32)[np.zeros(20, dtype=np.int64)] * 6
+    role = FedGEMSServer(server)
+    positions = np.arange(60)
+    role.aggregate(1, {0: {"positions": positions, "logits": np.concatenate([right, guesses])},
+                       1: {"positions": positions, "logits": np.concatenate([wrong, guesses])}})  # fmt: skip
+    shares = role.fusion_weights()
+    assert set(shares) == {0, 1} and sum(shares.values()) == pytest.approx(1.0)
+    assert shares[0] > 0.9 > 0.1 > shares[1]  # the always-wrong client taught (almost) nothing

@@ -147,6 +147,8 @@ class ServerOptions:
         confident = fused.logits.exp().max(dim=1).values >= self.config.teacher_min_confidence
         keep = fused.has_teacher & confident
         stats.extra["n_unlabelled"] = int(keep.sum())
+        for k, client_id in enumerate(clients):
+            stats.weight_mass[client_id] = stats.weight_mass.get(client_id, 0.0) + float(fused.weights[k][keep].sum())
         index = torch.from_numpy(union)[keep]
         self._used = index
         return self.unlabelled_x[index], fused.logits[keep]

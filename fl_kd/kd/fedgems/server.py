@@ -267,6 +267,7 @@ class SelectiveDistillServer:
             answered = available[k]
             share = (selected.weights[k][answered] > 0).double().mean() if pos.size else torch.tensor(0.0)
             stats.nonzero_weight_fraction[client_id] = float(share)
+            stats.weight_mass[client_id] = float(selected.weights[k].sum())
         return teacher, has_teacher, stats
 
     def _predict(self, x: Tensor) -> Tensor:

@@ -32,6 +32,9 @@ class SelectionStats:
     nonzero_weight_fraction : dict[int, float]
         Per client, the share of its answered samples on which it got a non-zero teacher weight (how much of a
         possibly malicious client's knowledge got through).
+    weight_mass : dict[int, float]
+        Per client, its summed teacher weight over the samples distilled this round (labelled and unlabelled): its
+        share of the fused knowledge, whatever rule fused it.
     extra : dict[str, float | int]
         Figures beyond FedGEMS' counts. Always: ``n_untrusted``, the honest samples (the held-out slice, else the
         labelled part) on which no client was trusted this round, and ``untrusted_accuracy``, the server's accuracy
@@ -52,6 +55,7 @@ class SelectionStats:
     num_teacher: int = 0
     cache_size: int = 0
     nonzero_weight_fraction: dict[int, float] = field(default_factory=dict)
+    weight_mass: dict[int, float] = field(default_factory=dict)
     extra: dict[str, float | int] = field(default_factory=dict)
 
     def round_metrics(self) -> dict[str, float | int]:
@@ -70,5 +74,6 @@ class SelectionStats:
         """Flat scalar metrics (per-client fractions left out) for logging."""
         values = asdict(self)
         values.pop("nonzero_weight_fraction")
+        values.pop("weight_mass")
         extra = values.pop("extra")
         return {key: float(value) for key, value in (values | extra).items()}
