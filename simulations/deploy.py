@@ -109,7 +109,7 @@ def run_deployment(
         out_dir / "flower_app",
         algorithm.server_app,
         algorithm.client_app,
-        {RUN_CONFIG_KEY: experiment.to_json(), OUTPUT_DIR_KEY: str(out_dir)},
+        {RUN_CONFIG_KEY: experiment.to_json(), OUTPUT_DIR_KEY: str(out_dir), **settings.round_policy().to_run_config()},
     )
     (out_dir / METRICS_JSONL).unlink(missing_ok=True)  # a stale file would be shown as this run's rounds
     rounds = RoundTail(out_dir / METRICS_JSONL, echo)

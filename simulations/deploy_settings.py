@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from fl_kd.config import ConfigError, check_choice, check_range, from_mapping, require
 from fl_kd.kd.config import ExperimentConfig
+from fl_kd.kd.round_policy import RoundPolicy
 from fl_kd.simulations.config import experiment_config
 from fl_kd.simulations.schema import plain, store_schema
 
@@ -50,6 +51,12 @@ class DeploySettings:
         for it).
     node_data : str (default: "folder")
         How each SuperNode started here names its private data, one of :data:`NODE_DATA`.
+    min_clients : int (default: 1)
+        Fewest clients whose train answer must arrive for a round to count; below it the run stops after its last
+        complete round (see :class:`fl_kd.kd.round_policy.RoundPolicy`).
+    round_timeout_s : float (default: 300.0)
+        Seconds the ServerApp waits for each phase's replies; a node silent by then (its SuperNode died) is left
+        out of the round.
     """
 
     supernodes: int | None = None
@@ -59,6 +66,8 @@ class DeploySettings:
     run_timeout_s: float | None = None
     auth: bool | None = None
     node_data: str = "folder"
+    min_clients: int = 1
+    round_timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
         if self.supernodes is not None:
@@ -74,11 +83,17 @@ class DeploySettings:
             self.tls or not self.auth, "deploy.auth=true needs TLS (Flower refuses it without); drop deploy.tls=false"
         )
         check_choice("deploy.node_data", self.node_data, NODE_DATA)
+        check_range("deploy.min_clients", self.min_clients, low=1)
+        check_range("deploy.round_timeout_s", self.round_timeout_s, low=0.0, low_open=True)
 
     @property
     def authenticate(self) -> bool:
         """Whether SuperNode authentication is on (``auth``, or TLS when ``auth`` is None)."""
         return self.tls if self.auth is None else self.auth
+
+    def round_policy(self) -> RoundPolicy:
+        """What the ServerApp is told (as run config) about timeouts and the quorum."""
+        return RoundPolicy(min_clients=self.min_clients, round_timeout_s=float(self.round_timeout_s))
 
     def local_supernodes(self, num_clients: int) -> int:
         """SuperNodes to start on this machine for a federation of ``num_clients``."""
@@ -97,6 +112,10 @@ def split_deploy_settings(cfg: DictConfig | dict[str, Any]) -> tuple[ExperimentC
     raw = plain(cfg)
     settings = from_mapping(DeploySettings, raw.pop(DEPLOY_KEY, None) or {}, key=DEPLOY_KEY)
     experiment = experiment_config(raw)
+    if settings.min_clients > experiment.num_clients:
+        raise ConfigError(
+            f"deploy.min_clients must be at most num_clients={experiment.num_clients}, got {settings.min_clients}"
+        )
     if settings.supernodes is not None and settings.supernodes > experiment.num_clients:
         raise ConfigError(
             f"deploy.supernodes must be at most num_clients={experiment.num_clients}, got {settings.supernodes}"

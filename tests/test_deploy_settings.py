@@ -25,6 +25,8 @@ def test_deploy_settings_default_and_from_overrides() -> None:
     assert experiment.num_clients == 3 and experiment.strategy.rounds == 2  # conf/deploy.yaml's small federation
     _, settings = split_deploy_settings(_compose("num_clients=3", "deploy.supernodes=2", "deploy.tls=false"))
     assert settings.supernodes == 2 and settings.tls is False and settings.local_supernodes(3) == 2
+    _, settings = split_deploy_settings(_compose("num_clients=3", "deploy.min_clients=2", "deploy.round_timeout_s=30"))
+    assert settings.round_policy().to_run_config() == {"min-clients": 2, "round-timeout": 30.0, "resume": False}
 
 
 def test_a_config_without_deploy_node_takes_the_defaults() -> None:
@@ -45,6 +47,10 @@ def test_a_config_without_deploy_node_takes_the_defaults() -> None:
         (("deploy.tls=false", "deploy.certificates=/etc/certs"), r"deploy\.certificates is set but deploy\.tls=false"),
         (("deploy.startup_timeout_s=0",), r"deploy\.startup_timeout_s must be in \(0, inf\]"),
         (("deploy.run_timeout_s=nan",), r"deploy\.run_timeout_s must be a finite number"),
+        (("deploy.min_clients=4",), r"deploy\.min_clients must be at most num_clients=3"),
+        (("deploy.round_timeout_s=0",), r"deploy\.round_timeout_s must be in \(0, inf\]"),
+        (("deploy.node_data=disk",), r"deploy\.node_data='disk' is not one of folder, dataset"),
+        (("deploy.tls=false", "deploy.auth=true"), r"deploy\.auth=true needs TLS"),
         (("strategy.rounds=0",), r"strategy\.rounds"),  # the experiment config is still checked
     ],
 )

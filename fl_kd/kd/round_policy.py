@@ -78,6 +78,11 @@ class RoundPolicy:
     def check_quorum(self, server_round: int, answered: int, asked: int) -> None:
         """Raise :class:`QuorumError` if fewer than ``min_clients`` (or than all asked, if fewer) answered."""
         needed = min(self.min_clients, asked) if asked else self.min_clients
+        if not asked:
+            raise QuorumError(
+                f"round {server_round}: no sampled client is known (none identified itself within "
+                f"{self.round_timeout_s:g} s), fewer than min_clients={self.min_clients}"
+            )
         if answered < needed:
             raise QuorumError(
                 f"round {server_round}: {answered} of {asked} asked clients answered within "
