@@ -98,6 +98,13 @@ CASES = {
     "MID bottleneck": vfl_config(DLI, defence={"name": "mid", "params": {"weight": 0.01}}),
     "DCAE": vfl_config(DLI, defence={"name": "dcae", "params": {"bin_numbers": 8, "epochs": 1, "num_train": 30_000}}),
     "three batches per message": vfl_config(DLI, training={"batches_per_message": 3}),
+    "randomised labels": vfl_config(
+        {"adaptive_label_inference": {}}, defence={"name": "randomised_label", "params": {"epsilon": 1.0}}
+    ),
+    "Marvell": vfl_config({"gradient_clustering": {}}, defence={"name": "marvell", "params": {"power_ratio": 1.0}}),
+    "CoAE with noise": vfl_config(
+        DLI, defence={"name": "coae_noise", "params": {"scale": 0.005, "epochs": 1, "num_train": 30_000}}
+    ),
     "two feature parties, label party without features": vfl_config(
         {"norm_scoring": {}, "passive_model_completion": {"steps": 50}},
         vfl_split={"label_party_features": False},
