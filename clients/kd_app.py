@@ -21,10 +21,12 @@ from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordD
 from flwr.app.typing import MetricRecordValues
 from flwr.clientapp import ClientApp
 
+from fl_kd.data.node_local import NodeSpec, node_spec
 from fl_kd.kd import protocol as kd
 from fl_kd.kd.algorithm import get_algorithm
 from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.federation import Federation, build_federation
+from fl_kd.kd.node_federation import node_federation
 from fl_kd.kd.roles import ClientRole, Instruction
 from fl_kd.kd.validation import check_bounded
 from fl_kd.protocol import decode_array, record, scalar_of
@@ -33,20 +35,31 @@ app = ClientApp()
 
 
 @functools.lru_cache(maxsize=2)
-def _federation(config_json: str) -> tuple[ExperimentConfig, Federation]:
-    # Simulation actors are reused across clients and rounds: load and split the data once per process.
+def _federation(config_json: str, node: NodeSpec | None = None) -> tuple[ExperimentConfig, Federation]:
+    # Simulation actors are reused across clients and rounds: load and split the data once per process. A deployed
+    # node (its node config names its data) holds only its own data and the transfer set.
     cfg = ExperimentConfig.from_json(config_json)
-    return cfg, build_federation(cfg)
+    return cfg, build_federation(cfg) if node is None else node_federation(cfg, node)
+
+
+def _node(context: Context) -> NodeSpec:
+    """Who this node is and what it holds, from its node config (see :mod:`fl_kd.data.node_local`)."""
+    return node_spec(context.node_config)
+
+
+def _context_federation(context: Context) -> tuple[ExperimentConfig, Federation]:
+    node = _node(context)
+    return _federation(str(context.run_config[kd.RUN_CONFIG_KEY]), node if node.node_local else None)
 
 
 def _config(context: Context) -> ExperimentConfig:
-    return _federation(str(context.run_config[kd.RUN_CONFIG_KEY]))[0]
+    return _context_federation(context)[0]
 
 
 def _client(context: Context) -> tuple[Federation, ClientRole]:
     """This node's client half, with the state it left in ``context.state`` last time."""
     torch.set_num_threads(1)  # several ClientApps share the machine's cores in simulation
-    cfg, federation = _federation(str(context.run_config[kd.RUN_CONFIG_KEY]))
+    cfg, federation = _context_federation(context)
     client = get_algorithm(cfg.strategy.name).build_client(cfg, federation, _partition_id(context))
     if kd.CLIENT_STATE in context.state:
         client.load_state_dict(context.state.array_records[kd.CLIENT_STATE].to_torch_state_dict())
@@ -54,7 +67,7 @@ def _client(context: Context) -> tuple[Federation, ClientRole]:
 
 
 def _partition_id(context: Context) -> int:
-    return int(context.node_config["partition-id"])
+    return _node(context).client_id
 
 
 def _save(context: Context, client: ClientRole) -> None:

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from fl_kd.config import ConfigError, check_choice, check_range, from_mapping, require
 from fl_kd.kd.config import ExperimentConfig
+from fl_kd.kd.federation import sample_clients
 from fl_kd.kd.round_policy import RoundPolicy
 from fl_kd.simulations.config import experiment_config
 from fl_kd.simulations.schema import plain, store_schema
@@ -112,9 +113,12 @@ def split_deploy_settings(cfg: DictConfig | dict[str, Any]) -> tuple[ExperimentC
     raw = plain(cfg)
     settings = from_mapping(DeploySettings, raw.pop(DEPLOY_KEY, None) or {}, key=DEPLOY_KEY)
     experiment = experiment_config(raw)
-    if settings.min_clients > experiment.num_clients:
+    sampled = len(sample_clients(experiment.num_clients, experiment.strategy.fraction_fit, experiment.seed, 1))
+    if settings.min_clients > sampled:
         raise ConfigError(
-            f"deploy.min_clients must be at most num_clients={experiment.num_clients}, got {settings.min_clients}"
+            f"deploy.min_clients must be at most the {sampled} clients sampled per round "
+            f"(num_clients={experiment.num_clients}, strategy.fraction_fit={experiment.strategy.fraction_fit}), "
+            f"got {settings.min_clients}"
         )
     if settings.supernodes is not None and settings.supernodes > experiment.num_clients:
         raise ConfigError(

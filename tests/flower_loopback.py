@@ -31,7 +31,9 @@ class LoopbackGrid(Grid):
         num_nodes: int,
         run_config: dict[str, str | int | float | bool],
         tamper: Tamper | None = None,
+        node_configs: list[dict[str, str | int]] | None = None,
     ) -> None:
+        """``node_configs`` adds keys to each node's config (a deployed node's data and tier)."""
         set_task_identity()
         self.client_app = client_app
         self.tamper = tamper
@@ -40,7 +42,11 @@ class LoopbackGrid(Grid):
             1000 + 7 * pid: Context(
                 run_id=1,
                 node_id=1000 + 7 * pid,
-                node_config={"partition-id": pid, "num-partitions": num_nodes},
+                node_config={
+                    "partition-id": pid,
+                    "num-partitions": num_nodes,
+                    **(node_configs or [{}] * num_nodes)[pid],
+                },
                 state=RecordDict(),
                 run_config=run_config,
             )

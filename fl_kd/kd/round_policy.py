@@ -30,7 +30,8 @@ class RoundPolicy:
     Attributes
     ----------
     min_clients : int (default: 1)
-        Fewest clients whose train answer (a reply without error) must arrive for the round to count.
+        Fewest clients whose train answer (a reply without error) must arrive for the round to count; at most the
+        number of clients sampled per round.
     round_timeout_s : float (default: 3600.0)
         Seconds the server waits for the replies of one phase (discovery, train, evaluate); a node that has not
         answered by then counts as missing for the phase, and gets no evaluate message in that round. The default
@@ -76,14 +77,16 @@ class RoundPolicy:
         )
 
     def check_quorum(self, server_round: int, answered: int, asked: int) -> None:
-        """Raise :class:`QuorumError` if fewer than ``min_clients`` (or than all asked, if fewer) answered."""
-        needed = min(self.min_clients, asked) if asked else self.min_clients
+        """Raise :class:`QuorumError` if fewer than ``min_clients`` of the ``asked`` clients answered.
+
+        Clients sampled but not known (their node never said hello) are not asked, and so count as silent.
+        """
         if not asked:
             raise QuorumError(
                 f"round {server_round}: no sampled client is known (none identified itself within "
                 f"{self.round_timeout_s:g} s), fewer than min_clients={self.min_clients}"
             )
-        if answered < needed:
+        if answered < self.min_clients:
             raise QuorumError(
                 f"round {server_round}: {answered} of {asked} asked clients answered within "
                 f"{self.round_timeout_s:g} s, fewer than min_clients={self.min_clients}"
