@@ -104,8 +104,18 @@ class KDStrategy(Strategy):
 
     # -- discovery ---------------------------------------------------------------------------------------------
     def _discover(self, grid: Grid) -> None:
-        """Learn each node's partition id once, so sampling and reductions follow partition ids, not node ids."""
-        node_ids = sorted(grid.get_node_ids())
+        """Learn each node's partition id, so sampling and reductions follow partition ids, not node ids.
+
+        Every node at the start; later only a node that joined or came back. A node the grid no longer lists (its
+        SuperNode left, or Flower marked it offline) is forgotten first, so its partition can be claimed again.
+        """
+        listed = set(grid.get_node_ids())
+        for gone in [node_id for node_id in self._partitions if node_id not in listed]:
+            del self._nodes[self._partitions.pop(gone)]
+            log(WARNING, "Node %s is gone; its partition can be claimed again", gone)
+        node_ids = sorted(listed - set(self._partitions))
+        if not node_ids:
+            return
         hello = RecordDict({kd.CONFIG: ConfigRecord({kd.ACTION: kd.HELLO})})
         messages = [Message(hello, message_type=MessageType.QUERY, dst_node_id=node_id) for node_id in node_ids]
         replies = grid.send_and_receive(messages, timeout=self.timeout)
@@ -135,8 +145,7 @@ class KDStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Give each sampled client its train instruction."""
-        if not self._nodes:
-            self._discover(grid)
+        self._discover(grid)
         self._start = time.perf_counter()
         self._uplink = self._downlink = 0
         sampled = sample_clients(self.num_clients, self.fraction_train, self.seed, server_round)

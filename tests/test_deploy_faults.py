@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
-from flwr.app import Message
+from flwr.app import Context, Message, RecordDict
 
 from fl_kd.clients.kd_app import app as client_app
 from fl_kd.config import ConfigError
@@ -110,3 +110,37 @@ def test_saved_progress_is_refused_when_it_cannot_be_resumed(tmp_path: Path) -> 
     with pytest.raises(ProgressError, match="round-1.pt is missing"):
         load_progress(tmp_path, cfg.to_json())
     assert load_progress(tmp_path / "elsewhere", cfg.to_json()) is None
+
+
+class _FlakyGrid(LoopbackGrid):
+    """Client 3's SuperNode dies before round 2 (Flower stops listing it) and comes back in round 3 as a new node."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.listings = 0
+
+    def get_node_ids(self) -> list[int]:
+        self.listings += 1  # once per round, at the start of its train phase
+        if self.listings == 2:
+            self.contexts.pop(DEAD_NODE)
+        if self.listings == 3:
+            self.contexts[2000] = Context(
+                run_id=1, node_id=2000, node_config={"partition-id": 3, "num-partitions": 4}, state=RecordDict(),
+                run_config=self.contexts[1000].run_config,
+            )  # fmt: skip
+        return list(self.contexts)
+
+
+def test_a_node_that_comes_back_rejoins(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = tiny_config(rounds=3)
+    strategy = make_strategy(cfg)
+    grid = _FlakyGrid(client_app, cfg.num_clients, {RUN_CONFIG_KEY: cfg.to_json()})
+    with caplog.at_level("INFO", logger="flwr"):
+        run_rounds(strategy, grid, 3, RoundPolicy(min_clients=3), tmp_path, cfg.to_json())
+    assert f"Node {DEAD_NODE} is gone" in caplog.text
+    assert [record.getMessage() for record in caplog.records if "Discovered" in record.getMessage()] == [
+        "Discovered 4 of 4 clients",
+        "Discovered 4 of 4 clients",
+    ]
+    assert strategy._nodes[3] == 2000  # noqa: SLF001 - partition 3 is served by the node that came back
+    assert [row["round"] for row in strategy.history] == [1, 2, 3]
