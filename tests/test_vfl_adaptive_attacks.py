@@ -203,5 +203,24 @@ def test_the_new_attacks_are_chosen_in_the_config() -> None:
             overrides=["attack=[adaptive_label_inference,gradient_clustering]", "attack.gradient_clustering.n_init=2"],
         )
     config = load_config(cfg)
-    assert config.attack["adaptive_label_inference"] == {"known_labels": None, "num_classes": None, "seed": 0}
+    assert config.attack["adaptive_label_inference"] == {
+        "known_labels": None,
+        "num_classes": None,
+        "seed": 0,
+        "average_epochs": True,
+    }
     assert config.attack["gradient_clustering"]["n_init"] == 2
+
+
+@pytest.mark.parametrize("cls", [AdaptiveLabelInference, GradientClustering])
+def test_averaging_epochs_undoes_fresh_noise(cls: type[AdaptiveLabelInference]) -> None:
+    labels, _, generator = labels_and_noise(seed=4)
+    signal = -0.01 * torch.nn.functional.one_hot(labels, C).float()
+    epochs = [signal + 0.02 * torch.randn(N, C, generator=generator) for _ in range(8)]  # fresh noise each epoch
+    averaging, single = cls(), cls(average_epochs=False)
+    feed([averaging, single], epochs)
+    out, plain = averaging.result(labels), single.result(labels)
+    assert plain["per_average"] == [] and plain["averaged_epochs"] == 1
+    assert [row["averaged_epochs"] for row in out["per_average"]] == list(range(2, 9))
+    assert out["per_epoch"] == plain["per_epoch"]  # the single epochs are read as before
+    assert out["averaged_epochs"] > 1 and out["ap"] > plain["ap"] + 0.2

@@ -31,6 +31,8 @@ class AdaptiveLabelInference(EpochwiseAttack):
         Number of classes; None takes it from the labels passed to ``result``.
     seed : int (default: 0)
         Seed of the known-label draw.
+    average_epochs : bool (default: True)
+        Also read each sample's gradients averaged over the first ``e`` epochs (fresh noise averages out).
 
     Notes
     -----

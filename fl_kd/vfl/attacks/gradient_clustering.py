@@ -75,6 +75,8 @@ class GradientClustering(EpochwiseAttack):
         Number of classes (= k); None takes it from the labels passed to ``result``.
     seed : int (default: 0)
         Seed of the known-label draw and of the k-means++ starts.
+    average_epochs : bool (default: True)
+        Also cluster each sample's gradients averaged over the first ``e`` epochs.
     """
 
     name = "gradient_clustering"
@@ -86,8 +88,9 @@ class GradientClustering(EpochwiseAttack):
         max_iter: int = 100,
         num_classes: int | None = None,
         seed: int = 0,
+        average_epochs: bool = True,
     ) -> None:
-        super().__init__(known_labels=known_labels, num_classes=num_classes, seed=seed)
+        super().__init__(known_labels=known_labels, num_classes=num_classes, seed=seed, average_epochs=average_epochs)
         if n_init < 1 or max_iter < 1:
             raise ValueError(f"n_init and max_iter must be positive, got {n_init} and {max_iter}")
         self.n_init, self.max_iter = n_init, max_iter
