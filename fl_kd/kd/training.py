@@ -25,7 +25,8 @@ def minibatches(num_samples: int, batch_size: int, generator: torch.Generator) -
     order = torch.randperm(num_samples, generator=generator)
     batches = list(torch.split(order, batch_size))
     if len(batches) > 1 and batches[-1].numel() == 1:
-        batches[-2] = torch.cat([batches[-2], batches.pop()])
+        single = batches.pop()  # popped first: batches[-1] is then the batch it joins
+        batches[-1] = torch.cat([batches[-1], single])
     return batches
 
 

@@ -1,0 +1,18 @@
+"""The shared mini-batching: every sample exactly once, never a batch of one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fl_kd.kd.training import minibatches
+
+
+@pytest.mark.parametrize(("num_samples", "batch_size"), [(65, 64), (129, 64), (10, 3), (64, 64), (1, 8), (2, 1)])
+def test_every_sample_once_and_no_single_sample_batch_unless_alone(num_samples: int, batch_size: int) -> None:
+    batches = minibatches(num_samples, batch_size, torch.Generator().manual_seed(0))
+    assert sorted(torch.cat(batches).tolist()) == list(range(num_samples))
+    assert all(batch.numel() > 1 for batch in batches) or num_samples == 1 or batch_size == 1
+    # 129 = 64 + 64 + 1: the single sample joins the second batch; the first stays as it was.
+    if (num_samples, batch_size) == (129, 64):
+        assert [b.numel() for b in batches] == [64, 65]
