@@ -135,8 +135,8 @@ def test_defence_grid_and_attack_names() -> None:
         "randomised_label ε=0.3",
         "randomised_label ε=0.5",
         "randomised_label ε=0.8",
-        "marvell s=4",
         "marvell s=16",
+        "marvell s=64",
     ]
     fmnist, binary_mlp = FULL_SETTINGS[-1], FULL_SETTINGS[1]
     assert not applies(tuned[-1], fmnist, 10) and applies(tuned[-1], binary_mlp, 2)  # Marvell: binary only
