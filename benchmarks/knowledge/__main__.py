@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 
+import torch
+
 from benchmarks.common import REPO_ROOT
 from benchmarks.knowledge.grid import COSTLY_PEER, PEERS, SETTINGS, Job, choose_best_peer, federated, plan, select
 from benchmarks.knowledge.report import write_report
@@ -99,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out = args.out.resolve()
     command = f"{ENTRY} " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     failures = [] if args.report_only else run_all(args)
+    torch.set_num_threads(1)  # as every job ran; the report's machine line says so
     write_report(args.out, args.report, args.rounds, command, plan(best_peers(args.out)), failures)
     print(f"report section written to {args.report}; run folders under {args.out}")
     return 1 if failures else 0

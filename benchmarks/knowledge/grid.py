@@ -44,6 +44,13 @@ ABLATION: tuple[tuple[str, tuple[str, ...]], ...] = (
 FEDGEMS = "fedgems"
 FEDGEMS_OVERRIDES: tuple[str, ...] = tuple(o for _, step in ABLATION for o in step)
 
+#: Options on top of the full FedGEMS, each tried alone in the two Dirichlet settings: a gate on the teacher's
+#: confidence, and client reliability measured where clients never trained on the label.
+VARIANTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("fedgems+gate0.9", ("strategy.teacher_min_confidence=0.9",)),
+    ("fedgems+reliability_held_out", ("strategy.reliability_on=held_out",)),
+)
+
 #: Peers, with their paper's mechanism and the defaults of ``conf/strategy``; FedAvg needs one architecture, so it
 #: averages the server model on every client (``fedavg_server_model``).
 PEERS: tuple[str, ...] = ("feddf", "dsfl", "fedet", "fedmd", "fedavg_server_model")
@@ -117,6 +124,15 @@ def ablation_jobs(setting: str = "alpha0.5", seed: int = 0) -> list[Job]:
     return jobs
 
 
+def variant_jobs(seed: int = 0) -> list[Job]:
+    """Each of :data:`VARIANTS` in alpha 0.5 and alpha 0.1."""
+    return [
+        Job(name, "federated", setting, seed, (*FEDGEMS_OVERRIDES, *extra))
+        for name, extra in VARIANTS
+        for setting in list(SETTINGS)[:2]
+    ]
+
+
 def baseline_jobs(seed: int) -> list[Job]:
     """The server alone (labelled part; labelled part plus self-pseudo-labels) and clients alone per setting."""
     jobs = [
@@ -129,16 +145,16 @@ def baseline_jobs(seed: int) -> list[Job]:
 def plan(best_peer: Mapping[str, str]) -> list[Job]:
     """Every job, most important first; ``best_peer`` (setting -> peer) adds that peer's extra seeds once known.
 
-    Order: seed 0 of FedGEMS, the baselines and the peers in alpha 0.5, then in alpha 0.1, then the ablation, then
-    pathological (FedAvg of the server model waits: by far the dearest run, and its uplink is known without running
-    it); FedGEMS' extra seeds with their local-only baselines; the best peer's extra seeds; FedAvg of the server
-    model; the centralised ceiling. A cut run therefore loses the least important results.
+    Order: seed 0 of FedGEMS, the baselines and the peers in alpha 0.5, then in alpha 0.1, then the ablation and the
+    variants, then pathological (FedAvg of the server model waits: by far the dearest run, and its uplink is known
+    without running it); FedGEMS' extra seeds with their local-only baselines; the best peer's extra seeds; FedAvg
+    of the server model; the centralised ceiling. A cut run therefore loses the least important results.
     """
     shared, local = baseline_jobs(0)[:2], baseline_jobs(0)[2:]
     jobs: list[Job] = []
     for index, (setting, local_job) in enumerate(zip(SETTINGS, local, strict=True)):
         if index == 2:
-            jobs += ablation_jobs()
+            jobs += ablation_jobs() + variant_jobs()
         jobs += [federated(FEDGEMS, setting, 0), *shared, local_job]
         jobs += [federated(peer, setting, 0) for peer in PEERS if peer != COSTLY_PEER]
     for seed in EXTRA_SEEDS:

@@ -12,12 +12,14 @@ from benchmarks.common import machine_line, markdown_table, mean, std
 from benchmarks.knowledge.grid import (
     ABLATION,
     FEDGEMS,
+    FEDGEMS_OVERRIDES,
     PEER_OVERRIDES,
     PEERS,
     SETTINGS,
     SHARED_SETTING,
     Job,
     ablation_jobs,
+    variant_jobs,
 )
 from benchmarks.knowledge.run import read_result
 from benchmarks.knowledge.verdicts import Figures, verdict_lines
@@ -54,8 +56,8 @@ def render(out: Path, rounds: int, command: str, jobs: Sequence[Job], failures: 
         "## Knowledge benchmark: Fashion-MNIST, 20 clients, three tiers",
         "",
         f"`{command}` ({rounds} rounds per run; {len(done)} of {len(jobs)} jobs finished, "
-        f"{sum(r['seconds'] for r in done.values()) / 60:.0f} CPU-minutes of jobs; written "
-        f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {machine_line()}).",
+        f"{sum(r['seconds'] for r in done.values()) / 60:.0f} CPU-minutes of jobs, two at a time with one torch "
+        f"thread each; written {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {machine_line()}).",
         "",
         *_setup_lines(done),
         *_ceiling_lines(done),
@@ -119,11 +121,13 @@ def runs_of(done: dict[Job, dict[str, Any]], method: str, setting: str) -> list[
     return sorted(found, key=lambda r: int(r["job"]["seed"]))
 
 
-def _pm(values: Sequence[float | None]) -> str:
+def _pm(values: Sequence[float | None], digits: int = 4) -> str:
     finite = [v for v in values if v is not None and math.isfinite(v)]
     if not finite:
         return "–"
-    return f"{mean(finite):.4f}" if len(finite) == 1 else f"{mean(finite):.4f} ± {std(finite):.4f}"
+    if len(finite) == 1:
+        return f"{mean(finite):.{digits}f}"
+    return f"{mean(finite):.{digits}f} ± {std(finite):.{digits}f}"
 
 
 def _setting_lines(setting: str, done: dict[Job, dict[str, Any]], figures: Figures) -> list[str]:
@@ -146,8 +150,8 @@ def _setting_lines(setting: str, done: dict[Job, dict[str, Any]], figures: Figur
                 _pm([s["drop_after_best"] for s in stats]),
                 *(_pm([s.get(f"client_acc_{t}") for s in stats]) for t in TIERS),
                 *(_pm([s.get(f"client_pacc_{t}") for s in stats]) for t in TIERS),
-                _pm([s["uplink_kb"] for s in stats]).replace(".0000", ""),
-                _pm([s["downlink_kb"] for s in stats]).replace(".0000", ""),
+                _pm([s["uplink_kb"] for s in stats], digits=1),
+                _pm([s["downlink_kb"] for s in stats], digits=1),
             ]
         )
     if not rows:
@@ -215,35 +219,38 @@ def _teacher(row: dict[str, Any]) -> str:
 
 
 def _ablation_lines(done: dict[Job, dict[str, Any]], figures: Figures) -> list[str]:
-    steps = [*ablation_jobs(), None]
+    full = next((r for j, r in done.items() if j.method == FEDGEMS and j.setting == "alpha0.5" and j.seed == 0), None)
     rows = []
-    for (name, overrides), job in zip(ABLATION, steps, strict=True):
-        result = (
-            done.get(job)
-            if job is not None
-            else next(
-                (r for j, r in done.items() if j.method == FEDGEMS and j.setting == "alpha0.5" and j.seed == 0), None
-            )
-        )
-        if result is None:
-            rows.append([name, " ".join(overrides), "not run", "", "", "", ""])
-            continue
-        s = figures.run_figures(result)
-        rows.append(
-            [
-                name,
-                "`" + " ".join(overrides) + "`",
-                f"{s['server_final']:.4f}",
-                f"{s['server_best']:.4f}",
-                f"{s['client_acc_mean']:.4f}",
-                f"{s['client_pacc_mean']:.4f}",
-                f"{s['uplink_kb']:.1f}",
-            ]
-        )
+    for (name, overrides), job in zip(ABLATION, [*ablation_jobs(), None], strict=True):
+        rows.append(_summary_row(name, overrides, done.get(job) if job is not None else full, figures))
+    variants = [
+        _summary_row(f"{job.method} ({job.setting})", job.overrides[len(FEDGEMS_OVERRIDES) :], done[job], figures)
+        for job in variant_jobs()
+        if job in done
+    ]
     header = ["step", "adds", "server final", "server best", "clients global", "clients own", "up kB/client"]
-    return [
+    lines = [
         "### Ablation (alpha0.5, seed 0): each row adds one extension to the row above",
         "",
         markdown_table(header, rows),
         "",
+    ]
+    if variants:
+        lines += ["Variants, each on top of the full FedGEMS (seed 0):", "", markdown_table(header, variants), ""]
+    return lines
+
+
+def _summary_row(name: str, overrides: Sequence[str], result: dict[str, Any] | None, figures: Figures) -> list[str]:
+    adds = "`" + " ".join(overrides) + "`"
+    if result is None:
+        return [name, adds, "not run", "", "", "", ""]
+    s = figures.run_figures(result)
+    return [
+        name,
+        adds,
+        f"{s['server_final']:.4f}",
+        f"{s['server_best']:.4f}",
+        f"{s['client_acc_mean']:.4f}",
+        f"{s['client_pacc_mean']:.4f}",
+        f"{s['uplink_kb']:.1f}",
     ]
