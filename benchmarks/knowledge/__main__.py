@@ -38,6 +38,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", nargs="*", default=[], help="run only jobs whose name contains one of these")
     parser.add_argument("--budget-minutes", type=float, default=math.inf, help="start no job after this")
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from finished jobs")
+    parser.add_argument("--note", default="", help="a line for the report (e.g. which code the jobs ran)")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.workers < 1:
         parser.error("need --rounds >= 1 and --workers >= 1")
@@ -102,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = f"{ENTRY} " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     failures = [] if args.report_only else run_all(args)
     torch.set_num_threads(1)  # as every job ran; the report's machine line says so
-    write_report(args.out, args.report, args.rounds, command, plan(best_peers(args.out)), failures)
+    write_report(args.out, args.report, args.rounds, command, plan(best_peers(args.out)), failures, args.note)
     print(f"report section written to {args.report}; run folders under {args.out}")
     return 1 if failures else 0
 

@@ -33,10 +33,16 @@ BASELINES = ("transfer_only", "pseudo_label", "local_only")
 
 
 def write_report(
-    out: Path, report: Path, rounds: int, command: str, jobs: Sequence[Job], failures: Sequence[str]
+    out: Path,
+    report: Path,
+    rounds: int,
+    command: str,
+    jobs: Sequence[Job],
+    failures: Sequence[str],
+    note: str = "",
 ) -> None:
     """Replace (or append) the benchmark's section of ``report`` with one built from what finished under ``out``."""
-    section = render(out, rounds, command, jobs, failures)
+    section = render(out, rounds, command, jobs, failures, note)
     text = report.read_text() if report.exists() else ""
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
@@ -46,8 +52,8 @@ def write_report(
     report.write_text(text)
 
 
-def render(out: Path, rounds: int, command: str, jobs: Sequence[Job], failures: Sequence[str]) -> str:
-    """The section, markers included."""
+def render(out: Path, rounds: int, command: str, jobs: Sequence[Job], failures: Sequence[str], note: str = "") -> str:
+    """The section, markers included; ``note`` (if any) follows the command line."""
     results = {job: read_result(out, job) for job in jobs}
     done = {job: r for job, r in results.items() if r is not None}
     figures = Figures(out)
@@ -59,6 +65,7 @@ def render(out: Path, rounds: int, command: str, jobs: Sequence[Job], failures: 
         f"{sum(r['seconds'] for r in done.values()) / 60:.0f} CPU-minutes of jobs, two at a time with one torch "
         f"thread each; written {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {machine_line()}).",
         "",
+        *([note, ""] if note else []),
         *_setup_lines(done),
         *_ceiling_lines(done),
     ]
