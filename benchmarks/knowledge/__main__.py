@@ -100,7 +100,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark, then write the report section; exit 1 if a job failed."""
     args = parse_args(argv)
     args.out = args.out.resolve()
-    command = f"{ENTRY} " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    given = list(sys.argv[1:] if argv is None else argv)
+    if "--note" in given:  # the note is printed on its own line
+        at = given.index("--note")
+        del given[at : at + 2]
+    command = f"{ENTRY} " + shlex.join(given)
     failures = [] if args.report_only else run_all(args)
     torch.set_num_threads(1)  # as every job ran; the report's machine line says so
     write_report(args.out, args.report, args.rounds, command, plan(best_peers(args.out)), failures, args.note)
