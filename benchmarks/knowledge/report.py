@@ -16,13 +16,12 @@ from benchmarks.knowledge.grid import (
     PEER_OVERRIDES,
     PEERS,
     SETTINGS,
-    SHARED_SETTING,
     Job,
     ablation_jobs,
     variant_jobs,
 )
 from benchmarks.knowledge.run import read_result
-from benchmarks.knowledge.verdicts import Figures, verdict_lines
+from benchmarks.knowledge.verdicts import Figures, runs_of, verdict_lines
 
 BEGIN, END = (
     "<!-- knowledge-benchmark:begin -->",
@@ -118,14 +117,6 @@ def _ceiling_lines(done: dict[Job, dict[str, Any]]) -> list[str]:
         f"{seconds / 60:.0f} minutes of training.",
         "",
     ]
-
-
-def runs_of(done: dict[Job, dict[str, Any]], method: str, setting: str) -> list[dict[str, Any]]:
-    """Finished runs of ``method`` in ``setting`` (shared baselines count for every setting), by seed."""
-    found = [
-        r for j, r in done.items() if j.method == method and j.setting in (setting, SHARED_SETTING) and "rounds" in r
-    ]
-    return sorted(found, key=lambda r: int(r["job"]["seed"]))
 
 
 def _pm(values: Sequence[float | None], digits: int = 4) -> str:

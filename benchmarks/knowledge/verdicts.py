@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import mean
-from benchmarks.knowledge.grid import FEDGEMS, PEERS, SETTINGS, Job
+from benchmarks.knowledge.grid import FEDGEMS, PEERS, SETTINGS, SHARED_SETTING, Job
 from fl_kd.models import build_model, count_parameters
 
 TIERS = ("low", "mid", "high")
@@ -91,10 +91,12 @@ class Figures:
         }
 
 
-def _runs(done: dict[Job, dict[str, Any]], method: str, setting: str) -> list[dict[str, Any]]:
-    from benchmarks.knowledge.report import runs_of
-
-    return runs_of(done, method, setting)
+def runs_of(done: dict[Job, dict[str, Any]], method: str, setting: str) -> list[dict[str, Any]]:
+    """Finished runs of ``method`` in ``setting`` (shared baselines count for every setting), by seed."""
+    found = [
+        r for j, r in done.items() if j.method == method and j.setting in (setting, SHARED_SETTING) and "rounds" in r
+    ]
+    return sorted(found, key=lambda r: int(r["job"]["seed"]))
 
 
 def _final(figures: Figures, runs: list[dict[str, Any]], key: str) -> float:
@@ -120,12 +122,12 @@ def verdict_lines(done: dict[Job, dict[str, Any]], figures: Figures) -> list[str
     lines = ["### Expectations", ""]
     ceiling = next((r["ceiling"]["final_test_accuracy"] for j, r in done.items() if j.kind == "ceiling"), None)
     for setting in SETTINGS:
-        ours = _runs(done, FEDGEMS, setting)
+        ours = runs_of(done, FEDGEMS, setting)
         if not ours:
             lines.append(f"- {setting}: FedGEMS not finished.")
             continue
         server = _final(figures, ours, "server_final")
-        transfer = _final(figures, _runs(done, "transfer_only", setting), "server_final")
+        transfer = _final(figures, runs_of(done, "transfer_only", setting), "server_final")
         gain = 100 * (server - transfer)
         required = setting != "pathological"
         lines.append(
@@ -136,7 +138,7 @@ def verdict_lines(done: dict[Job, dict[str, Any]], figures: Figures) -> list[str
         peer_text = []
         peer_ok = []
         for peer in PEERS:
-            runs = _runs(done, peer, setting)
+            runs = runs_of(done, peer, setting)
             if not runs:
                 continue
             score, what = _peer_score(figures, runs)
@@ -159,7 +161,7 @@ def verdict_lines(done: dict[Job, dict[str, Any]], figures: Figures) -> list[str
             f"- {setting}: fall after the best round <= 1 point: **{_mark(max(drops) <= 0.01)}** "
             f"(largest {100 * max(drops):.1f} points over {len(drops)} seed(s); rounds before the last on the subset)."
         )
-        local = _runs(done, "local_only", setting)
+        local = runs_of(done, "local_only", setting)
         for key, need, label in (("client_acc", 0.05, "global"), ("client_pacc", 0.02, "own")):
             parts, oks = [], []
             for t in TIERS:
