@@ -87,3 +87,21 @@ def kept_sections(text: str) -> list[str]:
     for match in re.finditer(r"<!-- ([\w-]+):begin -->.*?<!-- \1:end -->", text, flags=re.DOTALL):
         sections.append(match.group(0))
     return sections
+
+
+def write_section(report: Path, section: str) -> None:
+    """Replace the marked block ``section`` (``<!-- name:begin --> ... <!-- name:end -->``) in ``report``, or append it.
+
+    Each benchmark owns one block of a shared report file, so rerunning one command never touches another's figures.
+    """
+    match = re.match(r"<!-- ([\w-]+):begin -->", section)
+    if match is None or not section.rstrip().endswith(f"<!-- {match.group(1)}:end -->"):
+        raise ValueError("a section starts with <!-- name:begin --> and ends with <!-- name:end -->")
+    begin, end = match.group(0), f"<!-- {match.group(1)}:end -->"
+    text = report.read_text() if report.exists() else ""
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + section.rstrip() + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section.rstrip() + "\n"
+    report.write_text(text)

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from benchmarks.knowledge.grid import COSTLY_PEER, PEERS, SETTINGS, Job, choose_best_peer, federated, plan
 from benchmarks.knowledge.report import BEGIN, END, write_report
 from benchmarks.knowledge.run import read_result, result_path
@@ -90,3 +92,17 @@ def test_sections_written_by_other_commands_are_found_for_keeping() -> None:
     text = f"# KD\n\ntable\n\n{BEGIN}\nours\n{END}\n\n<!-- start-up:begin -->\nS\n<!-- start-up:end -->\ntail"
     assert kept_sections(text) == [f"{BEGIN}\nours\n{END}", "<!-- start-up:begin -->\nS\n<!-- start-up:end -->"]
     assert kept_sections("<!-- a:begin -->\nno end") == []
+
+
+def test_write_section_replaces_only_its_own_block(tmp_path: Path) -> None:
+    from benchmarks.common import write_section
+
+    report = tmp_path / "R.md"
+    report.write_text("# R\n\n<!-- a:begin -->\nA1\n<!-- a:end -->\n\n<!-- b:begin -->\nB\n<!-- b:end -->\n")
+    write_section(report, "<!-- a:begin -->\nA2\n<!-- a:end -->")
+    write_section(report, "<!-- c:begin -->\nC\n<!-- c:end -->\n")
+    text = report.read_text()
+    assert "A1" not in text and text.count("<!-- a:begin -->") == 1 and "\nB\n" in text
+    assert text.index("A2") < text.index("\nB\n") < text.index("\nC\n")
+    with pytest.raises(ValueError, match="begin"):
+        write_section(report, "no markers")

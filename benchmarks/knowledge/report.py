@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import machine_line, markdown_table, mean, std
+from benchmarks.common import machine_line, markdown_table, mean, std, write_section
 from benchmarks.knowledge.grid import (
     ABLATION,
     FEDGEMS,
@@ -41,14 +41,7 @@ def write_report(
     note: str = "",
 ) -> None:
     """Replace (or append) the benchmark's section of ``report`` with one built from what finished under ``out``."""
-    section = render(out, rounds, command, jobs, failures, note)
-    text = report.read_text() if report.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    report.write_text(text)
+    write_section(report, render(out, rounds, command, jobs, failures, note))
 
 
 def render(out: Path, rounds: int, command: str, jobs: Sequence[Job], failures: Sequence[str], note: str = "") -> str:
