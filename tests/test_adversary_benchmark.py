@@ -44,3 +44,43 @@ def test_the_table_reports_the_drop_from_the_honest_run_of_the_same_seed() -> No
     )
     row = next(line for line in text.splitlines() if "negated_logits" in line)
     assert "| 60.0 ± 0.0 | 15.0 ± 7.1 | 30.00 ± 0.00 | - |" in row
+
+
+def _record(method: str, adversary: str, fraction: float, acc: float, shares: tuple[float, ...] = ()) -> dict:
+    rounds = [{"server_acc": 0.5, "malicious_weight_share": s} for s in shares] + [{"server_acc": acc}]
+    return {"job": {"method": method, "adversary": adversary, "fraction": fraction, "seed": 0}, "rounds": rounds}
+
+
+def test_the_verdicts_say_holds_or_missed_from_the_drops_and_weight_shares() -> None:
+    from benchmarks.robustness.verdicts import logit_attacks, verdict_lines
+
+    assert set(logit_attacks()) == {"random_logits", "negated_logits", "scaled_logits", "confident_wrong"}
+    records = [
+        _record("fedgems", "none", 0.0, 0.80),
+        _record("fedgems", "negated_logits", 0.3, 0.795),  # -0.5 points: holds
+        _record("fedgems", "scaled_logits", 0.3, 0.75),  # -5 points: missed
+        _record("fedgems", "confident_wrong", 0.3, 0.80, shares=(0.0, 0.02)),  # one round gave weight: missed
+        _record("fedmd", "none", 0.0, 0.80),
+        _record("fedmd", "negated_logits", 0.3, 0.70),
+        _record("dsfl", "none", 0.0, 0.80),
+        _record("dsfl", "negated_logits", 0.3, 0.79),
+    ]
+    text = "\n".join(verdict_lines(records))
+    assert "`negated_logits` at 0.3: fedgems loses +0.5 points (expected <= 1): **holds**" in text
+    assert "fedmd +10.0, dsfl +1.0 (not several)" in text
+    assert "`scaled_logits` at 0.3: fedgems loses +5.0 points (expected <= 1): **MISSED**; plain averaging loses " \
+        "fedmd not run" in text  # fmt: skip
+    assert "`random_logits` at 0.3: fedgems not run." in text
+    assert "`confident_wrong`, fedgems: largest share of fusion weight to malicious clients in any round 2.00% " \
+        "(expected 0): **MISSED**" in text  # fmt: skip
+
+
+def test_the_section_lists_what_did_not_finish_and_the_command_drops_report_only_flags() -> None:
+    from benchmarks.robustness.__main__ import printed_command
+    from benchmarks.robustness.report import BEGIN, END, section
+
+    text = section([_record("fedgems", "none", 0.0, 0.8)], "`cmd`", "Cut: 3 rounds.", ["fedmd__none__0__seed0"], [])
+    assert text.startswith(BEGIN) and text.endswith(END) and "Cut: 3 rounds." in text
+    assert "- not run (time): `fedmd__none__0__seed0`" in text and "| fedgems | none | 0 | 1 | 80.0 |" in text
+    argv = ["--rounds", "3", "--report-only", "--note", "load 2", "--methods", "fedgems", "--note=x"]
+    assert printed_command(argv) == "python -m benchmarks.robustness --rounds 3 --methods fedgems"

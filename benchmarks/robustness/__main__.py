@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 
-from benchmarks.common import REPO_ROOT, machine_line
-from benchmarks.robustness.grid import FRACTIONS, METHODS, plan
-from benchmarks.robustness.report import table
+from benchmarks.common import REPO_ROOT, machine_line, write_section
+from benchmarks.robustness.grid import FRACTIONS, METHODS, Job, plan
+from benchmarks.robustness.report import section
 from benchmarks.robustness.run import read_result, run_job
 from fl_kd.kd.adversary import ADVERSARIES
 
@@ -38,18 +38,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget-minutes", type=float, default=math.inf, help="start no job after this")
     parser.add_argument("--quick", action="store_true", help="digits, 6 clients, tiny models: an end-to-end check")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "robustness")
+    parser.add_argument("--report", type=Path, default=REPO_ROOT / "BENCHMARKS_KD.md", help="its section goes here")
+    parser.add_argument("--report-only", action="store_true", help="run nothing: rewrite the report from --out")
+    parser.add_argument("--note", default="", help="a paragraph under the command line (cuts, load)")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.workers < 1 or not all(0 < f <= 1 for f in args.fractions):
         parser.error("need --rounds >= 1, --workers >= 1 and fractions in (0, 1]")
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the pending jobs, then write ``report.md`` under ``--out``; exit 1 if a job failed."""
-    args = parse_args(argv)
-    out = args.out.resolve()
-    jobs = plan(args.methods, args.adversaries, args.fractions, args.seeds)
-    todo = [job for job in jobs if read_result(out, job, args.rounds, args.quick) is None]
+def printed_command(argv: Sequence[str]) -> str:
+    """The command that reproduces the runs: without ``--report-only`` and ``--note`` (which change no number)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip or arg == "--report-only":
+            skip = False
+            continue
+        if arg == "--note" or arg.startswith("--note="):
+            skip = arg == "--note"
+            continue
+        kept.append(arg)
+    return f"{ENTRY} {shlex.join(kept)}"
+
+
+def run_pending(todo: list[Job], args: argparse.Namespace, out: Path) -> list[str]:
+    """Run ``todo`` ``--workers`` at a time until done or out of budget; the names of the jobs that failed."""
     started, failures = time.monotonic(), []
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(args.workers, mp_context=context, max_tasks_per_child=1) as pool:
@@ -66,15 +79,31 @@ def main(argv: Sequence[str] | None = None) -> int:
                 error = future.exception()
                 print(f"{'FAILED' if error else 'done'} {name}" + (f": {error}" if error else ""), flush=True)
                 if error:
-                    failures.append(name)
+                    failures.append(f"{name}: {error}")
+    return failures
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the pending jobs, then write ``report.md`` under ``--out`` and the section of ``--report``; exit 1 if a job
+    failed."""
+    args = parse_args(argv)
+    out = args.out.resolve()
+    jobs = plan(args.methods, args.adversaries, args.fractions, args.seeds)
+    todo = [job for job in jobs if read_result(out, job, args.rounds, args.quick) is None]
+    failures = [] if args.report_only else run_pending(todo, args, out)
     records = [r for job in jobs if (r := read_result(out, job, args.rounds, args.quick)) is not None]
-    command = f"{ENTRY} " + shlex.join(sys.argv[1:] if argv is None else list(argv))
-    text = (
-        f"# Robustness to malicious clients\n\n`{command}` ({len(records)} of {len(jobs)} jobs finished, "
-        f"{args.rounds} rounds, seeds {args.seeds}; {machine_line()})\n\n{table(records)}\n"
+    command = printed_command(sys.argv[1:] if argv is None else list(argv))
+    missing = [job.name for job in jobs if read_result(out, job, args.rounds, args.quick) is None]
+    header = (
+        f"`{command}` ({len(records)} of {len(jobs)} jobs finished, {args.rounds} rounds, seeds {args.seeds}; "
+        f"{sum(r['seconds'] for r in records) / 60:.0f} CPU-minutes of jobs, {args.workers} at a time with one torch "
+        f"thread each; {machine_line()})"
     )
-    (out / "report.md").parent.mkdir(parents=True, exist_ok=True)
-    (out / "report.md").write_text(text)
+    text = section(records, header, args.note, missing, failures)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(text + "\n")
+    if not args.quick:
+        write_section(args.report, text)
     print(text)
     return 1 if failures else 0
 

@@ -8,13 +8,11 @@ from collections import defaultdict
 from typing import Any
 
 from benchmarks.common import markdown_table, mean_std
+from benchmarks.robustness.records import final
+from benchmarks.robustness.verdicts import verdict_lines
 
 Key = tuple[str, str, float]
-
-
-def _final(record: dict[str, Any], key: str) -> float:
-    value = record["rounds"][-1].get(key)
-    return float("nan") if value is None else float(value)
+BEGIN, END = "<!-- robustness-benchmark:begin -->", "<!-- robustness-benchmark:end -->"  # see common.write_section
 
 
 def _cell(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
@@ -32,7 +30,7 @@ def table(records: list[dict[str, Any]]) -> str:
         job = record["job"]
         groups[(job["method"], job["adversary"], float(job["fraction"]))].append(record)
     honest = {
-        (method, record["job"]["seed"]): _final(record, "server_acc")
+        (method, record["job"]["seed"]): final(record, "server_acc")
         for (method, adversary, _), group in groups.items()
         if adversary == "none"
         for record in group
@@ -40,7 +38,7 @@ def table(records: list[dict[str, Any]]) -> str:
     rows = []
     for (method, adversary, fraction), group in sorted(groups.items()):
         drops = [
-            honest[(method, r["job"]["seed"])] - _final(r, "server_acc")
+            honest[(method, r["job"]["seed"])] - final(r, "server_acc")
             for r in group
             if (method, r["job"]["seed"]) in honest
         ]
@@ -50,10 +48,10 @@ def table(records: list[dict[str, Any]]) -> str:
                 adversary,
                 f"{fraction:g}",
                 str(len(group)),
-                _cell([_final(r, "server_acc") for r in group]),
+                _cell([final(r, "server_acc") for r in group]),
                 _cell(drops) if adversary != "none" else "",
-                _cell([_final(r, "malicious_weight_share") for r in group], digits=2),
-                _cell([_final(r, "attack_success_rate") for r in group]),
+                _cell([final(r, "malicious_weight_share") for r in group], digits=2),
+                _cell([final(r, "attack_success_rate") for r in group]),
             ]
         )
     header = [
@@ -67,3 +65,16 @@ def table(records: list[dict[str, Any]]) -> str:
         "ASR %",
     ]
     return markdown_table(header, rows)
+
+
+def section(records: list[dict[str, Any]], header: str, note: str, missing: list[str], failures: list[str]) -> str:
+    """Its block of ``BENCHMARKS_KD.md``: command line, table, verdicts, what did not run; markers included."""
+    lines = [BEGIN, "## Robustness to malicious clients", "", header, ""]
+    lines += [note, ""] if note else []
+    lines += [table(records), "", *verdict_lines(records)]
+    if missing or failures:
+        lines += ["### Not finished", ""]
+        lines += [f"- failed: {line}" for line in failures]
+        lines += [f"- not run (time): `{name}`" for name in missing]
+        lines.append("")
+    return "\n".join([*lines, END])

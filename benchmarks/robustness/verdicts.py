@@ -1,0 +1,85 @@
+"""The issue's expectations, checked against the finished robustness runs (each verdict says holds, MISSED or not run).
+
+Expected (issue 10): selective KD (``fedgems``) loses at most 1 point of server accuracy at fraction 0.3 under every
+logit attack, while plain logit averaging (``fedmd``, ``dsfl``) loses several; no fusion weight ever goes to a
+``confident_wrong`` client. "Several" is read as at least 3 points here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from benchmarks.common import mean
+from benchmarks.robustness.records import final, is_job
+from fl_kd.kd.adversary import ADVERSARIES
+
+SELECTIVE = "fedgems"
+PLAIN_AVERAGING = ("fedmd", "dsfl")
+FRACTION = 0.3
+MAX_SELECTIVE_DROP = 1.0  # points
+MIN_PLAIN_DROP = 3.0  # points: "several"
+
+
+def logit_attacks() -> list[str]:
+    """The registered adversaries that corrupt the logits a client sends."""
+    return [name for name in ADVERSARIES.names() if ADVERSARIES.get(name).kind == "logits"]
+
+
+def drop(records: Iterable[dict[str, Any]], method: str, adversary: str, fraction: float) -> float | None:
+    """Mean over seeds of (honest − attacked) final server accuracy, in points; None when no pair finished."""
+    records = list(records)
+    honest = {r["job"]["seed"]: final(r, "server_acc") for r in records if is_job(r, method, "none", 0.0)}
+    drops = [
+        100 * (honest[r["job"]["seed"]] - final(r, "server_acc"))
+        for r in records
+        if is_job(r, method, adversary, fraction) and r["job"]["seed"] in honest
+    ]
+    return mean(drops) if drops else None
+
+
+def max_malicious_share(records: Iterable[dict[str, Any]], method: str, adversary: str) -> float | None:
+    """The largest share of fusion weight any round gave malicious clients, over fractions and seeds."""
+    shares = [
+        float(row["malicious_weight_share"])
+        for r in records
+        if r["job"]["method"] == method and r["job"]["adversary"] == adversary
+        for row in r["rounds"]
+        if row.get("malicious_weight_share") is not None
+    ]
+    return max(shares) if shares else None
+
+
+def _points(value: float | None) -> str:
+    if value is None:
+        return "not run"
+    return f"{value:+.1f}" + ("" if value >= MIN_PLAIN_DROP else " (not several)")
+
+
+def verdict_lines(records: list[dict[str, Any]]) -> list[str]:
+    """Markdown bullets, one per expectation and attack, with the figures behind each verdict."""
+    lines = ["### Expectations, checked against the runs above", ""]
+    for attack in logit_attacks():
+        ours = drop(records, SELECTIVE, attack, FRACTION)
+        plain = {m: drop(records, m, attack, FRACTION) for m in PLAIN_AVERAGING}
+        if ours is None:
+            lines.append(f"- `{attack}` at {FRACTION:g}: {SELECTIVE} not run.")
+            continue
+        held = "**holds**" if ours <= MAX_SELECTIVE_DROP else "**MISSED**"
+        peers = ", ".join(f"{m} {_points(d)}" for m, d in plain.items())
+        lines.append(
+            f"- `{attack}` at {FRACTION:g}: {SELECTIVE} loses {ours:+.1f} points (expected <= {MAX_SELECTIVE_DROP:g}): "
+            f"{held}; plain averaging loses {peers} (expected >= {MIN_PLAIN_DROP:g})."
+        )
+    for method in (SELECTIVE, *PLAIN_AVERAGING):
+        share = max_malicious_share(records, method, "confident_wrong")
+        if share is None:
+            lines.append(f"- `confident_wrong`, {method}: no run reports fusion weights.")
+        else:
+            held = "**holds**" if share == 0 else "**MISSED**"
+            expected = " (expected 0)" if method == SELECTIVE else ""
+            lines.append(
+                f"- `confident_wrong`, {method}: largest share of fusion weight to malicious clients in any round "
+                f"{100 * share:.2f}%{expected}" + (f": {held}" if method == SELECTIVE else "") + "."
+            )
+    return [*lines, ""]
