@@ -138,6 +138,7 @@ def setup(msg: Message, context: Context) -> Message:
     metrics: dict[str, MetricRecordValues] = {vp.NUM_TRAIN: len(aligned["train"]), vp.NUM_TEST: len(aligned["test"])}
     if isinstance(party, LabelParty):
         metrics.update({vp.embedding_dim_key(k): dim for k, dim in enumerate(party.embedding_dims)})
+        metrics[vp.NUM_CLASSES] = party.num_classes
     else:
         metrics[vp.EMBEDDING_DIM] = node.cfg.vfl_model.embedding_size(node.num_classes)
     return _reply(msg, metrics=MetricRecord(metrics))

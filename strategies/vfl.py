@@ -16,6 +16,9 @@ is not forwarded, and a feature party refuses one that does or that is not for t
 keeps its model, while the label party has already stepped on that batch, as in a real deployment. Both are counted
 in the results, next to the main-task performance (MP) and each attack's performance (AP). An evaluation whose test
 embeddings or prediction are unusable gives NaN MP and its reason (``evaluation_error``) instead of ending the run.
+Attack scoring screens its two replies the same way (the label party's training labels, the attacking party's
+results): an attack whose result is unusable is reported as not scored, with the reason, and the run completes.
+Every reply refused before a party could use it is counted by reason in ``rejected_replies``.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from numpy.typing import NDArray
 
-from fl_kd.protocol import ProtocolError, int_of, number_of, scalar_of
+from fl_kd.protocol import ProtocolError, array_of, int_of, number_of, scalar_of
 from fl_kd.strategies.vfl_exchange import BatchExchange, Messenger, Party, embedding_problem, request
 from fl_kd.vfl import protocol as vp
 from fl_kd.vfl.config import VFLRunConfig
@@ -64,6 +67,8 @@ class VFLServer:
         self.embedding_dims: list[int] = []
         self.num_train = 0
         self.num_test = 0
+        #: The label party's class count (None when it did not say): its training labels must lie below it.
+        self.num_classes: int | None = None
 
     @property
     def label(self) -> Party:
@@ -136,6 +141,8 @@ class VFLServer:
                     f"feature party {party.party_id} embeds to {own} values, the label party expects {dim}"
                 )
         self.embedding_dims = [int(dim) for dim in dims if dim is not None]
+        num_classes = int_of(label_reply, vp.METRICS, vp.NUM_CLASSES)
+        self.num_classes = num_classes if num_classes is not None and num_classes >= 2 else None
         for party in parties:
             sizes = tuple(int_of(replies[party.node_id], vp.METRICS, key) for key in (vp.NUM_TRAIN, vp.NUM_TEST))
             if sizes != (self.num_train, self.num_test):
@@ -186,21 +193,49 @@ class VFLServer:
             return {"accuracy": float("nan"), "num_samples": 0, "evaluation_error": str(err)}
 
     def attack_results(self, messenger: Messenger) -> dict[str, Any]:
-        """Ask the attacking party to score its attacks; the harness passes it the true training labels."""
-        reply = messenger.require(vp.TRAIN_LABELS, {self.label.node_id: RecordDict()}, "reading the training labels")
+        """Each configured attack's result, scored by the attacking party against the true training labels.
+
+        The harness reads the labels from the label party and passes them to the attacking party. Both replies are
+        screened like every other (identity, array bytes, dtype, shape and class range; the results' figures): an
+        unusable one is logged and counted in ``Messenger.rejected``, and the attacks it concerns are reported as
+        not scored, with the reason (:func:`fl_kd.vfl.protocol.missing_attack`), instead of ending the run.
+        """
+        names = list(self.config.attack)
         try:
-            labels = vp.tensor_of(reply[self.label.node_id], vp.LABELS)
+            labels = self._training_labels(messenger)
+            attacker = self.features[self.config.attacker_party]
+            content = request({vp.LABELS: labels})
+            outcome = messenger.exchange(vp.ATTACK_RESULTS, {attacker.node_id: content})[attacker.node_id]
+            if outcome.content is None:
+                raise ProtocolError(f"the attacking party: {outcome.problem}")
+            try:
+                results, refused = vp.decode_attack_results(outcome.content, names, self.num_train)
+            except ProtocolError as err:
+                messenger.rejected["unusable attack results"] += 1
+                raise ProtocolError(f"the attacking party: {err}") from None
         except ProtocolError as err:
-            raise RuntimeError(f"the label party sent unusable training labels: {err}") from None
-        if labels is None:
-            raise RuntimeError("the label party sent no training labels to score the attacks with")
-        attacker = self.features[self.config.attacker_party]
-        content = request({vp.LABELS: labels.numpy()})
-        replies = messenger.require(vp.ATTACK_RESULTS, {attacker.node_id: content}, "attack scoring")
+            log(WARNING, "attack scoring failed, no attack is scored: %s", err)
+            return {name: vp.missing_attack(name, str(err)) for name in names}
+        for reason in refused:
+            log(WARNING, "attack scoring: %s", reason)
+            messenger.rejected["unusable attack result"] += 1
+        return results
+
+    def _training_labels(self, messenger: Messenger) -> NDArray[np.int64]:
+        """The label party's aligned training labels ``(N,)``; ``ProtocolError`` saying why they are unusable."""
+        outcome = messenger.exchange(vp.TRAIN_LABELS, {self.label.node_id: RecordDict()})[self.label.node_id]
+        if outcome.content is None:
+            raise ProtocolError(f"the label party: {outcome.problem}")
+        labels = None
         try:
-            return vp.decode_attack_results(replies[attacker.node_id])
-        except (ProtocolError, ValueError) as err:
-            raise RuntimeError(f"attack scoring failed: {err}") from None
+            labels = array_of(outcome.content, vp.ARRAYS, vp.LABELS)
+            problem = "sent none" if labels is None else vp.labels_problem(labels, self.num_train, self.num_classes)
+        except ProtocolError as err:
+            problem = f"they do not decode: {err}"
+        if problem is not None or labels is None:
+            messenger.rejected["unusable training labels"] += 1
+            raise ProtocolError(f"the label party's training labels: {problem}")
+        return labels
 
     # -- the whole run ---------------------------------------------------------------------------------------------
     def run(self, grid: Grid) -> dict[str, Any]:
@@ -232,4 +267,5 @@ class VFLServer:
             num_train=self.num_train,
             seconds=time.perf_counter() - start,
             exchanges=messenger.exchanges,
+            rejected_replies=messenger.rejected,
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
@@ -25,11 +26,13 @@ from hypothesis import strategies as st
 
 from fl_kd.clients.vfl_app import app as client_app
 from fl_kd.clients.vfl_party import load_party
-from fl_kd.config import from_mapping
+from fl_kd.config import from_mapping, to_mapping
 from fl_kd.strategies.vfl import VFLServer
 from fl_kd.strategies.vfl_exchange import BatchExchange, Messenger, request
 from fl_kd.vfl import protocol as vp
+from fl_kd.vfl import run_vfl
 from fl_kd.vfl.config import VFLRunConfig
+from fl_kd.vfl.metrics import worst_case_ap
 from fl_kd.vfl.trainer import TrainingHistory
 from tests.flower_loopback import LoopbackGrid
 
@@ -320,3 +323,192 @@ def _with(arrays: dict[str, Any], key: str, block: Array | None) -> dict[str, An
     else:
         out[key] = block
     return out
+
+
+# -- the server: attack scoring ----------------------------------------------------------------------------------
+SCORED = {"direct_label_inference": {}, "adaptive_label_inference": {}, "passive_model_completion": {"steps": 20}}
+
+
+class Scoring:
+    """A server that scores :data:`SCORED` on the parties of :class:`Run`, and the honest replies it gets.
+
+    The honest attack results are those of the same run in-process (``run_vfl``): real figures, nested per epoch.
+    """
+
+    def __init__(self, run: Run) -> None:
+        cfg = from_mapping(VFLRunConfig, {**to_mapping(run.cfg), "attack": SCORED})
+        self.server = VFLServer(cfg)
+        for name in ("features", "_label", "embedding_dims", "num_train", "num_test", "num_classes"):
+            setattr(self.server, name, getattr(run.server, name))
+        label = self.server.label.node_id
+        messenger = Messenger(run.grid, 60.0)
+        self.labels_reply = messenger.exchange(vp.TRAIN_LABELS, {label: RecordDict()})[label].content
+        assert self.labels_reply is not None
+        self.labels = self.labels_reply.array_records[vp.ARRAYS][vp.LABELS].numpy()
+        self.honest = json.loads(json.dumps(run_vfl(cfg)["attacks"]))
+        assert all("ap" in result for result in self.honest.values()), self.honest
+        self.results_reply = RecordDict({vp.CONFIG: ConfigRecord({vp.RESULTS: json.dumps(self.honest)})})
+
+
+@pytest.fixture(scope="module")
+def scoring(run: Run) -> Scoring:
+    return Scoring(run)
+
+
+def _nested(depth: int) -> Any:
+    value: Any = {"ap": 0.5}
+    for _ in range(depth):
+        value = {"per_epoch": [value]}
+    return value
+
+
+@st.composite
+def bad_result(draw: st.DrawFn, name: str, honest: dict[str, Any], num_train: int) -> Any:
+    """One attack's result that must be refused (the attack is then reported as not scored)."""
+    kind = draw(st.sampled_from(["figure", "count", "name", "type", "error", "no ap", "deep"]))
+    result = copy.deepcopy(honest)
+    if kind == "figure":
+        key = draw(st.sampled_from(sorted(set(result) & vp.UNIT_FIGURES)))
+        result[key] = draw(
+            st.floats(min_value=1.0, exclude_min=True, allow_infinity=False)
+            | st.floats(max_value=0.0, exclude_max=True, allow_infinity=False)
+            | st.sampled_from(["0.5", True, None, [0.5], {"ap": 0.5}])
+        )
+    elif kind == "count":
+        result["num_samples"] = draw(st.sampled_from([-1, num_train + 1, 10**12, 2.5, "7", False, None]))
+    elif kind == "name":
+        result["attack"] = draw(st.sampled_from(sorted(set(SCORED) - {name}) + ["", "none"]))
+    elif kind == "type":
+        return draw(st.sampled_from([0.9, "0.9", [result], None, True]))
+    elif kind == "error":
+        result = {"attack": name, "error": draw(st.sampled_from([1, None, ["boom"], {"a": 1}]))}
+    elif kind == "no ap":
+        result.pop("ap")
+    else:
+        result["per_epoch"] = [_nested(vp.MAX_RESULTS_DEPTH + 1)]
+    return result
+
+
+@st.composite
+def bad_results_text(draw: st.DrawFn, honest: dict[str, Any]) -> Any:
+    """A whole attack-results text that must be refused (every attack is then reported as not scored)."""
+    kind = draw(st.sampled_from(["type", "garbage", "constant", "huge", "deep", "long", "list"]))
+    if kind == "type":
+        return draw(st.sampled_from([1, 0.5, True, b"{}", ["{}"]]))
+    if kind == "garbage":
+        return draw(st.text(max_size=40).filter(lambda t: not _is_json_mapping(t)))
+    if kind == "constant":
+        name = draw(st.sampled_from(sorted(honest)))
+        constant = draw(st.sampled_from(["NaN", "Infinity", "-Infinity"]))
+        return json.dumps({**honest, name: {**honest[name], "ap": 0.5}}).replace("0.5", constant, 1)
+    if kind == "huge":
+        return json.dumps(honest).replace("{", '{"x": 1e999, ', 1)
+    if kind == "deep":
+        return "[" * draw(st.integers(10_000, 100_000))
+    if kind == "long":
+        return json.dumps({**honest, "padding": "x" * vp.MAX_RESULTS_CHARS})
+    return json.dumps(list(honest.values()))
+
+
+def _is_json_mapping(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
+
+
+def _answer_scoring(
+    scoring: Scoring, target: str, kind: str, content: RecordDict | None, data: st.DataObject | None
+) -> Callable[[list[Message]], list[Message]]:
+    """Replies to the scoring exchanges: honest, except ``target``'s (``labels`` or ``results``), spoilt by ``kind``."""
+    spoilt_type = vp.TRAIN_LABELS if target == "labels" else vp.ATTACK_RESULTS
+
+    def answer(messages: list[Message]) -> list[Message]:
+        replies = []
+        for message in messages:
+            assert data is not None or kind not in ("reply_to", "unknown node")
+            honest = scoring.labels_reply if message.metadata.message_type == vp.TRAIN_LABELS else scoring.results_reply
+            spoilt = message.metadata.message_type == spoilt_type
+            reply = Message(content if spoilt and content is not None else honest, reply_to=message)
+            if spoilt and kind == "error":
+                reply = Message(Error(code=0, reason="boom"), reply_to=message)
+            elif spoilt and kind == "reply_to":
+                reply.metadata.__dict__["_reply_to_message_id"] = cast(st.DataObject, data).draw(st.text(max_size=8))
+            elif spoilt and kind == "unknown node":
+                reply.metadata.__dict__["_src_node_id"] = cast(st.DataObject, data).draw(st.integers(1, 999))
+            replies.extend([reply, reply] if spoilt and kind == "duplicate" else [reply])
+        return replies
+
+    return answer
+
+
+def _labels_content(scoring: Scoring, data: st.DataObject) -> RecordDict:
+    """A training-labels reply the server must refuse: bad bytes, dtype, shape or class range."""
+    labels = scoring.labels.copy()
+    kind = data.draw(st.sampled_from(["block", "dtype", "shape", "range", "missing"]))
+    if kind == "block":  # the array lies about itself
+        array = data.draw(bad_block(labels.astype(np.float32)[:, None]))
+        return RecordDict({vp.ARRAYS: ArrayRecord({} if array is None else {vp.LABELS: array})})
+    if kind == "dtype":
+        labels = labels.astype(data.draw(st.sampled_from(["int32", "uint8", "float32", "float64", "bool"])))
+    elif kind == "shape":
+        labels = data.draw(st.sampled_from([labels[:-1], labels[None], np.concatenate([labels, labels[:1]])]))
+    elif kind == "range":
+        labels[data.draw(st.integers(0, len(labels) - 1))] = data.draw(
+            st.integers(min_value=-(2**62), max_value=-1) | st.integers(min_value=2, max_value=2**62)
+        )
+    else:
+        return RecordDict({vp.ARRAYS: ArrayRecord({})})
+    return RecordDict({vp.ARRAYS: ArrayRecord({vp.LABELS: Array(np.ascontiguousarray(labels))})})
+
+
+@FUZZ
+@given(data=st.data())
+def test_a_bad_reply_in_attack_scoring_leaves_attacks_unscored_and_is_counted(
+    scoring: Scoring, data: st.DataObject
+) -> None:
+    target = data.draw(st.sampled_from(["labels", "results"]))
+    kind = data.draw(
+        st.sampled_from(["content"] * 6 + ["error", "reply_to", "unknown node", "duplicate", "no records"])
+    )
+    content: RecordDict | None = None
+    what = ""
+    victim = None  # the one attack a bad result concerns; None: the whole reply is refused
+    if kind == "no records":
+        content = RecordDict()
+    elif kind == "content" and target == "labels":
+        content = _labels_content(scoring, data)
+    elif kind == "content":
+        results: Any = dict(scoring.honest)
+        what = data.draw(st.sampled_from(["one result", "missing", "extra", "text"]))
+        if what == "one result":
+            victim = data.draw(st.sampled_from(sorted(SCORED)))
+            results[victim] = data.draw(bad_result(victim, scoring.honest[victim], scoring.server.num_train))
+        elif what == "missing":
+            victim = data.draw(st.sampled_from(sorted(SCORED)))
+            results.pop(victim)
+        elif what == "extra":
+            results["norm_scoring"] = {"attack": "norm_scoring", "ap": 1.0}
+        text = json.dumps(results) if what != "text" else data.draw(bad_results_text(scoring.honest))
+        content = RecordDict({vp.CONFIG: ConfigRecord({vp.RESULTS: text})})
+    messenger = Messenger(cast(Grid, ScriptedGrid(_answer_scoring(scoring, target, kind, content, data))), 1.0)
+    scored = scoring.server.attack_results(messenger)  # nothing may raise
+    assert list(scored) == list(SCORED)
+    assert sum(messenger.rejected.values()) >= 1
+    whole = victim is None and not (kind == "content" and target == "results" and what == "extra")
+    for name, result in scored.items():
+        if whole or name == victim:
+            assert set(result) == {"attack", "error"} and result["error"].startswith("not scored: "), result
+        else:
+            assert result == scoring.honest[name]
+    # The missing figures stay missing: the worst case is over the attacks that were scored, never made up.
+    worst = worst_case_ap(scored)
+    assert worst["ap_worst_case_attack"] in {None, *(n for n, r in scored.items() if "ap" in r)}
+
+
+def test_honest_attack_scoring_passes_every_result_and_refuses_nothing(scoring: Scoring) -> None:
+    messenger = Messenger(cast(Grid, ScriptedGrid(_answer_scoring(scoring, "labels", "", None, None))), 1.0)
+    assert scoring.server.attack_results(messenger) == scoring.honest
+    assert not messenger.rejected
+    sent = {m.metadata.message_type: m for m in cast(ScriptedGrid, messenger.grid).sent}
+    assert _same(sent[vp.ATTACK_RESULTS].content.array_records[vp.ARRAYS][vp.LABELS].numpy(), scoring.labels)

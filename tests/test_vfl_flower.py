@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, Error, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, RecordDict
 from hydra import compose, initialize_config_module
 from torch import Tensor
 
@@ -27,10 +27,12 @@ from fl_kd.vfl.config import VFLRunConfig
 from fl_kd.vfl.experiment import prepare_data
 from fl_kd.vfl.protocol import (
     APPLY_AND_EMBED,
+    ATTACK_RESULTS,
     CONFIG_KEY,
     EMBED,
     LOSS_AND_GRADIENTS,
     SAMPLE_IDS,
+    TRAIN_LABELS,
     encode_config,
     party_role,
 )
@@ -261,6 +263,77 @@ def test_nan_gradient_is_refused_by_the_feature_party() -> None:
     mp, states = _in_process_reference("apply")
     _assert_same_state(_flower_states(grid, 1), states)
     assert results["mp"] == mp
+
+
+# -- attack scoring: a bad reply leaves the attacks unscored, and the run completes ------------------------------------
+def _spoil_scoring(message_type: str, spoil: Callable[[Message, Message], list[Message]]) -> Tamper:
+    def tamper(message: Message, reply: Message) -> list[Message]:
+        return spoil(message, reply) if message.metadata.message_type == message_type else [reply]
+
+    return tamper
+
+
+def _results_with_ap(ap: Any) -> Callable[[Message, Message], list[Message]]:
+    def spoil(message: Message, reply: Message) -> list[Message]:
+        results = json.loads(reply.content["config"]["results"])
+        results["direct_label_inference"]["ap"] = ap
+        return [Message(RecordDict({"config": ConfigRecord({"results": json.dumps(results)})}), reply_to=message)]
+
+    return spoil
+
+
+SCORING_FAULTS: dict[str, tuple[Tamper, list[str], dict[str, int], str]] = {
+    "the attacker crashes": (
+        _spoil_scoring(ATTACK_RESULTS, lambda m, r: [Message(Error(code=1, reason="attacker crashed"), reply_to=m)]),
+        ["direct_label_inference", "norm_scoring"],
+        {"error reply": 1},
+        "attacker crashed",
+    ),
+    "an AP out of range": (
+        _spoil_scoring(ATTACK_RESULTS, _results_with_ap(7.0)),
+        ["direct_label_inference"],
+        {"unusable attack result": 1},
+        "ap is 7.0",
+    ),
+    "float labels": (
+        _spoil_scoring(
+            TRAIN_LABELS,
+            lambda m, r: [
+                Message(
+                    RecordDict({"arrays": ArrayRecord({"labels": Array(r.content["arrays"]["labels"].numpy() * 1.0)})}),
+                    reply_to=m,
+                )
+            ],
+        ),
+        ["direct_label_inference", "norm_scoring"],
+        {"unusable training labels": 1},
+        "dtype float64",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def honest_scoring() -> dict[str, Any]:
+    return _flower(vfl_config({"direct_label_inference": {}, "norm_scoring": {}}, training={"epochs": 1}))[0]
+
+
+@pytest.mark.parametrize("case", list(SCORING_FAULTS))
+def test_a_bad_reply_in_attack_scoring_leaves_attacks_unscored_and_the_run_completes(
+    case: str, honest_scoring: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    tamper, unscored, rejected, reason = SCORING_FAULTS[case]
+    cfg = vfl_config({"direct_label_inference": {}, "norm_scoring": {}}, training={"epochs": 1})
+    results, _ = _flower(cfg, tamper)
+    assert results["mp"] == honest_scoring["mp"] and results["train_loss"] == honest_scoring["train_loss"]
+    assert results["rejected_replies"] == rejected and not honest_scoring["rejected_replies"]
+    for name, result in results["attacks"].items():
+        if name in unscored:
+            assert set(result) == {"attack", "error"} and reason in result["error"], result
+        else:
+            assert result == honest_scoring["attacks"][name]
+    scored = [name for name in results["attacks"] if name not in unscored]
+    assert results["ap_worst_case_attack"] in (scored or [None])
+    assert "attack scoring" in caplog.text
 
 
 # -- roles and alignment --------------------------------------------------------------------------------------------

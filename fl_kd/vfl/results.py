@@ -29,6 +29,7 @@ def build_results(
     num_train: int,
     seconds: float,
     exchanges: int | None = None,
+    rejected_replies: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """One run's results.
 
@@ -49,6 +50,8 @@ def build_results(
         Wall time of the whole run.
     exchanges : int | None (default: None)
         Rounds of messages (None in-process, where no message is sent).
+    rejected_replies : Mapping[str, int] | None (default: None)
+        Replies the Flower server refused before any party used them, by reason (none in-process).
 
     Returns
     -------
@@ -56,7 +59,8 @@ def build_results(
         ``mp`` (main-task test accuracy), the ``metrics``, ``train_loss`` per epoch, ``skipped_batches`` and
         ``failed_updates`` (counts) with their details in ``skipped`` and ``failed``, ``attacks`` with the worst case
         over them (``ap_worst_case``, ``ap_worst_case_attack``: :func:`fl_kd.vfl.metrics.worst_case_ap`), ``num_train``,
-        ``epoch_seconds``, ``train_seconds``, ``evaluations``, ``exchanges``, ``seconds`` and the ``config``.
+        ``epoch_seconds``, ``train_seconds``, ``evaluations``, ``exchanges``, ``rejected_replies``, ``seconds`` and
+        the ``config``.
     """
     return {
         "mp": float(metrics["accuracy"]),
@@ -73,6 +77,7 @@ def build_results(
         "train_seconds": float(sum(history.epoch_seconds)),
         "evaluations": list(history.evaluations),
         "exchanges": exchanges,
+        "rejected_replies": dict(rejected_replies or {}),
         "seconds": seconds,
         "config": to_mapping(config),
     }
