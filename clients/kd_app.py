@@ -1,7 +1,11 @@
 """The ClientApp of every KD algorithm: it carries the registered client half's instructions and answers.
 
 The client's model comes from its device tier; everything it keeps between rounds lives in ``context.state``,
-since the ClientApp object itself does not persist. Message names are those of :mod:`fl_kd.kd.protocol`. Handlers:
+since the ClientApp object itself does not persist. Flower keeps ``context.state`` per run and per SuperNode process,
+so the client also saves it on its node after every message that changed it, and reloads it when the state is gone
+(a resumed run, a restarted SuperNode) and the server says which round's state it must hold
+(:mod:`fl_kd.kd.progress`: exactly that round's file is used, anything else is refused and logged). Message names
+are those of :mod:`fl_kd.kd.protocol`. Handlers:
 
 * ``query`` (``action=hello``): say which partition this node holds, so the server can sample by partition id;
 * ``train``: train on private data as instructed and answer (logits or weights, as the algorithm says);
@@ -14,12 +18,15 @@ type-checked; a malformed message raises a clear error, which Flower returns to 
 from __future__ import annotations
 
 import functools
+from logging import INFO, WARNING
+from pathlib import Path
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.app.typing import MetricRecordValues
 from flwr.clientapp import ClientApp
+from flwr.common.logger import log
 
 from fl_kd.data.node_local import NodeSpec, node_spec
 from fl_kd.kd import protocol as kd
@@ -27,6 +34,15 @@ from fl_kd.kd.algorithm import get_algorithm
 from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.federation import Federation, build_federation
 from fl_kd.kd.node_federation import node_federation
+from fl_kd.kd.progress import (
+    CLIENT_STATE_DIR_KEY,
+    ClientStateError,
+    client_state_folder,
+    load_client_state,
+    run_key,
+    save_client_state,
+    state_root,
+)
 from fl_kd.kd.roles import ClientRole, Instruction
 from fl_kd.kd.validation import check_bounded
 from fl_kd.protocol import decode_array, record, scalar_of
@@ -56,13 +72,19 @@ def _config(context: Context) -> ExperimentConfig:
     return _context_federation(context)[0]
 
 
-def _client(context: Context) -> tuple[Federation, ClientRole]:
-    """This node's client half, with the state it left in ``context.state`` last time."""
+def _client(context: Context, state_round: int = 0) -> tuple[Federation, ClientRole]:
+    """This node's client half, with the state it left in ``context.state`` last time.
+
+    With no state there but a ``state_round`` (the server's word that this client's state is of that round), the
+    state saved on this node for exactly that round is reloaded; without one the client is its seeded self.
+    """
     torch.set_num_threads(1)  # several ClientApps share the machine's cores in simulation
     cfg, federation = _context_federation(context)
     client = get_algorithm(cfg.strategy.name).build_client(cfg, federation, _partition_id(context))
     if kd.CLIENT_STATE in context.state:
         client.load_state_dict(context.state.array_records[kd.CLIENT_STATE].to_torch_state_dict())
+    elif state_round:
+        client.load_state_dict(_reload(context, client, state_round))
     return federation, client
 
 
@@ -70,8 +92,64 @@ def _partition_id(context: Context) -> int:
     return _node(context).client_id
 
 
-def _save(context: Context, client: ClientRole) -> None:
-    context.state[kd.CLIENT_STATE] = ArrayRecord(client.state_dict())
+def _state_folder(context: Context) -> Path | None:
+    """Where this client's saved states go (see :func:`fl_kd.kd.progress.state_root`); None when nowhere."""
+    node = _node(context)
+    run_config = context.run_config
+    output_dir = str(run_config.get(kd.OUTPUT_DIR_KEY, "")) or None
+    root = state_root(str(run_config.get(CLIENT_STATE_DIR_KEY, "")), node.state_dir, node.data_dir, output_dir)
+    if root is None:
+        return None
+    return client_state_folder(root, _run_key(context), node.client_id)
+
+
+def _run_key(context: Context) -> str:
+    run_config = context.run_config
+    return run_key(str(run_config[kd.RUN_CONFIG_KEY]), str(run_config.get(kd.OUTPUT_DIR_KEY, "")))
+
+
+def _reload(context: Context, client: ClientRole, state_round: int) -> dict[str, torch.Tensor]:
+    """The state this client saved for ``state_round``, checked against its model; refused (logged) otherwise."""
+    folder = _state_folder(context)
+    try:
+        if folder is None:
+            raise ClientStateError("no folder for client states is known (set client-state-dir or output-dir)")
+        state = load_client_state(folder, state_round, client.client_id, _run_key(context))
+        expected = client.state_dict()
+        if sorted(state) != sorted(expected) or any(
+            state[name].shape != value.shape or state[name].dtype != value.dtype for name, value in expected.items()
+        ):
+            raise ClientStateError(f"{folder}: round {state_round}'s state does not fit this client's model")
+    except ClientStateError as err:
+        log(WARNING, "Client %d refuses to go on: its state is gone and the saved one cannot be used: %s",
+            client.client_id, err)  # fmt: skip
+        raise ValueError(f"client {client.client_id} lost its state of round {state_round}: {err}") from None
+    log(INFO, "Client %d reloaded its state of round %d from %s", client.client_id, state_round, folder)
+    return state
+
+
+def _save(context: Context, client: ClientRole, server_round: int) -> None:
+    """Keep the client's state in ``context.state``, and on the node for a resumed run (a failed write is logged)."""
+    state = client.state_dict()
+    context.state[kd.CLIENT_STATE] = ArrayRecord(state)
+    folder = _state_folder(context)
+    if folder is None:
+        return
+    try:
+        save_client_state(folder, server_round, client.client_id, _run_key(context), state)
+    except OSError as err:
+        log(WARNING, "Client %d could not save its state in %s (%s); a resumed run cannot reload it",
+            client.client_id, folder, err)  # fmt: skip
+
+
+def _state_round(msg: Message, server_round: int) -> int:
+    """The round of the state the server says this client holds (0 when it does not say)."""
+    value = scalar_of(msg.content, kd.CONFIG, kd.CLIENT_STATE_ROUND)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= server_round:
+        raise ValueError(f"{kd.CLIENT_STATE_ROUND} must be an int in [0, {server_round}], got {value!r}")
+    return value
 
 
 def _instruction(msg: Message, context: Context) -> tuple[int, Instruction]:
@@ -94,7 +172,11 @@ def _instruction(msg: Message, context: Context) -> tuple[int, Instruction]:
     if reason is not None:
         raise ValueError(f"instruction refused: {reason}")
     scalars = record(msg.content, kd.CONFIG).items()
-    config = {key: value for key, value in scalars if isinstance(value, (bool, int, float, str))}
+    config = {
+        key: value
+        for key, value in scalars
+        if isinstance(value, (bool, int, float, str)) and key != kd.CLIENT_STATE_ROUND  # for the ClientApp only
+    }
     return server_round, Instruction(arrays, config)
 
 
@@ -112,10 +194,10 @@ def hello(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train as instructed and answer the server."""
-    _, client = _client(context)
     server_round, instruction = _instruction(msg, context)
+    _, client = _client(context, _state_round(msg, server_round))
     answer = client.train(server_round, instruction)
-    _save(context, client)
+    _save(context, client, server_round)
     metrics: dict[str, MetricRecordValues] = {kd.PARTITION_ID: _partition_id(context), **answer.metrics}
     content = RecordDict(
         {
@@ -129,8 +211,8 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Take in the server's knowledge (if sampled this round), then test on the global and the own test set."""
-    federation, client = _client(context)
     server_round, instruction = _instruction(msg, context)
+    federation, client = _client(context, _state_round(msg, server_round))
     distill = instruction.config.get(kd.DISTILL)
     if not isinstance(distill, bool):
         raise ValueError(f"{kd.DISTILL} must be a bool, got {distill!r}")
@@ -140,7 +222,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     metrics: dict[str, MetricRecordValues] = {kd.PARTITION_ID: _partition_id(context)}
     if distill:
         metrics |= client.receive(server_round, instruction)
-        _save(context, client)
+        _save(context, client, server_round)
     if not report:
         return Message(RecordDict({kd.METRICS: MetricRecord(metrics)}), reply_to=msg)
     metrics[kd.ACCURACY] = client.evaluate(*federation.test_set(_config(context), server_round))

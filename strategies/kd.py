@@ -102,6 +102,10 @@ class KDStrategy(Strategy):
         log(INFO, "\t├── Algorithm: %s", type(self.server).__name__)
         log(INFO, "\t└── Clients: %d, fraction per round %.2f", self.num_clients, self.fraction_train)
 
+    def partition_of(self, node_id: int) -> int | None:
+        """The partition (client id) node ``node_id`` identified as at discovery, or None for an unknown node."""
+        return self._partitions.get(node_id)
+
     # -- discovery ---------------------------------------------------------------------------------------------
     def _discover(self, grid: Grid) -> None:
         """Learn each node's partition id, so sampling and reductions follow partition ids, not node ids.

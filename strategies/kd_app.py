@@ -29,7 +29,7 @@ from fl_kd.plots import run_title
 from fl_kd.results import RoundRecorder, format_round_line, write_outputs
 from fl_kd.strategies.console import quiet_flower_console
 from fl_kd.strategies.kd import KDStrategy
-from fl_kd.strategies.kd_rounds import resume_config, run_rounds
+from fl_kd.strategies.kd_rounds import run_rounds
 
 #: Flower's own per-round log of the ServerApp, in the run folder.
 SERVER_LOG = "server.log"
@@ -64,8 +64,6 @@ def main(grid: Grid, context: Context) -> None:
     out_dir = Path(str(context.run_config[kd.OUTPUT_DIR_KEY]))
     policy = RoundPolicy.from_run_config(context.run_config)
     resumed = load_progress(out_dir, experiment_json) if policy.resume else None
-    if resumed is not None:
-        cfg = resume_config(cfg, resumed)
     recorder = RoundRecorder(out_dir)
     for row in resumed.history if resumed is not None else []:
         recorder.record(row)

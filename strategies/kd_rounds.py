@@ -8,13 +8,16 @@ the same with the same strategy methods, and also:
   the round completes with the others;
 * stops the run (:class:`~fl_kd.kd.round_policy.QuorumError`) if fewer than ``min_clients`` clients answered the
   train phase, before the server learns from the round, so the last complete round stays the saved one;
-* writes the server's progress atomically after every round (:mod:`fl_kd.kd.progress`), and with ``resume`` starts
-  after the last saved round.
+* writes the server's progress atomically after every round (:mod:`fl_kd.kd.progress`), and with ``resume`` restores
+  the server's whole state and starts after the last saved round, for every algorithm alike;
+* tells every client, in each message (:data:`~fl_kd.kd.protocol.CLIENT_STATE_ROUND`), the round of the state it
+  must hold: the last round whose train message it answered. A client that lost its state (a resumed run is a new
+  Flower run; a restarted SuperNode) reloads exactly that round's state from its node, or refuses.
 """
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Iterable, Mapping
 from logging import INFO, WARNING
 from pathlib import Path
 
@@ -22,8 +25,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from fl_kd.kd.config import ExperimentConfig
-from fl_kd.kd.progress import Progress, ProgressError, save_progress
+from fl_kd.checkpoint import CheckpointError, state_digests
+from fl_kd.config import ConfigError
+from fl_kd.kd import protocol as kd
+from fl_kd.kd.progress import Progress, restore_server, save_progress
 from fl_kd.kd.round_policy import RoundPolicy
 from fl_kd.strategies.kd import KDStrategy
 
@@ -37,22 +42,43 @@ def run_rounds(
     experiment_json: str,
     resumed: Progress | None = None,
 ) -> None:
-    """Run rounds ``1..num_rounds`` (or those after ``resumed.round``), saving progress after each."""
+    """Run rounds ``1..num_rounds`` (or those after ``resumed.round``), saving progress after each.
+
+    ``strategy`` must be freshly built: its server is the baseline the saved states are told apart from, and with
+    ``resumed`` it is loaded with the saved round's state.
+
+    Raises
+    ------
+    ConfigError
+        ``policy.resume`` for an algorithm whose server state cannot be saved (the reason is named).
+    ProgressError
+        ``resumed``'s server checkpoint does not fit this server.
+    """
+    baseline = _baseline(strategy, policy)
     first = 1
+    client_rounds: dict[int, int] = {}
     if resumed is not None:
+        restore_server(strategy.server, resumed)
+        resumed.restore_rng()
         first = resumed.round + 1
         strategy.history[:] = resumed.history
+        client_rounds = dict(resumed.client_rounds)
         log(INFO, "Resuming after round %d of %d", resumed.round, num_rounds)
     arrays = ArrayRecord()
     for server_round in range(first, num_rounds + 1):
         log(INFO, "[ROUND %d/%d]", server_round, num_rounds)
         messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
+        _tell_state_rounds(strategy, messages, client_rounds)
         replies = list(grid.send_and_receive(messages, timeout=policy.round_timeout_s))
         silent = _silent_nodes(messages, replies)
         if silent:
             log(WARNING, "Round %d: no train answer from node(s) %s within %g s; going on without them",
                 server_round, sorted(silent), policy.round_timeout_s)  # fmt: skip
         policy.check_quorum(server_round, len(messages) - len(silent), len(messages))
+        for message in messages:  # a client that answered trained: its state is now this round's
+            partition_id = strategy.partition_of(message.metadata.dst_node_id)
+            if message.metadata.dst_node_id not in silent and partition_id is not None:
+                client_rounds[partition_id] = server_round
         _, train_metrics = strategy.aggregate_train(server_round, replies)
         log(INFO, "\t└──> Aggregated MetricRecord: %s", train_metrics)  # as Flower's Strategy.start logs it
         evaluate = [
@@ -60,25 +86,40 @@ def run_rounds(
             for message in strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid)
             if message.metadata.dst_node_id not in silent
         ]
+        _tell_state_rounds(strategy, evaluate, client_rounds)
         metrics = strategy.aggregate_evaluate(
             server_round, grid.send_and_receive(evaluate, timeout=policy.round_timeout_s)
         )
         log(INFO, "\t└──> Aggregated MetricRecord: %s", metrics)
-        save_progress(out_dir, server_round, strategy.server, strategy.history, experiment_json)
+        save_progress(
+            out_dir, server_round, strategy.server, strategy.history, experiment_json, baseline, client_rounds
+        )
 
 
-def resume_config(cfg: ExperimentConfig, resumed: Progress) -> ExperimentConfig:
-    """``cfg`` with its server restored from the saved round (through the strategy's ``checkpoint`` setting).
+def _baseline(strategy: KDStrategy, policy: RoundPolicy) -> dict[str, str] | None:
+    """Digests of the freshly built server's arrays and models; None (and a warning) when its state cannot be saved.
 
     Raises
     ------
-    ProgressError
-        The strategy has no ``checkpoint`` setting, so its server cannot be restored.
+    ConfigError
+        ``policy.resume`` is set but the server's state cannot be saved, so no run of this algorithm can resume.
     """
-    if not hasattr(cfg.strategy, "checkpoint"):
-        raise ProgressError(f"strategy {cfg.strategy.name!r} cannot restore its server (no checkpoint setting)")
-    strategy = dataclasses.replace(cfg.strategy, checkpoint=str(resumed.server_checkpoint))  # type: ignore[call-arg]
-    return dataclasses.replace(cfg, strategy=strategy)
+    try:
+        return state_digests(strategy.server)
+    except CheckpointError as err:
+        name = type(strategy.server).__name__
+        if policy.resume:
+            raise ConfigError(f"resume=true: {name} cannot resume, its server state cannot be saved ({err})") from None
+        log(WARNING, "%s's server state cannot be saved (%s); this run will not be resumable", name, err)
+        return None
+
+
+def _tell_state_rounds(strategy: KDStrategy, messages: Iterable[Message], client_rounds: Mapping[int, int]) -> None:
+    """Add to each message the round of the state its client must hold (0: none yet, its seeded model)."""
+    for message in messages:
+        partition_id = strategy.partition_of(message.metadata.dst_node_id)
+        state_round = client_rounds.get(partition_id, 0) if partition_id is not None else 0
+        message.content[kd.CONFIG][kd.CLIENT_STATE_ROUND] = state_round
 
 
 def _silent_nodes(messages: list[Message], replies: list[Message]) -> set[int]:

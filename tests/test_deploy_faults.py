@@ -19,7 +19,7 @@ from fl_kd.kd.progress import PROGRESS_DIR, PROGRESS_FILE, ProgressError, load_p
 from fl_kd.kd.protocol import RUN_CONFIG_KEY
 from fl_kd.kd.round_policy import QuorumError, RoundPolicy
 from fl_kd.strategies.kd_app import make_strategy
-from fl_kd.strategies.kd_rounds import resume_config, run_rounds
+from fl_kd.strategies.kd_rounds import run_rounds
 from tests.flower_loopback import LoopbackGrid
 from tests.kd_configs import tiny_config
 
@@ -86,7 +86,7 @@ def test_a_restarted_server_resumes_after_the_last_saved_round_to_the_same_end(t
     run_rounds(first, grid, 1, RoundPolicy(), tmp_path / "cut", cfg.to_json())
     resumed = load_progress(tmp_path / "cut", cfg.to_json())
     assert resumed is not None and resumed.round == 1
-    second = make_strategy(resume_config(cfg, resumed))
+    second = make_strategy(cfg)
     run_rounds(second, grid, 3, RoundPolicy(resume=True), tmp_path / "cut", cfg.to_json(), resumed)
     assert _rows(second.history) == _rows(uninterrupted.history)
     assert sorted(p.name for p in (tmp_path / "cut" / PROGRESS_DIR).iterdir()) == [PROGRESS_FILE, "round-3.pt"]

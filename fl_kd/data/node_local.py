@@ -16,6 +16,9 @@ whole federation. The node's Flower ``--node-config`` (a flat mapping of scalars
 ``device-tier`` (str, optional)
     The tier of the device profile this node is (its model and training settings); default: the profile's
     assignment for ``partition-id``.
+``state-dir`` (str, optional)
+    Where the client keeps its state between rounds for a resumed run (:mod:`fl_kd.kd.progress`); default:
+    ``client-state/`` in ``data-dir``, else the run config's choice.
 
 With neither ``data-dir`` nor ``dataset`` the node is a simulated one (``{"partition-id", "num-partitions"}``) and
 the caller keeps its in-memory partitioning. This module knows no Flower: it parses a plain mapping.
@@ -42,14 +45,15 @@ __all__ = [
 ]
 
 #: Node config keys (Flower's own ``partition-id``/``num-partitions`` keep their simulation meaning).
-PARTITION_ID, NUM_PARTITIONS, DATA_DIR, DATASET, DEVICE_TIER = (
+PARTITION_ID, NUM_PARTITIONS, DATA_DIR, DATASET, DEVICE_TIER, STATE_DIR = (
     "partition-id",
     "num-partitions",
     "data-dir",
     "dataset",
     "device-tier",
+    "state-dir",
 )
-NODE_CONFIG_KEYS = (PARTITION_ID, NUM_PARTITIONS, DATA_DIR, DATASET, DEVICE_TIER)
+NODE_CONFIG_KEYS = (PARTITION_ID, NUM_PARTITIONS, DATA_DIR, DATASET, DEVICE_TIER, STATE_DIR)
 
 #: Files of a node's data folder: required training arrays, then the optional own test set.
 NODE_DATA_FILES = ("x_train.npy", "y_train.npy", "x_test.npy", "y_test.npy")
@@ -68,6 +72,7 @@ class NodeSpec:
     data_dir: Path | None = None
     dataset: str | None = None
     device_tier: str | None = None
+    state_dir: Path | None = None
 
     @property
     def node_local(self) -> bool:
@@ -107,7 +112,8 @@ def node_spec(node_config: Mapping[str, object]) -> NodeSpec:
     if client_id < 0:
         raise NodeConfigError(f"node config {PARTITION_ID} must be >= 0, got {client_id}")
     folder = None if data_dir is None else Path(data_dir).expanduser()
-    return NodeSpec(client_id, num_partitions, folder, dataset, tier)
+    state_dir = _text(node_config, STATE_DIR)
+    return NodeSpec(client_id, num_partitions, folder, dataset, tier, None if state_dir is None else Path(state_dir))
 
 
 def _int(node_config: Mapping[str, object], key: str) -> int:

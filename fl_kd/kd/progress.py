@@ -1,57 +1,104 @@
-"""The server's progress after every complete round, written atomically, so a restarted server resumes there.
+"""The progress of a run after every complete round, written atomically, so a restarted run resumes there.
 
-After each round the ServerApp writes, in the run folder's ``progress/``: the server's state (``round-<k>.pt``, the
-algorithm's own checkpoint: model and knowledge cache for FedGEMS) and then ``progress.json`` (the round, the
-metrics of every round so far, the global RNG states, the name of that checkpoint). Each file is written beside its
-final name and renamed over it (``os.replace``), and ``progress.json`` goes last: it is the commit. A crash at any
-moment leaves either the previous complete round or this one, never a mix. Every stochastic step of the algorithms
-is seeded by ``(seed, client, round, phase)`` (:mod:`fl_kd.kd.seeding`), so the RNG states are kept for what
-draws from the global generators outside those steps.
+**Server.** After each round the ServerApp writes, in the run folder's ``progress/``: the whole state of the
+server half (``round-<k>.pt``: :func:`fl_kd.checkpoint.object_state` of the algorithm's server role, so every
+algorithm resumes the same way, whatever its models and caches) and then ``progress.json`` (the round, the metrics
+of every round so far, the global RNG states, the name of that checkpoint, and per client the last round whose
+train message it answered). Each file is written beside its final name and renamed over it (``os.replace``), and
+``progress.json`` goes last: it is the commit. A crash at any moment leaves either the previous complete round or
+this one, never a mix. Every stochastic step of the algorithms is seeded by ``(seed, client, round, phase)``
+(:mod:`fl_kd.kd.seeding`), so the RNG states are kept for what draws from the global generators outside those steps.
+
+**Clients.** A resumed run is a new Flower run, whose ClientApps start with an empty ``context.state``. So each
+client also writes its state (:meth:`fl_kd.kd.roles.ClientRole.state_dict`) node-locally after every message that
+changed it, as ``<folder>/<run key>/client-<id>/round-<k>.pt`` (:func:`save_client_state`), keeping its two newest
+rounds. The server tells every client which round's state it must hold; a client whose ``context.state`` is empty
+loads exactly that round's file, and refuses any other (:func:`load_client_state`).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
+from fl_kd.checkpoint import CheckpointError, content_digest, object_state, read_checkpoint, restore_object_state
 from fl_kd.kd.roles import ServerRole
 
 PROGRESS_DIR = "progress"
 PROGRESS_FILE = "progress.json"
-_FORMAT = 1
+_FORMAT = 2
+
+#: Run config key: the folder under which every client keeps its state (on its own node); see :func:`state_root`.
+CLIENT_STATE_DIR_KEY = "client-state-dir"
+#: Default name of that folder, in the node's data folder or else in the run folder.
+CLIENT_STATE_DIR = "client-state"
+#: Rounds of saved state each client keeps: the newest, and the one before (the server may have saved only that).
+CLIENT_ROUNDS_KEPT = 2
 
 
 class ProgressError(ValueError):
     """Saved progress that cannot be resumed; the message names the file and the reason."""
 
 
+class ClientStateError(ValueError):
+    """A client's saved state that must not be used (missing, of another round, run or client, or corrupted)."""
+
+
 @dataclass(frozen=True)
 class Progress:
-    """The last complete round of a run: ``round``, the metric rows of rounds ``1..round``, the server checkpoint."""
+    """The last complete round of a run: ``round``, the metric rows of rounds ``1..round``, the server checkpoint,
+    and per client id the last round whose train message it answered (the round of the state it must hold)."""
 
     round: int
     history: list[dict[str, Any]]
     server_checkpoint: Path
     experiment_json: str
+    client_rounds: dict[int, int] = field(default_factory=dict)
+    rng: tuple[torch.Tensor, tuple[Any, ...]] | None = None
+
+    def restore_rng(self) -> None:
+        """Set the global torch and NumPy RNGs to their states after the saved round (once the server is built:
+        building it may draw from them)."""
+        if self.rng is not None:
+            torch.set_rng_state(self.rng[0])
+            np.random.set_state(self.rng[1])
 
 
 def save_progress(
-    out_dir: Path, server_round: int, server: ServerRole, history: list[dict[str, Any]], experiment_json: str
+    out_dir: Path,
+    server_round: int,
+    server: ServerRole,
+    history: list[dict[str, Any]],
+    experiment_json: str,
+    baseline: Mapping[str, str] | None = None,
+    client_rounds: Mapping[int, int] | None = None,
 ) -> Path:
-    """Write round ``server_round``'s state atomically (see the module docstring); return ``progress.json``."""
+    """Write round ``server_round``'s state atomically (see the module docstring); return ``progress.json``.
+
+    ``baseline`` (:func:`fl_kd.checkpoint.state_digests` of the freshly built server) keeps unchanged data out of
+    the checkpoint. A server whose state cannot be written is recorded as such, with the reason, so the run goes on
+    and only a resume is refused.
+    """
     folder = Path(out_dir) / PROGRESS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     checkpoint = folder / f"round-{server_round}.pt"
     temporary = folder / f".{checkpoint.name}.tmp"
-    server.save(temporary)
-    saved = temporary.exists()  # an algorithm without server state (ServerRole.save) writes nothing
+    unresumable = None
+    try:
+        torch.save(object_state(server, baseline), temporary)
+    except CheckpointError as err:
+        unresumable = f"the server's state cannot be saved: {err}"
+    saved = unresumable is None
     if saved:
         _fsync(temporary)
         os.replace(temporary, checkpoint)
@@ -60,6 +107,8 @@ def save_progress(
         "round": server_round,
         "history": history,
         "server_checkpoint": checkpoint.name if saved else None,
+        "unresumable": unresumable,
+        "client_rounds": {str(cid): int(r) for cid, r in sorted((client_rounds or {}).items())},
         "experiment": experiment_json,
         "rng": _rng_states(),
     }
@@ -75,7 +124,7 @@ def save_progress(
 
 
 def load_progress(out_dir: Path, experiment_json: str) -> Progress | None:
-    """The saved progress of the run in ``out_dir`` (``None`` if there is none); restores the global RNG states.
+    """The saved progress of the run in ``out_dir`` (``None`` if there is none).
 
     Raises
     ------
@@ -90,12 +139,12 @@ def load_progress(out_dir: Path, experiment_json: str) -> Progress | None:
         if state.get("format") != _FORMAT:
             raise ProgressError(f"{path}: format {state.get('format')!r}, expected {_FORMAT}")
         if state["server_checkpoint"] is None:
-            raise ProgressError(f"{path}: the algorithm saved no server state (ServerRole.save), so it cannot resume")
+            raise ProgressError(f"{path}: this run cannot resume: {state.get('unresumable')}")
         progress = Progress(
             int(state["round"]), list(state["history"]), path.parent / str(state["server_checkpoint"]),
-            str(state["experiment"]),
+            str(state["experiment"]), {int(cid): int(r) for cid, r in state["client_rounds"].items()},
+            _decode_rng(state["rng"]),
         )  # fmt: skip
-        torch_state, numpy_state = _decode_rng(state["rng"])
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         if isinstance(err, ProgressError):
             raise
@@ -106,9 +155,113 @@ def load_progress(out_dir: Path, experiment_json: str) -> Progress | None:
         raise ProgressError(f"{path}: its server checkpoint {progress.server_checkpoint.name} is missing")
     if len(progress.history) != progress.round:
         raise ProgressError(f"{path}: {len(progress.history)} metric rows for round {progress.round}")
-    torch.set_rng_state(torch_state)
-    np.random.set_state(numpy_state)
     return progress
+
+
+def restore_server(server: ServerRole, progress: Progress) -> None:
+    """Load the saved round's server state into ``server``, freshly built from the same experiment.
+
+    Raises
+    ------
+    ProgressError
+        The checkpoint is unreadable or does not fit ``server`` (the message says where and why).
+    """
+    try:
+        restore_object_state(server, read_checkpoint(progress.server_checkpoint), progress.server_checkpoint)
+    except CheckpointError as err:
+        raise ProgressError(str(err)) from None
+
+
+# -- client state ---------------------------------------------------------------------------------------------------
+
+
+def run_key(experiment_json: str, output_dir: str) -> str:
+    """The name of one federation's client states: the same for a run and its resumption, which share the
+    experiment and the run folder; another experiment or run folder gets other files."""
+    return "run-" + hashlib.sha256(f"{output_dir}\n{experiment_json}".encode()).hexdigest()[:16]
+
+
+def state_root(
+    run_config_dir: str | None, node_state_dir: Path | None, data_dir: Path | None, output_dir: str | None
+) -> Path | None:
+    """Where a client keeps its state, first of: the node's own ``state-dir``, the run config's
+    ``client-state-dir``, ``client-state/`` in the node's data folder, ``client-state/`` in the run folder (the
+    simulation's and a one-machine deployment's). ``None`` when none is known (the client then keeps no file)."""
+    if node_state_dir is not None:
+        return node_state_dir
+    if run_config_dir:
+        return Path(run_config_dir).expanduser()
+    if data_dir is not None:
+        return data_dir / CLIENT_STATE_DIR
+    return Path(output_dir) / CLIENT_STATE_DIR if output_dir else None
+
+
+def client_state_folder(root: Path, run: str, client_id: int) -> Path:
+    """The folder of client ``client_id``'s saved states in run ``run`` (see :func:`run_key`)."""
+    return Path(root) / run / f"client-{client_id}"
+
+
+def save_client_state(folder: Path, server_round: int, client_id: int, run: str, state: Mapping[str, Tensor]) -> Path:
+    """Write the client's state after a message of ``server_round`` atomically; keep :data:`CLIENT_ROUNDS_KEPT` rounds.
+
+    Files of later rounds are dropped: they belong to a run that died before its server saved them, and are redone.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {name: value.detach().cpu().contiguous().clone() for name, value in state.items()}
+    payload = {
+        "format": 1, "run": run, "client": client_id, "round": server_round,
+        "digest": content_digest(tensors), "state": tensors,
+    }  # fmt: skip
+    path = folder / f"round-{server_round}.pt"
+    temporary = folder / f".{path.name}.tmp"
+    torch.save(payload, temporary)
+    _fsync(temporary)
+    os.replace(temporary, path)
+    rounds = _saved_rounds(folder)
+    keep = {server_round, *[r for r in rounds if r < server_round][-(CLIENT_ROUNDS_KEPT - 1) :]}
+    for old in rounds:
+        if old not in keep:
+            (folder / f"round-{old}.pt").unlink(missing_ok=True)
+    return path
+
+
+def load_client_state(folder: Path, server_round: int, client_id: int, run: str) -> dict[str, Tensor]:
+    """The state client ``client_id`` saved for exactly ``server_round`` of run ``run``.
+
+    Raises
+    ------
+    ClientStateError
+        No file for that round, or one that is unreadable, of another format, run, client or round, or whose
+        tensors do not match the digest written with them (corrupted).
+    """
+    path = folder / f"round-{server_round}.pt"
+    if not path.is_file():
+        saved = _saved_rounds(folder)
+        raise ClientStateError(
+            f"{path}: no state saved for round {server_round} (saved rounds here: {saved if saved else 'none'})"
+        )
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises EOFError, UnpicklingError, RuntimeError...
+        raise ClientStateError(f"{path}: unreadable ({type(err).__name__}), truncated or corrupted") from None
+    if not isinstance(payload, Mapping) or payload.get("format") != 1 or not isinstance(payload.get("state"), Mapping):
+        raise ClientStateError(f"{path}: not a client state file")
+    for key, expected in (("run", run), ("client", client_id), ("round", server_round)):
+        if payload.get(key) != expected:
+            raise ClientStateError(f"{path}: saved for {key} {payload.get(key)!r}, expected {expected!r}")
+    state = dict(payload["state"])
+    if not all(isinstance(value, Tensor) for value in state.values()) or content_digest(state) != payload.get("digest"):
+        raise ClientStateError(f"{path}: its tensors do not match the digest saved with them (corrupted)")
+    return state
+
+
+def _saved_rounds(folder: Path) -> list[int]:
+    rounds = []
+    for path in folder.glob("round-*.pt"):
+        number = path.stem.removeprefix("round-")
+        if number.isdigit():
+            rounds.append(int(number))
+    return sorted(rounds)
 
 
 def _rng_states() -> dict[str, Any]:

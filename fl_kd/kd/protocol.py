@@ -30,6 +30,9 @@ LOGITS_DTYPE = "logits-dtype"
 DISTILL = "distill"
 #: Whether a client reports its accuracies this round (``evaluation.fraction_clients``); absent means yes.
 EVALUATE = "evaluate"
+#: The round of the state the client must hold (the last round whose train message it answered; 0: its seeded
+#: model). A client whose ``context.state`` is empty reloads exactly that round's saved state (fl_kd.kd.progress).
+CLIENT_STATE_ROUND = "client-state-round"
 
 # arrays record
 POSITIONS = "positions"

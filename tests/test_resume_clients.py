@@ -1,0 +1,164 @@
+"""A restarted ServerApp ends where an uninterrupted run ends, clients included, for every KD strategy.
+
+A resumed run is a new Flower run: every ClientApp starts with an empty ``context.state``. Here the server dies in
+round 2 (after the clients trained and saved that round), and a new server resumes after round 1 against nodes with
+fresh contexts (the in-process grid), so each client must reload its state of round 1 from its node, not round 2's.
+A state file of the wrong round, another client or a corrupted one is refused with a logged reason.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from flwr.app import Message
+
+from fl_kd.clients.kd_app import app as client_app
+from fl_kd.config import ConfigError
+from fl_kd.kd.config import ExperimentConfig
+from fl_kd.kd.progress import (
+    ClientStateError,
+    client_state_folder,
+    load_client_state,
+    load_progress,
+    run_key,
+    save_client_state,
+)
+from fl_kd.kd.protocol import CLIENT_STATE, OUTPUT_DIR_KEY, RUN_CONFIG_KEY
+from fl_kd.kd.round_policy import RoundPolicy
+from fl_kd.strategies.kd import KDStrategy
+from fl_kd.strategies.kd_app import make_strategy
+from fl_kd.strategies.kd_rounds import run_rounds
+from tests.flower_loopback import LoopbackGrid
+from tests.kd_configs import tiny_config
+from tests.test_fedavg import weight_config
+from tests.test_fedmd_common import peer_config
+
+ROUNDS = 3
+
+
+class ServerDiedError(RuntimeError):
+    """The ServerApp process is gone (raised into the round loop, as a SIGKILL would end it)."""
+
+
+def _dies_in_round_2(message: Message, reply: Message) -> list[Message]:
+    """The server dies once the first client has answered round 2's evaluate message (all have trained it)."""
+    if message.metadata.message_type == "evaluate" and message.content["config"]["server-round"] == 2:
+        raise ServerDiedError
+    return [reply]
+
+
+def _grid(cfg: ExperimentConfig, out_dir: Path, tamper: Any = None) -> LoopbackGrid:
+    """Nodes with fresh contexts, as after a new ``flwr run``."""
+    run_config = {RUN_CONFIG_KEY: cfg.to_json(), OUTPUT_DIR_KEY: str(out_dir)}
+    return LoopbackGrid(client_app, cfg.num_clients, run_config, tamper)
+
+
+def _rows(strategy: KDStrategy) -> list[dict[str, Any]]:
+    return [{key: value for key, value in row.items() if key != "wall_seconds"} for row in strategy.history]
+
+
+def _client_states(grid: LoopbackGrid) -> dict[int, dict[str, torch.Tensor]]:
+    return {
+        int(context.node_config["partition-id"]): context.state.array_records[CLIENT_STATE].to_torch_state_dict()
+        for context in grid.contexts.values()
+    }
+
+
+def _uninterrupted(cfg: ExperimentConfig, out_dir: Path) -> tuple[KDStrategy, LoopbackGrid]:
+    strategy, grid = make_strategy(cfg), _grid(cfg, out_dir)
+    run_rounds(strategy, grid, ROUNDS, RoundPolicy(), out_dir, cfg.to_json())
+    return strategy, grid
+
+
+def _cut_in_round_2(cfg: ExperimentConfig, out_dir: Path) -> None:
+    with pytest.raises(ServerDiedError):
+        run_rounds(make_strategy(cfg), _grid(cfg, out_dir, _dies_in_round_2), ROUNDS, RoundPolicy(), out_dir,
+                   cfg.to_json())  # fmt: skip
+
+
+def _resume(cfg: ExperimentConfig, out_dir: Path) -> tuple[KDStrategy, LoopbackGrid]:
+    resumed = load_progress(out_dir, cfg.to_json())
+    assert resumed is not None and resumed.round == 1
+    strategy, grid = make_strategy(cfg), _grid(cfg, out_dir)
+    run_rounds(strategy, grid, ROUNDS, RoundPolicy(resume=True), out_dir, cfg.to_json(), resumed)
+    return strategy, grid
+
+
+CONFIGS = {
+    "fedgems": lambda: tiny_config(rounds=ROUNDS),
+    "fedmd": lambda: peer_config("fedmd", rounds=ROUNDS),
+    "fedavg": lambda: weight_config("fedavg", rounds=ROUNDS),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_a_run_resumed_after_round_1_ends_bit_identical_clients_included(
+    name: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = CONFIGS[name]()
+    whole, whole_grid = _uninterrupted(cfg, tmp_path / "whole")
+    _cut_in_round_2(cfg, tmp_path / "cut")
+    folder = client_state_folder(tmp_path / "cut" / "client-state", run_key(cfg.to_json(), str(tmp_path / "cut")), 0)
+    assert sorted(path.name for path in folder.iterdir()) == ["round-1.pt", "round-2.pt"]  # round 2 was begun
+    with caplog.at_level("INFO", logger="flwr"):
+        resumed, resumed_grid = _resume(cfg, tmp_path / "cut")
+    assert "Client 0 reloaded its state of round 1" in caplog.text
+    assert [row["round"] for row in resumed.history] == [1, 2, 3]
+    assert _rows(resumed) == _rows(whole)  # server and client accuracies, bytes, knowledge sources: every figure
+    for client_id, state in _client_states(whole_grid).items():
+        restored = _client_states(resumed_grid)[client_id]
+        assert all(torch.equal(state[key], restored[key]) for key in state), f"client {client_id} differs"
+
+
+def test_a_state_of_another_round_or_a_corrupted_one_is_refused_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = tiny_config(rounds=ROUNDS)
+    out_dir = tmp_path / "cut"
+    _cut_in_round_2(cfg, out_dir)
+    root, run = out_dir / "client-state", run_key(cfg.to_json(), str(out_dir))
+    # Client 0's round-2 state put where round 1's belongs; client 1's round-1 file cut short.
+    folder = client_state_folder(root, run, 0)
+    (folder / "round-2.pt").replace(folder / "round-1.pt")
+    corrupted = client_state_folder(root, run, 1) / "round-1.pt"
+    corrupted.write_bytes(corrupted.read_bytes()[:200])
+    with caplog.at_level("WARNING", logger="flwr"):
+        strategy, _ = _resume(cfg, out_dir)
+    assert "round-1.pt: saved for round 2, expected 1" in caplog.text
+    assert "round-1.pt: unreadable" in caplog.text
+    assert "no train answer from node(s) [1000, 1007]" in caplog.text  # the two are left out, never mixed in
+    assert [row["n_missing"] for row in strategy.history] == [0, 2, 2]
+
+
+def test_load_client_state_takes_exactly_the_round_client_and_run_it_was_saved_for(tmp_path: Path) -> None:
+    state = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)}
+    save_client_state(tmp_path, 3, client_id=2, run="run-a", state=state)
+    assert torch.equal(load_client_state(tmp_path, 3, 2, "run-a")["w"], state["w"])
+    for args, reason in (
+        ((4, 2, "run-a"), r"no state saved for round 4 \(saved rounds here: \[3\]\)"),
+        ((3, 1, "run-a"), "saved for client 2, expected 1"),
+        ((3, 2, "run-b"), "saved for run 'run-a', expected 'run-b'"),
+    ):
+        with pytest.raises(ClientStateError, match=reason):
+            load_client_state(tmp_path, *args)
+    payload = torch.load(tmp_path / "round-3.pt", weights_only=True)
+    payload["state"]["w"][0, 0] = 99.0  # a changed value, the file otherwise well formed
+    torch.save(payload, tmp_path / "round-3.pt")
+    with pytest.raises(ClientStateError, match="do not match the digest saved with them"):
+        load_client_state(tmp_path, 3, 2, "run-a")
+    # Two rounds are kept; a later round's file (a run that died before its server saved it) is dropped.
+    for server_round in (1, 5, 2):
+        save_client_state(tmp_path, server_round, 2, "run-a", state)
+    assert sorted(path.name for path in tmp_path.glob("round-*.pt")) == ["round-1.pt", "round-2.pt"]
+
+
+def test_resume_is_refused_for_a_server_whose_state_cannot_be_saved(tmp_path: Path) -> None:
+    cfg = tiny_config()
+    strategy = make_strategy(cfg)
+    strategy.server.lock = threading.Lock()  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match=r"resume=true: FedGEMSServer cannot resume.*root\.lock: a lock"):
+        run_rounds(strategy, _grid(cfg, tmp_path), 2, RoundPolicy(resume=True), tmp_path, cfg.to_json())
