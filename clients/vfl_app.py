@@ -34,6 +34,7 @@ from fl_kd.clients.vfl_party import (
     rows,
     save_alignment,
     save_embedded,
+    save_label_secret,
     save_observation_log,
     save_party,
 )
@@ -133,6 +134,8 @@ def setup(msg: Message, context: Context) -> Message:
             raise ValueError(f"this party lacks {len(shared) - len(mine)} of the shared {split} sample ids")
         aligned[split] = mine
     save_alignment(context, aligned)
+    if node.role.is_label:
+        save_label_secret(context, node)
     party = load_party(context, node)
     save_party(context, party)
     metrics: dict[str, MetricRecordValues] = {vp.NUM_TRAIN: len(aligned["train"]), vp.NUM_TEST: len(aligned["test"])}

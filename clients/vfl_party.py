@@ -3,7 +3,8 @@
 A ClientApp does not persist, so the party object is rebuilt for every message: its models live in
 ``context.state`` as ``ArrayRecord``\\ s, and its optimiser, step counter and defence state (random generators,
 CoAE's autoencoder, ...) as a ``torch.save`` blob next to them, so a rebuilt party continues exactly where it
-stopped. The attacking feature party also keeps its :class:`~fl_kd.vfl.attacks.ObservationLog` there.
+stopped. The attacking feature party also keeps its :class:`~fl_kd.vfl.attacks.ObservationLog` there, and the
+label party its secret (:mod:`fl_kd.vfl.secret`), read once at setup: ``context.state`` never leaves the node.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from fl_kd.vfl.attacks import ObservationLog
 from fl_kd.vfl.config import VFLRunConfig
 from fl_kd.vfl.experiment import VFLData, build_feature_party, build_label_party, prepare_data
 from fl_kd.vfl.parties import FeatureParty, LabelParty
+from fl_kd.vfl.secret import label_party_secret
 
 # Records of context.state, all prefixed "vfl-" so that a new run on the node can clear them.
 ALIGNMENT = "vfl-alignment"
@@ -33,6 +35,7 @@ PARTY_STATE = "vfl-party"
 MODEL_PREFIX = "vfl-model-"
 OBSERVATIONS = "vfl-observations"
 EMBEDDED = "vfl-embedded"
+LABEL_SECRET = "vfl-label-secret"
 _MODELS = ("model", "top", "bottom")
 
 
@@ -99,6 +102,28 @@ def rows(tensor: Tensor | None, at: NDArray[np.int64]) -> Tensor | None:
     return None if tensor is None else tensor[torch.from_numpy(at)]
 
 
+# -- the label party's secret ------------------------------------------------------------------------------------------
+def save_label_secret(context: Context, node: Node) -> None:
+    """Read the label party's secret from its node config, or derive it from its aligned rows, and keep it here.
+
+    Once per run, at setup (after :func:`save_alignment`): a key file is read once, and the digest of the label
+    party's data (:func:`fl_kd.vfl.secret.data_secret`) is not recomputed for every message.
+    """
+    at = positions(context, "train")
+    labels = rows(node.train_labels, at)
+    assert labels is not None
+    secret = label_party_secret(context.node_config, labels, rows(node.train_features, at))
+    context.state[LABEL_SECRET] = ConfigRecord({"secret": secret})
+
+
+def label_secret(context: Context) -> int:
+    """The label party's secret kept by :func:`save_label_secret`."""
+    secret = record(context.state, LABEL_SECRET).get("secret")
+    if not isinstance(secret, int) or isinstance(secret, bool):
+        raise RuntimeError("the label party has no secret: train.setup must come first")
+    return secret
+
+
 # -- what the feature party embedded ---------------------------------------------------------------------------------
 def save_embedded(context: Context, ids: Mapping[int, NDArray[np.int64]]) -> None:
     """Remember the sample ids of each batch just embedded: only these may receive a gradient, once."""
@@ -142,7 +167,9 @@ def load_party(context: Context, node: Node | None = None) -> FeatureParty | Lab
         assert labels is not None
         defence_state = None if saved is None else saved["defence_state"]
         features = rows(node.train_features, at)
-        party = build_label_party(node.cfg, features, labels, node.num_classes, defence_state=defence_state)
+        party = build_label_party(
+            node.cfg, features, labels, node.num_classes, defence_state=defence_state, secret=label_secret(context)
+        )
     else:
         features = rows(node.train_features, at)
         assert features is not None

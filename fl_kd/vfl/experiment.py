@@ -27,6 +27,7 @@ from fl_kd.vfl.metrics import defence_scores
 from fl_kd.vfl.models import BottomMLP, build_top_model
 from fl_kd.vfl.parties import FeatureParty, LabelParty
 from fl_kd.vfl.results import build_results
+from fl_kd.vfl.secret import data_secret
 from fl_kd.vfl.split import VerticalSplit, make_split
 from fl_kd.vfl.trainer import EpochReport, TrainingHistory, evaluate_vfl, evaluation_due, train_vfl
 
@@ -215,10 +216,13 @@ def build_label_party(
     labels: Tensor,
     num_classes: int,
     defence_state: Mapping[str, Any] | None = None,
+    secret: int | None = None,
 ) -> LabelParty:
     """The label party over its own features ``(N, F_a)`` (``None`` when it holds labels only) and labels ``(N,)``.
 
-    ``defence_state`` restores a saved defence instead of setting it up afresh (see ``LabelParty``).
+    ``defence_state`` restores a saved defence instead of setting it up afresh (see ``LabelParty``). ``secret`` is
+    the label party's secret (:func:`fl_kd.vfl.secret.label_party_secret`); when omitted it is the digest of
+    ``labels`` and ``features`` (:func:`fl_kd.vfl.secret.data_secret`), as on a node whose config names none.
     """
     model, split = config.vfl_model, config.vfl_split
     embedding_dim = model.embedding_size(num_classes)
@@ -249,6 +253,7 @@ def build_label_party(
         seed=config.seed,
         optimizer=config.training.optimizer,
         defence_state=defence_state,
+        secret=data_secret(labels, features) if secret is None else secret,
     )
 
 

@@ -28,8 +28,14 @@ class LabelDefence:
 
     name: str = "none"
 
-    def setup(self, num_classes: int, embedding_dims: list[int], seed: int) -> None:
-        """Prepare state once the task is known (train or load an autoencoder, build a bottleneck)."""
+    def setup(self, num_classes: int, embedding_dims: list[int], seed: int, secret: int | None = None) -> None:
+        """Prepare state once the task is known (train or load an autoencoder, build a bottleneck).
+
+        ``seed`` is the run's seed, which every party knows: fine for what need not be hidden (an autoencoder's
+        training, initial weights). Every draw that hides labels (keys, noise) must come from ``secret``, the label
+        party's secret (:mod:`fl_kd.vfl.secret`), through :func:`fl_kd.vfl.secret.defence_seed`; ``None`` only when a
+        defence is used on its own, as in its unit tests.
+        """
 
     def parameters(self) -> list[torch.nn.Parameter]:
         """Trainable parameters the label party's optimiser must also update."""

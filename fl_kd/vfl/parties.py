@@ -194,7 +194,7 @@ class LabelParty:
     lr : float (default: 0.01)
         Learning rate of the top model, own bottom model and defence parameters.
     seed : int (default: 0)
-        Passed to ``defence.setup`` and used for the label party's forward passes.
+        The run's seed: passed to ``defence.setup`` and used for the label party's forward passes.
     optimizer : str (default: "sgd")
         ``"sgd"`` or ``"adam"``.
     embedding_dims : Sequence[int] or None (default: None)
@@ -205,6 +205,9 @@ class LabelParty:
         A defence state saved by ``state_dict()["defence_state"]``: restored instead of running ``defence.setup``,
         which can be expensive (CoAE trains an autoencoder), when the party is rebuilt for every message. An empty
         state (a defence that keeps none) runs ``setup`` as usual.
+    secret : int or None (default: None)
+        The label party's secret (:mod:`fl_kd.vfl.secret`), from which the defence draws its keys and noise; only
+        a party built without a config (unit tests) leaves it out.
     """
 
     def __init__(
@@ -220,6 +223,7 @@ class LabelParty:
         embedding_dims: Sequence[int] | None = None,
         num_classes: int | None = None,
         defence_state: Mapping[str, Any] | None = None,
+        secret: int | None = None,
     ) -> None:
         if (bottom_model is None) != (features is None):
             raise ValueError("the label party needs both a bottom model and features, or neither")
@@ -245,7 +249,7 @@ class LabelParty:
         if defence_state:
             self.defence.load_state_dict(defence_state)
         else:  # nothing saved (or a defence that keeps no state): set up as usual
-            self.defence.setup(self.num_classes, list(self.embedding_dims), seed)
+            self.defence.setup(self.num_classes, list(self.embedding_dims), seed, secret)
         params = list(top_model.parameters()) + list(self.defence.parameters())
         if bottom_model is not None:
             params += list(bottom_model.parameters())

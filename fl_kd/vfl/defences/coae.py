@@ -277,8 +277,13 @@ class CoAEDefence(LabelDefence):
         self.epochs = epochs
         self.num_train = num_train
 
-    def setup(self, num_classes: int, embedding_dims: list[int], seed: int) -> None:
-        """Train (or load from ``path``) the autoencoder unless one was given; check its class count."""
+    def setup(self, num_classes: int, embedding_dims: list[int], seed: int, secret: int | None = None) -> None:
+        """Train (or load from ``path``) the autoencoder unless one was given; check its class count.
+
+        The autoencoder trains from the run's ``seed``, not the secret, so it can be cached and shared between
+        runs (``path``); a feature party can therefore retrain it. CoAE's confusion is a fixed function of the
+        class anyway, which the adaptive attacks undo with a few known labels (README, "Vertical FL").
+        """
         if self.autoencoder is None:
             kwargs: dict[str, Any] = {
                 "entropy_weight": self.entropy_weight,

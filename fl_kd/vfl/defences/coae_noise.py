@@ -28,7 +28,7 @@ class CoAENoiseDefence(CoAEDefence):
     clip_norm : float or None (default: None)
         Per-row L2 clipping before the noise; none when omitted.
     noise_seed : int or None (default: None)
-        Noise seed; the label party's seed when omitted.
+        Picks another noise stream under the label party's secret (:func:`fl_kd.vfl.secret.defence_seed`).
     autoencoder, path, entropy_weight, epochs, num_train
         As for ``CoAEDefence``.
     """
@@ -49,10 +49,10 @@ class CoAENoiseDefence(CoAEDefence):
         super().__init__(autoencoder, path, entropy_weight, epochs, num_train)
         self.noise = GaussianNoiseDefence(scale=scale, clip_norm=clip_norm, seed=noise_seed)
 
-    def setup(self, num_classes: int, embedding_dims: list[int], seed: int) -> None:
-        """Train or load the autoencoder (``CoAEDefence.setup``) and seed the noise."""
-        super().setup(num_classes, embedding_dims, seed)
-        self.noise.setup(num_classes, embedding_dims, seed)
+    def setup(self, num_classes: int, embedding_dims: list[int], seed: int, secret: int | None = None) -> None:
+        """Train or load the autoencoder (``CoAEDefence.setup``) and seed the noise from the label party's secret."""
+        super().setup(num_classes, embedding_dims, seed, secret)
+        self.noise.setup(num_classes, embedding_dims, seed, secret)
 
     def protect_gradient(self, party: int, gradient: Tensor) -> Tensor:
         """``clip(gradient) + noise`` for a gradient ``(B, D)``."""

@@ -29,6 +29,7 @@ from scipy.optimize import minimize
 from torch import Tensor
 
 from fl_kd.vfl.hooks import LabelDefence
+from fl_kd.vfl.secret import defence_seed
 
 _TINY = 1e-9
 
@@ -71,7 +72,7 @@ class MarvellDefence(LabelDefence):
         Noise budget ``P`` as a multiple of the squared gap between the batch's class-mean gradients (the paper's
         scale ``s``; larger hides more and costs more accuracy).
     seed : int or None (default: None)
-        Noise seed; the label party's seed when omitted.
+        Picks another noise stream under the label party's secret (:func:`fl_kd.vfl.secret.defence_seed`).
     """
 
     name = "marvell"
@@ -85,11 +86,11 @@ class MarvellDefence(LabelDefence):
         self._labels: Tensor | None = None
         self._last_power: float | None = None
 
-    def setup(self, num_classes: int, embedding_dims: list[int], seed: int) -> None:
-        """Seed the noise; refuse a task that is not binary."""
+    def setup(self, num_classes: int, embedding_dims: list[int], seed: int, secret: int | None = None) -> None:
+        """Seed the noise from the label party's secret; refuse a task that is not binary."""
         if num_classes != 2:
             raise ValueError(f"marvell protects binary tasks only, this one has {num_classes} classes")
-        self.generator.manual_seed(seed if self.seed is None else self.seed)
+        self.generator.manual_seed(defence_seed(secret, seed, self.name, self.seed))
 
     def encode_batch_targets(self, sample_ids: Tensor, labels: Tensor, num_classes: int) -> Tensor:
         """One-hot targets; keeps the batch's labels, which decide each sample's noise."""

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from fl_kd.vfl.hooks import LabelDefence
 from fl_kd.vfl.models import init_linear_
+from fl_kd.vfl.secret import defence_seed
 
 
 class VariationalBottleneck(nn.Module):
@@ -89,10 +90,10 @@ class MIDDefence(LabelDefence):
         self.generator = torch.Generator()
         self._kl: dict[int, Tensor] = {}
 
-    def setup(self, num_classes: int, embedding_dims: list[int], seed: int) -> None:
-        """Build one bottleneck per feature party, initialised and sampled from ``seed``."""
+    def setup(self, num_classes: int, embedding_dims: list[int], seed: int, secret: int | None = None) -> None:
+        """Build one bottleneck per feature party, initialised from ``seed``; its samples come from the secret."""
         init = torch.Generator().manual_seed(seed)
-        self.generator.manual_seed(seed + 1)
+        self.generator.manual_seed(defence_seed(secret, seed + 1, self.name))
         bottlenecks = []
         for dim in embedding_dims:
             code = self.bottleneck_dim if self.bottleneck_dim is not None else dim

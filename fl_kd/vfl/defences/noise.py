@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from fl_kd.vfl.hooks import LabelDefence
+from fl_kd.vfl.secret import defence_seed
 
 
 def clip_rows(gradient: Tensor, max_norm: float) -> Tensor:
@@ -39,9 +40,9 @@ class _NoiseDefence(LabelDefence):
         self.seed = seed
         self.generator = torch.Generator().manual_seed(0 if seed is None else seed)
 
-    def setup(self, num_classes: int, embedding_dims: list[int], seed: int) -> None:
-        """Seed the noise from the label party's seed unless an explicit ``seed`` was given."""
-        self.generator.manual_seed(seed if self.seed is None else self.seed)
+    def setup(self, num_classes: int, embedding_dims: list[int], seed: int, secret: int | None = None) -> None:
+        """Seed the noise from the label party's secret (an explicit ``seed`` picks a stream under it)."""
+        self.generator.manual_seed(defence_seed(secret, seed, self.name, self.seed))
 
     def _noise(self, shape: torch.Size) -> Tensor:
         raise NotImplementedError
@@ -73,7 +74,7 @@ class GaussianNoiseDefence(_NoiseDefence):
     clip_norm : float or None (default: None)
         Per-row L2 clipping before the noise; none when omitted.
     seed : int or None (default: None)
-        Noise seed; the label party's seed when omitted.
+        Picks another noise stream under the label party's secret (:func:`fl_kd.vfl.secret.defence_seed`).
     """
 
     name = "gaussian"

@@ -5,8 +5,8 @@ cluster by class, and a few known labels name the clusters. Here each training s
 from a secret key ``k_i`` that only the label party holds: randomised response (Warner 1965; label-DP training,
 Ghazi et al., "Deep Learning with Label Differential Privacy", NeurIPS 2021) keeps the true class with probability
 ``q = e^ε / (e^ε + C - 1)`` and otherwise names one of the other ``C - 1`` classes uniformly. The key is a hash of
-the secret seed and the sample id, so a sample gets the *same* fake label in every epoch: an attacker averaging a
-sample's gradients over epochs learns nothing more.
+the label party's secret (:mod:`fl_kd.vfl.secret`, never in the run config) and the sample id, so a sample gets the
+*same* fake label in every epoch: an attacker averaging a sample's gradients over epochs learns nothing more.
 
 The gradient a feature party receives is that of its own logits' cross entropy with the fake label,
 ``(softmax(h_k) - onehot(fake)) / B``, not the joint loss's ``(softmax(sum of logits) - onehot(y)) / B``: the
@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fl_kd.vfl.hooks import LabelDefence
+from fl_kd.vfl.secret import defence_seed
 
 _SALT = 0x5EC2E7  # keeps the key stream apart from any other use of the same seed
 
@@ -73,7 +74,7 @@ class RandomisedLabelDefence(LabelDefence):
         Label-DP ``ε`` of the randomised response: the fake label is the true one with probability
         ``e^ε / (e^ε + C - 1)`` (0.155 for ten classes, 0.622 for two); ``0`` makes it independent of the label.
     seed : int or None (default: None)
-        The label party's secret key seed; the label party's seed when omitted.
+        Picks another key stream under the label party's secret (:func:`fl_kd.vfl.secret.defence_seed`).
     """
 
     name = "randomised_label"
@@ -87,14 +88,19 @@ class RandomisedLabelDefence(LabelDefence):
         self._fake: Tensor | None = None
         self._embeddings: dict[int, Tensor] = {}
 
-    def setup(self, num_classes: int, embedding_dims: list[int], seed: int) -> None:
-        """Fix the secret from the label party's seed (unless given); refuse a top that is not the sum of logits."""
+    def setup(self, num_classes: int, embedding_dims: list[int], seed: int, secret: int | None = None) -> None:
+        """Derive the key from the label party's secret; refuse a top that is not the sum of logits.
+
+        Without a secret (the defence on its own) the key follows from ``seed`` as it always did.
+        """
         if any(dim != num_classes for dim in embedding_dims):
             raise ValueError(
                 f"randomised_label needs each feature party's embedding to be its logits (vfl_model.top=sum), "
                 f"got embedding widths {embedding_dims} for {num_classes} classes"
             )
-        if self.seed is None:
+        if secret is not None:
+            self.secret = defence_seed(secret, seed, self.name, self.seed)
+        elif self.seed is None:
             self.secret = seed * 1_000_003 + _SALT
 
     def transform_embedding(self, party: int, embedding: Tensor) -> Tensor:
