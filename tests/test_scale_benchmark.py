@@ -19,7 +19,7 @@ from benchmarks.common import write_section
 from benchmarks.scale.__main__ import overrides, parse_args
 from benchmarks.scale.memory import RunProcesses, Snapshot, command_name, measure, pss_bytes, rss_bytes
 from benchmarks.scale.report import BEGIN, END, render, round_plan
-from benchmarks.scale.run import RunResult, read_rows
+from benchmarks.scale.run import RunResult, read_rows, run_scale
 from fl_kd.simulations.processes import Proc, identify, is_running
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -192,3 +192,45 @@ def test_overrides_end_with_the_users_own() -> None:
     assert overrides(args)[-1] == "strategy.rounds=5" and "num_clients=40" in overrides(args)
     with pytest.raises(SystemExit):
         parse_args(["--clients", "0"])
+
+
+#: Stands in for fl-kd-sim: two rounds, and a helper that leaves its tree but keeps the run's FLWR_HOME (as Ray's
+#: daemons do); it dies on SIGTERM without stopping that helper, so the benchmark must.
+_FAKE_RUN = """
+import json, os, subprocess, sys, time
+run_dir = [a for a in sys.argv if a.startswith("hydra.run.dir=")][0].split("=", 1)[1]
+env = {**os.environ, "FLWR_HOME": os.path.join(run_dir, ".flwr")}
+launcher = subprocess.run(["sh", "-c", sys.executable + " -c 'import time; time.sleep(60)' >/dev/null 2>&1 & echo $!"],
+                          env=env, capture_output=True, text=True)
+with open(os.path.join(run_dir, "helper.pid"), "w") as f:
+    f.write(launcher.stdout.strip())
+for round in (1, 2):
+    time.sleep(0.3)
+    with open(os.path.join(run_dir, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps({"round": round, "wall_seconds": 0.3}) + "\\n")
+time.sleep(60)
+"""
+
+
+def test_a_stopped_run_leaves_no_process_behind(tmp_path: Path) -> None:
+    fake = tmp_path / "fake_run.py"
+    fake.write_text(_FAKE_RUN)
+    run_dir = tmp_path / "run"
+    result = run_scale(
+        [],
+        run_dir,
+        timeout_s=30,
+        interval_s=0.1,
+        stop_after_rounds=1,
+        say=lambda _: None,
+        program=[sys.executable, str(fake)],
+    )
+    helper = int((run_dir / "helper.pid").read_text())
+    try:
+        assert result.outcome == "stopped after 1 round, as asked" and result.finished
+        assert result.left_running == 1  # the helper: found by FLWR_HOME, stopped by the benchmark
+        assert identify(helper) is None or not is_running(identify(helper))  # type: ignore[arg-type]
+        assert result.peak_processes >= 2 and result.peak_rss.rss > 0 and result.samples > 0
+        assert (run_dir / "samples.csv").read_text().startswith("seconds,processes")
+    finally:
+        _stop(helper)

@@ -134,6 +134,7 @@ def run_scale(
     interval_s: float = 0.5,
     stop_after_rounds: int | None = None,
     say: Callable[[str], None] | None = None,
+    program: Sequence[str] | None = None,
 ) -> RunResult:
     """Run ``fl-kd-sim <overrides>`` into ``run_dir`` and watch it; a ``KeyboardInterrupt`` goes on once all is stopped.
 
@@ -149,11 +150,13 @@ def run_scale(
         Seconds between two memory samples.
     stop_after_rounds : int | None (default: None)
         Stop the run (as an interrupt would) once this many rounds have ended; None runs it to its end.
+    program : Sequence[str] | None (default: None)
+        The command to run instead of this environment's ``fl-kd-sim`` (the tests run a stand-in).
     """
     say = say or _say
     run_dir = run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=False)
-    command = [*fl_kd_sim(), *overrides, f"hydra.run.dir={run_dir}"]
+    command = [*(program or fl_kd_sim()), *overrides, f"hydra.run.dir={run_dir}"]
     result = RunResult(command=command, run_dir=run_dir, outcome="interrupted")
     result.machine_total, result.machine_in_use_start = machine_memory()
     result.machine_in_use_peak = result.machine_in_use_start
@@ -188,7 +191,8 @@ def run_scale(
                 result.stray_ray_peak = max(result.stray_ray_peak, len(stray))
                 _note_rounds(result, seconds, snapshot, say)
                 if stop_after_rounds is not None and len(result.round_seen) >= stop_after_rounds:
-                    result.outcome = f"stopped after {len(result.round_seen)} rounds, as asked"
+                    done = len(result.round_seen)
+                    result.outcome = f"stopped after {done} round{'s' if done != 1 else ''}, as asked"
                     break
                 time.sleep(interval_s)
             else:
