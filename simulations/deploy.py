@@ -6,6 +6,7 @@ of its own, as on real machines: one ``flower-superlink``, one ``flower-supernod
 API. Everything listens on 127.0.0.1 only. Deployment settings are the config's ``deploy`` node::
 
     fl-kd-deploy deploy.supernodes=2 deploy.tls=false num_clients=3 strategy.rounds=2
+    fl-kd-deploy deploy.resume=outputs/2026-11-30/10-00-00     # a run that died: resume after its last round
 
 The pieces: :mod:`~fl_kd.simulations.deploy_settings` (the ``deploy`` node), :mod:`~fl_kd.simulations.tls`
 (certificates), :mod:`~fl_kd.simulations.processes` (starting and stopping processes by PID) and
@@ -27,14 +28,15 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from fl_kd.config import to_mapping
+from fl_kd.config import ConfigError, to_mapping
 from fl_kd.kd.algorithm import get_algorithm
 from fl_kd.kd.config import ExperimentConfig
+from fl_kd.kd.progress import CLIENT_STATE_DIR_KEY
 from fl_kd.kd.protocol import OUTPUT_DIR_KEY, RUN_CONFIG_KEY
 from fl_kd.kd.runner import summarise
 from fl_kd.results import METRICS_JSONL, finished_rounds, format_round_line, print_summary_table
 from fl_kd.simulations.cli import user_errors_exit
-from fl_kd.simulations.deploy_settings import DeploySettings, split_deploy_settings
+from fl_kd.simulations.deploy_settings import DEPLOY_KEY, DeploySettings, split_deploy_settings
 from fl_kd.simulations.flower_launcher import write_app
 from fl_kd.simulations.loopback import DeploymentError, Endpoints, LoopbackDeployment
 from fl_kd.simulations.node_data import dataset_node_configs, write_partition_folders
@@ -86,7 +88,8 @@ def run_deployment(
     out_dir : Path
         Run folder.
     settings : DeploySettings | None (default: None)
-        Deployment settings; ``None`` takes the defaults (TLS, one SuperNode per client).
+        Deployment settings; ``None`` takes the defaults (TLS, one SuperNode per client). With ``resume``,
+        ``out_dir`` must be that folder: its progress, node data and client states are used, not replaced.
     on_ready : Callable[[Endpoints], None] | None (default: None)
         Called once the SuperLink answers and all SuperNodes are online, before the run is submitted.
     echo : bool (default: True)
@@ -100,6 +103,8 @@ def run_deployment(
     settings = settings or DeploySettings()
     say: Callable[[str], None] = (lambda text: print(text, flush=True)) if echo else log.info
     out_dir = out_dir.resolve()
+    if settings.resume is not None and Path(settings.resume).resolve() != out_dir:
+        raise ConfigError(f"deploy.resume={settings.resume} resumes that folder, not {out_dir}")
     deploy_dir = out_dir / "deploy"
     deploy_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(to_mapping(experiment)))
@@ -109,7 +114,12 @@ def run_deployment(
         out_dir / "flower_app",
         algorithm.server_app,
         algorithm.client_app,
-        {RUN_CONFIG_KEY: experiment.to_json(), OUTPUT_DIR_KEY: str(out_dir), **settings.round_policy().to_run_config()},
+        {
+            RUN_CONFIG_KEY: experiment.to_json(),
+            OUTPUT_DIR_KEY: str(out_dir),
+            CLIENT_STATE_DIR_KEY: "",  # default: client-state/ in each node's data-dir (or in output-dir)
+            **settings.round_policy().to_run_config(),
+        },
     )
     (out_dir / METRICS_JSONL).unlink(missing_ok=True)  # a stale file would be shown as this run's rounds
     rounds = RoundTail(out_dir / METRICS_JSONL, echo)
@@ -128,6 +138,8 @@ def run_deployment(
         f"{experiment.strategy.rounds} rounds; SuperLink on {deployment.superlink} ({security})"
     )
     say(f"Component logs: {deploy_dir}")
+    if settings.resume is not None:
+        say(f"Resuming the run in {out_dir} after its last saved round")
     with termination_as_interrupt():
         try:
             endpoints = deployment.start()
@@ -155,6 +167,11 @@ def main(cfg: DictConfig) -> None:
     """Hydra entry point: compose, validate, deploy on loopback, summarise."""
     experiment, settings = split_deploy_settings(cfg)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    if settings.resume is not None:
+        given = [item for item in HydraConfig.get().overrides.task if not _deploy_or_hydra(item)]
+        if given:
+            raise ConfigError(f"deploy.resume continues the experiment saved in {settings.resume}; drop {given}")
+        out_dir = Path(settings.resume)
     try:
         rows = run_deployment(experiment, out_dir, settings)
     except KeyboardInterrupt as err:
@@ -166,6 +183,11 @@ def main(cfg: DictConfig) -> None:
     print_summary_table(rows, title=f"fl-kd {experiment.strategy.name} on {experiment.dataset.name} (deployment)")
     summary = summarise(rows, wall_seconds=sum(float(row["wall_seconds"]) for row in rows))
     print(f"server accuracy {summary.get('final_server_acc', float('nan')):.4f}; run folder: {out_dir}")
+
+
+def _deploy_or_hydra(override: str) -> bool:
+    """Whether a command-line override sets a ``deploy.*`` or ``hydra.*`` key (not the experiment)."""
+    return override.split("=", 1)[0].lstrip("+~").startswith((f"{DEPLOY_KEY}.", "hydra."))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ naming the ``deploy.*`` key.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
@@ -16,6 +18,7 @@ from omegaconf import DictConfig
 from fl_kd.config import ConfigError, check_choice, check_range, from_mapping, require
 from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.federation import sample_clients
+from fl_kd.kd.progress import PROGRESS_DIR, PROGRESS_FILE
 from fl_kd.kd.round_policy import RoundPolicy
 from fl_kd.simulations.config import experiment_config
 from fl_kd.simulations.schema import plain, store_schema
@@ -58,6 +61,11 @@ class DeploySettings:
     round_timeout_s : float (default: 300.0)
         Seconds the ServerApp waits for each phase's replies; a node silent by then (its SuperNode died) is left
         out of the round.
+    resume : str | None (default: None)
+        Run folder of an earlier ``fl-kd-deploy`` whose run died (ServerApp killed, machine rebooted, launcher
+        stopped): the deployment starts again in that folder, the ServerApp resumes after the last round saved
+        there, and each client reloads the state its node saved for that round. The experiment is that run's
+        (from its ``progress/progress.json``), so no experiment key may be given with it.
     """
 
     supernodes: int | None = None
@@ -69,6 +77,7 @@ class DeploySettings:
     node_data: str = "folder"
     min_clients: int = 1
     round_timeout_s: float = 300.0
+    resume: str | None = None
 
     def __post_init__(self) -> None:
         if self.supernodes is not None:
@@ -94,7 +103,9 @@ class DeploySettings:
 
     def round_policy(self) -> RoundPolicy:
         """What the ServerApp is told (as run config) about timeouts and the quorum."""
-        return RoundPolicy(min_clients=self.min_clients, round_timeout_s=float(self.round_timeout_s))
+        return RoundPolicy(
+            min_clients=self.min_clients, round_timeout_s=float(self.round_timeout_s), resume=self.resume is not None
+        )
 
     def local_supernodes(self, num_clients: int) -> int:
         """SuperNodes to start on this machine for a federation of ``num_clients``."""
@@ -112,7 +123,7 @@ def split_deploy_settings(cfg: DictConfig | dict[str, Any]) -> tuple[ExperimentC
     """
     raw = plain(cfg)
     settings = from_mapping(DeploySettings, raw.pop(DEPLOY_KEY, None) or {}, key=DEPLOY_KEY)
-    experiment = experiment_config(raw)
+    experiment = experiment_config(raw) if settings.resume is None else saved_experiment(Path(settings.resume))
     sampled = len(sample_clients(experiment.num_clients, experiment.strategy.fraction_fit, experiment.seed, 1))
     if settings.min_clients > sampled:
         raise ConfigError(
@@ -125,6 +136,26 @@ def split_deploy_settings(cfg: DictConfig | dict[str, Any]) -> tuple[ExperimentC
             f"deploy.supernodes must be at most num_clients={experiment.num_clients}, got {settings.supernodes}"
         )
     return experiment, settings
+
+
+def saved_experiment(run_dir: Path) -> ExperimentConfig:
+    """The experiment whose progress ``run_dir`` holds (``deploy.resume``): exactly the one its ServerApp ran.
+
+    Raises
+    ------
+    ConfigError
+        ``run_dir`` has no readable ``progress/progress.json`` (no round of it was ever completed).
+    """
+    path = run_dir / PROGRESS_DIR / PROGRESS_FILE
+    try:
+        experiment = json.loads(path.read_text())["experiment"]
+    except FileNotFoundError:
+        raise ConfigError(
+            f"deploy.resume: {run_dir} has no saved round ({path} is missing); nothing to resume"
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"deploy.resume: {path} is unreadable ({type(err).__name__}: {err})") from None
+    return ExperimentConfig.from_json(str(experiment))
 
 
 store_schema(DEPLOY_KEY, DeploySettings())

@@ -1,0 +1,109 @@
+"""``fl-kd-deploy deploy.resume=<run folder>``: a dead deployment is started again in its folder and resumes.
+
+The processes are faked here (the real ones: ``tests/test_deployment_faults.py``); what is checked is what the
+launcher hands them: the run folder's own experiment, ``resume=true`` in the app's run config, and the node data and
+client states of the first attempt left in place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hydra import compose, initialize_config_module
+
+from fl_kd.config import ConfigError
+from fl_kd.kd.progress import CLIENT_STATE_DIR, PROGRESS_DIR, PROGRESS_FILE
+from fl_kd.results import METRICS_JSONL
+from fl_kd.simulations import deploy
+from fl_kd.simulations.deploy_settings import split_deploy_settings
+from fl_kd.simulations.loopback import Endpoints
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+EXPERIMENT = ("num_clients=3", "strategy.rounds=2", "transfer.labelled=60", "seed=5")
+
+
+def _compose(*overrides: str) -> Any:
+    with initialize_config_module(config_module="fl_kd.conf", version_base=None):
+        return compose(config_name="deploy", overrides=list(overrides))
+
+
+def _saved_run(run_dir: Path) -> Any:
+    """A run folder as a deployment killed after round 1 leaves it (its progress names its experiment)."""
+    experiment, _ = split_deploy_settings(_compose(*EXPERIMENT))
+    (run_dir / PROGRESS_DIR).mkdir(parents=True)
+    (run_dir / PROGRESS_DIR / PROGRESS_FILE).write_text(json.dumps({"round": 1, "experiment": experiment.to_json()}))
+    return experiment
+
+
+class _FakeDeployment:
+    """Starts nothing; its run "finishes" every round, as the resumed ServerApp would write them."""
+
+    def __init__(self, deploy_dir: Path, cli_home: Path, num_partitions: int, settings: Any, node_configs: Any) -> None:
+        self.deploy_dir, self.node_configs, self.tls, self.auth, self.superlink = (
+            deploy_dir,
+            node_configs,
+            None,
+            False,
+            "x",
+        )
+        self.run_log = self.superlink_log = deploy_dir / "none.log"
+
+    def start(self) -> Endpoints:
+        return Endpoints(self.superlink, (), None, self.deploy_dir)
+
+    def submit(self, app_dir: Path, on_poll: Any = None) -> int:
+        rows = [{"round": r, "server_acc": 0.5, "wall_seconds": 1.0} for r in (1, 2)]
+        (app_dir.parent / METRICS_JSONL).write_text("".join(json.dumps(row) + "\n" for row in rows))
+        return 0
+
+    def stop(self) -> None:
+        pass
+
+
+def test_resume_takes_the_run_folders_experiment_and_keeps_its_data_and_client_states(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_dir = tmp_path / "run"
+    experiment = _saved_run(run_dir)
+    resumed, settings = split_deploy_settings(_compose(f"deploy.resume={run_dir}"))
+    assert resumed.to_json() == experiment.to_json() and settings.round_policy().resume
+    kept = run_dir / "deploy" / "data" / "client-0" / CLIENT_STATE_DIR / "run-x" / "client-0" / "round-1.pt"
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"state of round 1")
+    monkeypatch.setattr(deploy, "LoopbackDeployment", _FakeDeployment)
+    rows = deploy.run_deployment(resumed, run_dir, settings, echo=False)
+    assert [row["round"] for row in rows] == [1, 2]
+    app_config = tomllib.loads((run_dir / "flower_app" / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert app_config["resume"] is True and app_config["client-state-dir"] == ""
+    assert app_config["output-dir"] == str(run_dir.resolve())
+    assert kept.read_bytes() == b"state of round 1"
+    with pytest.raises(ConfigError, match="resumes that folder"):
+        deploy.run_deployment(resumed, tmp_path / "elsewhere", settings, echo=False)
+
+
+def test_resume_of_a_folder_without_progress_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"deploy.resume: .* has no saved round"):
+        split_deploy_settings(_compose(f"deploy.resume={tmp_path}"))
+
+
+def test_the_command_line_refuses_experiment_keys_with_resume(tmp_path: Path) -> None:
+    _saved_run(tmp_path / "run")
+    env = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
+    command = [sys.executable, "-m", "fl_kd.simulations.deploy", f"deploy.resume={tmp_path / 'run'}", "seed=7",
+               f"hydra.run.dir={tmp_path / 'hydra'}"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=180, check=False)
+    assert result.returncode == 2, result.stderr
+    assert (
+        result.stderr.strip()
+        == f"error: deploy.resume continues the experiment saved in {tmp_path / 'run'}; drop ['seed=7']"
+    )
