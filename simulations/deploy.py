@@ -106,6 +106,10 @@ def run_deployment(
     if settings.resume is not None and Path(settings.resume).resolve() != out_dir:
         raise ConfigError(f"deploy.resume={settings.resume} resumes that folder, not {out_dir}")
     deploy_dir = out_dir / "deploy"
+    if settings.resume is not None:
+        set_aside = _set_aside_attempt(deploy_dir)
+        if set_aside is not None:
+            log.info("The dead attempt's component files are in %s", set_aside)
     deploy_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(to_mapping(experiment)))
     (deploy_dir / "settings.json").write_text(json.dumps(asdict(settings), indent=2) + "\n")
@@ -183,6 +187,22 @@ def main(cfg: DictConfig) -> None:
     print_summary_table(rows, title=f"fl-kd {experiment.strategy.name} on {experiment.dataset.name} (deployment)")
     summary = summarise(rows, wall_seconds=sum(float(row["wall_seconds"]) for row in rows))
     print(f"server accuracy {summary.get('final_server_acc', float('nan')):.4f}; run folder: {out_dir}")
+
+
+def _set_aside_attempt(deploy_dir: Path) -> Path | None:
+    """Move a dead attempt's component files (SuperLink database, logs, keys, certificates, ``FLWR_HOME`` folders)
+    into ``deploy/attempt-<n>/``, so the resumed deployment starts as a fresh one does; the nodes' data folders,
+    with the client states saved in them, stay. Returns that folder (None when there was nothing to move)."""
+    if not deploy_dir.is_dir():
+        return None
+    entries = [path for path in deploy_dir.iterdir() if path.name != "data" and not path.name.startswith("attempt-")]
+    if not entries:
+        return None
+    target = deploy_dir / f"attempt-{1 + sum(1 for _ in deploy_dir.glob('attempt-*'))}"
+    target.mkdir()
+    for path in entries:
+        path.rename(target / path.name)
+    return target
 
 
 def _deploy_or_hydra(override: str) -> bool:

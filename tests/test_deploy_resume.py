@@ -80,6 +80,7 @@ def test_resume_takes_the_run_folders_experiment_and_keeps_its_data_and_client_s
     kept = run_dir / "deploy" / "data" / "client-0" / CLIENT_STATE_DIR / "run-x" / "client-0" / "round-1.pt"
     kept.parent.mkdir(parents=True)
     kept.write_bytes(b"state of round 1")
+    (run_dir / "deploy" / "superlink.db").write_bytes(b"the dead attempt's database")
     monkeypatch.setattr(deploy, "LoopbackDeployment", _FakeDeployment)
     rows = deploy.run_deployment(resumed, run_dir, settings, echo=False)
     assert [row["round"] for row in rows] == [1, 2]
@@ -87,6 +88,9 @@ def test_resume_takes_the_run_folders_experiment_and_keeps_its_data_and_client_s
     assert app_config["resume"] is True and app_config["client-state-dir"] == ""
     assert app_config["output-dir"] == str(run_dir.resolve())
     assert kept.read_bytes() == b"state of round 1"
+    # The deployment started as a fresh one: the first attempt's database (and logs, keys) set aside, not reused.
+    assert (run_dir / "deploy" / "attempt-1" / "superlink.db").read_bytes() == b"the dead attempt's database"
+    assert not (run_dir / "deploy" / "superlink.db").exists()
     with pytest.raises(ConfigError, match="resumes that folder"):
         deploy.run_deployment(resumed, tmp_path / "elsewhere", settings, echo=False)
 
