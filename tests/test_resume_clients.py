@@ -34,6 +34,7 @@ from fl_kd.strategies.kd_app import make_strategy
 from fl_kd.strategies.kd_rounds import run_rounds
 from tests.flower_loopback import LoopbackGrid
 from tests.kd_configs import tiny_config
+from tests.test_deploy_faults import _FlakyGrid as FlakyGrid
 from tests.test_fedavg import weight_config
 from tests.test_fedmd_common import peer_config
 
@@ -162,3 +163,14 @@ def test_resume_is_refused_for_a_server_whose_state_cannot_be_saved(tmp_path: Pa
     strategy.server.lock = threading.Lock()  # type: ignore[attr-defined]
     with pytest.raises(ConfigError, match=r"resume=true: FedGEMSServer cannot resume.*root\.lock: a lock"):
         run_rounds(strategy, _grid(cfg, tmp_path), 2, RoundPolicy(resume=True), tmp_path, cfg.to_json())
+
+
+def test_a_supernode_that_restarts_mid_run_reloads_its_state(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = tiny_config(rounds=ROUNDS)
+    strategy = make_strategy(cfg)
+    # Client 3's SuperNode dies after round 1 and comes back in round 3 as a new node with an empty context.state.
+    grid = FlakyGrid(client_app, cfg.num_clients, {RUN_CONFIG_KEY: cfg.to_json(), OUTPUT_DIR_KEY: str(tmp_path)})
+    with caplog.at_level("INFO", logger="flwr"):
+        run_rounds(strategy, grid, ROUNDS, RoundPolicy(min_clients=3), tmp_path, cfg.to_json())
+    assert "Client 3 reloaded its state of round 1" in caplog.text
+    assert [row["n_missing"] for row in strategy.history] == [0, 0, 0]
