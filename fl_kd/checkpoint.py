@@ -242,9 +242,9 @@ def _restore(current: Any, saved: Mapping[str, Any], path: str) -> Any:
         current.update(restored)
         return current
     if kind in ("list", "tuple"):
-        old = list(current) if isinstance(current, (list, tuple)) else []
+        previous = list(current) if isinstance(current, (list, tuple)) else []
         items = [
-            _restore(old[i] if i < len(old) else _MISSING, item, f"{path}[{i}]")
+            _restore(previous[i] if i < len(previous) else _MISSING, item, f"{path}[{i}]")
             for i, item in enumerate(saved["items"])
         ]
         if kind == "list" and isinstance(current, list):

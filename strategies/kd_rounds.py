@@ -119,7 +119,7 @@ def _tell_state_rounds(strategy: KDStrategy, messages: Iterable[Message], client
     for message in messages:
         partition_id = strategy.partition_of(message.metadata.dst_node_id)
         state_round = client_rounds.get(partition_id, 0) if partition_id is not None else 0
-        message.content[kd.CONFIG][kd.CLIENT_STATE_ROUND] = state_round
+        message.content.config_records[kd.CONFIG][kd.CLIENT_STATE_ROUND] = state_round
 
 
 def _silent_nodes(messages: list[Message], replies: list[Message]) -> set[int]:

@@ -213,7 +213,7 @@ def save_client_state(folder: Path, server_round: int, client_id: int, run: str,
         "digest": content_digest(tensors), "state": tensors,
     }  # fmt: skip
     path = folder / f"round-{server_round}.pt"
-    temporary = folder / f".{path.name}.tmp"
+    temporary = folder / f".{path.name}.{os.getpid()}.tmp"  # a dying run's ClientApp may still be writing
     torch.save(payload, temporary)
     _fsync(temporary)
     os.replace(temporary, path)
