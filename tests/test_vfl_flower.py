@@ -275,11 +275,16 @@ def _spoil_scoring(message_type: str, spoil: Callable[[Message, Message], list[M
 
 def _results_with_ap(ap: Any) -> Callable[[Message, Message], list[Message]]:
     def spoil(message: Message, reply: Message) -> list[Message]:
-        results = json.loads(reply.content["config"]["results"])
+        results = json.loads(str(reply.content.config_records["config"]["results"]))
         results["direct_label_inference"]["ap"] = ap
         return [Message(RecordDict({"config": ConfigRecord({"results": json.dumps(results)})}), reply_to=message)]
 
     return spoil
+
+
+def _with_float_labels(message: Message, reply: Message) -> Message:
+    labels = reply.content.array_records["arrays"]["labels"].numpy()
+    return Message(RecordDict({"arrays": ArrayRecord({"labels": Array(labels.astype(np.float64))})}), reply_to=message)
 
 
 SCORING_FAULTS: dict[str, tuple[Tamper, list[str], dict[str, int], str]] = {
@@ -296,15 +301,7 @@ SCORING_FAULTS: dict[str, tuple[Tamper, list[str], dict[str, int], str]] = {
         "ap is 7.0",
     ),
     "float labels": (
-        _spoil_scoring(
-            TRAIN_LABELS,
-            lambda m, r: [
-                Message(
-                    RecordDict({"arrays": ArrayRecord({"labels": Array(r.content["arrays"]["labels"].numpy() * 1.0)})}),
-                    reply_to=m,
-                )
-            ],
-        ),
+        _spoil_scoring(TRAIN_LABELS, lambda m, r: [_with_float_labels(m, r)]),
         ["direct_label_inference", "norm_scoring"],
         {"unusable training labels": 1},
         "dtype float64",

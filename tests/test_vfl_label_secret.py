@@ -49,7 +49,7 @@ class SecretRun:
             return [reply]
 
         nodes = cfg.num_feature_parties + 1
-        node_configs = [{} for _ in range(nodes - 1)] + [label_node_config]
+        node_configs: list[dict[str, str | int]] = [{} for _ in range(nodes - 1)] + [label_node_config]
         self.grid = LoopbackGrid(client_app, nodes, {vp.CONFIG_KEY: vp.encode_config(cfg)}, record, node_configs)
         self.results = VFLServer(cfg).run(self.grid)
         roles = {node: vp.party_role(c.node_config, cfg.num_feature_parties) for node, c in self.grid.contexts.items()}
