@@ -22,8 +22,8 @@ COUNTED = (
     "Counted: `fl-kd-sim` and its descendants, plus every process whose environment holds the run's `FLWR_HOME` "
     "and their descendants (the SuperLink, which `flwr run` starts in a session of its own; SuperExec; "
     "`flwr-simulation`; Ray's GCS, raylet, dashboard and helpers; the ClientApp actors), sampled from `/proc` "
-    "every {interval:g} s. RSS summed counts each shared page (torch, Ray) once per process that maps it; PSS "
-    "summed counts it once in all, so it is the run's share of the machine."
+    "every {interval:g} s; the benchmark's own process is not counted. RSS summed counts each shared page (torch, "
+    "Ray) once per process that maps it; PSS summed counts it once in all, so it is the run's share of the machine."
 )
 
 
