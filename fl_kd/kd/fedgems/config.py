@@ -49,10 +49,13 @@ class FedGEMSConfig(SGDStrategyConfig):
     distill_correct : bool (default: False)
         Also distil the clients' fused soft targets where the server is right (their dark knowledge); the query
         then covers the trained samples the server gets right too.
-    unlabelled_trust : {"none", "class_reliability"} (default: "none")
+    unlabelled_trust : {"none", "class_reliability", "learned"} (default: "none")
         "class_reliability": clients answer on the whole labelled part and on the unlabelled part too; on each
         unlabelled sample the server distils the clients' softmax outputs weighted by their precision, measured on
-        the labelled part, for the class they predict (raised to ``reliability_power``).
+        the labelled part, for the class they predict (raised to ``reliability_power``). "learned" (needs
+        ``reliability_on=held_out``): each round the server fits one weight per client and class (plus a class
+        bias) on the clients' answers on the held-out slice, whose labels no client trained on, and distils
+        ``log_softmax(sum_k w[k, y] * log_softmax(z_k)[y] + b_y)`` (:mod:`fl_kd.kd.fedgems.combiner`).
     reliability_power : float (default: 4.0)
         Sharpness of that trust (0: plain average).
     reliability_on : {"labelled", "held_out"} (default: "labelled")
@@ -63,6 +66,8 @@ class FedGEMSConfig(SGDStrategyConfig):
     teacher_min_confidence : float (default: 0.0)
         The server distils an unlabelled sample only where the clients' fused teacher gives its top class at least
         this probability (calibrated confidence as a second selection; 0 keeps every answered sample).
+    learned_weight_decay : float (default: 0.001)
+        With ``unlabelled_trust=learned``: the combiner's penalty ``sum (w - 1) ** 2`` towards equal weights.
     unlabelled_per_round : int (default: 0)
         Unlabelled samples asked per round (a seeded subset); 0 asks all of them.
     client_unlabelled : bool (default: False)
@@ -92,6 +97,7 @@ class FedGEMSConfig(SGDStrategyConfig):
     reliability_on: str = "labelled"
     teacher_min_confidence: float = 0.0
     unlabelled_per_round: int = 0
+    learned_weight_decay: float = 1e-3
     client_unlabelled: bool = False
     client_finetune_epochs: int = 0
 
@@ -114,6 +120,7 @@ class FedGEMSConfig(SGDStrategyConfig):
         check_choice("strategy.reliability_on", self.reliability_on, RELIABILITY_ON)
         check_range("strategy.teacher_min_confidence", self.teacher_min_confidence, low=0.0, high=1.0)
         check_range("strategy.unlabelled_per_round", self.unlabelled_per_round, low=0)
+        check_range("strategy.learned_weight_decay", self.learned_weight_decay, low=0.0)
         check_range("strategy.client_finetune_epochs", self.client_finetune_epochs, low=0)
 
     def check_experiment(self, experiment: ExperimentConfig) -> None:
@@ -131,8 +138,14 @@ class FedGEMSConfig(SGDStrategyConfig):
             "strategy.reliability_on=held_out needs strategy.correctness=held_out",
         )
         require(
+            self.unlabelled_trust != "learned" or self.reliability_on == "held_out",
+            "strategy.unlabelled_trust=learned needs strategy.reliability_on=held_out (and so "
+            "strategy.correctness=held_out): its combiner is fitted on the clients' answers where none of them "
+            "trained on the label, and only the held-out slice is such a place",
+        )
+        require(
             not self.client_unlabelled or self.unlabelled_trust != "none",
-            "strategy.client_unlabelled needs strategy.unlabelled_trust=class_reliability",
+            "strategy.client_unlabelled needs strategy.unlabelled_trust=class_reliability or learned",
         )
         require(
             self.correctness == "train" or experiment.transfer.labelled >= 2,
@@ -158,6 +171,7 @@ class FedGEMSConfig(SGDStrategyConfig):
             reliability_on=self.reliability_on,
             teacher_min_confidence=self.teacher_min_confidence,
             unlabelled_per_round=self.unlabelled_per_round,
+            learned_weight_decay=self.learned_weight_decay,
         )
 
     def client_config(self, tier: DeviceTier) -> ClientTrainConfig:

@@ -10,7 +10,9 @@ labelled transfer set it asks no client again. The options here, all off by defa
   knowledge), so the query covers the samples it gets right as well;
 * ``unlabelled_trust="class_reliability"``: clients answer on the unlabelled part too, and the server distils a
   teacher that weights each client by its per-class precision on the labelled part
-  (:mod:`fl_kd.kd.fedgems.reliability`).
+  (:mod:`fl_kd.kd.fedgems.reliability`);
+* ``unlabelled_trust="learned"``: the same, but the teacher is a per-client, per-class combiner fitted each round
+  on the held-out slice, whose labels no client trained on (:mod:`fl_kd.kd.fedgems.combiner`).
 
 :class:`ServerOptions` holds what they need (the held-out mask, the unlabelled inputs) and widens the query and
 splits the answers; the distillation steps themselves live in :mod:`fl_kd.kd.fedgems.server`.
@@ -26,7 +28,13 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
-from fl_kd.kd.fedgems.reliability import class_precision, confusion_matrix, fuse_by_reliability
+from fl_kd.kd.fedgems.combiner import fit_class_combiner, fuse_by_combiner
+from fl_kd.kd.fedgems.reliability import (
+    UnlabelledTeacher,
+    class_precision,
+    confusion_matrix,
+    fuse_by_reliability,
+)
 from fl_kd.kd.fedgems.stats import SelectionStats
 from fl_kd.kd.seeding import SERVER_ID, derive_seed, torch_generator
 from fl_kd.kd.training import check_logits, check_positions
@@ -129,20 +137,17 @@ class ServerOptions:
         stats.extra["n_unlabelled"] = 0
         if union.size == 0:
             return None
-        precision = torch.zeros(len(clients), num_classes)
-        stacked = torch.zeros(len(clients), union.size, num_classes)
-        available = torch.zeros(len(clients), union.size, dtype=torch.bool)
-        for k, client_id in enumerate(clients):
-            pos, values = labelled.get(client_id, (np.zeros(0, np.int64), np.zeros((0, num_classes), np.float32)))
-            pos, values = self._reliability_slice(np.asarray(pos, dtype=np.int64), np.asarray(values))
-            labels = self.transfer_y[torch.from_numpy(pos)]
-            confusion = confusion_matrix(torch.from_numpy(np.asarray(values, dtype=np.float32)), labels, num_classes)
-            precision[k] = class_precision(confusion)
-            u_pos, u_values = unlabelled[client_id]
-            slots = torch.from_numpy(np.searchsorted(union, u_pos))
-            stacked[k, slots] = torch.from_numpy(np.asarray(u_values, dtype=np.float32))
-            available[k, slots] = True
-        fused = fuse_by_reliability(stacked, available, precision, self.config.reliability_power)
+        stacked, available = _stack(unlabelled, clients, union, num_classes)
+        if self.config.unlabelled_trust == "learned":
+            fused = self._learned_teacher(labelled, clients, stacked, available, num_classes, stats)
+        else:
+            precision = torch.zeros(len(clients), num_classes)
+            for k, client_id in enumerate(clients):
+                pos, values = self._labelled_answers(labelled, client_id, num_classes)
+                labels = self.transfer_y[torch.from_numpy(pos)]
+                confusion = confusion_matrix(torch.from_numpy(values), labels, num_classes)
+                precision[k] = class_precision(confusion)
+            fused = fuse_by_reliability(stacked, available, precision, self.config.reliability_power)
         # The fused logits are log-probabilities: a gate on the teacher's own confidence keeps only what it is sure of.
         confident = fused.logits.exp().max(dim=1).values >= self.config.teacher_min_confidence
         keep = fused.has_teacher & confident
@@ -152,6 +157,43 @@ class ServerOptions:
         index = torch.from_numpy(union)[keep]
         self._used = index
         return self.unlabelled_x[index], fused.logits[keep]
+
+    def _labelled_answers(
+        self, labelled: Answers, client_id: int, num_classes: int
+    ) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+        """A client's labelled answers on the slice its trust is measured on (:meth:`_reliability_slice`)."""
+        pos, values = labelled.get(client_id, (np.zeros(0, np.int64), np.zeros((0, num_classes), np.float32)))
+        pos, values = self._reliability_slice(np.asarray(pos, dtype=np.int64), np.asarray(values))
+        return pos, np.asarray(values, dtype=np.float32)
+
+    def _learned_teacher(
+        self,
+        labelled: Answers,
+        clients: list[int],
+        stacked: Tensor,
+        available: Tensor,
+        num_classes: int,
+        stats: SelectionStats,
+    ) -> UnlabelledTeacher:
+        """Fit the per-client, per-class combiner on the held-out slice, then fuse the unlabelled answers with it.
+
+        The slice's labels never reach a client nor the server's loss, so nobody's answers there carry them.
+        """
+        answers = {c: self._labelled_answers(labelled, c, num_classes) for c in clients}
+        slice_answers = {c: answers[c] for c in clients if answers[c][0].size}
+        fit_union = (
+            np.unique(np.concatenate([pos for pos, _ in slice_answers.values()]))
+            if slice_answers
+            else np.zeros(0, np.int64)
+        )
+        fit_logits, fit_available = _stack(answers, clients, fit_union, num_classes)
+        combiner = fit_class_combiner(
+            fit_logits, fit_available, self.transfer_y[torch.from_numpy(fit_union)], self.config.learned_weight_decay
+        )
+        stats.extra["combiner_samples"] = int(fit_union.size)
+        if fit_union.size:
+            stats.extra["combiner_loss"] = combiner.loss
+        return fuse_by_combiner(stacked, available, combiner)
 
     def _reliability_slice(self, positions: NDArray[np.int64], values: NDArray[Any]) -> tuple[NDArray[np.int64], Any]:
         """A client's labelled answers its reliability is measured on: all, or those on the held-out slice."""
@@ -182,6 +224,19 @@ class ServerOptions:
         labels = self.unlabelled_y[self._used]
         stats.extra["teacher_unlabelled_accuracy"] = float((logits.argmax(dim=1) == labels).double().mean())
         stats.extra["server_unlabelled_accuracy"] = float((predict(x).argmax(dim=1) == labels).double().mean())
+
+
+def _stack(answers: Answers, clients: list[int], union: NDArray[np.int64], num_classes: int) -> tuple[Tensor, Tensor]:
+    """``(K, len(union), C)`` logits of ``clients`` at the positions ``union`` and the ``(K, len(union))``
+    availability mask (each client's positions must lie in ``union``)."""
+    stacked = torch.zeros(len(clients), union.size, num_classes)
+    available = torch.zeros(len(clients), union.size, dtype=torch.bool)
+    for k, client_id in enumerate(clients):
+        pos, values = answers[client_id]
+        slots = torch.from_numpy(np.searchsorted(union, pos))
+        stacked[k, slots] = torch.from_numpy(np.asarray(values, dtype=np.float32))
+        available[k, slots] = True
+    return stacked, available
 
 
 def unlabelled_subset(total: int, per_round: int, seed: int, round: int) -> NDArray[np.int64]:

@@ -10,8 +10,9 @@ from fl_kd.kd.fusion import FUSION_RULES
 CORRECTNESS = ("train", "held_out")
 """Where the server's correctness is judged: on the samples it trains on (FedGEMS), or on a held-out slice."""
 
-UNLABELLED_TRUST = ("none", "class_reliability")
-"""How the unlabelled part of the transfer set is used: not at all (FedGEMS), or clients weighted per class."""
+UNLABELLED_TRUST = ("none", "class_reliability", "learned")
+"""How the unlabelled part of the transfer set is used: not at all (FedGEMS), clients weighted by per-class precision,
+or by a per-client, per-class combiner fitted on the held-out slice."""
 
 RELIABILITY_ON = ("labelled", "held_out")
 """Where a client's per-class precision is measured: the whole labelled part, or the held-out slice only."""
@@ -36,7 +37,7 @@ class ServerDistillConfig:
     weighting : str (default: "inverse_entropy")
         Client fusion rule, a name in :data:`fl_kd.kd.fusion.FUSION_RULES`.
     correctness, held_out_fraction, distill_correct, unlabelled_trust, reliability_power, reliability_on,
-    teacher_min_confidence, unlabelled_per_round
+    teacher_min_confidence, unlabelled_per_round, learned_weight_decay
         The optional extensions; see :class:`~fl_kd.kd.fedgems.config.FedGEMSConfig`. The defaults are FedGEMS.
     """
 
@@ -56,12 +57,20 @@ class ServerDistillConfig:
     reliability_on: str = "labelled"
     teacher_min_confidence: float = 0.0
     unlabelled_per_round: int = 0
+    learned_weight_decay: float = 1e-3
 
     def __post_init__(self) -> None:
         check_choice("correctness", self.correctness, CORRECTNESS)
         check_choice("reliability_on", self.reliability_on, RELIABILITY_ON)
         if self.reliability_on == "held_out" and self.correctness != "held_out":
             raise ValueError("reliability_on='held_out' needs correctness='held_out'")
+        if self.unlabelled_trust == "learned" and self.reliability_on != "held_out":
+            raise ValueError(
+                "unlabelled_trust='learned' needs reliability_on='held_out': the combiner is fitted on labels no "
+                "client trained on"
+            )
+        if self.learned_weight_decay < 0:
+            raise ValueError(f"learned_weight_decay must be >= 0, got {self.learned_weight_decay}")
         if not 0.0 <= self.teacher_min_confidence <= 1.0:
             raise ValueError(f"teacher_min_confidence must lie in [0, 1], got {self.teacher_min_confidence}")
         check_choice("unlabelled_trust", self.unlabelled_trust, UNLABELLED_TRUST)

@@ -1,0 +1,142 @@
+"""A learned fusion of the clients' answers: one weight per client and class, fitted on labels no client saw.
+
+Per-class precision (:mod:`fl_kd.kd.fedgems.reliability`) is a fixed rule; when the server holds labelled samples
+whose labels no client ever trained on (the held-out slice with ``reliability_on="held_out"``), it can instead fit
+how much to trust each client on each class. With ``lp_k = log_softmax(z_k)`` client ``k``'s log-probabilities
+(``log(1/C)``, uniform, where ``k`` did not answer) the teacher's logits are
+
+    logits_y = sum_k w[k, y] * lp_k[y] + b_y
+
+fitted by L-BFGS on cross-entropy plus ``weight_decay * sum (w - 1) ** 2`` (from ``w = 1``, ``b = 0``: the
+product of the clients' distributions). A stacking combiner in the spirit of Wolpert's stacked generalisation;
+measured offline on Fashion-MNIST (20 clients, alpha 0.5) it labels the unlabelled part 4-6 points better than
+the precision rule or the plain mean (``methods.md`` 2.4).
+
+The teacher's fusion weights (who taught) are the normalised positive part of ``w[k, y*]`` over the answering
+clients, ``y*`` the teacher's predicted class: the share of the winning logit each client was trusted with.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fl_kd.kd.fedgems.reliability import UnlabelledTeacher
+
+
+@dataclass(frozen=True)
+class ClassCombiner:
+    """Fitted combiner.
+
+    Attributes
+    ----------
+    weight : Tensor
+        ``(K, C)`` weight of client ``k`` on its log-probability of class ``y``.
+    bias : Tensor
+        ``(C,)`` class bias.
+    loss : float
+        Mean cross-entropy of the fitted combiner on the samples it was fitted on (NaN when fitted on none).
+    """
+
+    weight: Tensor
+    bias: Tensor
+    loss: float
+
+
+def client_log_probs(client_logits: Tensor, available: Tensor) -> Tensor:
+    """``(K, n, C)`` float64 log-softmax of ``client_logits``, ``log(1/C)`` where ``available`` ``(K, n)`` is False."""
+    if client_logits.dim() != 3 or available.shape != client_logits.shape[:2]:
+        raise ValueError("client_logits must be (K, n, C) and available (K, n)")
+    num_classes = client_logits.shape[2]
+    safe = torch.where(available.unsqueeze(-1), client_logits.double(), torch.zeros((), dtype=torch.float64))
+    uniform = torch.full_like(safe, -math.log(num_classes))
+    return torch.where(available.unsqueeze(-1), F.log_softmax(safe, dim=-1), uniform)
+
+
+def combine(log_probs: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """``(n, C)`` combiner output ``sum_k w[k, y] * lp_k[y] + b_y`` from ``(K, n, C)`` log-probabilities."""
+    return (log_probs * weight.to(log_probs.dtype).unsqueeze(1)).sum(dim=0) + bias.to(log_probs.dtype)
+
+
+def fit_class_combiner(
+    client_logits: Tensor,
+    available: Tensor,
+    labels: Tensor,
+    weight_decay: float = 1e-3,
+    iterations: int = 200,
+) -> ClassCombiner:
+    """Fit the per-client, per-class weights on labelled answers (deterministic: float64 L-BFGS on CPU).
+
+    Parameters
+    ----------
+    client_logits : Tensor
+        ``(K, n, C)`` the clients' logits on labelled samples they never trained on.
+    available : Tensor
+        ``(K, n)`` bool, which client answered which sample; missing answers count as uniform, as on the
+        unlabelled samples the combiner is applied to.
+    labels : Tensor
+        ``(n,)`` true classes.
+    weight_decay : float (default: 1e-3)
+        Pull of ``w`` towards 1 (the unweighted product of the clients); keeps a small slice from overfitting.
+    iterations : int (default: 200)
+        L-BFGS iterations.
+    """
+    num_clients, num, num_classes = client_logits.shape
+    if labels.shape != (num,):
+        raise ValueError(f"labels must be ({num},), got {tuple(labels.shape)}")
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    weight = torch.ones(num_clients, num_classes, dtype=torch.float64)
+    bias = torch.zeros(num_classes, dtype=torch.float64)
+    if num == 0 or num_clients == 0:
+        return ClassCombiner(weight.float(), bias.float(), float("nan"))
+    log_probs = client_log_probs(client_logits, available).cpu()
+    targets = labels.long().cpu()
+    weight.requires_grad_(True)
+    bias.requires_grad_(True)
+    optimizer = torch.optim.LBFGS(
+        [weight, bias], lr=1.0, max_iter=iterations, tolerance_grad=1e-9, line_search_fn="strong_wolfe"
+    )
+
+    def closure() -> Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(combine(log_probs, weight, bias), targets) + weight_decay * (weight - 1).pow(2).sum()
+        loss.backward()  # type: ignore[no-untyped-call]
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)  # type: ignore[no-untyped-call]
+    weight, bias = weight.detach(), bias.detach()
+    with torch.no_grad():
+        loss = float(F.cross_entropy(combine(log_probs, weight, bias), targets))
+    if not math.isfinite(loss):  # a diverged fit: fall back to the unweighted product
+        weight, bias = torch.ones_like(weight), torch.zeros_like(bias)
+        loss = float(F.cross_entropy(combine(log_probs, weight, bias), targets))
+    return ClassCombiner(weight.float(), bias.float(), loss)
+
+
+@torch.no_grad()
+def fuse_by_combiner(client_logits: Tensor, available: Tensor, combiner: ClassCombiner) -> UnlabelledTeacher:
+    """Fuse ``(K, M, C)`` client logits on unlabelled samples with a fitted :class:`ClassCombiner`.
+
+    The teacher's logits are the log-softmax of the combiner output (zeros where nobody answered, which have no
+    teacher); the weights ``(K, M)`` are the normalised positive part of ``w[k, y*]`` over the answering clients.
+    """
+    num_clients, _, num_classes = client_logits.shape
+    if combiner.weight.shape != (num_clients, num_classes):
+        raise ValueError(f"combiner weight must be ({num_clients}, {num_classes}), got {tuple(combiner.weight.shape)}")
+    log_probs = client_log_probs(client_logits, available)
+    fused = F.log_softmax(combine(log_probs, combiner.weight, combiner.bias), dim=1).float()
+    has_teacher = available.any(dim=0)
+    predicted = fused.argmax(dim=1)
+    trust = combiner.weight[:, predicted].clamp_min(0.0) * available
+    total = trust.sum(dim=0)
+    # Where every answering client has a non-positive weight on the winner, share the credit equally.
+    trust = torch.where((total > 0).unsqueeze(0), trust, available.float())
+    weights = trust / trust.sum(dim=0).clamp_min(1e-30).unsqueeze(0) * has_teacher.unsqueeze(0)
+    logits = torch.where(has_teacher.unsqueeze(1), fused, torch.zeros_like(fused))
+    return UnlabelledTeacher(logits=logits, has_teacher=has_teacher, weights=weights)
