@@ -45,10 +45,20 @@ FEDGEMS = "fedgems"
 FEDGEMS_OVERRIDES: tuple[str, ...] = tuple(o for _, step in ABLATION for o in step)
 
 #: Options on top of the full FedGEMS, each tried alone in the two Dirichlet settings: a gate on the teacher's
-#: confidence, and client reliability measured where clients never trained on the label.
+#: confidence, client reliability measured where clients never trained on the label, and a teacher whose
+#: per-client, per-class weights are fitted there (half of the labelled part held out).
 VARIANTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("fedgems+gate0.9", ("strategy.teacher_min_confidence=0.9",)),
     ("fedgems+reliability_held_out", ("strategy.reliability_on=held_out",)),
+    (
+        "fedgems+learned",
+        (
+            "strategy.correctness=held_out",
+            "strategy.reliability_on=held_out",
+            "strategy.held_out_fraction=0.5",
+            "strategy.unlabelled_trust=learned",
+        ),
+    ),
 )
 
 #: Peers, with their paper's mechanism and the defaults of ``conf/strategy``; FedAvg needs one architecture, so it
