@@ -100,6 +100,17 @@ def test_a_process_outside_the_tree_counts_by_its_environment(tmp_path: Path) ->
         root.wait()
 
 
+def test_command_name_skips_interpreter_flags(tmp_path: Path) -> None:
+    script = tmp_path / "log_monitor.py"
+    script.write_text("import time; time.sleep(60)")
+    process = subprocess.Popen([sys.executable, "-u", "-B", str(script), "--flag"])
+    try:
+        _wait_for(lambda: command_name(process.pid) == "log_monitor.py")
+    finally:
+        process.kill()
+        process.wait()
+
+
 def test_snapshot_groups_by_process_name() -> None:
     from benchmarks.scale.memory import ProcessMemory
 

@@ -62,11 +62,14 @@ def command_name(pid: int) -> str:
     if first.startswith("ray::"):
         return first.split(".")[0]
     name = Path(first).name
-    if name.startswith("python") and len(words) > 1:
-        if words[1] == "-c":
-            return "python -c"
-        script = words[2] if words[1] == "-m" and len(words) > 2 else words[1]
-        return Path(script).name
+    if name.startswith("python"):
+        for flag, value in zip(words[1:], [*words[2:], ""], strict=True):
+            if flag == "-c":
+                return "python -c"
+            if flag == "-m":
+                return value
+            if not flag.startswith("-"):  # the script, after interpreter flags such as -u or -B
+                return Path(flag).name
     return name
 
 

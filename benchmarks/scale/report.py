@@ -94,7 +94,12 @@ def render(result: RunResult, benchmark_command: str, interval_s: float, now: dt
     lines += [
         "- " + COUNTED.format(interval=interval_s),
         f"- Ray processes that appeared during the run outside that count (another user's Ray, or one the test "
-        f"missed): at most {result.stray_ray_peak} at a time.",
+        f"missed): at most {result.stray_ray_peak} at a time"
+        + (
+            f" ({', '.join(f'`{name}`' for name in sorted(result.stray_ray_names))})."
+            if result.stray_ray_names
+            else "."
+        ),
         f"- Processes of the run still running once `fl-kd-sim` had ended: {result.left_running}"
         + (" (stopped by the benchmark)." if result.left_running else "."),
         END,
@@ -212,6 +217,7 @@ def summary(result: RunResult) -> dict[str, Any]:
         "load_start": result.load_start,
         "load_end": result.load_end,
         "stray_ray_peak": result.stray_ray_peak,
+        "stray_ray_names": sorted(result.stray_ray_names),
         "left_running": result.left_running,
         "stop_seconds": result.stop_seconds,
         "rows": result.rows,

@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import REPO_ROOT
-from benchmarks.scale.memory import RunProcesses, Snapshot, machine_memory, measure, ray_processes
+from benchmarks.scale.memory import (
+    RunProcesses,
+    Snapshot,
+    command_name,
+    machine_memory,
+    measure,
+    ray_processes,
+)
 from fl_kd.simulations.flower_launcher import stop_leftovers
 from fl_kd.simulations.processes import (
     Proc,
@@ -67,6 +74,7 @@ class RunResult:
     load_start: tuple[float, float, float] = (0.0, 0.0, 0.0)
     load_end: tuple[float, float, float] = (0.0, 0.0, 0.0)
     stray_ray_peak: int = 0  # Ray processes that appeared during the run but were not counted as the run's
+    stray_ray_names: set[str] = field(default_factory=set)  # what they ran
     left_running: int = 0  # the run's processes still running once fl-kd-sim had ended (then stopped here)
     stop_seconds: float = 0.0  # from the benchmark's SIGTERM (timeout, stop after rounds) until all had ended
 
@@ -189,6 +197,7 @@ def run_scale(
                 snapshot = watch.sample(counted, seconds)
                 stray = ray_processes(exclude=ray_before | processes.seen)
                 result.stray_ray_peak = max(result.stray_ray_peak, len(stray))
+                result.stray_ray_names.update(command_name(proc.pid) for proc in stray)
                 _note_rounds(result, seconds, snapshot, say)
                 if stop_after_rounds is not None and len(result.round_seen) >= stop_after_rounds:
                     done = len(result.round_seen)
