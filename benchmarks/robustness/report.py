@@ -75,6 +75,20 @@ def section(records: list[dict[str, Any]], header: str, note: str, missing: list
     if missing or failures:
         lines += ["### Not finished", ""]
         lines += [f"- failed: {line}" for line in failures]
-        lines += [f"- not run (time): `{name}`" for name in missing]
+        lines += _not_run_lines(missing)
         lines.append("")
     return "\n".join([*lines, END])
+
+
+def _not_run_lines(missing: list[str]) -> list[str]:
+    """One line per job not run; more than ten missing at one fraction are counted in one line instead."""
+    by_fraction: dict[str, list[str]] = defaultdict(list)
+    for name in missing:
+        by_fraction[name.split("__")[2]].append(name)
+    lines = []
+    for fraction, names in by_fraction.items():
+        if len(names) > 10:
+            lines.append(f"- not run (time): the {len(names)} jobs at fraction {fraction}")
+        else:
+            lines += [f"- not run (time): `{name}`" for name in names]
+    return lines
