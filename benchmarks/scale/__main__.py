@@ -83,7 +83,7 @@ def overrides(args: argparse.Namespace) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run, watch, report; exit code 0 if the run did what was asked, 1 if not, 128 + signal if interrupted."""
     args = parse_args(argv)
-    command = f"{ENTRY} " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    command = f"{ENTRY} {shlex.join(sys.argv[1:] if argv is None else list(argv))}".rstrip()
     stop_after = None if args.full_run else args.rounds
     for attempt in range(1 + args.retries):
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d_%H-%M-%S")
