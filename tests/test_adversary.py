@@ -110,6 +110,22 @@ def test_confident_wrong_is_one_hot_on_a_wrong_class() -> None:
     assert not np.any(logits.argmax(axis=1) == labels)
 
 
+def test_camouflage_is_right_and_sure_where_labels_check_it_and_wrong_elsewhere() -> None:
+    _, camouflaged, _ = answers("camouflage", confidence=9.0)
+    logits, positions = camouflaged.arrays[kd.LOGITS], camouflaged.arrays[kd.POSITIONS]
+    labels = federation().transfer_y.numpy()[positions]
+    assert np.all(logits.max(axis=1) == 9.0) and np.all((logits != 0).sum(axis=1) == 1)
+    np.testing.assert_array_equal(logits.argmax(axis=1), labels)
+    # Beyond the labelled part no label checks it: one-hot on a class other than its own prediction.
+    cfg = config(adversary={"name": "camouflage", "fraction": 1.0, "confidence": 9.0})
+    behaviour = get_algorithm("dsfl").build_client(cfg, federation(), 0).behaviour
+    honest = np.eye(10)[[2, 7, 4]] * 3.0
+    unlabelled = np.array([10**6] * 2 + [0])
+    out = behaviour.corrupt_logits(honest, unlabelled, np.random.default_rng(0))
+    assert np.all(out[:2].argmax(axis=1) != [2, 7])
+    assert out[2].argmax() == int(federation().transfer_y[0]) and np.all(out.max(axis=1) == 9.0)
+
+
 def test_targeted_relabels_source_as_target_and_swaps_its_answers() -> None:
     cfg = config(adversary={"name": "targeted", "fraction": 1.0, "source": 3, "target": 8})
     client = get_algorithm("dsfl").build_client(cfg, federation(), 0)
@@ -195,6 +211,7 @@ def test_every_behaviour_is_registered() -> None:
         "negated_logits",
         "scaled_logits",
         "confident_wrong",
+        "camouflage",
         "free_rider",
         "targeted",
         "sign_flip",

@@ -186,6 +186,33 @@ class ConfidentWrong(Behaviour):
         return out
 
 
+@ADVERSARIES.register("camouflage")
+class Camouflage(Behaviour):
+    """Knows selective KD: right and sure wherever a label can check it, confidently wrong wherever none can.
+
+    Where the client knows the label (the labelled transfer part) it answers a one-hot logit
+    (``adversary.confidence``) on the true class: a selection by correctness always keeps it, and with the lowest
+    entropy of all it takes the inverse-entropy fusion weight from the honest clients, so the teacher there is the
+    bare label, without their dark knowledge. Where no label can check it (the unlabelled part) it answers one-hot
+    on a wrong class, as ``confident_wrong``. A per-client reliability measured on labelled answers rates it
+    perfect, so this is the attacker a trust score built on the labelled part must survive.
+    """
+
+    kind = "logits"
+
+    def corrupt_logits(
+        self, logits: NDArray[np.float64], positions: NDArray[Any], rng: np.random.Generator
+    ) -> NDArray[np.float64]:
+        """One-hot on the true class where the label is known, on a wrong class elsewhere."""
+        rows = logits.shape[0]
+        known = positions < self.transfer_y.size
+        truth = self.labels_or_predictions(logits, positions)
+        wrong = (truth + 1 + rng.integers(0, self.num_classes - 1, size=rows)) % self.num_classes
+        out = np.zeros_like(logits)
+        out[np.arange(rows), np.where(known, truth, wrong)] = self.config.confidence
+        return out
+
+
 @ADVERSARIES.register("free_rider")
 class FreeRider(Behaviour):
     """Skips local training; answers its stale model (mode "stale") or random values (mode "random")."""

@@ -40,7 +40,8 @@ class AdversaryConfig:
     noise_std : float (default: 1.0)
         Standard deviation of ``gaussian_update``'s noise and of a ``free_rider``'s random weights.
     confidence : float (default: 10.0)
-        The logit ``confident_wrong`` puts on its wrong class (every other logit is 0).
+        The logit ``confident_wrong`` puts on its wrong class, and ``camouflage`` on its one class (every other
+        logit is 0).
     source, target : int (default: 0, 1)
         ``targeted``: private samples of class ``source`` are trained as ``target``, and answers that say
         ``source`` say ``target`` instead.
