@@ -51,10 +51,12 @@ METHODS: dict[str, tuple[str, ...]] = {
     "fedgems_learned": (*FEDGEMS_OVERRIDES, *dict(VARIANTS)["fedgems+learned"], "transfer.unlabelled=10000"),
 }
 
-#: Methods too costly for the whole grid, with the only (adversary, fraction) pairs they face: the trust score of
-#: ``fedgems_learned`` against the attacker it was built for and the one that knows it (``camouflage``).
+#: Variants run beside the grid, not through it, with the only (adversary, fraction) pairs they face: the trust score
+#: of ``fedgems_learned`` and FedGEMS without confidence weighting (``fedgems_uniform``), each against the attacker
+#: it was built for and the one that knows it (``camouflage``).
 ONLY: dict[str, frozenset[tuple[str, float]]] = {
     "fedgems_learned": frozenset({("confident_wrong", 0.3), ("camouflage", 0.3)}),
+    "fedgems_uniform": frozenset({("scaled_logits", 0.3), ("camouflage", 0.3), ("camouflage", 0.5)}),
 }
 
 FRACTIONS: tuple[float, ...] = (0.1, 0.3, 0.5)
