@@ -77,6 +77,15 @@ class FedGEMSConfig(SGDStrategyConfig):
     client_finetune_epochs : int (default: 0)
         After distilling the server's logits, a client trains this many epochs on its private data, to keep its
         accuracy on its own distribution.
+    canaries : int (default: 0)
+        Samples of the unlabelled part whose labels the server holds and keeps to itself (needs
+        ``unlabelled_trust`` and ``reliability_on=held_out``). Queried like any other unlabelled sample and never
+        distilled, they catch a client that is honest where it knows it is checked and poisons the rest: one whose
+        accuracy on them falls short of its accuracy on the held-out slice by more than ``canary_z`` standard errors
+        (pooled over the rounds so far) is left out of the unlabelled teacher (:mod:`fl_kd.kd.fedgems.canaries`).
+        They cost that many labels more.
+    canary_z : float (default: 3.0)
+        The screen's threshold.
     """
 
     name: str = "fedgems"
@@ -100,6 +109,8 @@ class FedGEMSConfig(SGDStrategyConfig):
     learned_weight_decay: float = 1e-3
     client_unlabelled: bool = False
     client_finetune_epochs: int = 0
+    canaries: int = 0
+    canary_z: float = 3.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -122,6 +133,8 @@ class FedGEMSConfig(SGDStrategyConfig):
         check_range("strategy.unlabelled_per_round", self.unlabelled_per_round, low=0)
         check_range("strategy.learned_weight_decay", self.learned_weight_decay, low=0.0)
         check_range("strategy.client_finetune_epochs", self.client_finetune_epochs, low=0)
+        check_range("strategy.canaries", self.canaries, low=0)
+        check_range("strategy.canary_z", self.canary_z, low=0.0, low_open=True)
 
     def check_experiment(self, experiment: ExperimentConfig) -> None:
         """FedGEMS trusts a client on a sample when it is right there: it needs the labelled part."""
@@ -148,6 +161,16 @@ class FedGEMSConfig(SGDStrategyConfig):
             "strategy.client_unlabelled needs strategy.unlabelled_trust=class_reliability or learned",
         )
         require(
+            self.canaries == 0 or (self.unlabelled_trust != "none" and self.reliability_on == "held_out"),
+            "strategy.canaries needs strategy.unlabelled_trust=class_reliability or learned and "
+            "strategy.reliability_on=held_out: a client's accuracy on them is compared with the held-out slice's",
+        )
+        require(
+            self.canaries < experiment.transfer.unlabelled or self.canaries == 0,
+            f"strategy.canaries={self.canaries} must be smaller than transfer.unlabelled="
+            f"{experiment.transfer.unlabelled} (they hide among the unlabelled samples)",
+        )
+        require(
             self.correctness == "train" or experiment.transfer.labelled >= 2,
             "strategy.correctness=held_out needs transfer.labelled >= 2",
         )
@@ -172,6 +195,8 @@ class FedGEMSConfig(SGDStrategyConfig):
             teacher_min_confidence=self.teacher_min_confidence,
             unlabelled_per_round=self.unlabelled_per_round,
             learned_weight_decay=self.learned_weight_decay,
+            canaries=self.canaries,
+            canary_z=self.canary_z,
         )
 
     def client_config(self, tier: DeviceTier) -> ClientTrainConfig:

@@ -12,7 +12,9 @@ labelled transfer set it asks no client again. The options here, all off by defa
   teacher that weights each client by its per-class precision on the labelled part
   (:mod:`fl_kd.kd.fedgems.reliability`);
 * ``unlabelled_trust="learned"``: the same, but the teacher is a per-client, per-class combiner fitted each round
-  on the held-out slice, whose labels no client trained on (:mod:`fl_kd.kd.fedgems.combiner`).
+  on the held-out slice, whose labels no client trained on (:mod:`fl_kd.kd.fedgems.combiner`);
+* ``canaries``: labelled samples hidden in the unlabelled part screen out clients that are honest only where they
+  know they are checked (:mod:`fl_kd.kd.fedgems.canaries`).
 
 :class:`ServerOptions` holds what they need (the held-out mask, the unlabelled inputs) and widens the query and
 splits the answers; the distillation steps themselves live in :mod:`fl_kd.kd.fedgems.server`.
@@ -28,6 +30,7 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
+from fl_kd.kd.fedgems.canaries import CanaryScreen
 from fl_kd.kd.fedgems.combiner import fit_class_combiner, fuse_by_combiner
 from fl_kd.kd.fedgems.reliability import (
     UnlabelledTeacher,
@@ -58,6 +61,9 @@ class ServerOptions:
         Base seed of the run: the held-out slice and each round's unlabelled subset derive from it.
     unlabelled_x : Tensor | None
         ``(M, ...)`` unlabelled inputs (public positions ``N..N+M-1``); needed when ``unlabelled_trust`` is on.
+    unlabelled_y : Tensor | None
+        ``(M,)`` their labels: the canaries' are the server's own (``canaries``); the rest are read only for the
+        simulation's diagnostic figures.
     """
 
     def __init__(
@@ -88,6 +94,11 @@ class ServerOptions:
                 raise ValueError(f"unlabelled_trust={config.unlabelled_trust!r} needs unlabelled transfer samples")
             self.unlabelled_x = unlabelled_x.cpu()
         self.unlabelled_y = None if unlabelled_y is None or self.unlabelled_x is None else unlabelled_y.cpu().long()
+        self.canaries: CanaryScreen | None = None
+        if config.canaries:
+            if self.unlabelled_y is None:
+                raise ValueError("canaries need unlabelled_trust and the labels of the unlabelled samples they hide")
+            self.canaries = CanaryScreen(self.unlabelled_y, config.canaries, seed, config.canary_z)
         self._used: Tensor | None = None  # unlabelled indices of the last teacher (for its diagnostic figures)
 
     @property
@@ -132,6 +143,8 @@ class ServerOptions:
         """``(x, teacher logits)`` on the unlabelled samples some client answered; None when the option is off."""
         if self.unlabelled_x is None:
             return None
+        if self.canaries is not None:
+            unlabelled = self._screen(labelled, unlabelled, num_classes, stats)
         clients = sorted(unlabelled)
         union = np.unique(np.concatenate([unlabelled[c][0] for c in clients])) if clients else np.zeros(0, np.int64)
         stats.extra["n_unlabelled"] = 0
@@ -157,6 +170,18 @@ class ServerOptions:
         index = torch.from_numpy(union)[keep]
         self._used = index
         return self.unlabelled_x[index], fused.logits[keep]
+
+    def _screen(self, labelled: Answers, unlabelled: Answers, num_classes: int, stats: SelectionStats) -> Answers:
+        """The unlabelled answers of the clients the canaries do not screen out, canaries removed."""
+        assert self.canaries is not None
+        reference = {}
+        for client_id in unlabelled:
+            pos, values = self._labelled_answers(labelled, client_id, num_classes)
+            reference[client_id] = (values.argmax(axis=1), self.transfer_y.numpy()[pos])
+        flagged, scores = self.canaries.screen(unlabelled, reference)
+        stats.extra["canary_screened"] = len(flagged)
+        stats.extra["canary_z_max"] = max(scores.values(), default=0.0)
+        return self.canaries.strip({c: answer for c, answer in unlabelled.items() if c not in flagged})
 
     def _labelled_answers(
         self, labelled: Answers, client_id: int, num_classes: int

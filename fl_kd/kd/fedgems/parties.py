@@ -29,7 +29,8 @@ def build_server(cfg: ExperimentConfig, federation: Federation) -> SelectiveDist
         seed=cfg.seed,
         device=cfg.device,
         unlabelled_x=federation.public_x[federation.num_labelled :] if strategy.unlabelled_trust != "none" else None,
-        # Simulation diagnostics only (the teacher's accuracy figures); never trained on.
+        # Read for the canaries (the server's own secret labels, strategy.canaries) and, in simulation, for two
+        # diagnostic figures (the teacher's accuracy); never trained on.
         unlabelled_y=federation.data.y_train[torch.from_numpy(federation.unlabelled_idx)],
     )
     if strategy.checkpoint is not None:

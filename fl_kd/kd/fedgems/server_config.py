@@ -37,7 +37,7 @@ class ServerDistillConfig:
     weighting : str (default: "inverse_entropy")
         Client fusion rule, a name in :data:`fl_kd.kd.fusion.FUSION_RULES`.
     correctness, held_out_fraction, distill_correct, unlabelled_trust, reliability_power, reliability_on,
-    teacher_min_confidence, unlabelled_per_round, learned_weight_decay
+    teacher_min_confidence, unlabelled_per_round, learned_weight_decay, canaries, canary_z
         The optional extensions; see :class:`~fl_kd.kd.fedgems.config.FedGEMSConfig`. The defaults are FedGEMS.
     """
 
@@ -58,6 +58,8 @@ class ServerDistillConfig:
     teacher_min_confidence: float = 0.0
     unlabelled_per_round: int = 0
     learned_weight_decay: float = 1e-3
+    canaries: int = 0
+    canary_z: float = 3.0
 
     def __post_init__(self) -> None:
         check_choice("correctness", self.correctness, CORRECTNESS)
@@ -69,6 +71,13 @@ class ServerDistillConfig:
                 "unlabelled_trust='learned' needs reliability_on='held_out': the combiner is fitted on labels no "
                 "client trained on"
             )
+        if self.canaries and (self.unlabelled_trust == "none" or self.reliability_on != "held_out"):
+            raise ValueError(
+                "canaries need unlabelled_trust and reliability_on='held_out': a client's accuracy on them is "
+                "compared with its accuracy on the held-out slice"
+            )
+        if self.canaries < 0 or self.canary_z <= 0:
+            raise ValueError(f"need canaries >= 0 and canary_z > 0, got {self.canaries} and {self.canary_z}")
         if self.learned_weight_decay < 0:
             raise ValueError(f"learned_weight_decay must be >= 0, got {self.learned_weight_decay}")
         if not 0.0 <= self.teacher_min_confidence <= 1.0:

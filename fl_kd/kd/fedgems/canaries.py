@@ -1,0 +1,116 @@
+"""Canaries: labelled samples the server hides in the unlabelled part, to catch clients that lie only where unchecked.
+
+A trust score measured on labelled answers (per-class precision, the learned combiner) rates a client by the samples
+it knows are labelled. A client that knows the defence answers those honestly and poisons the unlabelled ones
+(``adversary=camouflage``): it is rated perfect and trusted most exactly where it lies. Canaries take that
+knowledge away. The server holds the labels of a seeded set of samples *of the unlabelled part*; they are queried
+like every other unlabelled sample (drawn into a round's subset at the same rate, at positions in the same range),
+so no client can tell them apart, and never distilled. A client's accuracy on the canaries it answered, pooled
+over the rounds so far, is compared with its accuracy on the reliability slice (the held-out labelled samples,
+which it never trained on either): an honest client is about as accurate on both, a client that poisons a share
+``p`` of its unlabelled answers is worse on the canaries by about ``p`` times its accuracy. One whose shortfall
+exceeds ``z`` standard errors of a two-proportion test is left out of the unlabelled teacher (and of its fit).
+
+What it cannot do: an attacker who poisons only a small share of its unlabelled answers stays below the test's
+power and keeps its trust; the damage it can do is then bounded by that share.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import Tensor
+
+from fl_kd.kd.seeding import SERVER_ID, derive_seed, torch_generator
+
+Answers = Mapping[int, tuple[NDArray[Any], NDArray[Any]]]
+
+
+def canary_indices(num_unlabelled: int, count: int, seed: int) -> NDArray[np.int64]:
+    """Sorted unlabelled indices of the ``count`` canaries, drawn from ``(seed, "canaries")``."""
+    if not 0 <= count < num_unlabelled:
+        raise ValueError(f"canaries must be in [0, {num_unlabelled}) (the unlabelled part's size), got {count}")
+    order = torch.randperm(num_unlabelled, generator=torch_generator(derive_seed(seed, SERVER_ID, "canaries")))
+    return np.sort(order[:count].numpy()).astype(np.int64)
+
+
+def shortfall_z(reference_right: int, reference_seen: int, canary_right: int, canary_seen: int) -> float:
+    """z statistic of (reference accuracy - canary accuracy), pooled two-proportion test; 0 without evidence."""
+    if reference_seen == 0 or canary_seen == 0:
+        return 0.0
+    gap = reference_right / reference_seen - canary_right / canary_seen
+    pooled = (reference_right + canary_right) / (reference_seen + canary_seen)
+    variance = pooled * (1.0 - pooled) * (1.0 / reference_seen + 1.0 / canary_seen)
+    if variance <= 0.0:  # both all right or all wrong: no shortfall
+        return 0.0
+    return gap / math.sqrt(variance)
+
+
+class CanaryScreen:
+    """The canary set of one server and each client's running tallies on it and on the reliability slice.
+
+    Parameters
+    ----------
+    labels : Tensor
+        ``(M,)`` labels of the whole unlabelled part; only the canaries' are ever read.
+    count : int
+        Number of canaries.
+    seed : int
+        Base seed of the run.
+    z : float
+        A client whose canary accuracy falls short of its reliability-slice accuracy by more than ``z`` standard
+        errors is screened out.
+    """
+
+    def __init__(self, labels: Tensor, count: int, seed: int, z: float) -> None:
+        if z <= 0:
+            raise ValueError(f"z must be > 0, got {z}")
+        self.z = z
+        indices = canary_indices(int(labels.shape[0]), count, seed)
+        self.mask = np.zeros(int(labels.shape[0]), dtype=bool)
+        self.mask[indices] = True
+        self.labels = np.full(int(labels.shape[0]), -1, dtype=np.int64)
+        self.labels[indices] = labels.numpy().astype(np.int64)[indices]  # the server's own secret labels
+        # client id -> [reference right, reference seen, canary right, canary seen], over the rounds so far
+        self.tallies: dict[int, list[int]] = {}
+
+    def strip(self, answers: Answers) -> dict[int, tuple[NDArray[Any], NDArray[Any]]]:
+        """Each client's unlabelled answers without the canaries (never distilled)."""
+        out = {}
+        for client_id, (positions, values) in answers.items():
+            keep = ~self.mask[positions]
+            out[client_id] = (positions[keep], values[keep])
+        return out
+
+    def screen(
+        self, unlabelled: Answers, reference: Mapping[int, tuple[NDArray[np.int64], NDArray[np.int64]]]
+    ) -> tuple[set[int], dict[int, float]]:
+        """Add this round's answers to the tallies; the clients screened out, and every client's z.
+
+        Parameters
+        ----------
+        unlabelled : Mapping[int, tuple[ndarray, ndarray]]
+            Client id -> (unlabelled indices ``(n,)``, logits ``(n, C)``) of this round.
+        reference : Mapping[int, tuple[ndarray, ndarray]]
+            Client id -> (predicted classes, true classes) on its reliability-slice answers of this round.
+        """
+        flagged, scores = set(), {}
+        for client_id in sorted(unlabelled):
+            positions, values = unlabelled[client_id]
+            on_canary = self.mask[positions]
+            predicted = np.asarray(values)[on_canary].argmax(axis=1) if on_canary.any() else np.zeros(0, np.int64)
+            tally = self.tallies.setdefault(client_id, [0, 0, 0, 0])
+            reference_predicted, reference_true = reference.get(client_id, (np.zeros(0), np.zeros(0)))
+            tally[0] += int(np.sum(reference_predicted == reference_true))
+            tally[1] += int(np.size(reference_true))
+            tally[2] += int(np.sum(predicted == self.labels[positions[on_canary]]))
+            tally[3] += int(on_canary.sum())
+            scores[client_id] = shortfall_z(*tally)
+            if scores[client_id] > self.z:
+                flagged.add(client_id)
+        return flagged, scores

@@ -1,0 +1,118 @@
+"""``strategy.canaries``: labelled samples hidden in the unlabelled part screen out a client that is honest only where
+it knows it is checked (``adversary=camouflage``), leave honest clients alone, and are never distilled."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fl_kd.config import ConfigError
+from fl_kd.kd.fedgems import SelectiveDistillServer, ServerDistillConfig
+from fl_kd.kd.fedgems.canaries import CanaryScreen, canary_indices, shortfall_z
+from fl_kd.kd.runner import run_inprocess
+from fl_kd.models import build_model
+from tests.kd_configs import tiny_config
+
+
+def test_canaries_are_a_seeded_subset_of_the_unlabelled_part() -> None:
+    first = canary_indices(100, 20, seed=3)
+    assert first.size == 20 and np.all(np.diff(first) > 0) and first.min() >= 0 and first.max() < 100
+    np.testing.assert_array_equal(first, canary_indices(100, 20, seed=3))
+    assert not np.array_equal(first, canary_indices(100, 20, seed=4))
+    with pytest.raises(ValueError, match="canaries"):
+        canary_indices(100, 100, seed=0)
+
+
+def test_the_shortfall_is_a_two_proportion_z_and_zero_without_evidence() -> None:
+    assert shortfall_z(90, 100, 0, 0) == 0.0 and shortfall_z(0, 0, 5, 10) == 0.0
+    assert shortfall_z(100, 100, 50, 50) == 0.0  # all right on both
+    assert shortfall_z(80, 100, 40, 50) == pytest.approx(0.0)
+    # 0.9 against 0.1 on 100 and 50 samples: far beyond any threshold; the reverse is negative.
+    assert shortfall_z(90, 100, 5, 50) > 8 and shortfall_z(10, 100, 45, 50) < -8
+
+
+def test_the_screen_flags_the_client_that_lies_only_on_unlabelled_samples() -> None:
+    labels = torch.arange(200) % 4
+    screen = CanaryScreen(labels, count=60, seed=0, z=3.0)
+    positions = np.arange(200)
+    truth = np.eye(4, dtype=np.float32)[labels.numpy()]
+    lie = np.eye(4, dtype=np.float32)[(labels.numpy() + 1) % 4]
+    reference_true = np.arange(50) % 4
+    reference = {0: (reference_true, reference_true), 1: (reference_true, reference_true)}
+    flagged, scores = screen.screen({0: (positions, truth), 1: (positions, lie)}, reference)
+    assert flagged == {1} and scores[0] == 0.0 and scores[1] > 3.0
+    # Tallies pool over rounds: a round without canaries leaves the verdict standing.
+    no_canary = positions[~screen.mask][:10]
+    again, _ = screen.screen({1: (no_canary, lie[no_canary])}, {1: (reference_true, reference_true)})
+    assert again == {1}
+    stripped = screen.strip({0: (positions, truth)})
+    assert stripped[0][0].size == 140 and not screen.mask[stripped[0][0]].any()
+
+
+def _server(canaries: int) -> SelectiveDistillServer:
+    shape, classes = (1, 8, 8), 4
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.rand(40, *shape, generator=generator), torch.randint(0, classes, (40,), generator=generator)
+    u_x, u_y = torch.rand(60, *shape, generator=generator), torch.randint(0, classes, (60,), generator=generator)
+    config = ServerDistillConfig(
+        epochs=1, batch_size=8, correctness="held_out", held_out_fraction=0.5,
+        unlabelled_trust="learned", reliability_on="held_out", canaries=canaries,
+    )  # fmt: skip
+    model = build_model("cnn_small", shape, classes, seed=0)
+    return SelectiveDistillServer(model, x, y, config, seed=3, unlabelled_x=u_x, unlabelled_y=u_y)
+
+
+def _answers(server: SelectiveDistillServer) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Client 0 honest (right everywhere); client 1 camouflaged: right on the labelled part, wrong beyond it."""
+    labels = np.concatenate([server.transfer_y.numpy(), server.options.unlabelled_y.numpy()])
+    right = np.eye(4, dtype=np.float32)[labels] * 6
+    wrong = np.eye(4, dtype=np.float32)[(labels + 1) % 4] * 6
+    camouflaged = np.where((np.arange(100) < 40)[:, None], right, wrong)
+    positions = np.arange(100)
+    return {0: (positions, right), 1: (positions, camouflaged)}
+
+
+def test_without_canaries_the_camouflaged_client_teaches_the_unlabelled_part() -> None:
+    server = _server(canaries=0)
+    stats = server.distill(1, _answers(server))
+    assert stats.extra["n_unlabelled"] == 60 and "canary_screened" not in stats.extra
+    assert stats.extra["teacher_unlabelled_accuracy"] < 1.0  # its lies got into the teacher
+
+
+def test_canaries_screen_it_out_and_are_never_distilled() -> None:
+    server = _server(canaries=20)
+    stats = server.distill(1, _answers(server))
+    assert stats.extra["canary_screened"] == 1 and stats.extra["canary_z_max"] > 3.0
+    assert stats.extra["n_unlabelled"] == 40  # 60 unlabelled samples, 20 of them canaries
+    assert stats.extra["teacher_unlabelled_accuracy"] == 1.0
+    unscreened = _server(canaries=0)
+    assert stats.weight_mass[1] < unscreened.distill(1, _answers(unscreened)).weight_mass[1]
+
+
+def test_canaries_need_a_held_out_slice_and_fewer_than_the_unlabelled_samples() -> None:
+    unlabelled = {"transfer": {"labelled": 60, "unlabelled": 40}}
+    with pytest.raises(ConfigError, match="canaries"):
+        tiny_config(**unlabelled, unlabelled_trust="class_reliability", canaries=5)
+    with pytest.raises(ConfigError, match="canaries"):
+        tiny_config(
+            **unlabelled, correctness="held_out", reliability_on="held_out", unlabelled_trust="learned", canaries=40
+        )
+
+
+def test_an_honest_federation_passes_the_screen_and_camouflage_does_not() -> None:
+    settings = {
+        "rounds": 2,
+        "num_clients": 4,
+        "transfer": {"labelled": 60, "unlabelled": 120},
+        "correctness": "held_out",
+        "held_out_fraction": 0.5,
+        "reliability_on": "held_out",
+        "unlabelled_trust": "learned",
+        "canaries": 40,
+    }
+    honest = run_inprocess(tiny_config(**settings)).rounds
+    assert [row["canary_screened"] for row in honest] == [0, 0]
+    attacked = run_inprocess(tiny_config(**settings, adversary={"name": "camouflage", "fraction": 0.5})).rounds
+    assert [row["canary_screened"] for row in attacked] == [2, 2]
+    assert all(row["n_unlabelled"] == 80 for row in attacked)
