@@ -124,6 +124,13 @@ def test_camouflage_is_right_and_sure_where_labels_check_it_and_wrong_elsewhere(
     out = behaviour.corrupt_logits(honest, unlabelled, np.random.default_rng(0))
     assert np.all(out[:2].argmax(axis=1) != [2, 7])
     assert out[2].argmax() == int(federation().transfer_y[0]) and np.all(out.max(axis=1) == 9.0)
+    # With poison_share it lies on that share of the unlabelled rows only and answers the rest honestly.
+    sparse = config(adversary={"name": "camouflage", "fraction": 1.0, "poison_share": 0.25})
+    behaviour = get_algorithm("dsfl").build_client(sparse, federation(), 0).behaviour
+    honest = np.random.default_rng(1).normal(size=(2000, 10))
+    out = behaviour.corrupt_logits(honest, np.full(2000, 10**6), np.random.default_rng(2))
+    lied = ~np.all(out == honest, axis=1)
+    assert 0.2 < lied.mean() < 0.3 and np.all(out[lied].max(axis=1) == 10.0)
 
 
 def test_targeted_relabels_source_as_target_and_swaps_its_answers() -> None:

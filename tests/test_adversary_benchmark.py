@@ -29,6 +29,25 @@ def test_a_job_composes_to_a_valid_config() -> None:
     assert cfg.adversary.name == "scaled_update" and cfg.adversary.fraction == 0.3 and cfg.num_clients == 20
 
 
+def test_the_variants_face_only_their_listed_attacks_and_the_attack_variants_only_them() -> None:
+    from benchmarks.kd.grid import compose_config
+
+    adversaries = ["none", "camouflage", "camouflage_p0.2", "random_logits"]
+    jobs = {(j.method, j.adversary, j.fraction) for j in plan(["fedgems", "fedgems_canaries"], adversaries, [0.3], [0])}
+    assert jobs == {
+        ("fedgems", "none", 0.0),
+        ("fedgems_canaries", "none", 0.0),
+        ("fedgems", "camouflage", 0.3),
+        ("fedgems", "random_logits", 0.3),
+        ("fedgems_canaries", "camouflage", 0.3),
+        ("fedgems_canaries", "camouflage_p0.2", 0.3),
+    }
+    cfg = compose_config(0, 2, "inprocess", Job("fedgems_canaries", "camouflage_p0.2", 0.3, 0).overrides())
+    assert cfg.adversary.name == "camouflage" and cfg.adversary.poison_share == 0.2
+    assert cfg.strategy.canaries == 1000 and cfg.strategy.unlabelled_trust == "learned"
+    assert cfg.transfer.unlabelled == 10000
+
+
 def test_the_table_reports_the_drop_from_the_honest_run_of_the_same_seed() -> None:
     def record(adversary: str, fraction: float, seed: int, acc: float, share: float | None = None) -> dict:
         row = {"server_acc": acc} | ({} if share is None else {"malicious_weight_share": share})

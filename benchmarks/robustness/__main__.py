@@ -18,7 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from pathlib import Path
 
 from benchmarks.common import REPO_ROOT, machine_line, write_section
-from benchmarks.robustness.grid import FRACTIONS, METHODS, Job, plan
+from benchmarks.robustness.grid import FRACTIONS, METHODS, Job, attack_names, plan
 from benchmarks.robustness.report import section
 from benchmarks.robustness.run import read_result, run_job
 from fl_kd.kd.adversary import ADVERSARIES
@@ -32,7 +32,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--adversaries", nargs="+", default=list(ADVERSARIES.names()), choices=ADVERSARIES.names())
+    parser.add_argument("--adversaries", nargs="+", default=list(ADVERSARIES.names()), choices=attack_names())
     parser.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--budget-minutes", type=float, default=math.inf, help="start no job after this")

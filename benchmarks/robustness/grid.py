@@ -33,6 +33,10 @@ QUICK: tuple[str, ...] = (
     "partition.min_size=20",
 )
 
+#: fl-kd's selective KD as the knowledge benchmark runs it best (``fedgems+learned``: per-client, per-class trust
+#: fitted on a held-out labelled slice, applied to unlabelled samples), with its 10,000 unlabelled samples.
+LEARNED: tuple[str, ...] = (*FEDGEMS_OVERRIDES, *dict(VARIANTS)["fedgems+learned"], "transfer.unlabelled=10000")
+
 #: Method name -> its strategy overrides. FedAvg averages one architecture, so it runs the homogeneous profile.
 METHODS: dict[str, tuple[str, ...]] = {
     "fedgems": ("strategy=fedgems",),
@@ -46,16 +50,26 @@ METHODS: dict[str, tuple[str, ...]] = {
     "fedavg_median": ("strategy=fedavg", "device_profile=homogeneous", "strategy.aggregation=median"),
     "fedavg_trimmed_mean": ("strategy=fedavg", "device_profile=homogeneous", "strategy.aggregation=trimmed_mean"),
     "fedavg_krum": ("strategy=fedavg", "device_profile=homogeneous", "strategy.aggregation=krum"),
-    # fl-kd's selective KD as the knowledge benchmark runs it best (``fedgems+learned``: per-client, per-class trust
-    # fitted on a held-out labelled slice, applied to unlabelled samples), with its 10,000 unlabelled samples.
-    "fedgems_learned": (*FEDGEMS_OVERRIDES, *dict(VARIANTS)["fedgems+learned"], "transfer.unlabelled=10000"),
+    "fedgems_learned": LEARNED,
+    # The same, with 1,000 canaries: labelled samples the server hides among the unlabelled ones (1,000 labels more).
+    "fedgems_canaries": (*LEARNED, "strategy.canaries=1000"),
+}
+
+#: Attacks beside the registered behaviours: a name -> (behaviour, its settings). ``camouflage_p0.2`` lies on a
+#: fifth of the unlabelled samples only, to stay below the canaries' screen.
+ATTACK_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "camouflage_p0.2": ("camouflage", ("adversary.poison_share=0.2",)),
 }
 
 #: Variants run beside the grid, not through it, with the only (adversary, fraction) pairs they face: the trust score
 #: of ``fedgems_learned`` and FedGEMS without confidence weighting (``fedgems_uniform``), each against the attacker
-#: it was built for and the one that knows it (``camouflage``).
+#: it was built for and the one that knows it (``camouflage``), and the canaries against ``camouflage`` and the
+#: attacker that knows them (``camouflage_p0.2``).
 ONLY: dict[str, frozenset[tuple[str, float]]] = {
-    "fedgems_learned": frozenset({("confident_wrong", 0.3), ("camouflage", 0.3)}),
+    "fedgems_learned": frozenset(
+        {("confident_wrong", 0.3), ("camouflage", 0.3), ("camouflage_p0.2", 0.3), ("camouflage", 0.5)}
+    ),
+    "fedgems_canaries": frozenset({("camouflage", 0.3), ("camouflage_p0.2", 0.3), ("camouflage", 0.5)}),
     "fedgems_uniform": frozenset({("scaled_logits", 0.3), ("camouflage", 0.3), ("camouflage", 0.5)}),
 }
 
@@ -79,24 +93,34 @@ class Job:
     def overrides(self, quick: bool = False) -> list[str]:
         """Hydra overrides of this job (before seed and rounds)."""
         method = [o for o in METHODS[self.method] if not (quick and o.startswith("device_profile="))]
-        extra = [f"adversary={self.adversary}", f"adversary.fraction={self.fraction}"]
+        behaviour, settings = ATTACK_VARIANTS.get(self.adversary, (self.adversary, ()))
+        extra = [f"adversary={behaviour}", f"adversary.fraction={self.fraction}", *settings]
         return [*(QUICK if quick else COMMON), *method, *extra]
+
+
+def attack_names() -> list[str]:
+    """Every adversary the grid knows: the registered behaviours and :data:`ATTACK_VARIANTS`."""
+    return [*ADVERSARIES.names(), *ATTACK_VARIANTS]
 
 
 def fits(method: str, adversary: str) -> bool:
     """Whether ``adversary`` applies to the clients of ``method``'s strategy (logits, weights, or any)."""
     strategy = next(o.split("=", 1)[1] for o in METHODS[method] if o.startswith("strategy="))
+    adversary = ATTACK_VARIANTS.get(adversary, (adversary, ()))[0]
     return ADVERSARIES.get(adversary).kind in ("any", get_algorithm(strategy).config_class.shares)
 
 
 def allowed(method: str, adversary: str, fraction: float) -> bool:
-    """Whether the grid runs ``method`` under ``adversary`` at ``fraction`` (every fitting pair, bar :data:`ONLY`)."""
-    return fits(method, adversary) and (method not in ONLY or (adversary, fraction) in ONLY[method])
+    """Whether the grid runs ``method`` under ``adversary`` at ``fraction``: every fitting pair of a registered
+    behaviour, and for the methods of :data:`ONLY` their pairs alone."""
+    if method not in ONLY:  # the attack variants aim at the variants' defences only
+        return fits(method, adversary) and adversary not in ATTACK_VARIANTS
+    return fits(method, adversary) and (adversary, fraction) in ONLY[method]
 
 
 def plan(methods: list[str], adversaries: list[str], fractions: list[float], seeds: list[int]) -> list[Job]:
     """Every job, seed by seed (so an interrupted benchmark has whole seeds first), honest runs first."""
-    unknown = sorted(set(methods) - set(METHODS)) + sorted(set(adversaries) - set(ADVERSARIES.names()))
+    unknown = sorted(set(methods) - set(METHODS)) + sorted(set(adversaries) - set(attack_names()))
     if unknown:
         raise ValueError(f"unknown methods or adversaries: {unknown}")
     jobs = []

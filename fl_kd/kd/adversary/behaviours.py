@@ -195,7 +195,9 @@ class Camouflage(Behaviour):
     entropy of all it takes the inverse-entropy fusion weight from the honest clients, so the teacher there is the
     bare label, without their dark knowledge. Where no label can check it (the unlabelled part) it answers one-hot
     on a wrong class, as ``confident_wrong``. A per-client reliability measured on labelled answers rates it
-    perfect, so this is the attacker a trust score built on the labelled part must survive.
+    perfect, so this is the attacker a trust score built on the labelled part must survive. Against a screen
+    that checks it where it cannot tell (canaries), it lies on only a share ``adversary.poison_share`` of the
+    unlabelled samples, drawn per round, and answers the rest honestly, to stay below the screen's power.
     """
 
     kind = "logits"
@@ -203,13 +205,16 @@ class Camouflage(Behaviour):
     def corrupt_logits(
         self, logits: NDArray[np.float64], positions: NDArray[Any], rng: np.random.Generator
     ) -> NDArray[np.float64]:
-        """One-hot on the true class where the label is known, on a wrong class elsewhere."""
+        """One-hot on the true class where the label is known, on a wrong class where it lies, honest elsewhere."""
         rows = logits.shape[0]
         known = positions < self.transfer_y.size
         truth = self.labels_or_predictions(logits, positions)
         wrong = (truth + 1 + rng.integers(0, self.num_classes - 1, size=rows)) % self.num_classes
         out = np.zeros_like(logits)
         out[np.arange(rows), np.where(known, truth, wrong)] = self.config.confidence
+        if self.config.poison_share < 1.0:
+            honest = ~known & (rng.random(rows) >= self.config.poison_share)
+            out[honest] = logits[honest]
         return out
 
 

@@ -45,6 +45,8 @@ class AdversaryConfig:
     source, target : int (default: 0, 1)
         ``targeted``: private samples of class ``source`` are trained as ``target``, and answers that say
         ``source`` say ``target`` instead.
+    poison_share : float (default: 1.0)
+        ``camouflage``: the share of the unlabelled samples it lies on each round (it answers the rest honestly).
     free_rider_mode : str (default: "stale")
         ``free_rider`` skips local training; "stale" answers with its untrained model as it stands (for weight
         sharing: the global weights echoed), "random" with random logits (or global weights plus noise).
@@ -58,6 +60,7 @@ class AdversaryConfig:
     source: int = 0
     target: int = 1
     free_rider_mode: str = "stale"
+    poison_share: float = 1.0
 
     def __post_init__(self) -> None:
         from fl_kd.kd.adversary.behaviours import ADVERSARIES
@@ -75,6 +78,7 @@ class AdversaryConfig:
         check_range("adversary.target", self.target, low=0)
         require(self.source != self.target, "adversary.source and adversary.target must be different classes")
         check_choice("adversary.free_rider_mode", self.free_rider_mode, FREE_RIDER_MODES)
+        check_range("adversary.poison_share", self.poison_share, low=0.0, high=1.0)
 
     def check_experiment(self, experiment: ExperimentConfig) -> None:
         """A behaviour that corrupts logits needs a strategy whose clients send logits, and likewise for weights."""
