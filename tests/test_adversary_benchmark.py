@@ -84,7 +84,15 @@ def test_the_verdicts_say_holds_or_missed_from_the_drops_and_weight_shares() -> 
         _record("dsfl", "none", 0.0, 0.80),
         _record("dsfl", "negated_logits", 0.3, 0.79),
     ]
+    records += [
+        _record("fedgems_learned", "none", 0.0, 0.80),
+        _record("fedgems_learned", "camouflage", 0.3, 0.73),
+        _record("fedgems_canaries", "none", 0.0, 0.80),
+        _record("fedgems_canaries", "camouflage", 0.3, 0.801),
+    ]
     text = "\n".join(verdict_lines(records))
+    assert "- `camouflage` at 0.3: fedgems_learned loses +7.0 points (expected <= 1): **MISSED**." in text
+    assert "- `camouflage` at 0.3: fedgems_canaries loses -0.1 points (expected <= 1): **holds**." in text
     assert "`negated_logits` at 0.3: fedgems loses +0.5 points (expected <= 1): **holds**" in text
     assert "fedmd +10.0, dsfl +1.0 (not several)" in text
     assert "`scaled_logits` at 0.3: fedgems loses +5.0 points (expected <= 1): **MISSED**; plain averaging loses " \

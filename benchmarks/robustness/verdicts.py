@@ -16,6 +16,8 @@ from fl_kd.kd.adversary import ADVERSARIES
 
 SELECTIVE = "fedgems"
 PLAIN_AVERAGING = ("fedmd", "dsfl")
+#: Selective KD with unlabelled trust, held to the same 1-point limit against every attack they faced.
+SELECTIVE_VARIANTS = ("fedgems_learned", "fedgems_canaries")
 FRACTION = 0.3
 MAX_SELECTIVE_DROP = 1.0  # points
 MIN_PLAIN_DROP = 3.0  # points: "several"
@@ -71,6 +73,17 @@ def verdict_lines(records: list[dict[str, Any]]) -> list[str]:
             f"- `{attack}` at {FRACTION:g}: {SELECTIVE} loses {ours:+.1f} points (expected <= {MAX_SELECTIVE_DROP:g}): "
             f"{held}; plain averaging loses {peers} (expected >= {MIN_PLAIN_DROP:g})."
         )
+    for method in SELECTIVE_VARIANTS:
+        jobs = [r["job"] for r in records]
+        attacks = sorted({j["adversary"] for j in jobs if j["method"] == method and float(j["fraction"]) == FRACTION})
+        for attack in attacks:
+            lost = drop(records, method, attack, FRACTION)
+            if lost is not None:
+                held = "**holds**" if lost <= MAX_SELECTIVE_DROP else "**MISSED**"
+                lines.append(
+                    f"- `{attack}` at {FRACTION:g}: {method} loses {lost:+.1f} points "
+                    f"(expected <= {MAX_SELECTIVE_DROP:g}): {held}."
+                )
     for method in (SELECTIVE, *PLAIN_AVERAGING):
         share = max_malicious_share(records, method, "confident_wrong")
         if share is None:
