@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable
 
@@ -63,3 +64,54 @@ def test_missing_replies_end_at_the_timeout() -> None:
     waited = time.monotonic() - start
     assert 0.3 <= waited < 0.3 + LAST_PULL_PAUSE + 1.0  # the last pause is cut to the time left (slack: busy CPU)
     assert slow.pulls < 40  # the pauses grow: a slow exchange is not polled in a busy loop
+
+
+class InMemoryState:
+    """The part of Flower's in-memory LinkState the grid's replies pass through."""
+
+    def __init__(self) -> None:
+        self.stored: list[Message] = []
+
+    def store_message_res(self, message: Message) -> str | None:
+        self.stored.append(message)
+        return message.metadata.message_id
+
+
+class InMemorySlowGrid(SlowGrid):
+    """A simulation's grid: its replies are stored in ``state`` by the engine's thread while the ServerApp waits."""
+
+    def __init__(self) -> None:
+        super().__init__(ready_after=10**9)
+        self.state = InMemoryState()
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        self.pulls += 1
+        if self.pulls == 1:  # the engine stores both replies while the first pull finds none
+            for message_id in sorted(message_ids):
+                self.state.store_message_res(Message(RecordDict(), reply_to=self.pushed[message_id]))
+            return []
+        asked = set(message_ids)
+        return [reply for reply in self.state.stored if reply.metadata.reply_to_message_id in asked]
+
+
+class RecordingEvent(threading.Event):
+    """An event that records what each wait returned: True when it was set, False when the time ran out."""
+
+    waits: list[bool] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        woken = super().wait(timeout)
+        RecordingEvent.waits.append(woken)
+        return woken
+
+
+def test_in_a_simulation_a_stored_reply_ends_the_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vfl_grid.threading, "Event", RecordingEvent)
+    monkeypatch.setattr(RecordingEvent, "waits", [])
+    monkeypatch.setattr(vfl_grid, "FIRST_PULL_PAUSE", 60.0)  # a pause that runs out would fail the test's timeout
+    slow = InMemorySlowGrid()
+    replies = list(QuickPollGrid(slow).send_and_receive(_messages(), timeout=120.0))  # type: ignore[arg-type]
+    assert sorted(reply.metadata.reply_to_message_id for reply in replies) == ["m0", "m1"]
+    assert slow.pulls == 2
+    assert RecordingEvent.waits == [True]  # woken by the stored replies, not by the end of the pause
+    assert len(slow.state.stored) == 2  # the state still stores every reply itself
