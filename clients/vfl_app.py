@@ -1,10 +1,12 @@
 """ClientApp of vertical (split) federated learning: one node is the label party, every other one a feature party.
 
 The party's role comes from :func:`fl_kd.vfl.protocol.party_role`, the one mapping from a node's ``node_config``
-used in simulation and in deployment. Every handler rebuilds its party from ``context.state``
-(:mod:`fl_kd.clients.vfl_party`), runs one protocol step of :mod:`fl_kd.vfl` and saves the party again. The
-attacking feature party logs what it observes (:class:`~fl_kd.vfl.attacks.ObservationLog`) and replays it
+used in simulation and in deployment. Every handler takes its party from ``context.state`` (or the live party this
+process saved there: :mod:`fl_kd.clients.vfl_party`), runs one protocol step of :mod:`fl_kd.vfl` and saves the party
+again. The attacking feature party logs what it observes (:class:`~fl_kd.vfl.attacks.ObservationLog`) and replays it
 through fresh attacks when asked for the attack results, so the attacks see exactly what they would see live.
+Importing this module in Flower's simulation engine makes the engine hand over messages at once
+(:mod:`fl_kd.clients.vfl_engine`).
 
 See :mod:`fl_kd.vfl.protocol` for the messages.
 """
@@ -23,6 +25,7 @@ from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 from torch import Tensor
 
+from fl_kd.clients import vfl_engine
 from fl_kd.clients.vfl_party import (
     Node,
     embedded_ids,
@@ -37,6 +40,7 @@ from fl_kd.clients.vfl_party import (
     save_label_secret,
     save_observation_log,
     save_party,
+    take_party,
 )
 from fl_kd.vfl import protocol as vp
 from fl_kd.vfl.attacks import build_attacks, score_attacks
@@ -48,6 +52,7 @@ from fl_kd.vfl.trainer import PREDICT_BATCH_SIZE, prediction_metrics
 __all__ = ["PartyRole", "app", "load_party", "party_role"]
 
 app = ClientApp()
+vfl_engine.install()  # in a simulation engine's process: messages reach the ClientApp as soon as they are sent
 
 
 # -- helpers shared by the handlers ----------------------------------------------------------------------------------
@@ -63,14 +68,14 @@ def _node_for(msg: Message, context: Context, role: str) -> Node:
 
 def _feature_party(msg: Message, context: Context) -> tuple[Node, FeatureParty]:
     node = _node_for(msg, context, vp.FEATURE)
-    party = load_party(context, node)
+    party = take_party(context, node)
     assert isinstance(party, FeatureParty)
     return node, party
 
 
 def _label_party(msg: Message, context: Context) -> tuple[Node, LabelParty]:
     node = _node_for(msg, context, vp.LABEL)
-    party = load_party(context, node)
+    party = take_party(context, node)
     assert isinstance(party, LabelParty)
     return node, party
 

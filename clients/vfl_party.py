@@ -1,9 +1,14 @@
 """What a VFL node holds and how its party survives between messages.
 
-A ClientApp does not persist, so the party object is rebuilt for every message: its models live in
-``context.state`` as ``ArrayRecord``\\ s, and its optimiser, step counter and defence state (random generators,
-CoAE's autoencoder, ...) as a ``torch.save`` blob next to them, so a rebuilt party continues exactly where it
-stopped. The attacking feature party also keeps its :class:`~fl_kd.vfl.attacks.ObservationLog` there, and the
+A ClientApp does not persist, so ``context.state`` is the party's record: its models as ``ArrayRecord``\\ s, and its
+optimiser, step counter and defence state (random generators, CoAE's autoencoder, ...) as a ``torch.save`` blob next
+to them, so a party rebuilt from it continues exactly where it stopped. Rebuilding costs more than most protocol
+steps (building the models, decoding the blob, cutting the node's rows), so the process that saved a party also
+keeps the live object (:func:`take_party`), marked with a token saved beside the state: the next message reuses it
+only when its ``context.state`` carries that very token, i.e. holds exactly what the live party saved. A simulation
+hands a node's messages to whichever worker process is free, a failed handler leaves an older state behind, a
+restarted node has none: each of these shows a different token and the party is rebuilt from ``context.state``.
+The attacking feature party also keeps its :class:`~fl_kd.vfl.attacks.ObservationLog` in ``context.state``, and the
 label party its secret (:mod:`fl_kd.vfl.secret`), read once at setup: ``context.state`` never leaves the node.
 """
 
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import io
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +43,10 @@ OBSERVATIONS = "vfl-observations"
 EMBEDDED = "vfl-embedded"
 LABEL_SECRET = "vfl-label-secret"
 _MODELS = ("model", "top", "bottom")
+_TOKEN = "token"
+
+#: Parties this process saved last, by (run id, node id): the token of that save and the live party.
+_LIVE: dict[tuple[int, int], tuple[str, FeatureParty | LabelParty]] = {}
 
 
 @functools.lru_cache(maxsize=4)
@@ -151,6 +161,18 @@ def _to_bytes(state: Mapping[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
+def take_party(context: Context, node: Node) -> FeatureParty | LabelParty:
+    """This node's party for one message: the live one this process saved, if ``context.state`` holds its save.
+
+    Otherwise :func:`load_party`. The party is taken out of this process's keeping until :func:`save_party`, so
+    a handler that fails half-way never leaves a half-updated party to the next message.
+    """
+    live = _LIVE.pop((context.run_id, context.node_id), None)
+    if live is not None and PARTY_STATE in context.state and record(context.state, PARTY_STATE).get(_TOKEN) == live[0]:
+        return live[1]
+    return load_party(context, node)
+
+
 def load_party(context: Context, node: Node | None = None) -> FeatureParty | LabelParty:
     """This node's party on its aligned training rows, restored from ``context.state`` when it was saved there."""
     node = node_of(context) if node is None else node
@@ -180,13 +202,20 @@ def load_party(context: Context, node: Node | None = None) -> FeatureParty | Lab
 
 
 def save_party(context: Context, party: FeatureParty | LabelParty) -> None:
-    """Keep the party's models and the rest of its state in ``context.state`` for the next message."""
+    """Keep the party's models and the rest of its state in ``context.state``, and the live party in this process.
+
+    Either serves the next message (:func:`take_party`); a fresh token tells whether they are the same save.
+    """
     state = party.state_dict()
     for name in _MODELS:
         weights = state.pop(name, None)
         if weights is not None:
             context.state[MODEL_PREFIX + name] = ArrayRecord(weights)
-    context.state[PARTY_STATE] = ConfigRecord({"state": _to_bytes(state)})
+    token = uuid.uuid4().hex  # from the OS, not from torch's or NumPy's generators, which training draws from
+    context.state[PARTY_STATE] = ConfigRecord({"state": _to_bytes(state), _TOKEN: token})
+    for key in [key for key in _LIVE if key[0] != context.run_id]:
+        del _LIVE[key]  # parties of an earlier run on this process
+    _LIVE[(context.run_id, context.node_id)] = (token, party)
 
 
 # -- the attacker's observations --------------------------------------------------------------------------------------

@@ -1,0 +1,112 @@
+"""The VFL ClientApp keeps its live parties between messages: same results as rebuilding them, never a stale one.
+
+A simulation hands a node's messages to whichever worker process is free, so a message may find the party it needs
+alive in its process or have to rebuild it from ``context.state``; either way the run must be the in-process one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from flwr.app import Context, Message
+
+from fl_kd.clients import vfl_party
+from fl_kd.clients.vfl_app import app as client_app
+from fl_kd.clients.vfl_party import load_party, node_of, save_party, take_party
+from fl_kd.strategies.vfl import VFLServer
+from fl_kd.vfl import run_vfl
+from fl_kd.vfl.config import VFLRunConfig
+from fl_kd.vfl.protocol import CONFIG_KEY, encode_config
+from tests.flower_loopback import LoopbackGrid
+from tests.test_vfl_flower import _assert_same_state, _flower_states, vfl_config
+
+
+class ForgetfulGrid(LoopbackGrid):
+    """Drops the live parties of this process before the messages ``forget(index)`` picks (counted from 0)."""
+
+    def __init__(self, cfg: VFLRunConfig, forget: Callable[[int], bool]) -> None:
+        super().__init__(client_app, cfg.num_feature_parties + 1, {CONFIG_KEY: encode_config(cfg)})
+        self.forget = forget
+        self.delivered = 0
+
+    def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> list[Message]:
+        replies = []
+        for message in messages:
+            if self.forget(self.delivered):
+                vfl_party._LIVE.clear()
+            self.delivered += 1
+            replies.extend(super().send_and_receive([message], timeout=timeout))
+        return replies
+
+
+SCHEDULES: dict[str, Callable[[int], bool]] = {
+    "live parties kept": lambda index: False,
+    "rebuilt for every message": lambda index: True,
+    "rebuilt for every other message": lambda index: index % 2 == 1,  # two workers taking turns
+    "rebuilt now and then": lambda index: index % 7 in (2, 3),
+}
+CONFIGS = {
+    "CoAE with noise, one batch per message": vfl_config(
+        {"direct_label_inference": {}, "norm_scoring": {}},
+        defence={"name": "coae_noise", "params": {"scale": 0.005, "epochs": 1, "num_train": 30_000}},
+    ),
+    "Gaussian noise, three batches per message": vfl_config(
+        {"direct_label_inference": {}},
+        defence={"name": "gaussian", "params": {"scale": 0.01}},
+        training={"batches_per_message": 3},
+    ),
+}
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_live_or_rebuilt_parties_train_exactly_as_in_process(config: str) -> None:
+    cfg = CONFIGS[config]
+    reference = run_vfl(cfg)
+    states = []
+    for forget in SCHEDULES.values():
+        vfl_party._LIVE.clear()
+        grid = ForgetfulGrid(cfg, forget)
+        results = VFLServer(cfg).run(grid)
+        for key in ("mp", "auc", "train_loss", "attacks"):
+            assert results[key] == reference[key], key
+        states.append(_flower_states(grid, cfg.num_feature_parties))
+    for other in states[1:]:
+        _assert_same_state(states[0], other)
+
+
+def _trained_context() -> Context:
+    """A feature party's context after a short run, its live party kept in this process."""
+    cfg = vfl_config(training={"epochs": 1})
+    grid = LoopbackGrid(client_app, cfg.num_feature_parties + 1, {CONFIG_KEY: encode_config(cfg)})
+    VFLServer(cfg).run(grid)
+    return next(c for c in grid.contexts.values() if not node_of(c).role.is_label)
+
+
+def test_the_live_party_serves_only_the_state_it_saved() -> None:
+    context = _trained_context()
+    node = node_of(context)
+    party = take_party(context, node)
+    save_party(context, party)
+    assert take_party(context, node) is party  # the state is this party's last save
+
+    save_party(context, party)
+    older = vfl_party.record(context.state, vfl_party.PARTY_STATE)["state"]
+    party.embed([0, 1, 2])  # the live party moves on and saves...
+    save_party(context, party)
+    context.state[vfl_party.PARTY_STATE] = vfl_party.ConfigRecord({"state": older, "token": "another save"})
+    rebuilt = take_party(context, node)  # ...but this message carries an older state: it is rebuilt from it
+    assert rebuilt is not party
+    _assert_same_state(rebuilt.state_dict(), load_party(context, node).state_dict())
+    assert rebuilt.state_dict()["step"] == party.state_dict()["step"] - 1
+
+
+def test_a_failed_handler_leaves_no_live_party_behind() -> None:
+    context = _trained_context()
+    node = node_of(context)
+    taken = take_party(context, node)
+    taken.embed([0, 1, 2])  # a handler that fails here never saves
+    again = take_party(context, node)
+    assert again is not taken
+    assert again.state_dict()["step"] == taken.state_dict()["step"] - 1  # the saved state, without the failed step
