@@ -131,6 +131,13 @@ def test_camouflage_is_right_and_sure_where_labels_check_it_and_wrong_elsewhere(
     out = behaviour.corrupt_logits(honest, np.full(2000, 10**6), np.random.default_rng(2))
     lied = ~np.all(out == honest, axis=1)
     assert 0.2 < lied.mean() < 0.3 and np.all(out[lied].max(axis=1) == 10.0)
+    # With checked=honest it answers its honest logits where a label checks it too.
+    mimic = config(adversary={"name": "camouflage", "fraction": 1.0, "checked": "honest"})
+    behaviour = get_algorithm("dsfl").build_client(mimic, federation(), 0).behaviour
+    positions = np.array([0, 1, 10**6])
+    out = behaviour.corrupt_logits(honest[:3], positions, np.random.default_rng(2))
+    np.testing.assert_array_equal(out[:2], honest[:2])
+    assert out[2].max() == 10.0 and (out[2] != 0).sum() == 1
 
 
 def test_targeted_relabels_source_as_target_and_swaps_its_answers() -> None:

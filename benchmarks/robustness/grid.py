@@ -56,9 +56,12 @@ METHODS: dict[str, tuple[str, ...]] = {
 }
 
 #: Attacks beside the registered behaviours: a name -> (behaviour, its settings). ``camouflage_p0.2`` lies on a
-#: fifth of the unlabelled samples only, to stay below the canaries' screen.
+#: fifth of the unlabelled samples only; ``camouflage_mimic_p*`` also answers honestly where labels check it, so
+#: that the canaries' screen sees only the share it poisons (the attacker that knows the screen).
 ATTACK_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "camouflage_p0.2": ("camouflage", ("adversary.poison_share=0.2",)),
+    "camouflage_mimic_p0.2": ("camouflage", ("adversary.poison_share=0.2", "adversary.checked=honest")),
+    "camouflage_mimic_p0.1": ("camouflage", ("adversary.poison_share=0.1", "adversary.checked=honest")),
 }
 
 #: Variants run beside the grid, not through it, with the only (adversary, fraction) pairs they face: the trust score
@@ -67,9 +70,23 @@ ATTACK_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
 #: attacker that knows them (``camouflage_p0.2``).
 ONLY: dict[str, frozenset[tuple[str, float]]] = {
     "fedgems_learned": frozenset(
-        {("confident_wrong", 0.3), ("camouflage", 0.3), ("camouflage_p0.2", 0.3), ("camouflage", 0.5)}
+        {
+            ("confident_wrong", 0.3),
+            ("camouflage", 0.3),
+            ("camouflage_p0.2", 0.3),
+            ("camouflage_mimic_p0.1", 0.3),
+            ("camouflage", 0.5),
+        }
     ),
-    "fedgems_canaries": frozenset({("camouflage", 0.3), ("camouflage_p0.2", 0.3), ("camouflage", 0.5)}),
+    "fedgems_canaries": frozenset(
+        {
+            ("camouflage", 0.3),
+            ("camouflage_p0.2", 0.3),
+            ("camouflage_mimic_p0.2", 0.3),
+            ("camouflage_mimic_p0.1", 0.3),
+            ("camouflage", 0.5),
+        }
+    ),
     "fedgems_uniform": frozenset({("scaled_logits", 0.3), ("camouflage", 0.3), ("camouflage", 0.5)}),
 }
 

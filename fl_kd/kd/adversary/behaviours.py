@@ -197,7 +197,9 @@ class Camouflage(Behaviour):
     on a wrong class, as ``confident_wrong``. A per-client reliability measured on labelled answers rates it
     perfect, so this is the attacker a trust score built on the labelled part must survive. Against a screen
     that checks it where it cannot tell (canaries), it lies on only a share ``adversary.poison_share`` of the
-    unlabelled samples, drawn per round, and answers the rest honestly, to stay below the screen's power.
+    unlabelled samples, drawn per round, and answers the rest honestly; with ``adversary.checked=honest`` it also
+    answers its honest logits where labels check it, so that it is no more accurate there than elsewhere and a
+    screen comparing the two sees only the share it poisons.
     """
 
     kind = "logits"
@@ -215,6 +217,8 @@ class Camouflage(Behaviour):
         if self.config.poison_share < 1.0:
             honest = ~known & (rng.random(rows) >= self.config.poison_share)
             out[honest] = logits[honest]
+        if self.config.checked == "honest":
+            out[known] = logits[known]
         return out
 
 

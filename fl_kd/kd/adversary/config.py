@@ -21,6 +21,7 @@ NONE = "none"
 """The honest federation: no client is wrapped, every run is bit-identical to one without this group."""
 
 FREE_RIDER_MODES: tuple[str, ...] = ("stale", "random")
+CHECKED_ANSWERS: tuple[str, ...] = ("truth", "honest")
 
 
 @dataclass
@@ -47,6 +48,9 @@ class AdversaryConfig:
         ``source`` say ``target`` instead.
     poison_share : float (default: 1.0)
         ``camouflage``: the share of the unlabelled samples it lies on each round (it answers the rest honestly).
+    checked : {"truth", "honest"} (default: "truth")
+        ``camouflage``: what it answers where a label can check it: one-hot on the true class (sure and right, so
+        it takes an inverse-entropy weight), or its honest logits (no more accurate there than elsewhere).
     free_rider_mode : str (default: "stale")
         ``free_rider`` skips local training; "stale" answers with its untrained model as it stands (for weight
         sharing: the global weights echoed), "random" with random logits (or global weights plus noise).
@@ -61,6 +65,7 @@ class AdversaryConfig:
     target: int = 1
     free_rider_mode: str = "stale"
     poison_share: float = 1.0
+    checked: str = "truth"
 
     def __post_init__(self) -> None:
         from fl_kd.kd.adversary.behaviours import ADVERSARIES
@@ -79,6 +84,7 @@ class AdversaryConfig:
         require(self.source != self.target, "adversary.source and adversary.target must be different classes")
         check_choice("adversary.free_rider_mode", self.free_rider_mode, FREE_RIDER_MODES)
         check_range("adversary.poison_share", self.poison_share, low=0.0, high=1.0)
+        check_choice("adversary.checked", self.checked, CHECKED_ANSWERS)
 
     def check_experiment(self, experiment: ExperimentConfig) -> None:
         """A behaviour that corrupts logits needs a strategy whose clients send logits, and likewise for weights."""
