@@ -116,3 +116,22 @@ def test_an_honest_federation_passes_the_screen_and_camouflage_does_not() -> Non
     attacked = run_inprocess(tiny_config(**settings, adversary={"name": "camouflage", "fraction": 0.5})).rounds
     assert [row["canary_screened"] for row in attacked] == [2, 2]
     assert all(row["n_unlabelled"] == 80 for row in attacked)
+
+
+def test_the_tallies_survive_a_checkpoint_so_a_resumed_server_screens_alike() -> None:
+    import io
+
+    from fl_kd.checkpoint import object_state, restore_object_state, state_digests
+
+    server = _server(canaries=20)
+    baseline = state_digests(_server(canaries=20))
+    server.distill(1, _answers(server))
+    buffer = io.BytesIO()
+    torch.save(object_state(server, baseline), buffer)
+    buffer.seek(0)
+    resumed = _server(canaries=20)
+    restore_object_state(resumed, torch.load(buffer, weights_only=False), "memory")
+    assert (
+        resumed.options.canaries.tallies == server.options.canaries.tallies == {0: [20, 20, 20, 20], 1: [20, 20, 0, 20]}
+    )
+    assert server.distill(2, _answers(server)).extra == resumed.distill(2, _answers(resumed)).extra
