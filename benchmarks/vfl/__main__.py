@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import REPO_ROOT
+from benchmarks.common import REPO_ROOT, kept_sections
 from benchmarks.vfl.grid import (
     AUTOENCODER_DEFENCES,
     DEFAULT_NOISE_SCALES,
@@ -192,7 +192,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.copyfile(pareto_path, COMMITTED_PARETO)
         linked, linked_pareto = COMMITTED_PLOT, COMMITTED_PARETO
     links = (os.path.relpath(linked, report_path.parent), os.path.relpath(linked_pareto, report_path.parent))
-    report_path.write_text(render_report(summary, info, *links))
+    # Sections other commands write into the same file (``benchmarks.vfl.speed``) survive a new report.
+    kept = kept_sections(report_path.read_text()) if report_path.exists() else []
+    report_path.write_text("\n\n".join([render_report(summary, info, *links).rstrip("\n"), *kept]) + "\n")
     (out / "summary.json").write_text(json.dumps({"info": asdict(info), "summary": summary}, indent=1, default=str))
     print(f"report: {report_path}; plot: {plot_path}; records: {records_path}")
     return 0
