@@ -3,10 +3,13 @@ it knows it is checked (``adversary=camouflage``), leave honest clients alone, a
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
 
+from fl_kd.checkpoint import object_state, restore_object_state, state_digests
 from fl_kd.config import ConfigError
 from fl_kd.kd.fedgems import SelectiveDistillServer, ServerDistillConfig
 from fl_kd.kd.fedgems.canaries import CanaryScreen, canary_indices, shortfall_z
@@ -119,10 +122,6 @@ def test_an_honest_federation_passes_the_screen_and_camouflage_does_not() -> Non
 
 
 def test_the_tallies_survive_a_checkpoint_so_a_resumed_server_screens_alike() -> None:
-    import io
-
-    from fl_kd.checkpoint import object_state, restore_object_state, state_digests
-
     server = _server(canaries=20)
     baseline = state_digests(_server(canaries=20))
     server.distill(1, _answers(server))
