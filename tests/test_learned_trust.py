@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from fl_kd.config import ConfigError
 from fl_kd.kd.fedgems import FedGEMSServer, SelectiveDistillServer, ServerDistillConfig
-from fl_kd.kd.fedgems.combiner import fit_class_combiner, fuse_by_combiner
+from fl_kd.kd.fedgems.combiner import ClassCombiner, fit_class_combiner, fuse_by_combiner
 from fl_kd.kd.fedgems.reliability import class_precision, confusion_matrix, fuse_by_reliability
 from fl_kd.kd.runner import run_inprocess
 from fl_kd.models import build_model
@@ -151,3 +151,26 @@ def test_learned_trust_runs_end_to_end_on_digits() -> None:
     for row in rows:
         assert row["n_unlabelled"] == 40 and row["combiner_samples"] == 30
         assert 0.0 <= row["teacher_unlabelled_accuracy"] <= 1.0 and np.isfinite(row["combiner_loss"])
+
+
+def test_a_probability_floor_keeps_one_confident_liar_from_vetoing_the_truth() -> None:
+    generator = torch.Generator().manual_seed(5)
+    labels = torch.randint(0, C, (300,), generator=generator)
+    honest = torch.randn(3, 300, C, generator=generator)
+    honest[:, torch.arange(300), labels] += 2.0  # three fairly sure honest clients
+    liar = torch.zeros(1, 300, C)
+    liar[0, torch.arange(300), (labels + 1) % C] = 10.0  # one-hot on a wrong class, as camouflage lies
+    logits, available = torch.cat([honest, liar]), torch.ones(4, 300, dtype=torch.bool)
+    ones = ClassCombiner(torch.ones(4, C), torch.zeros(C), 0.0)  # the plain product: what an honest fit starts from
+    floored = ClassCombiner(torch.ones(4, C), torch.zeros(C), 0.0, prob_floor=0.01)
+    vetoed = _accuracy(fuse_by_combiner(logits, available, ones).logits, labels)
+    bounded = _accuracy(fuse_by_combiner(logits, available, floored).logits, labels)
+    without_liar = _accuracy(
+        fuse_by_combiner(honest, available[:3], ClassCombiner(torch.ones(3, C), torch.zeros(C), 0.0)).logits, labels
+    )
+    # The liar vetoes the truth almost everywhere in the product; floored, it costs a third of the samples on which
+    # three fairly unsure honest clients (a margin of about 2 nats) are outvoted by one firm dissent.
+    assert vetoed < 0.1 and bounded > vetoed + 0.5 and without_liar > 0.9
+    with pytest.raises(ValueError, match="prob_floor"):
+        fit_class_combiner(logits, available, labels, prob_floor=0.2)
+    assert fit_class_combiner(logits, available, labels, prob_floor=0.01).prob_floor == 0.01

@@ -53,6 +53,8 @@ METHODS: dict[str, tuple[str, ...]] = {
     "fedgems_learned": LEARNED,
     # The same, with 1,000 canaries: labelled samples the server hides among the unlabelled ones (1,000 labels more).
     "fedgems_canaries": (*LEARNED, "strategy.canaries=1000"),
+    # And with each client's probabilities floored at 0.01 in the combiner, so that one lie cannot veto a class.
+    "fedgems_robust": (*LEARNED, "strategy.canaries=1000", "strategy.learned_prob_floor=0.01"),
 }
 
 #: Attacks beside the registered behaviours: a name -> (behaviour, its settings). ``camouflage_p0.2`` lies on a
@@ -67,7 +69,8 @@ ATTACK_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
 #: Variants run beside the grid, not through it, with the only (adversary, fraction) pairs they face: the trust score
 #: of ``fedgems_learned`` and FedGEMS without confidence weighting (``fedgems_uniform``), each against the attacker
 #: it was built for and the one that knows it (``camouflage``), and the canaries against ``camouflage`` and the
-#: attacker that knows them (``camouflage_p0.2``).
+#: attackers that know them (``camouflage_p0.2``, ``camouflage_mimic_p*``), and both with the combiner's
+#: probability floor (``fedgems_robust``).
 ONLY: dict[str, frozenset[tuple[str, float]]] = {
     "fedgems_learned": frozenset(
         {
@@ -82,6 +85,14 @@ ONLY: dict[str, frozenset[tuple[str, float]]] = {
         {
             ("camouflage", 0.3),
             ("camouflage_p0.2", 0.3),
+            ("camouflage_mimic_p0.2", 0.3),
+            ("camouflage_mimic_p0.1", 0.3),
+            ("camouflage", 0.5),
+        }
+    ),
+    "fedgems_robust": frozenset(
+        {
+            ("camouflage", 0.3),
             ("camouflage_mimic_p0.2", 0.3),
             ("camouflage_mimic_p0.1", 0.3),
             ("camouflage", 0.5),

@@ -68,6 +68,10 @@ class FedGEMSConfig(SGDStrategyConfig):
         this probability (calibrated confidence as a second selection; 0 keeps every answered sample).
     learned_weight_decay : float (default: 0.001)
         With ``unlabelled_trust=learned``: the combiner's penalty ``sum (w - 1) ** 2`` towards equal weights.
+    learned_prob_floor : float (default: 0.0)
+        With ``unlabelled_trust=learned``: each client's probabilities enter the combiner no lower than this (below
+        1 / C; 0: no floor), so one confident answer cannot veto a class (a malicious client's one-hot lie would
+        count ``log(1e-4)`` against the truth; with 0.01 it counts as one firm dissent).
     unlabelled_per_round : int (default: 0)
         Unlabelled samples asked per round (a seeded subset); 0 asks all of them.
     client_unlabelled : bool (default: False)
@@ -107,6 +111,7 @@ class FedGEMSConfig(SGDStrategyConfig):
     teacher_min_confidence: float = 0.0
     unlabelled_per_round: int = 0
     learned_weight_decay: float = 1e-3
+    learned_prob_floor: float = 0.0
     client_unlabelled: bool = False
     client_finetune_epochs: int = 0
     canaries: int = 0
@@ -132,6 +137,7 @@ class FedGEMSConfig(SGDStrategyConfig):
         check_range("strategy.teacher_min_confidence", self.teacher_min_confidence, low=0.0, high=1.0)
         check_range("strategy.unlabelled_per_round", self.unlabelled_per_round, low=0)
         check_range("strategy.learned_weight_decay", self.learned_weight_decay, low=0.0)
+        check_range("strategy.learned_prob_floor", self.learned_prob_floor, low=0.0, high=1.0, high_open=True)
         check_range("strategy.client_finetune_epochs", self.client_finetune_epochs, low=0)
         check_range("strategy.canaries", self.canaries, low=0)
         check_range("strategy.canary_z", self.canary_z, low=0.0, low_open=True)
@@ -195,6 +201,7 @@ class FedGEMSConfig(SGDStrategyConfig):
             teacher_min_confidence=self.teacher_min_confidence,
             unlabelled_per_round=self.unlabelled_per_round,
             learned_weight_decay=self.learned_weight_decay,
+            learned_prob_floor=self.learned_prob_floor,
             canaries=self.canaries,
             canary_z=self.canary_z,
         )

@@ -213,7 +213,11 @@ class ServerOptions:
         )
         fit_logits, fit_available = _stack(answers, clients, fit_union, num_classes)
         combiner = fit_class_combiner(
-            fit_logits, fit_available, self.transfer_y[torch.from_numpy(fit_union)], self.config.learned_weight_decay
+            fit_logits,
+            fit_available,
+            self.transfer_y[torch.from_numpy(fit_union)],
+            self.config.learned_weight_decay,
+            prob_floor=self.config.learned_prob_floor,
         )
         stats.extra["combiner_samples"] = int(fit_union.size)
         if fit_union.size:
