@@ -100,7 +100,8 @@ def run_once(backend: str, overrides: Sequence[str], run_dir: Path, retries: int
                 load_before,
                 attempt_dir,
             )
-        output = done.stdout + done.stderr
+        log = attempt_dir / "vfl.log"  # where fl-kd-vfl sends Flower's console
+        output = done.stdout + done.stderr + (log.read_text(errors="replace") if log.exists() else "")
         if SUPERLINK_START_FAILED not in output or attempt == retries:
             raise RuntimeError(f"{shlex.join(command)} failed (exit {done.returncode}):\n{output[-3000:]}")
         print(f"{backend}: the local SuperLink did not start in flwr's 15 s; trying again", flush=True)
