@@ -1,13 +1,14 @@
 """What a VFL node holds and how its party survives between messages.
 
 A ClientApp does not persist, so ``context.state`` is the party's record: its models as ``ArrayRecord``\\ s, and its
-optimiser, step counter and defence state (random generators, CoAE's autoencoder, ...) as a ``torch.save`` blob next
-to them, so a party rebuilt from it continues exactly where it stopped. Rebuilding costs more than most protocol
-steps (building the models, decoding the blob, cutting the node's rows), so the process that saved a party also
-keeps the live object (:func:`take_party`), marked with a token saved beside the state: the next message reuses it
-only when its ``context.state`` carries that very token, i.e. holds exactly what the live party saved. A simulation
-hands a node's messages to whichever worker process is free, a failed handler leaves an older state behind, a
-restarted node has none: each of these shows a different token and the party is rebuilt from ``context.state``.
+optimiser, step counter and defence state (random generators, CoAE's autoencoder, ...) next to them (their tensors as
+one buffer of bytes, the rest as a ``torch.save`` blob), so a party rebuilt from it continues exactly where it stopped.
+Rebuilding costs more than most protocol steps (building the models, decoding the state, cutting the node's rows), so
+the process that saved a party also keeps the live object (:func:`take_party`), marked with a token saved beside the
+state: the next message reuses it only when its ``context.state`` carries that very token, i.e. holds exactly what the
+live party saved. A simulation hands a node's messages to whichever worker process is free, a failed handler leaves an
+older state behind, a restarted node has none: each of these shows a different token and the party is rebuilt from
+``context.state``.
 The attacking feature party also keeps its :class:`~fl_kd.vfl.attacks.ObservationLog` in ``context.state``, and the
 label party its secret (:mod:`fl_kd.vfl.secret`), read once at setup: ``context.state`` never leaves the node.
 """
@@ -155,10 +156,60 @@ def forget_embedded(context: Context, batch: int) -> None:
 
 
 # -- the party --------------------------------------------------------------------------------------------------------
-def _to_bytes(state: Mapping[str, Any]) -> bytes:
+_TENSOR = "fl-kd-tensor"
+"""Marks a tensor's place in a packed state: ``(_TENSOR, dtype name, shape)``."""
+
+
+def _pack(state: Mapping[str, Any]) -> tuple[bytes, bytes]:
+    """``state`` as a ``torch.save`` blob of all but its tensors, and the tensors' bytes one after another.
+
+    ``torch.save`` writes a record per tensor, which for an optimiser's state (three tensors per parameter) cost more
+    than the protocol step itself; here each tensor leaves its dtype and shape in its place and its bytes, exact, in
+    one buffer. :func:`_unpack` reverses it.
+    """
+    chunks: list[bytes] = []
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, Tensor):
+            chunks.append(value.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            return (_TENSOR, str(value.dtype).removeprefix("torch."), tuple(value.shape))
+        if isinstance(value, dict):
+            return {key: strip(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(strip(item) for item in value)
+        return value
+
+    skeleton = strip(dict(state))
     buffer = io.BytesIO()
-    torch.save(dict(state), buffer)
-    return buffer.getvalue()
+    torch.save(skeleton, buffer)
+    return buffer.getvalue(), b"".join(chunks)
+
+
+def _unpack(skeleton_blob: bytes, tensor_bytes: bytes) -> dict[str, Any]:
+    """The state :func:`_pack` packed, its tensors bit for bit."""
+    skeleton = torch.load(io.BytesIO(skeleton_blob), weights_only=True)
+    data = memoryview(tensor_bytes)
+    start = 0
+
+    def fill(value: Any) -> Any:
+        nonlocal start
+        if isinstance(value, tuple) and len(value) == 3 and value[0] == _TENSOR:
+            dtype, shape = getattr(torch, value[1]), tuple(value[2])
+            size = torch.empty((), dtype=dtype).element_size() * int(torch.Size(shape).numel())
+            chunk, start = bytearray(data[start : start + size]), start + size
+            if size == 0:
+                return torch.empty(shape, dtype=dtype)
+            return torch.frombuffer(chunk, dtype=torch.uint8).view(dtype).reshape(shape)
+        if isinstance(value, dict):
+            return {key: fill(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(fill(item) for item in value)
+        return value
+
+    state = fill(skeleton)
+    if start != len(data):
+        raise RuntimeError(f"the saved party state has {len(data) - start} bytes of tensors too many")
+    return dict(state)
 
 
 def take_party(context: Context, node: Node) -> FeatureParty | LabelParty:
@@ -179,7 +230,8 @@ def load_party(context: Context, node: Node | None = None) -> FeatureParty | Lab
     at = positions(context, "train")
     saved = None
     if PARTY_STATE in context.state:
-        saved = dict(torch.load(io.BytesIO(bytes(record(context.state, PARTY_STATE)["state"])), weights_only=True))
+        entries = record(context.state, PARTY_STATE)
+        saved = _unpack(bytes(entries["state"]), bytes(entries["tensors"]))
         for name in _MODELS:
             if MODEL_PREFIX + name in context.state:
                 saved[name] = context.state.array_records[MODEL_PREFIX + name].to_torch_state_dict()
@@ -212,7 +264,8 @@ def save_party(context: Context, party: FeatureParty | LabelParty) -> None:
         if weights is not None:
             context.state[MODEL_PREFIX + name] = ArrayRecord(weights)
     token = uuid.uuid4().hex  # from the OS, not from torch's or NumPy's generators, which training draws from
-    context.state[PARTY_STATE] = ConfigRecord({"state": _to_bytes(state), _TOKEN: token})
+    skeleton, tensors = _pack(state)
+    context.state[PARTY_STATE] = ConfigRecord({"state": skeleton, "tensors": tensors, _TOKEN: token})
     for key in [key for key in _LIVE if key[0] != context.run_id]:
         del _LIVE[key]  # parties of an earlier run on this process
     _LIVE[(context.run_id, context.node_id)] = (token, party)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import torch
 from flwr.app import Context, Message
 
 from fl_kd.clients import vfl_party
@@ -92,10 +93,10 @@ def test_the_live_party_serves_only_the_state_it_saved() -> None:
     assert take_party(context, node) is party  # the state is this party's last save
 
     save_party(context, party)
-    older = vfl_party.record(context.state, vfl_party.PARTY_STATE)["state"]
+    older = dict(vfl_party.record(context.state, vfl_party.PARTY_STATE))
     party.embed([0, 1, 2])  # the live party moves on and saves...
     save_party(context, party)
-    context.state[vfl_party.PARTY_STATE] = vfl_party.ConfigRecord({"state": older, "token": "another save"})
+    context.state[vfl_party.PARTY_STATE] = vfl_party.ConfigRecord({**older, "token": "another save"})
     rebuilt = take_party(context, node)  # ...but this message carries an older state: it is rebuilt from it
     assert rebuilt is not party
     _assert_same_state(rebuilt.state_dict(), load_party(context, node).state_dict())
@@ -110,3 +111,21 @@ def test_a_failed_handler_leaves_no_live_party_behind() -> None:
     again = take_party(context, node)
     assert again is not taken
     assert again.state_dict()["step"] == taken.state_dict()["step"] - 1  # the saved state, without the failed step
+
+
+def test_a_packed_state_comes_back_bit_for_bit() -> None:
+    generator = torch.Generator().manual_seed(4)
+    state = {
+        "optimizer": {
+            "state": {0: {"step": torch.tensor(7.0), "exp_avg": torch.randn(3, 4, generator=generator).t()}},
+            "param_groups": [{"lr": 0.01, "betas": (0.9, 0.999), "params": [0], "amsgrad": False, "eps": 1e-8}],
+        },
+        "defence": [torch.tensor([True, False]), torch.zeros(0, 3), torch.arange(5, dtype=torch.int64)],
+        "defence_state": {"generator": generator.get_state(), "draws": torch.rand(2, dtype=torch.float64)},
+        "step": 12,
+        "nothing": None,
+    }
+    back = vfl_party._unpack(*vfl_party._pack(state))
+    _assert_same_state(back, state)
+    assert isinstance(back["optimizer"]["param_groups"][0]["betas"], tuple)
+    assert [t.dtype for t in back["defence"]] == [torch.bool, torch.float32, torch.int64]
