@@ -166,7 +166,8 @@ def render(pairs: Sequence[Mapping[str, Run]], command: str, overrides: Sequence
             "",
             f"Median ratio **{median:.2f}x**: {verdict} the goal of at most {GOAL:g}x.",
             "",
-            f"Command: `{command}` ({when}). Machine: {machine_line()}.",
+            f"Command: `{command}` ({when}). Machine: {machine_line()}; both backends run one torch thread "
+            "per process.",
             END,
             "",
         ]
