@@ -174,3 +174,24 @@ def test_a_probability_floor_keeps_one_confident_liar_from_vetoing_the_truth() -
     with pytest.raises(ValueError, match="prob_floor"):
         fit_class_combiner(logits, available, labels, prob_floor=0.2)
     assert fit_class_combiner(logits, available, labels, prob_floor=0.01).prob_floor == 0.01
+
+
+def test_a_trimmed_product_ignores_as_many_liars_as_it_trims() -> None:
+    generator = torch.Generator().manual_seed(6)
+    labels = torch.randint(0, C, (300,), generator=generator)
+    honest = torch.randn(5, 300, C, generator=generator)
+    honest[:, torch.arange(300), labels] += 2.0
+    liars = torch.zeros(2, 300, C)
+    liars[:, torch.arange(300), (labels + 1) % C] = 10.0
+    logits, available = torch.cat([honest, liars]), torch.ones(7, 300, dtype=torch.bool)
+
+    def fused_accuracy(prob_floor: float, trim: int, clients: torch.Tensor = logits) -> float:
+        combiner = ClassCombiner(torch.ones(clients.shape[0], C), torch.zeros(C), 0.0, prob_floor, trim)
+        return _accuracy(fuse_by_combiner(clients, available[: clients.shape[0]], combiner).logits, labels)
+
+    alone = fused_accuracy(0.01, 0, honest)
+    assert fused_accuracy(0.01, 0) < alone - 0.2  # two floored liars still outvote unsure honest clients
+    assert fused_accuracy(0.01, 2) > alone - 0.05  # trimmed away, for the truth and for their wrong class
+    assert fused_accuracy(0.01, 2, honest) > alone - 0.05  # and trimming costs the honest clients little
+    fitted = fit_class_combiner(logits, available, labels, prob_floor=0.01, trim=2)
+    assert fitted.trim == 2 and np.isfinite(fitted.loss)

@@ -55,6 +55,13 @@ METHODS: dict[str, tuple[str, ...]] = {
     "fedgems_canaries": (*LEARNED, "strategy.canaries=1000"),
     # And with each client's probabilities floored at 0.01 in the combiner, so that one lie cannot veto a class.
     "fedgems_robust": (*LEARNED, "strategy.canaries=1000", "strategy.learned_prob_floor=0.01"),
+    # And with a trimmed product: the 3 lowest and 3 highest terms of each sample and class left out.
+    "fedgems_trimmed": (
+        *LEARNED,
+        "strategy.canaries=1000",
+        "strategy.learned_prob_floor=0.01",
+        "strategy.learned_trim=3",
+    ),
 }
 
 #: Attacks beside the registered behaviours: a name -> (behaviour, its settings). ``camouflage_p0.2`` lies on a
@@ -70,7 +77,7 @@ ATTACK_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
 #: of ``fedgems_learned`` and FedGEMS without confidence weighting (``fedgems_uniform``), each against the attacker
 #: it was built for and the one that knows it (``camouflage``), and the canaries against ``camouflage`` and the
 #: attackers that know them (``camouflage_p0.2``, ``camouflage_mimic_p*``), and both with the combiner's
-#: probability floor (``fedgems_robust``).
+#: probability floor (``fedgems_robust``) and a trimmed product (``fedgems_trimmed``).
 ONLY: dict[str, frozenset[tuple[str, float]]] = {
     "fedgems_learned": frozenset(
         {
@@ -98,6 +105,7 @@ ONLY: dict[str, frozenset[tuple[str, float]]] = {
             ("camouflage", 0.5),
         }
     ),
+    "fedgems_trimmed": frozenset({("camouflage", 0.3), ("camouflage_mimic_p0.2", 0.3), ("camouflage_mimic_p0.1", 0.3)}),
     "fedgems_uniform": frozenset({("scaled_logits", 0.3), ("camouflage", 0.3), ("camouflage", 0.5)}),
 }
 

@@ -15,7 +15,9 @@ the plain mean.
 
 A product lets one confident answer veto a class: a client that puts all its mass on a wrong class sends
 ``lp[y] ~ -10`` for the true one. With ``prob_floor`` each log-probability enters no lower than ``log(prob_floor)``,
-so one answer counts against a class at most that much, whoever sent it.
+so one answer counts against a class at most that much, whoever sent it; with ``trim`` the ``trim`` lowest and
+``trim`` highest terms of each sample and class are dropped (a trimmed product, as a trimmed mean), so up to
+``trim`` answers that vote together against the truth, or for one wrong class, count for nothing.
 
 The teacher's fusion weights (who taught) are the normalised positive part of ``w[k, y*]`` over the answering
 clients, ``y*`` the teacher's predicted class: the share of the winning logit each client was trusted with.
@@ -47,12 +49,15 @@ class ClassCombiner:
         Mean cross-entropy of the fitted combiner on the samples it was fitted on (NaN when fitted on none).
     prob_floor : float
         The floor the clients' probabilities were fitted with, and are fused with.
+    trim : int
+        The number of lowest and of highest terms per sample and class left out, in the fit and the fusion alike.
     """
 
     weight: Tensor
     bias: Tensor
     loss: float
     prob_floor: float = 0.0
+    trim: int = 0
 
 
 def client_log_probs(client_logits: Tensor, available: Tensor, prob_floor: float = 0.0) -> Tensor:
@@ -71,9 +76,13 @@ def client_log_probs(client_logits: Tensor, available: Tensor, prob_floor: float
     return torch.where(available.unsqueeze(-1), log_probs, uniform)
 
 
-def combine(log_probs: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """``(n, C)`` combiner output ``sum_k w[k, y] * lp_k[y] + b_y`` from ``(K, n, C)`` log-probabilities."""
-    return (log_probs * weight.to(log_probs.dtype).unsqueeze(1)).sum(dim=0) + bias.to(log_probs.dtype)
+def combine(log_probs: Tensor, weight: Tensor, bias: Tensor, trim: int = 0) -> Tensor:
+    """``(n, C)`` combiner output ``sum_k w[k, y] * lp_k[y] + b_y`` from ``(K, n, C)`` log-probabilities; with
+    ``trim`` the ``trim`` lowest and ``trim`` highest terms of each sample and class are left out of the sum."""
+    terms = log_probs * weight.to(log_probs.dtype).unsqueeze(1)
+    if 0 < 2 * trim < terms.shape[0]:
+        terms = terms.sort(dim=0).values[trim : terms.shape[0] - trim]
+    return terms.sum(dim=0) + bias.to(log_probs.dtype)
 
 
 def fit_class_combiner(
@@ -83,6 +92,7 @@ def fit_class_combiner(
     weight_decay: float = 1e-3,
     iterations: int = 200,
     prob_floor: float = 0.0,
+    trim: int = 0,
 ) -> ClassCombiner:
     """Fit the per-client, per-class weights on labelled answers (deterministic: float64 L-BFGS on CPU).
 
@@ -101,6 +111,8 @@ def fit_class_combiner(
         L-BFGS iterations.
     prob_floor : float (default: 0.0)
         Floor of each client's probabilities (0: none); bounds what one answer can count against a class.
+    trim : int (default: 0)
+        Lowest and highest terms left out per sample and class (0: none; ignored unless ``2 * trim < K``).
     """
     num_clients, num, num_classes = client_logits.shape
     if labels.shape != (num,):
@@ -110,7 +122,7 @@ def fit_class_combiner(
     weight = torch.ones(num_clients, num_classes, dtype=torch.float64)
     bias = torch.zeros(num_classes, dtype=torch.float64)
     if num == 0 or num_clients == 0:
-        return ClassCombiner(weight.float(), bias.float(), float("nan"), prob_floor)
+        return ClassCombiner(weight.float(), bias.float(), float("nan"), prob_floor, trim)
     log_probs = client_log_probs(client_logits, available, prob_floor).cpu()
     targets = labels.long().cpu()
     weight.requires_grad_(True)
@@ -121,7 +133,9 @@ def fit_class_combiner(
 
     def closure() -> Tensor:
         optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(combine(log_probs, weight, bias), targets) + weight_decay * (weight - 1).pow(2).sum()
+        loss = (
+            F.cross_entropy(combine(log_probs, weight, bias, trim), targets) + weight_decay * (weight - 1).pow(2).sum()
+        )
         loss.backward()  # type: ignore[no-untyped-call]
         return loss
 
@@ -129,11 +143,11 @@ def fit_class_combiner(
         optimizer.step(closure)  # type: ignore[no-untyped-call]
     weight, bias = weight.detach(), bias.detach()
     with torch.no_grad():
-        loss = float(F.cross_entropy(combine(log_probs, weight, bias), targets))
+        loss = float(F.cross_entropy(combine(log_probs, weight, bias, trim), targets))
     if not math.isfinite(loss):  # a diverged fit: fall back to the unweighted product
         weight, bias = torch.ones_like(weight), torch.zeros_like(bias)
-        loss = float(F.cross_entropy(combine(log_probs, weight, bias), targets))
-    return ClassCombiner(weight.float(), bias.float(), loss, prob_floor)
+        loss = float(F.cross_entropy(combine(log_probs, weight, bias, trim), targets))
+    return ClassCombiner(weight.float(), bias.float(), loss, prob_floor, trim)
 
 
 @torch.no_grad()
@@ -147,7 +161,7 @@ def fuse_by_combiner(client_logits: Tensor, available: Tensor, combiner: ClassCo
     if combiner.weight.shape != (num_clients, num_classes):
         raise ValueError(f"combiner weight must be ({num_clients}, {num_classes}), got {tuple(combiner.weight.shape)}")
     log_probs = client_log_probs(client_logits, available, combiner.prob_floor)
-    fused = F.log_softmax(combine(log_probs, combiner.weight, combiner.bias), dim=1).float()
+    fused = F.log_softmax(combine(log_probs, combiner.weight, combiner.bias, combiner.trim), dim=1).float()
     has_teacher = available.any(dim=0)
     predicted = fused.argmax(dim=1)
     trust = combiner.weight[:, predicted].clamp_min(0.0) * available

@@ -72,6 +72,10 @@ class FedGEMSConfig(SGDStrategyConfig):
         With ``unlabelled_trust=learned``: each client's probabilities enter the combiner no lower than this (below
         1 / C; 0: no floor), so one confident answer cannot veto a class (a malicious client's one-hot lie would
         count ``log(1e-4)`` against the truth; with 0.01 it counts as one firm dissent).
+    learned_trim : int (default: 0)
+        With ``unlabelled_trust=learned``: the combiner leaves out this many lowest and this many highest terms of
+        each sample and class (a trimmed product), so that up to that many clients lying together count for
+        nothing.
     unlabelled_per_round : int (default: 0)
         Unlabelled samples asked per round (a seeded subset); 0 asks all of them.
     client_unlabelled : bool (default: False)
@@ -112,6 +116,7 @@ class FedGEMSConfig(SGDStrategyConfig):
     unlabelled_per_round: int = 0
     learned_weight_decay: float = 1e-3
     learned_prob_floor: float = 0.0
+    learned_trim: int = 0
     client_unlabelled: bool = False
     client_finetune_epochs: int = 0
     canaries: int = 0
@@ -138,6 +143,7 @@ class FedGEMSConfig(SGDStrategyConfig):
         check_range("strategy.unlabelled_per_round", self.unlabelled_per_round, low=0)
         check_range("strategy.learned_weight_decay", self.learned_weight_decay, low=0.0)
         check_range("strategy.learned_prob_floor", self.learned_prob_floor, low=0.0, high=1.0, high_open=True)
+        check_range("strategy.learned_trim", self.learned_trim, low=0)
         check_range("strategy.client_finetune_epochs", self.client_finetune_epochs, low=0)
         check_range("strategy.canaries", self.canaries, low=0)
         check_range("strategy.canary_z", self.canary_z, low=0.0, low_open=True)
@@ -202,6 +208,7 @@ class FedGEMSConfig(SGDStrategyConfig):
             unlabelled_per_round=self.unlabelled_per_round,
             learned_weight_decay=self.learned_weight_decay,
             learned_prob_floor=self.learned_prob_floor,
+            learned_trim=self.learned_trim,
             canaries=self.canaries,
             canary_z=self.canary_z,
         )

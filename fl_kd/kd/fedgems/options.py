@@ -218,6 +218,7 @@ class ServerOptions:
             self.transfer_y[torch.from_numpy(fit_union)],
             self.config.learned_weight_decay,
             prob_floor=self.config.learned_prob_floor,
+            trim=self.config.learned_trim,
         )
         stats.extra["combiner_samples"] = int(fit_union.size)
         if fit_union.size:

@@ -37,7 +37,8 @@ class ServerDistillConfig:
     weighting : str (default: "inverse_entropy")
         Client fusion rule, a name in :data:`fl_kd.kd.fusion.FUSION_RULES`.
     correctness, held_out_fraction, distill_correct, unlabelled_trust, reliability_power, reliability_on,
-    teacher_min_confidence, unlabelled_per_round, learned_weight_decay, learned_prob_floor, canaries, canary_z
+    teacher_min_confidence, unlabelled_per_round, learned_weight_decay, learned_prob_floor, learned_trim, canaries,
+    canary_z
         The optional extensions; see :class:`~fl_kd.kd.fedgems.config.FedGEMSConfig`. The defaults are FedGEMS.
     """
 
@@ -59,6 +60,7 @@ class ServerDistillConfig:
     unlabelled_per_round: int = 0
     learned_weight_decay: float = 1e-3
     learned_prob_floor: float = 0.0
+    learned_trim: int = 0
     canaries: int = 0
     canary_z: float = 3.0
 
@@ -77,8 +79,8 @@ class ServerDistillConfig:
                 "canaries need unlabelled_trust and reliability_on='held_out': a client's accuracy on them is "
                 "compared with its accuracy on the held-out slice"
             )
-        if self.canaries < 0 or self.canary_z <= 0:
-            raise ValueError(f"need canaries >= 0 and canary_z > 0, got {self.canaries} and {self.canary_z}")
+        if self.canaries < 0 or self.canary_z <= 0 or self.learned_trim < 0:
+            raise ValueError(f"need canaries >= 0, canary_z > 0 and learned_trim >= 0: {self}")
         if not 0.0 <= self.learned_prob_floor < 1.0:
             raise ValueError(f"learned_prob_floor must lie in [0, 1), got {self.learned_prob_floor}")
         if self.learned_weight_decay < 0:
