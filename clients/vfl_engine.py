@@ -19,31 +19,19 @@ from __future__ import annotations
 import inspect
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from queue import Queue
 from typing import Any
 
 from flwr.app import Message
+
+from fl_kd.strategies.vfl_grid import signal_stored
 
 ENGINE_MODULE = "flwr.server.superlink.fleet.vce.vce_api"
 """The module of flwr's simulation engine that defines ``add_messages_to_queue``."""
 IDLE_WAIT = 0.1
 """Seconds between looks when no message arrives: the engine's own interval."""
 _PARAMETERS = ["state", "queue", "nodes_mapping", "f_stop"]
-
-
-def _signal_stored(state: Any) -> threading.Event:
-    """An event set each time ``state`` (the engine's LinkState) stores a message for a node."""
-    stored = threading.Event()
-    store: Callable[[Message], str | None] = state.store_message_ins
-
-    def store_and_signal(message: Message) -> str | None:
-        message_id = store(message)
-        stored.set()
-        return message_id
-
-    state.store_message_ins = store_and_signal
-    return stored
 
 
 def deliver_promptly(
@@ -54,7 +42,9 @@ def deliver_promptly(
     The engine's ``add_messages_to_queue`` with the same arguments: it asks ``state`` for at most one message per
     node per look, in node order, and looks again at once after finding one; it waits only while nothing came.
     """
-    stored = _signal_stored(state)
+    stored = signal_stored(state, "store_message_ins")
+    if stored is None:
+        raise TypeError(f"{type(state).__name__} has no store_message_ins: not the simulation engine's LinkState")
     while not f_stop.is_set():
         stored.clear()  # before looking: a message stored during the look sets it again
         delivered = False

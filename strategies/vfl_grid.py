@@ -41,7 +41,7 @@ class QuickPollGrid(Grid):
 
     def __init__(self, grid: Grid) -> None:
         self.grid = grid
-        self._stored = _signal_stored_replies(getattr(grid, "state", None))
+        self._stored = signal_stored(getattr(grid, "state", None), "store_message_res")
 
     def set_run(self, run: Run) -> None:  # noqa: D102
         self.grid.set_run(run)
@@ -94,9 +94,10 @@ class QuickPollGrid(Grid):
             self._stored.wait(seconds)
 
 
-def _signal_stored_replies(state: Any) -> threading.Event | None:
-    """An event set whenever ``state``, the in-memory grid's LinkState, stores a reply (None for other grids)."""
-    store: Callable[[Message], str | None] | None = getattr(state, "store_message_res", None)
+def signal_stored(state: Any, method: str) -> threading.Event | None:
+    """An event set each time ``state`` (an in-memory LinkState) stores a message through its ``method``
+    (``store_message_res`` for replies, ``store_message_ins`` for instructions); None when it has no such method."""
+    store: Callable[[Message], str | None] | None = getattr(state, method, None)
     if store is None:
         return None
     stored = threading.Event()
@@ -106,5 +107,5 @@ def _signal_stored_replies(state: Any) -> threading.Event | None:
         stored.set()
         return message_id
 
-    state.store_message_res = store_and_signal
+    setattr(state, method, store_and_signal)
     return stored

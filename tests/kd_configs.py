@@ -5,9 +5,12 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
+import torch
+
 from fl_kd.config import from_mapping
 from fl_kd.kd.config import ExperimentConfig
-from fl_kd.kd.fedgems import FedGEMSConfig
+from fl_kd.kd.fedgems import FedGEMSConfig, SelectiveDistillServer, ServerDistillConfig
+from fl_kd.models import build_model
 
 TINY_PROFILE: dict[str, Any] = {
     "name": "tiny_two_tier",
@@ -38,3 +41,19 @@ def tiny_config(**overrides: Any) -> ExperimentConfig:
     for key, value in overrides.items():
         (strategy if key in _STRATEGY_KEYS else top)[key] = value
     return from_mapping(ExperimentConfig, top | {"strategy": strategy})
+
+
+def learned_trust_server(num_unlabelled: int, **settings: Any) -> SelectiveDistillServer:
+    """A FedGEMS server on random 8x8 inputs of 4 classes (40 labelled, half held out, ``num_unlabelled`` unlabelled)
+    with ``unlabelled_trust="learned"``; ``settings`` add to its :class:`ServerDistillConfig`."""
+    shape, classes = (1, 8, 8), 4
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.rand(40, *shape, generator=generator), torch.randint(0, classes, (40,), generator=generator)
+    u_x = torch.rand(num_unlabelled, *shape, generator=generator)
+    u_y = torch.randint(0, classes, (num_unlabelled,), generator=generator)
+    config = ServerDistillConfig(
+        epochs=1, batch_size=8, correctness="held_out", held_out_fraction=0.5,
+        unlabelled_trust="learned", reliability_on="held_out", **settings,
+    )  # fmt: skip
+    model = build_model("cnn_small", shape, classes, seed=0)
+    return SelectiveDistillServer(model, x, y, config, seed=3, unlabelled_x=u_x, unlabelled_y=u_y)

@@ -11,11 +11,10 @@ import torch
 
 from fl_kd.checkpoint import object_state, restore_object_state, state_digests
 from fl_kd.config import ConfigError
-from fl_kd.kd.fedgems import SelectiveDistillServer, ServerDistillConfig
+from fl_kd.kd.fedgems import SelectiveDistillServer
 from fl_kd.kd.fedgems.canaries import CanaryScreen, canary_indices, shortfall_z
 from fl_kd.kd.runner import run_inprocess
-from fl_kd.models import build_model
-from tests.kd_configs import tiny_config
+from tests.kd_configs import learned_trust_server, tiny_config
 
 
 def test_canaries_are_a_seeded_subset_of_the_unlabelled_part() -> None:
@@ -54,16 +53,7 @@ def test_the_screen_flags_the_client_that_lies_only_on_unlabelled_samples() -> N
 
 
 def _server(canaries: int) -> SelectiveDistillServer:
-    shape, classes = (1, 8, 8), 4
-    generator = torch.Generator().manual_seed(0)
-    x, y = torch.rand(40, *shape, generator=generator), torch.randint(0, classes, (40,), generator=generator)
-    u_x, u_y = torch.rand(60, *shape, generator=generator), torch.randint(0, classes, (60,), generator=generator)
-    config = ServerDistillConfig(
-        epochs=1, batch_size=8, correctness="held_out", held_out_fraction=0.5,
-        unlabelled_trust="learned", reliability_on="held_out", canaries=canaries,
-    )  # fmt: skip
-    model = build_model("cnn_small", shape, classes, seed=0)
-    return SelectiveDistillServer(model, x, y, config, seed=3, unlabelled_x=u_x, unlabelled_y=u_y)
+    return learned_trust_server(60, canaries=canaries)
 
 
 def _answers(server: SelectiveDistillServer) -> dict[int, tuple[np.ndarray, np.ndarray]]:

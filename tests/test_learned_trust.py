@@ -10,12 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from fl_kd.config import ConfigError
-from fl_kd.kd.fedgems import FedGEMSServer, SelectiveDistillServer, ServerDistillConfig
+from fl_kd.kd.fedgems import FedGEMSServer, ServerDistillConfig
 from fl_kd.kd.fedgems.combiner import ClassCombiner, fit_class_combiner, fuse_by_combiner
 from fl_kd.kd.fedgems.reliability import class_precision, confusion_matrix, fuse_by_reliability
 from fl_kd.kd.runner import run_inprocess
-from fl_kd.models import build_model
-from tests.kd_configs import tiny_config
+from tests.kd_configs import learned_trust_server, tiny_config
 
 C = 10
 
@@ -105,19 +104,10 @@ def test_learned_trust_is_refused_without_a_slice_no_client_trained_on() -> None
 
 
 def test_the_server_fits_on_the_held_out_slice_and_credits_the_client_that_taught() -> None:
-    shape, classes = (1, 8, 8), 4
-    generator = torch.Generator().manual_seed(0)
-    x, y = torch.rand(40, *shape, generator=generator), torch.randint(0, classes, (40,), generator=generator)
-    u_x, u_y = torch.rand(30, *shape, generator=generator), torch.randint(0, classes, (30,), generator=generator)
-    config = ServerDistillConfig(
-        epochs=1, batch_size=8, correctness="held_out", held_out_fraction=0.5,
-        unlabelled_trust="learned", reliability_on="held_out",
-    )  # fmt: skip
-    server = SelectiveDistillServer(
-        build_model("cnn_small", shape, classes, seed=0), x, y, config, seed=3, unlabelled_x=u_x, unlabelled_y=u_y
-    )
+    classes = 4
+    server = learned_trust_server(30)
     held = server.options.held_out_positions
-    labels = np.concatenate([y.numpy(), u_y.numpy()])
+    labels = np.concatenate([server.transfer_y.numpy(), server.options.unlabelled_y.numpy()])
     right = np.eye(classes, dtype=np.float32)[labels] * 6
     wrong = np.eye(classes, dtype=np.float32)[(labels + 1) % classes] * 6
     # Client 1 is right on the trained part only (where the labels leak); on the held-out slice and the
