@@ -25,7 +25,7 @@ from typing import Any
 
 from flwr.app import Message
 
-from fl_kd.strategies.vfl_grid import signal_stored
+from fl_kd.runtime import signal_after_calls
 
 ENGINE_MODULE = "flwr.server.superlink.fleet.vce.vce_api"
 """The module of flwr's simulation engine that defines ``add_messages_to_queue``."""
@@ -42,7 +42,7 @@ def deliver_promptly(
     The engine's ``add_messages_to_queue`` with the same arguments: it asks ``state`` for at most one message per
     node per look, in node order, and looks again at once after finding one; it waits only while nothing came.
     """
-    stored = signal_stored(state, "store_message_ins")
+    stored = signal_after_calls(state, "store_message_ins")
     if stored is None:
         raise TypeError(f"{type(state).__name__} has no store_message_ins: not the simulation engine's LinkState")
     while not f_stop.is_set():

@@ -12,15 +12,15 @@ stored and pulls at once instead of waiting out its pause.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
 
 from flwr.app import Message, RecordDict
 from flwr.proto.node_pb2 import NodeInfo  # pylint: disable=E0611
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
+
+from fl_kd.runtime import signal_after_calls
 
 FIRST_PULL_PAUSE = 0.0005
 """Seconds before the second look for replies."""
@@ -41,7 +41,7 @@ class QuickPollGrid(Grid):
 
     def __init__(self, grid: Grid) -> None:
         self.grid = grid
-        self._stored = signal_stored(getattr(grid, "state", None), "store_message_res")
+        self._stored = signal_after_calls(getattr(grid, "state", None), "store_message_res")
 
     def set_run(self, run: Run) -> None:  # noqa: D102
         self.grid.set_run(run)
@@ -92,20 +92,3 @@ class QuickPollGrid(Grid):
             time.sleep(seconds)
         else:
             self._stored.wait(seconds)
-
-
-def signal_stored(state: Any, method: str) -> threading.Event | None:
-    """An event set each time ``state`` (an in-memory LinkState) stores a message through its ``method``
-    (``store_message_res`` for replies, ``store_message_ins`` for instructions); None when it has no such method."""
-    store: Callable[[Message], str | None] | None = getattr(state, method, None)
-    if store is None:
-        return None
-    stored = threading.Event()
-
-    def store_and_signal(message: Message) -> str | None:
-        message_id = store(message)
-        stored.set()
-        return message_id
-
-    setattr(state, method, store_and_signal)
-    return stored

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 import pytest
 from flwr.app import Message, RecordDict
 
+from fl_kd import runtime
 from fl_kd.strategies import vfl_grid
 from fl_kd.strategies.vfl_grid import LAST_PULL_PAUSE, QuickPollGrid
 from tests.flower_loopback import set_task_identity
@@ -106,7 +107,7 @@ class RecordingEvent(threading.Event):
 
 
 def test_in_a_simulation_a_stored_reply_ends_the_pause(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(vfl_grid.threading, "Event", RecordingEvent)
+    monkeypatch.setattr(runtime.threading, "Event", RecordingEvent)
     monkeypatch.setattr(RecordingEvent, "waits", [])
     monkeypatch.setattr(vfl_grid, "FIRST_PULL_PAUSE", 60.0)  # a pause that runs out would fail the test's timeout
     slow = InMemorySlowGrid()
