@@ -9,7 +9,7 @@ from benchmarks.vfl.speed import BEGIN, END, ISSUE_OVERRIDES, Run, parse_args, r
 
 
 def _run(backend: str, seconds: float, mp: float = 0.7445, loss: float = 0.86) -> Run:
-    return Run(backend, [seconds], mp, [loss], 163 if backend == "flwr_run" else None, 1.5, Path("/tmp/run"))
+    return Run(backend, [seconds], mp, [loss], 163 if backend == "flwr_run" else None, 1.5, Path("run"))
 
 
 def test_the_section_gives_each_pair_its_ratio_and_flags_a_disagreement() -> None:
