@@ -92,6 +92,11 @@ class Behaviour:
             out[name] = (base + self.corrupt_update(value.astype(np.float64) - base, rng)).astype(np.float32)
         return out
 
+    def wrong_classes(self, classes: NDArray[np.int64], rng: np.random.Generator) -> NDArray[np.int64]:
+        """Per row, a class drawn uniformly among those other than ``classes``."""
+        offset = 1 + rng.integers(0, self.num_classes - 1, size=classes.shape[0])
+        return (classes + offset) % self.num_classes
+
     def labels_or_predictions(self, logits: NDArray[np.float64], positions: NDArray[Any]) -> NDArray[np.int64]:
         """Per row, the true class where the client knows it (labelled transfer part), else its own prediction."""
         known = positions < self.transfer_y.size
@@ -180,7 +185,7 @@ class ConfidentWrong(Behaviour):
         """One-hot on a wrong class."""
         rows = logits.shape[0]
         truth = self.labels_or_predictions(logits, positions)
-        wrong = (truth + 1 + rng.integers(0, self.num_classes - 1, size=rows)) % self.num_classes
+        wrong = self.wrong_classes(truth, rng)
         out = np.zeros_like(logits)
         out[np.arange(rows), wrong] = self.config.confidence
         return out
@@ -211,7 +216,7 @@ class Camouflage(Behaviour):
         rows = logits.shape[0]
         known = positions < self.transfer_y.size
         truth = self.labels_or_predictions(logits, positions)
-        wrong = (truth + 1 + rng.integers(0, self.num_classes - 1, size=rows)) % self.num_classes
+        wrong = self.wrong_classes(truth, rng)
         out = np.zeros_like(logits)
         out[np.arange(rows), np.where(known, truth, wrong)] = self.config.confidence
         if self.config.poison_share < 1.0:

@@ -12,7 +12,8 @@ which it never trained on either): an honest client is about as accurate on both
 exceeds ``z`` standard errors of a two-proportion test is left out of the unlabelled teacher (and of its fit).
 
 What it cannot do: an attacker who poisons only a small share of its unlabelled answers stays below the test's
-power and keeps its trust; the damage it can do is then bounded by that share.
+power and keeps its trust. In a product of experts each of those lies can still veto the truth, so its damage is
+bounded by that share only with the combiner's ``prob_floor`` and ``trim`` (:mod:`fl_kd.kd.fedgems.combiner`).
 """
 
 from __future__ import annotations
