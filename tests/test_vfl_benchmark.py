@@ -132,6 +132,7 @@ def test_defence_grid_and_attack_names() -> None:
     assert [s.label for s in tuned] == [
         "none",
         "coae_noise σ=0.01",
+        "randomised_label ε=0",
         "randomised_label ε=0.3",
         "randomised_label ε=0.5",
         "randomised_label ε=0.8",
