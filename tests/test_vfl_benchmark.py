@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from benchmarks.common import markdown_table
-from benchmarks.vfl.expectations import dp_versus, unstopped_attacks
+from benchmarks.vfl.expectations import dp_versus, target_lines, unstopped_attacks
 from benchmarks.vfl.grid import FULL_SETTINGS, DefenceSpec, applies, attack_names, defence_grid
 from benchmarks.vfl.plot import plot_pareto
 from benchmarks.vfl.statistics import effective_ap, pareto_front, summarise
@@ -163,3 +163,24 @@ def test_worst_case_and_pareto_front(tmp_path: Path) -> None:
     assert "0.950±0.000 (GC)" in table and table.count("| yes |") == 3
     plot_pareto({"toy/sum": rows}, tmp_path / "pareto.png")
     assert (tmp_path / "pareto.png").stat().st_size > 0
+
+
+def test_target_lines_name_the_defences_that_meet_it_or_the_closest_on_each_side() -> None:
+    records = [
+        record("none", 0, 0.85, {"DLI": 1.0, "PMC": 0.7}),
+        record("gaussian", 0, 0.84, {"DLI": 0.35, "PMC": 0.5}, {"scale": 0.01}),  # within 2 pt, AP too high
+        record("gaussian", 0, 0.80, {"DLI": 0.15, "PMC": 0.4}, {"scale": 0.1}),  # 5 pt lost
+        record("randomised_label", 0, 0.835, {"DLI": 0.19, "PMC": 0.45}, {"epsilon": 0.5}),
+    ]
+    lines = target_lines(summarise(records))
+    every, gradient = lines[1], lines[2]
+    # Over every attack nothing reaches AP 0.20; of the two within 2 pt, randomised_label has the lower worst case.
+    assert "every attack" in every and "**does not hold**" in every
+    assert "lowest AP within the MP budget randomised_label ε=0.5 (AP 0.450" in every
+    assert "cheapest within the AP limit" not in every
+    # Over the gradient attacks randomised_label (0.19 at 2 pt) meets it, gaussian 0.1 (0.15 at 5 pt) does not.
+    assert gradient.endswith("**holds** for randomised_label ε=0.5 (AP 0.190±0.000, MP loss +1.5 pt).")
+    records[3]["mp"] = 0.82  # now 3 pt: the cheapest defence within the AP limit is named instead
+    gradient = target_lines(summarise(records))[2]
+    assert "**does not hold**" in gradient and "cheapest within the AP limit randomised_label ε=0.5" in gradient
+    assert "lowest AP within the MP budget gaussian σ=0.01 (AP 0.350" in gradient
