@@ -46,7 +46,8 @@ FEDGEMS_OVERRIDES: tuple[str, ...] = tuple(o for _, step in ABLATION for o in st
 
 #: Options on top of the full FedGEMS, each tried alone in the two Dirichlet settings: a gate on the teacher's
 #: confidence, client reliability measured where clients never trained on the label, and a teacher whose
-#: per-client, per-class weights are fitted there (half of the labelled part held out).
+#: per-client, per-class weights are fitted there (half of the labelled part held out); the last also distils the
+#: cached teachers of all earlier rounds (8 rounds: the whole run).
 VARIANTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("fedgems+gate0.9", ("strategy.teacher_min_confidence=0.9",)),
     ("fedgems+reliability_held_out", ("strategy.reliability_on=held_out",)),
@@ -57,6 +58,16 @@ VARIANTS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "strategy.reliability_on=held_out",
             "strategy.held_out_fraction=0.5",
             "strategy.unlabelled_trust=learned",
+        ),
+    ),
+    (
+        "fedgems+learned+cache",
+        (
+            "strategy.correctness=held_out",
+            "strategy.reliability_on=held_out",
+            "strategy.held_out_fraction=0.5",
+            "strategy.unlabelled_trust=learned",
+            "strategy.unlabelled_cache=8",
         ),
     ),
 )

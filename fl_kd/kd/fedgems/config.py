@@ -78,6 +78,14 @@ class FedGEMSConfig(SGDStrategyConfig):
         nothing.
     unlabelled_per_round : int (default: 0)
         Unlabelled samples asked per round (a seeded subset); 0 asks all of them.
+    unlabelled_cache : int (default: 0)
+        With ``unlabelled_trust``: the server keeps, per unlabelled sample, the newest fused client teacher and the
+        round it was computed in, and each round distils this round's teacher together with those cached in the
+        last ``unlabelled_cache`` rounds (a sample answered again takes the new one), so a teacher paid for once is
+        learnt from for that many rounds more at no extra uplink (:mod:`fl_kd.kd.fedgems.teacher_cache`). 0 (today):
+        only this round's subset is distilled. Canaries never enter the cache. Known limit: a client the canaries
+        screen out in a later round is left out of the new teachers only; what it taught in earlier rounds stays
+        cached until it ages out or the sample is answered again.
     client_unlabelled : bool (default: False)
         Also broadcast the server's logits on the round's unlabelled subset, which clients distil (pure KD, after
         the labelled part): what the server learnt from every client reaches each client on inputs beyond the
@@ -114,6 +122,7 @@ class FedGEMSConfig(SGDStrategyConfig):
     reliability_on: str = "labelled"
     teacher_min_confidence: float = 0.0
     unlabelled_per_round: int = 0
+    unlabelled_cache: int = 0
     learned_weight_decay: float = 1e-3
     learned_prob_floor: float = 0.0
     learned_trim: int = 0
@@ -141,6 +150,12 @@ class FedGEMSConfig(SGDStrategyConfig):
         check_choice("strategy.reliability_on", self.reliability_on, RELIABILITY_ON)
         check_range("strategy.teacher_min_confidence", self.teacher_min_confidence, low=0.0, high=1.0)
         check_range("strategy.unlabelled_per_round", self.unlabelled_per_round, low=0)
+        check_range("strategy.unlabelled_cache", self.unlabelled_cache, low=0)
+        require(
+            self.unlabelled_cache == 0 or self.unlabelled_trust != "none",
+            "strategy.unlabelled_cache keeps the clients' teacher on unlabelled samples: it needs "
+            "strategy.unlabelled_trust=class_reliability or learned",
+        )
         check_range("strategy.learned_weight_decay", self.learned_weight_decay, low=0.0)
         check_range("strategy.learned_prob_floor", self.learned_prob_floor, low=0.0, high=1.0, high_open=True)
         check_range("strategy.learned_trim", self.learned_trim, low=0)
@@ -206,6 +221,7 @@ class FedGEMSConfig(SGDStrategyConfig):
             reliability_on=self.reliability_on,
             teacher_min_confidence=self.teacher_min_confidence,
             unlabelled_per_round=self.unlabelled_per_round,
+            unlabelled_cache=self.unlabelled_cache,
             learned_weight_decay=self.learned_weight_decay,
             learned_prob_floor=self.learned_prob_floor,
             learned_trim=self.learned_trim,

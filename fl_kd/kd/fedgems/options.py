@@ -14,7 +14,9 @@ labelled transfer set it asks no client again. The options here, all off by defa
 * ``unlabelled_trust="learned"``: the same, but the teacher is a per-client, per-class combiner fitted each round
   on the held-out slice, whose labels no client trained on (:mod:`fl_kd.kd.fedgems.combiner`);
 * ``canaries``: labelled samples hidden in the unlabelled part screen out clients that are honest only where they
-  know they are checked (:mod:`fl_kd.kd.fedgems.canaries`).
+  know they are checked (:mod:`fl_kd.kd.fedgems.canaries`);
+* ``unlabelled_cache``: the fused teachers of the last rounds are kept and distilled again
+  (:mod:`fl_kd.kd.fedgems.teacher_cache`).
 
 :class:`ServerOptions` holds what they need (the held-out mask, the unlabelled inputs) and widens the query and
 splits the answers; the distillation steps themselves live in :mod:`fl_kd.kd.fedgems.server`.
@@ -39,6 +41,7 @@ from fl_kd.kd.fedgems.reliability import (
     fuse_by_reliability,
 )
 from fl_kd.kd.fedgems.stats import SelectionStats
+from fl_kd.kd.fedgems.teacher_cache import TeacherCache
 from fl_kd.kd.seeding import SERVER_ID, derive_seed, torch_generator
 from fl_kd.kd.training import check_logits, check_positions
 
@@ -64,6 +67,8 @@ class ServerOptions:
     unlabelled_y : Tensor | None
         ``(M,)`` their labels: the canaries' are the server's own (``canaries``); the rest are read only for the
         simulation's diagnostic figures.
+    num_classes : int (default: 0)
+        Number of classes C; needed (> 0) with ``unlabelled_cache``, whose teacher logits are ``(M, C)``.
     """
 
     def __init__(
@@ -73,6 +78,7 @@ class ServerOptions:
         seed: int,
         unlabelled_x: Tensor | None,
         unlabelled_y: Tensor | None = None,
+        num_classes: int = 0,
     ) -> None:
         self.config = config
         self.transfer_y = transfer_y
@@ -99,6 +105,9 @@ class ServerOptions:
             if self.unlabelled_y is None:
                 raise ValueError("canaries need unlabelled_trust and the labels of the unlabelled samples they hide")
             self.canaries = CanaryScreen(self.unlabelled_y, config.canaries, seed, config.canary_z)
+        self.teacher_cache: TeacherCache | None = None
+        if config.unlabelled_cache and self.unlabelled_x is not None:
+            self.teacher_cache = TeacherCache(self.num_unlabelled, num_classes)
         self._used: Tensor | None = None  # unlabelled indices of the last teacher (for its diagnostic figures)
 
     @property
@@ -138,11 +147,29 @@ class ServerOptions:
         return labelled, unlabelled
 
     def unlabelled_teacher(
-        self, labelled: Answers, unlabelled: Answers, num_classes: int, stats: SelectionStats
+        self, round: int, labelled: Answers, unlabelled: Answers, num_classes: int, stats: SelectionStats
     ) -> tuple[Tensor, Tensor] | None:
-        """``(x, teacher logits)`` on the unlabelled samples some client answered; None when the option is off."""
+        """``(x, teacher logits)`` to distil on the unlabelled part: this round's fused teacher on the samples some
+        client answered, plus (``unlabelled_cache``) the cached teachers of the last rounds; None when there is none.
+        """
         if self.unlabelled_x is None:
             return None
+        fresh = self._fresh_teacher(labelled, unlabelled, num_classes, stats)
+        if self.teacher_cache is not None:
+            if fresh is not None:
+                self.teacher_cache.update(*fresh, round)
+            fresh = self.teacher_cache.select(round, self.config.unlabelled_cache)
+            stats.extra["unlabelled_distilled"] = int(fresh[0].numel())
+        if fresh is None:
+            return None
+        index, logits = fresh
+        self._used = index
+        return self.unlabelled_x[index], logits
+
+    def _fresh_teacher(
+        self, labelled: Answers, unlabelled: Answers, num_classes: int, stats: SelectionStats
+    ) -> tuple[Tensor, Tensor] | None:
+        """Unlabelled indices and fused teacher logits of this round's answers (canaries and screened clients out)."""
         if self.canaries is not None:
             unlabelled = self._screen(labelled, unlabelled, num_classes, stats)
         clients = sorted(unlabelled)
@@ -167,9 +194,7 @@ class ServerOptions:
         stats.extra["n_unlabelled"] = int(keep.sum())
         for k, client_id in enumerate(clients):
             stats.weight_mass[client_id] = stats.weight_mass.get(client_id, 0.0) + float(fused.weights[k][keep].sum())
-        index = torch.from_numpy(union)[keep]
-        self._used = index
-        return self.unlabelled_x[index], fused.logits[keep]
+        return torch.from_numpy(union)[keep], fused.logits[keep]
 
     def _screen(self, labelled: Answers, unlabelled: Answers, num_classes: int, stats: SelectionStats) -> Answers:
         """The unlabelled answers of the clients the canaries do not screen out, canaries removed."""

@@ -94,7 +94,9 @@ class SelectiveDistillServer:
         self.transfer_y = transfer_y.cpu().long()
         self.num_classes = int(predict_logits(self.model, self.transfer_x[:1], device=self.device).shape[1])
         self.knowledge_cache = KnowledgeCache(self.num_transfer, self.num_classes)
-        self.options = ServerOptions(self.config, self.transfer_y, seed, unlabelled_x, unlabelled_y)
+        self.options = ServerOptions(
+            self.config, self.transfer_y, seed, unlabelled_x, unlabelled_y, num_classes=self.num_classes
+        )
 
     @property
     def num_transfer(self) -> int:
@@ -137,7 +139,7 @@ class SelectiveDistillServer:
         labelled, unlabelled = self.options.split_answers(client_logits, self.num_transfer, self.num_classes)
         teacher, has_teacher, stats = self._fuse_clients(round, labelled)
         self._knowledge_stats(teacher_mask=has_teacher, stats=stats)
-        unlabelled_teacher = self.options.unlabelled_teacher(labelled, unlabelled, self.num_classes, stats)
+        unlabelled_teacher = self.options.unlabelled_teacher(round, labelled, unlabelled, self.num_classes, stats)
         if unlabelled_teacher is not None:
             self.options.teacher_figures(unlabelled_teacher, self._predict, stats)
         cfg = self.config
@@ -296,7 +298,11 @@ class SelectiveDistillServer:
         return accuracy(self.model, x, y, batch_size, self.device)
 
     def state_dict(self) -> dict[str, Any]:
-        """Model weights (CPU tensors) and knowledge cache (NumPy arrays): all that persists across rounds."""
+        """Model weights (CPU tensors) and knowledge cache (NumPy arrays): what a later federation starts from.
+
+        The canary tallies and the unlabelled teacher cache are left out: their rounds belong to this run. A resumed
+        run gets them back with everything else through :func:`fl_kd.checkpoint.object_state`.
+        """
         model_state = {name: value.detach().cpu().clone() for name, value in self.model.state_dict().items()}
         return {"model": model_state, "knowledge_cache": self.knowledge_cache.state_dict()}
 

@@ -38,7 +38,7 @@ class ServerDistillConfig:
         Client fusion rule, a name in :data:`fl_kd.kd.fusion.FUSION_RULES`.
     correctness, held_out_fraction, distill_correct, unlabelled_trust, reliability_power, reliability_on,
     teacher_min_confidence, unlabelled_per_round, learned_weight_decay, learned_prob_floor, learned_trim, canaries,
-    canary_z
+    canary_z, unlabelled_cache
         The optional extensions; see :class:`~fl_kd.kd.fedgems.config.FedGEMSConfig`. The defaults are FedGEMS.
     """
 
@@ -63,6 +63,7 @@ class ServerDistillConfig:
     learned_trim: int = 0
     canaries: int = 0
     canary_z: float = 3.0
+    unlabelled_cache: int = 0
 
     def __post_init__(self) -> None:
         check_choice("correctness", self.correctness, CORRECTNESS)
@@ -78,6 +79,13 @@ class ServerDistillConfig:
             raise ValueError(
                 "canaries need unlabelled_trust and reliability_on='held_out': a client's accuracy on them is "
                 "compared with its accuracy on the held-out slice"
+            )
+        cache = self.unlabelled_cache
+        if isinstance(cache, bool) or not isinstance(cache, int) or cache < 0:
+            raise ValueError(f"unlabelled_cache must be an integer >= 0 (rounds), got {cache!r}")
+        if cache and self.unlabelled_trust == "none":
+            raise ValueError(
+                "unlabelled_cache keeps the clients' teacher on unlabelled samples: it needs unlabelled_trust"
             )
         if self.canaries < 0 or self.canary_z <= 0 or self.learned_trim < 0:
             raise ValueError(f"need canaries >= 0, canary_z > 0 and learned_trim >= 0: {self}")

@@ -41,8 +41,9 @@ class SelectionStats:
         there at the start of the round (what it knows that no client does). With the extensions:
         ``held_out_accuracy``: the server's accuracy on the held-out slice at the start
         of the round (before it distils); ``n_dark``: samples the server got right and still distilled from the
-        clients (final epoch); ``n_unlabelled``: unlabelled samples with a client teacher; ``unlabelled_loss``:
-        mean KD loss on them in the final epoch.
+        clients (final epoch); ``n_unlabelled``: unlabelled samples with a client teacher this round;
+        ``unlabelled_distilled`` (with ``unlabelled_cache``): unlabelled samples distilled, this round's teacher and
+        the cached ones together; ``unlabelled_loss``: mean KD loss on the distilled ones in the final epoch.
     """
 
     round: int

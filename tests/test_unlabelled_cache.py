@@ -1,0 +1,141 @@
+"""``strategy.unlabelled_cache``: the server keeps the clients' fused teacher per unlabelled sample and distils those
+of the last rounds with this round's; 0 is today's algorithm, canaries never enter, a resumed run distils alike."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from fl_kd.checkpoint import object_state, restore_object_state, state_digests
+from fl_kd.config import ConfigError
+from fl_kd.kd.fedgems import SelectiveDistillServer, ServerDistillConfig
+from fl_kd.kd.fedgems.teacher_cache import NEVER, TeacherCache
+from tests.kd_configs import learned_trust_server, tiny_config
+
+
+def test_the_cache_keeps_the_newest_teacher_and_forgets_beyond_the_horizon() -> None:
+    cache = TeacherCache(6, 3)
+    assert cache.num_filled == 0 and cache.select(1, 5)[0].numel() == 0
+    cache.update(torch.tensor([0, 2, 4]), torch.ones(3, 3), round=1)
+    cache.update(torch.tensor([2, 5]), torch.full((2, 3), 2.0), round=2)
+    index, logits = cache.select(2, horizon=1)
+    assert index.tolist() == [0, 2, 4, 5] and cache.num_filled == 4
+    assert logits[:, 0].tolist() == [1.0, 2.0, 1.0, 2.0]  # sample 2 answered again: the new teacher
+    assert cache.select(2, horizon=0)[0].tolist() == [2, 5]
+    assert cache.select(3, horizon=1)[0].tolist() == [2, 5]  # round 1's teachers aged out
+    with pytest.raises(ValueError, match="logits"):
+        cache.update(torch.tensor([1]), torch.ones(2, 3), round=3)
+    with pytest.raises(ValueError, match="non-finite"):
+        cache.update(torch.tensor([1]), torch.full((1, 3), float("nan")), round=3)
+
+
+def test_the_cache_state_round_trips_and_refuses_another_shape() -> None:
+    cache = TeacherCache(5, 2)
+    cache.update(torch.tensor([1, 3]), torch.randn(2, 2), round=4)
+    restored = TeacherCache(5, 2)
+    restored.load_state_dict(cache.state_dict())
+    assert torch.equal(restored.logits, cache.logits) and torch.equal(restored.rounds, cache.rounds)
+    assert restored.rounds.tolist() == [NEVER, 4, NEVER, 4, NEVER]
+    with pytest.raises(ValueError, match="shapes"):
+        TeacherCache(4, 2).load_state_dict(cache.state_dict())
+
+
+def _answers(server: SelectiveDistillServer, round: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Two clients on the whole labelled part and ``round``'s unlabelled subset: one right, one noisy."""
+    num = server.num_transfer
+    positions = np.concatenate([np.arange(num), num + server.options.unlabelled_positions(round)])
+    assert server.options.unlabelled_y is not None
+    labels = np.concatenate([server.transfer_y.numpy(), server.options.unlabelled_y.numpy()])[positions]
+    right = np.eye(4, dtype=np.float32)[labels] * 4
+    noise = np.random.default_rng(round).normal(size=right.shape).astype(np.float32)
+    return {0: (positions, right), 1: (positions, right * 0.5 + noise)}
+
+
+def _weights(server: SelectiveDistillServer) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in server.model.state_dict().items()}
+
+
+def _two_rounds(**settings: Any) -> tuple[SelectiveDistillServer, list[dict[str, float | int]]]:
+    server = learned_trust_server(60, **settings)
+    extras = [server.distill(round, _answers(server, round)).extra for round in (1, 2)]
+    return server, extras
+
+
+def test_cache_zero_takes_todays_path_and_a_cache_with_nothing_stale_changes_nothing() -> None:
+    plain, plain_extras = _two_rounds()
+    assert plain.options.teacher_cache is None and all("unlabelled_distilled" not in e for e in plain_extras)
+    # Every sample answered every round: the cache only ever holds this round's teacher, so the weights match.
+    everything, _ = _two_rounds(unlabelled_cache=0, unlabelled_per_round=0)
+    cached, cached_extras = _two_rounds(unlabelled_cache=3, unlabelled_per_round=0)
+    assert [e["unlabelled_distilled"] for e in cached_extras] == [60, 60]
+    for name, value in _weights(everything).items():
+        assert torch.equal(value, _weights(cached)[name]), name
+    # Round 1 has no earlier teacher: with a subset per round, cache or not, the same weights after it.
+    first = [learned_trust_server(60, unlabelled_per_round=20, unlabelled_cache=c) for c in (0, 4)]
+    for server in first:
+        server.distill(1, _answers(server, 1))
+    for name, value in _weights(first[0]).items():
+        assert torch.equal(value, _weights(first[1])[name]), name
+
+
+def test_a_cache_distils_earlier_teachers_too_until_they_age_out() -> None:
+    server = learned_trust_server(60, unlabelled_per_round=20, unlabelled_cache=1)
+    subsets = [set(server.options.unlabelled_positions(round).tolist()) for round in (1, 2, 3)]
+    distilled = [server.distill(round, _answers(server, round)).extra for round in (1, 2, 3)]
+    assert [e["n_unlabelled"] for e in distilled] == [20, 20, 20]
+    assert distilled[0]["unlabelled_distilled"] == 20
+    assert distilled[1]["unlabelled_distilled"] == len(subsets[0] | subsets[1]) > 20
+    assert distilled[2]["unlabelled_distilled"] == len(subsets[1] | subsets[2])  # round 1's teachers aged out
+    cache = server.options.teacher_cache
+    assert cache is not None and set(torch.nonzero(cache.rounds == 3).reshape(-1).tolist()) == subsets[2]
+    plain = learned_trust_server(60, unlabelled_per_round=20)
+    assert plain.distill(1, _answers(plain, 1)).extra["n_unlabelled"] == 20
+
+
+def test_canaries_never_enter_the_cache() -> None:
+    server = learned_trust_server(60, canaries=20, unlabelled_cache=2)
+    for round in (1, 2):
+        stats = server.distill(round, _answers(server, round))
+        assert stats.extra["unlabelled_distilled"] == 40  # 60 unlabelled samples, 20 of them canaries
+    assert server.options.canaries is not None and server.options.teacher_cache is not None
+    canary = torch.from_numpy(server.options.canaries.mask)
+    assert (server.options.teacher_cache.rounds[canary] == NEVER).all()
+    assert (server.options.teacher_cache.rounds[~canary] == 2).all()
+
+
+def test_the_cache_survives_a_checkpoint_so_a_resumed_server_distils_alike() -> None:
+    settings = {"unlabelled_per_round": 20, "unlabelled_cache": 2}
+    server = learned_trust_server(60, **settings)
+    baseline = state_digests(learned_trust_server(60, **settings))
+    for round in (1, 2):
+        server.distill(round, _answers(server, round))
+    buffer = io.BytesIO()
+    torch.save(object_state(server, baseline), buffer)
+    buffer.seek(0)
+    resumed = learned_trust_server(60, **settings)
+    restore_object_state(resumed, torch.load(buffer, weights_only=False), "memory")
+    assert resumed.options.teacher_cache is not None and server.options.teacher_cache is not None
+    assert torch.equal(resumed.options.teacher_cache.rounds, server.options.teacher_cache.rounds)
+    assert server.distill(3, _answers(server, 3)).extra == resumed.distill(3, _answers(resumed, 3)).extra
+    for name, value in _weights(server).items():
+        assert torch.equal(value, _weights(resumed)[name]), name
+
+
+def test_the_cache_needs_unlabelled_trust_and_a_whole_number_of_rounds() -> None:
+    with pytest.raises(ValueError, match="unlabelled_trust"):
+        ServerDistillConfig(unlabelled_cache=2)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="unlabelled_cache"):
+            ServerDistillConfig(unlabelled_trust="class_reliability", unlabelled_cache=bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="unlabelled_cache"):
+        tiny_config(transfer={"labelled": 60, "unlabelled": 40}, unlabelled_cache=2)
+    with pytest.raises(ConfigError, match="unlabelled_cache"):
+        tiny_config(transfer={"labelled": 60, "unlabelled": 40}, unlabelled_trust="class_reliability",
+                    unlabelled_cache=-1)  # fmt: skip
+    config = tiny_config(transfer={"labelled": 60, "unlabelled": 40}, unlabelled_trust="class_reliability",
+                         unlabelled_cache=3)  # fmt: skip
+    assert config.strategy.server_config().unlabelled_cache == 3  # type: ignore[attr-defined]
