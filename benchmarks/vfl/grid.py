@@ -160,6 +160,7 @@ def defence_grid(
 TUNED: dict[str, tuple[tuple[str, float], ...]] = {
     "randomised_label": (("epsilon", 0.0), ("epsilon", 0.3), ("epsilon", 0.5), ("epsilon", 0.8)),
     "marvell": (("power_ratio", 16.0), ("power_ratio", 64.0)),
+    "mid": (("weight", 0.01), ("weight", 0.1), ("weight", 1.0)),
 }
 """Defences against the adaptive attacker, each at a few strengths (the Pareto plot shows which pays off).
 
