@@ -157,6 +157,8 @@ def test_worst_case_and_pareto_front(tmp_path: Path) -> None:
     worst = {r["label"]: r["worst_case"][0] for r in rows}
     assert worst == {"none": 1.0, "coae λ=2": 0.95, "gaussian σ=0.01": 0.5, "randomised_label ε=0.5": 0.3}
     assert rows[2]["worst_case_gradient"][0] == pytest.approx(0.25)  # PMC left out
+    # DCS of the worst case: gaussian loses 1 point for AP 0.5 -> 1 / (1 + sqrt(0.5 * 0.25 + 0.5 * 0.0001)).
+    assert rows[2]["dcs_worst_case"][0] == pytest.approx(1 / (1 + math.sqrt(0.5 * 0.25 + 0.5 * 0.01**2)))
     # CoAE loses to gaussian on both axes; the others each win one.
     assert pareto_front(rows) == ["randomised_label ε=0.5", "gaussian σ=0.01", "none"]
     table = worst_case_table(rows)

@@ -77,8 +77,8 @@ def _worst_case_section(summary: Mapping[str, Sequence[Mapping[str, Any]]], pare
         "",
         "The AP that counts for a defence is the highest adaptive AP over every attack, the adaptive ones included "
         "(ALI: either sign of every epoch's gradients, renamed by a few known labels; GC: k-means of normalised "
-        "gradients named by them), per seed, then averaged. 'Pareto front': no other defence has both a higher MP "
-        "and a lower worst-case AP.",
+        "gradients named by them), per seed, then averaged. 'DCS (worst case)': VFLAIR's DCS of that AP and the "
+        "seed's MP, then averaged. 'Pareto front': no other defence has both a higher MP and a lower worst-case AP.",
         "",
     ]
     for setting, rows in summary.items():

@@ -77,7 +77,9 @@ def _summarise_defence(setting: str, runs: Sequence[Mapping[str, Any]], stars: S
         row["dcs"][attack] = mean_std(scores)
     row["t_dcs"] = mean_std([mean(v) for v in per_seed_dcs])
     # The AP that counts: per seed the highest adaptive AP over the suite, then its mean and std over seeds.
-    row["worst_case"] = mean_std([max(v["ap_adaptive"] for v in r["attacks"].values()) for r in runs])
+    worst = [max(v["ap_adaptive"] for v in r["attacks"].values()) for r in runs]
+    row["worst_case"] = mean_std(worst)
+    row["dcs_worst_case"] = mean_std([dcs(ap, r["mp"], s) for ap, r, s in zip(worst, runs, stars, strict=True)])
     gradient = [a for a in attacks if a in GRADIENT_ATTACKS]
     if gradient:
         row["worst_case_gradient"] = mean_std([max(r["attacks"][a]["ap_adaptive"] for a in gradient) for r in runs])
@@ -90,8 +92,7 @@ def pareto_front(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     for row in rows:
         ap, mp = row["worst_case"][0], row["mp"][0]
         beaten = any(
-            o["worst_case"][0] <= ap and o["mp"][0] >= mp and (o["worst_case"][0] < ap or o["mp"][0] > mp)
-            for o in rows
+            o["worst_case"][0] <= ap and o["mp"][0] >= mp and (o["worst_case"][0] < ap or o["mp"][0] > mp) for o in rows
         )
         if not beaten:
             front.append(row)

@@ -63,11 +63,20 @@ def setting_tables(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def worst_case_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """MP, MP loss and the worst case over the attack suite (and over the gradient attacks alone) per defence."""
+    """MP, MP loss, the worst case over the attack suite (and over the gradient attacks alone) and the DCS of that
+    worst case per defence."""
     front = set(pareto_front(rows))
     mp_name = "MP (AUC)" if rows[0]["num_classes"] == 2 else "MP (acc)"
     return markdown_table(
-        ["Defence", mp_name, "MP loss", "worst-case AP (strongest)", "worst gradient AP", "Pareto front"],
+        [
+            "Defence",
+            mp_name,
+            "MP loss",
+            "worst-case AP (strongest)",
+            "worst gradient AP",
+            "DCS (worst case)",
+            "Pareto front",
+        ],
         [
             [
                 r["label"],
@@ -75,6 +84,7 @@ def worst_case_table(rows: Sequence[Mapping[str, Any]]) -> str:
                 f"{100 * r['mp_loss'][0]:+.1f} pt",
                 f"{pm(r['worst_case'])} ({strongest(r)[0]})",
                 pm(r["worst_case_gradient"]) if "worst_case_gradient" in r else "–",
+                pm(r["dcs_worst_case"]),
                 "yes" if r["label"] in front else "",
             ]
             for r in rows
