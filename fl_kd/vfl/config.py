@@ -170,8 +170,9 @@ class TrainingConfig:
     batches_per_message : int (default: 1)
         Mini-batches per round of messages (two exchanges over Flower): 1 is exact split training; more cuts round
         trips with embeddings that are a few local steps stale (FedBCD-style). The in-process backend follows the same
-        schedule. Kept at 1: on Fashion-MNIST halves (defaults, seeds 0 and 1) MP moved by +0.1/-6.3 points at 2,
-        -1.0/-2.4 at 4, -2.2/-1.7 at 8 and -10.3/-5.4 at 16, so no larger value stays within 0.5 point.
+        schedule. Kept at 1: on Fashion-MNIST halves (defaults, in-process, seeds 0-4) the mean MP was 0.811 at 1,
+        0.799 at 2 (within 0.5 point on four seeds, -6.3 points on seed 1), 0.791 at 4 and 0.733 at 8, so no larger
+        value stays within 0.5 point (BENCHMARKS.md, "Speed").
     max_train_samples : int | None (default: 5000)
         Seeded cap on the training samples, so large sets (Fashion-MNIST) run in minutes on a CPU; None keeps
         every sample. breast_cancer (455 training samples) and credit (3,563) lie below it.
