@@ -10,16 +10,20 @@ those of the last few rounds at no extra uplink. A sample answered again takes t
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
+
+from fl_kd.kd.cache import KnowledgeCache
 
 NEVER = -1
 """Round stamp of a sample that has no cached teacher."""
 
 
 class TeacherCache:
-    """Newest teacher logits ``(M, C)`` per unlabelled sample and the round ``(M,)`` they were computed in.
+    """Newest teacher logits per unlabelled sample (a :class:`~fl_kd.kd.cache.KnowledgeCache` over the unlabelled
+    part, which checks positions, shapes and finiteness) and the round ``(M,)`` they were computed in.
 
     Parameters
     ----------
@@ -30,30 +34,20 @@ class TeacherCache:
     """
 
     def __init__(self, num_samples: int, num_classes: int) -> None:
-        if num_samples < 0 or num_classes < 1:
-            raise ValueError(f"need num_samples >= 0 and num_classes >= 1, got {num_samples}, {num_classes}")
-        self.logits = torch.zeros(num_samples, num_classes, dtype=torch.float32)
+        self.knowledge = KnowledgeCache(num_samples, num_classes)
         self.rounds = torch.full((num_samples,), NEVER, dtype=torch.int64)
 
     @property
     def num_filled(self) -> int:
         """How many samples hold a teacher (of any round)."""
-        return int((self.rounds != NEVER).sum())
+        return self.knowledge.num_filled
 
     def update(self, indices: Tensor, logits: Tensor, round: int) -> None:
         """Store ``round``'s teacher ``logits`` ``(n, C)`` at unlabelled ``indices`` ``(n,)``, replacing older ones."""
         if round < 0:
             raise ValueError(f"round must be >= 0, got {round}")
-        index = indices.reshape(-1).long().cpu()
-        if logits.shape != (index.numel(), self.logits.shape[1]):
-            raise ValueError(f"logits must be (n, C) = ({index.numel()}, {self.logits.shape[1]}), got {logits.shape}")
-        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.rounds.numel()):
-            raise ValueError(f"indices must lie in [0, {self.rounds.numel()})")
-        values = logits.detach().to(device="cpu", dtype=torch.float32)
-        if not bool(torch.isfinite(values).all()):
-            raise ValueError("refusing to cache non-finite teacher logits")
-        self.logits[index] = values
-        self.rounds[index] = round
+        self.knowledge.update(indices, logits)  # refuses bad positions, shapes and non-finite logits
+        self.rounds[indices.reshape(-1).long().cpu()] = round
 
     def select(self, round: int, horizon: int) -> tuple[Tensor, Tensor]:
         """Sorted indices ``(n,)`` and logits ``(n, C)`` of the teachers computed in rounds ``round - horizon`` to
@@ -62,22 +56,20 @@ class TeacherCache:
             raise ValueError(f"horizon must be >= 0, got {horizon}")
         recent = (self.rounds != NEVER) & (self.rounds >= round - horizon) & (self.rounds <= round)
         index = torch.nonzero(recent).reshape(-1)
-        return index, self.logits[index].clone()
+        return index, self.knowledge.get(index)
 
-    def state_dict(self) -> dict[str, Tensor]:
-        """Copies of the logits and round stamps."""
-        return {"logits": self.logits.clone(), "rounds": self.rounds.clone()}
+    def state_dict(self) -> dict[str, Any]:
+        """The logits' cache state and a copy of the round stamps."""
+        return {"knowledge": self.knowledge.state_dict(), "rounds": self.rounds.clone()}
 
-    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
-        """Restore from :meth:`state_dict`; shapes must match this cache."""
-        logits = torch.as_tensor(state["logits"], dtype=torch.float32)
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore from :meth:`state_dict`; shapes must match this cache and the stamps the filled samples."""
+        filled = torch.from_numpy(self.knowledge.check_state_dict(state["knowledge"])[1])
         rounds = torch.as_tensor(state["rounds"], dtype=torch.int64)
-        if logits.shape != self.logits.shape or rounds.shape != self.rounds.shape:
+        if rounds.shape != self.rounds.shape or not torch.equal(rounds != NEVER, filled):
             raise ValueError(
-                f"teacher cache state has shapes {tuple(logits.shape)} and {tuple(rounds.shape)}, expected "
-                f"{tuple(self.logits.shape)} and {tuple(self.rounds.shape)}"
+                f"teacher cache round stamps have shape {tuple(rounds.shape)}, expected {tuple(self.rounds.shape)}, "
+                "and must be set exactly where a teacher is cached"
             )
-        if not bool(torch.isfinite(logits[rounds != NEVER]).all()):
-            raise ValueError("cached teacher logits hold NaN or inf")
-        self.logits = logits.clone()
+        self.knowledge.load_state_dict(state["knowledge"])
         self.rounds = rounds.clone()
