@@ -155,8 +155,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     info.excluded = list(args.exclude)
     records: list[dict[str, Any]] = []
     data_cache: dict[str, Any] = {}
+    for setting in settings:
+        if setting.dataset not in data_cache:
+            data_cache[setting.dataset], info.dataset_info[setting.dataset] = load_setting_data(setting)
     wall_start = time.perf_counter()
-    total = len(settings) * len(specs) * len(seeds)
+    # Only the defences that apply to a setting (Marvell: binary tasks; randomised labels: the sum top) are trained.
+    total = len(seeds) * sum(
+        applies(spec, s, int(data_cache[s.dataset].num_classes)) for s in settings for spec in specs
+    )
     count = itertools.count(1)
 
     def progress(what: str, record: dict[str, Any]) -> None:
@@ -169,10 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
 
     for setting in settings:
-        if setting.dataset not in data_cache:
-            data_cache[setting.dataset], info.dataset_info[setting.dataset] = load_setting_data(setting)
-        data = data_cache[setting.dataset]
-        records += run_setting(setting, data, specs, args, info, done, records_path, progress)
+        records += run_setting(setting, data_cache[setting.dataset], specs, args, info, done, records_path, progress)
 
     summary = summarise(records)
     info.train_seconds = sum(r["seconds"] for r in records)
