@@ -140,6 +140,38 @@ def test_camouflage_is_right_and_sure_where_labels_check_it_and_wrong_elsewhere(
     assert out[2].max() == 10.0 and (out[2] != 0).sum() == 1
 
 
+def test_coordinated_liars_poison_the_same_samples_with_the_same_wrong_class() -> None:
+    """Two colluders with their own random streams and honest answers lie on the same rows with the same class."""
+    settings = {"name": "camouflage", "fraction": 1.0, "poison_share": 0.3, "checked": "honest"}
+    positions = np.arange(60, 3060)  # the unlabelled part (no label checks it)
+    honest = np.random.default_rng(1).normal(size=(3000, 10))
+    honest[:, 0] += 5.0  # both answer class 0 almost everywhere, so they agree on what "wrong" means
+    outs = {}
+    for coordinated in (False, True):
+        cfg = config(adversary=settings | {"coordinated": coordinated})
+        behaviour = get_algorithm("dsfl").build_client(cfg, federation(), 0).behaviour
+        outs[coordinated] = [
+            behaviour.corrupt_logits(honest + 0.01 * k, positions, np.random.default_rng(10 + k)) for k in (0, 1)
+        ]
+    (a, b), lied = outs[True], []
+    for out, base in ((a, honest), (b, honest + 0.01)):
+        lied.append(~np.all(out == base, axis=1))
+    np.testing.assert_array_equal(lied[0], lied[1])  # the same rows lied on
+    assert 0.25 < lied[0].mean() < 0.35
+    np.testing.assert_array_equal(a[lied[0]].argmax(axis=1), b[lied[0]].argmax(axis=1))  # the same wrong class
+    assert not np.any(a[lied[0]].argmax(axis=1) == honest[lied[0]].argmax(axis=1))  # never its own prediction
+    # The same clients without coordination draw their own rows and classes: they agree only by chance.
+    c, d = outs[False]
+    mine, theirs = ~np.all(c == honest, axis=1), ~np.all(d == honest + 0.01, axis=1)
+    assert (mine & theirs).mean() < 0.15 and not np.array_equal(mine, theirs)
+    # confident_wrong follows the shared draw too.
+    cfg = config(adversary={"name": "confident_wrong", "fraction": 1.0, "coordinated": True})
+    behaviour = get_algorithm("dsfl").build_client(cfg, federation(), 0).behaviour
+    first = behaviour.corrupt_logits(honest, positions, np.random.default_rng(0))
+    second = behaviour.corrupt_logits(honest, positions, np.random.default_rng(1))
+    np.testing.assert_array_equal(first, second)
+
+
 def test_targeted_relabels_source_as_target_and_swaps_its_answers() -> None:
     cfg = config(adversary={"name": "targeted", "fraction": 1.0, "source": 3, "target": 8})
     client = get_algorithm("dsfl").build_client(cfg, federation(), 0)

@@ -66,11 +66,15 @@ METHODS: dict[str, tuple[str, ...]] = {
 
 #: Attacks beside the registered behaviours: a name -> (behaviour, its settings). ``camouflage_p0.2`` lies on a
 #: fifth of the unlabelled samples only; ``camouflage_mimic_p*`` also answers honestly where labels check it, so
-#: that the canaries' screen sees only the share it poisons (the attacker that knows the screen).
+#: that the canaries' screen sees only the share it poisons (the attacker that knows the screen);
+#: ``camouflage_mimic_p0.2_coord`` lies with the other malicious clients on the same samples and names the same
+#: wrong class there (the attacker that knows the trimmed product).
+MIMIC_P02 = ("adversary.poison_share=0.2", "adversary.checked=honest")
 ATTACK_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "camouflage_p0.2": ("camouflage", ("adversary.poison_share=0.2",)),
-    "camouflage_mimic_p0.2": ("camouflage", ("adversary.poison_share=0.2", "adversary.checked=honest")),
+    "camouflage_mimic_p0.2": ("camouflage", MIMIC_P02),
     "camouflage_mimic_p0.1": ("camouflage", ("adversary.poison_share=0.1", "adversary.checked=honest")),
+    "camouflage_mimic_p0.2_coord": ("camouflage", (*MIMIC_P02, "adversary.coordinated=true")),
 }
 
 #: Variants run beside the grid, not through it, with the only (adversary, fraction) pairs they face: the trust score
@@ -102,10 +106,18 @@ ONLY: dict[str, frozenset[tuple[str, float]]] = {
             ("camouflage", 0.3),
             ("camouflage_mimic_p0.2", 0.3),
             ("camouflage_mimic_p0.1", 0.3),
+            ("camouflage_mimic_p0.2_coord", 0.3),
             ("camouflage", 0.5),
         }
     ),
-    "fedgems_trimmed": frozenset({("camouflage", 0.3), ("camouflage_mimic_p0.2", 0.3), ("camouflage_mimic_p0.1", 0.3)}),
+    "fedgems_trimmed": frozenset(
+        {
+            ("camouflage", 0.3),
+            ("camouflage_mimic_p0.2", 0.3),
+            ("camouflage_mimic_p0.1", 0.3),
+            ("camouflage_mimic_p0.2_coord", 0.3),
+        }
+    ),
     "fedgems_uniform": frozenset({("scaled_logits", 0.3), ("camouflage", 0.3), ("camouflage", 0.5)}),
 }
 

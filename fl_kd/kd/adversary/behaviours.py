@@ -27,6 +27,9 @@ LOGIT_ARRAYS: tuple[tuple[str, str], ...] = ((kd.LOGITS, kd.POSITIONS), (kd.UNLA
 #: Normalisation statistics, not learnt weights: an attack leaves them alone (a negative variance is no attack).
 _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 
+#: The key colluding clients share (``adversary.coordinated``): agreed among themselves, unknown to the server.
+_COLLUSION_KEY = 0xC0_11_0DE
+
 
 class Behaviour:
     """The honest client's behaviour (``none``); subclasses override what they corrupt.
@@ -92,10 +95,24 @@ class Behaviour:
             out[name] = (base + self.corrupt_update(value.astype(np.float64) - base, rng)).astype(np.float32)
         return out
 
-    def wrong_classes(self, classes: NDArray[np.int64], rng: np.random.Generator) -> NDArray[np.int64]:
-        """Per row, a class drawn uniformly among those other than ``classes``."""
+    def wrong_classes(
+        self, classes: NDArray[np.int64], rng: np.random.Generator, positions: NDArray[Any] | None = None
+    ) -> NDArray[np.int64]:
+        """Per row, a class drawn uniformly among those other than ``classes``.
+
+        With ``adversary.coordinated`` (and ``positions``) the draw is the colluders' shared one for each position,
+        so clients that agree on ``classes`` there name the same wrong class.
+        """
+        if self.config.coordinated and positions is not None:
+            wrong = (shared_uniforms(positions)[:, 1] * self.num_classes).astype(np.int64)
+            return np.where(wrong == classes, (wrong + 1) % self.num_classes, wrong)
         offset = 1 + rng.integers(0, self.num_classes - 1, size=classes.shape[0])
         return (classes + offset) % self.num_classes
+
+    def poisoned(self, positions: NDArray[Any], rng: np.random.Generator) -> NDArray[np.bool_]:
+        """Per row, whether it is among the ``adversary.poison_share`` of rows lied on (shared when coordinated)."""
+        draw = shared_uniforms(positions)[:, 0] if self.config.coordinated else rng.random(positions.shape[0])
+        return np.asarray(draw < self.config.poison_share)
 
     def labels_or_predictions(self, logits: NDArray[np.float64], positions: NDArray[Any]) -> NDArray[np.int64]:
         """Per row, the true class where the client knows it (labelled transfer part), else its own prediction."""
@@ -103,6 +120,15 @@ class Behaviour:
         labels: NDArray[np.int64] = logits.argmax(axis=1).astype(np.int64)
         labels[known] = self.transfer_y[positions[known]]
         return labels
+
+
+def shared_uniforms(positions: NDArray[Any]) -> NDArray[np.float64]:
+    """Two uniform numbers per transfer position ``(n, 2)``, the same for every colluding client and every round."""
+    index = np.asarray(positions, dtype=np.int64).reshape(-1)
+    size = int(index.max()) + 1 if index.size else 0
+    # A generator's first k draws do not depend on how many follow, so every table agrees on the rows they share.
+    table = np.random.default_rng(_COLLUSION_KEY).random((size, 2))
+    return table[index]
 
 
 def _overrides(cls: type[Behaviour], method: str) -> bool:
@@ -185,7 +211,7 @@ class ConfidentWrong(Behaviour):
         """One-hot on a wrong class."""
         rows = logits.shape[0]
         truth = self.labels_or_predictions(logits, positions)
-        wrong = self.wrong_classes(truth, rng)
+        wrong = self.wrong_classes(truth, rng, positions)
         out = np.zeros_like(logits)
         out[np.arange(rows), wrong] = self.config.confidence
         return out
@@ -216,11 +242,11 @@ class Camouflage(Behaviour):
         rows = logits.shape[0]
         known = positions < self.transfer_y.size
         truth = self.labels_or_predictions(logits, positions)
-        wrong = self.wrong_classes(truth, rng)
+        wrong = self.wrong_classes(truth, rng, positions)
         out = np.zeros_like(logits)
         out[np.arange(rows), np.where(known, truth, wrong)] = self.config.confidence
         if self.config.poison_share < 1.0:
-            honest = ~known & (rng.random(rows) >= self.config.poison_share)
+            honest = ~known & ~self.poisoned(positions, rng)
             out[honest] = logits[honest]
         if self.config.checked == "honest":
             out[known] = logits[known]

@@ -51,6 +51,11 @@ class AdversaryConfig:
     checked : {"truth", "honest"} (default: "truth")
         ``camouflage``: what it answers where a label can check it: one-hot on the true class (sure and right, so
         it takes an inverse-entropy weight), or its honest logits (no more accurate there than elsewhere).
+    coordinated : bool (default: False)
+        ``confident_wrong`` and ``camouflage``: the malicious clients lie together. Which unlabelled samples they
+        poison and the wrong class they name there are fixed per transfer position by a key they share (not drawn
+        by each client per round), so on a poisoned sample every one of them names the same wrong class: a trim of
+        ``t`` terms per sample and class removes none of them once more than ``t`` lie there.
     free_rider_mode : str (default: "stale")
         ``free_rider`` skips local training; "stale" answers with its untrained model as it stands (for weight
         sharing: the global weights echoed), "random" with random logits (or global weights plus noise).
@@ -66,6 +71,7 @@ class AdversaryConfig:
     free_rider_mode: str = "stale"
     poison_share: float = 1.0
     checked: str = "truth"
+    coordinated: bool = False
 
     def __post_init__(self) -> None:
         from fl_kd.kd.adversary.behaviours import ADVERSARIES
@@ -85,6 +91,9 @@ class AdversaryConfig:
         check_choice("adversary.free_rider_mode", self.free_rider_mode, FREE_RIDER_MODES)
         check_range("adversary.poison_share", self.poison_share, low=0.0, high=1.0)
         check_choice("adversary.checked", self.checked, CHECKED_ANSWERS)
+        require(
+            isinstance(self.coordinated, bool), f"adversary.coordinated must be true or false, got {self.coordinated!r}"
+        )
 
     def check_experiment(self, experiment: ExperimentConfig) -> None:
         """A behaviour that corrupts logits needs a strategy whose clients send logits, and likewise for weights."""
