@@ -186,3 +186,48 @@ def test_target_lines_name_the_defences_that_meet_it_or_the_closest_on_each_side
     gradient = target_lines(summarise(records))[2]
     assert "**does not hold**" in gradient and "cheapest within the AP limit randomised_label ε=0.5" in gradient
     assert "lowest AP within the MP budget gaussian σ=0.01 (AP 0.350" in gradient
+
+
+def test_protocol_leak_line_judges_model_completion_against_the_attacker_alone() -> None:
+    records = [
+        record("none", 0, 0.85, {"DLI": 1.0, "PMC": 0.7}),
+        record("gaussian", 0, 0.84, {"DLI": 0.15, "PMC": 0.62}, {"scale": 0.01}),  # PMC above the attacker alone
+        record("randomised_label", 0, 0.835, {"DLI": 0.19, "PMC": 0.55}, {"epsilon": 0.5}),
+    ]
+    summary = summarise(records)
+    assert len(target_lines(summary)) == 3  # without the attacker alone, no third line
+    leak = target_lines(summary, {"toy/sum": 0.58})[3]
+    assert "model completion ≤ the attacker alone, 0.580" in leak
+    assert "**holds** for randomised_label ε=0.5 (AP 0.190±0.000, MP loss +1.5 pt) with model completion 0.550" in leak
+    assert "gaussian" not in leak
+    # The attacker alone above the AP limit: the whole-suite target is out of reach, and is said to be.
+    assert "out of reach of any defence here: the attacker alone already reaches 0.580 > 0.20" in leak
+    leak = target_lines(summary, {"toy/sum": 0.5})[3]
+    assert "**does not hold**" in leak
+
+
+def test_attacker_alone_reads_the_label_from_the_attackers_own_columns_only() -> None:
+    """Model completion on raw columns: high where the attacker's half holds the label, chance where it does not."""
+    from dataclasses import dataclass
+
+    import torch
+
+    from benchmarks.vfl.grid import Setting
+    from benchmarks.vfl.run import attacker_alone
+
+    @dataclass
+    class Data:
+        x_train: torch.Tensor
+        y_train: torch.Tensor
+        x_test: torch.Tensor
+        y_test: torch.Tensor
+        num_classes: int = 2
+        input_shape: tuple[int, ...] = (4,)
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(600, 4, generator=generator)
+    setting = Setting("breast_cancer", "sum", epochs=1, batch_size=32, lr=1e-3)  # the data below replaces it
+    for column, expect_high in ((0, True), (3, False)):  # halves: the attacker holds columns 0-1
+        y = (x[:, column] > 0).long()
+        ap = attacker_alone(setting, 0, Data(x[:500], y[:500], x[500:], y[500:]))
+        assert (ap > 0.9) if expect_high else (ap < 0.65), (column, ap)

@@ -81,7 +81,7 @@ def test_randomised_label_needs_logit_embeddings_and_a_valid_epsilon() -> None:
             build_defence("randomised_label", epsilon=bad)
 
 
-# --- CoAE with noise ---------------------------------------------------------------------------------------------------
+# --- CoAE with noise ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def autoencoder() -> torch.nn.Module:
     return train_autoencoder(2, epochs=1, num_train=2_000, seed=0)
@@ -106,7 +106,7 @@ def test_coae_noise_is_coae_plus_seeded_noise(autoencoder: torch.nn.Module) -> N
     assert torch.equal(silent.protect_gradient(0, torch.ones(3, 2)), torch.ones(3, 2))
 
 
-# --- Marvell -----------------------------------------------------------------------------------------------------------
+# --- Marvell -----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("u", "v", "p"), [(0.0, 0.0, 0.5), (0.01, 0.2, 0.3), (0.3, 0.05, 0.8)])
 def test_marvell_covariances_keep_the_budget_and_beat_the_naive_split(u: float, v: float, p: float) -> None:
     d, power = 4, 2.0

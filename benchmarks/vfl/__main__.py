@@ -38,7 +38,7 @@ from benchmarks.vfl.grid import (
 from benchmarks.vfl.plot import plot_pareto, plot_tradeoff
 from benchmarks.vfl.records import RECORDS_NAME, append_record, load_records, run_start
 from benchmarks.vfl.report import ENTRY, RunInfo, render_report
-from benchmarks.vfl.run import autoencoder_epochs, load_setting_data, prepare_autoencoder, run_one
+from benchmarks.vfl.run import attacker_alone, autoencoder_epochs, load_setting_data, prepare_autoencoder, run_one
 from benchmarks.vfl.statistics import summarise
 
 REPORT_NAME = "BENCHMARKS.md"
@@ -158,6 +158,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for setting in settings:
         if setting.dataset not in data_cache:
             data_cache[setting.dataset], info.dataset_info[setting.dataset] = load_setting_data(setting)
+    # Model completion on the attacker's raw columns, per seed: the floor no defence can push it below (seconds).
+    for setting in settings:
+        info.attacker_alone[setting.key] = [
+            attacker_alone(setting, seed, data_cache[setting.dataset]) for seed in seeds
+        ]
     wall_start = time.perf_counter()
     # Only the defences that apply to a setting (Marvell: binary tasks; randomised labels: the sum top) are trained.
     total = len(seeds) * sum(

@@ -99,8 +99,13 @@ def unstopped_attacks(row: Mapping[str, Any]) -> list[str]:
     return found
 
 
-def expectations(summary: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[str]:
-    """Markdown bullets stating, from the numbers, where the expectations hold and where they do not."""
+def expectations(
+    summary: Mapping[str, Sequence[Mapping[str, Any]]], attacker_alone: Mapping[str, float] | None = None
+) -> list[str]:
+    """Markdown bullets stating, from the numbers, where the expectations hold and where they do not.
+
+    ``attacker_alone``: per setting, model completion's mean AP without any training run (see ``target_lines``).
+    """
     lines = _at_chance_lines(summary)
     table = _dp_table(summary)
     if table:
@@ -114,16 +119,21 @@ def expectations(summary: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[str
             ),
             "",
         ]
-    return lines + _unstopped_lines(summary) + ["", *target_lines(summary)]
+    return lines + _unstopped_lines(summary) + ["", *target_lines(summary, attacker_alone)]
 
 
-def target_lines(summary: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[str]:
+def target_lines(
+    summary: Mapping[str, Sequence[Mapping[str, Any]]], attacker_alone: Mapping[str, float] | None = None
+) -> list[str]:
     """Per setting: which defences keep the worst-case AP within the target at the allowed MP loss.
 
     Judged twice, over the whole suite and over the gradient attacks alone: model completion also reads what the
     attacker's own columns say about the label, which no defence of the gradients can hide. Where no defence meets
     the target, the closest on each side is named: the lowest worst case within the MP budget and the cheapest
-    defence within the AP limit.
+    defence within the AP limit. With ``attacker_alone`` (model completion's AP on the attacker's raw columns, no
+    training run) a third line judges what the protocol leaks: gradient attacks within the limit and model
+    completion no better than the attacker alone; a setting whose attacker alone is above the limit is said to
+    be out of reach of any defence over the whole suite.
     """
     lines = ["Target of issue 11 (worst-case adaptive AP ≤ chance + 0.10 at ≤ 2 pt MP loss; binary: ≤ 1 pt), on means:"]
     for setting, rows in summary.items():
@@ -144,7 +154,37 @@ def target_lines(summary: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[str
             closest = [f"lowest AP within the MP budget {_point(within_budget[0], key)}"] if within_budget else []
             closest += [f"cheapest within the AP limit {_point(within_ap[0], key)}"] if within_ap else []
             lines.append(head + "**does not hold**" + (": " + "; ".join(closest) if closest else "") + ".")
+        if attacker_alone is not None and setting in attacker_alone:
+            lines.append(_protocol_leak_line(setting, rows, level, budget, attacker_alone[setting]))
     return lines
+
+
+def _protocol_leak_line(
+    setting: str, rows: Sequence[Mapping[str, Any]], level: float, budget: float, alone: float
+) -> str:
+    """The target on what the protocol adds: gradient attacks ≤ ``level``, model completion ≤ the attacker alone."""
+    head = (
+        f"- {setting}, what the protocol leaks (gradient attacks AP ≤ {level:.2f}, model completion ≤ the attacker "
+        f"alone, {alone:.3f}, MP loss ≤ {100 * budget:.0f} pt): "
+    )
+    reach = (
+        f" Over every attack the target is out of reach of any defence here: the attacker alone already reaches "
+        f"{alone:.3f} > {level:.2f}."
+        if alone > level
+        else ""
+    )
+    candidates = [r for r in rows if r["defence"] != "none" and "worst_case_gradient" in r and "PMC" in r["ap"]]
+    meets = [
+        r
+        for r in candidates
+        if r["worst_case_gradient"][0] <= level and r["ap"]["PMC"][0] <= alone and r["mp_loss"][0] <= budget
+    ]
+    if meets:
+        named = ", ".join(
+            f"{_point(r, 'worst_case_gradient')} with model completion {r['ap']['PMC'][0]:.3f}" for r in meets
+        )
+        return head + "**holds** for " + named + "." + reach
+    return head + "**does not hold**." + reach
 
 
 def _point(row: Mapping[str, Any], key: str) -> str:

@@ -32,6 +32,8 @@ class RunInfo:
     train_seconds: float = 0.0
     resumed: int = 0
     excluded: list[str] = field(default_factory=list)
+    #: Per setting, model completion's AP on the attacker's raw columns per seed (no training run).
+    attacker_alone: dict[str, list[float]] = field(default_factory=dict)
 
 
 def render_report(
@@ -53,7 +55,7 @@ def render_report(
         "",
         f"![MP vs AP]({plot_link})",
         "",
-        *_worst_case_section(summary, pareto_link),
+        *_worst_case_section(summary, pareto_link, info.attacker_alone),
         "## Expectations, checked against the numbers above",
         "",
         f"Rules (on means over seeds): 'at chance' = AP ≤ 1/C + {CHANCE_MARGIN}. For DP against CoAE each point "
@@ -64,13 +66,21 @@ def render_report(
         f"max({100 * MP_TIE:g} pt, combined std) count as no clear difference; if no scale matches, the largest "
         f"scale is compared. 'Not stopped' = AP > chance + {STOP_MARGIN}.",
         "",
-        *expectations(summary),
+        *expectations(summary, {key: _mean(values) for key, values in info.attacker_alone.items() if values}),
         "",
     ]
     return "\n".join(out)
 
 
-def _worst_case_section(summary: Mapping[str, Sequence[Mapping[str, Any]]], pareto_link: str | None) -> list[str]:
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _worst_case_section(
+    summary: Mapping[str, Sequence[Mapping[str, Any]]],
+    pareto_link: str | None,
+    attacker_alone: Mapping[str, Sequence[float]] | None = None,
+) -> list[str]:
     """Per setting, the worst case over the attack suite (the adaptive attacks included) and the Pareto front."""
     out = [
         "## Worst case over the attack suite",
@@ -78,11 +88,18 @@ def _worst_case_section(summary: Mapping[str, Sequence[Mapping[str, Any]]], pare
         "The AP that counts for a defence is the highest adaptive AP over every attack, the adaptive ones included "
         "(ALI: either sign of every epoch's gradients, renamed by a few known labels; GC: k-means of normalised "
         "gradients named by them), per seed, then averaged. 'DCS (worst case)': VFLAIR's DCS of that AP and the "
-        "seed's MP, then averaged. 'Pareto front': no other defence has both a higher MP and a lower worst-case AP.",
+        "seed's MP, then averaged. 'Pareto front': no other defence has both a higher MP and a lower worst-case AP. "
+        "'Attacker alone': model completion (the same known labels and head) fitted on the attacker's raw columns, "
+        "with no training run at all; no defence of the protocol can push model completion below it.",
         "",
     ]
     for setting, rows in summary.items():
-        out += [f"### {setting}", "", worst_case_table(rows), ""]
+        out += [f"### {setting}", ""]
+        alone = (attacker_alone or {}).get(setting)
+        if alone:
+            std = math.sqrt(sum((v - _mean(alone)) ** 2 for v in alone) / max(len(alone) - 1, 1))
+            out += [f"Attacker alone: AP {_mean(alone):.3f}±{std:.3f} over {len(alone)} seed(s).", ""]
+        out += [worst_case_table(rows), ""]
     if pareto_link is not None:
         out += [f"![MP vs worst-case AP]({pareto_link})", ""]
     return out

@@ -12,6 +12,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from benchmarks.vfl.grid import (
     ATTACK_ABBREVIATIONS,
     AUTOENCODER_DEFENCES,
@@ -26,12 +28,12 @@ from fl_kd.vfl.attacks import BatchLabelInference, build_attack
 from fl_kd.vfl.attacks.relabelling import RELABELLED_KEY, RelabellingDirectLabelInference
 from fl_kd.vfl.defences import ConfusionalAutoencoder, check_autoencoder, load_or_train_autoencoder
 from fl_kd.vfl.defences.coae import default_epochs
-from fl_kd.vfl.experiment import run_vfl
+from fl_kd.vfl.experiment import prepare_data, run_vfl
 from fl_kd.vfl.hooks import FeaturePartyAttack
 from fl_kd.vfl.metrics import dcs
 from fl_kd.vfl.split import make_split
 
-__all__ = ["autoencoder_epochs", "dcs", "load_setting_data", "prepare_autoencoder", "run_one"]
+__all__ = ["attacker_alone", "autoencoder_epochs", "dcs", "load_setting_data", "prepare_autoencoder", "run_one"]
 
 
 def load_setting_data(setting: Setting) -> tuple[Any, dict[str, Any]]:
@@ -132,6 +134,23 @@ def run_config(setting: Setting, spec: DefenceSpec, seed: int, params: dict[str,
             "max_test_samples": setting.max_test_samples,
         },
     }
+
+
+def attacker_alone(setting: Setting, seed: int, data: Any) -> float:
+    """Model completion's AP on the attacker's raw columns, with no training run: what it knows without VFL.
+
+    The same attack object as in :func:`run_one` (same known labels, head and steps) on the same training samples
+    of the same seed, with the identity in place of a trained bottom model. No defence of the protocol can push
+    model completion below this: the attacker can always fit the head on its own columns.
+    """
+    config = run_config(setting, DefenceSpec("none", ()), seed, {})
+    prepared = prepare_data(config, data)
+    num_classes = int(data.num_classes)
+    (attack,) = build_attacks(["passive_model_completion"], setting.top, num_classes, seed)
+    attacker = int(config.get("attacker_party", 0))
+    attack.after_training(nn.Flatten(), prepared.train_columns[attacker])
+    result = attack.result(prepared.train_labels)
+    return float(result["ap_adaptive"])
 
 
 def run_one(

@@ -127,7 +127,11 @@ class EpochwiseAttack(FeaturePartyAttack):
     attack_type = "LI"
 
     def __init__(
-        self, known_labels: int | None = None, num_classes: int | None = None, seed: int = 0, average_epochs: bool = True
+        self,
+        known_labels: int | None = None,
+        num_classes: int | None = None,
+        seed: int = 0,
+        average_epochs: bool = True,
     ) -> None:
         if known_labels is not None and known_labels < 1:
             raise ValueError(f"known_labels must be at least 1, got {known_labels}")
@@ -141,9 +145,7 @@ class EpochwiseAttack(FeaturePartyAttack):
         check_observation(sample_ids, embedding, gradient)
         self._store.update(sample_ids, gradient)
 
-    def predict(
-        self, gradients: Tensor, is_known: Tensor, known_truth: Tensor, num_classes: int
-    ) -> tuple[Tensor, str]:
+    def predict(self, gradients: Tensor, is_known: Tensor, known_truth: Tensor, num_classes: int) -> tuple[Tensor, str]:
         """One epoch's guesses ``(M,)`` (int; or, for two classes, a float score of class 1) and how they came.
 
         ``gradients`` ``(M, D)`` are the epoch's; ``known_truth`` holds the labels of the rows ``is_known`` only.
@@ -163,6 +165,7 @@ class EpochwiseAttack(FeaturePartyAttack):
             raise ValueError(f"labels go up to {int(labels.max())} but num_classes is {num_classes}")
         count = self.known_labels or default_known_labels(num_classes)
         known = draw_known(labels, count, num_classes, self.seed)
+
         def score(epoch: int, ids: Tensor, gradients: Tensor) -> dict[str, Any]:
             truth = labels_of(ids, labels)
             is_known = torch.isin(ids, known)
