@@ -402,3 +402,48 @@ def test_simulated_seconds_unknown_speed_gives_none_only_when_needed() -> None:
     assert simulated_seconds(DeviceTier("t", "cnn_tiny", 1.0), 0, 0, 0) == 0.0
     with pytest.raises(ValueError, match="payload_bytes"):
         simulated_seconds(no_speed, 1, 1, -1)
+
+
+@pytest.mark.parametrize("shape", [(4, 8, 28, 28), (3, 16, 14, 14), (2, 8, 7, 7), (2, 4, 1, 1), (1, 3, 5, 8)])
+def test_channels_last_max_pool_equals_torch_max_pool_in_values_and_gradients(shape: tuple[int, ...]) -> None:
+    """The fast pooling is an exact stand-in: same outputs, same input gradients (ReLU zeros tie as in torch)."""
+    from fl_kd.models.layers import MaxPool2x2
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.relu(torch.randn(shape, generator=generator))  # post-ReLU maps: many tied zeros
+    upstream = torch.randn(nn.MaxPool2d(2, ceil_mode=True)(x).shape, generator=generator)
+    grads = []
+    for pool in (nn.MaxPool2d(2, ceil_mode=True), MaxPool2x2()):
+        inputs = x.clone().requires_grad_()
+        out = pool(inputs)
+        assert out.is_contiguous()
+        (out * upstream).sum().backward()
+        grads.append((out.detach(), inputs.grad))
+        with torch.no_grad():
+            assert torch.equal(pool(x), grads[0][0])
+    assert torch.equal(grads[0][0], grads[1][0])
+    assert torch.equal(grads[0][1], grads[1][1])
+
+
+def test_client_cnn_training_step_is_unchanged_by_the_fast_pool() -> None:
+    """One SGD step of a client CNN gives the same weights with ``nn.MaxPool2d`` swapped back in."""
+    from fl_kd.models.layers import MaxPool2x2
+
+    torch.manual_seed(0)
+    model = build_model("cnn_small", (1, 28, 28), 10)
+    reference = build_model("cnn_small", (1, 28, 28), 10)
+    reference.load_state_dict(model.state_dict())
+    swapped = 0
+    for parent in reference.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, MaxPool2x2):
+                setattr(parent, name, nn.MaxPool2d(2, ceil_mode=True))
+                swapped += 1
+    assert swapped > 0
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    for net in (model, reference):
+        optimiser = torch.optim.SGD(net.parameters(), lr=0.1)
+        nn.functional.cross_entropy(net(x), y).backward()
+        optimiser.step()
+    for (key, a), b in zip(model.state_dict().items(), reference.state_dict().values(), strict=True):
+        assert torch.equal(a, b), key

@@ -17,7 +17,7 @@ from fl_kd.models.layers import conv_stages
 
 
 class ClientCNN(nn.Module):
-    """Plain CNN: stages of ``ConvUnit -> MaxPool2d(2)``, then grid average pooling and a linear head.
+    """Plain CNN: stages of ``ConvUnit -> MaxPool2x2``, then grid average pooling and a linear head.
 
     Pooling uses ``ceil_mode`` so odd and tiny maps (7x7, 1x1) shrink by rounding up instead of vanishing; the
     last stage skips max pooling because the head pools.

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
-from torch import nn
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 MAX_GROUPS = 8
 """Upper bound on GroupNorm groups; the models are narrow (8-128 channels), so 32 groups would be too many."""
@@ -62,6 +65,47 @@ class ConvUnit(nn.Sequential):
         )
 
 
+class _ChannelsLastMaxPool(torch.autograd.Function):
+    """2x2 max pooling (ceil mode) whose forward runs on a channels-last copy of the input.
+
+    The backward is PyTorch's own ``max_pool2d_with_indices_backward`` on the indices the forward found; those
+    index each ``H x W`` plane, whatever the memory layout, so values and gradients are those of ``F.max_pool2d``.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        pooled, indices = F.max_pool2d(
+            x.contiguous(memory_format=torch.channels_last), 2, ceil_mode=True, return_indices=True
+        )
+        indices = indices.contiguous()
+        ctx.save_for_backward(x, indices)
+        return pooled.contiguous()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        x, indices = ctx.saved_tensors
+        return torch.ops.aten.max_pool2d_with_indices_backward(
+            grad.contiguous(), x, [2, 2], [2, 2], [0, 0], [1, 1], True, indices
+        )
+
+
+class MaxPool2x2(nn.Module):
+    """``nn.MaxPool2d(2, ceil_mode=True)`` with the same values and gradients, about twice as fast on CPU.
+
+    Why: on the small NCHW maps of these models PyTorch's CPU max pooling took as long as the convolutions
+    (a third of a knowledge-benchmark round in a profile); its channels-last kernel is about 3.5x faster forward.
+    The output is contiguous NCHW like the input, so the layers after it compute exactly as before.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Pool ``(N, C, H, W)`` to ``(N, C, ceil(H / 2), ceil(W / 2))``."""
+        if x.dim() != 4:
+            return F.max_pool2d(x, 2, ceil_mode=True)
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _ChannelsLastMaxPool.apply(x)
+        return F.max_pool2d(x.contiguous(memory_format=torch.channels_last), 2, ceil_mode=True).contiguous()
+
+
 def conv_stages(in_channels: int, widths: Sequence[int]) -> tuple[nn.Sequential, int]:
     """The feature extractor of the CNN models: a :class:`ConvUnit` per width, 2x2 max-pooling between stages.
 
@@ -73,6 +117,6 @@ def conv_stages(in_channels: int, widths: Sequence[int]) -> tuple[nn.Sequential,
     for index, width in enumerate(widths):
         stages.append(ConvUnit(channels, width))
         if index < len(widths) - 1:
-            stages.append(nn.MaxPool2d(kernel_size=2, ceil_mode=True))
+            stages.append(MaxPool2x2())
         channels = width
     return nn.Sequential(*stages), channels

@@ -21,7 +21,7 @@ from fl_kd.models.layers import conv_stages
 
 
 class WideCNN(nn.Module):
-    """Stages of ``ConvUnit -> MaxPool2d(2)`` (no pooling after the last), grid pooling, an MLP head.
+    """Stages of ``ConvUnit -> MaxPool2x2`` (no pooling after the last), grid pooling, an MLP head.
 
     Parameters
     ----------
