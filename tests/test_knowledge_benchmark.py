@@ -106,3 +106,38 @@ def test_write_section_replaces_only_its_own_block(tmp_path: Path) -> None:
     assert text.index("A2") < text.index("\nB\n") < text.index("\nC\n")
     with pytest.raises(ValueError, match="begin"):
         write_section(report, "no markers")
+
+
+def test_a_result_run_with_other_settings_than_the_job_now_has_counts_as_not_run(tmp_path: Path) -> None:
+    """After the grid changes (FedGEMS gained an extension), an old record is not taken for the new job."""
+    from benchmarks.knowledge.grid import BASE_OVERRIDES, FEDGEMS_OVERRIDES, resolved
+
+    job = federated("fedgems", "alpha0.5", 0)
+    path = result_path(tmp_path, job)
+    path.parent.mkdir(parents=True)
+    old = Job("fedgems", "federated", "alpha0.5", 0, BASE_OVERRIDES)
+    path.write_text(json.dumps({"overrides": old.hydra_overrides(), "rounds": [], "seconds": 1.0}))
+    assert read_result(tmp_path, job) is None
+    # The same settings reached by another order of overrides (a variant that repeats one) still count.
+    repeated = [*BASE_OVERRIDES, "strategy.correctness=held_out", *FEDGEMS_OVERRIDES[len(BASE_OVERRIDES) :]]
+    same = Job("fedgems", "federated", "alpha0.5", 0, tuple(repeated))
+    assert resolved(same.hydra_overrides()) == resolved(job.hydra_overrides())
+    path.write_text(json.dumps({"overrides": same.hydra_overrides(), "rounds": [], "seconds": 1.0}))
+    assert read_result(tmp_path, job) is not None
+    assert resolved(["a=1", "b=2", "a=3"]) == {"a": "3", "b": "2"}
+
+
+def test_fedgems_is_the_last_ablation_step_and_the_late_steps_run_in_every_setting() -> None:
+    from benchmarks.knowledge.grid import ABLATION, BASE_OVERRIDES, FEDGEMS_OVERRIDES, LATE_STEPS, resolved
+
+    settings = resolved(FEDGEMS_OVERRIDES)
+    assert settings["strategy.unlabelled_trust"] == "learned" and settings["strategy.unlabelled_cache"] == "8"
+    assert resolved(BASE_OVERRIDES)["strategy.unlabelled_trust"] == "class_reliability"
+    assert ABLATION[-1][0] == "+teacher_cache"
+    jobs = plan({})
+    for setting in SETTINGS:
+        late = {job.method for job in jobs if job.setting == setting and job.method in LATE_STEPS and job.seed == 0}
+        assert late == set(LATE_STEPS), setting
+    # Baselines keep FedGEMS' options from before the learned trust, so their earlier runs stay valid.
+    local = next(job for job in jobs if job.kind == "local_only")
+    assert local.overrides == BASE_OVERRIDES

@@ -25,7 +25,9 @@ SETTINGS: dict[str, tuple[str, ...]] = {
 }
 
 #: The FedGEMS extensions, cumulatively: each step adds one to the previous (the ablation); the last is fl-kd's
-#: selective distillation as benchmarked. The first is the FedGEMS of the paper.
+#: selective distillation as benchmarked. The first is the FedGEMS of the paper. The learned trust fits one weight
+#: per client and class on the held-out half of the labelled part; the teacher cache distils the clients' fused
+#: teachers of every earlier round (8 rounds: the whole run) with this round's.
 ABLATION: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("fedgems_paper", ("strategy=fedgems",)),
     ("+held_out", ("strategy.correctness=held_out",)),
@@ -40,36 +42,33 @@ ABLATION: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     ("+client_unlabelled", ("strategy.client_unlabelled=true",)),
     ("+client_finetune", ("strategy.client_finetune_epochs=1",)),
+    (
+        "+learned_trust",
+        (
+            "strategy.reliability_on=held_out",
+            "strategy.held_out_fraction=0.5",
+            "strategy.unlabelled_trust=learned",
+        ),
+    ),
+    ("+teacher_cache", ("strategy.unlabelled_cache=8",)),
 )
 FEDGEMS = "fedgems"
 FEDGEMS_OVERRIDES: tuple[str, ...] = tuple(o for _, step in ABLATION for o in step)
+#: The steps whose runs are planned in every setting, not only in alpha 0.5: what the learned trust and the cache
+#: each add where the skew is stronger.
+LATE_STEPS: tuple[str, ...] = ("+client_finetune", "+learned_trust")
+#: FedGEMS up to ``+client_finetune`` (before the learned trust): the options the baselines share with it (their
+#: clients' and server's training), and the base of the variants below.
+BASE_OVERRIDES: tuple[str, ...] = tuple(
+    o for _, step in ABLATION[: [name for name, _ in ABLATION].index("+learned_trust")] for o in step
+)
 
-#: Options on top of the full FedGEMS, each tried alone in every setting (the pathological one planned after its
-#: peers): a gate on the teacher's confidence, client reliability measured where clients never trained on the label,
-#: and a teacher whose per-client, per-class weights are fitted there (half of the labelled part held out); the last
-#: also distils the cached teachers of all earlier rounds (8 rounds: the whole run).
+#: Options tried alone on top of :data:`BASE_OVERRIDES` in every setting (the pathological one planned after its
+#: peers): a gate on the teacher's confidence, and client reliability measured where clients never trained on the
+#: label.
 VARIANTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("fedgems+gate0.9", ("strategy.teacher_min_confidence=0.9",)),
     ("fedgems+reliability_held_out", ("strategy.reliability_on=held_out",)),
-    (
-        "fedgems+learned",
-        (
-            "strategy.correctness=held_out",
-            "strategy.reliability_on=held_out",
-            "strategy.held_out_fraction=0.5",
-            "strategy.unlabelled_trust=learned",
-        ),
-    ),
-    (
-        "fedgems+learned+cache",
-        (
-            "strategy.correctness=held_out",
-            "strategy.reliability_on=held_out",
-            "strategy.held_out_fraction=0.5",
-            "strategy.unlabelled_trust=learned",
-            "strategy.unlabelled_cache=8",
-        ),
-    ),
 )
 
 #: Peers, with their paper's mechanism and the defaults of ``conf/strategy``; FedAvg needs one architecture, so it
@@ -135,20 +134,24 @@ def federated(method: str, setting: str, seed: int) -> Job:
     return Job(method, "federated", setting, seed, overrides)
 
 
-def ablation_jobs(setting: str = "alpha0.5", seed: int = 0) -> list[Job]:
-    """Every cumulative step of :data:`ABLATION` but the last (which is :func:`federated` ``fedgems``)."""
+def ablation_jobs(setting: str = "alpha0.5", seed: int = 0, steps: Sequence[str] | None = None) -> list[Job]:
+    """Every cumulative step of :data:`ABLATION` but the last (which is :func:`federated` ``fedgems``).
+
+    ``steps``: only the steps of these names (all by default).
+    """
     jobs: list[Job] = []
     overrides: tuple[str, ...] = ()
     for name, step in ABLATION[:-1]:
         overrides = (*overrides, *step)
-        jobs.append(Job(name, "federated", setting, seed, overrides))
+        if steps is None or name in steps:
+            jobs.append(Job(name, "federated", setting, seed, overrides))
     return jobs
 
 
 def variant_jobs(seed: int = 0) -> list[Job]:
     """Each of :data:`VARIANTS` in every setting."""
     return [
-        Job(name, "federated", setting, seed, (*FEDGEMS_OVERRIDES, *extra))
+        Job(name, "federated", setting, seed, (*BASE_OVERRIDES, *extra))
         for setting in SETTINGS
         for name, extra in VARIANTS
     ]
@@ -158,18 +161,19 @@ def baseline_jobs(seed: int) -> list[Job]:
     """The server alone (labelled part; labelled part plus self-pseudo-labels) and clients alone per setting."""
     jobs = [
         Job("transfer_only", "transfer_only", SHARED_SETTING, seed, ("strategy=fedgems",)),
-        Job("pseudo_label", "pseudo_label", SHARED_SETTING, seed, FEDGEMS_OVERRIDES),
+        Job("pseudo_label", "pseudo_label", SHARED_SETTING, seed, BASE_OVERRIDES),
     ]
-    return jobs + [Job("local_only", "local_only", setting, seed, FEDGEMS_OVERRIDES) for setting in SETTINGS]
+    return jobs + [Job("local_only", "local_only", setting, seed, BASE_OVERRIDES) for setting in SETTINGS]
 
 
 def plan(best_peer: Mapping[str, str]) -> list[Job]:
     """Every job, most important first; ``best_peer`` (setting -> peer) adds that peer's extra seeds once known.
 
     Order: seed 0 of FedGEMS, the baselines and the peers in alpha 0.5, then in alpha 0.1, then the ablation and the
-    variants, then pathological (FedAvg of the server model waits: by far the dearest run, and its uplink is known
-    without running it); FedGEMS' extra seeds with their local-only baselines; the best peer's extra seeds; FedAvg
-    of the server model; the centralised ceiling. A cut run therefore loses the least important results.
+    variants, then pathological, then the late ablation steps (:data:`LATE_STEPS`) outside alpha 0.5 (FedAvg of
+    the server model waits: by far the dearest run, and its uplink is known without running it); FedGEMS' extra
+    seeds with their local-only baselines; the best peer's extra seeds; FedAvg of the server model; the
+    centralised ceiling. A cut run therefore loses the least important results.
     """
     shared, local = baseline_jobs(0)[:2], baseline_jobs(0)[2:]
     dirichlet = [job for job in variant_jobs() if job.setting != "pathological"]
@@ -180,11 +184,12 @@ def plan(best_peer: Mapping[str, str]) -> list[Job]:
         jobs += [federated(FEDGEMS, setting, 0), *shared, local_job]
         jobs += [federated(peer, setting, 0) for peer in PEERS if peer != COSTLY_PEER]
     jobs += [job for job in variant_jobs() if job not in dirichlet]
+    jobs += [job for setting in SETTINGS if setting != "alpha0.5" for job in ablation_jobs(setting, steps=LATE_STEPS)]
     for seed in EXTRA_SEEDS:
         for setting in SETTINGS:
             jobs += [
                 federated(FEDGEMS, setting, seed),
-                Job("local_only", "local_only", setting, seed, FEDGEMS_OVERRIDES),
+                Job("local_only", "local_only", setting, seed, BASE_OVERRIDES),
             ]
         jobs += baseline_jobs(seed)[:2]
     for setting, peer in best_peer.items():
@@ -198,6 +203,15 @@ def choose_best_peer(final_server_acc: Mapping[str, float]) -> str | None:
     """The peer with the highest final server accuracy among those that have one (FedMD has no server model)."""
     finite = {peer: acc for peer, acc in final_server_acc.items() if math.isfinite(acc)}
     return max(finite, key=lambda peer: (finite[peer], peer)) if finite else None
+
+
+def resolved(overrides: Sequence[str]) -> dict[str, str]:
+    """Hydra overrides as the settings they leave: ``key -> value``, the last one of a key winning."""
+    settings: dict[str, str] = {}
+    for override in overrides:
+        key, _, value = override.partition("=")
+        settings[key] = value
+    return settings
 
 
 def select(jobs: Sequence[Job], only: Sequence[str]) -> list[Job]:

@@ -11,8 +11,9 @@ from typing import Any
 from benchmarks.common import machine_line, markdown_table, mean, std, write_section
 from benchmarks.knowledge.grid import (
     ABLATION,
+    BASE_OVERRIDES,
     FEDGEMS,
-    FEDGEMS_OVERRIDES,
+    LATE_STEPS,
     PEER_OVERRIDES,
     PEERS,
     SETTINGS,
@@ -210,24 +211,42 @@ def _teacher(row: dict[str, Any]) -> str:
 
 
 def _ablation_lines(done: dict[Job, dict[str, Any]], figures: Figures) -> list[str]:
-    full = next((r for j, r in done.items() if j.method == FEDGEMS and j.setting == "alpha0.5" and j.seed == 0), None)
     rows = []
-    for (name, overrides), job in zip(ABLATION, [*ablation_jobs(), None], strict=True):
-        rows.append(_summary_row(name, overrides, done.get(job) if job is not None else full, figures))
+    for setting in SETTINGS:
+        full = next((r for j, r in done.items() if j.method == FEDGEMS and j.setting == setting and j.seed == 0), None)
+        steps = dict(zip([name for name, _ in ABLATION[:-1]], ablation_jobs(setting), strict=True))
+        table = []
+        for name, overrides in ABLATION:
+            if setting != "alpha0.5" and name not in (*LATE_STEPS, ABLATION[-1][0]):
+                continue
+            result = done.get(steps[name]) if name in steps else full
+            table.append(_summary_row(name, overrides, result, figures))
+        rows.append((setting, table))
     variants = [
-        _summary_row(f"{job.method} ({job.setting})", job.overrides[len(FEDGEMS_OVERRIDES) :], done[job], figures)
+        _summary_row(f"{job.method} ({job.setting})", job.overrides[len(BASE_OVERRIDES) :], done[job], figures)
         for job in variant_jobs()
         if job in done
     ]
     header = ["step", "adds", "server final", "server best", "clients global", "clients own", "up kB/client"]
+    setting, table = rows[0]
     lines = [
-        "### Ablation (alpha0.5, seed 0): each row adds one extension to the row above",
+        f"### Ablation ({setting}, seed 0): each row adds one extension to the row above",
         "",
-        markdown_table(header, rows),
+        markdown_table(header, table),
+        "",
+        "The last steps in the other settings (each row adds to the row above, as in the ablation):",
         "",
     ]
+    for setting, table in rows[1:]:
+        lines += [f"{setting}:", "", markdown_table(header, table), ""]
     if variants:
-        lines += ["Variants, each on top of the full FedGEMS (seed 0):", "", markdown_table(header, variants), ""]
+        base = [name for name, _ in ABLATION].index(LATE_STEPS[0])
+        lines += [
+            f"Variants, each on top of FedGEMS up to `{ABLATION[base][0]}` (before the learned trust; seed 0):",
+            "",
+            markdown_table(header, variants),
+            "",
+        ]
     return lines
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from benchmarks.kd.grid import compose_config
-from benchmarks.knowledge.grid import Job
+from benchmarks.knowledge.grid import Job, resolved
 from fl_kd.kd.baselines import run_local_only, run_pseudo_label_server, run_transfer_only_server
 from fl_kd.kd.metrics import Metrics
 from fl_kd.kd.runner import run_inprocess
@@ -30,9 +30,18 @@ def result_path(out: Path, job: Job) -> Path:
 
 
 def read_result(out: Path, job: Job) -> dict[str, Any] | None:
-    """The job's record, or None when it has not finished."""
+    """The job's record, or None when it has not finished or ran other settings than the job now has.
+
+    The second guards a changed grid: a record whose overrides leave other settings than the job's (say, FedGEMS
+    before an extension was added to it) is not this job's result, and the job counts as not run.
+    """
     path = result_path(out, job)
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    record: dict[str, Any] = json.loads(path.read_text())
+    if "overrides" in record and resolved(record["overrides"]) != resolved(job.hydra_overrides()):
+        return None
+    return record
 
 
 def run_job(job: Job, rounds: int, out: Path) -> dict[str, Any]:
