@@ -226,5 +226,5 @@ def evaluate(msg: Message, context: Context) -> Message:
     if not report:
         return Message(RecordDict({kd.METRICS: MetricRecord(metrics)}), reply_to=msg)
     metrics[kd.ACCURACY] = client.evaluate(*federation.test_set(_config(context), server_round))
-    metrics[kd.PERSONALISED_ACCURACY] = client.evaluate(*federation.personalised_test(_partition_id(context)))
+    metrics[kd.PERSONALISED_ACCURACY] = client.evaluate_personal(*federation.personalised_test(_partition_id(context)))
     return Message(RecordDict({kd.METRICS: MetricRecord(metrics)}), reply_to=msg)

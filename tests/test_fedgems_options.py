@@ -324,3 +324,46 @@ def test_fusion_weights_follow_the_clients_that_taught() -> None:
     shares = role.fusion_weights()
     assert set(shares) == {0, 1} and sum(shares.values()) == pytest.approx(1.0)
     assert shares[0] > 0.9 > 0.1 > shares[1]  # the always-wrong client taught (almost) nothing
+
+
+def test_personal_client_keeps_the_shared_model_undisturbed_and_fine_tunes_a_copy() -> None:
+    """``client_personal``: the shared model is the one without fine-tuning, the personal one the fine-tuned one,
+    bit for bit; personalised accuracy is the personal model's; the state carries both."""
+    from fl_kd.kd import protocol as kd
+    from fl_kd.kd.roles import Instruction
+
+    wrong = np.tile(np.eye(C, dtype=np.float32)[0] * 8, (20, 1))
+    plain, finetuned = FedGEMSClient(_client()), FedGEMSClient(_client(), finetune_epochs=2)
+    personal = FedGEMSClient(_client(), finetune_epochs=2, personal=True)
+    for role in (plain, finetuned, personal):
+        role.receive(0, Instruction({kd.SERVER_LOGITS: wrong}))
+    assert personal.personal_model is not None
+
+    def same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+        return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+    assert same(personal.client.model, plain.client.model)
+    assert same(personal.personal_model, finetuned.client.model)
+    assert not same(personal.personal_model, personal.client.model)
+    x, y = personal.client.train_x, personal.client.train_y
+    assert personal.evaluate_personal(x, y) == finetuned.evaluate(x, y)
+    assert personal.evaluate(x, y) == plain.evaluate(x, y)
+    assert plain.evaluate_personal(x, y) == plain.evaluate(x, y)  # no personal model: the model itself
+
+    state = personal.state_dict()
+    assert any(k.startswith(FedGEMSClient.PERSONAL) for k in state) and len(state) == 2 * len(plain.state_dict())
+    restored = FedGEMSClient(_client(), finetune_epochs=2, personal=True)
+    restored.load_state_dict(state)
+    assert restored.personal_model is not None
+    assert same(restored.client.model, personal.client.model)
+    assert same(restored.personal_model, personal.personal_model)
+    with pytest.raises(ValueError, match="finetune_epochs"):
+        FedGEMSClient(_client(), personal=True)
+    with pytest.raises(ConfigError, match="client_personal"):
+        tiny_config(client_personal=True)
+
+
+def test_personal_clients_run_end_to_end_and_report_their_personal_accuracy() -> None:
+    cfg = tiny_config(rounds=2, client_finetune_epochs=1, client_personal=True)
+    rows = run_inprocess(cfg).rounds
+    assert len(rows) == 2 and all(0.0 <= row["client_pacc_mean"] <= 1.0 for row in rows)

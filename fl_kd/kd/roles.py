@@ -109,6 +109,11 @@ class ClientRole(ABC):
     def evaluate(self, x: Tensor, y: Tensor) -> float:
         """Accuracy of the client's model on ``(x, y)``."""
 
+    def evaluate_personal(self, x: Tensor, y: Tensor) -> float:
+        """Accuracy on the client's own distribution (its personalised test set): :meth:`evaluate`, unless the
+        client keeps a personal model for it."""
+        return self.evaluate(x, y)
+
     @abstractmethod
     def state_dict(self) -> dict[str, Tensor]:
         """Everything the client keeps between rounds (a ClientApp stores it in ``context.state``)."""

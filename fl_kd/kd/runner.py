@@ -150,11 +150,15 @@ def evaluate_clients(
     federation: Federation, clients: Sequence[_Evaluable], test_set: tuple[Tensor, Tensor] | None = None
 ) -> tuple[dict[int, float], dict[int, float]]:
     """Each client's accuracy on the global test set (or ``test_set``, the round's subset of it) and on its
-    personalised test set, by client id."""
+    personalised test set, by client id. A client role with a personal model
+    (:meth:`fl_kd.kd.roles.ClientRole.evaluate_personal`) answers for its own test set with it."""
     test_x, test_y = test_set if test_set is not None else (federation.data.x_test, federation.data.y_test)
     client_acc = {client.client_id: client.evaluate(test_x, test_y) for client in clients}
     client_pacc = {
-        client.client_id: client.evaluate(*federation.personalised_test(client.client_id)) for client in clients
+        client.client_id: getattr(client, "evaluate_personal", client.evaluate)(
+            *federation.personalised_test(client.client_id)
+        )
+        for client in clients
     }
     return client_acc, client_pacc
 

@@ -93,6 +93,12 @@ class FedGEMSConfig(SGDStrategyConfig):
     client_finetune_epochs : int (default: 0)
         After distilling the server's logits, a client trains this many epochs on its private data, to keep its
         accuracy on its own distribution.
+    client_personal : bool (default: False)
+        Fine-tune a personal copy of the client model instead of the model itself (needs
+        ``client_finetune_epochs``): the client keeps a shared model, which answers the server and learns from it,
+        and a personal one for its own distribution, as in Ditto (:class:`fl_kd.kd.fedgems.roles.FedGEMSClient`).
+        Client accuracy on the personalised test set is then the personal model's, on the global one the shared
+        model's.
     canaries : int (default: 0)
         Samples of the unlabelled part whose labels the server holds and keeps to itself (needs
         ``unlabelled_trust`` and ``reliability_on=held_out``). Queried like any other unlabelled sample and never
@@ -128,6 +134,7 @@ class FedGEMSConfig(SGDStrategyConfig):
     learned_trim: int = 0
     client_unlabelled: bool = False
     client_finetune_epochs: int = 0
+    client_personal: bool = False
     canaries: int = 0
     canary_z: float = 3.0
 
@@ -160,6 +167,10 @@ class FedGEMSConfig(SGDStrategyConfig):
         check_range("strategy.learned_prob_floor", self.learned_prob_floor, low=0.0, high=1.0, high_open=True)
         check_range("strategy.learned_trim", self.learned_trim, low=0)
         check_range("strategy.client_finetune_epochs", self.client_finetune_epochs, low=0)
+        require(
+            not self.client_personal or self.client_finetune_epochs >= 1,
+            "strategy.client_personal needs strategy.client_finetune_epochs >= 1",
+        )
         check_range("strategy.canaries", self.canaries, low=0)
         check_range("strategy.canary_z", self.canary_z, low=0.0, low_open=True)
 

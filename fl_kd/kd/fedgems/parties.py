@@ -46,4 +46,7 @@ def build_server_role(cfg: ExperimentConfig, federation: Federation) -> FedGEMSS
 
 def build_client_role(cfg: ExperimentConfig, federation: Federation, client_id: int) -> FedGEMSClient:
     """Client ``client_id``'s half for the generic runtimes."""
-    return FedGEMSClient(build_client(cfg, federation, client_id), fedgems_config(cfg).client_finetune_epochs)
+    strategy = fedgems_config(cfg)
+    return FedGEMSClient(
+        build_client(cfg, federation, client_id), strategy.client_finetune_epochs, strategy.client_personal
+    )
