@@ -63,13 +63,16 @@ BASE_OVERRIDES: tuple[str, ...] = tuple(
     o for _, step in ABLATION[: [name for name, _ in ABLATION].index("+learned_trust")] for o in step
 )
 
-#: Options tried alone on top of :data:`BASE_OVERRIDES` in every setting (the pathological one planned after its
-#: peers): a gate on the teacher's confidence, and client reliability measured where clients never trained on the
-#: label.
-VARIANTS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("fedgems+gate0.9", ("strategy.teacher_min_confidence=0.9",)),
-    ("fedgems+reliability_held_out", ("strategy.reliability_on=held_out",)),
+#: Options tried alone in every setting (the pathological one planned after its peers), each on top of a base:
+#: ``(name, base, options)``, the base being :data:`BASE_OVERRIDES` (FedGEMS before the learned trust) or
+#: :data:`FEDGEMS_OVERRIDES`. A gate on the teacher's confidence; client reliability measured where clients never
+#: trained on the label; clients that fine-tune a personal copy instead of their shared model.
+VARIANTS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("fedgems+gate0.9", "+client_finetune", ("strategy.teacher_min_confidence=0.9",)),
+    ("fedgems+reliability_held_out", "+client_finetune", ("strategy.reliability_on=held_out",)),
+    ("fedgems+personal", FEDGEMS, ("strategy.client_personal=true",)),
 )
+VARIANT_BASES: dict[str, tuple[str, ...]] = {"+client_finetune": BASE_OVERRIDES, FEDGEMS: FEDGEMS_OVERRIDES}
 
 #: Peers, with their paper's mechanism and the defaults of ``conf/strategy``; FedAvg needs one architecture, so it
 #: averages the server model on every client (``fedavg_server_model``).
@@ -151,9 +154,9 @@ def ablation_jobs(setting: str = "alpha0.5", seed: int = 0, steps: Sequence[str]
 def variant_jobs(seed: int = 0) -> list[Job]:
     """Each of :data:`VARIANTS` in every setting."""
     return [
-        Job(name, "federated", setting, seed, (*BASE_OVERRIDES, *extra))
+        Job(name, "federated", setting, seed, (*VARIANT_BASES[base], *extra))
         for setting in SETTINGS
-        for name, extra in VARIANTS
+        for name, base, extra in VARIANTS
     ]
 
 

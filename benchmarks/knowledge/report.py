@@ -11,12 +11,13 @@ from typing import Any
 from benchmarks.common import machine_line, markdown_table, mean, std, write_section
 from benchmarks.knowledge.grid import (
     ABLATION,
-    BASE_OVERRIDES,
     FEDGEMS,
     LATE_STEPS,
     PEER_OVERRIDES,
     PEERS,
     SETTINGS,
+    VARIANT_BASES,
+    VARIANTS,
     Job,
     ablation_jobs,
     variant_jobs,
@@ -222,8 +223,14 @@ def _ablation_lines(done: dict[Job, dict[str, Any]], figures: Figures) -> list[s
             result = done.get(steps[name]) if name in steps else full
             table.append(_summary_row(name, overrides, result, figures))
         rows.append((setting, table))
+    bases = {name: base for name, base, _ in VARIANTS}
     variants = [
-        _summary_row(f"{job.method} ({job.setting})", job.overrides[len(BASE_OVERRIDES) :], done[job], figures)
+        _summary_row(
+            f"{job.method} ({job.setting}; on {bases[job.method]})",
+            job.overrides[len(VARIANT_BASES[bases[job.method]]) :],
+            done[job],
+            figures,
+        )
         for job in variant_jobs()
         if job in done
     ]
@@ -240,9 +247,9 @@ def _ablation_lines(done: dict[Job, dict[str, Any]], figures: Figures) -> list[s
     for setting, table in rows[1:]:
         lines += [f"{setting}:", "", markdown_table(header, table), ""]
     if variants:
-        base = [name for name, _ in ABLATION].index(LATE_STEPS[0])
         lines += [
-            f"Variants, each on top of FedGEMS up to `{ABLATION[base][0]}` (before the learned trust; seed 0):",
+            "Variants, each adding one option to FedGEMS up to the ablation step named (`fedgems`: all of them; "
+            "seed 0):",
             "",
             markdown_table(header, variants),
             "",
