@@ -138,11 +138,11 @@ def setup(msg: Message, context: Context) -> Message:
         if len(mine) != len(shared):
             raise ValueError(f"this party lacks {len(shared) - len(mine)} of the shared {split} sample ids")
         aligned[split] = mine
-    save_alignment(context, aligned)
+    save_alignment(context, aligned, node.cfg.training.party_state == "node")
     if node.role.is_label:
         save_label_secret(context, node)
     party = load_party(context, node)
-    save_party(context, party)
+    save_party(context, party, node.cfg.training.party_state == "node")
     metrics: dict[str, MetricRecordValues] = {vp.NUM_TRAIN: len(aligned["train"]), vp.NUM_TEST: len(aligned["test"])}
     if isinstance(party, LabelParty):
         metrics.update({vp.embedding_dim_key(k): dim for k, dim in enumerate(party.embedding_dims)})
@@ -194,7 +194,7 @@ def embed(msg: Message, context: Context) -> Message:
     """Embeddings ``(B, D)`` of each asked batch, all from the bottom model as it is now."""
     node, party = _feature_party(msg, context)
     embeddings = _embed_batches(msg, context, node, party)
-    save_party(context, party)  # the step counter seeds the next forward pass
+    save_party(context, party, node.cfg.training.party_state == "node")  # the step counter seeds the next forward pass
     return _reply(msg, arrays=_arrays(embeddings))
 
 
@@ -217,7 +217,7 @@ def loss_and_gradients(msg: Message, context: Context) -> Message:
             continue
         losses[vp.loss_key(b)] = loss
         grads.update({vp.gradient_key(b, k): gradient.numpy() for k, gradient in enumerate(party_grads)})
-    save_party(context, party)
+    save_party(context, party, node.cfg.training.party_state == "node")
     return _reply(msg, arrays=_arrays(grads), metrics=MetricRecord(losses), config=ConfigRecord(rejected))
 
 
@@ -226,7 +226,7 @@ def apply_gradients(msg: Message, context: Context) -> Message:
     """Back-propagate each received gradient in order; a malformed one is refused and leaves the model untouched."""
     node, party = _feature_party(msg, context)
     rejected = _apply_batches(msg, context, node, party, vp.batches_of(msg.content))
-    save_party(context, party)
+    save_party(context, party, node.cfg.training.party_state == "node")
     return _reply(msg, config=ConfigRecord(rejected))
 
 
@@ -240,7 +240,7 @@ def apply_and_embed(msg: Message, context: Context) -> Message:
     node, party = _feature_party(msg, context)
     rejected = _apply_batches(msg, context, node, party, vp.batches_of(msg.content, vp.APPLY, optional=True))
     embeddings = _embed_batches(msg, context, node, party)
-    save_party(context, party)
+    save_party(context, party, node.cfg.training.party_state == "node")
     return _reply(msg, arrays=_arrays(embeddings), config=ConfigRecord(rejected))
 
 

@@ -17,9 +17,14 @@ from __future__ import annotations
 
 import functools
 import io
+import os
+import shutil
+import tempfile
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,6 +50,9 @@ EMBEDDED = "vfl-embedded"
 LABEL_SECRET = "vfl-label-secret"
 _MODELS = ("model", "top", "bottom")
 _TOKEN = "token"
+_ON_NODE = "on-node"
+#: Where parties kept on the node (``training.party_state=node``) write their state: one folder per run and node.
+NODE_STATE_ROOT = Path(tempfile.gettempdir()) / "fl-kd-vfl-state"
 
 #: Parties this process saved last, by (run id, node id): the token of that save and the live party.
 _LIVE: dict[tuple[int, int], tuple[str, FeatureParty | LabelParty]] = {}
@@ -94,18 +102,65 @@ def node_of(context: Context) -> Node:
 
 
 # -- alignment --------------------------------------------------------------------------------------------------------
-def save_alignment(context: Context, positions: Mapping[str, NDArray[np.int64]]) -> None:
-    """Start this node's run afresh on the aligned rows ``{"train": positions, "test": positions}``."""
+def save_alignment(context: Context, positions: Mapping[str, NDArray[np.int64]], on_node: bool = False) -> None:
+    """Start this node's run afresh on the aligned rows ``{"train": positions, "test": positions}``.
+
+    With ``on_node`` (``training.party_state=node``) they go to a file in :func:`node_state_folder`, which is emptied
+    first, and ``context.state`` holds only a token naming them, so Flower does not carry them with every message.
+    """
     for key in [key for key in context.state if key.startswith("vfl-")]:
         del context.state[key]
-    context.state[ALIGNMENT] = ArrayRecord({split: Array(p) for split, p in positions.items()})
+    if not on_node:
+        context.state[ALIGNMENT] = ArrayRecord({split: Array(p) for split, p in positions.items()})
+        return
+    folder = node_state_folder(context)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    _remove_stale_runs(folder.parent.parent)
+    token = uuid.uuid4().hex
+    arrays = {split: np.asarray(p, np.int64) for split, p in positions.items()}
+    np.savez(folder / f"alignment-{token}.npz", **arrays)  # type: ignore[arg-type]
+    context.state[ALIGNMENT] = ConfigRecord({_TOKEN: token, _ON_NODE: True})
+
+
+STALE_SECONDS = 24 * 3600.0
+"""A run folder of :data:`NODE_STATE_ROOT` untouched this long belongs to a run that ended: a setup removes it."""
+
+
+def _remove_stale_runs(root: Path) -> None:
+    """Remove the run folders under ``root`` whose newest file is older than :data:`STALE_SECONDS`."""
+    now = time.time()
+    for run in root.glob("run-*"):
+        try:
+            newest = max((p.stat().st_mtime for p in run.rglob("*") if p.is_file()), default=run.stat().st_mtime)
+        except OSError:
+            continue  # another process is removing it
+        if now - newest > STALE_SECONDS:
+            shutil.rmtree(run, ignore_errors=True)
+
+
+#: Alignments kept on the node, read once per process: by (run id, node id, token).
+_ALIGNMENTS: dict[tuple[int, int, str], dict[str, NDArray[np.int64]]] = {}
 
 
 def positions(context: Context, split: str) -> NDArray[np.int64]:
     """Positions in this node's own rows of the aligned ``split`` samples (``"train"`` or ``"test"``)."""
     if ALIGNMENT not in context.state:
         raise RuntimeError("this party has not been set up: train.setup must come first")
-    return decode_array(context.state.array_records[ALIGNMENT][split]).astype(np.int64)
+    if ALIGNMENT in context.state.array_records:
+        return decode_array(context.state.array_records[ALIGNMENT][split]).astype(np.int64)
+    token = str(record(context.state, ALIGNMENT).get(_TOKEN))
+    key = (context.run_id, context.node_id, token)
+    if key not in _ALIGNMENTS:
+        path = node_state_folder(context) / f"alignment-{token}.npz"
+        try:
+            with np.load(path) as saved:
+                _ALIGNMENTS[key] = {name: saved[name].astype(np.int64) for name in saved.files}
+        except OSError as err:
+            raise RuntimeError(f"this party's alignment is gone from the node ({path}): {err}") from None
+        for other in [other for other in _ALIGNMENTS if other[0] != context.run_id]:
+            del _ALIGNMENTS[other]  # alignments of an earlier run on this process
+    return _ALIGNMENTS[key][split]
 
 
 def rows(tensor: Tensor | None, at: NDArray[np.int64]) -> Tensor | None:
@@ -224,17 +279,36 @@ def take_party(context: Context, node: Node) -> FeatureParty | LabelParty:
     return load_party(context, node)
 
 
+def node_state_folder(context: Context) -> Path:
+    """The folder on this node that holds its party's saves when ``training.party_state=node``."""
+    return NODE_STATE_ROOT / f"run-{context.run_id}" / f"node-{context.node_id}"
+
+
+def _saved_state(context: Context) -> dict[str, Any] | None:
+    """The party's last save, from ``context.state`` or from the node file its token names (None: never saved)."""
+    if PARTY_STATE not in context.state:
+        return None
+    entries = record(context.state, PARTY_STATE)
+    if entries.get(_ON_NODE):
+        path = node_state_folder(context) / f"{entries.get(_TOKEN)}.state"
+        try:
+            blob = path.read_bytes()
+        except OSError as err:
+            raise RuntimeError(f"this party's saved state is gone from the node ({path}): {err}") from None
+        size = int.from_bytes(blob[:8], "little")
+        return _unpack(blob[8 : 8 + size], blob[8 + size :])
+    saved = _unpack(bytes(entries["state"]), bytes(entries["tensors"]))
+    for name in _MODELS:
+        if MODEL_PREFIX + name in context.state:
+            saved[name] = context.state.array_records[MODEL_PREFIX + name].to_torch_state_dict()
+    return saved
+
+
 def load_party(context: Context, node: Node | None = None) -> FeatureParty | LabelParty:
-    """This node's party on its aligned training rows, restored from ``context.state`` when it was saved there."""
+    """This node's party on its aligned training rows, restored from its last save when there is one."""
     node = node_of(context) if node is None else node
     at = positions(context, "train")
-    saved = None
-    if PARTY_STATE in context.state:
-        entries = record(context.state, PARTY_STATE)
-        saved = _unpack(bytes(entries["state"]), bytes(entries["tensors"]))
-        for name in _MODELS:
-            if MODEL_PREFIX + name in context.state:
-                saved[name] = context.state.array_records[MODEL_PREFIX + name].to_torch_state_dict()
+    saved = _saved_state(context)
     party: FeatureParty | LabelParty
     if node.role.is_label:
         labels = rows(node.train_labels, at)
@@ -253,22 +327,47 @@ def load_party(context: Context, node: Node | None = None) -> FeatureParty | Lab
     return party
 
 
-def save_party(context: Context, party: FeatureParty | LabelParty) -> None:
-    """Keep the party's models and the rest of its state in ``context.state``, and the live party in this process.
+def save_party(context: Context, party: FeatureParty | LabelParty, on_node: bool = False) -> None:
+    """Save the party, and keep the live party in this process; a fresh token tells whether they are the same save.
 
-    Either serves the next message (:func:`take_party`); a fresh token tells whether they are the same save.
+    Either serves the next message (:func:`take_party`). By default the save is ``context.state`` (its models as
+    ``ArrayRecord``\\ s, the rest packed), which Flower's simulation carries to the ClientApp and back with every
+    message: for a Fashion-MNIST bottom model and its Adam state, most of an exchange's time. With ``on_node``
+    (``training.party_state=node``) the save is a file in :func:`node_state_folder` and ``context.state`` holds only
+    its token; the save before it is kept too, for a message whose handler failed after writing.
     """
     state = party.state_dict()
-    for name in _MODELS:
-        weights = state.pop(name, None)
-        if weights is not None:
-            context.state[MODEL_PREFIX + name] = ArrayRecord(weights)
     token = uuid.uuid4().hex  # from the OS, not from torch's or NumPy's generators, which training draws from
-    skeleton, tensors = _pack(state)
-    context.state[PARTY_STATE] = ConfigRecord({"state": skeleton, "tensors": tensors, _TOKEN: token})
+    if on_node:
+        previous = record(context.state, PARTY_STATE).get(_TOKEN) if PARTY_STATE in context.state else None
+        _write_node_state(context, token, str(previous) if previous else None, state)
+        for name in _MODELS:
+            context.state.pop(MODEL_PREFIX + name, None)
+        context.state[PARTY_STATE] = ConfigRecord({_TOKEN: token, _ON_NODE: True})
+    else:
+        for name in _MODELS:
+            weights = state.pop(name, None)
+            if weights is not None:
+                context.state[MODEL_PREFIX + name] = ArrayRecord(weights)
+        skeleton, tensors = _pack(state)
+        context.state[PARTY_STATE] = ConfigRecord({"state": skeleton, "tensors": tensors, _TOKEN: token})
     for key in [key for key in _LIVE if key[0] != context.run_id]:
         del _LIVE[key]  # parties of an earlier run on this process
     _LIVE[(context.run_id, context.node_id)] = (token, party)
+
+
+def _write_node_state(context: Context, token: str, previous: str | None, state: Mapping[str, Any]) -> None:
+    """Write ``state`` as ``<token>.state`` (atomically) and remove every other save but ``previous``."""
+    folder = node_state_folder(context)
+    folder.mkdir(parents=True, exist_ok=True)
+    skeleton, tensors = _pack(state)
+    temporary = folder / f"{token}.tmp"
+    temporary.write_bytes(len(skeleton).to_bytes(8, "little") + skeleton + tensors)
+    os.replace(temporary, folder / f"{token}.state")
+    keep = {f"{token}.state", f"{previous}.state"}
+    for path in folder.glob("*.state"):
+        if path.name not in keep:
+            path.unlink(missing_ok=True)
 
 
 # -- the attacker's observations --------------------------------------------------------------------------------------

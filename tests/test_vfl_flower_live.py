@@ -58,6 +58,11 @@ CONFIGS = {
         defence={"name": "gaussian", "params": {"scale": 0.01}},
         training={"batches_per_message": 3},
     ),
+    "Gaussian noise, party state in context.state": vfl_config(
+        {"direct_label_inference": {}},
+        defence={"name": "gaussian", "params": {"scale": 0.01}},
+        training={"party_state": "context"},
+    ),
 }
 
 
@@ -129,3 +134,60 @@ def test_a_packed_state_comes_back_bit_for_bit() -> None:
     _assert_same_state(back, state)
     assert isinstance(back["optimizer"]["param_groups"][0]["betas"], tuple)
     assert [t.dtype for t in back["defence"]] == [torch.bool, torch.float32, torch.int64]
+
+
+def alignment_on_node(context: Context) -> bool:
+    """The alignment is a token in ``context.state``, its positions a file on the node."""
+    return vfl_party.ALIGNMENT not in context.state.array_records and bool(
+        vfl_party.record(context.state, vfl_party.ALIGNMENT).get("on-node")
+    )
+
+
+def test_a_party_kept_on_the_node_leaves_only_its_token_in_the_context() -> None:
+    """``training.party_state=node``: the save is a file, two saves are kept, a stale token is served, a lost one
+    is a clear error."""
+    context = _trained_context()  # the default keeps parties on the node
+    node = node_of(context)
+    entries = dict(vfl_party.record(context.state, vfl_party.PARTY_STATE))
+    assert set(entries) == {"token", "on-node"}
+    assert not any(key.startswith(vfl_party.MODEL_PREFIX) for key in context.state)
+    folder = vfl_party.node_state_folder(context)
+    names = [path.name for path in folder.glob("*.state")]
+    assert f"{entries['token']}.state" in names and len(names) <= 2  # the last save and the one before
+    assert alignment_on_node(context) and len(list(folder.glob("alignment-*.npz"))) == 1
+
+    party = take_party(context, node)
+    save_party(context, party, on_node=True)
+    older = dict(vfl_party.record(context.state, vfl_party.PARTY_STATE))
+    party.embed([0, 1, 2])
+    save_party(context, party, on_node=True)
+    assert sorted(p.stem for p in folder.glob("*.state")) == sorted([older["token"], vfl_party.record(
+        context.state, vfl_party.PARTY_STATE)["token"]])  # fmt: skip
+    # A message whose context still names the save before (its handler failed after writing) rebuilds from it.
+    context.state[vfl_party.PARTY_STATE] = vfl_party.ConfigRecord(older)
+    rebuilt = take_party(context, node)
+    assert rebuilt is not party and rebuilt.state_dict()["step"] == party.state_dict()["step"] - 1
+    # Both ways of keeping the party give the same party.
+    save_party(context, rebuilt, on_node=False)
+    _assert_same_state(load_party(context, node).state_dict(), rebuilt.state_dict())
+    # A save that is gone from the node is an error that says so, not a fresh party.
+    context.state[vfl_party.PARTY_STATE] = vfl_party.ConfigRecord({"token": "gone", "on-node": True})
+    vfl_party._LIVE.clear()
+    with pytest.raises(RuntimeError, match="gone from the node"):
+        take_party(context, node)
+
+
+def test_setup_removes_the_node_folders_of_runs_untouched_for_a_day(tmp_path: Any, monkeypatch: Any) -> None:
+    import os
+    import time
+
+    monkeypatch.setattr(vfl_party, "NODE_STATE_ROOT", tmp_path)
+    old, recent = tmp_path / "run-987654321" / "node-5", tmp_path / "run-987654322" / "node-5"
+    for folder in (old, recent):
+        folder.mkdir(parents=True)
+        (folder / "x.state").write_bytes(b"0")
+    day_ago = time.time() - vfl_party.STALE_SECONDS - 60
+    os.utime(old / "x.state", (day_ago, day_ago))
+    context = _trained_context()  # its setup runs under tmp_path
+    assert not old.parent.exists() and (recent / "x.state").exists()
+    assert vfl_party.node_state_folder(context).is_dir()
