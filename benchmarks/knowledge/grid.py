@@ -66,11 +66,13 @@ BASE_OVERRIDES: tuple[str, ...] = tuple(
 #: Options tried alone in every setting (the pathological one planned after its peers), each on top of a base:
 #: ``(name, base, options)``, the base being :data:`BASE_OVERRIDES` (FedGEMS before the learned trust) or
 #: :data:`FEDGEMS_OVERRIDES`. A gate on the teacher's confidence; client reliability measured where clients never
-#: trained on the label; clients that fine-tune a personal copy instead of their shared model.
+#: trained on the label; clients that fine-tune a personal copy instead of their shared model (for one epoch, as
+#: FedGEMS fine-tunes, or two).
 VARIANTS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("fedgems+gate0.9", "+client_finetune", ("strategy.teacher_min_confidence=0.9",)),
     ("fedgems+reliability_held_out", "+client_finetune", ("strategy.reliability_on=held_out",)),
     ("fedgems+personal", FEDGEMS, ("strategy.client_personal=true",)),
+    ("fedgems+personal_ft2", FEDGEMS, ("strategy.client_personal=true", "strategy.client_finetune_epochs=2")),
 )
 VARIANT_BASES: dict[str, tuple[str, ...]] = {"+client_finetune": BASE_OVERRIDES, FEDGEMS: FEDGEMS_OVERRIDES}
 
