@@ -43,3 +43,18 @@ def test_the_default_job_is_the_issues_command() -> None:
     args = parse_args([])
     assert args.override == ["dataset=fashion_mnist", "training.epochs=1", "attack=[]"]
     assert args.repeats >= 1
+
+
+def test_the_transport_floor_section_says_whether_the_goal_is_below_the_floor() -> None:
+    from benchmarks.vfl import transport
+
+    args = transport.parse_args(["--exchanges", "4", "--batches", "10"])
+    # 3 ms a round trip, 20 exchanges an epoch: 0.06 s of transport. Against 0.03 s in-process the least ratio is 3x.
+    section = transport.render([0.002, 0.003, 0.003, 0.004], [0.03, 0.06], args, "cmd", "now")
+    assert section.startswith(transport.BEGIN) and section.rstrip().endswith(transport.END)
+    assert "median **3.0 ms** per exchange" in section and "at least 0.06 s of transport" in section
+    assert "| 1 | 0.03 | 0.06 | 3.0x |" in section and "| 2 | 0.06 | 0.06 | 2.0x |" in section
+    assert "at least **2.0x** the in-process one" not in section  # 2.0x is not above the goal
+    assert "leaves room for the goal of 2x (at least 2.0x)" in section
+    above = transport.render([0.003] * 4, [0.03], args, "cmd", "now")
+    assert "at least **3.0x** the in-process one, above the goal of 2x" in above
