@@ -6,7 +6,9 @@ import math
 import os
 import platform
 import re
+import shlex
 import statistics
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,6 +41,11 @@ def machine_info() -> dict[str, str]:
         "flwr": flwr_version,
         "torch threads per process": str(torch.get_num_threads()),
     }
+
+
+def command_line(entry: str, argv: Sequence[str] | None) -> str:
+    """How the benchmark was invoked, for its report: ``entry`` and its arguments (``sys.argv`` when None)."""
+    return f"{entry} {shlex.join(sys.argv[1:] if argv is None else list(argv))}".rstrip()
 
 
 def machine_line() -> str:

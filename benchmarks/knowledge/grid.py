@@ -54,14 +54,18 @@ ABLATION: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 FEDGEMS = "fedgems"
 FEDGEMS_OVERRIDES: tuple[str, ...] = tuple(o for _, step in ABLATION for o in step)
+def overrides_through(step: str) -> tuple[str, ...]:
+    """FedGEMS' overrides up to and including the ablation step named ``step``."""
+    names = [name for name, _ in ABLATION]
+    return tuple(o for _, options in ABLATION[: names.index(step) + 1] for o in options)
+
+
 #: The steps whose runs are planned in every setting, not only in alpha 0.5: what the learned trust and the cache
 #: each add where the skew is stronger.
 LATE_STEPS: tuple[str, ...] = ("+client_finetune", "+learned_trust")
 #: FedGEMS up to ``+client_finetune`` (before the learned trust): the options the baselines share with it (their
 #: clients' and server's training), and the base of the variants below.
-BASE_OVERRIDES: tuple[str, ...] = tuple(
-    o for _, step in ABLATION[: [name for name, _ in ABLATION].index("+learned_trust")] for o in step
-)
+BASE_OVERRIDES: tuple[str, ...] = overrides_through("+client_finetune")
 
 #: Options tried alone in every setting (the pathological one planned after its peers), each on top of a base:
 #: ``(name, base, options)``, the base being :data:`BASE_OVERRIDES` (FedGEMS before the learned trust) or

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from benchmarks.knowledge.grid import FEDGEMS_OVERRIDES, VARIANTS
+from benchmarks.knowledge.grid import overrides_through
 from fl_kd.kd.adversary import ADVERSARIES, NONE
 from fl_kd.kd.algorithm import get_algorithm
 
@@ -33,9 +33,9 @@ QUICK: tuple[str, ...] = (
     "partition.min_size=20",
 )
 
-#: fl-kd's selective KD as the knowledge benchmark runs it best (``fedgems+learned``: per-client, per-class trust
+#: fl-kd's selective KD through the knowledge benchmark's ``+learned_trust`` step (per-client, per-class trust
 #: fitted on a held-out labelled slice, applied to unlabelled samples), with its 10,000 unlabelled samples.
-LEARNED: tuple[str, ...] = (*FEDGEMS_OVERRIDES, *dict(VARIANTS)["fedgems+learned"], "transfer.unlabelled=10000")
+LEARNED: tuple[str, ...] = (*overrides_through("+learned_trust"), "transfer.unlabelled=10000")
 
 #: Method name -> its strategy overrides. FedAvg averages one architecture, so it runs the homogeneous profile.
 METHODS: dict[str, tuple[str, ...]] = {

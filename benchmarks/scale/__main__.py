@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks.common import REPO_ROOT, write_section
+from benchmarks.common import REPO_ROOT, command_line, write_section
 from benchmarks.scale.report import render, save_summary
 from benchmarks.scale.run import CONSOLE, run_scale
 from fl_kd.simulations.processes import interrupt_exit_code, tail
@@ -83,7 +82,7 @@ def overrides(args: argparse.Namespace) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run, watch, report; exit code 0 if the run did what was asked, 1 if not, 128 + signal if interrupted."""
     args = parse_args(argv)
-    command = f"{ENTRY} {shlex.join(sys.argv[1:] if argv is None else list(argv))}".rstrip()
+    command = command_line(ENTRY, argv)
     stop_after = None if args.full_run else args.rounds
     for attempt in range(1 + args.retries):
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d_%H-%M-%S")

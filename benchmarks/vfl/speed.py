@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.common import REPO_ROOT, machine_line, markdown_table, write_section
+from benchmarks.common import REPO_ROOT, command_line, machine_line, markdown_table, write_section
 from fl_kd.simulations.flower_launcher import FLOWER_ENV
 
 ENTRY = "python -m benchmarks.vfl.speed"
@@ -177,7 +177,7 @@ def render(pairs: Sequence[Mapping[str, Run]], command: str, overrides: Sequence
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the pairs, write the section; exit code 0 when every pair agreed on MP and losses, 1 otherwise."""
     args = parse_args(argv)
-    command = f"{ENTRY} {shlex.join(sys.argv[1:] if argv is None else list(argv))}".rstrip()
+    command = command_line(ENTRY, argv)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d_%H-%M-%S")
     pairs: list[dict[str, Run]] = []
     for repeat in range(args.repeats):

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import REPO_ROOT, machine_line, markdown_table, write_section
+from benchmarks.common import REPO_ROOT, command_line, machine_line, markdown_table, write_section
 from benchmarks.vfl.speed import GOAL, ISSUE_OVERRIDES, run_once
 
 ENTRY = "python -m benchmarks.vfl.transport"
@@ -179,7 +179,7 @@ def render(
 def main(argv: Sequence[str] | None = None) -> int:
     """Time the in-process epochs, then the echo exchanges; write the section."""
     args = parse_args(argv)
-    command = f"{ENTRY} {shlex.join(sys.argv[1:] if argv is None else list(argv))}".rstrip()
+    command = command_line(ENTRY, argv)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d_%H-%M-%S")
     load = os.getloadavg()[0]
     inprocess = []
