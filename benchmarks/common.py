@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import os
 import platform
@@ -46,6 +47,11 @@ def machine_info() -> dict[str, str]:
 def command_line(entry: str, argv: Sequence[str] | None) -> str:
     """How the benchmark was invoked, for its report: ``entry`` and its arguments (``sys.argv`` when None)."""
     return f"{entry} {shlex.join(sys.argv[1:] if argv is None else list(argv))}".rstrip()
+
+
+def run_stamp() -> str:
+    """A folder name for this invocation's run folders: the UTC time, to the second."""
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d_%H-%M-%S")
 
 
 def machine_line() -> str:

@@ -54,6 +54,8 @@ ABLATION: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 FEDGEMS = "fedgems"
 FEDGEMS_OVERRIDES: tuple[str, ...] = tuple(o for _, step in ABLATION for o in step)
+
+
 def overrides_through(step: str) -> tuple[str, ...]:
     """FedGEMS' overrides up to and including the ablation step named ``step``."""
     names = [name for name, _ in ABLATION]

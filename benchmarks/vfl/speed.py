@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.common import REPO_ROOT, command_line, machine_line, markdown_table, write_section
+from benchmarks.common import REPO_ROOT, command_line, machine_line, markdown_table, run_stamp, write_section
 from fl_kd.simulations.flower_launcher import FLOWER_ENV
 
 ENTRY = "python -m benchmarks.vfl.speed"
@@ -178,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the pairs, write the section; exit code 0 when every pair agreed on MP and losses, 1 otherwise."""
     args = parse_args(argv)
     command = command_line(ENTRY, argv)
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d_%H-%M-%S")
+    stamp = run_stamp()
     pairs: list[dict[str, Run]] = []
     for repeat in range(args.repeats):
         pair = {}

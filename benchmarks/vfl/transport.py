@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import REPO_ROOT, command_line, machine_line, markdown_table, write_section
+from benchmarks.common import REPO_ROOT, command_line, machine_line, markdown_table, run_stamp, write_section
 from benchmarks.vfl.speed import GOAL, ISSUE_OVERRIDES, run_once
 
 ENTRY = "python -m benchmarks.vfl.transport"
@@ -180,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Time the in-process epochs, then the echo exchanges; write the section."""
     args = parse_args(argv)
     command = command_line(ENTRY, argv)
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d_%H-%M-%S")
+    stamp = run_stamp()
     load = os.getloadavg()[0]
     inprocess = []
     for repeat in range(2):
