@@ -1,16 +1,22 @@
 """What a VFL node holds and how its party survives between messages.
 
-A ClientApp does not persist, so ``context.state`` is the party's record: its models as ``ArrayRecord``\\ s, and its
-optimiser, step counter and defence state (random generators, CoAE's autoencoder, ...) next to them (their tensors as
-one buffer of bytes, the rest as a ``torch.save`` blob), so a party rebuilt from it continues exactly where it stopped.
+A ClientApp does not persist, so each message's handler finds its party in what the last one saved: its models,
+optimiser, step counter and defence state (random generators, CoAE's autoencoder, ...), packed as one buffer of tensor
+bytes beside a small ``torch.save`` blob, so a party rebuilt from it continues exactly where it stopped. By default
+(``training.party_state=node``) the save and the node's aligned positions are files on the node
+(:func:`node_state_folder`) and ``context.state`` holds only their tokens: Flower's simulation carries
+``context.state`` to the ClientApp and back with every message, which for a Fashion-MNIST party's models and Adam
+state was most of an exchange's time. With ``training.party_state=context`` everything is in ``context.state``, the
+models as ``ArrayRecord``\\ s.
 Rebuilding costs more than most protocol steps (building the models, decoding the state, cutting the node's rows), so
-the process that saved a party also keeps the live object (:func:`take_party`), marked with a token saved beside the
-state: the next message reuses it only when its ``context.state`` carries that very token, i.e. holds exactly what the
-live party saved. A simulation hands a node's messages to whichever worker process is free, a failed handler leaves an
-older state behind, a restarted node has none: each of these shows a different token and the party is rebuilt from
-``context.state``.
+the process that saved a party also keeps the live object (:func:`take_party`), marked with the save's token: the next
+message reuses it only when its ``context.state`` carries that very token, i.e. names exactly what the live party
+saved. A simulation hands a node's messages to whichever worker process is free, a failed handler leaves an older
+state behind, a restarted node has none: each of these shows a different token and the party is rebuilt from the save
+the token names.
 The attacking feature party also keeps its :class:`~fl_kd.vfl.attacks.ObservationLog` in ``context.state``, and the
-label party its secret (:mod:`fl_kd.vfl.secret`), read once at setup: ``context.state`` never leaves the node.
+label party its secret (:mod:`fl_kd.vfl.secret`), read once at setup. Neither ``context.state`` nor the node's files
+leave the node.
 """
 
 from __future__ import annotations
