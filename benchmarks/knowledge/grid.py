@@ -81,6 +81,9 @@ VARIANTS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("fedgems+personal_ft2", FEDGEMS, ("strategy.client_personal=true", "strategy.client_finetune_epochs=2")),
 )
 VARIANT_BASES: dict[str, tuple[str, ...]] = {"+client_finetune": BASE_OVERRIDES, FEDGEMS: FEDGEMS_OVERRIDES}
+#: Variants that get the extra seeds too: the personal copy is the candidate for FedGEMS' client side (its shared model
+#: is FedGEMS' own, so only the clients' figures can differ), and one seed cannot tell.
+SEEDED_VARIANTS: tuple[str, ...] = ("fedgems+personal",)
 
 #: Peers, with their paper's mechanism and the defaults of ``conf/strategy``; FedAvg needs one architecture, so it
 #: averages the server model on every client (``fedavg_server_model``).
@@ -159,12 +162,13 @@ def ablation_jobs(setting: str = "alpha0.5", seed: int = 0, steps: Sequence[str]
     return jobs
 
 
-def variant_jobs(seed: int = 0) -> list[Job]:
-    """Each of :data:`VARIANTS` in every setting."""
+def variant_jobs(seed: int = 0, names: Sequence[str] | None = None) -> list[Job]:
+    """Each of :data:`VARIANTS` (or those in ``names``) in every setting."""
     return [
         Job(name, "federated", setting, seed, (*VARIANT_BASES[base], *extra))
         for setting in SETTINGS
         for name, base, extra in VARIANTS
+        if names is None or name in names
     ]
 
 
@@ -183,8 +187,8 @@ def plan(best_peer: Mapping[str, str]) -> list[Job]:
     Order: seed 0 of FedGEMS, the baselines and the peers in alpha 0.5, then in alpha 0.1, then the ablation and the
     variants, then pathological, then the late ablation steps (:data:`LATE_STEPS`) outside alpha 0.5 (FedAvg of
     the server model waits: by far the dearest run, and its uplink is known without running it); FedGEMS' extra
-    seeds with their local-only baselines; the best peer's extra seeds; FedAvg of the server model; the
-    centralised ceiling. A cut run therefore loses the least important results.
+    seeds with their local-only baselines; the best peer's extra seeds; those of :data:`SEEDED_VARIANTS`; FedAvg of
+    the server model; the centralised ceiling. A cut run therefore loses the least important results.
     """
     shared, local = baseline_jobs(0)[:2], baseline_jobs(0)[2:]
     dirichlet = [job for job in variant_jobs() if job.setting != "pathological"]
@@ -205,6 +209,7 @@ def plan(best_peer: Mapping[str, str]) -> list[Job]:
         jobs += baseline_jobs(seed)[:2]
     for setting, peer in best_peer.items():
         jobs += [federated(peer, setting, seed) for seed in EXTRA_SEEDS]
+    jobs += [job for seed in EXTRA_SEEDS for job in variant_jobs(seed, SEEDED_VARIANTS)]
     jobs += [federated(COSTLY_PEER, setting, 0) for setting in SETTINGS]
     jobs.append(Job("ceiling", "ceiling", SHARED_SETTING, 0))
     return list(dict.fromkeys(jobs))
