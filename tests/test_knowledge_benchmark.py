@@ -9,7 +9,16 @@ from typing import Any
 
 import pytest
 
-from benchmarks.knowledge.grid import COSTLY_PEER, PEERS, SETTINGS, Job, choose_best_peer, federated, plan
+from benchmarks.knowledge.grid import (
+    COSTLY_PEER,
+    PEERS,
+    SETTINGS,
+    Job,
+    choose_best_peer,
+    federated,
+    plan,
+    variant_jobs,
+)
 from benchmarks.knowledge.report import BEGIN, END, write_report
 from benchmarks.knowledge.run import read_result, result_path
 from benchmarks.knowledge.verdicts import Figures
@@ -70,19 +79,26 @@ def test_report_section_has_the_figures_and_honest_verdicts(tmp_path: Path) -> N
     ]
     for job, row in zip(others, [_row(3, 0.72, math.nan), _row(3, 0.79, 0.7), _row(3, math.nan, 0.74)], strict=True):
         _write(tmp_path, job, [row])
+    # The personal-copy variant: clients 0.75, one point above local-only's 0.74 on both tests.
+    personal = next(job for job in variant_jobs() if job.method == "fedgems+personal" and job.setting == "alpha0.5")
+    _write(tmp_path, personal, [_row(3, 0.80, 0.75)])
     assert read_result(tmp_path, ours) is not None and read_result(tmp_path, federated("feddf", "alpha0.5", 0)) is None
     report = tmp_path / "REPORT.md"
     report.write_text(f"# Top\n\n{BEGIN}\nold\n{END}\n\n## Kept\n")
-    jobs = [ours, *others, federated("feddf", "alpha0.5", 0)]
+    jobs = [ours, *others, personal, federated("feddf", "alpha0.5", 0)]
     write_report(tmp_path, report, 3, "python -m benchmarks.knowledge", jobs, ["x: boom"])
     text = report.read_text()
     assert text.startswith("# Top") and text.rstrip().endswith("## Kept") and "\nold\n" not in text
-    assert "4 of 5 jobs finished" in text and "not run (time): `alpha0.5/feddf/seed0`" in text
+    assert "5 of 6 jobs finished" in text and "not run (time): `alpha0.5/feddf/seed0`" in text
     assert "failed: x: boom" in text
     assert "+8.0 points (expected >= +5): **holds**" in text  # 0.80 vs 0.72
     assert "dsfl 0.7900 (server, +1.0)" in text and "every peer by >= 2 points: **MISSED**" in text
     assert "fall after the best round <= 1 point: **MISSED** (largest 3.0 points" in text
     assert "above local-only by >= 5 points (global test): **holds**" in text  # 0.80 vs 0.74
+    with_personal = "- alpha0.5 with `fedgems+personal` (1 seed(s)): every tier above local-only by >= "
+    assert with_personal + "5 points (global test): **MISSED** (low 0.7500 vs 0.7400 (+1.0)" in text
+    assert with_personal + "2 points (own test): **MISSED**" in text
+    assert "| fedgems+personal | 1 |" in text
     # Round 1 of the per-round table: (300 + 200 + 500) of 1,000 labelled + 1,000 unlabelled came from clients.
     assert "| 1 | 0.7000 |" in text and "| 0.50 | 50.0 | 30.0 |" in text
     assert f"{Figures(tmp_path).server_model_nbytes / 1000 / 50:.1f}x" in text

@@ -15,6 +15,7 @@ from benchmarks.knowledge.grid import (
     LATE_STEPS,
     PEER_OVERRIDES,
     PEERS,
+    SEEDED_VARIANTS,
     SETTINGS,
     VARIANT_BASES,
     VARIANTS,
@@ -129,7 +130,7 @@ def _setting_lines(setting: str, done: dict[Job, dict[str, Any]], figures: Figur
         *(f"{t} global" for t in TIERS), *(f"{t} own" for t in TIERS), "up kB/client", "down kB/client",
     ]  # fmt: skip
     rows = []
-    for method in (FEDGEMS, *PEERS, *BASELINES):
+    for method in (FEDGEMS, *SEEDED_VARIANTS, *PEERS, *BASELINES):
         runs = runs_of(done, method, setting)
         if not runs:
             continue
@@ -153,7 +154,9 @@ def _setting_lines(setting: str, done: dict[Job, dict[str, Any]], figures: Figur
     lines += [
         "Final round on the whole test set; mean ± standard deviation over seeds; *global*: a tier's mean client",
         "accuracy on the global test set, *own*: on each client's personalised test set (its own label mix);",
-        "`transfer_only` and `pseudo_label` are the server model alone, `local_only` the clients alone.",
+        "`transfer_only` and `pseudo_label` are the server model alone, `local_only` the clients alone;",
+        "`fedgems+personal` is FedGEMS whose clients fine-tune a personal copy (own: that copy; global: the shared",
+        "model).",
         "",
     ]
     return lines + _per_round_lines(setting, done, figures)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import mean
-from benchmarks.knowledge.grid import FEDGEMS, PEERS, SETTINGS, SHARED_SETTING, Job
+from benchmarks.knowledge.grid import FEDGEMS, PEERS, SEEDED_VARIANTS, SETTINGS, SHARED_SETTING, Job
 from fl_kd.models import build_model, count_parameters
 
 TIERS = ("low", "mid", "high")
@@ -162,16 +162,11 @@ def verdict_lines(done: dict[Job, dict[str, Any]], figures: Figures) -> list[str
             f"(largest {100 * max(drops):.1f} points over {len(drops)} seed(s); rounds before the last on the subset)."
         )
         local = runs_of(done, "local_only", setting)
-        for key, need, label in (("client_acc", 0.05, "global"), ("client_pacc", 0.02, "own")):
-            parts, oks = [], []
-            for t in TIERS:
-                kd, alone = _final(figures, ours, f"{key}_{t}"), _final(figures, local, f"{key}_{t}")
-                oks.append(kd - alone >= need)
-                parts.append(f"{t} {kd:.4f} vs {alone:.4f} ({100 * (kd - alone):+.1f})")
-            lines.append(
-                f"- {setting}: every tier above local-only by >= {100 * need:.0f} points ({label} test): "
-                f"**{_mark(all(oks) if local else None)}** ({'; '.join(parts)})."
-            )
+        lines += _client_lines(setting, "", ours, local, figures)
+        for variant in SEEDED_VARIANTS:
+            runs = runs_of(done, variant, setting)
+            if runs:
+                lines += _client_lines(setting, f" with `{variant}` ({len(runs)} seed(s))", runs, local, figures)
         worst = max(figures.run_figures(r)["uplink_kb_max"] for r in ours)
         ratio = figures.server_model_nbytes / 1000 / worst
         lines.append(
@@ -180,4 +175,22 @@ def verdict_lines(done: dict[Job, dict[str, Any]], figures: Figures) -> list[str
             f"{worst:.1f} kB, {ratio:.1f}x)."
         )
     lines.append("")
+    return lines
+
+
+def _client_lines(
+    setting: str, which: str, runs: list[dict[str, Any]], local: list[dict[str, Any]], figures: Figures
+) -> list[str]:
+    """The two client expectations (global +5, own +2 points over local-only per tier) for ``runs``."""
+    lines = []
+    for key, need, label in (("client_acc", 0.05, "global"), ("client_pacc", 0.02, "own")):
+        parts, oks = [], []
+        for t in TIERS:
+            kd, alone = _final(figures, runs, f"{key}_{t}"), _final(figures, local, f"{key}_{t}")
+            oks.append(kd - alone >= need)
+            parts.append(f"{t} {kd:.4f} vs {alone:.4f} ({100 * (kd - alone):+.1f})")
+        lines.append(
+            f"- {setting}{which}: every tier above local-only by >= {100 * need:.0f} points ({label} test): "
+            f"**{_mark(all(oks) if local else None)}** ({'; '.join(parts)})."
+        )
     return lines
