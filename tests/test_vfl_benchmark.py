@@ -231,3 +231,26 @@ def test_attacker_alone_reads_the_label_from_the_attackers_own_columns_only() ->
         y = (x[:, column] > 0).long()
         ap = attacker_alone(setting, 0, Data(x[:500], y[:500], x[500:], y[500:]))
         assert (ap > 0.9) if expect_high else (ap < 0.65), (column, ap)
+
+
+def test_probe_reads_defence_parameters_and_scores_the_worst_gradient_attack_against_none() -> None:
+    from benchmarks.vfl.probe import parse_spec, summary_rows
+
+    spec = parse_spec(["gaussian", "scale=0.003", "clip_norm=0.001"])
+    assert spec == DefenceSpec("gaussian", (("clip_norm", 0.001), ("scale", 0.003)))
+    assert spec.label == "gaussian σ=0.003, clip 0.001" and DefenceSpec("gaussian", (("scale", 0.003),)).label == (
+        "gaussian σ=0.003"
+    )
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_spec(["gaussian", "0.003"])
+
+    def record(label: str, seed: int, mp: float, gc: float, pmc: float) -> dict[str, Any]:
+        attacks = {"GC": {"ap_adaptive": gc}, "BLI": {"ap_adaptive": 0.1}, "PMC": {"ap_adaptive": pmc}}
+        return {"label": label, "seed": seed, "mp": mp, "attacks": attacks}
+
+    records = [record("none", 0, 0.84, 1.0, 0.7), record("none", 1, 0.82, 1.0, 0.7)]
+    records += [record(spec.label, 0, 0.80, 0.3, 0.9), record(spec.label, 1, 0.80, 0.1, 0.9)]
+    rows = summary_rows(records, ["none", spec.label])
+    # MP loss per seed against that seed's none (4 and 2 points); model completion is not a gradient attack.
+    assert rows[1] == [spec.label, "2", "0.8000 ± 0.0000", "3.0", "0.200 ± 0.141"]
+    assert rows[0][3] == "0.0" and rows[0][4].startswith("1.000")

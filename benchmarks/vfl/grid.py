@@ -103,9 +103,15 @@ COAE_ENTROPY_WEIGHT = 2.0
 COAE_NUM_TRAIN = 30_000
 """Synthetic labels each autoencoder trains on."""
 
+
+def _clip(params: dict[str, Any]) -> str:
+    """``, clip c`` for noise with per-row clipping, else nothing."""
+    return f", clip {params['clip_norm']:g}" if params.get("clip_norm") is not None else ""
+
+
 _LABELS: dict[str, Callable[[dict[str, Any]], str]] = {
-    "gaussian": lambda p: f"gaussian σ={p['scale']:g}",
-    "laplace": lambda p: f"laplace b={p['scale']:g}",
+    "gaussian": lambda p: f"gaussian σ={p['scale']:g}{_clip(p)}",
+    "laplace": lambda p: f"laplace b={p['scale']:g}{_clip(p)}",
     "sparsification": lambda p: f"sparsification {100 * p.get('fraction', 0.9):g}%",
     "mid": lambda p: f"mid λ={p.get('weight', 0.01):g}",
     "coae": lambda p: f"coae λ={p.get('entropy_weight', COAE_ENTROPY_WEIGHT):g}",
