@@ -351,7 +351,7 @@ def test_personal_client_keeps_the_shared_model_undisturbed_and_fine_tunes_a_cop
     assert plain.evaluate_personal(x, y) == plain.evaluate(x, y)  # no personal model: the model itself
 
     state = personal.state_dict()
-    assert any(k.startswith(FedGEMSClient.PERSONAL) for k in state) and len(state) == 2 * len(plain.state_dict())
+    assert any(k.startswith(FedGEMSClient.PERSONAL) for k in state) and len(state) == 2 * len(plain.state_dict()) + 1
     restored = FedGEMSClient(_client(), finetune_epochs=2, personal=True)
     restored.load_state_dict(state)
     assert restored.personal_model is not None
@@ -363,7 +363,56 @@ def test_personal_client_keeps_the_shared_model_undisturbed_and_fine_tunes_a_cop
         tiny_config(client_personal=True)
 
 
+def test_kept_personal_model_continues_across_rounds_pulled_towards_the_shared_one() -> None:
+    """``client_personal_prox``: round 0 as the copy; later rounds go on from the personal model (not a fresh
+    copy), and a larger pull keeps it nearer the shared model; the round count travels in the state."""
+    from fl_kd.kd import protocol as kd
+    from fl_kd.kd.roles import Instruction
+
+    teachers = [np.tile(np.eye(C, dtype=np.float32)[k] * 8, (20, 1)) for k in (0, 1)]
+    copy_role = FedGEMSClient(_client(), finetune_epochs=1, personal=True)
+    kept = {
+        prox: FedGEMSClient(_client(), finetune_epochs=1, personal=True, personal_prox=prox) for prox in (0.0, 10.0)
+    }
+
+    def params(model: torch.nn.Module) -> torch.Tensor:
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    def same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+        return torch.equal(params(a), params(b))
+
+    for round, teacher in enumerate(teachers):
+        for role in (copy_role, *kept.values()):
+            role.receive(round, Instruction({kd.SERVER_LOGITS: teacher}))
+        assert all(role.personal_rounds == round + 1 for role in kept.values())
+        assert all(same(role.client.model, copy_role.client.model) for role in kept.values())  # shared untouched
+        if round == 0:
+            assert all(same(role.personal_model, copy_role.personal_model) for role in kept.values())
+    assert not any(same(role.personal_model, copy_role.personal_model) for role in kept.values())
+    shared = params(copy_role.client.model)
+    distance = {prox: float((params(role.personal_model) - shared).norm()) for prox, role in kept.items()}
+    assert distance[10.0] < distance[0.0]
+
+    state = kept[10.0].state_dict()
+    restored = FedGEMSClient(_client(), finetune_epochs=1, personal=True, personal_prox=10.0)
+    restored.load_state_dict(state)
+    assert restored.personal_rounds == 2 and same(restored.personal_model, kept[10.0].personal_model)
+    with pytest.raises(ValueError, match="personal_prox"):
+        FedGEMSClient(_client(), finetune_epochs=1, personal_prox=1.0)
+    with pytest.raises(ConfigError, match="client_personal_prox"):
+        tiny_config(client_finetune_epochs=1, client_personal_prox=1.0)
+    with pytest.raises(ConfigError, match="client_personal_prox"):
+        tiny_config(client_finetune_epochs=1, client_personal=True, client_personal_prox=-1.0)
+
+
 def test_personal_clients_run_end_to_end_and_report_their_personal_accuracy() -> None:
     cfg = tiny_config(rounds=2, client_finetune_epochs=1, client_personal=True)
     rows = run_inprocess(cfg).rounds
     assert len(rows) == 2 and all(0.0 <= row["client_pacc_mean"] <= 1.0 for row in rows)
+    kept = run_inprocess(
+        tiny_config(rounds=2, client_finetune_epochs=1, client_personal=True, client_personal_prox=0.1)
+    )
+    # Same shared models and server (the personal model never answers); round 2's personal models differ.
+    assert [r["server_acc"] for r in kept.rounds] == [r["server_acc"] for r in rows]
+    assert [r["client_acc_mean"] for r in kept.rounds] == [r["client_acc_mean"] for r in rows]
+    assert kept.rounds[0]["client_pacc_mean"] == rows[0]["client_pacc_mean"]

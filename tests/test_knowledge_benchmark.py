@@ -36,9 +36,10 @@ def test_plan_puts_seed0_first_and_adds_the_best_peers_seeds_once_known() -> Non
     extra = [federated("dsfl", "alpha0.1", 1), federated("dsfl", "alpha0.1", 2)]
     at = with_best.index(extra[0])
     assert with_best[at : at + 2] == extra and extra[0] not in jobs
-    # The personal-copy variant gets seeds 1-2 in every setting, after the best peers' and before FedAvg's runs.
-    personal = [job for job in with_best[at + 2 :] if job.method == "fedgems+personal"]
-    assert {(job.setting, job.seed) for job in personal} == {(s, seed) for s in SETTINGS for seed in (1, 2)}
+    # The personal-model variants get seeds 1-2 in every setting, after the best peers' and before FedAvg's runs.
+    personal = [job for job in with_best[at + 2 :] if job.method in ("fedgems+personal", "fedgems+ditto")]
+    expected = {(m, s, seed) for m in ("fedgems+personal", "fedgems+ditto") for s in SETTINGS for seed in (1, 2)}
+    assert {(job.method, job.setting, job.seed) for job in personal} == expected
     assert with_best.index(personal[-1]) < with_best.index(federated(COSTLY_PEER, "alpha0.5", 0))
     assert len({job.name for job in with_best}) == len(with_best)
 

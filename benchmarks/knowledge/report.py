@@ -155,8 +155,8 @@ def _setting_lines(setting: str, done: dict[Job, dict[str, Any]], figures: Figur
         "Final round on the whole test set; mean ± standard deviation over seeds; *global*: a tier's mean client",
         "accuracy on the global test set, *own*: on each client's personalised test set (its own label mix);",
         "`transfer_only` and `pseudo_label` are the server model alone, `local_only` the clients alone;",
-        "`fedgems+personal` is FedGEMS whose clients fine-tune a personal copy (own: that copy; global: the shared",
-        "model).",
+        "`fedgems+personal` is FedGEMS whose clients fine-tune a personal copy each round, `fedgems+ditto` FedGEMS",
+        "whose clients keep a personal model across rounds (own: the personal model; global: the shared one).",
         "",
     ]
     return lines + _per_round_lines(setting, done, figures)

@@ -138,17 +138,27 @@ class DistillClient:
         }
 
     def train_supervised(
-        self, round: int, phase: str, epochs: int, x: Tensor | None = None, y: Tensor | None = None
+        self,
+        round: int,
+        phase: str,
+        epochs: int,
+        x: Tensor | None = None,
+        y: Tensor | None = None,
+        penalty: Callable[[], Tensor] | None = None,
     ) -> dict[str, float]:
         """``epochs`` of cross-entropy on ``(x, y)`` (the private data when None), seeded under ``phase``.
 
         The one supervised loop of a client: local training, FedMD's revisit and public pre-training, fine-tuning
-        after distillation. Gives the last epoch's ``loss`` and ``train_samples``.
+        after distillation. ``penalty``, when given, is added to every step's loss (a personal model's pull towards
+        the shared one). Gives the last epoch's ``loss`` and ``train_samples``.
         """
         x, y = (self.train_x, self.train_y) if x is None or y is None else (x, y)
-        loss = self._run_epochs(
-            round, phase, epochs, x, y, lambda logits, labels, _index: F.cross_entropy(logits, labels)
-        )
+
+        def loss_fn(logits: Tensor, labels: Tensor, _index: Tensor) -> Tensor:
+            loss = F.cross_entropy(logits, labels)
+            return loss if penalty is None else loss + penalty()
+
+        loss = self._run_epochs(round, phase, epochs, x, y, loss_fn)
         return {"loss": loss, "train_samples": float(epochs * x.shape[0])}
 
     def logits(self, positions: ArrayLike, dtype: DTypeLike = np.float32) -> NDArray[np.floating[Any]]:

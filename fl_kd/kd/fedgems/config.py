@@ -99,6 +99,10 @@ class FedGEMSConfig(SGDStrategyConfig):
         and a personal one for its own distribution, as in Ditto (:class:`fl_kd.kd.fedgems.roles.FedGEMSClient`).
         Client accuracy on the personalised test set is then the personal model's, on the global one the shared
         model's.
+    client_personal_prox : float | None (default: None)
+        None: the personal model is the shared one fine-tuned afresh each round. A number ``lambda >= 0``: Ditto's
+        personal model, kept across rounds and trained with ``lambda / 2 * ||v - w||^2`` towards the shared
+        model (needs ``client_personal``).
     canaries : int (default: 0)
         Samples of the unlabelled part whose labels the server holds and keeps to itself (needs
         ``unlabelled_trust`` and ``reliability_on=held_out``). Queried like any other unlabelled sample and never
@@ -135,6 +139,7 @@ class FedGEMSConfig(SGDStrategyConfig):
     client_unlabelled: bool = False
     client_finetune_epochs: int = 0
     client_personal: bool = False
+    client_personal_prox: float | None = None
     canaries: int = 0
     canary_z: float = 3.0
 
@@ -171,6 +176,9 @@ class FedGEMSConfig(SGDStrategyConfig):
             not self.client_personal or self.client_finetune_epochs >= 1,
             "strategy.client_personal needs strategy.client_finetune_epochs >= 1",
         )
+        if self.client_personal_prox is not None:
+            check_range("strategy.client_personal_prox", self.client_personal_prox, low=0.0)
+            require(self.client_personal, "strategy.client_personal_prox needs strategy.client_personal=true")
         check_range("strategy.canaries", self.canaries, low=0)
         check_range("strategy.canary_z", self.canary_z, low=0.0, low_open=True)
 

@@ -48,5 +48,8 @@ def build_client_role(cfg: ExperimentConfig, federation: Federation, client_id: 
     """Client ``client_id``'s half for the generic runtimes."""
     strategy = fedgems_config(cfg)
     return FedGEMSClient(
-        build_client(cfg, federation, client_id), strategy.client_finetune_epochs, strategy.client_personal
+        build_client(cfg, federation, client_id),
+        strategy.client_finetune_epochs,
+        strategy.client_personal,
+        strategy.client_personal_prox,
     )

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
 from torch import Tensor, nn
 
@@ -101,21 +102,41 @@ class FedGEMSClient(DistillClientRole):
         from the server for its own label mix (at alpha 0.5: +6.5 points on its own test data, -11 on the global
         one). With a personal copy the client keeps two models, as in Ditto (Li et al., "Ditto: Fair and Robust
         Federated Learning Through Personalization", ICML 2021): the shared one trains on private data, answers
-        the server and distils its knowledge; the personal one is the shared one after distillation, fine-tuned,
-        and serves the client's own distribution (:meth:`evaluate_personal`).
+        the server and distils its knowledge; the personal one serves the client's own distribution
+        (:meth:`evaluate_personal`).
+    personal_prox : float | None (default: None)
+        How the personal model is kept. None: it is the shared model after distillation, fine-tuned afresh each
+        round (what one round of fine-tuning reaches). A number ``lambda >= 0``: Ditto's personal model, kept
+        across rounds (started from the shared one at its first fine-tuning) and trained each round on private
+        data with ``lambda / 2 * ||v - w||^2`` pulling it towards the shared model ``w`` of that round. Under
+        strong label skew one epoch from the shared model is not enough to learn the client's own classes back
+        (2 classes per client: 0.75-0.78 against local-only's 0.97-0.98 for the small tiers); a kept model
+        accumulates its epochs as local-only training does.
     """
 
     PERSONAL = "personal."
     """Prefix of the personal model's weights in :meth:`state_dict`."""
+    PERSONAL_ROUNDS = "personal_rounds"
+    """Key of the number of rounds the kept (Ditto) personal model has trained, in :meth:`state_dict`."""
 
-    def __init__(self, client: DistillClient, finetune_epochs: int = 0, personal: bool = False) -> None:
+    def __init__(
+        self,
+        client: DistillClient,
+        finetune_epochs: int = 0,
+        personal: bool = False,
+        personal_prox: float | None = None,
+    ) -> None:
         super().__init__(client)
         if finetune_epochs < 0:
             raise ValueError(f"finetune_epochs must be >= 0, got {finetune_epochs}")
         if personal and not finetune_epochs:
             raise ValueError("a personal model needs finetune_epochs >= 1 (it is the fine-tuned copy)")
+        if personal_prox is not None and (not personal or not personal_prox >= 0.0):
+            raise ValueError(f"personal_prox must be >= 0 and needs personal=True, got {personal_prox}")
         self.finetune_epochs = finetune_epochs
         self.personal_model: nn.Module | None = copy.deepcopy(client.model) if personal else None
+        self.personal_prox = personal_prox
+        self.personal_rounds = 0
 
     def train(self, round: int, instruction: Instruction) -> Answer:
         """Local training, then logits on the asked positions."""
@@ -158,19 +179,22 @@ class FedGEMSClient(DistillClientRole):
         return accuracy(self.personal_model, x, y, device=self.client.device)
 
     def state_dict(self) -> dict[str, Tensor]:
-        """The model's weights, and the personal model's under :attr:`PERSONAL`."""
+        """The model's weights, and the personal model's under :attr:`PERSONAL` (with its round count)."""
         state = super().state_dict()
         if self.personal_model is not None:
             state |= {self.PERSONAL + k: v.detach().cpu().clone() for k, v in self.personal_model.state_dict().items()}
+            state[self.PERSONAL_ROUNDS] = torch.tensor(self.personal_rounds, dtype=torch.int64)
         return state
 
     def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
         """Restore :meth:`state_dict`."""
-        shared = {k: v for k, v in state.items() if not k.startswith(self.PERSONAL)}
+        shared = {k: v for k, v in state.items() if not k.startswith(self.PERSONAL) and k != self.PERSONAL_ROUNDS}
         super().load_state_dict(shared)
         if self.personal_model is not None:
             size = len(self.PERSONAL)
             self.personal_model.load_state_dict({k[size:]: v for k, v in state.items() if k.startswith(self.PERSONAL)})
+            rounds = state.get(self.PERSONAL_ROUNDS)
+            self.personal_rounds = int(rounds) if rounds is not None else 0
 
     def _distill_unlabelled(self, round: int, instruction: Instruction) -> float:
         """Pure KD towards the server's logits on the unlabelled positions it sent; the samples trained on."""
@@ -186,12 +210,29 @@ class FedGEMSClient(DistillClientRole):
     def _finetune(self, round: int) -> float:
         """Cross-entropy on private data after distillation; the number of samples trained on.
 
-        With a personal model the shared model is fine-tuned, copied into the personal one and put back as it was
-        (the one training loop serves both; the copy costs two state copies of a small model).
+        With a personal model the client's model is trained in its place, copied into the personal one and put
+        back as it was (the one training loop serves both; the copy costs two state copies of a small model). It
+        starts from the shared model, or, for a kept (Ditto) personal model after its first round, from the
+        personal one, with the pull towards the shared weights added to the loss.
         """
-        shared = None if self.personal_model is None else copy.deepcopy(self.client.model.state_dict())
-        samples = self.client.train_supervised(round, "finetune", self.finetune_epochs)["train_samples"]
-        if self.personal_model is not None and shared is not None:
-            self.personal_model.load_state_dict(self.client.model.state_dict())
-            self.client.model.load_state_dict(shared)
+        if self.personal_model is None:
+            return self.client.train_supervised(round, "finetune", self.finetune_epochs)["train_samples"]
+        model = self.client.model
+        shared = copy.deepcopy(model.state_dict())
+        penalty = None
+        if self.personal_prox is not None and self.personal_rounds > 0:
+            anchors = [p.detach().clone() for p in model.parameters()]  # the shared model w of this round
+            model.load_state_dict(self.personal_model.state_dict())
+            strength = 0.5 * self.personal_prox
+
+            def penalty() -> Tensor:
+                squares = [(p - a).pow(2).sum() for p, a in zip(model.parameters(), anchors, strict=True)]
+                return strength * torch.stack(squares).sum()
+
+        samples = self.client.train_supervised(round, "finetune", self.finetune_epochs, penalty=penalty)[
+            "train_samples"
+        ]
+        self.personal_model.load_state_dict(model.state_dict())
+        model.load_state_dict(shared)
+        self.personal_rounds += 1
         return samples
