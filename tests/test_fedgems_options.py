@@ -405,6 +405,27 @@ def test_kept_personal_model_continues_across_rounds_pulled_towards_the_shared_o
         tiny_config(client_finetune_epochs=1, client_personal=True, client_personal_prox=-1.0)
 
 
+def test_personal_prior_adds_the_clients_own_label_frequencies_to_the_logits() -> None:
+    """``client_personal_prior``: own-distribution predictions are argmax(logits + log smoothed label frequencies);
+    a client whose data hold one class predicts that class on its own test set; global accuracy is untouched."""
+    from fl_kd.kd.training import predict_logits
+
+    client = _client()
+    client.train_y = torch.zeros_like(client.train_y)  # private data of class 0 only
+    role, plain = FedGEMSClient(client, personal_prior=True), FedGEMSClient(_client())
+    assert role.log_prior is not None and role.log_prior.shape == (C,)
+    expected = torch.log(torch.tensor([65.0] + [1.0] * (C - 1)) / (64 + C))
+    assert torch.allclose(role.log_prior, expected.float())
+    x, y = client.transfer_x, client.transfer_y
+    logits = predict_logits(client.model, x)
+    manual = float(((logits + role.log_prior).argmax(dim=1) == y).double().mean())
+    assert role.evaluate_personal(x, y) == manual
+    assert role.evaluate(x, y) == plain.evaluate(x, y)  # the prior only touches the own-distribution figure
+    own = torch.zeros_like(y)
+    assert role.evaluate_personal(x, own) > role.evaluate(x, own)
+    assert run_inprocess(tiny_config(rounds=1, client_personal_prior=True)).rounds[0]["client_pacc_mean"] >= 0.0
+
+
 def test_personal_clients_run_end_to_end_and_report_their_personal_accuracy() -> None:
     cfg = tiny_config(rounds=2, client_finetune_epochs=1, client_personal=True)
     rows = run_inprocess(cfg).rounds

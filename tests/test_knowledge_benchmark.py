@@ -37,8 +37,9 @@ def test_plan_puts_seed0_first_and_adds_the_best_peers_seeds_once_known() -> Non
     at = with_best.index(extra[0])
     assert with_best[at : at + 2] == extra and extra[0] not in jobs
     # The personal-model variants get seeds 1-2 in every setting, after the best peers' and before FedAvg's runs.
-    personal = [job for job in with_best[at + 2 :] if job.method in ("fedgems+personal", "fedgems+ditto")]
-    expected = {(m, s, seed) for m in ("fedgems+personal", "fedgems+ditto") for s in SETTINGS for seed in (1, 2)}
+    methods = ("fedgems+personal", "fedgems+ditto", "fedgems+prior")
+    personal = [job for job in with_best[at + 2 :] if job.method in methods]
+    expected = {(m, s, seed) for m in methods for s in SETTINGS for seed in (1, 2)}
     assert {(job.method, job.setting, job.seed) for job in personal} == expected
     assert with_best.index(personal[-1]) < with_best.index(federated(COSTLY_PEER, "alpha0.5", 0))
     assert len({job.name for job in with_best}) == len(with_best)

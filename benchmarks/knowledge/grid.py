@@ -73,18 +73,20 @@ BASE_OVERRIDES: tuple[str, ...] = overrides_through("+client_finetune")
 #: ``(name, base, options)``, the base being :data:`BASE_OVERRIDES` (FedGEMS before the learned trust) or
 #: :data:`FEDGEMS_OVERRIDES`. A gate on the teacher's confidence; client reliability measured where clients never
 #: trained on the label; clients that fine-tune a personal copy instead of their shared model (for one epoch, as
-#: FedGEMS fine-tunes, or two), or keep a personal model across rounds pulled towards the shared one (Ditto).
+#: FedGEMS fine-tunes, or two), or keep a personal model across rounds pulled towards the shared one (Ditto), or
+#: fine-tune nothing and add their own label prior to the shared model's logits on their own test set.
 VARIANTS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("fedgems+gate0.9", "+client_finetune", ("strategy.teacher_min_confidence=0.9",)),
     ("fedgems+reliability_held_out", "+client_finetune", ("strategy.reliability_on=held_out",)),
     ("fedgems+personal", FEDGEMS, ("strategy.client_personal=true",)),
     ("fedgems+personal_ft2", FEDGEMS, ("strategy.client_personal=true", "strategy.client_finetune_epochs=2")),
     ("fedgems+ditto", FEDGEMS, ("strategy.client_personal=true", "strategy.client_personal_prox=0.1")),
+    ("fedgems+prior", FEDGEMS, ("strategy.client_finetune_epochs=0", "strategy.client_personal_prior=true")),
 )
 VARIANT_BASES: dict[str, tuple[str, ...]] = {"+client_finetune": BASE_OVERRIDES, FEDGEMS: FEDGEMS_OVERRIDES}
 #: Variants that get the extra seeds too: the personal models are the candidates for FedGEMS' client side (the
 #: shared model is FedGEMS' own, so only the clients' figures can differ), and one seed cannot tell.
-SEEDED_VARIANTS: tuple[str, ...] = ("fedgems+personal", "fedgems+ditto")
+SEEDED_VARIANTS: tuple[str, ...] = ("fedgems+personal", "fedgems+ditto", "fedgems+prior")
 
 #: Peers, with their paper's mechanism and the defaults of ``conf/strategy``; FedAvg needs one architecture, so it
 #: averages the server model on every client (``fedavg_server_model``).

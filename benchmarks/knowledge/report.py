@@ -156,7 +156,8 @@ def _setting_lines(setting: str, done: dict[Job, dict[str, Any]], figures: Figur
         "accuracy on the global test set, *own*: on each client's personalised test set (its own label mix);",
         "`transfer_only` and `pseudo_label` are the server model alone, `local_only` the clients alone;",
         "`fedgems+personal` is FedGEMS whose clients fine-tune a personal copy each round, `fedgems+ditto` FedGEMS",
-        "whose clients keep a personal model across rounds (own: the personal model; global: the shared one).",
+        "whose clients keep a personal model across rounds (own: the personal model; global: the shared one),",
+        "`fedgems+prior` FedGEMS without fine-tuning whose clients add their label prior to the logits on own data.",
         "",
     ]
     return lines + _per_round_lines(setting, done, figures)

@@ -50,15 +50,25 @@ def predict_logits(
 
 
 def accuracy(
-    model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 256, device: torch.device | str = "cpu"
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    logit_offset: Tensor | None = None,
 ) -> float:
-    """Top-1 accuracy of ``model`` on ``(x, y)``; ``x`` ``(N, ...)``, ``y`` ``(N,)``."""
+    """Top-1 accuracy of ``model`` on ``(x, y)``; ``x`` ``(N, ...)``, ``y`` ``(N,)``.
+
+    ``logit_offset`` ``(C,)``, when given, is added to every row of logits before the argmax (a label prior).
+    """
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x and y disagree on N: {x.shape[0]} vs {y.shape[0]}")
     if x.shape[0] == 0:
         raise ValueError("cannot evaluate on an empty set")
-    predictions = predict_logits(model, x, batch_size, device).argmax(dim=1)
-    return float((predictions == y.cpu()).double().mean())
+    logits = predict_logits(model, x, batch_size, device)
+    if logit_offset is not None:
+        logits = logits + logit_offset.to(logits.dtype).reshape(1, -1)
+    return float((logits.argmax(dim=1) == y.cpu()).double().mean())
 
 
 def check_positions(positions: ArrayLike, num_samples: int) -> NDArray[np.int64]:

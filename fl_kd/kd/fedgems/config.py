@@ -103,6 +103,10 @@ class FedGEMSConfig(SGDStrategyConfig):
         None: the personal model is the shared one fine-tuned afresh each round. A number ``lambda >= 0``: Ditto's
         personal model, kept across rounds and trained with ``lambda / 2 * ||v - w||^2`` towards the shared
         model (needs ``client_personal``).
+    client_personal_prior : bool (default: False)
+        On its own test distribution a client predicts with the log of its private label frequencies added to the
+        logits (of the personal model, or of the shared one without ``client_personal``): the shared model's
+        knowledge under the client's own label prior, at no training cost.
     canaries : int (default: 0)
         Samples of the unlabelled part whose labels the server holds and keeps to itself (needs
         ``unlabelled_trust`` and ``reliability_on=held_out``). Queried like any other unlabelled sample and never
@@ -140,6 +144,7 @@ class FedGEMSConfig(SGDStrategyConfig):
     client_finetune_epochs: int = 0
     client_personal: bool = False
     client_personal_prox: float | None = None
+    client_personal_prior: bool = False
     canaries: int = 0
     canary_z: float = 3.0
 

@@ -112,6 +112,10 @@ class FedGEMSClient(DistillClientRole):
         strong label skew one epoch from the shared model is not enough to learn the client's own classes back
         (2 classes per client: 0.75-0.78 against local-only's 0.97-0.98 for the small tiers); a kept model
         accumulates its epochs as local-only training does.
+    personal_prior : bool (default: False)
+        Predict on the client's own distribution with the log of its own label frequencies (Laplace-smoothed)
+        added to the logits of the personal model, or of the shared one when there is none: Bayes' rule for a
+        test distribution whose label prior the client knows from its data, with no training at all.
     """
 
     PERSONAL = "personal."
@@ -125,6 +129,7 @@ class FedGEMSClient(DistillClientRole):
         finetune_epochs: int = 0,
         personal: bool = False,
         personal_prox: float | None = None,
+        personal_prior: bool = False,
     ) -> None:
         super().__init__(client)
         if finetune_epochs < 0:
@@ -137,6 +142,10 @@ class FedGEMSClient(DistillClientRole):
         self.personal_model: nn.Module | None = copy.deepcopy(client.model) if personal else None
         self.personal_prox = personal_prox
         self.personal_rounds = 0
+        self.log_prior: Tensor | None = None
+        if personal_prior:
+            counts = torch.bincount(client.train_y, minlength=client.num_classes).double() + 1.0
+            self.log_prior = (counts / counts.sum()).log().float()
 
     def train(self, round: int, instruction: Instruction) -> Answer:
         """Local training, then logits on the asked positions."""
@@ -173,10 +182,10 @@ class FedGEMSClient(DistillClientRole):
         return metrics
 
     def evaluate_personal(self, x: Tensor, y: Tensor) -> float:
-        """Accuracy on the client's own distribution: of the personal model when there is one."""
-        if self.personal_model is None:
-            return self.evaluate(x, y)
-        return accuracy(self.personal_model, x, y, device=self.client.device)
+        """Accuracy on the client's own distribution: of the personal model when there is one, with the client's
+        label prior when asked."""
+        model = self.client.model if self.personal_model is None else self.personal_model
+        return accuracy(model, x, y, device=self.client.device, logit_offset=self.log_prior)
 
     def state_dict(self) -> dict[str, Tensor]:
         """The model's weights, and the personal model's under :attr:`PERSONAL` (with its round count)."""
