@@ -181,7 +181,10 @@ def verdict_lines(done: dict[Job, dict[str, Any]], figures: Figures) -> list[str
 def _client_lines(
     setting: str, which: str, runs: list[dict[str, Any]], local: list[dict[str, Any]], figures: Figures
 ) -> list[str]:
-    """The two client expectations (global +5, own +2 points over local-only per tier) for ``runs``."""
+    """The two client expectations (global +5, own +2 points over local-only per tier) for ``runs``, against the
+    local-only runs of the same seeds (one seed of a variant is not compared with three of local-only)."""
+    seeds = {int(r["job"]["seed"]) for r in runs}
+    local = [r for r in local if int(r["job"]["seed"]) in seeds]
     lines = []
     for key, need, label in (("client_acc", 0.05, "global"), ("client_pacc", 0.02, "own")):
         parts, oks = [], []
