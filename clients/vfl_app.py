@@ -30,7 +30,6 @@ from fl_kd.clients.vfl_party import (
     Node,
     embedded_ids,
     forget_embedded,
-    full_observation_log,
     load_party,
     node_of,
     observation_log,
@@ -159,10 +158,9 @@ def _embed_batches(msg: Message, context: Context, node: Node, party: FeaturePar
     embeddings = {b: party.embed(batch).detach().numpy() for b, batch in ids.items()}
     save_embedded(context, {b: batch.numpy() for b, batch in ids.items()})
     if node.is_attacker:
-        on_node = node.cfg.training.party_state == "node"
-        observations = observation_log(context, on_node)
+        observations = observation_log(context)
         observations.sent(embeddings)
-        save_observation_log(context, observations, on_node)
+        save_observation_log(context, observations)
     return {vp.embedding_key(b): e for b, e in embeddings.items()}
 
 
@@ -170,8 +168,7 @@ def _apply_batches(
     msg: Message, context: Context, node: Node, party: FeatureParty, batches: list[int]
 ) -> dict[str, ConfigRecordValues]:
     """Back-propagate each gradient of ``batches`` in order; why each refused one was refused, by key."""
-    on_node = node.cfg.training.party_state == "node"
-    observations = observation_log(context, on_node) if node.is_attacker else None
+    observations = observation_log(context) if node.is_attacker else None
     rejected: dict[str, ConfigRecordValues] = {}
     for b in batches:
         try:
@@ -188,7 +185,7 @@ def _apply_batches(
             log(WARNING, "feature party %d: gradient of batch %d refused: %s", node.role.party_id, b, err)
             rejected[vp.rejected_key(b)] = str(err)
     if observations is not None:
-        save_observation_log(context, observations, on_node)
+        save_observation_log(context, observations)
     return rejected
 
 
@@ -296,7 +293,7 @@ def attack_results(msg: Message, context: Context) -> Message:
         )
     (labels,) = _tensors(msg, vp.LABELS)
     attacks = build_attacks(node.cfg.attack)
-    full_observation_log(context, node.cfg.training.party_state == "node").replay(attacks.values())
+    observation_log(context).replay(attacks.values())
     for attack in attacks.values():
         attack.after_training(party.bottom_model, party.features)
     results = score_attacks(attacks, labels)

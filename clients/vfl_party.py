@@ -52,9 +52,6 @@ ALIGNMENT = "vfl-alignment"
 PARTY_STATE = "vfl-party"
 MODEL_PREFIX = "vfl-model-"
 OBSERVATIONS = "vfl-observations"
-#: ``context.state`` record of how many observations the node's files hold (``training.party_state=node``).
-OBSERVED = "vfl-observed"
-_COUNT = "count"
 EMBEDDED = "vfl-embedded"
 LABEL_SECRET = "vfl-label-secret"
 _MODELS = ("model", "top", "bottom")
@@ -380,54 +377,13 @@ def _write_node_state(context: Context, token: str, previous: str | None, state:
 
 
 # -- the attacker's observations --------------------------------------------------------------------------------------
-def observation_log(context: Context, on_node: bool = False) -> ObservationLog:
-    """The attacking party's log as kept between messages (entries are decoded only when read).
-
-    With ``on_node`` the logged observations live in files on the node and ``context.state`` holds their count and
-    the embeddings awaiting their gradients: the log grows by an embedding and a gradient per sample and epoch
-    (about 8 MB over ten epochs of the Fashion-MNIST job), which Flower would carry with every message.
-    """
+def observation_log(context: Context) -> ObservationLog:
+    """The attacking party's log as kept in ``context.state`` (entries are decoded only when read)."""
     entries = context.state.array_records[OBSERVATIONS] if OBSERVATIONS in context.state else {}
-    kept = int(record(context.state, OBSERVED).get(_COUNT, 0)) if on_node and OBSERVED in context.state else 0
-    return ObservationLog(dict(entries), decode=decode_array, kept_elsewhere=kept)
+    return ObservationLog(dict(entries), decode=decode_array)
 
 
-def save_observation_log(context: Context, log: ObservationLog, on_node: bool = False) -> None:
-    """Keep the log: in ``context.state``, or its new observations in a file on the node (``on_node``).
-
-    A file is named by its first observation's index, so a handler that failed after writing one leaves a file
-    the next save of the same observations replaces; entries already stored are not encoded again.
-    """
-    if on_node:
-        taken = log.take_logged()
-        if taken:
-            first = min(ObservationLog.index_of(key) for key in taken)
-            folder = node_state_folder(context)
-            folder.mkdir(parents=True, exist_ok=True)
-            temporary = folder / f"observations-{first:07d}.tmp"
-            with temporary.open("wb") as handle:
-                np.savez(
-                    handle,
-                    **{key: np.asarray(decode_array(v) if isinstance(v, Array) else v) for key, v in taken.items()},
-                )
-            os.replace(temporary, folder / f"observations-{first:07d}.npz")
-        context.state[OBSERVED] = ConfigRecord({_COUNT: len(log)})
+def save_observation_log(context: Context, log: ObservationLog) -> None:
+    """Keep the log in ``context.state``; entries already stored are not encoded again."""
     entries = {key: entry if isinstance(entry, Array) else Array(entry) for key, entry in log.entries().items()}
     context.state[OBSERVATIONS] = ArrayRecord(entries)
-
-
-def full_observation_log(context: Context, on_node: bool = False) -> ObservationLog:
-    """Every observation this party logged, in one log that can replay them (read back from the node's files)."""
-    log = observation_log(context, on_node)
-    if not on_node or OBSERVED not in context.state:
-        return log
-    count = len(log)
-    entries: dict[str, Any] = {}
-    for path in sorted(node_state_folder(context).glob("observations-*.npz")):
-        with np.load(path) as stored:
-            # Only the observations the context counts: a file of a failed handler may hold later ones.
-            entries |= {key: stored[key] for key in stored.files if ObservationLog.index_of(key) < count}
-    full = ObservationLog(entries)
-    if len(full) != count:
-        raise RuntimeError(f"this party logged {count} observations but the node holds {len(full)}")
-    return full

@@ -82,9 +82,9 @@ def test_live_or_rebuilt_parties_train_exactly_as_in_process(config: str) -> Non
         _assert_same_state(states[0], other)
 
 
-def _trained_context(attacks: dict[str, dict[str, Any]] | None = None) -> Context:
+def _trained_context() -> Context:
     """A feature party's context after a short run, its live party kept in this process."""
-    cfg = vfl_config(attacks, training={"epochs": 1})
+    cfg = vfl_config(training={"epochs": 1})
     grid = LoopbackGrid(client_app, cfg.num_feature_parties + 1, {CONFIG_KEY: encode_config(cfg)})
     VFLServer(cfg).run(grid)
     return next(c for c in grid.contexts.values() if not node_of(c).role.is_label)
@@ -175,31 +175,6 @@ def test_a_party_kept_on_the_node_leaves_only_its_token_in_the_context() -> None
     vfl_party._LIVE.clear()
     with pytest.raises(RuntimeError, match="gone from the node"):
         take_party(context, node)
-
-
-def test_the_attackers_observations_are_kept_on_the_node_not_in_the_context() -> None:
-    """``training.party_state=node``: ``context.state`` holds the count and the embeddings awaiting gradients; the
-    node's files hold the observations, read back whole for the attacks; a later file of a failed handler is
-    ignored and a lost one is a clear error."""
-    import numpy as np
-
-    context = _trained_context({"direct_label_inference": {}})
-    node = node_of(context)
-    assert node.is_attacker
-    count = int(vfl_party.record(context.state, vfl_party.OBSERVED)["count"])
-    kept = context.state.array_records[vfl_party.OBSERVATIONS]
-    assert count > 0 and all(key.startswith("sent.") for key in kept)
-    folder = vfl_party.node_state_folder(context)
-    files = sorted(folder.glob("observations-*.npz"))
-    assert files and len(vfl_party.full_observation_log(context, on_node=True)) == count
-    # A handler that failed after writing left observations the context never counted: they are not read.
-    with np.load(files[-1]) as last:
-        stale = {f"{count + int(key.split('.', 1)[0]):07d}.{key.split('.', 1)[1]}": last[key] for key in last.files}
-    np.savez(folder / f"observations-{count:07d}.npz", **stale)
-    assert len(vfl_party.full_observation_log(context, on_node=True)) == count
-    files[0].unlink()
-    with pytest.raises(RuntimeError, match="observations"):
-        vfl_party.full_observation_log(context, on_node=True)
 
 
 def test_setup_removes_the_node_folders_of_runs_untouched_for_a_day(tmp_path: Any, monkeypatch: Any) -> None:

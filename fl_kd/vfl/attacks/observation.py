@@ -34,25 +34,14 @@ class ObservationLog:
         A log's :meth:`entries` as stored earlier; empty for a new log.
     decode : Callable[[Any], NDArray] (default: numpy.asarray)
         Reads one stored entry (e.g. :func:`fl_kd.protocol.decode_array` for a Flower ``Array``).
-    kept_elsewhere : int (default: 0)
-        Observations logged before these entries and kept in another store (:meth:`take_logged`); the log counts
-        on from them, and only a log holding every observation can :meth:`replay`.
     """
 
     def __init__(
-        self,
-        entries: Mapping[str, Any] | None = None,
-        decode: Callable[[Any], NDArray[Any]] = np.asarray,
-        kept_elsewhere: int = 0,
+        self, entries: Mapping[str, Any] | None = None, decode: Callable[[Any], NDArray[Any]] = np.asarray
     ) -> None:
-        if kept_elsewhere < 0:
-            raise ValueError(f"kept_elsewhere must be >= 0, got {kept_elsewhere}")
         self._entries: dict[str, Any] = dict(entries or {})
         self._decode = decode
-        self._first = kept_elsewhere
-        self._count = kept_elsewhere + sum(
-            1 for key in self._entries if not key.startswith(_SENT) and key.endswith(".ids")
-        )
+        self._count = sum(1 for key in self._entries if not key.startswith(_SENT) and key.endswith(".ids"))
 
     def __len__(self) -> int:
         """Number of logged observations."""
@@ -61,24 +50,6 @@ class ObservationLog:
     def entries(self) -> dict[str, Any]:
         """Everything to store: logged observations and the embeddings still waiting for their gradient."""
         return dict(self._entries)
-
-    def take_logged(self) -> dict[str, Any]:
-        """Remove the logged observations held here and give their entries, for a store that keeps them elsewhere
-        (a file per message, so that a growing log does not travel with every message); the log counts on.
-
-        Keys are ``<index>.<part>``, with :meth:`index_of` giving the index, so the stores' entries put back into
-        one log (``ObservationLog(entries)``) replay in order.
-        """
-        taken = {key: value for key, value in self._entries.items() if not key.startswith(_SENT)}
-        for key in taken:
-            del self._entries[key]
-        self._first = self._count
-        return taken
-
-    @staticmethod
-    def index_of(key: str) -> int:
-        """The observation index of an entry key from :meth:`take_logged`."""
-        return int(key.split(".", 1)[0])
 
     def sent(self, embeddings: Mapping[int, NDArray[Any]]) -> None:
         """Remember the embeddings just sent, by batch index, until their gradients come back (older ones go)."""
@@ -106,8 +77,6 @@ class ObservationLog:
 
     def replay(self, attacks: Iterable[FeaturePartyAttack]) -> None:
         """Feed every logged observation, in order, to each attack's ``on_gradient`` hook."""
-        if self._first:
-            raise ValueError(f"the first {self._first} observations are kept elsewhere; load them to replay")
         attacks = list(attacks)
         for index in range(self._count):
             ids, embedding, gradient = (self._tensor(f"{index:07d}.{part}") for part in _PARTS)
