@@ -423,7 +423,14 @@ def test_personal_prior_adds_the_clients_own_label_frequencies_to_the_logits() -
     assert role.evaluate(x, y) == plain.evaluate(x, y)  # the prior only touches the own-distribution figure
     own = torch.zeros_like(y)
     assert role.evaluate_personal(x, own) > role.evaluate(x, own)
-    assert run_inprocess(tiny_config(rounds=1, client_personal_prior=True)).rounds[0]["client_pacc_mean"] >= 0.0
+    # The config option reaches the client role the runtimes build.
+    from fl_kd.kd.federation import build_federation
+    from fl_kd.kd.fedgems.parties import build_client_role
+
+    cfg = tiny_config(rounds=1, client_personal_prior=True)
+    assert build_client_role(cfg, build_federation(cfg), 0).log_prior is not None
+    assert run_inprocess(cfg).rounds[0]["client_pacc_mean"] >= 0.0  # and the run goes through end to end
+    assert build_client_role(tiny_config(rounds=1), build_federation(tiny_config(rounds=1)), 0).log_prior is None
 
 
 def test_personal_clients_run_end_to_end_and_report_their_personal_accuracy() -> None:

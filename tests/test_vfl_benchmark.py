@@ -245,8 +245,11 @@ def test_probe_reads_defence_parameters_and_scores_the_worst_gradient_attack_aga
         parse_spec(["gaussian", "0.003"])
 
     def record(label: str, seed: int, mp: float, gc: float, pmc: float) -> dict[str, Any]:
-        attacks = {"GC": {"ap_adaptive": gc}, "BLI": {"ap_adaptive": 0.1}, "PMC": {"ap_adaptive": pmc}}
-        return {"label": label, "seed": seed, "mp": mp, "attacks": attacks}
+        aps = {"GC": gc, "BLI": 0.1, "PMC": pmc}
+        attacks = {a: {"ap_adaptive": v, "ap": v, "below_chance": 0.0} for a, v in aps.items()}
+        defence = "none" if label == "none" else "gaussian"
+        return {"setting": "fashion_mnist/sum", "defence": defence, "label": label, "params": {}, "seed": seed,
+                "num_classes": 10, "mp": mp, "accuracy": mp, "attacks": attacks}  # fmt: skip
 
     records = [record("none", 0, 0.84, 1.0, 0.7), record("none", 1, 0.82, 1.0, 0.7)]
     records += [record(spec.label, 0, 0.80, 0.3, 0.9), record(spec.label, 1, 0.80, 0.1, 0.9)]

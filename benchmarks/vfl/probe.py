@@ -19,9 +19,10 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import markdown_table, mean_std
-from benchmarks.vfl.grid import FULL_SETTINGS, GRADIENT_ATTACKS, DefenceSpec, Setting
+from benchmarks.common import markdown_table
+from benchmarks.vfl.grid import FULL_SETTINGS, DefenceSpec, Setting
 from benchmarks.vfl.run import autoencoder_epochs, load_setting_data, run_one
+from benchmarks.vfl.statistics import summarise
 
 ENTRY = "python -m benchmarks.vfl.probe"
 
@@ -43,11 +44,6 @@ def parse_spec(words: Sequence[str]) -> DefenceSpec:
     return DefenceSpec(words[0], tuple(sorted(params)))
 
 
-def worst_gradient(record: dict[str, Any]) -> float:
-    """The worst case over the gradient attacks (model completion left out) of one training."""
-    return max(v["ap_adaptive"] for k, v in record["attacks"].items() if k in GRADIENT_ATTACKS)
-
-
 def setting_of(key: str) -> Setting:
     """The benchmark's setting named ``dataset/top``."""
     for setting in FULL_SETTINGS:
@@ -57,16 +53,23 @@ def setting_of(key: str) -> Setting:
 
 
 def summary_rows(records: Sequence[dict[str, Any]], labels: Sequence[str]) -> list[list[str]]:
-    """Per defence: MP and worst gradient AP (mean ± sd over seeds), and MP loss against ``none`` in points."""
-    none_mp = {r["seed"]: r["mp"] for r in records if r["label"] == "none"}
-    rows = []
+    """Per defence, from the benchmark's own :func:`~benchmarks.vfl.statistics.summarise`: MP and the worst
+    gradient attack (mean ± sd over seeds), and MP loss against the same seed's ``none`` in points."""
+    rows = {row["label"]: row for row in summarise(records)[records[0]["setting"]]}
+    table = []
     for label in labels:
-        runs = [r for r in records if r["label"] == label]
-        mp, mp_sd = mean_std([r["mp"] for r in runs])
-        loss, _ = mean_std([100 * (none_mp[r["seed"]] - r["mp"]) for r in runs if r["seed"] in none_mp])
-        worst, worst_sd = mean_std([worst_gradient(r) for r in runs])
-        rows.append([label, str(len(runs)), f"{mp:.4f} ± {mp_sd:.4f}", f"{loss:.1f}", f"{worst:.3f} ± {worst_sd:.3f}"])
-    return rows
+        row = rows[label]
+        (mp, mp_sd), (loss, _), (worst, worst_sd) = row["mp"], row["mp_loss"], row["worst_case_gradient"]
+        table.append(
+            [
+                label,
+                str(len(row["seeds"])),
+                f"{mp:.4f} ± {mp_sd:.4f}",
+                f"{100 * loss:.1f}",
+                f"{worst:.3f} ± {worst_sd:.3f}",
+            ]
+        )
+    return table
 
 
 def main(argv: Sequence[str] | None = None) -> int:

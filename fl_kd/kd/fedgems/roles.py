@@ -235,9 +235,11 @@ class FedGEMSClient(DistillClientRole):
             model.load_state_dict(self.personal_model.state_dict())
             strength = 0.5 * self.personal_prox
 
-            def penalty() -> Tensor:
+            def pull() -> Tensor:
                 squares = [(p - a).pow(2).sum() for p, a in zip(model.parameters(), anchors, strict=True)]
                 return strength * torch.stack(squares).sum()
+
+            penalty = pull if strength > 0 else None  # lambda 0: no term to add at every step
 
         samples = self.client.train_supervised(round, "finetune", self.finetune_epochs, penalty=penalty)[
             "train_samples"
