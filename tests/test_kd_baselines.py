@@ -127,3 +127,19 @@ def test_pseudo_label_server_trains_on_its_confident_guesses(digits: DatasetSpli
     assert everything[-1]["server_loss"] != none[-1]["server_loss"]
     with pytest.raises(ValueError, match="threshold"):
         run_pseudo_label_server(cfg, digits, threshold=1.5)
+
+
+def test_pseudo_label_and_transfer_only_servers_take_the_weight_average(digits: DatasetSplits) -> None:
+    """``server_ema`` reaches both baselines, so they train their server exactly as FedGEMS does."""
+    from fl_kd.kd.baselines import run_pseudo_label_server
+
+    def final(run: Any, ema: float) -> list[dict[str, Any]]:
+        cfg = tiny_config(rounds=2, transfer={"labelled": 60, "unlabelled": 80}, unlabelled_per_round=50, server_ema=ema)
+        return _without_time(run(cfg, digits))
+
+    for run in (run_pseudo_label_server, run_transfer_only_server):
+        plain, averaged = final(run, 0.0), final(run, 0.9)
+        # Training is the same (same losses); only the shown model, and so the accuracy, differs.
+        assert plain[0]["server_loss"] == averaged[0]["server_loss"]
+        assert [r["server_acc"] for r in plain] != [r["server_acc"] for r in averaged]
+        assert final(run, 0.9) == averaged

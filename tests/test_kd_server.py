@@ -191,3 +191,47 @@ def test_config_and_constructor_validation() -> None:
         SelectiveDistillServer(nn.Linear(2, 2), torch.zeros(3, 2), torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="empty"):
         SelectiveDistillServer(nn.Linear(2, 2), torch.zeros(0, 2), torch.zeros(0, dtype=torch.long))
+
+
+def test_server_ema_is_what_the_server_shows() -> None:
+    """With ``ema_decay`` the server broadcasts, queries, is evaluated and saves the average of its weights."""
+    decay = 0.5
+    server = _server([WRONG, WRONG, WRONG, WRONG], batch_size=2, epochs=1, lr=0.5, ema_decay=decay)
+    trajectory: list[torch.Tensor] = []
+    record = server._after_step
+
+    def after_step() -> None:
+        trajectory.append(server.model.weight.detach().clone())
+        record()
+
+    server._after_step = after_step  # type: ignore[method-assign]
+    server.distill(1, {0: (np.arange(4), np.full((4, 2), [4.0, 0.0], np.float32))})
+    assert len(trajectory) == 2  # two mini-batches of two
+    expected = decay * trajectory[0] + (1 - decay) * trajectory[1]  # the first update copies the weights
+    assert torch.allclose(server.published.weight, expected)
+    assert not torch.allclose(server.published.weight, server.model.weight)  # training goes on from its own
+    assert np.allclose(server.transfer_logits(), expected.T.numpy(), atol=1e-6)
+    assert torch.equal(server.state_dict()["model"]["weight"], server.published.weight)
+    shown_right = (expected.T.argmax(dim=1) == 0).double().mean().item()
+    assert server.evaluate(torch.eye(4), torch.zeros(4, dtype=torch.long)) == pytest.approx(shown_right)
+
+
+def test_server_without_ema_shows_its_trained_model_and_loading_restarts_the_average(tmp_path: Path) -> None:
+    plain = _server([RIGHT, WRONG])
+    assert plain.ema is None and plain.published is plain.model
+
+    server = _server([WRONG, WRONG], epochs=3, lr=0.5, ema_decay=0.9)
+    server.distill(1, {0: (np.arange(2), np.full((2, 2), [4.0, 0.0], np.float32))})
+    path = tmp_path / "server.pt"
+    server.save(path)
+    fresh = _server([WRONG, WRONG], ema_decay=0.9)
+    fresh.load(path)
+    assert torch.equal(fresh.model.weight, server.published.weight)
+    assert torch.equal(fresh.published.weight, fresh.model.weight)  # the average starts again from the loaded one
+    assert int(fresh.ema.n_averaged) == 0  # type: ignore[union-attr]
+
+
+def test_server_ema_decay_is_validated() -> None:
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="ema_decay"):
+            ServerDistillConfig(ema_decay=bad)

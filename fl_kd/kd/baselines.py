@@ -37,7 +37,7 @@ from fl_kd.kd.fedgems.parties import build_server, fedgems_config
 from fl_kd.kd.metrics import Metrics, accuracy_summary
 from fl_kd.kd.runner import evaluate_clients
 from fl_kd.kd.seeding import SERVER_ID, derive_seed, seeded_torch, torch_generator
-from fl_kd.kd.training import accuracy, minibatches, predict_logits, sgd
+from fl_kd.kd.training import accuracy, minibatches, predict_logits, sgd, weight_average
 from fl_kd.models import build_model, count_parameters
 
 FLOAT32_NBYTES = int(np.dtype(np.float32).itemsize)
@@ -169,7 +169,8 @@ def run_pseudo_label_server(
     Each round the server labels the round's unlabelled subset (``strategy.unlabelled_per_round``, drawn as in
     FedGEMS) with its own predictions, keeps those whose softmax confidence reaches ``threshold``, and trains
     ``server_epochs`` of cross-entropy on them together with the labelled transfer set, with FedGEMS' server
-    settings. The true labels of the unlabelled part are read only to report ``pseudo_label_accuracy``.
+    settings (``server_ema`` included: it then labels and is evaluated with the average of its weights). The true
+    labels of the unlabelled part are read only to report ``pseudo_label_accuracy``.
 
     Returns
     -------
@@ -183,6 +184,8 @@ def run_pseudo_label_server(
     settings = fedgems_config(cfg)
     server_cfg = settings.server_config()
     model = build_server_model(cfg, federation)
+    ema = weight_average(model, server_cfg.ema_decay)
+    published = ema.module if ema is not None else model
     labelled_x, labelled_y = federation.transfer_x, federation.transfer_y
     unlabelled_idx = federation.unlabelled_idx
     rounds: list[Metrics] = []
@@ -191,7 +194,7 @@ def run_pseudo_label_server(
         subset = unlabelled_subset(unlabelled_idx.size, settings.unlabelled_per_round, cfg.seed, round)
         picked = torch.from_numpy(unlabelled_idx[subset])
         u_x, u_y = federation.data.x_train[picked], federation.data.y_train[picked]
-        keep, pseudo = _pseudo_labels(model, u_x, threshold)
+        keep, pseudo = _pseudo_labels(published, u_x, threshold)
         x, y = torch.cat([labelled_x, u_x[keep]]), torch.cat([labelled_y, pseudo[keep]])
         generator = torch_generator(derive_seed(cfg.seed, SERVER_ID, round, "pseudo_label_shuffle"))
         optimizer = sgd(model, server_cfg.lr, server_cfg.momentum, server_cfg.weight_decay)
@@ -205,11 +208,13 @@ def run_pseudo_label_server(
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()  # type: ignore[no-untyped-call]
                     optimizer.step()
+                    if ema is not None:
+                        ema.update_parameters(model)
                     loss_sum += float(loss.detach()) * index.numel()
         test_x, test_y = federation.test_set(cfg, round)
         metrics: Metrics = {
             "round": int(round),
-            "server_acc": accuracy(model, test_x, test_y),
+            "server_acc": accuracy(published, test_x, test_y),
             "server_loss": loss_sum / int(x.shape[0]),
             "n_pseudo": int(keep.sum()),
             "pseudo_label_accuracy": float((pseudo[keep] == u_y[keep]).double().mean()) if keep.any() else 0.0,

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 
 def minibatches(num_samples: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:
@@ -36,6 +37,19 @@ def sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> to
 
 
 @torch.no_grad()
+def weight_average(model: nn.Module, decay: float) -> AveragedModel | None:
+    """An exponential moving average of ``model``'s weights (PyTorch's ``AveragedModel``), or None at ``decay`` 0.
+
+    Call ``update_parameters(model)`` after every optimiser step; the first call copies the weights. Its
+    ``module`` is the averaged model to predict with.
+    """
+    if not 0.0 <= decay < 1.0:
+        raise ValueError(f"the average's decay must lie in [0, 1), got {decay}")
+    if decay == 0.0:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def predict_logits(
     model: nn.Module, x: Tensor, batch_size: int = 256, device: torch.device | str = "cpu"
 ) -> Tensor:

@@ -116,6 +116,11 @@ class FedGEMSConfig(SGDStrategyConfig):
         They cost that many labels more.
     canary_z : float (default: 3.0)
         The screen's threshold.
+    server_ema : float (default: 0.0)
+        The server keeps an exponential moving average of its weights, updated after every training step with this
+        decay (Polyak averaging, as a mean teacher does), and shows it: it is what the server broadcasts, queries
+        with, is evaluated on and saves; training goes on from the trained weights. The average smooths the noise of
+        each round's last steps on a small transfer set. 0 (today): the trained weights are shown.
     """
 
     name: str = "fedgems"
@@ -147,6 +152,7 @@ class FedGEMSConfig(SGDStrategyConfig):
     client_personal_prior: bool = False
     canaries: int = 0
     canary_z: float = 3.0
+    server_ema: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -186,6 +192,7 @@ class FedGEMSConfig(SGDStrategyConfig):
             require(self.client_personal, "strategy.client_personal_prox needs strategy.client_personal=true")
         check_range("strategy.canaries", self.canaries, low=0)
         check_range("strategy.canary_z", self.canary_z, low=0.0, low_open=True)
+        check_range("strategy.server_ema", self.server_ema, low=0.0, high=1.0, high_open=True)
 
     def check_experiment(self, experiment: ExperimentConfig) -> None:
         """FedGEMS trusts a client on a sample when it is right there: it needs the labelled part."""
@@ -251,6 +258,7 @@ class FedGEMSConfig(SGDStrategyConfig):
             learned_trim=self.learned_trim,
             canaries=self.canaries,
             canary_z=self.canary_z,
+            ema_decay=self.server_ema,
         )
 
     def client_config(self, tier: DeviceTier) -> ClientTrainConfig:

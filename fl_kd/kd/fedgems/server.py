@@ -40,6 +40,7 @@ from fl_kd.kd.training import (
     predict_logits,
     sgd,
     to_wire,
+    weight_average,
 )
 
 
@@ -94,9 +95,25 @@ class SelectiveDistillServer:
         self.transfer_y = transfer_y.cpu().long()
         self.num_classes = int(predict_logits(self.model, self.transfer_x[:1], device=self.device).shape[1])
         self.knowledge_cache = KnowledgeCache(self.num_transfer, self.num_classes)
+        self.ema = weight_average(self.model, self.config.ema_decay)
         self.options = ServerOptions(
             self.config, self.transfer_y, seed, unlabelled_x, unlabelled_y, num_classes=self.num_classes
         )
+
+    @property
+    def published(self) -> nn.Module:
+        """The model the server shows (broadcast, query, evaluation, checkpoint): the trained one, or its EMA."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def _after_step(self) -> None:
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+
+    def _restart_ema(self) -> None:
+        """Let the average start again from the model's current weights (after loading a checkpoint)."""
+        if self.ema is not None:
+            self.ema.module.load_state_dict(self.model.state_dict())
+            self.ema.n_averaged.zero_()
 
     @property
     def num_transfer(self) -> int:
@@ -213,6 +230,7 @@ class SelectiveDistillServer:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
+        self._after_step()
         # Cache the logits that were right at this step, before the update (as the server "knew" them).
         self.knowledge_cache.update(index[correct], logits.detach()[correct.to(self.device)])
         counts = torch.stack([correct.sum(), use_cache.sum(), use_clients.sum(), ce_only.sum(), dark.sum()])
@@ -229,6 +247,7 @@ class SelectiveDistillServer:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
+            self._after_step()
             loss_sum += float(loss.detach()) * index.numel()
         return loss_sum / max(1, int(x.shape[0]))
 
@@ -273,10 +292,10 @@ class SelectiveDistillServer:
         return teacher, has_teacher, stats
 
     def _predict(self, x: Tensor) -> Tensor:
-        return predict_logits(self.model, x, device=self.device)
+        return predict_logits(self.published, x, device=self.device)
 
     def _transfer_predictions(self) -> Tensor:
-        return predict_logits(self.model, self.transfer_x, device=self.device)
+        return predict_logits(self.published, self.transfer_x, device=self.device)
 
     def transfer_logits(self, dtype: DTypeLike = np.float32) -> NDArray[np.floating[Any]]:
         """Eval-mode server logits ``(N, C)`` on the whole transfer set: the broadcast to clients.
@@ -290,12 +309,12 @@ class SelectiveDistillServer:
         if self.options.unlabelled_x is None:
             raise ValueError("the server holds no unlabelled inputs (unlabelled_trust is off)")
         index = self.options.unlabelled_positions(round)
-        logits = predict_logits(self.model, self.options.unlabelled_x[torch.from_numpy(index)], device=self.device)
+        logits = self._predict(self.options.unlabelled_x[torch.from_numpy(index)])
         return self.num_transfer + index, to_wire(logits, dtype)
 
     def evaluate(self, x: Tensor, y: Tensor, batch_size: int = 256) -> float:
-        """Top-1 accuracy of the server model on ``(x, y)``."""
-        return accuracy(self.model, x, y, batch_size, self.device)
+        """Top-1 accuracy of the server model (:attr:`published`) on ``(x, y)``."""
+        return accuracy(self.published, x, y, batch_size, self.device)
 
     def state_dict(self) -> dict[str, Any]:
         """Model weights (CPU tensors) and knowledge cache (NumPy arrays): what a later federation starts from.
@@ -303,12 +322,13 @@ class SelectiveDistillServer:
         The canary tallies and the unlabelled teacher cache are left out: their rounds belong to this run. A resumed
         run gets them back with everything else through :func:`fl_kd.checkpoint.object_state`.
         """
-        model_state = {name: value.detach().cpu().clone() for name, value in self.model.state_dict().items()}
+        model_state = {name: value.detach().cpu().clone() for name, value in self.published.state_dict().items()}
         return {"model": model_state, "knowledge_cache": self.knowledge_cache.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore from :meth:`state_dict`."""
+        """Restore from :meth:`state_dict` (the shown model's weights; an average starts again from them)."""
         self.model.load_state_dict(state["model"])
+        self._restart_ema()
         self.knowledge_cache.load_state_dict(state["knowledge_cache"])
 
     def save(self, path: str | Path) -> None:
@@ -340,5 +360,6 @@ class SelectiveDistillServer:
                 raise CheckpointError(f"checkpoint {path}: unusable knowledge cache ({err})") from None
         # Both parts are checked before either is loaded: a bad file never leaves a half-restored server.
         self.model.load_state_dict(model_state)
+        self._restart_ema()
         if cache is not None:
             self.knowledge_cache.load_state_dict(cache)

@@ -40,6 +40,9 @@ class ServerDistillConfig:
     teacher_min_confidence, unlabelled_per_round, learned_weight_decay, learned_prob_floor, learned_trim, canaries,
     canary_z, unlabelled_cache
         The optional extensions; see :class:`~fl_kd.kd.fedgems.config.FedGEMSConfig`. The defaults are FedGEMS.
+    ema_decay : float (default: 0.0)
+        The server shows an exponential moving average of its weights, updated after every step with this decay
+        (``server_ema`` of :class:`~fl_kd.kd.fedgems.config.FedGEMSConfig`); 0 shows the trained weights.
     """
 
     epochs: int = 1
@@ -64,6 +67,7 @@ class ServerDistillConfig:
     canaries: int = 0
     canary_z: float = 3.0
     unlabelled_cache: int = 0
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         check_choice("correctness", self.correctness, CORRECTNESS)
@@ -100,6 +104,8 @@ class ServerDistillConfig:
             raise ValueError(
                 f"need held_out_fraction in (0, 1), reliability_power >= 0, unlabelled_per_round >= 0: {self}"
             )
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError(f"need epochs >= 0, batch_size >= 1, lr > 0; got {self}")
         if not 0.0 <= self.epsilon <= 1.0 or self.temperature <= 0:
