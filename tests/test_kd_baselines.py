@@ -134,7 +134,8 @@ def test_pseudo_label_and_transfer_only_servers_take_the_weight_average(digits: 
     from fl_kd.kd.baselines import run_pseudo_label_server
 
     def final(run: Any, ema: float) -> list[dict[str, Any]]:
-        cfg = tiny_config(rounds=2, transfer={"labelled": 60, "unlabelled": 80}, unlabelled_per_round=50, server_ema=ema)
+        transfer = {"labelled": 60, "unlabelled": 80}
+        cfg = tiny_config(rounds=2, transfer=transfer, unlabelled_per_round=50, server_ema=ema)
         return _without_time(run(cfg, digits))
 
     for run in (run_pseudo_label_server, run_transfer_only_server):

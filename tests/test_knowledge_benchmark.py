@@ -69,6 +69,19 @@ def _write(out: Path, job: Job, rows: list[dict[str, Any]]) -> None:
     path.write_text(json.dumps(record))
 
 
+def test_fedavg_of_the_server_model_is_not_waited_for_but_competes_once_finished(tmp_path: Path) -> None:
+    from benchmarks.knowledge.__main__ import best_peers
+
+    cheap = [peer for peer in PEERS if peer != COSTLY_PEER]
+    for index, peer in enumerate(cheap[:-1]):
+        _write(tmp_path, federated(peer, "alpha0.5", 0), [_row(1, 0.5 + 0.01 * index, 0.5)])
+    assert best_peers(tmp_path) == {}  # one cheap peer has not finished
+    _write(tmp_path, federated(cheap[-1], "alpha0.5", 0), [_row(1, 0.7, 0.5)])
+    assert best_peers(tmp_path) == {"alpha0.5": cheap[-1]}
+    _write(tmp_path, federated(COSTLY_PEER, "alpha0.5", 0), [_row(1, 0.8, 0.5)])
+    assert best_peers(tmp_path) == {"alpha0.5": COSTLY_PEER}
+
+
 def test_report_section_has_the_figures_and_honest_verdicts(tmp_path: Path) -> None:
     ours = federated("fedgems", "alpha0.5", 0)
     # Best round 2 then a fall of 3 points: the fall verdict must say MISSED.
