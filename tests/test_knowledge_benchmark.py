@@ -169,7 +169,7 @@ def test_fedgems_is_the_last_ablation_step_and_the_late_steps_run_in_every_setti
     settings = resolved(FEDGEMS_OVERRIDES)
     assert settings["strategy.unlabelled_trust"] == "learned" and settings["strategy.unlabelled_cache"] == "8"
     assert resolved(BASE_OVERRIDES)["strategy.unlabelled_trust"] == "class_reliability"
-    assert ABLATION[-1][0] == "+teacher_cache"
+    assert ABLATION[-1][0] == "+server_ema" and settings["strategy.server_ema"] == "0.99"
     jobs = plan({})
     for setting in SETTINGS:
         late = {job.method for job in jobs if job.setting == setting and job.method in LATE_STEPS and job.seed == 0}

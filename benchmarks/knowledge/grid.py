@@ -27,7 +27,9 @@ SETTINGS: dict[str, tuple[str, ...]] = {
 #: The FedGEMS extensions, cumulatively: each step adds one to the previous (the ablation); the last is fl-kd's
 #: selective distillation as benchmarked. The first is the FedGEMS of the paper. The learned trust fits one weight
 #: per client and class on the held-out half of the labelled part; the teacher cache distils the clients' fused
-#: teachers of every earlier round (8 rounds: the whole run) with this round's.
+#: teachers of every earlier round (8 rounds: the whole run) with this round's; the server shows the average of its
+#: weights (decay 0.99 per step, a horizon of about 100 steps; a round has 4 epochs of 16 labelled batches plus
+#: 16 batches per 1,000 cached unlabelled samples, so 128 steps in round 1 and more later).
 ABLATION: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("fedgems_paper", ("strategy=fedgems",)),
     ("+held_out", ("strategy.correctness=held_out",)),
@@ -51,6 +53,7 @@ ABLATION: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     ("+teacher_cache", ("strategy.unlabelled_cache=8",)),
+    ("+server_ema", ("strategy.server_ema=0.99",)),
 )
 FEDGEMS = "fedgems"
 FEDGEMS_OVERRIDES: tuple[str, ...] = tuple(o for _, step in ABLATION for o in step)
@@ -62,28 +65,32 @@ def overrides_through(step: str) -> tuple[str, ...]:
     return tuple(o for _, options in ABLATION[: names.index(step) + 1] for o in options)
 
 
-#: The steps whose runs are planned in every setting, not only in alpha 0.5: what the learned trust and the cache
-#: each add where the skew is stronger.
-LATE_STEPS: tuple[str, ...] = ("+client_finetune", "+learned_trust")
+#: The steps whose runs are planned in every setting, not only in alpha 0.5: what the learned trust, the cache and
+#: the weight average each add where the skew is stronger.
+LATE_STEPS: tuple[str, ...] = ("+client_finetune", "+learned_trust", "+teacher_cache")
 #: FedGEMS up to ``+client_finetune`` (before the learned trust): the options the baselines share with it (their
 #: clients' and server's training), and the base of the variants below.
 BASE_OVERRIDES: tuple[str, ...] = overrides_through("+client_finetune")
 
 #: Options tried alone in every setting (the pathological one planned after its peers), each on top of a base:
 #: ``(name, base, options)``, the base being :data:`BASE_OVERRIDES` (FedGEMS before the learned trust) or
-#: :data:`FEDGEMS_OVERRIDES`. A gate on the teacher's confidence; client reliability measured where clients never
+#: FedGEMS before the server's weight average (``+teacher_cache``: the client-side variants ran before it came, and
+#: are compared with that FedGEMS). A gate on the teacher's confidence; client reliability measured where clients never
 #: trained on the label; clients that fine-tune a personal copy instead of their shared model (for one epoch, as
 #: FedGEMS fine-tunes, or two), or keep a personal model across rounds pulled towards the shared one (Ditto), or
 #: fine-tune nothing and add their own label prior to the shared model's logits on their own test set.
 VARIANTS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("fedgems+gate0.9", "+client_finetune", ("strategy.teacher_min_confidence=0.9",)),
     ("fedgems+reliability_held_out", "+client_finetune", ("strategy.reliability_on=held_out",)),
-    ("fedgems+personal", FEDGEMS, ("strategy.client_personal=true",)),
-    ("fedgems+personal_ft2", FEDGEMS, ("strategy.client_personal=true", "strategy.client_finetune_epochs=2")),
-    ("fedgems+ditto", FEDGEMS, ("strategy.client_personal=true", "strategy.client_personal_prox=0.1")),
-    ("fedgems+prior", FEDGEMS, ("strategy.client_finetune_epochs=0", "strategy.client_personal_prior=true")),
+    ("fedgems+personal", "+teacher_cache", ("strategy.client_personal=true",)),
+    ("fedgems+personal_ft2", "+teacher_cache", ("strategy.client_personal=true", "strategy.client_finetune_epochs=2")),
+    ("fedgems+ditto", "+teacher_cache", ("strategy.client_personal=true", "strategy.client_personal_prox=0.1")),
+    ("fedgems+prior", "+teacher_cache", ("strategy.client_finetune_epochs=0", "strategy.client_personal_prior=true")),
 )
-VARIANT_BASES: dict[str, tuple[str, ...]] = {"+client_finetune": BASE_OVERRIDES, FEDGEMS: FEDGEMS_OVERRIDES}
+VARIANT_BASES: dict[str, tuple[str, ...]] = {
+    "+client_finetune": BASE_OVERRIDES,
+    "+teacher_cache": overrides_through("+teacher_cache"),
+}
 #: Variants that get the extra seeds too: the personal models are the candidates for FedGEMS' client side (the
 #: shared model is FedGEMS' own, so only the clients' figures can differ), and one seed cannot tell.
 SEEDED_VARIANTS: tuple[str, ...] = ("fedgems+personal", "fedgems+ditto", "fedgems+prior")
