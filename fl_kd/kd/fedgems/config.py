@@ -120,7 +120,9 @@ class FedGEMSConfig(SGDStrategyConfig):
         The server keeps an exponential moving average of its weights, updated after every training step with this
         decay (Polyak averaging, as a mean teacher does), and shows it: it is what the server broadcasts, queries
         with, is evaluated on and saves; training goes on from the trained weights. The average smooths the noise of
-        each round's last steps on a small transfer set. 0 (today): the trained weights are shown.
+        each round's last steps on a small transfer set. The average spans about ``1 / (1 - decay)`` steps: keep
+        that below a round's steps, or the shown model lags the trained one (a transfer-only server with 64 steps a
+        round ended 0.74 at 0.998 against 0.80 without). 0 (today): the trained weights are shown.
     """
 
     name: str = "fedgems"
