@@ -16,3 +16,14 @@ def test_every_sample_once_and_no_single_sample_batch_unless_alone(num_samples: 
     # 129 = 64 + 64 + 1: the single sample joins the second batch; the first stays as it was.
     if (num_samples, batch_size) == (129, 64):
         assert [b.numel() for b in batches] == [64, 65]
+
+
+def test_predictions_carry_no_autograd_graph() -> None:
+    """Logits are read as data (``.numpy()``, wire arrays): predicting must not build a graph."""
+    from torch import nn
+
+    from fl_kd.kd.training import predict_logits
+
+    logits = predict_logits(nn.Linear(3, 2), torch.zeros(4, 3))
+    assert not logits.requires_grad
+    logits.numpy()

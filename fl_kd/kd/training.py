@@ -36,7 +36,6 @@ def sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> to
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
-@torch.no_grad()
 def weight_average(model: nn.Module, decay: float) -> AveragedModel | None:
     """An exponential moving average of ``model``'s weights (PyTorch's ``AveragedModel``), or None at ``decay`` 0.
 
@@ -50,6 +49,7 @@ def weight_average(model: nn.Module, decay: float) -> AveragedModel | None:
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
+@torch.no_grad()
 def predict_logits(
     model: nn.Module, x: Tensor, batch_size: int = 256, device: torch.device | str = "cpu"
 ) -> Tensor:
