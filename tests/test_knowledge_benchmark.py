@@ -70,7 +70,7 @@ def _write(out: Path, job: Job, rows: list[dict[str, Any]]) -> None:
 
 
 def test_fedavg_of_the_server_model_is_not_waited_for_but_competes_once_finished(tmp_path: Path) -> None:
-    from benchmarks.knowledge.__main__ import best_peers
+    from benchmarks.knowledge.__main__ import best_peers, reported_jobs
 
     cheap = [peer for peer in PEERS if peer != COSTLY_PEER]
     for index, peer in enumerate(cheap[:-1]):
@@ -78,8 +78,13 @@ def test_fedavg_of_the_server_model_is_not_waited_for_but_competes_once_finished
     assert best_peers(tmp_path) == {}  # one cheap peer has not finished
     _write(tmp_path, federated(cheap[-1], "alpha0.5", 0), [_row(1, 0.7, 0.5)])
     assert best_peers(tmp_path) == {"alpha0.5": cheap[-1]}
+    _write(tmp_path, federated(cheap[-1], "alpha0.5", 1), [_row(1, 0.7, 0.5)])  # an extra seed of that best peer
     _write(tmp_path, federated(COSTLY_PEER, "alpha0.5", 0), [_row(1, 0.8, 0.5)])
     assert best_peers(tmp_path) == {"alpha0.5": COSTLY_PEER}
+    # The earlier best peer's extra seed is no longer planned, but it is still reported.
+    assert federated(cheap[-1], "alpha0.5", 1) not in plan(best_peers(tmp_path))
+    assert federated(cheap[-1], "alpha0.5", 1) in reported_jobs(tmp_path)
+    assert federated(cheap[-1], "alpha0.5", 2) not in reported_jobs(tmp_path)  # not run: not reported twice
 
 
 def test_report_section_has_the_figures_and_honest_verdicts(tmp_path: Path) -> None:
