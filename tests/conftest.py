@@ -1,4 +1,8 @@
-"""Shared test settings: one thread per process, and tests that need a dataset not every machine has.
+"""Shared test settings: one thread per process, the slow tests first, and tests that need a dataset.
+
+The suite runs on two pytest-xdist workers (``addopts`` in ``pyproject.toml``). A test marked ``slow`` starts
+Flower's own processes (``flwr run``, a SuperLink, SuperNodes) and spends most of its time waiting on them; those
+run first, so that neither worker is left alone with one at the end.
 
 A test that reads the real Fashion-MNIST files carries ``@pytest.mark.requires_fashion_mnist``; without the Debian
 package ``dataset-fashion-mnist`` it is skipped with the install command as the reason, so the README's test
@@ -38,9 +42,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         f"requires_fashion_mnist: reads the Fashion-MNIST files of the Debian package {FASHION_MNIST_PACKAGE}",
     )
+    config.addinivalue_line("markers", "slow: starts Flower processes and waits on them (20 s or more); runs first")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: the rest keep their order
     if fashion_mnist_installed():
         return
     skip = pytest.mark.skip(reason=FASHION_MNIST_SKIP)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from hydra import compose, initialize_config_module
 
 from fl_kd.simulations.config import experiment_config
@@ -33,6 +34,7 @@ def _rows(tmp_path: Path, *overrides: str) -> list[dict]:
     return [{k: v for k, v in row.items() if k != "wall_seconds"} for row in run_experiment(cfg, tmp_path)]
 
 
+@pytest.mark.slow
 def test_a_targeted_attack_gives_the_same_metrics_in_both_runtimes(tmp_path: Path) -> None:
     flower = _rows(tmp_path / "flower")
     inprocess = _rows(tmp_path / "inprocess", "simulation.backend=inprocess")

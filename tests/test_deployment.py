@@ -90,6 +90,7 @@ TINY = (
 )
 
 
+@pytest.mark.slow
 def test_loopback_deployment_over_tls_matches_the_in_process_runner(tmp_path: Path) -> None:
     run_dir = tmp_path / "deploy"
     experiment, settings = split_deploy_settings(_compose(*TINY))

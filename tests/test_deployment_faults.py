@@ -16,6 +16,7 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 from hydra import compose, initialize_config_module
 
 from fl_kd.kd.algorithm import get_algorithm
@@ -65,6 +66,7 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
+@pytest.mark.slow
 def test_authenticated_deployment_survives_a_dead_supernode_and_a_killed_serverapp(tmp_path: Path) -> None:
     with initialize_config_module(config_module="fl_kd.conf", version_base=None):
         experiment, settings = split_deploy_settings(compose(config_name="deploy", overrides=list(OVERRIDES)))

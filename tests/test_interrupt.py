@@ -65,6 +65,7 @@ def finished_rounds(run_dir: Path) -> int:
     return count
 
 
+@pytest.mark.slow
 def test_sigterm_stops_every_process_and_points_at_the_finished_rounds(tmp_path: Path) -> None:
     run_dir = (tmp_path / "run").resolve()
     flwr_home = run_dir / ".flwr"

@@ -387,6 +387,7 @@ def test_a_federation_of_the_wrong_size_is_refused() -> None:
 
 
 # -- a real Flower simulation -----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_flwr_run_simulation_matches_the_in_process_backend(tmp_path: Path) -> None:
     overrides = [
         "training.epochs=1",
