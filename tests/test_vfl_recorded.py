@@ -4,7 +4,7 @@ Each fixture in ``tests/data/recorded`` holds the command it was recorded with; 
 function as the entry point (:func:`fl_kd.simulations.vfl.run_experiment`, in-process backend), and every number
 the fixture holds must come out again. Counts are compared exactly. Floats were equal bit for bit on the machine
 that recorded them, but PyTorch picks its kernels by instruction set (AVX-512 or AVX2), and on an AVX2 machine the
-training losses differ from the seventh digit on (CoAE's first epoch: 0.50319 against 0.50314), which moves an
+training losses differ from the fifth significant digit on (CoAE's first epoch: 0.50319 against 0.50314), which moves an
 attack's AP by up to 0.003. So losses must agree to 1e-3 relative and scores (MP, AUC, AP, DCS) to 0.01.
 """
 
@@ -43,7 +43,7 @@ def overrides_of(command: str) -> list[str]:
 
 
 @pytest.mark.parametrize("fixture", FIXTURES)
-def test_recorded_vfl_run_reproduces_exactly(fixture: str, tmp_path: Path) -> None:
+def test_recorded_vfl_run_reproduces(fixture: str, tmp_path: Path) -> None:
     recorded = json.loads((RECORDED / fixture).read_text())
     expected: dict[str, Any] = recorded["results"]
     overrides = overrides_of(recorded["command"])
