@@ -10,7 +10,16 @@ import pytest
 
 from benchmarks.common import markdown_table
 from benchmarks.vfl.expectations import dp_versus, target_lines, unstopped_attacks
-from benchmarks.vfl.grid import FULL_SETTINGS, DefenceSpec, applies, attack_names, defence_grid
+from benchmarks.vfl.grid import (
+    FULL_SETTINGS,
+    RELATIVE_NOISE_SCALES,
+    DefenceSpec,
+    applies,
+    attack_names,
+    defence_grid,
+    in_noise_sweep,
+    is_relative_noise,
+)
 from benchmarks.vfl.plot import plot_pareto
 from benchmarks.vfl.statistics import effective_ap, pareto_front, summarise
 from benchmarks.vfl.tables import setting_tables, worst_case_table
@@ -74,11 +83,18 @@ def test_setting_table_shows_mean_and_std_cells() -> None:
         markdown_table(["a", "b"], [["1"]])
 
 
-def _sweep(coae_ap: float, coae_mp: float, noise: list[tuple[float, float, float]]) -> list[dict[str, Any]]:
+def _sweep(
+    coae_ap: float,
+    coae_mp: float,
+    noise: list[tuple[float, float, float]],
+    relative: tuple[tuple[float, float, float], ...] = (),
+) -> list[dict[str, Any]]:
     records = [record("none", s, 0.90, {"DLI": 1.0}) for s in (0, 1)]
     records += [record("coae", s, coae_mp, {"DLI": coae_ap}) for s in (0, 1)]
     for scale, ap, mp in noise:
         records += [record("gaussian", s, mp, {"DLI": ap}, {"scale": scale}) for s in (0, 1)]
+    for scale, ap, mp in relative:
+        records += [record("gaussian", s, mp, {"DLI": ap}, {"relative": True, "scale": scale}) for s in (0, 1)]
     return summarise(records)["toy/sum"]
 
 
@@ -96,6 +112,9 @@ def test_dp_versus_compares_the_cheapest_noise_scale_at_matched_ap() -> None:
     assert dp_versus(rows, "coae", "gaussian", None).verdict == "no clear difference"
     # No scale reaches CoAE's AP, and the largest already costs more: holds within the sweep.
     rows = _sweep(0.05, 0.89, [(0.1, 0.5, 0.80)])
+    assert dp_versus(rows, "coae", "gaussian", None).verdict == "holds (no scale reaches it)"
+    # Relative noise that reaches CoAE's AP for less MP is not part of the fixed-scale sweep.
+    rows = _sweep(0.05, 0.89, [(0.1, 0.5, 0.80)], relative=((10.0, 0.05, 0.89),))
     assert dp_versus(rows, "coae", "gaussian", None).verdict == "holds (no scale reaches it)"
     # CoAE that does not lower the AP leaves nothing to compare.
     rows = _sweep(1.0, 0.89, [(0.1, 0.5, 0.80)])
@@ -115,7 +134,11 @@ def test_effective_ap_floors_at_chance_and_counts_relabelling() -> None:
 
 def test_defence_grid_and_attack_names() -> None:
     specs = defence_grid(["coae", "gaussian"], [0.01, 0.1])
-    assert [s.label for s in specs] == ["none", "coae λ=2", "gaussian σ=0.01", "gaussian σ=0.1"]
+    relative = [f"gaussian σ={s:g} × row norm" for s in RELATIVE_NOISE_SCALES]
+    assert [s.label for s in specs] == ["none", "coae λ=2", "gaussian σ=0.01", "gaussian σ=0.1", *relative]
+    # relative noise is a sweep of its own: it never stands for the fixed-scale sweep
+    assert [in_noise_sweep(s, "gaussian") for s in specs] == [False, False, True, True] + [False] * len(relative)
+    assert [is_relative_noise(s) for s in specs] == [False] * 4 + [True] * len(relative)
     with pytest.raises(ValueError, match="unknown defences"):
         defence_grid(["dp"])
     assert attack_names(2, "sum") == [
@@ -243,6 +266,9 @@ def test_probe_reads_defence_parameters_and_scores_the_worst_gradient_attack_aga
     )
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_spec(["gaussian", "0.003"])
+    relative = parse_spec(["gaussian", "scale=10", "relative=true"])
+    assert relative == DefenceSpec("gaussian", (("relative", True), ("scale", 10.0)))
+    assert relative.label == "gaussian σ=10 × row norm"
 
     def record(label: str, seed: int, mp: float, gc: float, pmc: float) -> dict[str, Any]:
         aps = {"GC": gc, "BLI": 0.1, "PMC": pmc}

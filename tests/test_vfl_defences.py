@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from fl_kd.vfl import run_vfl
+from fl_kd.vfl.config import DefenceConfig
 from fl_kd.vfl.defences import (
     CoAEDefence,
     ConfusionalAutoencoder,
@@ -168,6 +169,28 @@ def test_noise_has_the_requested_scale_and_is_seeded(kind: str) -> None:
     other = build_defence(kind, scale=scale)
     other.setup(2, [50], seed=12)
     assert not torch.equal(other.protect_gradient(0, gradient) - gradient, noise)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "laplace"])
+def test_relative_noise_keeps_every_row_at_the_same_noise_to_signal_ratio(kind: str) -> None:
+    scale, rows, width = 3.0, 4000, 10
+    defence = build_defence(kind, scale=scale, relative=True)
+    defence.setup(10, [width], seed=5)
+    norms = torch.tensor([1e-4, 1e-2, 1.0, 0.0]).repeat_interleave(rows)
+    gradient = torch.randn(4 * rows, width, generator=torch.Generator().manual_seed(1))
+    gradient = gradient / gradient.norm(dim=1, keepdim=True) * norms[:, None]
+    noise = defence.protect_gradient(0, gradient) - gradient
+    ratio = noise.norm(dim=1) / norms.clamp_min(1e-30)
+    per_entry = scale if kind == "gaussian" else math.sqrt(2) * scale
+    for block in range(3):  # rows a hundred and ten thousand times apart get noise in the same proportion
+        mean_square = float(ratio[block * rows : (block + 1) * rows].pow(2).mean())
+        assert mean_square == pytest.approx(per_entry**2, rel=0.05)
+    assert torch.count_nonzero(noise[3 * rows :]) == 0  # a zero row stays zero: no noise to hide nothing
+    fixed = build_defence(kind, scale=scale)
+    fixed.setup(10, [width], seed=5)
+    assert float((fixed.protect_gradient(0, gradient) - gradient)[:rows].std()) == pytest.approx(per_entry, rel=0.05)
+    with pytest.raises(ValueError, match="relative"):
+        DefenceConfig(kind, {"scale": 1.0, "relative": 1.5})
 
 
 def test_noise_clipping_and_zero_scale() -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchmarks.common import markdown_table
-from benchmarks.vfl.grid import CONFUSION_DEFENCES, GRADIENT_ATTACKS, NOISE_DEFENCES
+from benchmarks.vfl.grid import CONFUSION_DEFENCES, GRADIENT_ATTACKS, NOISE_DEFENCES, in_noise_sweep
 from benchmarks.vfl.statistics import chance, row_by_defence, strongest_effective
 from benchmarks.vfl.tables import pm
 
@@ -61,7 +61,7 @@ def dp_versus(
     """
     ref = row_by_defence(rows, reference)
     base = row_by_defence(rows, "none")
-    sweep = [r for r in rows if r["defence"] == noise]
+    sweep = [r for r in rows if in_noise_sweep(r, noise)]
     if ref is None or base is None or not sweep:
         return None
     _, ref_ap = strongest_effective(ref, among, view)

@@ -35,6 +35,25 @@ DEFENCE_NAMES = (
     "marvell",
 )
 DEFAULT_NOISE_SCALES = (0.001, 0.003, 0.01, 0.03, 0.1)
+RELATIVE_NOISE_SCALES = (5.0, 10.0, 15.0)
+"""Gaussian noise relative to each gradient row (``relative=True``): ratios of the noise's norm to the row's."""
+
+
+def _name_and_params(row: Any) -> tuple[str, dict[str, Any]]:
+    """A ``DefenceSpec``'s or a summary row's defence name and parameters."""
+    return (row.name, dict(row.params)) if isinstance(row, DefenceSpec) else (row["defence"], row["params"])
+
+
+def in_noise_sweep(row: Any, noise: str) -> bool:
+    """Whether a spec or a summary row is in the fixed-scale sweep of ``noise`` (relative noise is a sweep apart)."""
+    name, params = _name_and_params(row)
+    return name == noise and not params.get("relative")
+
+
+def is_relative_noise(row: Any) -> bool:
+    """Whether a spec or a summary row is Gaussian noise relative to each row's norm."""
+    name, params = _name_and_params(row)
+    return name == "gaussian" and bool(params.get("relative"))
 
 
 @dataclass(frozen=True)
@@ -105,8 +124,9 @@ COAE_NUM_TRAIN = 30_000
 
 
 def _clip(params: dict[str, Any]) -> str:
-    """``, clip c`` for noise with per-row clipping, else nothing."""
-    return f", clip {params['clip_norm']:g}" if params.get("clip_norm") is not None else ""
+    """``, clip c`` for noise with per-row clipping and ``, × row norm`` for noise relative to it, else nothing."""
+    clip = f", clip {params['clip_norm']:g}" if params.get("clip_norm") is not None else ""
+    return clip + (" × row norm" if params.get("relative") else "")
 
 
 _LABELS: dict[str, Callable[[dict[str, Any]], str]] = {
@@ -154,6 +174,8 @@ def defence_grid(
             continue
         if name in NOISE_DEFENCES:
             specs.extend(DefenceSpec(name, (("scale", float(s)),)) for s in noise_scales)
+            if name == "gaussian":
+                specs.extend(DefenceSpec(name, (("relative", True), ("scale", s))) for s in RELATIVE_NOISE_SCALES)
         elif name in AUTOENCODER_DEFENCES:
             specs.append(DefenceSpec(name, (("entropy_weight", COAE_ENTROPY_WEIGHT),)))
         elif name in TUNED:

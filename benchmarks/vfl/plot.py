@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.vfl.grid import CONFUSION_DEFENCES, GRADIENT_ATTACKS, NOISE_DEFENCES
+from benchmarks.vfl.grid import CONFUSION_DEFENCES, GRADIENT_ATTACKS, NOISE_DEFENCES, in_noise_sweep, is_relative_noise
 from benchmarks.vfl.statistics import chance, pareto_front, row_by_defence, strongest, strongest_effective
 
 PLOT_MP_RANGE = 0.12
@@ -65,8 +65,13 @@ def _panel(ax: Any, rows: Sequence[Mapping[str, Any]], among: Sequence[str] | No
     """One panel: noise sweeps as lines, the other defences as points with std bars, chance as a dotted line."""
     base = row_by_defence(rows, "none")
     floor = base["mp"][0] - PLOT_MP_RANGE if base is not None else 0.0
-    for noise, colour in zip(NOISE_DEFENCES, ("tab:blue", "tab:orange"), strict=True):
-        sweep = sorted((r for r in rows if r["defence"] == noise), key=lambda r: r["params"]["scale"])
+    sweeps = [
+        (noise, colour, [r for r in rows if in_noise_sweep(r, noise)])
+        for noise, colour in zip(NOISE_DEFENCES, ("tab:blue", "tab:orange"), strict=True)
+    ]
+    sweeps.append(("gaussian × row norm", "tab:green", [r for r in rows if is_relative_noise(r)]))
+    for noise, colour, members in sweeps:
+        sweep = sorted(members, key=lambda r: r["params"]["scale"])
         if sweep:
             xs = [strongest(r, among)[1][0] for r in sweep]
             ys = [_on_floor(ax, x, r["mp"][0], floor) for r, x in zip(sweep, xs, strict=True)]

@@ -28,7 +28,8 @@ ENTRY = "python -m benchmarks.vfl.probe"
 
 
 def parse_spec(words: Sequence[str]) -> DefenceSpec:
-    """``["gaussian", "scale=0.003", "clip_norm=0.001"]`` -> the spec; values are read as numbers where they are."""
+    """``["gaussian", "scale=0.003", "clip_norm=0.001"]`` -> the spec; values are read as booleans (``true``,
+    ``false``) and numbers where they are."""
     if not words:
         raise ValueError("--defence needs a name")
     params: list[tuple[str, Any]] = []
@@ -36,10 +37,14 @@ def parse_spec(words: Sequence[str]) -> DefenceSpec:
         key, sep, value = word.partition("=")
         if not sep or not key:
             raise ValueError(f"defence parameter {word!r} is not KEY=VALUE")
-        try:
-            number: Any = float(value)
-        except ValueError:
-            number = value
+        number: Any
+        if value.lower() in ("true", "false"):
+            number = value.lower() == "true"
+        else:
+            try:
+                number = float(value)
+            except ValueError:
+                number = value
         params.append((key, number))
     return DefenceSpec(words[0], tuple(sorted(params)))
 

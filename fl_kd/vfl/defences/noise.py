@@ -7,6 +7,12 @@ the label, at a cost in main-task accuracy that grows with the scale.
 
 VFLAIR first rescales the whole batch so that its largest row norm is at most 0.2; here clipping is optional
 and per row (``clip_norm``), the usual DP form, so that the noise scale alone sets the protection by default.
+
+With ``relative`` the noise of each row is scaled by that row's L2 norm over ``sqrt(D)``, so ``scale`` is the ratio
+of noise to signal per sample. Noise of a fixed scale protects unevenly over a run: a row's gradient is large in the
+first epoch, when most labels leak, and small once the sample is learnt, when the same noise only spoils the feature
+party's training. Relative noise holds every row at the same signal-to-noise ratio from start to end. It leaves the
+row's norm readable (about ``sqrt(1 + scale^2)`` times the true one), which norm scoring reads on binary tasks.
 """
 
 from __future__ import annotations
@@ -30,7 +36,9 @@ def clip_rows(gradient: Tensor, max_norm: float) -> Tensor:
 class _NoiseDefence(LabelDefence):
     """Shared parts: parameter checks, optional clipping and a private seeded generator."""
 
-    def __init__(self, scale: float = 0.01, clip_norm: float | None = None, seed: int | None = None) -> None:
+    def __init__(
+        self, scale: float = 0.01, clip_norm: float | None = None, seed: int | None = None, relative: bool = False
+    ) -> None:
         if scale < 0:
             raise ValueError(f"noise scale must be non-negative, got {scale}")
         if clip_norm is not None and clip_norm <= 0:
@@ -38,6 +46,7 @@ class _NoiseDefence(LabelDefence):
         self.scale = scale
         self.clip_norm = clip_norm
         self.seed = seed
+        self.relative = bool(relative)
         self.generator = torch.Generator().manual_seed(0 if seed is None else seed)
 
     def setup(self, num_classes: int, embedding_dims: list[int], seed: int, secret: int | None = None) -> None:
@@ -56,12 +65,16 @@ class _NoiseDefence(LabelDefence):
         self.generator.set_state(state["generator"])
 
     def protect_gradient(self, party: int, gradient: Tensor) -> Tensor:
-        """``clip(gradient) + noise`` for a gradient ``(B, D)``."""
+        """``clip(gradient) + noise`` for a gradient ``(B, D)``; with ``relative`` the noise of row ``i`` is
+        multiplied by ``||row_i|| / sqrt(D)``."""
         if self.clip_norm is not None:
             gradient = clip_rows(gradient, self.clip_norm)
         if self.scale == 0:
             return gradient
-        return gradient + self._noise(gradient.shape).to(gradient.dtype)
+        noise = self._noise(gradient.shape).to(gradient.dtype)
+        if self.relative:
+            noise = noise * gradient.norm(dim=1, keepdim=True) / gradient.shape[1] ** 0.5
+        return gradient + noise
 
 
 class GaussianNoiseDefence(_NoiseDefence):
@@ -75,6 +88,9 @@ class GaussianNoiseDefence(_NoiseDefence):
         Per-row L2 clipping before the noise; none when omitted.
     seed : int or None (default: None)
         Picks another noise stream under the label party's secret (:func:`fl_kd.vfl.secret.defence_seed`).
+    relative : bool (default: False)
+        Scale each row's noise by the row's L2 norm over ``sqrt(D)`` (after clipping): ``scale`` is then the ratio
+        of the noise's norm to the gradient's, per sample.
     """
 
     name = "gaussian"
