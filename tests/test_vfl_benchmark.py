@@ -283,3 +283,17 @@ def test_probe_reads_defence_parameters_and_scores_the_worst_gradient_attack_aga
     # MP loss per seed against that seed's none (4 and 2 points); model completion is not a gradient attack.
     assert rows[1] == [spec.label, "2", "0.8000 ± 0.0000", "3.0", "0.200 ± 0.141"]
     assert rows[0][3] == "0.0" and rows[0][4].startswith("1.000")
+
+
+def test_report_states_both_noise_sweeps() -> None:
+    from benchmarks.vfl.report import RunInfo, render_report
+
+    rows = _sweep(0.05, 0.89, [(0.01, 0.5, 0.90), (0.1, 0.11, 0.82)], relative=((10.0, 0.2, 0.87),))
+    specs = [DefenceSpec("none"), DefenceSpec("coae", (("entropy_weight", 2.0),))]
+    specs += [DefenceSpec("gaussian", (("scale", s),)) for s in (0.01, 0.1)]
+    specs.append(DefenceSpec("gaussian", (("relative", True), ("scale", 10.0))))
+    info = RunInfo("cmd", "2026-12-01", [FULL_SETTINGS[0]], [0, 1], specs, quick=True)
+    text = render_report({"toy/sum": rows}, info, "plot.png")
+    assert "(Gaussian σ and Laplace b, per gradient entry, no clipping): [0.01, 0.1]; Gaussian noise relative" in text
+    assert "at σ = [10.0]" in text
+    assert "| gaussian σ=10 × row norm |" in text

