@@ -174,11 +174,16 @@ def test_fedgems_is_the_last_ablation_step_and_the_late_steps_run_in_every_setti
     settings = resolved(FEDGEMS_OVERRIDES)
     assert settings["strategy.unlabelled_trust"] == "learned" and settings["strategy.unlabelled_cache"] == "8"
     assert resolved(BASE_OVERRIDES)["strategy.unlabelled_trust"] == "class_reliability"
-    assert ABLATION[-1][0] == "+server_ema" and settings["strategy.server_ema"] == "0.99"
+    assert settings["strategy.server_ema"] == "0.99"
+    assert ABLATION[-1][0] == "+unlabelled_1500" and settings["strategy.unlabelled_per_round"] == "1500"
     jobs = plan({})
     for setting in SETTINGS:
         late = {job.method for job in jobs if job.setting == setting and job.method in LATE_STEPS and job.seed == 0}
         assert late == set(LATE_STEPS), setting
+    # FedGEMS before its last step has every seed in every setting, to compare the two on three seeds.
+    for setting in SETTINGS:
+        seeds = {job.seed for job in jobs if job.setting == setting and job.method == ABLATION[-2][0]}
+        assert seeds == {0, 1, 2}, setting
     # Baselines keep FedGEMS' options from before the learned trust, so their earlier runs stay valid.
     local = next(job for job in jobs if job.kind == "local_only")
     assert local.overrides == BASE_OVERRIDES
