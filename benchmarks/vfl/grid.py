@@ -124,7 +124,7 @@ COAE_NUM_TRAIN = 30_000
 
 
 def _clip(params: dict[str, Any]) -> str:
-    """``, clip c`` for noise with per-row clipping and ``, × row norm`` for noise relative to it, else nothing."""
+    """The label's suffix: ``, clip c`` for per-row clipping, then `` × row norm`` for noise relative to each row."""
     clip = f", clip {params['clip_norm']:g}" if params.get("clip_norm") is not None else ""
     return clip + (" × row norm" if params.get("relative") else "")
 
