@@ -16,6 +16,7 @@ from fl_kd.kd.client import ClientTrainConfig, DistillClient
 from fl_kd.kd.fedgems import FedGEMSClient, FedGEMSConfig, SelectiveDistillServer, ServerDistillConfig
 from fl_kd.kd.fedgems.reliability import class_precision, confusion_matrix, fuse_by_reliability
 from fl_kd.kd.runner import run_inprocess
+from fl_kd.kd.training import accuracy
 from fl_kd.models import build_model
 from tests.kd_configs import tiny_config
 
@@ -361,6 +362,36 @@ def test_personal_client_keeps_the_shared_model_undisturbed_and_fine_tunes_a_cop
         FedGEMSClient(_client(), personal=True)
     with pytest.raises(ConfigError, match="client_personal"):
         tiny_config(client_personal=True)
+
+
+def test_client_weight_average_is_shown_on_both_test_sets_and_travels_in_the_state() -> None:
+    """``client_ema``: the role answers and is evaluated (global and own test sets) with the average of the
+    client's weights; its state carries the average under ``AVERAGE``; it does not go with a personal copy."""
+    from fl_kd.kd import protocol as kd
+    from fl_kd.kd.roles import Instruction
+
+    teacher = np.tile(np.eye(C, dtype=np.float32)[0] * 8, (20, 1))
+    role = FedGEMSClient(_client(), finetune_epochs=1, weight_average=0.9)
+    role.receive(0, Instruction({kd.SERVER_LOGITS: teacher}))
+    client = role.client
+    assert client.average is not None and int(client.average.n_averaged) > 1
+    x, y = client.train_x, client.train_y
+    shown = accuracy(client.average.module, x, y)
+    assert role.evaluate(x, y) == role.evaluate_personal(x, y) == shown
+    state = role.state_dict()
+    assert any(k.startswith(FedGEMSClient.AVERAGE) for k in state)
+    restored = FedGEMSClient(_client(), finetune_epochs=1, weight_average=0.9)
+    restored.load_state_dict(state)
+    assert restored.client.average is not None
+    averages = restored.client.average.state_dict(), client.average.state_dict()
+    assert all(torch.equal(mine, averages[1][k]) for k, mine in averages[0].items())
+    assert FedGEMSClient(_client()).client.average is None
+    with pytest.raises(ValueError, match="personal"):
+        FedGEMSClient(_client(), finetune_epochs=1, personal=True, weight_average=0.9)
+    with pytest.raises(ConfigError, match="client_ema"):
+        tiny_config(client_finetune_epochs=1, client_personal=True, client_ema=0.9)
+    with pytest.raises(ConfigError, match="client_ema"):
+        tiny_config(client_ema=1.0)
 
 
 def test_kept_personal_model_continues_across_rounds_pulled_towards_the_shared_one() -> None:

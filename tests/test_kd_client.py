@@ -127,6 +127,42 @@ def test_state_dict_round_trip_and_evaluate() -> None:
     assert 0.0 <= client.evaluate(x, y) <= 1.0
 
 
+def test_weight_average_is_what_the_client_shows() -> None:
+    """``keep_weight_average``: answers and accuracy come from the average of the weights after each step (the
+    first step's copied), training goes on from the trained weights exactly as without it, and the state carries
+    the average (a state without one restarts it from the weights)."""
+    decay = 0.5
+    plain, averaged = _client(local_epochs=1, batch_size=40), _client(local_epochs=1, batch_size=40)
+    averaged.keep_weight_average(decay)
+    assert plain.average is None and plain.shown_model is plain.model
+    trajectory = []
+    for round in (1, 2):  # one step each: the batch is the whole private set
+        plain.local_train(round)
+        averaged.local_train(round)
+        trajectory.append(plain.model.weight.detach().clone())
+    assert torch.equal(averaged.model.weight, plain.model.weight)  # the average never touches training
+    expected = decay * trajectory[0] + (1 - decay) * trajectory[1]
+    assert torch.allclose(averaged.shown_model.weight, expected)
+    assert not torch.allclose(expected, plain.model.weight)
+    shown = nn.Linear(4, 2)
+    shown.load_state_dict(averaged.shown_model.state_dict())
+    np.testing.assert_allclose(averaged.logits(np.arange(24)), shown(averaged.transfer_x).detach().numpy(), rtol=1e-6)
+    x, y = _data(30, seed=4)
+    assert averaged.evaluate(x, y) == pytest.approx((shown(x).argmax(dim=1) == y).double().mean().item())
+
+    restored = _client(seed=5)
+    restored.keep_weight_average(decay)
+    restored.load_state_dict(averaged.state_dict())
+    assert torch.equal(restored.model.weight, averaged.model.weight)
+    assert torch.equal(restored.shown_model.weight, averaged.shown_model.weight)
+    assert int(restored.average.n_averaged) == 2  # type: ignore[union-attr]
+    restored.load_state_dict(plain.state_dict())
+    assert torch.equal(restored.shown_model.weight, plain.model.weight)
+    assert int(restored.average.n_averaged) == 0  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="decay"):
+        _client().keep_weight_average(1.0)
+
+
 def test_invalid_construction() -> None:
     with pytest.raises(ValueError, match="lr"):
         ClientTrainConfig(local_epochs=1, batch_size=8, lr=0.0)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel
 
 from fl_kd.kd.losses import distillation_loss, kd_loss
 from fl_kd.kd.seeding import derive_seed, seeded_torch, torch_generator
@@ -27,6 +28,7 @@ from fl_kd.kd.training import (
     predict_logits,
     sgd,
     to_wire,
+    weight_average,
 )
 
 
@@ -122,6 +124,21 @@ class DistillClient:
         self.transfer_x, self.transfer_y = transfer_x.cpu(), transfer_y.cpu().long()
         self.public_x = public_x.cpu()
         self.num_classes = int(predict_logits(self.model, self.public_x[:1], device=self.device).shape[1])
+        self.average: AveragedModel | None = None
+
+    def keep_weight_average(self, decay: float) -> None:
+        """Keep an exponential moving average of the weights, updated after every training step, and show it.
+
+        The average is what the client answers the server with and is evaluated on (:attr:`shown_model`); training
+        goes on from the trained weights. With a small batch and a fixed learning rate the last steps of a phase
+        leave the weights noisy; the average smooths them (as ``strategy.server_ema`` does for the server).
+        """
+        self.average = weight_average(self.model, decay)
+
+    @property
+    def shown_model(self) -> nn.Module:
+        """The model the client answers and is evaluated with: the weight average when it keeps one."""
+        return self.model if self.average is None else self.average.module
 
     @property
     def num_examples(self) -> int:
@@ -169,7 +186,9 @@ class DistillClient:
         index = check_positions(positions, int(self.transfer_x.shape[0]))
         if index.size == 0:
             return to_wire(torch.zeros(0, self.num_classes), dtype)
-        return to_wire(predict_logits(self.model, self.transfer_x[torch.from_numpy(index)], device=self.device), dtype)
+        return to_wire(
+            predict_logits(self.shown_model, self.transfer_x[torch.from_numpy(index)], device=self.device), dtype
+        )
 
     def distill(self, round: int, server_logits: ArrayLike, label_free: ArrayLike | None = None) -> dict[str, float]:
         """E_pub epochs of ``eps * CE + (1 - eps) * KD(server -> client)`` over the transfer set.
@@ -212,7 +231,9 @@ class DistillClient:
         index = check_positions(positions, int(self.public_x.shape[0]))
         if index.size == 0:
             return to_wire(torch.zeros(0, self.num_classes), dtype)
-        return to_wire(predict_logits(self.model, self.public_x[torch.from_numpy(index)], device=self.device), dtype)
+        return to_wire(
+            predict_logits(self.shown_model, self.public_x[torch.from_numpy(index)], device=self.device), dtype
+        )
 
     def distill_on(
         self,
@@ -268,17 +289,34 @@ class DistillClient:
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()  # type: ignore[no-untyped-call]
                     optimizer.step()
+                    if self.average is not None:
+                        self.average.update_parameters(self.model)
                     loss_sum += float(loss.detach()) * index.numel()
         return loss_sum / x.shape[0]
 
     def evaluate(self, x: Tensor, y: Tensor, batch_size: int = 256) -> float:
-        """Top-1 accuracy of the client model on ``(x, y)``."""
-        return accuracy(self.model, x, y, batch_size, self.device)
+        """Top-1 accuracy of the shown model (:attr:`shown_model`) on ``(x, y)``."""
+        return accuracy(self.shown_model, x, y, batch_size, self.device)
 
     def state_dict(self) -> dict[str, Any]:
-        """Model weights as CPU tensors: what a Flower client keeps in its context state between rounds."""
-        return {"model": {name: value.detach().cpu().clone() for name, value in self.model.state_dict().items()}}
+        """Model weights as CPU tensors, and the weight average's when one is kept: what a Flower client keeps in
+        its context state between rounds."""
+        state = {"model": _cpu_copy(self.model.state_dict())}
+        if self.average is not None:
+            state["average"] = _cpu_copy(self.average.state_dict())
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore from :meth:`state_dict`."""
+        """Restore from :meth:`state_dict`; a kept average missing from ``state`` restarts from the weights."""
         self.model.load_state_dict(state["model"])
+        if self.average is None:
+            return
+        if "average" in state:
+            self.average.load_state_dict(state["average"])
+        else:
+            self.average.module.load_state_dict(self.model.state_dict())
+            self.average.n_averaged.zero_()
+
+
+def _cpu_copy(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return {name: value.detach().cpu().clone() for name, value in state.items()}

@@ -134,10 +134,18 @@ class DistillClientRole(ClientRole):
         """The client model's accuracy."""
         return self.client.evaluate(x, y)
 
+    AVERAGE = "average."
+    """Prefix of the weight average's entries (:meth:`DistillClient.keep_weight_average`) in :meth:`state_dict`."""
+
     def state_dict(self) -> dict[str, Tensor]:
-        """The client model's weights."""
-        return dict(self.client.state_dict()["model"])
+        """The client model's weights, and its weight average's under :attr:`AVERAGE` when it keeps one."""
+        state = self.client.state_dict()
+        average = {self.AVERAGE + k: v for k, v in state.get("average", {}).items()}
+        return dict(state["model"]) | average
 
     def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
-        """Restore the client model's weights."""
-        self.client.load_state_dict({"model": state})
+        """Restore the client model's weights (and its weight average)."""
+        size = len(self.AVERAGE)
+        model = {k: v for k, v in state.items() if not k.startswith(self.AVERAGE)}
+        average = {k[size:]: v for k, v in state.items() if k.startswith(self.AVERAGE)}
+        self.client.load_state_dict({"model": model} | ({"average": average} if average else {}))

@@ -117,6 +117,10 @@ class FedGEMSClient(DistillClientRole):
         Predict on the client's own distribution with the log of its own label frequencies (Laplace-smoothed)
         added to the logits of the personal model, or of the shared one when there is none: Bayes' rule for a
         test distribution whose label prior the client knows from its data, with no training at all.
+    weight_average : float (default: 0.0)
+        Decay of an exponential moving average of the client model's weights, updated after every training step
+        and shown in its place (answers, evaluation): :meth:`~fl_kd.kd.client.DistillClient.keep_weight_average`.
+        0: none. Not with ``personal``.
     """
 
     PERSONAL = "personal."
@@ -131,8 +135,13 @@ class FedGEMSClient(DistillClientRole):
         personal: bool = False,
         personal_prox: float | None = None,
         personal_prior: bool = False,
+        weight_average: float = 0.0,
     ) -> None:
         super().__init__(client)
+        if weight_average and personal:
+            raise ValueError("a weight average is kept of the one client model: it needs personal=False")
+        if weight_average:
+            client.keep_weight_average(weight_average)
         if finetune_epochs < 0:
             raise ValueError(f"finetune_epochs must be >= 0, got {finetune_epochs}")
         if personal and not finetune_epochs:
@@ -185,7 +194,7 @@ class FedGEMSClient(DistillClientRole):
     def evaluate_personal(self, x: Tensor, y: Tensor) -> float:
         """Accuracy on the client's own distribution: of the personal model when there is one, with the client's
         label prior when asked."""
-        model = self.client.model if self.personal_model is None else self.personal_model
+        model = self.client.shown_model if self.personal_model is None else self.personal_model
         return accuracy(model, x, y, device=self.client.device, logit_offset=self.log_prior)
 
     def state_dict(self) -> dict[str, Tensor]:
