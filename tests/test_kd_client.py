@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from fl_kd.kd.client import ClientTrainConfig, DistillClient
 from fl_kd.kd.losses import kd_loss
@@ -129,24 +130,39 @@ def test_state_dict_round_trip_and_evaluate() -> None:
 
 def test_weight_average_is_what_the_client_shows() -> None:
     """``keep_weight_average``: answers and accuracy come from the average of the weights after each step (the
-    first step's copied), training goes on from the trained weights exactly as without it, and the state carries
-    the average (a state without one restarts it from the weights)."""
-    decay = 0.5
-    plain, averaged = _client(local_epochs=1, batch_size=40), _client(local_epochs=1, batch_size=40)
+    first step's copied), each step of an epoch of S steps keeping ``decay ** (1 / S)``; training goes on from the
+    trained weights exactly as without it; the state carries the average (a state without one restarts it)."""
+    decay = 0.25
+    plain, averaged = _client(local_epochs=1, batch_size=20), _client(local_epochs=1, batch_size=20)
     averaged.keep_weight_average(decay)
     assert plain.average is None and plain.shown_model is plain.model
-    trajectory = []
-    for round in (1, 2):  # one step each: the batch is the whole private set
-        plain.local_train(round)
-        averaged.local_train(round)
-        trajectory.append(plain.model.weight.detach().clone())
+    trajectory: list[torch.Tensor] = []
+
+    def record(optimizer: torch.optim.Optimizer, *_: object) -> None:
+        if any(p is plain.model.weight for group in optimizer.param_groups for p in group["params"]):
+            trajectory.append(plain.model.weight.detach().clone())
+
+    handle = register_optimizer_step_post_hook(record)
+    try:
+        plain.local_train(1)  # 40 private samples in batches of 20: two steps, each keeping sqrt(decay)
+        averaged.local_train(1)
+        plain.distill(1, np.zeros((24, 2), np.float32))  # 24 transfer samples: two steps (20 and 4)
+        averaged.distill(1, np.zeros((24, 2), np.float32))
+    finally:
+        handle.remove()
+    assert len(trajectory) == 4
     assert torch.equal(averaged.model.weight, plain.model.weight)  # the average never touches training
-    expected = decay * trajectory[0] + (1 - decay) * trajectory[1]
-    assert torch.allclose(averaged.shown_model.weight, expected)
+    step = decay**0.5  # both phases have two steps an epoch
+    expected = trajectory[0]
+    for weights in trajectory[1:]:
+        expected = step * expected + (1 - step) * weights
+    assert torch.allclose(averaged.shown_model.weight, expected, atol=1e-6)
     assert not torch.allclose(expected, plain.model.weight)
     shown = nn.Linear(4, 2)
     shown.load_state_dict(averaged.shown_model.state_dict())
-    np.testing.assert_allclose(averaged.logits(np.arange(24)), shown(averaged.transfer_x).detach().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(
+        averaged.logits(np.arange(24)), shown(averaged.transfer_x).detach().numpy(), rtol=1e-5, atol=1e-6
+    )
     x, y = _data(30, seed=4)
     assert averaged.evaluate(x, y) == pytest.approx((shown(x).argmax(dim=1) == y).double().mean().item())
 
@@ -155,12 +171,27 @@ def test_weight_average_is_what_the_client_shows() -> None:
     restored.load_state_dict(averaged.state_dict())
     assert torch.equal(restored.model.weight, averaged.model.weight)
     assert torch.equal(restored.shown_model.weight, averaged.shown_model.weight)
-    assert int(restored.average.n_averaged) == 2  # type: ignore[union-attr]
+    assert int(restored.average.n_averaged) == 4  # type: ignore[union-attr]
     restored.load_state_dict(plain.state_dict())
     assert torch.equal(restored.shown_model.weight, plain.model.weight)
     assert int(restored.average.n_averaged) == 0  # type: ignore[union-attr]
-    with pytest.raises(ValueError, match="decay"):
-        _client().keep_weight_average(1.0)
+    for bad in (0.0, 1.0):
+        with pytest.raises(ValueError, match="decay"):
+            _client().keep_weight_average(bad)
+
+
+def test_weight_average_decays_per_epoch_whatever_the_number_of_steps() -> None:
+    """A phase of many steps and one of few each keep the same share of the average per epoch."""
+    few, many = _client(local_epochs=1, batch_size=40), _client(local_epochs=1, batch_size=5)
+    for client in (few, many):
+        client.keep_weight_average(0.5)
+        with torch.no_grad():
+            client.average.module.weight.zero_()  # type: ignore[union-attr]
+        client.average.n_averaged.fill_(1)  # type: ignore[union-attr]  # as if it had averaged zeros before
+        client.model.weight.requires_grad_(False)  # frozen at w: every step averages in the same weights
+        client.local_train(1)
+        w = client.model.weight
+        assert torch.allclose(client.shown_model.weight, 0.5 * w, atol=1e-6)  # 1 step and 8 steps alike
 
 
 def test_invalid_construction() -> None:

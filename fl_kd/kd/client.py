@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from fl_kd.kd.losses import distillation_loss, kd_loss
 from fl_kd.kd.seeding import derive_seed, seeded_torch, torch_generator
@@ -125,15 +125,24 @@ class DistillClient:
         self.public_x = public_x.cpu()
         self.num_classes = int(predict_logits(self.model, self.public_x[:1], device=self.device).shape[1])
         self.average: AveragedModel | None = None
+        self.average_decay = 0.0
 
     def keep_weight_average(self, decay: float) -> None:
         """Keep an exponential moving average of the weights, updated after every training step, and show it.
 
+        ``decay`` is the share the average keeps over one *epoch* of any phase: each step of an epoch of ``S``
+        steps keeps ``decay ** (1 / S)``. A per-step decay would let the phase with the most steps rule: the
+        transfer set gives every client the same number of distillation steps, so a client with a few dozen private
+        samples would show an average of distilled weights with almost nothing of its own data in it.
+
         The average is what the client answers the server with and is evaluated on (:attr:`shown_model`); training
-        goes on from the trained weights. With a small batch and a fixed learning rate the last steps of a phase
-        leave the weights noisy; the average smooths them (as ``strategy.server_ema`` does for the server).
+        goes on from the trained weights. It smooths the noise of small batches at a fixed learning rate, and it
+        blends the distilled weights with the fine-tuned ones.
         """
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"the average's decay per epoch must lie in (0, 1), got {decay}")
         self.average = weight_average(self.model, decay)
+        self.average_decay = decay
 
     @property
     def shown_model(self) -> nn.Module:
@@ -278,6 +287,9 @@ class DistillClient:
         cfg = self.config
         generator = torch_generator(derive_seed(self.seed, self.client_id, round, phase, "shuffle"))
         optimizer = sgd(self.model, cfg.lr, cfg.momentum, cfg.weight_decay)
+        if self.average is not None:
+            steps = len(minibatches(x.shape[0], cfg.batch_size, torch.Generator()))  # the count, not the order
+            self.average.multi_avg_fn = get_ema_multi_avg_fn(self.average_decay ** (1.0 / steps))
         self.model.train()
         loss_sum = 0.0
         with seeded_torch(derive_seed(self.seed, self.client_id, round, phase, "rng"), self.device):

@@ -124,10 +124,12 @@ class FedGEMSConfig(SGDStrategyConfig):
         that below a round's steps, or the shown model lags the trained one (a transfer-only server with 64 steps a
         round ended 0.74 at 0.998 against 0.80 without). 0 (today): the trained weights are shown.
     client_ema : float (default: 0.0)
-        The same for each client: an exponential moving average of the client model's weights, updated after every
-        local, distillation and fine-tuning step with this decay, is what the client answers the server with and is
-        evaluated on (global and own test sets); training goes on from the trained weights. A client's last steps,
-        on a small batch at a fixed learning rate, are noisy; the average smooths them. 0 (today): none. Not with
+        Each client keeps an exponential moving average of its model's weights, updated after every local,
+        distillation and fine-tuning step, and answers the server and is evaluated (global and own test sets) with
+        it; training goes on from the trained weights. The value is the share the average keeps over one epoch of
+        any phase, whatever its number of steps (:meth:`fl_kd.kd.client.DistillClient.keep_weight_average`): a
+        client with little private data is not ruled by the transfer set's many distillation steps. It smooths the
+        noise of small batches and blends the distilled weights with the fine-tuned ones. 0 (today): none. Not with
         ``client_personal``.
     """
 

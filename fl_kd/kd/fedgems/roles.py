@@ -118,9 +118,9 @@ class FedGEMSClient(DistillClientRole):
         added to the logits of the personal model, or of the shared one when there is none: Bayes' rule for a
         test distribution whose label prior the client knows from its data, with no training at all.
     weight_average : float (default: 0.0)
-        Decay of an exponential moving average of the client model's weights, updated after every training step
-        and shown in its place (answers, evaluation): :meth:`~fl_kd.kd.client.DistillClient.keep_weight_average`.
-        0: none. Not with ``personal``.
+        Decay per epoch of an exponential moving average of the client model's weights, updated after every
+        training step and shown in its place (answers, evaluation):
+        :meth:`~fl_kd.kd.client.DistillClient.keep_weight_average`. 0: none. Not with ``personal``.
     """
 
     PERSONAL = "personal."
