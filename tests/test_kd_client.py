@@ -189,9 +189,23 @@ def test_weight_average_decays_per_epoch_whatever_the_number_of_steps() -> None:
             client.average.module.weight.zero_()  # type: ignore[union-attr]
         client.average.n_averaged.fill_(1)  # type: ignore[union-attr]  # as if it had averaged zeros before
         client.model.weight.requires_grad_(False)  # frozen at w: every step averages in the same weights
-        client.local_train(1)
+        client.train_supervised(1, "public", 1, client.train_x.clone(), client.train_y.clone())  # not private data
         w = client.model.weight
         assert torch.allclose(client.shown_model.weight, 0.5 * w, atol=1e-6)  # 1 step and 8 steps alike
+
+
+def test_weight_average_starts_again_with_each_phase_on_private_data() -> None:
+    """Distillation goes into the average; a phase on private data starts it afresh (after its one step here the
+    average is exactly the trained weights), so no distilled weights linger in what a small client shows."""
+    client = _client(local_epochs=1, batch_size=40)
+    client.keep_weight_average(0.5)
+    client.local_train(1)
+    client.distill(1, np.zeros((24, 2), np.float32))  # one step of 24: averaged in
+    assert int(client.average.n_averaged) == 2  # type: ignore[union-attr]
+    assert not torch.allclose(client.shown_model.weight, client.model.weight)
+    client.train_supervised(1, "finetune", 1)  # private data, one step of 40
+    assert int(client.average.n_averaged) == 1  # type: ignore[union-attr]
+    assert torch.equal(client.shown_model.weight, client.model.weight)
 
 
 def test_invalid_construction() -> None:

@@ -130,14 +130,16 @@ class DistillClient:
     def keep_weight_average(self, decay: float) -> None:
         """Keep an exponential moving average of the weights, updated after every training step, and show it.
 
-        ``decay`` is the share the average keeps over one *epoch* of any phase: each step of an epoch of ``S``
-        steps keeps ``decay ** (1 / S)``. A per-step decay would let the phase with the most steps rule: the
-        transfer set gives every client the same number of distillation steps, so a client with a few dozen private
-        samples would show an average of distilled weights with almost nothing of its own data in it.
-
         The average is what the client answers the server with and is evaluated on (:attr:`shown_model`); training
-        goes on from the trained weights. It smooths the noise of small batches at a fixed learning rate, and it
-        blends the distilled weights with the fine-tuned ones.
+        goes on from the trained weights. It starts again whenever the client starts a phase on its private data
+        (local training, fine-tuning), so after fine-tuning it is the average of the fine-tuning trajectory, which
+        begins at the distilled weights: it smooths the noise of small batches at a fixed learning rate and forgets
+        less of the distilled knowledge than the trajectory's end. Averaged across phases instead, a client with a
+        few dozen private samples (two steps of fine-tuning against the transfer set's dozens of distillation steps)
+        showed weights between the distilled and the fine-tuned ones that got none of its own data right.
+
+        ``decay`` is the share the average keeps over one *epoch*: each step of an epoch of ``S`` steps keeps
+        ``decay ** (1 / S)``, so the horizon is the same for every client whatever its data size and batch.
         """
         if not 0.0 < decay < 1.0:
             raise ValueError(f"the average's decay per epoch must lie in (0, 1), got {decay}")
@@ -178,7 +180,10 @@ class DistillClient:
         after distillation. ``penalty``, when given, is added to every step's loss (a personal model's pull towards
         the shared one). Gives the last epoch's ``loss`` and ``train_samples``.
         """
-        x, y = (self.train_x, self.train_y) if x is None or y is None else (x, y)
+        private = x is None or y is None
+        x, y = (self.train_x, self.train_y) if private else (x, y)
+        if private:
+            self._restart_average()
 
         def loss_fn(logits: Tensor, labels: Tensor, _index: Tensor) -> Tensor:
             loss = F.cross_entropy(logits, labels)
@@ -326,8 +331,14 @@ class DistillClient:
         if "average" in state:
             self.average.load_state_dict(state["average"])
         else:
-            self.average.module.load_state_dict(self.model.state_dict())
-            self.average.n_averaged.zero_()
+            self._restart_average()
+
+    def _restart_average(self) -> None:
+        """Start the weight average again from the current weights (its next update copies them)."""
+        if self.average is None:
+            return
+        self.average.module.load_state_dict(self.model.state_dict())
+        self.average.n_averaged.zero_()
 
 
 def _cpu_copy(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
