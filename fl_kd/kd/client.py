@@ -180,10 +180,9 @@ class DistillClient:
         after distillation. ``penalty``, when given, is added to every step's loss (a personal model's pull towards
         the shared one). Gives the last epoch's ``loss`` and ``train_samples``.
         """
-        private = x is None or y is None
-        x, y = (self.train_x, self.train_y) if private else (x, y)
-        if private:
-            self._restart_average()
+        if x is None or y is None:
+            x, y = self.train_x, self.train_y
+            self._restart_average()  # a phase on private data starts the shown average afresh
 
         def loss_fn(logits: Tensor, labels: Tensor, _index: Tensor) -> Tensor:
             loss = F.cross_entropy(logits, labels)
