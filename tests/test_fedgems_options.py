@@ -365,13 +365,13 @@ def test_personal_client_keeps_the_shared_model_undisturbed_and_fine_tunes_a_cop
 
 
 def test_client_weight_average_is_shown_on_both_test_sets_and_travels_in_the_state() -> None:
-    """``client_ema``: the role answers and is evaluated (global and own test sets) with the average of the
+    """``client_tail_average``: the role answers and is evaluated (global and own test sets) with the average of the
     client's weights; its state carries the average under ``AVERAGE``; it does not go with a personal copy."""
     from fl_kd.kd import protocol as kd
     from fl_kd.kd.roles import Instruction
 
     teacher = np.tile(np.eye(C, dtype=np.float32)[0] * 8, (20, 1))
-    role = FedGEMSClient(_client(), finetune_epochs=1, weight_average=0.9)
+    role = FedGEMSClient(_client(), finetune_epochs=1, tail_average=0.5)
     role.receive(0, Instruction({kd.SERVER_LOGITS: teacher}))
     client = role.client
     assert client.average is not None and int(client.average.n_averaged) > 1
@@ -380,18 +380,18 @@ def test_client_weight_average_is_shown_on_both_test_sets_and_travels_in_the_sta
     assert role.evaluate(x, y) == role.evaluate_personal(x, y) == shown
     state = role.state_dict()
     assert any(k.startswith(FedGEMSClient.AVERAGE) for k in state)
-    restored = FedGEMSClient(_client(), finetune_epochs=1, weight_average=0.9)
+    restored = FedGEMSClient(_client(), finetune_epochs=1, tail_average=0.5)
     restored.load_state_dict(state)
     assert restored.client.average is not None
     averages = restored.client.average.state_dict(), client.average.state_dict()
     assert all(torch.equal(mine, averages[1][k]) for k, mine in averages[0].items())
     assert FedGEMSClient(_client()).client.average is None
     with pytest.raises(ValueError, match="personal"):
-        FedGEMSClient(_client(), finetune_epochs=1, personal=True, weight_average=0.9)
-    with pytest.raises(ConfigError, match="client_ema"):
-        tiny_config(client_finetune_epochs=1, client_personal=True, client_ema=0.9)
-    with pytest.raises(ConfigError, match="client_ema"):
-        tiny_config(client_ema=1.0)
+        FedGEMSClient(_client(), finetune_epochs=1, personal=True, tail_average=0.5)
+    with pytest.raises(ConfigError, match="client_tail_average"):
+        tiny_config(client_finetune_epochs=1, client_personal=True, client_tail_average=0.5)
+    with pytest.raises(ConfigError, match="client_tail_average"):
+        tiny_config(client_tail_average=1.5)
 
 
 def test_kept_personal_model_continues_across_rounds_pulled_towards_the_shared_one() -> None:

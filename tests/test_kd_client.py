@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -128,34 +130,33 @@ def test_state_dict_round_trip_and_evaluate() -> None:
     assert 0.0 <= client.evaluate(x, y) <= 1.0
 
 
-def test_weight_average_is_what_the_client_shows() -> None:
-    """``keep_weight_average``: answers and accuracy come from the average of the weights after each step (the
-    first step's copied), each step of an epoch of S steps keeping ``decay ** (1 / S)``; training goes on from the
-    trained weights exactly as without it; the state carries the average (a state without one restarts it)."""
-    decay = 0.25
-    plain, averaged = _client(local_epochs=1, batch_size=20), _client(local_epochs=1, batch_size=20)
-    averaged.keep_weight_average(decay)
-    assert plain.average is None and plain.shown_model is plain.model
+def _step_weights(client: DistillClient) -> tuple[list[torch.Tensor], Any]:
+    """The client's weights after each optimiser step, recorded by a global step hook (remove the handle)."""
     trajectory: list[torch.Tensor] = []
 
     def record(optimizer: torch.optim.Optimizer, *_: object) -> None:
-        if any(p is plain.model.weight for group in optimizer.param_groups for p in group["params"]):
-            trajectory.append(plain.model.weight.detach().clone())
+        if any(p is client.model.weight for group in optimizer.param_groups for p in group["params"]):
+            trajectory.append(client.model.weight.detach().clone())
 
-    handle = register_optimizer_step_post_hook(record)
+    return trajectory, register_optimizer_step_post_hook(record)
+
+
+def test_weight_average_is_what_the_client_shows() -> None:
+    """``keep_weight_average``: answers and accuracy come from the equal average of the weights after the last
+    half of the phase's steps; training goes on exactly as without it; the state carries the average (a state
+    without one restarts it from the weights)."""
+    plain, averaged = _client(local_epochs=1, batch_size=10), _client(local_epochs=1, batch_size=10)
+    averaged.keep_weight_average(0.5)
+    assert plain.average is None and plain.shown_model is plain.model
+    trajectory, handle = _step_weights(plain)
     try:
-        plain.local_train(1)  # 40 private samples in batches of 20: two steps, each keeping sqrt(decay)
-        averaged.local_train(1)
-        plain.distill(1, np.zeros((24, 2), np.float32))  # 24 transfer samples: two steps (20 and 4)
-        averaged.distill(1, np.zeros((24, 2), np.float32))
+        plain.local_train(1)  # 40 private samples in batches of 10: four steps, the last two averaged
     finally:
         handle.remove()
+    averaged.local_train(1)
     assert len(trajectory) == 4
     assert torch.equal(averaged.model.weight, plain.model.weight)  # the average never touches training
-    step = decay**0.5  # both phases have two steps an epoch
-    expected = trajectory[0]
-    for weights in trajectory[1:]:
-        expected = step * expected + (1 - step) * weights
+    expected = (trajectory[2] + trajectory[3]) / 2
     assert torch.allclose(averaged.shown_model.weight, expected, atol=1e-6)
     assert not torch.allclose(expected, plain.model.weight)
     shown = nn.Linear(4, 2)
@@ -167,45 +168,35 @@ def test_weight_average_is_what_the_client_shows() -> None:
     assert averaged.evaluate(x, y) == pytest.approx((shown(x).argmax(dim=1) == y).double().mean().item())
 
     restored = _client(seed=5)
-    restored.keep_weight_average(decay)
+    restored.keep_weight_average(0.5)
     restored.load_state_dict(averaged.state_dict())
     assert torch.equal(restored.model.weight, averaged.model.weight)
     assert torch.equal(restored.shown_model.weight, averaged.shown_model.weight)
-    assert int(restored.average.n_averaged) == 4  # type: ignore[union-attr]
+    assert int(restored.average.n_averaged) == 2  # type: ignore[union-attr]
     restored.load_state_dict(plain.state_dict())
     assert torch.equal(restored.shown_model.weight, plain.model.weight)
-    assert int(restored.average.n_averaged) == 0  # type: ignore[union-attr]
-    for bad in (0.0, 1.0):
-        with pytest.raises(ValueError, match="decay"):
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="tail"):
             _client().keep_weight_average(bad)
 
 
-def test_weight_average_decays_per_epoch_whatever_the_number_of_steps() -> None:
-    """A phase of many steps and one of few each keep the same share of the average per epoch."""
-    few, many = _client(local_epochs=1, batch_size=40), _client(local_epochs=1, batch_size=5)
-    for client in (few, many):
-        client.keep_weight_average(0.5)
-        with torch.no_grad():
-            client.average.module.weight.zero_()  # type: ignore[union-attr]
-        client.average.n_averaged.fill_(1)  # type: ignore[union-attr]  # as if it had averaged zeros before
-        client.model.weight.requires_grad_(False)  # frozen at w: every step averages in the same weights
-        client.train_supervised(1, "public", 1, client.train_x.clone(), client.train_y.clone())  # not private data
-        w = client.model.weight
-        assert torch.allclose(client.shown_model.weight, 0.5 * w, atol=1e-6)  # 1 step and 8 steps alike
-
-
-def test_weight_average_starts_again_with_each_phase_on_private_data() -> None:
-    """Distillation goes into the average; a phase on private data starts it afresh (after its one step here the
-    average is exactly the trained weights), so no distilled weights linger in what a small client shows."""
-    client = _client(local_epochs=1, batch_size=40)
-    client.keep_weight_average(0.5)
+@pytest.mark.parametrize(("batch_size", "tail", "averaged_steps"), [(40, 0.5, 1), (20, 0.5, 1), (10, 1.0, 3)])
+def test_each_phase_shows_the_average_of_its_own_tail(batch_size: int, tail: float, averaged_steps: int) -> None:
+    """Every phase starts the average again: after distilling, the client shows the average of the distillation's
+    last ``ceil(tail * steps)`` steps, nothing of its local training; one or two steps at tail 0.5 show the last."""
+    client = _client(local_epochs=1, batch_size=batch_size)
+    client.keep_weight_average(tail)
     client.local_train(1)
-    client.distill(1, np.zeros((24, 2), np.float32))  # one step of 24: averaged in
-    assert int(client.average.n_averaged) == 2  # type: ignore[union-attr]
-    assert not torch.allclose(client.shown_model.weight, client.model.weight)
-    client.train_supervised(1, "finetune", 1)  # private data, one step of 40
-    assert int(client.average.n_averaged) == 1  # type: ignore[union-attr]
-    assert torch.equal(client.shown_model.weight, client.model.weight)
+    trajectory, handle = _step_weights(client)
+    try:
+        client.distill(1, np.zeros((24, 2), np.float32))  # 24 transfer samples
+    finally:
+        handle.remove()
+    assert int(client.average.n_averaged) == averaged_steps  # type: ignore[union-attr]
+    expected = torch.stack(trajectory[-averaged_steps:]).mean(dim=0)
+    assert torch.allclose(client.shown_model.weight, expected, atol=1e-6)
+    if averaged_steps == 1:
+        assert torch.equal(client.shown_model.weight, client.model.weight)
 
 
 def test_invalid_construction() -> None:

@@ -7,6 +7,7 @@ wire, so client architectures may differ from each other and from the server's.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from fl_kd.kd.losses import distillation_loss, kd_loss
 from fl_kd.kd.seeding import derive_seed, seeded_torch, torch_generator
@@ -28,7 +29,6 @@ from fl_kd.kd.training import (
     predict_logits,
     sgd,
     to_wire,
-    weight_average,
 )
 
 
@@ -125,26 +125,25 @@ class DistillClient:
         self.public_x = public_x.cpu()
         self.num_classes = int(predict_logits(self.model, self.public_x[:1], device=self.device).shape[1])
         self.average: AveragedModel | None = None
-        self.average_decay = 0.0
+        self.average_tail = 0.0
 
-    def keep_weight_average(self, decay: float) -> None:
-        """Keep an exponential moving average of the weights, updated after every training step, and show it.
+    def keep_weight_average(self, tail: float) -> None:
+        """Show the average of the weights over the last ``tail`` share of each training phase's steps.
 
-        The average is what the client answers the server with and is evaluated on (:attr:`shown_model`); training
-        goes on from the trained weights. It starts again whenever the client starts a phase on its private data
-        (local training, fine-tuning), so after fine-tuning it is the average of the fine-tuning trajectory, which
-        begins at the distilled weights: it smooths the noise of small batches at a fixed learning rate and forgets
-        less of the distilled knowledge than the trajectory's end. Averaged across phases instead, a client with a
-        few dozen private samples (two steps of fine-tuning against the transfer set's dozens of distillation steps)
-        showed weights between the distilled and the fine-tuned ones that got none of its own data right.
-
-        ``decay`` is the share the average keeps over one *epoch*: each step of an epoch of ``S`` steps keeps
-        ``decay ** (1 / S)``, so the horizon is the same for every client whatever its data size and batch.
+        Tail averaging (Jain et al., "Parallelizing Stochastic Gradient Descent for Least Squares Regression:
+        Mini-batching, Averaging, and Model Misspecification", JMLR 2018; SWA's equal average over one phase): each
+        phase (local training, distillation, fine-tuning) starts the average again, and the weights after each of
+        its last ``ceil(tail * steps)`` steps go into it with equal weight. The average is what the client answers
+        the server with and is evaluated on (:attr:`shown_model`); training goes on from the trained weights. It
+        smooths the noise of small batches at a fixed learning rate. Averaging from a phase's start instead would
+        show the phase's transient: a client with 34 private samples has two steps of fine-tuning, and the average
+        of the first (one step from the distilled weights) and the second got 3% of its own data right where the
+        trained weights got 94%; at ``tail=0.5`` a phase of one or two steps shows its last weights.
         """
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"the average's decay per epoch must lie in (0, 1), got {decay}")
-        self.average = weight_average(self.model, decay)
-        self.average_decay = decay
+        if not 0.0 < tail <= 1.0:
+            raise ValueError(f"the averaged tail must be a share in (0, 1], got {tail}")
+        self.average = AveragedModel(self.model, use_buffers=True)
+        self.average_tail = tail
 
     @property
     def shown_model(self) -> nn.Module:
@@ -182,7 +181,6 @@ class DistillClient:
         """
         if x is None or y is None:
             x, y = self.train_x, self.train_y
-            self._restart_average()  # a phase on private data starts the shown average afresh
 
         def loss_fn(logits: Tensor, labels: Tensor, _index: Tensor) -> Tensor:
             loss = F.cross_entropy(logits, labels)
@@ -291,9 +289,12 @@ class DistillClient:
         cfg = self.config
         generator = torch_generator(derive_seed(self.seed, self.client_id, round, phase, "shuffle"))
         optimizer = sgd(self.model, cfg.lr, cfg.momentum, cfg.weight_decay)
+        first_averaged = 0
         if self.average is not None:
-            steps = len(minibatches(x.shape[0], cfg.batch_size, torch.Generator()))  # the count, not the order
-            self.average.multi_avg_fn = get_ema_multi_avg_fn(self.average_decay ** (1.0 / steps))
+            steps = epochs * len(minibatches(x.shape[0], cfg.batch_size, torch.Generator()))  # count, not order
+            first_averaged = steps - math.ceil(self.average_tail * steps)
+            self._restart_average()
+        step = 0
         self.model.train()
         loss_sum = 0.0
         with seeded_torch(derive_seed(self.seed, self.client_id, round, phase, "rng"), self.device):
@@ -305,8 +306,9 @@ class DistillClient:
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()  # type: ignore[no-untyped-call]
                     optimizer.step()
-                    if self.average is not None:
+                    if self.average is not None and step >= first_averaged:
                         self.average.update_parameters(self.model)
+                    step += 1
                     loss_sum += float(loss.detach()) * index.numel()
         return loss_sum / x.shape[0]
 

@@ -123,14 +123,12 @@ class FedGEMSConfig(SGDStrategyConfig):
         each round's last steps on a small transfer set. The average spans about ``1 / (1 - decay)`` steps: keep
         that below a round's steps, or the shown model lags the trained one (a transfer-only server with 64 steps a
         round ended 0.74 at 0.998 against 0.80 without). 0 (today): the trained weights are shown.
-    client_ema : float (default: 0.0)
-        Each client keeps an exponential moving average of its model's weights, updated after every local,
-        distillation and fine-tuning step, and answers the server and is evaluated (global and own test sets) with
-        it; training goes on from the trained weights. The value is the share the average keeps over one epoch of
-        any phase, whatever its number of steps (:meth:`fl_kd.kd.client.DistillClient.keep_weight_average`): a
-        client with little private data is not ruled by the transfer set's many distillation steps. It smooths the
-        noise of small batches and blends the distilled weights with the fine-tuned ones. 0 (today): none. Not with
-        ``client_personal``.
+    client_tail_average : float (default: 0.0)
+        Each client answers the server and is evaluated (global and own test sets) with the equal average of its
+        weights over the last share of each training phase's steps (local, distillation, fine-tuning; tail
+        averaging, :meth:`fl_kd.kd.client.DistillClient.keep_weight_average`); training goes on from the trained
+        weights. It smooths the noise of small batches at a fixed learning rate. 0 (today): the trained weights.
+        Not with ``client_personal``.
     """
 
     name: str = "fedgems"
@@ -163,7 +161,7 @@ class FedGEMSConfig(SGDStrategyConfig):
     canaries: int = 0
     canary_z: float = 3.0
     server_ema: float = 0.0
-    client_ema: float = 0.0
+    client_tail_average: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -204,10 +202,10 @@ class FedGEMSConfig(SGDStrategyConfig):
         check_range("strategy.canaries", self.canaries, low=0)
         check_range("strategy.canary_z", self.canary_z, low=0.0, low_open=True)
         check_range("strategy.server_ema", self.server_ema, low=0.0, high=1.0, high_open=True)
-        check_range("strategy.client_ema", self.client_ema, low=0.0, high=1.0, high_open=True)
+        check_range("strategy.client_tail_average", self.client_tail_average, low=0.0, high=1.0)
         require(
-            self.client_ema == 0.0 or not self.client_personal,
-            "strategy.client_ema averages the client's one model: it cannot go with strategy.client_personal",
+            self.client_tail_average == 0.0 or not self.client_personal,
+            "strategy.client_tail_average averages the client's one model: it cannot go with strategy.client_personal",
         )
 
     def check_experiment(self, experiment: ExperimentConfig) -> None:

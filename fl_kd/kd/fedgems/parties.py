@@ -53,5 +53,5 @@ def build_client_role(cfg: ExperimentConfig, federation: Federation, client_id: 
         strategy.client_personal,
         strategy.client_personal_prox,
         strategy.client_personal_prior,
-        strategy.client_ema,
+        strategy.client_tail_average,
     )

@@ -117,10 +117,10 @@ class FedGEMSClient(DistillClientRole):
         Predict on the client's own distribution with the log of its own label frequencies (Laplace-smoothed)
         added to the logits of the personal model, or of the shared one when there is none: Bayes' rule for a
         test distribution whose label prior the client knows from its data, with no training at all.
-    weight_average : float (default: 0.0)
-        Decay per epoch of an exponential moving average of the client model's weights, updated after every
-        training step and shown in its place (answers, evaluation):
-        :meth:`~fl_kd.kd.client.DistillClient.keep_weight_average`. 0: none. Not with ``personal``.
+    tail_average : float (default: 0.0)
+        Share of each training phase's last steps whose weights the client averages and shows in place of the
+        trained ones (answers, evaluation): :meth:`~fl_kd.kd.client.DistillClient.keep_weight_average`. 0: none.
+        Not with ``personal``.
     """
 
     PERSONAL = "personal."
@@ -135,13 +135,13 @@ class FedGEMSClient(DistillClientRole):
         personal: bool = False,
         personal_prox: float | None = None,
         personal_prior: bool = False,
-        weight_average: float = 0.0,
+        tail_average: float = 0.0,
     ) -> None:
         super().__init__(client)
-        if weight_average and personal:
+        if tail_average and personal:
             raise ValueError("a weight average is kept of the one client model: it needs personal=False")
-        if weight_average:
-            client.keep_weight_average(weight_average)
+        if tail_average:
+            client.keep_weight_average(tail_average)
         if finetune_epochs < 0:
             raise ValueError(f"finetune_epochs must be >= 0, got {finetune_epochs}")
         if personal and not finetune_epochs:
