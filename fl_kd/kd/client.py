@@ -137,8 +137,8 @@ class DistillClient:
         the server with and is evaluated on (:attr:`shown_model`); training goes on from the trained weights. It
         smooths the noise of small batches at a fixed learning rate. Averaging from a phase's start instead would
         show the phase's transient: a client with 34 private samples has two steps of fine-tuning, and the average
-        of the first (one step from the distilled weights) and the second got 3% of its own data right where the
-        trained weights got 94%; at ``tail=0.5`` a phase of one or two steps shows its last weights.
+        of the first (one step from the distilled weights) and the second got 3% of its own samples right where
+        the trained weights got 94%; at ``tail=0.5`` a phase of one or two steps shows its last weights.
         """
         if not 0.0 < tail <= 1.0:
             raise ValueError(f"the averaged tail must be a share in (0, 1], got {tail}")
