@@ -25,6 +25,7 @@ from fl_kd.kd.training import (
     accuracy,
     check_logits,
     check_positions,
+    cpu_state_dict,
     minibatches,
     predict_logits,
     sgd,
@@ -319,9 +320,9 @@ class DistillClient:
     def state_dict(self) -> dict[str, Any]:
         """Model weights as CPU tensors, and the weight average's when one is kept: what a Flower client keeps in
         its context state between rounds."""
-        state = {"model": _cpu_copy(self.model.state_dict())}
+        state = {"model": cpu_state_dict(self.model)}
         if self.average is not None:
-            state["average"] = _cpu_copy(self.average.state_dict())
+            state["average"] = cpu_state_dict(self.average)
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -340,7 +341,3 @@ class DistillClient:
             return
         self.average.module.load_state_dict(self.model.state_dict())
         self.average.n_averaged.zero_()
-
-
-def _cpu_copy(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    return {name: value.detach().cpu().clone() for name, value in state.items()}

@@ -36,6 +36,11 @@ def sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> to
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
+def cpu_state_dict(module: nn.Module) -> dict[str, Tensor]:
+    """``module``'s state as detached CPU copies: what a party keeps, saves or sends without sharing storage."""
+    return {name: value.detach().cpu().clone() for name, value in module.state_dict().items()}
+
+
 def weight_average(model: nn.Module, decay: float) -> AveragedModel | None:
     """An exponential moving average of ``model``'s weights (PyTorch's ``AveragedModel``), or None at ``decay`` 0.
 

@@ -29,7 +29,7 @@ from fl_kd.kd.fedet.ensemble import EnsembleTargets, ensemble_targets
 from fl_kd.kd.losses import kd_loss
 from fl_kd.kd.robust_weights import robust_average
 from fl_kd.kd.seeding import SERVER_ID, derive_seed, seeded_torch, torch_generator
-from fl_kd.kd.training import accuracy, minibatches, predict_logits, sgd
+from fl_kd.kd.training import accuracy, cpu_state_dict, minibatches, predict_logits, sgd
 from fl_kd.kd.weights import Arrays, load_arrays, model_arrays, weighted_average
 
 
@@ -214,14 +214,10 @@ class EnsembleTransferServer:
     def state_dict(self) -> dict[str, Any]:
         """Server model and small models (CPU tensors)."""
         return {
-            "model": _cpu_state(self.model),
-            "small_models": {name: _cpu_state(net) for name, net in self.small_models.items()},
+            "model": cpu_state_dict(self.model),
+            "small_models": {name: cpu_state_dict(net) for name, net in self.small_models.items()},
         }
 
     def save(self, path: str | Path) -> None:
         """Write :meth:`state_dict` (loadable with ``torch.load(weights_only=True)``)."""
         torch.save(self.state_dict(), Path(path))
-
-
-def _cpu_state(net: nn.Module) -> dict[str, Tensor]:
-    return {name: value.detach().cpu().clone() for name, value in net.state_dict().items()}

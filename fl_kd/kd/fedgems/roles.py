@@ -21,7 +21,7 @@ from fl_kd.kd import protocol as kd
 from fl_kd.kd.client import DistillClient
 from fl_kd.kd.fedgems.server import SelectiveDistillServer
 from fl_kd.kd.roles import Answer, Arrays, DistillClientRole, Instruction, ServerRole
-from fl_kd.kd.training import accuracy
+from fl_kd.kd.training import accuracy, cpu_state_dict
 from fl_kd.kd.validation import check_client_answer
 
 
@@ -201,7 +201,7 @@ class FedGEMSClient(DistillClientRole):
         """The model's weights, and the personal model's under :attr:`PERSONAL` (with its round count)."""
         state = super().state_dict()
         if self.personal_model is not None:
-            state |= {self.PERSONAL + k: v.detach().cpu().clone() for k, v in self.personal_model.state_dict().items()}
+            state |= {self.PERSONAL + k: v for k, v in cpu_state_dict(self.personal_model).items()}
             state[self.PERSONAL_ROUNDS] = torch.tensor(self.personal_rounds, dtype=torch.int64)
         return state
 

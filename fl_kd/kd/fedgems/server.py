@@ -36,6 +36,7 @@ from fl_kd.kd.training import (
     accuracy,
     check_logits,
     check_positions,
+    cpu_state_dict,
     minibatches,
     predict_logits,
     sgd,
@@ -322,7 +323,7 @@ class SelectiveDistillServer:
         The canary tallies and the unlabelled teacher cache are left out: their rounds belong to this run. A resumed
         run gets them back with everything else through :func:`fl_kd.checkpoint.object_state`.
         """
-        model_state = {name: value.detach().cpu().clone() for name, value in self.published.state_dict().items()}
+        model_state = cpu_state_dict(self.published)
         return {"model": model_state, "knowledge_cache": self.knowledge_cache.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
