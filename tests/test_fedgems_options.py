@@ -83,6 +83,41 @@ def test_held_out_samples_learn_from_the_clients_alone() -> None:
     assert server.needed_positions().size < positions.size  # the clients' knowledge reached the held-out samples
 
 
+def test_a_held_out_label_never_reaches_the_server_through_the_teacher() -> None:
+    # Two clients answer every held-out sample: one always predicts class 0, the other class 1, equally sure. A
+    # teacher made of the clients that match the label would pass the label on; here the two servers, whose
+    # held-out labels differ, must train to the same weights.
+    servers = [_server(correctness="held_out", held_out_fraction=0.25) for _ in range(2)]
+    positions = servers[0].options.held_out_positions
+    held = torch.from_numpy(positions)
+    servers[1].transfer_y[held] = (servers[0].transfer_y[held] + 1) % C
+    answers = {
+        0: (positions, (F.one_hot(torch.zeros(positions.size, dtype=torch.long), C) * 4.0).numpy()),
+        1: (positions, (F.one_hot(torch.ones(positions.size, dtype=torch.long), C) * 4.0).numpy()),
+    }
+    stats = [server.distill(0, answers) for server in servers]
+    for a, b in zip(servers[0].model.state_dict().values(), servers[1].model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
+    assert stats[0].n_clients == stats[1].n_clients == positions.size  # the slice learnt from both clients
+    # The figures still read the labels: where neither client matched, the sample counts as untrusted.
+    for server, stat in zip(servers, stats, strict=True):
+        labels = server.transfer_y[held]
+        assert stat.extra["n_untrusted"] == int((labels > 1).sum())
+
+
+def test_with_unlabelled_trust_the_held_out_slice_is_not_distilled() -> None:
+    # There the trust is fitted on the slice's labels: answers on the slice alone must not move the server.
+    options = dict(correctness="held_out", held_out_fraction=0.25, unlabelled_trust="class_reliability")
+    quiet, asked = _server(unlabelled=20, **options), _server(unlabelled=20, **options)
+    positions = asked.options.held_out_positions
+    labels = asked.transfer_y[torch.from_numpy(positions)]
+    stats = asked.distill(0, {0: (positions, (F.one_hot(labels, C) * 8.0).numpy())})
+    quiet.distill(0, {})
+    for a, b in zip(quiet.model.state_dict().values(), asked.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
+    assert stats.n_clients == 0 and stats.extra["n_untrusted"] == 0  # the client was right on every one
+
+
 def test_distill_correct_asks_and_distils_where_the_server_is_right() -> None:
     plain, dark = _server(), _server(distill_correct=True)
     _memorise(plain)

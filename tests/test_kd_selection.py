@@ -61,6 +61,20 @@ def test_aijack_softmax_keeps_wrong_clients() -> None:
     assert selected.has_teacher.tolist() == [True, True]
 
 
+def test_an_unknown_label_fuses_every_answering_client_by_confidence() -> None:
+    # Label -1 (a held-out sample): nobody is judged, so client 2, wrong on sample 0's true label, teaches too, and
+    # sample 1, where nobody matches its label, gets a teacher; the result cannot depend on the hidden label.
+    available = torch.tensor([[True, True], [True, False], [True, True]])
+    selected = select_teacher(CLIENT_LOGITS, torch.tensor([-1, -1]), available=available)
+    for sample in range(2):
+        inverse = torch.stack([1.0 / entropy(CLIENT_LOGITS[k, sample]) for k in range(3)]) * available[:, sample]
+        assert selected.weights[:, sample].tolist() == pytest.approx((inverse / inverse.sum()).tolist(), abs=1e-6)
+    assert selected.has_teacher.tolist() == [True, True]
+    # Known labels keep the selection: only sample 1 is fused label-free.
+    mixed = select_teacher(CLIENT_LOGITS, torch.tensor([0, -1]), available=available)
+    assert mixed.weights[2, 0].item() == 0.0 and mixed.weights[2, 1].item() > 0.0
+
+
 def test_unavailable_answers_are_ignored_even_if_nan() -> None:
     logits = CLIENT_LOGITS.clone()
     logits[1, 0] = float("nan")

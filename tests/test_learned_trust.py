@@ -121,10 +121,11 @@ def test_the_server_fits_on_the_held_out_slice_and_credits_the_client_that_taugh
     assert stats.extra["teacher_unlabelled_accuracy"] == 1.0
     assert stats.extra["combiner_samples"] == held.size and stats.extra["combiner_loss"] < 0.1
     assert stats.extra["n_unlabelled"] == 30
-    # The shares add the labelled part (where client 1, right on the trained samples, taught some) to the
-    # unlabelled part, where the positive part of w[k, teacher's class] credits client 0 alone.
+    # The shares add the trained labelled samples (where both are right and share the credit; the held-out slice,
+    # where the trust is fitted, is not distilled) to the unlabelled part, where the positive part of
+    # w[k, teacher's class] credits client 0 alone.
     shares = role.fusion_weights()
-    assert shares[0] > 0.7 > 0.3 > shares[1]
+    assert shares[0] > 0.6 > 0.4 > shares[1]
 
 
 def test_learned_trust_runs_end_to_end_on_digits() -> None:

@@ -62,7 +62,8 @@ def select_teacher(
         ``(K, N, C)`` logits of K clients on the same N transfer samples. Entries of unavailable
         (client, sample) pairs are ignored, whatever they hold.
     labels : Tensor
-        ``(N,)`` int64 labels of those samples.
+        ``(N,)`` int64 labels of those samples; ``-1`` where the label must not be used (a held-out sample): there
+        every answering client counts as right, so the rule fuses them by confidence alone.
     weighting : str (default: "inverse_entropy")
         Name of a fusion rule in :data:`fl_kd.kd.fusion.FUSION_RULES`.
     available : Tensor | None (default: None)
@@ -86,7 +87,8 @@ def select_teacher(
 
     # Zero out what was not sent so that garbage (even NaN) in unused slots cannot leak into the sums.
     logits = torch.where(available.unsqueeze(-1), client_logits, torch.zeros_like(client_logits))
-    correct = (logits.argmax(dim=-1) == labels.unsqueeze(0)) & available
+    known = (labels >= 0).unsqueeze(0)
+    correct = torch.where(known, logits.argmax(dim=-1) == labels.unsqueeze(0), available) & available
     client_entropy = entropy(logits).clamp_min(_MIN_ENTROPY)
     scores, has_teacher = rule(correct, available, client_entropy)
 

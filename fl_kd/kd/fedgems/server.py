@@ -155,8 +155,8 @@ class SelectiveDistillServer:
             changes.
         """
         labelled, unlabelled = self.options.split_answers(client_logits, self.num_transfer, self.num_classes)
-        teacher, has_teacher, stats = self._fuse_clients(round, labelled)
-        self._knowledge_stats(teacher_mask=has_teacher, stats=stats)
+        teacher, has_teacher, some_client_right, stats = self._fuse_clients(round, labelled)
+        self._knowledge_stats(some_client_right, stats)
         unlabelled_teacher = self.options.unlabelled_teacher(round, labelled, unlabelled, self.num_classes, stats)
         if unlabelled_teacher is not None:
             self.options.teacher_figures(unlabelled_teacher, self._predict, stats)
@@ -182,18 +182,18 @@ class SelectiveDistillServer:
         return stats
 
     @torch.no_grad()
-    def _knowledge_stats(self, teacher_mask: Tensor, stats: SelectionStats) -> None:
-        """Before training: accuracy on the held-out slice, and on the samples no client was trusted on.
+    def _knowledge_stats(self, some_client_right: Tensor, stats: SelectionStats) -> None:
+        """Before training: accuracy on the held-out slice, and on the samples where no client was right.
 
         The latter is measured where it is honest: on the held-out slice when there is one (never trained on by
-        label), else on the whole labelled part.
+        label, nor on a teacher chosen by its label), else on the whole labelled part.
         """
         predictions = self._transfer_predictions().argmax(dim=1)
         correct = predictions == self.transfer_y
         honest = self.options.held_out if self.options.held_out is not None else torch.ones_like(correct)
         if self.options.held_out is not None:
             stats.extra["held_out_accuracy"] = float(correct[honest].double().mean())
-        untrusted = honest & ~teacher_mask
+        untrusted = honest & ~some_client_right
         stats.extra["n_untrusted"] = int(untrusted.sum())
         if untrusted.any():
             stats.extra["untrusted_accuracy"] = float(correct[untrusted].double().mean())
@@ -255,8 +255,16 @@ class SelectiveDistillServer:
     @torch.no_grad()
     def _fuse_clients(
         self, round: int, client_logits: Mapping[int, tuple[NDArray[Any], NDArray[Any]]]
-    ) -> tuple[Tensor, Tensor, SelectionStats]:
-        """Validate all client answers, then fuse them into a teacher ``(N, C)`` and a mask ``(N,)``."""
+    ) -> tuple[Tensor, Tensor, Tensor, SelectionStats]:
+        """Validate all client answers, then fuse them into a teacher ``(N, C)`` and its mask ``(N,)``.
+
+        The held-out slice never gets a teacher chosen by its label: one made of the clients that match the label
+        would hand the server that label, and its correctness there would no longer be honest. Without unlabelled
+        trust it is fused without the label (every answering client, by confidence), so the server still learns
+        there from the clients alone; with it the slice is where the trust is measured and is not distilled, since
+        the one label-free teacher that screens liars, the trust, is fitted on those very labels. The third output
+        ``(N,)`` says where some client matched the label (a figure, never a training signal).
+        """
         answers: list[tuple[int, NDArray[np.int64], Tensor]] = []
         for client_id in sorted(client_logits):  # fixed order keeps floating-point sums reproducible
             positions, logits = client_logits[client_id]
@@ -266,11 +274,12 @@ class SelectiveDistillServer:
 
         teacher = torch.zeros(self.num_transfer, self.num_classes)
         has_teacher = torch.zeros(self.num_transfer, dtype=torch.bool)
+        some_client_right = torch.zeros(self.num_transfer, dtype=torch.bool)
         stats = SelectionStats(round=round)
         union = np.unique(np.concatenate([pos for _, pos, _ in answers])) if answers else np.zeros(0, np.int64)
         if union.size == 0:
             stats.nonzero_weight_fraction = {client_id: 0.0 for client_id, _, _ in answers}
-            return teacher, has_teacher, stats
+            return teacher, has_teacher, some_client_right, stats
 
         stacked = torch.zeros(len(answers), union.size, self.num_classes)
         available = torch.zeros(len(answers), union.size, dtype=torch.bool)
@@ -279,18 +288,28 @@ class SelectiveDistillServer:
             stacked[k, slots] = values
             available[k, slots] = True
         union_index = torch.from_numpy(union)
-        selected = select_teacher(stacked, self.transfer_y[union_index], self.config.weighting, available)
+        labels = self.transfer_y[union_index]
+        some_client_right[union_index] = ((stacked.argmax(dim=-1) == labels) & available).any(dim=0)
+        held = torch.zeros_like(labels, dtype=torch.bool)
+        if self.options.held_out is not None:
+            held = self.options.held_out[union_index]
+            labels = torch.where(held, -1, labels)
+        selected = select_teacher(stacked, labels, self.config.weighting, available)
         teacher[union_index] = selected.logits
         has_teacher[union_index] = selected.has_teacher
+        weights = selected.weights
+        if self.options.unlabelled_x is not None:
+            has_teacher[union_index] &= ~held
+            weights = weights * ~held
 
         stats.num_answered = int(union.size)
         stats.num_teacher = int(selected.has_teacher.sum())
         for k, (client_id, pos, _) in enumerate(answers):
             answered = available[k]
-            share = (selected.weights[k][answered] > 0).double().mean() if pos.size else torch.tensor(0.0)
+            share = (weights[k][answered] > 0).double().mean() if pos.size else torch.tensor(0.0)
             stats.nonzero_weight_fraction[client_id] = float(share)
-            stats.weight_mass[client_id] = float(selected.weights[k].sum())
-        return teacher, has_teacher, stats
+            stats.weight_mass[client_id] = float(weights[k].sum())
+        return teacher, has_teacher, some_client_right, stats
 
     def _predict(self, x: Tensor) -> Tensor:
         return predict_logits(self.published, x, device=self.device)
