@@ -43,7 +43,8 @@ class FedGEMSConfig(SGDStrategyConfig):
         Where the server's correctness is judged. "train" (FedGEMS): on the samples it trains on, so memorising
         them closes the query. "held_out": a seeded ``held_out_fraction`` of the labelled part is never trained on
         by label nor cached; there the server asks the clients wherever it is wrong and distils their soft
-        targets alone.
+        targets alone, fused without the label (with ``unlabelled_trust``, whose trust is fitted there, the slice
+        is not distilled).
     held_out_fraction : float (default: 0.2)
         Share of the labelled part held out with ``correctness="held_out"``.
     distill_correct : bool (default: False)

@@ -5,7 +5,7 @@ labelled transfer set it asks no client again. The options here, all off by defa
 
 * ``correctness="held_out"``: a seeded slice of the labelled part is never trained on by label and never cached;
   the server's correctness there is honest, so it keeps asking the clients where it is wrong and learns from their
-  soft targets alone on those samples;
+  soft targets alone on those samples, fused without the label (not at all with unlabelled trust);
 * ``distill_correct``: the clients' fused soft targets are distilled also where the server is right (dark
   knowledge), so the query covers the samples it gets right as well;
 * ``unlabelled_trust="class_reliability"``: clients answer on the unlabelled part too, and the server distils a
