@@ -4,8 +4,6 @@ without a clean slice, and runs end to end."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import pytest
 import torch
@@ -14,9 +12,7 @@ import torch.nn.functional as F
 from fl_kd.config import ConfigError
 from fl_kd.kd.fedgems import FedGEMSServer, ServerDistillConfig
 from fl_kd.kd.fedgems.combiner import ClassCombiner, fit_class_combiner, fuse_by_combiner
-from fl_kd.kd.fedgems.options import ServerLogits
 from fl_kd.kd.fedgems.reliability import class_precision, confusion_matrix, fuse_by_reliability
-from fl_kd.kd.fedgems.stats import SelectionStats
 from fl_kd.kd.runner import run_inprocess
 from tests.kd_configs import learned_trust_server, tiny_config
 
@@ -190,49 +186,3 @@ def test_a_trimmed_product_ignores_as_many_liars_as_it_trims() -> None:
     assert fused_accuracy(0.01, 2, honest) > alone - 0.05  # and trimming costs the honest clients little
     fitted = fit_class_combiner(logits, available, labels, prob_floor=0.01, trim=2)
     assert fitted.trim == 2 and np.isfinite(fitted.loss)
-
-
-def _oracle(x: torch.Tensor, y: torch.Tensor, classes: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A "server" that is right, confidently, on each of the inputs ``x`` (rows looked up exactly)."""
-    rows = {tuple(row.flatten().tolist()): int(label) for row, label in zip(x, y, strict=True)}
-
-    def predict(inputs: torch.Tensor) -> torch.Tensor:
-        found = torch.tensor([rows[tuple(row.flatten().tolist())] for row in inputs])
-        return F.one_hot(found, classes).float() * 6.0
-
-    return predict
-
-
-def test_the_server_joins_the_combiner_as_one_more_expert() -> None:
-    # Two clients that are wrong everywhere and a server that is right everywhere: with learned_with_server the
-    # combiner, fitted on the held-out slice, follows the server; without it the teacher is as wrong as the clients.
-    classes = 4
-    results = {}
-    for with_server in (False, True):
-        server = learned_trust_server(30, learned_with_server=with_server)
-        unlabelled_y = server.options.unlabelled_y
-        assert unlabelled_y is not None
-        labels = torch.cat([server.transfer_y, unlabelled_y])
-        lie = (F.one_hot((labels + 1) % classes, classes) * 6.0).numpy()
-        answers = {k: (np.arange(70), lie) for k in range(2)}
-        truth = F.one_hot(server.transfer_y, classes).float() * 6.0
-        assert server.options.unlabelled_x is not None
-        predict = _oracle(server.options.unlabelled_x, unlabelled_y, classes)
-        labelled, unlabelled = server.options.split_answers(answers, 40, classes)
-        stats = SelectionStats(round=0)
-        view = ServerLogits(truth, predict) if with_server else None
-        teacher = server.options.unlabelled_teacher(0, labelled, unlabelled, classes, stats, view)
-        assert teacher is not None
-        results[with_server] = (_accuracy(teacher[1], unlabelled_y), stats)
-    assert results[False][0] <= 0.5
-    accuracy, stats = results[True]
-    assert accuracy == 1.0 and stats.extra["server_teacher_share"] > 0.5
-    # The clients' weight mass (who taught) never counts the server's row.
-    assert set(stats.weight_mass) == {0, 1}
-    # The server passes its own logits from distill(); the option needs the learned combiner.
-    server = learned_trust_server(30, learned_with_server=True)
-    assert "server_teacher_share" in server.distill(0, answers).round_metrics()
-    with pytest.raises(ValueError, match="learned_with_server needs unlabelled_trust='learned'"):
-        ServerDistillConfig(learned_with_server=True)
-    with pytest.raises(ConfigError, match="learned_with_server"):
-        tiny_config(learned_with_server=True)

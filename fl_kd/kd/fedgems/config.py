@@ -77,11 +77,6 @@ class FedGEMSConfig(SGDStrategyConfig):
         With ``unlabelled_trust=learned``: the combiner leaves out this many lowest and this many highest terms of
         each sample and class (a trimmed product), so that up to that many clients lying together count for
         nothing.
-    learned_with_server : bool (default: False)
-        With ``unlabelled_trust=learned``: the server's own logits enter the combiner as one more expert, fitted on
-        the held-out slice like the clients'. Late in a run the server beats the clients' fused teacher on the
-        unlabelled samples; the combiner then learns, per class, where the clients still add to what it knows,
-        instead of pulling it towards a teacher weaker than itself.
     unlabelled_per_round : int (default: 0)
         Unlabelled samples asked per round (a seeded subset); 0 asks all of them.
     unlabelled_cache : int (default: 0)
@@ -159,7 +154,6 @@ class FedGEMSConfig(SGDStrategyConfig):
     learned_weight_decay: float = 1e-3
     learned_prob_floor: float = 0.0
     learned_trim: int = 0
-    learned_with_server: bool = False
     client_unlabelled: bool = False
     client_finetune_epochs: int = 0
     client_personal: bool = False
@@ -198,11 +192,6 @@ class FedGEMSConfig(SGDStrategyConfig):
         check_range("strategy.learned_weight_decay", self.learned_weight_decay, low=0.0)
         check_range("strategy.learned_prob_floor", self.learned_prob_floor, low=0.0, high=1.0, high_open=True)
         check_range("strategy.learned_trim", self.learned_trim, low=0)
-        require(
-            not self.learned_with_server or self.unlabelled_trust == "learned",
-            "strategy.learned_with_server puts the server into the learned combiner: it needs "
-            "strategy.unlabelled_trust=learned",
-        )
         check_range("strategy.client_finetune_epochs", self.client_finetune_epochs, low=0)
         require(
             not self.client_personal or self.client_finetune_epochs >= 1,
@@ -282,7 +271,6 @@ class FedGEMSConfig(SGDStrategyConfig):
             learned_weight_decay=self.learned_weight_decay,
             learned_prob_floor=self.learned_prob_floor,
             learned_trim=self.learned_trim,
-            learned_with_server=self.learned_with_server,
             canaries=self.canaries,
             canary_z=self.canary_z,
             ema_decay=self.server_ema,

@@ -25,7 +25,7 @@ splits the answers; the distillation steps themselves live in :mod:`fl_kd.kd.fed
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -49,14 +49,6 @@ if TYPE_CHECKING:
     from fl_kd.kd.fedgems.server_config import ServerDistillConfig
 
 Answers = Mapping[int, tuple[NDArray[Any], NDArray[Any]]]
-
-
-class ServerLogits(NamedTuple):
-    """What the server itself predicts, for ``learned_with_server``: its logits ``(N, C)`` on the labelled part and
-    a function from inputs to its logits."""
-
-    labelled: Tensor
-    predict: Callable[[Tensor], Tensor]
 
 
 class ServerOptions:
@@ -155,22 +147,14 @@ class ServerOptions:
         return labelled, unlabelled
 
     def unlabelled_teacher(
-        self,
-        round: int,
-        labelled: Answers,
-        unlabelled: Answers,
-        num_classes: int,
-        stats: SelectionStats,
-        server: ServerLogits | None = None,
+        self, round: int, labelled: Answers, unlabelled: Answers, num_classes: int, stats: SelectionStats
     ) -> tuple[Tensor, Tensor] | None:
         """``(x, teacher logits)`` to distil on the unlabelled part: this round's fused teacher on the samples some
         client answered, plus (``unlabelled_cache``) the cached teachers of the last rounds; None when there is none.
-
-        ``server`` is read only with ``learned_with_server``, which needs it.
         """
         if self.unlabelled_x is None:
             return None
-        fresh = self._fresh_teacher(labelled, unlabelled, num_classes, stats, server)
+        fresh = self._fresh_teacher(labelled, unlabelled, num_classes, stats)
         if self.teacher_cache is not None:
             if fresh is not None:
                 self.teacher_cache.update(*fresh, round)
@@ -183,12 +167,7 @@ class ServerOptions:
         return self.unlabelled_x[index], logits
 
     def _fresh_teacher(
-        self,
-        labelled: Answers,
-        unlabelled: Answers,
-        num_classes: int,
-        stats: SelectionStats,
-        server: ServerLogits | None = None,
+        self, labelled: Answers, unlabelled: Answers, num_classes: int, stats: SelectionStats
     ) -> tuple[Tensor, Tensor] | None:
         """Unlabelled indices and fused teacher logits of this round's answers (canaries and screened clients out)."""
         if self.canaries is not None:
@@ -200,11 +179,7 @@ class ServerOptions:
             return None
         stacked, available = _stack(unlabelled, clients, union, num_classes)
         if self.config.unlabelled_trust == "learned":
-            if self.config.learned_with_server:
-                if server is None:
-                    raise ValueError("learned_with_server needs the server's own logits")
-                stacked, available = self._with_server(server, union, stacked, available)
-            fused = self._learned_teacher(labelled, clients, stacked, available, num_classes, stats, server)
+            fused = self._learned_teacher(labelled, clients, stacked, available, num_classes, stats)
         else:
             precision = torch.zeros(len(clients), num_classes)
             for k, client_id in enumerate(clients):
@@ -249,13 +224,10 @@ class ServerOptions:
         available: Tensor,
         num_classes: int,
         stats: SelectionStats,
-        server: ServerLogits | None = None,
     ) -> UnlabelledTeacher:
         """Fit the per-client, per-class combiner on the held-out slice, then fuse the unlabelled answers with it.
 
-        The slice's labels never reach a client nor the server's loss, so nobody's answers there carry them. With
-        ``learned_with_server`` the server is one more expert, the last row of ``stacked`` (see
-        :meth:`_with_server`), fitted on its own logits on the slice.
+        The slice's labels never reach a client nor the server's loss, so nobody's answers there carry them.
         """
         answers = {c: self._labelled_answers(labelled, c, num_classes) for c in clients}
         slice_answers = {c: answers[c] for c in clients if answers[c][0].size}
@@ -265,10 +237,6 @@ class ServerOptions:
             else np.zeros(0, np.int64)
         )
         fit_logits, fit_available = _stack(answers, clients, fit_union, num_classes)
-        if self.config.learned_with_server and server is not None:
-            own = server.labelled[torch.from_numpy(fit_union)].unsqueeze(0)
-            fit_logits = torch.cat([fit_logits, own])
-            fit_available = torch.cat([fit_available, torch.ones(1, fit_union.size, dtype=torch.bool)])
         combiner = fit_class_combiner(
             fit_logits,
             fit_available,
@@ -280,20 +248,7 @@ class ServerOptions:
         stats.extra["combiner_samples"] = int(fit_union.size)
         if fit_union.size:
             stats.extra["combiner_loss"] = combiner.loss
-        fused = fuse_by_combiner(stacked, available, combiner)
-        if self.config.learned_with_server:
-            # The server's share of the teacher's winning logit, beside the clients' weight mass.
-            stats.extra["server_teacher_share"] = float(fused.weights[-1].mean()) if fused.weights.numel() else 0.0
-        return fused
-
-    def _with_server(
-        self, server: ServerLogits, union: NDArray[np.int64], stacked: Tensor, available: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """``stacked`` ``(K, m, C)`` and ``available`` with the server's logits on the unlabelled ``union`` as row
-        ``K``: an expert that answers every sample. The callers read the clients' weights from rows ``0..K-1``."""
-        assert self.unlabelled_x is not None
-        own = server.predict(self.unlabelled_x[torch.from_numpy(union)]).to(stacked.dtype).unsqueeze(0)
-        return torch.cat([stacked, own]), torch.cat([available, torch.ones(1, union.size, dtype=torch.bool)])
+        return fuse_by_combiner(stacked, available, combiner)
 
     def _reliability_slice(self, positions: NDArray[np.int64], values: NDArray[Any]) -> tuple[NDArray[np.int64], Any]:
         """A client's labelled answers its reliability is measured on: all, or those on the held-out slice."""

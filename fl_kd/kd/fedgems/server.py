@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from fl_kd.checkpoint import CheckpointError, check_state_dict, read_checkpoint
 from fl_kd.kd.cache import KnowledgeCache
-from fl_kd.kd.fedgems.options import ServerLogits, ServerOptions
+from fl_kd.kd.fedgems.options import ServerOptions
 from fl_kd.kd.fedgems.selection import select_teacher
 from fl_kd.kd.fedgems.server_config import ServerDistillConfig
 from fl_kd.kd.fedgems.stats import SelectionStats
@@ -157,10 +157,7 @@ class SelectiveDistillServer:
         labelled, unlabelled = self.options.split_answers(client_logits, self.num_transfer, self.num_classes)
         teacher, has_teacher, some_client_right, stats = self._fuse_clients(round, labelled)
         self._knowledge_stats(some_client_right, stats)
-        server = ServerLogits(self._transfer_predictions(), self._predict) if self.config.learned_with_server else None
-        unlabelled_teacher = self.options.unlabelled_teacher(
-            round, labelled, unlabelled, self.num_classes, stats, server
-        )
+        unlabelled_teacher = self.options.unlabelled_teacher(round, labelled, unlabelled, self.num_classes, stats)
         if unlabelled_teacher is not None:
             self.options.teacher_figures(unlabelled_teacher, self._predict, stats)
         cfg = self.config

@@ -37,8 +37,8 @@ class ServerDistillConfig:
     weighting : str (default: "inverse_entropy")
         Client fusion rule, a name in :data:`fl_kd.kd.fusion.FUSION_RULES`.
     correctness, held_out_fraction, distill_correct, unlabelled_trust, reliability_power, reliability_on,
-    teacher_min_confidence, unlabelled_per_round, learned_weight_decay, learned_prob_floor, learned_trim,
-    learned_with_server, canaries, canary_z, unlabelled_cache
+    teacher_min_confidence, unlabelled_per_round, learned_weight_decay, learned_prob_floor, learned_trim, canaries,
+    canary_z, unlabelled_cache
         The optional extensions; see :class:`~fl_kd.kd.fedgems.config.FedGEMSConfig`. The defaults are FedGEMS.
     ema_decay : float (default: 0.0)
         The server shows an exponential moving average of its weights, updated after every step with this decay
@@ -64,7 +64,6 @@ class ServerDistillConfig:
     learned_weight_decay: float = 1e-3
     learned_prob_floor: float = 0.0
     learned_trim: int = 0
-    learned_with_server: bool = False
     canaries: int = 0
     canary_z: float = 3.0
     unlabelled_cache: int = 0
@@ -92,8 +91,6 @@ class ServerDistillConfig:
             raise ValueError(
                 "unlabelled_cache keeps the clients' teacher on unlabelled samples: it needs unlabelled_trust"
             )
-        if self.learned_with_server and self.unlabelled_trust != "learned":
-            raise ValueError("learned_with_server needs unlabelled_trust='learned'")
         if self.canaries < 0 or self.canary_z <= 0 or self.learned_trim < 0:
             raise ValueError(f"need canaries >= 0, canary_z > 0 and learned_trim >= 0: {self}")
         if not 0.0 <= self.learned_prob_floor < 1.0:
