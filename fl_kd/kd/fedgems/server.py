@@ -303,7 +303,7 @@ class SelectiveDistillServer:
             weights = weights * ~held
 
         stats.num_answered = int(union.size)
-        stats.num_teacher = int(selected.has_teacher.sum())
+        stats.num_teacher = int(has_teacher[union_index].sum())
         for k, (client_id, pos, _) in enumerate(answers):
             answered = available[k]
             share = (weights[k][answered] > 0).double().mean() if pos.size else torch.tensor(0.0)
