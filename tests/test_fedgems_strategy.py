@@ -44,13 +44,7 @@ def _without_time(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     "overrides",
     [
         {},
-        {
-            "fraction_fit": 0.5,
-            "logits_dtype": "float16",
-            "server_ema": 0.9,
-            "client_tail_average": 0.5,
-            "server_augment": "shift",
-        },
+        {"fraction_fit": 0.5, "logits_dtype": "float16", "server_ema": 0.9, "client_tail_average": 0.5},
         {"correctness": "held_out", "distill_correct": True, "client_finetune_epochs": 1},
         {"client_finetune_epochs": 1, "client_personal": True, "client_personal_prox": 0.1, "rounds": 2},
         {

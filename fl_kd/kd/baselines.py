@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 
 from fl_kd.data import DatasetSplits
-from fl_kd.kd.augment import augment
 from fl_kd.kd.client import DistillClient
 from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.federation import Federation, build_client, build_federation, build_server_model, sample_clients
@@ -170,9 +169,8 @@ def run_pseudo_label_server(
     Each round the server labels the round's unlabelled subset (``strategy.unlabelled_per_round``, drawn as in
     FedGEMS) with its own predictions, keeps those whose softmax confidence reaches ``threshold``, and trains
     ``server_epochs`` of cross-entropy on them together with the labelled transfer set, with FedGEMS' server
-    settings (``server_ema`` included: it then labels and is evaluated with the average of its weights;
-    ``server_augment`` too: it trains on random views). The true labels of the unlabelled part are read only to
-    report ``pseudo_label_accuracy``.
+    settings (``server_ema`` included: it then labels and is evaluated with the average of its weights). The true
+    labels of the unlabelled part are read only to report ``pseudo_label_accuracy``.
 
     Returns
     -------
@@ -206,8 +204,7 @@ def run_pseudo_label_server(
             for _ in range(server_cfg.epochs):
                 loss_sum = 0.0
                 for index in minibatches(int(x.shape[0]), server_cfg.batch_size, generator):
-                    view = augment(x[index].to(cfg.device), server_cfg.augment)
-                    loss = F.cross_entropy(model(view), y[index].to(cfg.device))
+                    loss = F.cross_entropy(model(x[index].to(cfg.device)), y[index].to(cfg.device))
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()  # type: ignore[no-untyped-call]
                     optimizer.step()

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 
 from fl_kd.config import check_choice, check_range, require
 from fl_kd.kd.algorithm import SGDStrategyConfig
-from fl_kd.kd.augment import AUGMENTATIONS
 from fl_kd.kd.client import ClientTrainConfig
 from fl_kd.kd.fedgems.server_config import CORRECTNESS, RELIABILITY_ON, UNLABELLED_TRUST, ServerDistillConfig
 from fl_kd.kd.fusion import FUSION_RULES
@@ -131,12 +130,6 @@ class FedGEMSConfig(SGDStrategyConfig):
         averaging, :meth:`fl_kd.kd.client.DistillClient.keep_weight_average`); training goes on from the trained
         weights. It smooths the noise of small batches at a fixed learning rate. 0 (today): the trained weights.
         Not with ``client_personal``.
-    server_augment : str (default: "none")
-        The server trains on a random view of each transfer image at each step (``shift``: up to two pixels each
-        way; ``shift_flip``: and a horizontal flip half the time; :mod:`fl_kd.kd.augment`), the teacher's logits
-        being those of the image as sent. A few thousand transfer images otherwise let the large model learn their
-        pixels instead of the knowledge. The transfer-only and pseudo-label baselines train with it too.
-        ``none`` (today): the images as they are.
     """
 
     name: str = "fedgems"
@@ -170,7 +163,6 @@ class FedGEMSConfig(SGDStrategyConfig):
     canary_z: float = 3.0
     server_ema: float = 0.0
     client_tail_average: float = 0.0
-    server_augment: str = "none"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -212,7 +204,6 @@ class FedGEMSConfig(SGDStrategyConfig):
         check_range("strategy.canary_z", self.canary_z, low=0.0, low_open=True)
         check_range("strategy.server_ema", self.server_ema, low=0.0, high=1.0, high_open=True)
         check_range("strategy.client_tail_average", self.client_tail_average, low=0.0, high=1.0)
-        check_choice("strategy.server_augment", self.server_augment, AUGMENTATIONS)
         require(
             self.client_tail_average == 0.0 or not self.client_personal,
             "strategy.client_tail_average averages the client's one model: it cannot go with strategy.client_personal",
@@ -283,7 +274,6 @@ class FedGEMSConfig(SGDStrategyConfig):
             canaries=self.canaries,
             canary_z=self.canary_z,
             ema_decay=self.server_ema,
-            augment=self.server_augment,
         )
 
     def client_config(self, tier: DeviceTier) -> ClientTrainConfig:

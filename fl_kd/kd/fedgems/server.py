@@ -25,7 +25,6 @@ from numpy.typing import DTypeLike, NDArray
 from torch import Tensor, nn
 
 from fl_kd.checkpoint import CheckpointError, check_state_dict, read_checkpoint
-from fl_kd.kd.augment import augment, check_augmentation
 from fl_kd.kd.cache import KnowledgeCache
 from fl_kd.kd.fedgems.options import ServerOptions
 from fl_kd.kd.fedgems.selection import select_teacher
@@ -90,7 +89,6 @@ class SelectiveDistillServer:
         if transfer_x.shape[0] == 0:
             raise ValueError("the transfer set is empty")
         self.config = config if config is not None else ServerDistillConfig()
-        check_augmentation(self.config.augment, tuple(transfer_x.shape[1:]))
         self.seed = seed
         self.device = torch.device(device)
         self.model = model.to(self.device)
@@ -204,7 +202,7 @@ class SelectiveDistillServer:
         self, optimizer: torch.optim.Optimizer, index: Tensor, teacher: Tensor, has_teacher: Tensor
     ) -> tuple[float, Tensor]:
         cfg = self.config
-        x = augment(self.transfer_x[index].to(self.device), cfg.augment)
+        x = self.transfer_x[index].to(self.device)
         y = self.transfer_y[index].to(self.device)
         logits = self.model(x)
         correct = (logits.argmax(dim=1) == y).cpu()
@@ -245,7 +243,7 @@ class SelectiveDistillServer:
         """One pass of pure KD towards the reliability-weighted client teacher on the unlabelled samples."""
         loss_sum = 0.0
         for index in minibatches(int(x.shape[0]), self.config.batch_size, generator):
-            logits = self.model(augment(x[index].to(self.device), self.config.augment))
+            logits = self.model(x[index].to(self.device))
             loss = kd_loss(logits, teacher[index].to(self.device), self.config.temperature)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]

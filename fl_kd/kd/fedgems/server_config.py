@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fl_kd.config import check_choice
-from fl_kd.kd.augment import AUGMENTATIONS
 from fl_kd.kd.fusion import FUSION_RULES
 
 CORRECTNESS = ("train", "held_out")
@@ -44,10 +43,6 @@ class ServerDistillConfig:
     ema_decay : float (default: 0.0)
         The server shows an exponential moving average of its weights, updated after every step with this decay
         (``server_ema`` of :class:`~fl_kd.kd.fedgems.config.FedGEMSConfig`); 0 shows the trained weights.
-    augment : str (default: "none")
-        A random view of each transfer image at each training step, a name in
-        :data:`fl_kd.kd.augment.AUGMENTATIONS` (``server_augment`` of
-        :class:`~fl_kd.kd.fedgems.config.FedGEMSConfig`).
     """
 
     epochs: int = 1
@@ -73,7 +68,6 @@ class ServerDistillConfig:
     canary_z: float = 3.0
     unlabelled_cache: int = 0
     ema_decay: float = 0.0
-    augment: str = "none"
 
     def __post_init__(self) -> None:
         check_choice("correctness", self.correctness, CORRECTNESS)
@@ -117,4 +111,3 @@ class ServerDistillConfig:
         if not 0.0 <= self.epsilon <= 1.0 or self.temperature <= 0:
             raise ValueError(f"need epsilon in [0, 1] and temperature > 0; got {self}")
         check_choice("weighting", self.weighting, FUSION_RULES.names())
-        check_choice("augment", self.augment, AUGMENTATIONS)
