@@ -212,3 +212,38 @@ def test_invalid_construction() -> None:
             torch.zeros(3, dtype=torch.long),
             ClientTrainConfig(1, 8, 0.1),
         )
+
+
+def test_max_grad_norm_bounds_every_step() -> None:
+    """With ``max_grad_norm`` a plain SGD step moves the weights by at most ``lr * max_grad_norm``."""
+    bound, lr = 0.01, 0.1
+
+    def first_step(**config: object) -> torch.Tensor:
+        client = _client(local_epochs=1, batch_size=40, lr=lr, momentum=0.0, weight_decay=0.0, **config)
+        before = torch.cat([p.detach().flatten().clone() for p in client.model.parameters()])
+        client.local_train(round=1)  # one batch of 40: one step
+        return torch.cat([p.detach().flatten() for p in client.model.parameters()]) - before
+
+    free, clipped = first_step(), first_step(max_grad_norm=bound)
+    assert free.norm() > lr * bound * 10  # the bound bites
+    assert clipped.norm() == pytest.approx(lr * bound, rel=1e-4)
+    assert torch.allclose(clipped / clipped.norm(), free / free.norm(), atol=1e-5)  # same direction
+    assert torch.equal(first_step(max_grad_norm=100.0), free)  # a loose bound changes nothing
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        ClientTrainConfig(local_epochs=1, batch_size=8, lr=0.1, max_grad_norm=-1.0)
+
+
+def test_every_sgd_strategy_hands_its_clients_the_gradient_bound() -> None:
+    """``strategy.client_max_grad_norm`` is an SGD setting of every strategy whose clients train with SGD."""
+    from fl_kd.kd.algorithm import SGDStrategyConfig, available_strategies, get_algorithm
+    from fl_kd.models import DeviceTier
+
+    tier = DeviceTier("low", "cnn_tiny", 1.0)
+    checked = []
+    for name in available_strategies():
+        config_class = get_algorithm(name).config_class
+        if issubclass(config_class, SGDStrategyConfig):
+            assert config_class(client_max_grad_norm=0.5).client_config(tier).max_grad_norm == 0.5
+            assert config_class().client_config(tier).max_grad_norm == 0.0
+            checked.append(name)
+    assert {"fedgems", "dsfl", "feddf"} <= set(checked)

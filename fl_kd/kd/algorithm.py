@@ -87,15 +87,20 @@ class SGDStrategyConfig(StrategyConfig):
     ----------
     momentum, weight_decay : float (default: 0.9, 5e-4)
         SGD settings of all parties; a client takes its epochs, batch size and learning rate from its device tier.
+    client_max_grad_norm : float (default: 0.0)
+        Clients scale each step's gradient down to this L2 norm when it is longer
+        (:class:`~fl_kd.kd.client.ClientTrainConfig`); 0: never.
     """
 
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    client_max_grad_norm: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_range("strategy.momentum", self.momentum, low=0.0, high=1.0, high_open=True)
         check_range("strategy.weight_decay", self.weight_decay, low=0.0)
+        check_range("strategy.client_max_grad_norm", self.client_max_grad_norm, low=0.0)
 
     def client_config(self, tier: DeviceTier) -> ClientTrainConfig:
         """Training settings of a client in device ``tier``."""
@@ -109,6 +114,7 @@ class SGDStrategyConfig(StrategyConfig):
             lr=tier.lr,
             momentum=self.momentum,
             weight_decay=self.weight_decay,
+            max_grad_norm=self.client_max_grad_norm,
             **settings,
         )
 

@@ -53,6 +53,10 @@ class ClientTrainConfig:
         Weight of cross-entropy in ``eps * CE + (1 - eps) * KD``.
     temperature : float (default: 1.0)
         KD temperature.
+    max_grad_norm : float (default: 0.0)
+        Each step's gradient is scaled down to this L2 norm when it is longer (0: never). Why: a small model that
+        fits two classes of its own and is then asked to imitate ten takes a few very large steps at the start of
+        distillation, and one of them can leave every ReLU dead: the model answers one class for ever after.
     """
 
     local_epochs: int
@@ -63,10 +67,13 @@ class ClientTrainConfig:
     distill_epochs: int = 1
     epsilon: float = 0.75
     temperature: float = 1.0
+    max_grad_norm: float = 0.0
 
     def __post_init__(self) -> None:
         if self.local_epochs < 0 or self.distill_epochs < 0 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError(f"need epochs >= 0, batch_size >= 1 and lr > 0; got {self}")
+        if not self.max_grad_norm >= 0:
+            raise ValueError(f"max_grad_norm must be >= 0 (0: no clipping), got {self.max_grad_norm}")
         if not 0.0 <= self.epsilon <= 1.0 or self.temperature <= 0:
             raise ValueError(f"need epsilon in [0, 1] and temperature > 0; got {self}")
 
@@ -306,6 +313,8 @@ class DistillClient:
                     loss = loss_fn(logits, y[index].to(self.device), index)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()  # type: ignore[no-untyped-call]
+                    if cfg.max_grad_norm > 0:
+                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
                     optimizer.step()
                     if self.average is not None and step >= first_averaged:
                         self.average.update_parameters(self.model)
