@@ -189,3 +189,9 @@ def test_fedgems_is_the_last_ablation_step_and_the_late_steps_run_in_every_setti
     # Baselines keep FedGEMS' options from before the learned trust, so their earlier runs stay valid.
     local = next(job for job in jobs if job.kind == "local_only")
     assert local.overrides == BASE_OVERRIDES
+    # The server-alone baselines train their server as FedGEMS does: the weight average, as many unlabelled a round.
+    for kind in ("transfer_only", "pseudo_label"):
+        server_alone = resolved(next(job for job in jobs if job.kind == kind).overrides)
+        assert server_alone["strategy.server_ema"] == settings["strategy.server_ema"], kind
+    pseudo = resolved(next(job for job in jobs if job.kind == "pseudo_label").overrides)
+    assert pseudo["strategy.unlabelled_per_round"] == settings["strategy.unlabelled_per_round"]
