@@ -34,7 +34,7 @@ SETTINGS: dict[str, tuple[str, ...]] = {
 #: below FedAvg of the server model's 1,563 kB (the issue allows no less than 20x). Then each client answers and is
 #: evaluated with the equal average of its weights over the last half of each training phase's steps. The last step
 #: bounds each client step's gradient norm at 2 (most steps are below 1.5; the first steps of distilling ten
-#: classes into a client that fits two reach 10-20, and one could leave every ReLU dead).
+#: classes into a client that fits two reach 10-20, and could leave it a constant predictor for good).
 ABLATION: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("fedgems_paper", ("strategy=fedgems",)),
     ("+held_out", ("strategy.correctness=held_out",)),

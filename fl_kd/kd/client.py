@@ -56,7 +56,7 @@ class ClientTrainConfig:
     max_grad_norm : float (default: 0.0)
         Each step's gradient is scaled down to this L2 norm when it is longer (0: never). Why: a small model that
         fits two classes of its own and is then asked to imitate ten takes a few very large steps at the start of
-        distillation, and one of them can leave every ReLU dead: the model answers one class for ever after.
+        distillation, and they can leave it answering one class on every input for the rest of the run.
     """
 
     local_epochs: int
