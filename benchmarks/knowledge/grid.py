@@ -202,11 +202,11 @@ def variant_jobs(seed: int = 0, names: Sequence[str] | None = None) -> list[Job]
 #: FedGEMS' server settings that the server-alone baselines share with it, so that they differ from it only by the
 #: clients' knowledge: the server's weight average (which lifts the transfer-only server by about a point) and, for
 #: self-training, as many unlabelled samples a round.
-SERVER_ALONE_OVERRIDES: tuple[str, ...] = ("strategy.server_ema=0.99",)
+SERVER_ALONE_OVERRIDES: tuple[str, ...] = dict(ABLATION)["+server_ema"]
 PSEUDO_LABEL_OVERRIDES: tuple[str, ...] = (
     *BASE_OVERRIDES,
     *SERVER_ALONE_OVERRIDES,
-    "strategy.unlabelled_per_round=1500",
+    *dict(ABLATION)["+unlabelled_1500"],
 )
 
 
