@@ -186,3 +186,67 @@ def test_a_trimmed_product_ignores_as_many_liars_as_it_trims() -> None:
     assert fused_accuracy(0.01, 2, honest) > alone - 0.05  # and trimming costs the honest clients little
     fitted = fit_class_combiner(logits, available, labels, prob_floor=0.01, trim=2)
     assert fitted.trim == 2 and np.isfinite(fitted.loss)
+
+
+class _LabelReader(torch.nn.Module):
+    """A server model that reads the label planted in the first pixel (``y / 4``): right everywhere, whatever SGD
+    does to its one (unused) weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        labels = (x[:, 0, 0, 0] * 4).round().long()
+        return F.one_hot(labels, 4).float() * 6 + self.unused * 0
+
+
+def _server_that_knows(server_in_teacher: bool) -> FedGEMSServer:
+    server = learned_trust_server(30, server_in_teacher=server_in_teacher)
+    server.transfer_x[:, 0, 0, 0] = server.transfer_y / 4
+    server.options.unlabelled_x[:, 0, 0, 0] = server.options.unlabelled_y / 4
+    server.model = _LabelReader()
+    return FedGEMSServer(server)
+
+
+@pytest.mark.parametrize("server_in_teacher", [False, True])
+def test_the_server_joins_the_combiner_and_is_trusted_where_the_clients_are_wrong(server_in_teacher: bool) -> None:
+    role = _server_that_knows(server_in_teacher)
+    server = role.server
+    held = server.options.held_out_positions
+    labels = np.concatenate([server.transfer_y.numpy(), server.options.unlabelled_y.numpy()])
+    right = np.eye(4, dtype=np.float32)[labels] * 6
+    wrong = np.eye(4, dtype=np.float32)[(labels + 1) % 4] * 6
+    # Both clients are right on the trained part only: on the held-out slice and the unlabelled part they are wrong.
+    on_slice = np.isin(np.arange(70), held) | (np.arange(70) >= 40)
+    answer = np.where(on_slice[:, None], wrong, right)
+    positions = np.arange(70)
+    stats = server.distill(1, {0: (positions, answer), 1: (positions, answer.copy())})
+    assert stats.extra["n_unlabelled"] == 30
+    if not server_in_teacher:  # the clients alone cannot undo their shared mistake
+        assert stats.extra["teacher_unlabelled_accuracy"] <= 0.5 and "server_teacher_share" not in stats.extra
+        return
+    # The combiner, fitted on the slice where the server is right and both clients wrong, trusts the server.
+    assert stats.extra["teacher_unlabelled_accuracy"] == 1.0
+    assert stats.extra["server_teacher_share"] > 0.5
+    # Credit is the clients' alone: the server's row of the weights is not a client's.
+    assert set(stats.weight_mass) == {0, 1}
+
+
+def test_server_in_teacher_needs_the_learned_combiner_and_runs_end_to_end() -> None:
+    with pytest.raises(ConfigError, match="server_in_teacher"):
+        tiny_config(transfer={"labelled": 60, "unlabelled": 40}, server_in_teacher=True)
+    with pytest.raises(ValueError, match="server_in_teacher"):
+        ServerDistillConfig(server_in_teacher=True)
+    cfg = tiny_config(
+        rounds=2,
+        transfer={"labelled": 60, "unlabelled": 40},
+        correctness="held_out",
+        held_out_fraction=0.5,
+        reliability_on="held_out",
+        unlabelled_trust="learned",
+        server_in_teacher=True,
+    )
+    rows = run_inprocess(cfg).rounds
+    assert [row["n_unlabelled"] for row in rows] == [40, 40]
+    assert all(0.0 <= row["server_teacher_share"] <= 1.0 for row in rows)
