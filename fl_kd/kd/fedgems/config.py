@@ -130,12 +130,6 @@ class FedGEMSConfig(SGDStrategyConfig):
         averaging, :meth:`fl_kd.kd.client.DistillClient.keep_weight_average`); training goes on from the trained
         weights. It smooths the noise of small batches at a fixed learning rate. 0 (today): the trained weights.
         Not with ``client_personal``.
-    server_in_teacher : bool (default: False)
-        With ``unlabelled_trust=learned``: the server's shown model joins the combiner as one more party, its
-        per-class weights fitted on the held-out slice beside the clients' (where it never trained on a label
-        either), so the unlabelled teacher is the clients' knowledge and the server's own, each trusted as far as
-        it is right there. Once the server beats most clients, their fused teacher alone is a ceiling it can only
-        reach; the two together can be right where neither is alone. False (today): the clients alone teach.
     """
 
     name: str = "fedgems"
@@ -169,7 +163,6 @@ class FedGEMSConfig(SGDStrategyConfig):
     canary_z: float = 3.0
     server_ema: float = 0.0
     client_tail_average: float = 0.0
-    server_in_teacher: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -214,11 +207,6 @@ class FedGEMSConfig(SGDStrategyConfig):
         require(
             self.client_tail_average == 0.0 or not self.client_personal,
             "strategy.client_tail_average averages the client's one model: it cannot go with strategy.client_personal",
-        )
-        require(
-            not self.server_in_teacher or self.unlabelled_trust == "learned",
-            "strategy.server_in_teacher joins the server to the learned combiner: it needs "
-            "strategy.unlabelled_trust=learned",
         )
 
     def check_experiment(self, experiment: ExperimentConfig) -> None:
@@ -286,7 +274,6 @@ class FedGEMSConfig(SGDStrategyConfig):
             canaries=self.canaries,
             canary_z=self.canary_z,
             ema_decay=self.server_ema,
-            server_in_teacher=self.server_in_teacher,
         )
 
     def client_config(self, tier: DeviceTier) -> ClientTrainConfig:

@@ -16,8 +16,7 @@ labelled transfer set it asks no client again. The options here, all off by defa
 * ``canaries``: labelled samples hidden in the unlabelled part screen out clients that are honest only where they
   know they are checked (:mod:`fl_kd.kd.fedgems.canaries`);
 * ``unlabelled_cache``: the fused teachers of the last rounds are kept and distilled again
-  (:mod:`fl_kd.kd.fedgems.teacher_cache`);
-* ``server_in_teacher``: the server's own model joins the learned combiner as one more party.
+  (:mod:`fl_kd.kd.fedgems.teacher_cache`).
 
 :class:`ServerOptions` holds what they need (the held-out mask, the unlabelled inputs) and widens the query and
 splits the answers; the distillation steps themselves live in :mod:`fl_kd.kd.fedgems.server`.
@@ -50,8 +49,6 @@ if TYPE_CHECKING:
     from fl_kd.kd.fedgems.server_config import ServerDistillConfig
 
 Answers = Mapping[int, tuple[NDArray[Any], NDArray[Any]]]
-ServerLogits = Callable[[NDArray[np.int64]], Tensor]
-"""The server's own logits ``(n, C)`` at public transfer positions ``(n,)`` (``server_in_teacher``)."""
 
 
 class ServerOptions:
@@ -150,23 +147,14 @@ class ServerOptions:
         return labelled, unlabelled
 
     def unlabelled_teacher(
-        self,
-        round: int,
-        labelled: Answers,
-        unlabelled: Answers,
-        num_classes: int,
-        stats: SelectionStats,
-        server: ServerLogits | None = None,
+        self, round: int, labelled: Answers, unlabelled: Answers, num_classes: int, stats: SelectionStats
     ) -> tuple[Tensor, Tensor] | None:
         """``(x, teacher logits)`` to distil on the unlabelled part: this round's fused teacher on the samples some
         client answered, plus (``unlabelled_cache``) the cached teachers of the last rounds; None when there is none.
-
-        ``server`` (with ``server_in_teacher``) gives the server's own logits at public positions: it joins the
-        learned combiner as one more party.
         """
         if self.unlabelled_x is None:
             return None
-        fresh = self._fresh_teacher(labelled, unlabelled, num_classes, stats, server)
+        fresh = self._fresh_teacher(labelled, unlabelled, num_classes, stats)
         if self.teacher_cache is not None:
             if fresh is not None:
                 self.teacher_cache.update(*fresh, round)
@@ -179,12 +167,7 @@ class ServerOptions:
         return self.unlabelled_x[index], logits
 
     def _fresh_teacher(
-        self,
-        labelled: Answers,
-        unlabelled: Answers,
-        num_classes: int,
-        stats: SelectionStats,
-        server: ServerLogits | None = None,
+        self, labelled: Answers, unlabelled: Answers, num_classes: int, stats: SelectionStats
     ) -> tuple[Tensor, Tensor] | None:
         """Unlabelled indices and fused teacher logits of this round's answers (canaries and screened clients out)."""
         if self.canaries is not None:
@@ -196,7 +179,7 @@ class ServerOptions:
             return None
         stacked, available = _stack(unlabelled, clients, union, num_classes)
         if self.config.unlabelled_trust == "learned":
-            fused = self._learned_teacher(labelled, clients, stacked, available, union, num_classes, stats, server)
+            fused = self._learned_teacher(labelled, clients, stacked, available, num_classes, stats)
         else:
             precision = torch.zeros(len(clients), num_classes)
             for k, client_id in enumerate(clients):
@@ -239,17 +222,12 @@ class ServerOptions:
         clients: list[int],
         stacked: Tensor,
         available: Tensor,
-        union: NDArray[np.int64],
         num_classes: int,
         stats: SelectionStats,
-        server: ServerLogits | None = None,
     ) -> UnlabelledTeacher:
         """Fit the per-client, per-class combiner on the held-out slice, then fuse the unlabelled answers with it.
 
-        The slice's labels never reach a client nor the server's loss, so nobody's answers there carry them. With
-        ``server`` the server's logits are one more party (last), answering wherever some client did; its row of
-        the teacher's weights is dropped, since it says who of the clients taught, and its share goes to
-        ``stats.extra["server_teacher_share"]``.
+        The slice's labels never reach a client nor the server's loss, so nobody's answers there carry them.
         """
         answers = {c: self._labelled_answers(labelled, c, num_classes) for c in clients}
         slice_answers = {c: answers[c] for c in clients if answers[c][0].size}
@@ -259,9 +237,6 @@ class ServerOptions:
             else np.zeros(0, np.int64)
         )
         fit_logits, fit_available = _stack(answers, clients, fit_union, num_classes)
-        if server is not None:
-            fit_logits = torch.cat([fit_logits, server(fit_union).float().unsqueeze(0)])
-            fit_available = torch.cat([fit_available, torch.ones(1, fit_union.size, dtype=torch.bool)])
         combiner = fit_class_combiner(
             fit_logits,
             fit_available,
@@ -273,18 +248,7 @@ class ServerOptions:
         stats.extra["combiner_samples"] = int(fit_union.size)
         if fit_union.size:
             stats.extra["combiner_loss"] = combiner.loss
-        if server is None:
-            return fuse_by_combiner(stacked, available, combiner)
-        answered = available.any(dim=0, keepdim=True)
-        num_labelled = int(self.transfer_y.shape[0])
-        fused = fuse_by_combiner(
-            torch.cat([stacked, server(num_labelled + union).float().unsqueeze(0)]),
-            torch.cat([available, answered]),
-            combiner,
-        )
-        share = fused.weights[-1][fused.has_teacher]
-        stats.extra["server_teacher_share"] = float(share.double().mean()) if share.numel() else 0.0
-        return UnlabelledTeacher(fused.logits, fused.has_teacher, fused.weights[:-1])
+        return fuse_by_combiner(stacked, available, combiner)
 
     def _reliability_slice(self, positions: NDArray[np.int64], values: NDArray[Any]) -> tuple[NDArray[np.int64], Any]:
         """A client's labelled answers its reliability is measured on: all, or those on the held-out slice."""

@@ -157,10 +157,7 @@ class SelectiveDistillServer:
         labelled, unlabelled = self.options.split_answers(client_logits, self.num_transfer, self.num_classes)
         teacher, has_teacher, some_client_right, stats = self._fuse_clients(round, labelled)
         self._knowledge_stats(some_client_right, stats)
-        server = self._public_logits if self.config.server_in_teacher else None
-        unlabelled_teacher = self.options.unlabelled_teacher(
-            round, labelled, unlabelled, self.num_classes, stats, server
-        )
+        unlabelled_teacher = self.options.unlabelled_teacher(round, labelled, unlabelled, self.num_classes, stats)
         if unlabelled_teacher is not None:
             self.options.teacher_figures(unlabelled_teacher, self._predict, stats)
         cfg = self.config
@@ -316,18 +313,6 @@ class SelectiveDistillServer:
 
     def _predict(self, x: Tensor) -> Tensor:
         return predict_logits(self.published, x, device=self.device)
-
-    def _public_logits(self, positions: NDArray[np.int64]) -> Tensor:
-        """The shown model's logits at public positions: labelled ``p < N``, unlabelled ``N + j``."""
-        labelled = positions < self.num_transfer
-        x = torch.empty(positions.size, *self.transfer_x.shape[1:], dtype=self.transfer_x.dtype)
-        x[torch.from_numpy(labelled)] = self.transfer_x[torch.from_numpy(positions[labelled])]
-        if not labelled.all():
-            if self.options.unlabelled_x is None:
-                raise ValueError("positions beyond the labelled part, but the server holds no unlabelled inputs")
-            index = torch.from_numpy(positions[~labelled] - self.num_transfer)
-            x[torch.from_numpy(~labelled)] = self.options.unlabelled_x[index]
-        return self._predict(x)
 
     def _transfer_predictions(self) -> Tensor:
         return predict_logits(self.published, self.transfer_x, device=self.device)

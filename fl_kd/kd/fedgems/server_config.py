@@ -43,9 +43,6 @@ class ServerDistillConfig:
     ema_decay : float (default: 0.0)
         The server shows an exponential moving average of its weights, updated after every step with this decay
         (``server_ema`` of :class:`~fl_kd.kd.fedgems.config.FedGEMSConfig`); 0 shows the trained weights.
-    server_in_teacher : bool (default: False)
-        The shown model joins the learned combiner of the unlabelled teacher as one more party (needs
-        ``unlabelled_trust="learned"``).
     """
 
     epochs: int = 1
@@ -71,7 +68,6 @@ class ServerDistillConfig:
     canary_z: float = 3.0
     unlabelled_cache: int = 0
     ema_decay: float = 0.0
-    server_in_teacher: bool = False
 
     def __post_init__(self) -> None:
         check_choice("correctness", self.correctness, CORRECTNESS)
@@ -107,10 +103,6 @@ class ServerDistillConfig:
         if not 0.0 < self.held_out_fraction < 1.0 or self.reliability_power < 0 or self.unlabelled_per_round < 0:
             raise ValueError(
                 f"need held_out_fraction in (0, 1), reliability_power >= 0, unlabelled_per_round >= 0: {self}"
-            )
-        if self.server_in_teacher and self.unlabelled_trust != "learned":
-            raise ValueError(
-                "server_in_teacher joins the server to the learned combiner: it needs unlabelled_trust='learned'"
             )
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
