@@ -1,6 +1,5 @@
 """``strategy.unlabelled_cache``: the server keeps the clients' fused teacher per unlabelled sample and distils those
-of the last rounds with this round's; 0 is today's algorithm, canaries never enter, a resumed run distils alike; a
-cycled schedule (``strategy.unlabelled_schedule=cycle``) asks every sample once before any twice."""
+of the last rounds with this round's; 0 is today's algorithm, canaries never enter, a resumed run distils alike."""
 
 from __future__ import annotations
 
@@ -14,7 +13,6 @@ import torch
 from fl_kd.checkpoint import object_state, restore_object_state, state_digests
 from fl_kd.config import ConfigError
 from fl_kd.kd.fedgems import SelectiveDistillServer, ServerDistillConfig
-from fl_kd.kd.fedgems.options import unlabelled_subset
 from fl_kd.kd.fedgems.teacher_cache import NEVER, TeacherCache
 from tests.kd_configs import learned_trust_server, tiny_config
 
@@ -146,27 +144,3 @@ def test_the_cache_needs_unlabelled_trust_and_a_whole_number_of_rounds() -> None
     config = tiny_config(transfer={"labelled": 60, "unlabelled": 40}, unlabelled_trust="class_reliability",
                          unlabelled_cache=3)  # fmt: skip
     assert config.strategy.server_config().unlabelled_cache == 3  # type: ignore[attr-defined]
-
-
-def test_a_cycled_schedule_asks_every_sample_once_before_any_twice() -> None:
-    cycled = [unlabelled_subset(50, 15, seed=3, round=r, schedule="cycle") for r in range(1, 6)]
-    assert all(chunk.size == 15 and np.all(np.diff(chunk) > 0) for chunk in cycled)
-    # Rounds 1-3 ask 45 different samples; round 4 asks the last 5 and then wraps to round 1's first 10.
-    assert len(set(np.concatenate(cycled[:3]).tolist())) == 45
-    assert len(set(np.concatenate(cycled[:4]).tolist())) == 50
-    assert len(set(cycled[3].tolist()) & set(cycled[0].tolist())) == 10
-    # The same seed gives the same cycle; the random schedule repeats samples before it has asked them all.
-    assert all(np.array_equal(a, unlabelled_subset(50, 15, 3, r, "cycle")) for r, a in enumerate(cycled, 1))
-    drawn = [unlabelled_subset(50, 15, seed=3, round=r) for r in range(1, 5)]
-    assert len(set(np.concatenate(drawn).tolist())) < 50
-    assert np.array_equal(unlabelled_subset(50, 0, 3, 1, "cycle"), np.arange(50))
-    with pytest.raises(ValueError, match="schedule"):
-        unlabelled_subset(50, 15, 3, 1, "sorted")
-
-
-def test_with_a_cycled_schedule_the_cache_holds_every_sample_paid_for() -> None:
-    server = learned_trust_server(60, unlabelled_per_round=20, unlabelled_cache=8, unlabelled_schedule="cycle")
-    distilled = [server.distill(round, _answers(server, round)).extra["unlabelled_distilled"] for round in (1, 2, 3)]
-    assert distilled == [20, 40, 60]
-    with pytest.raises(ConfigError, match="unlabelled_schedule"):
-        tiny_config(unlabelled_schedule="sorted")

@@ -191,9 +191,7 @@ def run_pseudo_label_server(
     rounds: list[Metrics] = []
     for round in range(1, cfg.strategy.rounds + 1):
         start = time.perf_counter()
-        subset = unlabelled_subset(
-            unlabelled_idx.size, settings.unlabelled_per_round, cfg.seed, round, settings.unlabelled_schedule
-        )
+        subset = unlabelled_subset(unlabelled_idx.size, settings.unlabelled_per_round, cfg.seed, round)
         picked = torch.from_numpy(unlabelled_idx[subset])
         u_x, u_y = federation.data.x_train[picked], federation.data.y_train[picked]
         keep, pseudo = _pseudo_labels(published, u_x, threshold)

@@ -8,13 +8,7 @@ from typing import TYPE_CHECKING
 from fl_kd.config import check_choice, check_range, require
 from fl_kd.kd.algorithm import SGDStrategyConfig
 from fl_kd.kd.client import ClientTrainConfig
-from fl_kd.kd.fedgems.server_config import (
-    CORRECTNESS,
-    RELIABILITY_ON,
-    UNLABELLED_SCHEDULES,
-    UNLABELLED_TRUST,
-    ServerDistillConfig,
-)
+from fl_kd.kd.fedgems.server_config import CORRECTNESS, RELIABILITY_ON, UNLABELLED_TRUST, ServerDistillConfig
 from fl_kd.kd.fusion import FUSION_RULES
 from fl_kd.kd.training import LOGITS_DTYPES
 from fl_kd.models import DeviceTier
@@ -85,11 +79,6 @@ class FedGEMSConfig(SGDStrategyConfig):
         nothing.
     unlabelled_per_round : int (default: 0)
         Unlabelled samples asked per round (a seeded subset); 0 asks all of them.
-    unlabelled_schedule : {"random", "cycle"} (default: "random")
-        Which ones: "random" (today) draws each round's subset afresh, so some samples are asked again while others
-        wait; "cycle" walks one seeded permutation in consecutive chunks, so every unlabelled sample is asked once
-        before any is asked twice, and a teacher cache (``unlabelled_cache``) holds as many teachers, each as
-        fresh, as the uplink has paid for (:func:`fl_kd.kd.fedgems.options.unlabelled_subset`).
     unlabelled_cache : int (default: 0)
         With ``unlabelled_trust``: the server keeps, per unlabelled sample, the newest fused client teacher and the
         round it was computed in, and each round distils this round's teacher together with those cached in the
@@ -161,7 +150,6 @@ class FedGEMSConfig(SGDStrategyConfig):
     reliability_on: str = "labelled"
     teacher_min_confidence: float = 0.0
     unlabelled_per_round: int = 0
-    unlabelled_schedule: str = "random"
     unlabelled_cache: int = 0
     learned_weight_decay: float = 1e-3
     learned_prob_floor: float = 0.0
@@ -195,7 +183,6 @@ class FedGEMSConfig(SGDStrategyConfig):
         check_choice("strategy.reliability_on", self.reliability_on, RELIABILITY_ON)
         check_range("strategy.teacher_min_confidence", self.teacher_min_confidence, low=0.0, high=1.0)
         check_range("strategy.unlabelled_per_round", self.unlabelled_per_round, low=0)
-        check_choice("strategy.unlabelled_schedule", self.unlabelled_schedule, UNLABELLED_SCHEDULES)
         check_range("strategy.unlabelled_cache", self.unlabelled_cache, low=0)
         require(
             self.unlabelled_cache == 0 or self.unlabelled_trust != "none",
@@ -280,7 +267,6 @@ class FedGEMSConfig(SGDStrategyConfig):
             reliability_on=self.reliability_on,
             teacher_min_confidence=self.teacher_min_confidence,
             unlabelled_per_round=self.unlabelled_per_round,
-            unlabelled_schedule=self.unlabelled_schedule,
             unlabelled_cache=self.unlabelled_cache,
             learned_weight_decay=self.learned_weight_decay,
             learned_prob_floor=self.learned_prob_floor,

@@ -32,7 +32,6 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
-from fl_kd.config import check_choice
 from fl_kd.kd.fedgems.canaries import CanaryScreen
 from fl_kd.kd.fedgems.combiner import fit_class_combiner, fuse_by_combiner
 from fl_kd.kd.fedgems.reliability import (
@@ -41,7 +40,6 @@ from fl_kd.kd.fedgems.reliability import (
     confusion_matrix,
     fuse_by_reliability,
 )
-from fl_kd.kd.fedgems.server_config import UNLABELLED_SCHEDULES
 from fl_kd.kd.fedgems.stats import SelectionStats
 from fl_kd.kd.fedgems.teacher_cache import TeacherCache
 from fl_kd.kd.seeding import SERVER_ID, derive_seed, torch_generator
@@ -119,10 +117,7 @@ class ServerOptions:
 
     def unlabelled_positions(self, round: int) -> NDArray[np.int64]:
         """Unlabelled indices ``j`` (public position ``N + j``) asked in ``round``: all, or a seeded subset."""
-        config = self.config
-        return unlabelled_subset(
-            self.num_unlabelled, config.unlabelled_per_round, self.seed, round, config.unlabelled_schedule
-        )
+        return unlabelled_subset(self.num_unlabelled, self.config.unlabelled_per_round, self.seed, round)
 
     def widen_query(self, round: int, needed: Tensor, correct: Tensor) -> NDArray[np.int64]:
         """The query from the ``(N,)`` masks of needed and correctly classified labelled samples."""
@@ -299,21 +294,10 @@ def _stack(answers: Answers, clients: list[int], union: NDArray[np.int64], num_c
     return stacked, available
 
 
-def unlabelled_subset(total: int, per_round: int, seed: int, round: int, schedule: str = "random") -> NDArray[np.int64]:
-    """Sorted indices of ``round``'s unlabelled subset of ``per_round`` of ``total``; all of them when ``per_round``
-    is 0 or not smaller than ``total``.
-
-    ``schedule="random"`` draws each round's subset afresh from ``(seed, round)``, so some samples are asked again
-    before others are asked once. ``"cycle"`` walks one permutation drawn from ``seed`` in consecutive chunks (the
-    last wrapping around to the first): every sample is asked once before any is asked again, so a teacher cache
-    holds as many samples, and as fresh teachers, as the rounds so far have paid for.
-    """
-    check_choice("schedule", schedule, UNLABELLED_SCHEDULES)
+def unlabelled_subset(total: int, per_round: int, seed: int, round: int) -> NDArray[np.int64]:
+    """Sorted indices of ``round``'s unlabelled subset: ``per_round`` of ``total`` drawn from ``(seed, round)``;
+    all of them when ``per_round`` is 0 or not smaller than ``total``."""
     if per_round == 0 or per_round >= total:
         return np.arange(total, dtype=np.int64)
-    if schedule == "cycle":
-        order = torch.randperm(total, generator=torch_generator(derive_seed(seed, SERVER_ID, "unlabelled_cycle")))
-        chunk = (round * per_round + torch.arange(per_round)) % total
-        return np.sort(order[chunk].numpy()).astype(np.int64)
     order = torch.randperm(total, generator=torch_generator(derive_seed(seed, SERVER_ID, round, "unlabelled")))
     return np.sort(order[:per_round].numpy()).astype(np.int64)

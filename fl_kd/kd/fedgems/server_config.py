@@ -14,9 +14,6 @@ UNLABELLED_TRUST = ("none", "class_reliability", "learned")
 """How the unlabelled part of the transfer set is used: not at all (FedGEMS), clients weighted by per-class precision,
 or by a per-client, per-class combiner fitted on the held-out slice."""
 
-UNLABELLED_SCHEDULES = ("random", "cycle")
-"""Which unlabelled samples a round asks: a fresh random subset each round, or consecutive chunks of one permutation."""
-
 RELIABILITY_ON = ("labelled", "held_out")
 """Where a client's per-class precision is measured: the whole labelled part, or the held-out slice only."""
 
@@ -40,8 +37,8 @@ class ServerDistillConfig:
     weighting : str (default: "inverse_entropy")
         Client fusion rule, a name in :data:`fl_kd.kd.fusion.FUSION_RULES`.
     correctness, held_out_fraction, distill_correct, unlabelled_trust, reliability_power, reliability_on,
-    teacher_min_confidence, unlabelled_per_round, unlabelled_schedule, learned_weight_decay, learned_prob_floor,
-    learned_trim, canaries, canary_z, unlabelled_cache
+    teacher_min_confidence, unlabelled_per_round, learned_weight_decay, learned_prob_floor, learned_trim, canaries,
+    canary_z, unlabelled_cache
         The optional extensions; see :class:`~fl_kd.kd.fedgems.config.FedGEMSConfig`. The defaults are FedGEMS.
     ema_decay : float (default: 0.0)
         The server shows an exponential moving average of its weights, updated after every step with this decay
@@ -64,7 +61,6 @@ class ServerDistillConfig:
     reliability_on: str = "labelled"
     teacher_min_confidence: float = 0.0
     unlabelled_per_round: int = 0
-    unlabelled_schedule: str = "random"
     learned_weight_decay: float = 1e-3
     learned_prob_floor: float = 0.0
     learned_trim: int = 0
@@ -104,7 +100,6 @@ class ServerDistillConfig:
         if not 0.0 <= self.teacher_min_confidence <= 1.0:
             raise ValueError(f"teacher_min_confidence must lie in [0, 1], got {self.teacher_min_confidence}")
         check_choice("unlabelled_trust", self.unlabelled_trust, UNLABELLED_TRUST)
-        check_choice("unlabelled_schedule", self.unlabelled_schedule, UNLABELLED_SCHEDULES)
         if not 0.0 < self.held_out_fraction < 1.0 or self.reliability_power < 0 or self.unlabelled_per_round < 0:
             raise ValueError(
                 f"need held_out_fraction in (0, 1), reliability_power >= 0, unlabelled_per_round >= 0: {self}"
