@@ -64,15 +64,6 @@ def _without_time(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "evaluation": {"test_samples": 100, "fraction_clients": 0.5},
             "rounds": 3,
         },
-        {
-            "transfer": {"labelled": 60, "unlabelled": 40},
-            "unlabelled_trust": "learned",
-            "correctness": "held_out",
-            "held_out_fraction": 0.5,
-            "reliability_on": "held_out",
-            "unlabelled_per_round": 20,
-            "server_held_out_labels": True,
-        },
     ],
 )
 def test_flower_messages_reproduce_the_reference_runner(overrides: dict[str, Any]) -> None:

@@ -130,14 +130,6 @@ class FedGEMSConfig(SGDStrategyConfig):
         averaging, :meth:`fl_kd.kd.client.DistillClient.keep_weight_average`); training goes on from the trained
         weights. It smooths the noise of small batches at a fixed learning rate. 0 (today): the trained weights.
         Not with ``client_personal``.
-    server_held_out_labels : bool (default: False)
-        With ``correctness=held_out``: the held-out slice is held out from the clients only. The server also trains
-        on its labels (cross-entropy, as on the rest of the labelled part) and, where it would broadcast its own
-        logits on the slice, sends the label-free fusion of the clients' answers there instead, so no client learns
-        those labels and the trust fitted on the slice stays honest. The slice's labels then teach the server as
-        well as measure the clients (with ``held_out_fraction=0.5``, 1,000 labels for the server instead of 500).
-        The server's correctness there is no longer honest: ``held_out_accuracy`` is not reported, and
-        ``untrusted_accuracy`` is measured on the whole labelled part, as with ``correctness=train``.
     """
 
     name: str = "fedgems"
@@ -171,7 +163,6 @@ class FedGEMSConfig(SGDStrategyConfig):
     canary_z: float = 3.0
     server_ema: float = 0.0
     client_tail_average: float = 0.0
-    server_held_out_labels: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -213,10 +204,6 @@ class FedGEMSConfig(SGDStrategyConfig):
         check_range("strategy.canary_z", self.canary_z, low=0.0, low_open=True)
         check_range("strategy.server_ema", self.server_ema, low=0.0, high=1.0, high_open=True)
         check_range("strategy.client_tail_average", self.client_tail_average, low=0.0, high=1.0)
-        require(
-            not self.server_held_out_labels or self.correctness == "held_out",
-            "strategy.server_held_out_labels needs strategy.correctness=held_out",
-        )
         require(
             self.client_tail_average == 0.0 or not self.client_personal,
             "strategy.client_tail_average averages the client's one model: it cannot go with strategy.client_personal",
@@ -287,7 +274,6 @@ class FedGEMSConfig(SGDStrategyConfig):
             canaries=self.canaries,
             canary_z=self.canary_z,
             ema_decay=self.server_ema,
-            held_out_labels=self.server_held_out_labels,
         )
 
     def client_config(self, tier: DeviceTier) -> ClientTrainConfig:

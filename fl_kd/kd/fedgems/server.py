@@ -100,8 +100,6 @@ class SelectiveDistillServer:
         self.options = ServerOptions(
             self.config, self.transfer_y, seed, unlabelled_x, unlabelled_y, num_classes=self.num_classes
         )
-        # With held_out_labels: what the clients are sent on the held-out slice (their label-free fusion).
-        self._held_out_broadcast = torch.zeros(self.options.held_out_positions.size, self.num_classes)
 
     @property
     def published(self) -> nn.Module:
@@ -192,9 +190,8 @@ class SelectiveDistillServer:
         """
         predictions = self._transfer_predictions().argmax(dim=1)
         correct = predictions == self.transfer_y
-        held_out = None if self.config.held_out_labels else self.options.held_out  # trained on: not honest
-        honest = held_out if held_out is not None else torch.ones_like(correct)
-        if held_out is not None:
+        honest = self.options.held_out if self.options.held_out is not None else torch.ones_like(correct)
+        if self.options.held_out is not None:
             stats.extra["held_out_accuracy"] = float(correct[honest].double().mean())
         untrusted = honest & ~some_client_right
         stats.extra["n_untrusted"] = int(untrusted.sum())
@@ -217,8 +214,6 @@ class SelectiveDistillServer:
         use_clients = ~correct & ~filled & has_teacher[index]
         ce_only = ~(correct | use_cache | use_clients)
         dark = correct & has_teacher[index] if cfg.distill_correct else torch.zeros_like(correct)
-        if held is not None and cfg.held_out_labels:
-            held = None  # the server learns these labels too; only their cache and correctness stay out
         if held is not None:
             ce_only &= ~held
 
@@ -300,8 +295,6 @@ class SelectiveDistillServer:
             held = self.options.held_out[union_index]
             labels = torch.where(held, -1, labels)
         selected = select_teacher(stacked, labels, self.config.weighting, available)
-        if self.config.held_out_labels:
-            self._keep_held_out_broadcast(union, selected.logits, selected.has_teacher & held)
         teacher[union_index] = selected.logits
         has_teacher[union_index] = selected.has_teacher
         weights = selected.weights
@@ -318,15 +311,6 @@ class SelectiveDistillServer:
             stats.weight_mass[client_id] = float(weights[k].sum())
         return teacher, has_teacher, some_client_right, stats
 
-    def _keep_held_out_broadcast(self, union: NDArray[np.int64], logits: Tensor, fused: Tensor) -> None:
-        """Keep the clients' label-free fusion ``logits`` on the held-out positions of ``union`` where ``fused``
-        (zeros, a uniform target, where no client answered): what the clients are sent there instead of the
-        server's logits, which have learnt those labels."""
-        slots = np.searchsorted(self.options.held_out_positions, union)
-        self._held_out_broadcast.zero_()
-        take = torch.from_numpy(slots[fused.numpy()])
-        self._held_out_broadcast[take] = logits[fused]
-
     def _predict(self, x: Tensor) -> Tensor:
         return predict_logits(self.published, x, device=self.device)
 
@@ -336,13 +320,9 @@ class SelectiveDistillServer:
     def transfer_logits(self, dtype: DTypeLike = np.float32) -> NDArray[np.floating[Any]]:
         """Eval-mode server logits ``(N, C)`` on the whole transfer set: the broadcast to clients.
 
-        ``dtype=np.float16`` halves the downlink (values clipped to float16's range). With ``held_out_labels``
-        the held-out slice carries the clients' label-free fusion instead: the server has learnt those labels.
+        ``dtype=np.float16`` halves the downlink (values clipped to float16's range).
         """
-        logits = self._transfer_predictions()
-        if self.config.held_out_labels:
-            logits[torch.from_numpy(self.options.held_out_positions)] = self._held_out_broadcast
-        return to_wire(logits, dtype)
+        return to_wire(self._transfer_predictions(), dtype)
 
     def unlabelled_logits(self, round: int, dtype: DTypeLike = np.float32) -> tuple[NDArray[np.int64], NDArray[Any]]:
         """Public positions ``(m,)`` of ``round``'s unlabelled subset and the server's logits ``(m, C)`` there."""

@@ -40,10 +40,6 @@ class ServerDistillConfig:
     teacher_min_confidence, unlabelled_per_round, learned_weight_decay, learned_prob_floor, learned_trim, canaries,
     canary_z, unlabelled_cache
         The optional extensions; see :class:`~fl_kd.kd.fedgems.config.FedGEMSConfig`. The defaults are FedGEMS.
-    held_out_labels : bool (default: False)
-        The server also learns the held-out slice's labels (cross-entropy), and broadcasts there the clients' own
-        label-free fusion instead of its logits, so no client learns them (``server_held_out_labels`` of
-        :class:`~fl_kd.kd.fedgems.config.FedGEMSConfig`; needs ``correctness="held_out"``).
     ema_decay : float (default: 0.0)
         The server shows an exponential moving average of its weights, updated after every step with this decay
         (``server_ema`` of :class:`~fl_kd.kd.fedgems.config.FedGEMSConfig`); 0 shows the trained weights.
@@ -71,7 +67,6 @@ class ServerDistillConfig:
     canaries: int = 0
     canary_z: float = 3.0
     unlabelled_cache: int = 0
-    held_out_labels: bool = False
     ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
@@ -109,8 +104,6 @@ class ServerDistillConfig:
             raise ValueError(
                 f"need held_out_fraction in (0, 1), reliability_power >= 0, unlabelled_per_round >= 0: {self}"
             )
-        if self.held_out_labels and self.correctness != "held_out":
-            raise ValueError("held_out_labels needs correctness='held_out' (a slice whose labels clients never learn)")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
