@@ -127,6 +127,10 @@ PEER_OVERRIDES: dict[str, tuple[str, ...]] = {
     "fedet": ("strategy.server_epochs=1",),
     "fedmd": ("strategy.public_per_round=2000",),
 }
+#: What every peer's clients share with FedGEMS' clients: the bound on each step's gradient norm is an SGD setting of
+#: every strategy (:class:`~fl_kd.kd.algorithm.SGDStrategyConfig`), not part of FedGEMS' method, and it lifts the
+#: peers too (FedAvg of the server model at alpha 0.5: 0.8408 against 0.8215 without it, three seeds).
+PEER_SHARED_OVERRIDES: tuple[str, ...] = dict(ABLATION)["+client_clip"]
 
 SEEDS: tuple[int, ...] = (0, 1, 2)
 EXTRA_SEEDS: tuple[int, ...] = SEEDS[1:]
@@ -171,8 +175,10 @@ class Job:
 
 
 def federated(method: str, setting: str, seed: int) -> Job:
-    """FedGEMS with every extension, or a peer with its defaults."""
-    overrides = FEDGEMS_OVERRIDES if method == FEDGEMS else (f"strategy={method}", *PEER_OVERRIDES.get(method, ()))
+    """FedGEMS with every extension, or a peer with its defaults, its compute cuts and FedGEMS' client bound."""
+    if method == FEDGEMS:
+        return Job(method, "federated", setting, seed, FEDGEMS_OVERRIDES)
+    overrides = (f"strategy={method}", *PEER_OVERRIDES.get(method, ()), *PEER_SHARED_OVERRIDES)
     return Job(method, "federated", setting, seed, overrides)
 
 

@@ -14,6 +14,7 @@ from benchmarks.knowledge.grid import (
     FEDGEMS,
     LATE_STEPS,
     PEER_OVERRIDES,
+    PEER_SHARED_OVERRIDES,
     PEERS,
     SEEDED_VARIANTS,
     SETTINGS,
@@ -92,7 +93,7 @@ def _setup_lines(done: dict[Job, dict[str, Any]]) -> list[str]:
         "  peers run their paper's mechanism with the defaults of `conf/strategy/`, untuned, on the same transfer set,",
         "  except these compute cuts (their defaults were set for a 300-sample transfer set): "
         + "; ".join(f"{peer} `{' '.join(o)}`" for peer, o in PEER_OVERRIDES.items())
-        + ".",
+        + f"; and every peer's clients bound their steps as FedGEMS' do (`{' '.join(PEER_SHARED_OVERRIDES)}`).",
         "- Cut, stated plainly: rounds before the last are evaluated on a fixed, class-stratified 2,000-image",
         "  subset of the test set (`evaluation.test_samples=2000`); the last round, so every final figure, on all",
         "  10,000.",
