@@ -199,6 +199,7 @@ def test_fedgems_is_the_last_ablation_step_and_the_late_steps_run_in_every_setti
 
 def test_every_peer_bounds_its_clients_steps_as_fedgems_does() -> None:
     """The bound is an SGD setting of every strategy; a peer without it would be compared with a handicap."""
+    from benchmarks.kd.grid import compose_config
     from benchmarks.knowledge.grid import FEDGEMS_OVERRIDES, PEERS, federated, resolved
 
     bound = resolved(FEDGEMS_OVERRIDES)["strategy.client_max_grad_norm"]
@@ -206,7 +207,5 @@ def test_every_peer_bounds_its_clients_steps_as_fedgems_does() -> None:
         settings = resolved(federated(peer, "alpha0.5", 0).hydra_overrides())
         assert settings["strategy"] == peer and settings["strategy.client_max_grad_norm"] == bound
     assert resolved(federated("feddf", "alpha0.1", 1).hydra_overrides())["strategy.server_epochs"] == "2"
-    from benchmarks.kd.grid import compose_config
-
     cfg = compose_config(0, 1, "inprocess", federated("dsfl", "alpha0.5", 0).hydra_overrides())
     assert cfg.strategy.client_max_grad_norm == float(bound)
