@@ -186,9 +186,10 @@ def test_fedgems_is_the_last_ablation_step_and_the_late_steps_run_in_every_setti
     for setting in SETTINGS:
         seeds = {job.seed for job in jobs if job.setting == setting and job.method == ABLATION[-2][0]}
         assert seeds == {0, 1, 2}, setting
-    # Baselines keep FedGEMS' options from before the learned trust, so their earlier runs stay valid.
+    # Clients alone keep FedGEMS' options from before the learned trust, and its client bound.
     local = next(job for job in jobs if job.kind == "local_only")
-    assert local.overrides == BASE_OVERRIDES
+    assert local.overrides[: len(BASE_OVERRIDES)] == BASE_OVERRIDES
+    assert resolved(local.overrides)["strategy.client_max_grad_norm"] == settings["strategy.client_max_grad_norm"]
     # The server-alone baselines train their server as FedGEMS does: the weight average, as many unlabelled a round.
     for kind in ("transfer_only", "pseudo_label"):
         server_alone = resolved(next(job for job in jobs if job.kind == kind).overrides)

@@ -11,10 +11,10 @@ from typing import Any
 from benchmarks.common import machine_line, markdown_table, mean, std, write_section
 from benchmarks.knowledge.grid import (
     ABLATION,
+    CLIENT_BOUND_OVERRIDES,
     FEDGEMS,
     LATE_STEPS,
     PEER_OVERRIDES,
-    PEER_SHARED_OVERRIDES,
     PEERS,
     SEEDED_VARIANTS,
     SETTINGS,
@@ -93,7 +93,8 @@ def _setup_lines(done: dict[Job, dict[str, Any]]) -> list[str]:
         "  peers run their paper's mechanism with the defaults of `conf/strategy/`, untuned, on the same transfer set,",
         "  except these compute cuts (their defaults were set for a 300-sample transfer set): "
         + "; ".join(f"{peer} `{' '.join(o)}`" for peer, o in PEER_OVERRIDES.items())
-        + f"; and every peer's clients bound their steps as FedGEMS' do (`{' '.join(PEER_SHARED_OVERRIDES)}`).",
+        + f"; and the clients of every peer and of local-only training bound their steps as FedGEMS' do"
+        f" (`{' '.join(CLIENT_BOUND_OVERRIDES)}`).",
         "- Cut, stated plainly: rounds before the last are evaluated on a fixed, class-stratified 2,000-image",
         "  subset of the test set (`evaluation.test_samples=2000`); the last round, so every final figure, on all",
         "  10,000.",
