@@ -93,7 +93,7 @@ def _setup_lines(done: dict[Job, dict[str, Any]]) -> list[str]:
         "  peers run their paper's mechanism with the defaults of `conf/strategy/`, untuned, on the same transfer set,",
         "  except these compute cuts (their defaults were set for a 300-sample transfer set): "
         + "; ".join(f"{peer} `{' '.join(o)}`" for peer, o in PEER_OVERRIDES.items())
-        + f"; and the clients of every peer and of local-only training bound their steps as FedGEMS' do"
+        + "; and the clients of every peer and of local-only training bound their steps as FedGEMS' do"
         f" (`{' '.join(CLIENT_BOUND_OVERRIDES)}`).",
         "- Cut, stated plainly: rounds before the last are evaluated on a fixed, class-stratified 2,000-image",
         "  subset of the test set (`evaluation.test_samples=2000`); the last round, so every final figure, on all",
