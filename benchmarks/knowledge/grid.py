@@ -220,13 +220,18 @@ PSEUDO_LABEL_OVERRIDES: tuple[str, ...] = (
 )
 
 
+def local_only_job(setting: str, seed: int) -> Job:
+    """The clients of ``setting`` alone, each training on its private data only."""
+    return Job("local_only", "local_only", setting, seed, LOCAL_ONLY_OVERRIDES)
+
+
 def baseline_jobs(seed: int) -> list[Job]:
     """The server alone (labelled part; labelled part plus self-pseudo-labels) and clients alone per setting."""
     jobs = [
         Job("transfer_only", "transfer_only", SHARED_SETTING, seed, ("strategy=fedgems", *SERVER_ALONE_OVERRIDES)),
         Job("pseudo_label", "pseudo_label", SHARED_SETTING, seed, PSEUDO_LABEL_OVERRIDES),
     ]
-    return jobs + [Job("local_only", "local_only", setting, seed, LOCAL_ONLY_OVERRIDES) for setting in SETTINGS]
+    return jobs + [local_only_job(setting, seed) for setting in SETTINGS]
 
 
 def plan(best_peer: Mapping[str, str]) -> list[Job]:
@@ -254,7 +259,7 @@ def plan(best_peer: Mapping[str, str]) -> list[Job]:
             jobs += [
                 federated(FEDGEMS, setting, seed),
                 *ablation_jobs(setting, seed, steps=SEEDED_STEPS),
-                Job("local_only", "local_only", setting, seed, LOCAL_ONLY_OVERRIDES),
+                local_only_job(setting, seed),
             ]
         jobs += baseline_jobs(seed)[:2]
     for setting, peer in best_peer.items():
