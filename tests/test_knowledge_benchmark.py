@@ -127,6 +127,19 @@ def test_report_section_has_the_figures_and_honest_verdicts(tmp_path: Path) -> N
     assert report.read_text().count(BEGIN) == 1
 
 
+def test_a_client_margin_that_local_only_leaves_no_room_for_says_how_much_is_possible(tmp_path: Path) -> None:
+    ours, local = federated("fedgems", "alpha0.5", 0), Job("local_only", "local_only", "alpha0.5", 0)
+    _write(tmp_path, ours, [_row(1, 0.8, 0.995)])
+    global_acc = {f"client_acc_{t}_mean": 0.5 for t in ("low", "mid", "high")}
+    _write(tmp_path, local, [_row(1, math.nan, 0.99, **global_acc)])  # own: 0.99 + 2 points is above 1.0
+    report = tmp_path / "REPORT.md"
+    write_report(tmp_path, report, 1, "python -m benchmarks.knowledge", [ours, local], [])
+    own = next(line for line in report.read_text().splitlines() if "(own test)" in line and "- alpha0.5:" in line)
+    assert "**MISSED**" in own and "low 0.9950 vs 0.9900 (+0.5; at most +1.0 possible)" in own
+    glob = next(line for line in report.read_text().splitlines() if "(global test)" in line and "- alpha0.5:" in line)
+    assert "**holds**" in glob and "low 0.9950 vs 0.5000 (+49.5);" in glob  # 0.5 leaves room: no remark
+
+
 def test_sections_written_by_other_commands_are_found_for_keeping() -> None:
     from benchmarks.common import kept_sections
 

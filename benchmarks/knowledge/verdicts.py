@@ -182,7 +182,10 @@ def _client_lines(
     setting: str, which: str, runs: list[dict[str, Any]], local: list[dict[str, Any]], figures: Figures
 ) -> list[str]:
     """The two client expectations (global +5, own +2 points over local-only per tier) for ``runs``, against the
-    local-only runs of the same seeds (one seed of a variant is not compared with three of local-only)."""
+    local-only runs of the same seeds (one seed of a variant is not compared with three of local-only).
+
+    Where local-only is so close to 1.0 that the margin cannot be reached at all, the tier says how much can, so a
+    miss there reads as the ceiling it is rather than as a shortfall of the method."""
     seeds = {int(r["job"]["seed"]) for r in runs}
     local = [r for r in local if int(r["job"]["seed"]) in seeds]
     lines = []
@@ -191,7 +194,8 @@ def _client_lines(
         for t in TIERS:
             kd, alone = _final(figures, runs, f"{key}_{t}"), _final(figures, local, f"{key}_{t}")
             oks.append(kd - alone >= need)
-            parts.append(f"{t} {kd:.4f} vs {alone:.4f} ({100 * (kd - alone):+.1f})")
+            reachable = f"; at most {100 * (1 - alone):+.1f} possible" if alone + need > 1 else ""
+            parts.append(f"{t} {kd:.4f} vs {alone:.4f} ({100 * (kd - alone):+.1f}{reachable})")
         lines.append(
             f"- {setting}{which}: every tier above local-only by >= {100 * need:.0f} points ({label} test): "
             f"**{_mark(all(oks) if local else None)}** ({'; '.join(parts)})."
