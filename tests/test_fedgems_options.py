@@ -510,3 +510,27 @@ def test_personal_clients_run_end_to_end_and_report_their_personal_accuracy() ->
     assert [r["server_acc"] for r in kept.rounds] == [r["server_acc"] for r in rows]
     assert [r["client_acc_mean"] for r in kept.rounds] == [r["client_acc_mean"] for r in rows]
     assert kept.rounds[0]["client_pacc_mean"] == rows[0]["client_pacc_mean"]
+
+
+def test_selection_settings_are_declared_once_and_all_reach_the_server() -> None:
+    from fl_kd.kd.fedgems.server_config import SelectionConfig
+
+    names = {field.name for field in fields(SelectionConfig)}
+    assert names <= {field.name for field in fields(FedGEMSConfig)}
+    assert names <= {field.name for field in fields(ServerDistillConfig)}
+    strategy = FedGEMSConfig(
+        correctness="held_out", held_out_fraction=0.3, distill_correct=True, unlabelled_trust="learned",
+        reliability_power=2.0, reliability_on="held_out", teacher_min_confidence=0.5, learned_weight_decay=0.1,
+        learned_prob_floor=0.01, learned_trim=1, unlabelled_per_round=7, unlabelled_cache=3, canaries=5, canary_z=2.0,
+    )  # fmt: skip
+    server = strategy.server_config()
+    assert {name: getattr(server, name) for name in names} == {name: getattr(strategy, name) for name in names}
+    defaults = ServerDistillConfig()
+    assert all(getattr(strategy, name) != getattr(defaults, name) for name in names)  # each one is carried over
+    # One check for both, naming the key as each user writes it.
+    with pytest.raises(ConfigError, match=r"^strategy\.canaries needs strategy\.unlabelled_trust"):
+        FedGEMSConfig(canaries=2)
+    with pytest.raises(ConfigError, match=r"^canaries needs unlabelled_trust"):
+        ServerDistillConfig(canaries=2)
+    with pytest.raises(ConfigError, match=r"^strategy\.learned_trim must be a whole number"):
+        FedGEMSConfig(learned_trim=1.5)  # type: ignore[arg-type]

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from fl_kd.config import check_choice, check_range, require
 from fl_kd.kd.algorithm import SGDStrategyConfig
 from fl_kd.kd.client import ClientTrainConfig
-from fl_kd.kd.fedgems.server_config import CORRECTNESS, RELIABILITY_ON, UNLABELLED_TRUST, ServerDistillConfig
+from fl_kd.kd.fedgems.server_config import SelectionConfig, ServerDistillConfig
 from fl_kd.kd.fusion import FUSION_RULES
 from fl_kd.kd.training import LOGITS_DTYPES
 from fl_kd.models import DeviceTier
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class FedGEMSConfig(SGDStrategyConfig):
+class FedGEMSConfig(SelectionConfig, SGDStrategyConfig):
     """Selective distillation into a large server model.
 
     Attributes
@@ -39,54 +39,12 @@ class FedGEMSConfig(SGDStrategyConfig):
         Wire format of logits in both directions ("float32" or "float16").
     checkpoint : str | None (default: None)
         Server checkpoint to start from (pretrained model or an earlier federation's ``server.pt``).
-    correctness : {"train", "held_out"} (default: "train")
-        Where the server's correctness is judged. "train" (FedGEMS): on the samples it trains on, so memorising
-        them closes the query. "held_out": a seeded ``held_out_fraction`` of the labelled part is never trained on
-        by label nor cached; there the server asks the clients wherever it is wrong and distils their soft
-        targets alone, fused without the label (with ``unlabelled_trust``, whose trust is fitted there, the slice
-        is not distilled).
-    held_out_fraction : float (default: 0.2)
-        Share of the labelled part held out with ``correctness="held_out"``.
-    distill_correct : bool (default: False)
-        Also distil the clients' fused soft targets where the server is right (their dark knowledge); the query
-        then covers the trained samples the server gets right too.
-    unlabelled_trust : {"none", "class_reliability", "learned"} (default: "none")
-        "class_reliability": clients answer on the whole labelled part and on the unlabelled part too; on each
-        unlabelled sample the server distils the clients' softmax outputs weighted by their precision, measured on
-        the labelled part, for the class they predict (raised to ``reliability_power``). "learned" (needs
-        ``reliability_on=held_out``): each round the server fits one weight per client and class (plus a class
-        bias) on the clients' answers on the held-out slice, whose labels no client trained on, and distils
-        ``log_softmax(sum_k w[k, y] * log_softmax(z_k)[y] + b_y)`` (:mod:`fl_kd.kd.fedgems.combiner`).
-    reliability_power : float (default: 4.0)
-        Sharpness of that trust (0: plain average).
-    reliability_on : {"labelled", "held_out"} (default: "labelled")
-        Where that precision is measured. Clients distil on the labelled part with its labels, so after a few
-        rounds every client looks precise there in every class. "held_out" (needs ``correctness=held_out``)
-        measures it on the held-out slice only, whose labels the clients are then never given: they distil the
-        server's logits there without cross-entropy.
-    teacher_min_confidence : float (default: 0.0)
-        The server distils an unlabelled sample only where the clients' fused teacher gives its top class at least
-        this probability (calibrated confidence as a second selection; 0 keeps every answered sample).
-    learned_weight_decay : float (default: 0.001)
-        With ``unlabelled_trust=learned``: the combiner's penalty ``sum (w - 1) ** 2`` towards equal weights.
-    learned_prob_floor : float (default: 0.0)
-        With ``unlabelled_trust=learned``: each client's probabilities enter the combiner no lower than this (below
-        1 / C; 0: no floor), so one confident answer cannot veto a class (a malicious client's one-hot lie would
-        count ``log(1e-4)`` against the truth; with 0.01 it counts as one firm dissent).
-    learned_trim : int (default: 0)
-        With ``unlabelled_trust=learned``: the combiner leaves out this many lowest and this many highest terms of
-        each sample and class (a trimmed product), so that up to that many clients lying together count for
-        nothing.
-    unlabelled_per_round : int (default: 0)
-        Unlabelled samples asked per round (a seeded subset); 0 asks all of them.
-    unlabelled_cache : int (default: 0)
-        With ``unlabelled_trust``: the server keeps, per unlabelled sample, the newest fused client teacher and the
-        round it was computed in, and each round distils this round's teacher together with those cached in the
-        last ``unlabelled_cache`` rounds (a sample answered again takes the new one), so a teacher paid for once is
-        learnt from for that many rounds more at no extra uplink (:mod:`fl_kd.kd.fedgems.teacher_cache`). 0 (today):
-        only this round's subset is distilled. Canaries never enter the cache. Known limit: a client the canaries
-        screen out in a later round is left out of the new teachers only; what it taught in earlier rounds stays
-        cached until it ages out or the sample is answered again.
+    correctness, held_out_fraction, distill_correct, unlabelled_trust, reliability_power, reliability_on,
+    teacher_min_confidence, learned_weight_decay, learned_prob_floor, learned_trim, unlabelled_per_round,
+    unlabelled_cache, canaries, canary_z
+        What the server distils and whom it trusts: see
+        :class:`~fl_kd.kd.fedgems.server_config.SelectionConfig`, which declares and checks them for the core
+        server and this strategy alike.
     client_unlabelled : bool (default: False)
         Also broadcast the server's logits on the round's unlabelled subset, which clients distil (pure KD, after
         the labelled part): what the server learnt from every client reaches each client on inputs beyond the
@@ -108,15 +66,6 @@ class FedGEMSConfig(SGDStrategyConfig):
         On its own test distribution a client predicts with the log of its private label frequencies added to the
         logits (of the personal model, or of the shared one without ``client_personal``): the shared model's
         knowledge under the client's own label prior, at no training cost.
-    canaries : int (default: 0)
-        Samples of the unlabelled part whose labels the server holds and keeps to itself (needs
-        ``unlabelled_trust`` and ``reliability_on=held_out``). Queried like any other unlabelled sample and never
-        distilled, they catch a client that is honest where it knows it is checked and poisons the rest: one whose
-        accuracy on them falls short of its accuracy on the held-out slice by more than ``canary_z`` standard errors
-        (pooled over the rounds so far) is left out of the unlabelled teacher (:mod:`fl_kd.kd.fedgems.canaries`).
-        They cost that many labels more.
-    canary_z : float (default: 3.0)
-        The screen's threshold.
     server_ema : float (default: 0.0)
         The server keeps an exponential moving average of its weights, updated after every training step with this
         decay (Polyak averaging, as a mean teacher does), and shows it: it is what the server broadcasts, queries
@@ -142,25 +91,11 @@ class FedGEMSConfig(SGDStrategyConfig):
     client_distill_epochs: int = 1
     logits_dtype: str = "float32"
     checkpoint: str | None = None
-    correctness: str = "train"
-    held_out_fraction: float = 0.2
-    distill_correct: bool = False
-    unlabelled_trust: str = "none"
-    reliability_power: float = 4.0
-    reliability_on: str = "labelled"
-    teacher_min_confidence: float = 0.0
-    unlabelled_per_round: int = 0
-    unlabelled_cache: int = 0
-    learned_weight_decay: float = 1e-3
-    learned_prob_floor: float = 0.0
-    learned_trim: int = 0
     client_unlabelled: bool = False
     client_finetune_epochs: int = 0
     client_personal: bool = False
     client_personal_prox: float | None = None
     client_personal_prior: bool = False
-    canaries: int = 0
-    canary_z: float = 3.0
     server_ema: float = 0.0
     client_tail_average: float = 0.0
 
@@ -174,24 +109,7 @@ class FedGEMSConfig(SGDStrategyConfig):
         check_range("strategy.server_lr", self.server_lr, low=0.0, low_open=True)
         check_range("strategy.client_distill_epochs", self.client_distill_epochs, low=0)
         check_choice("strategy.logits_dtype", self.logits_dtype, LOGITS_DTYPES)
-        check_choice("strategy.correctness", self.correctness, CORRECTNESS)
-        check_range(
-            "strategy.held_out_fraction", self.held_out_fraction, low=0.0, high=1.0, low_open=True, high_open=True
-        )
-        check_choice("strategy.unlabelled_trust", self.unlabelled_trust, UNLABELLED_TRUST)
-        check_range("strategy.reliability_power", self.reliability_power, low=0.0)
-        check_choice("strategy.reliability_on", self.reliability_on, RELIABILITY_ON)
-        check_range("strategy.teacher_min_confidence", self.teacher_min_confidence, low=0.0, high=1.0)
-        check_range("strategy.unlabelled_per_round", self.unlabelled_per_round, low=0)
-        check_range("strategy.unlabelled_cache", self.unlabelled_cache, low=0)
-        require(
-            self.unlabelled_cache == 0 or self.unlabelled_trust != "none",
-            "strategy.unlabelled_cache keeps the clients' teacher on unlabelled samples: it needs "
-            "strategy.unlabelled_trust=class_reliability or learned",
-        )
-        check_range("strategy.learned_weight_decay", self.learned_weight_decay, low=0.0)
-        check_range("strategy.learned_prob_floor", self.learned_prob_floor, low=0.0, high=1.0, high_open=True)
-        check_range("strategy.learned_trim", self.learned_trim, low=0)
+        self.check_selection("strategy.")
         check_range("strategy.client_finetune_epochs", self.client_finetune_epochs, low=0)
         require(
             not self.client_personal or self.client_finetune_epochs >= 1,
@@ -200,8 +118,6 @@ class FedGEMSConfig(SGDStrategyConfig):
         if self.client_personal_prox is not None:
             check_range("strategy.client_personal_prox", self.client_personal_prox, low=0.0)
             require(self.client_personal, "strategy.client_personal_prox needs strategy.client_personal=true")
-        check_range("strategy.canaries", self.canaries, low=0)
-        check_range("strategy.canary_z", self.canary_z, low=0.0, low_open=True)
         check_range("strategy.server_ema", self.server_ema, low=0.0, high=1.0, high_open=True)
         check_range("strategy.client_tail_average", self.client_tail_average, low=0.0, high=1.0)
         require(
@@ -220,23 +136,8 @@ class FedGEMSConfig(SGDStrategyConfig):
             f"strategy.unlabelled_trust={self.unlabelled_trust} needs an unlabelled part: set transfer.unlabelled > 0",
         )
         require(
-            self.reliability_on == "labelled" or self.correctness == "held_out",
-            "strategy.reliability_on=held_out needs strategy.correctness=held_out",
-        )
-        require(
-            self.unlabelled_trust != "learned" or self.reliability_on == "held_out",
-            "strategy.unlabelled_trust=learned needs strategy.reliability_on=held_out (and so "
-            "strategy.correctness=held_out): its combiner is fitted on the clients' answers where none of them "
-            "trained on the label, and only the held-out slice is such a place",
-        )
-        require(
             not self.client_unlabelled or self.unlabelled_trust != "none",
             "strategy.client_unlabelled needs strategy.unlabelled_trust=class_reliability or learned",
-        )
-        require(
-            self.canaries == 0 or (self.unlabelled_trust != "none" and self.reliability_on == "held_out"),
-            "strategy.canaries needs strategy.unlabelled_trust=class_reliability or learned and "
-            "strategy.reliability_on=held_out: a client's accuracy on them is compared with the held-out slice's",
         )
         require(
             self.canaries < experiment.transfer.unlabelled or self.canaries == 0,
@@ -259,21 +160,8 @@ class FedGEMSConfig(SGDStrategyConfig):
             epsilon=self.epsilon,
             temperature=self.temperature,
             weighting=self.weighting,
-            correctness=self.correctness,
-            held_out_fraction=self.held_out_fraction,
-            distill_correct=self.distill_correct,
-            unlabelled_trust=self.unlabelled_trust,
-            reliability_power=self.reliability_power,
-            reliability_on=self.reliability_on,
-            teacher_min_confidence=self.teacher_min_confidence,
-            unlabelled_per_round=self.unlabelled_per_round,
-            unlabelled_cache=self.unlabelled_cache,
-            learned_weight_decay=self.learned_weight_decay,
-            learned_prob_floor=self.learned_prob_floor,
-            learned_trim=self.learned_trim,
-            canaries=self.canaries,
-            canary_z=self.canary_z,
             ema_decay=self.server_ema,
+            **self.selection_settings(),
         )
 
     def client_config(self, tier: DeviceTier) -> ClientTrainConfig:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
-from fl_kd.config import check_choice
+from fl_kd.config import check_choice, check_range, require
 from fl_kd.kd.fusion import FUSION_RULES
 
 CORRECTNESS = ("train", "held_out")
@@ -18,8 +19,135 @@ RELIABILITY_ON = ("labelled", "held_out")
 """Where a client's per-class precision is measured: the whole labelled part, or the held-out slice only."""
 
 
+@dataclass(kw_only=True)
+class SelectionConfig:
+    """What the server distils and whom it trusts, declared once for the core server and the strategy.
+
+    :class:`ServerDistillConfig` and :class:`~fl_kd.kd.fedgems.config.FedGEMSConfig` (the ``strategy.*`` settings)
+    both inherit these fields and :meth:`check_selection`; the defaults are FedGEMS.
+
+    Attributes
+    ----------
+    correctness : {"train", "held_out"} (default: "train")
+        Where the server's correctness is judged. "train" (FedGEMS): on the samples it trains on, so memorising
+        them closes the query. "held_out": a seeded ``held_out_fraction`` of the labelled part is never trained on
+        by label nor cached; there the server asks the clients wherever it is wrong and distils their soft
+        targets alone, fused without the label (with ``unlabelled_trust``, whose trust is fitted there, the slice
+        is not distilled).
+    held_out_fraction : float (default: 0.2)
+        Share of the labelled part held out with ``correctness="held_out"``.
+    distill_correct : bool (default: False)
+        Also distil the clients' fused soft targets where the server is right (their dark knowledge); the query
+        then covers the trained samples the server gets right too.
+    unlabelled_trust : {"none", "class_reliability", "learned"} (default: "none")
+        "class_reliability": clients answer on the whole labelled part and on the unlabelled part too; on each
+        unlabelled sample the server distils the clients' softmax outputs weighted by their precision, measured on
+        the labelled part, for the class they predict (raised to ``reliability_power``). "learned" (needs
+        ``reliability_on=held_out``): each round the server fits one weight per client and class (plus a class
+        bias) on the clients' answers on the held-out slice, whose labels no client trained on, and distils
+        ``log_softmax(sum_k w[k, y] * log_softmax(z_k)[y] + b_y)`` (:mod:`fl_kd.kd.fedgems.combiner`).
+    reliability_power : float (default: 4.0)
+        Sharpness of that trust (0: plain average).
+    reliability_on : {"labelled", "held_out"} (default: "labelled")
+        Where that precision is measured. Clients distil on the labelled part with its labels, so after a few
+        rounds every client looks precise there in every class. "held_out" (needs ``correctness=held_out``)
+        measures it on the held-out slice only, whose labels the clients are then never given: they distil the
+        server's logits there without cross-entropy.
+    teacher_min_confidence : float (default: 0.0)
+        The server distils an unlabelled sample only where the clients' fused teacher gives its top class at least
+        this probability (calibrated confidence as a second selection; 0 keeps every answered sample).
+    learned_weight_decay : float (default: 0.001)
+        With ``unlabelled_trust=learned``: the combiner's penalty ``sum (w - 1) ** 2`` towards equal weights.
+    learned_prob_floor : float (default: 0.0)
+        With ``unlabelled_trust=learned``: each client's probabilities enter the combiner no lower than this (below
+        1 / C; 0: no floor), so one confident answer cannot veto a class (a malicious client's one-hot lie would
+        count ``log(1e-4)`` against the truth; with 0.01 it counts as one firm dissent).
+    learned_trim : int (default: 0)
+        With ``unlabelled_trust=learned``: the combiner leaves out this many lowest and this many highest terms of
+        each sample and class (a trimmed product), so that up to that many clients lying together count for
+        nothing.
+    unlabelled_per_round : int (default: 0)
+        Unlabelled samples asked per round (a seeded subset); 0 asks all of them.
+    unlabelled_cache : int (default: 0)
+        With ``unlabelled_trust``: the server keeps, per unlabelled sample, the newest fused client teacher and the
+        round it was computed in, and each round distils this round's teacher together with those cached in the
+        last ``unlabelled_cache`` rounds (a sample answered again takes the new one), so a teacher paid for once is
+        learnt from for that many rounds more at no extra uplink (:mod:`fl_kd.kd.fedgems.teacher_cache`). 0 (today):
+        only this round's subset is distilled. Canaries never enter the cache. Known limit: a client the canaries
+        screen out in a later round is left out of the new teachers only; what it taught in earlier rounds stays
+        cached until it ages out or the sample is answered again.
+    canaries : int (default: 0)
+        Samples of the unlabelled part whose labels the server holds and keeps to itself (needs
+        ``unlabelled_trust`` and ``reliability_on=held_out``). Queried like any other unlabelled sample and never
+        distilled, they catch a client that is honest where it knows it is checked and poisons the rest: one whose
+        accuracy on them falls short of its accuracy on the held-out slice by more than ``canary_z`` standard errors
+        (pooled over the rounds so far) is left out of the unlabelled teacher (:mod:`fl_kd.kd.fedgems.canaries`).
+        They cost that many labels more.
+    canary_z : float (default: 3.0)
+        The screen's threshold.
+    """
+
+    correctness: str = "train"
+    held_out_fraction: float = 0.2
+    distill_correct: bool = False
+    unlabelled_trust: str = "none"
+    reliability_power: float = 4.0
+    reliability_on: str = "labelled"
+    teacher_min_confidence: float = 0.0
+    learned_weight_decay: float = 1e-3
+    learned_prob_floor: float = 0.0
+    learned_trim: int = 0
+    unlabelled_per_round: int = 0
+    unlabelled_cache: int = 0
+    canaries: int = 0
+    canary_z: float = 3.0
+
+    def check_selection(self, prefix: str = "") -> None:
+        """Raise :class:`~fl_kd.config.ConfigError` naming ``prefix + key`` for a value or combination out of range."""
+        check_choice(f"{prefix}correctness", self.correctness, CORRECTNESS)
+        check_range(f"{prefix}held_out_fraction", self.held_out_fraction, 0.0, 1.0, low_open=True, high_open=True)
+        check_choice(f"{prefix}unlabelled_trust", self.unlabelled_trust, UNLABELLED_TRUST)
+        check_range(f"{prefix}reliability_power", self.reliability_power, low=0.0)
+        check_choice(f"{prefix}reliability_on", self.reliability_on, RELIABILITY_ON)
+        check_range(f"{prefix}teacher_min_confidence", self.teacher_min_confidence, low=0.0, high=1.0)
+        check_range(f"{prefix}learned_weight_decay", self.learned_weight_decay, low=0.0)
+        check_range(f"{prefix}learned_prob_floor", self.learned_prob_floor, low=0.0, high=1.0, high_open=True)
+        for key in ("learned_trim", "unlabelled_per_round", "unlabelled_cache", "canaries"):
+            count = getattr(self, key)
+            require(
+                isinstance(count, int) and not isinstance(count, bool),
+                f"{prefix}{key} must be a whole number, got {count!r}",
+            )
+            check_range(f"{prefix}{key}", count, low=0)
+        check_range(f"{prefix}canary_z", self.canary_z, low=0.0, low_open=True)
+        require(
+            self.reliability_on == "labelled" or self.correctness == "held_out",
+            f"{prefix}reliability_on=held_out needs {prefix}correctness=held_out",
+        )
+        require(
+            self.unlabelled_trust != "learned" or self.reliability_on == "held_out",
+            f"{prefix}unlabelled_trust=learned needs {prefix}reliability_on=held_out (and so "
+            f"{prefix}correctness=held_out): its combiner is fitted on the clients' answers where none of them "
+            "trained on the label, and only the held-out slice is such a place",
+        )
+        require(
+            self.unlabelled_cache == 0 or self.unlabelled_trust != "none",
+            f"{prefix}unlabelled_cache keeps the clients' teacher on unlabelled samples: it needs "
+            f"{prefix}unlabelled_trust=class_reliability or learned",
+        )
+        require(
+            self.canaries == 0 or (self.unlabelled_trust != "none" and self.reliability_on == "held_out"),
+            f"{prefix}canaries needs {prefix}unlabelled_trust=class_reliability or learned and "
+            f"{prefix}reliability_on=held_out: a client's accuracy on them is compared with the held-out slice's",
+        )
+
+    def selection_settings(self) -> dict[str, Any]:
+        """These settings by name, to build another config that shares them."""
+        return {field.name: getattr(self, field.name) for field in fields(SelectionConfig)}
+
+
 @dataclass
-class ServerDistillConfig:
+class ServerDistillConfig(SelectionConfig):
     """Hyperparameters of the server's distillation phase.
 
     Attributes
@@ -37,9 +165,9 @@ class ServerDistillConfig:
     weighting : str (default: "inverse_entropy")
         Client fusion rule, a name in :data:`fl_kd.kd.fusion.FUSION_RULES`.
     correctness, held_out_fraction, distill_correct, unlabelled_trust, reliability_power, reliability_on,
-    teacher_min_confidence, unlabelled_per_round, learned_weight_decay, learned_prob_floor, learned_trim, canaries,
-    canary_z, unlabelled_cache
-        The optional extensions; see :class:`~fl_kd.kd.fedgems.config.FedGEMSConfig`. The defaults are FedGEMS.
+    teacher_min_confidence, learned_weight_decay, learned_prob_floor, learned_trim, unlabelled_per_round,
+    unlabelled_cache, canaries, canary_z
+        See :class:`SelectionConfig`.
     ema_decay : float (default: 0.0)
         The server shows an exponential moving average of its weights, updated after every step with this decay
         (``server_ema`` of :class:`~fl_kd.kd.fedgems.config.FedGEMSConfig`); 0 shows the trained weights.
@@ -53,57 +181,10 @@ class ServerDistillConfig:
     epsilon: float = 0.75
     temperature: float = 1.0
     weighting: str = "inverse_entropy"
-    correctness: str = "train"
-    held_out_fraction: float = 0.2
-    distill_correct: bool = False
-    unlabelled_trust: str = "none"
-    reliability_power: float = 4.0
-    reliability_on: str = "labelled"
-    teacher_min_confidence: float = 0.0
-    unlabelled_per_round: int = 0
-    learned_weight_decay: float = 1e-3
-    learned_prob_floor: float = 0.0
-    learned_trim: int = 0
-    canaries: int = 0
-    canary_z: float = 3.0
-    unlabelled_cache: int = 0
     ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
-        check_choice("correctness", self.correctness, CORRECTNESS)
-        check_choice("reliability_on", self.reliability_on, RELIABILITY_ON)
-        if self.reliability_on == "held_out" and self.correctness != "held_out":
-            raise ValueError("reliability_on='held_out' needs correctness='held_out'")
-        if self.unlabelled_trust == "learned" and self.reliability_on != "held_out":
-            raise ValueError(
-                "unlabelled_trust='learned' needs reliability_on='held_out': the combiner is fitted on labels no "
-                "client trained on"
-            )
-        if self.canaries and (self.unlabelled_trust == "none" or self.reliability_on != "held_out"):
-            raise ValueError(
-                "canaries need unlabelled_trust and reliability_on='held_out': a client's accuracy on them is "
-                "compared with its accuracy on the held-out slice"
-            )
-        cache = self.unlabelled_cache
-        if isinstance(cache, bool) or not isinstance(cache, int) or cache < 0:
-            raise ValueError(f"unlabelled_cache must be an integer >= 0 (rounds), got {cache!r}")
-        if cache and self.unlabelled_trust == "none":
-            raise ValueError(
-                "unlabelled_cache keeps the clients' teacher on unlabelled samples: it needs unlabelled_trust"
-            )
-        if self.canaries < 0 or self.canary_z <= 0 or self.learned_trim < 0:
-            raise ValueError(f"need canaries >= 0, canary_z > 0 and learned_trim >= 0: {self}")
-        if not 0.0 <= self.learned_prob_floor < 1.0:
-            raise ValueError(f"learned_prob_floor must lie in [0, 1), got {self.learned_prob_floor}")
-        if self.learned_weight_decay < 0:
-            raise ValueError(f"learned_weight_decay must be >= 0, got {self.learned_weight_decay}")
-        if not 0.0 <= self.teacher_min_confidence <= 1.0:
-            raise ValueError(f"teacher_min_confidence must lie in [0, 1], got {self.teacher_min_confidence}")
-        check_choice("unlabelled_trust", self.unlabelled_trust, UNLABELLED_TRUST)
-        if not 0.0 < self.held_out_fraction < 1.0 or self.reliability_power < 0 or self.unlabelled_per_round < 0:
-            raise ValueError(
-                f"need held_out_fraction in (0, 1), reliability_power >= 0, unlabelled_per_round >= 0: {self}"
-            )
+        self.check_selection()
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
