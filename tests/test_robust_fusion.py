@@ -13,6 +13,7 @@ from fl_kd.kd.fusion import LOGIT_AGGREGATIONS
 from fl_kd.kd.robust import ROBUST_RULES, RobustSettings
 from fl_kd.kd.robust_weights import robust_average
 from fl_kd.kd.runner import run_inprocess
+from fl_kd.registry import Registry
 from tests.test_adversary import config, federation
 
 RNG = np.random.default_rng(7)
@@ -134,3 +135,37 @@ def test_fedgems_weightings_that_confidence_cannot_buy() -> None:
     assert uniform[:, 0].tolist() == pytest.approx([1 / 3] * 3)
     assert trusted[2, 0] < trusted[0, 0] and trusted[2, 1:].sum() == 0
     assert config("fedgems", weighting="correct_uniform").strategy.weighting == "correct_uniform"
+
+
+@pytest.mark.parametrize(
+    ("config_class", "rules"),
+    [
+        ("fl_kd.kd.fedavg.config:FedAvgConfig", ROBUST_RULES),
+        ("fl_kd.kd.feddf.config:FedDFConfig", ROBUST_RULES),
+        ("fl_kd.kd.fedet.config:FedETConfig", ROBUST_RULES),
+        ("fl_kd.kd.fedmd.config:FedMDConfig", LOGIT_AGGREGATIONS),
+        ("fl_kd.kd.dsfl.config:DSFLConfig", LOGIT_AGGREGATIONS),
+    ],
+)
+def test_every_strategy_declares_its_aggregation_settings_once_and_passes_them_on(
+    config_class: str, rules: Registry
+) -> None:
+    import importlib
+    from dataclasses import fields
+
+    from fl_kd.kd.robust import AggregationConfig
+
+    module, name = config_class.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    assert issubclass(cls, AggregationConfig)
+    assert {f.name for f in fields(AggregationConfig)} <= {f.name for f in fields(cls)}
+    config = cls(aggregation="multi_krum", trim_fraction=0.1, num_malicious=2, num_selected=3)
+    settings = config.robust_settings()
+    assert (settings.trim_fraction, settings.num_malicious, settings.num_selected) == (0.1, 2, 3)
+    unknown = next(rule for rule in ("trust", "mean_of_medians") if rule not in rules.names())
+    with pytest.raises(ConfigError, match="strategy.aggregation"):
+        cls(aggregation=unknown)
+    with pytest.raises(ConfigError, match=r"strategy\.trim_fraction must be in \[0, 0.5\)"):
+        cls(trim_fraction=0.5)
+    if hasattr(config, "trust_power"):  # the logit rules' own parameter reaches them too
+        assert cls(trust_power=2.0).robust_settings().trust_power == 2.0

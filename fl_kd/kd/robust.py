@@ -14,13 +14,14 @@ figure from which the share that went to malicious clients is measured.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
 
+from fl_kd.config import check_choice, check_range
 from fl_kd.registry import Registry
 
 Matrix = NDArray[np.float64]
@@ -52,6 +53,36 @@ class RobustSettings:
             raise ValueError(f"trim_fraction must lie in [0, 0.5), got {self.trim_fraction}")
         if self.num_malicious < 0 or self.num_selected < 0 or not self.trust_power >= 0:
             raise ValueError("num_malicious, num_selected and trust_power must be >= 0")
+
+
+@dataclass(kw_only=True)
+class AggregationConfig:
+    """``strategy.aggregation`` and the parameters of the robust rules, declared once for every strategy that fuses
+    its clients' uploads (weights or logits); each strategy's docstring says what it fuses and which rules apply.
+
+    Attributes
+    ----------
+    aggregation : str (default: "mean")
+        The fusion rule; "mean" is each algorithm's own.
+    trim_fraction, num_malicious, num_selected : (default: 0.2, 0, 0)
+        Parameters of the robust rules (:class:`RobustSettings`).
+    """
+
+    aggregation: str = "mean"
+    trim_fraction: float = 0.2
+    num_malicious: int = 0
+    num_selected: int = 0
+
+    def check_aggregation(self, rules: Iterable[str]) -> None:
+        """``aggregation`` must be one of ``rules`` and its parameters in range (the key is ``strategy.<name>``)."""
+        check_choice("strategy.aggregation", self.aggregation, rules)
+        check_range("strategy.trim_fraction", self.trim_fraction, low=0.0, high=0.5, high_open=True)
+        check_range("strategy.num_malicious", self.num_malicious, low=0)
+        check_range("strategy.num_selected", self.num_selected, low=0)
+
+    def robust_settings(self) -> RobustSettings:
+        """The parameters of ``aggregation``."""
+        return RobustSettings(self.trim_fraction, self.num_malicious, self.num_selected)
 
 
 class Aggregate(NamedTuple):

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from fl_kd.config import check_choice, check_range, require
+from fl_kd.config import require
 from fl_kd.kd.algorithm import SGDStrategyConfig
 from fl_kd.kd.client import ClientTrainConfig
-from fl_kd.kd.robust import ROBUST_RULES, RobustSettings
+from fl_kd.kd.robust import ROBUST_RULES, AggregationConfig
 from fl_kd.models import DeviceTier
 
 if TYPE_CHECKING:
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class WeightSharingConfig(SGDStrategyConfig):
+class WeightSharingConfig(AggregationConfig, SGDStrategyConfig):
     """What every strategy that moves model weights (FedAvg, FedAvg of the server model, FedDF) sets.
 
     Local epochs, batch size and learning rate come from each client's device tier, as for every other strategy,
@@ -39,21 +39,9 @@ class WeightSharingConfig(SGDStrategyConfig):
 
     shares: ClassVar[str] = "weights"
 
-    aggregation: str = "mean"
-    trim_fraction: float = 0.2
-    num_malicious: int = 0
-    num_selected: int = 0
-
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_choice("strategy.aggregation", self.aggregation, ROBUST_RULES.names())
-        check_range("strategy.trim_fraction", self.trim_fraction, low=0.0, high=0.5, high_open=True)
-        check_range("strategy.num_malicious", self.num_malicious, low=0)
-        check_range("strategy.num_selected", self.num_selected, low=0)
-
-    def robust_settings(self) -> RobustSettings:
-        """The parameters of ``aggregation``."""
-        return RobustSettings(self.trim_fraction, self.num_malicious, self.num_selected)
+        self.check_aggregation(ROBUST_RULES.names())
 
     def client_config(self, tier: DeviceTier) -> ClientTrainConfig:
         """Training settings of a client in device ``tier`` (local training only: no client distillation)."""

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, ClassVar
 from fl_kd.config import check_choice, check_range, require
 from fl_kd.kd.algorithm import SGDStrategyConfig
 from fl_kd.kd.client import ClientTrainConfig
-from fl_kd.kd.robust import ROBUST_RULES, RobustSettings
+from fl_kd.kd.robust import ROBUST_RULES, AggregationConfig
 from fl_kd.models import DeviceTier
 
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ CONSENSUS_LOSSES: tuple[str, ...] = ("hard", "soft")
 
 
 @dataclass
-class FedETConfig(SGDStrategyConfig):
+class FedETConfig(AggregationConfig, SGDStrategyConfig):
     """Fed-ET: small models per architecture on the clients, a large server model trained from their ensemble.
 
     Attributes
@@ -63,10 +63,6 @@ class FedETConfig(SGDStrategyConfig):
     server_lr: float = 0.05
     transfer_epochs: int = 1
     transfer_lr: float = 0.01
-    aggregation: str = "mean"
-    trim_fraction: float = 0.2
-    num_malicious: int = 0
-    num_selected: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -78,14 +74,7 @@ class FedETConfig(SGDStrategyConfig):
         check_range("strategy.server_lr", self.server_lr, low=0.0, low_open=True)
         check_range("strategy.transfer_epochs", self.transfer_epochs, low=0)
         check_range("strategy.transfer_lr", self.transfer_lr, low=0.0, low_open=True)
-        check_choice("strategy.aggregation", self.aggregation, ROBUST_RULES.names())
-        check_range("strategy.trim_fraction", self.trim_fraction, low=0.0, high=0.5, high_open=True)
-        check_range("strategy.num_malicious", self.num_malicious, low=0)
-        check_range("strategy.num_selected", self.num_selected, low=0)
-
-    def robust_settings(self) -> RobustSettings:
-        """The parameters of ``aggregation``."""
-        return RobustSettings(self.trim_fraction, self.num_malicious, self.num_selected)
+        self.check_aggregation(ROBUST_RULES.names())
 
     def check_experiment(self, experiment: ExperimentConfig) -> None:
         """A consensus and its dissenters need an ensemble: at least two clients sampled per round."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -30,7 +30,7 @@ from fl_kd.kd.algorithm import SGDStrategyConfig
 from fl_kd.kd.client import ClientTrainConfig, DistillClient
 from fl_kd.kd.federation import build_server_model
 from fl_kd.kd.fusion import LOGIT_AGGREGATIONS
-from fl_kd.kd.robust import RobustSettings
+from fl_kd.kd.robust import AggregationConfig, RobustSettings
 from fl_kd.kd.roles import Answer, Arrays, DistillClientRole, Instruction, ServerRole
 from fl_kd.kd.seeding import SERVER_ID, derive_seed
 from fl_kd.kd.training import LOGITS_DTYPES, to_wire
@@ -45,7 +45,7 @@ C = TypeVar("C", bound="PublicLogitsConfig")
 
 
 @dataclass
-class PublicLogitsConfig(SGDStrategyConfig):
+class PublicLogitsConfig(AggregationConfig, SGDStrategyConfig):
     """Settings every logit-sharing peer has (FedMD, DS-FL add their own).
 
     Attributes
@@ -71,10 +71,6 @@ class PublicLogitsConfig(SGDStrategyConfig):
     server_batch_size: int = 64
     server_lr: float = 0.05
     logits_dtype: str = "float32"
-    aggregation: str = "mean"
-    trim_fraction: float = 0.2
-    num_malicious: int = 0
-    num_selected: int = 0
     trust_power: float = 4.0
 
     def __post_init__(self) -> None:
@@ -83,15 +79,12 @@ class PublicLogitsConfig(SGDStrategyConfig):
         check_range("strategy.server_batch_size", self.server_batch_size, low=1)
         check_range("strategy.server_lr", self.server_lr, low=0.0, low_open=True)
         check_choice("strategy.logits_dtype", self.logits_dtype, LOGITS_DTYPES)
-        check_choice("strategy.aggregation", self.aggregation, LOGIT_AGGREGATIONS.names())
-        check_range("strategy.trim_fraction", self.trim_fraction, low=0.0, high=0.5, high_open=True)
-        check_range("strategy.num_malicious", self.num_malicious, low=0)
-        check_range("strategy.num_selected", self.num_selected, low=0)
+        self.check_aggregation(LOGIT_AGGREGATIONS.names())
         check_range("strategy.trust_power", self.trust_power, low=0.0)
 
     def robust_settings(self) -> RobustSettings:
-        """The parameters of ``aggregation``."""
-        return RobustSettings(self.trim_fraction, self.num_malicious, self.num_selected, self.trust_power)
+        """The parameters of ``aggregation``, with the logit-only ``trust`` rule's sharpness."""
+        return replace(super().robust_settings(), trust_power=self.trust_power)
 
 
 def build_server_learner(cfg: ExperimentConfig, federation: Federation, strategy: PublicLogitsConfig) -> DistillClient:
