@@ -534,3 +534,4 @@ def test_selection_settings_are_declared_once_and_all_reach_the_server() -> None
         ServerDistillConfig(canaries=2)
     with pytest.raises(ConfigError, match=r"^strategy\.learned_trim must be a whole number"):
         FedGEMSConfig(learned_trim=1.5)  # type: ignore[arg-type]
+    assert ServerDistillConfig(unlabelled_per_round=np.int64(5)).unlabelled_per_round == 5  # a numpy count is whole

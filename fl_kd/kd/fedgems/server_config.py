@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from numbers import Integral
 from typing import Any
 
 from fl_kd.config import check_choice, check_range, require
@@ -115,7 +116,7 @@ class SelectionConfig:
         for key in ("learned_trim", "unlabelled_per_round", "unlabelled_cache", "canaries"):
             count = getattr(self, key)
             require(
-                isinstance(count, int) and not isinstance(count, bool),
+                isinstance(count, Integral) and not isinstance(count, bool),
                 f"{prefix}{key} must be a whole number, got {count!r}",
             )
             check_range(f"{prefix}{key}", count, low=0)
