@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from fl_kd.config import ConfigError
 from fl_kd.kd.fedgems.server import SelectiveDistillServer
 from fl_kd.kd.fedgems.server_config import ServerDistillConfig
 
@@ -229,6 +230,15 @@ def test_server_without_ema_shows_its_trained_model_and_loading_restarts_the_ave
     assert torch.equal(fresh.model.weight, server.published.weight)
     assert torch.equal(fresh.published.weight, fresh.model.weight)  # the average starts again from the loaded one
     assert int(fresh.ema.n_averaged) == 0  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("key", "bad"),
+    [("epochs", -1), ("batch_size", 0), ("lr", 0.0), ("epsilon", 1.5), ("temperature", float("nan"))],
+)
+def test_server_distill_settings_are_range_checked_by_name(key: str, bad: float) -> None:
+    with pytest.raises(ConfigError, match=rf"^{key} must be in "):
+        ServerDistillConfig(**{key: bad})
 
 
 def test_server_ema_decay_is_validated() -> None:

@@ -19,6 +19,7 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
+from fl_kd.config import check_range
 from fl_kd.kd.losses import distillation_loss, kd_loss
 from fl_kd.kd.seeding import derive_seed, seeded_torch, torch_generator
 from fl_kd.kd.training import (
@@ -70,12 +71,13 @@ class ClientTrainConfig:
     max_grad_norm: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.local_epochs < 0 or self.distill_epochs < 0 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError(f"need epochs >= 0, batch_size >= 1 and lr > 0; got {self}")
-        if not self.max_grad_norm >= 0:
-            raise ValueError(f"max_grad_norm must be >= 0 (0: no clipping), got {self.max_grad_norm}")
-        if not 0.0 <= self.epsilon <= 1.0 or self.temperature <= 0:
-            raise ValueError(f"need epsilon in [0, 1] and temperature > 0; got {self}")
+        check_range("local_epochs", self.local_epochs, low=0)
+        check_range("distill_epochs", self.distill_epochs, low=0)
+        check_range("batch_size", self.batch_size, low=1)
+        check_range("lr", self.lr, low=0.0, low_open=True)
+        check_range("max_grad_norm", self.max_grad_norm, low=0.0)  # 0: no clipping
+        check_range("epsilon", self.epsilon, low=0.0, high=1.0)
+        check_range("temperature", self.temperature, low=0.0, low_open=True)
 
 
 class DistillClient:

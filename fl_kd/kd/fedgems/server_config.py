@@ -186,10 +186,10 @@ class ServerDistillConfig(SelectionConfig):
 
     def __post_init__(self) -> None:
         self.check_selection()
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
-        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError(f"need epochs >= 0, batch_size >= 1, lr > 0; got {self}")
-        if not 0.0 <= self.epsilon <= 1.0 or self.temperature <= 0:
-            raise ValueError(f"need epsilon in [0, 1] and temperature > 0; got {self}")
+        check_range("epochs", self.epochs, low=0)
+        check_range("batch_size", self.batch_size, low=1)
+        check_range("lr", self.lr, low=0.0, low_open=True)
+        check_range("epsilon", self.epsilon, low=0.0, high=1.0)
+        check_range("temperature", self.temperature, low=0.0, low_open=True)
+        check_range("ema_decay", self.ema_decay, low=0.0, high=1.0, high_open=True)
         check_choice("weighting", self.weighting, FUSION_RULES.names())
