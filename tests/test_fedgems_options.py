@@ -401,7 +401,7 @@ def test_personal_client_keeps_the_shared_model_undisturbed_and_fine_tunes_a_cop
 
 def test_client_weight_average_is_shown_on_both_test_sets_and_travels_in_the_state() -> None:
     """``client_tail_average``: the role answers and is evaluated (global and own test sets) with the average of the
-    client's weights; its state carries the average under ``AVERAGE``; it does not go with a personal copy."""
+    client's weights; its state carries the average under ``AVERAGE``."""
     from fl_kd.kd import protocol as kd
     from fl_kd.kd.roles import Instruction
 
@@ -421,12 +421,46 @@ def test_client_weight_average_is_shown_on_both_test_sets_and_travels_in_the_sta
     averages = restored.client.average.state_dict(), client.average.state_dict()
     assert all(torch.equal(mine, averages[1][k]) for k, mine in averages[0].items())
     assert FedGEMSClient(_client()).client.average is None
-    with pytest.raises(ValueError, match="personal"):
-        FedGEMSClient(_client(), finetune_epochs=1, personal=True, tail_average=0.5)
-    with pytest.raises(ConfigError, match="client_tail_average"):
-        tiny_config(client_finetune_epochs=1, client_personal=True, client_tail_average=0.5)
     with pytest.raises(ConfigError, match="client_tail_average"):
         tiny_config(client_tail_average=1.5)
+
+
+@pytest.mark.parametrize("prox", [None, 0.1])
+def test_personal_model_with_weight_average_leaves_the_shared_average_alone(prox: float | None) -> None:
+    """``client_personal`` with ``client_tail_average``: the shared model and its average are those of a client
+    that does not fine-tune, bit for bit; the personal model is the average of the fine-tuning's last steps."""
+    from fl_kd.kd import protocol as kd
+    from fl_kd.kd.roles import Instruction
+
+    teacher = np.tile(np.eye(C, dtype=np.float32)[0] * 8, (20, 1))
+    shared_only = FedGEMSClient(_client(), tail_average=0.5)
+    both = FedGEMSClient(_client(), finetune_epochs=2, personal=True, personal_prox=prox, tail_average=0.5)
+    for round in (0, 1):  # the second round starts a kept personal model from itself
+        for role in (shared_only, both):
+            role.receive(round, Instruction({kd.SERVER_LOGITS: teacher}))
+
+    def same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+        return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+    assert both.client.average is not None and shared_only.client.average is not None
+    assert same(both.client.model, shared_only.client.model)
+    assert same(both.client.average, shared_only.client.average)
+    assert both.personal_model is not None and not same(both.personal_model, both.client.shown_model)
+    x, y = both.client.train_x, both.client.train_y
+    assert both.evaluate(x, y) == shared_only.evaluate(x, y)
+    assert both.evaluate_personal(x, y) == accuracy(both.personal_model, x, y)
+    restored = FedGEMSClient(_client(), finetune_epochs=2, personal=True, personal_prox=prox, tail_average=0.5)
+    restored.load_state_dict(both.state_dict())
+    assert restored.personal_model is not None and restored.client.average is not None
+    assert same(restored.personal_model, both.personal_model)
+    assert same(restored.client.average, both.client.average)
+    if prox is None:  # a copy fine-tuned afresh: what the one model's fine-tuning shows in its first round
+        first = FedGEMSClient(_client(), finetune_epochs=2, personal=True, tail_average=0.5)
+        reference = FedGEMSClient(_client(), finetune_epochs=2, tail_average=0.5)
+        for role in (first, reference):
+            role.receive(0, Instruction({kd.SERVER_LOGITS: teacher}))
+        assert first.personal_model is not None and reference.client.average is not None
+        assert same(first.personal_model, reference.client.average.module)
 
 
 def test_kept_personal_model_continues_across_rounds_pulled_towards_the_shared_one() -> None:

@@ -78,7 +78,7 @@ class FedGEMSConfig(SelectionConfig, SGDStrategyConfig):
         weights over the last share of each training phase's steps (local, distillation, fine-tuning; tail
         averaging, :meth:`fl_kd.kd.client.DistillClient.keep_weight_average`); training goes on from the trained
         weights. It smooths the noise of small batches at a fixed learning rate. 0 (today): the trained weights.
-        Not with ``client_personal``.
+        With ``client_personal`` the personal model is the average of its fine-tuning's last steps.
     """
 
     name: str = "fedgems"
@@ -120,10 +120,6 @@ class FedGEMSConfig(SelectionConfig, SGDStrategyConfig):
             require(self.client_personal, "strategy.client_personal_prox needs strategy.client_personal=true")
         check_range("strategy.server_ema", self.server_ema, low=0.0, high=1.0, high_open=True)
         check_range("strategy.client_tail_average", self.client_tail_average, low=0.0, high=1.0)
-        require(
-            self.client_tail_average == 0.0 or not self.client_personal,
-            "strategy.client_tail_average averages the client's one model: it cannot go with strategy.client_personal",
-        )
 
     def check_experiment(self, experiment: ExperimentConfig) -> None:
         """FedGEMS trusts a client on a sample when it is right there: it needs the labelled part."""

@@ -120,7 +120,8 @@ class FedGEMSClient(DistillClientRole):
     tail_average : float (default: 0.0)
         Share of each training phase's last steps whose weights the client averages and shows in place of the
         trained ones (answers, evaluation): :meth:`~fl_kd.kd.client.DistillClient.keep_weight_average`. 0: none.
-        Not with ``personal``.
+        With ``personal`` the shared model shows the average of its own phases, and the personal model is the
+        average of its fine-tuning's last steps.
     """
 
     PERSONAL = "personal."
@@ -138,8 +139,6 @@ class FedGEMSClient(DistillClientRole):
         tail_average: float = 0.0,
     ) -> None:
         super().__init__(client)
-        if tail_average and personal:
-            raise ValueError("a weight average is kept of the one client model: it needs personal=False")
         if tail_average:
             client.keep_weight_average(tail_average)
         if finetune_epochs < 0:
@@ -232,12 +231,14 @@ class FedGEMSClient(DistillClientRole):
         With a personal model the client's model is trained in its place, copied into the personal one and put
         back as it was (the one training loop serves both; the copy costs two state copies of a small model). It
         starts from the shared model, or, for a kept (Ditto) personal model after its first round, from the
-        personal one, with the pull towards the shared weights added to the loss.
+        personal one, with the pull towards the shared weights added to the loss. With a weight average the
+        personal model becomes the fine-tuning's average, and the shared model's average is put back too.
         """
         if self.personal_model is None:
             return self.client.train_supervised(round, "finetune", self.finetune_epochs)["train_samples"]
-        model = self.client.model
+        model, average = self.client.model, self.client.average
         shared = copy.deepcopy(model.state_dict())
+        shared_average = None if average is None else copy.deepcopy(average.state_dict())
         penalty = None
         if self.personal_prox is not None and self.personal_rounds > 0:
             anchors = [p.detach().clone() for p in model.parameters()]  # the shared model w of this round
@@ -253,7 +254,9 @@ class FedGEMSClient(DistillClientRole):
         samples = self.client.train_supervised(round, "finetune", self.finetune_epochs, penalty=penalty)[
             "train_samples"
         ]
-        self.personal_model.load_state_dict(model.state_dict())
+        self.personal_model.load_state_dict(self.client.shown_model.state_dict())
         model.load_state_dict(shared)
+        if average is not None and shared_average is not None:
+            average.load_state_dict(shared_average)
         self.personal_rounds += 1
         return samples
