@@ -463,6 +463,48 @@ def test_personal_model_with_weight_average_leaves_the_shared_average_alone(prox
         assert same(first.personal_model, reference.client.average.module)
 
 
+def test_kept_distilled_model_is_scored_globally_and_changes_nothing_else() -> None:
+    """``client_keep_distilled``: the global test set scores the model as distilled (what a client that does not
+    fine-tune shows), while training, answers and the own test set are those of the same client without the copy."""
+    from fl_kd.kd import protocol as kd
+    from fl_kd.kd.roles import Instruction
+
+    teacher = np.tile(np.eye(C, dtype=np.float32)[0] * 8, (20, 1))
+    kept = FedGEMSClient(_client(), finetune_epochs=2, tail_average=0.5, keep_distilled=True)
+    plain = FedGEMSClient(_client(), finetune_epochs=2, tail_average=0.5)
+    unfinetuned = FedGEMSClient(_client(), tail_average=0.5)
+    x, y = kept.client.train_x, kept.client.train_y
+    assert kept.evaluate(x, y) == plain.evaluate(x, y)  # nothing distilled yet: the model itself
+    for role in (kept, plain, unfinetuned):
+        role.receive(0, Instruction({kd.SERVER_LOGITS: teacher}))
+
+    def same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+        return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+    assert kept.distilled_model is not None
+    assert same(kept.distilled_model, unfinetuned.client.shown_model)
+    assert same(kept.client.model, plain.client.model) and same(kept.client.shown_model, plain.client.shown_model)
+    assert not same(kept.distilled_model, kept.client.shown_model)
+    assert kept.evaluate(x, y) == unfinetuned.evaluate(x, y)
+    assert kept.evaluate_personal(x, y) == plain.evaluate_personal(x, y) == plain.evaluate(x, y)
+    query = Instruction({kd.POSITIONS: np.arange(5)})
+    assert np.array_equal(kept.train(1, query).arrays[kd.LOGITS], plain.train(1, query).arrays[kd.LOGITS])
+
+    state = kept.state_dict()
+    assert any(k.startswith(FedGEMSClient.DISTILLED) for k in state)
+    restored = FedGEMSClient(_client(), finetune_epochs=2, tail_average=0.5, keep_distilled=True)
+    restored.load_state_dict(state)
+    assert restored.distilled_model is not None and same(restored.distilled_model, kept.distilled_model)
+    assert same(restored.client.model, kept.client.model)
+    for bad in ({"finetune_epochs": 0}, {"finetune_epochs": 1, "personal": True}):
+        with pytest.raises(ValueError, match="keep_distilled"):
+            FedGEMSClient(_client(), keep_distilled=True, **bad)
+    with pytest.raises(ConfigError, match="client_keep_distilled"):
+        tiny_config(client_keep_distilled=True)
+    with pytest.raises(ConfigError, match="client_keep_distilled"):
+        tiny_config(client_keep_distilled=True, client_finetune_epochs=1, client_personal=True)
+
+
 def test_kept_personal_model_continues_across_rounds_pulled_towards_the_shared_one() -> None:
     """``client_personal_prox``: round 0 as the copy; later rounds go on from the personal model (not a fresh
     copy), and a larger pull keeps it nearer the shared model; the round count travels in the state."""

@@ -62,6 +62,11 @@ class FedGEMSConfig(SelectionConfig, SGDStrategyConfig):
         None: the personal model is the shared one fine-tuned afresh each round. A number ``lambda >= 0``: Ditto's
         personal model, kept across rounds and trained with ``lambda / 2 * ||v - w||^2`` towards the shared
         model (needs ``client_personal``).
+    client_keep_distilled : bool (default: False)
+        Each client keeps a copy of its model as it stands after distilling the server's knowledge, before
+        fine-tuning (needs ``client_finetune_epochs``, not ``client_personal``), and is scored on the global test
+        set with it; the fine-tuned model trains on, answers the server and serves the client's own test set, as
+        without the copy, so the server is unchanged (:class:`fl_kd.kd.fedgems.roles.FedGEMSClient`).
     client_personal_prior : bool (default: False)
         On its own test distribution a client predicts with the log of its private label frequencies added to the
         logits (of the personal model, or of the shared one without ``client_personal``): the shared model's
@@ -95,6 +100,7 @@ class FedGEMSConfig(SelectionConfig, SGDStrategyConfig):
     client_finetune_epochs: int = 0
     client_personal: bool = False
     client_personal_prox: float | None = None
+    client_keep_distilled: bool = False
     client_personal_prior: bool = False
     server_ema: float = 0.0
     client_tail_average: float = 0.0
@@ -118,6 +124,11 @@ class FedGEMSConfig(SelectionConfig, SGDStrategyConfig):
         if self.client_personal_prox is not None:
             check_range("strategy.client_personal_prox", self.client_personal_prox, low=0.0)
             require(self.client_personal, "strategy.client_personal_prox needs strategy.client_personal=true")
+        require(
+            not self.client_keep_distilled or (self.client_finetune_epochs >= 1 and not self.client_personal),
+            "strategy.client_keep_distilled needs strategy.client_finetune_epochs >= 1 and "
+            "strategy.client_personal=false (a personal model already leaves the shared one as distilled)",
+        )
         check_range("strategy.server_ema", self.server_ema, low=0.0, high=1.0, high_open=True)
         check_range("strategy.client_tail_average", self.client_tail_average, low=0.0, high=1.0)
 

@@ -54,4 +54,5 @@ def build_client_role(cfg: ExperimentConfig, federation: Federation, client_id: 
         strategy.client_personal_prox,
         strategy.client_personal_prior,
         strategy.client_tail_average,
+        strategy.client_keep_distilled,
     )

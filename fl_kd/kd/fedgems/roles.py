@@ -122,12 +122,21 @@ class FedGEMSClient(DistillClientRole):
         trained ones (answers, evaluation): :meth:`~fl_kd.kd.client.DistillClient.keep_weight_average`. 0: none.
         With ``personal`` the shared model shows the average of its own phases, and the personal model is the
         average of its fine-tuning's last steps.
+    keep_distilled : bool (default: False)
+        Keep a copy of the model as it stands after distilling the server's knowledge, before fine-tuning, and
+        score it on the global test set (:meth:`evaluate`); the fine-tuned model goes on as without the copy (it
+        trains, answers the server and serves the client's own distribution). Fine-tuning on private data trades
+        what the client learnt from the server for its own label mix; the copy is that knowledge, kept for inputs
+        beyond the client's own classes, with the training, the answers and so the server unchanged. Needs
+        ``finetune_epochs >= 1`` and not ``personal`` (whose shared model is never fine-tuned).
     """
 
     PERSONAL = "personal."
     """Prefix of the personal model's weights in :meth:`state_dict`."""
     PERSONAL_ROUNDS = "personal_rounds"
     """Key of the number of rounds the kept (Ditto) personal model has trained, in :meth:`state_dict`."""
+    DISTILLED = "distilled."
+    """Prefix of the kept distilled model's weights in :meth:`state_dict` (``keep_distilled``)."""
 
     def __init__(
         self,
@@ -137,6 +146,7 @@ class FedGEMSClient(DistillClientRole):
         personal_prox: float | None = None,
         personal_prior: bool = False,
         tail_average: float = 0.0,
+        keep_distilled: bool = False,
     ) -> None:
         super().__init__(client)
         if tail_average:
@@ -145,12 +155,16 @@ class FedGEMSClient(DistillClientRole):
             raise ValueError(f"finetune_epochs must be >= 0, got {finetune_epochs}")
         if personal and not finetune_epochs:
             raise ValueError("a personal model needs finetune_epochs >= 1 (it is the fine-tuned copy)")
+        if keep_distilled and (personal or not finetune_epochs):
+            raise ValueError("keep_distilled needs finetune_epochs >= 1 and personal=False")
         if personal_prox is not None and (not personal or not personal_prox >= 0.0):
             raise ValueError(f"personal_prox must be >= 0 and needs personal=True, got {personal_prox}")
         self.finetune_epochs = finetune_epochs
         self.personal_model: nn.Module | None = copy.deepcopy(client.model) if personal else None
         self.personal_prox = personal_prox
         self.personal_rounds = 0
+        self.keep_distilled = keep_distilled
+        self.distilled_model: nn.Module | None = None  # made at the first distillation
         self.log_prior: Tensor | None = None
         if personal_prior:
             counts = torch.bincount(client.train_y, minlength=client.num_classes).double() + 1.0
@@ -186,9 +200,19 @@ class FedGEMSClient(DistillClientRole):
         metrics = {kd.DISTILL_LOSS: float(result["loss"]), kd.TRAIN_SAMPLES: float(result["train_samples"])}
         if kd.UNLABELLED_POSITIONS in instruction.arrays or kd.UNLABELLED_LOGITS in instruction.arrays:
             metrics[kd.TRAIN_SAMPLES] += self._distill_unlabelled(round, instruction)
+        if self.keep_distilled:
+            if self.distilled_model is None:
+                self.distilled_model = copy.deepcopy(self.client.model)
+            self.distilled_model.load_state_dict(self.client.shown_model.state_dict())
         if self.finetune_epochs:
             metrics[kd.TRAIN_SAMPLES] += self._finetune(round)
         return metrics
+
+    def evaluate(self, x: Tensor, y: Tensor) -> float:
+        """Accuracy on the global test set: of the kept distilled model once there is one, else of the model."""
+        if self.distilled_model is None:
+            return super().evaluate(x, y)
+        return accuracy(self.distilled_model, x, y, device=self.client.device)
 
     def evaluate_personal(self, x: Tensor, y: Tensor) -> float:
         """Accuracy on the client's own distribution: of the personal model when there is one, with the client's
@@ -197,8 +221,11 @@ class FedGEMSClient(DistillClientRole):
         return accuracy(model, x, y, device=self.client.device, logit_offset=self.log_prior)
 
     def state_dict(self) -> dict[str, Tensor]:
-        """The model's weights, and the personal model's under :attr:`PERSONAL` (with its round count)."""
+        """The model's weights, the personal model's under :attr:`PERSONAL` (with its round count) and the kept
+        distilled model's under :attr:`DISTILLED`."""
         state = super().state_dict()
+        if self.distilled_model is not None:
+            state |= {self.DISTILLED + k: v for k, v in cpu_state_dict(self.distilled_model).items()}
         if self.personal_model is not None:
             state |= {self.PERSONAL + k: v for k, v in cpu_state_dict(self.personal_model).items()}
             state[self.PERSONAL_ROUNDS] = torch.tensor(self.personal_rounds, dtype=torch.int64)
@@ -206,8 +233,14 @@ class FedGEMSClient(DistillClientRole):
 
     def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
         """Restore :meth:`state_dict`."""
-        shared = {k: v for k, v in state.items() if not k.startswith(self.PERSONAL) and k != self.PERSONAL_ROUNDS}
+        own = (self.PERSONAL, self.DISTILLED)
+        shared = {k: v for k, v in state.items() if not k.startswith(own) and k != self.PERSONAL_ROUNDS}
         super().load_state_dict(shared)
+        distilled = {k[len(self.DISTILLED) :]: v for k, v in state.items() if k.startswith(self.DISTILLED)}
+        if distilled and self.keep_distilled:
+            if self.distilled_model is None:
+                self.distilled_model = copy.deepcopy(self.client.model)
+            self.distilled_model.load_state_dict(distilled)
         if self.personal_model is not None:
             size = len(self.PERSONAL)
             self.personal_model.load_state_dict({k[size:]: v for k, v in state.items() if k.startswith(self.PERSONAL)})
