@@ -35,7 +35,10 @@ SETTINGS: dict[str, tuple[str, ...]] = {
 #: evaluated with the equal average of its weights over the last half of each training phase's steps. The last step
 #: bounds each client step's gradient norm at 1 (most steps are below 1.5; the first steps of distilling ten
 #: classes into a client that fits two reach 10-20, and could leave it a constant predictor for good; at 2 one
-#: high-tier client with two classes still ended a one-class predictor).
+#: high-tier client with two classes still ended a one-class predictor). The very last step has each client keep a
+#: copy of its model as distilled, before fine-tuning, for inputs beyond its own classes (it is scored on the global
+#: test set); the fine-tuned model goes on as before, so the server and the own-data figures are those of the step
+#: before, bit for bit.
 ABLATION: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("fedgems_paper", ("strategy=fedgems",)),
     ("+held_out", ("strategy.correctness=held_out",)),
@@ -63,6 +66,7 @@ ABLATION: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("+unlabelled_1500", ("strategy.unlabelled_per_round=1500",)),
     ("+client_tail_average", ("strategy.client_tail_average=0.5",)),
     ("+client_clip", ("strategy.client_max_grad_norm=1.0",)),
+    ("+client_keep_distilled", ("strategy.client_keep_distilled=true",)),
 )
 FEDGEMS = "fedgems"
 FEDGEMS_OVERRIDES: tuple[str, ...] = tuple(o for _, step in ABLATION for o in step)
@@ -83,9 +87,10 @@ LATE_STEPS: tuple[str, ...] = (
     "+server_ema",
     "+unlabelled_1500",
     "+client_tail_average",
+    "+client_clip",
 )
 #: Late steps that also get the extra seeds in every setting: FedGEMS before its last steps, for three-seed comparisons.
-SEEDED_STEPS: tuple[str, ...] = ("+unlabelled_1500", "+client_tail_average")
+SEEDED_STEPS: tuple[str, ...] = ("+unlabelled_1500", "+client_tail_average", "+client_clip")
 #: FedGEMS up to ``+client_finetune`` (before the learned trust): the options the baselines share with it (their
 #: clients' and server's training), and the base of the variants below.
 BASE_OVERRIDES: tuple[str, ...] = overrides_through("+client_finetune")
