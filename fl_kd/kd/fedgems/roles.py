@@ -201,9 +201,7 @@ class FedGEMSClient(DistillClientRole):
         if kd.UNLABELLED_POSITIONS in instruction.arrays or kd.UNLABELLED_LOGITS in instruction.arrays:
             metrics[kd.TRAIN_SAMPLES] += self._distill_unlabelled(round, instruction)
         if self.keep_distilled:
-            if self.distilled_model is None:
-                self.distilled_model = copy.deepcopy(self.client.model)
-            self.distilled_model.load_state_dict(self.client.shown_model.state_dict())
+            self._keep_distilled(self.client.shown_model.state_dict())
         if self.finetune_epochs:
             metrics[kd.TRAIN_SAMPLES] += self._finetune(round)
         return metrics
@@ -238,14 +236,18 @@ class FedGEMSClient(DistillClientRole):
         super().load_state_dict(shared)
         distilled = {k[len(self.DISTILLED) :]: v for k, v in state.items() if k.startswith(self.DISTILLED)}
         if distilled and self.keep_distilled:
-            if self.distilled_model is None:
-                self.distilled_model = copy.deepcopy(self.client.model)
-            self.distilled_model.load_state_dict(distilled)
+            self._keep_distilled(distilled)
         if self.personal_model is not None:
             size = len(self.PERSONAL)
             self.personal_model.load_state_dict({k[size:]: v for k, v in state.items() if k.startswith(self.PERSONAL)})
             rounds = state.get(self.PERSONAL_ROUNDS)
             self.personal_rounds = int(rounds) if rounds is not None else 0
+
+    def _keep_distilled(self, weights: Mapping[str, Tensor]) -> None:
+        """Load ``weights`` into the kept distilled model, made from the client model the first time."""
+        if self.distilled_model is None:
+            self.distilled_model = copy.deepcopy(self.client.model)
+        self.distilled_model.load_state_dict(weights)
 
     def _distill_unlabelled(self, round: int, instruction: Instruction) -> float:
         """Pure KD towards the server's logits on the unlabelled positions it sent; the samples trained on."""
