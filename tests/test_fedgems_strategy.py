@@ -47,6 +47,14 @@ def _without_time(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         {"fraction_fit": 0.5, "logits_dtype": "float16", "server_ema": 0.9, "client_tail_average": 0.5},
         {"correctness": "held_out", "distill_correct": True, "client_finetune_epochs": 1, "client_max_grad_norm": 0.5},
         {"client_finetune_epochs": 1, "client_personal": True, "client_personal_prox": 0.1, "rounds": 2},
+        {"client_finetune_epochs": 1, "client_personal": True, "client_tail_average": 0.5, "rounds": 2},
+        {
+            "client_finetune_epochs": 1,
+            "client_keep_distilled": True,
+            "client_tail_average": 0.5,
+            "fraction_fit": 0.5,
+            "rounds": 2,
+        },
         {
             "transfer": {"labelled": 60, "unlabelled": 40},
             "unlabelled_trust": "class_reliability",
