@@ -195,6 +195,11 @@ def _client() -> DistillClient:
     return DistillClient(0, build_model("cnn_tiny", SHAPE, C, seed=0), x, y, tx, ty, config, seed=1)
 
 
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """Every entry of the two state dicts equal, bit for bit."""
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
 def test_client_finetune_trains_on_private_data_after_distilling() -> None:
     from fl_kd.kd import protocol as kd
     from fl_kd.kd.roles import Instruction
@@ -375,12 +380,9 @@ def test_personal_client_keeps_the_shared_model_undisturbed_and_fine_tunes_a_cop
         role.receive(0, Instruction({kd.SERVER_LOGITS: wrong}))
     assert personal.personal_model is not None
 
-    def same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-        return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
-
-    assert same(personal.client.model, plain.client.model)
-    assert same(personal.personal_model, finetuned.client.model)
-    assert not same(personal.personal_model, personal.client.model)
+    assert _same_weights(personal.client.model, plain.client.model)
+    assert _same_weights(personal.personal_model, finetuned.client.model)
+    assert not _same_weights(personal.personal_model, personal.client.model)
     x, y = personal.client.train_x, personal.client.train_y
     assert personal.evaluate_personal(x, y) == finetuned.evaluate(x, y)
     assert personal.evaluate(x, y) == plain.evaluate(x, y)
@@ -391,8 +393,8 @@ def test_personal_client_keeps_the_shared_model_undisturbed_and_fine_tunes_a_cop
     restored = FedGEMSClient(_client(), finetune_epochs=2, personal=True)
     restored.load_state_dict(state)
     assert restored.personal_model is not None
-    assert same(restored.client.model, personal.client.model)
-    assert same(restored.personal_model, personal.personal_model)
+    assert _same_weights(restored.client.model, personal.client.model)
+    assert _same_weights(restored.personal_model, personal.personal_model)
     with pytest.raises(ValueError, match="finetune_epochs"):
         FedGEMSClient(_client(), personal=True)
     with pytest.raises(ConfigError, match="client_personal"):
@@ -439,28 +441,25 @@ def test_personal_model_with_weight_average_leaves_the_shared_average_alone(prox
         for role in (shared_only, both):
             role.receive(round, Instruction({kd.SERVER_LOGITS: teacher}))
 
-    def same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-        return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
-
     assert both.client.average is not None and shared_only.client.average is not None
-    assert same(both.client.model, shared_only.client.model)
-    assert same(both.client.average, shared_only.client.average)
-    assert both.personal_model is not None and not same(both.personal_model, both.client.shown_model)
+    assert _same_weights(both.client.model, shared_only.client.model)
+    assert _same_weights(both.client.average, shared_only.client.average)
+    assert both.personal_model is not None and not _same_weights(both.personal_model, both.client.shown_model)
     x, y = both.client.train_x, both.client.train_y
     assert both.evaluate(x, y) == shared_only.evaluate(x, y)
     assert both.evaluate_personal(x, y) == accuracy(both.personal_model, x, y)
     restored = FedGEMSClient(_client(), finetune_epochs=2, personal=True, personal_prox=prox, tail_average=0.5)
     restored.load_state_dict(both.state_dict())
     assert restored.personal_model is not None and restored.client.average is not None
-    assert same(restored.personal_model, both.personal_model)
-    assert same(restored.client.average, both.client.average)
+    assert _same_weights(restored.personal_model, both.personal_model)
+    assert _same_weights(restored.client.average, both.client.average)
     if prox is None:  # a copy fine-tuned afresh: what the one model's fine-tuning shows in its first round
         first = FedGEMSClient(_client(), finetune_epochs=2, personal=True, tail_average=0.5)
         reference = FedGEMSClient(_client(), finetune_epochs=2, tail_average=0.5)
         for role in (first, reference):
             role.receive(0, Instruction({kd.SERVER_LOGITS: teacher}))
         assert first.personal_model is not None and reference.client.average is not None
-        assert same(first.personal_model, reference.client.average.module)
+        assert _same_weights(first.personal_model, reference.client.average.module)
 
 
 def test_kept_distilled_model_is_scored_globally_and_changes_nothing_else() -> None:
@@ -478,13 +477,11 @@ def test_kept_distilled_model_is_scored_globally_and_changes_nothing_else() -> N
     for role in (kept, plain, unfinetuned):
         role.receive(0, Instruction({kd.SERVER_LOGITS: teacher}))
 
-    def same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-        return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
-
     assert kept.distilled_model is not None
-    assert same(kept.distilled_model, unfinetuned.client.shown_model)
-    assert same(kept.client.model, plain.client.model) and same(kept.client.shown_model, plain.client.shown_model)
-    assert not same(kept.distilled_model, kept.client.shown_model)
+    assert _same_weights(kept.distilled_model, unfinetuned.client.shown_model)
+    assert _same_weights(kept.client.model, plain.client.model)
+    assert _same_weights(kept.client.shown_model, plain.client.shown_model)
+    assert not _same_weights(kept.distilled_model, kept.client.shown_model)
     assert kept.evaluate(x, y) == unfinetuned.evaluate(x, y)
     assert kept.evaluate_personal(x, y) == plain.evaluate_personal(x, y) == plain.evaluate(x, y)
     query = Instruction({kd.POSITIONS: np.arange(5)})
@@ -494,8 +491,8 @@ def test_kept_distilled_model_is_scored_globally_and_changes_nothing_else() -> N
     assert any(k.startswith(FedGEMSClient.DISTILLED) for k in state)
     restored = FedGEMSClient(_client(), finetune_epochs=2, tail_average=0.5, keep_distilled=True)
     restored.load_state_dict(state)
-    assert restored.distilled_model is not None and same(restored.distilled_model, kept.distilled_model)
-    assert same(restored.client.model, kept.client.model)
+    assert restored.distilled_model is not None and _same_weights(restored.distilled_model, kept.distilled_model)
+    assert _same_weights(restored.client.model, kept.client.model)
     for bad in ({"finetune_epochs": 0}, {"finetune_epochs": 1, "personal": True}):
         with pytest.raises(ValueError, match="keep_distilled"):
             FedGEMSClient(_client(), keep_distilled=True, **bad)
