@@ -208,6 +208,8 @@ def test_fedgems_is_the_last_ablation_step_and_the_late_steps_run_in_every_setti
     for kind in ("transfer_only", "pseudo_label"):
         server_alone = resolved(next(job for job in jobs if job.kind == kind).overrides)
         assert server_alone["strategy.server_ema"] == settings["strategy.server_ema"], kind
+        # ... but train to their plateau: their epochs pass over 1,000 samples (2,500), FedGEMS' over up to 11,000.
+        assert int(server_alone["strategy.server_epochs"]) == 16 > int(settings.get("strategy.server_epochs", 4)), kind
     pseudo = resolved(next(job for job in jobs if job.kind == "pseudo_label").overrides)
     assert pseudo["strategy.unlabelled_per_round"] == settings["strategy.unlabelled_per_round"]
 
