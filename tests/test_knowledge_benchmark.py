@@ -56,12 +56,12 @@ def _row(round: int, server: float, client: float, **extra: Any) -> dict[str, An
             "uplink_bytes": 20 * 50_000, "downlink_bytes": 20 * 30_000, **tiers, **extra}  # fmt: skip
 
 
-def _write(out: Path, job: Job, rows: list[dict[str, Any]]) -> None:
+def _write(out: Path, job: Job, rows: list[dict[str, Any]], low_model: str = "cnn_tiny") -> None:
     config = {
         "num_clients": 20,
         "strategy": {"fraction_fit": 1.0, "unlabelled_trust": "class_reliability", "unlabelled_per_round": 1000},
         "transfer": {"labelled": 1000, "unlabelled": 10000},
-        "device_profile": {"server_model": "cnn_server", "tiers": {"low": {"model": "cnn_tiny", "share": 0.4}}},
+        "device_profile": {"server_model": "cnn_server", "tiers": {"low": {"model": low_model, "share": 0.4}}},
     }
     path = result_path(out, job)
     path.parent.mkdir(parents=True)
@@ -222,7 +222,32 @@ def test_every_peer_bounds_its_clients_steps_as_fedgems_does() -> None:
     bound = resolved(FEDGEMS_OVERRIDES)["strategy.client_max_grad_norm"]
     for peer in PEERS:
         settings = resolved(federated(peer, "alpha0.5", 0).hydra_overrides())
-        assert settings["strategy"] == peer and settings["strategy.client_max_grad_norm"] == bound
+        strategy = "fedavg" if peer == "fedavg_low_tier" else peer
+        assert settings["strategy"] == strategy and settings["strategy.client_max_grad_norm"] == bound
     assert resolved(federated("feddf", "alpha0.1", 1).hydra_overrides())["strategy.server_epochs"] == "2"
     cfg = compose_config(0, 1, "inprocess", federated("dsfl", "alpha0.5", 0).hydra_overrides())
     assert cfg.strategy.client_max_grad_norm == float(bound)
+
+
+def test_fedavg_of_the_low_tier_trains_the_low_tiers_model_everywhere_with_each_tiers_settings() -> None:
+    """The realistic FedAvg under three tiers: the largest model every device affords, each tier's own schedule."""
+    from benchmarks.kd.grid import compose_config
+
+    profile = compose_config(0, 1, "inprocess", federated("fedgems", "alpha0.5", 0).hydra_overrides()).device_profile
+    cfg = compose_config(0, 1, "inprocess", federated("fedavg_low_tier", "alpha0.5", 0).hydra_overrides())
+    assert cfg.strategy.name == "fedavg"
+    low = next(tier for tier in profile.tiers if tier.name == "low")
+    assert {tier.model for tier in cfg.device_profile.tiers} == {low.model}
+    for tier, own in zip(cfg.device_profile.tiers, profile.tiers, strict=True):
+        assert (tier.name, tier.share, tier.local_epochs, tier.batch_size, tier.lr) == (
+            own.name, own.share, own.local_epochs, own.batch_size, own.lr
+        )  # fmt: skip
+
+
+def test_the_setup_line_describes_fedgems_tiers_not_those_a_peer_changes(tmp_path: Path) -> None:
+    peer, ours = federated("fedavg_low_tier", "alpha0.5", 0), federated("fedgems", "alpha0.5", 0)
+    _write(tmp_path, peer, [_row(1, 0.7, 0.7)], low_model="peer_model")
+    _write(tmp_path, ours, [_row(1, 0.8, 0.8)])
+    report = tmp_path / "REPORT.md"
+    write_report(tmp_path, report, 1, "python -m benchmarks.knowledge", [peer, ours], [])
+    assert "Clients: low `cnn_tiny` (40%)" in report.read_text() and "peer_model" not in report.read_text()

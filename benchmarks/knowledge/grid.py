@@ -118,10 +118,21 @@ VARIANT_BASES: dict[str, tuple[str, ...]] = {
 #: shared model is FedGEMS' own, so only the clients' figures can differ), and one seed cannot tell.
 SEEDED_VARIANTS: tuple[str, ...] = ("fedgems+personal", "fedgems+ditto", "fedgems+prior")
 
-#: Peers, with their paper's mechanism and the defaults of ``conf/strategy``; FedAvg needs one architecture, so it
-#: averages the server model on every client (``fedavg_server_model``).
-PEERS: tuple[str, ...] = ("feddf", "dsfl", "fedet", "fedmd", "fedavg_server_model")
+#: Peers, with their paper's mechanism and the defaults of ``conf/strategy``. FedAvg averages one architecture, so
+#: under three tiers it runs twice: on the server model, which every client trains (``fedavg_server_model``, the
+#: compute-unrealistic reference: a low-tier device trains a 390k-parameter model), and on the low tier's model,
+#: the largest one every device affords (``fedavg_low_tier``).
+PEERS: tuple[str, ...] = ("feddf", "dsfl", "fedet", "fedmd", "fedavg_low_tier", "fedavg_server_model")
 COSTLY_PEER = "fedavg_server_model"
+#: Peers that run a strategy of another name: ``fedavg_low_tier`` is plain FedAvg in the device profile whose every
+#: tier trains the low tier's model (each tier keeps its epochs, batch size and learning rate).
+PEER_STRATEGIES: dict[str, tuple[str, ...]] = {
+    "fedavg_low_tier": (
+        "strategy=fedavg",
+        "device_profile.tiers.mid.model=cnn_tiny",
+        "device_profile.tiers.high.model=cnn_tiny",
+    ),
+}
 
 #: Compute cuts of peers whose defaults were set for a 300-sample transfer set, stated in the report: per round,
 #: FedDF would distil 20 + 5 x 3 epochs and Fed-ET 4 epochs over all 11,000 transfer inputs (minutes per round each
@@ -184,7 +195,8 @@ def federated(method: str, setting: str, seed: int) -> Job:
     """FedGEMS with every extension, or a peer with its defaults, its compute cuts and FedGEMS' client bound."""
     if method == FEDGEMS:
         return Job(method, "federated", setting, seed, FEDGEMS_OVERRIDES)
-    overrides = (f"strategy={method}", *PEER_OVERRIDES.get(method, ()), *CLIENT_BOUND_OVERRIDES)
+    strategy = PEER_STRATEGIES.get(method, (f"strategy={method}",))
+    overrides = (*strategy, *PEER_OVERRIDES.get(method, ()), *CLIENT_BOUND_OVERRIDES)
     return Job(method, "federated", setting, seed, overrides)
 
 

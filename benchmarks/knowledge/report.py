@@ -15,6 +15,7 @@ from benchmarks.knowledge.grid import (
     FEDGEMS,
     LATE_STEPS,
     PEER_OVERRIDES,
+    PEER_STRATEGIES,
     PEERS,
     SEEDED_VARIANTS,
     SETTINGS,
@@ -80,7 +81,9 @@ def render(out: Path, rounds: int, command: str, jobs: Sequence[Job], failures: 
 
 
 def _setup_lines(done: dict[Job, dict[str, Any]]) -> list[str]:
-    config = next((r["config"] for r in done.values() if "config" in r), None)
+    # FedGEMS' config describes the setup; a peer's may change the tiers (fedavg_low_tier).
+    with_config = [(job, r["config"]) for job, r in done.items() if "config" in r]
+    config = min(with_config, key=lambda pair: pair[0].method != FEDGEMS)[1] if with_config else None
     if config is None:
         return []
     tiers = config["device_profile"]["tiers"]
@@ -94,7 +97,10 @@ def _setup_lines(done: dict[Job, dict[str, Any]]) -> list[str]:
         "  except these compute cuts (their defaults were set for a 300-sample transfer set): "
         + "; ".join(f"{peer} `{' '.join(o)}`" for peer, o in PEER_OVERRIDES.items())
         + "; and the clients of every peer and of local-only training bound their steps as FedGEMS' do"
-        f" (`{' '.join(CLIENT_BOUND_OVERRIDES)}`).",
+        f" (`{' '.join(CLIENT_BOUND_OVERRIDES)}`). FedAvg averages one architecture: `fedavg_server_model` trains"
+        " the server model on every client, `fedavg_low_tier` the low tier's model ("
+        + "; ".join(f"{peer} `{' '.join(o)}`" for peer, o in PEER_STRATEGIES.items())
+        + ").",
         "- Cut, stated plainly: rounds before the last are evaluated on a fixed, class-stratified 2,000-image",
         "  subset of the test set (`evaluation.test_samples=2000`); the last round, so every final figure, on all",
         "  10,000.",
