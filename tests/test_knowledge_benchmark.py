@@ -251,3 +251,47 @@ def test_the_setup_line_describes_fedgems_tiers_not_those_a_peer_changes(tmp_pat
     report = tmp_path / "REPORT.md"
     write_report(tmp_path, report, 1, "python -m benchmarks.knowledge", [peer, ours], [])
     assert "Clients: low `cnn_tiny` (40%)" in report.read_text() and "peer_model" not in report.read_text()
+
+
+def test_extras_are_their_base_jobs_with_overrides_left_out_or_added_and_are_not_planned() -> None:
+    from benchmarks.knowledge.grid import CLIENT_BOUND_OVERRIDES, EXTRAS, base_job, extra_jobs, resolved
+
+    planned = plan({setting: COSTLY_PEER for setting in SETTINGS})
+    jobs = extra_jobs()
+    assert len({job.name for job in jobs}) == len(jobs) and not set(jobs) & set(planned)
+    assert not {job.name for job in jobs} & {job.name for job in planned}
+    for extra in EXTRAS:
+        for job in extra.jobs():
+            base = base_job(extra.base, job.setting, job.seed)
+            assert job.kind == base.kind and job.method == extra.method
+            kept = [o for o in base.overrides if o not in extra.drop]
+            assert job.overrides == (*kept, *extra.add)
+    unbounded = resolved(next(e for e in EXTRAS if e.method == "dsfl_unbounded").jobs()[0].hydra_overrides())
+    assert "strategy.client_max_grad_norm" not in unbounded and unbounded["strategy"] == "dsfl"
+    assert CLIENT_BOUND_OVERRIDES  # what the unbounded rows leave out exists
+    server16 = resolved(next(e for e in EXTRAS if e.method == "fedgems_server16").jobs()[0].hydra_overrides())
+    fedgems = resolved(federated("fedgems", "alpha0.5", 0).hydra_overrides())
+    assert server16 == {**fedgems, "strategy.server_epochs": "16"}
+    shared = next(e for e in EXTRAS if e.method == "transfer_only_epochs4").jobs()
+    assert [job.setting for job in shared] == ["any"] * 3  # a shared baseline runs once per seed
+
+
+def test_extras_run_only_when_asked_and_are_reported_once_finished(tmp_path: Path) -> None:
+    from benchmarks.knowledge.__main__ import pending, reported_jobs
+    from benchmarks.knowledge.grid import EXTRAS
+
+    extra = next(e for e in EXTRAS if e.method == "fedgems_server16")
+    job = extra.jobs()[0]
+    assert job not in pending(tmp_path, [], set()) and job in pending(tmp_path, [], set(), extras=True)
+    assert job not in reported_jobs(tmp_path) and job in reported_jobs(tmp_path, extras=True)
+    ours = federated("fedgems", "alpha0.5", 0)
+    _write(tmp_path, ours, [_row(1, 0.80, 0.8)])
+    _write(tmp_path, job, [_row(1, 0.81, 0.8)])
+    assert job in reported_jobs(tmp_path) and job not in pending(tmp_path, [], set(), extras=True)
+    report = tmp_path / "REPORT.md"
+    write_report(tmp_path, report, 1, "python -m benchmarks.knowledge", reported_jobs(tmp_path), [])
+    lines = report.read_text().splitlines()
+    at = lines.index(next(line for line in lines if line.startswith("| **fedgems** | 1 | 0.8000 |")))
+    assert lines[at + 1].startswith("| fedgems, 16 server epochs | 1 | 0.8100 |")
+    assert "`fedgems, 16 server epochs` is `fedgems` with `strategy.server_epochs=16`." in lines
+    assert "not run (time): `alpha0.5/fedgems_server16/seed1`" not in report.read_text()  # not asked for

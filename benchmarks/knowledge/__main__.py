@@ -28,6 +28,7 @@ from benchmarks.knowledge.grid import (
     SETTINGS,
     Job,
     choose_best_peer,
+    extra_jobs,
     federated,
     plan,
     select,
@@ -48,6 +49,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", nargs="*", default=[], help="run only jobs whose name contains one of these")
     parser.add_argument("--budget-minutes", type=float, default=math.inf, help="start no job after this")
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from finished jobs")
+    parser.add_argument(
+        "--extras", action="store_true", help="also run the rows that vary a method (grid.EXTRAS), after the plan"
+    )
     parser.add_argument("--note", default="", help="a line for the report (e.g. which code the jobs ran)")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.workers < 1:
@@ -71,18 +75,21 @@ def best_peers(out: Path) -> dict[str, str]:
     return chosen
 
 
-def pending(out: Path, only: Sequence[str], running: set[Job]) -> list[Job]:
-    """Jobs of the current plan that have neither finished nor started."""
-    return [job for job in select(plan(best_peers(out)), only) if job not in running and not read_result(out, job)]
+def pending(out: Path, only: Sequence[str], running: set[Job], extras: bool = False) -> list[Job]:
+    """Jobs of the current plan (and of the extras, when asked) that have neither finished nor started."""
+    jobs = plan(best_peers(out)) + (extra_jobs() if extras else [])
+    return [job for job in select(jobs, only) if job not in running and not read_result(out, job)]
 
 
-def reported_jobs(out: Path) -> list[Job]:
-    """The plan, plus every finished extra seed of a peer the plan no longer asks for.
+def reported_jobs(out: Path, extras: bool = False) -> list[Job]:
+    """The plan, plus every finished extra seed of a peer the plan no longer asks for, plus the extras' jobs: all
+    of them when they were asked for (so the unfinished are listed), else those that have finished.
 
     The best peer can change as results come in (FedAvg of the server model finishing last); the seeds run for an
     earlier best peer stay in the tables.
     """
     jobs = plan(best_peers(out))
+    jobs += [job for job in extra_jobs() if extras or read_result(out, job)]
     earlier = [
         job
         for setting in SETTINGS
@@ -103,7 +110,9 @@ def run_all(args: argparse.Namespace) -> list[str]:
         running: dict[Future[object], Job] = {}
         while True:
             within_budget = (time.monotonic() - started) / 60 < args.budget_minutes
-            queue = [job for job in pending(args.out, args.only, set(running.values())) if job not in failed]
+            queue = [
+                job for job in pending(args.out, args.only, set(running.values()), args.extras) if job not in failed
+            ]
             while within_budget and queue and len(running) < args.workers:
                 job = queue.pop(0)
                 print(f"[{_clock()}] start {job.name}", flush=True)
@@ -137,7 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = f"{ENTRY} " + shlex.join(given)
     failures = [] if args.report_only else run_all(args)
     torch.set_num_threads(1)  # as every job ran; the report's machine line says so
-    write_report(args.out, args.report, args.rounds, command, reported_jobs(args.out), failures, args.note)
+    jobs = reported_jobs(args.out, args.extras)
+    write_report(args.out, args.report, args.rounds, command, jobs, failures, args.note)
     print(f"report section written to {args.report}; run folders under {args.out}")
     return 1 if failures else 0
 

@@ -264,6 +264,102 @@ def baseline_jobs(seed: int) -> list[Job]:
     return jobs + [local_only_job(setting, seed) for setting in SETTINGS]
 
 
+def base_job(method: str, setting: str, seed: int) -> Job:
+    """The grid's job of ``method`` (FedGEMS, a peer, an ablation step or a baseline) in ``setting`` at ``seed``."""
+    if method in ("transfer_only", "pseudo_label"):
+        return next(job for job in baseline_jobs(seed) if job.method == method)
+    if method == "local_only":
+        return local_only_job(setting, seed)
+    if method in dict(ABLATION) and method != ABLATION[-1][0]:
+        return Job(method, "federated", setting, seed, overrides_through(method))
+    return federated(method, setting, seed)
+
+
+@dataclass(frozen=True)
+class Extra:
+    """A row beside its base method's in the tables: the base's jobs with overrides left out or added.
+
+    Extras answer a question about a verdict (does a compute cut or the client bound cost a peer, is a baseline at
+    its plateau, would FedGEMS' server gain from more epochs). They are not planned unless asked
+    (``--extras``), and a finished one is reported whenever the benchmark writes its section.
+
+    Attributes
+    ----------
+    method : str
+        Name of its jobs and run folders.
+    label : str
+        Its row's name in the tables.
+    base : str
+        The method whose jobs it varies (see :func:`base_job`).
+    drop, add : tuple[str, ...]
+        Overrides of the base left out, then overrides added (the last of a key wins).
+    settings, seeds : tuple
+        Where it runs (a shared baseline runs once per seed whatever the settings).
+    """
+
+    method: str
+    label: str
+    base: str
+    drop: tuple[str, ...] = ()
+    add: tuple[str, ...] = ()
+    settings: tuple[str, ...] = tuple(SETTINGS)
+    seeds: tuple[int, ...] = SEEDS
+
+    def jobs(self) -> list[Job]:
+        """Its jobs, one per setting (once for a shared baseline) and seed."""
+        found: list[Job] = []
+        for setting in self.settings:
+            for seed in self.seeds:
+                base = base_job(self.base, setting, seed)
+                overrides = (*(o for o in base.overrides if o not in self.drop), *self.add)
+                found.append(Job(self.method, base.kind, base.setting, seed, overrides))
+        return list(dict.fromkeys(found))
+
+
+#: The rows that vary a method of the grid, each with the question it answers.
+EXTRAS: tuple[Extra, ...] = (
+    # Would FedGEMS' server gain from training as long as the server-alone baselines do?
+    Extra("fedgems_server16", "fedgems, 16 server epochs", FEDGEMS, add=SERVER_ALONE_EPOCHS),
+    # The client bound at 2 instead of 1 (FedGEMS before its kept copy, whose own-data and server figures it shares).
+    Extra("fedgems_bound2", "fedgems, bound 2.0", "+client_clip", add=("strategy.client_max_grad_norm=2.0",)),
+    # What the grid's compute cut costs FedDF.
+    Extra(
+        "feddf_uncut",
+        "feddf, 20 server and 5 distillation epochs",
+        "feddf",
+        drop=PEER_OVERRIDES["feddf"],
+        settings=("alpha0.5",),
+        seeds=(0,),
+    ),
+    # What the client bound, an SGD setting of every strategy, gives each peer and local-only training.
+    *(
+        Extra(
+            f"{peer}_unbounded",
+            f"{peer}, unbounded",
+            peer,
+            drop=CLIENT_BOUND_OVERRIDES,
+            seeds=SEEDS if peer == COSTLY_PEER else (0,),
+        )
+        for peer in PEERS
+    ),
+    Extra("local_only_unbounded", "local_only, unbounded", "local_only", drop=CLIENT_BOUND_OVERRIDES),
+    # The server-alone baselines at FedGEMS' 4 server epochs a round, with and without the weight average.
+    *(
+        Extra(f"{baseline}{suffix}", f"{baseline}, 4 epochs a round{words}", baseline, drop, settings=("alpha0.5",))
+        for baseline in ("transfer_only", "pseudo_label")
+        for suffix, words, drop in (
+            ("_epochs4", "", SERVER_ALONE_EPOCHS),
+            ("_epochs4_no_average", ", without average", (*SERVER_ALONE_EPOCHS, *SERVER_ALONE_OVERRIDES)),
+        )
+    ),
+)
+
+
+def extra_jobs() -> list[Job]:
+    """Every job of :data:`EXTRAS`."""
+    return [job for extra in EXTRAS for job in extra.jobs()]
+
+
 def plan(best_peer: Mapping[str, str]) -> list[Job]:
     """Every job, most important first; ``best_peer`` (setting -> peer) adds that peer's extra seeds once known.
 

@@ -12,15 +12,18 @@ from benchmarks.common import machine_line, markdown_table, mean, std, write_sec
 from benchmarks.knowledge.grid import (
     ABLATION,
     CLIENT_BOUND_OVERRIDES,
+    EXTRAS,
     FEDGEMS,
     LATE_STEPS,
     PEER_OVERRIDES,
     PEER_STRATEGIES,
     PEERS,
+    SEEDED_STEPS,
     SEEDED_VARIANTS,
     SETTINGS,
     VARIANT_BASES,
     VARIANTS,
+    Extra,
     Job,
     ablation_jobs,
     variant_jobs,
@@ -138,14 +141,16 @@ def _setting_lines(setting: str, done: dict[Job, dict[str, Any]], figures: Figur
         *(f"{t} global" for t in TIERS), *(f"{t} own" for t in TIERS), "up kB/client", "down kB/client",
     ]  # fmt: skip
     rows = []
-    for method in (FEDGEMS, *SEEDED_VARIANTS, *PEERS, *BASELINES):
+    shown_extras = []
+    for method, label in _row_methods():
         runs = runs_of(done, method, setting)
         if not runs:
             continue
+        shown_extras += [extra for extra in EXTRAS if extra.method == method]
         stats = [figures.run_figures(r) for r in runs]
         rows.append(
             [
-                f"**{method}**" if method == FEDGEMS else method,
+                f"**{label}**" if method == FEDGEMS else label,
                 str(len(runs)),
                 _pm([s["server_final"] for s in stats]),
                 _pm([s["server_best"] for s in stats]),
@@ -166,9 +171,27 @@ def _setting_lines(setting: str, done: dict[Job, dict[str, Any]], figures: Figur
         "`fedgems+personal` is FedGEMS whose clients fine-tune a personal copy each round, `fedgems+ditto` FedGEMS",
         "whose clients keep a personal model across rounds (own: the personal model; global: the shared one),",
         "`fedgems+prior` FedGEMS without fine-tuning whose clients add their label prior to the logits on own data.",
+        *(_extra_legend(extra) for extra in shown_extras),
         "",
     ]
     return lines + _per_round_lines(setting, done, figures)
+
+
+def _row_methods() -> list[tuple[str, str]]:
+    """The tables' rows in order, as ``(method, label)``: FedGEMS and its last ablation steps, the variants, the
+    peers and the baselines, each followed by the extras that vary it."""
+    steps = [name for name, _ in ABLATION if name in SEEDED_STEPS][::-1]
+    rows = []
+    for method in (FEDGEMS, *steps, *SEEDED_VARIANTS, *PEERS, *BASELINES):
+        rows.append((method, method))
+        rows += [(extra.method, extra.label) for extra in EXTRAS if extra.base == method]
+    return rows
+
+
+def _extra_legend(extra: Extra) -> str:
+    changes = [f"without `{' '.join(extra.drop)}`"] if extra.drop else []
+    changes += [f"with `{' '.join(extra.add)}`"] if extra.add else []
+    return f"`{extra.label}` is `{extra.base}` {' and '.join(changes)}."
 
 
 def _per_round_lines(setting: str, done: dict[Job, dict[str, Any]], figures: Figures) -> list[str]:
