@@ -608,3 +608,38 @@ def test_selection_settings_are_declared_once_and_all_reach_the_server() -> None
     with pytest.raises(ConfigError, match=r"^strategy\.learned_trim must be a whole number"):
         FedGEMSConfig(learned_trim=1.5)  # type: ignore[arg-type]
     assert ServerDistillConfig(unlabelled_per_round=np.int64(5)).unlabelled_per_round == 5  # a numpy count is whole
+
+
+def test_client_anchor_keeps_the_servers_knowledge_through_local_training() -> None:
+    """``client_anchor``: local training adds KD towards the server's last logits, so the client forgets less of
+    them; at 0 local training is cross-entropy alone, bit for bit."""
+    from fl_kd.kd import protocol as kd
+    from fl_kd.kd.roles import Instruction
+
+    server = np.tile(np.eye(C, dtype=np.float32)[0] * 8, (20, 1))  # the server's knowledge: class 0 everywhere
+    query = Instruction({kd.POSITIONS: np.arange(20)})
+    roles = {weight: FedGEMSClient(_client(), anchor=weight) for weight in (0.0, 2.0)}
+    plain = FedGEMSClient(_client())
+    for role in (*roles.values(), plain):
+        role.receive(0, Instruction({kd.SERVER_LOGITS: server}))
+    assert roles[0.0].anchor_set is None and plain.anchor_set is None
+    kept = roles[2.0].anchor_set
+    assert (
+        kept is not None and torch.equal(kept[0], torch.arange(20)) and torch.equal(kept[1], torch.from_numpy(server))
+    )
+    target = F.log_softmax(torch.from_numpy(server), dim=1)
+    gaps, answers = {}, {}
+    for name, role in (("plain", plain), *roles.items()):
+        for round in range(1, 4):  # three rounds of local training on the private data, no distillation between
+            answers[name] = torch.from_numpy(role.train(round, query).arrays[kd.LOGITS])
+        student = F.log_softmax(answers[name], dim=1)
+        gaps[name] = float(F.kl_div(student, target, reduction="batchmean", log_target=True))
+    assert torch.equal(answers[0.0], answers["plain"])
+    assert gaps[2.0] < 0.5 * gaps["plain"]
+    restored = FedGEMSClient(_client(), anchor=2.0)
+    restored.load_state_dict(roles[2.0].state_dict())
+    assert restored.anchor_set is not None and torch.equal(restored.anchor_set[1], kept[1])
+    with pytest.raises(ValueError, match="anchor"):
+        FedGEMSClient(_client(), anchor=-1.0)
+    with pytest.raises(ConfigError, match="client_anchor"):
+        tiny_config(client_anchor=-0.5)

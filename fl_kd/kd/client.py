@@ -165,9 +165,10 @@ class DistillClient:
         """Private training set size (the weight a strategy may give this client)."""
         return int(self.train_x.shape[0])
 
-    def local_train(self, round: int) -> dict[str, float]:
-        """E_loc epochs of cross-entropy on private data; gives last epoch's ``loss`` and ``num_examples``."""
-        result = self.train_supervised(round, "local_train", self.config.local_epochs)
+    def local_train(self, round: int, penalty: Callable[[], Tensor] | None = None) -> dict[str, float]:
+        """E_loc epochs of cross-entropy on private data (plus ``penalty()`` at every step, when given); gives the
+        last epoch's ``loss`` and ``num_examples``."""
+        result = self.train_supervised(round, "local_train", self.config.local_epochs, penalty=penalty)
         return {
             "loss": result["loss"],
             "num_examples": float(self.num_examples),

@@ -67,6 +67,12 @@ class FedGEMSConfig(SelectionConfig, SGDStrategyConfig):
         fine-tuning (needs ``client_finetune_epochs``, not ``client_personal``), and is scored on the global test
         set with it; the fine-tuned model trains on, answers the server and serves the client's own test set, as
         without the copy, so the server is unchanged (:class:`fl_kd.kd.fedgems.roles.FedGEMSClient`).
+    client_anchor : float (default: 0.0)
+        Weight of the server's knowledge in each client's local training: every local step adds ``client_anchor
+        * KD(server -> client)`` on a random batch of the transfer inputs whose server logits the client last
+        distilled (learning without forgetting; :class:`fl_kd.kd.fedgems.roles.FedGEMSClient`). Training on its own
+        label mix then keeps what the client learnt of the other classes, and its answers carry both. It costs a
+        forward and backward pass of a transfer batch per local step. 0 (today): cross-entropy alone.
     client_personal_prior : bool (default: False)
         On its own test distribution a client predicts with the log of its private label frequencies added to the
         logits (of the personal model, or of the shared one without ``client_personal``): the shared model's
@@ -101,6 +107,7 @@ class FedGEMSConfig(SelectionConfig, SGDStrategyConfig):
     client_personal: bool = False
     client_personal_prox: float | None = None
     client_keep_distilled: bool = False
+    client_anchor: float = 0.0
     client_personal_prior: bool = False
     server_ema: float = 0.0
     client_tail_average: float = 0.0
@@ -129,6 +136,7 @@ class FedGEMSConfig(SelectionConfig, SGDStrategyConfig):
             "strategy.client_keep_distilled needs strategy.client_finetune_epochs >= 1 and "
             "strategy.client_personal=false (a personal model already leaves the shared one as distilled)",
         )
+        check_range("strategy.client_anchor", self.client_anchor, low=0.0)
         check_range("strategy.server_ema", self.server_ema, low=0.0, high=1.0, high_open=True)
         check_range("strategy.client_tail_average", self.client_tail_average, low=0.0, high=1.0)
 

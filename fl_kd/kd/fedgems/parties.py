@@ -55,4 +55,5 @@ def build_client_role(cfg: ExperimentConfig, federation: Federation, client_id: 
         strategy.client_personal_prior,
         strategy.client_tail_average,
         strategy.client_keep_distilled,
+        strategy.client_anchor,
     )

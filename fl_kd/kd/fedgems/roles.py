@@ -8,7 +8,7 @@ transfer set and the client distils them.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,9 @@ from torch import Tensor, nn
 from fl_kd.kd import protocol as kd
 from fl_kd.kd.client import DistillClient
 from fl_kd.kd.fedgems.server import SelectiveDistillServer
+from fl_kd.kd.losses import kd_loss
 from fl_kd.kd.roles import Answer, Arrays, DistillClientRole, Instruction, ServerRole
+from fl_kd.kd.seeding import derive_seed, torch_generator
 from fl_kd.kd.training import accuracy, cpu_state_dict
 from fl_kd.kd.validation import check_client_answer
 
@@ -122,6 +124,12 @@ class FedGEMSClient(DistillClientRole):
         trained ones (answers, evaluation): :meth:`~fl_kd.kd.client.DistillClient.keep_weight_average`. 0: none.
         With ``personal`` the shared model shows the average of its own phases, and the personal model is the
         average of its fine-tuning's last steps.
+    anchor : float (default: 0.0)
+        Weight of the server's knowledge in local training (learning without forgetting: Li & Hoiem, "Learning
+        without Forgetting", ECCV 2016). The client keeps the server's logits of its last distillation (labelled part
+        and unlabelled subset) and each local step adds ``anchor * KD(server -> client)`` on a batch of those
+        inputs drawn at random (seeded), so training on its own label mix does not erase what it learnt of the
+        others, and its answers carry both. 0: cross-entropy alone.
     keep_distilled : bool (default: False)
         Keep a copy of the model as it stands after distilling the server's knowledge, before fine-tuning, and
         score it on the global test set (:meth:`evaluate`); the fine-tuned model goes on as without the copy (it
@@ -137,6 +145,8 @@ class FedGEMSClient(DistillClientRole):
     """Key of the number of rounds the kept (Ditto) personal model has trained, in :meth:`state_dict`."""
     DISTILLED = "distilled."
     """Prefix of the kept distilled model's weights in :meth:`state_dict` (``keep_distilled``)."""
+    ANCHOR_POSITIONS, ANCHOR_LOGITS = "anchor.positions", "anchor.logits"
+    """Keys of the kept server knowledge (``anchor``) in :meth:`state_dict`: public positions and their logits."""
 
     def __init__(
         self,
@@ -147,8 +157,13 @@ class FedGEMSClient(DistillClientRole):
         personal_prior: bool = False,
         tail_average: float = 0.0,
         keep_distilled: bool = False,
+        anchor: float = 0.0,
     ) -> None:
         super().__init__(client)
+        if not anchor >= 0.0:
+            raise ValueError(f"anchor must be >= 0, got {anchor}")
+        self.anchor = float(anchor)
+        self.anchor_set: tuple[Tensor, Tensor] | None = None  # (public positions, server logits), kept at distillation
         if tail_average:
             client.keep_weight_average(tail_average)
         if finetune_epochs < 0:
@@ -175,7 +190,7 @@ class FedGEMSClient(DistillClientRole):
         positions = instruction.arrays.get(kd.POSITIONS)
         if not isinstance(positions, np.ndarray) or positions.ndim != 1 or positions.dtype.kind not in "iu":
             raise ValueError("the server's query has no 1-D integer positions")
-        result = self.client.local_train(round)
+        result = self.client.local_train(round, self._anchor_penalty(round))
         positions = positions.astype(np.int64)
         dtype = str(instruction.config.get(kd.LOGITS_DTYPE, "float32"))
         if positions.size and positions.max() >= self.client.transfer_x.shape[0]:
@@ -197,6 +212,8 @@ class FedGEMSClient(DistillClientRole):
         if server_logits is None:
             raise ValueError(f"asked to distil but the message has no {kd.SERVER_LOGITS}")
         result = self.client.distill(round, server_logits, instruction.arrays.get(kd.LABEL_FREE_POSITIONS))
+        if self.anchor:
+            self._keep_anchor(server_logits, instruction)
         metrics = {kd.DISTILL_LOSS: float(result["loss"]), kd.TRAIN_SAMPLES: float(result["train_samples"])}
         if kd.UNLABELLED_POSITIONS in instruction.arrays or kd.UNLABELLED_LOGITS in instruction.arrays:
             metrics[kd.TRAIN_SAMPLES] += self._distill_unlabelled(round, instruction)
@@ -227,12 +244,16 @@ class FedGEMSClient(DistillClientRole):
         if self.personal_model is not None:
             state |= {self.PERSONAL + k: v for k, v in cpu_state_dict(self.personal_model).items()}
             state[self.PERSONAL_ROUNDS] = torch.tensor(self.personal_rounds, dtype=torch.int64)
+        if self.anchor_set is not None:
+            state[self.ANCHOR_POSITIONS], state[self.ANCHOR_LOGITS] = self.anchor_set
         return state
 
     def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
         """Restore :meth:`state_dict`."""
-        own = (self.PERSONAL, self.DISTILLED)
+        own = (self.PERSONAL, self.DISTILLED, self.ANCHOR_POSITIONS, self.ANCHOR_LOGITS)
         shared = {k: v for k, v in state.items() if not k.startswith(own) and k != self.PERSONAL_ROUNDS}
+        if self.anchor and self.ANCHOR_POSITIONS in state and self.ANCHOR_LOGITS in state:
+            self.anchor_set = (state[self.ANCHOR_POSITIONS].long(), state[self.ANCHOR_LOGITS].float())
         super().load_state_dict(shared)
         distilled = {k[len(self.DISTILLED) :]: v for k, v in state.items() if k.startswith(self.DISTILLED)}
         if distilled and self.keep_distilled:
@@ -242,6 +263,33 @@ class FedGEMSClient(DistillClientRole):
             self.personal_model.load_state_dict({k[size:]: v for k, v in state.items() if k.startswith(self.PERSONAL)})
             rounds = state.get(self.PERSONAL_ROUNDS)
             self.personal_rounds = int(rounds) if rounds is not None else 0
+
+    def _keep_anchor(self, server_logits: Any, instruction: Instruction) -> None:
+        """Keep the server's logits just distilled, on the labelled part and the unlabelled subset sent."""
+        labelled = int(self.client.transfer_x.shape[0])
+        positions = [torch.arange(labelled)]
+        logits = [torch.as_tensor(np.asarray(server_logits, dtype=np.float32))]
+        unlabelled = instruction.arrays.get(kd.UNLABELLED_POSITIONS)
+        if unlabelled is not None and len(unlabelled):
+            positions.append(torch.from_numpy(np.asarray(unlabelled, dtype=np.int64)))
+            logits.append(torch.as_tensor(np.asarray(instruction.arrays[kd.UNLABELLED_LOGITS], dtype=np.float32)))
+        self.anchor_set = (torch.cat(positions), torch.cat(logits))
+
+    def _anchor_penalty(self, round: int) -> Callable[[], Tensor] | None:
+        """``anchor * KD(server -> client)`` on a seeded random batch of the kept server knowledge; None without."""
+        if not self.anchor or self.anchor_set is None:
+            return None
+        client, weight = self.client, self.anchor
+        positions, logits = self.anchor_set
+        generator = torch_generator(derive_seed(client.seed, client.client_id, round, "anchor"))
+        size = client.config.batch_size
+
+        def penalty() -> Tensor:
+            pick = torch.randint(0, int(positions.numel()), (size,), generator=generator)
+            student = client.model(client.public_x[positions[pick]].to(client.device))
+            return weight * kd_loss(student, logits[pick].to(client.device), client.config.temperature)
+
+        return penalty
 
     def _keep_distilled(self, weights: Mapping[str, Tensor]) -> None:
         """Load ``weights`` into the kept distilled model, made from the client model the first time."""
