@@ -84,7 +84,7 @@ def _client(context: Context, state_round: int = 0) -> tuple[Federation, ClientR
     if kd.CLIENT_STATE in context.state:
         client.load_state_dict(context.state.array_records[kd.CLIENT_STATE].to_torch_state_dict())
     elif state_round:
-        client.load_state_dict(_reload(context, client, state_round))
+        _reload(context, client, state_round)
     return federation, client
 
 
@@ -108,24 +108,32 @@ def _run_key(context: Context) -> str:
     return run_key(str(run_config[kd.RUN_CONFIG_KEY]), str(run_config.get(kd.OUTPUT_DIR_KEY, "")))
 
 
-def _reload(context: Context, client: ClientRole, state_round: int) -> dict[str, torch.Tensor]:
-    """The state this client saved for ``state_round``, checked against its model; refused (logged) otherwise."""
+def _reload(context: Context, client: ClientRole, state_round: int) -> None:
+    """Load the state this client saved for ``state_round``, checked against its model; refused (logged) otherwise.
+
+    A saved state holds every entry of a fresh client's, with the same shapes and dtypes, and may hold more: what a
+    client keeps only once it has distilled (a kept copy of its model, the server's knowledge), which the client's
+    own ``load_state_dict`` checks.
+    """
     folder = _state_folder(context)
     try:
         if folder is None:
             raise ClientStateError("no folder for client states is known (set client-state-dir or output-dir)")
         state = load_client_state(folder, state_round, client.client_id, _run_key(context))
         expected = client.state_dict()
-        if sorted(state) != sorted(expected) or any(
+        if not set(expected) <= set(state) or any(
             state[name].shape != value.shape or state[name].dtype != value.dtype for name, value in expected.items()
         ):
             raise ClientStateError(f"{folder}: round {state_round}'s state does not fit this client's model")
+        try:
+            client.load_state_dict(state)
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise ClientStateError(f"{folder}: round {state_round}'s state does not fit this client: {err}") from None
     except ClientStateError as err:
         log(WARNING, "Client %d refuses to go on: its state is gone and the saved one cannot be used: %s",
             client.client_id, err)  # fmt: skip
         raise ValueError(f"client {client.client_id} lost its state of round {state_round}: {err}") from None
     log(INFO, "Client %d reloaded its state of round %d from %s", client.client_id, state_round, folder)
-    return state
 
 
 def _save(context: Context, client: ClientRole, server_round: int) -> None:

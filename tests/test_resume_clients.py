@@ -91,6 +91,10 @@ def _resume(cfg: ExperimentConfig, out_dir: Path) -> tuple[KDStrategy, LoopbackG
 
 CONFIGS = {
     "fedgems": lambda: tiny_config(rounds=ROUNDS),
+    # Client state that exists only after a first distillation: the kept copy and the server's kept knowledge.
+    "fedgems_kept": lambda: tiny_config(
+        rounds=ROUNDS, client_finetune_epochs=1, client_keep_distilled=True, client_anchor=1.0
+    ),
     "fedmd": lambda: peer_config("fedmd", rounds=ROUNDS),
     "fedavg": lambda: weight_config("fedavg", rounds=ROUNDS),
 }
