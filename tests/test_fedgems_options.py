@@ -636,6 +636,15 @@ def test_client_anchor_keeps_the_servers_knowledge_through_local_training() -> N
         gaps[name] = float(F.kl_div(student, target, reduction="batchmean", log_target=True))
     assert torch.equal(answers[0.0], answers["plain"])
     assert gaps[2.0] < 0.5 * gaps["plain"]
+    # A message the client refuses (unlabelled positions outside the unlabelled part) leaves the kept knowledge alone.
+    bad = {
+        kd.SERVER_LOGITS: server[::-1].copy(),
+        kd.UNLABELLED_POSITIONS: np.arange(2),
+        kd.UNLABELLED_LOGITS: server[:2],
+    }
+    with pytest.raises(ValueError, match="unlabelled part"):
+        roles[2.0].receive(5, Instruction(bad))
+    assert roles[2.0].anchor_set is not None and torch.equal(roles[2.0].anchor_set[1], kept[1])
     restored = FedGEMSClient(_client(), anchor=2.0)
     restored.load_state_dict(roles[2.0].state_dict())
     assert restored.anchor_set is not None and torch.equal(restored.anchor_set[1], kept[1])

@@ -212,11 +212,11 @@ class FedGEMSClient(DistillClientRole):
         if server_logits is None:
             raise ValueError(f"asked to distil but the message has no {kd.SERVER_LOGITS}")
         result = self.client.distill(round, server_logits, instruction.arrays.get(kd.LABEL_FREE_POSITIONS))
-        if self.anchor:
-            self._keep_anchor(server_logits, instruction)
         metrics = {kd.DISTILL_LOSS: float(result["loss"]), kd.TRAIN_SAMPLES: float(result["train_samples"])}
         if kd.UNLABELLED_POSITIONS in instruction.arrays or kd.UNLABELLED_LOGITS in instruction.arrays:
             metrics[kd.TRAIN_SAMPLES] += self._distill_unlabelled(round, instruction)
+        if self.anchor:  # after both distillations, which check the logits' shapes and positions
+            self._keep_anchor(server_logits, instruction)
         if self.keep_distilled:
             self._keep_distilled(self.client.shown_model.state_dict())
         if self.finetune_epochs:
