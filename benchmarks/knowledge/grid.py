@@ -320,8 +320,17 @@ class Extra:
 EXTRAS: tuple[Extra, ...] = (
     # Would FedGEMS' server gain from training as long as the server-alone baselines do?
     Extra("fedgems_server16", "fedgems, 16 server epochs", FEDGEMS, add=SERVER_ALONE_EPOCHS),
-    # Do clients that keep the server's knowledge through their local training answer as a better teacher?
-    Extra("fedgems_anchor1", "fedgems, anchor 1.0", FEDGEMS, add=("strategy.client_anchor=1.0",)),
+    # Do clients that keep the server's knowledge through their local training answer as a better teacher, and at
+    # what weight of that knowledge?
+    *(
+        Extra(
+            f"fedgems_anchor{weight:g}",
+            f"fedgems, anchor {weight:.1f}",
+            FEDGEMS,
+            add=(f"strategy.client_anchor={weight}",),
+        )
+        for weight in (0.5, 1.0, 2.0)
+    ),
     # The client bound at 2 instead of 1 (FedGEMS before its kept copy, whose own-data and server figures it shares).
     Extra("fedgems_bound2", "fedgems, bound 2.0", "+client_clip", add=("strategy.client_max_grad_norm=2.0",)),
     # What the grid's compute cut costs FedDF.
