@@ -273,6 +273,14 @@ def test_extras_are_their_base_jobs_with_overrides_left_out_or_added_and_are_not
     server16 = resolved(next(e for e in EXTRAS if e.method == "fedgems_server16").jobs()[0].hydra_overrides())
     fedgems = resolved(federated("fedgems", "alpha0.5", 0).hydra_overrides())
     assert server16 == {**fedgems, "strategy.server_epochs": "16"}
+    # One extra per anchor weight; the weight is written as the runs of 1.0 were, so their results stay readable.
+    anchors = {e.method: resolved(e.jobs()[0].hydra_overrides()) for e in EXTRAS if "anchor" in e.method}
+    assert {m: s.pop("strategy.client_anchor") for m, s in anchors.items()} == {
+        "fedgems_anchor0.5": "0.5",
+        "fedgems_anchor1": "1.0",
+        "fedgems_anchor2": "2.0",
+    }
+    assert all(settings == fedgems for settings in anchors.values())
     shared = next(e for e in EXTRAS if e.method == "transfer_only_epochs4").jobs()
     assert [job.setting for job in shared] == ["any"] * 3  # a shared baseline runs once per seed
 
