@@ -191,7 +191,8 @@ def test_fedgems_is_the_last_ablation_step_and_the_late_steps_run_in_every_setti
     assert settings["strategy.unlabelled_per_round"] == "1500"
     assert settings["strategy.client_tail_average"] == "0.5"
     assert settings["strategy.client_max_grad_norm"] == "1.0"
-    assert ABLATION[-1][0] == "+client_keep_distilled" and settings["strategy.client_keep_distilled"] == "true"
+    assert ABLATION[-2][0] == "+client_keep_distilled" and settings["strategy.client_keep_distilled"] == "true"
+    assert ABLATION[-1][0] == "+client_anchor" and settings["strategy.client_anchor"] == "1.0"
     jobs = plan({})
     for setting in SETTINGS:
         late = {job.method for job in jobs if job.setting == setting and job.method in LATE_STEPS and job.seed == 0}
@@ -270,17 +271,18 @@ def test_extras_are_their_base_jobs_with_overrides_left_out_or_added_and_are_not
     bounded = resolved(federated("dsfl", "alpha0.5", 0).hydra_overrides())
     assert unbounded == {k: v for k, v in bounded.items() if k not in resolved(CLIENT_BOUND_OVERRIDES)}
     assert "strategy.client_max_grad_norm" not in unbounded and unbounded["strategy"] == "dsfl"
+    # 16 server epochs ran on FedGEMS before the anchor, and its results stay readable there.
     server16 = resolved(next(e for e in EXTRAS if e.method == "fedgems_server16").jobs()[0].hydra_overrides())
     fedgems = resolved(federated("fedgems", "alpha0.5", 0).hydra_overrides())
-    assert server16 == {**fedgems, "strategy.server_epochs": "16"}
-    # One extra per anchor weight; the weight is written as the runs of 1.0 were, so their results stay readable.
+    before_anchor = {k: v for k, v in fedgems.items() if k != "strategy.client_anchor"}
+    assert server16 == {**before_anchor, "strategy.server_epochs": "16"}
+    # One extra per other anchor weight: FedGEMS with only that weight changed.
     anchors = {e.method: resolved(e.jobs()[0].hydra_overrides()) for e in EXTRAS if "anchor" in e.method}
     assert {m: s.pop("strategy.client_anchor") for m, s in anchors.items()} == {
         "fedgems_anchor0.5": "0.5",
-        "fedgems_anchor1": "1.0",
         "fedgems_anchor2": "2.0",
     }
-    assert all(settings == fedgems for settings in anchors.values())
+    assert all(settings == before_anchor for settings in anchors.values())
     shared = next(e for e in EXTRAS if e.method == "transfer_only_epochs4").jobs()
     assert [job.setting for job in shared] == ["any"] * 3  # a shared baseline runs once per seed
 
@@ -289,7 +291,7 @@ def test_extras_run_only_when_asked_and_are_reported_once_finished(tmp_path: Pat
     from benchmarks.knowledge.__main__ import pending, reported_jobs
     from benchmarks.knowledge.grid import EXTRAS
 
-    extra = next(e for e in EXTRAS if e.method == "fedgems_server16")
+    extra = next(e for e in EXTRAS if e.method == "fedgems_anchor2")
     job = extra.jobs()[0]
     assert job not in pending(tmp_path, [], set()) and job in pending(tmp_path, [], set(), extras=True)
     assert job not in reported_jobs(tmp_path) and job in reported_jobs(tmp_path, extras=True)
@@ -301,6 +303,6 @@ def test_extras_run_only_when_asked_and_are_reported_once_finished(tmp_path: Pat
     write_report(tmp_path, report, 1, "python -m benchmarks.knowledge", reported_jobs(tmp_path), [])
     lines = report.read_text().splitlines()
     at = lines.index(next(line for line in lines if line.startswith("| **fedgems** | 1 | 0.8000 |")))
-    assert lines[at + 1].startswith("| fedgems, 16 server epochs | 1 | 0.8100 |")
-    assert "`fedgems, 16 server epochs` is `fedgems` with `strategy.server_epochs=16`." in lines
-    assert "not run (time): `alpha0.5/fedgems_server16/seed1`" not in report.read_text()  # not asked for
+    assert lines[at + 1].startswith("| fedgems, anchor 2.0 | 1 | 0.8100 |")
+    assert "`fedgems, anchor 2.0` is `fedgems` with `strategy.client_anchor=2.0`." in lines
+    assert "not run (time): `alpha0.5/fedgems_anchor2/seed1`" not in report.read_text()  # not asked for
