@@ -341,6 +341,9 @@ EXTRAS: tuple[Extra, ...] = (
         )
         for weight in (0.5, 2.0)
     ),
+    # Would the clients' own data gain from a longer fine-tuning after each distillation (the high tier trains 3
+    # local epochs a round, local-only as many, and fine-tunes 1)?
+    Extra("fedgems_finetune2", "fedgems, 2 fine-tuning epochs", FEDGEMS, add=("strategy.client_finetune_epochs=2",)),
     # The client bound at 2 instead of 1 (FedGEMS before its kept copy, whose own-data and server figures it shares).
     Extra("fedgems_bound2", "fedgems, bound 2.0", "+client_clip", add=("strategy.client_max_grad_norm=2.0",)),
     # What the grid's compute cut costs FedDF.
