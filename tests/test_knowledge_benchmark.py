@@ -191,8 +191,9 @@ def test_fedgems_is_the_last_ablation_step_and_the_late_steps_run_in_every_setti
     assert settings["strategy.unlabelled_per_round"] == "1500"
     assert settings["strategy.client_tail_average"] == "0.5"
     assert settings["strategy.client_max_grad_norm"] == "1.0"
-    assert ABLATION[-2][0] == "+client_keep_distilled" and settings["strategy.client_keep_distilled"] == "true"
-    assert ABLATION[-1][0] == "+client_anchor" and settings["strategy.client_anchor"] == "1.0"
+    assert ABLATION[-3][0] == "+client_keep_distilled" and settings["strategy.client_keep_distilled"] == "true"
+    assert ABLATION[-2][0] == "+client_anchor" and settings["strategy.client_anchor"] == "1.0"
+    assert ABLATION[-1][0] == "+client_finetune_2" and settings["strategy.client_finetune_epochs"] == "2"
     jobs = plan({})
     for setting in SETTINGS:
         late = {job.method for job in jobs if job.setting == setting and job.method in LATE_STEPS and job.seed == 0}
@@ -275,8 +276,9 @@ def test_extras_are_their_base_jobs_with_overrides_left_out_or_added_and_are_not
     server16 = resolved(next(e for e in EXTRAS if e.method == "fedgems_server16").jobs()[0].hydra_overrides())
     fedgems = resolved(federated("fedgems", "alpha0.5", 0).hydra_overrides())
     before_anchor = {k: v for k, v in fedgems.items() if k != "strategy.client_anchor"}
+    before_anchor["strategy.client_finetune_epochs"] = "1"
     assert server16 == {**before_anchor, "strategy.server_epochs": "16"}
-    # One extra per other anchor weight: FedGEMS with only that weight changed.
+    # One extra per other anchor weight: FedGEMS before the longer fine-tuning with only that weight changed.
     anchors = {e.method: resolved(e.jobs()[0].hydra_overrides()) for e in EXTRAS if "anchor" in e.method}
     assert {m: s.pop("strategy.client_anchor") for m, s in anchors.items()} == {
         "fedgems_anchor0.5": "0.5",
@@ -289,7 +291,7 @@ def test_extras_are_their_base_jobs_with_overrides_left_out_or_added_and_are_not
 
 def test_extras_run_only_when_asked_and_are_reported_once_finished(tmp_path: Path) -> None:
     from benchmarks.knowledge.__main__ import pending, reported_jobs
-    from benchmarks.knowledge.grid import EXTRAS
+    from benchmarks.knowledge.grid import EXTRAS, base_job
 
     extra = next(e for e in EXTRAS if e.method == "fedgems_anchor2")
     job = extra.jobs()[0]
@@ -297,12 +299,14 @@ def test_extras_run_only_when_asked_and_are_reported_once_finished(tmp_path: Pat
     assert job not in reported_jobs(tmp_path) and job in reported_jobs(tmp_path, extras=True)
     ours = federated("fedgems", "alpha0.5", 0)
     _write(tmp_path, ours, [_row(1, 0.80, 0.8)])
+    _write(tmp_path, base_job("+client_anchor", "alpha0.5", 0), [_row(1, 0.79, 0.8)])
     _write(tmp_path, job, [_row(1, 0.81, 0.8)])
     assert job in reported_jobs(tmp_path) and job not in pending(tmp_path, [], set(), extras=True)
     report = tmp_path / "REPORT.md"
     write_report(tmp_path, report, 1, "python -m benchmarks.knowledge", reported_jobs(tmp_path), [])
     lines = report.read_text().splitlines()
     at = lines.index(next(line for line in lines if line.startswith("| **fedgems** | 1 | 0.8000 |")))
-    assert lines[at + 1].startswith("| fedgems, anchor 2.0 | 1 | 0.8100 |")
-    assert "`fedgems, anchor 2.0` is `fedgems` with `strategy.client_anchor=2.0`." in lines
+    assert lines[at + 1].startswith("| +client_anchor | 1 | 0.7900 |")  # its base, the step before FedGEMS' last
+    assert lines[at + 2].startswith("| +client_anchor at 2.0 | 1 | 0.8100 |")
+    assert "`+client_anchor at 2.0` is `+client_anchor` with `strategy.client_anchor=2.0`." in lines
     assert "not run (time): `alpha0.5/fedgems_anchor2/seed1`" not in report.read_text()  # not asked for
