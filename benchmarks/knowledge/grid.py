@@ -32,13 +32,13 @@ SETTINGS: dict[str, tuple[str, ...]] = {
 #: 16 batches per 1,000 cached unlabelled samples, so 128 steps in round 1 and more later). Then the server asks 1,500
 #: unlabelled samples a round instead of 1,000: the uplink rises from 56 to 70 kB per client and round, still 22x
 #: below FedAvg of the server model's 1,563 kB (the issue allows no less than 20x). Then each client answers and is
-#: evaluated with the equal average of its weights over the last half of each training phase's steps. The last step
+#: evaluated with the equal average of its weights over the last half of each training phase's steps. The next step
 #: bounds each client step's gradient norm at 1 (most steps are below 1.5; the first steps of distilling ten
 #: classes into a client that fits two reach 10-20, and could leave it a constant predictor for good; at 2 one
-#: high-tier client with two classes still ended a one-class predictor). The very last step has each client keep a
-#: copy of its model as distilled, before fine-tuning, for inputs beyond its own classes (it is scored on the global
-#: test set); the fine-tuned model goes on as before, so the server and the own-data figures are those of the step
-#: before, bit for bit. The last step has each client keep the server's knowledge through its local training (each
+#: high-tier client with two classes still ended a one-class predictor). Then each client keeps a copy of its model
+#: as distilled, before fine-tuning, for inputs beyond its own classes (it is scored on the global test set); the
+#: fine-tuned model goes on as before, so the server and the own-data figures are those of the step before, bit for
+#: bit. Then each client keeps the server's knowledge through its local training (each
 #: local step adds KD towards the server's last logits on a random transfer batch): a client that trains on its own
 #: classes no longer unlearns the others before it answers (+0.2, +0.7 and +1.8 points on the server at alpha 0.5,
 #: alpha 0.1 and with 2 classes per client, three seeds; 0.5 and 2.0 are extras). The last step fine-tunes each client
