@@ -275,16 +275,17 @@ def test_extras_are_their_base_jobs_with_overrides_left_out_or_added_and_are_not
     # 16 server epochs ran on FedGEMS before the anchor, and its results stay readable there.
     server16 = resolved(next(e for e in EXTRAS if e.method == "fedgems_server16").jobs()[0].hydra_overrides())
     fedgems = resolved(federated("fedgems", "alpha0.5", 0).hydra_overrides())
-    before_anchor = {k: v for k, v in fedgems.items() if k != "strategy.client_anchor"}
-    before_anchor["strategy.client_finetune_epochs"] = "1"
-    assert server16 == {**before_anchor, "strategy.server_epochs": "16"}
+    # FedGEMS before its last two steps (the anchor, two fine-tuning epochs).
+    before_both = {k: v for k, v in fedgems.items() if k != "strategy.client_anchor"}
+    before_both["strategy.client_finetune_epochs"] = "1"
+    assert server16 == {**before_both, "strategy.server_epochs": "16"}
     # One extra per other anchor weight: FedGEMS before the longer fine-tuning with only that weight changed.
     anchors = {e.method: resolved(e.jobs()[0].hydra_overrides()) for e in EXTRAS if "anchor" in e.method}
     assert {m: s.pop("strategy.client_anchor") for m, s in anchors.items()} == {
         "fedgems_anchor0.5": "0.5",
         "fedgems_anchor2": "2.0",
     }
-    assert all(settings == before_anchor for settings in anchors.values())
+    assert all(settings == before_both for settings in anchors.values())
     shared = next(e for e in EXTRAS if e.method == "transfer_only_epochs4").jobs()
     assert [job.setting for job in shared] == ["any"] * 3  # a shared baseline runs once per seed
 
