@@ -143,12 +143,20 @@ def probe(address: str, tls: TlsFiles | None, path: str = "/health", timeout: fl
         return int(err.code)
 
 
-def online_nodes(env: dict[str, str], cwd: Path) -> list[int]:
-    """Node ids the SuperLink reports online, through ``flwr supernode list`` on the default connection."""
-    result = subprocess.run(
-        ["flwr", "supernode", "list", "--format", "json"],
-        env=env, cwd=cwd, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+def online_nodes(env: dict[str, str], cwd: Path, timeout: float = 60.0) -> list[int]:
+    """Node ids the SuperLink reports online, through ``flwr supernode list`` on the default connection.
+
+    Callers poll this until a deadline, so a listing that fails or takes longer than ``timeout`` seconds (the CLI
+    competes for the CPU with the SuperNodes it asks about) counts as "none online yet", never as an error.
+    """
+    try:
+        result = subprocess.run(
+            ["flwr", "supernode", "list", "--format", "json"],
+            env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        log.warning("`flwr supernode list` gave no answer within %.0f s; asking again later", timeout)
+        return []
     start = result.stdout.find("{")
     if result.returncode != 0 or start < 0:
         return []
