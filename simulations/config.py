@@ -7,6 +7,7 @@ composed config back into the core class, where every key, type and value is che
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import MISSING, fields
 from typing import Any
 
@@ -14,15 +15,20 @@ from omegaconf import DictConfig
 
 from fl_kd.config import ConfigError, to_mapping
 from fl_kd.kd.adversary import ADVERSARIES, AdversaryConfig
-from fl_kd.kd.algorithm import available_strategies, get_algorithm
+from fl_kd.kd.algorithm import StrategyConfig, available_strategies, get_algorithm
 from fl_kd.kd.config import ExperimentConfig
+from fl_kd.kd.fedgems.extensions import PLUS, fedgems_plus
 from fl_kd.partition.config import PartitionConfig
 from fl_kd.simulations.schema import store_schema, store_shared_schemas, to_core
 
-__all__ = ["GROUPS", "ConfigError", "experiment_config", "register_schemas"]
+__all__ = ["GROUPS", "STRATEGY_PRESETS", "ConfigError", "experiment_config", "register_schemas"]
 
 #: Fields of :class:`ExperimentConfig` that are Hydra config groups of their own.
 GROUPS = ("dataset", "partition", "device_profile", "strategy", "simulation")
+
+#: Options of the ``strategy`` group that are a registered algorithm with other settings than its defaults
+#: (``strategy=fedgems_plus``: FedGEMS with every fl-kd extension); the settings are declared in the core.
+STRATEGY_PRESETS: dict[str, Callable[[], StrategyConfig]] = {PLUS: fedgems_plus}
 
 #: Further groups, one schema node per registered name (``/schema/adversary/<name>``).
 ADVERSARY_GROUP = "adversary"
@@ -44,6 +50,8 @@ def register_schemas() -> None:
     store_schema("partition", PartitionConfig())
     for name in available_strategies():
         store_schema("strategy", get_algorithm(name).config_class(name=name), name=name)
+    for name, preset in STRATEGY_PRESETS.items():
+        store_schema("strategy", preset(), name=name)
     for name in ADVERSARIES.names():
         store_schema(ADVERSARY_GROUP, AdversaryConfig(name=name), name=name)
 

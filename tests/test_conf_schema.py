@@ -19,7 +19,7 @@ from fl_kd.kd.config import ExperimentConfig
 from fl_kd.models import DeviceTier
 from fl_kd.partition.config import PartitionConfig
 from fl_kd.runtime import SimulationConfig
-from fl_kd.simulations.config import GROUPS, experiment_config
+from fl_kd.simulations.config import GROUPS, STRATEGY_PRESETS, experiment_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 SCHEMA_GROUPS = {"dataset": DatasetConfig, "partition": PartitionConfig, "simulation": SimulationConfig}
@@ -57,13 +57,25 @@ def test_every_key_is_a_core_field_and_no_default_is_repeated(group: str, path: 
         for tier, values in settings["tiers"].items():
             assert set(values) <= tier_fields, f"{path.name}: tier {tier} has keys {set(values) - tier_fields}"
         return
-    cls = get_algorithm(path.stem).config_class if group == "strategy" else SCHEMA_GROUPS[group]
-    defaults = _defaults(cls)
+    if group == "strategy" and path.stem in STRATEGY_PRESETS:
+        # A preset's defaults are its core config (a registered algorithm with other settings), not the class's.
+        preset = STRATEGY_PRESETS[path.stem]()
+        cls, defaults = type(preset), to_mapping(preset)
+    else:
+        cls = get_algorithm(path.stem).config_class if group == "strategy" else SCHEMA_GROUPS[group]
+        defaults = _defaults(cls)
     unknown = set(settings) - set(defaults)
     assert not unknown, f"{path.name}: {unknown} are not fields of {cls.__name__}"
     repeated = {key for key, value in settings.items() if value == defaults[key] and key != "name"}
     assert not repeated, f"{path.name} repeats the core defaults of {repeated}; they live in {cls.__name__}"
     assert "defaults" in yaml.safe_load(path.read_text()), f"{path.name} must extend its schema node"
+
+
+def test_a_strategy_preset_composes_to_its_core_config() -> None:
+    for name, preset in STRATEGY_PRESETS.items():
+        with initialize_config_module(config_module="fl_kd.conf", version_base=None):
+            composed = compose(config_name="config", overrides=[f"strategy={name}", "transfer.unlabelled=40"])
+        assert experiment_config(composed).strategy == preset()
 
 
 def test_the_top_level_config_repeats_no_default() -> None:

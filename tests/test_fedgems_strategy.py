@@ -13,6 +13,7 @@ from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDic
 
 from fl_kd.clients.kd_app import app as client_app
 from fl_kd.kd.config import ExperimentConfig
+from fl_kd.kd.fedgems.extensions import EXTENSIONS
 from fl_kd.kd.protocol import RUN_CONFIG_KEY
 from fl_kd.kd.runner import run_inprocess
 from fl_kd.strategies.kd_app import make_strategy
@@ -71,6 +72,13 @@ def _without_time(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "reliability_on": "held_out",
             "evaluation": {"test_samples": 100, "fraction_clients": 0.5},
             "rounds": 3,
+        },
+        # strategy=fedgems_plus, every extension, on a transfer set this small.
+        {
+            **{key: value for extension in EXTENSIONS for key, value in extension.settings.items()},
+            "transfer": {"labelled": 60, "unlabelled": 40},
+            "unlabelled_per_round": 20,
+            "rounds": 2,
         },
     ],
 )

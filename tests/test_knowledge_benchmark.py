@@ -216,6 +216,14 @@ def test_fedgems_is_the_last_ablation_step_and_the_late_steps_run_in_every_setti
     assert pseudo["strategy.unlabelled_per_round"] == settings["strategy.unlabelled_per_round"]
 
 
+def test_the_benchmarks_fedgems_is_what_a_user_gets_with_strategy_fedgems_plus() -> None:
+    from benchmarks.kd.grid import compose_config
+
+    job = federated("fedgems", "alpha0.5", 0).hydra_overrides()
+    preset = [o for o in job if not o.startswith("strategy")] + ["strategy=fedgems_plus"]
+    assert compose_config(0, 8, "inprocess", preset) == compose_config(0, 8, "inprocess", job)
+
+
 def test_every_peer_bounds_its_clients_steps_as_fedgems_does() -> None:
     """The bound is an SGD setting of every strategy; a peer without it would be compared with a handicap."""
     from benchmarks.kd.grid import compose_config

@@ -32,13 +32,21 @@ def test_default_config_validates() -> None:
 
 
 #: Options that cannot run with the default of another group, and what they need instead.
-NEEDS = {("strategy", "fedavg"): ("device_profile=homogeneous",)}
+NEEDS = {
+    ("strategy", "fedavg"): ("device_profile=homogeneous",),
+    ("strategy", "fedgems_plus"): ("transfer.unlabelled=40",),
+}
 
 
 @pytest.mark.parametrize("group", ["dataset", "partition", "device_profile", "strategy", "simulation"])
 def test_every_group_option_composes_and_validates(group: str) -> None:
     for option in sorted(path.stem for path in (CONF / group).glob("*.yaml")):
         experiment_config(_compose(f"{group}={option}", *NEEDS.get((group, option), ())))
+
+
+def test_fedgems_plus_without_an_unlabelled_part_says_what_to_set() -> None:
+    with pytest.raises(ConfigError, match=r"transfer.unlabelled > 0"):
+        experiment_config(_compose("strategy=fedgems_plus"))
 
 
 def test_fedavg_refuses_several_architectures() -> None:

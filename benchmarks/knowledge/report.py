@@ -95,7 +95,8 @@ def _setup_lines(done: dict[Job, dict[str, Any]]) -> list[str]:
         "- Data: Fashion-MNIST; transfer set 1,000 labelled + 10,000 unlabelled images taken from the training split;",
         "  the other 49,000 split among 20 clients by the setting's partitioner. Clients: "
         f"{tier_text}; server `{config['device_profile']['server_model']}`.",
-        "- FedGEMS here is fl-kd's selective distillation with every extension of the ablation below (the last row);",
+        "- FedGEMS here is fl-kd's selective distillation with every extension of the ablation below (the last row),",
+        "  what `fl-kd-sim strategy=fedgems_plus` runs (the extensions: `fl_kd/kd/fedgems/extensions.py`);",
         "  peers run their paper's mechanism with the defaults of `conf/strategy/`, untuned, on the same transfer set,",
         "  except these compute cuts (their defaults were set for a 300-sample transfer set): "
         + "; ".join(f"{peer} `{' '.join(o)}`" for peer, o in PEER_OVERRIDES.items())

@@ -1,0 +1,86 @@
+"""fl-kd's extensions of FedGEMS, in the order the knowledge benchmark's ablation adds them.
+
+FedGEMS as published is :class:`~fl_kd.kd.fedgems.config.FedGEMSConfig` with its defaults: every extension is an
+option of it, off by default, so that the ablation can show what each adds (``BENCHMARKS_KD.md``). The list lives
+here, in the core, so that the benchmark's ``fedgems`` job and the ``strategy=fedgems_plus`` preset a user picks
+are the same settings, declared once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fl_kd.kd.fedgems.config import FedGEMSConfig
+
+PLUS = "fedgems_plus"
+"""Name of the preset with every extension (``conf/strategy/fedgems_plus.yaml``)."""
+
+
+@dataclass(frozen=True)
+class Extension:
+    """One step of the ablation: a name and the :class:`FedGEMSConfig` fields it sets (applied in order)."""
+
+    name: str
+    settings: Mapping[str, Any]
+
+
+EXTENSIONS: tuple[Extension, ...] = (
+    # The server judges its correctness on a labelled slice it never trains on: memorised labels no longer close
+    # the query.
+    Extension("held_out", {"correctness": "held_out"}),
+    # Keep distilling the clients' soft targets where the server is right.
+    Extension("distill_correct", {"distill_correct": True}),
+    # Learn from the unlabelled transfer part, each client weighted by its per-class precision on the labelled part.
+    Extension(
+        "unlabelled_trust",
+        {"unlabelled_trust": "class_reliability", "unlabelled_per_round": 1000, "logits_dtype": "float16"},
+    ),
+    # The server's knowledge reaches the clients on the unlabelled inputs too.
+    Extension("client_unlabelled", {"client_unlabelled": True}),
+    # Clients win their own label mix back after distilling ten classes.
+    Extension("client_finetune", {"client_finetune_epochs": 1}),
+    # One weight per client and class, fitted on the held-out half of the labelled part.
+    Extension("learned_trust", {"reliability_on": "held_out", "held_out_fraction": 0.5, "unlabelled_trust": "learned"}),
+    # Distil the fused teachers of the last 8 rounds with this round's.
+    Extension("teacher_cache", {"unlabelled_cache": 8}),
+    # The server shows the average of its weights (a horizon of about 100 steps).
+    Extension("server_ema", {"server_ema": 0.99}),
+    Extension("unlabelled_1500", {"unlabelled_per_round": 1500}),
+    # A client answers with the average of its weights over the last half of each phase's steps.
+    Extension("client_tail_average", {"client_tail_average": 0.5}),
+    # A bound on each client step's gradient norm: distilling ten classes into a client that fits two no longer
+    # leaves it a constant predictor.
+    Extension("client_clip", {"client_max_grad_norm": 1.0}),
+    # The model as distilled (before fine-tuning) serves inputs beyond the client's own classes.
+    Extension("client_keep_distilled", {"client_keep_distilled": True}),
+    # Local training keeps the server's knowledge: a client no longer unlearns the classes it does not hold.
+    Extension("client_anchor", {"client_anchor": 1.0}),
+    Extension("client_finetune_2", {"client_finetune_epochs": 2}),
+)
+
+
+def extended(through: str | None = None, config: FedGEMSConfig | None = None) -> FedGEMSConfig:
+    """``config`` (default: FedGEMS as published) with the extensions up to and including ``through`` (default:
+    all), checked like any config.
+
+    Raises
+    ------
+    KeyError
+        If ``through`` names no extension.
+    """
+    names = [extension.name for extension in EXTENSIONS]
+    if through is not None and through not in names:
+        raise KeyError(f"no FedGEMS extension {through!r}; known: {', '.join(names)}")
+    last = names.index(through) if through is not None else len(names) - 1
+    settings: dict[str, Any] = {}
+    for extension in EXTENSIONS[: last + 1]:
+        settings.update(extension.settings)
+    return dataclasses.replace(config if config is not None else FedGEMSConfig(), **settings)
+
+
+def fedgems_plus() -> FedGEMSConfig:
+    """fl-kd's selective distillation as benchmarked: FedGEMS with every extension."""
+    return extended()
