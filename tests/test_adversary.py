@@ -283,3 +283,15 @@ def test_each_behaviour_has_a_group_file_that_sets_only_what_differs(name: str) 
         composed = experiment_config(compose(config_name="config", overrides=overrides))
     assert composed.adversary.name == name and (composed.adversary.fraction > 0) == (name != "none")
     assert sorted(p.stem for p in CONF.glob("*.yaml")) == sorted(ADVERSARIES.names())
+
+
+def test_a_malicious_client_is_scored_as_the_honest_one_on_both_test_sets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Evaluation is the honest half's, its personal figure (a personal model, a label prior) included."""
+    cfg = config("fedgems", {"name": "random_logits", "fraction": 1.0})
+    malicious = get_algorithm("fedgems").build_client(cfg, federation("fedgems"), 0)
+    assert isinstance(malicious, MaliciousClient)
+    monkeypatch.setattr(malicious.honest, "evaluate", lambda x, y: 0.25)
+    monkeypatch.setattr(malicious.honest, "evaluate_personal", lambda x, y: 0.75)
+    x, y = federation("fedgems").personalised_test(0)
+    assert (malicious.evaluate(x, y), malicious.evaluate_personal(x, y)) == (0.25, 0.75)
+    assert malicious.evaluated_model() is malicious.honest.evaluated_model()

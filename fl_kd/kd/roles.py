@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from numpy.typing import NDArray
-from torch import Tensor
+from torch import Tensor, nn
 
 from fl_kd.kd.client import DistillClient
 
@@ -114,6 +114,14 @@ class ClientRole(ABC):
         client keeps a personal model for it."""
         return self.evaluate(x, y)
 
+    def evaluated_model(self) -> nn.Module | None:
+        """The module :meth:`evaluate` scores, when its accuracy depends on that module's weights alone.
+
+        A simulation then scores clients that hold the same weights once (FedAvg's clients all hold the global
+        model after the broadcast). None, the default, has every client scored on its own.
+        """
+        return None
+
     @abstractmethod
     def state_dict(self) -> dict[str, Tensor]:
         """Everything the client keeps between rounds (a ClientApp stores it in ``context.state``)."""
@@ -133,6 +141,11 @@ class DistillClientRole(ClientRole):
     def evaluate(self, x: Tensor, y: Tensor) -> float:
         """The client model's accuracy."""
         return self.client.evaluate(x, y)
+
+    def evaluated_model(self) -> nn.Module | None:
+        """The client's shown model (:attr:`~fl_kd.kd.client.DistillClient.shown_model`), which :meth:`evaluate`
+        scores."""
+        return self.client.shown_model
 
     AVERAGE = "average."
     """Prefix of the weight average's entries (:meth:`DistillClient.keep_weight_average`) in :meth:`state_dict`."""

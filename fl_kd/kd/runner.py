@@ -22,6 +22,7 @@ from typing import Protocol, TypeVar
 
 from torch import Tensor
 
+from fl_kd.checkpoint import content_digest
 from fl_kd.data import DatasetSplits
 from fl_kd.kd import protocol as kd
 from fl_kd.kd.algorithm import get_algorithm
@@ -151,9 +152,24 @@ def evaluate_clients(
 ) -> tuple[dict[int, float], dict[int, float]]:
     """Each client's accuracy on the global test set (or ``test_set``, the round's subset of it) and on its
     personalised test set, by client id. A client role with a personal model
-    (:meth:`fl_kd.kd.roles.ClientRole.evaluate_personal`) answers for its own test set with it."""
+    (:meth:`fl_kd.kd.roles.ClientRole.evaluate_personal`) answers for its own test set with it.
+
+    Clients whose :meth:`~fl_kd.kd.roles.ClientRole.evaluated_model` holds the same weights get the same global
+    figure, so it is computed once: after FedAvg's broadcast every client holds the global model, and scoring it
+    for each of twenty clients took a third of the time of FedAvg of the server model (162 of 467 s in a profile of
+    two rounds, the last on the whole test set).
+    """
     test_x, test_y = test_set if test_set is not None else (federation.data.x_test, federation.data.y_test)
-    client_acc = {client.client_id: client.evaluate(test_x, test_y) for client in clients}
+    scored: dict[tuple[str, str], float] = {}
+    client_acc: dict[int, float] = {}
+    for client in clients:
+        key = _weights_key(client)
+        if key is None:
+            client_acc[client.client_id] = client.evaluate(test_x, test_y)
+            continue
+        if key not in scored:
+            scored[key] = client.evaluate(test_x, test_y)
+        client_acc[client.client_id] = scored[key]
     client_pacc = {
         client.client_id: getattr(client, "evaluate_personal", client.evaluate)(
             *federation.personalised_test(client.client_id)
@@ -161,6 +177,14 @@ def evaluate_clients(
         for client in clients
     }
     return client_acc, client_pacc
+
+
+def _weights_key(client: _Evaluable) -> tuple[str, str] | None:
+    """The class of the client and a digest of the weights it is scored with, or None when it does not say."""
+    model = getattr(client, "evaluated_model", lambda: None)()
+    if model is None:
+        return None
+    return f"{type(client).__qualname__}/{type(model).__qualname__}", content_digest(model)
 
 
 def run_inprocess(

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 import numpy as np
-from torch import Tensor
+from torch import Tensor, nn
 
 from fl_kd.kd.adversary.behaviours import Behaviour
 from fl_kd.kd.client import DistillClient
@@ -61,6 +61,14 @@ class MaliciousClient(ClientRole):
     def evaluate(self, x: Tensor, y: Tensor) -> float:
         """As the honest client."""
         return self.honest.evaluate(x, y)
+
+    def evaluate_personal(self, x: Tensor, y: Tensor) -> float:
+        """As the honest client (its personal model, when it keeps one)."""
+        return self.honest.evaluate_personal(x, y)
+
+    def evaluated_model(self) -> nn.Module | None:
+        """As the honest client."""
+        return self.honest.evaluated_model()
 
     def state_dict(self) -> dict[str, Tensor]:
         """The honest client's state (the wrapper keeps none)."""

@@ -229,6 +229,10 @@ class FedGEMSClient(DistillClientRole):
             return super().evaluate(x, y)
         return accuracy(self.distilled_model, x, y, device=self.client.device)
 
+    def evaluated_model(self) -> nn.Module | None:
+        """The kept distilled model once there is one, else the shown model: what :meth:`evaluate` scores."""
+        return self.distilled_model if self.distilled_model is not None else super().evaluated_model()
+
     def evaluate_personal(self, x: Tensor, y: Tensor) -> float:
         """Accuracy on the client's own distribution: of the personal model when there is one, with the client's
         label prior when asked."""
