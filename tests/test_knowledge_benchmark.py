@@ -319,3 +319,18 @@ def test_extras_run_only_when_asked_and_are_reported_once_finished(tmp_path: Pat
     assert lines[at + 2].startswith("| +client_anchor at 2.0 | 1 | 0.8100 |")
     assert "`+client_anchor at 2.0` is `+client_anchor` with `strategy.client_anchor=2.0`." in lines
     assert "not run (time): `alpha0.5/fedgems_anchor2/seed1`" not in report.read_text()  # not asked for
+
+
+def test_the_larger_clients_extra_changes_only_two_tiers_models_and_keeps_the_server_ten_times_larger() -> None:
+    from benchmarks.knowledge.grid import EXTRAS, resolved
+    from fl_kd.models.report import count_parameters
+    from fl_kd.models.zoo import build_model
+
+    extra = next(e for e in EXTRAS if e.method == "fedgems_larger_clients")
+    (job,) = extra.jobs()
+    larger = resolved(job.hydra_overrides())
+    fedgems = resolved(federated("fedgems", "alpha0.5", 0).hydra_overrides())
+    changed = {key: value for key, value in larger.items() if fedgems.get(key) != value}
+    assert changed == {"device_profile.tiers.low.model": "cnn_small", "device_profile.tiers.mid.model": "cnn_medium"}
+    size = {name: count_parameters(build_model(name, (1, 28, 28), 10, seed=0)) for name in ("cnn_medium", "cnn_server")}
+    assert size["cnn_server"] >= 10 * size["cnn_medium"]  # the largest tier is still the high tier's cnn_medium

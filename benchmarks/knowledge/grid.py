@@ -316,6 +316,13 @@ class Extra:
         return list(dict.fromkeys(found))
 
 
+#: The low tier on ``cnn_small`` (6,138 parameters instead of 1,922) and the mid tier on ``cnn_medium`` (24,058
+#: instead of 6,138), each tier keeping its epochs, batch size and learning rate.
+LARGER_CLIENT_TIERS: tuple[str, ...] = (
+    "device_profile.tiers.low.model=cnn_small",
+    "device_profile.tiers.mid.model=cnn_medium",
+)
+
 #: The rows that vary a method of the grid, each with the question it answers.
 EXTRAS: tuple[Extra, ...] = (
     # Would FedGEMS' server gain from training as long as the server-alone baselines do? (Run on FedGEMS before the
@@ -336,6 +343,16 @@ EXTRAS: tuple[Extra, ...] = (
             add=(f"strategy.client_anchor={weight}",),
         )
         for weight in (0.5, 2.0)
+    ),
+    # Is the clients' knowledge held back by their models' size? FedGEMS with the low tier on the mid tier's model
+    # and the mid tier on the high tier's (4x and 4x the parameters; the server stays 16x the largest).
+    Extra(
+        "fedgems_larger_clients",
+        "fedgems, larger low and mid tiers",
+        FEDGEMS,
+        add=LARGER_CLIENT_TIERS,
+        settings=("alpha0.5",),
+        seeds=(0,),
     ),
     # The client bound at 2 instead of 1 (FedGEMS before its kept copy, whose own-data and server figures it shares).
     Extra("fedgems_bound2", "fedgems, bound 2.0", "+client_clip", add=("strategy.client_max_grad_norm=2.0",)),
