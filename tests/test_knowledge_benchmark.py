@@ -334,3 +334,22 @@ def test_the_larger_clients_extra_changes_only_two_tiers_models_and_keeps_the_se
     assert changed == {"device_profile.tiers.low.model": "cnn_small", "device_profile.tiers.mid.model": "cnn_medium"}
     size = {name: count_parameters(build_model(name, (1, 28, 28), 10, seed=0)) for name in ("cnn_medium", "cnn_server")}
     assert size["cnn_server"] >= 10 * size["cnn_medium"]  # the largest tier is still the high tier's cnn_medium
+
+
+def test_the_required_plan_is_the_issues_grid_in_the_full_plans_order(tmp_path: Path) -> None:
+    from benchmarks.knowledge.__main__ import parse_args, pending, reported_jobs
+    from benchmarks.knowledge.grid import FEDGEMS, SEEDS, ablation_jobs
+
+    best = {setting: COSTLY_PEER for setting in SETTINGS}
+    required = plan(best, required_only=True)
+    assert required == [job for job in plan(best) if job in set(required)]  # same order, a subsequence
+    names = {job.name for job in required}
+    assert {f"{s}/{m}/seed0" for s in SETTINGS for m in (FEDGEMS, "local_only", *PEERS)} <= names
+    assert {f"{s}/{m}/seed{k}" for s in SETTINGS for m in (FEDGEMS, COSTLY_PEER) for k in SEEDS} <= names
+    assert {f"any/{m}/seed{k}" for m in ("transfer_only", "pseudo_label") for k in SEEDS} <= names
+    assert "any/ceiling/seed0" in names
+    assert len(required) == 49  # 9 FedGEMS, 9 of the best peer, 12 other peers, 9 local-only, 6 server-alone, ceiling
+    assert not set(ablation_jobs()) & set(required) and not set(variant_jobs()) & set(required)
+    assert not set(ablation_jobs()) & set(pending(tmp_path, [], set(), required_only=True))
+    assert set(reported_jobs(tmp_path, required_only=True)) == set(plan({}, required_only=True))
+    assert parse_args(["--required-only"]).required_only and not parse_args([]).required_only

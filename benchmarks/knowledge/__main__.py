@@ -52,6 +52,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--extras", action="store_true", help="also run the rows that vary a method (grid.EXTRAS), after the plan"
     )
+    parser.add_argument(
+        "--required-only",
+        action="store_true",
+        help="plan only what issue 9 asks for: FedGEMS, the peers and the baselines (no ablation, no variants)",
+    )
     parser.add_argument("--note", default="", help="a line for the report (e.g. which code the jobs ran)")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.workers < 1:
@@ -75,20 +80,23 @@ def best_peers(out: Path) -> dict[str, str]:
     return chosen
 
 
-def pending(out: Path, only: Sequence[str], running: set[Job], extras: bool = False) -> list[Job]:
+def pending(
+    out: Path, only: Sequence[str], running: set[Job], extras: bool = False, required_only: bool = False
+) -> list[Job]:
     """Jobs of the current plan (and of the extras, when asked) that have neither finished nor started."""
-    jobs = plan(best_peers(out)) + (extra_jobs() if extras else [])
+    jobs = plan(best_peers(out), required_only) + (extra_jobs() if extras else [])
     return [job for job in select(jobs, only) if job not in running and not read_result(out, job)]
 
 
-def reported_jobs(out: Path, extras: bool = False) -> list[Job]:
+def reported_jobs(out: Path, extras: bool = False, required_only: bool = False) -> list[Job]:
     """The plan, plus every finished extra seed of a peer the plan no longer asks for, plus the extras' jobs: all
     of them when they were asked for (so the unfinished are listed), else those that have finished.
 
     The best peer can change as results come in (FedAvg of the server model finishing last); the seeds run for an
-    earlier best peer stay in the tables.
+    earlier best peer stay in the tables. With ``required_only`` the unfinished jobs outside the issue's grid are not
+    listed.
     """
-    jobs = plan(best_peers(out))
+    jobs = plan(best_peers(out), required_only)
     jobs += [job for job in extra_jobs() if extras or read_result(out, job)]
     earlier = [
         job
@@ -111,7 +119,9 @@ def run_all(args: argparse.Namespace) -> list[str]:
         while True:
             within_budget = (time.monotonic() - started) / 60 < args.budget_minutes
             queue = [
-                job for job in pending(args.out, args.only, set(running.values()), args.extras) if job not in failed
+                job
+                for job in pending(args.out, args.only, set(running.values()), args.extras, args.required_only)
+                if job not in failed
             ]
             while within_budget and queue and len(running) < args.workers:
                 job = queue.pop(0)
@@ -146,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = f"{ENTRY} " + shlex.join(given)
     failures = [] if args.report_only else run_all(args)
     torch.set_num_threads(1)  # as every job ran; the report's machine line says so
-    jobs = reported_jobs(args.out, args.extras)
+    jobs = reported_jobs(args.out, args.extras, args.required_only)
     write_report(args.out, args.report, args.rounds, command, jobs, failures, args.note)
     print(f"report section written to {args.report}; run folders under {args.out}")
     return 1 if failures else 0
