@@ -348,7 +348,8 @@ def test_the_required_plan_is_the_issues_grid_in_the_full_plans_order(tmp_path: 
     assert {f"{s}/{m}/seed{k}" for s in SETTINGS for m in (FEDGEMS, COSTLY_PEER) for k in SEEDS} <= names
     assert {f"any/{m}/seed{k}" for m in ("transfer_only", "pseudo_label") for k in SEEDS} <= names
     assert "any/ceiling/seed0" in names
-    assert len(required) == 49  # 9 FedGEMS, 9 of the best peer, 12 other peers, 9 local-only, 6 server-alone, ceiling
+    # FedGEMS and the best peer 9 jobs each, 5 other peers x 3 settings, local-only 9, server-alone 6, the ceiling.
+    assert len(required) == 49
     assert not set(ablation_jobs()) & set(required) and not set(variant_jobs()) & set(required)
     assert not set(ablation_jobs()) & set(pending(tmp_path, [], set(), required_only=True))
     assert set(reported_jobs(tmp_path, required_only=True)) == set(plan({}, required_only=True))
