@@ -652,3 +652,19 @@ def test_client_anchor_keeps_the_servers_knowledge_through_local_training() -> N
         FedGEMSClient(_client(), anchor=-1.0)
     with pytest.raises(ConfigError, match="client_anchor"):
         tiny_config(client_anchor=-0.5)
+
+
+@pytest.mark.parametrize("cache", [0, 3])
+def test_a_gate_that_keeps_no_unlabelled_sample_leaves_the_server_as_the_labelled_part_does(cache: int) -> None:
+    # Every unlabelled answer is uniform, so a 0.9 gate keeps none: the round must be the labelled part's alone,
+    # not an extra optimiser step on an empty batch (momentum and weight decay) with a NaN loss.
+    gated = _server(n=40, unlabelled=20, unlabelled_trust="class_reliability", teacher_min_confidence=0.9,
+                    unlabelled_cache=cache)  # fmt: skip
+    alone = _server(n=40)
+    labels = gated.transfer_y.numpy()
+    answers = np.concatenate([np.eye(C, dtype=np.float32)[labels] * 10, np.zeros((20, C), np.float32)])
+    stats = gated.distill(1, {0: (np.arange(60), answers)})
+    alone.distill(1, {0: (np.arange(40), answers[:40])})
+    assert stats.extra["n_unlabelled"] == 0 and "unlabelled_loss" not in stats.extra
+    for ours, theirs in zip(gated.model.state_dict().values(), alone.model.state_dict().values(), strict=True):
+        assert torch.equal(ours, theirs)

@@ -151,6 +151,9 @@ class ServerOptions:
     ) -> tuple[Tensor, Tensor] | None:
         """``(x, teacher logits)`` to distil on the unlabelled part: this round's fused teacher on the samples some
         client answered, plus (``unlabelled_cache``) the cached teachers of the last rounds; None when there is none.
+
+        None also when the confidence gate left no sample and the cache holds none: a pass over zero samples would
+        still step the optimiser (momentum and weight decay) and report a NaN loss.
         """
         if self.unlabelled_x is None:
             return None
@@ -160,7 +163,7 @@ class ServerOptions:
                 self.teacher_cache.update(*fresh, round)
             fresh = self.teacher_cache.select(round, self.config.unlabelled_cache)
             stats.extra["unlabelled_distilled"] = int(fresh[0].numel())
-        if fresh is None:
+        if fresh is None or fresh[0].numel() == 0:
             return None
         index, logits = fresh
         self._used = index
