@@ -668,3 +668,11 @@ def test_a_gate_that_keeps_no_unlabelled_sample_leaves_the_server_as_the_labelle
     assert stats.extra["n_unlabelled"] == 0 and "unlabelled_loss" not in stats.extra
     for ours, theirs in zip(gated.model.state_dict().values(), alone.model.state_dict().values(), strict=True):
         assert torch.equal(ours, theirs)
+
+
+def test_a_probability_floor_the_classes_cannot_hold_stops_the_server_before_round_one() -> None:
+    learned = {"unlabelled_trust": "learned", "correctness": "held_out", "reliability_on": "held_out"}
+    # 0.3 is below 1 (the config's own bound) but above 1/C = 0.25: every class could not be floored at 0.3.
+    with pytest.raises(ValueError, match=r"learned_prob_floor must lie in \[0, 1/C\) = \[0, 0.25\)"):
+        _server(n=40, unlabelled=20, learned_prob_floor=0.3, **learned)
+    assert _server(n=40, unlabelled=20, learned_prob_floor=0.2, **learned).options.config.learned_prob_floor == 0.2

@@ -94,6 +94,12 @@ class ServerOptions:
             self.held_out_positions = np.sort(order[:size].numpy()).astype(np.int64)
             self.held_out = torch.zeros(num, dtype=torch.bool)
             self.held_out[torch.from_numpy(self.held_out_positions)] = True
+        if config.unlabelled_trust == "learned" and num_classes > 0 and config.learned_prob_floor >= 1.0 / num_classes:
+            # Checked here, where C is known, so that the run stops before round 1 rather than in round 1's fusion.
+            raise ValueError(
+                f"learned_prob_floor must lie in [0, 1/C) = [0, {1 / num_classes:g}) for {num_classes} classes, "
+                f"got {config.learned_prob_floor}"
+            )
         self.unlabelled_x: Tensor | None = None
         if config.unlabelled_trust != "none":
             if unlabelled_x is None or unlabelled_x.shape[0] == 0:
