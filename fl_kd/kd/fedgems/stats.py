@@ -37,8 +37,8 @@ class SelectionStats:
         share of the fused knowledge, whatever rule fused it.
     extra : dict[str, float | int]
         Figures beyond FedGEMS' counts. Always: ``n_untrusted``, the honest samples (the held-out slice, else the
-        labelled part) on which no client was trusted this round, and ``untrusted_accuracy``, the server's accuracy
-        there at the start of the round (what it knows that no client does). With the extensions:
+        labelled part) on which no client was trusted this round (no answering client was right there, or none was
+        asked), and ``untrusted_accuracy``, the server's accuracy there at the start of the round. With the extensions:
         ``held_out_accuracy``: the server's accuracy on the held-out slice at the start
         of the round (before it distils); ``n_dark``: samples the server got right and still distilled from the
         clients (final epoch); ``n_unlabelled``: unlabelled samples with a client teacher this round;
