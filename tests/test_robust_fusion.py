@@ -169,3 +169,18 @@ def test_every_strategy_declares_its_aggregation_settings_once_and_passes_them_o
         cls(trim_fraction=0.5)
     if hasattr(config, "trust_power"):  # the logit rules' own parameter reaches them too
         assert cls(trust_power=2.0).robust_settings().trust_power == 2.0
+
+
+def test_trusted_weighting_measures_accuracy_where_the_label_is_known() -> None:
+    # Two held-out samples (label -1: every answering client counts as right there) and eight labelled ones, on
+    # which the second client is always confidently wrong. Its accuracy is 0, not the held-out share.
+    from fl_kd.kd.fedgems.selection import select_teacher
+
+    truth = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+    honest = torch.eye(3)[truth] * 2.0
+    liar = torch.eye(3)[(truth + 1) % 3] * 20.0
+    labels = torch.where(torch.arange(10) < 2, -1, truth)
+    trusted = select_teacher(torch.stack([honest, liar]), labels, "trusted_inverse_entropy")
+    assert trusted.weights[1, :2].max() < 1e-4 and trusted.weights[0, :2].min() > 1 - 1e-4
+    assert trusted.logits[:2].argmax(dim=1).tolist() == truth[:2].tolist()
+    assert trusted.weights[1, 2:].sum() == 0  # wrong on every labelled sample: no weight there, as before

@@ -1,7 +1,8 @@
 """Fusion rules: how client logits on one transfer sample become one teacher, chosen by name.
 
 A rule sees, for K clients and N samples, which client answered (``available``), which was right
-(``correct``) and how unsure each was (``entropy`` of its softmax), and returns a score per (client, sample)
+(``correct``), how unsure each was (``entropy`` of its softmax) and where the label is known (``known``: on a
+held-out sample it is not, and every answering client counts as right there), and returns a score per (client, sample)
 (``-inf`` for a client that must get no weight) plus which samples have a teacher at all. The weights are the
 softmax of the scores over clients. New rules register here and become choosable as ``strategy.weighting=<name>``.
 
@@ -32,14 +33,14 @@ class FusionScores(NamedTuple):
     has_teacher: Tensor
 
 
-FusionRule = Callable[[Tensor, Tensor, Tensor], FusionScores]
-"""``rule(correct, available, entropy) -> FusionScores``; every input is ``(K, N)``."""
+FusionRule = Callable[[Tensor, Tensor, Tensor, Tensor], FusionScores]
+"""``rule(correct, available, entropy, known) -> FusionScores``; ``known`` is ``(N,)``, every other input ``(K, N)``."""
 
 FUSION_RULES: Registry[FusionRule] = Registry("fusion rule")
 
 
 @FUSION_RULES.register("inverse_entropy")
-def inverse_entropy(correct: Tensor, available: Tensor, entropy: Tensor) -> FusionScores:
+def inverse_entropy(correct: Tensor, available: Tensor, entropy: Tensor, known: Tensor) -> FusionScores:
     """FedGEMS: ``w_k = (1/H_k) / sum_{k' correct} (1/H_k')`` over the correct clients only.
 
     A client that is wrong on a labelled sample gets weight exactly zero; a sample without a correct client has
@@ -50,7 +51,7 @@ def inverse_entropy(correct: Tensor, available: Tensor, entropy: Tensor) -> Fusi
 
 
 @FUSION_RULES.register("aijack_softmax")
-def aijack_softmax(correct: Tensor, available: Tensor, entropy: Tensor) -> FusionScores:
+def aijack_softmax(correct: Tensor, available: Tensor, entropy: Tensor, known: Tensor) -> FusionScores:
     """AIJack's reimplementation, for ablations: ``w = softmax_k(correct_k / H_k)`` over all answering clients.
 
     Wrong clients keep weight ``e**0``, so every answered sample has a teacher.
@@ -60,7 +61,7 @@ def aijack_softmax(correct: Tensor, available: Tensor, entropy: Tensor) -> Fusio
 
 
 @FUSION_RULES.register("correct_uniform")
-def correct_uniform(correct: Tensor, available: Tensor, entropy: Tensor) -> FusionScores:
+def correct_uniform(correct: Tensor, available: Tensor, entropy: Tensor, known: Tensor) -> FusionScores:
     """Equal weights over the correct clients: FedGEMS' selection without its confidence weighting.
 
     Inverse entropy lets a client that inflates its logits (``scaled_logits``) dominate every sample it gets right;
@@ -71,13 +72,16 @@ def correct_uniform(correct: Tensor, available: Tensor, entropy: Tensor) -> Fusi
 
 
 @FUSION_RULES.register("trusted_inverse_entropy")
-def trusted_inverse_entropy(correct: Tensor, available: Tensor, entropy: Tensor) -> FusionScores:
+def trusted_inverse_entropy(correct: Tensor, available: Tensor, entropy: Tensor, known: Tensor) -> FusionScores:
     """FedGEMS' rule times each client's accuracy on the round's answered samples: ``w_k ~ acc_k / H_k``.
 
     A client that is right here but wrong on most samples (a targeted or noisy attacker) counts for less than one
-    that is right almost everywhere.
+    that is right almost everywhere. The accuracy counts only samples whose label is known: on a held-out sample
+    every answering client counts as right, which would lift a client wrong everywhere else to the held-out share.
     """
-    accuracy = correct.sum(dim=1, keepdim=True).to(entropy.dtype) / available.sum(dim=1, keepdim=True).clamp_min(1)
+    answered = available & known.unsqueeze(0)
+    right = (correct & answered).sum(dim=1, keepdim=True).to(entropy.dtype)
+    accuracy = right / answered.sum(dim=1, keepdim=True).clamp_min(1)
     minus_inf = torch.full_like(entropy, float("-inf"))
     scores = accuracy.clamp_min(1e-12).log() - entropy.log()
     return FusionScores(torch.where(correct, scores, minus_inf), correct.any(dim=0))

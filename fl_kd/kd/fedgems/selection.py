@@ -90,7 +90,7 @@ def select_teacher(
     known = (labels >= 0).unsqueeze(0)
     correct = torch.where(known, logits.argmax(dim=-1) == labels.unsqueeze(0), available) & available
     client_entropy = entropy(logits).clamp_min(_MIN_ENTROPY)
-    scores, has_teacher = rule(correct, available, client_entropy)
+    scores, has_teacher = rule(correct, available, client_entropy, known.squeeze(0))
 
     if num_clients == 0:
         weights = scores
