@@ -87,10 +87,10 @@ def select_teacher(
 
     # Zero out what was not sent so that garbage (even NaN) in unused slots cannot leak into the sums.
     logits = torch.where(available.unsqueeze(-1), client_logits, torch.zeros_like(client_logits))
-    known = (labels >= 0).unsqueeze(0)
-    correct = torch.where(known, logits.argmax(dim=-1) == labels.unsqueeze(0), available) & available
+    known = labels >= 0
+    correct = torch.where(known.unsqueeze(0), logits.argmax(dim=-1) == labels.unsqueeze(0), available) & available
     client_entropy = entropy(logits).clamp_min(_MIN_ENTROPY)
-    scores, has_teacher = rule(correct, available, client_entropy, known.squeeze(0))
+    scores, has_teacher = rule(correct, available, client_entropy, known)
 
     if num_clients == 0:
         weights = scores
