@@ -27,6 +27,9 @@ def test_the_cache_keeps_the_newest_teacher_and_forgets_beyond_the_horizon() -> 
     assert logits[:, 0].tolist() == [1.0, 2.0, 1.0, 2.0]  # sample 2 answered again: the new teacher
     assert cache.select(2, horizon=0)[0].tolist() == [2, 5]
     assert cache.select(3, horizon=1)[0].tolist() == [2, 5]  # round 1's teachers aged out
+    cache.forget(torch.tensor([2]))
+    assert cache.select(2, horizon=1)[0].tolist() == [0, 4, 5] and cache.num_filled == 3
+    assert cache.rounds[2] == NEVER
     with pytest.raises(ValueError, match="logits"):
         cache.update(torch.tensor([1]), torch.ones(2, 3), round=3)
     with pytest.raises(ValueError, match="non-finite"):
@@ -99,6 +102,27 @@ def test_a_cache_distils_earlier_teachers_too_until_they_age_out() -> None:
     assert cache is not None and set(torch.nonzero(cache.rounds == 3).reshape(-1).tolist()) == subsets[2]
     plain = learned_trust_server(60, unlabelled_per_round=20)
     assert plain.distill(1, _answers(plain, 1)).extra["n_unlabelled"] == 20
+
+
+def test_a_teacher_the_gate_drops_when_answered_again_leaves_the_cache() -> None:
+    server = learned_trust_server(60, unlabelled_cache=2, teacher_min_confidence=0.6)
+    server.distill(1, _answers(server, 1))
+    cache = server.options.teacher_cache
+    assert cache is not None
+    kept_in_round_1 = cache.rounds == 1
+    assert int(kept_in_round_1.sum()) > 0
+    # Round 2: both clients still answer the labelled part, but are unsure (uniform) on every unlabelled sample.
+    answers = _answers(server, 2)
+    num = server.num_transfer
+    unsure = {
+        k: (pos, np.where((pos >= num)[:, None], 0.0, values).astype(np.float32))
+        for k, (pos, values) in answers.items()
+    }
+    stats = server.distill(2, unsure)
+    assert stats.extra["n_unlabelled"] < 60
+    # No sample keeps round 1's teacher: each was answered again, so it holds round 2's teacher or none.
+    assert not bool((cache.rounds == 1).any())
+    assert int((cache.rounds == 2).sum()) == stats.extra["n_unlabelled"] == stats.extra["unlabelled_distilled"]
 
 
 def test_canaries_never_enter_the_cache() -> None:

@@ -75,6 +75,12 @@ class KnowledgeCache:
         self._logits[index] = values
         self._filled[index] = True
 
+    def forget(self, positions: ArrayLike | Tensor) -> None:
+        """Empty the cache at ``positions`` ``(n,)``: knowledge found outdated must not be distilled again."""
+        index = self._positions(positions)
+        self._logits[index] = 0.0
+        self._filled[index] = False
+
     def get(self, positions: ArrayLike | Tensor) -> Tensor:
         """Cached logits ``(n, C)`` at ``positions``; raises ``KeyError`` if any of them is empty."""
         index = self._positions(positions)

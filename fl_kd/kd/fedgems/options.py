@@ -163,8 +163,9 @@ class ServerOptions:
         """
         if self.unlabelled_x is None:
             return None
-        fresh = self._fresh_teacher(labelled, unlabelled, num_classes, stats)
+        fresh, dropped = self._fresh_teacher(labelled, unlabelled, num_classes, stats)
         if self.teacher_cache is not None:
+            self.teacher_cache.forget(dropped)
             if fresh is not None:
                 self.teacher_cache.update(*fresh, round)
             fresh = self.teacher_cache.select(round, self.config.unlabelled_cache)
@@ -177,15 +178,16 @@ class ServerOptions:
 
     def _fresh_teacher(
         self, labelled: Answers, unlabelled: Answers, num_classes: int, stats: SelectionStats
-    ) -> tuple[Tensor, Tensor] | None:
-        """Unlabelled indices and fused teacher logits of this round's answers (canaries and screened clients out)."""
+    ) -> tuple[tuple[Tensor, Tensor] | None, Tensor]:
+        """Unlabelled indices and fused teacher logits of this round's answers (canaries and screened clients out),
+        or None; and the indices answered whose teacher was not kept (the confidence gate), which the cache drops."""
         if self.canaries is not None:
             unlabelled = self._screen(labelled, unlabelled, num_classes, stats)
         clients = sorted(unlabelled)
         union = np.unique(np.concatenate([unlabelled[c][0] for c in clients])) if clients else np.zeros(0, np.int64)
         stats.extra["n_unlabelled"] = 0
         if union.size == 0:
-            return None
+            return None, torch.zeros(0, dtype=torch.int64)
         stacked, available = _stack(unlabelled, clients, union, num_classes)
         if self.config.unlabelled_trust == "learned":
             fused = self._learned_teacher(labelled, clients, stacked, available, num_classes, stats)
@@ -203,7 +205,8 @@ class ServerOptions:
         stats.extra["n_unlabelled"] = int(keep.sum())
         for k, client_id in enumerate(clients):
             stats.weight_mass[client_id] = stats.weight_mass.get(client_id, 0.0) + float(fused.weights[k][keep].sum())
-        return torch.from_numpy(union)[keep], fused.logits[keep]
+        answered = torch.from_numpy(union)
+        return (answered[keep], fused.logits[keep]), answered[~keep]
 
     def _screen(self, labelled: Answers, unlabelled: Answers, num_classes: int, stats: SelectionStats) -> Answers:
         """The unlabelled answers of the clients the canaries do not screen out, canaries removed."""

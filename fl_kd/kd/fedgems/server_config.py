@@ -72,9 +72,9 @@ class SelectionConfig:
     unlabelled_cache : int (default: 0)
         With ``unlabelled_trust``: the server keeps, per unlabelled sample, the newest fused client teacher and the
         round it was computed in, and each round distils this round's teacher together with those cached in the
-        last ``unlabelled_cache`` rounds (a sample answered again takes the new one), so a teacher paid for once is
-        learnt from for that many rounds more at no extra uplink (:mod:`fl_kd.kd.fedgems.teacher_cache`). 0 (today):
-        only this round's subset is distilled. Canaries never enter the cache. Known limit: a client the canaries
+        last ``unlabelled_cache`` rounds (a sample answered again takes the new one, or none when the confidence
+        gate drops the new one), so a teacher paid for once is learnt from for that many rounds more at no extra
+        uplink (:mod:`fl_kd.kd.fedgems.teacher_cache`). 0 (today): only this round's subset is distilled. Canaries never enter the cache. Known limit: a client the canaries
         screen out in a later round is left out of the new teachers only; what it taught in earlier rounds stays
         cached until it ages out or the sample is answered again.
     canaries : int (default: 0)

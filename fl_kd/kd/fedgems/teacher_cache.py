@@ -4,7 +4,8 @@ Each round the server pays for the clients' logits on a subset of the unlabelled
 teacher. Without a cache it distils that teacher for one round and throws it away: with 10,000 unlabelled samples
 and 1,000 asked per round, it sees each teacher once. The cache keeps, per unlabelled sample, the newest fused
 teacher logits and the round they were computed in, so the server can distil this round's teacher together with
-those of the last few rounds at no extra uplink. A sample answered again takes the new teacher.
+those of the last few rounds at no extra uplink. A sample answered again takes the new teacher, or, when the new
+one is not kept (a confidence gate), none: the clients' newer answer no longer backs the old one.
 """
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ class TeacherCache:
             raise ValueError(f"round must be >= 0, got {round}")
         self.knowledge.update(indices, logits)  # refuses bad positions, shapes and non-finite logits
         self.rounds[indices.reshape(-1).long().cpu()] = round
+
+    def forget(self, indices: Tensor) -> None:
+        """Drop the teachers at unlabelled ``indices`` ``(n,)``: answered again, the clients no longer back them."""
+        self.knowledge.forget(indices)
+        self.rounds[indices.reshape(-1).long().cpu()] = NEVER
 
     def select(self, round: int, horizon: int) -> tuple[Tensor, Tensor]:
         """Sorted indices ``(n,)`` and logits ``(n, C)`` of the teachers computed in rounds ``round - horizon`` to
