@@ -311,6 +311,21 @@ def test_held_out_reliability_hides_the_slice_from_clients_and_reports_teacher_f
     np.testing.assert_array_equal(instruction.arrays[kd.LABEL_FREE_POSITIONS], held)
 
 
+@pytest.mark.parametrize("reliability_on", ["labelled", "held_out"])
+def test_clients_are_never_given_the_labels_of_the_held_out_slice(reliability_on: str) -> None:
+    from fl_kd.kd import protocol as kd
+    from fl_kd.kd.fedgems import FedGEMSServer
+
+    # The server distils the clients' answers on the slice: had they trained on its labels, it would learn them too.
+    held_out = _server(correctness="held_out", held_out_fraction=0.25, reliability_on=reliability_on)
+    held = held_out.options.held_out_positions
+    assert held.size == 10
+    instruction = FedGEMSServer(held_out).evaluate_instruction(1, 0)
+    np.testing.assert_array_equal(instruction.arrays[kd.LABEL_FREE_POSITIONS], held)
+    trained = FedGEMSServer(_server(correctness="train")).evaluate_instruction(1, 0)
+    assert kd.LABEL_FREE_POSITIONS not in trained.arrays
+
+
 def test_a_client_never_learns_the_labels_of_label_free_positions() -> None:
     uniform = np.zeros((20, C), np.float32)
     results = {}

@@ -270,10 +270,11 @@ class ServerOptions:
         return positions[keep], values[keep]
 
     def label_free_positions(self) -> NDArray[np.int64]:
-        """Labelled positions whose labels the clients must not train on (the held-out slice, with
-        ``reliability_on="held_out"``), so that their precision there stays honest."""
-        if self.config.reliability_on != "held_out":
-            return np.zeros(0, dtype=np.int64)
+        """Labelled positions whose labels the clients must not train on: the held-out slice, if any.
+
+        The server distils the clients' answers there; had they trained on its labels, it would learn the labels
+        through them, and its correctness there would be memorisation again. Their precision there stays honest too.
+        """
         return self.held_out_positions
 
     @torch.no_grad()

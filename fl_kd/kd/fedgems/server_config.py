@@ -32,9 +32,10 @@ class SelectionConfig:
     correctness : {"train", "held_out"} (default: "train")
         Where the server's correctness is judged. "train" (FedGEMS): on the samples it trains on, so memorising
         them closes the query. "held_out": a seeded ``held_out_fraction`` of the labelled part is never trained on
-        by label nor cached; there the server asks the clients wherever it is wrong and distils their soft
-        targets alone, fused without the label (with ``unlabelled_trust``, whose trust is fitted there, the slice
-        is not distilled).
+        by label nor cached, by the server or by the clients (they distil the server's logits there without
+        cross-entropy, so the server cannot learn the labels through their answers); there the server asks the
+        clients wherever it is wrong and distils their soft targets alone, fused without the label (with
+        ``unlabelled_trust``, whose trust is fitted there, the slice is not distilled).
     held_out_fraction : float (default: 0.2)
         Share of the labelled part held out with ``correctness="held_out"``.
     distill_correct : bool (default: False)
@@ -52,8 +53,7 @@ class SelectionConfig:
     reliability_on : {"labelled", "held_out"} (default: "labelled")
         Where that precision is measured. Clients distil on the labelled part with its labels, so after a few
         rounds every client looks precise there in every class. "held_out" (needs ``correctness=held_out``)
-        measures it on the held-out slice only, whose labels the clients are then never given: they distil the
-        server's logits there without cross-entropy.
+        measures it on the held-out slice only, whose labels the clients are never given.
     teacher_min_confidence : float (default: 0.0)
         The server distils an unlabelled sample only where the clients' fused teacher gives its top class at least
         this probability (calibrated confidence as a second selection; 0 keeps every answered sample).
