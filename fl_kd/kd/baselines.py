@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from fl_kd.data import DatasetSplits
+from fl_kd.data.augment import shift_and_mirror
 from fl_kd.kd.client import DistillClient
 from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.federation import Federation, build_client, build_federation, build_server_model, sample_clients
@@ -169,7 +170,8 @@ def run_pseudo_label_server(
     Each round the server labels the round's unlabelled subset (``strategy.unlabelled_per_round``, drawn as in
     FedGEMS) with its own predictions, keeps those whose softmax confidence reaches ``threshold``, and trains
     ``server_epochs`` of cross-entropy on them together with the labelled transfer set, with FedGEMS' server
-    settings (``server_ema`` included: it then labels and is evaluated with the average of its weights). The true
+    settings (``server_ema`` included: it then labels and is evaluated with the average of its weights; and its
+    augmentation, ``server_augment_shift`` and ``server_augment_mirror``). The true
     labels of the unlabelled part are read only to report ``pseudo_label_accuracy``.
 
     Returns
@@ -197,6 +199,7 @@ def run_pseudo_label_server(
         keep, pseudo = _pseudo_labels(published, u_x, threshold)
         x, y = torch.cat([labelled_x, u_x[keep]]), torch.cat([labelled_y, pseudo[keep]])
         generator = torch_generator(derive_seed(cfg.seed, SERVER_ID, round, "pseudo_label_shuffle"))
+        views = torch_generator(derive_seed(cfg.seed, SERVER_ID, round, "server_augment"))
         optimizer = sgd(model, server_cfg.lr, server_cfg.momentum, server_cfg.weight_decay)
         model.train()
         loss_sum = 0.0
@@ -204,7 +207,10 @@ def run_pseudo_label_server(
             for _ in range(server_cfg.epochs):
                 loss_sum = 0.0
                 for index in minibatches(int(x.shape[0]), server_cfg.batch_size, generator):
-                    loss = F.cross_entropy(model(x[index].to(cfg.device)), y[index].to(cfg.device))
+                    batch = shift_and_mirror(
+                        x[index].to(cfg.device), server_cfg.augment_shift, server_cfg.augment_mirror, views
+                    )
+                    loss = F.cross_entropy(model(batch), y[index].to(cfg.device))
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()  # type: ignore[no-untyped-call]
                     optimizer.step()

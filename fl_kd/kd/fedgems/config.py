@@ -90,6 +90,11 @@ class FedGEMSConfig(SelectionConfig, SGDStrategyConfig):
         averaging, :meth:`fl_kd.kd.client.DistillClient.keep_weight_average`); training goes on from the trained
         weights. It smooths the noise of small batches at a fixed learning rate. 0 (today): the trained weights.
         With ``client_personal`` the personal model is the average of its fine-tuning's last steps.
+    server_augment_shift : int (default: 0)
+        The server trains on its images shifted by up to this many pixels each way (:mod:`fl_kd.data.augment`);
+        image datasets only. 0 (today): no shift.
+    server_augment_mirror : bool (default: False)
+        The server trains on its images mirrored left-right with probability 1/2; image datasets only.
     """
 
     name: str = "fedgems"
@@ -111,6 +116,8 @@ class FedGEMSConfig(SelectionConfig, SGDStrategyConfig):
     client_personal_prior: bool = False
     server_ema: float = 0.0
     client_tail_average: float = 0.0
+    server_augment_shift: int = 0
+    server_augment_mirror: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -139,6 +146,7 @@ class FedGEMSConfig(SelectionConfig, SGDStrategyConfig):
         check_range("strategy.client_anchor", self.client_anchor, low=0.0)
         check_range("strategy.server_ema", self.server_ema, low=0.0, high=1.0, high_open=True)
         check_range("strategy.client_tail_average", self.client_tail_average, low=0.0, high=1.0)
+        check_range("strategy.server_augment_shift", self.server_augment_shift, low=0)
 
     def check_experiment(self, experiment: ExperimentConfig) -> None:
         """FedGEMS trusts a client on a sample when it is right there: it needs the labelled part."""
@@ -176,6 +184,8 @@ class FedGEMSConfig(SelectionConfig, SGDStrategyConfig):
             temperature=self.temperature,
             weighting=self.weighting,
             ema_decay=self.server_ema,
+            augment_shift=self.server_augment_shift,
+            augment_mirror=self.server_augment_mirror,
             **self.selection_settings(),
         )
 

@@ -25,6 +25,7 @@ from numpy.typing import DTypeLike, NDArray
 from torch import Tensor, nn
 
 from fl_kd.checkpoint import CheckpointError, check_state_dict, read_checkpoint
+from fl_kd.data.augment import shift_and_mirror
 from fl_kd.kd.cache import KnowledgeCache
 from fl_kd.kd.fedgems.options import ServerOptions
 from fl_kd.kd.fedgems.selection import select_teacher
@@ -89,6 +90,10 @@ class SelectiveDistillServer:
         if transfer_x.shape[0] == 0:
             raise ValueError("the transfer set is empty")
         self.config = config if config is not None else ServerDistillConfig()
+        if (self.config.augment_shift or self.config.augment_mirror) and transfer_x.dim() != 4:
+            raise ValueError(
+                f"augment_shift and augment_mirror need image inputs (N, C, H, W), got {tuple(transfer_x.shape)}"
+            )
         self.seed = seed
         self.device = torch.device(device)
         self.model = model.to(self.device)
@@ -162,6 +167,7 @@ class SelectiveDistillServer:
             self.options.teacher_figures(unlabelled_teacher, self._predict, stats)
         cfg = self.config
         generator = torch_generator(derive_seed(self.seed, SERVER_ID, round, "server_distill_shuffle"))
+        views = torch_generator(derive_seed(self.seed, SERVER_ID, round, "server_augment"))
         optimizer = sgd(self.model, cfg.lr, cfg.momentum, cfg.weight_decay)
         self.model.train()
         with seeded_torch(derive_seed(self.seed, SERVER_ID, round, "server_distill_rng"), self.device):
@@ -169,7 +175,7 @@ class SelectiveDistillServer:
                 counts = torch.zeros(5, dtype=torch.long)
                 loss_sum = 0.0
                 for index in minibatches(self.num_transfer, cfg.batch_size, generator):
-                    batch_loss, batch_counts = self._step(optimizer, index, teacher, has_teacher)
+                    batch_loss, batch_counts = self._step(optimizer, views, index, teacher, has_teacher)
                     counts += batch_counts
                     loss_sum += batch_loss * index.numel()
                 stats.n_self, stats.n_cache, stats.n_clients, stats.n_ce_only = (int(c) for c in counts[:4])
@@ -177,7 +183,9 @@ class SelectiveDistillServer:
                 if cfg.distill_correct:
                     stats.extra["n_dark"] = int(counts[4])
                 if unlabelled_teacher is not None:
-                    stats.extra["unlabelled_loss"] = self._unlabelled_epoch(optimizer, generator, *unlabelled_teacher)
+                    stats.extra["unlabelled_loss"] = self._unlabelled_epoch(
+                        optimizer, generator, views, *unlabelled_teacher
+                    )
         stats.cache_size = self.knowledge_cache.num_filled
         return stats
 
@@ -198,11 +206,20 @@ class SelectiveDistillServer:
         if untrusted.any():
             stats.extra["untrusted_accuracy"] = float(correct[untrusted].double().mean())
 
+    def _view(self, x: Tensor, views: torch.Generator) -> Tensor:
+        """The batch as the model trains on it: shifted and mirrored when the config asks for it."""
+        return shift_and_mirror(x.to(self.device), self.config.augment_shift, self.config.augment_mirror, views)
+
     def _step(
-        self, optimizer: torch.optim.Optimizer, index: Tensor, teacher: Tensor, has_teacher: Tensor
+        self,
+        optimizer: torch.optim.Optimizer,
+        views: torch.Generator,
+        index: Tensor,
+        teacher: Tensor,
+        has_teacher: Tensor,
     ) -> tuple[float, Tensor]:
         cfg = self.config
-        x = self.transfer_x[index].to(self.device)
+        x = self._view(self.transfer_x[index], views)
         y = self.transfer_y[index].to(self.device)
         logits = self.model(x)
         correct = (logits.argmax(dim=1) == y).cpu()
@@ -238,12 +255,17 @@ class SelectiveDistillServer:
         return float(loss.detach()), counts
 
     def _unlabelled_epoch(
-        self, optimizer: torch.optim.Optimizer, generator: torch.Generator, x: Tensor, teacher: Tensor
+        self,
+        optimizer: torch.optim.Optimizer,
+        generator: torch.Generator,
+        views: torch.Generator,
+        x: Tensor,
+        teacher: Tensor,
     ) -> float:
         """One pass of pure KD towards the reliability-weighted client teacher on the unlabelled samples."""
         loss_sum = 0.0
         for index in minibatches(int(x.shape[0]), self.config.batch_size, generator):
-            logits = self.model(x[index].to(self.device))
+            logits = self.model(self._view(x[index], views))
             loss = kd_loss(logits, teacher[index].to(self.device), self.config.temperature)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]

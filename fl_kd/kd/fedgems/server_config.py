@@ -74,9 +74,10 @@ class SelectionConfig:
         round it was computed in, and each round distils this round's teacher together with those cached in the
         last ``unlabelled_cache`` rounds (a sample answered again takes the new one, or none when the confidence
         gate drops the new one), so a teacher paid for once is learnt from for that many rounds more at no extra
-        uplink (:mod:`fl_kd.kd.fedgems.teacher_cache`). 0 (today): only this round's subset is distilled. Canaries never enter the cache. Known limit: a client the canaries
-        screen out in a later round is left out of the new teachers only; what it taught in earlier rounds stays
-        cached until it ages out or the sample is answered again.
+        uplink (:mod:`fl_kd.kd.fedgems.teacher_cache`). 0 (today): only this round's subset is distilled. Canaries
+        never enter the cache. Known limit: a client the canaries screen out in a later round is left out of the
+        new teachers only; what it taught in earlier rounds stays cached until it ages out or the sample is
+        answered again.
     canaries : int (default: 0)
         Samples of the unlabelled part whose labels the server holds and keeps to itself (needs
         ``unlabelled_trust`` and ``reliability_on=held_out``). Queried like any other unlabelled sample and never
@@ -172,6 +173,11 @@ class ServerDistillConfig(SelectionConfig):
     ema_decay : float (default: 0.0)
         The server shows an exponential moving average of its weights, updated after every step with this decay
         (``server_ema`` of :class:`~fl_kd.kd.fedgems.config.FedGEMSConfig`); 0 shows the trained weights.
+    augment_shift : int (default: 0)
+        In training, each image is shifted by up to this many pixels each way (:mod:`fl_kd.data.augment`); the
+        server judges its correctness and fills its cache on the view it trains on. 0: no shift.
+    augment_mirror : bool (default: False)
+        In training, each image is mirrored left-right with probability 1/2.
     """
 
     epochs: int = 1
@@ -183,6 +189,8 @@ class ServerDistillConfig(SelectionConfig):
     temperature: float = 1.0
     weighting: str = "inverse_entropy"
     ema_decay: float = 0.0
+    augment_shift: int = 0
+    augment_mirror: bool = False
 
     def __post_init__(self) -> None:
         self.check_selection()
@@ -192,4 +200,5 @@ class ServerDistillConfig(SelectionConfig):
         check_range("epsilon", self.epsilon, low=0.0, high=1.0)
         check_range("temperature", self.temperature, low=0.0, low_open=True)
         check_range("ema_decay", self.ema_decay, low=0.0, high=1.0, high_open=True)
+        check_range("augment_shift", self.augment_shift, low=0)
         check_choice("weighting", self.weighting, FUSION_RULES.names())
