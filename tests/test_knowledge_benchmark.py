@@ -354,3 +354,18 @@ def test_the_required_plan_is_the_issues_grid_in_the_full_plans_order(tmp_path: 
     assert not set(ablation_jobs()) & set(pending(tmp_path, [], set(), required_only=True))
     assert set(reported_jobs(tmp_path, required_only=True)) == set(plan({}, required_only=True))
     assert parse_args(["--required-only"]).required_only and not parse_args([]).required_only
+
+
+def test_the_augmented_extras_add_only_the_servers_shifts_and_mirror_images() -> None:
+    from benchmarks.knowledge.grid import EXTRAS, base_job, resolved
+
+    augmented = {e.method: e for e in EXTRAS if e.method.endswith("_augmented")}
+    assert set(augmented) == {"transfer_only_augmented", "pseudo_label_augmented", "fedgems_augmented"}
+    for extra in augmented.values():
+        for job in extra.jobs():
+            settings = resolved(job.hydra_overrides())
+            base = resolved(base_job(extra.base, job.setting, job.seed).hydra_overrides())
+            changed = {key: value for key, value in settings.items() if base.get(key) != value}
+            assert changed == {"strategy.server_augment_shift": "2", "strategy.server_augment_mirror": "true"}
+    assert [job.seed for job in augmented["transfer_only_augmented"].jobs()] == [0, 1, 2]  # as the tables' baseline
+    assert [job.name for job in augmented["fedgems_augmented"].jobs()] == ["alpha0.5/fedgems_augmented/seed0"]
