@@ -102,6 +102,7 @@ class SelectiveDistillServer:
         self.num_classes = int(predict_logits(self.model, self.transfer_x[:1], device=self.device).shape[1])
         self.knowledge_cache = KnowledgeCache(self.num_transfer, self.num_classes)
         self.ema = weight_average(self.model, self.config.ema_decay)
+        self._views = torch_generator(derive_seed(seed, SERVER_ID, "server_augment"))  # each round draws anew
         self.options = ServerOptions(
             self.config, self.transfer_y, seed, unlabelled_x, unlabelled_y, num_classes=self.num_classes
         )
@@ -167,7 +168,7 @@ class SelectiveDistillServer:
             self.options.teacher_figures(unlabelled_teacher, self._predict, stats)
         cfg = self.config
         generator = torch_generator(derive_seed(self.seed, SERVER_ID, round, "server_distill_shuffle"))
-        views = torch_generator(derive_seed(self.seed, SERVER_ID, round, "server_augment"))
+        self._views = torch_generator(derive_seed(self.seed, SERVER_ID, round, "server_augment"))
         optimizer = sgd(self.model, cfg.lr, cfg.momentum, cfg.weight_decay)
         self.model.train()
         with seeded_torch(derive_seed(self.seed, SERVER_ID, round, "server_distill_rng"), self.device):
@@ -175,7 +176,7 @@ class SelectiveDistillServer:
                 counts = torch.zeros(5, dtype=torch.long)
                 loss_sum = 0.0
                 for index in minibatches(self.num_transfer, cfg.batch_size, generator):
-                    batch_loss, batch_counts = self._step(optimizer, views, index, teacher, has_teacher)
+                    batch_loss, batch_counts = self._step(optimizer, index, teacher, has_teacher)
                     counts += batch_counts
                     loss_sum += batch_loss * index.numel()
                 stats.n_self, stats.n_cache, stats.n_clients, stats.n_ce_only = (int(c) for c in counts[:4])
@@ -183,9 +184,7 @@ class SelectiveDistillServer:
                 if cfg.distill_correct:
                     stats.extra["n_dark"] = int(counts[4])
                 if unlabelled_teacher is not None:
-                    stats.extra["unlabelled_loss"] = self._unlabelled_epoch(
-                        optimizer, generator, views, *unlabelled_teacher
-                    )
+                    stats.extra["unlabelled_loss"] = self._unlabelled_epoch(optimizer, generator, *unlabelled_teacher)
         stats.cache_size = self.knowledge_cache.num_filled
         return stats
 
@@ -206,20 +205,15 @@ class SelectiveDistillServer:
         if untrusted.any():
             stats.extra["untrusted_accuracy"] = float(correct[untrusted].double().mean())
 
-    def _view(self, x: Tensor, views: torch.Generator) -> Tensor:
-        """The batch as the model trains on it: shifted and mirrored when the config asks for it."""
-        return shift_and_mirror(x.to(self.device), self.config.augment_shift, self.config.augment_mirror, views)
+    def _view(self, x: Tensor) -> Tensor:
+        """The batch as the model trains on it: shifted and mirrored (from this round's draws) if the config asks."""
+        return shift_and_mirror(x.to(self.device), self.config.augment_shift, self.config.augment_mirror, self._views)
 
     def _step(
-        self,
-        optimizer: torch.optim.Optimizer,
-        views: torch.Generator,
-        index: Tensor,
-        teacher: Tensor,
-        has_teacher: Tensor,
+        self, optimizer: torch.optim.Optimizer, index: Tensor, teacher: Tensor, has_teacher: Tensor
     ) -> tuple[float, Tensor]:
         cfg = self.config
-        x = self._view(self.transfer_x[index], views)
+        x = self._view(self.transfer_x[index])
         y = self.transfer_y[index].to(self.device)
         logits = self.model(x)
         correct = (logits.argmax(dim=1) == y).cpu()
@@ -255,17 +249,12 @@ class SelectiveDistillServer:
         return float(loss.detach()), counts
 
     def _unlabelled_epoch(
-        self,
-        optimizer: torch.optim.Optimizer,
-        generator: torch.Generator,
-        views: torch.Generator,
-        x: Tensor,
-        teacher: Tensor,
+        self, optimizer: torch.optim.Optimizer, generator: torch.Generator, x: Tensor, teacher: Tensor
     ) -> float:
         """One pass of pure KD towards the reliability-weighted client teacher on the unlabelled samples."""
         loss_sum = 0.0
         for index in minibatches(int(x.shape[0]), self.config.batch_size, generator):
-            logits = self.model(self._view(x[index], views))
+            logits = self.model(self._view(x[index]))
             loss = kd_loss(logits, teacher[index].to(self.device), self.config.temperature)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
