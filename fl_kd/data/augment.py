@@ -1,10 +1,9 @@
 """Label-preserving augmentation of image batches: random shifts and mirror images.
 
 A model trained for many epochs on 1,000 labelled images memorises them; showing each image shifted by a pixel or
-two, or mirrored, every time it is seen is the cheapest regulariser there is. The transfer-only baseline needs it
-to be a fair opponent (a server that learns nothing from the clients can still learn this), and the server's
-distillation can use it too. It runs on the batch, on the batch's device, from an explicit generator, so a seed
-gives the same views.
+two, or mirrored, every time it is seen is the cheapest regulariser there is. The server-alone baselines and the
+server's distillation can both use it, so that a comparison between them never rests on a regulariser only one side
+has. It runs on the batch, on the batch's device, from an explicit generator, so a seed gives the same views.
 """
 
 from __future__ import annotations
