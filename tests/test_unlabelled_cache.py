@@ -44,12 +44,36 @@ def test_the_cache_state_round_trips_and_refuses_another_shape() -> None:
     assert all(torch.equal(a, b) for a, b in zip(restored.select(4, 0), cache.select(4, 0), strict=True))
     assert torch.equal(restored.rounds, cache.rounds)
     assert restored.rounds.tolist() == [NEVER, 4, NEVER, 4, NEVER]
+    taught = TeacherCache(5, 2)
+    taught.update(torch.tensor([1, 3]), torch.randn(2, 2), round=4, contributors={2: torch.tensor([False, True])})
+    restored.load_state_dict(taught.state_dict())
+    assert restored.contributors[2].tolist() == [False, False, False, True, False]
+    beyond = taught.state_dict()
+    beyond["contributors"][2][0] = True  # a contributor where no teacher is cached
+    with pytest.raises(ValueError, match="contributor mask of client 2"):
+        TeacherCache(5, 2).load_state_dict(beyond)
     with pytest.raises(ValueError, match="shapes"):
         TeacherCache(4, 2).load_state_dict(cache.state_dict())
     stale = cache.state_dict()
     stale["rounds"][0] = 2  # a stamp where no teacher is cached
     with pytest.raises(ValueError, match="where a teacher is cached"):
         TeacherCache(5, 2).load_state_dict(stale)
+
+
+def test_the_cache_remembers_who_taught_each_teacher_and_drops_a_clients_on_demand() -> None:
+    cache = TeacherCache(6, 2)
+    cache.update(torch.tensor([0, 1, 2]), torch.ones(3, 2), round=1,
+                 contributors={7: torch.tensor([True, True, False]), 8: torch.tensor([True, True, True])})  # fmt: skip
+    cache.update(torch.tensor([1, 3]), torch.ones(2, 2), round=2, contributors={8: torch.tensor([True, True])})
+    # Sample 1 was taught again without client 7: its new teacher owes client 7 nothing.
+    assert cache.contributors[7].nonzero().reshape(-1).tolist() == [0]
+    assert cache.forget_clients([7, 99]) == 1  # 99 never taught anything
+    assert cache.select(2, horizon=1)[0].tolist() == [1, 2, 3] and cache.rounds[0] == NEVER
+    assert cache.forget_clients([7]) == 0
+    assert cache.forget_clients([8]) == 3 and cache.num_filled == 0
+    with pytest.raises(ValueError, match="contributor mask of client 5"):
+        cache.update(torch.tensor([4]), torch.ones(1, 2), round=3, contributors={5: torch.tensor([1, 0])})
+    assert cache.num_filled == 0  # a refused update stores nothing
 
 
 def _answers(server: SelectiveDistillServer, round: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
@@ -134,6 +158,38 @@ def test_canaries_never_enter_the_cache() -> None:
     canary = torch.from_numpy(server.options.canaries.mask)
     assert (server.options.teacher_cache.rounds[canary] == NEVER).all()
     assert (server.options.teacher_cache.rounds[~canary] == 2).all()
+
+
+def test_a_client_the_canaries_catch_late_loses_what_it_taught_before() -> None:
+    server = learned_trust_server(60, canaries=20, unlabelled_per_round=30, unlabelled_cache=3)
+    screen, cache = server.options.canaries, server.options.teacher_cache
+    assert screen is not None and cache is not None
+    num = server.num_transfer
+
+    def answers(round: int, lie: bool, share: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Client 0 right everywhere; client 1 right on the labelled part and on ``share`` of the round's
+        unlabelled subset, where it lies when ``lie`` (so the canaries it answers catch it)."""
+        honest = _answers(server, round)[0]
+        positions = honest[0]
+        unlabelled = positions >= num
+        mine = ~unlabelled | (np.cumsum(unlabelled) <= share)
+        labels = honest[1].argmax(axis=1)
+        lies = np.eye(4, dtype=np.float32)[(labels + 1) % 4] * 4
+        values = np.where((unlabelled & lie)[:, None], lies, honest[1])
+        return {0: honest, 1: (positions[mine], values[mine])}
+
+    first = server.distill(1, answers(1, lie=False, share=15))
+    taught = {int(p) - num for p in answers(1, lie=False, share=15)[1][0] if p >= num and not screen.mask[p - num]}
+    assert first.extra["canary_screened"] == 0 and "canary_purged" in first.extra
+    assert cache.contributors[1].nonzero().reshape(-1).tolist() == sorted(taught)
+    second = server.distill(2, answers(2, lie=True, share=30))
+    assert second.extra["canary_screened"] == 1
+    # Everything client 1 taught in round 1 left the cache (some of it came back with round 2's honest teacher);
+    # round 1's other teachers stay.
+    round_one = set(torch.nonzero(cache.rounds == 1).reshape(-1).tolist())
+    assert not round_one & taught and round_one
+    assert second.extra["canary_purged"] == len(taught) > 0
+    assert not bool(cache.contributors[1].any())
 
 
 def test_the_cache_survives_a_checkpoint_so_a_resumed_server_distils_alike() -> None:

@@ -25,7 +25,7 @@ splits the answers; the distillation steps themselves live in :mod:`fl_kd.kd.fed
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -49,6 +49,19 @@ if TYPE_CHECKING:
     from fl_kd.kd.fedgems.server_config import ServerDistillConfig
 
 Answers = Mapping[int, tuple[NDArray[Any], NDArray[Any]]]
+
+
+class RoundTeacher(NamedTuple):
+    """What a round's unlabelled answers yield for the teacher cache."""
+
+    teacher: tuple[Tensor, Tensor] | None
+    """Unlabelled indices ``(n,)`` and fused teacher logits ``(n, C)`` kept, or None."""
+    dropped: Tensor
+    """Indices answered whose teacher was not kept (the confidence gate): the cache drops their old teachers."""
+    contributors: dict[int, Tensor]
+    """Client id -> ``(n,)`` mask of the kept teachers its answers went into."""
+    screened: set[int]
+    """Clients the canaries screened out this round."""
 
 
 class ServerOptions:
@@ -163,11 +176,14 @@ class ServerOptions:
         """
         if self.unlabelled_x is None:
             return None
-        fresh, dropped = self._fresh_teacher(labelled, unlabelled, num_classes, stats)
+        round_teacher = self._fresh_teacher(labelled, unlabelled, num_classes, stats)
+        fresh = round_teacher.teacher
         if self.teacher_cache is not None:
-            self.teacher_cache.forget(dropped)
+            if self.canaries is not None:  # what a client caught now taught before it was caught goes too
+                stats.extra["canary_purged"] = self.teacher_cache.forget_clients(round_teacher.screened)
+            self.teacher_cache.forget(round_teacher.dropped)
             if fresh is not None:
-                self.teacher_cache.update(*fresh, round)
+                self.teacher_cache.update(*fresh, round, round_teacher.contributors)
             fresh = self.teacher_cache.select(round, self.config.unlabelled_cache)
             stats.extra["unlabelled_distilled"] = int(fresh[0].numel())
         if fresh is None or fresh[0].numel() == 0:
@@ -178,16 +194,16 @@ class ServerOptions:
 
     def _fresh_teacher(
         self, labelled: Answers, unlabelled: Answers, num_classes: int, stats: SelectionStats
-    ) -> tuple[tuple[Tensor, Tensor] | None, Tensor]:
-        """Unlabelled indices and fused teacher logits of this round's answers (canaries and screened clients out),
-        or None; and the indices answered whose teacher was not kept (the confidence gate), which the cache drops."""
+    ) -> RoundTeacher:
+        """This round's fused teacher on the unlabelled answers, canaries and screened clients out."""
+        screened: set[int] = set()
         if self.canaries is not None:
-            unlabelled = self._screen(labelled, unlabelled, num_classes, stats)
+            unlabelled, screened = self._screen(labelled, unlabelled, num_classes, stats)
         clients = sorted(unlabelled)
         union = np.unique(np.concatenate([unlabelled[c][0] for c in clients])) if clients else np.zeros(0, np.int64)
         stats.extra["n_unlabelled"] = 0
         if union.size == 0:
-            return None, torch.zeros(0, dtype=torch.int64)
+            return RoundTeacher(None, torch.zeros(0, dtype=torch.int64), {}, screened)
         stacked, available = _stack(unlabelled, clients, union, num_classes)
         if self.config.unlabelled_trust == "learned":
             fused = self._learned_teacher(labelled, clients, stacked, available, num_classes, stats)
@@ -206,10 +222,14 @@ class ServerOptions:
         for k, client_id in enumerate(clients):
             stats.weight_mass[client_id] = stats.weight_mass.get(client_id, 0.0) + float(fused.weights[k][keep].sum())
         answered = torch.from_numpy(union)
-        return (answered[keep], fused.logits[keep]), answered[~keep]
+        contributors = {client_id: available[k][keep] for k, client_id in enumerate(clients)}
+        return RoundTeacher((answered[keep], fused.logits[keep]), answered[~keep], contributors, screened)
 
-    def _screen(self, labelled: Answers, unlabelled: Answers, num_classes: int, stats: SelectionStats) -> Answers:
-        """The unlabelled answers of the clients the canaries do not screen out, canaries removed."""
+    def _screen(
+        self, labelled: Answers, unlabelled: Answers, num_classes: int, stats: SelectionStats
+    ) -> tuple[Answers, set[int]]:
+        """The unlabelled answers of the clients the canaries do not screen out, canaries removed; and the clients
+        screened out."""
         assert self.canaries is not None
         reference = {}
         for client_id in unlabelled:
@@ -218,7 +238,7 @@ class ServerOptions:
         flagged, scores = self.canaries.screen(unlabelled, reference)
         stats.extra["canary_screened"] = len(flagged)
         stats.extra["canary_z_max"] = max(scores.values(), default=0.0)
-        return self.canaries.strip({c: answer for c, answer in unlabelled.items() if c not in flagged})
+        return self.canaries.strip({c: answer for c, answer in unlabelled.items() if c not in flagged}), flagged
 
     def _labelled_answers(
         self, labelled: Answers, client_id: int, num_classes: int
