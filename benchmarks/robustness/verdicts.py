@@ -17,7 +17,13 @@ from fl_kd.kd.adversary import ADVERSARIES
 SELECTIVE = "fedgems"
 PLAIN_AVERAGING = ("fedmd", "dsfl")
 #: Selective KD with unlabelled trust, held to the same 1-point limit against every attack they faced.
-SELECTIVE_VARIANTS = ("fedgems_learned", "fedgems_canaries", "fedgems_robust", "fedgems_trimmed")
+SELECTIVE_VARIANTS = (
+    "fedgems_learned",
+    "fedgems_canaries",
+    "fedgems_canaries_cached",
+    "fedgems_robust",
+    "fedgems_trimmed",
+)
 FRACTION = 0.3
 MAX_SELECTIVE_DROP = 1.0  # points
 MIN_PLAIN_DROP = 3.0  # points: "several"
