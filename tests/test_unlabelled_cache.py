@@ -44,13 +44,14 @@ def test_the_cache_state_round_trips_and_refuses_another_shape() -> None:
     assert all(torch.equal(a, b) for a, b in zip(restored.select(4, 0), cache.select(4, 0), strict=True))
     assert torch.equal(restored.rounds, cache.rounds)
     assert restored.rounds.tolist() == [NEVER, 4, NEVER, 4, NEVER]
-    taught = TeacherCache(5, 2)
-    taught.update(torch.tensor([1, 3]), torch.randn(2, 2), round=4, contributors={2: torch.tensor([False, True])})
-    restored.load_state_dict(taught.state_dict())
-    assert restored.contributors[2].tolist() == [False, False, False, True, False]
-    beyond = taught.state_dict()
-    beyond["contributors"][2][0] = True  # a contributor where no teacher is cached
-    with pytest.raises(ValueError, match="contributor mask of client 2"):
+    answered = TeacherCache(5, 2)
+    answered.update(torch.tensor([1, 3]), torch.randn(2, 2), round=4,
+                    block=_block([1, 3], [2], torch.randn(1, 2, 2), [[False, True]]))  # fmt: skip
+    restored.load_state_dict(answered.state_dict())
+    assert restored.blocks[4]["available"].tolist() == [[False, True]]
+    beyond = answered.state_dict()
+    beyond["blocks"][4]["indices"] = torch.tensor([1, 9])  # a block about samples this cache does not have
+    with pytest.raises(ValueError, match="answer block indices"):
         TeacherCache(5, 2).load_state_dict(beyond)
     with pytest.raises(ValueError, match="shapes"):
         TeacherCache(4, 2).load_state_dict(cache.state_dict())
@@ -60,19 +61,44 @@ def test_the_cache_state_round_trips_and_refuses_another_shape() -> None:
         TeacherCache(5, 2).load_state_dict(stale)
 
 
-def test_the_cache_remembers_who_taught_each_teacher_and_drops_a_clients_on_demand() -> None:
+def _block(indices: list[int], clients: list[int], answers: torch.Tensor, available: list[list[bool]]) -> dict:
+    return {
+        "indices": torch.tensor(indices),
+        "clients": torch.tensor(clients),
+        "answers": answers,
+        "available": torch.tensor(available),
+        "scale": torch.tensor(1.0),  # a fusion parameter: handed to the fusion as it was stored
+    }
+
+
+def _mean_of_answers(params: dict, answers: torch.Tensor, available: torch.Tensor) -> tuple:
+    """A stand-in fusion: the mean of the available answers; kept where anyone answered."""
+    weights = available.float().unsqueeze(-1)
+    return params["scale"] * (answers * weights).sum(0) / weights.sum(0).clamp_min(1), available.any(dim=0)
+
+
+def test_a_caught_client_is_fused_out_of_every_cached_teacher_it_answered() -> None:
     cache = TeacherCache(6, 2)
-    cache.update(torch.tensor([0, 1, 2]), torch.ones(3, 2), round=1,
-                 contributors={7: torch.tensor([True, True, False]), 8: torch.tensor([True, True, True])})  # fmt: skip
-    cache.update(torch.tensor([1, 3]), torch.ones(2, 2), round=2, contributors={8: torch.tensor([True, True])})
-    # Sample 1 was taught again without client 7: its new teacher owes client 7 nothing.
-    assert cache.contributors[7].nonzero().reshape(-1).tolist() == [0]
-    assert cache.forget_clients([7, 99]) == 1  # 99 never taught anything
-    assert cache.select(2, horizon=1)[0].tolist() == [1, 2, 3] and cache.rounds[0] == NEVER
-    assert cache.forget_clients([7]) == 0
-    assert cache.forget_clients([8]) == 3 and cache.num_filled == 0
-    with pytest.raises(ValueError, match="contributor mask of client 5"):
-        cache.update(torch.tensor([4]), torch.ones(1, 2), round=3, contributors={5: torch.tensor([1, 0])})
+    # Round 1: client 7 answered samples 0 and 1 with [4, 0], client 8 samples 0, 1 and 2 with [0, 2].
+    answers = torch.tensor([[[4.0, 0.0]] * 3, [[0.0, 2.0]] * 3])
+    cache.update(torch.tensor([0, 1, 2]), torch.tensor([[2.0, 1.0], [2.0, 1.0], [0.0, 2.0]]), round=1,
+                 block=_block([0, 1, 2], [7, 8], answers, [[True, True, False], [True, True, True]]))  # fmt: skip
+    # Round 2: sample 1 is answered again, by client 8 alone.
+    cache.update(torch.tensor([1, 3]), torch.tensor([[0.0, 2.0]] * 2), round=2,
+                 block=_block([1, 3], [8], torch.tensor([[[0.0, 2.0]] * 2]), [[True, True]]))  # fmt: skip
+    # Only sample 0 still holds a teacher client 7 had a part in: fused again from client 8 alone, round kept.
+    assert cache.refuse_without([7, 99], _mean_of_answers) == (1, 0)
+    index, logits = cache.select(2, horizon=1)
+    assert index.tolist() == [0, 1, 2, 3] and logits[0].tolist() == [0.0, 2.0] and cache.rounds[0] == 1
+    assert cache.refuse_without([7], _mean_of_answers) == (0, 0)  # nothing of it is left
+    # A teacher with nobody left to back it is dropped.
+    assert cache.refuse_without([8], _mean_of_answers) == (4, 4) and cache.num_filled == 0
+    # Blocks go once their round is out of the horizon; a block that does not fit its teachers is refused.
+    assert sorted(cache.blocks) == [1, 2] and cache.select(3, horizon=1)[0].numel() == 0
+    assert sorted(cache.blocks) == [2]
+    with pytest.raises(ValueError, match="answer block"):
+        cache.update(torch.tensor([4]), torch.ones(1, 2), round=3,
+                     block=_block([4], [5], torch.ones(1, 2, 2), [[True, True]]))  # fmt: skip
     assert cache.num_filled == 0  # a refused update stores nothing
 
 
@@ -160,40 +186,40 @@ def test_canaries_never_enter_the_cache() -> None:
     assert (server.options.teacher_cache.rounds[~canary] == 2).all()
 
 
-def test_a_client_the_canaries_catch_late_loses_what_it_taught_before() -> None:
+def test_a_client_the_canaries_catch_late_is_fused_out_of_what_it_taught_before() -> None:
     server = learned_trust_server(60, canaries=20, unlabelled_per_round=30, unlabelled_cache=3)
     screen, cache = server.options.canaries, server.options.teacher_cache
-    assert screen is not None and cache is not None
-    num = server.num_transfer
+    assert screen is not None and cache is not None and server.options.unlabelled_y is not None
+    num, truth = server.num_transfer, server.options.unlabelled_y
 
-    def answers(round: int, lie: bool, share: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        """Client 0 right everywhere; client 1 right on the labelled part and on ``share`` of the round's
-        unlabelled subset, where it lies when ``lie`` (so the canaries it answers catch it)."""
+    def answers(round: int, caught: bool) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Client 0 right everywhere; client 1 right on the labelled part and, until it is ``caught``, on the
+        canaries too, and sure of the next class on every other unlabelled sample."""
         honest = _answers(server, round)[0]
-        positions = honest[0]
-        unlabelled = positions >= num
-        mine = ~unlabelled | (np.cumsum(unlabelled) <= share)
-        labels = honest[1].argmax(axis=1)
-        lies = np.eye(4, dtype=np.float32)[(labels + 1) % 4] * 4
-        values = np.where((unlabelled & lie)[:, None], lies, honest[1])
-        return {0: honest, 1: (positions[mine], values[mine])}
+        positions, unlabelled = honest[0], honest[0] >= num
+        lies = np.eye(4, dtype=np.float32)[(honest[1].argmax(axis=1) + 1) % 4] * 8
+        checked = np.zeros_like(unlabelled)
+        checked[unlabelled] = screen.mask[positions[unlabelled] - num]
+        lying = unlabelled & (caught | ~checked)
+        return {0: honest, 1: (positions, np.where(lying[:, None], lies, honest[1]))}
 
-    first = server.distill(1, answers(1, lie=False, share=15))
-    taught = {int(p) - num for p in answers(1, lie=False, share=15)[1][0] if p >= num and not screen.mask[p - num]}
-    assert first.extra["canary_screened"] == 0 and "canary_purged" in first.extra
-    assert cache.contributors[1].nonzero().reshape(-1).tolist() == sorted(taught)
-    second = server.distill(2, answers(2, lie=True, share=30))
+    first = server.distill(1, answers(1, caught=False))
+    assert first.extra["canary_screened"] == 0
+    taught = torch.nonzero(cache.rounds == 1).reshape(-1)
+    assert taught.numel() == 30 - int(screen.mask[server.options.unlabelled_positions(1)].sum())
+    wrong_before = int((cache.knowledge.get(taught).argmax(dim=1) != truth[taught]).sum())
+    assert wrong_before > 0  # the lies made it into the cache
+    second = server.distill(2, answers(2, caught=True))
     assert second.extra["canary_screened"] == 1
-    # Everything client 1 taught in round 1 left the cache (some of it came back with round 2's honest teacher);
-    # round 1's other teachers stay.
-    round_one = set(torch.nonzero(cache.rounds == 1).reshape(-1).tolist())
-    assert not round_one & taught and round_one
-    assert second.extra["canary_purged"] == len(taught) > 0
-    assert not bool(cache.contributors[1].any())
+    # Every round-1 teacher was fused again from client 0 alone: none is dropped, none is wrong any more.
+    assert (second.extra["canary_refused"], second.extra["canary_purged"]) == (taught.numel(), 0)
+    still = torch.nonzero(cache.rounds == 1).reshape(-1)
+    assert still.numel() > 0 and bool((cache.knowledge.get(still).argmax(dim=1) == truth[still]).all())
+    assert not bool(cache.blocks[1]["available"][1].any())
 
 
 def test_the_cache_survives_a_checkpoint_so_a_resumed_server_distils_alike() -> None:
-    settings = {"unlabelled_per_round": 20, "unlabelled_cache": 2}
+    settings = {"unlabelled_per_round": 20, "unlabelled_cache": 2, "canaries": 10}  # canaries: answer blocks too
     server = learned_trust_server(60, **settings)
     baseline = state_digests(learned_trust_server(60, **settings))
     for round in (1, 2):
@@ -205,6 +231,9 @@ def test_the_cache_survives_a_checkpoint_so_a_resumed_server_distils_alike() -> 
     restore_object_state(resumed, torch.load(buffer, weights_only=False), "memory")
     assert resumed.options.teacher_cache is not None and server.options.teacher_cache is not None
     assert torch.equal(resumed.options.teacher_cache.rounds, server.options.teacher_cache.rounds)
+    saved, loaded = server.options.teacher_cache.blocks, resumed.options.teacher_cache.blocks
+    assert sorted(saved) == sorted(loaded) == [1, 2]
+    assert all(torch.equal(saved[r][key], loaded[r][key]) for r in saved for key in saved[r])
     assert server.distill(3, _answers(server, 3)).extra == resumed.distill(3, _answers(resumed, 3)).extra
     for name, value in _weights(server).items():
         assert torch.equal(value, _weights(resumed)[name]), name

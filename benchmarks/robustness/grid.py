@@ -56,7 +56,7 @@ METHODS: dict[str, tuple[str, ...]] = {
     # And with each client's probabilities floored at 0.01 in the combiner, so that one lie cannot veto a class.
     "fedgems_robust": (*LEARNED, "strategy.canaries=1000", "strategy.learned_prob_floor=0.01"),
     # The canaries with the knowledge benchmark's teacher cache (the teachers of the last 8 rounds distilled again):
-    # a client the screen catches late takes with it what it taught in the rounds before.
+    # a client the screen catches late is fused out of what it taught in the rounds before.
     "fedgems_canaries_cached": (*LEARNED, "strategy.canaries=1000", "strategy.unlabelled_cache=8"),
     # And with a trimmed product: the 3 lowest and 3 highest terms of each sample and class left out.
     "fedgems_trimmed": (

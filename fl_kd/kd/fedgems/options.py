@@ -33,7 +33,7 @@ from numpy.typing import NDArray
 from torch import Tensor
 
 from fl_kd.kd.fedgems.canaries import CanaryScreen
-from fl_kd.kd.fedgems.combiner import fit_class_combiner, fuse_by_combiner
+from fl_kd.kd.fedgems.combiner import ClassCombiner, fit_class_combiner, fuse_by_combiner
 from fl_kd.kd.fedgems.reliability import (
     UnlabelledTeacher,
     class_precision,
@@ -41,7 +41,7 @@ from fl_kd.kd.fedgems.reliability import (
     fuse_by_reliability,
 )
 from fl_kd.kd.fedgems.stats import SelectionStats
-from fl_kd.kd.fedgems.teacher_cache import TeacherCache
+from fl_kd.kd.fedgems.teacher_cache import AnswerBlock, TeacherCache
 from fl_kd.kd.seeding import SERVER_ID, derive_seed, torch_generator
 from fl_kd.kd.training import check_logits, check_positions
 
@@ -58,8 +58,8 @@ class RoundTeacher(NamedTuple):
     """Unlabelled indices ``(n,)`` and fused teacher logits ``(n, C)`` kept, or None."""
     dropped: Tensor
     """Indices answered whose teacher was not kept (the confidence gate): the cache drops their old teachers."""
-    contributors: dict[int, Tensor]
-    """Client id -> ``(n,)`` mask of the kept teachers its answers went into."""
+    block: AnswerBlock | None
+    """The answers and fusion parameters behind the kept teachers (with canaries only: nothing else reads them)."""
     screened: set[int]
     """Clients the canaries screened out this round."""
 
@@ -180,10 +180,11 @@ class ServerOptions:
         fresh = round_teacher.teacher
         if self.teacher_cache is not None:
             if self.canaries is not None:  # what a client caught now taught before it was caught goes too
-                stats.extra["canary_purged"] = self.teacher_cache.forget_clients(round_teacher.screened)
+                refused, purged = self.teacher_cache.refuse_without(round_teacher.screened, self._refuse)
+                stats.extra["canary_refused"], stats.extra["canary_purged"] = refused, purged
             self.teacher_cache.forget(round_teacher.dropped)
             if fresh is not None:
-                self.teacher_cache.update(*fresh, round, round_teacher.contributors)
+                self.teacher_cache.update(*fresh, round, round_teacher.block)
             fresh = self.teacher_cache.select(round, self.config.unlabelled_cache)
             stats.extra["unlabelled_distilled"] = int(fresh[0].numel())
         if fresh is None or fresh[0].numel() == 0:
@@ -203,27 +204,59 @@ class ServerOptions:
         union = np.unique(np.concatenate([unlabelled[c][0] for c in clients])) if clients else np.zeros(0, np.int64)
         stats.extra["n_unlabelled"] = 0
         if union.size == 0:
-            return RoundTeacher(None, torch.zeros(0, dtype=torch.int64), {}, screened)
+            return RoundTeacher(None, torch.zeros(0, dtype=torch.int64), None, screened)
         stacked, available = _stack(unlabelled, clients, union, num_classes)
-        if self.config.unlabelled_trust == "learned":
-            fused = self._learned_teacher(labelled, clients, stacked, available, num_classes, stats)
-        else:
-            precision = torch.zeros(len(clients), num_classes)
-            for k, client_id in enumerate(clients):
-                pos, values = self._labelled_answers(labelled, client_id, num_classes)
-                labels = self.transfer_y[torch.from_numpy(pos)]
-                confusion = confusion_matrix(torch.from_numpy(values), labels, num_classes)
-                precision[k] = class_precision(confusion)
-            fused = fuse_by_reliability(stacked, available, precision, self.config.reliability_power)
-        # The fused logits are log-probabilities: a gate on the teacher's own confidence keeps only what it is sure of.
-        confident = fused.logits.exp().max(dim=1).values >= self.config.teacher_min_confidence
-        keep = fused.has_teacher & confident
+        params = self._fusion_params(labelled, clients, num_classes, stats)
+        fused, keep = self._fuse(params, stacked, available)
         stats.extra["n_unlabelled"] = int(keep.sum())
         for k, client_id in enumerate(clients):
             stats.weight_mass[client_id] = stats.weight_mass.get(client_id, 0.0) + float(fused.weights[k][keep].sum())
         answered = torch.from_numpy(union)
-        contributors = {client_id: available[k][keep] for k, client_id in enumerate(clients)}
-        return RoundTeacher((answered[keep], fused.logits[keep]), answered[~keep], contributors, screened)
+        block = None
+        if self.canaries is not None:  # kept so that a client caught later can be fused out again
+            block = {
+                "indices": answered[keep],
+                "clients": torch.tensor(clients, dtype=torch.int64),
+                "answers": stacked[:, keep],
+                "available": available[:, keep],
+                **params,
+            }
+        return RoundTeacher((answered[keep], fused.logits[keep]), answered[~keep], block, screened)
+
+    def _fusion_params(
+        self, labelled: Answers, clients: list[int], num_classes: int, stats: SelectionStats
+    ) -> dict[str, Tensor]:
+        """This round's trust in ``clients``, measured on their labelled answers: the learned combiner's weights, or
+        each client's per-class precision."""
+        if self.config.unlabelled_trust == "learned":
+            combiner = self._fit_combiner(labelled, clients, num_classes, stats)
+            return {"weight": combiner.weight, "bias": combiner.bias}
+        precision = torch.zeros(len(clients), num_classes)
+        for k, client_id in enumerate(clients):
+            pos, values = self._labelled_answers(labelled, client_id, num_classes)
+            labels = self.transfer_y[torch.from_numpy(pos)]
+            precision[k] = class_precision(confusion_matrix(torch.from_numpy(values), labels, num_classes))
+        return {"precision": precision}
+
+    def _fuse(
+        self, params: Mapping[str, Tensor], stacked: Tensor, available: Tensor
+    ) -> tuple[UnlabelledTeacher, Tensor]:
+        """The teacher of ``(K, n, C)`` answers under ``params`` (:meth:`_fusion_params`), and which to keep."""
+        if self.config.unlabelled_trust == "learned":
+            combiner = ClassCombiner(
+                params["weight"], params["bias"], float("nan"), self.config.learned_prob_floor, self.config.learned_trim
+            )
+            fused = fuse_by_combiner(stacked, available, combiner)
+        else:
+            fused = fuse_by_reliability(stacked, available, params["precision"], self.config.reliability_power)
+        # The fused logits are log-probabilities: a gate on the teacher's own confidence keeps only what it is sure of.
+        confident = fused.logits.exp().max(dim=1).values >= self.config.teacher_min_confidence
+        return fused, fused.has_teacher & confident
+
+    def _refuse(self, params: Mapping[str, Tensor], stacked: Tensor, available: Tensor) -> tuple[Tensor, Tensor]:
+        """A cached round's teachers fused again (:meth:`TeacherCache.refuse_without`)."""
+        fused, keep = self._fuse(params, stacked, available)
+        return fused.logits, keep
 
     def _screen(
         self, labelled: Answers, unlabelled: Answers, num_classes: int, stats: SelectionStats
@@ -248,16 +281,10 @@ class ServerOptions:
         pos, values = self._reliability_slice(np.asarray(pos, dtype=np.int64), np.asarray(values))
         return pos, np.asarray(values, dtype=np.float32)
 
-    def _learned_teacher(
-        self,
-        labelled: Answers,
-        clients: list[int],
-        stacked: Tensor,
-        available: Tensor,
-        num_classes: int,
-        stats: SelectionStats,
-    ) -> UnlabelledTeacher:
-        """Fit the per-client, per-class combiner on the held-out slice, then fuse the unlabelled answers with it.
+    def _fit_combiner(
+        self, labelled: Answers, clients: list[int], num_classes: int, stats: SelectionStats
+    ) -> ClassCombiner:
+        """Fit the per-client, per-class combiner on the held-out slice.
 
         The slice's labels never reach a client nor the server's loss, so nobody's answers there carry them.
         """
@@ -280,7 +307,7 @@ class ServerOptions:
         stats.extra["combiner_samples"] = int(fit_union.size)
         if fit_union.size:
             stats.extra["combiner_loss"] = combiner.loss
-        return fuse_by_combiner(stacked, available, combiner)
+        return combiner
 
     def _reliability_slice(self, positions: NDArray[np.int64], values: NDArray[Any]) -> tuple[NDArray[np.int64], Any]:
         """A client's labelled answers its reliability is measured on: all, or those on the held-out slice."""

@@ -75,8 +75,10 @@ class SelectionConfig:
         last ``unlabelled_cache`` rounds (a sample answered again takes the new one, or none when the confidence
         gate drops the new one), so a teacher paid for once is learnt from for that many rounds more at no extra
         uplink (:mod:`fl_kd.kd.fedgems.teacher_cache`). 0 (today): only this round's subset is distilled. Canaries
-        never enter the cache. A client the canaries screen out takes with it every cached teacher its answers
-        went into, including those of the rounds before it was caught (the per-round figure ``canary_purged``).
+        never enter the cache. With canaries the cache also keeps each round's answers, and a client the canaries
+        screen out is fused out of every cached teacher it answered, those of the rounds before it was caught
+        included (per round: ``canary_refused`` teachers fused again, ``canary_purged`` of them dropped because
+        nobody else backs them).
     canaries : int (default: 0)
         Samples of the unlabelled part whose labels the server holds and keeps to itself (needs
         ``unlabelled_trust`` and ``reliability_on=held_out``). Queried like any other unlabelled sample and never

@@ -7,15 +7,17 @@ teacher logits and the round they were computed in, so the server can distil thi
 those of the last few rounds at no extra uplink. A sample answered again takes the new teacher, or, when the new
 one is not kept (a confidence gate), none: the clients' newer answer no longer backs the old one.
 
-The cache also remembers which clients answered each cached teacher. A client found lying later (the canaries'
-screen pools its evidence over rounds, so a client that poisons a small share may pass it for a few rounds) must not
-keep teaching through what it taught before it was caught: :meth:`TeacherCache.forget_clients` drops every cached
-teacher it had a part in.
+A client found lying later must not keep teaching through what it taught before it was caught (the canaries'
+screen pools its evidence over rounds, so a client that poisons a small share may pass it for a few rounds). So the
+cache can also keep each round's answers with the fusion's parameters (:class:`AnswerBlock`), and
+:meth:`TeacherCache.refuse_without` fuses the cached teachers again without the clients caught. Dropping every
+teacher such a client had a part in would drop the whole cache when every client answers every sample: the honest
+majority's knowledge would go with the lie.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -26,11 +28,21 @@ from fl_kd.kd.cache import KnowledgeCache
 NEVER = -1
 """Round stamp of a sample that has no cached teacher."""
 
+Refuse = Callable[[Mapping[str, Tensor], Tensor, Tensor], tuple[Tensor, Tensor]]
+"""``(params, answers (K, n, C), available (K, n)) -> (teacher logits (n, C), kept (n,))``: a round's fusion."""
+
+AnswerBlock = dict[str, Tensor]
+"""One round's answers behind its cached teachers: ``indices`` ``(n,)``, ``clients`` ``(K,)`` ids, ``answers``
+``(K, n, C)``, ``available`` ``(K, n)`` bool, and the fusion's parameters under any other key (plain tensors, so a
+checkpoint holds them)."""
+
+_BLOCK_KEYS = ("indices", "clients", "answers", "available")
+
 
 class TeacherCache:
     """Newest teacher logits per unlabelled sample (a :class:`~fl_kd.kd.cache.KnowledgeCache` over the unlabelled
-    part, which checks positions, shapes and finiteness), the round ``(M,)`` they were computed in and, per client,
-    the ``(M,)`` mask of the cached teachers its answers went into.
+    part, which checks positions, shapes and finiteness), the round ``(M,)`` they were computed in and, when given,
+    each round's answers behind them (round -> :data:`AnswerBlock`, dropped once they age out of every horizon).
 
     Parameters
     ----------
@@ -43,78 +55,75 @@ class TeacherCache:
     def __init__(self, num_samples: int, num_classes: int) -> None:
         self.knowledge = KnowledgeCache(num_samples, num_classes)
         self.rounds = torch.full((num_samples,), NEVER, dtype=torch.int64)
-        self.contributors: dict[int, Tensor] = {}
+        self.blocks: dict[int, AnswerBlock] = {}
 
     @property
     def num_filled(self) -> int:
         """How many samples hold a teacher (of any round)."""
         return self.knowledge.num_filled
 
-    def update(
-        self, indices: Tensor, logits: Tensor, round: int, contributors: Mapping[int, Tensor] | None = None
-    ) -> None:
-        """Store ``round``'s teacher ``logits`` ``(n, C)`` at unlabelled ``indices`` ``(n,)``, replacing older ones.
-
-        ``contributors`` maps each client id to an ``(n,)`` mask of the new teachers its answers went into; the
-        older teachers' contributors are dropped with them.
-        """
+    def update(self, indices: Tensor, logits: Tensor, round: int, block: AnswerBlock | None = None) -> None:
+        """Store ``round``'s teacher ``logits`` ``(n, C)`` at unlabelled ``indices`` ``(n,)``, replacing older ones;
+        ``block``: the answers and fusion parameters they were fused from (its ``indices`` are ``indices``)."""
         if round < 0:
             raise ValueError(f"round must be >= 0, got {round}")
-        index = indices.reshape(-1).long().cpu()
-        masks = {int(client): torch.as_tensor(mask).reshape(-1).cpu() for client, mask in (contributors or {}).items()}
-        for client, mask in masks.items():
-            if mask.dtype != torch.bool or mask.numel() != index.numel():
-                raise ValueError(
-                    f"contributor mask of client {client} must be bool of shape ({index.numel()},), "
-                    f"got {mask.dtype} of shape {tuple(mask.shape)}"
-                )
+        if block is not None:
+            _check_block(block, indices.reshape(-1).long().cpu(), self.knowledge.num_classes)
         self.knowledge.update(indices, logits)  # refuses bad positions, shapes and non-finite logits
-        self.rounds[index] = round
-        self._clear_contributors(index)
-        for client, mask in masks.items():
-            held = self.contributors.setdefault(client, torch.zeros(self.rounds.numel(), dtype=torch.bool))
-            held[index[mask]] = True
+        self.rounds[indices.reshape(-1).long().cpu()] = round
+        if block is not None:
+            self.blocks[round] = dict(block)
 
     def forget(self, indices: Tensor) -> None:
         """Drop the teachers at unlabelled ``indices`` ``(n,)``: answered again, the clients no longer back them."""
         self.knowledge.forget(indices)
-        index = indices.reshape(-1).long().cpu()
-        self.rounds[index] = NEVER
-        self._clear_contributors(index)
+        self.rounds[indices.reshape(-1).long().cpu()] = NEVER
 
-    def forget_clients(self, clients: Iterable[int]) -> int:
-        """Drop every cached teacher any of ``clients`` answered; how many were dropped."""
-        held = [self.contributors[c] for c in clients if c in self.contributors]
-        if not held:
-            return 0
-        index = torch.nonzero(torch.stack(held).any(dim=0)).reshape(-1)
-        self.forget(index)
-        return int(index.numel())
-
-    def _clear_contributors(self, index: Tensor) -> None:
-        for held in self.contributors.values():
-            held[index] = False
+    def refuse_without(self, clients: Iterable[int], refuse: Refuse) -> tuple[int, int]:
+        """Fuse every cached teacher any of ``clients`` answered again without them (each with its round's
+        parameters, through ``refuse``), keeping its round; drop those ``refuse`` does not keep. Returns how many
+        teachers were fused again and how many of them were dropped."""
+        caught = torch.tensor(sorted(set(clients)), dtype=torch.int64)
+        refused = dropped = 0
+        for round, block in self.blocks.items():
+            rows = torch.isin(block["clients"], caught)
+            live = self.rounds[block["indices"]] == round  # not answered again since
+            affected = live & (block["available"] & rows.unsqueeze(1)).any(dim=0)
+            if not bool(affected.any()):
+                continue
+            block["available"][rows] = False  # for good: a later purge finds nothing of them here
+            params = {k: v for k, v in block.items() if k not in _BLOCK_KEYS}
+            logits, kept = refuse(params, block["answers"][:, affected], block["available"][:, affected])
+            index = block["indices"][affected]
+            if bool(kept.any()):
+                self.knowledge.update(index[kept], logits[kept])
+            self.forget(index[~kept])
+            refused += int(index.numel())
+            dropped += int((~kept).sum())
+        return refused, dropped
 
     def select(self, round: int, horizon: int) -> tuple[Tensor, Tensor]:
         """Sorted indices ``(n,)`` and logits ``(n, C)`` of the teachers computed in rounds ``round - horizon`` to
         ``round``: this round's and those of the ``horizon`` rounds before it."""
         if horizon < 0:
             raise ValueError(f"horizon must be >= 0, got {horizon}")
+        for old in [r for r in self.blocks if r < round - horizon]:
+            del self.blocks[old]  # its teachers are out of the horizon: never distilled nor fused again
         recent = (self.rounds != NEVER) & (self.rounds >= round - horizon) & (self.rounds <= round)
         index = torch.nonzero(recent).reshape(-1)
         return index, self.knowledge.get(index)
 
     def state_dict(self) -> dict[str, Any]:
-        """The logits' cache state and copies of the round stamps and the contributor masks."""
+        """The logits' cache state and copies of the round stamps and the answer blocks."""
         return {
             "knowledge": self.knowledge.state_dict(),
             "rounds": self.rounds.clone(),
-            "contributors": {client: mask.clone() for client, mask in self.contributors.items()},
+            "blocks": {round: {k: v.clone() for k, v in block.items()} for round, block in self.blocks.items()},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore from :meth:`state_dict`; shapes must match this cache, the stamps the filled samples and the
-        contributor masks lie within them."""
+        """Restore from :meth:`state_dict`; shapes must match this cache, the stamps the filled samples and each
+        answer block its own indices."""
         filled = torch.from_numpy(self.knowledge.check_state_dict(state["knowledge"])[1])
         rounds = torch.as_tensor(state["rounds"], dtype=torch.int64)
         if rounds.shape != self.rounds.shape or not torch.equal(rounds != NEVER, filled):
@@ -122,13 +131,33 @@ class TeacherCache:
                 f"teacher cache round stamps have shape {tuple(rounds.shape)}, expected {tuple(self.rounds.shape)}, "
                 "and must be set exactly where a teacher is cached"
             )
-        contributors = {int(client): torch.as_tensor(mask) for client, mask in state["contributors"].items()}
-        for client, mask in contributors.items():
-            if mask.dtype != torch.bool or mask.shape != filled.shape or bool((mask & ~filled).any()):
-                raise ValueError(
-                    f"teacher cache contributor mask of client {client} must be bool of shape {tuple(filled.shape)}, "
-                    "set only where a teacher is cached"
-                )
+        blocks = {int(r): {k: torch.as_tensor(v) for k, v in block.items()} for r, block in state["blocks"].items()}
+        for block in blocks.values():
+            index = torch.as_tensor(block.get("indices", torch.zeros(0)))
+            if index.dtype != torch.int64 or (index.numel() and (index.min() < 0 or index.max() >= filled.numel())):
+                raise ValueError(f"teacher cache answer block indices must be int64 in [0, {filled.numel()})")
+            _check_block(block, index, self.knowledge.num_classes)
         self.knowledge.load_state_dict(state["knowledge"])
         self.rounds = rounds.clone()
-        self.contributors = {client: mask.clone() for client, mask in contributors.items()}
+        self.blocks = {r: {k: v.clone() for k, v in block.items()} for r, block in blocks.items()}
+
+
+def _check_block(block: Mapping[str, Tensor], indices: Tensor, num_classes: int) -> None:
+    """Refuse an answer block whose parts do not fit together (``ValueError`` saying which)."""
+    missing = [key for key in _BLOCK_KEYS if key not in block]
+    if missing:
+        raise ValueError(f"answer block lacks {missing}")
+    clients, answers, available = block["clients"], block["answers"], block["available"]
+    k, n = int(clients.numel()), int(indices.numel())
+    if (
+        not torch.equal(block["indices"].reshape(-1).long().cpu(), indices)
+        or clients.dtype != torch.int64
+        or answers.shape != (k, n, num_classes)
+        or available.dtype != torch.bool
+        or available.shape != (k, n)
+    ):
+        raise ValueError(
+            f"answer block must hold indices equal to the teachers', int64 clients (K,), answers (K, {n}, "
+            f"{num_classes}) and bool available (K, {n}); got clients {clients.dtype} {tuple(clients.shape)}, "
+            f"answers {tuple(answers.shape)}, available {available.dtype} {tuple(available.shape)}"
+        )
