@@ -254,7 +254,8 @@ class ServerOptions:
         return fused, fused.has_teacher & confident
 
     def _refuse(self, params: Mapping[str, Tensor], stacked: Tensor, available: Tensor) -> tuple[Tensor, Tensor]:
-        """A cached round's teachers fused again (:meth:`TeacherCache.refuse_without`)."""
+        """A cached round's teachers fused again (:meth:`TeacherCache.refuse_without`), with that round's trust in
+        the clients left: the combiner is not fitted again, as the held-out answers it was fitted on are gone."""
         fused, keep = self._fuse(params, stacked, available)
         return fused.logits, keep
 

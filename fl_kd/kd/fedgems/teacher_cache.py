@@ -131,7 +131,8 @@ class TeacherCache:
                 f"teacher cache round stamps have shape {tuple(rounds.shape)}, expected {tuple(self.rounds.shape)}, "
                 "and must be set exactly where a teacher is cached"
             )
-        blocks = {int(r): {k: torch.as_tensor(v) for k, v in block.items()} for r, block in state["blocks"].items()}
+        saved = state.get("blocks", {})  # none in a state saved before the cache kept answers
+        blocks = {int(r): {k: torch.as_tensor(v) for k, v in block.items()} for r, block in saved.items()}
         for block in blocks.values():
             index = torch.as_tensor(block.get("indices", torch.zeros(0)))
             if index.dtype != torch.int64 or (index.numel() and (index.min() < 0 or index.max() >= filled.numel())):
