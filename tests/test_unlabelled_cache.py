@@ -49,6 +49,7 @@ def test_the_cache_state_round_trips_and_refuses_another_shape() -> None:
                     block=_block([1, 3], [2], torch.randn(1, 2, 2), [[False, True]]))  # fmt: skip
     restored.load_state_dict(answered.state_dict())
     assert restored.blocks[4]["available"].tolist() == [[False, True]]
+    assert restored.blocks[4]["members"].tolist() == [True]
     beyond = answered.state_dict()
     beyond["blocks"][4]["indices"] = torch.tensor([1, 9])  # a block about samples this cache does not have
     with pytest.raises(ValueError, match="answer block indices"):
@@ -71,8 +72,9 @@ def _block(indices: list[int], clients: list[int], answers: torch.Tensor, availa
     }
 
 
-def _mean_of_answers(params: dict, answers: torch.Tensor, available: torch.Tensor) -> tuple:
-    """A stand-in fusion: the mean of the available answers; kept where anyone answered."""
+def _mean_of_answers(params: dict, members: torch.Tensor, answers: torch.Tensor, available: torch.Tensor) -> tuple:
+    """A stand-in fusion: the mean of the members' answers; kept where any member answered."""
+    answers, available = answers[members], available[members]
     weights = available.float().unsqueeze(-1)
     return params["scale"] * (answers * weights).sum(0) / weights.sum(0).clamp_min(1), available.any(dim=0)
 
@@ -215,7 +217,13 @@ def test_a_client_the_canaries_catch_late_is_fused_out_of_what_it_taught_before(
     assert (second.extra["canary_refused"], second.extra["canary_purged"]) == (taught.numel(), 0)
     still = torch.nonzero(cache.rounds == 1).reshape(-1)
     assert still.numel() > 0 and bool((cache.knowledge.get(still).argmax(dim=1) == truth[still]).all())
-    assert not bool(cache.blocks[1]["available"][1].any())
+    assert cache.blocks[1]["members"].tolist() == [True, False]
+    # Fused again means fitted again: the teachers are those of a round 1 that client 1 never took part in (leaving
+    # it out of a combiner fitted with it would not give these).
+    alone = learned_trust_server(60, canaries=20, unlabelled_per_round=30, unlabelled_cache=3)
+    alone.distill(1, {0: answers(1, caught=False)[0]})
+    assert alone.options.teacher_cache is not None
+    assert torch.allclose(cache.knowledge.get(still), alone.options.teacher_cache.knowledge.get(still), atol=1e-6)
 
 
 def test_the_cache_survives_a_checkpoint_so_a_resumed_server_distils_alike() -> None:

@@ -229,8 +229,12 @@ class ServerOptions:
         """This round's trust in ``clients``, measured on their labelled answers: the learned combiner's weights, or
         each client's per-class precision."""
         if self.config.unlabelled_trust == "learned":
-            combiner = self._fit_combiner(labelled, clients, num_classes, stats)
-            return {"weight": combiner.weight, "bias": combiner.bias}
+            fit = self._combiner_fit_data(labelled, clients, num_classes)
+            combiner = self._fit_combiner(fit)
+            stats.extra["combiner_samples"] = int(fit["fit_labels"].numel())
+            if fit["fit_labels"].numel():
+                stats.extra["combiner_loss"] = combiner.loss
+            return {"weight": combiner.weight, "bias": combiner.bias, **fit}
         precision = torch.zeros(len(clients), num_classes)
         for k, client_id in enumerate(clients):
             pos, values = self._labelled_answers(labelled, client_id, num_classes)
@@ -253,10 +257,18 @@ class ServerOptions:
         confident = fused.logits.exp().max(dim=1).values >= self.config.teacher_min_confidence
         return fused, fused.has_teacher & confident
 
-    def _refuse(self, params: Mapping[str, Tensor], stacked: Tensor, available: Tensor) -> tuple[Tensor, Tensor]:
-        """A cached round's teachers fused again (:meth:`TeacherCache.refuse_without`), with that round's trust in
-        the clients left: the combiner is not fitted again, as the held-out answers it was fitted on are gone."""
-        fused, keep = self._fuse(params, stacked, available)
+    def _refuse(
+        self, params: Mapping[str, Tensor], members: Tensor, stacked: Tensor, available: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """A cached round's teachers fused again from the answers of its clients still ``members``
+        (:meth:`TeacherCache.refuse_without`): their precision stands alone, the combiner is fitted again."""
+        if self.config.unlabelled_trust == "learned":
+            fit = {key: params[key][members] for key in ("fit_answers", "fit_available")}
+            combiner = self._fit_combiner({**fit, "fit_labels": params["fit_labels"]})
+            trust = {"weight": combiner.weight, "bias": combiner.bias}
+        else:
+            trust = {"precision": params["precision"][members]}
+        fused, keep = self._fuse(trust, stacked[members], available[members])
         return fused.logits, keep
 
     def _screen(
@@ -282,10 +294,8 @@ class ServerOptions:
         pos, values = self._reliability_slice(np.asarray(pos, dtype=np.int64), np.asarray(values))
         return pos, np.asarray(values, dtype=np.float32)
 
-    def _fit_combiner(
-        self, labelled: Answers, clients: list[int], num_classes: int, stats: SelectionStats
-    ) -> ClassCombiner:
-        """Fit the per-client, per-class combiner on the held-out slice.
+    def _combiner_fit_data(self, labelled: Answers, clients: list[int], num_classes: int) -> dict[str, Tensor]:
+        """The clients' answers on the held-out slice and its labels, which the combiner is fitted on.
 
         The slice's labels never reach a client nor the server's loss, so nobody's answers there carry them.
         """
@@ -297,18 +307,19 @@ class ServerOptions:
             else np.zeros(0, np.int64)
         )
         fit_logits, fit_available = _stack(answers, clients, fit_union, num_classes)
-        combiner = fit_class_combiner(
-            fit_logits,
-            fit_available,
-            self.transfer_y[torch.from_numpy(fit_union)],
+        labels = self.transfer_y[torch.from_numpy(fit_union)]
+        return {"fit_answers": fit_logits, "fit_available": fit_available, "fit_labels": labels}
+
+    def _fit_combiner(self, fit: Mapping[str, Tensor]) -> ClassCombiner:
+        """The per-client, per-class combiner fitted on :meth:`_combiner_fit_data`."""
+        return fit_class_combiner(
+            fit["fit_answers"],
+            fit["fit_available"],
+            fit["fit_labels"],
             self.config.learned_weight_decay,
             prob_floor=self.config.learned_prob_floor,
             trim=self.config.learned_trim,
         )
-        stats.extra["combiner_samples"] = int(fit_union.size)
-        if fit_union.size:
-            stats.extra["combiner_loss"] = combiner.loss
-        return combiner
 
     def _reliability_slice(self, positions: NDArray[np.int64], values: NDArray[Any]) -> tuple[NDArray[np.int64], Any]:
         """A client's labelled answers its reliability is measured on: all, or those on the held-out slice."""
