@@ -141,7 +141,7 @@ class TeacherCache:
         saved = state.get("blocks", {})  # none in a state saved before the cache kept answers
         blocks = {int(r): {k: torch.as_tensor(v) for k, v in block.items()} for r, block in saved.items()}
         for block in blocks.values():
-            index = torch.as_tensor(block.get("indices", torch.zeros(0)))
+            index = torch.as_tensor(block.get("indices", torch.zeros(0, dtype=torch.int64)))  # missing: said below
             if index.dtype != torch.int64 or (index.numel() and (index.min() < 0 or index.max() >= filled.numel())):
                 raise ValueError(f"teacher cache answer block indices must be int64 in [0, {filled.numel()})")
             _check_block(block, index, self.knowledge.num_classes)
