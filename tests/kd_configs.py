@@ -45,15 +45,16 @@ def tiny_config(**overrides: Any) -> ExperimentConfig:
 
 def learned_trust_server(num_unlabelled: int, **settings: Any) -> SelectiveDistillServer:
     """A FedGEMS server on random 8x8 inputs of 4 classes (40 labelled, half held out, ``num_unlabelled`` unlabelled)
-    with ``unlabelled_trust="learned"``; ``settings`` add to its :class:`ServerDistillConfig`."""
+    with ``unlabelled_trust="learned"``; ``settings`` add to or replace fields of its :class:`ServerDistillConfig`."""
     shape, classes = (1, 8, 8), 4
     generator = torch.Generator().manual_seed(0)
     x, y = torch.rand(40, *shape, generator=generator), torch.randint(0, classes, (40,), generator=generator)
     u_x = torch.rand(num_unlabelled, *shape, generator=generator)
     u_y = torch.randint(0, classes, (num_unlabelled,), generator=generator)
-    config = ServerDistillConfig(
-        epochs=1, batch_size=8, correctness="held_out", held_out_fraction=0.5,
-        unlabelled_trust="learned", reliability_on="held_out", **settings,
-    )  # fmt: skip
+    defaults: dict[str, Any] = {
+        "epochs": 1, "batch_size": 8, "correctness": "held_out", "held_out_fraction": 0.5,
+        "unlabelled_trust": "learned", "reliability_on": "held_out",
+    }  # fmt: skip
+    config = ServerDistillConfig(**(defaults | settings))
     model = build_model("cnn_small", shape, classes, seed=0)
     return SelectiveDistillServer(model, x, y, config, seed=3, unlabelled_x=u_x, unlabelled_y=u_y)

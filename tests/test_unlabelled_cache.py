@@ -188,8 +188,10 @@ def test_canaries_never_enter_the_cache() -> None:
     assert (server.options.teacher_cache.rounds[~canary] == 2).all()
 
 
-def test_a_client_the_canaries_catch_late_is_fused_out_of_what_it_taught_before() -> None:
-    server = learned_trust_server(60, canaries=20, unlabelled_per_round=30, unlabelled_cache=3)
+@pytest.mark.parametrize("trust", ["learned", "class_reliability"])
+def test_a_client_the_canaries_catch_late_is_fused_out_of_what_it_taught_before(trust: str) -> None:
+    settings = {"canaries": 20, "unlabelled_per_round": 30, "unlabelled_cache": 3, "unlabelled_trust": trust}
+    server = learned_trust_server(60, **settings)
     screen, cache = server.options.canaries, server.options.teacher_cache
     assert screen is not None and cache is not None and server.options.unlabelled_y is not None
     num, truth = server.num_transfer, server.options.unlabelled_y
@@ -219,8 +221,8 @@ def test_a_client_the_canaries_catch_late_is_fused_out_of_what_it_taught_before(
     assert still.numel() > 0 and bool((cache.knowledge.get(still).argmax(dim=1) == truth[still]).all())
     assert cache.blocks[1]["members"].tolist() == [True, False]
     # Fused again means fitted again: the teachers are those of a round 1 that client 1 never took part in (leaving
-    # it out of a combiner fitted with it would not give these).
-    alone = learned_trust_server(60, canaries=20, unlabelled_per_round=30, unlabelled_cache=3)
+    # it out of a combiner fitted with it would not give these; per-class precision is the client's own alone).
+    alone = learned_trust_server(60, **settings)
     alone.distill(1, {0: answers(1, caught=False)[0]})
     assert alone.options.teacher_cache is not None
     assert torch.allclose(cache.knowledge.get(still), alone.options.teacher_cache.knowledge.get(still), atol=1e-6)
