@@ -56,7 +56,10 @@ def test_a_good_checkpoint_round_trips(saved: Path) -> None:
     ],
 )
 def test_bad_checkpoints_name_the_file_and_leave_the_server_untouched(
-    tmp_path: Path, saved: Path, make, message: str  # noqa: ANN001
+    tmp_path: Path,
+    saved: Path,
+    make,
+    message: str,  # noqa: ANN001
 ) -> None:
     bad = tmp_path / "bad.pt"
     make(bad, saved)

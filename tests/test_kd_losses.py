@@ -74,12 +74,8 @@ def test_distillation_loss_mixes_cross_entropy_and_kd() -> None:
     teacher = torch.tensor([[math.log(3.0), 0.0]])
     labels = torch.tensor([0])
     expected = 0.25 * math.log(2.0) + 0.75 * 0.1308120
-    assert distillation_loss(student, teacher, labels, epsilon=0.25).item() == pytest.approx(
-        expected, abs=1e-6
-    )
-    assert distillation_loss(student, teacher, labels, epsilon=1.0).item() == pytest.approx(
-        math.log(2.0), abs=1e-6
-    )
+    assert distillation_loss(student, teacher, labels, epsilon=0.25).item() == pytest.approx(expected, abs=1e-6)
+    assert distillation_loss(student, teacher, labels, epsilon=1.0).item() == pytest.approx(math.log(2.0), abs=1e-6)
     assert distillation_loss(student, teacher, labels, 0.5, reduction="none").shape == (1,)
 
 

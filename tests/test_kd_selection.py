@@ -45,9 +45,7 @@ def test_inverse_entropy_weights_by_hand() -> None:
     assert selected.weights[:, 0].tolist() == pytest.approx([w0, w1, 0.0], abs=1e-6)
     assert selected.has_teacher.tolist() == [True, False]
     assert selected.weights[:, 1].tolist() == [0.0, 0.0, 0.0]
-    assert selected.logits[0].tolist() == pytest.approx(
-        [w0 * math.log(3.0) + w1 * math.log(9.0), 0.0], abs=1e-6
-    )
+    assert selected.logits[0].tolist() == pytest.approx([w0 * math.log(3.0) + w1 * math.log(9.0), 0.0], abs=1e-6)
     assert selected.logits[1].tolist() == [0.0, 0.0]
 
 
@@ -105,9 +103,7 @@ def test_bad_inputs_raise() -> None:
     with pytest.raises(ValueError, match="labels"):
         select_teacher(torch.zeros(2, 3, 4), torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="available"):
-        select_teacher(
-            torch.zeros(2, 3, 4), torch.zeros(3, dtype=torch.long), available=torch.ones(3, 2).bool()
-        )
+        select_teacher(torch.zeros(2, 3, 4), torch.zeros(3, dtype=torch.long), available=torch.ones(3, 2).bool())
     with pytest.raises(ValueError, match="fusion rule .mean."):
         select_teacher(torch.zeros(2, 3, 4), torch.zeros(3, dtype=torch.long), weighting="mean")  # type: ignore[arg-type]
 

@@ -129,9 +129,7 @@ def test_lower_alpha_gives_higher_label_skew(digits_labels: np.ndarray) -> None:
 
 def test_pathological_skew_and_iid_skew(digits_labels: np.ndarray) -> None:
     # One class per client: each client's TV to the near-uniform global distribution is 1 - p(c) ~ 0.9.
-    one_class = PartitionReport.from_partition(
-        digits_labels, pathological_partition(digits_labels, 10, 1, seed=0), 10
-    )
+    one_class = PartitionReport.from_partition(digits_labels, pathological_partition(digits_labels, 10, 1, seed=0), 10)
     assert np.all((one_class.counts > 0).sum(axis=1) == 1)
     assert abs(one_class.label_skew - 0.9) < 0.01
     iid = PartitionReport.from_partition(digits_labels, iid_partition(digits_labels, 10, seed=0), 10)
@@ -141,12 +139,7 @@ def test_pathological_skew_and_iid_skew(digits_labels: np.ndarray) -> None:
 def test_lower_alpha_gives_more_unequal_sizes(digits_labels: np.ndarray) -> None:
     def size_spread(alpha: float) -> float:
         return float(
-            np.mean(
-                [
-                    np.std([len(p) for p in quantity_skew_partition(digits_labels, 10, alpha, s)])
-                    for s in range(5)
-                ]
-            )
+            np.mean([np.std([len(p) for p in quantity_skew_partition(digits_labels, 10, alpha, s)]) for s in range(5)])
         )
 
     assert size_spread(0.1) > 3 * size_spread(100.0)
@@ -208,9 +201,7 @@ def test_report_by_hand(tmp_path: Path) -> None:
     balanced = PartitionReport.from_partition(labels, [np.array([0, 2]), np.array([1, 3])], num_classes=2)
     assert balanced.label_skew == 0.0
 
-    three_classes = PartitionReport.from_partition(
-        labels, [np.array([0, 1, 2]), np.array([3])], num_classes=3
-    )
+    three_classes = PartitionReport.from_partition(labels, [np.array([0, 1, 2]), np.array([3])], num_classes=3)
     # client 0: (2/3, 1/3, 0) vs global (1/2, 1/2, 0) -> TV 1/6; client 1: (0, 1, 0) -> TV 1/2.
     np.testing.assert_allclose(three_classes.tv, [1 / 6, 1 / 2])
     assert three_classes.label_skew == pytest.approx(1 / 3)

@@ -102,9 +102,7 @@ def test_personalised_indices_follow_client_proportions() -> None:
     assert indices.dtype == np.int64 and len(indices) == 30
     assert np.bincount(test_labels[indices], minlength=3).tolist() == [20, 10, 0]
     assert len(np.unique(indices)) == 30  # enough examples per class: no repeats
-    np.testing.assert_array_equal(
-        indices, personalised_test_indices(test_labels, np.array([6, 3, 0]), size=30, seed=0)
-    )
+    np.testing.assert_array_equal(indices, personalised_test_indices(test_labels, np.array([6, 3, 0]), size=30, seed=0))
 
 
 def test_personalised_indices_repeat_only_when_a_class_runs_out() -> None:
@@ -127,8 +125,6 @@ def test_personalised_indices_repeat_only_when_a_class_runs_out() -> None:
         (np.array([0, 1]), np.array([1, 1]), -1, "non-negative integer"),
     ],
 )
-def test_bad_personalised_requests(
-    test_labels: np.ndarray, counts: np.ndarray, size: int, message: str
-) -> None:
+def test_bad_personalised_requests(test_labels: np.ndarray, counts: np.ndarray, size: int, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         personalised_test_indices(test_labels, counts, size=size, seed=0)

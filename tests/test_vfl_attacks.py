@@ -60,9 +60,7 @@ def test_dli_guesses_uniformly_among_tied_minima() -> None:
     assert abs(all_zero.result(torch.zeros(4000, dtype=torch.int64))["recovery"] - 0.25) < 0.02
     # classes 1 and 2 tie for the minimum: never class 0 or 3, each of 1 and 2 half the time
     tied = DirectLabelInference(seed=3)
-    tied.on_gradient(
-        torch.arange(4000), torch.zeros(4000, 4), torch.tensor([[0.5, -0.2, -0.2, 0.1]]).repeat(4000, 1)
-    )
+    tied.on_gradient(torch.arange(4000), torch.zeros(4000, 4), torch.tensor([[0.5, -0.2, -0.2, 0.1]]).repeat(4000, 1))
     assert abs(tied.result(torch.ones(4000, dtype=torch.int64))["recovery"] - 0.5) < 0.03
     assert tied.result(torch.zeros(4000, dtype=torch.int64))["recovery"] == 0.0
     assert tied.result(torch.full((4000,), 3))["recovery"] == 0.0
@@ -115,9 +113,7 @@ def test_dli_rejects_embeddings_that_are_not_logits_and_bad_shapes() -> None:
 def test_norm_scoring_ranks_larger_norms_as_positive() -> None:
     gen = torch.Generator().manual_seed(2)
     labels = torch.tensor([1] * 10 + [0] * 30)
-    norms = torch.where(
-        labels == 1, 2 + torch.rand(40, generator=gen), 0.5 + 0.4 * torch.rand(40, generator=gen)
-    )
+    norms = torch.where(labels == 1, 2 + torch.rand(40, generator=gen), 0.5 + 0.4 * torch.rand(40, generator=gen))
     gradient = unit_rows(40, 3, gen) * norms[:, None]
     attack = NormScoring()
     attack.on_gradient(torch.arange(40), torch.zeros(40, 3), gradient)

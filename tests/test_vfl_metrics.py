@@ -49,9 +49,7 @@ def test_t_dcs_is_mean_and_needs_values() -> None:
 
 
 def test_t_dcs_by_type_groups_our_attacks_as_label_inference() -> None:
-    grouped = t_dcs_by_type(
-        {"direct_label_inference": 0.4, "batch_label_inference": 0.8, "norm_scoring": 0.6}
-    )
+    grouped = t_dcs_by_type({"direct_label_inference": 0.4, "batch_label_inference": 0.8, "norm_scoring": 0.6})
     assert grouped == {"LI": pytest.approx(0.6)}
 
 

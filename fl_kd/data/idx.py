@@ -65,9 +65,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = int(np.prod(dims)) * dtype.itemsize
     if len(raw) - header_size != expected:
-        raise ValueError(
-            f"{path}: header promises {dims} ({expected} bytes), file has {len(raw) - header_size}"
-        )
+        raise ValueError(f"{path}: header promises {dims} ({expected} bytes), file has {len(raw) - header_size}")
     return np.frombuffer(raw, dtype=dtype, offset=header_size).reshape(dims).astype(dtype.newbyteorder("="))
 
 

@@ -63,9 +63,7 @@ def load_digits(root: str | Path | None = None, download: bool = False) -> Datas
     images = (bunch.images / 16.0)[:, None, :, :]
     labels = bunch.target.astype(np.int64)
     train_idx, test_idx = stratified_split(len(labels), labels, _TEST_FRACTION, _SPLIT_SEED)
-    return to_splits(
-        "digits", images[train_idx], labels[train_idx], images[test_idx], labels[test_idx], DIGIT_CLASSES
-    )
+    return to_splits("digits", images[train_idx], labels[train_idx], images[test_idx], labels[test_idx], DIGIT_CLASSES)
 
 
 def _fashion_mnist_folders(root: Path | None) -> list[Path]:
@@ -155,6 +153,4 @@ def load_mnist5k(root: str | Path | None = None, download: bool = False) -> Data
     images = (np.asarray(pixels, dtype=np.float32) / np.float32(255.0)).reshape(-1, 1, 28, 28)
     labels = np.asarray(labels, dtype=np.int64)
     train_idx, test_idx = stratified_split(len(labels), labels, _TEST_FRACTION, _SPLIT_SEED)
-    return to_splits(
-        "mnist5k", images[train_idx], labels[train_idx], images[test_idx], labels[test_idx], DIGIT_CLASSES
-    )
+    return to_splits("mnist5k", images[train_idx], labels[train_idx], images[test_idx], labels[test_idx], DIGIT_CLASSES)

@@ -67,7 +67,5 @@ def load_dataset(name: str, root: str | Path | None = None, download: bool = Fal
     try:
         loader = _LOADERS[name]
     except KeyError:
-        raise ValueError(
-            f"Unknown dataset {name!r}; known datasets: {', '.join(available_datasets())}"
-        ) from None
+        raise ValueError(f"Unknown dataset {name!r}; known datasets: {', '.join(available_datasets())}") from None
     return loader(root, download)

@@ -60,18 +60,14 @@ class DatasetSplits:
         # Catch loader bugs at construction, not three modules later inside a training loop.
         for split, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
             if x.dtype != torch.float32 or y.dtype != torch.int64:
-                raise ValueError(
-                    f"{self.name}/{split}: expected float32 x and int64 y, got {x.dtype}, {y.dtype}"
-                )
+                raise ValueError(f"{self.name}/{split}: expected float32 x and int64 y, got {x.dtype}, {y.dtype}")
             if tuple(x.shape[1:]) != tuple(self.input_shape) or x.shape[0] != y.shape[0] or y.ndim != 1:
                 raise ValueError(
                     f"{self.name}/{split}: x {tuple(x.shape)} and y {tuple(y.shape)} do not match "
                     f"input_shape {self.input_shape}"
                 )
         if len(self.class_names) != self.num_classes:
-            raise ValueError(
-                f"{self.name}: {len(self.class_names)} class names for {self.num_classes} classes"
-            )
+            raise ValueError(f"{self.name}: {len(self.class_names)} class names for {self.num_classes} classes")
         if self.feature_names is not None and (
             len(self.input_shape) != 1 or len(self.feature_names) != self.input_shape[0]
         ):

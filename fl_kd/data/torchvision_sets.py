@@ -68,8 +68,7 @@ def load_mnist(root: str | Path | None = None, download: bool = False) -> Datase
 
 def _load_cifar(name: str, folder: str, root: str | Path | None, download: bool) -> DatasetSplits:
     message = (
-        f"{name} needs root=<dir> with root/{folder}/ (the extracted python version of the archive). "
-        f"{_DOWNLOAD_HINT}"
+        f"{name} needs root=<dir> with root/{folder}/ (the extracted python version of the archive). {_DOWNLOAD_HINT}"
     )
     if root is None:
         raise DatasetNotAvailableError(message)

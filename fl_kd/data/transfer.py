@@ -22,9 +22,7 @@ from fl_kd.data.labels import allocate_proportionally, as_label_array
 __all__ = ["personalised_test_indices", "split_transfer_set"]
 
 
-def split_transfer_set(
-    labels: Any, size: int, seed: int, stratified: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
+def split_transfer_set(labels: Any, size: int, seed: int, stratified: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Split example indices into a transfer set of ``size`` examples and the private remainder.
 
     Parameters
@@ -118,9 +116,7 @@ def personalised_test_indices(test_labels: Any, class_counts: Any, size: int, se
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 0:
         raise ValueError(f"size must be a non-negative integer, got {size!r}")
     if label_array.size and label_array.max() >= counts.size:
-        raise ValueError(
-            f"test label {label_array.max()} is outside the {counts.size} classes of class_counts"
-        )
+        raise ValueError(f"test label {label_array.max()} is outside the {counts.size} classes of class_counts")
     rng = np.random.default_rng(seed)
     per_class = allocate_proportionally(int(size), counts)
     chosen: list[np.ndarray] = []
@@ -128,9 +124,7 @@ def personalised_test_indices(test_labels: Any, class_counts: Any, size: int, se
         pool = np.flatnonzero(label_array == cls)
         need = int(per_class[cls])
         if pool.size == 0:
-            raise ValueError(
-                f"the client needs {need} test examples of class {cls}, but the test set has none"
-            )
+            raise ValueError(f"the client needs {need} test examples of class {cls}, but the test set has none")
         if need <= pool.size:
             chosen.append(rng.choice(pool, size=need, replace=False))
         else:

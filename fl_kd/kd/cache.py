@@ -53,8 +53,7 @@ class KnowledgeCache:
         index = index.long()
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.num_samples):
             raise ValueError(
-                f"positions must lie in [0, {self.num_samples}), got min {int(index.min())} "
-                f"and max {int(index.max())}"
+                f"positions must lie in [0, {self.num_samples}), got min {int(index.min())} and max {int(index.max())}"
             )
         return index
 

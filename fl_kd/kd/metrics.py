@@ -56,9 +56,7 @@ def _stats(prefix: str, values: list[float]) -> Metrics:
 
 def uplink_nbytes(client_logits: Mapping[int, tuple[NDArray[Any], NDArray[Any]]]) -> int:
     """Bytes the clients send: for each answer, ``positions.nbytes + logits.nbytes``."""
-    return int(
-        sum(np.asarray(pos).nbytes + np.asarray(logits).nbytes for pos, logits in client_logits.values())
-    )
+    return int(sum(np.asarray(pos).nbytes + np.asarray(logits).nbytes for pos, logits in client_logits.values()))
 
 
 def downlink_nbytes(query: NDArray[Any], server_logits: NDArray[Any], num_receivers: int) -> int:

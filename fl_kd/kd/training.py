@@ -55,14 +55,10 @@ def weight_average(model: nn.Module, decay: float) -> AveragedModel | None:
 
 
 @torch.no_grad()
-def predict_logits(
-    model: nn.Module, x: Tensor, batch_size: int = 256, device: torch.device | str = "cpu"
-) -> Tensor:
+def predict_logits(model: nn.Module, x: Tensor, batch_size: int = 256, device: torch.device | str = "cpu") -> Tensor:
     """Eval-mode logits ``(N, C)`` (float32, on CPU) of ``model`` on inputs ``x`` ``(N, ...)``."""
     model.eval()
-    outputs = [
-        model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, x.shape[0], batch_size)
-    ]
+    outputs = [model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, x.shape[0], batch_size)]
     if not outputs:
         raise ValueError("cannot predict on an empty input")
     return torch.cat(outputs)
@@ -99,9 +95,7 @@ def check_positions(positions: ArrayLike, num_samples: int) -> NDArray[np.int64]
         raise ValueError(f"positions must be integers, got dtype {array.dtype}")
     array = array.astype(np.int64)
     if array.size and (array.min() < 0 or array.max() >= num_samples):
-        raise ValueError(
-            f"positions must lie in [0, {num_samples}), got range [{array.min()}, {array.max()}]"
-        )
+        raise ValueError(f"positions must lie in [0, {num_samples}), got range [{array.min()}, {array.max()}]")
     if np.unique(array).size != array.size:
         raise ValueError("positions must be unique")
     return array

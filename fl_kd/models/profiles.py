@@ -137,8 +137,7 @@ class DeviceProfile:
         if mixed:
             bad = ", ".join(f"{tier.name}={tier.model} ({tier.modality})" for tier in mixed)
             raise ValueError(
-                f"{where}: server model {self.server_model!r} is for {server.modality} data, "
-                f"but tiers {bad} are not"
+                f"{where}: server model {self.server_model!r} is for {server.modality} data, but tiers {bad} are not"
             )
 
     @property
@@ -206,8 +205,7 @@ class DeviceProfile:
             "name": self.name,
             "server_model": self.server_model,
             "tiers": {
-                tier.name: {key: value for key, value in asdict(tier).items() if key != "name"}
-                for tier in self.tiers
+                tier.name: {key: value for key, value in asdict(tier).items() if key != "name"} for tier in self.tiers
             },
         }
 
@@ -246,9 +244,7 @@ def tier_counts(profile: DeviceProfile, num_clients: int) -> dict[str, int]:
         for i in positive:
             if counts[i] == 0:
                 # A donor with >= 2 clients exists: n clients sit in fewer than len(positive) tiers.
-                donor = max(
-                    (j for j in positive if counts[j] >= 2), key=lambda j: (counts[j] - quotas[j], -j)
-                )
+                donor = max((j for j in positive if counts[j] >= 2), key=lambda j: (counts[j] - quotas[j], -j))
                 counts[donor] -= 1
                 counts[i] += 1
     return {tier.name: count for tier, count in zip(profile.tiers, counts, strict=True)}

@@ -111,9 +111,7 @@ class ModelReportRow:
     batch_size: int | None
 
 
-def model_report(
-    profile: DeviceProfile, input_shape: Sequence[int], num_classes: int
-) -> list[ModelReportRow]:
+def model_report(profile: DeviceProfile, input_shape: Sequence[int], num_classes: int) -> list[ModelReportRow]:
     """Parameters and MFLOPs of the server model (first row) and of each tier's model (one row per tier).
 
     Models are built with a fixed private seed, so making a report never disturbs the caller's random state.

@@ -78,9 +78,7 @@ def get_model_spec(name: str) -> ModelSpec:
         raise ValueError(f"unknown model {name!r}; available models: {known}") from None
 
 
-def build_model(
-    name: str, input_shape: Sequence[int], num_classes: int, *, seed: int | None = None
-) -> nn.Module:
+def build_model(name: str, input_shape: Sequence[int], num_classes: int, *, seed: int | None = None) -> nn.Module:
     """Build the registered model ``name`` for inputs ``(N, *input_shape)`` and logits ``(N, num_classes)``.
 
     Parameters

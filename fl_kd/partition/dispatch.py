@@ -53,9 +53,7 @@ def partition(
         For an unknown name, a missing or unexpected parameter, or an impossible request.
     """
     if name not in PARTITIONERS:
-        raise ValueError(
-            f"Unknown partitioner {name!r}; known partitioners: {', '.join(sorted(PARTITIONERS))}"
-        )
+        raise ValueError(f"Unknown partitioner {name!r}; known partitioners: {', '.join(sorted(PARTITIONERS))}")
     function, required, optional = PARTITIONERS[name]
     missing = sorted(required - params.keys())
     unexpected = sorted(params.keys() - required - optional)

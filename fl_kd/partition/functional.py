@@ -49,9 +49,7 @@ def _check_common(labels: Any, num_clients: int, min_size: int) -> np.ndarray:
     if not _is_int(min_size) or min_size < 0:
         raise ValueError(f"min_size must be a non-negative integer, got {min_size!r}")
     if num_clients > num_samples:
-        raise ValueError(
-            f"cannot split {num_samples} samples among {num_clients} clients (more clients than samples)"
-        )
+        raise ValueError(f"cannot split {num_samples} samples among {num_clients} clients (more clients than samples)")
     if num_clients * min_size > num_samples:
         raise ValueError(
             f"{num_clients} clients x min_size {min_size} = {num_clients * min_size} exceeds the "
@@ -231,9 +229,7 @@ def pathological_partition(
     for position, cls in enumerate(classes):
         shuffled = rng.permutation(np.flatnonzero(label_array == cls))
         clients_of_class = holders[position]
-        for client, piece in zip(
-            clients_of_class, np.array_split(shuffled, len(clients_of_class)), strict=True
-        ):
+        for client, piece in zip(clients_of_class, np.array_split(shuffled, len(clients_of_class)), strict=True):
             chunks[client].append(piece)
     parts = _finish(chunks)
     smallest = min(len(part) for part in parts)

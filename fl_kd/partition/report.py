@@ -119,8 +119,7 @@ class PartitionReport:
         header, rows = self._rows()
         widths = [max(len(line[col]) for line in [header, *rows]) for col in range(len(header))]
         lines = [
-            "  ".join(cell.rjust(width) for cell, width in zip(line, widths, strict=True))
-            for line in [header, *rows]
+            "  ".join(cell.rjust(width) for cell, width in zip(line, widths, strict=True)) for line in [header, *rows]
         ]
         lines.append(f"label skew (mean TV to global): {self.label_skew:.4f}")
         return "\n".join(lines)

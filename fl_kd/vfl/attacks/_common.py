@@ -20,13 +20,10 @@ def check_observation(sample_ids: Tensor, embedding: Tensor, gradient: Tensor) -
     if sample_ids.dim() != 1:
         raise ValueError(f"sample_ids must have shape (B,), got {tuple(sample_ids.shape)}")
     if gradient.dim() != 2 or gradient.shape[0] != sample_ids.shape[0]:
-        raise ValueError(
-            f"gradient must have shape (B, D) with B={sample_ids.shape[0]}, got {tuple(gradient.shape)}"
-        )
+        raise ValueError(f"gradient must have shape (B, D) with B={sample_ids.shape[0]}, got {tuple(gradient.shape)}")
     if embedding.shape != gradient.shape:
         raise ValueError(
-            f"embedding {tuple(embedding.shape)} and gradient {tuple(gradient.shape)} "
-            "must have the same shape"
+            f"embedding {tuple(embedding.shape)} and gradient {tuple(gradient.shape)} must have the same shape"
         )
 
 

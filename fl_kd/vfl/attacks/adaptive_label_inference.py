@@ -41,9 +41,7 @@ class AdaptiveLabelInference(EpochwiseAttack):
 
     name = "adaptive_label_inference"
 
-    def predict(
-        self, gradients: Tensor, is_known: Tensor, known_truth: Tensor, num_classes: int
-    ) -> tuple[Tensor, str]:
+    def predict(self, gradients: Tensor, is_known: Tensor, known_truth: Tensor, num_classes: int) -> tuple[Tensor, str]:
         if gradients.shape[1] != num_classes:
             raise ValueError(
                 f"{self.name} needs the party's embedding to be its logits (width = number of classes), "

@@ -121,16 +121,12 @@ class BatchLabelInference(FeaturePartyAttack):
         """
         width = batches[0][0].shape[1]
         if self.top == "sum" and width != num_classes:
-            raise ValueError(
-                f"top='sum' needs the embedding to be logits of width {num_classes}, got width {width}"
-            )
+            raise ValueError(f"top='sum' needs the embedding to be logits of width {num_classes}, got width {width}")
         h = torch.cat([embedding for embedding, _ in batches]).requires_grad_()
         observed = torch.cat([gradient for _, gradient in batches])
         sizes = torch.tensor([embedding.shape[0] for embedding, _ in batches])
         # A batch-mean loss gives each sample weight 1/B_b of its own batch.
-        weights = (
-            1.0 / sizes if self.loss_reduction == "mean" else torch.ones(len(batches))
-        ).repeat_interleave(sizes)
+        weights = (1.0 / sizes if self.loss_reduction == "mean" else torch.ones(len(batches))).repeat_interleave(sizes)
         # Gradients are O(1/B); matching each batch relative to its own norm keeps Adam's steps sane.
         norms = torch.stack([gradient.pow(2).sum() for _, gradient in batches]).clamp_min(1e-30)
         per_sample_norm = norms.repeat_interleave(sizes) * len(batches)
@@ -176,14 +172,10 @@ class BatchLabelInference(FeaturePartyAttack):
         if self.top == "sum":
             num_classes = self._batches[0][1].shape[1]
         if labels.numel() and int(labels.max()) >= num_classes:
-            raise ValueError(
-                f"labels go up to {int(labels.max())} but the attack assumes {num_classes} classes"
-            )
+            raise ValueError(f"labels go up to {int(labels.max())} but the attack assumes {num_classes} classes")
         true = labels_of(torch.cat([ids for ids, _, _ in self._batches]), labels)
         with torch.enable_grad():
-            dummy = self.invert(
-                [(embedding, gradient) for _, embedding, gradient in self._batches], num_classes
-            )
+            dummy = self.invert([(embedding, gradient) for _, embedding, gradient in self._batches], num_classes)
         guessed = dummy.argmax(dim=1)
         recovery = float((guessed == true).double().mean())
         self._cached = {

@@ -49,9 +49,7 @@ class DirectionScoring(FeaturePartyAttack):
     name = "direction_scoring"
     attack_type = "LI"
 
-    def __init__(
-        self, known_positive_ids: Sequence[int] | None = None, num_known: int = 1, seed: int = 0
-    ) -> None:
+    def __init__(self, known_positive_ids: Sequence[int] | None = None, num_known: int = 1, seed: int = 0) -> None:
         self._given: Tensor | None = None
         if known_positive_ids is not None:
             self._given = torch.as_tensor(list(known_positive_ids), dtype=torch.int64)
@@ -90,9 +88,7 @@ class DirectionScoring(FeaturePartyAttack):
         if not is_known.any():
             raise ValueError("direction_scoring never observed a gradient of a known positive sample")
         reference_batches = batch[is_known].unique()  # sorted
-        references = torch.stack(
-            [gradients[is_known & (batch == b)].mean(dim=0) for b in reference_batches.tolist()]
-        )
+        references = torch.stack([gradients[is_known & (batch == b)].mean(dim=0) for b in reference_batches.tolist()])
         nearest_earlier = torch.searchsorted(reference_batches, batch, right=True) - 1
         scores = torch.nn.functional.cosine_similarity(
             gradients.double(), references[nearest_earlier.clamp_min(0)].double(), dim=1

@@ -95,9 +95,7 @@ class GradientClustering(EpochwiseAttack):
             raise ValueError(f"n_init and max_iter must be positive, got {n_init} and {max_iter}")
         self.n_init, self.max_iter = n_init, max_iter
 
-    def predict(
-        self, gradients: Tensor, is_known: Tensor, known_truth: Tensor, num_classes: int
-    ) -> tuple[Tensor, str]:
+    def predict(self, gradients: Tensor, is_known: Tensor, known_truth: Tensor, num_classes: int) -> tuple[Tensor, str]:
         points = torch.nn.functional.normalize(gradients.double(), dim=1)
         generator = torch.Generator().manual_seed(self.seed)
         starts: list[tuple[str, Tensor | None]] = [(f"k-means++ start {i}", None) for i in range(self.n_init)]

@@ -143,9 +143,7 @@ class PassiveModelCompletion(FeaturePartyAttack):
             head: nn.Module = (
                 nn.Linear(width, num_classes)
                 if self.hidden == 0
-                else nn.Sequential(
-                    nn.Linear(width, self.hidden), nn.ReLU(), nn.Linear(self.hidden, num_classes)
-                )
+                else nn.Sequential(nn.Linear(width, self.hidden), nn.ReLU(), nn.Linear(self.hidden, num_classes))
             )
         optimiser = torch.optim.Adam(head.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         with torch.enable_grad():
