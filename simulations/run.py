@@ -36,11 +36,15 @@ from fl_kd.results import (
 )
 from fl_kd.simulations.cli import user_errors_exit
 from fl_kd.simulations.config import experiment_config
+from fl_kd.simulations.console import follow_progress, quiet_console
 from fl_kd.simulations.flower_launcher import run_flower_simulation
 from fl_kd.simulations.jobs import finish_sweep, in_multirun, sweep_job
 from fl_kd.simulations.processes import interrupt_exit_code, termination_as_interrupt
 
 log = logging.getLogger(__name__)
+
+#: What `flwr run` and the processes it starts write, in the run folder (the console shows one line per round).
+FLOWER_LOG = "flower.log"
 
 
 def run_experiment(experiment: ExperimentConfig, out_dir: Path) -> list[dict[str, Any]]:
@@ -90,25 +94,33 @@ def _run(experiment: ExperimentConfig, out_dir: Path) -> list[dict[str, Any]]:
         write_outputs(out_dir, result.rounds, result.summary, title=run_title(to_mapping(experiment)))
         return list(result.rounds)
 
-    code = run_flower_simulation(
-        out_dir,
-        algorithm.server_app,
-        algorithm.client_app,
-        run_config={RUN_CONFIG_KEY: experiment.to_json(), OUTPUT_DIR_KEY: str(out_dir.resolve())},
-        num_supernodes=experiment.num_clients,
-        num_cpus_per_client=experiment.simulation.num_cpus_per_client,
-        num_cpus=experiment.simulation.num_cpus,
-        # Build what the ServerApp will build, here, while Flower starts: a missing dataset or a bad checkpoint is
-        # one clear error, and the check overlaps Flower's start-up instead of delaying it.
-        preflight=lambda: algorithm.build_server(experiment, build_federation(experiment)),
-    )
+    # Flower's own output (banner, log stream, Ray) goes to the run folder; the console gets the ServerApp's rows.
+    with quiet_console(out_dir / FLOWER_LOG) as console:
+
+        def report(row: dict[str, Any]) -> None:
+            console.write(format_round_line(row) + "\n")
+
+        with follow_progress(out_dir / METRICS_JSONL, report):
+            code = run_flower_simulation(
+                out_dir,
+                algorithm.server_app,
+                algorithm.client_app,
+                run_config={RUN_CONFIG_KEY: experiment.to_json(), OUTPUT_DIR_KEY: str(out_dir.resolve())},
+                num_supernodes=experiment.num_clients,
+                num_cpus_per_client=experiment.simulation.num_cpus_per_client,
+                num_cpus=experiment.simulation.num_cpus,
+                # Build what the ServerApp will build, here, while Flower starts: a missing dataset or a bad
+                # checkpoint is one clear error, and the check overlaps Flower's start-up instead of delaying it.
+                preflight=lambda: algorithm.build_server(experiment, build_federation(experiment)),
+            )
     rows = finished_rounds(out_dir, code, experiment.strategy.rounds)
     if rows is None:
         from fl_kd.strategies.kd_app import SERVER_LOG  # the ServerApp's module imports Flower: only when needed
 
         raise RuntimeError(
             f"the Flower simulation ended with exit code {code} before {experiment.strategy.rounds} rounds; "
-            f"see {out_dir / SERVER_LOG} and {out_dir / '.flwr' / 'local-superlink' / 'superlink.log'}"
+            f"see {out_dir / FLOWER_LOG}, {out_dir / SERVER_LOG} and "
+            f"{out_dir / '.flwr' / 'local-superlink' / 'superlink.log'}"
         )
     return rows
 

@@ -20,8 +20,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from fl_kd.config import to_mapping
+from fl_kd.simulations.console import Report, follow_progress, quiet_console
 from fl_kd.simulations.flower_launcher import run_flower_simulation
-from fl_kd.simulations.vfl_console import Report, epoch_line, follow_progress, print_vfl_summary, quiet_console
+from fl_kd.simulations.vfl_console import epoch_line, print_vfl_summary
 from fl_kd.simulations.vfl_schema import load_config, register_vfl_schema
 from fl_kd.vfl import protocol as vp
 from fl_kd.vfl.config import VFLRunConfig

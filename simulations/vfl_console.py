@@ -1,22 +1,10 @@
-"""What `fl-kd-vfl` shows a person: one line per epoch and a final table; everything else goes to the log file.
-
-A Flower simulation runs in other processes whose output (Flower's start-up banner, the log stream, Ray) is
-written to file descriptors 1 and 2; :func:`quiet_console` points those at the run folder's log file for the
-duration of the run, and :func:`follow_progress` echoes the epoch rows the ServerApp writes as it trains.
-"""
+"""What `fl-kd-vfl` shows a person: one line per epoch and a final table; everything else goes to the log file
+(:mod:`fl_kd.simulations.console`)."""
 
 from __future__ import annotations
 
-import json
-import os
-import sys
-import threading
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, TextIO
-
-Report = Callable[[dict[str, Any]], None]
 
 
 def epoch_line(row: Mapping[str, Any], epochs: int) -> str:
@@ -31,69 +19,6 @@ def epoch_line(row: Mapping[str, Any], epochs: int) -> str:
     if row.get("mp") is not None:
         parts.append(f"MP {row['mp']:.4f}")
     return "  ".join(parts)
-
-
-@contextmanager
-def quiet_console(log_path: Path) -> Iterator[TextIO]:
-    """Send everything written to stdout and stderr (this process and its children) to ``log_path``.
-
-    Yields a stream to the real console, for the lines a person should see.
-    """
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = {fd: os.dup(fd) for fd in (1, 2)}
-    console = os.fdopen(os.dup(saved[1]), "w", buffering=1)
-    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        for fd in (1, 2):
-            os.dup2(log_fd, fd)
-        yield console
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        for fd, copy in saved.items():
-            os.dup2(copy, fd)
-            os.close(copy)
-        os.close(log_fd)
-        console.close()
-
-
-@contextmanager
-def follow_progress(path: Path, report: Report | None, interval: float = 0.5) -> Iterator[None]:
-    """Call ``report`` with each JSON row appended to ``path`` while the block runs (and with any left at its end)."""
-    path.unlink(missing_ok=True)
-    if report is None:
-        yield
-        return
-    done = threading.Event()
-    offset = 0
-
-    def read_new() -> None:
-        nonlocal offset
-        if not path.exists():
-            return
-        with path.open() as stream:
-            stream.seek(offset)
-            while True:
-                line = stream.readline()
-                if not line.endswith("\n"):
-                    break  # a row still being written: read it next time
-                offset = stream.tell()
-                report(json.loads(line))
-
-    def loop() -> None:
-        while not done.wait(interval):
-            read_new()
-
-    thread = threading.Thread(target=loop, name="fl-kd-vfl-progress", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join()
-        read_new()
 
 
 def print_vfl_summary(results: Mapping[str, Any], title: str, file: TextIO | None = None) -> None:
