@@ -72,7 +72,7 @@ def follow_progress(path: Path, report: Report | None, interval: float = 0.5) ->
         while not done.wait(interval):
             read_new()
 
-    thread = threading.Thread(target=loop, name="fl-kd-vfl-progress", daemon=True)
+    thread = threading.Thread(target=loop, name="fl-kd-progress", daemon=True)
     thread.start()
     try:
         yield
