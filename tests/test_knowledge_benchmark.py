@@ -182,18 +182,27 @@ def test_a_result_run_with_other_settings_than_the_job_now_has_counts_as_not_run
 
 
 def test_fedgems_is_the_last_ablation_step_and_the_late_steps_run_in_every_setting() -> None:
-    from benchmarks.knowledge.grid import ABLATION, BASE_OVERRIDES, FEDGEMS_OVERRIDES, LATE_STEPS, resolved
+    from benchmarks.knowledge.grid import (
+        ABLATION,
+        BASE_OVERRIDES,
+        FEDGEMS_OVERRIDES,
+        LATE_STEPS,
+        overrides_through,
+        resolved,
+    )
 
     settings = resolved(FEDGEMS_OVERRIDES)
-    assert settings["strategy.unlabelled_trust"] == "learned" and settings["strategy.unlabelled_cache"] == "8"
+    assert settings["strategy.unlabelled_trust"] == "learned" and settings["strategy.unlabelled_cache"] == "3"
+    assert resolved(overrides_through("+teacher_cache"))["strategy.unlabelled_cache"] == "8"
     assert resolved(BASE_OVERRIDES)["strategy.unlabelled_trust"] == "class_reliability"
     assert settings["strategy.server_ema"] == "0.99"
     assert settings["strategy.unlabelled_per_round"] == "1500"
     assert settings["strategy.client_tail_average"] == "0.5"
     assert settings["strategy.client_max_grad_norm"] == "1.0"
-    assert ABLATION[-3][0] == "+client_keep_distilled" and settings["strategy.client_keep_distilled"] == "true"
-    assert ABLATION[-2][0] == "+client_anchor" and settings["strategy.client_anchor"] == "1.0"
-    assert ABLATION[-1][0] == "+client_finetune_2" and settings["strategy.client_finetune_epochs"] == "2"
+    assert ABLATION[-4][0] == "+client_keep_distilled" and settings["strategy.client_keep_distilled"] == "true"
+    assert ABLATION[-3][0] == "+client_anchor" and settings["strategy.client_anchor"] == "1.0"
+    assert ABLATION[-2][0] == "+client_finetune_2" and settings["strategy.client_finetune_epochs"] == "2"
+    assert ABLATION[-1] == ("+teacher_cache_3", ("strategy.unlabelled_cache=3",))
     jobs = plan({})
     for setting in SETTINGS:
         late = {job.method for job in jobs if job.setting == setting and job.method in LATE_STEPS and job.seed == 0}
@@ -283,9 +292,10 @@ def test_extras_are_their_base_jobs_with_overrides_left_out_or_added_and_are_not
     # 16 server epochs ran on FedGEMS before the anchor, and its results stay readable there.
     server16 = resolved(next(e for e in EXTRAS if e.method == "fedgems_server16").jobs()[0].hydra_overrides())
     fedgems = resolved(federated("fedgems", "alpha0.5", 0).hydra_overrides())
-    # FedGEMS before its last two steps (the anchor, two fine-tuning epochs).
+    # FedGEMS before its last three steps (the anchor, two fine-tuning epochs, the shorter teacher cache).
     before_both = {k: v for k, v in fedgems.items() if k != "strategy.client_anchor"}
     before_both["strategy.client_finetune_epochs"] = "1"
+    before_both["strategy.unlabelled_cache"] = "8"
     assert server16 == {**before_both, "strategy.server_epochs": "16"}
     # One extra per other anchor weight: FedGEMS before the longer fine-tuning with only that weight changed.
     anchors = {e.method: resolved(e.jobs()[0].hydra_overrides()) for e in EXTRAS if "anchor" in e.method}
@@ -322,15 +332,15 @@ def test_extras_run_only_when_asked_and_are_reported_once_finished(tmp_path: Pat
 
 
 def test_the_larger_clients_extra_changes_only_two_tiers_models_and_keeps_the_server_ten_times_larger() -> None:
-    from benchmarks.knowledge.grid import EXTRAS, resolved
+    from benchmarks.knowledge.grid import EXTRAS, base_job, resolved
     from fl_kd.models.report import count_parameters
     from fl_kd.models.zoo import build_model
 
     extra = next(e for e in EXTRAS if e.method == "fedgems_larger_clients")
     (job,) = extra.jobs()
     larger = resolved(job.hydra_overrides())
-    fedgems = resolved(federated("fedgems", "alpha0.5", 0).hydra_overrides())
-    changed = {key: value for key, value in larger.items() if fedgems.get(key) != value}
+    ran_on = resolved(base_job("+client_finetune_2", "alpha0.5", 0).hydra_overrides())  # FedGEMS of its time
+    changed = {key: value for key, value in larger.items() if ran_on.get(key) != value}
     assert changed == {"device_profile.tiers.low.model": "cnn_small", "device_profile.tiers.mid.model": "cnn_medium"}
     size = {name: count_parameters(build_model(name, (1, 28, 28), 10, seed=0)) for name in ("cnn_medium", "cnn_server")}
     assert size["cnn_server"] >= 10 * size["cnn_medium"]  # the largest tier is still the high tier's cnn_medium

@@ -59,6 +59,8 @@ EXTENSIONS: tuple[Extension, ...] = (
     # Local training keeps the server's knowledge: a client no longer unlearns the classes it does not hold.
     Extension("client_anchor", {"client_anchor": 1.0}),
     Extension("client_finetune_2", {"client_finetune_epochs": 2}),
+    # Distil only the cached teachers of the last 3 rounds: the older ones come from weaker clients.
+    Extension("teacher_cache_3", {"unlabelled_cache": 3}),
 )
 
 
