@@ -73,6 +73,16 @@ def _without_time(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "evaluation": {"test_samples": 100, "fraction_clients": 0.5},
             "rounds": 3,
         },
+        # Answers and broadcasts as quantised log-probabilities (uint8), with the anchor that keeps the latter.
+        {
+            "transfer": {"labelled": 60, "unlabelled": 40},
+            "unlabelled_trust": "class_reliability",
+            "unlabelled_per_round": 20,
+            "client_unlabelled": True,
+            "client_anchor": 1.0,
+            "logits_dtype": "uint8",
+            "rounds": 2,
+        },
         # strategy=fedgems_plus, every extension, on a transfer set this small.
         {
             **{key: value for extension in EXTENSIONS for key, value in extension.settings.items()},
@@ -91,15 +101,18 @@ def test_flower_messages_reproduce_the_reference_runner(overrides: dict[str, Any
 
 
 # -- bad input from client 0 in round 1 ------------------------------------------------------------------------------
-def _replace_logits(make: Callable[[np.ndarray], np.ndarray]) -> Callable[[Message, Message], list[Message]]:
+def _replace_arrays(
+    make: Callable[[np.ndarray], dict[str, np.ndarray]],
+) -> Callable[[Message, Message], list[Message]]:
+    """Client 0's first answer with its arrays made from its honest logits."""
+
     def tamper(message: Message, reply: Message) -> list[Message]:
         if not _is_first_train_of_client0(message, reply):
             return [reply]
-        arrays = reply.content["arrays"]
-        positions, logits = arrays["positions"].numpy(), arrays["logits"].numpy()
+        arrays = make(reply.content["arrays"]["logits"].numpy())
         bad = RecordDict(
             {
-                "arrays": ArrayRecord({"positions": Array(positions), "logits": Array(make(logits))}),
+                "arrays": ArrayRecord({name: Array(value) for name, value in arrays.items()}),
                 "metrics": reply.content["metrics"],
             }
         )
@@ -108,22 +121,8 @@ def _replace_logits(make: Callable[[np.ndarray], np.ndarray]) -> Callable[[Messa
     return tamper
 
 
-def _replace_positions(make: Callable[[np.ndarray], np.ndarray]) -> Callable[[Message, Message], list[Message]]:
-    def tamper(message: Message, reply: Message) -> list[Message]:
-        if not _is_first_train_of_client0(message, reply):
-            return [reply]
-        arrays = reply.content["arrays"]
-        content = RecordDict(
-            {
-                "arrays": ArrayRecord(
-                    {"positions": Array(make(arrays["positions"].numpy())), "logits": arrays["logits"]}
-                ),
-                "metrics": reply.content["metrics"],
-            }
-        )
-        return [Message(content, reply_to=message)]
-
-    return tamper
+def _replace_logits(make: Callable[[np.ndarray], np.ndarray]) -> Callable[[Message, Message], list[Message]]:
+    return _replace_arrays(lambda logits: {"logits": make(logits)})
 
 
 def _is_first_train_of_client0(message: Message, reply: Message) -> bool:
@@ -178,18 +177,14 @@ def _inf(logits: np.ndarray) -> np.ndarray:
     return out
 
 
-def _shift(positions: np.ndarray) -> np.ndarray:
-    return positions + 1  # positions that were not asked for (the last one may even be out of range)
-
-
 BAD_ANSWERS = {
     "nan logits": (_replace_logits(_nan), 1),
     "inf logits": (_replace_logits(_inf), 1),
     "wrong shape": (_replace_logits(lambda x: x[:, :-1].copy()), 1),
     "wrong dtype": (_replace_logits(lambda x: x.astype(np.float64)), 1),
     "integer logits": (_replace_logits(lambda x: x.astype(np.int32)), 1),
-    "positions not asked": (_replace_positions(_shift), 1),
-    "positions reordered": (_replace_positions(lambda p: p[::-1].copy()), 1),
+    "a row missing": (_replace_logits(lambda x: x[:-1].copy()), 1),
+    "positions of its own": (_replace_arrays(lambda x: {"logits": x, "positions": np.arange(len(x)) + 1}), 1),
     "duplicate replies": (_duplicate, 2),
     "error reply": (_error, 1),
     "reply from an unknown node": (_from_unknown_node, 1),

@@ -88,14 +88,12 @@ HUGE = st.floats(min_value=2e4, max_value=3.4e38) | st.sampled_from([np.nan, np.
 
 
 @st.composite
-def bad_arrays(draw: st.DrawFn, positions: np.ndarray, logits: np.ndarray) -> dict[str, Array]:
-    kind = draw(st.sampled_from(["dtype", "shape", "value", "positions", "header", "missing"]))
-    pos, lg = positions.copy(), logits.copy()
+def bad_arrays(draw: st.DrawFn, logits: np.ndarray) -> dict[str, Array]:
+    """A FedGEMS answer is its logits alone, in the order asked (uint8 is a wire dtype: quantised log-probabilities)."""
+    kind = draw(st.sampled_from(["dtype", "shape", "value", "extra", "header", "missing"]))
+    lg = logits.copy()
     if kind == "dtype":
-        if draw(st.booleans()):
-            lg = lg.astype(draw(st.sampled_from(["float64", "int32", "int64", "bool", "uint8", "complex64"])))
-        else:
-            pos = pos.astype(draw(st.sampled_from(["float32", "float64", "bool"])))
+        lg = lg.astype(draw(st.sampled_from(["float64", "int32", "int64", "int8", "bool", "complex64"])))
     elif kind == "shape":
         shapes = [lg[:-1], lg[:, :-1], lg[None], lg.ravel(), np.concatenate([lg, lg[:1]]), lg[:, :, None]]
         lg = shapes[draw(st.integers(0, len(shapes) - 1))]
@@ -104,12 +102,12 @@ def bad_arrays(draw: st.DrawFn, positions: np.ndarray, logits: np.ndarray) -> di
         lg[draw(st.integers(0, lg.shape[0] - 1)), draw(st.integers(0, lg.shape[1] - 1))] = sign * draw(HUGE)
         if np.isfinite(lg).all() and np.abs(lg).max() <= 1e4:  # float32 rounding cannot bring 2e4 below the bound
             raise AssertionError("mutation did not leave the bound")
-    elif kind == "positions":
-        at = draw(st.integers(0, pos.size - 1))
-        pos[at] = draw(st.integers(-(2**40), 2**40).filter(lambda v: v != positions[at]))
+    elif kind == "extra":  # positions of its own choosing, or any other array beside the logits
+        name = draw(st.sampled_from([kd.POSITIONS, "weights"]) | st.text(min_size=1, max_size=8))
+        extra = np.arange(lg.shape[0], dtype=np.int64) if name == kd.POSITIONS else lg[:1].copy()
+        return {kd.LOGITS: Array(lg), name: Array(extra)} if name != kd.LOGITS else {kd.LOGITS: Array(lg[:-1])}
     elif kind == "header":
-        name = draw(st.sampled_from([kd.POSITIONS, kd.LOGITS]))
-        value = pos if name == kd.POSITIONS else lg
+        value = lg
         lie = draw(st.sampled_from(["stype", "dtype", "shape", "garbage", "truncated", "pickle"]))
         dtype, shape, data, stype = value.dtype.name, tuple(value.shape), _npy(value), "numpy.ndarray"
         if lie == "stype":
@@ -128,11 +126,10 @@ def bad_arrays(draw: st.DrawFn, positions: np.ndarray, logits: np.ndarray) -> di
             data = data[: draw(st.integers(0, len(data) - 1))]
         else:
             data = _npy(np.array([{"a": 1}, [2, 3]], dtype=object)) if draw(st.booleans()) else pickle.dumps(value)
-        raw = _raw(dtype, shape, data, stype)
-        return {kd.POSITIONS: Array(pos), kd.LOGITS: Array(lg)} | {name: raw}
+        return {kd.LOGITS: _raw(dtype, shape, data, stype)}
     else:
-        return {} if draw(st.booleans()) else {draw(st.sampled_from([kd.POSITIONS, kd.LOGITS])): Array(pos)}
-    return {kd.POSITIONS: Array(pos), kd.LOGITS: Array(lg)}
+        return {} if draw(st.booleans()) else {kd.POSITIONS: Array(np.arange(lg.shape[0], dtype=np.int64))}
+    return {kd.LOGITS: Array(lg)}
 
 
 def _check(state: Round, replies: list[Message], dropped: set[int]) -> None:
@@ -151,7 +148,7 @@ def _check(state: Round, replies: list[Message], dropped: set[int]) -> None:
 def test_a_malformed_answer_is_rejected_and_counted(state: Round, data: st.DataObject) -> None:
     victim = data.draw(st.integers(0, len(state.sent) - 1))
     honest = _arrays(state.replies[victim])
-    arrays = data.draw(bad_arrays(honest[kd.POSITIONS], honest[kd.LOGITS]))
+    arrays = data.draw(bad_arrays(honest[kd.LOGITS]))
     replies = list(state.replies)
     replies[victim] = _reply(state.sent[victim], arrays)
     _check(state, replies, {state.partition_of[state.sent[victim].metadata.dst_node_id]})
@@ -220,7 +217,7 @@ def test_extreme_logits_leave_the_server_as_if_the_client_had_not_answered(state
     honest = _arrays(state.replies[0])
     extreme = np.full_like(honest[kd.LOGITS], 2e38)
     extreme[:, 0] = -2e38
-    bad = _reply(state.sent[0], {kd.POSITIONS: Array(honest[kd.POSITIONS]), kd.LOGITS: Array(extreme)})
+    bad = _reply(state.sent[0], {kd.LOGITS: Array(extreme)})
     without, poisoned = copy.deepcopy(state.strategy), copy.deepcopy(state.strategy)
     without.aggregate_train(1, state.replies[1:])
     poisoned.aggregate_train(1, [bad, *state.replies[1:]])

@@ -44,8 +44,8 @@ def test_round_bookkeeping(digits: DatasetSplits) -> None:
         assert metrics["n_self"] + metrics["n_cache"] + metrics["n_clients"] + metrics["n_ce_only"] == 60
         # To each of 2 clients: the query (int64 positions) and N x C float16 logits.
         assert metrics["downlink_bytes"] == 2 * (metrics["num_answered"] * 8 + 60 * 10 * 2)
-        # Each of the 2 clients answers every queried position: int64 position + C float16 logits.
-        assert metrics["uplink_bytes"] == 2 * metrics["num_answered"] * (8 + 10 * 2)
+        # Each of the 2 clients answers every queried position with C float16 logits, in the order asked.
+        assert metrics["uplink_bytes"] == 2 * metrics["num_answered"] * 10 * 2
         assert 0.0 <= metrics["server_acc"] <= 1.0
         for prefix in ("client_acc", "client_pacc"):
             for tier in ("", "_low", "_high"):

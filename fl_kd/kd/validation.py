@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-ALLOWED_LOGITS_DTYPES: tuple[str, ...] = ("float16", "float32")
+ALLOWED_LOGITS_DTYPES: tuple[str, ...] = ("float16", "float32", "uint8")
 
 #: Default bound on the absolute value of every float a client sends (logits, weights): far above anything a
 #: trained model produces, far below what overflows a softmax, an entropy or a float32 average.
@@ -59,7 +59,7 @@ def check_client_answer(
     positions : Any
         ``(n,)`` positions the client says it answered; must equal ``asked`` exactly.
     logits : Any
-        ``(n, C)`` logits, float16 or float32, all finite and at most ``max_abs`` in absolute value.
+        ``(n, C)`` logits (see :func:`check_answer_logits`).
     num_classes : int
         C.
     max_abs : float (default: :data:`DEFAULT_MAX_ABS_VALUE`)
@@ -71,10 +71,25 @@ def check_client_answer(
         return f"positions must be a 1-D integer array, got {positions.dtype} {positions.shape}"
     if positions.shape != asked.shape or not np.array_equal(positions, asked):
         return "positions differ from the positions asked for"
+    return check_answer_logits(asked.size, logits, num_classes, max_abs)
+
+
+def check_answer_logits(
+    num_asked: int, logits: Any, num_classes: int, max_abs: float = DEFAULT_MAX_ABS_VALUE
+) -> str | None:
+    """Why logits answering ``num_asked`` transfer samples (in the order asked) must be rejected, or None.
+
+    ``(num_asked, C)``, a wire dtype of :data:`ALLOWED_LOGITS_DTYPES`, and floats finite and at most ``max_abs``
+    (every uint8 code is a valid quantised log-probability).
+    """
+    if not isinstance(logits, np.ndarray):
+        return "missing logits"
     if logits.dtype.name not in ALLOWED_LOGITS_DTYPES:
         return f"logits dtype {logits.dtype} is not one of {', '.join(ALLOWED_LOGITS_DTYPES)}"
-    if logits.shape != (asked.size, num_classes):
-        return f"logits shape {logits.shape} != expected {(asked.size, num_classes)}"
+    if logits.shape != (num_asked, num_classes):
+        return f"logits shape {logits.shape} != expected {(num_asked, num_classes)}"
+    if logits.dtype == np.uint8:
+        return None
     reason = _bound_problem(logits, max_abs)
     return None if reason is None else f"logits {reason}"
 

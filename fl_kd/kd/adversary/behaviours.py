@@ -13,12 +13,14 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
 from fl_kd.kd import protocol as kd
 from fl_kd.kd.adversary.config import AdversaryConfig
 from fl_kd.kd.roles import Answer, Arrays, Instruction
+from fl_kd.kd.training import from_wire, to_wire
 from fl_kd.registry import Registry
 
 #: (logits name, positions name) pairs an answer may carry.
@@ -63,9 +65,15 @@ class Behaviour:
         for logits_name, positions_name in LOGIT_ARRAYS:
             if logits_name in arrays and _overrides(type(self), "corrupt_logits"):
                 logits = arrays[logits_name]
-                positions = np.asarray(arrays.get(positions_name, np.zeros(0, dtype=np.int64)))
-                corrupted = self.corrupt_logits(logits.astype(np.float64), positions, rng)
-                arrays[logits_name] = corrupted.astype(logits.dtype)
+                # An answer that does not repeat its positions answers the query, in its order.
+                asked = arrays.get(positions_name, instruction.arrays.get(positions_name))
+                positions = np.asarray(asked if asked is not None else np.zeros(0, dtype=np.int64))
+                corrupted = self.corrupt_logits(from_wire(logits).astype(np.float64), positions, rng)
+                arrays[logits_name] = (
+                    to_wire(torch.from_numpy(corrupted), logits.dtype)
+                    if logits.dtype == np.uint8
+                    else corrupted.astype(logits.dtype)
+                )
         if kd.LOGITS not in arrays and _overrides(type(self), "corrupt_update"):
             arrays = self._corrupt_weights(arrays, instruction, rng)
         return Answer(arrays, dict(answer.metrics))

@@ -23,8 +23,8 @@ from fl_kd.kd.fedgems.server import SelectiveDistillServer
 from fl_kd.kd.losses import kd_loss
 from fl_kd.kd.roles import Answer, Arrays, DistillClientRole, Instruction, ServerRole
 from fl_kd.kd.seeding import derive_seed, torch_generator
-from fl_kd.kd.training import accuracy, cpu_state_dict
-from fl_kd.kd.validation import check_client_answer
+from fl_kd.kd.training import accuracy, cpu_state_dict, from_wire
+from fl_kd.kd.validation import check_answer_logits
 
 
 class FedGEMSServer(ServerRole):
@@ -53,16 +53,16 @@ class FedGEMSServer(ServerRole):
         return Instruction({kd.POSITIONS: self._query_of(round)}, {kd.LOGITS_DTYPE: self.logits_dtype.name})
 
     def check_answer(self, round: int, client_id: int, arrays: Mapping[str, Any]) -> str | None:
-        """Positions exactly as asked, logits ``(n, C)`` float16/32 and finite."""
-        return check_client_answer(
-            self._query_of(round), arrays.get(kd.POSITIONS), arrays.get(kd.LOGITS), self.server.num_classes
-        )
+        """Logits only, one row per position asked, in the order asked: which samples they answer is the server's
+        own query, never the client's word (and the uplink carries no positions back)."""
+        if set(arrays) != {kd.LOGITS}:
+            return f"arrays {sorted(arrays)} are not [{kd.LOGITS!r}]"
+        return check_answer_logits(self._query_of(round).size, arrays[kd.LOGITS], self.server.num_classes)
 
     def aggregate(self, round: int, answers: Mapping[int, Arrays]) -> dict[str, float | int]:
         """Selective distillation from the accepted answers; then the broadcast logits are ready."""
-        stats = self.server.distill(
-            round, {cid: (arrays[kd.POSITIONS], arrays[kd.LOGITS]) for cid, arrays in answers.items()}
-        )
+        query = self._query_of(round)
+        stats = self.server.distill(round, {cid: (query, arrays[kd.LOGITS]) for cid, arrays in answers.items()})
         self._broadcast = self.server.transfer_logits(self.logits_dtype)
         self._weight_mass = dict(stats.weight_mass)
         if self.client_unlabelled:
@@ -198,7 +198,7 @@ class FedGEMSClient(DistillClientRole):
         else:
             logits = self.client.logits(positions, dtype)
         return Answer(
-            {kd.POSITIONS: positions, kd.LOGITS: logits},
+            {kd.LOGITS: logits},
             {
                 kd.TRAIN_LOSS: float(result["loss"]),
                 kd.NUM_EXAMPLES: float(result["num_examples"]),
@@ -272,11 +272,11 @@ class FedGEMSClient(DistillClientRole):
         """Keep the server's logits just distilled, on the labelled part and the unlabelled subset sent."""
         labelled = int(self.client.transfer_x.shape[0])
         positions = [torch.arange(labelled)]
-        logits = [torch.as_tensor(np.asarray(server_logits, dtype=np.float32))]
+        logits = [torch.from_numpy(from_wire(np.asarray(server_logits)))]
         unlabelled = instruction.arrays.get(kd.UNLABELLED_POSITIONS)
         if unlabelled is not None and len(unlabelled):
             positions.append(torch.from_numpy(np.asarray(unlabelled, dtype=np.int64)))
-            logits.append(torch.as_tensor(np.asarray(instruction.arrays[kd.UNLABELLED_LOGITS], dtype=np.float32)))
+            logits.append(torch.from_numpy(from_wire(np.asarray(instruction.arrays[kd.UNLABELLED_LOGITS]))))
         self.anchor_set = (torch.cat(positions), torch.cat(logits))
 
     def _anchor_penalty(self, round: int) -> Callable[[], Tensor] | None:

@@ -1,0 +1,84 @@
+"""The logits' wire formats: float32, float16 and uint8 (quantised log-probabilities), and how answers are checked."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fl_kd.kd import protocol as kd
+from fl_kd.kd.adversary import ADVERSARIES
+from fl_kd.kd.adversary.config import AdversaryConfig
+from fl_kd.kd.losses import kd_loss
+from fl_kd.kd.roles import Answer, Instruction
+from fl_kd.kd.training import LOG_PROB_RANGE, check_logits, from_wire, to_wire
+from fl_kd.kd.validation import check_answer_logits
+
+
+def _logits(seed: int = 0, rows: int = 200, classes: int = 10, scale: float = 6.0) -> torch.Tensor:
+    return scale * torch.randn(rows, classes, generator=torch.Generator().manual_seed(seed))
+
+
+def test_uint8_sends_a_quarter_of_float32_and_decodes_to_the_log_probabilities() -> None:
+    logits = _logits()
+    wire = to_wire(logits, np.uint8)
+    assert wire.dtype == np.uint8 and wire.nbytes * 4 == to_wire(logits, np.float32).nbytes
+    decoded = torch.from_numpy(from_wire(wire))
+    exact = torch.log_softmax(logits, dim=-1)
+    kept = exact > -LOG_PROB_RANGE
+    step = LOG_PROB_RANGE / 255
+    assert (decoded[kept] - exact[kept]).abs().max() <= step / 2 + 1e-6
+    assert torch.all(decoded[~kept] == -LOG_PROB_RANGE)  # far-off classes clipped to the floor
+    # What a receiver computes from them: the same softmax, KD loss and argmax, rounding aside.
+    assert (torch.softmax(decoded, -1) - torch.softmax(logits, -1)).abs().max() < 0.02
+    student = _logits(seed=1, scale=2.0)
+    assert float(kd_loss(student, decoded, 1.0)) == pytest.approx(float(kd_loss(student, logits, 1.0)), rel=0.01)
+    top2 = exact.topk(2, dim=-1).values
+    clear = (top2[:, 0] - top2[:, 1]) > step
+    assert torch.equal(decoded.argmax(-1)[clear], logits.argmax(-1)[clear])
+
+
+def test_a_row_shift_changes_no_uint8_byte_and_float_wires_decode_as_they_are() -> None:
+    logits = _logits(seed=2)
+    assert np.array_equal(to_wire(logits, np.uint8), to_wire(logits + 7.5, np.uint8))
+    half = to_wire(logits, np.float16)
+    assert from_wire(half).dtype == np.float32 and np.array_equal(from_wire(half), half.astype(np.float32))
+    assert to_wire(torch.zeros(0, 10), np.uint8).shape == (0, 10)
+
+
+def test_check_logits_decodes_uint8_and_still_refuses_other_integers() -> None:
+    wire = to_wire(_logits(rows=5), np.uint8)
+    decoded = check_logits("answer", wire, (5, 10))
+    assert decoded.dtype == torch.float32 and float(decoded.max()) <= 0.0
+    with pytest.raises(ValueError, match="shape"):
+        check_logits("answer", wire[:4], (5, 10))
+    with pytest.raises(ValueError, match="floating point or uint8"):
+        check_logits("answer", wire.astype(np.int16), (5, 10))
+
+
+@pytest.mark.parametrize(
+    ("logits", "reason"),
+    [
+        (np.zeros((3, 10), np.uint8), None),
+        (np.full((3, 10), 255, np.uint8), None),  # every code is a valid log-probability
+        (np.zeros((3, 10), np.float16), None),
+        (np.zeros((3, 10), np.int8), "dtype"),
+        (np.zeros((2, 10), np.uint8), "shape"),
+        (np.full((3, 10), np.inf, np.float32), "NaN or inf"),
+        (None, "missing"),
+    ],
+)
+def test_an_answer_is_its_logits_in_the_order_asked(logits: np.ndarray | None, reason: str | None) -> None:
+    found = check_answer_logits(3, logits, 10)
+    assert found is None if reason is None else reason in str(found)
+
+
+def test_a_logit_attack_on_a_uint8_answer_is_sent_as_uint8_and_decodes_to_the_attack() -> None:
+    honest = _logits(rows=6)
+    answer = Answer({kd.LOGITS: to_wire(honest, np.uint8)})
+    query = Instruction({kd.POSITIONS: np.arange(6, dtype=np.int64)})
+    behaviour = ADVERSARIES.get("negated_logits")(AdversaryConfig(name="negated_logits"), 10, torch.zeros(6))
+    corrupted = behaviour.corrupt(answer, query, np.random.default_rng(0)).arrays[kd.LOGITS]
+    assert corrupted.dtype == np.uint8
+    # The server decodes the negation of what the client would have sent: its least likely class is now the top.
+    assert np.array_equal(from_wire(corrupted).argmax(-1), from_wire(answer.arrays[kd.LOGITS]).argmin(-1))
