@@ -14,6 +14,7 @@ from fl_kd.kd import protocol as kd
 from fl_kd.kd.federation import build_federation
 from fl_kd.kd.fedmd import FedMDClient, FedMDServer, build_client_role, consensus
 from fl_kd.kd.runner import build_parties
+from fl_kd.kd.training import from_wire, to_wire
 from fl_kd.strategies.kd import KDStrategy
 from tests.test_fedmd_common import (
     BAD_ANSWERS,
@@ -67,6 +68,21 @@ def test_the_server_sends_the_consensus_of_the_accepted_answers_on_its_sample() 
     assert figures["num_answers"] == 3 and figures["num_positions"] == 2
     # Mean absolute deviation from the consensus: 22 summed over classes 0 and 1 (others agree), 3 x 2 x 10 entries.
     assert figures["client_deviation"] == pytest.approx(22 / 60)
+
+
+def test_uint8_answers_are_averaged_as_the_log_probabilities_they_carry() -> None:
+    cfg = peer_config("fedmd", public_per_round=2, rounds=1, logits_dtype="uint8")
+    server, _ = build_parties(cfg, build_federation(cfg))
+    positions = server.train_instruction(1, 0).arrays[kd.POSITIONS]
+    wire = {cid: to_wire(torch.randn(2, 10, generator=torch.Generator().manual_seed(cid)), np.uint8) for cid in (0, 1)}
+    answers = {cid: {kd.POSITIONS: positions, kd.LOGITS: logits} for cid, logits in wire.items()}
+    assert all(server.check_answer(1, cid, arrays) is None for cid, arrays in answers.items())
+    server.aggregate(1, answers)
+    sent = server.evaluate_instruction(1, 1).arrays[kd.SERVER_LOGITS]
+    assert sent.dtype == np.uint8
+    mean = (from_wire(wire[0]).astype(np.float64) + from_wire(wire[1])) / 2  # not the mean of the codes
+    expected = to_wire(torch.from_numpy(mean), np.uint8)
+    np.testing.assert_array_equal(sent, expected)
 
 
 def test_the_start_up_flag_travels_with_the_client_state() -> None:

@@ -36,7 +36,8 @@ class FedGEMSConfig(SelectionConfig, SGDStrategyConfig):
     momentum, weight_decay : float (default: 0.9, 5e-4)
         SGD settings of all parties.
     logits_dtype : str (default: "float32")
-        Wire format of logits in both directions ("float32" or "float16").
+        Wire format of logits in both directions: "float32", "float16" (half the bytes) or "uint8" (a quarter:
+        log-probabilities quantised to 8 bits, which every softmax-based use of them reads alike).
     checkpoint : str | None (default: None)
         Server checkpoint to start from (pretrained model or an earlier federation's ``server.pt``).
     correctness, held_out_fraction, distill_correct, unlabelled_trust, reliability_power, reliability_on,

@@ -33,7 +33,7 @@ from fl_kd.kd.fusion import LOGIT_AGGREGATIONS
 from fl_kd.kd.robust import AggregationConfig, RobustSettings
 from fl_kd.kd.roles import Answer, Arrays, DistillClientRole, Instruction, ServerRole
 from fl_kd.kd.seeding import SERVER_ID, derive_seed
-from fl_kd.kd.training import LOGITS_DTYPES, to_wire
+from fl_kd.kd.training import LOGITS_DTYPES, from_wire, to_wire
 from fl_kd.kd.validation import check_client_answer
 
 if TYPE_CHECKING:
@@ -58,7 +58,8 @@ class PublicLogitsConfig(AggregationConfig, SGDStrategyConfig):
     momentum, weight_decay : float (default: 0.9, 5e-4)
         SGD settings of all parties (local epochs, batch size and learning rate of clients come from their tier).
     logits_dtype : str (default: "float32")
-        Wire format of logits and soft targets in both directions ("float32" or "float16").
+        Wire format of logits and soft targets in both directions ("float32", "float16", or "uint8": 8-bit
+        log-probabilities, so the consensus averages log-probabilities rather than logits).
     aggregation : str (default: "mean")
         How the clients' answers are fused (:data:`fl_kd.kd.fusion.LOGIT_AGGREGATIONS`): "mean" is the algorithm's
         own; "median", "trimmed_mean", "krum", "multi_krum" are robust to outlying clients; "trust" weights each
@@ -206,7 +207,7 @@ class PublicLogitsServer(ServerRole):
         return Instruction({kd.POSITIONS: self.positions(round)}, {kd.LOGITS_DTYPE: self.logits_dtype.name})
 
     def check_answer(self, round: int, client_id: int, arrays: Mapping[str, Any]) -> str | None:
-        """Exactly ``positions`` (as asked) and ``logits`` ``(n, C)``, float16/32, finite."""
+        """Exactly ``positions`` (as asked) and ``logits`` ``(n, C)`` of a wire dtype, floats finite."""
         if set(arrays) != {kd.POSITIONS, kd.LOGITS}:
             return f"arrays {sorted(arrays)} are not [{kd.LOGITS!r}, {kd.POSITIONS!r}]"
         return check_client_answer(self.positions(round), arrays[kd.POSITIONS], arrays[kd.LOGITS], self.num_classes)
@@ -221,7 +222,7 @@ class PublicLogitsServer(ServerRole):
             self._answered, self._shares = [], np.zeros(0)
             return figures | self.no_answer_figures() | {"server_loss": 0.0}
         # A fixed client order keeps floating-point sums the same in every runtime.
-        stacked = np.stack([answers[cid][kd.LOGITS].astype(np.float64) for cid in sorted(answers)])
+        stacked = np.stack([from_wire(answers[cid][kd.LOGITS]).astype(np.float64) for cid in sorted(answers)])
         self._answered = sorted(answers)
         targets, own = self.soft_targets(stacked)
         self._sent_positions, self._targets = positions, to_wire(torch.from_numpy(targets), self.logits_dtype)
