@@ -185,6 +185,7 @@ def test_fedgems_is_the_last_ablation_step_and_the_late_steps_run_in_every_setti
     from benchmarks.knowledge.grid import (
         ABLATION,
         BASE_OVERRIDES,
+        EXTRAS,
         FEDGEMS_OVERRIDES,
         LATE_STEPS,
         overrides_through,
@@ -196,13 +197,17 @@ def test_fedgems_is_the_last_ablation_step_and_the_late_steps_run_in_every_setti
     assert resolved(overrides_through("+teacher_cache"))["strategy.unlabelled_cache"] == "8"
     assert resolved(BASE_OVERRIDES)["strategy.unlabelled_trust"] == "class_reliability"
     assert settings["strategy.server_ema"] == "0.99"
-    assert settings["strategy.unlabelled_per_round"] == "1500"
+    assert settings["strategy.unlabelled_per_round"] == "5000" and settings["strategy.logits_dtype"] == "uint8"
     assert settings["strategy.client_tail_average"] == "0.5"
     assert settings["strategy.client_max_grad_norm"] == "1.0"
-    assert ABLATION[-4][0] == "+client_keep_distilled" and settings["strategy.client_keep_distilled"] == "true"
-    assert ABLATION[-3][0] == "+client_anchor" and settings["strategy.client_anchor"] == "1.0"
-    assert ABLATION[-2][0] == "+client_finetune_2" and settings["strategy.client_finetune_epochs"] == "2"
-    assert ABLATION[-1] == ("+teacher_cache_3", ("strategy.unlabelled_cache=3",))
+    assert ABLATION[-5][0] == "+client_keep_distilled" and settings["strategy.client_keep_distilled"] == "true"
+    assert ABLATION[-4][0] == "+client_anchor" and settings["strategy.client_anchor"] == "1.0"
+    assert ABLATION[-3][0] == "+client_finetune_2" and settings["strategy.client_finetune_epochs"] == "2"
+    assert ABLATION[-2] == ("+teacher_cache_3", ("strategy.unlabelled_cache=3",))
+    assert ABLATION[-1] == (
+        "+unlabelled_5000",
+        ("strategy.unlabelled_per_round=5000", "strategy.logits_dtype=uint8"),
+    )
     jobs = plan({})
     for setting in SETTINGS:
         late = {job.method for job in jobs if job.setting == setting and job.method in LATE_STEPS and job.seed == 0}
@@ -222,7 +227,11 @@ def test_fedgems_is_the_last_ablation_step_and_the_late_steps_run_in_every_setti
         # ... but train to their plateau: their epochs pass over 1,000 samples (2,500), FedGEMS' over up to 11,000.
         assert int(server_alone["strategy.server_epochs"]) == 16 > int(settings.get("strategy.server_epochs", 4)), kind
     pseudo = resolved(next(job for job in jobs if job.kind == "pseudo_label").overrides)
-    assert pseudo["strategy.unlabelled_per_round"] == settings["strategy.unlabelled_per_round"]
+    assert pseudo["strategy.unlabelled_per_round"] == "1500"  # FedGEMS' count until its last step; 5,000: an extra
+    extra = next(e for e in EXTRAS if e.method == "pseudo_label_u5000")
+    assert [resolved(job.overrides) for job in extra.jobs()] == [
+        pseudo | {"strategy.unlabelled_per_round": settings["strategy.unlabelled_per_round"]}
+    ] * 3
 
 
 def test_the_benchmarks_fedgems_is_what_a_user_gets_with_strategy_fedgems_plus() -> None:
@@ -292,10 +301,12 @@ def test_extras_are_their_base_jobs_with_overrides_left_out_or_added_and_are_not
     # 16 server epochs ran on FedGEMS before the anchor, and its results stay readable there.
     server16 = resolved(next(e for e in EXTRAS if e.method == "fedgems_server16").jobs()[0].hydra_overrides())
     fedgems = resolved(federated("fedgems", "alpha0.5", 0).hydra_overrides())
-    # FedGEMS before its last three steps (the anchor, two fine-tuning epochs, the shorter teacher cache).
+    # FedGEMS before its last four steps (the anchor, two fine-tuning epochs, the shorter cache, 5,000 as uint8).
     before_both = {k: v for k, v in fedgems.items() if k != "strategy.client_anchor"}
     before_both["strategy.client_finetune_epochs"] = "1"
     before_both["strategy.unlabelled_cache"] = "8"
+    before_both["strategy.unlabelled_per_round"] = "1500"
+    before_both["strategy.logits_dtype"] = "float16"
     assert server16 == {**before_both, "strategy.server_epochs": "16"}
     # One extra per other anchor weight: FedGEMS before the longer fine-tuning with only that weight changed.
     anchors = {e.method: resolved(e.jobs()[0].hydra_overrides()) for e in EXTRAS if "anchor" in e.method}
