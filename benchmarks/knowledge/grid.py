@@ -52,10 +52,10 @@ def strategy_overrides(settings: Mapping[str, Any]) -> tuple[str, ...]:
 #: and the own-data figures are those of the step before, bit for bit. Then each client keeps the server's knowledge
 #: through its local training (each local step adds KD towards the server's last logits on a random transfer batch): a
 #: client that trains on its own classes no longer unlearns the others before it answers (+0.2, +0.7 and +1.8 points on
-#: the server at alpha 0.5, alpha 0.1 and with 2 classes per client, three seeds; 0.5 and 2.0 are extras). The last step
+#: the server at alpha 0.5, alpha 0.1 and with 2 classes per client, three seeds; 0.5 and 2.0 are extras). The next step
 #: fine-tunes each client for two epochs after each distillation instead of one: the distillation of ten classes pulls a
 #: client's model away from its own label mix, and the high tier, which trains three local epochs a round, did not win
-#: it back in one. The last step distils only the cached teachers of the last 3 rounds instead of all 8: a teacher
+#: it back in one. The next step distils only the cached teachers of the last 3 rounds instead of all 8: a teacher
 #: fused from the clients of round 1 is right on fewer samples than one of round 7, and it still weighed as much
 #: (+0.5, +0.2 and +0.3 points on the server at alpha 0.5, alpha 0.1 and with 2 classes per client, three seeds).
 #: The last step asks 5,000 unlabelled samples a round instead of 1,500, answered as 8-bit log-probabilities (answers
