@@ -73,16 +73,20 @@ def _without_time(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "evaluation": {"test_samples": 100, "fraction_clients": 0.5},
             "rounds": 3,
         },
-        # Answers and broadcasts as quantised log-probabilities (uint8), with the anchor that keeps the latter.
-        {
-            "transfer": {"labelled": 60, "unlabelled": 40},
-            "unlabelled_trust": "class_reliability",
-            "unlabelled_per_round": 20,
-            "client_unlabelled": True,
-            "client_anchor": 1.0,
-            "logits_dtype": "uint8",
-            "rounds": 2,
-        },
+        # Answers and broadcasts as quantised log-probabilities (uint8; uint5 packed), with the anchor that keeps
+        # the latter.
+        *(
+            {
+                "transfer": {"labelled": 60, "unlabelled": 40},
+                "unlabelled_trust": "class_reliability",
+                "unlabelled_per_round": 20,
+                "client_unlabelled": True,
+                "client_anchor": 1.0,
+                "logits_dtype": dtype,
+                "rounds": 2,
+            }
+            for dtype in ("uint8", "uint5")
+        ),
         # strategy=fedgems_plus, every extension, on a transfer set this small.
         {
             **{key: value for extension in EXTENSIONS for key, value in extension.settings.items()},

@@ -70,18 +70,19 @@ def test_the_server_sends_the_consensus_of_the_accepted_answers_on_its_sample() 
     assert figures["client_deviation"] == pytest.approx(22 / 60)
 
 
-def test_uint8_answers_are_averaged_as_the_log_probabilities_they_carry() -> None:
-    cfg = peer_config("fedmd", public_per_round=2, rounds=1, logits_dtype="uint8")
+@pytest.mark.parametrize("dtype", ["uint8", "uint5"])
+def test_quantised_answers_are_averaged_as_the_log_probabilities_they_carry(dtype: str) -> None:
+    cfg = peer_config("fedmd", public_per_round=2, rounds=1, logits_dtype=dtype)
     server, _ = build_parties(cfg, build_federation(cfg))
     positions = server.train_instruction(1, 0).arrays[kd.POSITIONS]
-    wire = {cid: to_wire(torch.randn(2, 10, generator=torch.Generator().manual_seed(cid)), np.uint8) for cid in (0, 1)}
+    wire = {cid: to_wire(torch.randn(2, 10, generator=torch.Generator().manual_seed(cid)), dtype) for cid in (0, 1)}
     answers = {cid: {kd.POSITIONS: positions, kd.LOGITS: logits} for cid, logits in wire.items()}
     assert all(server.check_answer(1, cid, arrays) is None for cid, arrays in answers.items())
     server.aggregate(1, answers)
     sent = server.evaluate_instruction(1, 1).arrays[kd.SERVER_LOGITS]
     assert sent.dtype == np.uint8
-    mean = (from_wire(wire[0]).astype(np.float64) + from_wire(wire[1])) / 2  # not the mean of the codes
-    expected = to_wire(torch.from_numpy(mean), np.uint8)
+    mean = (from_wire(wire[0], 10).astype(np.float64) + from_wire(wire[1], 10)) / 2  # not the mean of the codes
+    expected = to_wire(torch.from_numpy(mean), dtype)
     np.testing.assert_array_equal(sent, expected)
 
 

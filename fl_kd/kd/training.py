@@ -105,12 +105,16 @@ def check_logits(name: str, logits: ArrayLike, shape: tuple[int, int]) -> Tensor
     """Validate logits of the expected ``shape`` and finiteness; returns a float32 CPU tensor.
 
     Knowledge from another party is the one input that can silently ruin a model (a NaN reaches every weight
-    in one step), so it is checked before any training step uses it.
+    in one step), so it is checked before any training step uses it. Quantised log-probabilities (uint8, or uint5
+    packed into ``packed_size(n, C)`` bytes) are decoded; every code of theirs is a valid one.
     """
     array = np.asarray(logits)
+    rows, classes = shape
+    if array.dtype == np.uint8 and array.ndim == 1 and array.size == packed_size(rows, classes):
+        return torch.from_numpy(from_wire(array, classes))
     if array.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {array.shape}")
-    if array.dtype == np.uint8:  # quantised log-probabilities: every code is a valid one
+    if array.dtype == np.uint8:
         return torch.from_numpy(from_wire(array))
     if not np.issubdtype(array.dtype, np.floating):
         raise ValueError(f"{name} must be floating point or uint8, got dtype {array.dtype}")
@@ -119,7 +123,7 @@ def check_logits(name: str, logits: ArrayLike, shape: tuple[int, int]) -> Tensor
     return torch.from_numpy(array.astype(np.float32, copy=True))
 
 
-LOGITS_DTYPES: tuple[str, ...] = ("float32", "float16", "uint8")
+LOGITS_DTYPES: tuple[str, ...] = ("float32", "float16", "uint8", "uint5")
 
 #: The uint8 wire sends log-probabilities in ``[-LOG_PROB_RANGE, 0]`` in 255 even steps (0.078 nats): a softmax, a
 #: KL divergence or an argmax of them equals that of the logits (a row's shift cancels), rounding aside, and a
@@ -127,18 +131,42 @@ LOGITS_DTYPES: tuple[str, ...] = ("float32", "float16", "uint8")
 LOG_PROB_RANGE = 20.0
 _LOG_PROB_STEP = LOG_PROB_RANGE / 255.0
 
+#: The uint5 wire sends each log-probability as one of 32 levels, 5 bits each, the rows packed one after another
+#: into a 1-D byte array (5/32 of float32). The levels lie about 0.32 nats apart down to ``-UINT5_RANGE`` (a
+#: probability below ``exp(-10)``, 5e-5, moves no KD target) and each is a uint8 code, so an unpacked uint5
+#: answer is a uint8 answer and decodes alike.
+UINT5_RANGE = 10.0
+_UINT5_BITS = 5
+_UINT5_CODES = np.rint(np.arange(2**_UINT5_BITS) * (UINT5_RANGE / (2**_UINT5_BITS - 1)) / _LOG_PROB_STEP).astype(
+    np.uint8
+)
+
+
+def packed_size(rows: int, num_classes: int) -> int:
+    """Bytes of a uint5 array of ``rows`` rows over ``num_classes`` classes."""
+    return -(-_UINT5_BITS * rows * num_classes // 8)
+
+
+def wire_dtype(name: str) -> np.dtype[Any]:
+    """The NumPy dtype an array of the wire format ``name`` (one of :data:`LOGITS_DTYPES`) is sent as."""
+    if name not in LOGITS_DTYPES:
+        raise ValueError(f"logits dtype must be one of {LOGITS_DTYPES}, got {name}")
+    return np.dtype(np.uint8 if name == "uint5" else name)
+
 
 def to_wire(logits: Tensor, dtype: DTypeLike = np.float32) -> NDArray[Any]:
-    """Logits ``(n, C)`` as a NumPy array of the wire ``dtype``: float32, float16 (half the payload), or uint8
-    (a quarter: quantised log-probabilities, see :data:`LOG_PROB_RANGE`; decode with :func:`from_wire`).
+    """Logits ``(n, C)`` as a NumPy array of the wire ``dtype``: float32, float16 (half the payload), uint8
+    (a quarter: quantised log-probabilities, see :data:`LOG_PROB_RANGE`) or "uint5" (5/32: coarser levels packed
+    into ``packed_size(n, C)`` bytes, 1-D, see :data:`UINT5_RANGE`). Decode with :func:`from_wire`.
 
     float16 tops out at 65504; larger logits are clipped to it, since an inf would make the receiver reject
     the whole message.
     """
-    wire = np.dtype(dtype)
-    if wire.name not in LOGITS_DTYPES:
-        raise ValueError(f"logits dtype must be one of {LOGITS_DTYPES}, got {wire.name}")
+    name = dtype if dtype == "uint5" else np.dtype(dtype).name
+    wire = wire_dtype(str(name))
     values = logits.detach().cpu().float()
+    if name == "uint5":
+        return _pack_uint5(torch.log_softmax(values, dim=-1).numpy())
     if wire == np.uint8:
         log_probs = torch.log_softmax(values, dim=-1).clamp(min=-LOG_PROB_RANGE).numpy()
         return np.rint(-log_probs / _LOG_PROB_STEP).astype(np.uint8)
@@ -149,8 +177,29 @@ def to_wire(logits: Tensor, dtype: DTypeLike = np.float32) -> NDArray[Any]:
     return array.astype(wire)
 
 
-def from_wire(array: NDArray[Any]) -> NDArray[np.float32]:
-    """Logits as float32 from any wire dtype of :func:`to_wire` (uint8: the log-probabilities it quantised)."""
+def from_wire(array: NDArray[Any], num_classes: int | None = None) -> NDArray[np.float32]:
+    """Logits as float32 from any wire format of :func:`to_wire` (uint8 and uint5: the log-probabilities they
+    quantised). A packed uint5 array (1-D) needs ``num_classes``, C, to be unpacked to ``(n, C)``."""
     if array.dtype == np.uint8:
+        if array.ndim == 1:
+            if num_classes is None:
+                raise ValueError("packed uint5 logits need the number of classes to be decoded")
+            array = _unpack_uint5(array, num_classes)
         return array.astype(np.float32) * np.float32(-_LOG_PROB_STEP)
     return array.astype(np.float32)
+
+
+def _pack_uint5(log_probs: NDArray[np.float32]) -> NDArray[np.uint8]:
+    """Each log-probability ``(n, C)`` as the index of its nearest uint5 level, 5 bits each, packed 1-D."""
+    levels = -_UINT5_CODES.astype(np.float32) * np.float32(_LOG_PROB_STEP)
+    index = np.abs(log_probs[..., None] - levels).argmin(axis=-1).astype(np.uint8)
+    bits = (index[..., None] >> np.arange(_UINT5_BITS - 1, -1, -1, dtype=np.uint8)) & 1
+    return np.packbits(bits.reshape(-1))
+
+
+def _unpack_uint5(packed: NDArray[np.uint8], num_classes: int) -> NDArray[np.uint8]:
+    """The uint8 codes ``(n, C)`` of packed uint5 levels (the padding bits of the last byte are ignored)."""
+    rows = packed.size * 8 // (_UINT5_BITS * num_classes)
+    bits = np.unpackbits(packed, count=rows * num_classes * _UINT5_BITS).reshape(rows, num_classes, _UINT5_BITS)
+    index = bits @ (1 << np.arange(_UINT5_BITS - 1, -1, -1))
+    return _UINT5_CODES[index]

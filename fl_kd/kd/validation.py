@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from fl_kd.kd.training import packed_size
+
 ALLOWED_LOGITS_DTYPES: tuple[str, ...] = ("float16", "float32", "uint8")
 
 #: Default bound on the absolute value of every float a client sends (logits, weights): far above anything a
@@ -80,12 +82,16 @@ def check_answer_logits(
     """Why logits answering ``num_asked`` transfer samples (in the order asked) must be rejected, or None.
 
     ``(num_asked, C)``, a wire dtype of :data:`ALLOWED_LOGITS_DTYPES`, and floats finite and at most ``max_abs``
-    (every uint8 code is a valid quantised log-probability).
+    (every uint8 code is a valid quantised log-probability; uint5 codes come packed, 1-D, in
+    :func:`~fl_kd.kd.training.packed_size` bytes).
     """
     if not isinstance(logits, np.ndarray):
         return "missing logits"
     if logits.dtype.name not in ALLOWED_LOGITS_DTYPES:
         return f"logits dtype {logits.dtype} is not one of {', '.join(ALLOWED_LOGITS_DTYPES)}"
+    if logits.dtype == np.uint8 and logits.ndim == 1:
+        expected = packed_size(num_asked, num_classes)
+        return None if logits.size == expected else f"packed uint5 logits of {logits.size} bytes != expected {expected}"
     if logits.shape != (num_asked, num_classes):
         return f"logits shape {logits.shape} != expected {(num_asked, num_classes)}"
     if logits.dtype == np.uint8:

@@ -68,9 +68,10 @@ class Behaviour:
                 # An answer that does not repeat its positions answers the query, in its order.
                 asked = arrays.get(positions_name, instruction.arrays.get(positions_name))
                 positions = np.asarray(asked if asked is not None else np.zeros(0, dtype=np.int64))
-                corrupted = self.corrupt_logits(from_wire(logits).astype(np.float64), positions, rng)
+                decoded = from_wire(logits, self.num_classes).astype(np.float64)
+                corrupted = self.corrupt_logits(decoded, positions, rng)
                 arrays[logits_name] = (
-                    to_wire(torch.from_numpy(corrupted), logits.dtype)
+                    to_wire(torch.from_numpy(corrupted), "uint5" if logits.ndim == 1 else logits.dtype)
                     if logits.dtype == np.uint8
                     else corrupted.astype(logits.dtype)
                 )

@@ -36,8 +36,9 @@ class FedGEMSConfig(SelectionConfig, SGDStrategyConfig):
     momentum, weight_decay : float (default: 0.9, 5e-4)
         SGD settings of all parties.
     logits_dtype : str (default: "float32")
-        Wire format of logits in both directions: "float32", "float16" (half the bytes) or "uint8" (a quarter:
-        log-probabilities quantised to 8 bits, which every softmax-based use of them reads alike).
+        Wire format of logits in both directions: "float32", "float16" (half the bytes), "uint8" (a quarter:
+        log-probabilities quantised to 8 bits, which every softmax-based use of them reads alike) or "uint5" (5/32:
+        32 levels about 0.32 nats apart down to -10, packed).
     checkpoint : str | None (default: None)
         Server checkpoint to start from (pretrained model or an earlier federation's ``server.pt``).
     correctness, held_out_fraction, distill_correct, unlabelled_trust, reliability_power, reliability_on,

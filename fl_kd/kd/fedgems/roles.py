@@ -23,7 +23,7 @@ from fl_kd.kd.fedgems.server import SelectiveDistillServer
 from fl_kd.kd.losses import kd_loss
 from fl_kd.kd.roles import Answer, Arrays, DistillClientRole, Instruction, ServerRole
 from fl_kd.kd.seeding import derive_seed, torch_generator
-from fl_kd.kd.training import accuracy, cpu_state_dict, from_wire
+from fl_kd.kd.training import accuracy, cpu_state_dict, from_wire, wire_dtype
 from fl_kd.kd.validation import check_answer_logits
 
 
@@ -34,13 +34,13 @@ class FedGEMSServer(ServerRole):
         self, server: SelectiveDistillServer, logits_dtype: str = "float32", client_unlabelled: bool = False
     ) -> None:
         self.server = server
-        self.logits_dtype = np.dtype(logits_dtype)
+        self.logits_dtype = logits_dtype
         self.client_unlabelled = client_unlabelled
         self._unlabelled: Arrays = {}
         self._weight_mass: dict[int, float] = {}
         self._round = -1
         self._query: NDArray[np.int64] = np.zeros(0, dtype=np.int64)
-        self._broadcast: NDArray[Any] = np.zeros((0, 0), dtype=self.logits_dtype)
+        self._broadcast: NDArray[Any] = np.zeros((0, 0), dtype=wire_dtype(logits_dtype))
 
     def _query_of(self, round: int) -> NDArray[np.int64]:
         # Asked once per round: the server does not change while the clients train.
@@ -50,7 +50,7 @@ class FedGEMSServer(ServerRole):
 
     def train_instruction(self, round: int, client_id: int) -> Instruction:
         """The transfer positions the server still needs, and the logits' wire dtype."""
-        return Instruction({kd.POSITIONS: self._query_of(round)}, {kd.LOGITS_DTYPE: self.logits_dtype.name})
+        return Instruction({kd.POSITIONS: self._query_of(round)}, {kd.LOGITS_DTYPE: self.logits_dtype})
 
     def check_answer(self, round: int, client_id: int, arrays: Mapping[str, Any]) -> str | None:
         """Logits only, one row per position asked, in the order asked: which samples they answer is the server's
@@ -272,11 +272,12 @@ class FedGEMSClient(DistillClientRole):
         """Keep the server's logits just distilled, on the labelled part and the unlabelled subset sent."""
         labelled = int(self.client.transfer_x.shape[0])
         positions = [torch.arange(labelled)]
-        logits = [torch.from_numpy(from_wire(np.asarray(server_logits)))]
+        classes = self.client.num_classes
+        logits = [torch.from_numpy(from_wire(np.asarray(server_logits), classes))]
         unlabelled = instruction.arrays.get(kd.UNLABELLED_POSITIONS)
         if unlabelled is not None and len(unlabelled):
             positions.append(torch.from_numpy(np.asarray(unlabelled, dtype=np.int64)))
-            logits.append(torch.from_numpy(from_wire(np.asarray(instruction.arrays[kd.UNLABELLED_LOGITS]))))
+            logits.append(torch.from_numpy(from_wire(np.asarray(instruction.arrays[kd.UNLABELLED_LOGITS]), classes)))
         self.anchor_set = (torch.cat(positions), torch.cat(logits))
 
     def _anchor_penalty(self, round: int) -> Callable[[], Tensor] | None:

@@ -33,7 +33,7 @@ from fl_kd.kd.fusion import LOGIT_AGGREGATIONS
 from fl_kd.kd.robust import AggregationConfig, RobustSettings
 from fl_kd.kd.roles import Answer, Arrays, DistillClientRole, Instruction, ServerRole
 from fl_kd.kd.seeding import SERVER_ID, derive_seed
-from fl_kd.kd.training import LOGITS_DTYPES, from_wire, to_wire
+from fl_kd.kd.training import LOGITS_DTYPES, from_wire, to_wire, wire_dtype
 from fl_kd.kd.validation import check_client_answer
 
 if TYPE_CHECKING:
@@ -58,8 +58,8 @@ class PublicLogitsConfig(AggregationConfig, SGDStrategyConfig):
     momentum, weight_decay : float (default: 0.9, 5e-4)
         SGD settings of all parties (local epochs, batch size and learning rate of clients come from their tier).
     logits_dtype : str (default: "float32")
-        Wire format of logits and soft targets in both directions ("float32", "float16", or "uint8": 8-bit
-        log-probabilities, so the consensus averages log-probabilities rather than logits).
+        Wire format of logits and soft targets in both directions ("float32", "float16", or "uint8" and "uint5":
+        8- and 5-bit log-probabilities, so the consensus averages log-probabilities rather than logits).
     aggregation : str (default: "mean")
         How the clients' answers are fused (:data:`fl_kd.kd.fusion.LOGIT_AGGREGATIONS`): "mean" is the algorithm's
         own; "median", "trimmed_mean", "krum", "multi_krum" are robust to outlying clients; "trust" weights each
@@ -152,10 +152,10 @@ class PublicLogitsServer(ServerRole):
         self.seed = seed
         self.per_round = per_round
         self.temperature = temperature
-        self.logits_dtype = np.dtype(strategy.logits_dtype)
+        self.logits_dtype = strategy.logits_dtype
         self._round, self._positions = -1, np.zeros(0, dtype=np.int64)
         self._sent_positions = np.zeros(0, dtype=np.int64)
-        self._targets: NDArray[Any] = np.zeros((0, self.num_classes), dtype=self.logits_dtype)
+        self._targets: NDArray[Any] = np.zeros((0, self.num_classes), dtype=wire_dtype(self.logits_dtype))
         #: Labels of the labelled public part, for the "trust" aggregation (set by the builder; None: unknown).
         self.public_labels: NDArray[np.int64] | None = None
         self._answered: list[int] = []
@@ -204,7 +204,7 @@ class PublicLogitsServer(ServerRole):
 
     def train_instruction(self, round: int, client_id: int) -> Instruction:
         """The round's public positions and the logits' wire dtype."""
-        return Instruction({kd.POSITIONS: self.positions(round)}, {kd.LOGITS_DTYPE: self.logits_dtype.name})
+        return Instruction({kd.POSITIONS: self.positions(round)}, {kd.LOGITS_DTYPE: self.logits_dtype})
 
     def check_answer(self, round: int, client_id: int, arrays: Mapping[str, Any]) -> str | None:
         """Exactly ``positions`` (as asked) and ``logits`` ``(n, C)`` of a wire dtype, floats finite."""
@@ -218,11 +218,13 @@ class PublicLogitsServer(ServerRole):
         figures: Figures = {"num_answers": len(answers), "num_positions": int(positions.size)}
         if not answers:
             self._sent_positions = np.zeros(0, dtype=np.int64)
-            self._targets = np.zeros((0, self.num_classes), dtype=self.logits_dtype)
+            self._targets = np.zeros((0, self.num_classes), dtype=wire_dtype(self.logits_dtype))
             self._answered, self._shares = [], np.zeros(0)
             return figures | self.no_answer_figures() | {"server_loss": 0.0}
         # A fixed client order keeps floating-point sums the same in every runtime.
-        stacked = np.stack([from_wire(answers[cid][kd.LOGITS]).astype(np.float64) for cid in sorted(answers)])
+        stacked = np.stack(
+            [from_wire(answers[cid][kd.LOGITS], self.num_classes).astype(np.float64) for cid in sorted(answers)]
+        )
         self._answered = sorted(answers)
         targets, own = self.soft_targets(stacked)
         self._sent_positions, self._targets = positions, to_wire(torch.from_numpy(targets), self.logits_dtype)
