@@ -415,6 +415,8 @@ EXTRAS: tuple[Extra, ...] = (
         FEDGEMS,
         add=("strategy.unlabelled_per_round=10000", "strategy.logits_dtype=uint5"),
     ),
+    # FedGEMS' server training 8 epochs a round instead of 4 (each over the labelled part and the cached teachers).
+    Extra("fedgems_server8", "fedgems, 8 server epochs", FEDGEMS, add=("strategy.server_epochs=8",)),
     # The server-alone baselines at FedGEMS' 4 server epochs a round, with and without the weight average.
     *(
         Extra(f"{baseline}{suffix}", f"{baseline}, 4 epochs a round{words}", baseline, drop, settings=("alpha0.5",))
