@@ -59,6 +59,8 @@ class KDStrategy(Strategy):
         The test ``(x, y)`` of a round (``Federation.test_set``); the whole test set every round when None.
     evaluated : Callable[[int], list[int]] | None (default: None)
         The partition ids evaluated in a round (``Federation.evaluated_clients``); every client when None.
+    trend_set : Callable[[int], tuple[Tensor, Tensor] | None] | None (default: None)
+        A round's second test set for the server (``Federation.trend_test_set``); none when None.
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class KDStrategy(Strategy):
         max_abs_value: float = DEFAULT_MAX_ABS_VALUE,
         test_set: Callable[[int], tuple[Tensor, Tensor]] | None = None,
         evaluated: Callable[[int], list[int]] | None = None,
+        trend_set: Callable[[int], tuple[Tensor, Tensor] | None] | None = None,
     ) -> None:
         self.server = server
         self.federation = federation
@@ -83,6 +86,7 @@ class KDStrategy(Strategy):
         self.max_abs_value = max_abs_value
         self.test_set = test_set or (lambda _round: (federation.data.x_test, federation.data.y_test))
         self.evaluated = evaluated or (lambda _round: list(range(federation.num_clients)))
+        self.trend_set = trend_set or (lambda _round: None)
         self.history: list[dict[str, Any]] = []
         self._nodes: dict[int, int] = {}  # partition id -> node id
         self._partitions: dict[int, int] = {}  # node id -> partition id
@@ -275,9 +279,11 @@ class KDStrategy(Strategy):
             pacc = number_of(reply.content, kd.METRICS, kd.PERSONALISED_ACCURACY)
             if acc is not None and pacc is not None and 0.0 <= acc <= 1.0 and 0.0 <= pacc <= 1.0:
                 client_acc[partition_id], client_pacc[partition_id] = acc, pacc
+        trend = self.trend_set(server_round)
         row = round_metrics(
             round=server_round,
             server_acc=self.server.evaluate(*self.test_set(server_round)),
+            server_acc_subset=None if trend is None else self.server.evaluate(*trend),
             client_acc=client_acc,
             client_pacc=client_pacc,
             tiers=self.federation.tier_names(),

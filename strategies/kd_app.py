@@ -52,6 +52,7 @@ def make_strategy(
         timeout=timeout,
         test_set=lambda server_round: federation.test_set(cfg, server_round),
         evaluated=lambda server_round: federation.evaluated_clients(cfg, server_round),
+        trend_set=lambda server_round: federation.trend_test_set(cfg, server_round),
     )
 
 

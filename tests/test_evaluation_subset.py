@@ -64,3 +64,9 @@ def test_rounds_before_the_last_use_the_subset_and_the_last_is_exact() -> None:
     assert sampled[1]["client_acc_mean"] == full[1]["client_acc_mean"]
     assert (sampled[0]["server_acc"] * 50) == pytest.approx(round(sampled[0]["server_acc"] * 50))
     assert sampled[0]["server_acc"] != full[0]["server_acc"]
+    # The last round scores the server on the subset too (the trend's scale); no other round does, nor a run
+    # without a subset.
+    assert "server_acc_subset" not in sampled[0] and all("server_acc_subset" not in row for row in full)
+    last_on_subset = sampled[1]["server_acc_subset"]
+    assert (last_on_subset * 50) == pytest.approx(round(last_on_subset * 50))
+    assert last_on_subset != sampled[1]["server_acc"]

@@ -127,6 +127,19 @@ def test_report_section_has_the_figures_and_honest_verdicts(tmp_path: Path) -> N
     assert report.read_text().count(BEGIN) == 1
 
 
+def test_the_fall_after_the_best_round_is_read_on_the_subset_when_the_last_round_has_it(tmp_path: Path) -> None:
+    ours = federated("fedgems", "alpha0.5", 0)
+    # Best 0.87 in round 2 on the subset; round 3 scores 0.855 on the whole set but 0.868 on the subset.
+    rows = [_row(1, 0.80, 0.7), _row(2, 0.87, 0.7), _row(3, 0.855, 0.7, server_acc_subset=0.868)]
+    _write(tmp_path, ours, rows)
+    figures = Figures(tmp_path).run_figures(json.loads(result_path(tmp_path, ours).read_text()))
+    assert figures["server_final"] == 0.855 and figures["server_best"] == 0.87
+    assert figures["drop_after_best"] == pytest.approx(0.002)
+    # A run before the subset figure existed reads its last round on the whole set, as before.
+    del rows[-1]["server_acc_subset"]
+    assert Figures(tmp_path).run_figures({"rounds": rows})["drop_after_best"] == pytest.approx(0.015)
+
+
 def test_a_client_margin_that_local_only_leaves_no_room_for_says_how_much_is_possible(tmp_path: Path) -> None:
     ours, local = federated("fedgems", "alpha0.5", 0), Job("local_only", "local_only", "alpha0.5", 0)
     _write(tmp_path, ours, [_row(1, 0.8, 0.995)])

@@ -107,7 +107,9 @@ def _setup_lines(done: dict[Job, dict[str, Any]]) -> list[str]:
         + ").",
         "- Cut, stated plainly: rounds before the last are evaluated on a fixed, class-stratified 2,000-image",
         "  subset of the test set (`evaluation.test_samples=2000`); the last round, so every final figure, on all",
-        "  10,000.",
+        "  10,000. Runs since 2026-12-04 score the last round's server on the subset too (`server_acc_subset`): their",
+        "  best round and fall after it are read on the subset alone, those of earlier runs on the subset then the",
+        "  whole set.",
         "- Per-client bytes are per round and per sampled client (all 20 are sampled every round).",
         "",
     ]

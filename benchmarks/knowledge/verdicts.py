@@ -73,13 +73,15 @@ class Figures:
         rounds = self.round_figures(result)
         last = result["rounds"][-1]
         server = [r["server_acc"] for r in rounds]
-        finite = [(i, acc) for i, acc in enumerate(server) if math.isfinite(acc)]
+        # Rounds before the last are scored on a test subset and the last on the whole test set; the last is also
+        # scored on the subset (``server_acc_subset``, runs since 2026-12-04), and the fall is read on that one scale.
+        trend = [*server[:-1], _finite(last.get("server_acc_subset", server[-1]))]
+        finite = [(i, acc) for i, acc in enumerate(trend) if math.isfinite(acc)]
         best_index, best = max(finite, key=lambda pair: pair[1]) if finite else (0, math.nan)
         after = [acc for _, acc in finite[best_index + 1 :]] if finite else []
         return {
             "server_final": server[-1],
             "server_best": best,
-            # Rounds before the last are measured on a subset, so the fall is read off the same scale only at the end.
             "drop_after_best": (max(0.0, best - min(after)) if after else 0.0) if finite else math.nan,
             **{f"client_acc_{t}": _finite(last.get(f"client_acc_{t}_mean")) for t in TIERS},
             **{f"client_pacc_{t}": _finite(last.get(f"client_pacc_{t}_mean")) for t in TIERS},

@@ -100,6 +100,18 @@ class Federation:
         selected = torch.from_numpy(index)
         return self.data.x_test[selected], self.data.y_test[selected]
 
+    def trend_test_set(self, cfg: ExperimentConfig, round: int) -> tuple[Tensor, Tensor] | None:
+        """The last round's second test set: the subset of the rounds before it (None in other rounds, or with no
+        subset). Scored on it too, the last round's server reads on the same scale as the trend, so a fall after
+        the best round is measured on one test set."""
+        if round < cfg.strategy.rounds:
+            return None
+        index = round_test_indices(self.data.y_test.numpy(), cfg.evaluation, cfg.seed, 0, cfg.strategy.rounds)
+        if index is None:
+            return None
+        selected = torch.from_numpy(index)
+        return self.data.x_test[selected], self.data.y_test[selected]
+
     def evaluated_clients(self, cfg: ExperimentConfig, round: int) -> list[int]:
         """Client ids evaluated in ``round`` (``cfg.evaluation``'s sample; all of them in the last round)."""
         return evaluated_clients(self.num_clients, cfg.evaluation, cfg.seed, round, cfg.strategy.rounds)

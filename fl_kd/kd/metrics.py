@@ -77,6 +77,7 @@ def round_metrics(
     n_rejected: int = 0,
     n_missing: int = 0,
     cost: Mapping[str, float | int] | None = None,
+    server_acc_subset: float | None = None,
 ) -> Metrics:
     """The flat metric dict of one round.
 
@@ -101,6 +102,8 @@ def round_metrics(
         Client answers dropped by screening, and selected clients that did not answer.
     cost : Mapping | None (default: None)
         Device cost of the round (:func:`fl_kd.kd.cost.cost_metrics`), appended as they are.
+    server_acc_subset : float | None (default: None)
+        The last round's server accuracy on the test subset of the rounds before it (``server_acc_subset``).
 
     Returns
     -------
@@ -109,6 +112,8 @@ def round_metrics(
         n_clients, n_ce_only, num_answered, cache_size, server_loss, n_rejected, n_missing, wall_seconds``.
     """
     metrics: Metrics = {"round": int(round), "server_acc": float(server_acc)}
+    if server_acc_subset is not None:
+        metrics["server_acc_subset"] = float(server_acc_subset)
     metrics |= accuracy_summary(client_acc, tiers, "client_acc")
     metrics |= accuracy_summary(client_pacc, tiers, "client_pacc")
     metrics |= {

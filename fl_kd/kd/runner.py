@@ -98,9 +98,11 @@ def run_round(
     client_acc, client_pacc = evaluate_clients(
         federation, [c for c in clients if c.client_id in evaluated], (test_x, test_y)
     )
+    trend = federation.trend_test_set(cfg, round)
     return round_metrics(
         round=round,
         server_acc=server.evaluate(test_x, test_y),
+        server_acc_subset=None if trend is None else server.evaluate(*trend),
         client_acc=client_acc,
         client_pacc=client_pacc,
         tiers=federation.tier_names(),
