@@ -335,6 +335,13 @@ LARGER_CLIENT_TIERS: tuple[str, ...] = (
 #: The server trains on images shifted by up to 2 pixels each way and mirrored left-right half the time.
 SERVER_AUGMENT: tuple[str, ...] = ("strategy.server_augment_shift=2", "strategy.server_augment_mirror=true")
 
+#: The augmented extras: name, base and where each runs (the :class:`Extra` fields it sets).
+AUGMENTED: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("transfer_only", "transfer_only", {}),
+    ("pseudo_label", "pseudo_label", {}),
+    (FEDGEMS, "+client_finetune_2", {"settings": ("alpha0.5",), "seeds": (0,)}),
+)
+
 #: The rows that vary a method of the grid, each with the question it answers.
 EXTRAS: tuple[Extra, ...] = (
     # Would FedGEMS' server gain from training as long as the server-alone baselines do? (Run on FedGEMS before the
@@ -395,11 +402,7 @@ EXTRAS: tuple[Extra, ...] = (
     # before the shorter teacher cache).
     *(
         Extra(f"{name}_augmented", f"{base}, shifted and mirrored", base, add=SERVER_AUGMENT, **where)
-        for name, base, where in (
-            ("transfer_only", "transfer_only", {}),
-            ("pseudo_label", "pseudo_label", {}),
-            (FEDGEMS, "+client_finetune_2", {"settings": ("alpha0.5",), "seeds": (0,)}),
-        )
+        for name, base, where in AUGMENTED
     ),
     # Self-training on as many unlabelled samples a round as FedGEMS asks since its last step (5,000; the row
     # `pseudo_label` has 1,500, FedGEMS' count before it).
