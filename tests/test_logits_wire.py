@@ -93,6 +93,10 @@ def test_packed_uint5_is_checked_against_the_rows_asked_and_needs_the_class_coun
         check_logits("answer", wire, (4, 10))  # 4 rows take 25 bytes, not 32
     with pytest.raises(ValueError, match="number of classes"):
         from_wire(wire)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        from_wire(wire, 1)  # one class: 5 bits a row, and 2 bytes could hold 2 rows or 3
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        to_wire(torch.zeros(3, 1), "uint5")
     assert check_answer_logits(5, wire, 10) is None
     assert "packed uint5" in str(check_answer_logits(5, wire[:-1], 10))
     assert "packed uint5" in str(check_answer_logits(6, wire, 10))

@@ -191,6 +191,7 @@ def from_wire(array: NDArray[Any], num_classes: int | None = None) -> NDArray[np
 
 def _pack_uint5(log_probs: NDArray[np.float32]) -> NDArray[np.uint8]:
     """Each log-probability ``(n, C)`` as the index of its nearest uint5 level, 5 bits each, packed 1-D."""
+    _check_uint5_classes(log_probs.shape[1])
     levels = -_UINT5_CODES.astype(np.float32) * np.float32(_LOG_PROB_STEP)
     index = np.abs(log_probs[..., None] - levels).argmin(axis=-1).astype(np.uint8)
     bits = (index[..., None] >> np.arange(_UINT5_BITS - 1, -1, -1, dtype=np.uint8)) & 1
@@ -199,7 +200,15 @@ def _pack_uint5(log_probs: NDArray[np.float32]) -> NDArray[np.uint8]:
 
 def _unpack_uint5(packed: NDArray[np.uint8], num_classes: int) -> NDArray[np.uint8]:
     """The uint8 codes ``(n, C)`` of packed uint5 levels (the padding bits of the last byte are ignored)."""
+    _check_uint5_classes(num_classes)
     rows = packed.size * 8 // (_UINT5_BITS * num_classes)
     bits = np.unpackbits(packed, count=rows * num_classes * _UINT5_BITS).reshape(rows, num_classes, _UINT5_BITS)
     index = bits @ (1 << np.arange(_UINT5_BITS - 1, -1, -1))
     return _UINT5_CODES[index]
+
+
+def _check_uint5_classes(num_classes: int) -> None:
+    """A row of two or more classes takes at least 10 bits, more than a byte's padding: only then does a packed
+    array's size tell its number of rows."""
+    if num_classes < 2:
+        raise ValueError(f"uint5 logits need at least 2 classes, got {num_classes}")
