@@ -213,14 +213,15 @@ def test_fedgems_is_the_last_ablation_step_and_the_late_steps_run_in_every_setti
     assert settings["strategy.unlabelled_per_round"] == "5000" and settings["strategy.logits_dtype"] == "uint8"
     assert settings["strategy.client_tail_average"] == "0.5"
     assert settings["strategy.client_max_grad_norm"] == "1.0"
-    assert ABLATION[-5][0] == "+client_keep_distilled" and settings["strategy.client_keep_distilled"] == "true"
-    assert ABLATION[-4][0] == "+client_anchor" and settings["strategy.client_anchor"] == "1.0"
-    assert ABLATION[-3][0] == "+client_finetune_2" and settings["strategy.client_finetune_epochs"] == "2"
-    assert ABLATION[-2] == ("+teacher_cache_3", ("strategy.unlabelled_cache=3",))
-    assert ABLATION[-1] == (
+    assert ABLATION[-6][0] == "+client_keep_distilled" and settings["strategy.client_keep_distilled"] == "true"
+    assert ABLATION[-5][0] == "+client_anchor" and settings["strategy.client_anchor"] == "1.0"
+    assert ABLATION[-4][0] == "+client_finetune_2" and settings["strategy.client_finetune_epochs"] == "2"
+    assert ABLATION[-3] == ("+teacher_cache_3", ("strategy.unlabelled_cache=3",))
+    assert ABLATION[-2] == (
         "+unlabelled_5000",
         ("strategy.unlabelled_per_round=5000", "strategy.logits_dtype=uint8"),
     )
+    assert ABLATION[-1] == ("+server_epochs_8", ("strategy.server_epochs=8",))
     jobs = plan({})
     for setting in SETTINGS:
         late = {job.method for job in jobs if job.setting == setting and job.method in LATE_STEPS and job.seed == 0}
@@ -238,7 +239,7 @@ def test_fedgems_is_the_last_ablation_step_and_the_late_steps_run_in_every_setti
         server_alone = resolved(next(job for job in jobs if job.kind == kind).overrides)
         assert server_alone["strategy.server_ema"] == settings["strategy.server_ema"], kind
         # ... but train to their plateau: their epochs pass over 1,000 samples (2,500), FedGEMS' over up to 11,000.
-        assert int(server_alone["strategy.server_epochs"]) == 16 > int(settings.get("strategy.server_epochs", 4)), kind
+        assert int(server_alone["strategy.server_epochs"]) == 16 > int(settings["strategy.server_epochs"]) == 8, kind
     pseudo = resolved(next(job for job in jobs if job.kind == "pseudo_label").overrides)
     assert pseudo["strategy.unlabelled_per_round"] == "1500"  # FedGEMS' count until its last step; 5,000: an extra
     extra = next(e for e in EXTRAS if e.method == "pseudo_label_u5000")
@@ -314,8 +315,9 @@ def test_extras_are_their_base_jobs_with_overrides_left_out_or_added_and_are_not
     # 16 server epochs ran on FedGEMS before the anchor, and its results stay readable there.
     server16 = resolved(next(e for e in EXTRAS if e.method == "fedgems_server16").jobs()[0].hydra_overrides())
     fedgems = resolved(federated("fedgems", "alpha0.5", 0).hydra_overrides())
-    # FedGEMS before its last four steps (the anchor, two fine-tuning epochs, the shorter cache, 5,000 as uint8).
-    before_both = {k: v for k, v in fedgems.items() if k != "strategy.client_anchor"}
+    # FedGEMS before its last five steps (the anchor, two fine-tuning epochs, the shorter cache, 5,000 as uint8, 8
+    # server epochs).
+    before_both = {k: v for k, v in fedgems.items() if k not in ("strategy.client_anchor", "strategy.server_epochs")}
     before_both["strategy.client_finetune_epochs"] = "1"
     before_both["strategy.unlabelled_cache"] = "8"
     before_both["strategy.unlabelled_per_round"] = "1500"
@@ -323,6 +325,10 @@ def test_extras_are_their_base_jobs_with_overrides_left_out_or_added_and_are_not
     assert server16 == {**before_both, "strategy.server_epochs": "16"}
     # One extra per other anchor weight: FedGEMS before the longer fine-tuning with only that weight changed.
     anchors = {e.method: resolved(e.jobs()[0].hydra_overrides()) for e in EXTRAS if "anchor" in e.method}
+    # 10,000 a round as uint5 ran before the server trained 8 epochs a round, and its results stay readable there.
+    u10000 = resolved(next(e for e in EXTRAS if e.method == "fedgems_u10000").jobs()[0].hydra_overrides())
+    before_server8 = {k: v for k, v in fedgems.items() if k != "strategy.server_epochs"}
+    assert u10000 == before_server8 | {"strategy.unlabelled_per_round": "10000", "strategy.logits_dtype": "uint5"}
     assert {m: s.pop("strategy.client_anchor") for m, s in anchors.items()} == {
         "fedgems_anchor0.5": "0.5",
         "fedgems_anchor2": "2.0",

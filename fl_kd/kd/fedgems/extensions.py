@@ -64,6 +64,10 @@ EXTENSIONS: tuple[Extension, ...] = (
     # More of the clients' knowledge for less uplink: 5,000 unlabelled samples a round, answered as 8-bit
     # log-probabilities (60 kB a client and round, where 1,500 as float16 with their positions sent back took 70).
     Extension("unlabelled_5000", {"unlabelled_per_round": 5000, "logits_dtype": "uint8"}),
+    # The server trains 8 epochs a round instead of 4, each over the labelled part and up to 10,000 cached teachers:
+    # it fits the same teachers more closely (+0.4, +0.2 and +0.3 points at alpha 0.5, alpha 0.1 and with 2 classes
+    # per client, three seeds).
+    Extension("server_epochs_8", {"server_epochs": 8}),
 )
 
 
