@@ -241,7 +241,7 @@ def test_fedgems_is_the_last_ablation_step_and_the_late_steps_run_in_every_setti
         # ... but train to their plateau: their epochs pass over 1,000 samples (2,500), FedGEMS' over up to 11,000.
         assert int(server_alone["strategy.server_epochs"]) == 16 > int(settings["strategy.server_epochs"]) == 8, kind
     pseudo = resolved(next(job for job in jobs if job.kind == "pseudo_label").overrides)
-    assert pseudo["strategy.unlabelled_per_round"] == "1500"  # FedGEMS' count until its last step; 5,000: an extra
+    assert pseudo["strategy.unlabelled_per_round"] == "1500"  # FedGEMS' count before +unlabelled_5000; 5,000: an extra
     extra = next(e for e in EXTRAS if e.method == "pseudo_label_u5000")
     assert [resolved(job.overrides) for job in extra.jobs()] == [
         pseudo | {"strategy.unlabelled_per_round": settings["strategy.unlabelled_per_round"]}
@@ -323,12 +323,12 @@ def test_extras_are_their_base_jobs_with_overrides_left_out_or_added_and_are_not
     before_both["strategy.unlabelled_per_round"] = "1500"
     before_both["strategy.logits_dtype"] = "float16"
     assert server16 == {**before_both, "strategy.server_epochs": "16"}
-    # One extra per other anchor weight: FedGEMS before the longer fine-tuning with only that weight changed.
-    anchors = {e.method: resolved(e.jobs()[0].hydra_overrides()) for e in EXTRAS if "anchor" in e.method}
     # 10,000 a round as uint5 ran before the server trained 8 epochs a round, and its results stay readable there.
     u10000 = resolved(next(e for e in EXTRAS if e.method == "fedgems_u10000").jobs()[0].hydra_overrides())
     before_server8 = {k: v for k, v in fedgems.items() if k != "strategy.server_epochs"}
     assert u10000 == before_server8 | {"strategy.unlabelled_per_round": "10000", "strategy.logits_dtype": "uint5"}
+    # One extra per other anchor weight: FedGEMS before the longer fine-tuning with only that weight changed.
+    anchors = {e.method: resolved(e.jobs()[0].hydra_overrides()) for e in EXTRAS if "anchor" in e.method}
     assert {m: s.pop("strategy.client_anchor") for m, s in anchors.items()} == {
         "fedgems_anchor0.5": "0.5",
         "fedgems_anchor2": "2.0",
