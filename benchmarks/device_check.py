@@ -46,8 +46,6 @@ PRESETS: dict[str, tuple[str, ...]] = {
 }
 """Runs that need more than ``strategy=<name>``: an algorithm's other settings, or malicious clients beside it."""
 
-SECONDS_KEYS = ("seconds", "wall_seconds", "round_seconds")
-
 
 def strategy_overrides(name: str) -> tuple[str, ...]:
     """The Hydra overrides that select ``name`` (a registered algorithm or a preset of :data:`PRESETS`)."""
@@ -55,8 +53,9 @@ def strategy_overrides(name: str) -> tuple[str, ...]:
 
 
 def comparable(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The round rows without their timings, which differ between two runs of the same seed."""
-    return [{k: v for k, v in row.items() if not any(part in k for part in SECONDS_KEYS)} for row in rows]
+    """The round rows without their timings (``wall_seconds``, ``sim_seconds_<tier>``, ...), which differ between
+    two runs of the same seed."""
+    return [{k: v for k, v in row.items() if "seconds" not in k} for row in rows]
 
 
 def run_once(name: str, device: str, rounds: int, seed: int, extra: Sequence[str]) -> dict[str, Any]:

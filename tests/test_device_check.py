@@ -1,6 +1,6 @@
 """The accelerator check (``benchmarks.device_check``) on the CPU: it must run, compare and flag what it should.
 
-On a machine with CUDA the same command runs every strategy there (BENCHMARKS.md, "On a GPU"); here it checks
+On a machine with CUDA the same command runs every strategy there (BENCHMARKS_KD.md, "On a GPU"); here it checks
 the script itself, so it cannot rot between the sessions that have a GPU.
 """
 
@@ -32,6 +32,19 @@ def test_check_reports_a_failing_run_and_goes_on(tmp_path: Path, capsys: pytest.
     (result,) = json.loads((tmp_path / "results.json").read_text())["results"]
     assert len(result["errors"]) == 3
     assert "FAIL" in capsys.readouterr().out
+
+
+def test_runs_that_differ_on_the_device_fail_the_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A device whose second run drifts from the first (non-deterministic kernels) must fail, not pass quietly.
+    calls = iter([0.5, 0.6, 0.5])
+
+    def drifting(name: str, device: str, rounds: int, seed: int, extra: object) -> dict[str, object]:
+        return {"rounds": [{"round": 1, "server_acc": next(calls), "wall_seconds": 1.0}], "seconds": 1.0}
+
+    monkeypatch.setattr(device_check, "run_once", drifting)
+    result = device_check.check_strategy("fedavg", "cpu", 1, 0, [])
+    assert result["errors"] == [] and result["finite"]
+    assert not result["repeatable"]
 
 
 def test_timings_are_left_out_of_the_comparison() -> None:
