@@ -138,6 +138,14 @@ def test_camouflage_is_right_and_sure_where_labels_check_it_and_wrong_elsewhere(
     out = behaviour.corrupt_logits(honest[:3], positions, np.random.default_rng(2))
     np.testing.assert_array_equal(out[:2], honest[:2])
     assert out[2].max() == 10.0 and (out[2] != 0).sum() == 1
+    # With checked=poisoned it lies on the same share where labels check it as elsewhere, never on the label.
+    alike = config(adversary={"name": "camouflage", "fraction": 1.0, "poison_share": 0.25, "checked": "poisoned"})
+    behaviour = get_algorithm("dsfl").build_client(alike, federation(), 0).behaviour
+    labelled = np.arange(2000) % federation().transfer_y.numel()
+    out = behaviour.corrupt_logits(honest, labelled, np.random.default_rng(3))
+    lied = ~np.all(out == honest, axis=1)
+    assert 0.2 < lied.mean() < 0.3
+    assert not np.any(out[lied].argmax(axis=1) == honest[lied].argmax(axis=1))
 
 
 def test_coordinated_liars_poison_the_same_samples_with_the_same_wrong_class() -> None:

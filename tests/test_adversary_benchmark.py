@@ -111,3 +111,13 @@ def test_the_section_lists_what_did_not_finish_and_the_command_drops_report_only
     assert "- not run (time): `fedmd__none__0__seed0`" in text and "| fedgems | none | 0 | 1 | 80.0 |" in text
     argv = ["--rounds", "3", "--report-only", "--note", "load 2", "--methods", "fedgems", "--note=x"]
     assert printed_command(argv) == "python -m benchmarks.robustness --rounds 3 --methods fedgems"
+
+
+def test_the_preset_methods_compose_and_face_the_attacker_that_knows_their_screen() -> None:
+    from benchmarks.kd.grid import compose_config
+
+    jobs = plan(["fedgems_plus_consensus"], ["none", "camouflage_consistent_p0.2", "random_logits"], [0.3], [0])
+    assert [(j.adversary, j.fraction) for j in jobs] == [("none", 0.0), ("camouflage_consistent_p0.2", 0.3)]
+    cfg = compose_config(0, 2, "inprocess", jobs[1].overrides())
+    assert cfg.strategy.name == "fedgems" and cfg.strategy.consensus_z == 3.0 and cfg.strategy.unlabelled_cache == 3
+    assert cfg.adversary.checked == "poisoned" and cfg.adversary.poison_share == 0.2

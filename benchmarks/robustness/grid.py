@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from benchmarks.knowledge.grid import overrides_through
 from fl_kd.kd.adversary import ADVERSARIES, NONE
 from fl_kd.kd.algorithm import get_algorithm
+from fl_kd.simulations.config import STRATEGY_PRESETS
 
 #: Fashion-MNIST, 20 clients in three tiers, 1,000 labelled transfer samples, rounds before the last evaluated on a
 #: fixed 2,000-image test subset.
@@ -58,6 +59,12 @@ METHODS: dict[str, tuple[str, ...]] = {
     # The canaries with the knowledge benchmark's teacher cache (the teachers of the last 8 rounds distilled again):
     # a client the screen catches late is fused out of what it taught in the rounds before.
     "fedgems_canaries_cached": (*LEARNED, "strategy.canaries=1000", "strategy.unlabelled_cache=8"),
+    # The knowledge benchmark's FedGEMS (``strategy=fedgems_plus``: learned trust, 5,000 unlabelled samples a round,
+    # a teacher cache of 3 rounds), which the trust score of ``fedgems_learned`` exposes to the same attackers.
+    "fedgems_plus": ("strategy=fedgems_plus", "transfer.unlabelled=10000"),
+    # And with the consensus screen: a client that agrees with the others less where no label checks it is left out
+    # of the unlabelled teacher, with no label spent.
+    "fedgems_plus_consensus": ("strategy=fedgems_plus", "transfer.unlabelled=10000", "strategy.consensus_z=3"),
     # And with a trimmed product: the 3 lowest and 3 highest terms of each sample and class left out.
     "fedgems_trimmed": (
         *LEARNED,
@@ -71,13 +78,16 @@ METHODS: dict[str, tuple[str, ...]] = {
 #: fifth of the unlabelled samples only; ``camouflage_mimic_p*`` also answers honestly where labels check it, so
 #: that the canaries' screen sees only the share it poisons (the attacker that knows the screen);
 #: ``camouflage_mimic_p0.2_coord`` lies with the other malicious clients on the same samples and names the same
-#: wrong class there (the attacker that knows the trimmed product).
+#: wrong class there (the attacker that knows the trimmed product); ``camouflage_consistent_p0.2`` lies as often
+#: where labels check it as elsewhere (the attacker that knows the consensus screen, which compares the two).
 MIMIC_P02 = ("adversary.poison_share=0.2", "adversary.checked=honest")
 ATTACK_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "camouflage_p0.2": ("camouflage", ("adversary.poison_share=0.2",)),
     "camouflage_mimic_p0.2": ("camouflage", MIMIC_P02),
     "camouflage_mimic_p0.1": ("camouflage", ("adversary.poison_share=0.1", "adversary.checked=honest")),
     "camouflage_mimic_p0.2_coord": ("camouflage", (*MIMIC_P02, "adversary.coordinated=true")),
+    "camouflage_mimic_p0.05": ("camouflage", ("adversary.poison_share=0.05", "adversary.checked=honest")),
+    "camouflage_consistent_p0.2": ("camouflage", ("adversary.poison_share=0.2", "adversary.checked=poisoned")),
 }
 
 #: Variants run beside the grid, not through it, with the only (adversary, fraction) pairs they face: the trust score
@@ -125,6 +135,26 @@ ONLY: dict[str, frozenset[tuple[str, float]]] = {
         }
     ),
     "fedgems_uniform": frozenset({("scaled_logits", 0.3), ("camouflage", 0.3), ("camouflage", 0.5)}),
+    "fedgems_plus": frozenset(
+        {
+            ("confident_wrong", 0.3),
+            ("random_logits", 0.3),
+            ("camouflage", 0.3),
+            ("camouflage_mimic_p0.2", 0.3),
+            ("camouflage_mimic_p0.2_coord", 0.3),
+            ("camouflage_mimic_p0.05", 0.3),
+            ("camouflage_consistent_p0.2", 0.3),
+        }
+    ),
+    "fedgems_plus_consensus": frozenset(
+        {
+            ("camouflage", 0.3),
+            ("camouflage_mimic_p0.2", 0.3),
+            ("camouflage_mimic_p0.2_coord", 0.3),
+            ("camouflage_mimic_p0.05", 0.3),
+            ("camouflage_consistent_p0.2", 0.3),
+        }
+    ),
 }
 
 FRACTIONS: tuple[float, ...] = (0.1, 0.3, 0.5)
@@ -160,6 +190,8 @@ def attack_names() -> list[str]:
 def fits(method: str, adversary: str) -> bool:
     """Whether ``adversary`` applies to the clients of ``method``'s strategy (logits, weights, or any)."""
     strategy = next(o.split("=", 1)[1] for o in METHODS[method] if o.startswith("strategy="))
+    if strategy in STRATEGY_PRESETS:  # a preset shares what its algorithm shares
+        strategy = STRATEGY_PRESETS[strategy]().name
     adversary = ATTACK_VARIANTS.get(adversary, (adversary, ()))[0]
     return ADVERSARIES.get(adversary).kind in ("any", get_algorithm(strategy).config_class.shares)
 

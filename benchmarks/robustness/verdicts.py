@@ -23,6 +23,8 @@ SELECTIVE_VARIANTS = (
     "fedgems_canaries_cached",
     "fedgems_robust",
     "fedgems_trimmed",
+    "fedgems_plus",
+    "fedgems_plus_consensus",
 )
 FRACTION = 0.3
 MAX_SELECTIVE_DROP = 1.0  # points

@@ -239,7 +239,8 @@ class Camouflage(Behaviour):
     that checks it where it cannot tell (canaries), it lies on only a share ``adversary.poison_share`` of the
     unlabelled samples, drawn per round, and answers the rest honestly; with ``adversary.checked=honest`` it also
     answers its honest logits where labels check it, so that it is no more accurate there than elsewhere and a
-    screen comparing the two sees only the share it poisons.
+    screen comparing the two sees only the share it poisons; with ``adversary.checked=poisoned`` it poisons the same
+    share where labels check it, so that such a screen sees no difference at all.
     """
 
     kind = "logits"
@@ -250,7 +251,9 @@ class Camouflage(Behaviour):
         """One-hot on the true class where the label is known, on a wrong class where it lies, honest elsewhere."""
         rows = logits.shape[0]
         known = positions < self.transfer_y.size
-        truth = self.labels_or_predictions(logits, positions)
+        if self.config.checked == "poisoned":  # checked or not, it answers alike
+            known = np.zeros_like(known)
+        truth = np.where(known, self.labels_or_predictions(logits, positions), logits.argmax(axis=1))
         wrong = self.wrong_classes(truth, rng, positions)
         out = np.zeros_like(logits)
         out[np.arange(rows), np.where(known, truth, wrong)] = self.config.confidence

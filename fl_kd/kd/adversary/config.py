@@ -21,7 +21,7 @@ NONE = "none"
 """The honest federation: no client is wrapped, every run is bit-identical to one without this group."""
 
 FREE_RIDER_MODES: tuple[str, ...] = ("stale", "random")
-CHECKED_ANSWERS: tuple[str, ...] = ("truth", "honest")
+CHECKED_ANSWERS: tuple[str, ...] = ("truth", "honest", "poisoned")
 
 
 @dataclass
@@ -48,9 +48,11 @@ class AdversaryConfig:
         ``source`` say ``target`` instead.
     poison_share : float (default: 1.0)
         ``camouflage``: the share of the unlabelled samples it lies on each round (it answers the rest honestly).
-    checked : {"truth", "honest"} (default: "truth")
+    checked : {"truth", "honest", "poisoned"} (default: "truth")
         ``camouflage``: what it answers where a label can check it: one-hot on the true class (sure and right, so
-        it takes an inverse-entropy weight), or its honest logits (no more accurate there than elsewhere).
+        it takes an inverse-entropy weight), its honest logits (no more accurate there than elsewhere), or the
+        same as where none can, a share ``poison_share`` of its answers turned into lies (the attacker that knows a
+        screen comparing the two, and pays for it with the trust that labels measure).
     coordinated : bool (default: False)
         ``confident_wrong`` and ``camouflage``: the malicious clients lie together. Which unlabelled samples they
         poison and the wrong class they name there are fixed per transfer position by a key they share (not drawn

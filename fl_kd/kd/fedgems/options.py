@@ -15,6 +15,8 @@ labelled transfer set it asks no client again. The options here, all off by defa
   on the held-out slice, whose labels no client trained on (:mod:`fl_kd.kd.fedgems.combiner`);
 * ``canaries``: labelled samples hidden in the unlabelled part screen out clients that are honest only where they
   know they are checked (:mod:`fl_kd.kd.fedgems.canaries`);
+* ``consensus_z``: the same clients screened out without labels, by their agreement with the other clients
+  (:mod:`fl_kd.kd.fedgems.consensus`);
 * ``unlabelled_cache``: the fused teachers of the last rounds are kept and distilled again
   (:mod:`fl_kd.kd.fedgems.teacher_cache`).
 
@@ -34,6 +36,7 @@ from torch import Tensor
 
 from fl_kd.kd.fedgems.canaries import CanaryScreen
 from fl_kd.kd.fedgems.combiner import ClassCombiner, fit_class_combiner, fuse_by_combiner
+from fl_kd.kd.fedgems.consensus import ConsensusScreen
 from fl_kd.kd.fedgems.reliability import (
     UnlabelledTeacher,
     class_precision,
@@ -59,9 +62,9 @@ class RoundTeacher(NamedTuple):
     dropped: Tensor
     """Indices answered whose teacher was not kept (the confidence gate): the cache drops their old teachers."""
     block: AnswerBlock | None
-    """The answers and fusion parameters behind the kept teachers (with canaries only: nothing else reads them)."""
+    """The answers and fusion parameters behind the kept teachers (with a screen only: nothing else reads them)."""
     screened: set[int]
-    """Clients the canaries screened out this round."""
+    """Clients the screens (canaries, consensus) left out this round."""
 
 
 class ServerOptions:
@@ -124,10 +127,18 @@ class ServerOptions:
             if self.unlabelled_y is None:
                 raise ValueError("canaries need unlabelled_trust and the labels of the unlabelled samples they hide")
             self.canaries = CanaryScreen(self.unlabelled_y, config.canaries, seed, config.canary_z)
+        self.consensus: ConsensusScreen | None = None
+        if config.consensus_z > 0 and self.unlabelled_x is not None:
+            self.consensus = ConsensusScreen(num_classes, config.consensus_z)
         self.teacher_cache: TeacherCache | None = None
         if config.unlabelled_cache and self.unlabelled_x is not None:
             self.teacher_cache = TeacherCache(self.num_unlabelled, num_classes)
         self._used: Tensor | None = None  # unlabelled indices of the last teacher (for its diagnostic figures)
+
+    @property
+    def screening(self) -> bool:
+        """Whether a screen (canaries, consensus) may leave clients out of the unlabelled teacher."""
+        return self.canaries is not None or self.consensus is not None
 
     @property
     def num_unlabelled(self) -> int:
@@ -179,7 +190,7 @@ class ServerOptions:
         round_teacher = self._fresh_teacher(labelled, unlabelled, num_classes, stats)
         fresh = round_teacher.teacher
         if self.teacher_cache is not None:
-            if self.canaries is not None:  # what a client caught now taught before it was caught goes too
+            if self.screening:  # what a client caught now taught before it was caught goes too
                 refused, purged = self.teacher_cache.refuse_without(round_teacher.screened, self._refuse)
                 stats.extra["canary_refused"], stats.extra["canary_purged"] = refused, purged
             self.teacher_cache.forget(round_teacher.dropped)
@@ -198,7 +209,7 @@ class ServerOptions:
     ) -> RoundTeacher:
         """This round's fused teacher on the unlabelled answers, canaries and screened clients out."""
         screened: set[int] = set()
-        if self.canaries is not None:
+        if self.screening:
             unlabelled, screened = self._screen(labelled, unlabelled, num_classes, stats)
         clients = sorted(unlabelled)
         union = np.unique(np.concatenate([unlabelled[c][0] for c in clients])) if clients else np.zeros(0, np.int64)
@@ -213,7 +224,7 @@ class ServerOptions:
             stats.weight_mass[client_id] = stats.weight_mass.get(client_id, 0.0) + float(fused.weights[k][keep].sum())
         answered = torch.from_numpy(union)
         block = None
-        if self.canaries is not None:  # kept so that a client caught later can be fused out again
+        if self.screening:  # kept so that a client caught later can be fused out again
             block = {
                 "indices": answered[keep],
                 "clients": torch.tensor(clients, dtype=torch.int64),
@@ -274,17 +285,26 @@ class ServerOptions:
     def _screen(
         self, labelled: Answers, unlabelled: Answers, num_classes: int, stats: SelectionStats
     ) -> tuple[Answers, set[int]]:
-        """The unlabelled answers of the clients the canaries do not screen out, canaries removed; and the clients
-        screened out."""
-        assert self.canaries is not None
-        reference = {}
-        for client_id in unlabelled:
-            pos, values = self._labelled_answers(labelled, client_id, num_classes)
-            reference[client_id] = (values.argmax(axis=1), self.transfer_y.numpy()[pos])
-        flagged, scores = self.canaries.screen(unlabelled, reference)
-        stats.extra["canary_screened"] = len(flagged)
-        stats.extra["canary_z_max"] = max(scores.values(), default=0.0)
-        return self.canaries.strip({c: answer for c, answer in unlabelled.items() if c not in flagged}), flagged
+        """The unlabelled answers of the clients no screen leaves out, canaries removed; and the clients left out.
+
+        Both screens compare a client where it knows it is checked (the reliability slice) with where it cannot
+        tell: the canaries by its accuracy, the consensus by its agreement with the other clients.
+        """
+        flagged: set[int] = set()
+        reference = {c: self._labelled_answers(labelled, c, num_classes) for c in unlabelled}
+        if self.consensus is not None:
+            agreeing, scores = self.consensus.screen(unlabelled, reference)
+            stats.extra["consensus_screened"] = len(agreeing)
+            stats.extra["consensus_z_max"] = max(scores.values(), default=0.0)
+            flagged |= agreeing
+        if self.canaries is not None:
+            truth = {c: (values.argmax(axis=1), self.transfer_y.numpy()[pos]) for c, (pos, values) in reference.items()}
+            caught, scores = self.canaries.screen(unlabelled, truth)
+            stats.extra["canary_screened"] = len(caught)
+            stats.extra["canary_z_max"] = max(scores.values(), default=0.0)
+            flagged |= caught
+        kept = {c: answer for c, answer in unlabelled.items() if c not in flagged}
+        return (self.canaries.strip(kept) if self.canaries is not None else kept), flagged
 
     def _labelled_answers(
         self, labelled: Answers, client_id: int, num_classes: int

@@ -88,6 +88,12 @@ class SelectionConfig:
         They cost that many labels more.
     canary_z : float (default: 3.0)
         The screen's threshold.
+    consensus_z : float (default: 0.0)
+        A screen without labels (needs ``unlabelled_trust`` and ``reliability_on=held_out``): each client's
+        agreement with the other clients' plurality vote on the unlabelled samples is compared with its agreement
+        on the held-out slice, where it knows it is checked; one whose shortfall exceeds the median client's by
+        more than this many standard errors (pooled over the rounds so far) is left out of the unlabelled teacher,
+        as the canaries leave one out (:mod:`fl_kd.kd.fedgems.consensus`). 0 (today): no such screen.
     """
 
     correctness: str = "train"
@@ -104,6 +110,7 @@ class SelectionConfig:
     unlabelled_cache: int = 0
     canaries: int = 0
     canary_z: float = 3.0
+    consensus_z: float = 0.0
 
     def check_selection(self, prefix: str = "") -> None:
         """Raise :class:`~fl_kd.config.ConfigError` naming ``prefix + key`` for a value or combination out of range."""
@@ -123,6 +130,7 @@ class SelectionConfig:
             )
             check_range(f"{prefix}{key}", count, low=0)
         check_range(f"{prefix}canary_z", self.canary_z, low=0.0, low_open=True)
+        check_range(f"{prefix}consensus_z", self.consensus_z, low=0.0)
         require(
             self.reliability_on == "labelled" or self.correctness == "held_out",
             f"{prefix}reliability_on=held_out needs {prefix}correctness=held_out",
@@ -142,6 +150,12 @@ class SelectionConfig:
             self.canaries == 0 or (self.unlabelled_trust != "none" and self.reliability_on == "held_out"),
             f"{prefix}canaries needs {prefix}unlabelled_trust=class_reliability or learned and "
             f"{prefix}reliability_on=held_out: a client's accuracy on them is compared with the held-out slice's",
+        )
+        require(
+            self.consensus_z == 0 or (self.unlabelled_trust != "none" and self.reliability_on == "held_out"),
+            f"{prefix}consensus_z needs {prefix}unlabelled_trust=class_reliability or learned and "
+            f"{prefix}reliability_on=held_out: a client's agreement with the others on the unlabelled samples is "
+            "compared with its agreement on the held-out slice",
         )
 
     def selection_settings(self) -> dict[str, Any]:
@@ -169,7 +183,7 @@ class ServerDistillConfig(SelectionConfig):
         Client fusion rule, a name in :data:`fl_kd.kd.fusion.FUSION_RULES`.
     correctness, held_out_fraction, distill_correct, unlabelled_trust, reliability_power, reliability_on,
     teacher_min_confidence, learned_weight_decay, learned_prob_floor, learned_trim, unlabelled_per_round,
-    unlabelled_cache, canaries, canary_z
+    unlabelled_cache, canaries, canary_z, consensus_z
         See :class:`SelectionConfig`.
     ema_decay : float (default: 0.0)
         The server shows an exponential moving average of its weights, updated after every step with this decay

@@ -1,0 +1,160 @@
+"""``strategy.consensus_z``: a client that agrees with the other clients less on the unlabelled samples than on the
+held-out slice, beyond what the median client does, is left out of the unlabelled teacher, with no label spent."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from fl_kd.checkpoint import object_state, restore_object_state, state_digests
+from fl_kd.config import ConfigError
+from fl_kd.kd.fedgems import SelectiveDistillServer
+from fl_kd.kd.fedgems.consensus import ConsensusScreen, agreement_with_others, shortfall, standard_error
+from fl_kd.kd.runner import run_inprocess
+from tests.kd_configs import learned_trust_server, tiny_config
+
+CLASSES = 4
+
+
+def _one_hot(classes: np.ndarray) -> np.ndarray:
+    return np.eye(CLASSES, dtype=np.float32)[classes] * 5
+
+
+def _noisy(truth: np.ndarray, error: float, rng: np.random.Generator) -> np.ndarray:
+    """The true classes with a share ``error`` replaced by another class."""
+    wrong = rng.random(truth.size) < error
+    return np.where(wrong, (truth + rng.integers(1, CLASSES, truth.size)) % CLASSES, truth)
+
+
+def test_agreement_counts_the_others_plurality_and_needs_two_others() -> None:
+    positions = np.arange(3)
+    answers = {
+        0: (positions, _one_hot(np.array([0, 1, 2]))),
+        1: (positions, _one_hot(np.array([0, 1, 3]))),
+        2: (positions, _one_hot(np.array([0, 2, 3]))),
+        3: (np.array([0]), _one_hot(np.array([1]))),
+    }
+    agreement = agreement_with_others(answers, CLASSES)
+    # Sample 0: 0, 0, 0, 1; sample 1: 1, 1, 2 (client 3 absent); sample 2: 2, 3, 3.
+    assert agreement[0] == (2, 3)  # the others vote 0, then 1 (a tie of 1 and 2 goes to the lowest), then 3
+    assert agreement[1] == (2, 3)  # ... 0, 1, then 2 (a tie of 2 and 3)
+    assert agreement[2] == (1, 3)  # ... 0, 1, 2
+    assert agreement[3] == (0, 1)  # ... 0 on the one sample it answered
+    # With only one other client answering, a sample is not counted.
+    assert agreement_with_others({0: answers[0], 1: answers[1]}, CLASSES) == {0: (0, 0), 1: (0, 0)}
+
+
+def test_the_standard_error_never_claims_certainty() -> None:
+    assert shortfall([90, 100, 40, 50]) == pytest.approx(0.1)
+    assert standard_error([100, 100, 50, 50]) > 0
+    assert standard_error([80, 100, 400, 500]) == pytest.approx(np.sqrt(0.16 / 100 + 0.16 / 500))
+
+
+def _federation(
+    rng: np.random.Generator, liars: dict[int, float], common_drop: float = 0.0
+) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], dict[int, tuple[np.ndarray, np.ndarray]]]:
+    """Ten clients right on about 80% of 200 reference and 2,000 unlabelled samples; ``liars`` maps a client to the
+    share of its unlabelled answers it turns wrong; ``common_drop`` makes every client that much less accurate there."""
+    reference_truth, unlabelled_truth = rng.integers(0, CLASSES, 200), rng.integers(0, CLASSES, 2000)
+    reference, unlabelled = {}, {}
+    for client in range(10):
+        reference[client] = (np.arange(200), _one_hot(_noisy(reference_truth, 0.2, rng)))
+        answer = _noisy(unlabelled_truth, 0.2 + common_drop, rng)
+        lie = rng.random(answer.size) < liars.get(client, 0.0)
+        answer = np.where(lie, (unlabelled_truth + 1) % CLASSES, answer)
+        unlabelled[client] = (np.arange(2000), _one_hot(answer))
+    return unlabelled, reference
+
+
+@pytest.mark.parametrize("share", [1.0, 0.2])
+def test_the_screen_flags_clients_that_lie_only_where_unchecked(share: float) -> None:
+    unlabelled, reference = _federation(np.random.default_rng(0), {3: share, 7: share})
+    flagged, scores = ConsensusScreen(CLASSES, z=3.0).screen(unlabelled, reference)
+    assert flagged == {3, 7}
+    assert max(scores[c] for c in scores if c not in (3, 7)) < 3.0
+
+
+def test_a_shortfall_every_client_shares_flags_nobody() -> None:
+    unlabelled, reference = _federation(np.random.default_rng(1), {}, common_drop=0.15)
+    flagged, scores = ConsensusScreen(CLASSES, z=3.0).screen(unlabelled, reference)
+    assert flagged == set() and max(scores.values()) < 3.0
+
+
+def test_evidence_pools_over_rounds() -> None:
+    """A 5% liar is below one round's power and caught once its rounds add up."""
+    rng = np.random.default_rng(2)
+    screen = ConsensusScreen(CLASSES, z=3.0)
+    verdicts = [screen.screen(*_federation(rng, {4: 0.08}))[0] for _ in range(6)]
+    assert 4 not in verdicts[0] and verdicts[-1] == {4}
+    assert screen.tallies[4][1] == 6 * 200 and screen.tallies[4][3] == 6 * 2000
+
+
+def _server(consensus_z: float) -> SelectiveDistillServer:
+    return learned_trust_server(60, consensus_z=consensus_z)
+
+
+def _answers(server: SelectiveDistillServer) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Clients 0-3 honest (right everywhere); client 4 camouflaged: right on the labelled part, wrong beyond it."""
+    labels = np.concatenate([server.transfer_y.numpy(), server.options.unlabelled_y.numpy()])
+    right = _one_hot(labels)
+    camouflaged = np.where((np.arange(100) < 40)[:, None], right, _one_hot((labels + 1) % CLASSES))
+    positions = np.arange(100)
+    return {**{c: (positions, right) for c in range(4)}, 4: (positions, camouflaged)}
+
+
+def test_the_server_leaves_the_camouflaged_client_out_of_the_unlabelled_teacher() -> None:
+    server = _server(consensus_z=3.0)
+    stats = server.distill(1, _answers(server))
+    assert stats.extra["consensus_screened"] == 1 and stats.extra["consensus_z_max"] > 3.0
+    assert stats.extra["n_unlabelled"] == 60  # nothing is withheld from distillation: no canaries
+    assert stats.extra["teacher_unlabelled_accuracy"] == 1.0
+    unscreened = _server(consensus_z=0.0)
+    plain = unscreened.distill(1, _answers(unscreened))
+    assert "consensus_screened" not in plain.extra
+    assert stats.weight_mass[4] < plain.weight_mass[4]
+
+
+def test_the_tallies_survive_a_checkpoint() -> None:
+    server = _server(consensus_z=3.0)
+    baseline = state_digests(_server(consensus_z=3.0))
+    server.distill(1, _answers(server))
+    buffer = io.BytesIO()
+    torch.save(object_state(server, baseline), buffer)
+    buffer.seek(0)
+    resumed = _server(consensus_z=3.0)
+    restore_object_state(resumed, torch.load(buffer, weights_only=False), "memory")
+    assert resumed.options.consensus.tallies == server.options.consensus.tallies
+    assert server.options.consensus.tallies[4] == [20, 20, 0, 60]
+    assert server.distill(2, _answers(server)).extra == resumed.distill(2, _answers(resumed)).extra
+
+
+def test_the_screen_needs_unlabelled_trust_on_a_held_out_slice() -> None:
+    with pytest.raises(ConfigError, match="consensus_z"):
+        tiny_config(transfer={"labelled": 60, "unlabelled": 40}, unlabelled_trust="class_reliability", consensus_z=3)
+    with pytest.raises(ConfigError, match="consensus_z"):
+        tiny_config(consensus_z=-1.0)
+    with pytest.raises(ValueError, match="z must be > 0"):
+        ConsensusScreen(CLASSES, z=0.0)
+
+
+def test_an_honest_federation_runs_as_without_the_screen_and_camouflage_is_screened() -> None:
+    settings = {
+        "rounds": 2,
+        "num_clients": 6,
+        "transfer": {"labelled": 120, "unlabelled": 200},
+        "correctness": "held_out",
+        "held_out_fraction": 0.5,
+        "reliability_on": "held_out",
+        "unlabelled_trust": "learned",
+    }
+    plain = run_inprocess(tiny_config(**settings)).rounds
+    honest = run_inprocess(tiny_config(**settings, consensus_z=3.0)).rounds
+    assert [row["consensus_screened"] for row in honest] == [0, 0]
+    assert [row["server_acc"] for row in honest] == [row["server_acc"] for row in plain]
+    attacked = run_inprocess(
+        tiny_config(**settings, consensus_z=3.0, adversary={"name": "camouflage", "fraction": 0.34})
+    ).rounds
+    assert [row["consensus_screened"] for row in attacked] == [2, 2]
