@@ -79,7 +79,9 @@ METHODS: dict[str, tuple[str, ...]] = {
 #: that the canaries' screen sees only the share it poisons (the attacker that knows the screen);
 #: ``camouflage_mimic_p0.2_coord`` lies with the other malicious clients on the same samples and names the same
 #: wrong class there (the attacker that knows the trimmed product); ``camouflage_consistent_p0.2`` lies as often
-#: where labels check it as elsewhere (the attacker that knows the consensus screen, which compares the two).
+#: where labels check it as elsewhere (the attacker that knows the consensus screen, which compares the two);
+#: ``camouflage_mimic_unsure_p0.2`` lies where it is least sure, with its runner-up class (where honest clients
+#: disagree too, so that the screen counts its lies among theirs).
 MIMIC_P02 = ("adversary.poison_share=0.2", "adversary.checked=honest")
 ATTACK_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "camouflage_p0.2": ("camouflage", ("adversary.poison_share=0.2",)),
@@ -88,6 +90,7 @@ ATTACK_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "camouflage_mimic_p0.2_coord": ("camouflage", (*MIMIC_P02, "adversary.coordinated=true")),
     "camouflage_mimic_p0.05": ("camouflage", ("adversary.poison_share=0.05", "adversary.checked=honest")),
     "camouflage_consistent_p0.2": ("camouflage", ("adversary.poison_share=0.2", "adversary.checked=poisoned")),
+    "camouflage_mimic_unsure_p0.2": ("camouflage", (*MIMIC_P02, "adversary.poison_where=uncertain")),
 }
 
 #: Variants run beside the grid, not through it, with the only (adversary, fraction) pairs they face: the trust score
@@ -144,6 +147,7 @@ ONLY: dict[str, frozenset[tuple[str, float]]] = {
             ("camouflage_mimic_p0.2_coord", 0.3),
             ("camouflage_mimic_p0.05", 0.3),
             ("camouflage_consistent_p0.2", 0.3),
+            ("camouflage_mimic_unsure_p0.2", 0.3),
         }
     ),
     "fedgems_plus_consensus": frozenset(
@@ -153,6 +157,7 @@ ONLY: dict[str, frozenset[tuple[str, float]]] = {
             ("camouflage_mimic_p0.2_coord", 0.3),
             ("camouflage_mimic_p0.05", 0.3),
             ("camouflage_consistent_p0.2", 0.3),
+            ("camouflage_mimic_unsure_p0.2", 0.3),
         }
     ),
 }

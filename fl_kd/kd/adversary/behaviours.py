@@ -123,6 +123,16 @@ class Behaviour:
         draw = shared_uniforms(positions)[:, 0] if self.config.coordinated else rng.random(positions.shape[0])
         return np.asarray(draw < self.config.poison_share)
 
+    def least_sure(self, logits: NDArray[np.float64], rows: NDArray[np.bool_]) -> NDArray[np.bool_]:
+        """Per row, whether it is among the ``adversary.poison_share`` of ``rows`` whose top logit leads the runner-up
+        by the least (the client's own least sure answers)."""
+        top_two = np.sort(logits, axis=1)[:, -2:] if logits.shape[1] > 1 else np.zeros((logits.shape[0], 2))
+        margin = np.where(rows, top_two[:, 1] - top_two[:, 0], np.inf)
+        count = int(round(self.config.poison_share * int(rows.sum())))
+        chosen = np.zeros(logits.shape[0], dtype=bool)
+        chosen[np.argsort(margin, kind="stable")[:count]] = True
+        return chosen
+
     def labels_or_predictions(self, logits: NDArray[np.float64], positions: NDArray[Any]) -> NDArray[np.int64]:
         """Per row, the true class where the client knows it (labelled transfer part), else its own prediction."""
         known = positions < self.transfer_y.size
@@ -240,7 +250,8 @@ class Camouflage(Behaviour):
     unlabelled samples, drawn per round, and answers the rest honestly; with ``adversary.checked=honest`` it also
     answers its honest logits where labels check it, so that it is no more accurate there than elsewhere and a
     screen comparing the two sees only the share it poisons; with ``adversary.checked=poisoned`` it poisons the same
-    share where labels check it, so that such a screen sees no difference at all.
+    share where labels check it, so that such a screen sees no difference at all. With
+    ``adversary.poison_where=uncertain`` it lies where it is least sure, naming its own runner-up class.
     """
 
     kind = "logits"
@@ -254,12 +265,18 @@ class Camouflage(Behaviour):
         if self.config.checked == "poisoned":  # checked or not, it answers alike
             known = np.zeros_like(known)
         truth = np.where(known, self.labels_or_predictions(logits, positions), logits.argmax(axis=1))
-        wrong = self.wrong_classes(truth, rng, positions)
+        uncertain = self.config.poison_where == "uncertain"
+        # Where it is least sure, its own runner-up is the lie most likely to turn a teacher that is unsure too.
+        if uncertain:
+            ranked = np.argsort(logits, axis=1, kind="stable")
+            wrong = np.where(ranked[:, -2] == truth, ranked[:, -1], ranked[:, -2])  # a tie for the top is no lie
+        else:
+            wrong = self.wrong_classes(truth, rng, positions)
         out = np.zeros_like(logits)
         out[np.arange(rows), np.where(known, truth, wrong)] = self.config.confidence
         if self.config.poison_share < 1.0:
-            honest = ~known & ~self.poisoned(positions, rng)
-            out[honest] = logits[honest]
+            lies = self.least_sure(logits, ~known) if uncertain else self.poisoned(positions, rng)
+            out[~known & ~lies] = logits[~known & ~lies]
         if self.config.checked == "honest":
             out[known] = logits[known]
         return out

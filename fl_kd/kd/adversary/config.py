@@ -23,6 +23,8 @@ NONE = "none"
 FREE_RIDER_MODES: tuple[str, ...] = ("stale", "random")
 CHECKED_ANSWERS: tuple[str, ...] = ("truth", "honest", "poisoned")
 
+POISON_WHERE: tuple[str, ...] = ("random", "uncertain")
+
 
 @dataclass
 class AdversaryConfig:
@@ -53,6 +55,10 @@ class AdversaryConfig:
         it takes an inverse-entropy weight), its honest logits (no more accurate there than elsewhere), or the
         same as where none can, a share ``poison_share`` of its answers turned into lies (the attacker that knows a
         screen comparing the two, and pays for it with the trust that labels measure).
+    poison_where : {"random", "uncertain"} (default: "random")
+        ``camouflage`` with ``poison_share < 1``: which rows it lies on, a random share or the share on which its
+        own top class is least sure. Honest clients disagree most there, so a screen that counts disagreements sees
+        its lies among theirs, and the teacher it tries to turn is least sure there too.
     coordinated : bool (default: False)
         ``confident_wrong`` and ``camouflage``: the malicious clients lie together. Which unlabelled samples they
         poison and the wrong class they name there are fixed per transfer position by a key they share (not drawn
@@ -73,6 +79,7 @@ class AdversaryConfig:
     free_rider_mode: str = "stale"
     poison_share: float = 1.0
     checked: str = "truth"
+    poison_where: str = "random"
     coordinated: bool = False
 
     def __post_init__(self) -> None:
@@ -93,6 +100,11 @@ class AdversaryConfig:
         check_choice("adversary.free_rider_mode", self.free_rider_mode, FREE_RIDER_MODES)
         check_range("adversary.poison_share", self.poison_share, low=0.0, high=1.0)
         check_choice("adversary.checked", self.checked, CHECKED_ANSWERS)
+        check_choice("adversary.poison_where", self.poison_where, POISON_WHERE)
+        require(
+            self.poison_where == "random" or not self.coordinated,
+            "adversary.poison_where=uncertain picks rows by each client's own answers: it cannot be coordinated",
+        )
         require(
             isinstance(self.coordinated, bool), f"adversary.coordinated must be true or false, got {self.coordinated!r}"
         )
