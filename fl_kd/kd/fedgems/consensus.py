@@ -23,7 +23,7 @@ as the weaker client it makes itself. Colluders above half of the clients set th
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,12 +35,16 @@ MIN_OTHERS = 2
 """A sample counts for a client only where at least this many other clients answered it."""
 
 
-def agreement_with_others(answers: Answers, num_classes: int) -> dict[int, tuple[int, int]]:
-    """Per client, ``(agreed, counted)``: on how many of its answers its top class is the other clients' plurality
-    vote, out of the samples at least :data:`MIN_OTHERS` others answered (ties go to the lowest class)."""
+def agreement_with_others(
+    answers: Answers, num_classes: int, voters: Collection[int] | None = None
+) -> dict[int, tuple[int, int]]:
+    """Per client, ``(agreed, counted)``: on how many of its answers its top class is the plurality vote of the other
+    ``voters`` (default: every client), out of the samples at least :data:`MIN_OTHERS` of them answered (ties go to
+    the lowest class)."""
     clients = sorted(answers)
     if not clients:
         return {}
+    voting = np.array([voters is None or c in voters for c in clients])
     union = np.unique(np.concatenate([np.asarray(answers[c][0], dtype=np.int64) for c in clients]))
     votes = np.full((len(clients), union.size), -1, dtype=np.int64)
     for k, client_id in enumerate(clients):
@@ -48,17 +52,20 @@ def agreement_with_others(answers: Answers, num_classes: int) -> dict[int, tuple
         if np.size(positions):
             votes[k, np.searchsorted(union, positions)] = np.asarray(values).argmax(axis=1)
     counts = np.zeros((union.size, num_classes), dtype=np.int64)
-    for k in range(len(clients)):
-        answered = votes[k] >= 0
-        np.add.at(counts, (np.flatnonzero(answered), votes[k, answered]), 1)
-    answered_by = (votes >= 0).sum(axis=0)
+    for row in votes[voting]:
+        answered = row >= 0
+        np.add.at(counts, (np.flatnonzero(answered), row[answered]), 1)
+    voted_by = (votes[voting] >= 0).sum(axis=0)
     out = {}
     for k, client_id in enumerate(clients):
         own = votes[k]
         mine = own >= 0
-        others = counts.copy()
-        others[np.flatnonzero(mine), own[mine]] -= 1
-        counted = mine & (answered_by - 1 >= MIN_OTHERS)
+        others, others_by = counts, voted_by
+        if voting[k]:  # its own vote is not part of the vote it is compared with
+            others = counts.copy()
+            others[np.flatnonzero(mine), own[mine]] -= 1
+            others_by = voted_by - mine.astype(np.int64)
+        counted = mine & (others_by >= MIN_OTHERS)
         agreed = counted & (others.argmax(axis=1) == own)
         out[client_id] = (int(agreed.sum()), int(counted.sum()))
     return out
@@ -92,6 +99,9 @@ class ConsensusScreen:
         A client whose shortfall exceeds the median client's by more than ``z`` standard errors is screened out.
     """
 
+    max_passes = 4
+    """Passes of the screen per round at most; the verdict usually settles after two."""
+
     def __init__(self, num_classes: int, z: float) -> None:
         if z <= 0:
             raise ValueError(f"z must be > 0, got {z}")
@@ -101,9 +111,16 @@ class ConsensusScreen:
         self.z = z
         # client id -> [reference agreed, reference counted, unlabelled agreed, unlabelled counted], over rounds
         self.tallies: dict[int, list[int]] = {}
+        self.flagged: list[int] = []  # the last round's verdict, where the next round's vote starts
 
     def screen(self, unlabelled: Answers, reference: Answers) -> tuple[set[int], dict[int, float]]:
         """Add this round's answers to the tallies; the clients screened out, and every answering client's z.
+
+        The vote leaves out the clients screened out: liars that answer the truth where labels check them would
+        otherwise swell the vote there, and honest clients that agree with it most would seem to fall short
+        elsewhere. So the screen starts from the last round's verdict and repeats until it no longer changes
+        (at most :attr:`max_passes` times; without a fixed point, only the clients the last two passes screen out
+        are); the tallies take the last pass's counts.
 
         Parameters
         ----------
@@ -112,19 +129,39 @@ class ConsensusScreen:
         reference : Mapping[int, tuple[ndarray, ndarray]]
             Client id -> (positions ``(m,)``, logits ``(m, C)``) on the reliability slice this round.
         """
-        on_unlabelled = agreement_with_others(unlabelled, self.num_classes)
-        on_reference = agreement_with_others(reference, self.num_classes)
-        for client_id in unlabelled:
+        flagged, previous = set(self.flagged) & set(unlabelled), None
+        for _ in range(self.max_passes):
+            now = self._counts(unlabelled, reference, voters=set(unlabelled) - flagged)
+            verdict, scores = self._verdict(now)
+            if verdict == flagged:
+                break
+            previous, flagged = flagged, verdict
+        else:  # no fixed point: only the clients the last two passes agree on
+            verdict = verdict & (previous if previous is not None else verdict)
+        for client_id, counts in now.items():
             tally = self.tallies.setdefault(client_id, [0, 0, 0, 0])
-            now = (*on_reference.get(client_id, (0, 0)), *on_unlabelled.get(client_id, (0, 0)))
-            for k, count in enumerate(now):
+            for k, count in enumerate(counts):
                 tally[k] += count
-        evidenced = [c for c in sorted(unlabelled) if self.tallies[c][1] > 0 and self.tallies[c][3] > 0]
+        self.flagged = sorted(verdict)
+        return verdict, scores
+
+    def _counts(self, unlabelled: Answers, reference: Answers, voters: set[int]) -> dict[int, tuple[int, ...]]:
+        """This round's (reference agreed, counted, unlabelled agreed, counted) per client, against ``voters``."""
+        on_unlabelled = agreement_with_others(unlabelled, self.num_classes, voters)
+        on_reference = agreement_with_others(reference, self.num_classes, voters)
+        return {c: (*on_reference.get(c, (0, 0)), *on_unlabelled.get(c, (0, 0))) for c in unlabelled}
+
+    def _verdict(self, now: Mapping[int, tuple[int, ...]]) -> tuple[set[int], dict[int, float]]:
+        """The clients whose pooled tallies, this round's ``now`` added, fall short beyond ``z``; and every z."""
+        pooled = {
+            c: [a + b for a, b in zip(self.tallies.get(c, [0, 0, 0, 0]), counts, strict=True)]
+            for c, counts in now.items()
+        }
+        scores = {c: 0.0 for c in now}
+        evidenced = [c for c in sorted(now) if pooled[c][1] > 0 and pooled[c][3] > 0]
         if not evidenced:
-            return set(), {c: 0.0 for c in unlabelled}
-        median = float(np.median([shortfall(self.tallies[c]) for c in evidenced]))
-        scores = {c: 0.0 for c in unlabelled}
+            return set(), scores
+        median = float(np.median([shortfall(pooled[c]) for c in evidenced]))
         for client_id in evidenced:
-            tally = self.tallies[client_id]
-            scores[client_id] = (shortfall(tally) - median) / standard_error(tally)
+            scores[client_id] = (shortfall(pooled[client_id]) - median) / standard_error(pooled[client_id])
         return {c for c in evidenced if scores[c] > self.z}, scores
