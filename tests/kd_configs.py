@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
+from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
 
 import torch
 
+from fl_kd.checkpoint import object_state, restore_object_state, state_digests
 from fl_kd.config import from_mapping
 from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.fedgems import FedGEMSConfig, SelectiveDistillServer, ServerDistillConfig
@@ -58,3 +61,13 @@ def learned_trust_server(num_unlabelled: int, **settings: Any) -> SelectiveDisti
     config = ServerDistillConfig(**(defaults | settings))
     model = build_model("cnn_small", shape, classes, seed=0)
     return SelectiveDistillServer(model, x, y, config, seed=3, unlabelled_x=u_x, unlabelled_y=u_y)
+
+
+def resumed_from_checkpoint(server: SelectiveDistillServer, build: Callable[[], SelectiveDistillServer]) -> Any:
+    """A fresh server from ``build`` restored from ``server``'s saved object state, as a resumed run would be."""
+    buffer = io.BytesIO()
+    torch.save(object_state(server, state_digests(build())), buffer)
+    buffer.seek(0)
+    resumed = build()
+    restore_object_state(resumed, torch.load(buffer, weights_only=False), "memory")
+    return resumed

@@ -3,18 +3,15 @@ it knows it is checked (``adversary=camouflage``), leave honest clients alone, a
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 import torch
 
-from fl_kd.checkpoint import object_state, restore_object_state, state_digests
 from fl_kd.config import ConfigError
 from fl_kd.kd.fedgems import SelectiveDistillServer
 from fl_kd.kd.fedgems.canaries import CanaryScreen, canary_indices, shortfall_z
 from fl_kd.kd.runner import run_inprocess
-from tests.kd_configs import learned_trust_server, tiny_config
+from tests.kd_configs import learned_trust_server, resumed_from_checkpoint, tiny_config
 
 
 def test_canaries_are_a_seeded_subset_of_the_unlabelled_part() -> None:
@@ -113,13 +110,8 @@ def test_an_honest_federation_passes_the_screen_and_camouflage_does_not() -> Non
 
 def test_the_tallies_survive_a_checkpoint_so_a_resumed_server_screens_alike() -> None:
     server = _server(canaries=20)
-    baseline = state_digests(_server(canaries=20))
     server.distill(1, _answers(server))
-    buffer = io.BytesIO()
-    torch.save(object_state(server, baseline), buffer)
-    buffer.seek(0)
-    resumed = _server(canaries=20)
-    restore_object_state(resumed, torch.load(buffer, weights_only=False), "memory")
+    resumed = resumed_from_checkpoint(server, lambda: _server(canaries=20))
     assert (
         resumed.options.canaries.tallies == server.options.canaries.tallies == {0: [20, 20, 20, 20], 1: [20, 20, 0, 20]}
     )

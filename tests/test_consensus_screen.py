@@ -3,18 +3,14 @@ held-out slice, beyond what the median client does, is left out of the unlabelle
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
-import torch
 
-from fl_kd.checkpoint import object_state, restore_object_state, state_digests
 from fl_kd.config import ConfigError
 from fl_kd.kd.fedgems import SelectiveDistillServer
 from fl_kd.kd.fedgems.consensus import ConsensusScreen, agreement_with_others, shortfall, standard_error
 from fl_kd.kd.runner import run_inprocess
-from tests.kd_configs import learned_trust_server, tiny_config
+from tests.kd_configs import learned_trust_server, resumed_from_checkpoint, tiny_config
 
 CLASSES = 4
 
@@ -119,13 +115,8 @@ def test_the_server_leaves_the_camouflaged_client_out_of_the_unlabelled_teacher(
 
 def test_the_tallies_survive_a_checkpoint() -> None:
     server = _server(consensus_z=3.0)
-    baseline = state_digests(_server(consensus_z=3.0))
     server.distill(1, _answers(server))
-    buffer = io.BytesIO()
-    torch.save(object_state(server, baseline), buffer)
-    buffer.seek(0)
-    resumed = _server(consensus_z=3.0)
-    restore_object_state(resumed, torch.load(buffer, weights_only=False), "memory")
+    resumed = resumed_from_checkpoint(server, lambda: _server(consensus_z=3.0))
     assert resumed.options.consensus.tallies == server.options.consensus.tallies
     assert server.options.consensus.tallies[4] == [20, 20, 0, 60]
     assert server.distill(2, _answers(server)).extra == resumed.distill(2, _answers(resumed)).extra

@@ -3,18 +3,16 @@ of the last rounds with this round's; 0 is today's algorithm, canaries never ent
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from fl_kd.checkpoint import object_state, restore_object_state, state_digests
 from fl_kd.config import ConfigError
 from fl_kd.kd.fedgems import SelectiveDistillServer, ServerDistillConfig
 from fl_kd.kd.fedgems.teacher_cache import NEVER, TeacherCache
-from tests.kd_configs import learned_trust_server, tiny_config
+from tests.kd_configs import learned_trust_server, resumed_from_checkpoint, tiny_config
 
 
 def test_the_cache_keeps_the_newest_teacher_and_forgets_beyond_the_horizon() -> None:
@@ -231,14 +229,9 @@ def test_a_client_the_canaries_catch_late_is_fused_out_of_what_it_taught_before(
 def test_the_cache_survives_a_checkpoint_so_a_resumed_server_distils_alike() -> None:
     settings = {"unlabelled_per_round": 20, "unlabelled_cache": 2, "canaries": 10}  # canaries: answer blocks too
     server = learned_trust_server(60, **settings)
-    baseline = state_digests(learned_trust_server(60, **settings))
     for round in (1, 2):
         server.distill(round, _answers(server, round))
-    buffer = io.BytesIO()
-    torch.save(object_state(server, baseline), buffer)
-    buffer.seek(0)
-    resumed = learned_trust_server(60, **settings)
-    restore_object_state(resumed, torch.load(buffer, weights_only=False), "memory")
+    resumed = resumed_from_checkpoint(server, lambda: learned_trust_server(60, **settings))
     assert resumed.options.teacher_cache is not None and server.options.teacher_cache is not None
     assert torch.equal(resumed.options.teacher_cache.rounds, server.options.teacher_cache.rounds)
     saved, loaded = server.options.teacher_cache.blocks, resumed.options.teacher_cache.blocks

@@ -93,6 +93,19 @@ ATTACK_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "camouflage_mimic_unsure_p0.2": ("camouflage", (*MIMIC_P02, "adversary.poison_where=uncertain")),
 }
 
+#: The attackers that know selective KD and its screens, at 0.3: what the knowledge benchmark's FedGEMS faces.
+CAMOUFLAGED = frozenset(
+    (attack, 0.3)
+    for attack in (
+        "camouflage",
+        "camouflage_mimic_p0.2",
+        "camouflage_mimic_p0.2_coord",
+        "camouflage_mimic_p0.05",
+        "camouflage_consistent_p0.2",
+        "camouflage_mimic_unsure_p0.2",
+    )
+)
+
 #: Variants run beside the grid, not through it, with the only (adversary, fraction) pairs they face: the trust score
 #: of ``fedgems_learned`` and FedGEMS without confidence weighting (``fedgems_uniform``), each against the attacker
 #: it was built for and the one that knows it (``camouflage``), and the canaries against ``camouflage`` and the
@@ -138,28 +151,8 @@ ONLY: dict[str, frozenset[tuple[str, float]]] = {
         }
     ),
     "fedgems_uniform": frozenset({("scaled_logits", 0.3), ("camouflage", 0.3), ("camouflage", 0.5)}),
-    "fedgems_plus": frozenset(
-        {
-            ("confident_wrong", 0.3),
-            ("random_logits", 0.3),
-            ("camouflage", 0.3),
-            ("camouflage_mimic_p0.2", 0.3),
-            ("camouflage_mimic_p0.2_coord", 0.3),
-            ("camouflage_mimic_p0.05", 0.3),
-            ("camouflage_consistent_p0.2", 0.3),
-            ("camouflage_mimic_unsure_p0.2", 0.3),
-        }
-    ),
-    "fedgems_plus_consensus": frozenset(
-        {
-            ("camouflage", 0.3),
-            ("camouflage_mimic_p0.2", 0.3),
-            ("camouflage_mimic_p0.2_coord", 0.3),
-            ("camouflage_mimic_p0.05", 0.3),
-            ("camouflage_consistent_p0.2", 0.3),
-            ("camouflage_mimic_unsure_p0.2", 0.3),
-        }
-    ),
+    "fedgems_plus": frozenset({("confident_wrong", 0.3), ("random_logits", 0.3)}) | CAMOUFLAGED,
+    "fedgems_plus_consensus": CAMOUFLAGED,
 }
 
 FRACTIONS: tuple[float, ...] = (0.1, 0.3, 0.5)
