@@ -65,6 +65,14 @@ METHODS: dict[str, tuple[str, ...]] = {
     # And with the consensus screen: a client that agrees with the others less where no label checks it is left out
     # of the unlabelled teacher, with no label spent.
     "fedgems_plus_consensus": ("strategy=fedgems_plus", "transfer.unlabelled=10000", "strategy.consensus_z=3"),
+    # And with each client's probabilities floored at 0.01 in the combiner, so that a lie the screen misses cannot
+    # veto the truth where the clients are unsure.
+    "fedgems_plus_consensus_floor": (
+        "strategy=fedgems_plus",
+        "transfer.unlabelled=10000",
+        "strategy.consensus_z=3",
+        "strategy.learned_prob_floor=0.01",
+    ),
     # And with a trimmed product: the 3 lowest and 3 highest terms of each sample and class left out.
     "fedgems_trimmed": (
         *LEARNED,
@@ -153,6 +161,7 @@ ONLY: dict[str, frozenset[tuple[str, float]]] = {
     "fedgems_uniform": frozenset({("scaled_logits", 0.3), ("camouflage", 0.3), ("camouflage", 0.5)}),
     "fedgems_plus": frozenset({("confident_wrong", 0.3), ("random_logits", 0.3)}) | CAMOUFLAGED,
     "fedgems_plus_consensus": CAMOUFLAGED,
+    "fedgems_plus_consensus_floor": CAMOUFLAGED,
 }
 
 FRACTIONS: tuple[float, ...] = (0.1, 0.3, 0.5)

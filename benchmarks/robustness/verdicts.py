@@ -25,6 +25,7 @@ SELECTIVE_VARIANTS = (
     "fedgems_trimmed",
     "fedgems_plus",
     "fedgems_plus_consensus",
+    "fedgems_plus_consensus_floor",
 )
 FRACTION = 0.3
 MAX_SELECTIVE_DROP = 1.0  # points
