@@ -17,7 +17,10 @@ and leaves out of the unlabelled teacher a client whose excess exceeds ``z`` sta
 
 What it cannot do: an attacker that poisons a small enough share stays below the test's power, and one that lies
 on the reliability slice as often as elsewhere is not screened, but then the trust fitted on that slice rates it
-as the weaker client it makes itself. Colluders above half of the clients set the vote and the median.
+as the weaker client it makes itself. One that lies only where it is least sure, naming its runner-up class, hides
+its lies among the honest clients' own disagreements there, and those are the samples whose teacher a lie turns
+most easily (``adversary.poison_where=uncertain``; BENCHMARKS_KD.md measures each). Colluders above half of the
+clients set the vote and the median.
 """
 
 from __future__ import annotations

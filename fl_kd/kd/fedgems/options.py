@@ -293,10 +293,10 @@ class ServerOptions:
         flagged: set[int] = set()
         reference = {c: self._labelled_answers(labelled, c, num_classes) for c in unlabelled}
         if self.consensus is not None:
-            agreeing, scores = self.consensus.screen(unlabelled, reference)
-            stats.extra["consensus_screened"] = len(agreeing)
+            outliers, scores = self.consensus.screen(unlabelled, reference)
+            stats.extra["consensus_screened"] = len(outliers)
             stats.extra["consensus_z_max"] = max(scores.values(), default=0.0)
-            flagged |= agreeing
+            flagged |= outliers
         if self.canaries is not None:
             truth = {c: (values.argmax(axis=1), self.transfer_y.numpy()[pos]) for c, (pos, values) in reference.items()}
             caught, scores = self.canaries.screen(unlabelled, truth)
