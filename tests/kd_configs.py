@@ -63,7 +63,9 @@ def learned_trust_server(num_unlabelled: int, **settings: Any) -> SelectiveDisti
     return SelectiveDistillServer(model, x, y, config, seed=3, unlabelled_x=u_x, unlabelled_y=u_y)
 
 
-def resumed_from_checkpoint(server: SelectiveDistillServer, build: Callable[[], SelectiveDistillServer]) -> Any:
+def resumed_from_checkpoint(
+    server: SelectiveDistillServer, build: Callable[[], SelectiveDistillServer]
+) -> SelectiveDistillServer:
     """A fresh server from ``build`` restored from ``server``'s saved object state, as a resumed run would be."""
     buffer = io.BytesIO()
     torch.save(object_state(server, state_digests(build())), buffer)

@@ -94,6 +94,7 @@ def _server(consensus_z: float) -> SelectiveDistillServer:
 
 def _answers(server: SelectiveDistillServer) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Clients 0-3 honest (right everywhere); client 4 camouflaged: right on the labelled part, wrong beyond it."""
+    assert server.options.unlabelled_y is not None
     labels = np.concatenate([server.transfer_y.numpy(), server.options.unlabelled_y.numpy()])
     right = _one_hot(labels)
     camouflaged = np.where((np.arange(100) < 40)[:, None], right, _one_hot((labels + 1) % CLASSES))
@@ -117,8 +118,9 @@ def test_the_tallies_survive_a_checkpoint() -> None:
     server = _server(consensus_z=3.0)
     server.distill(1, _answers(server))
     resumed = resumed_from_checkpoint(server, lambda: _server(consensus_z=3.0))
-    assert resumed.options.consensus.tallies == server.options.consensus.tallies
-    assert server.options.consensus.tallies[4] == [20, 20, 0, 60]
+    saved, loaded = server.options.consensus, resumed.options.consensus
+    assert saved is not None and loaded is not None
+    assert loaded.tallies == saved.tallies and saved.tallies[4] == [20, 20, 0, 60]
     assert server.distill(2, _answers(server)).extra == resumed.distill(2, _answers(resumed)).extra
 
 
