@@ -147,10 +147,8 @@ def test_camouflage_is_right_and_sure_where_labels_check_it_and_wrong_elsewhere(
     assert 0.2 < lied.mean() < 0.3
     assert not np.any(out[lied].argmax(axis=1) == honest[lied].argmax(axis=1))
     # With poison_where=uncertain it lies where its own top class leads the least, naming its runner-up there.
-    unsure = config(
-        adversary={"name": "camouflage", "fraction": 1.0, "poison_share": 0.1, "checked": "honest"}
-        | {"poison_where": "uncertain"}
-    )
+    unsure_settings = {"name": "camouflage", "fraction": 1.0, "poison_share": 0.1, "checked": "honest"}
+    unsure = config(adversary=unsure_settings | {"poison_where": "uncertain"})
     behaviour = get_algorithm("dsfl").build_client(unsure, federation(), 0).behaviour
     out = behaviour.corrupt_logits(honest, np.full(2000, 10**6), np.random.default_rng(4))
     lied = ~np.all(out == honest, axis=1)
@@ -158,6 +156,13 @@ def test_camouflage_is_right_and_sure_where_labels_check_it_and_wrong_elsewhere(
     margin = ranked[:, -1] - ranked[:, -2]
     assert lied.sum() == 200 and margin[lied].max() <= margin[~lied].min()
     np.testing.assert_array_equal(out[lied].argmax(axis=1), np.argsort(honest[lied], axis=1)[:, -2])
+    # With lie_as=swap the same lie keeps its honest logits, the top two swapped: it states the same confidence.
+    swapped = config(adversary=unsure_settings | {"poison_where": "uncertain", "lie_as": "swap"})
+    behaviour = get_algorithm("dsfl").build_client(swapped, federation(), 0).behaviour
+    swap = behaviour.corrupt_logits(honest, np.full(2000, 10**6), np.random.default_rng(4))
+    np.testing.assert_array_equal(~np.all(swap == honest, axis=1), lied)
+    np.testing.assert_array_equal(swap[lied].argmax(axis=1), out[lied].argmax(axis=1))
+    np.testing.assert_array_equal(np.sort(swap, axis=1), np.sort(honest, axis=1))
 
 
 def test_coordinated_liars_poison_the_same_samples_with_the_same_wrong_class() -> None:
@@ -253,6 +258,8 @@ def test_behaviours_that_do_not_fit_the_strategy_are_config_errors() -> None:
         config(adversary={"name": "camouflage", "poison_where": "uncertain", "coordinated": True})
     with pytest.raises(ConfigError, match="adversary.poison_where"):
         config(adversary={"name": "camouflage", "poison_where": "nowhere"})
+    with pytest.raises(ConfigError, match="adversary.lie_as"):
+        config(adversary={"name": "camouflage", "lie_as": "loudly"})
     with pytest.raises(ValueError, match="no class"):
         get_algorithm("dsfl").build_client(
             config(adversary={"name": "targeted", "fraction": 1.0, "target": 10}), federation(), 0

@@ -8,7 +8,14 @@ import pytest
 
 from fl_kd.config import ConfigError
 from fl_kd.kd.fedgems import SelectiveDistillServer
-from fl_kd.kd.fedgems.consensus import ConsensusScreen, agreement_with_others, shortfall, standard_error
+from fl_kd.kd.fedgems.consensus import (
+    ConsensusScreen,
+    agreement_with_others,
+    confidence,
+    shortfall,
+    standard_error,
+    unsure_counts,
+)
 from fl_kd.kd.runner import run_inprocess
 from tests.kd_configs import learned_trust_server, resumed_from_checkpoint, tiny_config
 
@@ -115,12 +122,16 @@ def test_the_server_leaves_the_camouflaged_client_out_of_the_unlabelled_teacher(
 
 
 def test_the_tallies_survive_a_checkpoint() -> None:
-    server = _server(consensus_z=3.0)
+    def build() -> SelectiveDistillServer:
+        return learned_trust_server(60, consensus_z=3.0, consensus_confidence=True)
+
+    server = build()
     server.distill(1, _answers(server))
-    resumed = resumed_from_checkpoint(server, lambda: _server(consensus_z=3.0))
+    resumed = resumed_from_checkpoint(server, build)
     saved, loaded = server.options.consensus, resumed.options.consensus
     assert saved is not None and loaded is not None
     assert loaded.tallies == saved.tallies and saved.tallies[4] == [20, 20, 0, 60]
+    assert loaded.confidence_tallies == saved.confidence_tallies and saved.confidence_tallies[4][1::2] == [20, 60]
     assert server.distill(2, _answers(server)).extra == resumed.distill(2, _answers(resumed)).extra
 
 
@@ -131,6 +142,8 @@ def test_the_screen_needs_unlabelled_trust_on_a_held_out_slice() -> None:
         tiny_config(consensus_z=-1.0)
     with pytest.raises(ValueError, match="z must be > 0"):
         ConsensusScreen(CLASSES, z=0.0)
+    with pytest.raises(ConfigError, match="consensus_confidence is a test of the consensus screen"):
+        tiny_config(consensus_confidence=True)
 
 
 def test_an_honest_federation_runs_as_without_the_screen_and_camouflage_is_screened() -> None:
@@ -166,3 +179,67 @@ def test_liars_that_vote_the_truth_together_do_not_frame_the_honest_clients() ->
     first_pass = screen._verdict(screen._counts(unlabelled, reference, voters=set(range(10))))[0]
     flagged, _ = screen.screen(unlabelled, reference)
     assert first_pass == {0, 1, 7, 8, 9} and flagged == {7, 8, 9}
+
+
+def test_the_confidence_test_counts_answers_below_the_surest_fifth_where_checked() -> None:
+    probs = np.linspace(0.3, 0.9, 10)  # the reference's confidences; its 80% quantile lies between 0.77 and 0.83
+    as_logits = np.log(np.stack([probs, *(np.full(10, (1 - probs) / 3),) * 3], axis=1))
+    np.testing.assert_allclose(confidence(as_logits), probs)
+    elsewhere = as_logits[[0, 1, 9, 9]]  # two unsure answers and two as sure as its surest where checked
+    assert unsure_counts(as_logits, elsewhere) == (8, 10, 2, 4)
+    assert unsure_counts(as_logits[:0], elsewhere) == (0, 0, 0, 0)
+
+
+def _unsure_liars(
+    rng: np.random.Generator, lie_as: str
+) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], dict[int, tuple[np.ndarray, np.ndarray]]]:
+    """Ten clients whose stated confidence tracks how often they are right (0.97 on easy samples, 0.37 on the
+    hardest) and whose runner-up is the truth where they are wrong; clients 3 and 7 turn their least sure fifth of
+    the unlabelled answers into their runner-up, one-hot (``lie_as="one_hot"``) or with the top two logits swapped."""
+
+    def answers(truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n = truth.size
+        sure = np.clip(0.97 - 0.6 * rng.random(n) + rng.normal(0, 0.05, n), 0.3, 0.995)
+        right = rng.random(n) < sure
+        other = (truth + rng.integers(1, CLASSES, n)) % CLASSES
+        top, runner_up = np.where(right, truth, other), np.where(right, other, truth)
+        probs = np.repeat(((1 - sure) * 0.3 / (CLASSES - 2))[:, None], CLASSES, axis=1)
+        probs[np.arange(n), top], probs[np.arange(n), runner_up] = sure, (1 - sure) * 0.7
+        return np.log(probs), sure
+
+    reference_truth, unlabelled_truth = rng.integers(0, CLASSES, 200), rng.integers(0, CLASSES, 2000)
+    reference, unlabelled = {}, {}
+    for client in range(10):
+        reference[client] = (np.arange(200), answers(reference_truth)[0])
+        logits, sure = answers(unlabelled_truth)
+        if client in (3, 7):
+            rows = np.flatnonzero(sure <= np.quantile(sure, 0.2))
+            ranked = np.argsort(logits[rows], axis=1)
+            top, runner_up = ranked[:, -1], ranked[:, -2]
+            lie = logits.copy()
+            if lie_as == "one_hot":
+                lie[rows] = _one_hot(runner_up) * 2
+            else:
+                lie[rows, top], lie[rows, runner_up] = logits[rows, runner_up], logits[rows, top]
+            logits = lie
+        unlabelled[client] = (np.arange(2000), logits)
+    return unlabelled, reference
+
+
+def test_the_confidence_test_flags_a_liar_that_lies_with_certainty_where_it_is_least_sure() -> None:
+    """Its runner-up is often right where it is unsure, so its agreement hardly falls; the certainty it states does."""
+    agreement, both = ConsensusScreen(CLASSES, z=3.0), ConsensusScreen(CLASSES, z=3.0, confidence_test=True)
+    for round in range(3):
+        unlabelled, reference = _unsure_liars(np.random.default_rng(10 + round), "one_hot")
+        missed, _ = agreement.screen(unlabelled, reference)
+        flagged, scores = both.screen(unlabelled, reference)
+        assert missed == set() and flagged == {3, 7}
+        assert max(z for c, z in scores.items() if c not in (3, 7)) < 3.0
+
+
+def test_a_lie_stated_with_its_honest_confidence_passes_the_confidence_test() -> None:
+    """The limit the docstring names: swapping its top two logits keeps the confidence it states."""
+    screen = ConsensusScreen(CLASSES, z=3.0, confidence_test=True)
+    flagged, scores = screen.screen(*_unsure_liars(np.random.default_rng(5), "swap"))
+    assert flagged == set() and max(scores.values()) < 3.0
+    assert screen.confidence_tallies[3][2] == pytest.approx(screen.confidence_tallies[0][2], rel=0.1)

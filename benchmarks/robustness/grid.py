@@ -73,6 +73,14 @@ METHODS: dict[str, tuple[str, ...]] = {
         "strategy.consensus_z=3",
         "strategy.learned_prob_floor=0.01",
     ),
+    # And with the screen's confidence test: a client that states more of its unlabelled answers as sure as its
+    # surest fifth where labels check it is left out too (a lie stated with certainty where it was unsure).
+    "fedgems_plus_consensus_confidence": (
+        "strategy=fedgems_plus",
+        "transfer.unlabelled=10000",
+        "strategy.consensus_z=3",
+        "strategy.consensus_confidence=true",
+    ),
     # And with a trimmed product: the 3 lowest and 3 highest terms of each sample and class left out.
     "fedgems_trimmed": (
         *LEARNED,
@@ -89,7 +97,8 @@ METHODS: dict[str, tuple[str, ...]] = {
 #: wrong class there (the attacker that knows the trimmed product); ``camouflage_consistent_p0.2`` lies as often
 #: where labels check it as elsewhere (the attacker that knows the consensus screen, which compares the two);
 #: ``camouflage_mimic_unsure_p0.2`` lies where it is least sure, with its runner-up class (where honest clients
-#: disagree too, so that the screen counts its lies among theirs).
+#: disagree too, so that the screen counts its lies among theirs); ``camouflage_mimic_unsure_swap_p0.2`` states each
+#: such lie with its honest answer's confidence (the attacker that knows the screen's confidence test).
 MIMIC_P02 = ("adversary.poison_share=0.2", "adversary.checked=honest")
 ATTACK_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "camouflage_p0.2": ("camouflage", ("adversary.poison_share=0.2",)),
@@ -99,6 +108,10 @@ ATTACK_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "camouflage_mimic_p0.05": ("camouflage", ("adversary.poison_share=0.05", "adversary.checked=honest")),
     "camouflage_consistent_p0.2": ("camouflage", ("adversary.poison_share=0.2", "adversary.checked=poisoned")),
     "camouflage_mimic_unsure_p0.2": ("camouflage", (*MIMIC_P02, "adversary.poison_where=uncertain")),
+    "camouflage_mimic_unsure_swap_p0.2": (
+        "camouflage",
+        (*MIMIC_P02, "adversary.poison_where=uncertain", "adversary.lie_as=swap"),
+    ),
 }
 
 #: The attackers that know selective KD and its screens, at 0.3: what the knowledge benchmark's FedGEMS faces.
@@ -111,6 +124,7 @@ CAMOUFLAGED = frozenset(
         "camouflage_mimic_p0.05",
         "camouflage_consistent_p0.2",
         "camouflage_mimic_unsure_p0.2",
+        "camouflage_mimic_unsure_swap_p0.2",
     )
 )
 
@@ -162,6 +176,7 @@ ONLY: dict[str, frozenset[tuple[str, float]]] = {
     "fedgems_plus": frozenset({("confident_wrong", 0.3), ("random_logits", 0.3)}) | CAMOUFLAGED,
     "fedgems_plus_consensus": CAMOUFLAGED,
     "fedgems_plus_consensus_floor": CAMOUFLAGED,
+    "fedgems_plus_consensus_confidence": CAMOUFLAGED,
 }
 
 FRACTIONS: tuple[float, ...] = (0.1, 0.3, 0.5)

@@ -26,6 +26,7 @@ SELECTIVE_VARIANTS = (
     "fedgems_plus",
     "fedgems_plus_consensus",
     "fedgems_plus_consensus_floor",
+    "fedgems_plus_consensus_confidence",
 )
 FRACTION = 0.3
 MAX_SELECTIVE_DROP = 1.0  # points

@@ -251,7 +251,8 @@ class Camouflage(Behaviour):
     answers its honest logits where labels check it, so that it is no more accurate there than elsewhere and a
     screen comparing the two sees only the share it poisons; with ``adversary.checked=poisoned`` it poisons the same
     share where labels check it, so that such a screen sees no difference at all. With
-    ``adversary.poison_where=uncertain`` it lies where it is least sure, naming its own runner-up class.
+    ``adversary.poison_where=uncertain`` it lies where it is least sure, naming its own runner-up class; with
+    ``adversary.lie_as=swap`` a lie states its honest answer's confidence instead of one-hot certainty.
     """
 
     kind = "logits"
@@ -274,6 +275,12 @@ class Camouflage(Behaviour):
             wrong = self.wrong_classes(truth, rng, positions)
         out = np.zeros_like(logits)
         out[np.arange(rows), np.where(known, truth, wrong)] = self.config.confidence
+        if self.config.lie_as == "swap":  # the lie keeps the confidence its honest answer states
+            unchecked = np.flatnonzero(~known)
+            top = logits[unchecked].argmax(axis=1)
+            out[unchecked] = logits[unchecked]
+            out[unchecked, top] = logits[unchecked, wrong[unchecked]]
+            out[unchecked, wrong[unchecked]] = logits[unchecked, top]
         if self.config.poison_share < 1.0:
             lies = self.least_sure(logits, ~known) if uncertain else self.poisoned(positions, rng)
             out[~known & ~lies] = logits[~known & ~lies]

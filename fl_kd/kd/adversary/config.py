@@ -24,6 +24,7 @@ FREE_RIDER_MODES: tuple[str, ...] = ("stale", "random")
 CHECKED_ANSWERS: tuple[str, ...] = ("truth", "honest", "poisoned")
 
 POISON_WHERE: tuple[str, ...] = ("random", "uncertain")
+LIE_AS: tuple[str, ...] = ("one_hot", "swap")
 
 
 @dataclass
@@ -59,6 +60,11 @@ class AdversaryConfig:
         ``camouflage`` with ``poison_share < 1``: which rows it lies on, a random share or the share on which its
         own top class is least sure. Honest clients disagree most there, so a screen that counts disagreements sees
         its lies among theirs, and the teacher it tries to turn is least sure there too.
+    lie_as : {"one_hot", "swap"} (default: "one_hot")
+        ``camouflage``: how a lie looks. "one_hot": the logit ``confidence`` on the wrong class, every other 0, as
+        sure as an answer can be. "swap": its own logits with those of its top class and the wrong class swapped,
+        so the lie states the confidence its honest answer had (the attacker that knows a screen sorting answers by
+        their stated confidence, and pays for it with the weight a confidence-weighted fusion gives an unsure answer).
     coordinated : bool (default: False)
         ``confident_wrong`` and ``camouflage``: the malicious clients lie together. Which unlabelled samples they
         poison and the wrong class they name there are fixed per transfer position by a key they share (not drawn
@@ -80,6 +86,7 @@ class AdversaryConfig:
     poison_share: float = 1.0
     checked: str = "truth"
     poison_where: str = "random"
+    lie_as: str = "one_hot"
     coordinated: bool = False
 
     def __post_init__(self) -> None:
@@ -101,6 +108,7 @@ class AdversaryConfig:
         check_range("adversary.poison_share", self.poison_share, low=0.0, high=1.0)
         check_choice("adversary.checked", self.checked, CHECKED_ANSWERS)
         check_choice("adversary.poison_where", self.poison_where, POISON_WHERE)
+        check_choice("adversary.lie_as", self.lie_as, LIE_AS)
         require(
             self.poison_where == "random" or not self.coordinated,
             "adversary.poison_where=uncertain picks rows by each client's own answers: it cannot be coordinated",

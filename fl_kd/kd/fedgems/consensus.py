@@ -19,8 +19,10 @@ What it cannot do: an attacker that poisons a small enough share stays below the
 on the reliability slice as often as elsewhere is not screened, but then the trust fitted on that slice rates it
 as the weaker client it makes itself. One that lies only where it is least sure, naming its runner-up class, hides
 its lies among the honest clients' own disagreements there, and those are the samples whose teacher a lie turns
-most easily (``adversary.poison_where=uncertain``; BENCHMARKS_KD.md measures each). Colluders above half of the
-clients set the vote and the median.
+most easily (``adversary.poison_where=uncertain``; BENCHMARKS_KD.md measures each). The confidence test
+(``confidence_test``) catches that liar when its lies are stated with a certainty its checked answers never
+have; one that keeps its honest answer's low confidence passes both tests. Colluders above half of the clients
+set the vote and the median.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ Answers = Mapping[int, tuple[NDArray[Any], NDArray[Any]]]
 
 MIN_OTHERS = 2
 """A sample counts for a client only where at least this many other clients answered it."""
+
+SURE_QUANTILE = 0.8
+"""The confidence test counts the answers a client states at least as sure as this quantile of its own
+answers on the reliability slice: a fifth of them there, about as many elsewhere if it is honest."""
 
 
 def agreement_with_others(
@@ -74,6 +80,26 @@ def agreement_with_others(
     return out
 
 
+def confidence(values: NDArray[Any]) -> NDArray[np.float64]:
+    """The top-class probability of each row of logits (or log-probabilities): what a client *says* of its answer."""
+    logits = np.asarray(values, dtype=np.float64)
+    if logits.shape[0] == 0:
+        return np.zeros(0)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return 1.0 / np.exp(shifted).sum(axis=1)
+
+
+def unsure_counts(reference: NDArray[Any], values: NDArray[Any]) -> tuple[int, int, int, int]:
+    """``(reference unsure, counted, values unsure, counted)``: how many rows state a confidence below the client's
+    own :data:`SURE_QUANTILE` quantile on the ``reference`` rows (ties count as sure), in the layout of the
+    agreement tallies, so that :func:`shortfall` is the share of its answers it states surer than where checked."""
+    if reference.shape[0] == 0 or values.shape[0] == 0:
+        return (0, 0, 0, 0)
+    on_reference = confidence(reference)
+    cut = np.quantile(on_reference, SURE_QUANTILE)
+    return (int((on_reference < cut).sum()), on_reference.size, int((confidence(values) < cut).sum()), values.shape[0])
+
+
 def shortfall(tally: Sequence[int]) -> float:
     """Agreement on the reference minus agreement on the unlabelled answers (both counted must be positive)."""
     ref_agreed, ref_counted, unl_agreed, unl_counted = tally
@@ -100,24 +126,34 @@ class ConsensusScreen:
         Number of classes C.
     z : float
         A client whose shortfall exceeds the median client's by more than ``z`` standard errors is screened out.
+    confidence_test : bool (default: False)
+        Also compare how sure a client says it is on both: the share of its unlabelled answers stated at least as
+        sure as its surest fifth on the reliability slice, against that fifth (:func:`unsure_counts`), tested as the
+        agreement is. A liar that lies only where it is least sure hides its lies among the honest clients' own
+        disagreements, but a lie stated with certainty moves its least sure answers among its surest ones; a lie
+        that keeps its honest answer's low confidence passes, and a fusion that weighs confidence gives it little.
     """
 
     max_passes = 4
     """Passes of the screen per round at most; the verdict usually settles after two."""
 
-    def __init__(self, num_classes: int, z: float) -> None:
+    def __init__(self, num_classes: int, z: float, confidence_test: bool = False) -> None:
         if z <= 0:
             raise ValueError(f"z must be > 0, got {z}")
         if num_classes < 2:
             raise ValueError(f"the consensus screen needs at least 2 classes, got {num_classes}")
         self.num_classes = num_classes
         self.z = z
+        self.confidence_test = confidence_test
         # client id -> [reference agreed, reference counted, unlabelled agreed, unlabelled counted], over rounds
         self.tallies: dict[int, list[int]] = {}
+        # client id -> [reference unsure, counted, unlabelled unsure, counted] (only with confidence_test)
+        self.confidence_tallies: dict[int, list[int]] = {}
         self.flagged: list[int] = []  # the last round's verdict, where the next round's vote starts
 
     def screen(self, unlabelled: Answers, reference: Answers) -> tuple[set[int], dict[int, float]]:
-        """Add this round's answers to the tallies; the clients screened out, and every answering client's z.
+        """Add this round's answers to the tallies; the clients screened out, and every answering client's z (the
+        larger of its two tests').
 
         The vote leaves out the clients screened out: liars that answer the truth where labels check them would
         otherwise swell the vote there, and honest clients that agree with it most would seem to fall short
@@ -142,29 +178,49 @@ class ConsensusScreen:
         else:  # no fixed point: only the clients the last two passes agree on
             verdict = verdict & (previous if previous is not None else verdict)
         for client_id, counts in now.items():
-            tally = self.tallies.setdefault(client_id, [0, 0, 0, 0])
-            for k, count in enumerate(counts):
-                tally[k] += count
+            for tally, add in zip(self._stored(client_id, create=True), counts, strict=True):
+                for k, count in enumerate(add):
+                    tally[k] += count
         self.flagged = sorted(verdict)
         return verdict, scores
 
-    def _counts(self, unlabelled: Answers, reference: Answers, voters: set[int]) -> dict[int, tuple[int, ...]]:
-        """This round's (reference agreed, counted, unlabelled agreed, counted) per client, against ``voters``."""
+    def _stored(self, client_id: int, create: bool = False) -> list[list[int]]:
+        """A client's pooled tallies: its agreement, then (``confidence_test``) its stated confidence."""
+        tallies = [self.tallies] + ([self.confidence_tallies] if self.confidence_test else [])
+        if create:
+            for tally in tallies:
+                tally.setdefault(client_id, [0, 0, 0, 0])
+        return [tally.get(client_id, [0, 0, 0, 0]) for tally in tallies]
+
+    def _counts(self, unlabelled: Answers, reference: Answers, voters: set[int]) -> dict[int, list[tuple[int, ...]]]:
+        """This round's (reference agreed, counted, unlabelled agreed, counted) per client against ``voters``, then
+        (``confidence_test``) its :func:`unsure_counts`."""
         on_unlabelled = agreement_with_others(unlabelled, self.num_classes, voters)
         on_reference = agreement_with_others(reference, self.num_classes, voters)
-        return {c: (*on_reference.get(c, (0, 0)), *on_unlabelled.get(c, (0, 0))) for c in unlabelled}
+        out: dict[int, list[tuple[int, ...]]] = {}
+        for client_id in unlabelled:
+            out[client_id] = [(*on_reference.get(client_id, (0, 0)), *on_unlabelled[client_id])]
+            if self.confidence_test:
+                empty = np.zeros((0, self.num_classes))
+                own = reference[client_id][1] if client_id in reference else empty
+                out[client_id].append(unsure_counts(np.asarray(own), np.asarray(unlabelled[client_id][1])))
+        return out
 
-    def _verdict(self, now: Mapping[int, tuple[int, ...]]) -> tuple[set[int], dict[int, float]]:
-        """The clients whose pooled tallies, this round's ``now`` added, fall short beyond ``z``; and every z."""
-        pooled = {
-            c: [a + b for a, b in zip(self.tallies.get(c, [0, 0, 0, 0]), counts, strict=True)]
-            for c, counts in now.items()
-        }
-        scores = {c: 0.0 for c in now}
-        evidenced = [c for c in sorted(now) if pooled[c][1] > 0 and pooled[c][3] > 0]
-        if not evidenced:
-            return set(), scores
-        median = float(np.median([shortfall(pooled[c]) for c in evidenced]))
-        for client_id in evidenced:
-            scores[client_id] = (shortfall(pooled[client_id]) - median) / standard_error(pooled[client_id])
-        return {c for c in evidenced if scores[c] > self.z}, scores
+    def _verdict(self, now: Mapping[int, list[tuple[int, ...]]]) -> tuple[set[int], dict[int, float]]:
+        """The clients whose pooled tallies, this round's ``now`` added, fall short beyond ``z`` in either test; and
+        every client's larger z."""
+        scores = {c: -math.inf for c in now}
+        for test in range(2 if self.confidence_test else 1):
+            pooled = {
+                c: [a + b for a, b in zip(self._stored(c)[test], counts[test], strict=True)]
+                for c, counts in now.items()
+            }
+            evidenced = [c for c in sorted(now) if pooled[c][1] > 0 and pooled[c][3] > 0]
+            if not evidenced:
+                continue
+            median = float(np.median([shortfall(pooled[c]) for c in evidenced]))
+            for client_id in evidenced:
+                z = (shortfall(pooled[client_id]) - median) / standard_error(pooled[client_id])
+                scores[client_id] = max(scores[client_id], z)
+        scores = {c: 0.0 if z == -math.inf else z for c, z in scores.items()}
+        return {c for c in scores if scores[c] > self.z}, scores

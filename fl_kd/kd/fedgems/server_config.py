@@ -94,6 +94,11 @@ class SelectionConfig:
         on the held-out slice, where it knows it is checked; one whose shortfall exceeds the median client's by
         more than this many standard errors (pooled over the rounds so far) is left out of the unlabelled teacher,
         as the canaries leave one out (:mod:`fl_kd.kd.fedgems.consensus`). 0 (today): no such screen.
+    consensus_confidence : bool (default: False)
+        With ``consensus_z``: also compare the share of a client's unlabelled answers that it states at least as
+        sure as its surest fifth on the held-out slice with that fifth, and screen it when that share exceeds the
+        median client's by more than ``consensus_z`` standard errors. A liar that lies only where it is least sure,
+        with certainty, hides among the honest disagreements but not here. False (today): agreement alone.
     """
 
     correctness: str = "train"
@@ -111,6 +116,7 @@ class SelectionConfig:
     canaries: int = 0
     canary_z: float = 3.0
     consensus_z: float = 0.0
+    consensus_confidence: bool = False
 
     def check_selection(self, prefix: str = "") -> None:
         """Raise :class:`~fl_kd.config.ConfigError` naming ``prefix + key`` for a value or combination out of range."""
@@ -131,6 +137,14 @@ class SelectionConfig:
             check_range(f"{prefix}{key}", count, low=0)
         check_range(f"{prefix}canary_z", self.canary_z, low=0.0, low_open=True)
         check_range(f"{prefix}consensus_z", self.consensus_z, low=0.0)
+        require(
+            isinstance(self.consensus_confidence, bool),
+            f"{prefix}consensus_confidence must be true or false, got {self.consensus_confidence!r}",
+        )
+        require(
+            not self.consensus_confidence or self.consensus_z > 0,
+            f"{prefix}consensus_confidence is a test of the consensus screen: set {prefix}consensus_z too",
+        )
         require(
             self.reliability_on == "labelled" or self.correctness == "held_out",
             f"{prefix}reliability_on=held_out needs {prefix}correctness=held_out",
@@ -183,7 +197,7 @@ class ServerDistillConfig(SelectionConfig):
         Client fusion rule, a name in :data:`fl_kd.kd.fusion.FUSION_RULES`.
     correctness, held_out_fraction, distill_correct, unlabelled_trust, reliability_power, reliability_on,
     teacher_min_confidence, learned_weight_decay, learned_prob_floor, learned_trim, unlabelled_per_round,
-    unlabelled_cache, canaries, canary_z, consensus_z
+    unlabelled_cache, canaries, canary_z, consensus_z, consensus_confidence
         See :class:`SelectionConfig`.
     ema_decay : float (default: 0.0)
         The server shows an exponential moving average of its weights, updated after every step with this decay
