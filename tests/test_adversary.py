@@ -163,6 +163,16 @@ def test_camouflage_is_right_and_sure_where_labels_check_it_and_wrong_elsewhere(
     np.testing.assert_array_equal(~np.all(swap == honest, axis=1), lied)
     np.testing.assert_array_equal(swap[lied].argmax(axis=1), out[lied].argmax(axis=1))
     np.testing.assert_array_equal(np.sort(swap, axis=1), np.sort(honest, axis=1))
+    # With lie_as=quantile it states the lie as sure as its answers at that quantile where labels check it.
+    quantile = config(adversary=unsure_settings | {"poison_where": "uncertain", "lie_as": "quantile"})
+    behaviour = get_algorithm("dsfl").build_client(quantile, federation(), 0).behaviour
+    positions = np.r_[np.zeros(400, dtype=np.int64), np.full(2000, 10**6)]
+    checked = np.random.default_rng(5).normal(size=(400, 10)) * 2
+    stated = behaviour.corrupt_logits(np.r_[checked, honest], positions, np.random.default_rng(4))[400:]
+    np.testing.assert_array_equal(stated[lied].argmax(axis=1), out[lied].argmax(axis=1))
+    probs = np.exp(checked) / np.exp(checked).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(np.exp(stated[lied]).max(axis=1), np.quantile(probs.max(axis=1), 0.75))
+    np.testing.assert_allclose(np.exp(stated[lied]).sum(axis=1), 1.0)
 
 
 def test_coordinated_liars_poison_the_same_samples_with_the_same_wrong_class() -> None:

@@ -141,6 +141,12 @@ class Behaviour:
         return labels
 
 
+def _confidence(logits: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Per row, the top-class probability of logits (or log-probabilities)."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return np.asarray(1.0 / np.exp(shifted).sum(axis=1))
+
+
 def shared_uniforms(positions: NDArray[Any]) -> NDArray[np.float64]:
     """Two uniform numbers per transfer position ``(n, 2)``, the same for every colluding client and every round."""
     index = np.asarray(positions, dtype=np.int64).reshape(-1)
@@ -252,7 +258,8 @@ class Camouflage(Behaviour):
     screen comparing the two sees only the share it poisons; with ``adversary.checked=poisoned`` it poisons the same
     share where labels check it, so that such a screen sees no difference at all. With
     ``adversary.poison_where=uncertain`` it lies where it is least sure, naming its own runner-up class; with
-    ``adversary.lie_as=swap`` a lie states its honest answer's confidence instead of one-hot certainty.
+    ``adversary.lie_as=swap`` a lie states its honest answer's confidence instead of one-hot certainty, with
+    ``adversary.lie_as=quantile`` the confidence of the quantile ``adversary.lie_quantile`` of its labelled answers.
     """
 
     kind = "logits"
@@ -275,12 +282,18 @@ class Camouflage(Behaviour):
             wrong = self.wrong_classes(truth, rng, positions)
         out = np.zeros_like(logits)
         out[np.arange(rows), np.where(known, truth, wrong)] = self.config.confidence
+        unchecked = np.flatnonzero(~known)
         if self.config.lie_as == "swap":  # the lie keeps the confidence its honest answer states
-            unchecked = np.flatnonzero(~known)
             top = logits[unchecked].argmax(axis=1)
             out[unchecked] = logits[unchecked]
             out[unchecked, top] = logits[unchecked, wrong[unchecked]]
             out[unchecked, wrong[unchecked]] = logits[unchecked, top]
+        elif self.config.lie_as == "quantile":  # as sure as it is on that share of its answers where labels check it
+            labelled = positions < self.transfer_y.size
+            sure = _confidence(logits[labelled] if labelled.any() else logits)
+            stated = min(float(np.quantile(sure, self.config.lie_quantile)), 1.0 - 1e-6) if sure.size else 0.5
+            out[unchecked] = np.log((1.0 - stated) / (self.num_classes - 1))
+            out[unchecked, wrong[unchecked]] = np.log(stated)
         if self.config.poison_share < 1.0:
             lies = self.least_sure(logits, ~known) if uncertain else self.poisoned(positions, rng)
             out[~known & ~lies] = logits[~known & ~lies]

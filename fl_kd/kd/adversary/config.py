@@ -24,7 +24,7 @@ FREE_RIDER_MODES: tuple[str, ...] = ("stale", "random")
 CHECKED_ANSWERS: tuple[str, ...] = ("truth", "honest", "poisoned")
 
 POISON_WHERE: tuple[str, ...] = ("random", "uncertain")
-LIE_AS: tuple[str, ...] = ("one_hot", "swap")
+LIE_AS: tuple[str, ...] = ("one_hot", "swap", "quantile")
 
 
 @dataclass
@@ -65,6 +65,11 @@ class AdversaryConfig:
         sure as an answer can be. "swap": its own logits with those of its top class and the wrong class swapped,
         so the lie states the confidence its honest answer had (the attacker that knows a screen sorting answers by
         their stated confidence, and pays for it with the weight a confidence-weighted fusion gives an unsure answer).
+        "quantile": the wrong class with the top-class probability that the quantile ``lie_quantile`` of its own
+        answers on the labelled part states, the rest shared evenly by the other classes (the attacker that knows
+        the screen counts only the answers stated as sure as its surest fifth there, and lies just below them).
+    lie_quantile : float (default: 0.75)
+        The quantile of ``lie_as="quantile"``, in [0, 1].
     coordinated : bool (default: False)
         ``confident_wrong`` and ``camouflage``: the malicious clients lie together. Which unlabelled samples they
         poison and the wrong class they name there are fixed per transfer position by a key they share (not drawn
@@ -87,6 +92,7 @@ class AdversaryConfig:
     checked: str = "truth"
     poison_where: str = "random"
     lie_as: str = "one_hot"
+    lie_quantile: float = 0.75
     coordinated: bool = False
 
     def __post_init__(self) -> None:
@@ -109,6 +115,7 @@ class AdversaryConfig:
         check_choice("adversary.checked", self.checked, CHECKED_ANSWERS)
         check_choice("adversary.poison_where", self.poison_where, POISON_WHERE)
         check_choice("adversary.lie_as", self.lie_as, LIE_AS)
+        check_range("adversary.lie_quantile", self.lie_quantile, low=0.0, high=1.0)
         require(
             self.poison_where == "random" or not self.coordinated,
             "adversary.poison_where=uncertain picks rows by each client's own answers: it cannot be coordinated",
