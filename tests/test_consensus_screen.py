@@ -131,7 +131,8 @@ def test_the_tallies_survive_a_checkpoint() -> None:
     saved, loaded = server.options.consensus, resumed.options.consensus
     assert saved is not None and loaded is not None
     assert loaded.tallies == saved.tallies and saved.tallies[4] == [20, 20, 0, 60]
-    assert loaded.confidence_tallies == saved.confidence_tallies and saved.confidence_tallies[4][1::2] == [20, 60]
+    assert loaded.confidence_tallies == saved.confidence_tallies
+    assert [tally[1::2] for tally in saved.confidence_tallies[4]] == [[20, 60]] * 4
     assert server.distill(2, _answers(server)).extra == resumed.distill(2, _answers(resumed)).extra
 
 
@@ -181,13 +182,13 @@ def test_liars_that_vote_the_truth_together_do_not_frame_the_honest_clients() ->
     assert first_pass == {0, 1, 7, 8, 9} and flagged == {7, 8, 9}
 
 
-def test_the_confidence_test_counts_answers_below_the_surest_fifth_where_checked() -> None:
-    probs = np.linspace(0.3, 0.9, 10)  # the reference's confidences; its 80% quantile lies between 0.77 and 0.83
+def test_the_confidence_test_counts_answers_below_each_quantile_where_checked() -> None:
+    probs = np.linspace(0.3, 0.9, 10)  # the reference's confidences; its quantiles fall between two of them
     as_logits = np.log(np.stack([probs, *(np.full(10, (1 - probs) / 3),) * 3], axis=1))
     np.testing.assert_allclose(confidence(as_logits), probs)
     elsewhere = as_logits[[0, 1, 9, 9]]  # two unsure answers and two as sure as its surest where checked
-    assert unsure_counts(as_logits, elsewhere) == (8, 10, 2, 4)
-    assert unsure_counts(as_logits[:0], elsewhere) == (0, 0, 0, 0)
+    assert unsure_counts(as_logits, elsewhere) == [(2, 10, 2, 4), (4, 10, 2, 4), (6, 10, 2, 4), (8, 10, 2, 4)]
+    assert unsure_counts(as_logits[:0], elsewhere) == [(0, 0, 0, 0)] * 4
 
 
 def _unsure_liars(
@@ -195,7 +196,8 @@ def _unsure_liars(
 ) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], dict[int, tuple[np.ndarray, np.ndarray]]]:
     """Ten clients whose stated confidence tracks how often they are right (0.97 on easy samples, 0.37 on the
     hardest) and whose runner-up is the truth where they are wrong; clients 3 and 7 turn their least sure fifth of
-    the unlabelled answers into their runner-up, one-hot (``lie_as="one_hot"``) or with the top two logits swapped."""
+    the unlabelled answers into their runner-up: one-hot (``lie_as="one_hot"``), as sure as their answers at their 75%
+    quantile where checked ("quantile"), or with the top two logits swapped ("swap")."""
 
     def answers(truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = truth.size
@@ -219,6 +221,10 @@ def _unsure_liars(
             lie = logits.copy()
             if lie_as == "one_hot":
                 lie[rows] = _one_hot(runner_up) * 2
+            elif lie_as == "quantile":  # as sure as its answers at their 75% quantile where checked
+                stated = np.quantile(confidence(reference[client][1]), 0.75)
+                lie[rows] = np.log((1 - stated) / (CLASSES - 1))
+                lie[rows, runner_up] = np.log(stated)
             else:
                 lie[rows, top], lie[rows, runner_up] = logits[rows, runner_up], logits[rows, top]
             logits = lie
@@ -226,11 +232,12 @@ def _unsure_liars(
     return unlabelled, reference
 
 
-def test_the_confidence_test_flags_a_liar_that_lies_with_certainty_where_it_is_least_sure() -> None:
+@pytest.mark.parametrize("lie_as", ["one_hot", "quantile"])
+def test_the_confidence_test_flags_a_liar_that_lies_surer_where_it_is_least_sure(lie_as: str) -> None:
     """Its runner-up is often right where it is unsure, so its agreement hardly falls; the certainty it states does."""
     agreement, both = ConsensusScreen(CLASSES, z=3.0), ConsensusScreen(CLASSES, z=3.0, confidence_test=True)
     for round in range(3):
-        unlabelled, reference = _unsure_liars(np.random.default_rng(10 + round), "one_hot")
+        unlabelled, reference = _unsure_liars(np.random.default_rng(10 + round), lie_as)
         missed, _ = agreement.screen(unlabelled, reference)
         flagged, scores = both.screen(unlabelled, reference)
         assert missed == set() and flagged == {3, 7}
@@ -242,4 +249,4 @@ def test_a_lie_stated_with_its_honest_confidence_passes_the_confidence_test() ->
     screen = ConsensusScreen(CLASSES, z=3.0, confidence_test=True)
     flagged, scores = screen.screen(*_unsure_liars(np.random.default_rng(5), "swap"))
     assert flagged == set() and max(scores.values()) < 3.0
-    assert screen.confidence_tallies[3][2] == pytest.approx(screen.confidence_tallies[0][2], rel=0.1)
+    assert screen.confidence_tallies[3][0][2] == pytest.approx(screen.confidence_tallies[0][0][2], rel=0.15)

@@ -73,8 +73,8 @@ METHODS: dict[str, tuple[str, ...]] = {
         "strategy.consensus_z=3",
         "strategy.learned_prob_floor=0.01",
     ),
-    # And with the screen's confidence test: a client that states more of its unlabelled answers as sure as its
-    # surest fifth where labels check it is left out too (a lie stated with certainty where it was unsure).
+    # And with the screen's confidence test: a client that states its unlabelled answers surer than where labels
+    # check it is left out too (a lie stated with certainty where it was unsure).
     "fedgems_plus_consensus_confidence": (
         "strategy=fedgems_plus",
         "transfer.unlabelled=10000",

@@ -67,7 +67,8 @@ class AdversaryConfig:
         their stated confidence, and pays for it with the weight a confidence-weighted fusion gives an unsure answer).
         "quantile": the wrong class with the top-class probability that the quantile ``lie_quantile`` of its own
         answers on the labelled part states, the rest shared evenly by the other classes (the attacker that knows
-        the screen counts only the answers stated as sure as its surest fifth there, and lies just below them).
+        a screen comparing how sure it says it is there and elsewhere, and states its lies as sure as a typical
+        checked answer rather than one-hot).
     lie_quantile : float (default: 0.75)
         The quantile of ``lie_as="quantile"``, in [0, 1].
     coordinated : bool (default: False)

@@ -20,8 +20,10 @@ on the reliability slice as often as elsewhere is not screened, but then the tru
 as the weaker client it makes itself. One that lies only where it is least sure, naming its runner-up class, hides
 its lies among the honest clients' own disagreements there, and those are the samples whose teacher a lie turns
 most easily (``adversary.poison_where=uncertain``; BENCHMARKS_KD.md measures each). The confidence test
-(``confidence_test``) catches that liar when its lies are stated with a certainty its checked answers never
-have; one that keeps its honest answer's low confidence passes both tests. Colluders above half of the clients
+(``confidence_test``) catches that liar when it states its lies surer than its honest answers there were, for its
+least sure answers then move up among its surer ones; one that keeps its honest answer's low confidence passes
+both tests, and so does one that trades its stated confidences between rows (lies stated sure, as many honest
+answers stated unsure). Colluders above half of the clients
 set the vote and the median.
 """
 
@@ -39,9 +41,9 @@ Answers = Mapping[int, tuple[NDArray[Any], NDArray[Any]]]
 MIN_OTHERS = 2
 """A sample counts for a client only where at least this many other clients answered it."""
 
-SURE_QUANTILE = 0.8
-"""The confidence test counts the answers a client states at least as sure as this quantile of its own
-answers on the reliability slice: a fifth of them there, about as many elsewhere if it is honest."""
+SURE_QUANTILES = (0.2, 0.4, 0.6, 0.8)
+"""The confidence test's cuts: at each, the share of a client's answers it states less sure than this quantile of
+its own answers on the reliability slice; about that share elsewhere if it is honest."""
 
 
 def agreement_with_others(
@@ -89,15 +91,18 @@ def confidence(values: NDArray[Any]) -> NDArray[np.float64]:
     return 1.0 / np.exp(shifted).sum(axis=1)
 
 
-def unsure_counts(reference: NDArray[Any], values: NDArray[Any]) -> tuple[int, int, int, int]:
-    """``(reference unsure, counted, values unsure, counted)``: how many rows state a confidence below the client's
-    own :data:`SURE_QUANTILE` quantile on the ``reference`` rows (ties count as sure), in the layout of the
-    agreement tallies, so that :func:`shortfall` is the share of its answers it states surer than where checked."""
+def unsure_counts(reference: NDArray[Any], values: NDArray[Any]) -> list[tuple[int, int, int, int]]:
+    """Per cut of :data:`SURE_QUANTILES`, ``(reference unsure, counted, values unsure, counted)``: how many rows state
+    a confidence below that quantile of the client's own confidence on the ``reference`` rows (ties count as sure),
+    in the layout of the agreement tallies, so that :func:`shortfall` is the share of its answers it states surer
+    elsewhere than where checked."""
     if reference.shape[0] == 0 or values.shape[0] == 0:
-        return (0, 0, 0, 0)
-    on_reference = confidence(reference)
-    cut = np.quantile(on_reference, SURE_QUANTILE)
-    return (int((on_reference < cut).sum()), on_reference.size, int((confidence(values) < cut).sum()), values.shape[0])
+        return [(0, 0, 0, 0) for _ in SURE_QUANTILES]
+    on_reference, on_values = confidence(reference), confidence(values)
+    return [
+        (int((on_reference < cut).sum()), on_reference.size, int((on_values < cut).sum()), on_values.size)
+        for cut in np.quantile(on_reference, SURE_QUANTILES)
+    ]
 
 
 def shortfall(tally: Sequence[int]) -> float:
@@ -127,11 +132,12 @@ class ConsensusScreen:
     z : float
         A client whose shortfall exceeds the median client's by more than ``z`` standard errors is screened out.
     confidence_test : bool (default: False)
-        Also compare how sure a client says it is on both: the share of its unlabelled answers stated at least as
-        sure as its surest fifth on the reliability slice, against that fifth (:func:`unsure_counts`), tested as the
-        agreement is. A liar that lies only where it is least sure hides its lies among the honest clients' own
-        disagreements, but a lie stated with certainty moves its least sure answers among its surest ones; a lie
-        that keeps its honest answer's low confidence passes, and a fusion that weighs confidence gives it little.
+        Also compare how sure a client says it is on both: at each cut of :data:`SURE_QUANTILES`, the share of its
+        unlabelled answers stated less sure than that quantile of its answers on the reliability slice, against the
+        quantile (:func:`unsure_counts`), each tested as the agreement is. A liar that lies only where it is least
+        sure hides its lies among the honest clients' own disagreements, but a lie stated surer than its honest
+        answer moves its least sure answers up; a lie that keeps its honest answer's low confidence passes, and a
+        fusion that weighs confidence gives it little.
     """
 
     max_passes = 4
@@ -147,13 +153,13 @@ class ConsensusScreen:
         self.confidence_test = confidence_test
         # client id -> [reference agreed, reference counted, unlabelled agreed, unlabelled counted], over rounds
         self.tallies: dict[int, list[int]] = {}
-        # client id -> [reference unsure, counted, unlabelled unsure, counted] (only with confidence_test)
-        self.confidence_tallies: dict[int, list[int]] = {}
+        # client id -> per cut, [reference unsure, counted, unlabelled unsure, counted] (with confidence_test)
+        self.confidence_tallies: dict[int, list[list[int]]] = {}
         self.flagged: list[int] = []  # the last round's verdict, where the next round's vote starts
 
     def screen(self, unlabelled: Answers, reference: Answers) -> tuple[set[int], dict[int, float]]:
         """Add this round's answers to the tallies; the clients screened out, and every answering client's z (the
-        larger of its two tests').
+        largest of its tests').
 
         The vote leaves out the clients screened out: liars that answer the truth where labels check them would
         otherwise swell the vote there, and honest clients that agree with it most would seem to fall short
@@ -185,12 +191,16 @@ class ConsensusScreen:
         return verdict, scores
 
     def _stored(self, client_id: int, create: bool = False) -> list[list[int]]:
-        """A client's pooled tallies: its agreement, then (``confidence_test``) its stated confidence."""
-        tallies = [self.tallies] + ([self.confidence_tallies] if self.confidence_test else [])
+        """A client's pooled tallies: its agreement, then (``confidence_test``) one per confidence cut."""
+        empty = [[0, 0, 0, 0] for _ in SURE_QUANTILES]
         if create:
-            for tally in tallies:
-                tally.setdefault(client_id, [0, 0, 0, 0])
-        return [tally.get(client_id, [0, 0, 0, 0]) for tally in tallies]
+            self.tallies.setdefault(client_id, [0, 0, 0, 0])
+            if self.confidence_test:
+                self.confidence_tallies.setdefault(client_id, empty)
+        agreement = self.tallies.get(client_id, [0, 0, 0, 0])
+        if not self.confidence_test:
+            return [agreement]
+        return [agreement, *self.confidence_tallies.get(client_id, empty)]
 
     def _counts(self, unlabelled: Answers, reference: Answers, voters: set[int]) -> dict[int, list[tuple[int, ...]]]:
         """This round's (reference agreed, counted, unlabelled agreed, counted) per client against ``voters``, then
@@ -203,14 +213,14 @@ class ConsensusScreen:
             if self.confidence_test:
                 empty = np.zeros((0, self.num_classes))
                 own = reference[client_id][1] if client_id in reference else empty
-                out[client_id].append(unsure_counts(np.asarray(own), np.asarray(unlabelled[client_id][1])))
+                out[client_id] += unsure_counts(np.asarray(own), np.asarray(unlabelled[client_id][1]))
         return out
 
     def _verdict(self, now: Mapping[int, list[tuple[int, ...]]]) -> tuple[set[int], dict[int, float]]:
-        """The clients whose pooled tallies, this round's ``now`` added, fall short beyond ``z`` in either test; and
-        every client's larger z."""
+        """The clients whose pooled tallies, this round's ``now`` added, fall short beyond ``z`` in some test; and
+        every client's largest z."""
         scores = {c: -math.inf for c in now}
-        for test in range(2 if self.confidence_test else 1):
+        for test in range(1 + len(SURE_QUANTILES) if self.confidence_test else 1):
             pooled = {
                 c: [a + b for a, b in zip(self._stored(c)[test], counts[test], strict=True)]
                 for c, counts in now.items()

@@ -95,10 +95,11 @@ class SelectionConfig:
         more than this many standard errors (pooled over the rounds so far) is left out of the unlabelled teacher,
         as the canaries leave one out (:mod:`fl_kd.kd.fedgems.consensus`). 0 (today): no such screen.
     consensus_confidence : bool (default: False)
-        With ``consensus_z``: also compare the share of a client's unlabelled answers that it states at least as
-        sure as its surest fifth on the held-out slice with that fifth, and screen it when that share exceeds the
-        median client's by more than ``consensus_z`` standard errors. A liar that lies only where it is least sure,
-        with certainty, hides among the honest disagreements but not here. False (today): agreement alone.
+        With ``consensus_z``: also compare how sure a client says it is on the unlabelled samples and on the
+        held-out slice: at its 20%, 40%, 60% and 80% quantiles there, the share of its unlabelled answers stated less
+        sure, and screen it when one share falls short beyond the median client's by more than ``consensus_z``
+        standard errors. A liar that lies only where it is least sure, stated surer, hides among the honest
+        disagreements but not here. False (today): agreement alone.
     """
 
     correctness: str = "train"
