@@ -98,8 +98,9 @@ METHODS: dict[str, tuple[str, ...]] = {
 #: where labels check it as elsewhere (the attacker that knows the consensus screen, which compares the two);
 #: ``camouflage_mimic_unsure_p0.2`` lies where it is least sure, with its runner-up class (where honest clients
 #: disagree too, so that the screen counts its lies among theirs); ``camouflage_mimic_unsure_swap_p0.2`` states each
-#: such lie with its honest answer's confidence, and ``camouflage_mimic_unsure_quantile_p0.2`` with that of its
-#: answers at their 75% quantile where labels check it (the attackers that know the screen's confidence test).
+#: such lie with its honest answer's confidence, ``camouflage_mimic_unsure_quantile_p0.2`` with that of its answers
+#: at their 75% quantile where labels check it, and ``camouflage_mimic_unsure_traded_p0.2`` with those of its surest
+#: honest answers, which take the lies' (the attackers that know the screen's confidence test).
 MIMIC_P02 = ("adversary.poison_share=0.2", "adversary.checked=honest")
 ATTACK_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "camouflage_p0.2": ("camouflage", ("adversary.poison_share=0.2",)),
@@ -117,6 +118,10 @@ ATTACK_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
         "camouflage",
         (*MIMIC_P02, "adversary.poison_where=uncertain", "adversary.lie_as=quantile"),
     ),
+    "camouflage_mimic_unsure_traded_p0.2": (
+        "camouflage",
+        (*MIMIC_P02, "adversary.poison_where=uncertain", "adversary.lie_as=traded"),
+    ),
 }
 
 #: The attackers that know selective KD and its screens, at 0.3: what the knowledge benchmark's FedGEMS faces.
@@ -131,6 +136,7 @@ CAMOUFLAGED = frozenset(
         "camouflage_mimic_unsure_p0.2",
         "camouflage_mimic_unsure_swap_p0.2",
         "camouflage_mimic_unsure_quantile_p0.2",
+        "camouflage_mimic_unsure_traded_p0.2",
     )
 )
 

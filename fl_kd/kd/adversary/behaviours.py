@@ -259,7 +259,8 @@ class Camouflage(Behaviour):
     share where labels check it, so that such a screen sees no difference at all. With
     ``adversary.poison_where=uncertain`` it lies where it is least sure, naming its own runner-up class; with
     ``adversary.lie_as=swap`` a lie states its honest answer's confidence instead of one-hot certainty, with
-    ``adversary.lie_as=quantile`` the confidence of the quantile ``adversary.lie_quantile`` of its labelled answers.
+    ``adversary.lie_as=quantile`` the confidence of the quantile ``adversary.lie_quantile`` of its labelled answers,
+    with ``adversary.lie_as=traded`` the confidence of its surest honest answers, which state the lies' instead.
     """
 
     kind = "logits"
@@ -283,7 +284,7 @@ class Camouflage(Behaviour):
         out = np.zeros_like(logits)
         out[np.arange(rows), np.where(known, truth, wrong)] = self.config.confidence
         unchecked = np.flatnonzero(~known)
-        if self.config.lie_as == "swap":  # the lie keeps the confidence its honest answer states
+        if self.config.lie_as in ("swap", "traded"):  # the lie keeps the confidence its honest answer states
             top = logits[unchecked].argmax(axis=1)
             out[unchecked] = logits[unchecked]
             out[unchecked, top] = logits[unchecked, wrong[unchecked]]
@@ -297,9 +298,26 @@ class Camouflage(Behaviour):
         if self.config.poison_share < 1.0:
             lies = self.least_sure(logits, ~known) if uncertain else self.poisoned(positions, rng)
             out[~known & ~lies] = logits[~known & ~lies]
+            if self.config.lie_as == "traded":
+                self._trade_confidence(out, logits, np.flatnonzero(~known & lies), np.flatnonzero(~known & ~lies))
         if self.config.checked == "honest":
             out[known] = logits[known]
         return out
+
+    def _trade_confidence(
+        self, out: NDArray[np.float64], logits: NDArray[np.float64], lied: NDArray[Any], honest: NDArray[Any]
+    ) -> None:
+        """In place: the lies (the least sure first) take the confidences of as many of its surest honest answers
+        (the surest first), which take the lies' own; the confidences it states, as a whole, stay its honest ones."""
+        sure = _confidence(logits)
+        lied = lied[np.argsort(sure[lied], kind="stable")]
+        donors = honest[np.argsort(-sure[honest], kind="stable")][: lied.size]
+        lied = lied[: donors.size]
+        for rows, stated in ((lied, sure[donors]), (donors, sure[lied])):
+            stated = np.minimum(stated, 1.0 - 1e-6)
+            said = out[rows].argmax(axis=1)
+            out[rows] = np.log((1.0 - stated) / (self.num_classes - 1))[:, None]
+            out[rows, said] = np.log(stated)
 
 
 @ADVERSARIES.register("free_rider")

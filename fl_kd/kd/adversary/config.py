@@ -24,7 +24,7 @@ FREE_RIDER_MODES: tuple[str, ...] = ("stale", "random")
 CHECKED_ANSWERS: tuple[str, ...] = ("truth", "honest", "poisoned")
 
 POISON_WHERE: tuple[str, ...] = ("random", "uncertain")
-LIE_AS: tuple[str, ...] = ("one_hot", "swap", "quantile")
+LIE_AS: tuple[str, ...] = ("one_hot", "swap", "quantile", "traded")
 
 
 @dataclass
@@ -68,7 +68,9 @@ class AdversaryConfig:
         "quantile": the wrong class with the top-class probability that the quantile ``lie_quantile`` of its own
         answers on the labelled part states, the rest shared evenly by the other classes (the attacker that knows
         a screen comparing how sure it says it is there and elsewhere, and states its lies as sure as a typical
-        checked answer rather than one-hot).
+        checked answer rather than one-hot). "traded" (with ``poison_share < 1``): the lies take the confidences of
+        as many of its surest honest answers, which state the lies' low ones instead, so that the confidences it
+        states elsewhere are, as a whole, those of its honest answers (the attacker that knows that screen exactly).
     lie_quantile : float (default: 0.75)
         The quantile of ``lie_as="quantile"``, in [0, 1].
     coordinated : bool (default: False)
