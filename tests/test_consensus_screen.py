@@ -12,6 +12,8 @@ from fl_kd.kd.fedgems.consensus import (
     ConsensusScreen,
     agreement_with_others,
     confidence,
+    confidence_strata,
+    family_z,
     shortfall,
     standard_error,
     unsure_counts,
@@ -132,7 +134,8 @@ def test_the_tallies_survive_a_checkpoint() -> None:
     assert saved is not None and loaded is not None
     assert loaded.tallies == saved.tallies and saved.tallies[4] == [20, 20, 0, 60]
     assert loaded.confidence_tallies == saved.confidence_tallies
-    assert [tally[1::2] for tally in saved.confidence_tallies[4]] == [[20, 60]] * 4
+    assert [tally[1::2] for tally in saved.confidence_tallies[4][:4]] == [[20, 60]] * 4  # the four cuts
+    assert sum(tally[1] for tally in saved.confidence_tallies[4][4:]) == 20  # the five strata
     assert server.distill(2, _answers(server)).extra == resumed.distill(2, _answers(resumed)).extra
 
 
@@ -197,7 +200,8 @@ def _unsure_liars(
     """Ten clients whose stated confidence tracks how often they are right (0.97 on easy samples, 0.37 on the
     hardest) and whose runner-up is the truth where they are wrong; clients 3 and 7 turn their least sure fifth of
     the unlabelled answers into their runner-up: one-hot (``lie_as="one_hot"``), as sure as their answers at their 75%
-    quantile where checked ("quantile"), or with the top two logits swapped ("swap")."""
+    quantile where checked ("quantile"), with the top two logits swapped ("swap"), or swapped and then stated with
+    the confidences of as many of their surest other answers, which take the lies' ("traded")."""
 
     def answers(truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = truth.size
@@ -221,6 +225,15 @@ def _unsure_liars(
             lie = logits.copy()
             if lie_as == "one_hot":
                 lie[rows] = _one_hot(runner_up) * 2
+            elif lie_as == "traded":  # the lies take the confidences of its surest other answers, and they the lies'
+                lie[rows, top], lie[rows, runner_up] = logits[rows, runner_up], logits[rows, top]
+                sure_now = confidence(lie)
+                others = np.setdiff1d(np.arange(sure_now.size), rows)
+                donors = others[np.argsort(-sure_now[others])][: rows.size]
+                for part, stated in ((rows, sure_now[donors]), (donors, sure_now[rows])):
+                    said = lie[part].argmax(axis=1)
+                    lie[part] = np.log((1 - stated) / (CLASSES - 1))[:, None]
+                    lie[part, said] = np.log(stated)
             elif lie_as == "quantile":  # as sure as its answers at their 75% quantile where checked
                 stated = np.quantile(confidence(reference[client][1]), 0.75)
                 lie[rows] = np.log((1 - stated) / (CLASSES - 1))
@@ -232,9 +245,10 @@ def _unsure_liars(
     return unlabelled, reference
 
 
-@pytest.mark.parametrize("lie_as", ["one_hot", "quantile"])
+@pytest.mark.parametrize("lie_as", ["one_hot", "quantile", "traded"])
 def test_the_confidence_test_flags_a_liar_that_lies_surer_where_it_is_least_sure(lie_as: str) -> None:
-    """Its runner-up is often right where it is unsure, so its agreement hardly falls; the certainty it states does."""
+    """Its runner-up is often right where it is unsure, so its agreement hardly falls; the certainty it states does,
+    or, when it trades stated confidences between its answers, its agreement where it says it is sure."""
     agreement, both = ConsensusScreen(CLASSES, z=3.0), ConsensusScreen(CLASSES, z=3.0, confidence_test=True)
     for round in range(3):
         unlabelled, reference = _unsure_liars(np.random.default_rng(10 + round), lie_as)
@@ -250,3 +264,13 @@ def test_a_lie_stated_with_its_honest_confidence_passes_the_confidence_test() ->
     flagged, scores = screen.screen(*_unsure_liars(np.random.default_rng(5), "swap"))
     assert flagged == set() and max(scores.values()) < 3.0
     assert screen.confidence_tallies[3][0][2] == pytest.approx(screen.confidence_tallies[0][0][2], rel=0.15)
+
+
+def test_the_strata_follow_the_cuts_and_nine_tests_alarm_as_rarely_as_one() -> None:
+    probs = np.linspace(0.3, 0.9, 10)
+    as_logits = np.log(np.stack([probs, *(np.full(10, (1 - probs) / 3),) * 3], axis=1))
+    np.testing.assert_array_equal(confidence_strata(as_logits, as_logits), [0, 0, 1, 1, 2, 2, 3, 3, 4, 4])
+    assert np.all(confidence_strata(as_logits[:0], as_logits) == 0)
+    assert family_z(3.0, 1) == pytest.approx(3.0)
+    assert family_z(3.64, 9) == pytest.approx(3.0, abs=0.05) and family_z(-1.0, 9) == -1.0
+    assert family_z(60.0, 9) == 60.0  # a tail below what a float holds keeps its z

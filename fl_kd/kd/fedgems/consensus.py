@@ -20,17 +20,18 @@ on the reliability slice as often as elsewhere is not screened, but then the tru
 as the weaker client it makes itself. One that lies only where it is least sure, naming its runner-up class, hides
 its lies among the honest clients' own disagreements there, and those are the samples whose teacher a lie turns
 most easily (``adversary.poison_where=uncertain``; BENCHMARKS_KD.md measures each). The confidence test
-(``confidence_test``) catches that liar when it states its lies surer than its honest answers there were, for its
-least sure answers then move up among its surer ones; one that keeps its honest answer's low confidence passes
-both tests, and so does one that trades its stated confidences between rows (lies stated sure, as many honest
-answers stated unsure). Colluders above half of the clients
-set the vote and the median.
+(``confidence_test``) catches that liar when it states its lies surer than its honest answers there were: its
+least sure answers then move up among its surer ones, and if it trades stated confidences between rows so that
+their spread stays its honest one, its answers stated sure agree with the others less than where it is checked.
+One that keeps its honest answer's low confidence passes both tests, and a fusion that weighs stated confidence
+gives such a lie little. Colluders above half of the clients set the vote and the median.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping, Sequence
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -46,22 +47,22 @@ SURE_QUANTILES = (0.2, 0.4, 0.6, 0.8)
 its own answers on the reliability slice; about that share elsewhere if it is honest."""
 
 
-def agreement_with_others(
+def agreement_rows(
     answers: Answers, num_classes: int, voters: Collection[int] | None = None
-) -> dict[int, tuple[int, int]]:
-    """Per client, ``(agreed, counted)``: on how many of its answers its top class is the plurality vote of the other
-    ``voters`` (default: every client), out of the samples at least :data:`MIN_OTHERS` of them answered (ties go to
-    the lowest class)."""
+) -> dict[int, tuple[NDArray[np.bool_], NDArray[np.bool_]]]:
+    """Per client and row of its answers, ``(agreed, counted)``: whether its top class is the plurality vote of the
+    other ``voters`` (default: every client) there, and whether at least :data:`MIN_OTHERS` of them answered that
+    sample (ties go to the lowest class)."""
     clients = sorted(answers)
     if not clients:
         return {}
     voting = np.array([voters is None or c in voters for c in clients])
     union = np.unique(np.concatenate([np.asarray(answers[c][0], dtype=np.int64) for c in clients]))
     votes = np.full((len(clients), union.size), -1, dtype=np.int64)
+    slots = {c: np.searchsorted(union, np.asarray(answers[c][0], dtype=np.int64)) for c in clients}
     for k, client_id in enumerate(clients):
-        positions, values = answers[client_id]
-        if np.size(positions):
-            votes[k, np.searchsorted(union, positions)] = np.asarray(values).argmax(axis=1)
+        if slots[client_id].size:
+            votes[k, slots[client_id]] = np.asarray(answers[client_id][1]).argmax(axis=1)
     counts = np.zeros((union.size, num_classes), dtype=np.int64)
     for row in votes[voting]:
         answered = row >= 0
@@ -78,8 +79,16 @@ def agreement_with_others(
             others_by = voted_by - mine.astype(np.int64)
         counted = mine & (others_by >= MIN_OTHERS)
         agreed = counted & (others.argmax(axis=1) == own)
-        out[client_id] = (int(agreed.sum()), int(counted.sum()))
+        out[client_id] = (agreed[slots[client_id]], counted[slots[client_id]])
     return out
+
+
+def agreement_with_others(
+    answers: Answers, num_classes: int, voters: Collection[int] | None = None
+) -> dict[int, tuple[int, int]]:
+    """Per client, ``(agreed, counted)``: :func:`agreement_rows` summed over its answers."""
+    rows = agreement_rows(answers, num_classes, voters)
+    return {c: (int(agreed.sum()), int(counted.sum())) for c, (agreed, counted) in rows.items()}
 
 
 def confidence(values: NDArray[Any]) -> NDArray[np.float64]:
@@ -103,6 +112,15 @@ def unsure_counts(reference: NDArray[Any], values: NDArray[Any]) -> list[tuple[i
         (int((on_reference < cut).sum()), on_reference.size, int((on_values < cut).sum()), on_values.size)
         for cut in np.quantile(on_reference, SURE_QUANTILES)
     ]
+
+
+def confidence_strata(reference: NDArray[Any], values: NDArray[Any]) -> NDArray[np.int64]:
+    """Per row of ``values``, its stratum ``0 .. len(SURE_QUANTILES)`` of stated confidence: how many of the cuts of
+    :func:`unsure_counts` (the quantiles of the client's confidence on the ``reference`` rows) it reaches."""
+    if reference.shape[0] == 0:
+        return np.zeros(values.shape[0], dtype=np.int64)
+    cuts = np.quantile(confidence(reference), SURE_QUANTILES)
+    return np.searchsorted(cuts, confidence(values), side="right").astype(np.int64)
 
 
 def shortfall(tally: Sequence[int]) -> float:
@@ -132,12 +150,13 @@ class ConsensusScreen:
     z : float
         A client whose shortfall exceeds the median client's by more than ``z`` standard errors is screened out.
     confidence_test : bool (default: False)
-        Also compare how sure a client says it is on both: at each cut of :data:`SURE_QUANTILES`, the share of its
-        unlabelled answers stated less sure than that quantile of its answers on the reliability slice, against the
-        quantile (:func:`unsure_counts`), each tested as the agreement is. A liar that lies only where it is least
-        sure hides its lies among the honest clients' own disagreements, but a lie stated surer than its honest
-        answer moves its least sure answers up; a lie that keeps its honest answer's low confidence passes, and a
-        fusion that weighs confidence gives it little.
+        Also compare how sure a client says it is on both, and how often it agrees where it says so: at each cut of
+        :data:`SURE_QUANTILES`, the share of its unlabelled answers stated less sure than that quantile of its
+        answers on the reliability slice (:func:`unsure_counts`), and within each stratum those cuts make
+        (:func:`confidence_strata`) its agreement, each tested as the agreement is; the nine count as one test
+        (:func:`family_z`). A liar that lies only where it is least sure hides its lies among the honest clients'
+        own disagreements, but a lie stated surer than its honest answer moves its least sure answers up, and a lie
+        stated sure disagrees where sure answers agree.
     """
 
     max_passes = 4
@@ -153,7 +172,8 @@ class ConsensusScreen:
         self.confidence_test = confidence_test
         # client id -> [reference agreed, reference counted, unlabelled agreed, unlabelled counted], over rounds
         self.tallies: dict[int, list[int]] = {}
-        # client id -> per cut, [reference unsure, counted, unlabelled unsure, counted] (with confidence_test)
+        # client id -> with confidence_test, per cut [reference unsure, counted, unlabelled unsure, counted], then per
+        # stratum of stated confidence its agreement tally
         self.confidence_tallies: dict[int, list[list[int]]] = {}
         self.flagged: list[int] = []  # the last round's verdict, where the next round's vote starts
 
@@ -191,36 +211,62 @@ class ConsensusScreen:
         return verdict, scores
 
     def _stored(self, client_id: int, create: bool = False) -> list[list[int]]:
-        """A client's pooled tallies: its agreement, then (``confidence_test``) one per confidence cut."""
-        empty = [[0, 0, 0, 0] for _ in SURE_QUANTILES]
+        """A client's pooled tallies: its agreement, then (``confidence_test``) one per confidence cut and one of
+        agreement per confidence stratum."""
+        extra = [[0, 0, 0, 0] for _ in range(self.num_tests - 1)]
         if create:
             self.tallies.setdefault(client_id, [0, 0, 0, 0])
             if self.confidence_test:
-                self.confidence_tallies.setdefault(client_id, empty)
+                self.confidence_tallies.setdefault(client_id, extra)
         agreement = self.tallies.get(client_id, [0, 0, 0, 0])
-        if not self.confidence_test:
-            return [agreement]
-        return [agreement, *self.confidence_tallies.get(client_id, empty)]
+        return [agreement, *self.confidence_tallies.get(client_id, extra)]
+
+    @property
+    def num_tests(self) -> int:
+        """Tests per client: agreement; with ``confidence_test`` also one per cut and one per stratum."""
+        return 1 + (2 * len(SURE_QUANTILES) + 1 if self.confidence_test else 0)
 
     def _counts(self, unlabelled: Answers, reference: Answers, voters: set[int]) -> dict[int, list[tuple[int, ...]]]:
         """This round's (reference agreed, counted, unlabelled agreed, counted) per client against ``voters``, then
-        (``confidence_test``) its :func:`unsure_counts`."""
-        on_unlabelled = agreement_with_others(unlabelled, self.num_classes, voters)
-        on_reference = agreement_with_others(reference, self.num_classes, voters)
+        (``confidence_test``) its :func:`unsure_counts` and its agreement tallies per :func:`confidence_strata`."""
+        on_unlabelled = agreement_rows(unlabelled, self.num_classes, voters)
+        on_reference = agreement_rows(reference, self.num_classes, voters)
+        none = (np.zeros(0, dtype=bool), np.zeros(0, dtype=bool))
         out: dict[int, list[tuple[int, ...]]] = {}
         for client_id in unlabelled:
-            out[client_id] = [(*on_reference.get(client_id, (0, 0)), *on_unlabelled[client_id])]
+            (ref_agreed, ref_counted), (unl_agreed, unl_counted) = (
+                on_reference.get(client_id, none),
+                on_unlabelled[client_id],
+            )
+            out[client_id] = [
+                (int(ref_agreed.sum()), int(ref_counted.sum()), int(unl_agreed.sum()), int(unl_counted.sum()))
+            ]
             if self.confidence_test:
-                empty = np.zeros((0, self.num_classes))
-                own = reference[client_id][1] if client_id in reference else empty
-                out[client_id] += unsure_counts(np.asarray(own), np.asarray(unlabelled[client_id][1]))
+                own = (
+                    np.asarray(reference[client_id][1])
+                    if client_id in on_reference
+                    else np.zeros((0, self.num_classes))
+                )
+                values = np.asarray(unlabelled[client_id][1])
+                out[client_id] += unsure_counts(own, values)
+                ref_strata, unl_strata = confidence_strata(own, own), confidence_strata(own, values)
+                for stratum in range(len(SURE_QUANTILES) + 1):
+                    ref, unl = ref_strata == stratum, unl_strata == stratum
+                    out[client_id].append(
+                        (
+                            int(ref_agreed[ref].sum()),
+                            int(ref_counted[ref].sum()),
+                            int(unl_agreed[unl].sum()),
+                            int(unl_counted[unl].sum()),
+                        )
+                    )
         return out
 
     def _verdict(self, now: Mapping[int, list[tuple[int, ...]]]) -> tuple[set[int], dict[int, float]]:
         """The clients whose pooled tallies, this round's ``now`` added, fall short beyond ``z`` in some test; and
         every client's largest z."""
         scores = {c: -math.inf for c in now}
-        for test in range(1 + len(SURE_QUANTILES) if self.confidence_test else 1):
+        for test in range(self.num_tests):
             pooled = {
                 c: [a + b for a, b in zip(self._stored(c)[test], counts[test], strict=True)]
                 for c, counts in now.items()
@@ -231,6 +277,16 @@ class ConsensusScreen:
             median = float(np.median([shortfall(pooled[c]) for c in evidenced]))
             for client_id in evidenced:
                 z = (shortfall(pooled[client_id]) - median) / standard_error(pooled[client_id])
-                scores[client_id] = max(scores[client_id], z)
+                scores[client_id] = max(scores[client_id], z if test == 0 else family_z(z, self.num_tests - 1))
         scores = {c: 0.0 if z == -math.inf else z for c, z in scores.items()}
         return {c for c in scores if scores[c] > self.z}, scores
+
+
+def family_z(z: float, tests: int) -> float:
+    """The z of one test among ``tests`` as the z of a single test that alarms as often (Bonferroni): the largest of
+    several honest z's exceeds a threshold more often than one does, so the confidence test's nine tests, taken
+    together, screen an honest client no more often than the agreement test alone."""
+    tail = tests * 0.5 * math.erfc(z / math.sqrt(2.0))
+    if tail >= 0.5:
+        return min(z, 0.0)
+    return z if tail == 0.0 else -NormalDist().inv_cdf(tail)

@@ -96,10 +96,12 @@ class SelectionConfig:
         as the canaries leave one out (:mod:`fl_kd.kd.fedgems.consensus`). 0 (today): no such screen.
     consensus_confidence : bool (default: False)
         With ``consensus_z``: also compare how sure a client says it is on the unlabelled samples and on the
-        held-out slice: at its 20%, 40%, 60% and 80% quantiles there, the share of its unlabelled answers stated less
-        sure, and screen it when one share falls short beyond the median client's by more than ``consensus_z``
-        standard errors. A liar that lies only where it is least sure, stated surer, hides among the honest
-        disagreements but not here. False (today): agreement alone.
+        held-out slice (at its 20%, 40%, 60% and 80% quantiles there, the share of its unlabelled answers stated
+        less sure), and its agreement with the others within each band of stated confidence those quantiles make;
+        a client whose shortfall in one of these nine tests is beyond the median client's by more than
+        ``consensus_z`` standard errors, after a Bonferroni correction for the nine, is screened. A liar that lies
+        only where it is least sure, stated surer, hides among the honest disagreements but not here. False
+        (today): agreement alone.
     """
 
     correctness: str = "train"
