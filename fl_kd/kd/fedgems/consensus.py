@@ -100,6 +100,15 @@ def confidence(values: NDArray[Any]) -> NDArray[np.float64]:
     return 1.0 / np.exp(shifted).sum(axis=1)
 
 
+def confidence_strata(reference: NDArray[Any], values: NDArray[Any]) -> NDArray[np.int64]:
+    """Per row of ``values``, its stratum ``0 .. len(SURE_QUANTILES)`` of stated confidence: how many of the cuts (the
+    :data:`SURE_QUANTILES` of the client's confidence on the ``reference`` rows) it reaches."""
+    if reference.shape[0] == 0:
+        return np.zeros(values.shape[0], dtype=np.int64)
+    cuts = np.quantile(confidence(reference), SURE_QUANTILES)
+    return np.searchsorted(cuts, confidence(values), side="right").astype(np.int64)
+
+
 def unsure_counts(reference: NDArray[Any], values: NDArray[Any]) -> list[tuple[int, int, int, int]]:
     """Per cut of :data:`SURE_QUANTILES`, ``(reference unsure, counted, values unsure, counted)``: how many rows state
     a confidence below that quantile of the client's own confidence on the ``reference`` rows (ties count as sure),
@@ -107,20 +116,11 @@ def unsure_counts(reference: NDArray[Any], values: NDArray[Any]) -> list[tuple[i
     elsewhere than where checked."""
     if reference.shape[0] == 0 or values.shape[0] == 0:
         return [(0, 0, 0, 0) for _ in SURE_QUANTILES]
-    on_reference, on_values = confidence(reference), confidence(values)
+    on_reference, on_values = confidence_strata(reference, reference), confidence_strata(reference, values)
     return [
-        (int((on_reference < cut).sum()), on_reference.size, int((on_values < cut).sum()), on_values.size)
-        for cut in np.quantile(on_reference, SURE_QUANTILES)
+        (int((on_reference <= k).sum()), on_reference.size, int((on_values <= k).sum()), on_values.size)
+        for k in range(len(SURE_QUANTILES))
     ]
-
-
-def confidence_strata(reference: NDArray[Any], values: NDArray[Any]) -> NDArray[np.int64]:
-    """Per row of ``values``, its stratum ``0 .. len(SURE_QUANTILES)`` of stated confidence: how many of the cuts of
-    :func:`unsure_counts` (the quantiles of the client's confidence on the ``reference`` rows) it reaches."""
-    if reference.shape[0] == 0:
-        return np.zeros(values.shape[0], dtype=np.int64)
-    cuts = np.quantile(confidence(reference), SURE_QUANTILES)
-    return np.searchsorted(cuts, confidence(values), side="right").astype(np.int64)
 
 
 def shortfall(tally: Sequence[int]) -> float:
