@@ -60,7 +60,7 @@ class AdversaryConfig:
         ``camouflage`` with ``poison_share < 1``: which rows it lies on, a random share or the share on which its
         own top class is least sure. Honest clients disagree most there, so a screen that counts disagreements sees
         its lies among theirs, and the teacher it tries to turn is least sure there too.
-    lie_as : {"one_hot", "swap"} (default: "one_hot")
+    lie_as : {"one_hot", "swap", "quantile", "traded"} (default: "one_hot")
         ``camouflage``: how a lie looks. "one_hot": the logit ``confidence`` on the wrong class, every other 0, as
         sure as an answer can be. "swap": its own logits with those of its top class and the wrong class swapped,
         so the lie states the confidence its honest answer had (the attacker that knows a screen sorting answers by
