@@ -190,8 +190,9 @@ def test_the_confidence_test_counts_answers_below_each_quantile_where_checked() 
     as_logits = np.log(np.stack([probs, *(np.full(10, (1 - probs) / 3),) * 3], axis=1))
     np.testing.assert_allclose(confidence(as_logits), probs)
     elsewhere = as_logits[[0, 1, 9, 9]]  # two unsure answers and two as sure as its surest where checked
-    assert unsure_counts(as_logits, elsewhere) == [(2, 10, 2, 4), (4, 10, 2, 4), (6, 10, 2, 4), (8, 10, 2, 4)]
-    assert unsure_counts(as_logits[:0], elsewhere) == [(0, 0, 0, 0)] * 4
+    own, there = confidence_strata(as_logits, as_logits), confidence_strata(as_logits, elsewhere)
+    assert unsure_counts(own, there) == [(2, 10, 2, 4), (4, 10, 2, 4), (6, 10, 2, 4), (8, 10, 2, 4)]
+    assert unsure_counts(own[:0], there) == [(0, 0, 0, 0)] * 4
 
 
 def _unsure_liars(

@@ -109,16 +109,15 @@ def confidence_strata(reference: NDArray[Any], values: NDArray[Any]) -> NDArray[
     return np.searchsorted(cuts, confidence(values), side="right").astype(np.int64)
 
 
-def unsure_counts(reference: NDArray[Any], values: NDArray[Any]) -> list[tuple[int, int, int, int]]:
-    """Per cut of :data:`SURE_QUANTILES`, ``(reference unsure, counted, values unsure, counted)``: how many rows state
-    a confidence below that quantile of the client's own confidence on the ``reference`` rows (ties count as sure),
-    in the layout of the agreement tallies, so that :func:`shortfall` is the share of its answers it states surer
-    elsewhere than where checked."""
-    if reference.shape[0] == 0 or values.shape[0] == 0:
+def unsure_counts(reference_strata: NDArray[np.int64], strata: NDArray[np.int64]) -> list[tuple[int, int, int, int]]:
+    """Per cut of :data:`SURE_QUANTILES`, ``(reference unsure, counted, unsure, counted)``: how many rows state a
+    confidence below that quantile of the client's own confidence on the reference rows (ties count as sure), from
+    the :func:`confidence_strata` of both, in the layout of the agreement tallies, so that :func:`shortfall` is the
+    share of its answers it states surer elsewhere than where checked."""
+    if reference_strata.size == 0 or strata.size == 0:
         return [(0, 0, 0, 0) for _ in SURE_QUANTILES]
-    on_reference, on_values = confidence_strata(reference, reference), confidence_strata(reference, values)
     return [
-        (int((on_reference <= k).sum()), on_reference.size, int((on_values <= k).sum()), on_values.size)
+        (int((reference_strata <= k).sum()), reference_strata.size, int((strata <= k).sum()), strata.size)
         for k in range(len(SURE_QUANTILES))
     ]
 
@@ -195,8 +194,9 @@ class ConsensusScreen:
             Client id -> (positions ``(m,)``, logits ``(m, C)``) on the reliability slice this round.
         """
         flagged, previous = set(self.flagged) & set(unlabelled), None
+        strata = self._strata(unlabelled, reference)  # who votes does not change what a client states
         for _ in range(self.max_passes):
-            now = self._counts(unlabelled, reference, voters=set(unlabelled) - flagged)
+            now = self._counts(unlabelled, reference, set(unlabelled) - flagged, strata)
             verdict, scores = self._verdict(now)
             if verdict == flagged:
                 break
@@ -226,9 +226,31 @@ class ConsensusScreen:
         """Tests per client: agreement; with ``confidence_test`` also one per cut and one per stratum."""
         return 1 + (2 * len(SURE_QUANTILES) + 1 if self.confidence_test else 0)
 
-    def _counts(self, unlabelled: Answers, reference: Answers, voters: set[int]) -> dict[int, list[tuple[int, ...]]]:
+    def _strata(
+        self, unlabelled: Answers, reference: Answers
+    ) -> dict[int, tuple[NDArray[np.int64], NDArray[np.int64]]]:
+        """Per client, the :func:`confidence_strata` of its reference and unlabelled answers (none without
+        ``confidence_test``)."""
+        if not self.confidence_test:
+            return {}
+        out = {}
+        for client_id in unlabelled:
+            own = np.asarray(reference[client_id][1]) if client_id in reference else np.zeros((0, self.num_classes))
+            out[client_id] = (confidence_strata(own, own), confidence_strata(own, np.asarray(unlabelled[client_id][1])))
+        return out
+
+    def _counts(
+        self,
+        unlabelled: Answers,
+        reference: Answers,
+        voters: set[int],
+        strata: Mapping[int, tuple[NDArray[np.int64], NDArray[np.int64]]] | None = None,
+    ) -> dict[int, list[tuple[int, ...]]]:
         """This round's (reference agreed, counted, unlabelled agreed, counted) per client against ``voters``, then
-        (``confidence_test``) its :func:`unsure_counts` and its agreement tallies per :func:`confidence_strata`."""
+        (``confidence_test``) its :func:`unsure_counts` and its agreement tallies per stratum of ``strata``
+        (:meth:`_strata`, computed when not given)."""
+        if strata is None:
+            strata = self._strata(unlabelled, reference)
         on_unlabelled = agreement_rows(unlabelled, self.num_classes, voters)
         on_reference = agreement_rows(reference, self.num_classes, voters)
         none = (np.zeros(0, dtype=bool), np.zeros(0, dtype=bool))
@@ -242,14 +264,8 @@ class ConsensusScreen:
                 (int(ref_agreed.sum()), int(ref_counted.sum()), int(unl_agreed.sum()), int(unl_counted.sum()))
             ]
             if self.confidence_test:
-                own = (
-                    np.asarray(reference[client_id][1])
-                    if client_id in on_reference
-                    else np.zeros((0, self.num_classes))
-                )
-                values = np.asarray(unlabelled[client_id][1])
-                out[client_id] += unsure_counts(own, values)
-                ref_strata, unl_strata = confidence_strata(own, own), confidence_strata(own, values)
+                ref_strata, unl_strata = strata[client_id]
+                out[client_id] += unsure_counts(ref_strata, unl_strata)
                 for stratum in range(len(SURE_QUANTILES) + 1):
                     ref, unl = ref_strata == stratum, unl_strata == stratum
                     out[client_id].append(
