@@ -28,6 +28,7 @@ from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.federation import Federation, build_federation
 from fl_kd.kd.roles import Answer
 from fl_kd.kd.runner import run_inprocess
+from fl_kd.kd.training import confidence
 from fl_kd.simulations.config import experiment_config
 from tests.kd_configs import TINY_PROFILE
 
@@ -170,22 +171,17 @@ def test_camouflage_is_right_and_sure_where_labels_check_it_and_wrong_elsewhere(
     checked = np.random.default_rng(5).normal(size=(400, 10)) * 2
     stated = behaviour.corrupt_logits(np.r_[checked, honest], positions, np.random.default_rng(4))[400:]
     np.testing.assert_array_equal(stated[lied].argmax(axis=1), out[lied].argmax(axis=1))
-    probs = np.exp(checked) / np.exp(checked).sum(axis=1, keepdims=True)
-    np.testing.assert_allclose(np.exp(stated[lied]).max(axis=1), np.quantile(probs.max(axis=1), 0.75))
+    np.testing.assert_allclose(np.exp(stated[lied]).max(axis=1), np.quantile(confidence(checked), 0.75))
     np.testing.assert_allclose(np.exp(stated[lied]).sum(axis=1), 1.0)
     # With lie_as=traded its lies take the confidences of its surest honest answers, which take the lies' own.
     traded = config(adversary=unsure_settings | {"poison_where": "uncertain", "lie_as": "traded"})
     behaviour = get_algorithm("dsfl").build_client(traded, federation(), 0).behaviour
     trade = behaviour.corrupt_logits(honest, np.full(2000, 10**6), np.random.default_rng(4))
-    sure_before, sure_after = _top_probability(honest), _top_probability(trade)
+    sure_before, sure_after = confidence(honest), confidence(trade)
     np.testing.assert_allclose(np.sort(sure_after), np.sort(sure_before))
     np.testing.assert_array_equal(trade[lied].argmax(axis=1), out[lied].argmax(axis=1))
     assert sure_after[lied].min() >= np.quantile(sure_before, 0.85) > sure_before[lied].max()
     np.testing.assert_array_equal(trade.argmax(axis=1)[~lied], honest.argmax(axis=1)[~lied])
-
-
-def _top_probability(logits: np.ndarray) -> np.ndarray:
-    return (np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)).max(axis=1)
 
 
 def test_coordinated_liars_poison_the_same_samples_with_the_same_wrong_class() -> None:

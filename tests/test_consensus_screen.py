@@ -10,8 +10,7 @@ from fl_kd.config import ConfigError
 from fl_kd.kd.fedgems import SelectiveDistillServer
 from fl_kd.kd.fedgems.consensus import (
     ConsensusScreen,
-    agreement_with_others,
-    confidence,
+    agreement_rows,
     confidence_strata,
     family_z,
     shortfall,
@@ -19,6 +18,7 @@ from fl_kd.kd.fedgems.consensus import (
     unsure_counts,
 )
 from fl_kd.kd.runner import run_inprocess
+from fl_kd.kd.training import confidence
 from tests.kd_configs import learned_trust_server, resumed_from_checkpoint, tiny_config
 
 CLASSES = 4
@@ -34,6 +34,12 @@ def _noisy(truth: np.ndarray, error: float, rng: np.random.Generator) -> np.ndar
     return np.where(wrong, (truth + rng.integers(1, CLASSES, truth.size)) % CLASSES, truth)
 
 
+def agreement_with_others(answers: dict[int, tuple[np.ndarray, np.ndarray]]) -> dict[int, tuple[int, int]]:
+    """Per client, (agreed, counted) summed over its rows."""
+    rows = agreement_rows(answers, CLASSES)
+    return {c: (int(agreed.sum()), int(counted.sum())) for c, (agreed, counted) in rows.items()}
+
+
 def test_agreement_counts_the_others_plurality_and_needs_two_others() -> None:
     positions = np.arange(3)
     answers = {
@@ -42,14 +48,14 @@ def test_agreement_counts_the_others_plurality_and_needs_two_others() -> None:
         2: (positions, _one_hot(np.array([0, 2, 3]))),
         3: (np.array([0]), _one_hot(np.array([1]))),
     }
-    agreement = agreement_with_others(answers, CLASSES)
+    agreement = agreement_with_others(answers)
     # Sample 0: 0, 0, 0, 1; sample 1: 1, 1, 2 (client 3 absent); sample 2: 2, 3, 3.
     assert agreement[0] == (2, 3)  # the others vote 0, then 1 (a tie of 1 and 2 goes to the lowest), then 3
     assert agreement[1] == (2, 3)  # ... 0, 1, then 2 (a tie of 2 and 3)
     assert agreement[2] == (1, 3)  # ... 0, 1, 2
     assert agreement[3] == (0, 1)  # ... 0 on the one sample it answered
     # With only one other client answering, a sample is not counted.
-    assert agreement_with_others({0: answers[0], 1: answers[1]}, CLASSES) == {0: (0, 0), 1: (0, 0)}
+    assert agreement_with_others({0: answers[0], 1: answers[1]}) == {0: (0, 0), 1: (0, 0)}
 
 
 def test_the_standard_error_never_claims_certainty() -> None:

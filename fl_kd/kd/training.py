@@ -189,6 +189,16 @@ def from_wire(array: NDArray[Any], num_classes: int | None = None) -> NDArray[np
     return array.astype(np.float32)
 
 
+def confidence(values: NDArray[Any]) -> NDArray[np.float64]:
+    """The top-class probability of each row of logits (or log-probabilities) ``(n, C)``: how sure a client says
+    its answer is (which a liar chooses freely)."""
+    logits = np.asarray(values, dtype=np.float64)
+    if logits.shape[0] == 0:
+        return np.zeros(0)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return 1.0 / np.exp(shifted).sum(axis=1)
+
+
 def _pack_uint5(log_probs: NDArray[np.float32]) -> NDArray[np.uint8]:
     """Each log-probability ``(n, C)`` as the index of its nearest uint5 level, 5 bits each, packed 1-D."""
     _check_uint5_classes(log_probs.shape[1])

@@ -20,7 +20,7 @@ from torch import Tensor
 from fl_kd.kd import protocol as kd
 from fl_kd.kd.adversary.config import AdversaryConfig
 from fl_kd.kd.roles import Answer, Arrays, Instruction
-from fl_kd.kd.training import from_wire, to_wire
+from fl_kd.kd.training import confidence, from_wire, to_wire
 from fl_kd.registry import Registry
 
 #: (logits name, positions name) pairs an answer may carry.
@@ -139,12 +139,6 @@ class Behaviour:
         labels: NDArray[np.int64] = logits.argmax(axis=1).astype(np.int64)
         labels[known] = self.transfer_y[positions[known]]
         return labels
-
-
-def _confidence(logits: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Per row, the top-class probability of logits (or log-probabilities)."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    return np.asarray(1.0 / np.exp(shifted).sum(axis=1))
 
 
 def shared_uniforms(positions: NDArray[Any]) -> NDArray[np.float64]:
@@ -291,7 +285,7 @@ class Camouflage(Behaviour):
             out[unchecked, wrong[unchecked]] = logits[unchecked, top]
         elif self.config.lie_as == "quantile":  # as sure as it is on that share of its answers where labels check it
             labelled = positions < self.transfer_y.size
-            sure = _confidence(logits[labelled] if labelled.any() else logits)
+            sure = confidence(logits[labelled] if labelled.any() else logits)
             stated = min(float(np.quantile(sure, self.config.lie_quantile)), 1.0 - 1e-6) if sure.size else 0.5
             out[unchecked] = np.log((1.0 - stated) / (self.num_classes - 1))
             out[unchecked, wrong[unchecked]] = np.log(stated)
@@ -299,17 +293,17 @@ class Camouflage(Behaviour):
             lies = self.least_sure(logits, ~known) if uncertain else self.poisoned(positions, rng)
             out[~known & ~lies] = logits[~known & ~lies]
             if self.config.lie_as == "traded":
-                self._trade_confidence(out, logits, np.flatnonzero(~known & lies), np.flatnonzero(~known & ~lies))
+                self._tradeconfidence(out, logits, np.flatnonzero(~known & lies), np.flatnonzero(~known & ~lies))
         if self.config.checked == "honest":
             out[known] = logits[known]
         return out
 
-    def _trade_confidence(
+    def _tradeconfidence(
         self, out: NDArray[np.float64], logits: NDArray[np.float64], lied: NDArray[Any], honest: NDArray[Any]
     ) -> None:
         """In place: the lies (the least sure first) take the confidences of as many of its surest honest answers
         (the surest first), which take the lies' own; the confidences it states, as a whole, stay its honest ones."""
-        sure = _confidence(logits)
+        sure = confidence(logits)
         lied = lied[np.argsort(sure[lied], kind="stable")]
         donors = honest[np.argsort(-sure[honest], kind="stable")][: lied.size]
         lied = lied[: donors.size]

@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from fl_kd.kd.training import confidence
+
 Answers = Mapping[int, tuple[NDArray[Any], NDArray[Any]]]
 
 MIN_OTHERS = 2
@@ -81,23 +83,6 @@ def agreement_rows(
         agreed = counted & (others.argmax(axis=1) == own)
         out[client_id] = (agreed[slots[client_id]], counted[slots[client_id]])
     return out
-
-
-def agreement_with_others(
-    answers: Answers, num_classes: int, voters: Collection[int] | None = None
-) -> dict[int, tuple[int, int]]:
-    """Per client, ``(agreed, counted)``: :func:`agreement_rows` summed over its answers."""
-    rows = agreement_rows(answers, num_classes, voters)
-    return {c: (int(agreed.sum()), int(counted.sum())) for c, (agreed, counted) in rows.items()}
-
-
-def confidence(values: NDArray[Any]) -> NDArray[np.float64]:
-    """The top-class probability of each row of logits (or log-probabilities): what a client *says* of its answer."""
-    logits = np.asarray(values, dtype=np.float64)
-    if logits.shape[0] == 0:
-        return np.zeros(0)
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    return 1.0 / np.exp(shifted).sum(axis=1)
 
 
 def confidence_strata(reference: NDArray[Any], values: NDArray[Any]) -> NDArray[np.int64]:
