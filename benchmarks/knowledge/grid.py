@@ -423,6 +423,14 @@ EXTRAS: tuple[Extra, ...] = (
         "+unlabelled_5000",
         add=("strategy.unlabelled_per_round=10000", "strategy.logits_dtype=uint5"),
     ),
+    # Does the label-free consensus screen with its confidence test (off in FedGEMS' rows, advised where clients
+    # cannot all be trusted) screen an honest client of this grid, and so cost FedGEMS anything when nobody lies?
+    Extra(
+        "fedgems_screened",
+        "fedgems, consensus screen and confidence test",
+        FEDGEMS,
+        add=("strategy.consensus_z=3", "strategy.consensus_confidence=true"),
+    ),
     # The server-alone baselines at 4 epochs a round (FedGEMS' server's before its last step), with and without the
     # weight average.
     *(
