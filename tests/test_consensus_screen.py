@@ -121,6 +121,8 @@ def test_the_server_leaves_the_camouflaged_client_out_of_the_unlabelled_teacher(
     server = _server(consensus_z=3.0)
     stats = server.distill(1, _answers(server))
     assert stats.extra["consensus_screened"] == 1 and stats.extra["consensus_z_max"] > 3.0
+    assert stats.extra["consensus_z_agreement"] == stats.extra["consensus_z_max"]  # the only test asked
+    assert "consensus_z_confidence" not in stats.extra
     assert stats.extra["n_unlabelled"] == 60  # nothing is withheld from distillation: no canaries
     assert stats.extra["teacher_unlabelled_accuracy"] == 1.0
     unscreened = _server(consensus_z=0.0)
@@ -263,6 +265,10 @@ def test_the_confidence_test_flags_a_liar_that_lies_surer_where_it_is_least_sure
         flagged, scores = both.screen(unlabelled, reference)
         assert missed == set() and flagged == {3, 7}
         assert max(z for c, z in scores.items() if c not in (3, 7)) < 3.0
+        # the confidence family screened them, not the agreement test, and each client's z is its families' largest
+        assert set(both.family_scores) == {"agreement", "confidence"} and set(agreement.family_scores) == {"agreement"}
+        assert all(both.family_scores["agreement"][c] <= 3.0 < both.family_scores["confidence"][c] for c in (3, 7))
+        assert scores == {c: max(f[c] for f in both.family_scores.values()) for c in scores}
 
 
 def test_a_lie_stated_with_its_honest_confidence_passes_the_confidence_test() -> None:

@@ -160,6 +160,9 @@ class ConsensusScreen:
         # stratum of stated confidence its agreement tally
         self.confidence_tallies: dict[int, list[list[int]]] = {}
         self.flagged: list[int] = []  # the last round's verdict, where the next round's vote starts
+        # the last round's z per family of tests ("agreement"; with confidence_test also "confidence", the nine
+        # corrected together) and client, so that a run can tell which test screened whom
+        self.family_scores: dict[str, dict[int, float]] = {}
 
     def screen(self, unlabelled: Answers, reference: Answers) -> tuple[set[int], dict[int, float]]:
         """Add this round's answers to the tallies; the clients screened out, and every answering client's z (the
@@ -265,9 +268,12 @@ class ConsensusScreen:
 
     def _verdict(self, now: Mapping[int, list[tuple[int, ...]]]) -> tuple[set[int], dict[int, float]]:
         """The clients whose pooled tallies, this round's ``now`` added, fall short beyond ``z`` in some test; and
-        every client's largest z."""
-        scores = {c: -math.inf for c in now}
+        every client's largest z (each family's in :attr:`family_scores`)."""
+        families = {"agreement": {c: -math.inf for c in now}}
+        if self.confidence_test:
+            families["confidence"] = {c: -math.inf for c in now}
         for test in range(self.num_tests):
+            family = families["agreement" if test == 0 else "confidence"]
             pooled = {
                 c: [a + b for a, b in zip(self._stored(c)[test], counts[test], strict=True)]
                 for c, counts in now.items()
@@ -278,9 +284,15 @@ class ConsensusScreen:
             median = float(np.median([shortfall(pooled[c]) for c in evidenced]))
             for client_id in evidenced:
                 z = (shortfall(pooled[client_id]) - median) / standard_error(pooled[client_id])
-                scores[client_id] = max(scores[client_id], z if test == 0 else family_z(z, self.num_tests - 1))
-        scores = {c: 0.0 if z == -math.inf else z for c, z in scores.items()}
+                family[client_id] = max(family[client_id], z if test == 0 else family_z(z, self.num_tests - 1))
+        scores = {c: _finite(max(family[c] for family in families.values())) for c in now}
+        self.family_scores = {name: {c: _finite(z) for c, z in family.items()} for name, family in families.items()}
         return {c for c in scores if scores[c] > self.z}, scores
+
+
+def _finite(z: float) -> float:
+    """A client no test had evidence on scores 0."""
+    return 0.0 if z == -math.inf else z
 
 
 def family_z(z: float, tests: int) -> float:

@@ -296,6 +296,8 @@ class ServerOptions:
             outliers, scores = self.consensus.screen(unlabelled, reference)
             stats.extra["consensus_screened"] = len(outliers)
             stats.extra["consensus_z_max"] = max(scores.values(), default=0.0)
+            for family, by_client in self.consensus.family_scores.items():  # which test came closest to screening
+                stats.extra[f"consensus_z_{family}"] = max(by_client.values(), default=0.0)
             flagged |= outliers
         if self.canaries is not None:
             truth = {c: (values.argmax(axis=1), self.transfer_y.numpy()[pos]) for c, (pos, values) in reference.items()}
