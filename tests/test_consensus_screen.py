@@ -9,6 +9,7 @@ import pytest
 from fl_kd.config import ConfigError
 from fl_kd.kd.fedgems import SelectiveDistillServer
 from fl_kd.kd.fedgems.consensus import (
+    MARGIN,
     ConsensusScreen,
     agreement_rows,
     confidence_strata,
@@ -65,14 +66,15 @@ def test_the_standard_error_never_claims_certainty() -> None:
 
 
 def _federation(
-    rng: np.random.Generator, liars: dict[int, float], common_drop: float = 0.0
+    rng: np.random.Generator, liars: dict[int, float], common_drop: float = 0.0, checked: int = 200
 ) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], dict[int, tuple[np.ndarray, np.ndarray]]]:
-    """Ten clients right on about 80% of 200 reference and 2,000 unlabelled samples; ``liars`` maps a client to the
-    share of its unlabelled answers it turns wrong; ``common_drop`` makes every client that much less accurate there."""
-    reference_truth, unlabelled_truth = rng.integers(0, CLASSES, 200), rng.integers(0, CLASSES, 2000)
+    """Ten clients right on about 80% of ``checked`` reference and 2,000 unlabelled samples; ``liars`` maps a client
+    to the share of its unlabelled answers it turns wrong; ``common_drop`` makes every client that much less accurate
+    there."""
+    reference_truth, unlabelled_truth = rng.integers(0, CLASSES, checked), rng.integers(0, CLASSES, 2000)
     reference, unlabelled = {}, {}
     for client in range(10):
-        reference[client] = (np.arange(200), _one_hot(_noisy(reference_truth, 0.2, rng)))
+        reference[client] = (np.arange(checked), _one_hot(_noisy(reference_truth, 0.2, rng)))
         answer = _noisy(unlabelled_truth, 0.2 + common_drop, rng)
         lie = rng.random(answer.size) < liars.get(client, 0.0)
         answer = np.where(lie, (unlabelled_truth + 1) % CLASSES, answer)
@@ -101,6 +103,22 @@ def test_evidence_pools_over_rounds() -> None:
     verdicts = [screen.screen(*_federation(rng, {4: 0.08}))[0] for _ in range(6)]
     assert 4 not in verdicts[0] and verdicts[-1] == {4}
     assert screen.tallies[4][1] == 6 * 200 and screen.tallies[4][3] == 6 * 2000
+
+
+def test_a_small_shortfall_that_never_goes_away_is_no_evidence() -> None:
+    """A client about 1.5 points short for good, as honest clients differ on the knowledge benchmark: the pooled
+    standard error shrinks round after round, so without the margin it is screened; with it, never."""
+    strict, screen = ConsensusScreen(CLASSES, z=3.0, margin=0.0), ConsensusScreen(CLASSES, z=3.0)
+    first_flagged = None
+    for round in range(12):
+        answers = _federation(np.random.default_rng(20 + round), {4: 0.028}, checked=2000)
+        if 4 in strict.screen(*answers)[0] and first_flagged is None:
+            first_flagged = round
+        assert screen.screen(*answers)[0] == set()
+    excess = shortfall(strict.tallies[4]) - np.median([shortfall(tally) for tally in strict.tallies.values()])
+    assert 0.01 < excess < MARGIN and first_flagged is not None and first_flagged >= 2, (excess, first_flagged)
+    with pytest.raises(ValueError, match="margin must lie in"):
+        ConsensusScreen(CLASSES, z=3.0, margin=1.0)
 
 
 def _server(consensus_z: float) -> SelectiveDistillServer:
@@ -143,7 +161,7 @@ def test_the_tallies_survive_a_checkpoint() -> None:
     assert loaded.tallies == saved.tallies and saved.tallies[4] == [20, 20, 0, 60]
     assert loaded.confidence_tallies == saved.confidence_tallies
     assert [tally[1::2] for tally in saved.confidence_tallies[4][:4]] == [[20, 60]] * 4  # the four cuts
-    assert sum(tally[1] for tally in saved.confidence_tallies[4][4:]) == 20  # the five strata
+    assert sum(tally[1] for tally in saved.confidence_tallies[4][4:]) == 20  # the three bands tested
     assert server.distill(2, _answers(server)).extra == resumed.distill(2, _answers(resumed)).extra
 
 

@@ -13,7 +13,10 @@ round asks thousands of unlabelled samples, so the test sees far more than the c
 The two slices are not treated alike by everybody (clients distil the server's logits on the labelled part every
 round, on a subset of the unlabelled part), so every honest client may agree a little less on the unlabelled part.
 The screen therefore measures each client's shortfall against the median client's, which an honest majority sets,
-and leaves out of the unlabelled teacher a client whose excess exceeds ``z`` standard errors, pooled over rounds.
+and leaves out of the unlabelled teacher a client whose excess beyond ``margin`` exceeds ``z`` standard errors,
+pooled over rounds. How much less differs between honest clients too, by a point or two that never goes away (on
+the knowledge benchmark, 1.6 points of agreement for one honest client after 7 rounds), while the pooled standard
+error shrinks; without the margin such a client crosses ``z`` in a long enough run.
 
 What it cannot do: an attacker that poisons a small enough share stays below the test's power, and one that lies
 on the reliability slice as often as elsewhere is not screened, but then the trust fitted on that slice rates it
@@ -24,7 +27,11 @@ most easily (``adversary.poison_where=uncertain``; BENCHMARKS_KD.md measures eac
 least sure answers then move up among its surer ones, and if it trades stated confidences between rows so that
 their spread stays its honest one, its answers stated sure agree with the others less than where it is checked.
 One that keeps its honest answer's low confidence passes both tests, and a fusion that weighs stated confidence
-gives such a lie little. Colluders above half of the clients set the vote and the median.
+gives such a lie little. For that reason the agreement per band is only tested in the bands a client states itself
+surer in (:data:`SURE_BANDS`): in the two least sure, an honest client's agreement where it was taught (the
+reliability slice, distilled every round) and where it was not differs by up to 20 points, client by client, and
+in 8 rounds of the knowledge benchmark screened three honest clients there (BENCHMARKS_KD.md). Colluders above half
+of the clients set the vote and the median.
 """
 
 from __future__ import annotations
@@ -47,6 +54,16 @@ MIN_OTHERS = 2
 SURE_QUANTILES = (0.2, 0.4, 0.6, 0.8)
 """The confidence test's cuts: at each, the share of a client's answers it states less sure than this quantile of
 its own answers on the reliability slice; about that share elsewhere if it is honest."""
+
+SURE_BANDS = (2, 3, 4)
+"""The strata of :func:`confidence_strata` whose agreement the confidence test compares: a client's answers stated
+at least as sure as the 40% quantile of its answers where checked. Below, honest agreement varies too much to test
+(module docstring), and a lie stated that unsure carries little weight in the fused teacher."""
+
+MARGIN = 0.02
+"""The shortfall beyond the median client's that no amount of evidence makes a client a suspect: honest clients
+differ by about this much for good (module docstring); a liar that poisons a fifth of its answers, by several
+times it."""
 
 
 def agreement_rows(
@@ -132,35 +149,41 @@ class ConsensusScreen:
     num_classes : int
         Number of classes C.
     z : float
-        A client whose shortfall exceeds the median client's by more than ``z`` standard errors is screened out.
+        A client whose shortfall exceeds the median client's by ``margin`` and more than ``z`` standard errors on
+        top is screened out.
     confidence_test : bool (default: False)
         Also compare how sure a client says it is on both, and how often it agrees where it says so: at each cut of
         :data:`SURE_QUANTILES`, the share of its unlabelled answers stated less sure than that quantile of its
-        answers on the reliability slice (:func:`unsure_counts`), and within each stratum those cuts make
-        (:func:`confidence_strata`) its agreement, each tested as the agreement is; the nine count as one test
+        answers on the reliability slice (:func:`unsure_counts`), and within each stratum of :data:`SURE_BANDS`
+        (:func:`confidence_strata`) its agreement, each tested as the agreement is; the seven count as one test
         (:func:`family_z`). A liar that lies only where it is least sure hides its lies among the honest clients'
         own disagreements, but a lie stated surer than its honest answer moves its least sure answers up, and a lie
         stated sure disagrees where sure answers agree.
+    margin : float (default: :data:`MARGIN`)
+        The excess over the median client's shortfall that is not evidence, in every test.
     """
 
     max_passes = 4
     """Passes of the screen per round at most; the verdict usually settles after two."""
 
-    def __init__(self, num_classes: int, z: float, confidence_test: bool = False) -> None:
+    def __init__(self, num_classes: int, z: float, confidence_test: bool = False, margin: float = MARGIN) -> None:
         if z <= 0:
             raise ValueError(f"z must be > 0, got {z}")
+        if not 0.0 <= margin < 1.0:
+            raise ValueError(f"margin must lie in [0, 1), got {margin}")
         if num_classes < 2:
             raise ValueError(f"the consensus screen needs at least 2 classes, got {num_classes}")
         self.num_classes = num_classes
         self.z = z
         self.confidence_test = confidence_test
+        self.margin = margin
         # client id -> [reference agreed, reference counted, unlabelled agreed, unlabelled counted], over rounds
         self.tallies: dict[int, list[int]] = {}
         # client id -> with confidence_test, per cut [reference unsure, counted, unlabelled unsure, counted], then per
-        # stratum of stated confidence its agreement tally
+        # stratum of SURE_BANDS its agreement tally
         self.confidence_tallies: dict[int, list[list[int]]] = {}
         self.flagged: list[int] = []  # the last round's verdict, where the next round's vote starts
-        # the last round's z per family of tests ("agreement"; with confidence_test also "confidence", the nine
+        # the last round's z per family of tests ("agreement"; with confidence_test also "confidence", the seven
         # corrected together) and client, so that a run can tell which test screened whom
         self.family_scores: dict[str, dict[int, float]] = {}
 
@@ -200,7 +223,7 @@ class ConsensusScreen:
 
     def _stored(self, client_id: int, create: bool = False) -> list[list[int]]:
         """A client's pooled tallies: its agreement, then (``confidence_test``) one per confidence cut and one of
-        agreement per confidence stratum."""
+        agreement per stratum of :data:`SURE_BANDS`."""
         extra = [[0, 0, 0, 0] for _ in range(self.num_tests - 1)]
         if create:
             self.tallies.setdefault(client_id, [0, 0, 0, 0])
@@ -211,8 +234,8 @@ class ConsensusScreen:
 
     @property
     def num_tests(self) -> int:
-        """Tests per client: agreement; with ``confidence_test`` also one per cut and one per stratum."""
-        return 1 + (2 * len(SURE_QUANTILES) + 1 if self.confidence_test else 0)
+        """Tests per client: agreement; with ``confidence_test`` also one per cut and one per tested stratum."""
+        return 1 + (len(SURE_QUANTILES) + len(SURE_BANDS) if self.confidence_test else 0)
 
     def _strata(
         self, unlabelled: Answers, reference: Answers
@@ -254,7 +277,7 @@ class ConsensusScreen:
             if self.confidence_test:
                 ref_strata, unl_strata = strata[client_id]
                 out[client_id] += unsure_counts(ref_strata, unl_strata)
-                for stratum in range(len(SURE_QUANTILES) + 1):
+                for stratum in SURE_BANDS:
                     ref, unl = ref_strata == stratum, unl_strata == stratum
                     out[client_id].append(
                         (
@@ -267,8 +290,8 @@ class ConsensusScreen:
         return out
 
     def _verdict(self, now: Mapping[int, list[tuple[int, ...]]]) -> tuple[set[int], dict[int, float]]:
-        """The clients whose pooled tallies, this round's ``now`` added, fall short beyond ``z`` in some test; and
-        every client's largest z (each family's in :attr:`family_scores`)."""
+        """The clients whose pooled tallies, this round's ``now`` added, fall short beyond ``margin`` and ``z`` in
+        some test; and every client's largest z (each family's in :attr:`family_scores`)."""
         families = {"agreement": {c: -math.inf for c in now}}
         if self.confidence_test:
             families["confidence"] = {c: -math.inf for c in now}
@@ -283,7 +306,7 @@ class ConsensusScreen:
                 continue
             median = float(np.median([shortfall(pooled[c]) for c in evidenced]))
             for client_id in evidenced:
-                z = (shortfall(pooled[client_id]) - median) / standard_error(pooled[client_id])
+                z = (shortfall(pooled[client_id]) - median - self.margin) / standard_error(pooled[client_id])
                 family[client_id] = max(family[client_id], z if test == 0 else family_z(z, self.num_tests - 1))
         scores = {c: _finite(max(family[c] for family in families.values())) for c in now}
         self.family_scores = {name: {c: _finite(z) for c, z in family.items()} for name, family in families.items()}
@@ -297,7 +320,7 @@ def _finite(z: float) -> float:
 
 def family_z(z: float, tests: int) -> float:
     """The z of one test among ``tests`` as the z of a single test that alarms as often (Bonferroni): the largest of
-    several honest z's exceeds a threshold more often than one does, so the confidence test's nine tests, taken
+    several honest z's exceeds a threshold more often than one does, so the confidence test's seven tests, taken
     together, screen an honest client no more often than the agreement test alone."""
     tail = tests * 0.5 * math.erfc(z / math.sqrt(2.0))
     if tail >= 0.5:

@@ -129,7 +129,9 @@ class ServerOptions:
             self.canaries = CanaryScreen(self.unlabelled_y, config.canaries, seed, config.canary_z)
         self.consensus: ConsensusScreen | None = None
         if config.consensus_z > 0 and self.unlabelled_x is not None:
-            self.consensus = ConsensusScreen(num_classes, config.consensus_z, config.consensus_confidence)
+            self.consensus = ConsensusScreen(
+                num_classes, config.consensus_z, config.consensus_confidence, config.consensus_margin
+            )
         self.teacher_cache: TeacherCache | None = None
         if config.unlabelled_cache and self.unlabelled_x is not None:
             self.teacher_cache = TeacherCache(self.num_unlabelled, num_classes)

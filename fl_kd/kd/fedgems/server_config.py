@@ -7,6 +7,7 @@ from numbers import Integral
 from typing import Any
 
 from fl_kd.config import check_choice, check_range, require
+from fl_kd.kd.fedgems.consensus import MARGIN
 from fl_kd.kd.fusion import FUSION_RULES
 
 CORRECTNESS = ("train", "held_out")
@@ -94,12 +95,16 @@ class SelectionConfig:
         on the held-out slice, where it knows it is checked; one whose shortfall exceeds the median client's by
         more than this many standard errors (pooled over the rounds so far) is left out of the unlabelled teacher,
         as the canaries leave one out (:mod:`fl_kd.kd.fedgems.consensus`). 0 (today): no such screen.
+    consensus_margin : float (default: 0.02)
+        With ``consensus_z``: the shortfall beyond the median client's that counts as no evidence in any of the
+        screen's tests (honest clients differ by about this much for good, so without it a long run screens one).
     consensus_confidence : bool (default: False)
         With ``consensus_z``: also compare how sure a client says it is on the unlabelled samples and on the
         held-out slice (at its 20%, 40%, 60% and 80% quantiles there, the share of its unlabelled answers stated
-        less sure), and its agreement with the others within each band of stated confidence those quantiles make;
-        a client whose shortfall in one of these nine tests is beyond the median client's by more than
-        ``consensus_z`` standard errors, after a Bonferroni correction for the nine, is screened. A liar that lies
+        less sure), and its agreement with the others within each band of stated confidence those quantiles make
+        above the 40% one; a client whose shortfall in one of these seven tests is beyond the median client's by
+        ``consensus_margin`` and more than ``consensus_z`` standard errors, after a Bonferroni correction for the
+        seven, is screened. A liar that lies
         only where it is least sure, stated surer, hides among the honest disagreements but not here. False
         (today): agreement alone.
     """
@@ -119,6 +124,7 @@ class SelectionConfig:
     canaries: int = 0
     canary_z: float = 3.0
     consensus_z: float = 0.0
+    consensus_margin: float = MARGIN
     consensus_confidence: bool = False
 
     def check_selection(self, prefix: str = "") -> None:
@@ -140,6 +146,7 @@ class SelectionConfig:
             check_range(f"{prefix}{key}", count, low=0)
         check_range(f"{prefix}canary_z", self.canary_z, low=0.0, low_open=True)
         check_range(f"{prefix}consensus_z", self.consensus_z, low=0.0)
+        check_range(f"{prefix}consensus_margin", self.consensus_margin, low=0.0, high=1.0, high_open=True)
         require(
             isinstance(self.consensus_confidence, bool),
             f"{prefix}consensus_confidence must be true or false, got {self.consensus_confidence!r}",
@@ -200,7 +207,7 @@ class ServerDistillConfig(SelectionConfig):
         Client fusion rule, a name in :data:`fl_kd.kd.fusion.FUSION_RULES`.
     correctness, held_out_fraction, distill_correct, unlabelled_trust, reliability_power, reliability_on,
     teacher_min_confidence, learned_weight_decay, learned_prob_floor, learned_trim, unlabelled_per_round,
-    unlabelled_cache, canaries, canary_z, consensus_z, consensus_confidence
+    unlabelled_cache, canaries, canary_z, consensus_z, consensus_margin, consensus_confidence
         See :class:`SelectionConfig`.
     ema_decay : float (default: 0.0)
         The server shows an exponential moving average of its weights, updated after every step with this decay
