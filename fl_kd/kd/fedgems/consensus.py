@@ -30,8 +30,8 @@ One that keeps its honest answer's low confidence passes both tests, and a fusio
 gives such a lie little. For that reason the agreement per band is only tested in the bands a client states itself
 surer in (:data:`SURE_BANDS`): in the two least sure, an honest client's agreement where it was taught (the
 reliability slice, distilled every round) and where it was not differs by up to 20 points, client by client, and
-in 8 rounds of the knowledge benchmark screened three honest clients there (BENCHMARKS_KD.md). Colluders above half
-of the clients set the vote and the median.
+there the test screened honest clients (two in 8 rounds of the knowledge benchmark, one in 3 rounds of the
+robustness benchmark's; BENCHMARKS_KD.md). Colluders above half of the clients set the vote and the median.
 """
 
 from __future__ import annotations

@@ -104,9 +104,8 @@ class SelectionConfig:
         less sure), and its agreement with the others within each band of stated confidence those quantiles make
         above the 40% one; a client whose shortfall in one of these seven tests is beyond the median client's by
         ``consensus_margin`` and more than ``consensus_z`` standard errors, after a Bonferroni correction for the
-        seven, is screened. A liar that lies
-        only where it is least sure, stated surer, hides among the honest disagreements but not here. False
-        (today): agreement alone.
+        seven, is screened. A liar that lies only where it is least sure, stated surer, hides among the honest
+        disagreements but not here. False (today): agreement alone.
     """
 
     correctness: str = "train"
