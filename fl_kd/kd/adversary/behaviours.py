@@ -293,12 +293,12 @@ class Camouflage(Behaviour):
             lies = self.least_sure(logits, ~known) if uncertain else self.poisoned(positions, rng)
             out[~known & ~lies] = logits[~known & ~lies]
             if self.config.lie_as == "traded":
-                self._tradeconfidence(out, logits, np.flatnonzero(~known & lies), np.flatnonzero(~known & ~lies))
+                self._trade_confidence(out, logits, np.flatnonzero(~known & lies), np.flatnonzero(~known & ~lies))
         if self.config.checked == "honest":
             out[known] = logits[known]
         return out
 
-    def _tradeconfidence(
+    def _trade_confidence(
         self, out: NDArray[np.float64], logits: NDArray[np.float64], lied: NDArray[Any], honest: NDArray[Any]
     ) -> None:
         """In place: the lies (the least sure first) take the confidences of as many of its surest honest answers
