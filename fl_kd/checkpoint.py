@@ -110,7 +110,8 @@ def restore_object_state(obj: Any, state: Mapping[str, Any], source: str | Path)
     """Load :func:`object_state`'s ``state`` into ``obj``, a freshly built object of the same kind, in place.
 
     Models, optimizers, tensors and arrays of the same shape are overwritten in place (other references to them
-    see the restored values). ``source`` names the file in errors.
+    see the restored values). ``source`` names the file in errors. An object with a ``check_restored_state()``
+    method has it called once its attributes are restored; a ``ValueError`` from it is a :class:`CheckpointError`.
 
     Raises
     ------
@@ -280,4 +281,10 @@ def _restore_in_place(current: Any, saved: Mapping[str, Any], path: str) -> Any:
             del attrs[name]
         for name, item in saved["attrs"].items():
             attrs[name] = _restore(attrs.get(name, _MISSING), item, f"{path}.{name}")
+        check = getattr(current, "check_restored_state", None)
+        if callable(check):  # the object's own invariants, which a walk over plain values cannot know
+            try:
+                check()
+            except ValueError as err:
+                raise CheckpointError(f"{path}: {err}") from None
     return current

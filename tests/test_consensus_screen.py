@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fl_kd.checkpoint import CheckpointError
 from fl_kd.config import ConfigError
 from fl_kd.kd.fedgems import SelectiveDistillServer
 from fl_kd.kd.fedgems.consensus import (
@@ -163,6 +164,26 @@ def test_the_tallies_survive_a_checkpoint() -> None:
     assert [tally[1::2] for tally in saved.confidence_tallies[4][:4]] == [[20, 60]] * 4  # the four cuts
     assert sum(tally[1] for tally in saved.confidence_tallies[4][4:]) == 20  # the three bands tested
     assert server.distill(2, _answers(server)).extra == resumed.distill(2, _answers(resumed)).extra
+
+
+@pytest.mark.parametrize("change", ["another_test", "short_tally"])
+def test_a_checkpoint_of_another_screen_is_refused_when_restored(change: str) -> None:
+    """The confidence test once kept nine tallies per client: such a checkpoint must stop the resume with the
+    reason, not the first screen with a bare ``zip`` error."""
+
+    def build() -> SelectiveDistillServer:
+        return learned_trust_server(60, consensus_z=3.0, consensus_confidence=True)
+
+    server = build()
+    server.distill(1, _answers(server))
+    screen = server.options.consensus
+    assert screen is not None
+    if change == "another_test":
+        screen.confidence_tallies[4].append([0, 0, 0, 0])
+    elif change == "short_tally":
+        screen.tallies[4] = screen.tallies[4][:3]
+    with pytest.raises(CheckpointError, match="consensus.*(keeps 7|3 counts, not 4)"):
+        resumed_from_checkpoint(server, build)
 
 
 def test_the_screen_needs_unlabelled_trust_on_a_held_out_slice() -> None:

@@ -221,6 +221,21 @@ class ConsensusScreen:
         self.flagged = sorted(verdict)
         return verdict, scores
 
+    def check_restored_state(self) -> None:
+        """Raise ``ValueError`` unless every client's tallies have this screen's shape: a run resumed from a
+        checkpoint of another version of the screen (another number of tests) must stop there, not at its first
+        screen."""
+        expected = self.num_tests - 1
+        for client_id, tally in self.tallies.items():
+            if len(tally) != 4:
+                raise ValueError(f"client {client_id}'s agreement tally has {len(tally)} counts, not 4")
+        for client_id, tallies in self.confidence_tallies.items():
+            if len(tallies) != expected or any(len(tally) != 4 for tally in tallies):
+                raise ValueError(
+                    f"client {client_id} has {len(tallies)} confidence tallies, this screen keeps {expected} "
+                    "(a checkpoint of another version of the confidence test)"
+                )
+
     def _stored(self, client_id: int, create: bool = False) -> list[list[int]]:
         """A client's pooled tallies: its agreement, then (``confidence_test``) one per confidence cut and one of
         agreement per stratum of :data:`SURE_BANDS`."""
