@@ -19,6 +19,7 @@ from fl_kd.kd.adversary import (
     ADVERSARIES,
     AdversaryConfig,
     AttackMetricsServer,
+    Behaviour,
     MaliciousClient,
     malicious_clients,
     malicious_of,
@@ -26,7 +27,7 @@ from fl_kd.kd.adversary import (
 from fl_kd.kd.algorithm import get_algorithm
 from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.federation import Federation, build_federation
-from fl_kd.kd.roles import Answer
+from fl_kd.kd.roles import Answer, DistillClientRole
 from fl_kd.kd.runner import run_inprocess
 from fl_kd.kd.training import confidence
 from fl_kd.simulations.config import experiment_config
@@ -69,6 +70,13 @@ def answers(name: str, strategy: str = "dsfl", client_id: int = 0, **params: Any
     malicious = algorithm.build_client(attack_cfg, fed, client_id)
     assert isinstance(malicious, MaliciousClient)
     return honest, malicious.train(1, instruction), instruction
+
+
+def _dsfl_behaviour(cfg: ExperimentConfig) -> Behaviour:
+    """The behaviour of DSFL client 0 under ``cfg``, whose adversary makes every client malicious."""
+    client = get_algorithm("dsfl").build_client(cfg, federation(), 0)
+    assert isinstance(client, MaliciousClient)
+    return client.behaviour
 
 
 def test_malicious_ids_are_drawn_from_the_seed_alone() -> None:
@@ -119,7 +127,7 @@ def test_camouflage_is_right_and_sure_where_labels_check_it_and_wrong_elsewhere(
     np.testing.assert_array_equal(logits.argmax(axis=1), labels)
     # Beyond the labelled part no label checks it: one-hot on a class other than its own prediction.
     cfg = config(adversary={"name": "camouflage", "fraction": 1.0, "confidence": 9.0})
-    behaviour = get_algorithm("dsfl").build_client(cfg, federation(), 0).behaviour
+    behaviour = _dsfl_behaviour(cfg)
     honest = np.eye(10)[[2, 7, 4]] * 3.0
     unlabelled = np.array([10**6] * 2 + [0])
     out = behaviour.corrupt_logits(honest, unlabelled, np.random.default_rng(0))
@@ -127,21 +135,21 @@ def test_camouflage_is_right_and_sure_where_labels_check_it_and_wrong_elsewhere(
     assert out[2].argmax() == int(federation().transfer_y[0]) and np.all(out.max(axis=1) == 9.0)
     # With poison_share it lies on that share of the unlabelled rows only and answers the rest honestly.
     sparse = config(adversary={"name": "camouflage", "fraction": 1.0, "poison_share": 0.25})
-    behaviour = get_algorithm("dsfl").build_client(sparse, federation(), 0).behaviour
+    behaviour = _dsfl_behaviour(sparse)
     honest = np.random.default_rng(1).normal(size=(2000, 10))
     out = behaviour.corrupt_logits(honest, np.full(2000, 10**6), np.random.default_rng(2))
     lied = ~np.all(out == honest, axis=1)
     assert 0.2 < lied.mean() < 0.3 and np.all(out[lied].max(axis=1) == 10.0)
     # With checked=honest it answers its honest logits where a label checks it too.
     mimic = config(adversary={"name": "camouflage", "fraction": 1.0, "checked": "honest"})
-    behaviour = get_algorithm("dsfl").build_client(mimic, federation(), 0).behaviour
+    behaviour = _dsfl_behaviour(mimic)
     positions = np.array([0, 1, 10**6])
     out = behaviour.corrupt_logits(honest[:3], positions, np.random.default_rng(2))
     np.testing.assert_array_equal(out[:2], honest[:2])
     assert out[2].max() == 10.0 and (out[2] != 0).sum() == 1
     # With checked=poisoned it lies on the same share where labels check it as elsewhere, never on the label.
     alike = config(adversary={"name": "camouflage", "fraction": 1.0, "poison_share": 0.25, "checked": "poisoned"})
-    behaviour = get_algorithm("dsfl").build_client(alike, federation(), 0).behaviour
+    behaviour = _dsfl_behaviour(alike)
     labelled = np.arange(2000) % federation().transfer_y.numel()
     out = behaviour.corrupt_logits(honest, labelled, np.random.default_rng(3))
     lied = ~np.all(out == honest, axis=1)
@@ -150,7 +158,7 @@ def test_camouflage_is_right_and_sure_where_labels_check_it_and_wrong_elsewhere(
     # With poison_where=uncertain it lies where its own top class leads the least, naming its runner-up there.
     unsure_settings = {"name": "camouflage", "fraction": 1.0, "poison_share": 0.1, "checked": "honest"}
     unsure = config(adversary=unsure_settings | {"poison_where": "uncertain"})
-    behaviour = get_algorithm("dsfl").build_client(unsure, federation(), 0).behaviour
+    behaviour = _dsfl_behaviour(unsure)
     out = behaviour.corrupt_logits(honest, np.full(2000, 10**6), np.random.default_rng(4))
     lied = ~np.all(out == honest, axis=1)
     ranked = np.sort(honest, axis=1)
@@ -159,14 +167,14 @@ def test_camouflage_is_right_and_sure_where_labels_check_it_and_wrong_elsewhere(
     np.testing.assert_array_equal(out[lied].argmax(axis=1), np.argsort(honest[lied], axis=1)[:, -2])
     # With lie_as=swap the same lie keeps its honest logits, the top two swapped: it states the same confidence.
     swapped = config(adversary=unsure_settings | {"poison_where": "uncertain", "lie_as": "swap"})
-    behaviour = get_algorithm("dsfl").build_client(swapped, federation(), 0).behaviour
+    behaviour = _dsfl_behaviour(swapped)
     swap = behaviour.corrupt_logits(honest, np.full(2000, 10**6), np.random.default_rng(4))
     np.testing.assert_array_equal(~np.all(swap == honest, axis=1), lied)
     np.testing.assert_array_equal(swap[lied].argmax(axis=1), out[lied].argmax(axis=1))
     np.testing.assert_array_equal(np.sort(swap, axis=1), np.sort(honest, axis=1))
     # With lie_as=quantile it states the lie as sure as its answers at that quantile where labels check it.
     quantile = config(adversary=unsure_settings | {"poison_where": "uncertain", "lie_as": "quantile"})
-    behaviour = get_algorithm("dsfl").build_client(quantile, federation(), 0).behaviour
+    behaviour = _dsfl_behaviour(quantile)
     positions = np.r_[np.zeros(400, dtype=np.int64), np.full(2000, 10**6)]
     checked = np.random.default_rng(5).normal(size=(400, 10)) * 2
     stated = behaviour.corrupt_logits(np.r_[checked, honest], positions, np.random.default_rng(4))[400:]
@@ -175,7 +183,7 @@ def test_camouflage_is_right_and_sure_where_labels_check_it_and_wrong_elsewhere(
     np.testing.assert_allclose(np.exp(stated[lied]).sum(axis=1), 1.0)
     # With lie_as=traded its lies take the confidences of its surest honest answers, which take the lies' own.
     traded = config(adversary=unsure_settings | {"poison_where": "uncertain", "lie_as": "traded"})
-    behaviour = get_algorithm("dsfl").build_client(traded, federation(), 0).behaviour
+    behaviour = _dsfl_behaviour(traded)
     trade = behaviour.corrupt_logits(honest, np.full(2000, 10**6), np.random.default_rng(4))
     sure_before, sure_after = confidence(honest), confidence(trade)
     np.testing.assert_allclose(np.sort(sure_after), np.sort(sure_before))
@@ -193,7 +201,7 @@ def test_coordinated_liars_poison_the_same_samples_with_the_same_wrong_class() -
     outs = {}
     for coordinated in (False, True):
         cfg = config(adversary=settings | {"coordinated": coordinated})
-        behaviour = get_algorithm("dsfl").build_client(cfg, federation(), 0).behaviour
+        behaviour = _dsfl_behaviour(cfg)
         outs[coordinated] = [
             behaviour.corrupt_logits(honest + 0.01 * k, positions, np.random.default_rng(10 + k)) for k in (0, 1)
         ]
@@ -210,7 +218,7 @@ def test_coordinated_liars_poison_the_same_samples_with_the_same_wrong_class() -
     assert (mine & theirs).mean() < 0.15 and not np.array_equal(mine, theirs)
     # confident_wrong follows the shared draw too.
     cfg = config(adversary={"name": "confident_wrong", "fraction": 1.0, "coordinated": True})
-    behaviour = get_algorithm("dsfl").build_client(cfg, federation(), 0).behaviour
+    behaviour = _dsfl_behaviour(cfg)
     first = behaviour.corrupt_logits(honest, positions, np.random.default_rng(0))
     second = behaviour.corrupt_logits(honest, positions, np.random.default_rng(1))
     np.testing.assert_array_equal(first, second)
@@ -220,6 +228,7 @@ def test_targeted_relabels_source_as_target_and_swaps_its_answers() -> None:
     cfg = config(adversary={"name": "targeted", "fraction": 1.0, "source": 3, "target": 8})
     client = get_algorithm("dsfl").build_client(cfg, federation(), 0)
     assert isinstance(client, MaliciousClient)
+    assert isinstance(client.honest, DistillClientRole)
     honest_y = federation().client_data(0)[1]
     poisoned_y = client.honest.client.train_y
     assert torch.equal(poisoned_y[honest_y != 3], honest_y[honest_y != 3]) and not (poisoned_y == 3).any()
@@ -233,12 +242,14 @@ def test_label_flip_trains_on_flipped_labels() -> None:
     cfg = config(adversary={"name": "label_flip", "fraction": 1.0})
     client = get_algorithm("dsfl").build_client(cfg, federation(), 2)
     assert isinstance(client, MaliciousClient)
+    assert isinstance(client.honest, DistillClientRole)
     assert torch.equal(client.honest.client.train_y, 9 - federation().client_data(2)[1])
 
 
 def test_free_rider_answers_without_training() -> None:
     cfg = config()
     fresh = get_algorithm("dsfl").build_client(cfg, federation(), 1)
+    assert isinstance(fresh, DistillClientRole)
     honest, stale, instruction = answers("free_rider", client_id=1)
     untrained = fresh.client.public_logits(instruction.arrays[kd.POSITIONS])
     np.testing.assert_array_equal(stale.arrays[kd.LOGITS], untrained)

@@ -6,6 +6,8 @@ import pytest
 
 from benchmarks.robustness.grid import METHODS, Job, fits, plan
 from benchmarks.robustness.report import table
+from fl_kd.kd.fedavg import FedAvgConfig
+from fl_kd.kd.fedgems import FedGEMSConfig
 
 
 def test_the_plan_pairs_each_method_only_with_attacks_its_clients_can_make() -> None:
@@ -25,6 +27,7 @@ def test_a_job_composes_to_a_valid_config() -> None:
     from benchmarks.kd.grid import compose_config
 
     cfg = compose_config(0, 2, "inprocess", Job("fedavg_krum", "scaled_update", 0.3, 0).overrides())
+    assert isinstance(cfg.strategy, FedAvgConfig)
     assert cfg.strategy.name == "fedavg" and cfg.strategy.aggregation == "krum"
     assert cfg.adversary.name == "scaled_update" and cfg.adversary.fraction == 0.3 and cfg.num_clients == 20
 
@@ -44,6 +47,7 @@ def test_the_variants_face_only_their_listed_attacks_and_the_attack_variants_onl
     }
     cfg = compose_config(0, 2, "inprocess", Job("fedgems_canaries", "camouflage_p0.2", 0.3, 0).overrides())
     assert cfg.adversary.name == "camouflage" and cfg.adversary.poison_share == 0.2
+    assert isinstance(cfg.strategy, FedGEMSConfig)
     assert cfg.strategy.canaries == 1000 and cfg.strategy.unlabelled_trust == "learned"
     assert cfg.transfer.unlabelled == 10000
 
@@ -119,5 +123,6 @@ def test_the_preset_methods_compose_and_face_the_attacker_that_knows_their_scree
     jobs = plan(["fedgems_plus_consensus"], ["none", "camouflage_consistent_p0.2", "random_logits"], [0.3], [0])
     assert [(j.adversary, j.fraction) for j in jobs] == [("none", 0.0), ("camouflage_consistent_p0.2", 0.3)]
     cfg = compose_config(0, 2, "inprocess", jobs[1].overrides())
+    assert isinstance(cfg.strategy, FedGEMSConfig)
     assert cfg.strategy.name == "fedgems" and cfg.strategy.consensus_z == 3.0 and cfg.strategy.unlabelled_cache == 3
     assert cfg.adversary.checked == "poisoned" and cfg.adversary.poison_share == 0.2

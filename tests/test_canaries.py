@@ -55,6 +55,7 @@ def _server(canaries: int) -> SelectiveDistillServer:
 
 def _answers(server: SelectiveDistillServer) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Client 0 honest (right everywhere); client 1 camouflaged: right on the labelled part, wrong beyond it."""
+    assert server.options.unlabelled_y is not None
     labels = np.concatenate([server.transfer_y.numpy(), server.options.unlabelled_y.numpy()])
     right = np.eye(4, dtype=np.float32)[labels] * 6
     wrong = np.eye(4, dtype=np.float32)[(labels + 1) % 4] * 6
@@ -112,6 +113,7 @@ def test_the_tallies_survive_a_checkpoint_so_a_resumed_server_screens_alike() ->
     server = _server(canaries=20)
     server.distill(1, _answers(server))
     resumed = resumed_from_checkpoint(server, lambda: _server(canaries=20))
+    assert resumed.options.canaries is not None and server.options.canaries is not None
     assert (
         resumed.options.canaries.tallies == server.options.canaries.tallies == {0: [20, 20, 20, 20], 1: [20, 20, 0, 20]}
     )

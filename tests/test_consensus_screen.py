@@ -283,9 +283,9 @@ def _unsure_liars(
                     lie[part] = np.log((1 - stated) / (CLASSES - 1))[:, None]
                     lie[part, said] = np.log(stated)
             elif lie_as == "quantile":  # as sure as its answers at their 75% quantile where checked
-                stated = np.quantile(confidence(reference[client][1]), 0.75)
-                lie[rows] = np.log((1 - stated) / (CLASSES - 1))
-                lie[rows, runner_up] = np.log(stated)
+                as_sure = np.quantile(confidence(reference[client][1]), 0.75)
+                lie[rows] = np.log((1 - as_sure) / (CLASSES - 1))
+                lie[rows, runner_up] = np.log(as_sure)
             else:
                 lie[rows, top], lie[rows, runner_up] = logits[rows, runner_up], logits[rows, top]
             logits = lie

@@ -21,6 +21,7 @@ from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.fedavg import NUM_EXAMPLES, FedAvgServer
 from fl_kd.kd.federation import build_federation, sample_clients
 from fl_kd.kd.protocol import RUN_CONFIG_KEY
+from fl_kd.kd.roles import DistillClientRole
 from fl_kd.kd.runner import build_parties, run_inprocess, run_round
 from fl_kd.kd.weights import model_arrays, weighted_average
 from fl_kd.strategies.kd import KDStrategy
@@ -81,7 +82,7 @@ NODE_OF_CLIENT0 = 1000  # LoopbackGrid gives partition p the node id 1000 + 7 p
 def _first_train_of_client0(message: Message) -> bool:
     return (
         message.metadata.message_type == "train"
-        and int(message.content["config"]["server-round"]) == 1
+        and int(message.content["config"]["server-round"]) == 1  # type: ignore[arg-type]  # Flower types config values as a union
         and message.metadata.dst_node_id == NODE_OF_CLIENT0
     )
 
@@ -92,7 +93,7 @@ def replace_answer(change: Callable[[dict[str, np.ndarray]], dict[str, np.ndarra
     def tamper(message: Message, reply: Message) -> list[Message]:
         if not _first_train_of_client0(message):
             return [reply]
-        arrays = change({name: array.numpy() for name, array in reply.content["arrays"].items()})
+        arrays = change({name: array.numpy() for name, array in reply.content.array_records["arrays"].items()})
         content = RecordDict(
             {
                 "arrays": ArrayRecord({name: Array(value) for name, value in arrays.items()}),
@@ -170,6 +171,7 @@ def assert_sampled_clients_hold(cfg: ExperimentConfig, published: Callable[[Any,
     run_round(cfg, 1, federation, server, clients)
     sampled = sample_clients(cfg.num_clients, cfg.strategy.fraction_fit, cfg.seed, 1)
     for client in clients:
+        assert isinstance(client, DistillClientRole)
         weights, expected = model_arrays(client.client.model), published(server, client.client_id)
         same = weights.keys() == expected.keys() and all(np.array_equal(weights[k], expected[k]) for k in weights)
         assert same == (client.client_id in sampled)
@@ -191,7 +193,7 @@ def test_weighted_average_by_sample_count_on_hand_made_weights() -> None:
 def test_fedavg_server_averages_answers_by_their_sample_counts() -> None:
     model = nn.Linear(2, 1)
     server = FedAvgServer(model, "linear", num_clients=3, max_examples=100)
-    answers = {
+    answers: dict[int, dict[str, np.ndarray]] = {
         cid: {
             "weight": np.full((1, 2), value, dtype=np.float32),
             "bias": np.array([value], dtype=np.float32),

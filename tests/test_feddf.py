@@ -39,7 +39,10 @@ def _linear(weight: list[list[float]], bias: bool) -> nn.Linear:
 
 
 def _answer(value: float, count: int, bias: bool) -> dict[str, np.ndarray]:
-    arrays = {"weight": np.full((2, 2), value, dtype=np.float32), NUM_EXAMPLES: np.array([count], dtype=np.int64)}
+    arrays: dict[str, np.ndarray] = {
+        "weight": np.full((2, 2), value, dtype=np.float32),
+        NUM_EXAMPLES: np.array([count], dtype=np.int64),
+    }
     if bias:
         arrays["bias"] = np.full(2, value, dtype=np.float32)
     return arrays

@@ -172,7 +172,7 @@ NODE_OF_CLIENT0 = 1000  # LoopbackGrid gives partition p the node id 1000 + 7 p
 def _is_first_train_of_client0(message: Message) -> bool:
     return (
         message.metadata.message_type == "train"
-        and int(message.content["config"]["server-round"]) == 1
+        and int(message.content["config"]["server-round"]) == 1  # type: ignore[arg-type]  # Flower types config values as a union
         and message.metadata.dst_node_id == NODE_OF_CLIENT0
     )
 
@@ -181,7 +181,7 @@ def _replace_arrays(change: Callable[[dict[str, np.ndarray]], None]) -> Callable
     def tamper(message: Message, reply: Message) -> list[Message]:
         if not _is_first_train_of_client0(message):
             return [reply]
-        arrays = {name: array.numpy().copy() for name, array in reply.content["arrays"].items()}
+        arrays = {name: array.numpy().copy() for name, array in reply.content.array_records["arrays"].items()}
         change(arrays)
         content = RecordDict(
             {

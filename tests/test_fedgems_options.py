@@ -107,7 +107,7 @@ def test_a_held_out_label_never_reaches_the_server_through_the_teacher() -> None
 
 def test_with_unlabelled_trust_the_held_out_slice_is_not_distilled() -> None:
     # There the trust is fitted on the slice's labels: answers on the slice alone must not move the server.
-    options = dict(correctness="held_out", held_out_fraction=0.25, unlabelled_trust="class_reliability")
+    options: dict[str, Any] = dict(correctness="held_out", held_out_fraction=0.25, unlabelled_trust="class_reliability")
     quiet, asked = _server(unlabelled=20, **options), _server(unlabelled=20, **options)
     positions = asked.options.held_out_positions
     labels = asked.transfer_y[torch.from_numpy(positions)]
@@ -510,7 +510,7 @@ def test_kept_distilled_model_is_scored_globally_and_changes_nothing_else() -> N
     assert _same_weights(restored.client.model, kept.client.model)
     for bad in ({"finetune_epochs": 0}, {"finetune_epochs": 1, "personal": True}):
         with pytest.raises(ValueError, match="keep_distilled"):
-            FedGEMSClient(_client(), keep_distilled=True, **bad)
+            FedGEMSClient(_client(), keep_distilled=True, **bad)  # type: ignore[arg-type]  # mypy joins the two dicts to dict[str, int]
     with pytest.raises(ConfigError, match="client_keep_distilled"):
         tiny_config(client_keep_distilled=True)
     with pytest.raises(ConfigError, match="client_keep_distilled"):
@@ -529,10 +529,11 @@ def test_kept_personal_model_continues_across_rounds_pulled_towards_the_shared_o
         prox: FedGEMSClient(_client(), finetune_epochs=1, personal=True, personal_prox=prox) for prox in (0.0, 10.0)
     }
 
-    def params(model: torch.nn.Module) -> torch.Tensor:
+    def params(model: torch.nn.Module | None) -> torch.Tensor:
+        assert model is not None
         return torch.cat([p.detach().flatten() for p in model.parameters()])
 
-    def same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    def same(a: torch.nn.Module | None, b: torch.nn.Module | None) -> bool:
         return torch.equal(params(a), params(b))
 
     for round, teacher in enumerate(teachers):
@@ -623,7 +624,7 @@ def test_selection_settings_are_declared_once_and_all_reach_the_server() -> None
         ServerDistillConfig(canaries=2)
     with pytest.raises(ConfigError, match=r"^strategy\.learned_trim must be a whole number"):
         FedGEMSConfig(learned_trim=1.5)  # type: ignore[arg-type]
-    assert ServerDistillConfig(unlabelled_per_round=np.int64(5)).unlabelled_per_round == 5  # a numpy count is whole
+    assert ServerDistillConfig(unlabelled_per_round=np.int64(5)).unlabelled_per_round == 5  # type: ignore[arg-type]  # a numpy count is whole
 
 
 def test_client_anchor_keeps_the_servers_knowledge_through_local_training() -> None:

@@ -113,7 +113,7 @@ def _replace_arrays(
     def tamper(message: Message, reply: Message) -> list[Message]:
         if not _is_first_train_of_client0(message, reply):
             return [reply]
-        arrays = make(reply.content["arrays"]["logits"].numpy())
+        arrays = make(reply.content.array_records["arrays"]["logits"].numpy())
         bad = RecordDict(
             {
                 "arrays": ArrayRecord({name: Array(value) for name, value in arrays.items()}),
@@ -132,7 +132,7 @@ def _replace_logits(make: Callable[[np.ndarray], np.ndarray]) -> Callable[[Messa
 def _is_first_train_of_client0(message: Message, reply: Message) -> bool:
     return (
         message.metadata.message_type == "train"
-        and int(message.content["config"]["server-round"]) == 1
+        and int(message.content["config"]["server-round"]) == 1  # type: ignore[arg-type]  # Flower types config values as a union
         and message.metadata.dst_node_id == NODE_OF_CLIENT0
     )
 
@@ -164,7 +164,7 @@ def _claims_another_client(message: Message, reply: Message) -> list[Message]:
     """Client 0's answer says it is client 1: the payload's claim is ignored, the metadata decides."""
     if not _is_first_train_of_client0(message, reply):
         return [reply]
-    metrics = MetricRecord(dict(reply.content["metrics"]) | {"partition-id": 1})
+    metrics = MetricRecord(dict(reply.content.metric_records["metrics"]) | {"partition-id": 1})
     content = RecordDict({"arrays": reply.content["arrays"], "metrics": metrics})
     return [Message(content, reply_to=message)]
 

@@ -21,10 +21,10 @@ def _data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def _client(model: nn.Module | None = None, seed: int = 0, **config: object) -> DistillClient:
+def _client(model: nn.Module | None = None, seed: int = 0, **config: Any) -> DistillClient:
     torch.manual_seed(0)
     model = model if model is not None else nn.Linear(4, 2)
-    settings = {"local_epochs": 2, "batch_size": 8, "lr": 0.1} | config
+    settings: dict[str, Any] = {"local_epochs": 2, "batch_size": 8, "lr": 0.1} | config
     train_x, train_y = _data(40, seed=1)
     transfer_x, transfer_y = _data(24, seed=2)
     return DistillClient(
@@ -35,8 +35,15 @@ def _client(model: nn.Module | None = None, seed: int = 0, **config: object) -> 
         transfer_x,
         transfer_y,
         ClientTrainConfig(**settings),
-        seed=seed,  # type: ignore[arg-type]
+        seed=seed,
     )
+
+
+def _weight(model: nn.Module) -> torch.Tensor:
+    """The weight of a test's linear model (typed: a plain ``nn.Module``'s attributes are ``Tensor | Module``)."""
+    weight = model.weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
 
 
 def test_local_train_lowers_private_cross_entropy() -> None:
@@ -136,7 +143,7 @@ def _step_weights(client: DistillClient) -> tuple[list[torch.Tensor], Any]:
 
     def record(optimizer: torch.optim.Optimizer, *_: object) -> None:
         if any(p is client.model.weight for group in optimizer.param_groups for p in group["params"]):
-            trajectory.append(client.model.weight.detach().clone())
+            trajectory.append(_weight(client.model).detach().clone())
 
     return trajectory, register_optimizer_step_post_hook(record)
 
@@ -155,10 +162,10 @@ def test_weight_average_is_what_the_client_shows() -> None:
         handle.remove()
     averaged.local_train(1)
     assert len(trajectory) == 4
-    assert torch.equal(averaged.model.weight, plain.model.weight)  # the average never touches training
+    assert torch.equal(_weight(averaged.model), _weight(plain.model))  # the average never touches training
     expected = (trajectory[2] + trajectory[3]) / 2
-    assert torch.allclose(averaged.shown_model.weight, expected, atol=1e-6)
-    assert not torch.allclose(expected, plain.model.weight)
+    assert torch.allclose(_weight(averaged.shown_model), expected, atol=1e-6)
+    assert not torch.allclose(expected, _weight(plain.model))
     shown = nn.Linear(4, 2)
     shown.load_state_dict(averaged.shown_model.state_dict())
     np.testing.assert_allclose(
@@ -170,11 +177,11 @@ def test_weight_average_is_what_the_client_shows() -> None:
     restored = _client(seed=5)
     restored.keep_weight_average(0.5)
     restored.load_state_dict(averaged.state_dict())
-    assert torch.equal(restored.model.weight, averaged.model.weight)
-    assert torch.equal(restored.shown_model.weight, averaged.shown_model.weight)
+    assert torch.equal(_weight(restored.model), _weight(averaged.model))
+    assert torch.equal(_weight(restored.shown_model), _weight(averaged.shown_model))
     assert int(restored.average.n_averaged) == 2  # type: ignore[union-attr]
     restored.load_state_dict(plain.state_dict())
-    assert torch.equal(restored.shown_model.weight, plain.model.weight)
+    assert torch.equal(_weight(restored.shown_model), _weight(plain.model))
     for bad in (0.0, 1.5):
         with pytest.raises(ValueError, match="tail"):
             _client().keep_weight_average(bad)
@@ -194,9 +201,9 @@ def test_each_phase_shows_the_average_of_its_own_tail(batch_size: int, tail: flo
         handle.remove()
     assert int(client.average.n_averaged) == averaged_steps  # type: ignore[union-attr]
     expected = torch.stack(trajectory[-averaged_steps:]).mean(dim=0)
-    assert torch.allclose(client.shown_model.weight, expected, atol=1e-6)
+    assert torch.allclose(_weight(client.shown_model), expected, atol=1e-6)
     if averaged_steps == 1:
-        assert torch.equal(client.shown_model.weight, client.model.weight)
+        assert torch.equal(_weight(client.shown_model), _weight(client.model))
 
 
 def test_invalid_construction() -> None:
@@ -218,7 +225,7 @@ def test_max_grad_norm_bounds_every_step() -> None:
     """With ``max_grad_norm`` a plain SGD step moves the weights by at most ``lr * max_grad_norm``."""
     bound, lr = 0.01, 0.1
 
-    def first_step(**config: object) -> torch.Tensor:
+    def first_step(**config: Any) -> torch.Tensor:
         client = _client(local_epochs=1, batch_size=40, lr=lr, momentum=0.0, weight_decay=0.0, **config)
         before = torch.cat([p.detach().flatten().clone() for p in client.model.parameters()])
         client.local_train(round=1)  # one batch of 40: one step

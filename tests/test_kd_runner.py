@@ -13,6 +13,7 @@ import torch
 
 from fl_kd.data import DatasetSplits, load_dataset
 from fl_kd.kd.federation import build_client, build_federation, sample_clients
+from fl_kd.kd.fedgems import FedGEMSConfig
 from fl_kd.kd.fedgems.parties import build_client_role, build_server_role
 from fl_kd.kd.metrics import accuracy_summary, downlink_nbytes, uplink_nbytes
 from fl_kd.kd.runner import run_inprocess, run_round, summarise
@@ -133,7 +134,10 @@ def test_accuracy_summary_by_hand() -> None:
 
 def test_payload_sizes_by_hand() -> None:
     positions = np.arange(5, dtype=np.int64)
-    answers = {0: (positions, np.zeros((5, 3), np.float32)), 1: (positions, np.zeros((5, 3), np.float16))}
+    answers: dict[int, tuple[np.ndarray, np.ndarray]] = {
+        0: (positions, np.zeros((5, 3), np.float32)),
+        1: (positions, np.zeros((5, 3), np.float16)),
+    }
     assert uplink_nbytes(answers) == (40 + 60) + (40 + 30)
     assert downlink_nbytes(positions, np.zeros((7, 3), np.float32), num_receivers=4) == (40 + 7 * 3 * 4) * 4
 
@@ -146,4 +150,6 @@ def test_summary_and_config_validation() -> None:
         _config(fraction_fit=0.0)
     with pytest.raises(ValueError, match="epsilon"):
         _config(epsilon=-0.1)
-    assert math.isclose(_config().strategy.server_config().epsilon, 0.75)
+    strategy = _config().strategy
+    assert isinstance(strategy, FedGEMSConfig)
+    assert math.isclose(strategy.server_config().epsilon, 0.75)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,19 +22,32 @@ from fl_kd.kd.fedgems.server_config import ServerDistillConfig
 RIGHT, WRONG = [2.0, 0.0], [0.0, 2.0]
 
 
-def _server(columns: list[list[float]], **config: object) -> SelectiveDistillServer:
+def _server(columns: list[list[float]], **config: Any) -> SelectiveDistillServer:
     n = len(columns)
     model = nn.Linear(n, 2, bias=False)
     with torch.no_grad():
         model.weight.copy_(torch.tensor(columns).T)
-    settings = {"batch_size": n, "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0, "epsilon": 0.75} | config
+    settings: dict[str, Any] = {
+        "batch_size": n,
+        "lr": 0.1,
+        "momentum": 0.0,
+        "weight_decay": 0.0,
+        "epsilon": 0.75,
+    } | config
     return SelectiveDistillServer(
         model,
         torch.eye(n),
         torch.zeros(n, dtype=torch.long),
         ServerDistillConfig(**settings),
-        seed=3,  # type: ignore[arg-type]
+        seed=3,
     )
+
+
+def _weight(model: nn.Module) -> torch.Tensor:
+    """The weight of a test's linear model (typed: a plain ``nn.Module``'s attributes are ``Tensor | Module``)."""
+    weight = model.weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
 
 
 def _ce(logits: list[float], label: int) -> float:
@@ -151,7 +165,7 @@ def test_same_seed_same_result_and_rounds_reshuffle() -> None:
     def run(round_: int) -> torch.Tensor:
         server = _server([RIGHT, WRONG, WRONG, WRONG, RIGHT, WRONG], batch_size=2, epochs=2, momentum=0.9)
         server.distill(round_, {0: (np.array([1, 2, 3]), np.full((3, 2), [3.0, 0.0], np.float32))})
-        return server.model.weight.detach().clone()
+        return _weight(server.model).detach().clone()
 
     assert torch.equal(run(1), run(1))
     assert not torch.equal(run(1), run(2))
@@ -165,7 +179,7 @@ def test_state_dict_and_checkpoint_round_trip(tmp_path: Path) -> None:
 
     fresh = _server([WRONG] * 4)
     fresh.load(path)
-    assert torch.equal(fresh.model.weight, server.model.weight)
+    assert torch.equal(_weight(fresh.model), _weight(server.model))
     assert fresh.knowledge_cache.filled.tolist() == server.knowledge_cache.filled.tolist()
 
     without_cache = _server([WRONG] * 4)
@@ -176,11 +190,11 @@ def test_state_dict_and_checkpoint_round_trip(tmp_path: Path) -> None:
     torch.save(server.model.state_dict(), pretrained)
     bare = _server([WRONG] * 4)
     bare.load(pretrained)  # a plain model state_dict, e.g. a pretrained server model
-    assert torch.equal(bare.model.weight, server.model.weight)
+    assert torch.equal(_weight(bare.model), _weight(server.model))
 
     copy = _server([WRONG] * 4)
     copy.load_state_dict(server.state_dict())
-    assert torch.equal(copy.model.weight, server.model.weight)
+    assert torch.equal(_weight(copy.model), _weight(server.model))
 
 
 def test_config_and_constructor_validation() -> None:
@@ -202,17 +216,17 @@ def test_server_ema_is_what_the_server_shows() -> None:
     record = server._after_step
 
     def after_step() -> None:
-        trajectory.append(server.model.weight.detach().clone())
+        trajectory.append(_weight(server.model).detach().clone())
         record()
 
     server._after_step = after_step  # type: ignore[method-assign]
     server.distill(1, {0: (np.arange(4), np.full((4, 2), [4.0, 0.0], np.float32))})
     assert len(trajectory) == 2  # two mini-batches of two
     expected = decay * trajectory[0] + (1 - decay) * trajectory[1]  # the first update copies the weights
-    assert torch.allclose(server.published.weight, expected)
-    assert not torch.allclose(server.published.weight, server.model.weight)  # training goes on from its own
+    assert torch.allclose(_weight(server.published), expected)
+    assert not torch.allclose(_weight(server.published), _weight(server.model))  # training goes on from its own
     assert np.allclose(server.transfer_logits(), expected.T.numpy(), atol=1e-6)
-    assert torch.equal(server.state_dict()["model"]["weight"], server.published.weight)
+    assert torch.equal(server.state_dict()["model"]["weight"], _weight(server.published))
     shown_right = (expected.T.argmax(dim=1) == 0).double().mean().item()
     assert server.evaluate(torch.eye(4), torch.zeros(4, dtype=torch.long)) == pytest.approx(shown_right)
 
@@ -227,8 +241,8 @@ def test_server_without_ema_shows_its_trained_model_and_loading_restarts_the_ave
     server.save(path)
     fresh = _server([WRONG, WRONG], ema_decay=0.9)
     fresh.load(path)
-    assert torch.equal(fresh.model.weight, server.published.weight)
-    assert torch.equal(fresh.published.weight, fresh.model.weight)  # the average starts again from the loaded one
+    assert torch.equal(_weight(fresh.model), _weight(server.published))
+    assert torch.equal(_weight(fresh.published), _weight(fresh.model))  # the average starts again from the loaded one
     assert int(fresh.ema.n_averaged) == 0  # type: ignore[union-attr]
 
 
@@ -238,7 +252,7 @@ def test_server_without_ema_shows_its_trained_model_and_loading_restarts_the_ave
 )
 def test_server_distill_settings_are_range_checked_by_name(key: str, bad: float) -> None:
     with pytest.raises(ConfigError, match=rf"^{key} must be in "):
-        ServerDistillConfig(**{key: bad})
+        ServerDistillConfig(**{key: bad})  # type: ignore[arg-type]
 
 
 def test_server_ema_decay_is_validated() -> None:

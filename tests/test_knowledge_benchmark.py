@@ -22,6 +22,7 @@ from benchmarks.knowledge.grid import (
 from benchmarks.knowledge.report import BEGIN, END, write_report
 from benchmarks.knowledge.run import read_result, result_path
 from benchmarks.knowledge.verdicts import Figures
+from fl_kd.kd.dsfl import DSFLConfig
 
 
 def test_plan_puts_seed0_first_and_adds_the_best_peers_seeds_once_known() -> None:
@@ -268,6 +269,7 @@ def test_every_peer_bounds_its_clients_steps_as_fedgems_does() -> None:
         assert settings["strategy"] == strategy and settings["strategy.client_max_grad_norm"] == bound
     assert resolved(federated("feddf", "alpha0.1", 1).hydra_overrides())["strategy.server_epochs"] == "2"
     cfg = compose_config(0, 1, "inprocess", federated("dsfl", "alpha0.5", 0).hydra_overrides())
+    assert isinstance(cfg.strategy, DSFLConfig)
     assert cfg.strategy.client_max_grad_norm == float(bound)
 
 

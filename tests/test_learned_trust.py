@@ -107,6 +107,7 @@ def test_the_server_fits_on_the_held_out_slice_and_credits_the_client_that_taugh
     classes = 4
     server = learned_trust_server(30)
     held = server.options.held_out_positions
+    assert server.options.unlabelled_y is not None
     labels = np.concatenate([server.transfer_y.numpy(), server.options.unlabelled_y.numpy()])
     right = np.eye(classes, dtype=np.float32)[labels] * 6
     wrong = np.eye(classes, dtype=np.float32)[(labels + 1) % classes] * 6

@@ -418,6 +418,7 @@ def test_channels_last_max_pool_equals_torch_max_pool_in_values_and_gradients(sh
         out = pool(inputs)
         assert out.is_contiguous()
         (out * upstream).sum().backward()
+        assert inputs.grad is not None
         grads.append((out.detach(), inputs.grad))
         with torch.no_grad():
             assert torch.equal(pool(x), grads[0][0])

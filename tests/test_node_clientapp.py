@@ -46,6 +46,6 @@ def test_a_bad_node_config_is_the_nodes_error_reply(tmp_path: Path) -> None:
     grid = LoopbackGrid(client_app, cfg.num_clients, {RUN_CONFIG_KEY: cfg.to_json()}, keep, configs)
     with pytest.raises(Exception, match="no sampled client|answered"):
         run_rounds(strategy, grid, 1, RoundPolicy(min_clients=4), tmp_path, cfg.to_json())
-    reasons = [reply.error.reason for reply in replies if reply.has_error()]
+    reasons: list[str] = [reply.error.reason for reply in replies if reply.has_error()]  # type: ignore[misc]
     assert any("node data folder" in reason and "does not exist" in reason for reason in reasons)
     assert any("unknown node config key(s) ['colour']" in reason for reason in reasons)

@@ -7,6 +7,7 @@ builds the client's view (transfer set + test set + its own data). Both are Flow
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -71,7 +72,7 @@ def test_data_folder_round_trip(tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".*.tmp"))
 
 
-def _folder(tmp_path: Path, **arrays: object) -> Path:
+def _folder(tmp_path: Path, **arrays: Any) -> Path:
     base = {"x_train": np.zeros((3, 1, 8, 8), np.float32), "y_train": np.array([0, 1, 2])}
     for name, array in (base | arrays).items():
         if array is not None:

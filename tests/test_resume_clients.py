@@ -54,7 +54,7 @@ def _dies_in_round_2(message: Message, reply: Message) -> list[Message]:
 
 def _grid(cfg: ExperimentConfig, out_dir: Path, tamper: Any = None) -> LoopbackGrid:
     """Nodes with fresh contexts, as after a new ``flwr run``."""
-    run_config = {RUN_CONFIG_KEY: cfg.to_json(), OUTPUT_DIR_KEY: str(out_dir)}
+    run_config: dict[str, str | int | float | bool] = {RUN_CONFIG_KEY: cfg.to_json(), OUTPUT_DIR_KEY: str(out_dir)}
     return LoopbackGrid(client_app, cfg.num_clients, run_config, tamper)
 
 

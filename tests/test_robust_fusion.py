@@ -9,6 +9,7 @@ import torch
 from flwr.server.strategy.aggregate import aggregate_krum, aggregate_median, aggregate_trimmed_avg
 
 from fl_kd.config import ConfigError
+from fl_kd.kd.fedgems import FedGEMSConfig
 from fl_kd.kd.fusion import LOGIT_AGGREGATIONS
 from fl_kd.kd.robust import ROBUST_RULES, RobustSettings
 from fl_kd.kd.robust_weights import robust_average
@@ -134,7 +135,9 @@ def test_fedgems_weightings_that_confidence_cannot_buy() -> None:
     torch.testing.assert_close(uniform[:, 1:], torch.tensor([[0.5] * 3, [0.5] * 3, [0.0] * 3]))
     assert uniform[:, 0].tolist() == pytest.approx([1 / 3] * 3)
     assert trusted[2, 0] < trusted[0, 0] and trusted[2, 1:].sum() == 0
-    assert config("fedgems", weighting="correct_uniform").strategy.weighting == "correct_uniform"
+    strategy = config("fedgems", weighting="correct_uniform").strategy
+    assert isinstance(strategy, FedGEMSConfig)
+    assert strategy.weighting == "correct_uniform"
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""The code stays linted and formatted by the ruff pinned in the ``dev`` extra, so CI's test command checks it."""
+"""The code stays linted and formatted by the ruff pinned in the ``dev`` extra, and type-checked by its mypy, so
+CI's test command checks both."""
 
 from __future__ import annotations
 
@@ -19,5 +20,16 @@ def test_ruff_finds_nothing_to_change(command: list[str]) -> None:
         capture_output=True,
         text=True,
         timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_finds_no_type_errors() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "fl_kd", "strategies", "clients", "simulations", "benchmarks", "tests"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr

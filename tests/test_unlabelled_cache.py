@@ -3,6 +3,7 @@ of the last rounds with this round's; 0 is today's algorithm, canaries never ent
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -70,7 +71,9 @@ def _block(indices: list[int], clients: list[int], answers: torch.Tensor, availa
     }
 
 
-def _mean_of_answers(params: dict, members: torch.Tensor, answers: torch.Tensor, available: torch.Tensor) -> tuple:
+def _mean_of_answers(
+    params: Mapping[str, torch.Tensor], members: torch.Tensor, answers: torch.Tensor, available: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A stand-in fusion: the mean of the members' answers; kept where any member answered."""
     answers, available = answers[members], available[members]
     weights = available.float().unsqueeze(-1)

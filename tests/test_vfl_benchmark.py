@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from benchmarks.common import markdown_table
-from benchmarks.vfl.expectations import dp_versus, target_lines, unstopped_attacks
+from benchmarks.vfl.expectations import Comparison, dp_versus, target_lines, unstopped_attacks
 from benchmarks.vfl.grid import (
     FULL_SETTINGS,
     RELATIVE_NOISE_SCALES,
@@ -98,27 +98,34 @@ def _sweep(
     return summarise(records)["toy/sum"]
 
 
+def _coae_versus_gaussian(rows: list[dict[str, Any]]) -> Comparison:
+    """``dp_versus`` of Gaussian noise against CoAE: the sweeps below hold both and ``none``, so it compares them."""
+    found = dp_versus(rows, "coae", "gaussian", None)
+    assert found is not None
+    return found
+
+
 def test_dp_versus_compares_the_cheapest_noise_scale_at_matched_ap() -> None:
     # CoAE at AP 0.05 (floored to chance 0.1) for 1 pt; the only noise at that AP costs 8 pt -> holds.
     rows = _sweep(0.05, 0.89, [(0.01, 0.5, 0.90), (0.1, 0.11, 0.82)])
-    found = dp_versus(rows, "coae", "gaussian", None)
+    found = _coae_versus_gaussian(rows)
     assert found.verdict == "holds"
     assert "gaussian σ=0.1" in found.noise
     # Noise that reaches the same AP for less MP: does not hold.
     rows = _sweep(0.05, 0.85, [(0.1, 0.11, 0.89)])
-    assert dp_versus(rows, "coae", "gaussian", None).verdict == "does not hold"
+    assert _coae_versus_gaussian(rows).verdict == "does not hold"
     # A difference inside half a point is no difference.
     rows = _sweep(0.05, 0.89, [(0.1, 0.11, 0.888)])
-    assert dp_versus(rows, "coae", "gaussian", None).verdict == "no clear difference"
+    assert _coae_versus_gaussian(rows).verdict == "no clear difference"
     # No scale reaches CoAE's AP, and the largest already costs more: holds within the sweep.
     rows = _sweep(0.05, 0.89, [(0.1, 0.5, 0.80)])
-    assert dp_versus(rows, "coae", "gaussian", None).verdict == "holds (no scale reaches it)"
+    assert _coae_versus_gaussian(rows).verdict == "holds (no scale reaches it)"
     # Relative noise that reaches CoAE's AP for less MP is not part of the fixed-scale sweep.
     rows = _sweep(0.05, 0.89, [(0.1, 0.5, 0.80)], relative=((10.0, 0.05, 0.89),))
-    assert dp_versus(rows, "coae", "gaussian", None).verdict == "holds (no scale reaches it)"
+    assert _coae_versus_gaussian(rows).verdict == "holds (no scale reaches it)"
     # CoAE that does not lower the AP leaves nothing to compare.
     rows = _sweep(1.0, 0.89, [(0.1, 0.5, 0.80)])
-    assert dp_versus(rows, "coae", "gaussian", None).verdict.startswith("not applicable")
+    assert _coae_versus_gaussian(rows).verdict.startswith("not applicable")
 
 
 def test_effective_ap_floors_at_chance_and_counts_relabelling() -> None:

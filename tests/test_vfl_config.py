@@ -8,7 +8,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -39,7 +39,7 @@ def _compose(*overrides: str) -> DictConfig:
 def _plain(cfg: DictConfig) -> dict[str, Any]:
     raw = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(raw, dict)
-    return raw
+    return cast(dict[str, Any], raw)  # a config's keys are strings
 
 
 # -- one schema ----------------------------------------------------------------------------------------------------

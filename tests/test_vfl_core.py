@@ -268,7 +268,8 @@ def test_apply_gradient_matches_plain_backprop() -> None:
     reference(party.features[ids]).backward(grad)
     with torch.no_grad():
         for param in reference.parameters():
-            param -= 0.1 * param.grad
+            assert param.grad is not None
+            param -= 0.1 * param.grad  # type: ignore[misc]  # in place: still the Parameter
     for ours, expected in zip(party.bottom_model.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(ours, expected)
 

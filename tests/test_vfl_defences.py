@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from fl_kd.vfl.defences import (
     GradientSparsificationDefence,
     LaplaceNoiseDefence,
     MIDDefence,
+    VariationalBottleneck,
     available_defences,
     build_defence,
     check_autoencoder,
@@ -236,7 +238,9 @@ def test_mid_adds_a_positive_kl_and_is_deterministic_at_inference() -> None:
     assert extra is not None and bool(torch.isfinite(extra)) and float(extra.detach()) > 0
     assert defence.extra_loss() is None  # consumed by the batch that produced it
     extra.backward()
-    assert all(p.grad is not None for p in defence.bottlenecks[0].encoder.parameters())
+    bottleneck = defence.bottlenecks[0]
+    assert isinstance(bottleneck, VariationalBottleneck)
+    assert all(p.grad is not None for p in bottleneck.encoder.parameters())
     with torch.no_grad():
         first, second = defence.transform_embedding(0, h0), defence.transform_embedding(0, h0)
     assert torch.equal(first, second)
@@ -285,7 +289,7 @@ def test_registry_knows_every_defence_and_rejects_bad_input() -> None:
         build_defence("gaussian", sigma=1.0)
 
 
-DEFENCE_PARAMS = {
+DEFENCE_PARAMS: dict[str, dict[str, Any]] = {
     "none": {},
     "coae": {},
     "cae": {},

@@ -87,7 +87,7 @@ def _assert_same_state(left: Any, right: Any, path: str = "state") -> None:
 
 
 # -- equivalence with the in-process loop ---------------------------------------------------------------------------
-DLI = {"direct_label_inference": {}}
+DLI: dict[str, dict[str, Any]] = {"direct_label_inference": {}}
 CASES = {
     "no defence, three attacks": vfl_config(
         {"direct_label_inference": {}, "norm_scoring": {}, "passive_model_completion": {"steps": 50}}
@@ -144,7 +144,7 @@ def _targets(message: Message, message_type: str) -> bool:
     if message.metadata.message_type not in types:
         return False
     config = message.content["config"]
-    return int(config["epoch"]) == 0 and 1 in [int(b) for b in config["batches"]]
+    return int(config["epoch"]) == 0 and 1 in [int(b) for b in config["batches"]]  # type: ignore[arg-type, union-attr]
 
 
 def _replace_array(message_type: str, key: str, make: Callable[[np.ndarray], np.ndarray]) -> Tamper:
@@ -157,7 +157,7 @@ def _replace_array(message_type: str, key: str, make: Callable[[np.ndarray], np.
                 "arrays": ArrayRecord(
                     {
                         name: Array(make(array.numpy())) if name == key else array
-                        for name, array in reply.content["arrays"].items()
+                        for name, array in reply.content.array_records["arrays"].items()
                     }
                 )
             }
@@ -355,7 +355,7 @@ def test_parties_train_on_the_shared_samples_only() -> None:
     def drop_first_ids(message: Message, reply: Message) -> list[Message]:
         if message.metadata.message_type != SAMPLE_IDS or reply.content["config"]["role"] != "feature":
             return [reply]
-        arrays = reply.content["arrays"]
+        arrays = reply.content.array_records["arrays"]
         content = RecordDict(
             {
                 "config": reply.content["config"],

@@ -33,7 +33,7 @@ class ForgetfulGrid(LoopbackGrid):
         self.delivered = 0
 
     def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> list[Message]:
-        replies = []
+        replies: list[Message] = []
         for message in messages:
             if self.forget(self.delivered):
                 vfl_party._LIVE.clear()

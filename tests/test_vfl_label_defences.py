@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from fl_kd.vfl.defences import (
     CoAEDefence,
     CoAENoiseDefence,
+    ConfusionalAutoencoder,
     MarvellDefence,
     RandomisedLabelDefence,
     build_defence,
@@ -69,6 +70,7 @@ def test_the_sent_gradient_carries_only_the_fake_label() -> None:
     torch.testing.assert_close(sent, (F.softmax(embedding, dim=1) - F.one_hot(fake, 3)) / 4)
     # The label party's own model does not shape the message: another bottom model sends the same gradient.
     other = _sum_top_label_party(RandomisedLabelDefence(epsilon=1.0, seed=5))
+    assert isinstance(other.bottom_model, torch.nn.Linear)
     torch.nn.init.constant_(other.bottom_model.weight, 3.0)
     torch.testing.assert_close(other.train_step(ids, [embedding])[1][0], sent)
 
@@ -83,11 +85,11 @@ def test_randomised_label_needs_logit_embeddings_and_a_valid_epsilon() -> None:
 
 # --- CoAE with noise ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def autoencoder() -> torch.nn.Module:
+def autoencoder() -> ConfusionalAutoencoder:
     return train_autoencoder(2, epochs=1, num_train=2_000, seed=0)
 
 
-def test_coae_noise_is_coae_plus_seeded_noise(autoencoder: torch.nn.Module) -> None:
+def test_coae_noise_is_coae_plus_seeded_noise(autoencoder: ConfusionalAutoencoder) -> None:
     defence = CoAENoiseDefence(scale=0.1, autoencoder=autoencoder)
     defence.setup(2, [2], seed=4)
     labels = torch.tensor([0, 1, 1])
