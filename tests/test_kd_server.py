@@ -201,7 +201,7 @@ def test_config_and_constructor_validation() -> None:
     with pytest.raises(ValueError, match="epsilon"):
         ServerDistillConfig(epsilon=2.0)
     with pytest.raises(ValueError, match="weighting"):
-        ServerDistillConfig(weighting="median")  # type: ignore[arg-type]
+        ServerDistillConfig(weighting="median")
     with pytest.raises(ValueError, match="disagree"):
         SelectiveDistillServer(nn.Linear(2, 2), torch.zeros(3, 2), torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="empty"):

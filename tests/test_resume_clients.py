@@ -164,7 +164,7 @@ def test_load_client_state_takes_exactly_the_round_client_and_run_it_was_saved_f
 def test_resume_is_refused_for_a_server_whose_state_cannot_be_saved(tmp_path: Path) -> None:
     cfg = tiny_config()
     strategy = make_strategy(cfg)
-    strategy.server.lock = threading.Lock()  # type: ignore[attr-defined]
+    strategy.server.lock = threading.Lock()
     with pytest.raises(ConfigError, match=r"resume=true: FedGEMSServer cannot resume.*root\.lock: a lock"):
         run_rounds(strategy, _grid(cfg, tmp_path), 2, RoundPolicy(resume=True), tmp_path, cfg.to_json())
 

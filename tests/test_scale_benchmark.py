@@ -35,7 +35,7 @@ _PARENT = (
 )
 
 
-def _wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+def _wait_for(predicate, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
@@ -240,7 +240,7 @@ def test_a_stopped_run_leaves_no_process_behind(tmp_path: Path) -> None:
     try:
         assert result.outcome == "stopped after 1 round, as asked" and result.finished
         assert result.left_running == 1  # the helper: found by FLWR_HOME, stopped by the benchmark
-        assert identify(helper) is None or not is_running(identify(helper))  # type: ignore[arg-type]
+        assert identify(helper) is None or not is_running(identify(helper))
         assert result.peak_processes >= 2 and result.peak_rss.rss > 0 and result.samples > 0
         assert (run_dir / "samples.csv").read_text().startswith("seconds,processes")
     finally:

@@ -50,7 +50,7 @@ def test_every_reply_comes_back_soon_after_it_is_ready(monkeypatch: pytest.Monke
     pauses: list[float] = []
     monkeypatch.setattr(vfl_grid.time, "sleep", pauses.append)
     slow = SlowGrid(ready_after=4)
-    grid = QuickPollGrid(slow)  # type: ignore[arg-type]
+    grid = QuickPollGrid(slow)
     replies = list(grid.send_and_receive(_messages(), timeout=10.0))
     assert sorted(reply.metadata.reply_to_message_id for reply in replies) == ["m0", "m1"]
     assert slow.pulls == 4
@@ -61,7 +61,7 @@ def test_every_reply_comes_back_soon_after_it_is_ready(monkeypatch: pytest.Monke
 def test_missing_replies_end_at_the_timeout() -> None:
     slow = SlowGrid(ready_after=10**9)
     start = time.monotonic()
-    assert list(QuickPollGrid(slow).send_and_receive(_messages(), timeout=0.3)) == []  # type: ignore[arg-type]
+    assert list(QuickPollGrid(slow).send_and_receive(_messages(), timeout=0.3)) == []
     waited = time.monotonic() - start
     assert 0.3 <= waited < 0.3 + LAST_PULL_PAUSE + 1.0  # the last pause is cut to the time left (slack: busy CPU)
     assert slow.pulls < 40  # the pauses grow: a slow exchange is not polled in a busy loop
@@ -111,7 +111,7 @@ def test_in_a_simulation_a_stored_reply_ends_the_pause(monkeypatch: pytest.Monke
     monkeypatch.setattr(RecordingEvent, "waits", [])
     monkeypatch.setattr(vfl_grid, "FIRST_PULL_PAUSE", 60.0)  # a pause that runs out would fail the test's timeout
     slow = InMemorySlowGrid()
-    replies = list(QuickPollGrid(slow).send_and_receive(_messages(), timeout=120.0))  # type: ignore[arg-type]
+    replies = list(QuickPollGrid(slow).send_and_receive(_messages(), timeout=120.0))
     assert sorted(reply.metadata.reply_to_message_id for reply in replies) == ["m0", "m1"]
     assert slow.pulls == 2
     assert RecordingEvent.waits == [True]  # woken by the stored replies, not by the end of the pause

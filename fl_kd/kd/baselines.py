@@ -212,7 +212,7 @@ def run_pseudo_label_server(
                     )
                     loss = F.cross_entropy(model(batch), y[index].to(cfg.device))
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()  # type: ignore[no-untyped-call]
+                    loss.backward()
                     optimizer.step()
                     if ema is not None:
                         ema.update_parameters(model)

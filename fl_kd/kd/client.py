@@ -315,7 +315,7 @@ class DistillClient:
                     logits = self.model(x[index].to(self.device))
                     loss = loss_fn(logits, y[index].to(self.device), index)
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()  # type: ignore[no-untyped-call]
+                    loss.backward()
                     if cfg.max_grad_norm > 0:
                         torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
                     optimizer.step()

@@ -61,7 +61,7 @@ def distill_into(
             for index in minibatches(x.shape[0], batch_size, generator):
                 loss = kd_loss(model(x[index].to(device)), teacher_logits[index].to(device), temperature)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()  # type: ignore[no-untyped-call]
+                loss.backward()
                 optimizer.step()
                 loss_sum += float(loss.detach()) * index.numel()
     return loss_sum / x.shape[0]

@@ -202,7 +202,7 @@ class EnsembleTransferServer:
                 for index in minibatches(self.num_public, cfg.server_batch_size, generator):
                     loss = loss_fn(net(self.public_x[index].to(self.device)), index)
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()  # type: ignore[no-untyped-call]
+                    loss.backward()
                     optimizer.step()
                     loss_sum += float(loss.detach()) * index.numel()
         return loss_sum / self.num_public

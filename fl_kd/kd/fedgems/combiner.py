@@ -136,11 +136,11 @@ def fit_class_combiner(
         loss = (
             F.cross_entropy(combine(log_probs, weight, bias, trim), targets) + weight_decay * (weight - 1).pow(2).sum()
         )
-        loss.backward()  # type: ignore[no-untyped-call]
+        loss.backward()
         return loss
 
     with torch.enable_grad():
-        optimizer.step(closure)  # type: ignore[no-untyped-call]
+        optimizer.step(closure)
     weight, bias = weight.detach(), bias.detach()
     with torch.no_grad():
         loss = float(F.cross_entropy(combine(log_probs, weight, bias, trim), targets))

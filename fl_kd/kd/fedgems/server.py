@@ -240,7 +240,7 @@ class SelectiveDistillServer:
             per_sample = torch.where(held.to(self.device), held_loss, per_sample)
         loss = per_sample.mean()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
+        loss.backward()
         optimizer.step()
         self._after_step()
         # Cache the logits that were right at this step, before the update (as the server "knew" them).
@@ -257,7 +257,7 @@ class SelectiveDistillServer:
             logits = self.model(self._view(x[index]))
             loss = kd_loss(logits, teacher[index].to(self.device), self.config.temperature)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
+            loss.backward()
             optimizer.step()
             self._after_step()
             loss_sum += float(loss.detach()) * index.numel()
