@@ -161,40 +161,28 @@ class ConsensusScreen:
         stated sure disagrees where sure answers agree.
     margin : float (default: :data:`MARGIN`)
         The excess over the median client's shortfall that is not evidence, in every test.
-    window : int (default: 0)
-        Pool the evidence of the last this many rounds (this one included); 0 pools every round so far. An honest
-        difference between clients that drifts above the margin late in a long run becomes evidence once enough
-        rounds are pooled; a window keeps the standard error of a window's rounds, while a liar that lies every
-        round is caught within a few.
     """
 
     max_passes = 4
     """Passes of the screen per round at most; the verdict usually settles after two."""
 
-    def __init__(
-        self, num_classes: int, z: float, confidence_test: bool = False, margin: float = MARGIN, window: int = 0
-    ) -> None:
+    def __init__(self, num_classes: int, z: float, confidence_test: bool = False, margin: float = MARGIN) -> None:
         if z <= 0:
             raise ValueError(f"z must be > 0, got {z}")
         if not 0.0 <= margin < 1.0:
             raise ValueError(f"margin must lie in [0, 1), got {margin}")
         if num_classes < 2:
             raise ValueError(f"the consensus screen needs at least 2 classes, got {num_classes}")
-        if window < 0:
-            raise ValueError(f"window must be >= 0 rounds, got {window}")
         self.num_classes = num_classes
         self.z = z
         self.confidence_test = confidence_test
         self.margin = margin
-        self.window = window
         # client id -> [reference agreed, reference counted, unlabelled agreed, unlabelled counted], over rounds
         self.tallies: dict[int, list[int]] = {}
         # client id -> with confidence_test, per cut [reference unsure, counted, unlabelled unsure, counted], then per
         # stratum of SURE_BANDS its agreement tally
         self.confidence_tallies: dict[int, list[list[int]]] = {}
         self.flagged: list[int] = []  # the last round's verdict, where the next round's vote starts
-        # with a window, each pooled round's counts (client id -> per test), oldest first, to take out when it leaves
-        self.recent: list[dict[int, list[list[int]]]] = []
         # the last round's z per family of tests ("agreement"; with confidence_test also "confidence", the seven
         # corrected together) and client, so that a run can tell which test screened whom
         self.family_scores: dict[str, dict[int, float]] = {}
@@ -216,7 +204,6 @@ class ConsensusScreen:
         reference : Mapping[int, tuple[ndarray, ndarray]]
             Client id -> (positions ``(m,)``, logits ``(m, C)``) on the reliability slice this round.
         """
-        self._forget(keep=self.window - 1)
         flagged, previous = set(self.flagged) & set(unlabelled), None
         strata = self._strata(unlabelled, reference)  # who votes does not change what a client states
         for _ in range(self.max_passes):
@@ -231,29 +218,14 @@ class ConsensusScreen:
             for tally, add in zip(self._stored(client_id, create=True), counts, strict=True):
                 for k, count in enumerate(add):
                     tally[k] += count
-        if self.window:
-            self.recent.append({c: [list(counts) for counts in by_test] for c, by_test in now.items()})
         self.flagged = sorted(verdict)
         return verdict, scores
-
-    def _forget(self, keep: int) -> None:
-        """With a window, take the rounds before the last ``keep`` out of the pooled tallies."""
-        while self.window and len(self.recent) > keep:
-            for client_id, counts in self.recent.pop(0).items():
-                for tally, old in zip(self._stored(client_id), counts, strict=True):
-                    for k, count in enumerate(old):
-                        tally[k] -= count
 
     def check_restored_state(self) -> None:
         """Raise ``ValueError`` unless every client's tallies have this screen's shape: a run resumed from a
         checkpoint of another version of the screen (another number of tests) must stop there, not at its first
         screen."""
         expected = self.num_tests - 1
-        for client_id, by_test in (item for round_ in self.recent for item in round_.items()):
-            if len(by_test) != self.num_tests:
-                raise ValueError(
-                    f"a pooled round holds {len(by_test)} tests of client {client_id}, not {self.num_tests}"
-                )
         for client_id, tally in self.tallies.items():
             if len(tally) != 4:
                 raise ValueError(f"client {client_id}'s agreement tally has {len(tally)} counts, not 4")

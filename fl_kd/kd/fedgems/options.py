@@ -130,11 +130,7 @@ class ServerOptions:
         self.consensus: ConsensusScreen | None = None
         if config.consensus_z > 0 and self.unlabelled_x is not None:
             self.consensus = ConsensusScreen(
-                num_classes,
-                config.consensus_z,
-                config.consensus_confidence,
-                config.consensus_margin,
-                config.consensus_window,
+                num_classes, config.consensus_z, config.consensus_confidence, config.consensus_margin
             )
         self.teacher_cache: TeacherCache | None = None
         if config.unlabelled_cache and self.unlabelled_x is not None:

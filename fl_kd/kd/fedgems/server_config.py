@@ -98,10 +98,6 @@ class SelectionConfig:
     consensus_margin : float (default: 0.02)
         With ``consensus_z``: the shortfall beyond the median client's that counts as no evidence in any of the
         screen's tests (honest clients differ by about this much for good, so without it a long run screens one).
-    consensus_window : int (default: 0)
-        With ``consensus_z``: the rounds of evidence the screen pools, this one included; 0 pools every round so
-        far. Honest differences may drift beyond the margin late in a long run, and pooled over every round they
-        become evidence.
     consensus_confidence : bool (default: False)
         With ``consensus_z``: also compare how sure a client says it is on the unlabelled samples and on the
         held-out slice (at its 20%, 40%, 60% and 80% quantiles there, the share of its unlabelled answers stated
@@ -128,7 +124,6 @@ class SelectionConfig:
     canary_z: float = 3.0
     consensus_z: float = 0.0
     consensus_margin: float = MARGIN
-    consensus_window: int = 0
     consensus_confidence: bool = False
 
     def check_selection(self, prefix: str = "") -> None:
@@ -141,7 +136,7 @@ class SelectionConfig:
         check_range(f"{prefix}teacher_min_confidence", self.teacher_min_confidence, low=0.0, high=1.0)
         check_range(f"{prefix}learned_weight_decay", self.learned_weight_decay, low=0.0)
         check_range(f"{prefix}learned_prob_floor", self.learned_prob_floor, low=0.0, high=1.0, high_open=True)
-        for key in ("learned_trim", "unlabelled_per_round", "unlabelled_cache", "canaries", "consensus_window"):
+        for key in ("learned_trim", "unlabelled_per_round", "unlabelled_cache", "canaries"):
             count = getattr(self, key)
             require(
                 isinstance(count, Integral) and not isinstance(count, bool),
@@ -211,7 +206,7 @@ class ServerDistillConfig(SelectionConfig):
         Client fusion rule, a name in :data:`fl_kd.kd.fusion.FUSION_RULES`.
     correctness, held_out_fraction, distill_correct, unlabelled_trust, reliability_power, reliability_on,
     teacher_min_confidence, learned_weight_decay, learned_prob_floor, learned_trim, unlabelled_per_round,
-    unlabelled_cache, canaries, canary_z, consensus_z, consensus_margin, consensus_window, consensus_confidence
+    unlabelled_cache, canaries, canary_z, consensus_z, consensus_margin, consensus_confidence
         See :class:`SelectionConfig`.
     ema_decay : float (default: 0.0)
         The server shows an exponential moving average of its weights, updated after every step with this decay
