@@ -1,5 +1,5 @@
-"""The code stays linted and formatted by the ruff pinned in the ``dev`` extra, and type-checked by its mypy, so
-CI's test command checks both."""
+"""The code stays linted and formatted by the ruff pinned in the ``dev`` extra, and type-checked by the mypy pinned
+there, so CI's test command checks both."""
 
 from __future__ import annotations
 
