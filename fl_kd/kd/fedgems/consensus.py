@@ -230,11 +230,13 @@ class ConsensusScreen:
             if len(tally) != 4:
                 raise ValueError(f"client {client_id}'s agreement tally has {len(tally)} counts, not 4")
         for client_id, tallies in self.confidence_tallies.items():
-            if len(tallies) != expected or any(len(tally) != 4 for tally in tallies):
+            if len(tallies) != expected:
                 raise ValueError(
                     f"client {client_id} has {len(tallies)} confidence tallies, this screen keeps {expected} "
                     "(a checkpoint of another version of the confidence test)"
                 )
+            if any(len(tally) != 4 for tally in tallies):
+                raise ValueError(f"a confidence tally of client {client_id} does not have 4 counts")
 
     def _stored(self, client_id: int, create: bool = False) -> list[list[int]]:
         """A client's pooled tallies: its agreement, then (``confidence_test``) one per confidence cut and one of
