@@ -3,6 +3,7 @@ default leaves every run as it was."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,14 @@ from fl_kd.kd.adversary import (
     AttackMetricsServer,
     Behaviour,
     MaliciousClient,
+    ReportsScreened,
     malicious_clients,
     malicious_of,
 )
 from fl_kd.kd.algorithm import get_algorithm
 from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.federation import Federation, build_federation
-from fl_kd.kd.roles import Answer, DistillClientRole
+from fl_kd.kd.roles import Answer, Arrays, DistillClientRole, Instruction, ServerRole
 from fl_kd.kd.runner import run_inprocess
 from fl_kd.kd.training import confidence
 from fl_kd.simulations.config import experiment_config
@@ -308,6 +310,35 @@ def test_none_wraps_nothing_and_an_empty_attack_changes_no_number() -> None:
         {k: v for k, v in r.items() if k != "wall_seconds"} for r in honest
     ]
     assert empty[0]["n_malicious_accepted"] == 0 and empty[0]["malicious_weight_share"] == 0.0
+
+
+class _ScreeningServer(ServerRole):
+    """A server whose screen left out clients 1 (honest) and 3 (malicious) of the last round."""
+
+    def train_instruction(self, round: int, client_id: int) -> Instruction:
+        return Instruction({})
+
+    def check_answer(self, round: int, client_id: int, arrays: Mapping[str, Any]) -> str | None:
+        return None
+
+    def aggregate(self, round: int, answers: Mapping[int, Arrays]) -> dict[str, float | int]:
+        return {"server_loss": 0.5}
+
+    def evaluate_instruction(self, round: int, client_id: int) -> Instruction:
+        return Instruction({})
+
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        return 0.0
+
+    def screened_clients(self) -> frozenset[int]:
+        return frozenset({1, 3})
+
+
+def test_the_clients_a_screen_left_out_are_counted_as_liars_and_honest_by_id() -> None:
+    """The wrapper knows the malicious ids, the server does not: a screen's record is read from whom it left out."""
+    figures = AttackMetricsServer(_ScreeningServer(), frozenset({3, 4})).aggregate(1, {})
+    assert figures == {"server_loss": 0.5, "n_malicious_accepted": 0, "n_malicious_screened": 1, "n_honest_screened": 1}
+    assert isinstance(_ScreeningServer(), ReportsScreened)
 
 
 def test_every_behaviour_is_registered() -> None:

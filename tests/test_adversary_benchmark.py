@@ -106,6 +106,31 @@ def test_the_verdicts_say_holds_or_missed_from_the_drops_and_weight_shares() -> 
         "(expected 0): **MISSED**" in text  # fmt: skip
 
 
+def test_the_screen_lines_read_whom_a_screen_left_out_by_id() -> None:
+    from benchmarks.robustness.verdicts import screen_lines
+
+    def record(adversary: str, seed: int, rows: list[dict]) -> dict:
+        job = {"method": "fedgems_plus_consensus", "adversary": adversary, "fraction": 0.3, "seed": seed}
+        return {"job": job, "rounds": [{"server_acc": 0.8} | row for row in rows]}
+
+    def caught(liars: int, honest: int) -> dict:
+        return {"n_malicious_accepted": 6, "n_malicious_screened": liars, "n_honest_screened": honest}
+
+    lines = screen_lines(
+        [
+            record("none", 0, [{"consensus_screened": 0}, {"consensus_screened": 1}]),
+            record("camouflage", 0, [caught(5, 1), caught(6, 0)]),
+            record("camouflage", 1, [caught(6, 0), caught(6, 0)]),
+            _record("fedmd", "camouflage", 0.3, 0.7),  # no screen: no line
+        ]
+    )
+    assert lines == [
+        "- screens of fedgems_plus_consensus against `camouflage`: liars left out in the last round 6 of 6 "
+        "(fraction 0.3, seed 0), 6 of 6 (fraction 0.3, seed 1); honest clients left out in any round: 1.",
+        "- screens of fedgems_plus_consensus when nobody lies: the most clients left out of a round: 1.",
+    ]
+
+
 def test_the_section_lists_what_did_not_finish_and_the_command_drops_report_only_flags() -> None:
     from benchmarks.robustness.__main__ import printed_command
     from benchmarks.robustness.report import BEGIN, END, section

@@ -211,6 +211,7 @@ def test_an_honest_federation_runs_as_without_the_screen_and_camouflage_is_scree
     screened = run_inprocess(compose_config(0, 2, "inprocess", [*plus, *attack, "strategy.consensus_z=3"])).rounds
     unscreened = run_inprocess(compose_config(0, 2, "inprocess", [*plus, *attack])).rounds
     assert [row["consensus_screened"] for row in screened] == [0, 3]
+    assert [(row["n_malicious_screened"], row["n_honest_screened"]) for row in screened] == [(0, 0), (3, 0)]
     assert screened[1]["teacher_unlabelled_accuracy"] > unscreened[1]["teacher_unlabelled_accuracy"] + 0.1
 
 

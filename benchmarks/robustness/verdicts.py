@@ -105,4 +105,39 @@ def verdict_lines(records: list[dict[str, Any]]) -> list[str]:
                 f"- `confident_wrong`, {method}: largest share of fusion weight to malicious clients in any round "
                 f"{100 * share:.2f}%{expected}" + (f": {held}" if method == SELECTIVE else "") + "."
             )
-    return [*lines, ""]
+    return [*lines, *screen_lines(records), ""]
+
+
+def screen_lines(records: Iterable[dict[str, Any]]) -> list[str]:
+    """Per method with a screen and attack it faced, whom the screen left out, read by id (the runner knows the
+    liars; ``n_malicious_screened``, ``n_honest_screened``); per method, the most clients its screens left out of a
+    round of its honest runs, where every client is honest (``consensus_screened``, ``canary_screened``)."""
+    records = list(records)
+    lines = []
+    screening = sorted({r["job"]["method"] for r in records for row in r["rounds"] if "n_honest_screened" in row})
+    for method in screening:
+        attacked = [r for r in records if r["job"]["method"] == method and "n_honest_screened" in r["rounds"][-1]]
+        for attack in sorted({r["job"]["adversary"] for r in attacked}):
+            runs = sorted(
+                (r for r in attacked if r["job"]["adversary"] == attack),
+                key=lambda r: (float(r["job"]["fraction"]), r["job"]["seed"]),
+            )
+            caught = ", ".join(
+                f"{r['rounds'][-1]['n_malicious_screened']} of {r['rounds'][-1]['n_malicious_accepted']} "
+                f"(fraction {float(r['job']['fraction']):g}, seed {r['job']['seed']})"
+                for r in runs
+            )
+            honest = max(int(row.get("n_honest_screened", 0)) for r in runs for row in r["rounds"])
+            lines.append(
+                f"- screens of {method} against `{attack}`: liars left out in the last round {caught}; "
+                f"honest clients left out in any round: {honest}."
+            )
+        honest_runs = [r for r in records if r["job"]["method"] == method and r["job"]["adversary"] == "none"]
+        if honest_runs:
+            most = max(
+                max(int(row.get("consensus_screened", 0)), int(row.get("canary_screened", 0)))
+                for r in honest_runs
+                for row in r["rounds"]
+            )
+            lines.append(f"- screens of {method} when nobody lies: the most clients left out of a round: {most}.")
+    return lines

@@ -15,7 +15,12 @@ from typing import TYPE_CHECKING
 from fl_kd.kd.adversary.behaviours import ADVERSARIES, Behaviour
 from fl_kd.kd.adversary.client import MaliciousClient
 from fl_kd.kd.adversary.config import NONE, AdversaryConfig, malicious_clients, malicious_of
-from fl_kd.kd.adversary.metrics import AttackMetricsServer, ReportsFusionWeights, attack_success_rate
+from fl_kd.kd.adversary.metrics import (
+    AttackMetricsServer,
+    ReportsFusionWeights,
+    ReportsScreened,
+    attack_success_rate,
+)
 
 if TYPE_CHECKING:
     from fl_kd.kd.config import ExperimentConfig
@@ -63,6 +68,7 @@ __all__ = [
     "Behaviour",
     "MaliciousClient",
     "ReportsFusionWeights",
+    "ReportsScreened",
     "adversarial_client",
     "attack_success_rate",
     "malicious_clients",

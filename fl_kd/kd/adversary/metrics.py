@@ -7,6 +7,9 @@ round's figures:
 * ``n_malicious_accepted``: malicious answers that passed screening;
 * ``malicious_weight_share``: the share of the round's fusion weight that went to malicious clients, for servers
   that report their fusion weights (:class:`ReportsFusionWeights`);
+* ``n_malicious_screened`` and ``n_honest_screened``: the malicious and the honest clients a screen of the server
+  left out of the round's aggregation, for servers that say whom (:class:`ReportsScreened`), so that a screen's
+  record is read by id, not inferred from its count;
 * ``attack_success_rate`` (``targeted`` only): the share of the test set's source-class samples the server model
   classifies as the target class.
 
@@ -17,7 +20,7 @@ counted the same way in each.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -33,6 +36,15 @@ class ReportsFusionWeights(Protocol):
 
     def fusion_weights(self) -> Mapping[int, float]:
         """Client id -> its share of the last round's fusion weight (shares sum to 1, or empty)."""
+        ...
+
+
+@runtime_checkable
+class ReportsScreened(Protocol):
+    """A server whose screens may leave clients out, and that can say which it left out of its last aggregation."""
+
+    def screened_clients(self) -> Collection[int]:
+        """Ids of the clients left out in the last round (empty when none, or without a screen)."""
         ...
 
 
@@ -95,6 +107,10 @@ class AttackMetricsServer(ServerRole):
         figures["n_malicious_accepted"] = sum(1 for cid in answers if cid in self.malicious)
         if isinstance(self.server, ReportsFusionWeights):
             figures["malicious_weight_share"] = malicious_weight_share(self.server.fusion_weights(), self.malicious)
+        if isinstance(self.server, ReportsScreened):
+            screened = set(self.server.screened_clients())
+            figures["n_malicious_screened"] = len(screened & self.malicious)
+            figures["n_honest_screened"] = len(screened - self.malicious)
         if self.test_set is not None:
             x_test, y_test = self.test_set(round)
             figures["attack_success_rate"] = attack_success_rate(self.server, x_test, y_test, self.source, self.target)

@@ -38,6 +38,7 @@ class FedGEMSServer(ServerRole):
         self.client_unlabelled = client_unlabelled
         self._unlabelled: Arrays = {}
         self._weight_mass: dict[int, float] = {}
+        self._screened: frozenset[int] = frozenset()
         self._round = -1
         self._query: NDArray[np.int64] = np.zeros(0, dtype=np.int64)
         self._broadcast: NDArray[Any] = np.zeros((0, 0), dtype=wire_dtype(logits_dtype))
@@ -65,6 +66,7 @@ class FedGEMSServer(ServerRole):
         stats = self.server.distill(round, {cid: (query, arrays[kd.LOGITS]) for cid, arrays in answers.items()})
         self._broadcast = self.server.transfer_logits(self.logits_dtype)
         self._weight_mass = dict(stats.weight_mass)
+        self._screened = frozenset(stats.screened)
         if self.client_unlabelled:
             positions, logits = self.server.unlabelled_logits(round, self.logits_dtype)
             self._unlabelled = {kd.UNLABELLED_POSITIONS: positions, kd.UNLABELLED_LOGITS: logits}
@@ -74,6 +76,10 @@ class FedGEMSServer(ServerRole):
         """Client id -> its share of the last round's teacher weight (labelled and unlabelled samples together)."""
         total = sum(self._weight_mass.values())
         return {cid: (mass / total if total > 0 else 0.0) for cid, mass in sorted(self._weight_mass.items())}
+
+    def screened_clients(self) -> frozenset[int]:
+        """The clients the server's screens left out of the last round's unlabelled teacher."""
+        return self._screened
 
     def evaluate_instruction(self, round: int, client_id: int) -> Instruction:
         """The server's logits on the whole labelled part (and on the round's unlabelled subset, if asked)."""

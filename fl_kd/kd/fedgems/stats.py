@@ -35,6 +35,9 @@ class SelectionStats:
     weight_mass : dict[int, float]
         Per client, its summed teacher weight over the samples distilled this round (labelled and unlabelled): its
         share of the fused knowledge, whatever rule fused it.
+    screened : set[int]
+        Clients the screens (canaries, consensus) left out of this round's unlabelled teacher; by id, so that a
+        simulation that knows who lies can tell liars screened from honest clients screened.
     extra : dict[str, float | int]
         Figures beyond FedGEMS' counts. Always: ``n_untrusted``, the honest samples (the held-out slice, else the
         labelled part) on which no client was trusted this round (no answering client was right there, or none was
@@ -57,6 +60,7 @@ class SelectionStats:
     cache_size: int = 0
     nonzero_weight_fraction: dict[int, float] = field(default_factory=dict)
     weight_mass: dict[int, float] = field(default_factory=dict)
+    screened: set[int] = field(default_factory=set)
     extra: dict[str, float | int] = field(default_factory=dict)
 
     def round_metrics(self) -> dict[str, float | int]:
@@ -76,5 +80,6 @@ class SelectionStats:
         values = asdict(self)
         values.pop("nonzero_weight_fraction")
         values.pop("weight_mass")
+        values.pop("screened")
         extra = values.pop("extra")
         return {key: float(value) for key, value in (values | extra).items()}
