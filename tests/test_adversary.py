@@ -330,7 +330,7 @@ class _ScreeningServer(ServerRole):
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> float:
         return 0.0
 
-    def screened_clients(self) -> frozenset[int]:
+    def screened_clients(self) -> frozenset[int] | None:
         return frozenset({1, 3})
 
 
@@ -339,6 +339,9 @@ def test_the_clients_a_screen_left_out_are_counted_as_liars_and_honest_by_id() -
     figures = AttackMetricsServer(_ScreeningServer(), frozenset({3, 4})).aggregate(1, {})
     assert figures == {"server_loss": 0.5, "n_malicious_accepted": 0, "n_malicious_screened": 1, "n_honest_screened": 1}
     assert isinstance(_ScreeningServer(), ReportsScreened)
+    without_screen = _ScreeningServer()
+    without_screen.screened_clients = lambda: None  # type: ignore[method-assign]
+    assert "n_honest_screened" not in AttackMetricsServer(without_screen, frozenset({3})).aggregate(1, {})
 
 
 def test_every_behaviour_is_registered() -> None:

@@ -212,6 +212,7 @@ def test_an_honest_federation_runs_as_without_the_screen_and_camouflage_is_scree
     unscreened = run_inprocess(compose_config(0, 2, "inprocess", [*plus, *attack])).rounds
     assert [row["consensus_screened"] for row in screened] == [0, 3]
     assert [(row["n_malicious_screened"], row["n_honest_screened"]) for row in screened] == [(0, 0), (3, 0)]
+    assert "n_honest_screened" not in unscreened[1]  # no screen, no count of whom it left out
     assert screened[1]["teacher_unlabelled_accuracy"] > unscreened[1]["teacher_unlabelled_accuracy"] + 0.1
 
 

@@ -8,8 +8,8 @@ round's figures:
 * ``malicious_weight_share``: the share of the round's fusion weight that went to malicious clients, for servers
   that report their fusion weights (:class:`ReportsFusionWeights`);
 * ``n_malicious_screened`` and ``n_honest_screened``: the malicious and the honest clients a screen of the server
-  left out of the round's aggregation, for servers that say whom (:class:`ReportsScreened`), so that a screen's
-  record is read by id, not inferred from its count;
+  left out of the round's aggregation, for servers with a screen that say whom (:class:`ReportsScreened`), so that
+  a screen's record is read by id, not inferred from its count;
 * ``attack_success_rate`` (``targeted`` only): the share of the test set's source-class samples the server model
   classifies as the target class.
 
@@ -43,8 +43,8 @@ class ReportsFusionWeights(Protocol):
 class ReportsScreened(Protocol):
     """A server whose screens may leave clients out, and that can say which it left out of its last aggregation."""
 
-    def screened_clients(self) -> Collection[int]:
-        """Ids of the clients left out in the last round (empty when none, or without a screen)."""
+    def screened_clients(self) -> Collection[int] | None:
+        """Ids of the clients left out in the last round; None when no screen is on (no figure then)."""
         ...
 
 
@@ -107,10 +107,10 @@ class AttackMetricsServer(ServerRole):
         figures["n_malicious_accepted"] = sum(1 for cid in answers if cid in self.malicious)
         if isinstance(self.server, ReportsFusionWeights):
             figures["malicious_weight_share"] = malicious_weight_share(self.server.fusion_weights(), self.malicious)
-        if isinstance(self.server, ReportsScreened):
-            screened = set(self.server.screened_clients())
-            figures["n_malicious_screened"] = len(screened & self.malicious)
-            figures["n_honest_screened"] = len(screened - self.malicious)
+        screened = self.server.screened_clients() if isinstance(self.server, ReportsScreened) else None
+        if screened is not None:
+            figures["n_malicious_screened"] = sum(1 for cid in set(screened) if cid in self.malicious)
+            figures["n_honest_screened"] = sum(1 for cid in set(screened) if cid not in self.malicious)
         if self.test_set is not None:
             x_test, y_test = self.test_set(round)
             figures["attack_success_rate"] = attack_success_rate(self.server, x_test, y_test, self.source, self.target)

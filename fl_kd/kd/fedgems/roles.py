@@ -77,9 +77,9 @@ class FedGEMSServer(ServerRole):
         total = sum(self._weight_mass.values())
         return {cid: (mass / total if total > 0 else 0.0) for cid, mass in sorted(self._weight_mass.items())}
 
-    def screened_clients(self) -> frozenset[int]:
-        """The clients the server's screens left out of the last round's unlabelled teacher."""
-        return self._screened
+    def screened_clients(self) -> frozenset[int] | None:
+        """The clients the server's screens left out of the last round's unlabelled teacher; None without a screen."""
+        return self._screened if self.server.options.screening else None
 
     def evaluate_instruction(self, round: int, client_id: int) -> Instruction:
         """The server's logits on the whole labelled part (and on the round's unlabelled subset, if asked)."""
