@@ -16,7 +16,9 @@ The screen therefore measures each client's shortfall against the median client'
 and leaves out of the unlabelled teacher a client whose excess beyond ``margin`` exceeds ``z`` standard errors,
 pooled over rounds. How much less differs between honest clients too, by a point or two that never goes away (on
 the knowledge benchmark, 1.6 points of agreement for one honest client after 7 rounds), while the pooled standard
-error shrinks; without the margin such a client crosses ``z`` in a long enough run.
+error shrinks; without the margin such a client crosses ``z`` in a long enough run. In a long run the difference
+can also grow: clients learn the vote on the unlabelled samples they distil, a label-skewed client keeps less of it,
+and each round more of the samples asked have been distilled before (BENCHMARKS_KD.md measures it).
 
 What it cannot do: an attacker that poisons a small enough share stays below the test's power, and one that lies
 on the reliability slice as often as elsewhere is not screened, but then the trust fitted on that slice rates it
