@@ -334,14 +334,19 @@ class _ScreeningServer(ServerRole):
         return frozenset({1, 3})
 
 
+class _ServerWithoutScreen(_ScreeningServer):
+    """The same server with its screen off: it says so with None, and no screened count is reported."""
+
+    def screened_clients(self) -> frozenset[int] | None:
+        return None
+
+
 def test_the_clients_a_screen_left_out_are_counted_as_liars_and_honest_by_id() -> None:
     """The wrapper knows the malicious ids, the server does not: a screen's record is read from whom it left out."""
     figures = AttackMetricsServer(_ScreeningServer(), frozenset({3, 4})).aggregate(1, {})
     assert figures == {"server_loss": 0.5, "n_malicious_accepted": 0, "n_malicious_screened": 1, "n_honest_screened": 1}
     assert isinstance(_ScreeningServer(), ReportsScreened)
-    without_screen = _ScreeningServer()
-    without_screen.screened_clients = lambda: None  # type: ignore[method-assign]
-    assert "n_honest_screened" not in AttackMetricsServer(without_screen, frozenset({3})).aggregate(1, {})
+    assert "n_honest_screened" not in AttackMetricsServer(_ServerWithoutScreen(), frozenset({3})).aggregate(1, {})
 
 
 def test_every_behaviour_is_registered() -> None:
