@@ -109,8 +109,9 @@ class AttackMetricsServer(ServerRole):
             figures["malicious_weight_share"] = malicious_weight_share(self.server.fusion_weights(), self.malicious)
         screened = self.server.screened_clients() if isinstance(self.server, ReportsScreened) else None
         if screened is not None:
-            figures["n_malicious_screened"] = sum(1 for cid in set(screened) if cid in self.malicious)
-            figures["n_honest_screened"] = sum(1 for cid in set(screened) if cid not in self.malicious)
+            liars = self.malicious.intersection(screened)
+            figures["n_malicious_screened"] = len(liars)
+            figures["n_honest_screened"] = len(set(screened) - liars)
         if self.test_set is not None:
             x_test, y_test = self.test_set(round)
             figures["attack_success_rate"] = attack_success_rate(self.server, x_test, y_test, self.source, self.target)

@@ -213,7 +213,7 @@ class ServerOptions:
         screened: set[int] = set()
         if self.screening:
             unlabelled, screened = self._screen(labelled, unlabelled, num_classes, stats)
-            stats.screened = set(screened)
+            stats.screened = screened
         clients = sorted(unlabelled)
         union = np.unique(np.concatenate([unlabelled[c][0] for c in clients])) if clients else np.zeros(0, np.int64)
         stats.extra["n_unlabelled"] = 0
