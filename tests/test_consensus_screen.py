@@ -197,6 +197,22 @@ def test_the_screen_needs_unlabelled_trust_on_a_held_out_slice() -> None:
         tiny_config(consensus_confidence=True)
 
 
+@pytest.mark.parametrize(("per_round", "warned"), [(30, True), (0, False), (60, False)])
+def test_a_screen_over_a_rotating_subset_warns_of_drift_in_long_runs(
+    per_round: int, warned: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Asked a new subset each round, the samples clients distilled before become more of those asked, and an honest
+    label-skewed client drifts towards the screen (BENCHMARKS_KD.md): the run says so once, at its start."""
+    with caplog.at_level("WARNING", logger="fl_kd.kd.fedgems.options"):
+        learned_trust_server(60, consensus_z=3.0, unlabelled_per_round=per_round)
+        learned_trust_server(60, unlabelled_per_round=per_round)  # no screen, nothing to warn of
+    warnings = [r.getMessage() for r in caplog.records if "drift" in r.getMessage()]
+    assert len(warnings) == int(warned), warnings
+    if warned:
+        assert warnings[0].startswith("consensus_z with unlabelled_per_round=30 of 60 samples")
+        assert "unlabelled_per_round=0 asks every sample every round" in warnings[0]
+
+
 def test_an_honest_federation_runs_as_without_the_screen_and_camouflage_is_screened() -> None:
     """Digits, 10 clients, 2 rounds of the benchmark's FedGEMS: in round 1 the honest clients still answer nearly one
     class each, so no vote of theirs is evidence; in round 2 the three camouflaged clients are screened out."""

@@ -26,6 +26,7 @@ splits the answers; the distillation steps themselves live in :mod:`fl_kd.kd.fed
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -52,6 +53,8 @@ if TYPE_CHECKING:
     from fl_kd.kd.fedgems.server_config import ServerDistillConfig
 
 Answers = Mapping[int, tuple[NDArray[Any], NDArray[Any]]]
+
+log = logging.getLogger(__name__)
 
 
 class RoundTeacher(NamedTuple):
@@ -132,6 +135,15 @@ class ServerOptions:
             self.consensus = ConsensusScreen(
                 num_classes, config.consensus_z, config.consensus_confidence, config.consensus_margin
             )
+            if 0 < config.unlabelled_per_round < self.num_unlabelled:
+                log.warning(
+                    "consensus_z with unlabelled_per_round=%d of %d samples: each round asks another subset, so more "
+                    "and more of the samples asked have been distilled before, where clients agree more; a "
+                    "label-skewed honest client keeps less of that and can drift towards the screen in runs much "
+                    "longer than 8 rounds. unlabelled_per_round=0 asks every sample every round (BENCHMARKS_KD.md).",
+                    config.unlabelled_per_round,
+                    self.num_unlabelled,
+                )
         self.teacher_cache: TeacherCache | None = None
         if config.unlabelled_cache and self.unlabelled_x is not None:
             self.teacher_cache = TeacherCache(self.num_unlabelled, num_classes)
