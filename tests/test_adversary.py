@@ -260,6 +260,15 @@ def test_free_rider_answers_without_training() -> None:
     assert not np.array_equal(random.arrays[kd.LOGITS], untrained)
 
 
+@pytest.mark.parametrize("strategy", ["dsfl", "fedavg"])
+def test_an_absent_client_sends_nothing_the_server_could_use(strategy: str) -> None:
+    """The reference for a defence: the liars' answers never reach the server, whatever it shares."""
+    honest, absent, _ = answers("absent", strategy)
+    assert honest.arrays and not absent.arrays
+    rows = run_inprocess(config(strategy, {"name": "absent", "fraction": 0.5}), federation(strategy).data).rounds
+    assert [(row["n_rejected"], row["n_malicious_accepted"]) for row in rows] == [(2, 0)]
+
+
 @pytest.mark.parametrize("name", ["sign_flip", "scaled_update", "gaussian_update", "free_rider"])
 def test_weight_attacks_rewrite_the_update(name: str) -> None:
     honest, attacked, instruction = answers(name, "fedavg", scale=3.0, noise_std=0.5)
@@ -352,6 +361,7 @@ def test_the_clients_a_screen_left_out_are_counted_as_liars_and_honest_by_id() -
 def test_every_behaviour_is_registered() -> None:
     assert set(ADVERSARIES.names()) == {
         "none",
+        "absent",
         "label_flip",
         "random_logits",
         "negated_logits",

@@ -131,6 +131,46 @@ def test_the_screen_lines_read_whom_a_screen_left_out_by_id() -> None:
     ]
 
 
+def test_the_honest_clients_alone_are_a_reference_run_only_beside_the_screened_variant() -> None:
+    jobs = plan(["fedgems", "fedgems_plus_consensus_confidence"], ["absent", "camouflage"], [0.3, 0.5], [0])
+    pairs = {(j.method, j.adversary, j.fraction) for j in jobs if j.adversary != "none"}
+    assert pairs == {
+        ("fedgems", "camouflage", 0.3),
+        ("fedgems", "camouflage", 0.5),
+        ("fedgems_plus_consensus_confidence", "camouflage", 0.3),
+        ("fedgems_plus_consensus_confidence", "absent", 0.3),
+        ("fedgems_plus_consensus_confidence", "absent", 0.5),
+    }
+
+
+def test_the_reference_lines_measure_attacks_from_the_honest_clients_alone() -> None:
+    from benchmarks.robustness.verdicts import reference_lines, screen_lines, verdict_lines
+
+    method = "fedgems_plus_consensus_confidence"
+
+    def record(adversary: str, fraction: float, seed: int, acc: float) -> dict:
+        row = {"server_acc": acc, "n_malicious_accepted": 0, "n_malicious_screened": 0, "n_honest_screened": 0}
+        return {"job": {"method": method, "adversary": adversary, "fraction": fraction, "seed": seed}, "rounds": [row]}
+
+    records = [
+        record("none", 0.0, 0, 0.83),
+        record("none", 0.0, 1, 0.82),
+        record("absent", 0.5, 0, 0.81),
+        record("absent", 0.5, 1, 0.80),
+        record("camouflage", 0.5, 0, 0.805),
+        record("camouflage", 0.5, 1, 0.80),
+        record("absent", 0.3, 0, 0.825),
+    ]
+    assert reference_lines(records) == [
+        f"- {method} at fraction 0.3, its honest clients alone (`absent`): 82.50% (1 seed(s)), +0.5 points under the "
+        "honest run of all clients.",
+        f"- {method} at fraction 0.5, its honest clients alone (`absent`): 80.50% (2 seed(s)), +2.0 points under the "
+        "honest run of all clients; each attack's run below it: `camouflage` +0.3.",
+    ]
+    assert not any("absent" in line for line in screen_lines(records))  # its liars never reach the screen
+    assert not any("`absent` at 0.3" in line for line in verdict_lines(records))  # a reference, not an attack
+
+
 def test_the_section_lists_what_did_not_finish_and_the_command_drops_report_only_flags() -> None:
     from benchmarks.robustness.__main__ import printed_command
     from benchmarks.robustness.report import BEGIN, END, section

@@ -140,6 +140,11 @@ CAMOUFLAGED = frozenset(
     )
 )
 
+#: Behaviours that are references, not attacks (``absent``: the honest clients alone), run only where :data:`ONLY`
+#: pairs them with a method: the most a defence of that method can give back, with as many liars as at that fraction.
+ABSENT = "absent"
+REFERENCES: tuple[str, ...] = (ABSENT,)
+
 #: Variants run beside the grid, not through it, with the only (adversary, fraction) pairs they face: the trust score
 #: of ``fedgems_learned`` and FedGEMS without confidence weighting (``fedgems_uniform``), each against the attacker
 #: it was built for and the one that knows it (``camouflage``), and the canaries against ``camouflage`` and the
@@ -188,7 +193,7 @@ ONLY: dict[str, frozenset[tuple[str, float]]] = {
     "fedgems_plus": frozenset({("confident_wrong", 0.3), ("random_logits", 0.3)}) | CAMOUFLAGED,
     "fedgems_plus_consensus": CAMOUFLAGED,
     "fedgems_plus_consensus_floor": CAMOUFLAGED,
-    "fedgems_plus_consensus_confidence": CAMOUFLAGED,
+    "fedgems_plus_consensus_confidence": CAMOUFLAGED | {(ABSENT, 0.3), (ABSENT, 0.5)},
 }
 
 FRACTIONS: tuple[float, ...] = (0.1, 0.3, 0.5)
@@ -232,9 +237,9 @@ def fits(method: str, adversary: str) -> bool:
 
 def allowed(method: str, adversary: str, fraction: float) -> bool:
     """Whether the grid runs ``method`` under ``adversary`` at ``fraction``: every fitting pair of a registered
-    behaviour, and for the methods of :data:`ONLY` their pairs alone."""
+    behaviour but the references, and for the methods of :data:`ONLY` their pairs alone."""
     if method not in ONLY:  # the attack variants aim at the variants' defences only
-        return fits(method, adversary) and adversary not in ATTACK_VARIANTS
+        return fits(method, adversary) and adversary not in ATTACK_VARIANTS and adversary not in REFERENCES
     return fits(method, adversary) and (adversary, fraction) in ONLY[method]
 
 

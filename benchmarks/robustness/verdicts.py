@@ -11,8 +11,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from benchmarks.common import mean
+from benchmarks.robustness.grid import ABSENT, REFERENCES
 from benchmarks.robustness.records import final, is_job
-from fl_kd.kd.adversary import ADVERSARIES
+from fl_kd.kd.adversary import ADVERSARIES, NONE
 
 SELECTIVE = "fedgems"
 PLAIN_AVERAGING = ("fedmd", "dsfl")
@@ -85,7 +86,13 @@ def verdict_lines(records: list[dict[str, Any]]) -> list[str]:
         )
     for method in SELECTIVE_VARIANTS:
         jobs = [r["job"] for r in records]
-        attacks = sorted({j["adversary"] for j in jobs if j["method"] == method and float(j["fraction"]) == FRACTION})
+        attacks = sorted(
+            {
+                j["adversary"]
+                for j in jobs
+                if j["method"] == method and float(j["fraction"]) == FRACTION and j["adversary"] not in REFERENCES
+            }
+        )
         for attack in attacks:
             lost = drop(records, method, attack, FRACTION)
             if lost is not None:
@@ -105,7 +112,7 @@ def verdict_lines(records: list[dict[str, Any]]) -> list[str]:
                 f"- `confident_wrong`, {method}: largest share of fusion weight to malicious clients in any round "
                 f"{100 * share:.2f}%{expected}" + (f": {held}" if method == SELECTIVE else "") + "."
             )
-    return [*lines, *screen_lines(records), ""]
+    return [*lines, *screen_lines(records), *reference_lines(records), ""]
 
 
 def screen_lines(records: Iterable[dict[str, Any]]) -> list[str]:
@@ -116,7 +123,13 @@ def screen_lines(records: Iterable[dict[str, Any]]) -> list[str]:
     lines = []
     screening = sorted({r["job"]["method"] for r in records for row in r["rounds"] if "n_honest_screened" in row})
     for method in screening:
-        attacked = [r for r in records if r["job"]["method"] == method and "n_honest_screened" in r["rounds"][-1]]
+        attacked = [
+            r
+            for r in records
+            if r["job"]["method"] == method
+            and r["job"]["adversary"] not in REFERENCES  # absent liars never reach a screen
+            and "n_honest_screened" in r["rounds"][-1]
+        ]
         for attack in sorted({r["job"]["adversary"] for r in attacked}):
             runs = sorted(
                 (r for r in attacked if r["job"]["adversary"] == attack),
@@ -140,4 +153,41 @@ def screen_lines(records: Iterable[dict[str, Any]]) -> list[str]:
                 for row in r["rounds"]
             )
             lines.append(f"- screens of {method} when nobody lies: the most clients left out of a round: {most}.")
+    return lines
+
+
+def reference_lines(records: Iterable[dict[str, Any]]) -> list[str]:
+    """Per method and fraction with a run of its honest clients alone (``absent``): how far that run ends from the
+    honest run of all clients (what the liars' data would have taught, which no defence gives back), and how far
+    each attack's run ends below it (what the defence lets the attack take), in points, mean over shared seeds."""
+    records = list(records)
+    lines = []
+    pairs = {(r["job"]["method"], float(r["job"]["fraction"])) for r in records if r["job"]["adversary"] in REFERENCES}
+    for method, fraction in sorted(pairs):
+        alone = {r["job"]["seed"]: final(r, "server_acc") for r in records if is_job(r, method, ABSENT, fraction)}
+        attacks = sorted(
+            {
+                r["job"]["adversary"]
+                for r in records
+                if r["job"]["method"] == method
+                and float(r["job"]["fraction"]) == fraction
+                and r["job"]["adversary"] not in (NONE, *REFERENCES)
+            }
+        )
+        below = []
+        for attack in attacks:
+            gaps = [
+                100 * (alone[r["job"]["seed"]] - final(r, "server_acc"))
+                for r in records
+                if is_job(r, method, attack, fraction) and r["job"]["seed"] in alone
+            ]
+            if gaps:
+                below.append(f"`{attack}` {mean(gaps):+.1f}")
+        lost = drop(records, method, ABSENT, fraction)
+        line = (
+            f"- {method} at fraction {fraction:g}, its honest clients alone (`{ABSENT}`): "
+            f"{100 * mean(list(alone.values())):.2f}% ({len(alone)} seed(s))"
+            + ("" if lost is None else f", {lost:+.1f} points under the honest run of all clients")
+        )
+        lines.append(line + (f"; each attack's run below it: {', '.join(below)}." if below else "."))
     return lines

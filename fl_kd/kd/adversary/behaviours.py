@@ -333,6 +333,22 @@ class FreeRider(Behaviour):
         return update
 
 
+@ADVERSARIES.register("absent")
+class Absent(Behaviour):
+    """A reference, not an attack: skips local training and sends an empty answer, which every server refuses.
+
+    What the honest clients reach without the malicious ones is the most a defence can give back: a defence that
+    leaves every liar out still loses what the liars' private data would have taught. A defended run is judged
+    against it, beside the honest run of all clients, where the liars are many (half of the clients: BENCHMARKS_KD.md).
+    """
+
+    trains = False
+
+    def corrupt(self, answer: Answer, instruction: Instruction, rng: np.random.Generator) -> Answer:
+        """No arrays: refused by the protocol check as any malformed answer is, so the server never uses it."""
+        return Answer({}, dict(answer.metrics))
+
+
 @ADVERSARIES.register("targeted")
 class Targeted(Behaviour):
     """Backdoor-free targeted poisoning: ``source`` is learnt and answered as ``target``, all else honest."""
