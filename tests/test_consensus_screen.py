@@ -210,7 +210,7 @@ def test_a_screen_over_a_rotating_subset_warns_of_drift_in_long_runs(
     assert len(warnings) == int(warned), warnings
     if warned:
         assert warnings[0].startswith("consensus_z with unlabelled_per_round=30 of 60 samples")
-        assert "unlabelled_per_round=0 asks every sample every round" in warnings[0]
+        assert "strategy.unlabelled_per_round=0 asks every sample every round" in warnings[0]
 
 
 def test_an_honest_federation_runs_as_without_the_screen_and_camouflage_is_screened() -> None:
