@@ -138,6 +138,7 @@ def test_the_honest_clients_alone_are_a_reference_run_only_beside_the_screened_v
         ("fedgems", "camouflage", 0.3),
         ("fedgems", "camouflage", 0.5),
         ("fedgems_plus_consensus_confidence", "camouflage", 0.3),
+        ("fedgems_plus_consensus_confidence", "camouflage", 0.5),
         ("fedgems_plus_consensus_confidence", "absent", 0.3),
         ("fedgems_plus_consensus_confidence", "absent", 0.5),
     }

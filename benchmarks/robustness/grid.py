@@ -140,6 +140,18 @@ CAMOUFLAGED = frozenset(
     )
 )
 
+#: The attackers the confidence test was built against, with 2 and with 10 liars of 20 (fractions 0.1 and 0.5).
+FEWER_AND_MORE_LIARS = frozenset(
+    (attack, fraction)
+    for attack in (
+        "camouflage",
+        "camouflage_mimic_unsure_p0.2",
+        "camouflage_mimic_unsure_quantile_p0.2",
+        "camouflage_mimic_unsure_traded_p0.2",
+    )
+    for fraction in (0.1, 0.5)
+)
+
 #: Behaviours that are references, not attacks (``absent``: the honest clients alone), run only where :data:`ONLY`
 #: pairs them with a method: the most a defence of that method can give back, with as many liars as at that fraction.
 ABSENT = "absent"
@@ -193,7 +205,7 @@ ONLY: dict[str, frozenset[tuple[str, float]]] = {
     "fedgems_plus": frozenset({("confident_wrong", 0.3), ("random_logits", 0.3)}) | CAMOUFLAGED,
     "fedgems_plus_consensus": CAMOUFLAGED,
     "fedgems_plus_consensus_floor": CAMOUFLAGED,
-    "fedgems_plus_consensus_confidence": CAMOUFLAGED | {(ABSENT, 0.3), (ABSENT, 0.5)},
+    "fedgems_plus_consensus_confidence": CAMOUFLAGED | FEWER_AND_MORE_LIARS | {(ABSENT, 0.3), (ABSENT, 0.5)},
 }
 
 FRACTIONS: tuple[float, ...] = (0.1, 0.3, 0.5)
