@@ -42,3 +42,13 @@ def test_a_targeted_attack_gives_the_same_metrics_in_both_runtimes(tmp_path: Pat
     assert all(row["n_malicious_accepted"] == 1 and "attack_success_rate" in row for row in flower)
     assert 0.0 < flower[-1]["malicious_weight_share"] < 1.0
     assert superlink_processes(tmp_path / "flower" / ".flwr") == []
+
+
+@pytest.mark.slow
+def test_an_absent_clients_empty_reply_is_refused_alike_in_both_runtimes(tmp_path: Path) -> None:
+    """An empty reply (``adversary=absent``) crosses Flower's messages and meets the ServerApp's protocol check."""
+    flower = _rows(tmp_path / "flower", "adversary=absent")
+    assert flower == _rows(tmp_path / "inprocess", "adversary=absent", "simulation.backend=inprocess")
+    assert [(row["n_rejected"], row["n_malicious_accepted"]) for row in flower] == [(1, 0), (1, 0)]
+    log = (tmp_path / "flower" / "server.log").read_text()
+    assert "dropped 1 answer(s): client 2: arrays [] are not" in log
