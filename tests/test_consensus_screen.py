@@ -203,7 +203,7 @@ def test_a_screen_over_a_rotating_subset_warns_of_drift_in_long_runs(
 ) -> None:
     """Asked a new subset each round, the samples clients distilled before become more of those asked, and an honest
     label-skewed client drifts towards the screen (BENCHMARKS_KD.md): the run says so once, at its start."""
-    with caplog.at_level("WARNING", logger="fl_kd.kd.fedgems.options"):
+    with caplog.at_level("WARNING", logger="fl_kd.kd.fedgems.screens"):
         learned_trust_server(60, consensus_z=3.0, unlabelled_per_round=per_round)
         learned_trust_server(60, unlabelled_per_round=per_round)  # no screen, nothing to warn of
     warnings = [r.getMessage() for r in caplog.records if "drift" in r.getMessage()]

@@ -21,6 +21,7 @@ from fl_kd.kd.adversary.metrics import (
     ReportsScreened,
     attack_success_rate,
 )
+from fl_kd.kd.adversary.references import Absent
 
 if TYPE_CHECKING:
     from fl_kd.kd.config import ExperimentConfig
@@ -62,6 +63,7 @@ def measured_server(build_server: ServerBuilder) -> ServerBuilder:
 
 __all__ = [
     "ADVERSARIES",
+    "Absent",
     "NONE",
     "AdversaryConfig",
     "AttackMetricsServer",

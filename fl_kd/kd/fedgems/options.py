@@ -26,7 +26,6 @@ splits the answers; the distillation steps themselves live in :mod:`fl_kd.kd.fed
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -35,15 +34,14 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
-from fl_kd.kd.fedgems.canaries import CanaryScreen
 from fl_kd.kd.fedgems.combiner import ClassCombiner, fit_class_combiner, fuse_by_combiner
-from fl_kd.kd.fedgems.consensus import ConsensusScreen
 from fl_kd.kd.fedgems.reliability import (
     UnlabelledTeacher,
     class_precision,
     confusion_matrix,
     fuse_by_reliability,
 )
+from fl_kd.kd.fedgems.screens import build_screens
 from fl_kd.kd.fedgems.stats import SelectionStats
 from fl_kd.kd.fedgems.teacher_cache import AnswerBlock, TeacherCache
 from fl_kd.kd.seeding import SERVER_ID, derive_seed, torch_generator
@@ -53,8 +51,6 @@ if TYPE_CHECKING:
     from fl_kd.kd.fedgems.server_config import ServerDistillConfig
 
 Answers = Mapping[int, tuple[NDArray[Any], NDArray[Any]]]
-
-log = logging.getLogger(__name__)
 
 
 class RoundTeacher(NamedTuple):
@@ -125,26 +121,7 @@ class ServerOptions:
                 raise ValueError(f"unlabelled_trust={config.unlabelled_trust!r} needs unlabelled transfer samples")
             self.unlabelled_x = unlabelled_x.cpu()
         self.unlabelled_y = None if unlabelled_y is None or self.unlabelled_x is None else unlabelled_y.cpu().long()
-        self.canaries: CanaryScreen | None = None
-        if config.canaries:
-            if self.unlabelled_y is None:
-                raise ValueError("canaries need unlabelled_trust and the labels of the unlabelled samples they hide")
-            self.canaries = CanaryScreen(self.unlabelled_y, config.canaries, seed, config.canary_z)
-        self.consensus: ConsensusScreen | None = None
-        if config.consensus_z > 0 and self.unlabelled_x is not None:
-            self.consensus = ConsensusScreen(
-                num_classes, config.consensus_z, config.consensus_confidence, config.consensus_margin
-            )
-            if 0 < config.unlabelled_per_round < self.num_unlabelled:
-                log.warning(
-                    "consensus_z with unlabelled_per_round=%d of %d samples: each round asks another subset, so more "
-                    "and more of the samples asked have been distilled before, where clients agree more; a "
-                    "label-skewed honest client keeps less of that and can drift towards the screen in runs much "
-                    "longer than 8 rounds. strategy.unlabelled_per_round=0 asks every sample every round "
-                    "(strategy.logits_dtype=uint5 keeps the uplink; BENCHMARKS_KD.md).",
-                    config.unlabelled_per_round,
-                    self.num_unlabelled,
-                )
+        self.canaries, self.consensus = build_screens(config, num_classes, self.unlabelled_y, self.num_unlabelled, seed)
         self.teacher_cache: TeacherCache | None = None
         if config.unlabelled_cache and self.unlabelled_x is not None:
             self.teacher_cache = TeacherCache(self.num_unlabelled, num_classes)
