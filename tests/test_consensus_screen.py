@@ -209,7 +209,7 @@ def test_a_screen_over_a_rotating_subset_warns_of_drift_in_long_runs(
     warnings = [r.getMessage() for r in caplog.records if "drift" in r.getMessage()]
     assert len(warnings) == int(warned), warnings
     if warned:
-        assert warnings[0].startswith("consensus_z with unlabelled_per_round=30 of 60 samples")
+        assert warnings[0].startswith("strategy.consensus_z with strategy.unlabelled_per_round=30 of 60 samples")
         assert "strategy.unlabelled_per_round=0 asks every sample every round" in warnings[0]
 
 

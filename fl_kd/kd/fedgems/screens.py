@@ -34,11 +34,11 @@ def build_screens(
         consensus = ConsensusScreen(num_classes, z, config.consensus_confidence, margin)
         if 0 < config.unlabelled_per_round < num_unlabelled:
             log.warning(
-                "consensus_z with unlabelled_per_round=%d of %d samples: each round asks another subset, so more and "
-                "more of the samples asked have been distilled before, where clients agree more; a label-skewed "
-                "honest client keeps less of that and can drift towards the screen in runs much longer than 8 rounds. "
-                "strategy.unlabelled_per_round=0 asks every sample every round (strategy.logits_dtype=uint5 keeps the "
-                "uplink; BENCHMARKS_KD.md).",
+                "strategy.consensus_z with strategy.unlabelled_per_round=%d of %d samples: each round asks another "
+                "subset, so more and more of the samples asked have been distilled before, where clients agree more; "
+                "a label-skewed honest client keeps less of that and can drift towards the screen in runs much longer "
+                "than 8 rounds. strategy.unlabelled_per_round=0 asks every sample every round "
+                "(strategy.logits_dtype=uint5 keeps the uplink; BENCHMARKS_KD.md).",
                 config.unlabelled_per_round,
                 num_unlabelled,
             )
