@@ -152,10 +152,9 @@ FEWER_AND_MORE_LIARS = frozenset(
     for fraction in (0.1, 0.5)
 )
 
-#: Behaviours that are references, not attacks (``absent``: the honest clients alone), run only where :data:`ONLY`
-#: pairs them with a method: the most a defence of that method can give back, with as many liars as at that fraction.
+#: The behaviour that is a reference, not an attack (the honest clients alone), run only where :data:`ONLY` pairs it
+#: with a method: the most a defence of that method can give back, with as many liars as at that fraction.
 ABSENT = "absent"
-REFERENCES: tuple[str, ...] = (ABSENT,)
 
 #: Variants run beside the grid, not through it, with the only (adversary, fraction) pairs they face: the trust score
 #: of ``fedgems_learned`` and FedGEMS without confidence weighting (``fedgems_uniform``), each against the attacker
@@ -249,9 +248,9 @@ def fits(method: str, adversary: str) -> bool:
 
 def allowed(method: str, adversary: str, fraction: float) -> bool:
     """Whether the grid runs ``method`` under ``adversary`` at ``fraction``: every fitting pair of a registered
-    behaviour but the references, and for the methods of :data:`ONLY` their pairs alone."""
+    behaviour but the reference, and for the methods of :data:`ONLY` their pairs alone."""
     if method not in ONLY:  # the attack variants aim at the variants' defences only
-        return fits(method, adversary) and adversary not in ATTACK_VARIANTS and adversary not in REFERENCES
+        return fits(method, adversary) and adversary not in ATTACK_VARIANTS and adversary != ABSENT
     return fits(method, adversary) and (adversary, fraction) in ONLY[method]
 
 

@@ -11,9 +11,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from benchmarks.common import mean
-from benchmarks.robustness.grid import ABSENT, REFERENCES
+from benchmarks.robustness.grid import ABSENT
 from benchmarks.robustness.records import final, is_job
-from fl_kd.kd.adversary import ADVERSARIES, NONE
+from fl_kd.kd.adversary import ADVERSARIES
 
 SELECTIVE = "fedgems"
 PLAIN_AVERAGING = ("fedmd", "dsfl")
@@ -51,6 +51,14 @@ def drop(records: Iterable[dict[str, Any]], method: str, adversary: str, fractio
     return mean(drops) if drops else None
 
 
+def attacks_faced(records: Iterable[dict[str, Any]], method: str, fraction: float) -> list[str]:
+    """The attacks ``method`` ran against at ``fraction`` (> 0, so not the honest run), the reference left out."""
+    jobs = [r["job"] for r in records]
+    return sorted(
+        {j["adversary"] for j in jobs if j["method"] == method and float(j["fraction"]) == fraction} - {ABSENT}
+    )
+
+
 def max_malicious_share(records: Iterable[dict[str, Any]], method: str, adversary: str) -> float | None:
     """The largest share of fusion weight any round gave malicious clients, over fractions and seeds."""
     shares = [
@@ -85,15 +93,7 @@ def verdict_lines(records: list[dict[str, Any]]) -> list[str]:
             f"{held}; plain averaging loses {peers} (expected >= {MIN_PLAIN_DROP:g})."
         )
     for method in SELECTIVE_VARIANTS:
-        jobs = [r["job"] for r in records]
-        attacks = sorted(
-            {
-                j["adversary"]
-                for j in jobs
-                if j["method"] == method and float(j["fraction"]) == FRACTION and j["adversary"] not in REFERENCES
-            }
-        )
-        for attack in attacks:
+        for attack in attacks_faced(records, method, FRACTION):
             lost = drop(records, method, attack, FRACTION)
             if lost is not None:
                 held = "**holds**" if lost <= MAX_SELECTIVE_DROP else "**MISSED**"
@@ -127,7 +127,7 @@ def screen_lines(records: Iterable[dict[str, Any]]) -> list[str]:
             r
             for r in records
             if r["job"]["method"] == method
-            and r["job"]["adversary"] not in REFERENCES  # absent liars never reach a screen
+            and r["job"]["adversary"] != ABSENT  # absent liars never reach a screen
             and "n_honest_screened" in r["rounds"][-1]
         ]
         for attack in sorted({r["job"]["adversary"] for r in attacked}):
@@ -162,20 +162,11 @@ def reference_lines(records: Iterable[dict[str, Any]]) -> list[str]:
     each attack's run ends below it (what the defence lets the attack take), in points, mean over shared seeds."""
     records = list(records)
     lines = []
-    pairs = {(r["job"]["method"], float(r["job"]["fraction"])) for r in records if r["job"]["adversary"] in REFERENCES}
+    pairs = {(r["job"]["method"], float(r["job"]["fraction"])) for r in records if r["job"]["adversary"] == ABSENT}
     for method, fraction in sorted(pairs):
         alone = {r["job"]["seed"]: final(r, "server_acc") for r in records if is_job(r, method, ABSENT, fraction)}
-        attacks = sorted(
-            {
-                r["job"]["adversary"]
-                for r in records
-                if r["job"]["method"] == method
-                and float(r["job"]["fraction"]) == fraction
-                and r["job"]["adversary"] not in (NONE, *REFERENCES)
-            }
-        )
         below = []
-        for attack in attacks:
+        for attack in attacks_faced(records, method, fraction):
             gaps = [
                 100 * (alone[r["job"]["seed"]] - final(r, "server_acc"))
                 for r in records
