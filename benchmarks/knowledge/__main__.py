@@ -157,7 +157,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     failures = [] if args.report_only else run_all(args)
     torch.set_num_threads(1)  # as every job ran; the report's machine line says so
     jobs = reported_jobs(args.out, args.extras, args.required_only)
-    write_report(args.out, args.report, args.rounds, command, jobs, failures, args.note)
+    best = best_peers(args.out)
+    required = plan(best, required_only=True)
+    unchosen = [setting for setting in SETTINGS if setting not in best]
+    write_report(args.out, args.report, args.rounds, command, jobs, failures, args.note, required, unchosen)
     print(f"report section written to {args.report}; run folders under {args.out}")
     return 1 if failures else 0
 
