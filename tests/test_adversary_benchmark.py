@@ -161,12 +161,14 @@ def test_the_reference_lines_measure_attacks_from_the_honest_clients_alone() -> 
         record("camouflage", 0.5, 0, 0.805),
         record("camouflage", 0.5, 1, 0.80),
         record("absent", 0.3, 0, 0.825),
+        record("camouflage", 0.3, 0, 0.82),
+        record("absent", 0.5, 2, 0.79),  # a third reference seed, which no attack ran
     ]
     assert reference_lines(records) == [
         f"- {method} at fraction 0.3, its honest clients alone (`absent`): 82.50% (1 seed(s)), +0.5 points under the "
-        "honest run of all clients.",
-        f"- {method} at fraction 0.5, its honest clients alone (`absent`): 80.50% (2 seed(s)), +2.0 points under the "
-        "honest run of all clients; each attack's run below it: `camouflage` +0.3.",
+        "honest run of all clients; each attack's run below it: `camouflage` +0.5.",
+        f"- {method} at fraction 0.5, its honest clients alone (`absent`): 80.00% (3 seed(s)), +2.0 points under the "
+        "honest run of all clients; each attack's run below it: `camouflage` +0.3 (2 seed(s)).",
     ]
     assert not any("absent" in line for line in screen_lines(records))  # its liars never reach the screen
     assert not any("`absent` at 0.3" in line for line in verdict_lines(records))  # a reference, not an attack

@@ -159,7 +159,8 @@ def screen_lines(records: Iterable[dict[str, Any]]) -> list[str]:
 def reference_lines(records: Iterable[dict[str, Any]]) -> list[str]:
     """Per method and fraction with a run of its honest clients alone (``absent``): how far that run ends from the
     honest run of all clients (what the liars' data would have taught, which no defence gives back), and how far
-    each attack's run ends below it (what the defence lets the attack take), in points, mean over shared seeds."""
+    each attack's run ends below it (what the defence lets the attack take), in points, mean over the seeds both
+    ran (counted where fewer than the reference's)."""
     records = list(records)
     lines = []
     pairs = {(r["job"]["method"], float(r["job"]["fraction"])) for r in records if r["job"]["adversary"] == ABSENT}
@@ -172,8 +173,9 @@ def reference_lines(records: Iterable[dict[str, Any]]) -> list[str]:
                 for r in records
                 if is_job(r, method, attack, fraction) and r["job"]["seed"] in alone
             ]
-            if gaps:
-                below.append(f"`{attack}` {mean(gaps):+.1f}")
+            if gaps:  # paired by seed; an attack run on fewer seeds than the reference says on how many
+                fewer = f" ({len(gaps)} seed(s))" if len(gaps) < len(alone) else ""
+                below.append(f"`{attack}` {mean(gaps):+.1f}{fewer}")
         lost = drop(records, method, ABSENT, fraction)
         line = (
             f"- {method} at fraction {fraction:g}, its honest clients alone (`{ABSENT}`): "
