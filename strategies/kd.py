@@ -35,6 +35,10 @@ from fl_kd.kd.runner import round_cost
 from fl_kd.kd.validation import DEFAULT_MAX_ABS_VALUE, ScreeningReport, check_bounded
 from fl_kd.protocol import ProtocolError, decode_array, int_of, number_of, payload_nbytes, record
 
+#: The most training samples a client may report for one round: floats stop counting whole numbers beyond it, and
+#: no device comes near it.
+MAX_REPORTED_SAMPLES = float(2**53)
+
 
 class KDStrategy(Strategy):
     """Drive a KD algorithm's server half over Flower messages.
@@ -198,12 +202,20 @@ class KDStrategy(Strategy):
         return None, MetricRecord({key: float(value) for key, value in self._server_stats.items()})
 
     def _add_cost(self, reply: Message, uplink_bytes: int = 0) -> None:
-        """Book a sampled client's reported training samples (a cost figure only: never trusted for learning)."""
-        cost = self._costs.get(self._partitions.get(reply.metadata.src_node_id, -1))
+        """Book a sampled client's reported training samples (a cost figure only: never trusted for learning).
+
+        A count outside ``[0, MAX_REPORTED_SAMPLES]`` is logged and booked as none: no device trains that much in a
+        round, and a figure near the float limit would overflow the round's cost figures and stop the run.
+        """
+        partition_id = self._partitions.get(reply.metadata.src_node_id, -1)
+        cost = self._costs.get(partition_id)
         if cost is None:
             return
         samples = number_of(reply.content, kd.METRICS, kd.TRAIN_SAMPLES)
-        cost.train_samples += max(samples, 0.0) if samples is not None else 0.0
+        if samples is not None and not 0.0 <= samples <= MAX_REPORTED_SAMPLES:
+            log(WARNING, "Client %d reported %g training samples; booked as none", partition_id, samples)
+            samples = None
+        cost.train_samples += samples or 0.0
         cost.uplink_bytes += uplink_bytes
 
     def _screen(self, server_round: int, replies: list[Message]) -> tuple[dict[int, Arrays], ScreeningReport]:

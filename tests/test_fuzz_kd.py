@@ -318,3 +318,30 @@ def test_weights_beyond_the_bound_are_refused() -> None:
     for value in (2e38, -1e20, 1.5e4):
         assert "bound" in str(check_weights({"w": np.full((2, 3), value, dtype=np.float32)}, reference))
     assert check_weights({"w": np.full((2, 3), 1.5e4, dtype=np.float32)}, reference, max_abs=2e4) is None
+
+
+def test_an_absurd_count_of_training_samples_is_booked_as_none_and_never_stops_the_round(state: Round) -> None:
+    """A count near the float limit, reported in both phases, once overflowed the round's cost figures."""
+
+    def with_samples(reply: Message, sent: Message, count: float | None) -> Message:
+        """``reply`` again, with ``count`` as its training samples (none when None)."""
+        metrics = {k: v for k, v in reply.content[kd.METRICS].items() if k != kd.TRAIN_SAMPLES}
+        content = RecordDict({kd.METRICS: MetricRecord(metrics | ({} if count is None else {kd.TRAIN_SAMPLES: count}))})
+        if kd.ARRAYS in reply.content:
+            content[kd.ARRAYS] = ArrayRecord(dict(reply.content[kd.ARRAYS].items()))
+        return Message(content, reply_to=sent)
+
+    rows = {}
+    for count in (None, 1.7e308, -5.0):
+        strategy = copy.deepcopy(state.strategy)
+        strategy.aggregate_train(1, [with_samples(state.replies[0], state.sent[0], count), *state.replies[1:]])
+        grid = copy.deepcopy(state.grid)  # the clients distil in this phase: each case starts from the same state
+        sent = list(strategy.configure_evaluate(1, ArrayRecord(), ConfigRecord(), grid))
+        for message in sent:
+            message.metadata.__dict__["_message_id"] = f"evaluate-{message.metadata.dst_node_id}"
+        replies = list(grid.send_and_receive(sent))
+        replies[0] = with_samples(replies[0], sent[0], count)
+        strategy.aggregate_evaluate(1, replies)
+        rows[count] = {k: v for k, v in strategy.history[-1].items() if k != "wall_seconds"}
+    assert all(np.isfinite(v) for v in rows[1.7e308].values() if isinstance(v, float))
+    assert rows[1.7e308] == rows[None] == rows[-5.0]  # booked as if the client had reported no count
