@@ -292,6 +292,9 @@ def attack_results(msg: Message, context: Context) -> Message:
             f"feature party {node.role.party_id} runs no attacks (attacker_party={node.cfg.attacker_party})"
         )
     (labels,) = _tensors(msg, vp.LABELS)
+    problem = vp.labels_problem(labels.numpy(), len(positions(context, "train")), node.num_classes)
+    if problem is not None:  # checked before any attack runs: floats would be truncated into classes, not refused
+        raise ValueError(f"training labels refused: {problem}")
     attacks = build_attacks(node.cfg.attack)
     observation_log(context).replay(attacks.values())
     for attack in attacks.values():

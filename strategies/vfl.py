@@ -23,6 +23,7 @@ Every reply refused before a party could use it is counted by reason in ``reject
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from logging import INFO, WARNING
@@ -178,10 +179,17 @@ class VFLServer:
         accuracy, num_samples = number_of(content, vp.METRICS, vp.ACCURACY), int_of(content, vp.METRICS, vp.NUM_SAMPLES)
         if accuracy is None or num_samples is None:
             raise RuntimeError("evaluation failed: the label party reported no accuracy")
+        if not 0.0 <= accuracy <= 1.0 or num_samples != self.num_test:
+            raise RuntimeError(
+                f"evaluation failed: the label party reported accuracy {accuracy:g} on {num_samples} samples "
+                f"(a share in [0, 1] of the {self.num_test} aligned test samples expected)"
+            )
         out: dict[str, Any] = {"accuracy": accuracy, "num_samples": num_samples}
         auc = scalar_of(content, vp.METRICS, vp.AUC)
         if isinstance(auc, float):
-            out["auc"] = auc  # NaN when the test labels hold one class, as in-process
+            if not (math.isnan(auc) or 0.0 <= auc <= 1.0):  # NaN when the test labels hold one class, as in-process
+                raise RuntimeError(f"evaluation failed: the label party reported an AUC of {auc:g}, outside [0, 1]")
+            out["auc"] = auc
         return out
 
     def _evaluate_or_nan(self, messenger: Messenger) -> dict[str, Any]:

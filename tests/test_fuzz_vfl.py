@@ -19,7 +19,7 @@ from typing import Any, cast
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -255,6 +255,46 @@ def test_a_bad_test_embedding_gives_nan_mp_and_its_reason(run: Run, data: st.Dat
 
     result = run.server._evaluate_or_nan(Messenger(cast(Grid, ScriptedGrid(answer)), 1.0))  # noqa: SLF001
     assert np.isnan(result["accuracy"]) and "feature party" in result["evaluation_error"]
+
+
+@pytest.mark.parametrize(
+    ("figures", "reason"),
+    [
+        ({vp.ACCURACY: 7.5}, "accuracy 7.5 on"),
+        ({vp.ACCURACY: -0.1}, "accuracy -0.1 on"),
+        ({vp.NUM_SAMPLES: -40}, "on -40 samples"),
+        ({vp.NUM_SAMPLES: 10**9}, "on 1000000000 samples"),
+        ({vp.AUC: float("inf")}, "an AUC of inf"),
+        ({vp.AUC: 1.5}, "an AUC of 1.5"),
+    ],
+)
+def test_evaluation_figures_out_of_range_give_nan_mp_and_their_reason(
+    run: Run, figures: dict[str, Any], reason: str
+) -> None:
+    """The label party's accuracy is a share of the aligned test samples and its AUC a probability: a reply that
+    says otherwise is refused as unusable, never reported as the run's main-task performance."""
+    honest: dict[str, Any] = {vp.ACCURACY: 0.5, vp.NUM_SAMPLES: run.server.num_test, vp.AUC: 0.6}
+
+    def answer(metrics: dict[str, Any]) -> Callable[[list[Message]], list[Message]]:
+        def reply(messages: list[Message]) -> list[Message]:
+            return [
+                Message(
+                    run.test_embed[m.metadata.dst_node_id]
+                    if m.metadata.dst_node_id in run.test_embed
+                    else RecordDict({vp.METRICS: MetricRecord(metrics)}),
+                    reply_to=m,
+                )
+                for m in messages
+            ]
+
+        return reply
+
+    good = run.server._evaluate_or_nan(Messenger(cast(Grid, ScriptedGrid(answer(honest))), 1.0))  # noqa: SLF001
+    assert good == {"accuracy": 0.5, "num_samples": run.server.num_test, "auc": 0.6}
+    result = run.server._evaluate_or_nan(  # noqa: SLF001
+        Messenger(cast(Grid, ScriptedGrid(answer(honest | figures))), 1.0)
+    )
+    assert np.isnan(result["accuracy"]) and reason in result["evaluation_error"]
 
 
 # -- the parties' ClientApps ---------------------------------------------------------------------------------------
@@ -504,6 +544,29 @@ def test_a_bad_reply_in_attack_scoring_leaves_attacks_unscored_and_is_counted(
     # The missing figures stay missing: the worst case is over the attacks that were scored, never made up.
     worst = worst_case_ap(scored)
     assert worst["ap_worst_case_attack"] in {None, *(n for n, r in scored.items() if "ap" in r)}
+
+
+@pytest.mark.parametrize("kind", ["float", "int32", "short", "negative", "class"])
+def test_the_attacking_party_refuses_bad_training_labels_before_any_attack_runs(kind: str) -> None:
+    """The labels the harness forwards are checked on the attacker's side too: float labels were truncated into
+    classes (0.7 -> 0) and scored as if true."""
+    cfg = from_mapping(VFLRunConfig, {"seed": 3, "attack": SCORED, "training": {"epochs": 1, "batch_size": 16}})
+    grid = LoopbackGrid(client_app, cfg.num_feature_parties + 1, {vp.CONFIG_KEY: vp.encode_config(cfg)})
+    server = VFLServer(cfg)
+    messenger = Messenger(grid, 60.0)
+    server.setup(messenger, *server.discover(messenger))
+    labels = np.arange(server.num_train, dtype=np.int64) % server.num_classes
+    bad = {
+        "float": labels + 0.7,
+        "int32": labels.astype(np.int32),
+        "short": labels[:-1],
+        "negative": labels - 1,
+        "class": labels + 1,
+    }[kind]
+    node = server.features[cfg.attacker_party].node_id
+    content = RecordDict({vp.ARRAYS: ArrayRecord({vp.LABELS: Array(np.ascontiguousarray(bad))})})
+    with pytest.raises(ValueError, match="training labels refused"):
+        client_app(Message(content, dst_node_id=node, message_type=vp.ATTACK_RESULTS), grid.contexts[node])
 
 
 def test_honest_attack_scoring_passes_every_result_and_refuses_nothing(scoring: Scoring) -> None:
