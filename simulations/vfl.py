@@ -20,6 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from fl_kd.config import to_mapping
+from fl_kd.simulations.cli import user_errors_exit
 from fl_kd.simulations.console import Report, follow_progress, quiet_console
 from fl_kd.simulations.flower_launcher import run_flower_simulation
 from fl_kd.simulations.vfl_console import epoch_line, print_vfl_summary
@@ -90,6 +91,7 @@ def run_experiment(config: VFLRunConfig, out_dir: Path, report: Report | None = 
 
 
 @hydra.main(version_base=None, config_path="pkg://fl_kd.conf", config_name="vfl")
+@user_errors_exit
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: compose, check, run (one console line per epoch), summarise."""
     config = load_config(cfg)

@@ -1,4 +1,4 @@
-"""A user's mistake ends ``fl-kd-sim`` with one line naming the key or file and exit code 2."""
+"""A user's mistake ends ``fl-kd-sim`` (and ``fl-kd-vfl``) with one line naming the key or file and exit code 2."""
 
 from __future__ import annotations
 
@@ -50,3 +50,11 @@ def test_hydra_full_error_still_shows_the_traceback(tmp_path: Path) -> None:
     result = _fl_kd_sim(tmp_path, "transfer.labelled=-3", full_error=True)
     assert result.returncode != 0
     assert "Traceback" in result.stderr and "ConfigError" in result.stderr
+
+
+def test_vertical_fl_gives_one_line_and_exit_2_too(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "fl_kd.simulations.vfl", "training.lr=nan", f"hydra.run.dir={tmp_path / 'run'}"]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: training.lr must be a finite number, got nan"], result.stderr
