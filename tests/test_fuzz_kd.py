@@ -325,10 +325,11 @@ def test_an_absurd_count_of_training_samples_is_booked_as_none_and_never_stops_t
 
     def with_samples(reply: Message, sent: Message, count: float | None) -> Message:
         """``reply`` again, with ``count`` as its training samples (none when None)."""
-        metrics = {k: v for k, v in reply.content[kd.METRICS].items() if k != kd.TRAIN_SAMPLES}
+        found = reply.content.metric_records[kd.METRICS]
+        metrics = {k: v for k, v in found.items() if k != kd.TRAIN_SAMPLES}
         content = RecordDict({kd.METRICS: MetricRecord(metrics | ({} if count is None else {kd.TRAIN_SAMPLES: count}))})
-        if kd.ARRAYS in reply.content:
-            content[kd.ARRAYS] = ArrayRecord(dict(reply.content[kd.ARRAYS].items()))
+        if kd.ARRAYS in reply.content.array_records:
+            content[kd.ARRAYS] = ArrayRecord(dict(reply.content.array_records[kd.ARRAYS].items()))
         return Message(content, reply_to=sent)
 
     rows = {}
