@@ -56,8 +56,9 @@ class DeploySettings:
     node_data : str (default: "folder")
         How each SuperNode started here names its private data, one of :data:`NODE_DATA`.
     min_clients : int (default: 1)
-        Fewest clients whose train answer must arrive for a round to count; below it the run stops after its last
-        complete round (see :class:`fl_kd.kd.round_policy.RoundPolicy`).
+        Fewest clients whose reply to the train phase (an answer, or a raised ClientApp's error) must arrive for a
+        round to count; below it the run stops after its last complete round (see
+        :class:`fl_kd.kd.round_policy.RoundPolicy`).
     round_timeout_s : float (default: 300.0)
         Seconds the ServerApp waits for each phase's replies; a node silent by then (its SuperNode died) is left
         out of the round.

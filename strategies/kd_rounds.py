@@ -6,8 +6,9 @@ the same with the same strategy methods, and also:
 * waits at most ``round_timeout_s`` per phase (:class:`~fl_kd.kd.round_policy.RoundPolicy`); a node that has not
   answered its train message by then (e.g. its SuperNode died) is logged, gets no evaluate message that round, and
   the round completes with the others;
-* stops the run (:class:`~fl_kd.kd.round_policy.QuorumError`) if fewer than ``min_clients`` clients answered the
-  train phase, before the server learns from the round, so the last complete round stays the saved one;
+* stops the run (:class:`~fl_kd.kd.round_policy.QuorumError`) if fewer than ``min_clients`` clients replied to the
+  train phase, before the server learns from the round, so the last complete round stays the saved one; a client
+  whose ClientApp raised did reply (its node is alive): its answer is rejected and the run goes on, as in-process;
 * writes the server's progress atomically after every round (:mod:`fl_kd.kd.progress`), and with ``resume`` restores
   the server's whole state and starts after the last saved round, for every algorithm alike;
 * tells every client, in each message (:data:`~fl_kd.kd.protocol.CLIENT_STATE_ROUND`), the round of the state it
@@ -22,6 +23,7 @@ from logging import INFO, WARNING
 from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
@@ -74,7 +76,7 @@ def run_rounds(
         if silent:
             log(WARNING, "Round %d: no train answer from node(s) %s within %g s; going on without them",
                 server_round, sorted(silent), policy.round_timeout_s)  # fmt: skip
-        policy.check_quorum(server_round, len(messages) - len(silent), len(messages))
+        policy.check_quorum(server_round, len(messages) - len(silent - _raised_nodes(replies)), len(messages))
         for message in messages:  # a client that answered trained: its state is now this round's
             partition_id = strategy.partition_of(message.metadata.dst_node_id)
             if message.metadata.dst_node_id not in silent and partition_id is not None:
@@ -120,6 +122,15 @@ def _tell_state_rounds(strategy: KDStrategy, messages: Iterable[Message], client
         partition_id = strategy.partition_of(message.metadata.dst_node_id)
         state_round = client_rounds.get(partition_id, 0) if partition_id is not None else 0
         message.content.config_records[kd.CONFIG][kd.CLIENT_STATE_ROUND] = state_round
+
+
+def _raised_nodes(replies: list[Message]) -> set[int]:
+    """Nodes whose ClientApp raised: alive, but without an answer (Flower kept their state as it was)."""
+    return {
+        reply.metadata.src_node_id
+        for reply in replies
+        if reply.has_error() and reply.error.code == ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+    }
 
 
 def _silent_nodes(messages: list[Message], replies: list[Message]) -> set[int]:

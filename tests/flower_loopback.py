@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
@@ -80,6 +81,7 @@ class LoopbackGrid(Grid):
             try:
                 reply = self.client_app(message, context)
             except Exception as err:  # noqa: BLE001 - Flower turns any ClientApp exception into an error reply
-                reply = Message(Error(code=0, reason=f"{type(err).__name__}: {err}"), reply_to=message)
+                reason = f"{type(err).__name__}: {err}"
+                reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=message)
             replies.extend(self.tamper(message, reply) if self.tamper else [reply])
         return replies

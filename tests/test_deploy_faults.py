@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import pytest
 from flwr.app import Context, Message, RecordDict
+from flwr.clientapp import ClientApp
 
 from fl_kd.clients.kd_app import app as client_app
 from fl_kd.config import ConfigError
@@ -72,6 +74,23 @@ def test_below_the_quorum_the_run_stops_before_the_server_learns_from_the_round(
     with pytest.raises(QuorumError, match="round 1: 3 of 4 asked clients answered .* fewer than min_clients=4"):
         run_rounds(strategy, grid, 2, RoundPolicy(min_clients=4), tmp_path, cfg.to_json())
     assert strategy.history == [] and not (tmp_path / PROGRESS_DIR / PROGRESS_FILE).exists()
+
+
+def test_a_client_that_raises_every_round_never_stops_the_run(tmp_path: Path) -> None:
+    """Its node is alive: it counts towards the quorum, its answer is rejected, and its state stays as it was."""
+    cfg = tiny_config()
+
+    def raising_app(message: Message, context: Context) -> Message:
+        if context.node_id == DEAD_NODE and message.metadata.message_type == "train":
+            raise RuntimeError("boom")
+        return client_app(message, context)
+
+    strategy = make_strategy(cfg)
+    app = cast(ClientApp, raising_app)  # the grid only calls it, as it calls a ClientApp
+    grid = LoopbackGrid(app, cfg.num_clients, {RUN_CONFIG_KEY: cfg.to_json()})
+    run_rounds(strategy, grid, 2, RoundPolicy(min_clients=cfg.num_clients), tmp_path, cfg.to_json())
+    assert [(row["round"], row["n_rejected"]) for row in strategy.history] == [(1, 1), (2, 1)]
+    assert load_progress(tmp_path, cfg.to_json()).client_rounds == {0: 2, 1: 2, 2: 2}  # type: ignore[union-attr]
 
 
 def test_a_restarted_server_resumes_after_the_last_saved_round_to_the_same_end(tmp_path: Path) -> None:

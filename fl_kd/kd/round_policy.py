@@ -2,7 +2,7 @@
 
 In simulation every client answers. In a deployment a SuperNode can die mid-round, so the server waits at most
 ``round_timeout_s`` for each phase's replies, goes on with those that came, and counts the round only if at least
-``min_clients`` clients answered its train phase; otherwise the run stops after its last complete round, which is
+``min_clients`` clients replied to its train phase; otherwise the run stops after its last complete round, which is
 on disk (:mod:`fl_kd.kd.progress`) and can be resumed. The settings travel to the ServerApp as run config scalars
 under :data:`RUN_CONFIG_KEYS`; a run config without them (simulation) gets the defaults.
 """
@@ -30,7 +30,8 @@ class RoundPolicy:
     Attributes
     ----------
     min_clients : int (default: 1)
-        Fewest clients whose train answer (a reply without error) must arrive for the round to count; at most the
+        Fewest clients whose reply to the train phase must arrive for the round to count (an answer, or the error
+        of a ClientApp that raised: its node is alive, and a client that raises never stops the run); at most the
         number of clients sampled per round.
     round_timeout_s : float (default: 3600.0)
         Seconds the server waits for the replies of one phase (discovery, train, evaluate); a node that has not
