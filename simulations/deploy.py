@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from fl_kd.config import ConfigError, to_mapping
 from fl_kd.kd.algorithm import get_algorithm
 from fl_kd.kd.config import ExperimentConfig
+from fl_kd.kd.node_partitions import NODE_PARTITIONS_KEY, encode_node_partitions
 from fl_kd.kd.progress import CLIENT_STATE_DIR_KEY
 from fl_kd.kd.protocol import OUTPUT_DIR_KEY, RUN_CONFIG_KEY
 from fl_kd.kd.runner import summarise
@@ -122,6 +123,7 @@ def run_deployment(
             RUN_CONFIG_KEY: experiment.to_json(),
             OUTPUT_DIR_KEY: str(out_dir),
             CLIENT_STATE_DIR_KEY: "",  # default: client-state/ in each node's data-dir (or in output-dir)
+            NODE_PARTITIONS_KEY: "",  # set at submission once the SuperNodes are registered (Flower checks the key)
             **settings.round_policy().to_run_config(),
         },
     )
@@ -150,7 +152,10 @@ def run_deployment(
             say(f"SuperLink and {experiment.num_clients} SuperNodes online after {time.monotonic() - started:.1f} s")
             if on_ready is not None:
                 on_ready(endpoints)
-            code = deployment.submit(app_dir, on_poll=rounds.poll)
+            # With authentication the launcher knows each partition's node: the ServerApp refuses any other claim.
+            registered = [deployment.registered[p] for p in sorted(deployment.registered)]
+            pinned = f'{NODE_PARTITIONS_KEY}="{encode_node_partitions(registered)}"' if registered else None
+            code = deployment.submit(app_dir, on_poll=rounds.poll, run_config=pinned)
         finally:
             deployment.stop()
     say(f"Deployment finished in {time.monotonic() - started:.1f} s")

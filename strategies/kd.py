@@ -16,7 +16,7 @@ logged, counted and left out, exactly as if that client had not answered.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from logging import INFO, WARNING
 from typing import Any
 
@@ -65,6 +65,9 @@ class KDStrategy(Strategy):
         The partition ids evaluated in a round (``Federation.evaluated_clients``); every client when None.
     trend_set : Callable[[int], tuple[Tensor, Tensor] | None] | None (default: None)
         A round's second test set for the server (``Federation.trend_test_set``); none when None.
+    node_partitions : Mapping[int, int] | None (default: None)
+        Node id -> partition, as the deployment registered them (:mod:`fl_kd.kd.node_partitions`); a node whose
+        claim disagrees is left out. None: a node's claim is taken while its partition is free (simulation).
     """
 
     def __init__(
@@ -79,6 +82,7 @@ class KDStrategy(Strategy):
         test_set: Callable[[int], tuple[Tensor, Tensor]] | None = None,
         evaluated: Callable[[int], list[int]] | None = None,
         trend_set: Callable[[int], tuple[Tensor, Tensor] | None] | None = None,
+        node_partitions: Mapping[int, int] | None = None,
     ) -> None:
         self.server = server
         self.federation = federation
@@ -91,6 +95,7 @@ class KDStrategy(Strategy):
         self.test_set = test_set or (lambda _round: (federation.data.x_test, federation.data.y_test))
         self.evaluated = evaluated or (lambda _round: list(range(federation.num_clients)))
         self.trend_set = trend_set or (lambda _round: None)
+        self.node_partitions = node_partitions
         self.history: list[dict[str, Any]] = []
         self._nodes: dict[int, int] = {}  # partition id -> node id
         self._partitions: dict[int, int] = {}  # node id -> partition id
@@ -136,6 +141,10 @@ class KDStrategy(Strategy):
             partition_id = None if reply.has_error() else int_of(reply.content, kd.METRICS, kd.PARTITION_ID)
             if node_id not in node_ids or partition_id is None or not 0 <= partition_id < self.num_clients:
                 log(WARNING, "Node %s did not identify a valid partition; it is left out", node_id)
+            elif self.node_partitions is not None and self.node_partitions.get(node_id) != partition_id:
+                pinned = self.node_partitions.get(node_id)
+                log(WARNING, "Node %s claims partition %d, but the deployment registered it for %s; it is left out",
+                    node_id, partition_id, "no partition" if pinned is None else f"partition {pinned}")  # fmt: skip
             elif partition_id in self._nodes or node_id in self._partitions:
                 log(WARNING, "Node %s claims partition %d, already taken; it is left out", node_id, partition_id)
             else:

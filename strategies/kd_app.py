@@ -1,13 +1,15 @@
 """The ServerApp of every KD algorithm: builds the registered server half from the run config and runs the rounds.
 
 Run config keys (scalars, as Flower requires) are those of :mod:`fl_kd.kd.protocol`: the experiment as JSON and the
-run folder for per-round metrics, summary, plots and the final server state.
+run folder for per-round metrics, summary, plots and the final server state; a deployment adds its round policy
+(:mod:`fl_kd.kd.round_policy`) and, with SuperNode authentication, each partition's node
+(:mod:`fl_kd.kd.node_partitions`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from logging import INFO
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from fl_kd.kd import protocol as kd
 from fl_kd.kd.algorithm import get_algorithm
 from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.federation import build_federation
+from fl_kd.kd.node_partitions import encode_node_partitions, node_partitions
 from fl_kd.kd.progress import load_progress
 from fl_kd.kd.round_policy import RoundPolicy
 from fl_kd.kd.runner import summarise
@@ -38,7 +41,10 @@ app = ServerApp()
 
 
 def make_strategy(
-    cfg: ExperimentConfig, on_round_end: Callable[[dict[str, Any]], None] | None = None, timeout: float = 600.0
+    cfg: ExperimentConfig,
+    on_round_end: Callable[[dict[str, Any]], None] | None = None,
+    timeout: float = 600.0,
+    node_partitions: Mapping[int, int] | None = None,
 ) -> KDStrategy:
     """The strategy around a freshly built (or checkpoint-restored) server half of ``cfg``'s algorithm."""
     federation = build_federation(cfg)
@@ -53,6 +59,7 @@ def make_strategy(
         test_set=lambda server_round: federation.test_set(cfg, server_round),
         evaluated=lambda server_round: federation.evaluated_clients(cfg, server_round),
         trend_set=lambda server_round: federation.trend_test_set(cfg, server_round),
+        node_partitions=node_partitions,
     )
 
 
@@ -74,7 +81,10 @@ def main(grid: Grid, context: Context) -> None:
         print(format_round_line(row), flush=True)  # the one console line per round
 
     with quiet_flower_console(out_dir / SERVER_LOG):
-        strategy = make_strategy(cfg, on_round_end, timeout=policy.round_timeout_s)
+        pinned = node_partitions(context.run_config, cfg.num_clients)
+        if pinned is not None:
+            log(INFO, "Each partition is held by the node registered for it: %s", encode_node_partitions(list(pinned)))
+        strategy = make_strategy(cfg, on_round_end, timeout=policy.round_timeout_s, node_partitions=pinned)
         run_rounds(strategy, grid, cfg.strategy.rounds, policy, out_dir, experiment_json, resumed)
         strategy.server.save(out_dir / kd.CHECKPOINT_FILE)
         summary = summarise(strategy.history, wall_seconds=sum(float(r["wall_seconds"]) for r in strategy.history))

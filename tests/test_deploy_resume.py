@@ -57,11 +57,12 @@ class _FakeDeployment:
             "x",
         )
         self.run_log = self.superlink_log = deploy_dir / "none.log"
+        self.registered: dict[int, int] = {}
 
     def start(self) -> Endpoints:
         return Endpoints(self.superlink, (), None, self.deploy_dir)
 
-    def submit(self, app_dir: Path, on_poll: Any = None) -> int:
+    def submit(self, app_dir: Path, on_poll: Any = None, run_config: str | None = None) -> int:
         rows = [{"round": r, "server_acc": 0.5, "wall_seconds": 1.0} for r in (1, 2)]
         (app_dir.parent / METRICS_JSONL).write_text("".join(json.dumps(row) + "\n" for row in rows))
         return 0

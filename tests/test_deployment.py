@@ -129,6 +129,10 @@ def test_loopback_deployment_over_tls_matches_the_in_process_runner(tmp_path: Pa
     # TLS was used end to end: status 200 over verified TLS, the CLI connection trusts our CA, the servers say https.
     assert seen["status"] == [200, 200, 200]
     assert len(seen["node_ids"]) == 2  # type: ignore[arg-type]
+    # With authentication the ServerApp took each partition's node from the registration, not from the nodes' word.
+    said = "Each partition is held by the node registered for it: "
+    line = next(line for line in (run_dir / "server.log").read_text().splitlines() if said in line)
+    assert {int(node_id) for node_id in line.split(said)[1].split(",")} == set(seen["node_ids"])  # type: ignore[call-overload]
     connection = (run_dir / ".flwr" / "config.toml").read_text()
     assert 'root-certificates = "' in connection and "insecure" not in connection
     for log_name in ("superlink.log", "supernode-0.log", "supernode-1.log"):
