@@ -1,11 +1,14 @@
-"""How a run executes on this machine: the ``simulation`` config group, shared by every entry point."""
+"""How a run executes on this machine: the ``simulation`` config group, and the one torch thread of every run."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+
+import torch
 
 from fl_kd.config import check_choice, check_range
 
@@ -55,3 +58,19 @@ def signal_after_calls(obj: Any, method: str) -> threading.Event | None:
 
     setattr(obj, method, call_and_signal)
     return called
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run a block (or, as a decorator, a function) with one torch thread, and give the caller back its own count.
+
+    Every Flower ClientApp and ServerApp runs with one thread, and CPU kernels split their sums by thread count, so
+    the same seed gives other last bits with another count: the in-process runners pin it to match Flower on any
+    machine, whoever calls them.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

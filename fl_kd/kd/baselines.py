@@ -40,6 +40,7 @@ from fl_kd.kd.runner import evaluate_clients
 from fl_kd.kd.seeding import SERVER_ID, derive_seed, seeded_torch, torch_generator
 from fl_kd.kd.training import accuracy, minibatches, predict_logits, sgd, weight_average
 from fl_kd.models import build_model, count_parameters
+from fl_kd.runtime import one_torch_thread
 
 FLOAT32_NBYTES = int(np.dtype(np.float32).itemsize)
 """Bytes per parameter when weights travel as float32, the usual FedAvg wire format."""
@@ -74,6 +75,7 @@ def local_only_round(
     return metrics
 
 
+@one_torch_thread()
 def run_local_only(
     cfg: ExperimentConfig,
     data: DatasetSplits | None = None,
@@ -108,6 +110,7 @@ def run_local_only(
     return rounds
 
 
+@one_torch_thread()
 def run_transfer_only_server(
     cfg: ExperimentConfig,
     data: DatasetSplits | None = None,
@@ -159,6 +162,7 @@ def run_transfer_only_server(
     return rounds
 
 
+@one_torch_thread()
 def run_pseudo_label_server(
     cfg: ExperimentConfig,
     data: DatasetSplits | None = None,

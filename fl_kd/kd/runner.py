@@ -32,6 +32,7 @@ from fl_kd.kd.federation import Federation, build_federation, sample_clients
 from fl_kd.kd.metrics import Metrics, round_metrics
 from fl_kd.kd.roles import Arrays, ClientRole, Instruction, ServerRole
 from fl_kd.kd.validation import check_bounded
+from fl_kd.runtime import one_torch_thread
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -189,6 +190,7 @@ def _weights_key(client: _Evaluable) -> tuple[str, str] | None:
     return f"{type(client).__qualname__}/{type(model).__qualname__}", content_digest(model)
 
 
+@one_torch_thread()
 def run_inprocess(
     cfg: ExperimentConfig,
     data: DatasetSplits | None = None,

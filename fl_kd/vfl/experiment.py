@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from fl_kd.config import from_mapping
+from fl_kd.runtime import one_torch_thread
 from fl_kd.vfl.attacks import build_attacks, score_attacks
 from fl_kd.vfl.config import DefenceConfig, VFLRunConfig
 from fl_kd.vfl.defences import build_defence
@@ -286,6 +287,7 @@ def build_experiment(config: VFLRunConfig | Mapping[str, Any], data: Dataset | N
     )
 
 
+@one_torch_thread()
 def run_vfl(
     config: VFLRunConfig | Mapping[str, Any],
     attacks: Sequence[FeaturePartyAttack] | None = None,
