@@ -37,6 +37,8 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "fedavg": ("strategy=fedavg", "device_profile=homogeneous"),
     "fedgems_plus": ("strategy=fedgems_plus",),
     "fedgems_plus+camouflage": ("strategy=fedgems_plus", "adversary=camouflage"),
+    # cnn_server pools a 2x2 map onto its 3x3 grid here (7x7 on Fashion-MNIST): overlapping windows, see GridAvgPool.
+    "fedgems_plus+cnn_server": ("strategy=fedgems_plus", "device_profile.server_model=cnn_server"),
     "fedgems+random_logits": ("strategy=fedgems", "adversary=random_logits"),
     "fedavg_server_model+median+scaled_update": (
         "strategy=fedavg_server_model",

@@ -77,6 +77,7 @@ def use_deterministic_algorithms() -> None:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
-    # warn_only: torch flags every adaptive_avg_pool2d backward as non-deterministic, yet the global pooling
-    # our models use (output 1x1) writes each input gradient exactly once, so it reproduces anyway.
+    # warn_only: torch flags every adaptive_avg_pool2d backward as non-deterministic, yet where our models pool
+    # with disjoint windows (global pooling, the clients' 2x2 grids on even maps) each input gradient is written
+    # once, and where windows overlap (cnn_server's 3x3 grid on a 7x7 map) GridAvgPool uses matrix products on CUDA.
     torch.use_deterministic_algorithms(True, warn_only=True)

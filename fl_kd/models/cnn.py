@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from fl_kd.models.layers import conv_stages
+from fl_kd.models.layers import GridAvgPool, conv_stages
 
 
 class ClientCNN(nn.Module):
@@ -46,7 +46,7 @@ class ClientCNN(nn.Module):
         if not widths:
             raise ValueError("ClientCNN needs at least one stage width")
         self.features, channels = conv_stages(in_channels, widths)
-        self.pool = nn.AdaptiveAvgPool2d(head_grid)
+        self.pool = GridAvgPool(head_grid)
         self.classifier = nn.Linear(channels * head_grid * head_grid, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -120,3 +120,39 @@ def conv_stages(in_channels: int, widths: Sequence[int]) -> tuple[nn.Sequential,
             stages.append(MaxPool2x2())
         channels = width
     return nn.Sequential(*stages), channels
+
+
+def _grid_weights(size: int, grid: int, like: Tensor) -> Tensor:
+    """``(grid, size)``: row ``i`` averages the cells ``nn.AdaptiveAvgPool2d`` gives output ``i`` (its windows)."""
+    weights = torch.zeros(grid, size, dtype=like.dtype, device=like.device)
+    for i in range(grid):
+        start, end = (i * size) // grid, -((-(i + 1) * size) // grid)
+        weights[i, start:end] = 1.0 / (end - start)
+    return weights
+
+
+class GridAvgPool(nn.AdaptiveAvgPool2d):
+    """``nn.AdaptiveAvgPool2d(grid)`` whose backward pass reproduces on a GPU.
+
+    Where the windows overlap (a 7x7 map onto a 3x3 grid, or a map smaller than the grid), CUDA's backward kernel adds
+    each window's share into the shared input cells with atomics, in whatever order its threads finish, so two runs
+    of one seed drift apart. On CUDA this pools with two fixed averaging matrices instead (matrix products reproduce
+    under deterministic cuBLAS); on the CPU it is the plain layer, so CPU figures keep every bit.
+    """
+
+    def __init__(self, grid: int) -> None:
+        super().__init__(grid)
+        self.grid = grid
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Pool ``(N, C, H, W)`` to ``(N, C, grid, grid)``."""
+        height, width = x.shape[-2:]
+        if not x.is_cuda or (height % self.grid == 0 and width % self.grid == 0):
+            return super().forward(x)  # disjoint windows: every input cell gets one gradient, no atomics race
+        return matrix_grid_pool(x, self.grid)
+
+
+def matrix_grid_pool(x: Tensor, grid: int) -> Tensor:
+    """``F.adaptive_avg_pool2d(x, grid)`` as two matrix products (the same windows and weights, another rounding)."""
+    rows, cols = _grid_weights(x.shape[-2], grid, x), _grid_weights(x.shape[-1], grid, x)
+    return torch.einsum("ih,nchw,jw->ncij", rows, x, cols)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from fl_kd.models.layers import conv_stages
+from fl_kd.models.layers import GridAvgPool, conv_stages
 
 
 class WideCNN(nn.Module):
@@ -52,7 +52,7 @@ class WideCNN(nn.Module):
         if not widths or hidden < 1:
             raise ValueError("WideCNN needs at least one stage width and a positive hidden size")
         self.features, channels = conv_stages(in_channels, widths)
-        self.pool = nn.AdaptiveAvgPool2d(head_grid)
+        self.pool = GridAvgPool(head_grid)
         self.classifier = nn.Sequential(
             nn.Dropout(dropout),
             nn.Linear(channels * head_grid * head_grid, hidden),
