@@ -145,8 +145,15 @@ def trust(values: NDArray[np.float64], labels: NDArray[np.int64], settings: Robu
     for k in range(num_clients):
         np.add.at(confusion[k], (labels[known], predicted[k, known]), 1.0)
     precision = (np.einsum("kcc->kc", confusion) + 1.0) / (confusion.sum(axis=1) + 2.0)  # (K, C), in (0, 1)
-    weights = np.take_along_axis(precision, predicted, axis=1) ** settings.trust_power  # (K, N), > 0
+    trusted = np.take_along_axis(precision, predicted, axis=1)  # (K, N)
     correct = known[None, :] & (predicted == labels[None, :])
-    weights = np.where(correct.any(axis=0)[None, :], weights * correct, weights)
-    weights = weights / weights.sum(axis=0, keepdims=True)
+    counted = np.where(correct.any(axis=0)[None, :], correct, True)  # (K, N): who counts on each sample
+    weights = np.where(counted, trusted**settings.trust_power, 0.0)
+    totals = weights.sum(axis=0, keepdims=True)
+    if not (totals > 0).all():
+        # A large trust_power underflows every weight of a sample to 0 (0/0): the same weights, in log space.
+        log_weights = np.where(counted, settings.trust_power * np.log(trusted), -np.inf)
+        weights = np.exp(log_weights - log_weights.max(axis=0, keepdims=True))
+        totals = weights.sum(axis=0, keepdims=True)
+    weights = weights / totals
     return FusedLogits(np.einsum("kn,knc->nc", weights, values), weights.mean(axis=1))

@@ -61,6 +61,18 @@ def check_weights(
     return None
 
 
+#: The share of the answer bound a model the server publishes may use. Clients train from what it publishes, and
+#: their answers must stay inside the bound: a published model at the bound (one accepted answer there is enough)
+#: would have every later honest answer refused, and the run would never learn again.
+PUBLISH_HEADROOM = 0.5
+
+
+def within_headroom(arrays: Mapping[str, NDArray[Any]], max_abs: float = DEFAULT_MAX_ABS_VALUE) -> bool:
+    """Whether every weight of ``arrays`` is within ``PUBLISH_HEADROOM * max_abs`` in absolute value."""
+    limit = PUBLISH_HEADROOM * max_abs
+    return all(float(np.abs(value).max(initial=0.0)) <= limit for value in arrays.values())
+
+
 def weighted_average(models: Sequence[Mapping[str, NDArray[Any]]], weights: Sequence[float]) -> Arrays:
     """``sum_k w_k * models[k] / sum_k w_k`` per array (FedAvg's aggregation, weights e.g. sample counts).
 

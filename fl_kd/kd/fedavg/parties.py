@@ -63,6 +63,7 @@ def fedavg_server(
         federation.num_clients,
         max_examples(federation),
         device=cfg.device,
+        max_abs_value=cfg.max_abs_value,
     )
     server.use_aggregation(settings.aggregation, settings.robust_settings())
     return server

@@ -12,6 +12,7 @@ FedAvg has one architecture; :class:`WeightSharingServer` keeps one global model
 
 from __future__ import annotations
 
+import logging
 import math
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
@@ -27,7 +28,17 @@ from fl_kd.kd.robust import ROBUST_RULES, RobustSettings
 from fl_kd.kd.robust_weights import robust_average
 from fl_kd.kd.roles import Answer, Arrays, DistillClientRole, Instruction, ServerRole
 from fl_kd.kd.training import accuracy
-from fl_kd.kd.weights import check_weights, load_arrays, model_arrays, weighted_average
+from fl_kd.kd.validation import DEFAULT_MAX_ABS_VALUE
+from fl_kd.kd.weights import (
+    PUBLISH_HEADROOM,
+    check_weights,
+    load_arrays,
+    model_arrays,
+    weighted_average,
+    within_headroom,
+)
+
+log = logging.getLogger(__name__)
 
 #: Answer array holding the client's private training set size, ``(1,)`` int64.
 NUM_EXAMPLES = kd.NUM_EXAMPLES
@@ -60,6 +71,9 @@ class WeightSharingServer(ServerRole):
         Largest sample count a client may claim (the training split's size); a larger claim is rejected.
     device : torch.device | str (default: "cpu")
         Where the server's models live.
+    max_abs_value : float (default: 1e4)
+        Bound on every weight of an answer (``ExperimentConfig.max_abs_value``); a fused model beyond
+        ``PUBLISH_HEADROOM`` of it is not published (:func:`~fl_kd.kd.weights.within_headroom`).
     """
 
     def __init__(
@@ -68,6 +82,7 @@ class WeightSharingServer(ServerRole):
         architecture_of: Sequence[str],
         max_examples: int,
         device: torch.device | str = "cpu",
+        max_abs_value: float = DEFAULT_MAX_ABS_VALUE,
     ) -> None:
         unknown = sorted(set(architecture_of) - set(models))
         if unknown:
@@ -76,6 +91,7 @@ class WeightSharingServer(ServerRole):
         self.models = {name: model.to(self.device) for name, model in sorted(models.items())}
         self.architecture_of = list(architecture_of)
         self.max_examples = int(max_examples)
+        self.max_abs_value = float(max_abs_value)
         # What goes on the wire, refreshed whenever a global model changes (one copy shared by every message).
         self.published: dict[str, Arrays] = {name: model_arrays(model) for name, model in self.models.items()}
         #: How answers are fused ("mean": FedAvg's; robust rules by :meth:`use_aggregation`).
@@ -103,7 +119,7 @@ class WeightSharingServer(ServerRole):
         weights, num_examples = split_answer(arrays)
         reason = check_num_examples(num_examples, self.max_examples)
         if reason is None:
-            reason = check_weights(weights, self.published[self.architecture_of[client_id]])
+            reason = check_weights(weights, self.published[self.architecture_of[client_id]], self.max_abs_value)
         return reason
 
     def average(self, answers: Mapping[int, Arrays]) -> dict[str, list[int]]:
@@ -123,6 +139,13 @@ class WeightSharingServer(ServerRole):
                 fused, shares = weighted_average(weights, counts), np.asarray(counts) / math.fsum(counts)
             else:
                 fused, shares = robust_average(weights, counts, self.aggregation, self.robust)
+            if not within_headroom(fused, self.max_abs_value):
+                log.warning(
+                    "%s: the fused model has a weight beyond %g; the round's update is refused, the model kept",
+                    name, PUBLISH_HEADROOM * self.max_abs_value,
+                )  # fmt: skip
+                self._shares |= dict.fromkeys(client_ids, 0.0)
+                continue
             load_arrays(self.models[name], fused)
             self.published[name] = model_arrays(self.models[name])
             self._shares |= {cid: float(share) / len(members) for cid, share in zip(client_ids, shares, strict=True)}
@@ -161,8 +184,9 @@ class FedAvgServer(WeightSharingServer):
         num_clients: int,
         max_examples: int,
         device: torch.device | str = "cpu",
+        max_abs_value: float = DEFAULT_MAX_ABS_VALUE,
     ) -> None:
-        super().__init__({architecture: model}, [architecture] * num_clients, max_examples, device)
+        super().__init__({architecture: model}, [architecture] * num_clients, max_examples, device, max_abs_value)
         self.architecture = architecture
 
     @property

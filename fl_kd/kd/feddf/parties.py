@@ -23,6 +23,7 @@ def build_server_role(cfg: ExperimentConfig, federation: Federation) -> FedDFSer
         settings,
         seed=cfg.seed,
         device=cfg.device,
+        max_abs_value=cfg.max_abs_value,
     )
     server.use_aggregation(settings.aggregation, settings.robust_settings())
     return server

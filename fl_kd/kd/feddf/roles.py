@@ -11,6 +11,7 @@ both the weights of each architecture and the members' logits into the teacher.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
 
@@ -25,7 +26,10 @@ from fl_kd.kd.fusion import LOGIT_AGGREGATIONS
 from fl_kd.kd.roles import Arrays
 from fl_kd.kd.seeding import SERVER_ID, derive_seed
 from fl_kd.kd.training import predict_logits
-from fl_kd.kd.weights import load_arrays, model_arrays
+from fl_kd.kd.validation import DEFAULT_MAX_ABS_VALUE
+from fl_kd.kd.weights import load_arrays, model_arrays, within_headroom
+
+log = logging.getLogger(__name__)
 
 #: Distillation phase of the server model (architecture prototypes use ``feddf_distill_<architecture>``).
 SERVER_MODEL_PHASE = "feddf_distill_server_model"
@@ -49,6 +53,9 @@ class FedDFServer(WeightSharingServer):
         Base seed; each distillation is seeded by ``(seed, SERVER_ID, round, phase)``.
     device : torch.device | str (default: "cpu")
         Where the server's models live and train.
+    max_abs_value : float (default: 1e4)
+        Bound on an answer's weights; a prototype distilled beyond its headroom is not published (as for
+        :class:`~fl_kd.kd.fedavg.roles.WeightSharingServer`).
     """
 
     def __init__(
@@ -61,8 +68,9 @@ class FedDFServer(WeightSharingServer):
         config: FedDFConfig,
         seed: int = 0,
         device: torch.device | str = "cpu",
+        max_abs_value: float = DEFAULT_MAX_ABS_VALUE,
     ) -> None:
-        super().__init__(models, architecture_of, max_examples, device)
+        super().__init__(models, architecture_of, max_examples, device, max_abs_value)
         if public_x.shape[0] == 0:
             raise ValueError("FedDF distils on the transfer set, which is empty")
         self._server_model = server_model.to(self.device)
@@ -91,7 +99,12 @@ class FedDFServer(WeightSharingServer):
         for name, model in self.models.items():
             phase_seed = derive_seed(self.seed, SERVER_ID, round, f"feddf_distill_{name}")
             losses.append(self._distill(model, teacher, cfg.distill_epochs, cfg.distill_lr, phase_seed))
-            self.published[name] = model_arrays(model)
+            distilled = model_arrays(model)
+            if within_headroom(distilled, self.max_abs_value):
+                self.published[name] = distilled
+            else:  # the averaged prototype stays what clients get
+                log.warning("%s: distillation took a weight beyond its headroom; the prototype is kept", name)
+                load_arrays(model, self.published[name])
         phase_seed = derive_seed(self.seed, SERVER_ID, round, SERVER_MODEL_PHASE)
         stats["distill_loss"] = math.fsum(losses) / len(losses)
         stats["server_loss"] = self._distill(self.server_model, teacher, cfg.server_epochs, cfg.server_lr, phase_seed)

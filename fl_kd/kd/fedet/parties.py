@@ -31,7 +31,13 @@ def build_server(cfg: ExperimentConfig, federation: Federation) -> EnsembleTrans
     }
     # Only the inputs of the transfer set reach the server: its labelled part's labels are never read.
     return EnsembleTransferServer(
-        model, small_models, federation.public_x, fedet_config(cfg), seed=cfg.seed, device=cfg.device
+        model,
+        small_models,
+        federation.public_x,
+        fedet_config(cfg),
+        seed=cfg.seed,
+        device=cfg.device,
+        max_abs_value=cfg.max_abs_value,
     )
 
 

@@ -51,7 +51,7 @@ class FedETServer(ServerRole):
         if reason is not None:
             return reason
         name = self.architectures[client_id]
-        reason = check_weights(weights, self.server.reference(name))
+        reason = check_weights(weights, self.server.reference(name), self.server.max_abs_value)
         if reason is not None:
             return reason
         logits = self.server.client_logits(name, weights)

@@ -12,6 +12,7 @@ Per round, from the accepted client models:
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -30,7 +31,10 @@ from fl_kd.kd.losses import kd_loss
 from fl_kd.kd.robust_weights import robust_average
 from fl_kd.kd.seeding import SERVER_ID, derive_seed, seeded_torch, torch_generator
 from fl_kd.kd.training import accuracy, cpu_state_dict, minibatches, predict_logits, sgd
-from fl_kd.kd.weights import Arrays, load_arrays, model_arrays, weighted_average
+from fl_kd.kd.validation import DEFAULT_MAX_ABS_VALUE
+from fl_kd.kd.weights import Arrays, load_arrays, model_arrays, weighted_average, within_headroom
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,9 @@ class EnsembleTransferServer:
         Base seed; every phase's shuffling and dropout derive from ``(seed, round, phase)``.
     device : torch.device | str (default: "cpu")
         Where the models train.
+    max_abs_value : float (default: 1e4)
+        Bound on an answer's weights; a small model averaged or transferred beyond its headroom is not published
+        (:data:`~fl_kd.kd.weights.PUBLISH_HEADROOM`).
     """
 
     def __init__(
@@ -70,6 +77,7 @@ class EnsembleTransferServer:
         config: FedETConfig,
         seed: int = 0,
         device: torch.device | str = "cpu",
+        max_abs_value: float = DEFAULT_MAX_ABS_VALUE,
     ) -> None:
         if public_x.shape[0] == 0:
             raise ValueError("the public transfer set is empty")
@@ -77,6 +85,7 @@ class EnsembleTransferServer:
             raise ValueError("no client architecture given")
         self.config = config
         self.seed = seed
+        self.max_abs_value = float(max_abs_value)
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.small_models = {name: small_models[name].to(self.device) for name in sorted(small_models)}
@@ -111,6 +120,7 @@ class EnsembleTransferServer:
         ``answers`` and their public ``logits`` ``(N, C)`` come in the same order (by client id).
         """
         stats: dict[str, float | int] = {"num_models": len(answers)}
+        self._shares = {}  # nobody's weight went into an empty round
         if not answers:
             return stats | {
                 "agreement": math.nan,
@@ -137,6 +147,10 @@ class EnsembleTransferServer:
                 average, shares = weighted_average(weights, counts), np.asarray(counts) / math.fsum(counts)
             else:
                 average, shares = robust_average(weights, counts, rule, settings)
+            if not within_headroom(average, self.max_abs_value):  # see PUBLISH_HEADROOM: clients would be locked out
+                log.warning("%s: the averaged model has a weight beyond its headroom; the model is kept", name)
+                self._shares |= {a.client_id: 0.0 for a in members}
+                continue
             load_arrays(self.small_models[name], average)
             self._shares |= {a.client_id: float(w) / len(groups) for a, w in zip(members, shares, strict=True)}
 
@@ -169,6 +183,7 @@ class EnsembleTransferServer:
         teacher = predict_logits(self.model, self.public_x, device=self.device)
         losses = []
         for name, net in self.small_models.items():
+            before = model_arrays(net)
             losses.append(
                 self._fit(
                     net,
@@ -179,6 +194,9 @@ class EnsembleTransferServer:
                     lambda logits, index: kd_loss(logits, teacher[index].to(self.device), cfg.temperature),
                 )
             )
+            if not within_headroom(model_arrays(net), self.max_abs_value):
+                log.warning("%s: the transfer took a weight beyond its headroom; the small model is kept", name)
+                load_arrays(net, before)
         return math.fsum(losses) / len(losses)
 
     def _fit(
