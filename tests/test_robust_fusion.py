@@ -3,6 +3,8 @@ as Flower's robust strategies; logit trust from labels; the strategies that pick
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -187,3 +189,13 @@ def test_trusted_weighting_measures_accuracy_where_the_label_is_known() -> None:
     assert trusted.weights[1, :2].max() < 1e-4 and trusted.weights[0, :2].min() > 1 - 1e-4
     assert trusted.logits[:2].argmax(dim=1).tolist() == truth[:2].tolist()
     assert trusted.weights[1, 2:].sum() == 0  # wrong on every labelled sample: no weight there, as before
+
+
+@pytest.mark.parametrize("rule", ["krum", "multi_krum"])
+def test_krum_warns_where_too_few_answers_void_its_guarantee(rule: str) -> None:
+    settings = RobustSettings(num_malicious=1)
+    with pytest.warns(RuntimeWarning, match="guarantee against num_malicious colluders does not hold"):
+        ROBUST_RULES.get(rule)(HONEST[:3], COUNTS[:3], settings)  # K = 3 <= 2 * 1 + 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ROBUST_RULES.get(rule)(WITH_OUTLIER, COUNTS, settings)  # K = 5 > 4: no warning

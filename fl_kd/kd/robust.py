@@ -14,6 +14,7 @@ figure from which the share that went to malicious clients is measured.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -162,6 +163,14 @@ def krum_scores(values: Matrix, num_malicious: int) -> Matrix:
 
 def _krum(values: Matrix, sample_weights: Matrix, num_malicious: int, num_selected: int) -> Aggregate:
     _check(values, sample_weights)
+    if values.shape[0] <= 2 * num_malicious + 2:
+        # Krum's guarantee needs K > 2f + 2; below it the scores still rank the answers, but colluders can win.
+        warnings.warn(
+            "krum: fewer answers than 2 * num_malicious + 3 in a round; its guarantee against num_malicious "
+            "colluders does not hold there (sample more clients or lower strategy.num_malicious)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     scores = krum_scores(values, num_malicious)
     chosen = np.argsort(scores, kind="stable")[: max(1, min(num_selected, values.shape[0]))]
     mask = np.zeros(values.shape[0])
