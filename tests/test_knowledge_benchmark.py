@@ -414,26 +414,26 @@ def test_the_augmented_extras_add_only_the_servers_shifts_and_mirror_images() ->
 
 
 def test_the_budget_verdict_counts_what_jobs_took_and_estimates_the_rest_from_their_method() -> None:
-    from benchmarks.knowledge.budget import budget_lines
+    from benchmarks.knowledge.budget import cost_lines
 
     required = plan({setting: COSTLY_PEER for setting in SETTINGS}, required_only=True)
     cost = {"fedgems": 1200.0, COSTLY_PEER: 600.0, "ceiling": 900.0}
     done: dict[Job, dict[str, Any]] = {job: {"seconds": cost.get(job.method, 300.0)} for job in required}
     total = sum(r["seconds"] for r in done.values()) / 2 / 60
-    line = budget_lines(required, done)[0]
+    line = cost_lines(required, done)[0]
     assert f"**{'holds' if total <= 100 else 'MISSED'}** ({total:.0f} minutes" in line and "49 finished" in line
     # Two FedGEMS jobs not run: counted at the mean of FedGEMS' finished jobs (one of which took longer).
     unrun = [job for job in required if job.method == "fedgems"][:2]
     partial = {job: r for job, r in done.items() if job not in unrun}
     partial[next(job for job in partial if job.method == "fedgems")] = {"seconds": 1900.0}
     expected = (total * 120 - 3 * 1200 + 1900 + 2 * (1900 + 6 * 1200) / 7) / 120
-    line = budget_lines(required, partial)[0]
+    line = cost_lines(required, partial)[0]
     assert f"({expected:.0f} minutes" in line and "47 finished" in line and "2 not run" in line
     # A method with no finished job, or a best peer not chosen, leaves the verdict open and the figure a bound.
     no_ceiling = {job: r for job, r in done.items() if job.method != "ceiling"}
-    line = budget_lines(required, no_ceiling)[0]
+    line = cost_lines(required, no_ceiling)[0]
     assert "not measured (at least" in line and "no finished job of `ceiling`" in line
-    line = budget_lines(required, done, unchosen=["alpha0.1"])[0]
+    line = cost_lines(required, done, unchosen=["alpha0.1"])[0]
     assert "not measured (at least" in line and "extra seeds in alpha0.1 not planned yet" in line
 
 
@@ -442,7 +442,7 @@ def test_the_report_ends_its_expectations_with_the_budget_verdict(tmp_path: Path
     ours = federated("fedgems", "alpha0.5", 0)
     _write(tmp_path, ours, [_row(1, 0.80, 0.7)])
     report = tmp_path / "REPORT.md"
-    write_report(tmp_path, report, 1, "cmd", required, [], required=required, unchosen=list(SETTINGS))
+    write_report(tmp_path, report, 1, "cmd", required, [])  # no peer has finished: no best peer is known
     expectations = report.read_text().split("### Expectations")[1].split("###")[0].strip().splitlines()
     assert expectations[-1].startswith("- The issue's 43 required jobs on 2 cores within about 100 minutes: ")
     # FedGEMS' other eight jobs are estimated from the one that ran; no other method has a job to estimate from.

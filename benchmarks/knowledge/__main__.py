@@ -21,13 +21,12 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import REPO_ROOT
+from benchmarks.knowledge.budget import best_peers
 from benchmarks.knowledge.grid import (
-    COSTLY_PEER,
     EXTRA_SEEDS,
     PEERS,
     SETTINGS,
     Job,
-    choose_best_peer,
     extra_jobs,
     federated,
     plan,
@@ -62,22 +61,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.rounds < 1 or args.workers < 1:
         parser.error("need --rounds >= 1 and --workers >= 1")
     return args
-
-
-def best_peers(out: Path) -> dict[str, str]:
-    """Per setting, the peer with the best final server accuracy at seed 0, once every peer has finished there.
-
-    FedAvg of the server model, the dearest run, is not waited for, but it competes once it has finished.
-    """
-    chosen = {}
-    for setting in SETTINGS:
-        results = {peer: read_result(out, federated(peer, setting, 0)) for peer in PEERS}
-        if all(result for peer, result in results.items() if peer != COSTLY_PEER):
-            finals = {peer: float(r["rounds"][-1]["server_acc"]) for peer, r in results.items() if r}
-            best = choose_best_peer(finals)
-            if best is not None:
-                chosen[setting] = best
-    return chosen
 
 
 def pending(
@@ -157,10 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     failures = [] if args.report_only else run_all(args)
     torch.set_num_threads(1)  # as every job ran; the report's machine line says so
     jobs = reported_jobs(args.out, args.extras, args.required_only)
-    best = best_peers(args.out)
-    required = plan(best, required_only=True)
-    unchosen = [setting for setting in SETTINGS if setting not in best]
-    write_report(args.out, args.report, args.rounds, command, jobs, failures, args.note, required, unchosen)
+    write_report(args.out, args.report, args.rounds, command, jobs, failures, args.note)
     print(f"report section written to {args.report}; run folders under {args.out}")
     return 1 if failures else 0
 

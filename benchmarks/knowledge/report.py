@@ -48,29 +48,14 @@ def write_report(
     jobs: Sequence[Job],
     failures: Sequence[str],
     note: str = "",
-    required: Sequence[Job] = (),
-    unchosen: Sequence[str] = (),
 ) -> None:
     """Replace (or append) the benchmark's section of ``report`` with one built from what finished under ``out``."""
-    write_section(report, render(out, rounds, command, jobs, failures, note, required, unchosen))
+    write_section(report, render(out, rounds, command, jobs, failures, note))
 
 
-def render(
-    out: Path,
-    rounds: int,
-    command: str,
-    jobs: Sequence[Job],
-    failures: Sequence[str],
-    note: str = "",
-    required: Sequence[Job] = (),
-    unchosen: Sequence[str] = (),
-) -> str:
-    """The section, markers included; ``note`` (if any) follows the command line.
-
-    ``required`` (issue 9's jobs, a part of ``jobs``) adds the budget verdict to the expectations; ``unchosen``
-    names the settings whose best peer, so two of their required jobs, is not known yet
-    (:func:`benchmarks.knowledge.budget.budget_lines`).
-    """
+def render(out: Path, rounds: int, command: str, jobs: Sequence[Job], failures: Sequence[str], note: str = "") -> str:
+    """The section, markers included; ``note`` (if any) follows the command line. The expectations end with the
+    budget of issue 9's required jobs (:func:`benchmarks.knowledge.budget.budget_lines`)."""
     results = {job: read_result(out, job) for job in jobs}
     done = {job: r for job, r in results.items() if r is not None}
     figures = Figures(out)
@@ -90,8 +75,7 @@ def render(
         lines += _setting_lines(setting, done, figures)
     lines += _ablation_lines(done, figures)
     lines += verdict_lines(done, figures)
-    if required:
-        lines[-1:] = budget_lines(required, done, unchosen)  # the last bullet of the expectations
+    lines[-1:] = budget_lines(out, done)  # the last bullet of the expectations
     missing = [job.name for job in jobs if job not in done]
     if missing or failures:
         lines += ["### Not finished", ""]
