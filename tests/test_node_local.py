@@ -43,6 +43,7 @@ def test_a_deployed_node_names_its_data_tier_and_id(tmp_path: Path) -> None:
         ({"partition-id": 0, "data-dir": "/a", "dataset": "digits"}, "both data-dir and dataset"),
         ({"partition-id": 0, "data_dir": "/a"}, "unknown node config key"),
         ({"partition-id": 0, "num-partitions": 0}, "num-partitions must be >= 1"),
+        ({"partition-id": 5, "num-partitions": 4}, "partition-id=5 is not one of num-partitions=4"),
     ],
 )
 def test_a_bad_node_config_is_one_clear_error(node_config: dict[str, object], message: str) -> None:
@@ -92,11 +93,31 @@ def _folder(tmp_path: Path, **arrays: Any) -> Path:
         ({"y_train": np.array([0, 1])}, "2 labels for 3 examples"),
         ({"y_train": np.array([0, 1, 10])}, r"labels must lie in \[0, 10\)"),
         ({"x_test": np.zeros((2, 1, 8, 8), np.float32)}, "give both x_test.npy and y_test.npy"),
+        ({"x_train": np.full((3, 1, 8, 8), 1e300)}, "beyond float32's range"),  # float64, finite before the cast
+        ({"x_test": np.zeros((0, 1, 8, 8), np.float32), "y_test": np.zeros(0, np.int64)}, "x_test.npy holds no"),
     ],
 )
 def test_an_unusable_data_folder_names_the_file(tmp_path: Path, arrays: dict[str, object], message: str) -> None:
     with pytest.raises(NodeConfigError, match=message):
         load_node_data(_folder(tmp_path, **arrays), (1, 8, 8), 10)
+
+
+def test_an_archive_or_an_oversized_header_is_named_not_a_bare_error(tmp_path: Path) -> None:
+    folder = _folder(tmp_path)
+    np.savez(folder / "archive.npz", x=np.zeros(3))
+    (folder / "archive.npz").replace(folder / "x_train.npy")  # an .npz under the .npy name
+    with pytest.raises(NodeConfigError, match=r"x_train.npy is not a plain .npy array \(an .npz archive\)"):
+        load_node_data(folder)
+    header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000000, 1000000), }"
+    header += b" " * (118 - len(header)) + b"\n"
+    (folder / "x_train.npy").write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header)
+    with pytest.raises(NodeConfigError, match="x_train.npy"):
+        load_node_data(folder)
+
+
+def test_a_state_dir_with_a_tilde_is_the_home_folder() -> None:
+    spec = node_spec({"partition-id": 0, "state-dir": "~/fl-kd-state"})
+    assert spec.state_dir is not None and "~" not in str(spec.state_dir)
 
 
 def test_a_missing_folder_is_named(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ def test_the_run_config_value_round_trips_and_bad_values_are_refused() -> None:
         ("1000,1007,1014", "of each of the 4 partitions"),
         ("1000,1007,1014,x", "of each of the 4 partitions"),
         ("1000,1007,1014,-5", "of each of the 4 partitions"),
+        ("\u00b2,1007,1014,1021", "of each of the 4 partitions"),  # a digit to isdigit(), not to int()
         ("1000,1007,1014,1000", "a node for two partitions"),
     ):
         with pytest.raises(ConfigError, match=reason):

@@ -111,9 +111,12 @@ def node_spec(node_config: Mapping[str, object]) -> NodeSpec:
         raise NodeConfigError(f"node config {NUM_PARTITIONS} must be >= 1, got {num_partitions}")
     if client_id < 0:
         raise NodeConfigError(f"node config {PARTITION_ID} must be >= 0, got {client_id}")
+    if num_partitions is not None and client_id >= num_partitions:
+        raise NodeConfigError(f"node config {PARTITION_ID}={client_id} is not one of {NUM_PARTITIONS}={num_partitions}")
     folder = None if data_dir is None else Path(data_dir).expanduser()
     state_dir = _text(node_config, STATE_DIR)
-    return NodeSpec(client_id, num_partitions, folder, dataset, tier, None if state_dir is None else Path(state_dir))
+    state = None if state_dir is None else Path(state_dir).expanduser()
+    return NodeSpec(client_id, num_partitions, folder, dataset, tier, state)
 
 
 def _int(node_config: Mapping[str, object], key: str) -> int:
@@ -176,6 +179,8 @@ def load_node_data(
     if not x_path.exists():
         return NodeData(x_train, y_train)
     x_test = _inputs(x_path, input_shape)
+    if len(x_test) == 0:
+        raise NodeConfigError(f"node data folder {folder}: {x_path.name} holds no examples")
     return NodeData(x_train, y_train, x_test, _labels(y_path, len(x_test), num_classes))
 
 
@@ -183,9 +188,14 @@ def _read(path: Path) -> np.ndarray:
     if not path.is_file():
         raise NodeConfigError(f"node data file {path} is missing")
     try:
-        return np.load(path, allow_pickle=False)
+        array = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
         raise NodeConfigError(f"node data file {path} is not a plain .npy array ({err})") from None
+    except MemoryError:  # a header that declares far more than the file holds
+        raise NodeConfigError(f"node data file {path} declares an array too large to load") from None
+    if not isinstance(array, np.ndarray):  # np.load opens an .npz archive whatever the file is named
+        raise NodeConfigError(f"node data file {path} is not a plain .npy array (an .npz archive)")
+    return array
 
 
 def _inputs(path: Path, input_shape: tuple[int, ...] | None) -> torch.Tensor:
@@ -194,9 +204,11 @@ def _inputs(path: Path, input_shape: tuple[int, ...] | None) -> torch.Tensor:
         raise NodeConfigError(f"{path}: inputs must be floats, got {array.dtype}")
     if input_shape is not None and tuple(array.shape[1:]) != tuple(input_shape):
         raise NodeConfigError(f"{path}: examples of shape {array.shape[1:]}, the models expect {tuple(input_shape)}")
-    if not np.isfinite(array).all():
-        raise NodeConfigError(f"{path}: inputs hold NaN or inf")
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf here, and is refused below
+        inputs = np.ascontiguousarray(array, dtype=np.float32)
+    if not np.isfinite(inputs).all():
+        raise NodeConfigError(f"{path}: inputs hold NaN or inf, or values beyond float32's range")
+    return torch.from_numpy(inputs)
 
 
 def _labels(path: Path, count: int, num_classes: int | None) -> torch.Tensor:

@@ -33,7 +33,7 @@ def node_partitions(run_config: Mapping[str, object], num_clients: int) -> dict[
     if text is None or text == "":
         return None
     parts = str(text).split(",")
-    if len(parts) != num_clients or not all(part.strip().isdigit() for part in parts):
+    if len(parts) != num_clients or not all(part.strip().isascii() and part.strip().isdecimal() for part in parts):
         raise ConfigError(
             f"{NODE_PARTITIONS_KEY} must list the node id of each of the {num_clients} partitions, comma-separated; "
             f"got {str(text)[:80]!r}"
