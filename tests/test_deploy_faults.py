@@ -8,8 +8,9 @@ restarted server resumes to the same final metrics. The same on a real deploymen
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from flwr.app import Context, Message, RecordDict
@@ -129,6 +130,48 @@ def test_saved_progress_is_refused_when_it_cannot_be_resumed(tmp_path: Path) -> 
     with pytest.raises(ProgressError, match="round-1.pt is missing"):
         load_progress(tmp_path, cfg.to_json())
     assert load_progress(tmp_path / "elsewhere", cfg.to_json()) is None
+
+
+def _edit(state: dict[str, Any], key: str, value: Any) -> Any:
+    """``state`` with ``key`` (``a.b`` for a nested one) set to ``value``; a bare value replaces the whole record."""
+    if key == "":
+        return value
+    edited = json.loads(json.dumps(state))
+    *parents, last = key.split(".")
+    target = edited
+    for parent in parents:
+        target = target[parent]
+    target[last] = value
+    return edited
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("", [1, 2], "not a progress record"),
+        ("round", "1", "round must be a whole number >= 1"),
+        ("round", True, "round must be a whole number >= 1"),
+        ("round", 1.5, "round must be a whole number >= 1"),
+        ("history", {"round": 1}, "history must be a list of metric rows"),
+        ("history", [{"round": 2}], "rounds 1, 2, ... in order"),
+        ("server_checkpoint", "../../elsewhere.pt", "server_checkpoint must be round-1.pt"),
+        ("client_rounds", [1], "client_rounds must be a mapping"),
+        ("client_rounds", {"-3": 1}, "client id '-3' is no whole number"),
+        ("client_rounds", {"0": 2}, "round 2 is not in 1..1"),
+        ("rng.torch", "AAAA", "a torch generator state of 3 bytes"),
+        ("rng.numpy", ["PCG64", "", 0, 0, 0.0], "not a NumPy MT19937 state"),
+    ],
+)
+def test_saved_progress_of_the_wrong_shape_is_refused_with_the_files_name(
+    tmp_path: Path, key: str, value: Any, message: str
+) -> None:
+    """Wrong types were coerced (a round of "2" or 2.7, a history given as a dict) or crashed later, unnamed."""
+    cfg = tiny_config()
+    path = save_progress(tmp_path, 1, make_strategy(cfg).server, [{"round": 1}], cfg.to_json(), client_rounds={0: 1})
+    assert load_progress(tmp_path, cfg.to_json()) is not None
+    path.write_text(json.dumps(_edit(json.loads(path.read_text()), key, value)))
+    with pytest.raises(ProgressError, match=f"{path.name}: .*{re.escape(message)}"):
+        load_progress(tmp_path, cfg.to_json())
 
 
 class _FlakyGrid(LoopbackGrid):

@@ -136,18 +136,19 @@ def load_progress(out_dir: Path, experiment_json: str) -> Progress | None:
         return None
     try:
         state = json.loads(path.read_text())
+        if not isinstance(state, dict):
+            raise ProgressError(f"not a progress record (a JSON object), got {type(state).__name__}")
         if state.get("format") != _FORMAT:
-            raise ProgressError(f"{path}: format {state.get('format')!r}, expected {_FORMAT}")
+            raise ProgressError(f"format {state.get('format')!r}, expected {_FORMAT}")
         if state["server_checkpoint"] is None:
-            raise ProgressError(f"{path}: this run cannot resume: {state.get('unresumable')}")
+            raise ProgressError(f"this run cannot resume: {state.get('unresumable')}")
         progress = Progress(
-            int(state["round"]), list(state["history"]), path.parent / str(state["server_checkpoint"]),
-            str(state["experiment"]), {int(cid): int(r) for cid, r in state["client_rounds"].items()},
-            _decode_rng(state["rng"]),
+            _saved_round(state), _saved_history(state), path.parent / _saved_checkpoint_name(state),
+            str(state["experiment"]), _saved_client_rounds(state), _decode_rng(state["rng"]),
         )  # fmt: skip
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        if isinstance(err, ProgressError):
-            raise
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, OverflowError) as err:
+        if isinstance(err, ProgressError):  # raised above without the file's name
+            raise ProgressError(f"{path}: {err}") from None
         raise ProgressError(f"{path}: unreadable progress ({type(err).__name__}: {err})") from None
     if progress.experiment_json != experiment_json:
         raise ProgressError(f"{path}: saved by another experiment config; resume only the same experiment")
@@ -156,6 +157,47 @@ def load_progress(out_dir: Path, experiment_json: str) -> Progress | None:
     if len(progress.history) != progress.round:
         raise ProgressError(f"{path}: {len(progress.history)} metric rows for round {progress.round}")
     return progress
+
+
+def _saved_round(state: dict[str, Any]) -> int:
+    """The last saved round: a whole number >= 1 (``save_progress`` writes one after every round)."""
+    value = state["round"]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ProgressError(f"round must be a whole number >= 1, got {value!r}")
+    return value
+
+
+def _saved_history(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """One metric row per round, in order (rows that are no rows, or of other rounds, are refused)."""
+    rows = state["history"]
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        raise ProgressError("history must be a list of metric rows")
+    if [row.get("round") for row in rows] != list(range(1, len(rows) + 1)):
+        raise ProgressError("history rows must be those of rounds 1, 2, ... in order")
+    return rows
+
+
+def _saved_checkpoint_name(state: dict[str, Any]) -> str:
+    """The saved round's checkpoint, in the progress folder: no other name or path is read."""
+    name = state["server_checkpoint"]
+    if name != f"round-{state['round']}.pt":
+        raise ProgressError(f"server_checkpoint must be round-{state['round']}.pt, got {name!r}")
+    return str(name)
+
+
+def _saved_client_rounds(state: dict[str, Any]) -> dict[int, int]:
+    """Client id -> the round of its state: ids >= 0, rounds in 1..the saved round."""
+    saved, last = state["client_rounds"], state["round"]
+    if not isinstance(saved, dict):
+        raise ProgressError("client_rounds must be a mapping of client id to round")
+    out = {}
+    for key, value in saved.items():
+        if not (isinstance(key, str) and key.isascii() and key.isdecimal()):
+            raise ProgressError(f"client_rounds: client id {key!r} is no whole number >= 0")
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= last:
+            raise ProgressError(f"client_rounds: client {key}'s round {value!r} is not in 1..{last}")
+        out[int(key)] = value
+    return out
 
 
 def restore_server(server: ServerRole, progress: Progress) -> None:
@@ -275,9 +317,14 @@ def _rng_states() -> dict[str, Any]:
 
 
 def _decode_rng(state: dict[str, Any]) -> tuple[torch.Tensor, tuple[Any, ...]]:
+    """The global RNG states as saved, checked here so that a damaged one fails the load, not the restore."""
     torch_state = torch.frombuffer(bytearray(base64.b64decode(state["torch"])), dtype=torch.uint8)
+    if torch_state.numel() != torch.get_rng_state().numel():
+        raise ProgressError(f"rng: a torch generator state of {torch_state.numel()} bytes, not torch's")
     name, keys, position, has_gauss, cached = state["numpy"]
     numpy_keys = np.frombuffer(base64.b64decode(keys), dtype=np.uint32).copy()
+    if name != "MT19937" or numpy_keys.size != 624 or not 0 <= int(position) <= 624:
+        raise ProgressError("rng: not a NumPy MT19937 state")
     return torch_state, (str(name), numpy_keys, int(position), int(has_gauss), float(cached))
 
 
