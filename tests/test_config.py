@@ -69,11 +69,20 @@ def test_unknown_keys_are_an_error_naming_the_key() -> None:
         ({"device_profile": {"name": "x", "server_model": "cnn_small", "tiers": {}}}, "device_profile"),
         ({"device_profile": PROFILE | {"tiers": {"a": {"model": "cnn_tiny", "share": 0.5}}}}, "sum to 1"),
         ({"strategy": {"rounds": True}}, "strategy.rounds must be an integer"),
+        ({"device": "tpu:9"}, "device must be a torch device"),
     ],
 )
 def test_bad_values_are_refused_naming_the_key(values: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace("(", r"\(").replace("[", r"\[")):
         _config(**values)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"), [("{not json", "is not JSON"), ("", "is not JSON"), ("[1]", "JSON object")]
+)
+def test_text_that_is_no_experiment_config_is_a_config_error(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"the experiment config (must be a )?{message}"):
+        ExperimentConfig.from_json(text)
 
 
 def test_defaults_come_from_the_dataclasses() -> None:

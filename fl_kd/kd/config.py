@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from fl_kd.config import check_range, from_mapping, require, to_mapping
+import torch
+
+from fl_kd.config import ConfigError, check_range, from_mapping, require, to_mapping
 from fl_kd.data.config import DatasetConfig
 from fl_kd.kd.adversary.config import AdversaryConfig
 from fl_kd.kd.algorithm import StrategyConfig, get_algorithm
@@ -108,6 +110,9 @@ class ExperimentConfig:
         check_range("personalised_test_size", self.personalised_test_size, low=1)
         check_range("seed", self.seed, low=0)
         check_range("max_abs_value", self.max_abs_value, low=0, low_open=True)
+        require(
+            _is_torch_device(self.device), f"device must be a torch device such as cpu or cuda:0, got {self.device!r}"
+        )
 
     def to_json(self) -> str:
         """Every setting as JSON: how the config travels to Flower apps (their run config holds scalars only).
@@ -118,5 +123,20 @@ class ExperimentConfig:
 
     @classmethod
     def from_json(cls, text: str) -> ExperimentConfig:
-        """The inverse of :meth:`to_json`; unknown keys and bad values raise ``ConfigError``."""
-        return from_mapping(cls, json.loads(text))
+        """The inverse of :meth:`to_json`; text that is no JSON object, unknown keys and bad values raise
+        ``ConfigError``."""
+        try:
+            mapping = json.loads(text)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"the experiment config is not JSON ({type(err).__name__}: {err})") from None
+        require(isinstance(mapping, dict), f"the experiment config must be a JSON object, got {type(mapping).__name__}")
+        return from_mapping(cls, mapping)
+
+
+def _is_torch_device(name: object) -> bool:
+    """Whether torch reads ``name`` as a device (whether this machine has it is checked where models are built)."""
+    try:
+        torch.device(name)  # type: ignore[call-overload]
+    except (RuntimeError, TypeError):
+        return False
+    return True
