@@ -263,6 +263,9 @@ def _restore_in_place(current: Any, saved: Mapping[str, Any], path: str) -> Any:
     if current is _MISSING:
         raise CheckpointError(f"{path}: the saved run had a {kind} here, the rebuilt object has none")
     if kind == "module":
+        broken = [name for name, t in saved["v"].items() if t.is_floating_point() and not torch.isfinite(t).all()]
+        if broken:  # a model that diverged, or a damaged file: resuming would carry it on without a word
+            raise CheckpointError(f"{path}: saved weights {broken[:3]} hold NaN or inf")
         current.load_state_dict(saved["v"])
         for module, training in zip(current.modules(), saved["training"], strict=True):
             module.training = training

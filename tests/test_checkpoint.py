@@ -81,3 +81,22 @@ def _with_nan(good: Path) -> dict:
     key = next(iter(checkpoint["model"]))
     checkpoint["model"][key] = torch.full_like(checkpoint["model"][key], float("nan"))
     return checkpoint
+
+
+def test_a_resumed_server_refuses_saved_weights_with_nan() -> None:
+    """The generic walk behind a resume loaded a diverged model's weights as they were."""
+    from fl_kd.checkpoint import object_state, restore_object_state
+
+    state = object_state(_server())
+
+    def spoil(node: object) -> bool:
+        if isinstance(node, dict) and node.get("t") == "module":
+            name = next(key for key, value in node["v"].items() if value.is_floating_point())
+            node["v"][name] = torch.full_like(node["v"][name], float("nan"))
+            return True
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else []
+        return any(spoil(child) for child in children)
+
+    assert spoil(state)
+    with pytest.raises(CheckpointError, match="hold NaN or inf"):
+        restore_object_state(_server(), state, "saved")
