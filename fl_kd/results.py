@@ -50,17 +50,43 @@ def _json_scalar(value: Any) -> Any:
 
 
 def read_metrics(out_dir: Path | str) -> list[dict[str, Any]]:
-    """Rows of ``metrics.jsonl`` in a run folder, in round order."""
+    """Rows of ``metrics.jsonl`` in a run folder, in round order.
+
+    Raises
+    ------
+    ValueError
+        Naming the file and line: a line that is no JSON object with a round number >= 1 (a run stopped mid-write
+        leaves its last line cut short), or a round written twice.
+    """
     path = Path(out_dir) / METRICS_JSONL
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return sorted(rows, key=lambda row: row.get("round", 0))
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            raise ValueError(f"{path}:{number}: not a JSON row (cut short?)") from None
+        round_number = row.get("round") if isinstance(row, dict) else None
+        if isinstance(round_number, bool) or not isinstance(round_number, int) or round_number < 1:
+            raise ValueError(f"{path}:{number}: a row without a round number >= 1")
+        rows.append(row)
+    rows.sort(key=lambda row: row["round"])
+    for before, after in zip(rows, rows[1:], strict=False):
+        if before["round"] == after["round"]:
+            raise ValueError(f"{path}: round {after['round']} is written twice")
+    return rows
 
 
 def finished_rounds(out_dir: Path | str, exit_code: int, rounds: int) -> list[dict[str, Any]] | None:
-    """The rows of a Flower run that exited with 0 and left every one of its ``rounds`` on disk; else None."""
+    """The rows of a Flower run that exited with 0 and left each of rounds ``1..rounds`` on disk; else None."""
     path = Path(out_dir) / METRICS_JSONL
-    rows = read_metrics(out_dir) if path.exists() else []
-    return rows if exit_code == 0 and len(rows) == rounds else None
+    try:
+        rows = read_metrics(out_dir) if path.exists() else []
+    except ValueError:  # a line cut short: the run did not finish writing
+        return None
+    complete = [row["round"] for row in rows] == list(range(1, rounds + 1))
+    return rows if exit_code == 0 and complete else None
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: Path | str) -> None:

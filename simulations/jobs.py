@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
+from fl_kd.results import SUMMARY_JSON
 from fl_kd.simulations.cli import USER_ERRORS
 from fl_kd.simulations.flower_launcher import stop_leftovers
 
@@ -127,7 +128,8 @@ def sweep_job(task: F) -> F:
         out_dir = Path(hydra_cfg.runtime.output_dir)
         job = int(hydra_cfg.job.num)
         overrides = [str(o) for o in hydra_cfg.overrides.task]
-        (out_dir / FAILED_FILE).unlink(missing_ok=True)  # from an earlier sweep into the same folder
+        for stale in (FAILED_FILE, SUMMARY_JSON):  # an earlier sweep's into the same folder, not this job's
+            (out_dir / stale).unlink(missing_ok=True)
         start = time.perf_counter()
         try:
             result = task(*args, **kwargs)

@@ -25,7 +25,7 @@ import yaml
 
 from fl_kd.models.profiles import DeviceProfile, tier_counts
 from fl_kd.plots import _format_bytes, save_figure
-from fl_kd.results import read_metrics
+from fl_kd.results import SUMMARY_JSON, read_metrics
 from fl_kd.simulations.jobs import FAILED_FILE
 from fl_kd.sweep_plots import CLIENT_FLOPS, SWEEP_PNG, sweep_overview_figure
 
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 SWEEP_MD = "sweep.md"
-FINISHED, FAILED, UNFINISHED = "finished", "failed", "did not finish"
+FINISHED, FAILED, UNFINISHED, UNREADABLE = "finished", "failed", "did not finish", "unreadable"
 #: The setting of jobs that differ in nothing but the seed.
 ALL_JOBS = "(all jobs)"
 
@@ -57,7 +57,7 @@ def collect(sweep_dir: Path) -> list[Job]:
     summary and per-round rows; ``setting`` names what the job's overrides differ in, seed left out."""
     jobs = [_job(path.parent.parent, sweep_dir) for path in sweep_dir.rglob(".hydra/overrides.yaml")]
     jobs.sort(key=lambda job: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", job.name)])
-    shared = set(shared_overrides(jobs))
+    shared = set(shared_overrides([job for job in jobs if job.status != UNREADABLE]))  # those have no overrides
     for job in jobs:
         job.setting = " ".join(o for o in job.overrides if o not in shared) or ALL_JOBS
     return jobs
@@ -72,25 +72,34 @@ def shared_overrides(jobs: Sequence[Job]) -> list[str]:
 
 
 def _job(folder: Path, sweep_dir: Path) -> Job:
+    """One job folder; a file in it that cannot be read makes the job ``unreadable``, never the whole sweep."""
+    name = str(folder.relative_to(sweep_dir))
+    try:
+        return _read_job(folder, name)
+    except (OSError, ValueError, AttributeError, TypeError, yaml.YAMLError) as err:
+        return Job(name, [], "?", UNREADABLE, f"{type(err).__name__}: {str(err).strip().splitlines()[0]}")
+
+
+def _read_job(folder: Path, name: str) -> Job:
     overrides = [str(o) for o in yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text()) or []]
     config = _read_yaml(folder / "config.yaml")
     seed = next((o.split("=", 1)[1] for o in overrides if o.startswith("seed=")), str(config.get("seed", "?")))
     job = Job(
-        name=str(folder.relative_to(sweep_dir)),
+        name=name,
         overrides=[o for o in overrides if not o.startswith("seed=")],
         seed=seed,
         status=UNFINISHED,
         error="no summary.json and no failed.json (stopped, or still running)",
     )
-    if (folder / "summary.json").is_file():
-        job.status, job.error = FINISHED, ""
-        job.summary = json.loads((folder / "summary.json").read_text())
-        weights = tier_weights(config)
-        job.rounds = [derived_row(row, weights) for row in read_metrics(folder)]
-    elif (folder / FAILED_FILE).is_file():
+    if (folder / FAILED_FILE).is_file():  # first: a summary beside it is an earlier attempt's
         failure = json.loads((folder / FAILED_FILE).read_text())
         first = (str(failure.get("message", "")).strip().splitlines() or [""])[0]
         job.status, job.error = FAILED, f"{failure.get('error_type', 'error')}: {first}"
+    elif (folder / SUMMARY_JSON).is_file():
+        job.summary = json.loads((folder / SUMMARY_JSON).read_text())
+        weights = tier_weights(config)
+        job.rounds = [derived_row(row, weights) for row in read_metrics(folder)]
+        job.status, job.error = FINISHED, ""
     return job
 
 
@@ -152,7 +161,13 @@ def _summary(key: str, fallback: Callable[[Job], float]) -> Callable[[Job], floa
 
 
 def _last(key: str) -> Callable[[Job], float]:
-    return lambda job: float(job.rounds[-1].get(key, math.nan)) if job.rounds else math.nan
+    """The last round's ``key``; NaN where it is missing or null (JSON's NaN)."""
+
+    def figure(job: Job) -> float:
+        value = job.rounds[-1].get(key) if job.rounds else None
+        return math.nan if value is None else float(value)
+
+    return figure
 
 
 def _best_server(job: Job) -> float:

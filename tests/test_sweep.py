@@ -294,3 +294,50 @@ def test_stop_leftovers_stops_the_jobs_flower_processes_only(tmp_path: Path) -> 
         for process in (ours, job_10):
             process.kill()
             process.wait()
+
+
+def test_an_unreadable_job_is_listed_and_the_rest_of_the_sweep_is_tabled(sweep: Path) -> None:
+    """A half-written summary, a metrics line cut short, a stale summary beside failed.json, a null server accuracy
+    (JSON's NaN): each crashed the whole table, or hid a failure, before."""
+    (sweep / "0" / "summary.json").write_text('{"final_server_acc": 0.')
+    with (sweep / "1" / "metrics.jsonl").open("a") as handle:
+        handle.write('{"round": 3, "server')
+    (sweep / "3" / "summary.json").write_text(json.dumps({"final_server_acc": 0.99}))  # an earlier attempt's
+    _finished(
+        sweep,
+        "4",
+        ["strategy=fedmd", "strategy.rounds=2", "seed=0"],
+        [_row(1, float("nan"), 0.3, 1000, 3.0), _row(2, float("nan"), 0.4, 1000, 5.0)],
+    )
+    jobs = {job.name: job for job in collect(sweep)}
+    assert jobs["0"].status == jobs["1"].status == "unreadable"
+    assert "JSONDecodeError" in jobs["0"].error and "metrics.jsonl:3: not a JSON row" in jobs["1"].error
+    assert jobs["3"].status == "failed" and jobs["4"].status == "finished"
+    markdown = table(list(jobs.values()))
+    fedmd = next(line for line in markdown.splitlines() if line.startswith("| strategy=fedmd |"))
+    assert fedmd.split(" | ")[1:3] == ["1", "–"]  # no server accuracy: shown as none, not a crash
+    assert "| 0 | " in markdown and "| unreadable |" in markdown
+
+
+def test_metrics_files_are_read_strictly_and_an_incomplete_run_is_not_finished(tmp_path: Path) -> None:
+    from fl_kd.results import finished_rounds, read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    for text, message in (
+        ('{"round": 1}\n{"round": 2, "ser', "metrics.jsonl:2: not a JSON row"),
+        ('{"round": null}\n', "metrics.jsonl:1: a row without a round number"),
+        ('{"round": 2}\n{"round": 1}\n{"round": 2}\n', "round 2 is written twice"),
+    ):
+        path.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            read_metrics(tmp_path)
+        assert finished_rounds(tmp_path, 0, 2) is None
+    path.write_text('{"round": 2}\n{"round": 1}\n')
+    assert [row["round"] for row in read_metrics(tmp_path)] == [1, 2]
+    assert finished_rounds(tmp_path, 0, 2) is not None and finished_rounds(tmp_path, 0, 3) is None
+
+
+def test_a_summary_of_rows_read_back_from_json_takes_null_as_nan() -> None:
+    row: dict[str, Any] = {"round": 1, "server_acc": None, "uplink_bytes": 1, "downlink_bytes": 2}
+    summary = summarise([row, {**row, "round": 2, "server_acc": 0.5}], wall_seconds=1.0)
+    assert summary["best_server_acc"] == 0.5

@@ -231,8 +231,8 @@ def summarise(rounds: list[Metrics], wall_seconds: float) -> Metrics:
     if not rounds:
         return summary
     last = rounds[-1]
-    # An algorithm without a server model (FedMD's consensus only) reports NaN server accuracy.
-    server_accs = [float(r["server_acc"]) for r in rounds if math.isfinite(float(r["server_acc"]))]
+    # An algorithm without a server model reports NaN server accuracy; rows read back from JSON hold it as None.
+    server_accs = [float(acc) for r in rounds if (acc := r.get("server_acc")) is not None and math.isfinite(acc)]
     summary |= {
         "final_server_acc": last["server_acc"],
         "best_server_acc": max(server_accs) if server_accs else float("nan"),
