@@ -213,11 +213,13 @@ NOTES = (
 
 
 def cell(values: Sequence[float], fmt: Callable[[float, float | None], str]) -> str:
-    """Mean (± std for several finite values) of one column in one group; "–" when none is finite."""
+    """Mean (± std for several finite values) of one column in one group; "–" when none is finite, and how many
+    seeds it is over when some have no figure (a seed with no client evaluated in its last round)."""
     finite = [v for v in values if math.isfinite(v)]
     if not finite:
         return "–"
-    return fmt(statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else None)
+    text = fmt(statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else None)
+    return text if len(finite) == len(values) else f"{text} ({len(finite)} of {len(values)})"
 
 
 def groups_of(jobs: Sequence[Job]) -> dict[str, list[Job]]:
@@ -230,7 +232,7 @@ def groups_of(jobs: Sequence[Job]) -> dict[str, list[Job]]:
 
 def table(jobs: Sequence[Job]) -> str:
     """Markdown: the shared overrides, one row per setting (finished seeds), then the jobs without results."""
-    shared = " ".join(shared_overrides(jobs))
+    shared = " ".join(shared_overrides([job for job in jobs if job.status != UNREADABLE]))
     lines = [
         f"All jobs: `{shared or '(defaults)'}`",
         "",

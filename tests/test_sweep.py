@@ -341,3 +341,11 @@ def test_a_summary_of_rows_read_back_from_json_takes_null_as_nan() -> None:
     row: dict[str, Any] = {"round": 1, "server_acc": None, "uplink_bytes": 1, "downlink_bytes": 2}
     summary = summarise([row, {**row, "round": 2, "server_acc": 0.5}], wall_seconds=1.0)
     assert summary["best_server_acc"] == 0.5
+
+
+def test_a_figure_over_fewer_seeds_than_the_row_says_how_many() -> None:
+    from fl_kd.simulations.sweep import cell
+
+    assert cell([0.5, float("nan")], lambda mean, std: f"{mean:.2f}") == "0.50 (1 of 2)"
+    assert cell([0.5, 0.7], lambda mean, std: f"{mean:.2f}") == "0.60"
+    assert cell([float("nan")], lambda mean, std: f"{mean:.2f}") == "–"
