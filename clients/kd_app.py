@@ -45,7 +45,7 @@ from fl_kd.kd.progress import (
 )
 from fl_kd.kd.roles import ClientRole, Instruction
 from fl_kd.kd.validation import check_bounded
-from fl_kd.protocol import decode_array, record, scalar_of
+from fl_kd.protocol import decode_record, record, scalar_of
 
 app = ClientApp()
 
@@ -163,14 +163,15 @@ def _state_round(msg: Message, server_round: int) -> int:
 def _instruction(msg: Message, context: Context) -> tuple[int, Instruction]:
     """The server round and the instruction a message carries, checked before use.
 
-    Raises ``ValueError`` saying why on a missing or non-integer round, an array that does not decode, positions
-    that are not a 1-D integer array (floats are not cast), or a float array with NaN, inf or a value beyond
-    ``max_abs_value``; Flower returns it to the server as an error reply.
+    Raises ``ValueError`` saying why on a missing or non-integer round, a record of more arrays or bytes than the
+    protocol allows (:func:`fl_kd.protocol.decode_record`, checked before any array decodes), an array that does
+    not decode, positions that are not a 1-D integer array (floats are not cast), or a float array with NaN, inf or
+    a value beyond ``max_abs_value``; Flower returns it to the server as an error reply.
     """
     server_round = scalar_of(msg.content, kd.CONFIG, kd.SERVER_ROUND)
     if isinstance(server_round, bool) or not isinstance(server_round, int) or server_round < 1:
         raise ValueError(f"message has no positive int {kd.SERVER_ROUND}, got {server_round!r}")
-    arrays = {name: decode_array(array) for name, array in record(msg.content, kd.ARRAYS).items()}
+    arrays = decode_record(msg.content, kd.ARRAYS)
     positions = arrays.get(kd.POSITIONS)
     if positions is not None and (positions.ndim != 1 or not np.issubdtype(positions.dtype, np.integer)):
         raise ValueError(f"{kd.POSITIONS} must be a 1-D integer array, got {positions.dtype} {positions.shape}")

@@ -2,7 +2,8 @@
 
 Record contents come from another party, so every read here is defensive: a missing record or key gives ``None``
 (or an empty mapping), an array is decoded only after its declared dtype and shape agree with its bytes and a
-size cap, and scalars are type-checked. The functions read Flower's ``RecordDict``/``Array`` by attribute
+size cap, a whole record only after its count of arrays, their names and their declared bytes in total are within
+bounds, and scalars are type-checked. The functions read Flower's ``RecordDict``/``Array`` by attribute
 (``array_records``, ``dtype``, ``shape``, ``data``), so the core never imports Flower; ``strategies/`` and
 ``clients/`` call them instead of writing readers of their own. The names of each protocol's messages and
 records live beside it (:mod:`fl_kd.kd.protocol`, :mod:`fl_kd.vfl.protocol`).
@@ -11,7 +12,7 @@ records live beside it (:mod:`fl_kd.kd.protocol`, :mod:`fl_kd.vfl.protocol`).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,14 @@ MAX_ARRAY_BYTES = 256 * 2**20
 NUMERIC_DTYPES = frozenset(
     {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32", "float64"}
 )
+
+
+#: Most arrays one record may carry. fl-kd's largest message, a model's ``state_dict`` with its sample count, has
+#: a few dozen; a reply of millions of tiny arrays would cost memory and time before any name was read.
+MAX_RECORD_ARRAYS = 1024
+
+#: Largest total of declared array bytes in one record, checked from the headers before any array decodes.
+MAX_RECORD_BYTES = MAX_ARRAY_BYTES
 
 
 class ProtocolError(ValueError):
@@ -39,14 +48,14 @@ def record(content: Any, name: str) -> Mapping[str, Any]:
     return found if isinstance(found, Mapping) else {}
 
 
-def decode_array(array: Any, max_bytes: int = MAX_ARRAY_BYTES) -> NDArray[Any]:
-    """A Flower ``Array`` as a numpy array, after checking its declared dtype and shape against its bytes.
+def declared_nbytes(array: Any, max_bytes: int = MAX_ARRAY_BYTES) -> int:
+    """Bytes a Flower ``Array`` declares (its dtype and shape), read from its header alone, nothing decoded.
 
     Raises
     ------
     ProtocolError
-        Not numpy-serialised, an unknown or non-numeric dtype, a negative or oversized shape, or bytes that do
-        not decode to exactly the declared dtype and shape.
+        Not numpy-serialised, an unknown or non-numeric dtype, a negative shape, a declared size beyond
+        ``max_bytes``, or bytes that are missing or far larger than that.
     """
     stype = getattr(array, "stype", None)
     dtype_name = getattr(array, "dtype", None)
@@ -58,18 +67,73 @@ def decode_array(array: Any, max_bytes: int = MAX_ARRAY_BYTES) -> NDArray[Any]:
         raise ProtocolError(f"array declares dtype {dtype_name!r}")
     if not isinstance(shape, (list, tuple)) or not all(isinstance(n, int) and n >= 0 for n in shape):
         raise ProtocolError(f"array declares shape {shape!r}")
-    itemsize = np.dtype(dtype_name).itemsize
-    size = math.prod(shape) * itemsize
+    size = math.prod(shape) * np.dtype(dtype_name).itemsize
     if size > max_bytes:
         raise ProtocolError(f"array of shape {tuple(shape)} and dtype {dtype_name} exceeds {max_bytes} bytes")
     if not isinstance(data, bytes) or len(data) > max_bytes + 4096:
         raise ProtocolError("array bytes are missing or oversized")
+    return size
+
+
+def decode_array(array: Any, max_bytes: int = MAX_ARRAY_BYTES) -> NDArray[Any]:
+    """A Flower ``Array`` as a numpy array, after checking its declared dtype and shape against its bytes.
+
+    Raises
+    ------
+    ProtocolError
+        As :func:`declared_nbytes`, or bytes that do not decode to exactly the declared dtype and shape.
+    """
+    declared_nbytes(array, max_bytes)
+    dtype, shape = np.dtype(array.dtype), tuple(array.shape)
     try:
         decoded = array.numpy()
     except Exception as err:  # noqa: BLE001 - any decoding failure of foreign bytes is a protocol error
         raise ProtocolError(f"array bytes do not decode: {type(err).__name__}") from None
-    if not isinstance(decoded, np.ndarray) or decoded.dtype != np.dtype(dtype_name) or decoded.shape != tuple(shape):
-        raise ProtocolError(f"array bytes do not match the declared dtype {dtype_name} and shape {tuple(shape)}")
+    if not isinstance(decoded, np.ndarray) or decoded.dtype != dtype or decoded.shape != shape:
+        raise ProtocolError(f"array bytes do not match the declared dtype {dtype.name} and shape {shape}")
+    return decoded
+
+
+def decode_record(
+    content: Any,
+    record_name: str,
+    names: Collection[str] | None = None,
+    max_arrays: int = MAX_RECORD_ARRAYS,
+    max_bytes: int = MAX_RECORD_BYTES,
+) -> dict[str, NDArray[Any]]:
+    """Every array of record ``record_name``, decoded only once the record as a whole is within the protocol.
+
+    Before any array decodes: at most ``max_arrays`` arrays, no name outside ``names`` (when given; a missing name
+    is the caller's to judge, since it costs nothing), and every header valid with declared sizes summing to at most
+    ``max_bytes``. An absent record gives ``{}``.
+
+    Raises
+    ------
+    ProtocolError
+        Saying which of these checks failed, or which array did not decode.
+    """
+    found = record(content, record_name)
+    if len(found) > max_arrays:
+        raise ProtocolError(f"record {record_name!r} carries {len(found)} arrays, more than {max_arrays}")
+    if names is not None:
+        unexpected = sorted(str(name) for name in found if name not in names)
+        if unexpected:
+            shown = ", ".join(unexpected[:5]) + (f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else "")
+            raise ProtocolError(f"record {record_name!r} carries arrays that were not asked for: {shown}")
+    total = 0
+    for name, array in found.items():
+        try:
+            total += declared_nbytes(array, max_bytes)
+        except ProtocolError as err:
+            raise ProtocolError(f"array {name!r}: {err}") from None
+    if total > max_bytes:
+        raise ProtocolError(f"record {record_name!r} declares {total} array bytes, more than {max_bytes}")
+    decoded = {}
+    for name, array in found.items():
+        try:
+            decoded[str(name)] = decode_array(array, max_bytes)
+        except ProtocolError as err:
+            raise ProtocolError(f"array {name!r}: {err}") from None
     return decoded
 
 
@@ -99,17 +163,18 @@ def int_of(content: Any, record_name: str, key: str) -> int | None:
 
 
 def payload_nbytes(content: Any) -> int:
-    """Array bytes a message carries (``nbytes`` of each decoded array, no serialisation headers).
+    """Array bytes a message carries (each array's declared ``nbytes``, no serialisation headers), nothing decoded.
 
-    Both runtimes count alike this way. An array that does not decode counts with the raw bytes it sent, so a
-    header that lies about its shape cannot inflate the figure.
+    Both runtimes count alike this way. An array whose header is not valid counts with the raw bytes it sent, and
+    no array counts more than the raw bytes it sent, so a header that lies about its shape cannot inflate the figure.
     """
     total = 0
     for found in getattr(content, "array_records", {}).values():
         for array in found.values():
+            data = getattr(array, "data", b"")
+            sent = len(data) if isinstance(data, bytes) else 0
             try:
-                total += int(decode_array(array).nbytes)
+                total += min(declared_nbytes(array), sent)
             except ProtocolError:
-                data = getattr(array, "data", b"")
-                total += len(data) if isinstance(data, bytes) else 0
+                total += sent
     return total

@@ -33,7 +33,7 @@ from fl_kd.kd.metrics import round_metrics
 from fl_kd.kd.roles import Arrays, Instruction, ServerRole
 from fl_kd.kd.runner import round_cost
 from fl_kd.kd.validation import DEFAULT_MAX_ABS_VALUE, ScreeningReport, check_bounded
-from fl_kd.protocol import ProtocolError, decode_array, int_of, number_of, payload_nbytes, record
+from fl_kd.protocol import ProtocolError, decode_record, int_of, number_of, payload_nbytes
 
 #: The most training samples a client may report for one round: floats stop counting whole numbers beyond it, and
 #: no device comes near it.
@@ -248,9 +248,8 @@ class KDStrategy(Strategy):
                     report.reject("duplicate replies from one client")
                 continue
             try:
-                arrays = {
-                    name: decode_array(array) for name, array in record(client_replies[0].content, kd.ARRAYS).items()
-                }
+                names = self.server.answer_names(server_round, partition_id)
+                arrays = decode_record(client_replies[0].content, kd.ARRAYS, names)
             except ProtocolError as err:
                 report.reject(f"client {partition_id}: {err}")
                 continue

@@ -68,6 +68,13 @@ class ServerRole(ABC):
     def check_answer(self, round: int, client_id: int, arrays: Mapping[str, Any]) -> str | None:
         """Why a decoded answer must be dropped (wrong names, shapes, dtypes, values), or None when usable."""
 
+    def answer_names(self, round: int, client_id: int) -> frozenset[str] | None:
+        """The array names an answer of ``client_id`` may carry, so a runtime can refuse others before decoding.
+
+        ``None`` (the default) when they are not known in advance; :meth:`check_answer` still judges the names.
+        """
+        return None
+
     @abstractmethod
     def aggregate(self, round: int, answers: Mapping[int, Arrays]) -> dict[str, float | int]:
         """Learn from the accepted answers (client id -> arrays); returns the round's server figures."""

@@ -97,6 +97,10 @@ class AttackMetricsServer(ServerRole):
         """As the server."""
         return self.server.train_instruction(round, client_id)
 
+    def answer_names(self, round: int, client_id: int) -> frozenset[str] | None:
+        """As the server."""
+        return self.server.answer_names(round, client_id)
+
     def check_answer(self, round: int, client_id: int, arrays: Mapping[str, Any]) -> str | None:
         """As the server."""
         return self.server.check_answer(round, client_id, arrays)

@@ -112,6 +112,12 @@ class WeightSharingServer(ServerRole):
         """The global weights of the client's architecture."""
         return Instruction(self.published[self.architecture_of[client_id]])
 
+    def answer_names(self, round: int, client_id: int) -> frozenset[str] | None:
+        """The weight names of the client's architecture and the sample count (none for an unknown client)."""
+        if not 0 <= client_id < len(self.architecture_of):
+            return frozenset()
+        return frozenset(self.published[self.architecture_of[client_id]]) | {NUM_EXAMPLES}
+
     def check_answer(self, round: int, client_id: int, arrays: Mapping[str, Any]) -> str | None:
         """Weights shaped like the client's architecture (float32, finite) and a plausible sample count."""
         if not 0 <= client_id < len(self.architecture_of):

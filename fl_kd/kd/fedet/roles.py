@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fl_kd.kd.fedavg.roles import check_num_examples, split_answer
+from fl_kd.kd.fedavg.roles import NUM_EXAMPLES, check_num_examples, split_answer
 from fl_kd.kd.fedet.server import ClientModel, EnsembleTransferServer
 from fl_kd.kd.roles import Arrays, Instruction, ServerRole
 from fl_kd.kd.weights import check_weights
@@ -41,6 +41,12 @@ class FedETServer(ServerRole):
     def train_instruction(self, round: int, client_id: int) -> Instruction:
         """The client's architecture's current small model."""
         return Instruction(self._small_model(client_id))
+
+    def answer_names(self, round: int, client_id: int) -> frozenset[str] | None:
+        """The weight names of the client's architecture and the sample count (none for an unknown client)."""
+        if client_id not in self.architectures:
+            return frozenset()
+        return frozenset(self.server.reference(self.architectures[client_id])) | {NUM_EXAMPLES}
 
     def check_answer(self, round: int, client_id: int, arrays: Mapping[str, Any]) -> str | None:
         """Weights of the client's architecture (float32, finite) giving finite public logits, and a count >= 1."""

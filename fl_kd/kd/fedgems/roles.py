@@ -53,6 +53,10 @@ class FedGEMSServer(ServerRole):
         """The transfer positions the server still needs, and the logits' wire dtype."""
         return Instruction({kd.POSITIONS: self._query_of(round)}, {kd.LOGITS_DTYPE: self.logits_dtype})
 
+    def answer_names(self, round: int, client_id: int) -> frozenset[str] | None:
+        """Logits only."""
+        return frozenset({kd.LOGITS})
+
     def check_answer(self, round: int, client_id: int, arrays: Mapping[str, Any]) -> str | None:
         """Logits only, one row per position asked, in the order asked: which samples they answer is the server's
         own query, never the client's word (and the uplink carries no positions back)."""

@@ -206,6 +206,10 @@ class PublicLogitsServer(ServerRole):
         """The round's public positions and the logits' wire dtype."""
         return Instruction({kd.POSITIONS: self.positions(round)}, {kd.LOGITS_DTYPE: self.logits_dtype})
 
+    def answer_names(self, round: int, client_id: int) -> frozenset[str] | None:
+        """Positions and logits."""
+        return frozenset({kd.POSITIONS, kd.LOGITS})
+
     def check_answer(self, round: int, client_id: int, arrays: Mapping[str, Any]) -> str | None:
         """Exactly ``positions`` (as asked) and ``logits`` ``(n, C)`` of a wire dtype, floats finite."""
         if set(arrays) != {kd.POSITIONS, kd.LOGITS}:
