@@ -28,6 +28,7 @@ from fl_kd.simulations.vfl_schema import load_config, register_vfl_schema
 from fl_kd.vfl import protocol as vp
 from fl_kd.vfl.config import VFLRunConfig
 from fl_kd.vfl.experiment import add_defence_scores, run_vfl
+from fl_kd.vfl.node_roles import NODE_ROLES_KEY
 from fl_kd.vfl.results import progress_writer, write_results
 
 SERVERAPP = "fl_kd.strategies.vfl_app:app"
@@ -60,7 +61,11 @@ def run_flower(config: VFLRunConfig, out_dir: Path, report: Report | None = None
             out_dir,
             SERVERAPP,
             CLIENTAPP,
-            run_config={vp.CONFIG_KEY: vp.encode_config(config), vp.OUTPUT_KEY: str(out_dir.resolve())},
+            run_config={
+                vp.CONFIG_KEY: vp.encode_config(config),
+                vp.OUTPUT_KEY: str(out_dir.resolve()),
+                NODE_ROLES_KEY: "",  # declared, so a deployment of the same app can pin the roles at `flwr run`
+            },
             num_supernodes=config.num_feature_parties + 1,
             num_cpus_per_client=config.simulation.num_cpus_per_client,
             num_cpus=config.simulation.num_cpus,

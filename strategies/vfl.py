@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from logging import INFO, WARNING
 from typing import Any
 
@@ -39,6 +39,8 @@ from fl_kd.protocol import ProtocolError, array_of, int_of, number_of, scalar_of
 from fl_kd.strategies.vfl_exchange import BatchExchange, Messenger, Party, embedding_problem, request
 from fl_kd.vfl import protocol as vp
 from fl_kd.vfl.config import VFLRunConfig
+from fl_kd.vfl.node_roles import NODE_ROLES_KEY, describe
+from fl_kd.vfl.protocol import PartyRole
 from fl_kd.vfl.results import build_results
 from fl_kd.vfl.split import align_samples
 from fl_kd.vfl.trainer import EpochReport, TrainingHistory, batch_order, evaluation_due
@@ -57,11 +59,20 @@ class VFLServer:
         The run.
     report : EpochReport | None (default: None)
         Receives each epoch's row (loss, skipped batches, seconds, and MP when evaluated).
+    node_roles : Mapping[int, PartyRole] | None (default: None)
+        Node id -> role, as the deployment registered them (:mod:`fl_kd.vfl.node_roles`); discovery stops at a
+        node whose claimed role disagrees. None: each node's claim is taken (a simulation, where no node lies).
     """
 
-    def __init__(self, config: VFLRunConfig, report: EpochReport | None = None) -> None:
+    def __init__(
+        self,
+        config: VFLRunConfig,
+        report: EpochReport | None = None,
+        node_roles: Mapping[int, PartyRole] | None = None,
+    ) -> None:
         self.config = config
         self.report = report
+        self.node_roles = node_roles
         self.history = TrainingHistory()
         self.features: list[Party] = []
         self._label: Party | None = None
@@ -103,6 +114,7 @@ class VFLServer:
             if role not in (vp.LABEL, vp.FEATURE) or party_id is None:
                 raise RuntimeError(f"node {node_id} sent no valid role and party id")
             party = Party(str(role), -1 if role == vp.LABEL else party_id, node_id)
+            self._check_registered(node_id, PartyRole(party.role, party.party_id))
             if (party.role, party.party_id) in found:
                 raise RuntimeError(f"node {node_id} claims role {party.role} {party.party_id}, which another holds")
             try:
@@ -120,6 +132,18 @@ class VFLServer:
         self.features, self._label = [entry[0] for entry in ordered[:-1]], ordered[-1][0]
         log(INFO, "VFL parties: feature %s, label on node %s", [p.node_id for p in self.features], self.label.node_id)
         return [entry[1] for entry in ordered], [entry[2] for entry in ordered]
+
+    def _check_registered(self, node_id: int, claim: PartyRole) -> None:
+        """Stop when the deployment registered ``node_id`` for another role than it claims, or not at all."""
+        if self.node_roles is None:
+            return
+        registered = self.node_roles.get(node_id)
+        if registered is None:
+            raise RuntimeError(f"node {node_id} is not one the deployment registered ({NODE_ROLES_KEY})")
+        if registered != claim:
+            raise RuntimeError(
+                f"node {node_id} claims {describe(claim)}, but the deployment registered it as {describe(registered)}"
+            )
 
     def setup(
         self, messenger: Messenger, train_ids: Sequence[NDArray[np.int64]], test_ids: Sequence[NDArray[np.int64]]

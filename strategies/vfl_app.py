@@ -4,7 +4,9 @@ Run config keys (scalars, as Flower requires; see :mod:`fl_kd.vfl.protocol`):
 
 * ``fl-kd-vfl-config``: the run as JSON (:func:`fl_kd.vfl.protocol.encode_config`);
 * ``output-dir``: folder that receives ``results.json`` (MP, AP per attack, losses, skipped batches, timings)
-  and ``epochs.jsonl`` (one line per epoch, written as training goes, for the console to follow).
+  and ``epochs.jsonl`` (one line per epoch, written as training goes, for the console to follow);
+* ``node-roles`` (optional, empty by default): the node id of each feature party, then the label party's, as the
+  deployment registered them (:mod:`fl_kd.vfl.node_roles`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from flwr.serverapp import Grid, ServerApp
 from fl_kd.strategies.vfl import VFLServer
 from fl_kd.strategies.vfl_grid import QuickPollGrid
 from fl_kd.vfl import protocol as vp
+from fl_kd.vfl.node_roles import node_roles
 from fl_kd.vfl.results import progress_writer, write_results
 
 app = ServerApp()
@@ -38,7 +41,11 @@ def main(grid: Grid, context: Context) -> None:
             core_logger.addHandler(handler)
     cfg = vp.decode_config(str(context.run_config[vp.CONFIG_KEY]))
     out_dir = Path(str(context.run_config[vp.OUTPUT_KEY]))
-    results = VFLServer(cfg, report=progress_writer(out_dir / vp.PROGRESS_FILE)).run(QuickPollGrid(grid))
+    pinned = node_roles(context.run_config, cfg.num_feature_parties)
+    if pinned is not None:
+        log(INFO, "Each role is held by the node registered for it: %s", dict(pinned))
+    server = VFLServer(cfg, report=progress_writer(out_dir / vp.PROGRESS_FILE), node_roles=pinned)
+    results = server.run(QuickPollGrid(grid))
     write_results(out_dir / vp.RESULTS_FILE, results)
     log(
         INFO,

@@ -23,11 +23,11 @@ def test_the_run_config_value_round_trips_and_bad_values_are_refused() -> None:
     assert text == "1000,1007,1014,1021"
     assert node_partitions({NODE_PARTITIONS_KEY: text}, 4) == {1000: 0, 1007: 1, 1014: 2, 1021: 3}
     for bad, reason in (
-        ("1000,1007,1014", "of each of the 4 partitions"),
-        ("1000,1007,1014,x", "of each of the 4 partitions"),
-        ("1000,1007,1014,-5", "of each of the 4 partitions"),
-        ("\u00b2,1007,1014,1021", "of each of the 4 partitions"),  # a digit to isdigit(), not to int()
-        ("1000,1007,1014,1000", "a node for two partitions"),
+        ("1000,1007,1014", "must list 4 node ids"),
+        ("1000,1007,1014,x", "must list 4 node ids"),
+        ("1000,1007,1014,-5", "must list 4 node ids"),
+        ("\u00b2,1007,1014,1021", "must list 4 node ids"),  # a digit to isdigit(), not to int()
+        ("1000,1007,1014,1000", "names one node twice"),
     ):
         with pytest.raises(ConfigError, match=reason):
             node_partitions({NODE_PARTITIONS_KEY: bad}, 4)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from fl_kd.config import ConfigError
+from fl_kd.pinned_nodes import encode_pinned_nodes, pinned_nodes
 
 #: Run config key: partition ``i``'s node id at place ``i``, comma-separated (a string: run config values are scalars).
 NODE_PARTITIONS_KEY = "node-partitions"
@@ -18,7 +18,7 @@ NODE_PARTITIONS_KEY = "node-partitions"
 
 def encode_node_partitions(node_ids: Sequence[int]) -> str:
     """The run config value for partitions ``0..len(node_ids)-1`` held by ``node_ids``, in that order."""
-    return ",".join(str(int(node_id)) for node_id in node_ids)
+    return encode_pinned_nodes(node_ids)
 
 
 def node_partitions(run_config: Mapping[str, object], num_clients: int) -> dict[int, int] | None:
@@ -26,19 +26,8 @@ def node_partitions(run_config: Mapping[str, object], num_clients: int) -> dict[
 
     Raises
     ------
-    ConfigError
+    fl_kd.config.ConfigError
         The value is not ``num_clients`` distinct whole node ids.
     """
-    text = run_config.get(NODE_PARTITIONS_KEY)
-    if text is None or text == "":
-        return None
-    parts = str(text).split(",")
-    if len(parts) != num_clients or not all(part.strip().isascii() and part.strip().isdecimal() for part in parts):
-        raise ConfigError(
-            f"{NODE_PARTITIONS_KEY} must list the node id of each of the {num_clients} partitions, comma-separated; "
-            f"got {str(text)[:80]!r}"
-        )
-    node_ids = [int(part) for part in parts]
-    if len(set(node_ids)) != len(node_ids):
-        raise ConfigError(f"{NODE_PARTITIONS_KEY} names a node for two partitions: {str(text)[:80]!r}")
-    return {node_id: partition for partition, node_id in enumerate(node_ids)}
+    node_ids = pinned_nodes(run_config, NODE_PARTITIONS_KEY, [f"partition {p}" for p in range(num_clients)])
+    return None if node_ids is None else {node_id: partition for partition, node_id in enumerate(node_ids)}
