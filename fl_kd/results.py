@@ -171,7 +171,7 @@ def print_summary_table(rows: Sequence[Mapping[str, Any]], title: str = "fl-kd r
     from rich.table import Table
 
     table = Table(title=title)
-    columns = [key for key in _TABLE_COLUMNS if rows and key in rows[-1]]
+    columns = [key for key in _TABLE_COLUMNS if any(key in row for row in rows)]  # a figure of some rounds only too
     for key in columns:
         table.add_column(_TABLE_COLUMNS[key], justify="right")
     for row in rows:

@@ -75,9 +75,12 @@ def sweep_overview_figure(
     run recorded no column.
     """
     plt = _pyplot()
-    labels = {setting: _legend_label(setting, len(runs)) for setting, runs in groups.items()}
     rows = [(key, name) for key, name in ACCURACIES if _recorded(groups, key)] or list(ACCURACIES[:1])
     columns = [axis for axis in X_AXES if axis.key == ROUND or _recorded(groups, axis.key)]
+    labels = {
+        setting: _legend_label(setting, len(runs), min(len(_usable(runs, axis.key)) for axis in columns))
+        for setting, runs in groups.items()
+    }
     fig, axes = plt.subplots(
         len(rows), len(columns), figsize=(4.6 * len(columns), 3.9 * len(rows) + 0.9), squeeze=False
     )
@@ -109,8 +112,15 @@ def sweep_overview_figure(
     return fig
 
 
-def _legend_label(setting: str, seeds: int) -> str:
-    return f"{readable_setting(setting)} ({seeds} seed{'s' if seeds != 1 else ''})"
+def _legend_label(setting: str, seeds: int, fewest: int) -> str:
+    """The setting and its seeds; ``fewest``: the runs of the panel that could draw the fewest of them."""
+    counted = f"{seeds} seed{'s' if seeds != 1 else ''}"
+    return f"{readable_setting(setting)} ({counted}{f'; {fewest} on some panels' if fewest < seeds else ''})"
+
+
+def _usable(runs: Sequence[Sequence[Mapping[str, Any]]], x_key: str) -> list[Sequence[Mapping[str, Any]]]:
+    """The runs that recorded ``x_key`` in every round: those a panel over ``x_key`` averages."""
+    return [run for run in runs if run and all(_finite(row.get(x_key)) for row in run)]
 
 
 def _recorded(groups: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]], key: str) -> bool:
@@ -123,7 +133,7 @@ def _finite(value: Any) -> bool:
 
 def _curve(label: str, runs: Sequence[Sequence[Mapping[str, Any]]], x_key: str, y_key: str) -> Curve | None:
     """Mean over the runs that recorded ``x_key`` in every round; rounds up to the shortest such run."""
-    usable = [run for run in runs if run and all(_finite(row.get(x_key)) for row in run)]
+    usable = _usable(runs, x_key)
     if not usable:
         return None
     length = min(len(run) for run in usable)

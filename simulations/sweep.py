@@ -122,8 +122,10 @@ def tier_weights(config: Mapping[str, Any]) -> dict[str, int]:
 
 def per_client(row: Mapping[str, Any], prefix: str, weights: Mapping[str, int]) -> float:
     """Mean over the tiers in ``row`` of ``<prefix>_<tier>`` (itself a mean over the tier's sampled clients),
-    weighted by the tier's clients; NaN when the row has none."""
-    values = {key[len(prefix) + 1 :]: float(v) for key, v in row.items() if key.startswith(prefix + "_")}
+    weighted by the tier's clients; NaN when the row has none (a null figure, JSON's NaN, counts as none)."""
+    values = {
+        key[len(prefix) + 1 :]: float(v) for key, v in row.items() if key.startswith(prefix + "_") and v is not None
+    }
     total = sum(weights.get(tier, 1) if weights else 1 for tier in values)
     if not values or total == 0:
         return math.nan
@@ -222,6 +224,26 @@ def cell(values: Sequence[float], fmt: Callable[[float, float | None], str]) -> 
     return text if len(finite) == len(values) else f"{text} ({len(finite)} of {len(values)})"
 
 
+def _markdown(text: str) -> str:
+    """``text`` as one cell of a markdown row (a ``|`` in an override would split it)."""
+    return text.replace("|", "\\|")
+
+
+def one_per_seed(jobs: Sequence[Job]) -> tuple[list[Job], list[str]]:
+    """The first finished job of each seed, and the seeds that finished more than once (``"0 (2 jobs)"``).
+
+    Two jobs of one setting and seed are one measurement run twice (the same config and seed give the same
+    numbers), so counting both would shrink the spread over seeds; the first in job order stands for the seed.
+    """
+    first: dict[str, Job] = {}
+    runs: dict[str, int] = {}
+    for job in jobs:
+        if job.status == FINISHED:
+            first.setdefault(job.seed, job)
+            runs[job.seed] = runs.get(job.seed, 0) + 1
+    return list(first.values()), [f"{seed} ({count} jobs)" for seed, count in runs.items() if count > 1]
+
+
 def groups_of(jobs: Sequence[Job]) -> dict[str, list[Job]]:
     """Jobs by setting, in the order the sweep first ran each setting."""
     groups: dict[str, list[Job]] = {}
@@ -240,18 +262,21 @@ def table(jobs: Sequence[Job]) -> str:
         "|---|---|" + "---|" * len(COLUMNS),
     ]
     for setting, members in groups_of(jobs).items():
-        done = [job for job in members if job.status == FINISHED]
-        seeds = str(len(done)) if len(done) == len(members) else f"{len(done)} of {len(members)}"
+        done, repeated = one_per_seed(members)
+        asked = len({job.seed for job in members if job.seed != "?"}) + sum(job.seed == "?" for job in members)
+        seeds = str(len(done)) if len(done) == asked else f"{len(done)} of {asked}"
+        if repeated:
+            seeds += f"; seed {', '.join(repeated)}, the first kept"
         cells = [cell([figure(job) for job in done], fmt) for _, figure, fmt in COLUMNS]
-        lines.append(f"| {setting} | {seeds} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_markdown(setting)} | {seeds} | " + " | ".join(cells) + " |")
     lines += ["", NOTES]
     missing = [job for job in jobs if job.status != FINISHED]
     if missing:
         lines += ["", f"Jobs without results ({len(missing)} of {len(jobs)}):", ""]
         lines += ["| job | setting | seed | status | error |", "|---|---|---|---|---|"]
         for job in missing:
-            error = job.error.replace("|", "\\|")
-            lines.append(f"| {job.name} | {job.setting} | {job.seed} | {job.status} | {error} |")
+            texts = (job.name, job.setting, job.seed, job.status, job.error)
+            lines.append("| " + " | ".join(_markdown(text) for text in texts) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -262,10 +287,7 @@ def plot(jobs: Sequence[Job], path: Path) -> None:
 
 def figure(jobs: Sequence[Job]) -> Figure:
     """The sweep figure of collected jobs (finished ones; the others are counted in the title), before saving."""
-    groups = {
-        setting: [job.rounds for job in members if job.status == FINISHED]
-        for setting, members in groups_of(jobs).items()
-    }
+    groups = {setting: [job.rounds for job in one_per_seed(members)[0]] for setting, members in groups_of(jobs).items()}
     missing = sum(job.status != FINISHED for job in jobs)
     shared = " ".join(shared_overrides(jobs))
     return sweep_overview_figure({s: runs for s, runs in groups.items() if runs}, shared=shared, missing=missing)

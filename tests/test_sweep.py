@@ -349,3 +349,51 @@ def test_a_figure_over_fewer_seeds_than_the_row_says_how_many() -> None:
     assert cell([0.5, float("nan")], lambda mean, std: f"{mean:.2f}") == "0.50 (1 of 2)"
     assert cell([0.5, 0.7], lambda mean, std: f"{mean:.2f}") == "0.60"
     assert cell([float("nan")], lambda mean, std: f"{mean:.2f}") == "–"
+
+
+def test_a_seed_run_twice_counts_once_and_the_table_says_so(sweep: Path) -> None:
+    _finished(
+        sweep,
+        "11",
+        ["strategy=fedgems", "strategy.rounds=2", "seed=1"],  # job 1 again, with other figures
+        [_row(1, 0.1, 0.1, 1000, 3.0), _row(2, 0.2, 0.2, 1000, 5.0)],
+    )
+    row = next(line for line in table(collect(sweep)).splitlines() if line.startswith("| strategy=fedgems "))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "2; seed 1 (2 jobs), the first kept"
+    assert cells[2] == "0.7000 ± 0.1414"  # seeds 0 and 1 (0.6, 0.8), not the repeat's 0.2
+    legend = [t.get_text() for t in figure(collect(sweep)).legends[0].get_texts()]
+    assert "strategy=fedgems (2 seeds)" in legend, legend
+
+
+def test_a_pipe_in_an_override_stays_inside_its_cell(tmp_path: Path) -> None:
+    rows = [_row(1, 0.5, 0.5, 10, 1.0)]
+    _finished(tmp_path, "0", ["strategy=fedgems", "+note=a|b", "seed=0"], rows)
+    _finished(tmp_path, "1", ["strategy=fedavg", "+note=c|d", "seed=0"], rows)
+    _folder(tmp_path, "2", ["strategy=dsfl", "+note=e|f", "seed=0"])
+    markdown = table(collect(tmp_path))
+    header = next(line for line in markdown.splitlines() if line.startswith("| setting |"))
+    for line in markdown.splitlines():
+        if line.startswith("| strategy="):
+            assert line.replace("\\|", "").count("|") == header.count("|"), line
+    missing = next(line for line in markdown.splitlines() if line.startswith("| 2 |"))
+    assert missing.replace("\\|", "").count("|") == 6
+
+
+def test_a_null_tier_figure_is_missing_not_a_crash_and_the_legend_says_where_seeds_are_fewer(tmp_path: Path) -> None:
+    _finished(tmp_path, "0", ["strategy=fedgems", "seed=0"], [_row(1, 0.5, 0.5, 10, 1.0), _row(2, 0.6, 0.6, 10, 2.0)])
+    rows = [_row(1, 0.7, 0.5, 10, 1.0), {**_row(2, 0.8, 0.6, 10, 2.0), "client_flops_low": None, "sim_seconds": None}]
+    _finished(tmp_path, "1", ["strategy=fedgems", "seed=1"], rows)
+    jobs = collect(tmp_path)
+    assert [job.status for job in jobs] == ["finished", "finished"]
+    assert jobs[1].rounds[1]["client_flops"] == pytest.approx((4 * 2e6 + 2 * 6e6) / 6)  # mid and high only
+    legend = [t.get_text() for t in figure(jobs).legends[0].get_texts()]
+    assert legend == ["(all jobs) (2 seeds; 1 on some panels)"]
+
+
+def test_the_console_table_shows_a_figure_that_only_early_rounds_have(capsys: pytest.CaptureFixture[str]) -> None:
+    from fl_kd.results import print_summary_table
+
+    print_summary_table([{"round": 1, "server_acc": 0.5, "n_cache": 3}, {"round": 2, "server_acc": 0.6}])
+    out = capsys.readouterr().out
+    assert "cache" in out and "3" in out
