@@ -204,6 +204,7 @@ def _restore(current: Any, saved: Mapping[str, Any], path: str) -> Any:
     """The value ``path`` must hold after the restore: ``current`` updated in place where possible."""
     kind = saved["t"]
     if kind == "v":
+        _check_same_kind(current, saved["v"], path)
         return saved["v"]
     if kind == "np_scalar":
         return np.dtype(saved["dtype"]).type(saved["v"])
@@ -219,7 +220,9 @@ def _restore(current: Any, saved: Mapping[str, Any], path: str) -> Any:
         return current
     if kind == "tensor":
         value = saved["v"]
-        if isinstance(current, Tensor) and current.shape == value.shape and current.dtype == value.dtype:
+        if isinstance(current, Tensor) and current.dtype != value.dtype:  # a shape may grow over a run, a dtype not
+            raise CheckpointError(f"{path} was a {value.dtype} tensor, the rebuilt object has a {current.dtype} one")
+        if isinstance(current, Tensor) and current.shape == value.shape:
             with torch.no_grad():
                 current.copy_(value)
             return current
@@ -227,7 +230,9 @@ def _restore(current: Any, saved: Mapping[str, Any], path: str) -> Any:
     if kind == "ndarray":
         raw = saved["bytes"].numpy().tobytes()
         value = np.frombuffer(raw, dtype=np.dtype(saved["dtype"])).reshape(saved["shape"]).copy()
-        if isinstance(current, np.ndarray) and current.shape == value.shape and current.dtype == value.dtype:
+        if isinstance(current, np.ndarray) and current.dtype != value.dtype:
+            raise CheckpointError(f"{path} was a {value.dtype} array, the rebuilt object has a {current.dtype} one")
+        if isinstance(current, np.ndarray) and current.shape == value.shape:
             if current.flags.writeable:
                 current[...] = value
                 return current
@@ -255,6 +260,24 @@ def _restore(current: Any, saved: Mapping[str, Any], path: str) -> Any:
     if kind in ("set", "frozenset"):
         return (set if kind == "set" else frozenset)(saved["items"])
     raise CheckpointError(f"{path}: unknown saved kind {kind!r}")
+
+
+def _scalar_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a truth value"
+    return "a number" if isinstance(value, (int, float)) else f"a {type(value).__name__}"
+
+
+def _check_same_kind(current: Any, saved: Any, path: str) -> None:
+    """A saved plain value must be of the rebuilt one's kind (``None`` either side passes: optional state fills in).
+
+    Ints and floats are one kind: a counter may be saved as either. A string where the rebuilt object counts is a
+    checkpoint of another version, and resuming from it would fail later, far from the cause.
+    """
+    if current is _MISSING or current is None or saved is None:
+        return
+    if _scalar_kind(current) != _scalar_kind(saved):
+        raise CheckpointError(f"{path} was {_scalar_kind(saved)} ({saved!r}), the rebuilt object has {current!r}")
 
 
 def _restore_in_place(current: Any, saved: Mapping[str, Any], path: str) -> Any:

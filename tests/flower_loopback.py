@@ -6,6 +6,8 @@ are fast, and a ``tamper`` hook can replace, drop or duplicate replies to play a
 
 from __future__ import annotations
 
+import itertools
+import os
 from collections.abc import Callable, Iterable
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -16,6 +18,11 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 Tamper = Callable[[Message, Message], list[Message]]
+
+#: Run ids of this process's grids. Each grid is a run of its own, unique across the test workers too: a VFL party
+#: keeps its state under the system's temporary folder by run and node id, and two workers' runs sharing an id
+#: removed each other's saves.
+_RUN_IDS = itertools.count((os.getpid() % 2**20) << 20)
 
 
 def set_task_identity() -> None:
@@ -39,9 +46,10 @@ class LoopbackGrid(Grid):
         self.client_app = client_app
         self.tamper = tamper
         # Node ids deliberately unlike partition ids, as in a real federation.
+        run_id = next(_RUN_IDS)
         self.contexts = {
             1000 + 7 * pid: Context(
-                run_id=1,
+                run_id=run_id,
                 node_id=1000 + 7 * pid,
                 node_config={
                     "partition-id": pid,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -100,3 +101,47 @@ def test_a_resumed_server_refuses_saved_weights_with_nan() -> None:
     assert spoil(state)
     with pytest.raises(CheckpointError, match="hold NaN or inf"):
         restore_object_state(_server(), state, "saved")
+
+
+class _State:
+    """A small piece of server state as the generic walk meets it."""
+
+    def __init__(self) -> None:
+        self.rounds_done: float = 3
+        self.mode = "learned"
+        self.cache = torch.zeros(4, dtype=torch.float32)
+        self.seen = np.zeros(2, dtype=np.int64)
+        self.best: float | None = None
+
+
+@pytest.mark.parametrize(
+    ("attribute", "value", "reason"),
+    [
+        ("rounds_done", "3", "rounds_done was a str"),
+        ("mode", 2, "mode was a number"),
+        ("rounds_done", True, "rounds_done was a truth value"),
+        ("cache", torch.zeros(4, dtype=torch.float64), "cache was a torch.float64 tensor"),
+        ("seen", np.zeros(2, dtype=np.float32), "seen was a float32 array"),
+    ],
+)
+def test_a_saved_value_of_another_kind_than_the_rebuilt_one_is_refused(
+    attribute: str, value: object, reason: str
+) -> None:
+    """The walk let a saved value of any type replace the rebuilt one: the run failed later, far from the cause."""
+    from fl_kd.checkpoint import object_state, restore_object_state
+
+    saved = _State()
+    setattr(saved, attribute, value)
+    with pytest.raises(CheckpointError, match=reason):
+        restore_object_state(_State(), object_state(saved), "saved")
+
+
+def test_state_that_grows_or_fills_in_over_a_run_still_restores() -> None:
+    from fl_kd.checkpoint import object_state, restore_object_state
+
+    saved = _State()
+    saved.rounds_done, saved.best = 7.0, 0.8  # a counter saved as a float; an optional figure now set
+    saved.cache = torch.ones(9, dtype=torch.float32)  # the teacher cache grows
+    rebuilt = _State()
+    restore_object_state(rebuilt, object_state(saved), "saved")
+    assert rebuilt.rounds_done == 7.0 and rebuilt.best == 0.8 and torch.equal(rebuilt.cache, torch.ones(9))
