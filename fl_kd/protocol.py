@@ -35,6 +35,10 @@ MAX_RECORD_ARRAYS = 1024
 MAX_RECORD_BYTES = MAX_ARRAY_BYTES
 
 
+#: Most characters of a text another party chose (an error reason, a refusal) that the server keeps or logs.
+MAX_PARTY_TEXT = 300
+
+
 class ProtocolError(ValueError):
     """A message does not follow the protocol; the message says how."""
 
@@ -135,6 +139,16 @@ def decode_record(
         except ProtocolError as err:
             raise ProtocolError(f"array {name!r}: {err}") from None
     return decoded
+
+
+def party_text(value: Any, limit: int = MAX_PARTY_TEXT) -> str:
+    """``value`` as text of at most about ``limit`` characters, saying how long it was when cut.
+
+    Error reasons and refusals are free text from another party, kept per batch or per round in a run's history
+    and logs; an 8 MB reason copied into each would grow the server's memory with every exchange.
+    """
+    text = str(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def array_of(content: Any, record_name: str, key: str) -> NDArray[Any] | None:

@@ -33,7 +33,7 @@ from fl_kd.kd.metrics import round_metrics
 from fl_kd.kd.roles import Arrays, Instruction, ServerRole
 from fl_kd.kd.runner import round_cost
 from fl_kd.kd.validation import DEFAULT_MAX_ABS_VALUE, ScreeningReport, check_bounded
-from fl_kd.protocol import ProtocolError, decode_record, int_of, number_of, payload_nbytes
+from fl_kd.protocol import ProtocolError, decode_record, int_of, number_of, party_text, payload_nbytes
 
 #: The most training samples a client may report for one round: floats stop counting whole numbers beyond it, and
 #: no device comes near it.
@@ -234,7 +234,7 @@ class KDStrategy(Strategy):
         for reply in replies:
             partition_id = self._partitions.get(reply.metadata.src_node_id)
             if reply.has_error():
-                report.reject(f"client error: {reply.error.reason}")
+                report.reject(f"client error: {party_text(reply.error.reason)}")
             elif partition_id is None or partition_id not in self._selected:
                 report.reject("reply from a client that was not asked")
             elif not self._answers_ours(reply):

@@ -38,6 +38,7 @@ from numpy.typing import NDArray
 from fl_kd.protocol import ProtocolError, array_of, int_of, number_of, scalar_of
 from fl_kd.strategies.vfl_exchange import BatchExchange, Messenger, Party, embedding_problem, request
 from fl_kd.vfl import protocol as vp
+from fl_kd.vfl.attack_results import decode_attack_results, missing_attack
 from fl_kd.vfl.config import VFLRunConfig
 from fl_kd.vfl.node_roles import NODE_ROLES_KEY, describe
 from fl_kd.vfl.protocol import PartyRole
@@ -230,7 +231,7 @@ class VFLServer:
         The harness reads the labels from the label party and passes them to the attacking party. Both replies are
         screened like every other (identity, array bytes, dtype, shape and class range; the results' figures): an
         unusable one is logged and counted in ``Messenger.rejected``, and the attacks it concerns are reported as
-        not scored, with the reason (:func:`fl_kd.vfl.protocol.missing_attack`), instead of ending the run.
+        not scored, with the reason (:func:`fl_kd.vfl.attack_results.missing_attack`), instead of ending the run.
         """
         names = list(self.config.attack)
         try:
@@ -241,13 +242,13 @@ class VFLServer:
             if outcome.content is None:
                 raise ProtocolError(f"the attacking party: {outcome.problem}")
             try:
-                results, refused = vp.decode_attack_results(outcome.content, names, self.num_train)
+                results, refused = decode_attack_results(outcome.content, names, self.num_train)
             except ProtocolError as err:
                 messenger.rejected["unusable attack results"] += 1
                 raise ProtocolError(f"the attacking party: {err}") from None
         except ProtocolError as err:
             log(WARNING, "attack scoring failed, no attack is scored: %s", err)
-            return {name: vp.missing_attack(name, str(err)) for name in names}
+            return {name: missing_attack(name, str(err)) for name in names}
         for reason in refused:
             log(WARNING, "attack scoring: %s", reason)
             messenger.rejected["unusable attack result"] += 1

@@ -25,7 +25,7 @@ from flwr.serverapp import Grid
 from numpy.typing import NDArray
 from torch import Tensor
 
-from fl_kd.protocol import ProtocolError, array_of, scalar_of
+from fl_kd.protocol import ProtocolError, array_of, party_text, scalar_of
 from fl_kd.vfl import protocol as vp
 from fl_kd.vfl.config import DEFAULT_MAX_NORM
 from fl_kd.vfl.trainer import TrainingHistory
@@ -88,7 +88,7 @@ class Messenger:
                 outcomes[node_id] = Outcome(None, "more than one reply")
                 self.rejected["more than one reply"] += 1
             elif reply.has_error():
-                outcomes[node_id] = Outcome(None, f"error reply ({reply.error.reason})")
+                outcomes[node_id] = Outcome(None, f"error reply ({party_text(reply.error.reason)})")
                 self.rejected["error reply"] += 1
             else:
                 outcomes[node_id] = Outcome(reply.content)
@@ -260,6 +260,7 @@ class BatchExchange:
         losses = {}
         for b in embeddings:
             reason = scalar_of(outcome.content, vp.CONFIG, vp.rejected_key(b))
+            reason = None if reason is None else party_text(reason)
             loss = scalar_of(outcome.content, vp.METRICS, vp.loss_key(b))
             if (
                 reason is not None
@@ -320,4 +321,4 @@ class BatchExchange:
                 else:
                     reason = scalar_of(outcome.content, vp.CONFIG, vp.rejected_key(b))
                 if reason is not None:
-                    self.history.fail_update(deferred.epoch, b, party.party_id, str(reason))
+                    self.history.fail_update(deferred.epoch, b, party.party_id, party_text(reason))

@@ -31,6 +31,7 @@ from fl_kd.strategies.vfl import VFLServer
 from fl_kd.strategies.vfl_exchange import BatchExchange, Messenger, request
 from fl_kd.vfl import protocol as vp
 from fl_kd.vfl import run_vfl
+from fl_kd.vfl.attack_results import MAX_RESULTS_CHARS, MAX_RESULTS_DEPTH, UNIT_FIGURES
 from fl_kd.vfl.config import VFLRunConfig
 from fl_kd.vfl.metrics import worst_case_ap
 from fl_kd.vfl.trainer import TrainingHistory
@@ -408,7 +409,7 @@ def bad_result(draw: st.DrawFn, name: str, honest: dict[str, Any], num_train: in
     kind = draw(st.sampled_from(["figure", "count", "name", "type", "error", "no ap", "deep"]))
     result = copy.deepcopy(honest)
     if kind == "figure":
-        key = draw(st.sampled_from(sorted(set(result) & vp.UNIT_FIGURES)))
+        key = draw(st.sampled_from(sorted(set(result) & UNIT_FIGURES)))
         result[key] = draw(
             st.floats(min_value=1.0, exclude_min=True, allow_infinity=False)
             | st.floats(max_value=0.0, exclude_max=True, allow_infinity=False)
@@ -425,7 +426,7 @@ def bad_result(draw: st.DrawFn, name: str, honest: dict[str, Any], num_train: in
     elif kind == "no ap":
         result.pop("ap")
     else:
-        result["per_epoch"] = [_nested(vp.MAX_RESULTS_DEPTH + 1)]
+        result["per_epoch"] = [_nested(MAX_RESULTS_DEPTH + 1)]
     return result
 
 
@@ -446,7 +447,7 @@ def bad_results_text(draw: st.DrawFn, honest: dict[str, Any]) -> Any:
     if kind == "deep":
         return "[" * draw(st.integers(10_000, 100_000))
     if kind == "long":
-        return json.dumps({**honest, "padding": "x" * vp.MAX_RESULTS_CHARS})
+        return json.dumps({**honest, "padding": "x" * MAX_RESULTS_CHARS})
     return json.dumps(list(honest.values()))
 
 

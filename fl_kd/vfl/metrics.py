@@ -143,8 +143,8 @@ def worst_case_ap(attack_results: Mapping[str, Mapping[str, Any]]) -> dict[str, 
     worst: tuple[float, str] | None = None
     for name, result in attack_results.items():
         ap = result.get("ap_adaptive", result.get("ap"))
-        if ap is None or not math.isfinite(float(ap)):
-            continue
+        if "error" in result or isinstance(ap, bool) or not isinstance(ap, (int, float)) or not math.isfinite(ap):
+            continue  # unscored, or no real number: never a worst case
         if worst is None or float(ap) > worst[0]:
             worst = (float(ap), name)
     if worst is None:

@@ -1,0 +1,115 @@
+"""What a VFL party chooses to send cannot steer the server past the protocol: an unscored attack result carries no
+figure, a batch is stepped on once per request, and free text from a party is kept at a bounded length."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, RecordDict
+
+from fl_kd.clients.vfl_app import app as client_app
+from fl_kd.clients.vfl_party import load_party
+from fl_kd.config import from_mapping
+from fl_kd.protocol import MAX_PARTY_TEXT, ProtocolError
+from fl_kd.strategies.vfl import VFLServer
+from fl_kd.strategies.vfl_exchange import Messenger, request
+from fl_kd.vfl import protocol as vp
+from fl_kd.vfl.attack_results import decode_attack_results
+from fl_kd.vfl.config import VFLRunConfig
+from fl_kd.vfl.metrics import worst_case_ap
+from tests.flower_loopback import LoopbackGrid
+
+ATTACK = "direct_label_inference"
+
+
+def _config(**changes: Any) -> VFLRunConfig:
+    return from_mapping(VFLRunConfig, {"seed": 3, "attack": {}, "training": {"epochs": 1, "batch_size": 16}} | changes)
+
+
+def _results(result: dict[str, Any]) -> RecordDict:
+    return RecordDict({vp.CONFIG: ConfigRecord({vp.RESULTS: json.dumps({ATTACK: result})})})
+
+
+@pytest.mark.parametrize("ap", ["0.99x", 7.5, True, 0.3])
+def test_an_unscored_attack_result_with_a_figure_beside_its_error_is_refused(ap: object) -> None:
+    results, refused = decode_attack_results(_results({"attack": ATTACK, "error": "n/a", "ap": ap}), [ATTACK], 100)
+    assert refused and "reports an error and figures ['ap']" in refused[0]
+    assert set(results[ATTACK]) == {"attack", "error"}
+    assert worst_case_ap(results) == {"ap_worst_case": None, "ap_worst_case_attack": None}
+    honest, _ = decode_attack_results(_results({"attack": ATTACK, "error": "does not apply"}), [ATTACK], 100)
+    assert honest[ATTACK]["error"] == "does not apply"
+
+
+def test_the_worst_case_skips_what_is_no_real_number() -> None:
+    scored: dict[str, dict[str, Any]] = {
+        "a": {"ap": 0.6},
+        "b": {"ap": True},
+        "c": {"ap": "0.9"},
+        "d": {"error": "x", "ap": 0.99},
+    }
+    assert worst_case_ap(scored) == {"ap_worst_case": 0.6, "ap_worst_case_attack": "a"}
+
+
+def test_an_attacking_party_that_smuggles_a_figure_no_longer_stops_the_run() -> None:
+    cfg = _config(attack={ATTACK: {}}, training={"epochs": 1, "batch_size": 64})
+
+    def tamper(message: Message, reply: Message) -> list[Message]:
+        if message.metadata.message_type == vp.ATTACK_RESULTS:
+            return [Message(_results({"attack": ATTACK, "error": "n/a", "ap": "zzz"}), reply_to=message)]
+        return [reply]
+
+    grid = LoopbackGrid(client_app, cfg.num_feature_parties + 1, {vp.CONFIG_KEY: vp.encode_config(cfg)}, tamper)
+    results = VFLServer(cfg).run(grid)
+    assert results["attacks"][ATTACK]["error"].startswith("not scored: ") and results["ap_worst_case"] is None
+    assert results["mp"] > 0.8  # the run itself finished
+
+
+@pytest.mark.parametrize("batches", [[0, 0], [0, 0, 0, 0, 0], [-1]])
+def test_a_request_naming_a_batch_twice_or_a_negative_batch_is_refused_before_any_step(batches: list[int]) -> None:
+    with pytest.raises(ProtocolError, match="negative or repeated batch"):
+        vp.batches_of(RecordDict({vp.CONFIG: ConfigRecord({vp.BATCHES: batches})}))
+    cfg = _config()
+    grid = LoopbackGrid(client_app, cfg.num_feature_parties + 1, {vp.CONFIG_KEY: vp.encode_config(cfg)})
+    server = VFLServer(cfg)
+    messenger = Messenger(grid, 60.0)
+    server.setup(messenger, *server.discover(messenger))
+    ids = np.arange(16, dtype=np.int64)
+    feature = server.features[0].node_id
+    embedded = messenger.exchange(vp.EMBED, {feature: request({vp.ids_key(0): ids}, epoch=0, batches=[0])})
+    content = embedded[feature].content
+    assert content is not None
+    embedding = content.array_records[vp.ARRAYS][vp.embedding_key(0)].numpy()
+    label = grid.contexts[server.label.node_id]
+    before = load_party(label).state_dict()
+    arrays = ArrayRecord({vp.ids_key(0): Array(ids), vp.embedding_key(0, 0): Array(embedding)})
+    message = Message(
+        RecordDict({vp.ARRAYS: arrays, vp.CONFIG: ConfigRecord({vp.EPOCH: 0, vp.BATCHES: batches})}),
+        dst_node_id=server.label.node_id,
+        message_type=vp.LOSS_AND_GRADIENTS,
+    )
+    with pytest.raises(ProtocolError):
+        client_app(message, label)
+    after = load_party(label).state_dict()
+    assert after.keys() == before.keys()
+    for key in before:
+        if hasattr(before[key], "items"):
+            continue
+        assert str(after[key]) == str(before[key]), key
+
+
+def test_an_error_reason_is_kept_at_a_bounded_length() -> None:
+    cfg = _config()
+    grid = LoopbackGrid(client_app, cfg.num_feature_parties + 1, {vp.CONFIG_KEY: vp.encode_config(cfg)})
+    messenger = Messenger(grid, 60.0)
+    node = next(iter(grid.contexts))
+
+    def shout(message: Message, reply: Message) -> list[Message]:
+        return [Message(Error(code=0, reason="x" * 2_000_000), reply_to=message)]
+
+    grid.tamper = shout
+    outcome = messenger.exchange(vp.EMBED_TEST, {node: RecordDict()})[node]
+    assert outcome.content is None and outcome.problem is not None
+    assert len(outcome.problem) < MAX_PARTY_TEXT + 100 and "(2000000 characters)" in outcome.problem
