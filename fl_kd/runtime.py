@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from fl_kd.config import check_choice, check_range
+from fl_kd.config import ConfigError, check_choice, check_range
 
 #: ``flwr_run``: a Flower simulation through ``flwr run`` (the supported path); ``inprocess``: the core's own
 #: loop, without Flower (the reference the Flower run must match bit for bit).
@@ -74,3 +74,15 @@ def one_torch_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def check_device_available(device: str) -> None:
+    """Raise ``ConfigError`` when this machine cannot run models on ``device`` (``cuda`` without a GPU, a GPU index
+    beyond its count): a setting the user can fix, said in one line before anything is built."""
+    name = torch.device(device)
+    if name.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device={device}, but torch finds no CUDA GPU on this machine (use device=cpu)")
+    if name.index is not None and name.index >= torch.cuda.device_count():
+        raise ConfigError(f"device={device}, but this machine has {torch.cuda.device_count()} CUDA GPU(s)")

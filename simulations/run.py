@@ -34,6 +34,7 @@ from fl_kd.results import (
     read_metrics,
     write_outputs,
 )
+from fl_kd.runtime import check_device_available
 from fl_kd.simulations.cli import user_errors_exit
 from fl_kd.simulations.config import experiment_config
 from fl_kd.simulations.console import follow_progress, quiet_console
@@ -54,6 +55,7 @@ def run_experiment(experiment: ExperimentConfig, out_dir: Path) -> list[dict[str
     rounds are, and ends a single ``fl-kd-sim`` run with exit code 128 + the signal's number; elsewhere (a sweep, a
     caller of its own) the ``KeyboardInterrupt`` goes on.
     """
+    check_device_available(experiment.device)  # both backends run their models on this machine
     try:
         with termination_as_interrupt():
             return _run(experiment, out_dir)

@@ -36,6 +36,27 @@ def test_bad_values_give_one_line_and_exit_2(tmp_path: Path, override: str, expe
     assert len(lines) == 1 and lines[0].startswith(expected), result.stderr
 
 
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["transfer.labelled=5000"], "error: transfer.labelled=5000 on digits: transfer set size must be in [0, 1437]"),
+        (
+            ["num_clients=2000", "simulation.backend=inprocess"],
+            "error: num_clients=2000 with partition=dirichlet on digits: cannot split",
+        ),
+        (["device=cuda:99" if torch.cuda.is_available() else "device=cuda"], "error: device=cuda"),
+    ],
+)
+def test_settings_this_dataset_or_machine_cannot_meet_give_one_line_and_exit_2(
+    tmp_path: Path, overrides: list[str], expected: str
+) -> None:
+    """Checked only once the dataset is loaded or the machine is known: they ended in a traceback."""
+    result = _fl_kd_sim(tmp_path, *overrides)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expected), result.stderr
+
+
 def test_a_checkpoint_of_another_architecture_is_named(tmp_path: Path) -> None:
     checkpoint = tmp_path / "other.pt"
     torch.save(build_model("cnn_small", (1, 8, 8), 10, seed=0).state_dict(), checkpoint)

@@ -8,6 +8,8 @@ weights.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -16,6 +18,7 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor, nn
 
+from fl_kd.config import ConfigError
 from fl_kd.data import DatasetSplits, load_dataset, personalised_test_indices, split_transfer_set
 from fl_kd.kd.client import ClientTrainConfig, DistillClient
 from fl_kd.kd.config import ExperimentConfig
@@ -121,6 +124,15 @@ class Federation:
         return {client_id: tier.name for client_id, tier in enumerate(self.tiers)}
 
 
+@contextmanager
+def _setting(what: str) -> Iterator[None]:
+    """Turn a core function's ``ValueError`` about a size the user chose into a ``ConfigError`` naming the setting."""
+    try:
+        yield
+    except ValueError as err:
+        raise ConfigError(f"{what}: {err}") from None
+
+
 def build_federation(cfg: ExperimentConfig, data: DatasetSplits | None = None) -> Federation:
     """Load the dataset and split it among transfer set and clients, and assign device tiers.
 
@@ -137,24 +149,28 @@ def build_federation(cfg: ExperimentConfig, data: DatasetSplits | None = None) -
     elif data.name != cfg.dataset.name:
         raise ValueError(f"given dataset {data.name!r} but the config names {cfg.dataset.name!r}")
     labels = data.y_train.numpy()
-    transfer_idx, private_idx = split_transfer_set(
-        labels, cfg.transfer.labelled, seed=derive_seed(cfg.seed, "transfer")
-    )
+    # The sizes below are the user's settings, checked against this dataset only now that it is loaded.
+    with _setting(f"transfer.labelled={cfg.transfer.labelled} on {data.name}"):
+        transfer_idx, private_idx = split_transfer_set(
+            labels, cfg.transfer.labelled, seed=derive_seed(cfg.seed, "transfer")
+        )
     unlabelled_idx = np.zeros(0, dtype=np.int64)
     if cfg.transfer.unlabelled > 0:
         # Drawn after the labelled part and only when asked, so a run without it splits exactly as before.
-        picked, rest = split_transfer_set(
-            labels[private_idx], cfg.transfer.unlabelled, seed=derive_seed(cfg.seed, "unlabelled_transfer")
-        )
+        with _setting(f"transfer.unlabelled={cfg.transfer.unlabelled} beside the labelled part on {data.name}"):
+            picked, rest = split_transfer_set(
+                labels[private_idx], cfg.transfer.unlabelled, seed=derive_seed(cfg.seed, "unlabelled_transfer")
+            )
         unlabelled_idx, private_idx = private_idx[picked], private_idx[rest]
-    parts = partition(
-        labels[private_idx],
-        cfg.partition.name,
-        num_clients=cfg.num_clients,
-        seed=derive_seed(cfg.seed, "partition"),
-        min_size=cfg.partition.min_size,
-        **cfg.partition.params(),
-    )
+    with _setting(f"num_clients={cfg.num_clients} with partition={cfg.partition.name} on {data.name}"):
+        parts = partition(
+            labels[private_idx],
+            cfg.partition.name,
+            num_clients=cfg.num_clients,
+            seed=derive_seed(cfg.seed, "partition"),
+            min_size=cfg.partition.min_size,
+            **cfg.partition.params(),
+        )
     client_idx = [private_idx[part].astype(np.int64) for part in parts]
     tiers = assign_tiers(cfg.device_profile, cfg.num_clients, seed=derive_seed(cfg.seed, "tiers"))
     test_labels = data.y_test.numpy()
