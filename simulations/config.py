@@ -53,7 +53,7 @@ def register_schemas() -> None:
     for name, preset in STRATEGY_PRESETS.items():
         store_schema("strategy", preset(), name=name)
     for name in ADVERSARIES.names():
-        store_schema(ADVERSARY_GROUP, AdversaryConfig(name=name), name=name)
+        store_schema(ADVERSARY_GROUP, AdversaryConfig.defaults(name), name=name)
 
 
 def experiment_config(cfg: DictConfig | dict[str, Any]) -> ExperimentConfig:

@@ -26,6 +26,12 @@ CHECKED_ANSWERS: tuple[str, ...] = ("truth", "honest", "poisoned")
 POISON_WHERE: tuple[str, ...] = ("random", "uncertain")
 LIE_AS: tuple[str, ...] = ("one_hot", "swap", "quantile", "traded")
 
+#: Share of malicious clients a behaviour starts from when chosen by name (:meth:`AdversaryConfig.defaults`, the
+#: ``adversary`` config group): a named attack with no attacker would measure nothing.
+DEFAULT_FRACTION = 0.3
+#: Settings of a behaviour's defaults that differ from the fields' (beside :data:`DEFAULT_FRACTION`).
+BEHAVIOUR_DEFAULTS: dict[str, dict[str, float]] = {"sign_flip": {"scale": 1.0}}
+
 
 @dataclass
 class AdversaryConfig:
@@ -35,10 +41,10 @@ class AdversaryConfig:
     ----------
     name : str (default: "none")
         A registered behaviour (:data:`fl_kd.kd.adversary.ADVERSARIES`).
-    fraction : float (default: 0.0)
+    fraction : float (default: 0.0; :data:`DEFAULT_FRACTION` in a behaviour's :meth:`defaults`)
         Share of the clients that misbehave, in [0, 1]; ``round(fraction * num_clients)`` (halves up) of them,
         drawn from the seed (:func:`malicious_clients`).
-    scale : float (default: 10.0)
+    scale : float (default: 10.0; 1.0 in ``sign_flip``'s :meth:`defaults`)
         lambda of ``scaled_logits`` (logits * lambda), ``scaled_update`` (global + lambda * update) and
         ``sign_flip`` (global - lambda * update).
     noise_std : float (default: 1.0)
@@ -126,6 +132,13 @@ class AdversaryConfig:
         require(
             isinstance(self.coordinated, bool), f"adversary.coordinated must be true or false, got {self.coordinated!r}"
         )
+
+    @classmethod
+    def defaults(cls, name: str) -> AdversaryConfig:
+        """Behaviour ``name`` as the ``adversary`` config group starts it: :data:`DEFAULT_FRACTION` of the clients
+        (none for ``none``) and the behaviour's own :data:`BEHAVIOUR_DEFAULTS`."""
+        fraction = 0.0 if name == NONE else DEFAULT_FRACTION
+        return cls(name=name, fraction=fraction, **BEHAVIOUR_DEFAULTS.get(name, {}))  # type: ignore[arg-type]
 
     def check_experiment(self, experiment: ExperimentConfig) -> None:
         """A behaviour that corrupts logits needs a strategy whose clients send logits, and likewise for weights."""
