@@ -92,8 +92,8 @@ class SGDStrategyConfig(StrategyConfig):
         (:class:`~fl_kd.kd.client.ClientTrainConfig`); 0: never.
     """
 
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    momentum: float = ClientTrainConfig.momentum
+    weight_decay: float = ClientTrainConfig.weight_decay
     client_max_grad_norm: float = 0.0
 
     def __post_init__(self) -> None:

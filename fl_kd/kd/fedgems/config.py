@@ -99,14 +99,16 @@ class FedGEMSConfig(SelectionConfig, SGDStrategyConfig):
         The server trains on its images mirrored left-right with probability 1/2; image datasets only.
     """
 
+    # The server phase's settings default to the core server's (declared once, in ServerDistillConfig), but for
+    # its epochs: a strategy round trains the server 4 epochs, the bare core class 1.
     name: str = "fedgems"
-    epsilon: float = 0.75
-    temperature: float = 1.0
-    weighting: str = "inverse_entropy"
+    epsilon: float = ServerDistillConfig.epsilon
+    temperature: float = ServerDistillConfig.temperature
+    weighting: str = ServerDistillConfig.weighting
     server_epochs: int = 4
-    server_batch_size: int = 64
-    server_lr: float = 0.05
-    client_distill_epochs: int = 1
+    server_batch_size: int = ServerDistillConfig.batch_size
+    server_lr: float = ServerDistillConfig.lr
+    client_distill_epochs: int = ClientTrainConfig.distill_epochs
     logits_dtype: str = "float32"
     checkpoint: str | None = None
     client_unlabelled: bool = False
@@ -116,10 +118,10 @@ class FedGEMSConfig(SelectionConfig, SGDStrategyConfig):
     client_keep_distilled: bool = False
     client_anchor: float = 0.0
     client_personal_prior: bool = False
-    server_ema: float = 0.0
+    server_ema: float = ServerDistillConfig.ema_decay
     client_tail_average: float = 0.0
-    server_augment_shift: int = 0
-    server_augment_mirror: bool = False
+    server_augment_shift: int = ServerDistillConfig.augment_shift
+    server_augment_mirror: bool = ServerDistillConfig.augment_mirror
 
     def __post_init__(self) -> None:
         super().__post_init__()
