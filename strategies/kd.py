@@ -16,6 +16,7 @@ logged, counted and left out, exactly as if that client had not answered.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from logging import INFO, WARNING
 from typing import Any
@@ -194,14 +195,17 @@ class KDStrategy(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Check every answer, then let the algorithm aggregate the accepted ones."""
         replies = list(replies)
-        # Rejected answers crossed the wire too, so they count.
+        # Rejected answers crossed the wire too, so their bytes count; the training a client reports counts only
+        # from its one reply to this round's message (a stale or repeated reply would book it again).
         self._uplink = 0
+        senders = Counter(reply.metadata.src_node_id for reply in replies if self._answers_ours(reply))
         for reply in replies:
             if reply.has_error():
                 continue
             nbytes = payload_nbytes(reply.content)
             self._uplink += nbytes
-            self._add_cost(reply, uplink_bytes=nbytes)
+            trusted = self._answers_ours(reply) and senders[reply.metadata.src_node_id] == 1
+            self._add_cost(reply, uplink_bytes=nbytes, train_samples=trusted)
         answers, self._screening = self._screen(server_round, replies)
         for reason, count in self._screening.rejected.items():
             log(WARNING, "Round %d: dropped %d answer(s): %s", server_round, count, reason)
@@ -210,7 +214,7 @@ class KDStrategy(Strategy):
         self._server_stats = self.server.aggregate(server_round, answers)
         return None, MetricRecord({key: float(value) for key, value in self._server_stats.items()})
 
-    def _add_cost(self, reply: Message, uplink_bytes: int = 0) -> None:
+    def _add_cost(self, reply: Message, uplink_bytes: int = 0, train_samples: bool = True) -> None:
         """Book a sampled client's reported training samples (a cost figure only: never trusted for learning).
 
         A count outside ``[0, MAX_REPORTED_SAMPLES]`` is logged and booked as none: no device trains that much in a
@@ -220,7 +224,7 @@ class KDStrategy(Strategy):
         cost = self._costs.get(partition_id)
         if cost is None:
             return
-        samples = number_of(reply.content, kd.METRICS, kd.TRAIN_SAMPLES)
+        samples = number_of(reply.content, kd.METRICS, kd.TRAIN_SAMPLES) if train_samples else None
         if samples is not None and not 0.0 <= samples <= MAX_REPORTED_SAMPLES:
             log(WARNING, "Client %d reported %g training samples; booked as none", partition_id, samples)
             samples = None
@@ -288,15 +292,20 @@ class KDStrategy(Strategy):
         """Combine client accuracies per tier, add the server's test accuracy, and record the round."""
         client_acc: dict[int, float] = {}
         client_pacc: dict[int, float] = {}
-        seen: set[int] = set()
+        replies = list(replies)
+        senders = Counter(reply.metadata.src_node_id for reply in replies if self._answers_ours(reply))
+        evaluated = set(self.evaluated(server_round))
         for reply in replies:
             partition_id = self._partitions.get(reply.metadata.src_node_id)
-            if reply.has_error() or partition_id is None or partition_id in seen or not self._answers_ours(reply):
+            if reply.has_error() or partition_id is None or not self._answers_ours(reply):
                 continue
-            seen.add(partition_id)
+            if senders[reply.metadata.src_node_id] > 1:  # which of its replies to believe? none
+                continue
             self._add_cost(reply)
             acc = number_of(reply.content, kd.METRICS, kd.ACCURACY)
             pacc = number_of(reply.content, kd.METRICS, kd.PERSONALISED_ACCURACY)
+            if partition_id not in evaluated:  # not asked this round: its figures would skew the round's mean
+                continue
             if acc is not None and pacc is not None and 0.0 <= acc <= 1.0 and 0.0 <= pacc <= 1.0:
                 client_acc[partition_id], client_pacc[partition_id] = acc, pacc
         trend = self.trend_set(server_round)

@@ -28,9 +28,13 @@ def model_arrays(model: nn.Module) -> Arrays:
     }
 
 
-def load_arrays(model: nn.Module, arrays: Mapping[str, NDArray[Any]]) -> None:
-    """Load checked arrays into ``model`` (raises ``ValueError`` saying why, before any weight changes)."""
-    reason = check_weights(arrays, model_arrays(model))
+def load_arrays(model: nn.Module, arrays: Mapping[str, NDArray[Any]], max_abs: float = DEFAULT_MAX_ABS_VALUE) -> None:
+    """Load checked arrays into ``model`` (raises ``ValueError`` saying why, before any weight changes).
+
+    ``max_abs`` must be the run's ``max_abs_value``: a run allowing larger weights than the default would otherwise
+    refuse, here, a model its own screen accepted.
+    """
+    reason = check_weights(arrays, model_arrays(model), max_abs)
     if reason is not None:
         raise ValueError(reason)
     state = {name: torch.from_numpy(np.array(arrays[name], dtype=np.float32)) for name in model.state_dict()}

@@ -48,7 +48,7 @@ def weight_sharing_client(
         federation = dataclasses.replace(
             federation, tiers=[dataclasses.replace(tier, model=model) for tier in federation.tiers]
         )
-    return WeightSharingClient(build_client(cfg, federation, client_id))
+    return WeightSharingClient(build_client(cfg, federation, client_id), cfg.max_abs_value)
 
 
 def fedavg_server(

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from fl_kd.kd import protocol as kd
+from fl_kd.kd.client import DistillClient
 from fl_kd.kd.robust import ROBUST_RULES, RobustSettings
 from fl_kd.kd.robust_weights import robust_average
 from fl_kd.kd.roles import Answer, Arrays, DistillClientRole, Instruction, ServerRole
@@ -152,7 +153,7 @@ class WeightSharingServer(ServerRole):
                 )  # fmt: skip
                 self._shares |= dict.fromkeys(client_ids, 0.0)
                 continue
-            load_arrays(self.models[name], fused)
+            load_arrays(self.models[name], fused, self.max_abs_value)
             self.published[name] = model_arrays(self.models[name])
             self._shares |= {cid: float(share) / len(members) for cid, share in zip(client_ids, shares, strict=True)}
         return members
@@ -202,11 +203,18 @@ class FedAvgServer(WeightSharingServer):
 
 
 class WeightSharingClient(DistillClientRole):
-    """A client that loads the server's weights, trains on private data and answers with its weights."""
+    """A client that loads the server's weights, trains on private data and answers with its weights.
+
+    ``max_abs_value`` is the run's bound on a weight (the server publishes up to half of it).
+    """
+
+    def __init__(self, client: DistillClient, max_abs_value: float = DEFAULT_MAX_ABS_VALUE) -> None:
+        super().__init__(client)
+        self.max_abs_value = float(max_abs_value)
 
     def train(self, round: int, instruction: Instruction) -> Answer:
         """Load the global weights, train ``local_epochs``, answer with weights and sample count."""
-        load_arrays(self.client.model, instruction.arrays)
+        load_arrays(self.client.model, instruction.arrays, self.max_abs_value)
         result = self.client.local_train(round)
         arrays = model_arrays(self.client.model)
         arrays[NUM_EXAMPLES] = np.array([self.client.num_examples], dtype=np.int64)
@@ -221,5 +229,5 @@ class WeightSharingClient(DistillClientRole):
 
     def receive(self, round: int, instruction: Instruction) -> dict[str, float]:
         """Load the server's new weights (no training)."""
-        load_arrays(self.client.model, instruction.arrays)
+        load_arrays(self.client.model, instruction.arrays, self.max_abs_value)
         return {kd.TRAIN_SAMPLES: 0.0}

@@ -104,7 +104,7 @@ class FedDFServer(WeightSharingServer):
                 self.published[name] = distilled
             else:  # the averaged prototype stays what clients get
                 log.warning("%s: distillation took a weight beyond its headroom; the prototype is kept", name)
-                load_arrays(model, self.published[name])
+                load_arrays(model, self.published[name], self.max_abs_value)
         phase_seed = derive_seed(self.seed, SERVER_ID, round, SERVER_MODEL_PHASE)
         stats["distill_loss"] = math.fsum(losses) / len(losses)
         stats["server_loss"] = self._distill(self.server_model, teacher, cfg.server_epochs, cfg.server_lr, phase_seed)
@@ -130,7 +130,7 @@ class FedDFServer(WeightSharingServer):
         for client_id in sorted(answers):
             name = self.architecture_of[client_id]
             model = scratch.setdefault(name, copy.deepcopy(self.models[name]))
-            load_arrays(model, split_answer(answers[client_id])[0])
+            load_arrays(model, split_answer(answers[client_id])[0], self.max_abs_value)
             yield model
 
     def _distill(self, model: nn.Module, teacher: Tensor, epochs: int, lr: float, seed: int) -> float:

@@ -50,4 +50,4 @@ def build_server_role(cfg: ExperimentConfig, federation: Federation) -> FedETSer
 def build_client_role(cfg: ExperimentConfig, federation: Federation, client_id: int) -> WeightSharingClient:
     """Client ``client_id``'s half for the generic runtimes."""
     fedet_config(cfg)
-    return WeightSharingClient(build_client(cfg, federation, client_id))
+    return WeightSharingClient(build_client(cfg, federation, client_id), cfg.max_abs_value)

@@ -111,7 +111,7 @@ class EnsembleTransferServer:
     def client_logits(self, architecture: str, weights: Mapping[str, NDArray[Any]]) -> Tensor:
         """Eval-mode logits ``(N, C)`` of a client model of ``architecture`` on the public inputs."""
         scratch = self._scratch[architecture]
-        load_arrays(scratch, weights)
+        load_arrays(scratch, weights, self.max_abs_value)
         return predict_logits(scratch, self.public_x, device=self.device)
 
     def step(self, round: int, answers: list[ClientModel], logits: list[Tensor]) -> dict[str, float | int]:
@@ -151,7 +151,7 @@ class EnsembleTransferServer:
                 log.warning("%s: the averaged model has a weight beyond its headroom; the model is kept", name)
                 self._shares |= {a.client_id: 0.0 for a in members}
                 continue
-            load_arrays(self.small_models[name], average)
+            load_arrays(self.small_models[name], average, self.max_abs_value)
             self._shares |= {a.client_id: float(w) / len(groups) for a, w in zip(members, shares, strict=True)}
 
     def fusion_weights(self) -> dict[int, float]:
@@ -196,7 +196,7 @@ class EnsembleTransferServer:
             )
             if not within_headroom(model_arrays(net), self.max_abs_value):
                 log.warning("%s: the transfer took a weight beyond its headroom; the small model is kept", name)
-                load_arrays(net, before)
+                load_arrays(net, before, self.max_abs_value)
         return math.fsum(losses) / len(losses)
 
     def _fit(
