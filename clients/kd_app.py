@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.app.typing import MetricRecordValues
 from flwr.clientapp import ClientApp
 from flwr.common.logger import log
@@ -72,20 +72,34 @@ def _config(context: Context) -> ExperimentConfig:
     return _context_federation(context)[0]
 
 
-def _client(context: Context, state_round: int = 0) -> tuple[Federation, ClientRole]:
+def _client(context: Context, state_round: int | None = None) -> tuple[Federation, ClientRole]:
     """This node's client half, with the state it left in ``context.state`` last time.
 
-    With no state there but a ``state_round`` (the server's word that this client's state is of that round), the
-    state saved on this node for exactly that round is reloaded; without one the client is its seeded self.
+    ``state_round`` is the server's word that this client's state is of that round (None: it does not say). Where
+    ``context.state`` holds a state of another round (the server refused or never received the later answers, or
+    resumed from an earlier round), or none, the state saved on this node for exactly that round is reloaded, so the
+    client goes on from what the server knows of it; round 0 is the client's seeded self.
     """
     torch.set_num_threads(1)  # several ClientApps share the machine's cores in simulation
     cfg, federation = _context_federation(context)
     client = get_algorithm(cfg.strategy.name).build_client(cfg, federation, _partition_id(context))
-    if kd.CLIENT_STATE in context.state:
+    held = _held_round(context)
+    if kd.CLIENT_STATE in context.state and (state_round is None or held in (None, state_round)):
         client.load_state_dict(context.state.array_records[kd.CLIENT_STATE].to_torch_state_dict())
     elif state_round:
+        if held is not None:
+            log(INFO, "Client %d holds its state of round %d; the server goes on from round %d",
+                client.client_id, held, state_round)  # fmt: skip
         _reload(context, client, state_round)
     return federation, client
+
+
+def _held_round(context: Context) -> int | None:
+    """The round of the state in ``context.state`` (None where a state carries no round: an older ClientApp's)."""
+    if kd.CLIENT_STATE_OF not in context.state:
+        return None
+    value = context.state.config_records[kd.CLIENT_STATE_OF].get(kd.SERVER_ROUND)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _partition_id(context: Context) -> int:
@@ -136,27 +150,36 @@ def _reload(context: Context, client: ClientRole, state_round: int) -> None:
     log(INFO, "Client %d reloaded its state of round %d from %s", client.client_id, state_round, folder)
 
 
-def _save(context: Context, client: ClientRole, server_round: int) -> None:
-    """Keep the client's state in ``context.state``, and on the node for a resumed run (a failed write is logged)."""
+def _save(context: Context, client: ClientRole, server_round: int, named_round: int | None) -> None:
+    """Keep the client's state in ``context.state``, and on the node for a resumed run (a failed write is logged).
+
+    The file of ``named_round``, the round the server named as this client's state, is kept whatever else goes: the
+    server may never receive this message's answer and name that round again, after the node restarted.
+    """
     state = client.state_dict()
     context.state[kd.CLIENT_STATE] = ArrayRecord(state)
+    context.state[kd.CLIENT_STATE_OF] = ConfigRecord({kd.SERVER_ROUND: server_round})
     folder = _state_folder(context)
     if folder is None:
         return
     try:
-        save_client_state(folder, server_round, client.client_id, _run_key(context), state)
+        save_client_state(folder, server_round, client.client_id, _run_key(context), state, keep=named_round)
     except OSError as err:
         log(WARNING, "Client %d could not save its state in %s (%s); a resumed run cannot reload it",
             client.client_id, folder, err)  # fmt: skip
 
 
-def _state_round(msg: Message, server_round: int) -> int:
-    """The round of the state the server says this client holds (0 when it does not say)."""
+def _state_round(msg: Message, server_round: int, training: bool) -> int | None:
+    """The round of the state the server says this client holds (None when it does not say).
+
+    Before a round's training it is of an earlier round; before its evaluation it may be of this one.
+    """
     value = scalar_of(msg.content, kd.CONFIG, kd.CLIENT_STATE_ROUND)
     if value is None:
-        return 0
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= server_round:
-        raise ValueError(f"{kd.CLIENT_STATE_ROUND} must be an int in [0, {server_round}], got {value!r}")
+        return None
+    last = server_round - 1 if training else server_round
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= last:
+        raise ValueError(f"{kd.CLIENT_STATE_ROUND} must be an int in [0, {last}], got {value!r}")
     return value
 
 
@@ -204,9 +227,10 @@ def hello(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     """Train as instructed and answer the server."""
     server_round, instruction = _instruction(msg, context)
-    _, client = _client(context, _state_round(msg, server_round))
+    state_round = _state_round(msg, server_round, training=True)
+    _, client = _client(context, state_round)
     answer = client.train(server_round, instruction)
-    _save(context, client, server_round)
+    _save(context, client, server_round, state_round)
     metrics: dict[str, MetricRecordValues] = {kd.PARTITION_ID: _partition_id(context), **answer.metrics}
     content = RecordDict(
         {
@@ -221,7 +245,8 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Take in the server's knowledge (if sampled this round), then test on the global and the own test set."""
     server_round, instruction = _instruction(msg, context)
-    federation, client = _client(context, _state_round(msg, server_round))
+    state_round = _state_round(msg, server_round, training=False)
+    federation, client = _client(context, state_round)
     distill = instruction.config.get(kd.DISTILL)
     if not isinstance(distill, bool):
         raise ValueError(f"{kd.DISTILL} must be a bool, got {distill!r}")
@@ -231,7 +256,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     metrics: dict[str, MetricRecordValues] = {kd.PARTITION_ID: _partition_id(context)}
     if distill:
         metrics |= client.receive(server_round, instruction)
-        _save(context, client, server_round)
+        _save(context, client, server_round, state_round)
     if not report:
         return Message(RecordDict({kd.METRICS: MetricRecord(metrics)}), reply_to=msg)
     metrics[kd.ACCURACY] = client.evaluate(*federation.test_set(_config(context), server_round))

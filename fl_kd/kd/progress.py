@@ -243,8 +243,11 @@ def client_state_folder(root: Path, run: str, client_id: int) -> Path:
     return Path(root) / run / f"client-{client_id}"
 
 
-def save_client_state(folder: Path, server_round: int, client_id: int, run: str, state: Mapping[str, Tensor]) -> Path:
-    """Write the client's state after a message of ``server_round`` atomically; keep :data:`CLIENT_ROUNDS_KEPT` rounds.
+def save_client_state(
+    folder: Path, server_round: int, client_id: int, run: str, state: Mapping[str, Tensor], keep: int | None = None
+) -> Path:
+    """Write the client's state after a message of ``server_round`` atomically; keep :data:`CLIENT_ROUNDS_KEPT` rounds,
+    and round ``keep`` (the one the server last named as this client's) whatever its age.
 
     Files of later rounds are dropped: they belong to a run that died before its server saved them, and are redone.
     """
@@ -260,9 +263,11 @@ def save_client_state(folder: Path, server_round: int, client_id: int, run: str,
     _fsync(temporary)
     os.replace(temporary, path)
     rounds = _saved_rounds(folder)
-    keep = {server_round, *[r for r in rounds if r < server_round][-(CLIENT_ROUNDS_KEPT - 1) :]}
+    kept = {server_round, *[r for r in rounds if r < server_round][-(CLIENT_ROUNDS_KEPT - 1) :]}
+    if keep is not None and keep < server_round:
+        kept.add(keep)
     for old in rounds:
-        if old not in keep:
+        if old not in kept:
             (folder / f"round-{old}.pt").unlink(missing_ok=True)
     return path
 

@@ -56,3 +56,5 @@ TRAIN_SAMPLES = "train-samples"
 
 #: ClientApp state key of the client model's weights (kept in ``context.state`` between rounds).
 CLIENT_STATE = "client-model"
+#: ClientApp state key of the round that state is of (a config record with :data:`SERVER_ROUND`).
+CLIENT_STATE_OF = "client-model-round"
