@@ -22,10 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from numpy.typing import NDArray
 from torch import Tensor, nn
 
+from fl_kd.kd import protocol as kd
 from fl_kd.kd.client import DistillClient
+from fl_kd.kd.training import check_positions, wire_dtype
 
 Arrays = dict[str, NDArray[Any]]
 Scalars = dict[str, bool | int | float | str]
@@ -148,6 +151,16 @@ class DistillClientRole(ClientRole):
     def evaluate(self, x: Tensor, y: Tensor) -> float:
         """The client model's accuracy."""
         return self.client.evaluate(x, y)
+
+    def checked_query(self, instruction: Instruction) -> tuple[NDArray[np.int64], str]:
+        """The public positions a train instruction asks logits on, and their wire dtype, checked before training:
+        a query the client cannot answer is refused before it costs a round of local training."""
+        positions = instruction.arrays.get(kd.POSITIONS)
+        if not isinstance(positions, np.ndarray):
+            raise ValueError(f"the server's query has no {kd.POSITIONS}")
+        dtype = str(instruction.config.get(kd.LOGITS_DTYPE, "float32"))
+        wire_dtype(dtype)
+        return check_positions(positions, int(self.client.public_x.shape[0])), dtype
 
     def evaluated_model(self) -> nn.Module | None:
         """The client's shown model (:attr:`~fl_kd.kd.client.DistillClient.shown_model`), which :meth:`evaluate`

@@ -97,6 +97,7 @@ class DSFLClient(PublicLogitsClient):
 
     def train(self, round: int, instruction: Instruction) -> Answer:
         """Local epochs on private data, then logits on the asked public positions."""
+        self.checked_query(instruction)
         return self.answer(instruction, self.client.local_train(round))
 
     def receive(self, round: int, instruction: Instruction) -> dict[str, float]:

@@ -197,12 +197,8 @@ class FedGEMSClient(DistillClientRole):
 
     def train(self, round: int, instruction: Instruction) -> Answer:
         """Local training, then logits on the asked positions."""
-        positions = instruction.arrays.get(kd.POSITIONS)
-        if not isinstance(positions, np.ndarray) or positions.ndim != 1 or positions.dtype.kind not in "iu":
-            raise ValueError("the server's query has no 1-D integer positions")
+        positions, dtype = self.checked_query(instruction)
         result = self.client.local_train(round, self._anchor_penalty(round))
-        positions = positions.astype(np.int64)
-        dtype = str(instruction.config.get(kd.LOGITS_DTYPE, "float32"))
         if positions.size and positions.max() >= self.client.transfer_x.shape[0]:
             logits = self.client.public_logits(positions, dtype)  # the query reaches into the unlabelled part
         else:

@@ -1,0 +1,50 @@
+"""A train instruction the client cannot answer is refused before local training: it costs no compute."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fl_kd.kd import protocol as kd
+from fl_kd.kd.algorithm import get_algorithm
+from fl_kd.kd.client import DistillClient
+from fl_kd.kd.config import ExperimentConfig
+from fl_kd.kd.federation import build_federation
+from fl_kd.kd.roles import Instruction
+from tests.kd_configs import tiny_config
+from tests.test_fedmd_common import peer_config
+
+QUERIES = {
+    "repeated": ({kd.POSITIONS: np.array([0, 1, 1], dtype=np.int64)}, {}),
+    "out of range": ({kd.POSITIONS: np.array([0, 10**6], dtype=np.int64)}, {}),
+    "floats": ({kd.POSITIONS: np.array([0.0, 1.0])}, {}),
+    "unknown dtype": ({kd.POSITIONS: np.array([0, 1], dtype=np.int64)}, {kd.LOGITS_DTYPE: "float8"}),
+    "missing": ({}, {}),
+}
+
+
+def _configs() -> list[ExperimentConfig]:
+    return [tiny_config(), peer_config("dsfl"), peer_config("fedmd")]
+
+
+@pytest.mark.parametrize("cfg", _configs(), ids=["fedgems", "dsfl", "fedmd"])
+@pytest.mark.parametrize("query", list(QUERIES))
+def test_a_bad_query_is_refused_before_any_training(
+    cfg: ExperimentConfig, query: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = get_algorithm(cfg.strategy.name).build_client(cfg, build_federation(cfg), 0)
+    trained: list[str] = []
+
+    def count(name: str) -> object:
+        def training(self: DistillClient, *args: object, **kwargs: object) -> dict[str, float]:
+            trained.append(name)
+            return {"loss": 0.0, "train_samples": 0.0, "num_examples": 0.0}
+
+        return training
+
+    monkeypatch.setattr(DistillClient, "local_train", count("local_train"))
+    monkeypatch.setattr(DistillClient, "train_supervised", count("train_supervised"))
+    arrays, config = QUERIES[query]
+    with pytest.raises(ValueError):
+        client.train(1, Instruction(dict(arrays), dict(config)))
+    assert trained == []
