@@ -180,13 +180,10 @@ def test_a_supernode_that_restarts_mid_run_reloads_its_state(tmp_path: Path, cap
     assert [row["n_missing"] for row in strategy.history] == [0, 0, 0]
 
 
-def test_a_client_whose_answers_the_server_never_got_goes_on_from_the_round_the_server_names(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Client 0's train answers of rounds 2 and 3 are lost (a timeout). It trained and saved anyway, and its node
-    kept only those two rounds' files, so after a restart it could not reload round 1, which the server still named,
-    and refused every later message. Now round 1's file stays, and the client goes on from it."""
-    cfg = tiny_config(rounds=4)
+def _run_losing_answers(tmp_path: Path, rounds: int, lost: tuple[int, ...], restart: int | None = None) -> KDStrategy:
+    """A run in which client 0's train answers of rounds ``lost`` never reach the server (a timeout), its node
+    restarting with an empty ``context.state`` in round ``restart``."""
+    cfg = tiny_config(rounds=rounds)
     grid: LoopbackGrid | None = None
 
     def lose(message: Message, reply: Message) -> list[Message]:
@@ -194,9 +191,9 @@ def test_a_client_whose_answers_the_server_never_got_goes_on_from_the_round_the_
         context = grid.contexts[message.metadata.dst_node_id]
         if context.node_config["partition-id"] == 0 and message.metadata.message_type == "train":
             server_round = message.content.config_records["config"]["server-round"]
-            if server_round == 3:
+            if server_round == restart:
                 context.state.__init__()  # type: ignore[misc]  # the SuperNode restarts: context.state is empty
-            if server_round in (2, 3):
+            if server_round in lost:
                 return []
         return [reply]
 
@@ -204,8 +201,18 @@ def test_a_client_whose_answers_the_server_never_got_goes_on_from_the_round_the_
         client_app, cfg.num_clients, {RUN_CONFIG_KEY: cfg.to_json(), OUTPUT_DIR_KEY: str(tmp_path)}, lose
     )
     strategy = make_strategy(cfg)
+    run_rounds(strategy, grid, rounds, RoundPolicy(min_clients=1), tmp_path, cfg.to_json())
+    return strategy
+
+
+def test_a_client_whose_answers_the_server_never_got_goes_on_from_the_round_the_server_names(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Client 0's train answers of rounds 2 and 3 are lost. It trained and saved anyway, and its node kept only those
+    two rounds' files, so after a restart it could not reload round 1, which the server still named, and refused
+    every later message. Now round 1's file stays, and the client goes on from it."""
     with caplog.at_level("INFO", logger="flwr"):
-        run_rounds(strategy, grid, 4, RoundPolicy(min_clients=1), tmp_path, cfg.to_json())
+        strategy = _run_losing_answers(tmp_path, 4, lost=(2, 3), restart=3)
     assert [row["n_missing"] for row in strategy.history] == [0, 1, 1, 0]
     assert [row["n_rejected"] for row in strategy.history] == [0, 0, 0, 0]
     assert "Client 0 reloaded its state of round 1" in caplog.text
@@ -217,23 +224,8 @@ def test_a_client_holding_a_later_state_than_the_server_names_goes_back_to_that_
 ) -> None:
     """Without a restart, the client held its round-2 state while the server named round 1 (its answer of round 2
     was lost): it now reloads round 1, as a restarted node would, so both paths continue from the same state."""
-    cfg = tiny_config(rounds=3)
-    grid: LoopbackGrid | None = None
-
-    def lose(message: Message, reply: Message) -> list[Message]:
-        assert grid is not None
-        context = grid.contexts[message.metadata.dst_node_id]
-        if context.node_config["partition-id"] == 0 and message.metadata.message_type == "train":
-            if message.content.config_records["config"]["server-round"] == 2:
-                return []
-        return [reply]
-
-    grid = LoopbackGrid(
-        client_app, cfg.num_clients, {RUN_CONFIG_KEY: cfg.to_json(), OUTPUT_DIR_KEY: str(tmp_path)}, lose
-    )
-    strategy = make_strategy(cfg)
     with caplog.at_level("INFO", logger="flwr"):
-        run_rounds(strategy, grid, 3, RoundPolicy(min_clients=1), tmp_path, cfg.to_json())
+        strategy = _run_losing_answers(tmp_path, 3, lost=(2,))
     assert "Client 0 holds its state of round 2; the server goes on from round 1" in caplog.text
     assert "Client 0 reloaded its state of round 1" in caplog.text
     assert [row["n_missing"] for row in strategy.history] == [0, 1, 0]
