@@ -214,7 +214,10 @@ def _instruction(msg: Message, context: Context) -> tuple[int, Instruction]:
 
 @app.query()
 def hello(msg: Message, context: Context) -> Message:
-    """Identify this node's partition (and its private set size)."""
+    """Identify this node's partition (and its private set size): the one query of the protocol."""
+    action = scalar_of(msg.content, kd.CONFIG, kd.ACTION)
+    if action != kd.HELLO:
+        raise ValueError(f"a query must say {kd.ACTION}={kd.HELLO!r}, got {str(action)[:40]!r}")
     federation, _ = _client(context)
     partition_id = _partition_id(context)
     metrics = MetricRecord(

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from flwr.app import ConfigRecord, Message, RecordDict
 
+from fl_kd.clients.kd_app import app as client_app
 from fl_kd.kd import protocol as kd
 from fl_kd.kd.algorithm import get_algorithm
 from fl_kd.kd.client import DistillClient
 from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.federation import build_federation
 from fl_kd.kd.roles import Instruction
+from tests.flower_loopback import LoopbackGrid
 from tests.kd_configs import tiny_config
 from tests.test_fedmd_common import peer_config
 
@@ -48,3 +51,18 @@ def test_a_bad_query_is_refused_before_any_training(
     with pytest.raises(ValueError):
         client.train(1, Instruction(dict(arrays), dict(config)))
     assert trained == []
+
+
+@pytest.mark.parametrize("action", [None, "goodbye", 7])
+def test_a_query_other_than_hello_is_refused(action: str | int | None) -> None:
+    cfg = tiny_config()
+    grid = LoopbackGrid(client_app, cfg.num_clients, {kd.RUN_CONFIG_KEY: cfg.to_json()})
+    node, context = next(iter(grid.contexts.items()))
+    config = ConfigRecord({} if action is None else {kd.ACTION: action})
+    message = Message(RecordDict({kd.CONFIG: config}), dst_node_id=node, message_type="query")
+    with pytest.raises(ValueError, match="a query must say action='hello'"):
+        client_app(message, context)
+    hello = Message(
+        RecordDict({kd.CONFIG: ConfigRecord({kd.ACTION: kd.HELLO})}), dst_node_id=node, message_type="query"
+    )
+    assert client_app(hello, context).content.metric_records[kd.METRICS][kd.PARTITION_ID] == 0
