@@ -263,9 +263,10 @@ def _restore(current: Any, saved: Mapping[str, Any], path: str) -> Any:
 
 
 def _scalar_kind(value: Any) -> str:
-    if isinstance(value, bool):
+    if isinstance(value, (bool, np.bool_)):
         return "a truth value"
-    return "a number" if isinstance(value, (int, float)) else f"a {type(value).__name__}"
+    numbers = (int, float, np.integer, np.floating)
+    return "a number" if isinstance(value, numbers) else f"a {type(value).__name__}"
 
 
 def _check_same_kind(current: Any, saved: Any, path: str) -> None:

@@ -143,5 +143,6 @@ def test_state_that_grows_or_fills_in_over_a_run_still_restores() -> None:
     saved.rounds_done, saved.best = 7.0, 0.8  # a counter saved as a float; an optional figure now set
     saved.cache = torch.ones(9, dtype=torch.float32)  # the teacher cache grows
     rebuilt = _State()
+    rebuilt.rounds_done = np.int64(0)  # type: ignore[assignment]  # a numpy count is a number too
     restore_object_state(rebuilt, object_state(saved), "saved")
     assert rebuilt.rounds_done == 7.0 and rebuilt.best == 0.8 and torch.equal(rebuilt.cache, torch.ones(9))
