@@ -198,14 +198,13 @@ class KDStrategy(Strategy):
         # Rejected answers crossed the wire too, so their bytes count; the training a client reports counts only
         # from its one reply to this round's message (a stale or repeated reply would book it again).
         self._uplink = 0
-        senders = Counter(reply.metadata.src_node_id for reply in replies if self._answers_ours(reply))
+        sole = self._sole_replies(replies)
         for reply in replies:
             if reply.has_error():
                 continue
             nbytes = payload_nbytes(reply.content)
             self._uplink += nbytes
-            trusted = self._answers_ours(reply) and senders[reply.metadata.src_node_id] == 1
-            self._add_cost(reply, uplink_bytes=nbytes, train_samples=trusted)
+            self._add_cost(reply, uplink_bytes=nbytes, book_training=id(reply) in sole)
         answers, self._screening = self._screen(server_round, replies)
         for reason, count in self._screening.rejected.items():
             log(WARNING, "Round %d: dropped %d answer(s): %s", server_round, count, reason)
@@ -214,7 +213,14 @@ class KDStrategy(Strategy):
         self._server_stats = self.server.aggregate(server_round, answers)
         return None, MetricRecord({key: float(value) for key, value in self._server_stats.items()})
 
-    def _add_cost(self, reply: Message, uplink_bytes: int = 0, train_samples: bool = True) -> None:
+    def _sole_replies(self, replies: list[Message]) -> set[int]:
+        """``id()`` of each reply that answers this phase's message to its node and is that node's only such reply
+        (of two, neither can be believed)."""
+        ours = [reply for reply in replies if self._answers_ours(reply)]
+        senders = Counter(reply.metadata.src_node_id for reply in ours)
+        return {id(reply) for reply in ours if senders[reply.metadata.src_node_id] == 1}
+
+    def _add_cost(self, reply: Message, uplink_bytes: int = 0, book_training: bool = True) -> None:
         """Book a sampled client's reported training samples (a cost figure only: never trusted for learning).
 
         A count outside ``[0, MAX_REPORTED_SAMPLES]`` is logged and booked as none: no device trains that much in a
@@ -224,7 +230,7 @@ class KDStrategy(Strategy):
         cost = self._costs.get(partition_id)
         if cost is None:
             return
-        samples = number_of(reply.content, kd.METRICS, kd.TRAIN_SAMPLES) if train_samples else None
+        samples = number_of(reply.content, kd.METRICS, kd.TRAIN_SAMPLES) if book_training else None
         if samples is not None and not 0.0 <= samples <= MAX_REPORTED_SAMPLES:
             log(WARNING, "Client %d reported %g training samples; booked as none", partition_id, samples)
             samples = None
@@ -293,13 +299,11 @@ class KDStrategy(Strategy):
         client_acc: dict[int, float] = {}
         client_pacc: dict[int, float] = {}
         replies = list(replies)
-        senders = Counter(reply.metadata.src_node_id for reply in replies if self._answers_ours(reply))
+        sole = self._sole_replies(replies)
         evaluated = set(self.evaluated(server_round))
         for reply in replies:
             partition_id = self._partitions.get(reply.metadata.src_node_id)
-            if reply.has_error() or partition_id is None or not self._answers_ours(reply):
-                continue
-            if senders[reply.metadata.src_node_id] > 1:  # which of its replies to believe? none
+            if reply.has_error() or partition_id is None or id(reply) not in sole:
                 continue
             self._add_cost(reply)
             acc = number_of(reply.content, kd.METRICS, kd.ACCURACY)

@@ -97,8 +97,8 @@ class DSFLClient(PublicLogitsClient):
 
     def train(self, round: int, instruction: Instruction) -> Answer:
         """Local epochs on private data, then logits on the asked public positions."""
-        self.checked_query(instruction)
-        return self.answer(instruction, self.client.local_train(round))
+        query = self.checked_query(instruction)
+        return self.answer(query, self.client.local_train(round))
 
     def receive(self, round: int, instruction: Instruction) -> dict[str, float]:
         """Distil the aggregated soft labels."""

@@ -258,13 +258,11 @@ class PublicLogitsServer(ServerRole):
 class PublicLogitsClient(DistillClientRole):
     """Client half: answer logits on the asked public positions; distil soft targets sent back."""
 
-    def answer(self, instruction: Instruction, trained: Mapping[str, float]) -> Answer:
-        """Logits on the instruction's public positions, with the figures of the training that came before."""
-        asked = instruction.arrays.get(kd.POSITIONS)
-        if not isinstance(asked, np.ndarray) or not np.issubdtype(asked.dtype, np.integer) or asked.ndim != 1:
-            raise ValueError("the server's instruction has no 1-D integer positions")
-        positions = asked.astype(np.int64)
-        logits = self.client.public_logits(positions, str(instruction.config.get(kd.LOGITS_DTYPE, "float32")))
+    def answer(self, query: tuple[NDArray[np.int64], str], trained: Mapping[str, float]) -> Answer:
+        """Logits on the public positions of ``query`` (from :meth:`checked_query`, before training), with the
+        figures of the training that came before."""
+        positions, dtype = query
+        logits = self.client.public_logits(positions, dtype)
         return Answer(
             {kd.POSITIONS: positions, kd.LOGITS: logits},
             {

@@ -59,12 +59,12 @@ class FedMDClient(PublicLogitsClient):
 
     def train(self, round: int, instruction: Instruction) -> Answer:
         """Start-up training the first time this client is sampled; then its logits on the asked positions."""
-        self.checked_query(instruction)
+        query = self.checked_query(instruction)
         trained = {"loss": 0.0, "train_samples": 0.0}
         if not self.initialised:
             trained = self._start_up(round)
             self.initialised = True
-        return self.answer(instruction, trained)
+        return self.answer(query, trained)
 
     def _start_up(self, round: int) -> dict[str, float]:
         samples = 0.0
