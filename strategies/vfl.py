@@ -169,6 +169,8 @@ class VFLServer:
         self.embedding_dims = [int(dim) for dim in dims if dim is not None]
         num_classes = int_of(label_reply, vp.METRICS, vp.NUM_CLASSES)
         self.num_classes = num_classes if num_classes is not None and num_classes >= 2 else None
+        if self.num_classes is not None:
+            self.config.check_num_classes(self.num_classes)
         for party in parties:
             sizes = tuple(int_of(replies[party.node_id], vp.METRICS, key) for key in (vp.NUM_TRAIN, vp.NUM_TEST))
             if sizes != (self.num_train, self.num_test):

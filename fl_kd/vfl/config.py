@@ -308,6 +308,24 @@ class VFLRunConfig:
                 raise ConfigError(f"attack.{name}: {err}") from err
         self.attack = checked
 
+    def binary_only(self) -> list[str]:
+        """The defence and attacks of this run that work on two-class tasks only, named for a message."""
+        parts = [f"defence {self.defence.name}"] if defence_class(self.defence.name).binary_only else []
+        return parts + [f"attack {name}" for name in self.attack if attack_class(name).binary_only]
+
+    def check_num_classes(self, num_classes: int) -> None:
+        """Refuse, before any training, a two-class defence or attack on a task of ``num_classes`` classes.
+
+        The class count comes with the data, so this cannot be checked when the config is read; unchecked, such a
+        run trained in full and only then found that its attack or defence had nothing to say.
+        """
+        parts = self.binary_only()
+        if num_classes != 2 and parts:
+            raise ConfigError(
+                f"dataset={self.dataset.name} has {num_classes} classes, but {' and '.join(parts)} "
+                "works on two-class tasks only"
+            )
+
     @property
     def num_feature_parties(self) -> int:
         """Passive parties in the run (a federation has one more node: the label party)."""

@@ -27,6 +27,8 @@ class LabelDefence:
     """
 
     name: str = "none"
+    binary_only: bool = False
+    """True for a defence that protects two-class tasks only: a run with more classes is refused before training."""
 
     def setup(self, num_classes: int, embedding_dims: list[int], seed: int, secret: int | None = None) -> None:
         """Prepare state once the task is known (train or load an autoencoder, build a bottleneck).
@@ -96,6 +98,8 @@ class FeaturePartyAttack:
     """
 
     name: str = "none"
+    binary_only: bool = False
+    """True for an attack that scores two-class tasks only: a run with more classes is refused before training."""
 
     def on_gradient(self, sample_ids: Tensor, embedding: Tensor, gradient: Tensor) -> None:
         """Observe one mini-batch: ids ``(B,)``, embedding ``(B, D)`` and received gradient ``(B, D)``."""

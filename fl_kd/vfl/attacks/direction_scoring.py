@@ -47,6 +47,7 @@ class DirectionScoring(FeaturePartyAttack):
     """
 
     name = "direction_scoring"
+    binary_only = True
     attack_type = "LI"
 
     def __init__(self, known_positive_ids: Sequence[int] | None = None, num_known: int = 1, seed: int = 0) -> None:

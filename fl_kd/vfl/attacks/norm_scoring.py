@@ -30,6 +30,7 @@ class NormScoring(FeaturePartyAttack):
     """
 
     name = "norm_scoring"
+    binary_only = True
     attack_type = "LI"
 
     def __init__(self) -> None:

@@ -76,6 +76,7 @@ class MarvellDefence(LabelDefence):
     """
 
     name = "marvell"
+    binary_only = True
 
     def __init__(self, power_ratio: float = 4.0, seed: int | None = None) -> None:
         if not power_ratio >= 0:
