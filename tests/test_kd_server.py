@@ -28,6 +28,7 @@ def _server(columns: list[list[float]], **config: Any) -> SelectiveDistillServer
     with torch.no_grad():
         model.weight.copy_(torch.tensor(columns).T)
     settings: dict[str, Any] = {
+        "epochs": 1,
         "batch_size": n,
         "lr": 0.1,
         "momentum": 0.0,

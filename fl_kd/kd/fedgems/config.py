@@ -99,13 +99,12 @@ class FedGEMSConfig(SelectionConfig, SGDStrategyConfig):
         The server trains on its images mirrored left-right with probability 1/2; image datasets only.
     """
 
-    # The server phase's settings default to the core server's (declared once, in ServerDistillConfig), but for
-    # its epochs: a strategy round trains the server 4 epochs, the bare core class 1.
+    # The server phase's settings default to the core server's (declared once, in ServerDistillConfig).
     name: str = "fedgems"
     epsilon: float = ServerDistillConfig.epsilon
     temperature: float = ServerDistillConfig.temperature
     weighting: str = ServerDistillConfig.weighting
-    server_epochs: int = 4
+    server_epochs: int = ServerDistillConfig.epochs
     server_batch_size: int = ServerDistillConfig.batch_size
     server_lr: float = ServerDistillConfig.lr
     client_distill_epochs: int = ClientTrainConfig.distill_epochs

@@ -192,7 +192,7 @@ class ServerDistillConfig(SelectionConfig):
 
     Attributes
     ----------
-    epochs : int (default: 1)
+    epochs : int (default: 4)
         Passes over the transfer set per round (E_srv).
     batch_size : int (default: 64)
         Mini-batch size on the transfer set.
@@ -218,7 +218,7 @@ class ServerDistillConfig(SelectionConfig):
         In training, each image is mirrored left-right with probability 1/2.
     """
 
-    epochs: int = 1
+    epochs: int = 4
     batch_size: int = 64
     lr: float = 0.05
     momentum: float = 0.9
