@@ -15,9 +15,9 @@ from typing import Any, TypeVar
 
 from fl_kd.checkpoint import CheckpointError
 from fl_kd.config import ConfigError
-from fl_kd.data import DatasetNotAvailableError
+from fl_kd.data import DatasetError, DatasetNotAvailableError
 
-USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, DatasetNotAvailableError, CheckpointError)
+USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, DatasetError, DatasetNotAvailableError, CheckpointError)
 EXIT_USER_ERROR = 2
 
 F = TypeVar("F", bound=Callable[..., Any])

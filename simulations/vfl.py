@@ -52,17 +52,20 @@ def run_inprocess(config: VFLRunConfig, out_dir: Path, report: Report | None = N
     return run_vfl(config, report=on_epoch)
 
 
-def check_num_classes(config: VFLRunConfig) -> None:
-    """Refuse a two-class defence or attack on this dataset before Flower starts (loading it only for them)."""
-    if config.binary_only():
-        from fl_kd.data import load_dataset
+def preflight(config: VFLRunConfig) -> None:
+    """Load the dataset and check its class count before Flower starts.
 
-        config.check_num_classes(int(load_dataset(config.dataset.name, root=config.dataset.root).num_classes))
+    The ClientApps load the data only once the federation runs; a missing or corrupt dataset, or a two-class defence
+    or attack on a dataset of more classes, would then end the run with the reason buried in the log.
+    """
+    from fl_kd.data import load_dataset
+
+    config.check_num_classes(int(load_dataset(config.dataset.name, root=config.dataset.root).num_classes))
 
 
 def run_flower(config: VFLRunConfig, out_dir: Path, report: Report | None = None) -> dict[str, Any]:
     """The run as a Flower simulation through ``flwr run``; the ServerApp writes the results into ``out_dir``."""
-    check_num_classes(config)  # the ServerApp checks too, after setup, but only once the nodes have started
+    preflight(config)
     results_path = out_dir / vp.RESULTS_FILE
     results_path.unlink(missing_ok=True)
     with follow_progress(out_dir / vp.PROGRESS_FILE, report):

@@ -6,10 +6,11 @@
 """
 
 from fl_kd.data.registry import available_datasets, load_dataset
-from fl_kd.data.splits import DatasetNotAvailableError, DatasetSplits
+from fl_kd.data.splits import DatasetError, DatasetNotAvailableError, DatasetSplits
 from fl_kd.data.transfer import personalised_test_indices, split_transfer_set
 
 __all__ = [
+    "DatasetError",
     "DatasetNotAvailableError",
     "DatasetSplits",
     "available_datasets",

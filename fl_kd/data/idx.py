@@ -9,9 +9,12 @@ torchvision would reject.
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
+
+from fl_kd.data.splits import DatasetError, DatasetNotAvailableError
 
 __all__ = ["MNIST_FILE_STEMS", "find_idx_file", "read_idx", "read_mnist_folder"]
 
@@ -50,22 +53,25 @@ def read_idx(path: str | Path) -> np.ndarray:
 
     Raises
     ------
-    ValueError
-        If the header is malformed or the payload size disagrees with it.
+    DatasetError
+        If the file cannot be read or decompressed, the header is malformed or the payload size disagrees with it.
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        raw = handle.read()
+    try:
+        with opener(path, "rb") as handle:
+            raw = handle.read()
+    except (OSError, EOFError, zlib.error) as err:  # gzip.BadGzipFile is an OSError; a cut .gz file an EOFError
+        raise DatasetError(f"{path} cannot be read: {err or type(err).__name__}") from err
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path} is not an IDX file (bad magic number {raw[:4]!r})")
+        raise DatasetError(f"{path} is not an IDX file (bad magic number {raw[:4]!r})")
     dtype = _IDX_DTYPES[raw[2]]
     ndim = raw[3]
     header_size = 4 + 4 * ndim
     dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = int(np.prod(dims)) * dtype.itemsize
     if len(raw) - header_size != expected:
-        raise ValueError(f"{path}: header promises {dims} ({expected} bytes), file has {len(raw) - header_size}")
+        raise DatasetError(f"{path}: header promises {dims} ({expected} bytes), file has {len(raw) - header_size}")
     return np.frombuffer(raw, dtype=dtype, offset=header_size).reshape(dims).astype(dtype.newbyteorder("="))
 
 
@@ -78,15 +84,34 @@ def find_idx_file(folder: Path, stem: str) -> Path | None:
 
 
 def read_mnist_folder(folder: Path) -> dict[str, np.ndarray] | None:
-    """Read the four MNIST-style IDX files of ``folder``, or return ``None`` if any is missing.
+    """Read the four MNIST-style IDX files of ``folder``, or return ``None`` if it holds none of them.
 
     Returns
     -------
     dict[str, np.ndarray] | None
         Keys ``x_train`` ``(N, 28, 28)``, ``y_train`` ``(N,)``, ``x_test``, ``y_test``.
+
+    Raises
+    ------
+    DatasetNotAvailableError
+        If the folder holds some of the four files but not all (the missing ones are named).
+    DatasetError
+        If a file cannot be read, or the images are not ``(N, 28, 28)`` with one label each (say, two files swapped).
     """
     paths = {key: find_idx_file(folder, stem) for key, stem in MNIST_FILE_STEMS.items()}
     found = {key: path for key, path in paths.items() if path is not None}
-    if len(found) != len(paths):
+    if not found:
         return None
-    return {key: read_idx(path) for key, path in found.items()}
+    if len(found) != len(paths):
+        missing = ", ".join(f"{MNIST_FILE_STEMS[key]}[.gz]" for key in paths if key not in found)
+        raise DatasetNotAvailableError(f"{folder} lacks {missing} of the four MNIST-style files")
+    arrays = {key: read_idx(path) for key, path in found.items()}
+    for split in ("train", "test"):
+        images, labels = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if images.ndim != 3 or images.shape[1:] != (28, 28):
+            raise DatasetError(f"{found[f'x_{split}']}: expected images (N, 28, 28), got {images.shape}")
+        if labels.shape != images.shape[:1]:
+            raise DatasetError(
+                f"{found[f'y_{split}']}: expected {images.shape[0]} labels (N,), one per image, got {labels.shape}"
+            )
+    return arrays

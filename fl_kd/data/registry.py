@@ -14,7 +14,7 @@ from fl_kd.data.splits import DatasetSplits
 from fl_kd.data.tabular import load_breast_cancer, load_credit
 from fl_kd.data.torchvision_sets import load_cifar10, load_cifar100, load_mnist
 
-__all__ = ["available_datasets", "load_dataset"]
+__all__ = ["PACKAGED_DATASETS", "available_datasets", "load_dataset"]
 
 Loader = Callable[[str | Path | None, bool], DatasetSplits]
 
@@ -28,6 +28,10 @@ _LOADERS: dict[str, Loader] = {
     "breast_cancer": load_breast_cancer,
     "credit": load_credit,
 }
+
+
+#: Datasets shipped inside an installed package: their loaders read no ``root``.
+PACKAGED_DATASETS: frozenset[str] = frozenset({"digits", "mnist5k", "breast_cancer", "credit"})
 
 
 def available_datasets() -> list[str]:

