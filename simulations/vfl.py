@@ -53,7 +53,7 @@ def run_inprocess(config: VFLRunConfig, out_dir: Path, report: Report | None = N
 
 
 def preflight(config: VFLRunConfig) -> None:
-    """Load the dataset and check its class count before Flower starts.
+    """Load the dataset and check its class count while Flower starts (stopping it when they fail).
 
     The ClientApps load the data only once the federation runs; a missing or corrupt dataset, or a two-class defence
     or attack on a dataset of more classes, would then end the run with the reason buried in the log.
@@ -65,7 +65,6 @@ def preflight(config: VFLRunConfig) -> None:
 
 def run_flower(config: VFLRunConfig, out_dir: Path, report: Report | None = None) -> dict[str, Any]:
     """The run as a Flower simulation through ``flwr run``; the ServerApp writes the results into ``out_dir``."""
-    preflight(config)
     results_path = out_dir / vp.RESULTS_FILE
     results_path.unlink(missing_ok=True)
     with follow_progress(out_dir / vp.PROGRESS_FILE, report):
@@ -81,6 +80,7 @@ def run_flower(config: VFLRunConfig, out_dir: Path, report: Report | None = None
             num_supernodes=config.num_feature_parties + 1,
             num_cpus_per_client=config.simulation.num_cpus_per_client,
             num_cpus=config.simulation.num_cpus,
+            preflight=lambda: preflight(config),
         )
     if code != 0 or not results_path.exists():
         raise RuntimeError(
