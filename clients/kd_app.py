@@ -65,7 +65,9 @@ def _node(context: Context) -> NodeSpec:
 
 def _context_federation(context: Context) -> tuple[ExperimentConfig, Federation]:
     node = _node(context)
-    return _federation(str(context.run_config[kd.RUN_CONFIG_KEY]), node if node.node_local else None)
+    cfg, federation = _federation(str(context.run_config[kd.RUN_CONFIG_KEY]), node if node.node_local else None)
+    node.check_federation(cfg.num_clients)  # a node naming no data, too: its partition must fit the experiment
+    return cfg, federation
 
 
 def _config(context: Context) -> ExperimentConfig:

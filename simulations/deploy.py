@@ -41,7 +41,7 @@ from fl_kd.simulations.deploy_settings import DEPLOY_KEY, DeploySettings, split_
 from fl_kd.simulations.flower_launcher import write_app
 from fl_kd.simulations.loopback import DeploymentError, Endpoints, LoopbackDeployment
 from fl_kd.simulations.node_data import dataset_node_configs, write_partition_folders
-from fl_kd.simulations.processes import tail, termination_as_interrupt
+from fl_kd.simulations.processes import interrupt_exit_code, tail, termination_as_interrupt
 
 __all__ = ["DeploySettings", "DeploymentError", "Endpoints", "main", "run_deployment", "split_deploy_settings"]
 
@@ -184,8 +184,8 @@ def main(cfg: DictConfig) -> None:
     try:
         rows = run_deployment(experiment, out_dir, settings)
     except KeyboardInterrupt as err:
-        print(f"Interrupted ({err or 'Ctrl-C'}); every process of the deployment was stopped.", file=sys.stderr)
-        raise SystemExit(130) from None
+        print(f"Interrupted ({str(err) or 'Ctrl-C'}); every process of the deployment was stopped.", file=sys.stderr)
+        raise SystemExit(interrupt_exit_code(err)) from None
     except DeploymentError as err:  # the message names the log files; a traceback would add nothing
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -24,7 +24,7 @@ from pathlib import Path
 from fl_kd.config import ConfigError
 from fl_kd.simulations.deploy_settings import DeploySettings
 from fl_kd.simulations.flower_launcher import flower_env, free_port
-from fl_kd.simulations.node_auth import NodeKeys, make_node_keys, register_nodes
+from fl_kd.simulations.node_auth import NodeKeys, RegistrationError, make_node_keys, register_nodes
 from fl_kd.simulations.processes import ProcessSupervisor, find_processes, tail, uninterruptible
 from fl_kd.simulations.tls import LOOPBACK_HOSTS, TlsFiles, generate_certificates, load_certificates
 
@@ -220,7 +220,7 @@ class LoopbackDeployment:
         self.tls: TlsFiles | None = None
         if settings.tls and settings.certificates:
             try:
-                self.tls = load_certificates(settings.certificates)
+                self.tls = load_certificates(settings.certificates, host=LOOPBACK)
             except ValueError as err:
                 raise ConfigError(f"deploy.certificates: {err}") from err
         elif settings.tls:
@@ -280,16 +280,25 @@ class LoopbackDeployment:
         )
 
         def superlink_up() -> bool:
-            with contextlib.suppress(OSError):
+            try:
                 return probe(self.superlink, self.tls) == 200
-            return False
+            except (urllib.error.URLError, ssl.SSLCertVerificationError) as err:
+                reason = getattr(err, "reason", err)  # urllib wraps the TLS error
+                if isinstance(reason, ssl.SSLCertVerificationError):  # waiting longer will not change it
+                    raise DeploymentError(f"the SuperLink's certificate does not verify: {reason}") from err
+                return False
+            except OSError:
+                return False
 
         if self.auth:
             folder = self.deploy_dir / "keys"
             self.keys = [make_node_keys(folder, f"supernode-{i}") for i in range(self.num_partitions)]
             _wait(superlink_up, deadline, f"the SuperLink on {self.superlink}", self.check)
             public_keys = [keys.public for keys in self.keys]
-            ids = register_nodes(public_keys, CONNECTION, self.env(self.cli_home), self.cli_home)
+            try:
+                ids = register_nodes(public_keys, CONNECTION, self.env(self.cli_home), self.cli_home)
+            except (RegistrationError, subprocess.TimeoutExpired) as err:
+                raise DeploymentError(f"registering the SuperNodes' keys failed: {err}") from err
             self.registered = dict(enumerate(ids))
             log.info("Registered %d SuperNode keys: %s", len(ids), self.registered)
         for partition_id, address in enumerate(self.supernodes):

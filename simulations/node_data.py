@@ -14,9 +14,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from fl_kd.config import ConfigError
 from fl_kd.data.node_local import DATA_DIR, DATASET, DEVICE_TIER, write_node_data
 from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.federation import build_federation
+from fl_kd.simulations.cli import user_errors_exit
 
 NodeConfig = dict[str, str | int]
 
@@ -47,9 +49,14 @@ def dataset_node_configs(experiment: ExperimentConfig) -> list[NodeConfig]:
     return [{DATASET: experiment.dataset.name, DEVICE_TIER: tier.name} for tier in tiers]
 
 
+@user_errors_exit
 def main(argv: list[str] | None = None) -> None:
-    """``python -m fl_kd.simulations.node_data OUT [overrides...]``: write the folders, print each node config."""
+    """``python -m fl_kd.simulations.node_data OUT [overrides...]``: write the folders, print each node config.
+
+    A mistake in an override or a value ends in one line and exit code 2, as with ``fl-kd-sim``.
+    """
     from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
 
     from fl_kd.simulations.deploy_settings import split_deploy_settings
     from fl_kd.simulations.loopback import node_config_arg
@@ -58,7 +65,11 @@ def main(argv: list[str] | None = None) -> None:
     if not args or args[0].startswith("-") or "=" in args[0]:
         raise SystemExit("usage: python -m fl_kd.simulations.node_data OUT_DIR [fl-kd-deploy overrides...]")
     with initialize_config_module(config_module="fl_kd.conf", version_base=None):
-        experiment, _ = split_deploy_settings(compose(config_name="deploy", overrides=args[1:]))
+        try:
+            composed = compose(config_name="deploy", overrides=args[1:])
+        except HydraException as err:  # an unknown key or a malformed override
+            raise ConfigError(" ".join(str(err).split("\n"))) from err
+        experiment, _ = split_deploy_settings(composed)
     configs = write_partition_folders(experiment, Path(args[0]))
     for client_id, config in enumerate(configs):
         node_config = {"partition-id": client_id, "num-partitions": experiment.num_clients, **config}

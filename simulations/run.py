@@ -74,7 +74,7 @@ def interrupted_line(out_dir: Path, interrupt: KeyboardInterrupt) -> str:
     except ValueError:  # a line cut short by the interrupt
         rounds = 0
     return (
-        f"interrupted ({interrupt or 'Ctrl-C'}); every process of the run was stopped; partial results "
+        f"interrupted ({str(interrupt) or 'Ctrl-C'}); every process of the run was stopped; partial results "
         f"({rounds} finished round{'s' if rounds != 1 else ''}) in {path}"
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import ssl
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -114,8 +115,13 @@ def generate_certificates(folder: Path, hosts: Sequence[str] = LOOPBACK_HOSTS, v
     return files
 
 
-def load_certificates(folder: Path | str) -> TlsFiles:
-    """The TLS files in a user's ``folder`` (absolute paths); a missing one is a ``ValueError`` naming it."""
+def load_certificates(folder: Path | str, host: str | None = None) -> TlsFiles:
+    """The TLS files in a user's ``folder`` (absolute paths), checked before any server is started with them.
+
+    Raises ``ValueError`` naming the file when one is missing or not PEM, when the key does not belong to the
+    certificate, or when the certificate is not for ``host`` (where clients will reach the SuperLink): the server
+    would otherwise fail deep inside its TLS stack, or every client's handshake would fail until a timeout.
+    """
     folder = Path(folder).expanduser().resolve()
     files = TlsFiles(folder / CA_CERT, folder / SERVER_CERT, folder / SERVER_KEY)
     missing = [path.name for path in asdict(files).values() if not path.is_file()]
@@ -123,4 +129,31 @@ def load_certificates(folder: Path | str) -> TlsFiles:
         raise ValueError(
             f"certificate folder {folder} lacks {', '.join(missing)} (needs {CA_CERT}, {SERVER_CERT}, {SERVER_KEY})"
         )
+    try:
+        ssl.create_default_context(cafile=str(files.ca_cert))
+    except ssl.SSLError as err:
+        raise ValueError(f"{files.ca_cert} is not a PEM CA certificate ({err})") from err
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(files.server_cert, files.server_key)
+    except ssl.SSLError as err:
+        raise ValueError(
+            f"{files.server_cert} and {files.server_key} are not a PEM certificate and its private key ({err})"
+        ) from err
+    if host is not None and host not in certificate_hosts(files.server_cert):
+        raise ValueError(
+            f"{files.server_cert} is for {', '.join(certificate_hosts(files.server_cert)) or 'no host'}, "
+            f"not for {host}, where the SuperNodes reach the SuperLink"
+        )
     return files
+
+
+def certificate_hosts(path: Path) -> list[str]:
+    """The host names and IP addresses a PEM certificate's subject alternative names cover."""
+    from cryptography import x509
+
+    certificate = x509.load_pem_x509_certificate(path.read_bytes())
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [*names.get_values_for_type(x509.DNSName), *map(str, names.get_values_for_type(x509.IPAddress))]

@@ -103,6 +103,7 @@ class KDStrategy(Strategy):
         # State of the round in progress.
         self._start = 0.0
         self._selected: list[int] = []
+        self._unplaced: list[int] = []
         self._uplink = 0
         self._downlink = 0
         self._screening = ScreeningReport()
@@ -140,7 +141,10 @@ class KDStrategy(Strategy):
         for reply in sorted(replies, key=lambda m: m.metadata.src_node_id):
             node_id = reply.metadata.src_node_id
             partition_id = None if reply.has_error() else int_of(reply.content, kd.METRICS, kd.PARTITION_ID)
-            if node_id not in node_ids or partition_id is None or not 0 <= partition_id < self.num_clients:
+            if reply.has_error():  # the node's own reason: say, its data folder or node config is wrong
+                log(WARNING, "Node %s could not identify itself (%s); it is left out", node_id,
+                    party_text(reply.error.reason))  # fmt: skip
+            elif node_id not in node_ids or partition_id is None or not 0 <= partition_id < self.num_clients:
                 log(WARNING, "Node %s did not identify a valid partition; it is left out", node_id)
             elif self.node_partitions is not None and self.node_partitions.get(node_id) != partition_id:
                 pinned = self.node_partitions.get(node_id)
@@ -172,6 +176,9 @@ class KDStrategy(Strategy):
         self._uplink = self._downlink = 0
         sampled = sample_clients(self.num_clients, self.fraction_train, self.seed, server_round)
         self._selected = [pid for pid in sampled if pid in self._nodes]
+        self._unplaced = [pid for pid in sampled if pid not in self._nodes]  # no node holds them: missing too
+        if self._unplaced:
+            log(WARNING, "Round %d: no node holds the sampled partition(s) %s", server_round, self._unplaced)
         self._costs = {pid: ClientCost() for pid in self._selected}
         messages = [
             self._message(
@@ -271,7 +278,7 @@ class KDStrategy(Strategy):
                 continue
             answers[partition_id] = arrays
             report.accepted.append(partition_id)
-        report.missing = [pid for pid in self._selected if pid not in by_client]
+        report.missing = sorted(self._unplaced + [pid for pid in self._selected if pid not in by_client])
         return answers, report
 
     # -- evaluate ----------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from fl_kd.clients.kd_app import app as client_app
@@ -44,11 +44,11 @@ def test_policy_from_run_config() -> None:
     assert RoundPolicy.from_run_config(policy.to_run_config()) == policy
     assert RoundPolicy.from_run_config({"round-timeout": 30}).round_timeout_s == 30.0
     for bad, message in (
-        ({"min-clients": 0}, "min_clients must be an int >= 1"),
-        ({"min-clients": 1.5}, "min_clients must be an int >= 1"),
-        ({"round-timeout": -1.0}, "round_timeout_s must be > 0"),
-        ({"round-timeout": "soon"}, "round_timeout_s must be a finite number"),
-        ({"resume": "yes"}, "resume must be true or false"),
+        ({"min-clients": 0}, "run config min-clients must be an int >= 1"),
+        ({"min-clients": 1.5}, "run config min-clients must be an int >= 1"),
+        ({"round-timeout": -1.0}, "run config round-timeout must be > 0"),
+        ({"round-timeout": "soon"}, "run config round-timeout must be a finite number"),
+        ({"resume": "yes"}, "run config resume must be true or false"),
     ):
         with pytest.raises(ConfigError, match=message):
             RoundPolicy.from_run_config(bad)
@@ -66,6 +66,28 @@ def test_a_dead_node_is_logged_and_the_round_completes_with_the_others(
     assert all(row["n_missing"] == 1 for row in strategy.history)
     assert "no train answer from node(s) [1021]" in caplog.text
     assert load_progress(tmp_path, cfg.to_json()).round == 2  # type: ignore[union-attr]
+
+
+def test_a_node_that_cannot_identify_itself_is_logged_with_its_reason_and_counted_missing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its SuperNode runs but its ClientApp cannot start (a wrong data folder): the server says why, and its
+    partition counts as missing in every round it is sampled, not as if the federation were whole."""
+    cfg = tiny_config()
+    reason = "node data folder /data/client-9 does not exist"
+
+    def broken_node(message: Message, reply: Message) -> list[Message]:
+        if message.metadata.dst_node_id == DEAD_NODE:
+            return [Message(Error(code=1, reason=reason), reply_to=message)]
+        return [reply]
+
+    strategy = make_strategy(cfg)
+    grid = LoopbackGrid(client_app, cfg.num_clients, {RUN_CONFIG_KEY: cfg.to_json()}, broken_node)
+    with caplog.at_level("WARNING", logger="flwr"):
+        run_rounds(strategy, grid, 2, RoundPolicy(min_clients=3), tmp_path, cfg.to_json())
+    assert f"Node {DEAD_NODE} could not identify itself ({reason}); it is left out" in caplog.text
+    assert "Round 1: no node holds the sampled partition(s) [3]" in caplog.text
+    assert [row["n_missing"] for row in strategy.history] == [1, 1]
 
 
 def test_below_the_quorum_the_run_stops_before_the_server_learns_from_the_round(tmp_path: Path) -> None:

@@ -60,3 +60,26 @@ def test_load_certificates_names_the_missing_file(tmp_path: Path) -> None:
     (tmp_path / "server.key").unlink()
     with pytest.raises(ValueError, match=r"lacks server\.key"):
         load_certificates(tmp_path)
+
+
+def test_load_certificates_refuses_files_a_server_could_not_use(tmp_path: Path) -> None:
+    """Checked before any server starts: garbage files ended in a TLS-stack traceback naming no file, and a
+    certificate for another host in a timeout of every SuperNode's handshake."""
+    ours = generate_certificates(tmp_path / "ours")
+    assert load_certificates(tmp_path / "ours", host="127.0.0.1") == TlsFiles(
+        ours.ca_cert.resolve(), ours.server_cert.resolve(), ours.server_key.resolve()
+    )
+    other_host = generate_certificates(tmp_path / "remote", hosts=("superlink.example.org",))
+    with pytest.raises(ValueError, match=r"server\.pem is for superlink\.example\.org, not for 127\.0\.0\.1"):
+        load_certificates(tmp_path / "remote", host="127.0.0.1")
+    assert load_certificates(tmp_path / "remote", host="superlink.example.org").server_key == other_host.server_key
+
+    (tmp_path / "remote" / "server.key").write_bytes(ours.server_key.read_bytes())  # another certificate's key
+    with pytest.raises(ValueError, match=r"server\.pem and .*server\.key are not a PEM certificate and its"):
+        load_certificates(tmp_path / "remote")
+    (tmp_path / "ours" / "server.pem").write_text("not a certificate\n")
+    with pytest.raises(ValueError, match=r"server\.pem and .*server\.key are not a PEM certificate"):
+        load_certificates(tmp_path / "ours")
+    (tmp_path / "ours" / "ca.crt").write_text("not a certificate either\n")
+    with pytest.raises(ValueError, match=r"ca\.crt is not a PEM CA certificate"):
+        load_certificates(tmp_path / "ours")

@@ -41,11 +41,17 @@ def test_a_bad_node_config_is_the_nodes_error_reply(tmp_path: Path) -> None:
         replies.append(reply)
         return [reply]
 
-    configs: list[dict[str, str | int]] = [{}, {"data-dir": str(tmp_path / "missing")}, {}, {"colour": "blue"}]
+    configs: list[dict[str, str | int]] = [
+        {},
+        {"data-dir": str(tmp_path / "missing")},
+        {"num-partitions": 5},  # names no data: checked all the same
+        {"colour": "blue"},
+    ]
     strategy = make_strategy(cfg)
     grid = LoopbackGrid(client_app, cfg.num_clients, {RUN_CONFIG_KEY: cfg.to_json()}, keep, configs)
-    with pytest.raises(Exception, match="no sampled client|answered"):
+    with pytest.raises(Exception, match="no node holds a sampled client|answered"):
         run_rounds(strategy, grid, 1, RoundPolicy(min_clients=4), tmp_path, cfg.to_json())
     reasons: list[str] = [reply.error.reason for reply in replies if reply.has_error()]  # type: ignore[misc]
     assert any("node data folder" in reason and "does not exist" in reason for reason in reasons)
     assert any("unknown node config key(s) ['colour']" in reason for reason in reasons)
+    assert any("num-partitions=5 but the experiment has 4 clients" in reason for reason in reasons)

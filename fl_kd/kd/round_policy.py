@@ -71,11 +71,16 @@ class RoundPolicy:
         timeout = run_config.get(ROUND_TIMEOUT_KEY, default.round_timeout_s)
         if isinstance(timeout, int) and not isinstance(timeout, bool):
             timeout = float(timeout)  # TOML writes 30.0 as 30 when a person types it
-        return cls(
-            min_clients=run_config.get(MIN_CLIENTS_KEY, default.min_clients),  # type: ignore[arg-type]
-            round_timeout_s=timeout,  # type: ignore[arg-type]
-            resume=run_config.get(RESUME_KEY, default.resume),  # type: ignore[arg-type]
-        )
+        try:
+            return cls(
+                min_clients=run_config.get(MIN_CLIENTS_KEY, default.min_clients),  # type: ignore[arg-type]
+                round_timeout_s=timeout,  # type: ignore[arg-type]
+                resume=run_config.get(RESUME_KEY, default.resume),  # type: ignore[arg-type]
+            )
+        except ConfigError as err:  # named as the user wrote it, in the run config
+            field, _, rest = str(err).partition(" ")
+            key = {"min_clients": MIN_CLIENTS_KEY, "round_timeout_s": ROUND_TIMEOUT_KEY}.get(field, field)
+            raise ConfigError(f"run config {key} {rest}") from err
 
     def check_quorum(self, server_round: int, answered: int, asked: int) -> None:
         """Raise :class:`QuorumError` if fewer than ``min_clients`` of the ``asked`` clients answered.
@@ -84,8 +89,9 @@ class RoundPolicy:
         """
         if not asked:
             raise QuorumError(
-                f"round {server_round}: no sampled client is known (none identified itself within "
-                f"{self.round_timeout_s:g} s), fewer than min_clients={self.min_clients}"
+                f"round {server_round}: no node holds a sampled client (no node identified itself with a partition "
+                f"the server accepts; the server log says why each was left out), fewer than "
+                f"min_clients={self.min_clients}"
             )
         if answered < self.min_clients:
             raise QuorumError(
