@@ -143,6 +143,23 @@ def probe(address: str, tls: TlsFiles | None, path: str = "/health", timeout: fl
         return int(err.code)
 
 
+def answers(address: str, tls: TlsFiles | None) -> bool:
+    """Whether the server on ``address`` answers its health check yet (not yet: it may still be starting).
+
+    Raises ``DeploymentError`` at once when its certificate does not verify against the CA: waiting would not change
+    that, and every SuperNode's handshake would fail the same way until the start-up timeout.
+    """
+    try:
+        return probe(address, tls) == 200
+    except (urllib.error.URLError, ssl.SSLCertVerificationError) as err:
+        reason = getattr(err, "reason", err)  # urllib wraps the TLS error
+        if isinstance(reason, ssl.SSLCertVerificationError):
+            raise DeploymentError(f"the certificate of the server on {address} does not verify: {reason}") from err
+        return False
+    except OSError:
+        return False
+
+
 def online_nodes(env: dict[str, str], cwd: Path, timeout: float = 60.0) -> list[int]:
     """Node ids the SuperLink reports online, through ``flwr supernode list`` on the default connection.
 
@@ -280,15 +297,7 @@ class LoopbackDeployment:
         )
 
         def superlink_up() -> bool:
-            try:
-                return probe(self.superlink, self.tls) == 200
-            except (urllib.error.URLError, ssl.SSLCertVerificationError) as err:
-                reason = getattr(err, "reason", err)  # urllib wraps the TLS error
-                if isinstance(reason, ssl.SSLCertVerificationError):  # waiting longer will not change it
-                    raise DeploymentError(f"the SuperLink's certificate does not verify: {reason}") from err
-                return False
-            except OSError:
-                return False
+            return answers(self.superlink, self.tls)
 
         if self.auth:
             folder = self.deploy_dir / "keys"

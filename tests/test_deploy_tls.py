@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.server
 import socket
 import ssl
 import threading
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from fl_kd.simulations.loopback import DeploymentError, answers
 from fl_kd.simulations.tls import TlsFiles, generate_certificates, load_certificates
 
 
@@ -83,3 +85,44 @@ def test_load_certificates_refuses_files_a_server_could_not_use(tmp_path: Path) 
     (tmp_path / "ours" / "ca.crt").write_text("not a certificate either\n")
     with pytest.raises(ValueError, match=r"ca\.crt is not a PEM CA certificate"):
         load_certificates(tmp_path / "ours")
+
+
+def _https_server(tls: TlsFiles) -> tuple[http.server.HTTPServer, str]:
+    """A health endpoint served with ``tls``'s certificate on 127.0.0.1 (an ephemeral port), in a thread."""
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Health)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls.server_cert, tls.server_key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"127.0.0.1:{server.server_address[1]}"
+
+
+def test_a_server_whose_certificate_does_not_verify_stops_the_wait_at_once(tmp_path: Path) -> None:
+    """It waited out the whole start-up timeout (180 s by default) and then said only that it timed out."""
+    ours = generate_certificates(tmp_path / "ours")
+    remote = generate_certificates(tmp_path / "remote", hosts=("superlink.example.org",))
+    for served, trusted, reason in (
+        (ours, ours, None),
+        (ours, remote, "unable to get local issuer"),
+        (remote, remote, "mismatch"),
+    ):
+        server, address = _https_server(served)
+        try:
+            if reason is None:
+                assert answers(address, trusted)
+            else:
+                with pytest.raises(DeploymentError, match=f"on {address} does not verify: .*{reason}"):
+                    answers(address, trusted)
+        finally:
+            server.shutdown()
+            server.server_close()
+    assert not answers(address, ours)  # nobody listening: not up yet, which is no error
