@@ -204,7 +204,9 @@ ONLY: dict[str, frozenset[tuple[str, float]]] = {
     "fedgems_plus": frozenset({("confident_wrong", 0.3), ("random_logits", 0.3)}) | CAMOUFLAGED,
     "fedgems_plus_consensus": CAMOUFLAGED,
     "fedgems_plus_consensus_floor": CAMOUFLAGED,
-    "fedgems_plus_consensus_confidence": CAMOUFLAGED | FEWER_AND_MORE_LIARS | {(ABSENT, 0.3), (ABSENT, 0.5)},
+    "fedgems_plus_consensus_confidence": CAMOUFLAGED
+    | FEWER_AND_MORE_LIARS
+    | {(ABSENT, fraction) for fraction in (0.1, 0.3, 0.5)},
 }
 
 FRACTIONS: tuple[float, ...] = (0.1, 0.3, 0.5)
