@@ -30,9 +30,10 @@ IMAGES, LABELS = MNIST_FILE_STEMS["x_train"], MNIST_FILE_STEMS["y_train"]
     ("content", "expected"),
     [
         (b"no gzip at all", "cannot be read: Not a gzipped file"),
-        (gzip.compress(_idx_bytes(np.zeros((3, 28, 28), dtype=np.uint8)))[:-30], "cannot be read"),
-        (gzip.compress(b""), "is not an IDX file"),
+        (gzip.compress(_idx_bytes(np.zeros((3, 28, 28), dtype=np.uint8)), mtime=0)[:-30], "cannot be read"),
+        (gzip.compress(b"", mtime=0), "is not an IDX file"),
     ],
+    ids=["not gzip", "cut short", "empty"],  # ids, not the bytes: every xdist worker must collect the same names
 )
 def test_an_unreadable_file_is_named(tmp_path: Path, content: bytes, expected: str) -> None:
     path = tmp_path / "train-images-idx3-ubyte.gz"
