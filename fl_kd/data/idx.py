@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fl_kd.data.splits import DatasetError, DatasetNotAvailableError
+from fl_kd.data.splits import DatasetError
 
-__all__ = ["MNIST_FILE_STEMS", "find_idx_file", "read_idx", "read_mnist_folder"]
+__all__ = ["MNIST_FILE_STEMS", "find_idx_file", "missing_mnist_files", "read_idx", "read_mnist_folder"]
 
 #: The four files of MNIST-style datasets, by the role each plays.
 MNIST_FILE_STEMS: dict[str, str] = {
@@ -83,8 +83,14 @@ def find_idx_file(folder: Path, stem: str) -> Path | None:
     return None
 
 
+def missing_mnist_files(folder: Path) -> list[str]:
+    """The MNIST-style files ``folder`` lacks, by stem: all four when it holds none (or does not exist)."""
+    return [stem for stem in MNIST_FILE_STEMS.values() if find_idx_file(folder, stem) is None]
+
+
 def read_mnist_folder(folder: Path) -> dict[str, np.ndarray] | None:
-    """Read the four MNIST-style IDX files of ``folder``, or return ``None`` if it holds none of them.
+    """Read the four MNIST-style IDX files of ``folder``, or return ``None`` if any is missing (a loader may then
+    download them, or try another layout; :func:`missing_mnist_files` says which for its message).
 
     Returns
     -------
@@ -93,18 +99,13 @@ def read_mnist_folder(folder: Path) -> dict[str, np.ndarray] | None:
 
     Raises
     ------
-    DatasetNotAvailableError
-        If the folder holds some of the four files but not all (the missing ones are named).
     DatasetError
         If a file cannot be read, or the images are not ``(N, 28, 28)`` with one label each (say, two files swapped).
     """
     paths = {key: find_idx_file(folder, stem) for key, stem in MNIST_FILE_STEMS.items()}
     found = {key: path for key, path in paths.items() if path is not None}
-    if not found:
-        return None
     if len(found) != len(paths):
-        missing = ", ".join(f"{MNIST_FILE_STEMS[key]}[.gz]" for key in paths if key not in found)
-        raise DatasetNotAvailableError(f"{folder} lacks {missing} of the four MNIST-style files")
+        return None
     arrays = {key: read_idx(path) for key, path in found.items()}
     for split in ("train", "test"):
         images, labels = arrays[f"x_{split}"], arrays[f"y_{split}"]

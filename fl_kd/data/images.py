@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fl_kd.data.idx import MNIST_FILE_STEMS, read_mnist_folder
+from fl_kd.data.idx import MNIST_FILE_STEMS, missing_mnist_files, read_mnist_folder
 from fl_kd.data.splits import DatasetNotAvailableError, DatasetSplits, stratified_split, to_splits
 
 __all__ = [
@@ -103,8 +103,14 @@ def load_fashion_mnist(root: str | Path | None = None, download: bool = False) -
         arrays = read_mnist_folder(root_path / "FashionMNIST" / "raw")
     if arrays is None:
         stems = ", ".join(f"{stem}[.gz]" for stem in MNIST_FILE_STEMS.values())
+        partial = [
+            f"{folder} lacks {', '.join(missing)}"
+            for folder in folders
+            if 0 < len(missing := missing_mnist_files(folder)) < len(MNIST_FILE_STEMS)
+        ]
         raise DatasetNotAvailableError(
-            f"Fashion-MNIST not found in {', '.join(map(str, folders))}. Expected files: {stems}. "
+            f"Fashion-MNIST not found in {', '.join(map(str, folders))}"
+            f"{' (' + '; '.join(partial) + ')' if partial else ''}. Expected files: {stems}. "
             "Install them with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or pass "
             "root=<dir> holding <dir>/FashionMNIST/raw/<files>; download=True with a root fetches them "
             "through torchvision and needs internet."
