@@ -39,7 +39,8 @@ from fl_kd.results import METRICS_JSONL, finished_rounds, format_round_line, pri
 from fl_kd.simulations.cli import user_errors_exit
 from fl_kd.simulations.deploy_settings import DEPLOY_KEY, DeploySettings, split_deploy_settings
 from fl_kd.simulations.flower_launcher import write_app
-from fl_kd.simulations.loopback import DeploymentError, Endpoints, LoopbackDeployment
+from fl_kd.simulations.health import DeploymentError
+from fl_kd.simulations.loopback import Endpoints, LoopbackDeployment
 from fl_kd.simulations.node_data import dataset_node_configs, write_partition_folders
 from fl_kd.simulations.processes import interrupt_exit_code, tail, termination_as_interrupt
 

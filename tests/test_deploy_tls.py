@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fl_kd.simulations.loopback import DeploymentError, answers
+from fl_kd.simulations.health import DeploymentError, answers
 from fl_kd.simulations.tls import TlsFiles, generate_certificates, load_certificates
 
 
