@@ -129,41 +129,39 @@ def test_a_partition_must_give_every_client_a_sample() -> None:
         PartitionConfig(name="quantity_skew", alpha=0.001, min_size=0)
 
 
-def _command(module: str, *overrides: str) -> subprocess.CompletedProcess[str]:
+def _error_line(module: str, tmp_path: Path, *overrides: str) -> str:
+    """Run ``module``'s command line; it must end with exit code 2 and one line on stderr, which is returned.
+
+    Flower's start-up log lines are left out: a check that overlaps Flower's start-up may come after one of them.
+    """
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    command = [sys.executable, "-m", module, *overrides]
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False)
+    command = [sys.executable, "-m", module, *overrides, f"hydra.run.dir={tmp_path / 'run'}"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if "INFO" not in line]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
 
 
 def test_fl_kd_sim_names_a_corrupt_file_in_one_line(tmp_path: Path) -> None:
     _write_mnist_files(tmp_path / "data", compress=True)
     corrupt = tmp_path / "data" / f"{IMAGES}.gz"
     corrupt.write_bytes(corrupt.read_bytes()[:-30])
-    result = _command(
+    line = _error_line(
         "fl_kd.simulations.run",
+        tmp_path,
         "dataset=fashion_mnist",
         f"dataset.root={tmp_path / 'data'}",
         "simulation.backend=inprocess",
-        f"hydra.run.dir={tmp_path / 'run'}",
     )
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: {corrupt} cannot be read"), result.stderr
+    assert line.startswith(f"error: {corrupt} cannot be read")
 
 
 def test_fl_kd_vfl_on_flower_names_a_missing_dataset_in_one_line(tmp_path: Path) -> None:
-    result = _command(
-        "fl_kd.simulations.vfl",
-        "dataset=fashion_mnist",
-        f"dataset.root={tmp_path / 'empty'}",
-        "attack=[]",
-        f"hydra.run.dir={tmp_path / 'run'}",
+    line = _error_line(
+        "fl_kd.simulations.vfl", tmp_path, "dataset=fashion_mnist", f"dataset.root={tmp_path / 'empty'}", "attack=[]"
     )
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    # The check overlaps Flower's start-up, so a Flower start-up log line may come first (on a loaded machine).
-    lines = [line for line in lines if "INFO" not in line]
-    assert len(lines) == 1 and lines[0].startswith("error: Fashion-MNIST not found"), result.stderr
+    assert line.startswith("error: Fashion-MNIST not found")
     assert not (tmp_path / "run" / "results.json").exists()
 
 
