@@ -62,7 +62,7 @@ def read_idx(path: str | Path) -> np.ndarray:
         with opener(path, "rb") as handle:
             raw = handle.read()
     except (OSError, EOFError, zlib.error) as err:  # gzip.BadGzipFile is an OSError; a cut .gz file an EOFError
-        raise DatasetError(f"{path} cannot be read: {err or type(err).__name__}") from err
+        raise DatasetError(f"{path} cannot be read: {str(err) or type(err).__name__}") from err
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise DatasetError(f"{path} is not an IDX file (bad magic number {raw[:4]!r})")
     dtype = _IDX_DTYPES[raw[2]]
