@@ -18,9 +18,9 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
 from fl_kd.simulations.deploy import RoundTail, run_deployment, split_deploy_settings
+from fl_kd.simulations.health import probe
 from fl_kd.simulations.loopback import (
     Endpoints,
-    probe,
     running_processes,
     superlink_command,
     supernode_command,

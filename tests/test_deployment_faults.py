@@ -25,7 +25,8 @@ from fl_kd.kd.protocol import OUTPUT_DIR_KEY, RUN_CONFIG_KEY
 from fl_kd.results import read_metrics
 from fl_kd.simulations.deploy_settings import split_deploy_settings
 from fl_kd.simulations.flower_launcher import write_app
-from fl_kd.simulations.loopback import LoopbackDeployment, online_nodes, running_processes
+from fl_kd.simulations.health import online_nodes
+from fl_kd.simulations.loopback import LoopbackDeployment, running_processes
 from fl_kd.simulations.node_auth import make_node_keys
 from fl_kd.simulations.node_data import write_partition_folders
 from fl_kd.simulations.processes import PROC, Proc, descendants, is_running, send
