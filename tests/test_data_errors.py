@@ -118,10 +118,13 @@ def test_labels_out_of_range_and_features_that_are_not_finite_are_refused() -> N
     assert to_splits("toy", np.zeros((2, 3)), np.array([0.0, 1.0]), np.zeros((1, 3)), np.array([1.0]), ("a", "b"))
 
 
-def test_a_root_a_packaged_dataset_would_ignore_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="dataset=digits ships inside a package and reads no root"):
+def test_a_root_a_packaged_dataset_would_ignore_is_named(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """It was ignored without a word, so a user pointing at their own copy trained on the bundled one."""
+    with caplog.at_level("WARNING"):
+        DatasetConfig("fashion_mnist", root=str(tmp_path))
+        assert not caplog.text
         DatasetConfig("digits", root=str(tmp_path))
-    assert DatasetConfig("fashion_mnist", root=str(tmp_path)).root == str(tmp_path)
+    assert f"dataset.root={tmp_path} is ignored: dataset=digits ships inside a package and reads no root" in caplog.text
 
 
 def test_a_partition_must_give_every_client_a_sample() -> None:

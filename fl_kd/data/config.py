@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
-from fl_kd.config import check_choice, require
+from fl_kd.config import check_choice
 from fl_kd.data.registry import PACKAGED_DATASETS, available_datasets
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -17,8 +20,9 @@ class DatasetConfig:
     name : str (default: "digits")
         Name for :func:`fl_kd.data.load_dataset`; ``digits`` and ``breast_cancer`` are embedded.
     root : str | None (default: None)
-        Folder of a dataset that is not embedded (None: the loader's default location). Refused for a dataset
-        shipped inside a package, whose loader would ignore it: the run would not read the data the user named.
+        Folder of a dataset that is not embedded (None: the loader's default location). A dataset shipped inside
+        a package reads no root: one given for it is ignored with a warning (so that a sweep over datasets can set
+        one root for those that read it), since the run does not read the data the user may have meant.
     download : bool (default: False)
         Let torchvision download into ``root``; off, since nothing is fetched unless asked.
     """
@@ -29,7 +33,6 @@ class DatasetConfig:
 
     def __post_init__(self) -> None:
         check_choice("dataset.name", self.name, available_datasets())
-        require(
-            self.root is None or self.name not in PACKAGED_DATASETS,
-            f"dataset.root={self.root}: dataset={self.name} ships inside a package and reads no root",
-        )
+        if self.root is not None and self.name in PACKAGED_DATASETS:
+            log.warning("dataset.root=%s is ignored: dataset=%s ships inside a package and reads no root", self.root,
+                        self.name)  # fmt: skip
