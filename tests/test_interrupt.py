@@ -18,7 +18,8 @@ import pytest
 
 from fl_kd.results import METRICS_JSONL
 from fl_kd.simulations.flower_launcher import run_flower_simulation, stop_leftovers, superlink_processes
-from fl_kd.simulations.processes import PROC, Proc, find_processes
+from fl_kd.simulations.processes import PROC, Proc, Terminated, find_processes, interrupt_exit_code
+from fl_kd.simulations.run import interrupted_line
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -123,3 +124,12 @@ def test_a_failing_preflight_stops_what_flower_started_meanwhile(tmp_path: Path)
         assert left == [], f"still running after the failed check:\n{command_lines(left)}"
     finally:
         stop_leftovers(flwr_home)
+
+
+def test_the_interrupted_line_names_ctrl_c_and_the_signal() -> None:
+    """A plain Ctrl-C has no message: the line read "interrupted ()" (an exception object is always true)."""
+    assert interrupted_line(Path("/nowhere"), KeyboardInterrupt()).startswith("interrupted (Ctrl-C); ")
+    assert interrupted_line(Path("/nowhere"), Terminated(signal.SIGTERM)).startswith(
+        "interrupted (received signal SIGTERM); "
+    )
+    assert interrupt_exit_code(Terminated(signal.SIGTERM)) == 143 and interrupt_exit_code(KeyboardInterrupt()) == 130
