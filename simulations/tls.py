@@ -139,10 +139,11 @@ def load_certificates(folder: Path | str, host: str | None = None) -> TlsFiles:
         raise ValueError(
             f"{files.server_cert} and {files.server_key} are not a PEM certificate and its private key ({err})"
         ) from err
-    if host is not None and host not in certificate_hosts(files.server_cert):
+    hosts = certificate_hosts(files.server_cert) if host is not None else []
+    if host is not None and host not in hosts:
         raise ValueError(
-            f"{files.server_cert} is for {', '.join(certificate_hosts(files.server_cert)) or 'no host'}, "
-            f"not for {host}, where the SuperNodes reach the SuperLink"
+            f"{files.server_cert} is for {', '.join(hosts) or 'no host'}, not for {host}, where the SuperNodes reach "
+            "the SuperLink"
         )
     return files
 

@@ -132,13 +132,13 @@ def test_a_partition_must_give_every_client_a_sample() -> None:
         PartitionConfig(name="quantity_skew", alpha=0.001, min_size=0)
 
 
-def _error_line(module: str, tmp_path: Path, *overrides: str) -> str:
+def _error_line(module: str, *args: str) -> str:
     """Run ``module``'s command line; it must end with exit code 2 and one line on stderr, which is returned.
 
     Flower's start-up log lines are left out: a check that overlaps Flower's start-up may come after one of them.
     """
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    command = [sys.executable, "-m", module, *overrides, f"hydra.run.dir={tmp_path / 'run'}"]
+    command = [sys.executable, "-m", module, *args]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False)
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.strip().splitlines() if "INFO" not in line]
@@ -152,17 +152,21 @@ def test_fl_kd_sim_names_a_corrupt_file_in_one_line(tmp_path: Path) -> None:
     corrupt.write_bytes(corrupt.read_bytes()[:-30])
     line = _error_line(
         "fl_kd.simulations.run",
-        tmp_path,
         "dataset=fashion_mnist",
         f"dataset.root={tmp_path / 'data'}",
         "simulation.backend=inprocess",
+        f"hydra.run.dir={tmp_path / 'run'}",
     )
     assert line.startswith(f"error: {corrupt} cannot be read")
 
 
 def test_fl_kd_vfl_on_flower_names_a_missing_dataset_in_one_line(tmp_path: Path) -> None:
     line = _error_line(
-        "fl_kd.simulations.vfl", tmp_path, "dataset=fashion_mnist", f"dataset.root={tmp_path / 'empty'}", "attack=[]"
+        "fl_kd.simulations.vfl",
+        "dataset=fashion_mnist",
+        f"dataset.root={tmp_path / 'empty'}",
+        "attack=[]",
+        f"hydra.run.dir={tmp_path / 'run'}",
     )
     assert line.startswith("error: Fashion-MNIST not found")
     assert not (tmp_path / "run" / "results.json").exists()
@@ -185,13 +189,8 @@ def test_credit_refuses_a_status_it_cannot_read(monkeypatch: pytest.MonkeyPatch)
 
 def test_node_data_gives_one_line_and_exit_2(tmp_path: Path) -> None:
     """It printed a 29-line traceback for a bad value, where every other command gives one line."""
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     for override, expected in (
         ("num_clients=0", "error: num_clients must be in [1, inf], got 0"),
         ("no_such_key=3", "error: Could not override 'no_such_key'."),
     ):
-        command = [sys.executable, "-m", "fl_kd.simulations.node_data", str(tmp_path / "nodes"), override]
-        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False)
-        assert result.returncode == 2
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith(expected), result.stderr
+        assert _error_line("fl_kd.simulations.node_data", str(tmp_path / "nodes"), override).startswith(expected)
