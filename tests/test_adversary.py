@@ -373,6 +373,9 @@ def test_every_behaviour_is_registered() -> None:
         "sign_flip",
         "scaled_update",
         "gaussian_update",
+        "alie",
+        "min_max",
+        "min_sum",
     }
 
 

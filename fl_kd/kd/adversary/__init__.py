@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from fl_kd.kd.adversary.behaviours import ADVERSARIES, Behaviour
 from fl_kd.kd.adversary.client import MaliciousClient
+from fl_kd.kd.adversary.collusion import Colluding, ColludingServer
 from fl_kd.kd.adversary.config import NONE, AdversaryConfig, malicious_clients, malicious_of
 from fl_kd.kd.adversary.metrics import (
     AttackMetricsServer,
@@ -48,15 +49,21 @@ def adversarial_client(build_client: ClientBuilder) -> ClientBuilder:
 
 
 def measured_server(build_server: ServerBuilder) -> ServerBuilder:
-    """``build_server``, whose server half reports the attack's figures when the run has an adversary."""
+    """``build_server``, whose server half reports the attack's figures when the run has an adversary, and meets
+    colluders' answers rewritten (the side channel of :mod:`fl_kd.kd.adversary.collusion`)."""
 
     def build(cfg: ExperimentConfig, federation: Federation) -> ServerRole:
         server = build_server(cfg, federation)
         adversary = cfg.adversary
         if adversary.name == NONE:
             return server
+        malicious = frozenset(malicious_of(cfg))
         test_set = (lambda round: federation.test_set(cfg, round)) if adversary.name == "targeted" else None
-        return AttackMetricsServer(server, frozenset(malicious_of(cfg)), test_set, adversary.source, adversary.target)
+        server = AttackMetricsServer(server, malicious, test_set, adversary.source, adversary.target)
+        behaviour = ADVERSARIES.get(adversary.name)(adversary, federation.data.num_classes, federation.transfer_y)
+        if isinstance(behaviour, Colluding):
+            server = ColludingServer(server, malicious, behaviour.craft)
+        return server
 
     return build
 
@@ -68,6 +75,8 @@ __all__ = [
     "AdversaryConfig",
     "AttackMetricsServer",
     "Behaviour",
+    "Colluding",
+    "ColludingServer",
     "MaliciousClient",
     "ReportsFusionWeights",
     "ReportsScreened",

@@ -84,6 +84,10 @@ class AdversaryConfig:
         poison and the wrong class they name there are fixed per transfer position by a key they share (not drawn
         by each client per round), so on a poisoned sample every one of them names the same wrong class: a trim of
         ``t`` terms per sample and class removes none of them once more than ``t`` lie there.
+    z : float | None (default: None)
+        ``alie``: the shift ``mu - z * sigma`` the colluders send, in standard deviations of their honest updates;
+        None: Baruch et al.'s largest shift that a majority of the round's answers still straddles
+        (:func:`~fl_kd.kd.adversary.collusion.alie_z`).
     free_rider_mode : str (default: "stale")
         ``free_rider`` skips local training; "stale" answers with its untrained model as it stands (for weight
         sharing: the global weights echoed), "random" with random logits (or global weights plus noise).
@@ -103,6 +107,7 @@ class AdversaryConfig:
     lie_as: str = "one_hot"
     lie_quantile: float = 0.75
     coordinated: bool = False
+    z: float | None = None
 
     def __post_init__(self) -> None:
         from fl_kd.kd.adversary.behaviours import ADVERSARIES
@@ -119,6 +124,8 @@ class AdversaryConfig:
         check_range("adversary.source", self.source, low=0)
         check_range("adversary.target", self.target, low=0)
         require(self.source != self.target, "adversary.source and adversary.target must be different classes")
+        if self.z is not None:
+            check_range("adversary.z", self.z, low=0.0)
         check_choice("adversary.free_rider_mode", self.free_rider_mode, FREE_RIDER_MODES)
         check_range("adversary.poison_share", self.poison_share, low=0.0, high=1.0)
         check_choice("adversary.checked", self.checked, CHECKED_ANSWERS)

@@ -1,0 +1,244 @@
+"""Colluding weight attacks: the malicious clients pool their honest updates and all send one crafted update.
+
+A robust rule (median, trimmed mean, Krum) assumes a malicious update stands out from the honest ones. These
+attacks know that and stay inside the honest spread, where the rule cannot tell them apart, while pushing every
+coordinate the same way:
+
+* ``alie``, "A Little Is Enough" (Baruch et al., NeurIPS 2019): ``mu - z * sigma`` per coordinate, ``mu`` and
+  ``sigma`` the mean and standard deviation of the colluders' honest updates, ``z`` the largest shift that a
+  majority of the round's answers still straddles (``adversary.z`` sets it).
+* ``min_max`` and ``min_sum`` (Shejwalkar and Houmansadr, NDSS 2021): ``mu - gamma * sigma / |sigma|`` with the
+  largest ``gamma`` whose update lies no farther from any colluder's honest update than two of those lie from each
+  other (``min_max``), or whose summed squared distances to them are no larger than any one of theirs
+  (``min_sum``): the attacks those papers found to beat Krum, median and trimmed mean without knowing which.
+
+Each colluder knows only its own honest update; the attack needs them pooled before any of them answers. The
+harness simulates that side channel where the answers meet: :class:`ColludingServer` wraps the server half, reads
+the malicious clients' answers alone (never an honest one), rewrites them and hands every answer on, so the
+server's fusion never learns who colludes. The colluders' client halves answer honestly (:class:`Colluding`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from torch import Tensor
+
+from fl_kd.kd.adversary.behaviours import _BUFFER_SUFFIXES, ADVERSARIES, Behaviour
+from fl_kd.kd.roles import Arrays, Instruction, ServerRole
+
+Vector = NDArray[np.float64]
+#: ``craft(updates (m, D), num_answers) -> update (D,)``: the update every colluder sends (:meth:`Colluding.craft`).
+Craft = Callable[[NDArray[np.float64], int], Vector]
+
+
+def alie_z(num_answers: int, num_colluders: int) -> float:
+    """Baruch et al.'s ``z_max``: ``s = floor(n / 2 + 1) - m`` honest answers must sit beyond the crafted value for a
+    majority to straddle it, so ``z = Phi^-1((n - s) / n)``, capped at ``Phi^-1(0.999)`` (about 3.1) where the
+    colluders are a majority themselves and the formula no longer bounds them."""
+    needed = math.floor(num_answers / 2 + 1) - num_colluders
+    share = min((num_answers - needed) / num_answers, 0.999)
+    return NormalDist().inv_cdf(share) if share > 0.5 else 0.0
+
+
+def alie(updates: NDArray[np.float64], num_answers: int, z: float | None) -> Vector:
+    """``mu - z * sigma`` over the colluders' honest ``updates`` ``(m, D)`` (``z``: :func:`alie_z` when None)."""
+    shift = alie_z(num_answers, updates.shape[0]) if z is None else z
+    out: Vector = updates.mean(axis=0) - shift * updates.std(axis=0)
+    return out
+
+
+def _direction(updates: NDArray[np.float64]) -> Vector:
+    """The unit perturbation: against the spread (``-sigma``), or against the mean when one colluder has none."""
+    spread = updates.std(axis=0)
+    direction = spread if np.any(spread > 0) else updates.mean(axis=0)
+    norm = float(np.linalg.norm(direction))
+    return -direction / norm if norm > 0 else np.zeros_like(direction)
+
+
+def _largest_gamma(fits: Callable[[float], bool], start: float, steps: int = 40) -> float:
+    """The largest ``gamma >= 0`` with ``fits(gamma)`` (monotone), by doubling from ``start`` then bisecting."""
+    low, high = 0.0, start
+    while fits(high) and high < 1e12:
+        low, high = high, 2.0 * high
+    for _ in range(steps):
+        middle = 0.5 * (low + high)
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low
+
+
+def _squared_distances(points: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Pairwise squared distances ``(m, m)`` from the Gram matrix (no ``(m, m, D)`` temporary)."""
+    norms = np.square(points).sum(axis=1)
+    out: NDArray[np.float64] = np.maximum(norms[:, None] + norms[None, :] - 2.0 * points @ points.T, 0.0)
+    np.fill_diagonal(out, 0.0)
+    return out
+
+
+def min_max(updates: NDArray[np.float64]) -> Vector:
+    """``mu + gamma * p``: no farther from any honest update of the colluders than their largest pairwise distance."""
+    mean, direction = updates.mean(axis=0), _direction(updates)
+    bound = float(_squared_distances(updates).max())
+    scale = float(np.sqrt(bound)) or 1.0
+
+    def fits(gamma: float) -> bool:
+        return float(np.square(mean + gamma * direction - updates).sum(axis=1).max()) <= bound
+
+    return mean + _largest_gamma(fits, scale) * direction
+
+
+def min_sum(updates: NDArray[np.float64]) -> Vector:
+    """``mu + gamma * p``: its squared distances to the colluders' honest updates sum to no more than any one's do."""
+    mean, direction = updates.mean(axis=0), _direction(updates)
+    bound = float(_squared_distances(updates).sum(axis=1).max())
+    scale = float(np.sqrt(bound)) or 1.0
+
+    def fits(gamma: float) -> bool:
+        return float(np.square(mean + gamma * direction - updates).sum()) <= bound
+
+    return mean + _largest_gamma(fits, scale) * direction
+
+
+class Colluding(Behaviour):
+    """A colluder's client half: it trains and answers honestly; :class:`ColludingServer` rewrites its answer."""
+
+    kind = "weights"
+
+    def craft(self, updates: NDArray[np.float64], num_answers: int) -> Vector:
+        """The update every colluder sends, from their honest ``updates`` ``(m, D)`` and the round's answer count."""
+        raise NotImplementedError
+
+
+@ADVERSARIES.register("alie")
+class Alie(Colluding):
+    """ "A Little Is Enough": ``mu - z * sigma`` of the colluders' honest updates, the same from each of them."""
+
+    def craft(self, updates: NDArray[np.float64], num_answers: int) -> Vector:
+        """:func:`alie` with ``adversary.z``."""
+        return alie(updates, num_answers, self.config.z)
+
+
+@ADVERSARIES.register("min_max")
+class MinMax(Colluding):
+    """Min-max: the farthest step against the spread that stays within the colluders' own largest distance."""
+
+    def craft(self, updates: NDArray[np.float64], num_answers: int) -> Vector:
+        """:func:`min_max`."""
+        return min_max(updates)
+
+
+@ADVERSARIES.register("min_sum")
+class MinSum(Colluding):
+    """Min-sum: the farthest step against the spread whose summed squared distances stay within the colluders'."""
+
+    def craft(self, updates: NDArray[np.float64], num_answers: int) -> Vector:
+        """:func:`min_sum`."""
+        return min_sum(updates)
+
+
+def attacked(arrays: Mapping[str, NDArray[Any]], reference: Mapping[str, NDArray[Any]]) -> list[str]:
+    """Names of the learnt weights an update attack rewrites: float32 arrays shaped as the server sent them."""
+    return [
+        name
+        for name in sorted(arrays)
+        if arrays[name].dtype == np.float32
+        and name in reference
+        and reference[name].shape == arrays[name].shape
+        and not name.endswith(_BUFFER_SUFFIXES)
+    ]
+
+
+def collude(
+    answers: Mapping[int, Arrays],
+    colluders: frozenset[int],
+    references: Callable[[int], Mapping[str, NDArray[Any]]],
+    craft: Craft,
+) -> dict[int, Arrays]:
+    """``answers`` with the colluders' rewritten: per architecture (the names and shapes they send), each sends the
+    reference weights plus ``craft`` of the group's honest updates. Honest answers are neither read nor changed."""
+    out = dict(answers)
+    groups: dict[tuple[tuple[str, tuple[int, ...]], ...], list[int]] = {}
+    for client_id in sorted(colluders.intersection(answers)):
+        reference = references(client_id)
+        names = attacked(answers[client_id], reference)
+        groups.setdefault(tuple((name, reference[name].shape) for name in names), []).append(client_id)
+    for key, members in sorted(groups.items()):
+        names = [name for name, _ in key]
+        if not names:
+            continue
+        reference = references(members[0])
+        base = np.concatenate([reference[name].astype(np.float64).ravel() for name in names])
+        honest = [np.concatenate([answers[cid][name].astype(np.float64).ravel() for name in names]) for cid in members]
+        crafted = base + craft(np.stack(honest) - base, len(answers))
+        offset, weights = 0, {}
+        for name, shape in key:
+            size = math.prod(shape)
+            weights[name] = crafted[offset : offset + size].reshape(shape).astype(np.float32)
+            offset += size
+        for cid in members:
+            out[cid] = {**answers[cid], **weights}
+    return out
+
+
+class ColludingServer(ServerRole):
+    """``server`` as it is, except that the colluders' answers are rewritten before it aggregates them.
+
+    Parameters
+    ----------
+    server : ServerRole
+        The algorithm's server half (it never learns who colludes).
+    colluders : frozenset[int]
+        The malicious client ids.
+    craft : Craft
+        The attack (:meth:`Colluding.craft`).
+    """
+
+    def __init__(self, server: ServerRole, colluders: frozenset[int], craft: Craft) -> None:
+        self.server = server
+        self.colluders = colluders
+        self.craft = craft
+
+    def train_instruction(self, round: int, client_id: int) -> Instruction:
+        """As the server."""
+        return self.server.train_instruction(round, client_id)
+
+    def answer_names(self, round: int, client_id: int) -> frozenset[str] | None:
+        """As the server."""
+        return self.server.answer_names(round, client_id)
+
+    def check_answer(self, round: int, client_id: int, arrays: Mapping[str, Any]) -> str | None:
+        """As the server."""
+        return self.server.check_answer(round, client_id, arrays)
+
+    def aggregate(self, round: int, answers: Mapping[int, Arrays]) -> dict[str, float | int]:
+        """The server's aggregation of the answers, the colluders' rewritten."""
+        rewritten = collude(
+            answers, self.colluders, lambda cid: self.server.train_instruction(round, cid).arrays, self.craft
+        )
+        for client_id in sorted(self.colluders.intersection(rewritten)):
+            reason = self.server.check_answer(round, client_id, rewritten[client_id])
+            if reason is not None:  # a colluder sends only what passes the checks; else its honest answer stands
+                rewritten[client_id] = answers[client_id]
+        return self.server.aggregate(round, rewritten)
+
+    def evaluate_instruction(self, round: int, client_id: int) -> Instruction:
+        """As the server."""
+        return self.server.evaluate_instruction(round, client_id)
+
+    def evaluate(self, x: Tensor, y: Tensor) -> float:
+        """As the server."""
+        return self.server.evaluate(x, y)
+
+    def client_model(self, client_id: int) -> str | None:
+        """As the server."""
+        return self.server.client_model(client_id)
+
+    def save(self, path: str | Path) -> None:
+        """As the server."""
+        self.server.save(path)
