@@ -376,6 +376,7 @@ def test_every_behaviour_is_registered() -> None:
         "alie",
         "min_max",
         "min_sum",
+        "fltrust_adaptive",
     }
 
 

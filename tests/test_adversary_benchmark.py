@@ -131,7 +131,7 @@ def test_the_screen_lines_read_whom_a_screen_left_out_by_id() -> None:
     ]
 
 
-def test_the_honest_clients_alone_are_a_reference_run_only_beside_the_screened_variant() -> None:
+def test_the_honest_clients_alone_are_a_reference_run_only_beside_the_screened_variant_and_the_weight_rules() -> None:
     jobs = plan(["fedgems", "fedgems_plus_consensus_confidence"], ["absent", "camouflage"], [0.3, 0.5], [0])
     pairs = {(j.method, j.adversary, j.fraction) for j in jobs if j.adversary != "none"}
     assert pairs == {
@@ -141,6 +141,14 @@ def test_the_honest_clients_alone_are_a_reference_run_only_beside_the_screened_v
         ("fedgems_plus_consensus_confidence", "camouflage", 0.5),
         ("fedgems_plus_consensus_confidence", "absent", 0.3),
         ("fedgems_plus_consensus_confidence", "absent", 0.5),
+    }
+    weights = plan(["fedavg_median", "fedavg_fltrust", "feddf"], ["absent", "alie"], [0.3], [0])
+    assert {(j.method, j.adversary) for j in weights if j.adversary != "none"} == {
+        ("fedavg_median", "absent"),
+        ("fedavg_median", "alie"),
+        ("fedavg_fltrust", "absent"),
+        ("fedavg_fltrust", "alie"),
+        ("feddf", "alie"),
     }
 
 

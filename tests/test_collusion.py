@@ -14,7 +14,7 @@ from torch import Tensor
 from fl_kd.config import ConfigError, from_mapping
 from fl_kd.kd import protocol as kd
 from fl_kd.kd.adversary import AttackMetricsServer, ColludingServer, malicious_of
-from fl_kd.kd.adversary.collusion import alie, alie_z, collude, min_max, min_sum
+from fl_kd.kd.adversary.collusion import alie, alie_z, collude, fltrust_adaptive, min_max, min_sum
 from fl_kd.kd.algorithm import get_algorithm
 from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.federation import build_federation
@@ -172,3 +172,23 @@ def test_z_must_not_be_negative() -> None:
             ExperimentConfig,
             {"device_profile": ONE_TIER, "strategy": {"name": "dsfl"}, "adversary": {"name": "alie", "fraction": 0.3}},
         )
+
+
+def test_the_attacker_that_knows_fltrust_keeps_its_trust_and_pushes_across() -> None:
+    """Positive cosine with the colluders' mean (FLTrust's server direction, as they estimate it), the mean's length,
+    and the rest of it across that direction along ALIE's -sigma."""
+    honest = updates()
+    crafted = fltrust_adaptive(honest, 20)
+    mean = honest.mean(axis=0)
+    cosine = crafted @ mean / (np.linalg.norm(crafted) * np.linalg.norm(mean))
+    assert 0.0 < cosine < 0.99
+    assert np.linalg.norm(crafted) == pytest.approx(np.linalg.norm(mean))
+    across = crafted - (crafted @ mean) / (mean @ mean) * mean
+    spread = -honest.std(axis=0)
+    spread_across = spread - (spread @ mean) / (mean @ mean) * mean
+    assert across @ spread_across / (np.linalg.norm(across) * np.linalg.norm(spread_across)) == pytest.approx(1.0)
+    # The push cos * sin / (C + m cos): with little honest trust C it peaks at a small cosine (the colluders' weight
+    # hardly depends on it), with much at 45 degrees.
+    few = fltrust_adaptive(honest, 6) @ mean / (np.linalg.norm(mean) ** 2)
+    many = fltrust_adaptive(honest, 1000) @ mean / (np.linalg.norm(mean) ** 2)
+    assert few < many and many == pytest.approx(np.sqrt(0.5), abs=0.02)

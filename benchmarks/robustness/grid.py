@@ -51,6 +51,8 @@ METHODS: dict[str, tuple[str, ...]] = {
     "fedavg_median": ("strategy=fedavg", "device_profile=homogeneous", "strategy.aggregation=median"),
     "fedavg_trimmed_mean": ("strategy=fedavg", "device_profile=homogeneous", "strategy.aggregation=trimmed_mean"),
     "fedavg_krum": ("strategy=fedavg", "device_profile=homogeneous", "strategy.aggregation=krum"),
+    # FLTrust: each update weighted by its cosine with the server's own update on the labelled transfer set.
+    "fedavg_fltrust": ("strategy=fedavg", "device_profile=homogeneous", "strategy.aggregation=fltrust"),
     "fedgems_learned": LEARNED,
     # The same, with 1,000 canaries: labelled samples the server hides among the unlabelled ones (1,000 labels more).
     "fedgems_canaries": (*LEARNED, "strategy.canaries=1000"),
@@ -209,6 +211,11 @@ ONLY: dict[str, frozenset[tuple[str, float]]] = {
     | {(ABSENT, fraction) for fraction in (0.1, 0.3, 0.5)},
 }
 
+#: Methods beside which the grid also runs the reference (:data:`ABSENT`) at every fraction: the weight-sharing
+#: rules, whose attackers include colluders that hide inside the honest spread, so a drop is read against what the
+#: honest clients reach alone.
+REFERENCED = frozenset({"fedavg_mean", "fedavg_median", "fedavg_trimmed_mean", "fedavg_krum", "fedavg_fltrust"})
+
 FRACTIONS: tuple[float, ...] = (0.1, 0.3, 0.5)
 
 
@@ -250,9 +257,11 @@ def fits(method: str, adversary: str) -> bool:
 
 def allowed(method: str, adversary: str, fraction: float) -> bool:
     """Whether the grid runs ``method`` under ``adversary`` at ``fraction``: every fitting pair of a registered
-    behaviour but the reference, and for the methods of :data:`ONLY` their pairs alone."""
+    behaviour but the reference (run for :data:`REFERENCED` only), and for the methods of :data:`ONLY` their pairs
+    alone."""
     if method not in ONLY:  # the attack variants aim at the variants' defences only
-        return fits(method, adversary) and adversary not in ATTACK_VARIANTS and adversary != ABSENT
+        reference_ok = adversary != ABSENT or method in REFERENCED
+        return fits(method, adversary) and adversary not in ATTACK_VARIANTS and reference_ok
     return fits(method, adversary) and (adversary, fraction) in ONLY[method]
 
 

@@ -11,6 +11,12 @@ coordinate the same way:
   largest ``gamma`` whose update lies no farther from any colluder's honest update than two of those lie from each
   other (``min_max``), or whose summed squared distances to them are no larger than any one of theirs
   (``min_sum``): the attacks those papers found to beat Krum, median and trimmed mean without knowing which.
+* ``fltrust_adaptive``, the attacker that knows FLTrust (``strategy.aggregation=fltrust``), which rescales every
+  update to the server's length and weighs it by its cosine with the server's update: a reversed update gets no
+  weight, so the colluders push across the server's direction instead. They estimate that direction by the mean
+  of their honest updates, and send, at the length of that mean, the update at the angle to it that moves the
+  fused step furthest across it (``cos * sin / (C + m * cos)`` at its largest, ``C`` the honest clients' trust as
+  their own updates' cosines suggest), across it along ALIE's ``-sigma``.
 
 Each colluder knows only its own honest update; the attack needs them pooled before any of them answers. The
 harness simulates that side channel where the answers meet: :class:`ColludingServer` wraps the server half, reads
@@ -30,7 +36,7 @@ import numpy as np
 from numpy.typing import NDArray
 from torch import Tensor
 
-from fl_kd.kd.adversary.behaviours import _BUFFER_SUFFIXES, ADVERSARIES, Behaviour
+from fl_kd.kd.adversary.behaviours import _BUFFER_SUFFIXES, _COLLUSION_KEY, ADVERSARIES, Behaviour
 from fl_kd.kd.roles import Arrays, Instruction, ServerRole
 
 Vector = NDArray[np.float64]
@@ -105,6 +111,35 @@ def min_sum(updates: NDArray[np.float64]) -> Vector:
     return mean + _largest_gamma(fits, scale) * direction
 
 
+def _orthogonal_unit(vector: Vector, axis: Vector) -> Vector:
+    """``vector``'s component orthogonal to the unit ``axis``, normalised (zero when none)."""
+    across = vector - (vector @ axis) * axis
+    norm = float(np.linalg.norm(across))
+    return across / norm if norm > 0 else np.zeros_like(vector)
+
+
+def fltrust_adaptive(updates: NDArray[np.float64], num_answers: int) -> Vector:
+    """The update at the angle to the colluders' mean that pushes FLTrust's fused step furthest across it."""
+    mean = updates.mean(axis=0)
+    length = float(np.linalg.norm(mean))
+    if length == 0:
+        return mean
+    axis = mean / length
+    across = _orthogonal_unit(-updates.std(axis=0), axis)
+    if not np.any(across):  # one colluder: no spread to follow; any fixed direction across will do
+        across = _orthogonal_unit(np.random.default_rng(_COLLUSION_KEY).normal(size=mean.shape), axis)
+    norms = np.linalg.norm(updates, axis=1)
+    honest_trust = (num_answers - updates.shape[0]) * float(
+        np.mean(np.maximum(updates @ axis / np.maximum(norms, 1e-12), 0.0))
+    )
+    colluders = updates.shape[0]
+    angles = np.linspace(0.01, 0.99, 99)
+    push = angles * np.sqrt(1.0 - angles**2) / (honest_trust + colluders * angles)
+    cosine = float(angles[int(np.argmax(push))])
+    out: Vector = length * (cosine * axis + np.sqrt(1.0 - cosine**2) * across)
+    return out
+
+
 class Colluding(Behaviour):
     """A colluder's client half: it trains and answers honestly; :class:`ColludingServer` rewrites its answer."""
 
@@ -140,6 +175,15 @@ class MinSum(Colluding):
     def craft(self, updates: NDArray[np.float64], num_answers: int) -> Vector:
         """:func:`min_sum`."""
         return min_sum(updates)
+
+
+@ADVERSARIES.register("fltrust_adaptive")
+class FLTrustAdaptive(Colluding):
+    """Knows FLTrust: pushes across the server's direction (estimated by the colluders' mean), at the best angle."""
+
+    def craft(self, updates: NDArray[np.float64], num_answers: int) -> Vector:
+        """:func:`fltrust_adaptive`."""
+        return fltrust_adaptive(updates, num_answers)
 
 
 def attacked(arrays: Mapping[str, NDArray[Any]], reference: Mapping[str, NDArray[Any]]) -> list[str]:

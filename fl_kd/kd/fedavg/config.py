@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, ClassVar
 from fl_kd.config import require
 from fl_kd.kd.algorithm import SGDStrategyConfig
 from fl_kd.kd.client import ClientTrainConfig
+from fl_kd.kd.fedavg.root import FLTRUST
 from fl_kd.kd.robust import ROBUST_RULES, AggregationConfig
 from fl_kd.models import DeviceTier
 
@@ -31,8 +32,10 @@ class WeightSharingConfig(AggregationConfig, SGDStrategyConfig):
         optimiser is recreated each round, so no momentum survives between rounds).
     aggregation : str (default: "mean")
         How the server fuses the clients' weights (per architecture): "mean" (FedAvg's sample-weighted average),
-        or a robust rule of :data:`fl_kd.kd.robust.ROBUST_RULES`: "median", "trimmed_mean", "krum", "multi_krum"
-        (FedDF fuses its ensemble teacher's logits by the same rule).
+        a robust rule of :data:`fl_kd.kd.robust.ROBUST_RULES`: "median", "trimmed_mean", "krum", "multi_krum"
+        (FedDF fuses its ensemble teacher's logits by the same rule), or "fltrust" (not FedDF): each update
+        weighted by its cosine with the server's own update on the labelled transfer set, rescaled to its length
+        (:mod:`fl_kd.kd.fedavg.root`).
     trim_fraction, num_malicious, num_selected : (default: 0.2, 0, 0)
         Parameters of those rules (:class:`fl_kd.kd.robust.RobustSettings`).
     """
@@ -41,7 +44,15 @@ class WeightSharingConfig(AggregationConfig, SGDStrategyConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.check_aggregation(ROBUST_RULES.names())
+        self.check_aggregation((*ROBUST_RULES.names(), FLTRUST))
+
+    def check_experiment(self, experiment: ExperimentConfig) -> None:
+        """FLTrust's reference update trains on the labelled transfer set, so there must be one."""
+        require(
+            self.aggregation != FLTRUST or experiment.transfer.labelled > 0,
+            "strategy.aggregation=fltrust needs a labelled transfer set (transfer.labelled > 0): it is the root data "
+            "set of the server's own update",
+        )
 
     def client_config(self, tier: DeviceTier) -> ClientTrainConfig:
         """Training settings of a client in device ``tier`` (local training only: no client distillation)."""
@@ -67,6 +78,7 @@ class FedAvgConfig(WeightSharingConfig):
 
     def check_experiment(self, experiment: ExperimentConfig) -> None:
         """Weights of different architectures cannot be averaged: every tier must train the same model."""
+        super().check_experiment(experiment)
         models = client_architectures(experiment)
         require(
             len(models) == 1,

@@ -11,6 +11,7 @@ from fl_kd.kd.algorithm import settings_of
 from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.fedavg.config import WeightSharingConfig
 from fl_kd.kd.fedavg.roles import FedAvgServer, WeightSharingClient
+from fl_kd.kd.fedavg.root import FLTRUST, root_update
 from fl_kd.kd.federation import Federation, build_client, prepare_device
 from fl_kd.kd.seeding import SERVER_ID, derive_seed
 from fl_kd.models import build_model
@@ -65,7 +66,8 @@ def fedavg_server(
         device=cfg.device,
         max_abs_value=cfg.max_abs_value,
     )
-    server.use_aggregation(settings.aggregation, settings.robust_settings())
+    root = root_update(cfg, federation, architecture) if settings.aggregation == FLTRUST else None
+    server.use_aggregation(settings.aggregation, settings.robust_settings(), root)
     return server
 
 

@@ -25,8 +25,9 @@ from torch import Tensor, nn
 
 from fl_kd.kd import protocol as kd
 from fl_kd.kd.client import DistillClient
+from fl_kd.kd.fedavg.root import FLTRUST, RootUpdate
 from fl_kd.kd.robust import ROBUST_RULES, RobustSettings
-from fl_kd.kd.robust_weights import robust_average
+from fl_kd.kd.robust_weights import fltrust_average, robust_average
 from fl_kd.kd.roles import Answer, Arrays, DistillClientRole, Instruction, ServerRole
 from fl_kd.kd.training import accuracy
 from fl_kd.kd.validation import DEFAULT_MAX_ABS_VALUE
@@ -98,12 +99,18 @@ class WeightSharingServer(ServerRole):
         #: How answers are fused ("mean": FedAvg's; robust rules by :meth:`use_aggregation`).
         self.aggregation = "mean"
         self.robust = RobustSettings()
+        self.root: RootUpdate | None = None
         self._shares: dict[int, float] = {}
 
-    def use_aggregation(self, aggregation: str, settings: RobustSettings) -> None:
-        """Fuse answers by ``aggregation`` (a name in :data:`fl_kd.kd.robust.ROBUST_RULES`) from now on."""
-        ROBUST_RULES.get(aggregation)
-        self.aggregation, self.robust = aggregation, settings
+    def use_aggregation(self, aggregation: str, settings: RobustSettings, root: RootUpdate | None = None) -> None:
+        """Fuse answers by ``aggregation`` from now on: a name in :data:`fl_kd.kd.robust.ROBUST_RULES`, or
+        ``"fltrust"`` against the server's own update on its root data (``root``)."""
+        if aggregation == FLTRUST:
+            if root is None:
+                raise ValueError("aggregation fltrust needs the server's root update")
+        else:
+            ROBUST_RULES.get(aggregation)
+        self.aggregation, self.robust, self.root = aggregation, settings, root
 
     def fusion_weights(self) -> dict[int, float]:
         """Client id -> its share of the last round's fusion weight (each architecture counts equally)."""
@@ -129,8 +136,9 @@ class WeightSharingServer(ServerRole):
             reason = check_weights(weights, self.published[self.architecture_of[client_id]], self.max_abs_value)
         return reason
 
-    def average(self, answers: Mapping[int, Arrays]) -> dict[str, list[int]]:
-        """Replace each answered architecture's global model by its clients' sample-weighted average.
+    def average(self, round: int, answers: Mapping[int, Arrays]) -> dict[str, list[int]]:
+        """Replace each answered architecture's global model by its clients' sample-weighted average (or the fusion
+        of :meth:`use_aggregation`).
 
         Returns architecture -> the client ids averaged into it (sorted); architectures nobody answered for keep
         their model. Clients are summed in id order, so both runtimes give the same bits.
@@ -144,6 +152,9 @@ class WeightSharingServer(ServerRole):
             counts = [float(answers[cid][NUM_EXAMPLES][0]) for cid in client_ids]
             if self.aggregation == "mean":
                 fused, shares = weighted_average(weights, counts), np.asarray(counts) / math.fsum(counts)
+            elif self.root is not None:  # fltrust
+                reference = self.published[name]
+                fused, shares = fltrust_average(weights, reference, self.root(round, name, reference))
             else:
                 fused, shares = robust_average(weights, counts, self.aggregation, self.robust)
             if not within_headroom(fused, self.max_abs_value):
@@ -160,7 +171,7 @@ class WeightSharingServer(ServerRole):
 
     def aggregate(self, round: int, answers: Mapping[int, Arrays]) -> dict[str, float | int]:
         """FedAvg per architecture; the round's figure is how many answers were averaged."""
-        self.average(answers)
+        self.average(round, answers)
         return {"num_answered": len(answers)}
 
     def evaluate_instruction(self, round: int, client_id: int) -> Instruction:

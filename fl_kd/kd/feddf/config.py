@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fl_kd.config import check_choice, check_range
+from fl_kd.config import check_choice, check_range, require
 from fl_kd.kd.fedavg.config import WeightSharingConfig
+from fl_kd.kd.fedavg.root import FLTRUST
 
 #: Whose logits form the distillation teacher: every accepted client model (the paper's), or each architecture's
 #: sample-weighted average (one forward pass per architecture instead of per client).
@@ -49,6 +50,11 @@ class FedDFConfig(WeightSharingConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        require(
+            self.aggregation != FLTRUST,
+            "strategy.aggregation=fltrust weighs weight updates against the server's own, but FedDF also fuses its "
+            "teacher's logits by the rule: choose mean, median, trimmed_mean, krum or multi_krum",
+        )
         check_choice("strategy.ensemble", self.ensemble, ENSEMBLES)
         check_range("strategy.temperature", self.temperature, low=0.0, low_open=True)
         check_range("strategy.distill_epochs", self.distill_epochs, low=0)

@@ -89,7 +89,7 @@ class FedDFServer(WeightSharingServer):
         A round without accepted answers changes nothing. Every prototype is distilled, also one whose clients
         were not sampled, so each architecture takes in the round's knowledge.
         """
-        members = self.average(answers)
+        members = self.average(round, answers)
         stats: dict[str, float | int] = {"num_answered": len(answers), "distill_loss": 0.0, "server_loss": 0.0}
         if not answers:
             return stats

@@ -1,0 +1,83 @@
+"""The server's own update on its root data set, FLTrust's reference (``strategy.aggregation=fltrust``).
+
+FLTrust (Cao, Fang, Liu and Gong, NDSS 2021) trusts a client's update as far as it points where the server's own
+update on a small clean data set points. fl-kd's server already holds such a set: the labelled part of the transfer
+set. Each round a copy of the global model trains on it with the batch size and learning rate of client 0's tier,
+for as many SGD steps as a client takes on average, as the paper has the server take the clients' number of local
+iterations: FLTrust rescales every update to the length of the server's, so a server that took fewer steps would
+shorten every round's step. It is seeded as the server's own phase, so both runtimes get the same reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+
+from fl_kd.kd.client import DistillClient
+from fl_kd.kd.config import ExperimentConfig
+from fl_kd.kd.federation import Federation, client_train_config
+from fl_kd.kd.roles import Arrays
+from fl_kd.kd.seeding import SERVER_ID, derive_seed
+from fl_kd.kd.weights import load_arrays, model_arrays
+from fl_kd.models import build_model
+
+#: The rule that needs this reference (a name beside :data:`fl_kd.kd.robust.ROBUST_RULES` for weight sharing).
+FLTRUST = "fltrust"
+
+
+class RootUpdate:
+    """Per architecture, the server's trainer on the root data set (``DistillClient`` with id ``SERVER_ID``).
+
+    Parameters
+    ----------
+    trainers : Mapping[str, DistillClient]
+        Architecture name -> a client whose private data is the root data set.
+    max_abs_value : float
+        The run's bound on a weight (the global weights loaded each round are within it).
+    """
+
+    def __init__(self, trainers: Mapping[str, DistillClient], max_abs_value: float) -> None:
+        self.trainers = dict(trainers)
+        self.max_abs_value = float(max_abs_value)
+
+    def __call__(self, round: int, architecture: str, published: Arrays) -> Arrays:
+        """The weights ``published`` (the round's global model) become after the server's local training."""
+        trainer = self.trainers[architecture]
+        load_arrays(trainer.model, published, self.max_abs_value)
+        trainer.local_train(round)
+        return model_arrays(trainer.model)
+
+
+def root_update(cfg: ExperimentConfig, federation: Federation, architecture: str) -> RootUpdate:
+    """The server's trainer of ``architecture`` (which every client trains) on the labelled transfer set: the batch
+    size and learning rate of client 0's tier, and the epochs that make its steps a round the clients' mean."""
+    if federation.num_labelled == 0:
+        raise ValueError(
+            "strategy.aggregation=fltrust needs a labelled transfer set (transfer.labelled > 0): it is the root data "
+            "set of the server's own update"
+        )
+    data = federation.data
+    configs = [client_train_config(cfg, tier) for tier in federation.tiers]
+    client_steps = [
+        c.local_epochs * math.ceil(federation.client_idx[cid].size / c.batch_size) for cid, c in enumerate(configs)
+    ]
+    config = configs[0]
+    root_steps = math.ceil(federation.num_labelled / config.batch_size)
+    epochs = max(1, round(sum(client_steps) / len(client_steps) / root_steps))
+    model = build_model(
+        architecture, data.input_shape, data.num_classes, seed=derive_seed(cfg.seed, SERVER_ID, "root_init")
+    )
+    trainer = DistillClient(
+        SERVER_ID,
+        model,
+        federation.transfer_x,
+        federation.transfer_y,
+        federation.transfer_x,
+        federation.transfer_y,
+        dataclasses.replace(config, local_epochs=epochs),
+        seed=derive_seed(cfg.seed, "root", architecture),
+        device=cfg.device,
+        public_x=federation.transfer_x,
+    )
+    return RootUpdate({architecture: trainer}, cfg.max_abs_value)

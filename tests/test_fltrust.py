@@ -1,0 +1,87 @@
+"""FLTrust (``strategy.aggregation=fltrust``): the rule against the server's own update, the root trainer that
+makes that update on the labelled transfer set, and what it does to the attacks it is meant to stop."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fl_kd.config import ConfigError, from_mapping
+from fl_kd.kd.algorithm import get_algorithm
+from fl_kd.kd.config import ExperimentConfig
+from fl_kd.kd.fedavg import FedAvgServer
+from fl_kd.kd.fedavg.root import RootUpdate
+from fl_kd.kd.robust_weights import fltrust, fltrust_average
+from fl_kd.kd.runner import run_inprocess
+from tests.test_adversary import ONE_TIER, config, federation
+
+ROOT = np.array([1.0, 0.0, 0.0])
+
+
+def test_a_reversed_update_gets_no_weight_and_a_boosted_one_no_more_length() -> None:
+    updates = np.array([[2.0, 0.0, 0.0], [-5.0, 0.0, 0.0], [300.0, 300.0, 0.0]])
+    fused = fltrust(updates, ROOT)
+    assert fused.client_weights[1] == 0.0
+    cos = 1 / np.sqrt(2)
+    np.testing.assert_allclose(fused.client_weights, [1 / (1 + cos), 0.0, cos / (1 + cos)])
+    # Each kept update has the root's length: the boosted one moves the result no further than the honest one.
+    expected = (1.0 * np.array([1.0, 0, 0]) + cos * np.array([cos, cos, 0])) / (1 + cos)
+    np.testing.assert_allclose(fused.value, expected)
+    assert np.linalg.norm(fused.value) <= np.linalg.norm(ROOT) + 1e-12
+
+
+def test_no_trusted_update_means_no_step() -> None:
+    fused = fltrust(np.array([[-1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]), ROOT)
+    assert not fused.value.any() and not fused.client_weights.any()
+    assert not fltrust(np.ones((2, 3)), np.zeros(3)).value.any()  # a server that did not move trusts no one
+
+
+def test_fltrust_average_works_on_updates_from_the_global_weights() -> None:
+    reference = {"w": np.full((2, 2), 5.0, dtype=np.float32)}
+    models = [{"w": reference["w"] + 1.0}, {"w": reference["w"] - 1.0}]
+    fused, shares = fltrust_average(models, reference, {"w": reference["w"] + 0.5})
+    np.testing.assert_allclose(fused["w"], reference["w"] + 0.5)  # the aligned update, at the root's length
+    np.testing.assert_allclose(shares, [1.0, 0.0])
+    assert fused["w"].dtype == np.float32
+
+
+def test_the_server_trains_its_root_update_on_the_labelled_transfer_set() -> None:
+    cfg = config("fedavg", aggregation="fltrust")
+    fed = federation("fedavg")
+    server = get_algorithm("fedavg").build_server(cfg, fed)
+    assert isinstance(server, FedAvgServer) and isinstance(server.root, RootUpdate)
+    (trainer,) = server.root.trainers.values()
+    assert trainer.train_x.shape[0] == fed.num_labelled == 60
+    assert trainer.config.local_epochs >= 1  # as many steps as a client's mean: its set is larger than 60
+    published = server.published[server.architecture]
+    first = server.root(1, server.architecture, published)
+    assert any(not np.array_equal(first[name], published[name]) for name in published)
+    again = server.root(1, server.architecture, published)  # from the same weights, the same update
+    assert all(np.array_equal(first[name], again[name]) for name in published)
+
+
+def test_fltrust_is_a_weight_rule_and_needs_labels() -> None:
+    with pytest.raises(ConfigError, match="fltrust"):
+        config("dsfl", aggregation="fltrust")
+    with pytest.raises(ConfigError, match="FedDF also fuses"):
+        config("feddf", aggregation="fltrust")
+    with pytest.raises(ConfigError, match="needs a labelled transfer set"):
+        from_mapping(
+            ExperimentConfig,
+            {
+                "device_profile": ONE_TIER,
+                "transfer": {"labelled": 0, "unlabelled": 50},
+                "strategy": {"name": "fedavg", "aggregation": "fltrust"},
+            },
+        )
+
+
+@pytest.mark.parametrize("attack", ["sign_flip", "scaled_update"])
+def test_fltrust_gives_reversed_and_boosted_updates_less_weight_than_the_mean_does(attack: str) -> None:
+    adversary = {"name": attack, "fraction": 0.25, "scale": 5.0}
+    plain = run_inprocess(config("fedavg", adversary), federation("fedavg").data).rounds[-1]
+    trusted = run_inprocess(config("fedavg", adversary, aggregation="fltrust"), federation("fedavg").data).rounds[-1]
+    assert plain["malicious_weight_share"] > 0.2
+    assert trusted["malicious_weight_share"] < plain["malicious_weight_share"]
+    if attack == "sign_flip":
+        assert trusted["malicious_weight_share"] == 0.0
