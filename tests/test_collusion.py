@@ -17,6 +17,7 @@ from fl_kd.kd.adversary import AttackMetricsServer, ColludingServer, malicious_o
 from fl_kd.kd.adversary.collusion import alie, alie_z, collude, fltrust_adaptive, min_max, min_sum
 from fl_kd.kd.algorithm import get_algorithm
 from fl_kd.kd.config import ExperimentConfig
+from fl_kd.kd.fedavg import FedAvgServer
 from fl_kd.kd.federation import build_federation
 from fl_kd.kd.roles import Arrays, Instruction, ServerRole
 from fl_kd.kd.runner import run_inprocess
@@ -88,7 +89,7 @@ def test_collude_rewrites_only_the_colluders_per_architecture() -> None:
     def reference(cid: int) -> Mapping[str, np.ndarray]:
         return references[sizes[cid]]
 
-    out = collude(answers, frozenset({1, 2, 4, 5}), reference, lambda u, n: u.mean(axis=0) + 1.0)
+    out = collude(answers, frozenset({1, 2, 4, 5}), reference, lambda u, n, g: u.mean(axis=0) + 1.0)
     for cid in (0, 3):
         assert out[cid] is answers[cid]
     for group in ((1, 2), (4, 5)):
@@ -128,11 +129,11 @@ def test_the_server_aggregates_the_crafted_answers_unless_they_fail_its_checks()
     rng = np.random.default_rng(2)
     answers = {cid: {"layer.weight": rng.normal(size=4).astype(np.float32)} for cid in range(4)}
     server = _RecordingServer()
-    ColludingServer(server, frozenset({2, 3}), lambda u, n: u.mean(axis=0) + 100.0).aggregate(1, answers)
+    ColludingServer(server, frozenset({2, 3}), lambda u, n, g: u.mean(axis=0) + 100.0).aggregate(1, answers)
     assert server.seen[0] is answers[0] and server.seen[1] is answers[1]
     assert np.abs(server.seen[2]["layer.weight"]).min() > 50
     strict = _RecordingServer(limit=10.0)  # a crafted answer the checks would refuse is not sent; the honest one is
-    ColludingServer(strict, frozenset({2, 3}), lambda u, n: u.mean(axis=0) + 100.0).aggregate(1, answers)
+    ColludingServer(strict, frozenset({2, 3}), lambda u, n, g: u.mean(axis=0) + 100.0).aggregate(1, answers)
     assert strict.seen[2] is answers[2] and strict.seen[3] is answers[3]
 
 
@@ -192,3 +193,41 @@ def test_the_attacker_that_knows_fltrust_keeps_its_trust_and_pushes_across() -> 
     few = fltrust_adaptive(honest, 6) @ mean / (np.linalg.norm(mean) ** 2)
     many = fltrust_adaptive(honest, 1000) @ mean / (np.linalg.norm(mean) ** 2)
     assert few < many and many == pytest.approx(np.sqrt(0.5), abs=0.02)
+
+
+def test_the_attacker_that_knows_fltrust_computes_the_servers_update_itself() -> None:
+    """fl-kd's transfer set, labels included, and the run's seed are public, so the colluders replicate the server's
+    root training; their crafted update keeps a positive cosine with the server's true update, and the rest of it
+    is across that update."""
+    cfg = from_mapping(
+        ExperimentConfig,
+        {
+            "device_profile": ONE_TIER,
+            "num_clients": 6,
+            "transfer": {"labelled": 60},
+            "seed": 3,
+            "adversary": {"name": "fltrust_adaptive", "fraction": 0.5},
+            "strategy": {"name": "fedavg", "rounds": 1, "aggregation": "fltrust"},
+        },
+    )
+    federation = build_federation(cfg)
+    server = get_algorithm("fedavg").build_server(cfg, federation)
+    assert isinstance(server, ColludingServer) and server.server_training is not None
+    metrics = server.server  # ColludingServer(AttackMetricsServer(FedAvgServer))
+    assert isinstance(metrics, AttackMetricsServer) and isinstance(metrics.server, FedAvgServer)
+    inner = metrics.server
+    assert (
+        inner.root is not None and server.server_training is not inner.root
+    )  # their own replica, not the server's object
+    published = server.train_instruction(1, 0).arrays
+    (architecture,) = server.server_training.trainers
+    ours = server.server_training(1, architecture, dict(published))
+    theirs = inner.root(1, architecture, dict(published))
+    assert all(np.array_equal(ours[name], theirs[name]) for name in published)
+
+    honest = updates()
+    truth = np.asarray(np.random.default_rng(5).normal(size=honest.shape[1]), dtype=np.float64)
+    crafted = fltrust_adaptive(honest, 20, truth)
+    cosine = crafted @ truth / (np.linalg.norm(crafted) * np.linalg.norm(truth))
+    assert 0.0 < cosine < 0.99
+    assert not np.isclose(fltrust_adaptive(honest, 20, None) @ truth, crafted @ truth)  # it used the true direction

@@ -9,6 +9,7 @@ without this group.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -53,7 +54,7 @@ def measured_server(build_server: ServerBuilder) -> ServerBuilder:
     colluders' answers rewritten (the side channel of :mod:`fl_kd.kd.adversary.collusion`)."""
 
     def build(cfg: ExperimentConfig, federation: Federation) -> ServerRole:
-        server = build_server(cfg, federation)
+        server = inner = build_server(cfg, federation)
         adversary = cfg.adversary
         if adversary.name == NONE:
             return server
@@ -62,7 +63,9 @@ def measured_server(build_server: ServerBuilder) -> ServerBuilder:
         server = AttackMetricsServer(server, malicious, test_set, adversary.source, adversary.target)
         behaviour = ADVERSARIES.get(adversary.name)(adversary, federation.data.num_classes, federation.transfer_y)
         if isinstance(behaviour, Colluding):
-            server = ColludingServer(server, malicious, behaviour.craft)
+            # The colluders' replica of the server's root training (FLTrust): built from public inputs alone, so a copy.
+            root = getattr(inner, "root", None)
+            server = ColludingServer(server, malicious, behaviour.craft, copy.deepcopy(root) if root else None)
         return server
 
     return build

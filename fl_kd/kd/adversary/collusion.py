@@ -30,7 +30,7 @@ import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from statistics import NormalDist
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -39,9 +39,16 @@ from torch import Tensor
 from fl_kd.kd.adversary.behaviours import _BUFFER_SUFFIXES, _COLLUSION_KEY, ADVERSARIES, Behaviour
 from fl_kd.kd.roles import Arrays, Instruction, ServerRole
 
+if TYPE_CHECKING:
+    from fl_kd.kd.fedavg.root import RootUpdate
+
 Vector = NDArray[np.float64]
-#: ``craft(updates (m, D), num_answers) -> update (D,)``: the update every colluder sends (:meth:`Colluding.craft`).
-Craft = Callable[[NDArray[np.float64], int], Vector]
+#: ``craft(updates (m, D), num_answers, server_update (D,) | None) -> update (D,)``: the update every colluder sends
+#: (:meth:`Colluding.craft`).
+Craft = Callable[[NDArray[np.float64], int, "Vector | None"], Vector]
+#: The weights the server's own training makes of the global ``weights`` this round (FLTrust's root update), as the
+#: colluders compute it themselves.
+ServerTraining = Callable[[Mapping[str, NDArray[Any]]], Mapping[str, NDArray[Any]]]
 
 
 def alie_z(num_answers: int, num_colluders: int) -> float:
@@ -118,13 +125,15 @@ def _orthogonal_unit(vector: Vector, axis: Vector) -> Vector:
     return across / norm if norm > 0 else np.zeros_like(vector)
 
 
-def fltrust_adaptive(updates: NDArray[np.float64], num_answers: int) -> Vector:
-    """The update at the angle to the colluders' mean that pushes FLTrust's fused step furthest across it."""
+def fltrust_adaptive(updates: NDArray[np.float64], num_answers: int, server_update: Vector | None = None) -> Vector:
+    """The update at the angle to the server's direction (``server_update``, or the colluders' mean when they cannot
+    compute it) that pushes FLTrust's fused step furthest across it, at the length of the colluders' mean."""
     mean = updates.mean(axis=0)
     length = float(np.linalg.norm(mean))
+    estimate = mean if server_update is None or not np.any(server_update) else server_update
     if length == 0:
         return mean
-    axis = mean / length
+    axis = estimate / float(np.linalg.norm(estimate))
     across = _orthogonal_unit(-updates.std(axis=0), axis)
     if not np.any(across):  # one colluder: no spread to follow; any fixed direction across will do
         across = _orthogonal_unit(np.random.default_rng(_COLLUSION_KEY).normal(size=mean.shape), axis)
@@ -145,8 +154,9 @@ class Colluding(Behaviour):
 
     kind = "weights"
 
-    def craft(self, updates: NDArray[np.float64], num_answers: int) -> Vector:
-        """The update every colluder sends, from their honest ``updates`` ``(m, D)`` and the round's answer count."""
+    def craft(self, updates: NDArray[np.float64], num_answers: int, server_update: Vector | None = None) -> Vector:
+        """The update every colluder sends, from their honest ``updates`` ``(m, D)``, the round's answer count and,
+        where they can compute it, the server's own update (FLTrust's, from the public transfer set)."""
         raise NotImplementedError
 
 
@@ -154,7 +164,7 @@ class Colluding(Behaviour):
 class Alie(Colluding):
     """ "A Little Is Enough": ``mu - z * sigma`` of the colluders' honest updates, the same from each of them."""
 
-    def craft(self, updates: NDArray[np.float64], num_answers: int) -> Vector:
+    def craft(self, updates: NDArray[np.float64], num_answers: int, server_update: Vector | None = None) -> Vector:
         """:func:`alie` with ``adversary.z``."""
         return alie(updates, num_answers, self.config.z)
 
@@ -163,7 +173,7 @@ class Alie(Colluding):
 class MinMax(Colluding):
     """Min-max: the farthest step against the spread that stays within the colluders' own largest distance."""
 
-    def craft(self, updates: NDArray[np.float64], num_answers: int) -> Vector:
+    def craft(self, updates: NDArray[np.float64], num_answers: int, server_update: Vector | None = None) -> Vector:
         """:func:`min_max`."""
         return min_max(updates)
 
@@ -172,7 +182,7 @@ class MinMax(Colluding):
 class MinSum(Colluding):
     """Min-sum: the farthest step against the spread whose summed squared distances stay within the colluders'."""
 
-    def craft(self, updates: NDArray[np.float64], num_answers: int) -> Vector:
+    def craft(self, updates: NDArray[np.float64], num_answers: int, server_update: Vector | None = None) -> Vector:
         """:func:`min_sum`."""
         return min_sum(updates)
 
@@ -181,9 +191,9 @@ class MinSum(Colluding):
 class FLTrustAdaptive(Colluding):
     """Knows FLTrust: pushes across the server's direction (estimated by the colluders' mean), at the best angle."""
 
-    def craft(self, updates: NDArray[np.float64], num_answers: int) -> Vector:
+    def craft(self, updates: NDArray[np.float64], num_answers: int, server_update: Vector | None = None) -> Vector:
         """:func:`fltrust_adaptive`."""
-        return fltrust_adaptive(updates, num_answers)
+        return fltrust_adaptive(updates, num_answers, server_update)
 
 
 def attacked(arrays: Mapping[str, NDArray[Any]], reference: Mapping[str, NDArray[Any]]) -> list[str]:
@@ -203,9 +213,11 @@ def collude(
     colluders: frozenset[int],
     references: Callable[[int], Mapping[str, NDArray[Any]]],
     craft: Craft,
+    server_training: ServerTraining | None = None,
 ) -> dict[int, Arrays]:
     """``answers`` with the colluders' rewritten: per architecture (the names and shapes they send), each sends the
-    reference weights plus ``craft`` of the group's honest updates. Honest answers are neither read nor changed."""
+    reference weights plus ``craft`` of the group's honest updates (and of the server's own update, where
+    ``server_training`` makes it). Honest answers are neither read nor changed."""
     out = dict(answers)
     groups: dict[tuple[tuple[str, tuple[int, ...]], ...], list[int]] = {}
     for client_id in sorted(colluders.intersection(answers)):
@@ -219,7 +231,11 @@ def collude(
         reference = references(members[0])
         base = np.concatenate([reference[name].astype(np.float64).ravel() for name in names])
         honest = [np.concatenate([answers[cid][name].astype(np.float64).ravel() for name in names]) for cid in members]
-        crafted = base + craft(np.stack(honest) - base, len(answers))
+        server_update = None
+        if server_training is not None:
+            trained = server_training(reference)
+            server_update = np.concatenate([trained[name].astype(np.float64).ravel() for name in names]) - base
+        crafted = base + craft(np.stack(honest) - base, len(answers), server_update)
         offset, weights = 0, {}
         for name, shape in key:
             size = math.prod(shape)
@@ -241,12 +257,19 @@ class ColludingServer(ServerRole):
         The malicious client ids.
     craft : Craft
         The attack (:meth:`Colluding.craft`).
+    server_training : RootUpdate | None
+        The colluders' own replica of the server's training on its root data set, when the server has one (FLTrust):
+        it is built from what every party of an fl-kd run knows (the config, its seed and the public transfer set,
+        labels included), so they can compute the server's update exactly, as the strongest attacker would.
     """
 
-    def __init__(self, server: ServerRole, colluders: frozenset[int], craft: Craft) -> None:
+    def __init__(
+        self, server: ServerRole, colluders: frozenset[int], craft: Craft, server_training: RootUpdate | None = None
+    ) -> None:
         self.server = server
         self.colluders = colluders
         self.craft = craft
+        self.server_training = server_training
 
     def train_instruction(self, round: int, client_id: int) -> Instruction:
         """As the server."""
@@ -262,9 +285,16 @@ class ColludingServer(ServerRole):
 
     def aggregate(self, round: int, answers: Mapping[int, Arrays]) -> dict[str, float | int]:
         """The server's aggregation of the answers, the colluders' rewritten."""
-        rewritten = collude(
-            answers, self.colluders, lambda cid: self.server.train_instruction(round, cid).arrays, self.craft
-        )
+        replica = self.server_training
+        trains = None
+        if replica is not None and len(replica.trainers) == 1:
+            (architecture,) = replica.trainers
+
+            def trains(weights: Mapping[str, NDArray[Any]]) -> Mapping[str, NDArray[Any]]:
+                return replica(round, architecture, dict(weights))
+
+        references = lambda cid: self.server.train_instruction(round, cid).arrays  # noqa: E731
+        rewritten = collude(answers, self.colluders, references, self.craft, trains)
         for client_id in sorted(self.colluders.intersection(rewritten)):
             reason = self.server.check_answer(round, client_id, rewritten[client_id])
             if reason is not None:  # a colluder sends only what passes the checks; else its honest answer stands
