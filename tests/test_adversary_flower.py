@@ -52,3 +52,34 @@ def test_an_absent_clients_empty_reply_is_refused_alike_in_both_runtimes(tmp_pat
     assert [(row["n_rejected"], row["n_malicious_accepted"]) for row in flower] == [(1, 0), (1, 0)]
     log = (tmp_path / "flower" / "server.log").read_text()
     assert "dropped 1 answer(s): client 2: arrays [] are not" in log
+
+
+COLLUDING = (
+    "num_clients=3",
+    "transfer.labelled=60",
+    "device_profile=homogeneous",
+    "partition.min_size=20",
+    "seed=3",
+    "strategy=fedavg",
+    "strategy.rounds=2",
+    "strategy.aggregation=fltrust",
+    "adversary=fltrust_adaptive",
+    "adversary.fraction=0.34",
+)
+
+
+@pytest.mark.slow
+def test_colluders_against_fltrust_give_the_same_metrics_in_both_runtimes(tmp_path: Path) -> None:
+    """The colluders' side channel and FLTrust's root update both live beside the server half the ServerApp builds."""
+    runs = []
+    for backend in ("flwr_run", "inprocess"):
+        with initialize_config_module(config_module="fl_kd.conf", version_base=None):
+            cfg = experiment_config(
+                compose(config_name="config", overrides=[*COLLUDING, f"simulation.backend={backend}"])
+            )
+        rows = run_experiment(cfg, tmp_path / backend)
+        runs.append([{k: v for k, v in row.items() if k != "wall_seconds"} for row in rows])
+    flower, inprocess = runs
+    assert len(flower) == 2 and flower == inprocess
+    assert all(row["n_malicious_accepted"] == 1 for row in flower)
+    assert 0.0 < flower[-1]["malicious_weight_share"] < 1.0  # the crafted update keeps FLTrust's trust
