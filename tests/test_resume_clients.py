@@ -97,6 +97,8 @@ CONFIGS = {
     ),
     "fedmd": lambda: peer_config("fedmd", rounds=ROUNDS),
     "fedavg": lambda: weight_config("fedavg", rounds=ROUNDS),
+    # The server's own trainer on its root data (FLTrust) is part of its state.
+    "fedavg_fltrust": lambda: weight_config("fedavg", rounds=ROUNDS, aggregation="fltrust"),
 }
 
 
