@@ -230,4 +230,10 @@ def test_the_attacker_that_knows_fltrust_computes_the_servers_update_itself() ->
     crafted = fltrust_adaptive(honest, 20, truth)
     cosine = crafted @ truth / (np.linalg.norm(crafted) * np.linalg.norm(truth))
     assert 0.0 < cosine < 0.99
+    # Across the server's update, against what the colluders' own updates add to it.
+    unit = truth / np.linalg.norm(truth)
+    mean = honest.mean(axis=0)
+    added = mean - (mean @ unit) * unit
+    across = crafted - (crafted @ unit) * unit
+    assert across @ added / (np.linalg.norm(across) * np.linalg.norm(added)) == pytest.approx(-1.0)
     assert not np.isclose(fltrust_adaptive(honest, 20, None) @ truth, crafted @ truth)  # it used the true direction

@@ -13,10 +13,14 @@ coordinate the same way:
   (``min_sum``): the attacks those papers found to beat Krum, median and trimmed mean without knowing which.
 * ``fltrust_adaptive``, the attacker that knows FLTrust (``strategy.aggregation=fltrust``), which rescales every
   update to the server's length and weighs it by its cosine with the server's update: a reversed update gets no
-  weight, so the colluders push across the server's direction instead. They estimate that direction by the mean
-  of their honest updates, and send, at the length of that mean, the update at the angle to it that moves the
-  fused step furthest across it (``cos * sin / (C + m * cos)`` at its largest, ``C`` the honest clients' trust as
-  their own updates' cosines suggest), across it along ALIE's ``-sigma``.
+  weight, so the colluders push across the server's direction instead. Where the server has a root update they
+  compute it as the server does (fl-kd's transfer set, labels included, and the run's seed are public), else they
+  estimate its direction by the mean of their honest updates. They send, at the length of that mean, the update at
+  the angle to the server's direction that moves the fused step furthest across it (``cos * sin / (C + m * cos)``
+  at its largest, ``C`` the honest clients' trust as their own updates' cosines suggest). Across it they push
+  against what their honest updates add to the server's (the part of their mean across the server's update: what
+  clients know that the root data does not teach), or, with no server update to tell it from, along ALIE's
+  ``-sigma``.
 
 Each colluder knows only its own honest update; the attack needs them pooled before any of them answers. The
 harness simulates that side channel where the answers meet: :class:`ColludingServer` wraps the server half, reads
@@ -127,14 +131,17 @@ def _orthogonal_unit(vector: Vector, axis: Vector) -> Vector:
 
 def fltrust_adaptive(updates: NDArray[np.float64], num_answers: int, server_update: Vector | None = None) -> Vector:
     """The update at the angle to the server's direction (``server_update``, or the colluders' mean when they cannot
-    compute it) that pushes FLTrust's fused step furthest across it, at the length of the colluders' mean."""
+    compute it) that pushes FLTrust's fused step furthest across it, at the length of the colluders' mean: against
+    their mean's part across ``server_update`` where they know it, else against their spread (``-sigma``)."""
     mean = updates.mean(axis=0)
     length = float(np.linalg.norm(mean))
     estimate = mean if server_update is None or not np.any(server_update) else server_update
     if length == 0:
         return mean
     axis = estimate / float(np.linalg.norm(estimate))
-    across = _orthogonal_unit(-updates.std(axis=0), axis)
+    across = _orthogonal_unit(-mean, axis) if estimate is not mean else np.zeros_like(mean)
+    if not np.any(across):
+        across = _orthogonal_unit(-updates.std(axis=0), axis)
     if not np.any(across):  # one colluder: no spread to follow; any fixed direction across will do
         across = _orthogonal_unit(np.random.default_rng(_COLLUSION_KEY).normal(size=mean.shape), axis)
     norms = np.linalg.norm(updates, axis=1)
