@@ -98,6 +98,46 @@ class ServerRole(ABC):
         """Write the server's state for a later run (``server.pt``); nothing to write by default."""
 
 
+class ServerWrapper(ServerRole):
+    """A server half around ``server``, forwarding every call to it; a subclass overrides what it adds (the attack's
+    figures, colluders' rewritten answers), so the algorithm's own server never knows it is wrapped."""
+
+    def __init__(self, server: ServerRole) -> None:
+        self.server = server
+
+    def train_instruction(self, round: int, client_id: int) -> Instruction:
+        """As the server."""
+        return self.server.train_instruction(round, client_id)
+
+    def answer_names(self, round: int, client_id: int) -> frozenset[str] | None:
+        """As the server."""
+        return self.server.answer_names(round, client_id)
+
+    def check_answer(self, round: int, client_id: int, arrays: Mapping[str, Any]) -> str | None:
+        """As the server."""
+        return self.server.check_answer(round, client_id, arrays)
+
+    def aggregate(self, round: int, answers: Mapping[int, Arrays]) -> dict[str, float | int]:
+        """As the server."""
+        return self.server.aggregate(round, answers)
+
+    def evaluate_instruction(self, round: int, client_id: int) -> Instruction:
+        """As the server."""
+        return self.server.evaluate_instruction(round, client_id)
+
+    def evaluate(self, x: Tensor, y: Tensor) -> float:
+        """As the server."""
+        return self.server.evaluate(x, y)
+
+    def client_model(self, client_id: int) -> str | None:
+        """As the server."""
+        return self.server.client_model(client_id)
+
+    def save(self, path: str | Path) -> None:
+        """As the server."""
+        self.server.save(path)
+
+
 class ClientRole(ABC):
     """The client half of a KD algorithm: one client's model, private data and transfer-set view.
 

@@ -32,16 +32,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
-from torch import Tensor
 
 from fl_kd.kd.adversary.behaviours import _BUFFER_SUFFIXES, _COLLUSION_KEY, ADVERSARIES, Behaviour
-from fl_kd.kd.roles import Arrays, Instruction, ServerRole
+from fl_kd.kd.roles import Arrays, ServerRole, ServerWrapper
 
 if TYPE_CHECKING:
     from fl_kd.kd.fedavg.root import RootUpdate
@@ -253,7 +251,7 @@ def collude(
     return out
 
 
-class ColludingServer(ServerRole):
+class ColludingServer(ServerWrapper):
     """``server`` as it is, except that the colluders' answers are rewritten before it aggregates them.
 
     Parameters
@@ -273,22 +271,10 @@ class ColludingServer(ServerRole):
     def __init__(
         self, server: ServerRole, colluders: frozenset[int], craft: Craft, server_training: RootUpdate | None = None
     ) -> None:
-        self.server = server
+        super().__init__(server)
         self.colluders = colluders
         self.craft = craft
         self.server_training = server_training
-
-    def train_instruction(self, round: int, client_id: int) -> Instruction:
-        """As the server."""
-        return self.server.train_instruction(round, client_id)
-
-    def answer_names(self, round: int, client_id: int) -> frozenset[str] | None:
-        """As the server."""
-        return self.server.answer_names(round, client_id)
-
-    def check_answer(self, round: int, client_id: int, arrays: Mapping[str, Any]) -> str | None:
-        """As the server."""
-        return self.server.check_answer(round, client_id, arrays)
 
     def aggregate(self, round: int, answers: Mapping[int, Arrays]) -> dict[str, float | int]:
         """The server's aggregation of the answers, the colluders' rewritten."""
@@ -300,26 +286,12 @@ class ColludingServer(ServerRole):
             def trains(weights: Mapping[str, NDArray[Any]]) -> Mapping[str, NDArray[Any]]:
                 return replica(round, architecture, dict(weights))
 
-        references = lambda cid: self.server.train_instruction(round, cid).arrays  # noqa: E731
+        def references(client_id: int) -> Mapping[str, NDArray[Any]]:
+            return self.server.train_instruction(round, client_id).arrays
+
         rewritten = collude(answers, self.colluders, references, self.craft, trains)
         for client_id in sorted(self.colluders.intersection(rewritten)):
             reason = self.server.check_answer(round, client_id, rewritten[client_id])
             if reason is not None:  # a colluder sends only what passes the checks; else its honest answer stands
                 rewritten[client_id] = answers[client_id]
         return self.server.aggregate(round, rewritten)
-
-    def evaluate_instruction(self, round: int, client_id: int) -> Instruction:
-        """As the server."""
-        return self.server.evaluate_instruction(round, client_id)
-
-    def evaluate(self, x: Tensor, y: Tensor) -> float:
-        """As the server."""
-        return self.server.evaluate(x, y)
-
-    def client_model(self, client_id: int) -> str | None:
-        """As the server."""
-        return self.server.client_model(client_id)
-
-    def save(self, path: str | Path) -> None:
-        """As the server."""
-        self.server.save(path)

@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection, Mapping
-from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
-from fl_kd.kd.roles import Arrays, Instruction, ServerRole
+from fl_kd.kd.roles import Arrays, ServerRole, ServerWrapper
 
 
 @runtime_checkable
@@ -64,7 +63,7 @@ def attack_success_rate(server: ServerRole, x_test: Tensor, y_test: Tensor, sour
     return float(server.evaluate(x_test[index], torch.full_like(y_test[index], target)))
 
 
-class AttackMetricsServer(ServerRole):
+class AttackMetricsServer(ServerWrapper):
     """``server`` as it is, with the attack's figures added to each round's.
 
     Parameters
@@ -88,22 +87,10 @@ class AttackMetricsServer(ServerRole):
         source: int = 0,
         target: int = 1,
     ) -> None:
-        self.server = server
+        super().__init__(server)
         self.malicious = malicious
         self.test_set = test_set
         self.source, self.target = source, target
-
-    def train_instruction(self, round: int, client_id: int) -> Instruction:
-        """As the server."""
-        return self.server.train_instruction(round, client_id)
-
-    def answer_names(self, round: int, client_id: int) -> frozenset[str] | None:
-        """As the server."""
-        return self.server.answer_names(round, client_id)
-
-    def check_answer(self, round: int, client_id: int, arrays: Mapping[str, Any]) -> str | None:
-        """As the server."""
-        return self.server.check_answer(round, client_id, arrays)
 
     def aggregate(self, round: int, answers: Mapping[int, Arrays]) -> dict[str, float | int]:
         """The server's aggregation and figures, then the attack's."""
@@ -120,19 +107,3 @@ class AttackMetricsServer(ServerRole):
             x_test, y_test = self.test_set(round)
             figures["attack_success_rate"] = attack_success_rate(self.server, x_test, y_test, self.source, self.target)
         return figures
-
-    def evaluate_instruction(self, round: int, client_id: int) -> Instruction:
-        """As the server."""
-        return self.server.evaluate_instruction(round, client_id)
-
-    def evaluate(self, x: Tensor, y: Tensor) -> float:
-        """As the server."""
-        return self.server.evaluate(x, y)
-
-    def client_model(self, client_id: int) -> str | None:
-        """As the server."""
-        return self.server.client_model(client_id)
-
-    def save(self, path: str | Path) -> None:
-        """As the server."""
-        self.server.save(path)
