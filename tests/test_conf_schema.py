@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 from fl_kd.config import to_mapping
 from fl_kd.data.config import DatasetConfig
+from fl_kd.kd.adversary import ADVERSARIES
 from fl_kd.kd.adversary.config import DEFAULT_FRACTION, AdversaryConfig
 from fl_kd.kd.algorithm import get_algorithm
 from fl_kd.kd.config import ExperimentConfig
@@ -101,7 +102,7 @@ def test_an_adversary_option_is_its_behaviours_core_defaults(path: Path) -> None
     (they were repeated in twelve files, and ``AdversaryConfig`` alone named an attack without attackers)."""
     assert not _settings(path), f"{path.name} sets {set(_settings(path))}; they live in AdversaryConfig.defaults"
     with initialize_config_module(config_module="fl_kd.conf", version_base=None):
-        weights = path.stem in ("scaled_update", "sign_flip", "gaussian_update")  # weight-sharing peers only
+        weights = ADVERSARIES.get(path.stem).kind == "weights"  # weight-sharing peers only
         strategy = ["strategy=feddf"] if weights else []
         composed = compose(config_name="config", overrides=[f"adversary={path.stem}", *strategy])
     assert experiment_config(composed).adversary == AdversaryConfig.defaults(path.stem)
