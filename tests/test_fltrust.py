@@ -3,6 +3,8 @@ makes that update on the labelled transfer set, and what it does to the attacks 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -52,7 +54,10 @@ def test_the_server_trains_its_root_update_on_the_labelled_transfer_set() -> Non
     assert isinstance(server, FedAvgServer) and isinstance(server.root, RootUpdate)
     (trainer,) = server.root.trainers.values()
     assert trainer.train_x.shape[0] == fed.num_labelled == 60
-    assert trainer.config.local_epochs >= 1  # as many steps as a client's mean: its set is larger than 60
+    # As many SGD steps as a client's mean: the epochs scale with the clients' sets against the root set's 60.
+    batch, epochs = trainer.config.batch_size, fed.tiers[0].local_epochs
+    steps = [epochs * math.ceil(fed.client_idx[cid].size / batch) for cid in range(fed.num_clients)]
+    assert trainer.config.local_epochs == round(sum(steps) / len(steps) / math.ceil(60 / batch)) > 1
     published = server.published[server.architecture]
     first = server.root(1, server.architecture, published)
     assert any(not np.array_equal(first[name], published[name]) for name in published)

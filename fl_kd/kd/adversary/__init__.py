@@ -61,11 +61,12 @@ def measured_server(build_server: ServerBuilder) -> ServerBuilder:
         malicious = frozenset(malicious_of(cfg))
         test_set = (lambda round: federation.test_set(cfg, round)) if adversary.name == "targeted" else None
         server = AttackMetricsServer(server, malicious, test_set, adversary.source, adversary.target)
-        behaviour = ADVERSARIES.get(adversary.name)(adversary, federation.data.num_classes, federation.transfer_y)
-        if isinstance(behaviour, Colluding):
+        behaviour = ADVERSARIES.get(adversary.name)
+        if issubclass(behaviour, Colluding):
+            colluding = behaviour(adversary, federation.data.num_classes, federation.transfer_y)
             # The colluders' replica of the server's root training (FLTrust): built from public inputs alone, so a copy.
             root = getattr(inner, "root", None)
-            server = ColludingServer(server, malicious, behaviour.craft, copy.deepcopy(root) if root else None)
+            server = ColludingServer(server, malicious, colluding.craft, copy.deepcopy(root) if root else None)
         return server
 
     return build

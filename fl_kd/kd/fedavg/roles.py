@@ -152,7 +152,7 @@ class WeightSharingServer(ServerRole):
             counts = [float(answers[cid][NUM_EXAMPLES][0]) for cid in client_ids]
             if self.aggregation == "mean":
                 fused, shares = weighted_average(weights, counts), np.asarray(counts) / math.fsum(counts)
-            elif self.root is not None:  # fltrust
+            elif self.aggregation == FLTRUST and self.root is not None:
                 reference = self.published[name]
                 fused, shares = fltrust_average(weights, reference, self.root(round, name, reference))
             else:
