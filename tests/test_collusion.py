@@ -191,9 +191,8 @@ def test_the_attacker_that_knows_fltrust_computes_the_servers_update_itself() ->
         inner.root is not None and server.server_training is not inner.root
     )  # their own replica, not the server's object
     published = server.train_instruction(1, 0).arrays
-    (architecture,) = server.server_training.trainers
-    ours = server.server_training(1, architecture, dict(published))
-    theirs = inner.root(1, architecture, dict(published))
+    ours = server.server_training(1, published)
+    theirs = inner.root(1, published)
     assert all(np.array_equal(ours[name], theirs[name]) for name in published)
 
     honest = updates()

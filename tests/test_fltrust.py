@@ -52,16 +52,16 @@ def test_the_server_trains_its_root_update_on_the_labelled_transfer_set() -> Non
     fed = federation("fedavg")
     server = get_algorithm("fedavg").build_server(cfg, fed)
     assert isinstance(server, FedAvgServer) and isinstance(server.root, RootUpdate)
-    (trainer,) = server.root.trainers.values()
+    trainer = server.root.trainer
     assert trainer.train_x.shape[0] == fed.num_labelled == 60
     # As many SGD steps as a client's mean: the epochs scale with the clients' sets against the root set's 60.
     batch, epochs = trainer.config.batch_size, fed.tiers[0].local_epochs
     steps = [epochs * math.ceil(fed.client_idx[cid].size / batch) for cid in range(fed.num_clients)]
     assert trainer.config.local_epochs == round(sum(steps) / len(steps) / math.ceil(60 / batch)) > 1
     published = server.published[server.architecture]
-    first = server.root(1, server.architecture, published)
+    first = server.root(1, published)
     assert any(not np.array_equal(first[name], published[name]) for name in published)
-    again = server.root(1, server.architecture, published)  # from the same weights, the same update
+    again = server.root(1, published)  # from the same weights, the same update
     assert all(np.array_equal(first[name], again[name]) for name in published)
 
 

@@ -30,6 +30,7 @@ server's fusion never learns who colludes. The colluders' client halves answer h
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from statistics import NormalDist
@@ -39,6 +40,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fl_kd.kd.adversary.behaviours import _BUFFER_SUFFIXES, _COLLUSION_KEY, ADVERSARIES, Behaviour
+from fl_kd.kd.robust_weights import flatten, unflatten
 from fl_kd.kd.roles import Arrays, ServerRole, ServerWrapper
 
 if TYPE_CHECKING:
@@ -133,11 +135,12 @@ def fltrust_adaptive(updates: NDArray[np.float64], num_answers: int, server_upda
     their mean's part across ``server_update`` where they know it, else against their spread (``-sigma``)."""
     mean = updates.mean(axis=0)
     length = float(np.linalg.norm(mean))
-    estimate = mean if server_update is None or not np.any(server_update) else server_update
+    known = server_update is not None and bool(np.any(server_update))
     if length == 0:
         return mean
+    estimate = server_update if known and server_update is not None else mean
     axis = estimate / float(np.linalg.norm(estimate))
-    across = _orthogonal_unit(-mean, axis) if estimate is not mean else np.zeros_like(mean)
+    across = _orthogonal_unit(-mean, axis) if known else np.zeros_like(mean)
     if not np.any(across):
         across = _orthogonal_unit(-updates.std(axis=0), axis)
     if not np.any(across):  # one colluder: no spread to follow; any fixed direction across will do
@@ -194,7 +197,8 @@ class MinSum(Colluding):
 
 @ADVERSARIES.register("fltrust_adaptive")
 class FLTrustAdaptive(Colluding):
-    """Knows FLTrust: pushes across the server's direction (estimated by the colluders' mean), at the best angle."""
+    """Knows FLTrust: pushes across the server's direction (computed as the server does where it can, else estimated
+    by the colluders' mean), at the best angle."""
 
     def craft(self, updates: NDArray[np.float64], num_answers: int, server_update: Vector | None = None) -> Vector:
         """:func:`fltrust_adaptive`."""
@@ -234,18 +238,12 @@ def collude(
         if not names:
             continue
         reference = references(members[0])
-        base = np.concatenate([reference[name].astype(np.float64).ravel() for name in names])
-        honest = [np.concatenate([answers[cid][name].astype(np.float64).ravel() for name in names]) for cid in members]
-        server_update = None
-        if server_training is not None:
-            trained = server_training(reference)
-            server_update = np.concatenate([trained[name].astype(np.float64).ravel() for name in names]) - base
-        crafted = base + craft(np.stack(honest) - base, len(answers), server_update)
-        offset, weights = 0, {}
-        for name, shape in key:
-            size = math.prod(shape)
-            weights[name] = crafted[offset : offset + size].reshape(shape).astype(np.float32)
-            offset += size
+        base = flatten(reference, names)
+        honest = np.stack([flatten(answers[cid], names) for cid in members]) - base
+        server_update = None if server_training is None else flatten(server_training(reference), names) - base
+        weights = unflatten(
+            base + craft(honest, len(answers), server_update), {name: reference[name] for name in names}
+        )
         for cid in members:
             out[cid] = {**answers[cid], **weights}
     return out
@@ -279,12 +277,7 @@ class ColludingServer(ServerWrapper):
     def aggregate(self, round: int, answers: Mapping[int, Arrays]) -> dict[str, float | int]:
         """The server's aggregation of the answers, the colluders' rewritten."""
         replica = self.server_training
-        trains = None
-        if replica is not None and len(replica.trainers) == 1:
-            (architecture,) = replica.trainers
-
-            def trains(weights: Mapping[str, NDArray[Any]]) -> Mapping[str, NDArray[Any]]:
-                return replica(round, architecture, dict(weights))
+        trains = None if replica is None else functools.partial(replica, round)
 
         def references(client_id: int) -> Mapping[str, NDArray[Any]]:
             return self.server.train_instruction(round, client_id).arrays

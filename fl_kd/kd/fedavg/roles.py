@@ -154,7 +154,7 @@ class WeightSharingServer(ServerRole):
                 fused, shares = weighted_average(weights, counts), np.asarray(counts) / math.fsum(counts)
             elif self.aggregation == FLTRUST and self.root is not None:
                 reference = self.published[name]
-                fused, shares = fltrust_average(weights, reference, self.root(round, name, reference))
+                fused, shares = fltrust_average(weights, reference, self.root(round, reference))
             else:
                 fused, shares = robust_average(weights, counts, self.aggregation, self.robust)
             if not within_headroom(fused, self.max_abs_value):

@@ -13,6 +13,9 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
+from typing import Any
+
+from numpy.typing import NDArray
 
 from fl_kd.kd.client import DistillClient
 from fl_kd.kd.config import ExperimentConfig
@@ -27,36 +30,31 @@ FLTRUST = "fltrust"
 
 
 class RootUpdate:
-    """Per architecture, the server's trainer on the root data set (``DistillClient`` with id ``SERVER_ID``).
+    """The server's trainer on the root data set (a ``DistillClient`` with id ``SERVER_ID``).
 
     Parameters
     ----------
-    trainers : Mapping[str, DistillClient]
-        Architecture name -> a client whose private data is the root data set.
+    trainer : DistillClient
+        A client whose private data is the root data set and whose model is of the clients' architecture.
     max_abs_value : float
         The run's bound on a weight (the global weights loaded each round are within it).
     """
 
-    def __init__(self, trainers: Mapping[str, DistillClient], max_abs_value: float) -> None:
-        self.trainers = dict(trainers)
+    def __init__(self, trainer: DistillClient, max_abs_value: float) -> None:
+        self.trainer = trainer
         self.max_abs_value = float(max_abs_value)
 
-    def __call__(self, round: int, architecture: str, published: Arrays) -> Arrays:
+    def __call__(self, round: int, published: Mapping[str, NDArray[Any]]) -> Arrays:
         """The weights ``published`` (the round's global model) become after the server's local training."""
-        trainer = self.trainers[architecture]
-        load_arrays(trainer.model, published, self.max_abs_value)
-        trainer.local_train(round)
-        return model_arrays(trainer.model)
+        load_arrays(self.trainer.model, published, self.max_abs_value)
+        self.trainer.local_train(round)
+        return model_arrays(self.trainer.model)
 
 
 def root_update(cfg: ExperimentConfig, federation: Federation, architecture: str) -> RootUpdate:
     """The server's trainer of ``architecture`` (which every client trains) on the labelled transfer set: the batch
-    size and learning rate of client 0's tier, and the epochs that make its steps a round the clients' mean."""
-    if federation.num_labelled == 0:
-        raise ValueError(
-            "strategy.aggregation=fltrust needs a labelled transfer set (transfer.labelled > 0): it is the root data "
-            "set of the server's own update"
-        )
+    size and learning rate of client 0's tier, and the epochs that make its steps a round the clients' mean.
+    ``WeightSharingConfig.check_experiment`` has refused a run without a labelled transfer set."""
     data = federation.data
     configs = [client_train_config(cfg, tier) for tier in federation.tiers]
     client_steps = [
@@ -80,4 +78,4 @@ def root_update(cfg: ExperimentConfig, federation: Federation, architecture: str
         device=cfg.device,
         public_x=federation.transfer_x,
     )
-    return RootUpdate({architecture: trainer}, cfg.max_abs_value)
+    return RootUpdate(trainer, cfg.max_abs_value)
