@@ -53,6 +53,14 @@ METHODS: dict[str, tuple[str, ...]] = {
     "fedavg_krum": ("strategy=fedavg", "device_profile=homogeneous", "strategy.aggregation=krum"),
     # FLTrust: each update weighted by its cosine with the server's own update on the labelled transfer set.
     "fedavg_fltrust": ("strategy=fedavg", "device_profile=homogeneous", "strategy.aggregation=fltrust"),
+    # The same, its root a labelled set of the server's own that no client holds: the attacker that knows FLTrust
+    # must approximate the server's update on the public labelled transfer set.
+    "fedavg_fltrust_private": (
+        "strategy=fedavg",
+        "device_profile=homogeneous",
+        "strategy.aggregation=fltrust",
+        "transfer.server_private=1000",
+    ),
     "fedgems_learned": LEARNED,
     # The same, with 1,000 canaries: labelled samples the server hides among the unlabelled ones (1,000 labels more).
     "fedgems_canaries": (*LEARNED, "strategy.canaries=1000"),
@@ -214,7 +222,9 @@ ONLY: dict[str, frozenset[tuple[str, float]]] = {
 #: Methods beside which the grid also runs the reference (:data:`ABSENT`) at every fraction: the weight-sharing
 #: rules, whose attackers include colluders that hide inside the honest spread, so a drop is read against what the
 #: honest clients reach alone.
-REFERENCED = frozenset({"fedavg_mean", "fedavg_median", "fedavg_trimmed_mean", "fedavg_krum", "fedavg_fltrust"})
+REFERENCED = frozenset(
+    {"fedavg_mean", "fedavg_median", "fedavg_trimmed_mean", "fedavg_krum", "fedavg_fltrust", "fedavg_fltrust_private"}
+)
 
 FRACTIONS: tuple[float, ...] = (0.1, 0.3, 0.5)
 

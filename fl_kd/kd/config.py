@@ -38,14 +38,20 @@ class TransferConfig:
         Samples whose labels the server and the clients may use.
     unlabelled : int (default: 0)
         Samples whose labels nobody sees (inputs only).
+    server_private : int (default: 0)
+        Labelled samples the server alone holds, never sent to a client: FLTrust's root data set when above 0
+        (``strategy.aggregation=fltrust``), which the clients then cannot replay. Not part of the transfer set;
+        drawn after it, from what would otherwise be the clients' data.
     """
 
     labelled: int = 300
     unlabelled: int = 0
+    server_private: int = 0
 
     def __post_init__(self) -> None:
         check_range("transfer.labelled", self.labelled, low=0)
         check_range("transfer.unlabelled", self.unlabelled, low=0)
+        check_range("transfer.server_private", self.server_private, low=0)
         require(self.size > 0, "the transfer set is empty: set transfer.labelled or transfer.unlabelled")
 
     @property

@@ -48,6 +48,9 @@ class Federation:
     unlabelled_idx : ndarray
         ``(N_unlabelled,)`` training-split indices of the unlabelled part of the transfer set (its labels are never
         read by a party); public positions ``N_transfer..`` refer to it.
+    server_idx : ndarray
+        ``(N_server,)`` training-split indices of the server's private labelled set (``transfer.server_private``):
+        never sent to a client, and not part of the transfer set.
     """
 
     data: DatasetSplits
@@ -56,6 +59,7 @@ class Federation:
     tiers: list[DeviceTier]
     personalised_test_idx: list[NDArray[np.int64]]
     unlabelled_idx: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    server_idx: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def num_clients(self) -> int:
@@ -84,6 +88,11 @@ class Federation:
     def num_labelled(self) -> int:
         """Size of the labelled part (public positions ``0..num_labelled-1`` have labels)."""
         return int(self.transfer_idx.size)
+
+    def server_data(self) -> tuple[Tensor, Tensor]:
+        """The server's private labelled ``(x, y)`` (empty without ``transfer.server_private``)."""
+        index = torch.from_numpy(self.server_idx)
+        return self.data.x_train[index], self.data.y_train[index]
 
     def client_data(self, client_id: int) -> tuple[Tensor, Tensor]:
         """Private ``(x, y)`` of ``client_id``."""
@@ -162,6 +171,14 @@ def build_federation(cfg: ExperimentConfig, data: DatasetSplits | None = None) -
                 labels[private_idx], cfg.transfer.unlabelled, seed=derive_seed(cfg.seed, "unlabelled_transfer")
             )
         unlabelled_idx, private_idx = private_idx[picked], private_idx[rest]
+    server_idx = np.zeros(0, dtype=np.int64)
+    if cfg.transfer.server_private > 0:
+        # Likewise drawn last and only when asked: runs without a private server set keep their split.
+        with _setting(f"transfer.server_private={cfg.transfer.server_private} beside the transfer set on {data.name}"):
+            picked, rest = split_transfer_set(
+                labels[private_idx], cfg.transfer.server_private, seed=derive_seed(cfg.seed, "server_private")
+            )
+        server_idx, private_idx = private_idx[picked], private_idx[rest]
     with _setting(f"num_clients={cfg.num_clients} with partition={cfg.partition.name} on {data.name}"):
         parts = partition(
             labels[private_idx],
@@ -184,7 +201,13 @@ def build_federation(cfg: ExperimentConfig, data: DatasetSplits | None = None) -
         for client_id, idx in enumerate(client_idx)
     ]
     return Federation(
-        data, transfer_idx.astype(np.int64), client_idx, tiers, personalised, unlabelled_idx.astype(np.int64)
+        data,
+        transfer_idx.astype(np.int64),
+        client_idx,
+        tiers,
+        personalised,
+        unlabelled_idx.astype(np.int64),
+        server_idx.astype(np.int64),
     )
 
 

@@ -9,7 +9,6 @@ without this group.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -64,9 +63,9 @@ def measured_server(build_server: ServerBuilder) -> ServerBuilder:
         behaviour = ADVERSARIES.get(adversary.name)
         if issubclass(behaviour, Colluding):
             colluding = behaviour(adversary, federation.data.num_classes, federation.transfer_y)
-            # The colluders' replica of the server's root training (FLTrust): built from public inputs alone, so a copy.
             root = getattr(inner, "root", None)
-            server = ColludingServer(server, malicious, colluding.craft, copy.deepcopy(root) if root else None)
+            replica = None if root is None else root.colluders_replica()
+            server = ColludingServer(server, malicious, colluding.craft, replica)
         return server
 
     return build

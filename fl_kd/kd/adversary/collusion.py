@@ -13,14 +13,15 @@ coordinate the same way:
   (``min_sum``): the attacks those papers found to beat Krum, median and trimmed mean without knowing which.
 * ``fltrust_adaptive``, the attacker that knows FLTrust (``strategy.aggregation=fltrust``), which rescales every
   update to the server's length and weighs it by its cosine with the server's update: a reversed update gets no
-  weight, so the colluders push across the server's direction instead. Where the server has a root update they
-  compute it as the server does (fl-kd's transfer set, labels included, and the run's seed are public), else they
-  estimate its direction by the mean of their honest updates. They send, at the length of that mean, the update at
-  the angle to the server's direction that moves the fused step furthest across it (``cos * sin / (C + m * cos)``
-  at its largest, ``C`` the honest clients' trust as their own updates' cosines suggest). Across it they push
-  against what their honest updates add to the server's (the part of their mean across the server's update: what
-  clients know that the root data does not teach), or, with no server update to tell it from, along ALIE's
-  ``-sigma``.
+  weight, so the colluders push across the server's direction instead. Where the server's root data set is the
+  labelled transfer set they compute its update as the server does (that set and the run's seed are public); where
+  it is the server's own (``transfer.server_private``) they train the same way on the labelled transfer set, data
+  from the same distribution; with neither they estimate its direction by the mean of their honest updates. They
+  send, at the length of that mean, the update at the angle to the server's direction that moves the fused step
+  furthest across it (``cos * sin / (C + m * cos)`` at its largest, ``C`` the honest clients' trust as their own
+  updates' cosines suggest). Across it they push against what their honest updates add to the server's (the part of
+  their mean across the server's update: what clients know that the root data does not teach), or, with no server
+  update to tell it from, along ALIE's ``-sigma``.
 
 Each colluder knows only its own honest update; the attack needs them pooled before any of them answers. The
 harness simulates that side channel where the answers meet: :class:`ColludingServer` wraps the server half, reads
@@ -164,7 +165,7 @@ class Colluding(Behaviour):
 
     def craft(self, updates: NDArray[np.float64], num_answers: int, server_update: Vector | None = None) -> Vector:
         """The update every colluder sends, from their honest ``updates`` ``(m, D)``, the round's answer count and,
-        where they can compute it, the server's own update (FLTrust's, from the public transfer set)."""
+        where they can compute or approximate it, the server's own update (FLTrust's)."""
         raise NotImplementedError
 
 
@@ -262,8 +263,9 @@ class ColludingServer(ServerWrapper):
         The attack (:meth:`Colluding.craft`).
     server_training : RootUpdate | None
         The colluders' own replica of the server's training on its root data set, when the server has one (FLTrust):
-        it is built from what every party of an fl-kd run knows (the config, its seed and the public transfer set,
-        labels included), so they can compute the server's update exactly, as the strongest attacker would.
+        built from what every party of an fl-kd run knows (the config, its seed and the public transfer set, labels
+        included), it computes the server's update exactly where the root is that public set, and approximates it
+        where the root is the server's private set (:meth:`fl_kd.kd.fedavg.root.RootUpdate.colluders_replica`).
     """
 
     def __init__(

@@ -34,8 +34,8 @@ class WeightSharingConfig(AggregationConfig, SGDStrategyConfig):
         How the server fuses the clients' weights (per architecture): "mean" (FedAvg's sample-weighted average),
         a robust rule of :data:`fl_kd.kd.robust.ROBUST_RULES`: "median", "trimmed_mean", "krum", "multi_krum"
         (FedDF fuses its ensemble teacher's logits by the same rule), or "fltrust" (not FedDF): each update
-        weighted by its cosine with the server's own update on the labelled transfer set, rescaled to its length
-        (:mod:`fl_kd.kd.fedavg.root`).
+        weighted by its cosine with the server's own update on its root data set (``transfer.server_private``
+        where set, else the labelled transfer set), rescaled to its length (:mod:`fl_kd.kd.fedavg.root`).
     trim_fraction, num_malicious, num_selected : (default: 0.2, 0, 0)
         Parameters of those rules (:class:`fl_kd.kd.robust.RobustSettings`).
     """
@@ -47,11 +47,12 @@ class WeightSharingConfig(AggregationConfig, SGDStrategyConfig):
         self.check_aggregation((*ROBUST_RULES.names(), FLTRUST))
 
     def check_experiment(self, experiment: ExperimentConfig) -> None:
-        """FLTrust's reference update trains on the labelled transfer set, so there must be one."""
+        """FLTrust's reference update trains on a labelled set of the server's, so there must be one."""
+        transfer = experiment.transfer
         require(
-            self.aggregation != FLTRUST or experiment.transfer.labelled > 0,
-            "strategy.aggregation=fltrust needs a labelled transfer set (transfer.labelled > 0): it is the root data "
-            "set of the server's own update",
+            self.aggregation != FLTRUST or transfer.labelled > 0 or transfer.server_private > 0,
+            "strategy.aggregation=fltrust needs labelled data for the server's own update (its root data set): "
+            "transfer.server_private > 0, or a labelled transfer set (transfer.labelled > 0)",
         )
 
     def client_config(self, tier: DeviceTier) -> ClientTrainConfig:

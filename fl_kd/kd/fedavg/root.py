@@ -2,17 +2,23 @@
 
 FLTrust (Cao, Fang, Liu and Gong, NDSS 2021) trusts a client's update as far as it points where the server's own
 update on a small clean data set points. fl-kd's server already holds such a set: the labelled part of the transfer
-set. Each round a copy of the global model trains on it with the batch size and learning rate of client 0's tier,
-for as many SGD steps as a client takes on average, as the paper has the server take the clients' number of local
-iterations: FLTrust rescales every update to the length of the server's, so a server that took fewer steps would
-shorten every round's step. It is seeded as the server's own phase, so both runtimes get the same reference.
+set. That set is public, though, and so is the seed: colluders who know FLTrust can replay the server's training and
+push exactly across its update. With ``transfer.server_private`` the root is instead a labelled set the server alone
+holds, and the best the colluders can do is the same training on the labelled transfer set, data from the same
+distribution (:meth:`RootUpdate.colluders_replica`). Each round a copy of the global model trains on it with the
+batch size and learning rate of client 0's tier, for as many SGD steps as a client takes on average, as the paper
+has the server take the clients' number of local iterations: FLTrust rescales every update to the length of the
+server's, so a server that took fewer steps would shorten every round's step. It is seeded as the server's own
+phase, so both runtimes get the same reference.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from numpy.typing import NDArray
@@ -38,11 +44,23 @@ class RootUpdate:
         A client whose private data is the root data set and whose model is of the clients' architecture.
     max_abs_value : float
         The run's bound on a weight (the global weights loaded each round are within it).
+    private : bool (default: False)
+        Whether the root data set is the server's own (``transfer.server_private``), which no client holds.
+    public_twin : Callable[[], RootUpdate | None] | None (default: None)
+        For a private root, the same training on the labelled transfer set (None without one).
     """
 
-    def __init__(self, trainer: DistillClient, max_abs_value: float) -> None:
+    def __init__(
+        self,
+        trainer: DistillClient,
+        max_abs_value: float,
+        private: bool = False,
+        public_twin: Callable[[], RootUpdate | None] | None = None,
+    ) -> None:
         self.trainer = trainer
         self.max_abs_value = float(max_abs_value)
+        self.private = private
+        self.public_twin = public_twin
 
     def __call__(self, round: int, published: Mapping[str, NDArray[Any]]) -> Arrays:
         """The weights ``published`` (the round's global model) become after the server's local training."""
@@ -50,18 +68,29 @@ class RootUpdate:
         self.trainer.local_train(round)
         return model_arrays(self.trainer.model)
 
+    def colluders_replica(self) -> RootUpdate | None:
+        """What colluders who know FLTrust rebuild of this training from what they know: the same trainer where its
+        data and seed are public (a copy), else the same training on the labelled transfer set, data from the root's
+        distribution (None without a labelled transfer set: they must estimate the server's direction)."""
+        if not self.private:
+            return copy.deepcopy(self)
+        return None if self.public_twin is None else self.public_twin()
 
-def root_update(cfg: ExperimentConfig, federation: Federation, architecture: str) -> RootUpdate:
-    """The server's trainer of ``architecture`` (which every client trains) on the labelled transfer set: the batch
+
+def root_update(cfg: ExperimentConfig, federation: Federation, architecture: str, public: bool = False) -> RootUpdate:
+    """The server's trainer of ``architecture`` (which every client trains) on its root data set: the server's
+    private labelled set where the run has one (unless ``public``), else the labelled transfer set; with the batch
     size and learning rate of client 0's tier, and the epochs that make its steps a round the clients' mean.
-    ``WeightSharingConfig.check_experiment`` has refused a run without a labelled transfer set."""
+    ``WeightSharingConfig.check_experiment`` has refused a run with neither set."""
     data = federation.data
+    private = federation.server_idx.size > 0 and not public
+    x, y = federation.server_data() if private else (federation.transfer_x, federation.transfer_y)
     configs = [client_train_config(cfg, tier) for tier in federation.tiers]
     client_steps = [
         c.local_epochs * math.ceil(federation.client_idx[cid].size / c.batch_size) for cid, c in enumerate(configs)
     ]
     config = configs[0]
-    root_steps = math.ceil(federation.num_labelled / config.batch_size)
+    root_steps = math.ceil(len(y) / config.batch_size)
     epochs = max(1, round(sum(client_steps) / len(client_steps) / root_steps))
     model = build_model(
         architecture, data.input_shape, data.num_classes, seed=derive_seed(cfg.seed, SERVER_ID, "root_init")
@@ -69,13 +98,14 @@ def root_update(cfg: ExperimentConfig, federation: Federation, architecture: str
     trainer = DistillClient(
         SERVER_ID,
         model,
-        federation.transfer_x,
-        federation.transfer_y,
-        federation.transfer_x,
-        federation.transfer_y,
+        x,
+        y,
+        x,  # a root trainer distils nothing: its transfer set is its own data
+        y,
         dataclasses.replace(config, local_epochs=epochs),
-        seed=derive_seed(cfg.seed, "root", architecture),
+        seed=derive_seed(cfg.seed, "root", architecture, *(["private"] if private else [])),
         device=cfg.device,
-        public_x=federation.transfer_x,
+        public_x=x,
     )
-    return RootUpdate(trainer, cfg.max_abs_value)
+    twin = functools.partial(root_update, cfg, federation, architecture, True) if federation.num_labelled else None
+    return RootUpdate(trainer, cfg.max_abs_value, private, twin if private else None)
