@@ -84,7 +84,7 @@ def test_collude_rewrites_only_the_colluders_per_architecture() -> None:
     def reference(cid: int) -> Mapping[str, np.ndarray]:
         return references[sizes[cid]]
 
-    out = collude(answers, frozenset({1, 2, 4, 5}), reference, lambda u, n, g: u.mean(axis=0) + 1.0)
+    out = collude(answers, frozenset({1, 2, 4, 5}), reference, lambda u, n, g, c: u.mean(axis=0) + 1.0)
     for cid in (0, 3):
         assert out[cid] is answers[cid]
     for group in ((1, 2), (4, 5)):
@@ -124,11 +124,11 @@ def test_the_server_aggregates_the_crafted_answers_unless_they_fail_its_checks()
     rng = np.random.default_rng(2)
     answers = {cid: {"layer.weight": rng.normal(size=4).astype(np.float32)} for cid in range(4)}
     server = _RecordingServer()
-    ColludingServer(server, frozenset({2, 3}), lambda u, n, g: u.mean(axis=0) + 100.0).aggregate(1, answers)
+    ColludingServer(server, frozenset({2, 3}), lambda u, n, g, c: u.mean(axis=0) + 100.0).aggregate(1, answers)
     assert server.seen[0] is answers[0] and server.seen[1] is answers[1]
     assert np.abs(server.seen[2]["layer.weight"]).min() > 50
     strict = _RecordingServer(limit=10.0)  # a crafted answer the checks would refuse is not sent; the honest one is
-    ColludingServer(strict, frozenset({2, 3}), lambda u, n, g: u.mean(axis=0) + 100.0).aggregate(1, answers)
+    ColludingServer(strict, frozenset({2, 3}), lambda u, n, g, c: u.mean(axis=0) + 100.0).aggregate(1, answers)
     assert strict.seen[2] is answers[2] and strict.seen[3] is answers[3]
 
 
@@ -194,6 +194,7 @@ def test_the_attacker_that_knows_fltrust_computes_the_servers_update_itself() ->
     ours = server.server_training(1, published)
     theirs = inner.root(1, published)
     assert all(np.array_equal(ours[name], theirs[name]) for name in published)
+    assert server.calibration is None  # nothing to measure: they know the update itself
 
     honest = updates()
     truth = np.asarray(np.random.default_rng(5).normal(size=honest.shape[1]), dtype=np.float64)
@@ -207,3 +208,19 @@ def test_the_attacker_that_knows_fltrust_computes_the_servers_update_itself() ->
     across = crafted - (crafted @ unit) * unit
     assert across @ added / (np.linalg.norm(across) * np.linalg.norm(added)) == pytest.approx(-1.0)
     assert not np.isclose(fltrust_adaptive(honest, 20, None) @ truth, crafted @ truth)  # it used the true direction
+
+
+def test_an_attacker_that_only_estimates_the_servers_update_aims_closer_to_it_the_less_its_estimates_agree() -> None:
+    """With two estimates from disjoint halves of its data, the attacker that knows FLTrust measures how far one
+    predicts the other: where they agree it crafts as if it knew the update, where they do not it keeps more of
+    its update along the estimate, so that the trust it earns survives the server's update being another."""
+    honest = updates()
+    estimate = np.asarray(np.random.default_rng(5).normal(size=honest.shape[1]), dtype=np.float64)
+    other = estimate + 3.0 * np.asarray(np.random.default_rng(6).normal(size=honest.shape[1]), dtype=np.float64)
+
+    def aim(crafted: np.ndarray) -> float:
+        return float(crafted @ estimate / (np.linalg.norm(crafted) * np.linalg.norm(estimate)))
+
+    known = fltrust_adaptive(honest, 20, estimate)
+    assert aim(fltrust_adaptive(honest, 20, estimate, (estimate, estimate))) == pytest.approx(aim(known), abs=0.02)
+    assert aim(fltrust_adaptive(honest, 20, estimate, (estimate, other))) > aim(known) + 0.1

@@ -127,10 +127,14 @@ def test_a_private_root_is_trained_on_the_servers_set_and_the_colluders_approxim
     ours = flatten(replica(1, published), sorted(published)) - flatten(published, sorted(published))
     cosine = ours @ theirs / (np.linalg.norm(ours) * np.linalg.norm(theirs))
     assert 0.0 < cosine < 0.999  # near the server's update, never equal to it
+    # And the same training on every other labelled sample, twice, to measure how far such an estimate agrees.
+    assert server.calibration is not None
+    halves = [half.trainer.train_y for half in server.calibration]
+    assert torch.equal(halves[0], fed.transfer_y[0::2]) and torch.equal(halves[1], fed.transfer_y[1::2])
     # With no labelled transfer set they know nothing of the server's data, and estimate its direction instead.
     blind = private_config(server_private=60, labelled=0, unlabelled=60)
     server = get_algorithm("fedavg").build_server(blind, build_federation(blind))
-    assert isinstance(server, ColludingServer) and server.server_training is None
+    assert isinstance(server, ColludingServer) and server.server_training is None and server.calibration is None
 
 
 def test_a_private_root_alone_is_labelled_data_enough_for_fltrust() -> None:

@@ -65,7 +65,8 @@ def measured_server(build_server: ServerBuilder) -> ServerBuilder:
             colluding = behaviour(adversary, federation.data.num_classes, federation.transfer_y)
             root = getattr(inner, "root", None)
             replica = None if root is None else root.colluders_replica()
-            server = ColludingServer(server, malicious, colluding.craft, replica)
+            calibration = None if root is None else root.colluders_calibration()
+            server = ColludingServer(server, malicious, colluding.craft, replica, calibration)
         return server
 
     return build

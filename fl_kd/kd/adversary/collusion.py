@@ -48,9 +48,11 @@ if TYPE_CHECKING:
     from fl_kd.kd.fedavg.root import RootUpdate
 
 Vector = NDArray[np.float64]
-#: ``craft(updates (m, D), num_answers, server_update (D,) | None) -> update (D,)``: the update every colluder sends
-#: (:meth:`Colluding.craft`).
-Craft = Callable[[NDArray[np.float64], int, "Vector | None"], Vector]
+#: Two estimates of the server's update from disjoint halves of the colluders' data (``(D,)`` each).
+Calibration = tuple["Vector", "Vector"]
+#: ``craft(updates (m, D), num_answers, server_update (D,) | None, calibration | None) -> update (D,)``: the update
+#: every colluder sends (:meth:`Colluding.craft`).
+Craft = Callable[[NDArray[np.float64], int, "Vector | None", "Calibration | None"], Vector]
 #: The weights the server's own training makes of the global ``weights`` this round (FLTrust's root update), as the
 #: colluders compute it themselves.
 ServerTraining = Callable[[Mapping[str, NDArray[Any]]], Mapping[str, NDArray[Any]]]
@@ -130,30 +132,66 @@ def _orthogonal_unit(vector: Vector, axis: Vector) -> Vector:
     return across / norm if norm > 0 else np.zeros_like(vector)
 
 
-def fltrust_adaptive(updates: NDArray[np.float64], num_answers: int, server_update: Vector | None = None) -> Vector:
-    """The update at the angle to the server's direction (``server_update``, or the colluders' mean when they cannot
-    compute it) that pushes FLTrust's fused step furthest across it, at the length of the colluders' mean: against
-    their mean's part across ``server_update`` where they know it, else against their spread (``-sigma``)."""
+#: The cosines with the server's direction that the attacker that knows FLTrust chooses among.
+_COSINES = np.linspace(0.01, 0.99, 99)
+
+
+def _frame(updates: NDArray[np.float64], estimate: Vector | None) -> tuple[Vector, Vector]:
+    """The unit axis of the server's direction (``estimate``, or the colluders' mean without one) and the unit
+    direction across it to push along: against the colluders' mean's part across ``estimate``, else their spread."""
     mean = updates.mean(axis=0)
-    length = float(np.linalg.norm(mean))
-    known = server_update is not None and bool(np.any(server_update))
-    if length == 0:
-        return mean
-    estimate = server_update if known and server_update is not None else mean
-    axis = estimate / float(np.linalg.norm(estimate))
+    known = estimate is not None and bool(np.any(estimate))
+    towards = estimate if known and estimate is not None else mean
+    axis = towards / float(np.linalg.norm(towards))
     across = _orthogonal_unit(-mean, axis) if known else np.zeros_like(mean)
     if not np.any(across):
         across = _orthogonal_unit(-updates.std(axis=0), axis)
     if not np.any(across):  # one colluder: no spread to follow; any fixed direction across will do
         across = _orthogonal_unit(np.random.default_rng(_COLLUSION_KEY).normal(size=mean.shape), axis)
-    norms = np.linalg.norm(updates, axis=1)
-    honest_trust = (num_answers - updates.shape[0]) * float(
-        np.mean(np.maximum(updates @ axis / np.maximum(norms, 1e-12), 0.0))
-    )
-    colluders = updates.shape[0]
-    angles = np.linspace(0.01, 0.99, 99)
-    push = angles * np.sqrt(1.0 - angles**2) / (honest_trust + colluders * angles)
-    cosine = float(angles[int(np.argmax(push))])
+    return axis, across
+
+
+def _honest_trust(updates: NDArray[np.float64], num_answers: int, axis: Vector) -> float:
+    """FLTrust's summed weight of the honest answers, as the colluders' own updates' cosines with ``axis`` suggest."""
+    cosines = updates @ axis / np.maximum(np.linalg.norm(updates, axis=1), 1e-12)
+    return (num_answers - updates.shape[0]) * float(np.mean(np.maximum(cosines, 0.0)))
+
+
+def _calibrated_cosine(updates: NDArray[np.float64], num_answers: int, estimate: Vector, check: Vector) -> float:
+    """The cosine with ``estimate`` whose update pushes furthest across ``check``, a second estimate of the server's
+    direction from other data: how far an estimate can be trusted, measured rather than assumed."""
+    axis, across = _frame(updates, estimate)
+    truth, harm = _frame(updates, check)
+    candidates = np.outer(_COSINES, axis) + np.outer(np.sqrt(1.0 - _COSINES**2), across)
+    trust = np.maximum(candidates @ truth, 0.0)
+    push = trust * (candidates @ harm) / (_honest_trust(updates, num_answers, truth) + updates.shape[0] * trust)
+    return float(_COSINES[int(np.argmax(push))])
+
+
+def fltrust_adaptive(
+    updates: NDArray[np.float64],
+    num_answers: int,
+    server_update: Vector | None = None,
+    calibration: tuple[Vector, Vector] | None = None,
+) -> Vector:
+    """The update at the angle to the server's direction (``server_update``, or the colluders' mean when they cannot
+    compute it) that pushes FLTrust's fused step furthest across it, at the length of the colluders' mean: against
+    their mean's part across ``server_update`` where they know it, else against their spread (``-sigma``).
+
+    The angle is the best one if ``server_update`` is the server's own. Where it is an estimate, ``calibration``
+    holds two more from disjoint halves of the same data: the angle is the one that, aimed by the first, pushes
+    furthest across the second."""
+    mean = updates.mean(axis=0)
+    length = float(np.linalg.norm(mean))
+    if length == 0:
+        return mean
+    axis, across = _frame(updates, server_update)
+    if calibration is not None:
+        cosine = _calibrated_cosine(updates, num_answers, *calibration)
+    else:
+        trust = _honest_trust(updates, num_answers, axis)
+        push = _COSINES * np.sqrt(1.0 - _COSINES**2) / (trust + updates.shape[0] * _COSINES)
+        cosine = float(_COSINES[int(np.argmax(push))])
     out: Vector = length * (cosine * axis + np.sqrt(1.0 - cosine**2) * across)
     return out
 
@@ -163,9 +201,16 @@ class Colluding(Behaviour):
 
     kind = "weights"
 
-    def craft(self, updates: NDArray[np.float64], num_answers: int, server_update: Vector | None = None) -> Vector:
+    def craft(
+        self,
+        updates: NDArray[np.float64],
+        num_answers: int,
+        server_update: Vector | None = None,
+        calibration: Calibration | None = None,
+    ) -> Vector:
         """The update every colluder sends, from their honest ``updates`` ``(m, D)``, the round's answer count and,
-        where they can compute or approximate it, the server's own update (FLTrust's)."""
+        where they can compute or approximate it, the server's own update (FLTrust's), with two more estimates of it
+        where it is approximate (:func:`fltrust_adaptive`)."""
         raise NotImplementedError
 
 
@@ -173,7 +218,13 @@ class Colluding(Behaviour):
 class Alie(Colluding):
     """ "A Little Is Enough": ``mu - z * sigma`` of the colluders' honest updates, the same from each of them."""
 
-    def craft(self, updates: NDArray[np.float64], num_answers: int, server_update: Vector | None = None) -> Vector:
+    def craft(
+        self,
+        updates: NDArray[np.float64],
+        num_answers: int,
+        server_update: Vector | None = None,
+        calibration: Calibration | None = None,
+    ) -> Vector:
         """:func:`alie` with ``adversary.z``."""
         return alie(updates, num_answers, self.config.z)
 
@@ -182,7 +233,13 @@ class Alie(Colluding):
 class MinMax(Colluding):
     """Min-max: the farthest step against the spread that stays within the colluders' own largest distance."""
 
-    def craft(self, updates: NDArray[np.float64], num_answers: int, server_update: Vector | None = None) -> Vector:
+    def craft(
+        self,
+        updates: NDArray[np.float64],
+        num_answers: int,
+        server_update: Vector | None = None,
+        calibration: Calibration | None = None,
+    ) -> Vector:
         """:func:`min_max`."""
         return min_max(updates)
 
@@ -191,7 +248,13 @@ class MinMax(Colluding):
 class MinSum(Colluding):
     """Min-sum: the farthest step against the spread whose summed squared distances stay within the colluders'."""
 
-    def craft(self, updates: NDArray[np.float64], num_answers: int, server_update: Vector | None = None) -> Vector:
+    def craft(
+        self,
+        updates: NDArray[np.float64],
+        num_answers: int,
+        server_update: Vector | None = None,
+        calibration: Calibration | None = None,
+    ) -> Vector:
         """:func:`min_sum`."""
         return min_sum(updates)
 
@@ -201,9 +264,15 @@ class FLTrustAdaptive(Colluding):
     """Knows FLTrust: pushes across the server's direction (computed as the server does where it can, else estimated
     by the colluders' mean), at the best angle."""
 
-    def craft(self, updates: NDArray[np.float64], num_answers: int, server_update: Vector | None = None) -> Vector:
+    def craft(
+        self,
+        updates: NDArray[np.float64],
+        num_answers: int,
+        server_update: Vector | None = None,
+        calibration: Calibration | None = None,
+    ) -> Vector:
         """:func:`fltrust_adaptive`."""
-        return fltrust_adaptive(updates, num_answers, server_update)
+        return fltrust_adaptive(updates, num_answers, server_update, calibration)
 
 
 def attacked(arrays: Mapping[str, NDArray[Any]], reference: Mapping[str, NDArray[Any]]) -> list[str]:
@@ -218,16 +287,23 @@ def attacked(arrays: Mapping[str, NDArray[Any]], reference: Mapping[str, NDArray
     ]
 
 
+def _update(training: ServerTraining, reference: Mapping[str, NDArray[Any]], names: list[str]) -> Vector:
+    """The update ``training`` makes of the ``reference`` weights, flat over ``names``."""
+    return flatten(training(reference), names) - flatten(reference, names)
+
+
 def collude(
     answers: Mapping[int, Arrays],
     colluders: frozenset[int],
     references: Callable[[int], Mapping[str, NDArray[Any]]],
     craft: Craft,
     server_training: ServerTraining | None = None,
+    calibration: tuple[ServerTraining, ServerTraining] | None = None,
 ) -> dict[int, Arrays]:
     """``answers`` with the colluders' rewritten: per architecture (the names and shapes they send), each sends the
     reference weights plus ``craft`` of the group's honest updates (and of the server's own update, where
-    ``server_training`` makes it). Honest answers are neither read nor changed."""
+    ``server_training`` makes it, and of the two updates that ``calibration`` makes). Honest answers are neither
+    read nor changed."""
     out = dict(answers)
     groups: dict[tuple[tuple[str, tuple[int, ...]], ...], list[int]] = {}
     for client_id in sorted(colluders.intersection(answers)):
@@ -241,10 +317,12 @@ def collude(
         reference = references(members[0])
         base = flatten(reference, names)
         honest = np.stack([flatten(answers[cid], names) for cid in members]) - base
-        server_update = None if server_training is None else flatten(server_training(reference), names) - base
-        weights = unflatten(
-            base + craft(honest, len(answers), server_update), {name: reference[name] for name in names}
-        )
+        server_update = None if server_training is None else _update(server_training, reference, names)
+        halves = None
+        if calibration is not None:
+            halves = (_update(calibration[0], reference, names), _update(calibration[1], reference, names))
+        crafted = craft(honest, len(answers), server_update, halves)
+        weights = unflatten(base + crafted, {name: reference[name] for name in names})
         for cid in members:
             out[cid] = {**answers[cid], **weights}
     return out
@@ -266,25 +344,37 @@ class ColludingServer(ServerWrapper):
         built from what every party of an fl-kd run knows (the config, its seed and the public transfer set, labels
         included), it computes the server's update exactly where the root is that public set, and approximates it
         where the root is the server's private set (:meth:`fl_kd.kd.fedavg.root.RootUpdate.colluders_replica`).
+    calibration : tuple[RootUpdate, RootUpdate] | None
+        Where ``server_training`` only approximates the server's, the same training on two disjoint halves of its
+        data, against which the colluders measure how far such an approximation can be trusted.
     """
 
     def __init__(
-        self, server: ServerRole, colluders: frozenset[int], craft: Craft, server_training: RootUpdate | None = None
+        self,
+        server: ServerRole,
+        colluders: frozenset[int],
+        craft: Craft,
+        server_training: RootUpdate | None = None,
+        calibration: tuple[RootUpdate, RootUpdate] | None = None,
     ) -> None:
         super().__init__(server)
         self.colluders = colluders
         self.craft = craft
         self.server_training = server_training
+        self.calibration = calibration
 
     def aggregate(self, round: int, answers: Mapping[int, Arrays]) -> dict[str, float | int]:
         """The server's aggregation of the answers, the colluders' rewritten."""
-        replica = self.server_training
+        replica, halves = self.server_training, self.calibration
         trains = None if replica is None else functools.partial(replica, round)
+        calibration = (
+            None if halves is None else (functools.partial(halves[0], round), functools.partial(halves[1], round))
+        )
 
         def references(client_id: int) -> Mapping[str, NDArray[Any]]:
             return self.server.train_instruction(round, client_id).arrays
 
-        rewritten = collude(answers, self.colluders, references, self.craft, trains)
+        rewritten = collude(answers, self.colluders, references, self.craft, trains, calibration)
         for client_id in sorted(self.colluders.intersection(rewritten)):
             reason = self.server.check_answer(round, client_id, rewritten[client_id])
             if reason is not None:  # a colluder sends only what passes the checks; else its honest answer stands

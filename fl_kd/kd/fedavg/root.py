@@ -46,8 +46,8 @@ class RootUpdate:
         The run's bound on a weight (the global weights loaded each round are within it).
     private : bool (default: False)
         Whether the root data set is the server's own (``transfer.server_private``), which no client holds.
-    public_twin : Callable[[], RootUpdate | None] | None (default: None)
-        For a private root, the same training on the labelled transfer set (None without one).
+    public_twin : Callable[[slice], RootUpdate] | None (default: None)
+        For a private root, the same training on a part of the labelled transfer set (None without one).
     """
 
     def __init__(
@@ -55,7 +55,7 @@ class RootUpdate:
         trainer: DistillClient,
         max_abs_value: float,
         private: bool = False,
-        public_twin: Callable[[], RootUpdate | None] | None = None,
+        public_twin: Callable[[slice], RootUpdate] | None = None,
     ) -> None:
         self.trainer = trainer
         self.max_abs_value = float(max_abs_value)
@@ -71,20 +71,34 @@ class RootUpdate:
     def colluders_replica(self) -> RootUpdate | None:
         """What colluders who know FLTrust rebuild of this training from what they know: the same trainer where its
         data and seed are public (a copy), else the same training on the labelled transfer set, data from the root's
-        distribution (None without a labelled transfer set: they must estimate the server's direction)."""
+        distribution (None with fewer than two labelled samples: they must estimate the server's direction)."""
         if not self.private:
             return copy.deepcopy(self)
-        return None if self.public_twin is None else self.public_twin()
+        return None if self.public_twin is None else self.public_twin(slice(None))
+
+    def colluders_calibration(self) -> tuple[RootUpdate, RootUpdate] | None:
+        """For a private root, the colluders' same training on two disjoint halves of the labelled transfer set (every
+        other sample): how far one estimate of the server's update agrees with another (None where they know the
+        update itself, or have too few labels)."""
+        if self.public_twin is None:
+            return None
+        twin = self.public_twin
+        return twin(slice(0, None, 2)), twin(slice(1, None, 2))
 
 
-def root_update(cfg: ExperimentConfig, federation: Federation, architecture: str, public: bool = False) -> RootUpdate:
+def root_update(
+    cfg: ExperimentConfig, federation: Federation, architecture: str, public: slice | None = None
+) -> RootUpdate:
     """The server's trainer of ``architecture`` (which every client trains) on its root data set: the server's
-    private labelled set where the run has one (unless ``public``), else the labelled transfer set; with the batch
-    size and learning rate of client 0's tier, and the epochs that make its steps a round the clients' mean.
-    ``WeightSharingConfig.check_experiment`` has refused a run with neither set."""
+    private labelled set where the run has one, else the labelled transfer set; or, for the colluders, the ``public``
+    part of the labelled transfer set. With the batch size and learning rate of client 0's tier, and the epochs that
+    make its steps a round the clients' mean. ``WeightSharingConfig.check_experiment`` has refused a run with neither
+    set."""
     data = federation.data
-    private = federation.server_idx.size > 0 and not public
+    private = federation.server_idx.size > 0 and public is None
     x, y = federation.server_data() if private else (federation.transfer_x, federation.transfer_y)
+    if public is not None:
+        x, y = x[public], y[public]
     configs = [client_train_config(cfg, tier) for tier in federation.tiers]
     client_steps = [
         c.local_epochs * math.ceil(federation.client_idx[cid].size / c.batch_size) for cid, c in enumerate(configs)
@@ -103,9 +117,17 @@ def root_update(cfg: ExperimentConfig, federation: Federation, architecture: str
         x,  # a root trainer distils nothing: its transfer set is its own data
         y,
         dataclasses.replace(config, local_epochs=epochs),
-        seed=derive_seed(cfg.seed, "root", architecture, *(["private"] if private else [])),
+        seed=root_seed(cfg.seed, architecture, private, public),
         device=cfg.device,
         public_x=x,
     )
-    twin = functools.partial(root_update, cfg, federation, architecture, True) if federation.num_labelled else None
+    twin = functools.partial(root_update, cfg, federation, architecture) if federation.num_labelled >= 2 else None
     return RootUpdate(trainer, cfg.max_abs_value, private, twin if private else None)
+
+
+def root_seed(seed: int, architecture: str, private: bool, public: slice | None) -> int:
+    """The seed of a root trainer's batches: the server's own on the public set (which colluders can replay, as
+    every run did before private roots), one of its own on its private set, and one per part for the colluders."""
+    if public is not None:
+        return derive_seed(seed, "root", architecture, "colluders", repr(public))
+    return derive_seed(seed, "root", architecture, *(["private"] if private else []))
