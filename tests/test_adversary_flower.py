@@ -69,13 +69,17 @@ COLLUDING = (
 
 
 @pytest.mark.slow
-def test_colluders_against_fltrust_give_the_same_metrics_in_both_runtimes(tmp_path: Path) -> None:
-    """The colluders' side channel and FLTrust's root update both live beside the server half the ServerApp builds."""
+@pytest.mark.parametrize("root", [(), ("transfer.server_private=40",)], ids=["public_root", "private_root"])
+def test_colluders_against_fltrust_give_the_same_metrics_in_both_runtimes(
+    tmp_path: Path, root: tuple[str, ...]
+) -> None:
+    """The colluders' side channel and FLTrust's root update both live beside the server half the ServerApp builds,
+    and so do the colluders' estimates of a private root's update."""
     runs = []
     for backend in ("flwr_run", "inprocess"):
         with initialize_config_module(config_module="fl_kd.conf", version_base=None):
             cfg = experiment_config(
-                compose(config_name="config", overrides=[*COLLUDING, f"simulation.backend={backend}"])
+                compose(config_name="config", overrides=[*COLLUDING, *root, f"simulation.backend={backend}"])
             )
         rows = run_experiment(cfg, tmp_path / backend)
         runs.append([{k: v for k, v in row.items() if k != "wall_seconds"} for row in rows])
