@@ -9,6 +9,7 @@ the mapping the ClientApp reads. The refusal of an unregistered SuperNode is tes
 from __future__ import annotations
 
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,10 +20,18 @@ from flwr.common.config import parse_config_args
 
 from fl_kd.config import ConfigError
 from fl_kd.data.node_local import node_spec
+from fl_kd.simulations import loopback
 from fl_kd.simulations.deploy_settings import DeploySettings
-from fl_kd.simulations.loopback import node_config_arg, superlink_command, supernode_command
+from fl_kd.simulations.health import DeploymentError
+from fl_kd.simulations.loopback import (
+    LoopbackDeployment,
+    node_config_arg,
+    superlink_command,
+    supernode_command,
+)
 from fl_kd.simulations.node_auth import RegistrationError, _node_id, make_node_keys, register_command
 from fl_kd.simulations.node_data import write_partition_folders
+from fl_kd.simulations.processes import ProcessSupervisor
 from fl_kd.simulations.tls import TlsFiles
 from tests.kd_configs import tiny_config
 
@@ -44,6 +53,30 @@ def test_registration_answer_gives_the_node_id_or_a_clear_error(tmp_path: Path) 
     assert _node_id(key, 0, '✅ SuperNode 42 registered.\n{"success": true, "node-id": 42}') == 42
     with pytest.raises(RegistrationError, match="exit code 1"):
         _node_id(key, 1, '{"success": false, "error-message": "Public key already in use"}')
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [RegistrationError("Public key already in use"), subprocess.TimeoutExpired(["flwr", "supernode"], 120.0)],
+    ids=["refused", "hung"],
+)
+def test_a_failed_registration_ends_the_start_up_as_a_deployment_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: Exception
+) -> None:
+    """No SuperNode starts with keys the SuperLink never accepted: the start-up stops at once, naming the step."""
+    started: list[str] = []
+    monkeypatch.setattr(ProcessSupervisor, "start", lambda self, name, *args: started.append(name))
+    monkeypatch.setattr(loopback, "answers", lambda address, tls: True)  # the SuperLink is up
+
+    def register(*args: object, **kwargs: object) -> list[int]:
+        raise failure
+
+    monkeypatch.setattr(loopback, "register_nodes", register)
+    deployment = LoopbackDeployment(tmp_path / "deploy", tmp_path / ".flwr", 2, DeploySettings(startup_timeout_s=5))
+    assert deployment.auth
+    with pytest.raises(DeploymentError, match="registering the SuperNodes' keys failed: .*(in use|timed out)"):
+        deployment.start()
+    assert started == ["superlink"] and not deployment.registered
 
 
 def test_auth_switches_on_the_superlink_and_gives_each_node_its_key(tmp_path: Path) -> None:
