@@ -150,3 +150,13 @@ def test_a_private_root_alone_is_labelled_data_enough_for_fltrust() -> None:
                 "strategy": {"name": "fedavg", "aggregation": "fltrust"},
             },
         )
+
+
+def test_a_private_server_set_that_no_strategy_reads_is_refused() -> None:
+    with pytest.raises(ConfigError, match="transfer.server_private=50 is the root data set of FLTrust"):
+        from_mapping(
+            ExperimentConfig,
+            {"device_profile": ONE_TIER, "transfer": {"server_private": 50}, "strategy": {"name": "fedavg"}},
+        )
+    with pytest.raises(ConfigError, match="strategy 'fedgems' does not use"):
+        from_mapping(ExperimentConfig, {"device_profile": ONE_TIER, "transfer": {"server_private": 50}})

@@ -59,6 +59,10 @@ class StrategyConfig:
         client architecture. Called by :class:`~fl_kd.kd.config.ExperimentConfig` once every group is built.
         """
 
+    def reads_server_private(self) -> bool:
+        """Whether the server reads its private labelled set (``transfer.server_private``); none does but FLTrust."""
+        return False
+
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], key: str = "strategy") -> StrategyConfig:
         """The registered config class of ``values["name"]``, built strictly from ``values``."""

@@ -112,6 +112,12 @@ class ExperimentConfig:
         require(isinstance(self.strategy, StrategyConfig), "strategy must be a StrategyConfig")
         check_range("num_clients", self.num_clients, low=1)
         self.strategy.check_experiment(self)
+        require(
+            self.transfer.server_private == 0 or self.strategy.reads_server_private(),
+            f"transfer.server_private={self.transfer.server_private} is the root data set of FLTrust, which "
+            f"strategy {self.strategy.name!r} does not use (strategy.aggregation=fltrust, FedAvg or FedAvg of the "
+            "server model): the samples would be taken from the clients for nothing",
+        )
         self.adversary.check_experiment(self)
         check_range("personalised_test_size", self.personalised_test_size, low=1)
         check_range("seed", self.seed, low=0)

@@ -55,6 +55,10 @@ class WeightSharingConfig(AggregationConfig, SGDStrategyConfig):
             "transfer.server_private > 0, or a labelled transfer set (transfer.labelled > 0)",
         )
 
+    def reads_server_private(self) -> bool:
+        """FLTrust's root data set is the server's private set where the run has one."""
+        return self.aggregation == FLTRUST
+
     def client_config(self, tier: DeviceTier) -> ClientTrainConfig:
         """Training settings of a client in device ``tier`` (local training only: no client distillation)."""
         return self.sgd_client_config(tier, distill_epochs=0)
