@@ -84,7 +84,7 @@ def test_collude_rewrites_only_the_colluders_per_architecture() -> None:
     def reference(cid: int) -> Mapping[str, np.ndarray]:
         return references[sizes[cid]]
 
-    out = collude(answers, frozenset({1, 2, 4, 5}), reference, lambda u, n, g, c: u.mean(axis=0) + 1.0)
+    out = collude(answers, frozenset({1, 2, 4, 5}), reference, lambda u, n, s: u.mean(axis=0) + 1.0)
     for cid in (0, 3):
         assert out[cid] is answers[cid]
     for group in ((1, 2), (4, 5)):
@@ -124,11 +124,11 @@ def test_the_server_aggregates_the_crafted_answers_unless_they_fail_its_checks()
     rng = np.random.default_rng(2)
     answers = {cid: {"layer.weight": rng.normal(size=4).astype(np.float32)} for cid in range(4)}
     server = _RecordingServer()
-    ColludingServer(server, frozenset({2, 3}), lambda u, n, g, c: u.mean(axis=0) + 100.0).aggregate(1, answers)
+    ColludingServer(server, frozenset({2, 3}), lambda u, n, s: u.mean(axis=0) + 100.0).aggregate(1, answers)
     assert server.seen[0] is answers[0] and server.seen[1] is answers[1]
     assert np.abs(server.seen[2]["layer.weight"]).min() > 50
     strict = _RecordingServer(limit=10.0)  # a crafted answer the checks would refuse is not sent; the honest one is
-    ColludingServer(strict, frozenset({2, 3}), lambda u, n, g, c: u.mean(axis=0) + 100.0).aggregate(1, answers)
+    ColludingServer(strict, frozenset({2, 3}), lambda u, n, s: u.mean(axis=0) + 100.0).aggregate(1, answers)
     assert strict.seen[2] is answers[2] and strict.seen[3] is answers[3]
 
 

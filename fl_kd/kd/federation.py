@@ -142,6 +142,18 @@ def _setting(what: str) -> Iterator[None]:
         raise ConfigError(f"{what}: {err}") from None
 
 
+def _draw(
+    labels: NDArray[np.int64], pool: NDArray[np.int64], size: int, seed: int, what: str
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """``size`` indices of ``pool`` drawn stratified by ``seed``, and the rest of ``pool`` (as it is when ``size`` is
+    0); a size the pool cannot give is a ``ConfigError`` naming ``what``."""
+    if size == 0:
+        return np.zeros(0, dtype=np.int64), pool
+    with _setting(what):
+        picked, rest = split_transfer_set(labels[pool], size, seed=seed)
+    return pool[picked], pool[rest]
+
+
 def build_federation(cfg: ExperimentConfig, data: DatasetSplits | None = None) -> Federation:
     """Load the dataset and split it among transfer set and clients, and assign device tiers.
 
@@ -163,22 +175,22 @@ def build_federation(cfg: ExperimentConfig, data: DatasetSplits | None = None) -
         transfer_idx, private_idx = split_transfer_set(
             labels, cfg.transfer.labelled, seed=derive_seed(cfg.seed, "transfer")
         )
-    unlabelled_idx = np.zeros(0, dtype=np.int64)
-    if cfg.transfer.unlabelled > 0:
-        # Drawn after the labelled part and only when asked, so a run without it splits exactly as before.
-        with _setting(f"transfer.unlabelled={cfg.transfer.unlabelled} beside the labelled part on {data.name}"):
-            picked, rest = split_transfer_set(
-                labels[private_idx], cfg.transfer.unlabelled, seed=derive_seed(cfg.seed, "unlabelled_transfer")
-            )
-        unlabelled_idx, private_idx = private_idx[picked], private_idx[rest]
-    server_idx = np.zeros(0, dtype=np.int64)
-    if cfg.transfer.server_private > 0:
-        # Likewise drawn last and only when asked: runs without a private server set keep their split.
-        with _setting(f"transfer.server_private={cfg.transfer.server_private} beside the transfer set on {data.name}"):
-            picked, rest = split_transfer_set(
-                labels[private_idx], cfg.transfer.server_private, seed=derive_seed(cfg.seed, "server_private")
-            )
-        server_idx, private_idx = private_idx[picked], private_idx[rest]
+    # Each drawn after the labelled part and only when asked, so a run without it splits exactly as before.
+    transfer = cfg.transfer
+    unlabelled_idx, private_idx = _draw(
+        labels,
+        private_idx,
+        transfer.unlabelled,
+        derive_seed(cfg.seed, "unlabelled_transfer"),
+        f"transfer.unlabelled={transfer.unlabelled} beside the labelled part on {data.name}",
+    )
+    server_idx, private_idx = _draw(
+        labels,
+        private_idx,
+        transfer.server_private,
+        derive_seed(cfg.seed, "server_private"),
+        f"transfer.server_private={transfer.server_private} beside the transfer set on {data.name}",
+    )
     with _setting(f"num_clients={cfg.num_clients} with partition={cfg.partition.name} on {data.name}"):
         parts = partition(
             labels[private_idx],

@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
@@ -48,11 +49,27 @@ if TYPE_CHECKING:
     from fl_kd.kd.fedavg.root import RootUpdate
 
 Vector = NDArray[np.float64]
-#: Two estimates of the server's update from disjoint halves of the colluders' data (``(D,)`` each).
-Calibration = tuple["Vector", "Vector"]
-#: ``craft(updates (m, D), num_answers, server_update (D,) | None, calibration | None) -> update (D,)``: the update
-#: every colluder sends (:meth:`Colluding.craft`).
-Craft = Callable[[NDArray[np.float64], int, "Vector | None", "Calibration | None"], Vector]
+
+
+@dataclass(frozen=True)
+class ServerEstimate:
+    """What the colluders know of the server's own update this round (FLTrust's; nothing under other rules).
+
+    Attributes
+    ----------
+    update : (D,) array | None
+        The server's update as they compute it: exact where its root data set is public, else an estimate.
+    calibration : tuple of two (D,) arrays | None
+        Where ``update`` is an estimate, two more from disjoint halves of the same data.
+    """
+
+    update: Vector | None = None
+    calibration: tuple[Vector, Vector] | None = None
+
+
+#: ``craft(updates (m, D), num_answers, server) -> update (D,)``: the update every colluder sends
+#: (:meth:`Colluding.craft`).
+Craft = Callable[[NDArray[np.float64], int, ServerEstimate], Vector]
 #: The weights the server's own training makes of the global ``weights`` this round (FLTrust's root update), as the
 #: colluders compute it themselves.
 ServerTraining = Callable[[Mapping[str, NDArray[Any]]], Mapping[str, NDArray[Any]]]
@@ -201,16 +218,9 @@ class Colluding(Behaviour):
 
     kind = "weights"
 
-    def craft(
-        self,
-        updates: NDArray[np.float64],
-        num_answers: int,
-        server_update: Vector | None = None,
-        calibration: Calibration | None = None,
-    ) -> Vector:
-        """The update every colluder sends, from their honest ``updates`` ``(m, D)``, the round's answer count and,
-        where they can compute or approximate it, the server's own update (FLTrust's), with two more estimates of it
-        where it is approximate (:func:`fltrust_adaptive`)."""
+    def craft(self, updates: NDArray[np.float64], num_answers: int, server: ServerEstimate) -> Vector:
+        """The update every colluder sends, from their honest ``updates`` ``(m, D)``, the round's answer count and
+        what they know of the server's own update."""
         raise NotImplementedError
 
 
@@ -218,13 +228,7 @@ class Colluding(Behaviour):
 class Alie(Colluding):
     """ "A Little Is Enough": ``mu - z * sigma`` of the colluders' honest updates, the same from each of them."""
 
-    def craft(
-        self,
-        updates: NDArray[np.float64],
-        num_answers: int,
-        server_update: Vector | None = None,
-        calibration: Calibration | None = None,
-    ) -> Vector:
+    def craft(self, updates: NDArray[np.float64], num_answers: int, server: ServerEstimate) -> Vector:
         """:func:`alie` with ``adversary.z``."""
         return alie(updates, num_answers, self.config.z)
 
@@ -233,13 +237,7 @@ class Alie(Colluding):
 class MinMax(Colluding):
     """Min-max: the farthest step against the spread that stays within the colluders' own largest distance."""
 
-    def craft(
-        self,
-        updates: NDArray[np.float64],
-        num_answers: int,
-        server_update: Vector | None = None,
-        calibration: Calibration | None = None,
-    ) -> Vector:
+    def craft(self, updates: NDArray[np.float64], num_answers: int, server: ServerEstimate) -> Vector:
         """:func:`min_max`."""
         return min_max(updates)
 
@@ -248,13 +246,7 @@ class MinMax(Colluding):
 class MinSum(Colluding):
     """Min-sum: the farthest step against the spread whose summed squared distances stay within the colluders'."""
 
-    def craft(
-        self,
-        updates: NDArray[np.float64],
-        num_answers: int,
-        server_update: Vector | None = None,
-        calibration: Calibration | None = None,
-    ) -> Vector:
+    def craft(self, updates: NDArray[np.float64], num_answers: int, server: ServerEstimate) -> Vector:
         """:func:`min_sum`."""
         return min_sum(updates)
 
@@ -264,15 +256,9 @@ class FLTrustAdaptive(Colluding):
     """Knows FLTrust: pushes across the server's direction (computed as the server does where it can, else estimated
     by the colluders' mean), at the best angle."""
 
-    def craft(
-        self,
-        updates: NDArray[np.float64],
-        num_answers: int,
-        server_update: Vector | None = None,
-        calibration: Calibration | None = None,
-    ) -> Vector:
+    def craft(self, updates: NDArray[np.float64], num_answers: int, server: ServerEstimate) -> Vector:
         """:func:`fltrust_adaptive`."""
-        return fltrust_adaptive(updates, num_answers, server_update, calibration)
+        return fltrust_adaptive(updates, num_answers, server.update, server.calibration)
 
 
 def attacked(arrays: Mapping[str, NDArray[Any]], reference: Mapping[str, NDArray[Any]]) -> list[str]:
@@ -317,11 +303,12 @@ def collude(
         reference = references(members[0])
         base = flatten(reference, names)
         honest = np.stack([flatten(answers[cid], names) for cid in members]) - base
-        server_update = None if server_training is None else _update(server_training, reference, names)
+        update = None if server_training is None else _update(server_training, reference, names)
         halves = None
         if calibration is not None:
-            halves = (_update(calibration[0], reference, names), _update(calibration[1], reference, names))
-        crafted = craft(honest, len(answers), server_update, halves)
+            first, second = (_update(training, reference, names) for training in calibration)
+            halves = (first, second)
+        crafted = craft(honest, len(answers), ServerEstimate(update, halves))
         weights = unflatten(base + crafted, {name: reference[name] for name in names})
         for cid in members:
             out[cid] = {**answers[cid], **weights}
