@@ -253,8 +253,9 @@ class MinSum(Colluding):
 
 @ADVERSARIES.register("fltrust_adaptive")
 class FLTrustAdaptive(Colluding):
-    """Knows FLTrust: pushes across the server's direction (computed as the server does where it can, else estimated
-    by the colluders' mean), at the best angle."""
+    """Knows FLTrust: pushes across the server's direction at the best angle. The direction is computed as the server
+    does where its root is public, estimated on the labelled transfer set (the angle calibrated on two halves of it)
+    where the root is the server's own, else estimated by the colluders' mean."""
 
     def craft(self, updates: NDArray[np.float64], num_answers: int, server: ServerEstimate) -> Vector:
         """:func:`fltrust_adaptive`."""

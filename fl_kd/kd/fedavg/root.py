@@ -117,15 +117,16 @@ def root_update(
         x,  # a root trainer distils nothing: its transfer set is its own data
         y,
         dataclasses.replace(config, local_epochs=epochs),
-        seed=root_seed(cfg.seed, architecture, private, public),
+        seed=_root_seed(cfg.seed, architecture, private, public),
         device=cfg.device,
         public_x=x,
     )
-    twin = functools.partial(root_update, cfg, federation, architecture) if federation.num_labelled >= 2 else None
-    return RootUpdate(trainer, cfg.max_abs_value, private, twin if private else None)
+    # What the colluders can rebuild of a private root: the same training on parts of the labelled transfer set.
+    twin = functools.partial(root_update, cfg, federation, architecture)
+    return RootUpdate(trainer, cfg.max_abs_value, private, twin if private and federation.num_labelled >= 2 else None)
 
 
-def root_seed(seed: int, architecture: str, private: bool, public: slice | None) -> int:
+def _root_seed(seed: int, architecture: str, private: bool, public: slice | None) -> int:
     """The seed of a root trainer's batches: the server's own on the public set (which colluders can replay, as
     every run did before private roots), one of its own on its private set, and one per part for the colluders."""
     if public is not None:
