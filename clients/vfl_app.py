@@ -118,11 +118,15 @@ def _arrays(arrays: dict[str, Any]) -> ArrayRecord:
 # -- handlers --------------------------------------------------------------------------------------------------------
 @app.query("sample_ids")
 def sample_ids(msg: Message, context: Context) -> Message:
-    """Say which party this node is and which samples it holds, for the server to align."""
+    """Say which party this node is and which samples it holds, for the server to align; the label party also says
+    how many classes its task has, so that a run that cannot use them stops before any party is set up."""
     node = node_of(context)
+    config: dict[str, ConfigRecordValues] = {vp.ROLE: node.role.role, vp.PARTY_ID: node.role.party_id}
+    if node.role.is_label:
+        config[vp.NUM_CLASSES] = node.num_classes
     return _reply(
         msg,
-        config=ConfigRecord({vp.ROLE: node.role.role, vp.PARTY_ID: node.role.party_id}),
+        config=ConfigRecord(config),
         arrays=_arrays({vp.TRAIN_IDS: node.train_ids, vp.TEST_IDS: node.test_ids}),
     )
 

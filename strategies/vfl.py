@@ -131,6 +131,11 @@ class VFLServer:
             raise RuntimeError(f"need one label party and feature parties {expected[:-1]}, found {sorted(found)}")
         ordered = [found[key] for key in expected]
         self.features, self._label = [entry[0] for entry in ordered[:-1]], ordered[-1][0]
+        num_classes = int_of(replies[self.label.node_id], vp.CONFIG, vp.NUM_CLASSES)
+        if num_classes is None or num_classes < 2:
+            raise RuntimeError(f"the label party (node {self.label.node_id}) sent no class count of 2 or more")
+        self.config.check_num_classes(num_classes)  # before any party is set up (CoAE may train for minutes there)
+        self.num_classes = num_classes
         log(INFO, "VFL parties: feature %s, label on node %s", [p.node_id for p in self.features], self.label.node_id)
         return [entry[1] for entry in ordered], [entry[2] for entry in ordered]
 
@@ -168,9 +173,10 @@ class VFLServer:
                 )
         self.embedding_dims = [int(dim) for dim in dims if dim is not None]
         num_classes = int_of(label_reply, vp.METRICS, vp.NUM_CLASSES)
-        self.num_classes = num_classes if num_classes is not None and num_classes >= 2 else None
-        if self.num_classes is not None:
-            self.config.check_num_classes(self.num_classes)
+        if num_classes != self.num_classes:
+            raise RuntimeError(
+                f"the label party set up a task of {num_classes} classes, after {self.num_classes} at discovery"
+            )
         for party in parties:
             sizes = tuple(int_of(replies[party.node_id], vp.METRICS, key) for key in (vp.NUM_TRAIN, vp.NUM_TEST))
             if sizes != (self.num_train, self.num_test):

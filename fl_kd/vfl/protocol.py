@@ -7,7 +7,8 @@ batch's index in its epoch, ``<k>`` a feature party):
 =============================  ==================  ===============================  ================================
 message type                   sent to             carries                          reply
 =============================  ==================  ===============================  ================================
-``query.sample_ids``           every node          -                                role, party-id; own sample ids
+``query.sample_ids``           every node          -                                role, party-id (label: classes);
+                                                                                    own sample ids
 ``train.setup``                every node          the shared (aligned) sample ids  sizes; embedding sizes, classes
 ``query.embed``                feature parties     ``ids.<b>``                      ``emb.<b>``
 ``train.loss_and_gradients``   label party         ``ids.<b>``, ``emb.<k>.<b>``     ``loss.<b>``, ``grad.<k>.<b>``
