@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from benchmarks.knowledge.grid import overrides_through
 from fl_kd.kd.adversary import ADVERSARIES, NONE
+from fl_kd.kd.adversary.config import malicious_clients
 from fl_kd.kd.algorithm import get_algorithm
 from fl_kd.simulations.config import STRATEGY_PRESETS
 
@@ -51,6 +52,8 @@ METHODS: dict[str, tuple[str, ...]] = {
     "fedavg_median": ("strategy=fedavg", "device_profile=homogeneous", "strategy.aggregation=median"),
     "fedavg_trimmed_mean": ("strategy=fedavg", "device_profile=homogeneous", "strategy.aggregation=trimmed_mean"),
     "fedavg_krum": ("strategy=fedavg", "device_profile=homogeneous", "strategy.aggregation=krum"),
+    # Multi-Krum told how many clients lie (:data:`TOLD_COUNT`): the mean of the K - f updates of best Krum score.
+    "fedavg_multi_krum": ("strategy=fedavg", "device_profile=homogeneous", "strategy.aggregation=multi_krum"),
     # FLTrust: each update weighted by its cosine with the server's own update on the labelled transfer set.
     "fedavg_fltrust": ("strategy=fedavg", "device_profile=homogeneous", "strategy.aggregation=fltrust"),
     # The same, its root a labelled set of the server's own that no client holds: the attacker that knows FLTrust
@@ -223,8 +226,28 @@ ONLY: dict[str, frozenset[tuple[str, float]]] = {
 #: rules, whose attackers include colluders that hide inside the honest spread, so a drop is read against what the
 #: honest clients reach alone.
 REFERENCED = frozenset(
-    {"fedavg_mean", "fedavg_median", "fedavg_trimmed_mean", "fedavg_krum", "fedavg_fltrust", "fedavg_fltrust_private"}
+    {
+        "fedavg_mean",
+        "fedavg_median",
+        "fedavg_trimmed_mean",
+        "fedavg_krum",
+        "fedavg_multi_krum",
+        "fedavg_fltrust",
+        "fedavg_fltrust_private",
+    }
 )
+
+#: Methods told how many clients lie, as the Krum papers evaluate their rule: ``strategy.num_malicious`` is the
+#: attack's count of malicious clients, capped at the most Krum accepts (K > 2f + 2 answers), so at fraction 0.5 it
+#: is told 8 of the 10 liars among 20. The honest run (fraction 0) is told 0.
+TOLD_COUNT = frozenset({"fedavg_multi_krum"})
+
+
+def told_count(num_clients: int, fraction: float) -> int:
+    """Krum's ``f`` for a federation of ``num_clients`` with ``fraction`` of them malicious (see :data:`TOLD_COUNT`)."""
+    liars = len(malicious_clients(0, num_clients, fraction))
+    return max(0, min(liars, (num_clients - 3) // 2))
+
 
 FRACTIONS: tuple[float, ...] = (0.1, 0.3, 0.5)
 
@@ -248,7 +271,11 @@ class Job:
         method = [o for o in METHODS[self.method] if not (quick and o.startswith("device_profile="))]
         behaviour, settings = ATTACK_VARIANTS.get(self.adversary, (self.adversary, ()))
         extra = [f"adversary={behaviour}", f"adversary.fraction={self.fraction}", *settings]
-        return [*(QUICK if quick else COMMON), *method, *extra]
+        common = QUICK if quick else COMMON
+        if self.method in TOLD_COUNT:
+            num_clients = int(next(o.split("=", 1)[1] for o in common if o.startswith("num_clients=")))
+            method.append(f"strategy.num_malicious={told_count(num_clients, self.fraction)}")
+        return [*common, *method, *extra]
 
 
 def attack_names() -> list[str]:
