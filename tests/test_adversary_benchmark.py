@@ -32,21 +32,23 @@ def test_a_job_composes_to_a_valid_config() -> None:
     assert cfg.adversary.name == "scaled_update" and cfg.adversary.fraction == 0.3 and cfg.num_clients == 20
 
 
-def test_multi_krum_is_told_the_attack_s_count_of_liars_capped_where_krum_stops_accepting_it() -> None:
+def _weight_rule(job: Job, quick: bool = False) -> FedAvgConfig:
     from benchmarks.kd.grid import compose_config
 
-    told = {
-        fraction: compose_config(0, 2, "inprocess", Job("fedavg_multi_krum", "alie", fraction, 0).overrides())
-        for fraction in (0.1, 0.3, 0.5)
-    }
-    assert {f: cfg.strategy.num_malicious for f, cfg in told.items()} == {0.1: 2, 0.3: 6, 0.5: 8}
-    assert all(cfg.strategy.aggregation == "multi_krum" for cfg in told.values())
-    honest = compose_config(0, 2, "inprocess", Job("fedavg_multi_krum", "none", 0.0, 0).overrides())
-    assert honest.strategy.num_malicious == 0
-    quick = compose_config(0, 2, "inprocess", Job("fedavg_multi_krum", "alie", 0.5, 0).overrides(quick=True))
-    assert quick.num_clients == 6 and quick.strategy.num_malicious == 1  # 3 liars of 6; Krum takes f = 1 at most
-    plain = compose_config(0, 2, "inprocess", Job("fedavg_krum", "alie", 0.5, 0).overrides())
-    assert plain.strategy.num_malicious == 0  # the other rules keep their defaults
+    cfg = compose_config(0, 2, "inprocess", job.overrides(quick=quick))
+    assert isinstance(cfg.strategy, FedAvgConfig)
+    assert cfg.num_clients == (6 if quick else 20)
+    return cfg.strategy
+
+
+def test_multi_krum_is_told_the_attack_s_count_of_liars_capped_where_krum_stops_accepting_it() -> None:
+    told = {fraction: _weight_rule(Job("fedavg_multi_krum", "alie", fraction, 0)) for fraction in (0.1, 0.3, 0.5)}
+    assert {fraction: rule.num_malicious for fraction, rule in told.items()} == {0.1: 2, 0.3: 6, 0.5: 8}
+    assert all(rule.aggregation == "multi_krum" for rule in told.values())
+    assert _weight_rule(Job("fedavg_multi_krum", "none", 0.0, 0)).num_malicious == 0
+    # 3 liars of 6; Krum accepts f = 1 at most
+    assert _weight_rule(Job("fedavg_multi_krum", "alie", 0.5, 0), quick=True).num_malicious == 1
+    assert _weight_rule(Job("fedavg_krum", "alie", 0.5, 0)).num_malicious == 0  # the other rules keep their defaults
 
 
 def test_the_variants_face_only_their_listed_attacks_and_the_attack_variants_only_them() -> None:
