@@ -46,6 +46,7 @@ def test_multi_krum_is_told_the_attack_s_count_of_liars_capped_where_krum_stops_
     assert {fraction: rule.num_malicious for fraction, rule in told.items()} == {0.1: 2, 0.3: 6, 0.5: 8}
     assert all(rule.aggregation == "multi_krum" for rule in told.values())
     assert _weight_rule(Job("fedavg_multi_krum", "none", 0.0, 0)).num_malicious == 0
+    assert _weight_rule(Job("fedavg_multi_krum", "absent", 0.5, 0)).num_malicious == 0  # no liar answers
     # 3 liars of 6; Krum accepts f = 1 at most
     assert _weight_rule(Job("fedavg_multi_krum", "alie", 0.5, 0), quick=True).num_malicious == 1
     assert _weight_rule(Job("fedavg_krum", "alie", 0.5, 0)).num_malicious == 0  # the other rules keep their defaults

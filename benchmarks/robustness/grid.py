@@ -239,7 +239,8 @@ REFERENCED = frozenset(
 
 #: Methods told how many clients lie, as the Krum papers evaluate their rule: ``strategy.num_malicious`` is the
 #: attack's count of malicious clients, capped at the most Krum accepts (K > 2f + 2 answers), so at fraction 0.5 it
-#: is told 8 of the 10 liars among 20. The honest run (fraction 0) is told 0.
+#: is told 8 of the 10 liars among 20. The honest run (fraction 0) and the honest clients alone (:data:`ABSENT`,
+#: whose liars never answer) are told 0: what the rule reaches when it leaves out exactly the liars.
 TOLD_COUNT = frozenset({"fedavg_multi_krum"})
 
 
@@ -274,7 +275,8 @@ class Job:
         common = QUICK if quick else COMMON
         if self.method in TOLD_COUNT:
             num_clients = int(next(o.split("=", 1)[1] for o in common if o.startswith("num_clients=")))
-            method.append(f"strategy.num_malicious={told_count(num_clients, self.fraction)}")
+            told = 0 if self.adversary == ABSENT else told_count(num_clients, self.fraction)
+            method.append(f"strategy.num_malicious={told}")
         return [*common, *method, *extra]
 
 
