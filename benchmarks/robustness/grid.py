@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from benchmarks.knowledge.grid import overrides_through
 from fl_kd.kd.adversary import ADVERSARIES, NONE
-from fl_kd.kd.adversary.config import malicious_clients
+from fl_kd.kd.adversary.config import malicious_count
 from fl_kd.kd.algorithm import get_algorithm
 from fl_kd.simulations.config import STRATEGY_PRESETS
 
@@ -246,8 +246,7 @@ TOLD_COUNT = frozenset({"fedavg_multi_krum"})
 
 def told_count(num_clients: int, fraction: float) -> int:
     """Krum's ``f`` for a federation of ``num_clients`` with ``fraction`` of them malicious (see :data:`TOLD_COUNT`)."""
-    liars = len(malicious_clients(0, num_clients, fraction))
-    return max(0, min(liars, (num_clients - 3) // 2))
+    return max(0, min(malicious_count(num_clients, fraction), (num_clients - 3) // 2))
 
 
 FRACTIONS: tuple[float, ...] = (0.1, 0.3, 0.5)

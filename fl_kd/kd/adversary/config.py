@@ -160,14 +160,19 @@ class AdversaryConfig:
         )
 
 
+def malicious_count(num_clients: int, fraction: float) -> int:
+    """How many of ``num_clients`` misbehave at ``fraction``: ``round(fraction * num_clients)``, halves up."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must lie in [0, 1], got {fraction}")
+    return min(num_clients, int(np.floor(fraction * num_clients + 0.5)))
+
+
 def malicious_clients(seed: int, num_clients: int, fraction: float) -> tuple[int, ...]:
-    """The malicious client ids, sorted: ``round(fraction * num_clients)`` (halves up) drawn by ``(seed, "adversary")``.
+    """The malicious client ids, sorted: :func:`malicious_count` of them drawn by ``(seed, "adversary")``.
 
     The draw does not depend on the behaviour, so runs of different attacks at one fraction corrupt the same clients.
     """
-    if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"fraction must lie in [0, 1], got {fraction}")
-    count = min(num_clients, int(np.floor(fraction * num_clients + 0.5)))
+    count = malicious_count(num_clients, fraction)
     rng = np.random.default_rng(derive_seed(seed, "adversary"))
     return tuple(sorted(int(c) for c in rng.choice(num_clients, size=count, replace=False)))
 
