@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -126,6 +128,37 @@ def stop_leftovers(flwr_home: Path) -> int:
     return len(leftovers)
 
 
+def ray_temp_dir() -> Path:
+    """A fresh, short folder for this run's Ray session (``RAY_TMPDIR``).
+
+    Ray keeps its session (logs and UNIX sockets) under ``$RAY_TMPDIR/ray``, by default ``/tmp/ray``, where every run
+    would leave one. The run folder cannot hold it: a socket's path must stay under 108 bytes, and Hydra's run folders
+    are deeper than that allows. So it lives in a short temporary folder, and :func:`keep_ray_logs` moves its logs
+    into the run folder at the end.
+    """
+    return Path(tempfile.mkdtemp(prefix="flkd-ray-"))
+
+
+def keep_ray_logs(ray_tmp: Path, destination: Path) -> None:
+    """Move the logs of the Ray sessions under ``ray_tmp`` to ``destination`` and delete ``ray_tmp``.
+
+    One session (the usual case) gives ``destination/<log files>``; more give one subfolder each. A failure to move
+    is logged, never raised: the run's results are written by then.
+    """
+    sessions = sorted(p for p in (ray_tmp / "ray").glob("session_*") if p.is_dir() and not p.is_symlink())
+    for session in sessions:
+        logs = session / "logs"
+        if not logs.is_dir():
+            continue
+        target = destination if len(sessions) == 1 else destination / session.name
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(logs), str(target))
+        except OSError as error:
+            log.warning("could not move Ray's logs from %s to %s: %s", logs, target, error)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
 def _command_name(pid: int) -> str:
     """The program a process runs (``flwr-simulation``, ``raylet``, ...), for the log."""
     try:
@@ -152,7 +185,7 @@ def run_flower_simulation(
     Parameters
     ----------
     run_dir : Path
-        Folder of this run; the generated app and ``FLWR_HOME`` go below it.
+        Folder of this run; the generated app, ``FLWR_HOME`` and, at the end, Ray's logs (``ray_logs``) go below it.
     serverapp, clientapp : str
         Import references of the installed apps, e.g. ``"fl_kd.strategies.fedgems_app:app"``.
     run_config : Mapping[str, Scalar]
@@ -170,10 +203,12 @@ def run_flower_simulation(
     flwr_home.mkdir(parents=True, exist_ok=True)
     (flwr_home / "config.toml").write_text('[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n')
     app_dir = write_app(run_dir / "flower_app", serverapp, clientapp, run_config)
+    ray_tmp = ray_temp_dir()
     env = {
         **flower_env(flwr_home),
         "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
         "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
+        "RAY_TMPDIR": str(ray_tmp),
     }
     federation_config = (
         f"num_supernodes={num_supernodes} client_resources_num_cpus={num_cpus_per_client} init_args_num_cpus={num_cpus}"
@@ -195,6 +230,7 @@ def run_flower_simulation(
                 # All at once: the SuperLink's graceful stop first, then the rest, took 2-3 s more per run, for
                 # nothing, since the ServerApp has written every result before the run ends.
                 stop_leftovers(flwr_home)
+                keep_ray_logs(ray_tmp, run_dir / "ray_logs")  # once Ray's processes, which write them, are stopped
 
 
 def _stop(process: subprocess.Popen[bytes] | None, grace_s: float = 5.0) -> None:

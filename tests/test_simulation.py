@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from fl_kd.config import ConfigError
 from fl_kd.kd.federation import build_federation
+from fl_kd.simulations import flower_launcher
 from fl_kd.simulations.config import experiment_config
 from fl_kd.simulations.flower_launcher import superlink_processes
 from fl_kd.simulations.report import write_reports
@@ -108,7 +109,17 @@ TINY = (
 
 
 @pytest.mark.slow
-def test_flower_simulation_matches_the_in_process_runner(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+def test_flower_simulation_matches_the_in_process_runner(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ray_dirs: list[Path] = []
+    fresh_ray_dir = flower_launcher.ray_temp_dir
+
+    def recorded_ray_dir() -> Path:
+        ray_dirs.append(fresh_ray_dir())
+        return ray_dirs[-1]
+
+    monkeypatch.setattr(flower_launcher, "ray_temp_dir", recorded_ray_dir)
     flower_rows = run_experiment(experiment_config(_compose(*TINY)), tmp_path / "flower")
     captured = capfd.readouterr()
     # The console gets one line per round and nothing else; Flower's start-up and log stream go to the run folder's
@@ -135,6 +146,9 @@ def test_flower_simulation_matches_the_in_process_runner(tmp_path: Path, capfd: 
             assert (folder / name).is_file(), f"{run}: {name} missing"
     # The launcher stops the local SuperLink it started.
     assert superlink_processes(tmp_path / "flower" / ".flwr") == []
+    # Ray's session logs end in the run folder, and its temporary folder (sockets and all) is gone.
+    assert (tmp_path / "flower" / "ray_logs" / "raylet.out").is_file()
+    assert len(ray_dirs) == 1 and not ray_dirs[0].exists()
 
 
 #: Every peer drives the same generic ServerApp and ClientApp, and each one's messages are checked against the
