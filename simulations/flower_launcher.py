@@ -132,9 +132,9 @@ def ray_temp_dir() -> Path:
     """A fresh, short folder for this run's Ray session (``RAY_TMPDIR``).
 
     Ray keeps its session (logs and UNIX sockets) under ``$RAY_TMPDIR/ray``, by default ``/tmp/ray``, where every run
-    would leave one. The run folder cannot hold it: a socket's path must stay under 108 bytes, and Hydra's run folders
-    are deeper than that allows. So it lives in a short temporary folder, and :func:`keep_ray_logs` moves its logs
-    into the run folder at the end.
+    would leave one. The run folder cannot hold it: a socket's path must stay under 108 bytes, which a run folder
+    below a deep working directory or sweep folder exceeds. So it lives in a short temporary folder, and
+    :func:`keep_ray_logs` moves its logs into the run folder at the end.
     """
     return Path(tempfile.mkdtemp(prefix="flkd-ray-"))
 
