@@ -102,6 +102,27 @@ def test_the_start_up_flag_travels_with_the_client_state() -> None:
 
 
 @pytest.mark.parametrize(
+    ("transfer", "strategy", "public_samples"),
+    [
+        ({"labelled": 30, "unlabelled": 30}, {}, 5 * 30),  # the paper's start by default: 5 epochs on 30 labels
+        ({"labelled": 30, "unlabelled": 30}, {"pretrain_public": False}, 0),
+        ({"labelled": 0, "unlabelled": 60}, {}, 0),  # no labels to start on: the default skips it, not refuses
+    ],
+)
+def test_the_public_start_runs_wherever_the_transfer_set_has_labels(
+    transfer: dict[str, int], strategy: dict[str, Any], public_samples: int
+) -> None:
+    cfg = peer_config("fedmd", transfer=transfer, rounds=1, **strategy)
+    federation = build_federation(cfg)
+    server, clients = build_parties(cfg, federation)
+    client = clients[0]
+    assert isinstance(client, FedMDClient)
+    first = client.train(1, server.train_instruction(1, 0)).metrics[kd.TRAIN_SAMPLES]
+    local = client.client.config.local_epochs * client.client.num_examples
+    assert first == public_samples + local
+
+
+@pytest.mark.parametrize(
     ("transfer", "strategy", "reason"),
     [
         ({"labelled": 30, "unlabelled": 30}, {"public_per_round": 61}, "public_per_round=61 exceeds"),

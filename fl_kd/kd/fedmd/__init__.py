@@ -6,8 +6,8 @@ Learning for Data Privacy and Confidentiality, arXiv:1910.03581. Clients of any 
 it on the public samples) and revisits its private data. Here the scores are logits on all public positions (the
 labelled and unlabelled parts alike, or a seeded sample of ``public_per_round`` of them), digesting is pure KD
 (``DistillClient.distill_on``) rather than the authors' mean absolute error on logits, and the start-up transfer
-learning is shortened to the tier's local epochs on private data (``pretrain_public`` adds cross-entropy on the
-labelled public part first; off by default, so FedMD reads no public label).
+learning is shortened to a few epochs of cross-entropy on the labelled public part (``pretrain_public``, on wherever
+that part exists) followed by the tier's local epochs on private data.
 
 The server model is fl-kd's addition for comparison, not part of the paper: the device profile's large server
 model, distilled each round from the consensus on the same positions (``server_epochs``, ``server_lr``).

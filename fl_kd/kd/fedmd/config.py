@@ -33,11 +33,14 @@ class FedMDConfig(PublicLogitsConfig):
         ``local_epochs``, so each tier spends on its private data what it spends under the other strategies.
     temperature : float (default: 1.0)
         KD temperature of the digest (and of the server model's distillation).
-    pretrain_public : bool (default: False)
+    pretrain_public : bool | None (default: None)
         Before its first answer, a client trains ``pretrain_epochs`` of cross-entropy on the labelled part of the
-        transfer set (the paper's transfer-learning start); needs ``transfer.labelled > 0``.
-    pretrain_epochs : int (default: 1)
-        Epochs of that public pre-training.
+        transfer set: the paper's transfer-learning start, without which the clients' first consensus is close to
+        chance. None: wherever the transfer set has a labelled part; True needs ``transfer.labelled > 0``; False
+        reads no public label.
+    pretrain_epochs : int (default: 5)
+        Epochs of that public pre-training (the paper trains to convergence; on the knowledge benchmark's 1,000
+        labelled images, 5 lift FedMD's clients out of their near-chance start).
     """
 
     name: str = "fedmd"
@@ -45,8 +48,8 @@ class FedMDConfig(PublicLogitsConfig):
     digest_epochs: int = 1
     revisit_epochs: int | None = None
     temperature: float = 1.0
-    pretrain_public: bool = False
-    pretrain_epochs: int = 1
+    pretrain_public: bool | None = None
+    pretrain_epochs: int = 5
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -66,6 +69,12 @@ class FedMDConfig(PublicLogitsConfig):
             f"strategy.public_per_round={self.public_per_round} exceeds the transfer set ({size} samples)",
         )
         require(
-            not self.pretrain_public or experiment.transfer.labelled > 0,
+            self.pretrain_public is not True or experiment.transfer.labelled > 0,
             "strategy.pretrain_public trains on public labels: it needs transfer.labelled > 0",
         )
+
+    def pretrains(self, labelled: int) -> bool:
+        """Whether clients pre-train on the public labels, given the labelled part's size."""
+        if self.pretrain_public is None:
+            return labelled > 0
+        return self.pretrain_public

@@ -68,13 +68,13 @@ class FedMDClient(PublicLogitsClient):
 
     def _start_up(self, round: int) -> dict[str, float]:
         samples = 0.0
-        if self.strategy.pretrain_public:
-            client = self.client
+        client = self.client
+        if self.strategy.pretrains(int(client.transfer_x.shape[0])):
             pretrained = client.train_supervised(
                 round, "pretrain_public", self.strategy.pretrain_epochs, client.transfer_x, client.transfer_y
             )
             samples = pretrained["train_samples"]
-        local = self.client.local_train(round)
+        local = client.local_train(round)
         return {"loss": local["loss"], "train_samples": samples + local["train_samples"]}
 
     def receive(self, round: int, instruction: Instruction) -> dict[str, float]:
