@@ -113,7 +113,9 @@ def convert(hint: Any, value: Any, key: str) -> Any:
                 return convert(arm, value, key)
             except ConfigError as err:
                 errors.append(str(err))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}={value!r} fits none of {hint}")
+        if len(errors) > 1:
+            raise ConfigError(f"{key}={value!r} fits none of {hint}")
+        raise ConfigError(errors[0] + (" (or null)" if type(None) in args else ""))
     if value is None:
         raise ConfigError(f"{key} must not be null")
     if origin is typing.Literal:
