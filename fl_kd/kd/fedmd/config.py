@@ -35,12 +35,12 @@ class FedMDConfig(PublicLogitsConfig):
         KD temperature of the digest (and of the server model's distillation).
     pretrain_public : bool | None (default: None)
         Before its first answer, a client trains ``pretrain_epochs`` of cross-entropy on the labelled part of the
-        transfer set: the paper's transfer-learning start, without which the clients' first consensus is close to
-        chance. None: wherever the transfer set has a labelled part; True needs ``transfer.labelled > 0``; False
-        reads no public label.
+        transfer set: the paper's transfer-learning start, so that the first consensus comes from clients that
+        know every class. None: wherever the transfer set has a labelled part; True needs
+        ``transfer.labelled > 0``; False reads no public label.
     pretrain_epochs : int (default: 5)
-        Epochs of that public pre-training (the paper trains to convergence; on the knowledge benchmark's 1,000
-        labelled images, 5 lift FedMD's clients out of their near-chance start).
+        Epochs of that public pre-training (the paper trains to convergence; with 5, the default digits run's
+        clients score 0.84-0.92 in rounds 1-6, against 0.19-0.25 without the start).
     """
 
     name: str = "fedmd"
