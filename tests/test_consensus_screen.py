@@ -8,8 +8,7 @@ import pytest
 
 from fl_kd.checkpoint import CheckpointError
 from fl_kd.config import ConfigError
-from fl_kd.kd.fedgems import SelectiveDistillServer
-from fl_kd.kd.fedgems.consensus import (
+from fl_kd.kd.consensus import (
     MARGIN,
     ConsensusScreen,
     agreement_rows,
@@ -19,6 +18,7 @@ from fl_kd.kd.fedgems.consensus import (
     standard_error,
     unsure_counts,
 )
+from fl_kd.kd.fedgems import SelectiveDistillServer
 from fl_kd.kd.runner import run_inprocess
 from fl_kd.kd.training import confidence
 from tests.kd_configs import learned_trust_server, resumed_from_checkpoint, tiny_config

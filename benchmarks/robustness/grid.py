@@ -45,6 +45,16 @@ METHODS: dict[str, tuple[str, ...]] = {
     "fedgems_uniform": ("strategy=fedgems", "strategy.weighting=correct_uniform"),
     "fedmd": ("strategy=fedmd",),
     "fedmd_trust": ("strategy=fedmd", "strategy.aggregation=trust"),
+    # Per-class trust measured on the labelled public part, and the consensus screen, whose reference is that part:
+    # a client that agrees with the others less on the unlabelled positions is left out of the round's fusion.
+    "fedmd_trust_consensus": ("strategy=fedmd", "strategy.aggregation=trust", "strategy.consensus_z=3"),
+    # And with the screen's confidence test.
+    "fedmd_trust_consensus_confidence": (
+        "strategy=fedmd",
+        "strategy.aggregation=trust",
+        "strategy.consensus_z=3",
+        "strategy.consensus_confidence=true",
+    ),
     "dsfl": ("strategy=dsfl",),
     "dsfl_median": ("strategy=dsfl", "strategy.aggregation=median"),
     "feddf": ("strategy=feddf",),
@@ -216,6 +226,12 @@ ONLY: dict[str, frozenset[tuple[str, float]]] = {
     "fedgems_uniform": frozenset({("scaled_logits", 0.3), ("camouflage", 0.3), ("camouflage", 0.5)}),
     "fedgems_plus": frozenset({("confident_wrong", 0.3), ("random_logits", 0.3)}) | CAMOUFLAGED,
     "fedgems_plus_consensus": CAMOUFLAGED,
+    # Per-class trust and the screen on plain averaging, against the attackers that know them, with 6 and 10 liars
+    # of 20, and beside the honest clients alone.
+    **dict.fromkeys(
+        ("fedmd_trust_consensus", "fedmd_trust_consensus_confidence"),
+        CAMOUFLAGED | {("camouflage", 0.5)} | {(ABSENT, fraction) for fraction in (0.3, 0.5)},
+    ),
     "fedgems_plus_consensus_floor": CAMOUFLAGED,
     "fedgems_plus_consensus_confidence": CAMOUFLAGED
     | FEWER_AND_MORE_LIARS

@@ -16,7 +16,7 @@ labelled transfer set it asks no client again. The options here, all off by defa
 * ``canaries``: labelled samples hidden in the unlabelled part screen out clients that are honest only where they
   know they are checked (:mod:`fl_kd.kd.fedgems.canaries`);
 * ``consensus_z``: the same clients screened out without labels, by their agreement with the other clients
-  (:mod:`fl_kd.kd.fedgems.consensus`);
+  (:mod:`fl_kd.kd.consensus`);
 * ``unlabelled_cache``: the fused teachers of the last rounds are kept and distilled again
   (:mod:`fl_kd.kd.fedgems.teacher_cache`).
 

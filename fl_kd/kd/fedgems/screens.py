@@ -1,6 +1,6 @@
 """The screens a FedGEMS server may run on its clients' unlabelled answers, built from its config: canaries, which
 spend hidden labels (:mod:`fl_kd.kd.fedgems.canaries`), and the label-free consensus
-(:mod:`fl_kd.kd.fedgems.consensus`)."""
+(:mod:`fl_kd.kd.consensus`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor
 
+from fl_kd.kd.consensus import ConsensusScreen
 from fl_kd.kd.fedgems.canaries import CanaryScreen
-from fl_kd.kd.fedgems.consensus import ConsensusScreen
 
 if TYPE_CHECKING:
     from fl_kd.kd.fedgems.server_config import ServerDistillConfig
@@ -28,18 +28,15 @@ def build_screens(
         if unlabelled_y is None:
             raise ValueError("canaries need unlabelled_trust and the labels of the unlabelled samples they hide")
         canaries = CanaryScreen(unlabelled_y, config.canaries, seed, config.canary_z)
-    consensus = None
-    if config.consensus_z > 0 and num_unlabelled > 0:
-        z, margin = config.consensus_z, config.consensus_margin
-        consensus = ConsensusScreen(num_classes, z, config.consensus_confidence, margin)
-        if 0 < config.unlabelled_per_round < num_unlabelled:
-            log.warning(
-                "strategy.consensus_z with strategy.unlabelled_per_round=%d of %d samples: each round asks another "
-                "subset, so more and more of the samples asked have been distilled before, where clients agree more; "
-                "a label-skewed honest client keeps less of that and can drift towards the screen in runs much longer "
-                "than 8 rounds. strategy.unlabelled_per_round=0 asks every sample every round "
-                "(strategy.logits_dtype=uint5 keeps the uplink; BENCHMARKS_KD.md).",
-                config.unlabelled_per_round,
-                num_unlabelled,
-            )
+    consensus = config.consensus_screen(num_classes) if num_unlabelled > 0 else None
+    if consensus is not None and 0 < config.unlabelled_per_round < num_unlabelled:
+        log.warning(
+            "strategy.consensus_z with strategy.unlabelled_per_round=%d of %d samples: each round asks another "
+            "subset, so more and more of the samples asked have been distilled before, where clients agree more; "
+            "a label-skewed honest client keeps less of that and can drift towards the screen in runs much longer "
+            "than 8 rounds. strategy.unlabelled_per_round=0 asks every sample every round "
+            "(strategy.logits_dtype=uint5 keeps the uplink; BENCHMARKS_KD.md).",
+            config.unlabelled_per_round,
+            num_unlabelled,
+        )
     return canaries, consensus

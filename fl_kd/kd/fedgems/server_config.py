@@ -7,7 +7,7 @@ from numbers import Integral
 from typing import Any
 
 from fl_kd.config import check_choice, check_range, require
-from fl_kd.kd.fedgems.consensus import MARGIN
+from fl_kd.kd.consensus import ConsensusConfig
 from fl_kd.kd.fusion import FUSION_RULES
 
 CORRECTNESS = ("train", "held_out")
@@ -22,7 +22,7 @@ RELIABILITY_ON = ("labelled", "held_out")
 
 
 @dataclass(kw_only=True)
-class SelectionConfig:
+class SelectionConfig(ConsensusConfig):
     """What the server distils and whom it trusts, declared once for the core server and the strategy.
 
     :class:`ServerDistillConfig` and :class:`~fl_kd.kd.fedgems.config.FedGEMSConfig` (the ``strategy.*`` settings)
@@ -89,23 +89,10 @@ class SelectionConfig:
         They cost that many labels more.
     canary_z : float (default: 3.0)
         The screen's threshold.
-    consensus_z : float (default: 0.0)
-        A screen without labels (needs ``unlabelled_trust`` and ``reliability_on=held_out``): each client's
-        agreement with the other clients' plurality vote on the unlabelled samples is compared with its agreement
-        on the held-out slice, where it knows it is checked; one whose shortfall exceeds the median client's by
-        more than this many standard errors (pooled over the rounds so far) is left out of the unlabelled teacher,
-        as the canaries leave one out (:mod:`fl_kd.kd.fedgems.consensus`). 0 (today): no such screen.
-    consensus_margin : float (default: 0.02)
-        With ``consensus_z``: the shortfall beyond the median client's that counts as no evidence in any of the
-        screen's tests (honest clients differ by about this much for good, so without it a long run screens one).
-    consensus_confidence : bool (default: False)
-        With ``consensus_z``: also compare how sure a client says it is on the unlabelled samples and on the
-        held-out slice (at its 20%, 40%, 60% and 80% quantiles there, the share of its unlabelled answers stated
-        less sure), and its agreement with the others within each band of stated confidence those quantiles make
-        above the 40% one; a client whose shortfall in one of these seven tests is beyond the median client's by
-        ``consensus_margin`` and more than ``consensus_z`` standard errors, after a Bonferroni correction for the
-        seven, is screened. A liar that lies only where it is least sure, stated surer, hides among the honest
-        disagreements but not here. False (today): agreement alone.
+    consensus_z, consensus_margin, consensus_confidence
+        The label-free consensus screen (:class:`~fl_kd.kd.consensus.ConsensusConfig`; needs ``unlabelled_trust``
+        and ``reliability_on=held_out``: its reference is the held-out slice). A client it screens is left out of
+        the unlabelled teacher, as the canaries leave one out.
     """
 
     correctness: str = "train"
@@ -122,9 +109,6 @@ class SelectionConfig:
     unlabelled_cache: int = 0
     canaries: int = 0
     canary_z: float = 3.0
-    consensus_z: float = 0.0
-    consensus_margin: float = MARGIN
-    consensus_confidence: bool = False
 
     def check_selection(self, prefix: str = "") -> None:
         """Raise :class:`~fl_kd.config.ConfigError` naming ``prefix + key`` for a value or combination out of range."""
@@ -144,16 +128,7 @@ class SelectionConfig:
             )
             check_range(f"{prefix}{key}", count, low=0)
         check_range(f"{prefix}canary_z", self.canary_z, low=0.0, low_open=True)
-        check_range(f"{prefix}consensus_z", self.consensus_z, low=0.0)
-        check_range(f"{prefix}consensus_margin", self.consensus_margin, low=0.0, high=1.0, high_open=True)
-        require(
-            isinstance(self.consensus_confidence, bool),
-            f"{prefix}consensus_confidence must be true or false, got {self.consensus_confidence!r}",
-        )
-        require(
-            not self.consensus_confidence or self.consensus_z > 0,
-            f"{prefix}consensus_confidence is a test of the consensus screen: set {prefix}consensus_z too",
-        )
+        self.check_consensus(prefix)
         require(
             self.reliability_on == "labelled" or self.correctness == "held_out",
             f"{prefix}reliability_on=held_out needs {prefix}correctness=held_out",

@@ -63,6 +63,7 @@ class FedMDConfig(PublicLogitsConfig):
 
     def check_experiment(self, experiment: ExperimentConfig) -> None:
         """The per-round sample must fit in the transfer set; public pre-training needs its labelled part."""
+        super().check_experiment(experiment)
         size = experiment.transfer.size
         require(
             self.public_per_round is None or self.public_per_round <= size,

@@ -13,6 +13,7 @@ The server model is fl-kd's addition for comparison (neither paper has one): the
 
 from __future__ import annotations
 
+import logging
 from abc import abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -24,10 +25,11 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
-from fl_kd.config import check_choice, check_range
+from fl_kd.config import check_choice, check_range, require
 from fl_kd.kd import protocol as kd
 from fl_kd.kd.algorithm import SGDStrategyConfig
 from fl_kd.kd.client import ClientTrainConfig, DistillClient
+from fl_kd.kd.consensus import ConsensusConfig
 from fl_kd.kd.federation import build_server_model
 from fl_kd.kd.fusion import LOGIT_AGGREGATIONS
 from fl_kd.kd.robust import AggregationConfig, RobustSettings
@@ -42,10 +44,11 @@ if TYPE_CHECKING:
 
 Figures = dict[str, float | int]
 C = TypeVar("C", bound="PublicLogitsConfig")
+log = logging.getLogger(__name__)
 
 
 @dataclass
-class PublicLogitsConfig(AggregationConfig, SGDStrategyConfig):
+class PublicLogitsConfig(ConsensusConfig, AggregationConfig, SGDStrategyConfig):
     """Settings every logit-sharing peer has (FedMD, DS-FL add their own).
 
     Attributes
@@ -66,6 +69,11 @@ class PublicLogitsConfig(AggregationConfig, SGDStrategyConfig):
         client per class by its precision on the round's labelled public samples (it reads their labels).
     trim_fraction, num_malicious, num_selected, trust_power : (default: 0.2, 0, 0, 4.0)
         Parameters of those rules (:class:`fl_kd.kd.robust.RobustSettings`).
+    consensus_z, consensus_margin, consensus_confidence : (default: 0.0, 0.02, False)
+        The label-free consensus screen (:class:`~fl_kd.kd.consensus.ConsensusConfig`), whose reference is the
+        labelled public part: a client that agrees with the others less on the unlabelled positions than there is
+        left out of the round's fusion, before ``aggregation``. It reads which positions are labelled, never a
+        label; it needs both parts of the transfer set.
     """
 
     server_epochs: int = 2
@@ -82,6 +90,16 @@ class PublicLogitsConfig(AggregationConfig, SGDStrategyConfig):
         check_choice("strategy.logits_dtype", self.logits_dtype, LOGITS_DTYPES)
         self.check_aggregation(LOGIT_AGGREGATIONS.names())
         check_range("strategy.trust_power", self.trust_power, low=0.0)
+        self.check_consensus("strategy.")
+
+    def check_experiment(self, experiment: ExperimentConfig) -> None:
+        """The consensus screen compares the labelled part with the unlabelled part: it needs both."""
+        transfer = experiment.transfer
+        require(
+            self.consensus_z == 0 or (transfer.labelled > 0 and transfer.unlabelled > 0),
+            "strategy.consensus_z compares agreement on the labelled and the unlabelled transfer samples: it needs "
+            f"transfer.labelled > 0 and transfer.unlabelled > 0 (got {transfer.labelled} and {transfer.unlabelled})",
+        )
 
     def robust_settings(self) -> RobustSettings:
         """The parameters of ``aggregation``, with the logit-only ``trust`` rule's sharpness."""
@@ -160,6 +178,8 @@ class PublicLogitsServer(ServerRole):
         self.public_labels: NDArray[np.int64] | None = None
         self._answered: list[int] = []
         self._shares: NDArray[np.float64] = np.zeros(0)
+        self.screen = strategy.consensus_screen(self.num_classes)
+        self._screened: frozenset[int] = frozenset()
 
     def fuse(self, values: NDArray[np.float64]) -> NDArray[np.float64] | None:
         """``strategy.aggregation`` of ``(K, n, C)`` values on the round's positions, or None for "mean".
@@ -182,8 +202,42 @@ class PublicLogitsServer(ServerRole):
         return fused.logits
 
     def fusion_weights(self) -> dict[int, float]:
-        """Client id -> its share of the last round's fusion weight."""
-        return {cid: float(share) for cid, share in zip(self._answered, self._shares, strict=True)}
+        """Client id -> its share of the last round's fusion weight (0 for a client the screen left out)."""
+        shares = {cid: 0.0 for cid in self._screened}
+        shares.update((cid, float(share)) for cid, share in zip(self._answered, self._shares, strict=True))
+        return dict(sorted(shares.items()))
+
+    def screened_clients(self) -> frozenset[int] | None:
+        """The clients the consensus screen left out of the last round's fusion; None without a screen."""
+        return self._screened if self.screen is not None else None
+
+    def _screen(self, answered: list[int], logits: NDArray[np.float64]) -> tuple[NDArray[np.bool_], Figures]:
+        """Which of the ``answered`` clients' logits ``(K, n, C)`` on the round's positions the consensus screen
+        keeps, and its figures (every answer kept, and no figure, without a screen).
+
+        The reference is the labelled public part (positions below its size): only which positions are labelled is
+        read, never a label.
+        """
+        keep = np.ones(len(answered), dtype=bool)
+        self._screened = frozenset()
+        if self.screen is None:
+            return keep, {}
+        positions = self._positions
+        labelled = positions < (0 if self.public_labels is None else self.public_labels.size)
+        if labelled.all():  # nothing unchecked this round: nothing to screen for
+            return keep, {"consensus_screened": 0, "consensus_z_max": 0.0}
+        parts = {
+            part: {cid: (positions[where], logits[k, where]) for k, cid in enumerate(answered)}
+            for part, where in (("reference", labelled), ("unlabelled", ~labelled))
+        }
+        screened, scores = self.screen.screen(parts["unlabelled"], parts["reference"])
+        keep = np.array([cid not in screened for cid in answered])
+        if not keep.any():  # the screen's median rule leaves a majority in; kept as a guard, never seen
+            log.warning("round %d: the consensus screen left out every client; none is left out", self._round)
+            keep[:] = True
+            screened = set()
+        self._screened = frozenset(screened)
+        return keep, {"consensus_screened": len(screened), "consensus_z_max": max(scores.values(), default=0.0)}
 
     @abstractmethod
     def soft_targets(self, logits: NDArray[np.float64]) -> tuple[NDArray[np.float64], Figures]:
@@ -223,14 +277,17 @@ class PublicLogitsServer(ServerRole):
         if not answers:
             self._sent_positions = np.zeros(0, dtype=np.int64)
             self._targets = np.zeros((0, self.num_classes), dtype=wire_dtype(self.logits_dtype))
-            self._answered, self._shares = [], np.zeros(0)
+            self._answered, self._shares, self._screened = [], np.zeros(0), frozenset()
             return figures | self.no_answer_figures() | {"server_loss": 0.0}
         # A fixed client order keeps floating-point sums the same in every runtime.
+        answered = sorted(answers)
         stacked = np.stack(
-            [from_wire(answers[cid][kd.LOGITS], self.num_classes).astype(np.float64) for cid in sorted(answers)]
+            [from_wire(answers[cid][kd.LOGITS], self.num_classes).astype(np.float64) for cid in answered]
         )
-        self._answered = sorted(answers)
-        targets, own = self.soft_targets(stacked)
+        keep, screened = self._screen(answered, stacked)
+        figures |= screened
+        self._answered = [cid for cid, kept in zip(answered, keep, strict=True) if kept]
+        targets, own = self.soft_targets(stacked[keep])
         self._sent_positions, self._targets = positions, to_wire(torch.from_numpy(targets), self.logits_dtype)
         # The server learns from exactly what the clients get (after the wire's rounding).
         result = self.server_model.distill_on(

@@ -5,15 +5,18 @@ knows the defence answers those honestly and poisons the unlabelled ones (``adve
 (:mod:`fl_kd.kd.fedgems.canaries`) catch it with hidden labels, at the price of more labels and with the power of
 the few canaries a round asks. This screen needs no label: on every sample, a client's answer is compared with the
 plurality vote of the *other* clients' answers. Its agreement on the unlabelled samples asked this round is
-compared with its agreement on the reliability slice (the held-out labelled samples, which it never trained on
-either; the vote there is that of the other clients too). An honest client agrees about as often on both; one
-that poisons a share ``p`` of its unlabelled answers agrees less there by about ``p`` times its agreement. Each
-round asks thousands of unlabelled samples, so the test sees far more than the canaries do.
+compared with its agreement on the *reference*: labelled samples, where a client knows it is checked (FedGEMS'
+reliability slice, the held-out labelled samples; the labelled public part for the logit-sharing peers, FedMD and
+DS-FL). The vote there is that of the other clients too, and no label is read. An honest client agrees about as
+often on both, up to what all honest clients share; one that poisons a share ``p`` of its unlabelled answers
+agrees less there by about ``p`` times its agreement. Each round asks thousands of unlabelled samples, so the test
+sees far more than the canaries do.
 
-The two slices are not treated alike by everybody (clients distil the server's logits on the labelled part every
-round, on a subset of the unlabelled part), so every honest client may agree a little less on the unlabelled part.
-The screen therefore measures each client's shortfall against the median client's, which an honest majority sets,
-and leaves out of the unlabelled teacher a client whose excess beyond ``margin`` exceeds ``z`` standard errors,
+The two slices are not treated alike by everybody (FedGEMS' clients distil the server's logits on the labelled part
+every round, on a subset of the unlabelled part; FedMD's train on the public labels first), so every honest client
+may agree a little less on the unlabelled part. The screen therefore measures each client's shortfall against the
+median client's, which an honest majority sets, and leaves out of the unlabelled teacher (the peers: out of the
+round's fusion) a client whose excess beyond ``margin`` exceeds ``z`` standard errors,
 pooled over rounds. How much less differs between honest clients too, by a point or two that never goes away (on
 the knowledge benchmark, 1.6 points of agreement for one honest client after 7 rounds), while the pooled standard
 error shrinks; without the margin such a client crosses ``z`` in a long enough run. In a long run the difference
@@ -21,8 +24,8 @@ can also grow: clients learn the vote on the unlabelled samples they distil, a l
 and each round more of the samples asked have been distilled before (BENCHMARKS_KD.md measures it).
 
 What it cannot do: an attacker that poisons a small enough share stays below the test's power, and one that lies
-on the reliability slice as often as elsewhere is not screened, but then the trust fitted on that slice rates it
-as the weaker client it makes itself. One that lies only where it is least sure, naming its runner-up class, hides
+on the reference as often as elsewhere is not screened, but then a trust measured there rates it as the weaker
+client it makes itself. One that lies only where it is least sure, naming its runner-up class, hides
 its lies among the honest clients' own disagreements there, and those are the samples whose teacher a lie turns
 most easily (``adversary.poison_where=uncertain``; BENCHMARKS_KD.md measures each). The confidence test
 (``confidence_test``) catches that liar when it states its lies surer than its honest answers there were: its
@@ -30,7 +33,7 @@ least sure answers then move up among its surer ones, and if it trades stated co
 their spread stays its honest one, its answers stated sure agree with the others less than where it is checked.
 One that keeps its honest answer's low confidence passes both tests, and a fusion that weighs stated confidence
 gives such a lie little. For that reason the agreement per band is only tested in the bands a client states itself
-surer in (:data:`SURE_BANDS`): in the two least sure, an honest client's agreement where it was taught (the
+surer in (:data:`SURE_BANDS`): in the two least sure, an honest client's agreement where it was taught (FedGEMS'
 reliability slice, distilled every round) and where it was not differs by up to 20 points, client by client, and
 there the test screened honest clients (two in 8 rounds of the knowledge benchmark, one in 3 rounds of the
 robustness benchmark's; BENCHMARKS_KD.md). Colluders above half of the clients set the vote and the median.
@@ -40,12 +43,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from fl_kd.config import check_range, require
 from fl_kd.kd.training import confidence
 
 Answers = Mapping[int, tuple[NDArray[Any], NDArray[Any]]]
@@ -55,7 +60,7 @@ MIN_OTHERS = 2
 
 SURE_QUANTILES = (0.2, 0.4, 0.6, 0.8)
 """The confidence test's cuts: at each, the share of a client's answers it states less sure than this quantile of
-its own answers on the reliability slice; about that share elsewhere if it is honest."""
+its own answers on the reference; about that share elsewhere if it is honest."""
 
 SURE_BANDS = (2, 3, 4)
 """The strata of :func:`confidence_strata` whose agreement the confidence test compares: a client's answers stated
@@ -144,7 +149,7 @@ def standard_error(tally: Sequence[int]) -> float:
 
 
 class ConsensusScreen:
-    """Each client's running agreement with the other clients, on the reliability slice and on the unlabelled part.
+    """Each client's running agreement with the other clients, on the reference and on the unlabelled part.
 
     Parameters
     ----------
@@ -156,7 +161,7 @@ class ConsensusScreen:
     confidence_test : bool (default: False)
         Also compare how sure a client says it is on both, and how often it agrees where it says so: at each cut of
         :data:`SURE_QUANTILES`, the share of its unlabelled answers stated less sure than that quantile of its
-        answers on the reliability slice (:func:`unsure_counts`), and within each stratum of :data:`SURE_BANDS`
+        answers on the reference (:func:`unsure_counts`), and within each stratum of :data:`SURE_BANDS`
         (:func:`confidence_strata`) its agreement, each tested as the agreement is; the seven count as one test
         (:func:`family_z`). A liar that lies only where it is least sure hides its lies among the honest clients'
         own disagreements, but a lie stated surer than its honest answer moves its least sure answers up, and a lie
@@ -204,7 +209,7 @@ class ConsensusScreen:
         unlabelled : Mapping[int, tuple[ndarray, ndarray]]
             Client id -> (unlabelled indices ``(n,)``, logits ``(n, C)``) of this round.
         reference : Mapping[int, tuple[ndarray, ndarray]]
-            Client id -> (positions ``(m,)``, logits ``(m, C)``) on the reliability slice this round.
+            Client id -> (positions ``(m,)``, logits ``(m, C)``) on the reference this round.
         """
         flagged, previous = set(self.flagged) & set(unlabelled), None
         strata = self._strata(unlabelled, reference)  # who votes does not change what a client states
@@ -345,3 +350,50 @@ def family_z(z: float, tests: int) -> float:
     if tail >= 0.5:
         return min(z, 0.0)
     return z if tail == 0.0 else -NormalDist().inv_cdf(tail)
+
+
+@dataclass(kw_only=True)
+class ConsensusConfig:
+    """The consensus screen's ``strategy.*`` settings, declared once for every strategy that runs it (FedGEMS'
+    selection, the logit-sharing peers).
+
+    Attributes
+    ----------
+    consensus_z : float (default: 0.0)
+        Each client's agreement with the other clients' plurality vote on the unlabelled samples is compared with
+        its agreement on the reference (labelled samples, where it knows it is checked); one whose shortfall
+        exceeds the median client's by ``consensus_margin`` and more than this many standard errors (pooled over
+        the rounds so far) is left out (:class:`ConsensusScreen`). 0: no screen.
+    consensus_margin : float (default: 0.02)
+        The shortfall beyond the median client's that counts as no evidence in any of the screen's tests (honest
+        clients differ by about this much for good, so without it a long run screens one).
+    consensus_confidence : bool (default: False)
+        Also compare how sure a client says it is on the unlabelled samples and on the reference (at its 20%, 40%,
+        60% and 80% quantiles there, the share of its unlabelled answers stated less sure), and its agreement
+        within each band of stated confidence those quantiles make above the 40% one; these seven tests, after a
+        Bonferroni correction, screen as the agreement does. A liar that lies only where it is least sure, stated
+        surer, hides among the honest disagreements but not here. False: agreement alone.
+    """
+
+    consensus_z: float = 0.0
+    consensus_margin: float = MARGIN
+    consensus_confidence: bool = False
+
+    def check_consensus(self, prefix: str = "") -> None:
+        """Raise :class:`~fl_kd.config.ConfigError` naming ``prefix + key`` for a value out of range."""
+        check_range(f"{prefix}consensus_z", self.consensus_z, low=0.0)
+        check_range(f"{prefix}consensus_margin", self.consensus_margin, low=0.0, high=1.0, high_open=True)
+        require(
+            isinstance(self.consensus_confidence, bool),
+            f"{prefix}consensus_confidence must be true or false, got {self.consensus_confidence!r}",
+        )
+        require(
+            not self.consensus_confidence or self.consensus_z > 0,
+            f"{prefix}consensus_confidence is a test of the consensus screen: set {prefix}consensus_z too",
+        )
+
+    def consensus_screen(self, num_classes: int) -> ConsensusScreen | None:
+        """A fresh screen with these settings; None when ``consensus_z`` is 0."""
+        if self.consensus_z <= 0:
+            return None
+        return ConsensusScreen(num_classes, self.consensus_z, self.consensus_confidence, self.consensus_margin)
