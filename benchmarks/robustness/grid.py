@@ -39,19 +39,22 @@ QUICK: tuple[str, ...] = (
 #: fitted on a held-out labelled slice, applied to unlabelled samples), with its 10,000 unlabelled samples.
 LEARNED: tuple[str, ...] = (*overrides_through("+learned_trust"), "transfer.unlabelled=10000")
 
+#: FedMD with per-class trust and 2,000 unlabelled public samples beside the 1,000 labelled ones.
+PEER_UNLABELLED: tuple[str, ...] = ("strategy=fedmd", "strategy.aggregation=trust", "transfer.unlabelled=2000")
+
 #: Method name -> its strategy overrides. FedAvg averages one architecture, so it runs the homogeneous profile.
 METHODS: dict[str, tuple[str, ...]] = {
     "fedgems": ("strategy=fedgems",),
     "fedgems_uniform": ("strategy=fedgems", "strategy.weighting=correct_uniform"),
     "fedmd": ("strategy=fedmd",),
     "fedmd_trust": ("strategy=fedmd", "strategy.aggregation=trust"),
-    # Per-class trust measured on the labelled public part, and the consensus screen, whose reference is that part:
-    # a client that agrees with the others less on the unlabelled positions is left out of the round's fusion.
-    "fedmd_trust_consensus": ("strategy=fedmd", "strategy.aggregation=trust", "strategy.consensus_z=3"),
-    # And with the screen's confidence test.
+    # The same with an unlabelled public part of 2,000 samples, where a client that knows the trust can lie
+    # unchecked; then with the consensus screen, whose reference is the labelled part: a client that agrees with
+    # the others less on the unlabelled positions is left out of the round's fusion; and with its confidence test.
+    "fedmd_trust_unlabelled": PEER_UNLABELLED,
+    "fedmd_trust_consensus": (*PEER_UNLABELLED, "strategy.consensus_z=3"),
     "fedmd_trust_consensus_confidence": (
-        "strategy=fedmd",
-        "strategy.aggregation=trust",
+        *PEER_UNLABELLED,
         "strategy.consensus_z=3",
         "strategy.consensus_confidence=true",
     ),
@@ -229,7 +232,7 @@ ONLY: dict[str, frozenset[tuple[str, float]]] = {
     # Per-class trust and the screen on plain averaging, against the attackers that know them, with 6 and 10 liars
     # of 20, and beside the honest clients alone.
     **dict.fromkeys(
-        ("fedmd_trust_consensus", "fedmd_trust_consensus_confidence"),
+        ("fedmd_trust_unlabelled", "fedmd_trust_consensus", "fedmd_trust_consensus_confidence"),
         CAMOUFLAGED | {("camouflage", 0.5)} | {(ABSENT, fraction) for fraction in (0.3, 0.5)},
     ),
     "fedgems_plus_consensus_floor": CAMOUFLAGED,
