@@ -60,6 +60,10 @@ METHODS: dict[str, tuple[str, ...]] = {
     ),
     "dsfl": ("strategy=dsfl",),
     "dsfl_median": ("strategy=dsfl", "strategy.aggregation=median"),
+    # DS-FL with the same unlabelled part, without and with the consensus screen (its clients never read a label, so
+    # the labelled and the unlabelled positions are alike to an honest one).
+    "dsfl_unlabelled": ("strategy=dsfl", "transfer.unlabelled=2000"),
+    "dsfl_consensus": ("strategy=dsfl", "transfer.unlabelled=2000", "strategy.consensus_z=3"),
     "feddf": ("strategy=feddf",),
     "fedavg_mean": ("strategy=fedavg", "device_profile=homogeneous"),
     "fedavg_median": ("strategy=fedavg", "device_profile=homogeneous", "strategy.aggregation=median"),
@@ -234,6 +238,9 @@ ONLY: dict[str, frozenset[tuple[str, float]]] = {
     **dict.fromkeys(
         ("fedmd_trust_unlabelled", "fedmd_trust_consensus", "fedmd_trust_consensus_confidence"),
         CAMOUFLAGED | {("camouflage", 0.5)} | {(ABSENT, fraction) for fraction in (0.3, 0.5)},
+    ),
+    **dict.fromkeys(
+        ("dsfl_unlabelled", "dsfl_consensus"), frozenset({("camouflage", 0.3), ("camouflage", 0.5), *CAMOUFLAGED})
     ),
     "fedgems_plus_consensus_floor": CAMOUFLAGED,
     "fedgems_plus_consensus_confidence": CAMOUFLAGED
