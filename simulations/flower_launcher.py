@@ -203,13 +203,13 @@ def run_flower_simulation(
     flwr_home.mkdir(parents=True, exist_ok=True)
     (flwr_home / "config.toml").write_text('[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n')
     app_dir = write_app(run_dir / "flower_app", serverapp, clientapp, run_config)
-    ray_tmp = ray_temp_dir()
     env = {
         **flower_env(flwr_home),
         "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
         "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
-        "RAY_TMPDIR": str(ray_tmp),
     }
+    ray_tmp = ray_temp_dir()  # last before the `try`, whose `finally` removes it: nothing between can fail
+    env["RAY_TMPDIR"] = str(ray_tmp)
     federation_config = (
         f"num_supernodes={num_supernodes} client_resources_num_cpus={num_cpus_per_client} init_args_num_cpus={num_cpus}"
     )
