@@ -240,7 +240,8 @@ ONLY: dict[str, frozenset[tuple[str, float]]] = {
         CAMOUFLAGED | {("camouflage", 0.5)} | {(ABSENT, fraction) for fraction in (0.3, 0.5)},
     ),
     **dict.fromkeys(
-        ("dsfl_unlabelled", "dsfl_consensus"), frozenset({("camouflage", 0.3), ("camouflage", 0.5), *CAMOUFLAGED})
+        ("dsfl_unlabelled", "dsfl_consensus"),
+        frozenset({("camouflage", 0.3), ("camouflage", 0.5), *CAMOUFLAGED, (ABSENT, 0.3), (ABSENT, 0.5)}),
     ),
     "fedgems_plus_consensus_floor": CAMOUFLAGED,
     "fedgems_plus_consensus_confidence": CAMOUFLAGED
