@@ -39,8 +39,11 @@ QUICK: tuple[str, ...] = (
 #: fitted on a held-out labelled slice, applied to unlabelled samples), with its 10,000 unlabelled samples.
 LEARNED: tuple[str, ...] = (*overrides_through("+learned_trust"), "transfer.unlabelled=10000")
 
-#: FedMD with per-class trust and 2,000 unlabelled public samples beside the 1,000 labelled ones.
-PEER_UNLABELLED: tuple[str, ...] = ("strategy=fedmd", "strategy.aggregation=trust", "transfer.unlabelled=2000")
+#: An unlabelled public part of 2,000 samples beside the 1,000 labelled ones, for the logit-sharing peers.
+PUBLIC_UNLABELLED = "transfer.unlabelled=2000"
+
+#: FedMD with per-class trust and that unlabelled part.
+FEDMD_TRUST_UNLABELLED: tuple[str, ...] = ("strategy=fedmd", "strategy.aggregation=trust", PUBLIC_UNLABELLED)
 
 #: Method name -> its strategy overrides. FedAvg averages one architecture, so it runs the homogeneous profile.
 METHODS: dict[str, tuple[str, ...]] = {
@@ -51,10 +54,10 @@ METHODS: dict[str, tuple[str, ...]] = {
     # The same with an unlabelled public part of 2,000 samples, where a client that knows the trust can lie
     # unchecked; then with the consensus screen, whose reference is the labelled part: a client that agrees with
     # the others less on the unlabelled positions is left out of the round's fusion; and with its confidence test.
-    "fedmd_trust_unlabelled": PEER_UNLABELLED,
-    "fedmd_trust_consensus": (*PEER_UNLABELLED, "strategy.consensus_z=3"),
+    "fedmd_trust_unlabelled": FEDMD_TRUST_UNLABELLED,
+    "fedmd_trust_consensus": (*FEDMD_TRUST_UNLABELLED, "strategy.consensus_z=3"),
     "fedmd_trust_consensus_confidence": (
-        *PEER_UNLABELLED,
+        *FEDMD_TRUST_UNLABELLED,
         "strategy.consensus_z=3",
         "strategy.consensus_confidence=true",
     ),
@@ -62,8 +65,8 @@ METHODS: dict[str, tuple[str, ...]] = {
     "dsfl_median": ("strategy=dsfl", "strategy.aggregation=median"),
     # DS-FL with the same unlabelled part, without and with the consensus screen (its clients never read a label, so
     # the labelled and the unlabelled positions are alike to an honest one).
-    "dsfl_unlabelled": ("strategy=dsfl", "transfer.unlabelled=2000"),
-    "dsfl_consensus": ("strategy=dsfl", "transfer.unlabelled=2000", "strategy.consensus_z=3"),
+    "dsfl_unlabelled": ("strategy=dsfl", PUBLIC_UNLABELLED),
+    "dsfl_consensus": ("strategy=dsfl", PUBLIC_UNLABELLED, "strategy.consensus_z=3"),
     "feddf": ("strategy=feddf",),
     "fedavg_mean": ("strategy=fedavg", "device_profile=homogeneous"),
     "fedavg_median": ("strategy=fedavg", "device_profile=homogeneous", "strategy.aggregation=median"),
