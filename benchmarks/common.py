@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import multiprocessing
 import os
 import platform
 import re
@@ -11,11 +12,27 @@ import shlex
 import statistics
 import sys
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
 
+from fl_kd.simulations.processes import exit_with_parent
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def job_pool(workers: int) -> ProcessPoolExecutor:
+    """``workers`` worker processes that run one benchmark job each, from a fresh interpreter (``spawn``: no state
+    or thread carried over from the benchmark's own process), and end with the benchmark: on Linux a benchmark
+    killed by any signal leaves no worker computing on, or writing into the folder a restarted run resumes."""
+    return ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        max_tasks_per_child=1,
+        initializer=exit_with_parent,
+        initargs=(os.getpid(),),
+    )
 
 
 def machine_info() -> dict[str, str]:

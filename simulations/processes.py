@@ -147,10 +147,21 @@ def stop_processes(running: Callable[[], Sequence[Proc]], grace_s: float, kill_w
 def die_with_parent() -> None:
     """In a child before exec: a session of its own, and SIGTERM from Linux when its parent dies, even by SIGKILL."""
     os.setsid()  # a Ctrl-C in the terminal reaches the launcher only, which stops everything in order
+    exit_with_parent()
+
+
+def exit_with_parent(parent: int | None = None) -> None:
+    """In a child: SIGTERM from Linux when its parent dies, even by SIGKILL (elsewhere nothing happens).
+
+    ``parent`` is the parent's pid as the parent saw it: a child whose parent died before this call (so that no
+    signal will come) exits at once.
+    """
     with contextlib.suppress(Exception):
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    if parent is not None and os.getppid() != parent:
+        os._exit(128 + signal.SIGTERM)
 
 
 class Terminated(KeyboardInterrupt):

@@ -10,17 +10,16 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import math
-import multiprocessing
 import shlex
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 
 import torch
 
-from benchmarks.common import REPO_ROOT
+from benchmarks.common import REPO_ROOT, job_pool
 from benchmarks.knowledge.budget import best_peers
 from benchmarks.knowledge.grid import (
     EXTRA_SEEDS,
@@ -33,7 +32,7 @@ from benchmarks.knowledge.grid import (
     select,
 )
 from benchmarks.knowledge.report import write_report
-from benchmarks.knowledge.run import read_result, run_job
+from benchmarks.knowledge.run import other_rounds, read_result, run_job
 
 ENTRY = "python -m benchmarks.knowledge"
 
@@ -44,7 +43,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=10, help="federated rounds of every job (default: 10)")
     parser.add_argument("--workers", type=int, default=2, help="jobs run at once (default: 2)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "knowledge")
-    parser.add_argument("--report", type=Path, default=REPO_ROOT / "BENCHMARKS_KD.md")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        help="the file whose knowledge section is rewritten (default: report.md under --out; the committed tables "
+        "are BENCHMARKS_KD.md's, built from runs whose folders are gone, so overwrite them only on purpose)",
+    )
     parser.add_argument("--only", nargs="*", default=[], help="run only jobs whose name contains one of these")
     parser.add_argument("--budget-minutes", type=float, default=math.inf, help="start no job after this")
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from finished jobs")
@@ -60,6 +65,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.workers < 1:
         parser.error("need --rounds >= 1 and --workers >= 1")
+    args.out = args.out.resolve()
+    args.report = args.report or args.out / "report.md"
+    if others := other_rounds(args.out, args.rounds):
+        parser.error(
+            f"{args.out} holds jobs of another number of rounds than --rounds {args.rounds}: "
+            f"{', '.join(others[:3])}{', ...' if len(others) > 3 else ''}; every job of a report runs the same "
+            "rounds, so pass their --rounds or another --out"
+        )
     return args
 
 
@@ -96,8 +109,7 @@ def run_all(args: argparse.Namespace) -> list[str]:
     started = time.monotonic()
     failures: list[str] = []
     failed: set[Job] = set()
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(args.workers, mp_context=context, max_tasks_per_child=1) as pool:
+    with job_pool(args.workers) as pool:
         running: dict[Future[object], Job] = {}
         while True:
             within_budget = (time.monotonic() - started) / 60 < args.budget_minutes
@@ -131,7 +143,6 @@ def _clock() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark, then write the report section; exit 1 if a job failed."""
     args = parse_args(argv)
-    args.out = args.out.resolve()
     given = list(sys.argv[1:] if argv is None else argv)
     if "--note" in given:  # the note is printed on its own line
         at = given.index("--note")

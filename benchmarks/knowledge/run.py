@@ -44,6 +44,20 @@ def read_result(out: Path, job: Job) -> dict[str, Any] | None:
     return record
 
 
+def other_rounds(out: Path, rounds: int) -> list[str]:
+    """Finished jobs under ``out`` that ran another number of rounds than ``rounds``, as ``"name (N rounds)"``.
+
+    A job's name and overrides do not hold its rounds, so without this check a finished 8-round job would count as
+    done in a 10-round run, and the tables would mix the two.
+    """
+    found = []
+    for path in sorted(out.glob(f"*/*/*/{RESULT_FILE}")):
+        ran = json.loads(path.read_text()).get("config", {}).get("strategy", {}).get("rounds")
+        if ran is not None and ran != rounds:
+            found.append(f"{path.parent.relative_to(out).as_posix()} ({ran} rounds)")
+    return found
+
+
 def run_job(job: Job, rounds: int, out: Path) -> dict[str, Any]:
     """Run ``job`` with one torch thread; write ``metrics.jsonl`` as rounds end and ``result.json`` at the end."""
     torch.set_num_threads(1)

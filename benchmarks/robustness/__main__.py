@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import argparse
 import math
-import multiprocessing
 import shlex
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 
-from benchmarks.common import REPO_ROOT, machine_line, write_section
+from benchmarks.common import REPO_ROOT, job_pool, machine_line, write_section
 from benchmarks.robustness.grid import FRACTIONS, METHODS, Job, attack_names, plan
 from benchmarks.robustness.report import section
-from benchmarks.robustness.run import read_result, run_job
+from benchmarks.robustness.run import conflicts, read_result, run_job
 from fl_kd.kd.adversary import ADVERSARIES
 
 ENTRY = "python -m benchmarks.robustness"
@@ -38,7 +37,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget-minutes", type=float, default=math.inf, help="start no job after this")
     parser.add_argument("--quick", action="store_true", help="digits, 6 clients, tiny models: an end-to-end check")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "robustness")
-    parser.add_argument("--report", type=Path, default=REPO_ROOT / "BENCHMARKS_KD.md", help="its section goes here")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        help="also rewrite this file's robustness section, e.g. BENCHMARKS_KD.md, whose table joins many runs: "
+        "overwrite it only on purpose (report.md under --out is always written)",
+    )
     parser.add_argument("--report-only", action="store_true", help="run nothing: rewrite the report from --out")
     parser.add_argument("--note", default="", help="a paragraph under the command line (cuts, load)")
     args = parser.parse_args(argv)
@@ -64,8 +69,7 @@ def printed_command(argv: Sequence[str]) -> str:
 def run_pending(todo: list[Job], args: argparse.Namespace, out: Path) -> list[str]:
     """Run ``todo`` ``--workers`` at a time until done or out of budget; the names of the jobs that failed."""
     started, failures = time.monotonic(), []
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(args.workers, mp_context=context, max_tasks_per_child=1) as pool:
+    with job_pool(args.workers) as pool:
         running: dict[Future[object], str] = {}
         while todo or running:
             while todo and len(running) < args.workers and (time.monotonic() - started) / 60 < args.budget_minutes:
@@ -89,6 +93,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     out = args.out.resolve()
     jobs = plan(args.methods, args.adversaries, args.fractions, args.seeds)
+    if not args.report_only and (others := conflicts(out, jobs, args.rounds, args.quick)):
+        print(
+            f"error: {out} holds finished jobs of another run, which this one would overwrite: "
+            f"{', '.join(others[:3])}{', ...' if len(others) > 3 else ''}; pass their --rounds (and --quick), or "
+            "another --out",
+            file=sys.stderr,
+        )
+        return 2
     todo = [job for job in jobs if read_result(out, job, args.rounds, args.quick) is None]
     failures = [] if args.report_only else run_pending(todo, args, out)
     records = [r for job in jobs if (r := read_result(out, job, args.rounds, args.quick)) is not None]
@@ -102,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = section(records, header, args.note, missing, failures)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(text + "\n")
-    if not args.quick:
+    if args.report is not None:
         write_section(args.report, text)
     print(text)
     return 1 if failures else 0

@@ -18,13 +18,37 @@ RESULT_FILE = "result.json"
 
 
 def read_result(out: Path, job: Job, rounds: int, quick: bool = False) -> dict[str, Any] | None:
-    """The job's record, or None when it has not finished with these ``rounds`` and data (then it is rerun)."""
+    """The job's record, or None when it has not finished with these ``rounds``, data and settings."""
     path = out / job.name / RESULT_FILE
     if not path.exists():
         return None
     record: dict[str, Any] = json.loads(path.read_text())
-    same = len(record["rounds"]) == rounds and record.get("quick", False) == quick
-    return record if same else None
+    return record if mismatch(record, job, rounds, quick) is None else None
+
+
+def mismatch(record: dict[str, Any], job: Job, rounds: int, quick: bool) -> str | None:
+    """How a finished ``record`` in ``job``'s folder differs from the run asked for, or None when it is that run.
+
+    Records written before the overrides were kept are matched on rounds and data alone.
+    """
+    if len(record["rounds"]) != rounds:
+        return f"{len(record['rounds'])} rounds"
+    if record.get("quick", False) != quick:
+        return "--quick" if record.get("quick", False) else "not --quick"
+    if "overrides" in record and record["overrides"] != job.overrides(quick):
+        return "other settings"
+    return None
+
+
+def conflicts(out: Path, jobs: list[Job], rounds: int, quick: bool) -> list[str]:
+    """Finished jobs in ``out`` that are another run than the one asked for, as ``"name (how)"``: running would
+    overwrite them, hours of results, without a word."""
+    found = []
+    for job in jobs:
+        path = out / job.name / RESULT_FILE
+        if path.exists() and (how := mismatch(json.loads(path.read_text()), job, rounds, quick)) is not None:
+            found.append(f"{job.name} ({how})")
+    return found
 
 
 def run_job(job: Job, rounds: int, out: Path, quick: bool = False) -> dict[str, Any]:
@@ -39,6 +63,7 @@ def run_job(job: Job, rounds: int, out: Path, quick: bool = False) -> dict[str, 
         "config": json.loads(cfg.to_json()),
         "seconds": time.perf_counter() - start,
         "quick": quick,
+        "overrides": job.overrides(quick),
     }
     path = out / job.name / RESULT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,128 @@
+"""How the long benchmarks treat what they already ran: a killed benchmark leaves no worker behind, a rerun never
+overwrites finished jobs of another run, and the committed report is only written when asked for."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmarks.common import REPO_ROOT
+from benchmarks.knowledge import __main__ as knowledge
+from benchmarks.knowledge.grid import federated
+from benchmarks.knowledge.run import result_path
+from benchmarks.robustness import __main__ as robustness
+from benchmarks.robustness.grid import Job, plan
+from benchmarks.robustness.run import RESULT_FILE, conflicts, read_result
+from fl_kd.simulations.processes import identify, is_running
+
+WORKER_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, time
+    from benchmarks.common import job_pool
+
+    def work(path):
+        with open(path + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.replace(path + ".tmp", path)
+        time.sleep(120)
+
+    if __name__ == "__main__":
+        pool = job_pool(1)
+        pool.submit(work, sys.argv[1])
+        time.sleep(120)
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_a_benchmark_killed_by_sigkill_leaves_no_worker_running(tmp_path: Path) -> None:
+    script, pid_file = tmp_path / "bench.py", tmp_path / "worker.pid"
+    script.write_text(WORKER_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    parent = subprocess.Popen([sys.executable, str(script), str(pid_file)], cwd=tmp_path, env=env)
+    try:
+        deadline = time.monotonic() + 90
+        while not pid_file.exists() and time.monotonic() < deadline and parent.poll() is None:
+            time.sleep(0.1)
+        assert pid_file.exists(), "the worker never started"
+        worker = identify(int(pid_file.read_text()))
+        assert worker is not None and is_running(worker)
+        parent.kill()  # no handler, no finally: only the kernel can tell the worker
+        parent.wait()
+        deadline = time.monotonic() + 20
+        while is_running(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not is_running(worker), "the worker outlived the benchmark"
+    finally:
+        parent.kill()
+        if pid_file.exists() and (left := identify(int(pid_file.read_text()))) is not None and is_running(left):
+            os.kill(left.pid, signal.SIGKILL)
+
+
+HONEST_FEDMD = plan(["fedmd"], ["none"], [0.3], [0])[0]
+
+
+def _robustness_result(out: Path, job: Job, rounds: int, overrides: list[str] | None = None) -> Path:
+    path = out / job.name / RESULT_FILE
+    path.parent.mkdir(parents=True)
+    record = {"rounds": [{"round": r + 1} for r in range(rounds)], "quick": False, "seconds": 1.0, "job": {}}
+    if overrides is not None:
+        record["overrides"] = overrides
+    path.write_text(json.dumps(record))
+    return path
+
+
+def test_the_robustness_benchmark_refuses_to_overwrite_finished_jobs_of_another_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = HONEST_FEDMD
+    path = _robustness_result(tmp_path, job, 3)
+    before = path.read_text()
+    code = robustness.main(["--methods", "fedmd", "--adversaries", "none", "--fractions", "0.3", "--rounds", "5",
+                            "--out", str(tmp_path)])  # fmt: skip
+    assert code == 2 and path.read_text() == before
+    assert "fedmd__none__0__seed0 (3 rounds)" in capsys.readouterr().err
+    assert conflicts(tmp_path, [job], 3, quick=True) == ["fedmd__none__0__seed0 (not --quick)"]
+    assert conflicts(tmp_path, [job], 3, quick=False) == [] and read_result(tmp_path, job, 3) is not None
+
+
+def test_a_robustness_result_of_other_settings_is_another_run(tmp_path: Path) -> None:
+    job = HONEST_FEDMD
+    _robustness_result(tmp_path, job, 3, overrides=[*job.overrides(), "strategy.public_per_round=10"])
+    assert conflicts(tmp_path, [job], 3, quick=False) == ["fedmd__none__0__seed0 (other settings)"]
+    assert read_result(tmp_path, job, 3) is None
+    other = tmp_path / "same"
+    _robustness_result(other, job, 3, overrides=job.overrides())
+    assert read_result(other, job, 3) is not None
+
+
+def test_the_robustness_report_goes_to_the_committed_file_only_when_asked(tmp_path: Path) -> None:
+    args = ["--methods", "fedmd", "--adversaries", "none", "--fractions", "0.3", "--rounds", "3"]
+    committed = tmp_path / "committed.md"
+    committed.write_text("# kept\n")
+    assert robustness.main([*args, "--out", str(tmp_path), "--report-only"]) == 0
+    assert (tmp_path / "report.md").is_file() and committed.read_text() == "# kept\n"
+    assert robustness.main([*args, "--out", str(tmp_path), "--report-only", "--report", str(committed)]) == 0
+    assert "<!-- robustness-benchmark:begin -->" in committed.read_text()
+
+
+def test_the_knowledge_benchmark_refuses_a_folder_of_another_number_of_rounds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = result_path(tmp_path, federated("fedgems", "alpha0.5", 0))
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"config": {"strategy": {"rounds": 8}}, "rounds": [], "seconds": 1.0}))
+    with pytest.raises(SystemExit) as exit_info:
+        knowledge.parse_args(["--rounds", "10", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "alpha0.5/fedgems/seed0 (8 rounds)" in capsys.readouterr().err
+    args = knowledge.parse_args(["--rounds", "8", "--out", str(tmp_path)])
+    assert args.report == tmp_path.resolve() / "report.md"  # not BENCHMARKS_KD.md unless asked
