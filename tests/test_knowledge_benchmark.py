@@ -112,8 +112,8 @@ def test_report_section_has_the_figures_and_honest_verdicts(tmp_path: Path) -> N
     assert text.startswith("# Top") and text.rstrip().endswith("## Kept") and "\nold\n" not in text
     assert "5 of 6 jobs finished" in text and "not run (time): `alpha0.5/feddf/seed0`" in text
     assert "failed: x: boom" in text
-    assert "+8.0 points (expected >= +5): **holds**" in text  # 0.80 vs 0.72
-    assert "dsfl 0.7900 (server, +1.0)" in text and "every peer by >= 2 points: **MISSED**" in text
+    assert "+8.0 points (expected >= +5; seeds [0]): **holds**" in text  # 0.80 vs 0.72
+    assert "dsfl 0.7900 (server, 1 seed(s), +1.0)" in text and "every peer by >= 2 points: **MISSED**" in text
     assert "fall after the best round <= 1 point: **MISSED** (largest 3.0 points" in text
     assert "above local-only by >= 5 points (global test): **holds**" in text  # 0.80 vs 0.74
     with_personal = "- alpha0.5 with `fedgems+personal` (1 seed(s)): every tier above local-only by >= "
@@ -126,6 +126,22 @@ def test_report_section_has_the_figures_and_honest_verdicts(tmp_path: Path) -> N
     # Rewriting replaces the section instead of adding a second one.
     write_report(tmp_path, report, 3, "python -m benchmarks.knowledge", jobs, [])
     assert report.read_text().count(BEGIN) == 1
+
+
+def test_the_server_is_set_against_transfer_only_on_the_seeds_both_finished(tmp_path: Path) -> None:
+    """FedGEMS' seed 1 finished before transfer-only's (the plan's order, a budget cut): its 0.90 is left out."""
+    from benchmarks.knowledge.verdicts import verdict_lines
+
+    for seed, server in ((0, 0.80), (1, 0.90)):
+        _write(tmp_path, federated("fedgems", "alpha0.5", seed), [_row(3, server, 0.8)])
+    _write(tmp_path, Job("transfer_only", "transfer_only", "any", 0), [_row(3, 0.78, math.nan)])
+    jobs = [federated("fedgems", "alpha0.5", s) for s in (0, 1)] + [Job("transfer_only", "transfer_only", "any", 0)]
+    done = {job: record for job in jobs if (record := read_result(tmp_path, job)) is not None}
+    text = "\n".join(verdict_lines(done, Figures(tmp_path)))
+    assert (
+        "- alpha0.5: server 0.8000 vs transfer-only 0.7800: +2.0 points (expected >= +5; seeds [0]): **MISSED**" in text
+    )
+    assert "over 2 seed(s)" in text  # FedGEMS' own figures still read every seed it finished
 
 
 def test_the_fall_after_the_best_round_is_read_on_the_subset_when_the_last_round_has_it(tmp_path: Path) -> None:

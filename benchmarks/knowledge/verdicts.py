@@ -101,6 +101,19 @@ def runs_of(done: dict[Job, dict[str, Any]], method: str, setting: str) -> list[
     return sorted(found, key=lambda r: int(r["job"]["seed"]))
 
 
+def same_seeds(
+    runs: list[dict[str, Any]], others: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[int]]:
+    """``runs`` and ``others`` cut to the seeds both finished, and those seeds: a mean over seeds 0 and 1 set against
+    one over seed 0 alone (a budget cut, a job still running) would compare partitions, not methods."""
+    seeds = sorted({int(r["job"]["seed"]) for r in runs} & {int(r["job"]["seed"]) for r in others})
+    return (
+        [r for r in runs if int(r["job"]["seed"]) in seeds],
+        [r for r in others if int(r["job"]["seed"]) in seeds],
+        seeds,
+    )
+
+
 def _final(figures: Figures, runs: list[dict[str, Any]], key: str) -> float:
     return mean([figures.run_figures(r)[key] for r in runs]) if runs else math.nan
 
@@ -129,12 +142,16 @@ def verdict_lines(done: dict[Job, dict[str, Any]], figures: Figures) -> list[str
             lines.append(f"- {setting}: FedGEMS not finished.")
             continue
         server = _final(figures, ours, "server_final")
-        transfer = _final(figures, runs_of(done, "transfer_only", setting), "server_final")
-        gain = 100 * (server - transfer)
+        paired, transfer_runs, seeds = same_seeds(ours, runs_of(done, "transfer_only", setting))
+        paired_server, transfer = (
+            _final(figures, paired, "server_final"),
+            _final(figures, transfer_runs, "server_final"),
+        )
+        gain = 100 * (paired_server - transfer)
         required = setting != "pathological"
         lines.append(
-            f"- {setting}: server {server:.4f} vs transfer-only {transfer:.4f}: {gain:+.1f} points "
-            f"(expected >= +5{'' if required else ', not required here'}): "
+            f"- {setting}: server {paired_server:.4f} vs transfer-only {transfer:.4f}: {gain:+.1f} points "
+            f"(expected >= +5{'' if required else ', not required here'}; seeds {seeds or 'none in common'}): "
             f"**{_mark(gain >= 5 if math.isfinite(gain) else None)}**."
         )
         peer_text = []
@@ -146,11 +163,11 @@ def verdict_lines(done: dict[Job, dict[str, Any]], figures: Figures) -> list[str
             score, what = _peer_score(figures, runs)
             margin = 100 * (server - score)
             peer_ok.append(margin >= 2)
-            peer_text.append(f"{peer} {score:.4f} ({what}, {margin:+.1f})")
+            peer_text.append(f"{peer} {score:.4f} ({what}, {len(runs)} seed(s), {margin:+.1f})")
         if peer_text:
             lines.append(
-                f"- {setting}: server above every peer by >= 2 points: **{_mark(all(peer_ok))}** "
-                f"({'; '.join(peer_text)})."
+                f"- {setting}: server ({len(ours)} seed(s)) above every peer by >= 2 points: "
+                f"**{_mark(all(peer_ok))}** ({'; '.join(peer_text)})."
             )
         if setting == "alpha0.5":
             ok = None if ceiling is None else server >= ceiling - 0.05
