@@ -304,3 +304,16 @@ def test_report_states_both_noise_sweeps() -> None:
     assert "(Gaussian σ and Laplace b, per gradient entry, no clipping): [0.01, 0.1]; Gaussian noise relative" in text
     assert "at σ = [10.0]" in text
     assert "| gaussian σ=10 × row norm |" in text
+
+
+def test_only_the_whole_grid_replaces_the_committed_report_unless_told(tmp_path: Path) -> None:
+    from benchmarks.common import REPO_ROOT
+    from benchmarks.vfl.__main__ import parse_args, report_location
+
+    committed = (REPO_ROOT / "BENCHMARKS.md").resolve()
+    assert report_location(parse_args([]), tmp_path) == committed
+    assert report_location(parse_args(["--seeds", "2", "0", "1"]), tmp_path) == committed  # the same grid
+    for part in (["--datasets", "credit"], ["--quick"], ["--seeds", "0"], ["--exclude", "credit/mlp"]):
+        assert report_location(parse_args(part), tmp_path) == (tmp_path / "BENCHMARKS.md").resolve(), part
+    told = tmp_path / "mine.md"
+    assert report_location(parse_args(["--datasets", "credit", "--report", str(told)]), tmp_path) == told.resolve()

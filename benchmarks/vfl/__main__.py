@@ -1,7 +1,8 @@
 """``python -m benchmarks.vfl``: train every (setting, defence, seed), score the attacks, write the report.
 
 It writes ``records.jsonl`` (one line per training), ``summary.json`` and ``vfl_tradeoff.png`` under ``--out`` and
-a markdown report (``BENCHMARKS.md`` at the repo root, or under ``--out`` for ``--quick``). The full grid may be
+a markdown report: ``BENCHMARKS.md`` at the repo root (and the plots in ``docs/img``) for the whole grid, else under
+``--out`` unless ``--report`` says where, so a run of some datasets never replaces the committed one. The grid may be
 split across processes sharing ``--out`` (e.g. ``--datasets fashion_mnist --resume`` in one, the binary datasets
 in another); a last ``--resume`` invocation over all datasets then only renders the report from ``records.jsonl``.
 """
@@ -60,7 +61,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--quick", action="store_true", help="tiny data, <= 2 epochs, 2-epoch autoencoders, seed 0")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results/vfl[_quick])")
-    parser.add_argument("--report", type=Path, default=None, help="report path (default BENCHMARKS.md, or under --out)")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        help="report path (default: BENCHMARKS.md for the whole grid, else under --out, so a part never replaces it)",
+    )
     parser.add_argument("--resume", action="store_true", help="reuse finished trainings in <out>/records.jsonl")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument(
@@ -72,6 +78,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="class counts for which one CoAE autoencoder (first seed) serves every seed, to save time",
     )
     return parser.parse_args(argv)
+
+
+def whole_grid(args: argparse.Namespace) -> bool:
+    """Whether ``args`` ask for the committed grid (every dataset, top, defence, noise scale and seed, not --quick):
+    only such a run replaces BENCHMARKS.md's generated part and the plots in docs/img by default."""
+    defaults = vars(parse_args([]))
+    asked = ("datasets", "tops", "defences", "noise_scales", "exclude", "seeds")
+    return not args.quick and all(sorted(getattr(args, k)) == sorted(defaults[k]) for k in asked)
+
+
+def report_location(args: argparse.Namespace, out: Path) -> Path:
+    """``--report``, else BENCHMARKS.md at the repo root for the whole grid and ``<out>/BENCHMARKS.md`` for a part."""
+    return (args.report or (REPO_ROOT / REPORT_NAME if whole_grid(args) else out / REPORT_NAME)).resolve()
 
 
 def plan(args: argparse.Namespace) -> tuple[list[Setting], list[int]]:
@@ -191,8 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot_tradeoff(summary, plot_path)
     pareto_path = out / PARETO_NAME
     plot_pareto(summary, pareto_path)
-    report_path = (args.report or (out / REPORT_NAME if args.quick else REPO_ROOT / REPORT_NAME)).resolve()
-    if args.quick:
+    report_path = report_location(args, out)
+    if not whole_grid(args):
         linked, linked_pareto = plot_path, pareto_path
     else:
         COMMITTED_PLOT.parent.mkdir(parents=True, exist_ok=True)
