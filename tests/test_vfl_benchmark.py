@@ -317,3 +317,19 @@ def test_only_the_whole_grid_replaces_the_committed_report_unless_told(tmp_path:
         assert report_location(parse_args(part), tmp_path) == (tmp_path / "BENCHMARKS.md").resolve(), part
     told = tmp_path / "mine.md"
     assert report_location(parse_args(["--datasets", "credit", "--report", str(told)]), tmp_path) == told.resolve()
+
+
+def test_a_resumed_training_is_reused_only_with_its_parameters_and_autoencoder() -> None:
+    from benchmarks.vfl.run import reusable
+
+    coae = DefenceSpec("coae", (("entropy_weight", 0.5),))
+    record = {"params": {"entropy_weight": 0.5}, "autoencoder_seed": 1, "autoencoder_epochs": 30}
+    assert reusable(record, coae, seed=1, shared_seed=None, ae_epochs=30)
+    assert not reusable(record, DefenceSpec("coae", (("entropy_weight", 1.0),)), 1, None, 30)  # the label hides it
+    assert not reusable(record, coae, seed=1, shared_seed=0, ae_epochs=30)  # now one autoencoder serves every seed
+    assert not reusable(record, coae, seed=1, shared_seed=None, ae_epochs=2)  # a --quick autoencoder
+    older = {"params": {"entropy_weight": 0.5}, "autoencoder_seed": 1}  # before the epochs were kept
+    assert reusable(older, coae, seed=1, shared_seed=None, ae_epochs=30)
+    noise = DefenceSpec("gaussian", (("scale", 0.1),))
+    assert reusable({"params": {"scale": 0.1}, "autoencoder_seed": None}, noise, 0, 0, 30)
+    assert not reusable({"params": {"scale": 0.2}, "autoencoder_seed": None}, noise, 0, None, 30)

@@ -39,7 +39,14 @@ from benchmarks.vfl.grid import (
 from benchmarks.vfl.plot import plot_pareto, plot_tradeoff
 from benchmarks.vfl.records import RECORDS_NAME, append_record, load_records, run_start
 from benchmarks.vfl.report import ENTRY, RunInfo, render_report
-from benchmarks.vfl.run import attacker_alone, autoencoder_epochs, load_setting_data, prepare_autoencoder, run_one
+from benchmarks.vfl.run import (
+    attacker_alone,
+    autoencoder_epochs,
+    load_setting_data,
+    prepare_autoencoder,
+    reusable,
+    run_one,
+)
 from benchmarks.vfl.statistics import summarise
 
 REPORT_NAME = "BENCHMARKS.md"
@@ -142,7 +149,7 @@ def run_setting(
     for spec in specs:
         for seed in info.seeds:
             key = (setting.key, spec.label, seed)
-            if key in done:
+            if key in done and reusable(done[key], spec, seed, pair[0] if pair else None, ae_epochs):
                 record = done[key]
             else:
                 record = run_one(setting, spec, seed, data, out, ae_epochs, pair)
@@ -203,7 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     summary = summarise(records)
     info.train_seconds = sum(r["seconds"] for r in records)
-    info.resumed = len(done)
+    reused = {id(record) for record in done.values()}
+    info.resumed = sum(id(record) in reused for record in records)
     # Up to the last finished training (the file's last append), so re-rendering a report does not add time.
     info.wall_seconds = records_path.stat().st_mtime - start_unix
     plot_path = out / PLOT_NAME

@@ -204,5 +204,23 @@ def run_one(
         "skipped_batches": int(result["skipped_batches"]),
         "seconds": float(result["seconds"]),
         "autoencoder_seed": autoencoder_seed,
+        "autoencoder_epochs": ae_epochs if spec.name in AUTOENCODER_DEFENCES else None,
         "attacks": scores,
     }
+
+
+def reusable(record: dict[str, Any], spec: DefenceSpec, seed: int, shared_seed: int | None, ae_epochs: int) -> bool:
+    """Whether a finished ``record`` of this (setting, defence label, seed) is the training ``run_one`` would do now.
+
+    A label shows some parameters only (``coae`` shows none), and the autoencoder a CoAE/DCAE training used
+    depends on ``--shared-autoencoder-for`` (its seed, ``shared_seed``) and on ``--quick`` (its epochs): a record of
+    other parameters or of another autoencoder is trained again. Records from before the epochs were kept are
+    matched without them.
+    """
+    if record.get("params") != json.loads(json.dumps(dict(spec.params))):
+        return False
+    if spec.name not in AUTOENCODER_DEFENCES:
+        return True
+    expected_seed = seed if shared_seed is None else shared_seed
+    epochs = record.get("autoencoder_epochs", ae_epochs)
+    return bool(record.get("autoencoder_seed") == expected_seed and epochs == ae_epochs)
