@@ -411,7 +411,8 @@ def test_the_required_plan_is_the_issues_grid_in_the_full_plans_order(tmp_path: 
     assert not set(ablation_jobs()) & set(required) and not set(variant_jobs()) & set(required)
     assert not set(ablation_jobs()) & set(pending(tmp_path, [], set(), required_only=True))
     assert set(reported_jobs(tmp_path, required_only=True)) == set(plan({}, required_only=True))
-    assert parse_args(["--required-only"]).required_only and not parse_args([]).required_only
+    out = ["--out", str(tmp_path)]
+    assert parse_args(["--required-only", *out]).required_only and not parse_args(out).required_only
 
 
 def test_the_augmented_extras_add_only_the_servers_shifts_and_mirror_images() -> None:
