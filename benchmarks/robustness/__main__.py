@@ -88,8 +88,8 @@ def run_pending(todo: list[Job], args: argparse.Namespace, out: Path) -> list[st
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the pending jobs, then write ``report.md`` under ``--out`` and the section of ``--report``; exit 1 if a job
-    failed."""
+    """Run the pending jobs, then write ``report.md`` under ``--out`` and, when given, the section of ``--report``;
+    exit 1 if a job failed, 2 if ``--out`` holds finished jobs of another run."""
     args = parse_args(argv)
     out = args.out.resolve()
     jobs = plan(args.methods, args.adversaries, args.fractions, args.seeds)
