@@ -146,3 +146,23 @@ def test_state_that_grows_or_fills_in_over_a_run_still_restores() -> None:
     rebuilt.rounds_done = np.int64(0)  # type: ignore[assignment]  # a numpy count is a number too
     restore_object_state(rebuilt, object_state(saved), "saved")
     assert rebuilt.rounds_done == 7.0 and rebuilt.best == 0.8 and torch.equal(rebuilt.cache, torch.ones(9))
+
+
+def test_the_knowledge_cache_comes_back_only_onto_the_transfer_set_it_indexes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its positions are rows of one transfer set: another seed draws other samples, whose rows they would name."""
+    server = _server()
+    server.knowledge_cache.update([1, 5], torch.ones(2, server.num_classes))
+    path = tmp_path / "server.pt"
+    server.save(path)
+    same = _server()
+    same.load(path)
+    assert same.knowledge_cache.num_filled == 2 and torch.equal(same.knowledge_cache.get([1, 5]), torch.ones(2, 10))
+    cfg = tiny_config(seed=1)
+    other = build_server(cfg, build_federation(cfg))
+    assert not torch.equal(other.transfer_x, server.transfer_x)
+    with caplog.at_level("WARNING"):
+        other.load(path)
+    assert other.knowledge_cache.num_filled == 0 and "another transfer set" in caplog.text
+    assert all(torch.equal(other.model.state_dict()[k], v) for k, v in server.model.state_dict().items())

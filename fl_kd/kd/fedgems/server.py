@@ -14,6 +14,7 @@ directly.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from numpy.typing import DTypeLike, NDArray
 from torch import Tensor, nn
 
-from fl_kd.checkpoint import CheckpointError, check_state_dict, read_checkpoint
+from fl_kd.checkpoint import CheckpointError, check_state_dict, content_digest, read_checkpoint
 from fl_kd.data.augment import shift_and_mirror
 from fl_kd.kd.cache import KnowledgeCache
 from fl_kd.kd.fedgems.options import ServerOptions
@@ -44,6 +45,9 @@ from fl_kd.kd.training import (
     to_wire,
     weight_average,
 )
+
+TRANSFER_DIGEST = "transfer_digest"  # checkpoint key: the transfer set whose positions the saved cache indexes
+log = logging.getLogger(__name__)
 
 
 class SelectiveDistillServer:
@@ -329,10 +333,7 @@ class SelectiveDistillServer:
         return predict_logits(self.published, self.transfer_x, device=self.device)
 
     def transfer_logits(self, dtype: DTypeLike = np.float32) -> NDArray[np.floating[Any]]:
-        """Eval-mode server logits ``(N, C)`` on the whole transfer set: the broadcast to clients.
-
-        ``dtype=np.float16`` halves the downlink (values clipped to float16's range).
-        """
+        """Eval-mode server logits ``(N, C)`` on the transfer set, the broadcast (float16: half the bytes, clipped)."""
         return to_wire(self._transfer_predictions(), dtype)
 
     def unlabelled_logits(self, round: int, dtype: DTypeLike = np.float32) -> tuple[NDArray[np.int64], NDArray[Any]]:
@@ -363,27 +364,28 @@ class SelectiveDistillServer:
         self.knowledge_cache.load_state_dict(state["knowledge_cache"])
 
     def save(self, path: str | Path) -> None:
-        """Write a checkpoint (model + knowledge cache) loadable with ``torch.load(weights_only=True)``."""
+        """Write a checkpoint (model, knowledge cache, its transfer set's digest) that `torch.load` reads as weights."""
         state = self.state_dict()
         cache = {key: torch.from_numpy(value) for key, value in state["knowledge_cache"].items()}
-        torch.save({"model": state["model"], "knowledge_cache": cache}, Path(path))
+        torch.save({"model": state["model"], "knowledge_cache": cache, TRANSFER_DIGEST: self._digest()}, Path(path))
+
+    def _digest(self) -> str:
+        return content_digest({"x": self.transfer_x, "y": self.transfer_y})
 
     def load(self, path: str | Path, load_cache: bool = True) -> None:
         """Start from a checkpoint: a file from :meth:`save`, or a bare model ``state_dict`` (pretrained).
 
-        Parameters
-        ----------
-        path : str | Path
-            Checkpoint file.
-        load_cache : bool (default: True)
-            Also restore the knowledge cache when the file has one. Pass False when the earlier federation
-            used a different transfer set, whose cached positions would mean other samples here.
+        The knowledge cache is restored too (unless ``load_cache`` is False) when the file's transfer set is this
+        server's: cached positions of another one (another seed or dataset) would mean other samples here.
         """
         checkpoint = read_checkpoint(path)
         has_cache = isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("model"), Mapping)
         model_state = check_state_dict(self.model, checkpoint["model"] if has_cache else checkpoint, path)
         cache = None
-        if has_cache and load_cache and "knowledge_cache" in checkpoint:
+        load_cache = load_cache and has_cache and "knowledge_cache" in checkpoint
+        if load_cache and checkpoint.get(TRANSFER_DIGEST) != self._digest():
+            log.warning("checkpoint %s: its knowledge cache is of another transfer set; starting without it", path)
+        elif load_cache:
             try:
                 cache = {key: value.numpy() for key, value in checkpoint["knowledge_cache"].items()}
                 self.knowledge_cache.check_state_dict(cache)
