@@ -79,14 +79,21 @@ def read_metrics(out_dir: Path | str) -> list[dict[str, Any]]:
 
 
 def finished_rounds(out_dir: Path | str, exit_code: int, rounds: int) -> list[dict[str, Any]] | None:
-    """The rows of a Flower run that exited with 0 and left each of rounds ``1..rounds`` on disk; else None."""
-    path = Path(out_dir) / METRICS_JSONL
+    """The rows of a Flower run that exited with 0, left each of rounds ``1..rounds`` on disk and then its summary;
+    else None.
+
+    ``flwr run`` exits 0 whatever became of the run, and the last round's row is written before the ServerApp saves
+    the server and the summary: a ServerApp killed in between (out of memory, a full disk) left every row and no
+    ``summary.json``, or one of an earlier attempt, older than the rows.
+    """
+    path, summary = Path(out_dir) / METRICS_JSONL, Path(out_dir) / SUMMARY_JSON
     try:
         rows = read_metrics(out_dir) if path.exists() else []
     except ValueError:  # a line cut short: the run did not finish writing
         return None
     complete = [row["round"] for row in rows] == list(range(1, rounds + 1))
-    return rows if exit_code == 0 and complete else None
+    summarised = summary.exists() and path.exists() and summary.stat().st_mtime_ns >= path.stat().st_mtime_ns
+    return rows if exit_code == 0 and complete and summarised else None
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: Path | str) -> None:

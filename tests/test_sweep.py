@@ -334,7 +334,14 @@ def test_metrics_files_are_read_strictly_and_an_incomplete_run_is_not_finished(t
         assert finished_rounds(tmp_path, 0, 2) is None
     path.write_text('{"round": 2}\n{"round": 1}\n')
     assert [row["round"] for row in read_metrics(tmp_path)] == [1, 2]
+    # Every row, but the ServerApp died before its summary (or the summary is an earlier attempt's): not finished.
+    assert finished_rounds(tmp_path, 0, 2) is None
+    summary = tmp_path / "summary.json"
+    summary.write_text("{}")
     assert finished_rounds(tmp_path, 0, 2) is not None and finished_rounds(tmp_path, 0, 3) is None
+    older = path.stat().st_mtime_ns - 1_000_000_000
+    os.utime(summary, ns=(older, older))
+    assert finished_rounds(tmp_path, 0, 2) is None
 
 
 def test_a_summary_of_rows_read_back_from_json_takes_null_as_nan() -> None:
