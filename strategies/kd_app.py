@@ -25,7 +25,7 @@ from fl_kd.kd.algorithm import get_algorithm
 from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.federation import build_federation
 from fl_kd.kd.node_partitions import encode_node_partitions, node_partitions
-from fl_kd.kd.progress import load_progress
+from fl_kd.kd.progress import ProgressError, load_progress
 from fl_kd.kd.round_policy import RoundPolicy
 from fl_kd.kd.runner import summarise
 from fl_kd.plots import run_title
@@ -72,6 +72,8 @@ def main(grid: Grid, context: Context) -> None:
     out_dir = Path(str(context.run_config[kd.OUTPUT_DIR_KEY]))
     policy = RoundPolicy.from_run_config(context.run_config)
     resumed = load_progress(out_dir, experiment_json) if policy.resume else None
+    if policy.resume and resumed is None:  # a mistyped or remounted output-dir would start a second run in silence
+        raise ProgressError(f"resume=true: {out_dir} holds no saved round; submit the run without resume to start it")
     recorder = RoundRecorder(out_dir)
     for row in resumed.history if resumed is not None else []:
         recorder.record(row)

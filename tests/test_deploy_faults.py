@@ -54,6 +54,22 @@ def test_policy_from_run_config() -> None:
             RoundPolicy.from_run_config(bad)
 
 
+def test_a_serverapp_told_to_resume_a_folder_without_a_saved_round_stops_at_once(tmp_path: Path) -> None:
+    """``flwr run ... resume=true`` with a mistyped or remounted output-dir started the federation again in silence."""
+    from fl_kd.kd.protocol import OUTPUT_DIR_KEY
+    from fl_kd.strategies.kd_app import main
+
+    run_config: dict[str, bool | float | int | str] = {
+        RUN_CONFIG_KEY: tiny_config().to_json(),
+        OUTPUT_DIR_KEY: str(tmp_path),
+        "resume": True,
+    }
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
+    with pytest.raises(ProgressError, match="resume=true: .* holds no saved round"):
+        main(cast(Any, None), context)  # it stops before the grid is touched
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_dead_node_is_logged_and_the_round_completes_with_the_others(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
