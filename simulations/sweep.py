@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 SWEEP_MD = "sweep.md"
 FINISHED, FAILED, UNFINISHED, UNREADABLE = "finished", "failed", "did not finish", "unreadable"
+EARLIER = "an earlier sweep's"
 #: The setting of jobs that differ in nothing but the seed.
 ALL_JOBS = "(all jobs)"
 
@@ -57,10 +58,28 @@ def collect(sweep_dir: Path) -> list[Job]:
     summary and per-round rows; ``setting`` names what the job's overrides differ in, seed left out."""
     jobs = [_job(path.parent.parent, sweep_dir) for path in sweep_dir.rglob(".hydra/overrides.yaml")]
     jobs.sort(key=lambda job: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", job.name)])
-    shared = set(shared_overrides([job for job in jobs if job.status != UNREADABLE]))  # those have no overrides
+    _mark_earlier(jobs, sweep_dir)
+    shared = set(shared_overrides([job for job in jobs if job.status not in (UNREADABLE, EARLIER)]))
     for job in jobs:
         job.setting = " ".join(o for o in job.overrides if o not in shared) or ALL_JOBS
     return jobs
+
+
+def _mark_earlier(jobs: Sequence[Job], sweep_dir: Path) -> None:
+    """Mark the jobs an earlier sweep into the same folder left and the last one did not run again.
+
+    Hydra writes the folder's ``multirun.yaml`` when a sweep starts and each job's ``.hydra/`` when the job starts,
+    so a job folder older than ``multirun.yaml`` is no job of the last sweep (a sweep of fewer seeds, say): its
+    figures, of other code or settings, would join the table's rows unseen.
+    """
+    launched = sweep_dir / "multirun.yaml"
+    if not launched.is_file():
+        return
+    started = launched.stat().st_mtime_ns
+    for job in jobs:
+        stamp = sweep_dir / job.name / ".hydra" / "overrides.yaml"
+        if job.status != UNREADABLE and stamp.stat().st_mtime_ns < started:
+            job.status, job.error = EARLIER, "older than the sweep's multirun.yaml: not run by the last sweep"
 
 
 def shared_overrides(jobs: Sequence[Job]) -> list[str]:
@@ -254,14 +273,14 @@ def groups_of(jobs: Sequence[Job]) -> dict[str, list[Job]]:
 
 def table(jobs: Sequence[Job]) -> str:
     """Markdown: the shared overrides, one row per setting (finished seeds), then the jobs without results."""
-    shared = " ".join(shared_overrides([job for job in jobs if job.status != UNREADABLE]))
+    shared = " ".join(shared_overrides([job for job in jobs if job.status not in (UNREADABLE, EARLIER)]))
     lines = [
         f"All jobs: `{shared or '(defaults)'}`",
         "",
         "| setting | seeds | " + " | ".join(header for header, _, _ in COLUMNS) + " |",
         "|---|---|" + "---|" * len(COLUMNS),
     ]
-    for setting, members in groups_of(jobs).items():
+    for setting, members in groups_of([job for job in jobs if job.status != EARLIER]).items():
         done, repeated = one_per_seed(members)
         asked = len({job.seed for job in members if job.seed != "?"}) + sum(job.seed == "?" for job in members)
         seeds = str(len(done)) if len(done) == asked else f"{len(done)} of {asked}"

@@ -373,6 +373,24 @@ def test_a_seed_run_twice_counts_once_and_the_table_says_so(sweep: Path) -> None
     assert "strategy=fedgems (2 seeds)" in legend, legend
 
 
+def test_jobs_an_earlier_sweep_left_in_the_folder_stay_out_of_the_rows(sweep: Path) -> None:
+    """A sweep of fewer seeds into the same folder leaves the earlier sweep's job 1 (fedgems, seed 1) behind."""
+    launched = sweep / "multirun.yaml"
+    launched.write_text("hydra: {}\n")
+    started = launched.stat().st_mtime_ns
+    for folder in ("0", "1", "2", "3", "10"):
+        stamp = started + (-10 if folder == "1" else 10) * 1_000_000_000
+        os.utime(sweep / folder / ".hydra" / "overrides.yaml", ns=(stamp, stamp))
+    jobs = collect(sweep)
+    assert [job.status for job in jobs] == ["finished", "an earlier sweep's", "finished", "failed", "did not finish"]
+    markdown = table(jobs)
+    fedgems = next(line for line in markdown.splitlines() if line.startswith("| strategy=fedgems |"))
+    assert fedgems.split(" | ")[1:3] == ["1", "0.6000"]  # seed 0 alone, not "1 of 2" nor a mean with seed 1's 0.8
+    assert "| 1 | strategy=fedgems | 1 | an earlier sweep's | older than the sweep's multirun.yaml" in markdown
+    launched.unlink()
+    assert [job.status for job in collect(sweep)][1] == "finished"  # without it nothing can be told
+
+
 def test_a_pipe_in_an_override_stays_inside_its_cell(tmp_path: Path) -> None:
     rows = [_row(1, 0.5, 0.5, 10, 1.0)]
     _finished(tmp_path, "0", ["strategy=fedgems", "+note=a|b", "seed=0"], rows)
