@@ -164,7 +164,8 @@ def run_deployment(
     rows = finished_rounds(out_dir, code, experiment.strategy.rounds)
     if rows is None:
         raise DeploymentError(
-            f"`flwr run` ended with exit code {code} before {experiment.strategy.rounds} rounds; "
+            f"`flwr run` ended with exit code {code} before the ServerApp wrote its "
+            f"{experiment.strategy.rounds} rounds and its summary; "
             f"see {deployment.run_log} and {deployment.superlink_log}. End of {deployment.run_log.name}:\n"
             f"{tail(deployment.run_log)}"
         )

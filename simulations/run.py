@@ -120,7 +120,8 @@ def _run(experiment: ExperimentConfig, out_dir: Path) -> list[dict[str, Any]]:
         from fl_kd.strategies.kd_app import SERVER_LOG  # the ServerApp's module imports Flower: only when needed
 
         raise RuntimeError(
-            f"the Flower simulation ended with exit code {code} before {experiment.strategy.rounds} rounds; "
+            f"the Flower simulation ended with exit code {code} before writing its {experiment.strategy.rounds} rounds "
+            f"and its summary; "
             f"see {out_dir / FLOWER_LOG}, {out_dir / SERVER_LOG} and "
             f"{out_dir / '.flwr' / 'local-superlink' / 'superlink.log'}"
         )
