@@ -42,7 +42,7 @@ from fl_kd.simulations.flower_launcher import write_app
 from fl_kd.simulations.health import DeploymentError
 from fl_kd.simulations.loopback import Endpoints, LoopbackDeployment
 from fl_kd.simulations.node_data import dataset_node_configs, write_partition_folders
-from fl_kd.simulations.processes import interrupt_exit_code, tail, termination_as_interrupt
+from fl_kd.simulations.processes import hold_folder, interrupt_exit_code, tail, termination_as_interrupt
 
 __all__ = ["DeploySettings", "DeploymentError", "Endpoints", "main", "run_deployment", "split_deploy_settings"]
 
@@ -102,9 +102,18 @@ def run_deployment(
     DeploymentError
         A component exited early, a wait timed out, or the run did not record all its rounds.
     """
-    settings = settings or DeploySettings()
+    with hold_folder(out_dir.resolve()):
+        return _deploy(experiment, out_dir.resolve(), settings or DeploySettings(), on_ready, echo)
+
+
+def _deploy(
+    experiment: ExperimentConfig,
+    out_dir: Path,
+    settings: DeploySettings,
+    on_ready: Callable[[Endpoints], None] | None,
+    echo: bool,
+) -> list[dict[str, Any]]:
     say: Callable[[str], None] = (lambda text: print(text, flush=True)) if echo else log.info
-    out_dir = out_dir.resolve()
     if settings.resume is not None and Path(settings.resume).resolve() != out_dir:
         raise ConfigError(f"deploy.resume={settings.resume} resumes that folder, not {out_dir}")
     deploy_dir = out_dir / "deploy"

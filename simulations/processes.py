@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -22,6 +23,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, NamedTuple
+
+from fl_kd.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +151,70 @@ def die_with_parent() -> None:
     """In a child before exec: a session of its own, and SIGTERM from Linux when its parent dies, even by SIGKILL."""
     os.setsid()  # a Ctrl-C in the terminal reaches the launcher only, which stops everything in order
     exit_with_parent()
+
+
+RUN_LOCK = "run.lock"
+"""Held in a run folder while a run writes there (:func:`hold_folder`)."""
+LOCK_WRITE_S = 10.0
+"""An unreadable lock younger than this is one being written, not a stale one."""
+
+
+class FolderInUseError(ConfigError):
+    """Another live run holds the folder (a user error: one line, exit 2)."""
+
+
+@contextlib.contextmanager
+def hold_folder(folder: Path) -> Iterator[None]:
+    """Hold ``folder/run.lock`` (this process's PID and start time) while a run writes in ``folder``.
+
+    Two runs started in the same second share Hydra's default folder; without this the second truncates and
+    interleaves the first's files, and stops its Flower processes. A lock whose process has ended (a run killed
+    outright) is taken over, so a resumed run can use its folder again. Outside Linux no process can be identified,
+    and the lock never refuses.
+
+    Raises
+    ------
+    FolderInUseError
+        A live process holds the lock.
+    """
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    path = Path(folder) / RUN_LOCK
+    me = identify(os.getpid())
+    while True:
+        try:
+            handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            break
+        except FileExistsError:
+            holder = _lock_holder(path)
+            starting = holder is None and _age_s(path) < LOCK_WRITE_S  # created, its PID not yet written
+            if starting or (holder is not None and is_running(holder)):
+                who = f"PID {holder.pid}" if holder is not None else "starting"
+                raise FolderInUseError(
+                    f"{folder} is being written by another run ({who}): give each run a folder of its own "
+                    "(hydra.run.dir=...), since two runs started in the same second share the default one"
+                ) from None
+            path.unlink(missing_ok=True)  # its run has ended: the lock is stale
+    with os.fdopen(handle, "w") as lock:
+        lock.write(f"{os.getpid()} {me.start_time if me is not None else 0}\n")
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _age_s(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:  # gone meanwhile: try again
+        return math.inf
+
+
+def _lock_holder(path: Path) -> Proc | None:
+    try:
+        pid, start_time = (int(part) for part in path.read_text().split())
+    except (OSError, ValueError):  # unreadable, or half-written by a run that died at once
+        return None
+    return Proc(pid, start_time)
 
 
 def exit_with_parent(parent: int | None = None) -> None:

@@ -40,7 +40,7 @@ from fl_kd.simulations.config import experiment_config
 from fl_kd.simulations.console import follow_progress, quiet_console
 from fl_kd.simulations.flower_launcher import run_flower_simulation
 from fl_kd.simulations.jobs import finish_sweep, in_multirun, sweep_job
-from fl_kd.simulations.processes import interrupt_exit_code, termination_as_interrupt
+from fl_kd.simulations.processes import hold_folder, interrupt_exit_code, termination_as_interrupt
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def run_experiment(experiment: ExperimentConfig, out_dir: Path) -> list[dict[str
     """
     check_device_available(experiment.device)  # both backends run their models on this machine
     try:
-        with termination_as_interrupt():
+        with termination_as_interrupt(), hold_folder(out_dir):
             return _run(experiment, out_dir)
     except KeyboardInterrupt as interrupt:
         print(interrupted_line(out_dir, interrupt), file=sys.stderr, flush=True)

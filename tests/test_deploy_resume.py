@@ -65,6 +65,7 @@ class _FakeDeployment:
     def submit(self, app_dir: Path, on_poll: Any = None, run_config: str | None = None) -> int:
         rows = [{"round": r, "server_acc": 0.5, "wall_seconds": 1.0} for r in (1, 2)]
         (app_dir.parent / METRICS_JSONL).write_text("".join(json.dumps(row) + "\n" for row in rows))
+        (app_dir.parent / "summary.json").write_text("{}")  # what the ServerApp writes last
         return 0
 
     def stop(self) -> None:

@@ -157,3 +157,35 @@ def test_nothing_interrupts_the_stopping() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.2)  # would raise here if either signal were still handled
+
+
+HOLDER = """
+import sys, time
+from fl_kd.simulations.processes import hold_folder
+with hold_folder(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_run_folder_another_live_run_holds_is_refused_and_a_dead_runs_lock_is_taken_over(tmp_path: Path) -> None:
+    """Two runs started in the same second get the same Hydra folder: the second stops before writing a file."""
+    from fl_kd.simulations.processes import RUN_LOCK, FolderInUseError, hold_folder
+    from fl_kd.simulations.run import run_experiment
+    from tests.kd_configs import tiny_config
+
+    folder = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(FolderInUseError, match=rf"{folder} is being written by another run \(PID {holder.pid}\)"):
+            run_experiment(tiny_config(simulation={"backend": "inprocess"}), folder)
+        assert sorted(path.name for path in folder.iterdir()) == [RUN_LOCK]  # nothing of the second run
+        holder.kill()  # killed outright: its lock stays behind, stale
+        holder.wait()
+        with hold_folder(folder):
+            assert (folder / RUN_LOCK).read_text().split()[0] == str(os.getpid())
+        assert not (folder / RUN_LOCK).exists()
+    finally:
+        holder.kill()
+        holder.wait()
