@@ -102,8 +102,11 @@ def run_deployment(
     DeploymentError
         A component exited early, a wait timed out, or the run did not record all its rounds.
     """
-    with hold_folder(out_dir.resolve()):
-        return _deploy(experiment, out_dir.resolve(), settings or DeploySettings(), on_ready, echo)
+    settings, out_dir = settings or DeploySettings(), out_dir.resolve()
+    if settings.resume is not None and Path(settings.resume).resolve() != out_dir:
+        raise ConfigError(f"deploy.resume={settings.resume} resumes that folder, not {out_dir}")
+    with hold_folder(out_dir):
+        return _deploy(experiment, out_dir, settings, on_ready, echo)
 
 
 def _deploy(
@@ -114,8 +117,6 @@ def _deploy(
     echo: bool,
 ) -> list[dict[str, Any]]:
     say: Callable[[str], None] = (lambda text: print(text, flush=True)) if echo else log.info
-    if settings.resume is not None and Path(settings.resume).resolve() != out_dir:
-        raise ConfigError(f"deploy.resume={settings.resume} resumes that folder, not {out_dir}")
     deploy_dir = out_dir / "deploy"
     if settings.resume is not None:
         set_aside = _set_aside_attempt(deploy_dir)

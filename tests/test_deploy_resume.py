@@ -95,6 +95,7 @@ def test_resume_takes_the_run_folders_experiment_and_keeps_its_data_and_client_s
     assert not (run_dir / "deploy" / "superlink.db").exists()
     with pytest.raises(ConfigError, match="resumes that folder"):
         deploy.run_deployment(resumed, tmp_path / "elsewhere", settings, echo=False)
+    assert not (tmp_path / "elsewhere").exists()  # refused before anything is written
 
 
 def test_resume_of_a_folder_without_progress_is_refused(tmp_path: Path) -> None:
