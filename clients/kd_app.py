@@ -121,7 +121,9 @@ def _state_folder(context: Context) -> Path | None:
 
 def _run_key(context: Context) -> str:
     run_config = context.run_config
-    return run_key(str(run_config[kd.RUN_CONFIG_KEY]), str(run_config.get(kd.OUTPUT_DIR_KEY, "")))
+    # A launcher of before the run id sends none; its clients' states are named by the run folder.
+    run_id = str(run_config.get(kd.RUN_ID_KEY, "")) or str(run_config.get(kd.OUTPUT_DIR_KEY, ""))
+    return run_key(str(run_config[kd.RUN_CONFIG_KEY]), run_id)
 
 
 def _reload(context: Context, client: ClientRole, state_round: int) -> None:

@@ -32,8 +32,8 @@ from fl_kd.config import ConfigError, to_mapping
 from fl_kd.kd.algorithm import get_algorithm
 from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.node_partitions import NODE_PARTITIONS_KEY, encode_node_partitions
-from fl_kd.kd.progress import CLIENT_STATE_DIR_KEY
-from fl_kd.kd.protocol import OUTPUT_DIR_KEY, RUN_CONFIG_KEY
+from fl_kd.kd.progress import CLIENT_STATE_DIR_KEY, folder_run_id
+from fl_kd.kd.protocol import OUTPUT_DIR_KEY, RUN_CONFIG_KEY, RUN_ID_KEY
 from fl_kd.kd.runner import summarise
 from fl_kd.results import METRICS_JSONL, finished_rounds, format_round_line, print_summary_table
 from fl_kd.simulations.cli import user_errors_exit
@@ -133,6 +133,7 @@ def _deploy(
         {
             RUN_CONFIG_KEY: experiment.to_json(),
             OUTPUT_DIR_KEY: str(out_dir),
+            RUN_ID_KEY: folder_run_id(out_dir),  # kept in the folder: a moved folder's clients find their states
             CLIENT_STATE_DIR_KEY: "",  # default: client-state/ in each node's data-dir (or in output-dir)
             NODE_PARTITIONS_KEY: "",  # set at submission once the SuperNodes are registered (Flower checks the key)
             **settings.round_policy().to_run_config(),

@@ -22,7 +22,8 @@ from fl_kd.config import to_mapping
 from fl_kd.kd.algorithm import get_algorithm
 from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.federation import build_federation
-from fl_kd.kd.protocol import CHECKPOINT_FILE, OUTPUT_DIR_KEY, RUN_CONFIG_KEY
+from fl_kd.kd.progress import folder_run_id
+from fl_kd.kd.protocol import CHECKPOINT_FILE, OUTPUT_DIR_KEY, RUN_CONFIG_KEY, RUN_ID_KEY
 from fl_kd.kd.runner import run_inprocess, summarise
 from fl_kd.plots import run_title
 from fl_kd.results import (
@@ -107,7 +108,11 @@ def _run(experiment: ExperimentConfig, out_dir: Path) -> list[dict[str, Any]]:
                 out_dir,
                 algorithm.server_app,
                 algorithm.client_app,
-                run_config={RUN_CONFIG_KEY: experiment.to_json(), OUTPUT_DIR_KEY: str(out_dir.resolve())},
+                run_config={
+                    RUN_CONFIG_KEY: experiment.to_json(),
+                    OUTPUT_DIR_KEY: str(out_dir.resolve()),
+                    RUN_ID_KEY: folder_run_id(out_dir),
+                },
                 num_supernodes=experiment.num_clients,
                 num_cpus_per_client=experiment.simulation.num_cpus_per_client,
                 num_cpus=experiment.simulation.num_cpus,

@@ -6,7 +6,7 @@ import csv
 import json
 from pathlib import Path
 
-from fl_kd.results import RoundRecorder, read_metrics, write_outputs
+from fl_kd.results import RoundRecorder, format_round_line, read_metrics, write_outputs
 
 
 def _rows(acc: list[float]) -> list[dict[str, float | int]]:
@@ -24,3 +24,11 @@ def test_recorder_appends_and_outputs_are_written(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary == {"final_server_acc": 0.75, "nan_figure": None}  # NaN is not valid JSON
     assert (tmp_path / "accuracy.png").stat().st_size > 0 and (tmp_path / "bytes.png").stat().st_size > 0
+
+
+def test_the_round_line_shows_answers_the_server_left_out() -> None:
+    """A resumed run whose clients all refused looks like any other round unless its line says so."""
+    row = {"round": 2, "server_acc": 0.5, "uplink_bytes": 0, "wall_seconds": 1.0, "n_rejected": 0, "n_missing": 0}
+    assert format_round_line(row) == "round 2 | server 0.5000 | up 0.0 kB | 1.00 s"
+    line = format_round_line(row | {"n_rejected": 4, "n_missing": 4})
+    assert line.endswith("| answers rejected 4 | clients without an answer 4")

@@ -8,6 +8,7 @@ A state file of the wrong round, another client or a corrupted one is refused wi
 
 from __future__ import annotations
 
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,13 @@ from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.progress import (
     ClientStateError,
     client_state_folder,
+    folder_run_id,
     load_client_state,
     load_progress,
     run_key,
     save_client_state,
 )
-from fl_kd.kd.protocol import CLIENT_STATE, OUTPUT_DIR_KEY, RUN_CONFIG_KEY
+from fl_kd.kd.protocol import CLIENT_STATE, OUTPUT_DIR_KEY, RUN_CONFIG_KEY, RUN_ID_KEY
 from fl_kd.kd.round_policy import RoundPolicy
 from fl_kd.strategies.kd import KDStrategy
 from fl_kd.strategies.kd_app import make_strategy
@@ -52,9 +54,12 @@ def _dies_in_round_2(message: Message, reply: Message) -> list[Message]:
     return [reply]
 
 
-def _grid(cfg: ExperimentConfig, out_dir: Path, tamper: Any = None) -> LoopbackGrid:
-    """Nodes with fresh contexts, as after a new ``flwr run``."""
+def _grid(cfg: ExperimentConfig, out_dir: Path, tamper: Any = None, run_id: bool = True) -> LoopbackGrid:
+    """Nodes with fresh contexts, as after a new ``flwr run``; with ``run_id``, told the folder's id as the launchers
+    tell them (without it, as a launcher of before the run id did)."""
     run_config: dict[str, str | int | float | bool] = {RUN_CONFIG_KEY: cfg.to_json(), OUTPUT_DIR_KEY: str(out_dir)}
+    if run_id:
+        run_config[RUN_ID_KEY] = folder_run_id(out_dir)
     return LoopbackGrid(client_app, cfg.num_clients, run_config, tamper)
 
 
@@ -81,10 +86,10 @@ def _cut_in_round_2(cfg: ExperimentConfig, out_dir: Path) -> None:
                    cfg.to_json())  # fmt: skip
 
 
-def _resume(cfg: ExperimentConfig, out_dir: Path) -> tuple[KDStrategy, LoopbackGrid]:
+def _resume(cfg: ExperimentConfig, out_dir: Path, run_id: bool = True) -> tuple[KDStrategy, LoopbackGrid]:
     resumed = load_progress(out_dir, cfg.to_json())
     assert resumed is not None and resumed.round == 1
-    strategy, grid = make_strategy(cfg), _grid(cfg, out_dir)
+    strategy, grid = make_strategy(cfg), _grid(cfg, out_dir, run_id=run_id)
     run_rounds(strategy, grid, ROUNDS, RoundPolicy(resume=True), out_dir, cfg.to_json(), resumed)
     return strategy, grid
 
@@ -119,6 +124,37 @@ def test_a_run_resumed_after_round_1_ends_bit_identical_clients_included(
     for client_id, state in _client_states(whole_grid).items():
         restored = _client_states(resumed_grid)[client_id]
         assert all(torch.equal(state[key], restored[key]) for key in state), f"client {client_id} differs"
+
+
+def test_a_run_whose_folder_moved_resumes_with_its_clients_states(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The clients' states are named by the run's id, kept in its folder: a folder copied elsewhere resumes to the
+    end an uninterrupted run reaches. Named by the folder's path, as before the id, every client refused."""
+    cfg = CONFIGS["fedgems_kept"]()
+    whole, _ = _uninterrupted(cfg, tmp_path / "whole")
+    _cut_in_round_2(cfg, tmp_path / "cut")
+    shutil.copytree(tmp_path / "cut", tmp_path / "by-path")
+    shutil.move(tmp_path / "cut", tmp_path / "moved")
+    with caplog.at_level("INFO", logger="flwr"):
+        resumed, _ = _resume(cfg, tmp_path / "moved")
+    assert "Client 0 reloaded its state of round 1" in caplog.text
+    assert _rows(resumed) == _rows(whole)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="flwr"):
+        by_path, _ = _resume(cfg, tmp_path / "by-path", run_id=False)
+    assert "Client 0 refuses to go on" in caplog.text and "reloaded its state" not in caplog.text
+    assert all(row["n_rejected"] == cfg.num_clients for row in by_path.history[1:])
+
+
+def test_a_run_id_is_written_once_and_kept(tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    assert folder_run_id(folder) == str(folder.resolve())
+    (folder / "run-id").write_text("outputs/earlier\n")
+    assert folder_run_id(folder) == "outputs/earlier"
+    (folder / "run-id").write_text("\n")
+    with pytest.raises(ConfigError, match="run-id is empty"):
+        folder_run_id(folder)
 
 
 def test_a_state_of_another_round_or_a_corrupted_one_is_refused_and_logged(

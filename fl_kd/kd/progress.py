@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from fl_kd.checkpoint import CheckpointError, content_digest, object_state, read_checkpoint, restore_object_state
+from fl_kd.config import ConfigError
 from fl_kd.kd.roles import ServerRole
 
 PROGRESS_DIR = "progress"
@@ -44,6 +45,8 @@ CLIENT_STATE_DIR_KEY = "client-state-dir"
 CLIENT_STATE_DIR = "client-state"
 #: Rounds of saved state each client keeps: the newest, and the one before (the server may have saved only that).
 CLIENT_ROUNDS_KEPT = 2
+#: The file in the run folder that keeps the run's id (:func:`folder_run_id`).
+RUN_ID_FILE = "run-id"
 
 
 class ProgressError(ValueError):
@@ -217,10 +220,33 @@ def restore_server(server: ServerRole, progress: Progress) -> None:
 # -- client state ---------------------------------------------------------------------------------------------------
 
 
-def run_key(experiment_json: str, output_dir: str) -> str:
+def run_key(experiment_json: str, run_id: str) -> str:
     """The name of one federation's client states: the same for a run and its resumption, which share the
-    experiment and the run folder; another experiment or run folder gets other files."""
-    return "run-" + hashlib.sha256(f"{output_dir}\n{experiment_json}".encode()).hexdigest()[:16]
+    experiment and the run's id (:func:`folder_run_id`); another experiment or run gets other files."""
+    return "run-" + hashlib.sha256(f"{run_id}\n{experiment_json}".encode()).hexdigest()[:16]
+
+
+def folder_run_id(out_dir: Path) -> str:
+    """The id of the run in ``out_dir``, read from its :data:`RUN_ID_FILE`, written there by the run's first start.
+
+    The id is the folder's absolute path at that first start, which is what named the clients' states before the id
+    was kept: a folder that has since moved (copied to another disk, resumed under another path) keeps its id, so its
+    clients find their states, and a folder of an older run, which has no file, gets its path as before.
+    """
+    path = out_dir / RUN_ID_FILE
+    if path.is_file():
+        run_id = path.read_text().strip()
+        if not run_id:
+            raise ConfigError(
+                f"{path} is empty: it names the clients' saved states of this run; write the run's id back"
+            )
+        return run_id
+    run_id = str(out_dir.resolve())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{RUN_ID_FILE}.{os.getpid()}.tmp")
+    temporary.write_text(run_id + "\n")
+    os.replace(temporary, path)
+    return run_id
 
 
 def state_root(

@@ -8,13 +8,16 @@ message with ``action=hello`` lets the server learn each node's partition id onc
 Run config (scalars only, as Flower requires):
 
 * :data:`RUN_CONFIG_KEY`: the experiment as JSON (:meth:`fl_kd.kd.config.ExperimentConfig.to_json`);
-* :data:`OUTPUT_DIR_KEY`: the run folder (metrics, summary, plots, ``server.pt``).
+* :data:`OUTPUT_DIR_KEY`: the run folder (metrics, summary, plots, ``server.pt``);
+* :data:`RUN_ID_KEY`: the run's id, kept in its folder (:func:`fl_kd.kd.progress.folder_run_id`): it names the
+  clients' saved states, so a resumed run finds them even after its folder moved.
 """
 
 from __future__ import annotations
 
 RUN_CONFIG_KEY = "fl-kd-config"
 OUTPUT_DIR_KEY = "output-dir"
+RUN_ID_KEY = "run-id"
 CHECKPOINT_FILE = "server.pt"
 
 # Records of a message's RecordDict.
