@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import math
 import multiprocessing
 import os
@@ -20,6 +21,28 @@ import torch
 from fl_kd.simulations.processes import exit_with_parent
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: What a benchmark job runs: the package (core, server and client sides, configs, entry points) and the benchmarks.
+CODE_FOLDERS = ("fl_kd", "strategies", "clients", "conf", "simulations", "benchmarks")
+#: Folders under those that hold no code: caches, and the benchmarks' default run folders.
+_NOT_CODE = frozenset({"__pycache__", "results"})
+
+
+def code_digest(root: Path = REPO_ROOT, folders: Sequence[str] = CODE_FOLDERS) -> str:
+    """A short digest of every ``.py`` and ``.yaml`` file under ``folders`` of ``root``: the code a job ran.
+
+    Kept with each job's result, it lets a resumed benchmark tell the jobs that other code finished (an edit since,
+    a default that changed) from this code's, which the job's name and overrides cannot.
+    """
+    paths = []
+    for folder in folders:
+        for directory, subdirectories, files in os.walk(root / folder):  # symlinks are not followed
+            subdirectories[:] = [d for d in subdirectories if d not in _NOT_CODE and not d.startswith(".")]
+            paths += [Path(directory) / name for name in files if name.endswith((".py", ".yaml"))]
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
 
 
 def job_pool(workers: int) -> ProcessPoolExecutor:

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.common import REPO_ROOT
+from benchmarks.common import REPO_ROOT, code_digest
 from benchmarks.knowledge import __main__ as knowledge
 from benchmarks.knowledge.grid import federated
 from benchmarks.knowledge.run import result_path
 from benchmarks.robustness import __main__ as robustness
 from benchmarks.robustness.grid import Job, plan
-from benchmarks.robustness.run import RESULT_FILE, conflicts, read_result
+from benchmarks.robustness.run import RESULT_FILE, conflicts, other_code, read_result
 from fl_kd.simulations.processes import identify, is_running
 
 WORKER_SCRIPT = textwrap.dedent(
@@ -70,12 +70,16 @@ def test_a_benchmark_killed_by_sigkill_leaves_no_worker_running(tmp_path: Path) 
 HONEST_FEDMD = plan(["fedmd"], ["none"], [0.3], [0])[0]
 
 
-def _robustness_result(out: Path, job: Job, rounds: int, overrides: list[str] | None = None) -> Path:
+def _robustness_result(
+    out: Path, job: Job, rounds: int, overrides: list[str] | None = None, code: str | None = None
+) -> Path:
     path = out / job.name / RESULT_FILE
     path.parent.mkdir(parents=True)
     record = {"rounds": [{"round": r + 1} for r in range(rounds)], "quick": False, "seconds": 1.0, "job": {}}
     if overrides is not None:
         record["overrides"] = overrides
+    if code is not None:
+        record["code"] = code
     path.write_text(json.dumps(record))
     return path
 
@@ -104,6 +108,30 @@ def test_a_robustness_result_of_other_settings_is_another_run(tmp_path: Path) ->
     assert read_result(other, job, 3) is not None
 
 
+def test_the_robustness_benchmark_counts_no_job_of_other_code_as_done_unless_told(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = HONEST_FEDMD
+    path = _robustness_result(tmp_path, job, 3, overrides=job.overrides(), code="0123456789ab")
+    args = [
+        "--methods",
+        "fedmd",
+        "--adversaries",
+        "none",
+        "--fractions",
+        "0.3",
+        "--rounds",
+        "3",
+        "--out",
+        str(tmp_path),
+    ]
+    assert robustness.main(args) == 2
+    assert "fedmd__none__0__seed0 (0123456789ab)" in capsys.readouterr().err
+    assert other_code(tmp_path, [job], "0123456789ab") == []
+    path.write_text(path.read_text().replace("0123456789ab", code_digest()))
+    assert other_code(tmp_path, [job], code_digest()) == []  # this checkout's: done, nothing to run
+
+
 def test_the_robustness_report_goes_to_the_committed_file_only_when_asked(tmp_path: Path) -> None:
     args = ["--methods", "fedmd", "--adversaries", "none", "--fractions", "0.3", "--rounds", "3"]
     committed = tmp_path / "committed.md"
@@ -119,10 +147,46 @@ def test_the_knowledge_benchmark_refuses_a_folder_of_another_number_of_rounds(
 ) -> None:
     path = result_path(tmp_path, federated("fedgems", "alpha0.5", 0))
     path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"config": {"strategy": {"rounds": 8}}, "rounds": [], "seconds": 1.0}))
+    record = {"config": {"strategy": {"rounds": 8}}, "rounds": [], "seconds": 1.0, "code": code_digest()}
+    path.write_text(json.dumps(record))
     with pytest.raises(SystemExit) as exit_info:
         knowledge.parse_args(["--rounds", "10", "--out", str(tmp_path)])
     assert exit_info.value.code == 2
     assert "alpha0.5/fedgems/seed0 (8 rounds)" in capsys.readouterr().err
     args = knowledge.parse_args(["--rounds", "8", "--out", str(tmp_path)])
     assert args.report == tmp_path.resolve() / "report.md"  # not BENCHMARKS_KD.md unless asked
+
+
+def test_the_knowledge_benchmark_refuses_to_join_jobs_of_other_code_unless_told(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A job's name and overrides do not change with the code: without its digest an edit's figures would sit
+    beside the old code's as one table."""
+    for seed, code in ((0, "0123456789ab"), (1, None)):
+        path = result_path(tmp_path, federated("fedgems", "alpha0.5", seed))
+        path.parent.mkdir(parents=True)
+        record = {"config": {"strategy": {"rounds": 8}}, "rounds": [], "seconds": 1.0}
+        path.write_text(json.dumps(record | ({"code": code} if code else {})))
+    with pytest.raises(SystemExit) as exit_info:
+        knowledge.parse_args(["--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "0123456789ab: alpha0.5/fedgems/seed0" in error and "not recorded: alpha0.5/fedgems/seed1" in error
+    assert f"{code_digest()}: this checkout, no job yet" in error
+    assert knowledge.parse_args(["--out", str(tmp_path), "--keep-other-code"]).keep_other_code
+    (tmp_path / "alpha0.5" / "fedgems" / "seed1" / "result.json").unlink()
+    assert knowledge.parse_args(["--out", str(tmp_path), "--report-only"])  # one code: the report is that code's
+    with pytest.raises(SystemExit):
+        knowledge.parse_args(["--out", str(tmp_path)])  # running would add this checkout's jobs to it
+
+
+def test_a_code_digest_changes_with_the_code_and_not_with_results_or_caches(tmp_path: Path) -> None:
+    (tmp_path / "fl_kd" / "__pycache__").mkdir(parents=True)
+    (tmp_path / "fl_kd" / "core.py").write_text("x = 1\n")
+    before = code_digest(tmp_path, ["fl_kd", "benchmarks"])
+    (tmp_path / "fl_kd" / "__pycache__" / "core.yaml").write_text("cached: true\n")
+    (tmp_path / "benchmarks" / "results" / "run").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "results" / "run" / "config.yaml").write_text("seed: 0\n")
+    assert code_digest(tmp_path, ["fl_kd", "benchmarks"]) == before
+    (tmp_path / "fl_kd" / "core.py").write_text("x = 2\n")
+    assert code_digest(tmp_path, ["fl_kd", "benchmarks"]) != before

@@ -57,7 +57,9 @@ def _row(round: int, server: float, client: float, **extra: Any) -> dict[str, An
             "uplink_bytes": 20 * 50_000, "downlink_bytes": 20 * 30_000, **tiers, **extra}  # fmt: skip
 
 
-def _write(out: Path, job: Job, rows: list[dict[str, Any]], low_model: str = "cnn_tiny") -> None:
+def _write(
+    out: Path, job: Job, rows: list[dict[str, Any]], low_model: str = "cnn_tiny", code: str | None = None
+) -> None:
     config = {
         "num_clients": 20,
         "strategy": {"fraction_fit": 1.0, "unlabelled_trust": "class_reliability", "unlabelled_per_round": 1000},
@@ -67,7 +69,7 @@ def _write(out: Path, job: Job, rows: list[dict[str, Any]], low_model: str = "cn
     path = result_path(out, job)
     path.parent.mkdir(parents=True)
     record = {"job": {"method": job.method, "seed": job.seed}, "rounds": rows, "config": config, "seconds": 60.0}
-    path.write_text(json.dumps(record))
+    path.write_text(json.dumps(record | ({"code": code} if code else {})))
 
 
 def test_fedavg_of_the_server_model_is_not_waited_for_but_competes_once_finished(tmp_path: Path) -> None:
@@ -465,3 +467,15 @@ def test_the_report_ends_its_expectations_with_the_budget_verdict(tmp_path: Path
     # FedGEMS' other eight jobs are estimated from the one that ran; no other method has a job to estimate from.
     assert "1 finished, 1 CPU-minutes; 8 not run, 8 CPU-minutes at their method's mean" in expectations[-1]
     assert "not measured (at least " in expectations[-1]
+
+
+def test_the_report_names_the_code_of_its_jobs(tmp_path: Path) -> None:
+    jobs = [federated("fedgems", "alpha0.5", seed) for seed in (0, 1, 2)]
+    for job, code in zip(jobs, ("aaaaaaaaaaaa", "aaaaaaaaaaaa", "bbbbbbbbbbbb"), strict=True):
+        _write(tmp_path, job, [_row(1, 0.8, 0.7)], code=code)
+    report = tmp_path / "report.md"
+    write_report(tmp_path, report, 1, "python -m benchmarks.knowledge", jobs, [])
+    assert (
+        "Code of the jobs (digest of the package and the benchmarks): aaaaaaaaaaaa (2 jobs), bbbbbbbbbbbb (1 job)."
+        in (report.read_text())
+    )

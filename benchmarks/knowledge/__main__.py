@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import REPO_ROOT, job_pool
+from benchmarks.common import REPO_ROOT, code_digest, job_pool
 from benchmarks.knowledge.budget import best_peers
 from benchmarks.knowledge.grid import (
     EXTRA_SEEDS,
@@ -32,7 +32,7 @@ from benchmarks.knowledge.grid import (
     select,
 )
 from benchmarks.knowledge.report import write_report
-from benchmarks.knowledge.run import other_rounds, read_result, run_job
+from benchmarks.knowledge.run import codes, other_rounds, read_result, run_job
 
 ENTRY = "python -m benchmarks.knowledge"
 
@@ -64,6 +64,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="plan only what issue 9 asks for: FedGEMS, the peers and the baselines (no ablation, no variants)",
     )
     parser.add_argument("--note", default="", help="a line for the report (e.g. which code the jobs ran)")
+    parser.add_argument(
+        "--keep-other-code",
+        action="store_true",
+        help="report jobs that other code finished (an earlier checkout) beside this code's jobs",
+    )
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.workers < 1:
         parser.error("need --rounds >= 1 and --workers >= 1")
@@ -75,7 +80,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             f"{', '.join(others[:3])}{', ...' if len(others) > 3 else ''}; every job of a report runs the same "
             "rounds, so pass their --rounds or another --out"
         )
+    if not args.keep_other_code and len(ran := _codes_reported(args)) > 1:
+        parser.error(
+            f"{args.out} would join jobs of more than one code "
+            f"({'; '.join(f'{code}: {_listed(jobs)}' for code, jobs in ran.items())}); a job's name and settings do "
+            "not show a change of code, so its figures may not be this code's: pass another --out, or "
+            "--keep-other-code to report them side by side"
+        )
     return args
+
+
+def _codes_reported(args: argparse.Namespace) -> dict[str, list[str]]:
+    """The codes whose jobs the report would join: those finished under --out, and, unless only reporting, this one."""
+    ran = codes(args.out)
+    if not args.report_only:
+        ran.setdefault(code_digest(), [])
+    return ran
+
+
+def _listed(names: Sequence[str]) -> str:
+    if not names:
+        return "this checkout, no job yet"
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def pending(

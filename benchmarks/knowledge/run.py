@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.common import code_digest
 from benchmarks.kd.grid import compose_config
 from benchmarks.knowledge.grid import Job, resolved
 from fl_kd.kd.baselines import run_local_only, run_pseudo_label_server, run_transfer_only_server
@@ -58,6 +59,16 @@ def other_rounds(out: Path, rounds: int) -> list[str]:
     return found
 
 
+def codes(out: Path) -> dict[str, list[str]]:
+    """The finished jobs under ``out`` by the code that ran them (:func:`benchmarks.common.code_digest`; "not
+    recorded" for a job of before the digest was kept)."""
+    found: dict[str, list[str]] = {}
+    for path in sorted(out.glob(f"*/*/*/{RESULT_FILE}")):
+        code = json.loads(path.read_text()).get("code", "not recorded")
+        found.setdefault(str(code), []).append(path.parent.relative_to(out).as_posix())
+    return found
+
+
 def run_job(job: Job, rounds: int, out: Path) -> dict[str, Any]:
     """Run ``job`` with one torch thread; write ``metrics.jsonl`` as rounds end and ``result.json`` at the end."""
     torch.set_num_threads(1)
@@ -67,6 +78,7 @@ def run_job(job: Job, rounds: int, out: Path) -> dict[str, Any]:
     record: dict[str, Any] = {
         "job": {"method": job.method, "kind": job.kind, "setting": job.setting, "seed": job.seed},
         "overrides": job.hydra_overrides(),
+        "code": code_digest(),
     }
     if job.kind == "ceiling":
         record |= _ceiling(job.seed)

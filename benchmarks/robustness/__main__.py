@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 
-from benchmarks.common import REPO_ROOT, job_pool, machine_line, write_section
+from benchmarks.common import REPO_ROOT, code_digest, job_pool, machine_line, write_section
 from benchmarks.robustness.grid import FRACTIONS, METHODS, Job, attack_names, plan
 from benchmarks.robustness.report import section
-from benchmarks.robustness.run import conflicts, read_result, run_job
+from benchmarks.robustness.run import conflicts, other_code, read_result, run_job
 from fl_kd.kd.adversary import ADVERSARIES
 
 ENTRY = "python -m benchmarks.robustness"
@@ -46,6 +46,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--report-only", action="store_true", help="run nothing: rewrite the report from --out")
     parser.add_argument("--note", default="", help="a paragraph under the command line (cuts, load)")
+    parser.add_argument(
+        "--keep-other-code", action="store_true", help="count jobs that other code finished as done (not rerun)"
+    )
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.workers < 1 or not all(0 < f <= 1 for f in args.fractions):
         parser.error("need --rounds >= 1, --workers >= 1 and fractions in (0, 1]")
@@ -98,6 +101,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"error: {out} holds finished jobs of another run, which this one would overwrite: "
             f"{', '.join(others[:3])}{', ...' if len(others) > 3 else ''}; pass their --rounds (and --quick), or "
             "another --out",
+            file=sys.stderr,
+        )
+        return 2
+    if not args.report_only and not args.keep_other_code and (others := other_code(out, jobs, code_digest())):
+        print(
+            f"error: {out} holds jobs finished by other code than this checkout's ({code_digest()}): "
+            f"{', '.join(others[:3])}{', ...' if len(others) > 3 else ''}; their figures may not be this code's: "
+            "pass another --out, or --keep-other-code to count them as done",
             file=sys.stderr,
         )
         return 2

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.common import code_digest
 from benchmarks.kd.grid import compose_config
 from benchmarks.robustness.grid import Job
 from fl_kd.kd.runner import run_inprocess
@@ -51,6 +52,17 @@ def conflicts(out: Path, jobs: list[Job], rounds: int, quick: bool) -> list[str]
     return found
 
 
+def other_code(out: Path, jobs: list[Job], code: str) -> list[str]:
+    """Finished jobs in ``out`` that code other than ``code`` ran (:func:`benchmarks.common.code_digest`), as
+    ``"name (digest)"``: a job's name and settings do not show an edit, so they would join this code's rows."""
+    found = []
+    for job in jobs:
+        path = out / job.name / RESULT_FILE
+        if path.exists() and (ran := json.loads(path.read_text()).get("code", "not recorded")) != code:
+            found.append(f"{job.name} ({ran})")
+    return found
+
+
 def run_job(job: Job, rounds: int, out: Path, quick: bool = False) -> dict[str, Any]:
     """Run ``job`` with one torch thread; the record holds every round's metrics and the config."""
     torch.set_num_threads(1)
@@ -64,6 +76,7 @@ def run_job(job: Job, rounds: int, out: Path, quick: bool = False) -> dict[str, 
         "seconds": time.perf_counter() - start,
         "quick": quick,
         "overrides": job.overrides(quick),
+        "code": code_digest(),
     }
     path = out / job.name / RESULT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
