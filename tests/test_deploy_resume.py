@@ -18,7 +18,7 @@ import pytest
 from hydra import compose, initialize_config_module
 
 from fl_kd.config import ConfigError
-from fl_kd.kd.progress import CLIENT_STATE_DIR, PROGRESS_DIR, PROGRESS_FILE
+from fl_kd.kd.progress import CLIENT_STATE_DIR, PROGRESS_DIR, PROGRESS_FILE, folder_run_id
 from fl_kd.results import METRICS_JSONL
 from fl_kd.simulations import deploy
 from fl_kd.simulations.deploy_settings import split_deploy_settings
@@ -114,3 +114,19 @@ def test_the_command_line_refuses_experiment_keys_with_resume(tmp_path: Path) ->
         result.stderr.strip()
         == f"error: deploy.resume continues the experiment saved in {tmp_path / 'run'}; drop ['seed=7']"
     )
+
+
+def test_a_moved_run_folder_resumes_under_the_id_of_its_first_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The clients' states are named by the run id the first attempt kept in the folder, not by where it is now."""
+    first = tmp_path / "first"
+    _saved_run(first)
+    assert folder_run_id(first) == str(first.resolve())  # what the first attempt's launcher wrote
+    moved = tmp_path / "moved"
+    first.rename(moved)
+    resumed, settings = split_deploy_settings(_compose(f"deploy.resume={moved}"))
+    monkeypatch.setattr(deploy, "LoopbackDeployment", _FakeDeployment)
+    deploy.run_deployment(resumed, moved, settings, echo=False)
+    app_config = tomllib.loads((moved / "flower_app" / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert app_config["output-dir"] == str(moved.resolve()) and app_config["run-id"] == str(first.resolve())
