@@ -147,7 +147,10 @@ def party_text(value: Any, limit: int = MAX_PARTY_TEXT) -> str:
     Error reasons and refusals are free text from another party, kept per batch or per round in a run's history
     and logs; an 8 MB reason copied into each would grow the server's memory with every exchange.
     """
-    text = str(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        text = f"an int of {value.bit_length()} bits"  # str() refuses ints past 4,300 digits, and they are no reason
+    else:
+        text = str(value)
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
@@ -164,10 +167,20 @@ def scalar_of(content: Any, record_name: str, key: str) -> Any:
 
 def number_of(content: Any, record_name: str, key: str) -> float | None:
     """A finite real number ``key`` of record ``record_name``; ``None`` when absent or not a finite number."""
-    value = scalar_of(content, record_name, key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    return finite_number(scalar_of(content, record_name, key))
+
+
+def finite_number(value: Any) -> float | None:
+    """``value`` as a float when it is a finite real number (not a bool); else ``None``.
+
+    Flower's records hold Python ints of any size in memory (simulation passes messages by pickle, not gRPC's 64
+    bits), and ``math.isfinite`` or ``float`` raise ``OverflowError`` past about 1e308: such an int is no number here.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value)
+    if isinstance(value, int) and value.bit_length() > 64:
+        return None
+    return float(value) if math.isfinite(value) else None
 
 
 def int_of(content: Any, record_name: str, key: str) -> int | None:

@@ -11,7 +11,6 @@ and keys come from :mod:`fl_kd.vfl.protocol`.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from flwr.serverapp import Grid
 from numpy.typing import NDArray
 from torch import Tensor
 
-from fl_kd.protocol import ProtocolError, array_of, party_text, scalar_of
+from fl_kd.protocol import ProtocolError, array_of, number_of, party_text, scalar_of
 from fl_kd.vfl import protocol as vp
 from fl_kd.vfl.config import DEFAULT_MAX_NORM
 from fl_kd.vfl.trainer import TrainingHistory
@@ -261,16 +260,11 @@ class BatchExchange:
         for b in embeddings:
             reason = scalar_of(outcome.content, vp.CONFIG, vp.rejected_key(b))
             reason = None if reason is None else party_text(reason)
-            loss = scalar_of(outcome.content, vp.METRICS, vp.loss_key(b))
-            if (
-                reason is not None
-                or isinstance(loss, bool)
-                or not isinstance(loss, int | float)
-                or not math.isfinite(loss)
-            ):
+            loss = number_of(outcome.content, vp.METRICS, vp.loss_key(b))
+            if reason is not None or loss is None:
                 self.history.skip(epoch, b, f"label party rejected the embeddings: {reason or 'no loss reported'}")
             else:
-                losses[b] = float(loss)
+                losses[b] = loss
         return losses, outcome.content
 
     def _apply(self, epoch: int, ids: Mapping[int, NDArray[np.int64]], stepped: list[int], reply: RecordDict) -> None:

@@ -296,6 +296,8 @@ def test_bad_evaluate_replies_count_as_no_reply(state: Round) -> None:
         Message(Error(code=0, reason="ValueError: boom"), reply_to=sent[0]),
         lying({kd.PARTITION_ID: 7, kd.ACCURACY: 100.0, kd.PERSONALISED_ACCURACY: 0.5}),
         lying({kd.PARTITION_ID: 0, kd.ACCURACY: -1.0, kd.PERSONALISED_ACCURACY: 2.0}),
+        # An int past float's range: simulation hands records over by pickle, so no 64-bit limit applies.
+        lying({kd.PARTITION_ID: 0, kd.ACCURACY: 10**400, kd.PERSONALISED_ACCURACY: 0.5}),
         Message(RecordDict({kd.ARRAYS: ArrayRecord({kd.ACCURACY: Array(np.ones(3))})}), reply_to=sent[0]),
         stale,
         unknown,

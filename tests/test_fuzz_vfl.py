@@ -213,7 +213,10 @@ def test_a_bad_gradient_is_not_forwarded_and_is_counted(run: Run, data: st.DataO
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(batch=st.sampled_from(BATCHES), loss=st.sampled_from([np.nan, np.inf, -np.inf, "0.5", True, None, "rejected"]))
+@given(
+    batch=st.sampled_from(BATCHES),
+    loss=st.sampled_from([np.nan, np.inf, -np.inf, 10**400, "0.5", True, None, "rejected", "rejected as 10**5000"]),
+)
 def test_a_bad_loss_skips_its_batch(run: Run, batch: int, loss: Any) -> None:
     metrics: dict[str, Any] = dict(run.step_reply.metric_records[vp.METRICS])
     config: dict[str, Any] = {}
@@ -221,6 +224,8 @@ def test_a_bad_loss_skips_its_batch(run: Run, batch: int, loss: Any) -> None:
         metrics.pop(vp.loss_key(batch))
     elif loss == "rejected":
         config[vp.rejected_key(batch)] = "the label party says no"
+    elif loss == "rejected as 10**5000":
+        config[vp.rejected_key(batch)] = 10**5000  # str() refuses it: the reason is described, not printed
     else:
         metrics[vp.loss_key(batch)] = loss
     # Any record type may arrive under any name: the server reads scalars from whichever it finds.
@@ -266,6 +271,7 @@ def test_a_bad_test_embedding_gives_nan_mp_and_its_reason(run: Run, data: st.Dat
         ({vp.NUM_SAMPLES: -40}, "on -40 samples"),
         ({vp.NUM_SAMPLES: 10**9}, "on 1000000000 samples"),
         ({vp.AUC: float("inf")}, "an AUC of inf"),
+        ({vp.ACCURACY: 10**400}, "reported no accuracy"),
         ({vp.AUC: 1.5}, "an AUC of 1.5"),
     ],
 )
