@@ -80,6 +80,8 @@ def check_device_available(device: str) -> None:
     """Raise ``ConfigError`` when this machine cannot run models on ``device`` (``cuda`` without a GPU, a GPU index
     beyond its count): a setting the user can fix, said in one line before anything is built."""
     name = torch.device(device)
+    if name.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device={device}, but this torch has no usable Apple GPU (MPS) here (use device=cpu)")
     if name.type != "cuda":
         return
     if not torch.cuda.is_available():

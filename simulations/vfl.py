@@ -53,14 +53,19 @@ def run_inprocess(config: VFLRunConfig, out_dir: Path, report: Report | None = N
 
 
 def preflight(config: VFLRunConfig) -> None:
-    """Load the dataset and check its class count while Flower starts (stopping it when they fail).
+    """Load the dataset and check its class count and the split of its features while Flower starts (stopping it
+    when they fail).
 
-    The ClientApps load the data only once the federation runs; a missing or corrupt dataset, or a two-class defence
-    or attack on a dataset of more classes, would then end the run with the reason buried in the log.
+    The ClientApps load the data only once the federation runs; a missing or corrupt dataset, a two-class defence
+    or attack on a dataset of more classes, or more parties than features would then end the run with the reason
+    buried in the log.
     """
     from fl_kd.data import load_dataset
+    from fl_kd.vfl.split import make_split
 
-    config.check_num_classes(int(load_dataset(config.dataset.name, root=config.dataset.root).num_classes))
+    data = load_dataset(config.dataset.name, root=config.dataset.root)
+    config.check_num_classes(int(data.num_classes))
+    make_split(data.input_shape, config.vfl_split.scheme, config.vfl_split.num_parties)
 
 
 def run_flower(config: VFLRunConfig, out_dir: Path, report: Report | None = None) -> dict[str, Any]:

@@ -45,6 +45,30 @@ def test_bad_values_give_one_line_and_exit_2(tmp_path: Path, override: str, expe
             "error: num_clients=2000 with partition=dirichlet on digits: cannot split",
         ),
         (["device=cuda:99" if torch.cuda.is_available() else "device=cuda"], "error: device=cuda"),
+        (["device=gpu"], "error: device must be a torch device such as cpu or cuda:0, got 'gpu'"),
+        *(
+            [(["device=mps"], "error: device=mps, but this torch has no usable")]
+            if not torch.backends.mps.is_available()
+            else []
+        ),
+        (
+            ["dataset=breast_cancer", "simulation.backend=inprocess"],
+            "error: device_profile.server_model=resnet_server on breast_cancer (pick a device_profile made for its",
+        ),
+        (["adversary=targeted", "adversary.target=10"], "error: adversary.target=10 is no class of digits (0 to 9)"),
+        (
+            ["adversary=label_flip", "adversary.fraction=0.1", "num_clients=4", "simulation.backend=inprocess"],
+            "error: adversary.fraction=0.1 of num_clients=4 is no client",
+        ),
+        (
+            [
+                "dataset=breast_cancer",
+                "num_clients=4",
+                "device_profile=three_tier_mlp",
+                "strategy.server_augment_shift=2",
+            ],
+            "error: strategy.server_augment_shift and strategy.server_augment_mirror need image inputs",
+        ),
     ],
 )
 def test_settings_this_dataset_or_machine_cannot_meet_give_one_line_and_exit_2(
@@ -73,9 +97,20 @@ def test_hydra_full_error_still_shows_the_traceback(tmp_path: Path) -> None:
     assert "Traceback" in result.stderr and "ConfigError" in result.stderr
 
 
-def test_vertical_fl_gives_one_line_and_exit_2_too(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "fl_kd.simulations.vfl", "training.lr=nan", f"hydra.run.dir={tmp_path / 'run'}"]
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["training.lr=nan"], "error: training.lr must be a finite number, got nan"),
+        # Known only once the dataset is loaded: checked while Flower starts, not in its ServerApp's log.
+        (
+            ["vfl_split=blocks3", "vfl_split.num_parties=50"],
+            "error: vfl_split.num_parties=50: cannot split 30 features across that many parties",
+        ),
+    ],
+)
+def test_vertical_fl_gives_one_line_and_exit_2_too(tmp_path: Path, overrides: list[str], expected: str) -> None:
+    command = [sys.executable, "-m", "fl_kd.simulations.vfl", *overrides, f"hydra.run.dir={tmp_path / 'run'}"]
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False)
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=180, check=False)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["error: training.lr must be a finite number, got nan"], result.stderr
+    assert result.stderr.strip().splitlines() == [expected], result.stderr

@@ -24,7 +24,7 @@ from fl_kd.kd.client import ClientTrainConfig, DistillClient
 from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.evaluation import evaluated_clients, round_test_indices
 from fl_kd.kd.seeding import SERVER_ID, derive_seed, use_deterministic_algorithms
-from fl_kd.models import DeviceTier, assign_tiers, build_model
+from fl_kd.models import DeviceTier, assign_tiers, build_model, check_input_shape
 from fl_kd.partition import partition
 
 
@@ -169,6 +169,19 @@ def build_federation(cfg: ExperimentConfig, data: DatasetSplits | None = None) -
         data = load_dataset(cfg.dataset.name, root=cfg.dataset.root, download=cfg.dataset.download)
     elif data.name != cfg.dataset.name:
         raise ValueError(f"given dataset {data.name!r} but the config names {cfg.dataset.name!r}")
+    profile = cfg.device_profile
+    for key, model in [
+        ("server_model", profile.server_model),
+        *((f"tiers.{t.name}.model", t.model) for t in profile.tiers),
+    ]:
+        with _setting(f"device_profile.{key}={model} on {data.name} (pick a device_profile made for its data)"):
+            check_input_shape(model, data.input_shape)
+    for key in ("source", "target"):
+        if getattr(cfg.adversary, key) >= data.num_classes:
+            raise ConfigError(
+                f"adversary.{key}={getattr(cfg.adversary, key)} is no class of {data.name} "
+                f"(0 to {data.num_classes - 1})"
+            )
     labels = data.y_train.numpy()
     # The sizes below are the user's settings, checked against this dataset only now that it is loaded.
     with _setting(f"transfer.labelled={cfg.transfer.labelled} on {data.name}"):

@@ -21,7 +21,14 @@ from fl_kd.models.report import (
     model_report,
     server_to_client_ratio,
 )
-from fl_kd.models.zoo import ModelSpec, available_models, build_model, get_model_spec, register_model
+from fl_kd.models.zoo import (
+    ModelSpec,
+    available_models,
+    build_model,
+    check_input_shape,
+    get_model_spec,
+    register_model,
+)
 
 __all__ = [
     "REFERENCE_SAMPLES_PER_SECOND",
@@ -33,6 +40,7 @@ __all__ = [
     "assign_tiers",
     "available_models",
     "build_model",
+    "check_input_shape",
     "count_flops",
     "count_parameters",
     "format_model_report",

@@ -116,6 +116,12 @@ def build_model(name: str, input_shape: Sequence[int], num_classes: int, *, seed
         return spec.factory(shape, int(num_classes))
 
 
+def check_input_shape(name: str, input_shape: Sequence[int]) -> None:
+    """Raise ``ValueError`` where model ``name`` cannot take inputs of ``input_shape``: the check of
+    :func:`build_model`, made before anything is built (a config's models against the dataset it loaded)."""
+    _check_input_shape(get_model_spec(name), input_shape)
+
+
 def _check_input_shape(spec: ModelSpec, input_shape: Sequence[int]) -> tuple[int, ...]:
     try:
         shape = tuple(input_shape)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fl_kd.config import ConfigError
 from fl_kd.registry import Registry
 
 SplitScheme = str | Sequence[Sequence[int]]
@@ -65,7 +66,9 @@ def _blocks(shape: tuple[int, ...], num_parties: int) -> VerticalSplit:
         raise ValueError(f"input_shape must be (F,) or (C, H, W), got {shape}")
     num_features = shape[0]
     if not 1 <= num_parties <= num_features:
-        raise ValueError(f"cannot split {num_features} features across {num_parties} parties")
+        raise ConfigError(
+            f"vfl_split.num_parties={num_parties}: cannot split {num_features} features across that many parties"
+        )
     blocks = np.array_split(np.arange(num_features, dtype=np.int64), num_parties)
     return VerticalSplit(tuple(blocks), num_features)
 

@@ -158,6 +158,13 @@ class AdversaryConfig:
             f"adversary {self.name} corrupts {kind}, but the clients of strategy {experiment.strategy.name} send "
             f"{shares}",
         )
+        count = malicious_count(experiment.num_clients, self.fraction)
+        require(  # 0 itself is a sweep's honest point; a share that rounds to no client is a typo's
+            self.fraction == 0.0 or count > 0,
+            f"adversary.fraction={self.fraction} of num_clients={experiment.num_clients} is no client "
+            f"(round(fraction * num_clients) = 0), so adversary {self.name} would attack nobody: raise "
+            "adversary.fraction, or set it to 0 for an honest run",
+        )
 
 
 def malicious_count(num_clients: int, fraction: float) -> int:

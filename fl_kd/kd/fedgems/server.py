@@ -26,6 +26,7 @@ from numpy.typing import DTypeLike, NDArray
 from torch import Tensor, nn
 
 from fl_kd.checkpoint import CheckpointError, check_state_dict, content_digest, read_checkpoint
+from fl_kd.config import ConfigError
 from fl_kd.data.augment import shift_and_mirror
 from fl_kd.kd.cache import KnowledgeCache
 from fl_kd.kd.fedgems.options import ServerOptions
@@ -95,8 +96,9 @@ class SelectiveDistillServer:
             raise ValueError("the transfer set is empty")
         self.config = config if config is not None else ServerDistillConfig()
         if (self.config.augment_shift or self.config.augment_mirror) and transfer_x.dim() != 4:
-            raise ValueError(
-                f"augment_shift and augment_mirror need image inputs (N, C, H, W), got {tuple(transfer_x.shape)}"
+            raise ConfigError(
+                "strategy.server_augment_shift and strategy.server_augment_mirror need image inputs (N, C, H, W), "
+                f"got {tuple(transfer_x.shape)}"
             )
         self.seed = seed
         self.device = torch.device(device)
