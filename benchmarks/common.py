@@ -58,6 +58,13 @@ def job_pool(workers: int) -> ProcessPoolExecutor:
     )
 
 
+def distinct_seeds(seeds: Sequence[int]) -> str | None:
+    """Why ``--seeds`` cannot be run, or None: a seed given twice would run one job twice (two workers writing one
+    folder) and count as two seeds in the report's mean and spread."""
+    repeated = sorted({seed for seed in seeds if list(seeds).count(seed) > 1})
+    return f"--seeds must be distinct, got {list(seeds)} ({repeated} twice)" if repeated else None
+
+
 def machine_info() -> dict[str, str]:
     """CPU, core count, platform and library versions of this machine."""
     cpu = platform.processor() or "unknown"

@@ -3,6 +3,7 @@ overwrites finished jobs of another run, and the committed report is only writte
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -190,3 +191,20 @@ def test_a_code_digest_changes_with_the_code_and_not_with_results_or_caches(tmp_
     assert code_digest(tmp_path, ["fl_kd", "benchmarks"]) == before
     (tmp_path / "fl_kd" / "core.py").write_text("x = 2\n")
     assert code_digest(tmp_path, ["fl_kd", "benchmarks"]) != before
+
+
+@pytest.mark.parametrize("entry", ["benchmarks.kd", "benchmarks.robustness", "benchmarks.vfl"])
+def test_a_seed_given_twice_is_refused(entry: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """It ran one job twice (two workers writing one folder) and reported it as two seeds with no spread."""
+    module = importlib.import_module(f"{entry}.__main__")
+    with pytest.raises(SystemExit) as exit_info:
+        module.parse_args(["--seeds", "0", "1", "0"])
+    assert exit_info.value.code == 2
+    assert "--seeds must be distinct, got [0, 1, 0] ([0] twice)" in capsys.readouterr().err
+
+
+def test_the_vfl_benchmarks_quick_run_keeps_the_seeds_typed() -> None:
+    from benchmarks.vfl.__main__ import parse_args
+
+    assert parse_args(["--quick"]).seeds == [0] and parse_args([]).seeds == [0, 1, 2]
+    assert parse_args(["--quick", "--seeds", "0", "1", "2"]).seeds == [0, 1, 2]  # was cut to seed 0 unsaid

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks.common import REPO_ROOT, kept_sections
+from benchmarks.common import REPO_ROOT, distinct_seeds, kept_sections
 from benchmarks.kd.grid import compose_config
 from benchmarks.kd.report import render_report
 from benchmarks.kd.run import run_seed
@@ -46,8 +46,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.rounds < 1 or not args.seeds:
         parser.error("need --rounds >= 1 and at least one seed")
-    if len(set(args.seeds)) != len(args.seeds):
-        parser.error(f"seeds must be distinct, got {args.seeds}")
+    if problem := distinct_seeds(args.seeds):
+        parser.error(problem)
     return args
 
 

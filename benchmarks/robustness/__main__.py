@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 
-from benchmarks.common import REPO_ROOT, code_digest, job_pool, machine_line, write_section
+from benchmarks.common import REPO_ROOT, code_digest, distinct_seeds, job_pool, machine_line, write_section
 from benchmarks.robustness.grid import FRACTIONS, METHODS, Job, attack_names, plan
 from benchmarks.robustness.report import section
 from benchmarks.robustness.run import conflicts, other_code, read_result, run_job
@@ -52,6 +52,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.workers < 1 or not all(0 < f <= 1 for f in args.fractions):
         parser.error("need --rounds >= 1, --workers >= 1 and fractions in (0, 1]")
+    if problem := distinct_seeds(args.seeds):
+        parser.error(problem)
     return args
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import REPO_ROOT, kept_sections
+from benchmarks.common import REPO_ROOT, distinct_seeds, kept_sections
 from benchmarks.vfl.grid import (
     AUTOENCODER_DEFENCES,
     DEFAULT_NOISE_SCALES,
@@ -65,7 +65,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--defences", nargs="+", default=list(DEFENCE_NAMES), choices=list(DEFENCE_NAMES))
     parser.add_argument("--noise-scales", nargs="+", type=float, default=list(DEFAULT_NOISE_SCALES))
     parser.add_argument("--exclude", nargs="*", default=[], metavar="DATASET/TOP", help="settings to leave out")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default: 0 1 2 (0 with --quick)")
     parser.add_argument("--quick", action="store_true", help="tiny data, <= 2 epochs, 2-epoch autoencoders, seed 0")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results/vfl[_quick])")
     parser.add_argument(
@@ -84,7 +84,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="C",
         help="class counts for which one CoAE autoencoder (first seed) serves every seed, to save time",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.seeds is None:
+        args.seeds = [0] if args.quick else [0, 1, 2]
+    if problem := distinct_seeds(args.seeds):
+        parser.error(problem)
+    return args
 
 
 def whole_grid(args: argparse.Namespace) -> bool:
@@ -108,7 +113,7 @@ def plan(args: argparse.Namespace) -> tuple[list[Setting], list[int]]:
     settings = [
         s for s in FULL_SETTINGS if s.dataset in args.datasets and s.top in args.tops and s.key not in args.exclude
     ]
-    seeds = [0] if args.quick and args.seeds == [0, 1, 2] else list(args.seeds)
+    seeds = list(args.seeds)
     if args.quick:
         settings = quick_settings(settings)
     if not settings:
