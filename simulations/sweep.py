@@ -324,6 +324,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path, help="folder of a Hydra multirun sweep")
     args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        parser.error(f"{args.sweep_dir} is no folder (give the folder of a multirun sweep)")
     jobs = collect(args.sweep_dir)
     if not jobs:
         raise SystemExit(f"no job folders (.hydra/overrides.yaml) under {args.sweep_dir}")

@@ -208,3 +208,19 @@ def test_the_vfl_benchmarks_quick_run_keeps_the_seeds_typed() -> None:
 
     assert parse_args(["--quick"]).seeds == [0] and parse_args([]).seeds == [0, 1, 2]
     assert parse_args(["--quick", "--seeds", "0", "1", "2"]).seeds == [0, 1, 2]  # was cut to seed 0 unsaid
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["--report-only"], "holds no finished job to report"),  # was a FileNotFoundError traceback
+        (["--only", "alpha0.5/fedgems", "typo"], "--only typo: no job's name contains it"),  # ran nothing, exit 0
+    ],
+)
+def test_the_knowledge_benchmark_refuses_a_command_that_would_do_nothing(
+    tmp_path: Path, argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        knowledge.parse_args([*argv, "--out", str(tmp_path / "empty")])
+    assert exit_info.value.code == 2 and said in capsys.readouterr().err
+    assert knowledge.parse_args(["--only", "alpha0.5/fedgems", "--out", str(tmp_path)]).only == ["alpha0.5/fedgems"]

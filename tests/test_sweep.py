@@ -200,6 +200,14 @@ def test_fl_kd_table_writes_markdown_and_png(sweep: Path, capsys: pytest.Capture
     assert "| strategy=fedgems | 2 |" in capsys.readouterr().out
 
 
+def test_fl_kd_table_of_a_folder_that_is_not_there_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "typo")])
+    assert exit_info.value.code == 2 and "typo is no folder" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------------- jobs of a multirun
 
 APP = """

@@ -32,7 +32,7 @@ from benchmarks.knowledge.grid import (
     select,
 )
 from benchmarks.knowledge.report import write_report
-from benchmarks.knowledge.run import codes, other_rounds, read_result, run_job
+from benchmarks.knowledge.run import RESULT_FILE, codes, other_rounds, read_result, run_job
 
 ENTRY = "python -m benchmarks.knowledge"
 
@@ -80,6 +80,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             f"{', '.join(others[:3])}{', ...' if len(others) > 3 else ''}; every job of a report runs the same "
             "rounds, so pass their --rounds or another --out"
         )
+    known = [job.name for job in plan(best_peers(args.out)) + extra_jobs() + _peer_seeds()]
+    if unknown := [part for part in args.only if not any(part in name for name in known)]:
+        parser.error(f"--only {' '.join(unknown)}: no job's name contains it (names look like alpha0.5/fedgems/seed0)")
+    if args.report_only and not any(args.out.glob(f"*/*/*/{RESULT_FILE}")):
+        parser.error(f"--report-only: {args.out} holds no finished job to report (check --out)")
     if not args.keep_other_code and len(ran := _codes_reported(args)) > 1:
         parser.error(
             f"{args.out} would join jobs of more than one code "
@@ -88,6 +93,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             "--keep-other-code to report them side by side"
         )
     return args
+
+
+def _peer_seeds() -> list[Job]:
+    """Every peer's extra seeds, which the plan holds only for a setting's best peer."""
+    return [federated(peer, setting, seed) for setting in SETTINGS for peer in PEERS for seed in EXTRA_SEEDS]
 
 
 def _codes_reported(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -122,13 +132,7 @@ def reported_jobs(out: Path, extras: bool = False, required_only: bool = False) 
     """
     jobs = plan(best_peers(out), required_only)
     jobs += [job for job in extra_jobs() if extras or read_result(out, job)]
-    earlier = [
-        job
-        for setting in SETTINGS
-        for peer in PEERS
-        for job in (federated(peer, setting, seed) for seed in EXTRA_SEEDS)
-        if job not in jobs and read_result(out, job)
-    ]
+    earlier = [job for job in _peer_seeds() if job not in jobs and read_result(out, job)]
     return jobs + earlier
 
 
