@@ -114,3 +114,30 @@ def test_vertical_fl_gives_one_line_and_exit_2_too(tmp_path: Path, overrides: li
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=180, check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [expected], result.stderr
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            ["strategy.held_out_fraction=0.5"],
+            "error: strategy.held_out_fraction=0.5 is used only with strategy.correctness=held_out",
+        ),
+        (["strategy.canary_z=5"], "error: strategy.canary_z=5.0 is used only with strategy.canaries > 0"),
+        (
+            ["strategy.learned_trim=2"],
+            "error: strategy.learned_trim=2 is used only with strategy.unlabelled_trust=learned",
+        ),
+        (
+            ["strategy.teacher_min_confidence=0.5"],
+            "error: strategy.teacher_min_confidence=0.5 is used only with strategy.unlabelled_trust=class_reliability",
+        ),
+    ],
+)
+def test_a_setting_whose_feature_is_off_is_refused_not_dropped(
+    tmp_path: Path, overrides: list[str], expected: str
+) -> None:
+    """Each gave exactly the default run's figures: an ablation of it that was the baseline."""
+    result = _fl_kd_sim(tmp_path, "simulation.backend=inprocess", *overrides)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and result.stderr.startswith(expected)

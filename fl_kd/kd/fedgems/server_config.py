@@ -69,7 +69,8 @@ class SelectionConfig(ConsensusConfig):
         each sample and class (a trimmed product), so that up to that many clients lying together count for
         nothing.
     unlabelled_per_round : int (default: 0)
-        Unlabelled samples asked per round (a seeded subset); 0 asks all of them.
+        Unlabelled samples asked per round (a seeded subset); 0, or more than there are, asks all of them (so a
+        preset made for a large unlabelled part runs on a small one). The self-training baseline labels as many.
     unlabelled_cache : int (default: 0)
         With ``unlabelled_trust``: the server keeps, per unlabelled sample, the newest fused client teacher and the
         round it was computed in, and each round distils this round's teacher together with those cached in the
@@ -155,6 +156,30 @@ class SelectionConfig(ConsensusConfig):
             f"{prefix}reliability_on=held_out: a client's agreement with the others on the unlabelled samples is "
             "compared with its agreement on the held-out slice",
         )
+
+        self._check_unused(prefix)
+
+    def _check_unused(self, prefix: str) -> None:
+        """A setting changed from its default where what it tunes is off would be dropped without a word (a run
+        that looks like an ablation of it, and is the baseline)."""
+        defaults = {f.name: f.default for f in fields(SelectionConfig)}
+        needs = {
+            "held_out_fraction": (self.correctness == "held_out", "correctness=held_out"),
+            "teacher_min_confidence": (
+                self.unlabelled_trust != "none",
+                "unlabelled_trust=class_reliability or learned",
+            ),
+            "learned_weight_decay": (self.unlabelled_trust == "learned", "unlabelled_trust=learned"),
+            "learned_prob_floor": (self.unlabelled_trust == "learned", "unlabelled_trust=learned"),
+            "learned_trim": (self.unlabelled_trust == "learned", "unlabelled_trust=learned"),
+            "canary_z": (self.canaries > 0, "canaries > 0"),
+        }
+        for key, (used, condition) in needs.items():
+            require(
+                used or getattr(self, key) == defaults[key],
+                f"{prefix}{key}={getattr(self, key)} is used only with {prefix}{condition}: set that too, or leave "
+                f"{prefix}{key} at its default ({defaults[key]})",
+            )
 
     def selection_settings(self) -> dict[str, Any]:
         """These settings by name, to build another config that shares them."""

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.optimize import minimize
+from threadpoolctl import threadpool_limits
 from torch import Tensor
 
 from fl_kd.vfl.hooks import LabelDefence
@@ -51,14 +52,17 @@ def solve_covariances(u: float, v: float, d: int, gap: float, p: float, power: f
     # Start with the whole budget along the gap, shared by both classes: feasible and already far from worst.
     start = np.array([power, 0.0, power, 0.0])
     bound = power / max(min(p, 1 - p), _TINY)
-    found = minimize(
-        objective,
-        start,
-        method="SLSQP",
-        bounds=[(0.0, bound)] * 4,
-        constraints=[{"type": "ineq", "fun": lambda x: power - float(weights @ x)}],
-        options={"maxiter": 200, "ftol": 1e-10},
-    )
+    # SLSQP's BLAS calls reduce in another order on another thread count, and the solve then ends elsewhere: one
+    # thread keeps the noise (and every figure after it) the seed's on every machine and under every runtime.
+    with threadpool_limits(limits=1):
+        found = minimize(
+            objective,
+            start,
+            method="SLSQP",
+            bounds=[(0.0, bound)] * 4,
+            constraints=[{"type": "ineq", "fun": lambda x: power - float(weights @ x)}],
+            options={"maxiter": 200, "ftol": 1e-10},
+        )
     best = found.x if found.success and objective(found.x) <= objective(start) else start
     return np.clip(best, 0.0, None)
 
