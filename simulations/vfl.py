@@ -65,6 +65,8 @@ def preflight(config: VFLRunConfig) -> None:
 
     data = load_dataset(config.dataset.name, root=config.dataset.root)
     config.check_num_classes(int(data.num_classes))
+    limit = config.training.max_train_samples
+    config.check_num_train(len(data.y_train) if limit is None else min(limit, len(data.y_train)))
     make_split(data.input_shape, config.vfl_split.scheme, config.vfl_split.num_parties)
 
 

@@ -298,6 +298,11 @@ class VFLRunConfig:
             f"attacker_party must be in [0, {feature_parties}) (the feature parties), got {self.attacker_party}",
         )
         require(not self.dataset.download, "dataset.download=true: fl-kd-vfl reads local data only")
+        require(
+            not defence_class(self.defence.name).sum_top_only or self.vfl_model.top == "sum",
+            f"defence={self.defence.name} needs each feature party's embedding to be its logits: vfl_model.top=sum, "
+            f"got vfl_model.top={self.vfl_model.top}",
+        )
         checked = {}
         for name, params in self.attack.items():
             check_choice("attack", name, available_attacks())
@@ -324,6 +329,23 @@ class VFLRunConfig:
             raise ConfigError(
                 f"dataset={self.dataset.name} has {num_classes} classes, but {' and '.join(parts)} "
                 "works on two-class tasks only"
+            )
+        for name, params in self.attack.items():
+            told = params.get("num_classes")
+            require(
+                told is None or told == num_classes,
+                f"attack.{name}.num_classes={told}, but dataset={self.dataset.name} has {num_classes} classes "
+                "(leave it unset to take the dataset's)",
+            )
+
+    def check_num_train(self, num_train: int) -> None:
+        """Refuse, before any training, an attacker told more training labels than leave a sample to attack (it
+        was cut to all of them, and its figures came out as NaN after the whole training)."""
+        for name, params in self.attack.items():
+            known = params.get("num_known")
+            require(
+                known is None or known < num_train,
+                f"attack.{name}.num_known={known} leaves none of the {num_train} training samples to attack",
             )
 
     @property

@@ -267,6 +267,7 @@ def build_experiment(config: VFLRunConfig | Mapping[str, Any], data: Dataset | N
     config = as_config(config)
     prepared = prepare_data(config, data)
     config.check_num_classes(prepared.num_classes)
+    config.check_num_train(len(prepared.train_ids))
     count = config.num_feature_parties
     feature_parties = [
         build_feature_party(config, party, prepared.train_columns[party], prepared.num_classes)

@@ -29,6 +29,8 @@ class LabelDefence:
     name: str = "none"
     binary_only: bool = False
     """True for a defence that protects two-class tasks only: a run with more classes is refused before training."""
+    sum_top_only: bool = False
+    """True for a defence that needs every feature party's embedding to be its logits (``vfl_model.top=sum``)."""
 
     def setup(self, num_classes: int, embedding_dims: list[int], seed: int, secret: int | None = None) -> None:
         """Prepare state once the task is known (train or load an autoencoder, build a bottleneck).

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fl_kd.config import ConfigError
 from fl_kd.vfl.hooks import LabelDefence
 from fl_kd.vfl.secret import defence_seed
 
@@ -78,6 +79,7 @@ class RandomisedLabelDefence(LabelDefence):
     """
 
     name = "randomised_label"
+    sum_top_only = True
 
     def __init__(self, epsilon: float = 0.5, seed: int | None = None) -> None:
         if not (epsilon >= 0 and math.isfinite(epsilon)):
@@ -94,7 +96,7 @@ class RandomisedLabelDefence(LabelDefence):
         Without a secret (the defence on its own) the key follows from ``seed`` as it always did.
         """
         if any(dim != num_classes for dim in embedding_dims):
-            raise ValueError(
+            raise ConfigError(
                 f"randomised_label needs each feature party's embedding to be its logits (vfl_model.top=sum), "
                 f"got embedding widths {embedding_dims} for {num_classes} classes"
             )
