@@ -19,6 +19,7 @@ from fl_kd.config import ConfigError
 from fl_kd.data import DatasetError, DatasetNotAvailableError, load_dataset
 from fl_kd.data.config import DatasetConfig
 from fl_kd.data.idx import MNIST_FILE_STEMS, read_idx
+from fl_kd.data.images import fetch
 from fl_kd.data.splits import DatasetSplits, to_splits
 from fl_kd.partition.config import PartitionConfig
 from tests.test_data import _idx_bytes, _write_mnist_files
@@ -194,3 +195,14 @@ def test_node_data_gives_one_line_and_exit_2(tmp_path: Path) -> None:
         ("no_such_key=3", "error: Could not override 'no_such_key'."),
     ):
         assert _error_line("fl_kd.simulations.node_data", str(tmp_path / "nodes"), override).startswith(expected)
+
+
+def test_a_download_that_fails_is_a_dataset_error_that_says_so(tmp_path: Path) -> None:
+    """Without internet torchvision raised its own RuntimeError, a traceback for a user's setting."""
+
+    class Offline:
+        def __init__(self, root: str, train: bool, download: bool) -> None:
+            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://...")
+
+    with pytest.raises(DatasetNotAvailableError, match=r"MNIST: download=true could not fetch .* RuntimeError: Error"):
+        fetch("MNIST", Offline, tmp_path)

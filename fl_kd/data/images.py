@@ -7,6 +7,7 @@ benchmarking machine learning algorithms". The digits set is the UCI optical-rec
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -98,8 +99,7 @@ def load_fashion_mnist(root: str | Path | None = None, download: bool = False) -
     if arrays is None and download and root_path is not None:
         from torchvision.datasets import FashionMNIST
 
-        FashionMNIST(str(root_path), train=True, download=True)
-        FashionMNIST(str(root_path), train=False, download=True)
+        fetch("Fashion-MNIST", FashionMNIST, root_path)
         arrays = read_mnist_folder(root_path / "FashionMNIST" / "raw")
     if arrays is None:
         stems = ", ".join(f"{stem}[.gz]" for stem in MNIST_FILE_STEMS.values())
@@ -160,3 +160,20 @@ def load_mnist5k(root: str | Path | None = None, download: bool = False) -> Data
     labels = np.asarray(labels, dtype=np.int64)
     train_idx, test_idx = stratified_split(len(labels), labels, _TEST_FRACTION, _SPLIT_SEED)
     return to_splits("mnist5k", images[train_idx], labels[train_idx], images[test_idx], labels[test_idx], DIGIT_CLASSES)
+
+
+def fetch(name: str, dataset_class: Callable[..., object], root: str | Path) -> None:
+    """Download ``name``'s train and test files into ``root`` through torchvision (``download=True``).
+
+    A failed download (no internet, a proxy, a full disk) is a :class:`DatasetNotAvailableError` that says what was
+    tried, instead of torchvision's traceback.
+    """
+    try:
+        dataset_class(str(root), train=True, download=True)
+        dataset_class(str(root), train=False, download=True)
+    except (RuntimeError, OSError) as error:
+        reason = (str(error).strip().splitlines() or [""])[0]
+        raise DatasetNotAvailableError(
+            f"{name}: download=true could not fetch its files into {root} ({type(error).__name__}: {reason}); it "
+            "needs internet access, or give root=<dir> holding the files and leave download off"
+        ) from None

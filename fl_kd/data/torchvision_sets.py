@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from fl_kd.data.idx import MNIST_FILE_STEMS, read_mnist_folder
-from fl_kd.data.images import DIGIT_CLASSES
+from fl_kd.data.images import DIGIT_CLASSES, fetch
 from fl_kd.data.splits import DatasetNotAvailableError, DatasetSplits, to_splits
 
 __all__ = ["load_cifar10", "load_cifar100", "load_mnist"]
@@ -51,8 +51,7 @@ def load_mnist(root: str | Path | None = None, download: bool = False) -> Datase
     if arrays is None and download:
         from torchvision.datasets import MNIST
 
-        MNIST(str(root), train=True, download=True)
-        MNIST(str(root), train=False, download=True)
+        fetch("MNIST", MNIST, root)
         arrays = read_mnist_folder(raw)
     if arrays is None:
         raise DatasetNotAvailableError(f"MNIST files not found under {raw}. {message}")
