@@ -13,7 +13,7 @@ from flwr.server.strategy.aggregate import aggregate_krum, aggregate_median, agg
 from fl_kd.config import ConfigError
 from fl_kd.kd.fedgems import FedGEMSConfig
 from fl_kd.kd.fusion import LOGIT_AGGREGATIONS
-from fl_kd.kd.robust import ROBUST_RULES, RobustSettings
+from fl_kd.kd.robust import ROBUST_RULES, AggregationConfig, RobustSettings
 from fl_kd.kd.robust_weights import robust_average
 from fl_kd.kd.runner import run_inprocess
 from fl_kd.registry import Registry
@@ -199,3 +199,15 @@ def test_krum_warns_where_too_few_answers_void_its_guarantee(rule: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ROBUST_RULES.get(rule)(WITH_OUTLIER, COUNTS, settings)  # K = 5 > 4: no warning
+
+
+def test_multi_krum_keeping_every_answer_says_it_is_the_plain_mean() -> None:
+    everyone = RobustSettings(num_malicious=1, num_selected=WITH_OUTLIER.shape[0])
+    with pytest.warns(RuntimeWarning, match="keeps them all, which is the plain mean"):
+        ROBUST_RULES.get("multi_krum")(WITH_OUTLIER, COUNTS, everyone)
+
+
+def test_num_selected_without_multi_krum_is_refused() -> None:
+    """It was dropped without a word: a run that looked like Multi-Krum's and was the rule named."""
+    with pytest.raises(ConfigError, match="strategy.num_selected=3 is used only with strategy.aggregation=multi_krum"):
+        AggregationConfig(aggregation="median", num_selected=3).check_aggregation(["mean", "median", "multi_krum"])

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
-from fl_kd.config import check_choice, check_range
+from fl_kd.config import check_choice, check_range, require
 from fl_kd.registry import Registry
 
 Matrix = NDArray[np.float64]
@@ -80,6 +80,11 @@ class AggregationConfig:
         check_range("strategy.trim_fraction", self.trim_fraction, low=0.0, high=0.5, high_open=True)
         check_range("strategy.num_malicious", self.num_malicious, low=0)
         check_range("strategy.num_selected", self.num_selected, low=0)
+        require(
+            self.num_selected == 0 or self.aggregation == "multi_krum",
+            f"strategy.num_selected={self.num_selected} is used only with strategy.aggregation=multi_krum, "
+            f"got {self.aggregation}",
+        )
 
     def robust_settings(self) -> RobustSettings:
         """The parameters of ``aggregation``."""
@@ -191,4 +196,11 @@ def krum(values: Matrix, sample_weights: Matrix, settings: RobustSettings) -> Ag
 def multi_krum(values: Matrix, sample_weights: Matrix, settings: RobustSettings) -> Aggregate:
     """The sample-weighted mean of the ``m`` best Krum scores (``m = num_selected``, or ``K - f`` when 0)."""
     selected = settings.num_selected or values.shape[0] - settings.num_malicious
+    if settings.num_selected >= values.shape[0]:
+        warnings.warn(
+            f"multi_krum: strategy.num_selected={selected} of {values.shape[0]} answers keeps them all, which is the "
+            "plain mean (lower strategy.num_selected)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return _krum(values, sample_weights, settings.num_malicious, selected)
