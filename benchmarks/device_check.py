@@ -29,6 +29,7 @@ import torch
 from benchmarks.kd.grid import compose_config
 from fl_kd.kd.algorithm import available_strategies
 from fl_kd.kd.runner import run_inprocess
+from fl_kd.simulations.cli import user_errors_exit
 
 UNLABELLED = 400
 """Unlabelled transfer samples for the algorithms that use them (the embedded digits have 1,797 images)."""
@@ -142,9 +143,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="folder for results.json")
     parser.add_argument("--timing-jobs", nargs="*", default=[], help="knowledge-benchmark jobs, e.g. alpha0.5/fedgems")
     parser.add_argument("--timing-rounds", type=int, default=2)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device {args.device} is no torch device (cuda, cuda:<index>, cpu, ...)")
+    return args
 
 
+@user_errors_exit
 def main(argv: Sequence[str] | None = None) -> int:
     """Check every strategy; exit 1 if any failed, raised or was not repeatable."""
     args = parse_args(argv)

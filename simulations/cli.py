@@ -24,7 +24,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def user_errors_exit(task: F) -> F:
-    """Decorate a Hydra task function (below ``@hydra.main``) so user errors end in one line on stderr."""
+    """Decorate a Hydra task function (below ``@hydra.main``), or a benchmark's ``main``, so user errors end in one
+    line on stderr and exit code 2 (``HYDRA_FULL_ERROR=1`` shows the traceback)."""
 
     @functools.wraps(task)
     def wrapper(*args: Any, **kwargs: Any) -> Any:

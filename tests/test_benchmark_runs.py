@@ -224,3 +224,27 @@ def test_the_knowledge_benchmark_refuses_a_command_that_would_do_nothing(
         knowledge.parse_args([*argv, "--out", str(tmp_path / "empty")])
     assert exit_info.value.code == 2 and said in capsys.readouterr().err
     assert knowledge.parse_args(["--only", "alpha0.5/fedgems", "--out", str(tmp_path)]).only == ["alpha0.5/fedgems"]
+
+
+@pytest.mark.parametrize(
+    ("entry", "argv", "said"),
+    [
+        ("benchmarks.kd", ["--seeds", "-1", "--rounds", "1"], "error: seed must be in [0, inf], got -1"),
+        ("benchmarks.kd", ["--override", "strategy.server_lr=abc"], "error: strategy.server_lr must be a number"),
+        (
+            "benchmarks.vfl",
+            ["--quick", "--noise-scales", "-1"],
+            "error: defence.params: noise scale must be non-negative",
+        ),
+        ("benchmarks.vfl", ["--quick", "--threads", "0"], "--threads must be at least 1, got 0"),
+        ("benchmarks.device_check", ["--device", "gpu"], "--device gpu is no torch device"),
+    ],
+)
+def test_a_benchmarks_bad_argument_is_one_line_and_exit_2(
+    entry: str, argv: list[str], said: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """They ended in a ConfigError's or torch's traceback, where fl-kd-sim gives one line for the same input."""
+    module = importlib.import_module(entry if entry.endswith("device_check") else f"{entry}.__main__")
+    with pytest.raises(SystemExit) as exit_info:
+        module.main([*argv, "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2 and said in capsys.readouterr().err

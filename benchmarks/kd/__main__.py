@@ -19,6 +19,7 @@ from benchmarks.common import REPO_ROOT, distinct_seeds, kept_sections
 from benchmarks.kd.grid import compose_config
 from benchmarks.kd.report import render_report
 from benchmarks.kd.run import run_seed
+from fl_kd.simulations.cli import user_errors_exit
 
 ENTRY = "python -m benchmarks.kd"
 REPORT_NAME = "BENCHMARKS_KD.md"
@@ -51,6 +52,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+@user_errors_exit
 def main(argv: Sequence[str] | None = None) -> int:
     """Run every seed, then write the report and ``results.json``."""
     args = parse_args(argv)

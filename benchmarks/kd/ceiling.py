@@ -26,6 +26,7 @@ from torch import nn
 from benchmarks.common import REPO_ROOT, machine_line
 from fl_kd.data.registry import load_dataset
 from fl_kd.models import build_model, count_parameters
+from fl_kd.simulations.cli import user_errors_exit
 
 ENTRY = "python -m benchmarks.kd.ceiling"
 EVAL_BATCH = 1000
@@ -99,6 +100,7 @@ def run_ceiling(args: argparse.Namespace) -> dict[str, Any]:
     return record
 
 
+@user_errors_exit
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the ceiling and write ``<out>/<dataset>_<model>_seed<seed>.json``."""
     args = parse_args(argv)

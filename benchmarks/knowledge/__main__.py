@@ -33,6 +33,7 @@ from benchmarks.knowledge.grid import (
 )
 from benchmarks.knowledge.report import write_report
 from benchmarks.knowledge.run import RESULT_FILE, codes, other_rounds, read_result, run_job
+from fl_kd.simulations.cli import user_errors_exit
 
 ENTRY = "python -m benchmarks.knowledge"
 
@@ -172,6 +173,7 @@ def _clock() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%H:%M:%S")
 
 
+@user_errors_exit
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark, then write the report section; exit 1 if a job failed."""
     args = parse_args(argv)

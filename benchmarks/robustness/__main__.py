@@ -21,6 +21,7 @@ from benchmarks.robustness.grid import FRACTIONS, METHODS, Job, attack_names, pl
 from benchmarks.robustness.report import section
 from benchmarks.robustness.run import conflicts, other_code, read_result, run_job
 from fl_kd.kd.adversary import ADVERSARIES
+from fl_kd.simulations.cli import user_errors_exit
 
 ENTRY = "python -m benchmarks.robustness"
 
@@ -92,6 +93,7 @@ def run_pending(todo: list[Job], args: argparse.Namespace, out: Path) -> list[st
     return failures
 
 
+@user_errors_exit
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the pending jobs, then write ``report.md`` under ``--out`` and, when given, the section of ``--report``;
     exit 1 if a job failed, 2 if ``--out`` holds finished jobs of another run."""

@@ -21,6 +21,7 @@ from pathlib import Path
 from benchmarks.common import REPO_ROOT, command_line, write_section
 from benchmarks.scale.report import render, save_summary
 from benchmarks.scale.run import CONSOLE, run_scale
+from fl_kd.simulations.cli import user_errors_exit
 from fl_kd.simulations.processes import interrupt_exit_code, tail
 
 ENTRY = "python -m benchmarks.scale"
@@ -79,6 +80,7 @@ def overrides(args: argparse.Namespace) -> list[str]:
     ]
 
 
+@user_errors_exit
 def main(argv: Sequence[str] | None = None) -> int:
     """Run, watch, report; exit code 0 if the run did what was asked, 1 if not, 128 + signal if interrupted."""
     args = parse_args(argv)

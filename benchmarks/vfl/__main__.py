@@ -48,6 +48,7 @@ from benchmarks.vfl.run import (
     run_one,
 )
 from benchmarks.vfl.statistics import summarise
+from fl_kd.simulations.cli import user_errors_exit
 
 REPORT_NAME = "BENCHMARKS.md"
 PLOT_NAME = "vfl_tradeoff.png"
@@ -85,6 +86,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="class counts for which one CoAE autoencoder (first seed) serves every seed, to save time",
     )
     args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
     if args.seeds is None:
         args.seeds = [0] if args.quick else [0, 1, 2]
     if problem := distinct_seeds(args.seeds):
@@ -164,6 +167,7 @@ def run_setting(
     return records
 
 
+@user_errors_exit
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the planned trainings (or read them back with ``--resume``), then write plot, report and summary."""
     args = parse_args(argv)

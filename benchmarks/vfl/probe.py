@@ -23,6 +23,7 @@ from benchmarks.common import markdown_table
 from benchmarks.vfl.grid import FULL_SETTINGS, DefenceSpec, Setting
 from benchmarks.vfl.run import autoencoder_epochs, load_setting_data, run_one
 from benchmarks.vfl.statistics import summarise
+from fl_kd.simulations.cli import user_errors_exit
 
 ENTRY = "python -m benchmarks.vfl.probe"
 
@@ -77,6 +78,7 @@ def summary_rows(records: Sequence[dict[str, Any]], labels: Sequence[str]) -> li
     return table
 
 
+@user_errors_exit
 def main(argv: Sequence[str] | None = None) -> int:
     """Train, print a line per training and the table."""
     parser = argparse.ArgumentParser(prog=ENTRY, description=__doc__.splitlines()[0] if __doc__ else None)

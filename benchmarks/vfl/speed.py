@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.common import REPO_ROOT, command_line, machine_line, markdown_table, run_stamp, write_section
+from fl_kd.simulations.cli import user_errors_exit
 from fl_kd.simulations.flower_launcher import FLOWER_ENV
 
 ENTRY = "python -m benchmarks.vfl.speed"
@@ -174,6 +175,7 @@ def render(pairs: Sequence[Mapping[str, Run]], command: str, overrides: Sequence
     )
 
 
+@user_errors_exit
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the pairs, write the section; exit code 0 when every pair agreed on MP and losses, 1 otherwise."""
     args = parse_args(argv)

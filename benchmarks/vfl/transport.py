@@ -30,6 +30,7 @@ import numpy as np
 
 from benchmarks.common import REPO_ROOT, command_line, machine_line, markdown_table, run_stamp, write_section
 from benchmarks.vfl.speed import GOAL, ISSUE_OVERRIDES, run_once
+from fl_kd.simulations.cli import user_errors_exit
 
 ENTRY = "python -m benchmarks.vfl.transport"
 BEGIN, END = "<!-- vfl-transport:begin -->", "<!-- vfl-transport:end -->"  # see benchmarks.common.kept_sections
@@ -176,6 +177,7 @@ def render(
     )
 
 
+@user_errors_exit
 def main(argv: Sequence[str] | None = None) -> int:
     """Time the in-process epochs, then the echo exchanges; write the section."""
     args = parse_args(argv)
