@@ -12,9 +12,11 @@ import re
 import shlex
 import statistics
 import sys
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -56,6 +58,15 @@ def job_pool(workers: int) -> ProcessPoolExecutor:
         initializer=exit_with_parent,
         initargs=(os.getpid(),),
     )
+
+
+def code_line(records: Iterable[Mapping[str, Any]]) -> str | None:
+    """Which code (:func:`code_digest`) ran the finished jobs' ``records``, as a report line; None when none says."""
+    counts = Counter(str(record.get("code", "not recorded")) for record in records)
+    if not counts or set(counts) == {"not recorded"}:
+        return None
+    jobs = ", ".join(f"{code} ({count} job{'s' if count > 1 else ''})" for code, count in counts.most_common())
+    return f"Code of the jobs (digest of the package and the benchmarks): {jobs}."
 
 
 def distinct_seeds(seeds: Sequence[int]) -> str | None:

@@ -6,7 +6,8 @@ jobs of the batch still run; then the basic sweeper reads every job's return val
 as a traceback with exit code 1. A ``SystemExit``, however, is no ``Exception``: ``sys.exit(2)`` of
 :func:`~fl_kd.simulations.cli.user_errors_exit` (a bad value in one job) would end the whole sweep at once.
 
-Here, in a multirun only (a single run is left as it is), :func:`sweep_job` catches whatever a job raises, except
+Here :func:`sweep_job` first removes an earlier run's outcome from the folder (in a single run too), then, in a
+multirun only, catches whatever a job raises, except
 ``KeyboardInterrupt`` (Ctrl-C still stops the sweep): the job's folder gets ``failed.json`` (error, overrides,
 traceback), the console one line, and Hydra a normal return, so the next job starts. After each job, whatever
 is left of its Flower run is stopped once more (:func:`~fl_kd.simulations.flower_launcher.stop_leftovers`, also
@@ -122,14 +123,17 @@ def sweep_job(task: F) -> F:
 
     @functools.wraps(task)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if not in_multirun():
-            return task(*args, **kwargs)
         hydra_cfg = HydraConfig.get()
         out_dir = Path(hydra_cfg.runtime.output_dir)
+        # Hydra has just rewritten .hydra/ for this job: an earlier run's outcome in the same folder is no longer
+        # the outcome of the settings written there (fl-kd-table would show it under them), whether or not this
+        # run gets as far as writing its own.
+        for stale in (FAILED_FILE, SUMMARY_JSON):
+            (out_dir / stale).unlink(missing_ok=True)
+        if not in_multirun():
+            return task(*args, **kwargs)
         job = int(hydra_cfg.job.num)
         overrides = [str(o) for o in hydra_cfg.overrides.task]
-        for stale in (FAILED_FILE, SUMMARY_JSON):  # an earlier sweep's into the same folder, not this job's
-            (out_dir / stale).unlink(missing_ok=True)
         start = time.perf_counter()
         try:
             result = task(*args, **kwargs)

@@ -114,19 +114,12 @@ def _read_job(folder: Path, name: str) -> Job:
         failure = json.loads((folder / FAILED_FILE).read_text())
         first = (str(failure.get("message", "")).strip().splitlines() or [""])[0]
         job.status, job.error = FAILED, f"{failure.get('error_type', 'error')}: {first}"
-    elif (folder / SUMMARY_JSON).is_file() and _older((folder / SUMMARY_JSON), folder / ".hydra" / "overrides.yaml"):
-        # Hydra rewrote the overrides for a later run into this folder, which wrote no summary of its own.
-        job.error = "its summary.json predates its .hydra/overrides.yaml: a later run here did not finish"
     elif (folder / SUMMARY_JSON).is_file():
         job.summary = json.loads((folder / SUMMARY_JSON).read_text())
         weights = tier_weights(config)
         job.rounds = [derived_row(row, weights) for row in read_metrics(folder)]
         job.status, job.error = FINISHED, ""
     return job
-
-
-def _older(path: Path, than: Path) -> bool:
-    return path.stat().st_mtime_ns < than.stat().st_mtime_ns
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -131,6 +131,10 @@ def test_the_robustness_benchmark_counts_no_job_of_other_code_as_done_unless_tol
     assert other_code(tmp_path, [job], "0123456789ab") == []
     path.write_text(path.read_text().replace("0123456789ab", code_digest()))
     assert other_code(tmp_path, [job], code_digest()) == []  # this checkout's: done, nothing to run
+    other = next(j for j in plan(["fedmd"], ["none"], [0.3], [1]) if j.seed == 1)
+    _robustness_result(tmp_path, other, 3, overrides=other.overrides(), code="0123456789ab")
+    assert robustness.main([*args, "--seeds", "0", "1", "--report-only"]) == 2  # a report of two codes
+    assert "more than one code" in capsys.readouterr().err
 
 
 def test_the_robustness_report_goes_to_the_committed_file_only_when_asked(tmp_path: Path) -> None:
@@ -175,7 +179,9 @@ def test_the_knowledge_benchmark_refuses_to_join_jobs_of_other_code_unless_told(
     assert "0123456789ab: alpha0.5/fedgems/seed0" in error and "not recorded: alpha0.5/fedgems/seed1" in error
     assert f"{code_digest()}: this checkout, no job yet" in error
     assert knowledge.parse_args(["--out", str(tmp_path), "--keep-other-code"]).keep_other_code
-    (tmp_path / "alpha0.5" / "fedgems" / "seed1" / "result.json").unlink()
+    # A record of other settings than the job's is rerun, not reported: its code joins nothing.
+    stale = {"config": {"strategy": {"rounds": 8}}, "rounds": [], "seconds": 1.0, "overrides": ["strategy=fedgems"]}
+    (tmp_path / "alpha0.5" / "fedgems" / "seed1" / "result.json").write_text(json.dumps(stale | {"code": "ffff"}))
     assert knowledge.parse_args(["--out", str(tmp_path), "--report-only"])  # one code: the report is that code's
     with pytest.raises(SystemExit):
         knowledge.parse_args(["--out", str(tmp_path)])  # running would add this checkout's jobs to it

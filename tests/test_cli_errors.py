@@ -155,3 +155,12 @@ def test_a_setting_whose_feature_is_off_is_refused_not_dropped(
     result = _fl_kd_sim(tmp_path, "simulation.backend=inprocess", *overrides)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()] and result.stderr.startswith(expected)
+
+
+def test_a_run_refused_in_a_folder_of_an_earlier_run_leaves_no_summary_there(tmp_path: Path) -> None:
+    """Hydra had already rewritten .hydra/overrides.yaml for the refused run: the earlier run's summary.json, left
+    beside it, was tabled by fl-kd-table under the refused run's settings."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "summary.json").write_text('{"final_server_acc": 0.6}')
+    result = _fl_kd_sim(tmp_path, "partition.alpha=-1")
+    assert result.returncode == 2 and not (tmp_path / "run" / "summary.json").exists()

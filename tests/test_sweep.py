@@ -432,17 +432,3 @@ def test_the_console_table_shows_a_figure_that_only_early_rounds_have(capsys: py
     print_summary_table([{"round": 1, "server_acc": 0.5, "n_cache": 3}, {"round": 2, "server_acc": 0.6}])
     out = capsys.readouterr().out
     assert "cache" in out and "3" in out
-
-
-def test_a_summary_older_than_the_folders_overrides_is_a_later_runs_that_did_not_finish(sweep: Path) -> None:
-    """A second run into the same folder with other overrides failed before writing anything: Hydra had rewritten
-    ``.hydra/overrides.yaml``, and the first run's summary would be tabled under the second run's settings."""
-    overrides = sweep / "0" / ".hydra" / "overrides.yaml"
-    overrides.write_text(yaml.safe_dump(["strategy=fedgems", "strategy.rounds=2", "partition.alpha=-1", "seed=0"]))
-    summary = sweep / "0" / "summary.json"
-    later = summary.stat().st_mtime_ns + 1_000_000_000
-    os.utime(overrides, ns=(later, later))
-    job = collect(sweep)[0]
-    assert job.status == "did not finish" and "predates its .hydra/overrides.yaml" in job.error
-    fedgems = next(line for line in table(collect(sweep)).splitlines() if line.startswith("| strategy=fedgems |"))
-    assert fedgems.split(" | ")[1:3] == ["1", "0.8000"]  # seed 1 alone: the first run's 0.6000 is in no row

@@ -81,8 +81,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             f"{', '.join(others[:3])}{', ...' if len(others) > 3 else ''}; every job of a report runs the same "
             "rounds, so pass their --rounds or another --out"
         )
-    known = [job.name for job in plan(best_peers(args.out)) + extra_jobs() + _peer_seeds()]
-    if unknown := [part for part in args.only if not any(part in name for name in known)]:
+    known = _known_jobs(args.out)
+    if unknown := [part for part in args.only if not any(part in job.name for job in known)]:
         parser.error(f"--only {' '.join(unknown)}: no job's name contains it (names look like alpha0.5/fedgems/seed0)")
     if args.report_only and not any(args.out.glob(f"*/*/*/{RESULT_FILE}")):
         parser.error(f"--report-only: {args.out} holds no finished job to report (check --out)")
@@ -96,6 +96,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _known_jobs(out: Path) -> list[Job]:
+    """Every job the grid can run or report: the plan, the extras and every peer's extra seeds (no duplicate)."""
+    return list(dict.fromkeys(plan(best_peers(out)) + extra_jobs() + _peer_seeds()))
+
+
 def _peer_seeds() -> list[Job]:
     """Every peer's extra seeds, which the plan holds only for a setting's best peer."""
     return [federated(peer, setting, seed) for setting in SETTINGS for peer in PEERS for seed in EXTRA_SEEDS]
@@ -103,7 +108,7 @@ def _peer_seeds() -> list[Job]:
 
 def _codes_reported(args: argparse.Namespace) -> dict[str, list[str]]:
     """The codes whose jobs the report would join: those finished under --out, and, unless only reporting, this one."""
-    ran = codes(args.out)
+    ran = codes(args.out, _known_jobs(args.out))
     if not args.report_only:
         ran.setdefault(code_digest(), [])
     return ran

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import machine_line, markdown_table, mean, std, write_section
+from benchmarks.common import code_line, machine_line, markdown_table, mean, std, write_section
 from benchmarks.knowledge.budget import budget_lines
 from benchmarks.knowledge.grid import (
     ABLATION,
@@ -54,16 +53,6 @@ def write_report(
     write_section(report, render(out, rounds, command, jobs, failures, note))
 
 
-def _code_lines(done: Mapping[Job, Mapping[str, Any]]) -> list[str]:
-    """Which code ran the finished jobs (``benchmarks.common.code_digest``), when more than one did or any is known."""
-    counts = Counter(str(record.get("code", "not recorded")) for record in done.values())
-    if not counts or set(counts) == {"not recorded"}:
-        return []
-    return ["Code of the jobs (digest of the package and the benchmarks): " + ", ".join(
-        f"{code} ({count} job{'s' if count > 1 else ''})" for code, count in counts.most_common()
-    ) + "."]  # fmt: skip
-
-
 def render(out: Path, rounds: int, command: str, jobs: Sequence[Job], failures: Sequence[str], note: str = "") -> str:
     """The section, markers included; ``note`` (if any) follows the command line. The expectations end with the
     budget of issue 9's required jobs (:func:`benchmarks.knowledge.budget.budget_lines`)."""
@@ -77,7 +66,7 @@ def render(out: Path, rounds: int, command: str, jobs: Sequence[Job], failures: 
         f"`{command}` ({rounds} rounds per run; {len(done)} of {len(jobs)} jobs finished, "
         f"{sum(r['seconds'] for r in done.values()) / 60:.0f} CPU-minutes of jobs, two at a time with one torch "
         f"thread each; written {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {machine_line()}).",
-        *_code_lines(done),
+        *filter(None, [code_line(done.values())]),
         "",
         *([note, ""] if note else []),
         *_setup_lines(done),

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,13 +60,14 @@ def other_rounds(out: Path, rounds: int) -> list[str]:
     return found
 
 
-def codes(out: Path) -> dict[str, list[str]]:
-    """The finished jobs under ``out`` by the code that ran them (:func:`benchmarks.common.code_digest`; "not
-    recorded" for a job of before the digest was kept)."""
+def codes(out: Path, jobs: Sequence[Job]) -> dict[str, list[str]]:
+    """Of ``jobs``, those finished under ``out`` (as :func:`read_result` reads them: a record of other settings is
+    rerun, not reported), by the code that ran them (:func:`benchmarks.common.code_digest`; "not recorded" for a
+    job of before the digest was kept)."""
     found: dict[str, list[str]] = {}
-    for path in sorted(out.glob(f"*/*/*/{RESULT_FILE}")):
-        code = json.loads(path.read_text()).get("code", "not recorded")
-        found.setdefault(str(code), []).append(path.parent.relative_to(out).as_posix())
+    for job in jobs:
+        if (record := read_result(out, job)) is not None:
+            found.setdefault(str(record.get("code", "not recorded")), []).append(job.name)
     return found
 
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 
-from benchmarks.common import REPO_ROOT, code_digest, distinct_seeds, job_pool, machine_line, write_section
+from benchmarks.common import REPO_ROOT, code_digest, code_line, distinct_seeds, job_pool, machine_line, write_section
 from benchmarks.robustness.grid import FRACTIONS, METHODS, Job, attack_names, plan
 from benchmarks.robustness.report import section
 from benchmarks.robustness.run import conflicts, other_code, read_result, run_job
@@ -48,7 +48,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--report-only", action="store_true", help="run nothing: rewrite the report from --out")
     parser.add_argument("--note", default="", help="a paragraph under the command line (cuts, load)")
     parser.add_argument(
-        "--keep-other-code", action="store_true", help="count jobs that other code finished as done (not rerun)"
+        "--keep-other-code",
+        action="store_true",
+        help="count jobs that other code finished as done (not rerun), and report them beside this code's",
     )
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.workers < 1 or not all(0 < f <= 1 for f in args.fractions):
@@ -116,6 +118,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    finished = [r for job in jobs if (r := read_result(out, job, args.rounds, args.quick)) is not None]
+    if args.report_only and not args.keep_other_code and len({r.get("code") for r in finished}) > 1:
+        print(
+            f"error: {out} holds jobs finished by more than one code ({code_line(finished)}); a report of them "
+            "would mix figures of different code: pass --keep-other-code to report them side by side",
+            file=sys.stderr,
+        )
+        return 2
     todo = [job for job in jobs if read_result(out, job, args.rounds, args.quick) is None]
     failures = [] if args.report_only else run_pending(todo, args, out)
     records = [r for job in jobs if (r := read_result(out, job, args.rounds, args.quick)) is not None]
@@ -126,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{sum(r['seconds'] for r in records) / 60:.0f} CPU-minutes of jobs, {args.workers} at a time with one torch "
         f"thread each; {machine_line()})"
     )
-    text = section(records, header, args.note, missing, failures)
+    text = section(records, header, "\n\n".join(filter(None, [code_line(records), args.note])), missing, failures)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(text + "\n")
     if args.report is not None:

@@ -116,7 +116,9 @@ def split_features(x: Tensor, scheme: SplitScheme = "halves", num_parties: int =
 def _image_stripes(shape: tuple[int, ...], num_parties: int) -> VerticalSplit:
     channels, height, width = shape
     if not 1 <= num_parties <= width:
-        raise ValueError(f"cannot split an image of width {width} into {num_parties} stripes")
+        raise ConfigError(
+            f"vfl_split.num_parties={num_parties}: cannot split an image of width {width} into that many stripes"
+        )
     flat = np.arange(channels * height * width, dtype=np.int64).reshape(channels, height, width)
     stripes = np.array_split(np.arange(width), num_parties)
     return VerticalSplit(tuple(np.sort(flat[:, :, s].reshape(-1)) for s in stripes), channels * height * width)
