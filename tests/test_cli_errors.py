@@ -55,7 +55,10 @@ def test_bad_values_give_one_line_and_exit_2(tmp_path: Path, override: str, expe
             ["dataset=breast_cancer", "simulation.backend=inprocess"],
             "error: device_profile.server_model=resnet_server on breast_cancer (pick a device_profile made for its",
         ),
-        (["adversary=targeted", "adversary.target=10"], "error: adversary.target=10 is no class of digits (0 to 9)"),
+        (
+            ["adversary=targeted", "adversary.target=10"],
+            "error: adversary.target=10 is no class of a 10-class dataset (0 to 9)",
+        ),
         (
             ["adversary=label_flip", "adversary.fraction=0.1", "num_clients=4", "simulation.backend=inprocess"],
             "error: adversary.fraction=0.1 of num_clients=4 is no client",

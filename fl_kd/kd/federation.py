@@ -176,12 +176,7 @@ def build_federation(cfg: ExperimentConfig, data: DatasetSplits | None = None) -
     ]:
         with _setting(f"device_profile.{key}={model} on {data.name} (pick a device_profile made for its data)"):
             check_input_shape(model, data.input_shape)
-    for key in ("source", "target"):
-        if getattr(cfg.adversary, key) >= data.num_classes:
-            raise ConfigError(
-                f"adversary.{key}={getattr(cfg.adversary, key)} is no class of {data.name} "
-                f"(0 to {data.num_classes - 1})"
-            )
+    cfg.adversary.check_classes(data.num_classes)
     labels = data.y_train.numpy()
     # The sizes below are the user's settings, checked against this dataset only now that it is loaded.
     with _setting(f"transfer.labelled={cfg.transfer.labelled} on {data.name}"):

@@ -17,7 +17,6 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
-from fl_kd.config import ConfigError
 from fl_kd.kd import protocol as kd
 from fl_kd.kd.adversary.config import AdversaryConfig
 from fl_kd.kd.roles import Answer, Arrays, Instruction
@@ -49,12 +48,7 @@ class Behaviour:
     trains: ClassVar[bool] = True
 
     def __init__(self, config: AdversaryConfig, num_classes: int, transfer_y: Tensor) -> None:
-        for key in ("source", "target"):
-            if getattr(config, key) >= num_classes:
-                raise ConfigError(
-                    f"adversary.{key}={getattr(config, key)} is no class of a {num_classes}-class dataset "
-                    f"(0 to {num_classes - 1})"
-                )
+        config.check_classes(num_classes)
         self.config = config
         self.num_classes = num_classes
         self.transfer_y = transfer_y.numpy().astype(np.int64)

@@ -147,6 +147,13 @@ class AdversaryConfig:
         fraction = 0.0 if name == NONE else DEFAULT_FRACTION
         return cls(name=name, fraction=fraction, **BEHAVIOUR_DEFAULTS.get(name, {}))  # type: ignore[arg-type]
 
+    def check_classes(self, num_classes: int) -> None:
+        """``source`` and ``target`` must be classes of the data (known once it is loaded)."""
+        for key in ("source", "target"):
+            value = getattr(self, key)
+            require(value < num_classes, f"adversary.{key}={value} is no class of a {num_classes}-class dataset "
+                    f"(0 to {num_classes - 1})")  # fmt: skip
+
     def check_experiment(self, experiment: ExperimentConfig) -> None:
         """A behaviour that corrupts logits needs a strategy whose clients send logits, and likewise for weights."""
         from fl_kd.kd.adversary.behaviours import ADVERSARIES
