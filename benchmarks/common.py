@@ -72,7 +72,7 @@ def code_line(records: Iterable[Mapping[str, Any]]) -> str | None:
 def distinct_seeds(seeds: Sequence[int]) -> str | None:
     """Why ``--seeds`` cannot be run, or None: a seed given twice would run one job twice (two workers writing one
     folder) and count as two seeds in the report's mean and spread."""
-    repeated = sorted({seed for seed in seeds if list(seeds).count(seed) > 1})
+    repeated = sorted(seed for seed, count in Counter(seeds).items() if count > 1)
     return f"--seeds must be distinct, got {list(seeds)} ({repeated} twice)" if repeated else None
 
 

@@ -86,7 +86,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--only {' '.join(unknown)}: no job's name contains it (names look like alpha0.5/fedgems/seed0)")
     if args.report_only and not any(args.out.glob(f"*/*/*/{RESULT_FILE}")):
         parser.error(f"--report-only: {args.out} holds no finished job to report (check --out)")
-    if not args.keep_other_code and len(ran := _codes_reported(args)) > 1:
+    if not args.keep_other_code and len(ran := _codes_reported(args, known)) > 1:
         parser.error(
             f"{args.out} would join jobs of more than one code "
             f"({'; '.join(f'{code}: {_listed(jobs)}' for code, jobs in ran.items())}); a job's name and settings do "
@@ -106,9 +106,10 @@ def _peer_seeds() -> list[Job]:
     return [federated(peer, setting, seed) for setting in SETTINGS for peer in PEERS for seed in EXTRA_SEEDS]
 
 
-def _codes_reported(args: argparse.Namespace) -> dict[str, list[str]]:
-    """The codes whose jobs the report would join: those finished under --out, and, unless only reporting, this one."""
-    ran = codes(args.out, _known_jobs(args.out))
+def _codes_reported(args: argparse.Namespace, known: Sequence[Job]) -> dict[str, list[str]]:
+    """The codes whose jobs the report would join: those of ``known`` finished under --out, and, unless only
+    reporting, this one."""
+    ran = codes(args.out, known)
     if not args.report_only:
         ran.setdefault(code_digest(), [])
     return ran
