@@ -81,6 +81,13 @@ def _dsfl_behaviour(cfg: ExperimentConfig) -> Behaviour:
     return client.behaviour
 
 
+def _unlabelled_behaviour(settings: dict[str, Any]) -> Behaviour:
+    """The behaviour ``settings`` describe, built directly on the digits federation's transfer labels: positions
+    beyond its labelled part stand for an unlabelled part, which this federation's config does not have (and
+    without one, the settings that shape a lie there are refused)."""
+    return ADVERSARIES.get(settings["name"])(AdversaryConfig(**settings), 10, federation().transfer_y)
+
+
 def test_malicious_ids_are_drawn_from_the_seed_alone() -> None:
     assert malicious_clients(0, 20, 0.3) == malicious_clients(0, 20, 0.3)
     assert len(malicious_clients(0, 20, 0.3)) == 6 and len(malicious_clients(0, 20, 0.1)) == 2
@@ -136,8 +143,7 @@ def test_camouflage_is_right_and_sure_where_labels_check_it_and_wrong_elsewhere(
     assert np.all(out[:2].argmax(axis=1) != [2, 7])
     assert out[2].argmax() == int(federation().transfer_y[0]) and np.all(out.max(axis=1) == 9.0)
     # With poison_share it lies on that share of the unlabelled rows only and answers the rest honestly.
-    sparse = config(adversary={"name": "camouflage", "fraction": 1.0, "poison_share": 0.25})
-    behaviour = _dsfl_behaviour(sparse)
+    behaviour = _unlabelled_behaviour({"name": "camouflage", "fraction": 1.0, "poison_share": 0.25})
     honest = np.random.default_rng(1).normal(size=(2000, 10))
     out = behaviour.corrupt_logits(honest, np.full(2000, 10**6), np.random.default_rng(2))
     lied = ~np.all(out == honest, axis=1)
@@ -159,8 +165,7 @@ def test_camouflage_is_right_and_sure_where_labels_check_it_and_wrong_elsewhere(
     assert not np.any(out[lied].argmax(axis=1) == honest[lied].argmax(axis=1))
     # With poison_where=uncertain it lies where its own top class leads the least, naming its runner-up there.
     unsure_settings = {"name": "camouflage", "fraction": 1.0, "poison_share": 0.1, "checked": "honest"}
-    unsure = config(adversary=unsure_settings | {"poison_where": "uncertain"})
-    behaviour = _dsfl_behaviour(unsure)
+    behaviour = _unlabelled_behaviour(unsure_settings | {"poison_where": "uncertain"})
     out = behaviour.corrupt_logits(honest, np.full(2000, 10**6), np.random.default_rng(4))
     lied = ~np.all(out == honest, axis=1)
     ranked = np.sort(honest, axis=1)
@@ -168,15 +173,13 @@ def test_camouflage_is_right_and_sure_where_labels_check_it_and_wrong_elsewhere(
     assert lied.sum() == 200 and margin[lied].max() <= margin[~lied].min()
     np.testing.assert_array_equal(out[lied].argmax(axis=1), np.argsort(honest[lied], axis=1)[:, -2])
     # With lie_as=swap the same lie keeps its honest logits, the top two swapped: it states the same confidence.
-    swapped = config(adversary=unsure_settings | {"poison_where": "uncertain", "lie_as": "swap"})
-    behaviour = _dsfl_behaviour(swapped)
+    behaviour = _unlabelled_behaviour(unsure_settings | {"poison_where": "uncertain", "lie_as": "swap"})
     swap = behaviour.corrupt_logits(honest, np.full(2000, 10**6), np.random.default_rng(4))
     np.testing.assert_array_equal(~np.all(swap == honest, axis=1), lied)
     np.testing.assert_array_equal(swap[lied].argmax(axis=1), out[lied].argmax(axis=1))
     np.testing.assert_array_equal(np.sort(swap, axis=1), np.sort(honest, axis=1))
     # With lie_as=quantile it states the lie as sure as its answers at that quantile where labels check it.
-    quantile = config(adversary=unsure_settings | {"poison_where": "uncertain", "lie_as": "quantile"})
-    behaviour = _dsfl_behaviour(quantile)
+    behaviour = _unlabelled_behaviour(unsure_settings | {"poison_where": "uncertain", "lie_as": "quantile"})
     positions = np.r_[np.zeros(400, dtype=np.int64), np.full(2000, 10**6)]
     checked = np.random.default_rng(5).normal(size=(400, 10)) * 2
     stated = behaviour.corrupt_logits(np.r_[checked, honest], positions, np.random.default_rng(4))[400:]
@@ -184,8 +187,7 @@ def test_camouflage_is_right_and_sure_where_labels_check_it_and_wrong_elsewhere(
     np.testing.assert_allclose(np.exp(stated[lied]).max(axis=1), np.quantile(confidence(checked), 0.75))
     np.testing.assert_allclose(np.exp(stated[lied]).sum(axis=1), 1.0)
     # With lie_as=traded its lies take the confidences of its surest honest answers, which take the lies' own.
-    traded = config(adversary=unsure_settings | {"poison_where": "uncertain", "lie_as": "traded"})
-    behaviour = _dsfl_behaviour(traded)
+    behaviour = _unlabelled_behaviour(unsure_settings | {"poison_where": "uncertain", "lie_as": "traded"})
     trade = behaviour.corrupt_logits(honest, np.full(2000, 10**6), np.random.default_rng(4))
     sure_before, sure_after = confidence(honest), confidence(trade)
     np.testing.assert_allclose(np.sort(sure_after), np.sort(sure_before))
@@ -202,8 +204,7 @@ def test_coordinated_liars_poison_the_same_samples_with_the_same_wrong_class() -
     honest[:, 0] += 5.0  # both answer class 0 almost everywhere, so they agree on what "wrong" means
     outs = {}
     for coordinated in (False, True):
-        cfg = config(adversary=settings | {"coordinated": coordinated})
-        behaviour = _dsfl_behaviour(cfg)
+        behaviour = _unlabelled_behaviour(settings | {"coordinated": coordinated})
         outs[coordinated] = [
             behaviour.corrupt_logits(honest + 0.01 * k, positions, np.random.default_rng(10 + k)) for k in (0, 1)
         ]
@@ -269,9 +270,17 @@ def test_an_absent_client_sends_nothing_the_server_could_use(strategy: str) -> N
     assert [(row["n_rejected"], row["n_malicious_accepted"]) for row in rows] == [(2, 0)]
 
 
-@pytest.mark.parametrize("name", ["sign_flip", "scaled_update", "gaussian_update", "free_rider"])
-def test_weight_attacks_rewrite_the_update(name: str) -> None:
-    honest, attacked, instruction = answers(name, "fedavg", scale=3.0, noise_std=0.5)
+@pytest.mark.parametrize(
+    ("name", "settings"),
+    [
+        ("sign_flip", {"scale": 3.0}),
+        ("scaled_update", {"scale": 3.0}),
+        ("gaussian_update", {"noise_std": 0.5}),
+        ("free_rider", {}),
+    ],
+)
+def test_weight_attacks_rewrite_the_update(name: str, settings: dict[str, float]) -> None:
+    honest, attacked, instruction = answers(name, "fedavg", **settings)
     sent = [key for key in honest.arrays if key != kd.NUM_EXAMPLES]
     np.testing.assert_array_equal(attacked.arrays[kd.NUM_EXAMPLES], honest.arrays[kd.NUM_EXAMPLES])
     for key in sent:
@@ -305,6 +314,59 @@ def test_behaviours_that_do_not_fit_the_strategy_are_config_errors() -> None:
         get_algorithm("dsfl").build_client(
             config(adversary={"name": "targeted", "fraction": 1.0, "target": 10}), federation(), 0
         )
+
+
+@pytest.mark.parametrize(
+    ("strategy", "adversary", "transfer", "dropped"),
+    [
+        ("dsfl", {"name": "label_flip", "scale": 5.0}, {}, "adversary.scale=5.0 .*label_flip does not read it"),
+        ("dsfl", {"name": "none", "confidence": 3.0}, {}, "adversary.confidence=3.0 .*none does not read it"),
+        ("fedavg", {"name": "sign_flip", "confidence": 5.0}, {}, r"adversary.confidence=5.0 .*default \(10.0\)"),
+        ("fedavg", {"name": "alie", "noise_std": 2.0}, {}, "alie does not read it"),
+        ("dsfl", {"name": "camouflage", "lie_quantile": 0.5}, {"unlabelled": 20}, "only adversary.lie_as=quantile"),
+        ("dsfl", {"name": "camouflage", "poison_share": 0.2}, {}, "transfer.unlabelled=0 a label checks every"),
+        ("dsfl", {"name": "camouflage", "checked": "honest", "confidence": 5.0}, {}, "adversary.confidence=5.0"),
+        ("dsfl", {"name": "free_rider", "noise_std": 2.0}, {}, "only a free rider in mode random that shares"),
+        ("dsfl", {"name": "free_rider", "noise_std": 2.0, "free_rider_mode": "random"}, {}, "shares weights"),
+        ("fedavg", {"name": "free_rider", "noise_std": 2.0}, {}, "adversary.noise_std=2.0"),
+    ],
+)
+def test_a_setting_the_behaviour_does_not_read_is_refused(
+    strategy: str, adversary: dict[str, Any], transfer: dict[str, int], dropped: str
+) -> None:
+    profile = ONE_TIER if strategy == "fedavg" else TINY_PROFILE
+    top = {"device_profile": profile, "num_clients": 4, "transfer": {"labelled": 60, **transfer}}
+    fraction = 0.0 if adversary["name"] == "none" else 0.5
+    with pytest.raises(ConfigError, match=dropped):
+        from_mapping(
+            ExperimentConfig,
+            top | {"adversary": {"fraction": fraction, **adversary}, "strategy": {"name": strategy, "rounds": 1}},
+        )
+
+
+def test_the_settings_each_behaviour_reads_are_accepted() -> None:
+    """Where the behaviour reads it (the dropped-setting rule refuses nothing that acts)."""
+    unlabelled = {"transfer": {"labelled": 60, "unlabelled": 20}}
+    for adversary in (
+        {"name": "scaled_logits", "scale": 5.0},
+        {"name": "confident_wrong", "confidence": 3.0, "coordinated": True},
+        {"name": "targeted", "source": 3, "target": 4},
+        {"name": "camouflage", "poison_share": 0.2, "lie_as": "quantile", "lie_quantile": 0.5, "checked": "honest"},
+        {"name": "camouflage", "poison_share": 0.2, "checked": "poisoned", "poison_where": "uncertain"},
+    ):
+        top = {"device_profile": TINY_PROFILE, "num_clients": 4, **unlabelled}
+        from_mapping(
+            ExperimentConfig, top | {"adversary": {"fraction": 0.5, **adversary}, "strategy": {"name": "dsfl"}}
+        )
+    # Lying where every answer is checked is possible only by lying there too.
+    config(adversary={"name": "camouflage", "fraction": 0.5, "checked": "poisoned", "poison_share": 0.2})
+    for adversary in (
+        {"name": "scaled_update", "scale": 3.0},
+        {"name": "gaussian_update", "noise_std": 0.5},
+        {"name": "free_rider", "free_rider_mode": "random", "noise_std": 0.5},
+        {"name": "alie", "z": 1.0},
+    ):
+        config("fedavg", {"fraction": 0.5, **adversary})
 
 
 def test_none_wraps_nothing_and_an_empty_attack_changes_no_number() -> None:

@@ -10,7 +10,7 @@ built, and train honestly on the lie. Attacks follow Fang et al. (USENIX Securit
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -18,10 +18,13 @@ from numpy.typing import NDArray
 from torch import Tensor
 
 from fl_kd.kd import protocol as kd
-from fl_kd.kd.adversary.config import AdversaryConfig
+from fl_kd.kd.adversary.config import BEHAVIOUR_SETTINGS, AdversaryConfig
 from fl_kd.kd.roles import Answer, Arrays, Instruction
 from fl_kd.kd.training import confidence, from_wire, to_wire
 from fl_kd.registry import Registry
+
+if TYPE_CHECKING:
+    from fl_kd.kd.config import ExperimentConfig
 
 #: (logits name, positions name) pairs an answer may carry.
 LOGIT_ARRAYS: tuple[tuple[str, str], ...] = ((kd.LOGITS, kd.POSITIONS), (kd.UNLABELLED_LOGITS, kd.UNLABELLED_POSITIONS))
@@ -42,10 +45,21 @@ class Behaviour:
         What it corrupts: "logits", "weights" or "any" (checked against ``StrategyConfig.shares``).
     trains : bool
         Whether the client trains locally before answering (a free rider does not).
+    settings : frozenset[str]
+        The ``adversary`` settings it reads, beside ``name`` and ``fraction`` (:meth:`unread`).
     """
 
     kind: ClassVar[str] = "any"
     trains: ClassVar[bool] = True
+    settings: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def unread(cls, config: AdversaryConfig, experiment: ExperimentConfig) -> dict[str, str]:
+        """The settings of :data:`BEHAVIOUR_SETTINGS` it would not read in ``experiment``, each with why: changed from
+        their default, they are refused (``AdversaryConfig.check_experiment``)."""
+        return {
+            key: f"adversary {config.name} does not read it" for key in BEHAVIOUR_SETTINGS if key not in cls.settings
+        }
 
     def __init__(self, config: AdversaryConfig, num_classes: int, transfer_y: Tensor) -> None:
         config.check_classes(num_classes)
@@ -204,6 +218,7 @@ class ScaledLogits(Behaviour):
     """Answers ``lambda * logits`` (``adversary.scale``): the right classes, with outsized weight in a mean."""
 
     kind = "logits"
+    settings = frozenset({"scale"})
 
     def corrupt_logits(
         self, logits: NDArray[np.float64], positions: NDArray[Any], rng: np.random.Generator
@@ -221,6 +236,7 @@ class ConfidentWrong(Behaviour):
     """
 
     kind = "logits"
+    settings = frozenset({"confidence", "coordinated"})
 
     def corrupt_logits(
         self, logits: NDArray[np.float64], positions: NDArray[Any], rng: np.random.Generator
@@ -256,6 +272,25 @@ class Camouflage(Behaviour):
     """
 
     kind = "logits"
+    settings = frozenset(
+        {"confidence", "coordinated", "poison_share", "checked", "poison_where", "lie_as", "lie_quantile"}
+    )
+
+    @classmethod
+    def unread(cls, config: AdversaryConfig, experiment: ExperimentConfig) -> dict[str, str]:
+        """Beside the settings it never reads: ``lie_quantile`` without ``lie_as=quantile``, and how it lies where no
+        transfer sample lacks a label (then it lies nowhere, unless ``checked=poisoned``)."""
+        out = super().unread(config, experiment)
+        if config.lie_as != "quantile":
+            out["lie_quantile"] = "only adversary.lie_as=quantile reads it"
+        if experiment.transfer.unlabelled == 0 and config.checked != "poisoned":
+            why = (
+                "with transfer.unlabelled=0 a label checks every answer of camouflage, which then never lies "
+                "(unless adversary.checked=poisoned)"
+            )
+            unused = ("poison_share", "poison_where", "lie_as", "lie_quantile", "coordinated")
+            out.update(dict.fromkeys(unused + (("confidence",) if config.checked == "honest" else ()), why))
+        return out
 
     def corrupt_logits(
         self, logits: NDArray[np.float64], positions: NDArray[Any], rng: np.random.Generator
@@ -318,6 +353,16 @@ class FreeRider(Behaviour):
 
     trains = False
 
+    settings = frozenset({"free_rider_mode", "noise_std"})
+
+    @classmethod
+    def unread(cls, config: AdversaryConfig, experiment: ExperimentConfig) -> dict[str, str]:
+        """``noise_std`` is read only by random weights (random logits take the answer's own scale)."""
+        out = super().unread(config, experiment)
+        if config.free_rider_mode != "random" or experiment.strategy.shares != "weights":
+            out["noise_std"] = "only a free rider in mode random that shares weights reads it"
+        return out
+
     def corrupt_logits(
         self, logits: NDArray[np.float64], positions: NDArray[Any], rng: np.random.Generator
     ) -> NDArray[np.float64]:
@@ -334,6 +379,8 @@ class FreeRider(Behaviour):
 @ADVERSARIES.register("targeted")
 class Targeted(Behaviour):
     """Backdoor-free targeted poisoning: ``source`` is learnt and answered as ``target``, all else honest."""
+
+    settings = frozenset({"source", "target"})
 
     def poison_labels(self, labels: Tensor) -> Tensor:
         """Source-class labels become the target class."""
@@ -357,6 +404,7 @@ class SignFlip(Behaviour):
     """Sends ``w_global - lambda * update``: its training pulls the global model backwards."""
 
     kind = "weights"
+    settings = frozenset({"scale"})
 
     def corrupt_update(self, update: NDArray[np.float64], rng: np.random.Generator) -> NDArray[np.float64]:
         """The reversed update."""
@@ -368,6 +416,7 @@ class ScaledUpdate(Behaviour):
     """Sends ``w_global + lambda * update``: a boosted update that dominates a plain average."""
 
     kind = "weights"
+    settings = frozenset({"scale"})
 
     def corrupt_update(self, update: NDArray[np.float64], rng: np.random.Generator) -> NDArray[np.float64]:
         """The boosted update."""
@@ -379,6 +428,7 @@ class GaussianUpdate(Behaviour):
     """Sends ``w_global + N(0, noise_std^2)``: an update of pure noise."""
 
     kind = "weights"
+    settings = frozenset({"noise_std"})
 
     def corrupt_update(self, update: NDArray[np.float64], rng: np.random.Generator) -> NDArray[np.float64]:
         """Noise instead of the update."""

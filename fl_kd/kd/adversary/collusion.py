@@ -228,6 +228,8 @@ class Colluding(Behaviour):
 class Alie(Colluding):
     """ "A Little Is Enough": ``mu - z * sigma`` of the colluders' honest updates, the same from each of them."""
 
+    settings = frozenset({"z"})
+
     def craft(self, updates: NDArray[np.float64], num_answers: int, server: ServerEstimate) -> Vector:
         """:func:`alie` with ``adversary.z``."""
         return alie(updates, num_answers, self.config.z)

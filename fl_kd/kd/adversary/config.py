@@ -6,8 +6,8 @@ ClientApp process, the metric side) names the same clients without being told; t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +31,11 @@ LIE_AS: tuple[str, ...] = ("one_hot", "swap", "quantile", "traded")
 DEFAULT_FRACTION = 0.3
 #: Settings of a behaviour's defaults that differ from the fields' (beside :data:`DEFAULT_FRACTION`).
 BEHAVIOUR_DEFAULTS: dict[str, dict[str, float]] = {"sign_flip": {"scale": 1.0}}
+#: The settings that tune a behaviour (every field but ``name`` and ``fraction``); each behaviour reads only some.
+BEHAVIOUR_SETTINGS: tuple[str, ...] = (
+    "scale", "noise_std", "confidence", "source", "target", "free_rider_mode", "poison_share", "checked",
+    "poison_where", "lie_as", "lie_quantile", "coordinated", "z",
+)  # fmt: skip
 
 
 @dataclass
@@ -165,6 +170,7 @@ class AdversaryConfig:
             f"adversary {self.name} corrupts {kind}, but the clients of strategy {experiment.strategy.name} send "
             f"{shares}",
         )
+        self._check_unread(experiment)
         count = malicious_count(experiment.num_clients, self.fraction)
         require(  # 0 itself is a sweep's honest point; a share that rounds to no client is a typo's
             self.fraction == 0.0 or count > 0,
@@ -172,6 +178,26 @@ class AdversaryConfig:
             f"(round(fraction * num_clients) = 0), so adversary {self.name} would attack nobody: raise "
             "adversary.fraction, or set it to 0 for an honest run",
         )
+
+    def _check_unread(self, experiment: ExperimentConfig) -> None:
+        """A setting changed from the behaviour's default that the behaviour does not read in this run would be
+        dropped without a word (a run that looks like a variant of the attack, and is the attack as it stands)."""
+        from fl_kd.kd.adversary.behaviours import ADVERSARIES
+
+        defaults = behaviour_defaults(self.name)
+        for key, why in sorted(ADVERSARIES.get(self.name).unread(self, experiment).items()):
+            value = getattr(self, key)
+            require(
+                value == defaults[key],
+                f"adversary.{key}={value} would be dropped: {why}. Leave it at its default ({defaults[key]}), or "
+                "choose what reads it",
+            )
+
+
+def behaviour_defaults(name: str) -> dict[str, Any]:
+    """The settings behaviour ``name`` starts from (:meth:`AdversaryConfig.defaults`, without building one)."""
+    values: dict[str, Any] = {f.name: f.default for f in fields(AdversaryConfig) if f.name in BEHAVIOUR_SETTINGS}
+    return {**values, **BEHAVIOUR_DEFAULTS.get(name, {})}
 
 
 def malicious_count(num_clients: int, fraction: float) -> int:
