@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from fl_kd.kd.adversary.behaviours import ADVERSARIES, Behaviour
+from fl_kd.kd.adversary.camouflage import Camouflage
 from fl_kd.kd.adversary.client import MaliciousClient
 from fl_kd.kd.adversary.collusion import Colluding, ColludingServer
 from fl_kd.kd.adversary.config import NONE, AdversaryConfig, malicious_clients, malicious_of
@@ -79,6 +80,7 @@ __all__ = [
     "AdversaryConfig",
     "AttackMetricsServer",
     "Behaviour",
+    "Camouflage",
     "Colluding",
     "ColludingServer",
     "MaliciousClient",
