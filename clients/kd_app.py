@@ -154,7 +154,9 @@ def _reload(context: Context, client: ClientRole, state_round: int) -> None:
     log(INFO, "Client %d reloaded its state of round %d from %s", client.client_id, state_round, folder)
 
 
-def _save(context: Context, client: ClientRole, server_round: int, named_round: int | None) -> None:
+def _save(
+    context: Context, client: ClientRole, server_round: int, named_round: int | None, distilled: bool = False
+) -> None:
     """Keep the client's state in ``context.state``, and on the node for a resumed run (a failed write is logged).
 
     The file of ``named_round``, the round the server named as this client's state, is kept whatever else goes: the
@@ -162,13 +164,13 @@ def _save(context: Context, client: ClientRole, server_round: int, named_round: 
     """
     state = client.state_dict()
     context.state[kd.CLIENT_STATE] = ArrayRecord(state)
-    context.state[kd.CLIENT_STATE_OF] = ConfigRecord({kd.SERVER_ROUND: server_round})
+    context.state[kd.CLIENT_STATE_OF] = ConfigRecord({kd.SERVER_ROUND: server_round, kd.DISTILL: distilled})
     folder = _state_folder(context)
     if folder is None:
         return
     try:
         save_client_state(folder, server_round, client.client_id, _run_key(context), state, keep=named_round)
-    except OSError as err:
+    except (OSError, RuntimeError) as err:  # torch.save reports a file it cannot open as a RuntimeError
         log(WARNING, "Client %d could not save its state in %s (%s); a resumed run cannot reload it",
             client.client_id, folder, err)  # fmt: skip
 
@@ -196,8 +198,10 @@ def _instruction(msg: Message, context: Context) -> tuple[int, Instruction]:
     a value beyond ``max_abs_value``; Flower returns it to the server as an error reply.
     """
     server_round = scalar_of(msg.content, kd.CONFIG, kd.SERVER_ROUND)
-    if isinstance(server_round, bool) or not isinstance(server_round, int) or server_round < 1:
-        raise ValueError(f"message has no positive int {kd.SERVER_ROUND}, got {server_round!r}")
+    rounds = _config(context).strategy.rounds
+    if isinstance(server_round, bool) or not isinstance(server_round, int) or not 1 <= server_round <= rounds:
+        raise ValueError(f"{kd.SERVER_ROUND} must be an int in [1, {rounds}] (the run's rounds), got "
+                         f"{str(server_round)[:40]!r}")  # fmt: skip
     arrays = decode_record(msg.content, kd.ARRAYS)
     positions = arrays.get(kd.POSITIONS)
     if positions is not None and (positions.ndim != 1 or not np.issubdtype(positions.dtype, np.integer)):
@@ -207,12 +211,11 @@ def _instruction(msg: Message, context: Context) -> tuple[int, Instruction]:
     reason = check_bounded(arrays, _config(context).max_abs_value)
     if reason is not None:
         raise ValueError(f"instruction refused: {reason}")
-    scalars = record(msg.content, kd.CONFIG).items()
-    config = {
-        key: value
-        for key, value in scalars
-        if isinstance(value, (bool, int, float, str)) and key != kd.CLIENT_STATE_ROUND  # for the ClientApp only
-    }
+    config = dict(record(msg.content, kd.CONFIG))
+    config.pop(kd.CLIENT_STATE_ROUND, None)  # for the ClientApp only
+    odd = sorted(key for key, value in config.items() if not isinstance(value, (bool, int, float, str)))
+    if odd:  # dropped, a setting would fall back to its default without a word (bytes for a dtype: float32 logits)
+        raise ValueError(f"config {odd[0]!r} must be a bool, number or string, got {type(config[odd[0]]).__name__}")
     return server_round, Instruction(arrays, config)
 
 
@@ -262,8 +265,11 @@ def evaluate(msg: Message, context: Context) -> Message:
         raise ValueError(f"{kd.EVALUATE} must be a bool, got {report!r}")
     metrics: dict[str, MetricRecordValues] = {kd.PARTITION_ID: _partition_id(context)}
     if distill:
+        if _held_round(context) == server_round and context.state.config_records[kd.CLIENT_STATE_OF].get(kd.DISTILL):
+            # A message delivered twice would distil the same knowledge twice (Flower itself delivers once).
+            raise ValueError(f"client {client.client_id} has taken in round {server_round}'s knowledge already")
         metrics |= client.receive(server_round, instruction)
-        _save(context, client, server_round, state_round)
+        _save(context, client, server_round, state_round, distilled=True)
     if not report:
         return Message(RecordDict({kd.METRICS: MetricRecord(metrics)}), reply_to=msg)
     metrics[kd.ACCURACY] = client.evaluate(*federation.test_set(_config(context), server_round))

@@ -26,17 +26,15 @@ from flwr.common.logger import log
 from torch import Tensor
 
 from fl_kd.clients import vfl_engine
+from fl_kd.clients.vfl_batches import embedded_ids, forget_embedded, last_step, save_embedded, save_step
 from fl_kd.clients.vfl_party import (
     Node,
-    embedded_ids,
-    forget_embedded,
     load_party,
     node_of,
     observation_log,
     positions,
     rows,
     save_alignment,
-    save_embedded,
     save_label_secret,
     save_observation_log,
     save_party,
@@ -206,12 +204,17 @@ def embed(msg: Message, context: Context) -> Message:
 def loss_and_gradients(msg: Message, context: Context) -> Message:
     """One training step per batch, in order; the gradient for every feature party, or why a batch was rejected."""
     node, party = _label_party(msg, context)
+    epoch = vp.epoch_of(msg.content, node.cfg.training.epochs)
     grads: dict[str, Any] = {}
     losses: dict[str, MetricRecordValues] = {}
     rejected: dict[str, ConfigRecordValues] = {}
     for b in vp.batches_of(msg.content):
         keys = [vp.ids_key(b)] + [vp.embedding_key(b, k) for k in range(node.cfg.num_feature_parties)]
         try:
+            last = last_step(context)
+            if last is not None and (epoch, b) <= last:  # a request delivered twice would step on its batches again
+                raise ValueError(f"batch {b} of epoch {epoch} is not after the last step (batch {last[1]} of epoch "
+                                 f"{last[0]})")  # fmt: skip
             ids = _ids(msg, keys[0])
             embeddings = _blocks(msg, node, len(ids), *keys[1:])
             loss, party_grads = party.train_step(ids, embeddings)
@@ -219,6 +222,7 @@ def loss_and_gradients(msg: Message, context: Context) -> Message:
             log(WARNING, "label party: batch %d rejected: %s", b, err)
             rejected[vp.rejected_key(b)] = str(err)
             continue
+        save_step(context, epoch, b)
         losses[vp.loss_key(b)] = loss
         grads.update({vp.gradient_key(b, k): gradient.numpy() for k, gradient in enumerate(party_grads)})
     save_party(context, party, node.cfg.training.party_state == "node")

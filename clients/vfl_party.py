@@ -52,7 +52,6 @@ ALIGNMENT = "vfl-alignment"
 PARTY_STATE = "vfl-party"
 MODEL_PREFIX = "vfl-model-"
 OBSERVATIONS = "vfl-observations"
-EMBEDDED = "vfl-embedded"
 LABEL_SECRET = "vfl-label-secret"
 _MODELS = ("model", "top", "bottom")
 _TOKEN = "token"
@@ -194,26 +193,6 @@ def label_secret(context: Context) -> int:
     if not isinstance(secret, int) or isinstance(secret, bool):
         raise RuntimeError("the label party has no secret: train.setup must come first")
     return secret
-
-
-# -- what the feature party embedded ---------------------------------------------------------------------------------
-def save_embedded(context: Context, ids: Mapping[int, NDArray[np.int64]]) -> None:
-    """Remember the sample ids of each batch just embedded: only these may receive a gradient, once."""
-    context.state[EMBEDDED] = ArrayRecord(
-        {str(b): Array(np.asarray(batch, dtype=np.int64)) for b, batch in ids.items()}
-    )
-
-
-def embedded_ids(context: Context, batch: int) -> NDArray[np.int64] | None:
-    """The ids this party embedded for ``batch`` and has not yet received a gradient for (None: there are none)."""
-    entries = record(context.state, EMBEDDED)
-    return decode_array(entries[str(batch)]).astype(np.int64) if str(batch) in entries else None
-
-
-def forget_embedded(context: Context, batch: int) -> None:
-    """``batch``'s gradient is applied: no second gradient may apply to it."""
-    if EMBEDDED in context.state and str(batch) in context.state.array_records[EMBEDDED]:
-        del context.state.array_records[EMBEDDED][str(batch)]
 
 
 # -- the party --------------------------------------------------------------------------------------------------------

@@ -29,6 +29,9 @@ from fl_kd.vfl import protocol as vp
 from fl_kd.vfl.config import DEFAULT_MAX_NORM
 from fl_kd.vfl.trainer import TrainingHistory
 
+#: The largest loss a label party can compute: its cross-entropy is of float32 logits.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 
 @dataclass
 class Outcome:
@@ -261,6 +264,10 @@ class BatchExchange:
             reason = scalar_of(outcome.content, vp.CONFIG, vp.rejected_key(b))
             reason = None if reason is None else party_text(reason)
             loss = number_of(outcome.content, vp.METRICS, vp.loss_key(b))
+            if reason is None and loss is not None and not 0.0 <= loss <= FLOAT32_MAX:
+                reason = (
+                    f"loss {loss!r} is no training loss (a cross-entropy of float32 logits, in [0, {FLOAT32_MAX:.3g}])"
+                )
             if reason is not None or loss is None:
                 self.history.skip(epoch, b, f"label party rejected the embeddings: {reason or 'no loss reported'}")
             else:

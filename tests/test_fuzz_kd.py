@@ -237,9 +237,12 @@ def bad_instructions(draw: st.DrawFn) -> tuple[str, RecordDict]:
     message_type = draw(st.sampled_from(["train", "evaluate"]))
     config: dict[str, Any] = {kd.SERVER_ROUND: 1, kd.LOGITS_DTYPE: "float32", kd.DISTILL: False}
     arrays: dict[str, Array] = {kd.POSITIONS: Array(np.arange(5, dtype=np.int64))}
-    kind = draw(st.sampled_from(["round", "distill", "positions", "header", "values", "missing"]))
-    if kind == "round":
-        config[kd.SERVER_ROUND] = draw(st.sampled_from(["1", 1.0, 0, -3, True, 2.5]))
+    kind = draw(st.sampled_from(["round", "distill", "positions", "header", "values", "missing", "config"]))
+    if kind == "round":  # the run has 1 round; a round past it once named a file too long to write
+        config[kd.SERVER_ROUND] = draw(st.sampled_from(["1", 1.0, 0, -3, True, 2.5, 2, 10**300]))
+    elif kind == "config":  # not dropped for a default: bytes for the dtype once gave float32 logits
+        key = draw(st.sampled_from([kd.LOGITS_DTYPE, kd.EVALUATE, "anything"]))
+        config[key] = draw(st.sampled_from([b"uint8", ["uint8"], [False], b"\x00"]))
     elif kind == "distill":
         message_type = "evaluate"
         config[kd.DISTILL] = draw(st.sampled_from(["false", "true", 0, 1, 1.0, "", b"\x00"]))
@@ -272,14 +275,29 @@ def test_a_malformed_instruction_raises_a_clear_value_error(state: Round, case: 
     assert context.state == before
 
 
+def test_a_distillation_delivered_twice_is_taken_in_once(state: Round) -> None:
+    """Flower delivers a message once; a second delivery of the same evaluate message must not distil again."""
+    strategy = copy.deepcopy(state.strategy)
+    strategy.aggregate_train(1, state.replies)
+    sent = list(strategy.configure_evaluate(1, ArrayRecord(), ConfigRecord(), state.grid))[0]
+    context = copy.deepcopy(state.grid.contexts[sent.metadata.dst_node_id])
+    first = client_app(sent, context)
+    assert not first.has_error() and kd.DISTILL_LOSS in first.content.metric_records[kd.METRICS]
+    after = copy.deepcopy(context.state)
+    with pytest.raises(ValueError, match="has taken in round 1's knowledge already"):
+        client_app(sent, context)
+    assert context.state == after
+
+
 # -- the evaluate phase: error replies, lies about identity or accuracy, stale replies --------------------------
 def test_bad_evaluate_replies_count_as_no_reply(state: Round) -> None:
     strategy = copy.deepcopy(state.strategy)
     strategy.aggregate_train(1, state.replies)
-    sent = list(strategy.configure_evaluate(1, ArrayRecord(), ConfigRecord(), state.grid))
+    grid = copy.deepcopy(state.grid)  # the clients distil in this phase, once: the shared contexts stay as trained
+    sent = list(strategy.configure_evaluate(1, ArrayRecord(), ConfigRecord(), grid))
     for message in sent:
         message.metadata.__dict__["_message_id"] = f"evaluate-{message.metadata.dst_node_id}"
-    honest = list(state.grid.send_and_receive(sent))
+    honest = list(grid.send_and_receive(sent))
     without = copy.deepcopy(strategy)
     without.aggregate_evaluate(1, honest[1:])
 

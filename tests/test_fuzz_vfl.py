@@ -59,7 +59,8 @@ class Run:
     """Parties discovered and set up; the honest embed and loss-and-gradients replies of one chunk."""
 
     def __init__(self) -> None:
-        self.cfg = from_mapping(VFLRunConfig, {"seed": 3, "attack": {}, "training": {"epochs": 1, "batch_size": 16}})
+        # Two epochs: requests of the second one reach a label party that stepped on this chunk in the first.
+        self.cfg = from_mapping(VFLRunConfig, {"seed": 3, "attack": {}, "training": {"epochs": 2, "batch_size": 16}})
         self.grid = LoopbackGrid(
             client_app, self.cfg.num_feature_parties + 1, {vp.CONFIG_KEY: vp.encode_config(self.cfg)}
         )
@@ -215,7 +216,9 @@ def test_a_bad_gradient_is_not_forwarded_and_is_counted(run: Run, data: st.DataO
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     batch=st.sampled_from(BATCHES),
-    loss=st.sampled_from([np.nan, np.inf, -np.inf, 10**400, "0.5", True, None, "rejected", "rejected as 10**5000"]),
+    loss=st.sampled_from(
+        [np.nan, np.inf, -np.inf, 10**400, -3.0, 1e39, "0.5", True, None, "rejected", "rejected as 10**5000"]
+    ),
 )
 def test_a_bad_loss_skips_its_batch(run: Run, batch: int, loss: Any) -> None:
     metrics: dict[str, Any] = dict(run.step_reply.metric_records[vp.METRICS])
@@ -357,10 +360,41 @@ def test_a_party_refuses_a_bad_request_and_keeps_its_state(run: Run, data: st.Da
         message_type, node = "train.loss_and_gradients", run.server.label.node_id
     context = run.grid.contexts[node]
     before = _state(context)
-    content = RecordDict({vp.ARRAYS: ArrayRecord(arrays), vp.CONFIG: ConfigRecord({vp.EPOCH: 0, vp.BATCHES: [batch]})})
+    epoch = 0 if target == "feature" else 1  # the label party stepped on epoch 0's batches: a repeat is refused as such
+    content = RecordDict(
+        {vp.ARRAYS: ArrayRecord(arrays), vp.CONFIG: ConfigRecord({vp.EPOCH: epoch, vp.BATCHES: [batch]})}
+    )
     reply = client_app(Message(content, dst_node_id=node, message_type=message_type), context)
     assert vp.rejected_key(batch) in reply.content.config_records[vp.CONFIG]
     _assert_same(_state(context), before)
+
+
+def test_the_label_party_steps_on_a_batch_once_and_in_order() -> None:
+    """A request delivered twice, or naming an earlier batch or no epoch of the run, is not stepped on again."""
+    fresh = Run()  # its own run: this test steps the label party on
+    node = fresh.server.label.node_id
+    context = fresh.grid.contexts[node]
+
+    def step(epoch: Any, batch: int) -> Message:
+        arrays = {vp.ids_key(batch): Array(fresh.ids[batch])}
+        arrays |= {vp.embedding_key(batch, k): Array(e) for k, e in enumerate(fresh.embeddings[batch])}
+        content = RecordDict(
+            {vp.ARRAYS: ArrayRecord(arrays), vp.CONFIG: ConfigRecord({vp.EPOCH: epoch, vp.BATCHES: [batch]})}
+        )
+        return client_app(Message(content, dst_node_id=node, message_type="train.loss_and_gradients"), context)
+
+    first = step(1, BATCHES[0])
+    assert vp.loss_key(BATCHES[0]) in first.content.metric_records[vp.METRICS]
+    stepped = _state(context)
+    for epoch, batch in ((1, BATCHES[0]), (0, BATCHES[-1])):
+        reply = step(epoch, batch)
+        assert "is not after the last step" in str(reply.content.config_records[vp.CONFIG][vp.rejected_key(batch)])
+        _assert_same(_state(context), stepped)
+    for epoch in ("1", 2, -1, [1], True):  # no epoch of this 2-epoch run: the request is refused whole
+        with pytest.raises(ValueError, match="names no epoch"):
+            step(epoch, BATCHES[-1])
+        _assert_same(_state(context), stepped)
+    assert vp.loss_key(BATCHES[-1]) in step(1, BATCHES[-1]).content.metric_records[vp.METRICS]
 
 
 def _with(arrays: dict[str, Any], key: str, block: Array | None) -> dict[str, Any]:

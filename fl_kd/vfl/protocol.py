@@ -249,6 +249,14 @@ def batches_of(content: Any, key: str = BATCHES, optional: bool = False) -> list
     return list(batches)
 
 
+def epoch_of(content: Any, epochs: int) -> int:
+    """The training epoch a request names (``config.epoch``), an int in ``[0, epochs)``."""
+    epoch = scalar_of(content, CONFIG, EPOCH)
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch < epochs:
+        raise ProtocolError(f"a request names no {EPOCH} in [0, {epochs}): {str(epoch)[:40]!r}")
+    return epoch
+
+
 def config_of(content: Any) -> Mapping[str, Any]:
     """The ``config`` record of a message (empty when absent)."""
     return record(content, CONFIG)
