@@ -198,11 +198,12 @@ def _instruction(msg: Message, context: Context) -> tuple[int, Instruction]:
     a value beyond ``max_abs_value``; Flower returns it to the server as an error reply.
     """
     server_round = scalar_of(msg.content, kd.CONFIG, kd.SERVER_ROUND)
+    if isinstance(server_round, bool) or not isinstance(server_round, int) or server_round < 1:
+        raise ValueError(f"message has no positive int {kd.SERVER_ROUND}, got {str(server_round)[:40]!r}")
+    arrays = decode_record(msg.content, kd.ARRAYS)  # bounded before the context is read
     rounds = _config(context).strategy.rounds
-    if isinstance(server_round, bool) or not isinstance(server_round, int) or not 1 <= server_round <= rounds:
-        raise ValueError(f"{kd.SERVER_ROUND} must be an int in [1, {rounds}] (the run's rounds), got "
-                         f"{str(server_round)[:40]!r}")  # fmt: skip
-    arrays = decode_record(msg.content, kd.ARRAYS)
+    if server_round > rounds:  # a round past the run's once named a state file too long to write
+        raise ValueError(f"{kd.SERVER_ROUND}={str(server_round)[:40]} is past the run's {rounds} rounds")
     positions = arrays.get(kd.POSITIONS)
     if positions is not None and (positions.ndim != 1 or not np.issubdtype(positions.dtype, np.integer)):
         raise ValueError(f"{kd.POSITIONS} must be a 1-D integer array, got {positions.dtype} {positions.shape}")

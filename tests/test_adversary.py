@@ -279,7 +279,7 @@ def test_an_absent_client_sends_nothing_the_server_could_use(strategy: str) -> N
         ("free_rider", {}),
     ],
 )
-def test_weight_attacks_rewrite_the_update(name: str, settings: dict[str, float]) -> None:
+def test_weight_attacks_rewrite_the_update(name: str, settings: dict[str, Any]) -> None:
     honest, attacked, instruction = answers(name, "fedavg", **settings)
     sent = [key for key in honest.arrays if key != kd.NUM_EXAMPLES]
     np.testing.assert_array_equal(attacked.arrays[kd.NUM_EXAMPLES], honest.arrays[kd.NUM_EXAMPLES])

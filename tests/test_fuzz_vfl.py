@@ -390,9 +390,9 @@ def test_the_label_party_steps_on_a_batch_once_and_in_order() -> None:
         reply = step(epoch, batch)
         assert "is not after the last step" in str(reply.content.config_records[vp.CONFIG][vp.rejected_key(batch)])
         _assert_same(_state(context), stepped)
-    for epoch in ("1", 2, -1, [1], True):  # no epoch of this 2-epoch run: the request is refused whole
+    for bad in ("1", 2, -1, [1], True):  # no epoch of this 2-epoch run: the request is refused whole
         with pytest.raises(ValueError, match="names no epoch"):
-            step(epoch, BATCHES[-1])
+            step(bad, BATCHES[-1])
         _assert_same(_state(context), stepped)
     assert vp.loss_key(BATCHES[-1]) in step(1, BATCHES[-1]).content.metric_records[vp.METRICS]
 
