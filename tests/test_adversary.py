@@ -326,6 +326,12 @@ def test_behaviours_that_do_not_fit_the_strategy_are_config_errors() -> None:
         ("dsfl", {"name": "camouflage", "lie_quantile": 0.5}, {"unlabelled": 20}, "only adversary.lie_as=quantile"),
         ("dsfl", {"name": "camouflage", "poison_share": 0.2}, {}, "transfer.unlabelled=0 a label checks every"),
         ("dsfl", {"name": "camouflage", "checked": "honest", "confidence": 5.0}, {}, "adversary.confidence=5.0"),
+        (
+            "dsfl",
+            {"name": "camouflage", "checked": "poisoned", "lie_as": "swap", "confidence": 5.0},
+            {"unlabelled": 20},
+            "one-hot only with adversary.lie_as=one_hot or checked=truth",
+        ),
         ("dsfl", {"name": "free_rider", "noise_std": 2.0}, {}, "only a free rider in mode random that shares"),
         ("dsfl", {"name": "free_rider", "noise_std": 2.0, "free_rider_mode": "random"}, {}, "shares weights"),
         ("fedavg", {"name": "free_rider", "noise_std": 2.0}, {}, "adversary.noise_std=2.0"),

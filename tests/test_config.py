@@ -79,6 +79,33 @@ def test_bad_values_are_refused_naming_the_key(values: dict[str, Any], key: str)
 
 
 @pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"partition": {"name": "pathological", "classes_per_client": 2, "alpha": 0.05}}, "partition.alpha=0.05"),
+        ({"partition": {"name": "iid", "alpha": 0.1}}, "is not read by partition.name=iid"),
+        ({"partition": {"classes_per_client": 3}}, "partition.classes_per_client=3 is not read by"),
+        ({"strategy": {"consensus_margin": 0.3}}, "strategy.consensus_margin=0.3 is a setting of the consensus"),
+        ({"strategy": {"name": "fedmd", "consensus_margin": 0.3}}, "set strategy.consensus_z too"),
+        ({"strategy": {"reliability_power": 1.0}}, "used only with strategy.unlabelled_trust=class_reliability"),
+        ({"strategy": {"unlabelled_per_round": 50}}, "unlabelled_per_round=50 asks unlabelled samples"),
+        ({"strategy": {"name": "fedmd", "pretrain_public": False, "pretrain_epochs": 1}}, "pretrain_epochs=1 is"),
+        ({"strategy": {"name": "fedmd", "trim_fraction": 0.4}}, "used only with strategy.aggregation=trimmed_mean"),
+        ({"strategy": {"name": "fedmd", "num_malicious": 3}}, "used only with strategy.aggregation=krum or"),
+        ({"strategy": {"name": "fedmd", "trust_power": 1.0}}, "trust_power=1.0 is used only with"),
+    ],
+)
+def test_a_setting_that_the_run_would_drop_is_refused(values: dict[str, Any], message: str) -> None:
+    """Changed where nothing reads it, a setting would make a run that looks like a variant and is the default."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        _config(**values)
+    # Where something reads it, the same setting is accepted.
+    _config(partition={"name": "dirichlet", "alpha": 0.05})
+    _config(strategy={"name": "fedmd", "consensus_z": 3.0, "consensus_margin": 0.3}, transfer={"unlabelled": 20})
+    _config(strategy={"unlabelled_trust": "class_reliability", "reliability_power": 1.0}, transfer={"unlabelled": 20})
+    _config(strategy={"name": "fedmd", "aggregation": "krum", "num_malicious": 1})
+
+
+@pytest.mark.parametrize(
     ("text", "message"), [("{not json", "is not JSON"), ("", "is not JSON"), ("[1]", "JSON object")]
 )
 def test_text_that_is_no_experiment_config_is_a_config_error(text: str, message: str) -> None:

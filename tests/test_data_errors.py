@@ -126,6 +126,12 @@ def test_a_root_a_packaged_dataset_would_ignore_is_named(tmp_path: Path, caplog:
         assert not caplog.text
         DatasetConfig("digits", root=str(tmp_path))
     assert f"dataset.root={tmp_path} is ignored: dataset=digits ships inside a package and reads no root" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        DatasetConfig("fashion_mnist", download=True)
+        assert not caplog.text
+        DatasetConfig("digits", download=True)
+    assert "dataset.download=true is ignored: dataset=digits ships inside a package" in caplog.text
 
 
 def test_a_partition_must_give_every_client_a_sample() -> None:

@@ -607,16 +607,18 @@ def test_selection_settings_are_declared_once_and_all_reach_the_server() -> None
     names = {field.name for field in fields(SelectionConfig)}
     assert names <= {field.name for field in fields(FedGEMSConfig)}
     assert names <= {field.name for field in fields(ServerDistillConfig)}
-    strategy = FedGEMSConfig(
+    learned = FedGEMSConfig(
         correctness="held_out", held_out_fraction=0.3, distill_correct=True, unlabelled_trust="learned",
-        reliability_power=2.0, reliability_on="held_out", teacher_min_confidence=0.5, learned_weight_decay=0.1,
+        reliability_on="held_out", teacher_min_confidence=0.5, learned_weight_decay=0.1,
         learned_prob_floor=0.01, learned_trim=1, unlabelled_per_round=7, unlabelled_cache=3, canaries=5, canary_z=2.0,
         consensus_z=2.5, consensus_margin=0.05, consensus_confidence=True,
     )  # fmt: skip
-    server = strategy.server_config()
-    assert {name: getattr(server, name) for name in names} == {name: getattr(strategy, name) for name in names}
+    reliability = FedGEMSConfig(unlabelled_trust="class_reliability", reliability_power=2.0)  # read by it alone
     defaults = ServerDistillConfig()
-    assert all(getattr(strategy, name) != getattr(defaults, name) for name in names)  # each one is carried over
+    for strategy, given in ((learned, names - {"reliability_power"}), (reliability, {"reliability_power"})):
+        server = strategy.server_config()
+        assert {name: getattr(server, name) for name in names} == {name: getattr(strategy, name) for name in names}
+        assert all(getattr(strategy, name) != getattr(defaults, name) for name in given)  # each one is carried over
     # One check for both, naming the key as each user writes it.
     with pytest.raises(ConfigError, match=r"^strategy\.canaries needs strategy\.unlabelled_trust"):
         FedGEMSConfig(canaries=2)

@@ -116,8 +116,9 @@ def test_strategies_pick_a_robust_rule_by_config(strategy: str, attack: str, agg
     settings = {"server_epochs": 1} if strategy != "fedavg" else {}
     settings |= {"distill_epochs": 1} if strategy == "feddf" else {}
     plain = run_inprocess(config(strategy, adversary, **settings), federation(strategy).data).rounds[-1]
+    settings |= {"num_malicious": 1} if aggregation == "krum" else {}  # the other rules read no count
     robust = run_inprocess(
-        config(strategy, adversary, aggregation=aggregation, num_malicious=1, **settings), federation(strategy).data
+        config(strategy, adversary, aggregation=aggregation, **settings), federation(strategy).data
     ).rounds[-1]
     assert plain["n_malicious_accepted"] == robust["n_malicious_accepted"] == 1
     assert plain["malicious_weight_share"] > 0.2
@@ -166,16 +167,24 @@ def test_every_strategy_declares_its_aggregation_settings_once_and_passes_them_o
     cls = getattr(importlib.import_module(module), name)
     assert issubclass(cls, AggregationConfig)
     assert {f.name for f in fields(AggregationConfig)} <= {f.name for f in fields(cls)}
-    config = cls(aggregation="multi_krum", trim_fraction=0.1, num_malicious=2, num_selected=3)
+    config = cls(aggregation="multi_krum", num_malicious=2, num_selected=3)
     settings = config.robust_settings()
-    assert (settings.trim_fraction, settings.num_malicious, settings.num_selected) == (0.1, 2, 3)
+    assert (settings.trim_fraction, settings.num_malicious, settings.num_selected) == (0.2, 2, 3)
+    assert cls(aggregation="trimmed_mean", trim_fraction=0.1).robust_settings().trim_fraction == 0.1
+    # A rule's parameter given with another rule would be dropped: refused, naming the rules that read it.
+    with pytest.raises(ConfigError, match=r"trim_fraction=0.1 is used only with strategy.aggregation=trimmed_mean"):
+        cls(aggregation="multi_krum", trim_fraction=0.1)
+    with pytest.raises(ConfigError, match=r"num_malicious=2 is used only with strategy.aggregation=krum or multi"):
+        cls(aggregation="median", num_malicious=2)
     unknown = next(rule for rule in ("trust", "mean_of_medians") if rule not in rules.names())
     with pytest.raises(ConfigError, match="strategy.aggregation"):
         cls(aggregation=unknown)
     with pytest.raises(ConfigError, match=r"strategy\.trim_fraction must be in \[0, 0.5\)"):
         cls(trim_fraction=0.5)
     if hasattr(config, "trust_power"):  # the logit rules' own parameter reaches them too
-        assert cls(trust_power=2.0).robust_settings().trust_power == 2.0
+        assert cls(aggregation="trust", trust_power=2.0).robust_settings().trust_power == 2.0
+        with pytest.raises(ConfigError, match=r"trust_power=2.0 is used only with strategy.aggregation=trust"):
+            cls(trust_power=2.0)
 
 
 def test_trusted_weighting_measures_accuracy_where_the_label_is_known() -> None:

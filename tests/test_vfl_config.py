@@ -237,3 +237,27 @@ def test_console_shows_one_line_per_epoch_and_the_table(tmp_path: Path) -> None:
     assert "INFO" not in completed.stdout + completed.stderr  # log lines go to the run folder's log file
     assert "epoch 0:" in (tmp_path / "vfl.log").read_text()
     assert _strict_json(tmp_path / "results.json")["backend"] == "inprocess"
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"vfl_model": {"top_hidden": [32]}}, "vfl_model.top_hidden=[32] is read only by vfl_model.top=mlp"),
+        (
+            {"attack": {"direction_scoring": {"known_positive_ids": [3, 5], "num_known": 5}}},
+            "num_known and seed draw the known positives",
+        ),
+        ({"scoring": {"mp_star": 0.9, "baseline": True}}, "scoring.baseline=true runs vanilla VFL for MP*"),
+    ],
+)
+def test_a_vfl_setting_that_the_run_would_drop_is_refused(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("*", r"\*")):
+        from_mapping(VFLRunConfig, values)
+
+
+def test_a_sum_top_over_embeddings_of_another_size_is_refused_before_training() -> None:
+    """It was a traceback from the model's constructor, after the data loaded."""
+    config = from_mapping(VFLRunConfig, {"vfl_model": {"embedding_dim": 5}})
+    with pytest.raises(ConfigError, match="vfl_model.embedding_dim=5 must be the 2 classes"):
+        config.check_num_classes(2)
+    from_mapping(VFLRunConfig, {"vfl_model": {"top": "mlp", "embedding_dim": 5}}).check_num_classes(2)

@@ -24,7 +24,8 @@ class DatasetConfig:
         a package reads no root: one given for it is ignored with a warning (so that a sweep over datasets can set
         one root for those that read it), since the run does not read the data the user may have meant.
     download : bool (default: False)
-        Let torchvision download into ``root``; off, since nothing is fetched unless asked.
+        Let torchvision download into ``root``; off, since nothing is fetched unless asked. Ignored with a warning
+        for an embedded dataset, as ``root`` is.
     """
 
     name: str = "digits"
@@ -36,3 +37,5 @@ class DatasetConfig:
         if self.root is not None and self.name in PACKAGED_DATASETS:
             log.warning("dataset.root=%s is ignored: dataset=%s ships inside a package and reads no root", self.root,
                         self.name)  # fmt: skip
+        if self.download and self.name in PACKAGED_DATASETS:
+            log.warning("dataset.download=true is ignored: dataset=%s ships inside a package", self.name)

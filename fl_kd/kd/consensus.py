@@ -391,6 +391,11 @@ class ConsensusConfig:
             not self.consensus_confidence or self.consensus_z > 0,
             f"{prefix}consensus_confidence is a test of the consensus screen: set {prefix}consensus_z too",
         )
+        require(
+            self.consensus_margin == MARGIN or self.consensus_z > 0,
+            f"{prefix}consensus_margin={self.consensus_margin} is a setting of the consensus screen: set "
+            f"{prefix}consensus_z too",
+        )
 
     def consensus_screen(self, num_classes: int) -> ConsensusScreen | None:
         """A fresh screen with these settings; None when ``consensus_z`` is 0."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import NamedTuple
 
 import numpy as np
@@ -56,6 +56,14 @@ class RobustSettings:
             raise ValueError("num_malicious, num_selected and trust_power must be >= 0")
 
 
+#: The rules that read each parameter of :class:`AggregationConfig`.
+READ_BY: dict[str, tuple[str, ...]] = {
+    "trim_fraction": ("trimmed_mean",),
+    "num_malicious": ("krum", "multi_krum"),
+    "num_selected": ("multi_krum",),
+}
+
+
 @dataclass(kw_only=True)
 class AggregationConfig:
     """``strategy.aggregation`` and the parameters of the robust rules, declared once for every strategy that fuses
@@ -80,11 +88,14 @@ class AggregationConfig:
         check_range("strategy.trim_fraction", self.trim_fraction, low=0.0, high=0.5, high_open=True)
         check_range("strategy.num_malicious", self.num_malicious, low=0)
         check_range("strategy.num_selected", self.num_selected, low=0)
-        require(
-            self.num_selected == 0 or self.aggregation == "multi_krum",
-            f"strategy.num_selected={self.num_selected} is used only with strategy.aggregation=multi_krum, "
-            f"got {self.aggregation}",
-        )
+        defaults = {f.name: f.default for f in fields(AggregationConfig)}
+        for key, rules in READ_BY.items():  # changed for a rule that does not read it, it would be dropped
+            value = getattr(self, key)
+            require(
+                self.aggregation in rules or value == defaults[key],
+                f"strategy.{key}={value} is used only with strategy.aggregation={' or '.join(rules)}, "
+                f"got {self.aggregation}",
+            )
 
     def robust_settings(self) -> RobustSettings:
         """The parameters of ``aggregation``."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from fl_kd.config import check_choice, check_range, require
@@ -37,9 +37,17 @@ class PartitionConfig:
         if self.classes_per_client is not None:
             check_range("partition.classes_per_client", self.classes_per_client, low=1)
         check_range("partition.min_size", self.min_size, low=1)  # a client needs data to train and be tested on
-        _, required, _ = PARTITIONERS[self.name]
+        _, required, optional = PARTITIONERS[self.name]
         for param in sorted(required):
             require(getattr(self, param) is not None, f"partition.{param} is required by partition.name={self.name}")
+        defaults = {f.name: f.default for f in fields(PartitionConfig)}
+        for param in ("alpha", "classes_per_client"):  # changed for a partitioner that does not read it: dropped
+            value = getattr(self, param)
+            require(
+                param in required | optional or value == defaults[param],
+                f"partition.{param}={value} is not read by partition.name={self.name}: leave it at its default "
+                f"({defaults[param]}), or choose a partitioner that reads it",
+            )
 
     def params(self) -> dict[str, Any]:
         """Keyword arguments of the chosen partitioner: the parameters it takes, where set."""

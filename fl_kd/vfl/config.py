@@ -92,7 +92,7 @@ class ModelConfig:
     bottom_hidden : list[int] (default: [64])
         Hidden widths of every bottom MLP.
     top_hidden : list[int] (default: [])
-        Hidden widths of a trainable top.
+        Hidden widths of a trainable top (``mlp``; refused for ``sum``, which has none).
     """
 
     top: str = "sum"
@@ -107,6 +107,10 @@ class ModelConfig:
         for key in ("bottom_hidden", "top_hidden"):
             for index, width in enumerate(getattr(self, key)):
                 check_range(f"vfl_model.{key}[{index}]", width, low=1)
+        require(  # the sum top has no layers: widths given for it would be dropped
+            not self.top_hidden or self.top == "mlp",
+            f"vfl_model.top_hidden={self.top_hidden} is read only by vfl_model.top=mlp, got {self.top}",
+        )
 
     def embedding_size(self, num_classes: int) -> int:
         """Bottom-model output size for ``num_classes`` classes (see ``embedding_dim``)."""
@@ -241,6 +245,10 @@ class ScoringConfig:
         if self.mp_star is not None:
             check_range("scoring.mp_star", self.mp_star, low=0, high=1)
         check_range("scoring.beta", self.beta, low=0, high=1)
+        require(
+            self.mp_star is None or not self.baseline,
+            "scoring.baseline=true runs vanilla VFL for MP*, which scoring.mp_star gives: set one of them",
+        )
 
 
 @dataclass
@@ -319,6 +327,12 @@ class VFLRunConfig:
         The class count comes with the data, so this cannot be checked when the config is read; unchecked, such a
         run trained in full and only then found that its attack or defence had nothing to say.
         """
+        size = self.vfl_model.embedding_size(num_classes)
+        require(
+            self.vfl_model.top != "sum" or size == num_classes,
+            f"vfl_model.top=sum adds the parties' logits: vfl_model.embedding_dim={size} must be the {num_classes} "
+            f"classes of dataset={self.dataset.name} (leave it unset to take them)",
+        )
         parts = self.binary_only()
         if num_classes != 2 and parts:
             raise ConfigError(

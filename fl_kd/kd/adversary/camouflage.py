@@ -52,6 +52,8 @@ class Camouflage(Behaviour):
         out = super().unread(config, experiment)
         if config.lie_as != "quantile":
             out["lie_quantile"] = "only adversary.lie_as=quantile reads it"
+        if config.lie_as != "one_hot" and config.checked != "truth":  # no one-hot answer left: lies state another
+            out["confidence"] = "camouflage answers one-hot only with adversary.lie_as=one_hot or checked=truth"
         if experiment.transfer.unlabelled == 0 and config.checked != "poisoned":
             why = (
                 "with transfer.unlabelled=0 a label checks every answer of camouflage, which then never lies "

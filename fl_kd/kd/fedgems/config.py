@@ -174,6 +174,11 @@ class FedGEMSConfig(SelectionConfig, SGDStrategyConfig):
             self.correctness == "train" or experiment.transfer.labelled >= 2,
             "strategy.correctness=held_out needs transfer.labelled >= 2",
         )
+        require(
+            experiment.transfer.unlabelled > 0 or self.unlabelled_per_round == 0,
+            f"strategy.unlabelled_per_round={self.unlabelled_per_round} asks unlabelled samples: set "
+            "transfer.unlabelled > 0",
+        )
 
     def server_config(self) -> ServerDistillConfig:
         """Settings of the server's distillation phase."""

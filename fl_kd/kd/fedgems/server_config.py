@@ -173,6 +173,7 @@ class SelectionConfig(ConsensusConfig):
             "learned_prob_floor": (self.unlabelled_trust == "learned", "unlabelled_trust=learned"),
             "learned_trim": (self.unlabelled_trust == "learned", "unlabelled_trust=learned"),
             "canary_z": (self.canaries > 0, "canaries > 0"),
+            "reliability_power": (self.unlabelled_trust == "class_reliability", "unlabelled_trust=class_reliability"),
         }
         for key, (used, condition) in needs.items():
             require(

@@ -73,6 +73,11 @@ class FedMDConfig(PublicLogitsConfig):
             self.pretrain_public is not True or experiment.transfer.labelled > 0,
             "strategy.pretrain_public trains on public labels: it needs transfer.labelled > 0",
         )
+        require(
+            self.pretrains(experiment.transfer.labelled) or self.pretrain_epochs == 5,
+            f"strategy.pretrain_epochs={self.pretrain_epochs} is used only where the clients pre-train on public "
+            "labels (strategy.pretrain_public, and a labelled transfer part)",
+        )
 
     def pretrains(self, labelled: int) -> bool:
         """Whether clients pre-train on the public labels, given the labelled part's size."""

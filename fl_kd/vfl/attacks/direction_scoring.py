@@ -56,6 +56,8 @@ class DirectionScoring(FeaturePartyAttack):
             self._given = torch.as_tensor(list(known_positive_ids), dtype=torch.int64)
             if self._given.numel() == 0:
                 raise ValueError("direction_scoring needs at least one known positive sample id")
+            if (num_known, seed) != (1, 0):  # they draw the known positives, which the given ids replace
+                raise ValueError("num_known and seed draw the known positives: give them or known_positive_ids")
         if num_known < 1:
             raise ValueError(f"num_known must be at least 1, got {num_known}")
         self.num_known, self.seed = num_known, seed
