@@ -193,7 +193,7 @@ def test_the_screen_needs_unlabelled_trust_on_a_held_out_slice() -> None:
         tiny_config(consensus_z=-1.0)
     with pytest.raises(ValueError, match="z must be > 0"):
         ConsensusScreen(CLASSES, z=0.0)
-    with pytest.raises(ConfigError, match="consensus_confidence is a test of the consensus screen"):
+    with pytest.raises(ConfigError, match="consensus_confidence is a setting of the consensus screen"):
         tiny_config(consensus_confidence=True)
 
 

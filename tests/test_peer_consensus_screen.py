@@ -99,7 +99,7 @@ def test_the_screens_tallies_survive_a_checkpoint() -> None:
 def test_the_screen_needs_both_parts_of_the_transfer_set_and_its_confidence_test_needs_it() -> None:
     with pytest.raises(ConfigError, match=r"transfer.labelled > 0 and transfer.unlabelled > 0 \(got 30 and 0\)"):
         peer_config("dsfl", transfer={"labelled": 30, "unlabelled": 0}, consensus_z=3.0)
-    with pytest.raises(ConfigError, match="strategy.consensus_confidence is a test of the consensus screen"):
+    with pytest.raises(ConfigError, match="strategy.consensus_confidence is a setting of the consensus screen"):
         peer_config("fedmd", consensus_confidence=True)
     with pytest.raises(ConfigError, match="strategy.consensus_margin"):
         peer_config("fedmd", consensus_z=3.0, consensus_margin=1.0)

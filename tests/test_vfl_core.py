@@ -457,5 +457,5 @@ def test_config_errors_are_explicit() -> None:
     with pytest.raises(ConfigError, match="defence.name='tinfoil' is not one of"):
         build_experiment({"defence": {"name": "tinfoil"}}, data=synthetic())
     # Only the data tells the class count, so this one surfaces when the label party is built.
-    with pytest.raises(ValueError, match="num_classes"):
+    with pytest.raises(ValueError, match="vfl_model.embedding_dim=4 must be the 2 classes"):
         build_experiment({"vfl_model": {"embedding_dim": 4}}, data=synthetic())

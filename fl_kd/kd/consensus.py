@@ -354,8 +354,7 @@ def family_z(z: float, tests: int) -> float:
 
 @dataclass(kw_only=True)
 class ConsensusConfig:
-    """The consensus screen's ``strategy.*`` settings, declared once for every strategy that runs it (FedGEMS'
-    selection, the logit-sharing peers).
+    """The consensus screen's ``strategy.*`` settings, declared once for FedGEMS and the logit-sharing peers.
 
     Attributes
     ----------
@@ -365,8 +364,8 @@ class ConsensusConfig:
         exceeds the median client's by ``consensus_margin`` and more than this many standard errors (pooled over
         the rounds so far) is left out (:class:`ConsensusScreen`). 0: no screen.
     consensus_margin : float (default: 0.02)
-        The shortfall beyond the median client's that counts as no evidence in any of the screen's tests (honest
-        clients differ by about this much for good, so without it a long run screens one).
+        The shortfall beyond the median client's that counts as no evidence in any test (honest clients differ
+        by about this much for good). Like ``consensus_confidence``, refused without ``consensus_z``.
     consensus_confidence : bool (default: False)
         Also compare how sure a client says it is on the unlabelled samples and on the reference (at its 20%, 40%,
         60% and 80% quantiles there, the share of its unlabelled answers stated less sure), and its agreement
@@ -387,15 +386,11 @@ class ConsensusConfig:
             isinstance(self.consensus_confidence, bool),
             f"{prefix}consensus_confidence must be true or false, got {self.consensus_confidence!r}",
         )
-        require(
-            not self.consensus_confidence or self.consensus_z > 0,
-            f"{prefix}consensus_confidence is a test of the consensus screen: set {prefix}consensus_z too",
-        )
-        require(
-            self.consensus_margin == MARGIN or self.consensus_z > 0,
-            f"{prefix}consensus_margin={self.consensus_margin} is a setting of the consensus screen: set "
-            f"{prefix}consensus_z too",
-        )
+        for key, default in (("consensus_confidence", False), ("consensus_margin", MARGIN)):
+            require(
+                getattr(self, key) == default or self.consensus_z > 0,
+                f"{prefix}{key} is a setting of the consensus screen: set {prefix}consensus_z too",
+            )
 
     def consensus_screen(self, num_classes: int) -> ConsensusScreen | None:
         """A fresh screen with these settings; None when ``consensus_z`` is 0."""
