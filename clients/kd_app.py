@@ -192,7 +192,8 @@ def _state_round(msg: Message, server_round: int, training: bool) -> int | None:
 def _instruction(msg: Message, context: Context) -> tuple[int, Instruction]:
     """The server round and the instruction a message carries, checked before use.
 
-    Raises ``ValueError`` saying why on a missing or non-integer round, a record of more arrays or bytes than the
+    Raises ``ValueError`` saying why on a missing or non-integer round or one past the run's, a config value that is
+    not a bool, number or string (dropped, a setting would take its default), a record of more arrays or bytes than the
     protocol allows (:func:`fl_kd.protocol.decode_record`, checked before any array decodes), an array that does
     not decode, positions that are not a 1-D integer array (floats are not cast), or a float array with NaN, inf or
     a value beyond ``max_abs_value``; Flower returns it to the server as an error reply.

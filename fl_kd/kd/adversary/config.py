@@ -31,11 +31,6 @@ LIE_AS: tuple[str, ...] = ("one_hot", "swap", "quantile", "traded")
 DEFAULT_FRACTION = 0.3
 #: Settings of a behaviour's defaults that differ from the fields' (beside :data:`DEFAULT_FRACTION`).
 BEHAVIOUR_DEFAULTS: dict[str, dict[str, float]] = {"sign_flip": {"scale": 1.0}}
-#: The settings that tune a behaviour (every field but ``name`` and ``fraction``); each behaviour reads only some.
-BEHAVIOUR_SETTINGS: tuple[str, ...] = (
-    "scale", "noise_std", "confidence", "source", "target", "free_rider_mode", "poison_share", "checked",
-    "poison_where", "lie_as", "lie_quantile", "coordinated", "z",
-)  # fmt: skip
 
 
 @dataclass
@@ -192,6 +187,12 @@ class AdversaryConfig:
                 f"adversary.{key}={value} would be dropped: {why}. Leave it at its default ({defaults[key]}), or "
                 "choose what reads it",
             )
+
+
+#: The settings that tune a behaviour (every field but ``name`` and ``fraction``); each behaviour reads only some.
+BEHAVIOUR_SETTINGS: tuple[str, ...] = tuple(
+    f.name for f in fields(AdversaryConfig) if f.name not in ("name", "fraction")
+)
 
 
 def behaviour_defaults(name: str) -> dict[str, Any]:
