@@ -248,6 +248,7 @@ def test_console_shows_one_line_per_epoch_and_the_table(tmp_path: Path) -> None:
             "num_known and seed draw the known positives",
         ),
         ({"scoring": {"mp_star": 0.9, "baseline": True}}, "scoring.baseline=true runs vanilla VFL for MP*"),
+        ({"defence": {"name": "gaussian"}, "scoring": {"beta": 0.9}}, "scoring.beta=0.9 weighs DCS, which needs MP*"),
     ],
 )
 def test_a_vfl_setting_that_the_run_would_drop_is_refused(values: dict[str, Any], message: str) -> None:

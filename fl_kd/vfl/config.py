@@ -301,6 +301,11 @@ class VFLRunConfig:
             f"attacker_party must be in [0, {feature_parties}) (the feature parties), got {self.attacker_party}",
         )
         require(not self.dataset.download, "dataset.download=true: fl-kd-vfl reads local data only")
+        scoring = self.scoring
+        require(  # DCS, which beta weighs, needs MP*: given, this run's own without defence, or a baseline run's
+            scoring.beta == 0.5 or scoring.mp_star is not None or scoring.baseline or self.defence.name == "none",
+            f"scoring.beta={scoring.beta} weighs DCS, which needs MP*: set scoring.mp_star or scoring.baseline=true",
+        )
         require(
             not defence_class(self.defence.name).sum_top_only or self.vfl_model.top == "sum",
             f"defence={self.defence.name} needs each feature party's embedding to be its logits: vfl_model.top=sum, "
