@@ -33,6 +33,17 @@ def require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def require_defaults_unless(config: Any, keys: Iterable[str], used: bool, why: str, prefix: str = "strategy.") -> None:
+    """Refuse any of ``keys`` of dataclass ``config`` changed from its default where ``used`` is false: the run
+    would drop it without a word (a run that looks like a variant, and is the default)."""
+    if used:
+        return
+    defaults = {field.name: field.default for field in dataclasses.fields(config)}
+    for key in keys:
+        value = getattr(config, key)
+        require(value == defaults[key], f"{prefix}{key}={value} {why}")
+
+
 def check_choice(key: str, value: object, choices: Iterable[str]) -> None:
     """``value`` must be one of ``choices`` (a registry's names)."""
     allowed = tuple(choices)

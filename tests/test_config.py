@@ -92,6 +92,9 @@ def test_bad_values_are_refused_naming_the_key(values: dict[str, Any], key: str)
         ({"strategy": {"name": "fedmd", "trim_fraction": 0.4}}, "used only with strategy.aggregation=trimmed_mean"),
         ({"strategy": {"name": "fedmd", "num_malicious": 3}}, "used only with strategy.aggregation=krum or"),
         ({"strategy": {"name": "fedmd", "trust_power": 1.0}}, "trust_power=1.0 is used only with"),
+        ({"strategy": {"name": "fedmd", "server_epochs": 0, "server_lr": 0.5}}, "server_lr=0.5 is not read with"),
+        ({"strategy": {"name": "feddf", "distill_epochs": 0, "distill_lr": 0.5}}, "strategy.distill_lr=0.5 is not"),
+        ({"strategy": {"name": "fedet", "transfer_epochs": 0, "transfer_lr": 0.5}}, "transfer_epochs=0"),
     ],
 )
 def test_a_setting_that_the_run_would_drop_is_refused(values: dict[str, Any], message: str) -> None:

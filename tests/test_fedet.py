@@ -35,6 +35,8 @@ PROFILE: dict[str, Any] = {
 def _config(**strategy: Any) -> ExperimentConfig:
     """Digits, 4 clients, 30 labelled + 30 unlabelled public samples (Fed-ET reads only their inputs)."""
     settings = {"name": "fedet", "rounds": 2, "server_epochs": 1, "transfer_epochs": 1, "server_batch_size": 32}
+    if strategy.get("server_epochs") == 0:  # no server training reads a batch size (refused if given)
+        del settings["server_batch_size"]
     return from_mapping(
         ExperimentConfig,
         {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fl_kd.config import check_choice, check_range, require
+from fl_kd.config import check_choice, check_range, require, require_defaults_unless
 from fl_kd.kd.fedavg.config import WeightSharingConfig
 from fl_kd.kd.fedavg.root import FLTRUST
 
@@ -62,3 +62,8 @@ class FedDFConfig(WeightSharingConfig):
         check_range("strategy.distill_lr", self.distill_lr, low=0.0, low_open=True)
         check_range("strategy.server_epochs", self.server_epochs, low=0)
         check_range("strategy.server_lr", self.server_lr, low=0.0, low_open=True)
+        keys = ("distill_batch_size", "distill_lr")
+        require_defaults_unless(self, keys, self.distill_epochs > 0, "is not read with strategy.distill_epochs=0")
+        require_defaults_unless(
+            self, ("server_lr",), self.server_epochs > 0, "is not read with strategy.server_epochs=0"
+        )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from fl_kd.config import check_choice, check_range, require
+from fl_kd.config import check_choice, check_range, require, require_defaults_unless
 from fl_kd.kd.algorithm import SGDStrategyConfig
 from fl_kd.kd.client import ClientTrainConfig
 from fl_kd.kd.robust import ROBUST_RULES, AggregationConfig
@@ -74,6 +74,10 @@ class FedETConfig(AggregationConfig, SGDStrategyConfig):
         check_range("strategy.server_lr", self.server_lr, low=0.0, low_open=True)
         check_range("strategy.transfer_epochs", self.transfer_epochs, low=0)
         check_range("strategy.transfer_lr", self.transfer_lr, low=0.0, low_open=True)
+        server = ("server_batch_size", "server_lr")
+        require_defaults_unless(self, server, self.server_epochs > 0, "is not read with strategy.server_epochs=0")
+        transfer = ("transfer_lr",)
+        require_defaults_unless(self, transfer, self.transfer_epochs > 0, "is not read with strategy.transfer_epochs=0")
         self.check_aggregation(ROBUST_RULES.names())
 
     def check_experiment(self, experiment: ExperimentConfig) -> None:

@@ -25,7 +25,7 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
-from fl_kd.config import check_choice, check_range, require
+from fl_kd.config import check_choice, check_range, require, require_defaults_unless
 from fl_kd.kd import protocol as kd
 from fl_kd.kd.algorithm import SGDStrategyConfig
 from fl_kd.kd.client import ClientTrainConfig, DistillClient
@@ -87,6 +87,8 @@ class PublicLogitsConfig(ConsensusConfig, AggregationConfig, SGDStrategyConfig):
         check_range("strategy.server_epochs", self.server_epochs, low=0)
         check_range("strategy.server_batch_size", self.server_batch_size, low=1)
         check_range("strategy.server_lr", self.server_lr, low=0.0, low_open=True)
+        keys = ("server_batch_size", "server_lr")
+        require_defaults_unless(self, keys, self.server_epochs > 0, "is not read with strategy.server_epochs=0")
         check_choice("strategy.logits_dtype", self.logits_dtype, LOGITS_DTYPES)
         self.check_aggregation(LOGIT_AGGREGATIONS.names())
         check_range("strategy.trust_power", self.trust_power, low=0.0)
