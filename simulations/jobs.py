@@ -1,4 +1,5 @@
-"""Jobs of an ``fl-kd-sim --multirun`` sweep: a failed job is recorded in its folder and the sweep goes on.
+"""Jobs of an ``fl-kd-sim`` or ``fl-kd-vfl --multirun`` sweep: a failed job is recorded in its folder and the sweep
+goes on.
 
 What Hydra 1.3 does by itself (``hydra/core/utils.py`` ``run_job``, ``hydra/_internal/core_plugins/``): the
 basic launcher runs the jobs one after another and ``run_job`` catches an ``Exception`` of a job, so the remaining
@@ -39,6 +40,7 @@ from hydra.types import RunMode
 from fl_kd.results import SUMMARY_JSON
 from fl_kd.simulations.cli import USER_ERRORS
 from fl_kd.simulations.flower_launcher import stop_leftovers
+from fl_kd.vfl.protocol import RESULTS_FILE as VFL_RESULTS
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +130,7 @@ def sweep_job(task: F) -> F:
         # Hydra has just rewritten .hydra/ for this job: an earlier run's outcome in the same folder is no longer
         # the outcome of the settings written there (fl-kd-table would show it under them), whether or not this
         # run gets as far as writing its own.
-        for stale in (FAILED_FILE, SUMMARY_JSON):
+        for stale in (FAILED_FILE, SUMMARY_JSON, VFL_RESULTS):
             (out_dir / stale).unlink(missing_ok=True)
         if not in_multirun():
             return task(*args, **kwargs)

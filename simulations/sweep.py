@@ -28,6 +28,7 @@ from fl_kd.plots import _format_bytes, save_figure
 from fl_kd.results import SUMMARY_JSON, read_metrics
 from fl_kd.simulations.jobs import FAILED_FILE
 from fl_kd.sweep_plots import CLIENT_FLOPS, SWEEP_PNG, sweep_overview_figure
+from fl_kd.vfl.protocol import RESULTS_FILE as VFL_RESULTS
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -96,13 +97,21 @@ def _job(folder: Path, sweep_dir: Path) -> Job:
     try:
         return _read_job(folder, name)
     except (OSError, ValueError, AttributeError, TypeError, yaml.YAMLError) as err:
-        return Job(name, [], "?", UNREADABLE, f"{type(err).__name__}: {str(err).strip().splitlines()[0]}")
+        try:  # an unreadable result stays in its own setting's row ("1 of 2"), not in a row of its own
+            overrides = [str(o) for o in yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text()) or []]
+        except (OSError, ValueError, TypeError, yaml.YAMLError):
+            overrides = []
+        seed = next((o.split("=", 1)[1] for o in overrides if o.startswith("seed=")), "?")
+        kept = [o for o in overrides if not o.startswith("seed=")]
+        return Job(name, kept, seed, UNREADABLE, f"{type(err).__name__}: {str(err).strip().splitlines()[0]}")
 
 
 def _read_job(folder: Path, name: str) -> Job:
     overrides = [str(o) for o in yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text()) or []]
     config = _read_yaml(folder / "config.yaml")
     seed = next((o.split("=", 1)[1] for o in overrides if o.startswith("seed=")), str(config.get("seed", "?")))
+    if (folder / VFL_RESULTS).is_file() and not (folder / SUMMARY_JSON).is_file():
+        raise ValueError(f"{VFL_RESULTS} is an fl-kd-vfl run's: fl-kd-table reads fl-kd-sim sweeps")
     job = Job(
         name=name,
         overrides=[o for o in overrides if not o.startswith("seed=")],
@@ -116,6 +125,8 @@ def _read_job(folder: Path, name: str) -> Job:
         job.status, job.error = FAILED, f"{failure.get('error_type', 'error')}: {first}"
     elif (folder / SUMMARY_JSON).is_file():
         job.summary = json.loads((folder / SUMMARY_JSON).read_text())
+        if not isinstance(job.summary, dict):
+            raise ValueError(f"{SUMMARY_JSON} holds no JSON object")
         weights = tier_weights(config)
         job.rounds = [derived_row(row, weights) for row in read_metrics(folder)]
         job.status, job.error = FINISHED, ""

@@ -23,6 +23,7 @@ from fl_kd.config import to_mapping
 from fl_kd.simulations.cli import user_errors_exit
 from fl_kd.simulations.console import Report, follow_progress, quiet_console
 from fl_kd.simulations.flower_launcher import run_flower_simulation
+from fl_kd.simulations.jobs import finish_sweep, sweep_job
 from fl_kd.simulations.vfl_console import epoch_line, print_vfl_summary
 from fl_kd.simulations.vfl_schema import load_config, register_vfl_schema
 from fl_kd.vfl import protocol as vp
@@ -116,8 +117,10 @@ def run_experiment(config: VFLRunConfig, out_dir: Path, report: Report | None = 
 
 @hydra.main(version_base=None, config_path="pkg://fl_kd.conf", config_name="vfl")
 @user_errors_exit
-def main(cfg: DictConfig) -> None:
-    """Hydra entry point: compose, check, run (one console line per epoch), summarise."""
+@sweep_job
+def run_job(cfg: DictConfig) -> None:
+    """Hydra task: compose, check, run (one console line per epoch), summarise (one job of a multirun: see
+    :mod:`fl_kd.simulations.jobs`)."""
     config = load_config(cfg)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     with quiet_console(out_dir / LOG_FILE) as console:
@@ -129,6 +132,12 @@ def main(cfg: DictConfig) -> None:
     title = f"fl-kd-vfl: {config.dataset.name}, defence {config.defence.name}, backend {config.simulation.backend}"
     print_vfl_summary(results, title)
     print(f"run folder: {out_dir} (log: {LOG_FILE})")
+
+
+def main() -> None:
+    """``fl-kd-vfl``: one run, or with ``--multirun`` every job of a sweep even if some fail (then exit code 1)."""
+    run_job()
+    finish_sweep()
 
 
 if __name__ == "__main__":

@@ -287,6 +287,26 @@ def test_fl_kd_sim_sweep_of_bad_checkpoints_fails_job_by_job(tmp_path: Path) -> 
     assert not (sweep / "sweep.png").exists()
 
 
+def test_fl_kd_vfl_sweep_goes_on_past_a_bad_job_and_a_refused_rerun_leaves_no_earlier_results(tmp_path: Path) -> None:
+    """A bad value in one VFL job ended the whole sweep; a refused run in a reused folder left the earlier
+    run's results.json beside the new config.yaml."""
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    vfl = [sys.executable, "-m", "fl_kd.simulations.vfl"]
+    sweep = tmp_path / "sweep"
+    settings = ["simulation.backend=inprocess", "training.epochs=-1,1", "training.max_train_samples=64"]
+    command = [*vfl, "-m", *settings, f"hydra.sweep.dir={sweep}"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert result.returncode == 1, result.stderr
+    assert (sweep / "0" / FAILED_FILE).is_file() and (sweep / "1" / "results.json").is_file()
+    assert "sweep: 1 of 2 jobs failed (#0), 1 finished" in result.stderr
+    single = tmp_path / "single"
+    for epochs in (1, -1):
+        settings = ["simulation.backend=inprocess", f"training.epochs={epochs}", "training.max_train_samples=64"]
+        command = [*vfl, *settings, f"hydra.run.dir={single}"]
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert result.returncode == 2 and not (single / "results.json").exists()
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="processes are found through /proc")
 def test_stop_leftovers_stops_the_jobs_flower_processes_only(tmp_path: Path) -> None:
     def sleeper(flwr_home: Path) -> subprocess.Popen[bytes]:
@@ -325,6 +345,26 @@ def test_an_unreadable_job_is_listed_and_the_rest_of_the_sweep_is_tabled(sweep: 
     fedmd = next(line for line in markdown.splitlines() if line.startswith("| strategy=fedmd |"))
     assert fedmd.split(" | ")[1:3] == ["1", "–"]  # no server accuracy: shown as none, not a crash
     assert "| 0 | " in markdown and "| unreadable |" in markdown
+
+
+def test_an_unreadable_job_stays_in_its_setting_and_a_summary_that_is_no_object_is_unreadable(sweep: Path) -> None:
+    """A summary of ``null`` crashed the table; an unreadable job once lost its overrides and made a row of its own
+    ("(all jobs)") while its setting's row showed one seed as if all had run."""
+    (sweep / "1" / "summary.json").write_text("null")
+    jobs = {job.name: job for job in collect(sweep)}
+    assert jobs["1"].status == "unreadable" and "summary.json holds no JSON object" in jobs["1"].error
+    assert jobs["1"].setting == jobs["0"].setting == "strategy=fedgems" and jobs["1"].seed == "1"
+    fedgems = next(line for line in table(list(jobs.values())).splitlines() if line.startswith("| strategy=fedgems |"))
+    assert fedgems.split(" | ")[1] == "1 of 2"
+    assert "(all jobs)" not in table(list(jobs.values()))
+
+
+def test_an_fl_kd_vfl_sweep_is_named_as_such(tmp_path: Path) -> None:
+    """Its jobs write results.json, not summary.json: they were listed as stopped or still running."""
+    folder = _folder(tmp_path, "0", ["defence=none"])
+    (folder / "results.json").write_text(json.dumps({"mp": 0.9}))
+    (job,) = collect(tmp_path)
+    assert job.status == "unreadable" and "an fl-kd-vfl run's: fl-kd-table reads fl-kd-sim sweeps" in job.error
 
 
 def test_metrics_files_are_read_strictly_and_an_incomplete_run_is_not_finished(tmp_path: Path) -> None:
