@@ -12,6 +12,7 @@ and a client's training FLOPs, and the wall time. Failed and unfinished jobs are
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import re
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 
 from fl_kd.models.profiles import DeviceProfile, tier_counts
 from fl_kd.plots import _format_bytes, save_figure
@@ -69,18 +72,47 @@ def collect(sweep_dir: Path) -> list[Job]:
 def _mark_earlier(jobs: Sequence[Job], sweep_dir: Path) -> None:
     """Mark the jobs an earlier sweep into the same folder left and the last one did not run again.
 
-    Hydra writes the folder's ``multirun.yaml`` when a sweep starts and each job's ``.hydra/`` when the job starts,
-    so a job folder older than ``multirun.yaml`` is no job of the last sweep (a sweep of fewer seeds, say): its
-    figures, of other code or settings, would join the table's rows unseen.
+    Hydra writes the folder's ``multirun.yaml`` when a sweep starts, with the sweep's overrides: a job whose own
+    overrides are none of their combinations is no job of the last sweep (a sweep of fewer seeds, say), and its
+    figures, of other code or settings, would join the table's rows unseen. Where ``multirun.yaml`` names no
+    overrides, a job folder older than it is taken as an earlier sweep's (Hydra writes each job's ``.hydra/`` when
+    the job starts).
     """
     launched = sweep_dir / "multirun.yaml"
     if not launched.is_file():
         return
+    expected = _launched_jobs(launched)
     started = launched.stat().st_mtime_ns
     for job in jobs:
         stamp = sweep_dir / job.name / ".hydra" / "overrides.yaml"
-        if job.status != UNREADABLE and stamp.stat().st_mtime_ns < started:
+        if job.status == UNREADABLE:
+            continue
+        if expected is not None:  # what the last sweep launched, read from the file: a copy without times keeps it
+            ran = frozenset(str(o) for o in yaml.safe_load(stamp.read_text()) or [])
+            if ran not in expected:
+                job.status, job.error = EARLIER, "not among the jobs of the sweep's multirun.yaml"
+        elif stamp.stat().st_mtime_ns < started:
             job.status, job.error = EARLIER, "older than the sweep's multirun.yaml: not run by the last sweep"
+
+
+def _launched_jobs(launched: Path) -> set[frozenset[str]] | None:
+    """The overrides of every job the sweep of ``launched`` (its ``multirun.yaml``) ran, as Hydra's basic sweeper
+    expands them; None where the file does not say (then file times tell the jobs apart)."""
+    try:
+        hydra_node = (yaml.safe_load(launched.read_text()) or {}).get("hydra") or {}
+        task = (hydra_node.get("overrides") or {}).get("task")
+        if not isinstance(task, list):
+            return None
+        parsed = OverridesParser.create().parse_overrides([str(line) for line in task])
+        choices = [
+            [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
+            if o.is_sweep_override()
+            else [str(o.input_line)]
+            for o in parsed
+        ]
+    except (OSError, AttributeError, TypeError, ValueError, yaml.YAMLError, HydraException):
+        return None
+    return {frozenset(combination) for combination in itertools.product(*choices)}
 
 
 def shared_overrides(jobs: Sequence[Job]) -> list[str]:

@@ -441,6 +441,26 @@ def test_jobs_an_earlier_sweep_left_in_the_folder_stay_out_of_the_rows(sweep: Pa
     assert [job.status for job in collect(sweep)][1] == "finished"  # without it nothing can be told
 
 
+def test_the_jobs_of_the_last_sweep_are_read_from_its_multirun_yaml_so_a_copy_without_file_times_keeps_them(
+    sweep: Path,
+) -> None:
+    """A copy that gives every file a new time (``scp -r``) once had every job older than ``multirun.yaml``, and
+    the table empty; the sweep's own overrides tell its jobs apart whatever the times."""
+    task = ["strategy=fedgems,fedavg_server_model,dsfl", "strategy.rounds=2", "seed=0"]  # fewer seeds than before
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": {"task": task}}}))
+    for folder in ("0", "1", "2", "3", "10"):  # every job older than multirun.yaml, as after such a copy
+        os.utime(sweep / folder / ".hydra" / "overrides.yaml", ns=(0, 0))
+    jobs = {job.name: job for job in collect(sweep)}
+    assert {name: job.status for name, job in jobs.items()} == {
+        "0": "finished",
+        "1": "an earlier sweep's",  # seed 1
+        "2": "finished",
+        "3": "an earlier sweep's",  # seed 1
+        "10": "did not finish",
+    }
+    assert "not among the jobs of the sweep's multirun.yaml" in jobs["1"].error
+
+
 def test_a_pipe_in_an_override_stays_inside_its_cell(tmp_path: Path) -> None:
     rows = [_row(1, 0.5, 0.5, 10, 1.0)]
     _finished(tmp_path, "0", ["strategy=fedgems", "+note=a|b", "seed=0"], rows)
