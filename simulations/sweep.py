@@ -63,7 +63,7 @@ def collect(sweep_dir: Path) -> list[Job]:
     jobs = [_job(path.parent.parent, sweep_dir) for path in sweep_dir.rglob(".hydra/overrides.yaml")]
     jobs.sort(key=lambda job: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", job.name)])
     _mark_earlier(jobs, sweep_dir)
-    shared = set(shared_overrides([job for job in jobs if job.status not in (UNREADABLE, EARLIER)]))
+    shared = set(shared_overrides(counted(jobs)))
     for job in jobs:
         job.setting = " ".join(o for o in job.overrides if o not in shared) or ALL_JOBS
     return jobs
@@ -113,6 +113,11 @@ def _launched_jobs(launched: Path) -> set[frozenset[str]] | None:
     except (OSError, AttributeError, TypeError, ValueError, yaml.YAMLError, HydraException):
         return None
     return {frozenset(combination) for combination in itertools.product(*choices)}
+
+
+def counted(jobs: Sequence[Job]) -> list[Job]:
+    """The jobs whose settings the table and the figure describe: not an earlier sweep's, and readable."""
+    return [job for job in jobs if job.status not in (UNREADABLE, EARLIER)]
 
 
 def shared_overrides(jobs: Sequence[Job]) -> list[str]:
@@ -316,7 +321,7 @@ def groups_of(jobs: Sequence[Job]) -> dict[str, list[Job]]:
 
 def table(jobs: Sequence[Job]) -> str:
     """Markdown: the shared overrides, one row per setting (finished seeds), then the jobs without results."""
-    shared = " ".join(shared_overrides([job for job in jobs if job.status not in (UNREADABLE, EARLIER)]))
+    shared = " ".join(shared_overrides(counted(jobs)))
     lines = [
         f"All jobs: `{shared or '(defaults)'}`",
         "",
@@ -351,7 +356,7 @@ def figure(jobs: Sequence[Job]) -> Figure:
     """The sweep figure of collected jobs (finished ones; the others are counted in the title), before saving."""
     groups = {setting: [job.rounds for job in one_per_seed(members)[0]] for setting, members in groups_of(jobs).items()}
     missing = sum(job.status != FINISHED for job in jobs)
-    shared = " ".join(shared_overrides(jobs))
+    shared = " ".join(shared_overrides(counted(jobs)))  # as the table's header says them
     return sweep_overview_figure({s: runs for s, runs in groups.items() if runs}, shared=shared, missing=missing)
 
 

@@ -461,6 +461,17 @@ def test_the_jobs_of_the_last_sweep_are_read_from_its_multirun_yaml_so_a_copy_wi
     assert "not among the jobs of the sweep's multirun.yaml" in jobs["1"].error
 
 
+def test_the_figure_names_the_settings_the_table_names(sweep: Path) -> None:
+    """An earlier sweep's job of other settings once took "all jobs: ..." out of the figure's title."""
+    task = ["strategy=fedgems,fedavg_server_model,dsfl", "strategy.rounds=2", "seed=0,1"]
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": {"task": task}}}))
+    _finished(sweep, "5", ["strategy=fedgems", "strategy.rounds=3", "seed=0"], [_row(1, 0.5, 0.2, 1000, 3.0)])
+    jobs = collect(sweep)
+    assert [job.status for job in jobs if job.name == "5"] == ["an earlier sweep's"]
+    title = figure(jobs).get_suptitle()
+    assert "`strategy.rounds=2`" in table(jobs).splitlines()[0] and "all jobs: rounds=2" in title
+
+
 def test_a_pipe_in_an_override_stays_inside_its_cell(tmp_path: Path) -> None:
     rows = [_row(1, 0.5, 0.5, 10, 1.0)]
     _finished(tmp_path, "0", ["strategy=fedgems", "+note=a|b", "seed=0"], rows)
