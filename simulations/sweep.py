@@ -12,7 +12,6 @@ and a client's training FLOPs, and the wall time. Failed and unfinished jobs are
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import math
 import re
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 
@@ -104,15 +104,10 @@ def _launched_jobs(launched: Path) -> set[frozenset[str]] | None:
         if not isinstance(task, list):
             return None
         parsed = OverridesParser.create().parse_overrides([str(line) for line in task])
-        choices = [
-            [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
-            if o.is_sweep_override()
-            else [str(o.input_line)]
-            for o in parsed
-        ]
+        (launched_jobs,) = BasicSweeper.split_arguments(parsed, None)  # Hydra's own expansion, job by job
     except (OSError, AttributeError, TypeError, ValueError, yaml.YAMLError, HydraException):
         return None
-    return {frozenset(combination) for combination in itertools.product(*choices)}
+    return {frozenset(overrides) for overrides in launched_jobs}
 
 
 def counted(jobs: Sequence[Job]) -> list[Job]:
