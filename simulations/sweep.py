@@ -88,7 +88,7 @@ def _mark_earlier(jobs: Sequence[Job], sweep_dir: Path) -> None:
         if job.status == UNREADABLE:
             continue
         if expected is not None:  # what the last sweep launched, read from the file: a copy without times keeps it
-            ran = frozenset(str(o) for o in yaml.safe_load(stamp.read_text()) or [])
+            ran = frozenset(_overrides(sweep_dir / job.name))
             if ran not in expected:
                 job.status, job.error = EARLIER, "not among the jobs of the sweep's multirun.yaml"
         elif stamp.stat().st_mtime_ns < started:
@@ -130,7 +130,7 @@ def _job(folder: Path, sweep_dir: Path) -> Job:
         return _read_job(folder, name)
     except (OSError, ValueError, AttributeError, TypeError, yaml.YAMLError) as err:
         try:  # an unreadable result stays in its own setting's row ("1 of 2"), not in a row of its own
-            overrides = [str(o) for o in yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text()) or []]
+            overrides = _overrides(folder)
         except (OSError, ValueError, TypeError, yaml.YAMLError):
             overrides = []
         seed = next((o.split("=", 1)[1] for o in overrides if o.startswith("seed=")), "?")
@@ -138,8 +138,13 @@ def _job(folder: Path, sweep_dir: Path) -> Job:
         return Job(name, kept, seed, UNREADABLE, f"{type(err).__name__}: {str(err).strip().splitlines()[0]}")
 
 
+def _overrides(folder: Path) -> list[str]:
+    """A job's overrides as Hydra wrote them (``.hydra/overrides.yaml``), the seed's included."""
+    return [str(o) for o in yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text()) or []]
+
+
 def _read_job(folder: Path, name: str) -> Job:
-    overrides = [str(o) for o in yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text()) or []]
+    overrides = _overrides(folder)
     config = _read_yaml(folder / "config.yaml")
     seed = next((o.split("=", 1)[1] for o in overrides if o.startswith("seed=")), str(config.get("seed", "?")))
     if (folder / VFL_RESULTS).is_file() and not (folder / SUMMARY_JSON).is_file():
