@@ -202,7 +202,8 @@ def _instruction(msg: Message, context: Context) -> tuple[int, Instruction]:
     if isinstance(server_round, bool) or not isinstance(server_round, int) or server_round < 1:
         raise ValueError(f"message has no positive int {kd.SERVER_ROUND}, got {str(server_round)[:40]!r}")
     arrays = decode_record(msg.content, kd.ARRAYS)  # bounded before the context is read
-    rounds = _config(context).strategy.rounds
+    cfg = _config(context)
+    rounds = cfg.strategy.rounds
     if server_round > rounds:  # a round past the run's once named a state file too long to write
         raise ValueError(f"{kd.SERVER_ROUND}={str(server_round)[:40]} is past the run's {rounds} rounds")
     positions = arrays.get(kd.POSITIONS)
@@ -210,7 +211,7 @@ def _instruction(msg: Message, context: Context) -> tuple[int, Instruction]:
         raise ValueError(f"{kd.POSITIONS} must be a 1-D integer array, got {positions.dtype} {positions.shape}")
     if positions is not None and positions.size and int(positions.min()) < 0:
         raise ValueError(f"{kd.POSITIONS} must not be negative")
-    reason = check_bounded(arrays, _config(context).max_abs_value)
+    reason = check_bounded(arrays, cfg.max_abs_value)
     if reason is not None:
         raise ValueError(f"instruction refused: {reason}")
     config = dict(record(msg.content, kd.CONFIG))

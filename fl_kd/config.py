@@ -41,7 +41,7 @@ def require_defaults_unless(config: Any, keys: Iterable[str], used: bool, why: s
     defaults = {field.name: field.default for field in dataclasses.fields(config)}
     for key in keys:
         value = getattr(config, key)
-        require(value == defaults[key], f"{prefix}{key}={value} {why}")
+        require(value == defaults[key], f"{prefix}{key}={value} {why}: leave it at its default ({defaults[key]})")
 
 
 def check_choice(key: str, value: object, choices: Iterable[str]) -> None:

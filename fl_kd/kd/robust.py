@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
 
-from fl_kd.config import check_choice, check_range, require
+from fl_kd.config import check_choice, check_range, require_defaults_unless
 from fl_kd.registry import Registry
 
 Matrix = NDArray[np.float64]
@@ -88,14 +88,9 @@ class AggregationConfig:
         check_range("strategy.trim_fraction", self.trim_fraction, low=0.0, high=0.5, high_open=True)
         check_range("strategy.num_malicious", self.num_malicious, low=0)
         check_range("strategy.num_selected", self.num_selected, low=0)
-        defaults = {f.name: f.default for f in fields(AggregationConfig)}
-        for key, rules in READ_BY.items():  # changed for a rule that does not read it, it would be dropped
-            value = getattr(self, key)
-            require(
-                self.aggregation in rules or value == defaults[key],
-                f"strategy.{key}={value} is used only with strategy.aggregation={' or '.join(rules)}, "
-                f"got {self.aggregation}",
-            )
+        for key, rules in READ_BY.items():
+            why = f"is used only with strategy.aggregation={' or '.join(rules)}, got {self.aggregation}"
+            require_defaults_unless(self, (key,), self.aggregation in rules, why)
 
     def robust_settings(self) -> RobustSettings:
         """The parameters of ``aggregation``."""

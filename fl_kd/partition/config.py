@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
-from fl_kd.config import check_choice, check_range, require
+from fl_kd.config import check_choice, check_range, require, require_defaults_unless
 from fl_kd.partition.dispatch import PARTITIONERS
 
 
@@ -40,14 +40,9 @@ class PartitionConfig:
         _, required, optional = PARTITIONERS[self.name]
         for param in sorted(required):
             require(getattr(self, param) is not None, f"partition.{param} is required by partition.name={self.name}")
-        defaults = {f.name: f.default for f in fields(PartitionConfig)}
-        for param in ("alpha", "classes_per_client"):  # changed for a partitioner that does not read it: dropped
-            value = getattr(self, param)
-            require(
-                param in required | optional or value == defaults[param],
-                f"partition.{param}={value} is not read by partition.name={self.name}: leave it at its default "
-                f"({defaults[param]}), or choose a partitioner that reads it",
-            )
+        for param in ("alpha", "classes_per_client"):
+            why = f"is not read by partition.name={self.name}"
+            require_defaults_unless(self, (param,), param in required | optional, why, prefix="partition.")
 
     def params(self) -> dict[str, Any]:
         """Keyword arguments of the chosen partitioner: the parameters it takes, where set."""

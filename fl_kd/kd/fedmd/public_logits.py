@@ -92,11 +92,8 @@ class PublicLogitsConfig(ConsensusConfig, AggregationConfig, SGDStrategyConfig):
         check_choice("strategy.logits_dtype", self.logits_dtype, LOGITS_DTYPES)
         self.check_aggregation(LOGIT_AGGREGATIONS.names())
         check_range("strategy.trust_power", self.trust_power, low=0.0)
-        require(
-            self.aggregation == "trust" or self.trust_power == 4.0,
-            f"strategy.trust_power={self.trust_power} is used only with strategy.aggregation=trust, got "
-            f"{self.aggregation}",
-        )
+        why = f"is used only with strategy.aggregation=trust, got {self.aggregation}"
+        require_defaults_unless(self, ("trust_power",), self.aggregation == "trust", why)
         self.check_consensus("strategy.")
 
     def check_experiment(self, experiment: ExperimentConfig) -> None:
