@@ -72,27 +72,40 @@ def collect(sweep_dir: Path) -> list[Job]:
 def _mark_earlier(jobs: Sequence[Job], sweep_dir: Path) -> None:
     """Mark the jobs an earlier sweep into the same folder left and the last one did not run again.
 
-    Hydra writes the folder's ``multirun.yaml`` when a sweep starts, with the sweep's overrides: a job whose own
-    overrides are none of their combinations is no job of the last sweep (a sweep of fewer seeds, say), and its
+    Hydra writes a sweep folder's ``multirun.yaml`` when the sweep starts, with the sweep's overrides: a job whose
+    own overrides are none of their combinations is no job of the last sweep (a sweep of fewer seeds, say), and its
     figures, of other code or settings, would join the table's rows unseen. Where ``multirun.yaml`` names no
     overrides, a job folder older than it is taken as an earlier sweep's (Hydra writes each job's ``.hydra/`` when
-    the job starts).
+    the job starts). Each job is checked against its own sweep's file, the nearest one above it, so a folder that
+    holds several sweeps (Hydra's ``multirun/<date>``) is checked sweep by sweep.
     """
-    launched = sweep_dir / "multirun.yaml"
-    if not launched.is_file():
-        return
-    expected = _launched_jobs(launched)
-    started = launched.stat().st_mtime_ns
+    launched_by_sweep: dict[Path, tuple[set[frozenset[str]] | None, int]] = {}
     for job in jobs:
-        stamp = sweep_dir / job.name / ".hydra" / "overrides.yaml"
         if job.status == UNREADABLE:
             continue
+        folder = sweep_dir / job.name
+        launched = _sweep_file(folder, sweep_dir)
+        if launched is None:
+            continue
+        if launched not in launched_by_sweep:
+            launched_by_sweep[launched] = (_launched_jobs(launched), launched.stat().st_mtime_ns)
+        expected, started = launched_by_sweep[launched]
         if expected is not None:  # what the last sweep launched, read from the file: a copy without times keeps it
-            ran = frozenset(_overrides(sweep_dir / job.name))
-            if ran not in expected:
+            if frozenset(_overrides(folder)) not in expected:
                 job.status, job.error = EARLIER, "not among the jobs of the sweep's multirun.yaml"
-        elif stamp.stat().st_mtime_ns < started:
+        elif (folder / ".hydra" / "overrides.yaml").stat().st_mtime_ns < started:
             job.status, job.error = EARLIER, "older than the sweep's multirun.yaml: not run by the last sweep"
+
+
+def _sweep_file(folder: Path, sweep_dir: Path) -> Path | None:
+    """The ``multirun.yaml`` of the sweep that ran the job in ``folder``: the nearest above it, up to
+    ``sweep_dir``."""
+    for parent in folder.parents:
+        if (parent / "multirun.yaml").is_file():
+            return parent / "multirun.yaml"
+        if parent == sweep_dir:
+            return None
+    return None
 
 
 def _launched_jobs(launched: Path) -> set[frozenset[str]] | None:

@@ -461,6 +461,29 @@ def test_the_jobs_of_the_last_sweep_are_read_from_its_multirun_yaml_so_a_copy_wi
     assert "not among the jobs of the sweep's multirun.yaml" in jobs["1"].error
 
 
+def test_a_folder_of_several_sweeps_checks_each_job_against_its_own_sweeps_multirun_yaml(tmp_path: Path) -> None:
+    """Hydra's ``multirun/<date>`` holds one folder per sweep; given that parent, the table once read no
+    ``multirun.yaml`` at all, and an earlier sweep's job left in one of them joined its setting's row."""
+    rows = [_row(1, 0.6, 0.4, 1000, 3.0)]
+    morning, noon = tmp_path / "09-00-00", tmp_path / "12-00-00"
+    task = ["strategy=fedgems", "seed=0"]
+    for sweep_dir in (morning, noon):
+        sweep_dir.mkdir()
+        (sweep_dir / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": {"task": task}}}))
+        _finished(sweep_dir, "0", ["strategy=fedgems", "seed=0"], rows)
+    _finished(noon, "1", ["strategy=fedgems", "seed=1"], [_row(1, 0.9, 0.4, 1000, 3.0)])  # not in noon's sweep
+    jobs = {job.name: job for job in collect(tmp_path)}
+    assert {name: job.status for name, job in jobs.items()} == {
+        "09-00-00/0": "finished",
+        "12-00-00/0": "finished",
+        "12-00-00/1": "an earlier sweep's",
+    }
+    assert {name: job.status for name, job in ((j.name, j) for j in collect(noon))} == {
+        "0": "finished",
+        "1": "an earlier sweep's",
+    }
+
+
 def test_the_figure_names_the_settings_the_table_names(sweep: Path) -> None:
     """An earlier sweep's job of other settings once took "all jobs: ..." out of the figure's title."""
     task = ["strategy=fedgems,fedavg_server_model,dsfl", "strategy.rounds=2", "seed=0,1"]
