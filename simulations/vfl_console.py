@@ -42,6 +42,7 @@ def print_vfl_summary(results: Mapping[str, Any], title: str, file: TextIO | Non
         ("training samples", results.get("num_train")),
         ("seconds per epoch", results.get("train_seconds", 0.0) / epochs),
         ("MP*", results.get("mp_star")),
+        ("C-DCS (adaptive AP)", results.get("dcs", {}).get("c_dcs")),
     ]
     for label, value in rows:
         main.add_row(label, fmt(value))

@@ -276,6 +276,8 @@ def test_probe_reads_defence_parameters_and_scores_the_worst_gradient_attack_aga
     relative = parse_spec(["gaussian", "scale=10", "relative=true"])
     assert relative == DefenceSpec("gaussian", (("relative", True), ("scale", 10.0)))
     assert relative.label == "gaussian σ=10 × row norm"
+    bins = parse_spec(["dcae", "bin_numbers=6"]).params  # a whole number stays one: the config refused 6.0
+    assert bins == (("bin_numbers", 6),) and isinstance(bins[0][1], int)
 
     def record(label: str, seed: int, mp: float, gc: float, pmc: float) -> dict[str, Any]:
         aps = {"GC": gc, "BLI": 0.1, "PMC": pmc}

@@ -57,7 +57,10 @@ def test_each_option_file_extends_the_core_schema_and_sets_only_what_differs(gro
         text = yaml.safe_load((CONF / group / f"{option}.yaml").read_text())
         schema = f"/schema/{group}" if group in ("vfl_split", "vfl_model") else f"/schema/{group}/{option}"
         assert text.pop("defaults") == [f"{schema}@_here_", "_self_"], option
-        composed = _plain(_compose(f"{group}={option}" if group != "attack" else f"attack=[{option}]"))
+        chosen = [f"{group}={option}" if group != "attack" else f"attack=[{option}]"]
+        if text.get("top", "sum") != "sum":  # the default attacks include DLI, which only the sum top admits
+            chosen.append("attack=[passive_model_completion]")
+        composed = _plain(_compose(*chosen))
         node = composed[group]
         base = _schema_node(group, option)
         for key, value in _flatten(text).items():
@@ -249,6 +252,15 @@ def test_console_shows_one_line_per_epoch_and_the_table(tmp_path: Path) -> None:
         ),
         ({"scoring": {"mp_star": 0.9, "baseline": True}}, "scoring.baseline=true runs vanilla VFL for MP*"),
         ({"defence": {"name": "gaussian"}, "scoring": {"beta": 0.9}}, "scoring.beta=0.9 weighs DCS, which needs MP*"),
+        # It read the 16 entries of the linear top's embedding gradient as 16 classes and scored AP 0.0.
+        (
+            {"vfl_model": {"top": "mlp"}},
+            "attack direct_label_inference reads the gradient of each class's logit, which only vfl_model.top=sum",
+        ),
+        (
+            {"vfl_model": {"top": "mlp"}, "attack": {"adaptive_label_inference": {}}},
+            "attack adaptive_label_inference reads the gradient of each class's logit",
+        ),
     ],
 )
 def test_a_vfl_setting_that_the_run_would_drop_is_refused(values: dict[str, Any], message: str) -> None:
@@ -261,4 +273,13 @@ def test_a_sum_top_over_embeddings_of_another_size_is_refused_before_training() 
     config = from_mapping(VFLRunConfig, {"vfl_model": {"embedding_dim": 5}})
     with pytest.raises(ConfigError, match="vfl_model.embedding_dim=5 must be the 2 classes"):
         config.check_num_classes(2)
-    from_mapping(VFLRunConfig, {"vfl_model": {"top": "mlp", "embedding_dim": 5}}).check_num_classes(2)
+    mlp = {"top": "mlp", "embedding_dim": 5}
+    from_mapping(VFLRunConfig, {"vfl_model": mlp, "attack": {"passive_model_completion": {}}}).check_num_classes(2)
+
+
+def test_known_labels_that_leave_no_sample_to_attack_are_refused_before_training() -> None:
+    """The adaptive pair found that only after the whole training."""
+    config = from_mapping(VFLRunConfig, {"attack": {"gradient_clustering": {"known_labels": 455}}})
+    with pytest.raises(ConfigError, match="gradient_clustering.known_labels=455 leaves none of the 455 training"):
+        config.check_num_train(455)
+    config.check_num_train(456)

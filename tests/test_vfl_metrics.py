@@ -13,6 +13,7 @@ from fl_kd.vfl.metrics import (
     below_chance,
     c_dcs,
     dcs,
+    defence_scores,
     main_task_performance,
     t_dcs,
     t_dcs_by_type,
@@ -116,3 +117,12 @@ def test_main_task_performance_multiclass_has_no_auc() -> None:
 def test_main_task_performance_rejects_mismatched_shapes() -> None:
     with pytest.raises(ValueError, match="probabilities must be"):
         main_task_performance(torch.ones(3, 2) / 2, torch.zeros(4, dtype=torch.int64))
+
+
+def test_the_type_and_combined_scores_count_the_attacker_who_knows_the_defence() -> None:
+    """A defence that flips every guess (raw AP 0, adaptive AP 1) once scored as a near-perfect defence in C-DCS."""
+    results = {"mp": 0.9, "attacks": {"batch_label_inference": {"ap": 0.0, "ap_adaptive": 1.0}}}
+    scores = defence_scores(results, mp_star=0.9)
+    leak = 1 / (1 + math.sqrt(0.5))
+    assert scores["t_dcs"] == {"LI": pytest.approx(leak)} and scores["c_dcs"] == pytest.approx(leak)
+    assert scores["t_dcs_raw"] == {"LI": 1.0} and scores["c_dcs_raw"] == 1.0

@@ -42,10 +42,13 @@ def parse_spec(words: Sequence[str]) -> DefenceSpec:
         if value.lower() in ("true", "false"):
             number = value.lower() == "true"
         else:
-            try:
-                number = float(value)
+            try:  # a whole number stays an int: a count such as dcae's bin_numbers refuses 6.0
+                number = int(value)
             except ValueError:
-                number = value
+                try:
+                    number = float(value)
+                except ValueError:
+                    number = value
         params.append((key, number))
     return DefenceSpec(words[0], tuple(sorted(params)))
 

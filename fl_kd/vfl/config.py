@@ -314,6 +314,11 @@ class VFLRunConfig:
         checked = {}
         for name, params in self.attack.items():
             check_choice("attack", name, available_attacks())
+            require(
+                not attack_class(name).sum_top_only or self.vfl_model.top == "sum",
+                f"attack {name} reads the gradient of each class's logit, which only vfl_model.top=sum sends, got "
+                f"vfl_model.top={self.vfl_model.top}: pick other attacks, e.g. attack=[passive_model_completion]",
+            )
             checked[name] = check_params(f"attack.{name}", attack_class(name), params)
             try:
                 build_attack(name, **checked[name])
@@ -356,11 +361,12 @@ class VFLRunConfig:
         """Refuse, before any training, an attacker told more training labels than leave a sample to attack (it
         was cut to all of them, and its figures came out as NaN after the whole training)."""
         for name, params in self.attack.items():
-            known = params.get("num_known")
-            require(
-                known is None or known < num_train,
-                f"attack.{name}.num_known={known} leaves none of the {num_train} training samples to attack",
-            )
+            for key in ("num_known", "known_labels"):  # model completion and DS; the adaptive pair (ALI, GC)
+                known = params.get(key)
+                require(
+                    known is None or known < num_train,
+                    f"attack.{name}.{key}={known} leaves none of the {num_train} training samples to attack",
+                )
 
     @property
     def num_feature_parties(self) -> int:

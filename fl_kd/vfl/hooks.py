@@ -102,6 +102,9 @@ class FeaturePartyAttack:
     name: str = "none"
     binary_only: bool = False
     """True for an attack that scores two-class tasks only: a run with more classes is refused before training."""
+    sum_top_only: bool = False
+    """True for an attack that reads the received gradient as one entry per class, which only ``vfl_model.top=sum``
+    sends (the gradient of the party's logits): another top is refused before training."""
 
     def on_gradient(self, sample_ids: Tensor, embedding: Tensor, gradient: Tensor) -> None:
         """Observe one mini-batch: ids ``(B,)``, embedding ``(B, D)`` and received gradient ``(B, D)``."""

@@ -107,8 +107,10 @@ def c_dcs(t_dcs_by_type: Mapping[str, float], weights: Mapping[str, float] | Non
 def defence_scores(results: Mapping[str, Any], mp_star: float, beta: float = 0.5) -> dict[str, Any]:
     """DCS of every scored attack of a run's results (raw and adaptive AP), T-DCS per attack type and C-DCS.
 
-    ``results`` holds ``mp`` and ``attacks`` (name -> result); an attack that reported an ``error`` instead of
-    an ``ap`` is left out.
+    ``t_dcs`` and ``c_dcs`` score the adaptive AP, the attacker who knows the defence (a recovery flipped below
+    chance by the defence counts as the leak it is); ``t_dcs_raw`` and ``c_dcs_raw`` score the raw AP, as VFLAIR
+    does, for comparison with its tables. ``results`` holds ``mp`` and ``attacks`` (name -> result); an attack that
+    reported an ``error`` instead of an ``ap`` is left out.
     """
     per_attack = {}
     for name, result in results["attacks"].items():
@@ -119,8 +121,9 @@ def defence_scores(results: Mapping[str, Any], mp_star: float, beta: float = 0.5
             }
     scores: dict[str, Any] = {"per_attack": per_attack}
     if per_attack:
-        by_type = t_dcs_by_type({name: value["dcs"] for name, value in per_attack.items()})
-        scores.update(t_dcs=by_type, c_dcs=c_dcs(by_type))
+        adaptive = t_dcs_by_type({name: value["dcs_adaptive"] for name, value in per_attack.items()})
+        raw = t_dcs_by_type({name: value["dcs"] for name, value in per_attack.items()})
+        scores.update(t_dcs=adaptive, c_dcs=c_dcs(adaptive), t_dcs_raw=raw, c_dcs_raw=c_dcs(raw))
     return scores
 
 

@@ -94,7 +94,8 @@ def defence_seed(secret: int | None, seed: int, stream: str, explicit: int | Non
         The label party's secret; ``None`` only for a defence used on its own (unit tests), which then draws from
         ``explicit`` or ``seed`` as it always did, with nothing secret about it.
     seed : int
-        The run's seed (public: every party knows it); not used once there is a secret.
+        The run's seed (public: every party knows it). Under a secret it still picks the draw, so that every seed of
+        a run is a draw of its own even where the data, and so a secret drawn from it, is the same.
     stream : str
         Which stream (the defence's name and purpose), so that two defences never share draws.
     explicit : int | None (default: None)
@@ -103,5 +104,9 @@ def defence_seed(secret: int | None, seed: int, stream: str, explicit: int | Non
     if secret is None:
         return seed if explicit is None else explicit
     return secret_of(
-        b"fl-kd defence stream", secret.to_bytes(8, "little"), stream.encode(), str(explicit or 0).encode()
+        b"fl-kd defence stream",
+        secret.to_bytes(8, "little"),
+        str(seed).encode(),
+        stream.encode(),
+        str(explicit or 0).encode(),
     )

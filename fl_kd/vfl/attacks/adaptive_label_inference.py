@@ -40,6 +40,7 @@ class AdaptiveLabelInference(EpochwiseAttack):
     """
 
     name = "adaptive_label_inference"
+    sum_top_only = True
 
     def predict(self, gradients: Tensor, is_known: Tensor, known_truth: Tensor, num_classes: int) -> tuple[Tensor, str]:
         if gradients.shape[1] != num_classes:

@@ -40,6 +40,7 @@ class DirectLabelInference(FeaturePartyAttack):
     """
 
     name = "direct_label_inference"
+    sum_top_only = True
     attack_type = "LI"
 
     def __init__(self, seed: int = 0) -> None:
