@@ -23,6 +23,11 @@ from typing import Any, TypeVar, Union
 T = TypeVar("T")
 
 
+#: The largest seed a run takes: seeds are 32-bit words of NumPy's ``SeedSequence`` (``fl_kd.kd.seeding``), so a
+#: larger one would give the run of ``seed % 2**32`` while its config names another.
+MAX_SEED = 2**32 - 1
+
+
 class ConfigError(ValueError):
     """A setting is unknown, of the wrong type or out of range; the message names the key."""
 
@@ -67,8 +72,13 @@ def check_range(
     if not ok:
         left = "(" if low_open else "["
         right = ")" if high_open else "]"
-        bounds = f"{left}{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}{right}"
+        bounds = f"{left}{'-inf' if low is None else _bound(low)}, {'inf' if high is None else _bound(high)}{right}"
         raise ConfigError(f"{key} must be in {bounds}, got {value!r}")
+
+
+def _bound(value: float) -> str:
+    """An interval's end as a message shows it: a whole number in full (a seed's 4294967295), others short."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 def from_mapping(cls: type[T], values: Mapping[str, Any] | T, key: str = "") -> T:

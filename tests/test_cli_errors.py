@@ -27,6 +27,8 @@ def _fl_kd_sim(tmp_path: Path, *overrides: str, full_error: bool = False) -> sub
         ("transfer.labelled=-3", "error: transfer.labelled must be in [0, inf], got -3"),
         ("strategy.server_lr=nan", "error: strategy.server_lr must be a finite number, got nan"),
         ("strategy.weighting=median", "error: strategy.weighting='median' is not one of inverse_entropy"),
+        # Seeds are 32-bit words of NumPy's SeedSequence: 2**32 ran as seed 0 while its config named another.
+        ("seed=4294967296", "error: seed must be in [0, 4294967295], got 4294967296"),
     ],
 )
 def test_bad_values_give_one_line_and_exit_2(tmp_path: Path, override: str, expected: str) -> None:

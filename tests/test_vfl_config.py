@@ -283,3 +283,9 @@ def test_known_labels_that_leave_no_sample_to_attack_are_refused_before_training
     with pytest.raises(ConfigError, match="gradient_clustering.known_labels=455 leaves none of the 455 training"):
         config.check_num_train(455)
     config.check_num_train(456)
+
+
+def test_a_seed_beyond_32_bits_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"seed must be in \[0, 4294967295\], got 4294967296"):
+        from_mapping(VFLRunConfig, {"seed": 2**32})
+    assert from_mapping(VFLRunConfig, {"seed": 2**32 - 1}).seed == 2**32 - 1

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fl_kd.config import ConfigError, check_range, from_mapping, require, to_mapping
+from fl_kd.config import MAX_SEED, ConfigError, check_range, from_mapping, require, to_mapping
 from fl_kd.data.config import DatasetConfig
 from fl_kd.kd.adversary.config import AdversaryConfig
 from fl_kd.kd.algorithm import StrategyConfig, get_algorithm
@@ -77,7 +77,7 @@ class ExperimentConfig:
     adversary : AdversaryConfig
         Malicious clients: their behaviour and share (``conf/adversary/*.yaml``; "none" by default).
     seed : int (default: 0)
-        Base seed of everything: splits, tiers, model inits, sampling, shuffling.
+        Base seed of everything: splits, tiers, model inits, sampling, shuffling; at most ``fl_kd.config.MAX_SEED`` (2**32 - 1).
     num_clients : int (default: 10)
         Federation size.
     personalised_test_size : int (default: 200)
@@ -120,7 +120,7 @@ class ExperimentConfig:
         )
         self.adversary.check_experiment(self)
         check_range("personalised_test_size", self.personalised_test_size, low=1)
-        check_range("seed", self.seed, low=0)
+        check_range("seed", self.seed, low=0, high=MAX_SEED)
         check_range("max_abs_value", self.max_abs_value, low=0, low_open=True)
         require(
             _is_torch_device(self.device), f"device must be a torch device such as cpu or cuda:0, got {self.device!r}"

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from fl_kd.config import ConfigError, check_choice, check_range, require
+from fl_kd.config import MAX_SEED, ConfigError, check_choice, check_range, require
 from fl_kd.data.config import DatasetConfig
 from fl_kd.runtime import SimulationConfig
 from fl_kd.vfl.attacks import attack_class, available_attacks, build_attack
@@ -258,7 +258,7 @@ class VFLRunConfig:
     Attributes
     ----------
     seed : int (default: 0)
-        Seeds models, shuffling, subsampling and the defence.
+        Seeds models, shuffling, subsampling and the defence; at most ``fl_kd.config.MAX_SEED`` (2**32 - 1).
     attacker_party : int (default: 0)
         Feature party (0-based) that runs the attacks on the gradients it receives.
     dataset : DatasetConfig (default: breast_cancer)
@@ -294,7 +294,7 @@ class VFLRunConfig:
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
 
     def __post_init__(self) -> None:
-        check_range("seed", self.seed, low=0)
+        check_range("seed", self.seed, low=0, high=MAX_SEED)
         feature_parties = self.num_feature_parties
         require(
             0 <= self.attacker_party < feature_parties,
