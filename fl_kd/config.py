@@ -18,6 +18,7 @@ import math
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar, Union
 
 T = TypeVar("T")
@@ -53,6 +54,15 @@ def check_choice(key: str, value: object, choices: Iterable[str]) -> None:
     """``value`` must be one of ``choices`` (a registry's names)."""
     allowed = tuple(choices)
     require(value in allowed, f"{key}={value!r} is not one of {', '.join(allowed)}")
+
+
+def absolute_path(path: str | None) -> str | None:
+    """A path a user gave, made absolute against the folder the command ran in.
+
+    Flower's apps run in the run folder, not where the user typed the command, so a relative path that the
+    start-up checks found pointed nowhere once the run began.
+    """
+    return None if path is None else str(Path(path).expanduser().absolute())
 
 
 def check_range(

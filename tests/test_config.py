@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -125,3 +126,20 @@ def test_defaults_come_from_the_dataclasses() -> None:
     assert _config(partition={"name": "pathological", "classes_per_client": 2}).partition.params() == {
         "classes_per_client": 2
     }
+
+
+def test_a_relative_path_travels_to_the_flower_apps_as_the_folder_the_command_ran_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Flower's apps run in the run folder: a relative ``dataset.root`` passed the start-up check in the user's
+    folder, then the ServerApp found no data and the run ended in a traceback."""
+    from fl_kd.vfl.config import VFLRunConfig
+
+    monkeypatch.chdir(tmp_path)
+    values = {"dataset": {"name": "fashion_mnist", "root": "data"}, "strategy": {"checkpoint": "~/server.pt"}}
+    sent = json.loads(_config(**values).to_json())
+    assert sent["dataset"]["root"] == str(tmp_path / "data")
+    assert sent["strategy"]["checkpoint"] == str(Path.home() / "server.pt")
+    assert from_mapping(ExperimentConfig, sent).dataset.root == str(tmp_path / "data")  # the same in the run folder
+    defence = {"name": "coae", "params": {"path": "coae.pt"}}
+    assert from_mapping(VFLRunConfig, {"defence": defence}).defence.params["path"] == str(tmp_path / "coae.pt")

@@ -33,8 +33,18 @@ IMAGES, LABELS = MNIST_FILE_STEMS["x_train"], MNIST_FILE_STEMS["y_train"]
         (b"no gzip at all", "cannot be read: Not a gzipped file"),
         (gzip.compress(_idx_bytes(np.zeros((3, 28, 28), dtype=np.uint8)), mtime=0)[:-30], "cannot be read"),
         (gzip.compress(b"", mtime=0), "is not an IDX file"),
+        # (2**31, 2**31, 4) bytes: NumPy's int64 product wrapped to 0, which the empty payload then matched
+        (
+            gzip.compress(bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in (2**31, 2**31, 4)), mtime=0),
+            r"header promises \(2147483648, 2147483648, 4\) \(18446744073709551616 bytes\), file has 0",
+        ),
     ],
-    ids=["not gzip", "cut short", "empty"],  # ids, not the bytes: every xdist worker must collect the same names
+    ids=[
+        "not gzip",
+        "cut short",
+        "empty",
+        "forged header",
+    ],  # ids, not the bytes: every xdist worker must collect the same names
 )
 def test_an_unreadable_file_is_named(tmp_path: Path, content: bytes, expected: str) -> None:
     path = tmp_path / "train-images-idx3-ubyte.gz"
@@ -104,6 +114,14 @@ def _splits(x_train: torch.Tensor | None = None, y_test: torch.Tensor | None = N
         input_shape=(3,),
         class_names=("a", "b"),
     )
+
+
+def test_an_empty_split_is_refused() -> None:
+    """A test file of zero rows loaded, and the run failed later on a client's personalised test set."""
+    train = (torch.zeros(4, 3), torch.tensor([0, 1, 0, 1]))
+    empty = (torch.zeros(0, 3), torch.zeros(0, dtype=torch.int64))
+    with pytest.raises(DatasetError, match="toy/test: the split holds no example"):
+        DatasetSplits("toy", *train, *empty, 2, (3,), ("a", "b"))
 
 
 def test_labels_out_of_range_and_features_that_are_not_finite_are_refused() -> None:
@@ -214,3 +232,20 @@ def test_a_download_that_fails_is_a_dataset_error_that_says_so(tmp_path: Path) -
         DatasetNotAvailableError, match=r"MNIST: download=true could not fetch .* \(RuntimeError: Error downloading"
     ):
         fetch("MNIST", Offline, tmp_path)
+
+
+def test_cifar_too_fails_a_download_with_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a network torchvision's CIFAR raised ``URLError`` (an ``OSError``), which only MNIST's loader caught."""
+    from urllib.error import URLError
+
+    from torchvision import datasets
+
+    from fl_kd.data.torchvision_sets import load_cifar10
+
+    class Offline:
+        def __init__(self, root: str, train: bool, download: bool) -> None:
+            raise URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(datasets, "CIFAR10", Offline)
+    with pytest.raises(DatasetNotAvailableError, match=r"cifar10: download=true could not fetch .* \(URLError"):
+        load_cifar10(tmp_path, download=True)

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fl_kd.data import personalised_test_indices, split_transfer_set
+from fl_kd.data import DatasetError, personalised_test_indices, split_transfer_set
 from fl_kd.data.labels import allocate_proportionally
 
 # 10, 20, 30 and 40 examples of classes 0..3.
@@ -117,7 +117,7 @@ def test_personalised_indices_repeat_only_when_a_class_runs_out() -> None:
 @pytest.mark.parametrize(
     ("test_labels", "counts", "size", "message"),
     [
-        (np.array([0, 0, 1]), np.array([1, 0, 1]), 3, "class 2, but the test set has none"),
+        (np.array([0, 0, 1]), np.array([1, 0, 1]), 3, "the test split has no example of class 2, which a client"),
         (np.array([0, 1]), np.array([-1, 2]), 2, "non-negative"),
         (np.array([0, 1]), np.array([0, 0]), 2, "positive sum"),
         (np.array([0, 1]), np.array([[1, 1]]), 2, r"shape \(C,\)"),
@@ -126,5 +126,7 @@ def test_personalised_indices_repeat_only_when_a_class_runs_out() -> None:
     ],
 )
 def test_bad_personalised_requests(test_labels: np.ndarray, counts: np.ndarray, size: int, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message) as raised:
         personalised_test_indices(test_labels, counts, size=size, seed=0)
+    # The data's fault is a DatasetError, which the command line shows in one line instead of a traceback.
+    assert isinstance(raised.value, DatasetError) == ("test split" in message)

@@ -9,6 +9,7 @@ torchvision would reject.
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from pathlib import Path
 
@@ -69,7 +70,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     ndim = raw[3]
     header_size = 4 + 4 * ndim
     dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = int(np.prod(dims)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize  # exact: NumPy's int64 product wraps on a forged header
     if len(raw) - header_size != expected:
         raise DatasetError(f"{path}: header promises {dims} ({expected} bytes), file has {len(raw) - header_size}")
     return np.frombuffer(raw, dtype=dtype, offset=header_size).reshape(dims).astype(dtype.newbyteorder("="))

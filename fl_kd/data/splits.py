@@ -75,7 +75,9 @@ class DatasetSplits:
                     f"{self.name}/{split}: x {tuple(x.shape)} and y {tuple(y.shape)} do not match "
                     f"input_shape {self.input_shape}"
                 )
-            low, high = (int(y.min()), int(y.max())) if y.numel() else (0, 0)
+            if y.numel() == 0:
+                raise DatasetError(f"{self.name}/{split}: the split holds no example")
+            low, high = int(y.min()), int(y.max())
             if low < 0 or high >= self.num_classes:
                 classes = self.num_classes
                 raise DatasetError(f"{self.name}/{split}: labels must lie in [0, {classes}), got {low}..{high}")

@@ -77,6 +77,8 @@ def _load_cifar(name: str, folder: str, root: str | Path | None, download: bool)
     from torchvision import datasets
 
     dataset_class = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    if download:
+        fetch(name, dataset_class, root)  # a failed download is one clear error, as MNIST's is
     try:
         train: Any = dataset_class(str(root), train=True, download=download)
         test: Any = dataset_class(str(root), train=False, download=download)

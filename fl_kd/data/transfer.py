@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from fl_kd.data.labels import allocate_proportionally, as_label_array
+from fl_kd.data.splits import DatasetError
 
 __all__ = ["personalised_test_indices", "split_transfer_set"]
 
@@ -102,7 +103,8 @@ def personalised_test_indices(test_labels: Any, class_counts: Any, size: int, se
     ------
     ValueError
         If ``size`` is negative, ``class_counts`` is not a non-negative ``(C,)`` array with a
-        positive sum, a test label is ``>= C``, or the client needs a class the test set lacks.
+        positive sum or a test label is ``>= C``; :class:`~fl_kd.data.splits.DatasetError` (a ``ValueError``) if
+        the client needs a class the test set lacks.
     """
     label_array = as_label_array(test_labels, name="test_labels")
     counts = np.asarray(class_counts)
@@ -124,7 +126,10 @@ def personalised_test_indices(test_labels: Any, class_counts: Any, size: int, se
         pool = np.flatnonzero(label_array == cls)
         need = int(per_class[cls])
         if pool.size == 0:
-            raise ValueError(f"the client needs {need} test examples of class {cls}, but the test set has none")
+            raise DatasetError(  # the data's fault, not the caller's: one clear error, not a traceback
+                f"the test split has no example of class {cls}, which a client trains on (its personalised test set "
+                f"needs {need}): the dataset's test files lack a class"
+            )
         if need <= pool.size:
             chosen.append(rng.choice(pool, size=need, replace=False))
         else:

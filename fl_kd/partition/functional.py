@@ -164,8 +164,8 @@ def dirichlet_partition(
             return _finish(chunks)
     raise ValueError(
         f"dirichlet_partition: after {max_retries} draws with alpha={alpha} some client still had fewer than "
-        f"min_size={min_size} samples (last draw's smallest client: {smallest}); raise alpha, lower "
-        "min_size or num_clients, or allow more max_retries"
+        f"min_size={min_size} samples (last draw's smallest client: {smallest}); raise alpha, or lower "
+        "min_size or num_clients (a caller of this function may also allow more max_retries)"
     )
 
 

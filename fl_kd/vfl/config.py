@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from fl_kd.config import MAX_SEED, ConfigError, check_choice, check_range, require
+from fl_kd.config import MAX_SEED, ConfigError, absolute_path, check_choice, check_range, require
 from fl_kd.data.config import DatasetConfig
 from fl_kd.runtime import SimulationConfig
 from fl_kd.vfl.attacks import attack_class, available_attacks, build_attack
@@ -137,6 +137,8 @@ class DefenceConfig:
     def __post_init__(self) -> None:
         check_choice("defence.name", self.name, available_defences())
         self.params = check_params("defence.params", defence_class(self.name), self.params)
+        if isinstance(self.params.get("path"), str):  # an autoencoder's file, read in the run folder under Flower
+            self.params["path"] = absolute_path(self.params["path"])
         try:
             build_defence(self.name, **self.params)
         except ValueError as err:

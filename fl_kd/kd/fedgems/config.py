@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fl_kd.config import check_choice, check_range, require
+from fl_kd.config import absolute_path, check_choice, check_range, require
 from fl_kd.kd.algorithm import SGDStrategyConfig
 from fl_kd.kd.client import ClientTrainConfig
 from fl_kd.kd.fedgems.server_config import SelectionConfig, ServerDistillConfig
@@ -132,6 +132,7 @@ class FedGEMSConfig(SelectionConfig, SGDStrategyConfig):
         check_range("strategy.server_lr", self.server_lr, low=0.0, low_open=True)
         check_range("strategy.client_distill_epochs", self.client_distill_epochs, low=0)
         check_choice("strategy.logits_dtype", self.logits_dtype, LOGITS_DTYPES)
+        self.checkpoint = absolute_path(self.checkpoint)
         self.check_selection("strategy.")
         check_range("strategy.client_finetune_epochs", self.client_finetune_epochs, low=0)
         require(
