@@ -49,6 +49,17 @@ def check_state_dict(model: nn.Module, state: Any, path: str | Path) -> dict[str
             f"({len(missing)} missing keys{_examples(missing)}, {len(unexpected)} unexpected{_examples(unexpected)})"
         )
     for key, value in expected.items():
+        saved = state[key]
+        if (
+            saved.layout != torch.strided
+            or saved.is_complex()
+            or saved.is_floating_point() != value.is_floating_point()
+        ):
+            # a sparse tensor failed the finiteness check below with a traceback; integer weights loaded silently
+            raise CheckpointError(
+                f"checkpoint {path}: {key} is a {saved.layout} tensor of {saved.dtype}, the model needs a dense one of "
+                f"{value.dtype}"
+            )
         if tuple(state[key].shape) != tuple(value.shape):
             raise CheckpointError(
                 f"checkpoint {path}: {key} has shape {tuple(state[key].shape)}, the model needs {tuple(value.shape)} "

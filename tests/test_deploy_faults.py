@@ -7,12 +7,14 @@ restarted server resumes to the same final metrics. The same on a real deploymen
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
+import torch
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -165,7 +167,15 @@ def test_saved_progress_is_refused_when_it_cannot_be_resumed(tmp_path: Path) -> 
     with pytest.raises(ProgressError, match="unreadable progress"):
         load_progress(tmp_path, cfg.to_json())
     path.write_text(json.dumps(state))
-    (tmp_path / PROGRESS_DIR / "round-1.pt").unlink()
+    checkpoint = tmp_path / PROGRESS_DIR / "round-1.pt"
+    good = checkpoint.read_bytes()
+    middle = len(good) // 2  # a flipped bit inside the saved weights: torch.load read it without a word
+    checkpoint.write_bytes(good[:middle] + bytes([good[middle] ^ 1]) + good[middle + 1 :])
+    with pytest.raises(ProgressError, match="round-1.pt is not the file it saved"):
+        load_progress(tmp_path, cfg.to_json())
+    checkpoint.write_bytes(good)
+    assert load_progress(tmp_path, cfg.to_json()) is not None
+    checkpoint.unlink()
     with pytest.raises(ProgressError, match="round-1.pt is missing"):
         load_progress(tmp_path, cfg.to_json())
     assert load_progress(tmp_path / "elsewhere", cfg.to_json()) is None
@@ -198,6 +208,8 @@ def _edit(state: dict[str, Any], key: str, value: Any) -> Any:
         ("client_rounds", {"-3": 1}, "client id '-3' is no whole number"),
         ("client_rounds", {"0": 2}, "round 2 is not in 1..1"),
         ("rng.torch", "AAAA", "a torch generator state of 3 bytes"),
+        # of torch's size, but no state: it passed the load and failed the restore with torch's RuntimeError
+        ("rng.torch", base64.b64encode(b"\xff" * torch.get_rng_state().numel()).decode(), "not a torch generator"),
         ("rng.numpy", ["PCG64", "", 0, 0, 0.0], "not a NumPy MT19937 state"),
     ],
 )

@@ -77,7 +77,8 @@ class ExperimentConfig:
     adversary : AdversaryConfig
         Malicious clients: their behaviour and share (``conf/adversary/*.yaml``; "none" by default).
     seed : int (default: 0)
-        Base seed of everything: splits, tiers, model inits, sampling, shuffling; at most ``fl_kd.config.MAX_SEED`` (2**32 - 1).
+        Base seed of everything: splits, tiers, model inits, sampling, shuffling; at most
+        ``fl_kd.config.MAX_SEED`` (2**32 - 1).
     num_clients : int (default: 10)
         Federation size.
     personalised_test_size : int (default: 200)

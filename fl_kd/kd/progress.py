@@ -3,11 +3,12 @@
 **Server.** After each round the ServerApp writes, in the run folder's ``progress/``: the whole state of the
 server half (``round-<k>.pt``: :func:`fl_kd.checkpoint.object_state` of the algorithm's server role, so every
 algorithm resumes the same way, whatever its models and caches) and then ``progress.json`` (the round, the metrics
-of every round so far, the global RNG states, the name of that checkpoint, and per client the last round whose
-train message it answered). Each file is written beside its final name and renamed over it (``os.replace``), and
-``progress.json`` goes last: it is the commit. A crash at any moment leaves either the previous complete round or
-this one, never a mix. Every stochastic step of the algorithms is seeded by ``(seed, client, round, phase)``
-(:mod:`fl_kd.kd.seeding`), so the RNG states are kept for what draws from the global generators outside those steps.
+of every round so far, the global RNG states, the name and SHA-256 of that checkpoint, and per client the last
+round whose train message it answered). Each file is written beside its final name and renamed over it
+(``os.replace``), and ``progress.json`` goes last: it is the commit. A crash at any moment leaves either the
+previous complete round or this one, never a mix. Every stochastic step of the algorithms is seeded by
+``(seed, client, round, phase)`` (:mod:`fl_kd.kd.seeding`), so the RNG states are kept for what draws from the
+global generators outside those steps.
 
 **Clients.** A resumed run is a new Flower run, whose ClientApps start with an empty ``context.state``. So each
 client also writes its state (:meth:`fl_kd.kd.roles.ClientRole.state_dict`) node-locally after every message that
@@ -37,7 +38,7 @@ from fl_kd.kd.roles import ServerRole
 
 PROGRESS_DIR = "progress"
 PROGRESS_FILE = "progress.json"
-_FORMAT = 2
+_FORMAT = 3
 
 #: Run config key: the folder under which every client keeps its state (on its own node); see :func:`state_root`.
 CLIENT_STATE_DIR_KEY = "client-state-dir"
@@ -110,6 +111,7 @@ def save_progress(
         "round": server_round,
         "history": history,
         "server_checkpoint": checkpoint.name if saved else None,
+        "server_checkpoint_sha256": _file_digest(checkpoint) if saved else None,
         "unresumable": unresumable,
         "client_rounds": {str(cid): int(r) for cid, r in sorted((client_rounds or {}).items())},
         "experiment": experiment_json,
@@ -157,6 +159,12 @@ def load_progress(out_dir: Path, experiment_json: str) -> Progress | None:
         raise ProgressError(f"{path}: saved by another experiment config; resume only the same experiment")
     if not progress.server_checkpoint.is_file():
         raise ProgressError(f"{path}: its server checkpoint {progress.server_checkpoint.name} is missing")
+    if _file_digest(progress.server_checkpoint) != state.get("server_checkpoint_sha256"):
+        # torch.load reads changed bytes without a word: a flipped bit in a weight resumed as another run
+        raise ProgressError(
+            f"{path}: its server checkpoint {progress.server_checkpoint.name} is not the file it saved (damaged or "
+            "replaced)"
+        )
     if len(progress.history) != progress.round:
         raise ProgressError(f"{path}: {len(progress.history)} metric rows for round {progress.round}")
     return progress
@@ -352,11 +360,26 @@ def _decode_rng(state: dict[str, Any]) -> tuple[torch.Tensor, tuple[Any, ...]]:
     torch_state = torch.frombuffer(bytearray(base64.b64decode(state["torch"])), dtype=torch.uint8)
     if torch_state.numel() != torch.get_rng_state().numel():
         raise ProgressError(f"rng: a torch generator state of {torch_state.numel()} bytes, not torch's")
+    try:  # on a scratch generator: a state of the right size can still be no state torch takes
+        torch.Generator().set_state(torch_state)
+    except RuntimeError as err:
+        raise ProgressError(f"rng: not a torch generator state ({err})") from None
     name, keys, position, has_gauss, cached = state["numpy"]
     numpy_keys = np.frombuffer(base64.b64decode(keys), dtype=np.uint32).copy()
     if name != "MT19937" or numpy_keys.size != 624 or not 0 <= int(position) <= 624:
         raise ProgressError("rng: not a NumPy MT19937 state")
-    return torch_state, (str(name), numpy_keys, int(position), int(has_gauss), float(cached))
+    numpy_state = (str(name), numpy_keys, int(position), int(has_gauss), float(cached))
+    np.random.RandomState().set_state(numpy_state)  # the same check for NumPy's; it raises ValueError
+    return torch_state, numpy_state
+
+
+def _file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes, which ``progress.json`` keeps for the checkpoint it commits."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _fsync(path: Path) -> None:
