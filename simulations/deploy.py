@@ -31,11 +31,13 @@ from omegaconf import DictConfig, OmegaConf
 from fl_kd.config import ConfigError, to_mapping
 from fl_kd.kd.algorithm import get_algorithm
 from fl_kd.kd.config import ExperimentConfig
+from fl_kd.kd.federation import build_federation
 from fl_kd.kd.node_partitions import NODE_PARTITIONS_KEY, encode_node_partitions
 from fl_kd.kd.progress import CLIENT_STATE_DIR_KEY, folder_run_id
 from fl_kd.kd.protocol import OUTPUT_DIR_KEY, RUN_CONFIG_KEY, RUN_ID_KEY
 from fl_kd.kd.runner import summarise
 from fl_kd.results import METRICS_JSONL, finished_rounds, format_round_line, print_summary_table
+from fl_kd.runtime import check_device_available
 from fl_kd.simulations.cli import user_errors_exit
 from fl_kd.simulations.deploy_settings import DEPLOY_KEY, DeploySettings, split_deploy_settings
 from fl_kd.simulations.flower_launcher import write_app
@@ -117,6 +119,11 @@ def _deploy(
     echo: bool,
 ) -> list[dict[str, Any]]:
     say: Callable[[str], None] = (lambda text: print(text, flush=True)) if echo else log.info
+    algorithm = get_algorithm(experiment.strategy.name)
+    # What fl-kd-sim checks before Flower starts: an unusable device, a missing dataset or a bad checkpoint is one
+    # clear error here, not a ServerApp's traceback once the whole deployment is up.
+    check_device_available(experiment.device)
+    algorithm.build_server(experiment, build_federation(experiment))
     deploy_dir = out_dir / "deploy"
     if settings.resume is not None:
         set_aside = _set_aside_attempt(deploy_dir)
@@ -125,7 +132,6 @@ def _deploy(
     deploy_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(to_mapping(experiment)))
     (deploy_dir / "settings.json").write_text(json.dumps(asdict(settings), indent=2) + "\n")
-    algorithm = get_algorithm(experiment.strategy.name)
     app_dir = write_app(
         out_dir / "flower_app",
         algorithm.server_app,

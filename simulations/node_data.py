@@ -70,7 +70,10 @@ def main(argv: list[str] | None = None) -> None:
         except HydraException as err:  # an unknown key or a malformed override
             raise ConfigError(" ".join(str(err).split("\n"))) from err
         experiment, _ = split_deploy_settings(composed)
-    configs = write_partition_folders(experiment, Path(args[0]))
+    try:
+        configs = write_partition_folders(experiment, Path(args[0]))
+    except OSError as err:  # a folder that cannot be made or written (no such parent, a file, no permission)
+        raise ConfigError(f"cannot write the node data to {args[0]}: {err.strerror or err}") from None
     for client_id, config in enumerate(configs):
         node_config = {"partition-id": client_id, "num-partitions": experiment.num_clients, **config}
         print(f"client {client_id}: --node-config '{node_config_arg(node_config)}'")

@@ -249,10 +249,13 @@ class KDStrategy(Strategy):
         """Keep answers that are exactly what was asked; drop and count the rest."""
         report = ScreeningReport()
         by_client: dict[int, list[Message]] = {}
+        raised: set[int] = set()  # replied with an error: rejected, not missing as well
         for reply in replies:
             partition_id = self._partitions.get(reply.metadata.src_node_id)
             if reply.has_error():
                 report.reject(f"client error: {party_text(reply.error.reason)}")
+                if partition_id is not None:
+                    raised.add(partition_id)
             elif partition_id is None or partition_id not in self._selected:
                 report.reject("reply from a client that was not asked")
             elif not self._answers_ours(reply):
@@ -279,7 +282,8 @@ class KDStrategy(Strategy):
                 continue
             answers[partition_id] = arrays
             report.accepted.append(partition_id)
-        report.missing = sorted(self._unplaced + [pid for pid in self._selected if pid not in by_client])
+        asked = [pid for pid in self._selected if pid not in by_client and pid not in raised]
+        report.missing = sorted(self._unplaced + asked)
         return answers, report
 
     # -- evaluate ----------------------------------------------------------------------------------------------

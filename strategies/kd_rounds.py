@@ -73,10 +73,11 @@ def run_rounds(
         _tell_state_rounds(strategy, messages, client_rounds)
         replies = list(grid.send_and_receive(messages, timeout=policy.round_timeout_s))
         silent = _silent_nodes(messages, replies)
-        if silent:
+        gone = silent - _raised_nodes(replies)  # a node whose ClientApp raised replied at once, and is alive
+        if gone:
             log(WARNING, "Round %d: no train answer from node(s) %s within %g s; going on without them",
-                server_round, sorted(silent), policy.round_timeout_s)  # fmt: skip
-        policy.check_quorum(server_round, len(messages) - len(silent - _raised_nodes(replies)), len(messages))
+                server_round, sorted(gone), policy.round_timeout_s)  # fmt: skip
+        policy.check_quorum(server_round, len(messages) - len(gone), len(messages))
         for message in messages:  # a client that answered trained: its state is now this round's
             partition_id = strategy.partition_of(message.metadata.dst_node_id)
             if message.metadata.dst_node_id not in silent and partition_id is not None:
@@ -86,7 +87,7 @@ def run_rounds(
         evaluate = [
             message
             for message in strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid)
-            if message.metadata.dst_node_id not in silent
+            if message.metadata.dst_node_id not in gone  # as in-process, a client that raised still evaluates
         ]
         _tell_state_rounds(strategy, evaluate, client_rounds)
         metrics = strategy.aggregate_evaluate(

@@ -219,6 +219,10 @@ def test_node_data_gives_one_line_and_exit_2(tmp_path: Path) -> None:
         ("no_such_key=3", "error: Could not override 'no_such_key'."),
     ):
         assert _error_line("fl_kd.simulations.node_data", str(tmp_path / "nodes"), override).startswith(expected)
+    (tmp_path / "a_file").write_text("")  # an output folder that cannot be made was a NotADirectoryError traceback
+    assert _error_line("fl_kd.simulations.node_data", str(tmp_path / "a_file" / "nodes"), "num_clients=2").startswith(
+        f"error: cannot write the node data to {tmp_path / 'a_file' / 'nodes'}: Not a directory"
+    )
 
 
 def test_a_download_that_fails_is_a_dataset_error_that_says_so(tmp_path: Path) -> None:

@@ -33,3 +33,12 @@ def test_a_deployment_that_cannot_start_stops_everything_it_started(tmp_path: Pa
     assert result.stdout.startswith("Deploying fedgems on digits: 2 clients"), result.stdout
     assert running_processes(run_dir) == []
     assert (run_dir / "deploy" / "superlink.log").read_text().startswith("$ flower-superlink --host 127.0.0.1")
+
+
+def test_what_fl_kd_sim_checks_before_flower_starts_is_checked_before_any_component_starts(tmp_path: Path) -> None:
+    """A missing checkpoint was a ServerApp's traceback, exit 1, once the SuperLink and every SuperNode were up."""
+    run_dir = tmp_path / "run"
+    result = _fl_kd_deploy(run_dir, "num_clients=2", f"strategy.checkpoint={tmp_path / 'none.pt'}")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [f"error: checkpoint {tmp_path / 'none.pt'}: no such file"]
+    assert result.stdout == "" and not (run_dir / "deploy").exists()  # nothing was started

@@ -118,20 +118,27 @@ def test_below_the_quorum_the_run_stops_before_the_server_learns_from_the_round(
     assert strategy.history == [] and not (tmp_path / PROGRESS_DIR / PROGRESS_FILE).exists()
 
 
-def test_a_client_that_raises_every_round_never_stops_the_run(tmp_path: Path) -> None:
-    """Its node is alive: it counts towards the quorum, its answer is rejected, and its state stays as it was."""
+def test_a_client_that_raises_every_round_never_stops_the_run(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Its node is alive: it counts towards the quorum, its answer is rejected, and its state stays as it was.
+
+    It was counted missing as well as rejected, logged as silent "within 300 s" though its error came at once, and
+    sent no evaluate message, where the in-process runner evaluates it."""
     cfg = tiny_config()
+    evaluated: list[int] = []
 
     def raising_app(message: Message, context: Context) -> Message:
         if context.node_id == DEAD_NODE and message.metadata.message_type == "train":
             raise RuntimeError("boom")
+        if message.metadata.message_type == "evaluate":
+            evaluated.append(context.node_id)
         return client_app(message, context)
 
     strategy = make_strategy(cfg)
     app = cast(ClientApp, raising_app)  # the grid only calls it, as it calls a ClientApp
     grid = LoopbackGrid(app, cfg.num_clients, {RUN_CONFIG_KEY: cfg.to_json()})
     run_rounds(strategy, grid, 2, RoundPolicy(min_clients=cfg.num_clients), tmp_path, cfg.to_json())
-    assert [(row["round"], row["n_rejected"]) for row in strategy.history] == [(1, 1), (2, 1)]
+    assert [(row["round"], row["n_rejected"], row["n_missing"]) for row in strategy.history] == [(1, 1, 0), (2, 1, 0)]
+    assert evaluated.count(DEAD_NODE) == 2 and "no train answer" not in caplog.text
     assert load_progress(tmp_path, cfg.to_json()).client_rounds == {0: 2, 1: 2, 2: 2}  # type: ignore[union-attr]
 
 
