@@ -30,6 +30,7 @@ from tests.test_fedmd_common import (
 
 def test_flower_messages_reproduce_the_reference_runner_and_the_seed_repeats() -> None:
     check_runtimes_agree_and_repeat(peer_config("dsfl", logits_dtype="float16", era_temperature=0.2))
+    check_runtimes_agree_and_repeat(peer_config("dsfl", rounds=1, era="softmax"))  # the paper's form travels too
 
 
 # Two clients' softmax outputs on 2 samples of 3 classes (sent as logits log p, whose softmax is p again).
@@ -61,6 +62,16 @@ def test_entropy_reduction_averages_probabilities_then_sharpens() -> None:
     sharper = np.exp(entropy_reduction(logits, 0.1))
     assert np.all(_entropy(sharper) < _entropy(SHARPENED))
     assert sharper[1].argmax() == 2
+
+
+def test_the_papers_era_is_a_softmax_of_the_averaged_probabilities() -> None:
+    """The paper's form (``era=softmax``) against the hand computation softmax(p / T) of the average p."""
+    logits = np.log(CLIENT_PROBABILITIES)
+    by_hand = np.exp(AVERAGE / 0.1) / np.exp(AVERAGE / 0.1).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(np.exp(entropy_reduction(logits, 0.1, "softmax")), by_hand, rtol=1e-12)
+    # Probabilities in [0, 1] as logits: far milder than the default power p ** 10 at the same T, same argmax.
+    power = np.exp(entropy_reduction(logits, 0.1))
+    assert np.all(_entropy(by_hand) > _entropy(power)) and (by_hand.argmax(axis=1) == power.argmax(axis=1)).all()
 
 
 def test_entropy_reduction_stays_finite_where_probabilities_underflow() -> None:
@@ -113,6 +124,7 @@ def test_no_public_label_is_read() -> None:
     [
         ({"era_temperature": 0.0}, "strategy.era_temperature"),
         ({"era_temperature": 1.5}, "strategy.era_temperature"),
+        ({"era": "max"}, "strategy.era"),
         ({"distill_epochs": -1}, "strategy.distill_epochs"),
         ({"logits_dtype": "int8"}, "strategy.logits_dtype"),
         ({"public_per_round": 10}, "public_per_round"),  # DS-FL uses the whole public set

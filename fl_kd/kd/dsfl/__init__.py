@@ -4,7 +4,9 @@ Itahara, Nishio, Koda, Morikura & Yamamoto, "Distillation-Based Semi-Supervised 
 Communication-Efficient Collaborative Training With Non-IID Private Data", IEEE Transactions on Mobile Computing
 (2021), arXiv:2008.06180. Each round the clients train on private data and share their outputs on an unlabelled open
 dataset; the server aggregates them by entropy reduction aggregation (ERA: the average of the clients' softmax
-outputs, sharpened by a temperature T < 1) and the clients distil the aggregated soft labels. Here the open dataset
+outputs, sharpened by a temperature T < 1) and the clients distil the aggregated soft labels. The paper sharpens by a
+softmax of the average at T (``strategy.era=softmax``); fl-kd's default sharpens by a power of it (``era=power``),
+a departure :class:`DSFLConfig` states with the figures that chose it. Here the open dataset
 is the whole transfer set (the labelled part's inputs count as unlabelled: no label is ever read); clients send
 logits, whose softmax the server averages.
 

@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 
 from fl_kd.kd import protocol as kd
 from fl_kd.kd.client import DistillClient
-from fl_kd.kd.dsfl.config import DSFLConfig
+from fl_kd.kd.dsfl.config import ERA_FORMS, DSFLConfig
 from fl_kd.kd.fedmd.public_logits import Figures, PublicLogitsClient, PublicLogitsServer
 from fl_kd.kd.roles import Answer, Instruction
 
@@ -24,15 +24,20 @@ from fl_kd.kd.roles import Answer, Instruction
 SOFT_LABEL_TEMPERATURE = 1.0
 
 
-def entropy_reduction(logits: NDArray[np.float64], temperature: float) -> NDArray[np.float64]:
-    """Entropy reduction aggregation: ``softmax(log(mean_k softmax(z_k)) / T)``, as log-probabilities.
+def entropy_reduction(logits: NDArray[np.float64], temperature: float, form: str = "power") -> NDArray[np.float64]:
+    """Entropy reduction aggregation of the clients' logits, as log-probabilities.
+
+    The mean ``p`` of the clients' softmax outputs, sharpened by ``form`` (:attr:`DSFLConfig.era`):
+    ``softmax(log(p) / T)`` for ``"power"``, the paper's ``softmax(p / T)`` for ``"softmax"``.
 
     Parameters
     ----------
     logits : ndarray
         ``(K, n, C)`` client logits, clients first.
     temperature : float
-        Sharpening temperature ``T`` in (0, 1]; 1 gives the plain average of probabilities.
+        Sharpening temperature ``T`` in (0, 1]; with ``"power"`` 1 gives the plain average of probabilities.
+    form : str (default: "power")
+        ``"power"`` or ``"softmax"``.
 
     Returns
     -------
@@ -42,11 +47,20 @@ def entropy_reduction(logits: NDArray[np.float64], temperature: float) -> NDArra
     """
     if logits.ndim != 3 or logits.shape[0] == 0:
         raise ValueError(f"need logits (K >= 1, n, C), got shape {logits.shape}")
-    if not 0.0 < temperature <= 1.0:
-        raise ValueError(f"temperature must lie in (0, 1], got {temperature}")
     values = torch.from_numpy(np.asarray(logits, dtype=np.float64))
     log_average = torch.logsumexp(torch.log_softmax(values, dim=2), dim=0) - math.log(values.shape[0])
-    return torch.log_softmax(log_average / temperature, dim=1).numpy()
+    return sharpen(log_average.numpy(), temperature, form)
+
+
+def sharpen(log_average: NDArray[np.float64], temperature: float, form: str) -> NDArray[np.float64]:
+    """ERA's sharpening of averaged soft labels, log-probabilities ``(n, C)`` (see :func:`entropy_reduction`)."""
+    if not 0.0 < temperature <= 1.0:
+        raise ValueError(f"temperature must lie in (0, 1], got {temperature}")
+    if form not in ERA_FORMS:
+        raise ValueError(f"form must be one of {ERA_FORMS}, got {form!r}")
+    values = torch.from_numpy(np.asarray(log_average, dtype=np.float64))
+    scores = values if form == "power" else values.exp()
+    return torch.log_softmax(scores / temperature, dim=1).numpy()
 
 
 def softmax(logits: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -70,17 +84,17 @@ class DSFLServer(PublicLogitsServer):
 
     def __init__(self, server_model: DistillClient, strategy: DSFLConfig, seed: int) -> None:
         super().__init__(server_model, strategy, seed, per_round=None, temperature=SOFT_LABEL_TEMPERATURE)
-        self.era_temperature = strategy.era_temperature
+        self.era_temperature, self.era = strategy.era_temperature, strategy.era
 
     def soft_targets(self, logits: NDArray[np.float64]) -> tuple[NDArray[np.float64], Figures]:
         """The sharpened average, and the mean entropy before and after sharpening."""
         fused = self.fuse(softmax(logits))
         if fused is None:
-            sharpened = entropy_reduction(logits, self.era_temperature)
+            sharpened = entropy_reduction(logits, self.era_temperature, self.era)
             average = entropy_reduction(logits, 1.0)
         else:  # a robust rule fused the probabilities; ERA sharpens their renormalised log
             average = log_normalise(fused)
-            sharpened = torch.log_softmax(torch.from_numpy(average) / self.era_temperature, dim=1).numpy()
+            sharpened = sharpen(average, self.era_temperature, self.era)
         return sharpened, {"entropy_average": mean_entropy(average), "entropy_sharpened": mean_entropy(sharpened)}
 
     def no_answer_figures(self) -> Figures:
