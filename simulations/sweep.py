@@ -26,6 +26,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 
+from fl_kd.kd.metrics import server_trend
 from fl_kd.models.profiles import DeviceProfile, tier_counts
 from fl_kd.plots import _format_bytes, save_figure
 from fl_kd.results import SUMMARY_JSON, read_metrics
@@ -253,8 +254,7 @@ def _last(key: str) -> Callable[[Job], float]:
 
 
 def _best_server(job: Job) -> float:
-    values = [float(r["server_acc"]) for r in job.rounds if r.get("server_acc") is not None]
-    finite = [v for v in values if math.isfinite(v)]
+    finite = [acc for acc in server_trend(job.rounds) if math.isfinite(acc)]
     return max(finite) if finite else math.nan
 
 

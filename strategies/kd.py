@@ -111,6 +111,7 @@ class KDStrategy(Strategy):
         self._costs: dict[int, ClientCost] = {}
         # The messages of the phase in progress, by node id: the grid gives each its id when it sends it.
         self._sent: dict[int, Message] = {}
+        self._booked: dict[int, int] = {}  # node id -> downlink bytes booked for the last message built for it
 
     def summary(self) -> None:
         """Log the strategy's settings."""
@@ -157,14 +158,24 @@ class KDStrategy(Strategy):
         log(INFO, "Discovered %d of %d clients", len(self._nodes), self.num_clients)
 
     def _message(self, instruction: Instruction, message_type: str, node_id: int, **config: Any) -> Message:
-        self._downlink += instruction.nbytes
-        partition_id = self._partitions[node_id]
-        if partition_id in self._costs:
-            self._costs[partition_id].downlink_bytes += instruction.nbytes
+        self._book_downlink(node_id, instruction.nbytes)
+        self._booked[node_id] = instruction.nbytes
         records: dict[str, Any] = {kd.CONFIG: ConfigRecord({**instruction.config, **config})}
         if instruction.arrays:
             records[kd.ARRAYS] = ArrayRecord({name: Array(value) for name, value in instruction.arrays.items()})
         return Message(RecordDict(records), message_type=message_type, dst_node_id=node_id)
+
+    def _book_downlink(self, node_id: int, nbytes: int) -> None:
+        self._downlink += nbytes
+        partition_id = self._partitions[node_id]
+        if partition_id in self._costs:
+            self._costs[partition_id].downlink_bytes += nbytes
+
+    def withdraw(self, node_ids: Iterable[int]) -> None:
+        """Unbook the last messages built for ``node_ids``, which the round leaves unsent (their nodes are gone)."""
+        for node_id in node_ids:
+            self._book_downlink(node_id, -self._booked.pop(node_id, 0))
+            self._sent.pop(node_id, None)
 
     # -- train -------------------------------------------------------------------------------------------------
     def configure_train(
@@ -174,6 +185,7 @@ class KDStrategy(Strategy):
         self._discover(grid)
         self._start = time.perf_counter()
         self._uplink = self._downlink = 0
+        self._booked = {}
         sampled = sample_clients(self.num_clients, self.fraction_train, self.seed, server_round)
         self._selected = [pid for pid in sampled if pid in self._nodes]
         self._unplaced = [pid for pid in sampled if pid not in self._nodes]  # no node holds them: missing too
@@ -294,7 +306,7 @@ class KDStrategy(Strategy):
 
         Only those two groups get a message, so a round costs what its sampled clients cost, not the federation.
         """
-        messages = []
+        messages, self._booked = [], {}
         evaluated = set(self.evaluated(server_round))
         for partition_id, node_id in sorted(self._nodes.items()):
             selected = partition_id in self._selected

@@ -84,11 +84,9 @@ def run_rounds(
                 client_rounds[partition_id] = server_round
         _, train_metrics = strategy.aggregate_train(server_round, replies)
         log(INFO, "\t└──> Aggregated MetricRecord: %s", train_metrics)  # as Flower's Strategy.start logs it
-        evaluate = [
-            message
-            for message in strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid)
-            if message.metadata.dst_node_id not in gone  # as in-process, a client that raised still evaluates
-        ]
+        evaluate = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
+        strategy.withdraw(gone)  # its bytes were booked as the message was built; it is not sent
+        evaluate = [message for message in evaluate if message.metadata.dst_node_id not in gone]  # raised: still sent
         _tell_state_rounds(strategy, evaluate, client_rounds)
         metrics = strategy.aggregate_evaluate(
             server_round, grid.send_and_receive(evaluate, timeout=policy.round_timeout_s)

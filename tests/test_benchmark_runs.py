@@ -235,7 +235,7 @@ def test_the_knowledge_benchmark_refuses_a_command_that_would_do_nothing(
 @pytest.mark.parametrize(
     ("entry", "argv", "said"),
     [
-        ("benchmarks.kd", ["--seeds", "-1", "--rounds", "1"], "error: seed must be in [0, inf], got -1"),
+        ("benchmarks.kd", ["--seeds", "-1", "--rounds", "1"], "error: seed must be in [0, 4294967295], got -1"),
         ("benchmarks.kd", ["--override", "strategy.server_lr=abc"], "error: strategy.server_lr must be a number"),
         (
             "benchmarks.vfl",

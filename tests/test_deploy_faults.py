@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, cast
 
@@ -20,9 +21,11 @@ from flwr.clientapp import ClientApp
 
 from fl_kd.clients.kd_app import app as client_app
 from fl_kd.config import ConfigError
+from fl_kd.kd import protocol as kd
 from fl_kd.kd.progress import PROGRESS_DIR, PROGRESS_FILE, ProgressError, load_progress, save_progress
 from fl_kd.kd.protocol import RUN_CONFIG_KEY
 from fl_kd.kd.round_policy import QuorumError, RoundPolicy
+from fl_kd.protocol import payload_nbytes
 from fl_kd.strategies.kd_app import make_strategy
 from fl_kd.strategies.kd_rounds import run_rounds
 from tests.flower_loopback import LoopbackGrid
@@ -78,10 +81,23 @@ def test_a_dead_node_is_logged_and_the_round_completes_with_the_others(
     cfg = tiny_config()
     strategy = make_strategy(cfg)
     grid = LoopbackGrid(client_app, cfg.num_clients, {RUN_CONFIG_KEY: cfg.to_json()}, _dead_after_hello)
+    sent: dict[int, int] = {}  # round -> bytes of the messages the grid was given to send
+    send = grid.send_and_receive
+
+    def counting(messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        messages = list(messages)
+        for message in messages:
+            round_ = cast(int, message.content.config_records[kd.CONFIG][kd.SERVER_ROUND])
+            sent[round_] = sent.get(round_, 0) + payload_nbytes(message.content)
+        return send(messages, timeout=timeout)
+
+    grid.send_and_receive = counting  # type: ignore[method-assign]
     with caplog.at_level("WARNING", logger="flwr"):
         run_rounds(strategy, grid, 2, RoundPolicy(min_clients=3), tmp_path, cfg.to_json())
     assert [row["round"] for row in strategy.history] == [1, 2]
     assert all(row["n_missing"] == 1 for row in strategy.history)
+    # The knowledge built for the dead node is not sent, so not booked: it was, 2,400 bytes a round too many.
+    assert [row["downlink_bytes"] for row in strategy.history] == [sent[1], sent[2]]
     assert "no train answer from node(s) [1021]" in caplog.text
     assert load_progress(tmp_path, cfg.to_json()).round == 2  # type: ignore[union-attr]
 

@@ -121,7 +121,7 @@ def test_pseudo_label_server_trains_on_its_confident_guesses(digits: DatasetSpli
     assert [row["n_pseudo"] for row in everything] == [50, 50, 50]  # threshold 0 takes every guess
     assert all(0.0 <= row["pseudo_label_accuracy"] <= 1.0 for row in everything)
     none = run_pseudo_label_server(cfg, digits, threshold=1.0)
-    assert all(row["n_pseudo"] == 0 for row in none)
+    assert all(row["n_pseudo"] == 0 and np.isnan(row["pseudo_label_accuracy"]) for row in none)  # not 0.0
     assert _without_time(run_pseudo_label_server(cfg, digits, threshold=0.0)) == _without_time(everything)
     # Guesses change what the server learns, so the two thresholds part after the first round.
     assert everything[-1]["server_loss"] != none[-1]["server_loss"]
@@ -144,3 +144,14 @@ def test_pseudo_label_and_transfer_only_servers_take_the_weight_average(digits: 
         assert plain[0]["server_loss"] == averaged[0]["server_loss"]
         assert [r["server_acc"] for r in plain] != [r["server_acc"] for r in averaged]
         assert final(run, 0.9) == averaged
+
+
+def test_the_server_alone_baselines_score_their_last_round_on_the_subset_too(digits: DatasetSplits) -> None:
+    """Their best round was read on the subset and their last on the whole test set, beside FedGEMS' on one set."""
+    from fl_kd.kd.baselines import run_pseudo_label_server
+
+    transfer = {"labelled": 60, "unlabelled": 80}
+    cfg = tiny_config(rounds=2, transfer=transfer, unlabelled_per_round=50, evaluation={"test_samples": 60})
+    for run in (run_pseudo_label_server, run_transfer_only_server):
+        first, last = run(cfg, digits)
+        assert "server_acc_subset" not in first and 0.0 <= last["server_acc_subset"] <= 1.0

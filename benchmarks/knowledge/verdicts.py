@@ -9,6 +9,7 @@ from typing import Any
 
 from benchmarks.common import mean
 from benchmarks.knowledge.grid import FEDGEMS, PEERS, SEEDED_VARIANTS, SETTINGS, SHARED_SETTING, Job
+from fl_kd.kd.metrics import server_trend
 from fl_kd.models import build_model, count_parameters
 
 TIERS = ("low", "mid", "high")
@@ -73,12 +74,11 @@ class Figures:
         rounds = self.round_figures(result)
         last = result["rounds"][-1]
         server = [r["server_acc"] for r in rounds]
-        # Rounds before the last are scored on a test subset and the last on the whole test set; the last is also
-        # scored on the subset (``server_acc_subset``, runs since 2026-12-04), and the fall is read on that one scale.
-        trend = [*server[:-1], _finite(last.get("server_acc_subset", server[-1]))]
-        finite = [(i, acc) for i, acc in enumerate(trend) if math.isfinite(acc)]
+        # The best round and the fall after it on one test set (runs before 2026-12-04 have no subset figure for
+        # the last round: theirs mix the subset and the whole set).
+        finite = [(i, acc) for i, acc in enumerate(server_trend(result["rounds"])) if math.isfinite(acc)]
         best_index, best = max(finite, key=lambda pair: pair[1]) if finite else (0, math.nan)
-        after = [acc for _, acc in finite[best_index + 1 :]] if finite else []
+        after = [acc for i, acc in finite if i > best_index]
         return {
             "server_final": server[-1],
             "server_best": best,

@@ -21,6 +21,7 @@ than sending weights. Both claims need a reference point built from the *same* f
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -135,7 +136,8 @@ def run_transfer_only_server(
     -------
     list[dict[str, float | int]]
         Per round: ``round, server_acc, server_loss, n_self, n_cache, n_clients`` (always 0) ``, n_ce_only,
-        cache_size, uplink_bytes, downlink_bytes`` (both 0) ``, wall_seconds``.
+        cache_size, uplink_bytes, downlink_bytes`` (both 0) ``, wall_seconds``; the last round adds
+        ``server_acc_subset`` where the rounds before it were scored on a test subset.
     """
     federation = build_federation(cfg, data)
     server = build_server(cfg, federation)
@@ -156,6 +158,8 @@ def run_transfer_only_server(
             "downlink_bytes": 0,
             "wall_seconds": time.perf_counter() - start,
         }
+        if (trend := federation.trend_test_set(cfg, round)) is not None:  # the last round on the subset too
+            metrics["server_acc_subset"] = server.evaluate(*trend)
         rounds.append(metrics)
         if on_round is not None:
             on_round(metrics)
@@ -181,8 +185,9 @@ def run_pseudo_label_server(
     Returns
     -------
     list[dict[str, float | int]]
-        Per round: ``round, server_acc, server_loss, n_pseudo, pseudo_label_accuracy, uplink_bytes,
-        downlink_bytes`` (both 0) ``, wall_seconds``.
+        Per round: ``round, server_acc, server_loss, n_pseudo, pseudo_label_accuracy`` (NaN where none is kept)
+        ``, uplink_bytes, downlink_bytes`` (both 0) ``, wall_seconds``; the last round adds ``server_acc_subset``
+        where the rounds before it were scored on a test subset.
     """
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
@@ -227,11 +232,14 @@ def run_pseudo_label_server(
             "server_acc": accuracy(published, test_x, test_y),
             "server_loss": loss_sum / int(x.shape[0]),
             "n_pseudo": int(keep.sum()),
-            "pseudo_label_accuracy": float((pseudo[keep] == u_y[keep]).double().mean()) if keep.any() else 0.0,
+            # none kept: no accuracy to tell (it read 0.0 as if every kept label were wrong)
+            "pseudo_label_accuracy": float((pseudo[keep] == u_y[keep]).double().mean()) if keep.any() else math.nan,
             "uplink_bytes": 0,
             "downlink_bytes": 0,
             "wall_seconds": time.perf_counter() - start,
         }
+        if (trend := federation.trend_test_set(cfg, round)) is not None:  # the last round on the subset too
+            metrics["server_acc_subset"] = accuracy(published, *trend)
         rounds.append(metrics)
         if on_round is not None:
             on_round(metrics)

@@ -7,7 +7,7 @@ Both runtimes build their metric dicts with these functions, so the keys (flat, 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -125,3 +125,21 @@ def round_metrics(
         "wall_seconds": float(wall_seconds),
     }
     return metrics | dict(cost or {})
+
+
+def server_trend(rows: Sequence[Mapping[str, Any]]) -> list[float]:
+    """The server's accuracy per round on one test set, so that a best round compares like with like.
+
+    Rounds before the last are scored on a fixed test subset where ``evaluation.test_samples`` asks for one, and the
+    last on the whole test set; the last also reports its figure on the subset (``server_acc_subset``), which then
+    stands in for it here. A missing figure (an algorithm without a server model; ``None`` read back from JSON) is
+    NaN.
+    """
+    trend = [_finite_or_nan(row.get("server_acc")) for row in rows]
+    if rows and rows[-1].get("server_acc_subset") is not None:
+        trend[-1] = _finite_or_nan(rows[-1]["server_acc_subset"])
+    return trend
+
+
+def _finite_or_nan(value: Any) -> float:
+    return float(value) if value is not None and math.isfinite(float(value)) else math.nan
