@@ -390,6 +390,16 @@ EXTRAS: tuple[Extra, ...] = (
         settings=("alpha0.5",),
         seeds=(0,),
     ),
+    # DS-FL with the paper's entropy reduction aggregation (a softmax of the averaged probabilities) instead of
+    # fl-kd's default sharpening by a power (``strategy.era``).
+    Extra(
+        "dsfl_paper_era",
+        "dsfl, the paper's ERA (softmax of the average)",
+        "dsfl",
+        add=("strategy.era=softmax",),
+        settings=("alpha0.5",),
+        seeds=(0,),
+    ),
     # What the client bound, an SGD setting of every strategy, gives each peer and local-only training.
     *(
         Extra(
