@@ -173,8 +173,10 @@ def test_a_state_of_another_round_or_a_corrupted_one_is_refused_and_logged(
         strategy, _ = _resume(cfg, out_dir)
     assert "round-1.pt: saved for round 2, expected 1" in caplog.text
     assert "round-1.pt: unreadable" in caplog.text
-    assert "no train answer from node(s) [1000, 1007]" in caplog.text  # the two are left out, never mixed in
-    assert [row["n_missing"] for row in strategy.history] == [0, 2, 2]
+    # The two refuse, so their answers are rejected (not missing: their nodes replied), never mixed in.
+    assert "client error: ValueError: client 0 lost its state of round 1" in caplog.text
+    assert "client error: ValueError: client 1 lost its state of round 1" in caplog.text
+    assert [(row["n_rejected"], row["n_missing"]) for row in strategy.history] == [(0, 0), (2, 0), (2, 0)]
 
 
 def test_load_client_state_takes_exactly_the_round_client_and_run_it_was_saved_for(tmp_path: Path) -> None:

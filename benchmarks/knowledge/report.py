@@ -101,7 +101,9 @@ def _setup_lines(done: dict[Job, dict[str, Any]]) -> list[str]:
         f"{tier_text}; server `{config['device_profile']['server_model']}`.",
         "- FedGEMS here is fl-kd's selective distillation with every extension of the ablation below (the last row),",
         "  what `fl-kd-sim strategy=fedgems_plus` runs (the extensions: `fl_kd/kd/fedgems/extensions.py`);",
-        "  peers run their paper's mechanism with the defaults of `conf/strategy/`, untuned, on the same transfer set,",
+        "  peers run their paper's mechanism with the defaults of `conf/strategy/`, untuned, on the same transfer set",
+        "  (but DS-FL's aggregation: fl-kd's default sharpens the average by a power, the stronger peer here; the",
+        "  paper's softmax of the average is the row `dsfl, the paper's ERA (softmax of the average)`),",
         "  except these compute cuts (their defaults were set for a 300-sample transfer set): "
         + "; ".join(f"{peer} `{' '.join(o)}`" for peer, o in PEER_OVERRIDES.items())
         + "; and the clients of every peer and of local-only training bound their steps as FedGEMS' do"
