@@ -59,6 +59,7 @@ def test_a_good_checkpoint_round_trips(saved: Path) -> None:
         (lambda path, good: torch.save({"model": {"w": 1}}, path), "no model state_dict"),
     ],
 )
+@pytest.mark.filterwarnings("ignore:Validating sparse tensor invariants")  # torch's note on loading the sparse one
 def test_bad_checkpoints_name_the_file_and_leave_the_server_untouched(
     tmp_path: Path,
     saved: Path,
