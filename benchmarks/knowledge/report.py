@@ -115,7 +115,8 @@ def _setup_lines(done: dict[Job, dict[str, Any]]) -> list[str]:
         "  subset of the test set (`evaluation.test_samples=2000`); the last round, so every final figure, on all",
         "  10,000. Runs since 2026-12-04 score the last round's server on the subset too (`server_acc_subset`): their",
         "  best round and fall after it are read on the subset alone, those of earlier runs on the subset then the",
-        "  whole set.",
+        "  whole set. The server-alone baselines (`transfer_only`, `pseudo_label`) wrote no subset figure before",
+        "  2026-12-06 (f2fa0e6), so their rows' best round and fall are read across the two sets.",
         "- Per-client bytes are per round and per sampled client (all 20 are sampled every round).",
         "",
     ]
