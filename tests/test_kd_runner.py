@@ -153,3 +153,9 @@ def test_summary_and_config_validation() -> None:
     strategy = _config().strategy
     assert isinstance(strategy, FedGEMSConfig)
     assert math.isclose(strategy.server_config().epsilon, 0.75)
+
+
+def test_the_summarys_wall_seconds_are_the_rounds_as_in_the_flower_runtime() -> None:
+    """In-process they also held the federation's build, so fl-kd-table's wall column compared unlike times."""
+    result = run_inprocess(_config(rounds=2))
+    assert result.summary["wall_seconds"] == sum(float(row["wall_seconds"]) for row in result.rounds)
