@@ -57,7 +57,9 @@ _MODELS = ("model", "top", "bottom")
 _TOKEN = "token"
 _ON_NODE = "on-node"
 #: Where parties kept on the node (``training.party_state=node``) write their state: one folder per run and node.
-NODE_STATE_ROOT = Path(tempfile.gettempdir()) / "fl-kd-vfl-state"
+NODE_STATE_ROOT = Path(tempfile.gettempdir()) / f"fl-kd-vfl-state-{os.getuid() if hasattr(os, 'getuid') else 0}"
+#: A node's state folder is its user's alone: the label party's models and defence state sit in a shared ``/tmp``.
+PRIVATE = 0o700
 
 #: Parties this process saved last, by (run id, node id): the token of that save and the live party.
 _LIVE: dict[tuple[int, int], tuple[str, FeatureParty | LabelParty]] = {}
@@ -120,7 +122,7 @@ def save_alignment(context: Context, positions: Mapping[str, NDArray[np.int64]],
         return
     folder = node_state_folder(context)
     shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, mode=PRIVATE)
     _remove_stale_runs(folder.parent.parent)
     token = uuid.uuid4().hex
     arrays = {split: np.asarray(p, np.int64) for split, p in positions.items()}
@@ -344,7 +346,7 @@ def save_party(context: Context, party: FeatureParty | LabelParty, on_node: bool
 def _write_node_state(context: Context, token: str, previous: str | None, state: Mapping[str, Any]) -> None:
     """Write ``state`` as ``<token>.state`` (atomically) and remove every other save but ``previous``."""
     folder = node_state_folder(context)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True, mode=PRIVATE)
     skeleton, tensors = _pack(state)
     temporary = folder / f"{token}.tmp"
     temporary.write_bytes(len(skeleton).to_bytes(8, "little") + skeleton + tensors)

@@ -96,6 +96,9 @@ def test_bad_values_are_refused_naming_the_key(values: dict[str, Any], key: str)
         ({"strategy": {"name": "fedmd", "server_epochs": 0, "server_lr": 0.5}}, "server_lr=0.5 is not read with"),
         ({"strategy": {"name": "feddf", "distill_epochs": 0, "distill_lr": 0.5}}, "strategy.distill_lr=0.5 is not"),
         ({"strategy": {"name": "fedet", "transfer_epochs": 0, "transfer_lr": 0.5}}, "transfer_epochs=0"),
+        # FedGEMS ran these two as the default run while its config.yaml recorded them, as FedMD's once did
+        ({"strategy": {"server_epochs": 0, "server_lr": 0.5}}, "strategy.server_lr=0.5 is not read with"),
+        ({"strategy": {"server_epochs": 0, "server_ema": 0.9}}, "strategy.server_ema=0.9 is not read with"),
     ],
 )
 def test_a_setting_that_the_run_would_drop_is_refused(values: dict[str, Any], message: str) -> None:

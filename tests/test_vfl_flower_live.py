@@ -191,3 +191,13 @@ def test_setup_removes_the_node_folders_of_runs_untouched_for_a_day(tmp_path: An
     context = _trained_context()  # its setup runs under tmp_path
     assert not old.parent.exists() and (recent / "x.state").exists()
     assert vfl_party.node_state_folder(context).is_dir()
+
+
+def test_a_nodes_state_folder_is_its_users_alone(tmp_path: Any, monkeypatch: Any) -> None:
+    """The label party's models and defence state sit in a shared temporary folder; they were world-readable."""
+    import stat
+
+    monkeypatch.setattr(vfl_party, "NODE_STATE_ROOT", tmp_path)
+    context = _trained_context()
+    folder = vfl_party.node_state_folder(context)
+    assert stat.S_IMODE(folder.stat().st_mode) & 0o077 == 0 and any(folder.iterdir())

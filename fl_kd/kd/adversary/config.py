@@ -116,7 +116,8 @@ class AdversaryConfig:
         check_range("adversary.fraction", self.fraction, low=0.0, high=1.0)
         require(
             self.name != NONE or self.fraction == 0.0,
-            f"adversary.fraction={self.fraction} needs a behaviour: choose adversary.name (none has no attackers)",
+            f"adversary.fraction={self.fraction} needs a behaviour: choose one, e.g. adversary=label_flip (none has "
+            "no attackers)",
         )
         check_range("adversary.scale", self.scale, low=0.0, low_open=True)
         check_range("adversary.noise_std", self.noise_std, low=0.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fl_kd.config import absolute_path, check_choice, check_range, require
+from fl_kd.config import absolute_path, check_choice, check_range, require, require_defaults_unless
 from fl_kd.kd.algorithm import SGDStrategyConfig
 from fl_kd.kd.client import ClientTrainConfig
 from fl_kd.kd.fedgems.server_config import SelectionConfig, ServerDistillConfig
@@ -132,6 +132,8 @@ class FedGEMSConfig(SelectionConfig, SGDStrategyConfig):
         check_range("strategy.server_lr", self.server_lr, low=0.0, low_open=True)
         check_range("strategy.client_distill_epochs", self.client_distill_epochs, low=0)
         check_choice("strategy.logits_dtype", self.logits_dtype, LOGITS_DTYPES)
+        server = ("server_batch_size", "server_lr", "server_ema", "server_augment_shift", "server_augment_mirror")
+        require_defaults_unless(self, server, self.server_epochs > 0, "is not read with strategy.server_epochs=0")
         self.checkpoint = absolute_path(self.checkpoint)
         self.check_selection("strategy.")
         check_range("strategy.client_finetune_epochs", self.client_finetune_epochs, low=0)

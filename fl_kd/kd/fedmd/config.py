@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fl_kd.config import check_range, require
+from fl_kd.config import check_range, require, require_defaults_unless
 from fl_kd.kd.fedmd.public_logits import PublicLogitsConfig
 
 if TYPE_CHECKING:
@@ -73,10 +73,12 @@ class FedMDConfig(PublicLogitsConfig):
             self.pretrain_public is not True or experiment.transfer.labelled > 0,
             "strategy.pretrain_public trains on public labels: it needs transfer.labelled > 0",
         )
-        require(
-            self.pretrains(experiment.transfer.labelled) or self.pretrain_epochs == 5,
-            f"strategy.pretrain_epochs={self.pretrain_epochs} is used only where the clients pre-train on public "
-            "labels (strategy.pretrain_public, and a labelled transfer part)",
+        require_defaults_unless(
+            self,
+            ("pretrain_epochs",),
+            self.pretrains(experiment.transfer.labelled),
+            "is used only where the clients pre-train on public labels (strategy.pretrain_public, and a labelled "
+            "transfer part)",
         )
 
     def pretrains(self, labelled: int) -> bool:
