@@ -8,6 +8,7 @@ naming the ``deploy.*`` key.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from fl_kd.config import ConfigError, check_choice, check_range, from_mapping, require
+from fl_kd.config import ConfigError, check_choice, check_range, from_mapping, require, require_defaults_unless
 from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.federation import sample_clients
 from fl_kd.kd.progress import PROGRESS_DIR, PROGRESS_FILE
@@ -125,6 +126,9 @@ def split_deploy_settings(cfg: DictConfig | dict[str, Any]) -> tuple[ExperimentC
     raw = plain(cfg)
     settings = from_mapping(DeploySettings, raw.pop(DEPLOY_KEY, None) or {}, key=DEPLOY_KEY)
     experiment = experiment_config(raw) if settings.resume is None else saved_experiment(Path(settings.resume))
+    if settings.resume is None:  # the simulation's runtime: a deployment runs real SuperNodes and reads none of it
+        keys = [field.name for field in dataclasses.fields(experiment.simulation)]
+        require_defaults_unless(experiment.simulation, keys, False, "is not read by fl-kd-deploy", "simulation.")
     sampled = len(sample_clients(experiment.num_clients, experiment.strategy.fraction_fit, experiment.seed, 1))
     if settings.min_clients > sampled:
         raise ConfigError(

@@ -53,6 +53,9 @@ def test_a_config_without_deploy_node_takes_the_defaults() -> None:
         (("deploy.node_data=disk",), r"deploy\.node_data='disk' is not one of folder, dataset"),
         (("deploy.tls=false", "deploy.auth=true"), r"deploy\.auth=true needs TLS"),
         (("strategy.rounds=0",), r"strategy\.rounds"),  # the experiment config is still checked
+        # composed with the main config, read by no deployment: accepted and recorded, it changed nothing
+        (("simulation.num_cpus=8",), r"simulation\.num_cpus=8 is not read by fl-kd-deploy"),
+        (("simulation.backend=inprocess",), r"simulation\.backend=inprocess is not read by fl-kd-deploy"),
     ],
 )
 def test_deploy_setting_mistakes_are_one_config_error_naming_the_key(overrides: tuple[str, ...], message: str) -> None:

@@ -7,6 +7,7 @@ certificates, the settings and the process supervision have their own test modul
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import socket
@@ -17,6 +18,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
+from fl_kd.runtime import SimulationConfig
 from fl_kd.simulations.deploy import RoundTail, run_deployment, split_deploy_settings
 from fl_kd.simulations.health import probe
 from fl_kd.simulations.loopback import (
@@ -115,9 +117,8 @@ def test_loopback_deployment_over_tls_matches_the_in_process_runner(tmp_path: Pa
                 ssl.create_default_context().wrap_socket(raw, server_hostname=host).close()
 
     deployed = run_deployment(experiment, run_dir, settings, on_ready=on_ready, echo=False)
-    inprocess = run_experiment(
-        split_deploy_settings(_compose(*TINY, "simulation.backend=inprocess"))[0], tmp_path / "inprocess"
-    )
+    same = dataclasses.replace(experiment, simulation=SimulationConfig(backend="inprocess"))  # fl-kd-sim's runtime
+    inprocess = run_experiment(same, tmp_path / "inprocess")
 
     def strip(rows: list[dict]) -> list[dict]:
         return [{k: v for k, v in row.items() if k != "wall_seconds"} for row in rows]
