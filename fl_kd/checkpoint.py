@@ -60,12 +60,12 @@ def check_state_dict(model: nn.Module, state: Any, path: str | Path) -> dict[str
                 f"checkpoint {path}: {key} is a {saved.layout} tensor of {saved.dtype}, the model needs a dense one of "
                 f"{value.dtype}"
             )
-        if tuple(state[key].shape) != tuple(value.shape):
+        if tuple(saved.shape) != tuple(value.shape):
             raise CheckpointError(
-                f"checkpoint {path}: {key} has shape {tuple(state[key].shape)}, the model needs {tuple(value.shape)} "
+                f"checkpoint {path}: {key} has shape {tuple(saved.shape)}, the model needs {tuple(value.shape)} "
                 "(another architecture, dataset or number of classes)"
             )
-        if state[key].is_floating_point() and not torch.isfinite(state[key]).all():
+        if saved.is_floating_point() and not torch.isfinite(saved).all():
             raise CheckpointError(f"checkpoint {path}: {key} holds NaN or inf")
     return dict(state)
 

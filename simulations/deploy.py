@@ -123,7 +123,8 @@ def _deploy(
     # What fl-kd-sim checks before Flower starts: an unusable device, a missing dataset or a bad checkpoint is one
     # clear error here, not a ServerApp's traceback once the whole deployment is up.
     check_device_available(experiment.device)
-    algorithm.build_server(experiment, build_federation(experiment))
+    federation = build_federation(experiment)
+    algorithm.build_server(experiment, federation)
     deploy_dir = out_dir / "deploy"
     if settings.resume is not None:
         set_aside = _set_aside_attempt(deploy_dir)
@@ -150,7 +151,7 @@ def _deploy(
 
     started = time.monotonic()
     if settings.node_data == "folder":
-        node_configs = write_partition_folders(experiment, deploy_dir / "data")
+        node_configs = write_partition_folders(experiment, deploy_dir / "data", federation)
     else:
         node_configs = dataset_node_configs(experiment)
     deployment = LoopbackDeployment(deploy_dir, out_dir / ".flwr", experiment.num_clients, settings, node_configs)

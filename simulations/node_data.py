@@ -17,7 +17,7 @@ from pathlib import Path
 from fl_kd.config import ConfigError
 from fl_kd.data.node_local import DATA_DIR, DATASET, DEVICE_TIER, write_node_data
 from fl_kd.kd.config import ExperimentConfig
-from fl_kd.kd.federation import build_federation
+from fl_kd.kd.federation import Federation, build_federation
 from fl_kd.simulations.cli import user_errors_exit
 
 NodeConfig = dict[str, str | int]
@@ -28,13 +28,16 @@ def client_folder(root: Path, client_id: int) -> Path:
     return root / f"client-{client_id}"
 
 
-def write_partition_folders(experiment: ExperimentConfig, root: Path) -> list[NodeConfig]:
+def write_partition_folders(
+    experiment: ExperimentConfig, root: Path, federation: Federation | None = None
+) -> list[NodeConfig]:
     """Write every client's partition (and nothing else) to its folder; return each node's config beyond its id.
 
     The folders hold the training rows of the client in simulation order, so a node reading one trains exactly
     as the simulated client does. The transfer set is not written: every node derives it from the public dataset.
+    ``federation`` is ``experiment``'s, where the caller has built it already.
     """
-    federation = build_federation(experiment)
+    federation = build_federation(experiment) if federation is None else federation
     configs: list[NodeConfig] = []
     for client_id in range(federation.num_clients):
         x, y = federation.client_data(client_id)
