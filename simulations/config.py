@@ -18,6 +18,7 @@ from fl_kd.kd.adversary import ADVERSARIES, AdversaryConfig
 from fl_kd.kd.algorithm import StrategyConfig, available_strategies, get_algorithm
 from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.fedgems.extensions import PLUS, fedgems_plus
+from fl_kd.models.presets import DEVICE_PROFILES
 from fl_kd.partition.config import PartitionConfig
 from fl_kd.simulations.schema import store_schema, store_shared_schemas, to_core
 
@@ -35,8 +36,8 @@ ADVERSARY_GROUP = "adversary"
 
 
 def register_schemas() -> None:
-    """Store the schema nodes ``conf/`` extends: top-level settings, dataset, partition, simulation, strategies,
-    adversaries."""
+    """Store the schema nodes ``conf/`` extends: top-level settings, dataset, partition, simulation, device profiles,
+    strategies, adversaries."""
     top: dict[str, Any] = {}
     for f in fields(ExperimentConfig):
         if f.name in GROUPS or f.name == ADVERSARY_GROUP:
@@ -48,6 +49,8 @@ def register_schemas() -> None:
     store_schema("experiment", top)
     store_shared_schemas()
     store_schema("partition", PartitionConfig())
+    for name, profile in DEVICE_PROFILES.items():
+        store_schema("device_profile", profile, name=name)
     for name in available_strategies():
         store_schema("strategy", get_algorithm(name).config_class(name=name), name=name)
     for name, preset in STRATEGY_PRESETS.items():

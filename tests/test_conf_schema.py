@@ -18,7 +18,7 @@ from fl_kd.kd.adversary import ADVERSARIES
 from fl_kd.kd.adversary.config import DEFAULT_FRACTION, AdversaryConfig
 from fl_kd.kd.algorithm import get_algorithm
 from fl_kd.kd.config import ExperimentConfig
-from fl_kd.models import DeviceTier
+from fl_kd.models.presets import DEVICE_PROFILES
 from fl_kd.partition.config import PartitionConfig
 from fl_kd.runtime import SimulationConfig
 from fl_kd.simulations.config import GROUPS, STRATEGY_PRESETS, experiment_config
@@ -53,11 +53,9 @@ def _group_files() -> list[tuple[str, Path]]:
 def test_every_key_is_a_core_field_and_no_default_is_repeated(group: str, path: Path) -> None:
     settings = _settings(path)
     if group == "device_profile":
-        # A profile is data (which tiers exist), not defaults: its keys must still be core fields.
-        assert set(settings) == {"name", "server_model", "tiers"}
-        tier_fields = {f.name for f in fields(DeviceTier)} - {"name"}
-        for tier, values in settings["tiers"].items():
-            assert set(values) <= tier_fields, f"{path.name}: tier {tier} has keys {set(values) - tier_fields}"
+        # A named profile is declared once, in fl_kd.models.presets; its option file only extends it.
+        assert not settings, f"{path.name} sets {set(settings)}; they live in DEVICE_PROFILES[{path.stem!r}]"
+        assert "defaults" in yaml.safe_load(path.read_text()), f"{path.name} must extend its schema node"
         return
     if group == "strategy" and path.stem in STRATEGY_PRESETS:
         # A preset's defaults are its core config (a registered algorithm with other settings), not the class's.
@@ -108,3 +106,25 @@ def test_an_adversary_option_is_its_behaviours_core_defaults(path: Path) -> None
     assert experiment_config(composed).adversary == AdversaryConfig.defaults(path.stem)
     expected_fraction = 0.0 if path.stem == "none" else DEFAULT_FRACTION
     assert AdversaryConfig.defaults(path.stem).fraction == expected_fraction
+
+
+def test_every_device_profile_option_composes_to_its_core_profile() -> None:
+    options = sorted(path.stem for path in (CONF / "device_profile").glob("*.yaml"))
+    assert options == sorted(DEVICE_PROFILES)
+    for name in options:
+        with initialize_config_module(config_module="fl_kd.conf", version_base=None):
+            composed = compose(config_name="config", overrides=[f"device_profile={name}"])
+        assert experiment_config(composed).device_profile == DEVICE_PROFILES[name]
+
+
+def test_one_field_of_a_named_profile_can_be_overridden() -> None:
+    overrides = [
+        "device_profile.tiers.low.share=0.5",
+        "device_profile.tiers.mid.share=0.3",
+        "device_profile.tiers.high.lr=0.01",
+    ]
+    with initialize_config_module(config_module="fl_kd.conf", version_base=None):
+        composed = compose(config_name="config", overrides=overrides)
+    profile = experiment_config(composed).device_profile
+    assert (profile.tier("low").share, profile.tier("mid").share, profile.tier("high").lr) == (0.5, 0.3, 0.01)
+    assert profile.tier("high").model == DEVICE_PROFILES["three_tier"].tier("high").model

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -25,8 +23,8 @@ from fl_kd.models import (
     simulated_seconds,
     tier_counts,
 )
+from fl_kd.models.presets import DEVICE_PROFILES
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "device_profile"
 IMAGE_SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
 CNN_CLIENTS = ["cnn_tiny", "cnn_small", "cnn_medium"]
 MLP_CLIENTS = ["mlp_tiny", "mlp_small", "mlp_medium"]
@@ -47,12 +45,6 @@ def three_tier(**overrides: float) -> DeviceProfile:
 def profile_with(*shares: float) -> DeviceProfile:
     tiers = tuple(DeviceTier(f"t{i}", "mlp_tiny", share) for i, share in enumerate(shares))
     return DeviceProfile("p", "mlp_server", tiers)
-
-
-def load_yaml(path: Path) -> DictConfig:
-    node = OmegaConf.load(path)
-    assert isinstance(node, DictConfig)
-    return node
 
 
 # --- model zoo ---------------------------------------------------------------------------------------------
@@ -144,7 +136,7 @@ def test_every_server_kernel_tap_gets_gradient(shape: tuple[int, ...]) -> None:
 
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28)])
 def test_wide_cnn_server_is_the_fmnist_profiles_server_and_dwarfs_its_tiers(shape: tuple[int, ...]) -> None:
-    profile = DeviceProfile.from_dict(load_yaml(CONF_DIR / "three_tier_fmnist.yaml"))
+    profile = DEVICE_PROFILES["three_tier_fmnist"]
     assert profile.server_model == "cnn_server"
     assert [t.model for t in profile.tiers] == CNN_CLIENTS
     server = build_model("cnn_server", shape, 10, seed=0)
@@ -288,20 +280,17 @@ def test_bad_profile_structure_raises() -> None:
         DeviceProfile.from_dict({"name": "x", "server_model": "mlp_server", "tiers": {}, "seed": 1})
 
 
-@pytest.mark.parametrize("path", sorted(CONF_DIR.glob("*.yaml")), ids=lambda p: p.stem)
-def test_yaml_profiles_load(path: Path) -> None:
-    node = OmegaConf.load(path)
-    assert isinstance(node, DictConfig)
-    container = OmegaConf.to_container(node, resolve=True)
-    assert isinstance(container, dict)
-    profile = DeviceProfile.from_dict(container)
-    assert profile.name == path.stem
-    assert DeviceProfile.from_dict(node) == profile  # a DictConfig is a Mapping too
-    assert profile.to_dict() == container  # every field is written out, so the YAML is the whole truth
+@pytest.mark.parametrize("name", sorted(DEVICE_PROFILES))
+def test_named_profiles_round_trip_through_a_mapping(name: str) -> None:
+    profile = DEVICE_PROFILES[name]
+    assert profile.name == name
+    written = profile.to_dict()
+    assert DeviceProfile.from_dict(written) == profile
+    assert DeviceProfile.from_dict(OmegaConf.create(written)) == profile  # a DictConfig is a Mapping too
 
 
-def test_yaml_profiles_have_the_promised_tiers() -> None:
-    load = {p.stem: DeviceProfile.from_dict(load_yaml(p)) for p in CONF_DIR.glob("*.yaml")}
+def test_named_profiles_have_the_promised_tiers() -> None:
+    load = DEVICE_PROFILES
     assert set(load) >= {"three_tier", "three_tier_mlp", "homogeneous"}
     summary = [(t.name, t.model, t.share) for t in load["three_tier"].tiers]
     assert summary == [("low", "cnn_tiny", 0.4), ("mid", "cnn_small", 0.4), ("high", "cnn_medium", 0.2)]
@@ -312,9 +301,9 @@ def test_yaml_profiles_have_the_promised_tiers() -> None:
         assert all(t.compute_speed is not None and t.bandwidth_mbps is not None for t in profile.tiers)
 
 
-def test_hydra_style_override_of_one_field() -> None:
+def test_mapping_style_override_of_one_field() -> None:
     node = OmegaConf.merge(
-        load_yaml(CONF_DIR / "three_tier.yaml"),
+        OmegaConf.create(DEVICE_PROFILES["three_tier"].to_dict()),
         OmegaConf.from_dotlist(["tiers.low.share=0.5", "tiers.mid.share=0.3", "tiers.high.lr=0.01"]),
     )
     assert isinstance(node, DictConfig)

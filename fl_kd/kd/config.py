@@ -67,7 +67,7 @@ class ExperimentConfig:
     Attributes
     ----------
     device_profile : DeviceProfile
-        Server model and client tiers (``conf/device_profile/*.yaml``).
+        Server model and client tiers (named ones: :data:`fl_kd.models.DEVICE_PROFILES`, ``device_profile=<name>``).
     dataset, partition, strategy, simulation
         The config groups of the same names.
     transfer : TransferConfig

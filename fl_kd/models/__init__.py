@@ -4,6 +4,7 @@ Edge clients train small architectures chosen by their device tier; the server t
 logits move between them, so architectures differ freely and are looked up by name in one registry.
 """
 
+from fl_kd.models.presets import DEVICE_PROFILES
 from fl_kd.models.profiles import (
     REFERENCE_SAMPLES_PER_SECOND,
     SHARE_TOLERANCE,
@@ -31,6 +32,7 @@ from fl_kd.models.zoo import (
 )
 
 __all__ = [
+    "DEVICE_PROFILES",
     "REFERENCE_SAMPLES_PER_SECOND",
     "SHARE_TOLERANCE",
     "DeviceProfile",
