@@ -26,6 +26,7 @@ from fl_kd.kd.adversary import (
     malicious_clients,
     malicious_of,
 )
+from fl_kd.kd.adversary.config import malicious_count
 from fl_kd.kd.algorithm import get_algorithm
 from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.federation import Federation, build_federation
@@ -215,6 +216,11 @@ def test_coordinated_liars_poison_the_same_samples_with_the_same_wrong_class() -
     assert 0.25 < lied[0].mean() < 0.35
     np.testing.assert_array_equal(a[lied[0]].argmax(axis=1), b[lied[0]].argmax(axis=1))  # the same wrong class
     assert not np.any(a[lied[0]].argmax(axis=1) == honest[lied[0]].argmax(axis=1))  # never its own prediction
+    # The shared wrong class is uniform over the other classes (no class after the own one drawn twice as often).
+    own = np.zeros(30000, dtype=np.int64)
+    named = behaviour.wrong_classes(own, np.random.default_rng(0), np.arange(30000))
+    share = np.bincount(named, minlength=10)[1:] / own.size
+    assert np.abs(share - 1 / 9).max() < 0.01, share
     # The same clients without coordination draw their own rows and classes: they agree only by chance.
     c, d = outs[False]
     mine, theirs = ~np.all(c == honest, axis=1), ~np.all(d == honest + 0.01, axis=1)
@@ -477,3 +483,10 @@ def test_a_malicious_client_is_scored_as_the_honest_one_on_both_test_sets(monkey
     x, y = federation("fedgems").personalised_test(0)
     assert (malicious.evaluate(x, y), malicious.evaluate_personal(x, y)) == (0.25, 0.75)
     assert malicious.evaluated_model() is malicious.honest.evaluated_model()
+
+
+def test_the_malicious_count_rounds_halves_up_as_the_fraction_is_written() -> None:
+    """``round(fraction * num_clients)``, halves up, in decimals: 0.29 of 50 is 14.5, so 15 (in binary, 14.4999)."""
+    assert [malicious_count(50, 0.29), malicious_count(25, 0.58), malicious_count(90, 0.35)] == [15, 15, 32]
+    assert [malicious_count(20, 0.3), malicious_count(20, 0.5), malicious_count(20, 0.1)] == [6, 10, 2]
+    assert malicious_count(10, 0.04) == 0 and malicious_count(10, 0.05) == 1 and malicious_count(3, 1.0) == 3

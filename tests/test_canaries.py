@@ -9,18 +9,36 @@ import torch
 
 from fl_kd.config import ConfigError
 from fl_kd.kd.fedgems import SelectiveDistillServer
-from fl_kd.kd.fedgems.canaries import CanaryScreen, canary_indices, shortfall_z
+from fl_kd.kd.fedgems.canaries import CanaryScreen, canary_indices, canary_secret, shortfall_z
 from fl_kd.kd.runner import run_inprocess
 from tests.kd_configs import learned_trust_server, resumed_from_checkpoint, tiny_config
 
 
-def test_canaries_are_a_seeded_subset_of_the_unlabelled_part() -> None:
-    first = canary_indices(100, 20, seed=3)
+def test_canaries_are_a_subset_of_the_unlabelled_part_keyed_by_seed_and_secret() -> None:
+    first = canary_indices(100, 20, seed=3, secret=11)
     assert first.size == 20 and np.all(np.diff(first) > 0) and first.min() >= 0 and first.max() < 100
-    np.testing.assert_array_equal(first, canary_indices(100, 20, seed=3))
-    assert not np.array_equal(first, canary_indices(100, 20, seed=4))
+    np.testing.assert_array_equal(first, canary_indices(100, 20, seed=3, secret=11))
+    assert not np.array_equal(first, canary_indices(100, 20, seed=4, secret=11))
+    assert not np.array_equal(first, canary_indices(100, 20, seed=3, secret=12))
+    assert not np.array_equal(first, canary_indices(100, 20, seed=3, secret=11 + 2**32))  # both words count
     with pytest.raises(ValueError, match="canaries"):
-        canary_indices(100, 100, seed=0)
+        canary_indices(100, 100, seed=0, secret=0)
+
+
+def test_a_client_with_the_seed_but_not_the_slices_labels_cannot_recompute_the_canaries() -> None:
+    """Every client has the run config, seed included; the key also needs every label of the reliability slice."""
+    server = learned_trust_server(60, canaries=20)
+    assert server.options.canaries is not None and server.options.held_out is not None
+    truth = server.transfer_y[server.options.held_out]
+    mask = server.options.canaries.mask
+    np.testing.assert_array_equal(
+        np.flatnonzero(mask), canary_indices(mask.size, 20, server.seed, canary_secret(truth))
+    )
+    guess = truth.clone()
+    guess[0] = (guess[0] + 1) % 4  # one label of the slice wrong
+    assert not np.array_equal(np.flatnonzero(mask), canary_indices(mask.size, 20, server.seed, canary_secret(guess)))
+    with pytest.raises(ValueError, match="reliability slice"):
+        canary_secret(torch.zeros(0, dtype=torch.long))
 
 
 def test_the_shortfall_is_a_two_proportion_z_and_zero_without_evidence() -> None:
@@ -33,7 +51,7 @@ def test_the_shortfall_is_a_two_proportion_z_and_zero_without_evidence() -> None
 
 def test_the_screen_flags_the_client_that_lies_only_on_unlabelled_samples() -> None:
     labels = torch.arange(200) % 4
-    screen = CanaryScreen(labels, count=60, seed=0, z=3.0)
+    screen = CanaryScreen(labels, count=60, seed=0, secret=5, z=3.0)
     positions = np.arange(200)
     truth = np.eye(4, dtype=np.float32)[labels.numpy()]
     lie = np.eye(4, dtype=np.float32)[(labels.numpy() + 1) % 4]

@@ -59,9 +59,22 @@ def test_the_rules_compute_what_flowers_robust_strategies_compute() -> None:
         ROBUST_RULES.get("krum")(WITH_OUTLIER, COUNTS, settings).value, flat(aggregate_krum(results, 1, 0))
     )
     multi = RobustSettings(num_malicious=1, num_selected=3)
+    equal = [(arrays, 1) for arrays, _ in results]  # Multi-Krum's kept answers count alike (Flower's: by count)
     np.testing.assert_allclose(
-        ROBUST_RULES.get("multi_krum")(WITH_OUTLIER, COUNTS, multi).value, flat(aggregate_krum(results, 1, 3))
+        ROBUST_RULES.get("multi_krum")(WITH_OUTLIER, COUNTS, multi).value, flat(aggregate_krum(equal, 1, 3))
     )
+
+
+def test_multi_krum_gives_a_kept_answer_no_more_weight_for_claiming_more_samples() -> None:
+    honest = 1.0 + 0.01 * RNG.standard_normal((8, 50))
+    inside = honest.mean(axis=0) - 0.005  # close to the others, so Krum keeps it; its claim is 20x theirs
+    values = np.vstack([honest, inside, inside])
+    claims = np.array([2500.0] * 8 + [50000.0] * 2)
+    fused = ROBUST_RULES.get("multi_krum")(values, claims, RobustSettings(num_malicious=2))
+    kept = fused.client_weights > 0
+    assert kept[8:].all() and kept.sum() == 8
+    np.testing.assert_allclose(fused.client_weights[kept], 1 / 8)
+    np.testing.assert_allclose(fused.value, values[kept].mean(axis=0))
 
 
 def test_robust_average_keeps_names_shapes_and_dtype() -> None:
@@ -88,7 +101,14 @@ def test_logit_rules_resist_an_outlying_client_and_trust_ignores_a_confident_lia
         assert fused.client_weights[4] < (0.2 if rule in ("median", "trimmed_mean") else 1e-12), rule
     # Without labels trust falls back on the precision measured nowhere: every client counts the same.
     unknown = LOGIT_AGGREGATIONS.get("trust")(values, np.full(40, -1), RobustSettings())
-    np.testing.assert_allclose(unknown.client_weights.sum(), 1.0)
+    np.testing.assert_allclose(unknown.client_weights, np.full(5, 0.2))
+    # A sample without its label (-1) measures nobody: with half of them labelled, the labelled half fuses as it
+    # does alone, by the trust measured on that half.
+    half = np.where(np.arange(40) < 20, labels, -1)
+    np.testing.assert_allclose(
+        LOGIT_AGGREGATIONS.get("trust")(values, half, RobustSettings()).logits[:20],
+        LOGIT_AGGREGATIONS.get("trust")(values[:, :20], labels[:20], RobustSettings()).logits,
+    )
 
 
 def test_aggregation_is_a_checked_strategy_setting() -> None:

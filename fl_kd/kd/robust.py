@@ -3,7 +3,8 @@
 Coordinate-wise median and trimmed mean: Yin, Chen, Ramchandran and Bartlett, "Byzantine-Robust Distributed
 Learning: Towards Optimal Statistical Rates", ICML 2018. Krum and Multi-Krum: Blanchard, El Mhamdi, Guerraoui and
 Stainer, "Machine Learning with Adversaries: Byzantine Tolerant Gradient Descent", NeurIPS 2017. The arithmetic is
-that of Flower's ``FedMedian``, ``FedTrimmedAvg``, ``Krum`` and ``MultiKrum`` (``flwr.serverapp.strategy``),
+that of Flower's ``FedMedian``, ``FedTrimmedAvg``, ``Krum`` and ``MultiKrum`` (``flwr.serverapp.strategy``), but
+for Multi-Krum's average of the answers it keeps, which weighs them alike rather than by their claimed sample counts,
 re-implemented here on plain arrays because the core runs without Flower and the same rules serve logits and
 weights alike.
 
@@ -186,10 +187,9 @@ def _krum(values: Matrix, sample_weights: Matrix, num_malicious: int, num_select
     chosen = np.argsort(scores, kind="stable")[: max(1, min(num_selected, values.shape[0]))]
     mask = np.zeros(values.shape[0])
     mask[chosen] = 1.0
-    weights = sample_weights * mask
-    if weights.sum() <= 0:
-        weights = mask
-    return _weighted_mean(values, weights)
+    # The kept answers count alike, as in Blanchard et al.: weighted by their claimed sample counts (as Flower's
+    # MultiKrum weighs them), a liar that stays close enough to be kept would take the average by claiming more.
+    return _weighted_mean(values, mask)
 
 
 @ROBUST_RULES.register("krum")
@@ -200,7 +200,8 @@ def krum(values: Matrix, sample_weights: Matrix, settings: RobustSettings) -> Ag
 
 @ROBUST_RULES.register("multi_krum")
 def multi_krum(values: Matrix, sample_weights: Matrix, settings: RobustSettings) -> Aggregate:
-    """The sample-weighted mean of the ``m`` best Krum scores (``m = num_selected``, or ``K - f`` when 0)."""
+    """The mean of the ``m`` answers with the best Krum scores (``m = num_selected``, or ``K - f`` when 0, so with
+    ``f = 0`` too it keeps every answer: the plain mean, the honest point of a sweep over ``f``)."""
     selected = settings.num_selected or values.shape[0] - settings.num_malicious
     if settings.num_selected >= values.shape[0]:
         warnings.warn(

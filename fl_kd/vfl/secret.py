@@ -19,34 +19,18 @@ picks a stream of draws under the secret (:func:`defence_seed`).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from torch import Tensor
+
+from fl_kd.secret import secret_of, tensor_bytes
 
 #: Node-config key of a file holding the label party's secret (its bytes, as they are).
 LABEL_SECRET_FILE = "label-secret-file"
 #: Node-config key of the label party's secret itself (any string or number).
 LABEL_SECRET = "label-secret"
-#: Bits of a secret: small enough for ``torch.Generator.manual_seed`` and NumPy's uint64 key arithmetic.
-SECRET_BITS = 62
-
-
-def secret_of(*parts: bytes) -> int:
-    """A ``SECRET_BITS``-bit number from ``parts`` (SHA-256; each part length-prefixed so no two lists collide)."""
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(len(part).to_bytes(8, "little"))
-        digest.update(part)
-    return int.from_bytes(digest.digest()[:8], "little") >> (64 - SECRET_BITS)
-
-
-def _tensor_bytes(tensor: Tensor) -> bytes:
-    array = np.ascontiguousarray(tensor.detach().cpu().numpy())
-    return f"{array.dtype.str}{array.shape}".encode() + array.tobytes()
 
 
 def data_secret(labels: Tensor, features: Tensor | None = None) -> int:
@@ -54,9 +38,9 @@ def data_secret(labels: Tensor, features: Tensor | None = None) -> int:
 
     Only the label party holds these (its own feature columns ``(N, F_a)``, when it has any, add to the labels).
     """
-    parts = [b"fl-kd label party data", _tensor_bytes(labels)]
+    parts = [b"fl-kd label party data", tensor_bytes(labels)]
     if features is not None:
-        parts.append(_tensor_bytes(features))
+        parts.append(tensor_bytes(features))
     return secret_of(*parts)
 
 

@@ -34,6 +34,8 @@ _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 
 #: The key colluding clients share (``adversary.coordinated``): agreed among themselves, unknown to the server.
 _COLLUSION_KEY = 0xC0_11_0DE
+#: A second key of theirs, for the wrong class they name where the first choice is their own class.
+_SECOND_CHOICE_KEY = _COLLUSION_KEY + 1
 
 
 class Behaviour:
@@ -125,8 +127,12 @@ class Behaviour:
         so clients that agree on ``classes`` there name the same wrong class.
         """
         if self.config.coordinated and positions is not None:
-            wrong = (shared_uniforms(positions)[:, 1] * self.num_classes).astype(np.int64)
-            return np.where(wrong == classes, (wrong + 1) % self.num_classes, wrong)
+            # A shared first choice, and a shared second one for the clients whose own class the first is: every
+            # colluder that agrees on ``classes`` names the same class, and each other class has chance 1 / (C - 1)
+            # (1/C as first choice, 1/C * 1/(C-1) as second), where "first choice + 1" gave the next class 2/C.
+            first = (shared_uniforms(positions)[:, 1] * self.num_classes).astype(np.int64)
+            second = (shared_uniforms(positions, _SECOND_CHOICE_KEY)[:, 0] * (self.num_classes - 1)).astype(np.int64)
+            return np.where(first == classes, (first + 1 + second) % self.num_classes, first)
         offset = 1 + rng.integers(0, self.num_classes - 1, size=classes.shape[0])
         return (classes + offset) % self.num_classes
 
@@ -153,12 +159,13 @@ class Behaviour:
         return labels
 
 
-def shared_uniforms(positions: NDArray[Any]) -> NDArray[np.float64]:
-    """Two uniform numbers per transfer position ``(n, 2)``, the same for every colluding client and every round."""
+def shared_uniforms(positions: NDArray[Any], key: int = _COLLUSION_KEY) -> NDArray[np.float64]:
+    """Two uniform numbers per transfer position ``(n, 2)``, the same for every colluding client and every round
+    (another ``key``: another pair)."""
     index = np.asarray(positions, dtype=np.int64).reshape(-1)
     size = int(index.max()) + 1 if index.size else 0
     # A generator's first k draws do not depend on how many follow, so every table agrees on the rows they share.
-    table = np.random.default_rng(_COLLUSION_KEY).random((size, 2))
+    table = np.random.default_rng(key).random((size, 2))
     return table[index]
 
 

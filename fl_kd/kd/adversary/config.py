@@ -7,6 +7,7 @@ ClientApp process, the metric side) names the same clients without being told; t
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -206,7 +207,8 @@ def malicious_count(num_clients: int, fraction: float) -> int:
     """How many of ``num_clients`` misbehave at ``fraction``: ``round(fraction * num_clients)``, halves up."""
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction must lie in [0, 1], got {fraction}")
-    return min(num_clients, int(np.floor(fraction * num_clients + 0.5)))
+    # In decimals as written (0.29 * 50 is 14.499999999999998 in binary floating point, and should give 15).
+    return min(num_clients, int(Decimal(repr(float(fraction))) * num_clients + Decimal("0.5")))
 
 
 def malicious_clients(seed: int, num_clients: int, fraction: float) -> tuple[int, ...]:

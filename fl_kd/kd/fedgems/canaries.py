@@ -3,9 +3,12 @@
 A trust score measured on labelled answers (per-class precision, the learned combiner) rates a client by the samples
 it knows are labelled. A client that knows the defence answers those honestly and poisons the unlabelled ones
 (``adversary=camouflage``): it is rated perfect and trusted most exactly where it lies. Canaries take that
-knowledge away. The server holds the labels of a seeded set of samples *of the unlabelled part*; they are queried
-like every other unlabelled sample (drawn into a round's subset at the same rate, at positions in the same range),
-so no client can tell them apart, and never distilled. A client's accuracy on the canaries it answered, pooled
+knowledge away. The server holds the labels of a set of samples *of the unlabelled part*; they are queried like
+every other unlabelled sample (drawn into a round's subset at the same rate, at positions in the same range), and
+never distilled. The set is drawn from the run's seed and a secret (:func:`canary_secret`): a digest of the
+reliability slice's labels, which the server holds and no client is ever given. Every client has the seed (the run
+config), so a set drawn from it alone would be one the attacker recomputes and answers honestly; with the secret,
+no client can tell the canaries apart. A client's accuracy on the canaries it answered, pooled
 over the rounds so far, is compared with its accuracy on the reliability slice (the held-out labelled samples,
 which it never trained on either): an honest client is about as accurate on both, a client that poisons a share
 ``p`` of its unlabelled answers is worse on the canaries by about ``p`` times its accuracy. One whose shortfall
@@ -28,15 +31,24 @@ from numpy.typing import NDArray
 from torch import Tensor
 
 from fl_kd.kd.seeding import SERVER_ID, derive_seed, torch_generator
+from fl_kd.secret import secret_of, secret_words, tensor_bytes
 
 Answers = Mapping[int, tuple[NDArray[Any], NDArray[Any]]]
 
 
-def canary_indices(num_unlabelled: int, count: int, seed: int) -> NDArray[np.int64]:
-    """Sorted unlabelled indices of the ``count`` canaries, drawn from ``(seed, "canaries")``."""
+def canary_secret(reference_labels: Tensor) -> int:
+    """The key of the canary draw: a digest of the reliability slice's labels ``(n,)``, which the server alone holds."""
+    if reference_labels.numel() == 0:
+        raise ValueError("canaries need a reliability slice whose labels key their draw; it is empty")
+    return secret_of(b"fl-kd canaries", tensor_bytes(reference_labels.long()))
+
+
+def canary_indices(num_unlabelled: int, count: int, seed: int, secret: int) -> NDArray[np.int64]:
+    """Sorted unlabelled indices of the ``count`` canaries, drawn from ``(seed, "canaries", secret)``."""
     if not 0 <= count < num_unlabelled:
         raise ValueError(f"canaries must be in [0, {num_unlabelled}) (the unlabelled part's size), got {count}")
-    order = torch.randperm(num_unlabelled, generator=torch_generator(derive_seed(seed, SERVER_ID, "canaries")))
+    key = derive_seed(seed, SERVER_ID, "canaries", *secret_words(secret))
+    order = torch.randperm(num_unlabelled, generator=torch_generator(key))
     return np.sort(order[:count].numpy()).astype(np.int64)
 
 
@@ -63,16 +75,18 @@ class CanaryScreen:
         Number of canaries.
     seed : int
         Base seed of the run.
+    secret : int
+        The server's secret (:func:`canary_secret`), which keys the draw with ``seed``.
     z : float
         A client whose canary accuracy falls short of its reliability-slice accuracy by more than ``z`` standard
         errors is screened out.
     """
 
-    def __init__(self, labels: Tensor, count: int, seed: int, z: float) -> None:
+    def __init__(self, labels: Tensor, count: int, seed: int, secret: int, z: float) -> None:
         if z <= 0:
             raise ValueError(f"z must be > 0, got {z}")
         self.z = z
-        indices = canary_indices(int(labels.shape[0]), count, seed)
+        indices = canary_indices(int(labels.shape[0]), count, seed, secret)
         self.mask = np.zeros(int(labels.shape[0]), dtype=bool)
         self.mask[indices] = True
         self.labels = np.full(int(labels.shape[0]), -1, dtype=np.int64)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from torch import Tensor
 
 from fl_kd.kd.consensus import ConsensusScreen
-from fl_kd.kd.fedgems.canaries import CanaryScreen
+from fl_kd.kd.fedgems.canaries import CanaryScreen, canary_secret
 
 if TYPE_CHECKING:
     from fl_kd.kd.fedgems.server_config import ServerDistillConfig
@@ -19,15 +19,24 @@ log = logging.getLogger(__name__)
 
 
 def build_screens(
-    config: ServerDistillConfig, num_classes: int, unlabelled_y: Tensor | None, num_unlabelled: int, seed: int
+    config: ServerDistillConfig,
+    num_classes: int,
+    unlabelled_y: Tensor | None,
+    num_unlabelled: int,
+    seed: int,
+    reference_labels: Tensor | None,
 ) -> tuple[CanaryScreen | None, ConsensusScreen | None]:
     """The canary and consensus screens ``config`` asks for (None where it asks for none), over ``num_unlabelled``
-    unlabelled samples whose labels ``unlabelled_y`` only the canaries use."""
+    unlabelled samples whose labels ``unlabelled_y`` only the canaries use; ``reference_labels``, the reliability
+    slice's, key the canaries' draw (:func:`~fl_kd.kd.fedgems.canaries.canary_secret`)."""
     canaries = None
     if config.canaries:
         if unlabelled_y is None:
             raise ValueError("canaries need unlabelled_trust and the labels of the unlabelled samples they hide")
-        canaries = CanaryScreen(unlabelled_y, config.canaries, seed, config.canary_z)
+        if reference_labels is None:
+            raise ValueError("canaries need a held-out reliability slice (reliability_on='held_out')")
+        secret = canary_secret(reference_labels)
+        canaries = CanaryScreen(unlabelled_y, config.canaries, seed, secret, config.canary_z)
     consensus = config.consensus_screen(num_classes) if num_unlabelled > 0 else None
     if consensus is not None and 0 < config.unlabelled_per_round < num_unlabelled:
         log.warning(
