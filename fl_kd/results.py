@@ -18,6 +18,8 @@ from fl_kd.plots import plot_run
 METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
 SUMMARY_JSON = "summary.json"
+SERVER_ERROR_JSON = "server_error.json"
+"""What a ServerApp that raised leaves in the run folder, for the command that launched it to report."""
 
 
 class RoundRecorder:
@@ -94,6 +96,22 @@ def finished_rounds(out_dir: Path | str, exit_code: int, rounds: int) -> list[di
     complete = [row["round"] for row in rows] == list(range(1, rounds + 1))
     summarised = summary.exists() and path.exists() and summary.stat().st_mtime_ns >= path.stat().st_mtime_ns
     return rows if exit_code == 0 and complete and summarised else None
+
+
+def record_server_error(out_dir: Path | str, error: BaseException, user_error: bool) -> None:
+    """Leave ``error`` in the run folder: Flower's ``flwr run`` exits 0 whatever the ServerApp raised, and its own
+    log holds the traceback among Flower's lines, where a user would not look for a setting to change."""
+    record = {"error_type": type(error).__name__, "message": str(error), "user_error": user_error}
+    (Path(out_dir) / SERVER_ERROR_JSON).write_text(json.dumps(record) + "\n")
+
+
+def server_error(out_dir: Path | str) -> dict[str, Any] | None:
+    """What :func:`record_server_error` left in ``out_dir``, or None (none left, or unreadable)."""
+    try:
+        record = json.loads((Path(out_dir) / SERVER_ERROR_JSON).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: Path | str) -> None:

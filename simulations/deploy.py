@@ -36,7 +36,7 @@ from fl_kd.kd.node_partitions import NODE_PARTITIONS_KEY, encode_node_partitions
 from fl_kd.kd.progress import CLIENT_STATE_DIR_KEY, folder_run_id
 from fl_kd.kd.protocol import OUTPUT_DIR_KEY, RUN_CONFIG_KEY, RUN_ID_KEY
 from fl_kd.kd.runner import summarise
-from fl_kd.results import METRICS_JSONL, finished_rounds, format_round_line, print_summary_table
+from fl_kd.results import METRICS_JSONL, finished_rounds, format_round_line, print_summary_table, server_error
 from fl_kd.runtime import check_device_available
 from fl_kd.simulations.cli import user_errors_exit
 from fl_kd.simulations.deploy_settings import DEPLOY_KEY, DeploySettings, split_deploy_settings
@@ -180,6 +180,9 @@ def _deploy(
     say(f"Deployment finished in {time.monotonic() - started:.1f} s")
 
     rows = finished_rounds(out_dir, code, experiment.strategy.rounds)
+    raised = server_error(out_dir) if rows is None else None
+    if raised is not None and raised.get("user_error"):
+        raise ConfigError(str(raised.get("message")))  # a setting to change: one line, as in a simulation
     if rows is None:
         raise DeploymentError(
             f"`flwr run` ended with exit code {code} before the ServerApp wrote its "

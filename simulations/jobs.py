@@ -7,8 +7,9 @@ jobs of the batch still run; then the basic sweeper reads every job's return val
 as a traceback with exit code 1. A ``SystemExit``, however, is no ``Exception``: ``sys.exit(2)`` of
 :func:`~fl_kd.simulations.cli.user_errors_exit` (a bad value in one job) would end the whole sweep at once.
 
-Here :func:`sweep_job` first removes an earlier run's outcome from the folder (in a single run too), then, in a
-multirun only, catches whatever a job raises, except
+Here :func:`sweep_job` first removes an earlier run's outcome from the folder (in a single run too). A single run
+that fails leaves ``failed.json`` in its folder and then fails as it would without it. In a multirun it catches
+whatever a job raises, except
 ``KeyboardInterrupt`` (Ctrl-C still stops the sweep): the job's folder gets ``failed.json`` (error, overrides,
 traceback), the console one line, and Hydra a normal return, so the next job starts. After each job, whatever
 is left of its Flower run is stopped once more (:func:`~fl_kd.simulations.flower_launcher.stop_leftovers`, also
@@ -37,7 +38,7 @@ from typing import Any, TypeVar
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
-from fl_kd.results import SUMMARY_JSON
+from fl_kd.results import SERVER_ERROR_JSON, SUMMARY_JSON
 from fl_kd.simulations.cli import USER_ERRORS
 from fl_kd.simulations.flower_launcher import stop_leftovers
 from fl_kd.vfl.protocol import RESULTS_FILE as VFL_RESULTS
@@ -130,12 +131,19 @@ def sweep_job(task: F) -> F:
         # Hydra has just rewritten .hydra/ for this job: an earlier run's outcome in the same folder is no longer
         # the outcome of the settings written there (fl-kd-table would show it under them), whether or not this
         # run gets as far as writing its own.
-        for stale in (FAILED_FILE, SUMMARY_JSON, VFL_RESULTS):
+        for stale in (FAILED_FILE, SUMMARY_JSON, SERVER_ERROR_JSON, VFL_RESULTS):
             (out_dir / stale).unlink(missing_ok=True)
-        if not in_multirun():
-            return task(*args, **kwargs)
-        job = int(hydra_cfg.job.num)
+        job = int(hydra_cfg.job.num) if in_multirun() else 0
         overrides = [str(o) for o in hydra_cfg.overrides.task]
+        if not in_multirun():
+            try:
+                return task(*args, **kwargs)
+            except (Exception, SystemExit) as error:
+                # The error itself ends the command as it would without this (one line for a user's mistake); the
+                # folder keeps what happened, so fl-kd-table shows a refused run as failed, not as still running.
+                if not (isinstance(error, SystemExit) and error.code in (0, None)):
+                    record_failure(out_dir, failure_of(error, job, overrides))
+                raise
         start = time.perf_counter()
         try:
             result = task(*args, **kwargs)

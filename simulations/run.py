@@ -18,7 +18,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from fl_kd.config import to_mapping
+from fl_kd.config import ConfigError, to_mapping
 from fl_kd.kd.algorithm import get_algorithm
 from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.federation import build_federation
@@ -33,6 +33,7 @@ from fl_kd.results import (
     format_round_line,
     print_summary_table,
     read_metrics,
+    server_error,
     write_outputs,
 )
 from fl_kd.runtime import check_device_available
@@ -124,9 +125,13 @@ def _run(experiment: ExperimentConfig, out_dir: Path) -> list[dict[str, Any]]:
     if rows is None:
         from fl_kd.strategies.kd_app import SERVER_LOG  # the ServerApp's module imports Flower: only when needed
 
+        raised = server_error(out_dir)
+        if raised is not None and raised.get("user_error"):
+            raise ConfigError(str(raised.get("message")))  # a setting to change: one line, as in-process
+        why = "" if raised is None else f" (the ServerApp raised {raised.get('error_type')}: {raised.get('message')})"
         raise RuntimeError(
             f"the Flower simulation ended with exit code {code} before writing its {experiment.strategy.rounds} rounds "
-            f"and its summary; "
+            f"and its summary{why}; "
             f"see {out_dir / FLOWER_LOG}, {out_dir / SERVER_LOG} and "
             f"{out_dir / '.flwr' / 'local-superlink' / 'superlink.log'}"
         )

@@ -9,7 +9,8 @@ run folder for per-round metrics, summary, plots and the final server state; a d
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from logging import INFO
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,8 @@ from fl_kd.kd.progress import ProgressError, load_progress
 from fl_kd.kd.round_policy import RoundPolicy
 from fl_kd.kd.runner import summarise
 from fl_kd.plots import run_title
-from fl_kd.results import RoundRecorder, format_round_line, write_outputs
+from fl_kd.results import SERVER_ERROR_JSON, RoundRecorder, format_round_line, record_server_error, write_outputs
+from fl_kd.simulations.cli import USER_ERRORS
 from fl_kd.strategies.console import quiet_flower_console
 from fl_kd.strategies.kd import KDStrategy
 from fl_kd.strategies.kd_rounds import run_rounds
@@ -63,6 +65,17 @@ def make_strategy(
     )
 
 
+@contextmanager
+def reported_errors(out_dir: Path) -> Iterator[None]:
+    """Leave what the rounds raised in the run folder (the launching command reports it), then let it end the app."""
+    (out_dir / SERVER_ERROR_JSON).unlink(missing_ok=True)
+    try:
+        yield
+    except Exception as error:
+        record_server_error(out_dir, error, isinstance(error, USER_ERRORS))
+        raise
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Build the federation's server side, run the rounds, and write the run folder."""
@@ -82,7 +95,7 @@ def main(grid: Grid, context: Context) -> None:
         recorder.record(row)
         print(format_round_line(row), flush=True)  # the one console line per round
 
-    with quiet_flower_console(out_dir / SERVER_LOG):
+    with quiet_flower_console(out_dir / SERVER_LOG), reported_errors(out_dir):
         pinned = node_partitions(context.run_config, cfg.num_clients)
         if pinned is not None:
             log(INFO, "Each partition is held by the node registered for it: %s", encode_node_partitions(list(pinned)))

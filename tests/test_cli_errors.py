@@ -48,6 +48,11 @@ def test_bad_values_give_one_line_and_exit_2(tmp_path: Path, override: str, expe
         ),
         (["device=cuda:99" if torch.cuda.is_available() else "device=cuda"], "error: device=cuda"),
         (["device=gpu"], "error: device must be a torch device such as cpu or cuda:0, got 'gpu'"),
+        # A server model that diverges stops the run with what to change (it crashed in the knowledge cache).
+        (
+            ["strategy.server_lr=100", "strategy.rounds=1", "simulation.backend=inprocess"],
+            "error: the server model diverged: its training loss is ",
+        ),
         *(
             [(["device=mps"], "error: device=mps, but this torch has no usable")]
             if not torch.backends.mps.is_available()

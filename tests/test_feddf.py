@@ -12,6 +12,7 @@ from fl_kd.config import ConfigError
 from fl_kd.kd.fedavg import NUM_EXAMPLES
 from fl_kd.kd.feddf import FedDFConfig, FedDFServer, distill_into, ensemble_logits
 from fl_kd.kd.losses import kd_loss
+from fl_kd.kd.training import DivergedError
 from tests import test_fedavg as shared
 
 
@@ -103,3 +104,11 @@ def test_a_nan_answer_reaches_no_prototype_and_not_the_server_model() -> None:
     for name, model in reference.models.items():
         shared.assert_same_state(shared.state(strategy.server.models[name]), shared.state(model))
     shared.assert_same_state(shared.state(strategy.server.server_model), shared.state(reference.server_model))
+
+
+def test_a_distillation_that_diverges_stops_with_one_error_naming_the_settings() -> None:
+    x = torch.randn(32, 2, generator=torch.Generator().manual_seed(0))
+    teacher = _linear([[2, -1], [-1, 2]], bias=False)(x).detach()
+    student = _linear([[float("inf"), 0], [0, 0]], bias=True)  # as a step too large leaves it
+    with pytest.raises(DivergedError, match=r"diverged: .* Lower strategy\.distill_lr or strategy\.server_lr"):
+        distill_into(student, x, teacher, epochs=1, batch_size=8, lr=0.05, temperature=1.0, seed=3)

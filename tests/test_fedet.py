@@ -18,6 +18,7 @@ from fl_kd.kd.federation import build_federation
 from fl_kd.kd.fedet import FedETServer, build_server_role, ensemble_targets
 from fl_kd.kd.protocol import RUN_CONFIG_KEY
 from fl_kd.kd.runner import run_inprocess
+from fl_kd.kd.training import DivergedError
 from fl_kd.strategies.kd_app import make_strategy
 from tests.flower_loopback import LoopbackGrid
 
@@ -308,3 +309,8 @@ def test_server_role_rejects_without_crashing() -> None:
     assert isinstance(server, FedETServer)
     assert server.check_answer(1, 99, {}) == "unknown client 99"
     assert "num-examples" in str(server.check_answer(1, 0, {}))
+
+
+def test_a_server_that_diverges_stops_the_run_with_one_error_naming_the_settings() -> None:
+    with pytest.raises(DivergedError, match=r"diverged: .* Lower strategy\.server_lr or strategy\.transfer_lr"):
+        run_inprocess(_config(rounds=1, server_lr=1e12))

@@ -128,10 +128,10 @@ def test_distill_correct_asks_and_distils_where_the_server_is_right() -> None:
     # A client that agrees with the label but is unsure (dark knowledge on the other classes).
     soft = torch.full((40, C), 0.0)
     soft[torch.arange(40), dark.transfer_y] = 1.0
-    before = F.softmax(dark._transfer_predictions(), dim=1).max(dim=1).values.mean()
+    before = F.softmax(dark._predict(), dim=1).max(dim=1).values.mean()
     stats = dark.distill(50, {0: (query, soft.numpy())})
     assert stats.extra["n_dark"] == stats.n_self > 30
-    after = F.softmax(dark._transfer_predictions(), dim=1).max(dim=1).values.mean()
+    after = F.softmax(dark._predict(), dim=1).max(dim=1).values.mean()
     assert after < before  # pulled from its memorised one-hot towards the clients' softer view
     assert "n_dark" not in plain.distill(50, {}).round_metrics()
 
@@ -599,6 +599,27 @@ def test_personal_clients_run_end_to_end_and_report_their_personal_accuracy() ->
     assert [r["server_acc"] for r in kept.rounds] == [r["server_acc"] for r in rows]
     assert [r["client_acc_mean"] for r in kept.rounds] == [r["client_acc_mean"] for r in rows]
     assert kept.rounds[0]["client_pacc_mean"] == rows[0]["client_pacc_mean"]
+    assert kept.rounds[1]["client_pacc_mean"] != rows[1]["client_pacc_mean"]
+
+
+def test_every_client_option_reaches_the_client_role_the_runtimes_build() -> None:
+    """Both runtimes build clients through ``build_client_role``; a setting it dropped would change no test of
+    the role itself, and Flower-against-in-process tests would still agree."""
+    from fl_kd.kd.federation import build_federation
+    from fl_kd.kd.fedgems.parties import build_client_role
+
+    def role(**settings: object) -> FedGEMSClient:
+        cfg = tiny_config(rounds=1, **settings)
+        return build_client_role(cfg, build_federation(cfg), 0)
+
+    plain = role()
+    assert (plain.finetune_epochs, plain.anchor, plain.keep_distilled, plain.personal_model) == (0, 0.0, False, None)
+    assert plain.client.average is None and plain.personal_prox is None
+    tuned = role(client_finetune_epochs=2, client_keep_distilled=True, client_anchor=0.5, client_tail_average=0.25)
+    assert (tuned.finetune_epochs, tuned.anchor, tuned.keep_distilled) == (2, 0.5, True)
+    assert tuned.client.average is not None and tuned.client.average_tail == 0.25
+    personal = role(client_finetune_epochs=1, client_personal=True, client_personal_prox=0.1)
+    assert personal.personal_model is not None and personal.personal_prox == 0.1
 
 
 def test_selection_settings_are_declared_once_and_all_reach_the_server() -> None:

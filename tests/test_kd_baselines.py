@@ -155,3 +155,8 @@ def test_the_server_alone_baselines_score_their_last_round_on_the_subset_too(dig
     for run in (run_pseudo_label_server, run_transfer_only_server):
         first, last = run(cfg, digits)
         assert "server_acc_subset" not in first and 0.0 <= last["server_acc_subset"] <= 1.0
+        # Scored on the 60-image subset (a multiple of 1/60), as round 1 was, not on the whole test set.
+        for row in (first, last):
+            figure = row["server_acc_subset"] if row is last else row["server_acc"]
+            assert figure * 60 == pytest.approx(round(figure * 60))
+        assert last["server_acc_subset"] != last["server_acc"]

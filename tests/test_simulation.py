@@ -171,3 +171,17 @@ def test_every_peer_runs_through_flwr_run_as_in_process(strategy: str, tmp_path:
     assert len(flower_rows) == 2 and all(row["n_rejected"] == 0 and row["n_missing"] == 0 for row in flower_rows)
     assert strip == [{k: v for k, v in row.items() if k != "wall_seconds"} for row in inprocess_rows]
     assert superlink_processes(tmp_path / "flower" / ".flwr") == []
+
+
+@pytest.mark.slow
+def test_a_user_error_the_server_app_raises_reaches_the_console_as_one_line(tmp_path: Path) -> None:
+    """``flwr run`` exits 0 whatever the ServerApp raised: its error comes back through the run folder, as the
+    in-process runner's does, not as "ended before writing its rounds" and a traceback."""
+    # The residual server on the default transfer set: its loss turns NaN in round 1's distillation.
+    overrides = ("num_clients=3", "partition.min_size=20", "device_profile=homogeneous", "strategy.rounds=1", "seed=3")
+    overrides = (*overrides, "strategy.server_lr=100")
+    with pytest.raises(ConfigError, match=r"^the server model diverged: .* Lower strategy\.server_lr$"):
+        run_experiment(experiment_config(_compose(*overrides)), tmp_path / "flower")
+    with pytest.raises(ConfigError, match=r"^the server model diverged"):
+        run_experiment(experiment_config(_compose(*overrides, "simulation.backend=inprocess")), tmp_path / "inprocess")
+    assert superlink_processes(tmp_path / "flower" / ".flwr") == []

@@ -268,7 +268,11 @@ def test_a_sweep_without_failures_exits_0_and_a_single_run_keeps_exit_2(tmp_path
     assert result.returncode == 0 and "sweep: all 2 jobs finished" in result.stdout
     result = _app(tmp_path, "+x=2", f"hydra.run.dir={tmp_path / 'single'}")
     assert result.returncode == 2 and result.stderr.strip() == "error: x: 2 is not allowed"
-    assert not (tmp_path / "single" / FAILED_FILE).exists()
+    # The single run's folder says why it stopped, so fl-kd-table lists it as failed, not as still running.
+    single = json.loads((tmp_path / "single" / FAILED_FILE).read_text())
+    assert single["error_type"] == "ConfigError" and single["user_error"] and single["overrides"] == ["+x=2"]
+    result = _app(tmp_path, "+x=1", f"hydra.run.dir={tmp_path / 'single'}")
+    assert result.returncode == 0 and not (tmp_path / "single" / FAILED_FILE).exists()  # a rerun that works
 
 
 def test_fl_kd_sim_sweep_of_bad_checkpoints_fails_job_by_job(tmp_path: Path) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fl_kd.kd.training import minibatches
+from fl_kd.config import ConfigError
+from fl_kd.kd.training import DivergedError, check_loss, minibatches
 
 
 @pytest.mark.parametrize(("num_samples", "batch_size"), [(65, 64), (129, 64), (10, 3), (64, 64), (1, 8), (2, 1)])
@@ -27,3 +28,11 @@ def test_predictions_carry_no_autograd_graph() -> None:
     logits = predict_logits(nn.Linear(3, 2), torch.zeros(4, 3))
     assert not logits.requires_grad
     logits.numpy()
+
+
+def test_a_non_finite_loss_is_a_diverged_error_naming_the_setting() -> None:
+    check_loss(torch.tensor(2.5), "the server model", "strategy.server_lr")  # finite: nothing happens
+    for value in (float("nan"), float("inf")):
+        with pytest.raises(DivergedError, match=r"^the server model diverged: .* Lower strategy\.server_lr$"):
+            check_loss(torch.tensor(value), "the server model", "strategy.server_lr")
+    assert issubclass(DivergedError, ConfigError)  # a user's setting to change: one line and exit code 2

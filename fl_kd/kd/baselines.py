@@ -39,7 +39,7 @@ from fl_kd.kd.fedgems.parties import build_server, fedgems_config
 from fl_kd.kd.metrics import Metrics, accuracy_summary
 from fl_kd.kd.runner import evaluate_clients
 from fl_kd.kd.seeding import SERVER_ID, derive_seed, seeded_torch, torch_generator
-from fl_kd.kd.training import accuracy, minibatches, predict_logits, sgd, weight_average
+from fl_kd.kd.training import accuracy, check_loss, minibatches, predict_logits, sgd, weight_average
 from fl_kd.models import build_model, count_parameters
 from fl_kd.runtime import one_torch_thread
 
@@ -220,6 +220,7 @@ def run_pseudo_label_server(
                         x[index].to(cfg.device), server_cfg.augment_shift, server_cfg.augment_mirror, views
                     )
                     loss = F.cross_entropy(model(batch), y[index].to(cfg.device))
+                    check_loss(loss, "the server model", "strategy.server_lr")
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()

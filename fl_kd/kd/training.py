@@ -14,6 +14,8 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from fl_kd.config import ConfigError
+
 
 def minibatches(num_samples: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:
     """Shuffled index batches ``(b,)`` covering ``range(num_samples)`` once.
@@ -34,6 +36,21 @@ def minibatches(num_samples: int, batch_size: int, generator: torch.Generator) -
 def sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
     """A fresh SGD optimiser; created per phase so no optimiser state has to survive between rounds."""
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+class DivergedError(ConfigError):
+    """A server model's training loss became NaN or infinite: the run cannot go on, and what fixes it is a setting.
+
+    A client that diverges sends non-finite answers, which the server refuses, and the run goes on without it; the
+    server model is the run's, so it stops there, with one line naming what to change, rather than train on.
+    """
+
+
+def check_loss(loss: Tensor, what: str, setting: str) -> None:
+    """Raise :class:`DivergedError` if ``loss`` is not finite, before it can reach the weights of ``what``."""
+    if not bool(torch.isfinite(loss.detach()).all()):
+        value = float(loss.detach().reshape(-1)[0])
+        raise DivergedError(f"{what} diverged: its training loss is {value:g}. Lower {setting}")
 
 
 def cpu_state_dict(module: nn.Module) -> dict[str, Tensor]:

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from fl_kd.kd.losses import kd_loss
 from fl_kd.kd.seeding import derive_seed, seeded_torch, torch_generator
-from fl_kd.kd.training import minibatches, predict_logits
+from fl_kd.kd.training import check_loss, minibatches, predict_logits
 
 
 def ensemble_logits(models: Iterable[nn.Module], x: Tensor, device: torch.device | str = "cpu") -> Tensor:
@@ -60,6 +60,7 @@ def distill_into(
             loss_sum = 0.0
             for index in minibatches(x.shape[0], batch_size, generator):
                 loss = kd_loss(model(x[index].to(device)), teacher_logits[index].to(device), temperature)
+                check_loss(loss, "a distilled model", "strategy.distill_lr or strategy.server_lr")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -30,7 +30,7 @@ from fl_kd.kd.fedet.ensemble import EnsembleTargets, ensemble_targets
 from fl_kd.kd.losses import kd_loss
 from fl_kd.kd.robust_weights import robust_average
 from fl_kd.kd.seeding import SERVER_ID, derive_seed, seeded_torch, torch_generator
-from fl_kd.kd.training import accuracy, cpu_state_dict, minibatches, predict_logits, sgd
+from fl_kd.kd.training import accuracy, check_loss, cpu_state_dict, minibatches, predict_logits, sgd
 from fl_kd.kd.validation import DEFAULT_MAX_ABS_VALUE
 from fl_kd.kd.weights import Arrays, load_arrays, model_arrays, weighted_average, within_headroom
 
@@ -219,6 +219,7 @@ class EnsembleTransferServer:
                 loss_sum = 0.0
                 for index in minibatches(self.num_public, cfg.server_batch_size, generator):
                     loss = loss_fn(net(self.public_x[index].to(self.device)), index)
+                    check_loss(loss, f"the server model ({phase})", "strategy.server_lr or strategy.transfer_lr")
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()

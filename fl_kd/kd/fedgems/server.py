@@ -38,6 +38,7 @@ from fl_kd.kd.seeding import SERVER_ID, derive_seed, seeded_torch, torch_generat
 from fl_kd.kd.training import (
     accuracy,
     check_logits,
+    check_loss,
     check_positions,
     cpu_state_dict,
     minibatches,
@@ -140,7 +141,7 @@ class SelectiveDistillServer:
         ``unlabelled_trust`` asks for the whole labelled part (to measure reliability) and the round's unlabelled
         positions (``N + j``).
         """
-        predictions = self._transfer_predictions().argmax(dim=1)
+        predictions = self._predict().argmax(dim=1)
         needed = (predictions != self.transfer_y) & ~self.knowledge_cache.filled
         return self.options.widen_query(round, needed, predictions == self.transfer_y)
 
@@ -201,7 +202,7 @@ class SelectiveDistillServer:
         The latter is measured where it is honest: on the held-out slice when there is one (never trained on by
         label, nor on a teacher chosen by its label), else on the whole labelled part.
         """
-        predictions = self._transfer_predictions().argmax(dim=1)
+        predictions = self._predict().argmax(dim=1)
         correct = predictions == self.transfer_y
         honest = self.options.held_out if self.options.held_out is not None else torch.ones_like(correct)
         if self.options.held_out is not None:
@@ -245,6 +246,7 @@ class SelectiveDistillServer:
             held_loss = torch.where(soft, kd, torch.zeros_like(kd))
             per_sample = torch.where(held.to(self.device), held_loss, per_sample)
         loss = per_sample.mean()
+        check_loss(loss, "the server model", "strategy.server_lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -262,6 +264,7 @@ class SelectiveDistillServer:
         for index in minibatches(int(x.shape[0]), self.config.batch_size, generator):
             logits = self.model(self._view(x[index]))
             loss = kd_loss(logits, teacher[index].to(self.device), self.config.temperature)
+            check_loss(loss, "the server model", "strategy.server_lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -328,15 +331,13 @@ class SelectiveDistillServer:
             stats.weight_mass[client_id] = float(weights[k].sum())
         return teacher, has_teacher, some_client_right, stats
 
-    def _predict(self, x: Tensor) -> Tensor:
-        return predict_logits(self.published, x, device=self.device)
-
-    def _transfer_predictions(self) -> Tensor:
-        return predict_logits(self.published, self.transfer_x, device=self.device)
+    def _predict(self, x: Tensor | None = None) -> Tensor:
+        """The shown model's logits on ``x`` (the labelled transfer set by default)."""
+        return predict_logits(self.published, self.transfer_x if x is None else x, device=self.device)
 
     def transfer_logits(self, dtype: DTypeLike = np.float32) -> NDArray[np.floating[Any]]:
         """Eval-mode server logits ``(N, C)`` on the transfer set, the broadcast (float16: half the bytes, clipped)."""
-        return to_wire(self._transfer_predictions(), dtype)
+        return to_wire(self._predict(), dtype)
 
     def unlabelled_logits(self, round: int, dtype: DTypeLike = np.float32) -> tuple[NDArray[np.int64], NDArray[Any]]:
         """Public positions ``(m,)`` of ``round``'s unlabelled subset and the server's logits ``(m, C)`` there."""
@@ -356,8 +357,7 @@ class SelectiveDistillServer:
         The canary tallies and the unlabelled teacher cache are left out: their rounds belong to this run. A resumed
         run gets them back with everything else through :func:`fl_kd.checkpoint.object_state`.
         """
-        model_state = cpu_state_dict(self.published)
-        return {"model": model_state, "knowledge_cache": self.knowledge_cache.state_dict()}
+        return {"model": cpu_state_dict(self.published), "knowledge_cache": self.knowledge_cache.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore from :meth:`state_dict` (the shown model's weights; an average starts again from them)."""
