@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import MISSING, fields
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from fl_kd.config import ConfigError, to_mapping
@@ -61,7 +62,23 @@ def register_schemas() -> None:
 
 def experiment_config(cfg: DictConfig | dict[str, Any]) -> ExperimentConfig:
     """The core config of a composed ``fl-kd-sim`` config; any mistake raises ``ConfigError`` naming the key."""
+    check_adversary_choice(cfg)
     return to_core(ExperimentConfig, cfg)
+
+
+def check_adversary_choice(cfg: DictConfig | dict[str, Any]) -> None:
+    """A behaviour is chosen as a group option (``adversary=label_flip``), which starts it from its own defaults
+    (:meth:`AdversaryConfig.defaults`): ``adversary.name=label_flip`` kept the option's (``none``: no attacker at all,
+    ``sign_flip``'s scale 10 where ``adversary=sign_flip`` has 1), so the two spellings ran two different attacks."""
+    if not HydraConfig.initialized():  # composed by hand (tests, the benchmarks): nothing was spelt on a command line
+        return
+    chosen = HydraConfig.get().runtime.choices.get(ADVERSARY_GROUP)
+    name = (cfg.get(ADVERSARY_GROUP) or {}).get("name") if ADVERSARY_GROUP in cfg else None
+    if chosen is not None and name is not None and name != chosen:
+        raise ConfigError(
+            f"adversary.name={name} beside adversary={chosen}: choose the behaviour as adversary={name}, which "
+            "starts it from its own settings (adversary.name keeps those of the option it renames)"
+        )
 
 
 register_schemas()

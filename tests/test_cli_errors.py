@@ -29,6 +29,8 @@ def _fl_kd_sim(tmp_path: Path, *overrides: str, full_error: bool = False) -> sub
         ("strategy.weighting=median", "error: strategy.weighting='median' is not one of inverse_entropy"),
         # Seeds are 32-bit words of NumPy's SeedSequence: 2**32 ran as seed 0 while its config named another.
         ("seed=4294967296", "error: seed must be in [0, 4294967295], got 4294967296"),
+        # Renaming the option's behaviour kept the option's settings (none: no attacker), unlike adversary=label_flip.
+        ("adversary.name=label_flip", "error: adversary.name=label_flip beside adversary=none: choose the behaviour"),
     ],
 )
 def test_bad_values_give_one_line_and_exit_2(tmp_path: Path, override: str, expected: str) -> None:
