@@ -24,6 +24,10 @@ from fl_kd.simulations.config import experiment_config
 
 log = logging.getLogger(__name__)
 
+MODEL_REPORT = "model_report.txt"
+REPORT_SUMMARY = "federation.json"
+"""The report's own summary (not ``summary.json``, which names a finished ``fl-kd-sim`` run to ``fl-kd-table``)."""
+
 
 def write_reports(experiment: ExperimentConfig, out_dir: Path) -> dict[str, object]:
     """Build the federation exactly as a run would; print both reports and save them in ``out_dir``."""
@@ -35,7 +39,7 @@ def write_reports(experiment: ExperimentConfig, out_dir: Path) -> dict[str, obje
 
     out_dir.mkdir(parents=True, exist_ok=True)
     report.save(out_dir / "partition_report.json")
-    (out_dir / "model_report.txt").write_text(format_model_report(rows) + "\n")
+    (out_dir / MODEL_REPORT).write_text(format_model_report(rows) + "\n")
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(to_mapping(experiment)))
     private = sum(int(idx.size) for idx in federation.client_idx)
     print(
@@ -46,7 +50,8 @@ def write_reports(experiment: ExperimentConfig, out_dir: Path) -> dict[str, obje
     print("device tiers: " + ", ".join(f"client {i}={name}" for i, name in federation.tier_names().items()))
     print(format_model_report(rows))
     summary = {"label_skew": report.label_skew, "client_tiers": [tier.name for tier in federation.tiers]}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out_dir / REPORT_SUMMARY).write_text(json.dumps(summary, indent=2))
+    print(f"reports saved in {out_dir}")
     return summary
 
 

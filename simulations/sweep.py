@@ -31,6 +31,7 @@ from fl_kd.models.profiles import DeviceProfile, tier_counts
 from fl_kd.plots import _format_bytes, save_figure
 from fl_kd.results import SUMMARY_JSON, read_metrics
 from fl_kd.simulations.jobs import FAILED_FILE
+from fl_kd.simulations.report import MODEL_REPORT
 from fl_kd.sweep_plots import CLIENT_FLOPS, SWEEP_PNG, sweep_overview_figure
 from fl_kd.vfl.protocol import RESULTS_FILE as VFL_RESULTS
 
@@ -163,6 +164,8 @@ def _read_job(folder: Path, name: str) -> Job:
     seed = next((o.split("=", 1)[1] for o in overrides if o.startswith("seed=")), str(config.get("seed", "?")))
     if (folder / VFL_RESULTS).is_file() and not (folder / SUMMARY_JSON).is_file():
         raise ValueError(f"{VFL_RESULTS} is an fl-kd-vfl run's: fl-kd-table reads fl-kd-sim sweeps")
+    if (folder / MODEL_REPORT).is_file() and not (folder / SUMMARY_JSON).is_file():
+        raise ValueError("an fl-kd-report folder (reports, no run): fl-kd-table reads fl-kd-sim sweeps")
     job = Job(
         name=name,
         overrides=[o for o in overrides if not o.startswith("seed=")],

@@ -94,6 +94,8 @@ def test_report_shows_skew_and_models(tmp_path: Path, capsys: pytest.CaptureFixt
     federation = build_federation(experiment_config(_compose("partition.alpha=0.1")))
     assert saved["sizes"] == [int(idx.size) for idx in federation.client_idx]
     assert skewed["client_tiers"] == [tier.name for tier in federation.tiers]
+    assert not (tmp_path / "skewed" / "summary.json").exists()  # the name of a finished run's summary
+    assert f"reports saved in {tmp_path / 'iid'}" in printed
 
 
 TINY = (
