@@ -30,3 +30,11 @@ def test_adapters_install_under_the_fl_kd_namespace() -> None:
     assert package_dir["fl_kd.strategies"] == "strategies"
     assert package_dir["fl_kd.clients"] == "clients"
     assert all(name == "fl_kd" or name.startswith("fl_kd.") for name in _declared()["packages"])
+
+
+def test_every_config_group_folder_ships_as_a_package_with_its_options() -> None:
+    """Each ``conf/<group>`` is its own (namespace) package: left out, setuptools warns that it would be ignored."""
+    declared = _declared()
+    groups = {path.name for path in (ROOT / "conf").iterdir() if path.is_dir() and not path.name.startswith("__")}
+    assert {f"fl_kd.conf.{group}" for group in groups} <= set(declared["packages"])
+    assert all(declared["package-data"][f"fl_kd.conf.{group}"] == ["*.yaml"] for group in groups)
