@@ -21,6 +21,10 @@ from numpy.typing import NDArray
 #: Largest array a message may carry (bytes); anything bigger is refused before it is decoded.
 MAX_ARRAY_BYTES = 256 * 2**20
 
+#: Most dimensions an array may declare (NumPy's own limit is 64; fl-kd sends at most 4): a longer shape is refused
+#: before it is multiplied out or quoted.
+MAX_DIMS = 32
+
 #: dtypes a numeric array may declare; object and structured dtypes never decode.
 NUMERIC_DTYPES = frozenset(
     {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32", "float64"}
@@ -66,11 +70,13 @@ def declared_nbytes(array: Any, max_bytes: int = MAX_ARRAY_BYTES) -> int:
     shape = getattr(array, "shape", None)
     data = getattr(array, "data", None)
     if stype != "numpy.ndarray":
-        raise ProtocolError(f"array is serialised as {stype!r}, expected 'numpy.ndarray'")
+        raise ProtocolError(f"array is serialised as {party_text(repr(stype), 40)}, expected 'numpy.ndarray'")
     if not isinstance(dtype_name, str) or dtype_name not in NUMERIC_DTYPES:
-        raise ProtocolError(f"array declares dtype {dtype_name!r}")
-    if not isinstance(shape, (list, tuple)) or not all(isinstance(n, int) and n >= 0 for n in shape):
-        raise ProtocolError(f"array declares shape {shape!r}")
+        raise ProtocolError(f"array declares dtype {party_text(repr(dtype_name), 40)}")
+    if not isinstance(shape, (list, tuple)) or len(shape) > MAX_DIMS:
+        raise ProtocolError(f"array declares shape {party_text(repr(shape), 80)}")
+    if not all(isinstance(n, int) and 0 <= n <= max_bytes for n in shape):
+        raise ProtocolError(f"array declares shape {party_text(repr(tuple(shape)), 80)}")
     size = math.prod(shape) * np.dtype(dtype_name).itemsize
     if size > max_bytes:
         raise ProtocolError(f"array of shape {tuple(shape)} and dtype {dtype_name} exceeds {max_bytes} bytes")
@@ -122,14 +128,15 @@ def decode_record(
     if names is not None:
         unexpected = sorted(str(name) for name in found if name not in names)
         if unexpected:
-            shown = ", ".join(unexpected[:5]) + (f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else "")
+            shown = ", ".join(party_text(name, 40) for name in unexpected[:5])
+            shown += f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else ""
             raise ProtocolError(f"record {record_name!r} carries arrays that were not asked for: {shown}")
     total = 0
     for name, array in found.items():
         try:
             total += declared_nbytes(array, max_bytes)
         except ProtocolError as err:
-            raise ProtocolError(f"array {name!r}: {err}") from None
+            raise ProtocolError(f"array {party_text(repr(name), 40)}: {err}") from None
     if total > max_bytes:
         raise ProtocolError(f"record {record_name!r} declares {total} array bytes, more than {max_bytes}")
     decoded = {}
@@ -137,7 +144,7 @@ def decode_record(
         try:
             decoded[str(name)] = decode_array(array, max_bytes)
         except ProtocolError as err:
-            raise ProtocolError(f"array {name!r}: {err}") from None
+            raise ProtocolError(f"array {party_text(repr(name), 40)}: {err}") from None
     return decoded
 
 
@@ -150,7 +157,10 @@ def party_text(value: Any, limit: int = MAX_PARTY_TEXT) -> str:
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
         text = f"an int of {value.bit_length()} bits"  # str() refuses ints past 4,300 digits, and they are no reason
     else:
-        text = str(value)
+        try:
+            text = str(value)
+        except ValueError:  # such an int inside a list, say: whatever a party sends must not stop the run
+            text = f"a {type(value).__name__} that does not print"
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 

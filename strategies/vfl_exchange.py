@@ -50,6 +50,11 @@ class Party:
     node_id: int
 
 
+#: Exchanges in a row a node may leave without any reply before the run stops (an error reply fails at once and
+#: skips its batch; a node that has gone silent would make the run wait out the timeout on every batch).
+MAX_SILENT_EXCHANGES = 3
+
+
 class Messenger:
     """Sends one message per node and collects each node's reply, counting the exchanges.
 
@@ -67,6 +72,8 @@ class Messenger:
         self.exchanges = 0
         #: Replies refused before any party could use them, by reason.
         self.rejected: Counter[str] = Counter()
+        #: Exchanges in a row that each node has let pass without any reply.
+        self.silent: Counter[int] = Counter()
 
     def exchange(
         self, message_type: str, contents: Mapping[int, RecordDict], timeout: float | None = None
@@ -95,7 +102,17 @@ class Messenger:
             else:
                 outcomes[node_id] = Outcome(reply.content)
         for node_id in contents:
-            outcomes.setdefault(node_id, Outcome(None, "no reply"))
+            if node_id in outcomes:
+                self.silent[node_id] = 0
+                continue
+            outcomes[node_id] = Outcome(None, "no reply")
+            self.silent[node_id] += 1
+            if self.silent[node_id] >= MAX_SILENT_EXCHANGES:
+                # Every batch needs every party: waiting out the timeout on each would only skip them all.
+                raise RuntimeError(
+                    f"node {node_id} has sent no reply to {self.silent[node_id]} exchanges in a row, each waited "
+                    f"for {timeout or self.timeout:g} s ({message_type}): it is gone, so the run stops"
+                )
         return outcomes
 
     def require(
@@ -128,7 +145,7 @@ def embedding_problem(
     try:
         array = None if content is None else array_of(content, vp.ARRAYS, key)
     except ProtocolError as err:
-        return None, f"{what} does not decode: {err}"
+        return None, f"{what} does not decode: {party_text(err)}"
     if array is None:
         return None, f"sent no {what}"
     problem = vp.float_block_problem(array, shape[0], max_norm, shape[1])

@@ -28,14 +28,14 @@ from fl_kd.clients.vfl_app import app as client_app
 from fl_kd.clients.vfl_party import load_party
 from fl_kd.config import from_mapping, to_mapping
 from fl_kd.strategies.vfl import VFLServer
-from fl_kd.strategies.vfl_exchange import BatchExchange, Messenger, request
+from fl_kd.strategies.vfl_exchange import MAX_SILENT_EXCHANGES, BatchExchange, Messenger, request
 from fl_kd.vfl import protocol as vp
 from fl_kd.vfl import run_vfl
 from fl_kd.vfl.attack_results import MAX_RESULTS_CHARS, MAX_RESULTS_DEPTH, UNIT_FIGURES
 from fl_kd.vfl.config import VFLRunConfig
 from fl_kd.vfl.metrics import worst_case_ap
 from fl_kd.vfl.trainer import TrainingHistory
-from tests.flower_loopback import LoopbackGrid
+from tests.flower_loopback import LoopbackGrid, set_task_identity
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 BATCHES = (0, 1)
@@ -217,7 +217,20 @@ def test_a_bad_gradient_is_not_forwarded_and_is_counted(run: Run, data: st.DataO
 @given(
     batch=st.sampled_from(BATCHES),
     loss=st.sampled_from(
-        [np.nan, np.inf, -np.inf, 10**400, -3.0, 1e39, "0.5", True, None, "rejected", "rejected as 10**5000"]
+        [
+            np.nan,
+            np.inf,
+            -np.inf,
+            10**400,
+            -3.0,
+            1e39,
+            "0.5",
+            True,
+            None,
+            "rejected",
+            "rejected as 10**5000",
+            "rejected as [10**5000]",
+        ]  # fmt: skip
     ),
 )
 def test_a_bad_loss_skips_its_batch(run: Run, batch: int, loss: Any) -> None:
@@ -229,6 +242,8 @@ def test_a_bad_loss_skips_its_batch(run: Run, batch: int, loss: Any) -> None:
         config[vp.rejected_key(batch)] = "the label party says no"
     elif loss == "rejected as 10**5000":
         config[vp.rejected_key(batch)] = 10**5000  # str() refuses it: the reason is described, not printed
+    elif loss == "rejected as [10**5000]":
+        config[vp.rejected_key(batch)] = [10**5000]  # nor inside a list, where it stopped the run
     else:
         metrics[vp.loss_key(batch)] = loss
     # Any record type may arrive under any name: the server reads scalars from whichever it finds.
@@ -616,3 +631,26 @@ def test_honest_attack_scoring_passes_every_result_and_refuses_nothing(scoring: 
     assert not messenger.rejected
     sent = {m.metadata.message_type: m for m in cast(ScriptedGrid, messenger.grid).sent}
     assert _same(sent[vp.ATTACK_RESULTS].content.array_records[vp.ARRAYS][vp.LABELS].numpy(), scoring.labels)
+
+
+def test_a_party_that_goes_silent_stops_the_run_after_a_few_exchanges_not_every_batch() -> None:
+    """An error reply fails at once; a node that no longer answers made the run wait out the timeout on every batch
+    (about ten hours of waiting, reviewed, for a run that could only skip them all)."""
+    set_task_identity()  # Messages need a run id, as in a ServerApp
+    quiet = {2}
+
+    def answer(messages: list[Message]) -> list[Message]:
+        return [Message(RecordDict(), reply_to=m) for m in messages if m.metadata.dst_node_id not in quiet]
+
+    messenger = Messenger(cast(Grid, ScriptedGrid(answer)), 1.0)
+    contents = {1: RecordDict(), 2: RecordDict()}
+    for _ in range(MAX_SILENT_EXCHANGES - 1):
+        outcomes = messenger.exchange("train", contents)
+        assert outcomes[2].problem == "no reply" and outcomes[1].content is not None
+    quiet.clear()  # it answers again: its count starts over
+    messenger.exchange("train", contents)
+    quiet.add(2)
+    for _ in range(MAX_SILENT_EXCHANGES - 1):
+        messenger.exchange("train", contents)
+    with pytest.raises(RuntimeError, match=rf"node 2 has sent no reply to {MAX_SILENT_EXCHANGES} exchanges in a row"):
+        messenger.exchange("train", contents)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -10,7 +12,7 @@ from fl_kd.clients.kd_app import _instruction
 from fl_kd.config import from_mapping, to_mapping
 from fl_kd.kd import protocol as kd
 from fl_kd.kd.config import ExperimentConfig
-from fl_kd.protocol import MAX_RECORD_ARRAYS, ProtocolError, decode_record, payload_nbytes
+from fl_kd.protocol import MAX_RECORD_ARRAYS, ProtocolError, decode_array, decode_record, party_text, payload_nbytes
 from tests.kd_configs import tiny_config
 from tests.test_fuzz_kd import Round
 
@@ -116,3 +118,20 @@ def test_every_algorithm_names_the_arrays_its_honest_clients_send(strategy: str)
     for reply in state.replies:
         names = state.strategy.server.answer_names(1, state.partition_of[reply.metadata.src_node_id])
         assert names == set(reply.content.array_records[kd.ARRAYS])
+
+
+@pytest.mark.parametrize(
+    "field", [{"dtype": "float32" + "x" * 1_000_000}, {"shape": (0,) * 1_000_000}, {"stype": "s" * 1_000_000}]
+)
+def test_what_a_party_declares_is_quoted_short_in_the_error(field: dict[str, Any]) -> None:
+    """The error travels into the run's history, its logs and results.json, once per batch: a megabyte a time."""
+    data = Array(np.zeros(2, dtype=np.float32)).data  # bytes that decode, to an array of another shape
+    array = Array(**{"dtype": "float32", "shape": (2,), "stype": "numpy.ndarray", "data": data, **field})
+    with pytest.raises(ProtocolError) as refused:
+        decode_array(array)
+    assert len(str(refused.value)) < 200
+
+
+def test_a_reason_that_does_not_print_is_described_not_raised() -> None:
+    assert party_text([10**5000]) == "a list that does not print"
+    assert party_text(10**5000).startswith("an int of") and len(party_text("x" * 10**6)) < 400

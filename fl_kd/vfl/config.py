@@ -186,7 +186,8 @@ class TrainingConfig:
     evaluate_every : int (default: 0)
         Also evaluate MP every this many epochs (0: only after training).
     timeout : float (default: 600.0)
-        Seconds to wait for one exchange of messages before a party counts as missing.
+        Seconds to wait for one exchange of messages before a party counts as missing (its batch is skipped); a
+        party missing from 3 exchanges in a row stops the run (over Flower), since every batch needs every party.
     max_norm : float (default: 1e4)
         Largest L2 norm of one sample's embedding or gradient in a message; a batch whose embedding exceeds it is
         skipped and a gradient that exceeds it is refused (both counted), as for NaN or inf.
