@@ -35,6 +35,10 @@ Scalar = bool | int | float | str
 
 #: Environment every Flower process of a run gets: no telemetry, no update check, and above all no per-run
 #: `uv sync` of the app's dependencies (it would build a fresh environment and pull gigabytes).
+#: What ``flwr run`` prints when its local SuperLink did not answer within flwr's fixed start-up limit (15 s in
+#: ``flwr/cli/local_superlink.py``), which a loaded 2-core machine can exceed: the one failure worth a retry.
+SUPERLINK_START_FAILED = "Failed to start local SuperLink within"
+
 FLOWER_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
     "FLWR_DISABLE_UPDATE_CHECK": "1",

@@ -41,6 +41,7 @@ from hydra.types import RunMode
 from fl_kd.results import SERVER_ERROR_JSON, SUMMARY_JSON
 from fl_kd.simulations.cli import USER_ERRORS
 from fl_kd.simulations.flower_launcher import stop_leftovers
+from fl_kd.simulations.processes import interrupt_exit_code
 from fl_kd.vfl.protocol import RESULTS_FILE as VFL_RESULTS
 
 log = logging.getLogger(__name__)
@@ -191,3 +192,16 @@ def finish_sweep(report: SweepReport = REPORT) -> None:
         flush=True,
     )
     sys.exit(EXIT_JOB_FAILED)
+
+
+def run_command(task: Callable[[], Any]) -> None:
+    """An ``fl-kd-*`` command: its Hydra task (one run, or every job of a sweep), then :func:`finish_sweep`.
+
+    A run interrupted in a sweep has printed its one line and let the ``KeyboardInterrupt`` go on, so that the sweep
+    stops; here it ends the command with the shell's code (130 for Ctrl-C), not a traceback through Hydra's launcher.
+    """
+    try:
+        task()
+    except KeyboardInterrupt as interrupt:
+        sys.exit(interrupt_exit_code(interrupt))
+    finish_sweep()

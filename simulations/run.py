@@ -41,7 +41,7 @@ from fl_kd.simulations.cli import user_errors_exit
 from fl_kd.simulations.config import experiment_config
 from fl_kd.simulations.console import follow_progress, quiet_console
 from fl_kd.simulations.flower_launcher import run_flower_simulation
-from fl_kd.simulations.jobs import finish_sweep, in_multirun, sweep_job
+from fl_kd.simulations.jobs import in_multirun, run_command, sweep_job
 from fl_kd.simulations.processes import hold_folder, interrupt_exit_code, termination_as_interrupt
 
 log = logging.getLogger(__name__)
@@ -153,8 +153,7 @@ def run_job(cfg: DictConfig) -> None:
 
 def main() -> None:
     """``fl-kd-sim``: one run, or with ``--multirun`` every job of a sweep even if some fail (then exit code 1)."""
-    run_job()
-    finish_sweep()
+    run_command(run_job)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from fl_kd.config import to_mapping
 from fl_kd.simulations.cli import user_errors_exit
 from fl_kd.simulations.console import Report, follow_progress, quiet_console
 from fl_kd.simulations.flower_launcher import run_flower_simulation
-from fl_kd.simulations.jobs import finish_sweep, sweep_job
+from fl_kd.simulations.jobs import run_command, sweep_job
 from fl_kd.simulations.vfl_console import epoch_line, print_vfl_summary
 from fl_kd.simulations.vfl_schema import load_config, register_vfl_schema
 from fl_kd.vfl import protocol as vp
@@ -136,8 +136,7 @@ def run_job(cfg: DictConfig) -> None:
 
 def main() -> None:
     """``fl-kd-vfl``: one run, or with ``--multirun`` every job of a sweep even if some fail (then exit code 1)."""
-    run_job()
-    finish_sweep()
+    run_command(run_job)
 
 
 if __name__ == "__main__":

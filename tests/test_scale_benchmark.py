@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -245,3 +246,28 @@ def test_a_stopped_run_leaves_no_process_behind(tmp_path: Path) -> None:
         assert (run_dir / "samples.csv").read_text().startswith("seconds,processes")
     finally:
         _stop(helper)
+
+
+def test_a_superlink_that_did_not_start_is_retried_from_what_flower_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fl-kd-sim sends Flower's console to the run folder's flower.log: the retry read only its own console.log."""
+    import benchmarks.scale.__main__ as scale
+    from fl_kd.simulations.flower_launcher import SUPERLINK_START_FAILED
+    from fl_kd.simulations.run import FLOWER_LOG
+
+    attempts: list[Path] = []
+
+    def failed_run(_overrides: list[str], run_dir: Path, *_: object) -> SimpleNamespace:
+        attempts.append(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)  # attempts within one second share a stamp here
+        (run_dir / FLOWER_LOG).write_text(f"{SUPERLINK_START_FAILED} 15s. See logs at ...\n")
+        return SimpleNamespace(outcome="failed (exit code 1)", run_dir=run_dir, finished=False)
+
+    monkeypatch.setattr(scale, "run_scale", failed_run)
+    monkeypatch.setattr(scale, "save_summary", lambda _result: None)
+    assert (
+        scale.main(["--clients", "3", "--retries", "2", "--out", str(tmp_path), "--report", str(tmp_path / "r.md")])
+        == 1
+    )
+    assert len(attempts) == 3 and not (tmp_path / "r.md").exists()

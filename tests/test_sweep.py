@@ -530,3 +530,34 @@ def test_the_console_table_shows_a_figure_that_only_early_rounds_have(capsys: py
     print_summary_table([{"round": 1, "server_acc": 0.5, "n_cache": 3}, {"round": 2, "server_acc": 0.6}])
     out = capsys.readouterr().out
     assert "cache" in out and "3" in out
+
+
+INTERRUPTED_APP = """
+    import hydra
+
+    from fl_kd.simulations.cli import user_errors_exit
+    from fl_kd.simulations.jobs import run_command, sweep_job
+
+
+    @hydra.main(version_base=None, config_path=None)
+    @user_errors_exit
+    @sweep_job
+    def task(cfg):
+        if cfg.x == 2:
+            print("interrupted (Ctrl-C); every process of the run was stopped", flush=True)
+            raise KeyboardInterrupt  # what an interrupted run lets go on in a sweep, after its one line
+
+
+    if __name__ == "__main__":
+        run_command(task)
+"""
+
+
+def test_ctrl_c_in_a_sweep_ends_it_with_130_and_no_traceback(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(textwrap.dedent(INTERRUPTED_APP))
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    command = [sys.executable, str(tmp_path / "app.py"), "-m", "+x=1,2,3", f"hydra.sweep.dir={tmp_path / 's'}"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False, cwd=tmp_path)
+    assert result.returncode == 130, result.stderr
+    assert "Traceback" not in result.stderr and "interrupted (Ctrl-C)" in result.stdout
+    assert (tmp_path / "s" / "1").is_dir() and not (tmp_path / "s" / "2").exists()  # the sweep stopped there

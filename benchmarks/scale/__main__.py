@@ -22,12 +22,11 @@ from benchmarks.common import REPO_ROOT, command_line, write_section
 from benchmarks.scale.report import render, save_summary
 from benchmarks.scale.run import CONSOLE, run_scale
 from fl_kd.simulations.cli import user_errors_exit
+from fl_kd.simulations.flower_launcher import SUPERLINK_START_FAILED
 from fl_kd.simulations.processes import interrupt_exit_code, tail
+from fl_kd.simulations.run import FLOWER_LOG
 
 ENTRY = "python -m benchmarks.scale"
-#: What ``flwr run`` prints when its local SuperLink did not answer within flwr's fixed start-up limit (15 s in
-#: ``flwr/cli/local_superlink.py``), which a loaded 2-core machine can exceed: the one failure worth a retry.
-SUPERLINK_START_FAILED = "Failed to start local SuperLink within"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -99,7 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             break
         print(tail(result.run_dir / CONSOLE, lines=15))
         print(f"fl-kd-sim failed ({result.outcome}); run folder: {result.run_dir}")
-        if SUPERLINK_START_FAILED not in tail(result.run_dir / CONSOLE, lines=200) or attempt == args.retries:
+        # fl-kd-sim sends Flower's own console to the run folder's flower.log: its reason is there, not in ours.
+        logs = tail(result.run_dir / CONSOLE, lines=200) + tail(result.run_dir / FLOWER_LOG, lines=200)
+        if SUPERLINK_START_FAILED not in logs or attempt == args.retries:
             print("no section written")  # nothing to report: the log says why
             return 1
         print("retrying: on a loaded machine the local SuperLink may take longer than flwr's fixed 15 s to start")

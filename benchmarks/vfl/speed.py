@@ -25,7 +25,7 @@ from pathlib import Path
 
 from benchmarks.common import REPO_ROOT, command_line, machine_line, markdown_table, run_stamp, write_section
 from fl_kd.simulations.cli import user_errors_exit
-from fl_kd.simulations.flower_launcher import FLOWER_ENV
+from fl_kd.simulations.flower_launcher import FLOWER_ENV, SUPERLINK_START_FAILED
 
 ENTRY = "python -m benchmarks.vfl.speed"
 BEGIN, END = "<!-- vfl-speed:begin -->", "<!-- vfl-speed:end -->"  # see benchmarks.common.kept_sections
@@ -33,8 +33,6 @@ ISSUE_OVERRIDES = ["dataset=fashion_mnist", "training.epochs=1", "attack=[]"]
 BACKENDS = ("inprocess", "flwr_run")
 GOAL = 2.0
 """The most Flower's seconds per epoch may be, as a multiple of in-process (issue 11)."""
-#: What ``flwr run`` prints when its local SuperLink did not answer within flwr's fixed 15 s (a loaded machine).
-SUPERLINK_START_FAILED = "Failed to start local SuperLink within"
 
 
 @dataclass
