@@ -13,11 +13,9 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from fl_kd.checkpoint import CheckpointError
-from fl_kd.config import ConfigError
-from fl_kd.data import DatasetError, DatasetNotAvailableError
+from fl_kd.errors import USER_ERRORS
 
-USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, DatasetError, DatasetNotAvailableError, CheckpointError)
+__all__ = ["EXIT_USER_ERROR", "USER_ERRORS", "user_errors_exit"]
 EXIT_USER_ERROR = 2
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -21,6 +21,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from fl_kd.config import to_mapping
+from fl_kd.errors import USER_ERRORS
 from fl_kd.kd import protocol as kd
 from fl_kd.kd.algorithm import get_algorithm
 from fl_kd.kd.config import ExperimentConfig
@@ -31,7 +32,6 @@ from fl_kd.kd.round_policy import RoundPolicy
 from fl_kd.kd.runner import summarise
 from fl_kd.plots import run_title
 from fl_kd.results import SERVER_ERROR_JSON, RoundRecorder, format_round_line, record_server_error, write_outputs
-from fl_kd.simulations.cli import USER_ERRORS
 from fl_kd.strategies.console import quiet_flower_console
 from fl_kd.strategies.kd import KDStrategy
 from fl_kd.strategies.kd_rounds import run_rounds

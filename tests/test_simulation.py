@@ -180,8 +180,10 @@ def test_a_user_error_the_server_app_raises_reaches_the_console_as_one_line(tmp_
     """``flwr run`` exits 0 whatever the ServerApp raised: its error comes back through the run folder, as the
     in-process runner's does, not as "ended before writing its rounds" and a traceback."""
     # The residual server on the default transfer set: its loss turns NaN in round 1's distillation.
-    overrides = ("num_clients=3", "partition.min_size=20", "device_profile=homogeneous", "strategy.rounds=1", "seed=3")
-    overrides = (*overrides, "strategy.server_lr=100")
+    overrides = [
+        *("num_clients=3", "partition.min_size=20", "device_profile=homogeneous", "strategy.rounds=1", "seed=3"),
+        "strategy.server_lr=100",
+    ]
     with pytest.raises(ConfigError, match=r"^the server model diverged: .* Lower strategy\.server_lr$"):
         run_experiment(experiment_config(_compose(*overrides)), tmp_path / "flower")
     with pytest.raises(ConfigError, match=r"^the server model diverged"):
