@@ -18,6 +18,8 @@ from fl_kd.plots import plot_run
 METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
 SUMMARY_JSON = "summary.json"
+SERVER_LOG = "server.log"
+"""The ServerApp's own log (Flower's metric dumps); it touches it first, the launcher's sign that it is up."""
 SERVER_ERROR_JSON = "server_error.json"
 """What a ServerApp that raised leaves in the run folder, for the command that launched it to report."""
 

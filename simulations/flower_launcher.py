@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -38,6 +39,10 @@ Scalar = bool | int | float | str
 #: What ``flwr run`` prints when its local SuperLink did not answer within flwr's fixed start-up limit (15 s in
 #: ``flwr/cli/local_superlink.py``), which a loaded 2-core machine can exceed: the one failure worth a retry.
 SUPERLINK_START_FAILED = "Failed to start local SuperLink within"
+
+#: Seconds Flower may take to bring a run's ServerApp up (Flower, Ray and the first import of torch take about 10-30 s
+#: on a loaded 2-core machine) before the launcher gives up on it.
+START_TIMEOUT_S = 300.0
 
 FLOWER_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -183,6 +188,8 @@ def run_flower_simulation(
     num_cpus: int = 2,
     stream: bool = True,
     preflight: Callable[[], object] | None = None,
+    started: Callable[[], bool] | None = None,
+    start_timeout_s: float = START_TIMEOUT_S,
 ) -> int:
     """Run ``serverapp``/``clientapp`` on a local simulated federation; return ``flwr run``'s exit code.
 
@@ -201,6 +208,10 @@ def run_flower_simulation(
     preflight : Callable[[], object] | None (default: None)
         Checks run here while Flower starts (``flwr run``, the SuperLink, the SuperExec and Ray take seconds, mostly
         on one core): if they raise, everything is stopped and the error goes on.
+    started : Callable[[], bool] | None (default: None)
+        Whether the ServerApp has begun (a file it writes first). Flower keeps a run whose ServerApp process never
+        comes up "starting" for ever, and ``flwr run`` waits with it: without a sign within ``start_timeout_s`` the
+        run is stopped and :class:`FlowerStartError` raised. None: no such watch.
     """
     run_dir = run_dir.resolve()
     flwr_home = run_dir / ".flwr"
@@ -227,7 +238,7 @@ def run_flower_simulation(
             process = subprocess.Popen(command, env=env, cwd=run_dir)
             if preflight is not None:
                 preflight()
-            return process.wait()
+            return _wait(process, started, start_timeout_s, run_dir)
         finally:
             with uninterruptible():  # a second Ctrl-C must not leave half the run behind
                 _stop(process)
@@ -235,6 +246,25 @@ def run_flower_simulation(
                 # nothing, since the ServerApp has written every result before the run ends.
                 stop_leftovers(flwr_home)
                 keep_ray_logs(ray_tmp, run_dir / "ray_logs")  # once Ray's processes, which write them, are stopped
+
+
+class FlowerStartError(RuntimeError):
+    """Flower was started, and its ServerApp gave no sign of life in time."""
+
+
+def _wait(process: subprocess.Popen[bytes], started: Callable[[], bool] | None, timeout_s: float, run_dir: Path) -> int:
+    """``flwr run``'s exit code; until ``started()`` says the ServerApp is up, for no longer than ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while started is not None and not started():
+        try:
+            return process.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            if time.monotonic() > deadline:
+                raise FlowerStartError(
+                    f"Flower's ServerApp did not start within {timeout_s:g} s; every process of the run was "
+                    f"stopped; see {run_dir / 'flower.log'}"
+                ) from None
+    return process.wait()
 
 
 def _stop(process: subprocess.Popen[bytes] | None, grace_s: float = 5.0) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from fl_kd.kd.runner import run_inprocess, summarise
 from fl_kd.plots import run_title
 from fl_kd.results import (
     METRICS_JSONL,
+    SERVER_LOG,
     RoundRecorder,
     finished_rounds,
     format_round_line,
@@ -68,6 +70,14 @@ def run_experiment(experiment: ExperimentConfig, out_dir: Path) -> list[dict[str
         raise
 
 
+def _written_since(path: Path, moment: float) -> bool:
+    """Whether ``path`` was touched at or after ``moment`` (a file of an earlier attempt in the folder is not)."""
+    try:
+        return path.stat().st_mtime >= moment - 1.0  # some file systems keep seconds only
+    except OSError:
+        return False
+
+
 def interrupted_line(out_dir: Path, interrupt: KeyboardInterrupt) -> str:
     """The one line an interrupted run prints: why, how many rounds finished, and where they are."""
     path = out_dir / METRICS_JSONL
@@ -104,6 +114,7 @@ def _run(experiment: ExperimentConfig, out_dir: Path) -> list[dict[str, Any]]:
         def report(row: dict[str, Any]) -> None:
             console.write(format_round_line(row) + "\n")
 
+        launched = time.time()
         with follow_progress(out_dir / METRICS_JSONL, report):
             code = run_flower_simulation(
                 out_dir,
@@ -120,11 +131,10 @@ def _run(experiment: ExperimentConfig, out_dir: Path) -> list[dict[str, Any]]:
                 # Build what the ServerApp will build, here, while Flower starts: a missing dataset or a bad
                 # checkpoint is one clear error, and the check overlaps Flower's start-up instead of delaying it.
                 preflight=lambda: algorithm.build_server(experiment, build_federation(experiment)),
+                started=lambda: _written_since(out_dir / SERVER_LOG, launched),
             )
     rows = finished_rounds(out_dir, code, experiment.strategy.rounds)
     if rows is None:
-        from fl_kd.strategies.kd_app import SERVER_LOG  # the ServerApp's module imports Flower: only when needed
-
         raised = server_error(out_dir)
         if raised is not None and raised.get("user_error"):
             raise ConfigError(str(raised.get("message")))  # a setting to change: one line, as in-process

@@ -31,13 +31,19 @@ from fl_kd.kd.progress import ProgressError, load_progress
 from fl_kd.kd.round_policy import RoundPolicy
 from fl_kd.kd.runner import summarise
 from fl_kd.plots import run_title
-from fl_kd.results import SERVER_ERROR_JSON, RoundRecorder, format_round_line, record_server_error, write_outputs
+from fl_kd.results import (
+    SERVER_ERROR_JSON,
+    SERVER_LOG,
+    RoundRecorder,
+    format_round_line,
+    record_server_error,
+    write_outputs,
+)
 from fl_kd.strategies.console import quiet_flower_console
 from fl_kd.strategies.kd import KDStrategy
 from fl_kd.strategies.kd_rounds import run_rounds
 
 #: Flower's own per-round log of the ServerApp, in the run folder.
-SERVER_LOG = "server.log"
 
 app = ServerApp()
 
@@ -95,6 +101,7 @@ def main(grid: Grid, context: Context) -> None:
         recorder.record(row)
         print(format_round_line(row), flush=True)  # the one console line per round
 
+    (out_dir / SERVER_LOG).touch()  # the launcher's sign that the ServerApp is up (fl_kd.simulations.run)
     with quiet_flower_console(out_dir / SERVER_LOG), reported_errors(out_dir):
         pinned = node_partitions(context.run_config, cfg.num_clients)
         if pinned is not None:

@@ -17,7 +17,12 @@ from pathlib import Path
 import pytest
 
 from fl_kd.results import METRICS_JSONL
-from fl_kd.simulations.flower_launcher import run_flower_simulation, stop_leftovers, superlink_processes
+from fl_kd.simulations.flower_launcher import (
+    FlowerStartError,
+    run_flower_simulation,
+    stop_leftovers,
+    superlink_processes,
+)
 from fl_kd.simulations.processes import PROC, Proc, Terminated, find_processes, interrupt_exit_code
 from fl_kd.simulations.run import interrupted_line
 
@@ -133,3 +138,20 @@ def test_the_interrupted_line_names_ctrl_c_and_the_signal() -> None:
         "interrupted (received signal SIGTERM); "
     )
     assert interrupt_exit_code(Terminated(signal.SIGTERM)) == 143 and interrupt_exit_code(KeyboardInterrupt()) == 130
+
+
+def test_a_server_app_that_gives_no_sign_of_life_stops_the_run_with_an_error(tmp_path: Path) -> None:
+    """Flower keeps a run whose ServerApp process never comes up "starting", and ``flwr run`` waits with it: the
+    launcher gives up after its start-up limit, stopping everything (here the sign never comes, and the limit is
+    short)."""
+    flwr_home = tmp_path.resolve() / ".flwr"
+    try:
+        with pytest.raises(FlowerStartError, match=r"ServerApp did not start within 3 s; every process"):
+            run_flower_simulation(
+                tmp_path, "fl_kd.strategies.kd_app:app", "fl_kd.clients.kd_app:app", {}, 2,
+                started=lambda: False, start_timeout_s=3,
+            )  # fmt: skip
+        left = run_processes(flwr_home)
+        assert left == [], f"still running after the start-up limit:\n{command_lines(left)}"
+    finally:
+        stop_leftovers(flwr_home)
