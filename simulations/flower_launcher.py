@@ -248,6 +248,15 @@ def run_flower_simulation(
                 keep_ray_logs(ray_tmp, run_dir / "ray_logs")  # once Ray's processes, which write them, are stopped
 
 
+def touched_since(path: Path, moment: float) -> bool:
+    """Whether ``path`` was touched at or after ``moment`` (a file of an earlier attempt in the folder is not): the
+    ``started`` sign a ServerApp gives by touching a file of its run folder first."""
+    try:
+        return path.stat().st_mtime >= moment - 1.0  # some file systems keep seconds only
+    except OSError:
+        return False
+
+
 class FlowerStartError(RuntimeError):
     """Flower was started, and its ServerApp gave no sign of life in time."""
 

@@ -42,7 +42,7 @@ from fl_kd.runtime import check_device_available
 from fl_kd.simulations.cli import user_errors_exit
 from fl_kd.simulations.config import experiment_config
 from fl_kd.simulations.console import follow_progress, quiet_console
-from fl_kd.simulations.flower_launcher import run_flower_simulation
+from fl_kd.simulations.flower_launcher import run_flower_simulation, touched_since
 from fl_kd.simulations.jobs import in_multirun, run_command, sweep_job
 from fl_kd.simulations.processes import hold_folder, interrupt_exit_code, termination_as_interrupt
 
@@ -68,14 +68,6 @@ def run_experiment(experiment: ExperimentConfig, out_dir: Path) -> list[dict[str
         if HydraConfig.initialized() and not in_multirun():
             raise SystemExit(interrupt_exit_code(interrupt)) from None
         raise
-
-
-def _written_since(path: Path, moment: float) -> bool:
-    """Whether ``path`` was touched at or after ``moment`` (a file of an earlier attempt in the folder is not)."""
-    try:
-        return path.stat().st_mtime >= moment - 1.0  # some file systems keep seconds only
-    except OSError:
-        return False
 
 
 def interrupted_line(out_dir: Path, interrupt: KeyboardInterrupt) -> str:
@@ -131,7 +123,7 @@ def _run(experiment: ExperimentConfig, out_dir: Path) -> list[dict[str, Any]]:
                 # Build what the ServerApp will build, here, while Flower starts: a missing dataset or a bad
                 # checkpoint is one clear error, and the check overlaps Flower's start-up instead of delaying it.
                 preflight=lambda: algorithm.build_server(experiment, build_federation(experiment)),
-                started=lambda: _written_since(out_dir / SERVER_LOG, launched),
+                started=lambda: touched_since(out_dir / SERVER_LOG, launched),
             )
     rows = finished_rounds(out_dir, code, experiment.strategy.rounds)
     if rows is None:

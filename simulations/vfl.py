@@ -11,6 +11,7 @@ and ``vfl.log``; the console shows one line per epoch and a final table.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from fl_kd.config import to_mapping
 from fl_kd.simulations.cli import user_errors_exit
 from fl_kd.simulations.console import Report, follow_progress, quiet_console
-from fl_kd.simulations.flower_launcher import run_flower_simulation
+from fl_kd.simulations.flower_launcher import run_flower_simulation, touched_since
 from fl_kd.simulations.jobs import run_command, sweep_job
 from fl_kd.simulations.vfl_console import epoch_line, print_vfl_summary
 from fl_kd.simulations.vfl_schema import load_config, register_vfl_schema
@@ -75,6 +76,7 @@ def run_flower(config: VFLRunConfig, out_dir: Path, report: Report | None = None
     """The run as a Flower simulation through ``flwr run``; the ServerApp writes the results into ``out_dir``."""
     results_path = out_dir / vp.RESULTS_FILE
     results_path.unlink(missing_ok=True)
+    launched = time.time()
     with follow_progress(out_dir / vp.PROGRESS_FILE, report):
         code = run_flower_simulation(
             out_dir,
@@ -89,6 +91,7 @@ def run_flower(config: VFLRunConfig, out_dir: Path, report: Report | None = None
             num_cpus_per_client=config.simulation.num_cpus_per_client,
             num_cpus=config.simulation.num_cpus,
             preflight=lambda: preflight(config),
+            started=lambda: touched_since(out_dir / vp.PROGRESS_FILE, launched),
         )
     if code != 0 or not results_path.exists():
         raise RuntimeError(

@@ -41,6 +41,7 @@ def main(grid: Grid, context: Context) -> None:
             core_logger.addHandler(handler)
     cfg = vp.decode_config(str(context.run_config[vp.CONFIG_KEY]))
     out_dir = Path(str(context.run_config[vp.OUTPUT_KEY]))
+    (out_dir / vp.PROGRESS_FILE).touch()  # the launcher's sign that the ServerApp is up (fl_kd.simulations.vfl)
     pinned = node_roles(context.run_config, cfg.num_feature_parties)
     if pinned is not None:
         log(INFO, "Each role is held by the node registered for it: %s", dict(pinned))
