@@ -218,7 +218,7 @@ APP = """
 
     from fl_kd.config import ConfigError
     from fl_kd.simulations.cli import user_errors_exit
-    from fl_kd.simulations.jobs import finish_sweep, sweep_job
+    from fl_kd.simulations.jobs import run_command, sweep_job
 
 
     @hydra.main(version_base=None, config_path=None)
@@ -229,12 +229,14 @@ APP = """
             raise ConfigError("x: 2 is not allowed")
         if cfg.x == 3:
             raise RuntimeError("boom\\nsecond line")
+        if cfg.x == 5:
+            print("interrupted (Ctrl-C); every process of the run was stopped", flush=True)
+            raise KeyboardInterrupt  # what an interrupted run lets go on in a sweep, after its one line
         (Path(HydraConfig.get().runtime.output_dir) / "done").write_text("ok")
 
 
     if __name__ == "__main__":
-        task()
-        finish_sweep()
+        run_command(task)
 """
 
 
@@ -532,32 +534,8 @@ def test_the_console_table_shows_a_figure_that_only_early_rounds_have(capsys: py
     assert "cache" in out and "3" in out
 
 
-INTERRUPTED_APP = """
-    import hydra
-
-    from fl_kd.simulations.cli import user_errors_exit
-    from fl_kd.simulations.jobs import run_command, sweep_job
-
-
-    @hydra.main(version_base=None, config_path=None)
-    @user_errors_exit
-    @sweep_job
-    def task(cfg):
-        if cfg.x == 2:
-            print("interrupted (Ctrl-C); every process of the run was stopped", flush=True)
-            raise KeyboardInterrupt  # what an interrupted run lets go on in a sweep, after its one line
-
-
-    if __name__ == "__main__":
-        run_command(task)
-"""
-
-
 def test_ctrl_c_in_a_sweep_ends_it_with_130_and_no_traceback(tmp_path: Path) -> None:
-    (tmp_path / "app.py").write_text(textwrap.dedent(INTERRUPTED_APP))
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    command = [sys.executable, str(tmp_path / "app.py"), "-m", "+x=1,2,3", f"hydra.sweep.dir={tmp_path / 's'}"]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False, cwd=tmp_path)
+    result = _app(tmp_path, "-m", "+x=1,5,4", f"hydra.sweep.dir={tmp_path / 's'}")
     assert result.returncode == 130, result.stderr
     assert "Traceback" not in result.stderr and "interrupted (Ctrl-C)" in result.stdout
     assert (tmp_path / "s" / "1").is_dir() and not (tmp_path / "s" / "2").exists()  # the sweep stopped there
