@@ -70,13 +70,13 @@ def declared_nbytes(array: Any, max_bytes: int = MAX_ARRAY_BYTES) -> int:
     shape = getattr(array, "shape", None)
     data = getattr(array, "data", None)
     if stype != "numpy.ndarray":
-        raise ProtocolError(f"array is serialised as {party_text(repr(stype), 40)}, expected 'numpy.ndarray'")
+        raise ProtocolError(f"array is serialised as {party_text(stype, 40)!r}, expected 'numpy.ndarray'")
     if not isinstance(dtype_name, str) or dtype_name not in NUMERIC_DTYPES:
-        raise ProtocolError(f"array declares dtype {party_text(repr(dtype_name), 40)}")
+        raise ProtocolError(f"array declares dtype {party_text(dtype_name, 40)!r}")
     if not isinstance(shape, (list, tuple)) or len(shape) > MAX_DIMS:
-        raise ProtocolError(f"array declares shape {party_text(repr(shape), 80)}")
+        raise ProtocolError(f"array declares shape {party_text(shape, 80)}")
     if not all(isinstance(n, int) and 0 <= n <= max_bytes for n in shape):
-        raise ProtocolError(f"array declares shape {party_text(repr(tuple(shape)), 80)}")
+        raise ProtocolError(f"array declares shape {party_text(tuple(shape), 80)}")
     size = math.prod(shape) * np.dtype(dtype_name).itemsize
     if size > max_bytes:
         raise ProtocolError(f"array of shape {tuple(shape)} and dtype {dtype_name} exceeds {max_bytes} bytes")
@@ -136,7 +136,7 @@ def decode_record(
         try:
             total += declared_nbytes(array, max_bytes)
         except ProtocolError as err:
-            raise ProtocolError(f"array {party_text(repr(name), 40)}: {err}") from None
+            raise ProtocolError(f"array {party_text(name, 40)!r}: {err}") from None
     if total > max_bytes:
         raise ProtocolError(f"record {record_name!r} declares {total} array bytes, more than {max_bytes}")
     decoded = {}
@@ -144,7 +144,7 @@ def decode_record(
         try:
             decoded[str(name)] = decode_array(array, max_bytes)
         except ProtocolError as err:
-            raise ProtocolError(f"array {party_text(repr(name), 40)}: {err}") from None
+            raise ProtocolError(f"array {party_text(name, 40)!r}: {err}") from None
     return decoded
 
 

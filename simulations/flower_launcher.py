@@ -34,16 +34,16 @@ log = logging.getLogger(__name__)
 
 Scalar = bool | int | float | str
 
-#: Environment every Flower process of a run gets: no telemetry, no update check, and above all no per-run
-#: `uv sync` of the app's dependencies (it would build a fresh environment and pull gigabytes).
 #: What ``flwr run`` prints when its local SuperLink did not answer within flwr's fixed start-up limit (15 s in
 #: ``flwr/cli/local_superlink.py``), which a loaded 2-core machine can exceed: the one failure worth a retry.
 SUPERLINK_START_FAILED = "Failed to start local SuperLink within"
 
-#: Seconds Flower may take to bring a run's ServerApp up (Flower, Ray and the first import of torch take about 10-30 s
+#: Seconds Flower may take to bring a run's ServerApp up (Flower, Ray and the first import of torch take tens of seconds
 #: on a loaded 2-core machine) before the launcher gives up on it.
 START_TIMEOUT_S = 300.0
 
+#: Environment every Flower process of a run gets: no telemetry, no update check, and above all no per-run
+#: `uv sync` of the app's dependencies (it would build a fresh environment and pull gigabytes).
 FLOWER_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
     "FLWR_DISABLE_UPDATE_CHECK": "1",
