@@ -14,11 +14,16 @@ def epoch_line(row: Mapping[str, Any], epochs: int) -> str:
         f"epoch {int(row['epoch']) + 1}/{epochs}",
         f"loss {loss:.4f}" if isinstance(loss, float) else "loss -",
         f"skipped {row.get('skipped_batches', 0)}",
-        f"{float(row.get('seconds', 0.0)):.1f} s",
+        _duration(float(row.get("seconds", 0.0))),
     ]
     if row.get("mp") is not None:
         parts.append(f"MP {row['mp']:.4f}")
     return "  ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    """``2.4 s``, or ``35 ms`` under a second (an in-process epoch on a small table read ``0.0 s``)."""
+    return f"{seconds:.1f} s" if seconds >= 1.0 else f"{1000 * seconds:.0f} ms"
 
 
 def print_vfl_summary(results: Mapping[str, Any], title: str, file: TextIO | None = None) -> None:

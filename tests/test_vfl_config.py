@@ -289,3 +289,10 @@ def test_a_seed_beyond_32_bits_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"seed must be in \[0, 4294967295\], got 4294967296"):
         from_mapping(VFLRunConfig, {"seed": 2**32})
     assert from_mapping(VFLRunConfig, {"seed": 2**32 - 1}).seed == 2**32 - 1
+
+
+def test_an_epoch_line_shows_a_short_epoch_in_milliseconds() -> None:
+    from fl_kd.simulations.vfl_console import epoch_line
+
+    assert epoch_line({"epoch": 0, "loss": 0.5, "seconds": 0.034}, 2) == "epoch 1/2  loss 0.5000  skipped 0  34 ms"
+    assert epoch_line({"epoch": 1, "loss": 0.25, "seconds": 2.44, "mp": 0.9}, 2).endswith("2.4 s  MP 0.9000")
