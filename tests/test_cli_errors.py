@@ -176,3 +176,11 @@ def test_a_run_refused_in_a_folder_of_an_earlier_run_leaves_no_summary_there(tmp
     (tmp_path / "run" / "summary.json").write_text('{"final_server_acc": 0.6}')
     result = _fl_kd_sim(tmp_path, "partition.alpha=-1")
     assert result.returncode == 2 and not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_help_names_the_command_not_hydras_module(tmp_path: Path) -> None:
+    """Hydra's own header read "run is powered by Hydra." (the module's name)."""
+    command = [sys.executable, "-m", "fl_kd.simulations.run", "--help"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.startswith("fl-kd-sim (and fl-kd-report): "), result.stdout[:200]
+    assert "is powered by Hydra" not in result.stdout.splitlines()[0]
