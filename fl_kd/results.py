@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fl_kd.config import ConfigError
 from fl_kd.plots import plot_run
 
 METRICS_JSONL = "metrics.jsonl"
@@ -108,12 +109,17 @@ def record_server_error(out_dir: Path | str, error: BaseException, user_error: b
 
 
 def server_error(out_dir: Path | str) -> dict[str, Any] | None:
-    """What :func:`record_server_error` left in ``out_dir``, or None (none left, or unreadable)."""
+    """What :func:`record_server_error` left in ``out_dir``, or None (none left, or unreadable); a user's mistake
+    is raised as the ``ConfigError`` it was, so the launching command ends in its one line as it would in-process."""
     try:
         record = json.loads((Path(out_dir) / SERVER_ERROR_JSON).read_text())
     except (OSError, ValueError):
         return None
-    return record if isinstance(record, dict) else None
+    if not isinstance(record, dict):
+        return None
+    if record.get("user_error"):
+        raise ConfigError(str(record.get("message")))
+    return record
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: Path | str) -> None:

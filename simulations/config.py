@@ -73,7 +73,7 @@ def check_adversary_choice(cfg: DictConfig | dict[str, Any]) -> None:
     if not HydraConfig.initialized():  # composed by hand (tests, the benchmarks): nothing was spelt on a command line
         return
     chosen = HydraConfig.get().runtime.choices.get(ADVERSARY_GROUP)
-    name = (cfg.get(ADVERSARY_GROUP) or {}).get("name") if ADVERSARY_GROUP in cfg else None
+    name = (cfg.get(ADVERSARY_GROUP) or {}).get("name")
     if chosen is not None and name is not None and name != chosen:
         raise ConfigError(
             f"adversary.name={name} beside adversary={chosen}: choose the behaviour as adversary={name}, which "

@@ -180,10 +180,8 @@ def _deploy(
     say(f"Deployment finished in {time.monotonic() - started:.1f} s")
 
     rows = finished_rounds(out_dir, code, experiment.strategy.rounds)
-    raised = server_error(out_dir) if rows is None else None
-    if raised is not None and raised.get("user_error"):
-        raise ConfigError(str(raised.get("message")))  # a setting to change: one line, as in a simulation
     if rows is None:
+        server_error(out_dir)  # raises a user's mistake as its one line, as in a simulation
         raise DeploymentError(
             f"`flwr run` ended with exit code {code} before the ServerApp wrote its "
             f"{experiment.strategy.rounds} rounds and its summary; "
