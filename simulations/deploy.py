@@ -19,7 +19,8 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,9 @@ from fl_kd.simulations.processes import hold_folder, interrupt_exit_code, tail, 
 __all__ = ["DeploySettings", "DeploymentError", "Endpoints", "main", "run_deployment", "split_deploy_settings"]
 
 log = logging.getLogger(__name__)
+
+LAUNCHER_LOG = "deploy.log"
+"""The launcher's own log in the run folder (Hydra names it after the command's module)."""
 
 
 class RoundTail:
@@ -107,8 +111,29 @@ def run_deployment(
     settings, out_dir = settings or DeploySettings(), out_dir.resolve()
     if settings.resume is not None and Path(settings.resume).resolve() != out_dir:
         raise ConfigError(f"deploy.resume={settings.resume} resumes that folder, not {out_dir}")
-    with hold_folder(out_dir):
+    with hold_folder(out_dir), _launcher_log(out_dir / LAUNCHER_LOG):
         return _deploy(experiment, out_dir, settings, on_ready, echo)
+
+
+@contextmanager
+def _launcher_log(path: Path) -> Iterator[None]:
+    """Append the launcher's log to the run folder's ``deploy.log`` while it runs, unless a handler already does.
+
+    Hydra writes ``deploy.log`` into the folder it creates for the command, which for ``deploy.resume`` is a new one
+    beside the run folder: without this, the resumed attempt's log would not be where its first attempt's is.
+    """
+    root = logging.getLogger()
+    if any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path for h in root.handlers):
+        yield
+        return
+    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
 
 
 def _deploy(

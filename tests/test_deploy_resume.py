@@ -8,6 +8,7 @@ client states of the first attempt left in place.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -73,8 +74,9 @@ class _FakeDeployment:
 
 
 def test_resume_takes_the_run_folders_experiment_and_keeps_its_data_and_client_states(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO)
     run_dir = tmp_path / "run"
     experiment = _saved_run(run_dir)
     resumed, settings = split_deploy_settings(_compose(f"deploy.resume={run_dir}"))
@@ -93,6 +95,11 @@ def test_resume_takes_the_run_folders_experiment_and_keeps_its_data_and_client_s
     # The deployment started as a fresh one: the first attempt's database (and logs, keys) set aside, not reused.
     assert (run_dir / "deploy" / "attempt-1" / "superlink.db").read_bytes() == b"the dead attempt's database"
     assert not (run_dir / "deploy" / "superlink.db").exists()
+    # The resumed attempt's launcher log is appended where the first attempt's is, not in Hydra's new folder.
+    launcher_log = (run_dir / deploy.LAUNCHER_LOG).read_text()
+    assert "The dead attempt's component files are in" in launcher_log and "attempt-1" in launcher_log
+    written = [getattr(h, "baseFilename", None) for h in logging.getLogger().handlers]
+    assert str(run_dir.resolve() / deploy.LAUNCHER_LOG) not in written  # the handler is gone after the run
     with pytest.raises(ConfigError, match="resumes that folder"):
         deploy.run_deployment(resumed, tmp_path / "elsewhere", settings, echo=False)
     assert not (tmp_path / "elsewhere").exists()  # refused before anything is written
@@ -130,3 +137,23 @@ def test_a_moved_run_folder_resumes_under_the_id_of_its_first_start(
     deploy.run_deployment(resumed, moved, settings, echo=False)
     app_config = tomllib.loads((moved / "flower_app" / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     assert app_config["output-dir"] == str(moved.resolve()) and app_config["run-id"] == str(first.resolve())
+
+
+def test_the_launcher_log_is_not_written_twice_where_hydra_already_writes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    hydra_handler = logging.FileHandler(run_dir / deploy.LAUNCHER_LOG)  # what Hydra's job logging installs
+    logging.getLogger().addHandler(hydra_handler)
+    try:
+        experiment, settings = split_deploy_settings(_compose(*EXPERIMENT))
+        monkeypatch.setattr(deploy, "LoopbackDeployment", _FakeDeployment)
+        deploy.run_deployment(experiment, run_dir, settings, echo=False)
+    finally:
+        logging.getLogger().removeHandler(hydra_handler)
+        hydra_handler.close()
+    lines = (run_dir / deploy.LAUNCHER_LOG).read_text().splitlines()
+    deploying = [line for line in lines if line.startswith("Deploying ")]
+    assert len(deploying) == 1, lines
