@@ -11,7 +11,7 @@ def epoch_line(row: Mapping[str, Any], epochs: int) -> str:
     """One epoch as a console line, e.g. ``epoch 2/5  loss 0.0851  skipped 0  2.4 s  MP 0.9474``."""
     loss = row.get("loss")
     parts = [
-        f"epoch {int(row['epoch']) + 1}/{epochs}",
+        f"epoch {int(row['epoch'])}/{epochs}",
         f"loss {loss:.4f}" if isinstance(loss, float) else "loss -",
         f"skipped {row.get('skipped_batches', 0)}",
         _duration(float(row.get("seconds", 0.0))),

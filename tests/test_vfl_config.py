@@ -183,7 +183,7 @@ def test_inprocess_run_writes_config_results_and_summary(tmp_path: Path, capsys:
     assert saved["mp"] == results["mp"] and saved["config"]["defence"]["name"] == "none"
     assert load_config(OmegaConf.load(tmp_path / "config.yaml")).training.epochs == 2
     progress = [json.loads(line) for line in (tmp_path / "epochs.jsonl").read_text().splitlines()]
-    assert [row["epoch"] for row in progress] == [0, 1]
+    assert [row["epoch"] for row in progress] == [1, 2]  # as the console numbers them
     print_vfl_summary(results, "tiny")
     printed = capsys.readouterr().out
     assert "MP (test accuracy)" in printed and "direct_label_inference" in printed
@@ -238,7 +238,7 @@ def test_console_shows_one_line_per_epoch_and_the_table(tmp_path: Path) -> None:
     assert [line.split()[:2] for line in lines[:3]] == [["epoch", "1/3"], ["epoch", "2/3"], ["epoch", "3/3"]]
     assert "MP (test accuracy)" in completed.stdout
     assert "INFO" not in completed.stdout + completed.stderr  # log lines go to the run folder's log file
-    assert "epoch 0:" in (tmp_path / "vfl.log").read_text()
+    assert "epoch 1:" in (tmp_path / "vfl.log").read_text()  # numbered as on the console
     assert _strict_json(tmp_path / "results.json")["backend"] == "inprocess"
 
 
@@ -294,5 +294,5 @@ def test_a_seed_beyond_32_bits_is_refused() -> None:
 def test_an_epoch_line_shows_a_short_epoch_in_milliseconds() -> None:
     from fl_kd.simulations.vfl_console import epoch_line
 
-    assert epoch_line({"epoch": 0, "loss": 0.5, "seconds": 0.034}, 2) == "epoch 1/2  loss 0.5000  skipped 0  34 ms"
-    assert epoch_line({"epoch": 1, "loss": 0.25, "seconds": 2.44, "mp": 0.9}, 2).endswith("2.4 s  MP 0.9000")
+    assert epoch_line({"epoch": 1, "loss": 0.5, "seconds": 0.034}, 2) == "epoch 1/2  loss 0.5000  skipped 0  34 ms"
+    assert epoch_line({"epoch": 2, "loss": 0.25, "seconds": 2.44, "mp": 0.9}, 2).endswith("2.4 s  MP 0.9000")

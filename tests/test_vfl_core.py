@@ -333,9 +333,9 @@ def test_failing_feature_party_skips_the_batch_and_logs(caplog: pytest.LogCaptur
     flaky = Flaky(1, parties[1].bottom_model, parties[1].features, lr=0.1, seed=1)
     with caplog.at_level(logging.WARNING, logger="fl_kd.vfl.trainer"):
         history = train_vfl([parties[0], flaky], label_party, 40, epochs=1, batch_size=16, seed=0)
-    assert [(s["epoch"], s["batch"]) for s in history.skipped_batches] == [(0, 1)]
+    assert [(s["epoch"], s["batch"]) for s in history.skipped_batches] == [(1, 1)]  # epochs from 1
     assert history.num_batches == 3
-    assert "epoch 0 batch 1 skipped" in caplog.text
+    assert "epoch 1 batch 1 skipped" in caplog.text
     assert "party 1 went away" in caplog.text
     assert label_party.state_dict()["step"] == 2
 

@@ -132,7 +132,7 @@ def test_flower_run_reproduces_run_vfl(case: str) -> None:
 def test_evaluating_every_epoch_reports_mp_and_changes_nothing() -> None:
     plain, _ = _flower(BASE)
     evaluated, _ = _flower(vfl_config(training={"evaluate_every": 1}))
-    assert [row["epoch"] for row in evaluated["evaluations"]] == [0]  # the last epoch's MP is the final one
+    assert [row["epoch"] for row in evaluated["evaluations"]] == [1]  # the last epoch's MP is the final one
     assert 0.5 < evaluated["evaluations"][0]["mp"] <= 1.0
     assert evaluated["mp"] == plain["mp"] and evaluated["train_loss"] == plain["train_loss"]
 
@@ -241,10 +241,10 @@ def test_bad_or_missing_embedding_skips_the_batch_and_corrupts_nothing(
     lost_reply = case in ("missing reply", "error reply")
     assert results["skipped_batches"] == 1 and results["failed_updates"] == lost_reply
     if lost_reply:
-        assert [(f["epoch"], f["batch"]) for f in results["failed"]] == [(0, 0)]
-    assert results["skipped"][0]["epoch"] == 0 and results["skipped"][0]["batch"] == 1
+        assert [(f["epoch"], f["batch"]) for f in results["failed"]] == [(1, 0)]
+    assert results["skipped"][0]["epoch"] == 1 and results["skipped"][0]["batch"] == 1
     assert reason in results["skipped"][0]["reason"]
-    assert "epoch 0 batch 1 skipped" in caplog.text
+    assert "epoch 1 batch 1 skipped" in caplog.text
     # Every party ends exactly where the run that never had batch 1 ends: nothing of it got in anywhere.
     mp, states = skipped_batch_reference
     _assert_same_state(_flower_states(grid, 1), states)
@@ -257,7 +257,7 @@ def test_nan_gradient_is_refused_by_the_feature_party() -> None:
     assert results["skipped_batches"] == 0
     assert results["failed_updates"] == 1
     failure = results["failed"][0]
-    assert (failure["epoch"], failure["batch"], failure["party"]) == (0, 1, 0)
+    assert (failure["epoch"], failure["batch"], failure["party"]) == (1, 1, 0)
     assert "NaN" in failure["reason"]
     # The feature party kept its model; the label party had stepped, as in the in-process loop.
     mp, states = _in_process_reference("apply")

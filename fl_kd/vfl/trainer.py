@@ -38,6 +38,9 @@ PREDICT_BATCH_SIZE = 1024
 class TrainingHistory:
     """What happened during training, in the same shape from the in-process loop and the Flower server.
 
+    The methods take a loop's epoch index (from 0); every record, row and log line numbers epochs from 1, as the
+    console and the attacks' results do.
+
     Attributes
     ----------
     epoch_losses : list[float]
@@ -64,15 +67,15 @@ class TrainingHistory:
 
     def skip(self, epoch: int, batch: int, reason: str) -> None:
         """Record (and log) a batch that no party updated on."""
-        logger.warning("epoch %d batch %d skipped: %s", epoch, batch, reason)
-        self.skipped_batches.append({"epoch": epoch, "batch": batch, "reason": reason})
+        logger.warning("epoch %d batch %d skipped: %s", epoch + 1, batch, reason)
+        self.skipped_batches.append({"epoch": epoch + 1, "batch": batch, "reason": reason})
 
     def fail_update(self, epoch: int, batch: int, party: int, reason: str) -> None:
         """Record (and log) a gradient that feature party ``party`` did not apply."""
         logger.warning(
-            "epoch %d batch %d: feature party %d did not apply its gradient: %s", epoch, batch, party, reason
+            "epoch %d batch %d: feature party %d did not apply its gradient: %s", epoch + 1, batch, party, reason
         )
-        self.failed_updates.append({"epoch": epoch, "batch": batch, "party": party, "reason": reason})
+        self.failed_updates.append({"epoch": epoch + 1, "batch": batch, "party": party, "reason": reason})
 
     def end_epoch(self, epoch: int, losses: Sequence[float], seconds: float, mp: float | None = None) -> dict[str, Any]:
         """Close epoch ``epoch``: record its mean loss and time; returns its row (and keeps it when evaluated).
@@ -83,15 +86,15 @@ class TrainingHistory:
         self.epoch_losses.append(float(np.mean(losses)) if len(losses) else float("nan"))
         self.epoch_seconds.append(seconds)
         row: dict[str, Any] = {
-            "epoch": epoch,
+            "epoch": epoch + 1,
             "loss": self.epoch_losses[-1],
-            "skipped_batches": sum(1 for skipped in self.skipped_batches if skipped["epoch"] == epoch),
+            "skipped_batches": sum(1 for skipped in self.skipped_batches if skipped["epoch"] == epoch + 1),
             "seconds": seconds,
         }
         if mp is not None:
             row["mp"] = mp
             self.evaluations.append(row)
-        logger.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
+        logger.info("epoch %d: %s", epoch + 1, ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
         return row
 
 
