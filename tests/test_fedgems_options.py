@@ -158,6 +158,20 @@ def test_reliable_clients_dominate_and_silent_ones_count_for_nothing() -> None:
     torch.testing.assert_close(equal.weights[:2], torch.full((2, 2), 0.5))
 
 
+def test_reliability_weights_still_sum_to_one_when_a_high_power_underflows_the_trust() -> None:
+    """0.01 ** 16 is 1e-32: below float32's reach of a normalised sum, yet both clients say class 0 with 0.99."""
+    logits = torch.tensor([[[5.0, 0.0, 0.0]], [[5.0, 0.0, 0.0]]])
+    available = torch.ones(2, 1, dtype=torch.bool)
+    precision = torch.tensor([[0.01, 0.5, 0.5], [0.012, 0.5, 0.5]])
+    fused = fuse_by_reliability(logits, available, precision, power=16.0)
+    assert fused.has_teacher.all()
+    torch.testing.assert_close(fused.weights.sum(dim=0), torch.ones(1))
+    torch.testing.assert_close(fused.weights[:, 0], torch.tensor([1.0, 1.2**16]) / (1 + 1.2**16))
+    assert F.softmax(fused.logits, dim=1)[0, 0] > 0.98
+    unreliable = fuse_by_reliability(logits, available, torch.zeros(2, 3), power=16.0)
+    assert not unreliable.has_teacher.any() and (unreliable.weights == 0).all()
+
+
 def test_unlabelled_trust_asks_everything_and_distils_the_reliable_client() -> None:
     server = _server(n=40, unlabelled=30, unlabelled_trust="class_reliability", unlabelled_per_round=20)
     query = server.needed_positions(round=0)

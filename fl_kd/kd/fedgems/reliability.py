@@ -11,6 +11,7 @@ poisons its answers, is unreliable on the labelled part and fades from the teach
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +20,8 @@ from torch import Tensor
 
 # Floor of the fused probabilities before the log: the teacher's logits stay finite.
 _MIN_PROB = 1e-8
+_MIN_TOTAL = 1e-30
+"""Below this summed trust a sample's weights are normalised in log space (float32 would lose them)."""
 
 
 def confusion_matrix(logits: Tensor, labels: Tensor, num_classes: int) -> Tensor:
@@ -74,10 +77,17 @@ def fuse_by_reliability(
         raise ValueError(f"precision must be (K, C), got {tuple(precision.shape)}")
     logits = torch.where(available.unsqueeze(-1), client_logits, torch.zeros_like(client_logits))
     predicted = logits.argmax(dim=-1)
-    trust = torch.gather(precision, 1, predicted).pow(power) * available
+    reliability = torch.gather(precision, 1, predicted)
+    trust = reliability.pow(power) * available
     total = trust.sum(dim=0)
-    has_teacher = available.any(dim=0) & (total > 0)
-    weights = (trust / total.clamp_min(1e-30).unsqueeze(0)) * has_teacher.unsqueeze(0)
+    has_teacher = available & ((reliability > 0) | (power == 0))
+    has_teacher = has_teacher.any(dim=0)
+    weights = (trust / total.clamp_min(_MIN_TOTAL).unsqueeze(0)) * has_teacher.unsqueeze(0)
+    underflow = has_teacher & (total < _MIN_TOTAL)
+    if underflow.any():  # a high power on low reliabilities: normalise those samples in log space instead
+        log_trust = power * reliability[:, underflow].double().log()
+        log_trust = torch.where(available[:, underflow], log_trust, torch.full_like(log_trust, -math.inf))
+        weights[:, underflow] = torch.softmax(log_trust, dim=0).to(weights.dtype)
     probs = torch.einsum("km,kmc->mc", weights, F.softmax(logits, dim=-1))
     fused = torch.where(has_teacher.unsqueeze(1), probs.clamp_min(_MIN_PROB).log(), torch.zeros_like(probs))
     return UnlabelledTeacher(logits=fused, has_teacher=has_teacher, weights=weights)

@@ -18,9 +18,11 @@ class SelectionStats:
     n_cache : int
         Wrong samples distilled from the knowledge cache.
     n_clients : int
-        Wrong, uncached samples distilled from the fused client teacher.
+        Wrong, uncached samples distilled from the fused client teacher, and held-out samples distilled from it
+        (right or wrong: the server's correctness is never used there).
     n_ce_only : int
-        Wrong samples with neither cache nor a correct client: cross-entropy only.
+        Wrong samples with neither cache nor a correct client: cross-entropy only. A held-out sample without a
+        teacher is in none of the four counts (it is not trained on).
     loss : float
         Mean per-sample loss of the final epoch.
     num_answered : int
