@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fl_kd.config import ConfigError
+from fl_kd.secret import SERVER_KEY_ENV
 from fl_kd.simulations.deploy_settings import DeploySettings
 from fl_kd.simulations.flower_launcher import flower_env, free_port
 from fl_kd.simulations.health import DeploymentError, answers, online_nodes
@@ -194,6 +195,12 @@ class LoopbackDeployment:
         no_proxy = ",".join(filter(None, [os.environ.get("NO_PROXY", ""), *LOOPBACK_HOSTS]))
         return {**flower_env(home), "NO_PROXY": no_proxy, "no_proxy": no_proxy}
 
+    def node_env(self, home: Path) -> dict[str, str]:
+        """A SuperNode's environment: a component's, without the server's key (its ClientApps are the clients)."""
+        env = self.env(home)
+        env.pop(SERVER_KEY_ENV, None)
+        return env
+
     def supernode_command(self, partition_id: int, port: int, private_key: Path | None = None) -> list[str]:
         """The command of partition ``partition_id``'s SuperNode, with its node config and (with auth) its key."""
         if private_key is None and self.keys:
@@ -208,7 +215,7 @@ class LoopbackDeployment:
         self.supervisor.start(
             name,
             self.supernode_command(partition_id, free_port(), private_key),
-            self.env(self.deploy_dir / name),
+            self.node_env(self.deploy_dir / name),
             self.deploy_dir / f"{name}.log",
             self.deploy_dir,
         )
@@ -250,7 +257,7 @@ class LoopbackDeployment:
             self.supervisor.start(
                 name,
                 self.supernode_command(partition_id, int(address.rsplit(":", 1)[1])),
-                self.env(self.deploy_dir / name),
+                self.node_env(self.deploy_dir / name),
                 self.deploy_dir / f"{name}.log",
                 self.deploy_dir,
             )

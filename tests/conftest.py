@@ -8,6 +8,9 @@ A test that reads the real Fashion-MNIST files carries ``@pytest.mark.requires_f
 package ``dataset-fashion-mnist`` it is skipped with the install command as the reason, so the README's test
 command passes on a fresh machine. CI installs the package and sets ``FL_KD_REQUIRE_DATASETS=1``: then any test
 skipped for want of that package fails instead, so a broken install cannot pass unnoticed.
+
+The server's key (``FL_KD_SERVER_KEY``, which keys the FedGEMS canaries' draw) is set for the whole session, and for
+the Flower processes tests start; ``tests/test_canaries.py`` checks what happens without it.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ import torch
 
 from fl_kd.data.idx import MNIST_FILE_STEMS, find_idx_file
 from fl_kd.data.images import DEBIAN_FASHION_MNIST_DIR
+from fl_kd.secret import SERVER_KEY_ENV
 
 torch.set_num_threads(1)
+os.environ.setdefault(SERVER_KEY_ENV, "fl-kd tests")
 
 FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
 FASHION_MNIST_SKIP = (

@@ -11,6 +11,7 @@ from fl_kd.config import ConfigError
 from fl_kd.kd.fedgems import SelectiveDistillServer
 from fl_kd.kd.fedgems.canaries import CanaryScreen, canary_indices, canary_secret, shortfall_z
 from fl_kd.kd.runner import run_inprocess
+from fl_kd.secret import SERVER_KEY_ENV
 from tests.kd_configs import learned_trust_server, resumed_from_checkpoint, tiny_config
 
 
@@ -25,20 +26,24 @@ def test_canaries_are_a_subset_of_the_unlabelled_part_keyed_by_seed_and_secret()
         canary_indices(100, 100, seed=0, secret=0)
 
 
-def test_a_client_with_the_seed_but_not_the_slices_labels_cannot_recompute_the_canaries() -> None:
-    """Every client has the run config, seed included; the key also needs every label of the reliability slice."""
+def test_the_canaries_follow_the_servers_key_not_what_a_client_holds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client holds the run config and the public dataset, held-out labels included; only the key is the server's."""
     server = learned_trust_server(60, canaries=20)
     assert server.options.canaries is not None and server.options.held_out is not None
-    truth = server.transfer_y[server.options.held_out]
     mask = server.options.canaries.mask
-    np.testing.assert_array_equal(
-        np.flatnonzero(mask), canary_indices(mask.size, 20, server.seed, canary_secret(truth))
-    )
-    guess = truth.clone()
-    guess[0] = (guess[0] + 1) % 4  # one label of the slice wrong
-    assert not np.array_equal(np.flatnonzero(mask), canary_indices(mask.size, 20, server.seed, canary_secret(guess)))
-    with pytest.raises(ValueError, match="reliability slice"):
-        canary_secret(torch.zeros(0, dtype=torch.long))
+    np.testing.assert_array_equal(np.flatnonzero(mask), canary_indices(mask.size, 20, server.seed, canary_secret()))
+    # What the earlier keying used, the reliability slice's labels, which every client holds, no longer finds them.
+    from fl_kd.secret import secret_of, tensor_bytes
+
+    from_labels = secret_of(b"fl-kd canaries", tensor_bytes(server.transfer_y[server.options.held_out].long()))
+    assert not np.array_equal(np.flatnonzero(mask), canary_indices(mask.size, 20, server.seed, from_labels))
+    monkeypatch.setenv(SERVER_KEY_ENV, "another key")
+    other = learned_trust_server(60, canaries=20)
+    assert other.options.canaries is not None
+    assert not np.array_equal(mask, other.options.canaries.mask)  # same seed and data, another key: another draw
+    monkeypatch.delenv(SERVER_KEY_ENV)
+    with pytest.raises(ConfigError, match=f"strategy.canaries needs the server's key: set {SERVER_KEY_ENV}"):
+        learned_trust_server(60, canaries=20)
 
 
 def test_the_shortfall_is_a_two_proportion_z_and_zero_without_evidence() -> None:

@@ -20,6 +20,7 @@ from flwr.common.config import parse_config_args
 
 from fl_kd.config import ConfigError
 from fl_kd.data.node_local import node_spec
+from fl_kd.secret import SERVER_KEY_ENV
 from fl_kd.simulations import loopback
 from fl_kd.simulations.deploy_settings import DeploySettings
 from fl_kd.simulations.health import DeploymentError
@@ -122,3 +123,14 @@ def test_partition_folders_hold_each_client_and_name_its_tier(tmp_path: Path) ->
         assert Path(str(config["data-dir"])) == (tmp_path / f"client-{client_id}").resolve()
         assert config["device-tier"] in tiers
         assert sorted(p.name for p in Path(str(config["data-dir"])).iterdir()) == ["x_train.npy", "y_train.npy"]
+
+
+def test_the_supernodes_never_get_the_servers_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SuperLink (and the ServerApp it starts) inherits FL_KD_SERVER_KEY; a SuperNode and its ClientApps do not."""
+    monkeypatch.setenv(SERVER_KEY_ENV, "the server's alone")
+    started: dict[str, dict[str, str]] = {}
+    monkeypatch.setattr(ProcessSupervisor, "start", lambda self, name, command, env, *args: started.update({name: env}))
+    deployment = LoopbackDeployment(tmp_path / "deploy", tmp_path / ".flwr", 2, DeploySettings(tls=False))
+    deployment.start_supernode("supernode-0", 0)
+    assert SERVER_KEY_ENV not in started["supernode-0"]
+    assert deployment.env(tmp_path / "superlink")[SERVER_KEY_ENV] == "the server's alone"

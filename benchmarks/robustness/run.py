@@ -14,6 +14,11 @@ from benchmarks.common import code_digest
 from benchmarks.kd.grid import compose_config
 from benchmarks.robustness.grid import Job
 from fl_kd.kd.runner import run_inprocess
+from fl_kd.secret import SERVER_KEY_ENV
+
+BENCHMARK_SERVER_KEY = "fl-kd robustness benchmark"
+"""The server's key of every job (it keys the canaries' draw) unless FL_KD_SERVER_KEY is set: fixed, so that a job
+reruns to the same numbers. No attacker of the grid reads it, as no client of a deployment could."""
 
 RESULT_FILE = "result.json"
 
@@ -66,6 +71,7 @@ def other_code(out: Path, jobs: list[Job], code: str) -> list[str]:
 def run_job(job: Job, rounds: int, out: Path, quick: bool = False) -> dict[str, Any]:
     """Run ``job`` with one torch thread; the record holds every round's metrics and the config."""
     torch.set_num_threads(1)
+    os.environ.setdefault(SERVER_KEY_ENV, BENCHMARK_SERVER_KEY)
     start = time.perf_counter()
     cfg = compose_config(job.seed, rounds, "inprocess", job.overrides(quick))
     rows = run_inprocess(cfg).rounds

@@ -6,11 +6,12 @@ it knows are labelled. A client that knows the defence answers those honestly an
 knowledge away. The server holds the labels of a set of samples *of the unlabelled part*; they are queried like
 every other unlabelled sample (drawn into a round's subset at the same rate, at positions in the same range), and
 never distilled. The set is drawn from the run's seed and a secret (:func:`canary_secret`): a digest of the
-reliability slice's labels, which the server holds and no client is ever given. Every client has the seed (the run
-config), so a set drawn from it alone would be one the attacker recomputes and answers honestly; with the secret,
-no client can tell the canaries apart. A client's accuracy on the canaries it answered, pooled
-over the rounds so far, is compared with its accuracy on the reliability slice (the held-out labelled samples,
-which it never trained on either): an honest client is about as accurate on both, a client that poisons a share
+server's key, ``FL_KD_SERVER_KEY``, set where the ServerApp runs. Every client has the seed (the run config) and
+the public dataset the transfer set and its labels come from, so a set drawn from those alone would be one the
+attacker recomputes and answers honestly; with the key, no client can tell the canaries apart. A client's
+accuracy on the canaries it answered, pooled over the rounds so far, is compared with its accuracy on the
+reliability slice (the held-out labelled samples, which it never trained on either): an honest client is about as
+accurate on both, a client that poisons a share
 ``p`` of its unlabelled answers is worse on the canaries by about ``p`` times its accuracy. One whose shortfall
 exceeds ``z`` standard errors of a two-proportion test is left out of the unlabelled teacher (and of its fit).
 
@@ -30,17 +31,29 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
+from fl_kd.config import ConfigError
 from fl_kd.kd.seeding import SERVER_ID, derive_seed, torch_generator
-from fl_kd.secret import secret_of, secret_words, tensor_bytes
+from fl_kd.secret import SERVER_KEY_ENV, secret_words, server_key
 
 Answers = Mapping[int, tuple[NDArray[Any], NDArray[Any]]]
 
 
-def canary_secret(reference_labels: Tensor) -> int:
-    """The key of the canary draw: a digest of the reliability slice's labels ``(n,)``, which the server alone holds."""
-    if reference_labels.numel() == 0:
-        raise ValueError("canaries need a reliability slice whose labels key their draw; it is empty")
-    return secret_of(b"fl-kd canaries", tensor_bytes(reference_labels.long()))
+def canary_secret() -> int:
+    """The key of the canary draw, from the server's key (:func:`fl_kd.secret.server_key`), which no client holds.
+
+    Raises
+    ------
+    ConfigError
+        ``FL_KD_SERVER_KEY`` is not set: no draw would be hidden from the clients.
+    """
+    secret = server_key(b"canaries")
+    if secret is None:
+        raise ConfigError(
+            f"strategy.canaries needs the server's key: set {SERVER_KEY_ENV} (any string, kept from the clients) "
+            "where the ServerApp runs. Every client holds the run config and the public dataset of the transfer "
+            "set, so canaries drawn from those alone are ones a liar recomputes and answers honestly"
+        )
+    return secret
 
 
 def canary_indices(num_unlabelled: int, count: int, seed: int, secret: int) -> NDArray[np.int64]:

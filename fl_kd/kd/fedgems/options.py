@@ -121,9 +121,8 @@ class ServerOptions:
                 raise ValueError(f"unlabelled_trust={config.unlabelled_trust!r} needs unlabelled transfer samples")
             self.unlabelled_x = unlabelled_x.cpu()
         self.unlabelled_y = None if unlabelled_y is None or self.unlabelled_x is None else unlabelled_y.cpu().long()
-        reference_labels = None if self.held_out is None else transfer_y[self.held_out]
         self.canaries, self.consensus = build_screens(
-            config, num_classes, self.unlabelled_y, self.num_unlabelled, seed, reference_labels
+            config, num_classes, self.unlabelled_y, self.num_unlabelled, seed, self.held_out is not None
         )
         self.teacher_cache: TeacherCache | None = None
         if config.unlabelled_cache and self.unlabelled_x is not None:

@@ -24,19 +24,19 @@ def build_screens(
     unlabelled_y: Tensor | None,
     num_unlabelled: int,
     seed: int,
-    reference_labels: Tensor | None,
+    has_reliability_slice: bool,
 ) -> tuple[CanaryScreen | None, ConsensusScreen | None]:
     """The canary and consensus screens ``config`` asks for (None where it asks for none), over ``num_unlabelled``
-    unlabelled samples whose labels ``unlabelled_y`` only the canaries use; ``reference_labels``, the reliability
-    slice's, key the canaries' draw (:func:`~fl_kd.kd.fedgems.canaries.canary_secret`)."""
+    unlabelled samples whose labels ``unlabelled_y`` only the canaries use; the canaries compare each client with
+    its accuracy on the held-out reliability slice, and their draw is keyed by the server's key
+    (:func:`~fl_kd.kd.fedgems.canaries.canary_secret`)."""
     canaries = None
     if config.canaries:
         if unlabelled_y is None:
             raise ValueError("canaries need unlabelled_trust and the labels of the unlabelled samples they hide")
-        if reference_labels is None:
+        if not has_reliability_slice:
             raise ValueError("canaries need a held-out reliability slice (reliability_on='held_out')")
-        secret = canary_secret(reference_labels)
-        canaries = CanaryScreen(unlabelled_y, config.canaries, seed, secret, config.canary_z)
+        canaries = CanaryScreen(unlabelled_y, config.canaries, seed, canary_secret(), config.canary_z)
     consensus = config.consensus_screen(num_classes) if num_unlabelled > 0 else None
     if consensus is not None and 0 < config.unlabelled_per_round < num_unlabelled:
         log.warning(
