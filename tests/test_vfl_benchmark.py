@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from benchmarks.common import markdown_table
-from benchmarks.vfl.expectations import Comparison, dp_versus, target_lines, unstopped_attacks
+from benchmarks.vfl.expectations import Comparison, dp_versus, expectations, target_lines, unstopped_attacks
 from benchmarks.vfl.grid import (
     FULL_SETTINGS,
     RELATIVE_NOISE_SCALES,
@@ -335,3 +335,18 @@ def test_a_resumed_training_is_reused_only_with_its_parameters_and_autoencoder()
     noise = DefenceSpec("gaussian", (("scale", 0.1),))
     assert reusable({"params": {"scale": 0.1}, "autoencoder_seed": None}, noise, 0, 0, 30)
     assert not reusable({"params": {"scale": 0.2}, "autoencoder_seed": None}, noise, 0, None, 30)
+
+
+def test_a_confusion_defence_is_at_chance_only_when_every_gradient_attack_is() -> None:
+    """CoAE that beats DLI and BLI but not the adaptive attacks, or pushes DLI far below chance, does not hold."""
+    none = record("none", 0, 0.85, {"DLI": 1.0, "BLI": 1.0, "ALI": 1.0, "GC": 1.0})
+    beaten = record("coae", 0, 0.85, {"DLI": 0.11, "BLI": 0.09, "ALI": 0.12, "GC": 0.10}, {"lam": 2.0})
+    line = expectations(summarise([none, beaten]))[0]
+    assert "toy/sum, coae λ=2: every gradient attack" in line and "**holds**" in line
+    adaptive = record("coae", 0, 0.85, {"DLI": 0.11, "BLI": 0.09, "ALI": 0.92, "GC": 0.93}, {"lam": 2.0})
+    line = expectations(summarise([none, adaptive]))[0]
+    assert "**does not hold**" in line and line.endswith("not at chance: ALI, GC.")
+    below = record("coae", 0, 0.85, {"DLI": 0.0, "BLI": 0.1, "ALI": 0.1, "GC": 0.1}, {"lam": 2.0})
+    line = expectations(summarise([none, below]))[0]
+    assert "**does not hold**" in line and "DLI AP 0.000±0.000 (below chance by 0.100)" in line
+    assert line.endswith("not at chance: DLI.")

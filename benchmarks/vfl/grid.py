@@ -29,6 +29,7 @@ DEFENCE_NAMES = (
     "gaussian",
     "laplace",
     "sparsification",
+    "discrete_sgd",
     "mid",
     "coae_noise",
     "randomised_label",

@@ -57,8 +57,8 @@ def render_report(
         "## MP-vs-AP trade-off",
         "",
         "Top row: x = adaptive AP of the strongest LI attack (PMC included); bottom row: strongest gradient attack "
-        "(DLI/NS/DS/BLI); hollow markers: CoAE/DCAE against the renaming attacker (multi-class). Lines: DP noise "
-        "sweeps (numbers = scale); filled markers: no defence, CoAE, DCAE, sparsification, MID; bars: std over "
+        "(DLI/NS/DS/BLI/ALI/GC); hollow markers: CoAE/DCAE against the renaming attacker (multi-class). Lines: DP "
+        "noise sweeps (numbers = scale); filled markers: no defence, CoAE, DCAE, sparsification, MID; bars: std over "
         "seeds; dotted: chance. Up and left is better.",
         "",
         f"![MP vs AP]({plot_link})",
@@ -95,7 +95,9 @@ def _worst_case_section(
         "",
         "The AP that counts for a defence is the highest adaptive AP over every attack, the adaptive ones included "
         "(ALI: either sign of every epoch's gradients, renamed by a few known labels; GC: k-means of normalised "
-        "gradients named by them), per seed, then averaged. 'DCS (worst case)': VFLAIR's DCS of that AP and the "
+        "gradients named by them; each reads every epoch and every running average over epochs, and reports the "
+        "reading its known labels fit best, not the best reading by the labels it does not know), per seed, then "
+        "averaged. 'DCS (worst case)': VFLAIR's DCS of that AP and the "
         "seed's MP, then averaged. 'Pareto front': no other defence has both a higher MP and a lower worst-case AP. "
         "'Attacker alone': model completion (the same known labels and head) fitted on the attacker's raw columns, "
         "with no training run at all; no defence of the protocol can push model completion below it.",

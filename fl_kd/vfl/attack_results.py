@@ -28,14 +28,14 @@ UNIT_FIGURES = frozenset(
         "accuracy",
         "recovery",
         "recovery_up_to_permutation",
-        "ap_known_selected",
+        "ap_oracle",
         "known_fit",
     }
 )
 #: Figures that count training samples: whole numbers from 0 to the number of aligned training samples.
 SAMPLE_COUNTS = frozenset({"num_samples", "num_known"})
 #: Other counts (epochs, batches): whole numbers, at least 0.
-COUNTS = frozenset({"epoch", "epoch_known_selected", "averaged_epochs", "num_batches"})
+COUNTS = frozenset({"epoch", "epoch_oracle", "averaged_epochs", "num_batches"})
 
 
 def _refuse_constant(name: str) -> Any:
