@@ -53,7 +53,8 @@ def setting_tables(rows: Sequence[Mapping[str, Any]]) -> str:
         )
         second_title = (
             "Below-chance gap max(0, 1/C - AP), and the recovery after the best one-to-one renaming of the "
-            "guessed classes (what an attacker who learns the class mapping from a few known labels reaches):"
+            "guessed classes, fitted on every scored label: an upper bound of what an attacker who learns the class "
+            "mapping from a few known labels reaches (ALI and GC fit it on those few):"
         )
     third = markdown_table(
         ["Defence", *[f"DCS {a}" for a in attacks], "T-DCS (LI)"],
