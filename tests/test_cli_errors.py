@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from fl_kd.models import build_model
+from fl_kd.secret import SERVER_KEY_ENV
 
 
 def _fl_kd_sim(tmp_path: Path, *overrides: str, full_error: bool = False) -> subprocess.CompletedProcess[str]:
@@ -184,3 +185,16 @@ def test_help_names_the_command_not_hydras_module(tmp_path: Path) -> None:
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path)
     assert result.returncode == 0 and result.stdout.startswith("fl-kd-sim (and fl-kd-report): "), result.stdout[:200]
     assert "is powered by Hydra" not in result.stdout.splitlines()[0]
+
+
+def test_canaries_without_the_servers_key_are_one_line_and_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(SERVER_KEY_ENV)
+    result = _fl_kd_sim(
+        tmp_path, "simulation.backend=inprocess", "strategy=fedgems_plus", "transfer.unlabelled=400",
+        "strategy.canaries=100", "strategy.unlabelled_per_round=0",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip() == result.stderr.strip().splitlines()[0]
+    assert result.stderr.startswith(f"error: strategy.canaries needs the server's key: set {SERVER_KEY_ENV}")
