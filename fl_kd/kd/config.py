@@ -40,8 +40,10 @@ class TransferConfig:
         Samples whose labels nobody sees (inputs only).
     server_private : int (default: 0)
         Labelled samples the server alone holds, never sent to a client: FLTrust's root data set when above 0
-        (``strategy.aggregation=fltrust``), which the clients then cannot replay. Not part of the transfer set;
-        drawn after it, from what would otherwise be the clients' data.
+        (``strategy.aggregation=fltrust``). Not part of the transfer set; drawn after it, from what would otherwise
+        be the clients' data. In this simulation they come from the public dataset with the run's seed, as the
+        whole split does, so a client that rebuilds the split could replay the root's training: they stand for data
+        a real server holds alone, not for a secret kept from a client that has the dataset.
     """
 
     labelled: int = 300
