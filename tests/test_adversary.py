@@ -490,3 +490,33 @@ def test_the_malicious_count_rounds_halves_up_as_the_fraction_is_written() -> No
     assert [malicious_count(50, 0.29), malicious_count(25, 0.58), malicious_count(90, 0.35)] == [15, 15, 32]
     assert [malicious_count(20, 0.3), malicious_count(20, 0.5), malicious_count(20, 0.1)] == [6, 10, 2]
     assert malicious_count(10, 0.04) == 0 and malicious_count(10, 0.05) == 1 and malicious_count(3, 1.0) == 3
+
+
+def test_a_late_liar_answers_honestly_before_its_first_round_and_lies_from_it() -> None:
+    """``from_round``: the attacker that builds trust first, then spends it (a screen pools evidence over rounds)."""
+    fed = federation()
+    algorithm = get_algorithm("dsfl")
+    honest_cfg = config(rounds=3)
+    late_cfg = config(adversary={"name": "negated_logits", "fraction": 1.0, "from_round": 2}, rounds=3)
+    server = algorithm.build_server(honest_cfg, fed)
+    honest, late = algorithm.build_client(honest_cfg, fed, 0), algorithm.build_client(late_cfg, fed, 0)
+    assert isinstance(late, MaliciousClient) and late.from_round == 2
+    for round in (1, 2):
+        instruction = server.train_instruction(round, 0)
+        expected, sent = honest.train(round, instruction), late.train(round, instruction)
+        same = all(np.array_equal(expected.arrays[k], sent.arrays[k]) for k in expected.arrays)
+        assert same == (round == 1), round
+
+
+@pytest.mark.parametrize(
+    ("adversary", "expected"),
+    [
+        ({"name": "label_flip", "from_round": 2}, "only a behaviour that rewrites its own answers can start late"),
+        ({"name": "absent", "from_round": 2}, "only a behaviour that rewrites its own answers can start late"),
+        ({"name": "negated_logits", "from_round": 4}, r"is after the last round \(strategy.rounds=3\)"),
+        ({"name": "negated_logits", "from_round": 0}, "adversary.from_round"),
+    ],
+)
+def test_a_late_start_that_cannot_happen_is_refused(adversary: dict[str, Any], expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        config(adversary={"fraction": 0.5, **adversary}, rounds=3)

@@ -133,7 +133,9 @@ METHODS: dict[str, tuple[str, ...]] = {
 #: disagree too, so that the screen counts its lies among theirs); ``camouflage_mimic_unsure_swap_p0.2`` states each
 #: such lie with its honest answer's confidence, ``camouflage_mimic_unsure_quantile_p0.2`` with that of its answers
 #: at their 75% quantile where labels check it, and ``camouflage_mimic_unsure_traded_p0.2`` with those of its surest
-#: honest answers, which take the lies' (the attackers that know the screen's confidence test).
+#: honest answers, which take the lies' (the attackers that know the screen's confidence test);
+#: ``camouflage_from3`` and ``camouflage_mimic_p0.2_from3`` answer honestly in rounds 1-2 and attack from round 3
+#: (the attackers that know the screens pool their evidence over rounds).
 MIMIC_P02 = ("adversary.poison_share=0.2", "adversary.checked=honest")
 ATTACK_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "camouflage_p0.2": ("camouflage", ("adversary.poison_share=0.2",)),
@@ -155,6 +157,8 @@ ATTACK_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
         "camouflage",
         (*MIMIC_P02, "adversary.poison_where=uncertain", "adversary.lie_as=traded"),
     ),
+    "camouflage_from3": ("camouflage", ("adversary.from_round=3",)),
+    "camouflage_mimic_p0.2_from3": ("camouflage", (*MIMIC_P02, "adversary.from_round=3")),
 }
 
 #: The attackers that know selective KD and its screens, at 0.3: what the knowledge benchmark's FedGEMS faces.
@@ -170,6 +174,8 @@ CAMOUFLAGED = frozenset(
         "camouflage_mimic_unsure_swap_p0.2",
         "camouflage_mimic_unsure_quantile_p0.2",
         "camouflage_mimic_unsure_traded_p0.2",
+        "camouflage_from3",
+        "camouflage_mimic_p0.2_from3",
     )
 )
 
@@ -207,6 +213,7 @@ ONLY: dict[str, frozenset[tuple[str, float]]] = {
     "fedgems_canaries": frozenset(
         {
             ("camouflage", 0.3),
+            ("camouflage_mimic_p0.2_from3", 0.3),
             ("camouflage_p0.2", 0.3),
             ("camouflage_mimic_p0.2", 0.3),
             ("camouflage_mimic_p0.1", 0.3),

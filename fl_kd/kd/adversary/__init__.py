@@ -44,7 +44,7 @@ def adversarial_client(build_client: ClientBuilder) -> ClientBuilder:
         behaviour = ADVERSARIES.get(cfg.adversary.name)(
             cfg.adversary, federation.data.num_classes, federation.transfer_y
         )
-        return MaliciousClient(role, behaviour, cfg.seed)
+        return MaliciousClient(role, behaviour, cfg.seed, cfg.adversary.from_round)
 
     return build
 

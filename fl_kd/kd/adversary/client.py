@@ -34,12 +34,15 @@ class MaliciousClient(ClientRole):
         What to corrupt (:data:`fl_kd.kd.adversary.ADVERSARIES`).
     seed : int
         Base seed of the run.
+    from_round : int (default: 1)
+        The first round it misbehaves in; before it, it trains and answers as the honest client.
     """
 
-    def __init__(self, honest: ClientRole, behaviour: Behaviour, seed: int) -> None:
+    def __init__(self, honest: ClientRole, behaviour: Behaviour, seed: int, from_round: int = 1) -> None:
         self.honest = honest
         self.behaviour = behaviour
         self.seed = seed
+        self.from_round = from_round
         self.client_id = honest.client_id
         client = _distill_client(honest)
         if client is not None:
@@ -48,7 +51,9 @@ class MaliciousClient(ClientRole):
             raise ValueError(f"{type(behaviour).__name__} needs a client half around a DistillClient")
 
     def train(self, round: int, instruction: Instruction) -> Answer:
-        """The honest answer (trained or not), corrupted."""
+        """The honest answer (trained or not), corrupted; before ``from_round``, the honest answer."""
+        if round < self.from_round:
+            return self.honest.train(round, instruction)
         with _local_training(self.honest, self.behaviour.trains):
             answer = self.honest.train(round, instruction)
         rng = np.random.default_rng(derive_seed(self.seed, self.client_id, round, "adversary"))

@@ -92,6 +92,11 @@ class AdversaryConfig:
     free_rider_mode : str (default: "stale")
         ``free_rider`` skips local training; "stale" answers with its untrained model as it stands (for weight
         sharing: the global weights echoed), "random" with random logits (or global weights plus noise).
+    from_round : int (default: 1)
+        The first round in which the malicious clients misbehave; before it they answer as honest clients. The
+        attacker that knows a screen pools its evidence over rounds: it is honest while trust builds up, then
+        spends it. Any behaviour that rewrites a client's own answers; not one that poisons the private labels
+        (they are set once), colludes through the server, or stays away (``absent``).
     """
 
     name: str = NONE
@@ -109,6 +114,7 @@ class AdversaryConfig:
     lie_quantile: float = 0.75
     coordinated: bool = False
     z: float | None = None
+    from_round: int = 1
 
     def __post_init__(self) -> None:
         from fl_kd.kd.adversary.behaviours import ADVERSARIES
@@ -168,12 +174,37 @@ class AdversaryConfig:
             f"{shares}",
         )
         self._check_unread(experiment)
+        self._check_from_round(experiment)
         count = malicious_count(experiment.num_clients, self.fraction)
         require(  # 0 itself is a sweep's honest point; a share that rounds to no client is a typo's
             self.fraction == 0.0 or count > 0,
             f"adversary.fraction={self.fraction} of num_clients={experiment.num_clients} is no client "
             f"(round(fraction * num_clients) = 0), so adversary {self.name} would attack nobody: raise "
             "adversary.fraction, or set it to 0 for an honest run",
+        )
+
+    def _check_from_round(self, experiment: ExperimentConfig) -> None:
+        """``from_round`` needs a behaviour that rewrites each round's own answers, and a round of the run."""
+        from fl_kd.kd.adversary.behaviours import ADVERSARIES, Behaviour
+        from fl_kd.kd.adversary.collusion import Colluding
+        from fl_kd.kd.adversary.references import Absent
+
+        check_range("adversary.from_round", self.from_round, low=1)
+        if self.from_round == 1:
+            return
+        behaviour = ADVERSARIES.get(self.name)
+        require(
+            behaviour.poison_labels is Behaviour.poison_labels
+            and not issubclass(behaviour, (Colluding, Absent))
+            and self.name != NONE,
+            f"adversary.from_round={self.from_round} with adversary {self.name}: only a behaviour that rewrites its "
+            "own answers can start late (not one that poisons the private labels, colludes through the server, or "
+            "stays away)",
+        )
+        require(
+            self.from_round <= experiment.strategy.rounds,
+            f"adversary.from_round={self.from_round} is after the last round (strategy.rounds="
+            f"{experiment.strategy.rounds}): the malicious clients would never misbehave",
         )
 
     def _check_unread(self, experiment: ExperimentConfig) -> None:
@@ -191,9 +222,10 @@ class AdversaryConfig:
             )
 
 
-#: The settings that tune a behaviour (every field but ``name`` and ``fraction``); each behaviour reads only some.
+#: The settings that tune a behaviour (every field but ``name``, ``fraction`` and ``from_round``); each behaviour
+#: reads only some.
 BEHAVIOUR_SETTINGS: tuple[str, ...] = tuple(
-    f.name for f in fields(AdversaryConfig) if f.name not in ("name", "fraction")
+    f.name for f in fields(AdversaryConfig) if f.name not in ("name", "fraction", "from_round")
 )
 
 
