@@ -72,32 +72,6 @@ def test_the_screen_flags_the_client_that_lies_only_on_unlabelled_samples() -> N
     assert stripped[0][0].size == 140 and not screen.mask[stripped[0][0]].any()
 
 
-def test_the_round_test_catches_a_liar_that_was_honest_for_rounds_before_it_lied() -> None:
-    """90% right on the slice and on the canaries for 7 rounds, then 50% on the canaries in round 8: pooled over the
-    8 rounds the shortfall is 5 points (z about 1.9), in round 8 alone it is 40 (z about 6.8)."""
-    labels = torch.arange(400) % 4
-    pooled_only = CanaryScreen(labels, count=40, seed=0, secret=5, z=3.0)
-    both = CanaryScreen(labels, count=40, seed=0, secret=5, z=3.0, round_z=3.0)
-    canaries = np.flatnonzero(both.mask)
-    assert np.array_equal(canaries, np.flatnonzero(pooled_only.mask)) and canaries.size == 40
-
-    def answer(wrong: int) -> tuple[np.ndarray, np.ndarray]:
-        guesses = labels.numpy()[canaries].copy()
-        guesses[:wrong] = (guesses[:wrong] + 1) % 4
-        return canaries, np.eye(4, dtype=np.float32)[guesses]
-
-    reference_true = np.arange(40) % 4
-    reference = {0: (np.where(np.arange(40) < 4, (reference_true + 1) % 4, reference_true), reference_true)}
-    for round in range(1, 9):
-        answers = {0: answer(4 if round < 8 else 20)}
-        flagged_pooled, scores = pooled_only.screen(answers, reference)
-        flagged_both, _ = both.screen(answers, reference)
-        assert flagged_pooled == set() and scores[0] < 3.0, (round, scores)
-        assert flagged_both == ({0} if round == 8 else set()), round
-    with pytest.raises(ValueError, match="round_z >= 0"):
-        CanaryScreen(labels, count=40, seed=0, secret=5, z=3.0, round_z=-1.0)
-
-
 def _server(canaries: int) -> SelectiveDistillServer:
     return learned_trust_server(60, canaries=canaries)
 

@@ -87,8 +87,6 @@ METHODS: dict[str, tuple[str, ...]] = {
     "fedgems_learned": LEARNED,
     # The same, with 1,000 canaries: labelled samples the server hides among the unlabelled ones (1,000 labels more).
     "fedgems_canaries": (*LEARNED, "strategy.canaries=1000"),
-    # And each round's canaries tested on their own as well, against the liar that is honest first, then lies.
-    "fedgems_canaries_round": (*LEARNED, "strategy.canaries=1000", "strategy.canary_round_z=3"),
     # And with each client's probabilities floored at 0.01 in the combiner, so that one lie cannot veto a class.
     "fedgems_robust": (*LEARNED, "strategy.canaries=1000", "strategy.learned_prob_floor=0.01"),
     # The canaries with the knowledge benchmark's teacher cache (the teachers of the last 8 rounds distilled again):
@@ -221,9 +219,6 @@ ONLY: dict[str, frozenset[tuple[str, float]]] = {
             ("camouflage_mimic_p0.1", 0.3),
             ("camouflage", 0.5),
         }
-    ),
-    "fedgems_canaries_round": frozenset(
-        {("camouflage", 0.3), ("camouflage_mimic_p0.2", 0.3), ("camouflage_mimic_p0.2_from3", 0.3)}
     ),
     "fedgems_canaries_cached": frozenset(
         {("camouflage", 0.3), ("camouflage_p0.2", 0.3), ("camouflage_mimic_p0.2", 0.3)}

@@ -92,17 +92,13 @@ class CanaryScreen:
         The server's secret (:func:`canary_secret`), which keys the draw with ``seed``.
     z : float
         A client whose canary accuracy falls short of its reliability-slice accuracy by more than ``z`` standard
-        errors, both pooled over the rounds so far, is screened out.
-    round_z : float (default: 0.0)
-        Also one whose canary accuracy in the round alone falls short of its pooled reliability-slice accuracy by
-        more than ``round_z`` standard errors (0: off): the liar that is honest for rounds and then lies, whose
-        lies the pooled tallies dilute.
+        errors is screened out.
     """
 
-    def __init__(self, labels: Tensor, count: int, seed: int, secret: int, z: float, round_z: float = 0.0) -> None:
-        if z <= 0 or round_z < 0:
-            raise ValueError(f"z must be > 0 and round_z >= 0, got {z} and {round_z}")
-        self.z, self.round_z = z, round_z
+    def __init__(self, labels: Tensor, count: int, seed: int, secret: int, z: float) -> None:
+        if z <= 0:
+            raise ValueError(f"z must be > 0, got {z}")
+        self.z = z
         indices = canary_indices(int(labels.shape[0]), count, seed, secret)
         self.mask = np.zeros(int(labels.shape[0]), dtype=bool)
         self.mask[indices] = True
@@ -138,14 +134,11 @@ class CanaryScreen:
             predicted = np.asarray(values)[on_canary].argmax(axis=1) if on_canary.any() else np.zeros(0, np.int64)
             tally = self.tallies.setdefault(client_id, [0, 0, 0, 0])
             reference_predicted, reference_true = reference.get(client_id, (np.zeros(0), np.zeros(0)))
-            right, seen = int(np.sum(predicted == self.labels[positions[on_canary]])), int(on_canary.sum())
             tally[0] += int(np.sum(reference_predicted == reference_true))
             tally[1] += int(np.size(reference_true))
-            tally[2] += right
-            tally[3] += seen
+            tally[2] += int(np.sum(predicted == self.labels[positions[on_canary]]))
+            tally[3] += int(on_canary.sum())
             scores[client_id] = shortfall_z(*tally)
             if scores[client_id] > self.z:
-                flagged.add(client_id)
-            elif self.round_z and shortfall_z(tally[0], tally[1], right, seen) > self.round_z:
                 flagged.add(client_id)
         return flagged, scores
