@@ -136,6 +136,7 @@ class AdversaryConfig:
             check_range("adversary.z", self.z, low=0.0)
         check_choice("adversary.free_rider_mode", self.free_rider_mode, FREE_RIDER_MODES)
         check_range("adversary.poison_share", self.poison_share, low=0.0, high=1.0)
+        check_range("adversary.from_round", self.from_round, low=1)
         check_choice("adversary.checked", self.checked, CHECKED_ANSWERS)
         check_choice("adversary.poison_where", self.poison_where, POISON_WHERE)
         check_choice("adversary.lie_as", self.lie_as, LIE_AS)
@@ -184,12 +185,11 @@ class AdversaryConfig:
         )
 
     def _check_from_round(self, experiment: ExperimentConfig) -> None:
-        """``from_round`` needs a behaviour that rewrites each round's own answers, and a round of the run."""
+        """A ``from_round`` after 1 needs a behaviour that rewrites each round's own answers, and a round of the run."""
         from fl_kd.kd.adversary.behaviours import ADVERSARIES, Behaviour
         from fl_kd.kd.adversary.collusion import Colluding
         from fl_kd.kd.adversary.references import Absent
 
-        check_range("adversary.from_round", self.from_round, low=1)
         if self.from_round == 1:
             return
         behaviour = ADVERSARIES.get(self.name)

@@ -80,8 +80,7 @@ def fuse_by_reliability(
     reliability = torch.gather(precision, 1, predicted)
     trust = reliability.pow(power) * available
     total = trust.sum(dim=0)
-    has_teacher = available & ((reliability > 0) | (power == 0))
-    has_teacher = has_teacher.any(dim=0)
+    has_teacher = (available & ((reliability > 0) | (power == 0))).any(dim=0)
     weights = (trust / total.clamp_min(_MIN_TOTAL).unsqueeze(0)) * has_teacher.unsqueeze(0)
     underflow = has_teacher & (total < _MIN_TOTAL)
     if underflow.any():  # a high power on low reliabilities: normalise those samples in log space instead
