@@ -8,16 +8,8 @@ import pytest
 
 from fl_kd.checkpoint import CheckpointError
 from fl_kd.config import ConfigError
-from fl_kd.kd.consensus import (
-    MARGIN,
-    ConsensusScreen,
-    agreement_rows,
-    confidence_strata,
-    family_z,
-    shortfall,
-    standard_error,
-    unsure_counts,
-)
+from fl_kd.kd.agreement import agreement_rows, confidence_strata, unsure_counts
+from fl_kd.kd.consensus import MARGIN, ConsensusScreen, family_z, shortfall, standard_error
 from fl_kd.kd.fedgems import SelectiveDistillServer
 from fl_kd.kd.runner import run_inprocess
 from fl_kd.kd.training import confidence

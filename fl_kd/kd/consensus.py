@@ -42,25 +42,15 @@ robustness benchmark's; BENCHMARKS_KD.md). Colluders above half of the clients s
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from fl_kd.config import check_range, require
-from fl_kd.kd.training import confidence
-
-Answers = Mapping[int, tuple[NDArray[Any], NDArray[Any]]]
-
-MIN_OTHERS = 2
-"""A sample counts for a client only where at least this many other clients answered it."""
-
-SURE_QUANTILES = (0.2, 0.4, 0.6, 0.8)
-"""The confidence test's cuts: at each, the share of a client's answers it states less sure than this quantile of
-its own answers on the reference; about that share elsewhere if it is honest."""
+from fl_kd.kd.agreement import SURE_QUANTILES, Answers, agreement_rows, confidence_strata, unsure_counts
 
 SURE_BANDS = (2, 3, 4)
 """The strata of :func:`confidence_strata` whose agreement the confidence test compares: a client's answers stated
@@ -71,64 +61,6 @@ MARGIN = 0.02
 """The shortfall beyond the median client's that no amount of evidence makes a client a suspect: honest clients
 differ by about this much for good (module docstring); a liar that poisons a fifth of its answers, by several
 times it."""
-
-
-def agreement_rows(
-    answers: Answers, num_classes: int, voters: Collection[int] | None = None
-) -> dict[int, tuple[NDArray[np.bool_], NDArray[np.bool_]]]:
-    """Per client and row of its answers, ``(agreed, counted)``: whether its top class is the plurality vote of the
-    other ``voters`` (default: every client) there, and whether at least :data:`MIN_OTHERS` of them answered that
-    sample (ties go to the lowest class)."""
-    clients = sorted(answers)
-    if not clients:
-        return {}
-    voting = np.array([voters is None or c in voters for c in clients])
-    union = np.unique(np.concatenate([np.asarray(answers[c][0], dtype=np.int64) for c in clients]))
-    votes = np.full((len(clients), union.size), -1, dtype=np.int64)
-    slots = {c: np.searchsorted(union, np.asarray(answers[c][0], dtype=np.int64)) for c in clients}
-    for k, client_id in enumerate(clients):
-        if slots[client_id].size:
-            votes[k, slots[client_id]] = np.asarray(answers[client_id][1]).argmax(axis=1)
-    counts = np.zeros((union.size, num_classes), dtype=np.int64)
-    for row in votes[voting]:
-        answered = row >= 0
-        np.add.at(counts, (np.flatnonzero(answered), row[answered]), 1)
-    voted_by = (votes[voting] >= 0).sum(axis=0)
-    out = {}
-    for k, client_id in enumerate(clients):
-        own = votes[k]
-        mine = own >= 0
-        others, others_by = counts, voted_by
-        if voting[k]:  # its own vote is not part of the vote it is compared with
-            others = counts.copy()
-            others[np.flatnonzero(mine), own[mine]] -= 1
-            others_by = voted_by - mine.astype(np.int64)
-        counted = mine & (others_by >= MIN_OTHERS)
-        agreed = counted & (others.argmax(axis=1) == own)
-        out[client_id] = (agreed[slots[client_id]], counted[slots[client_id]])
-    return out
-
-
-def confidence_strata(reference: NDArray[Any], values: NDArray[Any]) -> NDArray[np.int64]:
-    """Per row of ``values``, its stratum ``0 .. len(SURE_QUANTILES)`` of stated confidence: how many of the cuts (the
-    :data:`SURE_QUANTILES` of the client's confidence on the ``reference`` rows) it reaches."""
-    if reference.shape[0] == 0:
-        return np.zeros(values.shape[0], dtype=np.int64)
-    cuts = np.quantile(confidence(reference), SURE_QUANTILES)
-    return np.searchsorted(cuts, confidence(values), side="right").astype(np.int64)
-
-
-def unsure_counts(reference_strata: NDArray[np.int64], strata: NDArray[np.int64]) -> list[tuple[int, int, int, int]]:
-    """Per cut of :data:`SURE_QUANTILES`, ``(reference unsure, counted, unsure, counted)``: how many rows state a
-    confidence below that quantile of the client's own confidence on the reference rows (ties count as sure), from
-    the :func:`confidence_strata` of both, in the layout of the agreement tallies, so that :func:`shortfall` is the
-    share of its answers it states surer elsewhere than where checked."""
-    if reference_strata.size == 0 or strata.size == 0:
-        return [(0, 0, 0, 0) for _ in SURE_QUANTILES]
-    return [
-        (int((reference_strata <= k).sum()), reference_strata.size, int((strata <= k).sum()), strata.size)
-        for k in range(len(SURE_QUANTILES))
-    ]
 
 
 def shortfall(tally: Sequence[int]) -> float:
