@@ -72,6 +72,60 @@ def test_the_screen_flags_the_client_that_lies_only_on_unlabelled_samples() -> N
     assert stripped[0][0].size == 140 and not screen.mask[stripped[0][0]].any()
 
 
+def _late_liar_rounds(screen: CanaryScreen, rounds: int, lie_from: int) -> list[tuple[set[int], float]]:
+    """Client 0 is right on 36 of 40 slice answers and 36 of 40 canaries each round, then on 20 canaries from round
+    ``lie_from``: each round's flags and pooled z."""
+    labels = torch.arange(400) % 4
+    canaries = np.flatnonzero(screen.mask)
+    reference_true = np.arange(40) % 4
+    reference = {0: (np.where(np.arange(40) < 4, (reference_true + 1) % 4, reference_true), reference_true)}
+    out = []
+    for round in range(1, rounds + 1):
+        guesses = labels.numpy()[canaries].copy()
+        wrong = 20 if round >= lie_from else 4
+        guesses[:wrong] = (guesses[:wrong] + 1) % 4
+        flagged, scores = screen.screen({0: (canaries, np.eye(4, dtype=np.float32)[guesses])}, reference)
+        out.append((flagged, scores[0]))
+    return out
+
+
+def test_the_burst_test_catches_a_liar_that_was_honest_for_rounds_before_it_lied() -> None:
+    """Pooled over 8 rounds, a shortfall of 40 points in round 8 alone reads as 5 (z about 1.9); in its window of
+    one round it is z about 3.9."""
+    labels = torch.arange(400) % 4
+    pooled = _late_liar_rounds(CanaryScreen(labels, count=40, seed=0, secret=5, z=3.0), 8, lie_from=8)
+    assert all(flagged == set() and z < 3.0 for flagged, z in pooled)
+    burst = _late_liar_rounds(CanaryScreen(labels, count=40, seed=0, secret=5, z=3.0, burst_z=3.0), 8, lie_from=8)
+    assert [flagged for flagged, _ in burst] == [set()] * 7 + [{0}]
+    assert [z for _, z in burst] == [z for _, z in pooled]  # the pooled statistic is unchanged
+    with pytest.raises(ValueError, match="burst_z >= 0"):
+        CanaryScreen(labels, count=40, seed=0, secret=5, z=3.0, burst_z=-1.0)
+
+
+def test_the_burst_windows_compare_rounds_with_the_same_rounds_slice() -> None:
+    """A client that learns fast: 16 of 40 right on the slice and on the canaries in rounds 1-2, then 40 of 40 on
+    the slice and 30 of 40 on the canaries in round 3. Its round-3 canaries beat its pooled slice accuracy (0.75
+    against 72 / 120), so a test against the pooled slice would pass it; its own round's slice shows the lies."""
+    labels = torch.arange(400) % 4
+    screen = CanaryScreen(labels, count=40, seed=0, secret=5, z=3.0, burst_z=3.0)
+    canaries = np.flatnonzero(screen.mask)
+    truth = np.arange(40) % 4
+
+    def answered(right: int) -> tuple[np.ndarray, np.ndarray]:
+        guesses = labels.numpy()[canaries].copy()
+        guesses[right:] = (guesses[right:] + 1) % 4
+        return canaries, np.eye(4, dtype=np.float32)[guesses]
+
+    def on_slice(right: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        return {0: (np.where(np.arange(40) < right, truth, (truth + 1) % 4), truth)}
+
+    for _ in range(2):
+        assert screen.screen({0: answered(16)}, on_slice(16))[0] == set()
+    flagged, scores = screen.screen({0: answered(30)}, on_slice(40))
+    assert flagged == {0} and scores[0] < 3.0 and screen.burst_score(0) > 3.0
+    assert shortfall_z(72, 120, 30, 40) < 0  # against the pooled slice, the round's canaries look better
+
+
 def _server(canaries: int) -> SelectiveDistillServer:
     return learned_trust_server(60, canaries=canaries)
 
@@ -141,3 +195,11 @@ def test_the_tallies_survive_a_checkpoint_so_a_resumed_server_screens_alike() ->
         resumed.options.canaries.tallies == server.options.canaries.tallies == {0: [20, 20, 20, 20], 1: [20, 20, 0, 20]}
     )
     assert server.distill(2, _answers(server)).extra == resumed.distill(2, _answers(resumed)).extra
+    assert (
+        resumed.options.canaries.rounds
+        == server.options.canaries.rounds
+        == {
+            0: [(20, 20, 20, 20)] * 2,
+            1: [(20, 20, 0, 20)] * 2,
+        }
+    )

@@ -151,6 +151,7 @@ def test_vertical_fl_gives_one_line_and_exit_2_too(tmp_path: Path, overrides: li
             "error: strategy.held_out_fraction=0.5 is used only with strategy.correctness=held_out",
         ),
         (["strategy.canary_z=5"], "error: strategy.canary_z=5.0 is used only with strategy.canaries > 0"),
+        (["strategy.canary_burst_z=3"], "error: strategy.canary_burst_z=3.0 is used only with strategy.canaries > 0"),
         (
             ["strategy.learned_trim=2"],
             "error: strategy.learned_trim=2 is used only with strategy.unlabelled_trust=learned",

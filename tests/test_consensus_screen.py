@@ -114,6 +114,23 @@ def test_a_small_shortfall_that_never_goes_away_is_no_evidence() -> None:
         ConsensusScreen(CLASSES, z=3.0, margin=1.0)
 
 
+def test_the_burst_test_catches_a_liar_that_was_honest_for_rounds_before_it_lied() -> None:
+    """Honest for 7 rounds, then a fifth of its unlabelled answers wrong in round 8: pooled, its excess is diluted
+    below z; in the window of round 8 alone it stands out. Honest clients pass both in every round."""
+    pooled, burst = ConsensusScreen(CLASSES, z=3.0), ConsensusScreen(CLASSES, z=3.0, burst_z=3.0)
+    for round in range(8):
+        answers = _federation(np.random.default_rng(40 + round), {6: 0.2 if round == 7 else 0.0})
+        assert pooled.screen(*answers)[0] == set(), round
+        assert burst.screen(*answers)[0] == ({6} if round == 7 else set()), round
+    assert burst.family_scores["burst"][6] > 3.0 > pooled.family_scores["agreement"][6]
+    assert max(z for c, z in burst.family_scores["burst"].items() if c != 6) < 3.0
+    assert len(burst.rounds[6]) == 8 and burst.rounds[6][-1][1::2] == (200, 2000)
+    with pytest.raises(ValueError, match="burst_z >= 0"):
+        ConsensusScreen(CLASSES, z=3.0, burst_z=-1.0)
+    with pytest.raises(ConfigError, match="consensus_burst_z is a setting of the consensus screen"):
+        tiny_config(consensus_burst_z=3.0)
+
+
 def _server(consensus_z: float) -> SelectiveDistillServer:
     return learned_trust_server(60, consensus_z=consensus_z)
 
@@ -144,7 +161,7 @@ def test_the_server_leaves_the_camouflaged_client_out_of_the_unlabelled_teacher(
 
 def test_the_tallies_survive_a_checkpoint() -> None:
     def build() -> SelectiveDistillServer:
-        return learned_trust_server(60, consensus_z=3.0, consensus_confidence=True)
+        return learned_trust_server(60, consensus_z=3.0, consensus_confidence=True, consensus_burst_z=3.0)
 
     server = build()
     server.distill(1, _answers(server))
@@ -153,6 +170,7 @@ def test_the_tallies_survive_a_checkpoint() -> None:
     assert saved is not None and loaded is not None
     assert loaded.tallies == saved.tallies and saved.tallies[4] == [20, 20, 0, 60]
     assert loaded.confidence_tallies == saved.confidence_tallies
+    assert loaded.rounds == saved.rounds and saved.rounds[4] == [(20, 20, 0, 60)]
     assert [tally[1::2] for tally in saved.confidence_tallies[4][:4]] == [[20, 60]] * 4  # the four cuts
     assert sum(tally[1] for tally in saved.confidence_tallies[4][4:]) == 20  # the three bands tested
     assert server.distill(2, _answers(server)).extra == resumed.distill(2, _answers(resumed)).extra

@@ -87,6 +87,8 @@ METHODS: dict[str, tuple[str, ...]] = {
     "fedgems_learned": LEARNED,
     # The same, with 1,000 canaries: labelled samples the server hides among the unlabelled ones (1,000 labels more).
     "fedgems_canaries": (*LEARNED, "strategy.canaries=1000"),
+    # And each window of the latest rounds tested on its own too, against the liar that is honest first, then lies.
+    "fedgems_canaries_burst": (*LEARNED, "strategy.canaries=1000", "strategy.canary_burst_z=2.5"),
     # And with each client's probabilities floored at 0.01 in the combiner, so that one lie cannot veto a class.
     "fedgems_robust": (*LEARNED, "strategy.canaries=1000", "strategy.learned_prob_floor=0.01"),
     # The canaries with the knowledge benchmark's teacher cache (the teachers of the last 8 rounds distilled again):
@@ -98,6 +100,13 @@ METHODS: dict[str, tuple[str, ...]] = {
     # And with the consensus screen: a client that agrees with the others less where no label checks it is left out
     # of the unlabelled teacher, with no label spent.
     "fedgems_plus_consensus": ("strategy=fedgems_plus", "transfer.unlabelled=10000", "strategy.consensus_z=3"),
+    # And each window of the latest rounds tested on its own too, against the liar that is honest first, then lies.
+    "fedgems_plus_consensus_burst": (
+        "strategy=fedgems_plus",
+        "transfer.unlabelled=10000",
+        "strategy.consensus_z=3",
+        "strategy.consensus_burst_z=3",
+    ),
     # And with each client's probabilities floored at 0.01 in the combiner, so that a lie the screen misses cannot
     # veto the truth where the clients are unsure.
     "fedgems_plus_consensus_floor": (
@@ -134,8 +143,9 @@ METHODS: dict[str, tuple[str, ...]] = {
 #: such lie with its honest answer's confidence, ``camouflage_mimic_unsure_quantile_p0.2`` with that of its answers
 #: at their 75% quantile where labels check it, and ``camouflage_mimic_unsure_traded_p0.2`` with those of its surest
 #: honest answers, which take the lies' (the attackers that know the screen's confidence test);
-#: ``camouflage_from3`` and ``camouflage_mimic_p0.2_from3`` answer honestly in rounds 1-2 and attack from round 3
-#: (the attackers that know the screens pool their evidence over rounds).
+#: ``camouflage_from3``, ``camouflage_mimic_p0.2_from3`` and ``camouflage_mimic_p0.1_from3`` answer honestly in rounds
+#: 1-2 and attack from round 3 (the attackers that know the screens pool their evidence over rounds; the last also
+#: lies too rarely for one round's canaries to show).
 MIMIC_P02 = ("adversary.poison_share=0.2", "adversary.checked=honest")
 ATTACK_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "camouflage_p0.2": ("camouflage", ("adversary.poison_share=0.2",)),
@@ -159,6 +169,10 @@ ATTACK_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "camouflage_from3": ("camouflage", ("adversary.from_round=3",)),
     "camouflage_mimic_p0.2_from3": ("camouflage", (*MIMIC_P02, "adversary.from_round=3")),
+    "camouflage_mimic_p0.1_from3": (
+        "camouflage",
+        ("adversary.poison_share=0.1", "adversary.checked=honest", "adversary.from_round=3"),
+    ),
 }
 
 #: The attackers that know selective KD and its screens, at 0.3: what the knowledge benchmark's FedGEMS faces.
@@ -214,10 +228,19 @@ ONLY: dict[str, frozenset[tuple[str, float]]] = {
         {
             ("camouflage", 0.3),
             ("camouflage_mimic_p0.2_from3", 0.3),
+            ("camouflage_mimic_p0.1_from3", 0.3),
             ("camouflage_p0.2", 0.3),
             ("camouflage_mimic_p0.2", 0.3),
             ("camouflage_mimic_p0.1", 0.3),
             ("camouflage", 0.5),
+        }
+    ),
+    "fedgems_canaries_burst": frozenset(
+        {
+            ("camouflage", 0.3),
+            ("camouflage_mimic_p0.2", 0.3),
+            ("camouflage_mimic_p0.2_from3", 0.3),
+            ("camouflage_mimic_p0.1_from3", 0.3),
         }
     ),
     "fedgems_canaries_cached": frozenset(
@@ -242,7 +265,16 @@ ONLY: dict[str, frozenset[tuple[str, float]]] = {
     ),
     "fedgems_uniform": frozenset({("scaled_logits", 0.3), ("camouflage", 0.3), ("camouflage", 0.5)}),
     "fedgems_plus": frozenset({("confident_wrong", 0.3), ("random_logits", 0.3)}) | CAMOUFLAGED,
-    "fedgems_plus_consensus": CAMOUFLAGED,
+    "fedgems_plus_consensus": CAMOUFLAGED | {("camouflage_mimic_p0.1_from3", 0.3)},
+    "fedgems_plus_consensus_burst": frozenset(
+        {
+            ("camouflage", 0.3),
+            ("camouflage_mimic_p0.2", 0.3),
+            ("camouflage_from3", 0.3),
+            ("camouflage_mimic_p0.2_from3", 0.3),
+            ("camouflage_mimic_p0.1_from3", 0.3),
+        }
+    ),
     # Per-class trust and the screen on plain averaging, against the attackers that know them, with 6 and 10 liars
     # of 20, and beside the honest clients alone.
     **dict.fromkeys(

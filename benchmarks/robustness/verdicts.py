@@ -21,11 +21,13 @@ PLAIN_AVERAGING = ("fedmd", "dsfl")
 SELECTIVE_VARIANTS = (
     "fedgems_learned",
     "fedgems_canaries",
+    "fedgems_canaries_burst",
     "fedgems_canaries_cached",
     "fedgems_robust",
     "fedgems_trimmed",
     "fedgems_plus",
     "fedgems_plus_consensus",
+    "fedgems_plus_consensus_burst",
     "fedgems_plus_consensus_floor",
     "fedgems_plus_consensus_confidence",
 )

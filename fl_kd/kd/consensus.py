@@ -23,6 +23,11 @@ error shrinks; without the margin such a client crosses ``z`` in a long enough r
 can also grow: clients learn the vote on the unlabelled samples they distil, a label-skewed client keeps less of it,
 and each round more of the samples asked have been distilled before (BENCHMARKS_KD.md measures it).
 
+Pooling over rounds is what gives the test its power against a client that lies every round, and what dilutes one
+that answers honestly for rounds and then lies (``adversary.from_round``). With ``burst_z`` the agreement test also
+runs on every window of the latest rounds (the last one, the last two, ...), the median client's shortfall taken
+in the same window, and screens a client whose excess in any window exceeds ``burst_z`` standard errors.
+
 What it cannot do: an attacker that poisons a small enough share stays below the test's power, and one that lies
 on the reference as often as elsewhere is not screened, but then a trust measured there rates it as the weaker
 client it makes itself. One that lies only where it is least sure, naming its runner-up class, hides
@@ -100,14 +105,19 @@ class ConsensusScreen:
         stated sure disagrees where sure answers agree.
     margin : float (default: :data:`MARGIN`)
         The excess over the median client's shortfall that is not evidence, in every test.
+    burst_z : float (default: 0.0)
+        Also screen a client whose agreement excess in a window of its latest rounds, shorter than all of them,
+        exceeds ``burst_z`` standard errors (0: off; the family ``"burst"`` of :attr:`family_scores`).
     """
 
     max_passes = 4
     """Passes of the screen per round at most; the verdict usually settles after two."""
 
-    def __init__(self, num_classes: int, z: float, confidence_test: bool = False, margin: float = MARGIN) -> None:
-        if z <= 0:
-            raise ValueError(f"z must be > 0, got {z}")
+    def __init__(
+        self, num_classes: int, z: float, confidence_test: bool = False, margin: float = MARGIN, burst_z: float = 0.0
+    ) -> None:
+        if z <= 0 or burst_z < 0:
+            raise ValueError(f"z must be > 0 and burst_z >= 0, got {z} and {burst_z}")
         if not 0.0 <= margin < 1.0:
             raise ValueError(f"margin must lie in [0, 1), got {margin}")
         if num_classes < 2:
@@ -116,6 +126,9 @@ class ConsensusScreen:
         self.z = z
         self.confidence_test = confidence_test
         self.margin = margin
+        self.burst_z = burst_z
+        # client id -> its agreement counts of each round it answered in, oldest first (for the burst test)
+        self.rounds: dict[int, list[tuple[int, ...]]] = {}
         # client id -> [reference agreed, reference counted, unlabelled agreed, unlabelled counted], over rounds
         self.tallies: dict[int, list[int]] = {}
         # client id -> with confidence_test, per cut [reference unsure, counted, unlabelled unsure, counted], then per
@@ -157,6 +170,8 @@ class ConsensusScreen:
             for tally, add in zip(self._stored(client_id, create=True), counts, strict=True):
                 for k, count in enumerate(add):
                     tally[k] += count
+            if self.burst_z:
+                self.rounds.setdefault(client_id, []).append(counts[0])
         self.flagged = sorted(verdict)
         return verdict, scores
 
@@ -168,6 +183,9 @@ class ConsensusScreen:
         for client_id, tally in self.tallies.items():
             if len(tally) != 4:
                 raise ValueError(f"client {client_id}'s agreement tally has {len(tally)} counts, not 4")
+        for client_id, rounds in self.rounds.items():
+            if any(len(counts) != 4 for counts in rounds):
+                raise ValueError(f"a round's agreement counts of client {client_id} are not 4")
         for client_id, tallies in self.confidence_tallies.items():
             if len(tallies) != expected:
                 raise ValueError(
@@ -265,8 +283,33 @@ class ConsensusScreen:
                 z = (shortfall(pooled[client_id]) - median - self.margin) / standard_error(pooled[client_id])
                 family[client_id] = max(family[client_id], z if test == 0 else family_z(z, self.num_tests - 1))
         scores = {c: _finite(max(family[c] for family in families.values())) for c in now}
+        verdict = {c for c in scores if scores[c] > self.z}
+        if self.burst_z:
+            families["burst"] = self._burst_scores(now)
+            verdict |= {c for c, z in families["burst"].items() if z > self.burst_z}
         self.family_scores = {name: {c: _finite(z) for c, z in family.items()} for name, family in families.items()}
-        return {c for c in scores if scores[c] > self.z}, scores
+        return verdict, scores
+
+    def _burst_scores(self, now: Mapping[int, list[tuple[int, ...]]]) -> dict[int, float]:
+        """Every client's largest agreement z over the windows of its latest rounds, this round's ``now`` the last,
+        that leave out at least its first round; each window's median shortfall is taken over the clients that
+        answered in that many rounds."""
+        best = {c: -math.inf for c in now}
+        history = {c: self.rounds.get(c, []) for c in now}
+        for earlier in range(max((len(rounds) for rounds in history.values()), default=0)):
+            window = {  # this round and the ``earlier`` rounds before it, of the clients with a round more
+                c: [sum(column) for column in zip(counts[0], *history[c][len(history[c]) - earlier :], strict=True)]
+                for c, counts in now.items()
+                if len(history[c]) > earlier
+            }
+            evidenced = [c for c in sorted(window) if window[c][1] > 0 and window[c][3] > 0]
+            if not evidenced:
+                continue
+            median = float(np.median([shortfall(window[c]) for c in evidenced]))
+            for client_id in evidenced:
+                z = (shortfall(window[client_id]) - median - self.margin) / standard_error(window[client_id])
+                best[client_id] = max(best[client_id], z)
+        return best
 
 
 def _finite(z: float) -> float:
@@ -304,21 +347,27 @@ class ConsensusConfig:
         within each band of stated confidence those quantiles make above the 40% one; these seven tests, after a
         Bonferroni correction, screen as the agreement does. A liar that lies only where it is least sure, stated
         surer, hides among the honest disagreements but not here. False: agreement alone.
+    consensus_burst_z : float (default: 0.0)
+        Also run the agreement test on every window of the latest rounds (the last one, the last two, ...), and
+        leave out a client whose excess in one exceeds this many standard errors: the pooled test dilutes a client
+        that answers honestly for rounds and then lies. 0: off.
     """
 
     consensus_z: float = 0.0
     consensus_margin: float = MARGIN
     consensus_confidence: bool = False
+    consensus_burst_z: float = 0.0
 
     def check_consensus(self, prefix: str = "") -> None:
         """Raise :class:`~fl_kd.config.ConfigError` naming ``prefix + key`` for a value out of range."""
         check_range(f"{prefix}consensus_z", self.consensus_z, low=0.0)
         check_range(f"{prefix}consensus_margin", self.consensus_margin, low=0.0, high=1.0, high_open=True)
+        check_range(f"{prefix}consensus_burst_z", self.consensus_burst_z, low=0.0)
         require(
             isinstance(self.consensus_confidence, bool),
             f"{prefix}consensus_confidence must be true or false, got {self.consensus_confidence!r}",
         )
-        for key, default in (("consensus_confidence", False), ("consensus_margin", MARGIN)):
+        for key, default in (("consensus_confidence", False), ("consensus_margin", MARGIN), ("consensus_burst_z", 0.0)):
             require(
                 getattr(self, key) == default or self.consensus_z > 0,
                 f"{prefix}{key} is a setting of the consensus screen: set {prefix}consensus_z too",
@@ -328,4 +377,6 @@ class ConsensusConfig:
         """A fresh screen with these settings; None when ``consensus_z`` is 0."""
         if self.consensus_z <= 0:
             return None
-        return ConsensusScreen(num_classes, self.consensus_z, self.consensus_confidence, self.consensus_margin)
+        return ConsensusScreen(
+            num_classes, self.consensus_z, self.consensus_confidence, self.consensus_margin, self.consensus_burst_z
+        )

@@ -15,6 +15,13 @@ accurate on both, a client that poisons a share
 ``p`` of its unlabelled answers is worse on the canaries by about ``p`` times its accuracy. One whose shortfall
 exceeds ``z`` standard errors of a two-proportion test is left out of the unlabelled teacher (and of its fit).
 
+Pooling dilutes a liar that answers honestly for rounds and then lies (``adversary.from_round``): two honest rounds
+and one lying one read as a third of its shortfall. With ``burst_z`` the screen also scans every window of the
+latest rounds (the last one, the last two, ...), each window's canaries against the same window's slice, so that
+the reference never lags the clients' learning; a client whose shortfall in any window exceeds ``burst_z`` is left
+out too. The windows are extra tests of every honest client, so ``burst_z`` should sit above ``z`` for the same rate
+of honest clients left out.
+
 What it cannot do: an attacker who poisons only a small share of its unlabelled answers stays below the test's
 power and keeps its trust. In a product of experts each of those lies can still veto the truth, so its damage is
 bounded by that share only with the combiner's ``prob_floor`` and ``trim`` (:mod:`fl_kd.kd.fedgems.combiner`).
@@ -92,13 +99,16 @@ class CanaryScreen:
         The server's secret (:func:`canary_secret`), which keys the draw with ``seed``.
     z : float
         A client whose canary accuracy falls short of its reliability-slice accuracy by more than ``z`` standard
-        errors is screened out.
+        errors, both pooled over the rounds so far, is screened out.
+    burst_z : float (default: 0.0)
+        Also one whose shortfall in a window of its latest rounds, shorter than all of them, exceeds ``burst_z``
+        (0: off).
     """
 
-    def __init__(self, labels: Tensor, count: int, seed: int, secret: int, z: float) -> None:
-        if z <= 0:
-            raise ValueError(f"z must be > 0, got {z}")
-        self.z = z
+    def __init__(self, labels: Tensor, count: int, seed: int, secret: int, z: float, burst_z: float = 0.0) -> None:
+        if z <= 0 or burst_z < 0:
+            raise ValueError(f"z must be > 0 and burst_z >= 0, got {z} and {burst_z}")
+        self.z, self.burst_z = z, burst_z
         indices = canary_indices(int(labels.shape[0]), count, seed, secret)
         self.mask = np.zeros(int(labels.shape[0]), dtype=bool)
         self.mask[indices] = True
@@ -106,6 +116,8 @@ class CanaryScreen:
         self.labels[indices] = labels.numpy().astype(np.int64)[indices]  # the server's own secret labels
         # client id -> [reference right, reference seen, canary right, canary seen], over the rounds so far
         self.tallies: dict[int, list[int]] = {}
+        # client id -> the same four counts of each round it answered in, oldest first (for the burst test)
+        self.rounds: dict[int, list[tuple[int, int, int, int]]] = {}
 
     def strip(self, answers: Answers) -> dict[int, tuple[NDArray[Any], NDArray[Any]]]:
         """Each client's unlabelled answers without the canaries (never distilled)."""
@@ -132,13 +144,27 @@ class CanaryScreen:
             positions, values = unlabelled[client_id]
             on_canary = self.mask[positions]
             predicted = np.asarray(values)[on_canary].argmax(axis=1) if on_canary.any() else np.zeros(0, np.int64)
-            tally = self.tallies.setdefault(client_id, [0, 0, 0, 0])
             reference_predicted, reference_true = reference.get(client_id, (np.zeros(0), np.zeros(0)))
-            tally[0] += int(np.sum(reference_predicted == reference_true))
-            tally[1] += int(np.size(reference_true))
-            tally[2] += int(np.sum(predicted == self.labels[positions[on_canary]]))
-            tally[3] += int(on_canary.sum())
+            now = (
+                int(np.sum(reference_predicted == reference_true)),
+                int(np.size(reference_true)),
+                int(np.sum(predicted == self.labels[positions[on_canary]])),
+                int(on_canary.sum()),
+            )
+            tally = self.tallies.setdefault(client_id, [0, 0, 0, 0])
+            tally[:] = [total + count for total, count in zip(tally, now, strict=True)]
+            history = self.rounds.setdefault(client_id, [])
+            history.append(now)
             scores[client_id] = shortfall_z(*tally)
-            if scores[client_id] > self.z:
+            if scores[client_id] > self.z or (self.burst_z and self.burst_score(client_id) > self.burst_z):
                 flagged.add(client_id)
         return flagged, scores
+
+    def burst_score(self, client_id: int) -> float:
+        """The largest shortfall z of ``client_id`` over the windows of its latest rounds shorter than all of them."""
+        history = self.rounds.get(client_id, [])
+        window, best = [0, 0, 0, 0], 0.0
+        for counts in reversed(history[1:]):  # the last round, the last two, ..., all but the first
+            window = [total + count for total, count in zip(window, counts, strict=True)]
+            best = max(best, shortfall_z(*window))
+        return best

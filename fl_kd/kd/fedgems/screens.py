@@ -36,7 +36,9 @@ def build_screens(
             raise ValueError("canaries need unlabelled_trust and the labels of the unlabelled samples they hide")
         if not has_reliability_slice:
             raise ValueError("canaries need a held-out reliability slice (reliability_on='held_out')")
-        canaries = CanaryScreen(unlabelled_y, config.canaries, seed, canary_secret(), config.canary_z)
+        canaries = CanaryScreen(
+            unlabelled_y, config.canaries, seed, canary_secret(), config.canary_z, config.canary_burst_z
+        )
     consensus = config.consensus_screen(num_classes) if num_unlabelled > 0 else None
     if consensus is not None and 0 < config.unlabelled_per_round < num_unlabelled:
         log.warning(

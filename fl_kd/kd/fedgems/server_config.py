@@ -90,7 +90,12 @@ class SelectionConfig(ConsensusConfig):
         They cost that many labels more.
     canary_z : float (default: 3.0)
         The screen's threshold.
-    consensus_z, consensus_margin, consensus_confidence
+    canary_burst_z : float (default: 0.0)
+        Also screen out a client whose canary accuracy falls short of its held-out slice accuracy by more than this
+        many standard errors in a window of its latest rounds (the last one, the last two, ...), both counted in
+        the same rounds; 0 is off. Pooling dilutes a liar that is honest for rounds and then lies
+        (``adversary.from_round``); the windows do not.
+    consensus_z, consensus_margin, consensus_confidence, consensus_burst_z
         The label-free consensus screen (:class:`~fl_kd.kd.consensus.ConsensusConfig`; needs ``unlabelled_trust``
         and ``reliability_on=held_out``: its reference is the held-out slice). A client it screens is left out of
         the unlabelled teacher, as the canaries leave one out.
@@ -110,6 +115,7 @@ class SelectionConfig(ConsensusConfig):
     unlabelled_cache: int = 0
     canaries: int = 0
     canary_z: float = 3.0
+    canary_burst_z: float = 0.0
 
     def check_selection(self, prefix: str = "") -> None:
         """Raise :class:`~fl_kd.config.ConfigError` naming ``prefix + key`` for a value or combination out of range."""
@@ -129,6 +135,7 @@ class SelectionConfig(ConsensusConfig):
             )
             check_range(f"{prefix}{key}", count, low=0)
         check_range(f"{prefix}canary_z", self.canary_z, low=0.0, low_open=True)
+        check_range(f"{prefix}canary_burst_z", self.canary_burst_z, low=0.0)
         self.check_consensus(prefix)
         require(
             self.reliability_on == "labelled" or self.correctness == "held_out",
@@ -173,6 +180,7 @@ class SelectionConfig(ConsensusConfig):
             "learned_prob_floor": (self.unlabelled_trust == "learned", "unlabelled_trust=learned"),
             "learned_trim": (self.unlabelled_trust == "learned", "unlabelled_trust=learned"),
             "canary_z": (self.canaries > 0, "canaries > 0"),
+            "canary_burst_z": (self.canaries > 0, "canaries > 0"),
             "reliability_power": (self.unlabelled_trust == "class_reliability", "unlabelled_trust=class_reliability"),
         }
         for key, (used, condition) in needs.items():
@@ -207,7 +215,8 @@ class ServerDistillConfig(SelectionConfig):
         Client fusion rule, a name in :data:`fl_kd.kd.fusion.FUSION_RULES`.
     correctness, held_out_fraction, distill_correct, unlabelled_trust, reliability_power, reliability_on,
     teacher_min_confidence, learned_weight_decay, learned_prob_floor, learned_trim, unlabelled_per_round,
-    unlabelled_cache, canaries, canary_z, consensus_z, consensus_margin, consensus_confidence
+    unlabelled_cache, canaries, canary_z, canary_burst_z, consensus_z, consensus_margin, consensus_confidence,
+    consensus_burst_z
         See :class:`SelectionConfig`.
     ema_decay : float (default: 0.0)
         The server shows an exponential moving average of its weights, updated after every step with this decay
