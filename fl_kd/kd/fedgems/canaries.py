@@ -19,8 +19,9 @@ Pooling dilutes a liar that answers honestly for rounds and then lies (``adversa
 and one lying one read as a third of its shortfall. With ``burst_z`` the screen also scans every window of the
 latest rounds (the last one, the last two, ...), each window's canaries against the same window's slice, so that
 the reference never lags the clients' learning; a client whose shortfall in any window exceeds ``burst_z`` is left
-out too. The windows are extra tests of every honest client, so ``burst_z`` should sit above ``z`` for the same rate
-of honest clients left out.
+out too. Each window is one more test of every honest client, and a round holds only the canaries of its subset
+(about 100 in the robustness benchmark), so a threshold is judged by the honest clients it leaves out as well as by
+the liars it catches.
 
 What it cannot do: an attacker who poisons only a small share of its unlabelled answers stays below the test's
 power and keeps its trust. In a product of experts each of those lies can still veto the truth, so its damage is
