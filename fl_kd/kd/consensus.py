@@ -275,12 +275,7 @@ class ConsensusScreen:
                 c: [a + b for a, b in zip(self._stored(c)[test], counts[test], strict=True)]
                 for c, counts in now.items()
             }
-            evidenced = [c for c in sorted(now) if pooled[c][1] > 0 and pooled[c][3] > 0]
-            if not evidenced:
-                continue
-            median = float(np.median([shortfall(pooled[c]) for c in evidenced]))
-            for client_id in evidenced:
-                z = (shortfall(pooled[client_id]) - median - self.margin) / standard_error(pooled[client_id])
+            for client_id, z in self._excess_z(pooled).items():
                 family[client_id] = max(family[client_id], z if test == 0 else family_z(z, self.num_tests - 1))
         scores = {c: _finite(max(family[c] for family in families.values())) for c in now}
         verdict = {c for c in scores if scores[c] > self.z}
@@ -302,14 +297,18 @@ class ConsensusScreen:
                 for c, counts in now.items()
                 if len(history[c]) > earlier
             }
-            evidenced = [c for c in sorted(window) if window[c][1] > 0 and window[c][3] > 0]
-            if not evidenced:
-                continue
-            median = float(np.median([shortfall(window[c]) for c in evidenced]))
-            for client_id in evidenced:
-                z = (shortfall(window[client_id]) - median - self.margin) / standard_error(window[client_id])
+            for client_id, z in self._excess_z(window).items():
                 best[client_id] = max(best[client_id], z)
         return best
+
+    def _excess_z(self, tallies: Mapping[int, Sequence[int]]) -> dict[int, float]:
+        """Per client with evidence on both parts, its shortfall's excess over the median client's and ``margin``,
+        in standard errors."""
+        evidenced = [c for c in sorted(tallies) if tallies[c][1] > 0 and tallies[c][3] > 0]
+        if not evidenced:
+            return {}
+        median = float(np.median([shortfall(tallies[c]) for c in evidenced]))
+        return {c: (shortfall(tallies[c]) - median - self.margin) / standard_error(tallies[c]) for c in evidenced}
 
 
 def _finite(z: float) -> float:
