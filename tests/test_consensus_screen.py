@@ -124,7 +124,7 @@ def test_the_burst_test_catches_a_liar_that_was_honest_for_rounds_before_it_lied
         assert burst.screen(*answers)[0] == ({6} if round == 7 else set()), round
     assert burst.family_scores["burst"][6] > 3.0 > pooled.family_scores["agreement"][6]
     assert max(z for c, z in burst.family_scores["burst"].items() if c != 6) < 3.0
-    assert len(burst.rounds[6]) == 8 and burst.rounds[6][-1][1::2] == (200, 2000)
+    assert len(burst.rounds[6]) == 8 and burst.rounds[6][-1][0][1::2] == (200, 2000)
     with pytest.raises(ValueError, match="burst_z >= 0"):
         ConsensusScreen(CLASSES, z=3.0, burst_z=-1.0)
     with pytest.raises(ConfigError, match="consensus_burst_z is a setting of the consensus screen"):
@@ -170,7 +170,7 @@ def test_the_tallies_survive_a_checkpoint() -> None:
     assert saved is not None and loaded is not None
     assert loaded.tallies == saved.tallies and saved.tallies[4] == [20, 20, 0, 60]
     assert loaded.confidence_tallies == saved.confidence_tallies
-    assert loaded.rounds == saved.rounds and saved.rounds[4] == [(20, 20, 0, 60)]
+    assert loaded.rounds == saved.rounds and saved.rounds[4][0][0] == (20, 20, 0, 60) and len(saved.rounds[4][0]) == 8
     assert [tally[1::2] for tally in saved.confidence_tallies[4][:4]] == [[20, 60]] * 4  # the four cuts
     assert sum(tally[1] for tally in saved.confidence_tallies[4][4:]) == 20  # the three bands tested
     assert server.distill(2, _answers(server)).extra == resumed.distill(2, _answers(resumed)).extra
@@ -271,10 +271,10 @@ def test_the_confidence_test_counts_answers_below_each_quantile_where_checked() 
 
 
 def _unsure_liars(
-    rng: np.random.Generator, lie_as: str
+    rng: np.random.Generator, lie_as: str, liars: tuple[int, ...] = (3, 7)
 ) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], dict[int, tuple[np.ndarray, np.ndarray]]]:
     """Ten clients whose stated confidence tracks how often they are right (0.97 on easy samples, 0.37 on the
-    hardest) and whose runner-up is the truth where they are wrong; clients 3 and 7 turn their least sure fifth of
+    hardest) and whose runner-up is the truth where they are wrong; ``liars`` turn their least sure fifth of
     the unlabelled answers into their runner-up: one-hot (``lie_as="one_hot"``), as sure as their answers at their 75%
     quantile where checked ("quantile"), with the top two logits swapped ("swap"), or swapped and then stated with
     the confidences of as many of their surest other answers, which take the lies' ("traded")."""
@@ -294,7 +294,7 @@ def _unsure_liars(
     for client in range(10):
         reference[client] = (np.arange(200), answers(reference_truth)[0])
         logits, sure = answers(unlabelled_truth)
-        if client in (3, 7):
+        if client in liars:
             rows = np.flatnonzero(sure <= np.quantile(sure, 0.2))
             ranked = np.argsort(logits[rows], axis=1)
             top, runner_up = ranked[:, -1], ranked[:, -2]
@@ -336,6 +336,20 @@ def test_the_confidence_test_flags_a_liar_that_lies_surer_where_it_is_least_sure
         assert set(both.family_scores) == {"agreement", "confidence"} and set(agreement.family_scores) == {"agreement"}
         assert all(both.family_scores["agreement"][c] <= 3.0 < both.family_scores["confidence"][c] for c in (3, 7))
         assert scores == {c: max(f[c] for f in both.family_scores.values()) for c in scores}
+
+
+def test_the_burst_windows_run_the_confidence_test_too() -> None:
+    """Honest for 7 rounds, then clients 3 and 7 lie surer where they are least sure in round 8: pooled, the
+    confidence test's evidence is diluted; in the window of round 8 it screens them (the agreement hardly falls)."""
+    pooled = ConsensusScreen(CLASSES, z=3.0, confidence_test=True)
+    burst = ConsensusScreen(CLASSES, z=3.0, confidence_test=True, burst_z=3.0)
+    for round in range(8):
+        answers = _unsure_liars(np.random.default_rng(60 + round), "one_hot", liars=(3, 7) if round == 7 else ())
+        assert pooled.screen(*answers)[0] == set(), round
+        assert burst.screen(*answers)[0] == ({3, 7} if round == 7 else set()), round
+    assert all(burst.family_scores["burst"][c] > 3.0 > pooled.family_scores["confidence"][c] for c in (3, 7))
+    assert max(z for c, z in burst.family_scores["burst"].items() if c not in (3, 7)) < 3.0
+    assert all(len(counts) == burst.num_tests for counts in burst.rounds[3])
 
 
 def test_a_lie_stated_with_its_honest_confidence_passes_the_confidence_test() -> None:

@@ -24,9 +24,9 @@ can also grow: clients learn the vote on the unlabelled samples they distil, a l
 and each round more of the samples asked have been distilled before (BENCHMARKS_KD.md measures it).
 
 Pooling over rounds is what gives the test its power against a client that lies every round, and what dilutes one
-that answers honestly for rounds and then lies (``adversary.from_round``). With ``burst_z`` the agreement test also
-runs on every window of the latest rounds (the last one, the last two, ...), the median client's shortfall taken
-in the same window, and screens a client whose excess in any window exceeds ``burst_z`` standard errors.
+that answers honestly for rounds and then lies (``adversary.from_round``). With ``burst_z`` every test also runs on
+every window of the latest rounds (the last one, the last two, ...), the median client's shortfall taken in the
+same window, and screens a client whose excess in any window exceeds ``burst_z`` standard errors.
 
 What it cannot do: an attacker that poisons a small enough share stays below the test's power, and one that lies
 on the reference as often as elsewhere is not screened, but then a trust measured there rates it as the weaker
@@ -106,8 +106,9 @@ class ConsensusScreen:
     margin : float (default: :data:`MARGIN`)
         The excess over the median client's shortfall that is not evidence, in every test.
     burst_z : float (default: 0.0)
-        Also screen a client whose agreement excess in a window of its latest rounds, shorter than all of them,
-        exceeds ``burst_z`` standard errors (0: off; the family ``"burst"`` of :attr:`family_scores`).
+        Also screen a client whose excess in a test on a window of its latest rounds, shorter than all of them,
+        exceeds ``burst_z`` standard errors, the confidence tests corrected together as in the pooled test (0: off;
+        the family ``"burst"`` of :attr:`family_scores`).
     """
 
     max_passes = 4
@@ -127,8 +128,8 @@ class ConsensusScreen:
         self.confidence_test = confidence_test
         self.margin = margin
         self.burst_z = burst_z
-        # client id -> its agreement counts of each round it answered in, oldest first (for the burst test)
-        self.rounds: dict[int, list[tuple[int, ...]]] = {}
+        # client id -> its counts of each test in each round it answered in, oldest first (for the burst test)
+        self.rounds: dict[int, list[list[tuple[int, ...]]]] = {}
         # client id -> [reference agreed, reference counted, unlabelled agreed, unlabelled counted], over rounds
         self.tallies: dict[int, list[int]] = {}
         # client id -> with confidence_test, per cut [reference unsure, counted, unlabelled unsure, counted], then per
@@ -171,7 +172,7 @@ class ConsensusScreen:
                 for k, count in enumerate(add):
                     tally[k] += count
             if self.burst_z:
-                self.rounds.setdefault(client_id, []).append(counts[0])
+                self.rounds.setdefault(client_id, []).append(list(counts))
         self.flagged = sorted(verdict)
         return verdict, scores
 
@@ -184,8 +185,8 @@ class ConsensusScreen:
             if len(tally) != 4:
                 raise ValueError(f"client {client_id}'s agreement tally has {len(tally)} counts, not 4")
         for client_id, rounds in self.rounds.items():
-            if any(len(counts) != 4 for counts in rounds):
-                raise ValueError(f"a round's agreement counts of client {client_id} are not 4")
+            if any(len(counts) != self.num_tests or any(len(tally) != 4 for tally in counts) for counts in rounds):
+                raise ValueError(f"a round's counts of client {client_id} are not {self.num_tests} tallies of 4")
         for client_id, tallies in self.confidence_tallies.items():
             if len(tallies) != expected:
                 raise ValueError(
@@ -286,19 +287,25 @@ class ConsensusScreen:
         return verdict, scores
 
     def _burst_scores(self, now: Mapping[int, list[tuple[int, ...]]]) -> dict[int, float]:
-        """Every client's largest agreement z over the windows of its latest rounds, this round's ``now`` the last,
-        that leave out at least its first round; each window's median shortfall is taken over the clients that
-        answered in that many rounds."""
+        """Every client's largest z over its tests on the windows of its latest rounds, this round's ``now`` the
+        last, that leave out at least its first round; each window's median shortfall is taken over the clients
+        that answered in that many rounds."""
         best = {c: -math.inf for c in now}
         history = {c: self.rounds.get(c, []) for c in now}
         for earlier in range(max((len(rounds) for rounds in history.values()), default=0)):
-            window = {  # this round and the ``earlier`` rounds before it, of the clients with a round more
-                c: [sum(column) for column in zip(counts[0], *history[c][len(history[c]) - earlier :], strict=True)]
-                for c, counts in now.items()
-                if len(history[c]) > earlier
-            }
-            for client_id, z in self._excess_z(window).items():
-                best[client_id] = max(best[client_id], z)
+            for test in range(self.num_tests):
+                window = {  # this round and the ``earlier`` rounds before it, of the clients with a round more
+                    c: [
+                        sum(column)
+                        for column in zip(
+                            counts[test], *(past[test] for past in history[c][len(history[c]) - earlier :]), strict=True
+                        )
+                    ]
+                    for c, counts in now.items()
+                    if len(history[c]) > earlier
+                }
+                for client_id, z in self._excess_z(window).items():
+                    best[client_id] = max(best[client_id], z if test == 0 else family_z(z, self.num_tests - 1))
         return best
 
     def _excess_z(self, tallies: Mapping[int, Sequence[int]]) -> dict[int, float]:
@@ -347,9 +354,9 @@ class ConsensusConfig:
         Bonferroni correction, screen as the agreement does. A liar that lies only where it is least sure, stated
         surer, hides among the honest disagreements but not here. False: agreement alone.
     consensus_burst_z : float (default: 0.0)
-        Also run the agreement test on every window of the latest rounds (the last one, the last two, ...), and
-        leave out a client whose excess in one exceeds this many standard errors: the pooled test dilutes a client
-        that answers honestly for rounds and then lies. 0: off.
+        Also run the tests (agreement; with ``consensus_confidence`` the confidence tests too) on every window of the
+        latest rounds (the last one, the last two, ...), and leave out a client whose excess in one exceeds this many
+        standard errors: the pooled tests dilute a client that answers honestly for rounds and then lies. 0: off.
     """
 
     consensus_z: float = 0.0
