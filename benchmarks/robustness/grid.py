@@ -123,6 +123,14 @@ METHODS: dict[str, tuple[str, ...]] = {
         "strategy.consensus_z=3",
         "strategy.consensus_confidence=true",
     ),
+    # And both tests on windows of the latest rounds too.
+    "fedgems_plus_consensus_confidence_burst": (
+        "strategy=fedgems_plus",
+        "transfer.unlabelled=10000",
+        "strategy.consensus_z=3",
+        "strategy.consensus_confidence=true",
+        "strategy.consensus_burst_z=3",
+    ),
     # And with a trimmed product: the 3 lowest and 3 highest terms of each sample and class left out.
     "fedgems_trimmed": (
         *LEARNED,
@@ -145,7 +153,8 @@ METHODS: dict[str, tuple[str, ...]] = {
 #: honest answers, which take the lies' (the attackers that know the screen's confidence test);
 #: ``camouflage_from3``, ``camouflage_mimic_p0.2_from3`` and ``camouflage_mimic_p0.1_from3`` answer honestly in rounds
 #: 1-2 and attack from round 3 (the attackers that know the screens pool their evidence over rounds; the last also
-#: lies too rarely for one round's canaries to show).
+#: lies too rarely for one round's canaries to show); ``camouflage_mimic_unsure_p0.2_from3`` is the liar where least
+#: sure, late (against the confidence test, pooled and on windows).
 MIMIC_P02 = ("adversary.poison_share=0.2", "adversary.checked=honest")
 ATTACK_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "camouflage_p0.2": ("camouflage", ("adversary.poison_share=0.2",)),
@@ -172,6 +181,10 @@ ATTACK_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "camouflage_mimic_p0.1_from3": (
         "camouflage",
         ("adversary.poison_share=0.1", "adversary.checked=honest", "adversary.from_round=3"),
+    ),
+    "camouflage_mimic_unsure_p0.2_from3": (
+        "camouflage",
+        (*MIMIC_P02, "adversary.poison_where=uncertain", "adversary.from_round=3"),
     ),
 }
 
@@ -288,7 +301,11 @@ ONLY: dict[str, frozenset[tuple[str, float]]] = {
     "fedgems_plus_consensus_floor": CAMOUFLAGED,
     "fedgems_plus_consensus_confidence": CAMOUFLAGED
     | FEWER_AND_MORE_LIARS
-    | {(ABSENT, fraction) for fraction in (0.1, 0.3, 0.5)},
+    | {(ABSENT, fraction) for fraction in (0.1, 0.3, 0.5)}
+    | {("camouflage_mimic_unsure_p0.2_from3", 0.3)},
+    "fedgems_plus_consensus_confidence_burst": frozenset(
+        {("camouflage_mimic_unsure_p0.2", 0.3), ("camouflage_mimic_unsure_p0.2_from3", 0.3)}
+    ),
 }
 
 #: Methods beside which the grid also runs the reference (:data:`ABSENT`) at every fraction: the weight-sharing

@@ -30,6 +30,7 @@ SELECTIVE_VARIANTS = (
     "fedgems_plus_consensus_burst",
     "fedgems_plus_consensus_floor",
     "fedgems_plus_consensus_confidence",
+    "fedgems_plus_consensus_confidence_burst",
 )
 FRACTION = 0.3
 MAX_SELECTIVE_DROP = 1.0  # points
