@@ -153,6 +153,10 @@ def test_vertical_fl_gives_one_line_and_exit_2_too(tmp_path: Path, overrides: li
         (["strategy.canary_z=5"], "error: strategy.canary_z=5.0 is used only with strategy.canaries > 0"),
         (["strategy.canary_burst_z=3"], "error: strategy.canary_burst_z=3.0 is used only with strategy.canaries > 0"),
         (
+            ["strategy.consensus_burst_z=3"],
+            "error: strategy.consensus_burst_z is a setting of the consensus screen: set strategy.consensus_z too",
+        ),
+        (
             ["strategy.learned_trim=2"],
             "error: strategy.learned_trim=2 is used only with strategy.unlabelled_trust=learned",
         ),
