@@ -119,6 +119,7 @@ class CanaryScreen:
         self.tallies: dict[int, list[int]] = {}
         # client id -> the same four counts of each round it answered in, oldest first (for the burst test)
         self.rounds: dict[int, list[tuple[int, int, int, int]]] = {}
+        self.burst_scores: dict[int, float] = {}  # this round's burst_score per answering client (with burst_z)
 
     def strip(self, answers: Answers) -> dict[int, tuple[NDArray[Any], NDArray[Any]]]:
         """Each client's unlabelled answers without the canaries (never distilled)."""
@@ -141,6 +142,7 @@ class CanaryScreen:
             Client id -> (predicted classes, true classes) on its reliability-slice answers of this round.
         """
         flagged, scores = set(), {}
+        self.burst_scores = {}
         for client_id in sorted(unlabelled):
             positions, values = unlabelled[client_id]
             on_canary = self.mask[positions]
@@ -154,10 +156,11 @@ class CanaryScreen:
             )
             tally = self.tallies.setdefault(client_id, [0, 0, 0, 0])
             tally[:] = [total + count for total, count in zip(tally, now, strict=True)]
-            history = self.rounds.setdefault(client_id, [])
-            history.append(now)
+            self.rounds.setdefault(client_id, []).append(now)
             scores[client_id] = shortfall_z(*tally)
-            if scores[client_id] > self.z or (self.burst_z and self.burst_score(client_id) > self.burst_z):
+            if self.burst_z:
+                self.burst_scores[client_id] = self.burst_score(client_id)
+            if scores[client_id] > self.z or self.burst_scores.get(client_id, 0.0) > self.burst_z > 0:
                 flagged.add(client_id)
         return flagged, scores
 

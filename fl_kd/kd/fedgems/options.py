@@ -300,7 +300,7 @@ class ServerOptions:
             stats.extra["canary_screened"] = len(caught)
             stats.extra["canary_z_max"] = max(scores.values(), default=0.0)
             if self.canaries.burst_z:
-                stats.extra["canary_burst_z_max"] = max(map(self.canaries.burst_score, scores), default=0.0)
+                stats.extra["canary_burst_z_max"] = max(self.canaries.burst_scores.values(), default=0.0)
             flagged |= caught
         kept = {c: answer for c, answer in unlabelled.items() if c not in flagged}
         return (self.canaries.strip(kept) if self.canaries is not None else kept), flagged
