@@ -89,6 +89,8 @@ METHODS: dict[str, tuple[str, ...]] = {
     "fedgems_canaries": (*LEARNED, "strategy.canaries=1000"),
     # And each window of the latest rounds tested on its own too, against the liar that is honest first, then lies.
     "fedgems_canaries_burst": (*LEARNED, "strategy.canaries=1000", "strategy.canary_burst_z=2.5"),
+    # The same with twice the canaries (2,000 labels more): about 200 a round to each client, not 100.
+    "fedgems_canaries2000_burst": (*LEARNED, "strategy.canaries=2000", "strategy.canary_burst_z=2.5"),
     # And with each client's probabilities floored at 0.01 in the combiner, so that one lie cannot veto a class.
     "fedgems_robust": (*LEARNED, "strategy.canaries=1000", "strategy.learned_prob_floor=0.01"),
     # The canaries with the knowledge benchmark's teacher cache (the teachers of the last 8 rounds distilled again):
@@ -114,6 +116,16 @@ METHODS: dict[str, tuple[str, ...]] = {
         "transfer.unlabelled=10000",
         "strategy.consensus_z=3",
         "strategy.learned_prob_floor=0.01",
+    ),
+    # And with the floor and a trimmed product as well (the 3 lowest and 3 highest terms of each sample and class
+    # left out): against the liars the screen cannot see, on a twentieth or where least sure, no few answers can
+    # veto a class.
+    "fedgems_plus_consensus_trimmed": (
+        "strategy=fedgems_plus",
+        "transfer.unlabelled=10000",
+        "strategy.consensus_z=3",
+        "strategy.learned_prob_floor=0.01",
+        "strategy.learned_trim=3",
     ),
     # And with the screen's confidence test: a client that states its unlabelled answers surer than where labels
     # check it is left out too (a lie stated with certainty where it was unsure).
@@ -256,6 +268,9 @@ ONLY: dict[str, frozenset[tuple[str, float]]] = {
             ("camouflage_mimic_p0.1_from3", 0.3),
         }
     ),
+    "fedgems_canaries2000_burst": frozenset(
+        {("camouflage_mimic_p0.2", 0.3), ("camouflage_mimic_p0.2_from3", 0.3), ("camouflage_mimic_p0.1_from3", 0.3)}
+    ),
     "fedgems_canaries_cached": frozenset(
         {("camouflage", 0.3), ("camouflage_p0.2", 0.3), ("camouflage_mimic_p0.2", 0.3)}
     ),
@@ -266,6 +281,7 @@ ONLY: dict[str, frozenset[tuple[str, float]]] = {
             ("camouflage_mimic_p0.1", 0.3),
             ("camouflage_mimic_p0.2_coord", 0.3),
             ("camouflage", 0.5),
+            ("camouflage_mimic_p0.2_from3", 0.3),
         }
     ),
     "fedgems_trimmed": frozenset(
@@ -286,6 +302,7 @@ ONLY: dict[str, frozenset[tuple[str, float]]] = {
             ("camouflage_from3", 0.3),
             ("camouflage_mimic_p0.2_from3", 0.3),
             ("camouflage_mimic_p0.1_from3", 0.3),
+            ("camouflage_mimic_p0.05", 0.3),
         }
     ),
     # Per-class trust and the screen on plain averaging, against the attackers that know them, with 6 and 10 liars
@@ -299,6 +316,7 @@ ONLY: dict[str, frozenset[tuple[str, float]]] = {
         frozenset({("camouflage", 0.3), ("camouflage", 0.5), *CAMOUFLAGED, (ABSENT, 0.3), (ABSENT, 0.5)}),
     ),
     "fedgems_plus_consensus_floor": CAMOUFLAGED,
+    "fedgems_plus_consensus_trimmed": CAMOUFLAGED,
     "fedgems_plus_consensus_confidence": CAMOUFLAGED
     | FEWER_AND_MORE_LIARS
     | {(ABSENT, fraction) for fraction in (0.1, 0.3, 0.5)}

@@ -22,6 +22,7 @@ SELECTIVE_VARIANTS = (
     "fedgems_learned",
     "fedgems_canaries",
     "fedgems_canaries_burst",
+    "fedgems_canaries2000_burst",
     "fedgems_canaries_cached",
     "fedgems_robust",
     "fedgems_trimmed",
@@ -29,6 +30,7 @@ SELECTIVE_VARIANTS = (
     "fedgems_plus_consensus",
     "fedgems_plus_consensus_burst",
     "fedgems_plus_consensus_floor",
+    "fedgems_plus_consensus_trimmed",
     "fedgems_plus_consensus_confidence",
     "fedgems_plus_consensus_confidence_burst",
 )
