@@ -224,27 +224,31 @@ def test_the_preset_methods_compose_and_face_the_attacker_that_knows_their_scree
     assert cfg.adversary.checked == "poisoned" and cfg.adversary.poison_share == 0.2
 
 
-def test_the_twice_canaries_and_the_trimmed_screen_compose_with_their_settings() -> None:
+def test_the_twice_canaries_the_floored_burst_and_the_trimmed_screen_compose_with_their_settings() -> None:
     from benchmarks.kd.grid import compose_config
 
     jobs = plan(
-        ["fedgems_canaries2000_burst", "fedgems_plus_consensus_trimmed"],
+        ["fedgems_canaries2000_burst", "fedgems_robust_burst", "fedgems_plus_consensus_trimmed"],
         ["none", "camouflage_mimic_p0.2_from3", "camouflage_mimic_p0.05"],
         [0.3],
         [0],
     )
     assert {(j.method, j.adversary) for j in jobs} == {
         ("fedgems_canaries2000_burst", "none"),
+        ("fedgems_robust_burst", "none"),
         ("fedgems_plus_consensus_trimmed", "none"),
         ("fedgems_canaries2000_burst", "camouflage_mimic_p0.2_from3"),
+        ("fedgems_robust_burst", "camouflage_mimic_p0.2_from3"),
         ("fedgems_plus_consensus_trimmed", "camouflage_mimic_p0.2_from3"),
         ("fedgems_plus_consensus_trimmed", "camouflage_mimic_p0.05"),
     }
-    canaries, trimmed = (
+    canaries, floored, trimmed = (
         compose_config(0, 3, "inprocess", Job(method, "camouflage_mimic_p0.2_from3", 0.3, 0).overrides()).strategy
-        for method in ("fedgems_canaries2000_burst", "fedgems_plus_consensus_trimmed")
+        for method in ("fedgems_canaries2000_burst", "fedgems_robust_burst", "fedgems_plus_consensus_trimmed")
     )
-    assert isinstance(canaries, FedGEMSConfig) and isinstance(trimmed, FedGEMSConfig)
-    assert canaries.canaries == 2000 and canaries.canary_burst_z == 2.5
+    assert isinstance(canaries, FedGEMSConfig) and isinstance(floored, FedGEMSConfig)
+    assert isinstance(trimmed, FedGEMSConfig)
+    assert canaries.canaries == 2000 and canaries.canary_burst_z == 2.5 and canaries.learned_prob_floor == 0
+    assert floored.canaries == 1000 and floored.canary_burst_z == 2.5 and floored.learned_prob_floor == 0.01
     assert trimmed.consensus_z == 3.0 and trimmed.learned_prob_floor == 0.01 and trimmed.learned_trim == 3
     assert trimmed.canaries == 0 and trimmed.unlabelled_cache == 3

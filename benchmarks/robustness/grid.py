@@ -93,6 +93,13 @@ METHODS: dict[str, tuple[str, ...]] = {
     "fedgems_canaries2000_burst": (*LEARNED, "strategy.canaries=2000", "strategy.canary_burst_z=2.5"),
     # And with each client's probabilities floored at 0.01 in the combiner, so that one lie cannot veto a class.
     "fedgems_robust": (*LEARNED, "strategy.canaries=1000", "strategy.learned_prob_floor=0.01"),
+    # And the burst test beside the floor: the floor bounds what a late liar teaches before its window shows it.
+    "fedgems_robust_burst": (
+        *LEARNED,
+        "strategy.canaries=1000",
+        "strategy.learned_prob_floor=0.01",
+        "strategy.canary_burst_z=2.5",
+    ),
     # The canaries with the knowledge benchmark's teacher cache (the teachers of the last 8 rounds distilled again):
     # a client the screen catches late is fused out of what it taught in the rounds before.
     "fedgems_canaries_cached": (*LEARNED, "strategy.canaries=1000", "strategy.unlabelled_cache=8"),
@@ -282,6 +289,14 @@ ONLY: dict[str, frozenset[tuple[str, float]]] = {
             ("camouflage_mimic_p0.2_coord", 0.3),
             ("camouflage", 0.5),
             ("camouflage_mimic_p0.2_from3", 0.3),
+        }
+    ),
+    "fedgems_robust_burst": frozenset(
+        {
+            ("camouflage", 0.3),
+            ("camouflage_mimic_p0.2", 0.3),
+            ("camouflage_mimic_p0.2_from3", 0.3),
+            ("camouflage_mimic_p0.1_from3", 0.3),
         }
     ),
     "fedgems_trimmed": frozenset(

@@ -25,6 +25,7 @@ SELECTIVE_VARIANTS = (
     "fedgems_canaries2000_burst",
     "fedgems_canaries_cached",
     "fedgems_robust",
+    "fedgems_robust_burst",
     "fedgems_trimmed",
     "fedgems_plus",
     "fedgems_plus_consensus",
