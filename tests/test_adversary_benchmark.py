@@ -251,4 +251,12 @@ def test_the_twice_canaries_the_floored_burst_and_the_trimmed_screen_compose_wit
     assert canaries.canaries == 2000 and canaries.canary_burst_z == 2.5 and canaries.learned_prob_floor == 0
     assert floored.canaries == 1000 and floored.canary_burst_z == 2.5 and floored.learned_prob_floor == 0.01
     assert trimmed.consensus_z == 3.0 and trimmed.learned_prob_floor == 0.01 and trimmed.learned_trim == 3
-    assert trimmed.canaries == 0 and trimmed.unlabelled_cache == 3
+    assert trimmed.canaries == 0 and trimmed.unlabelled_cache == 3 and not trimmed.consensus_confidence
+    both = compose_config(
+        0,
+        3,
+        "inprocess",
+        Job("fedgems_plus_consensus_confidence_trimmed", "camouflage_mimic_p0.05", 0.3, 0).overrides(),
+    ).strategy
+    assert isinstance(both, FedGEMSConfig) and both.consensus_confidence
+    assert both.learned_prob_floor == 0.01 and both.learned_trim == 3 and both.consensus_z == 3.0

@@ -142,6 +142,16 @@ METHODS: dict[str, tuple[str, ...]] = {
         "strategy.consensus_z=3",
         "strategy.consensus_confidence=true",
     ),
+    # And with the floor and the trimmed product too: against the liars that pass both tests (thin, or as wrong
+    # where labels check them as elsewhere).
+    "fedgems_plus_consensus_confidence_trimmed": (
+        "strategy=fedgems_plus",
+        "transfer.unlabelled=10000",
+        "strategy.consensus_z=3",
+        "strategy.consensus_confidence=true",
+        "strategy.learned_prob_floor=0.01",
+        "strategy.learned_trim=3",
+    ),
     # And both tests on windows of the latest rounds too.
     "fedgems_plus_consensus_confidence_burst": (
         "strategy=fedgems_plus",
@@ -332,6 +342,7 @@ ONLY: dict[str, frozenset[tuple[str, float]]] = {
     ),
     "fedgems_plus_consensus_floor": CAMOUFLAGED,
     "fedgems_plus_consensus_trimmed": CAMOUFLAGED,
+    "fedgems_plus_consensus_confidence_trimmed": CAMOUFLAGED,
     "fedgems_plus_consensus_confidence": CAMOUFLAGED
     | FEWER_AND_MORE_LIARS
     | {(ABSENT, fraction) for fraction in (0.1, 0.3, 0.5)}

@@ -33,6 +33,7 @@ SELECTIVE_VARIANTS = (
     "fedgems_plus_consensus_floor",
     "fedgems_plus_consensus_trimmed",
     "fedgems_plus_consensus_confidence",
+    "fedgems_plus_consensus_confidence_trimmed",
     "fedgems_plus_consensus_confidence_burst",
 )
 FRACTION = 0.3
