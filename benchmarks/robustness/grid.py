@@ -45,6 +45,15 @@ PUBLIC_UNLABELLED = "transfer.unlabelled=2000"
 #: FedMD with per-class trust and that unlabelled part.
 FEDMD_TRUST_UNLABELLED: tuple[str, ...] = ("strategy=fedmd", "strategy.aggregation=trust", PUBLIC_UNLABELLED)
 
+#: The knowledge benchmark's FedGEMS (learned trust, 5,000 unlabelled samples a round, a teacher cache of 3 rounds)
+#: with its 10,000 unlabelled samples, and the same with the label-free consensus screen.
+PLUS: tuple[str, ...] = ("strategy=fedgems_plus", "transfer.unlabelled=10000")
+PLUS_CONSENSUS: tuple[str, ...] = (*PLUS, "strategy.consensus_z=3")
+#: The combiner's probability floor, its trimmed product, and the consensus screen's confidence test.
+FLOOR = "strategy.learned_prob_floor=0.01"
+TRIM = "strategy.learned_trim=3"
+CONFIDENCE = "strategy.consensus_confidence=true"
+
 #: Method name -> its strategy overrides. FedAvg averages one architecture, so it runs the homogeneous profile.
 METHODS: dict[str, tuple[str, ...]] = {
     "fedgems": ("strategy=fedgems",),
@@ -92,12 +101,12 @@ METHODS: dict[str, tuple[str, ...]] = {
     # The same with twice the canaries (2,000 labels more): about 200 a round to each client, not 100.
     "fedgems_canaries2000_burst": (*LEARNED, "strategy.canaries=2000", "strategy.canary_burst_z=2.5"),
     # And with each client's probabilities floored at 0.01 in the combiner, so that one lie cannot veto a class.
-    "fedgems_robust": (*LEARNED, "strategy.canaries=1000", "strategy.learned_prob_floor=0.01"),
+    "fedgems_robust": (*LEARNED, "strategy.canaries=1000", FLOOR),
     # And the burst test beside the floor: the floor bounds what a late liar teaches before its window shows it.
     "fedgems_robust_burst": (
         *LEARNED,
         "strategy.canaries=1000",
-        "strategy.learned_prob_floor=0.01",
+        FLOOR,
         "strategy.canary_burst_z=2.5",
     ),
     # The canaries with the knowledge benchmark's teacher cache (the teachers of the last 8 rounds distilled again):
@@ -105,67 +114,33 @@ METHODS: dict[str, tuple[str, ...]] = {
     "fedgems_canaries_cached": (*LEARNED, "strategy.canaries=1000", "strategy.unlabelled_cache=8"),
     # The knowledge benchmark's FedGEMS (``strategy=fedgems_plus``: learned trust, 5,000 unlabelled samples a round,
     # a teacher cache of 3 rounds), which the trust score of ``fedgems_learned`` exposes to the same attackers.
-    "fedgems_plus": ("strategy=fedgems_plus", "transfer.unlabelled=10000"),
+    "fedgems_plus": PLUS,
     # And with the consensus screen: a client that agrees with the others less where no label checks it is left out
     # of the unlabelled teacher, with no label spent.
-    "fedgems_plus_consensus": ("strategy=fedgems_plus", "transfer.unlabelled=10000", "strategy.consensus_z=3"),
+    "fedgems_plus_consensus": PLUS_CONSENSUS,
     # And each window of the latest rounds tested on its own too, against the liar that is honest first, then lies.
-    "fedgems_plus_consensus_burst": (
-        "strategy=fedgems_plus",
-        "transfer.unlabelled=10000",
-        "strategy.consensus_z=3",
-        "strategy.consensus_burst_z=3",
-    ),
+    "fedgems_plus_consensus_burst": (*PLUS_CONSENSUS, "strategy.consensus_burst_z=3"),
     # And with each client's probabilities floored at 0.01 in the combiner, so that a lie the screen misses cannot
     # veto the truth where the clients are unsure.
-    "fedgems_plus_consensus_floor": (
-        "strategy=fedgems_plus",
-        "transfer.unlabelled=10000",
-        "strategy.consensus_z=3",
-        "strategy.learned_prob_floor=0.01",
-    ),
+    "fedgems_plus_consensus_floor": (*PLUS_CONSENSUS, FLOOR),
     # And with the floor and a trimmed product as well (the 3 lowest and 3 highest terms of each sample and class
     # left out): against the liars the screen cannot see, on a twentieth or where least sure, no few answers can
     # veto a class.
-    "fedgems_plus_consensus_trimmed": (
-        "strategy=fedgems_plus",
-        "transfer.unlabelled=10000",
-        "strategy.consensus_z=3",
-        "strategy.learned_prob_floor=0.01",
-        "strategy.learned_trim=3",
-    ),
+    "fedgems_plus_consensus_trimmed": (*PLUS_CONSENSUS, FLOOR, TRIM),
     # And with the screen's confidence test: a client that states its unlabelled answers surer than where labels
     # check it is left out too (a lie stated with certainty where it was unsure).
-    "fedgems_plus_consensus_confidence": (
-        "strategy=fedgems_plus",
-        "transfer.unlabelled=10000",
-        "strategy.consensus_z=3",
-        "strategy.consensus_confidence=true",
-    ),
+    "fedgems_plus_consensus_confidence": (*PLUS_CONSENSUS, CONFIDENCE),
     # And with the floor and the trimmed product too: against the liars that pass both tests (thin, or as wrong
     # where labels check them as elsewhere).
-    "fedgems_plus_consensus_confidence_trimmed": (
-        "strategy=fedgems_plus",
-        "transfer.unlabelled=10000",
-        "strategy.consensus_z=3",
-        "strategy.consensus_confidence=true",
-        "strategy.learned_prob_floor=0.01",
-        "strategy.learned_trim=3",
-    ),
+    "fedgems_plus_consensus_confidence_trimmed": (*PLUS_CONSENSUS, CONFIDENCE, FLOOR, TRIM),
     # And both tests on windows of the latest rounds too.
-    "fedgems_plus_consensus_confidence_burst": (
-        "strategy=fedgems_plus",
-        "transfer.unlabelled=10000",
-        "strategy.consensus_z=3",
-        "strategy.consensus_confidence=true",
-        "strategy.consensus_burst_z=3",
-    ),
+    "fedgems_plus_consensus_confidence_burst": (*PLUS_CONSENSUS, CONFIDENCE, "strategy.consensus_burst_z=3"),
     # And with a trimmed product: the 3 lowest and 3 highest terms of each sample and class left out.
     "fedgems_trimmed": (
         *LEARNED,
         "strategy.canaries=1000",
-        "strategy.learned_prob_floor=0.01",
-        "strategy.learned_trim=3",
+        FLOOR,
+        TRIM,
     ),
 }
 
