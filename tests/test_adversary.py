@@ -26,13 +26,14 @@ from fl_kd.kd.adversary import (
     malicious_clients,
     malicious_of,
 )
+from fl_kd.kd.adversary.camouflage import SKEW_GAP
 from fl_kd.kd.adversary.config import malicious_count
 from fl_kd.kd.algorithm import get_algorithm
 from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.federation import Federation, build_federation
 from fl_kd.kd.roles import Answer, Arrays, DistillClientRole, Instruction, ServerRole
 from fl_kd.kd.runner import run_inprocess
-from fl_kd.kd.training import confidence
+from fl_kd.kd.training import confidence, from_wire, to_wire
 from fl_kd.simulations.config import experiment_config
 from tests.kd_configs import TINY_PROFILE
 
@@ -195,6 +196,40 @@ def test_camouflage_is_right_and_sure_where_labels_check_it_and_wrong_elsewhere(
     np.testing.assert_array_equal(trade[lied].argmax(axis=1), out[lied].argmax(axis=1))
     assert sure_after[lied].min() >= np.quantile(sure_before, 0.85) > sure_before[lied].max()
     np.testing.assert_array_equal(trade.argmax(axis=1)[~lied], honest.argmax(axis=1)[~lied])
+
+
+def test_a_skewed_liar_names_its_honest_class_with_a_wrong_one_a_close_second() -> None:
+    """``lie_as=skewed``: every class it names is its honest one, also through the 8-bit wire; its runner-up becomes
+    the wrong class, just under the top, and every other logit stays; colluders name the same wrong class."""
+    honest = np.random.default_rng(1).normal(size=(2000, 10)) * 3
+    unlabelled = np.full(2000, 10**6)
+    settings = {"name": "camouflage", "fraction": 1.0, "checked": "honest", "lie_as": "skewed"}
+    skewed = _unlabelled_behaviour(settings).corrupt_logits(honest, unlabelled, np.random.default_rng(4))
+    top = honest.argmax(axis=1)
+    np.testing.assert_array_equal(skewed.argmax(axis=1), top)
+    changed = skewed != honest  # one class raised to the gap under the top (none where one was there already)
+    assert np.all(changed.sum(axis=1) <= 1) and changed.sum() > 1900 and not np.any(changed[np.arange(2000), top])
+    rows, wrong = np.nonzero(changed)
+    np.testing.assert_allclose(skewed[rows, wrong], honest[rows, top[rows]] - SKEW_GAP)
+    wire = from_wire(to_wire(torch.from_numpy(skewed), np.uint8))  # the wrong class stays under the top there
+    assert np.all(wire[rows, wrong] < wire[rows, top[rows]])
+    assert np.mean(wrong == np.argsort(honest, axis=1)[rows, -2]) < 0.2  # a drawn wrong class, not its runner-up
+    # With poison_where=uncertain the wrong class is its own runner-up, raised.
+    unsure = _unlabelled_behaviour(settings | {"poison_where": "uncertain"})
+    runner_up = unsure.corrupt_logits(honest, unlabelled, np.random.default_rng(4))
+    second = np.argsort(honest, axis=1)[:, -2]
+    np.testing.assert_array_equal(np.argsort(runner_up, axis=1)[:, -2], second)
+    np.testing.assert_allclose(
+        runner_up[np.arange(2000), second], np.maximum(honest[np.arange(2000), second], honest.max(axis=1) - SKEW_GAP)
+    )
+    # Coordinated, two colluders with their own streams raise the same wrong class wherever they agree on the top.
+    pair = [
+        _unlabelled_behaviour(settings | {"coordinated": True}).corrupt_logits(
+            honest, unlabelled, np.random.default_rng(seed)
+        )
+        for seed in (5, 6)
+    ]
+    np.testing.assert_array_equal(pair[0], pair[1])
 
 
 def test_coordinated_liars_poison_the_same_samples_with_the_same_wrong_class() -> None:

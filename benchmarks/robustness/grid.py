@@ -180,6 +180,14 @@ ATTACK_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
         "camouflage",
         (*MIMIC_P02, "adversary.poison_where=uncertain", "adversary.lie_as=traded"),
     ),
+    "camouflage_mimic_skewed": (
+        "camouflage",
+        ("adversary.checked=honest", "adversary.lie_as=skewed", "adversary.coordinated=true"),
+    ),
+    "camouflage_mimic_unsure_skewed": (
+        "camouflage",
+        ("adversary.checked=honest", "adversary.lie_as=skewed", "adversary.poison_where=uncertain"),
+    ),
     "camouflage_from3": ("camouflage", ("adversary.from_round=3",)),
     "camouflage_mimic_p0.2_from3": ("camouflage", (*MIMIC_P02, "adversary.from_round=3")),
     "camouflage_mimic_p0.1_from3": (
@@ -205,6 +213,8 @@ CAMOUFLAGED = frozenset(
         "camouflage_mimic_unsure_swap_p0.2",
         "camouflage_mimic_unsure_quantile_p0.2",
         "camouflage_mimic_unsure_traded_p0.2",
+        "camouflage_mimic_skewed",
+        "camouflage_mimic_unsure_skewed",
         "camouflage_from3",
         "camouflage_mimic_p0.2_from3",
     )

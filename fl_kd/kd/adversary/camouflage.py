@@ -18,6 +18,10 @@ from fl_kd.kd.training import confidence
 if TYPE_CHECKING:
     from fl_kd.kd.config import ExperimentConfig
 
+SKEW_GAP = 0.1
+"""Nats by which a ``lie_as=skewed`` lie states its wrong class under its top class (about 0.9 of its probability):
+more than a level of the 8-bit wire (0.078 nats), so the top class stays first after decoding there."""
+
 
 @ADVERSARIES.register("camouflage")
 class Camouflage(Behaviour):
@@ -38,6 +42,9 @@ class Camouflage(Behaviour):
     ``adversary.lie_as=swap`` a lie states its honest answer's confidence instead of one-hot certainty, with
     ``adversary.lie_as=quantile`` the confidence of the quantile ``adversary.lie_quantile`` of its labelled answers,
     with ``adversary.lie_as=traded`` the confidence of its surest honest answers, which state the lies' instead.
+    With ``adversary.lie_as=skewed`` a lie keeps its honest top class and raises the wrong class to just under it
+    (:data:`SKEW_GAP`): every test of right or wrong (canaries, agreement) sees its honest answer, and only the soft
+    knowledge the server distils carries the lie.
     """
 
     kind = "logits"
@@ -87,6 +94,11 @@ class Camouflage(Behaviour):
             out[unchecked] = logits[unchecked]
             out[unchecked, top] = logits[unchecked, wrong[unchecked]]
             out[unchecked, wrong[unchecked]] = logits[unchecked, top]
+        elif self.config.lie_as == "skewed":  # right, with the wrong class raised to a close second (never lowered)
+            top = logits[unchecked].argmax(axis=1)
+            out[unchecked] = logits[unchecked]
+            raised = np.maximum(logits[unchecked, wrong[unchecked]], logits[unchecked, top] - SKEW_GAP)
+            out[unchecked, wrong[unchecked]] = raised
         elif self.config.lie_as == "quantile":  # as sure as it is on that share of its answers where labels check it
             labelled = positions < self.transfer_y.size
             sure = confidence(logits[labelled] if labelled.any() else logits)

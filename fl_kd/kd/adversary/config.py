@@ -25,7 +25,7 @@ FREE_RIDER_MODES: tuple[str, ...] = ("stale", "random")
 CHECKED_ANSWERS: tuple[str, ...] = ("truth", "honest", "poisoned")
 
 POISON_WHERE: tuple[str, ...] = ("random", "uncertain")
-LIE_AS: tuple[str, ...] = ("one_hot", "swap", "quantile", "traded")
+LIE_AS: tuple[str, ...] = ("one_hot", "swap", "quantile", "traded", "skewed")
 
 #: Share of malicious clients a behaviour starts from when chosen by name (:meth:`AdversaryConfig.defaults`, the
 #: ``adversary`` config group): a named attack with no attacker would measure nothing.
@@ -67,7 +67,7 @@ class AdversaryConfig:
         ``camouflage`` with ``poison_share < 1``: which rows it lies on, a random share or the share on which its
         own top class is least sure. Honest clients disagree most there, so a screen that counts disagreements sees
         its lies among theirs, and the teacher it tries to turn is least sure there too.
-    lie_as : {"one_hot", "swap", "quantile", "traded"} (default: "one_hot")
+    lie_as : {"one_hot", "swap", "quantile", "traded", "skewed"} (default: "one_hot")
         ``camouflage``: how a lie looks. "one_hot": the logit ``confidence`` on the wrong class, every other 0, as
         sure as an answer can be. "swap": its own logits with those of its top class and the wrong class swapped,
         so the lie states the confidence its honest answer had (the attacker that knows a screen sorting answers by
@@ -78,6 +78,9 @@ class AdversaryConfig:
         checked answer rather than one-hot). "traded" (with ``poison_share < 1``): the lies take the confidences of
         as many of its surest honest answers, which state the lies' low ones instead, so that the confidences it
         states elsewhere are, as a whole, those of its honest answers (the attacker that knows that screen exactly).
+        "skewed": no lie about the class at all: its honest logits, with the wrong class raised to just under its top
+        class, so that every answer is as right as its honest one and only its soft knowledge lies (the attacker
+        that knows every screen tests the class it names, and poisons what the server distils beyond it).
     lie_quantile : float (default: 0.75)
         The quantile of ``lie_as="quantile"``, in [0, 1].
     coordinated : bool (default: False)
