@@ -18,7 +18,7 @@ from fl_kd.config import ConfigError, to_mapping
 from fl_kd.kd.adversary import ADVERSARIES, AdversaryConfig
 from fl_kd.kd.algorithm import StrategyConfig, available_strategies, get_algorithm
 from fl_kd.kd.config import ExperimentConfig
-from fl_kd.kd.fedgems.extensions import PLUS, fedgems_plus
+from fl_kd.kd.fedgems.extensions import PLUS, SCREENED, fedgems_plus, fedgems_plus_screened
 from fl_kd.models.presets import DEVICE_PROFILES
 from fl_kd.partition.config import PartitionConfig
 from fl_kd.simulations.schema import store_schema, store_shared_schemas, to_core
@@ -29,8 +29,9 @@ __all__ = ["GROUPS", "STRATEGY_PRESETS", "ConfigError", "experiment_config", "re
 GROUPS = ("dataset", "partition", "device_profile", "strategy", "simulation")
 
 #: Options of the ``strategy`` group that are a registered algorithm with other settings than its defaults
-#: (``strategy=fedgems_plus``: FedGEMS with every fl-kd extension); the settings are declared in the core.
-STRATEGY_PRESETS: dict[str, Callable[[], StrategyConfig]] = {PLUS: fedgems_plus}
+#: (``strategy=fedgems_plus``: FedGEMS with every fl-kd extension; ``strategy=fedgems_plus_screened``: the same behind
+#: the consensus screen); the settings are declared in the core.
+STRATEGY_PRESETS: dict[str, Callable[[], StrategyConfig]] = {PLUS: fedgems_plus, SCREENED: fedgems_plus_screened}
 
 #: Further groups, one schema node per registered name (``/schema/adversary/<name>``).
 ADVERSARY_GROUP = "adversary"

@@ -36,6 +36,7 @@ def test_default_config_validates() -> None:
 NEEDS = {
     ("strategy", "fedavg"): ("device_profile=homogeneous",),
     ("strategy", "fedgems_plus"): ("transfer.unlabelled=40",),
+    ("strategy", "fedgems_plus_screened"): ("transfer.unlabelled=40",),
 }
 
 
