@@ -86,6 +86,11 @@ def test_bad_values_are_refused_naming_the_key(values: dict[str, Any], key: str)
         ({"partition": {"name": "iid", "alpha": 0.1}}, "is not read by partition.name=iid"),
         ({"partition": {"classes_per_client": 3}}, "partition.classes_per_client=3 is not read by"),
         ({"strategy": {"consensus_margin": 0.3}}, "strategy.consensus_margin is a setting of the consensus screen"),
+        ({"strategy": {"consensus_raise": True}}, "strategy.consensus_raise is a setting of the consensus screen"),
+        (
+            {"strategy": {"name": "dsfl", "consensus_z": 3.0, "consensus_raise": "yes"}},
+            "consensus_raise must be true or false",
+        ),
         ({"strategy": {"name": "fedmd", "consensus_margin": 0.3}}, "set strategy.consensus_z too"),
         ({"strategy": {"reliability_power": 1.0}}, "used only with strategy.unlabelled_trust=class_reliability"),
         ({"strategy": {"unlabelled_per_round": 50}}, "unlabelled_per_round=50 asks unlabelled samples"),

@@ -368,3 +368,35 @@ def test_the_strata_follow_the_cuts_and_nine_tests_alarm_as_rarely_as_one() -> N
     assert family_z(3.0, 1) == pytest.approx(3.0)
     assert family_z(3.64, 9) == pytest.approx(3.0, abs=0.05) and family_z(-1.0, 9) == -1.0
     assert family_z(60.0, 9) == 60.0  # a tail below what a float holds keeps its z
+
+
+def _skewed(answers: dict[int, tuple[np.ndarray, np.ndarray]], liars: tuple[int, ...], seed: int) -> None:
+    """In place: ``liars`` keep their top class on every row and lift one other class, the same for all of them, to
+    0.1 nats under it (``adversary.lie_as=skewed``, coordinated)."""
+    positions, first = answers[liars[0]]
+    lifted = (first.argmax(axis=1) + np.random.default_rng(seed).integers(1, CLASSES, positions.size)) % CLASSES
+    for liar in liars:
+        logits = answers[liar][1].copy()
+        rows = np.arange(positions.size)
+        top = logits.argmax(axis=1)
+        wrong = np.where(lifted == top, (lifted + 1) % CLASSES, lifted)
+        logits[rows, wrong] = np.maximum(logits[rows, wrong], logits[rows, top] - 0.1)
+        answers[liar] = (positions, logits)
+
+
+def test_the_raise_test_flags_colluders_that_name_their_honest_class_and_lift_another() -> None:
+    """Every class they name is their honest one, so agreement and confidence pass them; the class they lift sits
+    far above what the others give it, which honest clients do about as often where they are checked as elsewhere."""
+    plain = ConsensusScreen(CLASSES, z=3.0, confidence_test=True)
+    lifted = ConsensusScreen(CLASSES, z=3.0, confidence_test=True, raise_test=True)
+    for round in range(3):
+        unlabelled, reference = _unsure_liars(np.random.default_rng(20 + round), "one_hot", liars=())
+        _skewed(unlabelled, (3, 7), seed=round)
+        missed, _ = plain.screen(unlabelled, reference)
+        flagged, scores = lifted.screen(unlabelled, reference)
+        assert missed == set() and flagged == {3, 7}
+        assert max(z for c, z in scores.items() if c not in (3, 7)) < 3.0
+        assert set(lifted.family_scores) == {"agreement", "confidence", "raise"}
+        assert all(lifted.family_scores["raise"][c] > 3.0 for c in (3, 7))
+    assert lifted.num_tests == plain.num_tests + 1
+    lifted.check_restored_state()  # the raise tallies sit beside the confidence ones

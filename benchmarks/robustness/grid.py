@@ -53,6 +53,8 @@ PLUS_CONSENSUS: tuple[str, ...] = (*PLUS, "strategy.consensus_z=3")
 FLOOR = "strategy.learned_prob_floor=0.01"
 TRIM = "strategy.learned_trim=3"
 CONFIDENCE = "strategy.consensus_confidence=true"
+#: The consensus screen's raise test, against liars that name their honest class and lift another.
+RAISE = "strategy.consensus_raise=true"
 
 #: Method name -> its strategy overrides. FedAvg averages one architecture, so it runs the homogeneous profile.
 METHODS: dict[str, tuple[str, ...]] = {
@@ -133,6 +135,7 @@ METHODS: dict[str, tuple[str, ...]] = {
     # And with the floor and the trimmed product too: against the liars that pass both tests (thin, or as wrong
     # where labels check them as elsewhere).
     "fedgems_plus_consensus_confidence_trimmed": (*PLUS_CONSENSUS, CONFIDENCE, FLOOR, TRIM),
+    "fedgems_plus_consensus_raise": (*PLUS_CONSENSUS, CONFIDENCE, RAISE),
     # And both tests on windows of the latest rounds too.
     "fedgems_plus_consensus_confidence_burst": (*PLUS_CONSENSUS, CONFIDENCE, "strategy.consensus_burst_z=3"),
     # And with a trimmed product: the 3 lowest and 3 highest terms of each sample and class left out.
@@ -328,6 +331,7 @@ ONLY: dict[str, frozenset[tuple[str, float]]] = {
     "fedgems_plus_consensus_floor": CAMOUFLAGED,
     "fedgems_plus_consensus_trimmed": CAMOUFLAGED,
     "fedgems_plus_consensus_confidence_trimmed": CAMOUFLAGED,
+    "fedgems_plus_consensus_raise": CAMOUFLAGED,
     "fedgems_plus_consensus_confidence": CAMOUFLAGED
     | FEWER_AND_MORE_LIARS
     | {(ABSENT, fraction) for fraction in (0.1, 0.3, 0.5)}

@@ -35,6 +35,7 @@ SELECTIVE_VARIANTS = (
     "fedgems_plus_consensus_confidence",
     "fedgems_plus_consensus_confidence_trimmed",
     "fedgems_plus_consensus_confidence_burst",
+    "fedgems_plus_consensus_raise",
 )
 FRACTION = 0.3
 MAX_SELECTIVE_DROP = 1.0  # points

@@ -1,8 +1,10 @@
 """What the consensus screen (:mod:`fl_kd.kd.consensus`) counts: per client and answer, whether it agrees with the
-other clients' plurality vote, and how sure it states itself against its own answers where it is checked."""
+other clients' plurality vote, how sure it states itself against its own answers where it is checked, and whether
+it raises a class far above what the other clients give it."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -77,3 +79,77 @@ def unsure_counts(reference_strata: NDArray[np.int64], strata: NDArray[np.int64]
         (int((reference_strata <= k).sum()), reference_strata.size, int((strata <= k).sum()), strata.size)
         for k in range(len(SURE_QUANTILES))
     ]
+
+
+RAISE_QUANTILE = 0.8
+"""The raise test's cut: the share of a client's answers on the reference that lift no class beside their top one
+higher above the others' mean than this quantile of its own lifts there; about that share elsewhere if it is
+honest."""
+
+LOG_PROB_FLOOR = math.log(1e-3)
+"""The lowest log-probability the raise test reads: one answer's near-certain "no" moves the others' mean no further
+than this, and a lift from below it counts only from it."""
+
+
+def raise_amounts(
+    answers: Answers, num_classes: int, voters: Collection[int] | None = None
+) -> dict[int, tuple[NDArray[np.float64], NDArray[np.bool_]]]:
+    """Per client and row of its answers, ``(lift, counted)``: how far, in nats, it puts the class it ranks highest
+    beside its own top class above the mean log-probability the other ``voters`` (default: every client) give that
+    class there, and whether at least :data:`MIN_OTHERS` of them answered that sample.
+
+    In a product of experts a class one client puts near its top counts for that class however the client ranks it:
+    colluders that keep their honest top class and lift one other class together carry it wherever the honest
+    clients are unsure (``adversary.lie_as=skewed``), and every test of the class a client names passes them.
+    """
+    clients = sorted(answers)
+    if not clients:
+        return {}
+    voting = np.array([voters is None or c in voters for c in clients])
+    union = np.unique(np.concatenate([np.asarray(answers[c][0], dtype=np.int64) for c in clients]))
+    slots = {c: np.searchsorted(union, np.asarray(answers[c][0], dtype=np.int64)) for c in clients}
+    log_probs = {c: _floored_log_probs(np.asarray(answers[c][1], dtype=np.float64)) for c in clients}
+    sums = np.zeros((union.size, num_classes))
+    by = np.zeros(union.size, dtype=np.int64)
+    for k, client_id in enumerate(clients):
+        if voting[k]:
+            np.add.at(sums, slots[client_id], log_probs[client_id])
+            np.add.at(by, slots[client_id], 1)
+    out = {}
+    for k, client_id in enumerate(clients):
+        slot, own = slots[client_id], log_probs[client_id]
+        others, others_by = sums[slot], by[slot]
+        if voting[k]:  # its own answer is not part of the mean it is compared with
+            others, others_by = others - own, others_by - 1
+        above = own - others / np.maximum(others_by, 1)[:, None]
+        if own.shape[0]:
+            above[np.arange(own.shape[0]), own.argmax(axis=1)] = -np.inf
+        out[client_id] = (above.max(axis=1, initial=-np.inf), others_by >= MIN_OTHERS)
+    return out
+
+
+def raise_counts(
+    reference: tuple[NDArray[np.float64], NDArray[np.bool_]], elsewhere: tuple[NDArray[np.float64], NDArray[np.bool_]]
+) -> tuple[int, int, int, int]:
+    """``(reference kept, counted, kept, counted)`` of one client's :func:`raise_amounts` on the reference and
+    elsewhere: how many counted rows lift no higher than the :data:`RAISE_QUANTILE` of its counted lifts on the
+    reference, in the layout of the agreement tallies (no reference row: nothing counted)."""
+    (ref_lift, ref_counted), (lift, counted) = reference, elsewhere
+    if not ref_counted.any():
+        return (0, 0, 0, 0)
+    cut = float(np.quantile(ref_lift[ref_counted], RAISE_QUANTILE))
+    return (
+        int((ref_counted & (ref_lift <= cut)).sum()),
+        int(ref_counted.sum()),
+        int((counted & (lift <= cut)).sum()),
+        int(counted.sum()),
+    )
+
+
+def _floored_log_probs(logits: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Row-wise log-softmax of ``logits`` ``(n, C)``, no lower than :data:`LOG_PROB_FLOOR`."""
+    if logits.shape[0] == 0:
+        return logits
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return np.maximum(log_probs, LOG_PROB_FLOOR)

@@ -55,7 +55,15 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fl_kd.config import check_range, require
-from fl_kd.kd.agreement import SURE_QUANTILES, Answers, agreement_rows, confidence_strata, unsure_counts
+from fl_kd.kd.agreement import (
+    SURE_QUANTILES,
+    Answers,
+    agreement_rows,
+    confidence_strata,
+    raise_amounts,
+    raise_counts,
+    unsure_counts,
+)
 
 SURE_BANDS = (2, 3, 4)
 """The strata of :func:`confidence_strata` whose agreement the confidence test compares: a client's answers stated
@@ -109,13 +117,26 @@ class ConsensusScreen:
         Also screen a client whose excess in a test on a window of its latest rounds, shorter than all of them,
         exceeds ``burst_z`` standard errors, the confidence tests corrected together as in the pooled test (0: off;
         the family ``"burst"`` of :attr:`family_scores`).
+    raise_test : bool (default: False)
+        Also compare how far a client lifts a class beside its own top class above the others' mean
+        log-probability (:func:`raise_amounts`) on both: the share of its unlabelled answers that lift no higher
+        than the :data:`~fl_kd.kd.agreement.RAISE_QUANTILE` of its lifts on the reference, tested as the agreement
+        is (:func:`raise_counts`; the family ``"raise"``). A liar that names its honest class and lifts another one
+        near it passes every test of the class it names, and in a product of experts its lifted class still
+        counts.
     """
 
     max_passes = 4
     """Passes of the screen per round at most; the verdict usually settles after two."""
 
     def __init__(
-        self, num_classes: int, z: float, confidence_test: bool = False, margin: float = MARGIN, burst_z: float = 0.0
+        self,
+        num_classes: int,
+        z: float,
+        confidence_test: bool = False,
+        margin: float = MARGIN,
+        burst_z: float = 0.0,
+        raise_test: bool = False,
     ) -> None:
         if z <= 0 or burst_z < 0:
             raise ValueError(f"z must be > 0 and burst_z >= 0, got {z} and {burst_z}")
@@ -126,6 +147,7 @@ class ConsensusScreen:
         self.num_classes = num_classes
         self.z = z
         self.confidence_test = confidence_test
+        self.raise_test = raise_test
         self.margin = margin
         self.burst_z = burst_z
         # client id -> its counts of each test in each round it answered in, oldest first (for the burst test)
@@ -133,7 +155,7 @@ class ConsensusScreen:
         # client id -> [reference agreed, reference counted, unlabelled agreed, unlabelled counted], over rounds
         self.tallies: dict[int, list[int]] = {}
         # client id -> with confidence_test, per cut [reference unsure, counted, unlabelled unsure, counted], then per
-        # stratum of SURE_BANDS its agreement tally
+        # stratum of SURE_BANDS its agreement tally; then, with raise_test, its raise_counts
         self.confidence_tallies: dict[int, list[list[int]]] = {}
         self.flagged: list[int] = []  # the last round's verdict, where the next round's vote starts
         # the last round's z per family of tests ("agreement"; with confidence_test also "confidence", the seven
@@ -198,19 +220,32 @@ class ConsensusScreen:
 
     def _stored(self, client_id: int, create: bool = False) -> list[list[int]]:
         """A client's pooled tallies: its agreement, then (``confidence_test``) one per confidence cut and one of
-        agreement per stratum of :data:`SURE_BANDS`."""
+        agreement per stratum of :data:`SURE_BANDS`, then (``raise_test``) its rows without a raise."""
         extra = [[0, 0, 0, 0] for _ in range(self.num_tests - 1)]
         if create:
             self.tallies.setdefault(client_id, [0, 0, 0, 0])
-            if self.confidence_test:
+            if self.num_tests > 1:
                 self.confidence_tallies.setdefault(client_id, extra)
         agreement = self.tallies.get(client_id, [0, 0, 0, 0])
         return [agreement, *self.confidence_tallies.get(client_id, extra)]
 
     @property
     def num_tests(self) -> int:
-        """Tests per client: agreement; with ``confidence_test`` also one per cut and one per tested stratum."""
-        return 1 + (len(SURE_QUANTILES) + len(SURE_BANDS) if self.confidence_test else 0)
+        """Tests per client: agreement; with ``confidence_test`` also one per cut and one per tested stratum; with
+        ``raise_test`` one more."""
+        return 1 + (self._confidence_tests if self.confidence_test else 0) + int(self.raise_test)
+
+    _confidence_tests = len(SURE_QUANTILES) + len(SURE_BANDS)
+
+    def _family(self, test: int) -> str:
+        """The family of test number ``test`` (:meth:`_stored`'s order)."""
+        if test == 0:
+            return "agreement"
+        return "raise" if self.raise_test and test == self.num_tests - 1 else "confidence"
+
+    def _corrected(self, test: int, z: float) -> float:
+        """Test ``test``'s z as a member of its family: the confidence tests count as one (:func:`family_z`)."""
+        return family_z(z, self._confidence_tests) if self._family(test) == "confidence" else z
 
     def _strata(
         self, unlabelled: Answers, reference: Answers
@@ -234,7 +269,7 @@ class ConsensusScreen:
     ) -> dict[int, list[tuple[int, ...]]]:
         """This round's (reference agreed, counted, unlabelled agreed, counted) per client against ``voters``, then
         (``confidence_test``) its :func:`unsure_counts` and its agreement tallies per stratum of ``strata``
-        (:meth:`_strata`, computed when not given)."""
+        (:meth:`_strata`, computed when not given), then (``raise_test``) its :func:`raise_counts`."""
         if strata is None:
             strata = self._strata(unlabelled, reference)
         on_unlabelled = agreement_rows(unlabelled, self.num_classes, voters)
@@ -262,22 +297,25 @@ class ConsensusScreen:
                             int(unl_counted[unl].sum()),
                         )
                     )
+        if self.raise_test:
+            lifts, reference_lifts = (raise_amounts(part, self.num_classes, voters) for part in (unlabelled, reference))
+            no_rows = (np.zeros(0), np.zeros(0, dtype=bool))
+            for client_id in unlabelled:
+                out[client_id].append(raise_counts(reference_lifts.get(client_id, no_rows), lifts[client_id]))
         return out
 
     def _verdict(self, now: Mapping[int, list[tuple[int, ...]]]) -> tuple[set[int], dict[int, float]]:
         """The clients whose pooled tallies, this round's ``now`` added, fall short beyond ``margin`` and ``z`` in
         some test; and every client's largest z (each family's in :attr:`family_scores`)."""
-        families = {"agreement": {c: -math.inf for c in now}}
-        if self.confidence_test:
-            families["confidence"] = {c: -math.inf for c in now}
+        families = {self._family(test): {c: -math.inf for c in now} for test in range(self.num_tests)}
         for test in range(self.num_tests):
-            family = families["agreement" if test == 0 else "confidence"]
+            family = families[self._family(test)]
             pooled = {
                 c: [a + b for a, b in zip(self._stored(c)[test], counts[test], strict=True)]
                 for c, counts in now.items()
             }
             for client_id, z in self._excess_z(pooled).items():
-                family[client_id] = max(family[client_id], z if test == 0 else family_z(z, self.num_tests - 1))
+                family[client_id] = max(family[client_id], self._corrected(test, z))
         scores = {c: _finite(max(family[c] for family in families.values())) for c in now}
         verdict = {c for c in scores if scores[c] > self.z}
         if self.burst_z:
@@ -305,7 +343,7 @@ class ConsensusScreen:
                     if len(history[c]) > earlier
                 }
                 for client_id, z in self._excess_z(window).items():
-                    best[client_id] = max(best[client_id], z if test == 0 else family_z(z, self.num_tests - 1))
+                    best[client_id] = max(best[client_id], self._corrected(test, z))
         return best
 
     def _excess_z(self, tallies: Mapping[int, Sequence[int]]) -> dict[int, float]:
@@ -357,23 +395,35 @@ class ConsensusConfig:
         Also run the tests (agreement; with ``consensus_confidence`` the confidence tests too) on every window of the
         latest rounds (the last one, the last two, ...), and leave out a client whose excess in one exceeds this many
         standard errors: the pooled tests dilute a client that answers honestly for rounds and then lies. 0: off.
+    consensus_raise : bool (default: False)
+        Also compare how far a client lifts a class beside its own top class above the other clients' mean
+        log-probability, on the unlabelled samples and on the reference (the share of its answers lifting no higher
+        than the 80% quantile of its lifts on the reference), tested as the agreement is: colluders that name
+        their honest class and lift one other class near it pass every test of the class they name, while in a
+        product of experts the lifted class counts. False: off.
     """
 
     consensus_z: float = 0.0
     consensus_margin: float = MARGIN
     consensus_confidence: bool = False
     consensus_burst_z: float = 0.0
+    consensus_raise: bool = False
 
     def check_consensus(self, prefix: str = "") -> None:
         """Raise :class:`~fl_kd.config.ConfigError` naming ``prefix + key`` for a value out of range."""
         check_range(f"{prefix}consensus_z", self.consensus_z, low=0.0)
         check_range(f"{prefix}consensus_margin", self.consensus_margin, low=0.0, high=1.0, high_open=True)
         check_range(f"{prefix}consensus_burst_z", self.consensus_burst_z, low=0.0)
-        require(
-            isinstance(self.consensus_confidence, bool),
-            f"{prefix}consensus_confidence must be true or false, got {self.consensus_confidence!r}",
-        )
-        for key, default in (("consensus_confidence", False), ("consensus_margin", MARGIN), ("consensus_burst_z", 0.0)):
+        for key in ("consensus_confidence", "consensus_raise"):
+            require(
+                isinstance(getattr(self, key), bool), f"{prefix}{key} must be true or false, got {getattr(self, key)!r}"
+            )
+        for key, default in (
+            ("consensus_confidence", False),
+            ("consensus_margin", MARGIN),
+            ("consensus_burst_z", 0.0),
+            ("consensus_raise", False),
+        ):
             require(
                 getattr(self, key) == default or self.consensus_z > 0,
                 f"{prefix}{key} is a setting of the consensus screen: set {prefix}consensus_z too",
@@ -384,5 +434,10 @@ class ConsensusConfig:
         if self.consensus_z <= 0:
             return None
         return ConsensusScreen(
-            num_classes, self.consensus_z, self.consensus_confidence, self.consensus_margin, self.consensus_burst_z
+            num_classes,
+            self.consensus_z,
+            self.consensus_confidence,
+            self.consensus_margin,
+            self.consensus_burst_z,
+            self.consensus_raise,
         )

@@ -69,8 +69,9 @@ class PublicLogitsConfig(ConsensusConfig, AggregationConfig, SGDStrategyConfig):
         client per class by its precision on the round's labelled public samples (it reads their labels).
     trim_fraction, num_malicious, num_selected, trust_power : (default: 0.2, 0, 0, 4.0)
         Parameters of those rules (:class:`fl_kd.kd.robust.RobustSettings`).
-    consensus_z, consensus_margin, consensus_confidence, consensus_burst_z : (default: 0.0, 0.02, False, 0.0)
-        The label-free consensus screen (:class:`~fl_kd.kd.consensus.ConsensusConfig`), whose reference is the
+    consensus_z, consensus_margin, consensus_confidence, consensus_burst_z, consensus_raise : (default: 0.0, 0.02, ...)
+        The label-free consensus screen (:class:`~fl_kd.kd.consensus.ConsensusConfig`; the two switches default
+        to False, the burst test to 0.0), whose reference is the
         labelled public part: a client that agrees with the others less on the unlabelled positions than there is
         left out of the round's fusion, before ``aggregation``. It reads which positions are labelled, never a
         label; it needs both parts of the transfer set.
