@@ -441,6 +441,14 @@ EXTRAS: tuple[Extra, ...] = (
         FEDGEMS,
         add=("strategy.consensus_z=3", "strategy.consensus_confidence=true"),
     ),
+    # Does the raise test (against liars that name their honest class and lift another) screen an honest client of
+    # this grid over 8 rounds?
+    Extra(
+        "fedgems_screened_raise",
+        "fedgems, consensus screen, confidence and raise tests",
+        FEDGEMS,
+        add=("strategy.consensus_z=3", "strategy.consensus_confidence=true", "strategy.consensus_raise=true"),
+    ),
     # What the learned combiner's floor and trimmed product (which bound the liars the agreement tests cannot see in
     # the robustness grid's 3-round runs) cost FedGEMS over 8 rounds when nobody lies.
     Extra(
