@@ -400,3 +400,17 @@ def test_the_raise_test_flags_colluders_that_name_their_honest_class_and_lift_an
         assert all(lifted.family_scores["raise"][c] > 3.0 for c in (3, 7))
     assert lifted.num_tests == plain.num_tests + 1
     lifted.check_restored_state()  # the raise tallies sit beside the confidence ones
+
+
+def test_the_raise_tallies_survive_a_checkpoint() -> None:
+    def build() -> SelectiveDistillServer:
+        return learned_trust_server(60, consensus_z=3.0, consensus_raise=True)
+
+    server = build()
+    server.distill(1, _answers(server))
+    resumed = resumed_from_checkpoint(server, build)
+    saved, loaded = server.options.consensus, resumed.options.consensus
+    assert saved is not None and loaded is not None and saved.num_tests == 2
+    assert loaded.confidence_tallies == saved.confidence_tallies and len(saved.confidence_tallies[4]) == 1
+    after = server.distill(2, _answers(server)).extra
+    assert after == resumed.distill(2, _answers(resumed)).extra and "consensus_z_raise" in after
