@@ -265,8 +265,8 @@ def test_the_twice_canaries_the_floored_burst_and_the_trimmed_screen_compose_wit
 
 
 def test_the_screened_preset_is_what_the_grid_runs_behind_the_screen_and_its_confidence_test() -> None:
-    """``strategy=fedgems_plus_screened`` is the grid's ``fedgems_plus_consensus_confidence`` and, on the knowledge
-    benchmark's data, its extra ``fedgems_screened``: the runs that measured the preset."""
+    """``strategy=fedgems_plus_screened`` is the grid's ``fedgems_plus_consensus_raise`` and, on the knowledge
+    benchmark's data, its extra ``fedgems_screened_raise``: the runs that measured the preset."""
     from benchmarks.kd.grid import compose_config
     from benchmarks.knowledge.grid import EXTRAS
     from fl_kd.kd.fedgems.extensions import SCREEN
@@ -274,9 +274,9 @@ def test_the_screened_preset_is_what_the_grid_runs_behind_the_screen_and_its_con
     def as_preset(overrides: list[str]) -> list[str]:
         return [o for o in overrides if not o.startswith("strategy")] + ["strategy=fedgems_plus_screened"]
 
-    grid = Job("fedgems_plus_consensus_confidence", "camouflage_mimic_skewed", 0.3, 0).overrides()
+    grid = Job("fedgems_plus_consensus_raise", "camouflage_mimic_skewed", 0.3, 0).overrides()
     assert compose_config(0, 3, "inprocess", as_preset(grid)) == compose_config(0, 3, "inprocess", grid)
-    extra = list(next(e for e in EXTRAS if e.method == "fedgems_screened").jobs()[0].hydra_overrides())
+    extra = list(next(e for e in EXTRAS if e.method == "fedgems_screened_raise").jobs()[0].hydra_overrides())
     assert compose_config(0, 8, "inprocess", as_preset(extra)) == compose_config(0, 8, "inprocess", extra)
     screened = compose_config(0, 3, "inprocess", as_preset(grid)).strategy
     plus = compose_config(0, 3, "inprocess", [*as_preset(grid)[:-1], "strategy=fedgems_plus"]).strategy

@@ -82,11 +82,11 @@ def fedgems_plus() -> FedGEMSConfig:
     return dataclasses.replace(FedGEMSConfig(), **settings)
 
 
-#: The label-free consensus screen with its confidence test (:mod:`fl_kd.kd.consensus`), for clients that cannot
-#: all be trusted. Not an ablation step: when nobody lies it leaves every client in (nine honest 8-round runs of the
-#: knowledge benchmark), and so changes no figure of it; BENCHMARKS_KD.md has the attackers it stops and those it
+#: The label-free consensus screen with its confidence and raise tests (:mod:`fl_kd.kd.consensus`), for clients that
+#: cannot all be trusted. Not an ablation step: when nobody lies it leaves every client in (the knowledge benchmark's
+#: honest 8-round runs), and so changes no figure of it; BENCHMARKS_KD.md has the attackers it stops and those it
 #: does not.
-SCREEN: Mapping[str, Any] = {"consensus_z": 3.0, "consensus_confidence": True}
+SCREEN: Mapping[str, Any] = {"consensus_z": 3.0, "consensus_confidence": True, "consensus_raise": True}
 
 
 def fedgems_plus_screened() -> FedGEMSConfig:
