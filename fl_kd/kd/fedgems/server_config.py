@@ -7,7 +7,7 @@ from numbers import Integral
 from typing import Any
 
 from fl_kd.config import check_choice, check_range, require
-from fl_kd.kd.consensus import ConsensusConfig
+from fl_kd.kd.consensus_config import ConsensusConfig
 from fl_kd.kd.fusion import FUSION_RULES
 
 CORRECTNESS = ("train", "held_out")
@@ -96,7 +96,7 @@ class SelectionConfig(ConsensusConfig):
         the same rounds; 0 is off. Pooling dilutes a liar that is honest for rounds and then lies
         (``adversary.from_round``); the windows do not.
     consensus_z, consensus_margin, consensus_confidence, consensus_burst_z, consensus_raise
-        The label-free consensus screen (:class:`~fl_kd.kd.consensus.ConsensusConfig`; needs ``unlabelled_trust``
+        The label-free consensus screen (:class:`~fl_kd.kd.consensus_config.ConsensusConfig`; needs ``unlabelled_trust``
         and ``reliability_on=held_out``: its reference is the held-out slice). A client it screens is left out of
         the unlabelled teacher, as the canaries leave one out.
     """

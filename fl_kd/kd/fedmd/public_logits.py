@@ -29,7 +29,7 @@ from fl_kd.config import check_choice, check_range, require, require_defaults_un
 from fl_kd.kd import protocol as kd
 from fl_kd.kd.algorithm import SGDStrategyConfig
 from fl_kd.kd.client import ClientTrainConfig, DistillClient
-from fl_kd.kd.consensus import ConsensusConfig
+from fl_kd.kd.consensus_config import ConsensusConfig
 from fl_kd.kd.federation import build_server_model
 from fl_kd.kd.fusion import LOGIT_AGGREGATIONS
 from fl_kd.kd.robust import AggregationConfig, RobustSettings
@@ -70,7 +70,7 @@ class PublicLogitsConfig(ConsensusConfig, AggregationConfig, SGDStrategyConfig):
     trim_fraction, num_malicious, num_selected, trust_power : (default: 0.2, 0, 0, 4.0)
         Parameters of those rules (:class:`fl_kd.kd.robust.RobustSettings`).
     consensus_z, consensus_margin, consensus_confidence, consensus_burst_z, consensus_raise : (default: 0.0, 0.02, ...)
-        The label-free consensus screen (:class:`~fl_kd.kd.consensus.ConsensusConfig`; the two switches default
+        The label-free consensus screen (:class:`~fl_kd.kd.consensus_config.ConsensusConfig`; the two switches default
         to False, the burst test to 0.0), whose reference is the
         labelled public part: a client that agrees with the others less on the unlabelled positions than there is
         left out of the round's fusion, before ``aggregation``. It reads which positions are labelled, never a
