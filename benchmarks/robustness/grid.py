@@ -135,6 +135,8 @@ METHODS: dict[str, tuple[str, ...]] = {
     # And with the floor and the trimmed product too: against the liars that pass both tests (thin, or as wrong
     # where labels check them as elsewhere).
     "fedgems_plus_consensus_confidence_trimmed": (*PLUS_CONSENSUS, CONFIDENCE, FLOOR, TRIM),
+    # And with the raise test beside both (``strategy=fedgems_plus_screened``): a client that lifts a class beside
+    # its top one far above the others' mean more often where no label checks it is left out too.
     "fedgems_plus_consensus_raise": (*PLUS_CONSENSUS, CONFIDENCE, RAISE),
     # And both tests on windows of the latest rounds too.
     "fedgems_plus_consensus_confidence_burst": (*PLUS_CONSENSUS, CONFIDENCE, "strategy.consensus_burst_z=3"),

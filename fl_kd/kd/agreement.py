@@ -29,13 +29,10 @@ def agreement_rows(
     """Per client and row of its answers, ``(agreed, counted)``: whether its top class is the plurality vote of the
     other ``voters`` (default: every client) there, and whether at least :data:`MIN_OTHERS` of them answered that
     sample (ties go to the lowest class)."""
-    clients = sorted(answers)
-    if not clients:
+    if not answers:
         return {}
-    voting = np.array([voters is None or c in voters for c in clients])
-    union = np.unique(np.concatenate([np.asarray(answers[c][0], dtype=np.int64) for c in clients]))
+    clients, voting, union, slots = _layout(answers, voters)
     votes = np.full((len(clients), union.size), -1, dtype=np.int64)
-    slots = {c: np.searchsorted(union, np.asarray(answers[c][0], dtype=np.int64)) for c in clients}
     for k, client_id in enumerate(clients):
         if slots[client_id].size:
             votes[k, slots[client_id]] = np.asarray(answers[client_id][1]).argmax(axis=1)
@@ -57,6 +54,18 @@ def agreement_rows(
         agreed = counted & (others.argmax(axis=1) == own)
         out[client_id] = (agreed[slots[client_id]], counted[slots[client_id]])
     return out
+
+
+def _layout(
+    answers: Answers, voters: Collection[int] | None
+) -> tuple[list[int], NDArray[np.bool_], NDArray[np.int64], dict[int, NDArray[np.int64]]]:
+    """The clients (sorted), whether each votes, every position any of them answered (sorted), and per client where
+    its rows sit among those positions."""
+    clients = sorted(answers)
+    voting = np.array([voters is None or c in voters for c in clients])
+    union = np.unique(np.concatenate([np.asarray(answers[c][0], dtype=np.int64) for c in clients]))
+    slots = {c: np.searchsorted(union, np.asarray(answers[c][0], dtype=np.int64)) for c in clients}
+    return clients, voting, union, slots
 
 
 def confidence_strata(reference: NDArray[Any], values: NDArray[Any]) -> NDArray[np.int64]:
@@ -102,12 +111,9 @@ def raise_amounts(
     colluders that keep their honest top class and lift one other class together carry it wherever the honest
     clients are unsure (``adversary.lie_as=skewed``), and every test of the class a client names passes them.
     """
-    clients = sorted(answers)
-    if not clients:
+    if not answers:
         return {}
-    voting = np.array([voters is None or c in voters for c in clients])
-    union = np.unique(np.concatenate([np.asarray(answers[c][0], dtype=np.int64) for c in clients]))
-    slots = {c: np.searchsorted(union, np.asarray(answers[c][0], dtype=np.int64)) for c in clients}
+    clients, voting, union, slots = _layout(answers, voters)
     log_probs = {c: _floored_log_probs(np.asarray(answers[c][1], dtype=np.float64)) for c in clients}
     sums = np.zeros((union.size, num_classes))
     by = np.zeros(union.size, dtype=np.int64)

@@ -42,6 +42,13 @@ surer in (:data:`SURE_BANDS`): in the two least sure, an honest client's agreeme
 reliability slice, distilled every round) and where it was not differs by up to 20 points, client by client, and
 there the test screened honest clients (two in 8 rounds of the knowledge benchmark, one in 3 rounds of the
 robustness benchmark's; BENCHMARKS_KD.md). Colluders above half of the clients set the vote and the median.
+
+Every test above reads the class a client names. One that names its honest class and lifts another class to just
+under it (``adversary.lie_as=skewed``) passes them all, while in a product of experts the lifted class counts
+wherever the honest clients are unsure. The raise test (``raise_test``) compares how far a client's answers lift a
+class above the other clients' mean log-probability where it is checked and elsewhere. A liar that lifts only on
+its answers whose honest lift is already high, or lifts every answer no further than its honest answers do, passes
+it (not measured; BENCHMARKS_KD.md).
 """
 
 from __future__ import annotations
@@ -218,7 +225,7 @@ class ConsensusScreen:
 
     def _stored(self, client_id: int, create: bool = False) -> list[list[int]]:
         """A client's pooled tallies: its agreement, then (``confidence_test``) one per confidence cut and one of
-        agreement per stratum of :data:`SURE_BANDS`, then (``raise_test``) its rows without a raise."""
+        agreement per stratum of :data:`SURE_BANDS`, then (``raise_test``) its :func:`raise_counts`."""
         extra = [[0, 0, 0, 0] for _ in range(self.num_tests - 1)]
         if create:
             self.tallies.setdefault(client_id, [0, 0, 0, 0])
