@@ -477,6 +477,7 @@ def test_every_behaviour_is_registered() -> None:
         "scaled_logits",
         "confident_wrong",
         "camouflage",
+        "skewed_colluders",
         "free_rider",
         "targeted",
         "sign_flip",

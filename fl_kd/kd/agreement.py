@@ -5,7 +5,7 @@ it raises a class far above what the other clients give it."""
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -111,10 +111,30 @@ def raise_amounts(
     colluders that keep their honest top class and lift one other class together carry it wherever the honest
     clients are unsure (``adversary.lie_as=skewed``), and every test of the class a client names passes them.
     """
+    out = {}
+    for client_id, (others, others_by) in others_mean(answers, num_classes, voters).items():
+        own = floored_log_probs(np.asarray(answers[client_id][1], dtype=np.float64))
+        above = own - others
+        if own.shape[0]:
+            above[np.arange(own.shape[0]), own.argmax(axis=1)] = -np.inf
+        out[client_id] = (above.max(axis=1, initial=-np.inf), others_by >= MIN_OTHERS)
+    return out
+
+
+def others_mean(
+    answers: Answers,
+    num_classes: int,
+    voters: Collection[int] | None = None,
+    of: Callable[[NDArray[np.float64]], NDArray[np.float64]] | None = None,
+) -> dict[int, tuple[NDArray[np.float64], NDArray[np.int64]]]:
+    """Per client and row of its answers, ``(mean, by)``: the mean of ``of`` (default: :func:`floored_log_probs`)
+    of the logits ``(n, C)`` that the other ``voters`` (default: every client) give that sample, and how many of
+    them answered it (mean 0 where none did)."""
     if not answers:
         return {}
+    of = floored_log_probs if of is None else of
     clients, voting, union, slots = _layout(answers, voters)
-    log_probs = {c: _floored_log_probs(np.asarray(answers[c][1], dtype=np.float64)) for c in clients}
+    log_probs = {c: of(np.asarray(answers[c][1], dtype=np.float64)) for c in clients}
     sums = np.zeros((union.size, num_classes))
     by = np.zeros(union.size, dtype=np.int64)
     for k, client_id in enumerate(clients):
@@ -123,14 +143,11 @@ def raise_amounts(
             np.add.at(by, slots[client_id], 1)
     out = {}
     for k, client_id in enumerate(clients):
-        slot, own = slots[client_id], log_probs[client_id]
+        slot = slots[client_id]
         others, others_by = sums[slot], by[slot]
         if voting[k]:  # its own answer is not part of the mean it is compared with
-            others, others_by = others - own, others_by - 1
-        above = own - others / np.maximum(others_by, 1)[:, None]
-        if own.shape[0]:
-            above[np.arange(own.shape[0]), own.argmax(axis=1)] = -np.inf
-        out[client_id] = (above.max(axis=1, initial=-np.inf), others_by >= MIN_OTHERS)
+            others, others_by = others - log_probs[client_id], others_by - 1
+        out[client_id] = (others / np.maximum(others_by, 1)[:, None], others_by)
     return out
 
 
@@ -152,7 +169,7 @@ def raise_counts(
     )
 
 
-def _floored_log_probs(logits: NDArray[np.float64]) -> NDArray[np.float64]:
+def floored_log_probs(logits: NDArray[np.float64]) -> NDArray[np.float64]:
     """Row-wise log-softmax of ``logits`` ``(n, C)``, no lower than :data:`LOG_PROB_FLOOR`."""
     if logits.shape[0] == 0:
         return logits

@@ -24,6 +24,7 @@ from fl_kd.kd.adversary.metrics import (
     attack_success_rate,
 )
 from fl_kd.kd.adversary.references import Absent
+from fl_kd.kd.adversary.skewed_colluders import MARGIN_Z, SkewCollusionServer, SkewedColluders
 
 if TYPE_CHECKING:
     from fl_kd.kd.config import ExperimentConfig
@@ -68,6 +69,10 @@ def measured_server(build_server: ServerBuilder) -> ServerBuilder:
             replica = None if root is None else root.colluders_replica()
             calibration = None if root is None else root.colluders_calibration()
             server = ColludingServer(server, malicious, colluding.craft, replica, calibration)
+        elif issubclass(behaviour, SkewedColluders):
+            margin = MARGIN_Z if adversary.z is None else adversary.z
+            labelled = len(federation.transfer_idx)
+            server = SkewCollusionServer(server, malicious, federation.data.num_classes, labelled, margin)
         return server
 
     return build
@@ -86,6 +91,8 @@ __all__ = [
     "MaliciousClient",
     "ReportsFusionWeights",
     "ReportsScreened",
+    "SkewCollusionServer",
+    "SkewedColluders",
     "adversarial_client",
     "attack_success_rate",
     "malicious_clients",

@@ -83,12 +83,7 @@ class Behaviour:
                 asked = arrays.get(positions_name, instruction.arrays.get(positions_name))
                 positions = np.asarray(asked if asked is not None else np.zeros(0, dtype=np.int64))
                 decoded = from_wire(logits, self.num_classes).astype(np.float64)
-                corrupted = self.corrupt_logits(decoded, positions, rng)
-                arrays[logits_name] = (
-                    to_wire(torch.from_numpy(corrupted), "uint5" if logits.ndim == 1 else logits.dtype)
-                    if logits.dtype == np.uint8
-                    else corrupted.astype(logits.dtype)
-                )
+                arrays[logits_name] = rewired(logits, self.corrupt_logits(decoded, positions, rng))
         if kd.LOGITS not in arrays and _overrides(type(self), "corrupt_update"):
             arrays = self._corrupt_weights(arrays, instruction, rng)
         return Answer(arrays, dict(answer.metrics))
@@ -157,6 +152,13 @@ class Behaviour:
         labels: NDArray[np.int64] = logits.argmax(axis=1).astype(np.int64)
         labels[known] = self.transfer_y[positions[known]]
         return labels
+
+
+def rewired(sent: NDArray[Any], logits: NDArray[np.float64]) -> NDArray[Any]:
+    """``logits`` ``(n, C)`` in the wire format of the array ``sent`` they replace, so the answer keeps its dtype."""
+    if sent.dtype == np.uint8:
+        return to_wire(torch.from_numpy(logits), "uint5" if sent.ndim == 1 else sent.dtype)
+    return logits.astype(sent.dtype)
 
 
 def shared_uniforms(positions: NDArray[Any], key: int = _COLLUSION_KEY) -> NDArray[np.float64]:

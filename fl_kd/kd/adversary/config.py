@@ -91,7 +91,9 @@ class AdversaryConfig:
     z : float | None (default: None)
         ``alie``: the shift ``mu - z * sigma`` the colluders send, in standard deviations of their honest updates;
         None: Baruch et al.'s largest shift that a majority of the round's answers still straddles
-        (:func:`~fl_kd.kd.adversary.collusion.alie_z`).
+        (:func:`~fl_kd.kd.adversary.collusion.alie_z`). ``skewed_colluders``: how far under the raise test's cut
+        they aim each lift, in standard errors of their estimate of the other clients' mean; None: 2
+        (:data:`~fl_kd.kd.adversary.skewed_colluders.MARGIN_Z`).
     free_rider_mode : str (default: "stale")
         ``free_rider`` skips local training; "stale" answers with its untrained model as it stands (for weight
         sharing: the global weights echoed), "random" with random logits (or global weights plus noise).

@@ -1,0 +1,143 @@
+"""``adversary=skewed_colluders``: colluders that keep their honest top class and lift another one only as far as the
+consensus screen's raise test lets them (the attacker that knows that test)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor
+
+from fl_kd.kd import protocol as kd
+from fl_kd.kd.adversary import SkewCollusionServer
+from fl_kd.kd.adversary.camouflage import SKEW_GAP
+from fl_kd.kd.adversary.skewed_colluders import bounded_lifts
+from fl_kd.kd.consensus import ConsensusScreen
+from fl_kd.kd.roles import Arrays, Instruction, ServerRole
+from fl_kd.kd.runner import run_inprocess
+from fl_kd.kd.training import from_wire, to_wire
+from tests.kd_configs import tiny_config
+from tests.test_consensus_screen import CLASSES, _skewed, _unsure_liars
+
+COLLUDERS = (1, 3, 7)
+LABELLED = 200
+
+
+def _round(seed: int) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], dict[int, tuple[np.ndarray, np.ndarray]]]:
+    """Ten honest clients of the consensus screen's tests: their unlabelled answers (positions from
+    :data:`LABELLED` on) and their answers on the reference (positions below it)."""
+    unlabelled, reference = _unsure_liars(np.random.default_rng(seed), "one_hot", liars=())
+    return {c: (pos + LABELLED, logits) for c, (pos, logits) in unlabelled.items()}, reference
+
+
+def _pooled(unlabelled: Mapping[int, Any], reference: Mapping[int, Any]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """The colluders' honest answers, both parts in one array each, as they pool them."""
+    return {
+        c: (np.concatenate([reference[c][0], unlabelled[c][0]]), np.concatenate([reference[c][1], unlabelled[c][1]]))
+        for c in COLLUDERS
+    }
+
+
+def test_a_colluder_keeps_its_top_class_and_lifts_one_class_only_where_no_label_checks_it() -> None:
+    unlabelled, reference = _round(20)
+    honest = _pooled(unlabelled, reference)
+    lied = bounded_lifts(honest, LABELLED, CLASSES)
+    assert set(lied) == set(COLLUDERS)
+    for c in COLLUDERS:
+        before, after = honest[c][1], lied[c]
+        np.testing.assert_array_equal(after[:LABELLED], before[:LABELLED])
+        np.testing.assert_array_equal(after.argmax(axis=1), before.argmax(axis=1))
+        changed = ~np.isclose(after, before)
+        assert np.all(changed.sum(axis=1) <= 1) and np.all(after >= before - 1e-12)  # one class, never lowered
+        rows = np.flatnonzero(changed.any(axis=1))
+        assert rows.size > 0.5 * (before.shape[0] - LABELLED)
+        top, lifted = before.argmax(axis=1)[rows], changed[rows].argmax(axis=1)
+        assert np.all(after[rows, lifted] <= after[rows, top] - SKEW_GAP + 1e-9)  # no higher than under its top
+    # Without two other colluders to estimate the others' mean from, nobody lies.
+    alone = {c: honest[c] for c in COLLUDERS[:2]}
+    for c, logits in bounded_lifts(alone, LABELLED, CLASSES).items():
+        np.testing.assert_array_equal(logits, alone[c][1])
+
+
+@pytest.mark.parametrize("margin_z", [6.0, 20.0])
+def test_colluders_with_a_wide_enough_margin_pass_the_raise_test_that_screens_the_skewed_liar(margin_z: float) -> None:
+    """The raise test leaves out the colluders that lift on every answer, and passes the ones that lift within its
+    cut: with their estimate of the others' mean from two other colluders, a margin of 6 standard errors suffices
+    here (2 does not: the test's pooled z reaches 5-10 in these rounds)."""
+    bounded = ConsensusScreen(CLASSES, z=3.0, confidence_test=True, raise_test=True)
+    skewed = ConsensusScreen(CLASSES, z=3.0, confidence_test=True, raise_test=True)
+    for round in range(3):
+        unlabelled, reference = _round(20 + round)
+        lied = bounded_lifts(_pooled(unlabelled, reference), LABELLED, CLASSES, margin_z)
+        answers = {**unlabelled, **{c: (unlabelled[c][0], lied[c][LABELLED:]) for c in COLLUDERS}}
+        passed, _ = bounded.screen(answers, reference)
+        assert passed == set() and max(bounded.family_scores["raise"].values()) < 3.0
+        _skewed(unlabelled, COLLUDERS, seed=round)
+        flagged, _ = skewed.screen(unlabelled, reference)
+        assert flagged == set(COLLUDERS)
+
+
+class _Recorder(ServerRole):
+    """A server half that asks every client the positions 0-5 and records what it is given to aggregate."""
+
+    def __init__(self) -> None:
+        self.aggregated: dict[int, Arrays] = {}
+
+    def train_instruction(self, round: int, client_id: int) -> Instruction:
+        return Instruction({kd.POSITIONS: np.arange(6, dtype=np.int64)})
+
+    def check_answer(self, round: int, client_id: int, arrays: Mapping[str, Any]) -> str | None:
+        return None
+
+    def aggregate(self, round: int, answers: Mapping[int, Arrays]) -> dict[str, float | int]:
+        self.aggregated = dict(answers)
+        return {}
+
+    def evaluate_instruction(self, round: int, client_id: int) -> Instruction:
+        return Instruction()
+
+    def evaluate(self, x: Tensor, y: Tensor) -> float:
+        return 0.0
+
+
+def test_the_server_side_channel_rewrites_only_the_colluders_answers_in_their_wire_format() -> None:
+    """Positions 0-1 are labelled, 2-5 are not; the answers do not repeat their positions (the query's stand)."""
+    rng = np.random.default_rng(3)
+    honest = {c: to_wire(torch.from_numpy(rng.normal(size=(6, 4)) * 2), np.uint8) for c in range(6)}
+    recorder = _Recorder()
+    server = SkewCollusionServer(recorder, frozenset({0, 2, 4}), num_classes=4, labelled=2)
+    server.aggregate(1, {c: {kd.LOGITS: wire} for c, wire in honest.items()})
+    for c, arrays in recorder.aggregated.items():
+        sent = arrays[kd.LOGITS]
+        assert sent.dtype == np.uint8 and sent.shape == (6, 4)
+        if c % 2:
+            np.testing.assert_array_equal(sent, honest[c])
+            continue
+        before, after = from_wire(honest[c]), from_wire(sent)
+        np.testing.assert_array_equal(after[:2], before[:2])
+        np.testing.assert_array_equal(after.argmax(axis=1), before.argmax(axis=1))
+
+
+def test_a_federation_with_skewed_colluders_runs_and_reports_who_was_screened() -> None:
+    """The colluders' clients answer honestly and the server half rewrites their answers: the raise test reads
+    other answers than in the honest federation of the same seed."""
+    runs = {}
+    for name, fraction in (("none", 0.0), ("skewed_colluders", 0.5)):
+        cfg = tiny_config(
+            num_clients=6,
+            transfer={"labelled": 60, "unlabelled": 120},
+            adversary={"name": name, "fraction": fraction},
+            consensus_z=3.0,
+            consensus_raise=True,
+            unlabelled_trust="learned",
+            reliability_on="held_out",
+            correctness="held_out",
+        )
+        runs[name] = run_inprocess(cfg).rounds
+    assert [row["round"] for row in runs["skewed_colluders"]] == [1, 2]
+    assert all("n_malicious_screened" in row for row in runs["skewed_colluders"])
+    raised = {name: [row["consensus_z_raise"] for row in rounds] for name, rounds in runs.items()}
+    assert raised["none"] != raised["skewed_colluders"]
