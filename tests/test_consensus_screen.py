@@ -8,7 +8,7 @@ import pytest
 
 from fl_kd.checkpoint import CheckpointError
 from fl_kd.config import ConfigError
-from fl_kd.kd.agreement import agreement_rows, confidence_strata, unsure_counts
+from fl_kd.kd.agreement import RAISE_QUANTILES, agreement_rows, confidence_strata, unsure_counts
 from fl_kd.kd.consensus import MARGIN, ConsensusScreen, family_z, shortfall, standard_error
 from fl_kd.kd.fedgems import SelectiveDistillServer
 from fl_kd.kd.runner import run_inprocess
@@ -398,7 +398,7 @@ def test_the_raise_test_flags_colluders_that_name_their_honest_class_and_lift_an
         assert max(z for c, z in scores.items() if c not in (3, 7)) < 3.0
         assert set(lifted.family_scores) == {"agreement", "confidence", "raise"}
         assert all(lifted.family_scores["raise"][c] > 3.0 for c in (3, 7))
-    assert lifted.num_tests == plain.num_tests + 1
+    assert lifted.num_tests == plain.num_tests + len(RAISE_QUANTILES)
     lifted.check_restored_state()  # the raise tallies sit beside the confidence ones
 
 
@@ -410,7 +410,9 @@ def test_the_raise_tallies_survive_a_checkpoint() -> None:
     server.distill(1, _answers(server))
     resumed = resumed_from_checkpoint(server, build)
     saved, loaded = server.options.consensus, resumed.options.consensus
-    assert saved is not None and loaded is not None and saved.num_tests == 2
-    assert loaded.confidence_tallies == saved.confidence_tallies and len(saved.confidence_tallies[4]) == 1
+    assert saved is not None and loaded is not None and saved.num_tests == 1 + len(RAISE_QUANTILES)
+    assert loaded.confidence_tallies == saved.confidence_tallies and len(saved.confidence_tallies[4]) == len(
+        RAISE_QUANTILES
+    )
     after = server.distill(2, _answers(server)).extra
     assert after == resumed.distill(2, _answers(resumed)).extra and "consensus_z_raise" in after

@@ -7,7 +7,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import pytest
 import torch
 from torch import Tensor
 
@@ -15,7 +14,8 @@ from fl_kd.kd import protocol as kd
 from fl_kd.kd.adversary import SkewCollusionServer
 from fl_kd.kd.adversary.camouflage import SKEW_GAP
 from fl_kd.kd.adversary.skewed_colluders import bounded_lifts
-from fl_kd.kd.consensus import ConsensusScreen
+from fl_kd.kd.agreement import raise_amounts, raise_counts
+from fl_kd.kd.consensus import ConsensusScreen, shortfall
 from fl_kd.kd.roles import Arrays, Instruction, ServerRole
 from fl_kd.kd.runner import run_inprocess
 from fl_kd.kd.training import from_wire, to_wire
@@ -62,22 +62,28 @@ def test_a_colluder_keeps_its_top_class_and_lifts_one_class_only_where_no_label_
         np.testing.assert_array_equal(logits, alone[c][1])
 
 
-@pytest.mark.parametrize("margin_z", [6.0, 20.0])
-def test_colluders_with_a_wide_enough_margin_pass_the_raise_test_that_screens_the_skewed_liar(margin_z: float) -> None:
-    """The raise test leaves out the colluders that lift on every answer, and passes the ones that lift within its
-    cut: with their estimate of the others' mean from two other colluders, a margin of 6 standard errors suffices
-    here (2 does not: the test's pooled z reaches 5-10 in these rounds)."""
+def test_the_raise_tests_lower_cuts_see_colluders_that_lift_up_to_its_highest() -> None:
+    """Under the highest cut (0.8) the colluders keep about their share of answers; their lifts move up from below
+    it, so the lower cuts keep fewer of them, and the four cuts together screen all three in every round, while
+    the skewed liar that lifts everywhere is screened too."""
     bounded = ConsensusScreen(CLASSES, z=3.0, confidence_test=True, raise_test=True)
     skewed = ConsensusScreen(CLASSES, z=3.0, confidence_test=True, raise_test=True)
+    lowest, highest = [], []
     for round in range(3):
         unlabelled, reference = _round(20 + round)
-        lied = bounded_lifts(_pooled(unlabelled, reference), LABELLED, CLASSES, margin_z)
+        lied = bounded_lifts(_pooled(unlabelled, reference), LABELLED, CLASSES, margin_z=2.0)
         answers = {**unlabelled, **{c: (unlabelled[c][0], lied[c][LABELLED:]) for c in COLLUDERS}}
-        passed, _ = bounded.screen(answers, reference)
-        assert passed == set() and max(bounded.family_scores["raise"].values()) < 3.0
-        _skewed(unlabelled, COLLUDERS, seed=round)
-        flagged, _ = skewed.screen(unlabelled, reference)
+        flagged, _ = bounded.screen(answers, reference)
         assert flagged == set(COLLUDERS)
+        assert max(z for c, z in bounded.family_scores["raise"].items() if c not in COLLUDERS) < 3.0
+        elsewhere, checked = raise_amounts(answers, CLASSES), raise_amounts(reference, CLASSES)
+        for c in COLLUDERS:
+            cuts = raise_counts(checked[c], elsewhere[c])
+            lowest.append(shortfall(cuts[0]))
+            highest.append(shortfall(cuts[-1]))
+        _skewed(unlabelled, COLLUDERS, seed=round)
+        assert skewed.screen(unlabelled, reference)[0] == set(COLLUDERS)
+    assert np.mean(lowest) > np.mean(highest) + 0.03
 
 
 class _Recorder(ServerRole):

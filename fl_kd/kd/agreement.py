@@ -90,10 +90,11 @@ def unsure_counts(reference_strata: NDArray[np.int64], strata: NDArray[np.int64]
     ]
 
 
-RAISE_QUANTILE = 0.8
-"""The raise test's cut: the share of a client's answers on the reference that lift no class beside their top one
-higher above the others' mean than this quantile of its own lifts there; about that share elsewhere if it is
-honest."""
+RAISE_QUANTILES = (0.2, 0.4, 0.6, 0.8)
+"""The raise test's cuts: at each, the share of a client's answers on the reference that lift no class beside their
+top one higher above the others' mean than this quantile of its own lifts there; about that share elsewhere if it is
+honest. One cut at 0.8 passes colluders that lift every answer up to it (``adversary=skewed_colluders``): the lower
+cuts see its lifts move up."""
 
 LOG_PROB_FLOOR = math.log(1e-3)
 """The lowest log-probability the raise test reads: one answer's near-certain "no" moves the others' mean no further
@@ -153,20 +154,18 @@ def others_mean(
 
 def raise_counts(
     reference: tuple[NDArray[np.float64], NDArray[np.bool_]], elsewhere: tuple[NDArray[np.float64], NDArray[np.bool_]]
-) -> tuple[int, int, int, int]:
-    """``(reference kept, counted, kept, counted)`` of one client's :func:`raise_amounts` on the reference and
-    elsewhere: how many counted rows lift no higher than the :data:`RAISE_QUANTILE` of its counted lifts on the
-    reference, in the layout of the agreement tallies (no reference row: nothing counted)."""
+) -> list[tuple[int, int, int, int]]:
+    """Per cut of :data:`RAISE_QUANTILES`, ``(reference kept, counted, kept, counted)`` of one client's
+    :func:`raise_amounts` on the reference and elsewhere: how many counted rows lift no higher than that quantile of
+    its counted lifts on the reference, in the layout of the agreement tallies (no reference row: nothing counted)."""
     (ref_lift, ref_counted), (lift, counted) = reference, elsewhere
     if not ref_counted.any():
-        return (0, 0, 0, 0)
-    cut = float(np.quantile(ref_lift[ref_counted], RAISE_QUANTILE))
-    return (
-        int((ref_counted & (ref_lift <= cut)).sum()),
-        int(ref_counted.sum()),
-        int((counted & (lift <= cut)).sum()),
-        int(counted.sum()),
-    )
+        return [(0, 0, 0, 0) for _ in RAISE_QUANTILES]
+    ref_lift, lift = ref_lift[ref_counted], lift[counted]
+    return [
+        (int((ref_lift <= cut).sum()), ref_lift.size, int((lift <= cut).sum()), lift.size)
+        for cut in np.quantile(ref_lift, RAISE_QUANTILES)
+    ]
 
 
 def floored_log_probs(logits: NDArray[np.float64]) -> NDArray[np.float64]:

@@ -61,6 +61,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fl_kd.kd.agreement import (
+    RAISE_QUANTILES,
     SURE_QUANTILES,
     Answers,
     agreement_rows,
@@ -124,11 +125,11 @@ class ConsensusScreen:
         the family ``"burst"`` of :attr:`family_scores`).
     raise_test : bool (default: False)
         Also compare how far a client lifts a class beside its own top class above the others' mean
-        log-probability (:func:`raise_amounts`) on both: the share of its unlabelled answers that lift no higher
-        than the :data:`~fl_kd.kd.agreement.RAISE_QUANTILE` of its lifts on the reference, tested as the agreement
-        is (:func:`raise_counts`; the family ``"raise"``). A liar that names its honest class and lifts another one
-        near it passes every test of the class it names, and in a product of experts its lifted class still
-        counts.
+        log-probability (:func:`raise_amounts`) on both: at each cut of :data:`~fl_kd.kd.agreement.RAISE_QUANTILES`,
+        the share of its unlabelled answers that lift no higher than that quantile of its lifts on the reference,
+        each tested as the agreement is (:func:`raise_counts`); the four count as one test (the family ``"raise"``).
+        A liar that names its honest class and lifts another one near it passes every test of the class it names,
+        and in a product of experts its lifted class still counts.
     """
 
     max_passes = 4
@@ -160,7 +161,7 @@ class ConsensusScreen:
         # client id -> [reference agreed, reference counted, unlabelled agreed, unlabelled counted], over rounds
         self.tallies: dict[int, list[int]] = {}
         # client id -> with confidence_test, per cut [reference unsure, counted, unlabelled unsure, counted], then per
-        # stratum of SURE_BANDS its agreement tally; then, with raise_test, its raise_counts
+        # stratum of SURE_BANDS its agreement tally; then, with raise_test, its raise_counts per cut
         self.confidence_tallies: dict[int, list[list[int]]] = {}
         self.flagged: list[int] = []  # the last round's verdict, where the next round's vote starts
         # the last round's z per family of tests ("agreement"; with confidence_test also "confidence", the seven
@@ -237,20 +238,27 @@ class ConsensusScreen:
     @property
     def num_tests(self) -> int:
         """Tests per client: agreement; with ``confidence_test`` also one per cut and one per tested stratum; with
-        ``raise_test`` one more."""
-        return 1 + (self._confidence_tests if self.confidence_test else 0) + int(self.raise_test)
+        ``raise_test`` one per cut of :data:`~fl_kd.kd.agreement.RAISE_QUANTILES`."""
+        return (
+            1 + (self._confidence_tests if self.confidence_test else 0) + (self._raise_tests if self.raise_test else 0)
+        )
 
     _confidence_tests = len(SURE_QUANTILES) + len(SURE_BANDS)
+    _raise_tests = len(RAISE_QUANTILES)
 
     def _family(self, test: int) -> str:
         """The family of test number ``test`` (:meth:`_stored`'s order)."""
         if test == 0:
             return "agreement"
-        return "raise" if self.raise_test and test == self.num_tests - 1 else "confidence"
+        return "raise" if self.raise_test and test >= self.num_tests - self._raise_tests else "confidence"
 
     def _corrected(self, test: int, z: float) -> float:
-        """Test ``test``'s z as a member of its family: the confidence tests count as one (:func:`family_z`)."""
-        return family_z(z, self._confidence_tests) if self._family(test) == "confidence" else z
+        """Test ``test``'s z as a member of its family: the confidence tests count as one, and so do the raise tests
+        (:func:`family_z`)."""
+        family = self._family(test)
+        if family == "agreement":
+            return z
+        return family_z(z, self._confidence_tests if family == "confidence" else self._raise_tests)
 
     def _strata(
         self, unlabelled: Answers, reference: Answers
@@ -306,7 +314,7 @@ class ConsensusScreen:
             lifts, reference_lifts = (raise_amounts(part, self.num_classes, voters) for part in (unlabelled, reference))
             no_rows = (np.zeros(0), np.zeros(0, dtype=bool))
             for client_id in unlabelled:
-                out[client_id].append(raise_counts(reference_lifts.get(client_id, no_rows), lifts[client_id]))
+                out[client_id] += raise_counts(reference_lifts.get(client_id, no_rows), lifts[client_id])
         return out
 
     def _verdict(self, now: Mapping[int, list[tuple[int, ...]]]) -> tuple[set[int], dict[int, float]]:

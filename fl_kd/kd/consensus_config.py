@@ -36,9 +36,10 @@ class ConsensusConfig:
     consensus_raise : bool (default: False)
         Also compare how far a client lifts a class beside its own top class above the other clients' mean
         log-probability, on the unlabelled samples and on the reference (the share of its answers lifting no higher
-        than the 80% quantile of its lifts on the reference), tested as the agreement is: colluders that name
-        their honest class and lift one other class near it pass every test of the class they name, while in a
-        product of experts the lifted class counts. False: off.
+        than the 20%, 40%, 60% and 80% quantiles of its lifts on the reference), tested as the agreement is:
+        colluders that name their honest class and lift one other class near it pass every test of the class they
+        name, while in a product of experts the lifted class counts; the lower cuts see colluders that lift only
+        up to the highest one. False: off.
     """
 
     consensus_z: float = 0.0

@@ -1,11 +1,11 @@
-"""The skewed liars that know the raise test: colluders that lift a class only as far as the test lets them.
+"""The skewed liars that know the raise test: colluders that lift a class only as far as its highest cut lets them.
 
 The raise test (``strategy.consensus_raise``, :func:`fl_kd.kd.agreement.raise_counts`) counts, per client, the share of
 its answers that lift the class they rank highest beside their top class no higher above the other clients' mean
-log-probability than the :data:`~fl_kd.kd.agreement.RAISE_QUANTILE` of its own lifts where labels check it, and
-screens a client that keeps that share less elsewhere. The liars of ``adversary.lie_as=skewed`` lift on every
-answer and fail it. These colluders pool their honest answers (the side channel of
-:mod:`fl_kd.kd.adversary.collusion`) and lie within the test:
+log-probability than a quantile of its own lifts where labels check it, and screens a client that keeps that share
+less elsewhere. The liars of ``adversary.lie_as=skewed`` lift on every answer and fail it. These colluders pool their
+honest answers (the side channel of :mod:`fl_kd.kd.adversary.collusion`) and lie within the test's highest cut (the
+only one it had when they were written):
 
 * each estimates the others' mean on every sample by the other colluders' (honest clients answer much as they do),
   and its cut from its honest lifts on the labelled samples, as the test will;
@@ -14,8 +14,9 @@ answer and fail it. These colluders pool their honest answers (the side channel 
 * where its honest answer already lifts a class beyond its cut, the test counts the row as not kept whatever it
   sends, so it lifts the class to just under its top (:data:`~fl_kd.kd.adversary.camouflage.SKEW_GAP`);
 * elsewhere it lifts the class to its cut above the estimated mean and no further, so that its share of kept rows
-  stays its honest one.
+  under that cut stays its honest one.
 
+With one cut at 0.8 the test passes them (BENCHMARKS_KD.md); its lower cuts see their lifts move up.
 The top class stays the honest one, so the tests of the class a client names see honest answers (the lift lowers the
 confidence it states, which the confidence test, looking for lies stated surer, does not suspect). Each colluder's
 lift also raises the mean the test compares the others with, which leaves each of them a margin under its cut.
@@ -31,7 +32,7 @@ from numpy.typing import NDArray
 
 from fl_kd.kd.adversary.behaviours import ADVERSARIES, LOGIT_ARRAYS, Behaviour, rewired
 from fl_kd.kd.adversary.camouflage import SKEW_GAP
-from fl_kd.kd.agreement import RAISE_QUANTILE, Answers, floored_log_probs, others_mean, raise_amounts
+from fl_kd.kd.agreement import RAISE_QUANTILES, Answers, floored_log_probs, others_mean, raise_amounts
 from fl_kd.kd.roles import Arrays, ServerRole, ServerWrapper
 from fl_kd.kd.training import from_wire
 
@@ -71,7 +72,7 @@ def bounded_lifts(
         rows = np.flatnonzero(np.asarray(positions) >= labelled)
         if not ref_counted.any() or rows.size == 0:
             continue
-        cut = float(np.quantile(ref_lift[ref_counted], RAISE_QUANTILE))
+        cut = float(np.quantile(ref_lift[ref_counted], max(RAISE_QUANTILES)))
         (lift, counted), (mean, by), (square, _) = lifts[client_id], means[client_id], squares[client_id]
         own, index = rewritten[rows], np.arange(rows.size)
         top = own.argmax(axis=1)
