@@ -3,6 +3,7 @@ consensus screen's raise test lets them (the attacker that knows that test)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,7 +14,7 @@ from torch import Tensor
 from fl_kd.kd import protocol as kd
 from fl_kd.kd.adversary import SkewCollusionServer
 from fl_kd.kd.adversary.camouflage import SKEW_GAP
-from fl_kd.kd.adversary.skewed_colluders import bounded_lifts
+from fl_kd.kd.adversary.skewed_colluders import bounded_lifts, traded_lifts
 from fl_kd.kd.agreement import raise_amounts, raise_counts
 from fl_kd.kd.consensus import ConsensusScreen, shortfall
 from fl_kd.kd.roles import Arrays, Instruction, ServerRole
@@ -86,6 +87,29 @@ def test_the_raise_tests_lower_cuts_see_colluders_that_lift_up_to_its_highest() 
     assert np.mean(lowest) > np.mean(highest) + 0.03
 
 
+def test_the_trader_lifts_freely_where_the_colluders_are_least_sure_and_keeps_every_cuts_share() -> None:
+    """``poison_where=uncertain``: on a fifth of its answers, those where the pooled answers are least sure, the
+    lifted class sits just under the top; elsewhere it gives up lift. No cut of the raise test keeps fewer of its
+    answers than where checked, so the raise test passes all three colluders in every round."""
+    screen = ConsensusScreen(CLASSES, z=3.0, raise_test=True)
+    for round in range(3):
+        unlabelled, reference = _round(20 + round)
+        honest = _pooled(unlabelled, reference)
+        lied = traded_lifts(honest, LABELLED, CLASSES, share=0.2, margin_z=0.0)
+        answers = {**unlabelled, **{c: (unlabelled[c][0], lied[c][LABELLED:]) for c in COLLUDERS}}
+        assert screen.screen(answers, reference)[0] == set()
+        assert max(screen.family_scores["raise"][c] for c in COLLUDERS) < 3.0
+        elsewhere, checked = raise_amounts(answers, CLASSES), raise_amounts(reference, CLASSES)
+        for c in COLLUDERS:
+            before, after = honest[c][1][LABELLED:], lied[c][LABELLED:]
+            np.testing.assert_array_equal(after.argmax(axis=1), before.argmax(axis=1))
+            np.testing.assert_array_equal(lied[c][:LABELLED], honest[c][1][:LABELLED])
+            ranked = np.sort(after, axis=1)
+            close = ranked[:, -1] - ranked[:, -2] <= SKEW_GAP + 1e-9
+            assert 0.15 < close.mean() < 0.35  # its fifth, beside honest answers that were that close already
+            assert all(shortfall(cut) < 0.02 for cut in raise_counts(checked[c], elsewhere[c]))
+
+
 class _Recorder(ServerRole):
     """A server half that asks every client the positions 0-5 and records what it is given to aggregate."""
 
@@ -114,7 +138,8 @@ def test_the_server_side_channel_rewrites_only_the_colluders_answers_in_their_wi
     rng = np.random.default_rng(3)
     honest = {c: to_wire(torch.from_numpy(rng.normal(size=(6, 4)) * 2), np.uint8) for c in range(6)}
     recorder = _Recorder()
-    server = SkewCollusionServer(recorder, frozenset({0, 2, 4}), num_classes=4, labelled=2)
+    lie = functools.partial(bounded_lifts, num_classes=4)
+    server = SkewCollusionServer(recorder, frozenset({0, 2, 4}), num_classes=4, labelled=2, lie=lie)
     server.aggregate(1, {c: {kd.LOGITS: wire} for c, wire in honest.items()})
     for c, arrays in recorder.aggregated.items():
         sent = arrays[kd.LOGITS]

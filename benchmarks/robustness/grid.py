@@ -164,7 +164,10 @@ METHODS: dict[str, tuple[str, ...]] = {
 #: 1-2 and attack from round 3 (the attackers that know the screens pool their evidence over rounds; the last also
 #: lies too rarely for one round's canaries to show); ``camouflage_mimic_unsure_p0.2_from3`` is the liar where least
 #: sure, late (against the confidence test, pooled and on windows); ``skewed_colluders_z6`` aims its lifts 6 standard
-#: errors under the raise test's cut instead of 2 (the attacker that knows the raise test, more careful).
+#: errors under the raise test's cut instead of 2 (the attacker that knows the raise test at one cut, more careful);
+#: ``skewed_colluders_traded_p0.2`` lifts freely on the fifth of its answers where the colluders are least sure and
+#: gives up lift on the rest, so that every cut of the raise test keeps at least its share (the attacker that knows
+#: the four cuts).
 MIMIC_P02 = ("adversary.poison_share=0.2", "adversary.checked=honest")
 ATTACK_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "camouflage_p0.2": ("camouflage", ("adversary.poison_share=0.2",)),
@@ -195,6 +198,10 @@ ATTACK_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
         ("adversary.checked=honest", "adversary.lie_as=skewed", "adversary.poison_where=uncertain"),
     ),
     "skewed_colluders_z6": ("skewed_colluders", ("adversary.z=6",)),
+    "skewed_colluders_traded_p0.2": (
+        "skewed_colluders",
+        ("adversary.poison_where=uncertain", "adversary.poison_share=0.2", "adversary.z=0"),
+    ),
     "camouflage_from3": ("camouflage", ("adversary.from_round=3",)),
     "camouflage_mimic_p0.2_from3": ("camouflage", (*MIMIC_P02, "adversary.from_round=3")),
     "camouflage_mimic_p0.1_from3": (
@@ -224,6 +231,7 @@ CAMOUFLAGED = frozenset(
         "camouflage_mimic_unsure_skewed",
         "skewed_colluders",
         "skewed_colluders_z6",
+        "skewed_colluders_traded_p0.2",
         "camouflage_from3",
         "camouflage_mimic_p0.2_from3",
     )

@@ -24,7 +24,7 @@ from fl_kd.kd.adversary.metrics import (
     attack_success_rate,
 )
 from fl_kd.kd.adversary.references import Absent
-from fl_kd.kd.adversary.skewed_colluders import MARGIN_Z, SkewCollusionServer, SkewedColluders
+from fl_kd.kd.adversary.skewed_colluders import SkewCollusionServer, SkewedColluders
 
 if TYPE_CHECKING:
     from fl_kd.kd.config import ExperimentConfig
@@ -70,9 +70,9 @@ def measured_server(build_server: ServerBuilder) -> ServerBuilder:
             calibration = None if root is None else root.colluders_calibration()
             server = ColludingServer(server, malicious, colluding.craft, replica, calibration)
         elif issubclass(behaviour, SkewedColluders):
-            margin = MARGIN_Z if adversary.z is None else adversary.z
+            skewed = behaviour(adversary, federation.data.num_classes, federation.transfer_y)
             labelled = len(federation.transfer_idx)
-            server = SkewCollusionServer(server, malicious, federation.data.num_classes, labelled, margin)
+            server = SkewCollusionServer(server, malicious, federation.data.num_classes, labelled, skewed.lie)
         return server
 
     return build

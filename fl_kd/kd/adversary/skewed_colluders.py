@@ -24,7 +24,8 @@ lift also raises the mean the test compares the others with, which leaves each o
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -44,11 +45,70 @@ colluders' spread over their count): the estimate errs, and a lift that overshoo
 @ADVERSARIES.register("skewed_colluders")
 class SkewedColluders(Behaviour):
     """A colluder's client half: it trains and answers honestly; :class:`SkewCollusionServer` rewrites its logits
-    (:func:`bounded_lifts`) where the answers meet. ``adversary.z`` is the margin under the cut
-    (:data:`MARGIN_Z` when unset)."""
+    where the answers meet: :func:`bounded_lifts`, or with ``adversary.poison_where=uncertain``
+    :func:`traded_lifts` on the share ``adversary.poison_share`` of its answers. ``adversary.z`` is the margin
+    under the cuts (:data:`MARGIN_Z` when unset)."""
 
     kind = "logits"
-    settings = frozenset({"z"})
+    settings = frozenset({"z", "poison_where", "poison_share"})
+
+    def lie(self, honest: Answers, labelled: int) -> dict[int, NDArray[np.float64]]:
+        """The logits each colluder sends instead of its ``honest`` ones (positions below ``labelled`` checked)."""
+        margin = MARGIN_Z if self.config.z is None else self.config.z
+        if self.config.poison_where == "uncertain":
+            return traded_lifts(honest, labelled, self.num_classes, self.config.poison_share, margin)
+        return bounded_lifts(honest, labelled, self.num_classes, margin)
+
+
+@dataclass
+class _Plan:
+    """What a colluder knows of its unlabelled rows (``rows`` of its answer) before it lies."""
+
+    rows: NDArray[np.int64]
+    own: NDArray[np.float64]  # its honest logits there
+    top: NDArray[np.int64]
+    lifted: NDArray[np.int64]  # the class it lifts: the pooled answers' highest beside its top
+    gap: NDArray[np.float64]  # the pooled answers' log-probability of its top over that of the lifted class
+    mean: NDArray[np.float64]  # the other colluders' mean floored log-probabilities, its estimate of the others'
+    error: NDArray[np.float64]  # the standard error of that estimate for the lifted class
+    lift: NDArray[np.float64]  # its honest lift, as the raise test would measure it against that estimate
+    counted: NDArray[np.bool_]
+    checked: NDArray[np.float64]  # its honest lifts where labels check it (counted rows)
+
+
+def _plans(honest: Answers, labelled: int, num_classes: int) -> dict[int, _Plan]:
+    """Per colluder with a counted row where labels check it and an unlabelled row, its :class:`_Plan`."""
+    checked, unchecked = _split(honest, labelled)
+    reference = raise_amounts(checked, num_classes)
+    lifts, means = raise_amounts(unchecked, num_classes), others_mean(unchecked, num_classes)
+    squares = others_mean(unchecked, num_classes, of=lambda logits: floored_log_probs(logits) ** 2)
+    plans = {}
+    for client_id, (positions, logits) in honest.items():
+        ref_lift, ref_counted = reference[client_id]
+        rows = np.flatnonzero(np.asarray(positions) >= labelled)
+        if not ref_counted.any() or rows.size == 0:
+            continue
+        (lift, counted), (mean, by), (square, _) = lifts[client_id], means[client_id], squares[client_id]
+        own, index = np.asarray(logits, dtype=np.float64)[rows], np.arange(rows.size)
+        top = own.argmax(axis=1)
+        pooled = (mean * by[:, None] + floored_log_probs(own)) / (by[:, None] + 1)  # each colluder's answer once
+        beside = pooled.copy()
+        beside[index, top] = -np.inf
+        lifted = beside.argmax(axis=1)
+        spread = np.sqrt(np.maximum(square - mean**2, 0.0)[index, lifted] / np.maximum(by - 1, 1))
+        plans[client_id] = _Plan(
+            rows=rows,
+            own=own,
+            top=top,
+            lifted=lifted,
+            gap=pooled[index, top] - pooled[index, lifted],
+            mean=mean,
+            error=spread / np.sqrt(np.maximum(by, 1)),
+            lift=lift,
+            counted=counted,
+            checked=ref_lift[ref_counted],
+        )
+    return plans
 
 
 def bounded_lifts(
@@ -59,37 +119,73 @@ def bounded_lifts(
     Unchanged where a label checks it (positions below ``labelled``), on rows fewer than
     :data:`~fl_kd.kd.agreement.MIN_OTHERS` other colluders answered, and for a colluder with no such labelled row;
     elsewhere one class lifted as the module docstring says, aimed ``margin_z`` standard errors of the estimated
-    mean under the cut.
+    mean under the highest cut.
     """
-    checked, unchecked = _split(honest, labelled)
-    reference = raise_amounts(checked, num_classes)
-    lifts, means = raise_amounts(unchecked, num_classes), others_mean(unchecked, num_classes)
-    squares = others_mean(unchecked, num_classes, of=lambda logits: floored_log_probs(logits) ** 2)
-    out = {}
-    for client_id, (positions, logits) in honest.items():
-        out[client_id] = rewritten = np.array(logits, dtype=np.float64)
-        ref_lift, ref_counted = reference[client_id]
-        rows = np.flatnonzero(np.asarray(positions) >= labelled)
-        if not ref_counted.any() or rows.size == 0:
-            continue
-        cut = float(np.quantile(ref_lift[ref_counted], max(RAISE_QUANTILES)))
-        (lift, counted), (mean, by), (square, _) = lifts[client_id], means[client_id], squares[client_id]
-        own, index = rewritten[rows], np.arange(rows.size)
-        top = own.argmax(axis=1)
-        pooled = (mean * by[:, None] + floored_log_probs(own)) / (by[:, None] + 1)  # each colluder's answer once
-        pooled[index, top] = -np.inf
-        lifted = pooled.argmax(axis=1)
-        spread = np.sqrt(np.maximum(square - mean**2, 0.0)[index, lifted] / np.maximum(by - 1, 1))
-        error = spread / np.sqrt(np.maximum(by, 1))
-        bound = mean[index, lifted] + cut - margin_z * error  # the log-probability aimed at
-        # The logit that gives the lifted class probability exp(bound), every other logit left as it is.
-        allowed = bound - np.log1p(-np.exp(np.minimum(bound, -1e-12))) + _logsumexp_without(own, lifted)
-        ceiling = own[index, top] - SKEW_GAP
-        free = lift > cut + margin_z * error  # its honest answer is beyond the cut already: it counts as not kept
-        raised = np.maximum(own[index, lifted], np.where(free, ceiling, np.minimum(ceiling, allowed)))
-        own[index, lifted] = np.where(counted, raised, own[index, lifted])
-        rewritten[rows] = own
+    out = {c: np.array(logits, dtype=np.float64) for c, (_, logits) in honest.items()}
+    for client_id, plan in _plans(honest, labelled, num_classes).items():
+        cut = float(np.quantile(plan.checked, max(RAISE_QUANTILES)))
+        own, index = plan.own.copy(), np.arange(plan.rows.size)
+        bound = plan.mean[index, plan.lifted] + cut - margin_z * plan.error  # the log-probability aimed at
+        ceiling = own[index, plan.top] - SKEW_GAP
+        free = plan.lift > cut + margin_z * plan.error  # beyond the cut already: the row counts as not kept
+        aimed = np.where(free, ceiling, np.minimum(ceiling, _logit_for(own, plan.lifted, bound)))
+        raised = np.maximum(own[index, plan.lifted], aimed)
+        own[index, plan.lifted] = np.where(plan.counted, raised, own[index, plan.lifted])
+        out[client_id][plan.rows] = own
     return out
+
+
+def traded_lifts(
+    honest: Answers, labelled: int, num_classes: int, share: float, margin_z: float = MARGIN_Z
+) -> dict[int, NDArray[np.float64]]:
+    """Per colluder, the logits it sends to pass every cut of the raise test (the attacker that knows all four).
+
+    On the ``share`` of its counted unlabelled rows where the pooled answers are least sure (the smallest gap between
+    its top class and the class it lifts), it lifts that class to just under its top, as far as it likes. Every other
+    counted row gives up lift: its honest lifts, in their order, are mapped onto the lowest ``1 - share`` of its
+    lifts where checked (``margin_z`` standard errors lower) and no non-top class stands higher above the estimated
+    mean than its row's value; the probability taken goes to its top class. So its share of answers under each cut
+    stays at least its share where checked, and the large lifts sit where they turn the teacher.
+    """
+    out = {c: np.array(logits, dtype=np.float64) for c, (_, logits) in honest.items()}
+    for client_id, plan in _plans(honest, labelled, num_classes).items():
+        own, counted = plan.own.copy(), np.flatnonzero(plan.counted)
+        chosen = counted[np.argsort(plan.gap[counted], kind="stable")[: int(round(share * counted.size))]]
+        rest = np.setdiff1d(counted, chosen)
+        lifted, top = plan.lifted[chosen], plan.top[chosen]
+        own[chosen, lifted] = np.maximum(own[chosen, lifted], own[chosen, top] - SKEW_GAP)
+        if rest.size:
+            order = rest[np.argsort(plan.lift[rest], kind="stable")]
+            levels = (np.arange(order.size) + 0.5) / order.size * (1.0 - share)
+            cap = np.quantile(plan.checked, levels) - margin_z * plan.error[order]
+            own[order] = _capped(own[order], plan.top[order], plan.mean[order], cap)
+        out[client_id][plan.rows] = own
+    return out
+
+
+def _logit_for(
+    logits: NDArray[np.float64], column: NDArray[np.int64], log_prob: NDArray[np.float64]
+) -> NDArray[np.float64]:
+    """Per row, the logit in ``column`` that gives it probability ``exp(log_prob)``, every other logit as it is."""
+    rest = _logsumexp_without(logits, column)
+    return log_prob - np.log1p(-np.exp(np.minimum(log_prob, -1e-12))) + rest
+
+
+def _capped(
+    logits: NDArray[np.float64], top: NDArray[np.int64], mean: NDArray[np.float64], cap: NDArray[np.float64]
+) -> NDArray[np.float64]:
+    """Log-probabilities of ``logits`` ``(n, C)`` with every class but ``top`` no higher than ``mean + cap`` of its
+    row, the probability taken added to ``top``."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    index = np.arange(logits.shape[0])
+    limit = mean + cap[:, None]
+    limit[index, top] = np.inf
+    lowered = np.minimum(log_probs, limit)
+    probs = np.exp(lowered)
+    probs[index, top] = 0.0
+    probs[index, top] = np.maximum(1.0 - probs.sum(axis=1), 1e-12)
+    return np.log(probs)
 
 
 def _split(answers: Answers, labelled: int) -> tuple[dict[int, Any], dict[int, Any]]:
@@ -111,8 +207,8 @@ def _logsumexp_without(logits: NDArray[np.float64], column: NDArray[np.int64]) -
 
 
 class SkewCollusionServer(ServerWrapper):
-    """``server`` as it is, except that the colluders' logits are rewritten (:func:`bounded_lifts`, pooled per answer
-    array) before it aggregates them; a rewritten answer that fails the server's checks is replaced by the honest one.
+    """``server`` as it is, except that the colluders' logits are rewritten (pooled per answer array) before it
+    aggregates them; a rewritten answer that fails the server's checks is replaced by the honest one.
 
     Parameters
     ----------
@@ -124,18 +220,24 @@ class SkewCollusionServer(ServerWrapper):
         C.
     labelled : int
         Size of the labelled transfer part: positions below it are checked by a label.
-    margin_z : float (default: :data:`MARGIN_Z`)
-        How far under its cut each colluder aims, in standard errors (:func:`bounded_lifts`).
+    lie : Callable
+        ``lie(honest, labelled)``: the colluders' logits from their honest ``(positions, logits)``
+        (:meth:`SkewedColluders.lie`).
     """
 
     def __init__(
-        self, server: ServerRole, colluders: frozenset[int], num_classes: int, labelled: int, margin_z: float = MARGIN_Z
+        self,
+        server: ServerRole,
+        colluders: frozenset[int],
+        num_classes: int,
+        labelled: int,
+        lie: Callable[[Answers, int], dict[int, NDArray[np.float64]]],
     ) -> None:
         super().__init__(server)
         self.colluders = colluders
         self.num_classes = num_classes
         self.labelled = labelled
-        self.margin_z = margin_z
+        self.lie = lie
 
     def aggregate(self, round: int, answers: Mapping[int, Arrays]) -> dict[str, float | int]:
         """The server's aggregation of the answers, the colluders' rewritten."""
@@ -152,11 +254,9 @@ class SkewCollusionServer(ServerWrapper):
                 decoded = from_wire(arrays[logits_name], self.num_classes).astype(np.float64)
                 if decoded.shape[0] == np.asarray(positions).shape[0]:
                     honest[client_id] = (np.asarray(positions, dtype=np.int64), decoded)
-            for client_id, logits in bounded_lifts(honest, self.labelled, self.num_classes, self.margin_z).items():
-                rewritten[client_id] = {
-                    **rewritten[client_id],
-                    logits_name: rewired(answers[client_id][logits_name], logits),
-                }
+            for client_id, logits in self.lie(honest, self.labelled).items():
+                sent = rewired(answers[client_id][logits_name], logits)
+                rewritten[client_id] = {**rewritten[client_id], logits_name: sent}
         for client_id in sorted(self.colluders.intersection(rewritten)):
             if self.server.check_answer(round, client_id, rewritten[client_id]) is not None:
                 rewritten[client_id] = answers[client_id]
