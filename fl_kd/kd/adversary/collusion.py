@@ -318,8 +318,30 @@ def collude(
     return out
 
 
-class ColludingServer(ServerWrapper):
-    """``server`` as it is, except that the colluders' answers are rewritten before it aggregates them.
+class CollusionServer(ServerWrapper):
+    """``server`` as it is, except that the ``colluders``' answers are rewritten (:meth:`rewrite`) before it
+    aggregates them; a rewritten answer that fails the server's checks is replaced by the honest one (a colluder
+    sends only what passes them). The side channel where the colluders pool their honest answers."""
+
+    def __init__(self, server: ServerRole, colluders: frozenset[int]) -> None:
+        super().__init__(server)
+        self.colluders = colluders
+
+    def rewrite(self, round: int, answers: Mapping[int, Arrays]) -> dict[int, Arrays]:
+        """``answers`` with the colluders' rewritten; honest answers are neither read nor changed."""
+        raise NotImplementedError
+
+    def aggregate(self, round: int, answers: Mapping[int, Arrays]) -> dict[str, float | int]:
+        """The server's aggregation of the answers, the colluders' rewritten."""
+        rewritten = self.rewrite(round, answers)
+        for client_id in sorted(self.colluders.intersection(rewritten)):
+            if self.server.check_answer(round, client_id, rewritten[client_id]) is not None:
+                rewritten[client_id] = answers[client_id]
+        return self.server.aggregate(round, rewritten)
+
+
+class ColludingServer(CollusionServer):
+    """The colluders of a weight attack (:class:`Colluding`): each sends the update ``craft`` makes of theirs.
 
     Parameters
     ----------
@@ -347,14 +369,13 @@ class ColludingServer(ServerWrapper):
         server_training: RootUpdate | None = None,
         calibration: tuple[RootUpdate, RootUpdate] | None = None,
     ) -> None:
-        super().__init__(server)
-        self.colluders = colluders
+        super().__init__(server, colluders)
         self.craft = craft
         self.server_training = server_training
         self.calibration = calibration
 
-    def aggregate(self, round: int, answers: Mapping[int, Arrays]) -> dict[str, float | int]:
-        """The server's aggregation of the answers, the colluders' rewritten."""
+    def rewrite(self, round: int, answers: Mapping[int, Arrays]) -> dict[int, Arrays]:
+        """:func:`collude` with this round's replica of the server's training, where there is one."""
         replica, halves = self.server_training, self.calibration
         trains = None if replica is None else functools.partial(replica, round)
         calibration = (
@@ -364,9 +385,4 @@ class ColludingServer(ServerWrapper):
         def references(client_id: int) -> Mapping[str, NDArray[Any]]:
             return self.server.train_instruction(round, client_id).arrays
 
-        rewritten = collude(answers, self.colluders, references, self.craft, trains, calibration)
-        for client_id in sorted(self.colluders.intersection(rewritten)):
-            reason = self.server.check_answer(round, client_id, rewritten[client_id])
-            if reason is not None:  # a colluder sends only what passes the checks; else its honest answer stands
-                rewritten[client_id] = answers[client_id]
-        return self.server.aggregate(round, rewritten)
+        return collude(answers, self.colluders, references, self.craft, trains, calibration)

@@ -33,8 +33,9 @@ from numpy.typing import NDArray
 
 from fl_kd.kd.adversary.behaviours import ADVERSARIES, LOGIT_ARRAYS, Behaviour, rewired
 from fl_kd.kd.adversary.camouflage import SKEW_GAP
+from fl_kd.kd.adversary.collusion import CollusionServer
 from fl_kd.kd.agreement import RAISE_QUANTILES, Answers, floored_log_probs, others_mean, raise_amounts
-from fl_kd.kd.roles import Arrays, ServerRole, ServerWrapper
+from fl_kd.kd.roles import Arrays, ServerRole
 from fl_kd.kd.training import from_wire
 
 MARGIN_Z = 2.0
@@ -206,16 +207,13 @@ def _logsumexp_without(logits: NDArray[np.float64], column: NDArray[np.int64]) -
     return peak + np.log(np.exp(rest - peak[:, None]).sum(axis=1))
 
 
-class SkewCollusionServer(ServerWrapper):
-    """``server`` as it is, except that the colluders' logits are rewritten (pooled per answer array) before it
-    aggregates them; a rewritten answer that fails the server's checks is replaced by the honest one.
+class SkewCollusionServer(CollusionServer):
+    """The colluders of :class:`SkewedColluders`: their logits rewritten by ``lie``, pooled per answer array.
 
     Parameters
     ----------
-    server : ServerRole
-        The algorithm's server half (it never learns who colludes).
-    colluders : frozenset[int]
-        The malicious client ids.
+    server, colluders
+        As :class:`~fl_kd.kd.adversary.collusion.CollusionServer`.
     num_classes : int
         C.
     labelled : int
@@ -233,14 +231,13 @@ class SkewCollusionServer(ServerWrapper):
         labelled: int,
         lie: Callable[[Answers, int], dict[int, NDArray[np.float64]]],
     ) -> None:
-        super().__init__(server)
-        self.colluders = colluders
+        super().__init__(server, colluders)
         self.num_classes = num_classes
         self.labelled = labelled
         self.lie = lie
 
-    def aggregate(self, round: int, answers: Mapping[int, Arrays]) -> dict[str, float | int]:
-        """The server's aggregation of the answers, the colluders' rewritten."""
+    def rewrite(self, round: int, answers: Mapping[int, Arrays]) -> dict[int, Arrays]:
+        """``answers`` with each logit array of the colluders' replaced by ``lie``'s, in its wire format."""
         rewritten = dict(answers)
         for logits_name, positions_name in LOGIT_ARRAYS:
             honest = {}
@@ -257,7 +254,4 @@ class SkewCollusionServer(ServerWrapper):
             for client_id, logits in self.lie(honest, self.labelled).items():
                 sent = rewired(answers[client_id][logits_name], logits)
                 rewritten[client_id] = {**rewritten[client_id], logits_name: sent}
-        for client_id in sorted(self.colluders.intersection(rewritten)):
-            if self.server.check_answer(round, client_id, rewritten[client_id]) is not None:
-                rewritten[client_id] = answers[client_id]
-        return self.server.aggregate(round, rewritten)
+        return rewritten
