@@ -46,9 +46,12 @@ robustness benchmark's; BENCHMARKS_KD.md). Colluders above half of the clients s
 Every test above reads the class a client names. One that names its honest class and lifts another class to just
 under it (``adversary.lie_as=skewed``) passes them all, while in a product of experts the lifted class counts
 wherever the honest clients are unsure. The raise test (``raise_test``) compares how far a client's answers lift a
-class above the other clients' mean log-probability where it is checked and elsewhere. A liar that lifts only on
-its answers whose honest lift is already high, or lifts every answer no further than its honest answers do, passes
-it (not measured; BENCHMARKS_KD.md).
+class above the other clients' mean log-probability where it is checked and elsewhere, at four quantiles of its
+lifts where checked: colluders that lift every answer up to the highest cut, and no further, move their lifts up
+from below it (``adversary=skewed_colluders``; with the highest cut alone they passed). Colluders that lift freely
+on a fifth of their answers, where they are least sure together, and give up lift on the rest keep every cut's
+share and pass it (``adversary.poison_where=uncertain``); on Fashion-MNIST their lifts turn little of the teacher
+(BENCHMARKS_KD.md measures both).
 """
 
 from __future__ import annotations

@@ -16,7 +16,11 @@ only one it had when they were written):
 * elsewhere it lifts the class to its cut above the estimated mean and no further, so that its share of kept rows
   under that cut stays its honest one.
 
-With one cut at 0.8 the test passes them (BENCHMARKS_KD.md); its lower cuts see their lifts move up.
+With one cut at 0.8 the test passed them (BENCHMARKS_KD.md); its lower cuts see their lifts move up. With
+``adversary.poison_where=uncertain`` they know the four cuts (:func:`traded_lifts`): they lift freely on a share of
+their answers, where they are least sure together, and give up lift on the others, so that every cut keeps at least
+its share.
+
 The top class stays the honest one, so the tests of the class a client names see honest answers (the lift lowers the
 confidence it states, which the confidence test, looking for lies stated surer, does not suspect). Each colluder's
 lift also raises the mean the test compares the others with, which leaves each of them a margin under its cut.
