@@ -170,8 +170,12 @@ def raise_counts(
 
 def floored_log_probs(logits: NDArray[np.float64]) -> NDArray[np.float64]:
     """Row-wise log-softmax of ``logits`` ``(n, C)``, no lower than :data:`LOG_PROB_FLOOR`."""
+    return np.maximum(log_softmax(logits), LOG_PROB_FLOOR)
+
+
+def log_softmax(logits: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Row-wise log-softmax of ``logits`` ``(n, C)``."""
     if logits.shape[0] == 0:
         return logits
     shifted = logits - logits.max(axis=1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    return np.maximum(log_probs, LOG_PROB_FLOOR)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))

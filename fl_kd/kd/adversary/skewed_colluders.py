@@ -38,7 +38,14 @@ from numpy.typing import NDArray
 from fl_kd.kd.adversary.behaviours import ADVERSARIES, LOGIT_ARRAYS, Behaviour, rewired
 from fl_kd.kd.adversary.camouflage import SKEW_GAP
 from fl_kd.kd.adversary.collusion import CollusionServer
-from fl_kd.kd.agreement import RAISE_QUANTILES, Answers, floored_log_probs, others_mean, raise_amounts
+from fl_kd.kd.agreement import (
+    RAISE_QUANTILES,
+    Answers,
+    floored_log_probs,
+    log_softmax,
+    others_mean,
+    raise_amounts,
+)
 from fl_kd.kd.roles import Arrays, ServerRole
 from fl_kd.kd.training import from_wire
 
@@ -181,8 +188,7 @@ def _capped(
 ) -> NDArray[np.float64]:
     """Log-probabilities of ``logits`` ``(n, C)`` with every class but ``top`` no higher than ``mean + cap`` of its
     row, the probability taken added to ``top``."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    log_probs = log_softmax(logits)
     index = np.arange(logits.shape[0])
     limit = mean + cap[:, None]
     limit[index, top] = np.inf
