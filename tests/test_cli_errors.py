@@ -45,6 +45,11 @@ def test_bad_values_give_one_line_and_exit_2(tmp_path: Path, override: str, expe
     ("overrides", "expected"),
     [
         (["transfer.labelled=5000"], "error: transfer.labelled=5000 on digits: transfer set size must be in [0, 1437]"),
+        # A size far beyond the test split only repeats its examples; 10**11 of them ran out of memory.
+        (
+            ["personalised_test_size=100000000000", "simulation.backend=inprocess"],
+            "error: personalised_test_size=100000000000 on digits: size 100000000000 is more than 10x the test split's",
+        ),
         (
             ["num_clients=2000", "simulation.backend=inprocess"],
             "error: num_clients=2000 with partition=dirichlet on digits: cannot split",

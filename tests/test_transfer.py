@@ -112,6 +112,7 @@ def test_personalised_indices_repeat_only_when_a_class_runs_out() -> None:
     class1 = indices[test_labels[indices] == 1]
     assert len(class0) == 5 and set(class0.tolist()) == {0, 1, 2}  # all 3 used, then 2 repeats
     assert len(class1) == 5 and len(set(class1.tolist())) == 5  # 7 available: no repeats
+    assert len(personalised_test_indices(test_labels, np.array([1, 1]), size=100, seed=0)) == 100  # 10x: the most
 
 
 @pytest.mark.parametrize(
@@ -123,6 +124,7 @@ def test_personalised_indices_repeat_only_when_a_class_runs_out() -> None:
         (np.array([0, 1]), np.array([[1, 1]]), 2, r"shape \(C,\)"),
         (np.array([0, 3]), np.array([1, 1]), 2, "outside the 2 classes"),
         (np.array([0, 1]), np.array([1, 1]), -1, "non-negative integer"),
+        (np.array([0, 1]), np.array([1, 1]), 21, "more than 10x"),
     ],
 )
 def test_bad_personalised_requests(test_labels: np.ndarray, counts: np.ndarray, size: int, message: str) -> None:

@@ -72,6 +72,12 @@ def split_transfer_set(labels: Any, size: int, seed: int, stratified: bool = Tru
     return transfer_idx, np.flatnonzero(private_mask).astype(np.int64)
 
 
+MAX_TEST_REPEATS = 10
+"""A personalised test set holds at most this many times the test split's size: it repeats examples only where a class
+runs out (a small split such as breast_cancer's 114 test rows under the default 200), and a size far beyond the split
+would only fill memory with repeats."""
+
+
 def personalised_test_indices(test_labels: Any, class_counts: Any, size: int, seed: int) -> np.ndarray:
     """Draw a test subset whose label distribution follows one client's training data.
 
@@ -102,9 +108,9 @@ def personalised_test_indices(test_labels: Any, class_counts: Any, size: int, se
     Raises
     ------
     ValueError
-        If ``size`` is negative, ``class_counts`` is not a non-negative ``(C,)`` array with a
-        positive sum or a test label is ``>= C``; :class:`~fl_kd.data.splits.DatasetError` (a ``ValueError``) if
-        the client needs a class the test set lacks.
+        If ``size`` is negative or above :data:`MAX_TEST_REPEATS` times the test split's size, ``class_counts`` is
+        not a non-negative ``(C,)`` array with a positive sum or a test label is ``>= C``;
+        :class:`~fl_kd.data.splits.DatasetError` (a ``ValueError``) if the client needs a class the test set lacks.
     """
     label_array = as_label_array(test_labels, name="test_labels")
     counts = np.asarray(class_counts)
@@ -117,6 +123,11 @@ def personalised_test_indices(test_labels: Any, class_counts: Any, size: int, se
         raise ValueError(f"class_counts must be non-negative with a positive sum, got {counts.tolist()}")
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 0:
         raise ValueError(f"size must be a non-negative integer, got {size!r}")
+    if size > MAX_TEST_REPEATS * max(label_array.size, 1):
+        raise ValueError(
+            f"size {size} is more than {MAX_TEST_REPEATS}x the test split's {label_array.size} examples: beyond the "
+            "test split a draw only repeats its examples"
+        )
     if label_array.size and label_array.max() >= counts.size:
         raise ValueError(f"test label {label_array.max()} is outside the {counts.size} classes of class_counts")
     rng = np.random.default_rng(seed)

@@ -211,15 +211,16 @@ def build_federation(cfg: ExperimentConfig, data: DatasetSplits | None = None) -
     client_idx = [private_idx[part].astype(np.int64) for part in parts]
     tiers = assign_tiers(cfg.device_profile, cfg.num_clients, seed=derive_seed(cfg.seed, "tiers"))
     test_labels = data.y_test.numpy()
-    personalised = [
-        personalised_test_indices(
-            test_labels,
-            np.bincount(labels[idx], minlength=data.num_classes),
-            cfg.personalised_test_size,
-            seed=derive_seed(cfg.seed, client_id, "personalised_test"),
-        )
-        for client_id, idx in enumerate(client_idx)
-    ]
+    with _setting(f"personalised_test_size={cfg.personalised_test_size} on {data.name}"):
+        personalised = [
+            personalised_test_indices(
+                test_labels,
+                np.bincount(labels[idx], minlength=data.num_classes),
+                cfg.personalised_test_size,
+                seed=derive_seed(cfg.seed, client_id, "personalised_test"),
+            )
+            for client_id, idx in enumerate(client_idx)
+        ]
     return Federation(
         data,
         transfer_idx.astype(np.int64),
