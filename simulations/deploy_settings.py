@@ -47,7 +47,8 @@ class DeploySettings:
         Folder holding ``ca.crt``, ``server.pem`` and ``server.key`` (a certificate valid for 127.0.0.1). ``None``
         makes a throwaway CA and server certificate in the run folder.
     startup_timeout_s : float (default: 180.0)
-        Seconds to wait for the SuperLink to answer and for all ``num_clients`` SuperNodes to be online.
+        Seconds to wait for the SuperLink to answer and for all ``num_clients`` SuperNodes to be online; also how
+        long a SuperNode keeps trying a SuperLink that stopped answering before it exits (``--max-wait-time``).
     run_timeout_s : float | None (default: None)
         Stop ``flwr run`` after this many seconds; ``None`` waits for the run to end.
     auth : bool | None (default: None)

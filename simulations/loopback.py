@@ -91,13 +91,16 @@ def supernode_command(
     tls: TlsFiles | None,
     node_config: Mapping[str, str | int] | None = None,
     private_key: Path | None = None,
+    max_wait_s: float | None = None,
 ) -> list[str]:
     """``flower-supernode`` for one partition; its runtime API (for its ClientApp processes) on 127.0.0.1:``port``.
 
     ``node_config`` adds keys to ``--node-config`` (the node's data and tier, see :mod:`fl_kd.data.node_local`);
     ``private_key`` is the node's registered authentication key. With TLS the SuperNode verifies the SuperLink
     against the CA, and its own runtime API is served with the same server certificate, so no traffic of the
-    deployment is in clear text, not even on loopback.
+    deployment is in clear text, not even on loopback. ``max_wait_s``: how long the node keeps trying a SuperLink
+    that does not answer before it exits; without it, a SuperNode started by hand retries forever once the
+    launcher has stopped its SuperLink.
     """
     command = [
         "flower-supernode",
@@ -109,6 +112,8 @@ def supernode_command(
     ]  # fmt: skip
     if private_key is not None:
         command += ["--auth-supernode-private-key", str(private_key)]
+    if max_wait_s is not None:
+        command += ["--max-wait-time", f"{max_wait_s:g}"]
     if tls is None:
         return [*command, "--insecure"]
     return [*command, "--root-certificates", str(tls.ca_cert), *_serve_tls(tls)]
@@ -202,12 +207,14 @@ class LoopbackDeployment:
         return env
 
     def supernode_command(self, partition_id: int, port: int, private_key: Path | None = None) -> list[str]:
-        """The command of partition ``partition_id``'s SuperNode, with its node config and (with auth) its key."""
+        """The command of partition ``partition_id``'s SuperNode, with its node config and (with auth) its key; it
+        gives up on a SuperLink that stops answering after ``deploy.startup_timeout_s``, as the launcher gives up on
+        a SuperNode that does not come online."""
         if private_key is None and self.keys:
             private_key = self.keys[partition_id].private
         return supernode_command(
             self.superlink, port, partition_id, self.num_partitions, self.tls, self.node_configs[partition_id],
-            private_key,
+            private_key, float(self.settings.startup_timeout_s),
         )  # fmt: skip
 
     def start_supernode(self, name: str, partition_id: int, private_key: Path | None = None) -> None:

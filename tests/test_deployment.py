@@ -7,11 +7,15 @@ certificates, the settings and the process supervision have their own test modul
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import http.client
 import json
+import os
+import signal
 import socket
 import ssl
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,6 +24,7 @@ from omegaconf import DictConfig
 
 from fl_kd.runtime import SimulationConfig
 from fl_kd.simulations.deploy import RoundTail, run_deployment, split_deploy_settings
+from fl_kd.simulations.flower_launcher import flower_env, free_port
 from fl_kd.simulations.health import probe
 from fl_kd.simulations.loopback import (
     Endpoints,
@@ -59,6 +64,24 @@ def test_with_tls_every_server_serves_https_and_every_client_trusts_the_ca(tmp_p
     assert node[node.index("--root-certificates") + 1] == str(tls.ca_cert)  # the SuperNode verifies the SuperLink
     connection = write_connection(tmp_path / "home", "127.0.0.1:9093", tls).read_text()
     assert f'root-certificates = "{tls.ca_cert}"' in connection and "insecure" not in connection
+
+
+def test_a_supernode_gives_up_on_a_superlink_that_does_not_answer(tmp_path: Path) -> None:
+    # Started by hand for a partition the launcher waits for, it retried forever once the launcher had ended.
+    command = supernode_command(f"127.0.0.1:{free_port()}", free_port(), 0, 1, None, max_wait_s=3)
+    assert command[command.index("--max-wait-time") + 1] == "3"
+    assert "--max-wait-time" not in supernode_command("127.0.0.1:9093", 9100, 0, 1, None)
+    with (tmp_path / "supernode.log").open("w") as log:
+        node = subprocess.Popen(
+            command, env=flower_env(tmp_path / "home"), cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            assert node.wait(timeout=90) != 0  # the node itself: its SuperExec child may outlive it for a moment
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.pid, signal.SIGKILL)
+    assert "could not establish a connection to the SuperLink" in (tmp_path / "supernode.log").read_text()
 
 
 def test_round_tail_prints_each_finished_round_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
