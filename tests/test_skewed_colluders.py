@@ -110,6 +110,45 @@ def test_the_trader_lifts_freely_where_the_colluders_are_least_sure_and_keeps_ev
             assert all(shortfall(cut) < 0.02 for cut in raise_counts(checked[c], elsewhere[c]))
 
 
+def test_the_trader_that_knows_the_confidence_test_keeps_what_each_answer_states() -> None:
+    """``lie_as=swap``: the answers on which the trader gives up lift hand the probability taken to its other
+    classes, not to its top, wherever their caps leave room, so few answers state themselves surer than its honest
+    ones did (about a fifth as many as the trader that sharpens); it still passes the raise test, and the confidence
+    test too."""
+    screen = ConsensusScreen(CLASSES, z=3.0, confidence_test=True, raise_test=True)
+    for round in range(3):
+        unlabelled, reference = _round(20 + round)
+        honest = _pooled(unlabelled, reference)
+        sharpened = traded_lifts(honest, LABELLED, CLASSES, share=0.2, margin_z=0.0)
+        kept = traded_lifts(honest, LABELLED, CLASSES, share=0.2, margin_z=0.0, keep_confidence=True)
+        answers = {**unlabelled, **{c: (unlabelled[c][0], kept[c][LABELLED:]) for c in COLLUDERS}}
+        assert screen.screen(answers, reference)[0] == set()
+        assert max(screen.family_scores["confidence"][c] for c in COLLUDERS) < 3.0
+        for c in COLLUDERS:
+            before = torch.softmax(torch.from_numpy(honest[c][1][LABELLED:]), dim=1).max(dim=1).values.numpy()
+            after = torch.softmax(torch.from_numpy(kept[c][LABELLED:]), dim=1).max(dim=1).values.numpy()
+            surer = torch.softmax(torch.from_numpy(sharpened[c][LABELLED:]), dim=1).max(dim=1).values.numpy()
+            np.testing.assert_array_equal(kept[c].argmax(axis=1), honest[c][1].argmax(axis=1))
+            kept_surer, sharpened_surer = np.mean(after > before + 1e-6), np.mean(surer > before + 1e-6)
+            assert sharpened_surer > 0.5 and kept_surer < 0.3 and kept_surer < 0.4 * sharpened_surer
+            assert np.mean(np.isclose(after, before, atol=1e-9)) > 0.5  # most state just what they stated honestly
+
+
+def test_skewed_colluders_read_lie_as_only_in_the_trader() -> None:
+    from fl_kd.kd.adversary import ADVERSARIES
+    from fl_kd.kd.adversary.config import AdversaryConfig
+
+    behaviour = ADVERSARIES.get("skewed_colluders")
+    experiment = tiny_config()
+    trader = AdversaryConfig(name="skewed_colluders", poison_where="uncertain", poison_share=0.2, lie_as="swap")
+    assert "lie_as" not in behaviour.unread(trader, experiment)
+    for config in (
+        AdversaryConfig(name="skewed_colluders", lie_as="swap"),
+        AdversaryConfig(name="skewed_colluders", poison_where="uncertain", poison_share=0.2, lie_as="quantile"),
+    ):
+        assert "lie_as" in behaviour.unread(config, experiment)
+
+
 class _Recorder(ServerRole):
     """A server half that asks every client the positions 0-5 and records what it is given to aggregate."""
 

@@ -167,7 +167,8 @@ METHODS: dict[str, tuple[str, ...]] = {
 #: errors under the raise test's cut instead of 2 (the attacker that knows the raise test at one cut, more careful);
 #: ``skewed_colluders_traded_p0.2`` lifts freely on the fifth of its answers where the colluders are least sure and
 #: gives up lift on the rest, so that every cut of the raise test keeps at least its share (the attacker that knows
-#: the four cuts).
+#: the four cuts); ``skewed_colluders_traded_swap_p0.2`` also keeps the confidence each of those answers stated (the
+#: attacker that knows the four cuts and the confidence test).
 MIMIC_P02 = ("adversary.poison_share=0.2", "adversary.checked=honest")
 ATTACK_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "camouflage_p0.2": ("camouflage", ("adversary.poison_share=0.2",)),
@@ -202,6 +203,10 @@ ATTACK_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
         "skewed_colluders",
         ("adversary.poison_where=uncertain", "adversary.poison_share=0.2", "adversary.z=0"),
     ),
+    "skewed_colluders_traded_swap_p0.2": (
+        "skewed_colluders",
+        ("adversary.poison_where=uncertain", "adversary.poison_share=0.2", "adversary.z=0", "adversary.lie_as=swap"),
+    ),
     "camouflage_from3": ("camouflage", ("adversary.from_round=3",)),
     "camouflage_mimic_p0.2_from3": ("camouflage", (*MIMIC_P02, "adversary.from_round=3")),
     "camouflage_mimic_p0.1_from3": (
@@ -232,6 +237,7 @@ CAMOUFLAGED = frozenset(
         "skewed_colluders",
         "skewed_colluders_z6",
         "skewed_colluders_traded_p0.2",
+        "skewed_colluders_traded_swap_p0.2",
         "camouflage_from3",
         "camouflage_mimic_p0.2_from3",
     )

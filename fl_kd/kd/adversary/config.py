@@ -81,6 +81,9 @@ class AdversaryConfig:
         "skewed": no lie about the class at all: its honest logits, with the wrong class raised to just under its top
         class, so that every answer is as right as its honest one and only its soft knowledge lies (the attacker
         that knows every screen tests the class it names, and poisons what the server distils beyond it).
+        ``skewed_colluders`` with ``poison_where="uncertain"`` reads "swap" alone: the answers on which it gives up
+        lift keep the confidence they stated honestly (the probability taken goes to its other classes, not to its
+        top), the trader that knows the confidence test as well as the raise test.
     lie_quantile : float (default: 0.75)
         The quantile of ``lie_as="quantile"``, in [0, 1].
     coordinated : bool (default: False)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -38,6 +38,7 @@ from numpy.typing import NDArray
 from fl_kd.kd.adversary.behaviours import ADVERSARIES, LOGIT_ARRAYS, Behaviour, rewired
 from fl_kd.kd.adversary.camouflage import SKEW_GAP
 from fl_kd.kd.adversary.collusion import CollusionServer
+from fl_kd.kd.adversary.config import AdversaryConfig
 from fl_kd.kd.agreement import (
     RAISE_QUANTILES,
     Answers,
@@ -49,6 +50,9 @@ from fl_kd.kd.agreement import (
 from fl_kd.kd.roles import Arrays, ServerRole
 from fl_kd.kd.training import from_wire
 
+if TYPE_CHECKING:
+    from fl_kd.kd.config import ExperimentConfig
+
 MARGIN_Z = 2.0
 """How far under its cut a colluder aims each lift, in standard errors of its estimate of the others' mean (the other
 colluders' spread over their count): the estimate errs, and a lift that overshoots the cut counts against it."""
@@ -58,17 +62,28 @@ colluders' spread over their count): the estimate errs, and a lift that overshoo
 class SkewedColluders(Behaviour):
     """A colluder's client half: it trains and answers honestly; :class:`SkewCollusionServer` rewrites its logits
     where the answers meet: :func:`bounded_lifts`, or with ``adversary.poison_where=uncertain``
-    :func:`traded_lifts` on the share ``adversary.poison_share`` of its answers. ``adversary.z`` is the margin
-    under the cuts (:data:`MARGIN_Z` when unset)."""
+    :func:`traded_lifts` on the share ``adversary.poison_share`` of its answers (``adversary.lie_as=swap``: its
+    other answers keep their stated confidence). ``adversary.z`` is the margin under the cuts (:data:`MARGIN_Z`
+    when unset)."""
 
     kind = "logits"
-    settings = frozenset({"z", "poison_where", "poison_share"})
+    settings = frozenset({"z", "poison_where", "poison_share", "lie_as"})
+
+    @classmethod
+    def unread(cls, config: AdversaryConfig, experiment: ExperimentConfig) -> dict[str, str]:
+        """``lie_as`` is read only by the trader (``poison_where=uncertain``), and only ``swap`` means something to
+        it: its capped answers keep the confidence they stated honestly."""
+        out = super().unread(config, experiment)
+        if config.poison_where != "uncertain" or config.lie_as not in ("one_hot", "swap"):
+            out["lie_as"] = "skewed_colluders read only adversary.lie_as=swap, with adversary.poison_where=uncertain"
+        return out
 
     def lie(self, honest: Answers, labelled: int) -> dict[int, NDArray[np.float64]]:
         """The logits each colluder sends instead of its ``honest`` ones (positions below ``labelled`` checked)."""
         margin = MARGIN_Z if self.config.z is None else self.config.z
         if self.config.poison_where == "uncertain":
-            return traded_lifts(honest, labelled, self.num_classes, self.config.poison_share, margin)
+            keep = self.config.lie_as == "swap"
+            return traded_lifts(honest, labelled, self.num_classes, self.config.poison_share, margin, keep)
         return bounded_lifts(honest, labelled, self.num_classes, margin)
 
 
@@ -148,7 +163,12 @@ def bounded_lifts(
 
 
 def traded_lifts(
-    honest: Answers, labelled: int, num_classes: int, share: float, margin_z: float = MARGIN_Z
+    honest: Answers,
+    labelled: int,
+    num_classes: int,
+    share: float,
+    margin_z: float = MARGIN_Z,
+    keep_confidence: bool = False,
 ) -> dict[int, NDArray[np.float64]]:
     """Per colluder, the logits it sends to pass every cut of the raise test (the attacker that knows all four).
 
@@ -156,8 +176,11 @@ def traded_lifts(
     its top class and the class it lifts), it lifts that class to just under its top, as far as it likes. Every other
     counted row gives up lift: its honest lifts, in their order, are mapped onto the lowest ``1 - share`` of its
     lifts where checked (``margin_z`` standard errors lower) and no non-top class stands higher above the estimated
-    mean than its row's value; the probability taken goes to its top class. So its share of answers under each cut
-    stays at least its share where checked, and the large lifts sit where they turn the teacher.
+    mean than its row's value; the probability taken goes to its top class (with ``keep_confidence`` to its other
+    classes, under the same caps and under its top, so that the answer states what it stated honestly: the trader
+    that also knows the confidence test; where the caps leave too little room, the rest still goes to the top, on
+    about a fifth as many rows in the tests). So its share of answers under each cut stays at least its share where
+    checked, and the large lifts sit where they turn the teacher.
     """
     out = {c: np.array(logits, dtype=np.float64) for c, (_, logits) in honest.items()}
     for client_id, plan in _plans(honest, labelled, num_classes).items():
@@ -170,7 +193,7 @@ def traded_lifts(
             order = rest[np.argsort(plan.lift[rest], kind="stable")]
             levels = (np.arange(order.size) + 0.5) / order.size * (1.0 - share)
             cap = np.quantile(plan.checked, levels) - margin_z * plan.error[order]
-            own[order] = _capped(own[order], plan.top[order], plan.mean[order], cap)
+            own[order] = _capped(own[order], plan.top[order], plan.mean[order], cap, keep_confidence)
         out[client_id][plan.rows] = own
     return out
 
@@ -184,16 +207,28 @@ def _logit_for(
 
 
 def _capped(
-    logits: NDArray[np.float64], top: NDArray[np.int64], mean: NDArray[np.float64], cap: NDArray[np.float64]
+    logits: NDArray[np.float64],
+    top: NDArray[np.int64],
+    mean: NDArray[np.float64],
+    cap: NDArray[np.float64],
+    keep_top: bool = False,
 ) -> NDArray[np.float64]:
     """Log-probabilities of ``logits`` ``(n, C)`` with every class but ``top`` no higher than ``mean + cap`` of its
-    row, the probability taken added to ``top``."""
+    row, the probability taken added to ``top``; with ``keep_top`` spread instead over the other classes, each in
+    proportion to its room under its limit and under ``top`` (:data:`SKEW_GAP`), so that ``top`` keeps its
+    probability (the stated confidence) wherever that room holds it."""
     log_probs = log_softmax(logits)
     index = np.arange(logits.shape[0])
     limit = mean + cap[:, None]
     limit[index, top] = np.inf
     lowered = np.minimum(log_probs, limit)
     probs = np.exp(lowered)
+    if keep_top:  # no class may pass the top either: each rises to just under it at most
+        taken = np.exp(log_probs).sum(axis=1) - probs.sum(axis=1)
+        ceiling = np.minimum(np.exp(np.minimum(limit, 0.0)), probs[index, top][:, None] * np.exp(-SKEW_GAP))
+        room = np.where(np.isfinite(limit), np.maximum(ceiling - probs, 0.0), 0.0)
+        total = room.sum(axis=1)
+        probs += room * (np.minimum(taken, total) / np.maximum(total, 1e-300))[:, None]
     probs[index, top] = 0.0
     probs[index, top] = np.maximum(1.0 - probs.sum(axis=1), 1e-12)
     return np.log(probs)
