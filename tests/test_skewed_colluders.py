@@ -12,8 +12,9 @@ import torch
 from torch import Tensor
 
 from fl_kd.kd import protocol as kd
-from fl_kd.kd.adversary import SkewCollusionServer
+from fl_kd.kd.adversary import ADVERSARIES, SkewCollusionServer
 from fl_kd.kd.adversary.camouflage import SKEW_GAP
+from fl_kd.kd.adversary.config import AdversaryConfig
 from fl_kd.kd.adversary.skewed_colluders import bounded_lifts, traded_lifts
 from fl_kd.kd.agreement import raise_amounts, raise_counts
 from fl_kd.kd.consensus import ConsensusScreen, shortfall
@@ -135,9 +136,6 @@ def test_the_trader_that_knows_the_confidence_test_keeps_what_each_answer_states
 
 
 def test_skewed_colluders_read_lie_as_only_in_the_trader() -> None:
-    from fl_kd.kd.adversary import ADVERSARIES
-    from fl_kd.kd.adversary.config import AdversaryConfig
-
     behaviour = ADVERSARIES.get("skewed_colluders")
     experiment = tiny_config()
     trader = AdversaryConfig(name="skewed_colluders", poison_where="uncertain", poison_share=0.2, lie_as="swap")
