@@ -88,6 +88,14 @@ def test_bad_values_are_refused_naming_the_key(values: dict[str, Any], key: str)
         ({"strategy": {"consensus_margin": 0.3}}, "strategy.consensus_margin is a setting of the consensus screen"),
         ({"strategy": {"consensus_raise": True}}, "strategy.consensus_raise is a setting of the consensus screen"),
         (
+            {"strategy": {"consensus_z": 3.0, "consensus_raise_margin": 0.1}},
+            "strategy.consensus_raise_margin is a setting of the raise test",
+        ),
+        (
+            {"strategy": {"consensus_z": 3.0, "consensus_raise": True, "consensus_raise_margin": 1.0}},
+            "strategy.consensus_raise_margin",
+        ),
+        (
             {"strategy": {"name": "dsfl", "consensus_z": 3.0, "consensus_raise": "yes"}},
             "consensus_raise must be true or false",
         ),

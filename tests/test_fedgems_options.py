@@ -647,7 +647,7 @@ def test_selection_settings_are_declared_once_and_all_reach_the_server() -> None
         reliability_on="held_out", teacher_min_confidence=0.5, learned_weight_decay=0.1,
         learned_prob_floor=0.01, learned_trim=1, unlabelled_per_round=7, unlabelled_cache=3, canaries=5, canary_z=2.0,
         canary_burst_z=4.0, consensus_z=2.5, consensus_margin=0.05, consensus_confidence=True, consensus_burst_z=3.5,
-        consensus_raise=True,
+        consensus_raise=True, consensus_raise_margin=0.08,
     )  # fmt: skip
     reliability = FedGEMSConfig(unlabelled_trust="class_reliability", reliability_power=2.0)  # read by it alone
     defaults = ServerDistillConfig()

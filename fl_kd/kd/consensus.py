@@ -84,6 +84,11 @@ MARGIN = 0.02
 differ by about this much for good (module docstring); a liar that poisons a fifth of its answers, by several
 times it."""
 
+RAISE_MARGIN = 0.05
+""":data:`MARGIN` of the raise test: an honest label-skewed client's share under a cut stayed 3.5-4 points beyond
+the median client's from round 8 to 16 of the knowledge benchmark, and with 0.02 the four cuts left it out in round
+16; colluders lifting every answer up to a cut move that share by 20 points or more (BENCHMARKS_KD.md)."""
+
 
 def shortfall(tally: Sequence[int]) -> float:
     """Agreement on the reference minus agreement on the unlabelled answers (both counted must be positive)."""
@@ -133,6 +138,8 @@ class ConsensusScreen:
         each tested as the agreement is (:func:`raise_counts`); the four count as one test (the family ``"raise"``).
         A liar that names its honest class and lifts another one near it passes every test of the class it names,
         and in a product of experts its lifted class still counts.
+    raise_margin : float (default: :data:`RAISE_MARGIN`)
+        ``margin`` of the raise test, whose honest differences are larger.
     """
 
     max_passes = 4
@@ -146,11 +153,12 @@ class ConsensusScreen:
         margin: float = MARGIN,
         burst_z: float = 0.0,
         raise_test: bool = False,
+        raise_margin: float = RAISE_MARGIN,
     ) -> None:
         if z <= 0 or burst_z < 0:
             raise ValueError(f"z must be > 0 and burst_z >= 0, got {z} and {burst_z}")
-        if not 0.0 <= margin < 1.0:
-            raise ValueError(f"margin must lie in [0, 1), got {margin}")
+        if not (0.0 <= margin < 1.0 and 0.0 <= raise_margin < 1.0):
+            raise ValueError(f"margin and raise_margin must lie in [0, 1), got {margin} and {raise_margin}")
         if num_classes < 2:
             raise ValueError(f"the consensus screen needs at least 2 classes, got {num_classes}")
         self.num_classes = num_classes
@@ -158,6 +166,7 @@ class ConsensusScreen:
         self.confidence_test = confidence_test
         self.raise_test = raise_test
         self.margin = margin
+        self.raise_margin = raise_margin
         self.burst_z = burst_z
         # client id -> its counts of each test in each round it answered in, oldest first (for the burst test)
         self.rounds: dict[int, list[list[tuple[int, ...]]]] = {}
@@ -330,7 +339,7 @@ class ConsensusScreen:
                 c: [a + b for a, b in zip(self._stored(c)[test], counts[test], strict=True)]
                 for c, counts in now.items()
             }
-            for client_id, z in self._excess_z(pooled).items():
+            for client_id, z in self._excess_z(pooled, self._margin(test)).items():
                 family[client_id] = max(family[client_id], self._corrected(test, z))
         scores = {c: _finite(max(family[c] for family in families.values())) for c in now}
         verdict = {c for c in scores if scores[c] > self.z}
@@ -358,18 +367,22 @@ class ConsensusScreen:
                     for c, counts in now.items()
                     if len(history[c]) > earlier
                 }
-                for client_id, z in self._excess_z(window).items():
+                for client_id, z in self._excess_z(window, self._margin(test)).items():
                     best[client_id] = max(best[client_id], self._corrected(test, z))
         return best
 
-    def _excess_z(self, tallies: Mapping[int, Sequence[int]]) -> dict[int, float]:
+    def _margin(self, test: int) -> float:
+        """The margin of test number ``test``: ``raise_margin`` for the raise tests, else ``margin``."""
+        return self.raise_margin if self._family(test) == "raise" else self.margin
+
+    def _excess_z(self, tallies: Mapping[int, Sequence[int]], margin: float) -> dict[int, float]:
         """Per client with evidence on both parts, its shortfall's excess over the median client's and ``margin``,
         in standard errors."""
         evidenced = [c for c in sorted(tallies) if tallies[c][1] > 0 and tallies[c][3] > 0]
         if not evidenced:
             return {}
         median = float(np.median([shortfall(tallies[c]) for c in evidenced]))
-        return {c: (shortfall(tallies[c]) - median - self.margin) / standard_error(tallies[c]) for c in evidenced}
+        return {c: (shortfall(tallies[c]) - median - margin) / standard_error(tallies[c]) for c in evidenced}
 
 
 def _finite(z: float) -> float:

@@ -95,7 +95,8 @@ class SelectionConfig(ConsensusConfig):
         many standard errors in a window of its latest rounds (the last one, the last two, ...), both counted in
         the same rounds; 0 is off. Pooling dilutes a liar that is honest for rounds and then lies
         (``adversary.from_round``); the windows do not.
-    consensus_z, consensus_margin, consensus_confidence, consensus_burst_z, consensus_raise
+    consensus_z, consensus_margin, consensus_confidence, consensus_burst_z, consensus_raise,
+    consensus_raise_margin
         The label-free consensus screen (:class:`~fl_kd.kd.consensus_config.ConsensusConfig`; needs ``unlabelled_trust``
         and ``reliability_on=held_out``: its reference is the held-out slice). A client it screens is left out of
         the unlabelled teacher, as the canaries leave one out.
@@ -216,7 +217,7 @@ class ServerDistillConfig(SelectionConfig):
     correctness, held_out_fraction, distill_correct, unlabelled_trust, reliability_power, reliability_on,
     teacher_min_confidence, learned_weight_decay, learned_prob_floor, learned_trim, unlabelled_per_round,
     unlabelled_cache, canaries, canary_z, canary_burst_z, consensus_z, consensus_margin, consensus_confidence,
-    consensus_burst_z, consensus_raise
+    consensus_burst_z, consensus_raise, consensus_raise_margin
         See :class:`SelectionConfig`.
     ema_decay : float (default: 0.0)
         The server shows an exponential moving average of its weights, updated after every step with this decay

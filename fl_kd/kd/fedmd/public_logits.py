@@ -69,7 +69,7 @@ class PublicLogitsConfig(ConsensusConfig, AggregationConfig, SGDStrategyConfig):
         client per class by its precision on the round's labelled public samples (it reads their labels).
     trim_fraction, num_malicious, num_selected, trust_power : (default: 0.2, 0, 0, 4.0)
         Parameters of those rules (:class:`fl_kd.kd.robust.RobustSettings`).
-    consensus_z, consensus_margin, consensus_confidence, consensus_burst_z, consensus_raise : (default: 0.0, 0.02, ...)
+    consensus_z, consensus_margin, consensus_confidence, consensus_burst_z, consensus_raise, consensus_raise_margin
         The label-free consensus screen (:class:`~fl_kd.kd.consensus_config.ConsensusConfig`; the two switches default
         to False, the burst test to 0.0), whose reference is the
         labelled public part: a client that agrees with the others less on the unlabelled positions than there is
