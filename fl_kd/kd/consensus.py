@@ -85,9 +85,9 @@ differ by about this much for good (module docstring); a liar that poisons a fif
 times it."""
 
 RAISE_MARGIN = 0.05
-""":data:`MARGIN` of the raise test: an honest label-skewed client's share under a cut stayed 3.5-4 points beyond
-the median client's from round 8 to 16 of the knowledge benchmark, and with 0.02 the four cuts left it out in round
-16; colluders lifting every answer up to a cut move that share by 20 points or more (BENCHMARKS_KD.md)."""
+""":data:`MARGIN` of the raise test: an honest label-skewed client's share under a cut stayed about 3.5-4 points
+beyond the median client's from round 8 to 16 of the knowledge benchmark, and with 0.02 the four cuts left it out in
+round 16; colluders aiming 6 standard errors under the cuts still reach z 11.9 in round 1 (BENCHMARKS_KD.md)."""
 
 
 def shortfall(tally: Sequence[int]) -> float:

@@ -41,8 +41,8 @@ class ConsensusConfig:
         name, while in a product of experts the lifted class counts; the lower cuts see colluders that lift only
         up to the highest one. False: off.
     consensus_raise_margin : float (default: 0.05)
-        ``consensus_margin`` of the raise test: an honest label-skewed client's share under a cut stayed 3.5-4 points
-        beyond the median client's over 16 rounds, where 0.02 left it out (BENCHMARKS_KD.md). Refused without
+        ``consensus_margin`` of the raise test: an honest label-skewed client's share under a cut stayed about 3.5-4
+        points beyond the median client's over 16 rounds, where 0.02 left it out (BENCHMARKS_KD.md). Refused without
         ``consensus_raise``.
     """
 
