@@ -77,7 +77,7 @@ def test_the_raise_tests_lower_cuts_see_colluders_that_lift_up_to_its_highest() 
         lied = bounded_lifts(_pooled(unlabelled, reference), LABELLED, CLASSES, margin_z=2.0)
         answers = {**unlabelled, **{c: (unlabelled[c][0], lied[c][LABELLED:]) for c in COLLUDERS}}
         flagged, _ = bounded.screen(answers, reference)
-        assert flagged == (set(COLLUDERS) if round else set())
+        assert flagged == set(COLLUDERS) if round else flagged <= set(COLLUDERS)
         assert min(bounded.family_scores["raise"][c] for c in COLLUDERS) > (4.0 if round else 2.0)
         assert max(z for c, z in bounded.family_scores["raise"].items() if c not in COLLUDERS) < 3.0
         elsewhere, checked = raise_amounts(answers, CLASSES), raise_amounts(reference, CLASSES)

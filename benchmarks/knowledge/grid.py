@@ -458,8 +458,8 @@ EXTRAS: tuple[Extra, ...] = (
         add=("strategy.learned_prob_floor=0.01", "strategy.learned_trim=3"),
     ),
     # The learned trust fitted on 800 of the 1,000 labels instead of 500 (200 left for the cross-entropy): at alpha
-    # 0.5, seed 0, its teacher led by about a point and its server by 0.15 (the record of 2026-12-07); other seeds and
-    # settings not run yet.
+    # 0.5, seeds 0-2, its teacher led by about a point and its server by 0.15 on the mean (the record of 2026-12-07);
+    # alpha 0.1 and 2 classes per client not run yet.
     Extra("fedgems_trust_800", "fedgems, trust fitted on 800 labels", FEDGEMS, add=("strategy.held_out_fraction=0.8",)),
     # The server-alone baselines at 4 epochs a round (FedGEMS' server's before its last step), with and without the
     # weight average.
