@@ -106,7 +106,14 @@ def bad_block(draw: st.DrawFn, honest: np.ndarray) -> Array | None:
         dtype = draw(st.sampled_from(["float64", "float16", "int32", "int64", "bool", "uint8", "complex64"]))
         return Array(value.astype(dtype))
     if kind == "shape":
-        shapes = [value[:-1], value[:, :-1], value[None], value.ravel(), np.concatenate([value, value[:1]])]
+        shapes = [
+            value[:-1],
+            value[:, :-1],
+            value[None],
+            value.ravel(),
+            np.concatenate([value, value[:1]]),
+            value[0, 0],
+        ]
         return Array(np.ascontiguousarray(shapes[draw(st.integers(0, len(shapes) - 1))]))
     if kind == "value":
         row, col = draw(st.integers(0, value.shape[0] - 1)), draw(st.integers(0, value.shape[1] - 1))
@@ -410,6 +417,44 @@ def test_the_label_party_steps_on_a_batch_once_and_in_order() -> None:
             step(bad, BATCHES[-1])
         _assert_same(_state(context), stepped)
     assert vp.loss_key(BATCHES[-1]) in step(1, BATCHES[-1]).content.metric_records[vp.METRICS]
+
+
+def test_a_scalar_block_is_refused_alone_and_the_rest_of_the_request_is_stepped_on() -> None:
+    """A 0-d gradient or embedding beside a good batch: that batch is refused, the good one is stepped on and kept.
+
+    A scalar has no ``shape[0]``; read before its dimensions were, it raised an IndexError that failed the whole
+    request after the good batch had changed the party, so that step was lost and could not be sent again.
+    """
+    fresh = Run()  # its own run: this test steps both parties on
+    good, bad = BATCHES
+    party = fresh.server.features[0]
+    gradient = fresh.step_reply.array_records[vp.ARRAYS][vp.gradient_key(good, party.party_id)].numpy()
+    arrays = {vp.ids_key(good): Array(fresh.ids[good]), vp.gradient_key(good): Array(gradient)}
+    arrays |= {vp.ids_key(bad): Array(fresh.ids[bad]), vp.gradient_key(bad): Array(np.asarray(gradient[0, 0]))}
+    content = RecordDict(
+        {vp.ARRAYS: ArrayRecord(arrays), vp.CONFIG: ConfigRecord({vp.EPOCH: 0, vp.BATCHES: [good, bad]})}
+    )
+    context = fresh.grid.contexts[party.node_id]
+    before = _state(context)
+    reply = client_app(Message(content, dst_node_id=party.node_id, message_type="train.apply_gradients"), context)
+    config = reply.content.config_records[vp.CONFIG]
+    assert "shape ()" in str(config[vp.rejected_key(bad)]) and vp.rejected_key(good) not in config
+    with pytest.raises(AssertionError):
+        _assert_same(_state(context), before)  # the good batch's step was kept
+
+    label = fresh.server.label.node_id
+    arrays = {vp.ids_key(b): Array(fresh.ids[b]) for b in BATCHES}
+    for k, embedding in enumerate(fresh.embeddings[good]):
+        arrays[vp.embedding_key(good, k)] = Array(embedding)
+        arrays[vp.embedding_key(bad, k)] = Array(np.asarray(embedding[0, 0]))
+    content = RecordDict(
+        {vp.ARRAYS: ArrayRecord(arrays), vp.CONFIG: ConfigRecord({vp.EPOCH: 1, vp.BATCHES: [good, bad]})}
+    )
+    reply = client_app(
+        Message(content, dst_node_id=label, message_type="train.loss_and_gradients"), fresh.grid.contexts[label]
+    )
+    assert vp.loss_key(good) in reply.content.metric_records[vp.METRICS]
+    assert "shape ()" in str(reply.content.config_records[vp.CONFIG][vp.rejected_key(bad)])
 
 
 def _with(arrays: dict[str, Any], key: str, block: Array | None) -> dict[str, Any]:

@@ -211,8 +211,12 @@ def float_block_problem(array: Any, rows: int | None, max_norm: float, cols: int
     """
     if not isinstance(array, np.ndarray) or array.dtype != np.float32:
         return f"dtype {getattr(array, 'dtype', type(array).__name__)}, expected float32"
-    wanted = (array.ndim == 2, rows is None or array.shape[0] == rows, cols is None or array.shape[-1] == cols)
-    if not all(wanted):
+    # Shape is read only once the array is known to have two dimensions: a 0-d array has no shape[0] to compare.
+    if (
+        array.ndim != 2
+        or (rows is not None and array.shape[0] != rows)
+        or (cols is not None and array.shape[1] != cols)
+    ):
         return f"shape {array.shape}, expected ({'B' if rows is None else rows}, {'D' if cols is None else cols})"
     if not np.isfinite(array).all():
         return "NaN or inf"
