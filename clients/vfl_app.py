@@ -14,6 +14,7 @@ See :mod:`fl_kd.vfl.protocol` for the messages.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from logging import WARNING
 from typing import Any
 
@@ -42,7 +43,7 @@ from fl_kd.clients.vfl_party import (
 )
 from fl_kd.vfl import protocol as vp
 from fl_kd.vfl.attacks import build_attacks, score_attacks
-from fl_kd.vfl.parties import FeatureParty, LabelParty
+from fl_kd.vfl.parties import FeatureParty, LabelParty, as_sample_ids
 from fl_kd.vfl.protocol import PartyRole, party_role
 from fl_kd.vfl.split import align_samples
 from fl_kd.vfl.trainer import PREDICT_BATCH_SIZE, prediction_metrics
@@ -154,9 +155,15 @@ def setup(msg: Message, context: Context) -> Message:
     return _reply(msg, metrics=MetricRecord(metrics))
 
 
-def _embed_batches(msg: Message, context: Context, node: Node, party: FeatureParty) -> dict[str, Any]:
-    """Embeddings ``(B, D)`` of each batch the request names, all from the bottom model as it is now, by key."""
-    ids = {b: _ids(msg, vp.ids_key(b)) for b in vp.batches_of(msg.content)}
+def _embed_ids(msg: Message, party: FeatureParty) -> dict[int, Tensor]:
+    """The sample ids of each batch the request asks to embed, each within the party's samples: checked whole,
+    so a bad request raises before anything changes."""
+    return {b: as_sample_ids(_ids(msg, vp.ids_key(b)), party.num_samples) for b in vp.batches_of(msg.content)}
+
+
+def _embed_batches(context: Context, node: Node, party: FeatureParty, ids: Mapping[int, Tensor]) -> dict[str, Any]:
+    """Embeddings ``(B, D)`` of each batch of ``ids`` (:func:`_embed_ids`), all from the bottom model as it is now,
+    by key."""
     embeddings = {b: party.embed(batch).detach().numpy() for b, batch in ids.items()}
     save_embedded(context, {b: batch.numpy() for b, batch in ids.items()})
     if node.is_attacker:
@@ -195,7 +202,7 @@ def _apply_batches(
 def embed(msg: Message, context: Context) -> Message:
     """Embeddings ``(B, D)`` of each asked batch, all from the bottom model as it is now."""
     node, party = _feature_party(msg, context)
-    embeddings = _embed_batches(msg, context, node, party)
+    embeddings = _embed_batches(context, node, party, _embed_ids(msg, party))
     save_party(context, party, node.cfg.training.party_state == "node")  # the step counter seeds the next forward pass
     return _reply(msg, arrays=_arrays(embeddings))
 
@@ -246,8 +253,9 @@ def apply_and_embed(msg: Message, context: Context) -> Message:
     that fails to embed answers with an error, and the server counts those gradients as not applied.
     """
     node, party = _feature_party(msg, context)
+    ids = _embed_ids(msg, party)  # a bad embed request is refused before any gradient changes the party
     rejected = _apply_batches(msg, context, node, party, vp.batches_of(msg.content, vp.APPLY, optional=True))
-    embeddings = _embed_batches(msg, context, node, party)
+    embeddings = _embed_batches(context, node, party, ids)
     save_party(context, party, node.cfg.training.party_state == "node")
     return _reply(msg, arrays=_arrays(embeddings), config=ConfigRecord(rejected))
 

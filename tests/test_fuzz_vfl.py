@@ -457,6 +457,24 @@ def test_a_scalar_block_is_refused_alone_and_the_rest_of_the_request_is_stepped_
     assert "shape ()" in str(reply.content.config_records[vp.CONFIG][vp.rejected_key(bad)])
 
 
+def test_apply_and_embed_refuses_a_bad_embed_part_before_applying_anything() -> None:
+    """Its embed part (ids out of the party's range) is checked before the gradients of its apply part step the
+    party: the request is refused whole, and the batch whose gradient it carried can be sent again."""
+    fresh = Run()
+    party = fresh.server.features[0]
+    good = BATCHES[0]
+    gradient = fresh.step_reply.array_records[vp.ARRAYS][vp.gradient_key(good, party.party_id)].numpy()
+    arrays = {vp.ids_key(good): Array(fresh.ids[good]), vp.gradient_key(good): Array(gradient)}
+    arrays[vp.ids_key(7)] = Array(np.array([10**9], dtype=np.int64))
+    config = ConfigRecord({vp.EPOCH: 0, vp.BATCHES: [7], vp.APPLY: [good]})
+    content = RecordDict({vp.ARRAYS: ArrayRecord(arrays), vp.CONFIG: config})
+    context = fresh.grid.contexts[party.node_id]
+    before = _state(context)
+    with pytest.raises(ValueError, match="sample_ids must lie in"):
+        client_app(Message(content, dst_node_id=party.node_id, message_type=vp.APPLY_AND_EMBED), context)
+    _assert_same(_state(context), before)
+
+
 def _with(arrays: dict[str, Any], key: str, block: Array | None) -> dict[str, Any]:
     out = dict(arrays)
     if block is None:
