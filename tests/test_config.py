@@ -72,6 +72,7 @@ def test_unknown_keys_are_an_error_naming_the_key() -> None:
         ({"device_profile": PROFILE | {"tiers": {"a": {"model": "cnn_tiny", "share": 0.5}}}}, "sum to 1"),
         ({"strategy": {"rounds": True}}, "strategy.rounds must be an integer"),
         ({"device": "tpu:9"}, "device must be a torch device"),
+        ({"max_abs_value": 1e39}, "max_abs_value"),
     ],
 )
 def test_bad_values_are_refused_naming_the_key(values: dict[str, Any], key: str) -> None:

@@ -57,6 +57,15 @@ def test_check_logits_decodes_uint8_and_still_refuses_other_integers() -> None:
         check_logits("answer", wire.astype(np.int16), (5, 10))
 
 
+def test_check_logits_refuses_a_float64_beyond_float32s_range() -> None:
+    """Finite as float64, inf as the float32 that training reads: refused, not passed on as inf."""
+    logits = np.zeros((5, 10))
+    logits[2, 3] = 1e39
+    with pytest.raises(ValueError, match="non-finite"):
+        check_logits("answer", logits, (5, 10))
+    assert torch.equal(check_logits("answer", logits[:, :] * 0 + 1e38, (5, 10)), torch.full((5, 10), 1e38))
+
+
 def test_uint5_packs_32_levels_into_5_bits_and_decodes_to_the_log_probabilities() -> None:
     logits = _logits(rows=203)  # 203 x 10 x 5 bits: the last byte is half padding
     wire = to_wire(logits, "uint5")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from fl_kd.config import MAX_SEED, ConfigError, check_range, from_mapping, require, to_mapping
@@ -22,6 +23,9 @@ from fl_kd.kd.validation import DEFAULT_MAX_ABS_VALUE
 from fl_kd.models import DeviceProfile
 from fl_kd.partition.config import PartitionConfig
 from fl_kd.runtime import SimulationConfig
+
+#: The largest ``max_abs_value``: every array a model reads is float32, and a bound beyond its range bounds nothing.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
@@ -124,7 +128,7 @@ class ExperimentConfig:
         self.adversary.check_experiment(self)
         check_range("personalised_test_size", self.personalised_test_size, low=1)
         check_range("seed", self.seed, low=0, high=MAX_SEED)
-        check_range("max_abs_value", self.max_abs_value, low=0, low_open=True)
+        check_range("max_abs_value", self.max_abs_value, low=0, low_open=True, high=FLOAT32_MAX)
         require(
             _is_torch_device(self.device), f"device must be a torch device such as cpu or cuda:0, got {self.device!r}"
         )

@@ -135,9 +135,11 @@ def check_logits(name: str, logits: ArrayLike, shape: tuple[int, int]) -> Tensor
         return torch.from_numpy(from_wire(array))
     if not np.issubdtype(array.dtype, np.floating):
         raise ValueError(f"{name} must be floating point or uint8, got dtype {array.dtype}")
-    if not np.isfinite(array).all():
-        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
-    return torch.from_numpy(array.astype(np.float32, copy=True))
+    # Checked as float32, what training reads: a float64 beyond float32's range is finite here and inf there.
+    values = array.astype(np.float32, copy=True)
+    if not np.isfinite(values).all():
+        raise ValueError(f"{name} contains non-finite values (NaN or inf) as float32")
+    return torch.from_numpy(values)
 
 
 LOGITS_DTYPES: tuple[str, ...] = ("float32", "float16", "uint8", "uint5")
