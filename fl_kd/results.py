@@ -181,7 +181,11 @@ def format_round_line(row: Mapping[str, Any]) -> str:
         else:
             parts.append(f"{label} {value:.4f}")
     # Answers the server left out are part of the round's story: a round without any would look like a good one.
-    for key, label in (("n_rejected", "answers rejected"), ("n_missing", "clients without an answer")):
+    for key, label in (
+        ("n_rejected", "answers rejected"),
+        ("n_missing", "clients without an answer"),
+        ("n_eval_dropped", "evaluate replies dropped"),
+    ):
         if row.get(key):
             parts.append(f"{label} {row[key]}")
     return " | ".join(parts)

@@ -325,9 +325,14 @@ class KDStrategy(Strategy):
         replies = list(replies)
         sole = self._sole_replies(replies)
         evaluated = set(self.evaluated(server_round))
+        dropped = ScreeningReport()
         for reply in replies:
             partition_id = self._partitions.get(reply.metadata.src_node_id)
-            if reply.has_error() or partition_id is None or id(reply) not in sole:
+            if reply.has_error():  # a sampled client that fails here did not take in the server's knowledge
+                dropped.reject(f"client error in the evaluate phase: {party_text(reply.error.reason)}")
+                continue
+            if partition_id is None or id(reply) not in sole:
+                dropped.reject("evaluate reply from a client not asked, to another message, or repeated")
                 continue
             self._add_cost(reply)
             acc = number_of(reply.content, kd.METRICS, kd.ACCURACY)
@@ -336,6 +341,10 @@ class KDStrategy(Strategy):
                 continue
             if acc is not None and pacc is not None and 0.0 <= acc <= 1.0 and 0.0 <= pacc <= 1.0:
                 client_acc[partition_id], client_pacc[partition_id] = acc, pacc
+            else:
+                dropped.reject(f"client {partition_id}: accuracies missing or outside [0, 1]")
+        for reason, count in dropped.rejected.items():
+            log(WARNING, "Round %d: dropped %d evaluate reply(ies): %s", server_round, count, reason)
         trend = self.trend_set(server_round)
         row = round_metrics(
             round=server_round,
@@ -349,6 +358,7 @@ class KDStrategy(Strategy):
             downlink_bytes=self._downlink,
             wall_seconds=time.perf_counter() - self._start,
             n_rejected=self._screening.num_rejected,
+            n_eval_dropped=dropped.num_rejected,
             n_missing=len(self._screening.missing),
             cost=round_cost(self.federation, self.server, self._costs),
         )

@@ -228,4 +228,6 @@ def test_the_configured_value_bound_screens_answers_in_both_runtimes() -> None:
     cfg = _config(rounds=1, max_abs_value=1e-6)  # every honest logit is beyond it
     flower, inprocess = _run(cfg).history, run_inprocess(cfg).rounds
     assert flower[0]["n_rejected"] == inprocess[0]["n_rejected"] == cfg.num_clients
+    # and every client refuses the server's logits, beyond the bound too: counted alike in both runtimes
+    assert flower[0]["n_eval_dropped"] == inprocess[0]["n_eval_dropped"] == cfg.num_clients
     assert _without_time(flower) == _without_time(inprocess)

@@ -5,9 +5,11 @@ weights than the default lets its clients load them."""
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
 from fl_kd.clients.kd_app import app as client_app
 from fl_kd.config import from_mapping, to_mapping
@@ -57,6 +59,28 @@ def test_an_accuracy_from_a_client_not_asked_to_report_is_not_counted() -> None:
     strategy.aggregate_evaluate(1, answers)
     row = strategy.history[-1]
     assert row["client_acc_mean"] == honest["client_acc_mean"] and row["client_acc_max"] < 1.0
+
+
+def test_evaluate_replies_the_round_cannot_use_are_logged_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    """An accuracy of NaN or 7.5 and an error reply in the evaluate phase: left out of the tiers, and counted in
+    ``n_eval_dropped`` and logged with their reasons, so that a round's figures from fewer clients do not pass
+    unseen."""
+    cfg = _config()
+    strategy, grid, _, replies = _trained(cfg)
+    strategy.aggregate_train(1, replies)
+    honest = _evaluate(copy.deepcopy(strategy), copy.deepcopy(grid))
+    sent = _ids(list(strategy.configure_evaluate(1, ArrayRecord(), ConfigRecord(), grid)), "eval")
+    answers = list(grid.send_and_receive(sent))
+    for i, acc in ((0, float("nan")), (1, 7.5)):
+        figures = MetricRecord(dict(answers[i].content.metric_records[kd.METRICS]) | {kd.ACCURACY: acc})
+        answers[i] = Message(RecordDict({kd.METRICS: figures}), reply_to=sent[i])
+    answers[2] = Message(Error(code=0, reason="boom"), reply_to=sent[2])
+    with caplog.at_level(logging.WARNING):
+        strategy.aggregate_evaluate(1, answers)
+    row = strategy.history[-1]
+    assert honest["n_eval_dropped"] == 0 and row["n_eval_dropped"] == 3 and row["n_rejected"] == 0
+    assert "accuracies missing or outside [0, 1]" in caplog.text and "boom" in caplog.text
+    assert row["server_acc"] == honest["server_acc"]
 
 
 def test_refused_train_replies_book_no_training() -> None:

@@ -75,6 +75,7 @@ def round_metrics(
     downlink_bytes: int,
     wall_seconds: float,
     n_rejected: int = 0,
+    n_eval_dropped: int = 0,
     n_missing: int = 0,
     cost: Mapping[str, float | int] | None = None,
     server_acc_subset: float | None = None,
@@ -100,6 +101,9 @@ def round_metrics(
         Wall-clock time of the round.
     n_rejected, n_missing : int (default: 0)
         Client answers dropped by screening, and selected clients that did not answer.
+    n_eval_dropped : int (default: 0)
+        Over Flower, the evaluate phase's replies left out: error replies (a client that failed to take in the
+        server's knowledge), replies to no message of the round's, repeated ones, and accuracies outside [0, 1].
     cost : Mapping | None (default: None)
         Device cost of the round (:func:`fl_kd.kd.cost.cost_metrics`), appended as they are.
     server_acc_subset : float | None (default: None)
@@ -109,7 +113,8 @@ def round_metrics(
     -------
     dict[str, float | int]
         ``round, server_acc, client_acc_*, client_pacc_*, uplink_bytes, downlink_bytes, n_self, n_cache,
-        n_clients, n_ce_only, num_answered, cache_size, server_loss, n_rejected, n_missing, wall_seconds``.
+        n_clients, n_ce_only, num_answered, cache_size, server_loss, n_rejected, n_missing, n_eval_dropped,
+        wall_seconds``.
     """
     metrics: Metrics = {"round": int(round), "server_acc": float(server_acc)}
     if server_acc_subset is not None:
@@ -122,6 +127,7 @@ def round_metrics(
         **server_stats,
         "n_rejected": int(n_rejected),
         "n_missing": int(n_missing),
+        "n_eval_dropped": int(n_eval_dropped),
         "wall_seconds": float(wall_seconds),
     }
     return metrics | dict(cost or {})

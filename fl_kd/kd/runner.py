@@ -112,6 +112,7 @@ def run_round(
         downlink_bytes=sum(i.nbytes for i in instructions.values()) + sum(k.nbytes for k in knowledge.values()),
         wall_seconds=time.perf_counter() - start,
         n_rejected=len(selected) - len(accepted),
+        n_eval_dropped=len(failed),
         cost=round_cost(federation, server, costs),
     )
 
