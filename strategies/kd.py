@@ -138,10 +138,16 @@ class KDStrategy(Strategy):
             return
         hello = RecordDict({kd.CONFIG: ConfigRecord({kd.ACTION: kd.HELLO})})
         messages = [Message(hello, message_type=MessageType.QUERY, dst_node_id=node_id) for node_id in node_ids]
-        replies = grid.send_and_receive(messages, timeout=self.timeout)
+        replies = list(grid.send_and_receive(messages, timeout=self.timeout))
+        senders = Counter(reply.metadata.src_node_id for reply in replies)
+        for node_id in sorted(node for node, count in senders.items() if count > 1):
+            # Of two claims neither can be believed, nor the node that makes them.
+            log(WARNING, "Node %s answered discovery %d times; it is left out", node_id, senders[node_id])
         for reply in sorted(replies, key=lambda m: m.metadata.src_node_id):
             node_id = reply.metadata.src_node_id
             partition_id = None if reply.has_error() else int_of(reply.content, kd.METRICS, kd.PARTITION_ID)
+            if senders[node_id] > 1:
+                continue
             if reply.has_error():  # the node's own reason: say, its data folder or node config is wrong
                 log(WARNING, "Node %s could not identify itself (%s); it is left out", node_id,
                     party_text(reply.error.reason))  # fmt: skip

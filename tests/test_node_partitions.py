@@ -53,3 +53,22 @@ def test_a_claim_the_registration_contradicts_is_refused(pinned: bool, caplog: p
         assert "Node 1000 claims partition 3, but the deployment registered it for partition 0" in caplog.text
     else:  # what pinning prevents: the impostor takes partition 3 and its owner is left out
         assert found == {1000: 3, 1007: 1, 1014: 2, 1021: None}
+
+
+def _two_claims(message: Message, reply: Message) -> list[Message]:
+    """Partition 0's node says hello twice: as itself and as partition 3."""
+    if message.metadata.message_type == "query" and message.metadata.dst_node_id == NODES[0]:
+        return [reply, Message(RecordDict({kd.METRICS: MetricRecord({kd.PARTITION_ID: 3})}), reply_to=message)]
+    return [reply]
+
+
+def test_a_node_that_answers_discovery_twice_is_left_out(caplog: pytest.LogCaptureFixture) -> None:
+    """Of two claims neither is believed: the node holds no partition (the first claim used to win, while the log
+    said it was left out), and partition 3's own node still holds partition 3."""
+    cfg = tiny_config()
+    strategy = make_strategy(cfg)
+    grid = LoopbackGrid(client_app, cfg.num_clients, {kd.RUN_CONFIG_KEY: cfg.to_json()}, _two_claims)
+    with caplog.at_level("WARNING", logger="flwr"):
+        strategy.configure_train(1, ArrayRecord(), ConfigRecord(), grid)
+    assert {node: strategy.partition_of(node) for node in NODES} == {1000: None, 1007: 1, 1014: 2, 1021: 3}
+    assert "Node 1000 answered discovery 2 times; it is left out" in caplog.text
