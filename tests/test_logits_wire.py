@@ -112,6 +112,17 @@ def test_packed_uint5_is_checked_against_the_rows_asked_and_needs_the_class_coun
     assert "shape" in str(check_answer_logits(5, wire.astype(np.float32), 10))
 
 
+@pytest.mark.parametrize("asked", ["float32", "float16", "uint8", "uint5"])
+def test_an_answer_in_another_wire_dtype_than_asked_is_refused(asked: str) -> None:
+    """Raw logits and quantised log-probabilities must not meet in one fusion: only the asked wire passes."""
+    logits = _logits(rows=5)
+    for sent in ("float32", "float16", "uint8", "uint5"):
+        reason = check_answer_logits(5, to_wire(logits, sent), 10, wire=asked)
+        assert (reason is None) == (sent == asked), (sent, reason)
+        if sent != asked:
+            assert reason == f"logits sent as {sent}, asked as {asked}"
+
+
 @pytest.mark.parametrize(
     ("logits", "reason"),
     [

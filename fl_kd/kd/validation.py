@@ -51,6 +51,7 @@ def check_client_answer(
     logits: Any,
     num_classes: int,
     max_abs: float = DEFAULT_MAX_ABS_VALUE,
+    wire: str | None = None,
 ) -> str | None:
     """Return why an answer must be rejected, or None when it is usable.
 
@@ -66,6 +67,8 @@ def check_client_answer(
         C.
     max_abs : float (default: :data:`DEFAULT_MAX_ABS_VALUE`)
         Bound on every logit's absolute value.
+    wire : str | None (default: None)
+        The wire dtype the server asked for (``strategy.logits_dtype``); None takes any of them.
     """
     if not isinstance(positions, np.ndarray) or not isinstance(logits, np.ndarray):
         return "missing positions or logits"
@@ -73,15 +76,20 @@ def check_client_answer(
         return f"positions must be a 1-D integer array, got {positions.dtype} {positions.shape}"
     if positions.shape != asked.shape or not np.array_equal(positions, asked):
         return "positions differ from the positions asked for"
-    return check_answer_logits(asked.size, logits, num_classes, max_abs)
+    return check_answer_logits(asked.size, logits, num_classes, max_abs, wire)
 
 
 def check_answer_logits(
-    num_asked: int, logits: Any, num_classes: int, max_abs: float = DEFAULT_MAX_ABS_VALUE
+    num_asked: int,
+    logits: Any,
+    num_classes: int,
+    max_abs: float = DEFAULT_MAX_ABS_VALUE,
+    wire: str | None = None,
 ) -> str | None:
     """Why logits answering ``num_asked`` transfer samples (in the order asked) must be rejected, or None.
 
-    ``(num_asked, C)``, a wire dtype of :data:`ALLOWED_LOGITS_DTYPES`, and floats finite and at most ``max_abs``
+    ``(num_asked, C)``, a wire dtype of :data:`ALLOWED_LOGITS_DTYPES` (``wire``, the one asked, when given: raw
+    logits and quantised log-probabilities must not meet in one fusion), and floats finite and at most ``max_abs``
     (every uint8 code is a valid quantised log-probability; uint5 codes come packed, 1-D, in
     :func:`~fl_kd.kd.training.packed_size` bytes).
     """
@@ -89,6 +97,9 @@ def check_answer_logits(
         return "missing logits"
     if logits.dtype.name not in ALLOWED_LOGITS_DTYPES:
         return f"logits dtype {logits.dtype} is not one of {', '.join(ALLOWED_LOGITS_DTYPES)}"
+    sent = "uint5" if logits.dtype == np.uint8 and logits.ndim == 1 else logits.dtype.name
+    if wire is not None and sent != wire:
+        return f"logits sent as {sent}, asked as {wire}"
     if logits.dtype == np.uint8 and logits.ndim == 1:
         expected = packed_size(num_asked, num_classes)
         return None if logits.size == expected else f"packed uint5 logits of {logits.size} bytes != expected {expected}"

@@ -62,7 +62,9 @@ class FedGEMSServer(ServerRole):
         own query, never the client's word (and the uplink carries no positions back)."""
         if set(arrays) != {kd.LOGITS}:
             return f"arrays {sorted(arrays)} are not [{kd.LOGITS!r}]"
-        return check_answer_logits(self._query_of(round).size, arrays[kd.LOGITS], self.server.num_classes)
+        return check_answer_logits(
+            self._query_of(round).size, arrays[kd.LOGITS], self.server.num_classes, wire=self.logits_dtype
+        )
 
     def aggregate(self, round: int, answers: Mapping[int, Arrays]) -> dict[str, float | int]:
         """Selective distillation from the accepted answers; then the broadcast logits are ready."""

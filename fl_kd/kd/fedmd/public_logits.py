@@ -273,7 +273,9 @@ class PublicLogitsServer(ServerRole):
         """Exactly ``positions`` (as asked) and ``logits`` ``(n, C)`` of a wire dtype, floats finite."""
         if set(arrays) != {kd.POSITIONS, kd.LOGITS}:
             return f"arrays {sorted(arrays)} are not [{kd.LOGITS!r}, {kd.POSITIONS!r}]"
-        return check_client_answer(self.positions(round), arrays[kd.POSITIONS], arrays[kd.LOGITS], self.num_classes)
+        return check_client_answer(
+            self.positions(round), arrays[kd.POSITIONS], arrays[kd.LOGITS], self.num_classes, wire=self.logits_dtype
+        )
 
     def aggregate(self, round: int, answers: Mapping[int, Arrays]) -> Figures:
         """Soft targets from the accepted answers, distilled into the server model; they are then sent back."""
