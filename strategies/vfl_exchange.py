@@ -24,7 +24,17 @@ from flwr.serverapp import Grid
 from numpy.typing import NDArray
 from torch import Tensor
 
-from fl_kd.protocol import ProtocolError, array_of, number_of, party_text, scalar_of
+from fl_kd.protocol import (
+    MAX_RECORD_ARRAYS,
+    MAX_RECORD_BYTES,
+    ProtocolError,
+    array_of,
+    declared_nbytes,
+    number_of,
+    party_text,
+    record,
+    scalar_of,
+)
 from fl_kd.vfl import protocol as vp
 from fl_kd.vfl.config import DEFAULT_MAX_NORM
 from fl_kd.vfl.trainer import TrainingHistory
@@ -99,6 +109,10 @@ class Messenger:
             elif reply.has_error():
                 outcomes[node_id] = Outcome(None, f"error reply ({party_text(reply.error.reason)})")
                 self.rejected["error reply"] += 1
+            elif (problem := _record_problem(reply.content)) is not None:
+                log(WARNING, "%s: refused the reply of node %s: %s", message_type, node_id, problem)
+                outcomes[node_id] = Outcome(None, problem)
+                self.rejected["arrays record beyond the protocol"] += 1
             else:
                 outcomes[node_id] = Outcome(reply.content)
         for node_id in contents:
@@ -124,6 +138,25 @@ class Messenger:
         if problems:
             raise RuntimeError(f"{what} failed: " + "; ".join(f"node {n}: {p}" for n, p in sorted(problems.items())))
         return {node: outcome.content for node, outcome in outcomes.items() if outcome.content is not None}
+
+
+def _record_problem(content: RecordDict) -> str | None:
+    """Why a reply's arrays record is beyond the protocol as a whole, or None: more arrays than
+    :data:`~fl_kd.protocol.MAX_RECORD_ARRAYS`, or valid headers declaring more than
+    :data:`~fl_kd.protocol.MAX_RECORD_BYTES` in all. Read before any array decodes; an array whose own header is
+    bad is refused where it is read, so that it costs its batch only."""
+    found = record(content, vp.ARRAYS)
+    if len(found) > MAX_RECORD_ARRAYS:
+        return f"arrays record beyond the protocol: {len(found)} arrays, more than {MAX_RECORD_ARRAYS}"
+    total = 0
+    for array in found.values():
+        try:
+            total += declared_nbytes(array)
+        except ProtocolError:
+            continue
+    if total > MAX_RECORD_BYTES:
+        return f"arrays record beyond the protocol: {total} declared bytes, more than {MAX_RECORD_BYTES}"
+    return None
 
 
 def request(arrays: Mapping[str, NDArray[Any]], **config: Any) -> RecordDict:

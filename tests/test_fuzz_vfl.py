@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from fl_kd.clients.vfl_app import app as client_app
 from fl_kd.clients.vfl_party import load_party
-from fl_kd.config import from_mapping, to_mapping
+from fl_kd.config import ConfigError, from_mapping, to_mapping
 from fl_kd.strategies.vfl import VFLServer
 from fl_kd.strategies.vfl_exchange import MAX_SILENT_EXCHANGES, BatchExchange, Messenger, request
 from fl_kd.vfl import protocol as vp
@@ -717,3 +717,32 @@ def test_a_party_that_goes_silent_stops_the_run_after_a_few_exchanges_not_every_
         messenger.exchange("train", contents)
     with pytest.raises(RuntimeError, match=rf"node 2 has sent no reply to {MAX_SILENT_EXCHANGES} exchanges in a row"):
         messenger.exchange("train", contents)
+
+
+def test_a_reply_whose_arrays_record_is_beyond_the_protocol_is_refused_before_any_array_decodes() -> None:
+    """One embedding and 1,100 arrays nobody asked for, or arrays declaring 400 MB in all: the reply is refused as a
+    whole and counted, as the KD strategy refuses such answers; an honest one beside it passes."""
+    set_task_identity()  # Messages need a run id, as in a ServerApp
+    honest = np.zeros((4, 3), dtype=np.float32)
+    crowded = {vp.embedding_key(0): Array(honest)} | {f"x{i}": Array(np.zeros(1, np.float32)) for i in range(1100)}
+    big = Array(dtype="float32", shape=(50 * 2**20,), stype="numpy.ndarray", data=_npy(honest))  # 200 MB declared
+    replies = {1: crowded, 2: {vp.embedding_key(0): big, "x": big}, 3: {vp.embedding_key(0): Array(honest)}}
+
+    def answer(messages: list[Message]) -> list[Message]:
+        out = []
+        for m in messages:
+            content = RecordDict({vp.ARRAYS: ArrayRecord(replies[m.metadata.dst_node_id])})
+            out.append(Message(content, reply_to=m))
+        return out
+
+    messenger = Messenger(cast(Grid, ScriptedGrid(answer)), 1.0)
+    outcomes = messenger.exchange(vp.EMBED, {node: RecordDict() for node in replies})
+    assert outcomes[3].content is not None and outcomes[3].problem is None
+    assert outcomes[1].content is None and "1101 arrays, more than 1024" in str(outcomes[1].problem)
+    assert outcomes[2].content is None and "declared bytes, more than" in str(outcomes[2].problem)
+    assert messenger.rejected["arrays record beyond the protocol"] == 2
+
+
+def test_batches_per_message_is_refused_where_a_message_would_exceed_the_protocols_array_count() -> None:
+    with pytest.raises(ConfigError, match="more than the protocol's 1024"):
+        from_mapping(VFLRunConfig, {"training": {"batches_per_message": 600}})

@@ -17,6 +17,7 @@ from typing import Any
 
 from fl_kd.config import MAX_SEED, ConfigError, absolute_path, check_choice, check_range, require
 from fl_kd.data.config import DatasetConfig
+from fl_kd.protocol import MAX_RECORD_ARRAYS
 from fl_kd.runtime import SimulationConfig
 from fl_kd.vfl.attacks import attack_class, available_attacks, build_attack
 from fl_kd.vfl.defences import available_defences, build_defence, defence_class
@@ -304,6 +305,12 @@ class VFLRunConfig:
             f"attacker_party must be in [0, {feature_parties}) (the feature parties), got {self.attacker_party}",
         )
         require(not self.dataset.download, "dataset.download=true: fl-kd-vfl reads local data only")
+        per_message = self.training.batches_per_message * (feature_parties + 1)  # the label party's request
+        require(
+            per_message <= MAX_RECORD_ARRAYS,
+            f"training.batches_per_message={self.training.batches_per_message} with {feature_parties} feature "
+            f"party(ies) puts {per_message} arrays in one message, more than the protocol's {MAX_RECORD_ARRAYS}",
+        )
         scoring = self.scoring
         require(  # DCS, which beta weighs, needs MP*: given, this run's own without defence, or a baseline run's
             scoring.beta == 0.5 or scoring.mp_star is not None or scoring.baseline or self.defence.name == "none",
