@@ -45,7 +45,7 @@ from fl_kd.kd.progress import (
 )
 from fl_kd.kd.roles import ClientRole, Instruction
 from fl_kd.kd.validation import check_bounded
-from fl_kd.protocol import decode_record, record, scalar_of
+from fl_kd.protocol import decode_record, party_text, record, scalar_of
 
 app = ClientApp()
 
@@ -185,7 +185,7 @@ def _state_round(msg: Message, server_round: int, training: bool) -> int | None:
         return None
     last = server_round - 1 if training else server_round
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= last:
-        raise ValueError(f"{kd.CLIENT_STATE_ROUND} must be an int in [0, {last}], got {value!r}")
+        raise ValueError(f"{kd.CLIENT_STATE_ROUND} must be an int in [0, {last}], got {party_text(value, 40)}")
     return value
 
 
@@ -200,12 +200,12 @@ def _instruction(msg: Message, context: Context) -> tuple[int, Instruction]:
     """
     server_round = scalar_of(msg.content, kd.CONFIG, kd.SERVER_ROUND)
     if isinstance(server_round, bool) or not isinstance(server_round, int) or server_round < 1:
-        raise ValueError(f"message has no positive int {kd.SERVER_ROUND}, got {str(server_round)[:40]!r}")
+        raise ValueError(f"message has no positive int {kd.SERVER_ROUND}, got {party_text(server_round, 40)}")
     arrays = decode_record(msg.content, kd.ARRAYS)  # bounded before the context is read
     cfg = _config(context)
     rounds = cfg.strategy.rounds
     if server_round > rounds:  # a round past the run's once named a state file too long to write
-        raise ValueError(f"{kd.SERVER_ROUND}={str(server_round)[:40]} is past the run's {rounds} rounds")
+        raise ValueError(f"{kd.SERVER_ROUND}={party_text(server_round, 40)} is past the run's {rounds} rounds")
     positions = arrays.get(kd.POSITIONS)
     if positions is not None and (positions.ndim != 1 or not np.issubdtype(positions.dtype, np.integer)):
         raise ValueError(f"{kd.POSITIONS} must be a 1-D integer array, got {positions.dtype} {positions.shape}")

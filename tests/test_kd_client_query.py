@@ -66,3 +66,15 @@ def test_a_query_other_than_hello_is_refused(action: str | int | None) -> None:
         RecordDict({kd.CONFIG: ConfigRecord({kd.ACTION: kd.HELLO})}), dst_node_id=node, message_type="query"
     )
     assert client_app(hello, context).content.metric_records[kd.METRICS][kd.PARTITION_ID] == 0
+
+
+@pytest.mark.parametrize("config", [{kd.SERVER_ROUND: 10**5000}, {kd.SERVER_ROUND: 1, kd.CLIENT_STATE_ROUND: 10**5000}])
+def test_an_int_too_long_to_print_is_refused_with_a_reason_that_says_so(config: dict[str, int]) -> None:
+    """Simulation hands records over by pickle, so a round may be an int of any size: the refusal names it as
+    such rather than failing to print it."""
+    cfg = tiny_config()
+    grid = LoopbackGrid(client_app, cfg.num_clients, {kd.RUN_CONFIG_KEY: cfg.to_json()})
+    node, context = next(iter(grid.contexts.items()))
+    message = Message(RecordDict({kd.CONFIG: ConfigRecord(config)}), dst_node_id=node, message_type="train")
+    with pytest.raises(ValueError, match="an int of 16610 bits"):
+        client_app(message, context)
