@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app.typing import ConfigRecordValues
 
 from fl_kd.clients.kd_app import app as client_app
 from fl_kd.kd import protocol as kd
@@ -75,6 +78,7 @@ def test_an_int_too_long_to_print_is_refused_with_a_reason_that_says_so(config: 
     cfg = tiny_config()
     grid = LoopbackGrid(client_app, cfg.num_clients, {kd.RUN_CONFIG_KEY: cfg.to_json()})
     node, context = next(iter(grid.contexts.items()))
-    message = Message(RecordDict({kd.CONFIG: ConfigRecord(config)}), dst_node_id=node, message_type="train")
+    record = ConfigRecord(cast(dict[str, ConfigRecordValues], config))
+    message = Message(RecordDict({kd.CONFIG: record}), dst_node_id=node, message_type="train")
     with pytest.raises(ValueError, match="an int of 16610 bits"):
         client_app(message, context)
