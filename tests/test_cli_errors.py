@@ -137,6 +137,11 @@ def test_hydra_full_error_still_shows_the_traceback(tmp_path: Path) -> None:
             ["vfl_split=blocks3", "vfl_split.num_parties=50"],
             "error: vfl_split.num_parties=50: cannot split 30 features across that many parties",
         ),
+        (
+            ["vfl_split.scheme=[[0,1],[1,2]]", "simulation.backend=inprocess"],
+            "error: vfl_split.scheme: explicit feature index lists must be disjoint",
+        ),
+        (["vfl_split.scheme=[[0,1],[2,100]]"], "error: vfl_split.scheme: party 1 has feature indices outside [0, 30)"),
     ],
 )
 def test_vertical_fl_gives_one_line_and_exit_2_too(tmp_path: Path, overrides: list[str], expected: str) -> None:

@@ -127,15 +127,15 @@ def _image_stripes(shape: tuple[int, ...], num_parties: int) -> VerticalSplit:
 def _explicit_split(scheme: Sequence[Sequence[int]], num_features: int) -> VerticalSplit:
     columns = tuple(np.asarray(list(c), dtype=np.int64) for c in scheme)
     if len(columns) == 0:
-        raise ValueError("an explicit split needs at least one party")
+        raise ConfigError("vfl_split.scheme: an explicit split needs at least one party")
     for party, cols in enumerate(columns):
         if cols.size == 0:
-            raise ValueError(f"party {party} holds no features")
+            raise ConfigError(f"vfl_split.scheme: party {party} holds no features")
         if cols.min() < 0 or cols.max() >= num_features:
-            raise ValueError(f"party {party} has feature indices outside [0, {num_features})")
+            raise ConfigError(f"vfl_split.scheme: party {party} has feature indices outside [0, {num_features})")
     merged = np.concatenate(columns)
     if np.unique(merged).size != merged.size:
-        raise ValueError("explicit feature index lists must be disjoint: each feature belongs to one party")
+        raise ConfigError("vfl_split.scheme: explicit feature index lists must be disjoint (a feature has one party)")
     return VerticalSplit(tuple(np.sort(c) for c in columns), num_features)
 
 
