@@ -61,7 +61,7 @@ def read_metrics(out_dir: Path | str) -> list[dict[str, Any]]:
     ------
     ValueError
         Naming the file and line: a line that is no JSON object with a round number >= 1 (a run stopped mid-write
-        leaves its last line cut short), or a round written twice.
+        leaves its last line cut short), a figure that is no number (or null), or a round written twice.
     """
     path = Path(out_dir) / METRICS_JSONL
     rows = []
@@ -75,6 +75,9 @@ def read_metrics(out_dir: Path | str) -> list[dict[str, Any]]:
         round_number = row.get("round") if isinstance(row, dict) else None
         if isinstance(round_number, bool) or not isinstance(round_number, int) or round_number < 1:
             raise ValueError(f"{path}:{number}: a row without a round number >= 1")
+        other = next((key for key, value in row.items() if not isinstance(value, (int, float, type(None)))), None)
+        if other is not None:  # every figure of a row is a number (null: JSON's NaN); a reader would stop at it
+            raise ValueError(f"{path}:{number}: {str(other)[:40]} is no number")
         rows.append(row)
     rows.sort(key=lambda row: row["round"])
     for before, after in zip(rows, rows[1:], strict=False):

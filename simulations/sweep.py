@@ -155,7 +155,10 @@ def _job(folder: Path, sweep_dir: Path) -> Job:
 
 def _overrides(folder: Path) -> list[str]:
     """A job's overrides as Hydra wrote them (``.hydra/overrides.yaml``), the seed's included."""
-    return [str(o) for o in yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text()) or []]
+    loaded = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text()) or []
+    if not isinstance(loaded, list):  # a string would be read character by character
+        raise ValueError(".hydra/overrides.yaml holds no list of overrides")
+    return [str(o) for o in loaded]
 
 
 def _read_job(folder: Path, name: str) -> Job:
@@ -166,13 +169,8 @@ def _read_job(folder: Path, name: str) -> Job:
         raise ValueError(f"{VFL_RESULTS} is an fl-kd-vfl run's: fl-kd-table reads fl-kd-sim sweeps")
     if (folder / MODEL_REPORT).is_file() and not (folder / SUMMARY_JSON).is_file():
         raise ValueError("an fl-kd-report folder (reports, no run): fl-kd-table reads fl-kd-sim sweeps")
-    job = Job(
-        name=name,
-        overrides=[o for o in overrides if not o.startswith("seed=")],
-        seed=seed,
-        status=UNFINISHED,
-        error="no summary.json and no failed.json (stopped, or still running)",
-    )
+    kept = [o for o in overrides if not o.startswith("seed=")]
+    job = Job(name, kept, seed, UNFINISHED, "no summary.json and no failed.json (stopped, or still running)")
     if (folder / FAILED_FILE).is_file():  # first: a summary beside it is an earlier attempt's
         failure = json.loads((folder / FAILED_FILE).read_text())
         first = (str(failure.get("message", "")).strip().splitlines() or [""])[0]
@@ -183,6 +181,8 @@ def _read_job(folder: Path, name: str) -> Job:
             raise ValueError(f"{SUMMARY_JSON} holds no JSON object")
         weights = tier_weights(config)
         job.rounds = [derived_row(row, weights) for row in read_metrics(folder)]
+        for _, read, _ in COLUMNS:  # a figure that is no number makes this job unreadable, not the whole table
+            read(job)
         job.status, job.error = FINISHED, ""
     return job
 
@@ -385,7 +385,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"{args.sweep_dir} is no folder (give the folder of a multirun sweep)")
     jobs = collect(args.sweep_dir)
     if not jobs:
-        raise SystemExit(f"no job folders (.hydra/overrides.yaml) under {args.sweep_dir}")
+        parser.error(f"no job folders (.hydra/overrides.yaml) under {args.sweep_dir}")
     markdown = table(jobs)
     (args.sweep_dir / SWEEP_MD).write_text(markdown)
     print(markdown)

@@ -365,6 +365,33 @@ def test_an_unreadable_job_stays_in_its_setting_and_a_summary_that_is_no_object_
     assert "(all jobs)" not in table(list(jobs.values()))
 
 
+@pytest.mark.parametrize(
+    ("file", "text"),
+    [
+        ("summary.json", '{"final_server_acc": "high"}'),
+        ("summary.json", '{"final_server_acc": [0.5]}'),
+        ("metrics.jsonl", '{"round": 1, "server_acc": "0.5x"}\n'),
+        ("metrics.jsonl", '{"round": 1, "server_acc": 0.5, "sim_seconds": "3"}\n'),
+        (".hydra/overrides.yaml", "seed=1\n"),
+    ],
+)
+def test_a_figure_that_is_no_number_makes_its_job_unreadable_not_the_table(sweep: Path, file: str, text: str) -> None:
+    """Each stopped ``fl-kd-table`` with a traceback; an overrides file of one string was read letter by letter."""
+    (sweep / "1" / file).write_text(text)
+    jobs = {job.name: job for job in collect(sweep)}
+    assert jobs["1"].status == "unreadable" and jobs["0"].status == "finished"
+    main([str(sweep)])
+    assert "| unreadable |" in (sweep / "sweep.md").read_text()
+
+
+def test_fl_kd_table_of_a_folder_without_jobs_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path)])
+    assert exit_info.value.code == 2 and "no job folders (.hydra/overrides.yaml) under" in capsys.readouterr().err
+
+
 def test_an_fl_kd_vfl_sweep_is_named_as_such(tmp_path: Path) -> None:
     """Its jobs write results.json, not summary.json: they were listed as stopped or still running."""
     folder = _folder(tmp_path, "0", ["defence=none"])
