@@ -161,7 +161,12 @@ def saved_experiment(run_dir: Path) -> ExperimentConfig:
         ) from None
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ConfigError(f"deploy.resume: {path} is unreadable ({type(err).__name__}: {err})") from None
-    return ExperimentConfig.from_json(str(experiment))
+    if not isinstance(experiment, str):  # the ServerApp saves the config as its JSON text
+        raise ConfigError(f"deploy.resume: {path}: its experiment is no JSON text of a config")
+    try:
+        return ExperimentConfig.from_json(experiment)
+    except (ConfigError, TypeError, ValueError) as err:
+        raise ConfigError(f"deploy.resume: {path}: its experiment is no usable config ({err})") from None
 
 
 store_schema(DEPLOY_KEY, DeploySettings())

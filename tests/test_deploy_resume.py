@@ -110,6 +110,18 @@ def test_resume_of_a_folder_without_progress_is_refused(tmp_path: Path) -> None:
         split_deploy_settings(_compose(f"deploy.resume={tmp_path}"))
 
 
+@pytest.mark.parametrize(
+    ("experiment", "reason"),
+    [('{"seed": 0}', "its experiment is no usable config"), ({"seed": 0}, "its experiment is no JSON text")],
+)
+def test_resume_of_a_damaged_progress_file_names_the_file(tmp_path: Path, experiment: Any, reason: str) -> None:
+    """A config that is no whole experiment, or no JSON text: the error named neither the file nor the key."""
+    (tmp_path / PROGRESS_DIR).mkdir()
+    (tmp_path / PROGRESS_DIR / PROGRESS_FILE).write_text(json.dumps({"round": 1, "experiment": experiment}))
+    with pytest.raises(ConfigError, match=rf"deploy.resume: .*{PROGRESS_FILE}: {reason}"):
+        split_deploy_settings(_compose(f"deploy.resume={tmp_path}"))
+
+
 def test_the_command_line_refuses_experiment_keys_with_resume(tmp_path: Path) -> None:
     _saved_run(tmp_path / "run")
     env = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
