@@ -29,7 +29,7 @@ def read_checkpoint(path: str | Path) -> Any:
     """The object stored at ``path`` (tensors only: ``weights_only=True``), or :class:`CheckpointError`."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path}: no such file")
+        raise CheckpointError(f"checkpoint {path}: {'a folder, not a file' if path.is_dir() else 'no such file'}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises EOFError, IndexError, UnpicklingError, RuntimeError...

@@ -11,6 +11,8 @@ import pytest
 import torch
 from torch import Tensor
 
+from fl_kd.checkpoint import CheckpointError
+from fl_kd.config import ConfigError
 from fl_kd.vfl import run_vfl
 from fl_kd.vfl.config import DefenceConfig
 from fl_kd.vfl.defences import (
@@ -112,6 +114,26 @@ def test_load_or_train_caches_and_refuses_other_settings(tmp_path: Path) -> None
     assert torch.equal(cached.encode(torch.eye(2)), trained.encode(torch.eye(2)))
     with pytest.raises(ValueError, match="trained with"):
         load_or_train_autoencoder(path, 2, epochs=1, num_train=256, seed=1)
+
+
+@pytest.mark.parametrize("kind", ["folder", "empty", "text", "other dict", "under a file"])
+def test_an_unusable_autoencoder_path_is_named_before_any_training(tmp_path: Path, kind: str) -> None:
+    """Each raised a bare IsADirectoryError, EOFError or KeyError, or (a folder that cannot be made) failed only once
+    the autoencoder was trained."""
+    path = tmp_path / "ae.pt"
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("not a checkpoint")
+    elif kind == "other dict":
+        torch.save({"a": torch.zeros(1)}, path)
+    else:
+        path.write_text("a file")
+        path = path / "ae.pt"
+    with pytest.raises((CheckpointError, ConfigError), match=str(path)):
+        load_or_train_autoencoder(path, 2, epochs=1, num_train=10**9, seed=0)  # a training would not end soon
 
 
 def test_coae_defence_confuses_targets_and_decodes_them_back(

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fl_kd.checkpoint import CheckpointError, read_checkpoint
+from fl_kd.config import ConfigError
 from fl_kd.vfl.hooks import LabelDefence
 
 logger = logging.getLogger(__name__)
@@ -214,11 +216,23 @@ def save_autoencoder(autoencoder: ConfusionalAutoencoder, path: str | Path, **me
     )
 
 
+def _saved(path: Path) -> dict[str, Any]:
+    """What ``save_autoencoder`` wrote at ``path``; :class:`CheckpointError` naming the file for anything else."""
+    saved = read_checkpoint(path)
+    keys = ("num_classes", "encode_dim", "state_dict", "metadata")
+    if not isinstance(saved, dict) or any(key not in saved for key in keys) or not isinstance(saved["metadata"], dict):
+        raise CheckpointError(f"autoencoder {path}: not a file save_autoencoder wrote (it holds {', '.join(keys)})")
+    return saved
+
+
 def load_autoencoder(path: str | Path) -> ConfusionalAutoencoder:
     """Load an autoencoder written by ``save_autoencoder``."""
-    saved = torch.load(Path(path), map_location="cpu", weights_only=True)
-    autoencoder = ConfusionalAutoencoder(int(saved["num_classes"]), encode_dim=int(saved["encode_dim"]))
-    autoencoder.load_state_dict(saved["state_dict"])
+    saved = _saved(Path(path))
+    try:
+        autoencoder = ConfusionalAutoencoder(int(saved["num_classes"]), encode_dim=int(saved["encode_dim"]))
+        autoencoder.load_state_dict(saved["state_dict"])
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"autoencoder {path}: its weights do not load ({type(err).__name__})") from None
     autoencoder.eval()
     return autoencoder
 
@@ -232,13 +246,17 @@ def load_or_train_autoencoder(path: str | Path, num_classes: int, **train_kwargs
     path = Path(path)
     settings = {"num_classes": num_classes, **train_kwargs}
     if path.exists():
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved = _saved(path)
         if saved["metadata"].get("settings") == settings:
             return load_autoencoder(path)
-        raise ValueError(
+        raise CheckpointError(
             f"{path} holds an autoencoder trained with {saved['metadata'].get('settings')}, not {settings}; "
             "use another path or delete the file"
         )
+    try:  # before training: a folder that cannot be made would only fail once the training is done
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"autoencoder path {path}: its folder cannot be made ({type(err).__name__})") from None
     autoencoder = train_autoencoder(num_classes, **train_kwargs)
     save_autoencoder(autoencoder, path, settings=settings)
     return autoencoder
