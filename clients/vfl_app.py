@@ -155,10 +155,11 @@ def setup(msg: Message, context: Context) -> Message:
     return _reply(msg, metrics=MetricRecord(metrics))
 
 
-def _embed_ids(msg: Message, party: FeatureParty) -> dict[int, Tensor]:
+def _embed_ids(msg: Message, node: Node, party: FeatureParty) -> dict[int, Tensor]:
     """The sample ids of each batch the request asks to embed, each within the party's samples: checked whole,
     so a bad request raises before anything changes."""
-    return {b: as_sample_ids(_ids(msg, vp.ids_key(b)), party.num_samples) for b in vp.batches_of(msg.content)}
+    batches = vp.batches_of(msg.content, most=node.cfg.training.batches_per_message)
+    return {b: as_sample_ids(_ids(msg, vp.ids_key(b)), party.num_samples) for b in batches}
 
 
 def _embed_batches(context: Context, node: Node, party: FeatureParty, ids: Mapping[int, Tensor]) -> dict[str, Any]:
@@ -202,7 +203,7 @@ def _apply_batches(
 def embed(msg: Message, context: Context) -> Message:
     """Embeddings ``(B, D)`` of each asked batch, all from the bottom model as it is now."""
     node, party = _feature_party(msg, context)
-    embeddings = _embed_batches(context, node, party, _embed_ids(msg, party))
+    embeddings = _embed_batches(context, node, party, _embed_ids(msg, node, party))
     save_party(context, party, node.cfg.training.party_state == "node")  # the step counter seeds the next forward pass
     return _reply(msg, arrays=_arrays(embeddings))
 
@@ -215,7 +216,7 @@ def loss_and_gradients(msg: Message, context: Context) -> Message:
     grads: dict[str, Any] = {}
     losses: dict[str, MetricRecordValues] = {}
     rejected: dict[str, ConfigRecordValues] = {}
-    for b in vp.batches_of(msg.content):
+    for b in vp.batches_of(msg.content, most=node.cfg.training.batches_per_message):
         keys = [vp.ids_key(b)] + [vp.embedding_key(b, k) for k in range(node.cfg.num_feature_parties)]
         try:
             last = last_step(context)
@@ -240,7 +241,8 @@ def loss_and_gradients(msg: Message, context: Context) -> Message:
 def apply_gradients(msg: Message, context: Context) -> Message:
     """Back-propagate each received gradient in order; a malformed one is refused and leaves the model untouched."""
     node, party = _feature_party(msg, context)
-    rejected = _apply_batches(msg, context, node, party, vp.batches_of(msg.content))
+    batches = vp.batches_of(msg.content, most=node.cfg.training.batches_per_message)
+    rejected = _apply_batches(msg, context, node, party, batches)
     save_party(context, party, node.cfg.training.party_state == "node")
     return _reply(msg, config=ConfigRecord(rejected))
 
@@ -253,8 +255,9 @@ def apply_and_embed(msg: Message, context: Context) -> Message:
     that fails to embed answers with an error, and the server counts those gradients as not applied.
     """
     node, party = _feature_party(msg, context)
-    ids = _embed_ids(msg, party)  # a bad embed request is refused before any gradient changes the party
-    rejected = _apply_batches(msg, context, node, party, vp.batches_of(msg.content, vp.APPLY, optional=True))
+    ids = _embed_ids(msg, node, party)  # a bad embed request is refused before any gradient changes the party
+    applied = vp.batches_of(msg.content, vp.APPLY, optional=True, most=node.cfg.training.batches_per_message)
+    rejected = _apply_batches(msg, context, node, party, applied)
     embeddings = _embed_batches(context, node, party, ids)
     save_party(context, party, node.cfg.training.party_state == "node")
     return _reply(msg, arrays=_arrays(embeddings), config=ConfigRecord(rejected))

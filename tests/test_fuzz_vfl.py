@@ -60,7 +60,8 @@ class Run:
 
     def __init__(self) -> None:
         # Two epochs: requests of the second one reach a label party that stepped on this chunk in the first.
-        self.cfg = from_mapping(VFLRunConfig, {"seed": 3, "attack": {}, "training": {"epochs": 2, "batch_size": 16}})
+        training = {"epochs": 2, "batch_size": 16, "batches_per_message": len(BATCHES)}  # one chunk of two batches
+        self.cfg = from_mapping(VFLRunConfig, {"seed": 3, "attack": {}, "training": training})
         self.grid = LoopbackGrid(
             client_app, self.cfg.num_feature_parties + 1, {vp.CONFIG_KEY: vp.encode_config(self.cfg)}
         )
@@ -746,3 +747,17 @@ def test_a_reply_whose_arrays_record_is_beyond_the_protocol_is_refused_before_an
 def test_batches_per_message_is_refused_where_a_message_would_exceed_the_protocols_array_count() -> None:
     with pytest.raises(ConfigError, match="more than the protocol's 1024"):
         from_mapping(VFLRunConfig, {"training": {"batches_per_message": 600}})
+
+
+def test_a_request_naming_more_batches_than_a_message_carries_is_refused_whole(run: Run) -> None:
+    """More batches than ``training.batches_per_message``: no server of the run sends that; refused before any of
+    them is read."""
+    party = run.server.features[0]
+    batches = [*BATCHES, len(BATCHES)]
+    arrays = {vp.ids_key(b): Array(np.arange(16 * b, 16 * b + 16, dtype=np.int64)) for b in batches}
+    content = RecordDict({vp.ARRAYS: ArrayRecord(arrays), vp.CONFIG: ConfigRecord({vp.EPOCH: 0, vp.BATCHES: batches})})
+    context = run.grid.contexts[party.node_id]
+    before = _state(context)
+    with pytest.raises(ValueError, match=f"names 3 batches in batches, more than the run's {len(BATCHES)} a message"):
+        client_app(Message(content, dst_node_id=party.node_id, message_type=vp.EMBED), context)
+    _assert_same(_state(context), before)

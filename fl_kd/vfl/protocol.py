@@ -239,9 +239,9 @@ def ids_of(content: Any, key: str) -> np.ndarray:
     return array.astype(np.int64)
 
 
-def batches_of(content: Any, key: str = BATCHES, optional: bool = False) -> list[int]:
+def batches_of(content: Any, key: str = BATCHES, optional: bool = False, most: int | None = None) -> list[int]:
     """The batch indices a request names (``config.batches``, or ``key``; none when ``optional`` and absent), each
-    at most once and none negative."""
+    at most once, none negative, and at most ``most`` of them (``training.batches_per_message``) when given."""
     batches = scalar_of(content, CONFIG, key)
     if batches is None and optional:
         return []
@@ -250,6 +250,8 @@ def batches_of(content: Any, key: str = BATCHES, optional: bool = False) -> list
     if any(b < 0 for b in batches) or len(set(batches)) != len(batches):
         # A batch named twice would be stepped on twice, with one loss and one gradient to show for it.
         raise ProtocolError(f"a request names a negative or repeated batch in {key}: {str(batches)[:80]}")
+    if most is not None and len(batches) > most:
+        raise ProtocolError(f"a request names {len(batches)} batches in {key}, more than the run's {most} a message")
     return list(batches)
 
 
