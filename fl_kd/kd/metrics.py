@@ -102,8 +102,9 @@ def round_metrics(
     n_rejected, n_missing : int (default: 0)
         Client answers dropped by screening, and selected clients that did not answer.
     n_eval_dropped : int (default: 0)
-        Over Flower, the evaluate phase's replies left out: error replies (a client that failed to take in the
-        server's knowledge), replies to no message of the round's, repeated ones, and accuracies outside [0, 1].
+        Clients of the evaluate phase left out of its figures: a sampled client that failed to take in the server's
+        knowledge (both runtimes) and, over Flower, a reply to no message of the round's, a repeated one, or one
+        whose accuracies are missing or outside [0, 1].
     cost : Mapping | None (default: None)
         Device cost of the round (:func:`fl_kd.kd.cost.cost_metrics`), appended as they are.
     server_acc_subset : float | None (default: None)
