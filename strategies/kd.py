@@ -145,9 +145,9 @@ class KDStrategy(Strategy):
             log(WARNING, "Node %s answered discovery %d times; it is left out", node_id, senders[node_id])
         for reply in sorted(replies, key=lambda m: m.metadata.src_node_id):
             node_id = reply.metadata.src_node_id
-            partition_id = None if reply.has_error() else int_of(reply.content, kd.METRICS, kd.PARTITION_ID)
             if senders[node_id] > 1:
                 continue
+            partition_id = None if reply.has_error() else int_of(reply.content, kd.METRICS, kd.PARTITION_ID)
             if reply.has_error():  # the node's own reason: say, its data folder or node config is wrong
                 log(WARNING, "Node %s could not identify itself (%s); it is left out", node_id,
                     party_text(reply.error.reason))  # fmt: skip

@@ -227,7 +227,11 @@ def _saved(path: Path) -> dict[str, Any]:
 
 def load_autoencoder(path: str | Path) -> ConfusionalAutoencoder:
     """Load an autoencoder written by ``save_autoencoder``."""
-    saved = _saved(Path(path))
+    return _autoencoder(_saved(Path(path)), path)
+
+
+def _autoencoder(saved: dict[str, Any], path: str | Path) -> ConfusionalAutoencoder:
+    """The autoencoder of a checked file's contents (:func:`_saved`)."""
     try:
         autoencoder = ConfusionalAutoencoder(int(saved["num_classes"]), encode_dim=int(saved["encode_dim"]))
         autoencoder.load_state_dict(saved["state_dict"])
@@ -248,7 +252,7 @@ def load_or_train_autoencoder(path: str | Path, num_classes: int, **train_kwargs
     if path.exists():
         saved = _saved(path)
         if saved["metadata"].get("settings") == settings:
-            return load_autoencoder(path)
+            return _autoencoder(saved, path)  # read once
         raise CheckpointError(
             f"{path} holds an autoencoder trained with {saved['metadata'].get('settings')}, not {settings}; "
             "use another path or delete the file"
