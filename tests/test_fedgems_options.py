@@ -643,8 +643,8 @@ def test_selection_settings_are_declared_once_and_all_reach_the_server() -> None
     assert names <= {field.name for field in fields(FedGEMSConfig)}
     assert names <= {field.name for field in fields(ServerDistillConfig)}
     learned = FedGEMSConfig(
-        correctness="held_out", held_out_fraction=0.3, distill_correct=True, unlabelled_trust="learned",
-        reliability_on="held_out", teacher_min_confidence=0.5, learned_weight_decay=0.1,
+        correctness="held_out", held_out_fraction=0.3, held_out_server_labels=True, distill_correct=True,
+        unlabelled_trust="learned", reliability_on="held_out", teacher_min_confidence=0.5, learned_weight_decay=0.1,
         learned_prob_floor=0.01, learned_trim=1, unlabelled_per_round=7, unlabelled_cache=3, canaries=5, canary_z=2.0,
         canary_burst_z=4.0, consensus_z=2.5, consensus_margin=0.05, consensus_confidence=True, consensus_burst_z=3.5,
         consensus_raise=True, consensus_raise_margin=0.08,

@@ -461,6 +461,14 @@ EXTRAS: tuple[Extra, ...] = (
     # 0.5, seeds 0-2, its teacher led by about a point and its server by 0.15 on the mean (the record of 2026-12-07);
     # alpha 0.1 and 2 classes per client not run yet.
     Extra("fedgems_trust_800", "fedgems, trust fitted on 800 labels", FEDGEMS, add=("strategy.held_out_fraction=0.8",)),
+    # The same, with the server trained on all 1,000 labels (the clients then leave the 800 out of what they learn
+    # from it): is it the 200 labels left for the server's cross-entropy that hold it under its teacher?
+    Extra(
+        "fedgems_trust_800_server_labels",
+        "fedgems, trust fitted on 800 labels, server trained on all 1,000",
+        FEDGEMS,
+        add=("strategy.held_out_fraction=0.8", "strategy.held_out_server_labels=true"),
+    ),
     # The server-alone baselines at 4 epochs a round (FedGEMS' server's before its last step), with and without the
     # weight average.
     *(

@@ -212,7 +212,13 @@ class DistillClient:
             predict_logits(self.shown_model, self.transfer_x[torch.from_numpy(index)], device=self.device), dtype
         )
 
-    def distill(self, round: int, server_logits: ArrayLike, label_free: ArrayLike | None = None) -> dict[str, float]:
+    def distill(
+        self,
+        round: int,
+        server_logits: ArrayLike,
+        label_free: ArrayLike | None = None,
+        withheld: ArrayLike | None = None,
+    ) -> dict[str, float]:
         """E_pub epochs of ``eps * CE + (1 - eps) * KD(server -> client)`` over the transfer set.
 
         Parameters
@@ -224,6 +230,9 @@ class DistillClient:
         label_free : ndarray | None (default: None)
             Transfer positions whose labels the client must not learn: pure KD there (the server measures the
             clients' reliability on them, which memorised labels would inflate).
+        withheld : ndarray | None (default: None)
+            Transfer positions the client learns nothing from: the server trained on their labels, so its logits
+            there carry them. They stay in the batches (at no loss), so every other sample's batches are unchanged.
 
         Raises
         ------
@@ -236,14 +245,18 @@ class DistillClient:
         hidden = torch.zeros(num, dtype=torch.bool)
         if label_free is not None:
             hidden[torch.from_numpy(check_positions(label_free, num))] = True
+        skipped = torch.zeros(num, dtype=torch.bool)
+        if withheld is not None:
+            skipped[torch.from_numpy(check_positions(withheld, num))] = True
 
         def loss_fn(logits: Tensor, y: Tensor, index: Tensor) -> Tensor:
             target = teacher[index].to(self.device)
-            if not hidden.any():
+            if not (hidden.any() or skipped.any()):
                 return distillation_loss(logits, target, y, cfg.epsilon, cfg.temperature)
             mixed = distillation_loss(logits, target, y, cfg.epsilon, cfg.temperature, reduction="none")
             pure = kd_loss(logits, target, cfg.temperature, reduction="none")
-            return torch.where(hidden[index].to(self.device), pure, mixed).mean()
+            per_sample = torch.where(hidden[index].to(self.device), pure, mixed)
+            return torch.where(skipped[index].to(self.device), torch.zeros_like(pure), per_sample).mean()
 
         loss = self._run_epochs(round, "distill", cfg.distill_epochs, self.transfer_x, self.transfer_y, loss_fn)
         return {"loss": loss, "num_examples": float(num), "train_samples": float(cfg.distill_epochs * num)}

@@ -46,6 +46,9 @@ UNLABELLED_POSITIONS = "unlabelled-positions"
 UNLABELLED_LOGITS = "unlabelled-logits"
 #: Labelled positions whose labels a client must not train on (FedGEMS ``reliability_on=held_out``).
 LABEL_FREE_POSITIONS = "label-free-positions"
+#: Labelled positions a client must leave out of all it learns from the server (FedGEMS ``held_out_server_labels``:
+#: the server trains on their labels, so its logits there would carry them).
+WITHHELD_POSITIONS = "withheld-positions"
 
 # metrics record
 PARTITION_ID = "partition-id"

@@ -41,10 +41,10 @@ class FedGEMSConfig(SelectionConfig, SGDStrategyConfig):
         32 levels about 0.32 nats apart down to -10, packed).
     checkpoint : str | None (default: None)
         Server checkpoint to start from (pretrained model or an earlier federation's ``server.pt``).
-    correctness, held_out_fraction, distill_correct, unlabelled_trust, reliability_power, reliability_on,
-    teacher_min_confidence, learned_weight_decay, learned_prob_floor, learned_trim, unlabelled_per_round,
-    unlabelled_cache, canaries, canary_z, canary_burst_z, consensus_z, consensus_margin, consensus_confidence,
-    consensus_burst_z, consensus_raise, consensus_raise_margin
+    correctness, held_out_fraction, held_out_server_labels, distill_correct, unlabelled_trust, reliability_power,
+    reliability_on, teacher_min_confidence, learned_weight_decay, learned_prob_floor, learned_trim,
+    unlabelled_per_round, unlabelled_cache, canaries, canary_z, canary_burst_z, consensus_z, consensus_margin,
+    consensus_confidence, consensus_burst_z, consensus_raise, consensus_raise_margin
         What the server distils and whom it trusts: see
         :class:`~fl_kd.kd.fedgems.server_config.SelectionConfig`, which declares and checks them for the core
         server and this strategy alike.

@@ -13,6 +13,8 @@ labelled transfer set it asks no client again. The options here, all off by defa
   (:mod:`fl_kd.kd.fedgems.reliability`);
 * ``unlabelled_trust="learned"``: the same, but the teacher is a per-client, per-class combiner fitted each round
   on the held-out slice, whose labels no client trained on (:mod:`fl_kd.kd.fedgems.combiner`);
+* ``held_out_server_labels``: with either trust, the server trains on the held-out slice's labels too and the clients
+  leave the slice out of all they learn from it, so the slice serves the trust alone;
 * ``canaries``: labelled samples hidden in the unlabelled part screen out clients that are honest only where they
   know they are checked (:mod:`fl_kd.kd.fedgems.canaries`);
 * ``consensus_z``: the same clients screened out without labels, by their agreement with the other clients

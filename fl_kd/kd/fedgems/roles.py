@@ -23,7 +23,7 @@ from fl_kd.kd.fedgems.server import SelectiveDistillServer
 from fl_kd.kd.losses import kd_loss
 from fl_kd.kd.roles import Answer, Arrays, DistillClientRole, Instruction, ServerRole
 from fl_kd.kd.seeding import derive_seed, torch_generator
-from fl_kd.kd.training import accuracy, cpu_state_dict, from_wire, wire_dtype
+from fl_kd.kd.training import accuracy, check_positions, cpu_state_dict, from_wire, wire_dtype
 from fl_kd.kd.validation import check_answer_logits
 
 
@@ -90,7 +90,8 @@ class FedGEMSServer(ServerRole):
     def evaluate_instruction(self, round: int, client_id: int) -> Instruction:
         """The server's logits on the whole labelled part (and on the round's unlabelled subset, if asked)."""
         label_free = self.server.options.label_free_positions()
-        extra = {kd.LABEL_FREE_POSITIONS: label_free} if label_free.size else {}
+        key = kd.WITHHELD_POSITIONS if self.server.config.held_out_server_labels else kd.LABEL_FREE_POSITIONS
+        extra = {key: label_free} if label_free.size else {}
         return Instruction({kd.SERVER_LOGITS: self._broadcast, **self._unlabelled, **extra})
 
     def evaluate(self, x: Tensor, y: Tensor) -> float:
@@ -219,7 +220,10 @@ class FedGEMSClient(DistillClientRole):
         server_logits = instruction.arrays.get(kd.SERVER_LOGITS)
         if server_logits is None:
             raise ValueError(f"asked to distil but the message has no {kd.SERVER_LOGITS}")
-        result = self.client.distill(round, server_logits, instruction.arrays.get(kd.LABEL_FREE_POSITIONS))
+        arrays = instruction.arrays
+        result = self.client.distill(
+            round, server_logits, arrays.get(kd.LABEL_FREE_POSITIONS), arrays.get(kd.WITHHELD_POSITIONS)
+        )
         metrics = {kd.DISTILL_LOSS: float(result["loss"]), kd.TRAIN_SAMPLES: float(result["train_samples"])}
         if kd.UNLABELLED_POSITIONS in instruction.arrays or kd.UNLABELLED_LOGITS in instruction.arrays:
             metrics[kd.TRAIN_SAMPLES] += self._distill_unlabelled(round, instruction)
@@ -277,11 +281,17 @@ class FedGEMSClient(DistillClientRole):
             self.personal_rounds = int(rounds) if rounds is not None else 0
 
     def _keep_anchor(self, server_logits: Any, instruction: Instruction) -> None:
-        """Keep the server's logits just distilled, on the labelled part and the unlabelled subset sent."""
+        """Keep the server's logits just distilled, on the labelled part (but its withheld positions) and the
+        unlabelled subset sent."""
         labelled = int(self.client.transfer_x.shape[0])
         positions = [torch.arange(labelled)]
         classes = self.client.num_classes
         logits = [torch.from_numpy(from_wire(np.asarray(server_logits), classes))]
+        withheld = instruction.arrays.get(kd.WITHHELD_POSITIONS)
+        if withheld is not None:
+            keep = torch.ones(labelled, dtype=torch.bool)
+            keep[torch.from_numpy(check_positions(withheld, labelled))] = False
+            positions, logits = [positions[0][keep]], [logits[0][keep]]
         unlabelled = instruction.arrays.get(kd.UNLABELLED_POSITIONS)
         if unlabelled is not None and len(unlabelled):
             positions.append(torch.from_numpy(np.asarray(unlabelled, dtype=np.int64)))

@@ -200,16 +200,17 @@ class SelectiveDistillServer:
         """Before training: accuracy on the held-out slice, and on the samples where no client was right.
 
         The latter is measured where it is honest: on the held-out slice when there is one (never trained on by
-        label, nor on a teacher chosen by its label), else on the whole labelled part.
+        label, nor on a teacher chosen by its label; with ``held_out_server_labels`` it is, so neither figure is
+        given), else on the whole labelled part.
         """
-        predictions = self._predict().argmax(dim=1)
-        correct = predictions == self.transfer_y
+        correct = self._predict().argmax(dim=1) == self.transfer_y
         honest = self.options.held_out if self.options.held_out is not None else torch.ones_like(correct)
-        if self.options.held_out is not None:
+        trained = self.config.held_out_server_labels
+        if self.options.held_out is not None and not trained:
             stats.extra["held_out_accuracy"] = float(correct[honest].double().mean())
         untrusted = honest & ~some_client_right
         stats.extra["n_untrusted"] = int(untrusted.sum())
-        if untrusted.any():
+        if untrusted.any() and not trained:
             stats.extra["untrusted_accuracy"] = float(correct[untrusted].double().mean())
 
     def _view(self, x: Tensor) -> Tensor:
@@ -234,15 +235,14 @@ class SelectiveDistillServer:
         dark = correct & has_teacher[index] if cfg.distill_correct else torch.zeros_like(correct)
         if held is not None:
             ce_only &= ~held
-
         soft = (use_cache | use_clients | dark).to(self.device)
         targets = torch.where(use_cache.unsqueeze(1), cached_logits, teacher[index]).to(self.device)
         cross_entropy = F.cross_entropy(logits, y, reduction="none")
         kd = kd_loss(logits, targets, cfg.temperature, reduction="none")
         # Samples without soft targets still get a (finite) kd value; where() drops it and its gradient.
         per_sample = torch.where(soft, cfg.epsilon * cross_entropy + (1.0 - cfg.epsilon) * kd, cross_entropy)
-        if held is not None:
-            # A held-out sample learns only from the clients' soft targets, never from its label.
+        if held is not None and not cfg.held_out_server_labels:
+            # A held-out sample learns only from the clients' soft targets, never from its label (by default).
             held_loss = torch.where(soft, kd, torch.zeros_like(kd))
             per_sample = torch.where(held.to(self.device), held_loss, per_sample)
         loss = per_sample.mean()

@@ -39,6 +39,12 @@ class SelectionConfig(ConsensusConfig):
         ``unlabelled_trust``, whose trust is fitted there, the slice is not distilled).
     held_out_fraction : float (default: 0.2)
         Share of the labelled part held out with ``correctness="held_out"``.
+    held_out_server_labels : bool (default: False)
+        With ``reliability_on=held_out`` and ``unlabelled_trust``, where the slice serves only to measure the
+        clients: the server also trains on its labels by cross-entropy, as on the rest of the labelled part, and the
+        clients leave the slice out of everything they learn from the server (its logits there would now carry the
+        labels to them, and the trust fitted there would read memorised answers). The server's correctness on the
+        slice is then no longer honest, so neither its accuracy there nor where no client was right is reported.
     distill_correct : bool (default: False)
         Also distil the clients' fused soft targets where the server is right (their dark knowledge); the query
         then covers the trained samples the server gets right too.
@@ -104,6 +110,7 @@ class SelectionConfig(ConsensusConfig):
 
     correctness: str = "train"
     held_out_fraction: float = 0.2
+    held_out_server_labels: bool = False
     distill_correct: bool = False
     unlabelled_trust: str = "none"
     reliability_power: float = 4.0
@@ -147,6 +154,12 @@ class SelectionConfig(ConsensusConfig):
             f"{prefix}unlabelled_trust=learned needs {prefix}reliability_on=held_out (and so "
             f"{prefix}correctness=held_out): its combiner is fitted on the clients' answers where none of them "
             "trained on the label, and only the held-out slice is such a place",
+        )
+        require(
+            not self.held_out_server_labels or (self.unlabelled_trust != "none" and self.reliability_on == "held_out"),
+            f"{prefix}held_out_server_labels needs {prefix}unlabelled_trust=class_reliability or learned and "
+            f"{prefix}reliability_on=held_out: without them the server distils the clients on the held-out slice, "
+            "and its correctness there is what keeps asking them",
         )
         require(
             self.unlabelled_cache == 0 or self.unlabelled_trust != "none",
@@ -214,10 +227,10 @@ class ServerDistillConfig(SelectionConfig):
         KD temperature.
     weighting : str (default: "inverse_entropy")
         Client fusion rule, a name in :data:`fl_kd.kd.fusion.FUSION_RULES`.
-    correctness, held_out_fraction, distill_correct, unlabelled_trust, reliability_power, reliability_on,
-    teacher_min_confidence, learned_weight_decay, learned_prob_floor, learned_trim, unlabelled_per_round,
-    unlabelled_cache, canaries, canary_z, canary_burst_z, consensus_z, consensus_margin, consensus_confidence,
-    consensus_burst_z, consensus_raise, consensus_raise_margin
+    correctness, held_out_fraction, held_out_server_labels, distill_correct, unlabelled_trust, reliability_power,
+    reliability_on, teacher_min_confidence, learned_weight_decay, learned_prob_floor, learned_trim,
+    unlabelled_per_round, unlabelled_cache, canaries, canary_z, canary_burst_z, consensus_z, consensus_margin,
+    consensus_confidence, consensus_burst_z, consensus_raise, consensus_raise_margin
         See :class:`SelectionConfig`.
     ema_decay : float (default: 0.0)
         The server shows an exponential moving average of its weights, updated after every step with this decay
