@@ -11,8 +11,9 @@ are those of :mod:`fl_kd.kd.protocol`. Handlers:
 * ``train``: train on private data as instructed and answer (logits or weights, as the algorithm says);
 * ``evaluate``: take in the server's knowledge (when sampled this round), then report test accuracy.
 
-Every incoming array is decoded only after its declared dtype and shape agree with its bytes; scalars are
-type-checked; a malformed message raises a clear error, which Flower returns to the server as an error reply.
+Every incoming array is decoded only after its name is one the client takes in that phase and its declared dtype
+and shape agree with its bytes; scalars are type-checked; a malformed message raises a clear error, which Flower
+returns to the server as an error reply.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from fl_kd.kd.progress import (
     save_client_state,
     state_root,
 )
-from fl_kd.kd.roles import ClientRole, Instruction
+from fl_kd.kd.roles import ClientRole, Instruction, Phase
 from fl_kd.kd.validation import check_bounded
 from fl_kd.protocol import decode_record, party_text, record, scalar_of
 
@@ -189,29 +190,34 @@ def _state_round(msg: Message, server_round: int, training: bool) -> int | None:
     return value
 
 
-def _instruction(msg: Message, context: Context) -> tuple[int, Instruction]:
-    """The server round and the instruction a message carries, checked before use.
-
-    Raises ``ValueError`` saying why on a missing or non-integer round or one past the run's, a config value that is
-    not a bool, number or string (dropped, a setting would take its default), a record of more arrays or bytes than the
-    protocol allows (:func:`fl_kd.protocol.decode_record`, checked before any array decodes), an array that does
-    not decode, positions that are not a 1-D integer array (floats are not cast), or a float array with NaN, inf or
-    a value beyond ``max_abs_value``; Flower returns it to the server as an error reply.
-    """
+def _server_round(msg: Message, context: Context) -> int:
+    """The message's server round: a positive int, not past the run's rounds (``ValueError`` saying why)."""
     server_round = scalar_of(msg.content, kd.CONFIG, kd.SERVER_ROUND)
     if isinstance(server_round, bool) or not isinstance(server_round, int) or server_round < 1:
         raise ValueError(f"message has no positive int {kd.SERVER_ROUND}, got {party_text(server_round, 40)}")
-    arrays = decode_record(msg.content, kd.ARRAYS)  # bounded before the context is read
-    cfg = _config(context)
-    rounds = cfg.strategy.rounds
+    rounds = _config(context).strategy.rounds
     if server_round > rounds:  # a round past the run's once named a state file too long to write
         raise ValueError(f"{kd.SERVER_ROUND}={party_text(server_round, 40)} is past the run's {rounds} rounds")
+    return server_round
+
+
+def _instruction(msg: Message, context: Context, client: ClientRole, phase: Phase) -> Instruction:
+    """The instruction a ``phase`` message carries for ``client``, checked before use.
+
+    Raises ``ValueError`` saying why on a config value that is not a bool, number or string (dropped, a setting
+    would take its default), a record of arrays the client does not take in this phase
+    (:meth:`~fl_kd.kd.roles.ClientRole.instruction_names`) or of more arrays or bytes than the protocol allows
+    (:func:`fl_kd.protocol.decode_record`, both checked before any array decodes), an array that does not decode,
+    positions that are not a 1-D integer array (floats are not cast), or a float array with NaN, inf or a value
+    beyond ``max_abs_value``; Flower returns it to the server as an error reply.
+    """
+    arrays = decode_record(msg.content, kd.ARRAYS, client.instruction_names(phase))
     positions = arrays.get(kd.POSITIONS)
     if positions is not None and (positions.ndim != 1 or not np.issubdtype(positions.dtype, np.integer)):
         raise ValueError(f"{kd.POSITIONS} must be a 1-D integer array, got {positions.dtype} {positions.shape}")
     if positions is not None and positions.size and int(positions.min()) < 0:
         raise ValueError(f"{kd.POSITIONS} must not be negative")
-    reason = check_bounded(arrays, cfg.max_abs_value)
+    reason = check_bounded(arrays, _config(context).max_abs_value)
     if reason is not None:
         raise ValueError(f"instruction refused: {reason}")
     config = dict(record(msg.content, kd.CONFIG))
@@ -219,7 +225,7 @@ def _instruction(msg: Message, context: Context) -> tuple[int, Instruction]:
     odd = sorted(key for key, value in config.items() if not isinstance(value, (bool, int, float, str)))
     if odd:  # dropped, a setting would fall back to its default without a word (bytes for a dtype: float32 logits)
         raise ValueError(f"config {odd[0]!r} must be a bool, number or string, got {type(config[odd[0]]).__name__}")
-    return server_round, Instruction(arrays, config)
+    return Instruction(arrays, config)
 
 
 @app.query()
@@ -239,9 +245,10 @@ def hello(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train as instructed and answer the server."""
-    server_round, instruction = _instruction(msg, context)
+    server_round = _server_round(msg, context)
     state_round = _state_round(msg, server_round, training=True)
     _, client = _client(context, state_round)
+    instruction = _instruction(msg, context, client, "train")
     answer = client.train(server_round, instruction)
     _save(context, client, server_round, state_round)
     metrics: dict[str, MetricRecordValues] = {kd.PARTITION_ID: _partition_id(context), **answer.metrics}
@@ -257,9 +264,10 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Take in the server's knowledge (if sampled this round), then test on the global and the own test set."""
-    server_round, instruction = _instruction(msg, context)
+    server_round = _server_round(msg, context)
     state_round = _state_round(msg, server_round, training=False)
     federation, client = _client(context, state_round)
+    instruction = _instruction(msg, context, client, "evaluate")
     distill = instruction.config.get(kd.DISTILL)
     if not isinstance(distill, bool):
         raise ValueError(f"{kd.DISTILL} must be a bool, got {distill!r}")

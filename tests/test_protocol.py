@@ -11,7 +11,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from fl_kd.clients.kd_app import _instruction
 from fl_kd.config import from_mapping, to_mapping
 from fl_kd.kd import protocol as kd
+from fl_kd.kd.algorithm import get_algorithm
 from fl_kd.kd.config import ExperimentConfig
+from fl_kd.kd.federation import build_federation
 from fl_kd.protocol import MAX_RECORD_ARRAYS, ProtocolError, decode_array, decode_record, party_text, payload_nbytes
 from tests.kd_configs import tiny_config
 from tests.test_fuzz_kd import Round
@@ -106,8 +108,10 @@ def test_the_kd_clientapp_refuses_an_instruction_of_too_many_arrays() -> None:
     flood = {f"x{i}": Array(np.zeros(1, np.float32)) for i in range(MAX_RECORD_ARRAYS + 1)}
     content = RecordDict({kd.ARRAYS: ArrayRecord(flood), kd.CONFIG: ConfigRecord({kd.SERVER_ROUND: 1})})
     message = Message(content, dst_node_id=1, message_type="train")
+    cfg = tiny_config()
+    client = get_algorithm(cfg.strategy.name).build_client(cfg, build_federation(cfg), 0)
     with pytest.raises(ValueError, match="more than"):
-        _instruction(message, None)  # refused before the context is read
+        _instruction(message, None, client, "train")  # refused before the context is read
 
 
 @pytest.mark.parametrize("strategy", ["fedgems", "fedavg", "fedavg_server_model", "feddf", "fedet", "fedmd", "dsfl"])

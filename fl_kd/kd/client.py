@@ -248,10 +248,11 @@ class DistillClient:
         skipped = torch.zeros(num, dtype=torch.bool)
         if withheld is not None:
             skipped[torch.from_numpy(check_positions(withheld, num))] = True
+        masked = bool(hidden.any() or skipped.any())
 
         def loss_fn(logits: Tensor, y: Tensor, index: Tensor) -> Tensor:
             target = teacher[index].to(self.device)
-            if not (hidden.any() or skipped.any()):
+            if not masked:
                 return distillation_loss(logits, target, y, cfg.epsilon, cfg.temperature)
             mixed = distillation_loss(logits, target, y, cfg.epsilon, cfg.temperature, reduction="none")
             pure = kd_loss(logits, target, cfg.temperature, reduction="none")

@@ -20,7 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -32,6 +32,7 @@ from fl_kd.kd.training import check_positions, wire_dtype
 
 Arrays = dict[str, NDArray[Any]]
 Scalars = dict[str, bool | int | float | str]
+Phase = Literal["train", "evaluate"]
 
 
 @dataclass
@@ -154,6 +155,14 @@ class ClientRole(ABC):
     @abstractmethod
     def receive(self, round: int, instruction: Instruction) -> dict[str, float]:
         """Take in the server's knowledge (distil its logits, load its weights); returns figures for the log."""
+
+    @abstractmethod
+    def instruction_names(self, phase: Phase) -> frozenset[str]:
+        """The array names the server's ``phase`` instruction may carry.
+
+        Both runtimes refuse an instruction with any other name before it reaches the client (the ClientApp before
+        any array decodes), as the server refuses an answer it did not ask for (:meth:`ServerRole.answer_names`).
+        """
 
     @abstractmethod
     def evaluate(self, x: Tensor, y: Tensor) -> float:

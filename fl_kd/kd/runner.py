@@ -30,7 +30,7 @@ from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.cost import ClientCost, cost_metrics
 from fl_kd.kd.federation import Federation, build_federation, sample_clients
 from fl_kd.kd.metrics import Metrics, round_metrics, server_trend
-from fl_kd.kd.roles import Arrays, ClientRole, Instruction, ServerRole
+from fl_kd.kd.roles import Answer, Arrays, ClientRole, Instruction, Phase, ServerRole
 from fl_kd.kd.validation import check_bounded
 from fl_kd.runtime import one_torch_thread
 
@@ -70,11 +70,11 @@ def run_round(
     instructions = {cid: server.train_instruction(round, cid) for cid in selected}
     # A client that raises (or refuses an instruction beyond the bound) is what Flower reports as an error reply:
     # it never stops the run, its answer is rejected, and in the evaluate phase its accuracy is left out.
-    answers = {
-        cid: answer
-        for cid in selected
-        if (answer := _client_step(cid, clients[cid].train, round, instructions[cid], cfg.max_abs_value))
-    }
+    answers: dict[int, Answer] = {}
+    for cid in selected:
+        answer = _client_step(clients[cid], "train", clients[cid].train, round, instructions[cid], cfg.max_abs_value)
+        if answer is not None:
+            answers[cid] = answer
     accepted: dict[int, Arrays] = {}
     for cid, answer in answers.items():
         # The same screen as the Flower strategy's: the generic bound first, then the algorithm's own checks.
@@ -84,7 +84,9 @@ def run_round(
     knowledge = {cid: server.evaluate_instruction(round, cid) for cid in selected}
     costs, failed = {}, set()
     for cid in selected:
-        received = _client_step(cid, clients[cid].receive, round, knowledge[cid], cfg.max_abs_value)
+        received = _client_step(
+            clients[cid], "evaluate", clients[cid].receive, round, knowledge[cid], cfg.max_abs_value
+        )
         if received is None:
             failed.add(cid)
         answer = answers.get(cid)
@@ -118,23 +120,28 @@ def run_round(
 
 
 def _client_step(
-    client_id: int,
-    phase: Callable[[int, Instruction], T],
+    client: ClientRole,
+    phase: Phase,
+    step: Callable[[int, Instruction], T],
     round: int,
     instruction: Instruction,
     max_abs_value: float,
 ) -> T | None:
-    """One client's phase on an instruction it first checks, as the ClientApp does (finite, within the bound).
+    """``client``'s ``step`` of ``phase`` (its ``train`` or ``receive``) on an instruction it first checks, as the
+    ClientApp does: only the array names it takes in that phase, every value finite and within the bound.
 
     A client that refuses the instruction or raises is logged and gives None, as a Flower error reply would.
     """
     try:
+        unasked = sorted(set(instruction.arrays) - client.instruction_names(phase))
+        if unasked:
+            raise ValueError(f"instruction refused: arrays that were not asked for: {', '.join(unasked)}")
         reason = check_bounded(instruction.arrays, max_abs_value)
         if reason is not None:
             raise ValueError(f"instruction refused: {reason}")
-        return phase(round, instruction)
+        return step(round, instruction)
     except Exception as err:  # noqa: BLE001 - any client failure must not stop the run
-        log.warning("client %d failed: %s: %s", client_id, type(err).__name__, err)
+        log.warning("client %d failed: %s: %s", client.client_id, type(err).__name__, err)
         return None
 
 

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from fl_kd.kd.adversary.behaviours import Behaviour
 from fl_kd.kd.client import DistillClient
-from fl_kd.kd.roles import Answer, ClientRole, DistillClientRole, Instruction
+from fl_kd.kd.roles import Answer, ClientRole, DistillClientRole, Instruction, Phase
 from fl_kd.kd.seeding import derive_seed
 
 
@@ -62,6 +62,10 @@ class MaliciousClient(ClientRole):
     def receive(self, round: int, instruction: Instruction) -> dict[str, float]:
         """As the honest client."""
         return self.honest.receive(round, instruction)
+
+    def instruction_names(self, phase: Phase) -> frozenset[str]:
+        """As the honest client."""
+        return self.honest.instruction_names(phase)
 
     def evaluate(self, x: Tensor, y: Tensor) -> float:
         """As the honest client."""

@@ -28,7 +28,7 @@ from fl_kd.kd.client import DistillClient
 from fl_kd.kd.fedavg.root import FLTRUST, RootUpdate
 from fl_kd.kd.robust import ROBUST_RULES, RobustSettings
 from fl_kd.kd.robust_weights import fltrust_average, robust_average
-from fl_kd.kd.roles import Answer, Arrays, DistillClientRole, Instruction, ServerRole
+from fl_kd.kd.roles import Answer, Arrays, DistillClientRole, Instruction, Phase, ServerRole
 from fl_kd.kd.training import accuracy
 from fl_kd.kd.validation import DEFAULT_MAX_ABS_VALUE
 from fl_kd.kd.weights import (
@@ -237,6 +237,10 @@ class WeightSharingClient(DistillClientRole):
                 kd.TRAIN_SAMPLES: float(result["train_samples"]),
             },
         )
+
+    def instruction_names(self, phase: Phase) -> frozenset[str]:
+        """The weight names of the client's model, in either phase."""
+        return frozenset(self.client.model.state_dict())
 
     def receive(self, round: int, instruction: Instruction) -> dict[str, float]:
         """Load the server's new weights (no training)."""

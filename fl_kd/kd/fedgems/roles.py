@@ -21,7 +21,7 @@ from fl_kd.kd import protocol as kd
 from fl_kd.kd.client import DistillClient
 from fl_kd.kd.fedgems.server import SelectiveDistillServer
 from fl_kd.kd.losses import kd_loss
-from fl_kd.kd.roles import Answer, Arrays, DistillClientRole, Instruction, ServerRole
+from fl_kd.kd.roles import Answer, Arrays, DistillClientRole, Instruction, Phase, ServerRole
 from fl_kd.kd.seeding import derive_seed, torch_generator
 from fl_kd.kd.training import accuracy, check_positions, cpu_state_dict, from_wire, wire_dtype
 from fl_kd.kd.validation import check_answer_logits
@@ -101,6 +101,12 @@ class FedGEMSServer(ServerRole):
     def save(self, path: str | Path) -> None:
         """Server model and knowledge cache, for a later federation to start from."""
         self.server.save(path)
+
+
+_QUERY = frozenset({kd.POSITIONS})
+_KNOWLEDGE = frozenset(
+    {kd.SERVER_LOGITS, kd.LABEL_FREE_POSITIONS, kd.WITHHELD_POSITIONS, kd.UNLABELLED_POSITIONS, kd.UNLABELLED_LOGITS}
+)
 
 
 class FedGEMSClient(DistillClientRole):
@@ -214,6 +220,11 @@ class FedGEMSClient(DistillClientRole):
                 kd.TRAIN_SAMPLES: float(result["train_samples"]),
             },
         )
+
+    def instruction_names(self, phase: Phase) -> frozenset[str]:
+        """The query's positions to train; the server's logits (and the positions they spare or leave out) to
+        take in."""
+        return _QUERY if phase == "train" else _KNOWLEDGE
 
     def receive(self, round: int, instruction: Instruction) -> dict[str, float]:
         """Distil the server's logits."""

@@ -33,7 +33,7 @@ from fl_kd.kd.consensus_config import ConsensusConfig
 from fl_kd.kd.federation import build_server_model
 from fl_kd.kd.fusion import LOGIT_AGGREGATIONS
 from fl_kd.kd.robust import AggregationConfig, RobustSettings
-from fl_kd.kd.roles import Answer, Arrays, DistillClientRole, Instruction, ServerRole
+from fl_kd.kd.roles import Answer, Arrays, DistillClientRole, Instruction, Phase, ServerRole
 from fl_kd.kd.seeding import SERVER_ID, derive_seed
 from fl_kd.kd.training import LOGITS_DTYPES, from_wire, to_wire, wire_dtype
 from fl_kd.kd.validation import check_client_answer
@@ -335,6 +335,10 @@ class PublicLogitsClient(DistillClientRole):
                 kd.TRAIN_SAMPLES: float(trained.get("train_samples", 0.0)),
             },
         )
+
+    def instruction_names(self, phase: Phase) -> frozenset[str]:
+        """The asked public positions to train; the positions and their soft targets to take in."""
+        return frozenset({kd.POSITIONS} if phase == "train" else {kd.POSITIONS, kd.SERVER_LOGITS})
 
     def distil(
         self, round: int, instruction: Instruction, phase: str, epochs: int, temperature: float
