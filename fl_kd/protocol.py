@@ -35,6 +35,9 @@ NUMERIC_DTYPES = frozenset(
 #: a few dozen; a reply of millions of tiny arrays would cost memory and time before any name was read.
 MAX_RECORD_ARRAYS = 1024
 
+#: Most bytes an array's serialisation may add to its values (NumPy's ``.npy`` header: 128 bytes for fl-kd's shapes).
+MAX_HEADER_BYTES = 4096
+
 #: Largest total of declared array bytes in one record, checked from the headers before any array decodes.
 MAX_RECORD_BYTES = MAX_ARRAY_BYTES
 
@@ -63,7 +66,7 @@ def declared_nbytes(array: Any, max_bytes: int = MAX_ARRAY_BYTES) -> int:
     ------
     ProtocolError
         Not numpy-serialised, an unknown or non-numeric dtype, a negative shape, a declared size beyond
-        ``max_bytes``, or bytes that are missing or far larger than that.
+        ``max_bytes``, or bytes that are missing, fewer than the declared size or more than it and a header.
     """
     stype = getattr(array, "stype", None)
     dtype_name = getattr(array, "dtype", None)
@@ -80,8 +83,13 @@ def declared_nbytes(array: Any, max_bytes: int = MAX_ARRAY_BYTES) -> int:
     size = math.prod(shape) * np.dtype(dtype_name).itemsize
     if size > max_bytes:
         raise ProtocolError(f"array of shape {tuple(shape)} and dtype {dtype_name} exceeds {max_bytes} bytes")
-    if not isinstance(data, bytes) or len(data) > max_bytes + 4096:
-        raise ProtocolError("array bytes are missing or oversized")
+    if not isinstance(data, bytes):
+        raise ProtocolError("array bytes are missing")
+    if not size <= len(data) <= size + MAX_HEADER_BYTES:
+        # Checked here, not after decoding: a small header over a large payload would be decoded whole first.
+        raise ProtocolError(
+            f"array sends {len(data)} bytes for a declared {size} (dtype {dtype_name}, shape {tuple(shape)})"
+        )
     return size
 
 

@@ -87,6 +87,21 @@ def test_the_payload_is_counted_from_the_headers_without_decoding(decodes: list[
     assert decodes == []
 
 
+def test_bytes_that_do_not_fit_the_header_are_refused_before_decoding_and_counted_as_sent(
+    decodes: list[tuple[int, ...]],
+) -> None:
+    """A header of one float over a megabyte: the payload would decode whole before its shape was compared."""
+    large = Array(np.zeros(2**18, np.float32)).data
+    too_many = Array(dtype="float32", shape=(1,), stype="numpy.ndarray", data=large)
+    too_few = Array(dtype="float32", shape=(2**19,), stype="numpy.ndarray", data=large)
+    for lying in (too_many, too_few):
+        with pytest.raises(ProtocolError, match=f"sends {len(large)} bytes for a declared"):
+            decode_array(lying)
+    assert decodes == []
+    assert payload_nbytes(_content({"x": too_many, "y": too_few})) == 2 * len(large)
+    assert decode_array(Array(dtype="float32", shape=(2**18,), stype="numpy.ndarray", data=large)).shape == (2**18,)
+
+
 def test_the_kd_server_drops_an_answer_of_many_arrays_unread_and_keeps_the_others(
     decodes: list[tuple[int, ...]],
 ) -> None:
