@@ -12,10 +12,13 @@ import torch
 from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
 
 from fl_kd.clients.kd_app import app as client_app
+from fl_kd.config import from_mapping, to_mapping
+from fl_kd.kd import protocol as kd
 from fl_kd.kd.config import ExperimentConfig
+from fl_kd.kd.federation import build_federation
 from fl_kd.kd.fedgems.extensions import EXTENSIONS
 from fl_kd.kd.protocol import RUN_CONFIG_KEY
-from fl_kd.kd.runner import run_inprocess
+from fl_kd.kd.runner import build_parties, run_inprocess
 from fl_kd.strategies.kd_app import make_strategy
 from tests.flower_loopback import LoopbackGrid
 from tests.kd_configs import tiny_config as _config
@@ -231,3 +234,22 @@ def test_the_configured_value_bound_screens_answers_in_both_runtimes() -> None:
     # and every client refuses the server's logits, beyond the bound too: counted alike in both runtimes
     assert flower[0]["n_eval_dropped"] == inprocess[0]["n_eval_dropped"] == cfg.num_clients
     assert _without_time(flower) == _without_time(inprocess)
+
+
+@pytest.mark.parametrize("strategy", ["fedgems", "fedmd", "dsfl"])
+def test_a_logit_sender_checks_answers_against_the_configured_bound_not_the_default(strategy: str) -> None:
+    """The generic screen reads ``max_abs_value``; so must each algorithm's own check, or a wider bound is
+    silently the default's and a narrower one is met only by the generic screen."""
+    base = _config(rounds=1)
+    cfg = from_mapping(
+        ExperimentConfig, to_mapping(base) | {"max_abs_value": 1e5, "strategy": {"name": strategy, "rounds": 1}}
+    )
+    federation = build_federation(cfg)
+    server, clients = build_parties(cfg, federation)
+    answer = clients[0].train(1, server.train_instruction(1, 0)).arrays
+    assert answer[kd.LOGITS].dtype == np.float32
+    for value, refused in ((2e4, False), (2e5, True)):
+        logits = answer[kd.LOGITS].copy()
+        logits[0, 0] = value
+        reason = server.check_answer(1, 0, {**answer, kd.LOGITS: logits})
+        assert (reason is not None and "bound 100000" in reason) if refused else reason is None

@@ -13,7 +13,7 @@ from fl_kd.kd.fedmd.public_logits import build_server_learner
 def build_server_role(cfg: ExperimentConfig, federation: Federation) -> DSFLServer:
     """The server half for the generic runtimes."""
     strategy = settings_of(cfg, DSFLConfig)
-    server = DSFLServer(build_server_learner(cfg, federation, strategy), strategy, cfg.seed)
+    server = DSFLServer(build_server_learner(cfg, federation, strategy), strategy, cfg.seed, cfg.max_abs_value)
     server.public_labels = federation.transfer_y.numpy()
     return server
 

@@ -19,6 +19,7 @@ from fl_kd.kd.client import DistillClient
 from fl_kd.kd.dsfl.config import ERA_FORMS, DSFLConfig
 from fl_kd.kd.fedmd.public_logits import Figures, PublicLogitsClient, PublicLogitsServer
 from fl_kd.kd.roles import Answer, Instruction
+from fl_kd.kd.validation import DEFAULT_MAX_ABS_VALUE
 
 #: The aggregated soft labels travel as log-probabilities and are distilled at temperature 1: exactly those labels.
 SOFT_LABEL_TEMPERATURE = 1.0
@@ -82,8 +83,10 @@ def mean_entropy(log_probs: NDArray[np.float64]) -> float:
 class DSFLServer(PublicLogitsServer):
     """Entropy reduction aggregation of the accepted clients' soft labels on the whole public set."""
 
-    def __init__(self, server_model: DistillClient, strategy: DSFLConfig, seed: int) -> None:
-        super().__init__(server_model, strategy, seed, per_round=None, temperature=SOFT_LABEL_TEMPERATURE)
+    def __init__(
+        self, server_model: DistillClient, strategy: DSFLConfig, seed: int, max_abs_value: float = DEFAULT_MAX_ABS_VALUE
+    ) -> None:
+        super().__init__(server_model, strategy, seed, None, SOFT_LABEL_TEMPERATURE, max_abs_value)
         self.era_temperature, self.era = strategy.era_temperature, strategy.era
 
     def soft_targets(self, logits: NDArray[np.float64]) -> tuple[NDArray[np.float64], Figures]:

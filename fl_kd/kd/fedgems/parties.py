@@ -41,7 +41,9 @@ def build_server(cfg: ExperimentConfig, federation: Federation) -> SelectiveDist
 def build_server_role(cfg: ExperimentConfig, federation: Federation) -> FedGEMSServer:
     """The server half for the generic runtimes."""
     strategy = fedgems_config(cfg)
-    return FedGEMSServer(build_server(cfg, federation), strategy.logits_dtype, strategy.client_unlabelled)
+    return FedGEMSServer(
+        build_server(cfg, federation), strategy.logits_dtype, strategy.client_unlabelled, cfg.max_abs_value
+    )
 
 
 def build_client_role(cfg: ExperimentConfig, federation: Federation, client_id: int) -> FedGEMSClient:

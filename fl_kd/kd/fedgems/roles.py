@@ -24,18 +24,26 @@ from fl_kd.kd.losses import kd_loss
 from fl_kd.kd.roles import Answer, Arrays, DistillClientRole, Instruction, Phase, ServerRole
 from fl_kd.kd.seeding import derive_seed, torch_generator
 from fl_kd.kd.training import accuracy, check_positions, cpu_state_dict, from_wire, wire_dtype
-from fl_kd.kd.validation import check_answer_logits
+from fl_kd.kd.validation import DEFAULT_MAX_ABS_VALUE, check_answer_logits
 
 
 class FedGEMSServer(ServerRole):
-    """The selective-distillation server: query on demand, screen, distil, broadcast."""
+    """The selective-distillation server: query on demand, screen, distil, broadcast.
+
+    ``max_abs_value`` bounds every float logit of an answer (``ExperimentConfig.max_abs_value``).
+    """
 
     def __init__(
-        self, server: SelectiveDistillServer, logits_dtype: str = "float32", client_unlabelled: bool = False
+        self,
+        server: SelectiveDistillServer,
+        logits_dtype: str = "float32",
+        client_unlabelled: bool = False,
+        max_abs_value: float = DEFAULT_MAX_ABS_VALUE,
     ) -> None:
         self.server = server
         self.logits_dtype = logits_dtype
         self.client_unlabelled = client_unlabelled
+        self.max_abs_value = float(max_abs_value)
         self._unlabelled: Arrays = {}
         self._weight_mass: dict[int, float] = {}
         self._screened: frozenset[int] = frozenset()
@@ -63,7 +71,11 @@ class FedGEMSServer(ServerRole):
         if set(arrays) != {kd.LOGITS}:
             return f"arrays {sorted(arrays)} are not [{kd.LOGITS!r}]"
         return check_answer_logits(
-            self._query_of(round).size, arrays[kd.LOGITS], self.server.num_classes, wire=self.logits_dtype
+            self._query_of(round).size,
+            arrays[kd.LOGITS],
+            self.server.num_classes,
+            max_abs=self.max_abs_value,
+            wire=self.logits_dtype,
         )
 
     def aggregate(self, round: int, answers: Mapping[int, Arrays]) -> dict[str, float | int]:

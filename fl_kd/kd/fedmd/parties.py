@@ -14,7 +14,7 @@ def build_server_role(cfg: ExperimentConfig, federation: Federation) -> FedMDSer
     """The server half for the generic runtimes."""
     strategy = settings_of(cfg, FedMDConfig)
     model = build_server_learner(cfg, federation, strategy)
-    server = FedMDServer(model, strategy, cfg.seed, strategy.public_per_round, strategy.temperature)
+    server = FedMDServer(model, strategy, cfg.seed, strategy.public_per_round, strategy.temperature, cfg.max_abs_value)
     server.public_labels = federation.transfer_y.numpy()
     return server
 

@@ -36,7 +36,7 @@ from fl_kd.kd.robust import AggregationConfig, RobustSettings
 from fl_kd.kd.roles import Answer, Arrays, DistillClientRole, Instruction, Phase, ServerRole
 from fl_kd.kd.seeding import SERVER_ID, derive_seed
 from fl_kd.kd.training import LOGITS_DTYPES, from_wire, to_wire, wire_dtype
-from fl_kd.kd.validation import check_client_answer
+from fl_kd.kd.validation import DEFAULT_MAX_ABS_VALUE, check_client_answer
 
 if TYPE_CHECKING:
     from fl_kd.kd.config import ExperimentConfig
@@ -158,6 +158,8 @@ class PublicLogitsServer(ServerRole):
         Public positions per round (a seeded sample); all of them when None.
     temperature : float (default: 1.0)
         KD temperature of the server's distillation.
+    max_abs_value : float (default: 1e4)
+        Bound on every float logit of an answer (``ExperimentConfig.max_abs_value``).
     """
 
     def __init__(
@@ -167,6 +169,7 @@ class PublicLogitsServer(ServerRole):
         seed: int,
         per_round: int | None = None,
         temperature: float = 1.0,
+        max_abs_value: float = DEFAULT_MAX_ABS_VALUE,
     ) -> None:
         self.server_model = server_model
         self.num_classes = server_model.num_classes
@@ -175,6 +178,7 @@ class PublicLogitsServer(ServerRole):
         self.seed = seed
         self.per_round = per_round
         self.temperature = temperature
+        self.max_abs_value = float(max_abs_value)
         self.logits_dtype = strategy.logits_dtype
         self._round, self._positions = -1, np.zeros(0, dtype=np.int64)
         self._sent_positions = np.zeros(0, dtype=np.int64)
@@ -274,7 +278,12 @@ class PublicLogitsServer(ServerRole):
         if set(arrays) != {kd.POSITIONS, kd.LOGITS}:
             return f"arrays {sorted(arrays)} are not [{kd.LOGITS!r}, {kd.POSITIONS!r}]"
         return check_client_answer(
-            self.positions(round), arrays[kd.POSITIONS], arrays[kd.LOGITS], self.num_classes, wire=self.logits_dtype
+            self.positions(round),
+            arrays[kd.POSITIONS],
+            arrays[kd.LOGITS],
+            self.num_classes,
+            self.max_abs_value,
+            wire=self.logits_dtype,
         )
 
     def aggregate(self, round: int, answers: Mapping[int, Arrays]) -> Figures:
