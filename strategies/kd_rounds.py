@@ -88,9 +88,12 @@ def run_rounds(
         strategy.withdraw(gone)  # its bytes were booked as the message was built; it is not sent
         evaluate = [message for message in evaluate if message.metadata.dst_node_id not in gone]  # raised: still sent
         _tell_state_rounds(strategy, evaluate, client_rounds)
-        metrics = strategy.aggregate_evaluate(
-            server_round, grid.send_and_receive(evaluate, timeout=policy.round_timeout_s)
-        )
+        evaluated = list(grid.send_and_receive(evaluate, timeout=policy.round_timeout_s))
+        # A client that took in this round's knowledge holds this round's state, even where its training failed.
+        for node_id in _distilled_nodes(evaluate, evaluated):
+            if (partition_id := strategy.partition_of(node_id)) is not None:
+                client_rounds[partition_id] = server_round
+        metrics = strategy.aggregate_evaluate(server_round, evaluated)
         log(INFO, "\t└──> Aggregated MetricRecord: %s", metrics)
         save_progress(
             out_dir, server_round, strategy.server, strategy.history, experiment_json, baseline, client_rounds
@@ -130,6 +133,17 @@ def _raised_nodes(replies: list[Message]) -> set[int]:
         for reply in replies
         if reply.has_error() and reply.error.code == ErrorCode.CLIENT_APP_RAISED_EXCEPTION
     }
+
+
+def _distilled_nodes(messages: list[Message], replies: list[Message]) -> set[int]:
+    """Nodes sent the server's knowledge (``distill``) that replied without an error: they saved a state of the
+    round."""
+    sent = {
+        message.metadata.dst_node_id
+        for message in messages
+        if message.content.config_records[kd.CONFIG].get(kd.DISTILL) is True
+    }
+    return sent - _silent_nodes(messages, replies)
 
 
 def _silent_nodes(messages: list[Message], replies: list[Message]) -> set[int]:

@@ -135,7 +135,8 @@ def test_below_the_quorum_the_run_stops_before_the_server_learns_from_the_round(
 
 
 def test_a_client_that_raises_every_round_never_stops_the_run(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """Its node is alive: it counts towards the quorum, its answer is rejected, and its state stays as it was.
+    """Its node is alive: it counts towards the quorum, its answer is rejected, and it still takes in the server's
+    knowledge, so its state is of the round, as in the in-process runner.
 
     It was counted missing as well as rejected, logged as silent "within 300 s" though its error came at once, and
     sent no evaluate message, where the in-process runner evaluates it."""
@@ -155,7 +156,7 @@ def test_a_client_that_raises_every_round_never_stops_the_run(tmp_path: Path, ca
     run_rounds(strategy, grid, 2, RoundPolicy(min_clients=cfg.num_clients), tmp_path, cfg.to_json())
     assert [(row["round"], row["n_rejected"], row["n_missing"]) for row in strategy.history] == [(1, 1, 0), (2, 1, 0)]
     assert evaluated.count(DEAD_NODE) == 2 and "no train answer" not in caplog.text
-    assert load_progress(tmp_path, cfg.to_json()).client_rounds == {0: 2, 1: 2, 2: 2}  # type: ignore[union-attr]
+    assert load_progress(tmp_path, cfg.to_json()).client_rounds == {0: 2, 1: 2, 2: 2, 3: 2}  # type: ignore[union-attr]
 
 
 def test_a_restarted_server_resumes_after_the_last_saved_round_to_the_same_end(tmp_path: Path) -> None:

@@ -11,14 +11,16 @@ from __future__ import annotations
 import shutil
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import torch
 from flwr.app import Message
+from flwr.clientapp import ClientApp
 
 from fl_kd.clients.kd_app import app as client_app
 from fl_kd.config import ConfigError
+from fl_kd.kd import runner
 from fl_kd.kd.config import ExperimentConfig
 from fl_kd.kd.progress import (
     ClientStateError,
@@ -269,3 +271,45 @@ def test_a_client_holding_a_later_state_than_the_server_names_goes_back_to_that_
     assert "Client 0 holds its state of round 2; the server goes on from round 1" in caplog.text
     assert "Client 0 reloaded its state of round 1" in caplog.text
     assert [row["n_missing"] for row in strategy.history] == [0, 1, 0]
+
+
+def test_a_client_whose_training_raised_keeps_the_knowledge_it_took_in_that_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Client 3's training raises in round 1 only; it still takes in round 1's knowledge. The server used to name
+    round 0 as its state in round 2, so the ClientApp went back to its seeded model while the in-process runner's
+    client kept the knowledge: the two runtimes parted from round 2."""
+    cfg, faulty = tiny_config(rounds=ROUNDS), 3
+
+    def fails_once(train: Any) -> Any:
+        def step(server_round: int, instruction: Any) -> Any:
+            if server_round == 1:
+                raise RuntimeError("transient failure")
+            return train(server_round, instruction)
+
+        return step
+
+    def app(message: Message, context: Any) -> Message:
+        if context.node_config["partition-id"] == faulty and message.metadata.message_type == "train":
+            if message.content.config_records["config"]["server-round"] == 1:
+                raise RuntimeError("transient failure")
+        return client_app(message, context)
+
+    strategy = make_strategy(cfg)
+    run_config: dict[str, str | int | float | bool] = {RUN_CONFIG_KEY: cfg.to_json(), OUTPUT_DIR_KEY: str(tmp_path)}
+    grid = LoopbackGrid(cast(ClientApp, app), cfg.num_clients, run_config)  # the grid only calls it
+    with caplog.at_level("INFO", logger="flwr"):
+        run_rounds(strategy, grid, ROUNDS, RoundPolicy(), tmp_path, cfg.to_json())
+    assert "Client 3 reloaded" not in caplog.text and "Client 3 holds its state" not in caplog.text
+
+    build_parties = runner.build_parties
+
+    def with_a_faulty_client(cfg: ExperimentConfig, federation: Any) -> Any:
+        server, clients = build_parties(cfg, federation)
+        clients[faulty].train = fails_once(clients[faulty].train)  # type: ignore[method-assign]
+        return server, clients
+
+    monkeypatch.setattr(runner, "build_parties", with_a_faulty_client)
+    inprocess = [{k: v for k, v in row.items() if k != "wall_seconds"} for row in runner.run_inprocess(cfg).rounds]
+    assert [row["n_rejected"] for row in inprocess] == [1, 0, 0]
+    assert _rows(strategy) == inprocess
