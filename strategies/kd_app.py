@@ -86,9 +86,15 @@ def reported_errors(out_dir: Path) -> Iterator[None]:
 def main(grid: Grid, context: Context) -> None:
     """Build the federation's server side, run the rounds, and write the run folder."""
     torch.set_num_threads(1)
+    out_dir = Path(str(context.run_config[kd.OUTPUT_DIR_KEY]))
+    # From the first read of the run config on: a resumed run's folder may hold an earlier attempt's error.
+    with reported_errors(out_dir):
+        _serve(grid, context, out_dir)
+
+
+def _serve(grid: Grid, context: Context, out_dir: Path) -> None:
     experiment_json = str(context.run_config[kd.RUN_CONFIG_KEY])
     cfg = ExperimentConfig.from_json(experiment_json)
-    out_dir = Path(str(context.run_config[kd.OUTPUT_DIR_KEY]))
     policy = RoundPolicy.from_run_config(context.run_config)
     resumed = load_progress(out_dir, experiment_json) if policy.resume else None
     if policy.resume and resumed is None:  # a mistyped or remounted output-dir would start a second run in silence
@@ -102,7 +108,7 @@ def main(grid: Grid, context: Context) -> None:
         print(format_round_line(row), flush=True)  # the one console line per round
 
     (out_dir / SERVER_LOG).touch()  # the launcher's sign that the ServerApp is up (fl_kd.simulations.run)
-    with quiet_flower_console(out_dir / SERVER_LOG), reported_errors(out_dir):
+    with quiet_flower_console(out_dir / SERVER_LOG):
         pinned = node_partitions(context.run_config, cfg.num_clients)
         if pinned is not None:
             log(INFO, "Each partition is held by the node registered for it: %s", encode_node_partitions(list(pinned)))
