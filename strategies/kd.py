@@ -22,6 +22,7 @@ from logging import INFO, WARNING
 from typing import Any
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
@@ -39,6 +40,12 @@ from fl_kd.protocol import ProtocolError, decode_record, int_of, number_of, part
 #: The most training samples a client may report for one round: floats stop counting whole numbers beyond it, and
 #: no device comes near it.
 MAX_REPORTED_SAMPLES = float(2**53)
+
+
+def unavailable(reply: Message) -> bool:
+    """Whether ``reply`` is the SuperLink's error for a node or a reply it cannot deliver, not the node's own: it
+    names the SuperLink as its sender and means what no reply means (the node is the one its message went to)."""
+    return reply.has_error() and reply.metadata.src_node_id == SUPERLINK_NODE_ID
 
 
 class KDStrategy(Strategy):
@@ -139,6 +146,12 @@ class KDStrategy(Strategy):
         hello = RecordDict({kd.CONFIG: ConfigRecord({kd.ACTION: kd.HELLO})})
         messages = [Message(hello, message_type=MessageType.QUERY, dst_node_id=node_id) for node_id in node_ids]
         replies = list(grid.send_and_receive(messages, timeout=self.timeout))
+        addressee = {message.metadata.message_id: message.metadata.dst_node_id for message in messages}
+        for reply in replies:
+            if unavailable(reply):
+                log(WARNING, "Node %s is unavailable (%s); it is left out for now",
+                    addressee.get(reply.metadata.reply_to_message_id, "?"), party_text(reply.error.reason))  # fmt: skip
+        replies = [reply for reply in replies if not unavailable(reply)]
         senders = Counter(reply.metadata.src_node_id for reply in replies)
         for node_id in sorted(node for node, count in senders.items() if count > 1):
             # Of two claims neither can be believed, nor the node that makes them.
@@ -270,6 +283,8 @@ class KDStrategy(Strategy):
         raised: set[int] = set()  # replied with an error: rejected, not missing as well
         for reply in replies:
             partition_id = self._partitions.get(reply.metadata.src_node_id)
+            if unavailable(reply):
+                continue  # missing, as after a timeout
             if reply.has_error():
                 report.reject(f"client error: {party_text(reply.error.reason)}")
                 if partition_id is not None:
@@ -334,6 +349,8 @@ class KDStrategy(Strategy):
         dropped = ScreeningReport()
         for reply in replies:
             partition_id = self._partitions.get(reply.metadata.src_node_id)
+            if unavailable(reply):
+                continue  # as after a timeout
             if reply.has_error():  # a sampled client that fails here did not take in the server's knowledge
                 dropped.reject(f"client error in the evaluate phase: {party_text(reply.error.reason)}")
                 continue

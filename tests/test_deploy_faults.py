@@ -18,6 +18,7 @@ import pytest
 import torch
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
 
 from fl_kd.clients.kd_app import app as client_app
 from fl_kd.config import ConfigError
@@ -26,6 +27,7 @@ from fl_kd.kd.progress import PROGRESS_DIR, PROGRESS_FILE, ProgressError, load_p
 from fl_kd.kd.protocol import RUN_CONFIG_KEY
 from fl_kd.kd.round_policy import QuorumError, RoundPolicy
 from fl_kd.protocol import payload_nbytes
+from fl_kd.results import SERVER_ERROR_JSON, record_server_error, server_error
 from fl_kd.strategies.kd_app import make_strategy
 from fl_kd.strategies.kd_rounds import run_rounds
 from tests.flower_loopback import LoopbackGrid
@@ -60,10 +62,13 @@ def test_policy_from_run_config() -> None:
 
 
 def test_a_serverapp_told_to_resume_a_folder_without_a_saved_round_stops_at_once(tmp_path: Path) -> None:
-    """``flwr run ... resume=true`` with a mistyped or remounted output-dir started the federation again in silence."""
+    """``flwr run ... resume=true`` with a mistyped or remounted output-dir started the federation again in silence.
+
+    The error it stops with is left for the launcher in place of an earlier attempt's, which it used to report."""
     from fl_kd.kd.protocol import OUTPUT_DIR_KEY
     from fl_kd.strategies.kd_app import main
 
+    record_server_error(tmp_path, ConfigError("the server model diverged (attempt 1)"), user_error=True)
     run_config: dict[str, bool | float | int | str] = {
         RUN_CONFIG_KEY: tiny_config().to_json(),
         OUTPUT_DIR_KEY: str(tmp_path),
@@ -72,7 +77,12 @@ def test_a_serverapp_told_to_resume_a_folder_without_a_saved_round_stops_at_once
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
     with pytest.raises(ProgressError, match="resume=true: .* holds no saved round"):
         main(cast(Any, None), context)  # it stops before the grid is touched
-    assert list(tmp_path.iterdir()) == []
+    assert [path.name for path in tmp_path.iterdir()] == [SERVER_ERROR_JSON]
+    assert server_error(tmp_path) == {
+        "error_type": "ProgressError",
+        "message": f"resume=true: {tmp_path} holds no saved round; submit the run without resume to start it",
+        "user_error": False,
+    }
 
 
 def test_a_dead_node_is_logged_and_the_round_completes_with_the_others(
@@ -157,6 +167,37 @@ def test_a_client_that_raises_every_round_never_stops_the_run(tmp_path: Path, ca
     assert [(row["round"], row["n_rejected"], row["n_missing"]) for row in strategy.history] == [(1, 1, 0), (2, 1, 0)]
     assert evaluated.count(DEAD_NODE) == 2 and "no train answer" not in caplog.text
     assert load_progress(tmp_path, cfg.to_json()).client_rounds == {0: 2, 1: 2, 2: 2, 3: 2}  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("phase", ["query", "train", "evaluate"])
+def test_a_node_the_superlink_reports_unavailable_counts_as_silent_not_as_a_client_error(
+    phase: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Flower's SuperLink answers for a node whose heartbeat stopped with an error it sends itself (node id 1): it
+    was counted as a rejected answer of an unknown client while the node was counted missing too, and in discovery
+    named node 1 as the one that could not identify itself."""
+
+    def unavailable(message: Message, reply: Message) -> list[Message]:
+        if message.metadata.dst_node_id == DEAD_NODE and message.metadata.message_type == phase:
+            return [create_message_error_unavailable_res_message(message.metadata, "node_unavail")]
+        return [reply]
+
+    def silent(message: Message, reply: Message) -> list[Message]:
+        return [] if message.metadata.dst_node_id == DEAD_NODE and message.metadata.message_type == phase else [reply]
+
+    cfg = tiny_config(rounds=1)
+    rows = []
+    for tamper in (unavailable, silent):
+        strategy = make_strategy(cfg)
+        grid = LoopbackGrid(client_app, cfg.num_clients, {RUN_CONFIG_KEY: cfg.to_json()}, tamper)
+        with caplog.at_level("WARNING", logger="flwr"):
+            run_rounds(strategy, grid, 1, RoundPolicy(min_clients=1), tmp_path / tamper.__name__, cfg.to_json())
+        rows.append(_rows(strategy.history))
+    assert rows[0] == rows[1]
+    assert rows[0][0]["n_rejected"] == rows[0][0]["n_eval_dropped"] == 0
+    assert rows[0][0]["n_missing"] == (1 if phase in ("query", "train") else 0)
+    if phase == "query":
+        assert f"Node {DEAD_NODE} is unavailable" in caplog.text and "Node 1 " not in caplog.text
 
 
 def test_a_restarted_server_resumes_after_the_last_saved_round_to_the_same_end(tmp_path: Path) -> None:

@@ -13,22 +13,17 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
-from flwr.app import Context, RecordDict
-from flwr.serverapp import Grid
 from hydra import compose, initialize_config_module
 
 from fl_kd.config import ConfigError
-from fl_kd.kd.progress import CLIENT_STATE_DIR, PROGRESS_DIR, PROGRESS_FILE, ProgressError, folder_run_id
-from fl_kd.kd.protocol import OUTPUT_DIR_KEY, RUN_CONFIG_KEY
-from fl_kd.results import METRICS_JSONL, record_server_error, server_error
+from fl_kd.kd.progress import CLIENT_STATE_DIR, PROGRESS_DIR, PROGRESS_FILE, folder_run_id
+from fl_kd.results import METRICS_JSONL
 from fl_kd.simulations import deploy
 from fl_kd.simulations.deploy_settings import split_deploy_settings
 from fl_kd.simulations.loopback import Endpoints
-from fl_kd.strategies.kd_app import main as kd_server_main
-from tests.kd_configs import tiny_config
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -174,25 +169,3 @@ def test_the_launcher_log_is_not_written_twice_where_hydra_already_writes_it(
     lines = (run_dir / deploy.LAUNCHER_LOG).read_text().splitlines()
     deploying = [line for line in lines if line.startswith("Deploying ")]
     assert len(deploying) == 1, lines
-
-
-def test_a_resumed_server_that_fails_before_its_rounds_reports_its_own_error_not_the_last_attempts(
-    tmp_path: Path,
-) -> None:
-    """The launchers read the run folder's server error after `flwr run` ends; a resumed attempt reuses the folder,
-    so one that failed while reading its run config or progress left the earlier attempt's error to be reported."""
-    cfg = tiny_config(rounds=1)
-    record_server_error(tmp_path, ConfigError("the server model diverged (attempt 1)"), user_error=True)
-    run_config: dict[str, str | int | float | bool] = {
-        RUN_CONFIG_KEY: cfg.to_json(),
-        OUTPUT_DIR_KEY: str(tmp_path),
-        "resume": True,
-    }
-    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
-    with pytest.raises(ProgressError, match="holds no saved round"):
-        kd_server_main(cast(Grid, None), context)  # refused before the grid is used
-    assert server_error(tmp_path) == {
-        "error_type": "ProgressError",
-        "message": f"resume=true: {tmp_path} holds no saved round; submit the run without resume to start it",
-        "user_error": False,
-    }
