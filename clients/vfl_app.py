@@ -27,7 +27,14 @@ from flwr.common.logger import log
 from torch import Tensor
 
 from fl_kd.clients import vfl_engine
-from fl_kd.clients.vfl_batches import embedded_ids, forget_embedded, last_step, save_embedded, save_step
+from fl_kd.clients.vfl_batches import (
+    check_embed_order,
+    embedded_ids,
+    forget_embedded,
+    last_step,
+    save_embedded,
+    save_step,
+)
 from fl_kd.clients.vfl_party import (
     Node,
     load_party,
@@ -155,18 +162,22 @@ def setup(msg: Message, context: Context) -> Message:
     return _reply(msg, metrics=MetricRecord(metrics))
 
 
-def _embed_ids(msg: Message, node: Node, party: FeatureParty) -> dict[int, Tensor]:
-    """The sample ids of each batch the request asks to embed, each within the party's samples: checked whole,
-    so a bad request raises before anything changes."""
+def _embed_request(msg: Message, context: Context, node: Node, party: FeatureParty) -> tuple[int, dict[int, Tensor]]:
+    """The epoch a request asks to embed in and the sample ids of each of its batches, after every batch embedded
+    before and each within the party's samples: checked whole, so a bad request raises before anything changes."""
+    epoch = vp.epoch_of(msg.content, node.cfg.training.epochs)
     batches = vp.batches_of(msg.content, most=node.cfg.training.batches_per_message)
-    return {b: as_sample_ids(_ids(msg, vp.ids_key(b)), party.num_samples) for b in batches}
+    check_embed_order(context, epoch, batches)
+    return epoch, {b: as_sample_ids(_ids(msg, vp.ids_key(b)), party.num_samples) for b in batches}
 
 
-def _embed_batches(context: Context, node: Node, party: FeatureParty, ids: Mapping[int, Tensor]) -> dict[str, Any]:
-    """Embeddings ``(B, D)`` of each batch of ``ids`` (:func:`_embed_ids`), all from the bottom model as it is now,
-    by key."""
+def _embed_batches(
+    context: Context, node: Node, party: FeatureParty, epoch: int, ids: Mapping[int, Tensor]
+) -> dict[str, Any]:
+    """Embeddings ``(B, D)`` of each batch of ``ids`` (:func:`_embed_ids`) of ``epoch``, all from the bottom model
+    as it is now, by key."""
     embeddings = {b: party.embed(batch).detach().numpy() for b, batch in ids.items()}
-    save_embedded(context, {b: batch.numpy() for b, batch in ids.items()})
+    save_embedded(context, epoch, {b: batch.numpy() for b, batch in ids.items()})
     if node.is_attacker:
         observations = observation_log(context)
         observations.sent(embeddings)
@@ -175,7 +186,7 @@ def _embed_batches(context: Context, node: Node, party: FeatureParty, ids: Mappi
 
 
 def _apply_batches(
-    msg: Message, context: Context, node: Node, party: FeatureParty, batches: list[int]
+    msg: Message, context: Context, node: Node, party: FeatureParty, epoch: int, batches: list[int]
 ) -> dict[str, ConfigRecordValues]:
     """Back-propagate each gradient of ``batches`` in order; why each refused one was refused, by key."""
     observations = observation_log(context) if node.is_attacker else None
@@ -183,9 +194,9 @@ def _apply_batches(
     for b in batches:
         try:
             ids = _ids(msg, vp.ids_key(b))
-            embedded = embedded_ids(context, b)
+            embedded = embedded_ids(context, epoch, b)
             if embedded is None or not np.array_equal(embedded, ids.numpy()):
-                raise ValueError(f"batch {b}: these are not the sample ids this party embedded")
+                raise ValueError(f"batch {b} of epoch {epoch}: these are not the sample ids this party embedded")
             (gradient,) = _blocks(msg, node, len(ids), vp.gradient_key(b))
             if observations is not None:
                 observations.observe(b, ids.numpy(), gradient.numpy())
@@ -203,7 +214,8 @@ def _apply_batches(
 def embed(msg: Message, context: Context) -> Message:
     """Embeddings ``(B, D)`` of each asked batch, all from the bottom model as it is now."""
     node, party = _feature_party(msg, context)
-    embeddings = _embed_batches(context, node, party, _embed_ids(msg, node, party))
+    epoch, ids = _embed_request(msg, context, node, party)
+    embeddings = _embed_batches(context, node, party, epoch, ids)
     save_party(context, party, node.cfg.training.party_state == "node")  # the step counter seeds the next forward pass
     return _reply(msg, arrays=_arrays(embeddings))
 
@@ -241,8 +253,9 @@ def loss_and_gradients(msg: Message, context: Context) -> Message:
 def apply_gradients(msg: Message, context: Context) -> Message:
     """Back-propagate each received gradient in order; a malformed one is refused and leaves the model untouched."""
     node, party = _feature_party(msg, context)
+    epoch = vp.epoch_of(msg.content, node.cfg.training.epochs)
     batches = vp.batches_of(msg.content, most=node.cfg.training.batches_per_message)
-    rejected = _apply_batches(msg, context, node, party, batches)
+    rejected = _apply_batches(msg, context, node, party, epoch, batches)
     save_party(context, party, node.cfg.training.party_state == "node")
     return _reply(msg, config=ConfigRecord(rejected))
 
@@ -255,10 +268,10 @@ def apply_and_embed(msg: Message, context: Context) -> Message:
     that fails to embed answers with an error, and the server counts those gradients as not applied.
     """
     node, party = _feature_party(msg, context)
-    ids = _embed_ids(msg, node, party)  # a bad embed request is refused before any gradient changes the party
+    epoch, ids = _embed_request(msg, context, node, party)  # refused before any gradient changes the party
     applied = vp.batches_of(msg.content, vp.APPLY, optional=True, most=node.cfg.training.batches_per_message)
-    rejected = _apply_batches(msg, context, node, party, applied)
-    embeddings = _embed_batches(context, node, party, ids)
+    rejected = _apply_batches(msg, context, node, party, epoch, applied)
+    embeddings = _embed_batches(context, node, party, epoch, ids)
     save_party(context, party, node.cfg.training.party_state == "node")
     return _reply(msg, arrays=_arrays(embeddings), config=ConfigRecord(rejected))
 

@@ -27,8 +27,9 @@ from hypothesis import strategies as st
 from fl_kd.clients.vfl_app import app as client_app
 from fl_kd.clients.vfl_party import load_party
 from fl_kd.config import ConfigError, from_mapping, to_mapping
+from fl_kd.strategies import vfl_exchange
 from fl_kd.strategies.vfl import VFLServer
-from fl_kd.strategies.vfl_exchange import MAX_SILENT_EXCHANGES, BatchExchange, Messenger, request
+from fl_kd.strategies.vfl_exchange import MAX_SILENT_EXCHANGES, BatchExchange, Messenger
 from fl_kd.vfl import protocol as vp
 from fl_kd.vfl import run_vfl
 from fl_kd.vfl.attack_results import MAX_RESULTS_CHARS, MAX_RESULTS_DEPTH, UNIT_FIGURES
@@ -69,14 +70,24 @@ class Run:
         messenger = Messenger(self.grid, 60.0)
         self.server.setup(messenger, *self.server.discover(messenger))
         self.ids = {b: np.arange(16 * b, 16 * b + 16, dtype=np.int64) for b in BATCHES}
-        ids_arrays = {vp.ids_key(b): batch for b, batch in self.ids.items()}
-        contents = {p.node_id: request(ids_arrays, epoch=0, batches=list(BATCHES)) for p in self.server.features}
-        self.embed = {node: outcome.content for node, outcome in messenger.exchange(vp.EMBED, contents).items()}
         test_contents = {p.node_id: RecordDict() for p in self.server.features}
         self.test_embed = {n: o.content for n, o in messenger.exchange(vp.EMBED_TEST, test_contents).items()}
         history = TrainingHistory()
         exchange = self.exchange(messenger, history)
+        # The feature parties' embed replies as they come: a party embeds a batch once, so they are kept on the way.
+        self.embed: dict[int, RecordDict] = {}
+        exchanged = messenger.exchange
+
+        def keeping(kind: str, contents: Any, *args: Any, **kwargs: Any) -> Any:
+            outcomes = exchanged(kind, contents, *args, **kwargs)
+            if kind == vp.EMBED:
+                self.embed = {node: outcome.content for node, outcome in outcomes.items()}
+            return outcomes
+
+        messenger.exchange = keeping
         accepted = exchange._embed(0, self.ids)  # noqa: SLF001 - replays the real exchange on the real grid
+        messenger.exchange = exchanged
+        assert sorted(self.embed) == [p.node_id for p in self.server.features]
         self.embeddings = accepted
         self.losses, self.step_reply = exchange._step(0, self.ids, accepted)
         assert sorted(self.losses) == list(BATCHES) and not history.skipped_batches
@@ -720,13 +731,17 @@ def test_a_party_that_goes_silent_stops_the_run_after_a_few_exchanges_not_every_
         messenger.exchange("train", contents)
 
 
-def test_a_reply_whose_arrays_record_is_beyond_the_protocol_is_refused_before_any_array_decodes() -> None:
-    """One embedding and 1,100 arrays nobody asked for, or arrays declaring 400 MB in all: the reply is refused as a
-    whole and counted, as the KD strategy refuses such answers; an honest one beside it passes."""
+def test_a_reply_whose_arrays_record_is_beyond_the_protocol_is_refused_before_any_array_decodes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One embedding and 1,100 arrays nobody asked for, or arrays beyond the record's bytes in all (here a cap of
+    1 kB for 2 x 800 B; the protocol's is 256 MB): the reply is refused as a whole and counted, as the KD strategy
+    refuses such answers; an honest one beside it passes."""
     set_task_identity()  # Messages need a run id, as in a ServerApp
+    monkeypatch.setattr(vfl_exchange, "MAX_RECORD_BYTES", 1000)
     honest = np.zeros((4, 3), dtype=np.float32)
     crowded = {vp.embedding_key(0): Array(honest)} | {f"x{i}": Array(np.zeros(1, np.float32)) for i in range(1100)}
-    big = Array(dtype="float32", shape=(50 * 2**20,), stype="numpy.ndarray", data=_npy(honest))  # 200 MB declared
+    big = Array(np.zeros((200,), np.float32))
     replies = {1: crowded, 2: {vp.embedding_key(0): big, "x": big}, 3: {vp.embedding_key(0): Array(honest)}}
 
     def answer(messages: list[Message]) -> list[Message]:

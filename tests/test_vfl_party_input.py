@@ -113,3 +113,48 @@ def test_an_error_reason_is_kept_at_a_bounded_length() -> None:
     outcome = messenger.exchange(vp.EMBED_TEST, {node: RecordDict()})[node]
     assert outcome.content is None and outcome.problem is not None
     assert len(outcome.problem) < MAX_PARTY_TEXT + 100 and "(2000000 characters)" in outcome.problem
+
+
+def test_a_feature_party_takes_each_batchs_gradient_once_whatever_is_replayed() -> None:
+    """Feature parties read no epoch and kept their embedded batches by index alone: an epoch-0 embed request
+    replayed in epoch 1 reopened batch 0, its replayed gradient stepped the bottom model a second time, and the
+    genuine epoch-1 gradient was then refused."""
+    cfg = _config(training={"epochs": 2, "batch_size": 16})
+    grid = LoopbackGrid(client_app, cfg.num_feature_parties + 1, {vp.CONFIG_KEY: vp.encode_config(cfg)})
+    server = VFLServer(cfg)
+    messenger = Messenger(grid, 60.0)
+    server.setup(messenger, *server.discover(messenger))
+    node = server.features[0].node_id
+    context = grid.contexts[node]
+    ids = {0: np.arange(16, dtype=np.int64), 1: np.arange(16, 32, dtype=np.int64)}
+    gradient = np.random.default_rng(0).normal(0.0, 0.01, (16, server.embedding_dims[0])).astype(np.float32)
+
+    def send(kind: str, epoch: int, with_gradient: bool = False) -> Message:
+        arrays = {vp.ids_key(0): Array(ids.get(epoch, ids[0]))}
+        if with_gradient:
+            arrays[vp.gradient_key(0)] = Array(gradient)
+        config = ConfigRecord({vp.EPOCH: epoch, vp.BATCHES: [0]})
+        content = RecordDict({vp.ARRAYS: ArrayRecord(arrays), vp.CONFIG: config})
+        return client_app(Message(content, dst_node_id=node, message_type=kind), context)
+
+    def weights() -> list[np.ndarray]:
+        return [p.detach().numpy().copy() for p in load_party(context).bottom_model.parameters()]
+
+    def refused(reply: Message) -> list[str]:
+        return [str(v) for v in reply.content.config_records[vp.CONFIG].values()]
+
+    send(vp.EMBED, 0)
+    assert refused(send(vp.APPLY_GRADIENTS, 0, with_gradient=True)) == []
+    send(vp.EMBED, 1)
+    before = weights()
+    with pytest.raises(ValueError, match="batch 0 of epoch 0 is not after the last batch embedded"):
+        send(vp.EMBED, 0)  # replayed
+    assert refused(send(vp.APPLY_GRADIENTS, 0, with_gradient=True)) == [
+        "batch 0 of epoch 0: these are not the sample ids this party embedded"
+    ]
+    assert all(np.array_equal(a, b) for a, b in zip(weights(), before, strict=True))
+    assert refused(send(vp.APPLY_GRADIENTS, 1, with_gradient=True)) == []  # the genuine one
+    assert not all(np.array_equal(a, b) for a, b in zip(weights(), before, strict=True))
+    for epoch in (-7, 2):
+        with pytest.raises(ProtocolError, match="no epoch in"):
+            send(vp.EMBED, epoch)
