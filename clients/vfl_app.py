@@ -14,6 +14,7 @@ See :mod:`fl_kd.vfl.protocol` for the messages.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from logging import WARNING
 from typing import Any
@@ -162,11 +163,20 @@ def setup(msg: Message, context: Context) -> Message:
     return _reply(msg, metrics=MetricRecord(metrics))
 
 
+def _batches(
+    msg: Message, node: Node, party: FeatureParty | LabelParty, key: str = vp.BATCHES, optional: bool = False
+) -> list[int]:
+    """The batch indices a training request names: at most a message's worth, each once and within an epoch."""
+    training = node.cfg.training
+    per_epoch = math.ceil(party.num_samples / training.batch_size)
+    return vp.batches_of(msg.content, key, optional, most=training.batches_per_message, below=per_epoch)
+
+
 def _embed_request(msg: Message, context: Context, node: Node, party: FeatureParty) -> tuple[int, dict[int, Tensor]]:
     """The epoch a request asks to embed in and the sample ids of each of its batches, after every batch embedded
     before and each within the party's samples: checked whole, so a bad request raises before anything changes."""
     epoch = vp.epoch_of(msg.content, node.cfg.training.epochs)
-    batches = vp.batches_of(msg.content, most=node.cfg.training.batches_per_message)
+    batches = _batches(msg, node, party)
     check_embed_order(context, epoch, batches)
     return epoch, {b: as_sample_ids(_ids(msg, vp.ids_key(b)), party.num_samples) for b in batches}
 
@@ -228,7 +238,7 @@ def loss_and_gradients(msg: Message, context: Context) -> Message:
     grads: dict[str, Any] = {}
     losses: dict[str, MetricRecordValues] = {}
     rejected: dict[str, ConfigRecordValues] = {}
-    for b in vp.batches_of(msg.content, most=node.cfg.training.batches_per_message):
+    for b in _batches(msg, node, party):
         keys = [vp.ids_key(b)] + [vp.embedding_key(b, k) for k in range(node.cfg.num_feature_parties)]
         try:
             last = last_step(context)
@@ -254,7 +264,7 @@ def apply_gradients(msg: Message, context: Context) -> Message:
     """Back-propagate each received gradient in order; a malformed one is refused and leaves the model untouched."""
     node, party = _feature_party(msg, context)
     epoch = vp.epoch_of(msg.content, node.cfg.training.epochs)
-    batches = vp.batches_of(msg.content, most=node.cfg.training.batches_per_message)
+    batches = _batches(msg, node, party)
     rejected = _apply_batches(msg, context, node, party, epoch, batches)
     save_party(context, party, node.cfg.training.party_state == "node")
     return _reply(msg, config=ConfigRecord(rejected))
@@ -269,7 +279,7 @@ def apply_and_embed(msg: Message, context: Context) -> Message:
     """
     node, party = _feature_party(msg, context)
     epoch, ids = _embed_request(msg, context, node, party)  # refused before any gradient changes the party
-    applied = vp.batches_of(msg.content, vp.APPLY, optional=True, most=node.cfg.training.batches_per_message)
+    applied = _batches(msg, node, party, vp.APPLY, optional=True)
     rejected = _apply_batches(msg, context, node, party, epoch, applied)
     embeddings = _embed_batches(context, node, party, epoch, ids)
     save_party(context, party, node.cfg.training.party_state == "node")
@@ -308,8 +318,11 @@ def predict(msg: Message, context: Context) -> Message:
 
 @app.evaluate("train_labels")
 def train_labels(msg: Message, context: Context) -> Message:
-    """The aligned training labels, for the evaluation harness to score attacks with."""
+    """The aligned training labels, for the evaluation harness to score attacks with: only in a run that scores
+    attacks, so a run without one never sends them, whoever asks."""
     node = _node_for(msg, context, vp.LABEL)
+    if not node.cfg.attack:
+        raise ValueError("this run scores no attack: the label party sends no labels")
     labels = rows(node.train_labels, positions(context, "train"))
     assert labels is not None
     return _reply(msg, arrays=_arrays({vp.LABELS: labels.numpy()}))

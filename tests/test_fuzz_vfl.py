@@ -511,8 +511,11 @@ class Scoring:
         self.server = VFLServer(cfg)
         for name in ("features", "_label", "embedding_dims", "num_train", "num_test", "num_classes"):
             setattr(self.server, name, getattr(run.server, name))
-        label = self.server.label.node_id
-        messenger = Messenger(run.grid, 60.0)
+        # The label party sends its labels only in a run that scores attacks: the same parties, set up in one.
+        grid = LoopbackGrid(client_app, cfg.num_feature_parties + 1, {vp.CONFIG_KEY: vp.encode_config(cfg)})
+        scorer, messenger = VFLServer(cfg), Messenger(grid, 60.0)
+        scorer.setup(messenger, *scorer.discover(messenger))
+        label = scorer.label.node_id
         self.labels_reply = messenger.exchange(vp.TRAIN_LABELS, {label: RecordDict()})[label].content
         assert self.labels_reply is not None
         self.labels = self.labels_reply.array_records[vp.ARRAYS][vp.LABELS].numpy()

@@ -158,3 +158,47 @@ def test_a_feature_party_takes_each_batchs_gradient_once_whatever_is_replayed() 
     for epoch in (-7, 2):
         with pytest.raises(ProtocolError, match="no epoch in"):
             send(vp.EMBED, epoch)
+
+
+def test_a_batch_beyond_the_epoch_is_refused_before_it_can_lock_out_the_rest_of_the_epoch() -> None:
+    """The label party steps in (epoch, batch) order; it stepped on batch 10**12 and then refused every real batch of
+    the epoch as "not after the last step"."""
+    with pytest.raises(ProtocolError, match="batch 5 in batches, beyond the epoch's 5 batches"):
+        vp.batches_of(RecordDict({vp.CONFIG: ConfigRecord({vp.BATCHES: [0, 5]})}), below=5)
+    cfg = _config()
+    grid = LoopbackGrid(client_app, cfg.num_feature_parties + 1, {vp.CONFIG_KEY: vp.encode_config(cfg)})
+    server = VFLServer(cfg)
+    messenger = Messenger(grid, 60.0)
+    server.setup(messenger, *server.discover(messenger))
+    per_epoch = -(-server.num_train // cfg.training.batch_size)
+    ids = np.arange(16, dtype=np.int64)
+    feature = server.features[0].node_id
+    outcome = messenger.exchange(vp.EMBED, {feature: request({vp.ids_key(0): ids}, epoch=0, batches=[0])})[feature]
+    assert outcome.content is not None
+    embedding = outcome.content.array_records[vp.ARRAYS][vp.embedding_key(0)].numpy()
+    label = grid.contexts[server.label.node_id]
+    for batch in (per_epoch, per_epoch - 1):
+        arrays = ArrayRecord({vp.ids_key(batch): Array(ids), vp.embedding_key(batch, 0): Array(embedding)})
+        content = RecordDict({vp.ARRAYS: arrays, vp.CONFIG: ConfigRecord({vp.EPOCH: 0, vp.BATCHES: [batch]})})
+        message = Message(content, dst_node_id=server.label.node_id, message_type=vp.LOSS_AND_GRADIENTS)
+        if batch == per_epoch:
+            with pytest.raises(ProtocolError, match=f"beyond the epoch's {per_epoch} batches"):
+                client_app(message, label)
+        else:  # the epoch's last batch is still open
+            assert vp.loss_key(batch) in client_app(message, label).content.metric_records[vp.METRICS]
+
+
+def test_the_label_party_sends_its_training_labels_only_in_a_run_that_scores_attacks() -> None:
+    attacks: list[dict[str, Any]] = [{}, {ATTACK: {}}]
+    for attack in attacks:
+        cfg = _config(attack=attack)
+        grid = LoopbackGrid(client_app, cfg.num_feature_parties + 1, {vp.CONFIG_KEY: vp.encode_config(cfg)})
+        server = VFLServer(cfg)
+        messenger = Messenger(grid, 60.0)
+        server.setup(messenger, *server.discover(messenger))
+        outcome = messenger.exchange(vp.TRAIN_LABELS, {server.label.node_id: RecordDict()})[server.label.node_id]
+        if attack:
+            assert outcome.content is not None
+            assert outcome.content.array_records[vp.ARRAYS][vp.LABELS].numpy().shape == (server.num_train,)
+        else:
+            assert outcome.content is None and "scores no attack" in str(outcome.problem)

@@ -239,9 +239,12 @@ def ids_of(content: Any, key: str) -> np.ndarray:
     return array.astype(np.int64)
 
 
-def batches_of(content: Any, key: str = BATCHES, optional: bool = False, most: int | None = None) -> list[int]:
+def batches_of(
+    content: Any, key: str = BATCHES, optional: bool = False, most: int | None = None, below: int | None = None
+) -> list[int]:
     """The batch indices a request names (``config.batches``, or ``key``; none when ``optional`` and absent), each
-    at most once, none negative, and at most ``most`` of them (``training.batches_per_message``) when given."""
+    at most once, none negative, at most ``most`` of them (``training.batches_per_message``) and each under
+    ``below`` (an epoch's batches) when given."""
     batches = scalar_of(content, CONFIG, key)
     if batches is None and optional:
         return []
@@ -252,6 +255,9 @@ def batches_of(content: Any, key: str = BATCHES, optional: bool = False, most: i
         raise ProtocolError(f"a request names a negative or repeated batch in {key}: {str(batches)[:80]}")
     if most is not None and len(batches) > most:
         raise ProtocolError(f"a request names {len(batches)} batches in {key}, more than the run's {most} a message")
+    if below is not None and batches and max(batches) >= below:
+        # The label party steps in (epoch, batch) order: one batch past the epoch would lock out the rest of it.
+        raise ProtocolError(f"a request names batch {max(batches)} in {key}, beyond the epoch's {below} batches")
     return list(batches)
 
 
