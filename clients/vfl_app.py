@@ -49,6 +49,7 @@ from fl_kd.clients.vfl_party import (
     save_party,
     take_party,
 )
+from fl_kd.protocol import party_text, record
 from fl_kd.vfl import protocol as vp
 from fl_kd.vfl.attacks import build_attacks, score_attacks
 from fl_kd.vfl.parties import FeatureParty, LabelParty, as_sample_ids
@@ -106,12 +107,22 @@ def _blocks(msg: Message, node: Node, rows: int | None, *keys: str) -> list[Tens
 
     Anything else (another dtype, shape, a value out of bound) raises ``ValueError`` before any state changes.
     """
+    for key in keys:  # from the headers first: a block of another dtype or shape is refused before it decodes
+        header = record(msg.content, vp.ARRAYS).get(key)
+        if header is not None and (getattr(header, "dtype", None) != "float32" or not _fits(header.shape, rows)):
+            declared = f"dtype {party_text(header.dtype, 40)} and shape {party_text(header.shape, 80)}"
+            raise ValueError(f"{key} declares {declared}, expected float32 ({'B' if rows is None else rows}, D)")
     found = _tensors(msg, *keys)
     for key, tensor in zip(keys, found, strict=True):
         problem = vp.float_block_problem(tensor.numpy(), rows, node.cfg.training.max_norm)
         if problem is not None:
             raise ValueError(f"{key} has {problem}")
     return found
+
+
+def _fits(shape: Any, rows: int | None) -> bool:
+    """Whether a declared shape is two-dimensional with ``rows`` rows (any when None)."""
+    return isinstance(shape, (list, tuple)) and len(shape) == 2 and (rows is None or shape[0] == rows)
 
 
 def _reply(msg: Message, **records: ArrayRecord | MetricRecord | ConfigRecord) -> Message:

@@ -21,6 +21,7 @@ from fl_kd.vfl.attack_results import decode_attack_results
 from fl_kd.vfl.config import VFLRunConfig
 from fl_kd.vfl.metrics import worst_case_ap
 from tests.flower_loopback import LoopbackGrid
+from tests.test_protocol import decodes  # noqa: F401 - the fixture
 
 ATTACK = "direct_label_inference"
 
@@ -202,3 +203,26 @@ def test_the_label_party_sends_its_training_labels_only_in_a_run_that_scores_att
             assert outcome.content.array_records[vp.ARRAYS][vp.LABELS].numpy().shape == (server.num_train,)
         else:
             assert outcome.content is None and "scores no attack" in str(outcome.problem)
+
+
+@pytest.mark.parametrize(
+    "block", [np.zeros((16, 8), np.float64), np.zeros((17, 8), np.float32), np.zeros(24, np.float32)]
+)
+def test_a_block_of_another_dtype_or_shape_is_refused_from_its_header_before_it_decodes(
+    block: np.ndarray,
+    decodes: list[tuple[int, ...]],  # noqa: F811 - the fixture
+) -> None:
+    cfg = _config()
+    grid = LoopbackGrid(client_app, cfg.num_feature_parties + 1, {vp.CONFIG_KEY: vp.encode_config(cfg)})
+    server = VFLServer(cfg)
+    messenger = Messenger(grid, 60.0)
+    server.setup(messenger, *server.discover(messenger))
+    ids = np.arange(16, dtype=np.int64)
+    arrays = ArrayRecord({vp.ids_key(0): Array(ids), vp.embedding_key(0, 0): Array(block)})
+    content = RecordDict({vp.ARRAYS: arrays, vp.CONFIG: ConfigRecord({vp.EPOCH: 0, vp.BATCHES: [0]})})
+    message = Message(content, dst_node_id=server.label.node_id, message_type=vp.LOSS_AND_GRADIENTS)
+    decodes.clear()
+    reply = client_app(message, grid.contexts[server.label.node_id])
+    (reason,) = reply.content.config_records[vp.CONFIG].values()
+    assert f"{vp.embedding_key(0, 0)} declares dtype" in str(reason)
+    assert block.shape not in decodes  # only the ids decoded
