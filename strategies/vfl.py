@@ -11,11 +11,13 @@ implementing ``Strategy``: discovery, sample alignment and setup, epochs of mini
 scoring for the evaluation harness.
 
 A batch whose embeddings are missing, mis-shaped, not float32, not finite or beyond ``training.max_norm``, or that
-the label party rejects, is skipped and logged, and no party updates for it. A gradient that fails the same checks
-is not forwarded, and a feature party refuses one that does or that is not for the samples it embedded; either way it
-keeps its model, while the label party has already stepped on that batch, as in a real deployment. Both are counted
-in the results, next to the main-task performance (MP) and each attack's performance (AP). An evaluation whose test
-embeddings or prediction are unusable gives NaN MP and its reason (``evaluation_error``) instead of ending the run.
+the label party rejects, is skipped and logged, and no party updates for it; only a label party that took the
+request and answered after the exchange's timeout may have stepped on it (a request not yet taken by then expires).
+A gradient that fails the same checks is not forwarded, and a feature party refuses one that does or that is not
+for the samples it embedded; either way it keeps its model, while the label party has already stepped on that
+batch, as in a real deployment. Both are counted in the results, next to the main-task performance (MP) and each
+attack's performance (AP). An evaluation whose test embeddings or prediction are unusable gives NaN MP and its
+reason (``evaluation_error``) instead of ending the run.
 Attack scoring screens its two replies the same way (the label party's training labels, the attacking party's
 results): an attack whose result is unusable is reported as not scored, with the reason, and the run completes.
 Every reply refused before a party could use it is counted by reason in ``rejected_replies``.

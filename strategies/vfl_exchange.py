@@ -88,12 +88,20 @@ class Messenger:
     def exchange(
         self, message_type: str, contents: Mapping[int, RecordDict], timeout: float | None = None
     ) -> dict[int, Outcome]:
-        """Send ``contents[node]`` to each node; what each node answered (or why it did not)."""
+        """Send ``contents[node]`` to each node; what each node answered (or why it did not).
+
+        A message lives as long as the exchange waits (its TTL), so one its node has not taken by then expires
+        instead of being handled hours later, after the server counted it as unanswered.
+        """
         self.exchanges += 1
-        messages = [Message(content, dst_node_id=node, message_type=message_type) for node, content in contents.items()]
+        wait = timeout or self.timeout
+        messages = [
+            Message(content, dst_node_id=node, message_type=message_type, ttl=wait)
+            for node, content in contents.items()
+        ]
         outcomes: dict[int, Outcome] = {}
         sent = {message.metadata.dst_node_id: message for message in messages}
-        for reply in self.grid.send_and_receive(messages, timeout=timeout or self.timeout):
+        for reply in self.grid.send_and_receive(messages, timeout=wait):
             node_id = reply.metadata.src_node_id
             if node_id not in contents:
                 log(WARNING, "%s: ignored a reply from node %s, which was not asked", message_type, node_id)

@@ -779,3 +779,15 @@ def test_a_request_naming_more_batches_than_a_message_carries_is_refused_whole(r
     with pytest.raises(ValueError, match=f"names 3 batches in batches, more than the run's {len(BATCHES)} a message"):
         client_app(Message(content, dst_node_id=party.node_id, message_type=vp.EMBED), context)
     _assert_same(_state(context), before)
+
+
+def test_a_request_lives_as_long_as_its_exchange_waits() -> None:
+    """Flower's default TTL is 12 hours, and a timeout does not shorten it: a request a node had not taken when the
+    server counted it unanswered could still be handled hours later."""
+    set_task_identity()
+    grid = ScriptedGrid(lambda messages: [])
+    messenger = Messenger(cast(Grid, grid), 7.0)
+    messenger.exchange(vp.EMBED_TEST, {1: RecordDict()})
+    assert [m.metadata.ttl for m in grid.sent] == [7.0]
+    messenger.exchange(vp.EMBED_TEST, {1: RecordDict()}, timeout=30.0)
+    assert [m.metadata.ttl for m in grid.sent] == [30.0]
