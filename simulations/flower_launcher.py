@@ -53,11 +53,21 @@ FLOWER_ENV = {
 }
 
 
+#: Ports :func:`free_port` has handed out in this process: one chosen for a process not yet listening is free to
+#: the OS, which once gave a SuperNode the SuperLink's own port.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now (the OS picks it; another process could still take it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that is free right now and not handed out before in this process (the OS picks it;
+    another process could still take it)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def flower_env(flwr_home: Path) -> dict[str, str]:

@@ -23,6 +23,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
 from fl_kd.runtime import SimulationConfig
+from fl_kd.simulations import flower_launcher
 from fl_kd.simulations.deploy import RoundTail, run_deployment, split_deploy_settings
 from fl_kd.simulations.flower_launcher import flower_env, free_port
 from fl_kd.simulations.health import probe
@@ -167,3 +168,27 @@ def test_loopback_deployment_over_tls_matches_the_in_process_runner(tmp_path: Pa
     assert isinstance(started, list) and len(started) >= 6
     assert [pid for pid in started if (proc := identify(pid)) is not None and is_running(proc)] == []
     assert running_processes(run_dir) == []
+
+
+def test_free_port_never_hands_out_a_port_twice_in_one_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SuperLink's port is chosen before it listens, so the OS may offer it again: a SuperNode once got it."""
+    offered = iter([47001, 47001, 47002])
+
+    class Socket:
+        def __init__(self, *args: object) -> None:
+            self.port = next(offered)
+
+        def __enter__(self) -> Socket:
+            return self
+
+        def __exit__(self, *args: object) -> None:
+            return None
+
+        def bind(self, address: tuple[str, int]) -> None:
+            return None
+
+        def getsockname(self) -> tuple[str, int]:
+            return ("127.0.0.1", self.port)
+
+    monkeypatch.setattr(flower_launcher.socket, "socket", Socket)
+    assert [free_port(), free_port()] == [47001, 47002]

@@ -30,6 +30,15 @@ def _config(**changes: Any) -> VFLRunConfig:
     return from_mapping(VFLRunConfig, {"seed": 3, "attack": {}, "training": {"epochs": 1, "batch_size": 16}} | changes)
 
 
+def _set_up(cfg: VFLRunConfig) -> tuple[LoopbackGrid, VFLServer, Messenger]:
+    """Parties discovered and set up for ``cfg`` on a loopback grid, and the server's messenger."""
+    grid = LoopbackGrid(client_app, cfg.num_feature_parties + 1, {vp.CONFIG_KEY: vp.encode_config(cfg)})
+    server = VFLServer(cfg)
+    messenger = Messenger(grid, 60.0)
+    server.setup(messenger, *server.discover(messenger))
+    return grid, server, messenger
+
+
 def _results(result: dict[str, Any]) -> RecordDict:
     return RecordDict({vp.CONFIG: ConfigRecord({vp.RESULTS: json.dumps({ATTACK: result})})})
 
@@ -73,10 +82,7 @@ def test_a_request_naming_a_batch_twice_or_a_negative_batch_is_refused_before_an
     with pytest.raises(ProtocolError, match="negative or repeated batch"):
         vp.batches_of(RecordDict({vp.CONFIG: ConfigRecord({vp.BATCHES: batches})}))
     cfg = _config()
-    grid = LoopbackGrid(client_app, cfg.num_feature_parties + 1, {vp.CONFIG_KEY: vp.encode_config(cfg)})
-    server = VFLServer(cfg)
-    messenger = Messenger(grid, 60.0)
-    server.setup(messenger, *server.discover(messenger))
+    grid, server, messenger = _set_up(cfg)
     ids = np.arange(16, dtype=np.int64)
     feature = server.features[0].node_id
     embedded = messenger.exchange(vp.EMBED, {feature: request({vp.ids_key(0): ids}, epoch=0, batches=[0])})
@@ -121,10 +127,7 @@ def test_a_feature_party_takes_each_batchs_gradient_once_whatever_is_replayed() 
     replayed in epoch 1 reopened batch 0, its replayed gradient stepped the bottom model a second time, and the
     genuine epoch-1 gradient was then refused."""
     cfg = _config(training={"epochs": 2, "batch_size": 16})
-    grid = LoopbackGrid(client_app, cfg.num_feature_parties + 1, {vp.CONFIG_KEY: vp.encode_config(cfg)})
-    server = VFLServer(cfg)
-    messenger = Messenger(grid, 60.0)
-    server.setup(messenger, *server.discover(messenger))
+    grid, server, messenger = _set_up(cfg)
     node = server.features[0].node_id
     context = grid.contexts[node]
     ids = {0: np.arange(16, dtype=np.int64), 1: np.arange(16, 32, dtype=np.int64)}
@@ -167,10 +170,7 @@ def test_a_batch_beyond_the_epoch_is_refused_before_it_can_lock_out_the_rest_of_
     with pytest.raises(ProtocolError, match="batch 5 in batches, beyond the epoch's 5 batches"):
         vp.batches_of(RecordDict({vp.CONFIG: ConfigRecord({vp.BATCHES: [0, 5]})}), below=5)
     cfg = _config()
-    grid = LoopbackGrid(client_app, cfg.num_feature_parties + 1, {vp.CONFIG_KEY: vp.encode_config(cfg)})
-    server = VFLServer(cfg)
-    messenger = Messenger(grid, 60.0)
-    server.setup(messenger, *server.discover(messenger))
+    grid, server, messenger = _set_up(cfg)
     per_epoch = -(-server.num_train // cfg.training.batch_size)
     ids = np.arange(16, dtype=np.int64)
     feature = server.features[0].node_id
@@ -193,10 +193,7 @@ def test_the_label_party_sends_its_training_labels_only_in_a_run_that_scores_att
     attacks: list[dict[str, Any]] = [{}, {ATTACK: {}}]
     for attack in attacks:
         cfg = _config(attack=attack)
-        grid = LoopbackGrid(client_app, cfg.num_feature_parties + 1, {vp.CONFIG_KEY: vp.encode_config(cfg)})
-        server = VFLServer(cfg)
-        messenger = Messenger(grid, 60.0)
-        server.setup(messenger, *server.discover(messenger))
+        grid, server, messenger = _set_up(cfg)
         outcome = messenger.exchange(vp.TRAIN_LABELS, {server.label.node_id: RecordDict()})[server.label.node_id]
         if attack:
             assert outcome.content is not None
@@ -213,10 +210,7 @@ def test_a_block_of_another_dtype_or_shape_is_refused_from_its_header_before_it_
     decodes: list[tuple[int, ...]],  # noqa: F811 - the fixture
 ) -> None:
     cfg = _config()
-    grid = LoopbackGrid(client_app, cfg.num_feature_parties + 1, {vp.CONFIG_KEY: vp.encode_config(cfg)})
-    server = VFLServer(cfg)
-    messenger = Messenger(grid, 60.0)
-    server.setup(messenger, *server.discover(messenger))
+    grid, server, messenger = _set_up(cfg)
     ids = np.arange(16, dtype=np.int64)
     arrays = ArrayRecord({vp.ids_key(0): Array(ids), vp.embedding_key(0, 0): Array(block)})
     content = RecordDict({vp.ARRAYS: arrays, vp.CONFIG: ConfigRecord({vp.EPOCH: 0, vp.BATCHES: [0]})})
