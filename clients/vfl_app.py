@@ -195,7 +195,7 @@ def _embed_request(msg: Message, context: Context, node: Node, party: FeaturePar
 def _embed_batches(
     context: Context, node: Node, party: FeatureParty, epoch: int, ids: Mapping[int, Tensor]
 ) -> dict[str, Any]:
-    """Embeddings ``(B, D)`` of each batch of ``ids`` (:func:`_embed_ids`) of ``epoch``, all from the bottom model
+    """Embeddings ``(B, D)`` of each batch of ``ids`` (:func:`_embed_request`) of ``epoch``, all from the bottom model
     as it is now, by key."""
     embeddings = {b: party.embed(batch).detach().numpy() for b, batch in ids.items()}
     save_embedded(context, epoch, {b: batch.numpy() for b, batch in ids.items()})
